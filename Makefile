@@ -1,0 +1,96 @@
+# Portcullis - one plain GNU Makefile.
+#   make            bin/portcullisd, bin/portcullis
+#   make test       unit + integration tests, under AddressSanitizer and UBSan
+#   make asan       sanitizer build in build/asan/bin
+#   make bench      benchmarks (not run by CI)
+#   make run        install missing packages, build, run the daemon on the demo config
+#   make deps       install missing Debian packages (as root)
+
+CC      ?= cc
+OPT     ?= -O2 -g
+BUILD   ?= build/release
+BINDIR  ?= bin
+SAN     ?=
+PKGS    := milter
+CPPFLAGS_ALL := -I. -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -pthread $(OPT) $(SAN) $(CFLAGS)
+LIBS_MILTER  := $(shell pkg-config --libs milter 2>/dev/null || echo -lmilter)
+LIBS_CUNIT   := $(shell pkg-config --libs cunit 2>/dev/null || echo -lcunit)
+LDFLAGS_ALL  := -pthread $(SAN) $(LDFLAGS)
+
+LIB_SRC := $(wildcard common/*.c) $(wildcard storage-adapter/*.c) $(wildcard rules/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB     := $(BUILD)/libportcullis.a
+
+DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c)
+CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
+UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c))
+BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
+NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
+
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+.PHONY: all asan test unit integration bench run deps clean demo-conf
+all: $(BINDIR)/portcullisd $(BINDIR)/portcullis
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BINDIR)/portcullisd: $(DAEMON_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER)
+
+$(BINDIR)/portcullis: $(CLI_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^
+
+$(BINDIR)/unit-tests: $(UNIT_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_CUNIT)
+
+$(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^
+
+$(BINDIR)/null-milter: $(NULLMILTER_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER)
+
+asan:
+	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" \
+	    build/asan/bin/portcullisd build/asan/bin/portcullis build/asan/bin/unit-tests
+
+deps:
+	@sh scripts/deps.sh
+
+# The whole suite runs against the sanitizer build; the release build must
+# compile warning-free too.
+test: deps
+	$(MAKE) all
+	$(MAKE) asan
+	$(MAKE) unit integration BINDIR=build/asan/bin
+
+unit:
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BINDIR)/unit-tests
+
+integration:
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_milter.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) sh tests/integration/test_miltertest.sh
+
+bench: deps
+	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter
+	sh tests/bench/run.sh
+
+run: deps
+	$(MAKE) all
+	sh scripts/run-demo.sh
+
+clean:
+	rm -rf build bin
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,22 @@
+#ifndef PC_WATCHER_H
+#define PC_WATCHER_H
+#include "common/cidr.h"
+#include "rules/snapshot.h"
+#include "storage-adapter/liststore.h"
+
+/*
+ * The list watcher thread: keeps the published snapshot in step with the
+ * list store (polls for changes, rebuilds at the next expiry) and writes the
+ * auto-bans that front doors request. Owner: the daemon.
+ */
+struct watcher;
+
+/* loads the lists once, publishes the first snapshot into *snaps */
+struct watcher *watcher_new(struct liststore *store, struct snapref *snaps,
+    const char **error_r);
+int watcher_start(struct watcher *w, const char **error_r) __attribute__((warn_unused_result));
+void watcher_stop_and_free(struct watcher **w);
+/* any thread; never blocks (drops the request, logged, if the queue is full) */
+void watcher_ban(void *w, const struct ipaddr *addr, unsigned long seconds, const char *why);
+
+#endif

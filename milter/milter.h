@@ -1,0 +1,27 @@
+#ifndef PC_MILTER_H
+#define PC_MILTER_H
+#include "common/cidr.h"
+#include "rules/policy.h"
+#include "rules/snapshot.h"
+
+/* What the daemon hands the milter front door. Must outlive milter_run(). */
+struct milter_env {
+	const struct policy *pol;
+	struct snapref *snaps;
+	/* called from milter threads; must not block */
+	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds,
+	    const char *why);
+	void *ban_arg;
+};
+
+/* "inet:HOST:PORT", "inet6:[ADDR]:PORT", "unix:/path" -> libmilter's form */
+int milter_listen_spec(const char *ours, char *buf, size_t cap, const char **error_r)
+    __attribute__((warn_unused_result));
+/* bind the listener; errors are for the admin (address in use...) */
+int milter_setup(const char *listen, const struct milter_env *env, const char **error_r)
+    __attribute__((warn_unused_result));
+/* serve until SIGTERM/SIGINT (libmilter's signal thread) or milter_stop() */
+int milter_run(void);
+void milter_stop(void);
+
+#endif

@@ -1,0 +1,493 @@
+/*
+ * engine - stage-by-stage verdicts for one SMTP connection.
+ *
+ *   engine_connect/helo/mail/rcpt/header/eom/abort()  facts in, verdict out
+ *   engine_log()                                      one line per verdict
+ *
+ * Policy order (README "Policy order"): the accept list first (a listed
+ * client may relay and bypasses the kill list; a listed sender bypasses the
+ * kill list only), then the kill list, then the per-stage checks. Client
+ * entries are looked up again at every MAIL and RCPT against the snapshot of
+ * that moment, so a list change reaches open connections too.
+ *
+ * Never does I/O except logging; never blocks; one session per connection.
+ */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/log.h"
+#include "common/mailaddr.h"
+#include "common/xmalloc.h"
+#include "rules/engine.h"
+
+#define ENGINE_TEXT_ADDR 100	/* bytes of an address quoted in a reply */
+
+struct engine_session {
+	const struct policy *pol;
+	/* connection */
+	struct ipaddr addr;
+	int has_addr;
+	char addr_text[CIDR_TEXT_MAX];
+	char hostname[MAX_HOSTNAME_LEN + 1];	/* verified, lower case; "" unknown */
+	char client_text[MAX_HOSTNAME_LEN + CIDR_TEXT_MAX + 4];
+	char helo[LOG_ESCAPE_BUFSZ];		/* escaped for logs */
+	char auth[LOG_ESCAPE_BUFSZ];		/* "" when not authenticated */
+	/* transaction */
+	int in_tx;
+	struct mailaddr sender;
+	int sender_ok;				/* parsed */
+	char sender_text[LOG_ESCAPE_BUFSZ];
+	char rcpt_text[LOG_ESCAPE_BUFSZ];	/* last recipient, for logs */
+	unsigned nrcpt;				/* accepted recipients */
+	int relayed;				/* some accepted recipient is relayed */
+	unsigned headers_seen;			/* bit i: require_headers[i] */
+};
+
+struct engine_session *
+engine_session_new(const struct policy *p)
+{
+	struct engine_session *s = xcalloc(1, sizeof(*s));
+
+	s->pol = p;
+	strcpy(s->client_text, "unknown[unknown]");
+	return s;
+}
+
+void
+engine_session_free(struct engine_session **sp)
+{
+	free(*sp);
+	*sp = NULL;
+}
+
+const char *
+engine_stage_name(enum engine_stage st)
+{
+	static const char *const names[] = {
+		"CONNECT", "HELO", "MAIL", "RCPT", "HEADER", "END-OF-HEADERS",
+		"END-OF-MESSAGE", "ABORT", "CLOSE",
+	};
+	return names[st];
+}
+
+const char *
+engine_action_name(enum verdict_action a)
+{
+	static const char *const names[] = {
+		"continue", "accept", "reject", "tempfail", "discard", "quarantine",
+	};
+	return names[a];
+}
+
+const char *
+engine_client_text(const struct engine_session *s)
+{
+	return s->client_text;
+}
+
+unsigned
+engine_rcpt_count(const struct engine_session *s)
+{
+	return s->nrcpt;
+}
+
+const struct ipaddr *
+engine_client_addr(const struct engine_session *s)
+{
+	return s->has_addr ? &s->addr : NULL;
+}
+
+static void
+verdict_clear(struct verdict *v)
+{
+	memset(v, 0, sizeof(*v));
+	v->action = VERDICT_CONTINUE;
+}
+
+/* printable ASCII only, capped: reply texts quote hostile input */
+static void
+safe_copy(char *dst, size_t cap, const char *src)
+{
+	size_t n = 0;
+
+	for (; *src && n + 1 < cap && n < ENGINE_TEXT_ADDR; src++) {
+		unsigned char c = (unsigned char)*src;
+
+		dst[n++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+	}
+	dst[n] = '\0';
+}
+
+static void
+decide(const struct engine_session *s, struct verdict *v, enum verdict_action a,
+    const char *code, const char *dsn, const char *tag, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+static void
+decide(const struct engine_session *s, struct verdict *v, enum verdict_action a,
+    const char *code, const char *dsn, const char *tag, const char *fmt, ...)
+{
+	va_list ap;
+
+	v->action = a;
+	snprintf(v->code, sizeof(v->code), "%s", code);
+	snprintf(v->dsn, sizeof(v->dsn), "%s", dsn);
+	v->tag = tag;
+	va_start(ap, fmt);
+	vsnprintf(v->text, sizeof(v->text), fmt, ap);
+	va_end(ap);
+	if (s->pol->warn_only && (a == VERDICT_REJECT || a == VERDICT_TEMPFAIL)) {
+		v->warned = 1;
+		v->action = VERDICT_CONTINUE;
+	}
+}
+
+static void
+describe_entry(char *buf, size_t cap, const char *list, const struct listset_match *m)
+{
+	snprintf(buf, cap, "%s list entry %s (origin %s%s%s)", list, m->key,
+	    listentry_origin_name(m->origin), m->reason ? ", reason: " : "",
+	    m->reason ? m->reason : "");
+}
+
+static int
+client_match(const struct engine_session *s, const struct snapshot *snap,
+    enum list_kind k, long long now, struct listset_match *m)
+{
+	return listset_match_client(snap->list[k], s->has_addr ? &s->addr : NULL,
+	    s->hostname[0] ? s->hostname : NULL, now, m);
+}
+
+void
+engine_connect(struct engine_session *s, const struct snapshot *snap,
+    const struct ipaddr *addr, const char *hostname, long long now, struct verdict *v)
+{
+	struct listset_match m;
+
+	verdict_clear(v);
+	s->has_addr = addr != NULL;
+	if (addr != NULL) {
+		s->addr = *addr;
+		cidr_addr_format(addr, s->addr_text);
+	} else {
+		strcpy(s->addr_text, "unknown");
+	}
+	s->hostname[0] = '\0';
+	/* MTAs say "unknown" or "[addr]" for a name that did not verify */
+	if (hostname != NULL && hostname[0] != '\0' && hostname[0] != '[' &&
+	    strcasecmp(hostname, "unknown") != 0 && strlen(hostname) <= MAX_HOSTNAME_LEN) {
+		size_t i;
+
+		for (i = 0; hostname[i]; i++) {
+			unsigned char c = (unsigned char)hostname[i];
+
+			if (!(isalnum(c) || c == '.' || c == '-' || c == '_'))
+				break;
+			s->hostname[i] = (char)tolower(c);
+		}
+		s->hostname[hostname[i] ? 0 : i] = '\0';
+	}
+	snprintf(s->client_text, sizeof(s->client_text), "%s[%s]",
+	    s->hostname[0] ? s->hostname : "unknown", s->addr_text);
+
+	/* nothing is refused here: a milter cannot give reply text at connect */
+	if (client_match(s, snap, LIST_ACCEPT, now, &m))
+		describe_entry(v->rule, sizeof(v->rule), "accept", &m);
+	else if (client_match(s, snap, LIST_KILL, now, &m)) {
+		describe_entry(v->rule, sizeof(v->rule), "kill", &m);
+		strncat(v->rule, "; refused at MAIL and RCPT", sizeof(v->rule) - strlen(v->rule) - 1);
+	} else
+		snprintf(v->rule, sizeof(v->rule), "client on no list");
+}
+
+static int
+too_long(const struct engine_session *s, size_t cmdlen, struct verdict *v,
+    long long now, const struct snapshot *snap)
+{
+	struct listset_match m;
+
+	if (s->pol->max_command_length == 0 || cmdlen <= s->pol->max_command_length)
+		return 0;
+	decide(s, v, VERDICT_REJECT, "500", "5.5.2", "long-command",
+	    "Command line too long (%zu octets, limit %u)", cmdlen, s->pol->max_command_length);
+	snprintf(v->rule, sizeof(v->rule), "max_command_length = %u", s->pol->max_command_length);
+	/* the accept list overrides bans; warn mode only says what it would do */
+	if (s->pol->long_command_ban > 0 && s->has_addr && !v->warned &&
+	    !client_match(s, snap, LIST_ACCEPT, now, &m)) {
+		v->ban_seconds = s->pol->long_command_ban;
+		strncat(v->rule, "; client banned", sizeof(v->rule) - strlen(v->rule) - 1);
+	}
+	return 1;
+}
+
+void
+engine_helo(struct engine_session *s, const struct snapshot *snap, const char *helo,
+    size_t cmdlen, long long now, struct verdict *v)
+{
+	verdict_clear(v);
+	log_escape(s->helo, helo, strlen(helo));
+	if (too_long(s, cmdlen, v, now, snap))
+		return;
+	snprintf(v->rule, sizeof(v->rule), "no HELO check refused it");
+}
+
+static void
+tx_reset(struct engine_session *s)
+{
+	s->in_tx = 0;
+	memset(&s->sender, 0, sizeof(s->sender));
+	s->sender_ok = 0;
+	s->sender_text[0] = '\0';
+	s->rcpt_text[0] = '\0';
+	s->nrcpt = 0;
+	s->relayed = 0;
+	s->headers_seen = 0;
+}
+
+/*
+ * Kill list check for the current transaction; 1 with *v decided when refused.
+ * A client or sender on the accept list bypasses it.
+ */
+static int
+kill_check(struct engine_session *s, const struct snapshot *snap, long long now,
+    struct verdict *v)
+{
+	struct listset_match m;
+	char ent[sizeof(v->rule)];
+	char who[ENGINE_TEXT_ADDR + 1];
+
+	if (client_match(s, snap, LIST_ACCEPT, now, &m)) {
+		describe_entry(v->rule, sizeof(v->rule), "accept", &m);
+		return 0;
+	}
+	if (s->sender_ok && listset_match_sender(snap->list[LIST_ACCEPT], &s->sender, now, &m)) {
+		describe_entry(v->rule, sizeof(v->rule), "accept", &m);
+		return 0;
+	}
+	if (client_match(s, snap, LIST_KILL, now, &m)) {
+		describe_entry(ent, sizeof(ent), "kill", &m);
+		if (m.kind == ENTRY_ADDR)
+			decide(s, v, VERDICT_REJECT, "550", "5.7.1", "kill-ip",
+			    "Client host [%s] is on the kill list", s->addr_text);
+		else
+			decide(s, v, VERDICT_REJECT, "550", "5.7.1", "kill-host",
+			    "Client host %s is on the kill list", s->client_text);
+		snprintf(v->rule, sizeof(v->rule), "%s", ent);
+		return 1;
+	}
+	if (s->sender_ok && listset_match_sender(snap->list[LIST_KILL], &s->sender, now, &m)) {
+		describe_entry(ent, sizeof(ent), "kill", &m);
+		if (m.kind == ENTRY_SENDER) {
+			safe_copy(who, sizeof(who), m.key);
+			decide(s, v, VERDICT_REJECT, "550", "5.7.1", "kill-sender",
+			    "<%s>: Sender address is on the kill list", who);
+		} else {
+			safe_copy(who, sizeof(who), s->sender.domain);
+			decide(s, v, VERDICT_REJECT, "550", "5.7.1", "kill-domain",
+			    "Sender domain %s is on the kill list", who);
+		}
+		snprintf(v->rule, sizeof(v->rule), "%s", ent);
+		return 1;
+	}
+	return 0;
+}
+
+void
+engine_mail(struct engine_session *s, const struct snapshot *snap, const char *sender,
+    size_t cmdlen, const char *auth_user, long long now, struct verdict *v)
+{
+	verdict_clear(v);
+	tx_reset(s);
+	s->in_tx = 1;
+	log_escape(s->sender_text, sender, strlen(sender));
+	if (auth_user != NULL && auth_user[0] != '\0')
+		log_escape(s->auth, auth_user, strlen(auth_user));
+	if (too_long(s, cmdlen, v, now, snap))
+		return;
+	/* the MTA checks syntax; an address we cannot parse matches no entry */
+	s->sender_ok = mailaddr_parse(sender, &s->sender) == 0;
+	if (kill_check(s, snap, now, v))
+		return;
+	if (s->sender_ok && s->sender.is_null && s->pol->null_sender == NULL_SENDER_REJECT) {
+		decide(s, v, VERDICT_REJECT, "550", "5.7.1", "null-sender",
+		    "Null sender <> is not accepted here");
+		snprintf(v->rule, sizeof(v->rule), "null_sender = reject");
+		return;
+	}
+	if (v->rule[0] == '\0')
+		snprintf(v->rule, sizeof(v->rule), "no MAIL check refused it");
+}
+
+static int
+relay_allowed(struct engine_session *s, const struct snapshot *snap, long long now,
+    char *why, size_t cap)
+{
+	struct listset_match m;
+
+	if (client_match(s, snap, LIST_ACCEPT, now, &m)) {
+		describe_entry(why, cap, "accept", &m);
+		return 1;
+	}
+	if (s->has_addr && cidrtab_lookup(s->pol->relay_networks, &s->addr) != CIDRTAB_NONE) {
+		snprintf(why, cap, "client [%s] is in relay_networks", s->addr_text);
+		return 1;
+	}
+	if (s->pol->relay_authenticated && s->auth[0] != '\0') {
+		snprintf(why, cap, "authenticated as %s (relay_authenticated = yes)", s->auth);
+		return 1;
+	}
+	if (s->pol->relay_client_domains && s->hostname[0] != '\0' &&
+	    policy_is_my_domain(s->pol, s->hostname)) {
+		snprintf(why, cap, "client %s is in mydomains (relay_client_domains = yes)",
+		    s->hostname);
+		return 1;
+	}
+	return 0;
+}
+
+void
+engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *rcpt,
+    size_t cmdlen, long long now, struct verdict *v)
+{
+	struct mailaddr ra;
+	char who[ENGINE_TEXT_ADDR + 1];
+	char why[sizeof(v->rule)];
+	int parsed, local;
+
+	verdict_clear(v);
+	log_escape(s->rcpt_text, rcpt, strlen(rcpt));
+	if (too_long(s, cmdlen, v, now, snap))
+		return;
+	if (kill_check(s, snap, now, v))
+		return;
+	parsed = mailaddr_parse(rcpt, &ra) == 0;
+	safe_copy(who, sizeof(who), parsed && !ra.is_null ? rcpt : "?");
+	if (who[0] == '<') {	/* the MTA passes <addr>; quote it once */
+		size_t n = strlen(who);
+
+		memmove(who, who + 1, n);
+		if (n >= 2 && who[n - 2] == '>')
+			who[n - 2] = '\0';
+	}
+	/*
+	 * Local only when the final domain is ours and nothing in the address
+	 * could route it elsewhere (%, !, quoted @, source routes to others,
+	 * address literals). An unqualified name is local: the MTA qualifies it
+	 * with its own domain.
+	 */
+	local = parsed && !ra.is_null && !ra.routing_local && !ra.domain_literal &&
+	    (ra.domain[0] == '\0' || policy_is_my_domain(s->pol, ra.domain));
+	if (local) {
+		snprintf(why, sizeof(why), "recipient domain is in mydomains");
+	} else if (!relay_allowed(s, snap, now, why, sizeof(why))) {
+		decide(s, v, VERDICT_REJECT, "550", "5.7.1", "relay",
+		    "<%s>: Relay access denied", who);
+		snprintf(v->rule, sizeof(v->rule),
+		    "recipient is not in mydomains and the client may not relay");
+		if (!v->warned)
+			return;
+	}
+	if (v->tag == NULL && s->sender_ok && s->sender.is_null && s->nrcpt >= 1 &&
+	    s->pol->null_sender == NULL_SENDER_REJECT_MULTI) {
+		decide(s, v, VERDICT_REJECT, "550", "5.7.1", "null-sender",
+		    "Null sender <> may have only one recipient");
+		snprintf(v->rule, sizeof(v->rule), "null_sender = reject_multi_rcpt");
+		if (!v->warned)
+			return;
+	}
+	if (v->tag == NULL && s->pol->max_recipients > 0 &&
+	    s->nrcpt >= s->pol->max_recipients) {
+		decide(s, v, VERDICT_TEMPFAIL, "452", "4.5.3", "max-rcpt",
+		    "Too many recipients (at most %u per message)", s->pol->max_recipients);
+		snprintf(v->rule, sizeof(v->rule), "max_recipients = %u", s->pol->max_recipients);
+		if (!v->warned)
+			return;
+	}
+	if (v->tag == NULL)
+		snprintf(v->rule, sizeof(v->rule), "%s", why);
+	if (!local)
+		s->relayed = 1;
+	s->nrcpt++;
+}
+
+void
+engine_header(struct engine_session *s, const char *name, struct verdict *v)
+{
+	verdict_clear(v);
+	for (size_t i = 0; i < s->pol->nrequire_headers; i++)
+		if (strcasecmp(name, s->pol->require_headers[i]) == 0)
+			s->headers_seen |= 1u << i;
+}
+
+void
+engine_eom(struct engine_session *s, struct verdict *v)
+{
+	char names[POLICY_MAX_HEADERS * 40] = "";
+
+	verdict_clear(v);
+	if (s->relayed && s->pol->nrequire_headers > 0 && s->headers_seen == 0) {
+		for (size_t i = 0; i < s->pol->nrequire_headers; i++) {
+			if (i > 0)
+				strcat(names, i + 1 == s->pol->nrequire_headers ? " or " : ", ");
+			strncat(names, s->pol->require_headers[i], 32);
+			strcat(names, ":");
+		}
+		decide(s, v, VERDICT_REJECT, "550", "5.7.1", "missing-header",
+		    "Relayed message must carry a %s header", names);
+		snprintf(v->rule, sizeof(v->rule), "relay_require_headers = %.200s", names);
+	} else {
+		snprintf(v->rule, sizeof(v->rule), s->relayed ?
+		    "relayed message carries a required header" : "no end-of-message check refused it");
+	}
+	tx_reset(s);
+}
+
+void
+engine_abort(struct engine_session *s)
+{
+	tx_reset(s);
+}
+
+void
+engine_log(const struct engine_session *s, enum engine_stage stage,
+    const struct verdict *v, const char *queue_id, const char *arg)
+{
+	char esc[LOG_ESCAPE_BUFSZ];
+	const char *what;
+
+	if (v->warned)
+		what = "warn: would reject";
+	else if (v->action == VERDICT_REJECT)
+		what = "reject";
+	else if (v->action == VERDICT_TEMPFAIL)
+		what = "defer";
+	else if (stage == STAGE_EOM)
+		what = "pass";
+	else
+		what = NULL;
+	if (what == NULL) {
+		if (log_is_debug())
+			log_debug("%s: %s from %s: %s; from=<%s> helo=<%s> rule=%s",
+			    queue_id ? queue_id : "NOQUEUE", engine_stage_name(stage),
+			    s->client_text, engine_action_name(v->action), s->sender_text,
+			    s->helo, v->rule);
+		return;
+	}
+	if (v->tag == NULL) {
+		log_info("%s: %s: %s from %s: from=<%s> nrcpt=%u helo=<%s>%s%s",
+		    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage),
+		    s->client_text, s->sender_text, s->nrcpt, s->helo,
+		    s->auth[0] ? " sasl_username=" : "", s->auth);
+		return;
+	}
+	log_info("%s: %s: %s from %s: %s %s %s; from=<%s> to=<%s> helo=<%s>%s%s reason=%s%s%s",
+	    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage), s->client_text,
+	    v->code, v->dsn, v->text, s->sender_text,
+	    stage == STAGE_RCPT ? s->rcpt_text : "",
+	    s->helo, s->auth[0] ? " sasl_username=" : "", s->auth, v->tag,
+	    arg ? " arg=" : "", arg ? log_escape(esc, arg, strlen(arg)) : "");
+}

@@ -1,0 +1,66 @@
+#ifndef PC_ENGINE_H
+#define PC_ENGINE_H
+#include <stddef.h>
+#include "common/cidr.h"
+#include "common/pclimits.h"
+#include "rules/policy.h"
+#include "rules/snapshot.h"
+
+/*
+ * The policy engine: facts in, verdicts out, one call per SMTP stage.
+ * Pure: no sockets, no libmilter, no I/O but logging. A session belongs to
+ * one connection (one thread at a time); policy and snapshot are shared.
+ */
+enum verdict_action {
+	VERDICT_CONTINUE, VERDICT_ACCEPT, VERDICT_REJECT, VERDICT_TEMPFAIL,
+	VERDICT_DISCARD, VERDICT_QUARANTINE,
+};
+
+enum engine_stage {
+	STAGE_CONNECT, STAGE_HELO, STAGE_MAIL, STAGE_RCPT, STAGE_HEADER,
+	STAGE_EOH, STAGE_EOM, STAGE_ABORT, STAGE_CLOSE,
+};
+
+struct verdict {
+	enum verdict_action action;
+	char code[4];			/* "550" (reject/tempfail) */
+	char dsn[8];			/* "5.7.1" */
+	char text[MAX_REPLY_TEXT];	/* reply text, printable ASCII */
+	const char *tag;		/* reason tag: "relay", "kill-ip", ...; NULL on continue */
+	char rule[256];			/* what decided, for logs and `explain` */
+	unsigned long ban_seconds;	/* >0: put the client address on the kill list */
+	int warned;			/* policy_mode=warn let a reject pass */
+};
+
+struct engine_session;
+
+struct engine_session *engine_session_new(const struct policy *p);
+void engine_session_free(struct engine_session **s);
+
+/* addr NULL when the MTA gave none; hostname: the verified (FCrDNS) name or NULL */
+void engine_connect(struct engine_session *s, const struct snapshot *snap,
+    const struct ipaddr *addr, const char *hostname, long long now, struct verdict *v);
+/* cmdlen: the whole command line as the client sent it, CRLF included */
+void engine_helo(struct engine_session *s, const struct snapshot *snap, const char *helo,
+    size_t cmdlen, long long now, struct verdict *v);
+/* auth_user: SMTP AUTH identity or NULL */
+void engine_mail(struct engine_session *s, const struct snapshot *snap, const char *sender,
+    size_t cmdlen, const char *auth_user, long long now, struct verdict *v);
+void engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *rcpt,
+    size_t cmdlen, long long now, struct verdict *v);
+void engine_header(struct engine_session *s, const char *name, struct verdict *v);
+void engine_eom(struct engine_session *s, struct verdict *v);
+/* end of transaction without a message (RSET, rejected DATA...) */
+void engine_abort(struct engine_session *s);
+
+/* one Postfix-like log line for a verdict; queue_id NULL: NOQUEUE */
+void engine_log(const struct engine_session *s, enum engine_stage stage,
+    const struct verdict *v, const char *queue_id, const char *arg);
+const char *engine_stage_name(enum engine_stage st);
+const char *engine_action_name(enum verdict_action a);
+/* "name[addr]" of the client */
+const char *engine_client_text(const struct engine_session *s);
+unsigned engine_rcpt_count(const struct engine_session *s);
+const struct ipaddr *engine_client_addr(const struct engine_session *s);
+
+#endif
