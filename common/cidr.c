@@ -340,7 +340,8 @@ flatten(struct item *it, size_t n, u128 max, struct flat *f)
 	u128 pos = 0;
 	int done = 0;
 
-	qsort(it, n, sizeof(*it), item_cmp);
+	if (n > 0)
+		qsort(it, n, sizeof(*it), item_cmp);
 	for (size_t i = 0; i < n; i++) {
 		u128 s = it[i].start;
 

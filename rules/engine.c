@@ -341,7 +341,7 @@ relay_allowed(struct engine_session *s, const struct snapshot *snap, long long n
 		return 1;
 	}
 	if (s->pol->relay_client_domains && s->hostname[0] != '\0' &&
-	    policy_is_my_domain(s->pol, s->hostname)) {
+	    policy_host_in_my_domains(s->pol, s->hostname)) {
 		snprintf(why, cap, "client %s is in mydomains (relay_client_domains = yes)",
 		    s->hostname);
 		return 1;

@@ -168,3 +168,16 @@ policy_is_my_domain(const struct policy *p, const char *domain)
 			return 1;
 	return 0;
 }
+
+int
+policy_host_in_my_domains(const struct policy *p, const char *host)
+{
+	/* a host lies in example.com when it is example.com or below it */
+	for (const char *q = host; q != NULL; q = strchr(q + 1, '.')) {
+		const char *d = *q == '.' ? q + 1 : q;
+
+		if (has_domain(p, d) || (*q == '.' && has_domain(p, q)))
+			return 1;
+	}
+	return 0;
+}

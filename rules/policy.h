@@ -32,5 +32,7 @@ int policy_new(const struct conf *c, struct policy **p_r, const char **error_r)
 void policy_free(struct policy **p);
 /* domain (lower case, no trailing dot) is in mydomains */
 int policy_is_my_domain(const struct policy *p, const char *domain);
+/* host name (lower case) is a domain in mydomains or lies below one */
+int policy_host_in_my_domains(const struct policy *p, const char *host);
 
 #endif

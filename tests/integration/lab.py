@@ -901,7 +901,8 @@ def _main(argv):
     """Helpers for shell runners:
         lab.py free-port                       print a free 127.0.0.1 TCP port
         lab.py daemon-config PORT DIR [k=v..]  print a portcullisd config
-        lab.py wait-port PORT [SECONDS]        exit 0 once 127.0.0.1:PORT accepts
+        lab.py wait-port PORT [SECS [PID]]     exit 0 once 127.0.0.1:PORT accepts;
+                                               1 on timeout or if PID exits first
         lab.py sanitizer-scan LOG              print sanitizer lines; exit 1 if any
         lab.py                                 smoke test the lab without a milter
     """
@@ -913,13 +914,18 @@ def _main(argv):
         sys.stdout.write(daemon_config_text(int(argv[1]), argv[2], **ov))
         return 0
     if argv and argv[0] == "wait-port":
+        pid = int(argv[3]) if len(argv) > 3 else None
         try:
-            wait_until(lambda: port_accepts("127.0.0.1", int(argv[1])),
+            wait_until(lambda: port_accepts("127.0.0.1", int(argv[1])) or
+                       (pid is not None and not _pid_alive(pid)),
                        float(argv[2]) if len(argv) > 2 else 10.0, what="port " + argv[1])
-            return 0
         except LabError as e:
             print(e, file=sys.stderr)
             return 1
+        if pid is not None and not _pid_alive(pid):
+            print("process %d exited before listening" % pid, file=sys.stderr)
+            return 1
+        return 0
     if argv and argv[0] == "sanitizer-scan":
         bad = [l for l in _read(argv[1]).splitlines() if SANITIZER_RE.search(l)]
         for l in bad:

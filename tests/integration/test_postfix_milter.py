@@ -26,6 +26,7 @@ import lab as labmod                                    # noqa: E402
 from lab import Lab, make_message, new_marker           # noqa: E402
 
 LAB = None
+START_MARK = None
 OUTSIDE = "127.0.0.5"
 RELAYNET = "127.0.0.2"
 SENDER = "sender@outside.test"
@@ -42,6 +43,8 @@ def setUpModule():
             raise RuntimeError("%s is missing: build with `make` first" % p)
     LAB = Lab(milter=True)
     LAB.start_daemon()
+    global START_MARK
+    START_MARK = LAB.log_mark()
 
 
 def tearDownModule():
@@ -53,10 +56,22 @@ def tearDownModule():
         if stop:
             print("\nportcullisd stopped: exit %s after %.2fs%s" % (
                 stop[0], stop[1], " (needed SIGKILL)" if stop[2] else ""))
+        if stop and stop[0] is not None and stop[0] < 0:
+            print("WARNING: portcullisd was killed by signal %d instead of exiting on "
+                  "SIGTERM; LeakSanitizer cannot run at exit" % -stop[0])
+        problems = []
         bad = LAB.sanitizer_reports()
         if bad:
-            raise AssertionError("sanitizer reports in %s:\n%s" % (
+            problems.append("sanitizer reports in %s:\n%s" % (
                 LAB.daemon_log, "\n".join(bad[:40])))
+        # Postfix's view of the milter: protocol trouble shows up as warnings
+        # (timeouts, unexpected replies) in its log once the daemon was up.
+        warn = [l for l in LAB.maillog_since(START_MARK).splitlines() if "warning:" in l]
+        if warn:
+            problems.append("Postfix warnings while portcullisd ran (%s):\n%s" % (
+                LAB.maillog, "\n".join(warn[:20])))
+        if problems:
+            raise AssertionError("\n".join(problems))
     finally:
         LAB.close()
         LAB = None

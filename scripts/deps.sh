@@ -1,0 +1,24 @@
+#!/bin/sh
+# Install the Debian packages Portcullis needs to build and test, if missing.
+# Safe to run again: it installs only what is absent. Needs root to install.
+set -e
+pkgs="gcc make pkg-config libmilter-dev libcunit1-dev postfix miltertest swaks python3"
+missing=""
+for p in $pkgs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+		missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+	echo "deps: missing packages:$missing" >&2
+	echo "deps: run 'make deps' as root (or apt-get install them)" >&2
+	exit 1
+fi
+echo "deps: installing missing packages:$missing"
+export DEBIAN_FRONTEND=noninteractive
+# Postfix asks how to configure itself: we run private instances only.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
+echo "deps: done"

@@ -1,0 +1,632 @@
+#!/usr/bin/env python3
+"""Postfix throughput with and without a milter (part of `make bench`).
+
+A private Postfix (its own config, queue and ports, loopback only) relays
+everything to an `smtp-sink` that keeps nothing (no dump directory, so the
+sink is never the bottleneck).  `smtp-source` injects the load: N messages
+of --size body bytes, one message per SMTP session, --sessions sessions in
+parallel, sender@example.org -> user@example.com.
+
+Three configurations, measured in one run with identical Postfix settings:
+
+    no milter      smtpd_milters empty
+    null-milter    bin/null-milter: every stage, every reply CONTINUE (the
+                   price of the milter protocol itself)
+    portcullisd    bin/portcullisd -f, log_level = warn
+
+The configurations are interleaved (a b c a b c ...) --repeats times; each
+run gets a freshly started Postfix and milter and a small untimed warm-up.
+The clock starts when smtp-source starts and stops when the sink has counted
+every message and the Postfix queue is empty again, so the figure is
+end-to-end (accepted by smtpd, through the milter, queued, delivered).  Each
+run must deliver exactly N messages: anything rejected, deferred, bounced or
+lost fails the bench (exit 1).
+
+Printed: one line per run, then a table of medians (messages, seconds,
+messages/s, milter CPU seconds) and the ratios portcullisd / null-milter and
+null-milter / no-milter.
+
+Needs root (Postfix, smtp-sink -u postfix), the postfix package (smtp-source,
+smtp-sink) and bin/null-milter + bin/portcullisd (make all bin/null-milter).
+
+    python3 tests/bench/postfix_throughput.py [--messages 6000] [--sessions 16]
+        [--size 1024] [--repeats 3] [--warmup 300] [--queue-on-tmpfs] [--keep]
+
+Environment: PORTCULLIS_BIN (default <repo>/bin).  Everything this script
+starts is stopped by pid at exit, also on SIGTERM/SIGHUP/SIGINT.
+"""
+
+import argparse
+import atexit
+import errno
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
+POSTFIX = "/usr/sbin/postfix"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+
+SENDER = "sender@example.org"
+RCPT = "user@example.com"
+CLIENT_HELO = "client.bench.test"
+MYHOSTNAME = "mx.bench.test"
+QUEUE_SUBDIRS = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    sys.stderr.write("bench: %s\n" % msg)
+    sys.stderr.flush()
+
+
+# ------------------------------------------------------------------ helpers
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def port_accepts(port, timeout=0.2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def wait_until(pred, timeout, what, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise BenchError("timed out after %.0fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno == errno.EPERM
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(") ", 1)[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process (all its threads), in seconds."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def system_cpu():
+    """(busy, total) jiffies over all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return sum(v) - idle, sum(v)
+
+
+def tail(path, n=20):
+    try:
+        with open(path, "rb") as f:
+            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def stop_process(p, grace=2.0):
+    """SIGTERM, then SIGKILL after grace seconds (libmilter can take ~5 s)."""
+    if p is None or p.poll() is not None:
+        return
+    p.terminate()
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+
+
+# -------------------------------------------------------------------- sink
+class Sink:
+    """smtp-sink -c: it prints "sess=N quit=N mesg=N\\r" after every session
+    end, QUIT and "."; the last mesg= is the number of messages received."""
+
+    RE = re.compile(rb"mesg=(\d+)")
+
+    def __init__(self, workdir):
+        self.port = None
+        self.out = os.path.join(workdir, "smtp-sink.out")
+        self.proc = None
+        self.offset = 0
+        self.count = 0
+
+    def start(self, port):
+        self.port = port
+        fh = open(self.out, "wb")
+        self.proc = subprocess.Popen(
+            [SMTP_SINK, "-u", "postfix", "-c", "-h", "sink.bench.test",
+             "127.0.0.1:%d" % port, "256"],
+            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        fh.close()
+        wait_until(lambda: self.proc.poll() is not None or port_accepts(port), 10, "smtp-sink")
+        if self.proc.poll() is not None:
+            raise BenchError("smtp-sink exited: %s" % tail(self.out))
+
+    def messages(self):
+        with open(self.out, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        cut = data.rfind(b"\r")
+        if cut >= 0:
+            m = self.RE.findall(data[:cut])
+            if m:
+                self.count = int(m[-1])
+            self.offset += cut + 1
+        return self.count
+
+    def stop(self):
+        stop_process(self.proc)
+        self.proc = None
+
+
+# ----------------------------------------------------------------- postfix
+class Postfix:
+    def __init__(self, workdir, smtp_port, sink_port, queue_dir):
+        self.dir = os.path.join(workdir, "postfix")
+        self.queue = queue_dir
+        self.data = os.path.join(workdir, "data")
+        self.maillog = os.path.join(workdir, "maillog")
+        self.smtp_port = smtp_port
+        self.sink_port = sink_port
+        self.running = False
+        for d in (self.dir, self.queue):
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o755)
+
+    def main_cf(self, milter):
+        sink = "smtp:[127.0.0.1]:%d" % self.sink_port
+        c = [
+            ("compatibility_level", "3.6"),
+            ("config_directory", self.dir),
+            ("queue_directory", self.queue),
+            ("data_directory", self.data),
+            ("mail_owner", "postfix"),
+            ("setgid_group", "postdrop"),
+            ("syslog_name", "postfix-bench"),
+            ("maillog_file", self.maillog),
+            ("maillog_file_prefixes", "/var, /dev/stdout, /tmp, /dev/shm"),
+            ("myhostname", MYHOSTNAME),
+            ("mydomain", "bench.test"),
+            ("myorigin", "$myhostname"),
+            ("mydestination", ""),
+            ("inet_interfaces", "127.0.0.1"),
+            ("inet_protocols", "ipv4"),
+            ("mynetworks", "127.0.0.0/8"),
+            ("relay_domains", "example.com"),
+            ("smtpd_relay_restrictions", "permit_mynetworks, reject_unauth_destination"),
+            ("smtpd_recipient_restrictions", ""),
+            ("default_transport", sink),
+            ("relay_transport", sink),
+            ("local_transport", sink),
+            ("virtual_transport", sink),
+            ("alias_maps", ""),
+            ("alias_database", ""),
+            ("smtpd_peername_lookup", "no"),
+            ("smtp_dns_support_level", "disabled"),
+            ("smtp_host_lookup", "native"),
+            ("local_header_rewrite_clients", ""),
+            ("smtpd_banner", "$myhostname ESMTP bench"),
+            ("smtpd_error_sleep_time", "0"),
+            ("smtpd_client_connection_count_limit", "0"),
+            ("smtpd_client_connection_rate_limit", "0"),
+            ("biff", "no"),
+            ("append_dot_mydomain", "no"),
+            ("delay_warning_time", "0"),
+            ("notify_classes", ""),
+            ("smtputf8_enable", "no"),
+            ("queue_run_delay", "1s"),
+            ("minimal_backoff_time", "1s"),
+            ("maximal_backoff_time", "2s"),
+            ("smtp_connect_timeout", "5s"),
+            # throughput: Postfix must not be the artificial limit
+            ("in_flow_delay", "0"),
+            ("default_process_limit", "100"),
+            ("default_destination_concurrency_limit", "50"),
+            ("smtp_destination_concurrency_limit", "50"),
+            ("initial_destination_concurrency", "20"),
+            ("default_destination_rate_delay", "0"),
+            ("smtp_connection_cache_on_demand", "yes"),
+        ]
+        if milter:
+            c += [
+                ("smtpd_milters", milter),
+                ("non_smtpd_milters", ""),
+                ("milter_default_action", "tempfail"),
+                ("milter_protocol", "6"),
+                ("milter_connect_timeout", "5s"),
+                ("milter_command_timeout", "10s"),
+                ("milter_content_timeout", "10s"),
+            ]
+        else:
+            c += [("smtpd_milters", ""), ("non_smtpd_milters", "")]
+        return "".join("%s = %s\n" % kv for kv in c)
+
+    def master_cf(self):
+        rows = [
+            ("127.0.0.1:%d" % self.smtp_port, "inet", "n", "-", "n", "-", "-", "smtpd"),
+            ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
+            ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
+            ("qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"),
+            ("rewrite", "unix", "-", "-", "n", "-", "-", "trivial-rewrite"),
+            ("bounce", "unix", "-", "-", "n", "-", "0", "bounce"),
+            ("defer", "unix", "-", "-", "n", "-", "0", "bounce"),
+            ("trace", "unix", "-", "-", "n", "-", "0", "bounce"),
+            ("verify", "unix", "-", "-", "n", "-", "1", "verify"),
+            ("flush", "unix", "n", "-", "n", "1000?", "0", "flush"),
+            ("proxymap", "unix", "-", "-", "n", "-", "-", "proxymap"),
+            ("smtp", "unix", "-", "-", "n", "-", "-", "smtp"),
+            ("relay", "unix", "-", "-", "n", "-", "-", "smtp"),
+            ("showq", "unix", "n", "-", "n", "-", "-", "showq"),
+            ("error", "unix", "-", "-", "n", "-", "-", "error"),
+            ("retry", "unix", "-", "-", "n", "-", "-", "error"),
+            ("discard", "unix", "-", "-", "n", "-", "-", "discard"),
+            ("anvil", "unix", "-", "-", "n", "-", "1", "anvil"),
+            ("scache", "unix", "-", "-", "n", "-", "1", "scache"),
+            ("postlog", "unix-dgram", "n", "-", "n", "-", "1", "postlogd"),
+        ]
+        return "".join("%-24s %-10s %-3s %-3s %-3s %-6s %-3s %s\n" % r for r in rows)
+
+    def _run(self, *args, check=True):
+        p = subprocess.run([POSTFIX, "-c", self.dir] + list(args),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, text=True, timeout=60)
+        if check and p.returncode != 0:
+            raise BenchError("postfix %s failed (%d): %s\nmaillog:\n%s" % (
+                " ".join(args), p.returncode, p.stdout, tail(self.maillog)))
+        return p
+
+    def start(self, milter):
+        with open(os.path.join(self.dir, "main.cf"), "w") as f:
+            f.write(self.main_cf(milter))
+        with open(os.path.join(self.dir, "master.cf"), "w") as f:
+            f.write(self.master_cf())
+        self._run("start")
+        self.running = True
+
+        def greeted():
+            try:
+                with socket.create_connection(("127.0.0.1", self.smtp_port), timeout=1) as s:
+                    return s.recv(512).startswith(b"220")
+            except OSError:
+                return False
+        wait_until(greeted, 15, "postfix smtpd on port %d" % self.smtp_port)
+
+    def master_pid(self):
+        try:
+            with open(os.path.join(self.queue, "pid", "master.pid")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self):
+        if not self.running:
+            return
+        pid = self.master_pid()
+        p = self._run("stop", check=False)
+        if p.returncode != 0:
+            log("postfix stop: %s" % p.stdout.strip())
+        if pid:
+            try:
+                wait_until(lambda: not pid_alive(pid), 15, "postfix master exit")
+            except BenchError:
+                os.kill(pid, signal.SIGKILL)
+        self.running = False
+
+    def queued(self):
+        """Number of queue files in the queues a message can be waiting in."""
+        n = 0
+        for sub in QUEUE_SUBDIRS:
+            for _root, _dirs, files in os.walk(os.path.join(self.queue, sub)):
+                n += len(files)
+        return n
+
+    def maillog_size(self):
+        try:
+            return os.path.getsize(self.maillog)
+        except OSError:
+            return 0
+
+    def maillog_since(self, off):
+        try:
+            with open(self.maillog, "rb") as f:
+                f.seek(off)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+# ------------------------------------------------------------------ milters
+class Milter:
+    """One milter process: null-milter or portcullisd, started per run."""
+
+    def __init__(self, kind, workdir, port):
+        self.kind = kind
+        self.workdir = workdir
+        self.port = port
+        self.proc = None
+        self.log = os.path.join(workdir, "%s.log" % kind)
+
+    @property
+    def postfix_spec(self):
+        return "inet:127.0.0.1:%d" % self.port
+
+    def argv(self):
+        if self.kind == "null-milter":
+            return [os.path.join(BIN, "null-milter"), "inet:%d@127.0.0.1" % self.port]
+        conf = os.path.join(self.workdir, "portcullis.cf")
+        lists = os.path.join(self.workdir, "lists")
+        state = os.path.join(self.workdir, "state")
+        for d in (lists, state):
+            os.makedirs(d, exist_ok=True)
+        with open(conf, "w") as f:
+            f.write("# written by tests/bench/postfix_throughput.py\n"
+                    "milter_listen = inet:127.0.0.1:%d\n"
+                    "mydomains = example.com\n"
+                    "relay_networks = 127.0.0.0/8\n"
+                    "lists = file:%s\n"
+                    "state_dir = %s\n"
+                    "log_level = warn\n" % (self.port, lists, state))
+        return [os.path.join(BIN, "portcullisd"), "-c", conf, "-f"]
+
+    def start(self):
+        wait_until(lambda: not port_accepts(self.port), 10,
+                   "milter port %d to be free" % self.port)
+        fh = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=fh, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        fh.close()
+        wait_until(lambda: self.proc.poll() is not None or port_accepts(self.port), 10,
+                   "%s on port %d" % (self.kind, self.port))
+        if self.proc.poll() is not None:
+            raise BenchError("%s exited %s at start:\n%s" % (
+                self.kind, p.returncode, tail(self.log)))
+
+    def cpu(self):
+        return proc_cpu_seconds(self.proc.pid) if self.proc else 0.0
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is not None:
+            p, self.proc = self.proc, None
+            raise BenchError("%s died during the run (status %s):\n%s" % (
+                self.kind, self.proc.returncode, tail(self.log)))
+        stop_process(self.proc)
+        self.proc = None
+
+
+# -------------------------------------------------------------------- bench
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.workdir = tempfile.mkdtemp(prefix="portcullis-bench.", dir="/tmp")
+        os.chmod(self.workdir, 0o755)
+        if args.queue_on_tmpfs:
+            qdir = tempfile.mkdtemp(prefix="portcullis-bench-queue.", dir="/dev/shm")
+            os.chmod(qdir, 0o755)
+            self.extra_dirs = [qdir]
+            qdir = os.path.join(qdir, "queue")
+        else:
+            self.extra_dirs = []
+            qdir = os.path.join(self.workdir, "queue")
+        ports = set()
+        while len(ports) < 4:
+            ports.add(free_port())
+        smtp_port, sink_port, null_port, pcd_port = sorted(ports)
+        self.sink = Sink(self.workdir)
+        self.postfix = Postfix(self.workdir, smtp_port, sink_port, qdir)
+        self.milters = {
+            "null-milter": Milter("null-milter", self.workdir, null_port),
+            "portcullisd": Milter("portcullisd", self.workdir, pcd_port),
+        }
+        self.closed = False
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        for fn in [self.postfix.stop, self.sink.stop] + [
+                m.stop for m in self.milters.values()]:
+            try:
+                fn()
+            except Exception as e:      # stop everything we can
+                log("cleanup: %s" % e)
+        if self.args.keep:
+            log("kept %s %s" % (self.workdir, " ".join(self.extra_dirs)))
+        else:
+            for d in [self.workdir] + self.extra_dirs:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def source(self, count):
+        """Run smtp-source for count messages; raise unless it exits 0."""
+        a = self.args
+        cmd = [SMTP_SOURCE, "-c", "-s", str(a.sessions), "-m", str(count),
+               "-l", str(a.size), "-M", CLIENT_HELO, "-f", SENDER, "-t", RCPT,
+               "127.0.0.1:%d" % self.postfix.smtp_port]
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, text=True, timeout=a.timeout)
+        if p.returncode != 0:
+            raise BenchError("smtp-source exited %d: %s\nmaillog:\n%s" % (
+                p.returncode, p.stderr.strip(), tail(self.postfix.maillog)))
+        return " ".join(cmd)
+
+    def drain(self, expect, timeout):
+        """Wait until the sink has counted expect messages and the queue is
+        empty.  Returns the sink count."""
+        def done():
+            return self.sink.messages() >= expect and self.postfix.queued() == 0
+        try:
+            wait_until(done, timeout, "%d messages at the sink and an empty queue" % expect,
+                       interval=0.02)
+        except BenchError as e:
+            raise BenchError("%s (sink has %d, queue holds %d)\nmaillog:\n%s" % (
+                e, self.sink.messages(), self.postfix.queued(), tail(self.postfix.maillog)))
+        return self.sink.messages()
+
+    def run_one(self, name):
+        a = self.args
+        milter = self.milters.get(name)
+        if milter:
+            milter.start()
+        self.postfix.start(milter.postfix_spec if milter else None)
+        try:
+            if a.warmup:
+                base = self.sink.messages()
+                self.source(a.warmup)
+                self.drain(base + a.warmup, 60)
+            base = self.sink.messages()
+            log_off = self.postfix.maillog_size()
+            cpu0 = milter.cpu() if milter else 0.0
+            sys0 = system_cpu()
+            t0 = time.monotonic()
+            self.cmd = self.source(a.messages)
+            t_inject = time.monotonic() - t0
+            got = self.drain(base + a.messages, a.timeout) - base
+            t_end = time.monotonic() - t0
+            sys1 = system_cpu()
+            cpu = (milter.cpu() - cpu0) if milter else 0.0
+            # postlogd writes the maillog asynchronously: let it catch up
+            try:
+                wait_until(lambda: len(re.findall(r" status=sent ", self.postfix.maillog_since(
+                    log_off))) >= a.messages, 10, "maillog", interval=0.2)
+            except BenchError:
+                pass
+            ml = self.postfix.maillog_since(log_off)
+        finally:
+            self.postfix.stop()
+            if milter:
+                milter.stop()
+        sent = len(re.findall(r" status=sent ", ml))
+        bad = {k: len(re.findall(r" status=%s " % k, ml)) for k in ("deferred", "bounced")}
+        rejects = len(re.findall(r" (?:reject|milter-reject): ", ml))
+        if got != a.messages or sent != a.messages or bad["bounced"] or rejects:
+            raise BenchError("%s: sent %d messages, sink counted %d, maillog: %d sent, "
+                             "%d deferred, %d bounced, %d rejected" % (
+                                 name, a.messages, got, sent, bad["deferred"],
+                                 bad["bounced"], rejects))
+        busy = 100.0 * (sys1[0] - sys0[0]) / max(1, sys1[1] - sys0[1])
+        return {"name": name, "messages": got, "seconds": t_end, "inject": t_inject,
+                "rate": got / t_end, "milter_cpu": cpu, "busy": busy,
+                "deferred": bad["deferred"]}
+
+
+def median(rows, key):
+    return statistics.median(r[key] for r in rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=6000)
+    ap.add_argument("--sessions", type=int, default=16)
+    ap.add_argument("--size", type=int, default=1024, help="body bytes per message")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=300, help="untimed messages per run")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per run, at most")
+    ap.add_argument("--queue-on-tmpfs", action="store_true",
+                    help="put the Postfix queue on /dev/shm (no disk fsync cost)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+
+    if os.geteuid() != 0:
+        print("postfix_throughput: needs root (private Postfix, smtp-sink -u postfix)",
+              file=sys.stderr)
+        return 1
+    for exe in (POSTFIX, SMTP_SINK, SMTP_SOURCE, os.path.join(BIN, "null-milter"),
+                os.path.join(BIN, "portcullisd")):
+        if not os.access(exe, os.X_OK):
+            print("postfix_throughput: %s is missing (make all bin/null-milter; "
+                  "apt-get install postfix)" % exe, file=sys.stderr)
+            return 1
+
+    configs = ["no milter", "null-milter", "portcullisd"]
+    bench = Bench(args)
+    atexit.register(bench.close)
+
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+
+    t_all = time.monotonic()
+    results = []
+    try:
+        bench.sink.start(bench.postfix.sink_port)
+        print("Postfix throughput: %d messages x %d B body, %d parallel sessions, "
+              "%d repeat(s), queue on %s, %d CPU(s)" % (
+                  args.messages, args.size, args.sessions, args.repeats,
+                  "tmpfs" if args.queue_on_tmpfs else "disk", os.cpu_count()), flush=True)
+        for rep in range(args.repeats):
+            for name in configs:
+                r = bench.run_one(name)
+                r["rep"] = rep + 1
+                results.append(r)
+                print("  run %d %-12s %5d msgs %7.2f s %8.1f msg/s  (injected in %.2f s, "
+                      "milter CPU %.2f s, system CPU busy %.0f%%)" % (
+                          r["rep"], name, r["messages"], r["seconds"], r["rate"],
+                          r["inject"], r["milter_cpu"], r["busy"]) +
+                      ("  WARNING: %d deferral(s), retried" % r["deferred"]
+                       if r["deferred"] else ""), flush=True)
+    except BenchError as e:
+        print("postfix_throughput: FAILED: %s" % e, file=sys.stderr)
+        return 1
+    finally:
+        bench.close()
+
+    print()
+    print("client: %s" % bench.cmd)
+    print("medians over %d run(s) each (end to end: first message sent -> "
+          "last one at the sink, queue empty):" % args.repeats)
+    print("  %-13s %9s %9s %10s %14s" % ("configuration", "messages", "seconds",
+                                         "messages/s", "milter CPU s"))
+    rate = {}
+    for name in configs:
+        rows = [r for r in results if r["name"] == name]
+        rate[name] = median(rows, "rate")
+        print("  %-13s %9d %9.2f %10.1f %14s" % (
+            name, rows[0]["messages"], median(rows, "seconds"), rate[name],
+            "-" if name == "no milter" else "%.2f" % median(rows, "milter_cpu")))
+    print("  ratio portcullisd / null-milter: %.3f" % (rate["portcullisd"] / rate["null-milter"]))
+    print("  ratio null-milter / no milter:   %.3f" % (rate["null-milter"] / rate["no milter"]))
+    print("  total bench time %.0f s" % (time.monotonic() - t_all))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+/*
+ * Unit test runner: every tests/unit/test_<module>.c registers a suite.
+ * Exit status is non-zero when any assertion failed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+
+#include "common/log.h"
+#include "common/xmalloc.h"
+#include "tests/unit/unit.h"
+
+void
+unit_suite(const char *name, CU_TestInfo *tests)
+{
+	CU_pSuite s = CU_add_suite(name, NULL, NULL);
+
+	if (s == NULL) {
+		fprintf(stderr, "CU_add_suite: %s\n", CU_get_error_msg());
+		exit(2);
+	}
+	for (CU_TestInfo *t = tests; t->pName != NULL; t++)
+		if (CU_add_test(s, t->pName, t->pTestFunc) == NULL) {
+			fprintf(stderr, "CU_add_test: %s\n", CU_get_error_msg());
+			exit(2);
+		}
+}
+
+char *
+unit_tmpdir(void)
+{
+	char *d = xstrdup("/tmp/portcullis-unit-XXXXXX");
+
+	if (mkdtemp(d) == NULL) {
+		perror("mkdtemp");
+		exit(2);
+	}
+	return d;
+}
+
+int
+main(void)
+{
+	unsigned failed;
+
+	log_open("unit", 1);
+	log_set_level(LOG_LVL_ERROR);	/* bad-input tests log on purpose */
+	if (CU_initialize_registry() != CUE_SUCCESS)
+		return 2;
+	test_conf_register();
+	test_cidr_register();
+	test_mailaddr_register();
+	test_listentry_register();
+	test_liststore_file_register();
+	test_listset_register();
+	test_engine_register();
+	CU_basic_set_mode(CU_BRM_NORMAL);
+	CU_basic_run_tests();
+	failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+	CU_cleanup_registry();
+	return failed ? 1 : 0;
+}

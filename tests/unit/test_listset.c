@@ -1,0 +1,101 @@
+/* listset: compiled lists, matching order and expiry. */
+#include <string.h>
+
+#include "common/xmalloc.h"
+#include "rules/listset.h"
+#include "tests/unit/unit.h"
+
+static void
+add(struct entry_vec *v, const char *line)
+{
+	struct list_entry e;
+	const char *err;
+
+	CU_ASSERT_EQUAL_FATAL(listentry_parse_line(line, &e, &err), 0);
+	entry_vec_push(v, &e);
+}
+
+static void
+test_listset_matching(void)
+{
+	struct entry_vec v = { 0 };
+	struct listset *l;
+	struct listset_match m;
+	struct ipaddr a;
+	struct mailaddr s;
+
+	add(&v, "10.0.0.0/8 reason=big net");
+	add(&v, "10.1.0.0/16 expires=500");	/* expires inside the test */
+	add(&v, "host:mx.example.com");
+	add(&v, "host:.bad.example");
+	add(&v, "joe@example.org");
+	add(&v, "@spam.example");
+	add(&v, "192.0.2.1 expires=50");	/* already expired at build */
+	l = listset_build(&v, 100);
+	entry_vec_clear(&v);
+	CU_ASSERT_EQUAL(listset_count(l), 6);
+	CU_ASSERT_EQUAL(listset_next_expiry(l), 500);
+
+	CU_ASSERT_EQUAL(cidr_addr_parse("10.1.2.3", &a), 0);
+	CU_ASSERT_TRUE(listset_match_client(l, &a, NULL, 100, &m));
+	CU_ASSERT_STRING_EQUAL(m.key, "10.1.0.0/16");
+	/* after its expiry the /16 stops matching; until a rebuild nothing covers it */
+	CU_ASSERT_FALSE(listset_match_client(l, &a, NULL, 600, &m));
+	CU_ASSERT_EQUAL(cidr_addr_parse("10.2.0.1", &a), 0);
+	CU_ASSERT_TRUE(listset_match_client(l, &a, NULL, 600, &m));
+	CU_ASSERT_STRING_EQUAL(m.reason, "big net");
+	CU_ASSERT_EQUAL(cidr_addr_parse("192.0.2.1", &a), 0);
+	CU_ASSERT_FALSE(listset_match_client(l, &a, NULL, 100, &m));
+
+	CU_ASSERT_TRUE(listset_match_client(l, NULL, "MX.Example.Com.", 100, &m));
+	CU_ASSERT_TRUE(listset_match_client(l, NULL, "deep.in.bad.example", 100, &m));
+	CU_ASSERT_STRING_EQUAL(m.key, "host:.bad.example");
+	CU_ASSERT_FALSE(listset_match_client(l, NULL, "bad.example", 100, &m));
+	CU_ASSERT_FALSE(listset_match_client(l, NULL, "other.example.com", 100, &m));
+	CU_ASSERT_FALSE(listset_match_client(l, NULL, "", 100, &m));
+
+	CU_ASSERT_EQUAL(mailaddr_parse("<JOE@example.org>", &s), 0);
+	CU_ASSERT_TRUE(listset_match_sender(l, &s, 100, &m));
+	CU_ASSERT_EQUAL(mailaddr_parse("<x@spam.example>", &s), 0);
+	CU_ASSERT_TRUE(listset_match_sender(l, &s, 100, &m));
+	CU_ASSERT_EQUAL(m.kind, ENTRY_SENDER_DOMAIN);
+	CU_ASSERT_EQUAL(mailaddr_parse("<>", &s), 0);
+	CU_ASSERT_FALSE(listset_match_sender(l, &s, 100, &m));
+	listset_free(&l);
+	CU_ASSERT_PTR_NULL(l);
+}
+
+static void
+test_listset_empty_and_duplicates(void)
+{
+	struct entry_vec v = { 0 };
+	struct listset *l;
+	struct listset_match m;
+	struct mailaddr s;
+
+	l = listset_build(&v, 0);
+	CU_ASSERT_EQUAL(listset_count(l), 0);
+	CU_ASSERT_EQUAL(mailaddr_parse("<a@b.example>", &s), 0);
+	CU_ASSERT_FALSE(listset_match_sender(l, &s, 0, &m));
+	listset_free(&l);
+
+	add(&v, "a@b.example reason=first");
+	add(&v, "a@b.example reason=second");
+	l = listset_build(&v, 0);
+	entry_vec_clear(&v);
+	CU_ASSERT_TRUE(listset_match_sender(l, &s, 0, &m));
+	CU_ASSERT_STRING_EQUAL(m.reason, "second");
+	listset_free(&l);
+}
+
+static CU_TestInfo tests[] = {
+	{ "addresses, hosts, senders, expiry", test_listset_matching },
+	{ "empty lists and duplicate keys", test_listset_empty_and_duplicates },
+	CU_TEST_INFO_NULL,
+};
+
+void
+test_listset_register(void)
+{
+	unit_suite("listset", tests);
+}

@@ -1,0 +1,184 @@
+/* liststore_file: hand-edited files, atomic rewrites, change detection. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/xmalloc.h"
+#include "storage-adapter/liststore.h"
+#include "tests/unit/unit.h"
+
+static char *
+slurp(const char *path)
+{
+	FILE *fp = fopen(path, "r");
+	char *buf = xcalloc(1, 65536);
+
+	if (fp != NULL) {
+		size_t n = fread(buf, 1, 65535, fp);
+
+		buf[n] = '\0';
+		fclose(fp);
+	}
+	return buf;
+}
+
+static void
+spit(const char *path, const char *text)
+{
+	FILE *fp = fopen(path, "w");
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+	fputs(text, fp);
+	fclose(fp);
+}
+
+static int
+has_key(const struct entry_vec *v, const char *key)
+{
+	for (size_t i = 0; i < v->n; i++)
+		if (strcmp(v->v[i].key, key) == 0)
+			return 1;
+	return 0;
+}
+
+static void
+test_file_bad_lines_skipped(void)
+{
+	char *dir = unit_tmpdir();
+	char *url = xasprintf("file:%s", dir), *path = xasprintf("%s/kill.list", dir);
+	char longline[3000];
+	struct liststore *s;
+	struct entry_vec v = { 0 };
+	const char *err;
+	char *text;
+
+	memset(longline, 'x', sizeof(longline) - 1);
+	longline[sizeof(longline) - 1] = '\0';
+	text = xasprintf("# comment\n192.0.2.1\nthis is not an entry\n\n198.51.100.0/24 reason=spam\n"
+	    "10.0.0.0/8 expires=banana\n%s\n@bad.example\n192.0.2.300\nlast@line.example", longline);
+	spit(path, text);
+	s = liststore_open(url, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_EQUAL(liststore_load(s, LIST_KILL, &v, &err), 0);
+	CU_ASSERT_EQUAL(v.n, 4);
+	CU_ASSERT_TRUE(has_key(&v, "192.0.2.1"));
+	CU_ASSERT_TRUE(has_key(&v, "198.51.100.0/24"));
+	CU_ASSERT_TRUE(has_key(&v, "@bad.example"));
+	CU_ASSERT_TRUE(has_key(&v, "last@line.example"));
+	CU_ASSERT_FALSE(has_key(&v, "10.0.0.0/8"));
+	entry_vec_clear(&v);
+	/* a missing list is an empty list */
+	CU_ASSERT_EQUAL(liststore_load(s, LIST_ACCEPT, &v, &err), 0);
+	CU_ASSERT_EQUAL(v.n, 0);
+	liststore_free(&s);
+	free(text);
+	free(url);
+	free(path);
+	free(dir);
+}
+
+static void
+test_file_rewrite_keeps_what_it_cannot_parse(void)
+{
+	char *dir = unit_tmpdir();
+	char *url = xasprintf("file:%s", dir), *path = xasprintf("%s/kill.list", dir);
+	struct liststore *s;
+	struct list_entry e;
+	const char *err;
+	char *after;
+	int found = -1;
+
+	spit(path, "# mine\n192.0.2.1 reason=old\ntypo here\n203.0.113.5 expires=1\n");
+	s = liststore_open(url, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+	CU_ASSERT_EQUAL_FATAL(listentry_parse_key("192.0.2.1", &e, &err), 0);
+	e.reason = xstrdup("new");
+	CU_ASSERT_EQUAL(liststore_add(s, LIST_KILL, &e, &err), 0);
+	listentry_clear(&e);
+	CU_ASSERT_EQUAL_FATAL(listentry_parse_key("@spam.example", &e, &err), 0);
+	CU_ASSERT_EQUAL(liststore_add(s, LIST_KILL, &e, &err), 0);
+	listentry_clear(&e);
+	after = slurp(path);
+	CU_ASSERT_PTR_NOT_NULL(strstr(after, "# mine\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(after, "typo here\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(after, "192.0.2.1 added=0 expires=0 origin=admin reason=new\n"));
+	CU_ASSERT_PTR_NULL(strstr(after, "reason=old"));
+	CU_ASSERT_PTR_NULL(strstr(after, "203.0.113.5"));	/* expired: dropped */
+	CU_ASSERT_PTR_NOT_NULL(strstr(after, "@spam.example"));
+	free(after);
+	CU_ASSERT_EQUAL(liststore_del(s, LIST_KILL, "192.0.2.1", &found, &err), 0);
+	CU_ASSERT_EQUAL(found, 1);
+	CU_ASSERT_EQUAL(liststore_del(s, LIST_KILL, "192.0.2.1", &found, &err), 0);
+	CU_ASSERT_EQUAL(found, 0);
+	after = slurp(path);
+	CU_ASSERT_PTR_NULL(strstr(after, "192.0.2.1"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(after, "typo here\n"));
+	free(after);
+	/* no temporary files left behind */
+	char *cmd = xasprintf("test $(ls -A %s | grep -c tmp) -eq 0", dir);
+	CU_ASSERT_EQUAL(system(cmd), 0);
+	free(cmd);
+	liststore_free(&s);
+	free(url);
+	free(path);
+	free(dir);
+}
+
+static void
+test_file_change_detection(void)
+{
+	char *dir = unit_tmpdir();
+	char *url = xasprintf("file:%s", dir);
+	struct liststore *reader, *writer;
+	struct entry_vec v = { 0 };
+	struct list_entry e;
+	const char *err;
+
+	reader = liststore_open(url, &err);
+	writer = liststore_open(url, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(reader);
+	CU_ASSERT_EQUAL(liststore_changed(reader, LIST_KILL), 1);	/* never loaded */
+	CU_ASSERT_EQUAL(liststore_load(reader, LIST_KILL, &v, &err), 0);
+	entry_vec_clear(&v);
+	CU_ASSERT_EQUAL(liststore_changed(reader, LIST_KILL), 0);
+	CU_ASSERT_EQUAL_FATAL(listentry_parse_key("192.0.2.1", &e, &err), 0);
+	CU_ASSERT_EQUAL(liststore_add(writer, LIST_KILL, &e, &err), 0);
+	listentry_clear(&e);
+	CU_ASSERT_EQUAL(liststore_changed(reader, LIST_KILL), 1);
+	CU_ASSERT_EQUAL(liststore_changed(reader, LIST_ACCEPT), 1);	/* never loaded */
+	CU_ASSERT_EQUAL(liststore_load(reader, LIST_KILL, &v, &err), 0);
+	CU_ASSERT_EQUAL(v.n, 1);
+	entry_vec_clear(&v);
+	liststore_free(&reader);
+	liststore_free(&writer);
+	free(url);
+	free(dir);
+}
+
+static void
+test_file_bad_urls(void)
+{
+	const char *err;
+
+	CU_ASSERT_PTR_NULL(liststore_open("ftp://x", &err));
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "unknown store"));
+	CU_ASSERT_PTR_NULL(liststore_open("file:", &err));
+	CU_ASSERT_PTR_NULL(liststore_open("file:/proc/no/such/dir", &err));
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "cannot create"));
+}
+
+static CU_TestInfo tests[] = {
+	{ "bad lines are skipped, good lines load", test_file_bad_lines_skipped },
+	{ "rewrites keep comments and typos, drop expired", test_file_rewrite_keeps_what_it_cannot_parse },
+	{ "change detection", test_file_change_detection },
+	{ "bad store URLs", test_file_bad_urls },
+	CU_TEST_INFO_NULL,
+};
+
+void
+test_liststore_file_register(void)
+{
+	unit_suite("liststore_file", tests);
+}

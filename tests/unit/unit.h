@@ -1,0 +1,18 @@
+#ifndef PC_UNIT_H
+#define PC_UNIT_H
+#include <CUnit/CUnit.h>
+
+void test_conf_register(void);
+void test_cidr_register(void);
+void test_mailaddr_register(void);
+void test_listentry_register(void);
+void test_liststore_file_register(void);
+void test_listset_register(void);
+void test_engine_register(void);
+
+/* add a suite with its tests; tests end with { NULL, NULL } */
+void unit_suite(const char *name, CU_TestInfo *tests);
+/* a fresh empty directory under /tmp; caller frees the string */
+char *unit_tmpdir(void);
+
+#endif
