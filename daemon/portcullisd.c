@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,11 +161,26 @@ main(int argc, char **argv)
 		fatal("%s", err);
 	if (!foreground)
 		detach();
-	/* threads start after the fork */
+	/*
+	 * Threads start after the fork, with the stop signals blocked: libmilter's
+	 * own signal thread sigwait()s for them and shuts down cleanly. A thread
+	 * of ours with them unblocked would take the default action instead.
+	 */
+	{
+		sigset_t set;
+
+		sigemptyset(&set);
+		sigaddset(&set, SIGTERM);
+		sigaddset(&set, SIGINT);
+		sigaddset(&set, SIGHUP);
+		pthread_sigmask(SIG_BLOCK, &set, NULL);
+		signal(SIGPIPE, SIG_IGN);
+	}
 	w = watcher_new(store, &snaps, &err);
 	if (w == NULL)
 		fatal("cannot load the lists: %s", err);
 	env.ban_arg = w;
+	watcher_set_tick(w, milter_poke_if_stopping);
 	if (watcher_start(w, &err) < 0)
 		fatal("%s", err);
 	write_pidfile(conf_get(conf, "pid_file"));

@@ -41,7 +41,14 @@ struct watcher {
 	int pipefd[2];
 	pthread_t thread;
 	int running;
+	void (*tick)(void);
 };
+
+void
+watcher_set_tick(struct watcher *w, void (*tick)(void))
+{
+	w->tick = tick;
+}
 
 static int
 load_all(struct watcher *w, int force, int *changed_r, const char **error_r)
@@ -133,6 +140,8 @@ watcher_main(void *arg)
 		int changed = 0, banned = 0;
 		const char *err;
 
+		if (w->tick != NULL)
+			w->tick();
 		if (n > 0) {
 			struct ban_req r;
 			ssize_t got;

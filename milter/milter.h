@@ -23,5 +23,8 @@ int milter_setup(const char *listen, const struct milter_env *env, const char **
 /* serve until SIGTERM/SIGINT (libmilter's signal thread) or milter_stop() */
 int milter_run(void);
 void milter_stop(void);
+/* call periodically from another thread: wakes libmilter's listener once a
+ * stop was requested, so shutdown takes milliseconds, not seconds */
+void milter_poke_if_stopping(void);
 
 #endif

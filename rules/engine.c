@@ -235,6 +235,19 @@ engine_helo(struct engine_session *s, const struct snapshot *snap, const char *h
 	snprintf(v->rule, sizeof(v->rule), "no HELO check refused it");
 }
 
+/* for logs: the address without the <> the MTA passes, escaped and capped */
+static void
+escape_addr(char *dst, const char *a)
+{
+	size_t n = strlen(a);
+
+	if (n >= 2 && a[0] == '<' && a[n - 1] == '>') {
+		a++;
+		n -= 2;
+	}
+	log_escape(dst, a, n);
+}
+
 static void
 tx_reset(struct engine_session *s)
 {
@@ -303,7 +316,7 @@ engine_mail(struct engine_session *s, const struct snapshot *snap, const char *s
 	verdict_clear(v);
 	tx_reset(s);
 	s->in_tx = 1;
-	log_escape(s->sender_text, sender, strlen(sender));
+	escape_addr(s->sender_text, sender);
 	if (auth_user != NULL && auth_user[0] != '\0')
 		log_escape(s->auth, auth_user, strlen(auth_user));
 	if (too_long(s, cmdlen, v, now, snap))
@@ -359,7 +372,7 @@ engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *r
 	int parsed, local;
 
 	verdict_clear(v);
-	log_escape(s->rcpt_text, rcpt, strlen(rcpt));
+	escape_addr(s->rcpt_text, rcpt);
 	if (too_long(s, cmdlen, v, now, snap))
 		return;
 	if (kill_check(s, snap, now, v))
@@ -443,7 +456,8 @@ engine_eom(struct engine_session *s, struct verdict *v)
 		snprintf(v->rule, sizeof(v->rule), s->relayed ?
 		    "relayed message carries a required header" : "no end-of-message check refused it");
 	}
-	tx_reset(s);
+	/* the envelope stays for the log line; the next MAIL resets it */
+	s->in_tx = 0;
 }
 
 void
