@@ -79,6 +79,7 @@ unit:
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BINDIR)/unit-tests
 
 integration:
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_milter.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) sh tests/integration/test_miltertest.sh
 

@@ -375,50 +375,79 @@ class Postfix:
 
 
 # ------------------------------------------------------------------ milters
-class Milter:
-    """One milter process: null-milter or portcullisd, started per run."""
+def unix_accepts(path, timeout=0.2):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
-    def __init__(self, kind, workdir, port):
+
+class Milter:
+    """One milter process: null-milter or portcullisd, started per run, on a
+    loopback TCP port (the default) or on a UNIX-domain socket."""
+
+    def __init__(self, kind, workdir, port, unix=False):
         self.kind = kind
         self.workdir = workdir
         self.port = port
+        self.sock = os.path.join(workdir, "%s.sock" % kind) if unix else None
         self.proc = None
         self.log = os.path.join(workdir, "%s.log" % kind)
 
     @property
     def postfix_spec(self):
+        if self.sock:
+            return "unix:" + self.sock
         return "inet:127.0.0.1:%d" % self.port
+
+    def accepts(self):
+        if self.sock:
+            return unix_accepts(self.sock)
+        return port_accepts(self.port)
 
     def argv(self):
         if self.kind == "null-milter":
-            return [os.path.join(BIN, "null-milter"), "inet:%d@127.0.0.1" % self.port]
+            spec = ("unix:" + self.sock) if self.sock else "inet:%d@127.0.0.1" % self.port
+            return [os.path.join(BIN, "null-milter"), spec]
         conf = os.path.join(self.workdir, "portcullis.cf")
         lists = os.path.join(self.workdir, "lists")
         state = os.path.join(self.workdir, "state")
         for d in (lists, state):
             os.makedirs(d, exist_ok=True)
+        listen = ("unix:" + self.sock) if self.sock else "inet:127.0.0.1:%d" % self.port
         with open(conf, "w") as f:
             f.write("# written by tests/bench/postfix_throughput.py\n"
-                    "milter_listen = inet:127.0.0.1:%d\n"
+                    "milter_listen = %s\n"
                     "mydomains = example.com\n"
                     "relay_networks = 127.0.0.0/8\n"
                     "lists = file:%s\n"
                     "state_dir = %s\n"
-                    "log_level = warn\n" % (self.port, lists, state))
+                    "log_level = warn\n" % (listen, lists, state))
         return [os.path.join(BIN, "portcullisd"), "-c", conf, "-f"]
 
     def start(self):
-        wait_until(lambda: not port_accepts(self.port), 10,
-                   "milter port %d to be free" % self.port)
+        if self.sock:
+            if os.path.exists(self.sock):
+                os.unlink(self.sock)
+        else:
+            wait_until(lambda: not port_accepts(self.port), 10,
+                       "milter port %d to be free" % self.port)
         fh = open(self.log, "ab")
         self.proc = subprocess.Popen(self.argv(), stdout=fh, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         fh.close()
-        wait_until(lambda: self.proc.poll() is not None or port_accepts(self.port), 10,
-                   "%s on port %d" % (self.kind, self.port))
+        wait_until(lambda: self.proc.poll() is not None or self.accepts(), 10,
+                   "%s on %s" % (self.kind, self.postfix_spec))
         if self.proc.poll() is not None:
             raise BenchError("%s exited %s at start:\n%s" % (
-                self.kind, p.returncode, tail(self.log)))
+                self.kind, self.proc.returncode, tail(self.log)))
+        if self.sock:
+            os.chmod(self.sock, 0o666)      # smtpd runs as user postfix
 
     def cpu(self):
         return proc_cpu_seconds(self.proc.pid) if self.proc else 0.0
@@ -427,7 +456,7 @@ class Milter:
         if self.proc is not None and self.proc.poll() is not None:
             p, self.proc = self.proc, None
             raise BenchError("%s died during the run (status %s):\n%s" % (
-                self.kind, self.proc.returncode, tail(self.log)))
+                self.kind, p.returncode, tail(self.log)))
         stop_process(self.proc)
         self.proc = None
 
@@ -453,8 +482,8 @@ class Bench:
         self.sink = Sink(self.workdir)
         self.postfix = Postfix(self.workdir, smtp_port, sink_port, qdir)
         self.milters = {
-            "null-milter": Milter("null-milter", self.workdir, null_port),
-            "portcullisd": Milter("portcullisd", self.workdir, pcd_port),
+            "null-milter": Milter("null-milter", self.workdir, null_port, args.unix),
+            "portcullisd": Milter("portcullisd", self.workdir, pcd_port, args.unix),
         }
         self.closed = False
 
@@ -561,6 +590,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=300, help="seconds per run, at most")
     ap.add_argument("--queue-on-tmpfs", action="store_true",
                     help="put the Postfix queue on /dev/shm (no disk fsync cost)")
+    ap.add_argument("--unix", action="store_true",
+                    help="milters listen on UNIX-domain sockets instead of loopback TCP")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
 
@@ -589,8 +620,9 @@ def main():
     try:
         bench.sink.start(bench.postfix.sink_port)
         print("Postfix throughput: %d messages x %d B body, %d parallel sessions, "
-              "%d repeat(s), queue on %s, %d CPU(s)" % (
+              "%d repeat(s), milters on %s, queue on %s, %d CPU(s)" % (
                   args.messages, args.size, args.sessions, args.repeats,
+                  "unix: sockets" if args.unix else "inet: 127.0.0.1",
                   "tmpfs" if args.queue_on_tmpfs else "disk", os.cpu_count()), flush=True)
         for rep in range(args.repeats):
             for name in configs:

@@ -1,0 +1,228 @@
+#!/usr/bin/python3
+"""The admin's view of portcullisd and portcullis without an MTA: config
+errors name FILE:LINE, -n prints what differs from the defaults, bad list
+entries are refused with nothing written, hand-edited list files with bad
+lines are reported line by line while the good lines are enforced, and the
+daemon survives garbage in its list files.
+
+Run: python3 tests/integration/test_cli.py   (PORTCULLIS_BIN as for the others)
+Last line: "N passed, N failed".
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
+SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def run(*args, inp=None):
+    return subprocess.run(list(args), capture_output=True, text=True, input=inp, timeout=30)
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="portcullis-cli-")
+        self.port = free_port()
+        self.conf = os.path.join(self.dir, "portcullis.conf")
+        self.write_conf("")
+        self.daemon = None
+
+    def tearDown(self):
+        if self.daemon is not None:
+            self.stop_daemon()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def write_conf(self, extra):
+        with open(self.conf, "w") as f:
+            f.write("state_dir = %s/state\n"
+                    "milter_listen = inet:127.0.0.1:%d\n"
+                    "mydomains = example.com\n%s" % (self.dir, self.port, extra))
+
+    def pd(self, *args):
+        return run(os.path.join(BIN, "portcullisd"), "-c", self.conf, *args)
+
+    def pc(self, *args):
+        return run(os.path.join(BIN, "portcullis"), "-c", self.conf, *args)
+
+    @property
+    def killfile(self):
+        return os.path.join(self.dir, "state", "lists", "kill.list")
+
+    def start_daemon(self):
+        self.log = open(os.path.join(self.dir, "d.log"), "w+")
+        self.daemon = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
+                                       stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.fail("daemon did not listen:\n" + self.logtext())
+
+    def stop_daemon(self):
+        self.daemon.send_signal(signal.SIGTERM)
+        try:
+            rc = self.daemon.wait(8)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            rc = self.daemon.wait()
+        self.daemon = None
+        text = self.logtext()
+        self.log.close()
+        self.assertFalse(SANITIZER_RE.search(text), "sanitizer report:\n" + text)
+        self.assertEqual(rc, 0, "daemon exit status on SIGTERM\n" + text)
+
+    def logtext(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def wait_log(self, pattern, within=3.0):
+        deadline = time.time() + within
+        while time.time() < deadline:
+            if re.search(pattern, self.logtext()):
+                return True
+            time.sleep(0.05)
+        return False
+
+
+class ConfigErrors(Base):
+    def test_print_nondefault(self):
+        self.write_conf("max_recipients = 7\nrelay_networks = 10.0.0.0/8,\n  192.0.2.0/24\n")
+        r = self.pd("-n", "-o", "policy_mode=warn")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertIn("max_recipients = 7", lines)
+        self.assertIn("relay_networks = 10.0.0.0/8, 192.0.2.0/24", lines)
+        self.assertIn("policy_mode = warn", lines)
+        self.assertFalse(any(l.startswith("null_sender") for l in lines), "defaults are not printed")
+
+    def test_errors_name_file_and_line(self):
+        cases = [
+            ("\nmax_recipent = 5\n", r"portcullis\.conf:5: unknown parameter \"max_recipent\""),
+            ("relay_authenticated = perhaps\n", r"portcullis\.conf:4: relay_authenticated: \"perhaps\" is not yes or no"),
+            ("relay_networks = 10.0.0.1/8\n", r"portcullis\.conf:4: relay_networks: \"10\.0\.0\.1/8\": host bits set"),
+            ("lists = $nope\n", r"portcullis\.conf:4: lists: \$nope is not a known parameter"),
+            ("milter_listen = tcp:1\n", r"milter_listen: expected inet:HOST:PORT"),
+            ("lists = ftp://x\n", r"unknown store"),
+        ]
+        for extra, want in cases:
+            with self.subTest(extra=extra):
+                self.write_conf(extra)
+                r = self.pd("-f")
+                self.assertEqual(r.returncode, 1, "exit status for %r: %s" % (extra, r.stderr))
+                self.assertRegex(r.stderr, want)
+
+    def test_missing_config_file(self):
+        r = run(os.path.join(BIN, "portcullisd"), "-c", "/nonexistent/p.conf", "-f")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("/nonexistent/p.conf: cannot open", r.stderr)
+
+    def test_busy_port(self):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(1)
+        try:
+            r = self.pd("-f")
+        finally:
+            s.close()
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("milter_listen = inet:127.0.0.1:%d: cannot listen" % self.port, r.stderr)
+
+
+class ListCommands(Base):
+    def test_bad_entries_refused_nothing_written(self):
+        self.assertEqual(self.pc("kill", "add", "192.0.2.1").returncode, 0)
+        with open(self.killfile) as f:
+            before = f.read()
+        for bad in (["192.0.2.1/24"], ["999.1.1.1"], ["host:"], ["user@"], ["<a@b.c>"],
+                    ["192.0.2.9", "--ttl", "soon"], ["192.0.2.9", "--ttl", "0"],
+                    ["192.0.2.9", "--reason", "two\nlines"], ["192.0.2.9", "--colour", "red"]):
+            with self.subTest(bad=bad):
+                r = self.pc("kill", "add", *bad)
+                self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+                self.assertTrue(r.stderr.startswith("portcullis: "), r.stderr)
+                with open(self.killfile) as f:
+                    self.assertEqual(f.read(), before, "the list file changed")
+        r = self.pc("kill", "add", "192.0.2.1/24")
+        self.assertIn("host bits set", r.stderr)
+
+    def test_add_list_del(self):
+        self.assertEqual(self.pc("accept", "add", "2001:DB8::/32", "--reason", "partner").returncode, 0)
+        self.assertEqual(self.pc("kill", "add", "@Spam.Example", "--ttl", "2h").returncode, 0)
+        out = self.pc("accept", "list").stdout
+        self.assertRegex(out, r"^2001:db8::/32\s+origin=admin .*expires=never reason=partner$")
+        self.assertRegex(self.pc("kill", "list").stdout, r"^@spam\.example\s+origin=admin .*expires=20\d\d-")
+        self.assertEqual(self.pc("kill", "del", "@spam.example").returncode, 0)
+        r = self.pc("kill", "del", "@spam.example")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no entry @spam.example", r.stderr)
+        self.assertEqual(self.pc("kill", "list").stdout, "")
+
+    def test_explain_exit_status(self):
+        ok = self.pc("explain", "--client", "198.51.100.7", "--from", "a@b.example",
+                     "--rcpt", "u@example.com")
+        self.assertEqual(ok.returncode, 0, ok.stdout)
+        self.assertIn("result: accepted", ok.stdout)
+        bad = self.pc("explain", "--client", "198.51.100.7", "--from", "a@b.example",
+                      "--rcpt", "u@other.org")
+        self.assertEqual(bad.returncode, 1)
+        self.assertRegex(bad.stdout, r"RCPT .*550 5\.7\.1 <u@other\.org>: Relay access denied \[relay\]")
+        self.assertEqual(self.pc("explain", "--client", "nonsense", "--from", "a@b",
+                                 "--rcpt", "u@example.com").returncode, 2)
+
+
+class DaemonLists(Base):
+    def test_hand_edited_bad_lines_reported_good_enforced(self):
+        self.start_daemon()
+        self.assertTrue(self.wait_log(r"lists loaded: 0 kill"), self.logtext())
+        os.makedirs(os.path.dirname(self.killfile), exist_ok=True)
+        tmp = self.killfile + ".new"
+        with open(tmp, "w") as f:
+            f.write("# by hand\n192.0.2.1\nthis is no entry\n198.51.100.0/24 expires=soon\n@x.example\n")
+        os.rename(tmp, self.killfile)
+        self.assertTrue(self.wait_log(r"kill\.list:3: not an IP address.*line skipped"), self.logtext())
+        self.assertTrue(self.wait_log(r"kill\.list:4: expires= is not a unix time"), self.logtext())
+        self.assertTrue(self.wait_log(r"lists reloaded: 2 kill"), self.logtext())
+
+    def test_garbage_list_file_does_not_crash(self):
+        self.start_daemon()
+        os.makedirs(os.path.dirname(self.killfile), exist_ok=True)
+        with open(self.killfile, "wb") as f:
+            f.write(os.urandom(20000) + b"\n" + b"A" * 5000 + b"\n192.0.2.77\n\x00\x01\x02\n")
+        self.assertTrue(self.wait_log(r"lists reloaded: \d+ kill"), self.logtext())
+        self.assertTrue(self.wait_log(r"longer than 2048 bytes; line skipped"), self.logtext())
+        self.assertIsNone(self.daemon.poll(), "daemon died:\n" + self.logtext())
+        # the escaped bytes in the log are printable
+        for line in self.logtext().splitlines():
+            self.assertTrue(all(32 <= ord(ch) < 127 for ch in line), repr(line))
+
+
+if __name__ == "__main__":
+    for exe in ("portcullisd", "portcullis"):
+        if not os.access(os.path.join(BIN, exe), os.X_OK):
+            sys.exit("%s/%s missing: run make first" % (BIN, exe))
+    res = unittest.main(exit=False, verbosity=1).result
+    failed = len(res.failures) + len(res.errors)
+    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
+    sys.exit(1 if failed else 0)
