@@ -11,10 +11,11 @@ OPT     ?= -O2 -g
 BUILD   ?= build/release
 BINDIR  ?= bin
 SAN     ?=
-PKGS    := milter
+PKGS    := milter hiredis
 CPPFLAGS_ALL := -I. -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -pthread $(OPT) $(SAN) $(CFLAGS)
 LIBS_MILTER  := $(shell pkg-config --libs milter 2>/dev/null || echo -lmilter)
+LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
 LIBS_CUNIT   := $(shell pkg-config --libs cunit 2>/dev/null || echo -lcunit)
 LDFLAGS_ALL  := -pthread $(SAN) $(LDFLAGS)
 
@@ -43,23 +44,23 @@ $(LIB): $(LIB_OBJ)
 
 $(BINDIR)/portcullisd: $(DAEMON_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER) $(LIBS_LIB)
 
 $(BINDIR)/portcullis: $(CLI_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
 $(BINDIR)/unit-tests: $(UNIT_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_CUNIT)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_CUNIT) $(LIBS_LIB)
 
 $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
 $(BINDIR)/null-milter: $(NULLMILTER_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER) $(LIBS_LIB)
 
 asan:
 	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" \

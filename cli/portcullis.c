@@ -4,6 +4,9 @@
  *   portcullis [-c FILE] [-o k=v]... kill|accept add ENTRY [--ttl TIME] [--reason TEXT]
  *   portcullis [-c FILE] [-o k=v]... kill|accept del ENTRY
  *   portcullis [-c FILE] [-o k=v]... kill|accept list
+ *   portcullis [-c FILE] [-o k=v]... kill|accept import FILE|- [--ttl TIME] [--reason TEXT]
+ *   portcullis [-c FILE] [-o k=v]... kill|accept export
+ *   portcullis [-c FILE] [-o k=v]... lists migrate FROM-URL TO-URL
  *   portcullis [-c FILE] [-o k=v]... explain --client IP [--hostname NAME] [--helo H]
  *                 [--auth USER] --from ADDR --rcpt ADDR... [--header NAME]...
  *
@@ -11,6 +14,7 @@
  * them up within a second. A bad ENTRY is refused and nothing is written.
  * Exit: 0 done (explain: accepted), 1 refused by explain, 2 error.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +24,7 @@
 
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/pclimits.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
 #include "rules/policy.h"
@@ -35,6 +40,9 @@ usage(void)
 	    "  kill|accept add ENTRY [--ttl TIME] [--reason TEXT]\n"
 	    "  kill|accept del ENTRY\n"
 	    "  kill|accept list\n"
+	    "  kill|accept import FILE|- [--ttl TIME] [--reason TEXT] [--skip-bad]\n"
+	    "  kill|accept export\n"
+	    "  lists migrate FROM-URL TO-URL\n"
 	    "  explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
 	    "          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
 	    "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
@@ -63,7 +71,7 @@ static struct liststore *
 open_store(const struct conf *c)
 {
 	const char *err;
-	struct liststore *s = liststore_open(conf_get(c, "lists"), &err);
+	struct liststore *s = liststore_open_conf(c, &err);
 
 	if (s == NULL)
 		die("%s", err);
@@ -181,6 +189,278 @@ cmd_del(const struct conf *c, enum list_kind k, int argc, char **argv)
 	}
 	printf("%s: deleted %s\n", list_kind_name(k), e.key);
 	listentry_clear(&e);
+	return 0;
+}
+
+/* ---- import / export / migrate ---- */
+
+struct progress {
+	const char *what;
+	size_t total;
+	double start;
+	int tty;
+};
+
+static double
+mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void
+show_progress(void *arg, size_t done)
+{
+	struct progress *p = arg;
+	double el = mono() - p->start;
+	int width = 30, fill = p->total ? (int)((double)width * (double)done / (double)p->total) : width;
+
+	if (!p->tty)
+		return;
+	fprintf(stderr, "\r%s [%.*s%*s] %3d%% %zu/%zu %.0f/s ", p->what, fill,
+	    "##############################", width - fill, "",
+	    p->total ? (int)(100.0 * (double)done / (double)p->total) : 100, done, p->total,
+	    el > 0 ? (double)done / el : 0.0);
+	if (done >= p->total)
+		fputc('\n', stderr);
+}
+
+/*
+ * One import line: "ENTRY [--ttl TIME] [--reason TEXT...]" (the reason runs
+ * to the end of the line), or a list-file line "ENTRY added=.. expires=..".
+ */
+static int
+parse_import_line(char *line, long deflt_ttl, const char *deflt_reason, long long now,
+    struct list_entry *e, const char **error_r)
+{
+	char *p = line, *tok;
+	long ttl = deflt_ttl;
+	const char *reason = deflt_reason;
+
+	if (strstr(line, " --") == NULL && strchr(line, '=') != NULL) {
+		if (listentry_parse_line(line, e, error_r) < 0)
+			return -1;
+		if (e->origin == ORIGIN_ADMIN)
+			e->origin = ORIGIN_IMPORT;
+		if (e->added == 0)
+			e->added = now;
+		return 0;
+	}
+	while (*p == ' ' || *p == '\t')
+		p++;
+	tok = p;
+	p += strcspn(p, " \t");
+	if (*p != '\0')
+		*p++ = '\0';
+	if (listentry_parse_key(tok, e, error_r) < 0)
+		return -1;
+	for (;;) {
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\0')
+			break;
+		if (strncmp(p, "--ttl", 5) == 0 && (p[5] == ' ' || p[5] == '\t')) {
+			char *v = p + 6, *end;
+
+			while (*v == ' ')
+				v++;
+			end = v + strcspn(v, " \t");
+			if (*end != '\0')
+				*end++ = '\0';
+			if (conf_parse_time(v, &ttl) < 0 || ttl <= 0 || ttl > (long)MAX_TTL) {
+				*error_r = "--ttl: expected a positive time such as 3600, 30m, 2h, 7d";
+				goto bad;
+			}
+			p = end;
+		} else if (strncmp(p, "--reason", 8) == 0 && (p[8] == ' ' || p[8] == '\t')) {
+			reason = p + 9;
+			while (*reason == ' ')
+				reason++;
+			break;
+		} else {
+			*error_r = "expected --ttl TIME or --reason TEXT after the entry";
+			goto bad;
+		}
+	}
+	if (reason != NULL && *reason != '\0') {
+		if (!listentry_reason_is_valid(reason)) {
+			*error_r = "reason: at most 200 printable characters";
+			goto bad;
+		}
+		e->reason = xstrdup(reason);
+	}
+	e->added = now;
+	e->expires = ttl ? now + ttl : 0;
+	e->origin = ORIGIN_IMPORT;
+	return 0;
+bad:
+	listentry_clear(e);
+	return -1;
+}
+
+static int
+cmd_import(const struct conf *c, enum list_kind k, int argc, char **argv)
+{
+	const char *path, *reason = NULL, *err;
+	long ttl = 0;
+	int skip_bad = 0;
+	FILE *fp;
+	char *line = xmalloc(MAX_LIST_LINE + 2);
+	struct entry_vec v = { 0 };
+	unsigned lineno = 0, bad = 0;
+	long long now = (long long)time(NULL);
+	struct liststore *s;
+	struct progress pr;
+	double t0;
+
+	if (argc < 1)
+		usage();
+	path = argv[0];
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--ttl") == 0 && i + 1 < argc) {
+			if (conf_parse_time(argv[++i], &ttl) < 0 || ttl <= 0 || ttl > (long)MAX_TTL)
+				die("--ttl \"%.40s\": expected a positive time such as 3600, 30m, 2h, 7d",
+				    argv[i]);
+		} else if (strcmp(argv[i], "--reason") == 0 && i + 1 < argc) {
+			reason = argv[++i];
+			if (!listentry_reason_is_valid(reason))
+				die("--reason: one line of at most %d printable characters", MAX_REASON_LEN);
+		} else if (strcmp(argv[i], "--skip-bad") == 0) {
+			skip_bad = 1;
+		} else {
+			usage();
+		}
+	}
+	fp = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+	if (fp == NULL)
+		die("%s: %s", path, strerror(errno));
+	for (;;) {
+		int ch, n = 0, toolong = 0;
+		struct list_entry e;
+
+		while ((ch = getc_unlocked(fp)) != EOF && ch != '\n') {
+			if (n < MAX_LIST_LINE)
+				line[n++] = (char)ch;
+			else
+				toolong = 1;
+		}
+		if (ch == EOF && n == 0 && !toolong)
+			break;
+		lineno++;
+		if (n > 0 && line[n - 1] == '\r')
+			n--;
+		line[n] = '\0';
+		{
+			const char *q = line;
+
+			while (*q == ' ' || *q == '\t')
+				q++;
+			if (*q == '\0' || *q == '#')
+				continue;
+		}
+		memset(&e, 0, sizeof(e));
+		if (toolong) {
+			err = "line too long";
+		} else if (parse_import_line(line, ttl, reason, now, &e, &err) == 0) {
+			if (v.n >= MAX_LIST_ENTRIES)
+				die("%s:%u: more than %u entries", path, lineno, MAX_LIST_ENTRIES);
+			entry_vec_push(&v, &e);
+			continue;
+		}
+		if (++bad <= 20)
+			fprintf(stderr, "portcullis: %s:%u: %s\n", path, lineno, err);
+	}
+	if (fp != stdin)
+		fclose(fp);
+	free(line);
+	if (bad > 0 && !skip_bad) {
+		if (bad > 20)
+			fprintf(stderr, "portcullis: ... %u bad lines in all\n", bad);
+		die("%u bad line(s): nothing imported (fix them, or give --skip-bad)", bad);
+	}
+	s = open_store(c);
+	pr.what = "importing";
+	pr.total = v.n;
+	pr.start = t0 = mono();
+	pr.tty = isatty(2);
+	if (liststore_add_many(s, k, v.v, v.n, show_progress, &pr, &err) < 0)
+		die("import stopped: %s", err);
+	printf("%s: imported %zu entries in %.1f s%s\n", list_kind_name(k), v.n, mono() - t0,
+	    bad ? " (bad lines skipped)" : "");
+	entry_vec_clear(&v);
+	liststore_free(&s);
+	return 0;
+}
+
+static int
+cmd_export(const struct conf *c, enum list_kind k, int argc, char **argv)
+{
+	struct liststore *s;
+	struct entry_vec v = { 0 };
+	long long now = (long long)time(NULL);
+	const char *err;
+
+	(void)argv;
+	if (argc != 0)
+		usage();
+	s = open_store(c);
+	if (liststore_load(s, k, &v, &err) < 0)
+		die("%s", err);
+	for (size_t i = 0; i < v.n; i++) {
+		const struct list_entry *e = &v.v[i];
+
+		if (listentry_is_expired(e, now))
+			continue;
+		fputs(e->key, stdout);
+		if (e->expires)
+			printf(" --ttl %lld", e->expires - now);
+		if (e->reason)
+			printf(" --reason %s", e->reason);
+		putchar('\n');
+	}
+	entry_vec_clear(&v);
+	liststore_free(&s);
+	return fflush(stdout) == 0 ? 0 : 2;
+}
+
+static int
+cmd_migrate(int argc, char **argv)
+{
+	struct liststore *from, *to;
+	const char *err;
+	long long now = (long long)time(NULL);
+
+	if (argc != 2)
+		usage();
+	if ((from = liststore_open(argv[0], &err)) == NULL)
+		die("%s", err);
+	if ((to = liststore_open(argv[1], &err)) == NULL)
+		die("%s", err);
+	for (int k = 0; k < LIST_KINDS; k++) {
+		struct entry_vec v = { 0 }, live = { 0 };
+		struct progress pr;
+
+		if (liststore_load(from, (enum list_kind)k, &v, &err) < 0)
+			die("%s", err);
+		for (size_t i = 0; i < v.n; i++)
+			if (!listentry_is_expired(&v.v[i], now))
+				entry_vec_push(&live, &v.v[i]);
+		pr.what = list_kind_name((enum list_kind)k);
+		pr.total = live.n;
+		pr.start = mono();
+		pr.tty = isatty(2);
+		if (liststore_add_many(to, (enum list_kind)k, live.v, live.n, show_progress, &pr,
+		    &err) < 0)
+			die("%s list: copy stopped: %s", list_kind_name((enum list_kind)k), err);
+		printf("%s: %zu entries copied (%zu expired left behind)\n",
+		    list_kind_name((enum list_kind)k), live.n, v.n - live.n);
+		entry_vec_clear(&v);
+		entry_vec_clear(&live);
+	}
+	liststore_free(&from);
+	liststore_free(&to);
 	return 0;
 }
 
@@ -321,6 +601,13 @@ main(int argc, char **argv)
 
 	if (strcmp(argv[i], "explain") == 0) {
 		rc = cmd_explain(conf, argc - i - 1, argv + i + 1);
+	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&
+	    strcmp(argv[i + 1], "migrate") == 0) {
+		struct liststore_options o = { conf_get(conf, "lists_prefix"),
+		    conf_get(conf, "lists_password_file"), 60 };
+
+		liststore_set_options(&o);
+		rc = cmd_migrate(argc - i - 2, argv + i + 2);
 	} else if (list_kind_parse(argv[i], &k) == 0 && i + 1 < argc) {
 		const char *verb = argv[i + 1];
 		int n = argc - i - 2;
@@ -332,6 +619,10 @@ main(int argc, char **argv)
 			rc = cmd_del(conf, k, n, rest);
 		else if (strcmp(verb, "list") == 0)
 			rc = cmd_list(conf, k, n, rest);
+		else if (strcmp(verb, "import") == 0)
+			rc = cmd_import(conf, k, n, rest);
+		else if (strcmp(verb, "export") == 0)
+			rc = cmd_export(conf, k, n, rest);
 		else
 			usage();
 	} else {

@@ -10,6 +10,10 @@ const struct conf_key conf_keys[] = {
 	{ "state_dir", "/var/lib/portcullis", CT_STR, NULL, 0, 0 },
 	{ "pid_file", "$state_dir/portcullisd.pid", CT_STR, NULL, 0, 0 },
 	{ "lists", "file:$state_dir/lists", CT_STR, NULL, 0, 0 },
+	{ "lists_prefix", "portcullis:", CT_STR, NULL, 0, 0 },
+	{ "lists_password_file", "", CT_STR, NULL, 0, 0 },
+	{ "lists_resync", "60", CT_TIME, NULL, 1, 86400 },
+	{ "lists_cache", "$state_dir/lists-cache", CT_STR, NULL, 0, 0 },
 	{ "log_level", "info", CT_ENUM, "debug|info|warn|error", 0, 0 },
 
 	/* milter front door */

@@ -102,7 +102,7 @@ main(int argc, char **argv)
 	char **overrides = xcalloc((size_t)argc + 1, sizeof(char *));
 	size_t noverrides = 0;
 	struct policy *pol = NULL;
-	struct liststore *store;
+	struct liststore *store, *cache = NULL;
 	struct watcher *w;
 	struct snapref snaps;
 	struct milter_env env;
@@ -151,9 +151,17 @@ main(int argc, char **argv)
 		    "outside relay_networks can send nothing");
 	mkdirs(conf_get(conf, "state_dir"));
 
-	store = liststore_open(conf_get(conf, "lists"), &err);
+	store = liststore_open_conf(conf, &err);
 	if (store == NULL)
 		fatal("%s: %s", conffile, err);
+	if (strcmp(liststore_scheme(store), "file") != 0) {
+		char *url = xasprintf("file:%s", conf_get(conf, "lists_cache"));
+
+		cache = liststore_open(url, &err);
+		if (cache == NULL)
+			fatal("lists_cache: %s", err);
+		free(url);
+	}
 	env.pol = pol;
 	env.snaps = &snaps;
 	env.ban = watcher_ban;
@@ -176,7 +184,7 @@ main(int argc, char **argv)
 		pthread_sigmask(SIG_BLOCK, &set, NULL);
 		signal(SIGPIPE, SIG_IGN);
 	}
-	w = watcher_new(store, &snaps, &err);
+	w = watcher_new(store, cache, &snaps, &err);
 	if (w == NULL)
 		fatal("cannot load the lists: %s", err);
 	env.ban_arg = w;
@@ -192,6 +200,7 @@ main(int argc, char **argv)
 	watcher_stop_and_free(&w);
 	snapref_deinit(&snaps);
 	liststore_free(&store);
+	liststore_free(&cache);
 	unlink(conf_get(conf, "pid_file"));
 	policy_free(&pol);
 	conf_free(&conf);

@@ -1,14 +1,18 @@
 /*
  * watcher - one thread that owns the list store for the daemon.
  *
- *   watcher_new()     first load; publish the first snapshot
- *   watcher_start()   poll the store every WATCH_INTERVAL_MS, rebuild and
- *                     publish on change or when an entry expires
+ *   watcher_new()     first load (from the store, or from the local cache
+ *                     when a shared store is unreachable); publish it
+ *   watcher_start()   follow the store: file stores are polled every
+ *                     WATCH_INTERVAL_MS; Redis pushes changes (pub/sub) and
+ *                     is fully resynced now and then. Rebuild and publish
+ *                     on change or when an entry expires.
  *   watcher_ban()     queue an auto-ban (from milter threads: a pipe write)
  *
- * All disk I/O for lists happens on this thread, so no milter callback ever
- * waits for it. Requests arrive through a non-blocking pipe whose records
- * are smaller than PIPE_BUF, so writes are atomic.
+ * All list I/O happens on this thread, so no milter callback ever waits for
+ * disk or Redis. A shared store that goes away leaves the last snapshot in
+ * force. Ban requests arrive through a non-blocking pipe whose records are
+ * smaller than PIPE_BUF, so writes are atomic.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +39,7 @@ struct ban_req {
 
 struct watcher {
 	struct liststore *store;
+	struct liststore *cache;	/* local copy of a shared store, or NULL */
 	struct snapref *snaps;
 	struct entry_vec lists[LIST_KINDS];
 	long long next_expiry;
@@ -50,26 +55,6 @@ watcher_set_tick(struct watcher *w, void (*tick)(void))
 	w->tick = tick;
 }
 
-static int
-load_all(struct watcher *w, int force, int *changed_r, const char **error_r)
-{
-	*changed_r = 0;
-	for (int k = 0; k < LIST_KINDS; k++) {
-		struct entry_vec v = { 0 };
-
-		if (!force && !liststore_changed(w->store, (enum list_kind)k))
-			continue;
-		if (liststore_load(w->store, (enum list_kind)k, &v, error_r) < 0) {
-			entry_vec_clear(&v);
-			return -1;
-		}
-		entry_vec_clear(&w->lists[k]);
-		w->lists[k] = v;
-		*changed_r = 1;
-	}
-	return 0;
-}
-
 static struct snapshot *
 build(struct watcher *w)
 {
@@ -82,21 +67,66 @@ build(struct watcher *w)
 	return snapshot_new(kill, accept);
 }
 
+static void
+save_cache(struct watcher *w, enum list_kind k)
+{
+	const char *err;
+
+	if (w->cache != NULL && liststore_save_all(w->cache, k, &w->lists[k], &err) < 0)
+		log_warn("cannot save the local copy of the %s list: %s", list_kind_name(k), err);
+}
+
+static int
+reload(struct watcher *w, enum list_kind k, const char **error_r)
+{
+	struct entry_vec v = { 0 };
+
+	if (liststore_load(w->store, k, &v, error_r) < 0) {
+		entry_vec_clear(&v);
+		return -1;
+	}
+	entry_vec_clear(&w->lists[k]);
+	w->lists[k] = v;
+	save_cache(w, k);
+	return 0;
+}
+
 struct watcher *
-watcher_new(struct liststore *store, struct snapref *snaps, const char **error_r)
+watcher_new(struct liststore *store, struct liststore *cache, struct snapref *snaps,
+    const char **error_r)
 {
 	struct watcher *w = xcalloc(1, sizeof(*w));
 	struct snapshot *s;
-	int changed;
+	const char *err = NULL;
+	int ok = 1;
 
 	w->store = store;
+	w->cache = cache;
 	w->snaps = snaps;
 	w->pipefd[0] = w->pipefd[1] = -1;
-	if (load_all(w, 1, &changed, error_r) < 0) {
+	for (int k = 0; k < LIST_KINDS && ok; k++)
+		ok = reload(w, (enum list_kind)k, &err) == 0;
+	if (!ok && cache == NULL) {
+		*error_r = err;
 		for (int k = 0; k < LIST_KINDS; k++)
 			entry_vec_clear(&w->lists[k]);
 		free(w);
 		return NULL;
+	}
+	if (!ok) {
+		/* a shared store that is down must not keep the gateway down */
+		for (int k = 0; k < LIST_KINDS; k++) {
+			const char *cerr;
+
+			entry_vec_clear(&w->lists[k]);
+			if (liststore_load(cache, (enum list_kind)k, &w->lists[k], &cerr) < 0)
+				log_warn("local copy of the lists unreadable: %s", cerr);
+		}
+		if (w->lists[LIST_KILL].n + w->lists[LIST_ACCEPT].n > 0)
+			log_warn("%s; enforcing the last saved lists (%zu kill, %zu accept entries) "
+			    "while retrying", err, w->lists[LIST_KILL].n, w->lists[LIST_ACCEPT].n);
+		else
+			log_warn("%s; starting with empty lists (no saved copy) while retrying", err);
 	}
 	s = build(w);
 	log_info("lists loaded: %zu kill, %zu accept entries in force",
@@ -105,10 +135,12 @@ watcher_new(struct liststore *store, struct snapref *snaps, const char **error_r
 	return w;
 }
 
+/* put the ban into our own copy at once, then into the store */
 static void
 do_ban(struct watcher *w, const struct ban_req *r)
 {
 	struct list_entry e;
+	struct entry_vec upd = { 0 };
 	char a[CIDR_TEXT_MAX];
 	const char *err;
 
@@ -123,10 +155,81 @@ do_ban(struct watcher *w, const struct ban_req *r)
 	e.origin = ORIGIN_AUTOBAN;
 	e.reason = xasprintf("%s", r->why);
 	if (liststore_add(w->store, LIST_KILL, &e, &err) < 0)
-		log_error("auto-ban of %s not saved: %s", a, err);
+		log_error("auto-ban of %s enforced on this node only, not saved: %s", a, err);
 	else
 		log_info("auto-ban: %s on the kill list for %lus (%s)", a, r->seconds, r->why);
-	listentry_clear(&e);
+	entry_vec_push(&upd, &e);	/* moves e */
+	{
+		char *key = xstrdup(upd.v[0].key);
+
+		entry_vec_replace_keys(&w->lists[LIST_KILL], &key, 1, &upd);
+		free(key);
+	}
+	entry_vec_clear(&upd);
+}
+
+static int
+cmp_change(const void *a, const void *b)
+{
+	const struct list_change *x = a, *y = b;
+
+	if (x->kind != y->kind)
+		return x->kind < y->kind ? -1 : 1;
+	return strcmp(x->key, y->key);
+}
+
+/* fetch the changed keys and fold them into our copy; 1 when anything changed */
+static int
+apply_changes(struct watcher *w, struct list_changes *ch)
+{
+	int changed = 0;
+
+	/* one key may be announced twice (keyspace event and PUBLISH): fetch once */
+	if (ch->n > 1)
+		qsort(ch->keys, ch->n, sizeof(ch->keys[0]), cmp_change);
+	for (int k = 0; k < LIST_KINDS; k++) {
+		struct entry_vec upd = { 0 };
+		char **keys = xcalloc(ch->n + 1, sizeof(char *));
+		size_t nkeys = 0;
+		const char *err;
+		int failed = 0;
+
+		if (ch->reload[k]) {
+			if (reload(w, (enum list_kind)k, &err) < 0)
+				log_warn("%s list not reloaded, the previous one stays in force: %s",
+				    list_kind_name((enum list_kind)k), err);
+			else
+				changed = 1;
+			free(keys);
+			continue;
+		}
+		for (size_t i = 0; i < ch->n && !failed; i++) {
+			struct list_entry e;
+			int found = 0;
+
+			if (ch->keys[i].kind != (enum list_kind)k ||
+			    (i > 0 && cmp_change(&ch->keys[i - 1], &ch->keys[i]) == 0))
+				continue;
+			memset(&e, 0, sizeof(e));
+			if (liststore_get(w->store, (enum list_kind)k, ch->keys[i].key, &e, &found,
+			    &err) < 0) {
+				log_warn("%s list: change to %s not fetched: %s",
+				    list_kind_name((enum list_kind)k), ch->keys[i].key, err);
+				failed = 1;
+				break;
+			}
+			keys[nkeys++] = ch->keys[i].key;
+			if (found)
+				entry_vec_push(&upd, &e);
+		}
+		if (nkeys > 0) {
+			entry_vec_replace_keys(&w->lists[k], keys, nkeys, &upd);
+			changed = 1;
+		}
+		entry_vec_clear(&upd);
+		free(keys);
+	}
+	return changed;
 }
 
 static void *
@@ -135,38 +238,46 @@ watcher_main(void *arg)
 	struct watcher *w = arg;
 
 	for (;;) {
-		struct pollfd pfd = { .fd = w->pipefd[0], .events = POLLIN };
-		int n = poll(&pfd, 1, WATCH_INTERVAL_MS);
-		int changed = 0, banned = 0;
-		const char *err;
+		struct pollfd pfd[2] = {
+			{ .fd = w->pipefd[0], .events = POLLIN },
+			{ .fd = liststore_watch_fd(w->store), .events = POLLIN },
+		};
+		struct list_changes ch = { 0 };
+		int changed = 0, n;
 
+		n = poll(pfd, pfd[1].fd >= 0 ? 2 : 1, WATCH_INTERVAL_MS);
 		if (w->tick != NULL)
 			w->tick();
-		if (n > 0) {
+		if (n > 0 && (pfd[0].revents & POLLIN)) {
 			struct ban_req r;
-			ssize_t got;
 
-			while ((got = read(w->pipefd[0], &r, sizeof(r))) == (ssize_t)sizeof(r)) {
+			while (read(w->pipefd[0], &r, sizeof(r)) == (ssize_t)sizeof(r)) {
 				if (r.stop)
 					return NULL;
 				do_ban(w, &r);
-				banned = 1;
+				changed = 1;
 			}
 		}
-		if (load_all(w, 0, &changed, &err) < 0) {
-			/* keep enforcing the last good snapshot */
-			log_warn("lists not reloaded, the previous ones stay in force: %s", err);
-			continue;
-		}
-		if (changed || banned ||
-		    (w->next_expiry != 0 && (long long)time(NULL) >= w->next_expiry)) {
-			struct snapshot *s = build(w);
+		if (liststore_changes(w->store, &ch) < 0)
+			log_warn("list store: cannot read changes");
+		if (ch.reload[LIST_KILL] || ch.reload[LIST_ACCEPT] || ch.n > 0)
+			changed |= apply_changes(w, &ch);
+		list_changes_clear(&ch);
+		if (changed || (w->next_expiry != 0 && (long long)time(NULL) >= w->next_expiry)) {
+			struct timespec t0, t1;
+			struct snapshot *s;
 
-			if (changed)
-				log_info("lists reloaded: %zu kill, %zu accept entries in force",
-				    listset_count(s->list[LIST_KILL]),
-				    listset_count(s->list[LIST_ACCEPT]));
+			clock_gettime(CLOCK_MONOTONIC, &t0);
+			s = build(w);
 			snapref_publish(w->snaps, s);
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			if (changed)
+				log_info("lists reloaded: %zu kill, %zu accept entries in force "
+				    "(snapshot built in %.1f ms)",
+				    listset_count(s->list[LIST_KILL]),
+				    listset_count(s->list[LIST_ACCEPT]),
+				    (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
+				    (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
 		}
 	}
 }

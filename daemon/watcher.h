@@ -11,9 +11,11 @@
  */
 struct watcher;
 
-/* loads the lists once, publishes the first snapshot into *snaps */
-struct watcher *watcher_new(struct liststore *store, struct snapref *snaps,
-    const char **error_r);
+/* loads the lists once, publishes the first snapshot into *snaps. cache: a
+ * file store holding the last copy of a shared store (NULL for file stores);
+ * with a cache an unreachable store is not an error */
+struct watcher *watcher_new(struct liststore *store, struct liststore *cache,
+    struct snapref *snaps, const char **error_r);
 int watcher_start(struct watcher *w, const char **error_r) __attribute__((warn_unused_result));
 void watcher_stop_and_free(struct watcher **w);
 /* called on the watcher thread every poll interval (before start) */

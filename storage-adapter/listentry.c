@@ -13,6 +13,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -359,4 +360,56 @@ entry_vec_clear(struct entry_vec *v)
 		listentry_clear(&v->v[i]);
 	free(v->v);
 	memset(v, 0, sizeof(*v));
+}
+
+static uint32_t
+str_hash(const char *s)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}
+
+void
+entry_vec_replace_keys(struct entry_vec *v, char *const *keys, size_t nkeys,
+    struct entry_vec *upd)
+{
+	size_t cap = 16, j = 0;
+	uint32_t *slot;
+
+	while (cap < nkeys * 2)
+		cap <<= 1;
+	slot = xmalloc(cap * sizeof(uint32_t));
+	memset(slot, 0xff, cap * sizeof(uint32_t));
+	for (size_t i = 0; i < nkeys; i++) {
+		size_t h = str_hash(keys[i]) & (cap - 1);
+
+		while (slot[h] != UINT32_MAX && strcmp(keys[slot[h]], keys[i]) != 0)
+			h = (h + 1) & (cap - 1);
+		slot[h] = (uint32_t)i;
+	}
+	/* one pass: drop every entry whose key changed, keep the rest in order */
+	for (size_t i = 0; i < v->n; i++) {
+		size_t h = str_hash(v->v[i].key) & (cap - 1);
+		int hit = 0;
+
+		while (slot[h] != UINT32_MAX) {
+			if (strcmp(keys[slot[h]], v->v[i].key) == 0) {
+				hit = 1;
+				break;
+			}
+			h = (h + 1) & (cap - 1);
+		}
+		if (hit)
+			listentry_clear(&v->v[i]);
+		else
+			v->v[j++] = v->v[i];
+	}
+	v->n = j;
+	for (size_t i = 0; i < upd->n; i++)
+		entry_vec_push(v, &upd->v[i]);
+	upd->n = 0;
+	free(slot);
 }

@@ -8,12 +8,49 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/conf.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/liststore.h"
 
 static const struct liststore_ops *const backends[] = {
 	&liststore_file_ops,
+	&liststore_redis_ops,
 };
+
+static struct liststore_options options = { "portcullis:", "", 60 };
+
+void
+liststore_set_options(const struct liststore_options *o)
+{
+	options = *o;
+}
+
+const struct liststore_options *
+liststore_get_options(void)
+{
+	return &options;
+}
+
+void
+list_changes_add(struct list_changes *c, enum list_kind k, const char *key)
+{
+	if (c->n == c->cap) {
+		c->cap = c->cap ? c->cap * 2 : 16;
+		c->keys = xreallocarray(c->keys, c->cap, sizeof(*c->keys));
+	}
+	c->keys[c->n].kind = k;
+	c->keys[c->n].key = xstrdup(key);
+	c->n++;
+}
+
+void
+list_changes_clear(struct list_changes *c)
+{
+	for (size_t i = 0; i < c->n; i++)
+		free(c->keys[i].key);
+	free(c->keys);
+	memset(c, 0, sizeof(*c));
+}
 
 struct liststore *
 liststore_open(const char *url, const char **error_r)
@@ -21,6 +58,9 @@ liststore_open(const char *url, const char **error_r)
 	static char err[600];
 	const char *colon = strchr(url, ':');
 
+	/* redis+unix:///path is the redis backend too */
+	if (strncmp(url, "redis+unix:", 11) == 0)
+		colon = url + 5;
 	for (size_t i = 0; colon && i < sizeof(backends) / sizeof(backends[0]); i++) {
 		const struct liststore_ops *ops = backends[i];
 		struct liststore *s;
@@ -30,7 +70,7 @@ liststore_open(const char *url, const char **error_r)
 			continue;
 		s = xcalloc(1, sizeof(*s));
 		s->ops = ops;
-		if (ops->open(s, colon + 1, error_r) < 0) {
+		if (ops->open(s, ops == &liststore_redis_ops ? url : colon + 1, error_r) < 0) {
 			snprintf(err, sizeof(err), "lists = %.200s: %s", url, *error_r);
 			*error_r = err;
 			free(s);
@@ -38,7 +78,7 @@ liststore_open(const char *url, const char **error_r)
 		}
 		return s;
 	}
-	snprintf(err, sizeof(err), "lists = %.200s: unknown store (expected file:DIR)", url);
+	snprintf(err, sizeof(err), "lists = %.200s: unknown store (expected file:DIR, redis://HOST:PORT/DB or redis+unix:///PATH)", url);
 	*error_r = err;
 	return NULL;
 }
@@ -80,4 +120,103 @@ int
 liststore_changed(struct liststore *s, enum list_kind k)
 {
 	return s->ops->changed(s, k);
+}
+
+int
+liststore_watch_fd(struct liststore *s)
+{
+	return s->ops->watch_fd ? s->ops->watch_fd(s) : -1;
+}
+
+int
+liststore_changes(struct liststore *s, struct list_changes *out)
+{
+	if (s->ops->changes)
+		return s->ops->changes(s, out);
+	for (int k = 0; k < LIST_KINDS; k++)
+		if (s->ops->changed(s, (enum list_kind)k))
+			out->reload[k] = 1;
+	return 0;
+}
+
+int
+liststore_get(struct liststore *s, enum list_kind k, const char *key,
+    struct list_entry *e, int *found_r, const char **error_r)
+{
+	struct entry_vec v = { 0 };
+
+	if (s->ops->get)
+		return s->ops->get(s, k, key, e, found_r, error_r);
+	/* fallback: load and search */
+	if (s->ops->load(s, k, &v, error_r) < 0)
+		return -1;
+	*found_r = 0;
+	for (size_t i = 0; i < v.n; i++)
+		if (strcmp(v.v[i].key, key) == 0) {
+			listentry_clear(e);
+			*e = v.v[i];
+			memset(&v.v[i], 0, sizeof(v.v[i]));
+			*found_r = 1;
+		}
+	entry_vec_clear(&v);
+	return 0;
+}
+
+int
+liststore_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v,
+    size_t n, void (*progress)(void *arg, size_t done), void *arg, const char **error_r)
+{
+	if (s->ops->add_many)
+		return s->ops->add_many(s, k, v, n, progress, arg, error_r);
+	for (size_t i = 0; i < n; i++) {
+		if (s->ops->add(s, k, &v[i], error_r) < 0)
+			return -1;
+		if (progress && (i % 1000 == 999 || i + 1 == n))
+			progress(arg, i + 1);
+	}
+	return 0;
+}
+
+int
+liststore_save_all(struct liststore *s, enum list_kind k, const struct entry_vec *v,
+    const char **error_r)
+{
+	if (s->ops->save_all == NULL) {
+		*error_r = "this store cannot replace a whole list";
+		return -1;
+	}
+	return s->ops->save_all(s, k, v, error_r);
+}
+
+const char *
+liststore_scheme(const struct liststore *s)
+{
+	return s->ops->scheme;
+}
+
+struct liststore *
+liststore_open_conf(const struct conf *c, const char **error_r)
+{
+	static char err[600];
+	struct liststore_options o;
+	const char *prefix = conf_get(c, "lists_prefix");
+
+	for (const char *p = prefix; *p; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f) {
+			snprintf(err, sizeof(err), "%s: lists_prefix: no spaces or control characters",
+			    conf_where(c, "lists_prefix"));
+			*error_r = err;
+			return NULL;
+		}
+	if (strlen(prefix) > 64) {
+		snprintf(err, sizeof(err), "%s: lists_prefix: at most 64 characters",
+		    conf_where(c, "lists_prefix"));
+		*error_r = err;
+		return NULL;
+	}
+	o.prefix = prefix;
+	o.password_file = conf_get(c, "lists_password_file");
+	o.resync_seconds = (int)conf_get_int(c, "lists_resync");
+	liststore_set_options(&o);
+	return liststore_open(conf_get(c, "lists"), error_r);
 }

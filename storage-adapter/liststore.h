@@ -8,6 +8,23 @@
  */
 struct liststore;
 
+/* What changed in a store, for a watcher that keeps a copy in memory. */
+struct list_change {
+	enum list_kind kind;
+	char *key;
+};
+
+struct list_changes {
+	int reload[LIST_KINDS];		/* reload the whole list */
+	struct list_change *keys;	/* these keys changed (added, updated or gone) */
+	size_t n, cap;
+	int lost;			/* the store became unreachable (just now) */
+	int back;			/* ... and is reachable again */
+};
+
+void list_changes_add(struct list_changes *c, enum list_kind k, const char *key);
+void list_changes_clear(struct list_changes *c);
+
 struct liststore_ops {
 	const char *scheme;	/* "file" */
 	int (*open)(struct liststore *s, const char *arg, const char **error_r);
@@ -23,6 +40,21 @@ struct liststore_ops {
 	    const char **error_r);
 	/* 1 when the list changed since this store last loaded it, else 0 */
 	int (*changed)(struct liststore *s, enum list_kind k);
+	/* optional: a descriptor that turns readable when changes arrive (-1: none) */
+	int (*watch_fd)(struct liststore *s);
+	/* optional: what changed since the last call; never blocks */
+	int (*changes)(struct liststore *s, struct list_changes *out);
+	/* optional: one entry by key; *found_r = 0 when absent */
+	int (*get)(struct liststore *s, enum list_kind k, const char *key,
+	    struct list_entry *e, int *found_r, const char **error_r);
+	/* optional: many entries at once (import), replacing same keys;
+	 * progress(arg, done) is called now and then */
+	int (*add_many)(struct liststore *s, enum list_kind k, const struct list_entry *v,
+	    size_t n, void (*progress)(void *arg, size_t done), void *arg,
+	    const char **error_r);
+	/* optional: replace the whole list (a local cache of another store) */
+	int (*save_all)(struct liststore *s, enum list_kind k, const struct entry_vec *v,
+	    const char **error_r);
 };
 
 struct liststore {
@@ -31,7 +63,10 @@ struct liststore {
 	char err[512];
 };
 
-/* "file:DIR" */
+struct conf;
+/* the store named by `lists`, with lists_prefix, lists_password_file, lists_resync */
+struct liststore *liststore_open_conf(const struct conf *c, const char **error_r);
+/* "file:DIR", "redis://...", "redis+unix://..." */
 struct liststore *liststore_open(const char *url, const char **error_r);
 void liststore_free(struct liststore **s);
 int liststore_load(struct liststore *s, enum list_kind k, struct entry_vec *out,
@@ -41,7 +76,31 @@ int liststore_add(struct liststore *s, enum list_kind k, const struct list_entry
 int liststore_del(struct liststore *s, enum list_kind k, const char *key, int *found_r,
     const char **error_r) __attribute__((warn_unused_result));
 int liststore_changed(struct liststore *s, enum list_kind k);
+int liststore_watch_fd(struct liststore *s);
+/* file stores: a reload of each list whose file changed */
+int liststore_changes(struct liststore *s, struct list_changes *out)
+    __attribute__((warn_unused_result));
+int liststore_get(struct liststore *s, enum list_kind k, const char *key,
+    struct list_entry *e, int *found_r, const char **error_r)
+    __attribute__((warn_unused_result));
+int liststore_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v,
+    size_t n, void (*progress)(void *arg, size_t done), void *arg, const char **error_r)
+    __attribute__((warn_unused_result));
+int liststore_save_all(struct liststore *s, enum list_kind k, const struct entry_vec *v,
+    const char **error_r) __attribute__((warn_unused_result));
+/* "file" or "redis" */
+const char *liststore_scheme(const struct liststore *s);
 
 extern const struct liststore_ops liststore_file_ops;
+extern const struct liststore_ops liststore_redis_ops;
+
+/* options the redis backend reads (set before liststore_open) */
+struct liststore_options {
+	const char *prefix;		/* "portcullis:" */
+	const char *password_file;	/* "" none */
+	int resync_seconds;		/* full resync interval */
+};
+void liststore_set_options(const struct liststore_options *o);
+const struct liststore_options *liststore_get_options(void);
 
 #endif

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -276,12 +277,76 @@ fsync_dir(const char *dir)
 	return rc;
 }
 
+/* a throw-away set of keys for one rewrite: key -> index into adds */
+struct keyidx {
+	const struct list_entry *adds;
+	uint32_t *slot;
+	size_t mask;
+	char *used;	/* per add: already written */
+};
+
+static uint32_t
+key_hash(const char *s)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}
+
+static void
+keyidx_init(struct keyidx *ki, const struct list_entry *adds, size_t n)
+{
+	size_t cap = 16;
+
+	while (cap < n * 2)
+		cap <<= 1;
+	ki->adds = adds;
+	ki->mask = cap - 1;
+	ki->slot = xmalloc(cap * sizeof(uint32_t));
+	memset(ki->slot, 0xff, cap * sizeof(uint32_t));
+	ki->used = xcalloc(n ? n : 1, 1);
+	for (size_t i = 0; i < n; i++) {
+		size_t h = key_hash(adds[i].key) & ki->mask;
+
+		while (ki->slot[h] != UINT32_MAX && strcmp(adds[ki->slot[h]].key, adds[i].key) != 0)
+			h = (h + 1) & ki->mask;
+		if (ki->slot[h] != UINT32_MAX)
+			ki->used[ki->slot[h]] = 1;	/* an earlier duplicate: the later wins */
+		ki->slot[h] = (uint32_t)i;
+	}
+}
+
+static long
+keyidx_find(const struct keyidx *ki, const char *key)
+{
+	size_t h = key_hash(key) & ki->mask;
+
+	while (ki->slot[h] != UINT32_MAX) {
+		if (strcmp(ki->adds[ki->slot[h]].key, key) == 0)
+			return (long)ki->slot[h];
+		h = (h + 1) & ki->mask;
+	}
+	return -1;
+}
+
+static void
+write_entry(FILE *out, const struct list_entry *e)
+{
+	char *l = listentry_format_line(e);
+
+	fprintf(out, "%s\n", l);
+	free(l);
+}
+
 /*
- * Rewrite list k under the lock: replace or append e (add), or drop key (del).
+ * Rewrite list k under the lock. adds: replace entries with the same key, or
+ * append; delkey: drop that key; replace_all: write exactly adds.
  */
 static int
-fs_rewrite(struct liststore *s, enum list_kind k, const struct list_entry *add,
-    const char *delkey, int *found_r, const char **error_r)
+fs_rewrite(struct liststore *s, enum list_kind k, const struct list_entry *adds, size_t nadd,
+    const char *delkey, int replace_all, int *found_r, const char **error_r)
 {
 	struct filestore *fs = s->priv;
 	const char *path = fs->path[k];
@@ -291,7 +356,9 @@ fs_rewrite(struct liststore *s, enum list_kind k, const struct list_entry *add,
 	long long now = (long long)time(NULL);
 	int lockfd = -1, found = 0, rc = -1, toolong, fresh = 0;
 	FILE *in = NULL, *out = NULL;
+	struct keyidx ki;
 
+	keyidx_init(&ki, adds, nadd);
 	lockfd = open(lockpath, O_CREAT | O_RDWR | O_CLOEXEC, 0640);
 	if (lockfd < 0) {
 		fs_fail(s, error_r, "cannot open %s: %s", lockpath, strerror(errno));
@@ -301,10 +368,12 @@ fs_rewrite(struct liststore *s, enum list_kind k, const struct list_entry *add,
 		fs_fail(s, error_r, "cannot lock %s: %s", lockpath, strerror(errno));
 		goto done;
 	}
-	in = fopen(path, "r");
-	if (in == NULL && errno != ENOENT) {
-		fs_fail(s, error_r, "cannot open %s: %s", path, strerror(errno));
-		goto done;
+	if (!replace_all) {
+		in = fopen(path, "r");
+		if (in == NULL && errno != ENOENT) {
+			fs_fail(s, error_r, "cannot open %s: %s", path, strerror(errno));
+			goto done;
+		}
 	}
 	fresh = (in == NULL);
 	out = fopen(tmp, "w");
@@ -323,17 +392,18 @@ fs_rewrite(struct liststore *s, enum list_kind k, const struct list_entry *add,
 
 		if (!toolong && !line_is_blank_or_comment(line) &&
 		    listentry_parse_line(line, &e, &err) == 0) {
-			const char *match = add ? add->key : delkey;
 			int drop = listentry_is_expired(&e, now);
+			long i = nadd ? keyidx_find(&ki, e.key) : -1;
 
-			if (strcmp(e.key, match) == 0) {
+			if (i >= 0) {
 				drop = 1;
-				if (!found && add != NULL) {
-					char *l = listentry_format_line(add);
-
-					fprintf(out, "%s\n", l);
-					free(l);
+				if (!ki.used[i]) {
+					write_entry(out, &adds[i]);
+					ki.used[i] = 1;
 				}
+				found = 1;
+			} else if (delkey != NULL && strcmp(e.key, delkey) == 0) {
+				drop = 1;
 				found = 1;
 			}
 			listentry_clear(&e);
@@ -348,12 +418,9 @@ fs_rewrite(struct liststore *s, enum list_kind k, const struct list_entry *add,
 		fs_fail(s, error_r, "read error on %s: %s", path, strerror(errno));
 		goto done;
 	}
-	if (add != NULL && !found) {
-		char *l = listentry_format_line(add);
-
-		fprintf(out, "%s\n", l);
-		free(l);
-	}
+	for (size_t i = 0; i < nadd; i++)
+		if (!ki.used[i] && !listentry_is_expired(&adds[i], now))
+			write_entry(out, &adds[i]);
 	if (fflush(out) != 0 || fsync(fileno(out)) != 0 || ferror(out)) {
 		fs_fail(s, error_r, "cannot write %s: %s", tmp, strerror(errno));
 		goto done;
@@ -384,6 +451,8 @@ done:
 		fclose(in);
 	if (lockfd >= 0)
 		close(lockfd);	/* releases the flock */
+	free(ki.slot);
+	free(ki.used);
 	free(lockpath);
 	free(tmp);
 	free(line);
@@ -393,14 +462,32 @@ done:
 static int
 fs_add(struct liststore *s, enum list_kind k, const struct list_entry *e, const char **error_r)
 {
-	return fs_rewrite(s, k, e, NULL, NULL, error_r);
+	return fs_rewrite(s, k, e, 1, NULL, 0, NULL, error_r);
+}
+
+static int
+fs_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v, size_t n,
+    void (*progress)(void *arg, size_t done), void *arg, const char **error_r)
+{
+	int rc = fs_rewrite(s, k, v, n, NULL, 0, NULL, error_r);
+
+	if (rc == 0 && progress != NULL)
+		progress(arg, n);
+	return rc;
+}
+
+static int
+fs_save_all(struct liststore *s, enum list_kind k, const struct entry_vec *v,
+    const char **error_r)
+{
+	return fs_rewrite(s, k, v->v, v->n, NULL, 1, NULL, error_r);
 }
 
 static int
 fs_del(struct liststore *s, enum list_kind k, const char *key, int *found_r,
     const char **error_r)
 {
-	return fs_rewrite(s, k, NULL, key, found_r, error_r);
+	return fs_rewrite(s, k, NULL, 0, key, 0, found_r, error_r);
 }
 
 const struct liststore_ops liststore_file_ops = {
@@ -411,4 +498,6 @@ const struct liststore_ops liststore_file_ops = {
 	.add = fs_add,
 	.del = fs_del,
 	.changed = fs_changed,
+	.add_many = fs_add_many,
+	.save_all = fs_save_all,
 };

@@ -1,0 +1,935 @@
+/*
+ * liststore_redis - kill/accept lists in Redis, shared by many gateways.
+ *
+ * Key schema (README "Redis key schema"), PREFIX = lists_prefix:
+ *   PREFIX kill:ENTRY, PREFIX accept:ENTRY   one hash per entry
+ *       fields: added (unix time), origin (admin|auto-ban|import), reason
+ *       expiry: the key's own Redis TTL (EXPIREAT), so every node sees it
+ *       vanish at the same moment, by Redis's clock, with no cron job
+ *   PREFIX changes                          PUBLISH channel: "kill ENTRY",
+ *                                           "accept ENTRY", "kill *" (reload)
+ * Watchers also listen to keyspace notifications for PREFIX*, which the
+ * daemon switches on when Redis allows CONFIG SET, so writes made with plain
+ * redis-cli are seen at once; otherwise at the next full resync.
+ *
+ *   open()       parse redis://[:PASSWORD@]HOST[:PORT][/DB] or
+ *                redis+unix:///PATH[?db=N]; connects lazily
+ *   load/get/add/del/add_many   one connection, pipelined where it counts
+ *   changes()    never blocks: drains the subscription, reconnects with
+ *                backoff, asks for full reloads on (re)connect and every
+ *                lists_resync seconds
+ *
+ * Every reply is input: a key whose name is not an entry, a hash with a bad
+ * field, a value of the wrong type is logged with its key and skipped.
+ * Commands time out after a couple of seconds; nothing here runs on a milter
+ * thread.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+
+#include "common/log.h"
+#include "common/pclimits.h"
+#include "common/xmalloc.h"
+#include "storage-adapter/liststore.h"
+
+#define REDIS_CONNECT_TIMEOUT_MS 1000
+#define REDIS_COMMAND_TIMEOUT_MS 3000
+#define REDIS_BATCH 1000
+#define REDIS_BACKOFF_MAX_MS 5000
+
+struct rstore {
+	char *host;
+	int port;
+	char *path;		/* unix socket */
+	int db;
+	char *password;
+	char *prefix;
+	char *where;		/* for messages: "127.0.0.1:6379/0" */
+	redisContext *cmd;
+	redisContext *sub;
+	long long offset;	/* Redis clock minus ours, seconds */
+	/* watcher state */
+	int watching, down, announced_down;
+	long long next_retry_ms;
+	int backoff_ms;
+	time_t last_resync;
+	int resync_seconds;
+	int notify_warned;
+};
+
+static long long
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int
+rs_fail(struct liststore *s, const char **error_r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int
+rs_fail(struct liststore *s, const char **error_r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(s->err, sizeof(s->err), fmt, ap);
+	va_end(ap);
+	*error_r = s->err;
+	return -1;
+}
+
+static char *
+read_password_file(const char *path, const char **why_r)
+{
+	FILE *fp = fopen(path, "r");
+	char buf[512];
+	size_t n;
+
+	if (fp == NULL) {
+		*why_r = strerror(errno);
+		return NULL;
+	}
+	if (fgets(buf, sizeof(buf), fp) == NULL)
+		buf[0] = '\0';
+	fclose(fp);
+	n = strlen(buf);
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+		buf[--n] = '\0';
+	if (n == 0) {
+		*why_r = "empty";
+		return NULL;
+	}
+	return xstrdup(buf);
+}
+
+static int
+rs_open(struct liststore *s, const char *url, const char **error_r)
+{
+	const struct liststore_options *o = liststore_get_options();
+	struct rstore *r = xcalloc(1, sizeof(*r));
+	const char *p, *why;
+
+	r->port = 6379;
+	r->prefix = xstrdup(o->prefix ? o->prefix : "portcullis:");
+	r->resync_seconds = o->resync_seconds > 0 ? o->resync_seconds : 60;
+	if (strncmp(url, "redis+unix://", 13) == 0) {
+		const char *q;
+
+		p = url + 13;
+		if (*p != '/') {
+			free(r->prefix);
+			free(r);
+			return rs_fail(s, error_r, "write redis+unix:///path/to/redis.sock?db=N");
+		}
+		q = strchr(p, '?');
+		r->path = q ? xstrndup(p, (size_t)(q - p)) : xstrdup(p);
+		if (q != NULL) {
+			if (strncmp(q, "?db=", 4) != 0 || !isdigit((unsigned char)q[4]) ||
+			    strspn(q + 4, "0123456789") != strlen(q + 4)) {
+				free(r->path);
+				free(r->prefix);
+				free(r);
+				return rs_fail(s, error_r, "after the socket path only ?db=N is understood");
+			}
+			r->db = atoi(q + 4);
+		}
+		r->where = xasprintf("%s?db=%d", r->path, r->db);
+	} else if (strncmp(url, "redis://", 8) == 0) {
+		const char *at, *hs, *he, *slash;
+
+		p = url + 8;
+		at = strrchr(p, '@');
+		if (at != NULL) {
+			const char *colon = memchr(p, ':', (size_t)(at - p));
+
+			/* redis://:password@host or redis://user:password@host */
+			r->password = colon ? xstrndup(colon + 1, (size_t)(at - colon - 1)) :
+			    xstrndup(p, (size_t)(at - p));
+			p = at + 1;
+		}
+		slash = strchr(p, '/');
+		hs = p;
+		if (*p == '[') {
+			he = strchr(p, ']');
+			if (he == NULL)
+				goto bad_url;
+			r->host = xstrndup(p + 1, (size_t)(he - p - 1));
+			he++;
+		} else {
+			he = p + strcspn(p, ":/");
+			r->host = xstrndup(hs, (size_t)(he - hs));
+		}
+		if (*he == ':') {
+			char *end;
+			long port = strtol(he + 1, &end, 10);
+
+			if (end == he + 1 || port < 1 || port > 65535 || (*end != '\0' && *end != '/'))
+				goto bad_url;
+			r->port = (int)port;
+		} else if (*he != '\0' && *he != '/') {
+			goto bad_url;
+		}
+		if (slash != NULL && slash[1] != '\0') {
+			if (strspn(slash + 1, "0123456789") != strlen(slash + 1) ||
+			    strlen(slash + 1) > 4)
+				goto bad_url;
+			r->db = atoi(slash + 1);
+		}
+		if (r->host[0] == '\0')
+			goto bad_url;
+		r->where = xasprintf("%s:%d/%d", r->host, r->port, r->db);
+	} else {
+		free(r->prefix);
+		free(r);
+		return rs_fail(s, error_r, "expected redis://HOST:PORT/DB or redis+unix:///PATH");
+	}
+	if (o->password_file != NULL && o->password_file[0] != '\0') {
+		char *pw = read_password_file(o->password_file, &why);
+
+		if (pw == NULL) {
+			rs_fail(s, error_r, "lists_password_file %s: %s", o->password_file, why);
+			free(r->host); free(r->path); free(r->password); free(r->prefix);
+			free(r->where); free(r);
+			return -1;
+		}
+		free(r->password);
+		r->password = pw;
+	}
+	s->priv = r;
+	return 0;
+bad_url:
+	free(r->host);
+	free(r->password);
+	free(r->prefix);
+	free(r);
+	return rs_fail(s, error_r, "cannot parse; expected redis://[:PASSWORD@]HOST[:PORT][/DB]");
+}
+
+static void
+rs_close(struct liststore *s)
+{
+	struct rstore *r = s->priv;
+
+	if (r->cmd)
+		redisFree(r->cmd);
+	if (r->sub)
+		redisFree(r->sub);
+	free(r->host);
+	free(r->path);
+	free(r->password);
+	free(r->prefix);
+	free(r->where);
+	free(r);
+	s->priv = NULL;
+}
+
+static redisReply *
+cmdv(redisContext *c, int argc, const char **argv)
+{
+	return redisCommandArgv(c, argc, argv, NULL);
+}
+
+/* a fresh, authenticated connection with db selected, or NULL with *error_r */
+static redisContext *
+rs_connect(struct liststore *s, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	struct timeval ct = { 0, REDIS_CONNECT_TIMEOUT_MS * 1000 };
+	struct timeval tt = { REDIS_COMMAND_TIMEOUT_MS / 1000, 0 };
+	redisContext *c = r->path ? redisConnectUnixWithTimeout(r->path, ct) :
+	    redisConnectWithTimeout(r->host, r->port, ct);
+	redisReply *rep;
+	char dbs[16];
+
+	if (c == NULL) {
+		rs_fail(s, error_r, "cannot reach Redis at %s: out of memory", r->where);
+		return NULL;
+	}
+	if (c->err) {
+		rs_fail(s, error_r, "cannot reach Redis at %s: %s", r->where, c->errstr);
+		redisFree(c);
+		return NULL;
+	}
+	redisSetTimeout(c, tt);
+	redisEnableKeepAlive(c);
+	if (r->password != NULL) {
+		const char *argv[] = { "AUTH", r->password };
+
+		rep = cmdv(c, 2, argv);
+		if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+			rs_fail(s, error_r, "Redis at %s refused the password: %s", r->where,
+			    rep ? rep->str : c->errstr);
+			if (rep)
+				freeReplyObject(rep);
+			redisFree(c);
+			return NULL;
+		}
+		freeReplyObject(rep);
+	}
+	snprintf(dbs, sizeof(dbs), "%d", r->db);
+	{
+		const char *argv[] = { "SELECT", dbs };
+
+		rep = cmdv(c, 2, argv);
+		if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+			rs_fail(s, error_r, "Redis at %s: SELECT %d: %s", r->where, r->db,
+			    rep ? rep->str : c->errstr);
+			if (rep)
+				freeReplyObject(rep);
+			redisFree(c);
+			return NULL;
+		}
+		freeReplyObject(rep);
+	}
+	return c;
+}
+
+/* the command connection, connecting if needed; learns the clock offset */
+static redisContext *
+rs_cmd(struct liststore *s, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisReply *rep;
+
+	if (r->cmd != NULL && r->cmd->err == 0)
+		return r->cmd;
+	if (r->cmd != NULL) {
+		redisFree(r->cmd);
+		r->cmd = NULL;
+	}
+	r->cmd = rs_connect(s, error_r);
+	if (r->cmd == NULL)
+		return NULL;
+	rep = redisCommand(r->cmd, "TIME");
+	if (rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+	    rep->element[0]->type == REDIS_REPLY_STRING)
+		r->offset = atoll(rep->element[0]->str) - (long long)time(NULL);
+	if (rep)
+		freeReplyObject(rep);
+	return r->cmd;
+}
+
+static void
+rs_drop(struct rstore *r)
+{
+	if (r->cmd) {
+		redisFree(r->cmd);
+		r->cmd = NULL;
+	}
+	if (r->sub) {
+		redisFree(r->sub);
+		r->sub = NULL;
+	}
+}
+
+static char *
+entry_key(const struct rstore *r, enum list_kind k, const char *key)
+{
+	return xasprintf("%s%s:%s", r->prefix, list_kind_name(k), key);
+}
+
+/* glob-escape the prefix for SCAN MATCH */
+static char *
+match_pattern(const struct rstore *r, enum list_kind k)
+{
+	size_t n = strlen(r->prefix);
+	char *out = xmalloc(2 * n + 16), *q = out;
+
+	for (size_t i = 0; i < n; i++) {
+		if (strchr("*?[]\\", r->prefix[i]))
+			*q++ = '\\';
+		*q++ = r->prefix[i];
+	}
+	sprintf(q, "%s:*", list_kind_name(k));
+	return out;
+}
+
+/*
+ * Turn the replies for one key into an entry. hreply: HGETALL (or GET when
+ * the admin stored a plain string); expire: EXPIRETIME. Returns 0 and fills
+ * *e, 1 when the key is gone, -1 (logged) when it is malformed.
+ */
+static int
+decode_entry(struct rstore *r, const char *rkey, const char *key, redisReply *h,
+    redisReply *exp, struct list_entry *e)
+{
+	const char *err;
+	char esc[LOG_ESCAPE_BUFSZ], esc2[LOG_ESCAPE_BUFSZ];
+
+	if (listentry_parse_key(key, e, &err) < 0) {
+		log_warn("redis key \"%s\": %s; skipped", log_escape(esc, rkey, strlen(rkey)), err);
+		return -1;
+	}
+	if (h->type == REDIS_REPLY_ARRAY) {
+		if (h->elements == 0) {	/* no such key (any more) */
+			listentry_clear(e);
+			return 1;
+		}
+		for (size_t i = 0; i + 1 < h->elements; i += 2) {
+			redisReply *f = h->element[i], *v = h->element[i + 1];
+
+			if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+				continue;
+			if (strcmp(f->str, "added") == 0) {
+				char *end;
+				long long t = strtoll(v->str, &end, 10);
+
+				if (*v->str == '\0' || *end != '\0' || t < 0)
+					goto bad_field;
+				e->added = t;
+			} else if (strcmp(f->str, "origin") == 0) {
+				if (listentry_origin_parse(v->str, &e->origin) < 0)
+					goto bad_field;
+			} else if (strcmp(f->str, "reason") == 0) {
+				if (v->len > 0 && (strlen(v->str) != v->len ||
+				    !listentry_reason_is_valid(v->str)))
+					goto bad_field;
+				free(e->reason);
+				e->reason = v->len ? xstrdup(v->str) : NULL;
+			}	/* other fields: an admin's notes, ignored */
+			continue;
+bad_field:
+			log_warn("redis key \"%s\": field %s has a bad value \"%s\"; entry skipped",
+			    log_escape(esc, rkey, strlen(rkey)), f->str,
+			    log_escape(esc2, v->str, v->len));
+			listentry_clear(e);
+			return -1;
+		}
+	} else if (h->type == REDIS_REPLY_STRING) {
+		/* SET PREFIXkill:ENTRY "reason": lenient, the value is the reason */
+		if (h->len > 0 && strlen(h->str) == h->len && listentry_reason_is_valid(h->str))
+			e->reason = xstrdup(h->str);
+	} else if (h->type == REDIS_REPLY_NIL) {
+		listentry_clear(e);
+		return 1;
+	} else {
+		log_warn("redis key \"%s\": not a hash; skipped",
+		    log_escape(esc, rkey, strlen(rkey)));
+		listentry_clear(e);
+		return -1;
+	}
+	if (exp != NULL && exp->type == REDIS_REPLY_INTEGER && exp->integer > 0)
+		e->expires = exp->integer - r->offset;	/* Redis's clock -> ours */
+	if (exp != NULL && exp->type == REDIS_REPLY_INTEGER && exp->integer == -2) {
+		listentry_clear(e);
+		return 1;
+	}
+	return 0;
+}
+
+/* pipeline HGETALL + EXPIRETIME for keys[0..n), decode into out */
+static int
+fetch_keys(struct liststore *s, redisContext *c, char **rkeys, size_t n, size_t skip,
+    struct entry_vec *out, const char **error_r)
+{
+	struct rstore *r = s->priv;
+
+	for (size_t i = 0; i < n; i++) {
+		const char *a1[] = { "HGETALL", rkeys[i] };
+		const char *a2[] = { "EXPIRETIME", rkeys[i] };
+
+		redisAppendCommandArgv(c, 2, a1, NULL);
+		redisAppendCommandArgv(c, 2, a2, NULL);
+	}
+	for (size_t i = 0; i < n; i++) {
+		redisReply *h = NULL, *x = NULL;
+		struct list_entry e;
+
+		if (redisGetReply(c, (void **)&h) != REDIS_OK ||
+		    redisGetReply(c, (void **)&x) != REDIS_OK) {
+			if (h)
+				freeReplyObject(h);
+			return rs_fail(s, error_r, "Redis at %s: %s", r->where, c->errstr);
+		}
+		if (h->type == REDIS_REPLY_ERROR && strncmp(h->str, "WRONGTYPE", 9) == 0) {
+			const char *a3[] = { "GET", rkeys[i] };
+
+			freeReplyObject(h);
+			h = cmdv(c, 2, a3);
+			if (h == NULL) {
+				freeReplyObject(x);
+				return rs_fail(s, error_r, "Redis at %s: %s", r->where, c->errstr);
+			}
+		}
+		memset(&e, 0, sizeof(e));
+		if (decode_entry(r, rkeys[i], rkeys[i] + skip, h, x, &e) == 0)
+			entry_vec_push(out, &e);
+		freeReplyObject(h);
+		freeReplyObject(x);
+	}
+	return 0;
+}
+
+static int
+rs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	char *pattern, cursor[32] = "0";
+	size_t skip = strlen(r->prefix) + strlen(list_kind_name(k)) + 1;
+	int rc = 0;
+
+	if (c == NULL)
+		return -1;
+	pattern = match_pattern(r, k);
+	do {
+		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "1000" };
+		redisReply *rep = cmdv(c, 6, argv);
+		char **keys;
+		size_t n = 0;
+
+		if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+		    rep->element[0]->type != REDIS_REPLY_STRING ||
+		    rep->element[1]->type != REDIS_REPLY_ARRAY) {
+			rc = rs_fail(s, error_r, "Redis at %s: SCAN: %s", r->where,
+			    rep == NULL ? c->errstr : rep->type == REDIS_REPLY_ERROR ? rep->str :
+			    "unexpected reply");
+			if (rep)
+				freeReplyObject(rep);
+			break;
+		}
+		snprintf(cursor, sizeof(cursor), "%s", rep->element[0]->str);
+		keys = xcalloc(rep->element[1]->elements + 1, sizeof(char *));
+		for (size_t i = 0; i < rep->element[1]->elements; i++)
+			if (rep->element[1]->element[i]->type == REDIS_REPLY_STRING)
+				keys[n++] = rep->element[1]->element[i]->str;
+		if (out->n + n > MAX_LIST_ENTRIES) {
+			log_warn("Redis at %s: more than %u %s entries; the rest is ignored", r->where,
+			    MAX_LIST_ENTRIES, list_kind_name(k));
+			free(keys);
+			freeReplyObject(rep);
+			break;
+		}
+		rc = fetch_keys(s, c, keys, n, skip, out, error_r);
+		free(keys);
+		freeReplyObject(rep);
+	} while (rc == 0 && strcmp(cursor, "0") != 0);
+	free(pattern);
+	if (rc < 0 && c->err)
+		rs_drop(r);
+	return rc;
+}
+
+static int
+rs_get(struct liststore *s, enum list_kind k, const char *key, struct list_entry *e,
+    int *found_r, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	struct entry_vec v = { 0 };
+	char *rkey;
+	int rc;
+
+	if (c == NULL)
+		return -1;
+	rkey = entry_key(r, k, key);
+	rc = fetch_keys(s, c, &rkey, 1, strlen(rkey) - strlen(key), &v, error_r);
+	free(rkey);
+	if (rc < 0) {
+		if (c->err)
+			rs_drop(r);
+		entry_vec_clear(&v);
+		return -1;
+	}
+	*found_r = v.n > 0;
+	if (v.n > 0) {
+		listentry_clear(e);
+		*e = v.v[0];
+		memset(&v.v[0], 0, sizeof(v.v[0]));
+	}
+	entry_vec_clear(&v);
+	return 0;
+}
+
+/* queue the commands that store one entry */
+static void
+append_entry(struct rstore *r, redisContext *c, enum list_kind k, const struct list_entry *e)
+{
+	char *rkey = entry_key(r, k, e->key);
+	char added[24], exp[24];
+	const char *del[] = { "DEL", rkey };
+	const char *hset[] = { "HSET", rkey, "added", added, "origin",
+	    listentry_origin_name(e->origin), "reason", e->reason ? e->reason : "" };
+
+	snprintf(added, sizeof(added), "%lld", e->added);
+	redisAppendCommandArgv(c, 2, del, NULL);
+	redisAppendCommandArgv(c, e->reason ? 8 : 6, hset, NULL);
+	if (e->expires != 0) {
+		const char *ex[] = { "EXPIREAT", rkey, exp };
+
+		snprintf(exp, sizeof(exp), "%lld", e->expires + r->offset);	/* ours -> Redis's */
+		redisAppendCommandArgv(c, 3, ex, NULL);
+	}
+	free(rkey);
+}
+
+static int
+drain(struct liststore *s, redisContext *c, int n, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int rc = 0;
+
+	for (int i = 0; i < n; i++) {
+		redisReply *rep = NULL;
+
+		if (redisGetReply(c, (void **)&rep) != REDIS_OK) {
+			rs_drop(r);
+			return rs_fail(s, error_r, "Redis at %s: %s", r->where,
+			    c->errstr[0] ? c->errstr : "connection lost");
+		}
+		if (rep->type == REDIS_REPLY_ERROR && rc == 0)
+			rc = rs_fail(s, error_r, "Redis at %s: %s", r->where, rep->str);
+		freeReplyObject(rep);
+	}
+	return rc;
+}
+
+static void
+append_publish(struct rstore *r, redisContext *c, enum list_kind k, const char *key)
+{
+	char *chan = xasprintf("%schanges", r->prefix);
+	char *msg = xasprintf("%s %s", list_kind_name(k), key);
+	const char *pub[] = { "PUBLISH", chan, msg };
+
+	redisAppendCommandArgv(c, 3, pub, NULL);
+	free(chan);
+	free(msg);
+}
+
+static int
+rs_add(struct liststore *s, enum list_kind k, const struct list_entry *e, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	const char *multi[] = { "MULTI" }, *exec[] = { "EXEC" };
+
+	if (c == NULL)
+		return -1;
+	/* one MULTI: no reader ever sees the entry half-written */
+	redisAppendCommandArgv(c, 1, multi, NULL);
+	append_entry(r, c, k, e);
+	redisAppendCommandArgv(c, 1, exec, NULL);
+	append_publish(r, c, k, e->key);
+	return drain(s, c, 1 + 2 + (e->expires != 0) + 1 + 1, error_r);
+}
+
+static int
+rs_del(struct liststore *s, enum list_kind k, const char *key, int *found_r,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	char *rkey;
+	redisReply *rep;
+
+	if (c == NULL)
+		return -1;
+	rkey = entry_key(r, k, key);
+	{
+		const char *argv[] = { "DEL", rkey };
+
+		rep = cmdv(c, 2, argv);
+	}
+	free(rkey);
+	if (rep == NULL || rep->type != REDIS_REPLY_INTEGER) {
+		rs_fail(s, error_r, "Redis at %s: DEL: %s", r->where,
+		    rep == NULL ? c->errstr : rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+		if (rep)
+			freeReplyObject(rep);
+		if (c->err)
+			rs_drop(r);
+		return -1;
+	}
+	*found_r = rep->integer > 0;
+	freeReplyObject(rep);
+	append_publish(r, c, k, key);
+	return drain(s, c, 1, error_r);
+}
+
+static int
+rs_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v, size_t n,
+    void (*progress)(void *arg, size_t done), void *arg, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	size_t done = 0;
+
+	if (c == NULL)
+		return -1;
+	while (done < n) {
+		size_t batch = n - done < REDIS_BATCH ? n - done : REDIS_BATCH;
+		int queued = 0;
+
+		for (size_t i = 0; i < batch; i++) {
+			append_entry(r, c, k, &v[done + i]);
+			queued += 2 + (v[done + i].expires != 0);
+		}
+		if (drain(s, c, queued, error_r) < 0)
+			return -1;
+		done += batch;
+		if (progress)
+			progress(arg, done);
+	}
+	append_publish(r, c, k, "*");	/* watchers reload the whole list */
+	return drain(s, c, 1, error_r);
+}
+
+static int
+rs_changed(struct liststore *s, enum list_kind k)
+{
+	(void)s; (void)k;
+	return 0;	/* Redis reports changes through rs_changes() */
+}
+
+static int
+rs_watch_fd(struct liststore *s)
+{
+	struct rstore *r = s->priv;
+
+	return r->sub != NULL ? r->sub->fd : -1;
+}
+
+/* keyspace notifications for hash, generic and expiry events, if allowed */
+static void
+enable_notifications(struct liststore *s)
+{
+	struct rstore *r = s->priv;
+	redisReply *rep = redisCommand(r->cmd, "CONFIG GET notify-keyspace-events");
+	char have[64] = "", want[64];
+	const char *need = "Kg$hx";
+
+	if (rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+	    rep->element[1]->type == REDIS_REPLY_STRING)
+		snprintf(have, sizeof(have), "%s", rep->element[1]->str);
+	if (rep)
+		freeReplyObject(rep);
+	snprintf(want, sizeof(want), "%s", have);
+	for (const char *p = need; *p; p++) {
+		int covered = strchr(have, *p) != NULL ||
+		    (*p != 'K' && strchr(have, 'A') != NULL);
+
+		if (!covered && strlen(want) + 1 < sizeof(want)) {
+			size_t l = strlen(want);
+
+			want[l] = *p;
+			want[l + 1] = '\0';
+		}
+	}
+	if (strcmp(want, have) == 0)
+		return;
+	rep = redisCommand(r->cmd, "CONFIG SET notify-keyspace-events %s", want);
+	if ((rep == NULL || rep->type == REDIS_REPLY_ERROR) && !r->notify_warned) {
+		log_warn("Redis at %s: cannot enable keyspace notifications (%s): entries written "
+		    "with plain redis-cli are seen at the next full resync (every %ds); the "
+		    "portcullis command announces its own writes", r->where,
+		    rep ? rep->str : "no reply", r->resync_seconds);
+		r->notify_warned = 1;
+	}
+	if (rep)
+		freeReplyObject(rep);
+}
+
+static int
+subscribe(struct liststore *s, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	char *pat, *chan;
+	redisReply *rep;
+	int ok = 1;
+
+	r->sub = rs_connect(s, error_r);
+	if (r->sub == NULL)
+		return -1;
+	enable_notifications(s);
+	/* only list keys: rate counters and the like must not wake watchers */
+	pat = xasprintf("__keyspace@%d__:%skill:*", r->db, r->prefix);
+	char *pat2 = xasprintf("__keyspace@%d__:%saccept:*", r->db, r->prefix);
+	chan = xasprintf("%schanges", r->prefix);
+	{
+		const char *a1[] = { "PSUBSCRIBE", pat, pat2 };
+		const char *a2[] = { "SUBSCRIBE", chan };
+
+		redisAppendCommandArgv(r->sub, 3, a1, NULL);
+		redisAppendCommandArgv(r->sub, 2, a2, NULL);
+		for (int i = 0; i < 3 && ok; i++) {
+			if (redisGetReply(r->sub, (void **)&rep) != REDIS_OK ||
+			    rep->type != REDIS_REPLY_ARRAY)
+				ok = 0;
+			if (rep)
+				freeReplyObject(rep);
+			rep = NULL;
+		}
+	}
+	free(pat);
+	free(pat2);
+	free(chan);
+	if (!ok) {
+		rs_fail(s, error_r, "Redis at %s: cannot subscribe: %s", r->where, r->sub->errstr);
+		redisFree(r->sub);
+		r->sub = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+/* "kill:ENTRY" (after the prefix) -> change */
+static void
+note_key(struct rstore *r, const char *rest, struct list_changes *out)
+{
+	enum list_kind k;
+	const char *colon = strchr(rest, ':');
+	char kind[16];
+
+	(void)r;
+	if (colon == NULL || (size_t)(colon - rest) >= sizeof(kind))
+		return;
+	memcpy(kind, rest, (size_t)(colon - rest));
+	kind[colon - rest] = '\0';
+	if (list_kind_parse(kind, &k) < 0)
+		return;
+	if (strlen(colon + 1) > MAX_ENTRY_LEN)
+		return;
+	list_changes_add(out, k, colon + 1);
+}
+
+static void
+handle_message(struct rstore *r, redisReply *m, struct list_changes *out)
+{
+	size_t plen = strlen(r->prefix);
+
+	if (m->type != REDIS_REPLY_ARRAY || m->elements < 3)
+		return;
+	for (size_t i = 0; i < m->elements; i++)
+		if (m->element[i]->type != REDIS_REPLY_STRING)
+			return;
+	if (strcmp(m->element[0]->str, "pmessage") == 0 && m->elements == 4) {
+		/* __keyspace@DB__:PREFIXkill:ENTRY */
+		const char *ch = strchr(m->element[2]->str, ':');
+
+		if (ch != NULL && strncmp(ch + 1, r->prefix, plen) == 0)
+			note_key(r, ch + 1 + plen, out);
+	} else if (strcmp(m->element[0]->str, "message") == 0) {
+		/* "kill ENTRY" or "kill *" */
+		const char *msg = m->element[2]->str, *sp = strchr(msg, ' ');
+		char kind[16];
+		enum list_kind k;
+
+		if (sp == NULL || (size_t)(sp - msg) >= sizeof(kind))
+			return;
+		memcpy(kind, msg, (size_t)(sp - msg));
+		kind[sp - msg] = '\0';
+		if (list_kind_parse(kind, &k) < 0)
+			return;
+		if (strcmp(sp + 1, "*") == 0)
+			out->reload[k] = 1;
+		else if (strlen(sp + 1) <= MAX_ENTRY_LEN)
+			list_changes_add(out, k, sp + 1);
+	}
+}
+
+static void
+went_down(struct liststore *s, struct list_changes *out, const char *why)
+{
+	struct rstore *r = s->priv;
+	char reason[128];
+
+	snprintf(reason, sizeof(reason), "%s", why);	/* why may live in a context we free */
+	why = reason;
+	rs_drop(r);
+	r->down = 1;
+	r->backoff_ms = r->backoff_ms ? r->backoff_ms : 100;
+	r->next_retry_ms = now_ms() + r->backoff_ms;
+	if (!r->announced_down) {
+		log_warn("Redis at %s unreachable (%s): enforcing the last lists while "
+		    "reconnecting", r->where, why);
+		r->announced_down = 1;
+		out->lost = 1;
+	}
+}
+
+static int
+rs_changes(struct liststore *s, struct list_changes *out)
+{
+	struct rstore *r = s->priv;
+	const char *err;
+
+	if (r->sub == NULL) {
+		if (r->watching && now_ms() < r->next_retry_ms)
+			return 0;
+		if (rs_cmd(s, &err) == NULL || subscribe(s, &err) < 0) {
+			r->watching = 1;
+			went_down(s, out, err);
+			r->backoff_ms = r->backoff_ms * 2 > REDIS_BACKOFF_MAX_MS ?
+			    REDIS_BACKOFF_MAX_MS : r->backoff_ms * 2;
+			return 0;
+		}
+		if (r->down)
+			log_info("Redis at %s reachable again: full resync", r->where);
+		out->back = r->down;
+		r->watching = 1;
+		r->down = 0;
+		r->announced_down = 0;
+		r->backoff_ms = 0;
+		for (int k = 0; k < LIST_KINDS; k++)
+			out->reload[k] = 1;
+		r->last_resync = time(NULL);
+		return 0;
+	}
+	/* drain what arrived, without blocking */
+	for (;;) {
+		struct pollfd pfd = { .fd = r->sub->fd, .events = POLLIN };
+		void *rep = NULL;
+		int got = 0;
+
+		while (redisReaderGetReply(r->sub->reader, &rep) == REDIS_OK && rep != NULL) {
+			handle_message(r, rep, out);
+			freeReplyObject(rep);
+			rep = NULL;
+			got = 1;
+		}
+		if (poll(&pfd, 1, 0) <= 0)
+			break;
+		if (redisBufferRead(r->sub) != REDIS_OK) {
+			went_down(s, out, r->sub->errstr[0] ? r->sub->errstr : "connection closed");
+			return 0;
+		}
+		(void)got;
+	}
+	if (r->sub->reader->err) {
+		went_down(s, out, "protocol error");
+		return 0;
+	}
+	if (time(NULL) - r->last_resync >= r->resync_seconds) {
+		for (int k = 0; k < LIST_KINDS; k++)
+			out->reload[k] = 1;
+		r->last_resync = time(NULL);
+	}
+	return 0;
+}
+
+const struct liststore_ops liststore_redis_ops = {
+	.scheme = "redis",
+	.open = rs_open,
+	.close = rs_close,
+	.load = rs_load,
+	.add = rs_add,
+	.del = rs_del,
+	.changed = rs_changed,
+	.watch_fd = rs_watch_fd,
+	.changes = rs_changes,
+	.get = rs_get,
+	.add_many = rs_add_many,
+};
