@@ -40,6 +40,7 @@
 #include "common/pclimits.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/liststore.h"
+#include "storage-adapter/redis_schema.h"
 
 #define REDIS_CONNECT_TIMEOUT_MS 1000
 #define REDIS_COMMAND_TIMEOUT_MS 3000
@@ -338,7 +339,7 @@ rs_drop(struct rstore *r)
 static char *
 entry_key(const struct rstore *r, enum list_kind k, const char *key)
 {
-	return xasprintf("%s%s:%s", r->prefix, list_kind_name(k), key);
+	return redis_schema_key(r->prefix, k, key);
 }
 
 /* glob-escape the prefix for SCAN MATCH */
@@ -358,74 +359,55 @@ match_pattern(const struct rstore *r, enum list_kind k)
 }
 
 /*
- * Turn the replies for one key into an entry. hreply: HGETALL (or GET when
- * the admin stored a plain string); expire: EXPIRETIME. Returns 0 and fills
- * *e, 1 when the key is gone, -1 (logged) when it is malformed.
+ * Turn the replies for one key into an entry. h: HGETALL (or GET when the
+ * admin stored a plain string); exp: EXPIRETIME. Returns 0 and fills *e, 1
+ * when the key is gone, -1 (logged) when it is malformed.
  */
 static int
 decode_entry(struct rstore *r, const char *rkey, const char *key, redisReply *h,
     redisReply *exp, struct list_entry *e)
 {
 	const char *err;
-	char esc[LOG_ESCAPE_BUFSZ], esc2[LOG_ESCAPE_BUFSZ];
+	char esc[LOG_ESCAPE_BUFSZ];
+	long long xt = exp != NULL && exp->type == REDIS_REPLY_INTEGER ? exp->integer : -1;
+	const char **fv = NULL;
+	size_t *fl = NULL, n = 0;
+	int rc;
 
-	if (listentry_parse_key(key, e, &err) < 0) {
-		log_warn("redis key \"%s\": %s; skipped", log_escape(esc, rkey, strlen(rkey)), err);
-		return -1;
-	}
+	if (xt == -2 || h->type == REDIS_REPLY_NIL ||
+	    (h->type == REDIS_REPLY_ARRAY && h->elements == 0))
+		return 1;	/* gone */
 	if (h->type == REDIS_REPLY_ARRAY) {
-		if (h->elements == 0) {	/* no such key (any more) */
-			listentry_clear(e);
-			return 1;
-		}
-		for (size_t i = 0; i + 1 < h->elements; i += 2) {
-			redisReply *f = h->element[i], *v = h->element[i + 1];
-
-			if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+		fv = xcalloc(h->elements + 1, sizeof(char *));
+		fl = xcalloc(h->elements + 1, sizeof(size_t));
+		for (size_t i = 0; i < h->elements; i++) {
+			if (h->element[i]->type != REDIS_REPLY_STRING)
 				continue;
-			if (strcmp(f->str, "added") == 0) {
-				char *end;
-				long long t = strtoll(v->str, &end, 10);
-
-				if (*v->str == '\0' || *end != '\0' || t < 0)
-					goto bad_field;
-				e->added = t;
-			} else if (strcmp(f->str, "origin") == 0) {
-				if (listentry_origin_parse(v->str, &e->origin) < 0)
-					goto bad_field;
-			} else if (strcmp(f->str, "reason") == 0) {
-				if (v->len > 0 && (strlen(v->str) != v->len ||
-				    !listentry_reason_is_valid(v->str)))
-					goto bad_field;
-				free(e->reason);
-				e->reason = v->len ? xstrdup(v->str) : NULL;
-			}	/* other fields: an admin's notes, ignored */
-			continue;
-bad_field:
-			log_warn("redis key \"%s\": field %s has a bad value \"%s\"; entry skipped",
-			    log_escape(esc, rkey, strlen(rkey)), f->str,
-			    log_escape(esc2, v->str, v->len));
-			listentry_clear(e);
-			return -1;
+			fv[n] = h->element[i]->str;
+			fl[n++] = h->element[i]->len;
 		}
 	} else if (h->type == REDIS_REPLY_STRING) {
 		/* SET PREFIXkill:ENTRY "reason": lenient, the value is the reason */
-		if (h->len > 0 && strlen(h->str) == h->len && listentry_reason_is_valid(h->str))
-			e->reason = xstrdup(h->str);
-	} else if (h->type == REDIS_REPLY_NIL) {
-		listentry_clear(e);
-		return 1;
+		static const char *reason = "reason";
+
+		fv = xcalloc(2, sizeof(char *));
+		fl = xcalloc(2, sizeof(size_t));
+		fv[0] = reason;
+		fl[0] = 6;
+		fv[1] = h->str;
+		fl[1] = h->len;
+		n = 2;
 	} else {
 		log_warn("redis key \"%s\": not a hash; skipped",
 		    log_escape(esc, rkey, strlen(rkey)));
-		listentry_clear(e);
 		return -1;
 	}
-	if (exp != NULL && exp->type == REDIS_REPLY_INTEGER && exp->integer > 0)
-		e->expires = exp->integer - r->offset;	/* Redis's clock -> ours */
-	if (exp != NULL && exp->type == REDIS_REPLY_INTEGER && exp->integer == -2) {
-		listentry_clear(e);
-		return 1;
+	rc = redis_schema_decode(key, fv, fl, n, xt, r->offset, e, &err);
+	free(fv);
+	free(fl);
+	if (rc < 0) {
+		log_warn("redis key \"%s\": %s; skipped", log_escape(esc, rkey, strlen(rkey)), err);
+		return -1;
 	}
 	return 0;
 }
@@ -785,31 +767,22 @@ subscribe(struct liststore *s, const char **error_r)
 	return 0;
 }
 
-/* "kill:ENTRY" (after the prefix) -> change */
+/* "PREFIXkill:ENTRY" -> change */
 static void
-note_key(struct rstore *r, const char *rest, struct list_changes *out)
+note_key(struct rstore *r, const char *rkey, struct list_changes *out)
 {
 	enum list_kind k;
-	const char *colon = strchr(rest, ':');
-	char kind[16];
+	const char *entry;
 
-	(void)r;
-	if (colon == NULL || (size_t)(colon - rest) >= sizeof(kind))
+	if (redis_schema_split_key(r->prefix, rkey, &k, &entry) < 0 ||
+	    strlen(entry) > MAX_ENTRY_LEN)
 		return;
-	memcpy(kind, rest, (size_t)(colon - rest));
-	kind[colon - rest] = '\0';
-	if (list_kind_parse(kind, &k) < 0)
-		return;
-	if (strlen(colon + 1) > MAX_ENTRY_LEN)
-		return;
-	list_changes_add(out, k, colon + 1);
+	list_changes_add(out, k, entry);
 }
 
 static void
 handle_message(struct rstore *r, redisReply *m, struct list_changes *out)
 {
-	size_t plen = strlen(r->prefix);
-
 	if (m->type != REDIS_REPLY_ARRAY || m->elements < 3)
 		return;
 	for (size_t i = 0; i < m->elements; i++)
@@ -819,8 +792,8 @@ handle_message(struct rstore *r, redisReply *m, struct list_changes *out)
 		/* __keyspace@DB__:PREFIXkill:ENTRY */
 		const char *ch = strchr(m->element[2]->str, ':');
 
-		if (ch != NULL && strncmp(ch + 1, r->prefix, plen) == 0)
-			note_key(r, ch + 1 + plen, out);
+		if (ch != NULL)
+			note_key(r, ch + 1, out);
 	} else if (strcmp(m->element[0]->str, "message") == 0) {
 		/* "kill ENTRY" or "kill *" */
 		const char *msg = m->element[2]->str, *sp = strchr(msg, ' ');

@@ -1,0 +1,26 @@
+#ifndef PC_REDIS_SCHEMA_H
+#define PC_REDIS_SCHEMA_H
+#include <stddef.h>
+#include "storage-adapter/listentry.h"
+
+/*
+ * The Redis key schema for lists, as pure functions (no connection), so it
+ * can be tested and documented in one place.
+ *   PREFIX kill:ENTRY / PREFIX accept:ENTRY -> hash {added, origin, reason}
+ */
+
+/* "portcullis:kill:192.0.2.0/24"; xmalloc'd */
+char *redis_schema_key(const char *prefix, enum list_kind k, const char *entry);
+/* the reverse; *entry_r points into rkey. -1: not one of ours */
+int redis_schema_split_key(const char *prefix, const char *rkey, enum list_kind *k_r,
+    const char **entry_r) __attribute__((warn_unused_result));
+/*
+ * A hash's fields (name/value pairs, binary-safe lengths) and the key's
+ * EXPIRETIME (-1 none) into an entry. offset: Redis clock minus ours.
+ * -1 with *error_r for a bad entry name or field value.
+ */
+int redis_schema_decode(const char *entry, const char *const *fv, const size_t *fvlen,
+    size_t nfv, long long expiretime, long long offset, struct list_entry *e,
+    const char **error_r) __attribute__((warn_unused_result));
+
+#endif
