@@ -25,6 +25,10 @@ const struct conf_key conf_keys[] = {
 	{ "relay_authenticated", "yes", CT_BOOL, NULL, 0, 0 },
 	{ "relay_client_domains", "no", CT_BOOL, NULL, 0, 0 },
 
+	/* relay rate limits: "N/TIME", per authenticated user or client address */
+	{ "relay_rate_limit", "", CT_STR, NULL, 0, 0 },
+	{ "relay_rate_limit_overrides", "", CT_LIST, NULL, 0, 0 },
+
 	/* per-stage checks */
 	{ "null_sender", "accept", CT_ENUM, "accept|reject|reject_multi_rcpt", 0, 0 },
 	{ "relay_require_headers", "From Reply-To", CT_LIST, NULL, 0, 0 },

@@ -28,6 +28,7 @@
 #include "milter/milter.h"
 #include "rules/policy.h"
 #include "storage-adapter/liststore.h"
+#include "storage-adapter/ratelimit.h"
 
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
 
@@ -103,6 +104,7 @@ main(int argc, char **argv)
 	size_t noverrides = 0;
 	struct policy *pol = NULL;
 	struct liststore *store, *cache = NULL;
+	struct ratelimit *rl;
 	struct watcher *w;
 	struct snapref snaps;
 	struct milter_env env;
@@ -164,6 +166,7 @@ main(int argc, char **argv)
 	}
 	env.pol = pol;
 	env.snaps = &snaps;
+	env.rl = rl = ratelimit_new();
 	env.ban = watcher_ban;
 	if (milter_setup(conf_get(conf, "milter_listen"), &env, &err) < 0)
 		fatal("%s", err);
@@ -189,6 +192,12 @@ main(int argc, char **argv)
 		fatal("cannot load the lists: %s", err);
 	env.ban_arg = w;
 	watcher_set_tick(w, milter_poke_if_stopping);
+	if (pol->rate_limit > 0 || pol->nrate_overrides > 0) {
+		watcher_set_ratelimit(w, rl);
+		if (!liststore_has_rate_sync(store))
+			log_info("relay rate limits are counted on this node only (lists = %s); "
+			    "use a redis:// store to count across nodes", conf_get(conf, "lists"));
+	}
 	if (watcher_start(w, &err) < 0)
 		fatal("%s", err);
 	write_pidfile(conf_get(conf, "pid_file"));
@@ -202,6 +211,7 @@ main(int argc, char **argv)
 	liststore_free(&store);
 	liststore_free(&cache);
 	unlink(conf_get(conf, "pid_file"));
+	ratelimit_free(&rl);
 	policy_free(&pol);
 	conf_free(&conf);
 	return rc == 0 ? 0 : 1;

@@ -27,6 +27,7 @@
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "daemon/watcher.h"
+#include "storage-adapter/ratelimit.h"
 
 #define WATCH_INTERVAL_MS 200
 
@@ -47,7 +48,43 @@ struct watcher {
 	pthread_t thread;
 	int running;
 	void (*tick)(void);
+	struct ratelimit *rl;	/* counters to share through the store, or NULL */
+	int rate_warned;
 };
+
+void
+watcher_set_ratelimit(struct watcher *w, struct ratelimit *rl)
+{
+	w->rl = rl;
+}
+
+/* push this node's counts, pull the cluster-wide totals */
+static void
+rate_sync(struct watcher *w)
+{
+	struct rate_delta *d;
+	size_t n;
+	const char *err;
+
+	if (w->rl == NULL || !liststore_has_rate_sync(w->store))
+		return;
+	n = ratelimit_collect(w->rl, &d, (long long)time(NULL));
+	if (n == 0) {
+		free(d);
+		return;
+	}
+	if (liststore_rate_sync(w->store, d, n, &err) < 0) {
+		if (!w->rate_warned)
+			log_warn("relay rate counters not shared (counting on this node only): %s", err);
+		w->rate_warned = 1;
+		for (size_t i = 0; i < n; i++)
+			d[i].total = -1;
+	} else {
+		w->rate_warned = 0;
+	}
+	ratelimit_apply(w->rl, d, n);
+	ratelimit_deltas_free(d, n);
+}
 
 void
 watcher_set_tick(struct watcher *w, void (*tick)(void))
@@ -245,9 +282,10 @@ watcher_main(void *arg)
 		struct list_changes ch = { 0 };
 		int changed = 0, n;
 
-		n = poll(pfd, pfd[1].fd >= 0 ? 2 : 1, WATCH_INTERVAL_MS);
+		n = poll(pfd, pfd[1].fd >= 0 ? 2 : 1, w->rl ? WATCH_INTERVAL_MS / 2 : WATCH_INTERVAL_MS);
 		if (w->tick != NULL)
 			w->tick();
+		rate_sync(w);
 		if (n > 0 && (pfd[0].revents & POLLIN)) {
 			struct ban_req r;
 

@@ -18,6 +18,9 @@ struct watcher *watcher_new(struct liststore *store, struct liststore *cache,
     struct snapref *snaps, const char **error_r);
 int watcher_start(struct watcher *w, const char **error_r) __attribute__((warn_unused_result));
 void watcher_stop_and_free(struct watcher **w);
+struct ratelimit;
+/* share these counters through the store (before start) */
+void watcher_set_ratelimit(struct watcher *w, struct ratelimit *rl);
 /* called on the watcher thread every poll interval (before start) */
 void watcher_set_tick(struct watcher *w, void (*tick)(void));
 /* any thread; never blocks (drops the request, logged, if the queue is full) */

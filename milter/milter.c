@@ -105,6 +105,7 @@ priv_of(SMFICTX *ctx)
 	if (p == NULL) {	/* an MTA that skipped negotiation */
 		p = xcalloc(1, sizeof(*p));
 		p->es = engine_session_new(env->pol);
+		engine_session_set_ratelimit(p->es, env->rl);
 		smfi_setpriv(ctx, p);
 	}
 	return p;
@@ -179,6 +180,7 @@ cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
 	if (env->pol->nrequire_headers == 0)
 		want |= SMFIP_NOHDRS;
 	p->es = engine_session_new(env->pol);
+	engine_session_set_ratelimit(p->es, env->rl);
 	p->proto = want & f1;
 	smfi_setpriv(ctx, p);
 	*pf0 = 0;		/* we never modify messages */

@@ -8,6 +8,7 @@
 struct milter_env {
 	const struct policy *pol;
 	struct snapref *snaps;
+	struct ratelimit *rl;	/* relay rate counters, or NULL */
 	/* called from milter threads; must not block */
 	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds,
 	    const char *why);

@@ -23,11 +23,13 @@
 #include "common/mailaddr.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
+#include "storage-adapter/ratelimit.h"
 
 #define ENGINE_TEXT_ADDR 100	/* bytes of an address quoted in a reply */
 
 struct engine_session {
 	const struct policy *pol;
+	struct ratelimit *rl;
 	/* connection */
 	struct ipaddr addr;
 	int has_addr;
@@ -55,6 +57,12 @@ engine_session_new(const struct policy *p)
 	s->pol = p;
 	strcpy(s->client_text, "unknown[unknown]");
 	return s;
+}
+
+void
+engine_session_set_ratelimit(struct engine_session *s, struct ratelimit *rl)
+{
+	s->rl = rl;
 }
 
 void
@@ -362,6 +370,51 @@ relay_allowed(struct engine_session *s, const struct snapshot *snap, long long n
 	return 0;
 }
 
+static const char *
+window_text(unsigned w, char *buf, size_t cap)
+{
+	if (w % 86400 == 0)
+		snprintf(buf, cap, "%ud", w / 86400);
+	else if (w % 3600 == 0)
+		snprintf(buf, cap, "%uh", w / 3600);
+	else if (w % 60 == 0)
+		snprintf(buf, cap, "%um", w / 60);
+	else
+		snprintf(buf, cap, "%us", w);
+	return buf;
+}
+
+/* count one relayed recipient; 1 with *v decided when over the limit */
+static int
+rate_refused(struct engine_session *s, long long now, struct verdict *v)
+{
+	char who[LOG_ESCAPE_BUFSZ + 8], win[16];
+	unsigned limit, window;
+	unsigned long total;
+	const char *user = s->auth[0] ? s->auth : NULL;
+
+	if (!policy_rate_for(s->pol, user, &limit, &window))
+		return 0;
+	if (user != NULL) {
+		size_t i;
+
+		for (i = 0; user[i] && i + 1 < sizeof(who); i++)
+			who[i] = (char)tolower((unsigned char)user[i]);
+		who[i] = '\0';
+	} else {
+		snprintf(who, sizeof(who), "ip:%s", s->addr_text);
+	}
+	if (ratelimit_take(s->rl, who, limit, window, now, &total))
+		return 0;
+	window_text(window, win, sizeof(win));
+	decide(s, v, VERDICT_TEMPFAIL, "452", "4.7.1", "rate-limit",
+	    "Relay rate limit reached for %s: at most %u recipients per %s", user ? user :
+	    s->addr_text, limit, win);
+	snprintf(v->rule, sizeof(v->rule), "relay rate limit %u/%s for %s (%lu counted)", limit,
+	    win, who, total);
+	return 1;
+}
+
 void
 engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *rcpt,
     size_t cmdlen, long long now, struct verdict *v)
@@ -420,6 +473,8 @@ engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *r
 		if (!v->warned)
 			return;
 	}
+	if (v->tag == NULL && !local && s->rl != NULL && rate_refused(s, now, v) && !v->warned)
+		return;
 	if (v->tag == NULL)
 		snprintf(v->rule, sizeof(v->rule), "%s", why);
 	if (!local)

@@ -34,7 +34,11 @@ struct verdict {
 
 struct engine_session;
 
+struct ratelimit;
+
 struct engine_session *engine_session_new(const struct policy *p);
+/* relay rate limits count here (shared by all sessions); NULL: not counted */
+void engine_session_set_ratelimit(struct engine_session *s, struct ratelimit *rl);
 void engine_session_free(struct engine_session **s);
 
 /* addr NULL when the MTA gave none; hostname: the verified (FCrDNS) name or NULL */

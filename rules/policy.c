@@ -10,10 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/conf.h"
 #include "common/xmalloc.h"
 #include "rules/policy.h"
+#include "storage-adapter/ratelimit.h"
 
 static char errbuf[512];
 
@@ -123,11 +125,45 @@ policy_new(const struct conf *c, struct policy **p_r, const char **error_r)
 	p->max_command_length = (unsigned)conf_get_int(c, "max_command_length");
 	p->long_command_ban = (unsigned long)conf_get_int(c, "long_command_ban");
 	p->warn_only = strcmp(conf_get(c, "policy_mode"), "warn") == 0;
+
+	/* relay rate limits */
+	{
+		const char *rl = conf_get(c, "relay_rate_limit");
+
+		if (rl[0] != '\0' && strcmp(rl, "0") != 0 &&
+		    ratelimit_parse(rl, &p->rate_limit, &p->rate_window) < 0) {
+			snprintf(errbuf, sizeof(errbuf), "%s: relay_rate_limit: \"%.100s\" is not "
+			    "COUNT/TIME such as 200/1h", conf_where(c, "relay_rate_limit"), rl);
+			list = NULL;
+			goto fail_list;
+		}
+	}
+	list = conf_get_list(c, "relay_rate_limit_overrides", &n);
+	p->rate_overrides = xcalloc(n + 1, sizeof(*p->rate_overrides));
+	for (size_t i = 0; i < n; i++) {
+		char *colon = strrchr(list[i], ':');
+		struct rate_override *o = &p->rate_overrides[p->nrate_overrides];
+
+		if (colon == NULL || colon == list[i] || strchr(list[i], '@') == NULL ||
+		    strchr(list[i], '@') > colon || ratelimit_parse(colon + 1, &o->limit, &o->window) < 0) {
+			snprintf(errbuf, sizeof(errbuf), "%s: relay_rate_limit_overrides: \"%.100s\" "
+			    "is not user@domain:COUNT/TIME or @domain:COUNT/TIME",
+			    conf_where(c, "relay_rate_limit_overrides"), list[i]);
+			goto fail_list;
+		}
+		*colon = '\0';
+		for (char *q = list[i]; *q; q++)
+			*q = (char)tolower((unsigned char)*q);
+		o->who = xstrdup(list[i]);
+		p->nrate_overrides++;
+	}
+	conf_list_free(list);
 	*p_r = p;
 	return 0;
 
 fail_list:
-	conf_list_free(list);
+	if (list != NULL)
+		conf_list_free(list);
 	if (b != NULL)
 		cidrtab_free(&(struct cidrtab *){ cidrtab_build(&b) });
 	policy_free(&p);
@@ -148,8 +184,38 @@ policy_free(struct policy **pp)
 	cidrtab_free(&p->relay_networks);
 	for (size_t i = 0; i < p->nrequire_headers; i++)
 		free(p->require_headers[i]);
+	for (size_t i = 0; i < p->nrate_overrides; i++)
+		free(p->rate_overrides[i].who);
+	free(p->rate_overrides);
 	free(p);
 	*pp = NULL;
+}
+
+int
+policy_rate_for(const struct policy *p, const char *user, unsigned *limit_r, unsigned *window_r)
+{
+	const struct rate_override *dom = NULL;
+	const char *at = user ? strrchr(user, '@') : NULL;
+
+	for (size_t i = 0; user != NULL && i < p->nrate_overrides; i++) {
+		const struct rate_override *o = &p->rate_overrides[i];
+
+		if (strcasecmp(o->who, user) == 0) {
+			*limit_r = o->limit;
+			*window_r = o->window;
+			return 1;
+		}
+		if (at != NULL && o->who[0] == '@' && strcasecmp(o->who, at) == 0)
+			dom = o;
+	}
+	if (dom != NULL) {
+		*limit_r = dom->limit;
+		*window_r = dom->window;
+		return 1;
+	}
+	*limit_r = p->rate_limit;
+	*window_r = p->rate_window;
+	return p->rate_limit > 0;
 }
 
 static int

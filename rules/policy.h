@@ -24,6 +24,13 @@ struct policy {
 	unsigned max_command_length;	/* 0: no limit */
 	unsigned long long_command_ban;	/* seconds; 0: no ban */
 	int warn_only;			/* policy_mode = warn */
+	/* relay_rate_limit: 0 limit = off */
+	unsigned rate_limit, rate_window;
+	struct rate_override {
+		char *who;		/* "user@dom" or "@dom", lower case */
+		unsigned limit, window;
+	} *rate_overrides;
+	size_t nrate_overrides;
 };
 
 /* errors name the setting and where it was set */
@@ -32,6 +39,10 @@ int policy_new(const struct conf *c, struct policy **p_r, const char **error_r)
 void policy_free(struct policy **p);
 /* domain (lower case, no trailing dot) is in mydomains */
 int policy_is_my_domain(const struct policy *p, const char *domain);
+/* the relay rate limit for an authenticated user (NULL: none): user
+ * overrides domain overrides server; 0 when no limit applies */
+int policy_rate_for(const struct policy *p, const char *user, unsigned *limit_r,
+    unsigned *window_r);
 /* host name (lower case) is a domain in mydomains or lies below one */
 int policy_host_in_my_domains(const struct policy *p, const char *host);
 

@@ -220,3 +220,19 @@ liststore_open_conf(const struct conf *c, const char **error_r)
 	liststore_set_options(&o);
 	return liststore_open(conf_get(c, "lists"), error_r);
 }
+
+int
+liststore_has_rate_sync(const struct liststore *s)
+{
+	return s->ops->rate_sync != NULL;
+}
+
+int
+liststore_rate_sync(struct liststore *s, struct rate_delta *d, size_t n, const char **error_r)
+{
+	if (s->ops->rate_sync == NULL) {
+		*error_r = "this store keeps no shared counters";
+		return -1;
+	}
+	return s->ops->rate_sync(s, d, n, error_r);
+}

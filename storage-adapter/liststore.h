@@ -7,6 +7,7 @@
  * (liststore_file.c now; redis later). A liststore is used by one thread.
  */
 struct liststore;
+struct rate_delta;
 
 /* What changed in a store, for a watcher that keeps a copy in memory. */
 struct list_change {
@@ -52,6 +53,9 @@ struct liststore_ops {
 	int (*add_many)(struct liststore *s, enum list_kind k, const struct list_entry *v,
 	    size_t n, void (*progress)(void *arg, size_t done), void *arg,
 	    const char **error_r);
+	/* optional: add this node's counts to the shared ones, learn the totals */
+	int (*rate_sync)(struct liststore *s, struct rate_delta *d, size_t n,
+	    const char **error_r);
 	/* optional: replace the whole list (a local cache of another store) */
 	int (*save_all)(struct liststore *s, enum list_kind k, const struct entry_vec *v,
 	    const char **error_r);
@@ -87,6 +91,10 @@ int liststore_add_many(struct liststore *s, enum list_kind k, const struct list_
     size_t n, void (*progress)(void *arg, size_t done), void *arg, const char **error_r)
     __attribute__((warn_unused_result));
 int liststore_save_all(struct liststore *s, enum list_kind k, const struct entry_vec *v,
+    const char **error_r) __attribute__((warn_unused_result));
+/* 1 when counters are shared through this store */
+int liststore_has_rate_sync(const struct liststore *s);
+int liststore_rate_sync(struct liststore *s, struct rate_delta *d, size_t n,
     const char **error_r) __attribute__((warn_unused_result));
 /* "file" or "redis" */
 const char *liststore_scheme(const struct liststore *s);

@@ -40,6 +40,7 @@
 #include "common/pclimits.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/liststore.h"
+#include "storage-adapter/ratelimit.h"
 #include "storage-adapter/redis_schema.h"
 
 #define REDIS_CONNECT_TIMEOUT_MS 1000
@@ -893,6 +894,44 @@ rs_changes(struct liststore *s, struct list_changes *out)
 	return 0;
 }
 
+/* PREFIXrate:WINDOW:INDEX:WHO, INCRBY then EXPIREAT (Redis clock), pipelined */
+static int
+rs_rate_sync(struct liststore *s, struct rate_delta *d, size_t n, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+
+	if (c == NULL)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		char *key = xasprintf("%srate:%s", r->prefix, d[i].name);
+		char delta[24], at[24];
+		const char *incr[] = { "INCRBY", key, delta };
+		const char *exp[] = { "EXPIREAT", key, at };
+
+		snprintf(delta, sizeof(delta), "%lld", d[i].delta);
+		snprintf(at, sizeof(at), "%lld", d[i].expire_at + r->offset);
+		redisAppendCommandArgv(c, 3, incr, NULL);
+		redisAppendCommandArgv(c, 3, exp, NULL);
+		free(key);
+	}
+	for (size_t i = 0; i < n; i++) {
+		redisReply *a = NULL, *b = NULL;
+
+		if (redisGetReply(c, (void **)&a) != REDIS_OK ||
+		    redisGetReply(c, (void **)&b) != REDIS_OK) {
+			if (a)
+				freeReplyObject(a);
+			rs_drop(r);
+			return rs_fail(s, error_r, "Redis at %s: %s", r->where, "connection lost");
+		}
+		d[i].total = a->type == REDIS_REPLY_INTEGER ? a->integer : -1;
+		freeReplyObject(a);
+		freeReplyObject(b);
+	}
+	return 0;
+}
+
 const struct liststore_ops liststore_redis_ops = {
 	.scheme = "redis",
 	.open = rs_open,
@@ -905,4 +944,5 @@ const struct liststore_ops liststore_redis_ops = {
 	.changes = rs_changes,
 	.get = rs_get,
 	.add_many = rs_add_many,
+	.rate_sync = rs_rate_sync,
 };

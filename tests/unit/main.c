@@ -58,6 +58,7 @@ main(void)
 	test_listset_register();
 	test_engine_register();
 	test_redis_schema_register();
+	test_ratelimit_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
