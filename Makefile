@@ -11,11 +11,12 @@ OPT     ?= -O2 -g
 BUILD   ?= build/release
 BINDIR  ?= bin
 SAN     ?=
-PKGS    := milter hiredis
+PKGS    := milter hiredis libevent
 CPPFLAGS_ALL := -I. -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -pthread $(OPT) $(SAN) $(CFLAGS)
 LIBS_MILTER  := $(shell pkg-config --libs milter 2>/dev/null || echo -lmilter)
-LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
+LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis) -lcrypt
+LIBS_EVENT   := $(shell pkg-config --libs libevent 2>/dev/null || echo -levent)
 LIBS_CUNIT   := $(shell pkg-config --libs cunit 2>/dev/null || echo -lcunit)
 LDFLAGS_ALL  := -pthread $(SAN) $(LDFLAGS)
 
@@ -23,7 +24,7 @@ LIB_SRC := $(wildcard common/*.c) $(wildcard storage-adapter/*.c) $(wildcard rul
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libportcullis.a
 
-DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c)
+DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c $(wildcard smtp-gateway/*.c))
 CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
 UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c))
 BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
@@ -44,7 +45,7 @@ $(LIB): $(LIB_OBJ)
 
 $(BINDIR)/portcullisd: $(DAEMON_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER) $(LIBS_LIB)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER) $(LIBS_EVENT) $(LIBS_LIB)
 
 $(BINDIR)/portcullis: $(CLI_OBJ) $(LIB)
 	@mkdir -p $(dir $@)

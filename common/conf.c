@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/conf.h"
 #include "common/log.h"
@@ -62,8 +63,19 @@ conf_new(void)
 	c->raw = xcalloc(c->n, sizeof(char *));
 	c->value = xcalloc(c->n, sizeof(char *));
 	c->where = xcalloc(c->n, sizeof(char *));
-	for (size_t i = 0; i < c->n; i++)
+	for (size_t i = 0; i < c->n; i++) {
+		if (strcmp(conf_keys[i].name, "myhostname") == 0 && conf_keys[i].def[0] == '\0') {
+			char host[256] = "localhost";
+
+			/* like Postfix: the machine's own name unless set */
+			if (gethostname(host, sizeof(host) - 1) < 0 || host[0] == '\0')
+				strcpy(host, "localhost");
+			host[sizeof(host) - 1] = '\0';
+			c->raw[i] = xstrdup(host);
+			continue;
+		}
 		c->raw[i] = xstrdup(conf_keys[i].def);
+	}
 	return c;
 }
 
@@ -535,7 +547,7 @@ conf_print(const struct conf *c, FILE *fp, int only_set)
 {
 	for (size_t i = 0; i < c->n; i++) {
 		if (only_set && (c->where[i] == NULL ||
-		    strcmp(c->raw[i], conf_keys[i].def) == 0))
+		    (strcmp(c->raw[i], conf_keys[i].def) == 0 && conf_keys[i].def[0] != '\0')))
 			continue;
 		fprintf(fp, "%s = %s\n", conf_keys[i].name, c->raw[i]);
 	}

@@ -16,8 +16,24 @@ const struct conf_key conf_keys[] = {
 	{ "lists_cache", "$state_dir/lists-cache", CT_STR, NULL, 0, 0 },
 	{ "log_level", "info", CT_ENUM, "debug|info|warn|error", 0, 0 },
 
+	/* which front doors run, each in its own worker process */
+	{ "services", "milter", CT_LIST, NULL, 0, 0 },
+	{ "myhostname", "", CT_STR, NULL, 0, 0 },	/* "": the host's name */
+
 	/* milter front door */
 	{ "milter_listen", "inet:127.0.0.1:8891", CT_STR, NULL, 0, 0 },
+
+	/* SMTP gateway front door */
+	{ "smtp_listen", "127.0.0.1:2525", CT_LIST, NULL, 0, 0 },
+	{ "smtp_banner", "$myhostname ESMTP", CT_STR, NULL, 0, 0 },
+	{ "vrfy", "no", CT_BOOL, NULL, 0, 0 },
+	{ "smtp_bare_newline", "reject", CT_ENUM, "reject|normalize", 0, 0 },
+	{ "message_size_limit", "10240000", CT_INT, NULL, 0, 2000000000 },
+	{ "smtp_max_connections", "200", CT_INT, NULL, 1, 100000 },
+	{ "smtp_max_per_client", "20", CT_INT, NULL, 1, 100000 },
+	{ "smtp_timeout", "300", CT_TIME, NULL, 1, 3600 },
+	{ "delivery", "maildir:$state_dir/mail", CT_STR, NULL, 0, 0 },
+	{ "users", "file:$state_dir/users", CT_STR, NULL, 0, 0 },
 
 	/* relay control */
 	{ "mydomains", "", CT_LIST, NULL, 0, 0 },

@@ -42,6 +42,12 @@ log_set_level(enum log_level level)
 }
 
 int
+log_is_stderr(void)
+{
+	return log_stderr;
+}
+
+int
 log_is_debug(void)
 {
 	return log_min <= LOG_LVL_DEBUG;

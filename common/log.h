@@ -9,6 +9,7 @@ void log_open(const char *ident, int to_stderr);
 void log_set_level(enum log_level level);
 int log_level_parse(const char *s, enum log_level *level_r);
 int log_is_debug(void);
+int log_is_stderr(void);
 
 void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -1,24 +1,31 @@
 /*
- * portcullisd - the Portcullis daemon.
+ * portcullisd - the Portcullis daemon: a master and one worker per service.
  *
  *   portcullisd [-c FILE] [-o key=value]... [-f] [-n]
  *
- * Reads the configuration, compiles the policy, loads the lists, binds the
- * milter listener, then serves: libmilter's threads run the callbacks, the
- * watcher thread keeps the lists current. -f stays in the foreground and
- * logs to stderr; otherwise it detaches and logs to syslog (mail facility).
- * -n prints the settings that differ from their defaults, like postconf -n.
+ * The master reads the configuration, compiles the policy (so errors show
+ * before anything runs), binds the SMTP listeners, and forks one worker per
+ * entry of `services` (milter, smtp). Each worker loads the lists, starts
+ * its watcher thread and serves; the master restarts a worker that dies
+ * (within a second) and stops them all on SIGTERM/SIGINT. A worker says
+ * "ready" or why it failed through a pipe: a failure at start-up (a busy
+ * port, say) stops the master with that message and exit status 1.
  *
- * A configuration error exits 1 with FILE:LINE and what is wrong.
+ * -f stays in the foreground and logs to stderr; otherwise the daemon
+ * detaches once every worker is ready and logs to syslog (mail facility).
+ * -n prints the settings that differ from their defaults, like postconf -n.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/conf.h"
@@ -27,10 +34,28 @@
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "rules/policy.h"
+#include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
 #include "storage-adapter/ratelimit.h"
 
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
+#define MAX_SERVICES 4
+#define MAX_LISTENERS 16
+#define READY_TIMEOUT_MS 15000
+
+enum service { SVC_MILTER, SVC_SMTP };
+
+struct worker {
+	enum service svc;
+	const char *name;
+	pid_t pid;
+	time_t started;
+};
+
+static const struct conf *conf;
+static const struct policy *pol;
+static int smtp_fds[MAX_LISTENERS];
+static size_t nsmtp_fds;
 
 static void
 usage(void)
@@ -62,26 +87,6 @@ mkdirs(const char *dir)
 }
 
 static void
-detach(void)
-{
-	pid_t pid = fork();
-	int fd;
-
-	if (pid < 0)
-		fatal("fork: %s", strerror(errno));
-	if (pid > 0)
-		_exit(0);
-	setsid();
-	if ((fd = open("/dev/null", O_RDWR)) >= 0) {
-		dup2(fd, 0);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		if (fd > 2)
-			close(fd);
-	}
-}
-
-static void
 write_pidfile(const char *path)
 {
 	FILE *fp = fopen(path, "w");
@@ -94,22 +99,243 @@ write_pidfile(const char *path)
 	fclose(fp);
 }
 
+static void
+block_stop_signals(int how)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGCHLD);
+	pthread_sigmask(how, &set, NULL);
+}
+
+/* ---- worker side ---- */
+
+static void
+ready(int fd, const char *msg)
+{
+	if (fd < 0)
+		return;
+	if (write(fd, msg, strlen(msg)) < 0)
+		log_warn("cannot report to the master");
+	close(fd);
+}
+
+static int
+worker_main(enum service svc, int readyfd)
+{
+	const char *err;
+	struct liststore *store, *cache = NULL;
+	struct ratelimit *rl = ratelimit_new();
+	struct snapref snaps;
+	struct watcher *w;
+	char msg[700];
+	int rc = 0;
+
+	store = liststore_open_conf(conf, &err);
+	if (store == NULL) {
+		snprintf(msg, sizeof(msg), "%s\n", err);
+		ready(readyfd, msg);
+		return 1;
+	}
+	if (strcmp(liststore_scheme(store), "file") != 0) {
+		char *url = xasprintf("file:%s", conf_get(conf, "lists_cache"));
+
+		cache = liststore_open(url, &err);
+		free(url);
+		if (cache == NULL) {
+			snprintf(msg, sizeof(msg), "lists_cache: %s\n", err);
+			ready(readyfd, msg);
+			return 1;
+		}
+	}
+	if (svc == SVC_MILTER) {
+		static struct milter_env env;
+
+		env.pol = pol;
+		env.snaps = &snaps;
+		env.rl = rl;
+		env.ban = watcher_ban;
+		if (milter_setup(conf_get(conf, "milter_listen"), &env, &err) < 0) {
+			snprintf(msg, sizeof(msg), "%s\n", err);
+			ready(readyfd, msg);
+			return 1;
+		}
+		/* our threads keep the stop signals blocked: libmilter's own
+		 * signal thread sigwait()s for them and shuts down cleanly */
+		w = watcher_new(store, cache, &snaps, &err);
+		if (w == NULL) {
+			snprintf(msg, sizeof(msg), "cannot load the lists: %s\n", err);
+			ready(readyfd, msg);
+			return 1;
+		}
+		env.ban_arg = w;
+		watcher_set_tick(w, milter_poke_if_stopping);
+	} else {
+		w = watcher_new(store, cache, &snaps, &err);
+		if (w == NULL) {
+			snprintf(msg, sizeof(msg), "cannot load the lists: %s\n", err);
+			ready(readyfd, msg);
+			return 1;
+		}
+	}
+	if (pol->rate_limit > 0 || pol->nrate_overrides > 0) {
+		watcher_set_ratelimit(w, rl);
+		if (!liststore_has_rate_sync(store))
+			log_info("relay rate limits are counted on this node only (lists = %s); "
+			    "use a redis:// store to count across nodes", conf_get(conf, "lists"));
+	}
+	if (watcher_start(w, &err) < 0) {
+		snprintf(msg, sizeof(msg), "%s\n", err);
+		ready(readyfd, msg);
+		return 1;
+	}
+	if (svc == SVC_MILTER) {
+		log_info("milter ready on %s", conf_get(conf, "milter_listen"));
+		ready(readyfd, "ok\n");
+		rc = milter_run();
+	} else {
+		static struct smtp_server_conf sc;
+		const char *delivery = conf_get(conf, "delivery");
+
+		memset(&sc, 0, sizeof(sc));
+		sc.params.pol = pol;
+		sc.params.snaps = &snaps;
+		sc.params.rl = rl;
+		sc.params.myhostname = conf_get(conf, "myhostname");
+		sc.params.banner = conf_get(conf, "smtp_banner");
+		sc.params.message_size_limit = (size_t)conf_get_int(conf, "message_size_limit");
+		sc.params.vrfy = conf_get_bool(conf, "vrfy");
+		sc.params.bare_newline_reject = strcmp(conf_get(conf, "smtp_bare_newline"), "reject") == 0;
+		sc.params.have_relayhost = 0;
+		sc.users_url = conf_get(conf, "users");
+		sc.maildir_root = delivery + 8;	/* checked by the master */
+		sc.max_connections = (unsigned)conf_get_int(conf, "smtp_max_connections");
+		sc.max_per_client = (unsigned)conf_get_int(conf, "smtp_max_per_client");
+		sc.timeout = (unsigned)conf_get_int(conf, "smtp_timeout");
+		sc.ban = watcher_ban;
+		sc.ban_arg = w;
+		/* libevent takes SIGTERM/SIGINT through its signal events */
+		block_stop_signals(SIG_UNBLOCK);
+		log_info("smtp ready on %s", conf_get(conf, "smtp_listen"));
+		ready(readyfd, "ok\n");
+		if (smtp_server_run(smtp_fds, nsmtp_fds, &sc, &err) < 0) {
+			log_error("smtp: %s", err);
+			rc = -1;
+		}
+		block_stop_signals(SIG_BLOCK);
+	}
+	watcher_stop_and_free(&w);
+	snapref_deinit(&snaps);
+	liststore_free(&store);
+	liststore_free(&cache);
+	ratelimit_free(&rl);
+	return rc == 0 ? 0 : 1;
+}
+
+/* ---- master side ---- */
+
+static pid_t
+spawn(struct worker *wk, int *readyfd_r)
+{
+	int p[2];
+	pid_t pid;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		fatal("pipe: %s", strerror(errno));
+	pid = fork();
+	if (pid < 0)
+		fatal("fork: %s", strerror(errno));
+	if (pid == 0) {
+		char ident[64];
+		int rc;
+
+		close(p[0]);
+		snprintf(ident, sizeof(ident), "portcullisd/%s", wk->name);
+		log_open(xstrdup(ident), log_is_stderr());
+		signal(SIGCHLD, SIG_DFL);
+		rc = worker_main(wk->svc, p[1]);
+		/* leave without the master's atexit handlers */
+		fflush(NULL);
+		_exit(rc);
+	}
+	close(p[1]);
+	wk->pid = pid;
+	wk->started = time(NULL);
+	*readyfd_r = p[0];
+	return pid;
+}
+
+/* wait for "ok" from a new worker; NULL ok, else the reason */
+static const char *
+await_ready(int fd, int timeout_ms)
+{
+	static char buf[700];
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	ssize_t n = 0;
+
+	if (poll(&pfd, 1, timeout_ms) > 0)
+		n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return "the worker exited before it was ready";
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	return strcmp(buf, "ok") == 0 ? NULL : buf;
+}
+
+static void
+stop_workers(struct worker *wk, size_t n)
+{
+	time_t deadline = time(NULL) + 10;
+
+	for (size_t i = 0; i < n; i++)
+		if (wk[i].pid > 0)
+			kill(wk[i].pid, SIGTERM);
+	for (;;) {
+		int left = 0;
+
+		for (size_t i = 0; i < n; i++) {
+			if (wk[i].pid <= 0)
+				continue;
+			if (waitpid(wk[i].pid, NULL, WNOHANG) == wk[i].pid)
+				wk[i].pid = 0;
+			else
+				left++;
+		}
+		if (left == 0)
+			return;
+		if (time(NULL) >= deadline) {
+			for (size_t i = 0; i < n; i++)
+				if (wk[i].pid > 0) {
+					log_warn("%s worker did not stop; killing it", wk[i].name);
+					kill(wk[i].pid, SIGKILL);
+					waitpid(wk[i].pid, NULL, 0);
+					wk[i].pid = 0;
+				}
+			return;
+		}
+		usleep(20000);
+	}
+}
+
 int
 main(int argc, char **argv)
 {
 	const char *conffile = DEFAULT_CONF, *err;
 	int foreground = 0, print_only = 0, ch;
-	struct conf *conf = conf_new();
+	struct conf *c = conf_new();
 	char **overrides = xcalloc((size_t)argc + 1, sizeof(char *));
-	size_t noverrides = 0;
-	struct policy *pol = NULL;
-	struct liststore *store, *cache = NULL;
-	struct ratelimit *rl;
-	struct watcher *w;
-	struct snapref snaps;
-	struct milter_env env;
+	size_t noverrides = 0, nsvc = 0;
+	struct policy *p = NULL;
+	struct worker wk[MAX_SERVICES];
 	enum log_level lvl;
-	int rc;
+	char **svcs, **listen;
+	size_t n;
+	int detach_pipe[2] = { -1, -1 };
 
 	while ((ch = getopt(argc, argv, "c:o:fnh")) != -1) {
 		switch (ch) {
@@ -122,97 +348,208 @@ main(int argc, char **argv)
 	}
 	if (optind != argc)
 		usage();
-	if (conf_load_file(conf, conffile, &err) < 0) {
+	if (conf_load_file(c, conffile, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
 		return 1;
 	}
 	for (size_t i = 0; i < noverrides; i++)
-		if (conf_set_override(conf, overrides[i], &err) < 0) {
+		if (conf_set_override(c, overrides[i], &err) < 0) {
 			fprintf(stderr, "portcullisd: %s\n", err);
 			return 1;
 		}
 	free(overrides);
-	if (conf_finish(conf, &err) < 0) {
+	if (conf_finish(c, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
 		return 1;
 	}
 	if (print_only) {
-		conf_print(conf, stdout, 1);
-		conf_free(&conf);
+		conf_print(c, stdout, 1);
+		conf_free(&c);
 		return 0;
 	}
-	if (policy_new(conf, &pol, &err) < 0) {
+	if (policy_new(c, &p, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
 		return 1;
 	}
+	conf = c;
+	pol = p;
+
+	/* services */
+	svcs = conf_get_list(c, "services", &n);
+	for (size_t i = 0; i < n; i++) {
+		enum service s;
+
+		if (strcmp(svcs[i], "milter") == 0)
+			s = SVC_MILTER;
+		else if (strcmp(svcs[i], "smtp") == 0)
+			s = SVC_SMTP;
+		else {
+			fprintf(stderr, "portcullisd: %s: services: unknown service \"%.40s\" "
+			    "(expected milter, smtp)\n", conf_where(c, "services"), svcs[i]);
+			return 1;
+		}
+		for (size_t j = 0; j < nsvc; j++)
+			if (wk[j].svc == s)
+				goto dup;
+		wk[nsvc].svc = s;
+		wk[nsvc].name = s == SVC_MILTER ? "milter" : "smtp";
+		wk[nsvc].pid = 0;
+		nsvc++;
+dup:		;
+	}
+	conf_list_free(svcs);
+	if (nsvc == 0) {
+		fprintf(stderr, "portcullisd: %s: services: nothing to run\n", conf_where(c, "services"));
+		return 1;
+	}
+	for (size_t i = 0; i < nsvc; i++) {
+		if (wk[i].svc != SVC_SMTP)
+			continue;
+		if (strncmp(conf_get(c, "delivery"), "maildir:", 8) != 0 ||
+		    conf_get(c, "delivery")[8] != '/') {
+			fprintf(stderr, "portcullisd: %s: delivery: expected maildir:/absolute/dir\n",
+			    conf_where(c, "delivery"));
+			return 1;
+		}
+		listen = conf_get_list(c, "smtp_listen", &n);
+		for (size_t j = 0; j < n && nsmtp_fds < MAX_LISTENERS; j++) {
+			int fd = smtp_server_listen(listen[j], &err);
+
+			if (fd < 0) {
+				fprintf(stderr, "portcullisd: %s\n", err);
+				return 1;
+			}
+			smtp_fds[nsmtp_fds++] = fd;
+		}
+		conf_list_free(listen);
+	}
+
 	log_open("portcullisd", foreground);
-	if (log_level_parse(conf_get(conf, "log_level"), &lvl) == 0)
+	if (log_level_parse(conf_get(c, "log_level"), &lvl) == 0)
 		log_set_level(lvl);
-	if (pol->ndomains == 0)
+	if (p->ndomains == 0)
 		log_warn("mydomains is empty: every recipient counts as relayed, so clients "
 		    "outside relay_networks can send nothing");
-	mkdirs(conf_get(conf, "state_dir"));
+	mkdirs(conf_get(c, "state_dir"));
 
-	store = liststore_open_conf(conf, &err);
-	if (store == NULL)
-		fatal("%s: %s", conffile, err);
-	if (strcmp(liststore_scheme(store), "file") != 0) {
-		char *url = xasprintf("file:%s", conf_get(conf, "lists_cache"));
+	if (!foreground) {
+		/* detach now; the parent waits to print a start-up failure */
+		pid_t pid;
 
-		cache = liststore_open(url, &err);
-		if (cache == NULL)
-			fatal("lists_cache: %s", err);
-		free(url);
+		if (pipe2(detach_pipe, O_CLOEXEC) < 0)
+			fatal("pipe: %s", strerror(errno));
+		pid = fork();
+		if (pid < 0)
+			fatal("fork: %s", strerror(errno));
+		if (pid > 0) {
+			char buf[800];
+			ssize_t r;
+
+			close(detach_pipe[1]);
+			r = read(detach_pipe[0], buf, sizeof(buf) - 1);
+			if (r > 0 && strncmp(buf, "ok", 2) == 0)
+				_exit(0);
+			if (r > 0) {
+				buf[r] = '\0';
+				fprintf(stderr, "portcullisd: %s", buf);
+			}
+			_exit(1);
+		}
+		close(detach_pipe[0]);
+		setsid();
 	}
-	env.pol = pol;
-	env.snaps = &snaps;
-	env.rl = rl = ratelimit_new();
-	env.ban = watcher_ban;
-	if (milter_setup(conf_get(conf, "milter_listen"), &env, &err) < 0)
-		fatal("%s", err);
-	if (!foreground)
-		detach();
-	/*
-	 * Threads start after the fork, with the stop signals blocked: libmilter's
-	 * own signal thread sigwait()s for them and shuts down cleanly. A thread
-	 * of ours with them unblocked would take the default action instead.
-	 */
-	{
+	block_stop_signals(SIG_BLOCK);
+	for (size_t i = 0; i < nsvc; i++) {
+		int rfd;
+		const char *why;
+
+		spawn(&wk[i], &rfd);
+		if ((why = await_ready(rfd, READY_TIMEOUT_MS)) != NULL) {
+			log_error("%s: %s", wk[i].name, why);
+			if (!foreground) {
+				char *m = xasprintf("%s\n", why);
+
+				if (write(detach_pipe[1], m, strlen(m)) < 0)
+					log_warn("cannot report to the starting process");
+				free(m);
+			} else {
+				fprintf(stderr, "portcullisd: %s\n", why);
+			}
+			stop_workers(wk, nsvc);
+			return 1;
+		}
+	}
+	write_pidfile(conf_get(c, "pid_file"));
+	log_info("portcullisd started: %s%s%s; lists %s, policy_mode %s",
+	    nsvc > 0 ? wk[0].name : "", nsvc > 1 ? " and " : "", nsvc > 1 ? wk[1].name : "",
+	    conf_get(c, "lists"), conf_get(c, "policy_mode"));
+	if (!foreground) {
+		int fd = open("/dev/null", O_RDWR);
+
+		if (write(detach_pipe[1], "ok\n", 3) < 0)
+			log_warn("cannot report to the starting process");
+		close(detach_pipe[1]);
+		if (fd >= 0) {
+			dup2(fd, 0);
+			dup2(fd, 1);
+			dup2(fd, 2);
+			if (fd > 2)
+				close(fd);
+		}
+	}
+
+	/* supervise */
+	for (;;) {
 		sigset_t set;
+		int sig = 0;
 
 		sigemptyset(&set);
 		sigaddset(&set, SIGTERM);
 		sigaddset(&set, SIGINT);
 		sigaddset(&set, SIGHUP);
-		pthread_sigmask(SIG_BLOCK, &set, NULL);
-		signal(SIGPIPE, SIG_IGN);
+		sigaddset(&set, SIGCHLD);
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig == SIGTERM || sig == SIGINT) {
+			log_info("portcullisd stopping");
+			break;
+		}
+		if (sig == SIGHUP) {
+			log_info("SIGHUP: lists are reloaded by themselves; restart to change settings");
+			continue;
+		}
+		/* SIGCHLD: restart what died */
+		for (;;) {
+			int status;
+			pid_t pid = waitpid(-1, &status, WNOHANG);
+
+			if (pid <= 0)
+				break;
+			for (size_t i = 0; i < nsvc; i++) {
+				int rfd;
+				const char *why;
+
+				if (wk[i].pid != pid)
+					continue;
+				if (WIFSIGNALED(status))
+					log_error("%s worker (pid %ld) killed by signal %d; restarting",
+					    wk[i].name, (long)pid, WTERMSIG(status));
+				else
+					log_error("%s worker (pid %ld) exited with status %d; restarting",
+					    wk[i].name, (long)pid, WEXITSTATUS(status));
+				if (time(NULL) - wk[i].started < 1)
+					sleep(1);	/* a crash loop must not spin */
+				spawn(&wk[i], &rfd);
+				if ((why = await_ready(rfd, READY_TIMEOUT_MS)) != NULL)
+					log_error("%s worker failed to restart: %s", wk[i].name, why);
+			}
+		}
 	}
-	w = watcher_new(store, cache, &snaps, &err);
-	if (w == NULL)
-		fatal("cannot load the lists: %s", err);
-	env.ban_arg = w;
-	watcher_set_tick(w, milter_poke_if_stopping);
-	if (pol->rate_limit > 0 || pol->nrate_overrides > 0) {
-		watcher_set_ratelimit(w, rl);
-		if (!liststore_has_rate_sync(store))
-			log_info("relay rate limits are counted on this node only (lists = %s); "
-			    "use a redis:// store to count across nodes", conf_get(conf, "lists"));
-	}
-	if (watcher_start(w, &err) < 0)
-		fatal("%s", err);
-	write_pidfile(conf_get(conf, "pid_file"));
-	log_info("portcullisd started: milter on %s, lists %s, policy_mode %s",
-	    conf_get(conf, "milter_listen"), conf_get(conf, "lists"),
-	    conf_get(conf, "policy_mode"));
-	rc = milter_run();
-	log_info("portcullisd stopping");
-	watcher_stop_and_free(&w);
-	snapref_deinit(&snaps);
-	liststore_free(&store);
-	liststore_free(&cache);
-	unlink(conf_get(conf, "pid_file"));
-	ratelimit_free(&rl);
-	policy_free(&pol);
-	conf_free(&conf);
-	return rc == 0 ? 0 : 1;
+	stop_workers(wk, nsvc);
+	for (size_t i = 0; i < nsmtp_fds; i++)
+		close(smtp_fds[i]);
+	unlink(conf_get(c, "pid_file"));
+	policy_free(&p);
+	conf_free(&c);
+	return 0;
 }

@@ -233,6 +233,30 @@ too_long(const struct engine_session *s, size_t cmdlen, struct verdict *v,
 }
 
 void
+engine_long_command(struct engine_session *s, const struct snapshot *snap, size_t cmdlen,
+    long long now, struct verdict *v)
+{
+	verdict_clear(v);
+	if (!too_long(s, cmdlen, v, now, snap))
+		snprintf(v->rule, sizeof(v->rule), "command within max_command_length");
+}
+
+int
+engine_client_is_killed(const struct engine_session *s, const struct snapshot *snap,
+    long long now, struct verdict *v)
+{
+	struct listset_match m;
+
+	verdict_clear(v);
+	if (client_match(s, snap, LIST_ACCEPT, now, &m) || !client_match(s, snap, LIST_KILL, now, &m))
+		return 0;
+	describe_entry(v->rule, sizeof(v->rule), "kill", &m);
+	decide(s, v, VERDICT_REJECT, "554", "5.7.1", m.kind == ENTRY_ADDR ? "kill-ip" : "kill-host",
+	    "Client host %s is on the kill list", s->client_text);
+	return !v->warned;
+}
+
+void
 engine_helo(struct engine_session *s, const struct snapshot *snap, const char *helo,
     size_t cmdlen, long long now, struct verdict *v)
 {

@@ -53,6 +53,13 @@ void engine_mail(struct engine_session *s, const struct snapshot *snap, const ch
 void engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *rcpt,
     size_t cmdlen, long long now, struct verdict *v);
 void engine_header(struct engine_session *s, const char *name, struct verdict *v);
+/* any command line of cmdlen octets (CRLF included): 500 5.5.2 and a ban past the limit */
+void engine_long_command(struct engine_session *s, const struct snapshot *snap, size_t cmdlen,
+    long long now, struct verdict *v);
+/* after engine_connect(): 1 with a 554 5.7.1 verdict when the client is
+ * kill-listed and not accept-listed (front doors that can refuse at connect) */
+int engine_client_is_killed(const struct engine_session *s, const struct snapshot *snap,
+    long long now, struct verdict *v);
 void engine_eom(struct engine_session *s, struct verdict *v);
 /* end of transaction without a message (RSET, rejected DATA...) */
 void engine_abort(struct engine_session *s);

@@ -1,0 +1,834 @@
+/*
+ * smtp_proto - the ESMTP server side of one connection, without I/O.
+ *
+ *   smtp_proto_start()      greeting (or 554 for a kill-listed client)
+ *   smtp_proto_input()      bytes in; replies appended to the output buffer
+ *   smtp_proto_pending()    a message the caller must deliver
+ *   smtp_proto_delivered()  its outcome: the reply to the final dot
+ *
+ * A command table pairs each verb's check (state, syntax) with its proceed
+ * (engine verdict, side effects), as OpenSMTPD does. DATA is parsed byte by
+ * byte: only <CR><LF>.<CR><LF> ends it, dot-stuffing is removed, and a bare
+ * <CR> or <LF> anywhere is remembered so that smtp_bare_newline = reject
+ * refuses the message (the SMTP smuggling defence, CVE-2023-51764 class).
+ * Command lines have a hard cap; longer ones are answered 500 5.5.2 and
+ * skipped to their end, and the engine decides on a ban.
+ *
+ * Never blocks, never allocates without bound: DATA past the size limit is
+ * counted, not stored.
+ */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/log.h"
+#include "common/mailaddr.h"
+#include "common/pclimits.h"
+#include "common/xmalloc.h"
+#include "smtp-gateway/smtp_proto.h"
+
+#define SMTP_HARD_LINE_MAX 4096		/* when max_command_length = 0 */
+#define SMTP_MAX_ERRORS 10		/* then 421 */
+#define SMTP_MAX_RCPT_HARD 10000
+
+enum st { ST_CMD, ST_DATA, ST_WAIT, ST_CLOSED };
+
+/* DATA scanner states */
+enum ds { DS_LS_CRLF, DS_LS_LF, DS_DOT, DS_DOT_CR, DS_MID, DS_CR };
+
+struct smtp_proto {
+	const struct smtp_params *p;
+	struct engine_session *es;
+	enum st st;
+	int greeted;		/* 0 none, 1 HELO, 2 EHLO */
+	int in_tx;
+	char helo[128];
+	struct ipaddr addr;
+	int has_addr;
+	/* command line */
+	char *line;
+	size_t linelen, linecap;
+	int overflow;
+	size_t overflow_len;
+	/* transaction */
+	char *sender;
+	char **rcpt;
+	int *rcpt_local;
+	size_t nrcpt, rcptcap;
+	/* DATA */
+	char *data;
+	size_t dlen, dcap, dtotal;
+	enum ds ds;
+	int bare;
+	/* output */
+	char *out;
+	size_t olen, ocap;
+	int close_after;
+	struct smtp_msg msg;
+	int pending;
+	unsigned long ban;
+	struct ipaddr ban_addr;
+	unsigned errors;
+};
+
+static void
+reply(struct smtp_proto *sp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+reply(struct smtp_proto *sp, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		size_t room = sp->ocap - sp->olen;
+
+		va_start(ap, fmt);
+		n = vsnprintf(sp->out + sp->olen, room, fmt, ap);
+		va_end(ap);
+		if (n >= 0 && (size_t)n + 2 < room)
+			break;
+		sp->ocap = sp->ocap * 2 + (size_t)(n > 0 ? n : 0) + 64;
+		sp->out = xrealloc(sp->out, sp->ocap);
+	}
+	sp->olen += (size_t)n;
+	memcpy(sp->out + sp->olen, "\r\n", 2);
+	sp->olen += 2;
+}
+
+struct smtp_proto *
+smtp_proto_new(const struct smtp_params *p)
+{
+	struct smtp_proto *sp = xcalloc(1, sizeof(*sp));
+
+	sp->p = p;
+	sp->es = engine_session_new(p->pol);
+	if (p->rl != NULL)
+		engine_session_set_ratelimit(sp->es, p->rl);
+	sp->linecap = (p->pol->max_command_length ? p->pol->max_command_length : SMTP_HARD_LINE_MAX) + 1;
+	sp->line = xmalloc(sp->linecap);
+	sp->ocap = 1024;
+	sp->out = xmalloc(sp->ocap);
+	return sp;
+}
+
+static void
+msg_clear(struct smtp_msg *m)
+{
+	/* the envelope arrays belong to the session; only detach them */
+	memset(m, 0, sizeof(*m));
+}
+
+static void
+tx_reset(struct smtp_proto *sp)
+{
+	free(sp->sender);
+	sp->sender = NULL;
+	for (size_t i = 0; i < sp->nrcpt; i++)
+		free(sp->rcpt[i]);
+	sp->nrcpt = 0;
+	free(sp->data);
+	sp->data = NULL;
+	sp->dlen = sp->dcap = sp->dtotal = 0;
+	sp->in_tx = 0;
+	sp->bare = 0;
+	msg_clear(&sp->msg);
+	sp->pending = 0;
+}
+
+void
+smtp_proto_free(struct smtp_proto **spp)
+{
+	struct smtp_proto *sp = *spp;
+
+	if (sp == NULL)
+		return;
+	tx_reset(sp);
+	free(sp->rcpt);
+	free(sp->rcpt_local);
+	free(sp->line);
+	free(sp->out);
+	engine_session_free(&sp->es);
+	free(sp);
+	*spp = NULL;
+}
+
+const char *
+smtp_proto_output(const struct smtp_proto *sp, size_t *len_r)
+{
+	*len_r = sp->olen;
+	return sp->out;
+}
+
+void
+smtp_proto_output_done(struct smtp_proto *sp, size_t n)
+{
+	if (n >= sp->olen) {
+		sp->olen = 0;
+		return;
+	}
+	memmove(sp->out, sp->out + n, sp->olen - n);
+	sp->olen -= n;
+}
+
+int
+smtp_proto_wants_close(const struct smtp_proto *sp)
+{
+	return sp->close_after;
+}
+
+unsigned
+smtp_proto_errors(const struct smtp_proto *sp)
+{
+	return sp->errors;
+}
+
+unsigned long
+smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r)
+{
+	unsigned long b = sp->ban;
+
+	sp->ban = 0;
+	if (b)
+		*addr_r = sp->ban_addr;
+	return b;
+}
+
+struct smtp_msg *
+smtp_proto_pending(struct smtp_proto *sp)
+{
+	return sp->pending ? &sp->msg : NULL;
+}
+
+/* say a verdict's reply; 1 when it refused */
+static int
+verdict_reply(struct smtp_proto *sp, enum engine_stage stage, const struct verdict *v,
+    const char *arg)
+{
+	engine_log(sp->es, stage, v, NULL,
+	    v->tag && strcmp(v->tag, "long-command") == 0 ? arg : NULL);
+	if (v->ban_seconds > 0 && sp->has_addr) {
+		sp->ban = v->ban_seconds;
+		sp->ban_addr = sp->addr;
+	}
+	if (v->action == VERDICT_REJECT || v->action == VERDICT_TEMPFAIL) {
+		reply(sp, "%s %s %s", v->code, v->dsn, v->text);
+		return 1;
+	}
+	return 0;
+}
+
+static void
+error_reply(struct smtp_proto *sp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+error_reply(struct smtp_proto *sp, const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	reply(sp, "%s", buf);
+	if (++sp->errors >= SMTP_MAX_ERRORS) {
+		reply(sp, "421 4.7.0 %s Error: too many errors", sp->p->myhostname);
+		sp->close_after = 1;
+		sp->st = ST_CLOSED;
+	}
+}
+
+void
+smtp_proto_start(struct smtp_proto *sp, const struct ipaddr *addr, const char *hostname,
+    long long now)
+{
+	unsigned ticket;
+	const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
+	struct verdict v;
+
+	sp->has_addr = addr != NULL;
+	if (addr != NULL)
+		sp->addr = *addr;
+	engine_connect(sp->es, snap, addr, hostname, now, &v);
+	if (engine_client_is_killed(sp->es, snap, now, &v)) {
+		snapref_release(sp->p->snaps, ticket);
+		engine_log(sp->es, STAGE_CONNECT, &v, NULL, NULL);
+		reply(sp, "%s %s %s", v.code, v.dsn, v.text);
+		sp->close_after = 1;
+		sp->st = ST_CLOSED;
+		return;
+	}
+	snapref_release(sp->p->snaps, ticket);
+	reply(sp, "220 %s", sp->p->banner);
+}
+
+/* ---- commands ---- */
+
+/* "FROM:<addr> PARAMS" -> addr (with brackets) and params; -1 on bad syntax */
+static int
+split_path(char *arg, const char *kw, char **path_r, char **params_r)
+{
+	size_t kl = strlen(kw);
+	char *p, *end;
+
+	if (strncasecmp(arg, kw, kl) != 0)
+		return -1;
+	p = arg + kl;
+	while (*p == ' ')	/* tolerated, as most servers do */
+		p++;
+	if (*p != '<')
+		return -1;
+	end = p + 1;
+	for (int inq = 0; *end && (inq || *end != '>'); end++) {
+		if (*end == '"')
+			inq = !inq;
+		else if (*end == '\\' && end[1])
+			end++;
+	}
+	if (*end != '>')
+		return -1;
+	end++;
+	if (*end != '\0' && *end != ' ')
+		return -1;
+	*params_r = *end ? end + 1 : end;
+	*end = '\0';
+	*path_r = p;
+	return 0;
+}
+
+static void
+cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehlo)
+{
+	unsigned ticket;
+	const struct snapshot *snap;
+	struct verdict v;
+
+	while (*arg == ' ')
+		arg++;
+	if (*arg == '\0') {
+		error_reply(sp, "501 5.5.4 Syntax: %s hostname", ehlo ? "EHLO" : "HELO");
+		return;
+	}
+	snap = snapref_acquire(sp->p->snaps, &ticket);
+	engine_helo(sp->es, snap, arg, cmdlen, now, &v);
+	snapref_release(sp->p->snaps, ticket);
+	if (verdict_reply(sp, STAGE_HELO, &v, arg))
+		return;
+	snprintf(sp->helo, sizeof(sp->helo), "%.*s", (int)strcspn(arg, " "), arg);
+	if (sp->in_tx)
+		engine_abort(sp->es);
+	tx_reset(sp);
+	sp->greeted = ehlo ? 2 : 1;
+	if (!ehlo) {
+		reply(sp, "250 %s", sp->p->myhostname);
+		return;
+	}
+	reply(sp, "250-%s", sp->p->myhostname);
+	reply(sp, "250-PIPELINING");
+	if (sp->p->message_size_limit)
+		reply(sp, "250-SIZE %zu", sp->p->message_size_limit);
+	else
+		reply(sp, "250-SIZE");
+	if (sp->p->vrfy)
+		reply(sp, "250-VRFY");
+	reply(sp, "250-ENHANCEDSTATUSCODES");
+	reply(sp, "250 8BITMIME");
+}
+
+static void
+cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
+{
+	char *path, *params, *tok, *save = NULL;
+	struct mailaddr ma;
+	unsigned ticket;
+	const struct snapshot *snap;
+	struct verdict v;
+
+	if (!sp->greeted) {
+		error_reply(sp, "503 5.5.1 Error: send HELO/EHLO first");
+		return;
+	}
+	if (sp->in_tx) {
+		error_reply(sp, "503 5.5.1 Error: nested MAIL command");
+		return;
+	}
+	if (split_path(arg, "FROM:", &path, &params) < 0) {
+		error_reply(sp, "501 5.5.4 Syntax: MAIL FROM:<address>");
+		return;
+	}
+	if (mailaddr_parse(path, &ma) < 0) {
+		error_reply(sp, "501 5.1.7 Bad sender address syntax");
+		return;
+	}
+	for (tok = strtok_r(params, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+		if (strncasecmp(tok, "SIZE=", 5) == 0) {
+			char *end;
+			unsigned long long sz = strtoull(tok + 5, &end, 10);
+
+			if (*end != '\0' || end == tok + 5) {
+				error_reply(sp, "501 5.5.4 Bad SIZE parameter");
+				return;
+			}
+			if (sp->p->message_size_limit && sz > sp->p->message_size_limit) {
+				reply(sp, "552 5.3.4 Message size exceeds fixed limit");
+				return;
+			}
+		} else if (strncasecmp(tok, "BODY=", 5) == 0) {
+			if (strcasecmp(tok + 5, "8BITMIME") != 0 && strcasecmp(tok + 5, "7BIT") != 0) {
+				error_reply(sp, "501 5.5.4 Bad BODY parameter");
+				return;
+			}
+		} else {
+			error_reply(sp, "555 5.5.4 Unsupported option: %.40s", tok);
+			return;
+		}
+	}
+	snap = snapref_acquire(sp->p->snaps, &ticket);
+	engine_mail(sp->es, snap, path, cmdlen, NULL, now, &v);
+	snapref_release(sp->p->snaps, ticket);
+	if (verdict_reply(sp, STAGE_MAIL, &v, path))
+		return;
+	tx_reset(sp);
+	sp->in_tx = 1;
+	if (ma.is_null) {
+		sp->sender = xstrdup("");
+	} else {
+		char key[2 * MAILADDR_PART_MAX + 2];
+
+		/* keep the local part's case; domains compare case-insensitively */
+		snprintf(key, sizeof(key), "%s%s%s", ma.local, ma.domain[0] ? "@" : "", ma.domain);
+		sp->sender = xstrdup(key);
+	}
+	reply(sp, "250 2.1.0 Ok");
+}
+
+static void
+cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
+{
+	char *path, *params;
+	struct mailaddr ra;
+	unsigned ticket;
+	const struct snapshot *snap;
+	struct verdict v;
+	int local;
+
+	if (!sp->in_tx) {
+		error_reply(sp, "503 5.5.1 Error: need MAIL command");
+		return;
+	}
+	if (split_path(arg, "TO:", &path, &params) < 0 || *params != '\0') {
+		error_reply(sp, "501 5.5.4 Syntax: RCPT TO:<address>");
+		return;
+	}
+	if (mailaddr_parse(path, &ra) < 0 || ra.is_null) {
+		error_reply(sp, "501 5.1.3 Bad recipient address syntax");
+		return;
+	}
+	if (sp->nrcpt >= SMTP_MAX_RCPT_HARD) {
+		reply(sp, "452 4.5.3 Too many recipients");
+		return;
+	}
+	snap = snapref_acquire(sp->p->snaps, &ticket);
+	engine_rcpt(sp->es, snap, path, cmdlen, now, &v);
+	snapref_release(sp->p->snaps, ticket);
+	if (verdict_reply(sp, STAGE_RCPT, &v, path))
+		return;
+	local = !ra.routing_local && !ra.domain_literal && ra.domain[0] != '\0' &&
+	    policy_is_my_domain(sp->p->pol, ra.domain);
+	if (local && sp->p->user_exists != NULL &&
+	    !sp->p->user_exists(sp->p->user_arg, ra.local, ra.domain)) {
+		reply(sp, "550 5.1.1 <%s@%s>: Recipient address rejected: User unknown",
+		    ra.local, ra.domain);
+		return;
+	}
+	if (!local && !sp->p->have_relayhost) {
+		reply(sp, "451 4.3.5 <%s@%s>: relaying is allowed but no relayhost is configured",
+		    ra.local, ra.domain);
+		return;
+	}
+	if (sp->nrcpt == sp->rcptcap) {
+		sp->rcptcap = sp->rcptcap ? sp->rcptcap * 2 : 8;
+		sp->rcpt = xreallocarray(sp->rcpt, sp->rcptcap, sizeof(char *));
+		sp->rcpt_local = xreallocarray(sp->rcpt_local, sp->rcptcap, sizeof(int));
+	}
+	sp->rcpt[sp->nrcpt] = xasprintf("%s@%s", ra.local, ra.domain);
+	sp->rcpt_local[sp->nrcpt] = local;
+	sp->nrcpt++;
+	reply(sp, "250 2.1.5 Ok");
+}
+
+static void
+cmd_data(struct smtp_proto *sp, char *arg)
+{
+	if (*arg != '\0') {
+		error_reply(sp, "501 5.5.4 Syntax: DATA");
+		return;
+	}
+	if (!sp->in_tx) {
+		error_reply(sp, "503 5.5.1 Error: need MAIL command");
+		return;
+	}
+	if (sp->nrcpt == 0) {
+		error_reply(sp, "554 5.5.1 Error: no valid recipients");
+		return;
+	}
+	sp->st = ST_DATA;
+	sp->ds = DS_LS_CRLF;
+	sp->dlen = sp->dtotal = 0;
+	sp->bare = 0;
+	reply(sp, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+typedef void (*cmd_fn)(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now);
+
+static void c_ehlo(struct smtp_proto *sp, char *a, size_t l, long long n) { cmd_helo(sp, a, l, n, 1); }
+static void c_helo(struct smtp_proto *sp, char *a, size_t l, long long n) { cmd_helo(sp, a, l, n, 0); }
+static void c_data(struct smtp_proto *sp, char *a, size_t l, long long n) { (void)l; (void)n; cmd_data(sp, a); }
+
+static void
+c_rset(struct smtp_proto *sp, char *a, size_t l, long long n)
+{
+	(void)a; (void)l; (void)n;
+	if (sp->in_tx)
+		engine_abort(sp->es);
+	tx_reset(sp);
+	reply(sp, "250 2.0.0 Ok");
+}
+
+static void
+c_noop(struct smtp_proto *sp, char *a, size_t l, long long n)
+{
+	(void)a; (void)l; (void)n;
+	reply(sp, "250 2.0.0 Ok");
+}
+
+static void
+c_quit(struct smtp_proto *sp, char *a, size_t l, long long n)
+{
+	(void)a; (void)l; (void)n;
+	reply(sp, "221 2.0.0 Bye");
+	sp->close_after = 1;
+	sp->st = ST_CLOSED;
+}
+
+static void
+c_help(struct smtp_proto *sp, char *a, size_t l, long long n)
+{
+	(void)a; (void)l; (void)n;
+	reply(sp, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP");
+}
+
+static void
+c_vrfy(struct smtp_proto *sp, char *a, size_t l, long long n)
+{
+	(void)a; (void)l; (void)n;
+	if (sp->p->vrfy)
+		reply(sp, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+	else
+		error_reply(sp, "502 5.5.1 VRFY command is disabled");
+}
+
+static void
+c_expn(struct smtp_proto *sp, char *a, size_t l, long long n)
+{
+	(void)a; (void)l; (void)n;
+	error_reply(sp, "502 5.5.1 EXPN command is disabled");
+}
+
+static const struct {
+	const char *verb;
+	cmd_fn fn;
+} commands[] = {
+	{ "EHLO", c_ehlo }, { "HELO", c_helo }, { "MAIL", cmd_mail }, { "RCPT", cmd_rcpt },
+	{ "DATA", c_data }, { "RSET", c_rset }, { "NOOP", c_noop }, { "QUIT", c_quit },
+	{ "HELP", c_help }, { "VRFY", c_vrfy }, { "EXPN", c_expn },
+};
+
+static void
+command(struct smtp_proto *sp, char *line, size_t cmdlen, long long now)
+{
+	size_t vl = strcspn(line, " ");
+	char *arg = line + vl;
+
+	if (*arg == ' ')
+		arg++;
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (vl == 4 && strncasecmp(line, commands[i].verb, 4) == 0) {
+			commands[i].fn(sp, arg, cmdlen, now);
+			return;
+		}
+	{
+		char esc[LOG_ESCAPE_BUFSZ];
+
+		log_debug("unknown command from %s: %s", engine_client_text(sp->es),
+		    log_escape(esc, line, strlen(line)));
+	}
+	error_reply(sp, "502 5.5.2 Error: command not recognized");
+}
+
+/* ---- DATA ---- */
+
+static void
+data_put(struct smtp_proto *sp, const char *s, size_t n)
+{
+	sp->dtotal += n;
+	if (sp->p->message_size_limit && sp->dtotal > sp->p->message_size_limit)
+		return;		/* counted, not stored */
+	if (sp->dlen + n > sp->dcap) {
+		sp->dcap = (sp->dlen + n) * 2 + 4096;
+		sp->data = xrealloc(sp->data, sp->dcap);
+	}
+	memcpy(sp->data + sp->dlen, s, n);
+	sp->dlen += n;
+}
+
+/* header names of the message, for the engine's header stage */
+static void
+feed_headers(struct smtp_proto *sp)
+{
+	const char *p = sp->data, *end = sp->data + sp->dlen;
+	struct verdict v;
+
+	while (p < end) {
+		const char *eol = memchr(p, '\n', (size_t)(end - p));
+		size_t n = eol ? (size_t)(eol - p) : (size_t)(end - p);
+		char name[80];
+		size_t k;
+
+		if (n == 0 || (n == 1 && p[0] == '\r'))
+			break;	/* end of the header section */
+		if (p[0] != ' ' && p[0] != '\t') {
+			k = 0;
+			while (k < n && k + 1 < sizeof(name) && p[k] != ':' && p[k] > ' ')
+				k++;
+			if (k < n && p[k] == ':') {
+				memcpy(name, p, k);
+				name[k] = '\0';
+				engine_header(sp->es, name, &v);
+			}
+		}
+		if (eol == NULL)
+			break;
+		p = eol + 1;
+	}
+}
+
+static void
+data_end(struct smtp_proto *sp)
+{
+	struct verdict v;
+
+	sp->st = ST_CMD;
+	if (sp->p->message_size_limit && sp->dtotal > sp->p->message_size_limit) {
+		reply(sp, "552 5.3.4 Message size exceeds fixed limit");
+		engine_abort(sp->es);
+		tx_reset(sp);
+		return;
+	}
+	if (sp->bare && sp->p->bare_newline_reject) {
+		log_info("reject: END-OF-MESSAGE from %s: bare <CR> or <LF> in message; reason=bare-newline",
+		    engine_client_text(sp->es));
+		reply(sp, "550 5.5.2 Message refused: bare <CR> or <LF> in it; lines must end "
+		    "with <CR><LF>");
+		engine_abort(sp->es);
+		tx_reset(sp);
+		return;
+	}
+	feed_headers(sp);
+	engine_eom(sp->es, &v);
+	if (verdict_reply(sp, STAGE_EOM, &v, NULL)) {
+		tx_reset(sp);
+		return;
+	}
+	sp->msg.sender = sp->sender;
+	sp->msg.rcpt = sp->rcpt;
+	sp->msg.rcpt_local = sp->rcpt_local;
+	sp->msg.nrcpt = sp->nrcpt;
+	sp->msg.data = sp->data;
+	sp->msg.len = sp->dlen;
+	snprintf(sp->msg.client, sizeof(sp->msg.client), "%s", engine_client_text(sp->es));
+	snprintf(sp->msg.helo, sizeof(sp->msg.helo), "%s", sp->helo);
+	sp->pending = 1;
+	sp->st = ST_WAIT;
+}
+
+/* scan DATA bytes; returns bytes consumed (stops after the final dot) */
+static size_t
+data_input(struct smtp_proto *sp, const char *buf, size_t len)
+{
+	int norm = !sp->p->bare_newline_reject;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = buf[i];
+
+		switch (sp->ds) {
+		case DS_LS_CRLF:
+		case DS_LS_LF:
+			if (c == '.') {
+				sp->ds = sp->ds == DS_LS_CRLF ? DS_DOT : DS_MID;
+				if (sp->ds == DS_MID)	/* "\n." can never end DATA */
+					data_put(sp, ".", 1);
+			} else if (c == '\r') {
+				sp->ds = DS_CR;
+			} else if (c == '\n') {
+				sp->bare = 1;
+				data_put(sp, norm ? "\r\n" : "\n", norm ? 2 : 1);
+				sp->ds = DS_LS_LF;
+			} else {
+				data_put(sp, &c, 1);
+				sp->ds = DS_MID;
+			}
+			break;
+		case DS_DOT:
+			if (c == '\r') {
+				sp->ds = DS_DOT_CR;
+			} else if (c == '\n') {
+				sp->bare = 1;	/* ".<LF>": not the end */
+				data_put(sp, norm ? ".\r\n" : ".\n", norm ? 3 : 2);
+				sp->ds = DS_LS_LF;
+			} else {
+				data_put(sp, &c, 1);	/* the leading dot is stuffing */
+				sp->ds = DS_MID;
+			}
+			break;
+		case DS_DOT_CR:
+			if (c == '\n') {
+				data_end(sp);
+				return i + 1;
+			}
+			sp->bare = 1;	/* ".<CR>x" */
+			data_put(sp, ".\r", 2);
+			sp->ds = DS_MID;
+			i--;	/* look at c again */
+			break;
+		case DS_MID:
+			if (c == '\r') {
+				sp->ds = DS_CR;
+			} else if (c == '\n') {
+				sp->bare = 1;
+				data_put(sp, norm ? "\r\n" : "\n", norm ? 2 : 1);
+				sp->ds = DS_LS_LF;
+			} else {
+				/* copy the run up to the next CR or LF at once */
+				size_t j = i + 1;
+
+				while (j < len && buf[j] != '\r' && buf[j] != '\n')
+					j++;
+				data_put(sp, buf + i, j - i);
+				i = j - 1;
+			}
+			break;
+		case DS_CR:
+			if (c == '\n') {
+				data_put(sp, "\r\n", 2);
+				sp->ds = DS_LS_CRLF;
+			} else {
+				sp->bare = 1;	/* bare CR */
+				data_put(sp, norm ? "\r\n" : "\r", norm ? 2 : 1);
+				sp->ds = DS_MID;
+				i--;
+			}
+			break;
+		}
+	}
+	return len;
+}
+
+/* ---- input ---- */
+
+size_t
+smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long now)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		if (sp->st == ST_CLOSED || sp->st == ST_WAIT)
+			return sp->st == ST_CLOSED ? len : i;
+		if (sp->st == ST_DATA) {
+			i += data_input(sp, buf + i, len - i);
+			continue;
+		}
+		{
+			const char *nl = memchr(buf + i, '\n', len - i);
+			size_t n = nl ? (size_t)(nl - (buf + i)) : len - i;
+			size_t room = sp->linecap - 1 - sp->linelen;
+
+			if (!sp->overflow && n <= room) {
+				memcpy(sp->line + sp->linelen, buf + i, n);
+				sp->linelen += n;
+			} else {
+				sp->overflow = 1;
+			}
+			sp->overflow_len += n;
+			i += n;
+			if (nl == NULL)
+				return i;	/* wait for the rest of the line */
+			i++;	/* the LF */
+		}
+		{
+			size_t cmdlen = sp->overflow_len + 1;
+			int crlf = !sp->overflow && sp->linelen > 0 && sp->line[sp->linelen - 1] == '\r';
+			int more = i < len;	/* the client sent more without waiting */
+
+			sp->line[sp->linelen - (crlf ? 1 : 0)] = '\0';
+			if (sp->overflow) {
+				unsigned ticket;
+				const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
+				struct verdict v;
+
+				engine_long_command(sp->es, snap, cmdlen, now, &v);
+				snapref_release(sp->p->snaps, ticket);
+				/* the engine's verdict (and ban), or our hard cap */
+				if (v.tag == NULL || !verdict_reply(sp, STAGE_CONNECT, &v, sp->line))
+					error_reply(sp, "500 5.5.2 Error: line too long");
+				else if (++sp->errors >= SMTP_MAX_ERRORS) {
+					sp->close_after = 1;
+					sp->st = ST_CLOSED;
+				}
+			} else if (!crlf && sp->p->bare_newline_reject) {
+				error_reply(sp, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
+			} else if (more && sp->greeted != 2) {
+				/* RFC 2920: no pipelining before EHLO has offered it */
+				char esc[LOG_ESCAPE_BUFSZ];
+
+				log_info("reject: %s: improper command pipelining after %s; reason=pipelining",
+				    engine_client_text(sp->es), log_escape(esc, sp->line, strlen(sp->line)));
+				reply(sp, "554 5.5.0 Error: improper use of SMTP command pipelining");
+				sp->close_after = 1;
+				sp->st = ST_CLOSED;
+			} else {
+				if (memchr(sp->line, '\0', sp->linelen - (crlf ? 1 : 0)) != NULL)
+					error_reply(sp, "500 5.5.2 Error: NUL byte in command");
+				else
+					command(sp, sp->line, cmdlen, now);
+			}
+			sp->linelen = 0;
+			sp->overflow = 0;
+			sp->overflow_len = 0;
+		}
+	}
+	return i;
+}
+
+void
+smtp_proto_delivered(struct smtp_proto *sp, int ok, const char *code, const char *dsn,
+    const char *text)
+{
+	if (ok)
+		reply(sp, "250 2.0.0 Ok: %s", text);
+	else
+		reply(sp, "%s %s %s", code, dsn, text);
+	tx_reset(sp);
+	sp->st = ST_CMD;
+}
+
+void
+smtp_proto_eof(struct smtp_proto *sp)
+{
+	if (sp->in_tx)
+		engine_abort(sp->es);
+	sp->st = ST_CLOSED;
+}

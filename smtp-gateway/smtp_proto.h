@@ -1,0 +1,68 @@
+#ifndef PC_SMTP_PROTO_H
+#define PC_SMTP_PROTO_H
+#include <stddef.h>
+#include "common/cidr.h"
+#include "rules/engine.h"
+#include "rules/snapshot.h"
+
+/*
+ * The ESMTP server protocol (RFC 5321) for one connection, without I/O:
+ * bytes in, reply bytes and actions out, so tests can feed it piecewise.
+ * Owner: the connection; one thread.
+ */
+struct smtp_params {
+	const struct policy *pol;
+	struct snapref *snaps;
+	struct ratelimit *rl;		/* NULL: no rate limits */
+	const char *myhostname;
+	const char *banner;		/* text after "220 " */
+	size_t message_size_limit;	/* octets, 0: none */
+	int vrfy;			/* 0: 502 for VRFY/EXPN */
+	int bare_newline_reject;	/* 1: refuse bare CR/LF in DATA; 0: normalise */
+	int have_relayhost;		/* relayed recipients can be passed on */
+	/* 1: local user exists, 0: unknown; NULL: every local user exists */
+	int (*user_exists)(void *arg, const char *local, const char *domain);
+	void *user_arg;
+};
+
+/* A message ready for delivery: the envelope and the data (CRLF lines,
+ * dot-stuffing removed). Owned by the session until smtp_proto_delivered(). */
+struct smtp_msg {
+	char *sender;			/* "" for <> */
+	char **rcpt;			/* "local@domain" */
+	int *rcpt_local;		/* 1: in mydomains */
+	size_t nrcpt;
+	char *data;
+	size_t len;
+	char client[128];		/* for the Received: line */
+	char helo[128];
+};
+
+struct smtp_proto;
+
+struct smtp_proto *smtp_proto_new(const struct smtp_params *p);
+void smtp_proto_free(struct smtp_proto **sp);
+/* the connection opened: writes the greeting (or a 554 and asks to close) */
+void smtp_proto_start(struct smtp_proto *sp, const struct ipaddr *addr, const char *hostname,
+    long long now);
+/* feed client bytes; returns how many were consumed (less when a delivery
+ * must finish first: feed the rest after smtp_proto_delivered()) */
+size_t smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long now);
+/* the peer closed or timed out */
+void smtp_proto_eof(struct smtp_proto *sp);
+/* reply bytes to send; consume with smtp_proto_output_done() */
+const char *smtp_proto_output(const struct smtp_proto *sp, size_t *len_r);
+void smtp_proto_output_done(struct smtp_proto *sp, size_t n);
+/* close once the output is written */
+int smtp_proto_wants_close(const struct smtp_proto *sp);
+/* a message waits for delivery (input is paused until it is done) */
+struct smtp_msg *smtp_proto_pending(struct smtp_proto *sp);
+/* ok: the 250 text (queue id); !ok: code, dsn, text of the failure */
+void smtp_proto_delivered(struct smtp_proto *sp, int ok, const char *code, const char *dsn,
+    const char *text);
+/* a ban the last verdict asked for: seconds > 0 (cleared by reading) */
+unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);
+/* the client sent a command that makes an error budget: counts for 421 */
+unsigned smtp_proto_errors(const struct smtp_proto *sp);
+
+#endif

@@ -1,0 +1,440 @@
+/*
+ * smtp_server - the SMTP gateway's event loop (libevent): accept, feed bytes
+ * to smtp_proto, write its replies, deliver its messages into the Maildir
+ * store, enforce connection limits and timeouts.
+ *
+ *   smtp_server_listen()   bind one "HOST:PORT" (done by the master, so a
+ *                          restarted worker inherits the socket)
+ *   smtp_server_run()      the loop, until SIGTERM/SIGINT
+ *
+ * Delivery runs on the loop for now (write + fsync of one file per message);
+ * moving it to worker threads is the next step for throughput. The user
+ * database is reloaded when its file changes (checked each second).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "common/log.h"
+#include "common/xmalloc.h"
+#include "smtp-gateway/smtp_server.h"
+#include "storage-adapter/maildir.h"
+#include "storage-adapter/userdb.h"
+
+#define PER_CLIENT_SLOTS 1024
+
+struct server {
+	const struct smtp_server_conf *c;
+	struct smtp_params params;
+	struct event_base *base;
+	struct userdb *users;
+	unsigned nconn;
+	struct conn *conns;
+	struct { struct ipaddr addr; unsigned n; } per[PER_CLIENT_SLOTS];
+	char errbuf[300];
+};
+
+struct conn {
+	struct conn *prev, *next;	/* all open connections, to close at stop */
+	struct server *srv;
+	struct bufferevent *bev;
+	struct smtp_proto *sp;
+	struct ipaddr addr;
+	int has_addr;
+	int closing;
+};
+
+int
+smtp_server_listen(const char *spec, const char **error_r)
+{
+	static char err[300];
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	const char *colon = strrchr(spec, ':');
+	char host[128];
+	long port;
+	char *end;
+	int fd, one = 1;
+
+	memset(&ss, 0, sizeof(ss));
+	if (colon == NULL || (size_t)(colon - spec) >= sizeof(host))
+		goto bad;
+	port = strtol(colon + 1, &end, 10);
+	if (*end != '\0' || port < 1 || port > 65535)
+		goto bad;
+	memcpy(host, spec, (size_t)(colon - spec));
+	host[colon - spec] = '\0';
+	if (host[0] == '[') {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+		size_t hl = strlen(host);
+
+		if (hl < 3 || host[hl - 1] != ']')
+			goto bad;
+		host[hl - 1] = '\0';
+		s6->sin6_family = AF_INET6;
+		s6->sin6_port = htons((uint16_t)port);
+		if (inet_pton(AF_INET6, host + 1, &s6->sin6_addr) != 1)
+			goto bad;
+		sl = sizeof(*s6);
+	} else {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+
+		s4->sin_family = AF_INET;
+		s4->sin_port = htons((uint16_t)port);
+		if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
+			goto bad;
+		sl = sizeof(*s4);
+	}
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto sys;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 511) < 0) {
+		int e = errno;
+
+		close(fd);
+		errno = e;
+		goto sys;
+	}
+	return fd;
+sys:
+	snprintf(err, sizeof(err), "smtp_listen = %.100s: %s", spec, strerror(errno));
+	*error_r = err;
+	return -1;
+bad:
+	snprintf(err, sizeof(err), "smtp_listen = %.100s: expected HOST:PORT or [ADDRESS]:PORT",
+	    spec);
+	*error_r = err;
+	return -1;
+}
+
+static unsigned *
+per_client(struct server *s, const struct ipaddr *a, int make)
+{
+	uint32_t h = a->family == 4 ? a->v4 * 2654435761u : (uint32_t)(a->lo ^ a->hi) * 2654435761u;
+
+	for (unsigned i = 0; i < 32; i++) {
+		unsigned k = (h + i) % PER_CLIENT_SLOTS;
+
+		if (s->per[k].n > 0 && memcmp(&s->per[k].addr, a, sizeof(*a)) == 0)
+			return &s->per[k].n;
+		if (make && s->per[k].n == 0) {
+			s->per[k].addr = *a;
+			return &s->per[k].n;
+		}
+	}
+	return NULL;
+}
+
+static int
+user_exists(void *arg, const char *local, const char *domain)
+{
+	struct server *s = arg;
+
+	return s->users != NULL && userdb_has_user(s->users, local, domain);
+}
+
+static void
+conn_free(struct conn *c)
+{
+	struct server *s = c->srv;
+
+	if (c->has_addr) {
+		unsigned *pc = per_client(s, &c->addr, 0);
+
+		if (pc != NULL && *pc > 0)
+			(*pc)--;
+	}
+	s->nconn--;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	smtp_proto_free(&c->sp);
+	bufferevent_free(c->bev);
+	free(c);
+}
+
+static void
+flush_output(struct conn *c)
+{
+	size_t n;
+	const char *out = smtp_proto_output(c->sp, &n);
+
+	if (n > 0) {
+		bufferevent_write(c->bev, out, n);
+		smtp_proto_output_done(c->sp, n);
+	}
+	if (smtp_proto_wants_close(c->sp))
+		c->closing = 1;
+}
+
+static void
+deliver(struct conn *c, struct smtp_msg *m)
+{
+	struct server *s = c->srv;
+	struct maildir_rcpt *r = xcalloc(m->nrcpt + 1, sizeof(*r));
+	char **split = xcalloc(m->nrcpt + 1, sizeof(char *));
+	size_t n = 0;
+	char id[64], date[64], *head;
+	const char *err;
+	time_t now = time(NULL);
+	struct tm tm;
+
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		char *at;
+		int dup = 0;
+
+		if (!m->rcpt_local[i])
+			continue;
+		for (size_t j = 0; j < i; j++)
+			dup |= m->rcpt_local[j] && strcasecmp(m->rcpt[j], m->rcpt[i]) == 0;
+		if (dup)
+			continue;
+		split[n] = xstrdup(m->rcpt[i]);
+		at = strrchr(split[n], '@');
+		*at = '\0';
+		r[n].local = split[n];
+		r[n].domain = at + 1;
+		n++;
+	}
+	localtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+	head = xasprintf("Received: from %s (%s)\r\n\tby %s (Portcullis) with ESMTP\r\n\t"
+	    "for <%s>; %s\r\n", m->helo[0] ? m->helo : "unknown", m->client,
+	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
+	if (n == 0) {
+		smtp_proto_delivered(c->sp, 0, "451", "4.3.0", "no local recipient to deliver to");
+	} else if (maildir_deliver(s->c->maildir_root, r, n, head, strlen(head), m->data, m->len,
+	    id, &err) < 0) {
+		log_error("delivery from %s failed: %s", m->client, err);
+		smtp_proto_delivered(c->sp, 0, "451", "4.3.0", "Error: local delivery failed, try again later");
+	} else {
+		log_info("%s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", id, m->sender, n,
+		    m->len, m->client);
+		smtp_proto_delivered(c->sp, 1, NULL, NULL, id);
+	}
+	free(head);
+	for (size_t i = 0; i < n; i++)
+		free(split[i]);
+	free(split);
+	free(r);
+}
+
+static void
+handle_ban(struct conn *c)
+{
+	struct ipaddr a;
+	unsigned long secs = smtp_proto_take_ban(c->sp, &a);
+
+	if (secs > 0 && c->srv->c->ban != NULL)
+		c->srv->c->ban(c->srv->c->ban_arg, &a, secs, "long-command");
+}
+
+static void
+read_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+
+	while (!c->closing && evbuffer_get_length(in) > 0) {
+		struct evbuffer_iovec v;
+		size_t used;
+
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+			break;
+		used = smtp_proto_input(c->sp, v.iov_base, v.iov_len, (long long)time(NULL));
+		evbuffer_drain(in, used);
+		handle_ban(c);
+		if (smtp_proto_pending(c->sp) != NULL)
+			deliver(c, smtp_proto_pending(c->sp));
+		flush_output(c);
+		if (used == 0 && smtp_proto_pending(c->sp) == NULL)
+			break;
+	}
+	if (c->closing) {
+		bufferevent_disable(bev, EV_READ);
+		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			conn_free(c);
+	}
+}
+
+static void
+write_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)bev;
+	if (c->closing)
+		conn_free(c);
+}
+
+static void
+event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	if (what & BEV_EVENT_TIMEOUT) {
+		char msg[160];
+		int n = snprintf(msg, sizeof(msg), "421 4.4.2 %s Error: timeout exceeded\r\n",
+		    c->srv->params.myhostname);
+
+		log_info("timeout after %u s from %s", c->srv->c->timeout,
+		    c->has_addr ? "a client" : "unknown");
+		(void)send(bufferevent_getfd(bev), msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	}
+	smtp_proto_eof(c->sp);
+	conn_free(c);
+}
+
+static void
+accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+    void *arg)
+{
+	struct server *s = arg;
+	struct conn *c = xcalloc(1, sizeof(*c));
+	struct timeval tv = { s->c->timeout, 0 };
+	unsigned *pc = NULL;
+
+	(void)l;
+	(void)salen;
+	c->srv = s;
+	c->next = s->conns;
+	if (s->conns)
+		s->conns->prev = c;
+	s->conns = c;
+	c->has_addr = cidr_addr_from_sockaddr(sa, &c->addr) == 0;
+	c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->sp = smtp_proto_new(&s->params);
+	s->nconn++;
+	if (c->has_addr)
+		pc = per_client(s, &c->addr, 1);
+	if (pc != NULL)
+		(*pc)++;
+	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	if (s->c->max_connections && s->nconn > s->c->max_connections) {
+		bufferevent_write(c->bev, "421 4.7.0 Too many connections, try again later\r\n", 50);
+		c->closing = 1;
+		return;
+	}
+	if (s->c->max_per_client && pc != NULL && *pc > s->c->max_per_client) {
+		bufferevent_write(c->bev, "421 4.7.0 Too many connections from your address\r\n", 51);
+		c->closing = 1;
+		return;
+	}
+	smtp_proto_start(c->sp, c->has_addr ? &c->addr : NULL, NULL, (long long)time(NULL));
+	flush_output(c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static void
+stop_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *s = arg;
+
+	(void)what;
+	log_info("smtp: signal %d, stopping", (int)sig);
+	event_base_loopexit(s->base, NULL);
+}
+
+static void
+users_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *s = arg;
+	const char *err;
+
+	(void)fd;
+	(void)what;
+	if (s->users != NULL && userdb_changed(s->users)) {
+		struct userdb *db = userdb_load(s->c->users_url, &err);
+
+		if (db == NULL) {
+			log_warn("users not reloaded, the previous ones stay: %s", err);
+			return;
+		}
+		userdb_free(&s->users);
+		s->users = db;
+		log_info("users reloaded: %zu", userdb_count(db));
+	}
+}
+
+int
+smtp_server_run(const int *fds, size_t nfds, const struct smtp_server_conf *c,
+    const char **error_r)
+{
+	struct server *s = xcalloc(1, sizeof(*s));
+	struct evconnlistener **ls = xcalloc(nfds + 1, sizeof(*ls));
+	struct event *sig_term, *sig_int, *tick;
+	struct timeval one = { 1, 0 };
+	int rc = 0;
+
+	s->c = c;
+	s->params = c->params;
+	if (c->users_url != NULL && c->users_url[0] != '\0') {
+		s->users = userdb_load(c->users_url, error_r);
+		if (s->users == NULL) {
+			free(ls);
+			free(s);
+			return -1;
+		}
+		s->params.user_exists = user_exists;
+		s->params.user_arg = s;
+	}
+	s->base = event_base_new();
+	if (s->base == NULL) {
+		*error_r = "cannot create the event loop";
+		userdb_free(&s->users);
+		free(ls);
+		free(s);
+		return -1;
+	}
+	for (size_t i = 0; i < nfds; i++) {
+		evutil_make_socket_nonblocking(fds[i]);
+		ls[i] = evconnlistener_new(s->base, accept_cb, s, LEV_OPT_CLOSE_ON_EXEC, -1, fds[i]);
+		if (ls[i] == NULL) {
+			*error_r = "cannot listen";
+			rc = -1;
+		}
+	}
+	sig_term = evsignal_new(s->base, SIGTERM, stop_cb, s);
+	sig_int = evsignal_new(s->base, SIGINT, stop_cb, s);
+	tick = event_new(s->base, -1, EV_PERSIST, users_cb, s);
+	evsignal_add(sig_term, NULL);
+	evsignal_add(sig_int, NULL);
+	event_add(tick, &one);
+	if (rc == 0)
+		event_base_dispatch(s->base);
+	for (size_t i = 0; i < nfds; i++)
+		if (ls[i] != NULL)
+			evconnlistener_free(ls[i]);
+	while (s->conns != NULL) {
+		smtp_proto_eof(s->conns->sp);
+		conn_free(s->conns);
+	}
+	event_free(sig_term);
+	event_free(sig_int);
+	event_free(tick);
+	event_base_free(s->base);
+	userdb_free(&s->users);
+	free(ls);
+	free(s);
+	return rc;
+}

@@ -1,0 +1,207 @@
+/*
+ * maildir - durable delivery into Maildir++ (the layout Dovecot and Courier
+ * read): ROOT/DOMAIN/LOCAL/Maildir/{tmp,new,cur}.
+ *
+ *   maildir_deliver()   write tmp/NAME, fsync, link into each new/, fsync
+ *                       each new/ directory, unlink tmp/NAME; then say yes
+ *
+ * Names are TIME.M<usec>P<pid>Q<seq>.HOST (unique per host). Recipient names
+ * become path components, so they are checked: no '/', no leading dot, no
+ * control characters. Never leaves a half-written file in new/: a crash
+ * before the link leaves at most a file in tmp/, which readers ignore.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "common/xmalloc.h"
+#include "storage-adapter/maildir.h"
+
+static atomic_ulong seq;
+static char errbuf[512];
+
+int
+maildir_name_is_safe(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 255 || s[0] == '.')
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c <= 0x20 || c >= 0x7f || c == '/' || c == '\\')
+			return 0;
+	}
+	return 1;
+}
+
+static int
+mkdirs(char *path, mode_t mode)
+{
+	for (char *q = path + 1; *q; q++) {
+		if (*q != '/')
+			continue;
+		*q = '\0';
+		if (mkdir(path, mode) < 0 && errno != EEXIST) {
+			*q = '/';
+			return -1;
+		}
+		*q = '/';
+	}
+	if (mkdir(path, mode) < 0 && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+static int
+fsync_path(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc;
+
+	if (fd < 0)
+		return -1;
+	rc = fsync(fd);
+	close(fd);
+	return rc;
+}
+
+/* ROOT/DOMAIN/LOCAL/Maildir, with tmp new cur made */
+static char *
+mailbox(const char *root, const struct maildir_rcpt *r)
+{
+	static const char *const sub[] = { "tmp", "new", "cur" };
+	char *md = xasprintf("%s/%s/%s/Maildir", root, r->domain, r->local);
+
+	for (int i = 0; i < 3; i++) {
+		char *d = xasprintf("%s/%s", md, sub[i]);
+		struct stat st;
+
+		if (stat(d, &st) < 0 && mkdirs(d, 0700) < 0) {
+			snprintf(errbuf, sizeof(errbuf), "cannot create %s: %s", d, strerror(errno));
+			free(d);
+			free(md);
+			return NULL;
+		}
+		free(d);
+	}
+	return md;
+}
+
+static int
+write_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int
+maildir_deliver(const char *root, const struct maildir_rcpt *r, size_t n, const char *head,
+    size_t headlen, const char *body, size_t bodylen, char *id_r, const char **error_r)
+{
+	char host[128], name[256];
+	char **boxes = xcalloc(n + 1, sizeof(char *));
+	char *tmp = NULL;
+	struct timeval tv;
+	size_t linked = 0;
+	int fd = -1, rc = -1;
+
+	for (size_t i = 0; i < n; i++) {
+		char dom[256];
+		size_t k;
+
+		for (k = 0; r[i].domain[k] && k + 1 < sizeof(dom); k++)
+			dom[k] = (char)((r[i].domain[k] >= 'A' && r[i].domain[k] <= 'Z') ?
+			    r[i].domain[k] + 32 : r[i].domain[k]);
+		dom[k] = '\0';
+		if (!maildir_name_is_safe(r[i].local) || !maildir_name_is_safe(dom)) {
+			snprintf(errbuf, sizeof(errbuf), "recipient name not usable as a mailbox");
+			goto done;
+		}
+		{
+			struct maildir_rcpt rr = { r[i].local, dom };
+
+			if ((boxes[i] = mailbox(root, &rr)) == NULL)
+				goto done;
+		}
+	}
+	if (gethostname(host, sizeof(host)) < 0)
+		strcpy(host, "localhost");
+	host[strcspn(host, "/:")] = '\0';
+	gettimeofday(&tv, NULL);
+	snprintf(name, sizeof(name), "%lld.M%ldP%ldQ%lu.%s", (long long)tv.tv_sec,
+	    (long)tv.tv_usec, (long)getpid(), atomic_fetch_add(&seq, 1), host);
+	tmp = xasprintf("%s/tmp/%s", boxes[0], name);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		snprintf(errbuf, sizeof(errbuf), "cannot create %s: %s", tmp, strerror(errno));
+		goto done;
+	}
+	if (write_all(fd, head, headlen) < 0 || write_all(fd, body, bodylen) < 0 ||
+	    fsync(fd) < 0) {
+		snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", tmp, strerror(errno));
+		goto done;
+	}
+	if (close(fd) < 0) {
+		fd = -1;
+		snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", tmp, strerror(errno));
+		goto done;
+	}
+	fd = -1;
+	for (linked = 0; linked < n; linked++) {
+		char *dst = xasprintf("%s/new/%s", boxes[linked], name);
+		char *newdir = xasprintf("%s/new", boxes[linked]);
+		int e = link(tmp, dst) < 0 ? errno : 0;
+
+		if (e == 0 && fsync_path(newdir) < 0)
+			e = errno;
+		free(newdir);
+		if (e != 0) {
+			snprintf(errbuf, sizeof(errbuf), "cannot deliver to %s: %s", dst, strerror(e));
+			unlink(dst);
+			free(dst);
+			goto done;
+		}
+		free(dst);
+	}
+	snprintf(id_r, 64, "%.63s", name);
+	rc = 0;
+done:
+	if (fd >= 0)
+		close(fd);
+	if (rc < 0) {
+		/* all or nothing: take back the copies already linked */
+		for (size_t i = 0; i < linked; i++) {
+			char *dst = xasprintf("%s/new/%s", boxes[i], name);
+
+			unlink(dst);
+			free(dst);
+		}
+		*error_r = errbuf;
+	}
+	if (tmp != NULL) {
+		unlink(tmp);
+		free(tmp);
+	}
+	for (size_t i = 0; i < n; i++)
+		free(boxes[i]);
+	free(boxes);
+	return rc;
+}

@@ -1,0 +1,381 @@
+/*
+ * userdb - users and password hashes in a passwd-file (Dovecot's format).
+ *
+ *   userdb_load()           parse; a bad line is logged with FILE:LINE and skipped
+ *   userdb_has_user()       is local@domain a user (case-insensitive)
+ *   userdb_verify()         check a password with libcrypt (constant-time compare)
+ *   userdb_set_password()   add/replace a user (yescrypt hash), atomically
+ *   userdb_delete()         remove a user, atomically
+ *
+ * Writes: exclusive flock on FILE.lock, temporary file, fsync, rename. The
+ * file holds hashes: it is created 0600. Lines it cannot parse are kept.
+ */
+#include <crypt.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/pclimits.h"
+#include "common/xmalloc.h"
+#include "storage-adapter/userdb.h"
+
+struct uentry {
+	char *user;	/* lower case */
+	char *pass;
+};
+
+struct userdb {
+	char *path;
+	struct uentry *v;
+	size_t n;
+	struct stat st;
+	int exists;
+};
+
+static char errbuf[600];
+
+static const char *
+url_path(const char *url, const char **error_r)
+{
+	if (strncmp(url, "file:", 5) != 0 || url[5] == '\0') {
+		snprintf(errbuf, sizeof(errbuf), "users = %.200s: expected file:/path/to/users", url);
+		*error_r = errbuf;
+		return NULL;
+	}
+	return url + 5;
+}
+
+int
+userdb_name_is_valid(const char *user)
+{
+	const char *at = strrchr(user, '@');
+	size_t n = strlen(user);
+
+	if (at == NULL || at == user || at[1] == '\0' || n > 254)
+		return 0;
+	for (const char *p = user; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+
+		if (c <= 0x20 || c >= 0x7f || c == ':' || c == '/' || c == '\\' || c == '"')
+			return 0;
+		if (c == '@' && p != at)
+			return 0;
+	}
+	return user[0] != '.' && at[1] != '.';
+}
+
+static int
+cmp_user(const void *a, const void *b)
+{
+	return strcmp(((const struct uentry *)a)->user, ((const struct uentry *)b)->user);
+}
+
+struct userdb *
+userdb_load(const char *url, const char **error_r)
+{
+	const char *path = url_path(url, error_r);
+	struct userdb *db;
+	FILE *fp;
+	char line[MAX_LIST_LINE + 2];
+	unsigned lineno = 0;
+	size_t cap = 0;
+
+	if (path == NULL)
+		return NULL;
+	db = xcalloc(1, sizeof(*db));
+	db->path = xstrdup(path);
+	fp = fopen(path, "r");
+	if (fp == NULL) {
+		if (errno == ENOENT)
+			return db;
+		snprintf(errbuf, sizeof(errbuf), "cannot open %s: %s", path, strerror(errno));
+		*error_r = errbuf;
+		userdb_free(&db);
+		return NULL;
+	}
+	if (fstat(fileno(fp), &db->st) == 0)
+		db->exists = 1;
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		size_t l = strlen(line);
+		char *colon, *pass, *end;
+
+		lineno++;
+		if (l > 0 && line[l - 1] != '\n' && !feof(fp)) {
+			int c;
+
+			while ((c = getc(fp)) != EOF && c != '\n')
+				;
+			log_warn("%s:%u: line too long; skipped", path, lineno);
+			continue;
+		}
+		line[strcspn(line, "\r\n")] = '\0';
+		if (line[0] == '\0' || line[0] == '#')
+			continue;
+		colon = strchr(line, ':');
+		if (colon == NULL) {
+			log_warn("%s:%u: expected user@domain:password:...; skipped", path, lineno);
+			continue;
+		}
+		*colon = '\0';
+		pass = colon + 1;
+		end = strchr(pass, ':');
+		if (end != NULL)
+			*end = '\0';
+		if (!userdb_name_is_valid(line)) {
+			log_warn("%s:%u: \"%.64s\" is not a user@domain name; skipped", path, lineno, line);
+			continue;
+		}
+		if (db->n == cap) {
+			cap = cap ? cap * 2 : 16;
+			db->v = xreallocarray(db->v, cap, sizeof(*db->v));
+		}
+		for (char *q = line; *q; q++)
+			*q = (char)tolower((unsigned char)*q);
+		db->v[db->n].user = xstrdup(line);
+		db->v[db->n].pass = xstrdup(pass);
+		db->n++;
+	}
+	fclose(fp);
+	if (db->n > 1)
+		qsort(db->v, db->n, sizeof(*db->v), cmp_user);
+	return db;
+}
+
+void
+userdb_free(struct userdb **dbp)
+{
+	struct userdb *db = *dbp;
+
+	if (db == NULL)
+		return;
+	for (size_t i = 0; i < db->n; i++) {
+		free(db->v[i].user);
+		free(db->v[i].pass);
+	}
+	free(db->v);
+	free(db->path);
+	free(db);
+	*dbp = NULL;
+}
+
+static const struct uentry *
+find(const struct userdb *db, const char *user)
+{
+	char key[320];
+	size_t i;
+	struct uentry k;
+
+	for (i = 0; user[i] && i + 1 < sizeof(key); i++)
+		key[i] = (char)tolower((unsigned char)user[i]);
+	key[i] = '\0';
+	k.user = key;
+	return db->n ? bsearch(&k, db->v, db->n, sizeof(*db->v), cmp_user) : NULL;
+}
+
+int
+userdb_has_user(const struct userdb *db, const char *local, const char *domain)
+{
+	char user[600];
+
+	snprintf(user, sizeof(user), "%s@%s", local, domain);
+	return find(db, user) != NULL;
+}
+
+const char *
+userdb_password(const struct userdb *db, const char *user)
+{
+	const struct uentry *e = find(db, user);
+
+	return e ? e->pass : NULL;
+}
+
+size_t
+userdb_count(const struct userdb *db)
+{
+	return db->n;
+}
+
+const char *
+userdb_user_at(const struct userdb *db, size_t i)
+{
+	return db->v[i].user;
+}
+
+int
+userdb_changed(const struct userdb *db)
+{
+	struct stat st;
+
+	if (stat(db->path, &st) < 0)
+		return db->exists;
+	return !db->exists || st.st_ino != db->st.st_ino || st.st_size != db->st.st_size ||
+	    st.st_mtim.tv_sec != db->st.st_mtim.tv_sec || st.st_mtim.tv_nsec != db->st.st_mtim.tv_nsec;
+}
+
+int
+userdb_verify(const struct userdb *db, const char *user, const char *password)
+{
+	const char *h = userdb_password(db, user);
+	struct crypt_data *cd;
+	const char *out;
+	size_t n;
+	int ok;
+
+	if (h == NULL)
+		return 0;
+	if (strncmp(h, "{CRYPT}", 7) == 0)
+		h += 7;
+	cd = xcalloc(1, sizeof(*cd));
+	out = crypt_r(password, h, cd);
+	n = strlen(h);
+	ok = out != NULL && out[0] != '*' && strlen(out) == n;
+	if (ok) {
+		unsigned char diff = 0;
+
+		for (size_t i = 0; i < n; i++)
+			diff |= (unsigned char)(out[i] ^ h[i]);
+		ok = diff == 0;
+	}
+	free(cd);
+	return ok;
+}
+
+/* rewrite the file under the lock: replace/add user's line, or drop it */
+static int
+rewrite(const char *path, const char *user, const char *newline, int create, int *found_r,
+    const char **error_r)
+{
+	char *lock = xasprintf("%s.lock", path), *tmp = xasprintf("%s.tmp.%ld", path, (long)getpid());
+	char line[MAX_LIST_LINE + 2];
+	size_t ul = strlen(user);
+	int lfd, found = 0, rc = -1;
+	FILE *in, *out = NULL;
+
+	lfd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+	if (lfd < 0 || flock(lfd, LOCK_EX) < 0) {
+		snprintf(errbuf, sizeof(errbuf), "cannot lock %s: %s", lock, strerror(errno));
+		goto done;
+	}
+	in = fopen(path, "r");
+	if (in == NULL && errno != ENOENT) {
+		snprintf(errbuf, sizeof(errbuf), "cannot open %s: %s", path, strerror(errno));
+		goto done;
+	}
+	{
+		int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+		out = fd >= 0 ? fdopen(fd, "w") : NULL;
+	}
+	if (out == NULL) {
+		snprintf(errbuf, sizeof(errbuf), "cannot create %s: %s", tmp, strerror(errno));
+		if (in)
+			fclose(in);
+		goto done;
+	}
+	while (in != NULL && fgets(line, sizeof(line), in) != NULL) {
+		if (strncasecmp(line, user, ul) == 0 && line[ul] == ':') {
+			found = 1;
+			if (newline != NULL)
+				fprintf(out, "%s\n", newline);
+			continue;
+		}
+		fputs(line, out);
+		if (line[0] && line[strlen(line) - 1] != '\n')
+			fputc('\n', out);
+	}
+	if (in)
+		fclose(in);
+	if (!found && newline != NULL) {
+		if (!create) {
+			snprintf(errbuf, sizeof(errbuf), "no user %s", user);
+			goto done;
+		}
+		fprintf(out, "%s\n", newline);
+	}
+	if (fflush(out) != 0 || fsync(fileno(out)) != 0) {
+		snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", tmp, strerror(errno));
+		goto done;
+	}
+	fclose(out);
+	out = NULL;
+	if (rename(tmp, path) < 0) {
+		snprintf(errbuf, sizeof(errbuf), "cannot rename %s: %s", tmp, strerror(errno));
+		goto done;
+	}
+	if (found_r)
+		*found_r = found;
+	rc = 0;
+done:
+	if (out)
+		fclose(out);
+	if (rc < 0) {
+		unlink(tmp);
+		*error_r = errbuf;
+	}
+	if (lfd >= 0)
+		close(lfd);
+	free(lock);
+	free(tmp);
+	return rc;
+}
+
+int
+userdb_set_password(const char *url, const char *user, const char *password, int create,
+    const char **error_r)
+{
+	const char *path = url_path(url, error_r);
+	char *salt, *line;
+	struct crypt_data *cd;
+	const char *hash;
+	int rc;
+
+	if (path == NULL)
+		return -1;
+	if (!userdb_name_is_valid(user)) {
+		snprintf(errbuf, sizeof(errbuf), "\"%.100s\" is not a user@domain name", user);
+		*error_r = errbuf;
+		return -1;
+	}
+	if (strlen(password) == 0 || strlen(password) > 1024 || strchr(password, '\n')) {
+		*error_r = "the password must be one line of 1 to 1024 characters";
+		return -1;
+	}
+	salt = crypt_gensalt_ra("$y$", 0, NULL, 0);
+	if (salt == NULL) {
+		*error_r = "libcrypt cannot make a yescrypt salt";
+		return -1;
+	}
+	cd = xcalloc(1, sizeof(*cd));
+	hash = crypt_r(password, salt, cd);
+	free(salt);
+	if (hash == NULL || hash[0] == '*') {
+		free(cd);
+		*error_r = "libcrypt failed to hash the password";
+		return -1;
+	}
+	line = xasprintf("%s:{CRYPT}%s::::::", user, hash);
+	free(cd);
+	for (char *q = line; *q != ':'; q++)
+		*q = (char)tolower((unsigned char)*q);
+	rc = rewrite(path, user, line, create, NULL, error_r);
+	free(line);
+	return rc;
+}
+
+int
+userdb_delete(const char *url, const char *user, int *found_r, const char **error_r)
+{
+	const char *path = url_path(url, error_r);
+
+	if (path == NULL)
+		return -1;
+	return rewrite(path, user, NULL, 0, found_r, error_r);
+}

@@ -1,0 +1,35 @@
+#ifndef PC_USERDB_H
+#define PC_USERDB_H
+#include <stddef.h>
+
+/*
+ * The user database: a passwd-file as Dovecot reads it,
+ *   user@domain:{CRYPT}$y$...:uid:gid:gecos:home:shell:extra_fields
+ * Users are named by their full address, which is also their login.
+ * A loaded userdb is read-only (share it between threads); reload by
+ * loading again.
+ */
+struct userdb;
+
+/* "file:/etc/portcullis/users"; a missing file is an empty userdb */
+struct userdb *userdb_load(const char *url, const char **error_r);
+void userdb_free(struct userdb **db);
+int userdb_has_user(const struct userdb *db, const char *local, const char *domain);
+/* the stored hash ("{CRYPT}$y$..."), or NULL */
+const char *userdb_password(const struct userdb *db, const char *user);
+size_t userdb_count(const struct userdb *db);
+const char *userdb_user_at(const struct userdb *db, size_t i);
+/* the file changed since it was loaded */
+int userdb_changed(const struct userdb *db);
+
+/* admin side: add or replace (hash made here with yescrypt), delete */
+int userdb_set_password(const char *url, const char *user, const char *password, int create,
+    const char **error_r) __attribute__((warn_unused_result));
+int userdb_delete(const char *url, const char *user, int *found_r, const char **error_r)
+    __attribute__((warn_unused_result));
+/* 1 when password matches the stored hash */
+int userdb_verify(const struct userdb *db, const char *user, const char *password);
+/* user@domain with a safe local part and domain */
+int userdb_name_is_valid(const char *user);
+
+#endif
