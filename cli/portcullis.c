@@ -7,6 +7,8 @@
  *   portcullis [-c FILE] [-o k=v]... kill|accept import FILE|- [--ttl TIME] [--reason TEXT]
  *   portcullis [-c FILE] [-o k=v]... kill|accept export
  *   portcullis [-c FILE] [-o k=v]... lists migrate FROM-URL TO-URL
+ *   portcullis [-c FILE] [-o k=v]... user add|passwd USER@DOMAIN [--password-stdin]
+ *   portcullis [-c FILE] [-o k=v]... user del USER@DOMAIN | user list
  *   portcullis [-c FILE] [-o k=v]... explain --client IP [--hostname NAME] [--helo H]
  *                 [--auth USER] --from ADDR --rcpt ADDR... [--header NAME]...
  *
@@ -19,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +32,7 @@
 #include "rules/engine.h"
 #include "rules/policy.h"
 #include "storage-adapter/liststore.h"
+#include "storage-adapter/userdb.h"
 
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
 
@@ -43,6 +47,9 @@ usage(void)
 	    "  kill|accept import FILE|- [--ttl TIME] [--reason TEXT] [--skip-bad]\n"
 	    "  kill|accept export\n"
 	    "  lists migrate FROM-URL TO-URL\n"
+	    "  user add|passwd USER@DOMAIN [--password-stdin]\n"
+	    "  user del USER@DOMAIN\n"
+	    "  user list\n"
 	    "  explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
 	    "          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
 	    "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
@@ -464,6 +471,115 @@ cmd_migrate(int argc, char **argv)
 	return 0;
 }
 
+/* ---- users ---- */
+
+/* one line from stdin, or twice from the terminal with echo off */
+static char *
+read_password(int from_stdin)
+{
+	char a[1100], b[1100];
+	struct termios old, quiet;
+	FILE *tty;
+	size_t n;
+
+	if (from_stdin) {
+		if (fgets(a, sizeof(a), stdin) == NULL)
+			die("--password-stdin: no password on standard input");
+		a[strcspn(a, "\r\n")] = '\0';
+		return xstrdup(a);
+	}
+	tty = fopen("/dev/tty", "r+");
+	if (tty == NULL)
+		die("no terminal to ask for the password: give it with --password-stdin");
+	if (tcgetattr(fileno(tty), &old) < 0)
+		die("cannot read the terminal settings: give the password with --password-stdin");
+	quiet = old;
+	quiet.c_lflag &= ~(tcflag_t)ECHO;
+	fputs("Password: ", tty);
+	fflush(tty);
+	tcsetattr(fileno(tty), TCSAFLUSH, &quiet);
+	if (fgets(a, sizeof(a), tty) == NULL)
+		a[0] = '\0';
+	fputs("\nPassword again: ", tty);
+	fflush(tty);
+	if (fgets(b, sizeof(b), tty) == NULL)
+		b[0] = '\0';
+	tcsetattr(fileno(tty), TCSAFLUSH, &old);
+	fputs("\n", tty);
+	fclose(tty);
+	a[strcspn(a, "\r\n")] = '\0';
+	b[strcspn(b, "\r\n")] = '\0';
+	if (strcmp(a, b) != 0)
+		die("the passwords differ; nothing changed");
+	n = strlen(a);
+	(void)n;
+	return xstrdup(a);
+}
+
+static int
+cmd_user(const struct conf *c, int argc, char **argv)
+{
+	const char *url = conf_get(c, "users"), *err;
+
+	if (argc < 1)
+		usage();
+	if (strcmp(argv[0], "list") == 0 && argc == 1) {
+		struct userdb *db = userdb_load(url, &err);
+
+		if (db == NULL)
+			die("%s", err);
+		for (size_t i = 0; i < userdb_count(db); i++)
+			printf("%s\n", userdb_user_at(db, i));
+		userdb_free(&db);
+		return 0;
+	}
+	if (argc < 2)
+		usage();
+	if (strcmp(argv[0], "add") == 0 || strcmp(argv[0], "passwd") == 0) {
+		int from_stdin = argc == 3 && strcmp(argv[2], "--password-stdin") == 0;
+		int add = strcmp(argv[0], "add") == 0;
+		char *pw;
+
+		if (argc > 3 || (argc == 3 && !from_stdin))
+			usage();
+		if (!userdb_name_is_valid(argv[1]))
+			die("\"%.100s\" is not a user@domain address", argv[1]);
+		if (add) {
+			struct userdb *db = userdb_load(url, &err);
+
+			if (db == NULL)
+				die("%s", err);
+			if (userdb_password(db, argv[1]) != NULL)
+				die("user %s exists already (use user passwd to change the password)", argv[1]);
+			userdb_free(&db);
+		}
+		pw = read_password(from_stdin);
+		if (userdb_set_password(url, argv[1], pw, add, &err) < 0) {
+			explicit_bzero(pw, strlen(pw));
+			free(pw);
+			die("%s", err);
+		}
+		explicit_bzero(pw, strlen(pw));
+		free(pw);
+		printf("user %s: %s\n", argv[1], add ? "added" : "password changed");
+		return 0;
+	}
+	if (strcmp(argv[0], "del") == 0 && argc == 2) {
+		int found = 0;
+
+		if (userdb_delete(url, argv[1], &found, &err) < 0)
+			die("%s", err);
+		if (!found) {
+			fprintf(stderr, "portcullis: no user %s\n", argv[1]);
+			return 1;
+		}
+		printf("user %s: deleted\n", argv[1]);
+		return 0;
+	}
+	usage();
+	return 2;
+}
+
 static void
 print_verdict(const char *stage, const char *arg, const struct verdict *v)
 {
@@ -601,6 +717,8 @@ main(int argc, char **argv)
 
 	if (strcmp(argv[i], "explain") == 0) {
 		rc = cmd_explain(conf, argc - i - 1, argv + i + 1);
+	} else if (strcmp(argv[i], "user") == 0) {
+		rc = cmd_user(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&
 	    strcmp(argv[i + 1], "migrate") == 0) {
 		struct liststore_options o = { conf_get(conf, "lists_prefix"),

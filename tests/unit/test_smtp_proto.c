@@ -1,0 +1,228 @@
+/*
+ * smtp_proto: golden dialogues. Each row feeds client bytes (split at every
+ * '|' so a command can arrive in pieces) and names the replies, in order,
+ * that the server must give; delivery is simulated.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/conf.h"
+#include "common/xmalloc.h"
+#include "smtp-gateway/smtp_proto.h"
+#include "tests/unit/unit.h"
+
+struct pcase {
+	const char *name;
+	const char *conf;
+	const char *kill;
+	const char *client;
+	const char *input;	/* '|' splits the writes */
+	const char *want;	/* reply codes, space separated; "." ends at close */
+	const char *body;	/* expected delivered data, or NULL */
+};
+
+static int
+user_exists(void *arg, const char *local, const char *domain)
+{
+	(void)arg;
+	return strcmp(local, "alice") == 0 && strcmp(domain, "example.com") == 0;
+}
+
+#define EHLO "EHLO c.example\r\n"
+#define TX "MAIL FROM:<s@o.example>\r\n|RCPT TO:<alice@example.com>\r\n|DATA\r\n|"
+
+static const struct pcase cases[] = {
+	{ "greeting and QUIT", NULL, NULL, "198.51.100.1", "QUIT\r\n", "220 221 .", NULL },
+	{ "EHLO advertises", NULL, NULL, "198.51.100.1", EHLO, "220 250", NULL },
+	{ "a message, dot-stuffing removed", NULL, NULL, "198.51.100.1",
+	  EHLO "|" TX "Subject: x\r\n\r\n..dot\r\nline\r\n.\r\n|QUIT\r\n",
+	  "220 250 250 250 354 250 221 .", "Subject: x\r\n\r\n.dot\r\nline\r\n" },
+	{ "command split in pieces", NULL, NULL, "198.51.100.1", "EH|LO c.exa|mple\r|\n|NOOP\r\n",
+	  "220 250 250", NULL },
+	{ "final dot split across writes", NULL, NULL, "198.51.100.1",
+	  EHLO "|" TX "x\r\n|.|\r|\n", "220 250 250 250 354 250", "x\r\n" },
+	{ "MAIL before HELO", NULL, NULL, "198.51.100.1", "MAIL FROM:<a@b.example>\r\n", "220 503", NULL },
+	{ "RCPT before MAIL", NULL, NULL, "198.51.100.1", EHLO "|RCPT TO:<alice@example.com>\r\n",
+	  "220 250 503", NULL },
+	{ "DATA without recipients", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example>\r\n|DATA\r\n", "220 250 250 554", NULL },
+	{ "unknown user", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<bob@example.com>\r\n", "220 250 250 550", NULL },
+	{ "relay denied, same code as the milter", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<u@other.example>\r\n", "220 250 250 550", NULL },
+	{ "kill-listed client refused at connect", NULL, "198.51.100.1", "198.51.100.1",
+	  EHLO, "554 .", NULL },
+	{ "kill-listed sender", NULL, "@bad.example", "198.51.100.1",
+	  EHLO "|MAIL FROM:<x@bad.example>\r\n", "220 250 550", NULL },
+	{ "VRFY and EXPN disabled", NULL, NULL, "198.51.100.1", EHLO "|VRFY alice\r\n|EXPN list\r\n",
+	  "220 250 502 502", NULL },
+	{ "unknown command", NULL, NULL, "198.51.100.1", "FOO\r\n", "220 502", NULL },
+	{ "syntax errors", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:a@b.example\r\n|MAIL FROM:<a@b.example> FOO=1\r\n|HELO\r\n",
+	  "220 250 501 555 501", NULL },
+	{ "declared SIZE over the limit", "message_size_limit = 1000\n", NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example> SIZE=5000\r\n", "220 250 552", NULL },
+	{ "streamed size over the limit", "message_size_limit = 10\n", NULL, "198.51.100.1",
+	  EHLO "|" TX "0123456789abcdef\r\n.\r\n|NOOP\r\n", "220 250 250 250 354 552 250", NULL },
+	{ "pipelining before EHLO refused", NULL, NULL, "198.51.100.1",
+	  "HELO c.example\r\nMAIL FROM:<a@b.example>\r\n", "220 554 .", NULL },
+	{ "EHLO then a pipelined transaction", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<s@o.example>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n|x\r\n.\r\nQUIT\r\n",
+	  "220 250 250 250 354 250 221 .", "x\r\n" },
+	{ "bare LF in DATA refused", NULL, NULL, "198.51.100.1",
+	  EHLO "|" TX "a\nb\r\n.\r\n", "220 250 250 250 354 550", NULL },
+	{ "bare CR in DATA refused", NULL, NULL, "198.51.100.1",
+	  EHLO "|" TX "a\rb\r\n.\r\n", "220 250 250 250 354 550", NULL },
+	{ "<LF>.<LF> does not end DATA (smuggling)", NULL, NULL, "198.51.100.1",
+	  EHLO "|" TX "a\r\n\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<alice@example.com>\r\n\r\n.\r\n",
+	  "220 250 250 250 354 550", NULL },
+	{ "<CR><LF>.<LF> does not end DATA (smuggling)", NULL, NULL, "198.51.100.1",
+	  EHLO "|" TX "a\r\n.\nQUIT\r\n.\r\n", "220 250 250 250 354 550", NULL },
+	{ "normalize: bare LF stored as CRLF, <LF>.<LF> still not the end",
+	  "smtp_bare_newline = normalize\n", NULL, "198.51.100.1",
+	  EHLO "|" TX "a\nb\n.\nc\r\n.\r\n", "220 250 250 250 354 250", "a\r\nb\r\n.\r\nc\r\n" },
+	{ "bare LF command refused", NULL, NULL, "198.51.100.1", "NOOP\n", "220 500", NULL },
+	{ "long command refused", NULL, NULL, "198.51.100.1",
+	  "EHLO c.example\r\n|MAIL FROM:<xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx@b.example>\r\n|NOOP\r\n",
+	  "220 250 500 250", NULL },
+	{ "ten errors end the session", NULL, NULL, "198.51.100.1",
+	  "A\r\n|B\r\n|C\r\n|D\r\n|E\r\n|F\r\n|G\r\n|H\r\n|I\r\n|J\r\n|NOOP\r\n",
+	  "220 502 502 502 502 502 502 502 502 502 502 421 .", NULL },
+	{ "several commands in one write before EHLO: refused", NULL, NULL, "198.51.100.1",
+	  "A\r\nB\r\n", "220 554 .", NULL },
+	{ "RSET clears the envelope", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example>\r\n|RSET\r\n|RCPT TO:<alice@example.com>\r\n",
+	  "220 250 250 250 503", NULL },
+};
+
+static struct policy *
+make_policy(const char *extra)
+{
+	struct conf *c = conf_new();
+	struct policy *p;
+	const char *err;
+	char *text = xasprintf("mydomains = example.com\nrelay_networks = 192.0.2.0/24\n%s",
+	    extra ? extra : "");
+
+	if (conf_load_string(c, "t", text, &err) < 0 || conf_finish(c, &err) < 0 ||
+	    policy_new(c, &p, &err) < 0) {
+		fprintf(stderr, "bad test config: %s\n", err);
+		abort();
+	}
+	free(text);
+	conf_free(&c);
+	return p;
+}
+
+static struct listset *
+list_of(const char *entry)
+{
+	struct entry_vec v = { 0 };
+	struct list_entry e;
+	const char *err;
+	struct listset *l;
+
+	if (entry != NULL) {
+		if (listentry_parse_key(entry, &e, &err) < 0)
+			abort();
+		entry_vec_push(&v, &e);
+	}
+	l = listset_build(&v, 0);
+	entry_vec_clear(&v);
+	return l;
+}
+
+static void
+run(const struct pcase *t)
+{
+	struct policy *pol = make_policy(t->conf);
+	struct snapref snaps;
+	struct smtp_params p;
+	struct smtp_proto *sp;
+	struct ipaddr a;
+	char *in = xstrdup(t->input), *save = NULL, *got = xcalloc(1, 4096), *body = NULL;
+	size_t glen = 0;
+	const char *out;
+	size_t olen;
+	int closed = 0;
+	long msize = 0;
+
+	snapref_init(&snaps, snapshot_new(list_of(t->kill), list_of(NULL)));
+	memset(&p, 0, sizeof(p));
+	p.pol = pol;
+	p.snaps = &snaps;
+	p.myhostname = "mx.example.com";
+	p.banner = "mx.example.com ESMTP";
+	p.bare_newline_reject = strstr(t->conf ? t->conf : "", "normalize") == NULL;
+	p.user_exists = user_exists;
+	sscanf(t->conf && strstr(t->conf, "message_size_limit") ? t->conf : "x", "message_size_limit = %ld", &msize);
+	p.message_size_limit = (size_t)msize;
+	if (cidr_addr_parse(t->client, &a) < 0)
+		abort();
+	sp = smtp_proto_new(&p);
+	smtp_proto_start(sp, &a, NULL, 1000);
+	/* collect reply codes: the first 3 digits of each final reply line */
+#define COLLECT() do { \
+		out = smtp_proto_output(sp, &olen); \
+		for (size_t i = 0; i + 3 < olen; ) { \
+			const char *eol = memchr(out + i, '\n', olen - i); \
+			if (out[i + 3] == ' ') { memcpy(got + glen, out + i, 3); glen += 3; got[glen++] = ' '; } \
+			i = eol ? (size_t)(eol - out) + 1 : olen; \
+		} \
+		smtp_proto_output_done(sp, olen); \
+	} while (0)
+	COLLECT();
+	for (char *piece = strtok_r(in, "|", &save); piece && !closed; piece = strtok_r(NULL, "|", &save)) {
+		size_t len = strlen(piece), off = 0;
+
+		while (off < len && !closed) {
+			struct smtp_msg *m;
+
+			off += smtp_proto_input(sp, piece + off, len - off, 1000);
+			if ((m = smtp_proto_pending(sp)) != NULL) {
+				free(body);
+				body = xstrndup(m->data, m->len);
+				smtp_proto_delivered(sp, 1, NULL, NULL, "ID");
+			}
+			COLLECT();
+			if (smtp_proto_wants_close(sp))
+				closed = 1;
+		}
+	}
+	if (closed) {
+		got[glen++] = '.';
+		got[glen++] = ' ';
+	}
+	if (glen > 0)
+		got[glen - 1] = '\0';
+	if (strcmp(got, t->want) != 0 || (t->body && (body == NULL || strcmp(body, t->body) != 0)) ||
+	    (!t->body && body != NULL)) {
+		fprintf(stderr, "\n  case \"%s\": replies \"%s\", want \"%s\"; body %s\n", t->name, got,
+		    t->want, body ? "delivered" : "none");
+		CU_FAIL("dialogue differs");
+	}
+	smtp_proto_free(&sp);
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+	free(in);
+	free(got);
+	free(body);
+}
+
+static void
+test_smtp_dialogues(void)
+{
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		run(&cases[i]);
+}
+
+static CU_TestInfo tests[] = {
+	{ "golden dialogues", test_smtp_dialogues },
+	CU_TEST_INFO_NULL,
+};
+
+void
+test_smtp_proto_register(void)
+{
+	unit_suite("smtp_proto", tests);
+}
