@@ -674,13 +674,14 @@ def main():
     busy = {n: median([r for r in results if r["name"] == n], "busy") for n in configs}
     idle = [n for n in configs[1:] if busy[n] < 75]
     if idle:
-        print("  note: the CPUs were only %s busy in the %s run(s): there throughput is bound\n"
-              "  by per-message latency x %d sessions, not by CPU (latency column).  With an\n"
-              "  inet: milter, Postfix sends a milter event that gets no reply (the DATA macros\n"
-              "  of a skipped DATA stage, SMFIP_NR_* events) and its next small write then waits\n"
-              "  for the milter host's delayed ACK (Nagle): ~40 ms per message on Linux.\n"
-              "  --unix (milters on UNIX-domain sockets) or more --sessions shows the CPU cost." % (
-                  " / ".join("%.0f%%" % busy[n] for n in idle), " and ".join(idle), args.sessions))
+        print("  note: CPUs only %s busy in the %s run(s): throughput there is\n"
+              "  bound by per-message latency x %d sessions, not by CPU (latency column).\n"
+              "  Seen here: a milter that skips the DATA stage (SMFIP_NODATA, e.g. no\n"
+              "  xxfi_data) still gets its DATA macros from Postfix with no reply expected;\n"
+              "  on an inet: socket Postfix's next write then waits ~40 ms for the delayed\n"
+              "  ACK (Nagle).  --unix, or more --sessions, shows the CPU cost instead." % (
+                  " / ".join("%.0f%%" % busy[n] for n in idle), " and ".join(idle),
+                  args.sessions))
     print("  total bench time %.0f s" % (time.monotonic() - t_all))
     return 0
 

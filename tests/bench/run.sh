@@ -1,0 +1,26 @@
+#!/bin/sh
+# tests/bench/run.sh - the benchmarks behind `make bench` (not run by CI).
+# Run from the repository root after the binaries are built:
+#   1. bin/bench-engine (if built): the rule engine alone, prints its figures
+#   2. tests/bench/postfix_throughput.py: Postfix + smtp-sink + smtp-source,
+#      no milter / bin/null-milter / bin/portcullisd (needs root)
+# Extra arguments are passed to postfix_throughput.py (e.g. --repeats 1).
+# Exits non-zero as soon as a step fails.
+set -eu
+
+cd "$(dirname "$0")/../.."
+BIN=${PORTCULLIS_BIN:-bin}
+
+if [ -x "$BIN/bench-engine" ]; then
+	echo "== engine: $BIN/bench-engine"
+	"$BIN/bench-engine" || { echo "bench: $BIN/bench-engine failed" >&2; exit 1; }
+	echo
+else
+	echo "== engine: $BIN/bench-engine not built, skipped"
+fi
+
+echo "== Postfix throughput: python3 tests/bench/postfix_throughput.py $*"
+python3 tests/bench/postfix_throughput.py "$@" || {
+	echo "bench: postfix_throughput.py failed" >&2
+	exit 1
+}
