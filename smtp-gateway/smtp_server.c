@@ -30,14 +30,17 @@
 
 #include "common/log.h"
 #include "common/xmalloc.h"
+#include "smtp-gateway/jobs.h"
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
 
 #define PER_CLIENT_SLOTS 1024
+#define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
 
 struct server {
 	const struct smtp_server_conf *c;
+	struct jobs *jobs;
 	struct smtp_params params;
 	struct event_base *base;
 	struct userdb *users;
@@ -55,6 +58,24 @@ struct conn {
 	struct ipaddr addr;
 	int has_addr;
 	int closing;
+	int delivering;		/* a delivery job holds this connection */
+	int dead;		/* the peer went away while delivering */
+};
+
+struct delivery {
+	struct conn *c;
+	struct maildir_rcpt *r;
+	char **split;
+	size_t n;
+	char *head;
+	const char *data;
+	size_t len;
+	const char *root;
+	char id[64];
+	char err[300];
+	int ok;
+	char sender[320];
+	char client[128];
 };
 
 int
@@ -154,6 +175,11 @@ conn_free(struct conn *c)
 {
 	struct server *s = c->srv;
 
+	if (c->delivering) {	/* the job still points here: free it when it is done */
+		c->dead = 1;
+		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+		return;
+	}
 	if (c->has_addr) {
 		unsigned *pc = per_client(s, &c->addr, 0);
 
@@ -186,18 +212,71 @@ flush_output(struct conn *c)
 		c->closing = 1;
 }
 
+static void read_cb(struct bufferevent *bev, void *arg);
+
+/* on a job thread: the blocking part */
+static void
+delivery_run(void *arg)
+{
+	struct delivery *d = arg;
+	const char *err;
+
+	if (d->n == 0) {
+		snprintf(d->err, sizeof(d->err), "no local recipient to deliver to");
+		return;
+	}
+	if (maildir_deliver(d->root, d->r, d->n, d->head, strlen(d->head), d->data, d->len,
+	    d->id, &err) < 0)
+		snprintf(d->err, sizeof(d->err), "%s", err);
+	else
+		d->ok = 1;
+}
+
+/* back on the loop: answer the final dot, go on with the client's input */
+static void
+delivery_done(void *arg)
+{
+	struct delivery *d = arg;
+	struct conn *c = d->c;
+
+	c->delivering = 0;
+	if (d->ok)
+		log_info("%s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->id, d->sender,
+		    d->n, d->len, d->client);
+	else
+		log_error("delivery from %s failed: %s", d->client, d->err);
+	if (c->dead) {
+		conn_free(c);
+	} else {
+		if (d->ok)
+			smtp_proto_delivered(c->sp, 1, NULL, NULL, d->id);
+		else
+			smtp_proto_delivered(c->sp, 0, "451", "4.3.0",
+			    "Error: local delivery failed, try again later");
+		flush_output(c);
+		bufferevent_enable(c->bev, EV_READ);
+		read_cb(c->bev, c);	/* pipelined input may be waiting */
+	}
+	free(d->head);
+	for (size_t i = 0; i < d->n; i++)
+		free(d->split[i]);
+	free(d->split);
+	free(d->r);
+	free(d);
+}
+
 static void
 deliver(struct conn *c, struct smtp_msg *m)
 {
 	struct server *s = c->srv;
-	struct maildir_rcpt *r = xcalloc(m->nrcpt + 1, sizeof(*r));
-	char **split = xcalloc(m->nrcpt + 1, sizeof(char *));
-	size_t n = 0;
-	char id[64], date[64], *head;
-	const char *err;
+	struct delivery *d = xcalloc(1, sizeof(*d));
+	char date[64];
 	time_t now = time(NULL);
 	struct tm tm;
 
+	d->c = c;
+	d->r = xcalloc(m->nrcpt + 1, sizeof(*d->r));
+	d->split = xcalloc(m->nrcpt + 1, sizeof(char *));
 	for (size_t i = 0; i < m->nrcpt; i++) {
 		char *at;
 		int dup = 0;
@@ -208,34 +287,26 @@ deliver(struct conn *c, struct smtp_msg *m)
 			dup |= m->rcpt_local[j] && strcasecmp(m->rcpt[j], m->rcpt[i]) == 0;
 		if (dup)
 			continue;
-		split[n] = xstrdup(m->rcpt[i]);
-		at = strrchr(split[n], '@');
+		d->split[d->n] = xstrdup(m->rcpt[i]);
+		at = strrchr(d->split[d->n], '@');
 		*at = '\0';
-		r[n].local = split[n];
-		r[n].domain = at + 1;
-		n++;
+		d->r[d->n].local = d->split[d->n];
+		d->r[d->n].domain = at + 1;
+		d->n++;
 	}
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	head = xasprintf("Received: from %s (%s)\r\n\tby %s (Portcullis) with ESMTP\r\n\t"
+	d->head = xasprintf("Received: from %s (%s)\r\n\tby %s (Portcullis) with ESMTP\r\n\t"
 	    "for <%s>; %s\r\n", m->helo[0] ? m->helo : "unknown", m->client,
 	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
-	if (n == 0) {
-		smtp_proto_delivered(c->sp, 0, "451", "4.3.0", "no local recipient to deliver to");
-	} else if (maildir_deliver(s->c->maildir_root, r, n, head, strlen(head), m->data, m->len,
-	    id, &err) < 0) {
-		log_error("delivery from %s failed: %s", m->client, err);
-		smtp_proto_delivered(c->sp, 0, "451", "4.3.0", "Error: local delivery failed, try again later");
-	} else {
-		log_info("%s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", id, m->sender, n,
-		    m->len, m->client);
-		smtp_proto_delivered(c->sp, 1, NULL, NULL, id);
-	}
-	free(head);
-	for (size_t i = 0; i < n; i++)
-		free(split[i]);
-	free(split);
-	free(r);
+	d->data = m->data;	/* stays with the session until smtp_proto_delivered() */
+	d->len = m->len;
+	d->root = s->c->maildir_root;
+	snprintf(d->sender, sizeof(d->sender), "%s", m->sender);
+	snprintf(d->client, sizeof(d->client), "%s", m->client);
+	c->delivering = 1;
+	bufferevent_disable(c->bev, EV_READ);
+	jobs_submit(s->jobs, delivery_run, delivery_done, d);
 }
 
 static void
@@ -263,10 +334,13 @@ read_cb(struct bufferevent *bev, void *arg)
 		used = smtp_proto_input(c->sp, v.iov_base, v.iov_len, (long long)time(NULL));
 		evbuffer_drain(in, used);
 		handle_ban(c);
-		if (smtp_proto_pending(c->sp) != NULL)
-			deliver(c, smtp_proto_pending(c->sp));
 		flush_output(c);
-		if (used == 0 && smtp_proto_pending(c->sp) == NULL)
+		if (smtp_proto_pending(c->sp) != NULL) {
+			if (!c->delivering)
+				deliver(c, smtp_proto_pending(c->sp));
+			return;	/* the rest waits for the delivery */
+		}
+		if (used == 0)
 			break;
 	}
 	if (c->closing) {
@@ -406,6 +480,7 @@ smtp_server_run(const int *fds, size_t nfds, const struct smtp_server_conf *c,
 		free(s);
 		return -1;
 	}
+	s->jobs = jobs_new(s->base, SMTP_DELIVERY_THREADS);
 	for (size_t i = 0; i < nfds; i++) {
 		evutil_make_socket_nonblocking(fds[i]);
 		ls[i] = evconnlistener_new(s->base, accept_cb, s, LEV_OPT_CLOSE_ON_EXEC, -1, fds[i]);
@@ -425,8 +500,10 @@ smtp_server_run(const int *fds, size_t nfds, const struct smtp_server_conf *c,
 	for (size_t i = 0; i < nfds; i++)
 		if (ls[i] != NULL)
 			evconnlistener_free(ls[i]);
+	jobs_free(&s->jobs);	/* deliveries in flight finish first */
 	while (s->conns != NULL) {
 		smtp_proto_eof(s->conns->sp);
+		s->conns->delivering = 0;
 		conn_free(s->conns);
 	}
 	event_free(sig_term);

@@ -24,7 +24,7 @@
 #include "storage-adapter/maildir.h"
 
 static atomic_ulong seq;
-static char errbuf[512];
+static _Thread_local char errbuf[512];	/* one per delivery thread */
 
 int
 maildir_name_is_safe(const char *s)
