@@ -23,8 +23,19 @@ const struct conf_key conf_keys[] = {
 	/* milter front door */
 	{ "milter_listen", "inet:127.0.0.1:8891", CT_STR, NULL, 0, 0 },
 
+	/* TLS, one set of keys for every listener */
+	{ "tls_cert_file", "", CT_STR, NULL, 0, 0 },
+	{ "tls_key_file", "", CT_STR, NULL, 0, 0 },
+	{ "tls_min_version", "TLSv1.2", CT_ENUM, "TLSv1.2|TLSv1.3", 0, 0 },
+	{ "tls_ciphers", "", CT_STR, NULL, 0, 0 },
+	{ "tls_ciphersuites", "", CT_STR, NULL, 0, 0 },
+	{ "tls_client_ca_file", "", CT_STR, NULL, 0, 0 },
+	{ "tls_verify_client", "none", CT_ENUM, "none|optional|require", 0, 0 },
+
 	/* SMTP gateway front door */
 	{ "smtp_listen", "127.0.0.1:2525", CT_LIST, NULL, 0, 0 },
+	{ "submission_listen", "", CT_LIST, NULL, 0, 0 },	/* AUTH required */
+	{ "smtps_listen", "", CT_LIST, NULL, 0, 0 },		/* implicit TLS (RFC 8314) */
 	{ "smtp_banner", "$myhostname ESMTP", CT_STR, NULL, 0, 0 },
 	{ "vrfy", "no", CT_BOOL, NULL, 0, 0 },
 	{ "smtp_bare_newline", "reject", CT_ENUM, "reject|normalize", 0, 0 },

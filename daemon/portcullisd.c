@@ -30,6 +30,7 @@
 
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/tls.h"
 #include "common/xmalloc.h"
 #include "daemon/watcher.h"
 #include "milter/milter.h"
@@ -37,6 +38,8 @@
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
 #include "storage-adapter/ratelimit.h"
+
+#include <openssl/ssl.h>
 
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
 #define MAX_SERVICES 4
@@ -55,7 +58,9 @@ struct worker {
 static const struct conf *conf;
 static const struct policy *pol;
 static int smtp_fds[MAX_LISTENERS];
+static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
 static size_t nsmtp_fds;
+static SSL_CTX *tls_ctx;
 
 static void
 usage(void)
@@ -218,11 +223,12 @@ worker_main(enum service svc, int readyfd)
 		sc.timeout = (unsigned)conf_get_int(conf, "smtp_timeout");
 		sc.ban = watcher_ban;
 		sc.ban_arg = w;
+		sc.tls = tls_ctx;
 		/* libevent takes SIGTERM/SIGINT through its signal events */
 		block_stop_signals(SIG_UNBLOCK);
 		log_info("smtp ready on %s", conf_get(conf, "smtp_listen"));
 		ready(readyfd, "ok\n");
-		if (smtp_server_run(smtp_fds, nsmtp_fds, &sc, &err) < 0) {
+		if (smtp_server_run(smtp_fds, smtp_kinds, nsmtp_fds, &sc, &err) < 0) {
 			log_error("smtp: %s", err);
 			rc = -1;
 		}
@@ -411,17 +417,34 @@ dup:		;
 			    conf_where(c, "delivery"));
 			return 1;
 		}
-		listen = conf_get_list(c, "smtp_listen", &n);
-		for (size_t j = 0; j < n && nsmtp_fds < MAX_LISTENERS; j++) {
-			int fd = smtp_server_listen(listen[j], &err);
-
-			if (fd < 0) {
-				fprintf(stderr, "portcullisd: %s\n", err);
-				return 1;
-			}
-			smtp_fds[nsmtp_fds++] = fd;
+		tls_ctx = tls_server_ctx_new(c, &err);
+		if (tls_ctx == NULL && err[0] != '\0') {
+			fprintf(stderr, "portcullisd: %s\n", err);
+			return 1;
 		}
-		conf_list_free(listen);
+		{
+			static const char *const keys[] = { "smtp_listen", "submission_listen", "smtps_listen" };
+
+			for (int k = 0; k < 3; k++) {
+				listen = conf_get_list(c, keys[k], &n);
+				if (k == 2 && n > 0 && tls_ctx == NULL) {
+					fprintf(stderr, "portcullisd: %s: smtps_listen needs tls_cert_file and tls_key_file\n",
+					    conf_where(c, "smtps_listen"));
+					return 1;
+				}
+				for (size_t j = 0; j < n && nsmtp_fds < MAX_LISTENERS; j++) {
+					int fd = smtp_server_listen(listen[j], &err);
+
+					if (fd < 0) {
+						fprintf(stderr, "portcullisd: %s\n", err);
+						return 1;
+					}
+					smtp_kinds[nsmtp_fds] = (enum smtp_listener_kind)k;
+					smtp_fds[nsmtp_fds++] = fd;
+				}
+				conf_list_free(listen);
+			}
+		}
 	}
 
 	log_open("portcullisd", foreground);
@@ -549,6 +572,8 @@ dup:		;
 	for (size_t i = 0; i < nsmtp_fds; i++)
 		close(smtp_fds[i]);
 	unlink(conf_get(c, "pid_file"));
+	if (tls_ctx != NULL)
+		SSL_CTX_free(tls_ctx);
 	policy_free(&p);
 	conf_free(&c);
 	return 0;

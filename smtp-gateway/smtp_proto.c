@@ -34,7 +34,7 @@
 #define SMTP_MAX_ERRORS 10		/* then 421 */
 #define SMTP_MAX_RCPT_HARD 10000
 
-enum st { ST_CMD, ST_DATA, ST_WAIT, ST_CLOSED };
+enum st { ST_CMD, ST_DATA, ST_WAIT, ST_TLS, ST_CLOSED };
 
 /* DATA scanner states */
 enum ds { DS_LS_CRLF, DS_LS_LF, DS_DOT, DS_DOT_CR, DS_MID, DS_CR };
@@ -72,6 +72,10 @@ struct smtp_proto {
 	unsigned long ban;
 	struct ipaddr ban_addr;
 	unsigned errors;
+	int tls;		/* encrypted */
+	int submission;		/* AUTH required before MAIL */
+	int authenticated;
+	int starttls;		/* the server must start TLS now */
 };
 
 static void
@@ -299,6 +303,58 @@ split_path(char *arg, const char *kw, char **path_r, char **params_r)
 	return 0;
 }
 
+void
+smtp_proto_set_tls(struct smtp_proto *sp, int active)
+{
+	sp->tls = active;
+	if (active && sp->st == ST_TLS) {
+		/* RFC 3207: forget everything said before the handshake */
+		if (sp->in_tx)
+			engine_abort(sp->es);
+		tx_reset(sp);
+		sp->greeted = 0;
+		sp->helo[0] = '\0';
+		sp->st = ST_CMD;
+	}
+}
+
+void
+smtp_proto_set_submission(struct smtp_proto *sp)
+{
+	sp->submission = 1;
+}
+
+int
+smtp_proto_take_starttls(struct smtp_proto *sp)
+{
+	int s = sp->starttls;
+
+	sp->starttls = 0;
+	return s;
+}
+
+static void
+cmd_starttls(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
+{
+	(void)cmdlen;
+	(void)now;
+	if (*arg != '\0') {
+		error_reply(sp, "501 5.5.4 Syntax: STARTTLS");
+		return;
+	}
+	if (sp->tls) {
+		error_reply(sp, "503 5.5.1 Error: TLS already active");
+		return;
+	}
+	if (!sp->p->tls_available) {
+		error_reply(sp, "454 4.7.0 TLS not available");
+		return;
+	}
+	reply(sp, "220 2.0.0 Ready to start TLS");
+	sp->st = ST_TLS;
+	sp->starttls = 1;
+}
+
 static void
 cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehlo)
 {
@@ -328,6 +384,8 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 	}
 	reply(sp, "250-%s", sp->p->myhostname);
 	reply(sp, "250-PIPELINING");
+	if (sp->p->tls_available && !sp->tls)
+		reply(sp, "250-STARTTLS");
 	if (sp->p->message_size_limit)
 		reply(sp, "250-SIZE %zu", sp->p->message_size_limit);
 	else
@@ -353,6 +411,10 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	}
 	if (sp->in_tx) {
 		error_reply(sp, "503 5.5.1 Error: nested MAIL command");
+		return;
+	}
+	if (sp->submission && !sp->authenticated) {
+		error_reply(sp, "530 5.7.0 Authentication required");
 		return;
 	}
 	if (split_path(arg, "FROM:", &path, &params) < 0) {
@@ -547,6 +609,13 @@ static const struct {
 	{ "HELP", c_help }, { "VRFY", c_vrfy }, { "EXPN", c_expn },
 };
 
+static const struct {
+	const char *verb;
+	cmd_fn fn;
+} long_commands[] = {
+	{ "STARTTLS", cmd_starttls },
+};
+
 static void
 command(struct smtp_proto *sp, char *line, size_t cmdlen, long long now)
 {
@@ -558,6 +627,12 @@ command(struct smtp_proto *sp, char *line, size_t cmdlen, long long now)
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		if (vl == 4 && strncasecmp(line, commands[i].verb, 4) == 0) {
 			commands[i].fn(sp, arg, cmdlen, now);
+			return;
+		}
+	for (size_t i = 0; i < sizeof(long_commands) / sizeof(long_commands[0]); i++)
+		if (vl == strlen(long_commands[i].verb) &&
+		    strncasecmp(line, long_commands[i].verb, vl) == 0) {
+			long_commands[i].fn(sp, arg, cmdlen, now);
 			return;
 		}
 	{
@@ -745,8 +820,10 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 	size_t i = 0;
 
 	while (i < len) {
-		if (sp->st == ST_CLOSED || sp->st == ST_WAIT)
-			return sp->st == ST_CLOSED ? len : i;
+		if (sp->st == ST_CLOSED || sp->st == ST_TLS)
+			return len;	/* after STARTTLS, buffered plaintext is dropped */
+		if (sp->st == ST_WAIT)
+			return i;
 		if (sp->st == ST_DATA) {
 			i += data_input(sp, buf + i, len - i);
 			continue;

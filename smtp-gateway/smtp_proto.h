@@ -20,6 +20,7 @@ struct smtp_params {
 	int vrfy;			/* 0: 502 for VRFY/EXPN */
 	int bare_newline_reject;	/* 1: refuse bare CR/LF in DATA; 0: normalise */
 	int have_relayhost;		/* relayed recipients can be passed on */
+	int tls_available;		/* STARTTLS can be offered */
 	/* 1: local user exists, 0: unknown; NULL: every local user exists */
 	int (*user_exists)(void *arg, const char *local, const char *domain);
 	void *user_arg;
@@ -62,6 +63,13 @@ void smtp_proto_delivered(struct smtp_proto *sp, int ok, const char *code, const
     const char *text);
 /* a ban the last verdict asked for: seconds > 0 (cleared by reading) */
 unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);
+/* the connection is (now) encrypted: after implicit TLS or a STARTTLS handshake */
+void smtp_proto_set_tls(struct smtp_proto *sp, int active);
+/* a submission listener: MAIL needs AUTH first */
+void smtp_proto_set_submission(struct smtp_proto *sp);
+/* 1 once, right after "220 Ready to start TLS" was queued: flush it, drop any
+ * input already buffered (RFC 3207 §4: no plaintext injection), start TLS */
+int smtp_proto_take_starttls(struct smtp_proto *sp);
 /* the client sent a command that makes an error budget: counts for 421 */
 unsigned smtp_proto_errors(const struct smtp_proto *sp);
 

@@ -26,7 +26,11 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/listener.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "common/log.h"
 #include "common/xmalloc.h"
@@ -37,6 +41,12 @@
 
 #define PER_CLIENT_SLOTS 1024
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
+
+struct listener {
+	struct server *srv;
+	enum smtp_listener_kind kind;
+	struct evconnlistener *l;
+};
 
 struct server {
 	const struct smtp_server_conf *c;
@@ -59,6 +69,7 @@ struct conn {
 	int has_addr;
 	int closing;
 	int delivering;		/* a delivery job holds this connection */
+	int tls;		/* the bev is an OpenSSL one, handshake pending or done */
 	int dead;		/* the peer went away while delivering */
 };
 
@@ -309,6 +320,35 @@ deliver(struct conn *c, struct smtp_msg *m)
 	jobs_submit(s->jobs, delivery_run, delivery_done, d);
 }
 
+static void write_cb(struct bufferevent *bev, void *arg);
+static void event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* STARTTLS: "220 Ready" is queued on the plain bev; TLS wraps it from here */
+static void
+start_tls(struct conn *c)
+{
+	struct server *s = c->srv;
+	SSL *ssl = SSL_new(s->c->tls);
+	struct bufferevent *tb;
+	struct timeval tv = { s->c->timeout, 0 };
+
+	/* RFC 3207 §4: whatever the client sent before the handshake is dropped */
+	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+	tb = ssl ? bufferevent_openssl_filter_new(s->base, c->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	    BEV_OPT_CLOSE_ON_FREE) : NULL;
+	if (tb == NULL) {
+		log_error("cannot start TLS");
+		c->closing = 1;
+		return;
+	}
+	c->bev = tb;
+	c->tls = 1;
+	bufferevent_setcb(tb, read_cb, write_cb, event_cb, c);
+	bufferevent_set_timeouts(tb, &tv, &tv);
+	bufferevent_enable(tb, EV_READ | EV_WRITE);
+	smtp_proto_set_tls(c->sp, 1);
+}
+
 static void
 handle_ban(struct conn *c)
 {
@@ -335,6 +375,10 @@ read_cb(struct bufferevent *bev, void *arg)
 		evbuffer_drain(in, used);
 		handle_ban(c);
 		flush_output(c);
+		if (smtp_proto_take_starttls(c->sp)) {
+			start_tls(c);
+			return;
+		}
 		if (smtp_proto_pending(c->sp) != NULL) {
 			if (!c->delivering)
 				deliver(c, smtp_proto_pending(c->sp));
@@ -365,6 +409,8 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct conn *c = arg;
 
+	if (what & BEV_EVENT_CONNECTED)
+		return;		/* a TLS handshake completed */
 	if (what & BEV_EVENT_TIMEOUT) {
 		char msg[160];
 		int n = snprintf(msg, sizeof(msg), "421 4.4.2 %s Error: timeout exceeded\r\n",
@@ -374,6 +420,16 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 		    c->has_addr ? "a client" : "unknown");
 		(void)send(bufferevent_getfd(bev), msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
 	}
+	if ((what & BEV_EVENT_ERROR) && c->tls) {
+		unsigned long e = bufferevent_get_openssl_error(bev);
+
+		if (e != 0) {
+			char buf[200];
+
+			ERR_error_string_n(e, buf, sizeof(buf));
+			log_info("TLS error from %s: %s", c->has_addr ? "client" : "unknown", buf);
+		}
+	}
 	smtp_proto_eof(c->sp);
 	conn_free(c);
 }
@@ -382,7 +438,8 @@ static void
 accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
     void *arg)
 {
-	struct server *s = arg;
+	struct listener *li = arg;
+	struct server *s = li->srv;
 	struct conn *c = xcalloc(1, sizeof(*c));
 	struct timeval tv = { s->c->timeout, 0 };
 	unsigned *pc = NULL;
@@ -395,8 +452,20 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		s->conns->prev = c;
 	s->conns = c;
 	c->has_addr = cidr_addr_from_sockaddr(sa, &c->addr) == 0;
-	c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (li->kind == LISTEN_SMTPS) {
+		SSL *ssl = SSL_new(s->c->tls);
+
+		c->bev = bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+		    BEV_OPT_CLOSE_ON_FREE);
+		c->tls = 1;
+	} else {
+		c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	}
 	c->sp = smtp_proto_new(&s->params);
+	if (li->kind == LISTEN_SMTPS)
+		smtp_proto_set_tls(c->sp, 1);
+	if (li->kind != LISTEN_SMTP)
+		smtp_proto_set_submission(c->sp);
 	s->nconn++;
 	if (c->has_addr)
 		pc = per_client(s, &c->addr, 1);
@@ -451,17 +520,18 @@ users_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 int
-smtp_server_run(const int *fds, size_t nfds, const struct smtp_server_conf *c,
-    const char **error_r)
+smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfds,
+    const struct smtp_server_conf *c, const char **error_r)
 {
 	struct server *s = xcalloc(1, sizeof(*s));
-	struct evconnlistener **ls = xcalloc(nfds + 1, sizeof(*ls));
+	struct listener *ls = xcalloc(nfds + 1, sizeof(*ls));
 	struct event *sig_term, *sig_int, *tick;
 	struct timeval one = { 1, 0 };
 	int rc = 0;
 
 	s->c = c;
 	s->params = c->params;
+	s->params.tls_available = c->tls != NULL;
 	if (c->users_url != NULL && c->users_url[0] != '\0') {
 		s->users = userdb_load(c->users_url, error_r);
 		if (s->users == NULL) {
@@ -483,8 +553,11 @@ smtp_server_run(const int *fds, size_t nfds, const struct smtp_server_conf *c,
 	s->jobs = jobs_new(s->base, SMTP_DELIVERY_THREADS);
 	for (size_t i = 0; i < nfds; i++) {
 		evutil_make_socket_nonblocking(fds[i]);
-		ls[i] = evconnlistener_new(s->base, accept_cb, s, LEV_OPT_CLOSE_ON_EXEC, -1, fds[i]);
-		if (ls[i] == NULL) {
+		ls[i].srv = s;
+		ls[i].kind = kinds[i];
+		ls[i].l = evconnlistener_new(s->base, accept_cb, &ls[i], LEV_OPT_CLOSE_ON_EXEC, -1,
+		    fds[i]);
+		if (ls[i].l == NULL) {
 			*error_r = "cannot listen";
 			rc = -1;
 		}
@@ -498,8 +571,8 @@ smtp_server_run(const int *fds, size_t nfds, const struct smtp_server_conf *c,
 	if (rc == 0)
 		event_base_dispatch(s->base);
 	for (size_t i = 0; i < nfds; i++)
-		if (ls[i] != NULL)
-			evconnlistener_free(ls[i]);
+		if (ls[i].l != NULL)
+			evconnlistener_free(ls[i].l);
 	jobs_free(&s->jobs);	/* deliveries in flight finish first */
 	while (s->conns != NULL) {
 		smtp_proto_eof(s->conns->sp);

@@ -5,6 +5,9 @@
 #include "smtp-gateway/smtp_proto.h"
 
 struct userdb;
+typedef struct ssl_ctx_st SSL_CTX;
+
+enum smtp_listener_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS };
 
 /* What the daemon hands the SMTP front door. Must outlive smtp_server_run(). */
 struct smtp_server_conf {
@@ -14,6 +17,7 @@ struct smtp_server_conf {
 	unsigned max_connections;	/* total */
 	unsigned max_per_client;	/* per client address */
 	unsigned timeout;		/* seconds idle / per command */
+	SSL_CTX *tls;			/* NULL: no STARTTLS, no smtps */
 	/* from the event loop; must not block */
 	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why);
 	void *ban_arg;
@@ -22,8 +26,9 @@ struct smtp_server_conf {
 /* "127.0.0.1:2525", "[::1]:2525" -> a listening socket; -1 with *error_r */
 int smtp_server_listen(const char *spec, const char **error_r)
     __attribute__((warn_unused_result));
-/* serve the given listening sockets until SIGTERM/SIGINT; 0 on a clean stop */
-int smtp_server_run(const int *fds, size_t nfds, const struct smtp_server_conf *c,
-    const char **error_r) __attribute__((warn_unused_result));
+/* serve the given listening sockets (kinds[i] for fds[i]) until SIGTERM/SIGINT */
+int smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfds,
+    const struct smtp_server_conf *c, const char **error_r)
+    __attribute__((warn_unused_result));
 
 #endif

@@ -1,0 +1,17 @@
+#ifndef PC_TLS_H
+#define PC_TLS_H
+
+/*
+ * One TLS server context for every listener, from one set of settings:
+ * tls_cert_file, tls_key_file, tls_min_version, tls_ciphers (TLS 1.2),
+ * tls_ciphersuites (TLS 1.3), tls_client_ca_file, tls_verify_client.
+ */
+struct conf;
+typedef struct ssl_ctx_st SSL_CTX;
+
+/* NULL with *error_r when TLS is not configured (error_r "") or broken
+ * (error names the file and what is wrong) */
+SSL_CTX *tls_server_ctx_new(const struct conf *c, const char **error_r);
+int tls_is_configured(const struct conf *c);
+
+#endif
