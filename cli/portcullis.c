@@ -554,7 +554,8 @@ cmd_user(const struct conf *c, int argc, char **argv)
 			userdb_free(&db);
 		}
 		pw = read_password(from_stdin);
-		if (userdb_set_password(url, argv[1], pw, add, &err) < 0) {
+		if (userdb_set_password(url, argv[1], pw, add,
+		    strstr(conf_get(c, "auth_mechanisms"), "CRAM-MD5") != NULL, &err) < 0) {
 			explicit_bzero(pw, strlen(pw));
 			free(pw);
 			die("%s", err);

@@ -45,6 +45,8 @@ const struct conf_key conf_keys[] = {
 	{ "smtp_timeout", "300", CT_TIME, NULL, 1, 3600 },
 	{ "delivery", "maildir:$state_dir/mail", CT_STR, NULL, 0, 0 },
 	{ "users", "file:$state_dir/users", CT_STR, NULL, 0, 0 },
+	{ "auth_mechanisms", "PLAIN LOGIN CRAM-MD5", CT_LIST, NULL, 0, 0 },
+	{ "auth_allow_plaintext", "no", CT_BOOL, NULL, 0, 0 },
 
 	/* relay control */
 	{ "mydomains", "", CT_LIST, NULL, 0, 0 },

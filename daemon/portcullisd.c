@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -205,6 +206,7 @@ worker_main(enum service svc, int readyfd)
 	} else {
 		static struct smtp_server_conf sc;
 		const char *delivery = conf_get(conf, "delivery");
+		size_t n_mech = 0;
 
 		memset(&sc, 0, sizeof(sc));
 		sc.params.pol = pol;
@@ -217,6 +219,18 @@ worker_main(enum service svc, int readyfd)
 		sc.params.bare_newline_reject = strcmp(conf_get(conf, "smtp_bare_newline"), "reject") == 0;
 		sc.params.have_relayhost = 0;
 		sc.users_url = conf_get(conf, "users");
+		{
+			char **m = conf_get_list(conf, "auth_mechanisms", &n_mech);
+
+			for (size_t k = 0; k < n_mech; k++)
+				sc.params.auth_mechs |= strcasecmp(m[k], "PLAIN") == 0 ? SMTP_AUTH_PLAIN :
+				    strcasecmp(m[k], "LOGIN") == 0 ? SMTP_AUTH_LOGIN :
+				    strcasecmp(m[k], "CRAM-MD5") == 0 ? SMTP_AUTH_CRAM : 0;
+			conf_list_free(m);
+			if (sc.users_url[0] == '\0')
+				sc.params.auth_mechs = 0;
+		}
+		sc.params.auth_allow_plaintext = conf_get_bool(conf, "auth_allow_plaintext");
 		sc.maildir_root = delivery + 8;	/* checked by the master */
 		sc.max_connections = (unsigned)conf_get_int(conf, "smtp_max_connections");
 		sc.max_per_client = (unsigned)conf_get_int(conf, "smtp_max_per_client");
@@ -407,6 +421,18 @@ dup:		;
 	if (nsvc == 0) {
 		fprintf(stderr, "portcullisd: %s: services: nothing to run\n", conf_where(c, "services"));
 		return 1;
+	}
+	{
+		char **m = conf_get_list(c, "auth_mechanisms", &n);
+
+		for (size_t k = 0; k < n; k++)
+			if (strcasecmp(m[k], "PLAIN") != 0 && strcasecmp(m[k], "LOGIN") != 0 &&
+			    strcasecmp(m[k], "CRAM-MD5") != 0) {
+				fprintf(stderr, "portcullisd: %s: auth_mechanisms: \"%.40s\" is not PLAIN, "
+				    "LOGIN or CRAM-MD5\n", conf_where(c, "auth_mechanisms"), m[k]);
+				return 1;
+			}
+		conf_list_free(m);
 	}
 	for (size_t i = 0; i < nsvc; i++) {
 		if (wk[i].svc != SVC_SMTP)

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/mailaddr.h"
@@ -31,10 +32,11 @@
 #include "smtp-gateway/smtp_proto.h"
 
 #define SMTP_HARD_LINE_MAX 4096		/* when max_command_length = 0 */
-#define SMTP_MAX_ERRORS 10		/* then 421 */
+#define SMTP_MAX_ERRORS 10		/* then 421; before AUTH */
+#define SMTP_MAX_ERRORS_AUTH 30		/* after AUTH: a known user gets more room */
 #define SMTP_MAX_RCPT_HARD 10000
 
-enum st { ST_CMD, ST_DATA, ST_WAIT, ST_TLS, ST_CLOSED };
+enum st { ST_CMD, ST_DATA, ST_WAIT, ST_TLS, ST_AUTH, ST_AUTHWAIT, ST_CLOSED };
 
 /* DATA scanner states */
 enum ds { DS_LS_CRLF, DS_LS_LF, DS_DOT, DS_DOT_CR, DS_MID, DS_CR };
@@ -76,6 +78,10 @@ struct smtp_proto {
 	int submission;		/* AUTH required before MAIL */
 	int authenticated;
 	int starttls;		/* the server must start TLS now */
+	char auth_user[256];
+	struct smtp_auth_req auth;
+	int auth_step;		/* LOGIN: 1 user, 2 password; others: 1 */
+	int auth_pending;
 };
 
 static void
@@ -112,7 +118,8 @@ smtp_proto_new(const struct smtp_params *p)
 	sp->es = engine_session_new(p->pol);
 	if (p->rl != NULL)
 		engine_session_set_ratelimit(sp->es, p->rl);
-	sp->linecap = (p->pol->max_command_length ? p->pol->max_command_length : SMTP_HARD_LINE_MAX) + 1;
+	/* room for AUTH lines; other commands are held to max_command_length */
+	sp->linecap = SMTP_AUTH_LINE_MAX + 3;
 	sp->line = xmalloc(sp->linecap);
 	sp->ocap = 1024;
 	sp->out = xmalloc(sp->ocap);
@@ -238,7 +245,7 @@ error_reply(struct smtp_proto *sp, const char *fmt, ...)
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	reply(sp, "%s", buf);
-	if (++sp->errors >= SMTP_MAX_ERRORS) {
+	if (++sp->errors >= (sp->authenticated ? SMTP_MAX_ERRORS_AUTH : SMTP_MAX_ERRORS)) {
 		reply(sp, "421 4.7.0 %s Error: too many errors", sp->p->myhostname);
 		sp->close_after = 1;
 		sp->st = ST_CLOSED;
@@ -333,6 +340,253 @@ smtp_proto_take_starttls(struct smtp_proto *sp)
 	return s;
 }
 
+/* strict base64 (RFC 4648), for AUTH; -1 on garbage */
+static int
+b64_decode(const char *in, unsigned char *out, size_t cap, size_t *len_r)
+{
+	static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t n = strlen(in), o = 0;
+	unsigned v = 0;
+	int bits = 0, pad = 0;
+
+	if (n % 4 != 0)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		const char *p;
+
+		if (in[i] == '=') {
+			if (i < n - 2)
+				return -1;
+			pad++;
+			continue;
+		}
+		if (pad || (p = strchr(tab, in[i])) == NULL || in[i] == '\0')
+			return -1;
+		v = (v << 6) | (unsigned)(p - tab);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (o + 1 >= cap)
+				return -1;
+			out[o++] = (unsigned char)(v >> bits);
+		}
+	}
+	out[o] = '\0';
+	*len_r = o;
+	return 0;
+}
+
+static void
+b64_encode(const unsigned char *in, size_t n, char *out)
+{
+	static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i += 3) {
+		unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0) |
+		    (i + 2 < n ? in[i + 2] : 0);
+
+		out[o++] = tab[(v >> 18) & 63];
+		out[o++] = tab[(v >> 12) & 63];
+		out[o++] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+		out[o++] = i + 2 < n ? tab[v & 63] : '=';
+	}
+	out[o] = '\0';
+}
+
+struct smtp_auth_req *
+smtp_proto_pending_auth(struct smtp_proto *sp)
+{
+	return sp->auth_pending ? &sp->auth : NULL;
+}
+
+const char *
+smtp_proto_auth_user(const struct smtp_proto *sp)
+{
+	return sp->auth_user;
+}
+
+void
+smtp_proto_auth_done(struct smtp_proto *sp, int ok)
+{
+	char esc[LOG_ESCAPE_BUFSZ];
+
+	sp->auth_pending = 0;
+	sp->st = ST_CMD;
+	if (ok) {
+		snprintf(sp->auth_user, sizeof(sp->auth_user), "%s", sp->auth.user);
+		sp->authenticated = 1;
+		log_info("%s: AUTH %s as %s", engine_client_text(sp->es),
+		    sp->auth.mech == SMTP_AUTH_CRAM ? "CRAM-MD5" : sp->auth.mech == SMTP_AUTH_LOGIN ?
+		    "LOGIN" : "PLAIN", log_escape(esc, sp->auth.user, strlen(sp->auth.user)));
+		reply(sp, "235 2.7.0 Authentication successful");
+	} else {
+		log_info("%s: AUTH failed for %s; reason=auth-failed", engine_client_text(sp->es),
+		    log_escape(esc, sp->auth.user, strlen(sp->auth.user)));
+		error_reply(sp, "535 5.7.8 Error: authentication failed");
+	}
+	explicit_bzero(sp->auth.pass, sizeof(sp->auth.pass));
+}
+
+/* one AUTH response line (or the initial response); moves the exchange on */
+static void
+auth_step(struct smtp_proto *sp, const char *line)
+{
+	unsigned char buf[SMTP_AUTH_LINE_MAX];
+	size_t n;
+
+	if (strcmp(line, "*") == 0) {
+		sp->st = ST_CMD;
+		error_reply(sp, "501 5.7.0 Authentication aborted");
+		return;
+	}
+	if (b64_decode(line, buf, sizeof(buf), &n) < 0) {
+		sp->st = ST_CMD;
+		error_reply(sp, "501 5.5.2 Error: invalid base64 data");
+		return;
+	}
+	switch (sp->auth.mech) {
+	case SMTP_AUTH_PLAIN: {
+		/* authzid NUL authcid NUL password */
+		const char *authz = (const char *)buf;
+		size_t zl = strnlen(authz, n);
+		const char *user = zl < n ? authz + zl + 1 : NULL;
+		size_t ul = user ? strnlen(user, n - zl - 1) : 0;
+		const char *pass = user && zl + 1 + ul < n ? user + ul + 1 : NULL;
+
+		if (pass == NULL || ul == 0 || ul >= sizeof(sp->auth.user) ||
+		    (size_t)(buf + n - (const unsigned char *)pass) >= sizeof(sp->auth.pass) ||
+		    (zl > 0 && strcmp(authz, user) != 0)) {
+			sp->st = ST_CMD;
+			error_reply(sp, "535 5.7.8 Error: authentication failed");
+			break;
+		}
+		memcpy(sp->auth.user, user, ul + 1);
+		memcpy(sp->auth.pass, pass, (size_t)(buf + n - (const unsigned char *)pass));
+		sp->auth.pass[buf + n - (const unsigned char *)pass] = '\0';
+		sp->auth_pending = 1;
+		sp->st = ST_AUTHWAIT;
+		break;
+	}
+	case SMTP_AUTH_LOGIN:
+		if (sp->auth_step == 1) {
+			if (n == 0 || n >= sizeof(sp->auth.user) || memchr(buf, '\0', n)) {
+				sp->st = ST_CMD;
+				error_reply(sp, "535 5.7.8 Error: authentication failed");
+				break;
+			}
+			memcpy(sp->auth.user, buf, n + 1);
+			sp->auth_step = 2;
+			reply(sp, "334 UGFzc3dvcmQ6");	/* "Password:" */
+		} else {
+			if (n >= sizeof(sp->auth.pass) || memchr(buf, '\0', n)) {
+				sp->st = ST_CMD;
+				error_reply(sp, "535 5.7.8 Error: authentication failed");
+				break;
+			}
+			memcpy(sp->auth.pass, buf, n + 1);
+			sp->auth_pending = 1;
+			sp->st = ST_AUTHWAIT;
+		}
+		break;
+	case SMTP_AUTH_CRAM: {
+		/* "user hexdigest" */
+		const char *sp2 = memchr(buf, ' ', n);
+		size_t ul = sp2 ? (size_t)(sp2 - (const char *)buf) : 0;
+
+		if (sp2 == NULL || ul == 0 || ul >= sizeof(sp->auth.user) ||
+		    n - ul - 1 >= sizeof(sp->auth.digest) || memchr(buf, '\0', n)) {
+			sp->st = ST_CMD;
+			error_reply(sp, "535 5.7.8 Error: authentication failed");
+			break;
+		}
+		memcpy(sp->auth.user, buf, ul);
+		sp->auth.user[ul] = '\0';
+		memcpy(sp->auth.digest, sp2 + 1, n - ul - 1);
+		sp->auth.digest[n - ul - 1] = '\0';
+		sp->auth_pending = 1;
+		sp->st = ST_AUTHWAIT;
+		break;
+	}
+	}
+	explicit_bzero(buf, sizeof(buf));
+}
+
+static void
+cmd_auth(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
+{
+	char *mech = arg, *init;
+	unsigned m;
+
+	(void)cmdlen;
+	if (sp->p->auth_mechs == 0) {
+		error_reply(sp, "502 5.5.1 Error: authentication not enabled");
+		return;
+	}
+	if (sp->greeted != 2) {
+		error_reply(sp, "503 5.5.1 Error: send EHLO first");
+		return;
+	}
+	if (sp->authenticated) {
+		error_reply(sp, "503 5.5.1 Error: already authenticated");
+		return;
+	}
+	if (sp->in_tx) {
+		error_reply(sp, "503 5.5.1 Error: MAIL transaction in progress");
+		return;
+	}
+	init = mech + strcspn(mech, " ");
+	if (*init == ' ')
+		*init++ = '\0';
+	if (strcasecmp(mech, "PLAIN") == 0)
+		m = SMTP_AUTH_PLAIN;
+	else if (strcasecmp(mech, "LOGIN") == 0)
+		m = SMTP_AUTH_LOGIN;
+	else if (strcasecmp(mech, "CRAM-MD5") == 0)
+		m = SMTP_AUTH_CRAM;
+	else
+		m = 0;
+	if (m == 0 || !(sp->p->auth_mechs & m)) {
+		error_reply(sp, "504 5.5.4 Unrecognized authentication mechanism");
+		return;
+	}
+	if (m != SMTP_AUTH_CRAM && !sp->tls && !sp->p->auth_allow_plaintext) {
+		error_reply(sp, "538 5.7.11 Encryption required for requested authentication mechanism");
+		return;
+	}
+	memset(&sp->auth, 0, sizeof(sp->auth));
+	sp->auth.mech = m;
+	sp->auth_step = 1;
+	sp->st = ST_AUTH;
+	if (m == SMTP_AUTH_CRAM) {
+		unsigned char rnd[8];
+		char b64[220];
+
+		if (*init != '\0') {
+			sp->st = ST_CMD;
+			error_reply(sp, "501 5.5.4 CRAM-MD5 takes no initial response");
+			return;
+		}
+		if (getentropy(rnd, sizeof(rnd)) < 0)
+			memset(rnd, 0, sizeof(rnd));
+		snprintf(sp->auth.challenge, sizeof(sp->auth.challenge), "<%02x%02x%02x%02x%02x%02x%02x%02x.%lld@%s>",
+		    rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], now,
+		    sp->p->myhostname);
+		b64_encode((const unsigned char *)sp->auth.challenge, strlen(sp->auth.challenge), b64);
+		reply(sp, "334 %s", b64);
+		return;
+	}
+	if (*init != '\0') {
+		if (m == SMTP_AUTH_LOGIN) {	/* RFC 4954 allows LOGIN's user as initial response */
+			auth_step(sp, init);
+			return;
+		}
+		auth_step(sp, strcmp(init, "=") == 0 ? "" : init);
+		return;
+	}
+	reply(sp, m == SMTP_AUTH_LOGIN ? "334 VXNlcm5hbWU6" : "334 ");
+}
+
 static void
 cmd_starttls(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 {
@@ -392,6 +646,19 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 		reply(sp, "250-SIZE");
 	if (sp->p->vrfy)
 		reply(sp, "250-VRFY");
+	if (sp->p->auth_mechs != 0 && !sp->authenticated) {
+		char mechs[64] = "";
+		int plain_ok = sp->tls || sp->p->auth_allow_plaintext;
+
+		if ((sp->p->auth_mechs & SMTP_AUTH_PLAIN) && plain_ok)
+			strcat(mechs, " PLAIN");
+		if ((sp->p->auth_mechs & SMTP_AUTH_LOGIN) && plain_ok)
+			strcat(mechs, " LOGIN");
+		if (sp->p->auth_mechs & SMTP_AUTH_CRAM)
+			strcat(mechs, " CRAM-MD5");
+		if (mechs[0] != '\0')
+			reply(sp, "250-AUTH%s", mechs);
+	}
 	reply(sp, "250-ENHANCEDSTATUSCODES");
 	reply(sp, "250 8BITMIME");
 }
@@ -449,7 +716,7 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		}
 	}
 	snap = snapref_acquire(sp->p->snaps, &ticket);
-	engine_mail(sp->es, snap, path, cmdlen, NULL, now, &v);
+	engine_mail(sp->es, snap, path, cmdlen, sp->authenticated ? sp->auth_user : NULL, now, &v);
 	snapref_release(sp->p->snaps, ticket);
 	if (verdict_reply(sp, STAGE_MAIL, &v, path))
 		return;
@@ -606,7 +873,7 @@ static const struct {
 } commands[] = {
 	{ "EHLO", c_ehlo }, { "HELO", c_helo }, { "MAIL", cmd_mail }, { "RCPT", cmd_rcpt },
 	{ "DATA", c_data }, { "RSET", c_rset }, { "NOOP", c_noop }, { "QUIT", c_quit },
-	{ "HELP", c_help }, { "VRFY", c_vrfy }, { "EXPN", c_expn },
+	{ "HELP", c_help }, { "VRFY", c_vrfy }, { "EXPN", c_expn }, { "AUTH", cmd_auth },
 };
 
 static const struct {
@@ -822,7 +1089,7 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 	while (i < len) {
 		if (sp->st == ST_CLOSED || sp->st == ST_TLS)
 			return len;	/* after STARTTLS, buffered plaintext is dropped */
-		if (sp->st == ST_WAIT)
+		if (sp->st == ST_WAIT || sp->st == ST_AUTHWAIT)
 			return i;
 		if (sp->st == ST_DATA) {
 			i += data_input(sp, buf + i, len - i);
@@ -849,13 +1116,32 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 			size_t cmdlen = sp->overflow_len + 1;
 			int crlf = !sp->overflow && sp->linelen > 0 && sp->line[sp->linelen - 1] == '\r';
 			int more = i < len;	/* the client sent more without waiting */
+			int authline = sp->st == ST_AUTH || (sp->linelen >= 5 &&
+			    strncasecmp(sp->line, "AUTH ", 5) == 0);
 
 			sp->line[sp->linelen - (crlf ? 1 : 0)] = '\0';
-			if (sp->overflow) {
+			/* AUTH exchanges may run to 12288 octets (RFC 4954); nothing else */
+			if (!sp->overflow && !authline && sp->p->pol->max_command_length > 0 &&
+			    cmdlen > sp->p->pol->max_command_length)
+				sp->overflow = 1;
+			else if (!sp->overflow && sp->p->pol->max_command_length == 0 && !authline &&
+			    cmdlen > SMTP_HARD_LINE_MAX)
+				sp->overflow = 1;
+			if (sp->st == ST_AUTH && !sp->overflow) {
+				if (!crlf && sp->p->bare_newline_reject) {
+					sp->st = ST_CMD;
+					error_reply(sp, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
+				} else {
+					auth_step(sp, sp->line);
+				}
+				explicit_bzero(sp->line, sp->linelen);
+			} else if (sp->overflow) {
 				unsigned ticket;
 				const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
 				struct verdict v;
 
+				if (sp->st == ST_AUTH)
+					sp->st = ST_CMD;
 				engine_long_command(sp->es, snap, cmdlen, now, &v);
 				snapref_release(sp->p->snaps, ticket);
 				/* the engine's verdict (and ban), or our hard cap */

@@ -21,9 +21,25 @@ struct smtp_params {
 	int bare_newline_reject;	/* 1: refuse bare CR/LF in DATA; 0: normalise */
 	int have_relayhost;		/* relayed recipients can be passed on */
 	int tls_available;		/* STARTTLS can be offered */
+	unsigned auth_mechs;		/* SMTP_AUTH_*; 0: no AUTH */
+	int auth_allow_plaintext;	/* PLAIN/LOGIN without TLS */
 	/* 1: local user exists, 0: unknown; NULL: every local user exists */
 	int (*user_exists)(void *arg, const char *local, const char *domain);
 	void *user_arg;
+};
+
+#define SMTP_AUTH_PLAIN	1u
+#define SMTP_AUTH_LOGIN	2u
+#define SMTP_AUTH_CRAM	4u
+#define SMTP_AUTH_LINE_MAX 12288	/* RFC 4954 §4 */
+
+/* An AUTH exchange the caller must check (slow: password hashing). */
+struct smtp_auth_req {
+	unsigned mech;			/* SMTP_AUTH_* */
+	char user[256];
+	char pass[1024];		/* PLAIN, LOGIN */
+	char challenge[160];		/* CRAM-MD5 */
+	char digest[64];		/* CRAM-MD5: the client's hex digest */
 };
 
 /* A message ready for delivery: the envelope and the data (CRLF lines,
@@ -61,6 +77,11 @@ struct smtp_msg *smtp_proto_pending(struct smtp_proto *sp);
 /* ok: the 250 text (queue id); !ok: code, dsn, text of the failure */
 void smtp_proto_delivered(struct smtp_proto *sp, int ok, const char *code, const char *dsn,
     const char *text);
+/* an AUTH exchange waits for checking (input is paused) */
+struct smtp_auth_req *smtp_proto_pending_auth(struct smtp_proto *sp);
+void smtp_proto_auth_done(struct smtp_proto *sp, int ok);
+/* "" when not authenticated */
+const char *smtp_proto_auth_user(const struct smtp_proto *sp);
 /* a ban the last verdict asked for: seconds > 0 (cleared by reading) */
 unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);
 /* the connection is (now) encrypted: after implicit TLS or a STARTTLS handshake */

@@ -36,6 +36,7 @@
 #include "common/xmalloc.h"
 #include "smtp-gateway/jobs.h"
 #include "smtp-gateway/smtp_server.h"
+#include "storage-adapter/crammd5.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
 
@@ -349,6 +350,75 @@ start_tls(struct conn *c)
 	smtp_proto_set_tls(c->sp, 1);
 }
 
+struct authcheck {
+	struct conn *c;
+	unsigned mech;
+	char *hash;		/* copies: the userdb may be reloaded meanwhile */
+	char *cram;
+	char user[256];
+	char pass[1024];
+	char challenge[160];
+	char digest[64];
+	int ok;
+};
+
+/* on a job thread: hashing takes milliseconds, not for the event loop */
+static void
+auth_run(void *arg)
+{
+	struct authcheck *a = arg;
+
+	if (a->mech == SMTP_AUTH_CRAM)
+		a->ok = a->cram != NULL &&
+		    crammd5_verify(a->cram, a->challenge, strlen(a->challenge), a->digest);
+	else
+		a->ok = userdb_hash_verify(a->hash, a->pass);
+	explicit_bzero(a->pass, sizeof(a->pass));
+}
+
+static void
+auth_done(void *arg)
+{
+	struct authcheck *a = arg;
+	struct conn *c = a->c;
+
+	c->delivering = 0;
+	if (c->dead) {
+		conn_free(c);
+	} else {
+		smtp_proto_auth_done(c->sp, a->ok);
+		flush_output(c);
+		bufferevent_enable(c->bev, EV_READ);
+		read_cb(c->bev, c);
+	}
+	free(a->hash);
+	free(a->cram);
+	free(a);
+}
+
+static void
+check_auth(struct conn *c, struct smtp_auth_req *req)
+{
+	struct server *s = c->srv;
+	struct authcheck *a = xcalloc(1, sizeof(*a));
+	const char *h = s->users ? userdb_password(s->users, req->user) : NULL;
+	const char *cr = s->users ? userdb_cram_secret(s->users, req->user) : NULL;
+
+	a->c = c;
+	a->mech = req->mech;
+	/* an unknown user costs the same hashing as a known one */
+	a->hash = h ? xstrdup(h) : NULL;
+	a->cram = cr ? xstrdup(cr) : NULL;
+	memcpy(a->user, req->user, sizeof(a->user));
+	memcpy(a->pass, req->pass, sizeof(a->pass));
+	memcpy(a->challenge, req->challenge, sizeof(a->challenge));
+	memcpy(a->digest, req->digest, sizeof(a->digest));
+	explicit_bzero(req->pass, sizeof(req->pass));
+	c->delivering = 1;	/* the job holds the connection */
+	bufferevent_disable(c->bev, EV_READ);
+	jobs_submit(s->jobs, auth_run, auth_done, a);
+}
+
 static void
 handle_ban(struct conn *c)
 {
@@ -377,6 +447,11 @@ read_cb(struct bufferevent *bev, void *arg)
 		flush_output(c);
 		if (smtp_proto_take_starttls(c->sp)) {
 			start_tls(c);
+			return;
+		}
+		if (smtp_proto_pending_auth(c->sp) != NULL) {
+			if (!c->delivering)
+				check_auth(c, smtp_proto_pending_auth(c->sp));
 			return;
 		}
 		if (smtp_proto_pending(c->sp) != NULL) {

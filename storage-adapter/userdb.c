@@ -25,11 +25,13 @@
 #include "common/log.h"
 #include "common/pclimits.h"
 #include "common/xmalloc.h"
+#include "storage-adapter/crammd5.h"
 #include "storage-adapter/userdb.h"
 
 struct uentry {
 	char *user;	/* lower case */
 	char *pass;
+	char *cram;	/* CRAM-MD5 secret (64 hex) or NULL */
 };
 
 struct userdb {
@@ -129,13 +131,31 @@ userdb_load(const char *url, const char **error_r)
 		end = strchr(pass, ':');
 		if (end != NULL)
 			*end = '\0';
+		/* field 8 holds extra fields "key=value ..."; ours: cram_md5=HEX */
+		{
+			char *f = end ? end + 1 : NULL, *cram = NULL;
+
+			for (int k = 0; f != NULL && k < 5; k++) {
+				f = strchr(f, ':');
+				if (f != NULL)
+					f++;
+			}
+			if (f != NULL && (cram = strstr(f, "cram_md5=")) != NULL) {
+				cram += 9;
+				cram[strcspn(cram, " ")] = '\0';
+				if (strlen(cram) != CRAMMD5_SECRET_HEX)
+					cram = NULL;
+			}
+			if (db->n == cap) {
+				cap = cap ? cap * 2 : 16;
+				db->v = xreallocarray(db->v, cap, sizeof(*db->v));
+			}
+			db->v[db->n].cram = cram ? xstrdup(cram) : NULL;
+		}
 		if (!userdb_name_is_valid(line)) {
 			log_warn("%s:%u: \"%.64s\" is not a user@domain name; skipped", path, lineno, line);
+			free(db->v[db->n].cram);
 			continue;
-		}
-		if (db->n == cap) {
-			cap = cap ? cap * 2 : 16;
-			db->v = xreallocarray(db->v, cap, sizeof(*db->v));
 		}
 		for (char *q = line; *q; q++)
 			*q = (char)tolower((unsigned char)*q);
@@ -159,6 +179,7 @@ userdb_free(struct userdb **dbp)
 	for (size_t i = 0; i < db->n; i++) {
 		free(db->v[i].user);
 		free(db->v[i].pass);
+		free(db->v[i].cram);
 	}
 	free(db->v);
 	free(db->path);
@@ -197,6 +218,14 @@ userdb_password(const struct userdb *db, const char *user)
 	return e ? e->pass : NULL;
 }
 
+const char *
+userdb_cram_secret(const struct userdb *db, const char *user)
+{
+	const struct uentry *e = find(db, user);
+
+	return e ? e->cram : NULL;
+}
+
 size_t
 userdb_count(const struct userdb *db)
 {
@@ -223,14 +252,23 @@ userdb_changed(const struct userdb *db)
 int
 userdb_verify(const struct userdb *db, const char *user, const char *password)
 {
-	const char *h = userdb_password(db, user);
+	return userdb_hash_verify(userdb_password(db, user), password);
+}
+
+int
+userdb_hash_verify(const char *h, const char *password)
+{
+	/* a yescrypt hash of nothing in particular: unknown users cost the same */
+	static const char dummy[] = "$y$j9T$vC4UjHIaizJVkSwO5L3Rq/$VELnDYnOCd784rBh.79KK/CiqIuoGzWZt1fs0a.XcU1";
 	struct crypt_data *cd;
 	const char *out;
 	size_t n;
 	int ok;
 
+	int known = h != NULL;
+
 	if (h == NULL)
-		return 0;
+		h = dummy;
 	if (strncmp(h, "{CRYPT}", 7) == 0)
 		h += 7;
 	cd = xcalloc(1, sizeof(*cd));
@@ -245,7 +283,7 @@ userdb_verify(const struct userdb *db, const char *user, const char *password)
 		ok = diff == 0;
 	}
 	free(cd);
-	return ok;
+	return ok && known;
 }
 
 /* rewrite the file under the lock: replace/add user's line, or drop it */
@@ -259,6 +297,23 @@ rewrite(const char *path, const char *user, const char *newline, int create, int
 	int lfd, found = 0, rc = -1;
 	FILE *in, *out = NULL;
 
+	{
+		/* the first user may come before the daemon made its state_dir */
+		char *dir = xstrdup(path), *slash = strrchr(dir, '/');
+
+		if (slash != NULL && slash != dir) {
+			*slash = '\0';
+			for (char *q = dir + 1; *q; q++) {
+				if (*q != '/')
+					continue;
+				*q = '\0';
+				(void)mkdir(dir, 0755);
+				*q = '/';
+			}
+			(void)mkdir(dir, 0750);
+		}
+		free(dir);
+	}
 	lfd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
 	if (lfd < 0 || flock(lfd, LOCK_EX) < 0) {
 		snprintf(errbuf, sizeof(errbuf), "cannot lock %s: %s", lock, strerror(errno));
@@ -329,7 +384,7 @@ done:
 
 int
 userdb_set_password(const char *url, const char *user, const char *password, int create,
-    const char **error_r)
+    int with_cram, const char **error_r)
 {
 	const char *path = url_path(url, error_r);
 	char *salt, *line;
@@ -361,7 +416,15 @@ userdb_set_password(const char *url, const char *user, const char *password, int
 		*error_r = "libcrypt failed to hash the password";
 		return -1;
 	}
-	line = xasprintf("%s:{CRYPT}%s::::::", user, hash);
+	if (with_cram) {
+		char secret[CRAMMD5_SECRET_HEX + 1];
+
+		crammd5_secret(password, secret);
+		line = xasprintf("%s:{CRYPT}%s::::::cram_md5=%s", user, hash, secret);
+		explicit_bzero(secret, sizeof(secret));
+	} else {
+		line = xasprintf("%s:{CRYPT}%s::::::", user, hash);
+	}
 	free(cd);
 	for (char *q = line; *q != ':'; q++)
 		*q = (char)tolower((unsigned char)*q);

@@ -23,10 +23,15 @@ const char *userdb_user_at(const struct userdb *db, size_t i);
 int userdb_changed(const struct userdb *db);
 
 /* admin side: add or replace (hash made here with yescrypt), delete */
+/* with_cram: also store the CRAM-MD5 secret (only while CRAM-MD5 is enabled) */
 int userdb_set_password(const char *url, const char *user, const char *password, int create,
-    const char **error_r) __attribute__((warn_unused_result));
+    int with_cram, const char **error_r) __attribute__((warn_unused_result));
+/* the CRAM-MD5 secret, or NULL when none is stored */
+const char *userdb_cram_secret(const struct userdb *db, const char *user);
 int userdb_delete(const char *url, const char *user, int *found_r, const char **error_r)
     __attribute__((warn_unused_result));
+/* 1 when password matches the hash (NULL: unknown user, same cost, 0) */
+int userdb_hash_verify(const char *hash, const char *password);
 /* 1 when password matches the stored hash */
 int userdb_verify(const struct userdb *db, const char *user, const char *password);
 /* user@domain with a safe local part and domain */

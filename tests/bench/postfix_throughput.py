@@ -128,6 +128,31 @@ def proc_cpu_seconds(pid):
         return 0.0
 
 
+def descendants(pid):
+    """pids of all live descendants of pid (portcullisd -f is a master with
+    worker processes)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                ppid = int(f.read().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def tree_cpu_seconds(pid):
+    return sum(proc_cpu_seconds(p) for p in [pid] + descendants(pid))
+
+
 def system_cpu():
     """(busy, total) jiffies over all CPUs, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -451,15 +476,28 @@ class Milter:
             os.chmod(self.sock, 0o666)      # smtpd runs as user postfix
 
     def cpu(self):
-        return proc_cpu_seconds(self.proc.pid) if self.proc else 0.0
+        """CPU seconds of the milter and its worker processes."""
+        return tree_cpu_seconds(self.proc.pid) if self.proc else 0.0
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is not None:
             p, self.proc = self.proc, None
             raise BenchError("%s died during the run (status %s):\n%s" % (
                 self.kind, p.returncode, tail(self.log)))
+        kids = descendants(self.proc.pid) if self.proc else []
         stop_process(self.proc)
         self.proc = None
+        # workers left behind by a master that had to be SIGKILLed
+        deadline = time.monotonic() + 2
+        while any(pid_alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for k in kids:
+            if pid_alive(k):
+                log("%s: worker %d outlived its master; SIGKILL" % (self.kind, k))
+                try:
+                    os.kill(k, signal.SIGKILL)
+                except OSError:
+                    pass
 
 
 # -------------------------------------------------------------------- bench

@@ -90,6 +90,17 @@ static const struct pcase cases[] = {
 	  "220 502 502 502 502 502 502 502 502 502 502 421 .", NULL },
 	{ "several commands in one write before EHLO: refused", NULL, NULL, "198.51.100.1",
 	  "A\r\nB\r\n", "220 554 .", NULL },
+	{ "AUTH PLAIN refused without TLS", NULL, NULL, "198.51.100.1",
+	  EHLO "|AUTH PLAIN AGFsaWNlAHB3\r\n", "220 250 538", NULL },
+	{ "AUTH with an unknown mechanism", NULL, NULL, "198.51.100.1",
+	  EHLO "|AUTH NTLM\r\n", "220 250 504", NULL },
+	{ "AUTH CRAM-MD5 cancelled", NULL, NULL, "198.51.100.1",
+	  EHLO "|AUTH CRAM-MD5\r\n|*\r\n", "220 250 334 501", NULL },
+	{ "AUTH with garbage base64", NULL, NULL, "198.51.100.1",
+	  EHLO "|AUTH CRAM-MD5\r\n|!!!\r\n", "220 250 334 501", NULL },
+	{ "AUTH before EHLO", NULL, NULL, "198.51.100.1", "AUTH CRAM-MD5\r\n", "220 503", NULL },
+	{ "STARTTLS when TLS is not configured", NULL, NULL, "198.51.100.1",
+	  EHLO "|STARTTLS\r\n", "220 250 454", NULL },
 	{ "RSET clears the envelope", NULL, NULL, "198.51.100.1",
 	  EHLO "|MAIL FROM:<a@b.example>\r\n|RSET\r\n|RCPT TO:<alice@example.com>\r\n",
 	  "220 250 250 250 503", NULL },
@@ -155,6 +166,7 @@ run(const struct pcase *t)
 	p.banner = "mx.example.com ESMTP";
 	p.bare_newline_reject = strstr(t->conf ? t->conf : "", "normalize") == NULL;
 	p.user_exists = user_exists;
+	p.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM;
 	sscanf(t->conf && strstr(t->conf, "message_size_limit") ? t->conf : "x", "message_size_limit = %ld", &msize);
 	p.message_size_limit = (size_t)msize;
 	if (cidr_addr_parse(t->client, &a) < 0)
