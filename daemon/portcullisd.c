@@ -36,6 +36,7 @@
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "rules/policy.h"
+#include "smtp-gateway/downstream.h"
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
 #include "storage-adapter/ratelimit.h"
@@ -217,7 +218,10 @@ worker_main(enum service svc, int readyfd)
 		sc.params.message_size_limit = (size_t)conf_get_int(conf, "message_size_limit");
 		sc.params.vrfy = conf_get_bool(conf, "vrfy");
 		sc.params.bare_newline_reject = strcmp(conf_get(conf, "smtp_bare_newline"), "reject") == 0;
-		sc.params.have_relayhost = 0;
+		sc.params.passthrough = strncmp(delivery, "relay:", 6) == 0;
+		sc.params.have_relayhost = conf_get(conf, "relayhost")[0] != '\0';
+		sc.downstream = sc.params.passthrough ? delivery + 6 :
+		    sc.params.have_relayhost ? conf_get(conf, "relayhost") : NULL;
 		sc.users_url = conf_get(conf, "users");
 		{
 			char **m = conf_get_list(conf, "auth_mechanisms", &n_mech);
@@ -231,7 +235,7 @@ worker_main(enum service svc, int readyfd)
 				sc.params.auth_mechs = 0;
 		}
 		sc.params.auth_allow_plaintext = conf_get_bool(conf, "auth_allow_plaintext");
-		sc.maildir_root = delivery + 8;	/* checked by the master */
+		sc.maildir_root = sc.params.passthrough ? NULL : delivery + 8;	/* checked by the master */
 		sc.max_connections = (unsigned)conf_get_int(conf, "smtp_max_connections");
 		sc.max_per_client = (unsigned)conf_get_int(conf, "smtp_max_per_client");
 		sc.timeout = (unsigned)conf_get_int(conf, "smtp_timeout");
@@ -437,11 +441,21 @@ dup:		;
 	for (size_t i = 0; i < nsvc; i++) {
 		if (wk[i].svc != SVC_SMTP)
 			continue;
-		if (strncmp(conf_get(c, "delivery"), "maildir:", 8) != 0 ||
-		    conf_get(c, "delivery")[8] != '/') {
-			fprintf(stderr, "portcullisd: %s: delivery: expected maildir:/absolute/dir\n",
-			    conf_where(c, "delivery"));
-			return 1;
+		{
+			const char *d = conf_get(c, "delivery"), *rh = conf_get(c, "relayhost");
+
+			if (!(strncmp(d, "maildir:", 8) == 0 && d[8] == '/') &&
+			    !(strncmp(d, "relay:", 6) == 0 && downstream_target_is_valid(d + 6))) {
+				fprintf(stderr, "portcullisd: %s: delivery: expected maildir:/absolute/dir "
+				    "or relay:[ADDRESS]:PORT (numeric: the gateway does no DNS)\n",
+				    conf_where(c, "delivery"));
+				return 1;
+			}
+			if (rh[0] != '\0' && !downstream_target_is_valid(rh)) {
+				fprintf(stderr, "portcullisd: %s: relayhost: expected [ADDRESS]:PORT "
+				    "(numeric: the gateway does no DNS)\n", conf_where(c, "relayhost"));
+				return 1;
+			}
 		}
 		tls_ctx = tls_server_ctx_new(c, &err);
 		if (tls_ctx == NULL && err[0] != '\0') {

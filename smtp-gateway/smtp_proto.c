@@ -36,7 +36,7 @@
 #define SMTP_MAX_ERRORS_AUTH 30		/* after AUTH: a known user gets more room */
 #define SMTP_MAX_RCPT_HARD 10000
 
-enum st { ST_CMD, ST_DATA, ST_WAIT, ST_TLS, ST_AUTH, ST_AUTHWAIT, ST_CLOSED };
+enum st { ST_CMD, ST_DATA, ST_WAIT, ST_TLS, ST_AUTH, ST_AUTHWAIT, ST_DOWNWAIT, ST_CLOSED };
 
 /* DATA scanner states */
 enum ds { DS_LS_CRLF, DS_LS_LF, DS_DOT, DS_DOT_CR, DS_MID, DS_CR };
@@ -82,6 +82,12 @@ struct smtp_proto {
 	struct smtp_auth_req auth;
 	int auth_step;		/* LOGIN: 1 user, 2 password; others: 1 */
 	int auth_pending;
+	/* pass-through */
+	int route;		/* 0 none yet, 1 local store, 2 downstream */
+	struct smtp_down_req down;
+	int down_pending;
+	int down_reset;
+	char down_rcpt[600];	/* the recipient waiting for the downstream */
 };
 
 static void
@@ -136,6 +142,10 @@ msg_clear(struct smtp_msg *m)
 static void
 tx_reset(struct smtp_proto *sp)
 {
+	if (sp->route == 2)
+		sp->down_reset = 1;	/* the server drops the downstream session */
+	sp->route = 0;
+	sp->down_pending = 0;
 	free(sp->sender);
 	sp->sender = NULL;
 	for (size_t i = 0; i < sp->nrcpt; i++)
@@ -767,16 +777,39 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		return;
 	local = !ra.routing_local && !ra.domain_literal && ra.domain[0] != '\0' &&
 	    policy_is_my_domain(sp->p->pol, ra.domain);
-	if (local && sp->p->user_exists != NULL &&
+	if (local && !sp->p->passthrough && sp->p->user_exists != NULL &&
 	    !sp->p->user_exists(sp->p->user_arg, ra.local, ra.domain)) {
 		reply(sp, "550 5.1.1 <%s@%s>: Recipient address rejected: User unknown",
 		    ra.local, ra.domain);
 		return;
 	}
-	if (!local && !sp->p->have_relayhost) {
+	if (!local && !sp->p->passthrough && !sp->p->have_relayhost) {
 		reply(sp, "451 4.3.5 <%s@%s>: relaying is allowed but no relayhost is configured",
 		    ra.local, ra.domain);
 		return;
+	}
+	{
+		int route = (sp->p->passthrough || !local) ? 2 : 1;
+
+		if (sp->route != 0 && sp->route != route) {
+			/* one message goes one way: RFC 5321 clients send the rest later */
+			reply(sp, "452 4.5.3 Error: send the recipients %s in a separate transaction",
+			    route == 2 ? "outside our domains" : "in our domains");
+			return;
+		}
+		if (route == 2) {
+			sp->down_pending = 1;
+			sp->down.open = sp->route == 0;
+			snprintf(sp->down.sender, sizeof(sp->down.sender), "%s", sp->sender);
+			snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s%s%s", ra.local,
+			    ra.domain[0] ? "@" : "", ra.domain);
+			snprintf(sp->down.helo, sizeof(sp->down.helo), "%s", sp->p->myhostname);
+			snprintf(sp->down_rcpt, sizeof(sp->down_rcpt), "%s", sp->down.rcpt);
+			sp->route = 2;
+			sp->st = ST_DOWNWAIT;
+			return;	/* the downstream answers this RCPT */
+		}
+		sp->route = 1;
 	}
 	if (sp->nrcpt == sp->rcptcap) {
 		sp->rcptcap = sp->rcptcap ? sp->rcptcap * 2 : 8;
@@ -993,6 +1026,7 @@ data_end(struct smtp_proto *sp)
 	sp->msg.len = sp->dlen;
 	snprintf(sp->msg.client, sizeof(sp->msg.client), "%s", engine_client_text(sp->es));
 	snprintf(sp->msg.helo, sizeof(sp->msg.helo), "%s", sp->helo);
+	sp->msg.downstream = sp->route == 2;
 	sp->pending = 1;
 	sp->st = ST_WAIT;
 }
@@ -1089,7 +1123,7 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 	while (i < len) {
 		if (sp->st == ST_CLOSED || sp->st == ST_TLS)
 			return len;	/* after STARTTLS, buffered plaintext is dropped */
-		if (sp->st == ST_WAIT || sp->st == ST_AUTHWAIT)
+		if (sp->st == ST_WAIT || sp->st == ST_AUTHWAIT || sp->st == ST_DOWNWAIT)
 			return i;
 		if (sp->st == ST_DATA) {
 			i += data_input(sp, buf + i, len - i);
@@ -1185,6 +1219,53 @@ smtp_proto_delivered(struct smtp_proto *sp, int ok, const char *code, const char
 	else
 		reply(sp, "%s %s %s", code, dsn, text);
 	tx_reset(sp);
+	sp->st = ST_CMD;
+}
+
+struct smtp_down_req *
+smtp_proto_pending_down(struct smtp_proto *sp)
+{
+	return sp->down_pending ? &sp->down : NULL;
+}
+
+int
+smtp_proto_take_down_reset(struct smtp_proto *sp)
+{
+	int r = sp->down_reset;
+
+	sp->down_reset = 0;
+	return r;
+}
+
+void
+smtp_proto_down_done(struct smtp_proto *sp, const char *line)
+{
+	sp->down_pending = 0;
+	sp->st = ST_CMD;
+	if (line[0] == '2') {
+		if (sp->nrcpt == sp->rcptcap) {
+			sp->rcptcap = sp->rcptcap ? sp->rcptcap * 2 : 8;
+			sp->rcpt = xreallocarray(sp->rcpt, sp->rcptcap, sizeof(char *));
+			sp->rcpt_local = xreallocarray(sp->rcpt_local, sp->rcptcap, sizeof(int));
+		}
+		sp->rcpt[sp->nrcpt] = xstrdup(sp->down_rcpt);
+		sp->rcpt_local[sp->nrcpt] = 0;
+		sp->nrcpt++;
+	} else if (sp->nrcpt == 0 && line[0] != '2') {
+		/* no session worth keeping: the next recipient opens afresh */
+		sp->route = 0;
+		sp->down_reset = 1;
+	}
+	reply(sp, "%s", line);	/* mirrored: what the downstream said */
+}
+
+void
+smtp_proto_delivered_reply(struct smtp_proto *sp, const char *line)
+{
+	reply(sp, "%s", line);
+	sp->route = 0;		/* the server closes the session it used */
+	tx_reset(sp);
+	sp->down_reset = 0;
 	sp->st = ST_CMD;
 }
 

@@ -20,6 +20,7 @@ struct smtp_params {
 	int vrfy;			/* 0: 502 for VRFY/EXPN */
 	int bare_newline_reject;	/* 1: refuse bare CR/LF in DATA; 0: normalise */
 	int have_relayhost;		/* relayed recipients can be passed on */
+	int passthrough;		/* delivery = relay: every recipient goes downstream */
 	int tls_available;		/* STARTTLS can be offered */
 	unsigned auth_mechs;		/* SMTP_AUTH_*; 0: no AUTH */
 	int auth_allow_plaintext;	/* PLAIN/LOGIN without TLS */
@@ -53,6 +54,15 @@ struct smtp_msg {
 	size_t len;
 	char client[128];		/* for the Received: line */
 	char helo[128];
+	int downstream;			/* 1: pass to the open downstream session */
+};
+
+/* A step of a pass-through session the caller must run downstream. */
+struct smtp_down_req {
+	int open;			/* open the session and send MAIL first */
+	char sender[600];		/* MAIL FROM:<...> */
+	char rcpt[600];			/* RCPT TO:<...> */
+	char helo[128];
 };
 
 struct smtp_proto;
@@ -82,6 +92,14 @@ struct smtp_auth_req *smtp_proto_pending_auth(struct smtp_proto *sp);
 void smtp_proto_auth_done(struct smtp_proto *sp, int ok);
 /* "" when not authenticated */
 const char *smtp_proto_auth_user(const struct smtp_proto *sp);
+/* a RCPT waits for the downstream's answer (input is paused) */
+struct smtp_down_req *smtp_proto_pending_down(struct smtp_proto *sp);
+/* the downstream's reply line ("250 2.1.5 Ok") to that RCPT */
+void smtp_proto_down_done(struct smtp_proto *sp, const char *reply);
+/* the downstream's final reply to the message, passed on as it is */
+void smtp_proto_delivered_reply(struct smtp_proto *sp, const char *reply);
+/* 1 once when an open downstream session must be dropped (RSET, new MAIL) */
+int smtp_proto_take_down_reset(struct smtp_proto *sp);
 /* a ban the last verdict asked for: seconds > 0 (cleared by reading) */
 unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);
 /* the connection is (now) encrypted: after implicit TLS or a STARTTLS handshake */

@@ -36,6 +36,7 @@
 #include "common/xmalloc.h"
 #include "smtp-gateway/jobs.h"
 #include "smtp-gateway/smtp_server.h"
+#include "smtp-gateway/downstream.h"
 #include "storage-adapter/crammd5.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
@@ -72,6 +73,7 @@ struct conn {
 	int delivering;		/* a delivery job holds this connection */
 	int tls;		/* the bev is an OpenSSL one, handshake pending or done */
 	int dead;		/* the peer went away while delivering */
+	struct downstream *ds;	/* an open pass-through session */
 };
 
 struct delivery {
@@ -182,6 +184,8 @@ user_exists(void *arg, const char *local, const char *domain)
 	return s->users != NULL && userdb_has_user(s->users, local, domain);
 }
 
+static void drop_downstream(struct conn *c);
+
 static void
 conn_free(struct conn *c)
 {
@@ -198,6 +202,7 @@ conn_free(struct conn *c)
 		if (pc != NULL && *pc > 0)
 			(*pc)--;
 	}
+	drop_downstream(c);
 	s->nconn--;
 	if (c->prev)
 		c->prev->next = c->next;
@@ -277,14 +282,162 @@ delivery_done(void *arg)
 	free(d);
 }
 
+/* ---- pass-through ---- */
+
+struct downjob {
+	struct conn *c;
+	struct downstream *ds;
+	struct smtp_down_req req;
+	char reply[DOWN_REPLY_MAX];
+	const char *target;
+	unsigned timeout;
+	char *head;
+	const char *data;
+	size_t len;
+};
+
+static void
+down_rcpt_run(void *arg)
+{
+	struct downjob *j = arg;
+	char line[700];
+	int code;
+
+	if (j->req.open) {
+		j->ds = downstream_open(j->target, j->req.helo, j->timeout, &code, j->reply);
+		if (j->ds == NULL)
+			return;
+		snprintf(line, sizeof(line), "MAIL FROM:<%s>", j->req.sender);
+		if (downstream_cmd(j->ds, line, j->reply) / 100 != 2)
+			return;	/* the MAIL refusal is the answer to this RCPT */
+	}
+	snprintf(line, sizeof(line), "RCPT TO:<%s>", j->req.rcpt);
+	downstream_cmd(j->ds, line, j->reply);
+}
+
+static void
+down_rcpt_done(void *arg)
+{
+	struct downjob *j = arg;
+	struct conn *c = j->c;
+
+	c->delivering = 0;
+	c->ds = j->ds;
+	if (c->dead) {
+		conn_free(c);
+	} else {
+		smtp_proto_down_done(c->sp, j->reply);
+		flush_output(c);
+		bufferevent_enable(c->bev, EV_READ);
+		read_cb(c->bev, c);
+	}
+	free(j);
+}
+
+static void
+down_data_run(void *arg)
+{
+	struct downjob *j = arg;
+
+	downstream_data(j->ds, j->head, strlen(j->head), j->data, j->len, j->reply);
+	downstream_close(&j->ds);
+}
+
+static void
+down_data_done(void *arg)
+{
+	struct downjob *j = arg;
+	struct conn *c = j->c;
+
+	c->delivering = 0;
+	log_info("passed on downstream (%s): %s", j->target, j->reply);
+	if (c->dead) {
+		conn_free(c);
+	} else {
+		smtp_proto_delivered_reply(c->sp, j->reply);
+		flush_output(c);
+		bufferevent_enable(c->bev, EV_READ);
+		read_cb(c->bev, c);
+	}
+	free(j->head);
+	free(j);
+}
+
+static void
+down_close_run(void *arg)
+{
+	struct downjob *j = arg;
+
+	downstream_close(&j->ds);
+}
+
+static void
+down_close_done(void *arg)
+{
+	free(arg);
+}
+
+/* drop the downstream session without waiting for it */
+static void
+drop_downstream(struct conn *c)
+{
+	struct downjob *j;
+
+	if (c->ds == NULL)
+		return;
+	j = xcalloc(1, sizeof(*j));
+	j->ds = c->ds;
+	c->ds = NULL;
+	jobs_submit(c->srv->jobs, down_close_run, down_close_done, j);
+}
+
+static char *
+received_header(struct server *s, struct smtp_msg *m)
+{
+	char date[64];
+	time_t now = time(NULL);
+	struct tm tm;
+
+	localtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+	return xasprintf("Received: from %s (%s)\r\n\tby %s (Portcullis) with ESMTP\r\n\t"
+	    "for <%s>; %s\r\n", m->helo[0] ? m->helo : "unknown", m->client,
+	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
+}
+
 static void
 deliver(struct conn *c, struct smtp_msg *m)
 {
 	struct server *s = c->srv;
-	struct delivery *d = xcalloc(1, sizeof(*d));
+	struct delivery *d;
 	char date[64];
 	time_t now = time(NULL);
 	struct tm tm;
+
+	if (m->downstream) {
+		struct downjob *j = xcalloc(1, sizeof(*j));
+
+		j->c = c;
+		j->ds = c->ds;
+		c->ds = NULL;
+		j->target = s->c->downstream;
+		j->head = received_header(s, m);
+		j->data = m->data;
+		j->len = m->len;
+		c->delivering = 1;
+		bufferevent_disable(c->bev, EV_READ);
+		if (j->ds == NULL) {	/* cannot happen: RCPTs opened it */
+			snprintf(j->reply, sizeof(j->reply), "451 4.3.0 no downstream session");
+			smtp_proto_delivered_reply(c->sp, j->reply);
+			c->delivering = 0;
+			free(j->head);
+			free(j);
+			return;
+		}
+		jobs_submit(s->jobs, down_data_run, down_data_done, j);
+		return;
+	}
+	d = xcalloc(1, sizeof(*d));
 
 	d->c = c;
 	d->r = xcalloc(m->nrcpt + 1, sizeof(*d->r));
@@ -449,9 +602,27 @@ read_cb(struct bufferevent *bev, void *arg)
 			start_tls(c);
 			return;
 		}
+		if (smtp_proto_take_down_reset(c->sp))
+			drop_downstream(c);
 		if (smtp_proto_pending_auth(c->sp) != NULL) {
 			if (!c->delivering)
 				check_auth(c, smtp_proto_pending_auth(c->sp));
+			return;
+		}
+		if (smtp_proto_pending_down(c->sp) != NULL) {
+			if (!c->delivering) {
+				struct downjob *j = xcalloc(1, sizeof(*j));
+
+				j->c = c;
+				j->req = *smtp_proto_pending_down(c->sp);
+				j->ds = c->ds;
+				c->ds = NULL;
+				j->target = c->srv->c->downstream;
+				j->timeout = c->srv->c->timeout < 60 ? c->srv->c->timeout : 60;
+				c->delivering = 1;
+				bufferevent_disable(c->bev, EV_READ);
+				jobs_submit(c->srv->jobs, down_rcpt_run, down_rcpt_done, j);
+			}
 			return;
 		}
 		if (smtp_proto_pending(c->sp) != NULL) {

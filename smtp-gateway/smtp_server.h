@@ -13,7 +13,8 @@ enum smtp_listener_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS };
 struct smtp_server_conf {
 	struct smtp_params params;	/* user_exists is filled by the server */
 	const char *users_url;		/* "file:/etc/portcullis/users", "" none */
-	const char *maildir_root;	/* delivery = maildir:DIR */
+	const char *maildir_root;	/* delivery = maildir:DIR, or NULL */
+	const char *downstream;		/* "[HOST]:PORT": delivery = relay:, or relayhost; NULL none */
 	unsigned max_connections;	/* total */
 	unsigned max_per_client;	/* per client address */
 	unsigned timeout;		/* seconds idle / per command */
