@@ -6,10 +6,11 @@
  *   milter_setup()        register callbacks, bind
  *   milter_run()          smfi_main(): libmilter's threads call us
  *
- * Negotiation asks the MTA only for what the engine uses (no body, no DATA,
- * no end-of-headers, no unknown commands, no headers when no header is
+ * Negotiation asks the MTA only for what the engine uses (no body, no
+ * end-of-headers, no unknown commands, no headers when no header is
  * required) and for no reply where we never refuse (connect, headers): fewer
- * round trips per message than a naive milter.
+ * round trips per message than a naive milter. DATA is kept (see
+ * cb_negotiate) because skipping it stalls Postfix on TCP.
  *
  * libmilter allows one filter per process, hence the file-scope env.
  * Callbacks never block: lists come from the lock-free snapshot, bans go
@@ -172,9 +173,15 @@ cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
     unsigned long *pf3)
 {
 	struct mpriv *p = xcalloc(1, sizeof(*p));
-	unsigned long want = SMFIP_NOBODY | SMFIP_NOEOH | SMFIP_NOUNKNOWN | SMFIP_NODATA |
-	    SMFIP_NR_CONN | SMFIP_NR_HDR | SMFIP_NR_EOH | SMFIP_NR_BODY | SMFIP_NR_DATA |
-	    SMFIP_NR_UNKN;
+	/*
+	 * DATA is asked for, with a reply, on purpose: when it is skipped,
+	 * Postfix sends the DATA-stage macros and then the first header as two
+	 * small writes with nothing coming back in between, and on TCP the
+	 * second waits ~40 ms for a delayed ACK (Nagle). Answering DATA costs a
+	 * round trip and removes that stall (measured: 44 ms -> 2-3 ms/message).
+	 */
+	unsigned long want = SMFIP_NOBODY | SMFIP_NOEOH | SMFIP_NOUNKNOWN |
+	    SMFIP_NR_CONN | SMFIP_NR_HDR | SMFIP_NR_EOH | SMFIP_NR_BODY | SMFIP_NR_UNKN;
 
 	(void)f0; (void)f2; (void)f3;
 	if (env->pol->nrequire_headers == 0)
@@ -288,6 +295,13 @@ cb_envrcpt(SMFICTX *ctx, char **argv)
 }
 
 static sfsistat
+cb_data(SMFICTX *ctx)
+{
+	(void)ctx;
+	return SMFIS_CONTINUE;
+}
+
+static sfsistat
 cb_header(SMFICTX *ctx, char *name, char *value)
 {
 	struct mpriv *p = priv_of(ctx);
@@ -352,7 +366,7 @@ static struct smfiDesc desc = {
 	.xxfi_abort = cb_abort,
 	.xxfi_close = cb_close,
 	.xxfi_unknown = NULL,
-	.xxfi_data = NULL,
+	.xxfi_data = cb_data,
 	.xxfi_negotiate = cb_negotiate,
 };
 
