@@ -39,6 +39,7 @@ const struct conf_key conf_keys[] = {
 	{ "smtp_banner", "$myhostname ESMTP", CT_STR, NULL, 0, 0 },
 	{ "vrfy", "no", CT_BOOL, NULL, 0, 0 },
 	{ "smtp_bare_newline", "reject", CT_ENUM, "reject|normalize", 0, 0 },
+	{ "smtp_bare_newline_exceptions", "", CT_LIST, NULL, 0, 0 },	/* CIDRs normalised */
 	{ "message_size_limit", "10240000", CT_INT, NULL, 0, 2000000000 },
 	{ "smtp_max_connections", "200", CT_INT, NULL, 1, 100000 },
 	{ "smtp_max_per_client", "20", CT_INT, NULL, 1, 100000 },

@@ -63,6 +63,7 @@ static int smtp_fds[MAX_LISTENERS];
 static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
 static size_t nsmtp_fds;
 static SSL_CTX *tls_ctx;
+static struct cidrtab *bare_exceptions;
 
 static void
 usage(void)
@@ -218,6 +219,7 @@ worker_main(enum service svc, int readyfd)
 		sc.params.message_size_limit = (size_t)conf_get_int(conf, "message_size_limit");
 		sc.params.vrfy = conf_get_bool(conf, "vrfy");
 		sc.params.bare_newline_reject = strcmp(conf_get(conf, "smtp_bare_newline"), "reject") == 0;
+		sc.params.bare_newline_exceptions = bare_exceptions;
 		sc.params.passthrough = strncmp(delivery, "relay:", 6) == 0;
 		sc.params.have_relayhost = conf_get(conf, "relayhost")[0] != '\0';
 		sc.downstream = sc.params.passthrough ? delivery + 6 :
@@ -457,6 +459,28 @@ dup:		;
 				return 1;
 			}
 		}
+		{
+			char **l = conf_get_list(c, "smtp_bare_newline_exceptions", &n);
+			struct cidrtab_builder *b = cidrtab_builder_new();
+
+			for (size_t j = 0; j < n; j++) {
+				struct cidr cd;
+
+				if (cidr_parse(l[j], &cd, &err) < 0) {
+					fprintf(stderr, "portcullisd: %s: smtp_bare_newline_exceptions: \"%.60s\": %s\n",
+					    conf_where(c, "smtp_bare_newline_exceptions"), l[j], err);
+					return 1;
+				}
+				cidrtab_builder_add(b, &cd, 1);
+			}
+			bare_exceptions = n > 0 ? cidrtab_build(&b) : NULL;
+			if (b != NULL) {
+				struct cidrtab *t = cidrtab_build(&b);
+
+				cidrtab_free(&t);
+			}
+			conf_list_free(l);
+		}
 		tls_ctx = tls_server_ctx_new(c, &err);
 		if (tls_ctx == NULL && err[0] != '\0') {
 			fprintf(stderr, "portcullisd: %s\n", err);
@@ -614,6 +638,7 @@ dup:		;
 	unlink(conf_get(c, "pid_file"));
 	if (tls_ctx != NULL)
 		SSL_CTX_free(tls_ctx);
+	cidrtab_free(&bare_exceptions);
 	policy_free(&p);
 	conf_free(&c);
 	return 0;

@@ -83,6 +83,7 @@ struct smtp_proto {
 	int auth_step;		/* LOGIN: 1 user, 2 password; others: 1 */
 	int auth_pending;
 	/* pass-through */
+	int bare_reject;	/* smtp_bare_newline = reject, and not an excepted client */
 	int route;		/* 0 none yet, 1 local store, 2 downstream */
 	struct smtp_down_req down;
 	int down_pending;
@@ -121,6 +122,7 @@ smtp_proto_new(const struct smtp_params *p)
 	struct smtp_proto *sp = xcalloc(1, sizeof(*sp));
 
 	sp->p = p;
+	sp->bare_reject = p->bare_newline_reject;
 	sp->es = engine_session_new(p->pol);
 	if (p->rl != NULL)
 		engine_session_set_ratelimit(sp->es, p->rl);
@@ -273,6 +275,10 @@ smtp_proto_start(struct smtp_proto *sp, const struct ipaddr *addr, const char *h
 	sp->has_addr = addr != NULL;
 	if (addr != NULL)
 		sp->addr = *addr;
+	sp->bare_reject = sp->p->bare_newline_reject;
+	if (sp->bare_reject && addr != NULL && sp->p->bare_newline_exceptions != NULL &&
+	    cidrtab_lookup(sp->p->bare_newline_exceptions, addr) != CIDRTAB_NONE)
+		sp->bare_reject = 0;	/* an old client the admin vouches for: normalise */
 	engine_connect(sp->es, snap, addr, hostname, now, &v);
 	if (engine_client_is_killed(sp->es, snap, now, &v)) {
 		snapref_release(sp->p->snaps, ticket);
@@ -1003,7 +1009,7 @@ data_end(struct smtp_proto *sp)
 		tx_reset(sp);
 		return;
 	}
-	if (sp->bare && sp->p->bare_newline_reject) {
+	if (sp->bare && sp->bare_reject) {
 		log_info("reject: END-OF-MESSAGE from %s: bare <CR> or <LF> in message; reason=bare-newline",
 		    engine_client_text(sp->es));
 		reply(sp, "550 5.5.2 Message refused: bare <CR> or <LF> in it; lines must end "
@@ -1035,7 +1041,7 @@ data_end(struct smtp_proto *sp)
 static size_t
 data_input(struct smtp_proto *sp, const char *buf, size_t len)
 {
-	int norm = !sp->p->bare_newline_reject;
+	int norm = !sp->bare_reject;
 
 	for (size_t i = 0; i < len; i++) {
 		char c = buf[i];
@@ -1162,7 +1168,7 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 			    cmdlen > SMTP_HARD_LINE_MAX)
 				sp->overflow = 1;
 			if (sp->st == ST_AUTH && !sp->overflow) {
-				if (!crlf && sp->p->bare_newline_reject) {
+				if (!crlf && sp->bare_reject) {
 					sp->st = ST_CMD;
 					error_reply(sp, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
 				} else {
@@ -1185,7 +1191,7 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 					sp->close_after = 1;
 					sp->st = ST_CLOSED;
 				}
-			} else if (!crlf && sp->p->bare_newline_reject) {
+			} else if (!crlf && sp->bare_reject) {
 				error_reply(sp, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
 			} else if (more && sp->greeted != 2) {
 				/* RFC 2920: no pipelining before EHLO has offered it */

@@ -19,6 +19,7 @@ struct smtp_params {
 	size_t message_size_limit;	/* octets, 0: none */
 	int vrfy;			/* 0: 502 for VRFY/EXPN */
 	int bare_newline_reject;	/* 1: refuse bare CR/LF in DATA; 0: normalise */
+	struct cidrtab *bare_newline_exceptions;	/* clients normalised even so; NULL none */
 	int have_relayhost;		/* relayed recipients can be passed on */
 	int passthrough;		/* delivery = relay: every recipient goes downstream */
 	int tls_available;		/* STARTTLS can be offered */

@@ -81,6 +81,8 @@ static const struct pcase cases[] = {
 	{ "normalize: bare LF stored as CRLF, <LF>.<LF> still not the end",
 	  "smtp_bare_newline = normalize\n", NULL, "198.51.100.1",
 	  EHLO "|" TX "a\nb\n.\nc\r\n.\r\n", "220 250 250 250 354 250", "a\r\nb\r\n.\r\nc\r\n" },
+	{ "an excepted client is normalised", "# exceptions\n", NULL, "198.51.100.1",
+	  EHLO "|" TX "a\nb\r\n.\r\n", "220 250 250 250 354 250", "a\r\nb\r\n" },
 	{ "bare LF command refused", NULL, NULL, "198.51.100.1", "NOOP\n", "220 500", NULL },
 	{ "long command refused", NULL, NULL, "198.51.100.1",
 	  "EHLO c.example\r\n|MAIL FROM:<xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx@b.example>\r\n|NOOP\r\n",
@@ -171,6 +173,16 @@ run(const struct pcase *t)
 	p.message_size_limit = (size_t)msize;
 	if (cidr_addr_parse(t->client, &a) < 0)
 		abort();
+	if (t->conf && strstr(t->conf, "exceptions")) {
+		struct cidrtab_builder *b = cidrtab_builder_new();
+		struct cidr cd;
+		const char *e;
+
+		if (cidr_parse("198.51.100.0/24", &cd, &e) < 0)
+			abort();
+		cidrtab_builder_add(b, &cd, 1);
+		p.bare_newline_exceptions = cidrtab_build(&b);
+	}
 	sp = smtp_proto_new(&p);
 	smtp_proto_start(sp, &a, NULL, 1000);
 	/* collect reply codes: the first 3 digits of each final reply line */
@@ -214,6 +226,7 @@ run(const struct pcase *t)
 		CU_FAIL("dialogue differs");
 	}
 	smtp_proto_free(&sp);
+	cidrtab_free(&p.bare_newline_exceptions);
 	snapref_deinit(&snaps);
 	policy_free(&pol);
 	free(in);
