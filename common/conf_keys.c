@@ -44,6 +44,8 @@ const struct conf_key conf_keys[] = {
 	{ "smtp_max_connections", "200", CT_INT, NULL, 1, 100000 },
 	{ "smtp_max_per_client", "20", CT_INT, NULL, 1, 100000 },
 	{ "smtp_timeout", "300", CT_TIME, NULL, 1, 3600 },
+	{ "client_hostname_lookups", "no", CT_BOOL, NULL, 0, 0 },	/* FCrDNS of clients */
+	{ "resolver", "system", CT_STR, NULL, 0, 0 },	/* or IP[:PORT] */
 	{ "delivery", "maildir:$state_dir/mail", CT_STR, NULL, 0, 0 },	/* or relay:[HOST]:PORT */
 	{ "relayhost", "", CT_STR, NULL, 0, 0 },	/* [HOST]:PORT for relayed mail */
 	{ "users", "file:$state_dir/users", CT_STR, NULL, 0, 0 },

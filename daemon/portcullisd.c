@@ -244,6 +244,8 @@ worker_main(enum service svc, int readyfd)
 		sc.ban = watcher_ban;
 		sc.ban_arg = w;
 		sc.tls = tls_ctx;
+		sc.resolver = conf_get_bool(conf, "client_hostname_lookups") ?
+		    conf_get(conf, "resolver") : NULL;
 		/* libevent takes SIGTERM/SIGINT through its signal events */
 		block_stop_signals(SIG_UNBLOCK);
 		log_info("smtp ready on %s", conf_get(conf, "smtp_listen"));

@@ -27,6 +27,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
 #include <event2/listener.h>
 
 #include <openssl/err.h>
@@ -53,6 +54,7 @@ struct listener {
 struct server {
 	const struct smtp_server_conf *c;
 	struct jobs *jobs;
+	struct evdns_base *dns;		/* client name lookups, or NULL */
 	struct smtp_params params;
 	struct event_base *base;
 	struct userdb *users;
@@ -74,6 +76,7 @@ struct conn {
 	int tls;		/* the bev is an OpenSSL one, handshake pending or done */
 	int dead;		/* the peer went away while delivering */
 	struct downstream *ds;	/* an open pass-through session */
+	char ptrname[256];	/* the reverse name being forward-confirmed */
 };
 
 struct delivery {
@@ -681,6 +684,99 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 }
 
 static void
+greet(struct conn *c, const char *hostname)
+{
+	smtp_proto_start(c->sp, c->has_addr ? &c->addr : NULL, hostname, (long long)time(NULL));
+	flush_output(c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/* forward-confirmed reverse DNS: the PTR name must resolve back to the client */
+static void
+fwd_cb(int result, char type, int count, int ttl, void *addrs, void *arg)
+{
+	struct conn *c = arg;
+	int ok = 0;
+
+	(void)ttl;
+	c->delivering = 0;
+	if (result == DNS_ERR_NONE && type == DNS_IPv4_A && c->addr.family == 4) {
+		const uint32_t *a = addrs;
+
+		for (int i = 0; i < count; i++)
+			ok |= ntohl(a[i]) == c->addr.v4;
+	} else if (result == DNS_ERR_NONE && type == DNS_IPv6_AAAA && c->addr.family == 6) {
+		const struct in6_addr *a = addrs;
+
+		for (int i = 0; i < count; i++) {
+			struct ipaddr x;
+			struct sockaddr_in6 sin6;
+
+			memset(&sin6, 0, sizeof(sin6));
+			sin6.sin6_family = AF_INET6;
+			sin6.sin6_addr = a[i];
+			if (cidr_addr_from_sockaddr((struct sockaddr *)&sin6, &x) == 0)
+				ok |= x.hi == c->addr.hi && x.lo == c->addr.lo;
+		}
+	}
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	greet(c, ok ? c->ptrname : NULL);
+}
+
+static void
+ptr_cb(int result, char type, int count, int ttl, void *addrs, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)ttl;
+	if (c->dead) {
+		c->delivering = 0;
+		conn_free(c);
+		return;
+	}
+	if (result == DNS_ERR_NONE && type == DNS_PTR && count > 0 && addrs != NULL) {
+		const char *name = *(const char **)addrs;
+
+		if (name != NULL && strlen(name) < sizeof(c->ptrname)) {
+			snprintf(c->ptrname, sizeof(c->ptrname), "%s", name);
+			if ((c->addr.family == 4 ? evdns_base_resolve_ipv4(c->srv->dns, c->ptrname, 0,
+			    fwd_cb, c) : evdns_base_resolve_ipv6(c->srv->dns, c->ptrname, 0, fwd_cb, c)) != NULL)
+				return;
+		}
+	}
+	c->delivering = 0;
+	greet(c, NULL);
+}
+
+static void
+lookup_client(struct conn *c)
+{
+	struct evdns_request *r;
+
+	c->delivering = 1;	/* the lookup holds the connection */
+	if (c->addr.family == 4) {
+		struct in_addr in = { .s_addr = htonl(c->addr.v4) };
+
+		r = evdns_base_resolve_reverse(c->srv->dns, &in, 0, ptr_cb, c);
+	} else {
+		struct in6_addr in6;
+
+		for (int i = 0; i < 8; i++) {
+			in6.s6_addr[i] = (uint8_t)(c->addr.hi >> (56 - 8 * i));
+			in6.s6_addr[8 + i] = (uint8_t)(c->addr.lo >> (56 - 8 * i));
+		}
+		r = evdns_base_resolve_reverse_ipv6(c->srv->dns, &in6, 0, ptr_cb, c);
+	}
+	if (r == NULL) {
+		c->delivering = 0;
+		greet(c, NULL);
+	}
+}
+
+static void
 accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
     void *arg)
 {
@@ -729,9 +825,11 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		c->closing = 1;
 		return;
 	}
-	smtp_proto_start(c->sp, c->has_addr ? &c->addr : NULL, NULL, (long long)time(NULL));
-	flush_output(c);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	if (s->dns != NULL && c->has_addr) {
+		lookup_client(c);	/* the greeting waits for a verified name */
+		return;
+	}
+	greet(c, NULL);
 }
 
 static void
@@ -797,6 +895,20 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		return -1;
 	}
 	s->jobs = jobs_new(s->base, SMTP_DELIVERY_THREADS);
+	if (c->resolver != NULL) {
+		/* no search domains, our own nameserver: no query leaves by surprise */
+		s->dns = evdns_base_new(s->base, 0);
+		if (strcmp(c->resolver, "system") == 0) {
+			if (evdns_base_resolv_conf_parse(s->dns, DNS_OPTION_NAMESERVERS,
+			    "/etc/resolv.conf") != 0)
+				log_warn("client_hostname_lookups: cannot read /etc/resolv.conf");
+		} else if (evdns_base_nameserver_ip_add(s->dns, c->resolver) != 0) {
+			*error_r = "resolver: not an IP[:PORT]";
+			rc = -1;
+		}
+		evdns_base_set_option(s->dns, "timeout:", "3");
+		evdns_base_set_option(s->dns, "attempts:", "2");
+	}
 	for (size_t i = 0; i < nfds; i++) {
 		evutil_make_socket_nonblocking(fds[i]);
 		ls[i].srv = s;
@@ -819,6 +931,8 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	for (size_t i = 0; i < nfds; i++)
 		if (ls[i].l != NULL)
 			evconnlistener_free(ls[i].l);
+	if (s->dns != NULL)
+		evdns_base_free(s->dns, 1);	/* pending lookups call back with an error */
 	jobs_free(&s->jobs);	/* deliveries in flight finish first */
 	while (s->conns != NULL) {
 		smtp_proto_eof(s->conns->sp);

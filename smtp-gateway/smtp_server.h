@@ -19,6 +19,7 @@ struct smtp_server_conf {
 	unsigned max_per_client;	/* per client address */
 	unsigned timeout;		/* seconds idle / per command */
 	SSL_CTX *tls;			/* NULL: no STARTTLS, no smtps */
+	const char *resolver;		/* client name lookups: "system" or IP[:PORT]; NULL off */
 	/* from the event loop; must not block */
 	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why);
 	void *ban_arg;
