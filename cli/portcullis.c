@@ -27,6 +27,7 @@
 
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/owner.h"
 #include "common/pclimits.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
@@ -747,6 +748,8 @@ main(int argc, char **argv)
 	} else {
 		usage();
 	}
+	/* files root just wrote must stay writable by the daemon's run_user */
+	owner_fix_files(conf);
 	conf_free(&conf);
 	return rc;
 }

@@ -31,6 +31,7 @@
 
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/owner.h"
 #include "common/tls.h"
 #include "common/xmalloc.h"
 #include "daemon/watcher.h"
@@ -520,6 +521,13 @@ dup:		;
 		log_warn("mydomains is empty: every recipient counts as relayed, so clients "
 		    "outside relay_networks can send nothing");
 	mkdirs(conf_get(c, "state_dir"));
+	/* listeners are bound and keys read: drop root before any worker runs */
+	if (owner_drop(c, &err) < 0) {
+		fprintf(stderr, "portcullisd: %s\n", err);
+		return 1;
+	}
+	if (geteuid() == 0)
+		log_warn("running as root: set run_user to an unprivileged user");
 
 	if (!foreground) {
 		/* detach now; the parent waits to print a start-up failure */
