@@ -85,10 +85,12 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_milter.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) sh tests/integration/test_miltertest.sh
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_lists.py
 
 bench: deps
 	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter
 	sh tests/bench/run.sh
+	python3 tests/bench/redis_bench.py
 
 run: deps
 	$(MAKE) all

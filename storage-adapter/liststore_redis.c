@@ -360,8 +360,7 @@ match_pattern(const struct rstore *r, enum list_kind k)
 }
 
 /*
- * Turn the replies for one key into an entry. h: HGETALL (or GET when the
- * admin stored a plain string); exp: EXPIRETIME. Returns 0 and fills *e, 1
+ * Turn the replies for one key into an entry. h: HGETALL; exp: EXPIRETIME. Returns 0 and fills *e, 1
  * when the key is gone, -1 (logged) when it is malformed.
  */
 static int
@@ -378,6 +377,7 @@ decode_entry(struct rstore *r, const char *rkey, const char *key, redisReply *h,
 	if (xt == -2 || h->type == REDIS_REPLY_NIL ||
 	    (h->type == REDIS_REPLY_ARRAY && h->elements == 0))
 		return 1;	/* gone */
+	/* a string, list... (WRONGTYPE): only hashes are entries */
 	if (h->type == REDIS_REPLY_ARRAY) {
 		fv = xcalloc(h->elements + 1, sizeof(char *));
 		fl = xcalloc(h->elements + 1, sizeof(size_t));
@@ -387,17 +387,6 @@ decode_entry(struct rstore *r, const char *rkey, const char *key, redisReply *h,
 			fv[n] = h->element[i]->str;
 			fl[n++] = h->element[i]->len;
 		}
-	} else if (h->type == REDIS_REPLY_STRING) {
-		/* SET PREFIXkill:ENTRY "reason": lenient, the value is the reason */
-		static const char *reason = "reason";
-
-		fv = xcalloc(2, sizeof(char *));
-		fl = xcalloc(2, sizeof(size_t));
-		fv[0] = reason;
-		fl[0] = 6;
-		fv[1] = h->str;
-		fl[1] = h->len;
-		n = 2;
 	} else {
 		log_warn("redis key \"%s\": not a hash; skipped",
 		    log_escape(esc, rkey, strlen(rkey)));
@@ -413,12 +402,19 @@ decode_entry(struct rstore *r, const char *rkey, const char *key, redisReply *h,
 	return 0;
 }
 
-/* pipeline HGETALL + EXPIRETIME for keys[0..n), decode into out */
+/*
+ * Pipeline HGETALL + EXPIRETIME for keys[0..n), decode into out. Every reply
+ * of the batch is read before anything else is sent or any error returned,
+ * so a reply can never be taken for another key's. A key of another type
+ * (WRONGTYPE) is logged and skipped by decode_entry().
+ */
 static int
 fetch_keys(struct liststore *s, redisContext *c, char **rkeys, size_t n, size_t skip,
     struct entry_vec *out, const char **error_r)
 {
 	struct rstore *r = s->priv;
+	redisReply **h = xcalloc(n + 1, sizeof(*h)), **x = xcalloc(n + 1, sizeof(*x));
+	int rc = 0;
 
 	for (size_t i = 0; i < n; i++) {
 		const char *a1[] = { "HGETALL", rkeys[i] };
@@ -427,33 +423,32 @@ fetch_keys(struct liststore *s, redisContext *c, char **rkeys, size_t n, size_t 
 		redisAppendCommandArgv(c, 2, a1, NULL);
 		redisAppendCommandArgv(c, 2, a2, NULL);
 	}
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		if (redisGetReply(c, (void **)&h[i]) != REDIS_OK ||
+		    redisGetReply(c, (void **)&x[i]) != REDIS_OK) {
+			rc = rs_fail(s, error_r, "Redis at %s: %s", r->where,
+			    c->errstr[0] ? c->errstr : "connection lost");
+			break;
+		}
+	}
 	for (size_t i = 0; i < n; i++) {
-		redisReply *h = NULL, *x = NULL;
 		struct list_entry e;
 
-		if (redisGetReply(c, (void **)&h) != REDIS_OK ||
-		    redisGetReply(c, (void **)&x) != REDIS_OK) {
-			if (h)
-				freeReplyObject(h);
-			return rs_fail(s, error_r, "Redis at %s: %s", r->where, c->errstr);
+		if (rc == 0 && h[i] != NULL && x[i] != NULL) {
+			memset(&e, 0, sizeof(e));
+			if (decode_entry(r, rkeys[i], rkeys[i] + skip, h[i], x[i], &e) == 0)
+				entry_vec_push(out, &e);
 		}
-		if (h->type == REDIS_REPLY_ERROR && strncmp(h->str, "WRONGTYPE", 9) == 0) {
-			const char *a3[] = { "GET", rkeys[i] };
-
-			freeReplyObject(h);
-			h = cmdv(c, 2, a3);
-			if (h == NULL) {
-				freeReplyObject(x);
-				return rs_fail(s, error_r, "Redis at %s: %s", r->where, c->errstr);
-			}
-		}
-		memset(&e, 0, sizeof(e));
-		if (decode_entry(r, rkeys[i], rkeys[i] + skip, h, x, &e) == 0)
-			entry_vec_push(out, &e);
-		freeReplyObject(h);
-		freeReplyObject(x);
+		if (h[i])
+			freeReplyObject(h[i]);
+		if (x[i])
+			freeReplyObject(x[i]);
 	}
-	return 0;
+	free(h);
+	free(x);
+	if (rc < 0)
+		rs_drop(r);	/* a half-read pipeline: start afresh */
+	return rc;
 }
 
 static int
@@ -501,8 +496,10 @@ rs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char
 		freeReplyObject(rep);
 	} while (rc == 0 && strcmp(cursor, "0") != 0);
 	free(pattern);
-	if (rc < 0 && c->err)
+	if (rc < 0) {
 		rs_drop(r);
+		r->down = 1;	/* "reachable again" is logged when it returns */
+	}
 	return rc;
 }
 
@@ -711,6 +708,15 @@ enable_notifications(struct liststore *s)
 			want[l + 1] = '\0';
 		}
 	}
+	/*
+	 * An import of a million entries makes a million notifications; with
+	 * Redis's default pubsub output limit (32 MB) every watcher would be
+	 * cut off. Ask for more room where Redis lets us (best effort).
+	 */
+	rep = redisCommand(r->cmd, "CONFIG SET client-output-buffer-limit %s",
+	    "pubsub 512mb 256mb 120");
+	if (rep)
+		freeReplyObject(rep);
 	if (strcmp(want, have) == 0)
 		return;
 	rep = redisCommand(r->cmd, "CONFIG SET notify-keyspace-events %s", want);

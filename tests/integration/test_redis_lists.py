@@ -449,7 +449,6 @@ class RedisLists(unittest.TestCase):
             "(%.3f s after it started)" % (t_ret - t_start, got["B"], got["B"] + t_ret - t_start))
         self.assertTrue(A.refuses(ip))
 
-        t0 = time.monotonic()
         A.cli_ok("kill", "del", ip)
         got = wait_state([B], ip, False, 1.0, time.monotonic(), "CLI del on A")
         say("a: CLI del on A -> accepted again by B after %.3f s" % got["B"])
