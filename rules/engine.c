@@ -77,7 +77,7 @@ engine_stage_name(enum engine_stage st)
 {
 	static const char *const names[] = {
 		"CONNECT", "HELO", "MAIL", "RCPT", "HEADER", "END-OF-HEADERS",
-		"END-OF-MESSAGE", "ABORT", "CLOSE",
+		"END-OF-MESSAGE", "ABORT", "CLOSE", "COMMAND",
 	};
 	return names[st];
 }

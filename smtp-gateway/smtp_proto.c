@@ -39,7 +39,7 @@
 enum st { ST_CMD, ST_DATA, ST_WAIT, ST_TLS, ST_AUTH, ST_AUTHWAIT, ST_DOWNWAIT, ST_CLOSED };
 
 /* DATA scanner states */
-enum ds { DS_LS_CRLF, DS_LS_LF, DS_DOT, DS_DOT_CR, DS_MID, DS_CR };
+enum ds { DS_LS_CRLF, DS_LS_LF, DS_DOT, DS_DOT_LF, DS_DOT_CR, DS_MID, DS_CR };
 
 struct smtp_proto {
 	const struct smtp_params *p;
@@ -84,6 +84,7 @@ struct smtp_proto {
 	int auth_pending;
 	/* pass-through */
 	int bare_reject;	/* smtp_bare_newline = reject, and not an excepted client */
+	int banned;		/* this session asked for its ban already */
 	int route;		/* 0 none yet, 1 local store, 2 downstream */
 	struct smtp_down_req down;
 	int down_pending;
@@ -247,6 +248,17 @@ verdict_reply(struct smtp_proto *sp, enum engine_stage stage, const struct verdi
 static void
 error_reply(struct smtp_proto *sp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* one more error against the budget; past it, 421 and close */
+static void
+count_error(struct smtp_proto *sp)
+{
+	if (++sp->errors >= (sp->authenticated ? SMTP_MAX_ERRORS_AUTH : SMTP_MAX_ERRORS)) {
+		reply(sp, "421 4.7.0 %s Error: too many errors", sp->p->myhostname);
+		sp->close_after = 1;
+		sp->st = ST_CLOSED;
+	}
+}
+
 static void
 error_reply(struct smtp_proto *sp, const char *fmt, ...)
 {
@@ -257,11 +269,20 @@ error_reply(struct smtp_proto *sp, const char *fmt, ...)
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	reply(sp, "%s", buf);
-	if (++sp->errors >= (sp->authenticated ? SMTP_MAX_ERRORS_AUTH : SMTP_MAX_ERRORS)) {
-		reply(sp, "421 4.7.0 %s Error: too many errors", sp->p->myhostname);
-		sp->close_after = 1;
-		sp->st = ST_CLOSED;
-	}
+	count_error(sp);
+}
+
+/* the stage an over-long line counts as, for logs */
+static enum engine_stage
+command_stage(const char *line)
+{
+	if (strncasecmp(line, "MAIL", 4) == 0)
+		return STAGE_MAIL;
+	if (strncasecmp(line, "RCPT", 4) == 0)
+		return STAGE_RCPT;
+	if (strncasecmp(line, "HELO", 4) == 0 || strncasecmp(line, "EHLO", 4) == 0)
+		return STAGE_HELO;
+	return STAGE_COMMAND;
 }
 
 void
@@ -1050,9 +1071,8 @@ data_input(struct smtp_proto *sp, const char *buf, size_t len)
 		case DS_LS_CRLF:
 		case DS_LS_LF:
 			if (c == '.') {
-				sp->ds = sp->ds == DS_LS_CRLF ? DS_DOT : DS_MID;
-				if (sp->ds == DS_MID)	/* "\n." can never end DATA */
-					data_put(sp, ".", 1);
+				/* "\n." can never end DATA, but is still dot-stuffing */
+				sp->ds = sp->ds == DS_LS_CRLF ? DS_DOT : DS_DOT_LF;
 			} else if (c == '\r') {
 				sp->ds = DS_CR;
 			} else if (c == '\n') {
@@ -1076,13 +1096,23 @@ data_input(struct smtp_proto *sp, const char *buf, size_t len)
 				sp->ds = DS_MID;
 			}
 			break;
+		case DS_DOT_LF:
+			if (c == '\r' || c == '\n') {
+				data_put(sp, ".", 1);	/* a lone dot here ends nothing: keep it */
+				sp->ds = DS_MID;
+				i--;
+			} else {
+				data_put(sp, &c, 1);	/* the leading dot was stuffing */
+				sp->ds = DS_MID;
+			}
+			break;
 		case DS_DOT_CR:
 			if (c == '\n') {
 				data_end(sp);
 				return i + 1;
 			}
 			sp->bare = 1;	/* ".<CR>x" */
-			data_put(sp, ".\r", 2);
+			data_put(sp, norm ? ".\r\n" : ".\r", norm ? 3 : 2);
 			sp->ds = DS_MID;
 			i--;	/* look at c again */
 			break;
@@ -1184,13 +1214,15 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 					sp->st = ST_CMD;
 				engine_long_command(sp->es, snap, cmdlen, now, &v);
 				snapref_release(sp->p->snaps, ticket);
-				/* the engine's verdict (and ban), or our hard cap */
-				if (v.tag == NULL || !verdict_reply(sp, STAGE_CONNECT, &v, sp->line))
+				/* the engine's verdict (and ban), or our hard cap; one ban a session */
+				if (sp->banned)
+					v.ban_seconds = 0;
+				if (v.tag == NULL || !verdict_reply(sp, command_stage(sp->line), &v, sp->line))
 					error_reply(sp, "500 5.5.2 Error: line too long");
-				else if (++sp->errors >= SMTP_MAX_ERRORS) {
-					sp->close_after = 1;
-					sp->st = ST_CLOSED;
-				}
+				else
+					count_error(sp);
+				if (v.ban_seconds > 0)
+					sp->banned = 1;
 			} else if (!crlf && sp->bare_reject) {
 				error_reply(sp, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
 			} else if (more && sp->greeted != 2) {
