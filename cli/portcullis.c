@@ -135,6 +135,27 @@ cmd_list(const struct conf *c, enum list_kind k, int argc, char **argv)
 	return 0;
 }
 
+/* --ttl TIME or --reason TEXT at argv[*i]: 1 (and *i moved on), 0 if neither */
+static int
+ttl_reason_option(int argc, char **argv, int *i, long *ttl_r, const char **reason_r)
+{
+	if (strcmp(argv[*i], "--ttl") == 0 && *i + 1 < argc) {
+		++*i;
+		if (conf_parse_time(argv[*i], ttl_r) < 0 || *ttl_r <= 0 || *ttl_r > (long)MAX_TTL)
+			die("--ttl \"%.40s\": expected a positive time such as 3600, 30m, 2h, 7d; "
+			    "nothing written", argv[*i]);
+		return 1;
+	}
+	if (strcmp(argv[*i], "--reason") == 0 && *i + 1 < argc) {
+		*reason_r = argv[++*i];
+		if (!listentry_reason_is_valid(*reason_r))
+			die("--reason: one line of at most %d printable characters; nothing written",
+			    MAX_REASON_LEN);
+		return 1;
+	}
+	return 0;
+}
+
 static int
 cmd_add(const struct conf *c, enum list_kind k, int argc, char **argv)
 {
@@ -147,20 +168,9 @@ cmd_add(const struct conf *c, enum list_kind k, int argc, char **argv)
 		usage();
 	if (listentry_parse_key(argv[0], &e, &err) < 0)
 		die("\"%.100s\": %s; nothing written", argv[0], err);
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--ttl") == 0 && i + 1 < argc) {
-			if (conf_parse_time(argv[++i], &ttl) < 0 || ttl <= 0 || ttl > (long)MAX_TTL)
-				die("--ttl \"%.40s\": expected a positive time such as 3600, 30m, 2h, 7d; nothing written",
-				    argv[i]);
-		} else if (strcmp(argv[i], "--reason") == 0 && i + 1 < argc) {
-			reason = argv[++i];
-			if (!listentry_reason_is_valid(reason))
-				die("--reason: one line of at most %d printable characters; nothing written",
-				    MAX_REASON_LEN);
-		} else {
+	for (int i = 1; i < argc; i++)
+		if (!ttl_reason_option(argc, argv, &i, &ttl, &reason))
 			die("unexpected argument \"%.60s\" (expected --ttl TIME or --reason TEXT)", argv[i]);
-		}
-	}
 	e.added = (long long)time(NULL);
 	e.expires = ttl ? e.added + ttl : 0;
 	e.origin = ORIGIN_ADMIN;
@@ -327,19 +337,11 @@ cmd_import(const struct conf *c, enum list_kind k, int argc, char **argv)
 		usage();
 	path = argv[0];
 	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--ttl") == 0 && i + 1 < argc) {
-			if (conf_parse_time(argv[++i], &ttl) < 0 || ttl <= 0 || ttl > (long)MAX_TTL)
-				die("--ttl \"%.40s\": expected a positive time such as 3600, 30m, 2h, 7d",
-				    argv[i]);
-		} else if (strcmp(argv[i], "--reason") == 0 && i + 1 < argc) {
-			reason = argv[++i];
-			if (!listentry_reason_is_valid(reason))
-				die("--reason: one line of at most %d printable characters", MAX_REASON_LEN);
-		} else if (strcmp(argv[i], "--skip-bad") == 0) {
-			skip_bad = 1;
-		} else {
+		if (ttl_reason_option(argc, argv, &i, &ttl, &reason))
+			continue;
+		if (strcmp(argv[i], "--skip-bad") != 0)
 			usage();
-		}
+		skip_bad = 1;
 	}
 	fp = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
 	if (fp == NULL)
