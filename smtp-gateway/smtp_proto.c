@@ -358,6 +358,9 @@ smtp_proto_set_tls(struct smtp_proto *sp, int active)
 		tx_reset(sp);
 		sp->greeted = 0;
 		sp->helo[0] = '\0';
+		/* RFC 3207 §4.2: an AUTH from before the handshake does not carry over */
+		sp->authenticated = 0;
+		sp->auth_user[0] = '\0';
 		sp->st = ST_CMD;
 	}
 }

@@ -44,6 +44,7 @@
 
 #define PER_CLIENT_SLOTS 1024
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
+#define SMTP_DOWNSTREAM_THREADS 64	/* a slow downstream must not hold up local work */
 
 struct listener {
 	struct server *srv;
@@ -53,8 +54,10 @@ struct listener {
 
 struct server {
 	const struct smtp_server_conf *c;
-	struct jobs *jobs;
+	struct jobs *jobs;		/* fsync and password hashing */
+	struct jobs *down_jobs;		/* downstream sessions: they may wait on the network */
 	struct evdns_base *dns;		/* client name lookups, or NULL */
+	int stopping;			/* no new work while the pools drain */
 	struct smtp_params params;
 	struct event_base *base;
 	struct userdb *users;
@@ -77,6 +80,8 @@ struct conn {
 	int dead;		/* the peer went away while delivering */
 	struct downstream *ds;	/* an open pass-through session */
 	char ptrname[256];	/* the reverse name being forward-confirmed */
+	struct event *close_timer;
+	int close_tries;
 };
 
 struct delivery {
@@ -206,6 +211,8 @@ conn_free(struct conn *c)
 			(*pc)--;
 	}
 	drop_downstream(c);
+	if (c->close_timer != NULL)
+		event_free(c->close_timer);
 	s->nconn--;
 	if (c->prev)
 		c->prev->next = c->next;
@@ -391,7 +398,7 @@ drop_downstream(struct conn *c)
 	j = xcalloc(1, sizeof(*j));
 	j->ds = c->ds;
 	c->ds = NULL;
-	jobs_submit(c->srv->jobs, down_close_run, down_close_done, j);
+	jobs_submit(c->srv->down_jobs, down_close_run, down_close_done, j);
 }
 
 static char *
@@ -403,7 +410,7 @@ received_header(struct server *s, struct smtp_msg *m)
 
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	return xasprintf("Received: from %s (%s)\r\n\tby %s (Portcullis) with ESMTP\r\n\t"
+	return xasprintf("Received: from %s (%s)\r\n\tby %s with ESMTP\r\n\t"
 	    "for <%s>; %s\r\n", m->helo[0] ? m->helo : "unknown", m->client,
 	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
 }
@@ -437,7 +444,7 @@ deliver(struct conn *c, struct smtp_msg *m)
 			free(j);
 			return;
 		}
-		jobs_submit(s->jobs, down_data_run, down_data_done, j);
+		jobs_submit(s->down_jobs, down_data_run, down_data_done, j);
 		return;
 	}
 	d = xcalloc(1, sizeof(*d));
@@ -464,7 +471,7 @@ deliver(struct conn *c, struct smtp_msg *m)
 	}
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	d->head = xasprintf("Received: from %s (%s)\r\n\tby %s (Portcullis) with ESMTP\r\n\t"
+	d->head = xasprintf("Received: from %s (%s)\r\n\tby %s with ESMTP\r\n\t"
 	    "for <%s>; %s\r\n", m->helo[0] ? m->helo : "unknown", m->client,
 	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
 	d->data = m->data;	/* stays with the session until smtp_proto_delivered() */
@@ -479,6 +486,7 @@ deliver(struct conn *c, struct smtp_msg *m)
 
 static void write_cb(struct bufferevent *bev, void *arg);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
+static void close_check(evutil_socket_t fd, short what, void *arg);
 
 /* STARTTLS: "220 Ready" is queued on the plain bev; TLS wraps it from here */
 static void
@@ -591,6 +599,8 @@ read_cb(struct bufferevent *bev, void *arg)
 	struct conn *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 
+	if (c->srv->stopping)
+		return;		/* shutting down: finish what runs, start nothing */
 	while (!c->closing && evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec v;
 		size_t used;
@@ -624,7 +634,7 @@ read_cb(struct bufferevent *bev, void *arg)
 				j->timeout = c->srv->c->timeout < 60 ? c->srv->c->timeout : 60;
 				c->delivering = 1;
 				bufferevent_disable(c->bev, EV_READ);
-				jobs_submit(c->srv->jobs, down_rcpt_run, down_rcpt_done, j);
+				jobs_submit(c->srv->down_jobs, down_rcpt_run, down_rcpt_done, j);
 			}
 			return;
 		}
@@ -639,8 +649,33 @@ read_cb(struct bufferevent *bev, void *arg)
 	if (c->closing) {
 		bufferevent_disable(bev, EV_READ);
 		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-			conn_free(c);
+			close_check(-1, 0, c);
 	}
+}
+
+/*
+ * Close once the last reply is on the wire. Behind a STARTTLS filter the
+ * filter's output empties into the socket's bufferevent first: wait for
+ * that one too, or the final 221/421/554 would be lost.
+ */
+static void
+close_check(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	struct bufferevent *under = bufferevent_get_underlying(c->bev);
+
+	(void)fd;
+	(void)what;
+	if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) > 0 &&
+	    c->close_tries++ < 100) {
+		struct timeval tv = { 0, 20000 };
+
+		if (c->close_timer == NULL)
+			c->close_timer = evtimer_new(c->srv->base, close_check, c);
+		evtimer_add(c->close_timer, &tv);
+		return;
+	}
+	conn_free(c);
 }
 
 static void
@@ -650,7 +685,7 @@ write_cb(struct bufferevent *bev, void *arg)
 
 	(void)bev;
 	if (c->closing)
-		conn_free(c);
+		close_check(-1, 0, c);
 }
 
 static void
@@ -660,14 +695,21 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (what & BEV_EVENT_CONNECTED)
 		return;		/* a TLS handshake completed */
-	if (what & BEV_EVENT_TIMEOUT) {
-		char msg[160];
+	if ((what & BEV_EVENT_TIMEOUT) && !c->closing) {
+		char msg[160], who[CIDR_TEXT_MAX];
 		int n = snprintf(msg, sizeof(msg), "421 4.4.2 %s Error: timeout exceeded\r\n",
 		    c->srv->params.myhostname);
+		struct timeval tv = { 5, 0 };
 
-		log_info("timeout after %u s from %s", c->srv->c->timeout,
-		    c->has_addr ? "a client" : "unknown");
-		(void)send(bufferevent_getfd(bev), msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		log_info("timeout after %u s from [%s]", c->srv->c->timeout,
+		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+		/* through the bufferevent: inside TLS the 421 must be encrypted too */
+		smtp_proto_eof(c->sp);
+		c->closing = 1;
+		bufferevent_set_timeouts(bev, &tv, &tv);
+		bufferevent_write(bev, msg, (size_t)n);
+		bufferevent_enable(bev, EV_WRITE);
+		return;
 	}
 	if ((what & BEV_EVENT_ERROR) && c->tls) {
 		unsigned long e = bufferevent_get_openssl_error(bev);
@@ -675,8 +717,11 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 		if (e != 0) {
 			char buf[200];
 
+			char who[CIDR_TEXT_MAX];
+
 			ERR_error_string_n(e, buf, sizeof(buf));
-			log_info("TLS error from %s: %s", c->has_addr ? "client" : "unknown", buf);
+			log_info("TLS error from [%s]: %s",
+			    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown", buf);
 		}
 	}
 	smtp_proto_eof(c->sp);
@@ -895,6 +940,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		return -1;
 	}
 	s->jobs = jobs_new(s->base, SMTP_DELIVERY_THREADS);
+	s->down_jobs = jobs_new(s->base, SMTP_DOWNSTREAM_THREADS);
 	if (c->resolver != NULL) {
 		/* no search domains, our own nameserver: no query leaves by surprise */
 		s->dns = evdns_base_new(s->base, 0);
@@ -931,9 +977,11 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	for (size_t i = 0; i < nfds; i++)
 		if (ls[i].l != NULL)
 			evconnlistener_free(ls[i].l);
+	s->stopping = 1;
 	if (s->dns != NULL)
 		evdns_base_free(s->dns, 1);	/* pending lookups call back with an error */
 	jobs_free(&s->jobs);	/* deliveries in flight finish first */
+	jobs_free(&s->down_jobs);
 	while (s->conns != NULL) {
 		smtp_proto_eof(s->conns->sp);
 		s->conns->delivering = 0;

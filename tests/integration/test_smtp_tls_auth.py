@@ -8,22 +8,28 @@ What it proves (one class per subject):
                     PLAIN LOGIN CRAM-MD5 only after it; a message over STARTTLS
                     is in the Maildir when 250 arrives; plaintext pipelined
                     behind STARTTLS is never answered (RFC 3207 injection);
-                    QUIT inside TLS gets 221
-    T02Submission   smtps_listen (implicit TLS, RFC 8314) and submission_listen
-                    over STARTTLS: MAIL before AUTH is 530 5.7.0
+                    inside TLS, QUIT gets 221 and an idle timeout 421 4.4.2
+    T02Submission   smtps_listen (implicit TLS, RFC 8314; smtplib, curl) and
+                    submission_listen over STARTTLS: MAIL before AUTH is 530 5.7.0
     T03Auth         PLAIN, LOGIN, CRAM-MD5: 235 2.7.0 with the right password,
                     535 5.7.8 with a wrong one or an unknown user; before TLS
                     only CRAM-MD5 (PLAIN/LOGIN 538 5.7.11) unless
-                    auth_allow_plaintext = yes
+                    auth_allow_plaintext = yes; an AUTH done before STARTTLS
+                    does not carry into the TLS session (RFC 3207 4.2); swaks
     T04Relay        an outside client may not relay (550 5.7.1) until it has
-                    authenticated; then the mail reaches the relayhost
-    T05PassThrough  delivery = relay:[127.0.0.1]:PORT: mail reaches smtp-sink;
-                    the sink's refusals are mirrored; a dead sink is 451 4.4.1
-                    at RCPT; nothing is acknowledged 250 the sink did not get
+                    authenticated; then the mail reaches the relayhost; a slow
+                    relayhost does not hold up other clients' local delivery
+                    or AUTH
+    T05PassThrough  delivery = relay:[127.0.0.1]:PORT: mail reaches smtp-sink
+                    whole (dot lines, 3 MB, after an RSET); the sink's MAIL,
+                    RCPT and end-of-data refusals are mirrored; a dead sink is
+                    451 4.4.1 at RCPT; nothing is acknowledged 250 the sink did
+                    not get; pass-through is no open relay
     T06MutualTLS    tls_verify_client = require: no client cert, or one from
                     another CA, fails the handshake; one from our CA works
     T07ConfigErrors a key that does not match the certificate, a missing,
-                    unreadable or non-PEM certificate: exit 1 naming the file
+                    unreadable (mode 000, daemon run as nobody) or non-PEM
+                    certificate, a missing client CA: exit 1 naming the file
 
 Everything listens on 127.0.0.1; "outside" clients come from 127.0.0.5.
 Needs root (smtp-sink -u postfix; the unreadable-file case runs the daemon
@@ -49,6 +55,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -885,6 +892,73 @@ class T04Relay(Case):
                 self.assertEqual(W.in_mailbox(m), [], "relayed mail also went to the Maildir")
 
 
+    def test_slow_relayhost_does_not_stall_local_delivery_or_auth(self):
+        # README: "Slow work -- fsync, password hashing, the downstream session --
+        # runs on worker threads; the event loop never waits for it."  A
+        # relayhost that takes 3 s per RCPT (a tarpit, a far-away MX) must not
+        # make other clients' local delivery or AUTH wait for it.
+        slow = W.sink("slow-relayhost", extra=["-W", "RCPT:3"], dump=False)
+        d = Daemon(W, "slowrelay", smtp_listen="auto",
+                   relayhost="[127.0.0.1]:%d" % slow.port).start()
+        relayers, relay_times = [], []
+        try:
+            def relay(i):
+                try:
+                    c = Client(d.ports["smtp"], source="127.0.0.2", timeout=30)
+                    c.ehlo()
+                    c.mail("relay%d@example.com" % i)
+                    t0 = time.monotonic()
+                    relayers.append(c.rcpt("user%d@other.org" % i))
+                    relay_times.append(time.monotonic() - t0)
+                    c.s.close()
+                except (OSError, smtplib.SMTPException) as e:
+                    relayers.append((-1, repr(e)))
+            ts = [threading.Thread(target=relay, args=(i,), daemon=True) for i in range(12)]
+            for t in ts:
+                t.start()
+            time.sleep(0.5)       # every relayed RCPT is now waiting on the relayhost
+            m = lab.new_marker("while-slow")
+            res = {}
+
+            def local():
+                with Client(d.ports["smtp"]) as c:
+                    c.ehlo()
+                    t0 = time.monotonic()
+                    r = c.transaction(USER, m)
+                    res["local"] = (time.monotonic() - t0, r[-1], c.transcript())
+
+            def auth():
+                with Client(d.ports["smtp"]) as c:
+                    c.ehlo()
+                    t0 = time.monotonic()
+                    got = c.auth_cram(USER, PASSWORD)
+                    res["auth"] = (time.monotonic() - t0, got, c.transcript())
+            probes = [threading.Thread(target=f, daemon=True) for f in (local, auth)]
+            for t in probes:
+                t.start()
+            for t in probes:
+                t.join(20)
+            t_local, got, tr = res["local"]
+            self.assertEqual(got[0], 250, tr)
+            t_auth, got, tr = res["auth"]
+            self.assertEqual(got[0], 235, tr)
+            for t in ts:
+                t.join(20)
+            self.assertEqual([r[0] for r in relayers], [250] * 12,
+                             "the relayed RCPTs (through the slow relayhost): %r" % relayers)
+            slow_ones = []
+            if t_local >= 1.0:
+                slow_ones.append("a local Maildir delivery (DATA to 250) took %.2fs" % t_local)
+            if t_auth >= 1.0:
+                slow_ones.append("AUTH CRAM-MD5 took %.2fs" % t_auth)
+            self.assertEqual(slow_ones, [], "while 12 sessions waited on a relayhost that "
+                             "answers RCPT after 3 s; relayed RCPTs answered after %s s" % (
+                                 sorted(set("%.0f" % x for x in relay_times))))
+        finally:
+            d.stop()
+            slow.stop()
+
+
 # ============================================================== T05 pass-through
 class T05PassThrough(Case):
     """One daemon with delivery = relay:[127.0.0.1]:SINKPORT; each test starts
@@ -973,6 +1047,46 @@ class T05PassThrough(Case):
                 self.assertEqual(sink.find(m), [])
                 sink.stop()
                 T05PassThrough.sink = None
+
+    def test_downstream_mail_refusal_mirrored_at_rcpt(self):
+        # the downstream's MAIL is sent with the first RCPT: its refusal is
+        # what the client hears there
+        sink = self.start_sink("pass-mail550", ["-f", "MAIL", "-B",
+                                                "550 5.7.1 sink-refuses-this-sender"])
+        m = lab.new_marker("pass-mail550")
+        c, r = self.send("user@example.com", m)
+        self.assertReply(r[1], 550, "5.7.1", c, "RCPT when the downstream refused MAIL")
+        self.assertIn("sink-refuses-this-sender", r[1][1], c.transcript())
+        self.assertEqual(sink.find(m), [])
+
+    def test_rset_dots_and_a_large_message(self):
+        sink = self.start_sink("pass-rset")
+        m = lab.new_marker("pass-rset")
+        body = [".leading dot", "..two dots", ".", "x"] + ["y" * 998] * 3000
+        msg = lab.make_message(m, to="second@example.com", body=body)
+        with Client(self.d.ports["smtp"]) as c:
+            c.ehlo()
+            self.assertReply(c.mail("first@example.org"), 250, None, c, "MAIL 1")
+            self.assertReply(c.rcpt("first@example.com"), 250, None, c, "RCPT 1 (downstream)")
+            self.assertReply(c.cmd("RSET"), 250, None, c, "RSET with a downstream open")
+            self.assertReply(c.mail("second@example.org"), 250, None, c, "MAIL 2")
+            self.assertReply(c.rcpt("second@example.com"), 250, None, c, "RCPT 2")
+            got = c.data(msg)
+            self.assertReply(got, 250, None, c, "3 MB message with dot lines")
+            self.acked.append((m, sink))
+        dumps = sink.find(m)
+        self.assertEqual(len(dumps), 1, c.transcript())
+        d = dumps[0]
+        self.assertEqual(re.findall(r"^X-Rcpt-Args: (?:TO:)?<([^>]*)>", d, re.M),
+                         ["second@example.com"], "the RSET transaction leaked downstream")
+        self.assertEqual(re.findall(r"^X-Mail-Args: (?:FROM:)?<([^>]*)>", d, re.M),
+                         ["second@example.org"])
+        # smtp-sink writes its dump with LF line ends and one empty line after
+        want = msg.replace("\r\n", "\n").rstrip("\n")
+        self.assertTrue(d.replace("\r\n", "\n").rstrip("\n").endswith(want),
+                        "the sink's copy differs from what the client sent (dot-stuffing? "
+                        "truncation?): %d vs %d bytes" % (len(d), len(want)))
+        self.assertEqual([t for t in sink.dumps() if "first@example" in t], [])
 
     def test_downstream_refuses_message(self):
         for extra, want in ((["-r", ".", "-b", "452 4.3.1 sink-out-of-space"], 452),
