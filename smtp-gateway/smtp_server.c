@@ -350,7 +350,7 @@ down_data_run(void *arg)
 	struct downjob *j = arg;
 
 	downstream_data(j->ds, j->head, strlen(j->head), j->data, j->len, j->reply);
-	downstream_close(&j->ds);
+	/* QUIT waits for the client's answer no longer: done() drops the session */
 }
 
 static void
@@ -361,9 +361,11 @@ down_data_done(void *arg)
 
 	c->delivering = 0;
 	log_info("passed on downstream (%s): %s", j->target, j->reply);
+	c->ds = j->ds;	/* closed with QUIT on a job, after the client has its answer */
 	if (c->dead) {
 		conn_free(c);
 	} else {
+		drop_downstream(c);
 		smtp_proto_delivered_reply(c->sp, j->reply);
 		flush_output(c);
 		bufferevent_enable(c->bev, EV_READ);
