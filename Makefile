@@ -33,7 +33,7 @@ NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all asan test unit integration bench run deps clean demo-conf
+.PHONY: all asan test unit integration bench run deps clean demo-conf fuzz
 all: $(BINDIR)/portcullisd $(BINDIR)/portcullis
 
 $(BUILD)/%.o: %.c
@@ -100,6 +100,21 @@ bench: deps
 run: deps
 	$(MAKE) all
 	sh scripts/run-demo.sh
+
+# libFuzzer targets (clang), with ASan+UBSan; FUZZ_SECONDS each
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -g -O1 \
+	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Wno-unused-command-line-argument
+FUZZ_LIB_SRC := $(LIB_SRC)
+fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz needs clang (apt-get install clang)"; exit 1; }
+	@mkdir -p build/fuzz/corpus-smtp build/fuzz/corpus-parsers
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp tests/fuzz/fuzz_smtp.c smtp-gateway/smtp_proto.c \
+	    $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-parsers tests/fuzz/fuzz_parsers.c $(FUZZ_LIB_SRC) \
+	    $(LIBS_LIB) -pthread
+	build/fuzz/fuzz-smtp -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp tests/fuzz/seeds-smtp
+	build/fuzz/fuzz-parsers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-parsers
 
 clean:
 	rm -rf build bin

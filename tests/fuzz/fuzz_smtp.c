@@ -1,0 +1,106 @@
+/*
+ * libFuzzer target: arbitrary client bytes into the SMTP protocol core, cut
+ * into pieces at arbitrary points, with deliveries, AUTH checks and
+ * downstream steps answered at random. Must never crash, hang or leak.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/conf.h"
+#include "common/log.h"
+#include "smtp-gateway/smtp_proto.h"
+
+static struct policy *pol;
+static struct snapref snaps;
+static struct smtp_params params;
+
+static int
+user_exists(void *arg, const char *local, const char *domain)
+{
+	(void)arg;
+	(void)domain;
+	return local[0] == 'a';
+}
+
+static void
+setup(void)
+{
+	struct conf *c = conf_new();
+	const char *err;
+	struct entry_vec none = { 0 };
+
+	log_open("fuzz", 1);
+	log_set_level(LOG_LVL_ERROR);
+	if (conf_load_string(c, "fuzz", "mydomains = example.com\nmax_recipients = 5\n"
+	    "max_command_length = 100\n", &err) < 0 || conf_finish(c, &err) < 0 ||
+	    policy_new(c, &pol, &err) < 0)
+		abort();
+	conf_free(&c);	/* the policy keeps what it needs; pol and snaps live to exit */
+	snapref_init(&snaps, snapshot_new(listset_build(&none, 0), listset_build(&none, 0)));
+	params.pol = pol;
+	params.snaps = &snaps;
+	params.myhostname = "mx.example.com";
+	params.banner = "mx.example.com ESMTP";
+	params.message_size_limit = 4096;
+	params.bare_newline_reject = 1;
+	params.have_relayhost = 1;
+	params.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM;
+	params.auth_allow_plaintext = 1;
+	params.tls_available = 1;
+	params.user_exists = user_exists;
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct smtp_proto *sp;
+	struct ipaddr a = { .family = 4, .v4 = 0xc6336401 };
+	size_t off = 0;
+	unsigned rnd = size ? data[0] : 0;
+
+	if (pol == NULL)
+		setup();
+	params.bare_newline_reject = rnd & 1;
+	params.passthrough = (rnd >> 1) & 1;
+	sp = smtp_proto_new(&params);
+	smtp_proto_start(sp, &a, NULL, 1000);
+	while (off < size) {
+		/* piece length from the data itself: 1..64 bytes */
+		size_t n = 1 + (data[off] & 63);
+		size_t used;
+
+		if (n > size - off)
+			n = size - off;
+		used = smtp_proto_input(sp, (const char *)data + off, n, 1000);
+		off += used;
+		if (smtp_proto_pending(sp))
+			smtp_proto_delivered(sp, rnd & 4, "451", "4.3.0", "x");
+		if (smtp_proto_pending_auth(sp))
+			smtp_proto_auth_done(sp, rnd & 8);
+		if (smtp_proto_pending_down(sp))
+			smtp_proto_down_done(sp, (rnd & 16) ? "250 2.1.5 ok" : "550 5.1.1 no");
+		if (smtp_proto_take_starttls(sp))
+			smtp_proto_set_tls(sp, 1);
+		(void)smtp_proto_take_down_reset(sp);
+		{
+			struct ipaddr b;
+
+			(void)smtp_proto_take_ban(sp, &b);
+		}
+		{
+			size_t olen;
+
+			(void)smtp_proto_output(sp, &olen);
+			smtp_proto_output_done(sp, olen);
+		}
+		if (smtp_proto_wants_close(sp))
+			break;
+		if (used == 0 && !smtp_proto_pending(sp) && !smtp_proto_pending_auth(sp) &&
+		    !smtp_proto_pending_down(sp))
+			off++;	/* cannot happen; never loop forever */
+	}
+	smtp_proto_eof(sp);
+	smtp_proto_free(&sp);
+	return 0;
+}
