@@ -90,6 +90,8 @@ struct smtp_proto {
 	int down_pending;
 	int down_reset;
 	char down_rcpt[600];	/* the recipient waiting for the downstream */
+	int stream;		/* DATA is being streamed downstream */
+	int headers_fed;	/* the engine has seen the header names already */
 };
 
 static void
@@ -149,6 +151,8 @@ tx_reset(struct smtp_proto *sp)
 		sp->down_reset = 1;	/* the server drops the downstream session */
 	sp->route = 0;
 	sp->down_pending = 0;
+	sp->stream = 0;
+	sp->headers_fed = 0;
 	free(sp->sender);
 	sp->sender = NULL;
 	for (size_t i = 0; i < sp->nrcpt; i++)
@@ -829,6 +833,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		}
 		if (route == 2) {
 			sp->down_pending = 1;
+			sp->down.op = SMTP_DOWN_RCPT;
 			sp->down.open = sp->route == 0;
 			snprintf(sp->down.sender, sizeof(sp->down.sender), "%s", sp->sender);
 			snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s%s%s", ra.local,
@@ -867,10 +872,22 @@ cmd_data(struct smtp_proto *sp, char *arg)
 		error_reply(sp, "554 5.5.1 Error: no valid recipients");
 		return;
 	}
-	sp->st = ST_DATA;
 	sp->ds = DS_LS_CRLF;
 	sp->dlen = sp->dtotal = 0;
 	sp->bare = 0;
+	sp->headers_fed = 0;
+	if (sp->route == 2) {
+		/* the downstream says 354 first; then the message streams through */
+		sp->down.op = SMTP_DOWN_DATA;
+		sp->down.open = 0;
+		snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s", sp->rcpt[0]);
+		snprintf(sp->down.client, sizeof(sp->down.client), "%s", engine_client_text(sp->es));
+		snprintf(sp->down.client_helo, sizeof(sp->down.client_helo), "%s", sp->helo);
+		sp->down_pending = 1;
+		sp->st = ST_DOWNWAIT;
+		return;
+	}
+	sp->st = ST_DATA;
 	reply(sp, "354 End data with <CR><LF>.<CR><LF>");
 }
 
@@ -1042,7 +1059,8 @@ data_end(struct smtp_proto *sp)
 		tx_reset(sp);
 		return;
 	}
-	feed_headers(sp);
+	if (!sp->headers_fed)
+		feed_headers(sp);
 	engine_eom(sp->es, &v);
 	if (verdict_reply(sp, STAGE_EOM, &v, NULL)) {
 		tx_reset(sp);
@@ -1283,6 +1301,18 @@ smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 {
 	sp->down_pending = 0;
 	sp->st = ST_CMD;
+	if (sp->down.op == SMTP_DOWN_DATA) {
+		if (strncmp(line, "354", 3) == 0) {
+			sp->st = ST_DATA;
+			sp->stream = 1;
+			reply(sp, "354 End data with <CR><LF>.<CR><LF>");
+		} else {
+			reply(sp, "%s", line);	/* the downstream refused DATA */
+			engine_abort(sp->es);
+			tx_reset(sp);
+		}
+		return;
+	}
 	if (line[0] == '2') {
 		if (sp->nrcpt == sp->rcptcap) {
 			sp->rcptcap = sp->rcptcap ? sp->rcptcap * 2 : 8;
@@ -1298,6 +1328,43 @@ smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 		sp->down_reset = 1;
 	}
 	reply(sp, "%s", line);	/* mirrored: what the downstream said */
+}
+
+int
+smtp_proto_streaming(const struct smtp_proto *sp)
+{
+	return sp->stream;
+}
+
+int
+smtp_proto_stream_chunk(struct smtp_proto *sp, size_t min, const char **p_r, size_t *len_r)
+{
+	if (!sp->stream || sp->st != ST_DATA || sp->dlen == 0 || sp->dlen < min)
+		return 0;
+	if (sp->p->message_size_limit && sp->dtotal > sp->p->message_size_limit)
+		return 0;	/* will be refused at the end: send no more */
+	if (!sp->headers_fed) {
+		/* the engine sees the header names before the first byte leaves */
+		int done = (sp->dlen >= 2 && memcmp(sp->data, "\r\n", 2) == 0) ||
+		    memmem(sp->data, sp->dlen, "\r\n\r\n", 4) != NULL || sp->dlen >= 1024 * 1024;
+
+		if (!done)
+			return 0;
+		feed_headers(sp);
+		sp->headers_fed = 1;
+	}
+	*p_r = sp->data;
+	*len_r = sp->dlen;
+	return 1;
+}
+
+void
+smtp_proto_stream_taken(struct smtp_proto *sp, size_t n)
+{
+	if (n > sp->dlen)
+		n = sp->dlen;
+	memmove(sp->data, sp->data + n, sp->dlen - n);
+	sp->dlen -= n;
 }
 
 void

@@ -59,11 +59,16 @@ struct smtp_msg {
 };
 
 /* A step of a pass-through session the caller must run downstream. */
+#define SMTP_DOWN_RCPT 0
+#define SMTP_DOWN_DATA 1		/* send DATA, expect 354 */
 struct smtp_down_req {
+	int op;				/* SMTP_DOWN_* */
 	int open;			/* open the session and send MAIL first */
 	char sender[600];		/* MAIL FROM:<...> */
-	char rcpt[600];			/* RCPT TO:<...> */
-	char helo[128];
+	char rcpt[600];			/* RCPT TO:<...>; DATA: the first recipient */
+	char helo[128];			/* what we say to the downstream */
+	char client[128];		/* DATA: for the Received: line */
+	char client_helo[128];
 };
 
 struct smtp_proto;
@@ -95,8 +100,18 @@ void smtp_proto_auth_done(struct smtp_proto *sp, int ok);
 const char *smtp_proto_auth_user(const struct smtp_proto *sp);
 /* a RCPT waits for the downstream's answer (input is paused) */
 struct smtp_down_req *smtp_proto_pending_down(struct smtp_proto *sp);
-/* the downstream's reply line ("250 2.1.5 Ok") to that RCPT */
+/* the downstream's reply line ("250 2.1.5 Ok", "354 ...") to that step */
 void smtp_proto_down_done(struct smtp_proto *sp, const char *reply);
+/*
+ * Streaming DATA downstream: message bytes (dot-stuffing removed) ready to
+ * pass on, once the header section is complete and at least min bytes are
+ * buffered; 0 when none. The caller copies them and reports how many it
+ * took with smtp_proto_stream_taken(), which drops them from the buffer.
+ */
+int smtp_proto_stream_chunk(struct smtp_proto *sp, size_t min, const char **p_r, size_t *len_r);
+void smtp_proto_stream_taken(struct smtp_proto *sp, size_t n);
+/* 1 while a streamed DATA is being received */
+int smtp_proto_streaming(const struct smtp_proto *sp);
 /* the downstream's final reply to the message, passed on as it is */
 void smtp_proto_delivered_reply(struct smtp_proto *sp, const char *reply);
 /* 1 once when an open downstream session must be dropped (RSET, new MAIL) */

@@ -45,6 +45,7 @@
 #define PER_CLIENT_SLOTS 1024
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
 #define SMTP_DOWNSTREAM_THREADS 64	/* a slow downstream must not hold up local work */
+#define SMTP_STREAM_MIN 65536		/* pass a streamed message on in pieces this big */
 
 struct listener {
 	struct server *srv;
@@ -82,6 +83,8 @@ struct conn {
 	char ptrname[256];	/* the reverse name being forward-confirmed */
 	struct event *close_timer;
 	int close_tries;
+	int streaming;		/* a piece of the message is on its way downstream */
+	int stream_failed;	/* ... and the downstream went away */
 };
 
 struct delivery {
@@ -199,7 +202,7 @@ conn_free(struct conn *c)
 {
 	struct server *s = c->srv;
 
-	if (c->delivering) {	/* the job still points here: free it when it is done */
+	if (c->delivering || c->streaming) {	/* a job still points here: free it when done */
 		c->dead = 1;
 		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 		return;
@@ -313,6 +316,17 @@ down_rcpt_run(void *arg)
 	char line[700];
 	int code;
 
+	if (j->req.op == SMTP_DOWN_DATA) {
+		if (j->ds == NULL) {
+			snprintf(j->reply, sizeof(j->reply), "451 4.3.0 no downstream session");
+			return;
+		}
+		/* DATA; on 354 our Received: line goes first */
+		if (downstream_cmd(j->ds, "DATA", j->reply) == 354 && j->head != NULL &&
+		    downstream_send(j->ds, j->head, strlen(j->head)) < 0)
+			snprintf(j->reply, sizeof(j->reply), "451 4.4.2 downstream connection lost");
+		return;
+	}
 	if (j->req.open) {
 		j->ds = downstream_open(j->target, j->req.helo, j->timeout, &code, j->reply);
 		if (j->ds == NULL)
@@ -341,6 +355,7 @@ down_rcpt_done(void *arg)
 		bufferevent_enable(c->bev, EV_READ);
 		read_cb(c->bev, c);
 	}
+	free(j->head);
 	free(j);
 }
 
@@ -349,7 +364,11 @@ down_data_run(void *arg)
 {
 	struct downjob *j = arg;
 
-	downstream_data(j->ds, j->head, strlen(j->head), j->data, j->len, j->reply);
+	/* the rest of the message, the final dot, the downstream's verdict */
+	if (j->len > 0 && downstream_send(j->ds, j->data, j->len) < 0)
+		snprintf(j->reply, sizeof(j->reply), "451 4.4.2 downstream connection lost during DATA");
+	else
+		downstream_finish(j->ds, j->reply);
 	/* QUIT waits for the client's answer no longer: done() drops the session */
 }
 
@@ -403,6 +422,78 @@ drop_downstream(struct conn *c)
 	jobs_submit(c->srv->down_jobs, down_close_run, down_close_done, j);
 }
 
+/* a piece of a streamed message on its way downstream */
+struct streamjob {
+	struct conn *c;
+	struct downstream *ds;
+	char *buf;
+	size_t len;
+	int failed;
+};
+
+static void
+stream_run(void *arg)
+{
+	struct streamjob *j = arg;
+
+	j->failed = downstream_send(j->ds, j->buf, j->len) < 0;
+}
+
+static void deliver(struct conn *c, struct smtp_msg *m);
+static void stream_more(struct conn *c);
+
+static void
+stream_done(void *arg)
+{
+	struct streamjob *j = arg;
+	struct conn *c = j->c;
+
+	c->streaming = 0;
+	c->ds = j->ds;
+	if (j->failed)
+		c->stream_failed = 1;
+	free(j->buf);
+	free(j);
+	if (c->dead) {
+		if (!c->delivering)
+			conn_free(c);
+		return;
+	}
+	if (!smtp_proto_streaming(c->sp) && smtp_proto_pending(c->sp) == NULL) {
+		drop_downstream(c);	/* the message was refused meanwhile */
+		c->stream_failed = 0;
+	}
+	if (smtp_proto_pending(c->sp) != NULL && !c->delivering) {
+		deliver(c, smtp_proto_pending(c->sp));
+	} else {
+		stream_more(c);	/* what arrived meanwhile goes next */
+		read_cb(c->bev, c);
+	}
+}
+
+/* pass on what has arrived of a streamed message, one piece at a time */
+static void
+stream_more(struct conn *c)
+{
+	const char *p;
+	size_t n;
+	struct streamjob *j;
+
+	if (c->streaming || c->ds == NULL ||
+	    !smtp_proto_stream_chunk(c->sp, SMTP_STREAM_MIN, &p, &n))
+		return;
+	j = xcalloc(1, sizeof(*j));
+	j->c = c;
+	j->ds = c->ds;
+	c->ds = NULL;
+	j->buf = xmalloc(n);
+	memcpy(j->buf, p, n);
+	j->len = n;
+	smtp_proto_stream_taken(c->sp, n);
+	c->streaming = 1;
+	jobs_submit(c->srv->down_jobs, stream_run, stream_done, j);
+}
+
 static char *
 received_header(struct server *s, struct smtp_msg *m)
 {
@@ -417,6 +508,20 @@ received_header(struct server *s, struct smtp_msg *m)
 	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
 }
 
+/* the Received: line for a streamed message, from what the DATA step knows */
+static char *
+data_header(struct server *s, const struct smtp_down_req *r)
+{
+	struct smtp_msg m;
+
+	memset(&m, 0, sizeof(m));
+	snprintf(m.helo, sizeof(m.helo), "%s", r->client_helo);
+	snprintf(m.client, sizeof(m.client), "%s", r->client);
+	m.rcpt = (char **)&(const char *){ r->rcpt };
+	m.nrcpt = 1;
+	return received_header(s, &m);
+}
+
 static void
 deliver(struct conn *c, struct smtp_msg *m)
 {
@@ -427,13 +532,23 @@ deliver(struct conn *c, struct smtp_msg *m)
 	struct tm tm;
 
 	if (m->downstream) {
-		struct downjob *j = xcalloc(1, sizeof(*j));
+		struct downjob *j;
 
+		if (c->streaming)
+			return;		/* stream_done() comes back here */
+		if (c->stream_failed) {
+			c->stream_failed = 0;
+			drop_downstream(c);
+			smtp_proto_delivered_reply(c->sp, "451 4.4.2 downstream connection lost during DATA");
+			flush_output(c);
+			return;
+		}
+		j = xcalloc(1, sizeof(*j));
 		j->c = c;
 		j->ds = c->ds;
 		c->ds = NULL;
 		j->target = s->c->downstream;
-		j->head = received_header(s, m);
+		j->head = NULL;		/* sent after the 354 already */
 		j->data = m->data;
 		j->len = m->len;
 		c->delivering = 1;
@@ -632,6 +747,8 @@ read_cb(struct bufferevent *bev, void *arg)
 				j->req = *smtp_proto_pending_down(c->sp);
 				j->ds = c->ds;
 				c->ds = NULL;
+				if (j->req.op == SMTP_DOWN_DATA)
+					j->head = data_header(c->srv, &j->req);
 				j->target = c->srv->c->downstream;
 				j->timeout = c->srv->c->timeout < 60 ? c->srv->c->timeout : 60;
 				c->delivering = 1;
@@ -645,6 +762,7 @@ read_cb(struct bufferevent *bev, void *arg)
 				deliver(c, smtp_proto_pending(c->sp));
 			return;	/* the rest waits for the delivery */
 		}
+		stream_more(c);
 		if (used == 0)
 			break;
 	}

@@ -160,8 +160,11 @@ class Sink:
     def dumps(self):
         out = []
         for n in sorted(os.listdir(self.dir)):
-            with open(os.path.join(self.dir, n), "rb") as f:
-                out.append(f.read().decode("utf-8", "replace"))
+            try:
+                with open(os.path.join(self.dir, n), "rb") as f:
+                    out.append(f.read().decode("utf-8", "replace"))
+            except FileNotFoundError:
+                continue    # smtp-sink removes the dump of an abandoned transaction
         return out
 
     def find(self, marker):
