@@ -244,6 +244,16 @@ flush_output(struct conn *c)
 
 static void read_cb(struct bufferevent *bev, void *arg);
 
+/* a job for this connection is done: send its answer, read on */
+static void
+resume(struct conn *c)
+{
+	flush_output(c);
+	bufferevent_enable(c->bev, EV_READ);
+	read_cb(c->bev, c);	/* pipelined input may be waiting */
+}
+
+
 /* on a job thread: the blocking part */
 static void
 delivery_run(void *arg)
@@ -283,9 +293,7 @@ delivery_done(void *arg)
 		else
 			smtp_proto_delivered(c->sp, 0, "451", "4.3.0",
 			    "Error: local delivery failed, try again later");
-		flush_output(c);
-		bufferevent_enable(c->bev, EV_READ);
-		read_cb(c->bev, c);	/* pipelined input may be waiting */
+		resume(c);	/* pipelined input may be waiting */
 	}
 	free(d->head);
 	for (size_t i = 0; i < d->n; i++)
@@ -351,9 +359,7 @@ down_rcpt_done(void *arg)
 		conn_free(c);
 	} else {
 		smtp_proto_down_done(c->sp, j->reply);
-		flush_output(c);
-		bufferevent_enable(c->bev, EV_READ);
-		read_cb(c->bev, c);
+		resume(c);
 	}
 	free(j->head);
 	free(j);
@@ -386,9 +392,7 @@ down_data_done(void *arg)
 	} else {
 		drop_downstream(c);
 		smtp_proto_delivered_reply(c->sp, j->reply);
-		flush_output(c);
-		bufferevent_enable(c->bev, EV_READ);
-		read_cb(c->bev, c);
+		resume(c);
 	}
 	free(j->head);
 	free(j);
@@ -668,9 +672,7 @@ auth_done(void *arg)
 		conn_free(c);
 	} else {
 		smtp_proto_auth_done(c->sp, a->ok);
-		flush_output(c);
-		bufferevent_enable(c->bev, EV_READ);
-		read_cb(c->bev, c);
+		resume(c);
 	}
 	free(a->hash);
 	free(a->cram);
