@@ -1,15 +1,18 @@
 /*
  * smtp_server - the SMTP gateway's event loop (libevent): accept, feed bytes
  * to smtp_proto, write its replies, deliver its messages into the Maildir
- * store, enforce connection limits and timeouts.
+ * store or stream them downstream, TLS (STARTTLS, implicit), client name
+ * lookups (evdns), connection limits and timeouts.
  *
  *   smtp_server_listen()   bind one "HOST:PORT" (done by the master, so a
  *                          restarted worker inherits the socket)
  *   smtp_server_run()      the loop, until SIGTERM/SIGINT
  *
- * Delivery runs on the loop for now (write + fsync of one file per message);
- * moving it to worker threads is the next step for throughput. The user
- * database is reloaded when its file changes (checked each second).
+ * The loop never waits: Maildir writes and fsyncs and password checks run on
+ * one pool of job threads, downstream sessions on another (a slow downstream
+ * must not hold up local work); their completions come back on the loop. A
+ * connection a job still points at is freed only when the job is done. The
+ * user database is reloaded when its file changes (checked each second).
  */
 #include <arpa/inet.h>
 #include <errno.h>
