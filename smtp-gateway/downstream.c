@@ -34,6 +34,7 @@ struct downstream {
 	char wbuf[65536];
 	size_t wlen;
 	int bol;		/* streaming: at the start of a line */
+	int in_data;		/* DATA was answered 354 */
 };
 
 static int
@@ -268,6 +269,24 @@ downstream_cmd(struct downstream *d, const char *line, char reply[DOWN_REPLY_MAX
 		return 451;
 	}
 	return code;
+}
+
+int
+downstream_begin_data(struct downstream *d, const char *head, char reply[DOWN_REPLY_MAX])
+{
+	int code;
+
+	if (d->in_data)
+		return 354;
+	code = downstream_cmd(d, "DATA", reply);
+	if (code != 354)
+		return code;
+	d->in_data = 1;
+	if (head != NULL && downstream_send(d, head, strlen(head)) < 0) {
+		snprintf(reply, DOWN_REPLY_MAX, "451 4.4.2 downstream connection lost during DATA");
+		return 451;
+	}
+	return 354;
 }
 
 int

@@ -20,6 +20,9 @@ int downstream_cmd(struct downstream *d, const char *line, char reply[DOWN_REPLY
 /* DATA, the message (dot-stuffed on the way), the final dot; returns the final code */
 int downstream_data(struct downstream *d, const char *head, size_t headlen, const char *body,
     size_t bodylen, char reply[DOWN_REPLY_MAX]);
+/* DATA and our Received: line, once per transaction; returns the code
+ * (354 when the message may follow; 354 again if already begun) */
+int downstream_begin_data(struct downstream *d, const char *head, char reply[DOWN_REPLY_MAX]);
 /* streaming: message bytes (dot-stuffing added here, across calls); -1 lost */
 int downstream_send(struct downstream *d, const char *p, size_t n);
 /* the end of a streamed message: final dot, the downstream's final reply */

@@ -833,7 +833,6 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		}
 		if (route == 2) {
 			sp->down_pending = 1;
-			sp->down.op = SMTP_DOWN_RCPT;
 			sp->down.open = sp->route == 0;
 			snprintf(sp->down.sender, sizeof(sp->down.sender), "%s", sp->sender);
 			snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s%s%s", ra.local,
@@ -877,15 +876,16 @@ cmd_data(struct smtp_proto *sp, char *arg)
 	sp->bare = 0;
 	sp->headers_fed = 0;
 	if (sp->route == 2) {
-		/* the downstream says 354 first; then the message streams through */
-		sp->down.op = SMTP_DOWN_DATA;
-		sp->down.open = 0;
+		/*
+		 * Every recipient was accepted downstream: the client may start at
+		 * once. DATA goes downstream with the first piece of the message;
+		 * should the downstream refuse it, the client hears that refusal as
+		 * the answer to its final dot.
+		 */
 		snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s", sp->rcpt[0]);
 		snprintf(sp->down.client, sizeof(sp->down.client), "%s", engine_client_text(sp->es));
 		snprintf(sp->down.client_helo, sizeof(sp->down.client_helo), "%s", sp->helo);
-		sp->down_pending = 1;
-		sp->st = ST_DOWNWAIT;
-		return;
+		sp->stream = 1;
 	}
 	sp->st = ST_DATA;
 	reply(sp, "354 End data with <CR><LF>.<CR><LF>");
@@ -1301,18 +1301,6 @@ smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 {
 	sp->down_pending = 0;
 	sp->st = ST_CMD;
-	if (sp->down.op == SMTP_DOWN_DATA) {
-		if (strncmp(line, "354", 3) == 0) {
-			sp->st = ST_DATA;
-			sp->stream = 1;
-			reply(sp, "354 End data with <CR><LF>.<CR><LF>");
-		} else {
-			reply(sp, "%s", line);	/* the downstream refused DATA */
-			engine_abort(sp->es);
-			tx_reset(sp);
-		}
-		return;
-	}
 	if (line[0] == '2') {
 		if (sp->nrcpt == sp->rcptcap) {
 			sp->rcptcap = sp->rcptcap ? sp->rcptcap * 2 : 8;
@@ -1328,6 +1316,12 @@ smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 		sp->down_reset = 1;
 	}
 	reply(sp, "%s", line);	/* mirrored: what the downstream said */
+}
+
+const struct smtp_down_req *
+smtp_proto_down_info(const struct smtp_proto *sp)
+{
+	return &sp->down;
 }
 
 int

@@ -59,15 +59,12 @@ struct smtp_msg {
 };
 
 /* A step of a pass-through session the caller must run downstream. */
-#define SMTP_DOWN_RCPT 0
-#define SMTP_DOWN_DATA 1		/* send DATA, expect 354 */
 struct smtp_down_req {
-	int op;				/* SMTP_DOWN_* */
 	int open;			/* open the session and send MAIL first */
 	char sender[600];		/* MAIL FROM:<...> */
-	char rcpt[600];			/* RCPT TO:<...>; DATA: the first recipient */
+	char rcpt[600];			/* RCPT TO:<...>; at DATA: the first recipient */
 	char helo[128];			/* what we say to the downstream */
-	char client[128];		/* DATA: for the Received: line */
+	char client[128];		/* at DATA: for the Received: line */
 	char client_helo[128];
 };
 
@@ -110,6 +107,8 @@ void smtp_proto_down_done(struct smtp_proto *sp, const char *reply);
  */
 int smtp_proto_stream_chunk(struct smtp_proto *sp, size_t min, const char **p_r, size_t *len_r);
 void smtp_proto_stream_taken(struct smtp_proto *sp, size_t n);
+/* the envelope facts of the streamed transaction (for the Received: line) */
+const struct smtp_down_req *smtp_proto_down_info(const struct smtp_proto *sp);
 /* 1 while a streamed DATA is being received */
 int smtp_proto_streaming(const struct smtp_proto *sp);
 /* the downstream's final reply to the message, passed on as it is */

@@ -87,7 +87,8 @@ struct conn {
 	struct event *close_timer;
 	int close_tries;
 	int streaming;		/* a piece of the message is on its way downstream */
-	int stream_failed;	/* ... and the downstream went away */
+	int stream_failed;	/* ... and the downstream refused it or went away */
+	char stream_reply[DOWN_REPLY_MAX];	/* what the client hears at its final dot */
 };
 
 struct delivery {
@@ -327,17 +328,6 @@ down_rcpt_run(void *arg)
 	char line[700];
 	int code;
 
-	if (j->req.op == SMTP_DOWN_DATA) {
-		if (j->ds == NULL) {
-			snprintf(j->reply, sizeof(j->reply), "451 4.3.0 no downstream session");
-			return;
-		}
-		/* DATA; on 354 our Received: line goes first */
-		if (downstream_cmd(j->ds, "DATA", j->reply) == 354 && j->head != NULL &&
-		    downstream_send(j->ds, j->head, strlen(j->head)) < 0)
-			snprintf(j->reply, sizeof(j->reply), "451 4.4.2 downstream connection lost");
-		return;
-	}
 	if (j->req.open) {
 		j->ds = downstream_open(j->target, j->req.helo, j->timeout, &code, j->reply);
 		if (j->ds == NULL)
@@ -373,7 +363,9 @@ down_data_run(void *arg)
 {
 	struct downjob *j = arg;
 
-	/* the rest of the message, the final dot, the downstream's verdict */
+	/* DATA if no piece went yet, the rest, the final dot, the verdict */
+	if (downstream_begin_data(j->ds, j->head, j->reply) != 354)
+		return;	/* the downstream's refusal of DATA answers the final dot */
 	if (j->len > 0 && downstream_send(j->ds, j->data, j->len) < 0)
 		snprintf(j->reply, sizeof(j->reply), "451 4.4.2 downstream connection lost during DATA");
 	else
@@ -435,7 +427,9 @@ struct streamjob {
 	struct downstream *ds;
 	char *buf;
 	size_t len;
+	char *head;
 	int failed;
+	char reply[DOWN_REPLY_MAX];
 };
 
 static void
@@ -443,11 +437,17 @@ stream_run(void *arg)
 {
 	struct streamjob *j = arg;
 
-	j->failed = downstream_send(j->ds, j->buf, j->len) < 0;
+	if (downstream_begin_data(j->ds, j->head, j->reply) != 354)
+		j->failed = 1;	/* the reply says why: it answers the final dot */
+	else if (downstream_send(j->ds, j->buf, j->len) < 0) {
+		j->failed = 1;
+		snprintf(j->reply, sizeof(j->reply), "451 4.4.2 downstream connection lost during DATA");
+	}
 }
 
 static void deliver(struct conn *c, struct smtp_msg *m);
 static void stream_more(struct conn *c);
+static char *data_header(struct server *s, const struct smtp_down_req *r);
 
 static void
 stream_done(void *arg)
@@ -457,9 +457,12 @@ stream_done(void *arg)
 
 	c->streaming = 0;
 	c->ds = j->ds;
-	if (j->failed)
+	if (j->failed && !c->stream_failed) {
 		c->stream_failed = 1;
+		snprintf(c->stream_reply, sizeof(c->stream_reply), "%s", j->reply);
+	}
 	free(j->buf);
+	free(j->head);
 	free(j);
 	if (c->dead) {
 		if (!c->delivering)
@@ -496,6 +499,7 @@ stream_more(struct conn *c)
 	j->buf = xmalloc(n);
 	memcpy(j->buf, p, n);
 	j->len = n;
+	j->head = data_header(c->srv, smtp_proto_down_info(c->sp));	/* used once */
 	smtp_proto_stream_taken(c->sp, n);
 	c->streaming = 1;
 	jobs_submit(c->srv->down_jobs, stream_run, stream_done, j);
@@ -546,7 +550,7 @@ deliver(struct conn *c, struct smtp_msg *m)
 		if (c->stream_failed) {
 			c->stream_failed = 0;
 			drop_downstream(c);
-			smtp_proto_delivered_reply(c->sp, "451 4.4.2 downstream connection lost during DATA");
+			smtp_proto_delivered_reply(c->sp, c->stream_reply);
 			flush_output(c);
 			return;
 		}
@@ -555,7 +559,7 @@ deliver(struct conn *c, struct smtp_msg *m)
 		j->ds = c->ds;
 		c->ds = NULL;
 		j->target = s->c->downstream;
-		j->head = NULL;		/* sent after the 354 already */
+		j->head = data_header(s, smtp_proto_down_info(c->sp));	/* if DATA is not sent yet */
 		j->data = m->data;
 		j->len = m->len;
 		c->delivering = 1;
@@ -752,8 +756,6 @@ read_cb(struct bufferevent *bev, void *arg)
 				j->req = *smtp_proto_pending_down(c->sp);
 				j->ds = c->ds;
 				c->ds = NULL;
-				if (j->req.op == SMTP_DOWN_DATA)
-					j->head = data_header(c->srv, &j->req);
 				j->target = c->srv->c->downstream;
 				j->timeout = c->srv->c->timeout < 60 ? c->srv->c->timeout : 60;
 				c->delivering = 1;
