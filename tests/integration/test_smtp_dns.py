@@ -1,0 +1,130 @@
+#!/usr/bin/python3
+"""Client host names on the SMTP gateway: forward-confirmed reverse DNS
+against a dnsmasq the test starts on loopback (no query leaves the machine).
+
+- 127.0.0.12 has PTR mx.good.test and mx.good.test has A 127.0.0.12: the name
+  is verified; good.test is in mydomains and relay_client_domains = yes, so
+  it may relay (451 4.3.5: no relayhost here, past the relay check).
+- 127.0.0.13 has a PTR (liar.test) with no matching A record: no name, so a
+  kill entry host:liar.test does not apply and relaying is refused 550 5.7.1.
+- 127.0.0.15 is bad.evil.test, verified: host:.evil.test refuses it at
+  connect with 554 5.7.1 naming the host.
+Last line: "N passed, N failed".
+"""
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
+DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, within=10):
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class Dns(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="portcullis-dns-")
+        cls.dns_port = free_port(socket.SOCK_DGRAM)
+        cls.dns = subprocess.Popen(
+            [DNSMASQ, "--keep-in-foreground", "--port=%d" % cls.dns_port,
+             "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+             "--no-poll", "--pid-file=", "--user=root",
+             "--host-record=mx.good.test,127.0.0.12",
+             "--host-record=bad.evil.test,127.0.0.15",
+             "--ptr-record=13.0.0.127.in-addr.arpa,liar.test"],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(cls.dir, "dnsmasq.log"), "w"))
+        time.sleep(0.3)
+        cls.port = free_port()
+        cls.conf = os.path.join(cls.dir, "p.conf")
+        with open(cls.conf, "w") as f:
+            f.write("state_dir = %s/state\nservices = smtp\nsmtp_listen = 127.0.0.1:%d\n"
+                    "myhostname = mx.example.com\nmydomains = example.com good.test\n"
+                    "relay_networks = 192.0.2.1\nrelay_client_domains = yes\n"
+                    "client_hostname_lookups = yes\nresolver = 127.0.0.1:%d\n"
+                    % (cls.dir, cls.port, cls.dns_port))
+        for e in ("host:liar.test", "host:.evil.test"):
+            subprocess.run([os.path.join(BIN, "portcullis"), "-c", cls.conf, "kill", "add", e],
+                           check=True, capture_output=True)
+        cls.log = open(os.path.join(cls.dir, "d.log"), "w+")
+        cls.proc = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", cls.conf, "-f"],
+                                    stdout=cls.log, stderr=subprocess.STDOUT)
+        assert wait_port(cls.port), "gateway did not listen"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proc.send_signal(signal.SIGTERM)
+        rc = cls.proc.wait(10)
+        cls.dns.terminate()
+        cls.dns.wait(5)
+        cls.log.flush()
+        with open(cls.log.name) as f:
+            text = f.read()
+        cls.log.close()
+        bad = [l for l in text.splitlines() if "Sanitizer" in l or "runtime error:" in l]
+        shutil.rmtree(cls.dir, ignore_errors=True)
+        assert rc == 0 and not bad, "daemon exit %s; %s" % (rc, bad[:5])
+
+    def relay_from(self, ip):
+        s = smtplib.SMTP("127.0.0.1", self.port, local_hostname="c.test",
+                         source_address=(ip, 0), timeout=15)
+        s.ehlo("c.test")
+        s.mail("a@b.example")
+        r = s.rcpt("x@other.org")
+        s.quit()
+        return r
+
+    def test_verified_name_in_mydomains_may_relay(self):
+        code, text = self.relay_from("127.0.0.12")
+        self.assertEqual(code, 451, text)	# past the relay check: no relayhost here
+        self.assertIn(b"4.3.5", text)
+
+    def test_ptr_without_forward_record_is_no_name(self):
+        code, text = self.relay_from("127.0.0.13")	# host:liar.test must not apply
+        self.assertEqual((code, text[:5]), (550, b"5.7.1"), text)
+        self.assertIn(b"Relay access denied", text)
+
+    def test_verified_name_on_the_kill_list_refused_at_connect(self):
+        with self.assertRaises(smtplib.SMTPConnectError) as cm:
+            smtplib.SMTP("127.0.0.1", self.port, local_hostname="c.test",
+                         source_address=("127.0.0.15", 0), timeout=15)
+        self.assertEqual(cm.exception.smtp_code, 554)
+        self.assertIn(b"bad.evil.test", cm.exception.smtp_error)
+
+    def test_no_name_no_list_plain_client(self):
+        code, text = self.relay_from("127.0.0.14")
+        self.assertEqual(code, 550, text)
+
+
+if __name__ == "__main__":
+    if not os.access(DNSMASQ, os.X_OK):
+        sys.exit("dnsmasq missing: apt-get install dnsmasq-base")
+    res = unittest.main(exit=False, verbosity=2).result
+    failed = len(res.failures) + len(res.errors)
+    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
+    sys.exit(1 if failed else 0)
