@@ -267,6 +267,23 @@ worker_main(enum service svc, int readyfd)
 
 /* ---- master side ---- */
 
+/* wait up to secs for SIGTERM/SIGINT (blocked, so sigtimedwait takes it) */
+static int
+stop_requested_within(int secs)
+{
+	sigset_t set;
+	struct timespec ts = { secs, 0 };
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	if (sigtimedwait(&set, NULL, &ts) > 0) {
+		log_info("portcullisd stopping");
+		return 1;
+	}
+	return 0;
+}
+
 static pid_t
 spawn(struct worker *wk, int *readyfd_r)
 {
@@ -596,7 +613,7 @@ dup:		;
 	}
 
 	/* supervise */
-	for (;;) {
+	for (int stopping = 0; !stopping;) {
 		sigset_t set;
 		int sig = 0;
 
@@ -611,12 +628,16 @@ dup:		;
 			log_info("portcullisd stopping");
 			break;
 		}
+		if (stopping)
+			break;
 		if (sig == SIGHUP) {
 			log_info("SIGHUP: lists are reloaded by themselves; restart to change settings");
 			continue;
 		}
 		/* SIGCHLD: restart what died */
 		for (;;) {
+			if (stopping)
+				break;
 			int status;
 			pid_t pid = waitpid(-1, &status, WNOHANG);
 
@@ -634,8 +655,12 @@ dup:		;
 				else
 					log_error("%s worker (pid %ld) exited with status %d; restarting",
 					    wk[i].name, (long)pid, WEXITSTATUS(status));
-				if (time(NULL) - wk[i].started < 1)
-					sleep(1);	/* a crash loop must not spin */
+				wk[i].pid = 0;	/* reaped: never signal that pid again */
+				/* a crash loop must not spin; a stop request still counts */
+				if (time(NULL) - wk[i].started < 1 && stop_requested_within(1)) {
+					stopping = 1;
+					break;
+				}
 				spawn(&wk[i], &rfd);
 				if ((why = await_ready(rfd, READY_TIMEOUT_MS)) != NULL)
 					log_error("%s worker failed to restart: %s", wk[i].name, why);
