@@ -86,6 +86,18 @@ open_store(const struct conf *c)
 	return s;
 }
 
+/* the store and every entry of list k in it (expired ones included) */
+static struct liststore *
+load_list(const struct conf *c, enum list_kind k, struct entry_vec *v)
+{
+	struct liststore *s = open_store(c);
+	const char *err;
+
+	if (liststore_load(s, k, v, &err) < 0)
+		die("%s", err);
+	return s;
+}
+
 static void
 fmt_time(long long t, char *buf, size_t cap)
 {
@@ -106,15 +118,12 @@ cmd_list(const struct conf *c, enum list_kind k, int argc, char **argv)
 	struct liststore *s;
 	struct entry_vec v = { 0 };
 	long long now = (long long)time(NULL);
-	const char *err;
 	size_t shown = 0;
 
 	(void)argv;
 	if (argc != 0)
 		usage();
-	s = open_store(c);
-	if (liststore_load(s, k, &v, &err) < 0)
-		die("%s", err);
+	s = load_list(c, k, &v);
 	for (size_t i = 0; i < v.n; i++) {
 		const struct list_entry *e = &v.v[i];
 		char added[40], expires[40];
@@ -410,14 +419,11 @@ cmd_export(const struct conf *c, enum list_kind k, int argc, char **argv)
 	struct liststore *s;
 	struct entry_vec v = { 0 };
 	long long now = (long long)time(NULL);
-	const char *err;
 
 	(void)argv;
 	if (argc != 0)
 		usage();
-	s = open_store(c);
-	if (liststore_load(s, k, &v, &err) < 0)
-		die("%s", err);
+	s = load_list(c, k, &v);
 	for (size_t i = 0; i < v.n; i++) {
 		const struct list_entry *e = &v.v[i];
 
