@@ -1,40 +1,85 @@
 /*
- * downstream - the gateway's SMTP client for pass-through delivery.
+ * downstream - the gateway's SMTP client for pass-through delivery, on the
+ * event loop: one bufferevent per session and a small state machine, so a
+ * pass-through message costs no thread hand-off (issue 4's throughput).
  *
- *   downstream_open()   connect, greeting, EHLO (HELO if EHLO is refused)
- *   downstream_cmd()    MAIL, RCPT, RSET...: one line, one reply
- *   downstream_data()   DATA; the message with dot-stuffing added back; "."
+ *   downstream_open()     connect, greeting, EHLO/HELO, MAIL, first RCPT
+ *   downstream_rcpt()     further recipients
+ *   downstream_send()     the message as it arrives (DATA with the first piece)
+ *   downstream_finish()   the final dot and the verdict
+ *   downstream_close()    QUIT, or just close mid-DATA
  *
  * The downstream's replies are input: lines are capped, multi-line replies
  * read to the last line, text made printable before anyone repeats it.
- * Blocking with timeouts: only ever called from job threads.
+ * Anything the downstream says out of turn ends the session.
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "common/log.h"
 #include "common/xmalloc.h"
 #include "smtp-gateway/downstream.h"
 
 #define DOWN_LINE_MAX 1000
 #define DOWN_REPLY_LINES 100
+#define DOWN_QUIT_WAIT 2	/* seconds for the 221 before we hang up anyway */
+
+enum ds_state {
+	DS_CONNECT,		/* TCP connect in progress */
+	DS_GREET,		/* waiting for 220 */
+	DS_EHLO,
+	DS_HELO,
+	DS_MAIL,		/* waiting for MAIL's reply (RCPT maybe pipelined) */
+	DS_RCPT,		/* waiting for a RCPT's reply */
+	DS_IDLE,		/* nothing expected */
+	DS_DATA,		/* waiting for 354 */
+	DS_BODY,		/* message bytes go out, nothing expected */
+	DS_FINAL,		/* waiting for the verdict on the message */
+	DS_QUIT,		/* closed by the owner: waiting for 221 */
+	DS_DEAD,		/* failed: fail[] says why */
+	DS_FREE			/* to be freed on the next loop turn */
+};
+
+struct downstream_set {
+	struct event_base *base;
+	struct downstream *head;
+	size_t n;
+};
 
 struct downstream {
-	int fd;
-	char buf[4096];
-	size_t have, off;
-	char wbuf[65536];
-	size_t wlen;
-	int bol;		/* streaming: at the start of a line */
-	int in_data;		/* DATA was answered 354 */
+	struct downstream_set *set;
+	struct downstream *prev, *next;
+	struct bufferevent *bev;
+	struct event *defer;		/* reports and frees outside the caller's stack */
+	struct evbuffer *pend;		/* message bytes written before the 354 */
+	enum ds_state st;
+	unsigned timeout;
+	int pipelining;			/* EHLO offered PIPELINING */
+	int rcpt_sent;			/* the first RCPT went with MAIL */
+	int bol;			/* the message is at the start of a line */
+	int finishing;			/* the final dot follows the 354 */
+	int closed;			/* the owner let go: no more callbacks */
+	unsigned nlines;		/* lines of the reply being read */
+	int ehlo_pipe;			/* ... one of them said PIPELINING */
+	downstream_cb cb;
+	void *arg;
+	char *head;			/* our Received: line, sent after 354 */
+	char helo[256];
+	char sender[600];
+	char rcpt[600];
+	char fail[DOWN_REPLY_MAX];	/* why the session died */
 };
 
 static int
@@ -79,125 +124,347 @@ downstream_target_is_valid(const char *target)
 	return inet_pton(AF_INET, host, &a4) == 1 || inet_pton(AF_INET6, host, &a6) == 1;
 }
 
+struct downstream_set *
+downstream_set_new(struct event_base *base)
+{
+	struct downstream_set *s = xcalloc(1, sizeof(*s));
+
+	s->base = base;
+	return s;
+}
+
+size_t
+downstream_set_count(const struct downstream_set *s)
+{
+	return s->n;
+}
+
 static void
-say(int *code_r, char reply[DOWN_REPLY_MAX], int code, const char *fmt, const char *arg)
+ds_free(struct downstream *d)
+{
+	struct downstream_set *s = d->set;
+
+	if (d->prev)
+		d->prev->next = d->next;
+	else
+		s->head = d->next;
+	if (d->next)
+		d->next->prev = d->prev;
+	s->n--;
+	if (d->bev != NULL)
+		bufferevent_free(d->bev);
+	event_free(d->defer);
+	evbuffer_free(d->pend);
+	free(d->head);
+	free(d);
+}
+
+void
+downstream_set_free(struct downstream_set **sp)
+{
+	struct downstream_set *s = *sp;
+
+	if (s == NULL)
+		return;
+	while (s->head != NULL)
+		ds_free(s->head);
+	free(s);
+	*sp = NULL;
+}
+
+/* run the owner's callback for the step that waits (once) */
+static void
+report(struct downstream *d, const char *reply)
+{
+	downstream_cb cb = d->cb;
+
+	d->cb = NULL;
+	if (cb != NULL && !d->closed)
+		cb(d->arg, reply);
+}
+
+/* later, from the loop: the caller of an API function is not re-entered */
+static void
+report_later(struct downstream *d)
+{
+	event_active(d->defer, EV_TIMEOUT, 0);
+}
+
+static void
+defer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct downstream *d = arg;
+
+	(void)fd;
+	(void)what;
+	if (d->st == DS_FREE) {
+		ds_free(d);
+		return;
+	}
+	if (d->st == DS_DEAD)
+		report(d, d->fail);
+}
+
+/* the session is over: say why to whoever waits, now or at their next step */
+static void
+fail(struct downstream *d, const char *fmt, const char *arg)
 {
 	char tmp[DOWN_REPLY_MAX];
 
-	snprintf(tmp, sizeof(tmp), fmt, arg);
-	snprintf(reply, DOWN_REPLY_MAX, "%d %s", code, tmp);
-	if (code_r)
-		*code_r = code;
-}
-
-static int
-fill(struct downstream *d)
-{
-	ssize_t n;
-
-	if (d->off > 0) {
-		memmove(d->buf, d->buf + d->off, d->have - d->off);
-		d->have -= d->off;
-		d->off = 0;
+	if (d->st == DS_QUIT || d->st == DS_FREE) {
+		d->st = DS_FREE;
+		report_later(d);
+		return;
 	}
-	do
-		n = read(d->fd, d->buf + d->have, sizeof(d->buf) - d->have);
-	while (n < 0 && errno == EINTR);
-	if (n <= 0)
-		return -1;
-	d->have += (size_t)n;
-	return 0;
+	snprintf(tmp, sizeof(tmp), fmt, arg);
+	snprintf(d->fail, sizeof(d->fail), "%s", tmp);
+	d->st = DS_DEAD;
+	if (d->bev != NULL) {
+		bufferevent_free(d->bev);	/* safe inside its own callbacks */
+		d->bev = NULL;
+	}
+	report(d, d->fail);
 }
 
-/* one reply (all its lines); returns the code, -1 on I/O or protocol error */
-static int
-read_reply(struct downstream *d, char reply[DOWN_REPLY_MAX])
+/* replies are awaited with a timeout; between them the downstream may be idle */
+static void
+await(struct downstream *d, enum ds_state st)
 {
-	for (int lines = 0; lines < DOWN_REPLY_LINES; lines++) {
-		char line[DOWN_LINE_MAX + 1];
-		size_t n = 0;
+	struct timeval tv = { d->timeout, 0 };
 
-		for (;;) {
-			char *nl = memchr(d->buf + d->off, '\n', d->have - d->off);
+	d->st = st;
+	d->nlines = 0;
+	d->ehlo_pipe = 0;
+	bufferevent_set_timeouts(d->bev, &tv, &tv);
+}
 
-			if (nl != NULL) {
-				size_t l = (size_t)(nl - (d->buf + d->off));
+static void
+quiet(struct downstream *d, enum ds_state st)
+{
+	struct timeval tv = { d->timeout, 0 };
 
-				n = l < DOWN_LINE_MAX ? l : DOWN_LINE_MAX;
-				memcpy(line, d->buf + d->off, n);
-				d->off += l + 1;
-				break;
-			}
-			if (d->have - d->off >= DOWN_LINE_MAX || fill(d) < 0)
-				return -1;
+	d->st = st;
+	bufferevent_set_timeouts(d->bev, NULL, &tv);
+}
+
+static void
+put_line(struct downstream *d, const char *verb, const char *arg, const char *close)
+{
+	struct evbuffer *out = bufferevent_get_output(d->bev);
+
+	evbuffer_add_printf(out, "%s%s%s\r\n", verb, arg, close);
+}
+
+static void
+send_mail(struct downstream *d)
+{
+	put_line(d, "MAIL FROM:<", d->sender, ">");
+	d->rcpt_sent = d->pipelining;
+	if (d->rcpt_sent)
+		put_line(d, "RCPT TO:<", d->rcpt, ">");
+	await(d, DS_MAIL);
+}
+
+/* the body so far, then the final dot if the owner already asked for it */
+static void
+body_go(struct downstream *d)
+{
+	struct evbuffer *out = bufferevent_get_output(d->bev);
+
+	if (d->head != NULL) {
+		evbuffer_add(out, d->head, strlen(d->head));
+		free(d->head);
+		d->head = NULL;
+	}
+	evbuffer_add_buffer(out, d->pend);
+	if (d->finishing) {
+		if (!d->bol)
+			evbuffer_add(out, "\r\n", 2);
+		evbuffer_add(out, ".\r\n", 3);
+		await(d, DS_FINAL);
+	} else {
+		quiet(d, DS_BODY);
+	}
+}
+
+/* one whole reply: its code, the last line made printable */
+static void
+on_reply(struct downstream *d, int code, const char *text)
+{
+	switch (d->st) {
+	case DS_GREET:
+		if (code != 220) {
+			fail(d, "451 4.4.2 downstream refused the connection%s", "");
+			return;
 		}
-		if (n > 0 && line[n - 1] == '\r')
-			n--;
+		put_line(d, "EHLO ", d->helo, "");
+		await(d, DS_EHLO);
+		return;
+	case DS_EHLO:
+	case DS_HELO:
+		if (code == 250) {
+			send_mail(d);
+		} else if (code >= 500 && d->st == DS_EHLO) {
+			put_line(d, "HELO ", d->helo, "");
+			d->pipelining = 0;
+			await(d, DS_HELO);
+		} else {
+			fail(d, "451 4.4.2 downstream did not accept %s", d->st == DS_EHLO ?
+			    "EHLO" : "HELO");
+		}
+		return;
+	case DS_MAIL:
+		if (code / 100 != 2) {
+			/* the MAIL refusal is the answer to the RCPT; the owner drops us */
+			snprintf(d->fail, sizeof(d->fail), "%s", text);
+			d->st = DS_DEAD;
+			report(d, text);
+			return;
+		}
+		if (!d->rcpt_sent)
+			put_line(d, "RCPT TO:<", d->rcpt, ">");
+		await(d, DS_RCPT);
+		return;
+	case DS_RCPT:
+		quiet(d, DS_IDLE);
+		report(d, text);
+		return;
+	case DS_DATA:
+		if (code != 354) {
+			/* the refusal of DATA answers the final dot */
+			evbuffer_drain(d->pend, evbuffer_get_length(d->pend));
+			snprintf(d->fail, sizeof(d->fail), "%s", text);
+			d->st = DS_DEAD;
+			if (d->finishing)
+				report(d, text);
+			return;
+		}
+		body_go(d);
+		return;
+	case DS_FINAL:
+		quiet(d, DS_IDLE);
+		d->finishing = 0;
+		report(d, text);
+		return;
+	case DS_QUIT:
+		d->st = DS_FREE;
+		report_later(d);
+		return;
+	default:
+		/* out of turn (a 421 while idle, a reply in the middle of DATA) */
+		if (d->st == DS_BODY && code >= 400)
+			fail(d, "%s", text);
+		else
+			fail(d, "451 4.4.2 downstream spoke out of turn%s", "");
+		return;
+	}
+}
+
+/* complete lines: the status line of a reply, or the end of the protocol */
+static void
+read_cb(struct bufferevent *bev, void *arg)
+{
+	struct downstream *d = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+
+	while (d->st != DS_DEAD && d->st != DS_FREE) {
+		size_t eol_len = 0, n, l;
+		struct evbuffer_ptr e = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+		char line[DOWN_LINE_MAX + 1];
+
+		if (e.pos < 0) {
+			if (evbuffer_get_length(in) > DOWN_LINE_MAX)
+				fail(d, "451 4.4.2 downstream sent an over-long line%s", "");
+			return;
+		}
+		l = (size_t)e.pos;
+		n = l < DOWN_LINE_MAX ? l : DOWN_LINE_MAX;
+		evbuffer_copyout(in, line, n);
+		evbuffer_drain(in, l + eol_len);
 		line[n] = '\0';
 		if (n < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '9' ||
-		    line[2] < '0' || line[2] > '9' || (n > 3 && line[3] != ' ' && line[3] != '-'))
-			return -1;
-		if (n == 3 || line[3] == ' ') {
-			size_t k = 0;
-
-			for (size_t i = 0; i < n && k + 1 < DOWN_REPLY_MAX; i++)
-				reply[k++] = (line[i] >= 0x20 && line[i] < 0x7f) ? line[i] : '?';
-			reply[k] = '\0';
-			return (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+		    line[2] < '0' || line[2] > '9' || (n > 3 && line[3] != ' ' && line[3] != '-')) {
+			fail(d, "451 4.4.2 downstream protocol error%s", "");
+			return;
 		}
-	}
-	return -1;
-}
-
-static int
-flush_w(struct downstream *d)
-{
-	size_t off = 0;
-
-	while (off < d->wlen) {
-		ssize_t n = write(d->fd, d->wbuf + off, d->wlen - off);
-
-		if (n < 0 && errno == EINTR)
+		if (n > 3 && line[3] == '-') {
+			if (++d->nlines >= DOWN_REPLY_LINES) {
+				fail(d, "451 4.4.2 downstream reply too long%s", "");
+				return;
+			}
+			if (d->st == DS_EHLO && strncasecmp(line + 4, "PIPELINING", 10) == 0 &&
+			    (line[14] == '\0' || line[14] == ' '))
+				d->ehlo_pipe = 1;
 			continue;
-		if (n <= 0)
-			return -1;
-		off += (size_t)n;
+		}
+		if (d->st == DS_EHLO)
+			d->pipelining = d->ehlo_pipe || (n > 3 && strncasecmp(line + 4,
+			    "PIPELINING", 10) == 0 && (line[14] == '\0' || line[14] == ' '));
+		for (size_t i = 0; i < n; i++)
+			if (line[i] < 0x20 || line[i] >= 0x7f)
+				line[i] = '?';
+		on_reply(d, (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0'), line);
 	}
-	d->wlen = 0;
-	return 0;
 }
 
-static int
-put(struct downstream *d, const char *s, size_t n)
+static void
+event_cb(struct bufferevent *bev, short what, void *arg)
 {
-	while (n > 0) {
-		size_t room = sizeof(d->wbuf) - d->wlen, k = n < room ? n : room;
+	struct downstream *d = arg;
 
-		memcpy(d->wbuf + d->wlen, s, k);
-		d->wlen += k;
-		s += k;
-		n -= k;
-		if (d->wlen == sizeof(d->wbuf) && flush_w(d) < 0)
-			return -1;
+	(void)bev;
+	if (what & BEV_EVENT_CONNECTED) {
+		await(d, DS_GREET);
+		bufferevent_enable(d->bev, EV_READ);
+		return;
 	}
-	return 0;
+	if (d->st == DS_CONNECT)
+		fail(d, "451 4.4.1 downstream unavailable: %s", (what & BEV_EVENT_TIMEOUT) ?
+		    "connection timed out" : (what & BEV_EVENT_ERROR) ?
+		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()) : "closed");
+	else if (d->st == DS_BODY || d->st == DS_DATA || d->st == DS_FINAL)
+		fail(d, "451 4.4.2 downstream connection lost during DATA%s", "");
+	else if (what & BEV_EVENT_TIMEOUT)
+		fail(d, "451 4.4.2 downstream timed out%s", "");
+	else
+		fail(d, "451 4.4.2 downstream connection lost%s", "");
 }
 
 struct downstream *
-downstream_open(const char *target, const char *helo, unsigned timeout, int *code_r,
-    char reply[DOWN_REPLY_MAX])
+downstream_open(struct downstream_set *set, const char *target, const char *helo,
+    unsigned timeout, const char *sender, const char *rcpt, downstream_cb cb, void *arg)
 {
-	struct downstream *d;
+	struct downstream *d = xcalloc(1, sizeof(*d));
 	struct sockaddr_storage ss;
 	socklen_t sl;
+	char host[256];
+	int port, fd;
 	struct timeval tv = { timeout, 0 };
-	char host[256], line[300];
-	int port, code;
+
+	d->set = set;
+	d->next = set->head;
+	if (set->head)
+		set->head->prev = d;
+	set->head = d;
+	set->n++;
+	d->defer = event_new(set->base, -1, 0, defer_cb, d);
+	d->pend = evbuffer_new();
+	if (d->defer == NULL || d->pend == NULL)
+		fatal("downstream: out of memory");
+	d->timeout = timeout ? timeout : 60;
+	d->bol = 1;
+	d->cb = cb;
+	d->arg = arg;
+	snprintf(d->helo, sizeof(d->helo), "%s", helo);
+	snprintf(d->sender, sizeof(d->sender), "%s", sender);
+	snprintf(d->rcpt, sizeof(d->rcpt), "%s", rcpt);
+	d->st = DS_DEAD;	/* until connecting has begun */
 
 	memset(&ss, 0, sizeof(ss));
 	if (parse_target(target, host, sizeof(host), &port) < 0) {
-		say(code_r, reply, 451, "4.3.5 bad downstream address %s", target);
-		return NULL;
+		snprintf(d->fail, sizeof(d->fail), "451 4.3.5 bad downstream address");
+		report_later(d);
+		return d;
 	}
 	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
 		((struct sockaddr_in *)&ss)->sin_family = AF_INET;
@@ -208,178 +475,162 @@ downstream_open(const char *target, const char *helo, unsigned timeout, int *cod
 		((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
 		sl = sizeof(struct sockaddr_in6);
 	} else {
-		say(code_r, reply, 451, "4.3.5 downstream %s is not a numeric address", target);
-		return NULL;
+		snprintf(d->fail, sizeof(d->fail), "451 4.3.5 downstream is not a numeric address");
+		report_later(d);
+		return d;
 	}
-	d = xcalloc(1, sizeof(*d));
-	d->bol = 1;
-	d->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (d->fd < 0)
-		goto fail;
-	setsockopt(d->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(d->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	/* we buffer and flush ourselves; Nagle would hold a small write (the
-	 * Received: line after 354, the final dot) ~40 ms for a delayed ACK */
-	setsockopt(d->fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
-	if (connect(d->fd, (struct sockaddr *)&ss, sl) < 0)
-		goto fail;
-	code = read_reply(d, reply);
-	if (code != 220) {
-		if (code < 0)
-			goto fail;
-		if (code_r)
-			*code_r = code >= 500 ? 451 : code;
-		snprintf(reply, DOWN_REPLY_MAX, "451 4.4.2 downstream refused the connection");
-		close(d->fd);
-		free(d);
-		return NULL;
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		snprintf(d->fail, sizeof(d->fail), "451 4.4.1 downstream unavailable: %s",
+		    strerror(errno));
+		report_later(d);
+		return d;
 	}
-	snprintf(line, sizeof(line), "EHLO %s", helo);
-	code = downstream_cmd(d, line, reply);
-	if (code >= 500) {
-		snprintf(line, sizeof(line), "HELO %s", helo);
-		code = downstream_cmd(d, line, reply);
+	/* replies and the final dot are small writes: Nagle would hold them
+	 * ~40 ms for the peer's delayed ACK */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
+	d->bev = bufferevent_socket_new(set->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (d->bev == NULL) {
+		close(fd);
+		fatal("downstream: out of memory");
 	}
-	if (code != 250) {
-		downstream_close(&d);
-		say(code_r, reply, 451, "4.4.2 downstream did not accept %s", "EHLO");
-		return NULL;
+	bufferevent_setcb(d->bev, read_cb, NULL, event_cb, d);
+	bufferevent_set_timeouts(d->bev, &tv, &tv);	/* the connect is a write */
+	d->st = DS_CONNECT;
+	if (bufferevent_socket_connect(d->bev, (struct sockaddr *)&ss, (int)sl) < 0) {
+		snprintf(d->fail, sizeof(d->fail), "451 4.4.1 downstream unavailable: %s",
+		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		bufferevent_free(d->bev);
+		d->bev = NULL;
+		d->st = DS_DEAD;
+		report_later(d);
 	}
 	return d;
-fail:
-	say(code_r, reply, 451, "4.4.1 downstream unavailable: %s", strerror(errno));
-	if (d->fd >= 0)
-		close(d->fd);
-	free(d);
-	return NULL;
 }
 
-int
-downstream_cmd(struct downstream *d, const char *line, char reply[DOWN_REPLY_MAX])
+void
+downstream_rcpt(struct downstream *d, const char *rcpt, downstream_cb cb, void *arg)
 {
-	int code;
-
-	if (put(d, line, strlen(line)) < 0 || put(d, "\r\n", 2) < 0 || flush_w(d) < 0) {
-		snprintf(reply, DOWN_REPLY_MAX, "451 4.4.2 downstream connection lost");
-		return 451;
+	d->cb = cb;
+	d->arg = arg;
+	if (d->st != DS_IDLE) {
+		if (d->st != DS_DEAD)
+			snprintf(d->fail, sizeof(d->fail), "451 4.3.0 downstream session busy");
+		d->st = DS_DEAD;
+		report_later(d);
+		return;
 	}
-	code = read_reply(d, reply);
-	if (code < 0) {
-		snprintf(reply, DOWN_REPLY_MAX, "451 4.4.2 downstream connection lost");
-		return 451;
-	}
-	return code;
+	put_line(d, "RCPT TO:<", rcpt, ">");
+	await(d, DS_RCPT);
 }
 
-int
-downstream_begin_data(struct downstream *d, const char *head, char reply[DOWN_REPLY_MAX])
-{
-	int code;
-
-	if (d->in_data)
-		return 354;
-	code = downstream_cmd(d, "DATA", reply);
-	if (code != 354)
-		return code;
-	d->in_data = 1;
-	if (head != NULL && downstream_send(d, head, strlen(head)) < 0) {
-		snprintf(reply, DOWN_REPLY_MAX, "451 4.4.2 downstream connection lost during DATA");
-		return 451;
-	}
-	return 354;
-}
-
-int
-downstream_send(struct downstream *d, const char *s, size_t len)
+/* the bytes with dot-stuffing added back (a line starting with '.' gets another) */
+static void
+stuff(struct downstream *d, struct evbuffer *out, const char *s, size_t len)
 {
 	const char *e = s + len;
 
-	while (s < e) {
-		const char *nl = memchr(s, '\n', (size_t)(e - s));
-		size_t n = nl ? (size_t)(nl - s) + 1 : (size_t)(e - s);
+	if (len == 0)
+		return;
+	if (d->bol && *s == '.')
+		evbuffer_add(out, ".", 1);
+	for (;;) {
+		const char *p = memmem(s, (size_t)(e - s), "\n.", 2);
 
-		/* dot-stuffing back on: a line starting with '.' gets another */
-		if (d->bol && *s == '.' && put(d, ".", 1) < 0)
-			return -1;
-		if (put(d, s, n) < 0)
-			return -1;
-		d->bol = nl != NULL;
-		s += n;
+		if (p == NULL)
+			break;
+		evbuffer_add(out, s, (size_t)(p + 1 - s));
+		evbuffer_add(out, ".", 1);
+		s = p + 1;
 	}
-	return flush_w(d);
+	evbuffer_add(out, s, (size_t)(e - s));
+	d->bol = e[-1] == '\n';
 }
 
-int
-downstream_finish(struct downstream *d, char reply[DOWN_REPLY_MAX])
+static void
+begin_data(struct downstream *d, const char *head)
 {
-	int code;
-
-	if ((!d->bol && put(d, "\r\n", 2) < 0) || put(d, ".\r\n", 3) < 0 || flush_w(d) < 0)
-		goto lost;
-	code = read_reply(d, reply);
-	if (code < 0)
-		goto lost;
-	return code;
-lost:
-	snprintf(reply, DOWN_REPLY_MAX, "451 4.4.2 downstream connection lost during DATA");
-	return 451;
+	free(d->head);
+	d->head = head != NULL ? xstrdup(head) : NULL;
+	evbuffer_add(bufferevent_get_output(d->bev), "DATA\r\n", 6);
+	await(d, DS_DATA);
 }
 
-int
-downstream_data(struct downstream *d, const char *head, size_t headlen, const char *body,
-    size_t bodylen, char reply[DOWN_REPLY_MAX])
+void
+downstream_send(struct downstream *d, const char *head, const char *p, size_t n)
 {
-	int code = downstream_cmd(d, "DATA", reply);
-	int bol = 1;
-	const char *parts[2] = { head, body };
-	size_t lens[2] = { headlen, bodylen };
-
-	if (code != 354)
-		return code == 451 ? 451 : code;
-	for (int p = 0; p < 2; p++) {
-		const char *s = parts[p], *e = s + lens[p];
-
-		while (s < e) {
-			const char *nl = memchr(s, '\n', (size_t)(e - s));
-			size_t n = nl ? (size_t)(nl - s) + 1 : (size_t)(e - s);
-
-			/* dot-stuffing back on: a line starting with '.' gets another */
-			if (bol && *s == '.' && put(d, ".", 1) < 0)
-				goto lost;
-			if (put(d, s, n) < 0)
-				goto lost;
-			bol = nl != NULL;
-			s += n;
-		}
+	switch (d->st) {
+	case DS_IDLE:
+		begin_data(d, head);
+		/* FALLTHROUGH */
+	case DS_DATA:
+		stuff(d, d->pend, p, n);
+		return;
+	case DS_BODY:
+		stuff(d, bufferevent_get_output(d->bev), p, n);
+		return;
+	default:
+		return;		/* dead: the verdict at the end says why */
 	}
-	if (!bol && put(d, "\r\n", 2) < 0)
-		goto lost;
-	if (put(d, ".\r\n", 3) < 0 || flush_w(d) < 0)
-		goto lost;
-	code = read_reply(d, reply);
-	if (code < 0)
-		goto lost;
-	return code;
-lost:
-	snprintf(reply, DOWN_REPLY_MAX, "451 4.4.2 downstream connection lost during DATA");
-	return 451;
+}
+
+size_t
+downstream_queued(const struct downstream *d)
+{
+	size_t n = evbuffer_get_length(d->pend);
+
+	if (d->bev != NULL)
+		n += evbuffer_get_length(bufferevent_get_output(d->bev));
+	return n;
+}
+
+void
+downstream_finish(struct downstream *d, const char *head, downstream_cb cb, void *arg)
+{
+	d->cb = cb;
+	d->arg = arg;
+	switch (d->st) {
+	case DS_IDLE:
+		begin_data(d, head);
+		/* FALLTHROUGH */
+	case DS_DATA:
+		d->finishing = 1;
+		return;
+	case DS_BODY:
+		d->finishing = 1;
+		body_go(d);
+		return;
+	default:
+		if (d->st != DS_DEAD)
+			snprintf(d->fail, sizeof(d->fail), "451 4.3.0 downstream session busy");
+		d->st = DS_DEAD;
+		report_later(d);
+		return;
+	}
 }
 
 void
 downstream_close(struct downstream **dp)
 {
 	struct downstream *d = *dp;
-	char reply[DOWN_REPLY_MAX];
 
 	if (d == NULL)
 		return;
-	if (put(d, "QUIT\r\n", 6) == 0 && flush_w(d) == 0) {
-		struct timeval tv = { 1, 0 };
-
-		setsockopt(d->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		(void)read_reply(d, reply);
-	}
-	close(d->fd);
-	free(d);
 	*dp = NULL;
+	d->closed = 1;
+	d->cb = NULL;
+	if (d->st == DS_IDLE && d->bev != NULL) {
+		struct timeval tv = { DOWN_QUIT_WAIT, 0 };
+
+		evbuffer_add(bufferevent_get_output(d->bev), "QUIT\r\n", 6);
+		d->st = DS_QUIT;
+		bufferevent_set_timeouts(d->bev, &tv, &tv);
+		return;		/* freed at the 221, the peer's close or the timeout */
+	}
+	d->st = DS_FREE;	/* mid-step or mid-DATA: hang up, no final dot */
+	if (d->bev != NULL) {
+		bufferevent_free(d->bev);
+		d->bev = NULL;
+	}
+	report_later(d);
 }

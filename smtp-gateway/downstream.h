@@ -3,31 +3,53 @@
 #include <stddef.h>
 
 /*
- * A blocking SMTP client session to the downstream MTA, for pass-through.
- * Runs on job threads only (never on the event loop); every read and write
- * has a timeout. Replies come back as "CODE TEXT" of the last reply line,
- * made printable; a network failure is reported as a 4xx of our own.
+ * The gateway's SMTP client session to the downstream MTA, for pass-through.
+ * Driven by the event loop (non-blocking, no thread): each step takes a
+ * callback that gets the downstream's reply line ("CODE TEXT" of the last
+ * line, made printable) or a 4xx of our own when the network fails. A
+ * callback runs at most once per step, always later from the loop (never
+ * inside the call that asked for it), and never after downstream_close().
+ * Owner: the event loop's thread.
  */
+struct event_base;
 struct downstream;
+struct downstream_set;
 
 #define DOWN_REPLY_MAX 512
 
-/* "[HOST]:PORT" or "HOST:PORT"; *code_r/reply on failure (4xx) */
-struct downstream *downstream_open(const char *target, const char *helo, unsigned timeout,
-    int *code_r, char reply[DOWN_REPLY_MAX]);
-/* one command line (no CRLF); returns the reply code */
-int downstream_cmd(struct downstream *d, const char *line, char reply[DOWN_REPLY_MAX]);
-/* DATA, the message (dot-stuffed on the way), the final dot; returns the final code */
-int downstream_data(struct downstream *d, const char *head, size_t headlen, const char *body,
-    size_t bodylen, char reply[DOWN_REPLY_MAX]);
-/* DATA and our Received: line, once per transaction; returns the code
- * (354 when the message may follow; 354 again if already begun) */
-int downstream_begin_data(struct downstream *d, const char *head, char reply[DOWN_REPLY_MAX]);
-/* streaming: message bytes (dot-stuffing added here, across calls); -1 lost */
-int downstream_send(struct downstream *d, const char *p, size_t n);
-/* the end of a streamed message: final dot, the downstream's final reply */
-int downstream_finish(struct downstream *d, char reply[DOWN_REPLY_MAX]);
-/* QUIT (best effort) and close */
+typedef void (*downstream_cb)(void *arg, const char *reply);
+
+/* every session of one loop; freeing the set closes what is left */
+struct downstream_set *downstream_set_new(struct event_base *base);
+void downstream_set_free(struct downstream_set **set);
+/* sessions open (also those saying QUIT) */
+size_t downstream_set_count(const struct downstream_set *set);
+
+/*
+ * Connect to "[HOST]:PORT" (numeric), greeting, EHLO (HELO when EHLO is
+ * refused), MAIL FROM:<sender>, RCPT TO:<rcpt> (MAIL and RCPT in one write
+ * when the downstream offers PIPELINING). cb gets the RCPT's reply, or the
+ * failure of an earlier step (then the session is of no further use).
+ * timeout: seconds for each reply and each stalled write.
+ */
+struct downstream *downstream_open(struct downstream_set *set, const char *target,
+    const char *helo, unsigned timeout, const char *sender, const char *rcpt,
+    downstream_cb cb, void *arg);
+/* one more RCPT on an open transaction */
+void downstream_rcpt(struct downstream *d, const char *rcpt, downstream_cb cb, void *arg);
+/*
+ * Message bytes (dot-stuffing removed), passed on as they come with the
+ * stuffing added back. The first call sends DATA; head (our Received:
+ * line) and the bytes follow once the downstream said 354. Never waits.
+ */
+void downstream_send(struct downstream *d, const char *head, const char *p, size_t n);
+/* bytes given to downstream_send() and not yet on the wire */
+size_t downstream_queued(const struct downstream *d);
+/* the end of the message (DATA first if nothing was sent): the final dot;
+ * cb gets the downstream's verdict, or why the message did not get there */
+void downstream_finish(struct downstream *d, const char *head, downstream_cb cb, void *arg);
+/* give the session up: QUIT when between transactions, else just close
+ * (a message cut short without its final dot is discarded downstream) */
 void downstream_close(struct downstream **d);
 /* "[HOST]:PORT" well formed */
 int downstream_target_is_valid(const char *target);

@@ -9,10 +9,11 @@
  *   smtp_server_run()      the loop, until SIGTERM/SIGINT
  *
  * The loop never waits: Maildir writes and fsyncs and password checks run on
- * one pool of job threads, downstream sessions on another (a slow downstream
- * must not hold up local work); their completions come back on the loop. A
- * connection a job still points at is freed only when the job is done. The
- * user database is reloaded when its file changes (checked each second).
+ * a pool of job threads whose completions come back on the loop; a
+ * connection a job still points at is freed only when the job is done.
+ * Pass-through sessions are non-blocking clients on the loop itself
+ * (downstream.c): closing one guarantees no callback for its connection.
+ * The user database is reloaded when its file changes (checked each second).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -47,8 +48,8 @@
 
 #define PER_CLIENT_SLOTS 1024
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
-#define SMTP_DOWNSTREAM_THREADS 64	/* a slow downstream must not hold up local work */
 #define SMTP_STREAM_MIN 65536		/* pass a streamed message on in pieces this big */
+#define SMTP_STREAM_QUEUE (1024 * 1024)	/* at most this much waits for a slow downstream */
 
 struct listener {
 	struct server *srv;
@@ -59,7 +60,7 @@ struct listener {
 struct server {
 	const struct smtp_server_conf *c;
 	struct jobs *jobs;		/* fsync and password hashing */
-	struct jobs *down_jobs;		/* downstream sessions: they may wait on the network */
+	struct downstream_set *downs;	/* pass-through sessions, on this loop */
 	struct evdns_base *dns;		/* client name lookups, or NULL */
 	int stopping;			/* no new work while the pools drain */
 	struct smtp_params params;
@@ -86,9 +87,8 @@ struct conn {
 	char ptrname[256];	/* the reverse name being forward-confirmed */
 	struct event *close_timer;
 	int close_tries;
-	int streaming;		/* a piece of the message is on its way downstream */
-	int stream_failed;	/* ... and the downstream refused it or went away */
-	char stream_reply[DOWN_REPLY_MAX];	/* what the client hears at its final dot */
+	int down_wait;		/* the downstream's reply is awaited (input paused) */
+	int ds_data;		/* DATA went to ds */
 };
 
 struct delivery {
@@ -199,14 +199,13 @@ user_exists(void *arg, const char *local, const char *domain)
 	return s->users != NULL && userdb_has_user(s->users, local, domain);
 }
 
-static void drop_downstream(struct conn *c);
-
 static void
 conn_free(struct conn *c)
 {
 	struct server *s = c->srv;
 
-	if (c->delivering || c->streaming) {	/* a job still points here: free it when done */
+	downstream_close(&c->ds);	/* no callback comes for this connection after this */
+	if (c->delivering) {	/* a job still points here: free it when done */
 		c->dead = 1;
 		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 		return;
@@ -217,7 +216,6 @@ conn_free(struct conn *c)
 		if (pc != NULL && *pc > 0)
 			(*pc)--;
 	}
-	drop_downstream(c);
 	if (c->close_timer != NULL)
 		event_free(c->close_timer);
 	s->nconn--;
@@ -307,202 +305,86 @@ delivery_done(void *arg)
 	free(d);
 }
 
-/* ---- pass-through ---- */
+/* ---- pass-through: the downstream session runs on this loop ---- */
 
-struct downjob {
-	struct conn *c;
-	struct downstream *ds;
-	struct smtp_down_req req;
-	char reply[DOWN_REPLY_MAX];
-	const char *target;
-	unsigned timeout;
-	char *head;
-	const char *data;
-	size_t len;
-};
-
-static void
-down_rcpt_run(void *arg)
-{
-	struct downjob *j = arg;
-	char line[700];
-	int code;
-
-	if (j->req.open) {
-		j->ds = downstream_open(j->target, j->req.helo, j->timeout, &code, j->reply);
-		if (j->ds == NULL)
-			return;
-		snprintf(line, sizeof(line), "MAIL FROM:<%s>", j->req.sender);
-		if (downstream_cmd(j->ds, line, j->reply) / 100 != 2)
-			return;	/* the MAIL refusal is the answer to this RCPT */
-	}
-	snprintf(line, sizeof(line), "RCPT TO:<%s>", j->req.rcpt);
-	downstream_cmd(j->ds, line, j->reply);
-}
-
-static void
-down_rcpt_done(void *arg)
-{
-	struct downjob *j = arg;
-	struct conn *c = j->c;
-
-	c->delivering = 0;
-	c->ds = j->ds;
-	if (c->dead) {
-		conn_free(c);
-	} else {
-		smtp_proto_down_done(c->sp, j->reply);
-		resume(c);
-	}
-	free(j->head);
-	free(j);
-}
-
-static void
-down_data_run(void *arg)
-{
-	struct downjob *j = arg;
-
-	/* DATA if no piece went yet, the rest, the final dot, the verdict */
-	if (downstream_begin_data(j->ds, j->head, j->reply) != 354)
-		return;	/* the downstream's refusal of DATA answers the final dot */
-	if (j->len > 0 && downstream_send(j->ds, j->data, j->len) < 0)
-		snprintf(j->reply, sizeof(j->reply), "451 4.4.2 downstream connection lost during DATA");
-	else
-		downstream_finish(j->ds, j->reply);
-	/* QUIT waits for the client's answer no longer: done() drops the session */
-}
-
-static void
-down_data_done(void *arg)
-{
-	struct downjob *j = arg;
-	struct conn *c = j->c;
-
-	c->delivering = 0;
-	log_info("passed on downstream (%s): %s", j->target, j->reply);
-	c->ds = j->ds;	/* closed with QUIT on a job, after the client has its answer */
-	if (c->dead) {
-		conn_free(c);
-	} else {
-		drop_downstream(c);
-		smtp_proto_delivered_reply(c->sp, j->reply);
-		resume(c);
-	}
-	free(j->head);
-	free(j);
-}
-
-static void
-down_close_run(void *arg)
-{
-	struct downjob *j = arg;
-
-	downstream_close(&j->ds);
-}
-
-static void
-down_close_done(void *arg)
-{
-	free(arg);
-}
-
-/* drop the downstream session without waiting for it */
-static void
-drop_downstream(struct conn *c)
-{
-	struct downjob *j;
-
-	if (c->ds == NULL)
-		return;
-	j = xcalloc(1, sizeof(*j));
-	j->ds = c->ds;
-	c->ds = NULL;
-	jobs_submit(c->srv->down_jobs, down_close_run, down_close_done, j);
-}
-
-/* a piece of a streamed message on its way downstream */
-struct streamjob {
-	struct conn *c;
-	struct downstream *ds;
-	char *buf;
-	size_t len;
-	char *head;
-	int failed;
-	char reply[DOWN_REPLY_MAX];
-};
-
-static void
-stream_run(void *arg)
-{
-	struct streamjob *j = arg;
-
-	if (downstream_begin_data(j->ds, j->head, j->reply) != 354)
-		j->failed = 1;	/* the reply says why: it answers the final dot */
-	else if (downstream_send(j->ds, j->buf, j->len) < 0) {
-		j->failed = 1;
-		snprintf(j->reply, sizeof(j->reply), "451 4.4.2 downstream connection lost during DATA");
-	}
-}
-
-static void deliver(struct conn *c, struct smtp_msg *m);
-static void stream_more(struct conn *c);
 static char *data_header(struct server *s, const struct smtp_down_req *r);
 
+/* the downstream answered a RCPT (or failed before it): mirror it */
 static void
-stream_done(void *arg)
+down_rcpt_cb(void *arg, const char *reply)
 {
-	struct streamjob *j = arg;
-	struct conn *c = j->c;
+	struct conn *c = arg;
 
-	c->streaming = 0;
-	c->ds = j->ds;
-	if (j->failed && !c->stream_failed) {
-		c->stream_failed = 1;
-		snprintf(c->stream_reply, sizeof(c->stream_reply), "%s", j->reply);
-	}
-	free(j->buf);
-	free(j->head);
-	free(j);
-	if (c->dead) {
-		if (!c->delivering)
-			conn_free(c);
+	c->down_wait = 0;
+	smtp_proto_down_done(c->sp, reply);
+	resume(c);
+}
+
+/* the RCPT the session waits on goes downstream; the first one opens it */
+static void
+down_step(struct conn *c, const struct smtp_down_req *req)
+{
+	struct server *s = c->srv;
+	unsigned timeout = s->c->timeout < 60 ? s->c->timeout : 60;
+
+	if (!req->open && c->ds == NULL) {	/* cannot happen: the first RCPT opened it */
+		smtp_proto_down_done(c->sp, "451 4.3.0 no downstream session");
+		flush_output(c);
 		return;
 	}
-	if (!smtp_proto_streaming(c->sp) && smtp_proto_pending(c->sp) == NULL) {
-		drop_downstream(c);	/* the message was refused meanwhile */
-		c->stream_failed = 0;
-	}
-	if (smtp_proto_pending(c->sp) != NULL && !c->delivering) {
-		deliver(c, smtp_proto_pending(c->sp));
+	c->down_wait = 1;
+	bufferevent_disable(c->bev, EV_READ);
+	if (req->open) {
+		downstream_close(&c->ds);
+		c->ds_data = 0;
+		c->ds = downstream_open(s->downs, s->c->downstream, req->helo, timeout,
+		    req->sender, req->rcpt, down_rcpt_cb, c);
 	} else {
-		stream_more(c);	/* what arrived meanwhile goes next */
-		read_cb(c->bev, c);
+		downstream_rcpt(c->ds, req->rcpt, down_rcpt_cb, c);
 	}
 }
 
-/* pass on what has arrived of a streamed message, one piece at a time */
+/* the downstream's verdict on the message is the client's answer */
+static void
+down_final_cb(void *arg, const char *reply)
+{
+	struct conn *c = arg;
+
+	c->down_wait = 0;
+	log_info("passed on downstream (%s): %s", c->srv->c->downstream, reply);
+	downstream_close(&c->ds);	/* QUIT: one session per transaction */
+	smtp_proto_delivered_reply(c->sp, reply);
+	resume(c);
+}
+
+/* message bytes the session holds, for the downstream's first DATA line */
+static void
+down_send(struct conn *c, const char *p, size_t n, int last)
+{
+	char *head = NULL;
+
+	if (!c->ds_data)	/* DATA goes with the first bytes, our Received: line after 354 */
+		head = data_header(c->srv, smtp_proto_down_info(c->sp));
+	downstream_send(c->ds, head, p, n);
+	if (last)
+		downstream_finish(c->ds, head, down_final_cb, c);
+	c->ds_data = 1;
+	free(head);
+}
+
+/* pass on what has arrived of a streamed message; no waiting: the bytes
+ * queue in the downstream's buffer, up to a bound, the rest stays here */
 static void
 stream_more(struct conn *c)
 {
 	const char *p;
 	size_t n;
-	struct streamjob *j;
 
-	if (c->streaming || c->ds == NULL ||
-	    !smtp_proto_stream_chunk(c->sp, SMTP_STREAM_MIN, &p, &n))
-		return;
-	j = xcalloc(1, sizeof(*j));
-	j->c = c;
-	j->ds = c->ds;
-	c->ds = NULL;
-	j->buf = xmalloc(n);
-	memcpy(j->buf, p, n);
-	j->len = n;
-	j->head = data_header(c->srv, smtp_proto_down_info(c->sp));	/* used once */
-	smtp_proto_stream_taken(c->sp, n);
-	c->streaming = 1;
-	jobs_submit(c->srv->down_jobs, stream_run, stream_done, j);
+	while (c->ds != NULL && !c->down_wait && downstream_queued(c->ds) < SMTP_STREAM_QUEUE &&
+	    smtp_proto_stream_chunk(c->sp, SMTP_STREAM_MIN, &p, &n)) {
+		down_send(c, p, n, 0);
+		smtp_proto_stream_taken(c->sp, n);
+	}
 }
 
 static char *
@@ -543,36 +425,14 @@ deliver(struct conn *c, struct smtp_msg *m)
 	struct tm tm;
 
 	if (m->downstream) {
-		struct downjob *j;
-
-		if (c->streaming)
-			return;		/* stream_done() comes back here */
-		if (c->stream_failed) {
-			c->stream_failed = 0;
-			drop_downstream(c);
-			smtp_proto_delivered_reply(c->sp, c->stream_reply);
+		if (c->ds == NULL) {	/* cannot happen: RCPTs opened it */
+			smtp_proto_delivered_reply(c->sp, "451 4.3.0 no downstream session");
 			flush_output(c);
 			return;
 		}
-		j = xcalloc(1, sizeof(*j));
-		j->c = c;
-		j->ds = c->ds;
-		c->ds = NULL;
-		j->target = s->c->downstream;
-		j->head = data_header(s, smtp_proto_down_info(c->sp));	/* if DATA is not sent yet */
-		j->data = m->data;
-		j->len = m->len;
-		c->delivering = 1;
+		c->down_wait = 1;
 		bufferevent_disable(c->bev, EV_READ);
-		if (j->ds == NULL) {	/* cannot happen: RCPTs opened it */
-			snprintf(j->reply, sizeof(j->reply), "451 4.3.0 no downstream session");
-			smtp_proto_delivered_reply(c->sp, j->reply);
-			c->delivering = 0;
-			free(j->head);
-			free(j);
-			return;
-		}
-		jobs_submit(s->down_jobs, down_data_run, down_data_done, j);
+		down_send(c, m->data, m->len, 1);	/* the rest and the final dot */
 		return;
 	}
 	d = xcalloc(1, sizeof(*d));
@@ -742,30 +602,19 @@ read_cb(struct bufferevent *bev, void *arg)
 			return;
 		}
 		if (smtp_proto_take_down_reset(c->sp))
-			drop_downstream(c);
+			downstream_close(&c->ds);
 		if (smtp_proto_pending_auth(c->sp) != NULL) {
-			if (!c->delivering)
+			if (!c->delivering && !c->down_wait)
 				check_auth(c, smtp_proto_pending_auth(c->sp));
 			return;
 		}
 		if (smtp_proto_pending_down(c->sp) != NULL) {
-			if (!c->delivering) {
-				struct downjob *j = xcalloc(1, sizeof(*j));
-
-				j->c = c;
-				j->req = *smtp_proto_pending_down(c->sp);
-				j->ds = c->ds;
-				c->ds = NULL;
-				j->target = c->srv->c->downstream;
-				j->timeout = c->srv->c->timeout < 60 ? c->srv->c->timeout : 60;
-				c->delivering = 1;
-				bufferevent_disable(c->bev, EV_READ);
-				jobs_submit(c->srv->down_jobs, down_rcpt_run, down_rcpt_done, j);
-			}
+			if (!c->delivering && !c->down_wait)
+				down_step(c, smtp_proto_pending_down(c->sp));
 			return;
 		}
 		if (smtp_proto_pending(c->sp) != NULL) {
-			if (!c->delivering)
+			if (!c->delivering && !c->down_wait)
 				deliver(c, smtp_proto_pending(c->sp));
 			return;	/* the rest waits for the delivery */
 		}
@@ -1067,7 +916,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		return -1;
 	}
 	s->jobs = jobs_new(s->base, SMTP_DELIVERY_THREADS);
-	s->down_jobs = jobs_new(s->base, SMTP_DOWNSTREAM_THREADS);
+	s->downs = downstream_set_new(s->base);
 	if (c->resolver != NULL) {
 		/* no search domains, our own nameserver: no query leaves by surprise */
 		s->dns = evdns_base_new(s->base, 0);
@@ -1108,12 +957,12 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	if (s->dns != NULL)
 		evdns_base_free(s->dns, 1);	/* pending lookups call back with an error */
 	jobs_free(&s->jobs);	/* deliveries in flight finish first */
-	jobs_free(&s->down_jobs);
 	while (s->conns != NULL) {
 		smtp_proto_eof(s->conns->sp);
 		s->conns->delivering = 0;
 		conn_free(s->conns);
 	}
+	downstream_set_free(&s->downs);	/* sessions saying QUIT are cut short */
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(tick);

@@ -453,7 +453,7 @@ def main():
             print("  idle connections: %d; worker VmRSS %.1f -> %.1f MiB, RssAnon %.1f -> %.1f "
                   "MiB" % (args.idle, before["VmRSS"] / 2**20, after["VmRSS"] / 2**20,
                            before["RssAnon"] / 2**20, after["RssAnon"] / 2**20), flush=True)
-        if args.latency_tx:
+        if args.latency_tx and args.latency_sessions:
             lat_md = bench.latency(gm.port, args.latency_sessions, args.latency_tx)
             print("  latency Maildir: %d tx, p50 %.1f ms p99 %.1f ms" % (
                 lat_md["n"], lat_md["p50"], lat_md["p99"]), flush=True)
