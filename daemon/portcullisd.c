@@ -394,6 +394,9 @@ main(int argc, char **argv)
 	}
 	if (optind != argc)
 		usage();
+	/* a peer that resets while we write is an EPIPE to handle, not a
+	 * signal that kills the worker and every session on it */
+	signal(SIGPIPE, SIG_IGN);
 	if (conf_load_file(c, conffile, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
 		return 1;

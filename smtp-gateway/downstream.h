@@ -27,15 +27,16 @@ size_t downstream_set_count(const struct downstream_set *set);
 
 /*
  * Connect to "[HOST]:PORT" (numeric), greeting, EHLO (HELO when EHLO is
- * refused), MAIL FROM:<sender>, RCPT TO:<rcpt> (MAIL and RCPT in one write
- * when the downstream offers PIPELINING). cb gets the RCPT's reply, or the
- * failure of an earlier step (then the session is of no further use).
- * timeout: seconds for each reply and each stalled write.
+ * refused), MAIL FROM:<sender>, on its own: the owner may open the session
+ * as soon as it knows the sender and ask for the first RCPT later. A
+ * failure is kept and answers that RCPT. timeout: seconds for each reply
+ * and each stalled write.
  */
 struct downstream *downstream_open(struct downstream_set *set, const char *target,
-    const char *helo, unsigned timeout, const char *sender, const char *rcpt,
-    downstream_cb cb, void *arg);
-/* one more RCPT on an open transaction */
+    const char *helo, unsigned timeout, const char *sender);
+/* a RCPT, the first one possibly while the session is still opening (then
+ * with MAIL in one write when the downstream offers PIPELINING); cb gets
+ * its reply, or why the session failed (then it is of no further use) */
 void downstream_rcpt(struct downstream *d, const char *rcpt, downstream_cb cb, void *arg);
 /*
  * Message bytes (dot-stuffing removed), passed on as they come with the

@@ -89,6 +89,8 @@ struct smtp_proto {
 	struct smtp_down_req down;
 	int down_pending;
 	int down_reset;
+	int down_open;		/* pass-through: open downstream now (MAIL accepted) */
+	int down_opened;	/* ... and that session belongs to this transaction */
 	char down_rcpt[600];	/* the recipient waiting for the downstream */
 	int stream;		/* DATA is being streamed downstream */
 	int headers_fed;	/* the engine has seen the header names already */
@@ -147,8 +149,9 @@ msg_clear(struct smtp_msg *m)
 static void
 tx_reset(struct smtp_proto *sp)
 {
-	if (sp->route == 2)
+	if (sp->route == 2 || sp->down_opened)
 		sp->down_reset = 1;	/* the server drops the downstream session */
+	sp->down_open = sp->down_opened = 0;
 	sp->route = 0;
 	sp->down_pending = 0;
 	sp->stream = 0;
@@ -775,6 +778,13 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		snprintf(key, sizeof(key), "%s%s%s", ma.local, ma.domain[0] ? "@" : "", ma.domain);
 		sp->sender = xstrdup(key);
 	}
+	if (sp->p->passthrough) {
+		/* every recipient goes downstream: its connect, greeting, EHLO and
+		 * MAIL overlap with the client's next round trip */
+		snprintf(sp->down.sender, sizeof(sp->down.sender), "%s", sp->sender);
+		snprintf(sp->down.helo, sizeof(sp->down.helo), "%s", sp->p->myhostname);
+		sp->down_open = sp->down_opened = 1;
+	}
 	reply(sp, "250 2.1.0 Ok");
 }
 
@@ -878,9 +888,9 @@ cmd_data(struct smtp_proto *sp, char *arg)
 	if (sp->route == 2) {
 		/*
 		 * Every recipient was accepted downstream: the client may start at
-		 * once. DATA goes downstream with the first piece of the message;
-		 * should the downstream refuse it, the client hears that refusal as
-		 * the answer to its final dot.
+		 * once. The server sends DATA downstream now and the message as it
+		 * comes; should the downstream refuse it, the client hears that
+		 * refusal as the answer to its final dot.
 		 */
 		snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s", sp->rcpt[0]);
 		snprintf(sp->down.client, sizeof(sp->down.client), "%s", engine_client_text(sp->es));
@@ -1285,6 +1295,15 @@ struct smtp_down_req *
 smtp_proto_pending_down(struct smtp_proto *sp)
 {
 	return sp->down_pending ? &sp->down : NULL;
+}
+
+const struct smtp_down_req *
+smtp_proto_take_down_open(struct smtp_proto *sp)
+{
+	if (!sp->down_open)
+		return NULL;
+	sp->down_open = 0;
+	return &sp->down;
 }
 
 int

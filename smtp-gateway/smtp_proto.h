@@ -113,7 +113,11 @@ const struct smtp_down_req *smtp_proto_down_info(const struct smtp_proto *sp);
 int smtp_proto_streaming(const struct smtp_proto *sp);
 /* the downstream's final reply to the message, passed on as it is */
 void smtp_proto_delivered_reply(struct smtp_proto *sp, const char *reply);
-/* 1 once when an open downstream session must be dropped (RSET, new MAIL) */
+/* once after an accepted MAIL when every recipient goes downstream: open the
+ * session now (sender, helo); the first RCPT step then has open set and uses it */
+const struct smtp_down_req *smtp_proto_take_down_open(struct smtp_proto *sp);
+/* 1 once when an open downstream session must be dropped (RSET, new MAIL);
+ * check it before smtp_proto_take_down_open() */
 int smtp_proto_take_down_reset(struct smtp_proto *sp);
 /* a ban the last verdict asked for: seconds > 0 (cleared by reading) */
 unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);

@@ -230,12 +230,27 @@ conn_free(struct conn *c)
 	free(c);
 }
 
+/*
+ * The replies so far. On a plain connection with nothing queued they go
+ * straight to the socket: that spares the write event's epoll_ctl pair and
+ * a loop turn per reply. A last reply before closing goes through the
+ * bufferevent, whose write callback then closes the connection.
+ */
 static void
 flush_output(struct conn *c)
 {
 	size_t n;
 	const char *out = smtp_proto_output(c->sp, &n);
 
+	if (n > 0 && !c->tls && !smtp_proto_wants_close(c->sp) &&
+	    evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+		ssize_t w = send(bufferevent_getfd(c->bev), out, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (w > 0) {
+			smtp_proto_output_done(c->sp, (size_t)w);
+			out = smtp_proto_output(c->sp, &n);
+		}
+	}
 	if (n > 0) {
 		bufferevent_write(c->bev, out, n);
 		smtp_proto_output_done(c->sp, n);
@@ -334,14 +349,24 @@ down_step(struct conn *c, const struct smtp_down_req *req)
 	}
 	c->down_wait = 1;
 	bufferevent_disable(c->bev, EV_READ);
-	if (req->open) {
-		downstream_close(&c->ds);
+	if (req->open && c->ds == NULL) {	/* else opened at MAIL already */
 		c->ds_data = 0;
 		c->ds = downstream_open(s->downs, s->c->downstream, req->helo, timeout,
-		    req->sender, req->rcpt, down_rcpt_cb, c);
-	} else {
-		downstream_rcpt(c->ds, req->rcpt, down_rcpt_cb, c);
+		    req->sender);
 	}
+	downstream_rcpt(c->ds, req->rcpt, down_rcpt_cb, c);
+}
+
+/* pass-through: the client's MAIL was accepted, open the downstream now */
+static void
+down_open_early(struct conn *c, const struct smtp_down_req *req)
+{
+	struct server *s = c->srv;
+
+	downstream_close(&c->ds);
+	c->ds_data = 0;
+	c->ds = downstream_open(s->downs, s->c->downstream, req->helo,
+	    s->c->timeout < 60 ? s->c->timeout : 60, req->sender);
 }
 
 /* the downstream's verdict on the message is the client's answer */
@@ -380,6 +405,10 @@ stream_more(struct conn *c)
 	const char *p;
 	size_t n;
 
+	/* DATA goes down as the client starts its message: the 354 is back
+	 * before the client's final dot, which then costs one round trip */
+	if (c->ds != NULL && !c->ds_data && !c->down_wait && smtp_proto_streaming(c->sp))
+		down_send(c, "", 0, 0);
 	while (c->ds != NULL && !c->down_wait && downstream_queued(c->ds) < SMTP_STREAM_QUEUE &&
 	    smtp_proto_stream_chunk(c->sp, SMTP_STREAM_MIN, &p, &n)) {
 		down_send(c, p, n, 0);
@@ -603,6 +632,8 @@ read_cb(struct bufferevent *bev, void *arg)
 		}
 		if (smtp_proto_take_down_reset(c->sp))
 			downstream_close(&c->ds);
+		if (smtp_proto_take_down_open(c->sp) != NULL)
+			down_open_early(c, smtp_proto_down_info(c->sp));
 		if (smtp_proto_pending_auth(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				check_auth(c, smtp_proto_pending_auth(c->sp));

@@ -1305,6 +1305,29 @@ class T08Errors(GatewayCase):
         self.assertTrue(all(g[0] in (500, 502) for g in tail[:-1]), tail)
         self.assertTrue(closed, "not closed after 421\n" + self.ctx(r))
 
+    def test_client_gone_while_replies_are_written(self):
+        """A client pipelines 20,000 NOOPs and closes without reading: our
+        replies meet a reset connection (EPIPE). The worker must live on:
+        no SIGPIPE death, same worker pid, the next client served."""
+        before = self.d.workers()
+        mark = self.d.log_mark()
+        for i in range(5):
+            r = self.raw_ehlo("127.0.0.62")
+            try:
+                r.sock.sendall(b"NOOP\r\n" * 20000)
+            except OSError:
+                pass
+            r.close()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        log = self.d.log_since(mark)
+        self.assertNotIn("killed by signal", log, "the worker died on a vanished client:\n" + log)
+        self.assertEqual(self.d.workers(), before, "the smtp worker was replaced\n" + log)
+        r = self.raw_ehlo("127.0.0.62")
+        r.send("NOOP\r\n")
+        self.assertReply(r.reply(), 250, None, "NOOP on a new session", r)
+        r.close()
+
 
 # ------------------------------------------------------------- limits
 class T09Limits(GatewayCase):
@@ -1358,18 +1381,27 @@ class T09Limits(GatewayCase):
 
     def test_reset_connections_release_their_slots(self):
         ip = "127.0.0.22"
-        for _ in range(3):
-            a = self.raw(ip)
-            b = self.raw(ip)
-            for r in (a, b):     # abortive close: RST, no QUIT
-                r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                  b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                r.close()
 
         def attempt():
             n = self.d.raw(ip)
             self.raws.append(n)
-            return n.reply()
+            got = n.reply()
+            if got[0] != 220:
+                n.close()
+            return got
+        for i in range(3):
+            # the gateway sees the RSTs of the last round a moment after the
+            # client sent them: each slot must come free within a second
+            conns = []
+            for _ in range(2):
+                got, t = poll(attempt, lambda g: g[0] == 220, 1.0)
+                self.assertIsNotNone(t, "round %d: slots not released after RST: %s\n%s" % (
+                    i, got, self.ctx()))
+                conns.append(self.raws[-1])
+            for r in conns:     # abortive close: RST, no QUIT
+                r.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                  b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                r.close()
         got, t = poll(attempt, lambda g: g[0] == 220, 1.0)
         self.assertIsNotNone(t, "slots not released after RST: %s\n%s" % (got, self.ctx()))
 

@@ -241,8 +241,93 @@ test_smtp_dialogues(void)
 		run(&cases[i]);
 }
 
+/* feed one command line, return the last reply code it produced (0: none) */
+static int
+feed(struct smtp_proto *sp, const char *line)
+{
+	size_t olen;
+	const char *out;
+	int code = 0;
+
+	smtp_proto_input(sp, line, strlen(line), 1000);
+	out = smtp_proto_output(sp, &olen);
+	for (size_t i = 0; i + 3 < olen; ) {
+		const char *eol = memchr(out + i, '\n', olen - i);
+
+		if (out[i + 3] == ' ')
+			code = atoi(out + i);
+		i = eol ? (size_t)(eol - out) + 1 : olen;
+	}
+	smtp_proto_output_done(sp, olen);
+	return code;
+}
+
+/*
+ * Pass-through (delivery = relay:): an accepted MAIL asks the server to open
+ * the downstream session at once, a refused one does not; RSET and a new
+ * MAIL drop it; the first RCPT then waits for the downstream, whose reply is
+ * mirrored; DATA starts the stream.
+ */
+static void
+test_passthrough_signals(void)
+{
+	struct policy *pol = make_policy(NULL);
+	struct snapref snaps;
+	struct smtp_params p;
+	struct smtp_proto *sp;
+	struct ipaddr a;
+	const struct smtp_down_req *r;
+
+	snapref_init(&snaps, snapshot_new(list_of("@bad.example"), list_of(NULL)));
+	memset(&p, 0, sizeof(p));
+	p.pol = pol;
+	p.snaps = &snaps;
+	p.myhostname = "mx.example.com";
+	p.banner = "mx.example.com ESMTP";
+	p.bare_newline_reject = 1;
+	p.passthrough = 1;
+	CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
+	sp = smtp_proto_new(&p);
+	smtp_proto_start(sp, &a, NULL, 1000);
+	CU_ASSERT(feed(sp, EHLO) == 250);
+	CU_ASSERT(feed(sp, "MAIL FROM:<x@bad.example>\r\n") == 550);
+	CU_ASSERT(smtp_proto_take_down_open(sp) == NULL);	/* refused: nothing opens */
+	CU_ASSERT(feed(sp, "MAIL FROM:<s@o.example>\r\n") == 250);
+	r = smtp_proto_take_down_open(sp);
+	CU_ASSERT_FATAL(r != NULL);
+	CU_ASSERT_STRING_EQUAL(r->sender, "s@o.example");
+	CU_ASSERT_STRING_EQUAL(r->helo, "mx.example.com");
+	CU_ASSERT(smtp_proto_take_down_open(sp) == NULL);	/* once */
+	CU_ASSERT(smtp_proto_take_down_reset(sp) == 0);
+	CU_ASSERT(feed(sp, "RSET\r\n") == 250);
+	CU_ASSERT(smtp_proto_take_down_reset(sp) == 1);		/* the early session goes */
+	CU_ASSERT(feed(sp, "MAIL FROM:<t@o.example>\r\n") == 250);
+	CU_ASSERT(smtp_proto_take_down_reset(sp) == 0);
+	CU_ASSERT(smtp_proto_take_down_open(sp) != NULL);
+	CU_ASSERT(feed(sp, "RCPT TO:<u@example.com>\r\n") == 0);	/* the downstream answers */
+	CU_ASSERT_FATAL(smtp_proto_pending_down(sp) != NULL);
+	CU_ASSERT(smtp_proto_pending_down(sp)->open == 1);
+	CU_ASSERT_STRING_EQUAL(smtp_proto_pending_down(sp)->sender, "t@o.example");
+	CU_ASSERT_STRING_EQUAL(smtp_proto_pending_down(sp)->rcpt, "u@example.com");
+	smtp_proto_down_done(sp, "250 2.1.5 downstream ok");
+	CU_ASSERT(feed(sp, "") == 250);
+	CU_ASSERT(smtp_proto_pending_down(sp) == NULL);
+	CU_ASSERT(feed(sp, "RCPT TO:<v@example.com>\r\n") == 0);
+	CU_ASSERT_FATAL(smtp_proto_pending_down(sp) != NULL);
+	CU_ASSERT(smtp_proto_pending_down(sp)->open == 0);	/* same session */
+	smtp_proto_down_done(sp, "550 5.1.1 no such user downstream");
+	CU_ASSERT(feed(sp, "") == 550);
+	CU_ASSERT(smtp_proto_streaming(sp) == 0);
+	CU_ASSERT(feed(sp, "DATA\r\n") == 354);
+	CU_ASSERT(smtp_proto_streaming(sp) == 1);
+	smtp_proto_free(&sp);
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
 static CU_TestInfo tests[] = {
 	{ "golden dialogues", test_smtp_dialogues },
+	{ "pass-through signals", test_passthrough_signals },
 	CU_TEST_INFO_NULL,
 };
 
