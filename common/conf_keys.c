@@ -49,6 +49,8 @@ const struct conf_key conf_keys[] = {
 	{ "resolver", "system", CT_STR, NULL, 0, 0 },	/* or IP[:PORT] */
 	{ "delivery", "maildir:$state_dir/mail", CT_STR, NULL, 0, 0 },	/* or relay:[HOST]:PORT */
 	{ "relayhost", "", CT_STR, NULL, 0, 0 },	/* [HOST]:PORT for relayed mail */
+	/* a downstream session whose message is done waits this long for the next */
+	{ "relay_connection_cache_time", "2", CT_TIME, NULL, 0, 300 },
 	{ "users", "file:$state_dir/users", CT_STR, NULL, 0, 0 },
 	{ "auth_mechanisms", "PLAIN LOGIN CRAM-MD5", CT_LIST, NULL, 0, 0 },
 	{ "auth_allow_plaintext", "no", CT_BOOL, NULL, 0, 0 },

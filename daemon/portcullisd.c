@@ -225,6 +225,7 @@ worker_main(enum service svc, int readyfd)
 		sc.params.have_relayhost = conf_get(conf, "relayhost")[0] != '\0';
 		sc.downstream = sc.params.passthrough ? delivery + 6 :
 		    sc.params.have_relayhost ? conf_get(conf, "relayhost") : NULL;
+		sc.downstream_cache_time = (unsigned)conf_get_int(conf, "relay_connection_cache_time");
 		sc.users_url = conf_get(conf, "users");
 		{
 			char **m = conf_get_list(conf, "auth_mechanisms", &n_mech);

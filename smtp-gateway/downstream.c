@@ -1,13 +1,23 @@
 /*
  * downstream - the gateway's SMTP client for pass-through delivery, on the
  * event loop: one bufferevent per session and a small state machine, so a
- * pass-through message costs no thread hand-off (issue 4's throughput).
+ * pass-through message costs no thread hand-off.
  *
- *   downstream_open()     connect, greeting, EHLO/HELO, MAIL, first RCPT
- *   downstream_rcpt()     further recipients
- *   downstream_send()     the message as it arrives (DATA with the first piece)
+ *   downstream_open()     connect, greeting, EHLO/HELO, MAIL (or a cached
+ *                         session: MAIL at once)
+ *   downstream_rcpt()     recipients (the first one may go with MAIL)
+ *   downstream_send()     the message as it arrives (DATA with the first call)
  *   downstream_finish()   the final dot and the verdict
- *   downstream_close()    QUIT, or just close mid-DATA
+ *   downstream_close()    keep the session for the next message, QUIT, or
+ *                         just hang up mid-DATA
+ *
+ * Session cache (Postfix's smtp connection cache, on demand): a session
+ * whose transaction ended with the verdict on its message waits up to
+ * relay_connection_cache_time seconds for the next one, at most
+ * DOWN_REUSE_MAX transactions and DOWN_LIFE_MAX seconds. A cached session
+ * the downstream closed meanwhile is noticed while it waits; if it dies
+ * just as it is reused (before any reply to the new MAIL, or with a 421),
+ * the MAIL is sent again on a fresh connection.
  *
  * The downstream's replies are input: lines are capped, multi-line replies
  * read to the last line, text made printable before anyone repeats it.
@@ -22,6 +32,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -35,6 +46,9 @@
 #define DOWN_LINE_MAX 1000
 #define DOWN_REPLY_LINES 100
 #define DOWN_QUIT_WAIT 2	/* seconds for the 221 before we hang up anyway */
+#define DOWN_IDLE_MAX 64	/* cached sessions per loop */
+#define DOWN_REUSE_MAX 100	/* transactions per session */
+#define DOWN_LIFE_MAX 300	/* seconds a session may be reused for */
 
 enum ds_state {
 	DS_CONNECT,		/* TCP connect in progress */
@@ -47,6 +61,7 @@ enum ds_state {
 	DS_DATA,		/* waiting for 354 */
 	DS_BODY,		/* message bytes go out, nothing expected */
 	DS_FINAL,		/* waiting for the verdict on the message */
+	DS_CACHED,		/* closed by the owner, waiting for the next message */
 	DS_QUIT,		/* closed by the owner: waiting for 221 */
 	DS_DEAD,		/* failed: fail[] says why */
 	DS_FREE			/* to be freed on the next loop turn */
@@ -54,13 +69,16 @@ enum ds_state {
 
 struct downstream_set {
 	struct event_base *base;
-	struct downstream *head;
-	size_t n;
+	struct downstream *head;	/* every session */
+	struct downstream *idle;	/* cached ones, the most recently used first */
+	size_t n, nidle;
+	unsigned cache_time;		/* seconds; 0: one session per message */
 };
 
 struct downstream {
 	struct downstream_set *set;
 	struct downstream *prev, *next;
+	struct downstream *iprev, *inext;	/* in set->idle while DS_CACHED */
 	struct bufferevent *bev;
 	struct event *defer;		/* reports and frees outside the caller's stack */
 	struct evbuffer *pend;		/* message bytes written before the 354 */
@@ -69,16 +87,23 @@ struct downstream {
 	unsigned timeout;
 	int pipelining;			/* EHLO offered PIPELINING */
 	int rcpt_wanted;		/* the owner asked for the first RCPT while opening */
-	int rcpt_sent;			/* ... and it went with MAIL */
+	int rcpt_sent;			/* ... and it went out already */
 	int bol;			/* the message is at the start of a line */
 	int finishing;			/* the final dot follows the 354 */
 	int quit_sent;			/* QUIT went with the final dot */
 	int closed;			/* the owner let go: no more callbacks */
+	int reused;			/* a cached session, no reply to the new MAIL yet */
+	int tx_done;			/* the last transaction ended with its verdict */
+	unsigned ntx;			/* transactions on this connection */
+	time_t born;
 	unsigned nlines;		/* lines of the reply being read */
 	int ehlo_pipe;			/* ... one of them said PIPELINING */
 	downstream_cb cb;
 	void *arg;
 	char *head;			/* our Received: line, sent after 354 */
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	char target[300];
 	char helo[256];
 	char sender[600];
 	char rcpt[600];
@@ -128,11 +153,12 @@ downstream_target_is_valid(const char *target)
 }
 
 struct downstream_set *
-downstream_set_new(struct event_base *base)
+downstream_set_new(struct event_base *base, unsigned cache_time)
 {
 	struct downstream_set *s = xcalloc(1, sizeof(*s));
 
 	s->base = base;
+	s->cache_time = cache_time;
 	return s;
 }
 
@@ -142,11 +168,47 @@ downstream_set_count(const struct downstream_set *s)
 	return s->n;
 }
 
+size_t
+downstream_set_cached(const struct downstream_set *s)
+{
+	return s->nidle;
+}
+
+static void
+idle_remove(struct downstream *d)
+{
+	struct downstream_set *s = d->set;
+
+	if (d->iprev)
+		d->iprev->inext = d->inext;
+	else
+		s->idle = d->inext;
+	if (d->inext)
+		d->inext->iprev = d->iprev;
+	d->iprev = d->inext = NULL;
+	s->nidle--;
+}
+
+static void
+idle_add(struct downstream *d)
+{
+	struct downstream_set *s = d->set;
+
+	d->iprev = NULL;
+	d->inext = s->idle;
+	if (s->idle)
+		s->idle->iprev = d;
+	s->idle = d;
+	s->nidle++;
+}
+
 static void
 ds_free(struct downstream *d)
 {
 	struct downstream_set *s = d->set;
 
+	if (d->st == DS_CACHED)
+		idle_remove(d);
 	if (d->prev)
 		d->prev->next = d->next;
 	else
@@ -209,22 +271,38 @@ defer_cb(evutil_socket_t fd, short what, void *arg)
 		report(d, d->fail);
 }
 
+static void
+drop_bev(struct downstream *d)
+{
+	if (d->bev != NULL) {
+		bufferevent_free(d->bev);	/* safe inside its own callbacks */
+		d->bev = NULL;
+	}
+}
+
+/* no owner any more: gone on the next loop turn */
+static void
+release(struct downstream *d)
+{
+	if (d->st == DS_CACHED)
+		idle_remove(d);
+	d->st = DS_FREE;
+	drop_bev(d);
+	report_later(d);
+}
+
 /* the 221 came, or the downstream hung up after QUIT */
 static void
 quit_done(struct downstream *d)
 {
 	if (d->closed) {
-		d->st = DS_FREE;	/* freed from the loop, not inside our callback */
-		report_later(d);
+		release(d);
 		return;
 	}
 	/* the owner still holds the session: it is of no further use */
 	snprintf(d->fail, sizeof(d->fail), "451 4.3.0 downstream session ended");
 	d->st = DS_DEAD;
-	if (d->bev != NULL) {
-		bufferevent_free(d->bev);
-		d->bev = NULL;
-	}
+	drop_bev(d);
 }
 
 /* the session is over: say why to whoever waits, now or at their next step */
@@ -235,6 +313,10 @@ fail(struct downstream *d, const char *fmt, const char *arg)
 
 	if (d->st == DS_FREE)
 		return;
+	if (d->st == DS_CACHED) {
+		release(d);	/* the downstream closed or spoke while we waited */
+		return;
+	}
 	if (d->st == DS_QUIT) {
 		quit_done(d);
 		return;
@@ -242,10 +324,7 @@ fail(struct downstream *d, const char *fmt, const char *arg)
 	snprintf(tmp, sizeof(tmp), fmt, arg);
 	snprintf(d->fail, sizeof(d->fail), "%s", tmp);
 	d->st = DS_DEAD;
-	if (d->bev != NULL) {
-		bufferevent_free(d->bev);	/* safe inside its own callbacks */
-		d->bev = NULL;
-	}
+	drop_bev(d);
 	report(d, d->fail);
 }
 
@@ -303,10 +382,55 @@ static void
 send_mail(struct downstream *d)
 {
 	put_line(d, "MAIL FROM:<", d->sender, ">");
+	d->tx_done = 0;
 	d->rcpt_sent = d->pipelining && d->rcpt_wanted;
 	if (d->rcpt_sent)
 		put_line(d, "RCPT TO:<", d->rcpt, ">");
 	await(d, DS_MAIL);
+}
+
+static void read_cb(struct bufferevent *bev, void *arg);
+static void event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* a new TCP connection for this session (the first, or after a stale cached one) */
+static void
+connect_now(struct downstream *d)
+{
+	struct timeval tv = { d->timeout, 0 };
+	int fd = socket(d->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+	d->pipelining = 0;
+	d->ntx = 0;
+	d->born = time(NULL);
+	if (fd < 0) {
+		fail(d, "451 4.4.1 downstream unavailable: %s", strerror(errno));
+		return;
+	}
+	/* replies and the final dot are small writes: Nagle would hold them
+	 * ~40 ms for the peer's delayed ACK */
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
+	d->bev = bufferevent_socket_new(d->set->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (d->bev == NULL) {
+		close(fd);
+		fatal("downstream: out of memory");
+	}
+	bufferevent_setcb(d->bev, read_cb, NULL, event_cb, d);
+	bufferevent_set_timeouts(d->bev, &tv, &tv);	/* the connect is a write */
+	d->st = DS_CONNECT;
+	if (bufferevent_socket_connect(d->bev, (struct sockaddr *)&d->ss, (int)d->sl) < 0)
+		fail(d, "451 4.4.1 downstream unavailable: %s",
+		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+/* a cached session died as we reused it: the same MAIL on a new connection */
+static void
+retry_fresh(struct downstream *d)
+{
+	log_info("downstream %s: cached session closed by the peer, reconnecting", d->target);
+	drop_bev(d);
+	d->reused = 0;
+	d->rcpt_sent = 0;
+	connect_now(d);
 }
 
 /* the body so far, then the final dot if the owner already asked for it */
@@ -325,9 +449,9 @@ body_go(struct downstream *d)
 		if (!d->bol)
 			evbuffer_add(out, "\r\n", 2);
 		evbuffer_add(out, ".\r\n", 3);
-		/* one transaction per session: QUIT goes with the dot when the
-		 * downstream pipelines (RFC 2920 §3.1), saving it a round trip */
-		if (d->pipelining) {
+		/* without a cache this session ends here: QUIT goes with the dot
+		 * when the downstream pipelines (RFC 2920), saving a round trip */
+		if (d->pipelining && d->set->cache_time == 0) {
 			evbuffer_add(out, "QUIT\r\n", 6);
 			d->quit_sent = 1;
 		}
@@ -364,6 +488,11 @@ on_reply(struct downstream *d, int code, const char *text)
 		}
 		return;
 	case DS_MAIL:
+		if (d->reused && code == 421) {
+			retry_fresh(d);	/* it timed us out just as we came back */
+			return;
+		}
+		d->reused = 0;
 		if (code / 100 != 2) {
 			/* the MAIL refusal is the answer to the RCPT; the owner drops us */
 			snprintf(d->fail, sizeof(d->fail), "%s", text);
@@ -397,6 +526,8 @@ on_reply(struct downstream *d, int code, const char *text)
 		return;
 	case DS_FINAL:
 		d->finishing = 0;
+		d->ntx++;
+		d->tx_done = code != 421;	/* a 421 says the downstream closes */
 		if (d->quit_sent)
 			await(d, DS_QUIT);	/* the 221 is on its way */
 		else
@@ -407,7 +538,7 @@ on_reply(struct downstream *d, int code, const char *text)
 		quit_done(d);
 		return;
 	default:
-		/* out of turn (a 421 while idle, a reply in the middle of DATA) */
+		/* out of turn (a 421 while idle or cached, a reply in the middle of DATA) */
 		if (d->st == DS_BODY && code >= 400)
 			fail(d, "%s", text);
 		else
@@ -423,7 +554,8 @@ read_cb(struct bufferevent *bev, void *arg)
 	struct downstream *d = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 
-	while (d->st != DS_DEAD && d->st != DS_FREE) {
+	/* a step may end this connection (fail, retry): then stop reading it */
+	while (d->bev == bev && d->st != DS_DEAD && d->st != DS_FREE) {
 		size_t eol_len = 0, n, l;
 		struct evbuffer_ptr e = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
 		char line[DOWN_LINE_MAX + 1];
@@ -474,6 +606,23 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 		bufferevent_enable(d->bev, EV_READ);
 		return;
 	}
+	if (d->st == DS_CACHED && (what & BEV_EVENT_TIMEOUT)) {
+		struct timeval tv = { DOWN_QUIT_WAIT, 0 };
+
+		/* nobody came for it: say goodbye */
+		idle_remove(d);
+		evbuffer_add(d->w, "QUIT\r\n", 6);
+		flush(d);
+		d->st = DS_QUIT;
+		d->nlines = 0;
+		bufferevent_set_timeouts(d->bev, &tv, &tv);
+		bufferevent_enable(d->bev, EV_READ);	/* a timeout disabled it */
+		return;
+	}
+	if (d->st == DS_MAIL && d->reused) {
+		retry_fresh(d);	/* it had closed the cached session */
+		return;
+	}
 	if (d->st == DS_CONNECT)
 		fail(d, "451 4.4.1 downstream unavailable: %s", (what & BEV_EVENT_TIMEOUT) ?
 		    "connection timed out" : (what & BEV_EVENT_ERROR) ?
@@ -486,17 +635,43 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 		fail(d, "451 4.4.2 downstream connection lost%s", "");
 }
 
+/* the per-transaction state of a session, before its MAIL */
+static void
+tx_begin(struct downstream *d, unsigned timeout, const char *sender)
+{
+	d->timeout = timeout ? timeout : 60;
+	d->bol = 1;
+	d->rcpt_wanted = d->rcpt_sent = 0;
+	d->finishing = d->quit_sent = 0;
+	d->closed = 0;
+	d->cb = NULL;
+	free(d->head);
+	d->head = NULL;
+	evbuffer_drain(d->pend, evbuffer_get_length(d->pend));
+	d->fail[0] = '\0';
+	snprintf(d->sender, sizeof(d->sender), "%s", sender);
+}
+
 struct downstream *
 downstream_open(struct downstream_set *set, const char *target, const char *helo,
     unsigned timeout, const char *sender)
 {
-	struct downstream *d = xcalloc(1, sizeof(*d));
-	struct sockaddr_storage ss;
-	socklen_t sl;
+	struct downstream *d;
 	char host[256];
-	int port, fd;
-	struct timeval tv = { timeout, 0 };
+	int port;
 
+	for (d = set->idle; d != NULL; d = d->inext)
+		if (strcmp(d->target, target) == 0 && strcmp(d->helo, helo) == 0)
+			break;
+	if (d != NULL) {
+		/* a cached session: MAIL at once */
+		idle_remove(d);
+		tx_begin(d, timeout, sender);
+		d->reused = 1;
+		send_mail(d);
+		return d;
+	}
+	d = xcalloc(1, sizeof(*d));
 	d->set = set;
 	d->next = set->head;
 	if (set->head)
@@ -508,57 +683,28 @@ downstream_open(struct downstream_set *set, const char *target, const char *helo
 	d->w = evbuffer_new();
 	if (d->defer == NULL || d->pend == NULL || d->w == NULL)
 		fatal("downstream: out of memory");
-	d->timeout = timeout ? timeout : 60;
-	d->bol = 1;
+	tx_begin(d, timeout, sender);
+	snprintf(d->target, sizeof(d->target), "%s", target);
 	snprintf(d->helo, sizeof(d->helo), "%s", helo);
-	snprintf(d->sender, sizeof(d->sender), "%s", sender);
 	d->st = DS_DEAD;	/* until connecting has begun */
 
-	memset(&ss, 0, sizeof(ss));
 	if (parse_target(target, host, sizeof(host), &port) < 0) {
 		snprintf(d->fail, sizeof(d->fail), "451 4.3.5 bad downstream address");
-		report_later(d);
-		return d;
+		return d;	/* the first RCPT hears it */
 	}
-	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-		((struct sockaddr_in *)&ss)->sin_family = AF_INET;
-		((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
-		sl = sizeof(struct sockaddr_in);
-	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-		((struct sockaddr_in6 *)&ss)->sin6_family = AF_INET6;
-		((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
-		sl = sizeof(struct sockaddr_in6);
+	if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&d->ss)->sin_addr) == 1) {
+		((struct sockaddr_in *)&d->ss)->sin_family = AF_INET;
+		((struct sockaddr_in *)&d->ss)->sin_port = htons((uint16_t)port);
+		d->sl = sizeof(struct sockaddr_in);
+	} else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&d->ss)->sin6_addr) == 1) {
+		((struct sockaddr_in6 *)&d->ss)->sin6_family = AF_INET6;
+		((struct sockaddr_in6 *)&d->ss)->sin6_port = htons((uint16_t)port);
+		d->sl = sizeof(struct sockaddr_in6);
 	} else {
 		snprintf(d->fail, sizeof(d->fail), "451 4.3.5 downstream is not a numeric address");
-		report_later(d);
 		return d;
 	}
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0) {
-		snprintf(d->fail, sizeof(d->fail), "451 4.4.1 downstream unavailable: %s",
-		    strerror(errno));
-		report_later(d);
-		return d;
-	}
-	/* replies and the final dot are small writes: Nagle would hold them
-	 * ~40 ms for the peer's delayed ACK */
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
-	d->bev = bufferevent_socket_new(set->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	if (d->bev == NULL) {
-		close(fd);
-		fatal("downstream: out of memory");
-	}
-	bufferevent_setcb(d->bev, read_cb, NULL, event_cb, d);
-	bufferevent_set_timeouts(d->bev, &tv, &tv);	/* the connect is a write */
-	d->st = DS_CONNECT;
-	if (bufferevent_socket_connect(d->bev, (struct sockaddr *)&ss, (int)sl) < 0) {
-		snprintf(d->fail, sizeof(d->fail), "451 4.4.1 downstream unavailable: %s",
-		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-		bufferevent_free(d->bev);
-		d->bev = NULL;
-		d->st = DS_DEAD;
-		report_later(d);
-	}
+	connect_now(d);
 	return d;
 }
 
@@ -568,9 +714,14 @@ downstream_rcpt(struct downstream *d, const char *rcpt, downstream_cb cb, void *
 	d->cb = cb;
 	d->arg = arg;
 	if (d->st <= DS_MAIL && !d->rcpt_wanted) {
-		/* still opening: it goes after MAIL, or with it when pipelining */
+		/* still opening: it goes with MAIL (pipelining) or after it */
 		snprintf(d->rcpt, sizeof(d->rcpt), "%s", rcpt);
 		d->rcpt_wanted = 1;
+		if (d->st == DS_MAIL && d->pipelining) {
+			put_line(d, "RCPT TO:<", d->rcpt, ">");
+			d->rcpt_sent = 1;
+			flush(d);
+		}
 		return;
 	}
 	if (d->st != DS_IDLE) {
@@ -674,12 +825,25 @@ void
 downstream_close(struct downstream **dp)
 {
 	struct downstream *d = *dp;
+	struct downstream_set *s;
 
 	if (d == NULL)
 		return;
 	*dp = NULL;
+	s = d->set;
 	d->closed = 1;
 	d->cb = NULL;
+	if (d->st == DS_IDLE && d->tx_done && d->bev != NULL && s->cache_time > 0 &&
+	    s->nidle < DOWN_IDLE_MAX && d->ntx < DOWN_REUSE_MAX &&
+	    time(NULL) - d->born < DOWN_LIFE_MAX) {
+		struct timeval tv = { s->cache_time, 0 };
+
+		/* between transactions: kept for the next message */
+		d->st = DS_CACHED;
+		idle_add(d);
+		bufferevent_set_timeouts(d->bev, &tv, NULL);
+		return;
+	}
 	if ((d->st == DS_IDLE || d->st == DS_QUIT) && d->bev != NULL) {
 		struct timeval tv = { DOWN_QUIT_WAIT, 0 };
 
@@ -691,10 +855,5 @@ downstream_close(struct downstream **dp)
 		bufferevent_set_timeouts(d->bev, &tv, &tv);
 		return;		/* freed at the 221, the peer's close or the timeout */
 	}
-	d->st = DS_FREE;	/* mid-step or mid-DATA: hang up, no final dot */
-	if (d->bev != NULL) {
-		bufferevent_free(d->bev);
-		d->bev = NULL;
-	}
-	report_later(d);
+	release(d);	/* mid-step or mid-DATA: hang up, no final dot */
 }

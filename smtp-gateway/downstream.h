@@ -19,11 +19,15 @@ struct downstream_set;
 
 typedef void (*downstream_cb)(void *arg, const char *reply);
 
-/* every session of one loop; freeing the set closes what is left */
-struct downstream_set *downstream_set_new(struct event_base *base);
+/* every session of one loop; freeing the set closes what is left.
+ * cache_time: seconds a session whose message is done waits for the next
+ * one (relay_connection_cache_time); 0: one session per message */
+struct downstream_set *downstream_set_new(struct event_base *base, unsigned cache_time);
 void downstream_set_free(struct downstream_set **set);
-/* sessions open (also those saying QUIT) */
+/* sessions open (also cached ones and those saying QUIT) */
 size_t downstream_set_count(const struct downstream_set *set);
+/* sessions waiting in the cache */
+size_t downstream_set_cached(const struct downstream_set *set);
 
 /*
  * Connect to "[HOST]:PORT" (numeric), greeting, EHLO (HELO when EHLO is
@@ -49,8 +53,9 @@ size_t downstream_queued(const struct downstream *d);
 /* the end of the message (DATA first if nothing was sent): the final dot;
  * cb gets the downstream's verdict, or why the message did not get there */
 void downstream_finish(struct downstream *d, const char *head, downstream_cb cb, void *arg);
-/* give the session up: QUIT when between transactions, else just close
- * (a message cut short without its final dot is discarded downstream) */
+/* give the session up: into the cache when its message is done, QUIT when
+ * it is between steps, else just close (a message cut short without its
+ * final dot is discarded downstream) */
 void downstream_close(struct downstream **d);
 /* "[HOST]:PORT" well formed */
 int downstream_target_is_valid(const char *target);

@@ -377,7 +377,7 @@ down_final_cb(void *arg, const char *reply)
 
 	c->down_wait = 0;
 	log_info("passed on downstream (%s): %s", c->srv->c->downstream, reply);
-	downstream_close(&c->ds);	/* QUIT: one session per transaction */
+	downstream_close(&c->ds);	/* cached for the next message, or QUIT */
 	smtp_proto_delivered_reply(c->sp, reply);
 	resume(c);
 }
@@ -947,7 +947,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		return -1;
 	}
 	s->jobs = jobs_new(s->base, SMTP_DELIVERY_THREADS);
-	s->downs = downstream_set_new(s->base);
+	s->downs = downstream_set_new(s->base, c->downstream_cache_time);
 	if (c->resolver != NULL) {
 		/* no search domains, our own nameserver: no query leaves by surprise */
 		s->dns = evdns_base_new(s->base, 0);

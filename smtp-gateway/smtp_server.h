@@ -15,6 +15,7 @@ struct smtp_server_conf {
 	const char *users_url;		/* "file:/etc/portcullis/users", "" none */
 	const char *maildir_root;	/* delivery = maildir:DIR, or NULL */
 	const char *downstream;		/* "[HOST]:PORT": delivery = relay:, or relayhost; NULL none */
+	unsigned downstream_cache_time;	/* seconds a finished downstream session is kept */
 	unsigned max_connections;	/* total */
 	unsigned max_per_client;	/* per client address */
 	unsigned timeout;		/* seconds idle / per command */

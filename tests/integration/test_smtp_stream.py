@@ -52,9 +52,10 @@ class Downstream(threading.Thread):
             threading.Thread(target=self.serve, args=(c,), daemon=True).start()
 
     def serve(self, c):
+        # one record per transaction (the gateway may reuse a session for
+        # the next message); "closed" once the session carrying it ends
+        mine = []
         rec = {"data": 0, "dot": False, "closed": False}
-        with self.lock:
-            self.sessions.append(rec)
         f = c.makefile("rb")
         c.sendall(b"220 down ESMTP\r\n")
         try:
@@ -66,6 +67,11 @@ class Downstream(threading.Thread):
                 if cmd in (b"EHLO", b"HELO"):
                     c.sendall(b"250 down\r\n")
                 elif cmd in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+                    if cmd == b"MAIL":
+                        rec = {"data": 0, "dot": False, "closed": False}
+                        mine.append(rec)
+                        with self.lock:
+                            self.sessions.append(rec)
                     c.sendall(b"250 2.0.0 ok\r\n")
                 elif cmd == b"QUIT":
                     c.sendall(b"221 bye\r\n")
@@ -87,7 +93,8 @@ class Downstream(threading.Thread):
                     c.sendall(b"500 what\r\n")
         except OSError:
             pass
-        rec["closed"] = True
+        for r in mine:
+            r["closed"] = True
         c.close()
 
     def stop(self):
