@@ -46,7 +46,7 @@
 #define DOWN_LINE_MAX 1000
 #define DOWN_REPLY_LINES 100
 #define DOWN_QUIT_WAIT 2	/* seconds for the 221 before we hang up anyway */
-#define DOWN_IDLE_MAX 64	/* cached sessions per loop */
+#define DOWN_IDLE_MAX 256	/* cached sessions per loop */
 #define DOWN_REUSE_MAX 100	/* transactions per session */
 #define DOWN_LIFE_MAX 300	/* seconds a session may be reused for */
 
@@ -328,6 +328,20 @@ fail(struct downstream *d, const char *fmt, const char *arg)
 	report(d, d->fail);
 }
 
+/* the downstream refused a step that ends the transaction (MAIL, DATA):
+ * its reply is the answer, now or at the owner's next step; hang up */
+static void
+refused(struct downstream *d, const char *text, int tell)
+{
+	snprintf(d->fail, sizeof(d->fail), "%s", text);
+	evbuffer_drain(d->pend, evbuffer_get_length(d->pend));
+	d->st = DS_DEAD;
+	drop_bev(d);	/* nothing more to read: a later close or timeout must not
+			 * replace the refusal with a 451 */
+	if (tell)
+		report(d, d->fail);
+}
+
 /*
  * Send what this step wrote. Straight to the socket when nothing is queued:
  * the common case on a LAN, and it spares the write event's two epoll_ctl
@@ -495,9 +509,7 @@ on_reply(struct downstream *d, int code, const char *text)
 		d->reused = 0;
 		if (code / 100 != 2) {
 			/* the MAIL refusal is the answer to the RCPT; the owner drops us */
-			snprintf(d->fail, sizeof(d->fail), "%s", text);
-			d->st = DS_DEAD;
-			report(d, text);
+			refused(d, text, 1);
 			return;
 		}
 		if (!d->rcpt_wanted) {
@@ -515,11 +527,7 @@ on_reply(struct downstream *d, int code, const char *text)
 	case DS_DATA:
 		if (code != 354) {
 			/* the refusal of DATA answers the final dot */
-			evbuffer_drain(d->pend, evbuffer_get_length(d->pend));
-			snprintf(d->fail, sizeof(d->fail), "%s", text);
-			d->st = DS_DEAD;
-			if (d->finishing)
-				report(d, text);
+			refused(d, text, d->finishing);
 			return;
 		}
 		body_go(d);
@@ -538,9 +546,16 @@ on_reply(struct downstream *d, int code, const char *text)
 		quit_done(d);
 		return;
 	default:
-		/* out of turn (a 421 while idle or cached, a reply in the middle of DATA) */
-		if (d->st == DS_BODY && code >= 400)
+		/*
+		 * Out of turn: a 421 while idle or cached, a reply in the middle of
+		 * DATA. A 4xx mid-body is passed on; a 5xx there comes before the
+		 * downstream has seen the message, so the client hears a temporary
+		 * failure rather than a bounce it cannot take back.
+		 */
+		if (d->st == DS_BODY && code >= 400 && code < 500)
 			fail(d, "%s", text);
+		else if (d->st == DS_BODY)
+			fail(d, "451 4.4.2 downstream broke off DATA%s", "");
 		else
 			fail(d, "451 4.4.2 downstream spoke out of turn%s", "");
 		return;
@@ -566,7 +581,11 @@ read_cb(struct bufferevent *bev, void *arg)
 			return;
 		}
 		l = (size_t)e.pos;
-		n = l < DOWN_LINE_MAX ? l : DOWN_LINE_MAX;
+		if (l > DOWN_LINE_MAX) {	/* RFC 5321 §4.5.3.1.5: 512 with CRLF; we allow 1000 */
+			fail(d, "451 4.4.2 downstream sent an over-long line%s", "");
+			return;
+		}
+		n = l;
 		evbuffer_copyout(in, line, n);
 		evbuffer_drain(in, l + eol_len);
 		line[n] = '\0';
