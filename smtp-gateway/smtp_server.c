@@ -868,12 +868,16 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	bufferevent_set_timeouts(c->bev, &tv, &tv);
 	if (s->c->max_connections && s->nconn > s->c->max_connections) {
-		bufferevent_write(c->bev, "421 4.7.0 Too many connections, try again later\r\n", 50);
+		static const char msg[] = "421 4.7.0 Too many connections, try again later\r\n";
+
+		bufferevent_write(c->bev, msg, sizeof(msg) - 1);
 		c->closing = 1;
 		return;
 	}
 	if (s->c->max_per_client && pc != NULL && *pc > s->c->max_per_client) {
-		bufferevent_write(c->bev, "421 4.7.0 Too many connections from your address\r\n", 51);
+		static const char msg[] = "421 4.7.0 Too many connections from your address\r\n";
+
+		bufferevent_write(c->bev, msg, sizeof(msg) - 1);
 		c->closing = 1;
 		return;
 	}

@@ -1351,6 +1351,7 @@ class T09Limits(GatewayCase):
         got = third.reply()
         self.assertReply(got, 421, r"^421 4\.7\.0 ", "third connection from one address", third)
         self.assertTrue(third.closed_within(2), "not closed after 421\n" + self.ctx(third))
+        self.assertEqual(third.buf, b"", "bytes after the 421 line\n" + self.ctx(third))
         other = self.raw("127.0.0.21")          # another client is not affected
         other.send("QUIT\r\n")
         a.send("QUIT\r\n")
