@@ -896,10 +896,11 @@ class T04Relay(Case):
 
 
     def test_slow_relayhost_does_not_stall_local_delivery_or_auth(self):
-        # README: "Slow work -- fsync, password hashing, the downstream session --
-        # runs on worker threads; the event loop never waits for it."  A
-        # relayhost that takes 3 s per RCPT (a tarpit, a far-away MX) must not
-        # make other clients' local delivery or AUTH wait for it.
+        # README: "Slow work -- fsync, password hashing -- runs on worker
+        # threads; downstream sessions are non-blocking clients on the event
+        # loop itself. The event loop never waits."  A relayhost that takes
+        # 3 s per RCPT (a tarpit, a far-away MX) must not make other clients'
+        # local delivery or AUTH wait for it.
         slow = W.sink("slow-relayhost", extra=["-W", "RCPT:3"], dump=False)
         d = Daemon(W, "slowrelay", smtp_listen="auto",
                    relayhost="[127.0.0.1]:%d" % slow.port).start()
