@@ -94,6 +94,8 @@ struct downstream {
 	int closed;			/* the owner let go: no more callbacks */
 	int reused;			/* a cached session, no reply to the new MAIL yet */
 	int tx_done;			/* the last transaction ended with its verdict */
+	int lost_early;			/* lost before the owner asked for a RCPT */
+	unsigned nrcpt;			/* RCPT replies reported this transaction */
 	unsigned ntx;			/* transactions on this connection */
 	time_t born;
 	unsigned nlines;		/* lines of the reply being read */
@@ -323,6 +325,10 @@ fail(struct downstream *d, const char *fmt, const char *arg)
 	}
 	snprintf(tmp, sizeof(tmp), fmt, arg);
 	snprintf(d->fail, sizeof(d->fail), "%s", tmp);
+	/* opened ahead of the client's RCPT and lost before it came (the
+	 * downstream's idle timeout, a restart): that RCPT reconnects */
+	d->lost_early = !d->rcpt_wanted && d->nrcpt == 0 &&
+	    (d->st <= DS_MAIL || d->st == DS_IDLE);
 	d->st = DS_DEAD;
 	drop_bev(d);
 	report(d, d->fail);
@@ -406,8 +412,12 @@ send_mail(struct downstream *d)
 static void read_cb(struct bufferevent *bev, void *arg);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
 
-/* a new TCP connection for this session (the first, or after a stale cached one) */
-static void
+/*
+ * A new TCP connection for this session (the first, or after a lost one).
+ * -1: it could not even start; the session is dead, fail[] says why, and
+ * the caller reports it (at once from a callback, later from an API call).
+ */
+static int
 connect_now(struct downstream *d)
 {
 	struct timeval tv = { d->timeout, 0 };
@@ -416,9 +426,12 @@ connect_now(struct downstream *d)
 	d->pipelining = 0;
 	d->ntx = 0;
 	d->born = time(NULL);
+	d->lost_early = 0;
 	if (fd < 0) {
-		fail(d, "451 4.4.1 downstream unavailable: %s", strerror(errno));
-		return;
+		snprintf(d->fail, sizeof(d->fail), "451 4.4.1 downstream unavailable: %s",
+		    strerror(errno));
+		d->st = DS_DEAD;
+		return -1;
 	}
 	/* replies and the final dot are small writes: Nagle would hold them
 	 * ~40 ms for the peer's delayed ACK */
@@ -431,9 +444,14 @@ connect_now(struct downstream *d)
 	bufferevent_setcb(d->bev, read_cb, NULL, event_cb, d);
 	bufferevent_set_timeouts(d->bev, &tv, &tv);	/* the connect is a write */
 	d->st = DS_CONNECT;
-	if (bufferevent_socket_connect(d->bev, (struct sockaddr *)&d->ss, (int)d->sl) < 0)
-		fail(d, "451 4.4.1 downstream unavailable: %s",
+	if (bufferevent_socket_connect(d->bev, (struct sockaddr *)&d->ss, (int)d->sl) < 0) {
+		snprintf(d->fail, sizeof(d->fail), "451 4.4.1 downstream unavailable: %s",
 		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		drop_bev(d);
+		d->st = DS_DEAD;
+		return -1;
+	}
+	return 0;
 }
 
 /* a cached session died as we reused it: the same MAIL on a new connection */
@@ -444,7 +462,8 @@ retry_fresh(struct downstream *d)
 	drop_bev(d);
 	d->reused = 0;
 	d->rcpt_sent = 0;
-	connect_now(d);
+	if (connect_now(d) < 0)
+		report(d, d->fail);	/* we are in a callback of ours: at once */
 }
 
 /* the body so far, then the final dot if the owner already asked for it */
@@ -522,6 +541,7 @@ on_reply(struct downstream *d, int code, const char *text)
 		return;
 	case DS_RCPT:
 		quiet(d, DS_IDLE);
+		d->nrcpt++;
 		report(d, text);
 		return;
 	case DS_DATA:
@@ -662,6 +682,8 @@ tx_begin(struct downstream *d, unsigned timeout, const char *sender)
 	d->bol = 1;
 	d->rcpt_wanted = d->rcpt_sent = 0;
 	d->finishing = d->quit_sent = 0;
+	d->lost_early = 0;
+	d->nrcpt = 0;
 	d->closed = 0;
 	d->cb = NULL;
 	free(d->head);
@@ -723,7 +745,7 @@ downstream_open(struct downstream_set *set, const char *target, const char *helo
 		snprintf(d->fail, sizeof(d->fail), "451 4.3.5 downstream is not a numeric address");
 		return d;
 	}
-	connect_now(d);
+	(void)connect_now(d);	/* a failure waits for the first RCPT */
 	return d;
 }
 
@@ -732,6 +754,17 @@ downstream_rcpt(struct downstream *d, const char *rcpt, downstream_cb cb, void *
 {
 	d->cb = cb;
 	d->arg = arg;
+	if (d->st == DS_DEAD && d->lost_early && d->sl > 0) {
+		log_info("downstream %s: session lost before the first RCPT (%s), reconnecting",
+		    d->target, d->fail);
+		snprintf(d->rcpt, sizeof(d->rcpt), "%s", rcpt);
+		d->rcpt_wanted = 1;
+		d->rcpt_sent = 0;
+		d->reused = 0;
+		if (connect_now(d) < 0)
+			report_later(d);
+		return;
+	}
 	if (d->st <= DS_MAIL && !d->rcpt_wanted) {
 		/* still opening: it goes with MAIL (pipelining) or after it */
 		snprintf(d->rcpt, sizeof(d->rcpt), "%s", rcpt);

@@ -274,6 +274,28 @@ class Cache(unittest.TestCase):
         self.assertEqual(code, 421, "%s %r" % (code, text))
         self.assertEqual(len(self.down.sessions), 1, self.down.sessions)
 
+    def test_session_opened_at_mail_and_lost_before_rcpt(self):
+        # the downstream session opens when MAIL is accepted; a downstream
+        # that drops it before the client's first RCPT costs the client nothing
+        s = smtplib.SMTP("127.0.0.1", self.gw.port, source_address=(CLIENT, 0), timeout=10)
+        try:
+            s.ehlo("client.test")
+            self.assertEqual(s.mail("a@example.org")[0], 250)
+            self.assertTrue(wait_for(lambda: len(self.down.sessions) == 1 and
+                                     "MAIL" in self.down.sessions[0]["cmds"], 3),
+                            "no downstream session opened at MAIL: %r" % self.down.sessions)
+            self.down.drop_all()
+            self.assertTrue(wait_for(lambda: self.down.sessions[0]["closed"], 2))
+            time.sleep(0.2)
+            code, text = s.rcpt("user@example.com")
+            self.assertEqual(code, 250, text)
+            code, text = s.data(BODY)
+            self.assertEqual(code, 250, text)
+            s.quit()
+        finally:
+            s.close()
+        self.assertEqual([x["messages"] for x in self.down.sessions], [0, 1], self.down.sessions)
+
     def test_parallel_clients_each_get_their_own_session(self):
         results = []
 
