@@ -234,8 +234,17 @@ downstream_set_free(struct downstream_set **sp)
 
 	if (s == NULL)
 		return;
-	while (s->head != NULL)
-		ds_free(s->head);
+	while (s->head != NULL) {
+		struct downstream *d = s->head;
+
+		/* stopping: a polite goodbye to sessions between transactions,
+		 * without waiting for the 221 */
+		if ((d->st == DS_CACHED || d->st == DS_IDLE) && d->bev != NULL &&
+		    evbuffer_get_length(bufferevent_get_output(d->bev)) == 0)
+			(void)send(bufferevent_getfd(d->bev), "QUIT\r\n", 6,
+			    MSG_DONTWAIT | MSG_NOSIGNAL);
+		ds_free(d);
+	}
 	free(s);
 	*sp = NULL;
 }

@@ -311,6 +311,25 @@ class Cache(unittest.TestCase):
         self.assertLessEqual(len(self.down.sessions), 8)
 
 
+class Stop(unittest.TestCase):
+    def test_cached_session_gets_quit_when_the_gateway_stops(self):
+        down = Downstream()
+        down.start()
+        gw = Gateway(down.port, 30)
+        try:
+            code, text = gw.send()
+            self.assertEqual(code, 250, text)
+            time.sleep(0.2)
+            self.assertFalse(down.sessions[0]["closed"], "not cached: %r" % down.sessions)
+        finally:
+            gw.stop()
+        try:
+            self.assertTrue(wait_for(lambda: down.sessions[0]["closed"], 3), down.sessions)
+            self.assertEqual(down.sessions[0]["cmds"][-1], "QUIT", down.sessions)
+        finally:
+            down.stop()
+
+
 class NoCache(unittest.TestCase):
     def test_cache_time_0_one_session_per_message(self):
         down = Downstream()
