@@ -30,6 +30,8 @@
 #include "storage-adapter/ratelimit.h"
 
 #define WATCH_INTERVAL_MS 200
+#define OVERLAY_MAX 20000	/* added entries kept on top of the full list, at most */
+#define MERGE_IDLE_S 10		/* a quiet list folds its additions in after this */
 
 struct ban_req {
 	struct ipaddr addr;
@@ -43,6 +45,17 @@ struct watcher {
 	struct liststore *cache;	/* local copy of a shared store, or NULL */
 	struct snapref *snaps;
 	struct entry_vec lists[LIST_KINDS];
+	/*
+	 * Additions go on top of the last full build: base[k] is that build
+	 * (owned by the published snapshots), lists[k].v[0 .. base_n[k]) the
+	 * entries it holds; the entries after them are all new keys. Anything
+	 * else (a key changed or removed, a reload) sets full and the next
+	 * publication rebuilds everything.
+	 */
+	struct listset *base[LIST_KINDS];
+	size_t base_n[LIST_KINDS];
+	int full;
+	long long last_change;
 	long long next_expiry;
 	int pipefd[2];
 	pthread_t thread;
@@ -92,16 +105,58 @@ watcher_set_tick(struct watcher *w, void (*tick)(void))
 	w->tick = tick;
 }
 
+static long long
+earliest(long long a, long long b)
+{
+	return a == 0 ? b : (b == 0 || a < b) ? a : b;
+}
+
+/* everything compiled afresh: the new base */
 static struct snapshot *
 build(struct watcher *w)
 {
 	long long now = (long long)time(NULL);
-	struct listset *kill = listset_build(&w->lists[LIST_KILL], now);
-	struct listset *accept = listset_build(&w->lists[LIST_ACCEPT], now);
-	long long a = listset_next_expiry(kill), b = listset_next_expiry(accept);
 
-	w->next_expiry = a == 0 ? b : (b == 0 || a < b) ? a : b;
-	return snapshot_new(kill, accept);
+	w->next_expiry = 0;
+	for (int k = 0; k < LIST_KINDS; k++) {
+		w->base[k] = listset_build(&w->lists[k], now);
+		w->base_n[k] = w->lists[k].n;
+		w->next_expiry = earliest(w->next_expiry, listset_next_expiry(w->base[k]));
+	}
+	w->full = 0;
+	return snapshot_new(w->base[LIST_KILL], w->base[LIST_ACCEPT]);
+}
+
+/* the last base, shared, and only the entries added since compiled on top;
+ * NULL when that would not be the cheaper way */
+static struct snapshot *
+build_overlay(struct watcher *w)
+{
+	long long now = (long long)time(NULL);
+	struct listset *over[LIST_KINDS] = { NULL, NULL };
+	size_t added = 0;
+
+	if (w->full || w->base[LIST_KILL] == NULL)
+		return NULL;
+	for (int k = 0; k < LIST_KINDS; k++)
+		added += w->lists[k].n - w->base_n[k];
+	if (added == 0 || added > OVERLAY_MAX)
+		return NULL;
+	w->next_expiry = 0;
+	for (int k = 0; k < LIST_KINDS; k++) {
+		struct entry_vec tail = { 0 };
+
+		w->next_expiry = earliest(w->next_expiry, listset_next_expiry(w->base[k]));
+		if (w->lists[k].n == w->base_n[k])
+			continue;
+		/* a view of the tail: listset_build() only reads v and n */
+		tail.v = w->lists[k].v + w->base_n[k];
+		tail.n = w->lists[k].n - w->base_n[k];
+		over[k] = listset_build(&tail, now);
+		w->next_expiry = earliest(w->next_expiry, listset_next_expiry(over[k]));
+	}
+	return snapshot_new_overlay(listset_ref(w->base[LIST_KILL]),
+	    listset_ref(w->base[LIST_ACCEPT]), over[LIST_KILL], over[LIST_ACCEPT]);
 }
 
 static void
@@ -124,6 +179,7 @@ reload(struct watcher *w, enum list_kind k, const char **error_r)
 	}
 	entry_vec_clear(&w->lists[k]);
 	w->lists[k] = v;
+	w->full = 1;
 	save_cache(w, k);
 	return 0;
 }
@@ -167,7 +223,7 @@ watcher_new(struct liststore *store, struct liststore *cache, struct snapref *sn
 	}
 	s = build(w);
 	log_info("lists loaded: %zu kill, %zu accept entries in force",
-	    listset_count(s->list[LIST_KILL]), listset_count(s->list[LIST_ACCEPT]));
+	    snapshot_count(s, LIST_KILL), snapshot_count(s, LIST_ACCEPT));
 	snapref_init(snaps, s);
 	return w;
 }
@@ -199,7 +255,8 @@ do_ban(struct watcher *w, const struct ban_req *r)
 	{
 		char *key = xstrdup(upd.v[0].key);
 
-		entry_vec_replace_keys(&w->lists[LIST_KILL], &key, 1, &upd);
+		if (entry_vec_replace_keys(&w->lists[LIST_KILL], &key, 1, &upd) > 0)
+			w->full = 1;	/* a key changed: not an addition */
 		free(key);
 	}
 	entry_vec_clear(&upd);
@@ -258,9 +315,12 @@ apply_changes(struct watcher *w, struct list_changes *ch)
 			keys[nkeys++] = ch->keys[i].key;
 			if (found)
 				entry_vec_push(&upd, &e);
+			else
+				w->full = 1;	/* removed (or gone already): not an addition */
 		}
 		if (nkeys > 0) {
-			entry_vec_replace_keys(&w->lists[k], keys, nkeys, &upd);
+			if (entry_vec_replace_keys(&w->lists[k], keys, nkeys, &upd) > 0)
+				w->full = 1;	/* a key changed or went */
 			changed = 1;
 		}
 		entry_vec_clear(&upd);
@@ -301,21 +361,37 @@ watcher_main(void *arg)
 		if (ch.reload[LIST_KILL] || ch.reload[LIST_ACCEPT] || ch.n > 0)
 			changed |= apply_changes(w, &ch);
 		list_changes_clear(&ch);
-		if (changed || (w->next_expiry != 0 && (long long)time(NULL) >= w->next_expiry)) {
-			struct timespec t0, t1;
-			struct snapshot *s;
+		{
+			long long now = (long long)time(NULL);
+			int expired = w->next_expiry != 0 && now >= w->next_expiry;
+			/* additions on top for a while; folded in once the list is quiet */
+			int fold = !changed && !expired && w->last_change != 0 &&
+			    now - w->last_change >= MERGE_IDLE_S;
 
-			clock_gettime(CLOCK_MONOTONIC, &t0);
-			s = build(w);
-			snapref_publish(w->snaps, s);
-			clock_gettime(CLOCK_MONOTONIC, &t1);
 			if (changed)
-				log_info("lists reloaded: %zu kill, %zu accept entries in force "
-				    "(snapshot built in %.1f ms)",
-				    listset_count(s->list[LIST_KILL]),
-				    listset_count(s->list[LIST_ACCEPT]),
-				    (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
-				    (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+				w->last_change = now;
+			if (changed || expired || fold) {
+				struct timespec t0, t1;
+				struct snapshot *s = NULL;
+
+				clock_gettime(CLOCK_MONOTONIC, &t0);
+				if (changed && !expired)
+					s = build_overlay(w);
+				if (s == NULL) {
+					s = build(w);
+					w->last_change = 0;
+				}
+				snapref_publish(w->snaps, s);
+				clock_gettime(CLOCK_MONOTONIC, &t1);
+				if (changed || fold)
+					log_info("lists %s: %zu kill, %zu accept entries in force "
+					    "(%s in %.1f ms)", changed ? "reloaded" : "compacted",
+					    snapshot_count(s, LIST_KILL), snapshot_count(s, LIST_ACCEPT),
+					    s->over[LIST_KILL] || s->over[LIST_ACCEPT] ?
+					    "additions compiled" : "snapshot built",
+					    (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
+					    (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+			}
 		}
 	}
 }

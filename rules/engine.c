@@ -166,7 +166,7 @@ static int
 client_match(const struct engine_session *s, const struct snapshot *snap,
     enum list_kind k, long long now, struct listset_match *m)
 {
-	return listset_match_client(snap->list[k], s->has_addr ? &s->addr : NULL,
+	return snapshot_match_client(snap, k, s->has_addr ? &s->addr : NULL,
 	    s->hostname[0] ? s->hostname : NULL, now, m);
 }
 
@@ -309,7 +309,7 @@ kill_check(struct engine_session *s, const struct snapshot *snap, long long now,
 		describe_entry(v->rule, sizeof(v->rule), "accept", &m);
 		return 0;
 	}
-	if (s->sender_ok && listset_match_sender(snap->list[LIST_ACCEPT], &s->sender, now, &m)) {
+	if (s->sender_ok && snapshot_match_sender(snap, LIST_ACCEPT, &s->sender, now, &m)) {
 		describe_entry(v->rule, sizeof(v->rule), "accept", &m);
 		return 0;
 	}
@@ -324,7 +324,7 @@ kill_check(struct engine_session *s, const struct snapshot *snap, long long now,
 		snprintf(v->rule, sizeof(v->rule), "%s", ent);
 		return 1;
 	}
-	if (s->sender_ok && listset_match_sender(snap->list[LIST_KILL], &s->sender, now, &m)) {
+	if (s->sender_ok && snapshot_match_sender(snap, LIST_KILL, &s->sender, now, &m)) {
 		describe_entry(ent, sizeof(ent), "kill", &m);
 		if (m.kind == ENTRY_SENDER) {
 			safe_copy(who, sizeof(who), m.key);

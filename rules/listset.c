@@ -44,6 +44,7 @@ struct listset {
 	struct cidrtab *addrs;
 	struct nameset host, suffix, sender, domain;
 	long long next_expiry;
+	unsigned refs;
 };
 
 static uint32_t
@@ -128,6 +129,7 @@ listset_build(const struct entry_vec *v, long long now)
 	struct cidrtab_builder *b = cidrtab_builder_new();
 	size_t cap = 4096, nk[5] = { 0 };
 
+	l->refs = 1;
 	l->meta = xreallocarray(NULL, v->n ? v->n : 1, sizeof(struct meta));
 	l->pool = xmalloc(cap);
 	for (size_t i = 0; i < v->n; i++) {
@@ -168,12 +170,22 @@ listset_build(const struct entry_vec *v, long long now)
 	return l;
 }
 
+struct listset *
+listset_ref(struct listset *l)
+{
+	l->refs++;
+	return l;
+}
+
 void
 listset_free(struct listset **lp)
 {
 	struct listset *l = *lp;
 
 	if (l == NULL)
+		return;
+	*lp = NULL;
+	if (--l->refs > 0)
 		return;
 	cidrtab_free(&l->addrs);
 	free(l->host.slot);

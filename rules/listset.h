@@ -22,6 +22,9 @@ struct listset_match {
 
 /* expired entries (at now) are left out */
 struct listset *listset_build(const struct entry_vec *v, long long now);
+/* one more owner (snapshots sharing a base list); the owners' thread only */
+struct listset *listset_ref(struct listset *l);
+/* drops one owner; the last one frees */
 void listset_free(struct listset **l);
 
 /* addr may be NULL; hostname NULL or "" when not verified */

@@ -26,6 +26,17 @@ snapshot_new(struct listset *kill, struct listset *accept)
 	return s;
 }
 
+struct snapshot *
+snapshot_new_overlay(struct listset *kill, struct listset *accept, struct listset *over_kill,
+    struct listset *over_accept)
+{
+	struct snapshot *s = snapshot_new(kill, accept);
+
+	s->over[LIST_KILL] = over_kill;
+	s->over[LIST_ACCEPT] = over_accept;
+	return s;
+}
+
 void
 snapshot_free(struct snapshot **sp)
 {
@@ -33,10 +44,36 @@ snapshot_free(struct snapshot **sp)
 
 	if (s == NULL)
 		return;
-	for (int k = 0; k < LIST_KINDS; k++)
+	for (int k = 0; k < LIST_KINDS; k++) {
 		listset_free(&s->list[k]);
+		listset_free(&s->over[k]);
+	}
 	free(s);
 	*sp = NULL;
+}
+
+int
+snapshot_match_client(const struct snapshot *s, enum list_kind k, const struct ipaddr *addr,
+    const char *hostname, long long now, struct listset_match *m_r)
+{
+	if (s->over[k] != NULL && listset_match_client(s->over[k], addr, hostname, now, m_r))
+		return 1;
+	return listset_match_client(s->list[k], addr, hostname, now, m_r);
+}
+
+int
+snapshot_match_sender(const struct snapshot *s, enum list_kind k,
+    const struct mailaddr *sender, long long now, struct listset_match *m_r)
+{
+	if (s->over[k] != NULL && listset_match_sender(s->over[k], sender, now, m_r))
+		return 1;
+	return listset_match_sender(s->list[k], sender, now, m_r);
+}
+
+size_t
+snapshot_count(const struct snapshot *s, enum list_kind k)
+{
+	return listset_count(s->list[k]) + (s->over[k] ? listset_count(s->over[k]) : 0);
 }
 
 void

@@ -372,11 +372,11 @@ str_hash(const char *s)
 	return h;
 }
 
-void
+size_t
 entry_vec_replace_keys(struct entry_vec *v, char *const *keys, size_t nkeys,
     struct entry_vec *upd)
 {
-	size_t cap = 16, j = 0;
+	size_t cap = 16, j = 0, dropped;
 	uint32_t *slot;
 
 	while (cap < nkeys * 2)
@@ -407,9 +407,11 @@ entry_vec_replace_keys(struct entry_vec *v, char *const *keys, size_t nkeys,
 		else
 			v->v[j++] = v->v[i];
 	}
+	dropped = v->n - j;
 	v->n = j;
 	for (size_t i = 0; i < upd->n; i++)
 		entry_vec_push(v, &upd->v[i]);
 	upd->n = 0;
 	free(slot);
+	return dropped;
 }

@@ -52,8 +52,9 @@ int listentry_is_expired(const struct list_entry *e, long long now);
 
 void entry_vec_push(struct entry_vec *v, struct list_entry *e);	/* takes e's contents */
 void entry_vec_clear(struct entry_vec *v);
-/* drop every entry whose key is in keys[], then move upd's entries in (O(n)) */
-void entry_vec_replace_keys(struct entry_vec *v, char *const *keys, size_t nkeys,
+/* drop every entry whose key is in keys[], then move upd's entries in at
+ * the end (O(n)); returns how many entries were dropped */
+size_t entry_vec_replace_keys(struct entry_vec *v, char *const *keys, size_t nkeys,
     struct entry_vec *upd);
 
 #endif

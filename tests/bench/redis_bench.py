@@ -144,11 +144,15 @@ def worker_rss_kb(node):
         return None
 
 
-def snapshot_lines(node, mark, min_kill):
+def snapshot_lines(node, mark, min_kill, full_only=False):
+    """(stamp, kill entries, ms, how) of each "lists reloaded" line: how is
+    "snapshot built" (everything compiled) or "additions compiled" (new
+    keys on top of the last full build)."""
     rx = re.compile(r"^(\w+ +\d+ [\d:.]+) .*lists reloaded: (\d+) kill, \d+ accept entries in "
-                    r"force \(snapshot built in ([\d.]+) ms\)", re.M)
-    return [(m.group(1), int(m.group(2)), float(m.group(3)))
-            for m in rx.finditer(node.log_since(mark)) if int(m.group(2)) >= min_kill]
+                    r"force \((snapshot built|additions compiled) in ([\d.]+) ms\)", re.M)
+    return [(m.group(1), int(m.group(2)), float(m.group(4)), m.group(3))
+            for m in rx.finditer(node.log_since(mark))
+            if int(m.group(2)) >= min_kill and (not full_only or m.group(3) == "snapshot built")]
 
 
 def log_time(stamp):
@@ -157,10 +161,10 @@ def log_time(stamp):
     return time.mktime(t) + float("0." + stamp.split(".")[1])
 
 
-def wait_loaded(node, mark, n, limit):
+def wait_loaded(node, mark, n, limit, full_only=False):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        lines = snapshot_lines(node, mark, n)
+        lines = snapshot_lines(node, mark, n, full_only)
         if lines:
             return lines[0]
         if not node.alive():
@@ -229,10 +233,10 @@ def main():
                     print("  %s: never logged a reload with the new entries within 600 s" % n.name)
                 else:
                     print("  %s enforces %d kill entries %.2f s after the import returned "
-                          "(snapshot built in %.0f ms)" % (n.name, line[1],
-                                                          log_time(line[0]) - (time.time() -
-                                                          (time.monotonic() - t_done)),
-                                                          line[2]))
+                          "(%s in %.0f ms)" % (n.name, line[1],
+                                               log_time(line[0]) - (time.time() -
+                                               (time.monotonic() - t_done)),
+                                               line[3], line[2]))
             # memory once the subscribers' buffers are drained
             time.sleep(1.0)
             dbsize1 = r.call("DBSIZE")
@@ -263,14 +267,14 @@ def main():
             print("\n3. snapshot rebuild with %d entries in force" % keys)
             for n in (a, b):
                 if loaded[n.name]:
-                    print("  %s: load after the import: snapshot built in %.0f ms"
-                          % (n.name, loaded[n.name][2]))
+                    print("  %s: load after the import: %s in %.0f ms"
+                          % (n.name, loaded[n.name][3], loaded[n.name][2]))
             builds, walls = [], []
             for i in range(args.reloads):
                 mark = b.log_size()
                 t_pub = time.time()
                 r.call("PUBLISH", lab.PREFIX + "changes", "kill *")
-                line = wait_loaded(b, mark, keys, 300)
+                line = wait_loaded(b, mark, keys, 300, full_only=True)
                 if line is None:
                     print("  forced reload %d: no reload line within 300 s" % (i + 1))
                     continue

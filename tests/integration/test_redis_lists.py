@@ -903,6 +903,40 @@ class RedisLists(unittest.TestCase):
         self.r.call("FLUSHDB")
         self.r.call("SELECT", 0)
 
+    # h -----------------------------------------------------------------
+
+    def test_h_additions_on_top_then_changes(self):
+        """New keys are compiled on top of the last full list (no rebuild of
+        it); a changed or removed key rebuilds everything. Each step must be
+        enforced on the other node either way."""
+        A, B = self.A, self.B
+        net, one, other = "198.51.100.0/24", "198.51.100.7", "198.51.100.8"
+        for ip in (one, other):
+            self.assertFalse(B.refuses(ip))
+        mark = B.log_size()
+        A.cli_ok("kill", "add", net, "--reason", "h base")
+        wait_state([B], other, True, 1.0, time.monotonic(), "h: /24 added")
+        A.cli_ok("kill", "add", one, "--reason", "h narrow")
+        wait_state([B], one, True, 1.0, time.monotonic(), "h: /32 added")
+        B.wait_log(r"lists reloaded: .*additions compiled", mark)
+        # a changed key: full rebuild, still enforced
+        mark = B.log_size()
+        r = self.rcli("HSET", PREFIX + "kill:" + one, "reason", "h changed")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        B.wait_log(r"lists reloaded: .*snapshot built", mark)
+        self.assertTrue(B.refuses(one))
+        # the /24 removed: its other addresses are free again, the /32 stays
+        A.cli_ok("kill", "del", net)
+        wait_state([B], other, False, 1.0, time.monotonic(), "h: /24 removed")
+        self.assertTrue(B.refuses(one))
+        # an accept entry added on top beats the kill entry below it
+        A.cli_ok("accept", "add", one, "--reason", "h vouched")
+        wait_state([B], one, False, 1.0, time.monotonic(), "h: accept added")
+        A.cli_ok("accept", "del", one)
+        wait_state([B], one, True, 1.0, time.monotonic(), "h: accept removed")
+        A.cli_ok("kill", "del", one)
+        wait_state([A, B], one, False, 1.0, time.monotonic(), "h: cleaned up")
+
     # z -----------------------------------------------------------------
 
     def test_z_clean_exit_and_logs(self):
