@@ -84,6 +84,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			smtp_proto_set_tls(sp, 1);
 		(void)smtp_proto_take_down_reset(sp);
 		{
+			const struct smtp_down_req *o = smtp_proto_take_down_open(sp);
+
+			if (o != NULL && (o->sender[sizeof(o->sender) - 1] != '\0' ||
+			    o->helo[sizeof(o->helo) - 1] != '\0'))
+				__builtin_trap();	/* the server copies these as strings */
+		}
+		{
 			struct ipaddr b;
 
 			(void)smtp_proto_take_ban(sp, &b);
