@@ -55,6 +55,7 @@ struct watcher {
 	struct listset *base[LIST_KINDS];
 	size_t base_n[LIST_KINDS];
 	int full;
+	int reload_due[LIST_KINDS];	/* changes could not be fetched: reload the list */
 	long long last_change;
 	long long next_expiry;
 	int pipefd[2];
@@ -286,38 +287,34 @@ apply_changes(struct watcher *w, struct list_changes *ch)
 		char **keys = xcalloc(ch->n + 1, sizeof(char *));
 		size_t nkeys = 0;
 		const char *err;
-		int failed = 0;
 
-		if (ch->reload[k]) {
-			if (reload(w, (enum list_kind)k, &err) < 0)
+		if (ch->reload[k] || w->reload_due[k]) {
+			if (reload(w, (enum list_kind)k, &err) < 0) {
 				log_warn("%s list not reloaded, the previous one stays in force: %s",
 				    list_kind_name((enum list_kind)k), err);
-			else
+			} else {
 				changed = 1;
+				w->reload_due[k] = 0;
+			}
 			free(keys);
 			continue;
 		}
-		for (size_t i = 0; i < ch->n && !failed; i++) {
-			struct list_entry e;
-			int found = 0;
-
+		for (size_t i = 0; i < ch->n; i++) {
 			if (ch->keys[i].kind != (enum list_kind)k ||
 			    (i > 0 && cmp_change(&ch->keys[i - 1], &ch->keys[i]) == 0))
 				continue;
-			memset(&e, 0, sizeof(e));
-			if (liststore_get(w->store, (enum list_kind)k, ch->keys[i].key, &e, &found,
-			    &err) < 0) {
-				log_warn("%s list: change to %s not fetched: %s",
-				    list_kind_name((enum list_kind)k), ch->keys[i].key, err);
-				failed = 1;
-				break;
-			}
 			keys[nkeys++] = ch->keys[i].key;
-			if (found)
-				entry_vec_push(&upd, &e);
-			else
-				w->full = 1;	/* removed (or gone already): not an addition */
 		}
+		if (nkeys > 0 && liststore_get_many(w->store, (enum list_kind)k, keys, nkeys, &upd,
+		    &err) < 0) {
+			log_warn("%s list: %zu changed entries not fetched (the list is reloaded "
+			    "next): %s", list_kind_name((enum list_kind)k), nkeys, err);
+			w->reload_due[k] = 1;
+			entry_vec_clear(&upd);
+			nkeys = 0;
+		}
+		if (upd.n < nkeys)
+			w->full = 1;	/* some removed (or gone already): not only additions */
 		if (nkeys > 0) {
 			if (entry_vec_replace_keys(&w->lists[k], keys, nkeys, &upd) > 0)
 				w->full = 1;	/* a key changed or went */
@@ -358,7 +355,8 @@ watcher_main(void *arg)
 		}
 		if (liststore_changes(w->store, &ch) < 0)
 			log_warn("list store: cannot read changes");
-		if (ch.reload[LIST_KILL] || ch.reload[LIST_ACCEPT] || ch.n > 0)
+		if (ch.reload[LIST_KILL] || ch.reload[LIST_ACCEPT] || ch.n > 0 ||
+		    w->reload_due[LIST_KILL] || w->reload_due[LIST_ACCEPT])
 			changed |= apply_changes(w, &ch);
 		list_changes_clear(&ch);
 		{

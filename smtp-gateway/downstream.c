@@ -334,10 +334,11 @@ fail(struct downstream *d, const char *fmt, const char *arg)
 	}
 	snprintf(tmp, sizeof(tmp), fmt, arg);
 	snprintf(d->fail, sizeof(d->fail), "%s", tmp);
-	/* opened ahead of the client's RCPT and lost before it came (the
-	 * downstream's idle timeout, a restart): that RCPT reconnects */
-	d->lost_early = !d->rcpt_wanted && d->nrcpt == 0 &&
-	    (d->st <= DS_MAIL || d->st == DS_IDLE);
+	/* opened ahead of the client's RCPT, MAIL accepted, then lost before
+	 * the RCPT came (the downstream's idle timeout, a restart): that RCPT
+	 * reconnects. A failure while opening (refused, unreachable) is the
+	 * RCPT's answer as it is. */
+	d->lost_early = d->st == DS_IDLE && !d->rcpt_wanted && d->nrcpt == 0;
 	d->st = DS_DEAD;
 	drop_bev(d);
 	report(d, d->fail);

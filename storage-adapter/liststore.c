@@ -140,6 +140,25 @@ liststore_changes(struct liststore *s, struct list_changes *out)
 }
 
 int
+liststore_get_many(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
+    struct entry_vec *out, const char **error_r)
+{
+	if (s->ops->get_many)
+		return s->ops->get_many(s, k, keys, n, out, error_r);
+	for (size_t i = 0; i < n; i++) {
+		struct list_entry e;
+		int found = 0;
+
+		memset(&e, 0, sizeof(e));
+		if (liststore_get(s, k, keys[i], &e, &found, error_r) < 0)
+			return -1;
+		if (found)
+			entry_vec_push(out, &e);
+	}
+	return 0;
+}
+
+int
 liststore_get(struct liststore *s, enum list_kind k, const char *key,
     struct list_entry *e, int *found_r, const char **error_r)
 {

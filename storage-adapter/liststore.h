@@ -48,6 +48,10 @@ struct liststore_ops {
 	/* optional: one entry by key; *found_r = 0 when absent */
 	int (*get)(struct liststore *s, enum list_kind k, const char *key,
 	    struct list_entry *e, int *found_r, const char **error_r);
+	/* optional: the entries of many keys at once, appended to out (absent
+	 * keys are simply not there) */
+	int (*get_many)(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
+	    struct entry_vec *out, const char **error_r);
 	/* optional: many entries at once (import), replacing same keys;
 	 * progress(arg, done) is called now and then */
 	int (*add_many)(struct liststore *s, enum list_kind k, const struct list_entry *v,
@@ -87,6 +91,10 @@ int liststore_changes(struct liststore *s, struct list_changes *out)
 int liststore_get(struct liststore *s, enum list_kind k, const char *key,
     struct list_entry *e, int *found_r, const char **error_r)
     __attribute__((warn_unused_result));
+/* the entries of keys[] that exist, appended to out (one round trip per
+ * batch where the store can; else one get per key) */
+int liststore_get_many(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
+    struct entry_vec *out, const char **error_r) __attribute__((warn_unused_result));
 int liststore_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v,
     size_t n, void (*progress)(void *arg, size_t done), void *arg, const char **error_r)
     __attribute__((warn_unused_result));

@@ -534,6 +534,39 @@ rs_get(struct liststore *s, enum list_kind k, const char *key, struct list_entry
 	return 0;
 }
 
+/* many keys, pipelined in batches: a bulk import announces a million keys,
+ * and one round trip each would take the watcher half a minute */
+static int
+rs_get_many(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
+    struct entry_vec *out, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	size_t skip;
+
+	if (c == NULL)
+		return -1;
+	skip = strlen(r->prefix) + strlen(list_kind_name(k)) + 1;
+	for (size_t i = 0; i < n; i += 1000) {
+		size_t m = n - i < 1000 ? n - i : 1000;
+		char **rkeys = xcalloc(m, sizeof(char *));
+		int rc;
+
+		for (size_t j = 0; j < m; j++)
+			rkeys[j] = entry_key(r, k, keys[i + j]);
+		rc = fetch_keys(s, c, rkeys, m, skip, out, error_r);
+		for (size_t j = 0; j < m; j++)
+			free(rkeys[j]);
+		free(rkeys);
+		if (rc < 0)
+			return -1;	/* fetch_keys dropped the connection */
+		c = rs_cmd(s, error_r);
+		if (c == NULL)
+			return -1;
+	}
+	return 0;
+}
+
 /* queue the commands that store one entry */
 static void
 append_entry(struct rstore *r, redisContext *c, enum list_kind k, const struct list_entry *e)
@@ -949,6 +982,7 @@ const struct liststore_ops liststore_redis_ops = {
 	.watch_fd = rs_watch_fd,
 	.changes = rs_changes,
 	.get = rs_get,
+	.get_many = rs_get_many,
 	.add_many = rs_add_many,
 	.rate_sync = rs_rate_sync,
 };
