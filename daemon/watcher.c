@@ -16,6 +16,9 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -380,6 +383,12 @@ watcher_main(void *arg)
 					w->last_change = 0;
 				}
 				snapref_publish(w->snaps, s);
+#ifdef __GLIBC__
+				/* a full build frees the previous one (hundreds of MB for
+				 * a million entries): give the pages back to the system */
+				if (s->over[LIST_KILL] == NULL && s->over[LIST_ACCEPT] == NULL)
+					malloc_trim(0);
+#endif
 				clock_gettime(CLOCK_MONOTONIC, &t1);
 				if (changed || fold)
 					log_info("lists %s: %zu kill, %zu accept entries in force "

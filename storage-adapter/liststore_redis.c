@@ -65,6 +65,8 @@ struct rstore {
 	int backoff_ms;
 	time_t last_resync;
 	int resync_seconds;
+	double load_seconds[LIST_KINDS];	/* how long the last full load of each list took */
+	int stretch_noted;
 	int notify_warned;
 };
 
@@ -459,9 +461,11 @@ rs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char
 	char *pattern, cursor[32] = "0";
 	size_t skip = strlen(r->prefix) + strlen(list_kind_name(k)) + 1;
 	int rc = 0;
+	long long t0;
 
 	if (c == NULL)
 		return -1;
+	t0 = now_ms();
 	pattern = match_pattern(r, k);
 	do {
 		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "1000" };
@@ -499,6 +503,8 @@ rs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char
 	if (rc < 0) {
 		rs_drop(r);
 		r->down = 1;	/* "reachable again" is logged when it returns */
+	} else {
+		r->load_seconds[k] = (double)(now_ms() - t0) / 1000.0;
 	}
 	return rc;
 }
@@ -874,6 +880,23 @@ went_down(struct liststore *s, struct list_changes *out, const char *why)
 }
 
 static int
+resync_interval(struct rstore *r)
+{
+	double load = r->load_seconds[LIST_KILL] + r->load_seconds[LIST_ACCEPT];
+	double stretched = 20.0 * load;
+
+	if (stretched <= r->resync_seconds)
+		return r->resync_seconds;
+	if (!r->stretch_noted) {
+		log_info("Redis at %s: a full load takes %.1f s; resyncing every %.0f s instead "
+		    "of every %d s (lists_resync)", r->where, load, stretched,
+		    r->resync_seconds);
+		r->stretch_noted = 1;
+	}
+	return stretched > 86400 ? 86400 : (int)stretched;
+}
+
+static int
 rs_changes(struct liststore *s, struct list_changes *out)
 {
 	struct rstore *r = s->priv;
@@ -925,7 +948,12 @@ rs_changes(struct liststore *s, struct list_changes *out)
 		went_down(s, out, "protocol error");
 		return 0;
 	}
-	if (time(NULL) - r->last_resync >= r->resync_seconds) {
+	/*
+	 * The full resync is a safety net, and with a million entries a load
+	 * takes seconds during which pushes wait: it runs at most 5 % of the
+	 * time (every lists_resync seconds, or 20 loads' time if longer).
+	 */
+	if (time(NULL) - r->last_resync >= resync_interval(r)) {
 		for (int k = 0; k < LIST_KINDS; k++)
 			out->reload[k] = 1;
 		r->last_resync = time(NULL);

@@ -260,10 +260,12 @@ class Node:
             ("max_command_length", "512"),
             ("long_command_ban", "3600"),
             ("log_level", "info"),
-        ] + list(extra.items())
+        ]
+        keys = dict(keys)
+        keys.update(extra)      # extra keys replace the defaults
         with open(self.conf, "w") as f:
             f.write("# written by tests/integration/test_redis_lists.py\n")
-            for k, v in keys:
+            for k, v in keys.items():
                 f.write("%s = %s\n" % (k, v))
         _OWNED.append(self)
 
@@ -936,6 +938,32 @@ class RedisLists(unittest.TestCase):
         wait_state([B], one, True, 1.0, time.monotonic(), "h: accept removed")
         A.cli_ok("kill", "del", one)
         wait_state([A, B], one, False, 1.0, time.monotonic(), "h: cleaned up")
+
+    # i -----------------------------------------------------------------
+
+    def test_i_resync_interval_stretches_for_big_lists(self):
+        """The periodic full resync is a safety net; when a full load takes a
+        while it runs at most 5 % of the time (20 loads' time apart), said
+        once in the log, and lists stay enforced."""
+        db = "3"
+        c = Node("C", self.dir, self.redis.port, lists="redis://127.0.0.1:%d/%s" % (
+            self.redis.port, db), lists_resync="1s")
+        path = os.path.join(self.dir, "i-import.txt")
+        with open(path, "w") as f:
+            for i in range(60000):
+                f.write("10.%d.%d.0/24\n" % (i // 256, i % 256))
+        try:
+            c.start()
+            mark = c.log_size()
+            c.cli_ok("kill", "import", path, "--reason", "feed i")
+            m = c.wait_log(r"a full load takes ([\d.]+) s; resyncing every (\d+) s instead of "
+                           r"every 1 s", mark, within=15.0)
+            say("i: %s" % m.group(0))
+            self.assertGreaterEqual(int(m.group(2)), 2)
+            self.assertTrue(c.refuses("10.7.7.9"))
+        finally:
+            c.stop()
+            self.rcli("-n", db, "FLUSHDB")
 
     # z -----------------------------------------------------------------
 
