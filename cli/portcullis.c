@@ -5,7 +5,7 @@
  *   portcullis [-c FILE] [-o k=v]... kill|accept del ENTRY
  *   portcullis [-c FILE] [-o k=v]... kill|accept list
  *   portcullis [-c FILE] [-o k=v]... kill|accept import FILE|- [--ttl TIME] [--reason TEXT]
- *   portcullis [-c FILE] [-o k=v]... kill|accept export
+ *   portcullis [-c FILE] [-o k=v]... kill|accept export [--full]
  *   portcullis [-c FILE] [-o k=v]... lists migrate FROM-URL TO-URL
  *   portcullis [-c FILE] [-o k=v]... user add|passwd USER@DOMAIN [--password-stdin]
  *   portcullis [-c FILE] [-o k=v]... user del USER@DOMAIN | user list
@@ -46,7 +46,7 @@ usage(void)
 	    "  kill|accept del ENTRY\n"
 	    "  kill|accept list\n"
 	    "  kill|accept import FILE|- [--ttl TIME] [--reason TEXT] [--skip-bad]\n"
-	    "  kill|accept export\n"
+	    "  kill|accept export [--full]\n"
 	    "  lists migrate FROM-URL TO-URL\n"
 	    "  user add|passwd USER@DOMAIN [--password-stdin]\n"
 	    "  user del USER@DOMAIN\n"
@@ -267,11 +267,24 @@ parse_import_line(char *line, long deflt_ttl, const char *deflt_reason, long lon
 	const char *reason = deflt_reason;
 
 	if (strstr(line, " --") == NULL && strchr(line, '=') != NULL) {
+		/* origin= before any reason= (which runs to the end of the line) */
+		char *rs = strstr(line, " reason="), keep = '\0';
+		int has_origin, has_added;
+
+		if (rs != NULL) {
+			keep = *rs;
+			*rs = '\0';
+		}
+		has_origin = strstr(line, " origin=") != NULL;
+		has_added = strstr(line, " added=") != NULL;
+		if (rs != NULL)
+			*rs = keep;
 		if (listentry_parse_line(line, e, error_r) < 0)
 			return -1;
-		if (e->origin == ORIGIN_ADMIN)
+		/* a backup (export --full) keeps what it says; the rest is ours */
+		if (!has_origin)
 			e->origin = ORIGIN_IMPORT;
-		if (e->added == 0)
+		if (!has_added)
 			e->added = now;
 		return 0;
 	}
@@ -419,9 +432,11 @@ cmd_export(const struct conf *c, enum list_kind k, int argc, char **argv)
 	struct liststore *s;
 	struct entry_vec v = { 0 };
 	long long now = (long long)time(NULL);
+	int full = 0;
 
-	(void)argv;
-	if (argc != 0)
+	if (argc == 1 && strcmp(argv[0], "--full") == 0)
+		full = 1;
+	else if (argc != 0)
 		usage();
 	s = load_list(c, k, &v);
 	for (size_t i = 0; i < v.n; i++) {
@@ -429,6 +444,14 @@ cmd_export(const struct conf *c, enum list_kind k, int argc, char **argv)
 
 		if (listentry_is_expired(e, now))
 			continue;
+		if (full) {
+			/* the list-file form: added, expiry, origin kept for a restore */
+			char *l = listentry_format_line(e);
+
+			puts(l);
+			free(l);
+			continue;
+		}
 		fputs(e->key, stdout);
 		if (e->expires)
 			printf(" --ttl %lld", e->expires - now);

@@ -905,6 +905,23 @@ class RedisLists(unittest.TestCase):
         self.r.call("FLUSHDB")
         self.r.call("SELECT", 0)
 
+        # export --full -> import (into DB 2): a restore keeps origin and added too
+        full1 = A.cli_ok("kill", "export", "--full").stdout
+        self.assertIn(" origin=", full1)
+        ovr2 = ("lists=redis://127.0.0.1:%d/2" % self.redis.port,)
+        A.cli_ok("kill", "import", "-", inp=full1, overrides=ovr2)
+        full2 = A.cli_ok("kill", "export", "--full", overrides=ovr2).stdout
+        l1, l2 = set(full1.splitlines()), set(full2.splitlines())
+        self.assertEqual(len(l1), len(l2))
+        self.assertEqual(sorted(l1 - l2)[:3], [], "changed by the full round trip: %r -> %r" % (
+            sorted(l1 - l2)[:3], sorted(l2 - l1)[:3]))
+        self.assertTrue(any("origin=auto-ban" in l or "origin=admin" in l for l in l1),
+                        "no entry of another origin than import to check")
+        say("g: export --full -> import -> export --full: %d entries, identical lines" % len(l1))
+        self.r.call("SELECT", 2)
+        self.r.call("FLUSHDB")
+        self.r.call("SELECT", 0)
+
     # h -----------------------------------------------------------------
 
     def test_h_additions_on_top_then_changes(self):
