@@ -62,6 +62,7 @@ enum ds_state {
 	DS_BODY,		/* message bytes go out, nothing expected */
 	DS_FINAL,		/* waiting for the verdict on the message */
 	DS_CACHED,		/* closed by the owner, waiting for the next message */
+	DS_RSET,		/* closed by the owner mid-transaction: RSET, then cached */
 	DS_QUIT,		/* closed by the owner: waiting for 221 */
 	DS_DEAD,		/* failed: fail[] says why */
 	DS_FREE			/* to be freed on the next loop turn */
@@ -324,12 +325,12 @@ fail(struct downstream *d, const char *fmt, const char *arg)
 
 	if (d->st == DS_FREE)
 		return;
-	if (d->st == DS_CACHED) {
-		release(d);	/* the downstream closed or spoke while we waited */
-		return;
-	}
 	if (d->st == DS_QUIT) {
 		quit_done(d);
+		return;
+	}
+	if (d->closed) {
+		release(d);	/* cached, resetting or opening for nobody: just go */
 		return;
 	}
 	snprintf(tmp, sizeof(tmp), fmt, arg);
@@ -504,6 +505,21 @@ body_go(struct downstream *d)
 	}
 }
 
+static int cache(struct downstream *d);
+
+/* the owner is gone and the session is of no more use: QUIT, wait for 221 */
+static void
+quit_now(struct downstream *d)
+{
+	struct timeval tv = { DOWN_QUIT_WAIT, 0 };
+
+	evbuffer_add(d->w, "QUIT\r\n", 6);
+	flush(d);
+	d->st = DS_QUIT;
+	d->nlines = 0;
+	bufferevent_set_timeouts(d->bev, &tv, &tv);
+}
+
 /* one whole reply: its code, the last line made printable */
 static void
 on_reply(struct downstream *d, int code, const char *text)
@@ -531,11 +547,21 @@ on_reply(struct downstream *d, int code, const char *text)
 		}
 		return;
 	case DS_MAIL:
-		if (d->reused && code == 421) {
+		if (d->reused && code == 421 && !d->closed) {
 			retry_fresh(d);	/* it timed us out just as we came back */
 			return;
 		}
 		d->reused = 0;
+		if (d->closed) {
+			/* the client reset before its first RCPT: reset ours, keep it */
+			if (code / 100 == 2 && !d->rcpt_sent) {
+				evbuffer_add(d->w, "RSET\r\n", 6);
+				await(d, DS_RSET);
+			} else {
+				quit_now(d);
+			}
+			return;
+		}
 		if (code / 100 != 2) {
 			/* the MAIL refusal is the answer to the RCPT; the owner drops us */
 			refused(d, text, 1);
@@ -571,6 +597,14 @@ on_reply(struct downstream *d, int code, const char *text)
 		else
 			quiet(d, DS_IDLE);
 		report(d, text);
+		return;
+	case DS_RSET:
+		if (code == 250) {
+			d->tx_done = 1;
+			if (cache(d))
+				return;
+		}
+		quit_now(d);
 		return;
 	case DS_QUIT:
 		quit_done(d);
@@ -668,7 +702,7 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 		bufferevent_enable(d->bev, EV_READ);	/* a timeout disabled it */
 		return;
 	}
-	if (d->st == DS_MAIL && d->reused) {
+	if (d->st == DS_MAIL && d->reused && !d->closed) {
 		retry_fresh(d);	/* it had closed the cached session */
 		return;
 	}
@@ -883,6 +917,23 @@ downstream_finish(struct downstream *d, const char *head, downstream_cb cb, void
 	}
 }
 
+/* a session between transactions, given up by its owner: into the cache
+ * if there is room and it may serve more; else 0 */
+static int
+cache(struct downstream *d)
+{
+	struct downstream_set *s = d->set;
+	struct timeval tv = { s->cache_time, 0 };
+
+	if (d->bev == NULL || s->cache_time == 0 || s->nidle >= DOWN_IDLE_MAX ||
+	    d->ntx >= DOWN_REUSE_MAX || time(NULL) - d->born >= DOWN_LIFE_MAX)
+		return 0;
+	d->st = DS_CACHED;
+	idle_add(d);
+	bufferevent_set_timeouts(d->bev, &tv, NULL);
+	return 1;
+}
+
 void
 downstream_close(struct downstream **dp)
 {
@@ -895,17 +946,19 @@ downstream_close(struct downstream **dp)
 	s = d->set;
 	d->closed = 1;
 	d->cb = NULL;
-	if (d->st == DS_IDLE && d->tx_done && d->bev != NULL && s->cache_time > 0 &&
-	    s->nidle < DOWN_IDLE_MAX && d->ntx < DOWN_REUSE_MAX &&
-	    time(NULL) - d->born < DOWN_LIFE_MAX) {
-		struct timeval tv = { s->cache_time, 0 };
-
-		/* between transactions: kept for the next message */
-		d->st = DS_CACHED;
-		idle_add(d);
-		bufferevent_set_timeouts(d->bev, &tv, NULL);
+	if (d->st == DS_IDLE && d->tx_done && cache(d))
+		return;		/* between transactions: kept for the next message */
+	if (d->st == DS_IDLE && !d->tx_done && d->bev != NULL && s->cache_time > 0 &&
+	    d->ntx < DOWN_REUSE_MAX) {
+		/* the client reset its transaction (RSET, a new MAIL): reset ours
+		 * and keep the session, rather than a new connection per MAIL */
+		evbuffer_add(d->w, "RSET\r\n", 6);
+		await(d, DS_RSET);
 		return;
 	}
+	if (d->st <= DS_MAIL && d->bev != NULL && !d->rcpt_wanted && s->cache_time > 0 &&
+	    d->ntx < DOWN_REUSE_MAX)
+		return;	/* still opening: finishes, then RSET and into the cache */
 	if ((d->st == DS_IDLE || d->st == DS_QUIT) && d->bev != NULL) {
 		struct timeval tv = { DOWN_QUIT_WAIT, 0 };
 

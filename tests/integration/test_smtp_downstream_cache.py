@@ -296,6 +296,29 @@ class Cache(unittest.TestCase):
             s.close()
         self.assertEqual([x["messages"] for x in self.down.sessions], [0, 1], self.down.sessions)
 
+    def test_rset_keeps_the_session(self):
+        # MAIL opens the downstream session; the client's RSET resets the
+        # downstream transaction too and keeps the session for the next MAIL
+        s = smtplib.SMTP("127.0.0.1", self.gw.port, source_address=(CLIENT, 0), timeout=10)
+        try:
+            s.ehlo("client.test")
+            for _ in range(3):
+                self.assertEqual(s.mail("a@example.org")[0], 250)
+                self.assertEqual(s.rset()[0], 250)
+                time.sleep(0.2)     # the downstream's 250 to our RSET
+            self.assertEqual(s.mail("a@example.org")[0], 250)
+            self.assertEqual(s.rcpt("user@example.com")[0], 250)
+            code, text = s.data(BODY)
+            self.assertEqual(code, 250, text)
+            s.quit()
+        finally:
+            s.close()
+        self.assertEqual(len(self.down.sessions), 1, self.down.sessions)
+        cmds = self.down.sessions[0]["cmds"]
+        self.assertEqual(cmds.count("RSET"), 3, cmds)
+        self.assertEqual(cmds.count("MAIL"), 4, cmds)
+        self.assertEqual(self.down.sessions[0]["messages"], 1)
+
     def test_parallel_clients_each_get_their_own_session(self):
         results = []
 
