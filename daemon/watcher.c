@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -35,6 +36,87 @@
 #define WATCH_INTERVAL_MS 200
 #define OVERLAY_MAX 20000	/* added entries kept on top of the full list, at most */
 #define MERGE_IDLE_S 10		/* a quiet list folds its additions in after this */
+
+/*
+ * Which keys the entry copy holds, as 64-bit hashes (open addressing, 0 is
+ * empty): a batch of announced keys none of which is there is a pure
+ * addition and is appended without the O(n) pass over the copy. A hash
+ * that is there (the key, or a collision) takes the exact, slow path.
+ */
+struct keyhash {
+	uint64_t *slot;
+	size_t cap, n;
+};
+
+static uint64_t
+key_hash(const char *k)
+{
+	uint64_t h = 1469598103934665603ull;	/* FNV-1a 64 */
+
+	for (; *k; k++) {
+		h ^= (unsigned char)*k;
+		h *= 1099511628211ull;
+	}
+	return h ? h : 1;
+}
+
+static void kh_insert(struct keyhash *kh, uint64_t h);
+
+static void
+kh_grow(struct keyhash *kh, size_t want)
+{
+	struct keyhash old = *kh;
+	size_t cap = 1024;
+
+	while (cap < want * 2)
+		cap <<= 1;
+	kh->slot = xcalloc(cap, sizeof(uint64_t));
+	kh->cap = cap;
+	kh->n = 0;
+	for (size_t i = 0; i < old.cap; i++)
+		if (old.slot[i] != 0)
+			kh_insert(kh, old.slot[i]);
+	free(old.slot);
+}
+
+static void
+kh_insert(struct keyhash *kh, uint64_t h)
+{
+	size_t i;
+
+	if ((kh->n + 1) * 2 > kh->cap)
+		kh_grow(kh, kh->n + 1);
+	for (i = h & (kh->cap - 1); kh->slot[i] != 0; i = (i + 1) & (kh->cap - 1))
+		if (kh->slot[i] == h)
+			return;
+	kh->slot[i] = h;
+	kh->n++;
+}
+
+static int
+kh_has(const struct keyhash *kh, uint64_t h)
+{
+	if (kh->cap == 0)
+		return 0;
+	for (size_t i = h & (kh->cap - 1); kh->slot[i] != 0; i = (i + 1) & (kh->cap - 1))
+		if (kh->slot[i] == h)
+			return 1;
+	return 0;
+}
+
+/* afresh from the copy (after anything but a pure addition) */
+static void
+kh_rebuild(struct keyhash *kh, const struct entry_vec *v)
+{
+	free(kh->slot);
+	memset(kh, 0, sizeof(*kh));
+	kh_grow(kh, v->n);
+	for (size_t i = 0; i < v->n; i++)
+		kh_insert(kh, key_hash(v->v[i].key));
+}
+
+struct watcher;
+static int new_keys_only(struct watcher *w, enum list_kind k, char *const *keys, size_t n);
 
 struct ban_req {
 	struct ipaddr addr;
@@ -57,6 +139,8 @@ struct watcher {
 	 */
 	struct listset *base[LIST_KINDS];
 	size_t base_n[LIST_KINDS];
+	struct keyhash keys[LIST_KINDS];	/* valid while !keys_stale[k] */
+	int keys_stale[LIST_KINDS];
 	int full;
 	int reload_due[LIST_KINDS];	/* changes could not be fetched: reload the list */
 	long long last_change;
@@ -184,6 +268,7 @@ reload(struct watcher *w, enum list_kind k, const char **error_r)
 	entry_vec_clear(&w->lists[k]);
 	w->lists[k] = v;
 	w->full = 1;
+	w->keys_stale[k] = 1;
 	save_cache(w, k);
 	return 0;
 }
@@ -225,6 +310,10 @@ watcher_new(struct liststore *store, struct liststore *cache, struct snapref *sn
 		else
 			log_warn("%s; starting with empty lists (no saved copy) while retrying", err);
 	}
+	for (int k = 0; k < LIST_KINDS; k++) {
+		w->keys_stale[k] = 1;
+		(void)new_keys_only(w, (enum list_kind)k, NULL, 0);	/* builds the key index */
+	}
 	s = build(w);
 	log_info("lists loaded: %zu kill, %zu accept entries in force",
 	    snapshot_count(s, LIST_KILL), snapshot_count(s, LIST_ACCEPT));
@@ -259,8 +348,15 @@ do_ban(struct watcher *w, const struct ban_req *r)
 	{
 		char *key = xstrdup(upd.v[0].key);
 
-		if (entry_vec_replace_keys(&w->lists[LIST_KILL], &key, 1, &upd) > 0)
-			w->full = 1;	/* a key changed: not an addition */
+		if (new_keys_only(w, LIST_KILL, &key, 1)) {
+			kh_insert(&w->keys[LIST_KILL], key_hash(key));
+			entry_vec_push(&w->lists[LIST_KILL], &upd.v[0]);
+			upd.n = 0;
+		} else {
+			if (entry_vec_replace_keys(&w->lists[LIST_KILL], &key, 1, &upd) > 0)
+				w->full = 1;	/* a key changed: not an addition */
+			w->keys_stale[LIST_KILL] = 1;
+		}
 		free(key);
 	}
 	entry_vec_clear(&upd);
@@ -274,6 +370,20 @@ cmp_change(const void *a, const void *b)
 	if (x->kind != y->kind)
 		return x->kind < y->kind ? -1 : 1;
 	return strcmp(x->key, y->key);
+}
+
+/* none of keys[] is in the copy of list k (by hash: a collision says "maybe") */
+static int
+new_keys_only(struct watcher *w, enum list_kind k, char *const *keys, size_t n)
+{
+	if (w->keys_stale[k]) {
+		kh_rebuild(&w->keys[k], &w->lists[k]);
+		w->keys_stale[k] = 0;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (kh_has(&w->keys[k], key_hash(keys[i])))
+			return 0;
+	return 1;
 }
 
 /* fetch the changed keys and fold them into our copy; 1 when anything changed */
@@ -318,9 +428,18 @@ apply_changes(struct watcher *w, struct list_changes *ch)
 		}
 		if (upd.n < nkeys)
 			w->full = 1;	/* some removed (or gone already): not only additions */
-		if (nkeys > 0) {
+		if (nkeys > 0 && upd.n == nkeys && new_keys_only(w, (enum list_kind)k, keys, nkeys)) {
+			/* pure addition: append, no pass over the whole copy */
+			for (size_t i = 0; i < upd.n; i++) {
+				kh_insert(&w->keys[k], key_hash(upd.v[i].key));
+				entry_vec_push(&w->lists[k], &upd.v[i]);
+			}
+			upd.n = 0;
+			changed = 1;
+		} else if (nkeys > 0) {
 			if (entry_vec_replace_keys(&w->lists[k], keys, nkeys, &upd) > 0)
 				w->full = 1;	/* a key changed or went */
+			w->keys_stale[k] = 1;
 			changed = 1;
 		}
 		entry_vec_clear(&upd);
@@ -383,12 +502,16 @@ watcher_main(void *arg)
 					w->last_change = 0;
 				}
 				snapref_publish(w->snaps, s);
+				if (s->over[LIST_KILL] == NULL && s->over[LIST_ACCEPT] == NULL) {
+					/* the key index now, not when the next push waits */
+					for (int k = 0; k < LIST_KINDS; k++)
+						(void)new_keys_only(w, (enum list_kind)k, NULL, 0);
 #ifdef __GLIBC__
-				/* a full build frees the previous one (hundreds of MB for
-				 * a million entries): give the pages back to the system */
-				if (s->over[LIST_KILL] == NULL && s->over[LIST_ACCEPT] == NULL)
+					/* a full build frees the previous one (hundreds of MB
+					 * for a million entries): pages back to the system */
 					malloc_trim(0);
 #endif
+				}
 				clock_gettime(CLOCK_MONOTONIC, &t1);
 				if (changed || fold)
 					log_info("lists %s: %zu kill, %zu accept entries in force "
@@ -456,8 +579,10 @@ watcher_stop_and_free(struct watcher **wp)
 		close(w->pipefd[0]);
 	if (w->pipefd[1] >= 0)
 		close(w->pipefd[1]);
-	for (int k = 0; k < LIST_KINDS; k++)
+	for (int k = 0; k < LIST_KINDS; k++) {
 		entry_vec_clear(&w->lists[k]);
+		free(w->keys[k].slot);
+	}
 	free(w);
 	*wp = NULL;
 }

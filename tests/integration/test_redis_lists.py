@@ -935,9 +935,24 @@ class RedisLists(unittest.TestCase):
         mark = B.log_size()
         A.cli_ok("kill", "add", net, "--reason", "h base")
         wait_state([B], other, True, 1.0, time.monotonic(), "h: /24 added")
+        time.sleep(0.3)     # both announcements of the /24 (keyspace event, PUBLISH) are in
+        mark = B.log_size()
         A.cli_ok("kill", "add", one, "--reason", "h narrow")
         wait_state([B], one, True, 1.0, time.monotonic(), "h: /32 added")
-        B.wait_log(r"lists reloaded: .*additions compiled", mark)
+        m = B.wait_log(r"lists reloaded: (\d+) kill.*additions compiled", mark)
+        time.sleep(0.3)
+        count = max(int(x) for x in re.findall(r"lists reloaded: (\d+) kill", B.log_since(mark)))
+        # the same key again (new reason): a change, not an addition -- the
+        # count stays and B still refuses
+        mark = B.log_size()
+        A.cli_ok("kill", "add", one, "--reason", "h narrow again")
+        B.wait_log(r"lists reloaded: (\d+) kill.*snapshot built", mark)
+        time.sleep(0.3)
+        seen = B.log_since(mark)
+        self.assertEqual(set(int(x) for x in re.findall(r"lists reloaded: (\d+) kill", seen)),
+                         {count}, "re-adding a key changed the count:\n" + seen[-2000:])
+        self.assertNotIn("additions compiled", seen, "a re-added key taken for a new one")
+        self.assertTrue(B.refuses(one))
         # a changed key: full rebuild, still enforced
         mark = B.log_size()
         r = self.rcli("HSET", PREFIX + "kill:" + one, "reason", "h changed")
