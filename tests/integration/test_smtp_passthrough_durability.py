@@ -1,0 +1,820 @@
+#!/usr/bin/python3
+"""Durability of the SMTP gateway's pass-through delivery while its smtp worker
+is SIGKILLed under load.
+
+The gateway (services = smtp, delivery = relay:[127.0.0.1]:SINKPORT) takes a
+load of --messages logical messages from --clients concurrent python smtplib
+clients (threads, each from its own 127.0.0.N, several messages per session,
+some messages for two recipients, 8-bit text and lines that need
+dot-stuffing).  The downstream is a recording SMTP server in this file (the
+"sink": threads on 127.0.0.1, EHLO offers PIPELINING and 8BITMIME): on DATA
+it reads up to the final dot, records the complete message (de-dot-stuffed)
+under the marker it carries, then (after --sink-delay, a real MTA's fsync)
+answers "250 2.0.0 queued as <n>"; a session that ends before the final dot
+records nothing (the marker of the partial message is noted).  Meanwhile the
+smtp WORKER process is killed with SIGKILL --kills times, spaced out.  Clients
+retry a message after a connection error or a 4xx, each try with its own
+marker; a few tries (--abort) are cut off by the client itself before the
+final dot is complete (the stream ends in "<CR><LF>", "<CR><LF>." or
+"<CR><LF>.<CR>", or at a random point) and the connection is closed, then
+the message is retried.
+
+Asserted:
+  - the master restarts the worker each time, within 2 s: a new worker pid
+    and a new connection that gets the 220 greeting;
+  - every try that got 250 at its final dot is at the sink exactly once,
+    whole (byte for byte the message sent, after the gateway's own Received:
+    line), with its envelope, and the "queued as <n>" of its 250 names that
+    very record (the client's 250 is the sink's answer to this message);
+  - a try whose client had not sent its complete message (final dot not
+    sent, sending failed, cut off on purpose, refused before 354) is not at
+    the sink;
+  - a try that got a 4xx/5xx at its final dot, or whose connection died
+    after the final dot without a reply, is at the sink at most once and
+    whole (reported: the documented duplicate window);
+  - nothing at the sink has an unknown or no marker; no transfer the sink
+    saw broken off belongs to a try that got 250;
+  - every logical message got 250 eventually; the daemon log shows one
+    "killed by signal 9; restarting" per kill and no sanitizer report.
+
+Run:  python3 tests/integration/test_smtp_passthrough_durability.py
+          [--messages 2000] [--clients 8] [--kills 4] [--per-session 20]
+          [--abort 0.01] [--sink-delay 0.005]
+Environment: PORTCULLIS_BIN (default <repo>/bin), KEEP_LAB=1 keeps the work
+directory.  Last line "N passed, N failed"; exit status 1 on failure.
+"""
+
+import argparse
+import hashlib
+import os
+import random
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import lab  # noqa: E402  (helpers only)
+
+BIN = lab.BIN
+HELO = "client.passthrough.test"
+MYHOSTNAME = "mx.passthrough.test"
+SENDER = "sender@outside.test"
+USERS = ("alice@example.com", "bob@example.com")
+SANITIZER_RE = re.compile(r"Sanitizer|runtime error:")
+RESTART_LIMIT = 2.0        # seconds from SIGKILL to a greeting from the new worker
+DEADLINE = 22.0            # seconds for the whole load, at most
+MARKER_RE = re.compile(rb"pt-c\d+-m\d+-a\d+-[0-9a-f]{6}")
+
+
+def log(msg):
+    sys.stdout.write("passthrough: %s\n" % msg)
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------ processes
+def children(pid):
+    """live (non-zombie) child pids of pid, from /proc/*/stat"""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                rest = f.read().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if rest[0] != "Z" and int(rest[1]) == pid:
+            out.append(int(d))
+    return out
+
+
+def greets(port, timeout=0.5):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout) as s:
+            return s.recv(64).startswith(b"220")
+    except OSError:
+        return False
+
+
+def stop_daemon(p):
+    """SIGTERM the master (SIGKILL after 10 s); SIGKILL a worker that
+    outlived it.  Returns the master's exit status."""
+    if p.poll() is not None:
+        return p.returncode
+    kids = children(p.pid)
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+    deadline = time.monotonic() + 2
+    for k in kids:
+        while time.monotonic() < deadline and os.path.exists("/proc/%d" % k):
+            time.sleep(0.02)
+        try:
+            with open("/proc/%d/cmdline" % k, "rb") as f:
+                if b"portcullisd" in f.read():
+                    log("worker %d outlived its master; SIGKILL" % k)
+                    os.kill(k, signal.SIGKILL)
+        except OSError:
+            pass
+    return p.returncode
+
+
+# ------------------------------------------------------------------ the sink
+class SinkConn:
+    """Buffered reader over one downstream connection."""
+
+    def __init__(self, c):
+        self.c = c
+        self.buf = bytearray()
+        self.pos = 0
+
+    def _fill(self):
+        d = self.c.recv(262144)
+        if not d:
+            return False
+        if self.pos > 262144:
+            del self.buf[:self.pos]
+            self.pos = 0
+        self.buf += d
+        return True
+
+    def line(self):
+        """The next CRLF-terminated line, or None at end of stream."""
+        start = self.pos
+        while True:
+            i = self.buf.find(b"\r\n", start)
+            if i >= 0:
+                l = bytes(self.buf[self.pos:i + 2])
+                self.pos = i + 2
+                return l
+            start = max(self.pos, len(self.buf) - 1)
+            base = self.pos
+            if not self._fill():
+                return None
+            start -= base - self.pos     # _fill may have moved the buffer
+
+    def body(self):
+        """(raw body up to and including the CRLF before the final dot, True)
+        or (what arrived before the stream ended, False)."""
+        start = self.pos
+        while True:
+            if self.buf[self.pos:self.pos + 3] == b".\r\n":   # an empty message
+                self.pos += 3
+                return b"", True
+            i = self.buf.find(b"\r\n.\r\n", start)
+            if i >= 0:
+                raw = bytes(self.buf[self.pos:i + 2])
+                self.pos = i + 5
+                return raw, True
+            start = max(self.pos, len(self.buf) - 4)
+            base = self.pos
+            if not self._fill():
+                return bytes(self.buf[self.pos:]), False
+            start -= base - self.pos     # _fill may have moved the buffer
+
+
+def unstuff(raw):
+    """The message as a downstream stores it: one leading dot off each line."""
+    if not raw:
+        return b""
+    return b"".join((l[1:] if l.startswith(b".") else l) + b"\r\n"
+                    for l in raw.split(b"\r\n")[:-1])
+
+
+class Sink(threading.Thread):
+    """The recording downstream.  records: [dict(n, marker, markers, data,
+    sender, rcpts, session)]; partials: [(marker or None, octets, session)]."""
+
+    def __init__(self, delay=0.0):
+        super().__init__(daemon=True)
+        self.delay = delay        # between recording a message and its 250 (a real MTA's fsync)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.records = []
+        self.partials = []
+        self.errors = []          # anything but a connection error in a session thread
+        self.sessions = 0
+        self.open = 0
+        self.conns = set()
+
+    def run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.sessions += 1
+                self.open += 1
+                self.conns.add(c)
+                sid = self.sessions
+            threading.Thread(target=self.serve, args=(c, sid), daemon=True).start()
+
+    def stop(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        with self.lock:
+            conns = list(self.conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def serve(self, c, sid):
+        w = SinkConn(c)
+        sender, rcpts = None, []
+        try:
+            c.sendall(b"220 sink.passthrough.test ESMTP\r\n")
+            while True:
+                line = w.line()
+                if line is None:
+                    break
+                cmd = line[:4].upper()
+                if cmd == b"EHLO":
+                    c.sendall(b"250-sink.passthrough.test\r\n250-PIPELINING\r\n"
+                              b"250 8BITMIME\r\n")
+                elif cmd == b"HELO":
+                    c.sendall(b"250 sink.passthrough.test\r\n")
+                elif cmd == b"MAIL":
+                    m = re.match(rb"MAIL FROM:<([^>]*)>", line, re.I)
+                    sender, rcpts = (m.group(1).decode("utf-8", "replace") if m else
+                                     "?" + line.decode("utf-8", "replace").strip()), []
+                    c.sendall(b"250 2.1.0 ok\r\n")
+                elif cmd == b"RCPT":
+                    m = re.match(rb"RCPT TO:<([^>]*)>", line, re.I)
+                    rcpts.append(m.group(1).decode("utf-8", "replace") if m else
+                                 "?" + line.decode("utf-8", "replace").strip())
+                    c.sendall(b"250 2.1.5 ok\r\n")
+                elif cmd == b"RSET":
+                    sender, rcpts = None, []
+                    c.sendall(b"250 2.0.0 ok\r\n")
+                elif cmd == b"NOOP":
+                    c.sendall(b"250 2.0.0 ok\r\n")
+                elif cmd == b"QUIT":
+                    c.sendall(b"221 2.0.0 bye\r\n")
+                    break
+                elif cmd == b"DATA":
+                    c.sendall(b"354 go ahead\r\n")
+                    raw, complete = w.body()
+                    if not complete:
+                        m = MARKER_RE.search(raw)
+                        with self.lock:
+                            self.partials.append((m.group(0).decode() if m else None,
+                                                  len(raw), sid))
+                        break
+                    data = unstuff(raw)
+                    markers = sorted(set(x.decode() for x in MARKER_RE.findall(data)))
+                    m = re.search(rb"^Message-ID: <(pt-[^@>]+)@passthrough\.test>", data, re.M)
+                    with self.lock:
+                        n = len(self.records) + 1
+                        self.records.append({
+                            "n": n, "marker": m.group(1).decode() if m else None,
+                            "markers": markers, "data": data, "sender": sender,
+                            "rcpts": list(rcpts), "session": sid})
+                    sender, rcpts = None, []
+                    if self.delay:
+                        time.sleep(self.delay)
+                    c.sendall(b"250 2.0.0 queued as %d\r\n" % n)
+                else:
+                    c.sendall(b"500 5.5.2 what\r\n")
+        except OSError:
+            pass
+        except Exception as e:      # a bug in the sink: reported by the checks
+            with self.lock:
+                self.errors.append("session %d: %r" % (sid, e))
+        with self.lock:
+            self.open -= 1
+            self.conns.discard(c)
+        try:
+            c.close()
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------------ messages
+def message_for(marker, rcpts, rng):
+    """A message of random size (0.3 - 40 KB; one in 20 is 150 KB, which the
+    gateway streams downstream before the client's final dot) whose every
+    byte follows from marker, with 8-bit lines, lines that need dot-stuffing
+    and a last line END-<marker>."""
+    size = rng.choice((300, 800, 2000, 5000, 12000, 40000))
+    if rng.random() < 0.05:
+        size = 150000
+    h = ["From: Sender <%s>" % SENDER, "To: %s" % ", ".join(rcpts),
+         "Subject: passthrough %s" % marker, "Message-ID: <%s@passthrough.test>" % marker,
+         "Date: Mon, 01 Jan 2024 00:00:00 +0000", "MIME-Version: 1.0",
+         "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit"]
+    body, n, i = [], 0, 0
+    while n < size:
+        d = hashlib.sha256(("%s/%d" % (marker, i)).encode()).hexdigest()
+        if i % 7 == 3:
+            line = ".%s" % d
+        elif i % 11 == 5:
+            line = "..%s ." % d[:20]
+        elif i % 5 == 1:
+            line = "%d Grüße, naïve café ✓ %s" % (i, d[:32])
+        else:
+            line = "%d %s %s" % (i, marker, d)
+        body.append(line)
+        n += len(line) + 2
+        i += 1
+    return ("\r\n".join(h + [""] + body + ["END-%s" % marker]) + "\r\n").encode("utf-8")
+
+
+def stuffed(message):
+    return b"".join((b"." + l if l.startswith(b".") else l) + b"\r\n"
+                    for l in message.split(b"\r\n")[:-1]) + b".\r\n"
+
+
+GATEWAY_HEAD_RE = re.compile(rb"\A(?:Received: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+\Z")
+
+
+def whole(data, want):
+    """data is want behind the gateway's own Received: line(s)"""
+    if len(data) < len(want) or not data.endswith(want):
+        return False
+    head = data[:len(data) - len(want)]
+    return bool(GATEWAY_HEAD_RE.match(head)) and (b"by %s" % MYHOSTNAME.encode()) in head
+
+
+# ------------------------------------------------------------------ the load
+class Try:
+    __slots__ = ("marker", "rcpts", "message", "outcome", "reply", "queued")
+
+    def __init__(self, marker, rcpts, message):
+        self.marker = marker
+        self.rcpts = rcpts
+        self.message = message
+        # acked      250 at the final dot
+        # refused    4xx/5xx before 354: the message was never sent
+        # dotrefused 4xx/5xx at the final dot
+        # unknown    connection lost after the final dot was sent, no reply
+        # unsent     connection lost before the whole message was sent
+        # aborted    the client cut the message off on purpose and hung up
+        self.outcome = None
+        self.reply = None
+        self.queued = None     # n from "250 2.0.0 queued as <n>"
+
+
+class Load:
+    def __init__(self, port, args):
+        self.port = port
+        self.args = args
+        self.lock = threading.Lock()
+        self.tries = []
+        self.logical_acked = 0
+        self.logical_failed = []
+        self.conn_errors = 0
+        self.replies_4xx = 0
+        self.replies_5xx = []
+        self.stop = threading.Event()
+        self.t0 = time.monotonic()
+
+    def client(self, idx, count):
+        rng = random.Random(1000 + idx)
+        source = "127.0.0.%d" % (20 + idx)
+        s = None
+        in_session = 0
+        for k in range(count):
+            rcpts = list(USERS) if rng.random() < 0.1 else [USERS[rng.randrange(2)]]
+            for attempt in range(60):
+                if self.stop.is_set() or time.monotonic() - self.t0 > DEADLINE:
+                    with self.lock:
+                        self.logical_failed.append("c%d-m%d: gave up (deadline)" % (idx, k))
+                    return
+                marker = "pt-c%d-m%d-a%d-%s" % (idx, k, attempt, os.urandom(3).hex())
+                t = Try(marker, rcpts, message_for(marker, rcpts, rng))
+                with self.lock:
+                    self.tries.append(t)
+                if s is None:
+                    try:
+                        s = smtplib.SMTP("127.0.0.1", self.port, local_hostname=HELO,
+                                         timeout=15, source_address=(source, 0))
+                        code, _ = s.ehlo()
+                        if code != 250:
+                            raise smtplib.SMTPException("EHLO %d" % code)
+                        in_session = 0
+                    except (OSError, smtplib.SMTPException) as e:
+                        t.outcome = "unsent"
+                        t.reply = "connection lost at connect: %s" % e
+                        with self.lock:
+                            self.conn_errors += 1
+                        s = self._drop(s)
+                        time.sleep(0.05)
+                        continue
+                cut = None
+                if rng.random() < self.args.abort:
+                    cut = rng.choice((3, 2, 1, -1))     # octets short of the end; -1: random
+                ok = self._transaction(s, t, cut, rng)
+                if t.outcome == "acked":
+                    in_session += 1
+                    with self.lock:
+                        self.logical_acked += 1
+                    if in_session >= self.args.per_session:
+                        try:
+                            s.quit()
+                        except (OSError, smtplib.SMTPException):
+                            pass
+                        s = self._drop(s)
+                    break
+                if not ok:
+                    s = self._drop(s)
+                    if t.outcome != "aborted":
+                        time.sleep(0.05)
+            else:
+                with self.lock:
+                    self.logical_failed.append("c%d-m%d: no 250 in 60 tries" % (idx, k))
+        if s is not None:
+            try:
+                s.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+            self._drop(s)
+
+    def _drop(self, s):
+        if s is not None:
+            try:
+                s.close()
+            except OSError:
+                pass
+        return None
+
+    def _transaction(self, s, t, cut, rng):
+        """One try on an open session.  Returns False when the session is
+        unusable afterwards."""
+        sent_all = False
+        step = "MAIL"
+        try:
+            for cmd in ["MAIL FROM:<%s> BODY=8BITMIME" % SENDER] + [
+                    "RCPT TO:<%s>" % r for r in t.rcpts] + ["DATA"]:
+                step = cmd[:4]
+                code, text = s.docmd(cmd)
+                want = 354 if cmd == "DATA" else 250
+                if code != want:
+                    return self._refused(s, t, code, text, cmd, "refused")
+            payload = stuffed(t.message)
+            if cut is not None:
+                # the final dot never completes: the gateway must not pass it on
+                n = len(payload) - cut if cut > 0 else rng.randrange(1, len(payload) - 3)
+                t.outcome = "aborted"
+                t.reply = "cut off after %d of %d octets" % (n, len(payload))
+                s.send(payload[:n])
+                return False
+            step = "message"
+            s.send(payload)
+            sent_all = True
+            step = "reply to the final dot"
+            code, text = s.getreply()
+        except (OSError, smtplib.SMTPException) as e:
+            if t.outcome != "aborted":
+                t.outcome = "unknown" if sent_all else "unsent"
+                t.reply = "connection lost at %s: %s" % (step, e)
+                with self.lock:
+                    self.conn_errors += 1
+            return False
+        text = text.decode("utf-8", "replace")
+        t.reply = "%d %s" % (code, text)
+        if code != 250:
+            return self._refused(s, t, code, text, "end of data", "dotrefused")
+        t.outcome = "acked"
+        m = re.match(r"2\.0\.0 queued as (\d+)$", text)
+        t.queued = int(m.group(1)) if m else None
+        return True
+
+    def _refused(self, s, t, code, text, cmd, outcome):
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        t.outcome = outcome
+        t.reply = "%s -> %d %s" % (cmd, code, text)
+        with self.lock:
+            if code // 100 == 5:
+                self.replies_5xx.append("%s: %s" % (t.marker, t.reply))
+            else:
+                self.replies_4xx += 1
+        if code == 421 or code < 0:
+            return False
+        try:
+            s.docmd("RSET")
+        except (OSError, smtplib.SMTPException):
+            return False
+        return True
+
+    def acked(self):
+        with self.lock:
+            return self.logical_acked
+
+
+# ------------------------------------------------------------------ killer
+class Killer(threading.Thread):
+    def __init__(self, master_pid, port, load, args):
+        super().__init__(daemon=True)
+        self.master = master_pid
+        self.port = port
+        self.load = load
+        self.args = args
+        self.kills = []        # (old pid, new pid or None, seconds to greeting or None)
+        self.error = None
+
+    def run(self):
+        try:
+            self._run()
+        except Exception as e:       # reported by the checks
+            self.error = repr(e)
+
+    def _run(self):
+        per_kill = max(1, self.args.messages // (self.args.kills + 1))
+        for i in range(self.args.kills):
+            # spaced by progress, so every kill lands inside the load
+            while self.load.acked() < per_kill * (i + 1) * 0.8:
+                if self.load.stop.is_set() or time.monotonic() - self.load.t0 > DEADLINE:
+                    return
+                time.sleep(0.02)
+            kids = children(self.master)
+            if len(kids) != 1:
+                self.kills.append((kids, None, None))
+                continue
+            old = kids[0]
+            t0 = time.monotonic()
+            os.kill(old, signal.SIGKILL)
+            new, took = None, None
+            while time.monotonic() - t0 < 5:
+                kids = [k for k in children(self.master) if k != old]
+                if kids and new is None:
+                    new = kids[0]
+                if new is not None and greets(self.port):
+                    took = time.monotonic() - t0
+                    break
+                time.sleep(0.01)
+            self.kills.append((old, new, took))
+            log("kill %d: worker %d SIGKILLed at %.1fs (%d acked); new worker %s greets "
+                "after %s" % (i + 1, old, t0 - self.load.t0, self.load.acked(), new,
+                              "%.3fs" % took if took is not None else "NEVER (5 s)"))
+
+
+# ------------------------------------------------------------------ checks
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, ok, what, detail=""):
+        if ok:
+            self.passed += 1
+            log("ok   %s" % what)
+        else:
+            self.failed += 1
+            log("FAIL %s%s" % (what, ("\n      " + detail.replace("\n", "\n      "))
+                               if detail else ""))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--kills", type=int, default=4)
+    ap.add_argument("--per-session", type=int, default=20)
+    ap.add_argument("--abort", type=float, default=0.01,
+                    help="share of tries the client cuts off before the final dot")
+    ap.add_argument("--sink-delay", type=float, default=0.005,
+                    help="seconds the sink takes between recording a message and its 250")
+    args = ap.parse_args()
+    if not os.access(os.path.join(BIN, "portcullisd"), os.X_OK):
+        print("%s/portcullisd missing: run make first" % BIN, file=sys.stderr)
+        print("0 passed, 1 failed")
+        return 1
+
+    t_start = time.monotonic()
+    work = tempfile.mkdtemp(prefix="portcullis-passthrough.", dir="/tmp")
+    os.chmod(work, 0o755)
+    conf = os.path.join(work, "portcullis.conf")
+    dlog = os.path.join(work, "portcullisd.log")
+    sink = Sink(args.sink_delay)
+    sink.start()
+    port = lab.free_port()
+    while port == sink.port:
+        port = lab.free_port()
+    with open(conf, "w") as f:
+        f.write("# written by test_smtp_passthrough_durability.py\n"
+                "services = smtp\n"
+                "smtp_listen = 127.0.0.1:%d\n"
+                "myhostname = %s\n"
+                "mydomains = example.com\n"
+                "relay_networks = 127.0.0.0/8\n"
+                "relay_require_headers =\n"
+                "state_dir = %s/state\n"
+                "delivery = relay:[127.0.0.1]:%d\n"
+                "smtp_max_per_client = 50\n"
+                "smtp_timeout = 30\n"
+                "log_level = info\n" % (port, MYHOSTNAME, work, sink.port))
+
+    C = Checks()
+    fh = open(dlog, "ab")
+    env = dict(os.environ)
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+    daemon = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", conf, "-f"],
+                              stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env=env)
+    fh.close()
+    load = None
+    try:
+        lab.wait_until(lambda: daemon.poll() is not None or greets(port), 10,
+                       what="portcullisd greeting")
+        if daemon.poll() is not None:
+            raise RuntimeError("portcullisd exited %s:\n%s" % (daemon.returncode,
+                                                               lab._tail(dlog)))
+        log("gateway on 127.0.0.1:%d -> sink 127.0.0.1:%d, master %d, worker %s; "
+            "%d messages, %d clients, %d kills" % (
+                port, sink.port, daemon.pid, children(daemon.pid), args.messages,
+                args.clients, args.kills))
+
+        load = Load(port, args)
+        killer = Killer(daemon.pid, port, load, args)
+        per = [args.messages // args.clients + (1 if i < args.messages % args.clients else 0)
+               for i in range(args.clients)]
+        threads = [threading.Thread(target=load.client, args=(i, per[i]), daemon=True)
+                   for i in range(args.clients)]
+        load.t0 = time.monotonic()
+        killer.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(1.0, DEADLINE + 5 - (time.monotonic() - load.t0)))
+        hung = [i for i, t in enumerate(threads) if t.is_alive()]
+        load.stop.set()
+        killer.join(10)
+        t_load = time.monotonic() - load.t0
+
+        tries = list(load.tries)
+        by = {}
+        for t in tries:
+            by.setdefault(t.outcome, []).append(t)
+        nby = {k: len(v) for k, v in by.items()}
+        lost = {}
+        for t in by.get("unsent", []) + by.get("unknown", []):
+            w = re.match(r"connection lost at (.*?):", t.reply or "")
+            w = w.group(1) if w else "?"
+            lost[w] = lost.get(w, 0) + 1
+        log("load done in %.1fs: %d logical messages acked of %d (%.0f msg/s); %d tries: "
+            "%d acked, %d refused before 354, %d refused at the dot, %d unknown (connection "
+            "lost after the dot), %d unsent, %d cut off on purpose; 4xx %d, 5xx %d; %d "
+            "connection errors" % (
+                t_load, load.logical_acked, args.messages, load.logical_acked / t_load,
+                len(tries), nby.get("acked", 0), nby.get("refused", 0),
+                nby.get("dotrefused", 0), nby.get("unknown", 0), nby.get("unsent", 0),
+                nby.get("aborted", 0), load.replies_4xx, len(load.replies_5xx),
+                load.conn_errors))
+        log("connections lost at: %s" % (", ".join("%s %d" % kv for kv in sorted(lost.items()))
+                                         or "nothing"))
+
+        # ---- restarts
+        C.check(killer.error is None, "killer thread ran", killer.error or "")
+        C.check(len(killer.kills) == args.kills,
+                "%d kills done during the load" % args.kills,
+                "done: %r (the load ended before all kills?)" % (killer.kills,))
+        for i, (old, new, took) in enumerate(killer.kills):
+            C.check(new is not None and took is not None and took <= RESTART_LIMIT,
+                    "kill %d: worker restarted and greeting within %.0fs (%s)" % (
+                        i + 1, RESTART_LIMIT, "%.3fs" % took if took is not None else "never"),
+                    "old %r new %r" % (old, new))
+
+        # ---- load
+        C.check(not hung, "all client threads finished", "hung: %r" % hung)
+        C.check(load.logical_acked == args.messages and not load.logical_failed,
+                "every logical message got 250 in the end (%d/%d)" % (
+                    load.logical_acked, args.messages), "\n".join(load.logical_failed[:10]))
+        C.check(not load.replies_5xx, "no 5xx reply to a valid message",
+                "\n".join(load.replies_5xx[:10]))
+        C.check(load.conn_errors > 0, "the kills hit transactions in flight "
+                "(%d connection errors seen by clients)" % load.conn_errors,
+                "no client noticed a kill: the test proved nothing")
+
+        # ---- the sink (after the daemon stopped: nothing moves)
+        rc = stop_daemon(daemon)
+        C.check(rc == 0, "portcullisd exit 0 on SIGTERM after the load (got %s)" % rc)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and sink.open:
+            time.sleep(0.02)
+        with sink.lock:
+            records = list(sink.records)
+            partials = list(sink.partials)
+            sink_errors = list(sink.errors)
+            still_open = sink.open
+        log("sink: %d sessions, %d messages recorded, %d transfers broken off before the "
+            "final dot (%d with a marker, %d octets at most), %d sessions still open" % (
+                sink.sessions, len(records), len(partials),
+                sum(1 for m, _, _ in partials if m), max([n for _, n, _ in partials] or [0]),
+                still_open))
+        C.check(not sink_errors, "the sink ran without errors", "\n".join(sink_errors[:10]))
+
+        known = {t.marker: t for t in tries}
+        at_sink = {}
+        strange = []
+        for r in records:
+            if r["marker"] is None or r["marker"] not in known or r["markers"] != [r["marker"]]:
+                strange.append("#%d marker %r, markers in it %r, %d bytes" % (
+                    r["n"], r["marker"], r["markers"][:4], len(r["data"])))
+                continue
+            at_sink.setdefault(r["marker"], []).append(r)
+        C.check(not strange, "every message at the sink carries exactly one marker, of a "
+                "try a client made", "%d unknown:\n%s" % (len(strange), "\n".join(strange[:10])))
+
+        bad_acked, bad_whole, bad_env, bad_never, bad_window = [], [], [], [], []
+        window_sent, window_at_sink = 0, 0
+        for t in tries:
+            copies = at_sink.get(t.marker, [])
+            for r in copies:
+                if not whole(r["data"], t.message):
+                    bad_whole.append("%s (%s) #%d: %d bytes, want a Received: line + %d "
+                                     "bytes; head %r" % (
+                                         t.marker, t.outcome, r["n"], len(r["data"]),
+                                         len(t.message), r["data"][:120]))
+                if r["sender"] != SENDER or r["rcpts"] != t.rcpts:
+                    bad_env.append("%s #%d: MAIL <%s> RCPT %r, sent MAIL <%s> RCPT %r" % (
+                        t.marker, r["n"], r["sender"], r["rcpts"], SENDER, t.rcpts))
+            if t.outcome == "acked":
+                if len(copies) != 1:
+                    bad_acked.append("%s (%s): %d copies at the sink %s" % (
+                        t.marker, t.reply, len(copies), [r["n"] for r in copies]))
+                elif t.queued != copies[0]["n"]:
+                    bad_acked.append("%s: the client's 250 was %r, the sink recorded it as "
+                                     "#%d" % (t.marker, t.reply, copies[0]["n"]))
+            elif t.outcome in ("dotrefused", "unknown"):
+                window_sent += 1
+                window_at_sink += len(copies)
+                if len(copies) > 1:
+                    bad_window.append("%s (%s: %s): %d copies at the sink" % (
+                        t.marker, t.outcome, t.reply, len(copies)))
+            elif copies:
+                bad_never.append("%s (%s: %s): %d copies at the sink %s" % (
+                    t.marker, t.outcome, t.reply, len(copies), [r["n"] for r in copies]))
+        n_acked = nby.get("acked", 0)
+        C.check(not bad_acked, "each of the %d tries that got 250 is at the sink exactly once, "
+                "as the record its 250 named" % n_acked,
+                "%d bad:\n%s" % (len(bad_acked), "\n".join(bad_acked[:10])))
+        C.check(not bad_whole, "every message at the sink is whole: byte for byte the one "
+                "sent, behind the gateway's Received: line",
+                "%d not:\n%s" % (len(bad_whole), "\n".join(bad_whole[:10])))
+        C.check(not bad_env, "every message at the sink has its envelope (MAIL, RCPTs)",
+                "%d not:\n%s" % (len(bad_env), "\n".join(bad_env[:10])))
+        n_never = sum(nby.get(k, 0) for k in ("unsent", "aborted", "refused"))
+        C.check(not bad_never, "none of the %d tries not completely sent (%d cut off on "
+                "purpose) is at the sink" % (n_never, nby.get("aborted", 0)),
+                "%d at the sink:\n%s" % (len(bad_never), "\n".join(bad_never[:10])))
+        C.check(not bad_window, "each of the %d tries refused at the dot or unanswered after "
+                "it is at the sink at most once" % window_sent, "\n".join(bad_window[:10]))
+        acked_markers = {t.marker for t in by.get("acked", [])}
+        bad_partial = ["%s: %d octets, sink session %d" % p for p in partials
+                       if p[0] in acked_markers or (p[0] is not None and p[0] not in known)]
+        C.check(not bad_partial, "no broken-off transfer at the sink belongs to a try that "
+                "got 250 or to no try", "\n".join(bad_partial[:10]))
+        dup_markers = sum(1 for v in at_sink.values() if len(v) > 1)
+
+        # ---- the log
+        text = lab._read(dlog)
+        restarts = len(re.findall(r"worker \(pid \d+\) killed by signal 9; restarting", text))
+        C.check(restarts == len(killer.kills), "daemon log: %d \"killed by signal 9; "
+                "restarting\" lines for %d kills" % (restarts, len(killer.kills)))
+        san = [l for l in text.splitlines() if SANITIZER_RE.search(l)]
+        C.check(not san, "no sanitizer report in the daemon log", "\n".join(san[:20]))
+
+        log("summary: %d tries, %d got 250, %d 4xx (%d at the dot), %d died after the dot, "
+            "%d recorded at the sink, %d duplicates (sent but unconfirmed tries at the sink: "
+            "a retrying client's duplicates), %d markers recorded twice" % (
+                len(tries), n_acked, load.replies_4xx, nby.get("dotrefused", 0),
+                nby.get("unknown", 0), len(records), window_at_sink, dup_markers))
+    except Exception as e:
+        C.check(False, "test ran to the end", repr(e))
+    finally:
+        if load is not None:
+            load.stop.set()
+        stop_daemon(daemon)
+        sink.stop()
+        if os.environ.get("KEEP_LAB") == "1" or C.failed:
+            log("kept %s" % work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print("%.1fs" % (time.monotonic() - t_start))
+    print("%d passed, %d failed" % (C.passed, C.failed), flush=True)
+    return 1 if C.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
