@@ -50,7 +50,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
@@ -62,6 +61,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import lab  # noqa: E402  (helpers only)
+# the process helpers, the killer thread and the check list are the Maildir
+# durability test's own: one implementation for both loads
+from test_smtp_durability import Checks, Killer, children, greets, stop_daemon  # noqa: E402
 
 BIN = lab.BIN
 HELO = "client.passthrough.test"
@@ -80,54 +82,6 @@ def log(msg):
 
 
 # ------------------------------------------------------------------ processes
-def children(pid):
-    """live (non-zombie) child pids of pid, from /proc/*/stat"""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                rest = f.read().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if rest[0] != "Z" and int(rest[1]) == pid:
-            out.append(int(d))
-    return out
-
-
-def greets(port, timeout=0.5):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout) as s:
-            return s.recv(64).startswith(b"220")
-    except OSError:
-        return False
-
-
-def stop_daemon(p):
-    """SIGTERM the master (SIGKILL after 10 s); SIGKILL a worker that
-    outlived it.  Returns the master's exit status."""
-    if p.poll() is not None:
-        return p.returncode
-    kids = children(p.pid)
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(5)
-    deadline = time.monotonic() + 2
-    for k in kids:
-        while time.monotonic() < deadline and os.path.exists("/proc/%d" % k):
-            time.sleep(0.02)
-        try:
-            with open("/proc/%d/cmdline" % k, "rb") as f:
-                if b"portcullisd" in f.read():
-                    log("worker %d outlived its master; SIGKILL" % k)
-                    os.kill(k, signal.SIGKILL)
-        except OSError:
-            pass
-    return p.returncode
 
 
 # ------------------------------------------------------------------ the sink
@@ -523,66 +477,9 @@ class Load:
 
 
 # ------------------------------------------------------------------ killer
-class Killer(threading.Thread):
-    def __init__(self, master_pid, port, load, args):
-        super().__init__(daemon=True)
-        self.master = master_pid
-        self.port = port
-        self.load = load
-        self.args = args
-        self.kills = []        # (old pid, new pid or None, seconds to greeting or None)
-        self.error = None
-
-    def run(self):
-        try:
-            self._run()
-        except Exception as e:       # reported by the checks
-            self.error = repr(e)
-
-    def _run(self):
-        per_kill = max(1, self.args.messages // (self.args.kills + 1))
-        for i in range(self.args.kills):
-            # spaced by progress, so every kill lands inside the load
-            while self.load.acked() < per_kill * (i + 1) * 0.8:
-                if self.load.stop.is_set() or time.monotonic() - self.load.t0 > DEADLINE:
-                    return
-                time.sleep(0.02)
-            kids = children(self.master)
-            if len(kids) != 1:
-                self.kills.append((kids, None, None))
-                continue
-            old = kids[0]
-            t0 = time.monotonic()
-            os.kill(old, signal.SIGKILL)
-            new, took = None, None
-            while time.monotonic() - t0 < 5:
-                kids = [k for k in children(self.master) if k != old]
-                if kids and new is None:
-                    new = kids[0]
-                if new is not None and greets(self.port):
-                    took = time.monotonic() - t0
-                    break
-                time.sleep(0.01)
-            self.kills.append((old, new, took))
-            log("kill %d: worker %d SIGKILLed at %.1fs (%d acked); new worker %s greets "
-                "after %s" % (i + 1, old, t0 - self.load.t0, self.load.acked(), new,
-                              "%.3fs" % took if took is not None else "NEVER (5 s)"))
 
 
 # ------------------------------------------------------------------ checks
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, ok, what, detail=""):
-        if ok:
-            self.passed += 1
-            log("ok   %s" % what)
-        else:
-            self.failed += 1
-            log("FAIL %s%s" % (what, ("\n      " + detail.replace("\n", "\n      "))
-                               if detail else ""))
 
 
 def main():
