@@ -31,6 +31,7 @@ import atexit
 import errno
 import os
 import re
+import select
 import shutil
 import signal
 import smtplib
@@ -303,6 +304,85 @@ class SmtpClient:
 
     def __exit__(self, *exc):
         self.quit()
+
+
+class Wire:
+    """The server side of a test downstream: CRLF lines and DATA bodies read
+    from a socket, what the peer already sent (without waiting), its EOF."""
+
+    def __init__(self, c):
+        self.c = c
+        self.buf = bytearray()
+        self.pos = 0
+
+    def _fill(self):
+        d = self.c.recv(262144)
+        if not d:
+            return False
+        if self.pos > 262144:
+            del self.buf[:self.pos]
+            self.pos = 0
+        self.buf += d
+        return True
+
+    def line(self):
+        """The next CRLF-terminated line, or None at end of stream."""
+        start = self.pos
+        while True:
+            i = self.buf.find(b"\r\n", start)
+            if i >= 0:
+                l = bytes(self.buf[self.pos:i + 2])
+                self.pos = i + 2
+                return l
+            start = max(self.pos, len(self.buf) - 1)
+            base = self.pos
+            if not self._fill():
+                return None
+            start -= base - self.pos     # _fill may have moved the buffer
+
+    def body(self):
+        """(raw body up to and including the CRLF before the final dot, True)
+        or (what arrived before the stream ended, False)."""
+        start = self.pos
+        while True:
+            if self.buf[self.pos:self.pos + 3] == b".\r\n":   # an empty message
+                self.pos += 3
+                return b"", True
+            i = self.buf.find(b"\r\n.\r\n", start)
+            if i >= 0:
+                raw = bytes(self.buf[self.pos:i + 2])
+                self.pos = i + 5
+                return raw, True
+            start = max(self.pos, len(self.buf) - 4)
+            base = self.pos
+            if not self._fill():
+                return bytes(self.buf[self.pos:]), False
+            start -= base - self.pos     # _fill may have moved the buffer
+
+    def pending(self):
+        """Whatever the peer has sent that we have not consumed (no waiting)."""
+        while True:
+            r, _, _ = select.select([self.c], [], [], 0)
+            if not r:
+                break
+            try:
+                d = self.c.recv(262144, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if not d:
+                break
+            self.buf += d
+        return bytes(self.buf[self.pos:])
+
+    def wait_eof(self, limit):
+        """Read and drop until the peer hangs up (True) or limit seconds pass."""
+        self.c.settimeout(limit)
+        try:
+            while self.c.recv(65536):
+                pass
+            return True
+        except OSError:
+            return False
 
 
 class Delivered:

@@ -12,7 +12,6 @@ is ever answered 250 that the downstream did not accept, and the gateway goes
 on serving afterwards. Last line: "N passed, N failed".
 """
 import os
-import select
 import shutil
 import signal
 import smtplib
@@ -24,6 +23,9 @@ import threading
 import time
 import unittest
 import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lab  # noqa: E402  (helpers only: lab.Wire)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
@@ -66,60 +68,6 @@ def strip_received(body):
     while i < len(lines) and lines[i][:1] in (b"\t", b" "):
         i += 1
     return b"\r\n".join(lines[i:])
-
-
-class Wire:
-    """Line reader over a socket, which can tell what is already pending."""
-
-    def __init__(self, c):
-        self.c = c
-        self.buf = bytearray()
-        self.pos = 0
-
-    def _fill(self):
-        d = self.c.recv(262144)
-        if not d:
-            return False
-        if self.pos > 65536:
-            del self.buf[:self.pos]
-            self.pos = 0
-        self.buf += d
-        return True
-
-    def line(self):
-        while True:
-            i = self.buf.find(b"\r\n", self.pos)
-            if i >= 0:
-                l = bytes(self.buf[self.pos:i + 2])
-                self.pos = i + 2
-                return l
-            if not self._fill():
-                return None
-
-    def pending(self):
-        """Whatever the peer has sent that we have not consumed (no waiting)."""
-        while True:
-            r, _, _ = select.select([self.c], [], [], 0)
-            if not r:
-                break
-            try:
-                d = self.c.recv(262144, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            if not d:
-                break
-            self.buf += d
-        return bytes(self.buf[self.pos:])
-
-    def wait_eof(self, limit):
-        """Read and drop until the peer hangs up (True) or limit seconds pass."""
-        self.c.settimeout(limit)
-        try:
-            while self.c.recv(65536):
-                pass
-            return True
-        except OSError:
-            return False
 
 
 class FakeDownstream:
@@ -186,7 +134,7 @@ class FakeDownstream:
 
     def serve(self, c, rec):
         mode = rec["mode"]
-        w = Wire(c)
+        w = lab.Wire(c)
 
         def send(r):
             if callable(r):

@@ -85,59 +85,6 @@ def log(msg):
 
 
 # ------------------------------------------------------------------ the sink
-class SinkConn:
-    """Buffered reader over one downstream connection."""
-
-    def __init__(self, c):
-        self.c = c
-        self.buf = bytearray()
-        self.pos = 0
-
-    def _fill(self):
-        d = self.c.recv(262144)
-        if not d:
-            return False
-        if self.pos > 262144:
-            del self.buf[:self.pos]
-            self.pos = 0
-        self.buf += d
-        return True
-
-    def line(self):
-        """The next CRLF-terminated line, or None at end of stream."""
-        start = self.pos
-        while True:
-            i = self.buf.find(b"\r\n", start)
-            if i >= 0:
-                l = bytes(self.buf[self.pos:i + 2])
-                self.pos = i + 2
-                return l
-            start = max(self.pos, len(self.buf) - 1)
-            base = self.pos
-            if not self._fill():
-                return None
-            start -= base - self.pos     # _fill may have moved the buffer
-
-    def body(self):
-        """(raw body up to and including the CRLF before the final dot, True)
-        or (what arrived before the stream ended, False)."""
-        start = self.pos
-        while True:
-            if self.buf[self.pos:self.pos + 3] == b".\r\n":   # an empty message
-                self.pos += 3
-                return b"", True
-            i = self.buf.find(b"\r\n.\r\n", start)
-            if i >= 0:
-                raw = bytes(self.buf[self.pos:i + 2])
-                self.pos = i + 5
-                return raw, True
-            start = max(self.pos, len(self.buf) - 4)
-            base = self.pos
-            if not self._fill():
-                return bytes(self.buf[self.pos:]), False
-            start -= base - self.pos     # _fill may have moved the buffer
-
-
 def unstuff(raw):
     """The message as a downstream stores it: one leading dot off each line."""
     if not raw:
@@ -194,7 +141,7 @@ class Sink(threading.Thread):
                 pass
 
     def serve(self, c, sid):
-        w = SinkConn(c)
+        w = lab.Wire(c)
         sender, rcpts = None, []
         try:
             c.sendall(b"220 sink.passthrough.test ESMTP\r\n")
