@@ -25,9 +25,9 @@ LIB_SRC := $(wildcard common/*.c) $(wildcard storage-adapter/*.c) $(wildcard rul
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libportcullis.a
 
-DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c $(wildcard smtp-gateway/*.c))
+DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c $(wildcard smtp-gateway/*.c) $(wildcard service/*.c))
 CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
-UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c)
+UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c service/anvil.c)
 BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
 NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
 
@@ -95,6 +95,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_cache.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_faults.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_dns.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_service.py
 
 bench: deps
 	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter

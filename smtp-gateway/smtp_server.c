@@ -42,11 +42,11 @@
 #include "smtp-gateway/jobs.h"
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
+#include "service/anvil.h"
 #include "storage-adapter/crammd5.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
 
-#define PER_CLIENT_SLOTS 1024
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
 #define SMTP_STREAM_MIN 65536		/* pass a streamed message on in pieces this big */
 #define SMTP_STREAM_QUEUE (1024 * 1024)	/* at most this much waits for a slow downstream */
@@ -68,7 +68,7 @@ struct server {
 	struct userdb *users;
 	unsigned nconn;
 	struct conn *conns;
-	struct { struct ipaddr addr; unsigned n; } per[PER_CLIENT_SLOTS];
+	struct anvil *anvil;		/* connections per client address */
 	char errbuf[300];
 };
 
@@ -173,24 +173,6 @@ bad:
 	return -1;
 }
 
-static unsigned *
-per_client(struct server *s, const struct ipaddr *a, int make)
-{
-	uint32_t h = a->family == 4 ? a->v4 * 2654435761u : (uint32_t)(a->lo ^ a->hi) * 2654435761u;
-
-	for (unsigned i = 0; i < 32; i++) {
-		unsigned k = (h + i) % PER_CLIENT_SLOTS;
-
-		if (s->per[k].n > 0 && memcmp(&s->per[k].addr, a, sizeof(*a)) == 0)
-			return &s->per[k].n;
-		if (make && s->per[k].n == 0) {
-			s->per[k].addr = *a;
-			return &s->per[k].n;
-		}
-	}
-	return NULL;
-}
-
 static int
 user_exists(void *arg, const char *local, const char *domain)
 {
@@ -210,12 +192,8 @@ conn_free(struct conn *c)
 		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 		return;
 	}
-	if (c->has_addr) {
-		unsigned *pc = per_client(s, &c->addr, 0);
-
-		if (pc != NULL && *pc > 0)
-			(*pc)--;
-	}
+	if (c->has_addr)
+		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
 	if (c->close_timer != NULL)
 		event_free(c->close_timer);
 	s->nconn--;
@@ -836,7 +814,7 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	struct server *s = li->srv;
 	struct conn *c = xcalloc(1, sizeof(*c));
 	struct timeval tv = { s->c->timeout, 0 };
-	unsigned *pc = NULL;
+	unsigned per_client = 0;
 
 	(void)l;
 	(void)salen;
@@ -862,9 +840,7 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		smtp_proto_set_submission(c->sp);
 	s->nconn++;
 	if (c->has_addr)
-		pc = per_client(s, &c->addr, 1);
-	if (pc != NULL)
-		(*pc)++;
+		per_client = anvil_connect(s->anvil, &c->addr, time(NULL));
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	bufferevent_set_timeouts(c->bev, &tv, &tv);
 	if (s->c->max_connections && s->nconn > s->c->max_connections) {
@@ -874,7 +850,7 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		c->closing = 1;
 		return;
 	}
-	if (s->c->max_per_client && pc != NULL && *pc > s->c->max_per_client) {
+	if (s->c->max_per_client && per_client > s->c->max_per_client) {
 		static const char msg[] = "421 4.7.0 Too many connections from your address\r\n";
 
 		bufferevent_write(c->bev, msg, sizeof(msg) - 1);
@@ -906,6 +882,7 @@ users_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	anvil_expire(s->anvil, time(NULL));
 	if (s->users != NULL && userdb_changed(s->users)) {
 		struct userdb *db = userdb_load(s->c->users_url, &err);
 
@@ -951,6 +928,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		return -1;
 	}
 	s->jobs = jobs_new(s->base, SMTP_DELIVERY_THREADS);
+	s->anvil = anvil_new(60);
 	s->downs = downstream_set_new(s->base, c->downstream_cache_time);
 	if (c->resolver != NULL) {
 		/* no search domains, our own nameserver: no query leaves by surprise */
@@ -1002,6 +980,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	event_free(sig_int);
 	event_free(tick);
 	event_base_free(s->base);
+	anvil_free(&s->anvil);
 	userdb_free(&s->users);
 	free(ls);
 	free(s);
