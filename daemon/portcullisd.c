@@ -11,6 +11,9 @@
  * "ready" or why it failed through a pipe: a failure at start-up (a busy
  * port, say) stops the master with that message and exit status 1.
  *
+ * The open files limit is raised to its hard limit at start: every
+ * connection is a descriptor.
+ *
  * -f stays in the foreground and logs to stderr; otherwise the daemon
  * detaches once every worker is ready and logs to syslog (mail facility).
  * -n prints the settings that differ from their defaults, like postconf -n.
@@ -24,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -37,6 +41,7 @@
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "rules/policy.h"
+#include "service/listener.h"
 #include "smtp-gateway/downstream.h"
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
@@ -106,6 +111,20 @@ write_pidfile(const char *path)
 	}
 	fprintf(fp, "%ld\n", (long)getpid());
 	fclose(fp);
+}
+
+/* every connection is a descriptor: take all the kernel allows us */
+static void
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		log_warn("cannot raise the open files limit to %llu: %s",
+		    (unsigned long long)rl.rlim_max, strerror(errno));
 }
 
 static void
@@ -520,10 +539,15 @@ dup:		;
 					    conf_where(c, "smtps_listen"));
 					return 1;
 				}
-				for (size_t j = 0; j < n && nsmtp_fds < MAX_LISTENERS; j++) {
-					int fd = smtp_server_listen(listen[j], &err);
+				for (size_t j = 0; j < n; j++) {
+					int fd;
 
-					if (fd < 0) {
+					if (nsmtp_fds == MAX_LISTENERS) {
+						fprintf(stderr, "portcullisd: %s: %s: more than %d listeners in all\n",
+						    conf_where(c, keys[k]), keys[k], MAX_LISTENERS);
+						return 1;
+					}
+					if (listener_bind(listen[j], keys[k], &fd, &err) < 0) {
 						fprintf(stderr, "portcullisd: %s\n", err);
 						return 1;
 					}
@@ -538,6 +562,7 @@ dup:		;
 	log_open("portcullisd", foreground);
 	if (log_level_parse(conf_get(c, "log_level"), &lvl) == 0)
 		log_set_level(lvl);
+	raise_fd_limit();
 	if (p->ndomains == 0)
 		log_warn("mydomains is empty: every recipient counts as relayed, so clients "
 		    "outside relay_networks can send nothing");

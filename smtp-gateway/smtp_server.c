@@ -4,9 +4,8 @@
  * store or stream them downstream, TLS (STARTTLS, implicit), client name
  * lookups (evdns), connection limits and timeouts.
  *
- *   smtp_server_listen()   bind one "HOST:PORT" (done by the master, so a
- *                          restarted worker inherits the socket)
- *   smtp_server_run()      the loop, until SIGTERM/SIGINT
+ *   smtp_server_run()      the loop on the listeners the master bound
+ *                          (service/listener), until SIGTERM/SIGINT
  *
  * The loop never waits: Maildir writes and fsyncs and password checks run on
  * a pool of job threads whose completions come back on the loop; a
@@ -32,7 +31,6 @@
 #include <event2/event.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
-#include <event2/listener.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -43,6 +41,7 @@
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
 #include "service/anvil.h"
+#include "service/listener.h"
 #include "storage-adapter/crammd5.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
@@ -51,10 +50,10 @@
 #define SMTP_STREAM_MIN 65536		/* pass a streamed message on in pieces this big */
 #define SMTP_STREAM_QUEUE (1024 * 1024)	/* at most this much waits for a slow downstream */
 
-struct listener {
+struct door {
 	struct server *srv;
 	enum smtp_listener_kind kind;
-	struct evconnlistener *l;
+	struct listener *l;
 };
 
 struct server {
@@ -106,72 +105,6 @@ struct delivery {
 	char sender[320];
 	char client[128];
 };
-
-int
-smtp_server_listen(const char *spec, const char **error_r)
-{
-	static char err[300];
-	struct sockaddr_storage ss;
-	socklen_t sl;
-	const char *colon = strrchr(spec, ':');
-	char host[128];
-	long port;
-	char *end;
-	int fd, one = 1;
-
-	memset(&ss, 0, sizeof(ss));
-	if (colon == NULL || (size_t)(colon - spec) >= sizeof(host))
-		goto bad;
-	port = strtol(colon + 1, &end, 10);
-	if (*end != '\0' || port < 1 || port > 65535)
-		goto bad;
-	memcpy(host, spec, (size_t)(colon - spec));
-	host[colon - spec] = '\0';
-	if (host[0] == '[') {
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-		size_t hl = strlen(host);
-
-		if (hl < 3 || host[hl - 1] != ']')
-			goto bad;
-		host[hl - 1] = '\0';
-		s6->sin6_family = AF_INET6;
-		s6->sin6_port = htons((uint16_t)port);
-		if (inet_pton(AF_INET6, host + 1, &s6->sin6_addr) != 1)
-			goto bad;
-		sl = sizeof(*s6);
-	} else {
-		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-
-		s4->sin_family = AF_INET;
-		s4->sin_port = htons((uint16_t)port);
-		if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
-			goto bad;
-		sl = sizeof(*s4);
-	}
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		goto sys;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (ss.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 511) < 0) {
-		int e = errno;
-
-		close(fd);
-		errno = e;
-		goto sys;
-	}
-	return fd;
-sys:
-	snprintf(err, sizeof(err), "smtp_listen = %.100s: %s", spec, strerror(errno));
-	*error_r = err;
-	return -1;
-bad:
-	snprintf(err, sizeof(err), "smtp_listen = %.100s: expected HOST:PORT or [ADDRESS]:PORT",
-	    spec);
-	*error_r = err;
-	return -1;
-}
 
 static int
 user_exists(void *arg, const char *local, const char *domain)
@@ -807,16 +740,14 @@ lookup_client(struct conn *c)
 }
 
 static void
-accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
-    void *arg)
+accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 {
-	struct listener *li = arg;
+	struct door *li = arg;
 	struct server *s = li->srv;
 	struct conn *c = xcalloc(1, sizeof(*c));
 	struct timeval tv = { s->c->timeout, 0 };
 	unsigned per_client = 0;
 
-	(void)l;
 	(void)salen;
 	c->srv = s;
 	c->next = s->conns;
@@ -901,7 +832,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
     const struct smtp_server_conf *c, const char **error_r)
 {
 	struct server *s = xcalloc(1, sizeof(*s));
-	struct listener *ls = xcalloc(nfds + 1, sizeof(*ls));
+	struct door *ls = xcalloc(nfds + 1, sizeof(*ls));
 	struct event *sig_term, *sig_int, *tick;
 	struct timeval one = { 1, 0 };
 	int rc = 0;
@@ -945,11 +876,11 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		evdns_base_set_option(s->dns, "attempts:", "2");
 	}
 	for (size_t i = 0; i < nfds; i++) {
-		evutil_make_socket_nonblocking(fds[i]);
+		static const char *const names[] = { "smtp", "submission", "smtps" };
+
 		ls[i].srv = s;
 		ls[i].kind = kinds[i];
-		ls[i].l = evconnlistener_new(s->base, accept_cb, &ls[i], LEV_OPT_CLOSE_ON_EXEC, -1,
-		    fds[i]);
+		ls[i].l = listener_new(s->base, fds[i], names[kinds[i]], accept_cb, &ls[i]);
 		if (ls[i].l == NULL) {
 			*error_r = "cannot listen";
 			rc = -1;
@@ -964,8 +895,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	if (rc == 0)
 		event_base_dispatch(s->base);
 	for (size_t i = 0; i < nfds; i++)
-		if (ls[i].l != NULL)
-			evconnlistener_free(ls[i].l);
+		listener_free(&ls[i].l);
 	s->stopping = 1;
 	if (s->dns != NULL)
 		evdns_base_free(s->dns, 1);	/* pending lookups call back with an error */

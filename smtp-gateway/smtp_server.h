@@ -26,10 +26,8 @@ struct smtp_server_conf {
 	void *ban_arg;
 };
 
-/* "127.0.0.1:2525", "[::1]:2525" -> a listening socket; -1 with *error_r */
-int smtp_server_listen(const char *spec, const char **error_r)
-    __attribute__((warn_unused_result));
-/* serve the given listening sockets (kinds[i] for fds[i]) until SIGTERM/SIGINT */
+/* serve the given listening sockets (kinds[i] for fds[i], bound with
+ * listener_bind()) until SIGTERM/SIGINT */
 int smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfds,
     const struct smtp_server_conf *c, const char **error_r)
     __attribute__((warn_unused_result));

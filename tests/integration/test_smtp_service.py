@@ -180,6 +180,42 @@ class T19Anvil(ServiceCase):
             s.close()
 
 
+def low_fd_limit(n):
+    def set_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    return set_limit
+
+
+class T07Emfile(ServiceCase):
+    def test_out_of_descriptors_pauses_then_serves(self):
+        d = self.daemon(smtp_max_per_client=1000, smtp_max_connections=1000)
+        d.start(preexec_fn=low_fd_limit(64))
+        socks = []
+        try:
+            # far more clients than descriptors: the worker runs out
+            for i in range(120):
+                socks.append(connect(d.port, "127.0.7.%d" % (1 + i % 200), timeout=0.5))
+            time.sleep(4)
+            log = d.log_text().splitlines()
+            noisy = [l for l in log if "accept" in l.lower()]
+            self.assertGreaterEqual(len(noisy), 1, "no word about the failing accepts")
+            self.assertLessEqual(len(noisy), 3, "accept failures flood the log:\n%s" %
+                                 "\n".join(noisy[:5]))
+            self.assertLess(len(log), 40, "\n".join(log[-10:]))
+        finally:
+            for s in socks:
+                s.close()
+        # the backlog drains; a new client is served
+        def served():
+            s = connect(d.port, "127.0.8.1", timeout=3)
+            try:
+                return first_line(s).startswith("220 ")
+            finally:
+                s.close()
+        wait_until(served, 10, 0.2, what="a greeting after the descriptors came back")
+        self.assertTrue(d.proc.poll() is None, "the daemon died")
+
+
 if __name__ == "__main__":
     prog = unittest.main(exit=False, verbosity=2, argv=sys.argv)
     r = prog.result
