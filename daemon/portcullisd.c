@@ -11,6 +11,9 @@
  * "ready" or why it failed through a pipe: a failure at start-up (a busy
  * port, say) stops the master with that message and exit status 1.
  *
+ * A worker whose master died (SIGKILL, say) stops within a second, so the
+ * listeners are free for a new start.
+ *
  * The open files limit is raised to its hard limit at start: every
  * connection is a descriptor.
  *
@@ -53,6 +56,7 @@
 #define MAX_SERVICES 4
 #define MAX_LISTENERS 16
 #define READY_TIMEOUT_MS 15000
+#define ORPHAN_GRACE_MS 700	/* a worker whose master died stops within this, or is cut */
 
 enum service { SVC_MILTER, SVC_SMTP };
 
@@ -70,6 +74,7 @@ static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
 static size_t nsmtp_fds;
 static SSL_CTX *tls_ctx;
 static struct cidrtab *bare_exceptions;
+static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watches [0] */
 
 static void
 usage(void)
@@ -141,6 +146,42 @@ block_stop_signals(int how)
 }
 
 /* ---- worker side ---- */
+
+/*
+ * A worker without its master serves on unsupervised and keeps the
+ * listeners, so a new start fails with "Address already in use". The
+ * master holds the only write end of the lifeline: when it dies, for any
+ * reason, the read end sees POLLHUP. The worker then stops as on SIGTERM,
+ * and is cut short if that takes longer than ORPHAN_GRACE_MS (libmilter
+ * waits for its sessions).
+ */
+static void *
+lifeline_watch(void *arg)
+{
+	struct pollfd p = { .fd = lifeline[0], .events = POLLIN };
+
+	(void)arg;
+	while (poll(&p, 1, -1) < 0 && errno == EINTR)
+		;
+	log_error("the master process is gone: stopping");
+	kill(getpid(), SIGTERM);
+	usleep(ORPHAN_GRACE_MS * 1000);
+	log_error("not stopped after %d ms without a master: exiting", ORPHAN_GRACE_MS);
+	_exit(1);
+	return NULL;
+}
+
+static void
+lifeline_start(void)
+{
+	pthread_t t;
+
+	close(lifeline[1]);
+	lifeline[1] = -1;
+	if (pthread_create(&t, NULL, lifeline_watch, NULL) != 0)
+		fatal("cannot start the lifeline thread");
+	pthread_detach(t);
+}
 
 static void
 ready(int fd, const char *msg)
@@ -323,6 +364,7 @@ spawn(struct worker *wk, int *readyfd_r)
 		snprintf(ident, sizeof(ident), "portcullisd/%s", wk->name);
 		log_open(xstrdup(ident), log_is_stderr());
 		signal(SIGCHLD, SIG_DFL);
+		lifeline_start();	/* stop signals are blocked: the thread inherits that */
 		rc = worker_main(wk->svc, p[1]);
 		/* leave without the master's atexit handlers */
 		fflush(NULL);
@@ -602,6 +644,8 @@ dup:		;
 		setsid();
 	}
 	block_stop_signals(SIG_BLOCK);
+	if (pipe2(lifeline, O_CLOEXEC) < 0)
+		fatal("pipe: %s", strerror(errno));
 	for (size_t i = 0; i < nsvc; i++) {
 		int rfd;
 		const char *why;

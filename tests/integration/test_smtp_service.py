@@ -216,6 +216,48 @@ class T07Emfile(ServiceCase):
         self.assertTrue(d.proc.poll() is None, "the daemon died")
 
 
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+class T18Orphans(ServiceCase):
+    def test_master_killed_workers_follow(self):
+        d = self.daemon(milter=True).start()
+        wait_until(lambda: port_accepts("127.0.0.1", d.milter_port), 10, what="milter port")
+        # a session in progress on each door must not hold a worker
+        busy = connect(d.port, "127.0.9.1")
+        self.assertTrue(first_line(busy).startswith("220 "))
+        busy_milter = socket.create_connection(("127.0.0.1", d.milter_port), 5)
+        workers = wait_until(lambda: len(children(d.proc.pid)) == 2 and children(d.proc.pid), 10,
+                             what="two workers")
+        os.kill(d.proc.pid, signal.SIGKILL)
+        d.proc.wait(5)
+        t0 = time.monotonic()
+        try:
+            wait_until(lambda: not any(labmod._pid_alive(p) for p in workers), 1.5, 0.02,
+                       what="the workers %s to exit after their master" % workers)
+        finally:
+            for p in workers:       # never leave one behind
+                if labmod._pid_alive(p):
+                    os.kill(p, signal.SIGKILL)
+            busy.close()
+            busy_milter.close()
+        took = time.monotonic() - t0
+        self.assertLess(took, 1.5)
+        # a new start binds the same ports
+        d.proc = None
+        d.start()
+        wait_until(lambda: port_accepts("127.0.0.1", d.milter_port), 10, what="milter port")
+        s = connect(d.port, "127.0.9.2")
+        self.assertTrue(first_line(s).startswith("220 "))
+        s.close()
+        self.assertNotIn("Address already in use", d.log_text())
+
+
 if __name__ == "__main__":
     prog = unittest.main(exit=False, verbosity=2, argv=sys.argv)
     r = prog.result
