@@ -303,6 +303,9 @@ worker_main(enum service svc, int readyfd)
 		sc.max_connections = (unsigned)conf_get_int(conf, "smtp_max_connections");
 		sc.max_per_client = (unsigned)conf_get_int(conf, "smtp_max_per_client");
 		sc.timeout = (unsigned)conf_get_int(conf, "smtp_timeout");
+		sc.request_deadline = conf_get_bool(conf, "smtp_request_deadline");
+		sc.min_data_rate = (unsigned)conf_get_int(conf, "smtp_min_data_rate");
+		sc.stress_timeout = (unsigned)conf_get_int(conf, "smtp_stress_timeout");
 		sc.ban = watcher_ban;
 		sc.ban_arg = w;
 		sc.tls = tls_ctx;

@@ -13,6 +13,13 @@
  * Pass-through sessions are non-blocking clients on the loop itself
  * (downstream.c): closing one guarantees no callback for its connection.
  * The user database is reloaded when its file changes (checked each second).
+ *
+ * Timeouts are deadlines per request (service/deadline): smtp_timeout bounds
+ * a whole command line, DATA earns time at smtp_min_data_rate, and while
+ * more than 80 % of smtp_max_connections are in use (stress) the shorter
+ * smtp_stress_timeout applies to every connection. While the server works
+ * for a connection (a job, a lookup, the downstream) its clock stands still.
+ * Connections per client address are counted in service/anvil.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -41,6 +48,7 @@
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
 #include "service/anvil.h"
+#include "service/deadline.h"
 #include "service/listener.h"
 #include "storage-adapter/crammd5.h"
 #include "storage-adapter/maildir.h"
@@ -66,6 +74,7 @@ struct server {
 	struct event_base *base;
 	struct userdb *users;
 	unsigned nconn;
+	int stress;		/* over 80 % of max_connections: short timeouts */
 	struct conn *conns;
 	struct anvil *anvil;		/* connections per client address */
 	char errbuf[300];
@@ -86,6 +95,11 @@ struct conn {
 	char ptrname[256];	/* the reverse name being forward-confirmed */
 	struct event *close_timer;
 	int close_tries;
+	struct event *timer;	/* the request's deadline */
+	struct deadline dl;
+	int replied;		/* a reply went out: the next request begins */
+	size_t in_seen;		/* input bytes already counted for the deadline */
+	long long armed_due;	/* when the timer is set to fire (ms) */
 	int down_wait;		/* the downstream's reply is awaited (input paused) */
 	int ds_data;		/* DATA went to ds */
 };
@@ -114,6 +128,98 @@ user_exists(void *arg, const char *local, const char *domain)
 	return s->users != NULL && userdb_has_user(s->users, local, domain);
 }
 
+/* ---- timeouts: a deadline per request, shorter under stress ---- */
+
+static unsigned
+conn_timeout(const struct conn *c)
+{
+	const struct smtp_server_conf *k = c->srv->c;
+
+	return c->srv->stress && k->stress_timeout < k->timeout ? k->stress_timeout : k->timeout;
+}
+
+static void
+arm_timer(struct conn *c)
+{
+	long long due = deadline_due(&c->dl, conn_timeout(c)), left;
+	struct timeval tv;
+
+	if (due == c->armed_due && evtimer_pending(c->timer, NULL))
+		return;		/* most reads change nothing: spare the timer heap */
+	left = due - deadline_now_ms();
+	if (left < 0)
+		left = 0;
+	tv.tv_sec = (time_t)(left / 1000);
+	tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
+	evtimer_add(c->timer, &tv);
+	c->armed_due = due;
+}
+
+/* the client took too long: say so (inside TLS too: through the bev), close */
+static void
+timed_out(struct conn *c)
+{
+	char msg[160], who[CIDR_TEXT_MAX];
+	int n = snprintf(msg, sizeof(msg), "421 4.4.2 %s Error: timeout exceeded\r\n",
+	    c->srv->params.myhostname);
+	struct timeval tv = { 5, 0 };
+
+	log_info("timeout after %u s%s%s from [%s]", conn_timeout(c),
+	    smtp_proto_in_data(c->sp) ? " in DATA" : "", c->srv->stress ? " (stress)" : "",
+	    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+	smtp_proto_eof(c->sp);
+	c->closing = 1;
+	evtimer_del(c->timer);
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	bufferevent_write(c->bev, msg, (size_t)n);
+	bufferevent_enable(c->bev, EV_WRITE);
+}
+
+static void
+timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	long long now = deadline_now_ms();
+
+	(void)fd;
+	(void)what;
+	if (c->closing || c->dead)
+		return;
+	if (c->delivering || c->down_wait || !(bufferevent_get_enabled(c->bev) & EV_READ)) {
+		/* our turn, not the client's: its clock starts with our answer */
+		deadline_request(&c->dl, now);
+		arm_timer(c);
+		return;
+	}
+	if (now < deadline_due(&c->dl, conn_timeout(c))) {
+		arm_timer(c);	/* stress is over, or data earned time */
+		return;
+	}
+	timed_out(c);
+}
+
+/* Postfix's stress mode: short timeouts while the door is nearly full */
+static void
+update_stress(struct server *s)
+{
+	unsigned max = s->c->max_connections;
+
+	if (max == 0 || s->stopping)
+		return;
+	if (!s->stress && s->nconn * 5 > max * 4) {
+		s->stress = 1;
+		log_warn("stress: %u of %u connections in use; timeouts drop to %u s", s->nconn, max,
+		    s->c->stress_timeout < s->c->timeout ? s->c->stress_timeout : s->c->timeout);
+		for (struct conn *c = s->conns; c != NULL; c = c->next)
+			if (c->timer != NULL && !c->closing && !c->dead)
+				arm_timer(c);
+	} else if (s->stress && s->nconn * 10 <= max * 7) {
+		s->stress = 0;
+		log_info("stress over: %u of %u connections in use; timeouts back to %u s", s->nconn,
+		    max, s->c->timeout);
+	}
+}
+
 static void
 conn_free(struct conn *c)
 {
@@ -129,7 +235,10 @@ conn_free(struct conn *c)
 		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
 	if (c->close_timer != NULL)
 		event_free(c->close_timer);
+	if (c->timer != NULL)
+		event_free(c->timer);
 	s->nconn--;
+	update_stress(s);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -153,6 +262,7 @@ flush_output(struct conn *c)
 	size_t n;
 	const char *out = smtp_proto_output(c->sp, &n);
 
+	c->replied |= n > 0;
 	if (n > 0 && !c->tls && !smtp_proto_wants_close(c->sp) &&
 	    evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
 		ssize_t w = send(bufferevent_getfd(c->bev), out, n, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -437,7 +547,7 @@ start_tls(struct conn *c)
 	c->bev = tb;
 	c->tls = 1;
 	bufferevent_setcb(tb, read_cb, write_cb, event_cb, c);
-	bufferevent_set_timeouts(tb, &tv, &tv);
+	bufferevent_set_timeouts(tb, NULL, &tv);	/* reads: the request's deadline */
 	bufferevent_enable(tb, EV_READ | EV_WRITE);
 	smtp_proto_set_tls(c->sp, 1);
 }
@@ -519,14 +629,30 @@ handle_ban(struct conn *c)
 		c->srv->c->ban(c->srv->c->ban_arg, &a, secs, "long-command");
 }
 
+/* the input is taken for now: the deadline after what came and went */
+static void
+input_done(struct conn *c)
+{
+	if (c->replied) {	/* answered: the next request's clock starts */
+		c->replied = 0;
+		deadline_request(&c->dl, deadline_now_ms());
+	}
+	c->in_seen = evbuffer_get_length(bufferevent_get_input(c->bev));
+	if (!c->closing)
+		arm_timer(c);
+}
+
 static void
 read_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t len = evbuffer_get_length(in);
 
 	if (c->srv->stopping)
 		return;		/* shutting down: finish what runs, start nothing */
+	if (len > c->in_seen)
+		deadline_read(&c->dl, len - c->in_seen, smtp_proto_in_data(c->sp), deadline_now_ms());
 	while (!c->closing && evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec v;
 		size_t used;
@@ -539,6 +665,7 @@ read_cb(struct bufferevent *bev, void *arg)
 		flush_output(c);
 		if (smtp_proto_take_starttls(c->sp)) {
 			start_tls(c);
+			input_done(c);
 			return;
 		}
 		if (smtp_proto_take_down_reset(c->sp))
@@ -548,22 +675,26 @@ read_cb(struct bufferevent *bev, void *arg)
 		if (smtp_proto_pending_auth(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				check_auth(c, smtp_proto_pending_auth(c->sp));
+			input_done(c);
 			return;
 		}
 		if (smtp_proto_pending_down(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				down_step(c, smtp_proto_pending_down(c->sp));
+			input_done(c);
 			return;
 		}
 		if (smtp_proto_pending(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				deliver(c, smtp_proto_pending(c->sp));
+			input_done(c);
 			return;	/* the rest waits for the delivery */
 		}
 		stream_more(c);
 		if (used == 0)
 			break;
 	}
+	input_done(c);
 	if (c->closing) {
 		bufferevent_disable(bev, EV_READ);
 		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
@@ -613,20 +744,8 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (what & BEV_EVENT_CONNECTED)
 		return;		/* a TLS handshake completed */
-	if ((what & BEV_EVENT_TIMEOUT) && !c->closing) {
-		char msg[160], who[CIDR_TEXT_MAX];
-		int n = snprintf(msg, sizeof(msg), "421 4.4.2 %s Error: timeout exceeded\r\n",
-		    c->srv->params.myhostname);
-		struct timeval tv = { 5, 0 };
-
-		log_info("timeout after %u s from [%s]", c->srv->c->timeout,
-		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
-		/* through the bufferevent: inside TLS the 421 must be encrypted too */
-		smtp_proto_eof(c->sp);
-		c->closing = 1;
-		bufferevent_set_timeouts(bev, &tv, &tv);
-		bufferevent_write(bev, msg, (size_t)n);
-		bufferevent_enable(bev, EV_WRITE);
+	if ((what & BEV_EVENT_TIMEOUT) && !c->closing) {	/* a write: the client reads nothing */
+		timed_out(c);
 		return;
 	}
 	if ((what & BEV_EVENT_ERROR) && c->tls) {
@@ -773,7 +892,11 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 	if (c->has_addr)
 		per_client = anvil_connect(s->anvil, &c->addr, time(NULL));
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	bufferevent_set_timeouts(c->bev, NULL, &tv);	/* reads: the request's deadline */
+	c->timer = evtimer_new(s->base, timer_cb, c);
+	deadline_init(&c->dl, s->c->request_deadline, s->c->min_data_rate, deadline_now_ms());
+	arm_timer(c);
+	update_stress(s);
 	if (s->c->max_connections && s->nconn > s->c->max_connections) {
 		static const char msg[] = "421 4.7.0 Too many connections, try again later\r\n";
 

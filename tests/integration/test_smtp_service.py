@@ -258,6 +258,104 @@ class T18Orphans(ServiceCase):
         self.assertNotIn("Address already in use", d.log_text())
 
 
+def reply_within(s, seconds):
+    """The reply lines that arrive within seconds (until one without '-')."""
+    s.settimeout(seconds)
+    buf = b""
+    try:
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            buf += d
+            lines = buf.split(b"\r\n")
+            if len(lines) > 1 and len(lines[-2]) >= 4 and lines[-2][3:4] == b" ":
+                break
+    except socket.timeout:
+        pass
+    return buf.decode("latin-1")
+
+
+def command(s, line):
+    s.sendall(line.encode() + b"\r\n")
+    return reply_within(s, 5)
+
+
+class T17Timeouts(ServiceCase):
+    def test_command_trickler_cut_at_deadline(self):
+        # one byte per (timeout - 0.5 s): each read came in time, the request did not
+        d = self.daemon(smtp_timeout=2).start()
+        s = connect(d.port, "127.0.10.1")
+        self.assertTrue(first_line(s).startswith("220 "))
+        t0 = time.monotonic()
+        got = ""
+        for b in b"NOOP\r\n":
+            s.sendall(bytes([b]))
+            got = reply_within(s, 1.5)
+            if got:
+                break
+        took = time.monotonic() - t0
+        s.close()
+        self.assertTrue(got.startswith("421 4.4.2"), "got %r after %.1fs" % (got, took))
+        self.assertLess(took, 3.5)
+
+    def open_data(self, d, source):
+        s = connect(d.port, source)
+        self.assertTrue(first_line(s).startswith("220 "))
+        self.assertTrue(command(s, "EHLO client.example.net").startswith("250"))
+        self.assertTrue(command(s, "MAIL FROM:<a@outside.example.net>").startswith("250"))
+        self.assertTrue(command(s, "RCPT TO:<u@example.com>").startswith("250"))
+        self.assertTrue(command(s, "DATA").startswith("354"))
+        return s
+
+    def test_data_below_min_rate_cut(self):
+        d = self.daemon(smtp_timeout=2, smtp_min_data_rate=500, users="").start()
+        s = self.open_data(d, "127.0.10.2")
+        t0 = time.monotonic()
+        got = ""
+        while time.monotonic() - t0 < 8 and not got:
+            s.sendall(b"X-Slow: 1\r\n")       # 11 bytes every 0.3 s: ~37 B/s
+            got = reply_within(s, 0.3)
+        took = time.monotonic() - t0
+        s.close()
+        self.assertTrue(got.startswith("421 4.4.2"), "got %r after %.1fs" % (got, took))
+        self.assertLess(took, 4)
+        self.assertIn("timeout after 2 s in DATA", d.log_text())
+
+    def test_data_at_min_rate_passes(self):
+        # 4 s of message at ~8 kB/s, twice the timeout: the data earns its time
+        d = self.daemon(smtp_timeout=2, smtp_min_data_rate=500, users="").start()
+        s = self.open_data(d, "127.0.10.3")
+        s.sendall(b"Subject: steady\r\n\r\n")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4:
+            s.sendall(b"y" * 1998 + b"\r\n")
+            self.assertEqual(reply_within(s, 0.25), "")
+        self.assertTrue(command(s, ".").startswith("250 "))
+        s.close()
+
+    def test_stress_cuts_idle_connections(self):
+        d = self.daemon(smtp_max_connections=10, smtp_timeout=60, smtp_stress_timeout=1,
+                        smtp_max_per_client=100).start()
+        socks = [connect(d.port, "127.0.10.%d" % (10 + i)) for i in range(9)]
+        for s in socks:
+            self.assertTrue(first_line(s).startswith("220 "))
+        t0 = time.monotonic()
+        got = reply_within(socks[0], 5)
+        took = time.monotonic() - t0
+        self.assertTrue(got.startswith("421 4.4.2"), "got %r after %.1fs" % (got, took))
+        self.assertLess(took, 3)
+        for s in socks:
+            s.close()
+        wait_until(lambda: "stress over" in d.log_text(), 5, what="the end of stress in the log")
+        self.assertIn("stress: 9 of 10 connections in use", d.log_text())
+        # no stress, the normal timeout again
+        s = connect(d.port, "127.0.10.30")
+        self.assertTrue(first_line(s).startswith("220 "))
+        self.assertEqual(reply_within(s, 2), "")
+        s.close()
+
+
 if __name__ == "__main__":
     prog = unittest.main(exit=False, verbosity=2, argv=sys.argv)
     r = prog.result
