@@ -770,6 +770,10 @@ greet(struct conn *c, const char *hostname)
 {
 	smtp_proto_start(c->sp, c->has_addr ? &c->addr : NULL, hostname, (long long)time(NULL));
 	flush_output(c);
+	/* the client's first request starts with the greeting, not its first byte */
+	c->replied = 0;
+	deadline_request(&c->dl, deadline_now_ms());
+	arm_timer(c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
