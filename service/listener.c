@@ -61,6 +61,8 @@ listener_parse(const char *spec, const char *key, struct sockaddr_storage *ss_r,
 	memset(&ss, 0, sizeof(ss));
 	if (colon == NULL || colon == spec || (size_t)(colon - spec) >= sizeof(host))
 		goto bad;
+	if (strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 5)
+		goto bad;	/* digits only: no sign, no blank */
 	port = strtol(colon + 1, &end, 10);
 	if (colon[1] == '\0' || *end != '\0' || port < 1 || port > 65535)
 		goto bad;

@@ -63,6 +63,7 @@ main(void)
 	test_auth_register();
 	test_anvil_register();
 	test_deadline_register();
+	test_listener_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
