@@ -160,10 +160,14 @@ error_cb(struct evconnlistener *el, void *arg)
 
 	l->unlogged++;
 	if (now - l->logged >= LISTENER_LOG_EVERY) {
-		log_error("%s: cannot accept: %s; accepting paused%s (%lu failures since the last "
-		    "such line)", l->name, strerror(e), e == EMFILE || e == ENFILE ?
-		    " (raise the open files limit, or lower the connection limits)" : "",
-		    l->unlogged);
+		char since[80] = "";
+
+		if (l->logged != 0)
+			snprintf(since, sizeof(since), "; %lu failed accepts since the last such line",
+			    l->unlogged);
+		log_error("%s: cannot accept: %s; accepting paused%s%s", l->name, strerror(e),
+		    e == EMFILE || e == ENFILE ?
+		    " (raise the open files limit, or lower the connection limits)" : "", since);
 		l->logged = now;
 		l->unlogged = 0;
 	}
