@@ -198,6 +198,15 @@ timer_cb(evutil_socket_t fd, short what, void *arg)
 	timed_out(c);
 }
 
+/* a client that reads nothing is cut after the timeout in force too */
+static void
+set_write_timeout(struct conn *c)
+{
+	struct timeval tv = { conn_timeout(c), 0 };
+
+	bufferevent_set_timeouts(c->bev, NULL, &tv);
+}
+
 /* Postfix's stress mode: short timeouts while the door is nearly full */
 static void
 update_stress(struct server *s)
@@ -210,14 +219,19 @@ update_stress(struct server *s)
 		s->stress = 1;
 		log_warn("stress: %u of %u connections in use; timeouts drop to %u s", s->nconn, max,
 		    s->c->stress_timeout < s->c->timeout ? s->c->stress_timeout : s->c->timeout);
-		for (struct conn *c = s->conns; c != NULL; c = c->next)
-			if (c->timer != NULL && !c->closing && !c->dead)
-				arm_timer(c);
 	} else if (s->stress && s->nconn * 10 <= max * 7) {
 		s->stress = 0;
 		log_info("stress over: %u of %u connections in use; timeouts back to %u s", s->nconn,
 		    max, s->c->timeout);
+	} else {
+		return;
 	}
+	for (struct conn *c = s->conns; c != NULL; c = c->next)
+		if (c->timer != NULL && !c->closing && !c->dead) {
+			set_write_timeout(c);
+			if (s->stress)
+				arm_timer(c);	/* sooner; after stress the timers re-arm when they fire */
+		}
 }
 
 static void
@@ -533,7 +547,6 @@ start_tls(struct conn *c)
 	struct server *s = c->srv;
 	SSL *ssl = SSL_new(s->c->tls);
 	struct bufferevent *tb;
-	struct timeval tv = { s->c->timeout, 0 };
 
 	/* RFC 3207 §4: whatever the client sent before the handshake is dropped */
 	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
@@ -547,7 +560,7 @@ start_tls(struct conn *c)
 	c->bev = tb;
 	c->tls = 1;
 	bufferevent_setcb(tb, read_cb, write_cb, event_cb, c);
-	bufferevent_set_timeouts(tb, NULL, &tv);	/* reads: the request's deadline */
+	set_write_timeout(c);	/* reads: the request's deadline */
 	bufferevent_enable(tb, EV_READ | EV_WRITE);
 	smtp_proto_set_tls(c->sp, 1);
 }
@@ -868,7 +881,6 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 	struct door *li = arg;
 	struct server *s = li->srv;
 	struct conn *c = xcalloc(1, sizeof(*c));
-	struct timeval tv = { s->c->timeout, 0 };
 	unsigned per_client = 0;
 
 	(void)salen;
@@ -896,7 +908,7 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 	if (c->has_addr)
 		per_client = anvil_connect(s->anvil, &c->addr, time(NULL));
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-	bufferevent_set_timeouts(c->bev, NULL, &tv);	/* reads: the request's deadline */
+	set_write_timeout(c);	/* reads: the request's deadline */
 	c->timer = evtimer_new(s->base, timer_cb, c);
 	deadline_init(&c->dl, s->c->request_deadline, s->c->min_data_rate, deadline_now_ms());
 	arm_timer(c);
