@@ -67,7 +67,7 @@ class Daemon:
         self.proc = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
                                      stdout=self.logfh, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, preexec_fn=preexec_fn)
-        wait_until(lambda: self.proc.poll() is not None or port_accepts("127.0.0.1", self.port),
+        wait_until(lambda: self.proc.poll() is not None or smtp_ready(self.port),
                    15, what="portcullisd on port %d" % self.port)
         if self.proc.poll() is not None:
             raise AssertionError("portcullisd exited %s:\n%s" % (self.proc.returncode,
@@ -97,6 +97,27 @@ class Daemon:
         if os.environ.get("KEEP_LAB") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
         case.assertEqual(bad, [], "sanitizer report in the daemon log")
+
+
+def smtp_ready(port):
+    """Greeted, and gone again by the time this returns: the server closes
+    after 221, so the probe no longer counts toward any limit."""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), 1)
+    except OSError:
+        return False
+    try:
+        s.settimeout(5)
+        if not s.recv(512).startswith(b"220"):
+            return False
+        s.sendall(b"QUIT\r\n")
+        while s.recv(512):
+            pass
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def connect(port, source, timeout=10):
@@ -354,6 +375,27 @@ class T17Timeouts(ServiceCase):
         self.assertTrue(first_line(s).startswith("220 "))
         self.assertEqual(reply_within(s, 2), "")
         s.close()
+
+
+    def test_idle_connections_lock_nobody_out(self):
+        # the report's 200 idle connections from 10 addresses, scaled down
+        d = self.daemon(smtp_max_connections=10, smtp_max_per_client=2, smtp_timeout=60,
+                        smtp_stress_timeout=1).start()
+        idle = [connect(d.port, "127.0.11.%d" % (1 + i // 2)) for i in range(10)]
+        for s in idle:
+            self.assertTrue(first_line(s).startswith("220 "))
+
+        def newcomer_served():
+            s = connect(d.port, "127.0.11.99")
+            try:
+                return first_line(s).startswith("220 ")
+            finally:
+                s.close()
+        t0 = time.monotonic()
+        wait_until(newcomer_served, 4, 0.2, what="a newcomer greeted")
+        self.assertLess(time.monotonic() - t0, 4)
+        for s in idle:
+            s.close()
 
 
 if __name__ == "__main__":
