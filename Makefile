@@ -98,6 +98,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_faults.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_dns.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_install.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_stats.py
 
 bench: deps
 	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter

@@ -34,6 +34,8 @@
 #include "common/owner.h"
 #include "common/tls.h"
 #include "common/xmalloc.h"
+#include "common/stats.h"
+#include "daemon/metrics.h"
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "rules/policy.h"
@@ -304,6 +306,7 @@ spawn(struct worker *wk, int *readyfd_r)
 		snprintf(ident, sizeof(ident), "portcullisd/%s", wk->name);
 		log_open(xstrdup(ident), log_is_stderr());
 		log_reopen_on_signal(SIGUSR1);	/* the master passes logrotate's on */
+		stats_set_door(wk->name);
 		signal(SIGCHLD, SIG_DFL);
 		rc = worker_main(wk->svc, p[1]);
 		/* leave without the master's atexit handlers */
@@ -555,6 +558,18 @@ dup:		;
 		log_warn("mydomains is empty: every recipient counts as relayed, so clients "
 		    "outside relay_networks can send nothing");
 	mkdirs(conf_get(c, "state_dir"));
+	{	/* counters every process shares; `portcullis stats` reads them */
+		char *sp = xasprintf("%s/stats", conf_get(c, "state_dir"));
+
+		if (stats_open(sp, &err) < 0)
+			log_warn("no counters: %s", err);
+		free(sp);
+		if (conf_get(c, "metrics_listen")[0] != '\0' &&
+		    metrics_bind(conf_get(c, "metrics_listen"), &err) < 0) {
+			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "metrics_listen"), err);
+			return 1;
+		}
+	}
 	/* listeners are bound and keys read: drop root before any worker runs */
 	if (owner_drop(c, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
@@ -636,6 +651,8 @@ dup:		;
 		}
 	}
 
+	if (metrics_start(&err) < 0)
+		log_error("%s", err);
 	/* supervise */
 	for (int stopping = 0; !stopping;) {
 		sigset_t set;
@@ -700,6 +717,7 @@ dup:		;
 		}
 	}
 	stop_workers(wk, nsvc);
+	metrics_stop();
 	for (size_t i = 0; i < nsmtp_fds; i++)
 		close(smtp_fds[i]);
 	unlink(conf_get(c, "pid_file"));
