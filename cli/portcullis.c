@@ -11,12 +11,16 @@
  *   portcullis [-c FILE] [-o k=v]... user del USER@DOMAIN | user list
  *   portcullis [-c FILE] [-o k=v]... explain --client IP [--hostname NAME] [--helo H]
  *                 [--auth USER] --from ADDR --rcpt ADDR... [--header NAME]...
+ *   portcullis [-c FILE] [-o k=v]... reload
  *
  * Writes go to the list store named by `lists`; a running portcullisd picks
  * them up within a second. A bad ENTRY is refused and nothing is written.
+ * `reload` sends SIGHUP to the daemon in pid_file and waits for its verdict
+ * in state_dir/reload-status (1 when the daemon refused the configuration).
  * Exit: 0 done (explain: accepted), 1 refused by explain, 2 error.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +57,7 @@ usage(void)
 	    "  user del USER@DOMAIN\n"
 	    "  user list\n"
 	    "  stats [--prometheus]\n"
+	    "  reload\n"
 	    "  explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
 	    "          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
 	    "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
@@ -750,6 +755,73 @@ cmd_stats(const struct conf *c, int argc, char **argv)
 	return 0;
 }
 
+/* state_dir/reload-status as the daemon wrote it: -1 until whole */
+static int
+reload_status_read(const char *path, unsigned long *gen_r, int *ok_r, char *msg, size_t cap)
+{
+	char buf[4096], res[16];
+	FILE *fp = fopen(path, "r");
+	size_t n;
+	char *body, *end;
+
+	if (fp == NULL)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = '\0';
+	if (sscanf(buf, "generation %lu\nresult %15s\n", gen_r, res) != 2)
+		return -1;
+	body = strchr(strchr(buf, '\n') + 1, '\n');
+	end = strstr(buf, "\nend\n");
+	if (body == NULL || end == NULL || end < body)
+		return -1;
+	*end = '\0';
+	snprintf(msg, cap, "%s", body + 1);
+	*ok_r = strcmp(res, "ok") == 0;
+	return 0;
+}
+
+/* SIGHUP to the daemon, then wait (60 s at most) for what it made of it */
+static int
+cmd_reload(const struct conf *c, int argc, char **argv)
+{
+	char *status = xasprintf("%s/reload-status", conf_get(c, "state_dir"));
+	const char *pidfile = conf_get(c, "pid_file");
+	unsigned long gen0 = 0, gen;
+	char msg[4096];
+	long pid = 0;
+	int ok;
+	FILE *fp;
+
+	(void)argv;
+	if (argc != 0)
+		usage();
+	fp = fopen(pidfile, "r");
+	if (fp == NULL || fscanf(fp, "%ld", &pid) != 1 || pid <= 1)
+		die("cannot read a pid from pid_file %s: is portcullisd running?", pidfile);
+	fclose(fp);
+	(void)reload_status_read(status, &gen0, &ok, msg, sizeof(msg));
+	if (kill((pid_t)pid, SIGHUP) < 0)
+		die("cannot signal portcullisd (pid %ld): %s", pid, strerror(errno));
+	for (int waited = 0; waited < 60000; waited += 50) {
+		struct timespec ts = { 0, 50 * 1000 * 1000 };
+
+		if (reload_status_read(status, &gen, &ok, msg, sizeof(msg)) == 0 && gen > gen0) {
+			free(status);
+			if (ok) {
+				printf("portcullis: reloaded\n%s", msg);
+				return 0;
+			}
+			fprintf(stderr, "portcullis: reload refused, the running configuration stays: %s",
+			    msg);
+			return 1;
+		}
+		nanosleep(&ts, NULL);
+	}
+	die("no answer from portcullisd (pid %ld) within 60 s: see its log", pid);
+	return 2;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -782,7 +854,9 @@ main(int argc, char **argv)
 	if (conf_finish(conf, &err) < 0)
 		die("%s", err);
 
-	if (strcmp(argv[i], "explain") == 0) {
+	if (strcmp(argv[i], "reload") == 0) {
+		rc = cmd_reload(conf, argc - i - 1, argv + i + 1);
+	} else if (strcmp(argv[i], "explain") == 0) {
 		rc = cmd_explain(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "stats") == 0) {
 		rc = cmd_stats(conf, argc - i - 1, argv + i + 1);

@@ -5,7 +5,13 @@
  * lookups (evdns), connection limits and timeouts.
  *
  *   smtp_server_run()      the loop on the listeners the master bound
- *                          (service/listener), until SIGTERM/SIGINT
+ *                          (service/listener), until SIGTERM/SIGINT, or
+ *                          until drained after SIGUSR2
+ *
+ * SIGUSR2 (live reload: a new worker already serves the same listeners)
+ * drains: accept nothing more, let every open session finish as usual, and
+ * return once none is left, or after smtp_timeout; then the cached
+ * downstream sessions are closed.
  *
  * The loop never waits: Maildir writes and fsyncs and password checks run on
  * a pool of job threads whose completions come back on the loop; a
@@ -24,6 +30,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +85,9 @@ struct server {
 	struct conn *conns;
 	struct anvil *anvil;		/* connections per client address */
 	char errbuf[300];
+	struct door *doors;		/* the listeners, dropped when draining */
+	size_t ndoors;
+	time_t drain_until;		/* draining (SIGUSR2): stop by then; 0 not */
 };
 
 struct conn {
@@ -262,6 +272,8 @@ conn_free(struct conn *c)
 	smtp_proto_free(&c->sp);
 	bufferevent_free(c->bev);
 	free(c);
+	if (s->drain_until != 0 && s->nconn == 0)
+		event_base_loopexit(s->base, NULL);	/* drained */
 }
 
 /*
@@ -944,6 +956,25 @@ stop_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(s->base, NULL);
 }
 
+/* live reload: the new worker takes the listeners; we finish what runs */
+static void
+drain_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *s = arg;
+
+	(void)sig;
+	(void)what;
+	if (s->drain_until != 0)
+		return;
+	for (size_t i = 0; i < s->ndoors; i++)
+		listener_free(&s->doors[i].l);
+	s->drain_until = time(NULL) + (time_t)s->c->timeout;
+	log_info("smtp: draining for a reload: %u session%s left, none accepted", s->nconn,
+	    s->nconn == 1 ? "" : "s");
+	if (s->nconn == 0)
+		event_base_loopexit(s->base, NULL);
+}
+
 static void
 users_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -952,6 +983,12 @@ users_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (s->drain_until != 0 && time(NULL) >= s->drain_until) {
+		log_warn("smtp: drained for smtp_timeout, %u session%s still open: closing them",
+		    s->nconn, s->nconn == 1 ? "" : "s");
+		event_base_loopexit(s->base, NULL);
+		return;
+	}
 	anvil_expire(s->anvil, time(NULL));
 	if (s->users != NULL && userdb_changed(s->users)) {
 		struct userdb *db = userdb_load(s->c->users_url, &err);
@@ -972,7 +1009,8 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 {
 	struct server *s = xcalloc(1, sizeof(*s));
 	struct door *ls = xcalloc(nfds + 1, sizeof(*ls));
-	struct event *sig_term, *sig_int, *tick;
+	struct event *sig_term, *sig_int, *sig_drain, *tick;
+	sigset_t usr2;
 	struct timeval one = { 1, 0 };
 	int rc = 0;
 
@@ -1027,9 +1065,17 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	}
 	sig_term = evsignal_new(s->base, SIGTERM, stop_cb, s);
 	sig_int = evsignal_new(s->base, SIGINT, stop_cb, s);
+	sig_drain = evsignal_new(s->base, SIGUSR2, drain_cb, s);
 	tick = event_new(s->base, -1, EV_PERSIST, users_cb, s);
 	evsignal_add(sig_term, NULL);
 	evsignal_add(sig_int, NULL);
+	evsignal_add(sig_drain, NULL);
+	/* the master spawns us with SIGUSR2 blocked: one sent early waits for us */
+	sigemptyset(&usr2);
+	sigaddset(&usr2, SIGUSR2);
+	pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
+	s->doors = ls;
+	s->ndoors = nfds;
 	event_add(tick, &one);
 	if (rc == 0)
 		event_base_dispatch(s->base);
@@ -1047,6 +1093,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	downstream_set_free(&s->downs);	/* sessions saying QUIT are cut short */
 	event_free(sig_term);
 	event_free(sig_int);
+	event_free(sig_drain);
 	event_free(tick);
 	event_base_free(s->base);
 	anvil_free(&s->anvil);
