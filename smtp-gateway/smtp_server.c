@@ -352,7 +352,7 @@ delivery_done(void *arg)
 
 /* ---- pass-through: the downstream session runs on this loop ---- */
 
-static char *received_header(struct server *s, const struct smtp_msg *m);
+static char *received_header(struct conn *c, const struct smtp_msg *m, int store);
 
 /* the downstream answered a RCPT (or failed before it): mirror it */
 static void
@@ -419,7 +419,7 @@ down_send(struct conn *c, const char *p, size_t n, int last)
 	char *head = NULL;
 
 	if (!c->ds_data)	/* DATA goes with the first bytes, our Received: line after 354 */
-		head = received_header(c->srv, smtp_proto_envelope(c->sp));
+		head = received_header(c, smtp_proto_envelope(c->sp), 0);
 	downstream_send(c->ds, head, p, n);
 	if (last)
 		downstream_finish(c->ds, head, down_final_cb, c);
@@ -516,7 +516,7 @@ spool_more(struct conn *c)
 				c->spool_err = errno ? errno : EIO;
 				log_error("spooling a message from %s: %s", m->client, err);
 			} else {
-				head = received_header(c->srv, m);
+				head = received_header(c, m, 1);
 				if (maildir_tmp_write(c->spool, head, strlen(head), &err) < 0) {
 					c->spool_err = errno;
 					log_error("spooling a message from %s: %s", m->client, err);
@@ -550,19 +550,63 @@ spool_drop(struct conn *c)
 	c->spooled = 0;
 }
 
-/* our Received: line, from the envelope of the message being received */
-static char *
-received_header(struct server *s, const struct smtp_msg *m)
+/* a copy for a header line: controls and 8-bit made '?' (never fold or
+ * smuggle a line into the message) */
+static void
+header_text(char *dst, size_t cap, const char *src)
 {
-	char date[64];
+	size_t i;
+
+	for (i = 0; src[i] != '\0' && i + 1 < cap; i++)
+		dst[i] = (unsigned char)src[i] < 0x20 || (unsigned char)src[i] >= 0x7f ? '?' : src[i];
+	dst[i] = '\0';
+}
+
+/*
+ * Our trace lines, from the envelope of the message being received, as
+ * Postfix writes them: "with" names the protocol as RFC 3848 does (ESMTP,
+ * ESMTPS with TLS, ESMTPA with AUTH, ESMTPSA with both; SMTP after HELO),
+ * the TLS version and cipher follow the client, and "for <rcpt>" is there
+ * only for a message with one recipient: every copy of a message for
+ * several would otherwise name the first, Bcc or not. store: final
+ * delivery into the Maildir store, which adds Return-Path: (RFC 5321
+ * §4.4); pass-through leaves that to the MTA that delivers.
+ */
+static char *
+received_header(struct conn *c, const struct smtp_msg *m, int store)
+{
+	struct server *s = c->srv;
+	char date[64], helo[128], client[128], rcpt[600], sender[600], tls[200] = "";
+	char rp[640] = "";
 	time_t now = time(NULL);
 	struct tm tm;
+	SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
 
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	return xasprintf("Received: from %s (%s)\r\n\tby %s with ESMTP\r\n\t"
-	    "for <%s>; %s\r\n", m->helo[0] ? m->helo : "unknown", m->client,
-	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
+	header_text(helo, sizeof(helo), m->helo[0] ? m->helo : "unknown");
+	header_text(client, sizeof(client), m->client);
+	if (ssl != NULL && SSL_get_current_cipher(ssl) != NULL) {
+		const SSL_CIPHER *ci = SSL_get_current_cipher(ssl);
+		int alg = 0, used = SSL_CIPHER_get_bits(ci, &alg);
+
+		snprintf(tls, sizeof(tls), "\r\n\t(using %s with cipher %s (%d/%d bits))",
+		    SSL_get_version(ssl), SSL_CIPHER_get_name(ci), used, alg);
+	}
+	if (store) {
+		header_text(sender, sizeof(sender), m->sender ? m->sender : "");
+		snprintf(rp, sizeof(rp), "Return-Path: <%s>\r\n", sender);
+	}
+	if (m->nrcpt == 1) {
+		header_text(rcpt, sizeof(rcpt), m->rcpt[0]);
+		return xasprintf("%sReceived: from %s (%s)%s\r\n\tby %s with %s%s%s\r\n\t"
+		    "for <%s>; %s\r\n", rp, helo, client, tls, s->params.myhostname,
+		    m->esmtp ? "ESMTP" : "SMTP", m->esmtp && m->tls ? "S" : "",
+		    m->esmtp && m->auth ? "A" : "", rcpt, date);
+	}
+	return xasprintf("%sReceived: from %s (%s)%s\r\n\tby %s with %s%s%s;\r\n\t%s\r\n",
+	    rp, helo, client, tls, s->params.myhostname, m->esmtp ? "ESMTP" : "SMTP",
+	    m->esmtp && m->tls ? "S" : "", m->esmtp && m->auth ? "A" : "", date);
 }
 
 static void
@@ -612,7 +656,7 @@ deliver(struct conn *c, struct smtp_msg *m)
 	c->spool_err = 0;
 	c->spooled = 0;
 	if (d->spool == NULL && d->spool_err == 0)
-		d->head = received_header(s, m);
+		d->head = received_header(c, m, 1);
 	d->data = m->data;	/* stays with the session until smtp_proto_delivered() */
 	d->len = m->len;
 	d->root = s->c->maildir_root;
