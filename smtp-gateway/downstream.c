@@ -95,6 +95,7 @@ struct downstream {
 	int closed;			/* the owner let go: no more callbacks */
 	int reused;			/* a cached session, no reply to the new MAIL yet */
 	int tx_done;			/* the last transaction ended with its verdict */
+	int closing;			/* it said 421: never reused, never RSET */
 	int lost_early;			/* lost before the owner asked for a RCPT */
 	unsigned nrcpt;			/* RCPT replies reported this transaction */
 	unsigned ntx;			/* transactions on this connection */
@@ -467,6 +468,7 @@ connect_now(struct downstream *d)
 	d->pipelining = 0;
 	d->ntx = 0;
 	d->born = time(NULL);
+	d->closing = 0;
 	d->lost_early = 0;
 	if (fd < 0) {
 		snprintf(d->fail, sizeof(d->fail), "451 4.4.1 downstream unavailable: %s",
@@ -609,6 +611,7 @@ on_reply(struct downstream *d, int code, const char *text)
 	case DS_RCPT:
 		quiet(d, DS_IDLE);
 		d->nrcpt++;
+		d->closing |= code == 421;
 		report(d, text);
 		return;
 	case DS_DATA:
@@ -623,6 +626,7 @@ on_reply(struct downstream *d, int code, const char *text)
 		d->finishing = 0;
 		d->ntx++;
 		d->tx_done = code != 421;	/* a 421 says the downstream closes */
+		d->closing |= code == 421;
 		if (d->quit_sent)
 			await(d, DS_QUIT);	/* the 221 is on its way */
 		else
@@ -980,7 +984,7 @@ cache(struct downstream *d)
 	struct downstream_set *s = d->set;
 	struct timeval tv = { s->cache_time, 0 };
 
-	if (d->bev == NULL || s->cache_time == 0 || s->nidle >= DOWN_IDLE_MAX ||
+	if (d->bev == NULL || d->closing || s->cache_time == 0 || s->nidle >= DOWN_IDLE_MAX ||
 	    d->ntx >= DOWN_REUSE_MAX || time(NULL) - d->born >= DOWN_LIFE_MAX)
 		return 0;
 	d->st = DS_CACHED;
@@ -1005,8 +1009,8 @@ downstream_close(struct downstream **dp)
 	event_del(d->room_ev);
 	if (d->st == DS_IDLE && d->tx_done && cache(d))
 		return;		/* between transactions: kept for the next message */
-	if (d->st == DS_IDLE && !d->tx_done && d->bev != NULL && s->cache_time > 0 &&
-	    d->ntx < DOWN_REUSE_MAX) {
+	if (d->st == DS_IDLE && !d->tx_done && d->bev != NULL && !d->closing &&
+	    s->cache_time > 0 && d->ntx < DOWN_REUSE_MAX) {
 		/* the client reset its transaction (RSET, a new MAIL): reset ours
 		 * and keep the session, rather than a new connection per MAIL */
 		evbuffer_add(d->w, "RSET\r\n", 6);

@@ -1376,6 +1376,26 @@ smtp_proto_take_down_reset(struct smtp_proto *sp)
 	return r;
 }
 
+/*
+ * A downstream reply passed on as it is. A 421 says the downstream is
+ * closing: it ends the client's session too once said (Postfix hangs up
+ * after its before-queue filter's 421), so the client does not go on in a
+ * session whose downstream is gone, and retries later elsewhere.
+ */
+static void
+mirror(struct smtp_proto *sp, const char *line)
+{
+	reply(sp, "%s", line);
+	if (strncmp(line, "421", 3) == 0) {
+		log_info("downstream said 421 to %s: closing the session", engine_client_text(sp->es));
+		if (sp->in_tx)
+			engine_abort(sp->es);
+		tx_reset(sp);
+		sp->close_after = 1;
+		sp->st = ST_CLOSED;
+	}
+}
+
 void
 smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 {
@@ -1395,7 +1415,7 @@ smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 		sp->route = 0;
 		sp->down_reset = 1;
 	}
-	reply(sp, "%s", line);	/* mirrored: what the downstream said */
+	mirror(sp, line);	/* what the downstream said */
 }
 
 const struct smtp_down_req *
@@ -1446,11 +1466,11 @@ smtp_proto_stream_taken(struct smtp_proto *sp, size_t n)
 void
 smtp_proto_delivered_reply(struct smtp_proto *sp, const char *line)
 {
-	reply(sp, "%s", line);
 	sp->route = 0;		/* the server closes the session it used */
 	tx_reset(sp);
 	sp->down_reset = 0;
 	sp->st = ST_CMD;
+	mirror(sp, line);
 }
 
 void

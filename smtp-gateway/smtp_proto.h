@@ -114,7 +114,8 @@ void smtp_proto_auth_done(struct smtp_proto *sp, int ok);
 const char *smtp_proto_auth_user(const struct smtp_proto *sp);
 /* a RCPT waits for the downstream's answer (input is paused) */
 struct smtp_down_req *smtp_proto_pending_down(struct smtp_proto *sp);
-/* the downstream's reply line ("250 2.1.5 Ok", "354 ...") to that step */
+/* the downstream's reply line ("250 2.1.5 Ok", "354 ...") to that step;
+ * a 421 (here and in smtp_proto_delivered_reply()) closes the session after it */
 void smtp_proto_down_done(struct smtp_proto *sp, const char *reply);
 /*
  * DATA as it arrives (streamed downstream, or spooled to a file): message
