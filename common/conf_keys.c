@@ -15,6 +15,8 @@ const struct conf_key conf_keys[] = {
 	{ "lists_resync", "60", CT_TIME, NULL, 1, 86400 },
 	{ "lists_cache", "$state_dir/lists-cache", CT_STR, NULL, 0, 0 },
 	{ "log_level", "info", CT_ENUM, "debug|info|warn|error", 0, 0 },
+	{ "log_file", "", CT_STR, NULL, 0, 0 },	/* "": syslog (or stderr with -f) */
+	{ "metrics_listen", "", CT_STR, NULL, 0, 0 },	/* HOST:PORT: Prometheus text format */
 	{ "run_user", "", CT_STR, NULL, 0, 0 },	/* "": keep the starting user */
 
 	/* which front doors run, each in its own worker process */

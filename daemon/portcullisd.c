@@ -34,6 +34,8 @@
 #include "common/owner.h"
 #include "common/tls.h"
 #include "common/xmalloc.h"
+#include "common/stats.h"
+#include "daemon/metrics.h"
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "rules/policy.h"
@@ -303,6 +305,8 @@ spawn(struct worker *wk, int *readyfd_r)
 		close(p[0]);
 		snprintf(ident, sizeof(ident), "portcullisd/%s", wk->name);
 		log_open(xstrdup(ident), log_is_stderr());
+		log_reopen_on_signal(SIGUSR1);	/* the master passes logrotate's on */
+		stats_set_door(wk->name);
 		signal(SIGCHLD, SIG_DFL);
 		rc = worker_main(wk->svc, p[1]);
 		/* leave without the master's atexit handlers */
@@ -538,10 +542,34 @@ dup:		;
 	log_open("portcullisd", foreground);
 	if (log_level_parse(conf_get(c, "log_level"), &lvl) == 0)
 		log_set_level(lvl);
+	if (conf_get(c, "log_file")[0] != '\0') {
+		unsigned uid, gid;
+
+		if (log_open_file(conf_get(c, "log_file"), &err) < 0) {
+			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "log_file"), err);
+			return 1;
+		}
+		/* the workers reopen it after logrotate, as run_user */
+		if (geteuid() == 0 && owner_lookup(c, &uid, &gid, &err) == 0 && uid != 0 &&
+		    fchown(log_file_fd(), uid, gid) < 0)
+			log_warn("cannot hand log_file to run_user: %s", strerror(errno));
+	}
 	if (p->ndomains == 0)
 		log_warn("mydomains is empty: every recipient counts as relayed, so clients "
 		    "outside relay_networks can send nothing");
 	mkdirs(conf_get(c, "state_dir"));
+	{	/* counters every process shares; `portcullis stats` reads them */
+		char *sp = xasprintf("%s/stats", conf_get(c, "state_dir"));
+
+		if (stats_open(sp, &err) < 0)
+			log_warn("no counters: %s", err);
+		free(sp);
+		if (conf_get(c, "metrics_listen")[0] != '\0' &&
+		    metrics_bind(conf_get(c, "metrics_listen"), &err) < 0) {
+			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "metrics_listen"), err);
+			return 1;
+		}
+	}
 	/* listeners are bound and keys read: drop root before any worker runs */
 	if (owner_drop(c, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
@@ -577,6 +605,13 @@ dup:		;
 		setsid();
 	}
 	block_stop_signals(SIG_BLOCK);
+	{	/* SIGUSR1 (logrotate) is taken by the supervise loop's sigwait */
+		sigset_t usr1;
+
+		sigemptyset(&usr1);
+		sigaddset(&usr1, SIGUSR1);
+		pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+	}
 	for (size_t i = 0; i < nsvc; i++) {
 		int rfd;
 		const char *why;
@@ -616,6 +651,8 @@ dup:		;
 		}
 	}
 
+	if (metrics_start(&err) < 0)
+		log_error("%s", err);
 	/* supervise */
 	for (int stopping = 0; !stopping;) {
 		sigset_t set;
@@ -626,8 +663,16 @@ dup:		;
 		sigaddset(&set, SIGINT);
 		sigaddset(&set, SIGHUP);
 		sigaddset(&set, SIGCHLD);
+		sigaddset(&set, SIGUSR1);
 		if (sigwait(&set, &sig) != 0)
 			continue;
+		if (sig == SIGUSR1) {	/* logrotate moved log_file: reopen, and tell the workers */
+			log_reopen();
+			for (size_t i = 0; i < nsvc; i++)
+				if (wk[i].pid > 0)
+					kill(wk[i].pid, SIGUSR1);
+			continue;
+		}
 		if (sig == SIGTERM || sig == SIGINT) {
 			log_info("portcullisd stopping");
 			break;
@@ -672,6 +717,7 @@ dup:		;
 		}
 	}
 	stop_workers(wk, nsvc);
+	metrics_stop();
 	for (size_t i = 0; i < nsmtp_fds; i++)
 		close(smtp_fds[i]);
 	unlink(conf_get(c, "pid_file"));
