@@ -11,6 +11,8 @@ Three gateways (services = smtp), each a real portcullisd:
   - delivery = relay:[127.0.0.1]:PORT to a downstream (in this file) that
     stalls 4 s after its 354 before reading a 64 MB message: the gateway stops
     reading its client meanwhile instead of buffering; the same over STARTTLS.
+  - delivery into a 4 MB tmpfs (root only, else skipped): an 8 MB message
+    gets 452 4.3.1, its partial spool file goes, the session goes on.
 Asserted each time: the growth of the worker's peak RSS (VmHWM of the master's
 child, /proc/PID/status) stays under a bound far below the data in flight;
 every 250 message is in new/ (or downstream) exactly once, byte for byte
@@ -469,6 +471,51 @@ class T4PassThroughSlowDownstreamTLS(unittest.TestCase):
             shutil.rmtree(keydir, ignore_errors=True)
         self.assertTrue(rc == 0 and not bad, "daemon exit %s; %s" % (rc, bad[:5]))
 
+
+
+class T5DiskFull(unittest.TestCase):
+    """A store that fills up mid-message: the rest is read and dropped, the
+    final dot gets 452 4.3.1, nothing is left in tmp/, and the next message
+    that fits is delivered. The store is a 4 MB tmpfs (needs root: skipped
+    where mount is not allowed)."""
+
+    def test_disk_full_452_and_nothing_left(self):
+        mnt = tempfile.mkdtemp(prefix="portcullis-spool-full.", dir="/tmp")
+        os.chmod(mnt, 0o755)
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", mnt],
+                           capture_output=True, timeout=30)
+        if p.returncode != 0:
+            os.rmdir(mnt)
+            self.skipTest("cannot mount a tmpfs here: %s" % p.stderr.decode().strip())
+        g = None
+        try:
+            g = Gateway("full", "delivery = maildir:%s\nmessage_size_limit = 0\n" % mnt)
+            g.maildir = mnt
+            m = uuid.uuid4().hex
+            c = Client(g.port)
+            c.begin()
+            head, pieces = message_parts(m, 8)
+            r = c.send_message(head, pieces)
+            self.assertTrue(r.startswith(b"452 4.3.1"), r)
+            self.assertEqual(g.box("tmp"), [], "the partial spool file is removed")
+            self.assertEqual(g.stored(m), [])
+            # the same session goes on, and a message that fits is delivered
+            self.assertTrue(c.cmd(b"MAIL FROM:<s@outside.test>").startswith(b"250"))
+            self.assertTrue(c.cmd(b"RCPT TO:<alice@example.com>").startswith(b"250"))
+            self.assertTrue(c.cmd(b"DATA").startswith(b"354"))
+            m2 = uuid.uuid4().hex
+            head2, pieces2 = message_parts(m2, 1)
+            r = c.send_message(head2, pieces2)
+            self.assertTrue(r.startswith(b"250 "), r)
+            c.close()
+            (path,) = g.stored(m2)
+            check_file(self, path, head2, pieces2)
+        finally:
+            if g is not None:
+                rc, bad, text = g.stop()
+            subprocess.run(["umount", mnt], capture_output=True, timeout=30)
+            os.rmdir(mnt)
+        self.assertTrue(rc == 0 and not bad, "daemon exit %s; %s" % (rc, bad[:5]))
 
 
 if __name__ == "__main__":
