@@ -8,11 +8,15 @@
  *                          restarted worker inherits the socket)
  *   smtp_server_run()      the loop, until SIGTERM/SIGINT
  *
- * The loop never waits: Maildir writes and fsyncs and password checks run on
- * a pool of job threads whose completions come back on the loop; a
- * connection a job still points at is freed only when the job is done.
- * Pass-through sessions are non-blocking clients on the loop itself
- * (downstream.c): closing one guarantees no callback for its connection.
+ * The loop never waits: fsyncs and password checks run on a pool of job
+ * threads whose completions come back on the loop; a connection a job still
+ * points at is freed only when the job is done. No message is held whole:
+ * a local one past 64 KiB is written to the store's tmp/ as it arrives (in
+ * 64 KiB page-cache writes on the loop; see spool_more()), a pass-through
+ * one streams downstream and the client is not read while the downstream
+ * is behind. Pass-through sessions are non-blocking clients on the loop
+ * itself (downstream.c): closing one guarantees no callback for its
+ * connection.
  * The user database is reloaded when its file changes (checked each second).
  */
 #include <arpa/inet.h>
@@ -49,8 +53,8 @@
 #define PER_CLIENT_SLOTS 1024
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
 #define SMTP_STREAM_MIN 65536		/* pass a streamed message on in pieces this big */
-#define SMTP_STREAM_QUEUE (256 * 1024)	/* at most this much waits for a slow downstream; */
-#define SMTP_STREAM_ROOM (128 * 1024)	/* past it the client is not read until this */
+#define SMTP_STREAM_QUEUE (256 * 1024)	/* at most this much waits for a slow downstream */
+#define SMTP_STREAM_ROOM (128 * 1024)	/* a client paused for it reads on below this */
 #define SMTP_SPOOL_MIN 65536		/* a message past this goes to tmp/ in such pieces */
 
 struct listener {
@@ -91,7 +95,6 @@ struct conn {
 	int close_tries;
 	int down_wait;		/* the downstream's reply is awaited (input paused) */
 	int ds_data;		/* DATA went to ds */
-	int paused;		/* not reading the client: the downstream is behind */
 	struct maildir_tmp *spool;	/* the message being received, in the store's tmp/ */
 	size_t spooled;		/* message octets in it (our header lines not counted) */
 	int spool_err;		/* errno of a failed spool write: the final dot gets a 4xx */
@@ -458,10 +461,7 @@ stream_more(struct conn *c)
 static void
 down_room_cb(void *arg)
 {
-	struct conn *c = arg;
-
-	c->paused = 0;
-	resume(c);
+	resume(arg);
 }
 
 /* the first local recipient of m (its mailbox gets the tmp/ file); split
@@ -824,7 +824,6 @@ read_cb(struct bufferevent *bev, void *arg)
 			if (smtp_proto_streaming(c->sp) && smtp_proto_in_data(c->sp) && c->ds != NULL) {
 				/* the session holds its most and the downstream is behind:
 				 * leave the rest in the client's socket until it has room */
-				c->paused = 1;
 				bufferevent_disable(bev, EV_READ);
 				downstream_wait_room(c->ds, SMTP_STREAM_ROOM, down_room_cb, c);
 				return;
