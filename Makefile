@@ -89,6 +89,7 @@ unit:
 integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_milter.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_policy.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) sh tests/integration/test_miltertest.sh
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_lists.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_ratelimit.py
