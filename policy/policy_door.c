@@ -230,6 +230,7 @@ serve(struct pconn *c)
 			/* the peer sends but does not read: wait for write_cb */
 			c->paused = 1;
 			bufferevent_disable(c->bev, EV_READ);
+			evtimer_del(c->deadline);	/* the write timeout runs now */
 			return;
 		}
 		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
@@ -288,8 +289,10 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 	struct pconn *c = arg;
 
 	(void)bev;
-	if ((what & BEV_EVENT_TIMEOUT) && !c->closing && log_is_debug())
-		log_debug("policy: %s idle or stalled, closing", c->peer);
+	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING))
+		log_warn("policy: %s does not read its answers; closing", c->peer);
+	else if ((what & BEV_EVENT_TIMEOUT) && log_is_debug())
+		log_debug("policy: %s idle for %us, closing", c->peer, c->d->env->idle_timeout);
 	/* EOF, error or timeout: nothing more can be answered */
 	conn_free(c);
 }

@@ -55,7 +55,8 @@ class PolicyLab(Lab):
         return super().main_cf()
 
 
-DAEMON = {"services": "policy", "milter_listen": None}
+# policy_timeout short, so a stalled peer is seen to be dropped within the test
+DAEMON = {"services": "policy", "milter_listen": None, "policy_timeout": "2"}
 
 
 def start_daemon():
@@ -308,7 +309,31 @@ class T03BadPeer(PolicyCase):
         self.assertTrue(LAB.daemon_alive())
         self.assertIn("malformed request", LAB.daemon_log_since(self.mark))
 
-    def test_02_unix_socket(self):
+    def test_02_peer_that_never_reads(self):
+        """A peer that pipelines requests and never reads the answers: the
+        door stops reading (memory stays bounded), drops it after
+        policy_timeout, and serves Postfix meanwhile."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # a small window, so that the kernel's buffers fill with answers soon
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", LAB.milter_port))
+        s.settimeout(0.5)
+        sent = 0
+        try:
+            while sent < 1000000:
+                s.sendall(policy_request() * 100)
+                sent += 100
+        except socket.timeout:
+            pass
+        sys.stderr.write("(%d requests sent before the door stopped reading) " % sent)
+        self.assertLess(sent, 1000000, "the door kept reading without anyone reading answers")
+        c, m = self.send(OUTSIDE, LOCAL)
+        self.assertRcpt(c, 250, None, "while a peer is stuck")
+        labmod.wait_until(lambda: "does not read its answers" in LAB.daemon_log_since(self.mark),
+                          10, what="the stuck peer to be dropped")
+        s.close()
+
+    def test_03_unix_socket(self):
         """policy_listen also takes unix:/path; both listeners serve."""
         path = LAB.path("state", "policy.sock")
         LAB.stop_daemon()
@@ -321,7 +346,7 @@ class T03BadPeer(PolicyCase):
         self.assertEqual(read_answer(u), b"action=DUNNO\n\n")
         u.close()
 
-    def test_03_door_down_fails_closed(self):
+    def test_04_door_down_fails_closed(self):
         """With the door down Postfix answers its default action (451), never
         relays; once the door is back, Postfix is served again."""
         LAB.stop_daemon()
