@@ -36,15 +36,21 @@ LIST_DELAY = 1.0      # a list change is enforced within this (README)
 
 class PolicyLab(Lab):
     """The lab's Postfix with the README's policy door lines; the policy
-    door listens on the port the lab picked for the milter."""
+    door listens on the port the lab picked for the milter (on a port of
+    its own when the milter is there too)."""
 
     def main_cf(self):
+        if not hasattr(self, "policy_port"):
+            self.policy_port = self.milter_port
+            while self.milter and self.policy_port in (self.milter_port, self.smtp_port,
+                                                      self.sink_port):
+                self.policy_port = labmod.free_port()
         self.main_cf_extra.update({
             "mynetworks": "127.0.0.1/32",
             "smtpd_relay_restrictions":
                 "permit_mynetworks, permit_sasl_authenticated, "
                 "check_policy_service inet:127.0.0.1:%d, reject_unauth_destination"
-                % self.milter_port,
+                % self.policy_port,
             "smtpd_policy_service_timeout": "10s",
             "smtpd_policy_service_max_idle": "300s",
             "smtpd_policy_service_max_ttl": "1000s",
@@ -359,6 +365,68 @@ class T03BadPeer(PolicyCase):
         self.assertRcpt(c, 250, None, "door back")
 
 
+class T04WithMilter(PolicyCase):
+    """The README's recommended pair: `services = milter policy`, Postfix
+    asking both. The door grants relay, the milter keeps refusing at MAIL,
+    and neither contradicts the other."""
+    LAB2 = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.LAB2 = PolicyLab(milter=True, ipv6=False, name="portcullis-policy-milter")
+        cls.LAB2.start_daemon(services="milter policy", relay_networks="127.0.0.1",
+                              policy_listen="inet:127.0.0.1:%d" % cls.LAB2.policy_port)
+
+    @classmethod
+    def tearDownClass(cls):
+        lab2, cls.LAB2 = cls.LAB2, None
+        try:
+            lab2.stop_daemon()
+            bad = lab2.sanitizer_reports()
+            if bad:
+                raise AssertionError("sanitizer reports:\n" + "\n".join(bad[:40]))
+        finally:
+            lab2.close()
+
+    def setUp(self):
+        self.mark = self.LAB2.log_mark()
+
+    def tearDown(self):
+        self.assertTrue(self.LAB2.daemon_alive(), "portcullisd died")
+
+    def ctx(self, *clients):
+        return "\n".join(["client transcript:\n" + c.transcript() for c in clients] + [
+            "portcullisd.log:\n  " + "\n  ".join(
+                self.LAB2.daemon_log_since(self.mark).splitlines()[-20:]),
+            "maillog:\n  " + "\n  ".join(self.LAB2.maillog_since(self.mark).splitlines()[-15:])])
+
+    def send2(self, source, rcpt):
+        m = new_marker()
+        return self.LAB2.send(source, SENDER, [rcpt], make_message(m, to=rcpt)), m
+
+    def test_01_both_doors(self):
+        lab2 = self.LAB2
+        c, m = self.send2(OUTSIDE, FOREIGN)
+        self.assertRcpt(c, 554, "Relay access denied", "not listed")
+        c, m = self.send2(OUTSIDE, LOCAL)
+        self.assertRcpt(c, 250, None, "outside -> local")
+        lab2.wait_for_message(m)
+        lab2.accept_add(OUTSIDE)
+        lab2.kill_add(KILLED)
+        time.sleep(LIST_DELAY + 0.2)
+        c, m = self.send2(OUTSIDE, FOREIGN)
+        self.assertRcpt(c, 250, None, "accept-listed, both doors")
+        self.assertEqual(c.step("<message>").code, 250, self.ctx(c))
+        got = lab2.wait_for_message(m)
+        self.assertEqual(sorted(r for d in got for r in d.rcpts), [FOREIGN])
+        c, m = self.send2(KILLED, LOCAL)
+        st = c.step("MAIL")
+        self.assertTrue(st.code == 550 and "Client host [127.0.0.6] is on the kill list" in st.text,
+                        "the milter refuses a kill-listed client at MAIL\n" + self.ctx(c))
+        warn = [l for l in lab2.maillog_since(self.mark).splitlines() if "warning:" in l]
+        self.assertEqual(warn, [], "Postfix warnings")
+
+
 class CountingResult(unittest.TextTestResult):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -378,7 +446,7 @@ def main(argv):
         for n in names:
             suite.addTests(loader.loadTestsFromName(n, mod))
     else:
-        for cls in (T01Relay, T02Kill, T03BadPeer):
+        for cls in (T01Relay, T02Kill, T03BadPeer, T04WithMilter):
             suite.addTests(loader.loadTestsFromTestCase(cls))
     t0 = time.monotonic()
     result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2,
