@@ -37,6 +37,7 @@
 #include <event2/listener.h>
 
 #include "common/log.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
 #include "policy/policy_check.h"
 #include "policy/policy_door.h"
@@ -208,6 +209,10 @@ answer(struct pconn *c, const struct policy_request *req, int fatal)
 				env->ban(env->ban_arg, &a, v.ban_seconds, v.tag);
 		}
 	}
+	/* refusals are counted by engine_log() as verdicts; every answer here */
+	stats_addf(1, "policy_answers_total{action=\"%s\"}", req->error != NULL ? "malformed" :
+	    action[0] == '4' ? "defer" : action[0] == '5' ? "reject" :
+	    strcmp(action, "OK") == 0 ? "OK" : strcmp(action, "DUNNO") == 0 ? "DUNNO" : "other");
 	n = policy_answer_format(out, sizeof(out), action);
 	bufferevent_write(c->bev, out, n);
 }
@@ -357,6 +362,7 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		d->conns->prev = c;
 	d->conns = c;
 	d->nconn++;
+	stats_add("connections_total{door=\"policy\"}", 1);
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	bufferevent_set_timeouts(c->bev, &idle, &wr);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);

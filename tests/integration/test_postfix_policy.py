@@ -234,6 +234,12 @@ class T02Kill(PolicyCase):
         c, m = self.send(KILLED, FOREIGN)
         self.assertRcpt(c, 550, "Client host [127.0.0.6] is on the kill list")
         self.assertIn("reason=kill-ip", LAB.daemon_log_since(self.mark))
+        # counted: the verdict under door="policy", and the door's answers
+        stats = LAB.cli("stats").stdout
+        self.assertRegex(stats, r'verdicts_total\{door="policy",stage="RCPT",action="reject",'
+                                r'reason="kill-ip"\} [1-9]', stats)
+        self.assertRegex(stats, r'policy_answers_total\{action="reject"\} [1-9]', stats)
+        self.assertRegex(stats, r'policy_answers_total\{action="DUNNO"\} [1-9]', stats)
         LAB.assert_never_delivered(m)
         self.assertNoPostfixWarnings()
 
