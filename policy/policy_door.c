@@ -3,10 +3,9 @@
  * a libevent loop that reads requests with policy_proto, answers each with
  * policy_check, and keeps the connection for the next one.
  *
- *   policy_door_listen()  bind "inet:HOST:PORT", "inet:[ADDR]:PORT" or
- *                         "unix:/path" (a small parser of its own: the
- *                         listener syntax shared by every door is to come
- *                         from service/, which does not exist yet)
+ *   policy_door_listen()  bind "inet:HOST:PORT", "inet:[ADDR]:PORT" (through
+ *                         service/listener, as every door) or "unix:/path"
+ *                         (bound here: service/listener has no unix: yet)
  *   policy_door_run()     the loop, until SIGTERM/SIGINT
  *
  * Bounded everywhere: at most max_connections clients; a request must
@@ -18,9 +17,7 @@
  * closed once that is flushed. Never blocks: the engine reads the
  * lock-free snapshot. One thread.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,13 +31,13 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
-#include <event2/listener.h>
 
 #include "common/log.h"
 #include "common/stats.h"
 #include "common/xmalloc.h"
 #include "policy/policy_check.h"
 #include "policy/policy_door.h"
+#include "service/listener.h"
 
 #define POLICY_OUT_MAX 65536	/* unread answers queued before reading pauses */
 
@@ -68,89 +65,49 @@ int
 policy_door_listen(const char *spec, const char **error_r)
 {
 	static char err[400];
-	struct sockaddr_storage ss;
-	socklen_t sl;
-	int fd, one = 1;
+	struct sockaddr_un sun;
+	struct stat st;
+	const char *path = spec + 5;
+	int fd;
 
-	memset(&ss, 0, sizeof(ss));
-	if (strncmp(spec, "unix:", 5) == 0) {
-		struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
-		const char *path = spec + 5;
-		struct stat st;
-
-		if (path[0] != '/' || strlen(path) >= sizeof(sun->sun_path))
-			goto bad;
-		sun->sun_family = AF_UNIX;
-		strcpy(sun->sun_path, path);
-		sl = sizeof(*sun);
-		/* a socket left by a daemon that died; never anything else */
-		if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-			(void)unlink(path);
-	} else if (strncmp(spec, "inet:", 5) == 0) {
-		const char *h = spec + 5, *colon = strrchr(h, ':');
-		char host[128];
-		char *end;
-		long port;
-
-		if (colon == NULL || colon == h || (size_t)(colon - h) >= sizeof(host))
-			goto bad;
-		port = strtol(colon + 1, &end, 10);
-		if (colon[1] == '\0' || *end != '\0' || port < 1 || port > 65535)
-			goto bad;
-		memcpy(host, h, (size_t)(colon - h));
-		host[colon - h] = '\0';
-		if (host[0] == '[') {
-			struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-			size_t hl = strlen(host);
-
-			if (hl < 3 || host[hl - 1] != ']')
-				goto bad;
-			host[hl - 1] = '\0';
-			s6->sin6_family = AF_INET6;
-			s6->sin6_port = htons((uint16_t)port);
-			if (inet_pton(AF_INET6, host + 1, &s6->sin6_addr) != 1)
-				goto bad;
-			sl = sizeof(*s6);
-		} else {
-			struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-
-			s4->sin_family = AF_INET;
-			s4->sin_port = htons((uint16_t)port);
-			if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
-				goto bad;
-			sl = sizeof(*s4);
+	if (strncmp(spec, "inet:", 5) == 0) {
+		/* Postfix's form of the service's HOST:PORT / [ADDRESS]:PORT */
+		if (listener_bind(spec + 5, "policy_listen", &fd, error_r) < 0) {
+			snprintf(err, sizeof(err), "%s (policy_listen takes inet:HOST:PORT, "
+			    "inet:[ADDRESS]:PORT or unix:/PATH)", *error_r);
+			*error_r = err;
+			return -1;
 		}
-	} else {
-		goto bad;
+		return fd;
 	}
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		goto sys;
-	if (ss.ss_family != AF_UNIX)
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (ss.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 511) < 0) {
+	/* service/listener knows no unix: yet: the door binds its own */
+	memset(&sun, 0, sizeof(sun));
+	if (strncmp(spec, "unix:", 5) != 0 || path[0] != '/' ||
+	    strlen(path) >= sizeof(sun.sun_path)) {
+		snprintf(err, sizeof(err), "policy_listen = %.200s: expected inet:HOST:PORT, "
+		    "inet:[ADDRESS]:PORT or unix:/PATH", spec);
+		*error_r = err;
+		return -1;
+	}
+	sun.sun_family = AF_UNIX;
+	strcpy(sun.sun_path, path);
+	/* a socket left by a daemon that died; never anything else */
+	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+		(void)unlink(path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 511) < 0) {
 		int e = errno;
 
-		close(fd);
-		errno = e;
-		goto sys;
+		if (fd >= 0)
+			close(fd);
+		snprintf(err, sizeof(err), "policy_listen = %.200s: %s", spec, strerror(e));
+		*error_r = err;
+		return -1;
 	}
 	/* Postfix's smtpd runs as its own user; who may connect is decided by
 	 * the permissions of the directory that holds the socket */
-	if (ss.ss_family == AF_UNIX)
-		(void)chmod(spec + 5, 0666);
+	(void)chmod(path, 0666);
 	return fd;
-sys:
-	snprintf(err, sizeof(err), "policy_listen = %.200s: %s", spec, strerror(errno));
-	*error_r = err;
-	return -1;
-bad:
-	snprintf(err, sizeof(err), "policy_listen = %.200s: expected inet:HOST:PORT, "
-	    "inet:[ADDRESS]:PORT or unix:/PATH", spec);
-	*error_r = err;
-	return -1;
 }
 
 static void
@@ -315,8 +272,7 @@ deadline_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
-    void *arg)
+accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 {
 	struct door *d = arg;
 	struct pconn *c;
@@ -325,7 +281,6 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 	struct timeval wr = { (time_t)d->env->request_timeout, 0 };
 	char buf[CIDR_TEXT_MAX];
 
-	(void)l;
 	(void)salen;
 	if (d->nconn >= d->env->max_connections) {
 		time_t now = time(NULL);
@@ -383,7 +338,7 @@ policy_door_run(const int *fds, size_t nfds, const struct policy_door_env *env,
     const char **error_r)
 {
 	struct door *d = xcalloc(1, sizeof(*d));
-	struct evconnlistener **ls = xcalloc(nfds + 1, sizeof(*ls));
+	struct listener **ls = xcalloc(nfds + 1, sizeof(*ls));
 	struct event *sig_term, *sig_int;
 	int rc = 0;
 
@@ -396,8 +351,7 @@ policy_door_run(const int *fds, size_t nfds, const struct policy_door_env *env,
 		return -1;
 	}
 	for (size_t i = 0; i < nfds; i++) {
-		evutil_make_socket_nonblocking(fds[i]);
-		ls[i] = evconnlistener_new(d->base, accept_cb, d, LEV_OPT_CLOSE_ON_EXEC, -1, fds[i]);
+		ls[i] = listener_new(d->base, fds[i], "policy", accept_cb, d);
 		if (ls[i] == NULL) {
 			*error_r = "cannot listen";
 			rc = -1;
@@ -410,8 +364,7 @@ policy_door_run(const int *fds, size_t nfds, const struct policy_door_env *env,
 	if (rc == 0)
 		event_base_dispatch(d->base);
 	for (size_t i = 0; i < nfds; i++)
-		if (ls[i] != NULL)
-			evconnlistener_free(ls[i]);
+		listener_free(&ls[i]);
 	while (d->conns != NULL)
 		conn_free(d->conns);
 	event_free(sig_term);
