@@ -66,6 +66,8 @@ struct server {
 	struct smtp_params params;
 	struct event_base *base;
 	struct userdb *users;
+	time_t users_bad_since;		/* the users file is not usable since; 0: it is */
+	time_t users_bad_logged;
 	unsigned nconn;
 	struct conn *conns;
 	struct { struct ipaddr addr; unsigned n; } per[PER_CLIENT_SLOTS];
@@ -898,25 +900,40 @@ stop_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(s->base, NULL);
 }
 
+/*
+ * Each second: reload the users when their file changed. A file that is
+ * missing, empty, unreadable or garbled (an editor caught mid-write, a
+ * failed copy) keeps the last good users in force: the alternative is a
+ * permanent 550 5.1.1 for every local recipient. Said once a minute.
+ */
 static void
 users_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *s = arg;
 	const char *err;
+	time_t now = time(NULL);
+	int rc;
 
 	(void)fd;
 	(void)what;
-	if (s->users != NULL && userdb_changed(s->users)) {
-		struct userdb *db = userdb_load(s->c->users_url, &err);
-
-		if (db == NULL) {
-			log_warn("users not reloaded, the previous ones stay: %s", err);
-			return;
+	if (s->users == NULL)
+		return;
+	rc = userdb_reload(&s->users, s->c->users_url, &err);
+	if (rc < 0) {
+		if (s->users_bad_since == 0 || now - s->users_bad_logged >= 60) {
+			log_error("users file not usable, the last good users (%zu) stay in force: %s",
+			    userdb_count(s->users), err);
+			s->users_bad_logged = now;
 		}
-		userdb_free(&s->users);
-		s->users = db;
-		log_info("users reloaded: %zu", userdb_count(db));
+		if (s->users_bad_since == 0)
+			s->users_bad_since = now;
+		return;
 	}
+	if (rc > 0)
+		log_info("users reloaded: %zu", userdb_count(s->users));
+	else if (s->users_bad_since != 0)
+		log_info("users file usable again after %lds", (long)(now - s->users_bad_since));
+	s->users_bad_since = 0;
 }
 
 int
@@ -941,6 +958,14 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		}
 		s->params.user_exists = user_exists;
 		s->params.user_arg = s;
+		{
+			const char *why;
+
+			/* absent at start is "no users" as documented; anything else is said */
+			if (!userdb_is_usable(s->users, &why) && userdb_count(s->users) == 0 &&
+			    strstr(why, "is missing") == NULL)
+				log_error("users file not usable, no users until it is: %s", why);
+		}
 	}
 	s->base = event_base_new();
 	if (s->base == NULL) {
