@@ -460,7 +460,11 @@ smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 
 	sp->auth_pending = 0;
 	sp->st = ST_CMD;
-	if (ok) {
+	if (ok == SMTP_AUTH_TEMPFAIL) {
+		log_info("%s: AUTH not checked, password checks busy; reason=auth-busy",
+		    engine_client_text(sp->es));
+		reply(sp, "454 4.7.0 Temporary authentication failure");
+	} else if (ok) {
 		snprintf(sp->auth_user, sizeof(sp->auth_user), "%s", sp->auth.user);
 		sp->authenticated = 1;
 		log_info("%s: AUTH %s as %s", engine_client_text(sp->es),

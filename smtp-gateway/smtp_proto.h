@@ -92,6 +92,8 @@ void smtp_proto_delivered(struct smtp_proto *sp, int ok, const char *code, const
     const char *text);
 /* an AUTH exchange waits for checking (input is paused) */
 struct smtp_auth_req *smtp_proto_pending_auth(struct smtp_proto *sp);
+/* ok: 1 authenticated, 0 refused (535), SMTP_AUTH_TEMPFAIL: not checked (454) */
+#define SMTP_AUTH_TEMPFAIL (-1)
 void smtp_proto_auth_done(struct smtp_proto *sp, int ok);
 /* "" when not authenticated */
 const char *smtp_proto_auth_user(const struct smtp_proto *sp);

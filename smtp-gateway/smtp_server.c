@@ -8,9 +8,10 @@
  *                          restarted worker inherits the socket)
  *   smtp_server_run()      the loop, until SIGTERM/SIGINT
  *
- * The loop never waits: Maildir writes and fsyncs and password checks run on
- * a pool of job threads whose completions come back on the loop; a
- * connection a job still points at is freed only when the job is done.
+ * The loop never waits: Maildir writes and fsyncs run on one pool of job
+ * threads, password checks on another (bounded: deliveries never wait behind
+ * a guessing storm); completions come back on the loop, and a connection a
+ * job still points at is freed only when the job is done.
  * Pass-through sessions are non-blocking clients on the loop itself
  * (downstream.c): closing one guarantees no callback for its connection.
  * The user database is reloaded when its file changes (checked each second).
@@ -39,7 +40,7 @@
 
 #include "common/log.h"
 #include "common/xmalloc.h"
-#include "smtp-gateway/jobs.h"
+#include "service/jobs.h"
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
 #include "storage-adapter/crammd5.h"
@@ -48,6 +49,8 @@
 
 #define PER_CLIENT_SLOTS 1024
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
+#define SMTP_AUTH_THREADS 2	/* password hashing: a pool of its own, never the deliveries' */
+#define SMTP_AUTH_QUEUE 32	/* checks queued or running; past it 454 4.7.0 */
 #define SMTP_STREAM_MIN 65536		/* pass a streamed message on in pieces this big */
 #define SMTP_STREAM_QUEUE (1024 * 1024)	/* at most this much waits for a slow downstream */
 
@@ -59,7 +62,8 @@ struct listener {
 
 struct server {
 	const struct smtp_server_conf *c;
-	struct jobs *jobs;		/* fsync and password hashing */
+	struct jobs *jobs;		/* store I/O: fsync */
+	struct jobs *auth_jobs;		/* password hashing, bounded */
 	struct downstream_set *downs;	/* pass-through sessions, on this loop */
 	struct evdns_base *dns;		/* client name lookups, or NULL */
 	int stopping;			/* no new work while the pools drain */
@@ -595,9 +599,22 @@ check_auth(struct conn *c, struct smtp_auth_req *req)
 	memcpy(a->challenge, req->challenge, sizeof(a->challenge));
 	memcpy(a->digest, req->digest, sizeof(a->digest));
 	explicit_bzero(req->pass, sizeof(req->pass));
+	if (jobs_try_submit(s->auth_jobs, auth_run, auth_done, a) < 0) {
+		/* the hashing pool is full (a guessing storm): no unbounded queue */
+		char who[CIDR_TEXT_MAX];
+
+		log_warn("auth: %zu password checks pending, AUTH from [%s] answered 454",
+		    jobs_pending(s->auth_jobs), c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+		explicit_bzero(a->pass, sizeof(a->pass));
+		free(a->hash);
+		free(a->cram);
+		free(a);
+		smtp_proto_auth_done(c->sp, SMTP_AUTH_TEMPFAIL);
+		flush_output(c);
+		return;
+	}
 	c->delivering = 1;	/* the job holds the connection */
 	bufferevent_disable(c->bev, EV_READ);
-	jobs_submit(s->jobs, auth_run, auth_done, a);
 }
 
 static void
@@ -639,7 +656,9 @@ read_cb(struct bufferevent *bev, void *arg)
 		if (smtp_proto_pending_auth(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				check_auth(c, smtp_proto_pending_auth(c->sp));
-			return;
+			if (smtp_proto_pending_auth(c->sp) != NULL)
+				return;
+			continue;	/* answered at once (454): read on */
 		}
 		if (smtp_proto_pending_down(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
@@ -975,7 +994,8 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		free(s);
 		return -1;
 	}
-	s->jobs = jobs_new(s->base, SMTP_DELIVERY_THREADS);
+	s->jobs = jobs_new(s->base, "delivery", SMTP_DELIVERY_THREADS, 0);
+	s->auth_jobs = jobs_new(s->base, "auth", SMTP_AUTH_THREADS, SMTP_AUTH_QUEUE);
 	s->downs = downstream_set_new(s->base, c->downstream_cache_time);
 	if (c->resolver != NULL) {
 		/* no search domains, our own nameserver: no query leaves by surprise */
@@ -1017,6 +1037,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	if (s->dns != NULL)
 		evdns_base_free(s->dns, 1);	/* pending lookups call back with an error */
 	jobs_free(&s->jobs);	/* deliveries in flight finish first */
+	jobs_free(&s->auth_jobs);
 	while (s->conns != NULL) {
 		smtp_proto_eof(s->conns->sp);
 		s->conns->delivering = 0;

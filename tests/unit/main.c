@@ -61,6 +61,7 @@ main(void)
 	test_ratelimit_register();
 	test_smtp_proto_register();
 	test_auth_register();
+	test_service_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
