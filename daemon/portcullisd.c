@@ -239,6 +239,8 @@ worker_main(enum service svc, int readyfd)
 				sc.params.auth_mechs = 0;
 		}
 		sc.params.auth_allow_plaintext = conf_get_bool(conf, "auth_allow_plaintext");
+		if (penalty_conf_parse(conf, &sc.penalty, &err) < 0)
+			fatal("%s", err);	/* checked by the master already */
 		sc.maildir_root = sc.params.passthrough ? NULL : delivery + 8;	/* checked by the master */
 		sc.max_connections = (unsigned)conf_get_int(conf, "smtp_max_connections");
 		sc.max_per_client = (unsigned)conf_get_int(conf, "smtp_max_per_client");
@@ -463,6 +465,14 @@ dup:		;
 				return 1;
 			}
 		conf_list_free(m);
+	}
+	{
+		struct penalty_conf pc;
+
+		if (penalty_conf_parse(c, &pc, &err) < 0) {
+			fprintf(stderr, "portcullisd: %s\n", err);
+			return 1;
+		}
 	}
 	for (size_t i = 0; i < nsvc; i++) {
 		if (wk[i].svc != SVC_SMTP)

@@ -827,7 +827,8 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	    policy_is_my_domain(sp->p->pol, ra.domain);
 	if (local && !sp->p->passthrough && sp->p->user_exists != NULL &&
 	    !sp->p->user_exists(sp->p->user_arg, ra.local, ra.domain)) {
-		reply(sp, "550 5.1.1 <%s@%s>: Recipient address rejected: User unknown",
+		/* counts toward the error budget: a run of probes ends in 421 */
+		error_reply(sp, "550 5.1.1 <%s@%s>: Recipient address rejected: User unknown",
 		    ra.local, ra.domain);
 		return;
 	}

@@ -41,6 +41,7 @@
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "service/jobs.h"
+#include "service/penalty.h"
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
 #include "storage-adapter/crammd5.h"
@@ -64,6 +65,7 @@ struct server {
 	const struct smtp_server_conf *c;
 	struct jobs *jobs;		/* store I/O: fsync */
 	struct jobs *auth_jobs;		/* password hashing, bounded */
+	struct penalty *penalty;	/* failed logins per client address */
 	struct downstream_set *downs;	/* pass-through sessions, on this loop */
 	struct evdns_base *dns;		/* client name lookups, or NULL */
 	int stopping;			/* no new work while the pools drain */
@@ -92,6 +94,7 @@ struct conn {
 	struct downstream *ds;	/* an open pass-through session */
 	char ptrname[256];	/* the reverse name being forward-confirmed */
 	struct event *close_timer;
+	struct event *auth_timer;	/* a failed AUTH's reply waits its penalty */
 	int close_tries;
 	int down_wait;		/* the downstream's reply is awaited (input paused) */
 	int ds_data;		/* DATA went to ds */
@@ -224,6 +227,8 @@ conn_free(struct conn *c)
 	}
 	if (c->close_timer != NULL)
 		event_free(c->close_timer);
+	if (c->auth_timer != NULL)
+		event_free(c->auth_timer);
 	s->nconn--;
 	if (c->prev)
 		c->prev->next = c->next;
@@ -563,15 +568,81 @@ auth_run(void *arg)
 	explicit_bzero(a->pass, sizeof(a->pass));
 }
 
+/* a failed AUTH's penalty is over: its 535 goes out now */
+static void
+auth_penalty_over(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	event_free(c->auth_timer);
+	c->auth_timer = NULL;
+	c->delivering = 0;
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	smtp_proto_auth_done(c->sp, 0);
+	resume(c);
+}
+
+static long long
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * A failed login counts against the client's address: its reply waits the
+ * penalty (on a timer, the loop runs on; the connection stays held), and
+ * enough failures put the address on the kill list, shared by every node.
+ */
+static unsigned
+auth_failed(struct conn *c)
+{
+	struct server *s = c->srv;
+	int ban = 0;
+	unsigned delay;
+	char who[CIDR_TEXT_MAX];
+
+	if (!c->has_addr)
+		return 0;
+	delay = penalty_failure(s->penalty, &c->addr, now_ms(), &ban);
+	if (ban && s->c->ban != NULL) {
+		const struct penalty_conf *pc = penalty_conf(s->penalty);
+
+		log_warn("auth: %u failed logins from [%s] within %us; on the kill list for %lus; "
+		    "reason=auth-ban", pc->ban_count, cidr_addr_format(&c->addr, who),
+		    pc->ban_window, pc->ban_time);
+		s->c->ban(s->c->ban_arg, &c->addr, pc->ban_time, "auth-ban");
+	}
+	return delay;
+}
+
 static void
 auth_done(void *arg)
 {
 	struct authcheck *a = arg;
 	struct conn *c = a->c;
+	unsigned delay = 0;
 
 	c->delivering = 0;
+	if (c->has_addr && a->ok)
+		penalty_success(c->srv->penalty, &c->addr);
+	else if (!a->ok)
+		delay = auth_failed(c);
 	if (c->dead) {
 		conn_free(c);
+	} else if (delay > 0 && (c->auth_timer = evtimer_new(c->srv->base, auth_penalty_over,
+	    c)) != NULL) {
+		struct timeval tv = { delay / 1000, (delay % 1000) * 1000 };
+
+		c->delivering = 1;	/* the timer holds the connection */
+		evtimer_add(c->auth_timer, &tv);
 	} else {
 		smtp_proto_auth_done(c->sp, a->ok);
 		resume(c);
@@ -996,6 +1067,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	}
 	s->jobs = jobs_new(s->base, "delivery", SMTP_DELIVERY_THREADS, 0);
 	s->auth_jobs = jobs_new(s->base, "auth", SMTP_AUTH_THREADS, SMTP_AUTH_QUEUE);
+	s->penalty = penalty_new(&c->penalty);
 	s->downs = downstream_set_new(s->base, c->downstream_cache_time);
 	if (c->resolver != NULL) {
 		/* no search domains, our own nameserver: no query leaves by surprise */
@@ -1044,6 +1116,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		conn_free(s->conns);
 	}
 	downstream_set_free(&s->downs);	/* sessions saying QUIT are cut short */
+	penalty_free(&s->penalty);
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(tick);

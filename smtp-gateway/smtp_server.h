@@ -2,6 +2,7 @@
 #define PC_SMTP_SERVER_H
 #include <stddef.h>
 #include "common/cidr.h"
+#include "service/penalty.h"
 #include "smtp-gateway/smtp_proto.h"
 
 struct userdb;
@@ -21,6 +22,7 @@ struct smtp_server_conf {
 	unsigned timeout;		/* seconds idle / per command */
 	SSL_CTX *tls;			/* NULL: no STARTTLS, no smtps */
 	const char *resolver;		/* client name lookups: "system" or IP[:PORT]; NULL off */
+	struct penalty_conf penalty;	/* failed AUTH: delays and the auth-ban */
 	/* from the event loop; must not block */
 	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why);
 	void *ban_arg;
