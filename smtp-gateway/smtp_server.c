@@ -952,6 +952,8 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		smtp_proto_set_tls(c->sp, 1);
 	if (li->kind != LISTEN_SMTP)
 		smtp_proto_set_submission(c->sp);
+	else if (!s->c->smtp_auth)
+		smtp_proto_set_no_auth(c->sp);
 	s->nconn++;
 	if (c->has_addr)
 		pc = per_client(s, &c->addr, 1);

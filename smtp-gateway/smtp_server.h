@@ -23,6 +23,7 @@ struct smtp_server_conf {
 	SSL_CTX *tls;			/* NULL: no STARTTLS, no smtps */
 	const char *resolver;		/* client name lookups: "system" or IP[:PORT]; NULL off */
 	struct penalty_conf penalty;	/* failed AUTH: delays and the auth-ban */
+	int smtp_auth;			/* 0: AUTH only on submission and smtps */
 	/* from the event loop; must not block */
 	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why);
 	void *ban_arg;

@@ -18,6 +18,12 @@
                     after N failures the address gets 554 at connect and is
                     on the kill list with origin auth-ban; unknown-recipient
                     probes end in 421 at the error budget
+    T04AuthHygiene  auth_mechanisms in lower case: user add stores the
+                    CRAM-MD5 secret and CRAM-MD5 logins work; AUTH lines
+                    (pipelined, after a refused AUTH, over-long inside an
+                    exchange) never reach the log, not even cut short
+    T05SmtpAuthOff  smtp_auth = no: no AUTH on the smtp port (before or
+                    after STARTTLS: 502), AUTH on submission and smtps
 
 Reuses test_smtp_tls_auth's work area, daemon launcher and smtplib client.
 Everything listens on 127.0.0.1; "outside" clients come from 127.0.0.5 and
@@ -53,6 +59,14 @@ def setUpModule():
     tls.W = W
 
 
+def daemon(name, **conf):
+    """A daemon with a users file of its own holding USER."""
+    conf.setdefault("users", "file:" + os.path.join(W.dir, "users-" + name))
+    d = tls.Daemon(W, name, **conf)
+    W.add_user(d.conf, USER, PASSWORD)
+    return d
+
+
 class Case(tls.Case):
     def deliver(self, d, rcpt, source="127.0.0.5"):
         """One message to rcpt: the reply to RCPT and to the final dot."""
@@ -74,8 +88,7 @@ class T01UsersFile(Case):
     @classmethod
     def setUpClass(cls):
         cls.users = os.path.join(W.dir, "users-t01")
-        cls.d = tls.Daemon(W, "users", smtp_listen="auto", users="file:" + cls.users)
-        W.add_user(cls.d.conf, USER, PASSWORD)
+        cls.d = daemon("users", smtp_listen="auto", users="file:" + cls.users)
         with open(cls.users) as f:
             cls.good = f.read()
         cls.d.start()
@@ -170,9 +183,8 @@ class T02AuthPool(Case):
 
     @classmethod
     def setUpClass(cls):
-        cls.d = tls.Daemon(W, "pool", smtp_listen="auto", auth_allow_plaintext="yes",
-                           **cls.EXTRA)
-        W.add_user(cls.d.conf, USER, PASSWORD)
+        cls.d = daemon("pool", smtp_listen="auto", auth_allow_plaintext="yes",
+                       **cls.EXTRA)
         cls.d.start()
 
     def hammer(self, stop, counts):
@@ -277,10 +289,9 @@ class T03Penalty(Case):
 
     @classmethod
     def setUpClass(cls):
-        cls.d = tls.Daemon(W, "penalty", smtp_listen="auto", auth_failure_delay="1s",
-                           auth_failure_delay_max="2s", auth_failure_ban="6/10m",
-                           auth_failure_ban_time="1h")
-        W.add_user(cls.d.conf, USER, PASSWORD)
+        cls.d = daemon("penalty", smtp_listen="auto", auth_failure_delay="1s",
+                       auth_failure_delay_max="2s", auth_failure_ban="6/10m",
+                       auth_failure_ban_time="1h")
         cls.d.start()
 
     def timed_cram(self, c, password):
@@ -396,7 +407,110 @@ class T03Penalty(Case):
         self.assertLessEqual(len(replies), 11, replies)
 
 
-CASES = [T01UsersFile, T02AuthPool, T03Penalty]
+# ========================================================= T04 hygiene
+class T04AuthHygiene(Case):
+    """auth_mechanisms read one way everywhere (case-insensitive); AUTH lines
+    and SASL responses never reach the log, not even cut short."""
+
+    def test_lowercase_cram_md5_stores_the_secret(self):
+        users = os.path.join(W.dir, "users-lower")
+        d = daemon("lower", smtp_listen="auto", users="file:" + users,
+                   auth_mechanisms="plain login cram-md5")
+        with open(users) as f:
+            self.assertIn("cram_md5=", f.read(), "user add stored no CRAM-MD5 secret")
+        d.start()
+        try:
+            with tls.Client(d.ports["smtp"]) as c:
+                code, kw, mechs = c.ehlo()
+                self.assertIn("CRAM-MD5", mechs, c.transcript())
+                self.assertReply(c.auth_cram(USER, PASSWORD), 235, "2.7.0", c, "CRAM-MD5")
+        finally:
+            d.stop()
+
+    def test_no_credentials_in_the_log(self):
+        d = daemon("hygiene", smtp_listen="auto", log_level="debug",
+                   max_command_length="512", long_command_ban="60")
+        d.start()
+        secrets = {}
+
+        def session(src, script):
+            s = socket.create_connection(("127.0.0.1", d.ports["smtp"]), 10,
+                                         source_address=(src, 0))
+            s.settimeout(10)
+            f = s.makefile("rb")
+            out = [f.readline()]
+            try:
+                for send, nreplies in script:
+                    s.sendall(send)
+                    for _ in range(nreplies):
+                        l = f.readline()
+                        out.append(l)
+                        while l[3:4] == b"-":
+                            l = f.readline()
+                            out.append(l)
+            finally:
+                s.close()
+            return out
+        try:
+            # 1: AUTH with its initial response pipelined before EHLO
+            secrets["pipelined"] = tls.b64("\0%s\0pipelined-secret-1" % USER)
+            r1 = session("127.0.0.51", [(b"HELO x.test\r\n", 1), (
+                ("AUTH PLAIN %s\r\nNOOP\r\n" % secrets["pipelined"]).encode(), 1)])
+            # 2: a SASL response after a refused AUTH (PLAIN without TLS: 538)
+            secrets["after538"] = tls.b64("\0%s\0after-538-secret-2" % USER)
+            r2 = session("127.0.0.52", [(b"EHLO x.test\r\n", 1), (b"AUTH PLAIN\r\n", 1),
+                                        ((secrets["after538"] + "\r\n").encode(), 1)])
+            # 3: an over-long SASL response inside a CRAM-MD5 exchange
+            secrets["long"] = tls.b64("%s %s" % (USER, "ab" * 5000))
+            r3 = session("127.0.0.53", [(b"EHLO x.test\r\n", 1), (b"AUTH CRAM-MD5\r\n", 1),
+                                        ((secrets["long"] + "\r\n").encode(), 1)])
+        finally:
+            d.stop()
+        self.assertTrue(r1[-1].startswith(b"554"), r1)
+        self.assertTrue(r2[-2].startswith(b"538") and r2[-1].startswith(b"502"), r2)
+        self.assertTrue(r3[-1].startswith(b"500"), r3)
+        log = d.log_text()
+        for what, b in secrets.items():
+            for piece in (b[:12], b[12:24], b[-16:-4]):
+                self.assertNotIn(piece, log, "%s: base64 of the AUTH in the log:\n%s" % (
+                    what, "\n".join(l for l in log.splitlines() if piece in l)))
+        self.assertRegex(log, r"pipelining after AUTH;")
+
+
+# ========================================================= T05 smtp_auth
+class T05SmtpAuthOff(Case):
+    """smtp_auth = no: AUTH only on submission and smtps, as Postfix's
+    defaults have it."""
+
+    def test_smtp_auth_no(self):
+        d = daemon("noauth", smtp_listen="auto", submission_listen="auto",
+                   smtps_listen="auto", smtp_auth="no")
+        d.start()
+        try:
+            with tls.Client(d.ports["smtp"]) as c:
+                code, kw, mechs = c.ehlo()
+                self.assertNotIn("AUTH", kw, c.transcript())
+                self.assertEqual(c.starttls(), 220)
+                code, kw, mechs = c.ehlo()
+                self.assertNotIn("AUTH", kw, "inside TLS: " + c.transcript())
+                self.assertReply(c.auth_plain(USER, PASSWORD), 502, "5.5.1", c, "AUTH on smtp")
+                c.mail()
+                self.assertReply(c.rcpt("user@other.org"), 550, "5.7.1", c, "no relay")
+            with tls.Client(d.ports["submission"]) as c:
+                c.ehlo()
+                self.assertEqual(c.starttls(), 220)
+                code, kw, mechs = c.ehlo()
+                self.assertIn("PLAIN", mechs, c.transcript())
+                self.assertReply(c.auth_plain(USER, PASSWORD), 235, "2.7.0", c, "submission")
+            with tls.Client(d.ports["smtps"], implicit_tls=True) as c:
+                code, kw, mechs = c.ehlo()
+                self.assertIn("PLAIN", mechs, c.transcript())
+                self.assertReply(c.auth_plain(USER, PASSWORD), 235, "2.7.0", c, "smtps")
+        finally:
+            d.stop()
+
+
+CASES = [T01UsersFile, T02AuthPool, T03Penalty, T04AuthHygiene, T05SmtpAuthOff]
 
 
 def main(argv):
