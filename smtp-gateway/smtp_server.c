@@ -1042,7 +1042,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	s->params = c->params;
 	s->params.tls_available = c->tls != NULL;
 	if (c->users_url != NULL && c->users_url[0] != '\0') {
-		s->users = userdb_load(c->users_url, error_r);
+		s->users = userdb_open(c->users_url, error_r);
 		if (s->users == NULL) {
 			free(ls);
 			free(s);

@@ -96,8 +96,9 @@ cmp_user(const void *a, const void *b)
 	return strcmp(((const struct uentry *)a)->user, ((const struct uentry *)b)->user);
 }
 
-struct userdb *
-userdb_load(const char *url, const char **error_r)
+/* keep: a file that cannot be opened gives an empty db that says why */
+static struct userdb *
+load(const char *url, int keep, const char **error_r)
 {
 	const char *path = url_path(url, error_r);
 	struct userdb *db;
@@ -114,6 +115,11 @@ userdb_load(const char *url, const char **error_r)
 	if (fp == NULL) {
 		if (errno == ENOENT)
 			return db;
+		if (keep) {
+			db->read_error = errno;
+			db->exists = 1;	/* there is a file: userdb_reload() tries it again */
+			return db;
+		}
 		snprintf(errbuf, sizeof(errbuf), "cannot open %s: %s", path, strerror(errno));
 		*error_r = errbuf;
 		userdb_free(&db);
@@ -188,6 +194,18 @@ userdb_load(const char *url, const char **error_r)
 	if (db->n > 1)
 		qsort(db->v, db->n, sizeof(*db->v), cmp_user);
 	return db;
+}
+
+struct userdb *
+userdb_load(const char *url, const char **error_r)
+{
+	return load(url, 0, error_r);
+}
+
+struct userdb *
+userdb_open(const char *url, const char **error_r)
+{
+	return load(url, 1, error_r);
 }
 
 void

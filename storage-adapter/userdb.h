@@ -13,6 +13,10 @@ struct userdb;
 
 /* "file:/etc/portcullis/users"; a missing file is an empty userdb (no users) */
 struct userdb *userdb_load(const char *url, const char **error_r);
+/* for a server's start: the same, but a file that exists and cannot be opened
+ * is an empty userdb (userdb_is_usable() says why; userdb_reload() takes a
+ * valid file later) rather than an error; NULL only for a bad url */
+struct userdb *userdb_open(const char *url, const char **error_r);
 void userdb_free(struct userdb **db);
 int userdb_has_user(const struct userdb *db, const char *local, const char *domain);
 /* the stored hash ("{CRYPT}$y$..."), or NULL */

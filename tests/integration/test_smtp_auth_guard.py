@@ -3,10 +3,13 @@
 (python smtplib/ssl and raw sockets):
 
     T01UsersFile    the users file truncated, removed, replaced by a directory
-                    or by garbage while the daemon runs: local deliveries are
+                    or by garbage, or mode 000 for a daemon running as nobody,
+                    while the daemon runs: local deliveries are
                     still 250 into the store (the last good users stay in
                     force), the log says why, once; a valid file is picked up
-                    again; `portcullis user del` of the last user still means
+                    again; unreadable at start: no users, logged, the worker
+                    stays up and takes the file once it is readable;
+                    `portcullis user del` of the last user still means
                     "no users" (the CLI never writes a zero-length file)
     T02AuthPool     20 TLS connections guessing with AUTH PLAIN from one
                     address while another client delivers: delivery latency
@@ -155,6 +158,45 @@ class T01UsersFile(Case):
 
     def test_garbage(self):
         self.breaks("garbage", r"no valid user line")
+
+    def test_mode_000_daemon_as_nobody(self):
+        # unreadable for the daemon (run_user = nobody; root reads anything):
+        # while running, and at start (no users then, and no restart loop)
+        users = os.path.join(W.dir, "users-nobody")
+        mail = os.path.join(W.dir, "mail-nobody")
+        os.makedirs(mail, exist_ok=True)
+        d = daemon("nobody", smtp_listen="auto", users="file:" + users, run_user="nobody",
+                   delivery="maildir:" + mail)
+        d.start()
+        try:
+            def deliver():
+                m, out, c = self.deliver(d, USER)
+                return [r[0] for r in out]
+            self.assertEqual(deliver(), [250, 250, 250])
+            mark = os.path.getsize(d.log)
+            os.chmod(users, 0)
+            time.sleep(1.5)
+            self.assertEqual(deliver(), [250, 250, 250], "users file mode 000")
+            lab.wait_until(lambda: "Permission denied" in lab._read_from(d.log, mark), 4,
+                           what="the log to say why")
+            os.chmod(users, 0o600)
+            d.stop()
+            # unreadable at start: no users, said once; the worker stays up
+            os.chmod(users, 0)
+            mark = os.path.getsize(d.log)
+            d.start()
+            self.assertEqual(deliver(), [250, 550])
+            time.sleep(1.5)
+            log = lab._read_from(d.log, mark)
+            self.assertIn("users file not usable, no users until it is: cannot read", log)
+            self.assertNotRegex(log, r"smtp.*(exited|restart)", log)
+            os.chmod(users, 0o600)
+            lab.wait_until(lambda: "users reloaded: 1" in lab._read_from(d.log, mark), 4,
+                           what="the users to be picked up")
+            self.assertEqual(deliver(), [250, 250, 250], "after chmod 600")
+        finally:
+            os.chmod(users, 0o600)
+            d.stop()
 
     def test_cli_delete_last_user_means_no_users(self):
         # what the admin asked for is not a broken file: no users, 550 5.1.1
