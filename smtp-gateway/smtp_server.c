@@ -14,7 +14,8 @@
  * job still points at is freed only when the job is done.
  * Pass-through sessions are non-blocking clients on the loop itself
  * (downstream.c): closing one guarantees no callback for its connection.
- * The user database is reloaded when its file changes (checked each second).
+ * The user database is reloaded when its file changes (checked each second);
+ * a missing, empty, unreadable or garbled file keeps the last good one.
  */
 #include <arpa/inet.h>
 #include <errno.h>
