@@ -1370,6 +1370,12 @@ smtp_proto_down_info(const struct smtp_proto *sp)
 }
 
 int
+smtp_proto_in_data(const struct smtp_proto *sp)
+{
+	return sp->st == ST_DATA;
+}
+
+int
 smtp_proto_streaming(const struct smtp_proto *sp)
 {
 	return sp->stream;

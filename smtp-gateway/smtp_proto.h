@@ -113,6 +113,8 @@ void smtp_proto_stream_taken(struct smtp_proto *sp, size_t n);
 /* the envelope facts of the streamed transaction (for the Received: line) */
 const struct smtp_down_req *smtp_proto_down_info(const struct smtp_proto *sp);
 /* 1 while a streamed DATA is being received */
+/* the client is sending a message (after 354, before the final dot) */
+int smtp_proto_in_data(const struct smtp_proto *sp);
 int smtp_proto_streaming(const struct smtp_proto *sp);
 /* the downstream's final reply to the message, passed on as it is */
 void smtp_proto_delivered_reply(struct smtp_proto *sp, const char *reply);

@@ -4,9 +4,8 @@
  * store or stream them downstream, TLS (STARTTLS, implicit), client name
  * lookups (evdns), connection limits and timeouts.
  *
- *   smtp_server_listen()   bind one "HOST:PORT" (done by the master, so a
- *                          restarted worker inherits the socket)
- *   smtp_server_run()      the loop, until SIGTERM/SIGINT
+ *   smtp_server_run()      the loop on the listeners the master bound
+ *                          (service/listener), until SIGTERM/SIGINT
  *
  * The loop never waits: Maildir writes and fsyncs run on one pool of job
  * threads, password checks on another (bounded: deliveries never wait behind
@@ -16,6 +15,13 @@
  * (downstream.c): closing one guarantees no callback for its connection.
  * The user database is reloaded when its file changes (checked each second);
  * a missing, empty, unreadable or garbled file keeps the last good one.
+ *
+ * Timeouts are deadlines per request (service/deadline): smtp_timeout bounds
+ * a whole command line, DATA earns time at smtp_min_data_rate, and while
+ * more than 80 % of smtp_max_connections are in use (stress) the shorter
+ * smtp_stress_timeout applies to every connection. While the server works
+ * for a connection (a job, a lookup, the downstream) its clock stands still.
+ * Connections per client address are counted in service/anvil.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -34,7 +40,6 @@
 #include <event2/event.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
-#include <event2/listener.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -45,21 +50,23 @@
 #include "service/penalty.h"
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
+#include "service/anvil.h"
+#include "service/deadline.h"
+#include "service/listener.h"
 #include "storage-adapter/crammd5.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
 
-#define PER_CLIENT_SLOTS 1024
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
 #define SMTP_AUTH_THREADS 2	/* password hashing: a pool of its own, never the deliveries' */
 #define SMTP_AUTH_QUEUE 32	/* checks queued or running; past it 454 4.7.0 */
 #define SMTP_STREAM_MIN 65536		/* pass a streamed message on in pieces this big */
 #define SMTP_STREAM_QUEUE (1024 * 1024)	/* at most this much waits for a slow downstream */
 
-struct listener {
+struct door {
 	struct server *srv;
 	enum smtp_listener_kind kind;
-	struct evconnlistener *l;
+	struct listener *l;
 };
 
 struct server {
@@ -76,8 +83,9 @@ struct server {
 	time_t users_bad_since;		/* the users file is not usable since; 0: it is */
 	time_t users_bad_logged;
 	unsigned nconn;
+	int stress;		/* over 80 % of max_connections: short timeouts */
 	struct conn *conns;
-	struct { struct ipaddr addr; unsigned n; } per[PER_CLIENT_SLOTS];
+	struct anvil *anvil;		/* connections per client address */
 	char errbuf[300];
 };
 
@@ -97,6 +105,11 @@ struct conn {
 	struct event *close_timer;
 	struct event *auth_timer;	/* a failed AUTH's reply waits its penalty */
 	int close_tries;
+	struct event *timer;	/* the request's deadline */
+	struct deadline dl;
+	int replied;		/* a reply went out: the next request begins */
+	size_t in_seen;		/* input bytes already counted for the deadline */
+	long long armed_due;	/* when the timer is set to fire (ms) */
 	int down_wait;		/* the downstream's reply is awaited (input paused) */
 	int ds_data;		/* DATA went to ds */
 };
@@ -117,96 +130,118 @@ struct delivery {
 	char client[128];
 };
 
-int
-smtp_server_listen(const char *spec, const char **error_r)
-{
-	static char err[300];
-	struct sockaddr_storage ss;
-	socklen_t sl;
-	const char *colon = strrchr(spec, ':');
-	char host[128];
-	long port;
-	char *end;
-	int fd, one = 1;
-
-	memset(&ss, 0, sizeof(ss));
-	if (colon == NULL || (size_t)(colon - spec) >= sizeof(host))
-		goto bad;
-	port = strtol(colon + 1, &end, 10);
-	if (*end != '\0' || port < 1 || port > 65535)
-		goto bad;
-	memcpy(host, spec, (size_t)(colon - spec));
-	host[colon - spec] = '\0';
-	if (host[0] == '[') {
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-		size_t hl = strlen(host);
-
-		if (hl < 3 || host[hl - 1] != ']')
-			goto bad;
-		host[hl - 1] = '\0';
-		s6->sin6_family = AF_INET6;
-		s6->sin6_port = htons((uint16_t)port);
-		if (inet_pton(AF_INET6, host + 1, &s6->sin6_addr) != 1)
-			goto bad;
-		sl = sizeof(*s6);
-	} else {
-		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-
-		s4->sin_family = AF_INET;
-		s4->sin_port = htons((uint16_t)port);
-		if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
-			goto bad;
-		sl = sizeof(*s4);
-	}
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		goto sys;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (ss.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 511) < 0) {
-		int e = errno;
-
-		close(fd);
-		errno = e;
-		goto sys;
-	}
-	return fd;
-sys:
-	snprintf(err, sizeof(err), "smtp_listen = %.100s: %s", spec, strerror(errno));
-	*error_r = err;
-	return -1;
-bad:
-	snprintf(err, sizeof(err), "smtp_listen = %.100s: expected HOST:PORT or [ADDRESS]:PORT",
-	    spec);
-	*error_r = err;
-	return -1;
-}
-
-static unsigned *
-per_client(struct server *s, const struct ipaddr *a, int make)
-{
-	uint32_t h = a->family == 4 ? a->v4 * 2654435761u : (uint32_t)(a->lo ^ a->hi) * 2654435761u;
-
-	for (unsigned i = 0; i < 32; i++) {
-		unsigned k = (h + i) % PER_CLIENT_SLOTS;
-
-		if (s->per[k].n > 0 && memcmp(&s->per[k].addr, a, sizeof(*a)) == 0)
-			return &s->per[k].n;
-		if (make && s->per[k].n == 0) {
-			s->per[k].addr = *a;
-			return &s->per[k].n;
-		}
-	}
-	return NULL;
-}
-
 static int
 user_exists(void *arg, const char *local, const char *domain)
 {
 	struct server *s = arg;
 
 	return s->users != NULL && userdb_has_user(s->users, local, domain);
+}
+
+/* ---- timeouts: a deadline per request, shorter under stress ---- */
+
+static unsigned
+conn_timeout(const struct conn *c)
+{
+	const struct smtp_server_conf *k = c->srv->c;
+
+	return c->srv->stress && k->stress_timeout < k->timeout ? k->stress_timeout : k->timeout;
+}
+
+static void
+arm_timer(struct conn *c)
+{
+	long long due = deadline_due(&c->dl, conn_timeout(c)), left;
+	struct timeval tv;
+
+	if (due == c->armed_due && evtimer_pending(c->timer, NULL))
+		return;		/* most reads change nothing: spare the timer heap */
+	left = due - deadline_now_ms();
+	if (left < 0)
+		left = 0;
+	tv.tv_sec = (time_t)(left / 1000);
+	tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
+	evtimer_add(c->timer, &tv);
+	c->armed_due = due;
+}
+
+/* the client took too long: say so (inside TLS too: through the bev), close */
+static void
+timed_out(struct conn *c)
+{
+	char msg[160], who[CIDR_TEXT_MAX];
+	int n = snprintf(msg, sizeof(msg), "421 4.4.2 %s Error: timeout exceeded\r\n",
+	    c->srv->params.myhostname);
+	struct timeval tv = { 5, 0 };
+
+	log_info("timeout after %u s%s%s from [%s]", conn_timeout(c),
+	    smtp_proto_in_data(c->sp) ? " in DATA" : "", c->srv->stress ? " (stress)" : "",
+	    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+	smtp_proto_eof(c->sp);
+	c->closing = 1;
+	evtimer_del(c->timer);
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	bufferevent_write(c->bev, msg, (size_t)n);
+	bufferevent_enable(c->bev, EV_WRITE);
+}
+
+static void
+timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	long long now = deadline_now_ms();
+
+	(void)fd;
+	(void)what;
+	if (c->closing || c->dead)
+		return;
+	if (c->delivering || c->down_wait || !(bufferevent_get_enabled(c->bev) & EV_READ)) {
+		/* our turn, not the client's: its clock starts with our answer */
+		deadline_request(&c->dl, now);
+		arm_timer(c);
+		return;
+	}
+	if (now < deadline_due(&c->dl, conn_timeout(c))) {
+		arm_timer(c);	/* stress is over, or data earned time */
+		return;
+	}
+	timed_out(c);
+}
+
+/* a client that reads nothing is cut after the timeout in force too */
+static void
+set_write_timeout(struct conn *c)
+{
+	struct timeval tv = { conn_timeout(c), 0 };
+
+	bufferevent_set_timeouts(c->bev, NULL, &tv);
+}
+
+/* Postfix's stress mode: short timeouts while the door is nearly full */
+static void
+update_stress(struct server *s)
+{
+	unsigned max = s->c->max_connections;
+
+	if (max == 0 || s->stopping)
+		return;
+	if (!s->stress && s->nconn * 5 > max * 4) {
+		s->stress = 1;
+		log_warn("stress: %u of %u connections in use; timeouts drop to %u s", s->nconn, max,
+		    s->c->stress_timeout < s->c->timeout ? s->c->stress_timeout : s->c->timeout);
+	} else if (s->stress && s->nconn * 10 <= max * 7) {
+		s->stress = 0;
+		log_info("stress over: %u of %u connections in use; timeouts back to %u s", s->nconn,
+		    max, s->c->timeout);
+	} else {
+		return;
+	}
+	for (struct conn *c = s->conns; c != NULL; c = c->next)
+		if (c->timer != NULL && !c->closing && !c->dead) {
+			set_write_timeout(c);
+			if (s->stress)
+				arm_timer(c);	/* sooner; after stress the timers re-arm when they fire */
+		}
 }
 
 static void
@@ -220,17 +255,16 @@ conn_free(struct conn *c)
 		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 		return;
 	}
-	if (c->has_addr) {
-		unsigned *pc = per_client(s, &c->addr, 0);
-
-		if (pc != NULL && *pc > 0)
-			(*pc)--;
-	}
+	if (c->has_addr)
+		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
 	if (c->close_timer != NULL)
 		event_free(c->close_timer);
 	if (c->auth_timer != NULL)
 		event_free(c->auth_timer);
+	if (c->timer != NULL)
+		event_free(c->timer);
 	s->nconn--;
+	update_stress(s);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -254,6 +288,7 @@ flush_output(struct conn *c)
 	size_t n;
 	const char *out = smtp_proto_output(c->sp, &n);
 
+	c->replied |= n > 0;
 	if (n > 0 && !c->tls && !smtp_proto_wants_close(c->sp) &&
 	    evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
 		ssize_t w = send(bufferevent_getfd(c->bev), out, n, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -524,7 +559,6 @@ start_tls(struct conn *c)
 	struct server *s = c->srv;
 	SSL *ssl = SSL_new(s->c->tls);
 	struct bufferevent *tb;
-	struct timeval tv = { s->c->timeout, 0 };
 
 	/* RFC 3207 §4: whatever the client sent before the handshake is dropped */
 	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
@@ -538,7 +572,7 @@ start_tls(struct conn *c)
 	c->bev = tb;
 	c->tls = 1;
 	bufferevent_setcb(tb, read_cb, write_cb, event_cb, c);
-	bufferevent_set_timeouts(tb, &tv, &tv);
+	set_write_timeout(c);	/* reads: the request's deadline */
 	bufferevent_enable(tb, EV_READ | EV_WRITE);
 	smtp_proto_set_tls(c->sp, 1);
 }
@@ -699,14 +733,30 @@ handle_ban(struct conn *c)
 		c->srv->c->ban(c->srv->c->ban_arg, &a, secs, "long-command");
 }
 
+/* the input is taken for now: the deadline after what came and went */
+static void
+input_done(struct conn *c)
+{
+	if (c->replied) {	/* answered: the next request's clock starts */
+		c->replied = 0;
+		deadline_request(&c->dl, deadline_now_ms());
+	}
+	c->in_seen = evbuffer_get_length(bufferevent_get_input(c->bev));
+	if (!c->closing)
+		arm_timer(c);
+}
+
 static void
 read_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t len = evbuffer_get_length(in);
 
 	if (c->srv->stopping)
 		return;		/* shutting down: finish what runs, start nothing */
+	if (len > c->in_seen)
+		deadline_read(&c->dl, len - c->in_seen, smtp_proto_in_data(c->sp), deadline_now_ms());
 	while (!c->closing && evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec v;
 		size_t used;
@@ -719,6 +769,7 @@ read_cb(struct bufferevent *bev, void *arg)
 		flush_output(c);
 		if (smtp_proto_take_starttls(c->sp)) {
 			start_tls(c);
+			input_done(c);
 			return;
 		}
 		if (smtp_proto_take_down_reset(c->sp))
@@ -728,24 +779,29 @@ read_cb(struct bufferevent *bev, void *arg)
 		if (smtp_proto_pending_auth(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				check_auth(c, smtp_proto_pending_auth(c->sp));
-			if (smtp_proto_pending_auth(c->sp) != NULL)
+			if (smtp_proto_pending_auth(c->sp) != NULL) {
+				input_done(c);
 				return;
+			}
 			continue;	/* answered at once (454): read on */
 		}
 		if (smtp_proto_pending_down(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				down_step(c, smtp_proto_pending_down(c->sp));
+			input_done(c);
 			return;
 		}
 		if (smtp_proto_pending(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				deliver(c, smtp_proto_pending(c->sp));
+			input_done(c);
 			return;	/* the rest waits for the delivery */
 		}
 		stream_more(c);
 		if (used == 0)
 			break;
 	}
+	input_done(c);
 	if (c->closing) {
 		bufferevent_disable(bev, EV_READ);
 		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
@@ -795,20 +851,8 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (what & BEV_EVENT_CONNECTED)
 		return;		/* a TLS handshake completed */
-	if ((what & BEV_EVENT_TIMEOUT) && !c->closing) {
-		char msg[160], who[CIDR_TEXT_MAX];
-		int n = snprintf(msg, sizeof(msg), "421 4.4.2 %s Error: timeout exceeded\r\n",
-		    c->srv->params.myhostname);
-		struct timeval tv = { 5, 0 };
-
-		log_info("timeout after %u s from [%s]", c->srv->c->timeout,
-		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
-		/* through the bufferevent: inside TLS the 421 must be encrypted too */
-		smtp_proto_eof(c->sp);
-		c->closing = 1;
-		bufferevent_set_timeouts(bev, &tv, &tv);
-		bufferevent_write(bev, msg, (size_t)n);
-		bufferevent_enable(bev, EV_WRITE);
+	if ((what & BEV_EVENT_TIMEOUT) && !c->closing) {	/* a write: the client reads nothing */
+		timed_out(c);
 		return;
 	}
 	if ((what & BEV_EVENT_ERROR) && c->tls) {
@@ -833,6 +877,10 @@ greet(struct conn *c, const char *hostname)
 {
 	smtp_proto_start(c->sp, c->has_addr ? &c->addr : NULL, hostname, (long long)time(NULL));
 	flush_output(c);
+	/* the client's first request starts with the greeting, not its first byte */
+	c->replied = 0;
+	deadline_request(&c->dl, deadline_now_ms());
+	arm_timer(c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
@@ -922,16 +970,13 @@ lookup_client(struct conn *c)
 }
 
 static void
-accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
-    void *arg)
+accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 {
-	struct listener *li = arg;
+	struct door *li = arg;
 	struct server *s = li->srv;
 	struct conn *c = xcalloc(1, sizeof(*c));
-	struct timeval tv = { s->c->timeout, 0 };
-	unsigned *pc = NULL;
+	unsigned per_client = 0;
 
-	(void)l;
 	(void)salen;
 	c->srv = s;
 	c->next = s->conns;
@@ -957,11 +1002,13 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		smtp_proto_set_no_auth(c->sp);
 	s->nconn++;
 	if (c->has_addr)
-		pc = per_client(s, &c->addr, 1);
-	if (pc != NULL)
-		(*pc)++;
+		per_client = anvil_connect(s->anvil, &c->addr, time(NULL));
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	set_write_timeout(c);	/* reads: the request's deadline */
+	c->timer = evtimer_new(s->base, timer_cb, c);
+	deadline_init(&c->dl, s->c->request_deadline, s->c->min_data_rate, deadline_now_ms());
+	arm_timer(c);
+	update_stress(s);
 	if (s->c->max_connections && s->nconn > s->c->max_connections) {
 		static const char msg[] = "421 4.7.0 Too many connections, try again later\r\n";
 
@@ -969,7 +1016,7 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		c->closing = 1;
 		return;
 	}
-	if (s->c->max_per_client && pc != NULL && *pc > s->c->max_per_client) {
+	if (s->c->max_per_client && per_client > s->c->max_per_client) {
 		static const char msg[] = "421 4.7.0 Too many connections from your address\r\n";
 
 		bufferevent_write(c->bev, msg, sizeof(msg) - 1);
@@ -1009,6 +1056,7 @@ users_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	anvil_expire(s->anvil, time(NULL));
 	if (s->users == NULL)
 		return;
 	rc = userdb_reload(&s->users, s->c->users_url, &err);
@@ -1034,7 +1082,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
     const struct smtp_server_conf *c, const char **error_r)
 {
 	struct server *s = xcalloc(1, sizeof(*s));
-	struct listener *ls = xcalloc(nfds + 1, sizeof(*ls));
+	struct door *ls = xcalloc(nfds + 1, sizeof(*ls));
 	struct event *sig_term, *sig_int, *tick;
 	struct timeval one = { 1, 0 };
 	int rc = 0;
@@ -1071,6 +1119,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	s->jobs = jobs_new(s->base, "delivery", SMTP_DELIVERY_THREADS, 0);
 	s->auth_jobs = jobs_new(s->base, "auth", SMTP_AUTH_THREADS, SMTP_AUTH_QUEUE);
 	s->penalty = penalty_new(&c->penalty);
+	s->anvil = anvil_new(60);
 	s->downs = downstream_set_new(s->base, c->downstream_cache_time);
 	if (c->resolver != NULL) {
 		/* no search domains, our own nameserver: no query leaves by surprise */
@@ -1087,11 +1136,11 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		evdns_base_set_option(s->dns, "attempts:", "2");
 	}
 	for (size_t i = 0; i < nfds; i++) {
-		evutil_make_socket_nonblocking(fds[i]);
+		static const char *const names[] = { "smtp", "submission", "smtps" };
+
 		ls[i].srv = s;
 		ls[i].kind = kinds[i];
-		ls[i].l = evconnlistener_new(s->base, accept_cb, &ls[i], LEV_OPT_CLOSE_ON_EXEC, -1,
-		    fds[i]);
+		ls[i].l = listener_new(s->base, fds[i], names[kinds[i]], accept_cb, &ls[i]);
 		if (ls[i].l == NULL) {
 			*error_r = "cannot listen";
 			rc = -1;
@@ -1106,8 +1155,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	if (rc == 0)
 		event_base_dispatch(s->base);
 	for (size_t i = 0; i < nfds; i++)
-		if (ls[i].l != NULL)
-			evconnlistener_free(ls[i].l);
+		listener_free(&ls[i].l);
 	s->stopping = 1;
 	if (s->dns != NULL)
 		evdns_base_free(s->dns, 1);	/* pending lookups call back with an error */
@@ -1124,6 +1172,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	event_free(sig_int);
 	event_free(tick);
 	event_base_free(s->base);
+	anvil_free(&s->anvil);
 	userdb_free(&s->users);
 	free(ls);
 	free(s);
