@@ -13,7 +13,8 @@
                     "no users" (the CLI never writes a zero-length file)
     T02AuthPool     20 TLS connections guessing with AUTH PLAIN from one
                     address while another client delivers: delivery latency
-                    stays near idle (own hashing pool); 40 AUTHs at once
+                    stays near idle (median < 60 ms, p95 < 300 ms; own
+                    hashing pool); 40 AUTHs at once
                     overflow the bounded pool: 454 4.7.0, never a hang
     T03Penalty      failed-AUTH replies wait 1, 2, 2 s (auth_failure_delay
                     doubling to auth_failure_delay_max), a success resets it,
@@ -286,9 +287,13 @@ class T02AuthPool(Case):
                              {k: v for k, v in counts.items() if k != "n"},
                              busy[len(busy) // 2] * 1e3, p95 * 1e3, busy[-1] * 1e3))
         self.assertGreater(counts.get(535, 0), 20, "the guessers did guess: %s" % counts)
-        # measured here: main (one shared pool) p95 ~310 ms, median ~200 ms
-        # (ASan build, 2 cores); with its own pool p95 ~12 ms
-        self.assertLess(p95, 0.150, "deliveries waited behind password hashing: p95 %.0f ms"
+        # measured here: main (one shared pool) median ~200 ms, p95 ~310 ms
+        # (ASan build, 2 cores); with its own pool median ~1-20 ms, p95
+        # ~5-190 ms depending on what else the machine runs
+        median = busy[len(busy) // 2]
+        self.assertLess(median, 0.060, "deliveries waited behind password hashing: median "
+                        "%.0f ms" % (median * 1e3))
+        self.assertLess(p95, 0.300, "deliveries waited behind password hashing: p95 %.0f ms"
                         % (p95 * 1e3))
 
     def test_full_pool_answers_454(self):
