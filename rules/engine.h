@@ -60,6 +60,10 @@ void engine_long_command(struct engine_session *s, const struct snapshot *snap, 
  * kill-listed and not accept-listed (front doors that can refuse at connect) */
 int engine_client_is_killed(const struct engine_session *s, const struct snapshot *snap,
     long long now, struct verdict *v);
+/* may the client's address be banned (failed logins)? 0 when accept-listed
+ * (the accept list overrides bans), in policy_mode = warn, or without an address */
+int engine_client_may_be_banned(const struct engine_session *s, const struct snapshot *snap,
+    long long now);
 void engine_eom(struct engine_session *s, struct verdict *v);
 /* end of transaction without a message (RSET, rejected DATA...) */
 void engine_abort(struct engine_session *s);

@@ -232,6 +232,17 @@ smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r)
 	return b;
 }
 
+int
+smtp_proto_may_ban(struct smtp_proto *sp, long long now)
+{
+	unsigned ticket;
+	const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
+	int may = engine_client_may_be_banned(sp->es, snap, now);
+
+	snapref_release(sp->p->snaps, ticket);
+	return may;
+}
+
 struct smtp_msg *
 smtp_proto_pending(struct smtp_proto *sp)
 {

@@ -124,6 +124,8 @@ const struct smtp_down_req *smtp_proto_take_down_open(struct smtp_proto *sp);
 /* 1 once when an open downstream session must be dropped (RSET, new MAIL);
  * check it before smtp_proto_take_down_open() */
 int smtp_proto_take_down_reset(struct smtp_proto *sp);
+/* may this client be banned for failed logins (not accept-listed, not warn mode) */
+int smtp_proto_may_ban(struct smtp_proto *sp, long long now);
 /* a ban the last verdict asked for: seconds > 0 (cleared by reading) */
 unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);
 /* the connection is (now) encrypted: after implicit TLS or a STARTTLS handshake */

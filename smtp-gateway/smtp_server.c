@@ -647,7 +647,7 @@ auth_failed(struct conn *c)
 	if (!c->has_addr)
 		return 0;
 	delay = penalty_failure(s->penalty, &c->addr, now_ms(), &ban);
-	if (ban && s->c->ban != NULL) {
+	if (ban && s->c->ban != NULL && smtp_proto_may_ban(c->sp, (long long)time(NULL))) {
 		const struct penalty_conf *pc = penalty_conf(s->penalty);
 
 		log_warn("auth: %u failed logins from [%s] within %us; on the kill list for %lus; "

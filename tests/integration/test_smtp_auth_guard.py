@@ -20,7 +20,8 @@
                     doubling to auth_failure_delay_max), a success resets it,
                     other clients are served meanwhile; auth_failure_ban:
                     after N failures the address gets 554 at connect and is
-                    on the kill list with origin auth-ban; unknown-recipient
+                    on the kill list with origin auth-ban (never an accept-
+                    listed address); unknown-recipient
                     probes end in 421 at the error budget
     T04AuthHygiene  auth_mechanisms in lower case: user add stores the
                     CRAM-MD5 secret and CRAM-MD5 logins work; AUTH lines
@@ -419,6 +420,27 @@ class T03Penalty(Case):
         # another address is not affected
         with tls.Client(self.d.ports["smtp"], source="127.0.0.45") as c:
             self.assertEqual(c.ehlo()[0], 250)
+
+    def test_accept_listed_client_is_never_banned(self):
+        # the accept list overrides bans (as for long commands): an internal
+        # webmail host whose users mistype is slowed down, not locked out
+        src = "127.0.0.47"
+        p = tls.run([os.path.join(tls.BIN, "portcullis"), "-c", self.d.conf, "accept", "add",
+                     src])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        time.sleep(1.2)     # the worker picks the list change up within a second
+        try:
+            with tls.Client(self.d.ports["smtp"], source=src, timeout=30) as c:
+                c.ehlo()
+                codes = [c.auth_cram("nobody@example.com", "guess")[0] for _ in range(7)]
+            self.assertEqual(codes, [535] * 7)
+            time.sleep(1.2)
+            with tls.Client(self.d.ports["smtp"], source=src) as c:
+                self.assertEqual(c.ehlo()[0], 250, c.transcript())
+            p = tls.run([os.path.join(tls.BIN, "portcullis"), "-c", self.d.conf, "kill", "list"])
+            self.assertNotIn(src, p.stdout)
+        finally:
+            tls.run([os.path.join(tls.BIN, "portcullis"), "-c", self.d.conf, "accept", "del", src])
 
     def test_rcpt_probes_hit_the_error_budget(self):
         # 5,000 RCPT probes in 0.3 s on one connection (issue 8, item 14):
