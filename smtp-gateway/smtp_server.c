@@ -7,12 +7,16 @@
  *   smtp_server_run()      the loop on the listeners the master bound
  *                          (service/listener), until SIGTERM/SIGINT
  *
- * The loop never waits: Maildir writes and fsyncs run on one pool of job
- * threads, password checks on another (bounded: deliveries never wait behind
- * a guessing storm); completions come back on the loop, and a connection a
- * job still points at is freed only when the job is done.
- * Pass-through sessions are non-blocking clients on the loop itself
- * (downstream.c): closing one guarantees no callback for its connection.
+ * The loop never waits: fsyncs run on one pool of job threads, password
+ * checks on another (bounded: deliveries never wait behind a guessing
+ * storm); completions come back on the loop, and a connection a job still
+ * points at is freed only when the job is done. No message is held whole:
+ * a local one past 64 KiB is written to the store's tmp/ as it arrives (in
+ * 64 KiB page-cache writes on the loop; see spool_more()), a pass-through
+ * one streams downstream and the client is not read while the downstream
+ * is behind. Pass-through sessions are non-blocking clients on the loop
+ * itself (downstream.c): closing one guarantees no callback for its
+ * connection.
  * The user database is reloaded when its file changes (checked each second);
  * a missing, empty, unreadable or garbled file keeps the last good one.
  *
@@ -61,7 +65,9 @@
 #define SMTP_AUTH_THREADS 2	/* password hashing: a pool of its own, never the deliveries' */
 #define SMTP_AUTH_QUEUE 32	/* checks queued or running; past it 454 4.7.0 */
 #define SMTP_STREAM_MIN 65536		/* pass a streamed message on in pieces this big */
-#define SMTP_STREAM_QUEUE (1024 * 1024)	/* at most this much waits for a slow downstream */
+#define SMTP_STREAM_QUEUE (256 * 1024)	/* at most this much waits for a slow downstream */
+#define SMTP_STREAM_ROOM (128 * 1024)	/* a client paused for it reads on below this */
+#define SMTP_SPOOL_MIN 65536		/* a message past this goes to tmp/ in such pieces */
 
 struct door {
 	struct server *srv;
@@ -112,6 +118,9 @@ struct conn {
 	long long armed_due;	/* when the timer is set to fire (ms) */
 	int down_wait;		/* the downstream's reply is awaited (input paused) */
 	int ds_data;		/* DATA went to ds */
+	struct maildir_tmp *spool;	/* the message being received, in the store's tmp/ */
+	size_t spooled;		/* message octets in it (our header lines not counted) */
+	int spool_err;		/* errno of a failed spool write: the final dot gets a 4xx */
 };
 
 struct delivery {
@@ -120,8 +129,11 @@ struct delivery {
 	char **split;
 	size_t n;
 	char *head;
-	const char *data;
+	struct maildir_tmp *spool;	/* head and the first part are in tmp/ already */
+	int spool_err;		/* ... or writing them failed */
+	const char *data;	/* the rest (or all) of the message */
 	size_t len;
+	size_t size;		/* the message's octets, for the log */
 	const char *root;
 	char id[64];
 	char err[300];
@@ -249,6 +261,7 @@ conn_free(struct conn *c)
 {
 	struct server *s = c->srv;
 
+	maildir_tmp_abort(&c->spool);	/* the client left mid-DATA */
 	downstream_close(&c->ds);	/* no callback comes for this connection after this */
 	if (c->delivering) {	/* a job still points here: free it when done */
 		c->dead = 1;
@@ -327,6 +340,24 @@ delivery_run(void *arg)
 
 	if (d->n == 0) {
 		snprintf(d->err, sizeof(d->err), "no local recipient to deliver to");
+		maildir_tmp_abort(&d->spool);
+		return;
+	}
+	if (d->spool_err != 0) {
+		snprintf(d->err, sizeof(d->err), "writing to tmp/ failed: %s", strerror(d->spool_err));
+		return;
+	}
+	if (d->spool != NULL) {
+		/* the rest of the message, then fsync and links, here off the loop */
+		if (maildir_tmp_write(d->spool, d->data, d->len, &err) < 0) {
+			d->spool_err = errno;
+			snprintf(d->err, sizeof(d->err), "%s", err);
+			maildir_tmp_abort(&d->spool);
+		} else if (maildir_tmp_commit(&d->spool, d->root, d->r, d->n, d->id, &err) < 0) {
+			snprintf(d->err, sizeof(d->err), "%s", err);
+		} else {
+			d->ok = 1;
+		}
 		return;
 	}
 	if (maildir_deliver(d->root, d->r, d->n, d->head, strlen(d->head), d->data, d->len,
@@ -346,7 +377,7 @@ delivery_done(void *arg)
 	c->delivering = 0;
 	if (d->ok)
 		log_info("%s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->id, d->sender,
-		    d->n, d->len, d->client);
+		    d->n, d->size, d->client);
 	else
 		log_error("delivery from %s failed: %s", d->client, d->err);
 	if (c->dead) {
@@ -354,6 +385,8 @@ delivery_done(void *arg)
 	} else {
 		if (d->ok)
 			smtp_proto_delivered(c->sp, 1, NULL, NULL, d->id);
+		else if (d->spool_err == ENOSPC || d->spool_err == EDQUOT)
+			smtp_proto_delivered(c->sp, 0, "452", "4.3.1", "Insufficient system storage");
 		else
 			smtp_proto_delivered(c->sp, 0, "451", "4.3.0",
 			    "Error: local delivery failed, try again later");
@@ -369,7 +402,7 @@ delivery_done(void *arg)
 
 /* ---- pass-through: the downstream session runs on this loop ---- */
 
-static char *data_header(struct server *s, const struct smtp_down_req *r);
+static char *received_header(struct conn *c, const struct smtp_msg *m, int store);
 
 /* the downstream answered a RCPT (or failed before it): mirror it */
 static void
@@ -436,7 +469,7 @@ down_send(struct conn *c, const char *p, size_t n, int last)
 	char *head = NULL;
 
 	if (!c->ds_data)	/* DATA goes with the first bytes, our Received: line after 354 */
-		head = data_header(c->srv, smtp_proto_down_info(c->sp));
+		head = received_header(c, smtp_proto_envelope(c->sp), 0);
 	downstream_send(c->ds, head, p, n);
 	if (last)
 		downstream_finish(c->ds, head, down_final_cb, c);
@@ -445,50 +478,182 @@ down_send(struct conn *c, const char *p, size_t n, int last)
 }
 
 /* pass on what has arrived of a streamed message; no waiting: the bytes
- * queue in the downstream's buffer, up to a bound, the rest stays here */
+ * queue in the downstream's buffer, up to a bound, the rest stays here (and
+ * once the session holds its most, the client is not read: read_cb) */
 static void
 stream_more(struct conn *c)
 {
 	const char *p;
 	size_t n;
 
+	if (!smtp_proto_streaming(c->sp) || c->down_wait)
+		return;
+	if (c->ds == NULL) {	/* cannot happen: RCPTs opened it; the dot hears why */
+		while (smtp_proto_stream_chunk(c->sp, 0, &p, &n))
+			smtp_proto_stream_taken(c->sp, n);
+		return;
+	}
 	/* DATA goes down as the client starts its message: the 354 is back
 	 * before the client's final dot, which then costs one round trip */
-	if (c->ds != NULL && !c->ds_data && !c->down_wait && smtp_proto_streaming(c->sp))
+	if (!c->ds_data)
 		down_send(c, "", 0, 0);
-	while (c->ds != NULL && !c->down_wait && downstream_queued(c->ds) < SMTP_STREAM_QUEUE &&
+	while (downstream_queued(c->ds) < SMTP_STREAM_QUEUE &&
 	    smtp_proto_stream_chunk(c->sp, SMTP_STREAM_MIN, &p, &n)) {
 		down_send(c, p, n, 0);
 		smtp_proto_stream_taken(c->sp, n);
 	}
 }
 
-static char *
-received_header(struct server *s, struct smtp_msg *m)
+/* the downstream has room again: read the client on */
+static void
+down_room_cb(void *arg)
 {
-	char date[64];
+	resume(arg);
+}
+
+/* the first local recipient of m (its mailbox gets the tmp/ file); split
+ * holds the copy the names point into */
+static int
+first_local(const struct smtp_msg *m, struct maildir_rcpt *r, char **split)
+{
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		char *at;
+
+		if (!m->rcpt_local[i])
+			continue;
+		*split = xstrdup(m->rcpt[i]);
+		at = strrchr(*split, '@');
+		*at = '\0';
+		r->local = *split;
+		r->domain = at + 1;
+		return 0;
+	}
+	return -1;
+}
+
+/*
+ * Local delivery: a message past SMTP_SPOOL_MIN goes to the store's tmp/
+ * as it arrives, in pieces, written here on the loop: a write(2) of 64 KiB
+ * to a regular file is a copy into the page cache (tens of microseconds);
+ * it waits for the disk only when the kernel throttles a writer that
+ * dirties pages faster than the disk takes them, which is the disk's pace
+ * and the right brake for every connection alike (Postfix's smtpd too
+ * writes its queue file synchronously). The fsync that makes it durable
+ * runs on a job thread at the final dot (delivery_run). A failed write
+ * (disk full) is remembered, the rest of the message is read and dropped,
+ * and the final dot gets a 4xx.
+ */
+static void
+spool_more(struct conn *c)
+{
+	const struct smtp_msg *m = smtp_proto_envelope(c->sp);
+	const char *p, *err;
+	size_t n;
+
+	if (m == NULL || m->downstream || !smtp_proto_in_data(c->sp) || c->srv->c->maildir_root == NULL)
+		return;
+	while (smtp_proto_stream_chunk(c->sp, SMTP_SPOOL_MIN, &p, &n)) {
+		if (c->spool == NULL && c->spool_err == 0) {
+			struct maildir_rcpt r;
+			char *split = NULL, *head;
+
+			if (first_local(m, &r, &split) < 0) {
+				c->spool_err = EINVAL;	/* cannot happen: DATA needs a recipient */
+			} else if (maildir_tmp_open(c->srv->c->maildir_root, &r, &c->spool, &err) < 0) {
+				c->spool_err = errno ? errno : EIO;
+				log_error("spooling a message from %s: %s", m->client, err);
+			} else {
+				head = received_header(c, m, 1);
+				if (maildir_tmp_write(c->spool, head, strlen(head), &err) < 0) {
+					c->spool_err = errno;
+					log_error("spooling a message from %s: %s", m->client, err);
+					maildir_tmp_abort(&c->spool);
+				}
+				free(head);
+				c->spooled = 0;
+			}
+			free(split);
+		}
+		if (c->spool != NULL) {
+			if (maildir_tmp_write(c->spool, p, n, &err) < 0) {
+				c->spool_err = errno;
+				log_error("spooling a message from %s: %s", m->client, err);
+				maildir_tmp_abort(&c->spool);
+			} else {
+				c->spooled += n;
+			}
+		}
+		smtp_proto_stream_taken(c->sp, n);
+	}
+}
+
+/* the transaction ended without a delivery (refused at the dot, size): its
+ * tmp/ file goes */
+static void
+spool_drop(struct conn *c)
+{
+	maildir_tmp_abort(&c->spool);
+	c->spool_err = 0;
+	c->spooled = 0;
+}
+
+/* a copy for a header line: controls and 8-bit made '?' (never fold or
+ * smuggle a line into the message) */
+static void
+header_text(char *dst, size_t cap, const char *src)
+{
+	size_t i;
+
+	for (i = 0; src[i] != '\0' && i + 1 < cap; i++)
+		dst[i] = (unsigned char)src[i] < 0x20 || (unsigned char)src[i] >= 0x7f ? '?' : src[i];
+	dst[i] = '\0';
+}
+
+/*
+ * Our trace lines, from the envelope of the message being received, as
+ * Postfix writes them: "with" names the protocol as RFC 3848 does (ESMTP,
+ * ESMTPS with TLS, ESMTPA with AUTH, ESMTPSA with both; SMTP after HELO),
+ * the TLS version and cipher follow the client, and "for <rcpt>" is there
+ * only for a message with one recipient: every copy of a message for
+ * several would otherwise name the first, Bcc or not. store: final
+ * delivery into the Maildir store, which adds Return-Path: (RFC 5321
+ * §4.4); pass-through leaves that to the MTA that delivers.
+ */
+static char *
+received_header(struct conn *c, const struct smtp_msg *m, int store)
+{
+	struct server *s = c->srv;
+	char date[64], helo[128], client[128], rcpt[600], sender[600], tls[200] = "";
+	char rp[640] = "";
 	time_t now = time(NULL);
 	struct tm tm;
+	SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
 
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	return xasprintf("Received: from %s (%s)\r\n\tby %s with ESMTP\r\n\t"
-	    "for <%s>; %s\r\n", m->helo[0] ? m->helo : "unknown", m->client,
-	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
-}
+	header_text(helo, sizeof(helo), m->helo[0] ? m->helo : "unknown");
+	header_text(client, sizeof(client), m->client);
+	if (ssl != NULL && SSL_get_current_cipher(ssl) != NULL) {
+		const SSL_CIPHER *ci = SSL_get_current_cipher(ssl);
+		int alg = 0, used = SSL_CIPHER_get_bits(ci, &alg);
 
-/* the Received: line for a streamed message, from what the DATA step knows */
-static char *
-data_header(struct server *s, const struct smtp_down_req *r)
-{
-	struct smtp_msg m;
-
-	memset(&m, 0, sizeof(m));
-	snprintf(m.helo, sizeof(m.helo), "%s", r->client_helo);
-	snprintf(m.client, sizeof(m.client), "%s", r->client);
-	m.rcpt = (char **)&(const char *){ r->rcpt };
-	m.nrcpt = 1;
-	return received_header(s, &m);
+		snprintf(tls, sizeof(tls), "\r\n\t(using %s with cipher %s (%d/%d bits))",
+		    SSL_get_version(ssl), SSL_CIPHER_get_name(ci), used, alg);
+	}
+	if (store) {
+		header_text(sender, sizeof(sender), m->sender ? m->sender : "");
+		snprintf(rp, sizeof(rp), "Return-Path: <%s>\r\n", sender);
+	}
+	if (m->nrcpt == 1) {
+		header_text(rcpt, sizeof(rcpt), m->rcpt[0]);
+		return xasprintf("%sReceived: from %s (%s)%s\r\n\tby %s with %s%s%s\r\n\t"
+		    "for <%s>; %s\r\n", rp, helo, client, tls, s->params.myhostname,
+		    m->esmtp ? "ESMTP" : "SMTP", m->esmtp && m->tls ? "S" : "",
+		    m->esmtp && m->auth ? "A" : "", rcpt, date);
+	}
+	return xasprintf("%sReceived: from %s (%s)%s\r\n\tby %s with %s%s%s;\r\n\t%s\r\n",
+	    rp, helo, client, tls, s->params.myhostname, m->esmtp ? "ESMTP" : "SMTP",
+	    m->esmtp && m->tls ? "S" : "", m->esmtp && m->auth ? "A" : "", date);
 }
 
 static void
@@ -496,9 +661,6 @@ deliver(struct conn *c, struct smtp_msg *m)
 {
 	struct server *s = c->srv;
 	struct delivery *d;
-	char date[64];
-	time_t now = time(NULL);
-	struct tm tm;
 
 	if (m->downstream) {
 		if (c->ds == NULL) {	/* cannot happen: RCPTs opened it */
@@ -533,11 +695,15 @@ deliver(struct conn *c, struct smtp_msg *m)
 		d->r[d->n].domain = at + 1;
 		d->n++;
 	}
-	localtime_r(&now, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	d->head = xasprintf("Received: from %s (%s)\r\n\tby %s with ESMTP\r\n\t"
-	    "for <%s>; %s\r\n", m->helo[0] ? m->helo : "unknown", m->client,
-	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
+	/* spooled: the head is in tmp/ already; else it goes with the data */
+	d->spool = c->spool;
+	d->spool_err = c->spool_err;
+	d->size = c->spooled + m->len;
+	c->spool = NULL;
+	c->spool_err = 0;
+	c->spooled = 0;
+	if (d->spool == NULL && d->spool_err == 0)
+		d->head = received_header(c, m, 1);
 	d->data = m->data;	/* stays with the session until smtp_proto_delivered() */
 	d->len = m->len;
 	d->root = s->c->maildir_root;
@@ -765,6 +931,9 @@ read_cb(struct bufferevent *bev, void *arg)
 			break;
 		used = smtp_proto_input(c->sp, v.iov_base, v.iov_len, (long long)time(NULL));
 		evbuffer_drain(in, used);
+		if ((c->spool != NULL || c->spool_err != 0) && !smtp_proto_in_data(c->sp) &&
+		    smtp_proto_pending(c->sp) == NULL)
+			spool_drop(c);	/* refused at the final dot */
 		handle_ban(c);
 		flush_output(c);
 		if (smtp_proto_take_starttls(c->sp)) {
@@ -798,8 +967,17 @@ read_cb(struct bufferevent *bev, void *arg)
 			return;	/* the rest waits for the delivery */
 		}
 		stream_more(c);
-		if (used == 0)
+		spool_more(c);
+		if (used == 0) {
+			if (smtp_proto_streaming(c->sp) && smtp_proto_in_data(c->sp) && c->ds != NULL) {
+				/* the session holds its most and the downstream is behind:
+				 * leave the rest in the client's socket until it has room */
+				bufferevent_disable(bev, EV_READ);
+				downstream_wait_room(c->ds, SMTP_STREAM_ROOM, down_room_cb, c);
+				return;
+			}
 			break;
+		}
 	}
 	input_done(c);
 	if (c->closing) {
