@@ -80,6 +80,8 @@ struct server {
 	struct jobs *jobs;		/* store I/O: fsync */
 	struct jobs *auth_jobs;		/* password hashing, bounded */
 	struct penalty *penalty;	/* failed logins per client address */
+	unsigned auth_busy;		/* AUTHs answered 454 since the last log line */
+	time_t auth_busy_logged;
 	struct downstream_set *downs;	/* pass-through sessions, on this loop */
 	struct evdns_base *dns;		/* client name lookups, or NULL */
 	int stopping;			/* no new work while the pools drain */
@@ -872,11 +874,19 @@ check_auth(struct conn *c, struct smtp_auth_req *req)
 	memcpy(a->digest, req->digest, sizeof(a->digest));
 	explicit_bzero(req->pass, sizeof(req->pass));
 	if (jobs_try_submit(s->auth_jobs, auth_run, auth_done, a) < 0) {
-		/* the hashing pool is full (a guessing storm): no unbounded queue */
+		/* the hashing pool is full (a guessing storm): no unbounded queue;
+		 * said at most once a second, with the count since */
 		char who[CIDR_TEXT_MAX];
+		time_t now = time(NULL);
 
-		log_warn("auth: %zu password checks pending, AUTH from [%s] answered 454",
-		    jobs_pending(s->auth_jobs), c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+		s->auth_busy++;
+		if (now != s->auth_busy_logged) {
+			log_warn("auth: %zu password checks pending, %u AUTH answered 454 (last from "
+			    "[%s])", jobs_pending(s->auth_jobs), s->auth_busy,
+			    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+			s->auth_busy_logged = now;
+			s->auth_busy = 0;
+		}
 		explicit_bzero(a->pass, sizeof(a->pass));
 		free(a->hash);
 		free(a->cram);

@@ -324,7 +324,10 @@ class T02AuthPool(Case):
         self.assertIn("454", codes, "no AUTH was turned away: %s" % codes)
         self.assertGreaterEqual(codes.count("535"), 30, codes)
         self.assertEqual(set(codes) - {"454", "535"}, set(), codes)
-        self.assertRegex(self.d.log_text(), r"AUTH .*answered 454")
+        log = self.d.log_text()
+        self.assertRegex(log, r"\d+ AUTH answered 454")
+        self.assertLessEqual(len(re.findall(r"AUTH answered 454", log)), 3,
+                             "one line a second, not one per AUTH")
         self.assertDelivered(self.d, USER, "after the storm")
 
 
