@@ -49,6 +49,7 @@
 #include <openssl/ssl.h>
 
 #include "common/log.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
 #include "service/jobs.h"
 #include "service/penalty.h"
@@ -377,9 +378,12 @@ delivery_done(void *arg)
 	struct conn *c = d->c;
 
 	c->delivering = 0;
-	if (d->ok)
+	if (d->ok) {
 		log_info("%s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->id, d->sender,
 		    d->n, d->size, d->client);
+		stats_add("messages_total{door=\"smtp\",route=\"store\"}", 1);
+		stats_add("message_bytes_total{door=\"smtp\",route=\"store\"}", d->size);
+	}
 	else
 		log_error("delivery from %s failed: %s", d->client, d->err);
 	if (c->dead) {
@@ -459,6 +463,8 @@ down_final_cb(void *arg, const char *reply)
 
 	c->down_wait = 0;
 	log_info("passed on downstream (%s): %s", c->srv->c->downstream, reply);
+	if (reply[0] == '2')
+		stats_add("messages_total{door=\"smtp\",route=\"relay\"}", 1);
 	downstream_close(&c->ds);	/* cached for the next message, or QUIT */
 	smtp_proto_delivered_reply(c->sp, reply);
 	resume(c);
@@ -834,6 +840,8 @@ auth_done(void *arg)
 	unsigned delay = 0;
 
 	c->delivering = 0;
+	stats_add(a->ok ? "auth_total{door=\"smtp\",result=\"success\"}" :
+	    "auth_total{door=\"smtp\",result=\"failure\"}", 1);
 	if (c->has_addr && a->ok)
 		penalty_success(c->srv->penalty, &c->addr);
 	else if (!a->ok)
@@ -1166,6 +1174,7 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 	unsigned per_client = 0;
 
 	(void)salen;
+	stats_add("connections_total{door=\"smtp\"}", 1);
 	c->srv = s;
 	c->next = s->conns;
 	if (s->conns)

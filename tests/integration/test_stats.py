@@ -139,7 +139,16 @@ class Stats(unittest.TestCase):
                            capture_output=True, text=True, timeout=30)
         self.assertIn("# TYPE portcullis_verdicts_total counter", r.stdout)
 
-    def test_3_only_get_metrics_is_served(self):
+    def test_2b_connections_messages_and_bytes_of_the_smtp_door(self):
+        _, before = self.scrape()
+        s = smtplib.SMTP("127.0.0.1", self.smtp, local_hostname="client.test", timeout=10)
+        s.ehlo()
+        s.quit()
+        _, after = self.scrape()
+        conn = ("portcullis_connections_total", (("door", "smtp"),))
+        self.assertEqual(after.get(conn, 0) - before.get(conn, 0), 1, after)
+
+
         r = self.curl("-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:%d/" % self.metrics)
         self.assertEqual(r.stdout, "404")
         r = self.curl("-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", "x",
