@@ -42,8 +42,11 @@ struct engine_session {
 	int in_tx;
 	struct mailaddr sender;
 	int sender_ok;				/* parsed */
-	char sender_text[LOG_ESCAPE_BUFSZ];
-	char rcpt_text[LOG_ESCAPE_BUFSZ];	/* last recipient, for logs */
+	char sender_text[LOG_ESCAPE_BUFSZ];	/* formatted (raw when it did not parse) */
+	char rcpt_text[LOG_ESCAPE_BUFSZ];	/* last recipient, for logs, the same way */
+	struct mailaddr rcpt;			/* last recipient, as judged */
+	int rcpt_ok;				/* ... it parsed */
+	int rcpt_local;				/* ... it is in mydomains */
 	unsigned nrcpt;				/* accepted recipients */
 	int relayed;				/* some accepted recipient is relayed */
 	unsigned headers_seen;			/* bit i: require_headers[i] */
@@ -95,6 +98,22 @@ const char *
 engine_client_text(const struct engine_session *s)
 {
 	return s->client_text;
+}
+
+const struct mailaddr *
+engine_sender_address(const struct engine_session *s)
+{
+	return s->sender_ok ? &s->sender : NULL;
+}
+
+const struct mailaddr *
+engine_rcpt_address(const struct engine_session *s, int *local_r)
+{
+	if (!s->rcpt_ok)
+		return NULL;
+	if (local_r != NULL)
+		*local_r = s->rcpt_local;
+	return &s->rcpt;
 }
 
 unsigned
@@ -280,6 +299,32 @@ escape_addr(char *dst, const char *a)
 	log_escape(dst, a, n);
 }
 
+/* the formatted address, escaped for logs */
+static void
+format_addr(char *dst, const struct mailaddr *a)
+{
+	char buf[MAILADDR_TEXT_MAX];
+
+	mailaddr_format(a, buf);
+	log_escape(dst, buf, strlen(buf));
+}
+
+/*
+ * An address that does not parse is refused whatever policy_mode says:
+ * the MTA or the downstream would read it some other way than we did.
+ */
+static void
+refuse_syntax(struct verdict *v, const char *code, const char *dsn, const char *text,
+    const char *what, const char *why)
+{
+	v->action = VERDICT_REJECT;
+	snprintf(v->code, sizeof(v->code), "%s", code);
+	snprintf(v->dsn, sizeof(v->dsn), "%s", dsn);
+	snprintf(v->text, sizeof(v->text), "%s", text);
+	v->tag = "bad-address";
+	snprintf(v->rule, sizeof(v->rule), "%s address syntax (RFC 5321 Mailbox): %s", what, why);
+}
+
 static void
 tx_reset(struct engine_session *s)
 {
@@ -288,6 +333,7 @@ tx_reset(struct engine_session *s)
 	s->sender_ok = 0;
 	s->sender_text[0] = '\0';
 	s->rcpt_text[0] = '\0';
+	s->rcpt_ok = s->rcpt_local = 0;
 	s->nrcpt = 0;
 	s->relayed = 0;
 	s->headers_seen = 0;
@@ -345,6 +391,8 @@ void
 engine_mail(struct engine_session *s, const struct snapshot *snap, const char *sender,
     size_t cmdlen, const char *auth_user, long long now, struct verdict *v)
 {
+	const char *why;
+
 	verdict_clear(v);
 	tx_reset(s);
 	s->in_tx = 1;
@@ -353,8 +401,13 @@ engine_mail(struct engine_session *s, const struct snapshot *snap, const char *s
 		log_escape(s->auth, auth_user, strlen(auth_user));
 	if (too_long(s, cmdlen, v, now, snap))
 		return;
-	/* the MTA checks syntax; an address we cannot parse matches no entry */
-	s->sender_ok = mailaddr_parse(sender, &s->sender) == 0;
+	if (mailaddr_parse_why(sender, &s->sender, &why) < 0) {
+		memset(&s->sender, 0, sizeof(s->sender));
+		refuse_syntax(v, "501", "5.1.7", "Bad sender address syntax", "sender", why);
+		return;
+	}
+	s->sender_ok = 1;
+	format_addr(s->sender_text, &s->sender);
 	if (kill_check(s, snap, now, v))
 		return;
 	if (s->sender_ok && s->sender.is_null && s->pol->null_sender == NULL_SENDER_REJECT) {
@@ -443,34 +496,66 @@ void
 engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *rcpt,
     size_t cmdlen, long long now, struct verdict *v)
 {
-	struct mailaddr ra;
-	char who[ENGINE_TEXT_ADDR + 1];
+	struct mailaddr *ra = &s->rcpt;
+	char who[LOG_ESCAPE_BUFSZ];
 	char why[sizeof(v->rule)];
-	int parsed, local;
+	const char *err;
+	int local;
 
 	verdict_clear(v);
 	escape_addr(s->rcpt_text, rcpt);
+	s->rcpt_ok = s->rcpt_local = 0;
 	if (too_long(s, cmdlen, v, now, snap))
 		return;
+	if (mailaddr_parse_why(rcpt, ra, &err) < 0 || ra->is_null) {
+		refuse_syntax(v, "501", "5.1.3", "Bad recipient address syntax", "recipient",
+		    ra->is_null ? "the null address <> is no recipient" : err);
+		memset(ra, 0, sizeof(*ra));
+		return;
+	}
 	if (kill_check(s, snap, now, v))
 		return;
-	parsed = mailaddr_parse(rcpt, &ra) == 0;
-	safe_copy(who, sizeof(who), parsed && !ra.is_null ? rcpt : "?");
-	if (who[0] == '<') {	/* the MTA passes <addr>; quote it once */
-		size_t n = strlen(who);
+	if (ra->domain[0] == '\0') {
+		/*
+		 * Unqualified (RFC 5321 §4.1.1.3 allows only <postmaster>):
+		 * postmaster goes to postmaster_address; anything else only from a
+		 * client that may relay, qualified with our first domain as
+		 * Postfix appends $myorigin. Every check below judges the result.
+		 */
+		if (mailaddr_is_postmaster(ra) && s->pol->postmaster.local[0] != '\0') {
+			*ra = s->pol->postmaster;
+		} else if (s->pol->origin[0] != '\0' &&
+		    relay_allowed(s, snap, now, why, sizeof(why))) {
+			snprintf(ra->domain, sizeof(ra->domain), "%s", s->pol->origin);
+		} else {
+			char fmt[MAILADDR_TEXT_MAX];
 
-		memmove(who, who + 1, n);
-		if (n >= 2 && who[n - 2] == '>')
-			who[n - 2] = '\0';
+			safe_copy(who, sizeof(who), mailaddr_format(ra, fmt));
+			decide(s, v, VERDICT_REJECT, "504", "5.5.2", "non-fqdn",
+			    "<%s>: Recipient address rejected: need fully-qualified address", who);
+			snprintf(v->rule, sizeof(v->rule), "unqualified recipient from a client "
+			    "that may not relay (only <postmaster> is accepted)");
+			if (!v->warned)
+				return;
+			ra->is_null = 0;
+			snprintf(ra->domain, sizeof(ra->domain), "%s",
+			    s->pol->origin[0] ? s->pol->origin : "invalid");
+		}
+	}
+	s->rcpt_ok = 1;
+	format_addr(s->rcpt_text, ra);
+	{
+		char fmt[MAILADDR_TEXT_MAX];
+
+		safe_copy(who, sizeof(who), mailaddr_format(ra, fmt));
 	}
 	/*
-	 * Local only when the final domain is ours and nothing in the address
-	 * could route it elsewhere (%, !, quoted @, source routes to others,
-	 * address literals). An unqualified name is local: the MTA qualifies it
-	 * with its own domain.
+	 * Local only when the domain is ours and nothing in the address could
+	 * route it elsewhere (%, !, quoted @, address literals; a source route
+	 * was dropped, as Postfix drops it).
 	 */
-	local = parsed && !ra.is_null && !ra.routing_local && !ra.domain_literal &&
-	    (ra.domain[0] == '\0' || policy_is_my_domain(s->pol, ra.domain));
+	local = !ra->routing_local && !ra->domain_literal && policy_is_my_domain(s->pol, ra->domain);
+	s->rcpt_local = local;
 	if (local) {
 		snprintf(why, sizeof(why), "recipient domain is in mydomains");
 	} else if (!relay_allowed(s, snap, now, why, sizeof(why))) {

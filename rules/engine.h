@@ -72,6 +72,13 @@ const char *engine_action_name(enum verdict_action a);
 /* "name[addr]" of the client */
 const char *engine_client_text(const struct engine_session *s);
 unsigned engine_rcpt_count(const struct engine_session *s);
+struct mailaddr;
+/* the sender the last engine_mail() judged; NULL when it did not parse */
+const struct mailaddr *engine_sender_address(const struct engine_session *s);
+/* the recipient the last engine_rcpt() judged -- <postmaster> rewritten to
+ * postmaster_address, unqualified names qualified -- and whether it is in
+ * mydomains; NULL when it did not parse. Deliver to this address. */
+const struct mailaddr *engine_rcpt_address(const struct engine_session *s, int *local_r);
 const struct ipaddr *engine_client_addr(const struct engine_session *s);
 
 #endif

@@ -38,6 +38,7 @@
 #include <openssl/ssl.h>
 
 #include "common/log.h"
+#include "common/mailaddr.h"
 #include "common/xmalloc.h"
 #include "smtp-gateway/jobs.h"
 #include "smtp-gateway/smtp_server.h"
@@ -191,12 +192,17 @@ per_client(struct server *s, const struct ipaddr *a, int make)
 	return NULL;
 }
 
+/* a local recipient -> the user database's canonical name (delivered to that only) */
 static int
-user_exists(void *arg, const char *local, const char *domain)
+user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	struct server *s = arg;
+	const char *u = s->users != NULL ? userdb_resolve(s->users, local, domain) : NULL;
 
-	return s->users != NULL && userdb_has_user(s->users, local, domain);
+	if (u == NULL || strlen(u) >= MAILADDR_TEXT_MAX)
+		return 0;
+	memcpy(canon_r, u, strlen(u) + 1);
+	return 1;
 }
 
 static void
@@ -939,7 +945,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 			free(s);
 			return -1;
 		}
-		s->params.user_exists = user_exists;
+		s->params.user_resolve = user_resolve;
 		s->params.user_arg = s;
 	}
 	s->base = event_base_new();

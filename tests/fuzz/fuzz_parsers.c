@@ -4,6 +4,7 @@
  * fields. Must never crash or leak; errors are answers.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,11 +49,25 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			listentry_clear(&e);
 	}
 	{
-		struct mailaddr a;
-		char key[2 * MAILADDR_PART_MAX + 2];
+		/* round trip: parse(format(parse(x))) == parse(x), so what is sent
+		 * downstream means what the engine judged */
+		struct mailaddr a, b;
+		char key[2 * MAILADDR_PART_MAX + 2], fmt[MAILADDR_TEXT_MAX];
+		char path[MAILADDR_TEXT_MAX + 2];
 
-		if (mailaddr_parse(s, &a) == 0)
+		if (mailaddr_parse(s, &a) == 0) {
 			mailaddr_key(&a, key);
+			snprintf(path, sizeof(path), "<%s>", mailaddr_format(&a, fmt));
+			if (mailaddr_parse(path, &b) != 0 || strcmp(a.local, b.local) != 0 ||
+			    strcmp(a.domain, b.domain) != 0 || a.is_null != b.is_null ||
+			    a.routing_local != b.routing_local || a.domain_literal != b.domain_literal)
+				abort();
+			/* nothing formatted carries a byte that could end a line or a path */
+			for (const char *p = fmt; *p; p++)
+				if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+					abort();
+		}
+		(void)mailaddr_domain_is_valid(s);
 	}
 	{
 		struct cidr c;

@@ -151,6 +151,42 @@ static const struct ecase cases[] = {
 	{ "accept-listed client is never banned", NULL, NULL, OUT, OUT, NULL, NULL, NULL,
 	  "LONG", "<u@example.com>", 0, NULL, STAGE_MAIL, "500", "5.5.2", "long-command", 0 },
 
+	/* address syntax (RFC 5321 Mailbox): refused, never guessed -- also in warn mode */
+	{ "comment in recipient domain", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<victim@other.org(.example.com>", 0, NULL, STAGE_RCPT, "501", "5.1.3",
+	  "bad-address", 0 },
+	{ "comment after recipient", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<u@example.com(x)>", 0, NULL, STAGE_RCPT, "501", "5.1.3",
+	  "bad-address", 0 },
+	{ "comment trick from a relay client is refused too", NULL, NULL, NULL, IN, NULL, NULL, NULL,
+	  "<a@example.com>", "<victim@other.org(.example.com>", 0, NULL, STAGE_RCPT, "501", "5.1.3",
+	  "bad-address", 0 },
+	{ "kill-listed domain behind a comment", NULL, "@evil.org", NULL, OUT, NULL, NULL, NULL,
+	  "<x@evil.org(c)>", "<u@example.com>", 0, NULL, STAGE_MAIL, "501", "5.1.7", "bad-address", 0 },
+	{ "null sender made of a comment", "null_sender = reject\n", NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<(x)>", "<u@example.com>", 0, NULL, STAGE_MAIL, "501", "5.1.7", "bad-address", 0 },
+	{ "bare comment sender, null_sender = accept", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<(x)>", "<u@example.com>", 0, NULL, STAGE_MAIL, "501", "5.1.7", "bad-address", 0 },
+	{ "syntax is refused in warn mode", "policy_mode = warn\n", NULL, NULL, OUT, NULL, NULL,
+	  NULL, "<a@b.example>", "<victim@other.org(.example.com>", 0, NULL, STAGE_RCPT, "501",
+	  "5.1.3", "bad-address", 0 },
+	{ "null recipient", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<>", 0, NULL, STAGE_RCPT, "501", "5.1.3", "bad-address", 0 },
+	{ "quoted local part with > is fine", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<\"root> NOTIFY=NEVER\"@example.com>", 0, NULL, STAGE_CLOSE, NULL, NULL,
+	  NULL, 0 },
+
+	/* unqualified recipients (RFC 5321 §4.1.1.3, §4.5.1) */
+	{ "postmaster from outside", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<PostMaster>", 0, NULL, STAGE_CLOSE, NULL, NULL, NULL, 0 },
+	{ "other unqualified from outside", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<root>", 0, NULL, STAGE_RCPT, "504", "5.5.2", "non-fqdn", 0 },
+	{ "unqualified from a relay client", NULL, NULL, NULL, IN, NULL, NULL, NULL,
+	  "<a@example.com>", "<root>", 0, NULL, STAGE_CLOSE, NULL, NULL, NULL, 0 },
+	{ "postmaster_address elsewhere: relay check applies", "postmaster_address = pm@other.org\n",
+	  NULL, NULL, OUT, NULL, NULL, NULL, "<a@b.example>", "<postmaster>", 0, NULL, STAGE_RCPT,
+	  "550", "5.7.1", "relay", 0 },
+
 	/* warn mode lets everything pass */
 	{ "policy_mode = warn: relay passes", "policy_mode = warn\n", NULL, NULL, OUT, NULL, NULL,
 	  NULL, "<a@b.example>", "<u@other.org>", 0, "From", STAGE_CLOSE, NULL, NULL, NULL, 0 },
@@ -165,8 +201,20 @@ static const char *const relay_tricks[] = {
 	"<user%other.org@example.com>", "<@example.com:user@other.org>",
 	"<\"user@other.org\"@example.com>", "<other.org!user@example.com>", "<user@other.org.>",
 	"<USER@OTHER.ORG>", "<user@[192.0.2.1]>", "<user@sub.example.com>",
-	"<user@notexample.com>", "<user@example.com.evil.org>", "<user@example.com@other.org>",
-	"<\"user%other.org\"@example.com>", "<>", "<user@exa mple.com>",
+	"<user@notexample.com>", "<user@example.com.evil.org>",
+	"<\"user%other.org\"@example.com>", "<user@other.org>",
+};
+
+/* recipients that do not parse: 501 5.1.3, whoever the client */
+static const char *const syntax_tricks[] = {
+	"<victim@other.org(.example.com>", "<x@example.com(c)>", "<(x)>", "<(x)x@example.com>",
+	"<user@example.com@other.org>", "<>", "<user@exa mple.com>", "<a,b@example.com>",
+	"<a;b@example.com>", "<a:b@example.com>", "<a<b@example.com>", "<u@example.com>>",
+	"<u@example.com,other.org>", "<u@example.com;other.org>", "<\"u\"x@example.com>",
+	"<u@[192.0.2.1>", "<u@[999.0.2.1]>", "<u@[example.com]>", "<@a:>", "<@:u@example.com>",
+	"<u@example..com>", "<.u@example.com>", "<u.@example.com>", "<u@-example.com>",
+	"<\"\"@example.com>", "<u\x01@example.com>", "<u@example.com\x7f>",
+	"<\xc3\xa9@example.com>", "<u @example.com>", "<u@ example.com>",
 };
 
 /* recipients that are local */
@@ -321,6 +369,19 @@ test_engine_relay_tricks(void)
 		    strcmp(v.code, "550") != 0) {
 			fprintf(stderr, "\n  %s was not refused as relay\n", relay_tricks[i]);
 			CU_FAIL("relay trick passed");
+		}
+	}
+	for (size_t i = 0; i < sizeof(syntax_tricks) / sizeof(syntax_tricks[0]); i++) {
+		struct ecase t = { "syntax", NULL, NULL, NULL, IN, NULL, NULL, NULL, "<a@b.example>",
+		    syntax_tricks[i], 0, NULL, STAGE_RCPT, "501", "5.1.3", "bad-address", 0 };
+		struct verdict v;
+
+		if (run_case(&t, &v) != STAGE_RCPT || v.tag == NULL ||
+		    strcmp(v.tag, "bad-address") != 0 || strcmp(v.code, "501") != 0 ||
+		    strcmp(v.dsn, "5.1.3") != 0) {
+			fprintf(stderr, "\n  %s was not refused as bad syntax: %s\n", syntax_tricks[i],
+			    v.text);
+			CU_FAIL("syntax trick passed");
 		}
 	}
 	for (size_t i = 0; i < sizeof(local_forms) / sizeof(local_forms[0]); i++) {
