@@ -74,8 +74,10 @@ policy_new(const struct conf *c, struct policy **p_r, const char **error_r)
 			goto fail_list;
 		}
 		p->domains[p->ndomains++] = xstrdup(d);
-		if (i == 0)	/* what unqualified recipients are qualified with */
-			snprintf(p->origin, sizeof(p->origin), "%s", d[0] == '.' ? d + 1 : d);
+		/* what unqualified recipients are qualified with: the first domain
+		 * itself (".example.com" names only the domains below it) */
+		if (p->origin[0] == '\0' && d[0] != '.')
+			snprintf(p->origin, sizeof(p->origin), "%s", d);
 	}
 	conf_list_free(list);
 	qsort(p->domains, p->ndomains, sizeof(char *), cmp_str);

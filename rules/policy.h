@@ -14,7 +14,7 @@ enum null_sender_mode { NULL_SENDER_ACCEPT, NULL_SENDER_REJECT, NULL_SENDER_REJE
 struct policy {
 	char **domains;		/* sorted, lower case: "example.com" exact, ".example.com" suffix */
 	size_t ndomains;
-	char origin[MAILADDR_PART_MAX];	/* the first of mydomains (no leading dot); "" none */
+	char origin[MAILADDR_PART_MAX];	/* the first of mydomains not written ".dom"; "" none */
 	struct mailaddr postmaster;	/* postmaster_address; local "" when none */
 	struct cidrtab *relay_networks;
 	size_t nrelay_networks;

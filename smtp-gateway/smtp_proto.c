@@ -465,6 +465,26 @@ smtp_proto_auth_user(const struct smtp_proto *sp)
 	return sp->auth_user;
 }
 
+/* a login names its user as the user database does (logs, rate limits, relay) */
+static void
+login_canonical(const struct smtp_proto *sp, const char *login, char *dst, size_t cap)
+{
+	const char *at = strrchr(login, '@');
+	char local[MAILADDR_PART_MAX], domain[MAILADDR_PART_MAX], canon[MAILADDR_TEXT_MAX];
+	size_t ll = at ? (size_t)(at - login) : 0, dl = at ? strlen(at + 1) : 0;
+
+	snprintf(dst, cap, "%s", login);
+	if (at == NULL || sp->p->user_resolve == NULL || ll >= sizeof(local) ||
+	    dl >= sizeof(domain))
+		return;
+	memcpy(local, login, ll);
+	local[ll] = '\0';
+	for (size_t i = 0; i <= dl; i++)
+		domain[i] = (char)tolower((unsigned char)at[1 + i]);
+	if (sp->p->user_resolve(sp->p->user_arg, local, domain, canon) && strlen(canon) < cap)
+		memcpy(dst, canon, strlen(canon) + 1);
+}
+
 void
 smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 {
@@ -473,7 +493,7 @@ smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 	sp->auth_pending = 0;
 	sp->st = ST_CMD;
 	if (ok) {
-		snprintf(sp->auth_user, sizeof(sp->auth_user), "%s", sp->auth.user);
+		login_canonical(sp, sp->auth.user, sp->auth_user, sizeof(sp->auth_user));
 		sp->authenticated = 1;
 		log_info("%s: AUTH %s as %s", engine_client_text(sp->es),
 		    sp->auth.mech == SMTP_AUTH_CRAM ? "CRAM-MD5" : sp->auth.mech == SMTP_AUTH_LOGIN ?

@@ -20,7 +20,8 @@ struct maildir_rcpt {
 int maildir_deliver(const char *root, const struct maildir_rcpt *r, size_t n,
     const char *head, size_t headlen, const char *body, size_t bodylen, char *id_r,
     const char **error_r) __attribute__((warn_unused_result));
-/* a local part or domain that is safe as one path component */
+/* a local part or domain that is safe as one path component (and canonical:
+ * lower case) */
 int maildir_name_is_safe(const char *s);
 
 #endif

@@ -419,8 +419,43 @@ test_delivered_addresses(void)
 	policy_free(&pol);
 }
 
+/* a login is named as the user database names it (issue 8 item 3) */
+static void
+test_login_canonical(void)
+{
+	struct policy *pol = make_policy(NULL);
+	struct snapref snaps;
+	struct smtp_params p;
+	struct smtp_proto *sp;
+	struct ipaddr a;
+
+	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
+	memset(&p, 0, sizeof(p));
+	p.pol = pol;
+	p.snaps = &snaps;
+	p.myhostname = "mx.example.com";
+	p.banner = "mx.example.com ESMTP";
+	p.bare_newline_reject = 1;
+	p.user_resolve = user_resolve;
+	p.auth_mechs = SMTP_AUTH_PLAIN;
+	p.auth_allow_plaintext = 1;
+	CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
+	sp = smtp_proto_new(&p);
+	smtp_proto_start(sp, &a, NULL, 1000);
+	CU_ASSERT(feed(sp, EHLO) == 250);
+	/* "\0ALICE@Example.COM\0pw" */
+	CU_ASSERT(feed(sp, "AUTH PLAIN AEFMSUNFQEV4YW1wbGUuQ09NAHB3\r\n") == 0);
+	CU_ASSERT_FATAL(smtp_proto_pending_auth(sp) != NULL);
+	smtp_proto_auth_done(sp, 1);
+	CU_ASSERT_STRING_EQUAL(smtp_proto_auth_user(sp), "alice@example.com");
+	smtp_proto_free(&sp);
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
 static CU_TestInfo tests[] = {
 	{ "golden dialogues", test_smtp_dialogues },
+	{ "a login is named canonically", test_login_canonical },
 	{ "delivered addresses: canonical user, re-quoted downstream", test_delivered_addresses },
 	{ "pass-through signals", test_passthrough_signals },
 	CU_TEST_INFO_NULL,
