@@ -710,7 +710,7 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 		 */
 		size_t hl = strcspn(arg, " ");
 		char name[MAILADDR_PART_MAX];
-		int bad = hl >= sizeof(name);
+		int bad = hl >= sizeof(sp->helo);	/* never cut short in Received: */
 
 		for (const char *q = arg; *q && !bad; q++)
 			bad = (unsigned char)*q < 0x20 || (unsigned char)*q > 0x7e;
