@@ -12,8 +12,9 @@
  * input differently: "victim@other.org(.example.com" was ours to the old
  * parser and other.org to Postfix, which drops RFC 5322 comments. Nothing
  * is guessed: comments, brackets, commas, semicolons, colons outside
- * quotes, control characters and 8-bit bytes (SMTPUTF8 is not offered) make
- * the address an error. What can still route elsewhere (source routes, %
+ * quotes, control characters and 8-bit bytes make the address an error --
+ * unless the transaction is SMTPUTF8 (RFC 6531, MAILADDR_UTF8: the milter
+ * door, when the MTA says so), where well-formed UTF-8 is atext. What can still route elsewhere (source routes, %
  * and ! in the local part, a quoted @, an address literal) is flagged so
  * the relay check can refuse it. A trailing dot on the domain is dropped,
  * as Postfix does. Never allocates; no state.
@@ -47,38 +48,81 @@ lower(char c)
 }
 
 /*
+ * Length of the well-formed UTF-8 sequence for one non-ASCII character at s
+ * (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF; C1
+ * controls refused too), 0 when there is none.
+ */
+static size_t
+utf8_len(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+#define CONT(x) (((x) & 0xc0) == 0x80)
+
+	if (p[0] == 0xc2)
+		return p[1] >= 0xa0 && p[1] <= 0xbf ? 2 : 0;
+	if (p[0] >= 0xc3 && p[0] <= 0xdf)
+		return CONT(p[1]) ? 2 : 0;
+	if (p[0] == 0xe0)
+		return p[1] >= 0xa0 && p[1] <= 0xbf && CONT(p[2]) ? 3 : 0;
+	if ((p[0] >= 0xe1 && p[0] <= 0xec) || p[0] == 0xee || p[0] == 0xef)
+		return CONT(p[1]) && CONT(p[2]) ? 3 : 0;
+	if (p[0] == 0xed)
+		return p[1] >= 0x80 && p[1] <= 0x9f && CONT(p[2]) ? 3 : 0;
+	if (p[0] == 0xf0)
+		return p[1] >= 0x90 && p[1] <= 0xbf && CONT(p[2]) && CONT(p[3]) ? 4 : 0;
+	if (p[0] >= 0xf1 && p[0] <= 0xf3)
+		return CONT(p[1]) && CONT(p[2]) && CONT(p[3]) ? 4 : 0;
+	if (p[0] == 0xf4)
+		return p[1] >= 0x80 && p[1] <= 0x8f && CONT(p[2]) && CONT(p[3]) ? 4 : 0;
+#undef CONT
+	return 0;
+}
+
+/* a UTF-8 character at s that flags allow: its length, else 0 */
+static size_t
+utf8_ok(const char *s, unsigned flags)
+{
+	return (flags & MAILADDR_UTF8) && (unsigned char)*s >= 0x80 ? utf8_len(s) : 0;
+}
+
+/*
  * A Domain (sub-domains separated by dots; letters, digits, hyphens, and
  * underscores as Postfix's valid_hostname tolerates) starting at s. Writes
  * it lower-cased to out (cap bytes, NUL added); returns its end, or NULL.
  */
 static const char *
-domain_scan(const char *s, char *out, size_t cap, const char **why)
+domain_scan(const char *s, unsigned flags, char *out, size_t cap, const char **why)
 {
-	size_t n = 0, label = 0;
+	size_t n = 0, label = 0, k;
 	const char *p = s;
 
-	for (;; p++) {
+	for (;; p += k) {
 		unsigned char c = (unsigned char)*p;
 
-		if (is_alnum(c) || c == '-' || c == '_') {
+		k = 1;
+		if (is_alnum(c) || c == '-' || c == '_' || (k = utf8_ok(p, flags)) > 0) {
+			if (k == 0)
+				k = 1;
 			if (c == '-' && label == 0) {
 				*why = "a domain label starts with a hyphen";
 				return NULL;
 			}
-			if (++label > MAILADDR_LABEL_MAX) {
+			if ((label += k) > MAILADDR_LABEL_MAX) {
 				*why = "a domain label is longer than 63 octets";
 				return NULL;
 			}
 		} else if (c == '.' && label > 0 && p[-1] != '-') {
+			k = 1;
 			label = 0;
 		} else {
 			break;
 		}
-		if (n + 1 >= cap) {
+		if (n + k >= cap) {
 			*why = "the domain is longer than 255 octets";
 			return NULL;
 		}
-		out[n++] = lower((char)c);
+		for (size_t i = 0; i < k; i++)
+			out[n++] = lower(p[i]);
 	}
 	if (n == 0) {
 		*why = "the domain is missing";
@@ -124,16 +168,17 @@ literal_scan(const char *s, char *out, size_t cap, const char **why)
 
 /* Local-part = Dot-string / Quoted-string, unquoted into out; returns its end */
 static const char *
-local_scan(const char *s, struct mailaddr *a, const char **why)
+local_scan(const char *s, unsigned flags, struct mailaddr *a, const char **why)
 {
-	size_t n = 0;
+	size_t n = 0, k;
 	const char *p = s;
 
 	if (*p == '"') {
 		a->quoted = 1;
-		for (p++; *p != '"'; p++) {
+		for (p++; *p != '"'; p += k) {
 			unsigned char c = (unsigned char)*p;
 
+			k = 1;
 			if (c == '\\') {
 				c = (unsigned char)*++p;
 				if (c < 0x20 || c > 0x7e) {
@@ -144,27 +189,36 @@ local_scan(const char *s, struct mailaddr *a, const char **why)
 				*why = "unbalanced quote in the local part";
 				return NULL;
 			} else if (c < 0x20 || c > 0x7e) {
-				*why = "control or 8-bit character in the local part";
-				return NULL;
+				if ((k = utf8_ok(p, flags)) == 0) {
+					*why = "control or 8-bit character in the local part";
+					return NULL;
+				}
 			}
-			if (n + 1 >= sizeof(a->local)) {
+			if (n + k >= sizeof(a->local)) {
 				*why = "the local part is longer than 255 octets";
 				return NULL;
 			}
-			a->local[n++] = (char)c;
+			memcpy(a->local + n, p, k);
+			n += k;
 		}
 		p++;
 	} else {
-		for (; is_atext((unsigned char)*p) || *p == '.'; p++) {
-			if (*p == '.' && (p == s || p[-1] == '.')) {
-				*why = "empty atom in the local part (leading or double dot)";
-				return NULL;
+		for (;; p += k) {
+			k = 1;
+			if (*p == '.') {
+				if (p == s || p[-1] == '.') {
+					*why = "empty atom in the local part (leading or double dot)";
+					return NULL;
+				}
+			} else if (!is_atext((unsigned char)*p) && (k = utf8_ok(p, flags)) == 0) {
+				break;
 			}
-			if (n + 1 >= sizeof(a->local)) {
+			if (n + k >= sizeof(a->local)) {
 				*why = "the local part is longer than 255 octets";
 				return NULL;
 			}
-			a->local[n++] = *p;
+			memcpy(a->local + n, p, k);
+			n += k;
 		}
 		if (n > 0 && p[-1] == '.') {
 			*why = "the local part ends with a dot";
@@ -181,19 +235,22 @@ local_scan(const char *s, struct mailaddr *a, const char **why)
 	return p;
 }
 
+/* bytes >= 0x80 are in a local part only when it was parsed with MAILADDR_UTF8,
+ * where they are atext (RFC 6531) */
 static int
 is_dot_string(const char *s)
 {
 	if (*s == '\0' || *s == '.')
 		return 0;
 	for (const char *p = s; *p; p++)
-		if (!(is_atext((unsigned char)*p) || (*p == '.' && p[1] != '.' && p[1] != '\0')))
+		if (!(is_atext((unsigned char)*p) || (unsigned char)*p >= 0x80 ||
+		    (*p == '.' && p[1] != '.' && p[1] != '\0')))
 			return 0;
 	return 1;
 }
 
 int
-mailaddr_parse_why(const char *raw, struct mailaddr *a, const char **why)
+mailaddr_parse_flags(const char *raw, unsigned flags, struct mailaddr *a, const char **why)
 {
 	char buf[MAILADDR_TEXT_MAX + 2], dom[MAILADDR_PART_MAX];
 	const char *s = raw, *e, *p;
@@ -228,7 +285,7 @@ mailaddr_parse_why(const char *raw, struct mailaddr *a, const char **why)
 	if (*p == '@') {
 		/* A-d-l ":" -- accepted and ignored (RFC 5321 §4.1.2, C.) */
 		for (;;) {
-			if (*p != '@' || (p = domain_scan(p + 1, dom, sizeof(dom), why)) == NULL) {
+			if (*p != '@' || (p = domain_scan(p + 1, flags, dom, sizeof(dom), why)) == NULL) {
 				if (p != NULL)
 					*why = "bad source route";
 				return -1;
@@ -244,12 +301,12 @@ mailaddr_parse_why(const char *raw, struct mailaddr *a, const char **why)
 		a->source_route = 1;
 		p++;
 	}
-	if ((p = local_scan(p, a, why)) == NULL)
+	if ((p = local_scan(p, flags, a, why)) == NULL)
 		return -1;
 	if (*p == '@') {
 		p++;
 		p = *p == '[' ? literal_scan(p, a->domain, sizeof(a->domain), why) :
-		    domain_scan(p, a->domain, sizeof(a->domain), why);
+		    domain_scan(p, flags, a->domain, sizeof(a->domain), why);
 		if (p == NULL)
 			return -1;
 		a->domain_literal = a->domain[0] == '[';
@@ -266,6 +323,12 @@ mailaddr_parse_why(const char *raw, struct mailaddr *a, const char **why)
 		return -1;
 	}
 	return 0;
+}
+
+int
+mailaddr_parse_why(const char *raw, struct mailaddr *a, const char **why)
+{
+	return mailaddr_parse_flags(raw, 0, a, why);
 }
 
 int
@@ -330,6 +393,6 @@ mailaddr_domain_is_valid(const char *s)
 	const char *why, *end;
 
 	end = s[0] == '[' ? literal_scan(s, out, sizeof(out), &why) :
-	    domain_scan(s, out, sizeof(out), &why);
+	    domain_scan(s, 0, out, sizeof(out), &why);
 	return end != NULL && *end == '\0';
 }

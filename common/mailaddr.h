@@ -33,6 +33,11 @@ struct mailaddr {
  */
 int mailaddr_parse_why(const char *raw, struct mailaddr *addr_r, const char **error_r)
     __attribute__((warn_unused_result));
+/* the same; MAILADDR_UTF8: an SMTPUTF8 transaction (RFC 6531), where
+ * well-formed UTF-8 (no C1 controls) is allowed in the local part and domain */
+#define MAILADDR_UTF8 1u
+int mailaddr_parse_flags(const char *raw, unsigned flags, struct mailaddr *addr_r,
+    const char **error_r) __attribute__((warn_unused_result));
 int mailaddr_parse(const char *raw, struct mailaddr *addr_r)
     __attribute__((warn_unused_result));
 /*

@@ -44,6 +44,8 @@ struct engine_session {
 	int sender_ok;				/* parsed */
 	char sender_text[LOG_ESCAPE_BUFSZ];	/* formatted (raw when it did not parse) */
 	char rcpt_text[LOG_ESCAPE_BUFSZ];	/* last recipient, for logs, the same way */
+	unsigned addr_flags;			/* MAILADDR_UTF8 in an SMTPUTF8 transaction */
+	unsigned addr_flags_next;		/* ... for the next MAIL */
 	struct mailaddr rcpt;			/* last recipient, as judged */
 	int rcpt_ok;				/* ... it parsed */
 	int rcpt_local;				/* ... it is in mydomains */
@@ -98,6 +100,12 @@ const char *
 engine_client_text(const struct engine_session *s)
 {
 	return s->client_text;
+}
+
+void
+engine_mail_smtputf8(struct engine_session *s)
+{
+	s->addr_flags_next = MAILADDR_UTF8;
 }
 
 const struct mailaddr *
@@ -396,12 +404,14 @@ engine_mail(struct engine_session *s, const struct snapshot *snap, const char *s
 	verdict_clear(v);
 	tx_reset(s);
 	s->in_tx = 1;
+	s->addr_flags = s->addr_flags_next;
+	s->addr_flags_next = 0;
 	escape_addr(s->sender_text, sender);
 	if (auth_user != NULL && auth_user[0] != '\0')
 		log_escape(s->auth, auth_user, strlen(auth_user));
 	if (too_long(s, cmdlen, v, now, snap))
 		return;
-	if (mailaddr_parse_why(sender, &s->sender, &why) < 0) {
+	if (mailaddr_parse_flags(sender, s->addr_flags, &s->sender, &why) < 0) {
 		memset(&s->sender, 0, sizeof(s->sender));
 		refuse_syntax(v, "501", "5.1.7", "Bad sender address syntax", "sender", why);
 		return;
@@ -507,7 +517,7 @@ engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *r
 	s->rcpt_ok = s->rcpt_local = 0;
 	if (too_long(s, cmdlen, v, now, snap))
 		return;
-	if (mailaddr_parse_why(rcpt, ra, &err) < 0 || ra->is_null) {
+	if (mailaddr_parse_flags(rcpt, s->addr_flags, ra, &err) < 0 || ra->is_null) {
 		refuse_syntax(v, "501", "5.1.3", "Bad recipient address syntax", "recipient",
 		    ra->is_null ? "the null address <> is no recipient" : err);
 		memset(ra, 0, sizeof(*ra));

@@ -415,8 +415,58 @@ class T06PostmasterAddressUnknown(AddrCase):
         self.assertIn("nobody@example.com", c.step("RCPT").text, self.ctx(c))
 
 
+class T07SmtpUtf8(unittest.TestCase):
+    """A Postfix with smtputf8_enable = yes in front of the milter (its own lab):
+    UTF-8 addresses pass in an SMTPUTF8 transaction, and only there."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.lab = Lab(milter=True, name="portcullis-utf8",
+                      main_cf_extra={"smtputf8_enable": "yes"})
+        cls.lab.start_daemon()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.lab.stop_daemon()
+            bad = cls.lab.sanitizer_reports()
+            if bad:
+                raise AssertionError("sanitizer reports:\n%s" % "\n".join(bad[:40]))
+        finally:
+            cls.lab.close()
+
+    def session(self, sender, rcpt, params, marker):
+        c = self.lab.client(OUTSIDE)
+        c.smtp.command_encoding = "utf-8"
+        c.connect()
+        c.ehlo()
+        c.mail(sender, params)
+        if c.rcpt(rcpt)[0] // 100 == 2:
+            c.data(make_message(marker, to="user@example.com"))
+        c.quit()
+        return c
+
+    def test_utf8_addresses_in_an_smtputf8_transaction(self):
+        m = new_marker()
+        c = self.session("j\u00f6rg@outside.test", "m\u00fcller@example.com", "SMTPUTF8", m)
+        st = c.step("<message>")
+        self.assertTrue(st is not None and st.code == 250, c.transcript() + "\n" +
+                        labmod._tail(self.lab.daemon_log, 10))
+        # the milter let every stage pass; the smtp-sink behind offers no
+        # SMTPUTF8, so Postfix can only queue it (and bounce it later)
+        labmod.wait_until(lambda: "to=<m\u00fcller@example.com>" in
+                          labmod._read(self.lab.maillog), 10, what="Postfix queued it")
+
+    def test_utf8_without_smtputf8_is_refused(self):
+        m = new_marker()
+        c = self.session("j\u00f6rg@outside.test", "user@example.com", "", m)
+        st = c.step("MAIL")
+        self.assertTrue(st.code == 501 and st.text.startswith("5.1.7"), c.transcript())
+        self.lab.assert_never_delivered(m)
+
+
 CASES = [T01PassThrough, T02Milter, T03Store, T04StoreWithRelayhost, T05PostmasterAddress,
-         T06PostmasterAddressUnknown]
+         T06PostmasterAddressUnknown, T07SmtpUtf8]
 
 
 class CountingResult(unittest.TextTestResult):

@@ -459,8 +459,38 @@ test_policy_errors(void)
 	}
 }
 
+/* UTF-8 addresses: only in a transaction the MTA marked SMTPUTF8 (milter door) */
+static void
+test_engine_smtputf8(void)
+{
+	struct policy *p = policy_from(NULL);
+	struct snapshot *snap = snapshot_new(list_from(NULL), list_from(NULL));
+	struct engine_session *s = engine_session_new(p);
+	struct ipaddr addr;
+	struct verdict v;
+	const char *from = "<j\xc3\xb6rg@b.example>", *to = "<m\xc3\xbcller@example.com>";
+
+	CU_ASSERT_FATAL(cidr_addr_parse(OUT, &addr) == 0);
+	engine_connect(s, snap, &addr, NULL, NOW, &v);
+	engine_mail(s, snap, from, 40, NULL, NOW, &v);
+	CU_ASSERT(v.action == VERDICT_REJECT && strcmp(v.code, "501") == 0);
+	engine_mail_smtputf8(s);
+	engine_mail(s, snap, from, 40, NULL, NOW, &v);
+	CU_ASSERT(v.action == VERDICT_CONTINUE);
+	engine_rcpt(s, snap, to, 40, NOW, &v);
+	CU_ASSERT(v.action == VERDICT_CONTINUE);
+	engine_abort(s);
+	engine_mail(s, snap, "<a@b.example>", 40, NULL, NOW, &v);	/* one transaction only */
+	engine_rcpt(s, snap, to, 40, NOW, &v);
+	CU_ASSERT(v.action == VERDICT_REJECT && strcmp(v.code, "501") == 0);
+	engine_session_free(&s);
+	snapshot_free(&snap);
+	policy_free(&p);
+}
+
 static CU_TestInfo tests[] = {
 	{ "every verdict (table)", test_engine_table },
+	{ "SMTPUTF8 transactions take UTF-8 addresses", test_engine_smtputf8 },
 	{ "relay tricks refused, local forms accepted", test_engine_relay_tricks },
 	{ "reply texts are printable", test_engine_reply_texts_are_clean },
 	{ "RSET clears the transaction", test_engine_rset_clears_transaction },

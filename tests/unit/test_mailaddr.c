@@ -235,7 +235,50 @@ test_mailaddr_domain(void)
 		}
 }
 
+/* SMTPUTF8 transactions (RFC 6531): well-formed UTF-8 only, and only when asked */
+static void
+test_mailaddr_utf8(void)
+{
+	static const struct { const char *in; int ok; const char *formatted; } t[] = {
+		{ "<j\xc3\xb6" "e@example.com>", 1, "j\xc3\xb6" "e@example.com" },
+		{ "<u@b\xc3\xbc" "cher.Example>", 1, "u@b\xc3\xbc" "cher.example" },
+		{ "<\"j\xc3\xb6 e\"@example.com>", 1, "\"j\xc3\xb6 e\"@example.com" },
+		{ "<\xe2\x82\xac.\xf0\x9f\x98\x80@example.com>", 1,
+		  "\xe2\x82\xac.\xf0\x9f\x98\x80@example.com" },
+		{ "<\xc3@example.com>", 0, NULL },			/* cut short */
+		{ "<\xc0\xafx@example.com>", 0, NULL },		/* overlong "/" */
+		{ "<\xed\xa0\x80@example.com>", 0, NULL },		/* surrogate */
+		{ "<\xc2\x85@example.com>", 0, NULL },		/* C1 control NEL */
+		{ "<\xf4\x90\x80\x80@example.com>", 0, NULL },	/* past U+10FFFF */
+		{ "<\xff@example.com>", 0, NULL },
+		{ "<u@example.com(\xc3\xa9)>", 0, NULL },		/* still no comments */
+	};
+
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct mailaddr a, b;
+		char fmt[MAILADDR_TEXT_MAX], path[MAILADDR_TEXT_MAX + 2];
+		const char *why;
+		int rc = mailaddr_parse_flags(t[i].in, MAILADDR_UTF8, &a, &why);
+
+		/* without SMTPUTF8 every one of them is refused */
+		CU_ASSERT_EQUAL(mailaddr_parse(t[i].in, &b), -1);
+		if (rc != (t[i].ok ? 0 : -1) ||
+		    (t[i].ok && strcmp(mailaddr_format(&a, fmt), t[i].formatted) != 0)) {
+			fprintf(stderr, "\n  UTF-8 case %zu: rc %d\n", i, rc);
+			CU_FAIL("UTF-8 parse differs");
+			continue;
+		}
+		if (!t[i].ok)
+			continue;
+		snprintf(path, sizeof(path), "<%s>", fmt);
+		CU_ASSERT_EQUAL(mailaddr_parse_flags(path, MAILADDR_UTF8, &b, &why), 0);
+		CU_ASSERT_STRING_EQUAL(a.local, b.local);
+		CU_ASSERT_STRING_EQUAL(a.domain, b.domain);
+	}
+}
+
 static CU_TestInfo tests[] = {
+	{ "SMTPUTF8: UTF-8 addresses, well-formed only", test_mailaddr_utf8 },
 	{ "table: forms, tricks, formatted form", test_mailaddr_table },
 	{ "formatted form parses back to the same address", test_mailaddr_round_trip },
 	{ "over-long parts are refused", test_mailaddr_overlong },
