@@ -28,7 +28,8 @@ struct smtp_params {
 	/*
 	 * A local recipient (local part unquoted, domain lower case) -> the
 	 * user database's canonical "user@domain" in canon_r (MAILADDR_TEXT_MAX
-	 * bytes), which is what is delivered to; 0: no such user. NULL: every
+	 * bytes), which is what is delivered to; 0: no such user (canon_r
+	 * untouched). NULL: every
 	 * local recipient exists under its lower-cased address.
 	 */
 	int (*user_resolve)(void *arg, const char *local, const char *domain, char *canon_r);
