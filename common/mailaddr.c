@@ -249,6 +249,20 @@ is_dot_string(const char *s)
 	return 1;
 }
 
+/* strlen(mailaddr_format(a)), without formatting */
+static size_t
+formatted_len(const struct mailaddr *a)
+{
+	size_t n = strlen(a->local);
+
+	if (!is_dot_string(a->local)) {
+		n += 2;
+		for (const char *p = a->local; *p; p++)
+			n += *p == '"' || *p == '\\';
+	}
+	return n + (a->domain[0] != '\0' ? 1 + strlen(a->domain) : 0);
+}
+
 int
 mailaddr_parse_flags(const char *raw, unsigned flags, struct mailaddr *a, const char **why)
 {
@@ -256,7 +270,10 @@ mailaddr_parse_flags(const char *raw, unsigned flags, struct mailaddr *a, const 
 	const char *s = raw, *e, *p;
 	size_t n;
 
-	memset(a, 0, sizeof(*a));
+	/* not memset: parsing is on every MAIL and RCPT; the parts are always
+	 * written NUL-terminated */
+	a->local[0] = a->domain[0] = '\0';
+	a->is_null = a->source_route = a->routing_local = a->domain_literal = a->quoted = 0;
 	while (*s == ' ' || *s == '\t')
 		s++;
 	e = s + strlen(s);
@@ -318,7 +335,7 @@ mailaddr_parse_flags(const char *raw, unsigned flags, struct mailaddr *a, const 
 		    "character not allowed in the address";
 		return -1;
 	}
-	if (strlen(mailaddr_format(a, buf)) > MAILADDR_TEXT_MAX - 3) {
+	if (formatted_len(a) > MAILADDR_TEXT_MAX - 3) {
 		*why = "the address is longer than 512 octets";
 		return -1;
 	}

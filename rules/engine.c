@@ -42,8 +42,10 @@ struct engine_session {
 	int in_tx;
 	struct mailaddr sender;
 	int sender_ok;				/* parsed */
-	char sender_text[LOG_ESCAPE_BUFSZ];	/* formatted (raw when it did not parse) */
-	char rcpt_text[LOG_ESCAPE_BUFSZ];	/* last recipient, for logs, the same way */
+	/* for logs: the raw address, escaped, when it did not parse (else the
+	 * parsed one is formatted when a line is written: most never are) */
+	char sender_text[LOG_ESCAPE_BUFSZ];
+	char rcpt_text[LOG_ESCAPE_BUFSZ];	/* last recipient, the same way */
 	unsigned addr_flags;			/* MAILADDR_UTF8 in an SMTPUTF8 transaction */
 	unsigned addr_flags_next;		/* ... for the next MAIL */
 	struct mailaddr rcpt;			/* last recipient, as judged */
@@ -308,13 +310,13 @@ escape_addr(char *dst, const char *a)
 }
 
 /* the formatted address, escaped for logs */
-static void
+static const char *
 format_addr(char *dst, const struct mailaddr *a)
 {
 	char buf[MAILADDR_TEXT_MAX];
 
 	mailaddr_format(a, buf);
-	log_escape(dst, buf, strlen(buf));
+	return log_escape(dst, buf, strlen(buf));
 }
 
 /*
@@ -337,10 +339,10 @@ static void
 tx_reset(struct engine_session *s)
 {
 	s->in_tx = 0;
-	memset(&s->sender, 0, sizeof(s->sender));
-	s->sender_ok = 0;
+	s->sender_ok = 0;	/* s->sender means nothing without it */
 	s->sender_text[0] = '\0';
 	s->rcpt_text[0] = '\0';
+	s->rcpt.local[0] = '\0';
 	s->rcpt_ok = s->rcpt_local = 0;
 	s->nrcpt = 0;
 	s->relayed = 0;
@@ -406,18 +408,19 @@ engine_mail(struct engine_session *s, const struct snapshot *snap, const char *s
 	s->in_tx = 1;
 	s->addr_flags = s->addr_flags_next;
 	s->addr_flags_next = 0;
-	escape_addr(s->sender_text, sender);
 	if (auth_user != NULL && auth_user[0] != '\0')
 		log_escape(s->auth, auth_user, strlen(auth_user));
-	if (too_long(s, cmdlen, v, now, snap))
+	if (too_long(s, cmdlen, v, now, snap)) {
+		escape_addr(s->sender_text, sender);
 		return;
+	}
 	if (mailaddr_parse_flags(sender, s->addr_flags, &s->sender, &why) < 0) {
 		memset(&s->sender, 0, sizeof(s->sender));
+		escape_addr(s->sender_text, sender);
 		refuse_syntax(v, "501", "5.1.7", "Bad sender address syntax", "sender", why);
 		return;
 	}
 	s->sender_ok = 1;
-	format_addr(s->sender_text, &s->sender);
 	if (kill_check(s, snap, now, v))
 		return;
 	if (s->sender_ok && s->sender.is_null && s->pol->null_sender == NULL_SENDER_REJECT) {
@@ -513,14 +516,17 @@ engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *r
 	int local;
 
 	verdict_clear(v);
-	escape_addr(s->rcpt_text, rcpt);
 	s->rcpt_ok = s->rcpt_local = 0;
-	if (too_long(s, cmdlen, v, now, snap))
+	ra->local[0] = '\0';	/* for logs: not parsed (yet) */
+	if (too_long(s, cmdlen, v, now, snap)) {
+		escape_addr(s->rcpt_text, rcpt);
 		return;
+	}
 	if (mailaddr_parse_flags(rcpt, s->addr_flags, ra, &err) < 0 || ra->is_null) {
 		refuse_syntax(v, "501", "5.1.3", "Bad recipient address syntax", "recipient",
 		    ra->is_null ? "the null address <> is no recipient" : err);
 		memset(ra, 0, sizeof(*ra));
+		escape_addr(s->rcpt_text, rcpt);
 		return;
 	}
 	if (kill_check(s, snap, now, v))
@@ -553,12 +559,6 @@ engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *r
 		}
 	}
 	s->rcpt_ok = 1;
-	format_addr(s->rcpt_text, ra);
-	{
-		char fmt[MAILADDR_TEXT_MAX];
-
-		safe_copy(who, sizeof(who), mailaddr_format(ra, fmt));
-	}
 	/*
 	 * Local only when the domain is ours and nothing in the address could
 	 * route it elsewhere (%, !, quoted @, address literals; a source route
@@ -569,6 +569,9 @@ engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *r
 	if (local) {
 		snprintf(why, sizeof(why), "recipient domain is in mydomains");
 	} else if (!relay_allowed(s, snap, now, why, sizeof(why))) {
+		char fmt[MAILADDR_TEXT_MAX];
+
+		safe_copy(who, sizeof(who), mailaddr_format(ra, fmt));
 		decide(s, v, VERDICT_REJECT, "550", "5.7.1", "relay",
 		    "<%s>: Relay access denied", who);
 		snprintf(v->rule, sizeof(v->rule),
@@ -644,8 +647,8 @@ void
 engine_log(const struct engine_session *s, enum engine_stage stage,
     const struct verdict *v, const char *queue_id, const char *arg)
 {
-	char esc[LOG_ESCAPE_BUFSZ];
-	const char *what;
+	char esc[LOG_ESCAPE_BUFSZ], from_buf[LOG_ESCAPE_BUFSZ], to_buf[LOG_ESCAPE_BUFSZ];
+	const char *what, *from, *to;
 
 	if (v->warned)
 		what = "warn: would reject";
@@ -657,25 +660,30 @@ engine_log(const struct engine_session *s, enum engine_stage stage,
 		what = "pass";
 	else
 		what = NULL;
+	if (what == NULL && !log_is_debug())
+		return;
+	/* the address as judged (formatted), or the raw one when it did not parse */
+	from = s->sender_ok ? format_addr(from_buf, &s->sender) : s->sender_text;
+	to = s->rcpt.local[0] != '\0' ? format_addr(to_buf, &s->rcpt) : s->rcpt_text;
 	if (what == NULL) {
 		if (log_is_debug())
 			log_debug("%s: %s from %s: %s; from=<%s> helo=<%s> rule=%s",
 			    queue_id ? queue_id : "NOQUEUE", engine_stage_name(stage),
-			    s->client_text, engine_action_name(v->action), s->sender_text,
+			    s->client_text, engine_action_name(v->action), from,
 			    s->helo, v->rule);
 		return;
 	}
 	if (v->tag == NULL) {
 		log_info("%s: %s: %s from %s: from=<%s> nrcpt=%u helo=<%s>%s%s",
 		    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage),
-		    s->client_text, s->sender_text, s->nrcpt, s->helo,
+		    s->client_text, from, s->nrcpt, s->helo,
 		    s->auth[0] ? " sasl_username=" : "", s->auth);
 		return;
 	}
 	log_info("%s: %s: %s from %s: %s %s %s; from=<%s> to=<%s> helo=<%s>%s%s reason=%s%s%s",
 	    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage), s->client_text,
-	    v->code, v->dsn, v->text, s->sender_text,
-	    stage == STAGE_RCPT ? s->rcpt_text : "",
+	    v->code, v->dsn, v->text, from,
+	    stage == STAGE_RCPT ? to : "",
 	    s->helo, s->auth[0] ? " sasl_username=" : "", s->auth, v->tag,
 	    arg ? " arg=" : "", arg ? log_escape(esc, arg, strlen(arg)) : "");
 }
