@@ -16,6 +16,7 @@
  * The user database is reloaded when its file changes (checked each second).
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -192,13 +193,29 @@ per_client(struct server *s, const struct ipaddr *a, int make)
 	return NULL;
 }
 
-/* a local recipient -> the user database's canonical name (delivered to that only) */
+/*
+ * A local recipient -> the user database's canonical name (delivered to that
+ * only). Without a users file (users =) every name that can be a mailbox is
+ * one, lower-cased; the others are unknown here, not a failed delivery later.
+ */
 static int
 user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	struct server *s = arg;
-	const char *u = s->users != NULL ? userdb_resolve(s->users, local, domain) : NULL;
+	char low[MAILADDR_PART_MAX];
+	const char *u;
+	size_t i;
 
+	if (s->users == NULL) {
+		for (i = 0; local[i] && i + 1 < sizeof(low); i++)
+			low[i] = (char)tolower((unsigned char)local[i]);
+		low[i] = '\0';
+		if (local[i] != '\0' || !maildir_name_is_safe(low) || !maildir_name_is_safe(domain))
+			return 0;
+		snprintf(canon_r, MAILADDR_TEXT_MAX, "%s@%s", low, domain);
+		return 1;
+	}
+	u = userdb_resolve(s->users, local, domain);
 	if (u == NULL || strlen(u) >= MAILADDR_TEXT_MAX)
 		return 0;
 	memcpy(canon_r, u, strlen(u) + 1);
@@ -945,9 +962,9 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 			free(s);
 			return -1;
 		}
-		s->params.user_resolve = user_resolve;
-		s->params.user_arg = s;
 	}
+	s->params.user_resolve = user_resolve;
+	s->params.user_arg = s;
 	s->base = event_base_new();
 	if (s->base == NULL) {
 		*error_r = "cannot create the event loop";

@@ -415,6 +415,54 @@ class T06PostmasterAddressUnknown(AddrCase):
         self.assertIn("nobody@example.com", c.step("RCPT").text, self.ctx(c))
 
 
+class T09NoUsersFile(AddrCase):
+    """users = (empty): every recipient that can be a mailbox is one, by its
+    lower-cased name; one that cannot is unknown at RCPT."""
+
+    @classmethod
+    def settings(cls):
+        return gateway(users="")
+
+    def test_mixed_case_lands_lower_case(self):
+        m = new_marker()
+        c = self.gw_client()
+        self.transaction(c, "s@outside.test", ["Carol@Example.COM"], m)
+        self.assertReply(c, "<message>", 250, "2.0.0")
+        self.assertTrue(wait_stored(m, "carol"), self.ctx(c))
+        self.assertFalse(os.path.exists(mailbox("Carol")), self.ctx(c))
+
+    def test_name_that_is_no_mailbox_refused_at_rcpt(self):
+        m = new_marker()
+        c = self.gw_client()
+        self.transaction(c, "s@outside.test", ["a/b@example.com", "dave@example.com"], m)
+        rc = [s.code for s in c.steps if s.cmd.startswith("RCPT")]
+        self.assertEqual(rc, [550, 250], self.ctx(c))
+        self.assertReply(c, "<message>", 250, "2.0.0")
+        self.assertTrue(wait_stored(m, "dave"), self.ctx(c))
+
+
+class T08Explain(AddrCase):
+    """`portcullis explain` gives the verdict the doors give."""
+
+    def explain(self, *args):
+        return LAB.cli("explain", "--client", OUTSIDE, *args, check=False)
+
+    def test_comment_trick_refused(self):
+        p = self.explain("--from", "s@outside.test", "--rcpt", "victim@other.org(.example.com")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("501 5.1.3", p.stdout)
+
+    def test_killed_domain_behind_a_comment(self):
+        p = self.explain("--from", "x@evil.org(c)", "--rcpt", "user@example.com")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("501 5.1.7", p.stdout)
+
+    def test_postmaster_shows_where_it_goes(self):
+        p = self.explain("--from", "s@outside.test", "--rcpt", "PostMaster")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("address: <postmaster@example.com>", p.stdout)
+
+
 class T07SmtpUtf8(unittest.TestCase):
     """A Postfix with smtputf8_enable = yes in front of the milter (its own lab):
     UTF-8 addresses pass in an SMTPUTF8 transaction, and only there."""
@@ -466,7 +514,8 @@ class T07SmtpUtf8(unittest.TestCase):
 
 
 CASES = [T01PassThrough, T02Milter, T03Store, T04StoreWithRelayhost, T05PostmasterAddress,
-         T06PostmasterAddressUnknown, T07SmtpUtf8]
+         T06PostmasterAddressUnknown, T09NoUsersFile, T08Explain,
+         T07SmtpUtf8]
 
 
 class CountingResult(unittest.TextTestResult):
