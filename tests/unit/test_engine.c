@@ -442,6 +442,11 @@ test_policy_errors(void)
 		{ "relay_networks = banana\n", "relay_networks: \"banana\"" },
 		{ "mydomains = exa mple..com\n", "mydomains: \"mple..com\" is not a domain name" },
 		{ "relay_require_headers = From Reply:To\n", "\"Reply:To\" is not a header name" },
+		{ "postmaster_address = root\n", "test:1: postmaster_address: \"root\" is not a "
+		  "qualified address: need user@domain" },
+		{ "postmaster_address = pm@example.com(x)\n", "postmaster_address: \"pm@example.com(x)\" "
+		  "is not a qualified address: comment in the address" },
+		{ "postmaster_address = <>\n", "need user@domain" },
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct conf *c = conf_new();
