@@ -7,6 +7,7 @@
  *   mailaddr_format()      the address as it is logged, stored and sent on:
  *                          the local part re-quoted when it is not a Dot-string
  *   mailaddr_key()         lower-case "local@domain" for list lookups
+ *   mailaddr_domain_is_valid()  a domain or address literal (HELO/EHLO)
  *
  * Strict on purpose. A lenient parser and the MTA behind it read hostile
  * input differently: "victim@other.org(.example.com" was ours to the old
@@ -14,10 +15,12 @@
  * is guessed: comments, brackets, commas, semicolons, colons outside
  * quotes, control characters and 8-bit bytes make the address an error --
  * unless the transaction is SMTPUTF8 (RFC 6531, MAILADDR_UTF8: the milter
- * door, when the MTA says so), where well-formed UTF-8 is atext. What can still route elsewhere (source routes, %
- * and ! in the local part, a quoted @, an address literal) is flagged so
- * the relay check can refuse it. A trailing dot on the domain is dropped,
- * as Postfix does. Never allocates; no state.
+ * door, when the MTA says so), where well-formed UTF-8 is atext. What can
+ * still route elsewhere (source routes, % and ! in the local part, a quoted
+ * @, an address literal) is flagged so the relay check can refuse it. A
+ * trailing dot on the domain is dropped, as Postfix does.
+ *
+ * Never allocates; no state; safe from any thread.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
