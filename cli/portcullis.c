@@ -30,6 +30,7 @@
 #include "common/mailaddr.h"
 #include "common/owner.h"
 #include "common/pclimits.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
 #include "rules/policy.h"
@@ -52,6 +53,7 @@ usage(void)
 	    "  user add|passwd USER@DOMAIN [--password-stdin]\n"
 	    "  user del USER@DOMAIN\n"
 	    "  user list\n"
+	    "  stats [--prometheus]\n"
 	    "  explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
 	    "          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
 	    "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
@@ -729,6 +731,38 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	return refused ? 1 : 0;
 }
 
+/* the running daemon's counters (this node's), from $state_dir/stats */
+static int
+cmd_stats(const struct conf *c, int argc, char **argv)
+{
+	char *path = xasprintf("%s/stats", conf_get(c, "state_dir"));
+	const char *err;
+	int prom = argc == 1 && strcmp(argv[0], "--prometheus") == 0;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *fp;
+
+	if (argc > 1 || (argc == 1 && !prom))
+		usage();
+	if (stats_open_readonly(path, &err) < 0)
+		die("%s", err);
+	free(path);
+	fp = open_memstream(&text, &len);
+	if (fp == NULL || stats_write_prometheus(fp) < 0)
+		die("cannot read the counters");
+	fclose(fp);
+	if (prom) {
+		fwrite(text, 1, len, stdout);
+	} else {	/* one "series value" line each, without the format's comments */
+		for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+			if (line[0] != '#')
+				printf("%s\n", strncmp(line, "portcullis_", 11) == 0 ? line + 11 : line);
+	}
+	free(text);
+	stats_close();
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -763,6 +797,8 @@ main(int argc, char **argv)
 
 	if (strcmp(argv[i], "explain") == 0) {
 		rc = cmd_explain(conf, argc - i - 1, argv + i + 1);
+	} else if (strcmp(argv[i], "stats") == 0) {
+		rc = cmd_stats(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "user") == 0) {
 		rc = cmd_user(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&

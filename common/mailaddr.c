@@ -8,6 +8,7 @@
  *                          the local part re-quoted when it is not a Dot-string
  *   mailaddr_key()         lower-case "local@domain" for list lookups
  *   mailaddr_domain_is_valid()  a domain or address literal (HELO/EHLO)
+ *   mailaddr_externalize() Postfix's internal (unquoted) form -> "<quoted>"
  *
  * Strict on purpose. A lenient parser and the MTA behind it read hostile
  * input differently: "victim@other.org(.example.com" was ours to the old
@@ -381,6 +382,39 @@ mailaddr_format(const struct mailaddr *a, char *buf)
 	}
 	if (a->domain[0] != '\0' && n < cap)
 		snprintf(buf + n, cap - n, "@%s", a->domain);
+	return buf;
+}
+
+const char *
+mailaddr_externalize(const char *internal, char *buf, size_t cap)
+{
+	const char *at = strrchr(internal, '@');
+	size_t ll = at ? (size_t)(at - internal) : strlen(internal), n = 0;
+	char local[MAILADDR_PART_MAX];
+
+	if (internal[0] == '\0' || ll >= sizeof(local) || cap < 2 * ll + 6)
+		return internal;
+	memcpy(local, internal, ll);
+	local[ll] = '\0';
+	buf[n++] = '<';
+	if (is_dot_string(local)) {
+		memcpy(buf + n, local, ll);
+		n += ll;
+	} else {
+		buf[n++] = '"';
+		for (size_t i = 0; i < ll; i++) {
+			if (local[i] == '"' || local[i] == '\\')
+				buf[n++] = '\\';
+			buf[n++] = local[i];
+		}
+		buf[n++] = '"';
+	}
+	if (at != NULL && (size_t)snprintf(buf + n, cap - n, "%s>", at) >= cap - n)
+		return internal;
+	if (at == NULL) {
+		buf[n++] = '>';
+		buf[n] = '\0';
+	}
 	return buf;
 }
 

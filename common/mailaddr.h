@@ -46,6 +46,14 @@ int mailaddr_parse(const char *raw, struct mailaddr *addr_r)
  * holds MAILADDR_TEXT_MAX bytes; returns buf.
  */
 const char *mailaddr_format(const struct mailaddr *a, char *buf);
+/*
+ * Postfix's internal form (what its policy delegation protocol sends: the
+ * local part unquoted, the last '@' before the domain, "" for <>) -> the
+ * external "<...>" that mailaddr_parse() reads, the local part quoted when
+ * it is not a Dot-string. buf holds cap bytes; when the result would not
+ * fit, the internal form is returned as it is (the parser refuses it).
+ */
+const char *mailaddr_externalize(const char *internal, char *buf, size_t cap);
 /* "local@domain" lower-cased, or "local" when unqualified; buf >= 2*MAILADDR_PART_MAX */
 const char *mailaddr_key(const struct mailaddr *a, char *buf);
 /* a Domain or address literal as a Mailbox may carry it (a trailing dot allowed):

@@ -21,6 +21,7 @@
 
 #include "common/log.h"
 #include "common/mailaddr.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
 #include "storage-adapter/ratelimit.h"
@@ -283,6 +284,19 @@ engine_client_is_killed(const struct engine_session *s, const struct snapshot *s
 	decide(s, v, VERDICT_REJECT, "554", "5.7.1", m.kind == ENTRY_ADDR ? "kill-ip" : "kill-host",
 	    "Client host %s is on the kill list", s->client_text);
 	return !v->warned;
+}
+
+int
+engine_client_is_accepted(const struct engine_session *s, const struct snapshot *snap,
+    long long now, struct verdict *v)
+{
+	struct listset_match m;
+
+	verdict_clear(v);
+	if (!client_match(s, snap, LIST_ACCEPT, now, &m))
+		return 0;
+	describe_entry(v->rule, sizeof(v->rule), "accept", &m);
+	return 1;
 }
 
 void
@@ -660,6 +674,8 @@ engine_log(const struct engine_session *s, enum engine_stage stage,
 		what = "pass";
 	else
 		what = NULL;
+	if (what != NULL)
+		stats_verdict(engine_stage_name(stage), v->warned ? "warn" : what, v->tag);
 	if (what == NULL && !log_is_debug())
 		return;
 	/* the address as judged (formatted), or the raw one when it did not parse */

@@ -277,7 +277,37 @@ test_mailaddr_utf8(void)
 	}
 }
 
+/* Postfix's internal form (policy delegation) back to what the parser reads */
+static void
+test_mailaddr_externalize(void)
+{
+	static const struct { const char *in, *out; } t[] = {
+		{ "user@example.com", "<user@example.com>" },
+		{ "", "" },
+		{ "postmaster", "<postmaster>" },
+		{ "root> NOTIFY=NEVER@example.com", "<\"root> NOTIFY=NEVER\"@example.com>" },
+		{ "a\"b@example.com", "<\"a\\\"b\"@example.com>" },
+		{ "user@other.org@example.com", "<\"user@other.org\"@example.com>" },
+	};
+	char buf[MAILADDR_TEXT_MAX + 2];
+	struct mailaddr a;
+
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		CU_ASSERT_STRING_EQUAL(mailaddr_externalize(t[i].in, buf, sizeof(buf)), t[i].out);
+	/* what Postfix parsed as one address stays one address */
+	CU_ASSERT_EQUAL(mailaddr_parse(mailaddr_externalize("root> NOTIFY=NEVER@example.com", buf,
+	    sizeof(buf)), &a), 0);
+	CU_ASSERT_STRING_EQUAL(a.local, "root> NOTIFY=NEVER");
+	CU_ASSERT_EQUAL(mailaddr_parse(mailaddr_externalize("user@other.org@example.com", buf,
+	    sizeof(buf)), &a), 0);
+	CU_ASSERT_TRUE(a.routing_local);
+	/* control characters stay refused */
+	CU_ASSERT_EQUAL(mailaddr_parse(mailaddr_externalize("a\rb@example.com", buf, sizeof(buf)),
+	    &a), -1);
+}
+
 static CU_TestInfo tests[] = {
+	{ "Postfix internal form -> external", test_mailaddr_externalize },
 	{ "SMTPUTF8: UTF-8 addresses, well-formed only", test_mailaddr_utf8 },
 	{ "table: forms, tricks, formatted form", test_mailaddr_table },
 	{ "formatted form parses back to the same address", test_mailaddr_round_trip },
