@@ -28,6 +28,7 @@
  * Connections per client address are counted in service/anvil.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -49,6 +50,7 @@
 #include <openssl/ssl.h>
 
 #include "common/log.h"
+#include "common/mailaddr.h"
 #include "common/stats.h"
 #include "common/xmalloc.h"
 #include "service/jobs.h"
@@ -145,12 +147,33 @@ struct delivery {
 	char client[128];
 };
 
+/*
+ * A local recipient -> the user database's canonical name (delivered to that
+ * only). Without a users file (users =) every name that can be a mailbox is
+ * one, lower-cased; the others are unknown here, not a failed delivery later.
+ */
 static int
-user_exists(void *arg, const char *local, const char *domain)
+user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	struct server *s = arg;
+	char low[MAILADDR_PART_MAX];
+	const char *u;
+	size_t i;
 
-	return s->users != NULL && userdb_has_user(s->users, local, domain);
+	if (s->users == NULL) {
+		for (i = 0; local[i] && i + 1 < sizeof(low); i++)
+			low[i] = (char)tolower((unsigned char)local[i]);
+		low[i] = '\0';
+		if (local[i] != '\0' || !maildir_name_is_safe(low) || !maildir_name_is_safe(domain))
+			return 0;
+		snprintf(canon_r, MAILADDR_TEXT_MAX, "%s@%s", low, domain);
+		return 1;
+	}
+	u = userdb_resolve(s->users, local, domain);
+	if (u == NULL || strlen(u) >= MAILADDR_TEXT_MAX)
+		return 0;
+	memcpy(canon_r, u, strlen(u) + 1);
+	return 1;
 }
 
 /* ---- timeouts: a deadline per request, shorter under stress ---- */
@@ -1294,8 +1317,6 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 			free(s);
 			return -1;
 		}
-		s->params.user_exists = user_exists;
-		s->params.user_arg = s;
 		{
 			const char *why;
 
@@ -1305,6 +1326,8 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 				log_error("users file not usable, no users until it is: %s", why);
 		}
 	}
+	s->params.user_resolve = user_resolve;
+	s->params.user_arg = s;
 	s->base = event_base_new();
 	if (s->base == NULL) {
 		*error_r = "cannot create the event loop";
