@@ -30,7 +30,9 @@ LIB     := $(BUILD)/libportcullis.a
 DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c $(wildcard smtp-gateway/*.c) $(wildcard service/*.c))
 CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
 UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c \
-              service/anvil.c service/deadline.c service/listener.c)
+              service/anvil.c service/deadline.c service/listener.c service/jobs.c service/penalty.c)
+DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
+UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
 BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
 NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
 
@@ -87,11 +89,13 @@ unit:
 integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_milter.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_policy.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) sh tests/integration/test_miltertest.sh
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_lists.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_ratelimit.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_gateway.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_tls_auth.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_auth_guard.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_durability.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_passthrough_durability.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_stream.py
@@ -101,6 +105,10 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_install.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_stats.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_service.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_spool.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_received.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_421.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_addresses.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_reload.py
 
 bench: deps
@@ -118,6 +126,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -g -O1 \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Wno-unused-command-line-argument
 FUZZ_LIB_SRC := $(LIB_SRC)
+FUZZ_LIB_SRC += policy/policy_proto.c
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz needs clang (apt-get install clang)"; exit 1; }
 	@mkdir -p build/fuzz/corpus-smtp build/fuzz/corpus-parsers build/fuzz/corpus-downstream build/fuzz/corpus-hdrparse

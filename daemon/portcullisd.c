@@ -5,7 +5,7 @@
  *
  * The master reads the configuration, compiles the policy (so errors show
  * before anything runs), binds the SMTP listeners, and forks one worker per
- * entry of `services` (milter, smtp). Each worker loads the lists, starts
+ * entry of `services` (milter, smtp, policy). Each worker loads the lists, starts
  * its watcher thread and serves; the master restarts a worker that dies
  * (within a second) and stops them all on SIGTERM/SIGINT. A worker says
  * "ready" or why it failed through a pipe: a failure at start-up (a busy
@@ -50,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/authmech.h"
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/owner.h"
@@ -59,6 +60,7 @@
 #include "daemon/metrics.h"
 #include "daemon/watcher.h"
 #include "milter/milter.h"
+#include "policy/policy_door.h"
 #include "rules/policy.h"
 #include "service/listener.h"
 #include "smtp-gateway/downstream.h"
@@ -75,7 +77,7 @@
 #define READY_TIMEOUT_MS 15000
 #define ORPHAN_GRACE_MS 700	/* a worker whose master died stops within this, or is cut */
 
-enum service { SVC_MILTER, SVC_SMTP };
+enum service { SVC_MILTER, SVC_SMTP, SVC_POLICY };
 
 struct worker {
 	enum service svc;
@@ -90,6 +92,8 @@ static int smtp_fds[MAX_LISTENERS];
 static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
 static size_t nsmtp_fds;
 static SSL_CTX *tls_ctx;
+static int policy_fds[MAX_LISTENERS];
+static size_t npolicy_fds;
 static struct cidrtab *bare_exceptions;
 static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watches [0] */
 
@@ -372,10 +376,27 @@ worker_main(enum service svc, int readyfd)
 		log_info("milter ready on %s", conf_get(conf, "milter_listen"));
 		ready(readyfd, "ok\n");
 		rc = milter_run();
+	} else if (svc == SVC_POLICY) {
+		static struct policy_door_env pe;
+
+		pe.pol = pol;
+		pe.snaps = &snaps;
+		pe.max_connections = (unsigned)conf_get_int(conf, "policy_max_connections");
+		pe.idle_timeout = (unsigned)conf_get_int(conf, "policy_idle_timeout");
+		pe.request_timeout = (unsigned)conf_get_int(conf, "policy_timeout");
+		pe.ban = watcher_ban;
+		pe.ban_arg = w;
+		block_stop_signals(SIG_UNBLOCK);
+		log_info("policy ready on %s", conf_get(conf, "policy_listen"));
+		ready(readyfd, "ok\n");
+		if (policy_door_run(policy_fds, npolicy_fds, &pe, &err) < 0) {
+			log_error("policy: %s", err);
+			rc = -1;
+		}
+		block_stop_signals(SIG_BLOCK);
 	} else {
 		static struct smtp_server_conf sc;
 		const char *delivery = conf_get(conf, "delivery");
-		size_t n_mech = 0;
 
 		memset(&sc, 0, sizeof(sc));
 		sc.params.pol = pol;
@@ -393,18 +414,14 @@ worker_main(enum service svc, int readyfd)
 		    sc.params.have_relayhost ? conf_get(conf, "relayhost") : NULL;
 		sc.downstream_cache_time = (unsigned)conf_get_int(conf, "relay_connection_cache_time");
 		sc.users_url = conf_get(conf, "users");
-		{
-			char **m = conf_get_list(conf, "auth_mechanisms", &n_mech);
-
-			for (size_t k = 0; k < n_mech; k++)
-				sc.params.auth_mechs |= strcasecmp(m[k], "PLAIN") == 0 ? SMTP_AUTH_PLAIN :
-				    strcasecmp(m[k], "LOGIN") == 0 ? SMTP_AUTH_LOGIN :
-				    strcasecmp(m[k], "CRAM-MD5") == 0 ? SMTP_AUTH_CRAM : 0;
-			conf_list_free(m);
-			if (sc.users_url[0] == '\0')
-				sc.params.auth_mechs = 0;
-		}
+		if (authmech_parse(conf, &sc.params.auth_mechs, &err) < 0)
+			fatal("%s", err);	/* checked by the master already */
+		if (sc.users_url[0] == '\0')
+			sc.params.auth_mechs = 0;
+		sc.smtp_auth = conf_get_bool(conf, "smtp_auth");
 		sc.params.auth_allow_plaintext = conf_get_bool(conf, "auth_allow_plaintext");
+		if (penalty_conf_parse(conf, &sc.penalty, &err) < 0)
+			fatal("%s", err);	/* checked by the master already */
 		sc.maildir_root = sc.params.passthrough ? NULL : delivery + 8;	/* checked by the master */
 		sc.max_connections = (unsigned)conf_get_int(conf, "smtp_max_connections");
 		sc.max_per_client = (unsigned)conf_get_int(conf, "smtp_max_per_client");
@@ -822,13 +839,13 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 			}
 			userdb_free(&db);
 		}
-		if (ndraining == MAX_DRAINING) {
-			snprintf(err, sizeof(err), "%d smtp workers are still draining from earlier "
-			    "reloads; try again later", MAX_DRAINING);
-			goto refuse;
-		}
 	}
-	/* the new smtp worker forks with the new settings */
+	if (ndraining + 2 > MAX_DRAINING) {	/* room for the smtp and policy ones */
+		snprintf(err, sizeof(err), "%zu workers are still draining from earlier reloads; "
+		    "try again later", ndraining);
+		goto refuse;
+	}
+	/* the new smtp and policy workers fork with the new settings */
 	conf = c;
 	pol = p;
 	tls_ctx = tls;
@@ -837,12 +854,12 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		struct worker old;
 		int rfd;
 
-		if (wk[i].svc != SVC_SMTP)
+		if (wk[i].svc != SVC_SMTP && wk[i].svc != SVC_POLICY)
 			continue;
 		old = wk[i];
 		spawn(&wk[i], &rfd);
 		if ((why = await_ready(rfd, READY_TIMEOUT_MS)) != NULL) {
-			log_error("reload: the new smtp worker failed: %s", why);
+			log_error("reload: the new %s worker failed: %s", wk[i].name, why);
 			kill(wk[i].pid, SIGKILL);
 			while (waitpid(wk[i].pid, NULL, 0) < 0 && errno == EINTR)
 				;
@@ -851,14 +868,18 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 			pol = old_pol;
 			tls_ctx = old_tls;
 			bare_exceptions = old_bare;
-			snprintf(err, sizeof(err), "smtp: %s", why);
+			snprintf(err, sizeof(err), "%s: %s", wk[i].name, why);
+			for (size_t j = 0; j < i; j++)	/* an smtp worker already replaced: stays */
+				if (wk[j].svc == SVC_SMTP)
+					snprintf(err + strlen(err), sizeof(err) - strlen(err),
+					    " (the smtp door has the new settings)");
 			goto refuse;
 		}
 		if (old.pid > 0) {
 			kill(old.pid, SIGUSR2);	/* drain: finish the sessions, then exit */
 			draining[ndraining++] = old;
-			log_info("smtp worker (pid %ld) drains; pid %ld serves the new settings",
-			    (long)old.pid, (long)wk[i].pid);
+			log_info("%s worker (pid %ld) drains; pid %ld serves the new settings",
+			    old.name, (long)old.pid, (long)wk[i].pid);
 		}
 	}
 	/* the milter last: its reload cannot fail but for a file changed since */
@@ -962,16 +983,18 @@ main(int argc, char **argv)
 			s = SVC_MILTER;
 		else if (strcmp(svcs[i], "smtp") == 0)
 			s = SVC_SMTP;
+		else if (strcmp(svcs[i], "policy") == 0)
+			s = SVC_POLICY;
 		else {
 			fprintf(stderr, "portcullisd: %s: services: unknown service \"%.40s\" "
-			    "(expected milter, smtp)\n", conf_where(c, "services"), svcs[i]);
+			    "(expected milter, smtp, policy)\n", conf_where(c, "services"), svcs[i]);
 			return 1;
 		}
 		for (size_t j = 0; j < nsvc; j++)
 			if (wk[j].svc == s)
 				goto dup;
 		wk[nsvc].svc = s;
-		wk[nsvc].name = s == SVC_MILTER ? "milter" : "smtp";
+		wk[nsvc].name = s == SVC_MILTER ? "milter" : s == SVC_POLICY ? "policy" : "smtp";
 		wk[nsvc].pid = 0;
 		nsvc++;
 dup:		;
@@ -982,16 +1005,40 @@ dup:		;
 		return 1;
 	}
 	{
-		char **m = conf_get_list(c, "auth_mechanisms", &n);
+		unsigned mechs;
 
-		for (size_t k = 0; k < n; k++)
-			if (strcasecmp(m[k], "PLAIN") != 0 && strcasecmp(m[k], "LOGIN") != 0 &&
-			    strcasecmp(m[k], "CRAM-MD5") != 0) {
-				fprintf(stderr, "portcullisd: %s: auth_mechanisms: \"%.40s\" is not PLAIN, "
-				    "LOGIN or CRAM-MD5\n", conf_where(c, "auth_mechanisms"), m[k]);
+		if (authmech_parse(c, &mechs, &err) < 0) {
+			fprintf(stderr, "portcullisd: %s\n", err);
+			return 1;
+		}
+	}
+	{
+		struct penalty_conf pc;
+
+		if (penalty_conf_parse(c, &pc, &err) < 0) {
+			fprintf(stderr, "portcullisd: %s\n", err);
+			return 1;
+		}
+	}
+	for (size_t i = 0; i < nsvc; i++) {
+		if (wk[i].svc != SVC_POLICY)
+			continue;
+		listen = conf_get_list(c, "policy_listen", &n);
+		for (size_t j = 0; j < n && npolicy_fds < MAX_LISTENERS; j++) {
+			int fd = policy_door_listen(listen[j], &err);
+
+			if (fd < 0) {
+				fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "policy_listen"), err);
 				return 1;
 			}
-		conf_list_free(m);
+			policy_fds[npolicy_fds++] = fd;
+		}
+		conf_list_free(listen);
+		if (npolicy_fds == 0) {
+			fprintf(stderr, "portcullisd: %s: policy_listen: nothing to listen on\n",
+			    conf_where(c, "policy_listen"));
+			return 1;
+		}
 	}
 	for (size_t i = 0; i < nsvc; i++) {
 		if (wk[i].svc != SVC_SMTP)
@@ -1231,10 +1278,11 @@ dup:		;
 				if (draining[i].pid != pid)
 					continue;
 				if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-					log_info("smtp worker (pid %ld) drained and exited", (long)pid);
+					log_info("%s worker (pid %ld) drained and exited", draining[i].name,
+					    (long)pid);
 				else
-					log_warn("smtp worker (pid %ld) ended while draining (status %d)",
-					    (long)pid, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+					log_warn("%s worker (pid %ld) ended while draining (status %d)",
+					    draining[i].name, (long)pid, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
 				draining[i] = draining[--ndraining];
 				break;
 			}
@@ -1267,6 +1315,8 @@ dup:		;
 	metrics_stop();
 	for (size_t i = 0; i < nsmtp_fds; i++)
 		close(smtp_fds[i]);
+	for (size_t i = 0; i < npolicy_fds; i++)
+		close(policy_fds[i]);
 	unlink(conf_get(c, "pid_file"));
 	if (tls_ctx != NULL)
 		SSL_CTX_free(tls_ctx);

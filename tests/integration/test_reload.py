@@ -16,6 +16,9 @@
                  the rest of the change (mydomains) applies
   T5Milter       the milter behind a real Postfix picks up a policy change;
                  no 4xx at any step
+  T7PolicyDoor   the Postfix policy door behind a real Postfix picks up a
+                 null_sender change; Postfix's open policy connections are
+                 closed between requests and it reconnects: no 4xx, no warning
   T6Load         50 sessions sending continuously while SIGHUP arrives every
                  second for 10 s: every message 250 and in the store
 
@@ -375,7 +378,6 @@ class T5Milter(unittest.TestCase):
 
     def test_postfix_milter_picks_up_policy_no_4xx(self):
         with labmod.Lab(milter=True) as lab:
-            lab.start()
             lab.start_daemon(mydomains="example.com sub.example.com")
             try:
                 status = os.path.join(lab.dir, "state", "reload-status")
@@ -445,6 +447,55 @@ class T6Load(unittest.TestCase):
             self.assertNotIn("restarting", text)
         finally:
             d.cleanup(self)
+
+
+class T7PolicyDoor(unittest.TestCase):
+    def test_postfix_policy_door_picks_up_change_no_4xx(self):
+        from test_postfix_policy import PolicyLab
+        with PolicyLab(milter=False, ipv6=False, name="portcullis-reload-policy") as lab:
+            lab.start_daemon(services="policy", milter_listen=None,
+                             policy_listen="inet:127.0.0.1:%d" % lab.policy_port)
+            try:
+                status = os.path.join(lab.dir, "state", "reload-status")
+                mark = lab.log_mark()
+                # null_sender = accept: the door says DUNNO to a bounce ...
+                c = lab.send(OUTSIDE, "", "alice@example.com")
+                self.assertEqual(c.step("RCPT").code, 250, c.transcript())
+                stop = threading.Event()
+                seen = []
+
+                def traffic():      # keeps Postfix's policy connections busy
+                    while not stop.is_set():
+                        m = labmod.new_marker("t7")
+                        t = lab.send(OUTSIDE, "sender@outside.test", "alice@example.com",
+                                     labmod.make_message(m, to="alice@example.com"))
+                        seen.extend(t.steps)
+                th = threading.Thread(target=traffic)
+                th.start()
+                time.sleep(0.5)
+                lab.write_daemon_config(services="policy", milter_listen=None,
+                                        policy_listen="inet:127.0.0.1:%d" % lab.policy_port,
+                                        null_sender="reject")
+                lab.daemon_proc.send_signal(signal.SIGHUP)
+                wait_until(lambda: "generation 1" in read(status), 30, what="the reload")
+                time.sleep(1.0)
+                stop.set()
+                th.join(60)
+                self.assertIn("result ok", read(status))
+                # ... and refuses it after the reload (its own 550)
+                c = lab.send(OUTSIDE, "", "alice@example.com")
+                self.assertEqual(c.step("RCPT").code, 550, c.transcript())
+                bad = [s for s in seen if 400 <= s.code < 500 or s.code < 0]
+                self.assertEqual(bad, [])
+                self.assertGreater(len(seen), 5)
+                warn = [l for l in lab.maillog_since(mark).splitlines() if "warning:" in l]
+                self.assertEqual(warn, [], "Postfix warnings across the reload")
+                wait_until(lambda: "policy worker" in read(lab.daemon_log) and
+                           "drained and exited" in read(lab.daemon_log), 15,
+                           what="the old policy worker to exit")
+            finally:
+                lab.stop_daemon()
+                self.assertEqual(lab.sanitizer_reports(), [])
 
 
 def run_load(d, sessions, seconds, reconnect_every=5):
