@@ -86,7 +86,8 @@ class Daemon:
         self.proc = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
                                      stdout=self.logfh, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env)
-        wait_until(lambda: self.proc.poll() is not None or "portcullisd started" in self.log_text(),
+        pid_file = os.path.join(self.keys["state_dir"], "portcullisd.pid")  # written when ready
+        wait_until(lambda: self.proc.poll() is not None or os.path.exists(pid_file),
                    20, what="portcullisd to start")
         if self.proc.poll() is not None:
             raise AssertionError("portcullisd exited %s:\n%s" % (self.proc.returncode,
