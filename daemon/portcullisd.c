@@ -799,6 +799,23 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		    "needs a restart: %s\n", key);
 		extra[nextra++] = xasprintf("%s=%s", key, conf_get(*cp, key));
 	}
+	/* the milter's list watcher is its own for the life of the worker
+	 * (the snapshot it publishes is read lock-free by libmilter's threads) */
+	for (size_t i = 0; i < nsvc; i++) {
+		static const char *const lists_keys[] = { "lists", "lists_prefix",
+			"lists_password_file", "lists_cache", "lists_resync", NULL };
+
+		if (wk[i].svc != SVC_MILTER)
+			continue;
+		for (size_t k = 0; lists_keys[k] != NULL; k++) {
+			if (strcmp(conf_get(*cp, lists_keys[k]), conf_get(c, lists_keys[k])) == 0)
+				continue;
+			log_warn("reload: needs a restart: %s for the milter (changed at %s); the smtp "
+			    "and policy doors take it now", lists_keys[k], conf_where(c, lists_keys[k]));
+			snprintf(notes + strlen(notes), sizeof(notes) - strlen(notes),
+			    "needs a restart: %s (for the milter)\n", lists_keys[k]);
+		}
+	}
 	if (nextra > 0) {
 		conf_free(&c);
 		if (reload_load_conf(extra, nextra, &c, err, sizeof(err)) < 0)

@@ -19,6 +19,8 @@
   T7PolicyDoor   the Postfix policy door behind a real Postfix picks up a
                  null_sender change; Postfix's open policy connections are
                  closed between requests and it reconnects: no 4xx, no warning
+  T8Supervise    after a reload a crashed current worker is restarted (with
+                 the new settings); the draining one that exits is not
   T6Load         50 sessions sending continuously while SIGHUP arrives every
                  second for 10 s: every message 250 and in the store
 
@@ -497,6 +499,34 @@ class T7PolicyDoor(unittest.TestCase):
             finally:
                 lab.stop_daemon()
                 self.assertEqual(lab.sanitizer_reports(), [])
+
+
+class T8Supervise(unittest.TestCase):
+    def test_crashed_current_worker_restarts_drained_one_does_not(self):
+        d = Daemon().start()
+        try:
+            old = smtp(d.port)
+            old.mail("sender@outside.test")
+            self.assertEqual(old.rcpt("alice@example.com")[0], 250)
+            d.keys["mydomains"] = "example.org"
+            d.write()
+            self.assertEqual(d.sighup(), ("ok", ""))
+            m = re.search(r"smtp worker \(pid (\d+)\) drains; pid (\d+) serves", d.log_text())
+            draining, current = int(m.group(1)), int(m.group(2))
+            os.kill(current, signal.SIGKILL)
+            wait_until(lambda: "smtp worker (pid %d) killed by signal 9; restarting" % current
+                       in d.log_text(), 10, what="the crashed worker to be restarted")
+            wait_until(lambda: port_accepts("127.0.0.1", d.port), 10, what="the port")
+            self.assertEqual(rcpt_code(d.port, "bob@example.org"), 250, "new settings kept")
+            self.assertEqual(old.data(message("t8-old"))[0], 250)
+            old.quit()
+            wait_until(lambda: "smtp worker (pid %d) drained and exited" % draining
+                       in d.log_text(), 15, what="the drained worker to exit")
+            time.sleep(1.5)
+            self.assertEqual(d.log_text().count("restarting"), 1)
+            self.assertTrue(d.store_holds("t8-old"))
+        finally:
+            d.cleanup(self)
 
 
 def run_load(d, sessions, seconds, reconnect_every=5):
