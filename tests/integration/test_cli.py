@@ -132,6 +132,92 @@ class ConfigErrors(Base):
                 self.assertEqual(r.returncode, 1, "exit status for %r: %s" % (extra, r.stderr))
                 self.assertRegex(r.stderr, want)
 
+    # (extra config lines, line at fault, what the error says): every value is
+    # checked when the file is read, so -t, -n and a start refuse the same
+    BAD_VALUES = [
+        ("resolver = not-an-ip\n", 4, r'resolver: "not-an-ip": expected system, ADDRESS'),
+        ("resolver = 192.0.2.1:0\n", 4, r'resolver: "192\.0\.2\.1:0"'),
+        ("client_hostname_lookups = yes\nservices = smtp\nsmtp_listen = 127.0.0.1:{port}\n"
+         "resolver = dns.example\n", 7, r'resolver: "dns\.example"'),
+        ("relayhost = mx.example.com:25\n", 4, r'relayhost: "mx\.example\.com:25": not an IP address'),
+        ("delivery = maildir:relative/dir\n", 4, r'delivery: "maildir:relative/dir": expected maildir:/absolute/dir'),
+        ("delivery = relay:mx.example:25\n", 4, r'delivery: "relay:mx\.example:25": not an IP address'),
+        ("services = smtp\nsmtp_listen = 127.0.0.1:99999\n", 5, r'smtp_listen: "127\.0\.0\.1:99999": the port'),
+        ("submission_listen = localhost:587\n", 4, r'submission_listen: "localhost:587": not an IP address'),
+        ("smtps_listen = [127.0.0.1]:465\n", 4, r'smtps_listen: "\[127\.0\.0\.1\]:465": write an IPv4 address without'),
+        ("services = smtp\nsmtp_listen = %s\nsubmission_listen = %s\n" % (
+            " ".join("127.0.0.1:%d" % p for p in range(20001, 20010)),
+            " ".join("127.0.0.1:%d" % p for p in range(20011, 20020))),
+         6, r"submission_listen: too many listeners \(at most 16"),
+        ("smtp_bare_newline_exceptions = 10.1.2.3/8\n", 4,
+         r'smtp_bare_newline_exceptions: "10\.1\.2\.3/8": host bits set'),
+        ("relay_networks = 127.0.0.0/8, banana\n", 4, r'relay_networks: "banana": not an IPv4 or IPv6'),
+        ("services = milter, pop3\n", 4, r'services: "pop3": unknown service'),
+        ("services =\n", 4, r"services: \"\": nothing to run"),
+        ("lists = ftp://x\n", 4, r'lists: "ftp://x": unknown store'),
+        ("lists = file:relative\n", 4, r'lists: "file:relative": expected file:/absolute/dir'),
+        ("lists = redis://\n", 4, r"lists = redis://: cannot parse"),
+        ("lists_prefix = a b\n", 4, r"lists_prefix: \"a b\": no spaces"),
+        ("lists_password_file = /nonexistent/pw\n", 4, r'lists_password_file: "/nonexistent/pw": no such file'),
+        ("tls_cert_file = /nonexistent/cert.pem\n", 4, r'tls_cert_file: "/nonexistent/cert\.pem": no such file'),
+        ("services = smtp\nsmtp_listen = 127.0.0.1:{port}\ntls_cert_file = {conf}\n"
+         "tls_key_file = {conf}\n", 6, r"tls_cert_file = .*: not a PEM certificate"),
+        ("users = /etc/passwd\n", 4, r'users: "/etc/passwd": expected file:'),
+        ("myhostname = bad host\n", 4, r'myhostname: "bad host": not a host name'),
+        ("smtp_banner = a\x01b\n", 4, r'smtp_banner: "a\\x01b": control characters'),
+        ("state_dir = relative\n", 4, r'state_dir: "relative": expected an absolute path'),
+        ("milter_listen = tcp:1\n", 4, r"milter_listen: expected inet:HOST:PORT"),
+        ("run_user = no-such-user-here\n", 4, r'run_user: no user "no-such-user-here"'),
+        ("max_recipients = 10x\n", 4, r'max_recipients: "10x" is not a number'),
+        ("smtp_timeout = 0\n", 4, r"smtp_timeout: 0 seconds is out of range"),
+        ("null_sender = sometimes\n", 4, r"null_sender: \"sometimes\" is not one of"),
+        ("relay_rate_limit = 5\n", 4, r'relay_rate_limit: "5" is not COUNT/TIME'),
+        ("auth_mechanisms = PLAIN GSSAPI\n", 4, r'auth_mechanisms: "GSSAPI" is not'),
+    ]
+
+    def test_check_and_start_refuse_the_same_values(self):
+        for extra, line, want in self.BAD_VALUES:
+            with self.subTest(extra=extra):
+                self.write_conf(extra.format(port=self.port, conf=self.conf))
+                at = r"^portcullisd: %s:%d: " % (re.escape(self.conf), line)
+                t = self.pd("-t")
+                self.assertEqual(t.returncode, 1, "-t exit status: %s" % t.stderr)
+                self.assertRegex(t.stderr, at + want)
+                self.assertEqual(t.stdout, "")
+                self.assertFalse(SANITIZER_RE.search(t.stderr), t.stderr)
+                n = self.pd("-n")
+                self.assertEqual((n.returncode, n.stderr), (1, t.stderr), "-n and -t differ")
+                f = self.pd("-f")
+                self.assertEqual(f.returncode, 1, "start exit status: %s" % f.stderr)
+                self.assertEqual(f.stderr.splitlines()[0], t.stderr.splitlines()[0],
+                                 "start and -t differ")
+                self.assertNotIn("started", f.stderr)
+
+    def test_resolver_not_an_ip_never_starts(self):
+        # the finding: "started", then the smtp worker restarted every second
+        self.write_conf("services = smtp\nsmtp_listen = 127.0.0.1:%d\n"
+                        "client_hostname_lookups = yes\nresolver = not-an-ip\n" % self.port)
+        p = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGTERM)
+            out, _ = p.communicate()
+            self.fail("the daemon ran with resolver = not-an-ip:\n" + out)
+        self.assertEqual(p.returncode, 1, out)
+        self.assertRegex(out, r"portcullis\.conf:7: resolver: \"not-an-ip\"")
+        self.assertNotIn("started", out)
+
+    def test_check_passes_a_good_config(self):
+        self.write_conf("services = milter smtp\nsmtp_listen = 127.0.0.1:%d [::1]:%d\n"
+                        "resolver = 127.0.0.1:5353\nrelayhost = [192.0.2.7]:25\n"
+                        "relay_networks = 10.0.0.0/8 2001:db8::/32\n" % (self.port + 1, self.port + 1))
+        r = self.pd("-t")
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, "", ""))
+        # nothing was bound or created by a check
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "state")))
+
     def test_missing_config_file(self):
         r = run(os.path.join(BIN, "portcullisd"), "-c", "/nonexistent/p.conf", "-f")
         self.assertEqual(r.returncode, 1)

@@ -387,9 +387,14 @@ test_policy_errors(void)
 		struct policy *p = NULL;
 		const char *err = NULL;
 
+		int rc;
+
 		CU_ASSERT_EQUAL(conf_load_string(c, "test", bad[i].conf, &err), 0);
-		CU_ASSERT_EQUAL(conf_finish(c, &err), 0);
-		CU_ASSERT_EQUAL(policy_new(c, &p, &err), -1);
+		/* the config reader or the policy: refused either way */
+		rc = conf_finish(c, &err);
+		if (rc == 0)
+			rc = policy_new(c, &p, &err);
+		CU_ASSERT_EQUAL(rc, -1);
 		if (err == NULL || strstr(err, bad[i].want) == NULL) {
 			fprintf(stderr, "\n  %s: got \"%s\"\n", bad[i].conf, err ? err : "");
 			CU_FAIL("policy error differs");
