@@ -271,6 +271,8 @@ cb_envfrom(SMFICTX *ctx, char **argv)
 	check_mail_macros(ctx);
 	/* Postfix sends {auth_authen} at MAIL only: the session carries it on */
 	auth = smfi_getsymval(ctx, "{auth_authen}");
+	for (int i = 1; argv[i] != NULL; i++)	/* DSN parameters earn room (RFC 3461) */
+		engine_command_params(p->es, argv[i]);
 	snap = snapref_acquire(env->snaps, &ticket);
 	engine_mail(p->es, snap, argv[0], command_length(10, argv), auth,
 	    (long long)time(NULL), &v);
@@ -288,6 +290,8 @@ cb_envrcpt(SMFICTX *ctx, char **argv)
 
 	if (argv[0] == NULL)
 		return SMFIS_CONTINUE;
+	for (int i = 1; argv[i] != NULL; i++)
+		engine_command_params(p->es, argv[i]);
 	snap = snapref_acquire(env->snaps, &ticket);
 	engine_rcpt(p->es, snap, argv[0], command_length(8, argv), (long long)time(NULL), &v);
 	snapref_release(env->snaps, ticket);

@@ -27,6 +27,30 @@
 
 #define ENGINE_TEXT_ADDR 100	/* bytes of an address quoted in a reply */
 
+/*
+ * What ESMTP parameters add to the 512 octets of RFC 5321 §4.5.3.1.4 ("SMTP
+ * extensions may be used to increase this limit"): each keyword present earns
+ * its longest form, leading space and keyword included.
+ *   RFC 3461 §4.2 ORCPT: " ORCPT=" + 500 octets of addr-type;xtext   = 507
+ *   RFC 3461 §4.1 NOTIFY: " NOTIFY=SUCCESS,FAILURE,DELAY"           =  29
+ *   RFC 3461 §4.4 ENVID: " ENVID=" + 100 octets of xtext             = 107
+ *   RFC 3461 §4.3 RET: " RET=HDRS"                                   =   9
+ *   RFC 1870 SIZE: "the MAIL FROM command line is increased by 26"  =  26
+ *   RFC 4954 §5 AUTH=: "increased by 500 characters"                = 500
+ */
+static const struct {
+	enum engine_stage stage;
+	const char *keyword;	/* "KEY=" */
+	unsigned allowance;
+} param_allowances[] = {
+	{ STAGE_RCPT, "ORCPT=", 507 },
+	{ STAGE_RCPT, "NOTIFY=", 29 },
+	{ STAGE_MAIL, "ENVID=", 107 },
+	{ STAGE_MAIL, "RET=", 9 },
+	{ STAGE_MAIL, "SIZE=", 26 },
+	{ STAGE_MAIL, "AUTH=", 500 },
+};
+
 struct engine_session {
 	const struct policy *pol;
 	struct ratelimit *rl;
@@ -47,6 +71,11 @@ struct engine_session {
 	unsigned nrcpt;				/* accepted recipients */
 	int relayed;				/* some accepted recipient is relayed */
 	unsigned headers_seen;			/* bit i: require_headers[i] */
+	/* the next MAIL/RCPT: bit i of param_allowances[] present */
+	unsigned params_seen;
+	/* the last engine_rcpt() counted a recipient (and whether relayed) */
+	int last_rcpt_counted, last_rcpt_relayed;
+	unsigned nrelayed;			/* accepted relayed recipients */
 };
 
 struct engine_session *
@@ -212,17 +241,62 @@ engine_connect(struct engine_session *s, const struct snapshot *snap,
 		snprintf(v->rule, sizeof(v->rule), "client on no list");
 }
 
+void
+engine_command_params(struct engine_session *s, const char *params)
+{
+	while (params != NULL && *params != '\0') {
+		size_t l;
+
+		params += strspn(params, " ");
+		l = strcspn(params, " ");
+		for (size_t i = 0; i < sizeof(param_allowances) / sizeof(param_allowances[0]); i++) {
+			size_t kl = strlen(param_allowances[i].keyword);
+
+			if (l >= kl && strncasecmp(params, param_allowances[i].keyword, kl) == 0)
+				s->params_seen |= 1u << i;
+		}
+		params += l;
+	}
+}
+
+/* max_command_length plus what the parameters of this MAIL/RCPT earn */
+static unsigned
+command_limit(const struct engine_session *s, enum engine_stage stage)
+{
+	unsigned limit = s->pol->max_command_length;
+
+	for (size_t i = 0; i < sizeof(param_allowances) / sizeof(param_allowances[0]); i++)
+		if ((s->params_seen & (1u << i)) && param_allowances[i].stage == stage)
+			limit += param_allowances[i].allowance;
+	return limit;
+}
+
+/* HELO/EHLO, MAIL and RCPT only, as documented: other lines are the door's
+ * business (a NOOP or a header line is never a reason to ban) */
 static int
-too_long(const struct engine_session *s, size_t cmdlen, struct verdict *v,
-    long long now, const struct snapshot *snap)
+too_long(struct engine_session *s, enum engine_stage stage, size_t cmdlen,
+    struct verdict *v, long long now, const struct snapshot *snap)
 {
 	struct listset_match m;
+	unsigned limit = command_limit(s, stage);
 
-	if (s->pol->max_command_length == 0 || cmdlen <= s->pol->max_command_length)
+	s->params_seen = 0;	/* they were for this command only */
+	if (s->pol->max_command_length == 0 || cmdlen <= limit)
 		return 0;
+	if (stage != STAGE_HELO && stage != STAGE_MAIL && stage != STAGE_RCPT) {
+		decide(s, v, VERDICT_REJECT, "500", "5.5.2", "long-line",
+		    "Line too long (%zu octets)", cmdlen);
+		snprintf(v->rule, sizeof(v->rule), "a line no command needs; no ban");
+		return 1;
+	}
 	decide(s, v, VERDICT_REJECT, "500", "5.5.2", "long-command",
-	    "Command line too long (%zu octets, limit %u)", cmdlen, s->pol->max_command_length);
-	snprintf(v->rule, sizeof(v->rule), "max_command_length = %u", s->pol->max_command_length);
+	    "Command line too long (%zu octets, limit %u)", cmdlen, limit);
+	if (limit != s->pol->max_command_length)
+		snprintf(v->rule, sizeof(v->rule), "max_command_length = %u, %u with its ESMTP "
+		    "parameters", s->pol->max_command_length, limit);
+	else
+		snprintf(v->rule, sizeof(v->rule), "max_command_length = %u",
+		    s->pol->max_command_length);
 	/* the accept list overrides bans; warn mode only says what it would do */
 	if (s->pol->long_command_ban > 0 && s->has_addr && !v->warned &&
 	    !client_match(s, snap, LIST_ACCEPT, now, &m)) {
@@ -233,11 +307,11 @@ too_long(const struct engine_session *s, size_t cmdlen, struct verdict *v,
 }
 
 void
-engine_long_command(struct engine_session *s, const struct snapshot *snap, size_t cmdlen,
-    long long now, struct verdict *v)
+engine_long_command(struct engine_session *s, const struct snapshot *snap,
+    enum engine_stage stage, size_t cmdlen, long long now, struct verdict *v)
 {
 	verdict_clear(v);
-	if (!too_long(s, cmdlen, v, now, snap))
+	if (!too_long(s, stage, cmdlen, v, now, snap))
 		snprintf(v->rule, sizeof(v->rule), "command within max_command_length");
 }
 
@@ -262,7 +336,7 @@ engine_helo(struct engine_session *s, const struct snapshot *snap, const char *h
 {
 	verdict_clear(v);
 	log_escape(s->helo, helo, strlen(helo));
-	if (too_long(s, cmdlen, v, now, snap))
+	if (too_long(s, STAGE_HELO, cmdlen, v, now, snap))
 		return;
 	snprintf(v->rule, sizeof(v->rule), "no HELO check refused it");
 }
@@ -351,7 +425,7 @@ engine_mail(struct engine_session *s, const struct snapshot *snap, const char *s
 	escape_addr(s->sender_text, sender);
 	if (auth_user != NULL && auth_user[0] != '\0')
 		log_escape(s->auth, auth_user, strlen(auth_user));
-	if (too_long(s, cmdlen, v, now, snap))
+	if (too_long(s, STAGE_MAIL, cmdlen, v, now, snap))
 		return;
 	/* the MTA checks syntax; an address we cannot parse matches no entry */
 	s->sender_ok = mailaddr_parse(sender, &s->sender) == 0;
@@ -450,7 +524,8 @@ engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *r
 
 	verdict_clear(v);
 	escape_addr(s->rcpt_text, rcpt);
-	if (too_long(s, cmdlen, v, now, snap))
+	s->last_rcpt_counted = 0;
+	if (too_long(s, STAGE_RCPT, cmdlen, v, now, snap))
 		return;
 	if (kill_check(s, snap, now, v))
 		return;

@@ -31,7 +31,7 @@
 #include "common/xmalloc.h"
 #include "smtp-gateway/smtp_proto.h"
 
-#define SMTP_HARD_LINE_MAX 4096		/* when max_command_length = 0 */
+#define SMTP_HARD_LINE_MAX 4096		/* lines but HELO/MAIL/RCPT; all when max_command_length = 0 */
 #define SMTP_MAX_ERRORS 10		/* then 421; before AUTH */
 #define SMTP_MAX_ERRORS_AUTH 30		/* after AUTH: a known user gets more room */
 #define SMTP_MAX_RCPT_HARD 10000
@@ -279,10 +279,12 @@ error_reply(struct smtp_proto *sp, const char *fmt, ...)
 	count_error(sp);
 }
 
-/* the stage an over-long line counts as, for logs */
+/* the stage a line counts as: its verb, whole (MAILX is no MAIL) */
 static enum engine_stage
 command_stage(const char *line)
 {
+	if (strcspn(line, " ") != 4)
+		return STAGE_COMMAND;
 	if (strncasecmp(line, "MAIL", 4) == 0)
 		return STAGE_MAIL;
 	if (strncasecmp(line, "RCPT", 4) == 0)
@@ -752,6 +754,7 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 				reply(sp, "552 5.3.4 Message size exceeds fixed limit");
 				return;
 			}
+			engine_command_params(sp->es, tok);	/* RFC 1870: 26 more octets */
 		} else if (strncasecmp(tok, "BODY=", 5) == 0) {
 			if (strcasecmp(tok + 5, "8BITMIME") != 0 && strcasecmp(tok + 5, "7BIT") != 0) {
 				error_reply(sp, "501 5.5.4 Bad BODY parameter");
@@ -1221,13 +1224,31 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 			    strncasecmp(sp->line, "AUTH ", 5) == 0);
 
 			sp->line[sp->linelen - (crlf ? 1 : 0)] = '\0';
-			/* AUTH exchanges may run to 12288 octets (RFC 4954); nothing else */
-			if (!sp->overflow && !authline && sp->p->pol->max_command_length > 0 &&
-			    cmdlen > sp->p->pol->max_command_length)
+			/* AUTH exchanges may run to 12288 octets (RFC 4954). HELO/EHLO,
+			 * MAIL and RCPT go to the engine, which holds them to
+			 * max_command_length (plus what their ESMTP parameters earn)
+			 * and bans past it; any other line only needs to fit */
+			enum engine_stage cst = command_stage(sp->line);
+			struct verdict v;
+			int judged = 0;
+
+			if (!sp->overflow && !authline && cmdlen > SMTP_HARD_LINE_MAX &&
+			    (cst == STAGE_COMMAND || sp->p->pol->max_command_length == 0))
 				sp->overflow = 1;
-			else if (!sp->overflow && sp->p->pol->max_command_length == 0 && !authline &&
-			    cmdlen > SMTP_HARD_LINE_MAX)
-				sp->overflow = 1;
+			if (!sp->overflow && !authline && cst != STAGE_COMMAND &&
+			    sp->p->pol->max_command_length > 0 &&
+			    cmdlen > sp->p->pol->max_command_length) {
+				/* judged before the arguments are parsed, with the room
+				 * its ESMTP parameters earn */
+				unsigned ticket;
+				const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
+
+				engine_command_params(sp->es, sp->line + 4);
+				engine_long_command(sp->es, snap, cst, cmdlen, now, &v);
+				snapref_release(sp->p->snaps, ticket);
+				judged = 1;
+				sp->overflow = v.tag != NULL;
+			}
 			if (sp->st == ST_AUTH && !sp->overflow) {
 				if (!crlf && sp->bare_reject) {
 					sp->st = ST_CMD;
@@ -1237,18 +1258,19 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 				}
 				explicit_bzero(sp->line, sp->linelen);
 			} else if (sp->overflow) {
-				unsigned ticket;
-				const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
-				struct verdict v;
-
 				if (sp->st == ST_AUTH)
 					sp->st = ST_CMD;
-				engine_long_command(sp->es, snap, cmdlen, now, &v);
-				snapref_release(sp->p->snaps, ticket);
+				if (!judged) {
+					unsigned ticket;
+					const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
+
+					engine_long_command(sp->es, snap, cst, cmdlen, now, &v);
+					snapref_release(sp->p->snaps, ticket);
+				}
 				/* the engine's verdict (and ban), or our hard cap; one ban a session */
 				if (sp->banned)
 					v.ban_seconds = 0;
-				if (v.tag == NULL || !verdict_reply(sp, command_stage(sp->line), &v, sp->line))
+				if (v.tag == NULL || !verdict_reply(sp, cst, &v, sp->line))
 					error_reply(sp, "500 5.5.2 Error: line too long");
 				else
 					count_error(sp);

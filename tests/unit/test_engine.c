@@ -373,6 +373,86 @@ test_engine_rset_clears_transaction(void)
 	policy_free(&p);
 }
 
+/* the long-command limit: where it applies, and what ESMTP parameters earn */
+static void
+test_engine_long_commands(void)
+{
+	static const struct {
+		const char *name;
+		enum engine_stage stage;	/* HELO, MAIL, RCPT: that call; else engine_long_command */
+		const char *params;		/* engine_command_params() before, or NULL */
+		size_t cmdlen;
+		const char *tag;		/* NULL: not refused */
+		int ban;
+	} t[] = {
+		{ "RCPT at the limit", STAGE_RCPT, NULL, 512, NULL, 0 },
+		{ "RCPT one over", STAGE_RCPT, NULL, 513, "long-command", 1 },
+		{ "Postfix DSN RCPT (523 octets) with NOTIFY and ORCPT", STAGE_RCPT,
+		  "NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;user@example.com", 523, NULL, 0 },
+		{ "RCPT with ORCPT: 507 more", STAGE_RCPT, "ORCPT=rfc822;u@example.com", 1019, NULL, 0 },
+		{ "RCPT with ORCPT: past its 507", STAGE_RCPT, "ORCPT=rfc822;u@example.com", 1020,
+		  "long-command", 1 },
+		{ "RCPT with NOTIFY and ORCPT: 536 more", STAGE_RCPT,
+		  "notify=never orcpt=rfc822;u@example.com", 1048, NULL, 0 },
+		{ "RCPT with NOTIFY and ORCPT: past 536", STAGE_RCPT,
+		  "NOTIFY=NEVER ORCPT=rfc822;u@example.com", 1049, "long-command", 1 },
+		{ "RCPT: MAIL's ENVID earns nothing", STAGE_RCPT, "ENVID=abc", 600, "long-command", 1 },
+		{ "MAIL with ENVID and RET: 116 more", STAGE_MAIL, "RET=HDRS ENVID=abc", 628, NULL, 0 },
+		{ "MAIL with ENVID and RET: past 116", STAGE_MAIL, "RET=HDRS ENVID=abc", 629,
+		  "long-command", 1 },
+		{ "MAIL with SIZE: 26 more (RFC 1870)", STAGE_MAIL, "SIZE=1000", 538, NULL, 0 },
+		{ "MAIL with AUTH=: 500 more (RFC 4954)", STAGE_MAIL, "AUTH=<>", 1012, NULL, 0 },
+		{ "MAIL: RCPT's ORCPT earns nothing", STAGE_MAIL, "ORCPT=rfc822;x@y", 600, "long-command", 1 },
+		{ "MAIL: an unknown parameter earns nothing", STAGE_MAIL, "XFOO=1", 513, "long-command", 1 },
+		{ "a keyword inside a value earns nothing", STAGE_MAIL, "XFOO=ENVID=1", 600,
+		  "long-command", 1 },
+		{ "HELO one over", STAGE_HELO, NULL, 513, "long-command", 1 },
+		{ "HELO: parameters earn nothing", STAGE_HELO, "SIZE=1", 530, "long-command", 1 },
+		{ "over-long MAIL the door could not hold", STAGE_COMMAND + 100, NULL, 9000,
+		  "long-command", 1 },
+		{ "another line (NOOP, DATA...): refused, never banned", STAGE_COMMAND, NULL, 9000,
+		  "long-line", 0 },
+		{ "another line within the limit", STAGE_COMMAND, NULL, 400, NULL, 0 },
+	};
+	struct policy *p = policy_from(NULL);
+	struct snapshot *snap = snapshot_new(list_from(NULL), list_from(NULL));
+	struct ipaddr a;
+
+	CU_ASSERT_EQUAL(cidr_addr_parse(OUT, &a), 0);
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct engine_session *s = engine_session_new(p);
+		struct verdict v;
+		int ok;
+
+		engine_connect(s, snap, &a, NULL, NOW, &v);
+		if (t[i].stage == STAGE_MAIL || t[i].stage == STAGE_RCPT)
+			engine_mail(s, snap, "<a@b.example>", 30, NULL, NOW, &v);
+		if (t[i].params != NULL)
+			engine_command_params(s, t[i].params);
+		if (t[i].stage == STAGE_HELO)
+			engine_helo(s, snap, "c.example", t[i].cmdlen, NOW, &v);
+		else if (t[i].stage == STAGE_MAIL)
+			engine_mail(s, snap, "<a@b.example>", t[i].cmdlen, NULL, NOW, &v);
+		else if (t[i].stage == STAGE_RCPT)
+			engine_rcpt(s, snap, "<u@example.com>", t[i].cmdlen, NOW, &v);
+		else
+			engine_long_command(s, snap, t[i].stage == STAGE_COMMAND ? STAGE_COMMAND :
+			    STAGE_MAIL, t[i].cmdlen, NOW, &v);
+		ok = t[i].tag == NULL ? v.tag == NULL :
+		    v.tag != NULL && strcmp(v.tag, t[i].tag) == 0 && strcmp(v.code, "500") == 0 &&
+		    strcmp(v.dsn, "5.5.2") == 0;
+		ok = ok && (v.ban_seconds > 0) == t[i].ban;
+		if (!ok) {
+			fprintf(stderr, "\n  case \"%s\": %s %s [%s] ban %lu; rule: %s\n", t[i].name,
+			    v.code, v.text, v.tag ? v.tag : "-", v.ban_seconds, v.rule);
+			CU_FAIL("long-command verdict differs");
+		}
+		engine_session_free(&s);
+	}
+	snapshot_free(&snap);
+	policy_free(&p);
+}
+
 static void
 test_policy_errors(void)
 {
@@ -408,6 +488,7 @@ static CU_TestInfo tests[] = {
 	{ "relay tricks refused, local forms accepted", test_engine_relay_tricks },
 	{ "reply texts are printable", test_engine_reply_texts_are_clean },
 	{ "RSET clears the transaction", test_engine_rset_clears_transaction },
+	{ "long commands: where the limit applies, what parameters earn", test_engine_long_commands },
 	{ "policy: bad settings named", test_policy_errors },
 	CU_TEST_INFO_NULL,
 };

@@ -29,6 +29,10 @@ user_exists(void *arg, const char *local, const char *domain)
 }
 
 #define EHLO "EHLO c.example\r\n"
+#define N10 "nnnnnnnnnn"
+#define N100 N10 N10 N10 N10 N10 N10 N10 N10 N10 N10
+#define Z10 "0000000000"
+#define Z100 Z10 Z10 Z10 Z10 Z10 Z10 Z10 Z10 Z10 Z10
 #define TX "MAIL FROM:<s@o.example>\r\n|RCPT TO:<alice@example.com>\r\n|DATA\r\n|"
 
 static const struct pcase cases[] = {
@@ -87,6 +91,15 @@ static const struct pcase cases[] = {
 	{ "long command refused", NULL, NULL, "198.51.100.1",
 	  "EHLO c.example\r\n|MAIL FROM:<xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx@b.example>\r\n|NOOP\r\n",
 	  "220 250 500 250", NULL },
+	{ "a 600-octet NOOP is answered (the limit is for HELO, MAIL, RCPT)", NULL, NULL,
+	  "198.51.100.1", EHLO "|NOOP " N100 N100 N100 N100 N100 N100 "\r\n|NOOP\r\n",
+	  "220 250 250 250", NULL },
+	{ "a 600-octet EHLO is refused", NULL, NULL, "198.51.100.1",
+	  "EHLO " N100 N100 N100 N100 N100 N100 "\r\n", "220 500", NULL },
+	{ "MAIL with SIZE: 26 octets more (RFC 1870)", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<s@o.example> SIZE=" Z100 Z100 Z100 Z100 Z100 "\r\n", "220 250 250", NULL },
+	{ "MAIL with SIZE: 539 octets is one too many", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<s@o.example> SIZE=" Z100 Z100 Z100 Z100 Z100 "00000000\r\n", "220 250 500", NULL },
 	{ "ten errors end the session", NULL, NULL, "198.51.100.1",
 	  "A\r\n|B\r\n|C\r\n|D\r\n|E\r\n|F\r\n|G\r\n|H\r\n|I\r\n|J\r\n|NOOP\r\n",
 	  "220 502 502 502 502 502 502 502 502 502 502 421 .", NULL },
