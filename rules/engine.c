@@ -364,6 +364,8 @@ tx_reset(struct engine_session *s)
 	s->rcpt_text[0] = '\0';
 	s->nrcpt = 0;
 	s->relayed = 0;
+	s->nrelayed = 0;
+	s->last_rcpt_counted = 0;
 	s->headers_seen = 0;
 }
 
@@ -423,8 +425,12 @@ engine_mail(struct engine_session *s, const struct snapshot *snap, const char *s
 	tx_reset(s);
 	s->in_tx = 1;
 	escape_addr(s->sender_text, sender);
+	/* the identity of this MAIL, never one left over from an earlier
+	 * transaction or from before STARTTLS (RFC 3207 §4.2) */
 	if (auth_user != NULL && auth_user[0] != '\0')
 		log_escape(s->auth, auth_user, strlen(auth_user));
+	else
+		s->auth[0] = '\0';
 	if (too_long(s, STAGE_MAIL, cmdlen, v, now, snap))
 		return;
 	/* the MTA checks syntax; an address we cannot parse matches no entry */
@@ -576,9 +582,35 @@ engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *r
 		return;
 	if (v->tag == NULL)
 		snprintf(v->rule, sizeof(v->rule), "%s", why);
+	/* only accepted recipients count (as Postfix's smtpd_recipient_limit);
+	 * engine_rcpt_refused() takes back one the door refused after all */
 	if (!local)
-		s->relayed = 1;
+		s->nrelayed++;
+	s->relayed = s->nrelayed > 0;
 	s->nrcpt++;
+	s->last_rcpt_counted = 1;
+	s->last_rcpt_relayed = !local;
+}
+
+void
+engine_rcpt_refused(struct engine_session *s)
+{
+	if (!s->last_rcpt_counted)
+		return;
+	s->last_rcpt_counted = 0;
+	s->nrcpt--;
+	if (s->last_rcpt_relayed)
+		s->nrelayed--;
+	s->relayed = s->nrelayed > 0;
+}
+
+void
+engine_starttls(struct engine_session *s)
+{
+	tx_reset(s);
+	s->helo[0] = '\0';
+	s->auth[0] = '\0';
+	s->params_seen = 0;
 }
 
 void

@@ -52,6 +52,13 @@ void engine_mail(struct engine_session *s, const struct snapshot *snap, const ch
     size_t cmdlen, const char *auth_user, long long now, struct verdict *v);
 void engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *rcpt,
     size_t cmdlen, long long now, struct verdict *v);
+/* the door refused the recipient the last engine_rcpt() passed (unknown
+ * user, the downstream's refusal...): it does not count toward
+ * max_recipients, nor as relayed */
+void engine_rcpt_refused(struct engine_session *s);
+/* TLS is up after STARTTLS: forget HELO, AUTH and the transaction, keep the
+ * client's address and name (RFC 3207 §4.2) */
+void engine_starttls(struct engine_session *s);
 void engine_header(struct engine_session *s, const char *name, struct verdict *v);
 /* a command line of cmdlen octets (CRLF included) the door could not hold:
  * for HELO/EHLO, MAIL, RCPT past max_command_length 500 5.5.2 and a ban;

@@ -362,8 +362,7 @@ smtp_proto_set_tls(struct smtp_proto *sp, int active)
 	sp->tls = active;
 	if (active && sp->st == ST_TLS) {
 		/* RFC 3207: forget everything said before the handshake */
-		if (sp->in_tx)
-			engine_abort(sp->es);
+		engine_starttls(sp->es);	/* the engine forgets HELO and AUTH too */
 		tx_reset(sp);
 		sp->greeted = 0;
 		sp->helo[0] = '\0';
@@ -826,11 +825,13 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	    policy_is_my_domain(sp->p->pol, ra.domain);
 	if (local && !sp->p->passthrough && sp->p->user_exists != NULL &&
 	    !sp->p->user_exists(sp->p->user_arg, ra.local, ra.domain)) {
+		engine_rcpt_refused(sp->es);	/* refused recipients do not count */
 		reply(sp, "550 5.1.1 <%s@%s>: Recipient address rejected: User unknown",
 		    ra.local, ra.domain);
 		return;
 	}
 	if (!local && !sp->p->passthrough && !sp->p->have_relayhost) {
+		engine_rcpt_refused(sp->es);
 		reply(sp, "451 4.3.5 <%s@%s>: relaying is allowed but no relayhost is configured",
 		    ra.local, ra.domain);
 		return;
@@ -840,6 +841,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 
 		if (sp->route != 0 && sp->route != route) {
 			/* one message goes one way: RFC 5321 clients send the rest later */
+			engine_rcpt_refused(sp->es);
 			reply(sp, "452 4.5.3 Error: send the recipients %s in a separate transaction",
 			    route == 2 ? "outside our domains" : "in our domains");
 			return;
@@ -1351,7 +1353,10 @@ smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 		sp->rcpt[sp->nrcpt] = xstrdup(sp->down_rcpt);
 		sp->rcpt_local[sp->nrcpt] = 0;
 		sp->nrcpt++;
-	} else if (sp->nrcpt == 0 && line[0] != '2') {
+	} else {
+		engine_rcpt_refused(sp->es);	/* the downstream refused it */
+	}
+	if (sp->nrcpt == 0 && line[0] != '2') {
 		/* no session worth keeping: the next recipient opens afresh */
 		sp->route = 0;
 		sp->down_reset = 1;

@@ -767,6 +767,21 @@ class T03Lists(GatewayCase):
         self.assertEqual(dirs, sorted(self.d.maildir(u) for u in ("alice", "bob", "carol")),
                          self.ctx(c))
 
+    def test_refused_recipients_do_not_count_toward_max_recipients(self):
+        """Postfix counts accepted recipients only: three unknown users (550)
+        leave room for three real ones under max_recipients = 3."""
+        m = new_marker("maxrcpt-refused")
+        rcpts = ["nobody1@example.com", "nobody2@example.com", "nobody3@example.com",
+                 "alice@example.com", "bob@example.com", "carol@example.com",
+                 "dave@example.com"]
+        c = self.send_local("127.0.8.17", rcpts, make_message(m, to="alice@example.com"))
+        rc = [s for s in c.steps if s.cmd.startswith("RCPT")]
+        self.assertEqual([s.code for s in rc], [550, 550, 550, 250, 250, 250, 452], self.ctx(c))
+        self.assertStep(c, "<message>", 250, r"^2\.0\.0")
+        dirs = sorted(os.path.dirname(p) for p, _ in self.d.stored(m))
+        self.assertEqual(dirs, sorted(self.d.maildir(u) for u in ("alice", "bob", "carol")),
+                         self.ctx(c))
+
     def test_long_command_auto_ban(self):
         ip = "127.0.0.8"
         self.d.cli("kill", "del", ip, check=False)

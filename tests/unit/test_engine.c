@@ -453,6 +453,83 @@ test_engine_long_commands(void)
 	policy_free(&p);
 }
 
+/* max_recipients counts accepted recipients only (Postfix's rule) */
+static void
+test_engine_refused_recipients_do_not_count(void)
+{
+	struct policy *p = policy_from(NULL);	/* max_recipients = 3 */
+	struct snapshot *snap = snapshot_new(list_from(NULL), list_from(NULL));
+	struct engine_session *s = engine_session_new(p);
+	struct ipaddr a;
+	struct verdict v;
+
+	CU_ASSERT_EQUAL(cidr_addr_parse(IN, &a), 0);
+	engine_connect(s, snap, &a, NULL, NOW, &v);
+	engine_mail(s, snap, "<x@example.com>", 30, NULL, NOW, &v);
+	for (int i = 0; i < 5; i++) {	/* the door refuses each: unknown user */
+		engine_rcpt(s, snap, "<nobody@example.com>", 30, NOW, &v);
+		CU_ASSERT_PTR_NULL(v.tag);
+		engine_rcpt_refused(s);
+	}
+	engine_rcpt_refused(s);	/* twice for one recipient changes nothing */
+	CU_ASSERT_EQUAL(engine_rcpt_count(s), 0);
+	/* a relayed recipient refused downstream no longer makes it "relayed" */
+	engine_rcpt(s, snap, "<u@other.org>", 30, NOW, &v);
+	CU_ASSERT_PTR_NULL(v.tag);
+	engine_rcpt_refused(s);
+	for (int i = 0; i < 3; i++) {
+		engine_rcpt(s, snap, "<a@example.com>", 30, NOW, &v);
+		CU_ASSERT_PTR_NULL(v.tag);
+	}
+	CU_ASSERT_EQUAL(engine_rcpt_count(s), 3);
+	engine_rcpt(s, snap, "<b@example.com>", 30, NOW, &v);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(v.tag);
+	CU_ASSERT_STRING_EQUAL(v.tag, "max-rcpt");
+	engine_rcpt_refused(s);	/* the engine's own refusal was never counted */
+	CU_ASSERT_EQUAL(engine_rcpt_count(s), 3);
+	engine_eom(s, &v);	/* no relayed recipient left: no required header */
+	CU_ASSERT_PTR_NULL(v.tag);
+	engine_session_free(&s);
+	snapshot_free(&snap);
+	policy_free(&p);
+}
+
+/* an AUTH identity never outlives its transaction or STARTTLS */
+static void
+test_engine_auth_does_not_carry_over(void)
+{
+	struct policy *p = policy_from(NULL);
+	struct snapshot *snap = snapshot_new(list_from(NULL), list_from(NULL));
+	struct ipaddr a;
+	struct verdict v;
+
+	CU_ASSERT_EQUAL(cidr_addr_parse(OUT, &a), 0);
+	for (int starttls = 0; starttls < 2; starttls++) {
+		struct engine_session *s = engine_session_new(p);
+
+		engine_connect(s, snap, &a, NULL, NOW, &v);
+		engine_helo(s, snap, "c.example", 20, NOW, &v);
+		engine_mail(s, snap, "<x@b.example>", 30, "alice", NOW, &v);
+		engine_rcpt(s, snap, "<u@other.org>", 30, NOW, &v);
+		CU_ASSERT_PTR_NULL(v.tag);	/* authenticated: relays */
+		engine_abort(s);		/* RSET */
+		if (starttls)
+			engine_starttls(s);
+		engine_helo(s, snap, "c.example", 20, NOW, &v);
+		engine_mail(s, snap, "<x@b.example>", 30, NULL, NOW, &v);
+		engine_rcpt(s, snap, "<u@other.org>", 30, NOW, &v);
+		CU_ASSERT_PTR_NOT_NULL(v.tag);
+		if (v.tag == NULL || strcmp(v.tag, "relay") != 0) {
+			fprintf(stderr, "\n  %s: a MAIL without AUTH relayed\n",
+			    starttls ? "after STARTTLS" : "after RSET");
+			CU_FAIL("AUTH identity carried over");
+		}
+		engine_session_free(&s);
+	}
+	snapshot_free(&snap);
+	policy_free(&p);
+}
+
 static void
 test_policy_errors(void)
 {
@@ -489,6 +566,10 @@ static CU_TestInfo tests[] = {
 	{ "reply texts are printable", test_engine_reply_texts_are_clean },
 	{ "RSET clears the transaction", test_engine_rset_clears_transaction },
 	{ "long commands: where the limit applies, what parameters earn", test_engine_long_commands },
+	{ "refused recipients do not count toward max_recipients",
+	  test_engine_refused_recipients_do_not_count },
+	{ "AUTH does not carry over to the next MAIL or past STARTTLS",
+	  test_engine_auth_does_not_carry_over },
 	{ "policy: bad settings named", test_policy_errors },
 	CU_TEST_INFO_NULL,
 };

@@ -100,6 +100,11 @@ static const struct pcase cases[] = {
 	  EHLO "|MAIL FROM:<s@o.example> SIZE=" Z100 Z100 Z100 Z100 Z100 "\r\n", "220 250 250", NULL },
 	{ "MAIL with SIZE: 539 octets is one too many", NULL, NULL, "198.51.100.1",
 	  EHLO "|MAIL FROM:<s@o.example> SIZE=" Z100 Z100 Z100 Z100 Z100 "00000000\r\n", "220 250 500", NULL },
+	{ "refused recipients do not count toward max_recipients", "max_recipients = 2\n", NULL,
+	  "198.51.100.1", EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<bob@example.com>\r\n"
+	  "|RCPT TO:<bob@example.com>\r\n|RCPT TO:<alice@example.com>\r\n"
+	  "|RCPT TO:<alice@example.com>\r\n|RCPT TO:<alice@example.com>\r\n",
+	  "220 250 250 550 550 250 250 452", NULL },
 	{ "ten errors end the session", NULL, NULL, "198.51.100.1",
 	  "A\r\n|B\r\n|C\r\n|D\r\n|E\r\n|F\r\n|G\r\n|H\r\n|I\r\n|J\r\n|NOOP\r\n",
 	  "220 502 502 502 502 502 502 502 502 502 502 421 .", NULL },
