@@ -427,8 +427,9 @@ main(int argc, char **argv)
 	};
 	const char *conffile = DEFAULT_CONF, *err;
 	int foreground = 0, print_only = 0, check_only = 0, ch;
-	struct conf *c = conf_new();
-	char **overrides = xcalloc((size_t)argc + 1, sizeof(char *));
+	struct conf *c = NULL;
+	/* static: still reachable when --help or a usage error exits early */
+	static char **overrides;
 	size_t noverrides = 0, nsvc = 0;
 	struct policy *p = NULL;
 	struct worker wk[MAX_SERVICES];
@@ -437,6 +438,7 @@ main(int argc, char **argv)
 	size_t n;
 	int detach_pipe[2] = { -1, -1 };
 
+	overrides = xcalloc((size_t)argc + 1, sizeof(char *));
 	opterr = 0;	/* we name the error ourselves, then print the usage */
 	while ((ch = getopt_long(argc, argv, ":c:o:fnt", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -472,6 +474,7 @@ main(int argc, char **argv)
 	/* a peer that resets while we write is an EPIPE to handle, not a
 	 * signal that kills the worker and every session on it */
 	signal(SIGPIPE, SIG_IGN);
+	c = conf_new();
 	if (conf_load_file(c, conffile, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
 		goto fail;

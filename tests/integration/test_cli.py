@@ -278,6 +278,108 @@ class ListCommands(Base):
                                  "--rcpt", "u@example.com").returncode, 2)
 
 
+class Footguns(Base):
+    def test_wide_accept_entry_needs_force(self):
+        acceptfile = os.path.join(self.dir, "state", "lists", "accept.list")
+        self.assertEqual(self.pc("accept", "add", "192.0.2.1").returncode, 0)
+        with open(acceptfile) as f:
+            before = f.read()
+        for wide in ("0.0.0.0/0", "10.0.0.0/7", "::/0", "2000::/15", "::ffff:0.0.0.0/96"):
+            with self.subTest(entry=wide):
+                r = self.pc("accept", "add", wide)
+                self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+                self.assertRegex(r.stderr, r"^portcullis: accept .* add --force if that is "
+                                 r"what you want; nothing written")
+                with open(acceptfile) as f:
+                    self.assertEqual(f.read(), before, "the list file changed")
+        for ok in ("10.0.0.0/8", "2001::/16", "198.51.100.0/24"):
+            with self.subTest(entry=ok):
+                self.assertEqual(self.pc("accept", "add", ok).returncode, 0)
+        # the kill list may block a whole range; --force passes the check
+        self.assertEqual(self.pc("kill", "add", "0.0.0.0/1").returncode, 0)
+        r = self.pc("accept", "add", "::/0", "--force", "--reason", "lab only")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(self.pc("accept", "list").stdout, r"(?m)^::/0\s")
+
+    def test_host_bits_say_what_was_meant(self):
+        for entry, meant in (("192.0.2.1/24", "192.0.2.0/24"), ("2001:db8::1/32", "2001:db8::/32"),
+                             ("10.1.2.3/8", "10.0.0.0/8")):
+            with self.subTest(entry=entry):
+                r = self.pc("kill", "add", entry)
+                self.assertEqual(r.returncode, 2)
+                self.assertIn("host bits set after the prefix length (did you mean %s?)" % meant,
+                              r.stderr)
+        self.write_conf("relay_networks = 127.0.0.1/8\n")
+        r = self.pd("-t")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('relay_networks: "127.0.0.1/8": host bits set after the prefix length '
+                      '(did you mean 127.0.0.0/8?)', r.stderr)
+
+
+class HelpAndUsage(Base):
+    def version_h(self):
+        with open(os.path.join(REPO, "common", "version.h")) as f:
+            return re.search(r'PORTCULLIS_VERSION "([^"]+)"', f.read()).group(1)
+
+    def test_help_and_version(self):
+        v = self.version_h()
+        for prog in ("portcullisd", "portcullis"):
+            with self.subTest(prog=prog):
+                r = run(os.path.join(BIN, prog), "--version")
+                self.assertEqual((r.returncode, r.stdout, r.stderr), (0, "%s %s\n" % (prog, v), ""))
+                r = run(os.path.join(BIN, prog), "--help")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertTrue(r.stdout.startswith("usage: %s " % prog), r.stdout)
+                self.assertEqual(r.stderr, "")
+        r = run(os.path.join(BIN, "portcullisd"), "--help")
+        self.assertIn("-t ", r.stdout)
+
+    def test_command_help_needs_no_config(self):
+        for cmd in (["kill", "--help"], ["accept", "add", "--help"], ["user", "-h"]):
+            with self.subTest(cmd=cmd):
+                r = run(os.path.join(BIN, "portcullis"), "-c", "/nonexistent/p.conf", *cmd)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertIn("usage: portcullis", r.stdout)
+                self.assertNotIn("cannot open", r.stderr)
+        r = run(os.path.join(BIN, "portcullis"), "-c", "/nonexistent/p.conf", "kill", "--help")
+        self.assertIn("kill|accept add ENTRY", r.stdout)
+        self.assertNotIn("user add", r.stdout)
+
+    def test_usage_errors_say_what_is_wrong_first(self):
+        cases = [
+            (["portcullis", "-x"], r"^portcullis: unknown option -x\nusage: "),
+            (["portcullis", "-c"], r"^portcullis: option -c needs an argument\nusage: "),
+            (["portcullis", "-c", self.conf], r"^portcullis: which command\?\nusage: "),
+            (["portcullis", "-c", self.conf, "frobnicate"],
+             r'^portcullis: unknown command "frobnicate"\nusage: '),
+            (["portcullis", "-c", self.conf, "kill"], r"^portcullis: kill what\? \(add, del"),
+            (["portcullis", "-c", self.conf, "kill", "frob"],
+             r'^portcullis: kill: unknown action "frob" \(expected add, del'),
+            (["portcullis", "-c", self.conf, "kill", "add"], r"^portcullis: kill add: which ENTRY\?"),
+            (["portcullis", "-c", self.conf, "accept", "del"],
+             r'^portcullis: wrong or missing arguments for "accept del"\nusage: '),
+            (["portcullisd", "-x"], r"^portcullisd: unknown option -x\nusage: "),
+            (["portcullisd", "--frob"], r"^portcullisd: unknown option --frob\nusage: "),
+            (["portcullisd", "-c"], r"^portcullisd: option -c needs an argument\nusage: "),
+            (["portcullisd", "-c", self.conf, "stray"], r'^portcullisd: unexpected argument "stray"'),
+            (["portcullisd", "-c", self.conf, "-n", "-t"], r"^portcullisd: -n and -t exclude"),
+        ]
+        for argv, want in cases:
+            with self.subTest(argv=argv):
+                r = run(os.path.join(BIN, argv[0]), *argv[1:])
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertRegex(r.stderr, want)
+                self.assertFalse(SANITIZER_RE.search(r.stderr), r.stderr)
+
+    def test_license(self):
+        with open(os.path.join(REPO, "LICENSE")) as f:
+            text = f.read()
+        self.assertTrue(text.startswith("MIT License"))
+        self.assertIn("Copyright (c) 2026 The Portcullis authors", text)
+        with open(os.path.join(REPO, "README.md")) as f:
+            self.assertIn("Copyright (c) 2026 The Portcullis authors", f.read().splitlines()[-1])
+
+
 class DaemonLists(Base):
     def test_hand_edited_bad_lines_reported_good_enforced(self):
         self.start_daemon()
