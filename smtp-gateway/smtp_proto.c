@@ -73,6 +73,7 @@ struct smtp_proto {
 	int pending;
 	unsigned long ban;
 	struct ipaddr ban_addr;
+	const char *ban_reason;	/* the verdict's tag (static) */
 	unsigned errors;
 	int tls;		/* encrypted */
 	int submission;		/* AUTH required before MAIL */
@@ -228,6 +229,12 @@ smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r)
 	return b;
 }
 
+const char *
+smtp_proto_ban_reason(const struct smtp_proto *sp)
+{
+	return sp->ban_reason != NULL ? sp->ban_reason : "auto-ban";
+}
+
 struct smtp_msg *
 smtp_proto_pending(struct smtp_proto *sp)
 {
@@ -244,6 +251,7 @@ verdict_reply(struct smtp_proto *sp, enum engine_stage stage, const struct verdi
 	if (v->ban_seconds > 0 && sp->has_addr) {
 		sp->ban = v->ban_seconds;
 		sp->ban_addr = sp->addr;
+		sp->ban_reason = v->tag;
 	}
 	if (v->action == VERDICT_REJECT || v->action == VERDICT_TEMPFAIL) {
 		reply(sp, "%s %s %s", v->code, v->dsn, v->text);

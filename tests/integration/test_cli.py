@@ -393,6 +393,31 @@ class DaemonLists(Base):
         self.assertTrue(self.wait_log(r"kill\.list:4: expires= is not a unix time"), self.logtext())
         self.assertTrue(self.wait_log(r"lists reloaded: 2 kill"), self.logtext())
 
+    def test_nul_line_rejected_and_rewrites_keep_bad_lines_verbatim(self):
+        os.makedirs(os.path.dirname(self.killfile), exist_ok=True)
+        long_line = b"198.51.100.9 reason=" + b"r" * 3000
+        nul_line = b"192.0.2.66\x00 the rest was cut off"
+        content = (b"# by hand\n" + nul_line + b"\n" + long_line + b"\n"
+                   + b"bad line here\n192.0.2.7\n")
+        with open(self.killfile, "wb") as f:
+            f.write(content)
+        r = self.pc("kill", "list")
+        self.assertIn("kill.list:2: NUL byte in the line", r.stderr)
+        self.assertIn("kill.list:3: line longer than 2048 bytes", r.stderr)
+        self.assertNotIn("192.0.2.66", r.stdout, "a line cut at its NUL byte was loaded")
+        self.assertIn("192.0.2.7", r.stdout)
+        # a rewrite keeps comments and bad lines, the long one and the NUL one whole
+        self.assertEqual(self.pc("kill", "add", "203.0.113.5").returncode, 0)
+        with open(self.killfile, "rb") as f:
+            after = f.read()
+        self.assertTrue(after.startswith(content), "the rewrite changed the hand-written lines:\n%r"
+                        % after[:200])
+        self.assertIn(b"\n203.0.113.5 ", after)
+        # and the daemon reports the NUL line by FILE:LINE too, enforcing the rest
+        self.start_daemon()
+        self.assertTrue(self.wait_log(r"kill\.list:2: NUL byte in the line"), self.logtext())
+        self.assertTrue(self.wait_log(r"lists loaded: 2 kill"), self.logtext())
+
     def test_garbage_list_file_does_not_crash(self):
         self.start_daemon()
         os.makedirs(os.path.dirname(self.killfile), exist_ok=True)

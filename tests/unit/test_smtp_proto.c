@@ -343,8 +343,41 @@ test_passthrough_signals(void)
 	policy_free(&pol);
 }
 
+/* a ban carries the tag of the verdict that asked for it as its reason */
+static void
+test_ban_reason_is_the_verdict_tag(void)
+{
+	struct policy *pol = make_policy(NULL);
+	struct snapref snaps;
+	struct smtp_params p;
+	struct smtp_proto *sp;
+	struct ipaddr a, banned;
+	char line[700];
+
+	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
+	memset(&p, 0, sizeof(p));
+	p.pol = pol;
+	p.snaps = &snaps;
+	p.myhostname = "mx.example.com";
+	p.banner = "mx.example.com ESMTP";
+	p.bare_newline_reject = 1;
+	CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
+	sp = smtp_proto_new(&p);
+	smtp_proto_start(sp, &a, NULL, 1000);
+	CU_ASSERT(feed(sp, EHLO) == 250);
+	CU_ASSERT(smtp_proto_take_ban(sp, &banned) == 0);
+	snprintf(line, sizeof(line), "MAIL FROM:<%0600d@b.example>\r\n", 0);
+	CU_ASSERT(feed(sp, line) == 500);
+	CU_ASSERT(smtp_proto_take_ban(sp, &banned) > 0);
+	CU_ASSERT_STRING_EQUAL(smtp_proto_ban_reason(sp), "long-command");
+	smtp_proto_free(&sp);
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
 static CU_TestInfo tests[] = {
 	{ "golden dialogues", test_smtp_dialogues },
+	{ "a ban's reason is the verdict's tag", test_ban_reason_is_the_verdict_tag },
 	{ "pass-through signals", test_passthrough_signals },
 	CU_TEST_INFO_NULL,
 };
