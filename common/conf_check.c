@@ -249,6 +249,39 @@ check_printable(const char *v, const char **why_r)
 	return 0;
 }
 
+/* a reply line is 512 octets (RFC 5321 §4.5.3.1.5): "220 " + text + CRLF */
+static int
+check_banner(const char *v, const char **why_r)
+{
+	if (check_printable(v, why_r) < 0)
+		return -1;
+	if (strlen(v) > MAX_REPLY_TEXT) {
+		*why_r = "longer than " STR(MAX_REPLY_TEXT) " characters (an SMTP reply line "
+		    "is at most 512 octets)";
+		return -1;
+	}
+	return 0;
+}
+
+/* libmilter's socket: a unix path must fit sun_path (108 bytes with its
+ * NUL); the daemon rewrites the spec in a 512-byte buffer */
+static int
+check_milter_listen(const char *v, const char **why_r)
+{
+	const char *colon = strchr(v, ':');
+
+	if (strlen(v) > 400) {
+		*why_r = "longer than 400 characters";
+		return -1;
+	}
+	if ((strncmp(v, "unix:", 5) == 0 || strncmp(v, "local:", 6) == 0) &&
+	    strlen(colon + 1) > 107) {
+		*why_r = "a unix socket path is at most 107 bytes";
+		return -1;
+	}
+	return 0;
+}
+
 static int
 check_hostname(const char *v, const char **why_r)
 {
@@ -315,7 +348,8 @@ const struct conf_validator conf_validators[] = {
 	{ "submission_listen", 1, check_listen },
 	{ "smtps_listen", 0, check_listener_count },
 	{ "smtps_listen", 1, check_listen },
-	{ "smtp_banner", 0, check_printable },
+	{ "smtp_banner", 0, check_banner },
+	{ "milter_listen", 0, check_milter_listen },
 	{ "smtp_bare_newline_exceptions", 1, check_cidr },
 	{ "resolver", 0, check_resolver },
 	{ "delivery", 0, check_delivery },

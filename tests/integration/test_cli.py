@@ -166,6 +166,8 @@ class ConfigErrors(Base):
         ("myhostname = bad host\n", 4, r'myhostname: "bad host": not a host name'),
         ("smtp_banner = a\x01b\n", 4, r'smtp_banner: "a\\x01b": control characters'),
         ("state_dir = relative\n", 4, r'state_dir: "relative": expected an absolute path'),
+        ("smtp_banner = " + "b" * 401 + "\n", 4, r"smtp_banner: .* longer than 400 characters"),
+        ("milter_listen = unix:/" + "s" * 120 + "\n", 4, r"milter_listen: .*: a unix socket path is at most 107"),
         ("milter_listen = tcp:1\n", 4, r"milter_listen: expected inet:HOST:PORT"),
         ("run_user = no-such-user-here\n", 4, r'run_user: no user "no-such-user-here"'),
         ("max_recipients = 10x\n", 4, r'max_recipients: "10x" is not a number'),

@@ -92,6 +92,17 @@ static const struct conf_case cases[] = {
 	{ "myhostname: white space", "myhostname = mx example\n", NULL, "myhostname: \"mx example\": not a host name", 0 },
 	{ "smtp_banner: control bytes escaped in the error", "smtp_banner = a\033b\n", NULL,
 	  "smtp_banner: \"a\\x1bb\": control characters", 0 },
+	{ "smtp_banner: past a reply line", "smtp_banner = $myhostname "
+	  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+	  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+	  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+	  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n",
+	  NULL, "smtp_banner: \"", 0 },
+	{ "milter_listen: a unix path past sun_path", "milter_listen = unix:/"
+	  "ssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss\n",
+	  NULL, "a unix socket path is at most 107 bytes", 0 },
+	{ "milter_listen: a unix path that fits", "milter_listen = unix:/run/portcullis/milter.sock\n",
+	  "milter_listen", "unix:/run/portcullis/milter.sock", 1 },
 	{ "a bad default names its cause", "state_dir = relative\n", NULL,
 	  "t.cf:1: state_dir: \"relative\": expected an absolute path", 0 },
 	{ "error names the first line of a continued value",
