@@ -329,6 +329,19 @@ check_listener_count(const char *v, const char **why_r)
 	return 0;
 }
 
+/* RFC 5321 §4.5.3.1.4: a server must take command lines of 512 octets */
+static int
+check_command_length(const char *v, const char **why_r)
+{
+	long n = strtol(v, NULL, 10);	/* a number in range: checked by its type */
+
+	if (n != 0 && n < 512) {
+		*why_r = "0 (no limit) or at least 512 (RFC 5321 §4.5.3.1.4)";
+		return -1;
+	}
+	return 0;
+}
+
 const struct conf_validator conf_validators[] = {
 	{ "state_dir", 0, check_absolute },
 	{ "pid_file", 0, check_absolute },
@@ -356,5 +369,6 @@ const struct conf_validator conf_validators[] = {
 	{ "relayhost", 0, check_optional_hostport },
 	{ "users", 0, check_users },
 	{ "relay_networks", 1, check_cidr },
+	{ "max_command_length", 0, check_command_length },
 	{ NULL, 0, NULL },
 };
