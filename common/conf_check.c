@@ -128,8 +128,10 @@ check_resolver(const char *v, const char **why_r)
 {
 	if (strcmp(v, "system") == 0)
 		return 0;
-	if (conf_check_hostport(v, 1, why_r) < 0) {
-		*why_r = "expected system, ADDRESS, ADDRESS:PORT or [ADDRESS]:PORT";
+	/* as libevent's evdns parses it: brackets are for IPv6 only */
+	if (conf_check_hostport(v, 1, why_r) < 0 ||
+	    (v[0] == '[' && strchr(v + 1, ':') > strchr(v, ']'))) {
+		*why_r = "expected system, ADDRESS, ADDRESS:PORT or [IPV6-ADDRESS]:PORT";
 		return -1;
 	}
 	return 0;

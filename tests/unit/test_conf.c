@@ -53,6 +53,8 @@ static const struct conf_case cases[] = {
 	{ "resolver: [IPv6]:port", "resolver = [2001:db8::53]:53\n", "resolver", "[2001:db8::53]:53", 1 },
 	{ "resolver: a name is refused", "\nresolver = not-an-ip\n", NULL,
 	  "t.cf:2: resolver: \"not-an-ip\": expected system, ADDRESS", 0 },
+	{ "resolver: [IPv4]:port is not what evdns takes", "resolver = [192.0.2.53]:53\n", NULL,
+	  "resolver: \"[192.0.2.53]:53\"", 0 },
 	{ "resolver: port 0", "resolver = 192.0.2.53:0\n", NULL, "resolver: \"192.0.2.53:0\"", 0 },
 	{ "resolver: port 65536", "resolver = 192.0.2.53:65536\n", NULL, "resolver: \"192.0.2.53:65536\"", 0 },
 	{ "relayhost: [IPv4]:port", "relayhost = [192.0.2.25]:25\n", "relayhost", "[192.0.2.25]:25", 1 },
