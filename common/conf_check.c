@@ -284,15 +284,33 @@ check_milter_listen(const char *v, const char **why_r)
 	return 0;
 }
 
+/* a host name we say in EHLO, banners and Received: lines; the gateway
+ * keeps it in 128-byte fields, so longer is refused rather than cut */
 static int
 check_hostname(const char *v, const char **why_r)
 {
-	size_t l = strlen(v);
+	size_t l = strlen(v), label = 0;
 
-	if (l == 0 || l > MAX_HOSTNAME_LEN ||
-	    strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") != l) {
+	if (l == 0 || strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") != l) {
 		*why_r = "not a host name";
 		return -1;
+	}
+	if (l > 127) {
+		*why_r = "longer than 127 characters";
+		return -1;
+	}
+	for (const char *p = v; ; p++) {
+		if (*p == '.' || *p == '\0') {
+			if (label == 0 || label > 63) {
+				*why_r = "not a host name (empty label, or one longer than 63)";
+				return -1;
+			}
+			if (*p == '\0')
+				break;
+			label = 0;
+		} else {
+			label++;
+		}
 	}
 	return 0;
 }

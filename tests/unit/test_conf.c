@@ -91,6 +91,10 @@ static const struct conf_case cases[] = {
 	{ "tls_cert_file: missing", "tls_cert_file = /nonexistent/c.pem\n", NULL,
 	  "tls_cert_file: \"/nonexistent/c.pem\": no such file", 0 },
 	{ "tls_key_file: a directory", "tls_key_file = /\n", NULL, "is a directory", 0 },
+	{ "myhostname: empty label", "myhostname = mx..example\n", NULL, "empty label", 0 },
+	{ "myhostname: longer than the gateway keeps", "myhostname = "
+	  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example\n",
+	  NULL, "longer than 127 characters", 0 },
 	{ "myhostname: white space", "myhostname = mx example\n", NULL, "myhostname: \"mx example\": not a host name", 0 },
 	{ "smtp_banner: control bytes escaped in the error", "smtp_banner = a\033b\n", NULL,
 	  "smtp_banner: \"a\\x1bb\": control characters", 0 },
