@@ -17,8 +17,9 @@
  * -n prints the settings that differ from their defaults, like postconf -n;
  * -t checks the configuration and exits 0 or 1, like postfix check. Both
  * run every check start-up runs (values, policy, TLS keys, list store URL,
- * run_user) short of binding the listeners, so a configuration they pass
- * fails at start only for want of a resource (a busy port, say).
+ * the directories start-up creates, run_user) short of binding the
+ * listeners, so a configuration they pass fails at start only for want of a
+ * resource (a busy port, say).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -281,13 +282,73 @@ worker_main(enum service svc, int readyfd)
 
 /* ---- master side ---- */
 
+/* a directory start-up creates (mkdir -p): it is one, or its nearest
+ * existing ancestor is a directory we may write in; NULL ok, else why */
+static const char *
+dir_unusable(const char *dir)
+{
+	char *p = xstrdup(dir);
+	const char *why = NULL;
+	struct stat st;
+
+	for (;;) {
+		char *slash;
+
+		if (stat(p, &st) == 0) {
+			if (!S_ISDIR(st.st_mode))
+				why = strcmp(p, dir) == 0 ? "exists and is not a directory" :
+				    "a component of the path is not a directory";
+			else if (strcmp(p, dir) != 0 && access(p, W_OK) != 0)
+				why = "cannot be created (its parent is not writable)";
+			break;
+		}
+		if (errno == ENOTDIR) {
+			why = "a component of the path is not a directory";
+			break;
+		}
+		slash = strrchr(p, '/');
+		if (slash == NULL || slash == p)
+			break;
+		*slash = '\0';
+	}
+	free(p);
+	return why;
+}
+
 /* what the workers would find wrong at their start, checked before any runs:
- * the milter socket, the list store URL, run_user; 0 or -1 (said on stderr) */
+ * the milter socket, the list store URL, the directories start-up creates,
+ * run_user; 0 or -1 (said on stderr) */
 static int
 check_config_rest(const struct conf *c, const struct worker *wk, size_t nsvc)
 {
-	const char *err, *lists = conf_get(c, "lists");
+	const char *err, *lists = conf_get(c, "lists"), *why;
 	unsigned uid, gid;
+	static const char *const dirs[] = { "state_dir", "lists", "delivery" };
+
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		const char *v = conf_get(c, dirs[i]);
+
+		/* file:DIR and maildir:DIR are created at start; other kinds are not dirs */
+		if (strncmp(v, "file:", 5) == 0)
+			v += 5;
+		else if (strncmp(v, "maildir:", 8) == 0)
+			v += 8;
+		else if (i > 0)
+			continue;
+		if (i == 2) {	/* the mail store is the smtp service's */
+			size_t j;
+
+			for (j = 0; j < nsvc && wk[j].svc != SVC_SMTP; j++)
+				;
+			if (j == nsvc)
+				continue;
+		}
+		if ((why = dir_unusable(v)) != NULL) {
+			fprintf(stderr, "portcullisd: %s: %s: \"%.200s\" %s\n", conf_where(c, dirs[i]),
+			    dirs[i], v, why);
+			return -1;
+		}
+	}
 
 	for (size_t i = 0; i < nsvc; i++) {
 		char spec[512];

@@ -162,6 +162,10 @@ class ConfigErrors(Base):
         ("tls_cert_file = /nonexistent/cert.pem\n", 4, r'tls_cert_file: "/nonexistent/cert\.pem": no such file'),
         ("services = smtp\nsmtp_listen = 127.0.0.1:{port}\ntls_cert_file = {conf}\n"
          "tls_key_file = {conf}\n", 6, r"tls_cert_file = .*: not a PEM certificate"),
+        ("state_dir = {conf}\n", 4, r'state_dir: ".*portcullis\.conf" exists and is not a directory'),
+        ("lists = file:{conf}/lists\n", 4, r'lists: ".*" a component of the path is not a directory'),
+        ("services = smtp\nsmtp_listen = 127.0.0.1:{port}\ndelivery = maildir:{conf}\n", 6,
+         r'delivery: ".*" exists and is not a directory'),
         ("users = /etc/passwd\n", 4, r'users: "/etc/passwd": expected file:'),
         ("myhostname = bad host\n", 4, r'myhostname: "bad host": not a host name'),
         ("smtp_banner = a\x01b\n", 4, r'smtp_banner: "a\\x01b": control characters'),
