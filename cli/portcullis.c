@@ -32,6 +32,7 @@
 #include "common/log.h"
 #include "common/owner.h"
 #include "common/pclimits.h"
+#include "common/stats.h"
 #include "common/version.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
@@ -52,6 +53,7 @@ static const char *const usage_lines[] = {
 	"user add|passwd USER@DOMAIN [--password-stdin]",
 	"user del USER@DOMAIN",
 	"user list",
+	"stats [--prometheus]",
 	"explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
 	"          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...",
 };
@@ -76,6 +78,26 @@ usage_to(FILE *fp, const char *cmd)
 		    "       host:.example.com, user@example.com, @example.com\n"
 		    "TIME: seconds, or with a unit: 90s, 10m, 2h, 7d, 1w\n"
 		    "--force: an accept entry wider than an IPv4 /8 or an IPv6 /16\n");
+}
+
+/* a command the usage names ("kill|accept add ..." names kill and accept) */
+static int
+command_is_known(const char *w)
+{
+	size_t wl = strlen(w);
+
+	for (size_t i = 0; i < sizeof(usage_lines) / sizeof(usage_lines[0]); i++) {
+		const char *p = usage_lines[i], *end = p + strcspn(p, " ");
+
+		while (p < end) {
+			size_t l = strcspn(p, "| ");
+
+			if (l == wl && strncmp(p, w, l) == 0)
+				return 1;
+			p += l + (p[l] == '|');
+		}
+	}
+	return 0;
 }
 
 /* say what is wrong, then how it is used; exit 2 */
@@ -787,6 +809,38 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	return refused ? 1 : 0;
 }
 
+/* the running daemon's counters (this node's), from $state_dir/stats */
+static int
+cmd_stats(const struct conf *c, int argc, char **argv)
+{
+	char *path = xasprintf("%s/stats", conf_get(c, "state_dir"));
+	const char *err;
+	int prom = argc == 1 && strcmp(argv[0], "--prometheus") == 0;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *fp;
+
+	if (argc > 1 || (argc == 1 && !prom))
+		usage();
+	if (stats_open_readonly(path, &err) < 0)
+		die("%s", err);
+	free(path);
+	fp = open_memstream(&text, &len);
+	if (fp == NULL || stats_write_prometheus(fp) < 0)
+		die("cannot read the counters");
+	fclose(fp);
+	if (prom) {
+		fwrite(text, 1, len, stdout);
+	} else {	/* one "series value" line each, without the format's comments */
+		for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+			if (line[0] != '#')
+				printf("%s\n", strncmp(line, "portcullis_", 11) == 0 ? line + 11 : line);
+	}
+	free(text);
+	stats_close();
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -831,8 +885,7 @@ main(int argc, char **argv)
 			usage_to(stdout, argv[i]);
 			return 0;
 		}
-	if (list_kind_parse(argv[i], &k) < 0 && strcmp(argv[i], "explain") != 0 &&
-	    strcmp(argv[i], "user") != 0 && strcmp(argv[i], "lists") != 0)
+	if (!command_is_known(argv[i]))
 		usage_error("unknown command \"%.40s\"", argv[i]);
 	if (list_kind_parse(argv[i], &k) == 0 && i + 1 >= argc)
 		usage_error("%s what? (add, del, list, import or export)", argv[i]);
@@ -848,6 +901,8 @@ main(int argc, char **argv)
 
 	if (strcmp(argv[i], "explain") == 0) {
 		rc = cmd_explain(conf, argc - i - 1, argv + i + 1);
+	} else if (strcmp(argv[i], "stats") == 0) {
+		rc = cmd_stats(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "user") == 0) {
 		rc = cmd_user(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&
@@ -875,8 +930,10 @@ main(int argc, char **argv)
 		else
 			usage_error("%s: unknown action \"%.40s\" (expected add, del, list, import "
 			    "or export)", argv[i], verb);
-	} else {
+	} else if (command_is_known(argv[i])) {
 		usage();
+	} else {
+		usage_error("unknown command \"%.40s\"", argv[i]);
 	}
 	/* files root just wrote must stay writable by the daemon's run_user */
 	owner_fix_files(conf);

@@ -15,6 +15,8 @@ const struct conf_key conf_keys[] = {
 	{ "lists_resync", "60", CT_TIME, NULL, 1, 86400 },
 	{ "lists_cache", "$state_dir/lists-cache", CT_STR, NULL, 0, 0 },
 	{ "log_level", "info", CT_ENUM, "debug|info|warn|error", 0, 0 },
+	{ "log_file", "", CT_STR, NULL, 0, 0 },	/* "": syslog (or stderr with -f) */
+	{ "metrics_listen", "", CT_STR, NULL, 0, 0 },	/* HOST:PORT: Prometheus text format */
 	{ "run_user", "", CT_STR, NULL, 0, 0 },	/* "": keep the starting user */
 
 	/* which front doors run, each in its own worker process */
@@ -45,6 +47,9 @@ const struct conf_key conf_keys[] = {
 	{ "smtp_max_connections", "200", CT_INT, NULL, 1, 100000 },
 	{ "smtp_max_per_client", "20", CT_INT, NULL, 1, 100000 },
 	{ "smtp_timeout", "300", CT_TIME, NULL, 1, 3600 },
+	{ "smtp_request_deadline", "yes", CT_BOOL, NULL, 0, 0 },	/* timeout per request, not per read */
+	{ "smtp_min_data_rate", "500", CT_INT, NULL, 0, 1000000000 },	/* bytes/s in DATA */
+	{ "smtp_stress_timeout", "10", CT_TIME, NULL, 1, 3600 },	/* above 80 % of max_connections */
 	{ "client_hostname_lookups", "no", CT_BOOL, NULL, 0, 0 },	/* FCrDNS of clients */
 	{ "resolver", "system", CT_STR, NULL, 0, 0 },	/* or IP[:PORT] */
 	{ "delivery", "maildir:$state_dir/mail", CT_STR, NULL, 0, 0 },	/* or relay:[HOST]:PORT */

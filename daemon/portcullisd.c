@@ -12,6 +12,12 @@
  * "ready" or why it failed through a pipe: a failure at start-up (a busy
  * port, say) stops the master with that message and exit status 1.
  *
+ * A worker whose master died (SIGKILL, say) stops within a second, so the
+ * listeners are free for a new start.
+ *
+ * The open files limit is raised to its hard limit at start: every
+ * connection is a descriptor.
+ *
  * -f stays in the foreground and logs to stderr; otherwise the daemon
  * detaches once every worker is ready and logs to syslog (mail facility).
  * -n prints the settings that differ from their defaults, like postconf -n;
@@ -31,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -43,9 +50,12 @@
 #include "common/tls.h"
 #include "common/version.h"
 #include "common/xmalloc.h"
+#include "common/stats.h"
+#include "daemon/metrics.h"
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "rules/policy.h"
+#include "service/listener.h"
 #include "smtp-gateway/downstream.h"
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
@@ -56,6 +66,7 @@
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
 #define MAX_SERVICES 4
 #define READY_TIMEOUT_MS 15000
+#define ORPHAN_GRACE_MS 700	/* a worker whose master died stops within this, or is cut */
 
 enum service { SVC_MILTER, SVC_SMTP };
 
@@ -73,6 +84,7 @@ static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
 static size_t nsmtp_fds;
 static SSL_CTX *tls_ctx;
 static struct cidrtab *bare_exceptions;
+static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watches [0] */
 
 static void
 usage(FILE *fp, int status)
@@ -122,6 +134,20 @@ write_pidfile(const char *path)
 	fclose(fp);
 }
 
+/* every connection is a descriptor: take all the kernel allows us */
+static void
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		log_warn("cannot raise the open files limit to %llu: %s",
+		    (unsigned long long)rl.rlim_max, strerror(errno));
+}
+
 static void
 block_stop_signals(int how)
 {
@@ -136,6 +162,42 @@ block_stop_signals(int how)
 }
 
 /* ---- worker side ---- */
+
+/*
+ * A worker without its master serves on unsupervised and keeps the
+ * listeners, so a new start fails with "Address already in use". The
+ * master holds the only write end of the lifeline: when it dies, for any
+ * reason, the read end sees POLLHUP. The worker then stops as on SIGTERM,
+ * and is cut short if that takes longer than ORPHAN_GRACE_MS (libmilter
+ * waits for its sessions).
+ */
+static void *
+lifeline_watch(void *arg)
+{
+	struct pollfd p = { .fd = lifeline[0], .events = POLLIN };
+
+	(void)arg;
+	while (poll(&p, 1, -1) < 0 && errno == EINTR)
+		;
+	log_error("the master process is gone: stopping");
+	kill(getpid(), SIGTERM);
+	usleep(ORPHAN_GRACE_MS * 1000);
+	log_error("not stopped after %d ms without a master: exiting", ORPHAN_GRACE_MS);
+	_exit(1);
+	return NULL;
+}
+
+static void
+lifeline_start(void)
+{
+	pthread_t t;
+
+	close(lifeline[1]);
+	lifeline[1] = -1;
+	if (pthread_create(&t, NULL, lifeline_watch, NULL) != 0)
+		fatal("cannot start the lifeline thread");
+	pthread_detach(t);
+}
 
 static void
 ready(int fd, const char *msg)
@@ -257,6 +319,9 @@ worker_main(enum service svc, int readyfd)
 		sc.max_connections = (unsigned)conf_get_int(conf, "smtp_max_connections");
 		sc.max_per_client = (unsigned)conf_get_int(conf, "smtp_max_per_client");
 		sc.timeout = (unsigned)conf_get_int(conf, "smtp_timeout");
+		sc.request_deadline = conf_get_bool(conf, "smtp_request_deadline");
+		sc.min_data_rate = (unsigned)conf_get_int(conf, "smtp_min_data_rate");
+		sc.stress_timeout = (unsigned)conf_get_int(conf, "smtp_stress_timeout");
 		sc.ban = watcher_ban;
 		sc.ban_arg = w;
 		sc.tls = tls_ctx;
@@ -412,7 +477,10 @@ spawn(struct worker *wk, int *readyfd_r)
 		close(p[0]);
 		snprintf(ident, sizeof(ident), "portcullisd/%s", wk->name);
 		log_open(xstrdup(ident), log_is_stderr());
+		log_reopen_on_signal(SIGUSR1);	/* the master passes logrotate's on */
+		stats_set_door(wk->name);
 		signal(SIGCHLD, SIG_DFL);
+		lifeline_start();	/* stop signals are blocked: the thread inherits that */
 		rc = worker_main(wk->svc, p[1]);
 		/* leave without the master's atexit handlers */
 		fflush(NULL);
@@ -662,11 +730,20 @@ dup:		;
 						goto fail;
 					}
 					if (check_only || print_only) {
+						/* what binding would parse, without binding */
+						struct sockaddr_storage ss;
+						socklen_t sl;
+
+						if (listener_parse(listen[j], keys[k], &ss, &sl, &err) < 0) {
+							fprintf(stderr, "portcullisd: %s: %s\n",
+							    conf_where(c, keys[k]), err);
+							conf_list_free(listen);
+							goto fail;
+						}
 						smtp_fds[nsmtp_fds++] = -1;
 						continue;
 					}
-					fd = smtp_server_listen(listen[j], &err);
-					if (fd < 0) {
+					if (listener_bind(listen[j], keys[k], &fd, &err) < 0) {
 						fprintf(stderr, "portcullisd: %s\n", err);
 						conf_list_free(listen);
 						goto fail;
@@ -707,10 +784,35 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 	log_open("portcullisd", foreground);
 	if (log_level_parse(conf_get(c, "log_level"), &lvl) == 0)
 		log_set_level(lvl);
+	if (conf_get(c, "log_file")[0] != '\0') {
+		unsigned uid, gid;
+
+		if (log_open_file(conf_get(c, "log_file"), &err) < 0) {
+			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "log_file"), err);
+			return 1;
+		}
+		/* the workers reopen it after logrotate, as run_user */
+		if (geteuid() == 0 && owner_lookup(c, &uid, &gid, &err) == 0 && uid != 0 &&
+		    fchown(log_file_fd(), uid, gid) < 0)
+			log_warn("cannot hand log_file to run_user: %s", strerror(errno));
+	}
+	raise_fd_limit();
 	if (p->ndomains == 0)
 		log_warn("mydomains is empty: every recipient counts as relayed, so clients "
 		    "outside relay_networks can send nothing");
 	mkdirs(conf_get(c, "state_dir"));
+	{	/* counters every process shares; `portcullis stats` reads them */
+		char *sp = xasprintf("%s/stats", conf_get(c, "state_dir"));
+
+		if (stats_open(sp, &err) < 0)
+			log_warn("no counters: %s", err);
+		free(sp);
+		if (conf_get(c, "metrics_listen")[0] != '\0' &&
+		    metrics_bind(conf_get(c, "metrics_listen"), &err) < 0) {
+			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "metrics_listen"), err);
+			return 1;
+		}
+	}
 	/* listeners are bound and keys read: drop root before any worker runs */
 	if (owner_drop(c, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
@@ -746,6 +848,15 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		setsid();
 	}
 	block_stop_signals(SIG_BLOCK);
+	if (pipe2(lifeline, O_CLOEXEC) < 0)
+		fatal("pipe: %s", strerror(errno));
+	{	/* SIGUSR1 (logrotate) is taken by the supervise loop's sigwait */
+		sigset_t usr1;
+
+		sigemptyset(&usr1);
+		sigaddset(&usr1, SIGUSR1);
+		pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+	}
 	for (size_t i = 0; i < nsvc; i++) {
 		int rfd;
 		const char *why;
@@ -785,6 +896,8 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		}
 	}
 
+	if (metrics_start(&err) < 0)
+		log_error("%s", err);
 	/* supervise */
 	for (int stopping = 0; !stopping;) {
 		sigset_t set;
@@ -795,8 +908,16 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		sigaddset(&set, SIGINT);
 		sigaddset(&set, SIGHUP);
 		sigaddset(&set, SIGCHLD);
+		sigaddset(&set, SIGUSR1);
 		if (sigwait(&set, &sig) != 0)
 			continue;
+		if (sig == SIGUSR1) {	/* logrotate moved log_file: reopen, and tell the workers */
+			log_reopen();
+			for (size_t i = 0; i < nsvc; i++)
+				if (wk[i].pid > 0)
+					kill(wk[i].pid, SIGUSR1);
+			continue;
+		}
 		if (sig == SIGTERM || sig == SIGINT) {
 			log_info("portcullisd stopping");
 			break;
@@ -841,6 +962,7 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		}
 	}
 	stop_workers(wk, nsvc);
+	metrics_stop();
 	for (size_t i = 0; i < nsmtp_fds; i++)
 		close(smtp_fds[i]);
 	unlink(conf_get(c, "pid_file"));

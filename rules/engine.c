@@ -21,6 +21,7 @@
 
 #include "common/log.h"
 #include "common/mailaddr.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
 #include "storage-adapter/ratelimit.h"
@@ -669,6 +670,8 @@ engine_log(const struct engine_session *s, enum engine_stage stage,
 		what = "pass";
 	else
 		what = NULL;
+	if (what != NULL)
+		stats_verdict(engine_stage_name(stage), v->warned ? "warn" : what, v->tag);
 	if (what == NULL) {
 		if (log_is_debug())
 			log_debug("%s: %s from %s: %s; from=<%s> helo=<%s> rule=%s",

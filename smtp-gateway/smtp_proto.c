@@ -14,8 +14,10 @@
  * Command lines have a hard cap; longer ones are answered 500 5.5.2 and
  * skipped to their end, and the engine decides on a ban.
  *
- * Never blocks, never allocates without bound: DATA past the size limit is
- * counted, not stored.
+ * Never blocks, never allocates without bound: at most SMTP_DATA_HOLD_MAX
+ * octets of a message are held (the caller takes pieces off to its spool
+ * file or the downstream, else input waits), and DATA past the size limit
+ * is counted, not stored. Header names reach the engine as they go by.
  */
 #include <ctype.h>
 #include <stdarg.h>
@@ -40,6 +42,8 @@ enum st { ST_CMD, ST_DATA, ST_WAIT, ST_TLS, ST_AUTH, ST_AUTHWAIT, ST_DOWNWAIT, S
 
 /* DATA scanner states */
 enum ds { DS_LS_CRLF, DS_LS_LF, DS_DOT, DS_DOT_LF, DS_DOT_CR, DS_MID, DS_CR };
+/* header-name scanner states (over the message after unstuffing) */
+enum hs { HS_BOL, HS_NAME, HS_SKIP, HS_CR, HS_DONE };
 
 struct smtp_proto {
 	const struct smtp_params *p;
@@ -60,11 +64,14 @@ struct smtp_proto {
 	char **rcpt;
 	int *rcpt_local;
 	size_t nrcpt, rcptcap;
-	/* DATA */
+	/* DATA: at most SMTP_DATA_HOLD_MAX octets held, the caller takes the rest */
 	char *data;
 	size_t dlen, dcap, dtotal;
 	enum ds ds;
 	int bare;
+	enum hs hs;		/* header names go to the engine as they arrive */
+	char hname[80];
+	size_t hlen;
 	/* output */
 	char *out;
 	size_t olen, ocap;
@@ -94,7 +101,6 @@ struct smtp_proto {
 	int down_opened;	/* ... and that session belongs to this transaction */
 	char down_rcpt[600];	/* the recipient waiting for the downstream */
 	int stream;		/* DATA is being streamed downstream */
-	int headers_fed;	/* the engine has seen the header names already */
 };
 
 static void
@@ -156,7 +162,6 @@ tx_reset(struct smtp_proto *sp)
 	sp->route = 0;
 	sp->down_pending = 0;
 	sp->stream = 0;
-	sp->headers_fed = 0;
 	free(sp->sender);
 	sp->sender = NULL;
 	for (size_t i = 0; i < sp->nrcpt; i++)
@@ -897,7 +902,20 @@ cmd_data(struct smtp_proto *sp, char *arg)
 	sp->ds = DS_LS_CRLF;
 	sp->dlen = sp->dtotal = 0;
 	sp->bare = 0;
-	sp->headers_fed = 0;
+	sp->hs = HS_BOL;
+	sp->hlen = 0;
+	/* the envelope, for the caller's Received: line while the data comes */
+	msg_clear(&sp->msg);
+	sp->msg.sender = sp->sender;
+	sp->msg.rcpt = sp->rcpt;
+	sp->msg.rcpt_local = sp->rcpt_local;
+	sp->msg.nrcpt = sp->nrcpt;
+	snprintf(sp->msg.client, sizeof(sp->msg.client), "%s", engine_client_text(sp->es));
+	snprintf(sp->msg.helo, sizeof(sp->msg.helo), "%s", sp->helo);
+	sp->msg.downstream = sp->route == 2;
+	sp->msg.esmtp = sp->greeted == 2;
+	sp->msg.tls = sp->tls;
+	sp->msg.auth = sp->authenticated;
 	if (sp->route == 2) {
 		/*
 		 * Every recipient was accepted downstream: the client may start at
@@ -1016,49 +1034,89 @@ command(struct smtp_proto *sp, char *line, size_t cmdlen, long long now)
 
 /* ---- DATA ---- */
 
+/*
+ * Header names for the engine's header stage, as the bytes go by (after
+ * unstuffing), so a message never has to be held to find its header
+ * section: a line starting with NAME: is a header; a continuation line,
+ * anything else and everything after the first empty line are not.
+ */
+static void
+scan_headers(struct smtp_proto *sp, const char *s, size_t n)
+{
+	struct verdict v;
+
+	for (size_t i = 0; i < n && sp->hs != HS_DONE; i++) {
+		char c = s[i];
+
+		switch (sp->hs) {
+		case HS_BOL:
+			if (c == '\r') {
+				sp->hs = HS_CR;
+			} else if (c == '\n') {
+				sp->hs = HS_DONE;
+			} else if (c == ' ' || c == '\t' || c == ':') {
+				sp->hs = HS_SKIP;
+			} else {
+				sp->hname[0] = c;
+				sp->hlen = 1;
+				sp->hs = (unsigned char)c > ' ' ? HS_NAME : HS_SKIP;
+			}
+			break;
+		case HS_CR:
+			sp->hs = c == '\n' ? HS_DONE : HS_SKIP;
+			break;
+		case HS_NAME:
+			if (c == ':') {
+				sp->hname[sp->hlen] = '\0';
+				engine_header(sp->es, sp->hname, &v);
+				sp->hs = HS_SKIP;
+			} else if ((unsigned char)c <= ' ' || sp->hlen + 1 >= sizeof(sp->hname)) {
+				sp->hs = c == '\n' ? HS_BOL : HS_SKIP;
+			} else {
+				sp->hname[sp->hlen++] = c;
+			}
+			break;
+		case HS_SKIP: {
+			const char *nl = memchr(s + i, '\n', n - i);
+
+			if (nl == NULL)
+				return;
+			i = (size_t)(nl - s);
+			sp->hs = HS_BOL;
+			break;
+		}
+		case HS_DONE:
+			break;
+		}
+	}
+}
+
 static void
 data_put(struct smtp_proto *sp, const char *s, size_t n)
 {
 	sp->dtotal += n;
 	if (sp->p->message_size_limit && sp->dtotal > sp->p->message_size_limit)
 		return;		/* counted, not stored */
+	if (sp->hs != HS_DONE)
+		scan_headers(sp, s, n);
 	if (sp->dlen + n > sp->dcap) {
 		sp->dcap = (sp->dlen + n) * 2 + 4096;
+		if (sp->dcap > SMTP_DATA_HOLD_MAX + 8)
+			sp->dcap = sp->dlen + n > SMTP_DATA_HOLD_MAX + 8 ? sp->dlen + n :
+			    SMTP_DATA_HOLD_MAX + 8;
 		sp->data = xrealloc(sp->data, sp->dcap);
 	}
 	memcpy(sp->data + sp->dlen, s, n);
 	sp->dlen += n;
 }
 
-/* header names of the message, for the engine's header stage */
-static void
-feed_headers(struct smtp_proto *sp)
+/* the held data is full: the caller must take some before more is scanned
+ * (a message past the size limit is only counted: never full) */
+static int
+data_full(const struct smtp_proto *sp)
 {
-	const char *p = sp->data, *end = sp->data + sp->dlen;
-	struct verdict v;
-
-	while (p < end) {
-		const char *eol = memchr(p, '\n', (size_t)(end - p));
-		size_t n = eol ? (size_t)(eol - p) : (size_t)(end - p);
-		char name[80];
-		size_t k;
-
-		if (n == 0 || (n == 1 && p[0] == '\r'))
-			break;	/* end of the header section */
-		if (p[0] != ' ' && p[0] != '\t') {
-			k = 0;
-			while (k < n && k + 1 < sizeof(name) && p[k] != ':' && p[k] > ' ')
-				k++;
-			if (k < n && p[k] == ':') {
-				memcpy(name, p, k);
-				name[k] = '\0';
-				engine_header(sp->es, name, &v);
-			}
-		}
-		if (eol == NULL)
-			break;
-		p = eol + 1;
-	}
+	return sp->dlen >= SMTP_DATA_HOLD_MAX &&
+	    !(sp->p->message_size_limit && sp->dtotal > sp->p->message_size_limit);
 }
 
 static void
@@ -1082,22 +1140,14 @@ data_end(struct smtp_proto *sp)
 		tx_reset(sp);
 		return;
 	}
-	if (!sp->headers_fed)
-		feed_headers(sp);
 	engine_eom(sp->es, &v);
 	if (verdict_reply(sp, STAGE_EOM, &v, NULL)) {
 		tx_reset(sp);
 		return;
 	}
-	sp->msg.sender = sp->sender;
-	sp->msg.rcpt = sp->rcpt;
-	sp->msg.rcpt_local = sp->rcpt_local;
-	sp->msg.nrcpt = sp->nrcpt;
+	/* the envelope was filled at DATA; the data is what was not taken */
 	sp->msg.data = sp->data;
 	sp->msg.len = sp->dlen;
-	snprintf(sp->msg.client, sizeof(sp->msg.client), "%s", engine_client_text(sp->es));
-	snprintf(sp->msg.helo, sizeof(sp->msg.helo), "%s", sp->helo);
-	sp->msg.downstream = sp->route == 2;
 	sp->pending = 1;
 	sp->st = ST_WAIT;
 }
@@ -1111,6 +1161,11 @@ data_input(struct smtp_proto *sp, const char *buf, size_t len)
 	for (size_t i = 0; i < len; i++) {
 		char c = buf[i];
 
+		/* full: the caller takes a piece, then feeds the rest; the final
+		 * dot, which stores nothing, may still come */
+		if (data_full(sp) && !(sp->ds == DS_LS_CRLF && c == '.') &&
+		    !(sp->ds == DS_DOT && c == '\r') && !(sp->ds == DS_DOT_CR && c == '\n'))
+			return i;
 		switch (sp->ds) {
 		case DS_LS_CRLF:
 		case DS_LS_LF:
@@ -1169,9 +1224,11 @@ data_input(struct smtp_proto *sp, const char *buf, size_t len)
 				sp->ds = DS_LS_LF;
 			} else {
 				/* copy the run up to the next CR or LF at once */
-				size_t j = i + 1;
+				size_t j = i + 1, lim = len;
 
-				while (j < len && buf[j] != '\r' && buf[j] != '\n')
+				if (sp->dlen < SMTP_DATA_HOLD_MAX && lim - i > SMTP_DATA_HOLD_MAX - sp->dlen)
+					lim = i + (SMTP_DATA_HOLD_MAX - sp->dlen);
+				while (j < lim && buf[j] != '\r' && buf[j] != '\n')
 					j++;
 				data_put(sp, buf + i, j - i);
 				i = j - 1;
@@ -1206,7 +1263,11 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 		if (sp->st == ST_WAIT || sp->st == ST_AUTHWAIT || sp->st == ST_DOWNWAIT)
 			return i;
 		if (sp->st == ST_DATA) {
-			i += data_input(sp, buf + i, len - i);
+			size_t k = data_input(sp, buf + i, len - i);
+
+			i += k;
+			if (k == 0)
+				return i;	/* full: wait for smtp_proto_stream_taken() */
 			continue;
 		}
 		{
@@ -1347,6 +1408,26 @@ smtp_proto_take_down_reset(struct smtp_proto *sp)
 	return r;
 }
 
+/*
+ * A downstream reply passed on as it is. A 421 says the downstream is
+ * closing: it ends the client's session too once said (Postfix hangs up
+ * after its before-queue filter's 421), so the client does not go on in a
+ * session whose downstream is gone, and retries later elsewhere.
+ */
+static void
+mirror(struct smtp_proto *sp, const char *line)
+{
+	reply(sp, "%s", line);
+	if (strncmp(line, "421", 3) == 0) {
+		log_info("downstream said 421 to %s: closing the session", engine_client_text(sp->es));
+		if (sp->in_tx)
+			engine_abort(sp->es);
+		tx_reset(sp);
+		sp->close_after = 1;
+		sp->st = ST_CLOSED;
+	}
+}
+
 void
 smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 {
@@ -1369,13 +1450,19 @@ smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 		sp->route = 0;
 		sp->down_reset = 1;
 	}
-	reply(sp, "%s", line);	/* mirrored: what the downstream said */
+	mirror(sp, line);	/* what the downstream said */
 }
 
 const struct smtp_down_req *
 smtp_proto_down_info(const struct smtp_proto *sp)
 {
 	return &sp->down;
+}
+
+int
+smtp_proto_in_data(const struct smtp_proto *sp)
+{
+	return sp->st == ST_DATA;
 }
 
 int
@@ -1387,23 +1474,19 @@ smtp_proto_streaming(const struct smtp_proto *sp)
 int
 smtp_proto_stream_chunk(struct smtp_proto *sp, size_t min, const char **p_r, size_t *len_r)
 {
-	if (!sp->stream || sp->st != ST_DATA || sp->dlen == 0 || sp->dlen < min)
+	if (sp->st != ST_DATA || sp->dlen == 0 || sp->dlen < min)
 		return 0;
 	if (sp->p->message_size_limit && sp->dtotal > sp->p->message_size_limit)
 		return 0;	/* will be refused at the end: send no more */
-	if (!sp->headers_fed) {
-		/* the engine sees the header names before the first byte leaves */
-		int done = (sp->dlen >= 2 && memcmp(sp->data, "\r\n", 2) == 0) ||
-		    memmem(sp->data, sp->dlen, "\r\n\r\n", 4) != NULL || sp->dlen >= 1024 * 1024;
-
-		if (!done)
-			return 0;
-		feed_headers(sp);
-		sp->headers_fed = 1;
-	}
 	*p_r = sp->data;
 	*len_r = sp->dlen;
 	return 1;
+}
+
+const struct smtp_msg *
+smtp_proto_envelope(const struct smtp_proto *sp)
+{
+	return sp->st == ST_DATA || sp->pending ? &sp->msg : NULL;
 }
 
 void
@@ -1418,11 +1501,11 @@ smtp_proto_stream_taken(struct smtp_proto *sp, size_t n)
 void
 smtp_proto_delivered_reply(struct smtp_proto *sp, const char *line)
 {
-	reply(sp, "%s", line);
 	sp->route = 0;		/* the server closes the session it used */
 	tx_reset(sp);
 	sp->down_reset = 0;
 	sp->st = ST_CMD;
+	mirror(sp, line);
 }
 
 void

@@ -44,8 +44,17 @@ struct smtp_auth_req {
 	char digest[64];		/* CRAM-MD5: the client's hex digest */
 };
 
-/* A message ready for delivery: the envelope and the data (CRLF lines,
- * dot-stuffing removed). Owned by the session until smtp_proto_delivered(). */
+/*
+ * The session holds at most this much of a message: once full it consumes
+ * no more input until the caller took a piece (smtp_proto_stream_chunk()),
+ * to a spool file or downstream. Memory per connection is bounded whatever
+ * the message size; a message that fits is delivered from memory.
+ */
+#define SMTP_DATA_HOLD_MAX (128 * 1024)
+
+/* A message: the envelope (from DATA on) and, at the final dot, the data
+ * the caller has not taken yet (CRLF lines, dot-stuffing removed). Owned by
+ * the session until smtp_proto_delivered(). */
 struct smtp_msg {
 	char *sender;			/* "" for <> */
 	char **rcpt;			/* "local@domain" */
@@ -56,6 +65,9 @@ struct smtp_msg {
 	char client[128];		/* for the Received: line */
 	char helo[128];
 	int downstream;			/* 1: pass to the open downstream session */
+	int esmtp;			/* EHLO (else HELO): "with ESMTP..." */
+	int tls;			/* the session was encrypted at DATA */
+	int auth;			/* ... and authenticated */
 };
 
 /* A step of a pass-through session the caller must run downstream. */
@@ -76,7 +88,8 @@ void smtp_proto_free(struct smtp_proto **sp);
 void smtp_proto_start(struct smtp_proto *sp, const struct ipaddr *addr, const char *hostname,
     long long now);
 /* feed client bytes; returns how many were consumed (less when a delivery
- * must finish first: feed the rest after smtp_proto_delivered()) */
+ * must finish first: feed the rest after smtp_proto_delivered(); or when
+ * SMTP_DATA_HOLD_MAX octets of DATA are held: after smtp_proto_stream_taken()) */
 size_t smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long now);
 /* the peer closed or timed out */
 void smtp_proto_eof(struct smtp_proto *sp);
@@ -87,6 +100,10 @@ void smtp_proto_output_done(struct smtp_proto *sp, size_t n);
 int smtp_proto_wants_close(const struct smtp_proto *sp);
 /* a message waits for delivery (input is paused until it is done) */
 struct smtp_msg *smtp_proto_pending(struct smtp_proto *sp);
+/* 1 while DATA is being received */
+int smtp_proto_in_data(const struct smtp_proto *sp);
+/* the envelope of the message being received or pending; NULL otherwise */
+const struct smtp_msg *smtp_proto_envelope(const struct smtp_proto *sp);
 /* ok: the 250 text (queue id); !ok: code, dsn, text of the failure */
 void smtp_proto_delivered(struct smtp_proto *sp, int ok, const char *code, const char *dsn,
     const char *text);
@@ -97,13 +114,16 @@ void smtp_proto_auth_done(struct smtp_proto *sp, int ok);
 const char *smtp_proto_auth_user(const struct smtp_proto *sp);
 /* a RCPT waits for the downstream's answer (input is paused) */
 struct smtp_down_req *smtp_proto_pending_down(struct smtp_proto *sp);
-/* the downstream's reply line ("250 2.1.5 Ok", "354 ...") to that step */
+/* the downstream's reply line ("250 2.1.5 Ok", "354 ...") to that step;
+ * a 421 (here and in smtp_proto_delivered_reply()) closes the session after it */
 void smtp_proto_down_done(struct smtp_proto *sp, const char *reply);
 /*
- * Streaming DATA downstream: message bytes (dot-stuffing removed) ready to
- * pass on, once the header section is complete and at least min bytes are
- * buffered; 0 when none. The caller copies them and reports how many it
- * took with smtp_proto_stream_taken(), which drops them from the buffer.
+ * DATA as it arrives (streamed downstream, or spooled to a file): message
+ * bytes (dot-stuffing removed) held, when at least min are; 0 when none, or
+ * when the message is past the size limit (it will be refused). The caller
+ * copies them and reports how many it took with smtp_proto_stream_taken(),
+ * which drops them. The engine has seen the header names in them already.
+ * Whatever is not taken by the final dot is smtp_msg.data.
  */
 int smtp_proto_stream_chunk(struct smtp_proto *sp, size_t min, const char **p_r, size_t *len_r);
 void smtp_proto_stream_taken(struct smtp_proto *sp, size_t n);

@@ -18,7 +18,10 @@ struct smtp_server_conf {
 	unsigned downstream_cache_time;	/* seconds a finished downstream session is kept */
 	unsigned max_connections;	/* total */
 	unsigned max_per_client;	/* per client address */
-	unsigned timeout;		/* seconds idle / per command */
+	unsigned timeout;		/* seconds per request (or idle: request_deadline = 0) */
+	int request_deadline;		/* the timeout bounds a whole request, not each read */
+	unsigned min_data_rate;		/* bytes/s a client must keep up in DATA */
+	unsigned stress_timeout;	/* the timeout above 80 % of max_connections */
 	SSL_CTX *tls;			/* NULL: no STARTTLS, no smtps */
 	const char *resolver;		/* client name lookups: "system" or IP[:PORT]; NULL off */
 	/* from the event loop; must not block */
@@ -26,10 +29,8 @@ struct smtp_server_conf {
 	void *ban_arg;
 };
 
-/* "127.0.0.1:2525", "[::1]:2525" -> a listening socket; -1 with *error_r */
-int smtp_server_listen(const char *spec, const char **error_r)
-    __attribute__((warn_unused_result));
-/* serve the given listening sockets (kinds[i] for fds[i]) until SIGTERM/SIGINT */
+/* serve the given listening sockets (kinds[i] for fds[i], bound with
+ * listener_bind()) until SIGTERM/SIGINT */
 int smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfds,
     const struct smtp_server_conf *c, const char **error_r)
     __attribute__((warn_unused_result));

@@ -1,7 +1,7 @@
 /*
  * libFuzzer target: the parsers that read admin and peer input — config
  * text, list-file lines, entry keys, envelope addresses, CIDRs, Redis hash
- * fields. Must never crash or leak; errors are answers.
+ * fields, listener specs. Must never crash or leak; errors are answers.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -11,6 +11,7 @@
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/mailaddr.h"
+#include "service/listener.h"
 #include "storage-adapter/listentry.h"
 #include "storage-adapter/redis_schema.h"
 
@@ -64,6 +65,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		if (cidr_parse(s, &c, &err) == 0)
 			cidr_format(&c, buf);
+	}
+	{
+		struct sockaddr_storage ss;
+		socklen_t sl;
+
+		(void)listener_parse(s, "smtp_listen", &ss, &sl, &err);
 	}
 	{
 		/* split on NULs into hash fields */

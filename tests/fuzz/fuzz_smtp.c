@@ -74,6 +74,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			n = size - off;
 		used = smtp_proto_input(sp, (const char *)data + off, n, 1000);
 		off += used;
+		{
+			/* the server takes DATA off in pieces (spool file, downstream) */
+			const char *p;
+			size_t pn;
+
+			if ((rnd & 32) && smtp_proto_stream_chunk(sp, rnd & 64 ? 1 : 4096, &p, &pn))
+				smtp_proto_stream_taken(sp, pn / 2 + 1);
+			if (smtp_proto_envelope(sp) != NULL && smtp_proto_envelope(sp)->nrcpt == 0)
+				__builtin_trap();	/* DATA needs a recipient */
+		}
 		if (smtp_proto_pending(sp))
 			smtp_proto_delivered(sp, rnd & 4, "451", "4.3.0", "x");
 		if (smtp_proto_pending_auth(sp))
