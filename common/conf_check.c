@@ -116,6 +116,21 @@ check_listen(const char *v, const char **why_r)
 }
 
 static int
+check_optional_listen(const char *v, const char **why_r)
+{
+	return v[0] == '\0' ? 0 : check_listen(v, why_r);
+}
+
+static int
+check_optional_absolute(const char *v, const char **why_r)
+{
+	if (v[0] == '\0' || v[0] == '/')
+		return 0;
+	*why_r = "expected an absolute path (or empty)";
+	return -1;
+}
+
+static int
 check_optional_hostport(const char *v, const char **why_r)
 {
 	if (v[0] == '\0')
@@ -390,5 +405,7 @@ const struct conf_validator conf_validators[] = {
 	{ "users", 0, check_users },
 	{ "relay_networks", 1, check_cidr },
 	{ "max_command_length", 0, check_command_length },
+	{ "metrics_listen", 0, check_optional_listen },
+	{ "log_file", 0, check_optional_absolute },
 	{ NULL, 0, NULL },
 };

@@ -439,6 +439,23 @@ check_config_rest(const struct conf *c, const struct worker *wk, size_t nsvc)
 		fprintf(stderr, "portcullisd: %s\n", err);
 		return -1;
 	}
+	if (conf_get(c, "log_file")[0] != '\0') {
+		/* log_file is opened (not its directory made) at start */
+		const char *lf = conf_get(c, "log_file");
+		char *dir = xstrdup(lf);
+		struct stat st;
+
+		*strrchr(dir, '/') = '\0';	/* absolute: checked in conf */
+		if ((stat(lf, &st) == 0 && S_ISDIR(st.st_mode)) ||
+		    (dir[0] != '\0' && (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)))) {
+			fprintf(stderr, "portcullisd: %s: log_file: \"%.200s\": %s\n",
+			    conf_where(c, "log_file"), lf, stat(lf, &st) == 0 ?
+			    "is a directory" : "its directory does not exist");
+			free(dir);
+			return -1;
+		}
+		free(dir);
+	}
 	return 0;
 }
 
