@@ -26,6 +26,12 @@ const struct conf_key conf_keys[] = {
 	/* milter front door */
 	{ "milter_listen", "inet:127.0.0.1:8891", CT_STR, NULL, 0, 0 },
 
+	/* Postfix policy door (check_policy_service) */
+	{ "policy_listen", "inet:127.0.0.1:10040", CT_LIST, NULL, 0, 0 },	/* or unix:/path */
+	{ "policy_max_connections", "200", CT_INT, NULL, 1, 100000 },
+	{ "policy_idle_timeout", "600", CT_TIME, NULL, 1, 86400 },	/* > Postfix's max_idle */
+	{ "policy_timeout", "30", CT_TIME, NULL, 1, 3600 },	/* one request, one answer */
+
 	/* TLS, one set of keys for every listener */
 	{ "tls_cert_file", "", CT_STR, NULL, 0, 0 },
 	{ "tls_key_file", "", CT_STR, NULL, 0, 0 },

@@ -6,7 +6,7 @@
  *
  * The master reads the configuration, compiles the policy (so errors show
  * before anything runs), binds the SMTP listeners, and forks one worker per
- * entry of `services` (milter, smtp). Each worker loads the lists, starts
+ * entry of `services` (milter, smtp, policy). Each worker loads the lists, starts
  * its watcher thread and serves; the master restarts a worker that dies
  * (within a second) and stops them all on SIGTERM/SIGINT. A worker says
  * "ready" or why it failed through a pipe: a failure at start-up (a busy
@@ -54,6 +54,7 @@
 #include "daemon/metrics.h"
 #include "daemon/watcher.h"
 #include "milter/milter.h"
+#include "policy/policy_door.h"
 #include "rules/policy.h"
 #include "service/listener.h"
 #include "smtp-gateway/downstream.h"
@@ -68,7 +69,7 @@
 #define READY_TIMEOUT_MS 15000
 #define ORPHAN_GRACE_MS 700	/* a worker whose master died stops within this, or is cut */
 
-enum service { SVC_MILTER, SVC_SMTP };
+enum service { SVC_MILTER, SVC_SMTP, SVC_POLICY };
 
 struct worker {
 	enum service svc;
@@ -83,6 +84,8 @@ static int smtp_fds[MAX_LISTENERS];
 static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
 static size_t nsmtp_fds;
 static SSL_CTX *tls_ctx;
+static int policy_fds[MAX_LISTENERS];
+static size_t npolicy_fds;
 static struct cidrtab *bare_exceptions;
 static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watches [0] */
 
@@ -282,6 +285,24 @@ worker_main(enum service svc, int readyfd)
 		log_info("milter ready on %s", conf_get(conf, "milter_listen"));
 		ready(readyfd, "ok\n");
 		rc = milter_run();
+	} else if (svc == SVC_POLICY) {
+		static struct policy_door_env pe;
+
+		pe.pol = pol;
+		pe.snaps = &snaps;
+		pe.max_connections = (unsigned)conf_get_int(conf, "policy_max_connections");
+		pe.idle_timeout = (unsigned)conf_get_int(conf, "policy_idle_timeout");
+		pe.request_timeout = (unsigned)conf_get_int(conf, "policy_timeout");
+		pe.ban = watcher_ban;
+		pe.ban_arg = w;
+		block_stop_signals(SIG_UNBLOCK);
+		log_info("policy ready on %s", conf_get(conf, "policy_listen"));
+		ready(readyfd, "ok\n");
+		if (policy_door_run(policy_fds, npolicy_fds, &pe, &err) < 0) {
+			log_error("policy: %s", err);
+			rc = -1;
+		}
+		block_stop_signals(SIG_BLOCK);
 	} else {
 		static struct smtp_server_conf sc;
 		const char *delivery = conf_get(conf, "delivery");
@@ -652,9 +673,11 @@ main(int argc, char **argv)
 			s = SVC_MILTER;
 		else if (strcmp(svcs[i], "smtp") == 0)
 			s = SVC_SMTP;
+		else if (strcmp(svcs[i], "policy") == 0)
+			s = SVC_POLICY;
 		else {
 			fprintf(stderr, "portcullisd: %s: services: unknown service \"%.40s\" "
-			    "(expected milter, smtp)\n", conf_where(c, "services"), svcs[i]);
+			    "(expected milter, smtp, policy)\n", conf_where(c, "services"), svcs[i]);
 			conf_list_free(svcs);
 			goto fail;
 		}
@@ -662,7 +685,7 @@ main(int argc, char **argv)
 			if (wk[j].svc == s)
 				goto dup;
 		wk[nsvc].svc = s;
-		wk[nsvc].name = s == SVC_MILTER ? "milter" : "smtp";
+		wk[nsvc].name = s == SVC_MILTER ? "milter" : s == SVC_POLICY ? "policy" : "smtp";
 		wk[nsvc].pid = 0;
 		nsvc++;
 dup:		;
@@ -684,6 +707,26 @@ dup:		;
 				goto fail;
 			}
 		conf_list_free(m);
+	}
+	for (size_t i = 0; i < nsvc; i++) {
+		if (wk[i].svc != SVC_POLICY)
+			continue;
+		listen = conf_get_list(c, "policy_listen", &n);
+		for (size_t j = 0; j < n && npolicy_fds < MAX_LISTENERS; j++) {
+			int fd = policy_door_listen(listen[j], &err);
+
+			if (fd < 0) {
+				fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "policy_listen"), err);
+				return 1;
+			}
+			policy_fds[npolicy_fds++] = fd;
+		}
+		conf_list_free(listen);
+		if (npolicy_fds == 0) {
+			fprintf(stderr, "portcullisd: %s: policy_listen: nothing to listen on\n",
+			    conf_where(c, "policy_listen"));
+			return 1;
+		}
 	}
 	for (size_t i = 0; i < nsvc; i++) {
 		if (wk[i].svc != SVC_SMTP)
@@ -982,6 +1025,8 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 	metrics_stop();
 	for (size_t i = 0; i < nsmtp_fds; i++)
 		close(smtp_fds[i]);
+	for (size_t i = 0; i < npolicy_fds; i++)
+		close(policy_fds[i]);
 	unlink(conf_get(c, "pid_file"));
 	if (tls_ctx != NULL)
 		SSL_CTX_free(tls_ctx);

@@ -331,6 +331,19 @@ engine_client_is_killed(const struct engine_session *s, const struct snapshot *s
 	return !v->warned;
 }
 
+int
+engine_client_is_accepted(const struct engine_session *s, const struct snapshot *snap,
+    long long now, struct verdict *v)
+{
+	struct listset_match m;
+
+	verdict_clear(v);
+	if (!client_match(s, snap, LIST_ACCEPT, now, &m))
+		return 0;
+	describe_entry(v->rule, sizeof(v->rule), "accept", &m);
+	return 1;
+}
+
 void
 engine_helo(struct engine_session *s, const struct snapshot *snap, const char *helo,
     size_t cmdlen, long long now, struct verdict *v)

@@ -73,6 +73,10 @@ void engine_command_params(struct engine_session *s, const char *params);
  * kill-listed and not accept-listed (front doors that can refuse at connect) */
 int engine_client_is_killed(const struct engine_session *s, const struct snapshot *snap,
     long long now, struct verdict *v);
+/* after engine_connect(): 1 when the client is accept-listed (v->rule says
+ * which entry); the Postfix policy door answers OK for it */
+int engine_client_is_accepted(const struct engine_session *s, const struct snapshot *snap,
+    long long now, struct verdict *v);
 void engine_eom(struct engine_session *s, struct verdict *v);
 /* end of transaction without a message (RSET, rejected DATA...) */
 void engine_abort(struct engine_session *s);

@@ -1,7 +1,8 @@
 /*
  * libFuzzer target: the parsers that read admin and peer input — config
  * text, list-file lines, entry keys, envelope addresses, CIDRs, Redis hash
- * fields, listener specs. Must never crash or leak; errors are answers.
+ * fields, listener specs, Postfix policy requests. Must never crash or leak;
+ * errors are answers.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/mailaddr.h"
+#include "policy/policy_proto.h"
 #include "service/listener.h"
 #include "storage-adapter/listentry.h"
 #include "storage-adapter/redis_schema.h"
@@ -88,6 +90,36 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memset(&e, 0, sizeof(e));
 		if (n > 0 && redis_schema_decode("192.0.2.1", fv, fl, n & ~1u, 100, 5, &e, &err) == 0)
 			listentry_clear(&e);
+	}
+	{
+		/* a policy connection: the input in pieces whose sizes the first
+		 * byte picks, every request answered, as the door does */
+		static struct policy_parser pp;
+		const struct policy_request *req;
+		char out[MAX_POLICY_ANSWER];
+		size_t off = 0, step = size > 0 ? (size_t)data[0] % 64 + 1 : 1;
+
+		policy_parser_init(&pp);
+		while (off < size) {
+			size_t n = size - off < step ? size - off : step, used = 0;
+			enum policy_feed st = policy_parser_feed(&pp, (const char *)data + off, n,
+			    &used, &req);
+
+			if (used == 0 && st == POLICY_FEED_MORE)
+				abort();	/* no progress: a hang */
+			off += used;
+			if (st == POLICY_FEED_MORE)
+				continue;
+			for (int a = 0; a < PA_COUNT; a++)
+				if (req->attr[a] != NULL && strlen(req->attr[a]) > MAX_POLICY_LINE)
+					abort();
+			(void)policy_answer_format(out, sizeof(out), req->error ? req->error :
+			    (req->attr[PA_SENDER] ? req->attr[PA_SENDER] : "DUNNO"));
+			if (strchr(out, '\n') != out + strlen(out) - 2)
+				abort();	/* a newline inside the answer */
+			if (st == POLICY_FEED_FATAL)
+				break;
+		}
 	}
 	free(s);
 	return 0;
