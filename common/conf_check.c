@@ -121,6 +121,23 @@ check_optional_listen(const char *v, const char **why_r)
 	return v[0] == '\0' ? 0 : check_listen(v, why_r);
 }
 
+/* the Postfix policy door: inet:HOST:PORT, inet:[ADDRESS]:PORT, unix:/PATH */
+static int
+check_policy_listen(const char *v, const char **why_r)
+{
+	if (strncmp(v, "inet:", 5) == 0)
+		return check_listen(v + 5, why_r);
+	if (strncmp(v, "unix:", 5) == 0 && v[5] == '/') {
+		if (strlen(v + 5) > 107) {
+			*why_r = "a unix socket path is at most 107 bytes";
+			return -1;
+		}
+		return 0;
+	}
+	*why_r = "expected inet:HOST:PORT, inet:[ADDRESS]:PORT or unix:/PATH";
+	return -1;
+}
+
 static int
 check_optional_absolute(const char *v, const char **why_r)
 {
@@ -182,9 +199,9 @@ check_cidr(const char *v, const char **why_r)
 static int
 check_service(const char *v, const char **why_r)
 {
-	if (strcmp(v, "milter") == 0 || strcmp(v, "smtp") == 0)
+	if (strcmp(v, "milter") == 0 || strcmp(v, "smtp") == 0 || strcmp(v, "policy") == 0)
 		return 0;
-	*why_r = "unknown service (expected milter, smtp)";
+	*why_r = "unknown service (expected milter, smtp, policy)";
 	return -1;
 }
 
@@ -406,6 +423,8 @@ const struct conf_validator conf_validators[] = {
 	{ "relay_networks", 1, check_cidr },
 	{ "max_command_length", 0, check_command_length },
 	{ "metrics_listen", 0, check_optional_listen },
+	{ "policy_listen", 0, check_listener_count },
+	{ "policy_listen", 1, check_policy_listen },
 	{ "log_file", 0, check_optional_absolute },
 	{ NULL, 0, NULL },
 };

@@ -712,12 +712,35 @@ dup:		;
 		if (wk[i].svc != SVC_POLICY)
 			continue;
 		listen = conf_get_list(c, "policy_listen", &n);
-		for (size_t j = 0; j < n && npolicy_fds < MAX_LISTENERS; j++) {
-			int fd = policy_door_listen(listen[j], &err);
+		for (size_t j = 0; j < n; j++) {
+			int fd;
 
+			if (npolicy_fds >= MAX_LISTENERS) {	/* refused, never dropped */
+				fprintf(stderr, "portcullisd: %s: policy_listen: too many listeners "
+				    "(at most %d)\n", conf_where(c, "policy_listen"), MAX_LISTENERS);
+				conf_list_free(listen);
+				goto fail;
+			}
+			if (check_only || print_only) {
+				/* what binding would parse, without binding (unix: in conf) */
+				struct sockaddr_storage ss;
+				socklen_t sl;
+
+				if (strncmp(listen[j], "inet:", 5) == 0 &&
+				    listener_parse(listen[j] + 5, "policy_listen", &ss, &sl, &err) < 0) {
+					fprintf(stderr, "portcullisd: %s: %s\n",
+					    conf_where(c, "policy_listen"), err);
+					conf_list_free(listen);
+					goto fail;
+				}
+				policy_fds[npolicy_fds++] = -1;
+				continue;
+			}
+			fd = policy_door_listen(listen[j], &err);
 			if (fd < 0) {
 				fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "policy_listen"), err);
-				return 1;
+				conf_list_free(listen);
+				goto fail;
 			}
 			policy_fds[npolicy_fds++] = fd;
 		}
@@ -725,7 +748,7 @@ dup:		;
 		if (npolicy_fds == 0) {
 			fprintf(stderr, "portcullisd: %s: policy_listen: nothing to listen on\n",
 			    conf_where(c, "policy_listen"));
-			return 1;
+			goto fail;
 		}
 	}
 	for (size_t i = 0; i < nsvc; i++) {
@@ -833,6 +856,9 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		for (size_t i = 0; i < nsmtp_fds; i++)
 			if (smtp_fds[i] >= 0)
 				close(smtp_fds[i]);
+		for (size_t i = 0; i < npolicy_fds; i++)
+			if (policy_fds[i] >= 0)
+				close(policy_fds[i]);
 		if (tls_ctx != NULL)
 			SSL_CTX_free(tls_ctx);
 		cidrtab_free(&bare_exceptions);

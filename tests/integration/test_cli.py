@@ -169,6 +169,13 @@ class ConfigErrors(Base):
         ("metrics_listen = localhost:9187\n", 4, r'metrics_listen: "localhost:9187": not an IP'),
         ("log_file = portcullis.log\n", 4, r'log_file: "portcullis\.log": expected an absolute path'),
         ("log_file = /nonexistent/dir/p.log\n", 4, r'log_file: "/nonexistent/dir/p\.log": its directory'),
+        ("services = policy\npolicy_listen = tcp:127.0.0.1:10040\n", 5,
+         r'policy_listen: "tcp:127\.0\.0\.1:10040": expected inet:HOST:PORT'),
+        ("services = policy\npolicy_listen = inet:localhost:10040\n", 5,
+         r'policy_listen: "inet:localhost:10040": not an IP'),
+        ("services = policy\npolicy_listen = %s\n" % " ".join(
+            "inet:127.0.0.1:%d" % p for p in range(21001, 21018)), 5,
+         r"policy_listen: .*too many listeners \(at most 16"),
         ("users = /etc/passwd\n", 4, r'users: "/etc/passwd": expected file:'),
         ("myhostname = bad host\n", 4, r'myhostname: "bad host": not a host name'),
         ("smtp_banner = a\x01b\n", 4, r'smtp_banner: "a\\x01b": control characters'),
@@ -226,6 +233,18 @@ class ConfigErrors(Base):
         self.assertEqual((r.returncode, r.stdout, r.stderr), (0, "", ""))
         # nothing was bound or created by a check
         self.assertFalse(os.path.exists(os.path.join(self.dir, "state")))
+        # nor by a check of the policy door, whose port is then still free
+        self.write_conf("services = milter policy\npolicy_listen = inet:127.0.0.1:%d\n"
+                        % (self.port + 2))
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port + 2))
+        s.listen(1)
+        try:
+            r = self.pd("-t")
+        finally:
+            s.close()
+        self.assertEqual((r.returncode, r.stderr), (0, ""))
 
     def test_missing_config_file(self):
         r = run(os.path.join(BIN, "portcullisd"), "-c", "/nonexistent/p.conf", "-f")
