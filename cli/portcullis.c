@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/authmech.h"
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/owner.h"
@@ -663,6 +664,7 @@ cmd_user(const struct conf *c, int argc, char **argv)
 	if (strcmp(argv[0], "add") == 0 || strcmp(argv[0], "passwd") == 0) {
 		int from_stdin = argc == 3 && strcmp(argv[2], "--password-stdin") == 0;
 		int add = strcmp(argv[0], "add") == 0;
+		unsigned mechs;
 		char *pw;
 
 		if (argc > 3 || (argc == 3 && !from_stdin))
@@ -678,9 +680,11 @@ cmd_user(const struct conf *c, int argc, char **argv)
 				die("user %s exists already (use user passwd to change the password)", argv[1]);
 			userdb_free(&db);
 		}
+		if (authmech_parse(c, &mechs, &err) < 0)
+			die("%s", err);
 		pw = read_password(from_stdin);
-		if (userdb_set_password(url, argv[1], pw, add,
-		    strstr(conf_get(c, "auth_mechanisms"), "CRAM-MD5") != NULL, &err) < 0) {
+		if (userdb_set_password(url, argv[1], pw, add, (mechs & AUTH_MECH_CRAM) != 0,
+		    &err) < 0) {
 			explicit_bzero(pw, strlen(pw));
 			free(pw);
 			die("%s", err);

@@ -344,6 +344,15 @@ engine_client_is_accepted(const struct engine_session *s, const struct snapshot 
 	return 1;
 }
 
+int
+engine_client_may_be_banned(const struct engine_session *s, const struct snapshot *snap,
+    long long now)
+{
+	struct listset_match m;
+
+	return s->has_addr && !s->pol->warn_only && !client_match(s, snap, LIST_ACCEPT, now, &m);
+}
+
 void
 engine_helo(struct engine_session *s, const struct snapshot *snap, const char *helo,
     size_t cmdlen, long long now, struct verdict *v)

@@ -77,6 +77,10 @@ int engine_client_is_killed(const struct engine_session *s, const struct snapsho
  * which entry); the Postfix policy door answers OK for it */
 int engine_client_is_accepted(const struct engine_session *s, const struct snapshot *snap,
     long long now, struct verdict *v);
+/* may the client's address be banned (failed logins)? 0 when accept-listed
+ * (the accept list overrides bans), in policy_mode = warn, or without an address */
+int engine_client_may_be_banned(const struct engine_session *s, const struct snapshot *snap,
+    long long now);
 void engine_eom(struct engine_session *s, struct verdict *v);
 /* end of transaction without a message (RSET, rejected DATA...) */
 void engine_abort(struct engine_session *s);

@@ -20,6 +20,7 @@
  * is counted, not stored. Header names reach the engine as they go by.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,6 +91,9 @@ struct smtp_proto {
 	struct smtp_auth_req auth;
 	int auth_step;		/* LOGIN: 1 user, 2 password; others: 1 */
 	int auth_pending;
+	int no_auth;		/* smtp_auth = no on this listener */
+	int after_auth;		/* the last command was a refused or finished AUTH:
+				 * the next line may be a SASL response, never logged */
 	/* pass-through */
 	int bare_reject;	/* smtp_bare_newline = reject, and not an excepted client */
 	int banned;		/* this session asked for its ban already */
@@ -240,6 +244,17 @@ smtp_proto_ban_reason(const struct smtp_proto *sp)
 	return sp->ban_reason != NULL ? sp->ban_reason : "auto-ban";
 }
 
+int
+smtp_proto_may_ban(struct smtp_proto *sp, long long now)
+{
+	unsigned ticket;
+	const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
+	int may = engine_client_may_be_banned(sp->es, snap, now);
+
+	snapref_release(sp->p->snaps, ticket);
+	return may;
+}
+
 struct smtp_msg *
 smtp_proto_pending(struct smtp_proto *sp)
 {
@@ -387,6 +402,12 @@ smtp_proto_set_tls(struct smtp_proto *sp, int active)
 }
 
 void
+smtp_proto_set_no_auth(struct smtp_proto *sp)
+{
+	sp->no_auth = 1;
+}
+
+void
 smtp_proto_set_submission(struct smtp_proto *sp)
 {
 	sp->submission = 1;
@@ -474,7 +495,11 @@ smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 
 	sp->auth_pending = 0;
 	sp->st = ST_CMD;
-	if (ok) {
+	if (ok == SMTP_AUTH_TEMPFAIL) {
+		log_info("%s: AUTH not checked, password checks busy; reason=auth-busy",
+		    engine_client_text(sp->es));
+		reply(sp, "454 4.7.0 Temporary authentication failure");
+	} else if (ok) {
 		snprintf(sp->auth_user, sizeof(sp->auth_user), "%s", sp->auth.user);
 		sp->authenticated = 1;
 		log_info("%s: AUTH %s as %s", engine_client_text(sp->es),
@@ -580,7 +605,7 @@ cmd_auth(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	unsigned m;
 
 	(void)cmdlen;
-	if (sp->p->auth_mechs == 0) {
+	if (sp->p->auth_mechs == 0 || sp->no_auth) {
 		error_reply(sp, "502 5.5.1 Error: authentication not enabled");
 		return;
 	}
@@ -628,8 +653,10 @@ cmd_auth(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 			error_reply(sp, "501 5.5.4 CRAM-MD5 takes no initial response");
 			return;
 		}
+		/* a predictable challenge would let a recorded answer be replayed */
 		if (getentropy(rnd, sizeof(rnd)) < 0)
-			memset(rnd, 0, sizeof(rnd));
+			fatal("getentropy: %s; no CRAM-MD5 challenge without randomness",
+			    strerror(errno));
 		snprintf(sp->auth.challenge, sizeof(sp->auth.challenge), "<%02x%02x%02x%02x%02x%02x%02x%02x.%lld@%s>",
 		    rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], now,
 		    sp->p->myhostname);
@@ -707,7 +734,7 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 		reply(sp, "250-SIZE");
 	if (sp->p->vrfy)
 		reply(sp, "250-VRFY");
-	if (sp->p->auth_mechs != 0 && !sp->authenticated) {
+	if (sp->p->auth_mechs != 0 && !sp->no_auth && !sp->authenticated) {
 		char mechs[64] = "";
 		int plain_ok = sp->tls || sp->p->auth_allow_plaintext;
 
@@ -839,7 +866,8 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	if (local && !sp->p->passthrough && sp->p->user_exists != NULL &&
 	    !sp->p->user_exists(sp->p->user_arg, ra.local, ra.domain)) {
 		engine_rcpt_refused(sp->es);	/* refused recipients do not count */
-		reply(sp, "550 5.1.1 <%s@%s>: Recipient address rejected: User unknown",
+		/* counts toward the error budget: a run of probes ends in 421 */
+		error_reply(sp, "550 5.1.1 <%s@%s>: Recipient address rejected: User unknown",
 		    ra.local, ra.domain);
 		return;
 	}
@@ -1009,12 +1037,16 @@ command(struct smtp_proto *sp, char *line, size_t cmdlen, long long now)
 {
 	size_t vl = strcspn(line, " ");
 	char *arg = line + vl;
+	int after_auth = sp->after_auth;
 
+	sp->after_auth = 0;
 	if (*arg == ' ')
 		arg++;
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		if (vl == 4 && strncasecmp(line, commands[i].verb, 4) == 0) {
 			commands[i].fn(sp, arg, cmdlen, now);
+			if (commands[i].fn == cmd_auth)
+				sp->after_auth = 1;
 			return;
 		}
 	for (size_t i = 0; i < sizeof(long_commands) / sizeof(long_commands[0]); i++)
@@ -1026,8 +1058,9 @@ command(struct smtp_proto *sp, char *line, size_t cmdlen, long long now)
 	{
 		char esc[LOG_ESCAPE_BUFSZ];
 
-		log_debug("unknown command from %s: %s", engine_client_text(sp->es),
-		    log_escape(esc, line, strlen(line)));
+		/* after a refused AUTH the client may be sending its credentials */
+		log_debug("unknown command from %s: %s", engine_client_text(sp->es), after_auth ?
+		    "(a line after AUTH, not logged)" : log_escape(esc, line, strlen(line)));
 	}
 	error_reply(sp, "502 5.5.2 Error: command not recognized");
 }
@@ -1341,7 +1374,9 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 				/* the engine's verdict (and ban), or our hard cap; one ban a session */
 				if (sp->banned)
 					v.ban_seconds = 0;
-				if (v.tag == NULL || !verdict_reply(sp, cst, &v, sp->line))
+				/* an AUTH line or SASL response is never logged, not even cut short */
+				if (v.tag == NULL || !verdict_reply(sp, cst, &v,
+				    authline ? "AUTH (credentials not logged)" : sp->line))
 					error_reply(sp, "500 5.5.2 Error: line too long");
 				else
 					count_error(sp);
@@ -1353,8 +1388,10 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 				/* RFC 2920: no pipelining before EHLO has offered it */
 				char esc[LOG_ESCAPE_BUFSZ];
 
+				/* an AUTH line carries credentials: its verb only */
 				log_info("reject: %s: improper command pipelining after %s; reason=pipelining",
-				    engine_client_text(sp->es), log_escape(esc, sp->line, strlen(sp->line)));
+				    engine_client_text(sp->es), authline ? "AUTH" :
+				    log_escape(esc, sp->line, strlen(sp->line)));
 				reply(sp, "554 5.5.0 Error: improper use of SMTP command pipelining");
 				sp->close_after = 1;
 				sp->st = ST_CLOSED;

@@ -2,6 +2,7 @@
 #define PC_SMTP_SERVER_H
 #include <stddef.h>
 #include "common/cidr.h"
+#include "service/penalty.h"
 #include "smtp-gateway/smtp_proto.h"
 
 struct userdb;
@@ -24,6 +25,8 @@ struct smtp_server_conf {
 	unsigned stress_timeout;	/* the timeout above 80 % of max_connections */
 	SSL_CTX *tls;			/* NULL: no STARTTLS, no smtps */
 	const char *resolver;		/* client name lookups: "system" or IP[:PORT]; NULL off */
+	struct penalty_conf penalty;	/* failed AUTH: delays and the auth-ban */
+	int smtp_auth;			/* 0: AUTH only on submission and smtps */
 	/* from the event loop; must not block */
 	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why);
 	void *ban_arg;

@@ -1,13 +1,14 @@
 /*
  * libFuzzer target: the parsers that read admin and peer input — config
- * text, list-file lines, entry keys, envelope addresses, CIDRs, Redis hash
- * fields, listener specs, Postfix policy requests. Must never crash or leak;
- * errors are answers.
+ * text (and auth_mechanisms in it), list-file lines, entry keys, envelope
+ * addresses, CIDRs, Redis hash fields, listener specs, Postfix policy
+ * requests. Must never crash or leak; errors are answers.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/authmech.h"
 #include "common/cidr.h"
 #include "common/conf.h"
 #include "common/log.h"
@@ -34,8 +35,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	{
 		struct conf *c = conf_new();
 
-		if (conf_load_string(c, "fuzz", s, &err) == 0)
-			(void)conf_finish(c, &err);
+		unsigned mechs;
+
+		if (conf_load_string(c, "fuzz", s, &err) == 0 && conf_finish(c, &err) == 0)
+			(void)authmech_parse(c, &mechs, &err);	/* auth_mechanisms */
 		conf_free(&c);
 	}
 	{
