@@ -551,12 +551,12 @@ relay_allowed(struct engine_session *s, const struct snapshot *snap, long long n
 		return 1;
 	}
 	if (s->pol->relay_authenticated && s->auth[0] != '\0') {
-		snprintf(why, cap, "authenticated as %s (relay_authenticated = yes)", s->auth);
+		snprintf(why, cap, "authenticated as %.180s (relay_authenticated = yes)", s->auth);
 		return 1;
 	}
 	if (s->pol->relay_client_domains && s->hostname[0] != '\0' &&
 	    policy_host_in_my_domains(s->pol, s->hostname)) {
-		snprintf(why, cap, "client %s is in mydomains (relay_client_domains = yes)",
+		snprintf(why, cap, "client %.180s is in mydomains (relay_client_domains = yes)",
 		    s->hostname);
 		return 1;
 	}
@@ -603,7 +603,7 @@ rate_refused(struct engine_session *s, long long now, struct verdict *v)
 	decide(s, v, VERDICT_TEMPFAIL, "452", "4.7.1", "rate-limit",
 	    "Relay rate limit reached for %s: at most %u recipients per %s", user ? user :
 	    s->addr_text, limit, win);
-	snprintf(v->rule, sizeof(v->rule), "relay rate limit %u/%s for %s (%lu counted)", limit,
+	snprintf(v->rule, sizeof(v->rule), "relay rate limit %u/%s for %.160s (%lu counted)", limit,
 	    win, who, total);
 	return 1;
 }
