@@ -6,8 +6,9 @@
                  mid-transaction, finishes its message with 250 (in the store)
   T2Broken       a broken config: refused, the old one is still enforced, the
                  log names FILE:LINE, `portcullis reload` exits non-zero and
-                 says why (a syntax error, and one found only by the policy
-                 compiler); a key file run_user cannot read is refused too
+                 says why (a syntax error; a key that does not match the
+                 certificate, found only by start-up's checks); a missing
+                 key file is refused too
   T3Tls          a replaced certificate and key + SIGHUP: a new STARTTLS
                  session (openssl s_client) sees the new certificate, a TLS
                  session opened before keeps working
@@ -248,32 +249,65 @@ class T2Broken(unittest.TestCase):
             self.assertEqual(rcpt_code(d.port, "bob@example.org"), 550)
             # the admin command reads the file too: it refuses, naming it
             p = d.cli("reload")
-            self.assertNotEqual(p.returncode, 0)
+            self.assertEqual(p.returncode, 2)
             self.assertIn(where, p.stderr)
         finally:
             d.cleanup(self)
 
-    def test_policy_error_refused_by_daemon_cli_says_why(self):
-        d = Daemon().start()
+    def test_key_mismatch_refused_by_daemon_cli_says_why(self):
+        # the admin command parses the file too (and would refuse a bad
+        # value itself): this one parses, and only start-up's checks refuse it
+        d = Daemon()
+        for n in ("a", "b"):
+            make_cert(d.dir, n)
+        d.keys["tls_cert_file"] = os.path.join(d.dir, "a.crt")
+        d.keys["tls_key_file"] = os.path.join(d.dir, "a.key")
+        d.write()
+        d.start()
         try:
             d.keys["mydomains"] = "example.org"
-            d.keys["relay_networks"] = "192.0.2.300"
+            d.keys["tls_key_file"] = os.path.join(d.dir, "b.key")    # not a.crt's key
             d.write()
-            lines = list(d.keys).index("relay_networks") + 1
+            line = list(d.keys).index("tls_key_file") + 1
             p = d.cli("reload")
             self.assertEqual(p.returncode, 1, p.stderr)
             self.assertIn("reload refused", p.stderr)
-            self.assertIn("%s:%d" % (d.conf, lines), p.stderr)
-            self.assertIn("relay_networks", p.stderr)
-            self.assertRegex(d.log_text(), r"reload refused.*%s:%d" % (re.escape(d.conf), lines))
+            self.assertIn("%s:%d" % (d.conf, line), p.stderr)
+            self.assertIn("tls_key_file", p.stderr)
+            self.assertRegex(d.log_text(), r"reload refused.*%s:%d" % (re.escape(d.conf), line))
             self.assertEqual(rcpt_code(d.port, "alice@example.com"), 250)
             self.assertEqual(rcpt_code(d.port, "bob@example.org"), 550)
             # fixed: the same command now applies it
-            d.keys["relay_networks"] = "192.0.2.1"
+            d.keys["tls_key_file"] = os.path.join(d.dir, "a.key")
             d.write()
             p = d.cli("reload")
             self.assertEqual(p.returncode, 0, p.stderr)
             self.assertIn("reloaded", p.stdout)
+            self.assertEqual(rcpt_code(d.port, "bob@example.org"), 250)
+        finally:
+            d.cleanup(self)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to start as root and drop to run_user")
+    def test_key_run_user_cannot_read_refused_with_reason(self):
+        # the master dropped root after start: a reload reads as run_user
+        d = Daemon(run_user="nobody")
+        make_cert(d.dir, "a")
+        d.keys["tls_cert_file"] = os.path.join(d.dir, "a.crt")
+        d.keys["tls_key_file"] = os.path.join(d.dir, "a.key")
+        d.write()
+        os.chmod(os.path.join(d.dir, "a.key"), 0o644)
+        d.start()
+        try:
+            d.keys["mydomains"] = "example.org"
+            d.write()
+            os.chmod(os.path.join(d.dir, "a.key"), 0o600)     # root's only
+            result, msg = d.sighup()
+            self.assertEqual(result, "failed")
+            self.assertIn("a.key", msg)
+            self.assertIn("cannot read", msg)
+            self.assertEqual(rcpt_code(d.port, "alice@example.com"), 250)
+            os.chmod(os.path.join(d.dir, "a.key"), 0o644)
+            self.assertEqual(d.sighup(), ("ok", ""))
             self.assertEqual(rcpt_code(d.port, "bob@example.org"), 250)
         finally:
             d.cleanup(self)
