@@ -1485,6 +1485,8 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 			for (size_t i = 0; i < nsvc; i++)
 				if (wk[i].pid > 0)
 					kill(wk[i].pid, SIGUSR1);
+			for (size_t i = 0; i < ndraining; i++)	/* still logging */
+				kill(draining[i].pid, SIGUSR1);
 			continue;
 		}
 		if (sig == SIGTERM || sig == SIGINT) {
