@@ -856,8 +856,10 @@ reload_milter(void)
 	return strcmp(buf, "ok") == 0 ? NULL : buf;
 }
 
+/* smtp_bare_newline_exceptions compiled (NULL when empty); on a bad entry
+ * NULL and the error, naming FILE:LINE, in err (start-up and reload) */
 static struct cidrtab *
-reload_bare_exceptions(const struct conf *c, char *err, size_t cap)
+bare_exceptions_build(const struct conf *c, char *err, size_t cap)
 {
 	size_t n;
 	char **l = conf_get_list(c, "smtp_bare_newline_exceptions", &n);
@@ -957,7 +959,7 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		char **l;
 
 		err[0] = '\0';
-		bare = reload_bare_exceptions(c, err, sizeof(err));
+		bare = bare_exceptions_build(c, err, sizeof(err));
 		if (err[0] != '\0')
 			goto refuse;
 		tls = tls_server_ctx_new(c, &e);
@@ -1236,28 +1238,13 @@ dup:		;
 		if (wk[i].svc != SVC_SMTP)
 			continue;
 		{
-			char **l = conf_get_list(c, "smtp_bare_newline_exceptions", &n);
-			struct cidrtab_builder *b = cidrtab_builder_new();
+			char why[300] = "";
 
-			for (size_t j = 0; j < n; j++) {
-				struct cidr cd;
-
-				if (cidr_parse(l[j], &cd, &err) < 0) {
-					fprintf(stderr, "portcullisd: %s: smtp_bare_newline_exceptions: \"%.60s\": %s\n",
-					    conf_where(c, "smtp_bare_newline_exceptions"), l[j], err);
-					conf_list_free(l);
-					bare_exceptions = cidrtab_build(&b);
-					goto fail;
-				}
-				cidrtab_builder_add(b, &cd, 1);
+			bare_exceptions = bare_exceptions_build(c, why, sizeof(why));
+			if (why[0] != '\0') {
+				fprintf(stderr, "portcullisd: %s\n", why);
+				goto fail;
 			}
-			bare_exceptions = n > 0 ? cidrtab_build(&b) : NULL;
-			if (b != NULL) {
-				struct cidrtab *t = cidrtab_build(&b);
-
-				cidrtab_free(&t);
-			}
-			conf_list_free(l);
 		}
 		tls_ctx = tls_server_ctx_new(c, &err);
 		if (tls_ctx == NULL && err[0] != '\0') {
