@@ -269,11 +269,108 @@ reload_load_conf(char **extra, size_t nextra, struct conf **c_r, char *err, size
 }
 
 /*
- * The milter worker's control thread: "R" from the master reloads the
- * policy (the master has checked the file already) and answers "ok" or
- * the reason. libmilter owns the listening socket, so the milter cannot be
- * replaced by a new worker the way the smtp one is.
+ * The milter worker's list watcher. A reload that changes the list store
+ * builds a new watcher while the old one serves, then swaps them under
+ * mw_lock (which every auto-ban from a milter thread takes, briefly).
  */
+static pthread_mutex_t mw_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct watcher *mw;
+static struct liststore *mw_store, *mw_cache;
+static struct snapref *mw_snaps;
+static struct ratelimit *mw_rl;
+static char *mw_lists;		/* the lists settings mw was made from */
+
+static void
+milter_ban(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why)
+{
+	(void)arg;
+	pthread_mutex_lock(&mw_lock);
+	if (mw != NULL)
+		watcher_ban(mw, addr, seconds, why);
+	pthread_mutex_unlock(&mw_lock);
+}
+
+/* what the list store is made from: another value needs another watcher */
+static char *
+lists_settings(const struct conf *c)
+{
+	return xasprintf("%s\n%s\n%s\n%s\n%s", conf_get(c, "lists"), conf_get(c, "lists_prefix"),
+	    conf_get(c, "lists_password_file"), conf_get(c, "lists_cache"),
+	    conf_get(c, "lists_resync"));
+}
+
+/* the milter's lists from another store: loaded first, then swapped in */
+static int
+milter_lists_swap(const struct conf *c, const struct policy *p, char *err, size_t cap)
+{
+	struct liststore *store, *cache = NULL;
+	struct watcher *w, *old;
+	const char *e;
+
+	store = liststore_open_conf(c, &e);
+	if (store == NULL) {
+		snprintf(err, cap, "%s", e);
+		return -1;
+	}
+	if (strcmp(liststore_scheme(store), "file") != 0) {
+		char *url = xasprintf("file:%s", conf_get(c, "lists_cache"));
+
+		cache = liststore_open(url, &e);
+		free(url);
+		if (cache == NULL) {
+			snprintf(err, cap, "%s: lists_cache: %s", conf_where(c, "lists_cache"), e);
+			liststore_free(&store);
+			return -1;
+		}
+	}
+	w = watcher_new(store, cache, NULL, &e);
+	if (w == NULL) {
+		snprintf(err, cap, "cannot load the lists: %s", e);
+		liststore_free(&store);
+		liststore_free(&cache);
+		return -1;
+	}
+	watcher_set_tick(w, milter_poke_if_stopping);
+	if (p->rate_limit > 0 || p->nrate_overrides > 0)
+		watcher_set_ratelimit(w, mw_rl);
+	pthread_mutex_lock(&mw_lock);
+	old = mw;
+	watcher_stop_and_free(&old);	/* its queued bans are written first */
+	watcher_attach(w, mw_snaps);
+	if (watcher_start(w, &e) < 0)
+		log_error("milter: the new list watcher does not run: %s", e);
+	liststore_free(&mw_store);
+	liststore_free(&mw_cache);
+	mw = w;
+	mw_store = store;
+	mw_cache = cache;
+	free(mw_lists);
+	mw_lists = lists_settings(c);
+	pthread_mutex_unlock(&mw_lock);
+	log_info("milter: lists now from %s", conf_get(c, "lists"));
+	return 0;
+}
+
+/*
+ * The milter worker's control thread: "R" from the master reloads the
+ * policy and, when its settings changed, the list store (the master has
+ * checked the file already), and answers "ok" or the reason. libmilter
+ * owns the listening socket, so the milter cannot be replaced by a new
+ * worker the way the smtp one is.
+ */
+static int
+lists_differ(const struct conf *c)
+{
+	char *now = lists_settings(c);
+	int differ;
+
+	pthread_mutex_lock(&mw_lock);
+	differ = mw != NULL && strcmp(now, mw_lists) != 0;
+	pthread_mutex_unlock(&mw_lock);
+	free(now);
+	return differ;
+}
+
 static void *
 milter_ctl_thread(void *arg)
 {
@@ -295,6 +392,9 @@ milter_ctl_thread(void *arg)
 			;
 		} else if (policy_new(c, &p, &e) < 0) {
 			snprintf(reply, sizeof(reply) - 1, "%s", e);
+		} else if (lists_differ(c) &&
+		    milter_lists_swap(c, p, reply, sizeof(reply) - 1) < 0) {
+			policy_free(&p);
 		} else {
 			milter_set_policy(p);
 			if (log_level_parse(conf_get(c, "log_level"), &lvl) == 0)
@@ -343,7 +443,7 @@ worker_main(enum service svc, int readyfd)
 		env.pol = pol;
 		env.snaps = &snaps;
 		env.rl = rl;
-		env.ban = watcher_ban;
+		env.ban = milter_ban;	/* the watcher may change with a reload */
 		if (milter_setup(conf_get(conf, "milter_listen"), &env, &err) < 0) {
 			snprintf(msg, sizeof(msg), "%s\n", err);
 			ready(readyfd, msg);
@@ -357,8 +457,13 @@ worker_main(enum service svc, int readyfd)
 			ready(readyfd, msg);
 			return 1;
 		}
-		env.ban_arg = w;
 		watcher_set_tick(w, milter_poke_if_stopping);
+		mw = w;
+		mw_store = store;
+		mw_cache = cache;
+		mw_snaps = &snaps;
+		mw_rl = rl;
+		mw_lists = lists_settings(conf);
 		if (milter_ctl >= 0) {
 			pthread_t t;
 
@@ -390,6 +495,15 @@ worker_main(enum service svc, int readyfd)
 		log_info("milter ready on %s", conf_get(conf, "milter_listen"));
 		ready(readyfd, "ok\n");
 		rc = milter_run();
+		pthread_mutex_lock(&mw_lock);	/* what a reload left in force */
+		w = mw;
+		store = mw_store;
+		cache = mw_cache;
+		mw = NULL;
+		mw_store = mw_cache = NULL;
+		free(mw_lists);
+		mw_lists = NULL;
+		pthread_mutex_unlock(&mw_lock);
 	} else if (svc == SVC_POLICY) {
 		static struct policy_door_env pe;
 
@@ -926,23 +1040,6 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		snprintf(notes + strlen(notes), sizeof(notes) - strlen(notes),
 		    "needs a restart: %s\n", key);
 		extra[nextra++] = xasprintf("%s=%s", key, conf_get(*cp, key));
-	}
-	/* the milter's list watcher is its own for the life of the worker
-	 * (the snapshot it publishes is read lock-free by libmilter's threads) */
-	for (size_t i = 0; i < nsvc; i++) {
-		static const char *const lists_keys[] = { "lists", "lists_prefix",
-			"lists_password_file", "lists_cache", "lists_resync", NULL };
-
-		if (wk[i].svc != SVC_MILTER)
-			continue;
-		for (size_t k = 0; lists_keys[k] != NULL; k++) {
-			if (strcmp(conf_get(*cp, lists_keys[k]), conf_get(c, lists_keys[k])) == 0)
-				continue;
-			log_warn("reload: needs a restart: %s for the milter (changed at %s); the smtp "
-			    "and policy doors take it now", lists_keys[k], conf_where(c, lists_keys[k]));
-			snprintf(notes + strlen(notes), sizeof(notes) - strlen(notes),
-			    "needs a restart: %s (for the milter)\n", lists_keys[k]);
-		}
 	}
 	if (nextra > 0) {
 		conf_free(&c);

@@ -15,8 +15,8 @@
   T4RestartOnly  smtp_listen and pid_file changed: the log and `portcullis
                  reload` say "needs a restart: KEY", the old listener serves,
                  the rest of the change (mydomains) applies
-  T5Milter       the milter behind a real Postfix picks up a policy change;
-                 no 4xx at any step
+  T5Milter       the milter behind a real Postfix picks up a policy change
+                 (no 4xx at any step) and a new list store
   T7PolicyDoor   the Postfix policy door behind a real Postfix picks up a
                  null_sender change; Postfix's open policy connections are
                  closed between requests and it reconnects: no 4xx, no warning
@@ -460,6 +460,33 @@ class T5Milter(unittest.TestCase):
                 bad = [s for s in seen if 400 <= s.code < 500 or s.code < 0]
                 self.assertEqual(bad, [])
                 self.assertGreater(len(seen), 5)
+            finally:
+                lab.stop_daemon()
+                self.assertEqual(lab.sanitizer_reports(), [])
+
+
+    def test_milter_takes_a_new_list_store(self):
+        with labmod.Lab(milter=True) as lab:
+            lab.start_daemon()
+            try:
+                status = os.path.join(lab.dir, "state", "reload-status")
+                other = os.path.join(lab.dir, "other-lists")
+                p = subprocess.run([os.path.join(BIN, "portcullis"), "-c", lab.conf, "-o",
+                                    "lists=file:" + other, "kill", "add", "127.0.0.9"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   timeout=30)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                c = lab.send("127.0.0.9", "sender@outside.test", "alice@example.com")
+                self.assertEqual(c.step("RCPT").code, 250, c.transcript())
+                lab.write_daemon_config(lists="file:" + other)
+                lab.daemon_proc.send_signal(signal.SIGHUP)
+                wait_until(lambda: "generation 1" in read(status), 30, what="the reload")
+                self.assertIn("result ok", read(status))
+                self.assertIn("milter: lists now from file:" + other, read(lab.daemon_log))
+                c = lab.send("127.0.0.9", "sender@outside.test", "alice@example.com")
+                self.assertEqual(c.step("MAIL").code // 100, 5, c.transcript())    # kill-listed
+                c = lab.send(OUTSIDE, "sender@outside.test", "alice@example.com")
+                self.assertEqual(c.step("RCPT").code, 250, c.transcript())
             finally:
                 lab.stop_daemon()
                 self.assertEqual(lab.sanitizer_reports(), [])
