@@ -107,7 +107,8 @@ static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watche
 
 /* live reload */
 #define MAX_DRAINING 64		/* old smtp workers finishing their sessions */
-#define RELOAD_REPLY_MS 10000	/* the check child, the milter's answer */
+#define RELOAD_REPLY_MS 10000	/* the check child */
+#define MILTER_RELOAD_MS 60000	/* the milter's answer */
 static const char *conf_path;	/* what start-up read, read again on SIGHUP */
 static char **conf_ovr;
 static size_t conf_novr;
@@ -961,9 +962,13 @@ reload_milter(void)
 
 	if (milter_ctl < 0)
 		return "the milter worker has no control socket";
+	/* a late answer to an earlier request that timed out is not this one's */
+	while (recv(milter_ctl, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+		;
 	if (write(milter_ctl, "R", 1) != 1)
 		return "cannot reach the milter worker";
-	if (poll(&pfd, 1, RELOAD_REPLY_MS) <= 0 || (n = read(milter_ctl, buf, sizeof(buf) - 1)) <= 0)
+	/* a new list store is loaded in full first: a million Redis entries take seconds */
+	if (poll(&pfd, 1, MILTER_RELOAD_MS) <= 0 || (n = read(milter_ctl, buf, sizeof(buf) - 1)) <= 0)
 		return "the milter worker did not answer";
 	buf[n] = '\0';
 	buf[strcspn(buf, "\n")] = '\0';
