@@ -1057,8 +1057,6 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 	}
 	if (have_smtp) {
 		const char *users = conf_get(c, "users");
-		size_t n;
-		char **l;
 
 		err[0] = '\0';
 		bare = bare_exceptions_build(c, err, sizeof(err));
@@ -1067,13 +1065,6 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		tls = tls_server_ctx_new(c, &e);
 		if (tls == NULL && e[0] != '\0') {
 			snprintf(err, sizeof(err), "%s", e);
-			goto refuse;
-		}
-		l = conf_get_list(c, "smtps_listen", &n);
-		conf_list_free(l);
-		if (n > 0 && tls == NULL) {
-			snprintf(err, sizeof(err), "%s: smtps_listen needs tls_cert_file and tls_key_file",
-			    conf_where(c, "smtps_listen"));
 			goto refuse;
 		}
 		/* the new worker reads it after saying ready: a bad one must not get that far */
