@@ -301,6 +301,21 @@ rs_connect(struct liststore *s, const char **error_r)
 	return c;
 }
 
+/*
+ * An idle command connection has nothing to read: a readable, hung-up or
+ * failed socket is one that Redis closed (its `timeout`, CLIENT KILL, a
+ * restart). Checked before each use so the command goes to a fresh one.
+ */
+static int
+cmd_is_alive(const redisContext *c)
+{
+	struct pollfd pfd = { .fd = c->fd, .events = POLLIN | POLLRDHUP };
+
+	if (c->fd < 0)
+		return 0;
+	return poll(&pfd, 1, 0) == 0;
+}
+
 /* the command connection, connecting if needed; learns the clock offset */
 static redisContext *
 rs_cmd(struct liststore *s, const char **error_r)
@@ -308,7 +323,7 @@ rs_cmd(struct liststore *s, const char **error_r)
 	struct rstore *r = s->priv;
 	redisReply *rep;
 
-	if (r->cmd != NULL && r->cmd->err == 0)
+	if (r->cmd != NULL && r->cmd->err == 0 && cmd_is_alive(r->cmd))
 		return r->cmd;
 	if (r->cmd != NULL) {
 		redisFree(r->cmd);
@@ -454,7 +469,7 @@ fetch_keys(struct liststore *s, redisContext *c, char **rkeys, size_t n, size_t 
 }
 
 static int
-rs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char **error_r)
+rs_load_once(struct liststore *s, enum list_kind k, struct entry_vec *out, const char **error_r)
 {
 	struct rstore *r = s->priv;
 	redisContext *c = rs_cmd(s, error_r);
@@ -509,8 +524,33 @@ rs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char
 	return rc;
 }
 
+/*
+ * Reads and writes here are idempotent (a write replaces the whole entry):
+ * when a connection that had served before broke under one (Redis closed
+ * it between the check and the command), the call is made once more, on a
+ * fresh connection. A fresh connection that fails is not retried: Redis is
+ * down, and the caller hears so at once.
+ */
 static int
-rs_get(struct liststore *s, enum list_kind k, const char *key, struct list_entry *e,
+rs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	size_t n0 = out->n;
+	int reused = r->cmd != NULL, was_down = r->down;
+	int rc = rs_load_once(s, k, out, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	while (out->n > n0)
+		listentry_clear(&out->v[--out->n]);
+	rc = rs_load_once(s, k, out, error_r);
+	if (rc == 0)
+		r->down = was_down;
+	return rc;
+}
+
+static int
+rs_get_once(struct liststore *s, enum list_kind k, const char *key, struct list_entry *e,
     int *found_r, const char **error_r)
 {
 	struct rstore *r = s->priv;
@@ -525,8 +565,7 @@ rs_get(struct liststore *s, enum list_kind k, const char *key, struct list_entry
 	rc = fetch_keys(s, c, &rkey, 1, strlen(rkey) - strlen(key), &v, error_r);
 	free(rkey);
 	if (rc < 0) {
-		if (c->err)
-			rs_drop(r);
+		/* fetch_keys dropped (freed) c already: not a byte of it is read */
 		entry_vec_clear(&v);
 		return -1;
 	}
@@ -540,10 +579,23 @@ rs_get(struct liststore *s, enum list_kind k, const char *key, struct list_entry
 	return 0;
 }
 
+static int
+rs_get(struct liststore *s, enum list_kind k, const char *key, struct list_entry *e,
+    int *found_r, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_get_once(s, k, key, e, found_r, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_get_once(s, k, key, e, found_r, error_r);
+}
+
 /* many keys, pipelined in batches: a bulk import announces a million keys,
  * and one round trip each would take the watcher half a minute */
 static int
-rs_get_many(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
+rs_get_many_once(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
     struct entry_vec *out, const char **error_r)
 {
 	struct rstore *r = s->priv;
@@ -573,6 +625,22 @@ rs_get_many(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
 	return 0;
 }
 
+static int
+rs_get_many(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
+    struct entry_vec *out, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	size_t n0 = out->n;
+	int reused = r->cmd != NULL;
+	int rc = rs_get_many_once(s, k, keys, n, out, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	while (out->n > n0)
+		listentry_clear(&out->v[--out->n]);
+	return rs_get_many_once(s, k, keys, n, out, error_r);
+}
+
 /* queue the commands that store one entry */
 static void
 append_entry(struct rstore *r, redisContext *c, enum list_kind k, const struct list_entry *e)
@@ -595,6 +663,10 @@ append_entry(struct rstore *r, redisContext *c, enum list_kind k, const struct l
 	free(rkey);
 }
 
+/*
+ * Read n queued replies. On a connection error the message is taken from
+ * c before the connection (c itself) is freed: nothing of c is read after.
+ */
 static int
 drain(struct liststore *s, redisContext *c, int n, const char **error_r)
 {
@@ -605,9 +677,10 @@ drain(struct liststore *s, redisContext *c, int n, const char **error_r)
 		redisReply *rep = NULL;
 
 		if (redisGetReply(c, (void **)&rep) != REDIS_OK) {
-			rs_drop(r);
-			return rs_fail(s, error_r, "Redis at %s: %s", r->where,
+			rs_fail(s, error_r, "Redis at %s: %s", r->where,
 			    c->errstr[0] ? c->errstr : "connection lost");
+			rs_drop(r);	/* frees c */
+			return -1;
 		}
 		if (rep->type == REDIS_REPLY_ERROR && rc == 0)
 			rc = rs_fail(s, error_r, "Redis at %s: %s", r->where, rep->str);
@@ -629,7 +702,8 @@ append_publish(struct rstore *r, redisContext *c, enum list_kind k, const char *
 }
 
 static int
-rs_add(struct liststore *s, enum list_kind k, const struct list_entry *e, const char **error_r)
+rs_add_once(struct liststore *s, enum list_kind k, const struct list_entry *e,
+    const char **error_r)
 {
 	struct rstore *r = s->priv;
 	redisContext *c = rs_cmd(s, error_r);
@@ -646,7 +720,19 @@ rs_add(struct liststore *s, enum list_kind k, const struct list_entry *e, const 
 }
 
 static int
-rs_del(struct liststore *s, enum list_kind k, const char *key, int *found_r,
+rs_add(struct liststore *s, enum list_kind k, const struct list_entry *e, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_add_once(s, k, e, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_add_once(s, k, e, error_r);
+}
+
+static int
+rs_del_once(struct liststore *s, enum list_kind k, const char *key, int *found_r,
     const char **error_r)
 {
 	struct rstore *r = s->priv;
@@ -679,6 +765,19 @@ rs_del(struct liststore *s, enum list_kind k, const char *key, int *found_r,
 }
 
 static int
+rs_del(struct liststore *s, enum list_kind k, const char *key, int *found_r,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_del_once(s, k, key, found_r, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_del_once(s, k, key, found_r, error_r);
+}
+
+static int
 rs_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v, size_t n,
     void (*progress)(void *arg, size_t done), void *arg, const char **error_r)
 {
@@ -696,8 +795,14 @@ rs_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v, s
 			append_entry(r, c, k, &v[done + i]);
 			queued += 2 + (v[done + i].expires != 0);
 		}
-		if (drain(s, c, queued, error_r) < 0)
-			return -1;
+		if (drain(s, c, queued, error_r) < 0) {
+			char why[sizeof(s->err)];
+
+			/* c is freed when the connection broke; *error_r is s->err */
+			snprintf(why, sizeof(why), "%s", *error_r);
+			return rs_fail(s, error_r, "%s (%zu of %zu entries confirmed written before; "
+			    "running the same import again is safe)", why, done, n);
+		}
 		done += batch;
 		if (progress)
 			progress(arg, done);

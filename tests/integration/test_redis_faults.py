@@ -1,0 +1,185 @@
+#!/usr/bin/python3
+"""Redis faults under the shared lists: what a node does when Redis closes,
+dies or comes back empty.
+
+What it proves, with a private redis-server and real portcullisd nodes
+(helpers from test_redis_lists.py):
+  a  Redis closes the daemon's idle command connection (CLIENT KILL TYPE
+     normal, or its own `timeout 1`), then a client sends an over-long
+     command: the worker survives (no use-after-free), the auto-ban is
+     written to Redis through a re-opened connection and refused by the
+     other node.
+  b  Redis dies in the middle of `portcullis kill import`: the CLI exits 2
+     with a message naming Redis and how far it got, no sanitizer report.
+
+Run: python3 tests/integration/test_redis_faults.py [Class.test_name]
+     PORTCULLIS_BIN=build/asan/bin python3 tests/integration/test_redis_faults.py
+Last line: "N passed, N failed"; exit 1 on a failure.
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import milterclient as mc  # noqa: E402
+import test_redis_lists as rl  # noqa: E402
+from test_redis_lists import (BIN, PREFIX, REDIS_CLI, REDIS_SERVER, Node,  # noqa: E402
+                              RedisServer, say, wait_state, wait_until)
+
+SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
+WORKER_DIED = re.compile(r"worker \(pid \d+\) (killed by signal|exited with status)")
+
+
+def long_mail(node, ip):
+    """An over-long MAIL FROM from ip through node's milter: the long-command
+    ban. Returns the milter's reply."""
+    sender = "<" + "x" * 585 + "@outside.test>"
+    with mc.MilterClient("127.0.0.1", node.port, timeout=3) as c:
+        c.connect(ip)
+        c.helo("client.test")
+        v = c.mail(sender, macros={"i": "4QUEUE", "{mail_addr}": sender[1:-1]})
+        c.quit()
+    return v
+
+
+class RedisFaults(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="portcullis-redisfaults-")
+        cls.redis = RedisServer(cls.dir)
+        cls.redis.start()
+        # no periodic resync: nothing but the test's own traffic re-opens a
+        # command connection that Redis closed
+        cls.A = Node("A", cls.dir, cls.redis.port, lists_resync="1h")
+        cls.B = Node("B", cls.dir, cls.redis.port, lists_resync="1h")
+        cls.A.start()
+        cls.B.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        for n in (cls.A, cls.B):
+            n.stop()
+        cls.redis.kill(signal.SIGTERM)
+        if os.environ.get("KEEP_LAB") == "1":
+            print("kept %s" % cls.dir)
+        else:
+            shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def setUp(self):
+        if not self.redis.alive():
+            self.redis.start()
+        for n in (self.A, self.B):
+            self.assertTrue(n.alive(), "%s is not running" % n.name)
+
+    def rcall(self, *args):
+        r = self.redis.client()
+        try:
+            return r.call(*args)
+        finally:
+            r.close()
+
+    def idle_normal_clients(self):
+        """Normal (not pub/sub) clients other than the asking one."""
+        text = self.rcall("CLIENT", "LIST", "TYPE", "normal").decode()
+        return len([l for l in text.splitlines() if "cmd=client" not in l])
+
+    def assert_node_healthy(self, node, mark):
+        text = node.log_since(mark)
+        m = SANITIZER_RE.search(text) or WORKER_DIED.search(text)
+        self.assertIsNone(m, "%s log:\n%s" % (node.name, text[max(0, m.start() - 300):][:5000]
+                                              if m else ""))
+
+    def ban_after_idle_close(self, ip, close):
+        A, B = self.A, self.B
+        marks = {n.name: n.log_size() for n in (A, B)}
+        # one write first, so the command connection exists and then idles
+        A.cli_ok("kill", "add", "192.0.2.250", "--reason", "warm-up")
+        wait_state([A], "192.0.2.250", True, 2.0, what="warm-up entry")
+        close()
+        v = long_mail(A, ip)
+        self.assertEqual(v[:2], ("reject", "500"), v)
+        t0 = time.monotonic()
+        wait_until(lambda: self.rcall("HGET", PREFIX + "kill:" + ip, "origin") == b"auto-ban",
+                   3.0, 0.05, "the ban of %s in Redis" % ip)
+        got = wait_state([B], ip, True, 2.0, t0, "ban reaching B")
+        say("ban of %s after the command connection was closed: in Redis, refused by B "
+            "after %.3f s" % (ip, got["B"]))
+        time.sleep(0.3)
+        for n in (A, B):
+            self.assert_node_healthy(n, marks[n.name])
+        ttl = self.rcall("TTL", PREFIX + "kill:" + ip)
+        self.assertTrue(3500 < ttl <= 3600, "TTL of the ban: %r" % ttl)
+        A.cli_ok("kill", "del", ip)
+        A.cli_ok("kill", "del", "192.0.2.250")
+
+    def test_a1_ban_after_client_kill(self):
+        def close():
+            killed = self.rcall("CLIENT", "KILL", "TYPE", "normal")
+            say("CLIENT KILL TYPE normal closed %d connection(s)" % killed)
+        self.ban_after_idle_close("198.51.100.61", close)
+
+    def test_a2_ban_after_redis_timeout(self):
+        def close():
+            self.rcall("CONFIG", "SET", "timeout", "1")
+            # Redis closes idle clients from its cron; subscribers are exempt
+            wait_until(lambda: self.idle_normal_clients() == 0, 10, 0.1,
+                       "Redis closing the idle command connections")
+        try:
+            self.ban_after_idle_close("198.51.100.62", close)
+        finally:
+            self.rcall("CONFIG", "SET", "timeout", "0")
+
+    def test_b_import_while_redis_dies(self):
+        A = self.A
+        path = os.path.join(self.dir, "import-b.txt")
+        n = 400000
+        with open(path, "w") as f:
+            for i in range(n):
+                f.write("10.%d.%d.%d --reason bulk\n" % (i >> 16, (i >> 8) & 255, i & 255))
+        cmd = [os.path.join(BIN, "portcullis"), "-c", A.conf, "kill", "import", path]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        probe = self.redis.client()
+        try:
+            wait_until(lambda: probe.call("DBSIZE") > 5000, 60, 0.01, "the import under way")
+        finally:
+            probe.close()
+        self.redis.kill()
+        out, err = p.communicate(timeout=60)
+        say("import with Redis killed mid-way: exit %d, %s" % (p.returncode, err.strip()[-300:]))
+        self.assertIsNone(SANITIZER_RE.search(err), err[-4000:])
+        self.assertEqual(p.returncode, 2, out + err)
+        self.assertRegex(err, r"portcullis: import stopped: Redis at 127\.0\.0\.1:\d+/0: .*"
+                              r"entries confirmed written before")
+        self.redis.start()
+        # both nodes notice Redis again and keep serving
+        wait_state([self.A, self.B], "192.0.2.251", False, 5.0, what="nodes after the restart")
+
+    def test_z_clean_exit(self):
+        for n in (self.A, self.B):
+            rc = n.stop()
+            self.assertEqual(rc, 0, "%s exit status on SIGTERM" % n.name)
+            self.assert_node_healthy(n, 0)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, rl._on_signal)
+    for exe in ("portcullisd", "portcullis"):
+        if not os.access(os.path.join(BIN, exe), os.X_OK):
+            sys.exit("%s/%s missing: run make first" % (BIN, exe))
+    for exe in (REDIS_SERVER, REDIS_CLI):
+        if not os.access(exe, os.X_OK):
+            sys.exit("%s missing: apt-get install redis-server" % exe)
+    t0 = time.monotonic()
+    res = unittest.main(exit=False, verbosity=2).result
+    failed = len(res.failures) + len(res.errors)
+    print("(%.1f s, PORTCULLIS_BIN=%s)" % (time.monotonic() - t0, BIN))
+    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
+    sys.exit(1 if failed else 0)
