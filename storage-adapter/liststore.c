@@ -49,6 +49,8 @@ list_changes_clear(struct list_changes *c)
 	for (size_t i = 0; i < c->n; i++)
 		free(c->keys[i].key);
 	free(c->keys);
+	for (int k = 0; k < LIST_KINDS; k++)
+		entry_vec_clear(&c->got[k]);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -193,6 +195,20 @@ liststore_add_many(struct liststore *s, enum list_kind k, const struct list_entr
 		if (progress && (i % 1000 == 999 || i + 1 == n))
 			progress(arg, i + 1);
 	}
+	return 0;
+}
+
+int
+liststore_add_batch(struct liststore *s, enum list_kind k, const struct list_entry *v,
+    size_t n, const char **error_r)
+{
+	if (n == 0)
+		return 0;
+	if (s->ops->add_batch)
+		return s->ops->add_batch(s, k, v, n, error_r);
+	for (size_t i = 0; i < n; i++)
+		if (s->ops->add(s, k, &v[i], error_r) < 0)
+			return -1;
 	return 0;
 }
 

@@ -19,6 +19,9 @@ struct list_changes {
 	int reload[LIST_KINDS];		/* reload the whole list */
 	struct list_change *keys;	/* these keys changed (added, updated or gone) */
 	size_t n, cap;
+	/* entries the store handed over with the change (a file store's
+	 * journal tail): no fetch needed, each replaces its key */
+	struct entry_vec got[LIST_KINDS];
 	int lost;			/* the store became unreachable (just now) */
 	int back;			/* ... and is reachable again */
 };
@@ -57,6 +60,11 @@ struct liststore_ops {
 	int (*add_many)(struct liststore *s, enum list_kind k, const struct list_entry *v,
 	    size_t n, void (*progress)(void *arg, size_t done), void *arg,
 	    const char **error_r);
+	/* optional: store many entries (replacing same keys) as cheaply as
+	 * the store can -- a file store appends them to its journal -- and
+	 * never wait for a lock another process holds: -1 then, try later */
+	int (*add_batch)(struct liststore *s, enum list_kind k, const struct list_entry *v,
+	    size_t n, const char **error_r);
 	/* optional: add this node's counts to the shared ones, learn the totals */
 	int (*rate_sync)(struct liststore *s, struct rate_delta *d, size_t n,
 	    const char **error_r);
@@ -98,6 +106,11 @@ int liststore_get_many(struct liststore *s, enum list_kind k, char *const *keys,
 int liststore_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v,
     size_t n, void (*progress)(void *arg, size_t done), void *arg, const char **error_r)
     __attribute__((warn_unused_result));
+/* entries for the store now, e.g. the auto-bans of one watcher round:
+ * one journal append (file) or one pipeline (redis); never blocks on a
+ * lock held by another process (fails instead: try again later) */
+int liststore_add_batch(struct liststore *s, enum list_kind k, const struct list_entry *v,
+    size_t n, const char **error_r) __attribute__((warn_unused_result));
 int liststore_save_all(struct liststore *s, enum list_kind k, const struct entry_vec *v,
     const char **error_r) __attribute__((warn_unused_result));
 /* 1 when counters are shared through this store */

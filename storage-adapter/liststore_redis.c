@@ -15,6 +15,8 @@
  *   open()       parse redis://[:PASSWORD@]HOST[:PORT][/DB] or
  *                redis+unix:///PATH[?db=N]; connects lazily
  *   load/get/add/del/add_many   one connection, pipelined where it counts
+ *   add_batch    many entries, one MULTI and one PUBLISH each, pipelined
+ *                (the watcher's auto-bans: other nodes fetch just those keys)
  *   changes()    never blocks: drains the subscription, reconnects with
  *                backoff, asks for full reloads on (re)connect and every
  *                lists_resync seconds
@@ -811,6 +813,50 @@ rs_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v, s
 	return drain(s, c, 1, error_r);
 }
 
+/* each entry in its own MULTI with its own PUBLISH (watchers fetch just
+ * those keys), pipelined in batches */
+static int
+rs_add_batch_once(struct liststore *s, enum list_kind k, const struct list_entry *v,
+    size_t n, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	const char *multi[] = { "MULTI" }, *exec[] = { "EXEC" };
+	size_t done = 0;
+
+	if (c == NULL)
+		return -1;
+	while (done < n) {
+		size_t batch = n - done < REDIS_BATCH / 4 ? n - done : REDIS_BATCH / 4;
+		int queued = 0;
+
+		for (size_t i = done; i < done + batch; i++) {
+			redisAppendCommandArgv(c, 1, multi, NULL);
+			append_entry(r, c, k, &v[i]);
+			redisAppendCommandArgv(c, 1, exec, NULL);
+			append_publish(r, c, k, v[i].key);
+			queued += 1 + 2 + (v[i].expires != 0) + 1 + 1;
+		}
+		if (drain(s, c, queued, error_r) < 0)
+			return -1;
+		done += batch;
+	}
+	return 0;
+}
+
+static int
+rs_add_batch(struct liststore *s, enum list_kind k, const struct list_entry *v, size_t n,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_add_batch_once(s, k, v, n, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_add_batch_once(s, k, v, n, error_r);
+}
+
 static int
 rs_changed(struct liststore *s, enum list_kind k)
 {
@@ -1117,5 +1163,6 @@ const struct liststore_ops liststore_redis_ops = {
 	.get = rs_get,
 	.get_many = rs_get_many,
 	.add_many = rs_add_many,
+	.add_batch = rs_add_batch,
 	.rate_sync = rs_rate_sync,
 };

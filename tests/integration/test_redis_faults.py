@@ -11,6 +11,9 @@ What it proves, with a private redis-server and real portcullisd nodes
      other node.
   b  Redis dies in the middle of `portcullis kill import`: the CLI exits 2
      with a message naming Redis and how far it got, no sanitizer report.
+  c  an auto-ban while Redis is down is enforced at once, stays enforced
+     across the resync from a Redis restarted empty, and is written to Redis
+     (and reaches the other node) once Redis is back.
 
 Run: python3 tests/integration/test_redis_faults.py [Class.test_name]
      PORTCULLIS_BIN=build/asan/bin python3 tests/integration/test_redis_faults.py
@@ -161,6 +164,30 @@ class RedisFaults(unittest.TestCase):
         self.redis.start()
         # both nodes notice Redis again and keep serving
         wait_state([self.A, self.B], "192.0.2.251", False, 5.0, what="nodes after the restart")
+
+    def test_c_ban_while_redis_down_is_kept_and_saved(self):
+        A, B = self.A, self.B
+        ip = "198.51.100.63"
+        marks = {n.name: n.log_size() for n in (A, B)}
+        self.redis.kill()
+        time.sleep(0.3)
+        v = long_mail(A, ip)
+        self.assertEqual(v[:2], ("reject", "500"), v)
+        wait_state([A], ip, True, 1.0, what="ban enforced on A with Redis down")
+        time.sleep(1.0)
+        self.redis.start()          # empty: no persistence in this lab
+        t0 = time.monotonic()
+        wait_until(lambda: self.rcall("HGET", PREFIX + "kill:" + ip, "origin") == b"auto-ban",
+                   40.0, 0.1, "the waiting ban saved to Redis")
+        got = wait_state([B], ip, True, 2.0, t0, "the saved ban reaching B")
+        say("ban made while Redis was down: saved %.1f s after Redis came back, refused by B "
+            "after %.1f s" % (time.monotonic() - t0, got["B"]))
+        # A never stopped enforcing it, across its full resync from an empty Redis
+        self.assertTrue(A.refuses(ip))
+        A.wait_log(r"1 ban\(s\) enforced on this node but not saved yet", marks["A"], 1.0)
+        for n in (A, B):
+            self.assert_node_healthy(n, marks[n.name])
+        A.cli_ok("kill", "del", ip)
 
     def test_z_clean_exit(self):
         for n in (self.A, self.B):
