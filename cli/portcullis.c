@@ -1,7 +1,8 @@
 /*
  * portcullis - the admin command.
  *
- *   portcullis [-c FILE] [-o k=v]... kill|accept add ENTRY [--ttl TIME] [--reason TEXT]
+ *   portcullis [-c FILE] [-o k=v]... kill|accept add ENTRY [--ttl TIME|never] [--reason TEXT]
+ *                 (a re-add keeps what is not given and prints old -> new)
  *   portcullis [-c FILE] [-o k=v]... kill|accept del ENTRY
  *   portcullis [-c FILE] [-o k=v]... kill|accept list
  *   portcullis [-c FILE] [-o k=v]... kill|accept import FILE|- [--ttl TIME] [--reason TEXT]
@@ -165,29 +166,118 @@ ttl_reason_option(int argc, char **argv, int *i, long *ttl_r, const char **reaso
 	return 0;
 }
 
+/* "reason \"a\" -> \"b\"" style notes of what a re-add changed, into buf */
+static void
+note_change(char *buf, size_t cap, const char *what, const char *from, const char *to)
+{
+	size_t n = strlen(buf);
+
+	snprintf(buf + n, cap - n, "%s%s %s -> %s", n ? ", " : "", what, from, to);
+}
+
+static void
+fmt_expiry(long long t, char *buf, size_t cap)
+{
+	if (t == 0)
+		snprintf(buf, cap, "never");
+	else
+		fmt_time(t, buf, cap);
+}
+
+static void
+fmt_reason(const char *r, char *buf, size_t cap)
+{
+	if (r == NULL || *r == '\0')
+		snprintf(buf, cap, "(none)");
+	else
+		snprintf(buf, cap, "\"%s\"", r);
+}
+
+/*
+ * add ENTRY [--ttl TIME|never] [--reason TEXT]. A re-add of an entry that is
+ * there keeps every attribute the command line does not give (expiry,
+ * reason, origin, time added) and says what changed, old -> new.
+ */
 static int
 cmd_add(const struct conf *c, enum list_kind k, int argc, char **argv)
 {
-	struct list_entry e;
+	struct list_entry e, old;
 	const char *err, *reason = NULL;
 	long ttl = 0;
+	int permanent = 0, found = 0;
+	long long now = (long long)time(NULL);
 	struct liststore *s;
+	char changes[1024] = "";
 
 	if (argc < 1)
 		usage();
 	if (listentry_parse_key(argv[0], &e, &err) < 0)
 		die("\"%.100s\": %s; nothing written", argv[0], err);
-	for (int i = 1; i < argc; i++)
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--ttl") == 0 && i + 1 < argc && strcmp(argv[i + 1], "never") == 0) {
+			permanent = 1;
+			ttl = 0;
+			i++;
+			continue;
+		}
 		if (!ttl_reason_option(argc, argv, &i, &ttl, &reason))
-			die("unexpected argument \"%.60s\" (expected --ttl TIME or --reason TEXT)", argv[i]);
-	e.added = (long long)time(NULL);
-	e.expires = ttl ? e.added + ttl : 0;
-	e.origin = ORIGIN_ADMIN;
-	e.reason = reason ? xstrdup(reason) : NULL;
+			die("unexpected argument \"%.60s\" (expected --ttl TIME|never or --reason TEXT)",
+			    argv[i]);
+		if (ttl != 0)
+			permanent = 0;
+	}
 	s = open_store(c);
-	if (liststore_add(s, k, &e, &err) < 0)
+	memset(&old, 0, sizeof(old));
+	if (liststore_get(s, k, e.key, &old, &found, &err) < 0)
 		die("%s", err);
-	printf("%s: added %s%s\n", list_kind_name(k), e.key, ttl ? " (with expiry)" : "");
+	if (found && listentry_is_expired(&old, now))
+		found = 0;	/* an expired leftover: a new entry */
+	if (!found) {
+		e.added = now;
+		e.expires = ttl ? now + ttl : 0;
+		e.origin = ORIGIN_ADMIN;
+		e.reason = reason ? xstrdup(reason) : NULL;
+	} else {
+		char a[64], b[128 + MAX_REASON_LEN];
+
+		e.added = old.added;
+		e.origin = old.origin;
+		e.expires = ttl ? now + ttl : permanent ? 0 : old.expires;
+		e.reason = reason ? (*reason ? xstrdup(reason) : NULL) :
+		    old.reason ? xstrdup(old.reason) : NULL;
+		if (e.expires != old.expires) {
+			char x[64];
+
+			fmt_expiry(old.expires, a, sizeof(a));
+			fmt_expiry(e.expires, x, sizeof(x));
+			note_change(changes, sizeof(changes), "expires", a, x);
+		}
+		if (strcmp(old.reason ? old.reason : "", e.reason ? e.reason : "") != 0) {
+			char x[MAX_REASON_LEN + 8];
+
+			fmt_reason(old.reason, b, sizeof(b));
+			fmt_reason(e.reason, x, sizeof(x));
+			note_change(changes, sizeof(changes), "reason", b, x);
+		}
+	}
+	if (found && changes[0] == '\0') {
+		char a[64], b[MAX_REASON_LEN + 8];
+
+		fmt_expiry(old.expires, a, sizeof(a));
+		fmt_reason(old.reason, b, sizeof(b));
+		printf("%s: %s is there already, unchanged (origin %s, expires %s, reason %s)\n",
+		    list_kind_name(k), e.key, listentry_origin_name(old.origin), a, b);
+	} else {
+		if (liststore_add(s, k, &e, &err) < 0)
+			die("%s", err);
+		if (found)
+			printf("%s: updated %s: %s (origin %s and other attributes kept)\n",
+			    list_kind_name(k), e.key, changes, listentry_origin_name(e.origin));
+		else
+			printf("%s: added %s%s\n", list_kind_name(k), e.key,
+			    e.expires ? " (with expiry)" : "");
+	}
+	listentry_clear(&old);
 	listentry_clear(&e);
 	liststore_free(&s);
 	return 0;
