@@ -8,6 +8,9 @@
  *   portcullis [-c FILE] [-o k=v]... kill|accept import FILE|- [--ttl TIME] [--reason TEXT]
  *   portcullis [-c FILE] [-o k=v]... kill|accept export [--full]
  *   portcullis [-c FILE] [-o k=v]... lists migrate FROM-URL TO-URL
+ *   portcullis [-c FILE] [-o k=v]... lists reseed | lists accept-empty
+ *                 (after a shared store lost its lists: push this node's
+ *                 copy back, or take what the store holds)
  *   portcullis [-c FILE] [-o k=v]... user add|passwd USER@DOMAIN [--password-stdin]
  *   portcullis [-c FILE] [-o k=v]... user del USER@DOMAIN | user list
  *   portcullis [-c FILE] [-o k=v]... explain --client IP [--hostname NAME] [--helo H]
@@ -22,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -593,6 +597,138 @@ cmd_migrate(int argc, char **argv)
 	return 0;
 }
 
+/* ---- a shared store's generation mark ---- */
+
+/* the daemon's local copy of a shared store (lists_cache) */
+static struct liststore *
+open_cache(const struct conf *c)
+{
+	char *url = xasprintf("file:%s", conf_get(c, "lists_cache"));
+	const char *err;
+	struct liststore *s = liststore_open(url, &err);
+
+	free(url);
+	if (s == NULL)
+		die("lists_cache: %s", err);
+	return s;
+}
+
+/* when the copy in lists_cache was written ("2026-..."), or "never" */
+static void
+cache_time(const struct conf *c, char *buf, size_t cap)
+{
+	char *path = xasprintf("%s/kill.list", conf_get(c, "lists_cache"));
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		snprintf(buf, cap, "never");
+	else
+		fmt_time((long long)st.st_mtime, buf, cap);
+	free(path);
+}
+
+/* the shared store, which must have lost its mark (else: refused, exit 1) */
+static struct liststore *
+open_unmarked(const struct conf *c, const char *what)
+{
+	struct liststore *s = open_store(c);
+	char gen[64];
+	const char *err;
+	int found = 0;
+
+	if (!liststore_has_meta(s) || strcmp(liststore_scheme(s), "file") == 0)
+		die("lists %s: only for a shared store (lists = redis://...)", what);
+	if (liststore_meta_get(s, LISTSTORE_GENERATION, gen, sizeof(gen), &found, &err) < 0)
+		die("%s", err);
+	if (found) {
+		fprintf(stderr, "portcullis: lists %s: the lists in the store are marked (generation "
+		    "%s); nothing to do\n", what, gen);
+		exit(1);
+	}
+	return s;
+}
+
+/* mark the store's lists with a new generation; every node reloads them */
+static void
+mark_and_announce(struct liststore *s, char *gen, size_t cap)
+{
+	const char *err;
+	int set;
+
+	liststore_new_generation(gen, cap);
+	if (liststore_meta_set(s, LISTSTORE_GENERATION, gen, 0, &set, &err) < 0)
+		die("%s", err);
+	for (int k = 0; k < LIST_KINDS; k++)	/* an empty add_many announces a reload */
+		if (liststore_add_many(s, (enum list_kind)k, NULL, 0, NULL, NULL, &err) < 0)
+			die("%s", err);
+}
+
+/* lists reseed: push this node's copy (lists_cache) back into a store that lost its lists */
+static int
+cmd_reseed(const struct conf *c, int argc)
+{
+	struct liststore *s, *cache;
+	long long now = (long long)time(NULL);
+	size_t count[LIST_KINDS] = { 0, 0 };
+	char when[40], gen[64];
+	const char *err;
+
+	if (argc != 0)
+		usage();
+	s = open_unmarked(c, "reseed");
+	cache = open_cache(c);
+	cache_time(c, when, sizeof(when));
+	for (int k = 0; k < LIST_KINDS; k++) {
+		struct entry_vec v = { 0 }, live = { 0 };
+
+		if (liststore_load(cache, (enum list_kind)k, &v, &err) < 0)
+			die("lists_cache: %s", err);
+		for (size_t i = 0; i < v.n; i++)
+			if (!listentry_is_expired(&v.v[i], now))
+				entry_vec_push(&live, &v.v[i]);
+		if (liststore_add_many(s, (enum list_kind)k, live.v, live.n, NULL, NULL, &err) < 0)
+			die("lists reseed: %s list: %s", list_kind_name((enum list_kind)k), err);
+		count[k] = live.n;
+		entry_vec_clear(&v);
+		entry_vec_clear(&live);
+	}
+	mark_and_announce(s, gen, sizeof(gen));
+	printf("lists reseed: %zu kill and %zu accept entries pushed from %s (this node's copy of "
+	    "%s); generation %s\n", count[LIST_KILL], count[LIST_ACCEPT],
+	    conf_get(c, "lists_cache"), when, gen);
+	liststore_free(&cache);
+	liststore_free(&s);
+	return 0;
+}
+
+/* lists accept-empty: what the store holds now (after a loss) is the lists */
+static int
+cmd_accept_empty(const struct conf *c, int argc)
+{
+	struct liststore *s;
+	size_t count[LIST_KINDS] = { 0, 0 };
+	char gen[64];
+	const char *err;
+
+	if (argc != 0)
+		usage();
+	s = open_unmarked(c, "accept-empty");
+	for (int k = 0; k < LIST_KINDS; k++) {
+		struct entry_vec v = { 0 };
+
+		if (liststore_load(s, (enum list_kind)k, &v, &err) < 0)
+			die("%s", err);
+		count[k] = v.n;
+		entry_vec_clear(&v);
+	}
+	mark_and_announce(s, gen, sizeof(gen));
+	printf("lists accept-empty: every node now enforces the store's lists as they are (%zu "
+	    "kill, %zu accept entries); generation %s\n", count[LIST_KILL], count[LIST_ACCEPT],
+	    gen);
+	liststore_free(&s);
+	return 0;
+}
+
 /* ---- users ---- */
 
 /* one line from stdin, or twice from the terminal with echo off */
@@ -849,6 +985,12 @@ main(int argc, char **argv)
 
 		liststore_set_options(&o);
 		rc = cmd_migrate(argc - i - 2, argv + i + 2);
+	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&
+	    strcmp(argv[i + 1], "reseed") == 0) {
+		rc = cmd_reseed(conf, argc - i - 2);
+	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&
+	    strcmp(argv[i + 1], "accept-empty") == 0) {
+		rc = cmd_accept_empty(conf, argc - i - 2);
 	} else if (list_kind_parse(argv[i], &k) == 0 && i + 1 < argc) {
 		const char *verb = argv[i + 1];
 		int n = argc - i - 2;

@@ -224,6 +224,11 @@ struct watcher {
 	long long save_retry_ms;
 	int save_backoff_ms;
 	time_t save_warned;
+	/* the shared store's generation mark: known, and whether it vanished */
+	char gen[64];
+	int vanished;
+	time_t vanished_logged;
+	int cache_dirty;	/* changes since the local copy was written */
 	pthread_t thread;
 	int running;
 	void (*tick)(void);
@@ -334,6 +339,72 @@ save_cache(struct watcher *w, enum list_kind k)
 		log_warn("cannot save the local copy of the %s list: %s", list_kind_name(k), err);
 }
 
+#define GEN_ERROR_EVERY_S 60
+
+static void
+log_vanished(struct watcher *w)
+{
+	log_error("the lists in the shared store are gone (its generation mark %s vanished: "
+	    "Redis restarted without persistence?); enforcing this node's last lists (%zu kill, "
+	    "%zu accept entries) until `portcullis lists reseed` or `portcullis lists "
+	    "accept-empty`", w->gen, w->lists[LIST_KILL].n, w->lists[LIST_ACCEPT].n);
+	w->vanished_logged = time(NULL);
+}
+
+/*
+ * May a full load from the shared store replace our lists? 1 yes; 0 no: the
+ * store lost the lists we knew (their generation mark is gone), so ours stay
+ * in force. A store with no mark and a node that knows none (the first
+ * start) marks it. Unreachable: 1 (the load says why).
+ */
+static int
+generation_ok(struct watcher *w)
+{
+	char have[64], known[64];
+	int found = 0, kfound = 0, set = 0;
+	const char *err;
+
+	if (w->cache == NULL || !liststore_has_meta(w->store))
+		return 1;
+	if (liststore_meta_get(w->store, LISTSTORE_GENERATION, have, sizeof(have), &found,
+	    &err) < 0)
+		return 1;
+	if (w->gen[0] == '\0' && liststore_meta_get(w->cache, LISTSTORE_GENERATION, known,
+	    sizeof(known), &kfound, &err) == 0 && kfound)
+		snprintf(w->gen, sizeof(w->gen), "%s", known);
+	if (!found && w->gen[0] != '\0') {
+		if (!w->vanished) {
+			w->vanished = 1;
+			log_vanished(w);
+		}
+		return 0;
+	}
+	if (!found) {
+		char id[64];
+
+		liststore_new_generation(id, sizeof(id));
+		if (liststore_meta_set(w->store, LISTSTORE_GENERATION, id, 1, &set, &err) < 0 ||
+		    liststore_meta_get(w->store, LISTSTORE_GENERATION, have, sizeof(have), &found,
+		    &err) < 0 || !found)
+			return 1;
+		if (set)
+			log_info("lists in the shared store marked with generation %s", have);
+	}
+	if (w->vanished)
+		log_info("the shared store's lists are marked again (generation %s): enforcing "
+		    "them", have);
+	else if (w->gen[0] != '\0' && strcmp(w->gen, have) != 0)
+		log_info("the shared store's lists were replaced (generation %s -> %s): reloading",
+		    w->gen, have);
+	w->vanished = 0;
+	if (strcmp(w->gen, have) != 0) {
+		snprintf(w->gen, sizeof(w->gen), "%s", have);
+		if (liststore_meta_set(w->cache, LISTSTORE_GENERATION, have, 0, &set, &err) < 0)
+			log_warn("cannot note the generation in the local copy: %s", err);
+	}
+	return 1;
+}
+
 static int
 reload(struct watcher *w, enum list_kind k, const char **error_r)
 {
@@ -367,6 +438,29 @@ reload(struct watcher *w, enum list_kind k, const char **error_r)
 	return 0;
 }
 
+/* the store lost our lists: keep them, and put what it holds now on top */
+static int
+merge_reload(struct watcher *w, enum list_kind k, const char **error_r)
+{
+	struct entry_vec v = { 0 };
+	char **keys;
+
+	if (liststore_load(w->store, k, &v, error_r) < 0) {
+		entry_vec_clear(&v);
+		return -1;
+	}
+	keys = xcalloc(v.n + 1, sizeof(char *));
+	for (size_t i = 0; i < v.n; i++)
+		keys[i] = v.v[i].key;
+	(void)entry_vec_replace_keys(&w->lists[k], keys, v.n, &v);
+	free(keys);
+	entry_vec_clear(&v);
+	w->full = 1;
+	w->keys_stale[k] = 1;
+	w->cache_dirty = 1;
+	return 0;
+}
+
 struct watcher *
 watcher_new(struct liststore *store, struct liststore *cache, struct snapref *snaps,
     const char **error_r)
@@ -381,6 +475,10 @@ watcher_new(struct liststore *store, struct liststore *cache, struct snapref *sn
 	w->snaps = snaps;
 	w->pipefd[0] = w->pipefd[1] = -1;
 	pthread_mutex_init(&w->q.mu, NULL);
+	if (!generation_ok(w)) {
+		ok = 0;
+		err = "the lists in the shared store are gone (generation mark missing)";
+	}
 	for (int k = 0; k < LIST_KINDS && ok; k++)
 		ok = reload(w, (enum list_kind)k, &err) == 0;
 	if (!ok && cache == NULL) {
@@ -405,6 +503,8 @@ watcher_new(struct liststore *store, struct liststore *cache, struct snapref *sn
 			    "while retrying", err, w->lists[LIST_KILL].n, w->lists[LIST_ACCEPT].n);
 		else
 			log_warn("%s; starting with empty lists (no saved copy) while retrying", err);
+		if (w->vanished)
+			log_vanished(w);
 	}
 	for (int k = 0; k < LIST_KINDS; k++) {
 		w->keys_stale[k] = 1;
@@ -450,6 +550,7 @@ do_ban(struct watcher *w, const struct ban_req *r)
 		entry_vec_push(&w->unsaved, &keep);
 	}
 	entry_vec_push(&upd, &e);	/* moves e */
+	w->cache_dirty = 1;
 	{
 		char *key = xstrdup(upd.v[0].key);
 
@@ -564,7 +665,7 @@ new_keys_only(struct watcher *w, enum list_kind k, char *const *keys, size_t n)
 static int
 apply_changes(struct watcher *w, struct list_changes *ch)
 {
-	int changed = 0;
+	int changed = 0, gen = -1;
 
 	/* one key may be announced twice (keyspace event and PUBLISH): fetch once */
 	if (ch->n > 1)
@@ -576,7 +677,16 @@ apply_changes(struct watcher *w, struct list_changes *ch)
 		const char *err;
 
 		if (ch->reload[k] || w->reload_due[k]) {
-			if (reload(w, (enum list_kind)k, &err) < 0) {
+			if (gen < 0)
+				gen = generation_ok(w);
+			if (!gen) {
+				/* ours stay in force; what the store has now goes on top */
+				if (merge_reload(w, (enum list_kind)k, &err) < 0)
+					log_warn("%s list: %s", list_kind_name((enum list_kind)k), err);
+				else
+					changed = 1;
+				w->reload_due[k] = 0;
+			} else if (reload(w, (enum list_kind)k, &err) < 0) {
 				log_warn("%s list not reloaded, the previous one stays in force: %s",
 				    list_kind_name((enum list_kind)k), err);
 			} else {
@@ -639,11 +749,13 @@ apply_changes(struct watcher *w, struct list_changes *ch)
 			}
 			upd.n = 0;
 			changed = 1;
+			w->cache_dirty = 1;
 		} else if (nkeys > 0) {
 			if (entry_vec_replace_keys(&w->lists[k], keys, nkeys, &upd) > 0)
 				w->full = 1;	/* a key changed or went */
 			w->keys_stale[k] = 1;
 			changed = 1;
+			w->cache_dirty = 1;
 		}
 		entry_vec_clear(&upd);
 		free(keys);
@@ -682,6 +794,12 @@ watcher_main(void *arg)
 		}
 		if (liststore_changes(w->store, &ch) < 0)
 			log_warn("list store: cannot read changes");
+		if (w->vanished && time(NULL) - w->vanished_logged >= GEN_ERROR_EVERY_S) {
+			if (generation_ok(w))
+				ch.reload[LIST_KILL] = ch.reload[LIST_ACCEPT] = 1;
+			else
+				log_vanished(w);
+		}
 		if (ch.reload[LIST_KILL] || ch.reload[LIST_ACCEPT] || ch.n > 0 ||
 		    ch.got[LIST_KILL].n > 0 || ch.got[LIST_ACCEPT].n > 0 ||
 		    w->reload_due[LIST_KILL] || w->reload_due[LIST_ACCEPT])
@@ -712,6 +830,13 @@ watcher_main(void *arg)
 					/* the key index now, not when the next push waits */
 					for (int k = 0; k < LIST_KINDS; k++)
 						(void)new_keys_only(w, (enum list_kind)k, NULL, 0);
+					/* the local copy (what `lists reseed` pushes back)
+					 * follows the changes made on top, at full builds */
+					if (w->cache_dirty) {
+						for (int k = 0; k < LIST_KINDS; k++)
+							save_cache(w, (enum list_kind)k);
+						w->cache_dirty = 0;
+					}
 #ifdef __GLIBC__
 					/* a full build frees the previous one (hundreds of MB
 					 * for a million entries): pages back to the system */

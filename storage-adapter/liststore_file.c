@@ -886,6 +886,70 @@ done:
 	return rc;
 }
 
+/* DIR/.NAME, one line (a cache's note of the shared store's generation) */
+static int
+fs_meta_get(struct liststore *s, const char *name, char *buf, size_t cap, int *found_r,
+    const char **error_r)
+{
+	struct filestore *fs = s->priv;
+	char *path = xasprintf("%s/.%s", fs->dir, name);
+	FILE *fp = fopen(path, "r");
+
+	*found_r = 0;
+	buf[0] = '\0';
+	if (fp == NULL) {
+		if (errno == ENOENT) {
+			free(path);
+			return 0;
+		}
+		fs_fail(s, error_r, "cannot open %s: %s", path, strerror(errno));
+		free(path);
+		return -1;
+	}
+	if (fgets(buf, (int)cap, fp) != NULL) {
+		buf[strcspn(buf, "\r\n")] = '\0';
+		*found_r = 1;
+	}
+	fclose(fp);
+	free(path);
+	return 0;
+}
+
+static int
+fs_meta_set(struct liststore *s, const char *name, const char *value, int only_if_absent,
+    int *set_r, const char **error_r)
+{
+	struct filestore *fs = s->priv;
+	char *path = xasprintf("%s/.%s", fs->dir, name);
+	char *tmp = xasprintf("%s/.%s.tmp.%ld", fs->dir, name, (long)getpid());
+	FILE *fp;
+	int rc = -1;
+
+	*set_r = 0;
+	if (only_if_absent && access(path, F_OK) == 0) {
+		rc = 0;
+		goto done;
+	}
+	fp = fopen(tmp, "w");
+	if (fp == NULL) {
+		fs_fail(s, error_r, "cannot create %s: %s", tmp, strerror(errno));
+		goto done;
+	}
+	fprintf(fp, "%s\n", value);
+	if (fflush(fp) != 0 || fsync(fileno(fp)) != 0 || fclose(fp) != 0 ||
+	    rename(tmp, path) < 0) {
+		fs_fail(s, error_r, "cannot write %s: %s", path, strerror(errno));
+		unlink(tmp);
+		goto done;
+	}
+	*set_r = 1;
+	rc = 0;
+done:
+	free(path);
+	free(tmp);
+	return rc;
+}
+
 const struct liststore_ops liststore_file_ops = {
 	.scheme = "file",
 	.open = fs_open,
@@ -898,4 +962,6 @@ const struct liststore_ops liststore_file_ops = {
 	.add_batch = fs_add_batch,
 	.changes = fs_changes,
 	.save_all = fs_save_all,
+	.meta_get = fs_meta_get,
+	.meta_set = fs_meta_set,
 };

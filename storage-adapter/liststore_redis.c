@@ -8,6 +8,9 @@
  *       vanish at the same moment, by Redis's clock, with no cron job
  *   PREFIX changes                          PUBLISH channel: "kill ENTRY",
  *                                           "accept ENTRY", "kill *" (reload)
+ *   PREFIX generation                       string: an id set when the lists
+ *                                           were first stored (or reseeded);
+ *                                           gone = Redis lost its data
  * Watchers also listen to keyspace notifications for PREFIX*, which the
  * daemon switches on when Redis allows CONFIG SET, so writes made with plain
  * redis-cli are seen at once; otherwise at the next full resync.
@@ -1112,6 +1115,86 @@ rs_changes(struct liststore *s, struct list_changes *out)
 	return 0;
 }
 
+/* PREFIXNAME: a plain string (the generation mark) */
+static int
+rs_meta_get_once(struct liststore *s, const char *name, char *buf, size_t cap, int *found_r,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	redisReply *rep;
+	char *key;
+
+	if (c == NULL)
+		return -1;
+	key = xasprintf("%s%s", r->prefix, name);
+	{
+		const char *argv[] = { "GET", key };
+
+		rep = cmdv(c, 2, argv);
+	}
+	free(key);
+	if (rep == NULL || (rep->type != REDIS_REPLY_STRING && rep->type != REDIS_REPLY_NIL)) {
+		rs_fail(s, error_r, "Redis at %s: GET %s%s: %s", r->where, r->prefix, name,
+		    rep == NULL ? c->errstr : rep->type == REDIS_REPLY_ERROR ? rep->str :
+		    "not a string");
+		if (rep)
+			freeReplyObject(rep);
+		if (c->err)
+			rs_drop(r);
+		return -1;
+	}
+	*found_r = rep->type == REDIS_REPLY_STRING;
+	snprintf(buf, cap, "%s", *found_r ? rep->str : "");
+	freeReplyObject(rep);
+	return 0;
+}
+
+static int
+rs_meta_get(struct liststore *s, const char *name, char *buf, size_t cap, int *found_r,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_meta_get_once(s, name, buf, cap, found_r, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_meta_get_once(s, name, buf, cap, found_r, error_r);
+}
+
+static int
+rs_meta_set(struct liststore *s, const char *name, const char *value, int only_if_absent,
+    int *set_r, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	redisReply *rep;
+	char *key;
+
+	if (c == NULL)
+		return -1;
+	key = xasprintf("%s%s", r->prefix, name);
+	{
+		const char *argv[] = { "SET", key, value, "NX" };
+
+		rep = cmdv(c, only_if_absent ? 4 : 3, argv);
+	}
+	free(key);
+	if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+		rs_fail(s, error_r, "Redis at %s: SET %s%s: %s", r->where, r->prefix, name,
+		    rep == NULL ? c->errstr : rep->str);
+		if (rep)
+			freeReplyObject(rep);
+		if (c->err)
+			rs_drop(r);
+		return -1;
+	}
+	*set_r = rep->type != REDIS_REPLY_NIL;
+	freeReplyObject(rep);
+	return 0;
+}
+
 /* PREFIXrate:WINDOW:INDEX:WHO, INCRBY then EXPIREAT (Redis clock), pipelined */
 static int
 rs_rate_sync(struct liststore *s, struct rate_delta *d, size_t n, const char **error_r)
@@ -1164,5 +1247,7 @@ const struct liststore_ops liststore_redis_ops = {
 	.get_many = rs_get_many,
 	.add_many = rs_add_many,
 	.add_batch = rs_add_batch,
+	.meta_get = rs_meta_get,
+	.meta_set = rs_meta_set,
 	.rate_sync = rs_rate_sync,
 };

@@ -14,6 +14,10 @@ What it proves, with a private redis-server and real portcullisd nodes
   c  an auto-ban while Redis is down is enforced at once, stays enforced
      across the resync from a Redis restarted empty, and is written to Redis
      (and reaches the other node) once Redis is back.
+  RedisRestartedEmpty: Redis restarted without its data (the generation
+     mark gone): both nodes keep enforcing their lists and log the loss;
+     `lists reseed` pushes a node's copy back (reasons, expiry kept),
+     `lists accept-empty` makes every node take the empty lists.
 
 Run: python3 tests/integration/test_redis_faults.py [Class.test_name]
      PORTCULLIS_BIN=build/asan/bin python3 tests/integration/test_redis_faults.py
@@ -194,6 +198,110 @@ class RedisFaults(unittest.TestCase):
             rc = n.stop()
             self.assertEqual(rc, 0, "%s exit status on SIGTERM" % n.name)
             self.assert_node_healthy(n, 0)
+
+
+class RedisRestartedEmpty(unittest.TestCase):
+    """Redis restarted without its data: the nodes keep their lists until an
+    admin says which lists are right (`lists reseed` / `lists accept-empty`)."""
+
+    kept, vouched = "192.0.2.90", "192.0.2.91"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="portcullis-redisempty-")
+        cls.redis = RedisServer(cls.dir)
+        cls.redis.start()
+        cls.A = Node("A", cls.dir, cls.redis.port, lists_resync="2s")
+        cls.B = Node("B", cls.dir, cls.redis.port, lists_resync="2s")
+        cls.A.start()
+        cls.B.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        for n in (cls.A, cls.B):
+            n.stop()
+        cls.redis.kill(signal.SIGTERM)
+        if os.environ.get("KEEP_LAB") == "1":
+            print("kept %s" % cls.dir)
+        else:
+            shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def rcall(self, *args):
+        r = self.redis.client()
+        try:
+            return r.call(*args)
+        finally:
+            r.close()
+
+    def restart_empty(self):
+        marks = {n.name: n.log_size() for n in (self.A, self.B)}
+        self.redis.kill()
+        self.redis.start()      # no RDB, no AOF: empty
+        self.assertEqual(self.rcall("DBSIZE"), 0)
+        # reconnected (backoff from 0.1 s) and several full resyncs (2 s) later
+        time.sleep(5.0)
+        for n in (self.A, self.B):
+            self.assertTrue(n.refuses(self.kept), "%s forgot its lists" % n.name)
+        for n in (self.A, self.B):
+            n.wait_log(r"the lists in the shared store are gone \(its generation mark \S+ "
+                       r"vanished.*until `portcullis lists reseed` or `portcullis lists "
+                       r"accept-empty`", marks[n.name], 5.0)
+        return marks
+
+    def test_a_kept_then_reseeded(self):
+        A, B = self.A, self.B
+        gen = self.rcall("GET", PREFIX + "generation")
+        A.cli_ok("kill", "add", self.kept, "--reason", "must survive")
+        A.cli_ok("kill", "add", "192.0.2.92", "--ttl", "1h", "--reason", "timed")
+        wait_state([A, B], self.kept, True, 1.0, what="entry added")
+        # the local copies follow (full resync every 2 s here)
+        def cached(n):
+            try:
+                with open(n.cache_kill_list) as f:
+                    return self.kept in f.read()
+            except OSError:
+                return False
+        wait_until(lambda: cached(A) and cached(B), 8.0, 0.1, "the entry in both local copies")
+        marks = self.restart_empty()
+        self.assertTrue(gen, "no generation mark in Redis after the nodes started")
+        say("Redis restarted empty: both nodes keep refusing %s and log the loss" % self.kept)
+        r = B.cli_ok("lists", "reseed")
+        say("B: " + r.stdout.strip())
+        self.assertRegex(r.stdout, r"^lists reseed: 2 kill and 0 accept entries pushed from "
+                                   r"\S+ \(this node's copy of 20\d\d-")
+        self.assertEqual(self.rcall("HGET", PREFIX + "kill:" + self.kept, "reason"),
+                         b"must survive")
+        ttl = self.rcall("TTL", PREFIX + "kill:192.0.2.92")
+        self.assertTrue(3000 < ttl <= 3600, ttl)
+        self.assertNotEqual(self.rcall("GET", PREFIX + "generation"), gen)
+        for n in (A, B):
+            n.wait_log(r"lists are marked again", marks[n.name], 5.0)
+        time.sleep(2.5)
+        for n in (A, B):
+            self.assertTrue(n.refuses(self.kept))
+        r = A.cli("lists", "reseed")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("nothing to do", r.stderr)
+
+    def test_b_accept_empty(self):
+        A, B = self.A, self.B
+        wait_state([A, B], self.kept, True, 1.0, what="state before")
+        self.restart_empty()
+        r = A.cli_ok("lists", "accept-empty")
+        say("A: " + r.stdout.strip())
+        self.assertRegex(r.stdout, r"^lists accept-empty: every node now enforces the store's "
+                                   r"lists as they are \(0 kill, 0 accept entries\)")
+        got = wait_state([A, B], self.kept, False, 3.0, what="empty lists accepted")
+        say("accept-empty: both nodes accept %s again after %s" % (self.kept, got))
+        self.assertEqual(A.cli("lists", "accept-empty").returncode, 1)
+
+    def test_z_clean_exit(self):
+        for n in (self.A, self.B):
+            rc = n.stop()
+            self.assertEqual(rc, 0, "%s exit status on SIGTERM" % n.name)
+            text = n.log_since(0)
+            m = SANITIZER_RE.search(text) or WORKER_DIED.search(text)
+            self.assertIsNone(m, text[max(0, m.start() - 300):][:4000] if m else "")
 
 
 if __name__ == "__main__":
