@@ -91,14 +91,62 @@ open_store(const struct conf *c)
 	return s;
 }
 
+static void fmt_time(long long t, char *buf, size_t cap);
+
+/*
+ * Every entry of list k (expired ones included) for reading: from the store,
+ * or, when a shared store cannot answer, from this node's copy of it
+ * (lists_cache), saying so and since when on stderr. *from_cache_r: 1 then.
+ */
+static int
+read_list(const struct conf *c, struct liststore *s, enum list_kind k, struct entry_vec *v,
+    int *from_cache_r)
+{
+	char *path, when[40], why[600];
+	struct liststore *cache;
+	struct stat st;
+	const char *err;
+
+	*from_cache_r = 0;
+	if (liststore_load(s, k, v, &err) == 0)
+		return 0;
+	if (strcmp(liststore_scheme(s), "file") == 0)
+		die("%s", err);
+	snprintf(why, sizeof(why), "%s", err);
+	entry_vec_clear(v);
+	path = xasprintf("%s/%s.list", conf_get(c, "lists_cache"), list_kind_name(k));
+	if (stat(path, &st) < 0) {
+		free(path);
+		die("%s (and no local copy in %s)", why, conf_get(c, "lists_cache"));
+	}
+	free(path);
+	{
+		char *url = xasprintf("file:%s", conf_get(c, "lists_cache"));
+
+		cache = liststore_open(url, &err);
+		free(url);
+	}
+	if (cache == NULL || liststore_load(cache, k, v, &err) < 0)
+		die("%s (and the local copy: %s)", why, err);
+	liststore_free(&cache);
+	fmt_time((long long)st.st_mtime, when, sizeof(when));
+	fprintf(stderr, "portcullis: %s; the %s list below is this node's copy (%s), as of %s\n",
+	    why, list_kind_name(k), conf_get(c, "lists_cache"), when);
+	*from_cache_r = 1;
+	return 0;
+}
+
 /* the store and every entry of list k in it (expired ones included) */
 static struct liststore *
-load_list(const struct conf *c, enum list_kind k, struct entry_vec *v)
+load_list(const struct conf *c, enum list_kind k, struct entry_vec *v, int cache_ok)
 {
 	struct liststore *s = open_store(c);
 	const char *err;
+	int cached;
 
-	if (liststore_load(s, k, v, &err) < 0)
+	if (cache_ok)
+		(void)read_list(c, s, k, v, &cached);
+	else if (liststore_load(s, k, v, &err) < 0)
 		die("%s", err);
 	return s;
 }
@@ -128,7 +176,7 @@ cmd_list(const struct conf *c, enum list_kind k, int argc, char **argv)
 	(void)argv;
 	if (argc != 0)
 		usage();
-	s = load_list(c, k, &v);
+	s = load_list(c, k, &v, 1);
 	for (size_t i = 0; i < v.n; i++) {
 		const struct list_entry *e = &v.v[i];
 		char added[40], expires[40];
@@ -532,7 +580,7 @@ cmd_export(const struct conf *c, enum list_kind k, int argc, char **argv)
 		full = 1;
 	else if (argc != 0)
 		usage();
-	s = load_list(c, k, &v);
+	s = load_list(c, k, &v, 0);
 	for (size_t i = 0; i < v.n; i++) {
 		const struct list_entry *e = &v.v[i];
 
@@ -890,9 +938,11 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	if (policy_new(c, &pol, &err) < 0)
 		die("%s", err);
 	s = open_store(c);
-	for (int k = 0; k < LIST_KINDS; k++)
-		if (liststore_load(s, (enum list_kind)k, &lists[k], &err) < 0)
-			die("%s", err);
+	for (int k = 0; k < LIST_KINDS; k++) {
+		int cached;
+
+		(void)read_list(c, s, (enum list_kind)k, &lists[k], &cached);
+	}
 	snap = snapshot_new(listset_build(&lists[LIST_KILL], now),
 	    listset_build(&lists[LIST_ACCEPT], now));
 	es = engine_session_new(pol);

@@ -14,6 +14,8 @@ What it proves, with a private redis-server and real portcullisd nodes
   c  an auto-ban while Redis is down is enforced at once, stays enforced
      across the resync from a Redis restarted empty, and is written to Redis
      (and reaches the other node) once Redis is back.
+  d  with Redis down, `kill list`, `accept list` and `explain` answer from
+     the node's copy (lists_cache) and say so and as of when; writes fail.
   RedisRestartedEmpty: Redis restarted without its data (the generation
      mark gone): both nodes keep enforcing their lists and log the loss;
      `lists reseed` pushes a node's copy back (reasons, expiry kept),
@@ -192,6 +194,45 @@ class RedisFaults(unittest.TestCase):
         for n in (A, B):
             self.assert_node_healthy(n, marks[n.name])
         A.cli_ok("kill", "del", ip)
+
+    def test_d_reads_answer_from_the_local_copy_while_redis_is_down(self):
+        A = self.A
+        ip, ok = "198.51.100.64", "198.51.100.65"
+        A.cli_ok("kill", "add", ip, "--reason", "test d")
+        A.cli_ok("accept", "add", ok, "--reason", "partner")
+        # the node's copy follows at its next full build (~10 s after changes)
+        def cached():
+            try:
+                with open(A.cache_kill_list) as f:
+                    return ip in f.read()
+            except OSError:
+                return False
+        wait_until(cached, 20.0, 0.2, "the entry in A's local copy")
+        self.redis.kill()
+        where = r"cannot reach Redis at 127\.0\.0\.1:%d/0" % self.redis.port
+        copy = r"the %s list below is this node's copy \(\S+lists-cache\), as of 20\d\d-"
+        r = A.cli("kill", "list")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, where + r".*; " + copy % "kill")
+        self.assertRegex(r.stdout, r"(?m)^198\.51\.100\.64\s+origin=admin .*reason=test d$")
+        r = A.cli("accept", "list")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, copy % "accept")
+        self.assertRegex(r.stdout, r"(?m)^198\.51\.100\.65\s")
+        r = A.cli("explain", "--client", ip, "--from", "a@b.example", "--rcpt", "u@example.com")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stderr, copy % "kill")
+        self.assertIn("kill list", r.stdout)
+        say("d: with Redis down, kill list answers from the copy: %s"
+            % r.stderr.splitlines()[0][-90:])
+        # a write still fails, and says why
+        r = A.cli("kill", "add", "198.51.100.66")
+        self.assertEqual(r.returncode, 2)
+        self.assertRegex(r.stderr, where)
+        self.redis.start()      # empty: the nodes keep their lists until told
+        wait_until(lambda: "this node's copy" not in A.cli("kill", "list").stderr, 10, 0.3,
+                   "Redis back")
+        A.cli("lists", "accept-empty")
 
     def test_z_clean_exit(self):
         for n in (self.A, self.B):
