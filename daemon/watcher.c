@@ -43,6 +43,7 @@
 #define WATCH_INTERVAL_MS 200
 #define OVERLAY_MAX 20000	/* added entries kept on top of the full list, at most */
 #define MERGE_IDLE_S 10		/* a quiet list folds its additions in after this */
+#define CACHE_SAVE_EVERY_S 30	/* the local copy, rewritten at most this often while busy */
 
 /*
  * Which keys the entry copy holds, as 64-bit hashes (open addressing, 0 is
@@ -229,6 +230,7 @@ struct watcher {
 	int vanished;
 	time_t vanished_logged;
 	int cache_dirty;	/* changes since the local copy was written */
+	time_t cache_saved_at;
 	pthread_t thread;
 	int running;
 	void (*tick)(void);
@@ -337,6 +339,7 @@ save_cache(struct watcher *w, enum list_kind k)
 
 	if (w->cache != NULL && liststore_save_all(w->cache, k, &w->lists[k], &err) < 0)
 		log_warn("cannot save the local copy of the %s list: %s", list_kind_name(k), err);
+	w->cache_saved_at = time(NULL);
 }
 
 #define GEN_ERROR_EVERY_S 60
@@ -831,8 +834,12 @@ watcher_main(void *arg)
 					for (int k = 0; k < LIST_KINDS; k++)
 						(void)new_keys_only(w, (enum list_kind)k, NULL, 0);
 					/* the local copy (what `lists reseed` pushes back)
-					 * follows the changes made on top, at full builds */
-					if (w->cache_dirty) {
+					 * follows the changes made on top: when the list has
+					 * gone quiet, or at a busy full build every
+					 * CACHE_SAVE_EVERY_S at most (an import of a million
+					 * entries must not rewrite it at each build) */
+					if (w->cache_dirty && (fold || time(NULL) -
+					    w->cache_saved_at >= CACHE_SAVE_EVERY_S)) {
 						for (int k = 0; k < LIST_KINDS; k++)
 							save_cache(w, (enum list_kind)k);
 						w->cache_dirty = 0;
