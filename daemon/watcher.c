@@ -777,13 +777,15 @@ watcher_main(void *arg)
 			{ .fd = liststore_watch_fd(w->store), .events = POLLIN },
 		};
 		struct list_changes ch = { 0 };
-		int changed = 0, n;
+		int changed = 0;
 
-		n = poll(pfd, pfd[1].fd >= 0 ? 2 : 1, w->rl ? WATCH_INTERVAL_MS / 2 : WATCH_INTERVAL_MS);
+		/* woken by a ban, a store change, or the interval */
+		(void)poll(pfd, pfd[1].fd >= 0 ? 2 : 1, w->rl ? WATCH_INTERVAL_MS / 2 :
+		    WATCH_INTERVAL_MS);
 		if (w->tick != NULL)
 			w->tick();
 		rate_sync(w);
-		if (n > 0 && (pfd[0].revents & POLLIN)) {
+		{
 			int stop;
 
 			pthread_mutex_lock(&w->q.mu);
@@ -791,10 +793,10 @@ watcher_main(void *arg)
 			pthread_mutex_unlock(&w->q.mu);
 			if (stop)
 				return NULL;
-			changed |= take_bans(w);
-		} else {
-			save_bans(w);	/* a retry, when the store refused the last batch */
 		}
+		/* every round, woken or not: a lost wake-up byte delays a ban by
+		 * one interval at most; also retries a batch the store refused */
+		changed |= take_bans(w);
 		if (liststore_changes(w->store, &ch) < 0)
 			log_warn("list store: cannot read changes");
 		if (w->vanished && time(NULL) - w->vanished_logged >= GEN_ERROR_EVERY_S) {
@@ -969,8 +971,11 @@ watcher_ban_as(void *arg, const struct ipaddr *addr, unsigned long seconds,
 	pthread_mutex_unlock(&q->mu);
 	/* one byte per round: the pipe never fills, a failed write means a
 	 * wake-up is there already */
-	if (wake && write(w->pipefd[1], "b", 1) < 0 && errno != EAGAIN)
-		log_warn("cannot wake the list watcher: %s", strerror(errno));
+	if (wake && write(w->pipefd[1], "b", 1) < 0 && errno != EAGAIN) {
+		pthread_mutex_lock(&q->mu);
+		q->wake_pending = 0;	/* taken at the watcher's next round anyway */
+		pthread_mutex_unlock(&q->mu);
+	}
 }
 
 void
