@@ -284,6 +284,50 @@ test_file_journal(void)
 	free(dir);
 }
 
+/* a line still being written is left for the next read; bad lines are skipped */
+static void
+test_file_journal_partial_and_bad_lines(void)
+{
+	char *dir = unit_tmpdir();
+	char *url = xasprintf("file:%s", dir), *journal = xasprintf("%s/kill.journal", dir);
+	struct liststore *reader;
+	struct entry_vec v = { 0 };
+	struct list_changes ch = { 0 };
+	const char *err;
+	FILE *fp;
+
+	reader = liststore_open(url, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(reader);
+	CU_ASSERT_EQUAL(liststore_load(reader, LIST_KILL, &v, &err), 0);
+	CU_ASSERT_EQUAL(v.n, 0);
+	entry_vec_clear(&v);
+	spit(journal, "192.0.2.1 origin=auto-ban\nnot an entry\n192.0.2.1 reason=later wins\n"
+	    "198.51.100.7 reas");
+	CU_ASSERT_EQUAL(liststore_changes(reader, &ch), 0);
+	CU_ASSERT_EQUAL(ch.reload[LIST_KILL], 0);
+	CU_ASSERT_EQUAL_FATAL(ch.got[LIST_KILL].n, 1);	/* one key, the later line */
+	CU_ASSERT_STRING_EQUAL(ch.got[LIST_KILL].v[0].reason, "later wins");
+	list_changes_clear(&ch);
+	fp = fopen(journal, "a");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+	fputs("on=finished\n", fp);
+	fclose(fp);
+	CU_ASSERT_EQUAL(liststore_changes(reader, &ch), 0);
+	CU_ASSERT_EQUAL_FATAL(ch.got[LIST_KILL].n, 1);
+	CU_ASSERT_STRING_EQUAL(ch.got[LIST_KILL].v[0].key, "198.51.100.7");
+	CU_ASSERT_STRING_EQUAL(ch.got[LIST_KILL].v[0].reason, "finished");
+	list_changes_clear(&ch);
+	/* the journal removed by hand: a reload */
+	unlink(journal);
+	CU_ASSERT_EQUAL(liststore_changes(reader, &ch), 0);
+	CU_ASSERT_EQUAL(ch.reload[LIST_KILL], 1);
+	list_changes_clear(&ch);
+	liststore_free(&reader);
+	free(url);
+	free(journal);
+	free(dir);
+}
+
 static void
 test_file_bad_urls(void)
 {
@@ -301,6 +345,7 @@ static CU_TestInfo tests[] = {
 	{ "rewrites keep comments and typos, drop expired", test_file_rewrite_keeps_what_it_cannot_parse },
 	{ "change detection", test_file_change_detection },
 	{ "journal: batches, tails, folding, a held lock", test_file_journal },
+	{ "journal: a line being written, bad lines, removal", test_file_journal_partial_and_bad_lines },
 	{ "bad store URLs", test_file_bad_urls },
 	CU_TEST_INFO_NULL,
 };
