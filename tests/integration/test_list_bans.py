@@ -5,8 +5,10 @@ What it proves, with a real portcullisd (milter and smtp workers) on
 `lists = file:DIR` and a kill list of BANS_LIST_SIZE entries (default 50,000):
   a  3,000 long-command bans from 3,000 client addresses, sent by 24 threads
      through the milter: every one is recorded (`portcullis kill list`) and
-     every one is refused afterwards; the CPU time and the bytes the daemon
-     wrote are printed (a ban costs a journal line, not a list rewrite).
+     every one is refused afterwards by the milter, and a sample of them by
+     the SMTP gateway worker (from those source addresses); the CPU time and
+     the bytes the daemon wrote are printed (a ban costs a journal line, not a
+     list rewrite).
   b  a process holds DIR/.lock (python flock): a hand-edit of kill.list and a
      new auto-ban are still enforced within a second or two; the ban is
      written to the store once the lock is free.
@@ -21,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -95,8 +98,9 @@ class ListBans(unittest.TestCase):
             for i in range(LIST_SIZE):
                 f.write("10.%d.%d.%d added=%d expires=0 origin=import reason=feed\n"
                         % (i >> 16, (i >> 8) & 255, i & 255, now))
+        cls.smtp_port = rl.free_port()
         cls.node = Node("F", cls.dir, 0, lists="file:" + cls.lists,
-                        services="milter, smtp", smtp_listen="127.0.0.1:%d" % rl.free_port(),
+                        services="milter, smtp", smtp_listen="127.0.0.1:%d" % cls.smtp_port,
                         delivery="maildir:" + os.path.join(cls.dir, "mail"))
         cls.node.start()
 
@@ -172,6 +176,19 @@ class ListBans(unittest.TestCase):
             if v[0] == "reject" and v[1] == "550" and rl.KILL_TEXT.match(v[2]):
                 refused += 1
         self.assertEqual(refused, len(ips), "only %d of %d bans enforced" % (refused, len(ips)))
+        # ... and by the other worker, the SMTP gateway (it followed the
+        # journal): a sample, from the banned source addresses themselves
+        greeted = []
+        for ip in ips[::max(1, len(ips) // 60)]:
+            s = socket.create_connection(("127.0.0.1", self.smtp_port), 5, source_address=(ip, 0))
+            try:
+                s.settimeout(5)
+                greeting = s.recv(512).decode(errors="replace")
+            finally:
+                s.close()
+            if not greeting.startswith("554 5.7.1"):
+                greeted.append((ip, greeting.strip()))
+        self.assertEqual(greeted, [], "the smtp worker does not enforce these bans")
         text = node.log_since(log0)
         self.assertNotIn("queue full", text)
         self.assertIsNone(SANITIZER_RE.search(text) or WORKER_DIED.search(text), text[-3000:])
