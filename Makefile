@@ -5,6 +5,8 @@
 #   make bench      benchmarks (not run by CI)
 #   make run        install missing packages, build, run the daemon on the demo config
 #   make deps       install missing Debian packages (as root)
+#   make install    binaries, /etc/portcullis/portcullis.conf (kept if present),
+#                   a systemd unit, the state directory (PREFIX, DESTDIR)
 
 CC      ?= cc
 OPT     ?= -O2 -g
@@ -25,15 +27,18 @@ LIB_SRC := $(wildcard common/*.c) $(wildcard storage-adapter/*.c) $(wildcard rul
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libportcullis.a
 
-DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c $(wildcard smtp-gateway/*.c))
+DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c $(wildcard smtp-gateway/*.c) $(wildcard service/*.c))
 CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
-UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c)
+UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c \
+              service/anvil.c service/deadline.c service/listener.c service/jobs.c service/penalty.c)
+DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
+UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
 BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
 NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all asan test unit integration bench run deps clean demo-conf fuzz
+.PHONY: all asan test unit integration bench run deps clean demo-conf fuzz install
 all: $(BINDIR)/portcullisd $(BINDIR)/portcullis
 
 $(BUILD)/%.o: %.c
@@ -54,7 +59,7 @@ $(BINDIR)/portcullis: $(CLI_OBJ) $(LIB)
 
 $(BINDIR)/unit-tests: $(UNIT_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_CUNIT) $(LIBS_LIB)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_CUNIT) $(LIBS_EVENT) $(LIBS_LIB)
 
 $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
@@ -84,6 +89,7 @@ unit:
 integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_milter.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_policy.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) sh tests/integration/test_miltertest.sh
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_lists.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_faults.py
@@ -92,12 +98,20 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_ratelimit.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_gateway.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_tls_auth.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_auth_guard.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_durability.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_passthrough_durability.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_stream.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_cache.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_faults.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_dns.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_install.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_stats.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_service.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_spool.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_received.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_421.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_addresses.py
 
 bench: deps
 	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter
@@ -114,19 +128,59 @@ FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -g -O1 \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Wno-unused-command-line-argument
 FUZZ_LIB_SRC := $(LIB_SRC)
+FUZZ_LIB_SRC += policy/policy_proto.c
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz needs clang (apt-get install clang)"; exit 1; }
-	@mkdir -p build/fuzz/corpus-smtp build/fuzz/corpus-parsers build/fuzz/corpus-downstream
+	@mkdir -p build/fuzz/corpus-smtp build/fuzz/corpus-parsers build/fuzz/corpus-downstream build/fuzz/corpus-hdrparse
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp tests/fuzz/fuzz_smtp.c smtp-gateway/smtp_proto.c \
 	    $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-parsers tests/fuzz/fuzz_parsers.c $(FUZZ_LIB_SRC) \
-	    $(LIBS_LIB) -pthread
+	    service/listener.c $(LIBS_EVENT) $(LIBS_LIB) -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-hdrparse tests/fuzz/fuzz_hdrparse.c common/hdrparse.c \
+	    common/xmalloc.c common/log.c -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-downstream tests/fuzz/fuzz_downstream.c \
 	    smtp-gateway/downstream.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
 	build/fuzz/fuzz-smtp -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp tests/fuzz/seeds-smtp
 	build/fuzz/fuzz-parsers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-parsers
+	build/fuzz/fuzz-hdrparse -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-hdrparse
 	build/fuzz/fuzz-downstream -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-downstream \
 	    tests/fuzz/seeds-downstream
+
+# make install [PREFIX=/usr/local] [DESTDIR=]
+PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
+USRBINDIR  ?= $(PREFIX)/bin
+DOCDIR     ?= $(PREFIX)/share/doc/portcullis
+SYSCONFDIR ?= /etc
+UNITDIR    ?= /lib/systemd/system
+STATEDIR   ?= /var/lib/portcullis
+RUN_USER   ?= portcullis
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(USRBINDIR) $(DESTDIR)$(DOCDIR) \
+	    $(DESTDIR)$(SYSCONFDIR)/portcullis $(DESTDIR)$(UNITDIR)
+	install -m 755 bin/portcullisd $(DESTDIR)$(SBINDIR)/portcullisd
+	install -m 755 bin/portcullis $(DESTDIR)$(USRBINDIR)/portcullis
+	install -m 644 README.md LICENSE $(DESTDIR)$(DOCDIR)/ 2>/dev/null || \
+	    install -m 644 README.md $(DESTDIR)$(DOCDIR)/
+	@# an admin's configuration is never overwritten: the new default goes beside it
+	if [ -e $(DESTDIR)$(SYSCONFDIR)/portcullis/portcullis.conf ]; then \
+	    install -m 644 etc/portcullis.conf $(DESTDIR)$(SYSCONFDIR)/portcullis/portcullis.conf.default; \
+	    echo "kept $(DESTDIR)$(SYSCONFDIR)/portcullis/portcullis.conf (new default: portcullis.conf.default)"; \
+	else \
+	    sed -e 's|^run_user = portcullis$$|run_user = $(RUN_USER)|' etc/portcullis.conf \
+	        > $(DESTDIR)$(SYSCONFDIR)/portcullis/portcullis.conf; \
+	    chmod 644 $(DESTDIR)$(SYSCONFDIR)/portcullis/portcullis.conf; \
+	fi
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+	    etc/portcullis.service > $(DESTDIR)$(UNITDIR)/portcullis.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/portcullis.service
+	install -d -m 750 $(DESTDIR)$(STATEDIR)
+	@# the unprivileged user the daemon runs as (only on a real install as root)
+	if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && [ -n "$(RUN_USER)" ] && ! id $(RUN_USER) >/dev/null 2>&1; then \
+	    useradd --system --home-dir $(STATEDIR) --no-create-home --shell /usr/sbin/nologin $(RUN_USER); \
+	fi
+	if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && id $(RUN_USER) >/dev/null 2>&1; then \
+	    chown $(RUN_USER): $(STATEDIR); fi
 
 clean:
 	rm -rf build bin

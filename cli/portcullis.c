@@ -30,10 +30,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/authmech.h"
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/mailaddr.h"
 #include "common/owner.h"
 #include "common/pclimits.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
 #include "rules/policy.h"
@@ -56,6 +59,7 @@ usage(void)
 	    "  user add|passwd USER@DOMAIN [--password-stdin]\n"
 	    "  user del USER@DOMAIN\n"
 	    "  user list\n"
+	    "  stats [--prometheus]\n"
 	    "  explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
 	    "          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
 	    "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
@@ -844,6 +848,7 @@ cmd_user(const struct conf *c, int argc, char **argv)
 	if (strcmp(argv[0], "add") == 0 || strcmp(argv[0], "passwd") == 0) {
 		int from_stdin = argc == 3 && strcmp(argv[2], "--password-stdin") == 0;
 		int add = strcmp(argv[0], "add") == 0;
+		unsigned mechs;
 		char *pw;
 
 		if (argc > 3 || (argc == 3 && !from_stdin))
@@ -859,9 +864,11 @@ cmd_user(const struct conf *c, int argc, char **argv)
 				die("user %s exists already (use user passwd to change the password)", argv[1]);
 			userdb_free(&db);
 		}
+		if (authmech_parse(c, &mechs, &err) < 0)
+			die("%s", err);
 		pw = read_password(from_stdin);
-		if (userdb_set_password(url, argv[1], pw, add,
-		    strstr(conf_get(c, "auth_mechanisms"), "CRAM-MD5") != NULL, &err) < 0) {
+		if (userdb_set_password(url, argv[1], pw, add, (mechs & AUTH_MECH_CRAM) != 0,
+		    &err) < 0) {
 			explicit_bzero(pw, strlen(pw));
 			free(pw);
 			die("%s", err);
@@ -897,6 +904,16 @@ print_verdict(const char *stage, const char *arg, const struct verdict *v)
 		    v->warned ? " (policy_mode = warn: passed)" : "");
 	printf("\n%15s rule: %s%s\n", "", v->rule,
 	    v->ban_seconds ? " -> client would be put on the kill list" : "");
+}
+
+/* the address as the engine judged it: the one the gateway logs, stores, sends on */
+static void
+print_judged(const struct mailaddr *a)
+{
+	char fmt[MAILADDR_TEXT_MAX];
+
+	if (a != NULL)
+		printf("%15s address: <%s>\n", "", mailaddr_format(a, fmt));
 }
 
 static int
@@ -957,11 +974,13 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	if (!refused) {
 		engine_mail(es, snap, from, 10 + strlen(from) + 4, auth, now, &v);
 		print_verdict("MAIL", *from ? from : "<>", &v);
+		print_judged(engine_sender_address(es));
 		refused |= v.action == VERDICT_REJECT || v.action == VERDICT_TEMPFAIL;
 	}
 	for (size_t i = 0; !refused && i < nrcpt; i++) {
 		engine_rcpt(es, snap, rcpts[i], 8 + strlen(rcpts[i]) + 4, now, &v);
 		print_verdict("RCPT", rcpts[i], &v);
+		print_judged(engine_rcpt_address(es, NULL));
 		if (v.action == VERDICT_CONTINUE)
 			accepted_rcpts++;
 	}
@@ -990,6 +1009,38 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	free(rcpts);
 	free(headers);
 	return refused ? 1 : 0;
+}
+
+/* the running daemon's counters (this node's), from $state_dir/stats */
+static int
+cmd_stats(const struct conf *c, int argc, char **argv)
+{
+	char *path = xasprintf("%s/stats", conf_get(c, "state_dir"));
+	const char *err;
+	int prom = argc == 1 && strcmp(argv[0], "--prometheus") == 0;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *fp;
+
+	if (argc > 1 || (argc == 1 && !prom))
+		usage();
+	if (stats_open_readonly(path, &err) < 0)
+		die("%s", err);
+	free(path);
+	fp = open_memstream(&text, &len);
+	if (fp == NULL || stats_write_prometheus(fp) < 0)
+		die("cannot read the counters");
+	fclose(fp);
+	if (prom) {
+		fwrite(text, 1, len, stdout);
+	} else {	/* one "series value" line each, without the format's comments */
+		for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+			if (line[0] != '#')
+				printf("%s\n", strncmp(line, "portcullis_", 11) == 0 ? line + 11 : line);
+	}
+	free(text);
+	stats_close();
+	return 0;
 }
 
 int
@@ -1026,6 +1077,8 @@ main(int argc, char **argv)
 
 	if (strcmp(argv[i], "explain") == 0) {
 		rc = cmd_explain(conf, argc - i - 1, argv + i + 1);
+	} else if (strcmp(argv[i], "stats") == 0) {
+		rc = cmd_stats(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "user") == 0) {
 		rc = cmd_user(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&

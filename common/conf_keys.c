@@ -15,6 +15,8 @@ const struct conf_key conf_keys[] = {
 	{ "lists_resync", "60", CT_TIME, NULL, 1, 86400 },
 	{ "lists_cache", "$state_dir/lists-cache", CT_STR, NULL, 0, 0 },
 	{ "log_level", "info", CT_ENUM, "debug|info|warn|error", 0, 0 },
+	{ "log_file", "", CT_STR, NULL, 0, 0 },	/* "": syslog (or stderr with -f) */
+	{ "metrics_listen", "", CT_STR, NULL, 0, 0 },	/* HOST:PORT: Prometheus text format */
 	{ "run_user", "", CT_STR, NULL, 0, 0 },	/* "": keep the starting user */
 
 	/* which front doors run, each in its own worker process */
@@ -23,6 +25,12 @@ const struct conf_key conf_keys[] = {
 
 	/* milter front door */
 	{ "milter_listen", "inet:127.0.0.1:8891", CT_STR, NULL, 0, 0 },
+
+	/* Postfix policy door (check_policy_service) */
+	{ "policy_listen", "inet:127.0.0.1:10040", CT_LIST, NULL, 0, 0 },	/* or unix:/path */
+	{ "policy_max_connections", "200", CT_INT, NULL, 1, 100000 },
+	{ "policy_idle_timeout", "600", CT_TIME, NULL, 1, 86400 },	/* > Postfix's max_idle */
+	{ "policy_timeout", "30", CT_TIME, NULL, 1, 3600 },	/* one request, one answer */
 
 	/* TLS, one set of keys for every listener */
 	{ "tls_cert_file", "", CT_STR, NULL, 0, 0 },
@@ -45,6 +53,9 @@ const struct conf_key conf_keys[] = {
 	{ "smtp_max_connections", "200", CT_INT, NULL, 1, 100000 },
 	{ "smtp_max_per_client", "20", CT_INT, NULL, 1, 100000 },
 	{ "smtp_timeout", "300", CT_TIME, NULL, 1, 3600 },
+	{ "smtp_request_deadline", "yes", CT_BOOL, NULL, 0, 0 },	/* timeout per request, not per read */
+	{ "smtp_min_data_rate", "500", CT_INT, NULL, 0, 1000000000 },	/* bytes/s in DATA */
+	{ "smtp_stress_timeout", "10", CT_TIME, NULL, 1, 3600 },	/* above 80 % of max_connections */
 	{ "client_hostname_lookups", "no", CT_BOOL, NULL, 0, 0 },	/* FCrDNS of clients */
 	{ "resolver", "system", CT_STR, NULL, 0, 0 },	/* or IP[:PORT] */
 	{ "delivery", "maildir:$state_dir/mail", CT_STR, NULL, 0, 0 },	/* or relay:[HOST]:PORT */
@@ -54,9 +65,16 @@ const struct conf_key conf_keys[] = {
 	{ "users", "file:$state_dir/users", CT_STR, NULL, 0, 0 },
 	{ "auth_mechanisms", "PLAIN LOGIN CRAM-MD5", CT_LIST, NULL, 0, 0 },
 	{ "auth_allow_plaintext", "no", CT_BOOL, NULL, 0, 0 },
+	{ "smtp_auth", "yes", CT_BOOL, NULL, 0, 0 },	/* no: AUTH on submission/smtps only */
+	/* failed logins per client address (IPv6 per /64): delay doubling to the max */
+	{ "auth_failure_delay", "2s", CT_TIME, NULL, 0, 3600 },
+	{ "auth_failure_delay_max", "15s", CT_TIME, NULL, 0, 3600 },
+	{ "auth_failure_ban", "20/10m", CT_STR, NULL, 0, 0 },	/* N/TIME, or 0 */
+	{ "auth_failure_ban_time", "1h", CT_TIME, NULL, 0, 315360000 },
 
 	/* relay control */
 	{ "mydomains", "", CT_LIST, NULL, 0, 0 },
+	{ "postmaster_address", "", CT_STR, NULL, 0, 0 },	/* "": postmaster@ first mydomain */
 	{ "relay_networks", "127.0.0.0/8 ::1", CT_LIST, NULL, 0, 0 },
 	{ "relay_authenticated", "yes", CT_BOOL, NULL, 0, 0 },
 	{ "relay_client_domains", "no", CT_BOOL, NULL, 0, 0 },

@@ -7,6 +7,16 @@ enum log_level { LOG_LVL_DEBUG, LOG_LVL_INFO, LOG_LVL_WARN, LOG_LVL_ERROR };
 /* to_stderr: one line per message on stderr; otherwise syslog(LOG_MAIL). */
 void log_open(const char *ident, int to_stderr);
 void log_set_level(enum log_level level);
+/* log_file: write every line to PATH (opened for append, created 0640)
+ * instead of syslog or stderr; -1 with *error_r when it cannot be opened */
+int log_open_file(const char *path, const char **error_r) __attribute__((warn_unused_result));
+/* reopen that file by name (after logrotate moved it); no-op without one */
+void log_reopen(void);
+/* a process whose threads cannot sigwait: SIG (unblocked here) asks for a
+ * log_reopen() before the next line is written */
+void log_reopen_on_signal(int sig);
+/* the log_file's descriptor, -1 when there is none */
+int log_file_fd(void);
 int log_level_parse(const char *s, enum log_level *level_r);
 int log_is_debug(void);
 int log_is_stderr(void);

@@ -5,11 +5,17 @@
  *
  * The master reads the configuration, compiles the policy (so errors show
  * before anything runs), binds the SMTP listeners, and forks one worker per
- * entry of `services` (milter, smtp). Each worker loads the lists, starts
+ * entry of `services` (milter, smtp, policy). Each worker loads the lists, starts
  * its watcher thread and serves; the master restarts a worker that dies
  * (within a second) and stops them all on SIGTERM/SIGINT. A worker says
  * "ready" or why it failed through a pipe: a failure at start-up (a busy
  * port, say) stops the master with that message and exit status 1.
+ *
+ * A worker whose master died (SIGKILL, say) stops within a second, so the
+ * listeners are free for a new start.
+ *
+ * The open files limit is raised to its hard limit at start: every
+ * connection is a descriptor.
  *
  * -f stays in the foreground and logs to stderr; otherwise the daemon
  * detaches once every worker is ready and logs to syslog (mail facility).
@@ -24,19 +30,25 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "common/authmech.h"
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/owner.h"
 #include "common/tls.h"
 #include "common/xmalloc.h"
+#include "common/stats.h"
+#include "daemon/metrics.h"
 #include "daemon/watcher.h"
 #include "milter/milter.h"
+#include "policy/policy_door.h"
 #include "rules/policy.h"
+#include "service/listener.h"
 #include "smtp-gateway/downstream.h"
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
@@ -48,8 +60,9 @@
 #define MAX_SERVICES 4
 #define MAX_LISTENERS 16
 #define READY_TIMEOUT_MS 15000
+#define ORPHAN_GRACE_MS 700	/* a worker whose master died stops within this, or is cut */
 
-enum service { SVC_MILTER, SVC_SMTP };
+enum service { SVC_MILTER, SVC_SMTP, SVC_POLICY };
 
 struct worker {
 	enum service svc;
@@ -64,7 +77,10 @@ static int smtp_fds[MAX_LISTENERS];
 static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
 static size_t nsmtp_fds;
 static SSL_CTX *tls_ctx;
+static int policy_fds[MAX_LISTENERS];
+static size_t npolicy_fds;
 static struct cidrtab *bare_exceptions;
+static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watches [0] */
 
 static void
 usage(void)
@@ -108,6 +124,20 @@ write_pidfile(const char *path)
 	fclose(fp);
 }
 
+/* every connection is a descriptor: take all the kernel allows us */
+static void
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		log_warn("cannot raise the open files limit to %llu: %s",
+		    (unsigned long long)rl.rlim_max, strerror(errno));
+}
+
 static void
 block_stop_signals(int how)
 {
@@ -122,6 +152,42 @@ block_stop_signals(int how)
 }
 
 /* ---- worker side ---- */
+
+/*
+ * A worker without its master serves on unsupervised and keeps the
+ * listeners, so a new start fails with "Address already in use". The
+ * master holds the only write end of the lifeline: when it dies, for any
+ * reason, the read end sees POLLHUP. The worker then stops as on SIGTERM,
+ * and is cut short if that takes longer than ORPHAN_GRACE_MS (libmilter
+ * waits for its sessions).
+ */
+static void *
+lifeline_watch(void *arg)
+{
+	struct pollfd p = { .fd = lifeline[0], .events = POLLIN };
+
+	(void)arg;
+	while (poll(&p, 1, -1) < 0 && errno == EINTR)
+		;
+	log_error("the master process is gone: stopping");
+	kill(getpid(), SIGTERM);
+	usleep(ORPHAN_GRACE_MS * 1000);
+	log_error("not stopped after %d ms without a master: exiting", ORPHAN_GRACE_MS);
+	_exit(1);
+	return NULL;
+}
+
+static void
+lifeline_start(void)
+{
+	pthread_t t;
+
+	close(lifeline[1]);
+	lifeline[1] = -1;
+	if (pthread_create(&t, NULL, lifeline_watch, NULL) != 0)
+		fatal("cannot start the lifeline thread");
+	pthread_detach(t);
+}
 
 static void
 ready(int fd, const char *msg)
@@ -206,10 +272,27 @@ worker_main(enum service svc, int readyfd)
 		log_info("milter ready on %s", conf_get(conf, "milter_listen"));
 		ready(readyfd, "ok\n");
 		rc = milter_run();
+	} else if (svc == SVC_POLICY) {
+		static struct policy_door_env pe;
+
+		pe.pol = pol;
+		pe.snaps = &snaps;
+		pe.max_connections = (unsigned)conf_get_int(conf, "policy_max_connections");
+		pe.idle_timeout = (unsigned)conf_get_int(conf, "policy_idle_timeout");
+		pe.request_timeout = (unsigned)conf_get_int(conf, "policy_timeout");
+		pe.ban = watcher_ban;
+		pe.ban_arg = w;
+		block_stop_signals(SIG_UNBLOCK);
+		log_info("policy ready on %s", conf_get(conf, "policy_listen"));
+		ready(readyfd, "ok\n");
+		if (policy_door_run(policy_fds, npolicy_fds, &pe, &err) < 0) {
+			log_error("policy: %s", err);
+			rc = -1;
+		}
+		block_stop_signals(SIG_BLOCK);
 	} else {
 		static struct smtp_server_conf sc;
 		const char *delivery = conf_get(conf, "delivery");
-		size_t n_mech = 0;
 
 		memset(&sc, 0, sizeof(sc));
 		sc.params.pol = pol;
@@ -227,22 +310,21 @@ worker_main(enum service svc, int readyfd)
 		    sc.params.have_relayhost ? conf_get(conf, "relayhost") : NULL;
 		sc.downstream_cache_time = (unsigned)conf_get_int(conf, "relay_connection_cache_time");
 		sc.users_url = conf_get(conf, "users");
-		{
-			char **m = conf_get_list(conf, "auth_mechanisms", &n_mech);
-
-			for (size_t k = 0; k < n_mech; k++)
-				sc.params.auth_mechs |= strcasecmp(m[k], "PLAIN") == 0 ? SMTP_AUTH_PLAIN :
-				    strcasecmp(m[k], "LOGIN") == 0 ? SMTP_AUTH_LOGIN :
-				    strcasecmp(m[k], "CRAM-MD5") == 0 ? SMTP_AUTH_CRAM : 0;
-			conf_list_free(m);
-			if (sc.users_url[0] == '\0')
-				sc.params.auth_mechs = 0;
-		}
+		if (authmech_parse(conf, &sc.params.auth_mechs, &err) < 0)
+			fatal("%s", err);	/* checked by the master already */
+		if (sc.users_url[0] == '\0')
+			sc.params.auth_mechs = 0;
+		sc.smtp_auth = conf_get_bool(conf, "smtp_auth");
 		sc.params.auth_allow_plaintext = conf_get_bool(conf, "auth_allow_plaintext");
+		if (penalty_conf_parse(conf, &sc.penalty, &err) < 0)
+			fatal("%s", err);	/* checked by the master already */
 		sc.maildir_root = sc.params.passthrough ? NULL : delivery + 8;	/* checked by the master */
 		sc.max_connections = (unsigned)conf_get_int(conf, "smtp_max_connections");
 		sc.max_per_client = (unsigned)conf_get_int(conf, "smtp_max_per_client");
 		sc.timeout = (unsigned)conf_get_int(conf, "smtp_timeout");
+		sc.request_deadline = conf_get_bool(conf, "smtp_request_deadline");
+		sc.min_data_rate = (unsigned)conf_get_int(conf, "smtp_min_data_rate");
+		sc.stress_timeout = (unsigned)conf_get_int(conf, "smtp_stress_timeout");
 		sc.ban = watcher_ban;
 		sc.ban_arg = w;
 		sc.tls = tls_ctx;
@@ -303,7 +385,10 @@ spawn(struct worker *wk, int *readyfd_r)
 		close(p[0]);
 		snprintf(ident, sizeof(ident), "portcullisd/%s", wk->name);
 		log_open(xstrdup(ident), log_is_stderr());
+		log_reopen_on_signal(SIGUSR1);	/* the master passes logrotate's on */
+		stats_set_door(wk->name);
 		signal(SIGCHLD, SIG_DFL);
+		lifeline_start();	/* stop signals are blocked: the thread inherits that */
 		rc = worker_main(wk->svc, p[1]);
 		/* leave without the master's atexit handlers */
 		fflush(NULL);
@@ -433,16 +518,18 @@ main(int argc, char **argv)
 			s = SVC_MILTER;
 		else if (strcmp(svcs[i], "smtp") == 0)
 			s = SVC_SMTP;
+		else if (strcmp(svcs[i], "policy") == 0)
+			s = SVC_POLICY;
 		else {
 			fprintf(stderr, "portcullisd: %s: services: unknown service \"%.40s\" "
-			    "(expected milter, smtp)\n", conf_where(c, "services"), svcs[i]);
+			    "(expected milter, smtp, policy)\n", conf_where(c, "services"), svcs[i]);
 			return 1;
 		}
 		for (size_t j = 0; j < nsvc; j++)
 			if (wk[j].svc == s)
 				goto dup;
 		wk[nsvc].svc = s;
-		wk[nsvc].name = s == SVC_MILTER ? "milter" : "smtp";
+		wk[nsvc].name = s == SVC_MILTER ? "milter" : s == SVC_POLICY ? "policy" : "smtp";
 		wk[nsvc].pid = 0;
 		nsvc++;
 dup:		;
@@ -453,16 +540,40 @@ dup:		;
 		return 1;
 	}
 	{
-		char **m = conf_get_list(c, "auth_mechanisms", &n);
+		unsigned mechs;
 
-		for (size_t k = 0; k < n; k++)
-			if (strcasecmp(m[k], "PLAIN") != 0 && strcasecmp(m[k], "LOGIN") != 0 &&
-			    strcasecmp(m[k], "CRAM-MD5") != 0) {
-				fprintf(stderr, "portcullisd: %s: auth_mechanisms: \"%.40s\" is not PLAIN, "
-				    "LOGIN or CRAM-MD5\n", conf_where(c, "auth_mechanisms"), m[k]);
+		if (authmech_parse(c, &mechs, &err) < 0) {
+			fprintf(stderr, "portcullisd: %s\n", err);
+			return 1;
+		}
+	}
+	{
+		struct penalty_conf pc;
+
+		if (penalty_conf_parse(c, &pc, &err) < 0) {
+			fprintf(stderr, "portcullisd: %s\n", err);
+			return 1;
+		}
+	}
+	for (size_t i = 0; i < nsvc; i++) {
+		if (wk[i].svc != SVC_POLICY)
+			continue;
+		listen = conf_get_list(c, "policy_listen", &n);
+		for (size_t j = 0; j < n && npolicy_fds < MAX_LISTENERS; j++) {
+			int fd = policy_door_listen(listen[j], &err);
+
+			if (fd < 0) {
+				fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "policy_listen"), err);
 				return 1;
 			}
-		conf_list_free(m);
+			policy_fds[npolicy_fds++] = fd;
+		}
+		conf_list_free(listen);
+		if (npolicy_fds == 0) {
+			fprintf(stderr, "portcullisd: %s: policy_listen: nothing to listen on\n",
+			    conf_where(c, "policy_listen"));
+			return 1;
+		}
 	}
 	for (size_t i = 0; i < nsvc; i++) {
 		if (wk[i].svc != SVC_SMTP)
@@ -520,10 +631,15 @@ dup:		;
 					    conf_where(c, "smtps_listen"));
 					return 1;
 				}
-				for (size_t j = 0; j < n && nsmtp_fds < MAX_LISTENERS; j++) {
-					int fd = smtp_server_listen(listen[j], &err);
+				for (size_t j = 0; j < n; j++) {
+					int fd;
 
-					if (fd < 0) {
+					if (nsmtp_fds == MAX_LISTENERS) {
+						fprintf(stderr, "portcullisd: %s: %s: more than %d listeners in all\n",
+						    conf_where(c, keys[k]), keys[k], MAX_LISTENERS);
+						return 1;
+					}
+					if (listener_bind(listen[j], keys[k], &fd, &err) < 0) {
 						fprintf(stderr, "portcullisd: %s\n", err);
 						return 1;
 					}
@@ -538,10 +654,35 @@ dup:		;
 	log_open("portcullisd", foreground);
 	if (log_level_parse(conf_get(c, "log_level"), &lvl) == 0)
 		log_set_level(lvl);
+	if (conf_get(c, "log_file")[0] != '\0') {
+		unsigned uid, gid;
+
+		if (log_open_file(conf_get(c, "log_file"), &err) < 0) {
+			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "log_file"), err);
+			return 1;
+		}
+		/* the workers reopen it after logrotate, as run_user */
+		if (geteuid() == 0 && owner_lookup(c, &uid, &gid, &err) == 0 && uid != 0 &&
+		    fchown(log_file_fd(), uid, gid) < 0)
+			log_warn("cannot hand log_file to run_user: %s", strerror(errno));
+	}
+	raise_fd_limit();
 	if (p->ndomains == 0)
 		log_warn("mydomains is empty: every recipient counts as relayed, so clients "
 		    "outside relay_networks can send nothing");
 	mkdirs(conf_get(c, "state_dir"));
+	{	/* counters every process shares; `portcullis stats` reads them */
+		char *sp = xasprintf("%s/stats", conf_get(c, "state_dir"));
+
+		if (stats_open(sp, &err) < 0)
+			log_warn("no counters: %s", err);
+		free(sp);
+		if (conf_get(c, "metrics_listen")[0] != '\0' &&
+		    metrics_bind(conf_get(c, "metrics_listen"), &err) < 0) {
+			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "metrics_listen"), err);
+			return 1;
+		}
+	}
 	/* listeners are bound and keys read: drop root before any worker runs */
 	if (owner_drop(c, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
@@ -577,6 +718,15 @@ dup:		;
 		setsid();
 	}
 	block_stop_signals(SIG_BLOCK);
+	if (pipe2(lifeline, O_CLOEXEC) < 0)
+		fatal("pipe: %s", strerror(errno));
+	{	/* SIGUSR1 (logrotate) is taken by the supervise loop's sigwait */
+		sigset_t usr1;
+
+		sigemptyset(&usr1);
+		sigaddset(&usr1, SIGUSR1);
+		pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+	}
 	for (size_t i = 0; i < nsvc; i++) {
 		int rfd;
 		const char *why;
@@ -616,6 +766,8 @@ dup:		;
 		}
 	}
 
+	if (metrics_start(&err) < 0)
+		log_error("%s", err);
 	/* supervise */
 	for (int stopping = 0; !stopping;) {
 		sigset_t set;
@@ -626,8 +778,16 @@ dup:		;
 		sigaddset(&set, SIGINT);
 		sigaddset(&set, SIGHUP);
 		sigaddset(&set, SIGCHLD);
+		sigaddset(&set, SIGUSR1);
 		if (sigwait(&set, &sig) != 0)
 			continue;
+		if (sig == SIGUSR1) {	/* logrotate moved log_file: reopen, and tell the workers */
+			log_reopen();
+			for (size_t i = 0; i < nsvc; i++)
+				if (wk[i].pid > 0)
+					kill(wk[i].pid, SIGUSR1);
+			continue;
+		}
 		if (sig == SIGTERM || sig == SIGINT) {
 			log_info("portcullisd stopping");
 			break;
@@ -672,8 +832,11 @@ dup:		;
 		}
 	}
 	stop_workers(wk, nsvc);
+	metrics_stop();
 	for (size_t i = 0; i < nsmtp_fds; i++)
 		close(smtp_fds[i]);
+	for (size_t i = 0; i < npolicy_fds; i++)
+		close(policy_fds[i]);
 	unlink(conf_get(c, "pid_file"));
 	if (tls_ctx != NULL)
 		SSL_CTX_free(tls_ctx);

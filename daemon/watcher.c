@@ -1006,7 +1006,9 @@ watcher_ban_as(void *arg, const struct ipaddr *addr, unsigned long seconds,
 void
 watcher_ban(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why)
 {
-	watcher_ban_as(arg, addr, seconds, ORIGIN_AUTOBAN, why);
+	/* the auth penalty bans through this door with why "auth-ban" */
+	watcher_ban_as(arg, addr, seconds, why != NULL && strcmp(why, "auth-ban") == 0 ?
+	    ORIGIN_AUTHBAN : ORIGIN_AUTOBAN, why);
 }
 
 void

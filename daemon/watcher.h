@@ -28,7 +28,7 @@ void watcher_set_tick(struct watcher *w, void (*tick)(void));
  * and retried while the store refuses them). origin: ORIGIN_AUTOBAN, ... */
 void watcher_ban_as(void *w, const struct ipaddr *addr, unsigned long seconds,
     enum entry_origin origin, const char *why);
-/* watcher_ban_as(..., ORIGIN_AUTOBAN, why) */
+/* watcher_ban_as(..., ORIGIN_AUTOBAN, why); why "auth-ban": ORIGIN_AUTHBAN */
 void watcher_ban(void *w, const struct ipaddr *addr, unsigned long seconds, const char *why);
 
 #endif

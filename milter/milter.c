@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -271,6 +272,10 @@ cb_envfrom(SMFICTX *ctx, char **argv)
 	check_mail_macros(ctx);
 	/* Postfix sends {auth_authen} at MAIL only: the session carries it on */
 	auth = smfi_getsymval(ctx, "{auth_authen}");
+	/* MAIL FROM:<...> SMTPUTF8 (RFC 6531): UTF-8 addresses are addresses */
+	for (int i = 1; argv[i] != NULL; i++)
+		if (strcasecmp(argv[i], "SMTPUTF8") == 0)
+			engine_mail_smtputf8(p->es);
 	snap = snapref_acquire(env->snaps, &ticket);
 	engine_mail(p->es, snap, argv[0], command_length(10, argv), auth,
 	    (long long)time(NULL), &v);

@@ -95,6 +95,7 @@ struct downstream {
 	int closed;			/* the owner let go: no more callbacks */
 	int reused;			/* a cached session, no reply to the new MAIL yet */
 	int tx_done;			/* the last transaction ended with its verdict */
+	int closing;			/* it said 421: never reused, never RSET */
 	int lost_early;			/* lost before the owner asked for a RCPT */
 	unsigned nrcpt;			/* RCPT replies reported this transaction */
 	unsigned ntx;			/* transactions on this connection */
@@ -103,6 +104,10 @@ struct downstream {
 	int ehlo_pipe;			/* ... one of them said PIPELINING */
 	downstream_cb cb;
 	void *arg;
+	struct event *room_ev;		/* tells the owner the queue has room again */
+	void (*room_cb)(void *arg);
+	void *room_arg;
+	size_t room_below;
 	char *head;			/* our Received: line, sent after 354 */
 	struct sockaddr_storage ss;
 	socklen_t sl;
@@ -222,6 +227,7 @@ ds_free(struct downstream *d)
 	if (d->bev != NULL)
 		bufferevent_free(d->bev);
 	event_free(d->defer);
+	event_free(d->room_ev);
 	evbuffer_free(d->pend);
 	evbuffer_free(d->w);
 	free(d->head);
@@ -283,6 +289,28 @@ defer_cb(evutil_socket_t fd, short what, void *arg)
 		report(d, d->fail);
 }
 
+/* the owner waits for room in the queue: tell it, later from the loop, once
+ * there is some, or once the session is dead (nothing more is queued then) */
+static void
+room_check(struct downstream *d)
+{
+	if (d->room_cb != NULL && !d->closed && downstream_queued(d) < d->room_below)
+		event_active(d->room_ev, EV_TIMEOUT, 0);
+}
+
+static void
+room_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct downstream *d = arg;
+	void (*cb)(void *) = d->room_cb;
+
+	(void)fd;
+	(void)what;
+	d->room_cb = NULL;
+	if (cb != NULL && !d->closed)
+		cb(d->room_arg);
+}
+
 static void
 drop_bev(struct downstream *d)
 {
@@ -342,6 +370,7 @@ fail(struct downstream *d, const char *fmt, const char *arg)
 	d->lost_early = d->st == DS_IDLE && !d->rcpt_wanted && d->nrcpt == 0;
 	d->st = DS_DEAD;
 	drop_bev(d);
+	room_check(d);
 	report(d, d->fail);
 }
 
@@ -355,6 +384,7 @@ refused(struct downstream *d, const char *text, int tell)
 	d->st = DS_DEAD;
 	drop_bev(d);	/* nothing more to read: a later close or timeout must not
 			 * replace the refusal with a 451 */
+	room_check(d);
 	if (tell)
 		report(d, d->fail);
 }
@@ -421,6 +451,7 @@ send_mail(struct downstream *d)
 }
 
 static void read_cb(struct bufferevent *bev, void *arg);
+static void write_cb(struct bufferevent *bev, void *arg);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
 
 /*
@@ -437,6 +468,7 @@ connect_now(struct downstream *d)
 	d->pipelining = 0;
 	d->ntx = 0;
 	d->born = time(NULL);
+	d->closing = 0;
 	d->lost_early = 0;
 	if (fd < 0) {
 		snprintf(d->fail, sizeof(d->fail), "451 4.4.1 downstream unavailable: %s",
@@ -452,7 +484,7 @@ connect_now(struct downstream *d)
 		close(fd);
 		fatal("downstream: out of memory");
 	}
-	bufferevent_setcb(d->bev, read_cb, NULL, event_cb, d);
+	bufferevent_setcb(d->bev, read_cb, write_cb, event_cb, d);
 	bufferevent_set_timeouts(d->bev, &tv, &tv);	/* the connect is a write */
 	d->st = DS_CONNECT;
 	if (bufferevent_socket_connect(d->bev, (struct sockaddr *)&d->ss, (int)d->sl) < 0) {
@@ -502,6 +534,7 @@ body_go(struct downstream *d)
 		await(d, DS_FINAL);
 	} else {
 		quiet(d, DS_BODY);
+		room_check(d);	/* what waited for the 354 may be on the wire now */
 	}
 }
 
@@ -578,6 +611,7 @@ on_reply(struct downstream *d, int code, const char *text)
 	case DS_RCPT:
 		quiet(d, DS_IDLE);
 		d->nrcpt++;
+		d->closing |= code == 421;
 		report(d, text);
 		return;
 	case DS_DATA:
@@ -592,6 +626,7 @@ on_reply(struct downstream *d, int code, const char *text)
 		d->finishing = 0;
 		d->ntx++;
 		d->tx_done = code != 421;	/* a 421 says the downstream closes */
+		d->closing |= code == 421;
 		if (d->quit_sent)
 			await(d, DS_QUIT);	/* the 221 is on its way */
 		else
@@ -678,6 +713,14 @@ read_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* the output fell to its low-water mark: the owner may queue more */
+static void
+write_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	room_check(arg);
+}
+
 static void
 event_cb(struct bufferevent *bev, short what, void *arg)
 {
@@ -730,6 +773,7 @@ tx_begin(struct downstream *d, unsigned timeout, const char *sender)
 	d->nrcpt = 0;
 	d->closed = 0;
 	d->cb = NULL;
+	d->room_cb = NULL;
 	free(d->head);
 	d->head = NULL;
 	evbuffer_drain(d->pend, evbuffer_get_length(d->pend));
@@ -764,9 +808,10 @@ downstream_open(struct downstream_set *set, const char *target, const char *helo
 	set->head = d;
 	set->n++;
 	d->defer = event_new(set->base, -1, 0, defer_cb, d);
+	d->room_ev = event_new(set->base, -1, 0, room_ev_cb, d);
 	d->pend = evbuffer_new();
 	d->w = evbuffer_new();
-	if (d->defer == NULL || d->pend == NULL || d->w == NULL)
+	if (d->defer == NULL || d->room_ev == NULL || d->pend == NULL || d->w == NULL)
 		fatal("downstream: out of memory");
 	tx_begin(d, timeout, sender);
 	snprintf(d->target, sizeof(d->target), "%s", target);
@@ -885,11 +930,25 @@ downstream_send(struct downstream *d, const char *head, const char *p, size_t n)
 size_t
 downstream_queued(const struct downstream *d)
 {
-	size_t n = evbuffer_get_length(d->pend);
+	size_t n;
 
+	if (d->st == DS_DEAD || d->st == DS_FREE)
+		return 0;	/* nothing more goes out: the owner need not wait */
+	n = evbuffer_get_length(d->pend);
 	if (d->bev != NULL)
 		n += evbuffer_get_length(bufferevent_get_output(d->bev));
 	return n;
+}
+
+void
+downstream_wait_room(struct downstream *d, size_t below, void (*cb)(void *arg), void *arg)
+{
+	d->room_cb = cb;
+	d->room_arg = arg;
+	d->room_below = below;
+	if (d->bev != NULL)
+		bufferevent_setwatermark(d->bev, EV_WRITE, below, 0);
+	room_check(d);
 }
 
 void
@@ -925,7 +984,7 @@ cache(struct downstream *d)
 	struct downstream_set *s = d->set;
 	struct timeval tv = { s->cache_time, 0 };
 
-	if (d->bev == NULL || s->cache_time == 0 || s->nidle >= DOWN_IDLE_MAX ||
+	if (d->bev == NULL || d->closing || s->cache_time == 0 || s->nidle >= DOWN_IDLE_MAX ||
 	    d->ntx >= DOWN_REUSE_MAX || time(NULL) - d->born >= DOWN_LIFE_MAX)
 		return 0;
 	d->st = DS_CACHED;
@@ -946,10 +1005,12 @@ downstream_close(struct downstream **dp)
 	s = d->set;
 	d->closed = 1;
 	d->cb = NULL;
+	d->room_cb = NULL;
+	event_del(d->room_ev);
 	if (d->st == DS_IDLE && d->tx_done && cache(d))
 		return;		/* between transactions: kept for the next message */
-	if (d->st == DS_IDLE && !d->tx_done && d->bev != NULL && s->cache_time > 0 &&
-	    d->ntx < DOWN_REUSE_MAX) {
+	if (d->st == DS_IDLE && !d->tx_done && d->bev != NULL && !d->closing &&
+	    s->cache_time > 0 && d->ntx < DOWN_REUSE_MAX) {
 		/* the client reset its transaction (RSET, a new MAIL): reset ours
 		 * and keep the session, rather than a new connection per MAIL */
 		evbuffer_add(d->w, "RSET\r\n", 6);

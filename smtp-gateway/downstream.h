@@ -48,8 +48,13 @@ void downstream_rcpt(struct downstream *d, const char *rcpt, downstream_cb cb, v
  * line) and the bytes follow once the downstream said 354. Never waits.
  */
 void downstream_send(struct downstream *d, const char *head, const char *p, size_t n);
-/* bytes given to downstream_send() and not yet on the wire */
+/* bytes given to downstream_send() and not yet on the wire (0 once the
+ * session is dead: nothing more will be sent) */
 size_t downstream_queued(const struct downstream *d);
+/* once, later from the loop: cb(arg) when fewer than below bytes are queued
+ * (at once if that is so now), or when the session died; never after
+ * downstream_close(). The owner stops reading its client meanwhile. */
+void downstream_wait_room(struct downstream *d, size_t below, void (*cb)(void *arg), void *arg);
 /* the end of the message (DATA first if nothing was sent): the final dot;
  * cb gets the downstream's verdict, or why the message did not get there */
 void downstream_finish(struct downstream *d, const char *head, downstream_cb cb, void *arg);

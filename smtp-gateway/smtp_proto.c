@@ -14,10 +14,13 @@
  * Command lines have a hard cap; longer ones are answered 500 5.5.2 and
  * skipped to their end, and the engine decides on a ban.
  *
- * Never blocks, never allocates without bound: DATA past the size limit is
- * counted, not stored.
+ * Never blocks, never allocates without bound: at most SMTP_DATA_HOLD_MAX
+ * octets of a message are held (the caller takes pieces off to its spool
+ * file or the downstream, else input waits), and DATA past the size limit
+ * is counted, not stored. Header names reach the engine as they go by.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +43,8 @@ enum st { ST_CMD, ST_DATA, ST_WAIT, ST_TLS, ST_AUTH, ST_AUTHWAIT, ST_DOWNWAIT, S
 
 /* DATA scanner states */
 enum ds { DS_LS_CRLF, DS_LS_LF, DS_DOT, DS_DOT_LF, DS_DOT_CR, DS_MID, DS_CR };
+/* header-name scanner states (over the message after unstuffing) */
+enum hs { HS_BOL, HS_NAME, HS_SKIP, HS_CR, HS_DONE };
 
 struct smtp_proto {
 	const struct smtp_params *p;
@@ -60,11 +65,14 @@ struct smtp_proto {
 	char **rcpt;
 	int *rcpt_local;
 	size_t nrcpt, rcptcap;
-	/* DATA */
+	/* DATA: at most SMTP_DATA_HOLD_MAX octets held, the caller takes the rest */
 	char *data;
 	size_t dlen, dcap, dtotal;
 	enum ds ds;
 	int bare;
+	enum hs hs;		/* header names go to the engine as they arrive */
+	char hname[80];
+	size_t hlen;
 	/* output */
 	char *out;
 	size_t olen, ocap;
@@ -82,6 +90,9 @@ struct smtp_proto {
 	struct smtp_auth_req auth;
 	int auth_step;		/* LOGIN: 1 user, 2 password; others: 1 */
 	int auth_pending;
+	int no_auth;		/* smtp_auth = no on this listener */
+	int after_auth;		/* the last command was a refused or finished AUTH:
+				 * the next line may be a SASL response, never logged */
 	/* pass-through */
 	int bare_reject;	/* smtp_bare_newline = reject, and not an excepted client */
 	int banned;		/* this session asked for its ban already */
@@ -93,7 +104,6 @@ struct smtp_proto {
 	int down_opened;	/* ... and that session belongs to this transaction */
 	char down_rcpt[600];	/* the recipient waiting for the downstream */
 	int stream;		/* DATA is being streamed downstream */
-	int headers_fed;	/* the engine has seen the header names already */
 };
 
 static void
@@ -119,6 +129,18 @@ reply(struct smtp_proto *sp, const char *fmt, ...)
 	sp->olen += (size_t)n;
 	memcpy(sp->out + sp->olen, "\r\n", 2);
 	sp->olen += 2;
+}
+
+/* printable ASCII of s for a reply or a log: never echo raw control or 8-bit bytes */
+static const char *
+printable(char *dst, size_t cap, const char *s)
+{
+	size_t n = 0;
+
+	for (; *s && n + 1 < cap; s++)
+		dst[n++] = ((unsigned char)*s >= 0x20 && (unsigned char)*s < 0x7f) ? *s : '?';
+	dst[n] = '\0';
+	return dst;
 }
 
 struct smtp_proto *
@@ -155,7 +177,6 @@ tx_reset(struct smtp_proto *sp)
 	sp->route = 0;
 	sp->down_pending = 0;
 	sp->stream = 0;
-	sp->headers_fed = 0;
 	free(sp->sender);
 	sp->sender = NULL;
 	for (size_t i = 0; i < sp->nrcpt; i++)
@@ -226,6 +247,17 @@ smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r)
 	if (b)
 		*addr_r = sp->ban_addr;
 	return b;
+}
+
+int
+smtp_proto_may_ban(struct smtp_proto *sp, long long now)
+{
+	unsigned ticket;
+	const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
+	int may = engine_client_may_be_banned(sp->es, snap, now);
+
+	snapref_release(sp->p->snaps, ticket);
+	return may;
 }
 
 struct smtp_msg *
@@ -373,6 +405,12 @@ smtp_proto_set_tls(struct smtp_proto *sp, int active)
 }
 
 void
+smtp_proto_set_no_auth(struct smtp_proto *sp)
+{
+	sp->no_auth = 1;
+}
+
+void
 smtp_proto_set_submission(struct smtp_proto *sp)
 {
 	sp->submission = 1;
@@ -453,6 +491,26 @@ smtp_proto_auth_user(const struct smtp_proto *sp)
 	return sp->auth_user;
 }
 
+/* a login names its user as the user database does (logs, rate limits, relay) */
+static void
+login_canonical(const struct smtp_proto *sp, const char *login, char *dst, size_t cap)
+{
+	const char *at = strrchr(login, '@');
+	char local[MAILADDR_PART_MAX], domain[MAILADDR_PART_MAX], canon[MAILADDR_TEXT_MAX];
+	size_t ll = at ? (size_t)(at - login) : 0, dl = at ? strlen(at + 1) : 0;
+
+	snprintf(dst, cap, "%s", login);
+	if (at == NULL || sp->p->user_resolve == NULL || ll >= sizeof(local) ||
+	    dl >= sizeof(domain))
+		return;
+	memcpy(local, login, ll);
+	local[ll] = '\0';
+	for (size_t i = 0; i <= dl; i++)
+		domain[i] = (char)tolower((unsigned char)at[1 + i]);
+	if (sp->p->user_resolve(sp->p->user_arg, local, domain, canon) && strlen(canon) < cap)
+		memcpy(dst, canon, strlen(canon) + 1);
+}
+
 void
 smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 {
@@ -460,8 +518,12 @@ smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 
 	sp->auth_pending = 0;
 	sp->st = ST_CMD;
-	if (ok) {
-		snprintf(sp->auth_user, sizeof(sp->auth_user), "%s", sp->auth.user);
+	if (ok == SMTP_AUTH_TEMPFAIL) {
+		log_info("%s: AUTH not checked, password checks busy; reason=auth-busy",
+		    engine_client_text(sp->es));
+		reply(sp, "454 4.7.0 Temporary authentication failure");
+	} else if (ok) {
+		login_canonical(sp, sp->auth.user, sp->auth_user, sizeof(sp->auth_user));
 		sp->authenticated = 1;
 		log_info("%s: AUTH %s as %s", engine_client_text(sp->es),
 		    sp->auth.mech == SMTP_AUTH_CRAM ? "CRAM-MD5" : sp->auth.mech == SMTP_AUTH_LOGIN ?
@@ -566,7 +628,7 @@ cmd_auth(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	unsigned m;
 
 	(void)cmdlen;
-	if (sp->p->auth_mechs == 0) {
+	if (sp->p->auth_mechs == 0 || sp->no_auth) {
 		error_reply(sp, "502 5.5.1 Error: authentication not enabled");
 		return;
 	}
@@ -614,8 +676,10 @@ cmd_auth(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 			error_reply(sp, "501 5.5.4 CRAM-MD5 takes no initial response");
 			return;
 		}
+		/* a predictable challenge would let a recorded answer be replayed */
 		if (getentropy(rnd, sizeof(rnd)) < 0)
-			memset(rnd, 0, sizeof(rnd));
+			fatal("getentropy: %s; no CRAM-MD5 challenge without randomness",
+			    strerror(errno));
 		snprintf(sp->auth.challenge, sizeof(sp->auth.challenge), "<%02x%02x%02x%02x%02x%02x%02x%02x.%lld@%s>",
 		    rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], now,
 		    sp->p->myhostname);
@@ -669,6 +733,35 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 		error_reply(sp, "501 5.5.4 Syntax: %s hostname", ehlo ? "EHLO" : "HELO");
 		return;
 	}
+	{
+		/*
+		 * RFC 5321 §4.1.1.1: a domain or an address literal; a bare name
+		 * ("localhost", "DESKTOP-1") is tolerated, as Postfix does. Words
+		 * after it are ignored; control and 8-bit bytes anywhere refuse the
+		 * command, so nothing unchecked reaches the Received: line.
+		 */
+		size_t hl = strcspn(arg, " ");
+		char name[MAILADDR_PART_MAX];
+		int bad = hl >= sizeof(sp->helo);	/* never cut short in Received: */
+
+		for (const char *q = arg; *q && !bad; q++)
+			bad = (unsigned char)*q < 0x20 || (unsigned char)*q > 0x7e;
+		if (!bad) {
+			memcpy(name, arg, hl);
+			name[hl] = '\0';
+			bad = !mailaddr_domain_is_valid(name);
+		}
+		if (bad) {
+			char esc[LOG_ESCAPE_BUFSZ];
+
+			log_info("reject: %s from %s: 501 5.5.4 invalid host name; helo=<%s> "
+			    "reason=bad-helo", ehlo ? "EHLO" : "HELO", engine_client_text(sp->es),
+			    log_escape(esc, arg, strlen(arg)));
+			error_reply(sp, "501 5.5.4 Syntax: %s hostname (a domain or an address literal)",
+			    ehlo ? "EHLO" : "HELO");
+			return;
+		}
+	}
 	snap = snapref_acquire(sp->p->snaps, &ticket);
 	engine_helo(sp->es, snap, arg, cmdlen, now, &v);
 	snapref_release(sp->p->snaps, ticket);
@@ -693,7 +786,7 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 		reply(sp, "250-SIZE");
 	if (sp->p->vrfy)
 		reply(sp, "250-VRFY");
-	if (sp->p->auth_mechs != 0 && !sp->authenticated) {
+	if (sp->p->auth_mechs != 0 && !sp->no_auth && !sp->authenticated) {
 		char mechs[64] = "";
 		int plain_ok = sp->tls || sp->p->auth_allow_plaintext;
 
@@ -736,19 +829,31 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		return;
 	}
 	if (mailaddr_parse(path, &ma) < 0) {
-		error_reply(sp, "501 5.1.7 Bad sender address syntax");
+		/* the engine gives (and logs) the verdict: 501 5.1.7 */
+		snap = snapref_acquire(sp->p->snaps, &ticket);
+		engine_mail(sp->es, snap, path, cmdlen, sp->authenticated ? sp->auth_user : NULL,
+		    now, &v);
+		snapref_release(sp->p->snaps, ticket);
+		if (!verdict_reply(sp, STAGE_MAIL, &v, path))
+			reply(sp, "501 5.1.7 Bad sender address syntax");
+		engine_abort(sp->es);
+		count_error(sp);
 		return;
 	}
 	for (tok = strtok_r(params, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
 		if (strncasecmp(tok, "SIZE=", 5) == 0) {
-			char *end;
-			unsigned long long sz = strtoull(tok + 5, &end, 10);
+			const char *d = tok + 5;
+			size_t nd = strspn(d, "0123456789");
+			unsigned long long sz = 0;
 
-			if (*end != '\0' || end == tok + 5) {
+			/* RFC 1870: size-value = 1*20DIGIT; strtoull would take "+5", " 5", "-5" */
+			if (nd == 0 || nd > 20 || d[nd] != '\0') {
 				error_reply(sp, "501 5.5.4 Bad SIZE parameter");
 				return;
 			}
-			if (sp->p->message_size_limit && sz > sp->p->message_size_limit) {
+			for (size_t i = 0; i < nd && sz <= ~0ULL / 10 - 9; i++)
+				sz = sz * 10 + (unsigned)(d[i] - '0');
+			if (sp->p->message_size_limit && (nd > 19 || sz > sp->p->message_size_limit)) {
 				reply(sp, "552 5.3.4 Message size exceeds fixed limit");
 				return;
 			}
@@ -758,7 +863,9 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 				return;
 			}
 		} else {
-			error_reply(sp, "555 5.5.4 Unsupported option: %.40s", tok);
+			char esc[64];
+
+			error_reply(sp, "555 5.5.4 Unsupported option: %s", printable(esc, sizeof(esc), tok));
 			return;
 		}
 	}
@@ -769,14 +876,12 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		return;
 	tx_reset(sp);
 	sp->in_tx = 1;
-	if (ma.is_null) {
-		sp->sender = xstrdup("");
-	} else {
-		char key[2 * MAILADDR_PART_MAX + 2];
+	{
+		char fmt[MAILADDR_TEXT_MAX];
+		const struct mailaddr *judged = engine_sender_address(sp->es);
 
-		/* keep the local part's case; domains compare case-insensitively */
-		snprintf(key, sizeof(key), "%s%s%s", ma.local, ma.domain[0] ? "@" : "", ma.domain);
-		sp->sender = xstrdup(key);
+		/* what the engine judged is what goes on: the formatter re-quotes */
+		sp->sender = xstrdup(mailaddr_format(judged ? judged : &ma, fmt));
 	}
 	if (sp->p->passthrough) {
 		/* every recipient goes downstream: its connect, greeting, EHLO and
@@ -792,11 +897,12 @@ static void
 cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 {
 	char *path, *params;
-	struct mailaddr ra;
+	const struct mailaddr *ra;
+	char rcpt[MAILADDR_TEXT_MAX];
 	unsigned ticket;
 	const struct snapshot *snap;
 	struct verdict v;
-	int local;
+	int local = 0;
 
 	if (!sp->in_tx) {
 		error_reply(sp, "503 5.5.1 Error: need MAIL command");
@@ -806,10 +912,6 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		error_reply(sp, "501 5.5.4 Syntax: RCPT TO:<address>");
 		return;
 	}
-	if (mailaddr_parse(path, &ra) < 0 || ra.is_null) {
-		error_reply(sp, "501 5.1.3 Bad recipient address syntax");
-		return;
-	}
 	if (sp->nrcpt >= SMTP_MAX_RCPT_HARD) {
 		reply(sp, "452 4.5.3 Too many recipients");
 		return;
@@ -817,19 +919,38 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	snap = snapref_acquire(sp->p->snaps, &ticket);
 	engine_rcpt(sp->es, snap, path, cmdlen, now, &v);
 	snapref_release(sp->p->snaps, ticket);
-	if (verdict_reply(sp, STAGE_RCPT, &v, path))
-		return;
-	local = !ra.routing_local && !ra.domain_literal && ra.domain[0] != '\0' &&
-	    policy_is_my_domain(sp->p->pol, ra.domain);
-	if (local && !sp->p->passthrough && sp->p->user_exists != NULL &&
-	    !sp->p->user_exists(sp->p->user_arg, ra.local, ra.domain)) {
-		reply(sp, "550 5.1.1 <%s@%s>: Recipient address rejected: User unknown",
-		    ra.local, ra.domain);
+	if (verdict_reply(sp, STAGE_RCPT, &v, path)) {
+		if (v.tag != NULL && strcmp(v.tag, "bad-address") == 0)
+			count_error(sp);
 		return;
 	}
+	/* the address the engine judged (postmaster rewritten, qualified) */
+	if ((ra = engine_rcpt_address(sp->es, &local)) == NULL || ra->domain[0] == '\0') {
+		error_reply(sp, "501 5.1.3 Bad recipient address syntax");
+		return;
+	}
+	mailaddr_format(ra, rcpt);
+	if (local && !sp->p->passthrough) {
+		/* delivered to the user database's canonical name, nothing else */
+		if (sp->p->user_resolve != NULL) {
+			if (!sp->p->user_resolve(sp->p->user_arg, ra->local, ra->domain, rcpt)) {
+				char fmt[MAILADDR_TEXT_MAX];
+
+				log_info("reject: RCPT from %s: 550 5.1.1 User unknown; to=<%s> "
+				    "reason=unknown-user", engine_client_text(sp->es),
+				    printable(fmt, sizeof(fmt), rcpt));
+				/* counts toward the error budget: a run of probes ends in 421 */
+				error_reply(sp, "550 5.1.1 <%s>: Recipient address rejected: User unknown",
+				    printable(fmt, sizeof(fmt), rcpt));
+				return;
+			}
+		} else {
+			mailaddr_key(ra, rcpt);
+		}
+	}
 	if (!local && !sp->p->passthrough && !sp->p->have_relayhost) {
-		reply(sp, "451 4.3.5 <%s@%s>: relaying is allowed but no relayhost is configured",
-		    ra.local, ra.domain);
+		reply(sp, "451 4.3.5 <%s>: relaying is allowed but no relayhost is configured",
+		    rcpt);
 		return;
 	}
 	{
@@ -845,8 +966,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 			sp->down_pending = 1;
 			sp->down.open = sp->route == 0;
 			snprintf(sp->down.sender, sizeof(sp->down.sender), "%s", sp->sender);
-			snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s%s%s", ra.local,
-			    ra.domain[0] ? "@" : "", ra.domain);
+			snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s", rcpt);
 			snprintf(sp->down.helo, sizeof(sp->down.helo), "%s", sp->p->myhostname);
 			snprintf(sp->down_rcpt, sizeof(sp->down_rcpt), "%s", sp->down.rcpt);
 			sp->route = 2;
@@ -860,7 +980,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		sp->rcpt = xreallocarray(sp->rcpt, sp->rcptcap, sizeof(char *));
 		sp->rcpt_local = xreallocarray(sp->rcpt_local, sp->rcptcap, sizeof(int));
 	}
-	sp->rcpt[sp->nrcpt] = xasprintf("%s@%s", ra.local, ra.domain);
+	sp->rcpt[sp->nrcpt] = xstrdup(rcpt);
 	sp->rcpt_local[sp->nrcpt] = local;
 	sp->nrcpt++;
 	reply(sp, "250 2.1.5 Ok");
@@ -884,7 +1004,20 @@ cmd_data(struct smtp_proto *sp, char *arg)
 	sp->ds = DS_LS_CRLF;
 	sp->dlen = sp->dtotal = 0;
 	sp->bare = 0;
-	sp->headers_fed = 0;
+	sp->hs = HS_BOL;
+	sp->hlen = 0;
+	/* the envelope, for the caller's Received: line while the data comes */
+	msg_clear(&sp->msg);
+	sp->msg.sender = sp->sender;
+	sp->msg.rcpt = sp->rcpt;
+	sp->msg.rcpt_local = sp->rcpt_local;
+	sp->msg.nrcpt = sp->nrcpt;
+	snprintf(sp->msg.client, sizeof(sp->msg.client), "%s", engine_client_text(sp->es));
+	snprintf(sp->msg.helo, sizeof(sp->msg.helo), "%s", sp->helo);
+	sp->msg.downstream = sp->route == 2;
+	sp->msg.esmtp = sp->greeted == 2;
+	sp->msg.tls = sp->tls;
+	sp->msg.auth = sp->authenticated;
 	if (sp->route == 2) {
 		/*
 		 * Every recipient was accepted downstream: the client may start at
@@ -978,12 +1111,16 @@ command(struct smtp_proto *sp, char *line, size_t cmdlen, long long now)
 {
 	size_t vl = strcspn(line, " ");
 	char *arg = line + vl;
+	int after_auth = sp->after_auth;
 
+	sp->after_auth = 0;
 	if (*arg == ' ')
 		arg++;
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		if (vl == 4 && strncasecmp(line, commands[i].verb, 4) == 0) {
 			commands[i].fn(sp, arg, cmdlen, now);
+			if (commands[i].fn == cmd_auth)
+				sp->after_auth = 1;
 			return;
 		}
 	for (size_t i = 0; i < sizeof(long_commands) / sizeof(long_commands[0]); i++)
@@ -995,13 +1132,71 @@ command(struct smtp_proto *sp, char *line, size_t cmdlen, long long now)
 	{
 		char esc[LOG_ESCAPE_BUFSZ];
 
-		log_debug("unknown command from %s: %s", engine_client_text(sp->es),
-		    log_escape(esc, line, strlen(line)));
+		/* after a refused AUTH the client may be sending its credentials */
+		log_debug("unknown command from %s: %s", engine_client_text(sp->es), after_auth ?
+		    "(a line after AUTH, not logged)" : log_escape(esc, line, strlen(line)));
 	}
 	error_reply(sp, "502 5.5.2 Error: command not recognized");
 }
 
 /* ---- DATA ---- */
+
+/*
+ * Header names for the engine's header stage, as the bytes go by (after
+ * unstuffing), so a message never has to be held to find its header
+ * section: a line starting with NAME: is a header; a continuation line,
+ * anything else and everything after the first empty line are not.
+ */
+static void
+scan_headers(struct smtp_proto *sp, const char *s, size_t n)
+{
+	struct verdict v;
+
+	for (size_t i = 0; i < n && sp->hs != HS_DONE; i++) {
+		char c = s[i];
+
+		switch (sp->hs) {
+		case HS_BOL:
+			if (c == '\r') {
+				sp->hs = HS_CR;
+			} else if (c == '\n') {
+				sp->hs = HS_DONE;
+			} else if (c == ' ' || c == '\t' || c == ':') {
+				sp->hs = HS_SKIP;
+			} else {
+				sp->hname[0] = c;
+				sp->hlen = 1;
+				sp->hs = (unsigned char)c > ' ' ? HS_NAME : HS_SKIP;
+			}
+			break;
+		case HS_CR:
+			sp->hs = c == '\n' ? HS_DONE : HS_SKIP;
+			break;
+		case HS_NAME:
+			if (c == ':') {
+				sp->hname[sp->hlen] = '\0';
+				engine_header(sp->es, sp->hname, &v);
+				sp->hs = HS_SKIP;
+			} else if ((unsigned char)c <= ' ' || sp->hlen + 1 >= sizeof(sp->hname)) {
+				sp->hs = c == '\n' ? HS_BOL : HS_SKIP;
+			} else {
+				sp->hname[sp->hlen++] = c;
+			}
+			break;
+		case HS_SKIP: {
+			const char *nl = memchr(s + i, '\n', n - i);
+
+			if (nl == NULL)
+				return;
+			i = (size_t)(nl - s);
+			sp->hs = HS_BOL;
+			break;
+		}
+		case HS_DONE:
+			break;
+		}
+	}
+}
 
 static void
 data_put(struct smtp_proto *sp, const char *s, size_t n)
@@ -1009,43 +1204,26 @@ data_put(struct smtp_proto *sp, const char *s, size_t n)
 	sp->dtotal += n;
 	if (sp->p->message_size_limit && sp->dtotal > sp->p->message_size_limit)
 		return;		/* counted, not stored */
+	if (sp->hs != HS_DONE)
+		scan_headers(sp, s, n);
 	if (sp->dlen + n > sp->dcap) {
 		sp->dcap = (sp->dlen + n) * 2 + 4096;
+		if (sp->dcap > SMTP_DATA_HOLD_MAX + 8)
+			sp->dcap = sp->dlen + n > SMTP_DATA_HOLD_MAX + 8 ? sp->dlen + n :
+			    SMTP_DATA_HOLD_MAX + 8;
 		sp->data = xrealloc(sp->data, sp->dcap);
 	}
 	memcpy(sp->data + sp->dlen, s, n);
 	sp->dlen += n;
 }
 
-/* header names of the message, for the engine's header stage */
-static void
-feed_headers(struct smtp_proto *sp)
+/* the held data is full: the caller must take some before more is scanned
+ * (a message past the size limit is only counted: never full) */
+static int
+data_full(const struct smtp_proto *sp)
 {
-	const char *p = sp->data, *end = sp->data + sp->dlen;
-	struct verdict v;
-
-	while (p < end) {
-		const char *eol = memchr(p, '\n', (size_t)(end - p));
-		size_t n = eol ? (size_t)(eol - p) : (size_t)(end - p);
-		char name[80];
-		size_t k;
-
-		if (n == 0 || (n == 1 && p[0] == '\r'))
-			break;	/* end of the header section */
-		if (p[0] != ' ' && p[0] != '\t') {
-			k = 0;
-			while (k < n && k + 1 < sizeof(name) && p[k] != ':' && p[k] > ' ')
-				k++;
-			if (k < n && p[k] == ':') {
-				memcpy(name, p, k);
-				name[k] = '\0';
-				engine_header(sp->es, name, &v);
-			}
-		}
-		if (eol == NULL)
-			break;
-		p = eol + 1;
-	}
+	return sp->dlen >= SMTP_DATA_HOLD_MAX &&
+	    !(sp->p->message_size_limit && sp->dtotal > sp->p->message_size_limit);
 }
 
 static void
@@ -1069,22 +1247,14 @@ data_end(struct smtp_proto *sp)
 		tx_reset(sp);
 		return;
 	}
-	if (!sp->headers_fed)
-		feed_headers(sp);
 	engine_eom(sp->es, &v);
 	if (verdict_reply(sp, STAGE_EOM, &v, NULL)) {
 		tx_reset(sp);
 		return;
 	}
-	sp->msg.sender = sp->sender;
-	sp->msg.rcpt = sp->rcpt;
-	sp->msg.rcpt_local = sp->rcpt_local;
-	sp->msg.nrcpt = sp->nrcpt;
+	/* the envelope was filled at DATA; the data is what was not taken */
 	sp->msg.data = sp->data;
 	sp->msg.len = sp->dlen;
-	snprintf(sp->msg.client, sizeof(sp->msg.client), "%s", engine_client_text(sp->es));
-	snprintf(sp->msg.helo, sizeof(sp->msg.helo), "%s", sp->helo);
-	sp->msg.downstream = sp->route == 2;
 	sp->pending = 1;
 	sp->st = ST_WAIT;
 }
@@ -1098,6 +1268,11 @@ data_input(struct smtp_proto *sp, const char *buf, size_t len)
 	for (size_t i = 0; i < len; i++) {
 		char c = buf[i];
 
+		/* full: the caller takes a piece, then feeds the rest; the final
+		 * dot, which stores nothing, may still come */
+		if (data_full(sp) && !(sp->ds == DS_LS_CRLF && c == '.') &&
+		    !(sp->ds == DS_DOT && c == '\r') && !(sp->ds == DS_DOT_CR && c == '\n'))
+			return i;
 		switch (sp->ds) {
 		case DS_LS_CRLF:
 		case DS_LS_LF:
@@ -1156,9 +1331,11 @@ data_input(struct smtp_proto *sp, const char *buf, size_t len)
 				sp->ds = DS_LS_LF;
 			} else {
 				/* copy the run up to the next CR or LF at once */
-				size_t j = i + 1;
+				size_t j = i + 1, lim = len;
 
-				while (j < len && buf[j] != '\r' && buf[j] != '\n')
+				if (sp->dlen < SMTP_DATA_HOLD_MAX && lim - i > SMTP_DATA_HOLD_MAX - sp->dlen)
+					lim = i + (SMTP_DATA_HOLD_MAX - sp->dlen);
+				while (j < lim && buf[j] != '\r' && buf[j] != '\n')
 					j++;
 				data_put(sp, buf + i, j - i);
 				i = j - 1;
@@ -1193,7 +1370,11 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 		if (sp->st == ST_WAIT || sp->st == ST_AUTHWAIT || sp->st == ST_DOWNWAIT)
 			return i;
 		if (sp->st == ST_DATA) {
-			i += data_input(sp, buf + i, len - i);
+			size_t k = data_input(sp, buf + i, len - i);
+
+			i += k;
+			if (k == 0)
+				return i;	/* full: wait for smtp_proto_stream_taken() */
 			continue;
 		}
 		{
@@ -1248,7 +1429,9 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 				/* the engine's verdict (and ban), or our hard cap; one ban a session */
 				if (sp->banned)
 					v.ban_seconds = 0;
-				if (v.tag == NULL || !verdict_reply(sp, command_stage(sp->line), &v, sp->line))
+				/* an AUTH line or SASL response is never logged, not even cut short */
+				if (v.tag == NULL || !verdict_reply(sp, command_stage(sp->line), &v,
+				    authline ? "AUTH (credentials not logged)" : sp->line))
 					error_reply(sp, "500 5.5.2 Error: line too long");
 				else
 					count_error(sp);
@@ -1260,8 +1443,10 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 				/* RFC 2920: no pipelining before EHLO has offered it */
 				char esc[LOG_ESCAPE_BUFSZ];
 
+				/* an AUTH line carries credentials: its verb only */
 				log_info("reject: %s: improper command pipelining after %s; reason=pipelining",
-				    engine_client_text(sp->es), log_escape(esc, sp->line, strlen(sp->line)));
+				    engine_client_text(sp->es), authline ? "AUTH" :
+				    log_escape(esc, sp->line, strlen(sp->line)));
 				reply(sp, "554 5.5.0 Error: improper use of SMTP command pipelining");
 				sp->close_after = 1;
 				sp->st = ST_CLOSED;
@@ -1315,6 +1500,26 @@ smtp_proto_take_down_reset(struct smtp_proto *sp)
 	return r;
 }
 
+/*
+ * A downstream reply passed on as it is. A 421 says the downstream is
+ * closing: it ends the client's session too once said (Postfix hangs up
+ * after its before-queue filter's 421), so the client does not go on in a
+ * session whose downstream is gone, and retries later elsewhere.
+ */
+static void
+mirror(struct smtp_proto *sp, const char *line)
+{
+	reply(sp, "%s", line);
+	if (strncmp(line, "421", 3) == 0) {
+		log_info("downstream said 421 to %s: closing the session", engine_client_text(sp->es));
+		if (sp->in_tx)
+			engine_abort(sp->es);
+		tx_reset(sp);
+		sp->close_after = 1;
+		sp->st = ST_CLOSED;
+	}
+}
+
 void
 smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 {
@@ -1334,13 +1539,19 @@ smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 		sp->route = 0;
 		sp->down_reset = 1;
 	}
-	reply(sp, "%s", line);	/* mirrored: what the downstream said */
+	mirror(sp, line);	/* what the downstream said */
 }
 
 const struct smtp_down_req *
 smtp_proto_down_info(const struct smtp_proto *sp)
 {
 	return &sp->down;
+}
+
+int
+smtp_proto_in_data(const struct smtp_proto *sp)
+{
+	return sp->st == ST_DATA;
 }
 
 int
@@ -1352,23 +1563,19 @@ smtp_proto_streaming(const struct smtp_proto *sp)
 int
 smtp_proto_stream_chunk(struct smtp_proto *sp, size_t min, const char **p_r, size_t *len_r)
 {
-	if (!sp->stream || sp->st != ST_DATA || sp->dlen == 0 || sp->dlen < min)
+	if (sp->st != ST_DATA || sp->dlen == 0 || sp->dlen < min)
 		return 0;
 	if (sp->p->message_size_limit && sp->dtotal > sp->p->message_size_limit)
 		return 0;	/* will be refused at the end: send no more */
-	if (!sp->headers_fed) {
-		/* the engine sees the header names before the first byte leaves */
-		int done = (sp->dlen >= 2 && memcmp(sp->data, "\r\n", 2) == 0) ||
-		    memmem(sp->data, sp->dlen, "\r\n\r\n", 4) != NULL || sp->dlen >= 1024 * 1024;
-
-		if (!done)
-			return 0;
-		feed_headers(sp);
-		sp->headers_fed = 1;
-	}
 	*p_r = sp->data;
 	*len_r = sp->dlen;
 	return 1;
+}
+
+const struct smtp_msg *
+smtp_proto_envelope(const struct smtp_proto *sp)
+{
+	return sp->st == ST_DATA || sp->pending ? &sp->msg : NULL;
 }
 
 void
@@ -1383,11 +1590,11 @@ smtp_proto_stream_taken(struct smtp_proto *sp, size_t n)
 void
 smtp_proto_delivered_reply(struct smtp_proto *sp, const char *line)
 {
-	reply(sp, "%s", line);
 	sp->route = 0;		/* the server closes the session it used */
 	tx_reset(sp);
 	sp->down_reset = 0;
 	sp->st = ST_CMD;
+	mirror(sp, line);
 }
 
 void

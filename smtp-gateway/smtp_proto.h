@@ -1,6 +1,7 @@
 #ifndef PC_SMTP_PROTO_H
 #define PC_SMTP_PROTO_H
 #include <stddef.h>
+#include "common/authmech.h"
 #include "common/cidr.h"
 #include "rules/engine.h"
 #include "rules/snapshot.h"
@@ -25,14 +26,20 @@ struct smtp_params {
 	int tls_available;		/* STARTTLS can be offered */
 	unsigned auth_mechs;		/* SMTP_AUTH_*; 0: no AUTH */
 	int auth_allow_plaintext;	/* PLAIN/LOGIN without TLS */
-	/* 1: local user exists, 0: unknown; NULL: every local user exists */
-	int (*user_exists)(void *arg, const char *local, const char *domain);
+	/*
+	 * A local recipient (local part unquoted, domain lower case) -> the
+	 * user database's canonical "user@domain" in canon_r (MAILADDR_TEXT_MAX
+	 * bytes), which is what is delivered to; 0: no such user (canon_r
+	 * untouched). NULL: every
+	 * local recipient exists under its lower-cased address.
+	 */
+	int (*user_resolve)(void *arg, const char *local, const char *domain, char *canon_r);
 	void *user_arg;
 };
 
-#define SMTP_AUTH_PLAIN	1u
-#define SMTP_AUTH_LOGIN	2u
-#define SMTP_AUTH_CRAM	4u
+#define SMTP_AUTH_PLAIN	AUTH_MECH_PLAIN
+#define SMTP_AUTH_LOGIN	AUTH_MECH_LOGIN
+#define SMTP_AUTH_CRAM	AUTH_MECH_CRAM
 #define SMTP_AUTH_LINE_MAX 12288	/* RFC 4954 §4 */
 
 /* An AUTH exchange the caller must check (slow: password hashing). */
@@ -44,8 +51,17 @@ struct smtp_auth_req {
 	char digest[64];		/* CRAM-MD5: the client's hex digest */
 };
 
-/* A message ready for delivery: the envelope and the data (CRLF lines,
- * dot-stuffing removed). Owned by the session until smtp_proto_delivered(). */
+/*
+ * The session holds at most this much of a message: once full it consumes
+ * no more input until the caller took a piece (smtp_proto_stream_chunk()),
+ * to a spool file or downstream. Memory per connection is bounded whatever
+ * the message size; a message that fits is delivered from memory.
+ */
+#define SMTP_DATA_HOLD_MAX (128 * 1024)
+
+/* A message: the envelope (from DATA on) and, at the final dot, the data
+ * the caller has not taken yet (CRLF lines, dot-stuffing removed). Owned by
+ * the session until smtp_proto_delivered(). */
 struct smtp_msg {
 	char *sender;			/* "" for <> */
 	char **rcpt;			/* "local@domain" */
@@ -56,6 +72,9 @@ struct smtp_msg {
 	char client[128];		/* for the Received: line */
 	char helo[128];
 	int downstream;			/* 1: pass to the open downstream session */
+	int esmtp;			/* EHLO (else HELO): "with ESMTP..." */
+	int tls;			/* the session was encrypted at DATA */
+	int auth;			/* ... and authenticated */
 };
 
 /* A step of a pass-through session the caller must run downstream. */
@@ -76,7 +95,8 @@ void smtp_proto_free(struct smtp_proto **sp);
 void smtp_proto_start(struct smtp_proto *sp, const struct ipaddr *addr, const char *hostname,
     long long now);
 /* feed client bytes; returns how many were consumed (less when a delivery
- * must finish first: feed the rest after smtp_proto_delivered()) */
+ * must finish first: feed the rest after smtp_proto_delivered(); or when
+ * SMTP_DATA_HOLD_MAX octets of DATA are held: after smtp_proto_stream_taken()) */
 size_t smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long now);
 /* the peer closed or timed out */
 void smtp_proto_eof(struct smtp_proto *sp);
@@ -87,23 +107,32 @@ void smtp_proto_output_done(struct smtp_proto *sp, size_t n);
 int smtp_proto_wants_close(const struct smtp_proto *sp);
 /* a message waits for delivery (input is paused until it is done) */
 struct smtp_msg *smtp_proto_pending(struct smtp_proto *sp);
+/* 1 while DATA is being received */
+int smtp_proto_in_data(const struct smtp_proto *sp);
+/* the envelope of the message being received or pending; NULL otherwise */
+const struct smtp_msg *smtp_proto_envelope(const struct smtp_proto *sp);
 /* ok: the 250 text (queue id); !ok: code, dsn, text of the failure */
 void smtp_proto_delivered(struct smtp_proto *sp, int ok, const char *code, const char *dsn,
     const char *text);
 /* an AUTH exchange waits for checking (input is paused) */
 struct smtp_auth_req *smtp_proto_pending_auth(struct smtp_proto *sp);
+/* ok: 1 authenticated, 0 refused (535), SMTP_AUTH_TEMPFAIL: not checked (454) */
+#define SMTP_AUTH_TEMPFAIL (-1)
 void smtp_proto_auth_done(struct smtp_proto *sp, int ok);
 /* "" when not authenticated */
 const char *smtp_proto_auth_user(const struct smtp_proto *sp);
 /* a RCPT waits for the downstream's answer (input is paused) */
 struct smtp_down_req *smtp_proto_pending_down(struct smtp_proto *sp);
-/* the downstream's reply line ("250 2.1.5 Ok", "354 ...") to that step */
+/* the downstream's reply line ("250 2.1.5 Ok", "354 ...") to that step;
+ * a 421 (here and in smtp_proto_delivered_reply()) closes the session after it */
 void smtp_proto_down_done(struct smtp_proto *sp, const char *reply);
 /*
- * Streaming DATA downstream: message bytes (dot-stuffing removed) ready to
- * pass on, once the header section is complete and at least min bytes are
- * buffered; 0 when none. The caller copies them and reports how many it
- * took with smtp_proto_stream_taken(), which drops them from the buffer.
+ * DATA as it arrives (streamed downstream, or spooled to a file): message
+ * bytes (dot-stuffing removed) held, when at least min are; 0 when none, or
+ * when the message is past the size limit (it will be refused). The caller
+ * copies them and reports how many it took with smtp_proto_stream_taken(),
+ * which drops them. The engine has seen the header names in them already.
+ * Whatever is not taken by the final dot is smtp_msg.data.
  */
 int smtp_proto_stream_chunk(struct smtp_proto *sp, size_t min, const char **p_r, size_t *len_r);
 void smtp_proto_stream_taken(struct smtp_proto *sp, size_t n);
@@ -119,12 +148,16 @@ const struct smtp_down_req *smtp_proto_take_down_open(struct smtp_proto *sp);
 /* 1 once when an open downstream session must be dropped (RSET, new MAIL);
  * check it before smtp_proto_take_down_open() */
 int smtp_proto_take_down_reset(struct smtp_proto *sp);
+/* may this client be banned for failed logins (not accept-listed, not warn mode) */
+int smtp_proto_may_ban(struct smtp_proto *sp, long long now);
 /* a ban the last verdict asked for: seconds > 0 (cleared by reading) */
 unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);
 /* the connection is (now) encrypted: after implicit TLS or a STARTTLS handshake */
 void smtp_proto_set_tls(struct smtp_proto *sp, int active);
 /* a submission listener: MAIL needs AUTH first */
 void smtp_proto_set_submission(struct smtp_proto *sp);
+/* no AUTH on this connection (smtp_auth = no on a plain SMTP listener) */
+void smtp_proto_set_no_auth(struct smtp_proto *sp);
 /* 1 once, right after "220 Ready to start TLS" was queued: flush it, drop any
  * input already buffered (RFC 3207 §4: no plaintext injection), start TLS */
 int smtp_proto_take_starttls(struct smtp_proto *sp);

@@ -4,18 +4,31 @@
  * store or stream them downstream, TLS (STARTTLS, implicit), client name
  * lookups (evdns), connection limits and timeouts.
  *
- *   smtp_server_listen()   bind one "HOST:PORT" (done by the master, so a
- *                          restarted worker inherits the socket)
- *   smtp_server_run()      the loop, until SIGTERM/SIGINT
+ *   smtp_server_run()      the loop on the listeners the master bound
+ *                          (service/listener), until SIGTERM/SIGINT
  *
- * The loop never waits: Maildir writes and fsyncs and password checks run on
- * a pool of job threads whose completions come back on the loop; a
- * connection a job still points at is freed only when the job is done.
- * Pass-through sessions are non-blocking clients on the loop itself
- * (downstream.c): closing one guarantees no callback for its connection.
- * The user database is reloaded when its file changes (checked each second).
+ * The loop never waits: fsyncs run on one pool of job threads, password
+ * checks on another (bounded: deliveries never wait behind a guessing
+ * storm); completions come back on the loop, and a connection a job still
+ * points at is freed only when the job is done. No message is held whole:
+ * a local one past 64 KiB is written to the store's tmp/ as it arrives (in
+ * 64 KiB page-cache writes on the loop; see spool_more()), a pass-through
+ * one streams downstream and the client is not read while the downstream
+ * is behind. Pass-through sessions are non-blocking clients on the loop
+ * itself (downstream.c): closing one guarantees no callback for its
+ * connection.
+ * The user database is reloaded when its file changes (checked each second);
+ * a missing, empty, unreadable or garbled file keeps the last good one.
+ *
+ * Timeouts are deadlines per request (service/deadline): smtp_timeout bounds
+ * a whole command line, DATA earns time at smtp_min_data_rate, and while
+ * more than 80 % of smtp_max_connections are in use (stress) the shorter
+ * smtp_stress_timeout applies to every connection. While the server works
+ * for a connection (a job, a lookup, the downstream) its clock stands still.
+ * Connections per client address are counted in service/anvil.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -32,43 +45,58 @@
 #include <event2/event.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
-#include <event2/listener.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "common/log.h"
+#include "common/mailaddr.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
-#include "smtp-gateway/jobs.h"
+#include "service/jobs.h"
+#include "service/penalty.h"
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
+#include "service/anvil.h"
+#include "service/deadline.h"
+#include "service/listener.h"
 #include "storage-adapter/crammd5.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
 
-#define PER_CLIENT_SLOTS 1024
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
+#define SMTP_AUTH_THREADS 2	/* password hashing: a pool of its own, never the deliveries' */
+#define SMTP_AUTH_QUEUE 32	/* checks queued or running; past it 454 4.7.0 */
 #define SMTP_STREAM_MIN 65536		/* pass a streamed message on in pieces this big */
-#define SMTP_STREAM_QUEUE (1024 * 1024)	/* at most this much waits for a slow downstream */
+#define SMTP_STREAM_QUEUE (256 * 1024)	/* at most this much waits for a slow downstream */
+#define SMTP_STREAM_ROOM (128 * 1024)	/* a client paused for it reads on below this */
+#define SMTP_SPOOL_MIN 65536		/* a message past this goes to tmp/ in such pieces */
 
-struct listener {
+struct door {
 	struct server *srv;
 	enum smtp_listener_kind kind;
-	struct evconnlistener *l;
+	struct listener *l;
 };
 
 struct server {
 	const struct smtp_server_conf *c;
-	struct jobs *jobs;		/* fsync and password hashing */
+	struct jobs *jobs;		/* store I/O: fsync */
+	struct jobs *auth_jobs;		/* password hashing, bounded */
+	struct penalty *penalty;	/* failed logins per client address */
+	unsigned auth_busy;		/* AUTHs answered 454 since the last log line */
+	time_t auth_busy_logged;
 	struct downstream_set *downs;	/* pass-through sessions, on this loop */
 	struct evdns_base *dns;		/* client name lookups, or NULL */
 	int stopping;			/* no new work while the pools drain */
 	struct smtp_params params;
 	struct event_base *base;
 	struct userdb *users;
+	time_t users_bad_since;		/* the users file is not usable since; 0: it is */
+	time_t users_bad_logged;
 	unsigned nconn;
+	int stress;		/* over 80 % of max_connections: short timeouts */
 	struct conn *conns;
-	struct { struct ipaddr addr; unsigned n; } per[PER_CLIENT_SLOTS];
+	struct anvil *anvil;		/* connections per client address */
 	char errbuf[300];
 };
 
@@ -86,9 +114,18 @@ struct conn {
 	struct downstream *ds;	/* an open pass-through session */
 	char ptrname[256];	/* the reverse name being forward-confirmed */
 	struct event *close_timer;
+	struct event *auth_timer;	/* a failed AUTH's reply waits its penalty */
 	int close_tries;
+	struct event *timer;	/* the request's deadline */
+	struct deadline dl;
+	int replied;		/* a reply went out: the next request begins */
+	size_t in_seen;		/* input bytes already counted for the deadline */
+	long long armed_due;	/* when the timer is set to fire (ms) */
 	int down_wait;		/* the downstream's reply is awaited (input paused) */
 	int ds_data;		/* DATA went to ds */
+	struct maildir_tmp *spool;	/* the message being received, in the store's tmp/ */
+	size_t spooled;		/* message octets in it (our header lines not counted) */
+	int spool_err;		/* errno of a failed spool write: the final dot gets a 4xx */
 };
 
 struct delivery {
@@ -97,8 +134,11 @@ struct delivery {
 	char **split;
 	size_t n;
 	char *head;
-	const char *data;
+	struct maildir_tmp *spool;	/* head and the first part are in tmp/ already */
+	int spool_err;		/* ... or writing them failed */
+	const char *data;	/* the rest (or all) of the message */
 	size_t len;
+	size_t size;		/* the message's octets, for the log */
 	const char *root;
 	char id[64];
 	char err[300];
@@ -107,96 +147,139 @@ struct delivery {
 	char client[128];
 };
 
-int
-smtp_server_listen(const char *spec, const char **error_r)
-{
-	static char err[300];
-	struct sockaddr_storage ss;
-	socklen_t sl;
-	const char *colon = strrchr(spec, ':');
-	char host[128];
-	long port;
-	char *end;
-	int fd, one = 1;
-
-	memset(&ss, 0, sizeof(ss));
-	if (colon == NULL || (size_t)(colon - spec) >= sizeof(host))
-		goto bad;
-	port = strtol(colon + 1, &end, 10);
-	if (*end != '\0' || port < 1 || port > 65535)
-		goto bad;
-	memcpy(host, spec, (size_t)(colon - spec));
-	host[colon - spec] = '\0';
-	if (host[0] == '[') {
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-		size_t hl = strlen(host);
-
-		if (hl < 3 || host[hl - 1] != ']')
-			goto bad;
-		host[hl - 1] = '\0';
-		s6->sin6_family = AF_INET6;
-		s6->sin6_port = htons((uint16_t)port);
-		if (inet_pton(AF_INET6, host + 1, &s6->sin6_addr) != 1)
-			goto bad;
-		sl = sizeof(*s6);
-	} else {
-		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-
-		s4->sin_family = AF_INET;
-		s4->sin_port = htons((uint16_t)port);
-		if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
-			goto bad;
-		sl = sizeof(*s4);
-	}
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		goto sys;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (ss.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 511) < 0) {
-		int e = errno;
-
-		close(fd);
-		errno = e;
-		goto sys;
-	}
-	return fd;
-sys:
-	snprintf(err, sizeof(err), "smtp_listen = %.100s: %s", spec, strerror(errno));
-	*error_r = err;
-	return -1;
-bad:
-	snprintf(err, sizeof(err), "smtp_listen = %.100s: expected HOST:PORT or [ADDRESS]:PORT",
-	    spec);
-	*error_r = err;
-	return -1;
-}
-
-static unsigned *
-per_client(struct server *s, const struct ipaddr *a, int make)
-{
-	uint32_t h = a->family == 4 ? a->v4 * 2654435761u : (uint32_t)(a->lo ^ a->hi) * 2654435761u;
-
-	for (unsigned i = 0; i < 32; i++) {
-		unsigned k = (h + i) % PER_CLIENT_SLOTS;
-
-		if (s->per[k].n > 0 && memcmp(&s->per[k].addr, a, sizeof(*a)) == 0)
-			return &s->per[k].n;
-		if (make && s->per[k].n == 0) {
-			s->per[k].addr = *a;
-			return &s->per[k].n;
-		}
-	}
-	return NULL;
-}
-
+/*
+ * A local recipient -> the user database's canonical name (delivered to that
+ * only). Without a users file (users =) every name that can be a mailbox is
+ * one, lower-cased; the others are unknown here, not a failed delivery later.
+ */
 static int
-user_exists(void *arg, const char *local, const char *domain)
+user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	struct server *s = arg;
+	char low[MAILADDR_PART_MAX];
+	const char *u;
+	size_t i;
 
-	return s->users != NULL && userdb_has_user(s->users, local, domain);
+	if (s->users == NULL) {
+		for (i = 0; local[i] && i + 1 < sizeof(low); i++)
+			low[i] = (char)tolower((unsigned char)local[i]);
+		low[i] = '\0';
+		if (local[i] != '\0' || !maildir_name_is_safe(low) || !maildir_name_is_safe(domain))
+			return 0;
+		snprintf(canon_r, MAILADDR_TEXT_MAX, "%s@%s", low, domain);
+		return 1;
+	}
+	u = userdb_resolve(s->users, local, domain);
+	if (u == NULL || strlen(u) >= MAILADDR_TEXT_MAX)
+		return 0;
+	memcpy(canon_r, u, strlen(u) + 1);
+	return 1;
+}
+
+/* ---- timeouts: a deadline per request, shorter under stress ---- */
+
+static unsigned
+conn_timeout(const struct conn *c)
+{
+	const struct smtp_server_conf *k = c->srv->c;
+
+	return c->srv->stress && k->stress_timeout < k->timeout ? k->stress_timeout : k->timeout;
+}
+
+static void
+arm_timer(struct conn *c)
+{
+	long long due = deadline_due(&c->dl, conn_timeout(c)), left;
+	struct timeval tv;
+
+	if (due == c->armed_due && evtimer_pending(c->timer, NULL))
+		return;		/* most reads change nothing: spare the timer heap */
+	left = due - deadline_now_ms();
+	if (left < 0)
+		left = 0;
+	tv.tv_sec = (time_t)(left / 1000);
+	tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
+	evtimer_add(c->timer, &tv);
+	c->armed_due = due;
+}
+
+/* the client took too long: say so (inside TLS too: through the bev), close */
+static void
+timed_out(struct conn *c)
+{
+	char msg[160], who[CIDR_TEXT_MAX];
+	int n = snprintf(msg, sizeof(msg), "421 4.4.2 %s Error: timeout exceeded\r\n",
+	    c->srv->params.myhostname);
+	struct timeval tv = { 5, 0 };
+
+	log_info("timeout after %u s%s%s from [%s]", conn_timeout(c),
+	    smtp_proto_in_data(c->sp) ? " in DATA" : "", c->srv->stress ? " (stress)" : "",
+	    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+	smtp_proto_eof(c->sp);
+	c->closing = 1;
+	evtimer_del(c->timer);
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	bufferevent_write(c->bev, msg, (size_t)n);
+	bufferevent_enable(c->bev, EV_WRITE);
+}
+
+static void
+timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	long long now = deadline_now_ms();
+
+	(void)fd;
+	(void)what;
+	if (c->closing || c->dead)
+		return;
+	if (c->delivering || c->down_wait || !(bufferevent_get_enabled(c->bev) & EV_READ)) {
+		/* our turn, not the client's: its clock starts with our answer */
+		deadline_request(&c->dl, now);
+		arm_timer(c);
+		return;
+	}
+	if (now < deadline_due(&c->dl, conn_timeout(c))) {
+		arm_timer(c);	/* stress is over, or data earned time */
+		return;
+	}
+	timed_out(c);
+}
+
+/* a client that reads nothing is cut after the timeout in force too */
+static void
+set_write_timeout(struct conn *c)
+{
+	struct timeval tv = { conn_timeout(c), 0 };
+
+	bufferevent_set_timeouts(c->bev, NULL, &tv);
+}
+
+/* Postfix's stress mode: short timeouts while the door is nearly full */
+static void
+update_stress(struct server *s)
+{
+	unsigned max = s->c->max_connections;
+
+	if (max == 0 || s->stopping)
+		return;
+	if (!s->stress && s->nconn * 5 > max * 4) {
+		s->stress = 1;
+		log_warn("stress: %u of %u connections in use; timeouts drop to %u s", s->nconn, max,
+		    s->c->stress_timeout < s->c->timeout ? s->c->stress_timeout : s->c->timeout);
+	} else if (s->stress && s->nconn * 10 <= max * 7) {
+		s->stress = 0;
+		log_info("stress over: %u of %u connections in use; timeouts back to %u s", s->nconn,
+		    max, s->c->timeout);
+	} else {
+		return;
+	}
+	for (struct conn *c = s->conns; c != NULL; c = c->next)
+		if (c->timer != NULL && !c->closing && !c->dead) {
+			set_write_timeout(c);
+			if (s->stress)
+				arm_timer(c);	/* sooner; after stress the timers re-arm when they fire */
+		}
 }
 
 static void
@@ -204,21 +287,23 @@ conn_free(struct conn *c)
 {
 	struct server *s = c->srv;
 
+	maildir_tmp_abort(&c->spool);	/* the client left mid-DATA */
 	downstream_close(&c->ds);	/* no callback comes for this connection after this */
 	if (c->delivering) {	/* a job still points here: free it when done */
 		c->dead = 1;
 		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 		return;
 	}
-	if (c->has_addr) {
-		unsigned *pc = per_client(s, &c->addr, 0);
-
-		if (pc != NULL && *pc > 0)
-			(*pc)--;
-	}
+	if (c->has_addr)
+		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
 	if (c->close_timer != NULL)
 		event_free(c->close_timer);
+	if (c->auth_timer != NULL)
+		event_free(c->auth_timer);
+	if (c->timer != NULL)
+		event_free(c->timer);
 	s->nconn--;
+	update_stress(s);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -242,6 +327,7 @@ flush_output(struct conn *c)
 	size_t n;
 	const char *out = smtp_proto_output(c->sp, &n);
 
+	c->replied |= n > 0;
 	if (n > 0 && !c->tls && !smtp_proto_wants_close(c->sp) &&
 	    evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
 		ssize_t w = send(bufferevent_getfd(c->bev), out, n, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -280,6 +366,24 @@ delivery_run(void *arg)
 
 	if (d->n == 0) {
 		snprintf(d->err, sizeof(d->err), "no local recipient to deliver to");
+		maildir_tmp_abort(&d->spool);
+		return;
+	}
+	if (d->spool_err != 0) {
+		snprintf(d->err, sizeof(d->err), "writing to tmp/ failed: %s", strerror(d->spool_err));
+		return;
+	}
+	if (d->spool != NULL) {
+		/* the rest of the message, then fsync and links, here off the loop */
+		if (maildir_tmp_write(d->spool, d->data, d->len, &err) < 0) {
+			d->spool_err = errno;
+			snprintf(d->err, sizeof(d->err), "%s", err);
+			maildir_tmp_abort(&d->spool);
+		} else if (maildir_tmp_commit(&d->spool, d->root, d->r, d->n, d->id, &err) < 0) {
+			snprintf(d->err, sizeof(d->err), "%s", err);
+		} else {
+			d->ok = 1;
+		}
 		return;
 	}
 	if (maildir_deliver(d->root, d->r, d->n, d->head, strlen(d->head), d->data, d->len,
@@ -297,9 +401,12 @@ delivery_done(void *arg)
 	struct conn *c = d->c;
 
 	c->delivering = 0;
-	if (d->ok)
+	if (d->ok) {
 		log_info("%s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->id, d->sender,
-		    d->n, d->len, d->client);
+		    d->n, d->size, d->client);
+		stats_add("messages_total{door=\"smtp\",route=\"store\"}", 1);
+		stats_add("message_bytes_total{door=\"smtp\",route=\"store\"}", d->size);
+	}
 	else
 		log_error("delivery from %s failed: %s", d->client, d->err);
 	if (c->dead) {
@@ -307,6 +414,8 @@ delivery_done(void *arg)
 	} else {
 		if (d->ok)
 			smtp_proto_delivered(c->sp, 1, NULL, NULL, d->id);
+		else if (d->spool_err == ENOSPC || d->spool_err == EDQUOT)
+			smtp_proto_delivered(c->sp, 0, "452", "4.3.1", "Insufficient system storage");
 		else
 			smtp_proto_delivered(c->sp, 0, "451", "4.3.0",
 			    "Error: local delivery failed, try again later");
@@ -322,7 +431,7 @@ delivery_done(void *arg)
 
 /* ---- pass-through: the downstream session runs on this loop ---- */
 
-static char *data_header(struct server *s, const struct smtp_down_req *r);
+static char *received_header(struct conn *c, const struct smtp_msg *m, int store);
 
 /* the downstream answered a RCPT (or failed before it): mirror it */
 static void
@@ -377,6 +486,8 @@ down_final_cb(void *arg, const char *reply)
 
 	c->down_wait = 0;
 	log_info("passed on downstream (%s): %s", c->srv->c->downstream, reply);
+	if (reply[0] == '2')
+		stats_add("messages_total{door=\"smtp\",route=\"relay\"}", 1);
 	downstream_close(&c->ds);	/* cached for the next message, or QUIT */
 	smtp_proto_delivered_reply(c->sp, reply);
 	resume(c);
@@ -389,7 +500,7 @@ down_send(struct conn *c, const char *p, size_t n, int last)
 	char *head = NULL;
 
 	if (!c->ds_data)	/* DATA goes with the first bytes, our Received: line after 354 */
-		head = data_header(c->srv, smtp_proto_down_info(c->sp));
+		head = received_header(c, smtp_proto_envelope(c->sp), 0);
 	downstream_send(c->ds, head, p, n);
 	if (last)
 		downstream_finish(c->ds, head, down_final_cb, c);
@@ -398,50 +509,182 @@ down_send(struct conn *c, const char *p, size_t n, int last)
 }
 
 /* pass on what has arrived of a streamed message; no waiting: the bytes
- * queue in the downstream's buffer, up to a bound, the rest stays here */
+ * queue in the downstream's buffer, up to a bound, the rest stays here (and
+ * once the session holds its most, the client is not read: read_cb) */
 static void
 stream_more(struct conn *c)
 {
 	const char *p;
 	size_t n;
 
+	if (!smtp_proto_streaming(c->sp) || c->down_wait)
+		return;
+	if (c->ds == NULL) {	/* cannot happen: RCPTs opened it; the dot hears why */
+		while (smtp_proto_stream_chunk(c->sp, 0, &p, &n))
+			smtp_proto_stream_taken(c->sp, n);
+		return;
+	}
 	/* DATA goes down as the client starts its message: the 354 is back
 	 * before the client's final dot, which then costs one round trip */
-	if (c->ds != NULL && !c->ds_data && !c->down_wait && smtp_proto_streaming(c->sp))
+	if (!c->ds_data)
 		down_send(c, "", 0, 0);
-	while (c->ds != NULL && !c->down_wait && downstream_queued(c->ds) < SMTP_STREAM_QUEUE &&
+	while (downstream_queued(c->ds) < SMTP_STREAM_QUEUE &&
 	    smtp_proto_stream_chunk(c->sp, SMTP_STREAM_MIN, &p, &n)) {
 		down_send(c, p, n, 0);
 		smtp_proto_stream_taken(c->sp, n);
 	}
 }
 
-static char *
-received_header(struct server *s, struct smtp_msg *m)
+/* the downstream has room again: read the client on */
+static void
+down_room_cb(void *arg)
 {
-	char date[64];
+	resume(arg);
+}
+
+/* the first local recipient of m (its mailbox gets the tmp/ file); split
+ * holds the copy the names point into */
+static int
+first_local(const struct smtp_msg *m, struct maildir_rcpt *r, char **split)
+{
+	for (size_t i = 0; i < m->nrcpt; i++) {
+		char *at;
+
+		if (!m->rcpt_local[i])
+			continue;
+		*split = xstrdup(m->rcpt[i]);
+		at = strrchr(*split, '@');
+		*at = '\0';
+		r->local = *split;
+		r->domain = at + 1;
+		return 0;
+	}
+	return -1;
+}
+
+/*
+ * Local delivery: a message past SMTP_SPOOL_MIN goes to the store's tmp/
+ * as it arrives, in pieces, written here on the loop: a write(2) of 64 KiB
+ * to a regular file is a copy into the page cache (tens of microseconds);
+ * it waits for the disk only when the kernel throttles a writer that
+ * dirties pages faster than the disk takes them, which is the disk's pace
+ * and the right brake for every connection alike (Postfix's smtpd too
+ * writes its queue file synchronously). The fsync that makes it durable
+ * runs on a job thread at the final dot (delivery_run). A failed write
+ * (disk full) is remembered, the rest of the message is read and dropped,
+ * and the final dot gets a 4xx.
+ */
+static void
+spool_more(struct conn *c)
+{
+	const struct smtp_msg *m = smtp_proto_envelope(c->sp);
+	const char *p, *err;
+	size_t n;
+
+	if (m == NULL || m->downstream || !smtp_proto_in_data(c->sp) || c->srv->c->maildir_root == NULL)
+		return;
+	while (smtp_proto_stream_chunk(c->sp, SMTP_SPOOL_MIN, &p, &n)) {
+		if (c->spool == NULL && c->spool_err == 0) {
+			struct maildir_rcpt r;
+			char *split = NULL, *head;
+
+			if (first_local(m, &r, &split) < 0) {
+				c->spool_err = EINVAL;	/* cannot happen: DATA needs a recipient */
+			} else if (maildir_tmp_open(c->srv->c->maildir_root, &r, &c->spool, &err) < 0) {
+				c->spool_err = errno ? errno : EIO;
+				log_error("spooling a message from %s: %s", m->client, err);
+			} else {
+				head = received_header(c, m, 1);
+				if (maildir_tmp_write(c->spool, head, strlen(head), &err) < 0) {
+					c->spool_err = errno;
+					log_error("spooling a message from %s: %s", m->client, err);
+					maildir_tmp_abort(&c->spool);
+				}
+				free(head);
+				c->spooled = 0;
+			}
+			free(split);
+		}
+		if (c->spool != NULL) {
+			if (maildir_tmp_write(c->spool, p, n, &err) < 0) {
+				c->spool_err = errno;
+				log_error("spooling a message from %s: %s", m->client, err);
+				maildir_tmp_abort(&c->spool);
+			} else {
+				c->spooled += n;
+			}
+		}
+		smtp_proto_stream_taken(c->sp, n);
+	}
+}
+
+/* the transaction ended without a delivery (refused at the dot, size): its
+ * tmp/ file goes */
+static void
+spool_drop(struct conn *c)
+{
+	maildir_tmp_abort(&c->spool);
+	c->spool_err = 0;
+	c->spooled = 0;
+}
+
+/* a copy for a header line: controls and 8-bit made '?' (never fold or
+ * smuggle a line into the message) */
+static void
+header_text(char *dst, size_t cap, const char *src)
+{
+	size_t i;
+
+	for (i = 0; src[i] != '\0' && i + 1 < cap; i++)
+		dst[i] = (unsigned char)src[i] < 0x20 || (unsigned char)src[i] >= 0x7f ? '?' : src[i];
+	dst[i] = '\0';
+}
+
+/*
+ * Our trace lines, from the envelope of the message being received, as
+ * Postfix writes them: "with" names the protocol as RFC 3848 does (ESMTP,
+ * ESMTPS with TLS, ESMTPA with AUTH, ESMTPSA with both; SMTP after HELO),
+ * the TLS version and cipher follow the client, and "for <rcpt>" is there
+ * only for a message with one recipient: every copy of a message for
+ * several would otherwise name the first, Bcc or not. store: final
+ * delivery into the Maildir store, which adds Return-Path: (RFC 5321
+ * §4.4); pass-through leaves that to the MTA that delivers.
+ */
+static char *
+received_header(struct conn *c, const struct smtp_msg *m, int store)
+{
+	struct server *s = c->srv;
+	char date[64], helo[128], client[128], rcpt[600], sender[600], tls[200] = "";
+	char rp[640] = "";
 	time_t now = time(NULL);
 	struct tm tm;
+	SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
 
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	return xasprintf("Received: from %s (%s)\r\n\tby %s with ESMTP\r\n\t"
-	    "for <%s>; %s\r\n", m->helo[0] ? m->helo : "unknown", m->client,
-	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
-}
+	header_text(helo, sizeof(helo), m->helo[0] ? m->helo : "unknown");
+	header_text(client, sizeof(client), m->client);
+	if (ssl != NULL && SSL_get_current_cipher(ssl) != NULL) {
+		const SSL_CIPHER *ci = SSL_get_current_cipher(ssl);
+		int alg = 0, used = SSL_CIPHER_get_bits(ci, &alg);
 
-/* the Received: line for a streamed message, from what the DATA step knows */
-static char *
-data_header(struct server *s, const struct smtp_down_req *r)
-{
-	struct smtp_msg m;
-
-	memset(&m, 0, sizeof(m));
-	snprintf(m.helo, sizeof(m.helo), "%s", r->client_helo);
-	snprintf(m.client, sizeof(m.client), "%s", r->client);
-	m.rcpt = (char **)&(const char *){ r->rcpt };
-	m.nrcpt = 1;
-	return received_header(s, &m);
+		snprintf(tls, sizeof(tls), "\r\n\t(using %s with cipher %s (%d/%d bits))",
+		    SSL_get_version(ssl), SSL_CIPHER_get_name(ci), used, alg);
+	}
+	if (store) {
+		header_text(sender, sizeof(sender), m->sender ? m->sender : "");
+		snprintf(rp, sizeof(rp), "Return-Path: <%s>\r\n", sender);
+	}
+	if (m->nrcpt == 1) {
+		header_text(rcpt, sizeof(rcpt), m->rcpt[0]);
+		return xasprintf("%sReceived: from %s (%s)%s\r\n\tby %s with %s%s%s\r\n\t"
+		    "for <%s>; %s\r\n", rp, helo, client, tls, s->params.myhostname,
+		    m->esmtp ? "ESMTP" : "SMTP", m->esmtp && m->tls ? "S" : "",
+		    m->esmtp && m->auth ? "A" : "", rcpt, date);
+	}
+	return xasprintf("%sReceived: from %s (%s)%s\r\n\tby %s with %s%s%s;\r\n\t%s\r\n",
+	    rp, helo, client, tls, s->params.myhostname, m->esmtp ? "ESMTP" : "SMTP",
+	    m->esmtp && m->tls ? "S" : "", m->esmtp && m->auth ? "A" : "", date);
 }
 
 static void
@@ -449,9 +692,6 @@ deliver(struct conn *c, struct smtp_msg *m)
 {
 	struct server *s = c->srv;
 	struct delivery *d;
-	char date[64];
-	time_t now = time(NULL);
-	struct tm tm;
 
 	if (m->downstream) {
 		if (c->ds == NULL) {	/* cannot happen: RCPTs opened it */
@@ -486,11 +726,15 @@ deliver(struct conn *c, struct smtp_msg *m)
 		d->r[d->n].domain = at + 1;
 		d->n++;
 	}
-	localtime_r(&now, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-	d->head = xasprintf("Received: from %s (%s)\r\n\tby %s with ESMTP\r\n\t"
-	    "for <%s>; %s\r\n", m->helo[0] ? m->helo : "unknown", m->client,
-	    s->params.myhostname, m->nrcpt ? m->rcpt[0] : "", date);
+	/* spooled: the head is in tmp/ already; else it goes with the data */
+	d->spool = c->spool;
+	d->spool_err = c->spool_err;
+	d->size = c->spooled + m->len;
+	c->spool = NULL;
+	c->spool_err = 0;
+	c->spooled = 0;
+	if (d->spool == NULL && d->spool_err == 0)
+		d->head = received_header(c, m, 1);
 	d->data = m->data;	/* stays with the session until smtp_proto_delivered() */
 	d->len = m->len;
 	d->root = s->c->maildir_root;
@@ -512,7 +756,6 @@ start_tls(struct conn *c)
 	struct server *s = c->srv;
 	SSL *ssl = SSL_new(s->c->tls);
 	struct bufferevent *tb;
-	struct timeval tv = { s->c->timeout, 0 };
 
 	/* RFC 3207 §4: whatever the client sent before the handshake is dropped */
 	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
@@ -526,7 +769,7 @@ start_tls(struct conn *c)
 	c->bev = tb;
 	c->tls = 1;
 	bufferevent_setcb(tb, read_cb, write_cb, event_cb, c);
-	bufferevent_set_timeouts(tb, &tv, &tv);
+	set_write_timeout(c);	/* reads: the request's deadline */
 	bufferevent_enable(tb, EV_READ | EV_WRITE);
 	smtp_proto_set_tls(c->sp, 1);
 }
@@ -557,15 +800,83 @@ auth_run(void *arg)
 	explicit_bzero(a->pass, sizeof(a->pass));
 }
 
+/* a failed AUTH's penalty is over: its 535 goes out now */
+static void
+auth_penalty_over(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	event_free(c->auth_timer);
+	c->auth_timer = NULL;
+	c->delivering = 0;
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	smtp_proto_auth_done(c->sp, 0);
+	resume(c);
+}
+
+static long long
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * A failed login counts against the client's address: its reply waits the
+ * penalty (on a timer, the loop runs on; the connection stays held), and
+ * enough failures put the address on the kill list, shared by every node.
+ */
+static unsigned
+auth_failed(struct conn *c)
+{
+	struct server *s = c->srv;
+	int ban = 0;
+	unsigned delay;
+	char who[CIDR_TEXT_MAX];
+
+	if (!c->has_addr)
+		return 0;
+	delay = penalty_failure(s->penalty, &c->addr, now_ms(), &ban);
+	if (ban && s->c->ban != NULL && smtp_proto_may_ban(c->sp, (long long)time(NULL))) {
+		const struct penalty_conf *pc = penalty_conf(s->penalty);
+
+		log_warn("auth: %u failed logins from [%s] within %us; on the kill list for %lus; "
+		    "reason=auth-ban", pc->ban_count, cidr_addr_format(&c->addr, who),
+		    pc->ban_window, pc->ban_time);
+		s->c->ban(s->c->ban_arg, &c->addr, pc->ban_time, "auth-ban");
+	}
+	return delay;
+}
+
 static void
 auth_done(void *arg)
 {
 	struct authcheck *a = arg;
 	struct conn *c = a->c;
+	unsigned delay = 0;
 
 	c->delivering = 0;
+	stats_add(a->ok ? "auth_total{door=\"smtp\",result=\"success\"}" :
+	    "auth_total{door=\"smtp\",result=\"failure\"}", 1);
+	if (c->has_addr && a->ok)
+		penalty_success(c->srv->penalty, &c->addr);
+	else if (!a->ok)
+		delay = auth_failed(c);
 	if (c->dead) {
 		conn_free(c);
+	} else if (delay > 0 && (c->auth_timer = evtimer_new(c->srv->base, auth_penalty_over,
+	    c)) != NULL) {
+		struct timeval tv = { delay / 1000, (delay % 1000) * 1000 };
+
+		c->delivering = 1;	/* the timer holds the connection */
+		evtimer_add(c->auth_timer, &tv);
 	} else {
 		smtp_proto_auth_done(c->sp, a->ok);
 		resume(c);
@@ -593,9 +904,30 @@ check_auth(struct conn *c, struct smtp_auth_req *req)
 	memcpy(a->challenge, req->challenge, sizeof(a->challenge));
 	memcpy(a->digest, req->digest, sizeof(a->digest));
 	explicit_bzero(req->pass, sizeof(req->pass));
+	if (jobs_try_submit(s->auth_jobs, auth_run, auth_done, a) < 0) {
+		/* the hashing pool is full (a guessing storm): no unbounded queue;
+		 * said at most once a second, with the count since */
+		char who[CIDR_TEXT_MAX];
+		time_t now = time(NULL);
+
+		s->auth_busy++;
+		if (now != s->auth_busy_logged) {
+			log_warn("auth: %zu password checks pending, %u AUTH answered 454 (last from "
+			    "[%s])", jobs_pending(s->auth_jobs), s->auth_busy,
+			    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+			s->auth_busy_logged = now;
+			s->auth_busy = 0;
+		}
+		explicit_bzero(a->pass, sizeof(a->pass));
+		free(a->hash);
+		free(a->cram);
+		free(a);
+		smtp_proto_auth_done(c->sp, SMTP_AUTH_TEMPFAIL);
+		flush_output(c);
+		return;
+	}
 	c->delivering = 1;	/* the job holds the connection */
 	bufferevent_disable(c->bev, EV_READ);
-	jobs_submit(s->jobs, auth_run, auth_done, a);
 }
 
 static void
@@ -608,14 +940,30 @@ handle_ban(struct conn *c)
 		c->srv->c->ban(c->srv->c->ban_arg, &a, secs, "long-command");
 }
 
+/* the input is taken for now: the deadline after what came and went */
+static void
+input_done(struct conn *c)
+{
+	if (c->replied) {	/* answered: the next request's clock starts */
+		c->replied = 0;
+		deadline_request(&c->dl, deadline_now_ms());
+	}
+	c->in_seen = evbuffer_get_length(bufferevent_get_input(c->bev));
+	if (!c->closing)
+		arm_timer(c);
+}
+
 static void
 read_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t len = evbuffer_get_length(in);
 
 	if (c->srv->stopping)
 		return;		/* shutting down: finish what runs, start nothing */
+	if (len > c->in_seen)
+		deadline_read(&c->dl, len - c->in_seen, smtp_proto_in_data(c->sp), deadline_now_ms());
 	while (!c->closing && evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec v;
 		size_t used;
@@ -624,10 +972,14 @@ read_cb(struct bufferevent *bev, void *arg)
 			break;
 		used = smtp_proto_input(c->sp, v.iov_base, v.iov_len, (long long)time(NULL));
 		evbuffer_drain(in, used);
+		if ((c->spool != NULL || c->spool_err != 0) && !smtp_proto_in_data(c->sp) &&
+		    smtp_proto_pending(c->sp) == NULL)
+			spool_drop(c);	/* refused at the final dot */
 		handle_ban(c);
 		flush_output(c);
 		if (smtp_proto_take_starttls(c->sp)) {
 			start_tls(c);
+			input_done(c);
 			return;
 		}
 		if (smtp_proto_take_down_reset(c->sp))
@@ -637,22 +989,38 @@ read_cb(struct bufferevent *bev, void *arg)
 		if (smtp_proto_pending_auth(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				check_auth(c, smtp_proto_pending_auth(c->sp));
-			return;
+			if (smtp_proto_pending_auth(c->sp) != NULL) {
+				input_done(c);
+				return;
+			}
+			continue;	/* answered at once (454): read on */
 		}
 		if (smtp_proto_pending_down(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				down_step(c, smtp_proto_pending_down(c->sp));
+			input_done(c);
 			return;
 		}
 		if (smtp_proto_pending(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				deliver(c, smtp_proto_pending(c->sp));
+			input_done(c);
 			return;	/* the rest waits for the delivery */
 		}
 		stream_more(c);
-		if (used == 0)
+		spool_more(c);
+		if (used == 0) {
+			if (smtp_proto_streaming(c->sp) && smtp_proto_in_data(c->sp) && c->ds != NULL) {
+				/* the session holds its most and the downstream is behind:
+				 * leave the rest in the client's socket until it has room */
+				bufferevent_disable(bev, EV_READ);
+				downstream_wait_room(c->ds, SMTP_STREAM_ROOM, down_room_cb, c);
+				return;
+			}
 			break;
+		}
 	}
+	input_done(c);
 	if (c->closing) {
 		bufferevent_disable(bev, EV_READ);
 		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
@@ -702,20 +1070,8 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (what & BEV_EVENT_CONNECTED)
 		return;		/* a TLS handshake completed */
-	if ((what & BEV_EVENT_TIMEOUT) && !c->closing) {
-		char msg[160], who[CIDR_TEXT_MAX];
-		int n = snprintf(msg, sizeof(msg), "421 4.4.2 %s Error: timeout exceeded\r\n",
-		    c->srv->params.myhostname);
-		struct timeval tv = { 5, 0 };
-
-		log_info("timeout after %u s from [%s]", c->srv->c->timeout,
-		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
-		/* through the bufferevent: inside TLS the 421 must be encrypted too */
-		smtp_proto_eof(c->sp);
-		c->closing = 1;
-		bufferevent_set_timeouts(bev, &tv, &tv);
-		bufferevent_write(bev, msg, (size_t)n);
-		bufferevent_enable(bev, EV_WRITE);
+	if ((what & BEV_EVENT_TIMEOUT) && !c->closing) {	/* a write: the client reads nothing */
+		timed_out(c);
 		return;
 	}
 	if ((what & BEV_EVENT_ERROR) && c->tls) {
@@ -740,6 +1096,10 @@ greet(struct conn *c, const char *hostname)
 {
 	smtp_proto_start(c->sp, c->has_addr ? &c->addr : NULL, hostname, (long long)time(NULL));
 	flush_output(c);
+	/* the client's first request starts with the greeting, not its first byte */
+	c->replied = 0;
+	deadline_request(&c->dl, deadline_now_ms());
+	arm_timer(c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
@@ -829,17 +1189,15 @@ lookup_client(struct conn *c)
 }
 
 static void
-accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
-    void *arg)
+accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 {
-	struct listener *li = arg;
+	struct door *li = arg;
 	struct server *s = li->srv;
 	struct conn *c = xcalloc(1, sizeof(*c));
-	struct timeval tv = { s->c->timeout, 0 };
-	unsigned *pc = NULL;
+	unsigned per_client = 0;
 
-	(void)l;
 	(void)salen;
+	stats_add("connections_total{door=\"smtp\"}", 1);
 	c->srv = s;
 	c->next = s->conns;
 	if (s->conns)
@@ -860,13 +1218,17 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		smtp_proto_set_tls(c->sp, 1);
 	if (li->kind != LISTEN_SMTP)
 		smtp_proto_set_submission(c->sp);
+	else if (!s->c->smtp_auth)
+		smtp_proto_set_no_auth(c->sp);
 	s->nconn++;
 	if (c->has_addr)
-		pc = per_client(s, &c->addr, 1);
-	if (pc != NULL)
-		(*pc)++;
+		per_client = anvil_connect(s->anvil, &c->addr, time(NULL));
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	set_write_timeout(c);	/* reads: the request's deadline */
+	c->timer = evtimer_new(s->base, timer_cb, c);
+	deadline_init(&c->dl, s->c->request_deadline, s->c->min_data_rate, deadline_now_ms());
+	arm_timer(c);
+	update_stress(s);
 	if (s->c->max_connections && s->nconn > s->c->max_connections) {
 		static const char msg[] = "421 4.7.0 Too many connections, try again later\r\n";
 
@@ -874,7 +1236,7 @@ accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		c->closing = 1;
 		return;
 	}
-	if (s->c->max_per_client && pc != NULL && *pc > s->c->max_per_client) {
+	if (s->c->max_per_client && per_client > s->c->max_per_client) {
 		static const char msg[] = "421 4.7.0 Too many connections from your address\r\n";
 
 		bufferevent_write(c->bev, msg, sizeof(msg) - 1);
@@ -898,25 +1260,41 @@ stop_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(s->base, NULL);
 }
 
+/*
+ * Each second: reload the users when their file changed. A file that is
+ * missing, empty, unreadable or garbled (an editor caught mid-write, a
+ * failed copy) keeps the last good users in force: the alternative is a
+ * permanent 550 5.1.1 for every local recipient. Said once a minute.
+ */
 static void
 users_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *s = arg;
 	const char *err;
+	time_t now = time(NULL);
+	int rc;
 
 	(void)fd;
 	(void)what;
-	if (s->users != NULL && userdb_changed(s->users)) {
-		struct userdb *db = userdb_load(s->c->users_url, &err);
-
-		if (db == NULL) {
-			log_warn("users not reloaded, the previous ones stay: %s", err);
-			return;
+	anvil_expire(s->anvil, time(NULL));
+	if (s->users == NULL)
+		return;
+	rc = userdb_reload(&s->users, s->c->users_url, &err);
+	if (rc < 0) {
+		if (s->users_bad_since == 0 || now - s->users_bad_logged >= 60) {
+			log_error("users file not usable, the last good users (%zu) stay in force: %s",
+			    userdb_count(s->users), err);
+			s->users_bad_logged = now;
 		}
-		userdb_free(&s->users);
-		s->users = db;
-		log_info("users reloaded: %zu", userdb_count(db));
+		if (s->users_bad_since == 0)
+			s->users_bad_since = now;
+		return;
 	}
+	if (rc > 0)
+		log_info("users reloaded: %zu", userdb_count(s->users));
+	else if (s->users_bad_since != 0)
+		log_info("users file usable again after %lds", (long)(now - s->users_bad_since));
+	s->users_bad_since = 0;
 }
 
 int
@@ -924,7 +1302,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
     const struct smtp_server_conf *c, const char **error_r)
 {
 	struct server *s = xcalloc(1, sizeof(*s));
-	struct listener *ls = xcalloc(nfds + 1, sizeof(*ls));
+	struct door *ls = xcalloc(nfds + 1, sizeof(*ls));
 	struct event *sig_term, *sig_int, *tick;
 	struct timeval one = { 1, 0 };
 	int rc = 0;
@@ -933,15 +1311,23 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	s->params = c->params;
 	s->params.tls_available = c->tls != NULL;
 	if (c->users_url != NULL && c->users_url[0] != '\0') {
-		s->users = userdb_load(c->users_url, error_r);
+		s->users = userdb_open(c->users_url, error_r);
 		if (s->users == NULL) {
 			free(ls);
 			free(s);
 			return -1;
 		}
-		s->params.user_exists = user_exists;
-		s->params.user_arg = s;
+		{
+			const char *why;
+
+			/* absent at start is "no users" as documented; anything else is said */
+			if (!userdb_is_usable(s->users, &why) && userdb_count(s->users) == 0 &&
+			    strstr(why, "is missing") == NULL)
+				log_error("users file not usable, no users until it is: %s", why);
+		}
 	}
+	s->params.user_resolve = user_resolve;
+	s->params.user_arg = s;
 	s->base = event_base_new();
 	if (s->base == NULL) {
 		*error_r = "cannot create the event loop";
@@ -950,7 +1336,10 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		free(s);
 		return -1;
 	}
-	s->jobs = jobs_new(s->base, SMTP_DELIVERY_THREADS);
+	s->jobs = jobs_new(s->base, "delivery", SMTP_DELIVERY_THREADS, 0);
+	s->auth_jobs = jobs_new(s->base, "auth", SMTP_AUTH_THREADS, SMTP_AUTH_QUEUE);
+	s->penalty = penalty_new(&c->penalty);
+	s->anvil = anvil_new(60);
 	s->downs = downstream_set_new(s->base, c->downstream_cache_time);
 	if (c->resolver != NULL) {
 		/* no search domains, our own nameserver: no query leaves by surprise */
@@ -967,11 +1356,11 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		evdns_base_set_option(s->dns, "attempts:", "2");
 	}
 	for (size_t i = 0; i < nfds; i++) {
-		evutil_make_socket_nonblocking(fds[i]);
+		static const char *const names[] = { "smtp", "submission", "smtps" };
+
 		ls[i].srv = s;
 		ls[i].kind = kinds[i];
-		ls[i].l = evconnlistener_new(s->base, accept_cb, &ls[i], LEV_OPT_CLOSE_ON_EXEC, -1,
-		    fds[i]);
+		ls[i].l = listener_new(s->base, fds[i], names[kinds[i]], accept_cb, &ls[i]);
 		if (ls[i].l == NULL) {
 			*error_r = "cannot listen";
 			rc = -1;
@@ -986,22 +1375,24 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	if (rc == 0)
 		event_base_dispatch(s->base);
 	for (size_t i = 0; i < nfds; i++)
-		if (ls[i].l != NULL)
-			evconnlistener_free(ls[i].l);
+		listener_free(&ls[i].l);
 	s->stopping = 1;
 	if (s->dns != NULL)
 		evdns_base_free(s->dns, 1);	/* pending lookups call back with an error */
 	jobs_free(&s->jobs);	/* deliveries in flight finish first */
+	jobs_free(&s->auth_jobs);
 	while (s->conns != NULL) {
 		smtp_proto_eof(s->conns->sp);
 		s->conns->delivering = 0;
 		conn_free(s->conns);
 	}
 	downstream_set_free(&s->downs);	/* sessions saying QUIT are cut short */
+	penalty_free(&s->penalty);
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(tick);
 	event_base_free(s->base);
+	anvil_free(&s->anvil);
 	userdb_free(&s->users);
 	free(ls);
 	free(s);

@@ -2,12 +2,17 @@
  * maildir - durable delivery into Maildir++ (the layout Dovecot and Courier
  * read): ROOT/DOMAIN/LOCAL/Maildir/{tmp,new,cur}.
  *
- *   maildir_deliver()   write tmp/NAME, fsync, link into each new/, fsync
- *                       each new/ directory, unlink tmp/NAME; then say yes
+ *   maildir_tmp_open()    create tmp/NAME in the first recipient's Maildir
+ *   maildir_tmp_write()   append a piece (page cache only: no fsync)
+ *   maildir_tmp_commit()  fsync, link into each new/, fsync each new/
+ *                         directory, unlink tmp/NAME; then say yes
+ *   maildir_tmp_abort()   unlink tmp/NAME (an aborted transaction)
+ *   maildir_deliver()     all of it for a message held in memory
  *
  * Names are TIME.M<usec>P<pid>Q<seq>.HOST (unique per host). Recipient names
  * become path components, so they are checked: no '/', no leading dot, no
- * control characters. Never leaves a half-written file in new/: a crash
+ * control characters, no upper case (the caller passes the user database's
+ * canonical name, never the address as the client wrote it). Never leaves a half-written file in new/: a crash
  * before the link leaves at most a file in tmp/, which readers ignore.
  */
 #include <errno.h>
@@ -36,7 +41,9 @@ maildir_name_is_safe(const char *s)
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 
-		if (c <= 0x20 || c >= 0x7f || c == '/' || c == '\\')
+		/* upper case: not a canonical user name (userdb_resolve), so a
+		 * mailbox the user would never read */
+		if (c <= 0x20 || c >= 0x7f || c == '/' || c == '\\' || (c >= 'A' && c <= 'Z'))
 			return 0;
 	}
 	return 1;
@@ -112,16 +119,101 @@ write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
+/* a message being written into the first recipient's tmp/ */
+struct maildir_tmp {
+	char *box;		/* that recipient's Maildir */
+	char *path;		/* box/tmp/name */
+	char name[256];
+	int fd;
+};
+
 int
-maildir_deliver(const char *root, const struct maildir_rcpt *r, size_t n, const char *head,
-    size_t headlen, const char *body, size_t bodylen, char *id_r, const char **error_r)
+maildir_tmp_open(const char *root, const struct maildir_rcpt *r, struct maildir_tmp **t_r,
+    const char **error_r)
 {
-	char host[128], name[256];
-	char **boxes = xcalloc(n + 1, sizeof(char *));
-	char *tmp = NULL;
+	struct maildir_tmp *t;
+	char host[128], dom[256];
 	struct timeval tv;
+	size_t k;
+
+	for (k = 0; r->domain[k] && k + 1 < sizeof(dom); k++)
+		dom[k] = (char)((r->domain[k] >= 'A' && r->domain[k] <= 'Z') ?
+		    r->domain[k] + 32 : r->domain[k]);
+	dom[k] = '\0';
+	if (!maildir_name_is_safe(r->local) || !maildir_name_is_safe(dom)) {
+		snprintf(errbuf, sizeof(errbuf), "recipient name not usable as a mailbox");
+		*error_r = errbuf;
+		return -1;
+	}
+	t = xcalloc(1, sizeof(*t));
+	t->fd = -1;
+	{
+		struct maildir_rcpt rr = { r->local, dom };
+
+		if ((t->box = mailbox(root, &rr)) == NULL) {
+			free(t);
+			*error_r = errbuf;
+			return -1;
+		}
+	}
+	if (gethostname(host, sizeof(host)) < 0)
+		strcpy(host, "localhost");
+	host[strcspn(host, "/:")] = '\0';
+	gettimeofday(&tv, NULL);
+	snprintf(t->name, sizeof(t->name), "%lld.M%ldP%ldQ%lu.%s", (long long)tv.tv_sec,
+	    (long)tv.tv_usec, (long)getpid(), atomic_fetch_add(&seq, 1), host);
+	t->path = xasprintf("%s/tmp/%s", t->box, t->name);
+	t->fd = open(t->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (t->fd < 0) {
+		snprintf(errbuf, sizeof(errbuf), "cannot create %s: %s", t->path, strerror(errno));
+		free(t->path);
+		free(t->box);
+		free(t);
+		*error_r = errbuf;
+		return -1;
+	}
+	*t_r = t;
+	return 0;
+}
+
+int
+maildir_tmp_write(struct maildir_tmp *t, const char *p, size_t n, const char **error_r)
+{
+	if (write_all(t->fd, p, n) < 0) {
+		int e = errno;
+
+		snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", t->path, strerror(e));
+		*error_r = errbuf;
+		errno = e;	/* the caller tells ENOSPC from the rest */
+		return -1;
+	}
+	return 0;
+}
+
+void
+maildir_tmp_abort(struct maildir_tmp **tp)
+{
+	struct maildir_tmp *t = *tp;
+
+	if (t == NULL)
+		return;
+	*tp = NULL;
+	if (t->fd >= 0)
+		close(t->fd);
+	unlink(t->path);
+	free(t->path);
+	free(t->box);
+	free(t);
+}
+
+int
+maildir_tmp_commit(struct maildir_tmp **tp, const char *root, const struct maildir_rcpt *r,
+    size_t n, char *id_r, const char **error_r)
+{
+	struct maildir_tmp *t = *tp;
+	char **boxes = xcalloc(n + 1, sizeof(char *));
 	size_t linked = 0;
-	int fd = -1, rc = -1;
+	int rc = -1;
 
 	for (size_t i = 0; i < n; i++) {
 		char dom[256];
@@ -142,33 +234,24 @@ maildir_deliver(const char *root, const struct maildir_rcpt *r, size_t n, const 
 				goto done;
 		}
 	}
-	if (gethostname(host, sizeof(host)) < 0)
-		strcpy(host, "localhost");
-	host[strcspn(host, "/:")] = '\0';
-	gettimeofday(&tv, NULL);
-	snprintf(name, sizeof(name), "%lld.M%ldP%ldQ%lu.%s", (long long)tv.tv_sec,
-	    (long)tv.tv_usec, (long)getpid(), atomic_fetch_add(&seq, 1), host);
-	tmp = xasprintf("%s/tmp/%s", boxes[0], name);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		snprintf(errbuf, sizeof(errbuf), "cannot create %s: %s", tmp, strerror(errno));
+	if (fsync(t->fd) < 0) {
+		snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", t->path, strerror(errno));
 		goto done;
 	}
-	if (write_all(fd, head, headlen) < 0 || write_all(fd, body, bodylen) < 0 ||
-	    fsync(fd) < 0) {
-		snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", tmp, strerror(errno));
-		goto done;
+	{
+		int e = close(t->fd);
+
+		t->fd = -1;
+		if (e < 0) {
+			snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", t->path,
+			    strerror(errno));
+			goto done;
+		}
 	}
-	if (close(fd) < 0) {
-		fd = -1;
-		snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", tmp, strerror(errno));
-		goto done;
-	}
-	fd = -1;
 	for (linked = 0; linked < n; linked++) {
-		char *dst = xasprintf("%s/new/%s", boxes[linked], name);
+		char *dst = xasprintf("%s/new/%s", boxes[linked], t->name);
 		char *newdir = xasprintf("%s/new", boxes[linked]);
-		int e = link(tmp, dst) < 0 ? errno : 0;
+		int e = link(t->path, dst) < 0 ? errno : 0;
 
 		if (e == 0 && fsync_path(newdir) < 0)
 			e = errno;
@@ -181,27 +264,43 @@ maildir_deliver(const char *root, const struct maildir_rcpt *r, size_t n, const 
 		}
 		free(dst);
 	}
-	snprintf(id_r, 64, "%.63s", name);
+	snprintf(id_r, 64, "%.63s", t->name);
 	rc = 0;
 done:
-	if (fd >= 0)
-		close(fd);
 	if (rc < 0) {
 		/* all or nothing: take back the copies already linked */
 		for (size_t i = 0; i < linked; i++) {
-			char *dst = xasprintf("%s/new/%s", boxes[i], name);
+			char *dst = xasprintf("%s/new/%s", boxes[i], t->name);
 
 			unlink(dst);
 			free(dst);
 		}
 		*error_r = errbuf;
 	}
-	if (tmp != NULL) {
-		unlink(tmp);
-		free(tmp);
-	}
 	for (size_t i = 0; i < n; i++)
 		free(boxes[i]);
 	free(boxes);
+	maildir_tmp_abort(tp);	/* the tmp/ name goes: new/ holds the links */
 	return rc;
+}
+
+int
+maildir_deliver(const char *root, const struct maildir_rcpt *r, size_t n, const char *head,
+    size_t headlen, const char *body, size_t bodylen, char *id_r, const char **error_r)
+{
+	struct maildir_tmp *t;
+
+	if (n == 0) {
+		snprintf(errbuf, sizeof(errbuf), "no recipient");
+		*error_r = errbuf;
+		return -1;
+	}
+	if (maildir_tmp_open(root, &r[0], &t, error_r) < 0)
+		return -1;
+	if (maildir_tmp_write(t, head, headlen, error_r) < 0 ||
+	    maildir_tmp_write(t, body, bodylen, error_r) < 0) {
+		maildir_tmp_abort(&t);
+		return -1;
+	}
+	return maildir_tmp_commit(&t, root, r, n, id_r, error_r);
 }

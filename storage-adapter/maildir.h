@@ -20,7 +20,28 @@ struct maildir_rcpt {
 int maildir_deliver(const char *root, const struct maildir_rcpt *r, size_t n,
     const char *head, size_t headlen, const char *body, size_t bodylen, char *id_r,
     const char **error_r) __attribute__((warn_unused_result));
-/* a local part or domain that is safe as one path component */
+/*
+ * A message written piecewise as it arrives (never held whole in memory):
+ * opened in the first recipient's tmp/, written in pieces, then committed
+ * (fsync, hard-linked into every recipient's new/, each new/ fsynced, the
+ * tmp/ name removed) or aborted (removed). Open, write and abort are quick
+ * (no fsync) and may run on an event loop; commit fsyncs and belongs on a
+ * job thread. The tmp/ and new/ directories share one file system, so the
+ * links never copy. Owner: one transaction; one thread at a time.
+ */
+struct maildir_tmp;
+
+int maildir_tmp_open(const char *root, const struct maildir_rcpt *r, struct maildir_tmp **t_r,
+    const char **error_r) __attribute__((warn_unused_result));
+int maildir_tmp_write(struct maildir_tmp *t, const char *p, size_t n, const char **error_r)
+    __attribute__((warn_unused_result));
+/* all or nothing, as maildir_deliver(); *t is freed and NULL either way */
+int maildir_tmp_commit(struct maildir_tmp **t, const char *root, const struct maildir_rcpt *r,
+    size_t n, char *id_r, const char **error_r) __attribute__((warn_unused_result));
+/* remove the file and free; NULL is fine */
+void maildir_tmp_abort(struct maildir_tmp **t);
+/* a local part or domain that is safe as one path component (and canonical:
+ * lower case) */
 int maildir_name_is_safe(const char *s);
 
 #endif

@@ -303,6 +303,7 @@ class DownstreamFaults(unittest.TestCase):
                     "myhostname = mx.example.com\nmydomains = example.com\n"
                     "relay_networks = 127.0.0.1\nmessage_size_limit = 20000000\n"
                     "smtp_max_per_client = 200\nsmtp_timeout = %d\n"
+                    "smtp_min_data_rate = 100\n"    # test_10d's slow client sends 160 B/s
                     "delivery = relay:[127.0.0.1]:%d\n"
                     % (cls.dir, cls.port, TIMEOUT, cls.down.port))
         cls.log = open(os.path.join(cls.dir, "d.log"), "w+")

@@ -117,9 +117,10 @@ def stop_daemon(p):
 
 # ------------------------------------------------------------------ messages
 def message_for(marker, rcpts, rng):
-    """A message of random size (0.3 - 40 KB) whose every byte follows from
-    marker, with lines that need dot-stuffing and a last line END-<marker>."""
-    size = rng.choice((300, 800, 2000, 5000, 12000, 40000))
+    """A message of random size (0.3 - 150 KB; the biggest are spooled to tmp/
+    as they arrive) whose every byte follows from marker, with lines that need
+    dot-stuffing and a last line END-<marker>."""
+    size = rng.choice((300, 800, 2000, 5000, 12000, 40000, 150000))
     h = ["From: Sender <sender@outside.test>", "To: %s" % ", ".join(rcpts),
          "Subject: durability %s" % marker, "Message-ID: <%s@durability.test>" % marker,
          "Date: Mon, 01 Jan 2024 00:00:00 +0000"]

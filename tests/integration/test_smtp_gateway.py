@@ -591,7 +591,10 @@ class T02LocalDelivery(GatewayCase):
             [p for p, _ in found], self.ctx(c)))
         path, data = found[0]
         self.assertEqual(os.path.dirname(path), self.d.maildir("alice", "new"))
-        self.assertTrue(data.startswith(b"Received: "), "first header: %r" % data[:80])
+        # final delivery: Return-Path: first (RFC 5321 4.4), then our Received:
+        self.assertTrue(data.startswith(b"Return-Path: <"), "first header: %r" % data[:80])
+        data = data[data.index(b"\r\n") + 2:]
+        self.assertTrue(data.startswith(b"Received: "), "second header: %r" % data[:80])
         # the Received header: folded lines up to the first unindented line
         rec_end = re.search(rb"\r\n(?![ \t])", data).end()
         received = data[:rec_end]

@@ -61,6 +61,13 @@ main(void)
 	test_ratelimit_register();
 	test_smtp_proto_register();
 	test_auth_register();
+	test_stats_register();
+	test_hdrparse_register();
+	test_anvil_register();
+	test_deadline_register();
+	test_listener_register();
+	test_policy_door_register();
+	test_service_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

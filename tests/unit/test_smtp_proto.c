@@ -5,6 +5,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/conf.h"
 #include "common/xmalloc.h"
@@ -22,10 +23,13 @@ struct pcase {
 };
 
 static int
-user_exists(void *arg, const char *local, const char *domain)
+user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	(void)arg;
-	return strcmp(local, "alice") == 0 && strcmp(domain, "example.com") == 0;
+	if (strcasecmp(local, "alice") != 0 || strcmp(domain, "example.com") != 0)
+		return 0;
+	strcpy(canon_r, "alice@example.com");
+	return 1;
 }
 
 #define EHLO "EHLO c.example\r\n"
@@ -103,6 +107,33 @@ static const struct pcase cases[] = {
 	{ "AUTH before EHLO", NULL, NULL, "198.51.100.1", "AUTH CRAM-MD5\r\n", "220 503", NULL },
 	{ "STARTTLS when TLS is not configured", NULL, NULL, "198.51.100.1",
 	  EHLO "|STARTTLS\r\n", "220 250 454", NULL },
+	/* addresses: RFC 5321 Mailbox, nothing else (issue 8 items 1, 4, 10, 22) */
+	{ "comment in the recipient domain: 501 5.1.3", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<victim@other.org(.example.com>\r\n",
+	  "220 250 250 501", NULL },
+	{ "comment in the sender: 501 5.1.7", NULL, "@evil.org", "198.51.100.1",
+	  EHLO "|MAIL FROM:<x@evil.org(c)>\r\n|MAIL FROM:<(x)>\r\n", "220 250 501 501", NULL },
+	{ "the relay client gets 501 for the trick too", NULL, NULL, "192.0.2.1",
+	  EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<victim@other.org(.example.com>\r\n",
+	  "220 250 250 501", NULL },
+	{ "postmaster goes to postmaster_address", "postmaster_address = alice@example.com\n", NULL,
+	  "198.51.100.1", EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<PostMaster>\r\n|DATA\r\n|x\r\n.\r\n",
+	  "220 250 250 250 354 250", "x\r\n" },
+	{ "postmaster_address is checked like any recipient", NULL, NULL,
+	  "198.51.100.1", EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<postmaster>\r\n",
+	  "220 250 250 550", NULL },
+	{ "other unqualified recipients from outside: 504", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<root>\r\n", "220 250 250 504", NULL },
+	{ "SIZE=+5 is a syntax error", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example> SIZE=+5\r\n|MAIL FROM:<a@b.example> SIZE=-5\r\n"
+	  "|MAIL FROM:<a@b.example> SIZE=\r\n|MAIL FROM:<a@b.example> SIZE=5\r\n",
+	  "220 250 501 501 501 250", NULL },
+	{ "EHLO with a CR in it", NULL, NULL, "198.51.100.1",
+	  "EHLO a\rX-Injected: yes\r\n|EHLO (x)\r\n|EHLO a\x01b\r\n|HELO [300.1.1.1]\r\n"
+	  "|EHLO c.example\r\n", "220 501 501 501 501 250", NULL },
+	{ "EHLO forms tolerated", NULL, NULL, "198.51.100.1",
+	  "EHLO localhost\r\n|EHLO [192.0.2.1]\r\n|EHLO [IPv6:::1]\r\n|HELO DESKTOP-1 extra\r\n",
+	  "220 250 250 250 250", NULL },
 	{ "RSET clears the envelope", NULL, NULL, "198.51.100.1",
 	  EHLO "|MAIL FROM:<a@b.example>\r\n|RSET\r\n|RCPT TO:<alice@example.com>\r\n",
 	  "220 250 250 250 503", NULL },
@@ -167,7 +198,7 @@ run(const struct pcase *t)
 	p.myhostname = "mx.example.com";
 	p.banner = "mx.example.com ESMTP";
 	p.bare_newline_reject = strstr(t->conf ? t->conf : "", "normalize") == NULL;
-	p.user_exists = user_exists;
+	p.user_resolve = user_resolve;
 	p.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM;
 	sscanf(t->conf && strstr(t->conf, "message_size_limit") ? t->conf : "x", "message_size_limit = %ld", &msize);
 	p.message_size_limit = (size_t)msize;
@@ -325,9 +356,274 @@ test_passthrough_signals(void)
 	policy_free(&pol);
 }
 
+/*
+ * DATA is held up to SMTP_DATA_HOLD_MAX: past it the session consumes no
+ * more until the caller takes a piece (to its spool file or downstream);
+ * what it took plus what is left at the dot is the message, byte for byte.
+ */
+static const struct {
+	const char *name;
+	size_t size;		/* message octets (lines of 64) */
+	size_t write;		/* the client's writes */
+	size_t min;		/* take pieces of at least this much; 0: never take */
+	int delivered;		/* 1: the dot is reached */
+} hold_cases[] = {
+	{ "small message held whole", 4096, 1000, 0, 1 },
+	{ "exactly the cap, held whole", SMTP_DATA_HOLD_MAX, 65536, 0, 1 },
+	{ "a line past the cap, never taken: input stops", SMTP_DATA_HOLD_MAX + 64, 65536, 0, 0 },
+	{ "1 MiB, never taken: input stops at the cap", 1024 * 1024, 65536, 0, 0 },
+	{ "1 MiB in 64 KiB pieces", 1024 * 1024, 65536, 65536, 1 },
+	{ "1 MiB in one write, any piece", 1024 * 1024, 1024 * 1024 + 5, 1, 1 },
+	{ "2 MiB in odd writes and pieces", 2 * 1024 * 1024 + 640, 7777, 100000, 1 },
+};
+
+static void
+test_data_hold(void)
+{
+	struct policy *pol = make_policy(NULL);
+	struct snapref snaps;
+	struct smtp_params p;
+	struct ipaddr a;
+
+	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
+	memset(&p, 0, sizeof(p));
+	p.pol = pol;
+	p.snaps = &snaps;
+	p.myhostname = "mx.example.com";
+	p.banner = "mx.example.com ESMTP";
+	p.bare_newline_reject = 1;
+	CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
+	for (size_t k = 0; k < sizeof(hold_cases) / sizeof(hold_cases[0]); k++) {
+		size_t size = hold_cases[k].size, wire = size + 3, off = 0, got = 0, held_max = 0;
+		char *msg = xmalloc(wire), *out = xmalloc(size);
+		struct smtp_proto *sp = smtp_proto_new(&p);
+		int delivered = 0, stuck = 0;
+
+		for (size_t i = 0; i < size; i++)
+			msg[i] = i % 64 == 62 ? '\r' : i % 64 == 63 ? '\n' : (char)('a' + i % 26);
+		memcpy(msg + size, ".\r\n", 3);
+		smtp_proto_start(sp, &a, NULL, 1000);
+		CU_ASSERT(feed(sp, EHLO) == 250);
+		CU_ASSERT(feed(sp, "MAIL FROM:<s@o.example>\r\n") == 250);
+		CU_ASSERT(feed(sp, "RCPT TO:<alice@example.com>\r\n") == 250);
+		CU_ASSERT(feed(sp, "DATA\r\n") == 354);
+		while (off < wire && !delivered && stuck < 3) {
+			size_t n = wire - off < hold_cases[k].write ? wire - off : hold_cases[k].write;
+			size_t used = smtp_proto_input(sp, msg + off, n, 1000);
+			const char *pc;
+			size_t pn;
+			struct smtp_msg *m;
+
+			off += used;
+			stuck = used == 0 ? stuck + 1 : 0;
+			if (hold_cases[k].min > 0)
+				while (smtp_proto_stream_chunk(sp, hold_cases[k].min, &pc, &pn)) {
+					held_max = pn > held_max ? pn : held_max;
+					CU_ASSERT_FATAL(got + pn <= size);
+					memcpy(out + got, pc, pn);
+					got += pn;
+					smtp_proto_stream_taken(sp, pn);
+				}
+			else if (smtp_proto_stream_chunk(sp, 0, &pc, &pn))
+				held_max = pn > held_max ? pn : held_max;
+			if ((m = smtp_proto_pending(sp)) != NULL) {
+				held_max = m->len > held_max ? m->len : held_max;
+				CU_ASSERT_FATAL(got + m->len == size);
+				memcpy(out + got, m->data, m->len);
+				got += m->len;
+				smtp_proto_delivered(sp, 1, NULL, NULL, "ID");
+				delivered = 1;
+			}
+		}
+		if (delivered != hold_cases[k].delivered || held_max > SMTP_DATA_HOLD_MAX ||
+		    (delivered && (got != size || memcmp(out, msg, size) != 0))) {
+			fprintf(stderr, "\n  case \"%s\": delivered %d, held at most %zu\n",
+			    hold_cases[k].name, delivered, held_max);
+			CU_FAIL("DATA hold");
+		}
+		smtp_proto_free(&sp);
+		free(msg);
+		free(out);
+	}
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
+/*
+ * Header names reach the engine as the bytes go by, in any pieces, for the
+ * end-of-message check of a relayed message (relay_require_headers = From
+ * Reply-To): only names before the empty line count, continuation lines and
+ * non-field lines are not names.
+ */
+static const struct {
+	const char *name;
+	const char *data;	/* '|' splits the writes; the final dot follows */
+	int want;		/* reply to the final dot: 250 (passed on) or 550 */
+} header_cases[] = {
+	{ "From: present", "From: a@b.example\r\n\r\nbody\r\n", 250 },
+	{ "From: split across writes", "Fr|om|: a@b.example\r\n\r\nbody\r\n", 250 },
+	{ "Reply-To: after a folded header", "Subject: x\r\n y\r\nReply-To: <r@b.example>\r\n\r\nb\r\n", 250 },
+	{ "none", "Subject: x\r\n\r\nbody\r\n", 550 },
+	{ "From: only in the body", "Subject: x\r\n\r\nFrom: a@b.example\r\n", 550 },
+	{ "From: as a continuation line", "Subject: x\r\n From: a@b.example\r\n\r\nb\r\n", 550 },
+	{ "name with a space before the colon", "From : a@b.example\r\n\r\nb\r\n", 550 },
+	{ "From: after a long header, in pieces", "X-Long: |aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa|\r|\nFrom: a@b.example\r\n\r\nb\r\n", 250 },
+	{ "no body, From: last", "From: a@b.example\r\n", 250 },
+};
+
+static void
+test_header_names(void)
+{
+	struct policy *pol = make_policy("relay_require_headers = From Reply-To\n");
+	struct snapref snaps;
+	struct smtp_params p;
+	struct ipaddr a;
+
+	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
+	memset(&p, 0, sizeof(p));
+	p.pol = pol;
+	p.snaps = &snaps;
+	p.myhostname = "mx.example.com";
+	p.banner = "mx.example.com ESMTP";
+	p.bare_newline_reject = 1;
+	p.have_relayhost = 1;
+	CU_ASSERT_FATAL(cidr_addr_parse("192.0.2.1", &a) == 0);
+	for (size_t k = 0; k < sizeof(header_cases) / sizeof(header_cases[0]); k++) {
+		struct smtp_proto *sp = smtp_proto_new(&p);
+		char *in = xasprintf("%s.\r\n", header_cases[k].data), *save = NULL;
+		int got = 0;
+
+		smtp_proto_start(sp, &a, NULL, 1000);
+		CU_ASSERT(feed(sp, EHLO) == 250);
+		CU_ASSERT(feed(sp, "MAIL FROM:<s@o.example>\r\n") == 250);
+		CU_ASSERT(feed(sp, "RCPT TO:<u@other.example>\r\n") == 0);	/* downstream */
+		CU_ASSERT_FATAL(smtp_proto_pending_down(sp) != NULL);
+		smtp_proto_down_done(sp, "250 2.1.5 ok");
+		CU_ASSERT(feed(sp, "") == 250);
+		CU_ASSERT(feed(sp, "DATA\r\n") == 354);
+		for (char *piece = strtok_r(in, "|", &save); piece; piece = strtok_r(NULL, "|", &save)) {
+			int c = feed(sp, piece);
+
+			got = c ? c : got;
+		}
+		if (smtp_proto_pending(sp) != NULL)
+			got = 250;	/* the server passes it on */
+		if (got != header_cases[k].want) {
+			fprintf(stderr, "\n  case \"%s\": %d, want %d\n", header_cases[k].name, got,
+			    header_cases[k].want);
+			CU_FAIL("header names");
+		}
+		free(in);
+		smtp_proto_free(&sp);
+	}
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
+/* what is delivered: the canonical user, the re-quoted address downstream */
+static void
+test_delivered_addresses(void)
+{
+	static const struct { const char *rcpt; int pass; const char *want; } t[] = {
+		{ "RCPT TO:<ALICE@example.com>\r\n", 0, "alice@example.com" },
+		{ "RCPT TO:<\"Alice\"@Example.COM.>\r\n", 0, "alice@example.com" },
+		{ "RCPT TO:<@relay.example:alice@EXAMPLE.com>\r\n", 0, "alice@example.com" },
+		{ "RCPT TO:<\"root> NOTIFY=NEVER\"@example.com>\r\n", 1,
+		  "\"root> NOTIFY=NEVER\"@example.com" },
+		{ "RCPT TO:<\"Alice\"@Example.COM.>\r\n", 1, "Alice@example.com" },
+	};
+	struct policy *pol = make_policy(NULL);
+	struct snapref snaps;
+
+	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct smtp_params p;
+		struct smtp_proto *sp;
+		struct ipaddr a;
+		const char *got = NULL;
+
+		memset(&p, 0, sizeof(p));
+		p.pol = pol;
+		p.snaps = &snaps;
+		p.myhostname = "mx.example.com";
+		p.banner = "mx.example.com ESMTP";
+		p.bare_newline_reject = 1;
+		p.passthrough = t[i].pass;
+		p.user_resolve = user_resolve;
+		CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
+		sp = smtp_proto_new(&p);
+		smtp_proto_start(sp, &a, NULL, 1000);
+		CU_ASSERT(feed(sp, EHLO) == 250);
+		CU_ASSERT(feed(sp, "MAIL FROM:<\"a b\"@o.example>\r\n") == 250);
+		if (t[i].pass) {
+			CU_ASSERT(feed(sp, t[i].rcpt) == 0);
+			if (smtp_proto_pending_down(sp) != NULL) {
+				got = smtp_proto_pending_down(sp)->rcpt;
+				CU_ASSERT_STRING_EQUAL(smtp_proto_pending_down(sp)->sender,
+				    "\"a b\"@o.example");
+			}
+		} else {
+			struct smtp_msg *m;
+
+			CU_ASSERT(feed(sp, t[i].rcpt) == 250);
+			CU_ASSERT(feed(sp, "DATA\r\n") == 354);
+			CU_ASSERT(feed(sp, "x\r\n.\r\n") == 0);
+			m = smtp_proto_pending(sp);
+			if (m != NULL && m->nrcpt == 1)
+				got = m->rcpt[0];
+		}
+		if (got == NULL || strcmp(got, t[i].want) != 0) {
+			fprintf(stderr, "\n  %s: delivered to \"%s\", want \"%s\"\n", t[i].rcpt,
+			    got ? got : "(nothing)", t[i].want);
+			CU_FAIL("delivered address differs");
+		}
+		smtp_proto_free(&sp);
+	}
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
+/* a login is named as the user database names it (issue 8 item 3) */
+static void
+test_login_canonical(void)
+{
+	struct policy *pol = make_policy(NULL);
+	struct snapref snaps;
+	struct smtp_params p;
+	struct smtp_proto *sp;
+	struct ipaddr a;
+
+	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
+	memset(&p, 0, sizeof(p));
+	p.pol = pol;
+	p.snaps = &snaps;
+	p.myhostname = "mx.example.com";
+	p.banner = "mx.example.com ESMTP";
+	p.bare_newline_reject = 1;
+	p.user_resolve = user_resolve;
+	p.auth_mechs = SMTP_AUTH_PLAIN;
+	p.auth_allow_plaintext = 1;
+	CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
+	sp = smtp_proto_new(&p);
+	smtp_proto_start(sp, &a, NULL, 1000);
+	CU_ASSERT(feed(sp, EHLO) == 250);
+	/* "\0ALICE@Example.COM\0pw" */
+	CU_ASSERT(feed(sp, "AUTH PLAIN AEFMSUNFQEV4YW1wbGUuQ09NAHB3\r\n") == 0);
+	CU_ASSERT_FATAL(smtp_proto_pending_auth(sp) != NULL);
+	smtp_proto_auth_done(sp, 1);
+	CU_ASSERT_STRING_EQUAL(smtp_proto_auth_user(sp), "alice@example.com");
+	smtp_proto_free(&sp);
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
 static CU_TestInfo tests[] = {
+	{ "header names as they go by", test_header_names },
+	{ "DATA held up to a cap", test_data_hold },
 	{ "golden dialogues", test_smtp_dialogues },
 	{ "pass-through signals", test_passthrough_signals },
+	{ "delivered addresses: canonical user, re-quoted downstream", test_delivered_addresses },
+	{ "a login is named canonically", test_login_canonical },
 	CU_TEST_INFO_NULL,
 };
 

@@ -1,0 +1,376 @@
+/*
+ * policy_door - the Postfix SMTPD access policy server (check_policy_service):
+ * a libevent loop that reads requests with policy_proto, answers each with
+ * policy_check, and keeps the connection for the next one.
+ *
+ *   policy_door_listen()  bind "inet:HOST:PORT", "inet:[ADDR]:PORT" (through
+ *                         service/listener, as every door) or "unix:/path"
+ *                         (bound here: service/listener has no unix: yet)
+ *   policy_door_run()     the loop, until SIGTERM/SIGINT
+ *
+ * Bounded everywhere: at most max_connections clients; a request must
+ * arrive whole within request_timeout of its first byte and an idle
+ * connection closes after idle_timeout (more than Postfix's
+ * smtpd_policy_service_max_idle, so Postfix closes first); answers that the
+ * peer does not read stop the reading past POLICY_OUT_MAX; a request too
+ * long to resynchronise gets a DEFER_IF_PERMIT answer and the connection is
+ * closed once that is flushed. Never blocks: the engine reads the
+ * lock-free snapshot. One thread.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "common/log.h"
+#include "common/stats.h"
+#include "common/xmalloc.h"
+#include "policy/policy_check.h"
+#include "policy/policy_door.h"
+#include "service/listener.h"
+
+#define POLICY_OUT_MAX 65536	/* unread answers queued before reading pauses */
+
+struct door {
+	const struct policy_door_env *env;
+	struct event_base *base;
+	struct pconn *conns;
+	unsigned nconn;
+	time_t full_logged;	/* last "too many connections" line */
+};
+
+struct pconn {
+	struct pconn *prev, *next;
+	struct door *d;
+	struct bufferevent *bev;
+	struct event *deadline;	/* the request under way must be whole by then */
+	int closing;		/* flush, then free */
+	int paused;		/* reading stopped until the peer reads our answers */
+	int warned;		/* one malformed-request line per connection */
+	char peer[CIDR_TEXT_MAX + 8];
+	struct policy_parser parser;
+};
+
+int
+policy_door_listen(const char *spec, const char **error_r)
+{
+	static char err[400];
+	struct sockaddr_un sun;
+	struct stat st;
+	const char *path = spec + 5;
+	int fd;
+
+	if (strncmp(spec, "inet:", 5) == 0) {
+		/* Postfix's form of the service's HOST:PORT / [ADDRESS]:PORT */
+		if (listener_bind(spec + 5, "policy_listen", &fd, error_r) < 0) {
+			snprintf(err, sizeof(err), "%s (policy_listen takes inet:HOST:PORT, "
+			    "inet:[ADDRESS]:PORT or unix:/PATH)", *error_r);
+			*error_r = err;
+			return -1;
+		}
+		return fd;
+	}
+	/* service/listener knows no unix: yet: the door binds its own */
+	memset(&sun, 0, sizeof(sun));
+	if (strncmp(spec, "unix:", 5) != 0 || path[0] != '/' ||
+	    strlen(path) >= sizeof(sun.sun_path)) {
+		snprintf(err, sizeof(err), "policy_listen = %.200s: expected inet:HOST:PORT, "
+		    "inet:[ADDRESS]:PORT or unix:/PATH", spec);
+		*error_r = err;
+		return -1;
+	}
+	sun.sun_family = AF_UNIX;
+	strcpy(sun.sun_path, path);
+	/* a socket left by a daemon that died; never anything else */
+	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+		(void)unlink(path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 511) < 0) {
+		int e = errno;
+
+		if (fd >= 0)
+			close(fd);
+		snprintf(err, sizeof(err), "policy_listen = %.200s: %s", spec, strerror(e));
+		*error_r = err;
+		return -1;
+	}
+	/* Postfix's smtpd runs as its own user; who may connect is decided by
+	 * the permissions of the directory that holds the socket */
+	(void)chmod(path, 0666);
+	return fd;
+}
+
+static void
+conn_free(struct pconn *c)
+{
+	struct door *d = c->d;
+
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		d->conns = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	d->nconn--;
+	event_free(c->deadline);
+	bufferevent_free(c->bev);
+	free(c);
+}
+
+/* stop reading; free once the answers are out (the write timeout bounds it) */
+static void
+conn_close(struct pconn *c)
+{
+	c->closing = 1;
+	bufferevent_disable(c->bev, EV_READ);
+	evtimer_del(c->deadline);
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_free(c);
+}
+
+static void
+answer(struct pconn *c, const struct policy_request *req, int fatal)
+{
+	const struct policy_door_env *env = c->d->env;
+	char action[MAX_POLICY_ACTION], out[MAX_POLICY_ANSWER];
+	size_t n;
+
+	if (req->error != NULL) {
+		if (!c->warned) {
+			log_warn("policy: malformed request from %s: %s%s", c->peer, req->error,
+			    fatal ? "; closing" : "");
+			c->warned = 1;
+		}
+		policy_check_malformed(req->error, action, sizeof(action));
+	} else {
+		unsigned ticket;
+		const struct snapshot *snap = snapref_acquire(env->snaps, &ticket);
+		struct verdict v;
+
+		policy_check(req, env->pol, snap, (long long)time(NULL), action, sizeof(action), &v);
+		snapref_release(env->snaps, ticket);
+		if (v.ban_seconds > 0 && env->ban != NULL) {
+			struct ipaddr a;
+
+			if (cidr_addr_parse(req->attr[PA_CLIENT_ADDRESS], &a) == 0)
+				env->ban(env->ban_arg, &a, v.ban_seconds, v.tag);
+		}
+	}
+	/* refusals are counted by engine_log() as verdicts; every answer here */
+	stats_addf(1, "policy_answers_total{action=\"%s\"}", req->error != NULL ? "malformed" :
+	    action[0] == '4' ? "defer" : action[0] == '5' ? "reject" :
+	    strcmp(action, "OK") == 0 ? "OK" : strcmp(action, "DUNNO") == 0 ? "DUNNO" : "other");
+	n = policy_answer_format(out, sizeof(out), action);
+	bufferevent_write(c->bev, out, n);
+}
+
+/* feed what has arrived; answer every complete request */
+static void
+serve(struct pconn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev);
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	int answered = 0;
+
+	while (!c->closing && evbuffer_get_length(in) > 0) {
+		struct evbuffer_iovec v;
+		const struct policy_request *req;
+		enum policy_feed st;
+		size_t used = 0;
+
+		if (evbuffer_get_length(out) > POLICY_OUT_MAX) {
+			/* the peer sends but does not read: wait for write_cb */
+			c->paused = 1;
+			bufferevent_disable(c->bev, EV_READ);
+			evtimer_del(c->deadline);	/* the write timeout runs now */
+			return;
+		}
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+			break;
+		st = policy_parser_feed(&c->parser, v.iov_base, v.iov_len, &used, &req);
+		evbuffer_drain(in, used);
+		if (st == POLICY_FEED_MORE)
+			continue;
+		answer(c, req, st == POLICY_FEED_FATAL);
+		answered = 1;
+		if (st == POLICY_FEED_FATAL) {
+			conn_close(c);
+			return;
+		}
+	}
+	if (answered)
+		evtimer_del(c->deadline);	/* the next request has its own */
+	if (policy_parser_is_partial(&c->parser)) {
+		if (!evtimer_pending(c->deadline, NULL)) {
+			struct timeval tv = { (time_t)c->d->env->request_timeout, 0 };
+
+			evtimer_add(c->deadline, &tv);
+		}
+	} else {
+		evtimer_del(c->deadline);
+	}
+}
+
+static void
+read_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	serve(arg);
+}
+
+static void
+write_cb(struct bufferevent *bev, void *arg)
+{
+	struct pconn *c = arg;
+
+	(void)bev;
+	if (c->closing) {
+		conn_free(c);
+		return;
+	}
+	if (c->paused) {
+		c->paused = 0;
+		bufferevent_enable(c->bev, EV_READ);
+		serve(c);
+	}
+}
+
+static void
+event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct pconn *c = arg;
+
+	(void)bev;
+	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING))
+		log_warn("policy: %s does not read its answers; closing", c->peer);
+	else if ((what & BEV_EVENT_TIMEOUT) && log_is_debug())
+		log_debug("policy: %s idle for %us, closing", c->peer, c->d->env->idle_timeout);
+	/* EOF, error or timeout: nothing more can be answered */
+	conn_free(c);
+}
+
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pconn *c = arg;
+
+	(void)fd;
+	(void)what;
+	log_warn("policy: %s did not finish a request within %us; closing", c->peer,
+	    c->d->env->request_timeout);
+	conn_free(c);
+}
+
+static void
+accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
+{
+	struct door *d = arg;
+	struct pconn *c;
+	struct ipaddr a;
+	struct timeval idle = { (time_t)d->env->idle_timeout, 0 };
+	struct timeval wr = { (time_t)d->env->request_timeout, 0 };
+	char buf[CIDR_TEXT_MAX];
+
+	(void)salen;
+	if (d->nconn >= d->env->max_connections) {
+		time_t now = time(NULL);
+
+		if (now != d->full_logged)
+			log_warn("policy: %u connections (policy_max_connections): refusing more",
+			    d->nconn);
+		d->full_logged = now;
+		evutil_closesocket(fd);
+		return;
+	}
+	c = xcalloc(1, sizeof(*c));
+	c->d = d;
+	if (cidr_addr_from_sockaddr(sa, &a) == 0)
+		snprintf(c->peer, sizeof(c->peer), "[%s]", cidr_addr_format(&a, buf));
+	else
+		snprintf(c->peer, sizeof(c->peer), "local socket");
+	policy_parser_init(&c->parser);
+	c->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->deadline = evtimer_new(d->base, deadline_cb, c);
+	if (c->bev == NULL || c->deadline == NULL) {
+		log_error("policy: cannot set up a connection");
+		if (c->bev != NULL)
+			bufferevent_free(c->bev);
+		else
+			evutil_closesocket(fd);
+		if (c->deadline != NULL)
+			event_free(c->deadline);
+		free(c);
+		return;
+	}
+	c->next = d->conns;
+	if (d->conns != NULL)
+		d->conns->prev = c;
+	d->conns = c;
+	d->nconn++;
+	stats_add("connections_total{door=\"policy\"}", 1);
+	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+	bufferevent_set_timeouts(c->bev, &idle, &wr);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static void
+stop_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct door *d = arg;
+
+	(void)what;
+	log_info("policy: signal %d, stopping", (int)sig);
+	event_base_loopexit(d->base, NULL);
+}
+
+int
+policy_door_run(const int *fds, size_t nfds, const struct policy_door_env *env,
+    const char **error_r)
+{
+	struct door *d = xcalloc(1, sizeof(*d));
+	struct listener **ls = xcalloc(nfds + 1, sizeof(*ls));
+	struct event *sig_term, *sig_int;
+	int rc = 0;
+
+	d->env = env;
+	d->base = event_base_new();
+	if (d->base == NULL) {
+		*error_r = "cannot create the event loop";
+		free(ls);
+		free(d);
+		return -1;
+	}
+	for (size_t i = 0; i < nfds; i++) {
+		ls[i] = listener_new(d->base, fds[i], "policy", accept_cb, d);
+		if (ls[i] == NULL) {
+			*error_r = "cannot listen";
+			rc = -1;
+		}
+	}
+	sig_term = evsignal_new(d->base, SIGTERM, stop_cb, d);
+	sig_int = evsignal_new(d->base, SIGINT, stop_cb, d);
+	evsignal_add(sig_term, NULL);
+	evsignal_add(sig_int, NULL);
+	if (rc == 0)
+		event_base_dispatch(d->base);
+	for (size_t i = 0; i < nfds; i++)
+		listener_free(&ls[i]);
+	while (d->conns != NULL)
+		conn_free(d->conns);
+	event_free(sig_term);
+	event_free(sig_int);
+	event_base_free(d->base);
+	free(ls);
+	free(d);
+	return rc;
+}

@@ -1,0 +1,31 @@
+#ifndef PC_LISTENER_H
+#define PC_LISTENER_H
+/*
+ * listener - listening sockets for every network door: "HOST:PORT" and
+ * "[ADDRESS]:PORT" parsed in one place, bound by the master (so a restarted
+ * worker inherits them), and an accept loop that survives running out of
+ * file descriptors: it pauses and backs off instead of spinning, and logs
+ * that once a minute.
+ */
+#include <sys/socket.h>
+
+struct event_base;
+struct listener;
+
+/* a new connection: fd is non-blocking and close-on-exec, and the callee's */
+typedef void listener_accept_fn(void *arg, int fd, struct sockaddr *sa, socklen_t salen);
+
+/* "127.0.0.1:25", "[::1]:25" -> a socket address; key names the setting in
+ * the error ("smtp_listen = ...: expected HOST:PORT or [ADDRESS]:PORT") */
+int listener_parse(const char *spec, const char *key, struct sockaddr_storage *ss_r,
+    socklen_t *len_r, const char **error_r) __attribute__((warn_unused_result));
+/* parse and bind; the listening fd goes to *fd_r */
+int listener_bind(const char *spec, const char *key, int *fd_r, const char **error_r)
+    __attribute__((warn_unused_result));
+
+/* accept on fd (not closed by listener_free) on this loop; name is for logs */
+struct listener *listener_new(struct event_base *base, int fd, const char *name,
+    listener_accept_fn *cb, void *arg);
+void listener_free(struct listener **l);
+
+#endif

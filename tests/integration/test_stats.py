@@ -1,0 +1,202 @@
+#!/usr/bin/python3
+"""Counters as an admin reads them: verdicts by door, stage, action and
+reason tag, served on metrics_listen in Prometheus' text format (scraped
+with curl and read with prometheus_client's own parser) and printed by
+`portcullis stats`; the endpoint answers nothing but GET /metrics.
+
+Run: python3 tests/integration/test_stats.py   (PORTCULLIS_BIN as for the others)
+Last line: "N passed, N failed".
+"""
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+try:
+    from prometheus_client.parser import text_string_to_metric_families
+except ImportError:     # a python3 other than Debian's: use Debian's package (deps.sh)
+    sys.path.append("/usr/lib/python3/dist-packages")
+    from prometheus_client.parser import text_string_to_metric_families
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
+SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Stats(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="portcullis-stats-")
+        cls.smtp = free_port()
+        cls.milter = free_port()
+        cls.metrics = free_port()
+        cls.conf = os.path.join(cls.dir, "portcullis.conf")
+        with open(cls.conf, "w") as f:
+            f.write("state_dir = %s/state\nservices = milter smtp\n"
+                    "milter_listen = inet:127.0.0.1:%d\nsmtp_listen = 127.0.0.1:%d\n"
+                    "metrics_listen = 127.0.0.1:%d\n"
+                    "mydomains = example.com\nmyhostname = mx.example.com\n"
+                    "relay_networks = 192.0.2.0/24\n" % (cls.dir, cls.milter, cls.smtp, cls.metrics))
+        cls.log = open(os.path.join(cls.dir, "log"), "w+")
+        cls.daemon = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", cls.conf, "-f"],
+                                      stdout=cls.log, stderr=subprocess.STDOUT)
+
+        def up():
+            if cls.daemon.poll() is not None:
+                cls.log.seek(0)
+                raise AssertionError("daemon exited:\n" + cls.log.read())
+            try:
+                socket.create_connection(("127.0.0.1", cls.smtp), 0.2).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, 15, "the smtp listener")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.send_signal(signal.SIGTERM)
+        try:
+            cls.daemon.wait(20)
+        except subprocess.TimeoutExpired:
+            cls.daemon.kill()
+            cls.daemon.wait()
+        cls.log.seek(0)
+        text = cls.log.read()
+        cls.log.close()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+        if SANITIZER_RE.search(text):
+            raise AssertionError("sanitizer report:\n" + text[-3000:])
+
+    def curl(self, *args):
+        return subprocess.run(["curl", "-sS", "--max-time", "10", *args],
+                              capture_output=True, text=True, timeout=20)
+
+    def scrape(self):
+        r = self.curl("-f", "http://127.0.0.1:%d/metrics" % self.metrics)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        samples = {}
+        for fam in text_string_to_metric_families(r.stdout):
+            for s in fam.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                samples[key] = s.value
+        return r.stdout, samples
+
+    def relay_attempt(self, rcpt):
+        s = smtplib.SMTP("127.0.0.1", self.smtp, local_hostname="client.test", timeout=10)
+        s.ehlo()
+        s.mail("a@outside.test")
+        code, _ = s.rcpt(rcpt)
+        s.quit()
+        return code
+
+    def test_1_relay_refusals_are_counted_by_door_stage_and_reason(self):
+        key = ("portcullis_verdicts_total", (("action", "reject"), ("door", "smtp"),
+                                             ("reason", "relay"), ("stage", "RCPT")))
+        _, before = self.scrape()
+        for i in range(3):
+            self.assertEqual(self.relay_attempt("v%d@elsewhere.test" % i) // 100, 5)
+        _, after = self.scrape()
+        self.assertEqual(after.get(key, 0) - before.get(key, 0), 3, after)
+        self.assertIn(("portcullis_start_time_seconds", ()), after)
+
+    def test_2_portcullis_stats_prints_the_same_counters(self):
+        self.relay_attempt("w@elsewhere.test")
+        _, samples = self.scrape()
+        r = subprocess.run([os.path.join(BIN, "portcullis"), "-c", self.conf, "stats"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        line = [l for l in r.stdout.splitlines()
+                if l.startswith('verdicts_total{door="smtp",stage="RCPT",action="reject",reason="relay"}')]
+        self.assertEqual(len(line), 1, r.stdout)
+        key = ("portcullis_verdicts_total", (("action", "reject"), ("door", "smtp"),
+                                             ("reason", "relay"), ("stage", "RCPT")))
+        self.assertEqual(int(line[0].split()[-1]), int(samples[key]))
+        r = subprocess.run([os.path.join(BIN, "portcullis"), "-c", self.conf, "stats", "--prometheus"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertIn("# TYPE portcullis_verdicts_total counter", r.stdout)
+
+    def test_2b_connections_messages_and_bytes_of_the_smtp_door(self):
+        r = subprocess.run([os.path.join(BIN, "portcullis"), "-c", self.conf, "user", "add",
+                            "bob@example.com", "--password-stdin"], input="pw-of-bob\n",
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        body = "From: a@outside.test\r\nSubject: count me\r\n\r\n" + "x" * 1000 + "\r\n"
+
+        def rcpt_ok():      # the worker picks the users file up within a second
+            s = smtplib.SMTP("127.0.0.1", self.smtp, local_hostname="client.test", timeout=10)
+            s.ehlo()
+            s.mail("a@outside.test")
+            ok = s.rcpt("bob@example.com")[0] == 250
+            s.quit()
+            return ok
+        wait_for(rcpt_ok, 5, "bob to exist")
+        _, before = self.scrape()
+        s = smtplib.SMTP("127.0.0.1", self.smtp, local_hostname="client.test", timeout=10)
+        s.sendmail("a@outside.test", ["bob@example.com"], body)
+        s.quit()
+        _, after = self.scrape()
+
+        def delta(name, **labels):
+            key = (name, tuple(sorted(labels.items())))
+            return after.get(key, 0) - before.get(key, 0)
+        self.assertEqual(delta("portcullis_connections_total", door="smtp"), 1, after)
+        self.assertEqual(delta("portcullis_messages_total", door="smtp", route="store"), 1, after)
+        self.assertGreaterEqual(delta("portcullis_message_bytes_total", door="smtp", route="store"),
+                                len(body))
+
+    def test_3_only_get_metrics_is_served(self):
+        r = self.curl("-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:%d/" % self.metrics)
+        self.assertEqual(r.stdout, "404")
+        r = self.curl("-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", "x",
+                      "http://127.0.0.1:%d/metrics" % self.metrics)
+        self.assertEqual(r.stdout, "405")
+        # garbage on the socket gets an error or a close, and the endpoint keeps serving
+        with socket.create_connection(("127.0.0.1", self.metrics), 5) as s:
+            s.sendall(b"\x00\xff garbage\r\n\r\n")
+            s.settimeout(5)
+            try:
+                s.recv(4096)
+            except OSError:
+                pass
+        self.scrape()
+
+    def test_4_stats_without_a_running_daemon_says_so(self):
+        other = os.path.join(self.dir, "other.conf")
+        with open(other, "w") as f:
+            f.write("state_dir = %s/nothing\n" % self.dir)
+        r = subprocess.run([os.path.join(BIN, "portcullis"), "-c", other, "stats"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("stats", r.stderr)
+
+
+if __name__ == "__main__":
+    prog = unittest.main(exit=False, verbosity=2)
+    res = prog.result
+    failed = len(res.failures) + len(res.errors)
+    print("%d passed, %d failed" % (res.testsRun - failed, failed))
+    sys.exit(1 if failed else 0)
