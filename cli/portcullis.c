@@ -50,12 +50,13 @@ usage(void)
 {
 	fprintf(stderr,
 	    "usage: portcullis [-c FILE] [-o key=value]... COMMAND\n"
-	    "  kill|accept add ENTRY [--ttl TIME] [--reason TEXT]\n"
+	    "  kill|accept add ENTRY [--ttl TIME|never] [--reason TEXT]\n"
 	    "  kill|accept del ENTRY\n"
 	    "  kill|accept list\n"
 	    "  kill|accept import FILE|- [--ttl TIME] [--reason TEXT] [--skip-bad]\n"
 	    "  kill|accept export [--full]\n"
 	    "  lists migrate FROM-URL TO-URL\n"
+	    "  lists reseed|accept-empty\n"
 	    "  user add|passwd USER@DOMAIN [--password-stdin]\n"
 	    "  user del USER@DOMAIN\n"
 	    "  user list\n"
