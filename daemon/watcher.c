@@ -347,8 +347,16 @@ save_cache(struct watcher *w, enum list_kind k)
 {
 	const char *err;
 
-	if (w->cache != NULL && liststore_save_all(w->cache, k, &w->lists[k], &err) < 0)
-		log_warn("cannot save the local copy of the %s list: %s", list_kind_name(k), err);
+	if (w->cache == NULL)
+		return;
+	if (liststore_save_all(w->cache, k, &w->lists[k], &err) < 0) {
+		/* busy: the other worker is writing it; ours follows later */
+		if (strstr(err, LISTSTORE_BUSY) == NULL)
+			log_warn("cannot save the local copy of the %s list: %s", list_kind_name(k),
+			    err);
+		w->cache_dirty = 1;
+		return;
+	}
 	w->cache_saved_at = time(NULL);
 }
 
@@ -861,9 +869,9 @@ watcher_main(void *arg)
 					 * entries must not rewrite it at each build) */
 					if (w->cache_dirty && (fold || time(NULL) -
 					    w->cache_saved_at >= CACHE_SAVE_EVERY_S)) {
+						w->cache_dirty = 0;	/* set again if busy */
 						for (int k = 0; k < LIST_KINDS; k++)
 							save_cache(w, (enum list_kind)k);
-						w->cache_dirty = 0;
 					}
 #ifdef __GLIBC__
 					/* a full build frees the previous one (hundreds of MB

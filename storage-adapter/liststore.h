@@ -118,6 +118,9 @@ int liststore_add_many(struct liststore *s, enum list_kind k, const struct list_
  * lock held by another process (fails instead: try again later) */
 int liststore_add_batch(struct liststore *s, enum list_kind k, const struct list_entry *v,
     size_t n, const char **error_r) __attribute__((warn_unused_result));
+/* in the error of a write that would have had to wait for a lock */
+#define LISTSTORE_BUSY "is held by another process"
+/* replace list k whole (a local copy); never waits for a lock (LISTSTORE_BUSY) */
 int liststore_save_all(struct liststore *s, enum list_kind k, const struct entry_vec *v,
     const char **error_r) __attribute__((warn_unused_result));
 /* named values beside the lists (the generation mark of a shared store);

@@ -601,7 +601,7 @@ take_lock(struct liststore *s, int wait, const char **error_r)
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		if (errno != EWOULDBLOCK || !wait) {
-			fs_fail(s, error_r, errno == EWOULDBLOCK ? "%s is held by another process%s" :
+			fs_fail(s, error_r, errno == EWOULDBLOCK ? "%s " LISTSTORE_BUSY "%s" :
 			    "cannot lock %s: %s", lockpath, errno == EWOULDBLOCK ? "" : strerror(errno));
 			close(fd);
 			free(lockpath);
@@ -782,7 +782,15 @@ static int
 fs_save_all(struct liststore *s, enum list_kind k, const struct entry_vec *v,
     const char **error_r)
 {
-	return fs_rewrite(s, k, v->v, v->n, NULL, 1, NULL, -1, error_r);
+	/* the daemon's local copy: never wait for the lock (another worker
+	 * is writing the same copy; the caller tries again later) */
+	int lockfd = take_lock(s, 0, error_r), rc;
+
+	if (lockfd < 0)
+		return -1;
+	rc = fs_rewrite(s, k, v->v, v->n, NULL, 1, NULL, lockfd, error_r);
+	close(lockfd);
+	return rc;
 }
 
 static int
