@@ -21,10 +21,11 @@
  * SIGHUP (or `portcullis reload`) reloads the configuration live: the
  * same file and -o overrides are read and checked as at start-up (by
  * `portcullisd -t` run as a child, as run_user), then applied without
- * dropping a connection: a new smtp worker starts on the same listening
- * sockets and the old one drains (SIGUSR2: finishes its sessions, then
- * exits); the milter worker swaps its policy in process (its control
- * socket). A configuration that fails a check is refused with the error
+ * dropping a connection: a new smtp (and policy) worker starts on the
+ * same listening sockets and the old one drains (SIGUSR2: finishes its
+ * sessions, then exits; the supervise loop reaps it without a restart);
+ * the milter worker swaps its policy, and its list store if that changed,
+ * in process (asked over its control socket). A configuration that fails a check is refused with the error
  * (FILE:LINE) in the log and the old one stays in force. Keys that cannot
  * change live (restart_keys) keep their running values and are logged as
  * needing a restart. The outcome goes to state_dir/reload-status, which
