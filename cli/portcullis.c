@@ -66,7 +66,7 @@ static const char *const usage_lines[] = {
 	"user del USER@DOMAIN",
 	"user list",
 	"stats [--prometheus]",
-	"reload",
+	"reload    (the running portcullisd re-reads its configuration; waits for the verdict)",
 	"explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
 	"          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...",
 };
