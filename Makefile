@@ -61,6 +61,10 @@ $(BINDIR)/unit-tests: $(UNIT_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_CUNIT) $(LIBS_EVENT) $(LIBS_LIB)
 
+$(BINDIR)/mailstore-tool: $(BUILD)/tests/integration/mailstore_tool.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
+
 $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
@@ -71,7 +75,8 @@ $(BINDIR)/null-milter: $(NULLMILTER_OBJ)
 
 asan:
 	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" \
-	    build/asan/bin/portcullisd build/asan/bin/portcullis build/asan/bin/unit-tests
+	    build/asan/bin/portcullisd build/asan/bin/portcullis build/asan/bin/unit-tests \
+	    build/asan/bin/mailstore-tool
 
 deps:
 	@sh scripts/deps.sh
@@ -107,6 +112,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_spool.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_received.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_421.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 
 bench: deps
 	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter

@@ -1516,6 +1516,53 @@ move_new(struct mailstore_box *box, struct scanned **v, size_t *n, size_t *cap,
 	return 0;
 }
 
+/* a record extension's number ("W123" in "S100 W123") */
+static int
+ext_get(const char *ext, char key, uint64_t *v_r)
+{
+	for (const char *p = ext; p && *p; p++) {
+		if ((p == ext || p[-1] == ' ') && *p == key && p[1] >= '0' && p[1] <= '9') {
+			uint64_t v = 0;
+			int k = 0;
+
+			for (p++; *p >= '0' && *p <= '9' && k < 18; p++, k++)
+				v = v * 10 + (uint64_t)(*p - '0');
+			*v_r = v;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* the size with every bare LF counted as CRLF, read in pieces */
+static int
+count_vsize(const struct mailstore_box *box, const struct scanned *s, uint64_t *vsize_r)
+{
+	char *path = xasprintf("%s/%s/%s", box->dir, s->in_new ? "new" : "cur", s->name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	unsigned char buf[65536];
+	uint64_t v = 0;
+	int last_cr = 0;
+	ssize_t r;
+
+	free(path);
+	if (fd < 0)
+		return -1;
+	while ((r = read(fd, buf, sizeof(buf))) > 0) {
+		for (ssize_t i = 0; i < r; i++) {
+			if (buf[i] == '\n' && !last_cr)
+				v++;
+			last_cr = buf[i] == '\r';
+		}
+		v += (uint64_t)r;
+	}
+	close(fd);
+	if (r < 0)
+		return -1;
+	*vsize_r = v;
+	return 0;
+}
+
 /*
  * The sync, lock held: keywords, uidlist, new/ to cur/, new UIDs; the
  * message list rebuilt. *dirty_r says the uidlist must be written.
@@ -1637,7 +1684,16 @@ again:
 			}
 			if (mdname_parse(nv[i].name, &mn) < 0)
 				continue;
-			md_uidlist_add(ul, ul->next_uid++, nv[i].name, mn.baselen, NULL);
+			{
+				/* no ,W= in the name: the size with CRLF goes into the
+				 * record ("W<n>"), where Dovecot keeps it too */
+				char ext[48] = "";
+				uint64_t vs;
+
+				if (!mn.has_vsize && count_vsize(box, &nv[i], &vs) == 0)
+					snprintf(ext, sizeof(ext), "W%llu", (unsigned long long)vs);
+				md_uidlist_add(ul, ul->next_uid++, nv[i].name, mn.baselen, ext);
+			}
 		}
 		free(nv);
 		*dirty_r = 1;
@@ -1707,7 +1763,11 @@ again:
 				if (!box->kw[k])
 					m->pub.keywords &= ~(1u << k);	/* an unknown letter */
 			m->pub.size = mn.has_size ? mn.size : (uint64_t)st.st_size;
-			m->pub.vsize = mn.has_vsize ? mn.vsize : m->pub.size;
+			m->pub.vsize = m->pub.size;
+			if (mn.has_vsize)
+				m->pub.vsize = mn.vsize;
+			else
+				(void)ext_get(ul->recs[r].ext, 'W', &m->pub.vsize);
 			m->pub.date = st.st_mtime;
 			m->pub.recent = s->recent;
 			for (size_t k = 0; k < recent_n; k++)
