@@ -25,8 +25,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/authmech.h"
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/mailaddr.h"
 #include "common/owner.h"
 #include "common/pclimits.h"
 #include "common/stats.h"
@@ -572,6 +574,7 @@ cmd_user(const struct conf *c, int argc, char **argv)
 	if (strcmp(argv[0], "add") == 0 || strcmp(argv[0], "passwd") == 0) {
 		int from_stdin = argc == 3 && strcmp(argv[2], "--password-stdin") == 0;
 		int add = strcmp(argv[0], "add") == 0;
+		unsigned mechs;
 		char *pw;
 
 		if (argc > 3 || (argc == 3 && !from_stdin))
@@ -587,9 +590,11 @@ cmd_user(const struct conf *c, int argc, char **argv)
 				die("user %s exists already (use user passwd to change the password)", argv[1]);
 			userdb_free(&db);
 		}
+		if (authmech_parse(c, &mechs, &err) < 0)
+			die("%s", err);
 		pw = read_password(from_stdin);
-		if (userdb_set_password(url, argv[1], pw, add,
-		    strstr(conf_get(c, "auth_mechanisms"), "CRAM-MD5") != NULL, &err) < 0) {
+		if (userdb_set_password(url, argv[1], pw, add, (mechs & AUTH_MECH_CRAM) != 0,
+		    &err) < 0) {
 			explicit_bzero(pw, strlen(pw));
 			free(pw);
 			die("%s", err);
@@ -625,6 +630,16 @@ print_verdict(const char *stage, const char *arg, const struct verdict *v)
 		    v->warned ? " (policy_mode = warn: passed)" : "");
 	printf("\n%15s rule: %s%s\n", "", v->rule,
 	    v->ban_seconds ? " -> client would be put on the kill list" : "");
+}
+
+/* the address as the engine judged it: the one the gateway logs, stores, sends on */
+static void
+print_judged(const struct mailaddr *a)
+{
+	char fmt[MAILADDR_TEXT_MAX];
+
+	if (a != NULL)
+		printf("%15s address: <%s>\n", "", mailaddr_format(a, fmt));
 }
 
 static int
@@ -683,11 +698,13 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	if (!refused) {
 		engine_mail(es, snap, from, 10 + strlen(from) + 4, auth, now, &v);
 		print_verdict("MAIL", *from ? from : "<>", &v);
+		print_judged(engine_sender_address(es));
 		refused |= v.action == VERDICT_REJECT || v.action == VERDICT_TEMPFAIL;
 	}
 	for (size_t i = 0; !refused && i < nrcpt; i++) {
 		engine_rcpt(es, snap, rcpts[i], 8 + strlen(rcpts[i]) + 4, now, &v);
 		print_verdict("RCPT", rcpts[i], &v);
+		print_judged(engine_rcpt_address(es, NULL));
 		if (v.action == VERDICT_CONTINUE)
 			accepted_rcpts++;
 	}

@@ -65,9 +65,16 @@ const struct conf_key conf_keys[] = {
 	{ "users", "file:$state_dir/users", CT_STR, NULL, 0, 0 },
 	{ "auth_mechanisms", "PLAIN LOGIN CRAM-MD5", CT_LIST, NULL, 0, 0 },
 	{ "auth_allow_plaintext", "no", CT_BOOL, NULL, 0, 0 },
+	{ "smtp_auth", "yes", CT_BOOL, NULL, 0, 0 },	/* no: AUTH on submission/smtps only */
+	/* failed logins per client address (IPv6 per /64): delay doubling to the max */
+	{ "auth_failure_delay", "2s", CT_TIME, NULL, 0, 3600 },
+	{ "auth_failure_delay_max", "15s", CT_TIME, NULL, 0, 3600 },
+	{ "auth_failure_ban", "20/10m", CT_STR, NULL, 0, 0 },	/* N/TIME, or 0 */
+	{ "auth_failure_ban_time", "1h", CT_TIME, NULL, 0, 315360000 },
 
 	/* relay control */
 	{ "mydomains", "", CT_LIST, NULL, 0, 0 },
+	{ "postmaster_address", "", CT_STR, NULL, 0, 0 },	/* "": postmaster@ first mydomain */
 	{ "relay_networks", "127.0.0.0/8 ::1", CT_LIST, NULL, 0, 0 },
 	{ "relay_authenticated", "yes", CT_BOOL, NULL, 0, 0 },
 	{ "relay_client_domains", "no", CT_BOOL, NULL, 0, 0 },

@@ -36,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/authmech.h"
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/owner.h"
@@ -292,7 +293,6 @@ worker_main(enum service svc, int readyfd)
 	} else {
 		static struct smtp_server_conf sc;
 		const char *delivery = conf_get(conf, "delivery");
-		size_t n_mech = 0;
 
 		memset(&sc, 0, sizeof(sc));
 		sc.params.pol = pol;
@@ -310,18 +310,14 @@ worker_main(enum service svc, int readyfd)
 		    sc.params.have_relayhost ? conf_get(conf, "relayhost") : NULL;
 		sc.downstream_cache_time = (unsigned)conf_get_int(conf, "relay_connection_cache_time");
 		sc.users_url = conf_get(conf, "users");
-		{
-			char **m = conf_get_list(conf, "auth_mechanisms", &n_mech);
-
-			for (size_t k = 0; k < n_mech; k++)
-				sc.params.auth_mechs |= strcasecmp(m[k], "PLAIN") == 0 ? SMTP_AUTH_PLAIN :
-				    strcasecmp(m[k], "LOGIN") == 0 ? SMTP_AUTH_LOGIN :
-				    strcasecmp(m[k], "CRAM-MD5") == 0 ? SMTP_AUTH_CRAM : 0;
-			conf_list_free(m);
-			if (sc.users_url[0] == '\0')
-				sc.params.auth_mechs = 0;
-		}
+		if (authmech_parse(conf, &sc.params.auth_mechs, &err) < 0)
+			fatal("%s", err);	/* checked by the master already */
+		if (sc.users_url[0] == '\0')
+			sc.params.auth_mechs = 0;
+		sc.smtp_auth = conf_get_bool(conf, "smtp_auth");
 		sc.params.auth_allow_plaintext = conf_get_bool(conf, "auth_allow_plaintext");
+		if (penalty_conf_parse(conf, &sc.penalty, &err) < 0)
+			fatal("%s", err);	/* checked by the master already */
 		sc.maildir_root = sc.params.passthrough ? NULL : delivery + 8;	/* checked by the master */
 		sc.max_connections = (unsigned)conf_get_int(conf, "smtp_max_connections");
 		sc.max_per_client = (unsigned)conf_get_int(conf, "smtp_max_per_client");
@@ -544,16 +540,20 @@ dup:		;
 		return 1;
 	}
 	{
-		char **m = conf_get_list(c, "auth_mechanisms", &n);
+		unsigned mechs;
 
-		for (size_t k = 0; k < n; k++)
-			if (strcasecmp(m[k], "PLAIN") != 0 && strcasecmp(m[k], "LOGIN") != 0 &&
-			    strcasecmp(m[k], "CRAM-MD5") != 0) {
-				fprintf(stderr, "portcullisd: %s: auth_mechanisms: \"%.40s\" is not PLAIN, "
-				    "LOGIN or CRAM-MD5\n", conf_where(c, "auth_mechanisms"), m[k]);
-				return 1;
-			}
-		conf_list_free(m);
+		if (authmech_parse(c, &mechs, &err) < 0) {
+			fprintf(stderr, "portcullisd: %s\n", err);
+			return 1;
+		}
+	}
+	{
+		struct penalty_conf pc;
+
+		if (penalty_conf_parse(c, &pc, &err) < 0) {
+			fprintf(stderr, "portcullisd: %s\n", err);
+			return 1;
+		}
 	}
 	for (size_t i = 0; i < nsvc; i++) {
 		if (wk[i].svc != SVC_POLICY)

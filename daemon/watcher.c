@@ -338,7 +338,7 @@ do_ban(struct watcher *w, const struct ban_req *r)
 	}
 	e.added = (long long)time(NULL);
 	e.expires = e.added + (long long)r->seconds;
-	e.origin = ORIGIN_AUTOBAN;
+	e.origin = strcmp(r->why, "auth-ban") == 0 ? ORIGIN_AUTHBAN : ORIGIN_AUTOBAN;
 	e.reason = xasprintf("%s", r->why);
 	if (liststore_add(w->store, LIST_KILL, &e, &err) < 0)
 		log_error("auto-ban of %s enforced on this node only, not saved: %s", a, err);

@@ -20,6 +20,7 @@
  * is counted, not stored. Header names reach the engine as they go by.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,6 +90,9 @@ struct smtp_proto {
 	struct smtp_auth_req auth;
 	int auth_step;		/* LOGIN: 1 user, 2 password; others: 1 */
 	int auth_pending;
+	int no_auth;		/* smtp_auth = no on this listener */
+	int after_auth;		/* the last command was a refused or finished AUTH:
+				 * the next line may be a SASL response, never logged */
 	/* pass-through */
 	int bare_reject;	/* smtp_bare_newline = reject, and not an excepted client */
 	int banned;		/* this session asked for its ban already */
@@ -125,6 +129,18 @@ reply(struct smtp_proto *sp, const char *fmt, ...)
 	sp->olen += (size_t)n;
 	memcpy(sp->out + sp->olen, "\r\n", 2);
 	sp->olen += 2;
+}
+
+/* printable ASCII of s for a reply or a log: never echo raw control or 8-bit bytes */
+static const char *
+printable(char *dst, size_t cap, const char *s)
+{
+	size_t n = 0;
+
+	for (; *s && n + 1 < cap; s++)
+		dst[n++] = ((unsigned char)*s >= 0x20 && (unsigned char)*s < 0x7f) ? *s : '?';
+	dst[n] = '\0';
+	return dst;
 }
 
 struct smtp_proto *
@@ -231,6 +247,17 @@ smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r)
 	if (b)
 		*addr_r = sp->ban_addr;
 	return b;
+}
+
+int
+smtp_proto_may_ban(struct smtp_proto *sp, long long now)
+{
+	unsigned ticket;
+	const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
+	int may = engine_client_may_be_banned(sp->es, snap, now);
+
+	snapref_release(sp->p->snaps, ticket);
+	return may;
 }
 
 struct smtp_msg *
@@ -378,6 +405,12 @@ smtp_proto_set_tls(struct smtp_proto *sp, int active)
 }
 
 void
+smtp_proto_set_no_auth(struct smtp_proto *sp)
+{
+	sp->no_auth = 1;
+}
+
+void
 smtp_proto_set_submission(struct smtp_proto *sp)
 {
 	sp->submission = 1;
@@ -458,6 +491,26 @@ smtp_proto_auth_user(const struct smtp_proto *sp)
 	return sp->auth_user;
 }
 
+/* a login names its user as the user database does (logs, rate limits, relay) */
+static void
+login_canonical(const struct smtp_proto *sp, const char *login, char *dst, size_t cap)
+{
+	const char *at = strrchr(login, '@');
+	char local[MAILADDR_PART_MAX], domain[MAILADDR_PART_MAX], canon[MAILADDR_TEXT_MAX];
+	size_t ll = at ? (size_t)(at - login) : 0, dl = at ? strlen(at + 1) : 0;
+
+	snprintf(dst, cap, "%s", login);
+	if (at == NULL || sp->p->user_resolve == NULL || ll >= sizeof(local) ||
+	    dl >= sizeof(domain))
+		return;
+	memcpy(local, login, ll);
+	local[ll] = '\0';
+	for (size_t i = 0; i <= dl; i++)
+		domain[i] = (char)tolower((unsigned char)at[1 + i]);
+	if (sp->p->user_resolve(sp->p->user_arg, local, domain, canon) && strlen(canon) < cap)
+		memcpy(dst, canon, strlen(canon) + 1);
+}
+
 void
 smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 {
@@ -465,8 +518,12 @@ smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 
 	sp->auth_pending = 0;
 	sp->st = ST_CMD;
-	if (ok) {
-		snprintf(sp->auth_user, sizeof(sp->auth_user), "%s", sp->auth.user);
+	if (ok == SMTP_AUTH_TEMPFAIL) {
+		log_info("%s: AUTH not checked, password checks busy; reason=auth-busy",
+		    engine_client_text(sp->es));
+		reply(sp, "454 4.7.0 Temporary authentication failure");
+	} else if (ok) {
+		login_canonical(sp, sp->auth.user, sp->auth_user, sizeof(sp->auth_user));
 		sp->authenticated = 1;
 		log_info("%s: AUTH %s as %s", engine_client_text(sp->es),
 		    sp->auth.mech == SMTP_AUTH_CRAM ? "CRAM-MD5" : sp->auth.mech == SMTP_AUTH_LOGIN ?
@@ -571,7 +628,7 @@ cmd_auth(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	unsigned m;
 
 	(void)cmdlen;
-	if (sp->p->auth_mechs == 0) {
+	if (sp->p->auth_mechs == 0 || sp->no_auth) {
 		error_reply(sp, "502 5.5.1 Error: authentication not enabled");
 		return;
 	}
@@ -619,8 +676,10 @@ cmd_auth(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 			error_reply(sp, "501 5.5.4 CRAM-MD5 takes no initial response");
 			return;
 		}
+		/* a predictable challenge would let a recorded answer be replayed */
 		if (getentropy(rnd, sizeof(rnd)) < 0)
-			memset(rnd, 0, sizeof(rnd));
+			fatal("getentropy: %s; no CRAM-MD5 challenge without randomness",
+			    strerror(errno));
 		snprintf(sp->auth.challenge, sizeof(sp->auth.challenge), "<%02x%02x%02x%02x%02x%02x%02x%02x.%lld@%s>",
 		    rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], now,
 		    sp->p->myhostname);
@@ -674,6 +733,35 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 		error_reply(sp, "501 5.5.4 Syntax: %s hostname", ehlo ? "EHLO" : "HELO");
 		return;
 	}
+	{
+		/*
+		 * RFC 5321 §4.1.1.1: a domain or an address literal; a bare name
+		 * ("localhost", "DESKTOP-1") is tolerated, as Postfix does. Words
+		 * after it are ignored; control and 8-bit bytes anywhere refuse the
+		 * command, so nothing unchecked reaches the Received: line.
+		 */
+		size_t hl = strcspn(arg, " ");
+		char name[MAILADDR_PART_MAX];
+		int bad = hl >= sizeof(sp->helo);	/* never cut short in Received: */
+
+		for (const char *q = arg; *q && !bad; q++)
+			bad = (unsigned char)*q < 0x20 || (unsigned char)*q > 0x7e;
+		if (!bad) {
+			memcpy(name, arg, hl);
+			name[hl] = '\0';
+			bad = !mailaddr_domain_is_valid(name);
+		}
+		if (bad) {
+			char esc[LOG_ESCAPE_BUFSZ];
+
+			log_info("reject: %s from %s: 501 5.5.4 invalid host name; helo=<%s> "
+			    "reason=bad-helo", ehlo ? "EHLO" : "HELO", engine_client_text(sp->es),
+			    log_escape(esc, arg, strlen(arg)));
+			error_reply(sp, "501 5.5.4 Syntax: %s hostname (a domain or an address literal)",
+			    ehlo ? "EHLO" : "HELO");
+			return;
+		}
+	}
 	snap = snapref_acquire(sp->p->snaps, &ticket);
 	engine_helo(sp->es, snap, arg, cmdlen, now, &v);
 	snapref_release(sp->p->snaps, ticket);
@@ -698,7 +786,7 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 		reply(sp, "250-SIZE");
 	if (sp->p->vrfy)
 		reply(sp, "250-VRFY");
-	if (sp->p->auth_mechs != 0 && !sp->authenticated) {
+	if (sp->p->auth_mechs != 0 && !sp->no_auth && !sp->authenticated) {
 		char mechs[64] = "";
 		int plain_ok = sp->tls || sp->p->auth_allow_plaintext;
 
@@ -741,19 +829,31 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		return;
 	}
 	if (mailaddr_parse(path, &ma) < 0) {
-		error_reply(sp, "501 5.1.7 Bad sender address syntax");
+		/* the engine gives (and logs) the verdict: 501 5.1.7 */
+		snap = snapref_acquire(sp->p->snaps, &ticket);
+		engine_mail(sp->es, snap, path, cmdlen, sp->authenticated ? sp->auth_user : NULL,
+		    now, &v);
+		snapref_release(sp->p->snaps, ticket);
+		if (!verdict_reply(sp, STAGE_MAIL, &v, path))
+			reply(sp, "501 5.1.7 Bad sender address syntax");
+		engine_abort(sp->es);
+		count_error(sp);
 		return;
 	}
 	for (tok = strtok_r(params, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
 		if (strncasecmp(tok, "SIZE=", 5) == 0) {
-			char *end;
-			unsigned long long sz = strtoull(tok + 5, &end, 10);
+			const char *d = tok + 5;
+			size_t nd = strspn(d, "0123456789");
+			unsigned long long sz = 0;
 
-			if (*end != '\0' || end == tok + 5) {
+			/* RFC 1870: size-value = 1*20DIGIT; strtoull would take "+5", " 5", "-5" */
+			if (nd == 0 || nd > 20 || d[nd] != '\0') {
 				error_reply(sp, "501 5.5.4 Bad SIZE parameter");
 				return;
 			}
-			if (sp->p->message_size_limit && sz > sp->p->message_size_limit) {
+			for (size_t i = 0; i < nd && sz <= ~0ULL / 10 - 9; i++)
+				sz = sz * 10 + (unsigned)(d[i] - '0');
+			if (sp->p->message_size_limit && (nd > 19 || sz > sp->p->message_size_limit)) {
 				reply(sp, "552 5.3.4 Message size exceeds fixed limit");
 				return;
 			}
@@ -763,7 +863,9 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 				return;
 			}
 		} else {
-			error_reply(sp, "555 5.5.4 Unsupported option: %.40s", tok);
+			char esc[64];
+
+			error_reply(sp, "555 5.5.4 Unsupported option: %s", printable(esc, sizeof(esc), tok));
 			return;
 		}
 	}
@@ -774,14 +876,12 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		return;
 	tx_reset(sp);
 	sp->in_tx = 1;
-	if (ma.is_null) {
-		sp->sender = xstrdup("");
-	} else {
-		char key[2 * MAILADDR_PART_MAX + 2];
+	{
+		char fmt[MAILADDR_TEXT_MAX];
+		const struct mailaddr *judged = engine_sender_address(sp->es);
 
-		/* keep the local part's case; domains compare case-insensitively */
-		snprintf(key, sizeof(key), "%s%s%s", ma.local, ma.domain[0] ? "@" : "", ma.domain);
-		sp->sender = xstrdup(key);
+		/* what the engine judged is what goes on: the formatter re-quotes */
+		sp->sender = xstrdup(mailaddr_format(judged ? judged : &ma, fmt));
 	}
 	if (sp->p->passthrough) {
 		/* every recipient goes downstream: its connect, greeting, EHLO and
@@ -797,11 +897,12 @@ static void
 cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 {
 	char *path, *params;
-	struct mailaddr ra;
+	const struct mailaddr *ra;
+	char rcpt[MAILADDR_TEXT_MAX];
 	unsigned ticket;
 	const struct snapshot *snap;
 	struct verdict v;
-	int local;
+	int local = 0;
 
 	if (!sp->in_tx) {
 		error_reply(sp, "503 5.5.1 Error: need MAIL command");
@@ -811,10 +912,6 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		error_reply(sp, "501 5.5.4 Syntax: RCPT TO:<address>");
 		return;
 	}
-	if (mailaddr_parse(path, &ra) < 0 || ra.is_null) {
-		error_reply(sp, "501 5.1.3 Bad recipient address syntax");
-		return;
-	}
 	if (sp->nrcpt >= SMTP_MAX_RCPT_HARD) {
 		reply(sp, "452 4.5.3 Too many recipients");
 		return;
@@ -822,19 +919,38 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	snap = snapref_acquire(sp->p->snaps, &ticket);
 	engine_rcpt(sp->es, snap, path, cmdlen, now, &v);
 	snapref_release(sp->p->snaps, ticket);
-	if (verdict_reply(sp, STAGE_RCPT, &v, path))
-		return;
-	local = !ra.routing_local && !ra.domain_literal && ra.domain[0] != '\0' &&
-	    policy_is_my_domain(sp->p->pol, ra.domain);
-	if (local && !sp->p->passthrough && sp->p->user_exists != NULL &&
-	    !sp->p->user_exists(sp->p->user_arg, ra.local, ra.domain)) {
-		reply(sp, "550 5.1.1 <%s@%s>: Recipient address rejected: User unknown",
-		    ra.local, ra.domain);
+	if (verdict_reply(sp, STAGE_RCPT, &v, path)) {
+		if (v.tag != NULL && strcmp(v.tag, "bad-address") == 0)
+			count_error(sp);
 		return;
 	}
+	/* the address the engine judged (postmaster rewritten, qualified) */
+	if ((ra = engine_rcpt_address(sp->es, &local)) == NULL || ra->domain[0] == '\0') {
+		error_reply(sp, "501 5.1.3 Bad recipient address syntax");
+		return;
+	}
+	mailaddr_format(ra, rcpt);
+	if (local && !sp->p->passthrough) {
+		/* delivered to the user database's canonical name, nothing else */
+		if (sp->p->user_resolve != NULL) {
+			if (!sp->p->user_resolve(sp->p->user_arg, ra->local, ra->domain, rcpt)) {
+				char fmt[MAILADDR_TEXT_MAX];
+
+				log_info("reject: RCPT from %s: 550 5.1.1 User unknown; to=<%s> "
+				    "reason=unknown-user", engine_client_text(sp->es),
+				    printable(fmt, sizeof(fmt), rcpt));
+				/* counts toward the error budget: a run of probes ends in 421 */
+				error_reply(sp, "550 5.1.1 <%s>: Recipient address rejected: User unknown",
+				    printable(fmt, sizeof(fmt), rcpt));
+				return;
+			}
+		} else {
+			mailaddr_key(ra, rcpt);
+		}
+	}
 	if (!local && !sp->p->passthrough && !sp->p->have_relayhost) {
-		reply(sp, "451 4.3.5 <%s@%s>: relaying is allowed but no relayhost is configured",
-		    ra.local, ra.domain);
+		reply(sp, "451 4.3.5 <%s>: relaying is allowed but no relayhost is configured",
+		    rcpt);
 		return;
 	}
 	{
@@ -850,8 +966,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 			sp->down_pending = 1;
 			sp->down.open = sp->route == 0;
 			snprintf(sp->down.sender, sizeof(sp->down.sender), "%s", sp->sender);
-			snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s%s%s", ra.local,
-			    ra.domain[0] ? "@" : "", ra.domain);
+			snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s", rcpt);
 			snprintf(sp->down.helo, sizeof(sp->down.helo), "%s", sp->p->myhostname);
 			snprintf(sp->down_rcpt, sizeof(sp->down_rcpt), "%s", sp->down.rcpt);
 			sp->route = 2;
@@ -865,7 +980,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		sp->rcpt = xreallocarray(sp->rcpt, sp->rcptcap, sizeof(char *));
 		sp->rcpt_local = xreallocarray(sp->rcpt_local, sp->rcptcap, sizeof(int));
 	}
-	sp->rcpt[sp->nrcpt] = xasprintf("%s@%s", ra.local, ra.domain);
+	sp->rcpt[sp->nrcpt] = xstrdup(rcpt);
 	sp->rcpt_local[sp->nrcpt] = local;
 	sp->nrcpt++;
 	reply(sp, "250 2.1.5 Ok");
@@ -996,12 +1111,16 @@ command(struct smtp_proto *sp, char *line, size_t cmdlen, long long now)
 {
 	size_t vl = strcspn(line, " ");
 	char *arg = line + vl;
+	int after_auth = sp->after_auth;
 
+	sp->after_auth = 0;
 	if (*arg == ' ')
 		arg++;
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		if (vl == 4 && strncasecmp(line, commands[i].verb, 4) == 0) {
 			commands[i].fn(sp, arg, cmdlen, now);
+			if (commands[i].fn == cmd_auth)
+				sp->after_auth = 1;
 			return;
 		}
 	for (size_t i = 0; i < sizeof(long_commands) / sizeof(long_commands[0]); i++)
@@ -1013,8 +1132,9 @@ command(struct smtp_proto *sp, char *line, size_t cmdlen, long long now)
 	{
 		char esc[LOG_ESCAPE_BUFSZ];
 
-		log_debug("unknown command from %s: %s", engine_client_text(sp->es),
-		    log_escape(esc, line, strlen(line)));
+		/* after a refused AUTH the client may be sending its credentials */
+		log_debug("unknown command from %s: %s", engine_client_text(sp->es), after_auth ?
+		    "(a line after AUTH, not logged)" : log_escape(esc, line, strlen(line)));
 	}
 	error_reply(sp, "502 5.5.2 Error: command not recognized");
 }
@@ -1309,7 +1429,9 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 				/* the engine's verdict (and ban), or our hard cap; one ban a session */
 				if (sp->banned)
 					v.ban_seconds = 0;
-				if (v.tag == NULL || !verdict_reply(sp, command_stage(sp->line), &v, sp->line))
+				/* an AUTH line or SASL response is never logged, not even cut short */
+				if (v.tag == NULL || !verdict_reply(sp, command_stage(sp->line), &v,
+				    authline ? "AUTH (credentials not logged)" : sp->line))
 					error_reply(sp, "500 5.5.2 Error: line too long");
 				else
 					count_error(sp);
@@ -1321,8 +1443,10 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 				/* RFC 2920: no pipelining before EHLO has offered it */
 				char esc[LOG_ESCAPE_BUFSZ];
 
+				/* an AUTH line carries credentials: its verb only */
 				log_info("reject: %s: improper command pipelining after %s; reason=pipelining",
-				    engine_client_text(sp->es), log_escape(esc, sp->line, strlen(sp->line)));
+				    engine_client_text(sp->es), authline ? "AUTH" :
+				    log_escape(esc, sp->line, strlen(sp->line)));
 				reply(sp, "554 5.5.0 Error: improper use of SMTP command pipelining");
 				sp->close_after = 1;
 				sp->st = ST_CLOSED;

@@ -1,6 +1,7 @@
 #ifndef PC_SMTP_PROTO_H
 #define PC_SMTP_PROTO_H
 #include <stddef.h>
+#include "common/authmech.h"
 #include "common/cidr.h"
 #include "rules/engine.h"
 #include "rules/snapshot.h"
@@ -25,14 +26,20 @@ struct smtp_params {
 	int tls_available;		/* STARTTLS can be offered */
 	unsigned auth_mechs;		/* SMTP_AUTH_*; 0: no AUTH */
 	int auth_allow_plaintext;	/* PLAIN/LOGIN without TLS */
-	/* 1: local user exists, 0: unknown; NULL: every local user exists */
-	int (*user_exists)(void *arg, const char *local, const char *domain);
+	/*
+	 * A local recipient (local part unquoted, domain lower case) -> the
+	 * user database's canonical "user@domain" in canon_r (MAILADDR_TEXT_MAX
+	 * bytes), which is what is delivered to; 0: no such user (canon_r
+	 * untouched). NULL: every
+	 * local recipient exists under its lower-cased address.
+	 */
+	int (*user_resolve)(void *arg, const char *local, const char *domain, char *canon_r);
 	void *user_arg;
 };
 
-#define SMTP_AUTH_PLAIN	1u
-#define SMTP_AUTH_LOGIN	2u
-#define SMTP_AUTH_CRAM	4u
+#define SMTP_AUTH_PLAIN	AUTH_MECH_PLAIN
+#define SMTP_AUTH_LOGIN	AUTH_MECH_LOGIN
+#define SMTP_AUTH_CRAM	AUTH_MECH_CRAM
 #define SMTP_AUTH_LINE_MAX 12288	/* RFC 4954 §4 */
 
 /* An AUTH exchange the caller must check (slow: password hashing). */
@@ -109,6 +116,8 @@ void smtp_proto_delivered(struct smtp_proto *sp, int ok, const char *code, const
     const char *text);
 /* an AUTH exchange waits for checking (input is paused) */
 struct smtp_auth_req *smtp_proto_pending_auth(struct smtp_proto *sp);
+/* ok: 1 authenticated, 0 refused (535), SMTP_AUTH_TEMPFAIL: not checked (454) */
+#define SMTP_AUTH_TEMPFAIL (-1)
 void smtp_proto_auth_done(struct smtp_proto *sp, int ok);
 /* "" when not authenticated */
 const char *smtp_proto_auth_user(const struct smtp_proto *sp);
@@ -139,12 +148,16 @@ const struct smtp_down_req *smtp_proto_take_down_open(struct smtp_proto *sp);
 /* 1 once when an open downstream session must be dropped (RSET, new MAIL);
  * check it before smtp_proto_take_down_open() */
 int smtp_proto_take_down_reset(struct smtp_proto *sp);
+/* may this client be banned for failed logins (not accept-listed, not warn mode) */
+int smtp_proto_may_ban(struct smtp_proto *sp, long long now);
 /* a ban the last verdict asked for: seconds > 0 (cleared by reading) */
 unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);
 /* the connection is (now) encrypted: after implicit TLS or a STARTTLS handshake */
 void smtp_proto_set_tls(struct smtp_proto *sp, int active);
 /* a submission listener: MAIL needs AUTH first */
 void smtp_proto_set_submission(struct smtp_proto *sp);
+/* no AUTH on this connection (smtp_auth = no on a plain SMTP listener) */
+void smtp_proto_set_no_auth(struct smtp_proto *sp);
 /* 1 once, right after "220 Ready to start TLS" was queued: flush it, drop any
  * input already buffered (RFC 3207 §4: no plaintext injection), start TLS */
 int smtp_proto_take_starttls(struct smtp_proto *sp);

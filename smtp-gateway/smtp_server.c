@@ -7,8 +7,9 @@
  *   smtp_server_run()      the loop on the listeners the master bound
  *                          (service/listener), until SIGTERM/SIGINT
  *
- * The loop never waits: fsyncs and password checks run on a pool of job
- * threads whose completions come back on the loop; a connection a job still
+ * The loop never waits: fsyncs run on one pool of job threads, password
+ * checks on another (bounded: deliveries never wait behind a guessing
+ * storm); completions come back on the loop, and a connection a job still
  * points at is freed only when the job is done. No message is held whole:
  * a local one past 64 KiB is written to the store's tmp/ as it arrives (in
  * 64 KiB page-cache writes on the loop; see spool_more()), a pass-through
@@ -16,7 +17,8 @@
  * is behind. Pass-through sessions are non-blocking clients on the loop
  * itself (downstream.c): closing one guarantees no callback for its
  * connection.
- * The user database is reloaded when its file changes (checked each second).
+ * The user database is reloaded when its file changes (checked each second);
+ * a missing, empty, unreadable or garbled file keeps the last good one.
  *
  * Timeouts are deadlines per request (service/deadline): smtp_timeout bounds
  * a whole command line, DATA earns time at smtp_min_data_rate, and while
@@ -26,6 +28,7 @@
  * Connections per client address are counted in service/anvil.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -47,8 +50,11 @@
 #include <openssl/ssl.h>
 
 #include "common/log.h"
+#include "common/mailaddr.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
-#include "smtp-gateway/jobs.h"
+#include "service/jobs.h"
+#include "service/penalty.h"
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
 #include "service/anvil.h"
@@ -59,6 +65,8 @@
 #include "storage-adapter/userdb.h"
 
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
+#define SMTP_AUTH_THREADS 2	/* password hashing: a pool of its own, never the deliveries' */
+#define SMTP_AUTH_QUEUE 32	/* checks queued or running; past it 454 4.7.0 */
 #define SMTP_STREAM_MIN 65536		/* pass a streamed message on in pieces this big */
 #define SMTP_STREAM_QUEUE (256 * 1024)	/* at most this much waits for a slow downstream */
 #define SMTP_STREAM_ROOM (128 * 1024)	/* a client paused for it reads on below this */
@@ -72,13 +80,19 @@ struct door {
 
 struct server {
 	const struct smtp_server_conf *c;
-	struct jobs *jobs;		/* fsync and password hashing */
+	struct jobs *jobs;		/* store I/O: fsync */
+	struct jobs *auth_jobs;		/* password hashing, bounded */
+	struct penalty *penalty;	/* failed logins per client address */
+	unsigned auth_busy;		/* AUTHs answered 454 since the last log line */
+	time_t auth_busy_logged;
 	struct downstream_set *downs;	/* pass-through sessions, on this loop */
 	struct evdns_base *dns;		/* client name lookups, or NULL */
 	int stopping;			/* no new work while the pools drain */
 	struct smtp_params params;
 	struct event_base *base;
 	struct userdb *users;
+	time_t users_bad_since;		/* the users file is not usable since; 0: it is */
+	time_t users_bad_logged;
 	unsigned nconn;
 	int stress;		/* over 80 % of max_connections: short timeouts */
 	struct conn *conns;
@@ -100,6 +114,7 @@ struct conn {
 	struct downstream *ds;	/* an open pass-through session */
 	char ptrname[256];	/* the reverse name being forward-confirmed */
 	struct event *close_timer;
+	struct event *auth_timer;	/* a failed AUTH's reply waits its penalty */
 	int close_tries;
 	struct event *timer;	/* the request's deadline */
 	struct deadline dl;
@@ -132,12 +147,33 @@ struct delivery {
 	char client[128];
 };
 
+/*
+ * A local recipient -> the user database's canonical name (delivered to that
+ * only). Without a users file (users =) every name that can be a mailbox is
+ * one, lower-cased; the others are unknown here, not a failed delivery later.
+ */
 static int
-user_exists(void *arg, const char *local, const char *domain)
+user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	struct server *s = arg;
+	char low[MAILADDR_PART_MAX];
+	const char *u;
+	size_t i;
 
-	return s->users != NULL && userdb_has_user(s->users, local, domain);
+	if (s->users == NULL) {
+		for (i = 0; local[i] && i + 1 < sizeof(low); i++)
+			low[i] = (char)tolower((unsigned char)local[i]);
+		low[i] = '\0';
+		if (local[i] != '\0' || !maildir_name_is_safe(low) || !maildir_name_is_safe(domain))
+			return 0;
+		snprintf(canon_r, MAILADDR_TEXT_MAX, "%s@%s", low, domain);
+		return 1;
+	}
+	u = userdb_resolve(s->users, local, domain);
+	if (u == NULL || strlen(u) >= MAILADDR_TEXT_MAX)
+		return 0;
+	memcpy(canon_r, u, strlen(u) + 1);
+	return 1;
 }
 
 /* ---- timeouts: a deadline per request, shorter under stress ---- */
@@ -262,6 +298,8 @@ conn_free(struct conn *c)
 		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
 	if (c->close_timer != NULL)
 		event_free(c->close_timer);
+	if (c->auth_timer != NULL)
+		event_free(c->auth_timer);
 	if (c->timer != NULL)
 		event_free(c->timer);
 	s->nconn--;
@@ -363,9 +401,12 @@ delivery_done(void *arg)
 	struct conn *c = d->c;
 
 	c->delivering = 0;
-	if (d->ok)
+	if (d->ok) {
 		log_info("%s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->id, d->sender,
 		    d->n, d->size, d->client);
+		stats_add("messages_total{door=\"smtp\",route=\"store\"}", 1);
+		stats_add("message_bytes_total{door=\"smtp\",route=\"store\"}", d->size);
+	}
 	else
 		log_error("delivery from %s failed: %s", d->client, d->err);
 	if (c->dead) {
@@ -445,6 +486,8 @@ down_final_cb(void *arg, const char *reply)
 
 	c->down_wait = 0;
 	log_info("passed on downstream (%s): %s", c->srv->c->downstream, reply);
+	if (reply[0] == '2')
+		stats_add("messages_total{door=\"smtp\",route=\"relay\"}", 1);
 	downstream_close(&c->ds);	/* cached for the next message, or QUIT */
 	smtp_proto_delivered_reply(c->sp, reply);
 	resume(c);
@@ -757,15 +800,83 @@ auth_run(void *arg)
 	explicit_bzero(a->pass, sizeof(a->pass));
 }
 
+/* a failed AUTH's penalty is over: its 535 goes out now */
+static void
+auth_penalty_over(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	event_free(c->auth_timer);
+	c->auth_timer = NULL;
+	c->delivering = 0;
+	if (c->dead) {
+		conn_free(c);
+		return;
+	}
+	smtp_proto_auth_done(c->sp, 0);
+	resume(c);
+}
+
+static long long
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * A failed login counts against the client's address: its reply waits the
+ * penalty (on a timer, the loop runs on; the connection stays held), and
+ * enough failures put the address on the kill list, shared by every node.
+ */
+static unsigned
+auth_failed(struct conn *c)
+{
+	struct server *s = c->srv;
+	int ban = 0;
+	unsigned delay;
+	char who[CIDR_TEXT_MAX];
+
+	if (!c->has_addr)
+		return 0;
+	delay = penalty_failure(s->penalty, &c->addr, now_ms(), &ban);
+	if (ban && s->c->ban != NULL && smtp_proto_may_ban(c->sp, (long long)time(NULL))) {
+		const struct penalty_conf *pc = penalty_conf(s->penalty);
+
+		log_warn("auth: %u failed logins from [%s] within %us; on the kill list for %lus; "
+		    "reason=auth-ban", pc->ban_count, cidr_addr_format(&c->addr, who),
+		    pc->ban_window, pc->ban_time);
+		s->c->ban(s->c->ban_arg, &c->addr, pc->ban_time, "auth-ban");
+	}
+	return delay;
+}
+
 static void
 auth_done(void *arg)
 {
 	struct authcheck *a = arg;
 	struct conn *c = a->c;
+	unsigned delay = 0;
 
 	c->delivering = 0;
+	stats_add(a->ok ? "auth_total{door=\"smtp\",result=\"success\"}" :
+	    "auth_total{door=\"smtp\",result=\"failure\"}", 1);
+	if (c->has_addr && a->ok)
+		penalty_success(c->srv->penalty, &c->addr);
+	else if (!a->ok)
+		delay = auth_failed(c);
 	if (c->dead) {
 		conn_free(c);
+	} else if (delay > 0 && (c->auth_timer = evtimer_new(c->srv->base, auth_penalty_over,
+	    c)) != NULL) {
+		struct timeval tv = { delay / 1000, (delay % 1000) * 1000 };
+
+		c->delivering = 1;	/* the timer holds the connection */
+		evtimer_add(c->auth_timer, &tv);
 	} else {
 		smtp_proto_auth_done(c->sp, a->ok);
 		resume(c);
@@ -793,9 +904,30 @@ check_auth(struct conn *c, struct smtp_auth_req *req)
 	memcpy(a->challenge, req->challenge, sizeof(a->challenge));
 	memcpy(a->digest, req->digest, sizeof(a->digest));
 	explicit_bzero(req->pass, sizeof(req->pass));
+	if (jobs_try_submit(s->auth_jobs, auth_run, auth_done, a) < 0) {
+		/* the hashing pool is full (a guessing storm): no unbounded queue;
+		 * said at most once a second, with the count since */
+		char who[CIDR_TEXT_MAX];
+		time_t now = time(NULL);
+
+		s->auth_busy++;
+		if (now != s->auth_busy_logged) {
+			log_warn("auth: %zu password checks pending, %u AUTH answered 454 (last from "
+			    "[%s])", jobs_pending(s->auth_jobs), s->auth_busy,
+			    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+			s->auth_busy_logged = now;
+			s->auth_busy = 0;
+		}
+		explicit_bzero(a->pass, sizeof(a->pass));
+		free(a->hash);
+		free(a->cram);
+		free(a);
+		smtp_proto_auth_done(c->sp, SMTP_AUTH_TEMPFAIL);
+		flush_output(c);
+		return;
+	}
 	c->delivering = 1;	/* the job holds the connection */
 	bufferevent_disable(c->bev, EV_READ);
-	jobs_submit(s->jobs, auth_run, auth_done, a);
 }
 
 static void
@@ -857,8 +989,11 @@ read_cb(struct bufferevent *bev, void *arg)
 		if (smtp_proto_pending_auth(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
 				check_auth(c, smtp_proto_pending_auth(c->sp));
-			input_done(c);
-			return;
+			if (smtp_proto_pending_auth(c->sp) != NULL) {
+				input_done(c);
+				return;
+			}
+			continue;	/* answered at once (454): read on */
 		}
 		if (smtp_proto_pending_down(c->sp) != NULL) {
 			if (!c->delivering && !c->down_wait)
@@ -1062,6 +1197,7 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 	unsigned per_client = 0;
 
 	(void)salen;
+	stats_add("connections_total{door=\"smtp\"}", 1);
 	c->srv = s;
 	c->next = s->conns;
 	if (s->conns)
@@ -1082,6 +1218,8 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 		smtp_proto_set_tls(c->sp, 1);
 	if (li->kind != LISTEN_SMTP)
 		smtp_proto_set_submission(c->sp);
+	else if (!s->c->smtp_auth)
+		smtp_proto_set_no_auth(c->sp);
 	s->nconn++;
 	if (c->has_addr)
 		per_client = anvil_connect(s->anvil, &c->addr, time(NULL));
@@ -1122,26 +1260,41 @@ stop_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(s->base, NULL);
 }
 
+/*
+ * Each second: reload the users when their file changed. A file that is
+ * missing, empty, unreadable or garbled (an editor caught mid-write, a
+ * failed copy) keeps the last good users in force: the alternative is a
+ * permanent 550 5.1.1 for every local recipient. Said once a minute.
+ */
 static void
 users_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *s = arg;
 	const char *err;
+	time_t now = time(NULL);
+	int rc;
 
 	(void)fd;
 	(void)what;
 	anvil_expire(s->anvil, time(NULL));
-	if (s->users != NULL && userdb_changed(s->users)) {
-		struct userdb *db = userdb_load(s->c->users_url, &err);
-
-		if (db == NULL) {
-			log_warn("users not reloaded, the previous ones stay: %s", err);
-			return;
+	if (s->users == NULL)
+		return;
+	rc = userdb_reload(&s->users, s->c->users_url, &err);
+	if (rc < 0) {
+		if (s->users_bad_since == 0 || now - s->users_bad_logged >= 60) {
+			log_error("users file not usable, the last good users (%zu) stay in force: %s",
+			    userdb_count(s->users), err);
+			s->users_bad_logged = now;
 		}
-		userdb_free(&s->users);
-		s->users = db;
-		log_info("users reloaded: %zu", userdb_count(db));
+		if (s->users_bad_since == 0)
+			s->users_bad_since = now;
+		return;
 	}
+	if (rc > 0)
+		log_info("users reloaded: %zu", userdb_count(s->users));
+	else if (s->users_bad_since != 0)
+		log_info("users file usable again after %lds", (long)(now - s->users_bad_since));
+	s->users_bad_since = 0;
 }
 
 int
@@ -1158,15 +1311,23 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	s->params = c->params;
 	s->params.tls_available = c->tls != NULL;
 	if (c->users_url != NULL && c->users_url[0] != '\0') {
-		s->users = userdb_load(c->users_url, error_r);
+		s->users = userdb_open(c->users_url, error_r);
 		if (s->users == NULL) {
 			free(ls);
 			free(s);
 			return -1;
 		}
-		s->params.user_exists = user_exists;
-		s->params.user_arg = s;
+		{
+			const char *why;
+
+			/* absent at start is "no users" as documented; anything else is said */
+			if (!userdb_is_usable(s->users, &why) && userdb_count(s->users) == 0 &&
+			    strstr(why, "is missing") == NULL)
+				log_error("users file not usable, no users until it is: %s", why);
+		}
 	}
+	s->params.user_resolve = user_resolve;
+	s->params.user_arg = s;
 	s->base = event_base_new();
 	if (s->base == NULL) {
 		*error_r = "cannot create the event loop";
@@ -1175,7 +1336,9 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		free(s);
 		return -1;
 	}
-	s->jobs = jobs_new(s->base, SMTP_DELIVERY_THREADS);
+	s->jobs = jobs_new(s->base, "delivery", SMTP_DELIVERY_THREADS, 0);
+	s->auth_jobs = jobs_new(s->base, "auth", SMTP_AUTH_THREADS, SMTP_AUTH_QUEUE);
+	s->penalty = penalty_new(&c->penalty);
 	s->anvil = anvil_new(60);
 	s->downs = downstream_set_new(s->base, c->downstream_cache_time);
 	if (c->resolver != NULL) {
@@ -1217,12 +1380,14 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	if (s->dns != NULL)
 		evdns_base_free(s->dns, 1);	/* pending lookups call back with an error */
 	jobs_free(&s->jobs);	/* deliveries in flight finish first */
+	jobs_free(&s->auth_jobs);
 	while (s->conns != NULL) {
 		smtp_proto_eof(s->conns->sp);
 		s->conns->delivering = 0;
 		conn_free(s->conns);
 	}
 	downstream_set_free(&s->downs);	/* sessions saying QUIT are cut short */
+	penalty_free(&s->penalty);
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(tick);

@@ -2,6 +2,7 @@
 #define PC_SMTP_SERVER_H
 #include <stddef.h>
 #include "common/cidr.h"
+#include "service/penalty.h"
 #include "smtp-gateway/smtp_proto.h"
 
 struct userdb;
@@ -11,7 +12,7 @@ enum smtp_listener_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS };
 
 /* What the daemon hands the SMTP front door. Must outlive smtp_server_run(). */
 struct smtp_server_conf {
-	struct smtp_params params;	/* user_exists is filled by the server */
+	struct smtp_params params;	/* user_resolve is filled by the server */
 	const char *users_url;		/* "file:/etc/portcullis/users", "" none */
 	const char *maildir_root;	/* delivery = maildir:DIR, or NULL */
 	const char *downstream;		/* "[HOST]:PORT": delivery = relay:, or relayhost; NULL none */
@@ -24,6 +25,8 @@ struct smtp_server_conf {
 	unsigned stress_timeout;	/* the timeout above 80 % of max_connections */
 	SSL_CTX *tls;			/* NULL: no STARTTLS, no smtps */
 	const char *resolver;		/* client name lookups: "system" or IP[:PORT]; NULL off */
+	struct penalty_conf penalty;	/* failed AUTH: delays and the auth-ban */
+	int smtp_auth;			/* 0: AUTH only on submission and smtps */
 	/* from the event loop; must not block */
 	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why);
 	void *ban_arg;

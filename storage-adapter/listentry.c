@@ -46,6 +46,7 @@ listentry_origin_name(enum entry_origin o)
 	switch (o) {
 	case ORIGIN_AUTOBAN: return "auto-ban";
 	case ORIGIN_IMPORT: return "import";
+	case ORIGIN_AUTHBAN: return "auth-ban";
 	default: return "admin";
 	}
 }
@@ -59,6 +60,8 @@ listentry_origin_parse(const char *s, enum entry_origin *o_r)
 		*o_r = ORIGIN_AUTOBAN;
 	else if (strcmp(s, "import") == 0)
 		*o_r = ORIGIN_IMPORT;
+	else if (strcmp(s, "auth-ban") == 0)
+		*o_r = ORIGIN_AUTHBAN;
 	else
 		return -1;
 	return 0;
@@ -299,13 +302,13 @@ listentry_parse_line(const char *line, struct list_entry *e, const char **error_
 			char o[16];
 
 			if (vl >= sizeof(o)) {
-				*error_r = "origin= is not admin, auto-ban or import";
+				*error_r = "origin= is not admin, auto-ban, auth-ban or import";
 				goto bad;
 			}
 			memcpy(o, v, vl);
 			o[vl] = '\0';
 			if (listentry_origin_parse(o, &e->origin) < 0) {
-				*error_r = "origin= is not admin, auto-ban or import";
+				*error_r = "origin= is not admin, auto-ban, auth-ban or import";
 				goto bad;
 			}
 		} else {

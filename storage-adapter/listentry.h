@@ -14,7 +14,7 @@ enum entry_kind {
 	ENTRY_SENDER_DOMAIN,	/* @example.com */
 };
 
-enum entry_origin { ORIGIN_ADMIN, ORIGIN_AUTOBAN, ORIGIN_IMPORT };
+enum entry_origin { ORIGIN_ADMIN, ORIGIN_AUTOBAN, ORIGIN_IMPORT, ORIGIN_AUTHBAN };
 
 /* One list entry. Owns key and reason. */
 struct list_entry {

@@ -100,7 +100,7 @@ bad_added:
 	*error_r = "field added: not a unix time";
 	goto bad;
 bad_origin:
-	*error_r = "field origin: not admin, auto-ban or import";
+	*error_r = "field origin: not admin, auto-ban, auth-ban or import";
 bad:
 	listentry_clear(e);
 	return -1;

@@ -2,13 +2,19 @@
  * userdb - users and password hashes in a passwd-file (Dovecot's format).
  *
  *   userdb_load()           parse; a bad line is logged with FILE:LINE and skipped
- *   userdb_has_user()       is local@domain a user (case-insensitive)
+ *   userdb_reload()         load again if the file changed; a missing, empty,
+ *                           unreadable or garbled file keeps the last good one
+ *   userdb_resolve()        local@domain -> the stored (canonical) name, case-insensitively
+ *   userdb_has_user()       is local@domain a user
  *   userdb_verify()         check a password with libcrypt (constant-time compare)
  *   userdb_set_password()   add/replace a user (yescrypt hash), atomically
  *   userdb_delete()         remove a user, atomically
  *
- * Writes: exclusive flock on FILE.lock, temporary file, fsync, rename. The
- * file holds hashes: it is created 0600. Lines it cannot parse are kept.
+ * Writes: exclusive flock on FILE.lock, temporary file, fsync, rename, fsync
+ * of the directory. The file holds hashes: it is created 0600. Lines it
+ * cannot parse are kept. A file the writer leaves without users keeps a
+ * comment line, so that "no users" is never a zero-length file (which the
+ * reload reads as a file caught mid-write, not as "no users").
  */
 #include <crypt.h>
 #include <ctype.h>
@@ -40,7 +46,18 @@ struct userdb {
 	size_t n;
 	struct stat st;
 	int exists;
+	unsigned nbad;		/* lines skipped */
+	int read_error;		/* errno of a failed read, 0 none */
+	/* userdb_reload(): the file as last refused, so that it is not parsed
+	 * (and its bad lines logged) again until it changes */
+	struct stat refused;
+	int refused_set;	/* 1: refused holds a stat; 2: the file was missing */
+	char why[300];
 };
+
+#define USERDB_HEADER "# Portcullis users (Dovecot passwd-file): " \
+	"user@domain:{CRYPT}hash::::::[cram_md5=HEX]; see portcullis user\n"
+
 
 static char errbuf[600];
 
@@ -80,8 +97,9 @@ cmp_user(const void *a, const void *b)
 	return strcmp(((const struct uentry *)a)->user, ((const struct uentry *)b)->user);
 }
 
-struct userdb *
-userdb_load(const char *url, const char **error_r)
+/* keep: a file that cannot be opened gives an empty db that says why */
+static struct userdb *
+load(const char *url, int keep, const char **error_r)
 {
 	const char *path = url_path(url, error_r);
 	struct userdb *db;
@@ -98,6 +116,11 @@ userdb_load(const char *url, const char **error_r)
 	if (fp == NULL) {
 		if (errno == ENOENT)
 			return db;
+		if (keep) {
+			db->read_error = errno;
+			db->exists = 1;	/* there is a file: userdb_reload() tries it again */
+			return db;
+		}
 		snprintf(errbuf, sizeof(errbuf), "cannot open %s: %s", path, strerror(errno));
 		*error_r = errbuf;
 		userdb_free(&db);
@@ -116,6 +139,7 @@ userdb_load(const char *url, const char **error_r)
 			while ((c = getc(fp)) != EOF && c != '\n')
 				;
 			log_warn("%s:%u: line too long; skipped", path, lineno);
+			db->nbad++;
 			continue;
 		}
 		line[strcspn(line, "\r\n")] = '\0';
@@ -124,6 +148,7 @@ userdb_load(const char *url, const char **error_r)
 		colon = strchr(line, ':');
 		if (colon == NULL) {
 			log_warn("%s:%u: expected user@domain:password:...; skipped", path, lineno);
+			db->nbad++;
 			continue;
 		}
 		*colon = '\0';
@@ -155,6 +180,7 @@ userdb_load(const char *url, const char **error_r)
 		if (!userdb_name_is_valid(line)) {
 			log_warn("%s:%u: \"%.64s\" is not a user@domain name; skipped", path, lineno, line);
 			free(db->v[db->n].cram);
+			db->nbad++;
 			continue;
 		}
 		for (char *q = line; *q; q++)
@@ -163,10 +189,24 @@ userdb_load(const char *url, const char **error_r)
 		db->v[db->n].pass = xstrdup(pass);
 		db->n++;
 	}
+	if (ferror(fp))
+		db->read_error = errno ? errno : EIO;
 	fclose(fp);
 	if (db->n > 1)
 		qsort(db->v, db->n, sizeof(*db->v), cmp_user);
 	return db;
+}
+
+struct userdb *
+userdb_load(const char *url, const char **error_r)
+{
+	return load(url, 0, error_r);
+}
+
+struct userdb *
+userdb_open(const char *url, const char **error_r)
+{
+	return load(url, 1, error_r);
 }
 
 void
@@ -201,13 +241,22 @@ find(const struct userdb *db, const char *user)
 	return db->n ? bsearch(&k, db->v, db->n, sizeof(*db->v), cmp_user) : NULL;
 }
 
+const char *
+userdb_resolve(const struct userdb *db, const char *local, const char *domain)
+{
+	char user[600];
+	const struct uentry *e;
+
+	if ((size_t)snprintf(user, sizeof(user), "%s@%s", local, domain) >= sizeof(user))
+		return NULL;
+	e = find(db, user);
+	return e ? e->user : NULL;
+}
+
 int
 userdb_has_user(const struct userdb *db, const char *local, const char *domain)
 {
-	char user[600];
-
-	snprintf(user, sizeof(user), "%s@%s", local, domain);
-	return find(db, user) != NULL;
+	return userdb_resolve(db, local, domain) != NULL;
 }
 
 const char *
@@ -250,6 +299,74 @@ userdb_changed(const struct userdb *db)
 }
 
 int
+userdb_is_usable(const struct userdb *db, const char **why_r)
+{
+	static char why[400];
+
+	if (!db->exists)
+		snprintf(why, sizeof(why), "%s is missing", db->path);
+	else if (db->read_error != 0)
+		snprintf(why, sizeof(why), "cannot read %s: %s", db->path, strerror(db->read_error));
+	else if (db->st.st_size == 0)
+		snprintf(why, sizeof(why), "%s is empty", db->path);
+	else if (db->n == 0 && db->nbad > 0)
+		snprintf(why, sizeof(why), "%s has no valid user line (%u bad)", db->path, db->nbad);
+	else
+		return 1;
+	*why_r = why;
+	return 0;
+}
+
+static int
+same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size &&
+	    a->st_mode == b->st_mode &&
+	    a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+int
+userdb_reload(struct userdb **dbp, const char *url, const char **error_r)
+{
+	struct userdb *db = *dbp, *nd;
+	struct stat st;
+	const char *err;
+
+	if (stat(db->path, &st) < 0) {
+		if (!db->exists)
+			return 0;	/* started without a file: still "no users" */
+		if (db->refused_set != 2) {
+			snprintf(db->why, sizeof(db->why), "%s: %s", db->path, strerror(errno));
+			db->refused_set = 2;
+		}
+		*error_r = db->why;
+		return -1;
+	}
+	if (db->exists && same_file(&st, &db->st) && db->refused_set == 0)
+		return 0;
+	if (db->exists && same_file(&st, &db->st)) {
+		db->refused_set = 0;	/* back to the file in force */
+		return 0;
+	}
+	if (db->refused_set == 1 && same_file(&st, &db->refused)) {
+		*error_r = db->why;
+		return -1;
+	}
+	nd = userdb_load(url, &err);
+	if (nd == NULL || !userdb_is_usable(nd, &err)) {
+		snprintf(db->why, sizeof(db->why), "%s", err);
+		db->refused = st;
+		db->refused_set = 1;
+		userdb_free(&nd);
+		*error_r = db->why;
+		return -1;
+	}
+	userdb_free(dbp);
+	*dbp = nd;
+	return 1;
+}
+
+int
 userdb_verify(const struct userdb *db, const char *user, const char *password)
 {
 	return userdb_hash_verify(userdb_password(db, user), password);
@@ -284,6 +401,35 @@ userdb_hash_verify(const char *h, const char *password)
 	}
 	free(cd);
 	return ok && known;
+}
+
+/* fsync the directory holding path; -1 with errno */
+static int
+fsync_dir_of(const char *path)
+{
+	char *dir = xstrdup(path), *slash = strrchr(dir, '/');
+	int fd, rc;
+
+	if (slash == NULL)
+		snprintf(dir, strlen(path) + 1, ".");
+	else if (slash == dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dir);
+	if (fd < 0)
+		return -1;
+	rc = fsync(fd);
+	if (rc < 0) {
+		int e = errno;
+
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	close(fd);
+	return 0;
 }
 
 /* rewrite the file under the lock: replace/add user's line, or drop it */
@@ -335,6 +481,8 @@ rewrite(const char *path, const char *user, const char *newline, int create, int
 			fclose(in);
 		goto done;
 	}
+	if (in == NULL)
+		fputs(USERDB_HEADER, out);
 	while (in != NULL && fgets(line, sizeof(line), in) != NULL) {
 		if (strncasecmp(line, user, ul) == 0 && line[ul] == ':') {
 			found = 1;
@@ -355,6 +503,8 @@ rewrite(const char *path, const char *user, const char *newline, int create, int
 		}
 		fprintf(out, "%s\n", newline);
 	}
+	if (ftell(out) == 0)	/* the last user went: say so, never a zero-length file */
+		fputs(USERDB_HEADER, out);
 	if (fflush(out) != 0 || fsync(fileno(out)) != 0) {
 		snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", tmp, strerror(errno));
 		goto done;
@@ -363,6 +513,11 @@ rewrite(const char *path, const char *user, const char *newline, int create, int
 	out = NULL;
 	if (rename(tmp, path) < 0) {
 		snprintf(errbuf, sizeof(errbuf), "cannot rename %s: %s", tmp, strerror(errno));
+		goto done;
+	}
+	if (fsync_dir_of(path) < 0) {	/* the rename itself must survive a crash */
+		snprintf(errbuf, sizeof(errbuf), "cannot fsync the directory of %s: %s", path,
+		    strerror(errno));
 		goto done;
 	}
 	if (found_r)

@@ -11,16 +11,38 @@
  */
 struct userdb;
 
-/* "file:/etc/portcullis/users"; a missing file is an empty userdb */
+/* "file:/etc/portcullis/users"; a missing file is an empty userdb (no users) */
 struct userdb *userdb_load(const char *url, const char **error_r);
+/* for a server's start: the same, but a file that exists and cannot be opened
+ * is an empty userdb (userdb_is_usable() says why; userdb_reload() takes a
+ * valid file later) rather than an error; NULL only for a bad url */
+struct userdb *userdb_open(const char *url, const char **error_r);
 void userdb_free(struct userdb **db);
 int userdb_has_user(const struct userdb *db, const char *local, const char *domain);
+/*
+ * The canonical name of the user local@domain, looked up case-insensitively
+ * (names are stored lower case, as Dovecot's auth_username_format = %Lu
+ * would make them): the stored "user@domain", or NULL. Mailbox paths and
+ * delivery use this name only.
+ */
+const char *userdb_resolve(const struct userdb *db, const char *local, const char *domain);
 /* the stored hash ("{CRYPT}$y$..."), or NULL */
 const char *userdb_password(const struct userdb *db, const char *user);
 size_t userdb_count(const struct userdb *db);
 const char *userdb_user_at(const struct userdb *db, size_t i);
 /* the file changed since it was loaded */
 int userdb_changed(const struct userdb *db);
+/* 1 when db came from a file fit to replace a running userdb; 0 with *why_r
+ * when the file was missing, empty, unreadable or had no valid user line */
+int userdb_is_usable(const struct userdb *db, const char **why_r);
+/*
+ * Reload *db when its file changed. 1: replaced (*db is the new one); 0:
+ * unchanged; -1: the file is missing, empty, unreadable or garbled, *db stays
+ * in force and *error_r says why (the same file is not parsed again until it
+ * changes). A userdb loaded without a file stays empty until a valid one
+ * appears. Loop-owned: *db must not be in use by another thread.
+ */
+int userdb_reload(struct userdb **db, const char *url, const char **error_r);
 
 /* admin side: add or replace (hash made here with yescrypt), delete */
 /* with_cram: also store the CRAM-MD5 secret (only while CRAM-MD5 is enabled) */

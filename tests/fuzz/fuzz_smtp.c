@@ -4,11 +4,13 @@
  * downstream steps answered at random. Must never crash, hang or leak.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/mailaddr.h"
 #include "smtp-gateway/smtp_proto.h"
 
 static struct policy *pol;
@@ -16,11 +18,13 @@ static struct snapref snaps;
 static struct smtp_params params;
 
 static int
-user_exists(void *arg, const char *local, const char *domain)
+user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	(void)arg;
-	(void)domain;
-	return local[0] == 'a';
+	if (local[0] != 'a')
+		return 0;
+	snprintf(canon_r, MAILADDR_TEXT_MAX, "%s@%s", local, domain);
+	return 1;
 }
 
 static void
@@ -48,7 +52,7 @@ setup(void)
 	params.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM;
 	params.auth_allow_plaintext = 1;
 	params.tls_available = 1;
-	params.user_exists = user_exists;
+	params.user_resolve = user_resolve;
 }
 
 int

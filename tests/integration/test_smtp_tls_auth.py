@@ -216,6 +216,9 @@ class Daemon:
             "tls_key_file": work.pki["server.key"],
             "smtp_timeout": "20",
             "log_level": "info",
+            # wrong passwords are tested here, not their penalty (test_smtp_auth_guard.py)
+            "auth_failure_delay": "0",
+            "auth_failure_ban": "0",
         }
         for door in ("smtp", "submission", "smtps"):
             k = door + "_listen"

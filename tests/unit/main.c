@@ -67,6 +67,7 @@ main(void)
 	test_deadline_register();
 	test_listener_register();
 	test_policy_door_register();
+	test_service_register();
 	test_mailstore_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();

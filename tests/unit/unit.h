@@ -19,6 +19,7 @@ void test_anvil_register(void);
 void test_deadline_register(void);
 void test_listener_register(void);
 void test_policy_door_register(void);
+void test_service_register(void);
 void test_mailstore_register(void);
 
 /* add a suite with its tests; tests end with { NULL, NULL } */

@@ -1,0 +1,21 @@
+#ifndef PC_AUTHMECH_H
+#define PC_AUTHMECH_H
+
+/*
+ * The SASL mechanisms an admin may enable (auth_mechanisms), parsed in one
+ * place for the daemon and the CLI: names are case-insensitive.
+ */
+struct conf;
+
+#define AUTH_MECH_PLAIN	1u
+#define AUTH_MECH_LOGIN	2u
+#define AUTH_MECH_CRAM	4u
+
+/* auth_mechanisms -> AUTH_MECH_* bits; -1 with *error_r naming FILE:LINE and
+ * the unknown name. An empty list is 0 (no AUTH). */
+int authmech_parse(const struct conf *c, unsigned *mechs_r, const char **error_r)
+    __attribute__((warn_unused_result));
+/* one name ("cram-md5", "PLAIN") -> its bit, 0 when unknown */
+unsigned authmech_from_name(const char *name);
+
+#endif
