@@ -128,4 +128,26 @@ int mailstore_append_commit(struct mailstore_append **a, unsigned flags,
     const char **error_r) __attribute__((warn_unused_result));
 void mailstore_append_abort(struct mailstore_append **a);
 
+/*
+ * Delivery (the SMTP door): one message for several users, spooled as it
+ * arrives into the first user's tmp/ (never held in memory), then committed:
+ * fsync, hard-linked into every user's new/ named with ,S= and ,W= (so no
+ * reader has to count), each new/ fsynced, the tmp/ name removed. All or
+ * nothing. UIDs are given by the first session that opens the folder, as
+ * with any Maildir delivery agent. Begin, write and abort do no fsync and
+ * may run on an event loop; commit belongs on a job thread. USERS are
+ * canonical names; id_r (>= 64 bytes) gets the message's file name in new/.
+ */
+struct mailstore_delivery;
+
+int mailstore_deliver_begin(const char *root, const char *user,
+    struct mailstore_delivery **d_r, const char **error_r) __attribute__((warn_unused_result));
+int mailstore_deliver_write(struct mailstore_delivery *d, const void *p, size_t n,
+    const char **error_r) __attribute__((warn_unused_result));
+/* *d is freed either way */
+int mailstore_deliver_commit(struct mailstore_delivery **d, const char *root,
+    const char *const *users, size_t n, char *id_r, const char **error_r)
+    __attribute__((warn_unused_result));
+void mailstore_deliver_abort(struct mailstore_delivery **d);
+
 #endif

@@ -18,6 +18,8 @@
  *   mdname_parse / mdname_set_flags / md_uidlist_* / md_keywords_*
  *                     the pure parsers and writers (bounded, hostile input)
  *   mailstore_*       mailstore.h
+ *   mailstore_deliver_*  delivery into new/ (names with ,S= and ,W=), for
+ *                     storage-adapter/maildir.c and so the SMTP door
  *
  * Opening a folder moves new/ to cur/ as Dovecot does (name + ":2,") and gives
  * new files UIDs in Dovecot's order (time, microseconds, name). A corrupt
@@ -578,6 +580,25 @@ md_keywords_format(char *const names[26], size_t *len_r)
 /* ------------------------------------------------------------------ */
 /* files                                                                */
 
+/* LFs without a CR before them in P (a piece of a stream; *last_cr carries
+ * the previous piece's last byte), found with memchr: a delivery's hot path */
+static uint64_t
+bare_lfs(const unsigned char *p, size_t n, int *last_cr)
+{
+	const unsigned char *q = p, *end = p + n;
+	uint64_t k = 0;
+
+	if (n == 0)
+		return 0;
+	while ((q = memchr(q, '\n', (size_t)(end - q))) != NULL) {
+		if (q == p ? !*last_cr : q[-1] != '\r')
+			k++;
+		q++;
+	}
+	*last_cr = end[-1] == '\r';
+	return k;
+}
+
 /* the whole file (capped) into a fresh buffer; -1 with errno; ENOENT kept */
 static int
 read_capped(const char *path, size_t cap, char **buf_r, size_t *len_r)
@@ -935,14 +956,17 @@ mailstore_open(const char *root, const char *user, struct mailstore **ms_r, cons
 	ms = xcalloc(1, sizeof(*ms));
 	ms->user = xstrdup(user);
 	ms->md = xasprintf("%s/%s/%.*s/Maildir", root, dom, (int)(at - user), user);
-	/* ROOT/DOMAIN/LOCAL/Maildir/{cur,new,tmp}, made as needed */
-	path = xasprintf("%s/%s", root, dom);
+	/* ROOT/DOMAIN/LOCAL/Maildir/{cur,new,tmp}, made as needed (mkdir -p) */
+	path = xstrdup(ms->md);
+	for (char *q = path + 1; *q; q++) {
+		if (*q != '/')
+			continue;
+		*q = '\0';
+		(void)mkdir(path, 0700);
+		*q = '/';
+	}
 	(void)mkdir(path, 0700);
 	free(path);
-	path = xasprintf("%s/%s/%.*s", root, dom, (int)(at - user), user);
-	(void)mkdir(path, 0700);
-	free(path);
-	(void)mkdir(ms->md, 0700);
 	{
 		static const char *const sub[] = { "cur", "new", "tmp" };
 
@@ -1548,14 +1572,8 @@ count_vsize(const struct mailstore_box *box, const struct scanned *s, uint64_t *
 	free(path);
 	if (fd < 0)
 		return -1;
-	while ((r = read(fd, buf, sizeof(buf))) > 0) {
-		for (ssize_t i = 0; i < r; i++) {
-			if (buf[i] == '\n' && !last_cr)
-				v++;
-			last_cr = buf[i] == '\r';
-		}
-		v += (uint64_t)r;
-	}
+	while ((r = read(fd, buf, sizeof(buf))) > 0)
+		v += (uint64_t)r + bare_lfs(buf, (size_t)r, &last_cr);
 	close(fd);
 	if (r < 0)
 		return -1;
@@ -2134,13 +2152,8 @@ mailstore_append_write(struct mailstore_append *a, const void *p, size_t n, cons
 		return -1;
 	}
 	/* the size with CRLF line ends, as IMAP counts it (Dovecot's ,W=) */
-	for (size_t i = 0; i < n; i++) {
-		if (c[i] == '\n' && !a->last_cr)
-			a->vsize++;
-		a->last_cr = c[i] == '\r';
-	}
+	a->vsize += n + bare_lfs(c, n, &a->last_cr);
 	a->size += n;
-	a->vsize += n;
 	return 0;
 }
 
@@ -2259,5 +2272,152 @@ out:
 	free(dst);
 	free(curd);
 	mailstore_append_abort(ap);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* delivery                                                             */
+
+struct mailstore_delivery {
+	char *tmp;		/* first user's Maildir/tmp/NAME */
+	char *name;
+	int fd;
+	uint64_t size, vsize;
+	int last_cr;
+};
+
+int
+mailstore_deliver_begin(const char *root, const char *user, struct mailstore_delivery **d_r,
+    const char **error_r)
+{
+	struct mailstore *ms;
+	struct mailstore_delivery *d;
+	char host[128];
+	struct timeval tv;
+
+	if (mailstore_open(root, user, &ms, error_r) < 0)
+		return -1;
+	my_hostname(host, sizeof(host));
+	host[strcspn(host, ",")] = '\0';
+	gettimeofday(&tv, NULL);
+	d = xcalloc(1, sizeof(*d));
+	d->name = xasprintf("%lld.M%ldP%ldQ%lu.%s", (long long)tv.tv_sec, (long)tv.tv_usec,
+	    (long)getpid(), atomic_fetch_add(&append_seq, 1), host);
+	d->tmp = xasprintf("%s/tmp/%s", ms->md, d->name);
+	mailstore_free(&ms);
+	d->fd = open(d->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (d->fd < 0) {
+		*error_r = err("cannot create %s: %s", d->tmp, strerror(errno));
+		free(d->tmp);
+		free(d->name);
+		free(d);
+		return -1;
+	}
+	*d_r = d;
+	return 0;
+}
+
+int
+mailstore_deliver_write(struct mailstore_delivery *d, const void *p, size_t n,
+    const char **error_r)
+{
+	const unsigned char *c = p;
+
+	if (write_all(d->fd, p, n) < 0) {
+		int e = errno;
+
+		*error_r = err("cannot write %s: %s", d->tmp, strerror(e));
+		errno = e;	/* the caller tells ENOSPC from the rest */
+		return -1;
+	}
+	d->vsize += n + bare_lfs(c, n, &d->last_cr);
+	d->size += n;
+	return 0;
+}
+
+void
+mailstore_deliver_abort(struct mailstore_delivery **dp)
+{
+	struct mailstore_delivery *d = *dp;
+
+	if (d == NULL)
+		return;
+	*dp = NULL;
+	if (d->fd >= 0)
+		close(d->fd);
+	unlink(d->tmp);
+	free(d->tmp);
+	free(d->name);
+	free(d);
+}
+
+int
+mailstore_deliver_commit(struct mailstore_delivery **dp, const char *root,
+    const char *const *users, size_t n, char *id_r, const char **error_r)
+{
+	struct mailstore_delivery *d = *dp;
+	char **newdirs = xcalloc(n + 1, sizeof(char *));
+	char *final = NULL;
+	size_t linked = 0;
+	int rc = -1;
+
+	if (n == 0) {
+		*error_r = err("no recipient");
+		goto done;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct mailstore *ms;
+
+		if (mailstore_open(root, users[i], &ms, error_r) < 0)
+			goto done;
+		newdirs[i] = xasprintf("%s/new", ms->md);
+		mailstore_free(&ms);
+	}
+	if (fsync(d->fd) < 0) {
+		*error_r = err("cannot write %s: %s", d->tmp, strerror(errno));
+		goto done;
+	}
+	{
+		int e = close(d->fd);
+
+		d->fd = -1;
+		if (e < 0) {
+			*error_r = err("cannot write %s: %s", d->tmp, strerror(errno));
+			goto done;
+		}
+	}
+	final = xasprintf("%s,S=%llu,W=%llu", d->name, (unsigned long long)d->size,
+	    (unsigned long long)d->vsize);
+	for (linked = 0; linked < n; linked++) {
+		char *dst = xasprintf("%s/%s", newdirs[linked], final);
+		int e = link(d->tmp, dst) < 0 ? errno : 0;
+
+		if (e == 0 && fsync_dir(newdirs[linked]) < 0)
+			e = errno;
+		if (e != 0) {
+			*error_r = err("cannot deliver to %s: %s", dst, strerror(e));
+			unlink(dst);
+			free(dst);
+			goto done;
+		}
+		free(dst);
+	}
+	snprintf(id_r, 64, "%.63s", final);	/* the name in new/, as the 250 says */
+	rc = 0;
+done:
+	if (rc < 0) {
+		/* all or nothing: take back the copies already linked */
+		for (size_t i = 0; i < linked; i++) {
+			char *dst = xasprintf("%s/%s", newdirs[i], final);
+
+			unlink(dst);
+			free(dst);
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		free(newdirs[i]);
+	free(newdirs);
+	free(final);
+	mailstore_deliver_abort(dp);	/* the tmp/ name goes: new/ holds the links */
 	return rc;
 }

@@ -16,7 +16,11 @@ build/.../mailstore-tool. Python's imaplib is Dovecot's client. Asserted:
   4. folders created, renamed and deleted by mailstore are what Dovecot lists,
      and a folder Dovecot creates is listed by mailstore;
   5. a dovecot-uidlist.lock held by a live process makes mailstore wait (it
-     never assigns UIDs beside Dovecot's lock).
+     never assigns UIDs beside Dovecot's lock);
+  6. mail sent with smtplib through a real portcullisd gateway (delivery =
+     maildir:, which goes through mailstore_deliver_*) lands in new/ named
+     with ,S= and ,W=, one message for two users; mailstore then Dovecot
+     show it with the same UIDs, RFC822.SIZE and bytes.
 
 Run as root (CI): Dovecot refuses mail uid 0, so the store belongs to
 "nobody" and mailstore-tool runs as nobody too. As another user, both run as
@@ -30,6 +34,8 @@ import os
 import pwd
 import re
 import shutil
+import signal
+import smtplib
 import subprocess
 import sys
 import tempfile
@@ -39,7 +45,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lab  # noqa: E402
 
-BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(os.getcwd(), "build/asan/bin"))
+BIN = lab.BIN
 TOOL = os.path.join(BIN, "mailstore-tool")
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 PASSWORD = "secret-pw"
@@ -172,6 +178,7 @@ class MailstoreDovecot(unittest.TestCase):
     def setUpClass(cls):
         if not os.path.exists(DOVECOT):
             raise unittest.SkipTest("dovecot not installed (apt-get install dovecot-imapd)")
+        assert os.access(TOOL, os.X_OK), "%s is missing (make asan builds it)" % TOOL
         cls.tmp = tempfile.mkdtemp(prefix="pc-mailstore-dovecot-")
         cls.dc = Dovecot(cls.tmp)
         cls.dc.start()
@@ -401,6 +408,83 @@ class MailstoreDovecot(unittest.TestCase):
         finally:
             holder.kill()
             holder.wait()
+
+    def test_6_gateway_delivery_reaches_dovecot(self):
+        rcpts = [USERS[5], USERS[6]]
+        d = os.path.join(self.tmp, "gw")
+        os.makedirs(d)
+        port = lab.free_port()
+        conf = os.path.join(d, "p.conf")
+        with open(conf, "w") as f:
+            f.write("services = smtp\nsmtp_listen = 127.0.0.1:%d\nmyhostname = mx.store.test\n"
+                    "mydomains = example.com\nrelay_networks = 127.0.0.1\n"
+                    "state_dir = %s/state\nlog_level = info\ndelivery = maildir:%s\n"
+                    "users = file:%s/users\n" % (port, d, self.dc.store, d))
+        for u in rcpts:
+            p = subprocess.run([os.path.join(BIN, "portcullis"), "-c", conf, "user", "add", u,
+                                "--password-stdin"], input="pw-secret\n", text=True,
+                               capture_output=True, timeout=30)
+            self.assertEqual(p.returncode, 0, p.stderr)
+        log = os.path.join(d, "d.log")
+        with open(log, "ab") as fh:
+            gw = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", conf, "-f"],
+                                  stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            lab.wait_until(lambda: gw.poll() is not None or lab.port_accepts("127.0.0.1", port),
+                           15, what="gateway")
+            self.assertIsNone(gw.poll())
+            bodies = [b"Subject: gw %d\r\nMessage-ID: <gw%d@store.test>\r\n\r\nline\r\n%s\r\n"
+                      % (i, i, b"x" * (100 * i)) for i in range(2)]
+            for b in bodies:
+                with smtplib.SMTP("127.0.0.1", port, timeout=20) as c:
+                    c.sendmail("s@outside.test", rcpts, b)
+        finally:
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(15)
+        with open(log, errors="replace") as f:
+            bad = [l for l in f if lab.SANITIZER_RE.search(l)]
+        self.assertEqual(bad, [])
+        new = os.path.join(self.dc.maildir(rcpts[0]), "new")
+        names = sorted(os.listdir(new))
+        self.assertEqual(len(names), 2)
+        for n in names:
+            self.assertRegex(n, r"^\d+\.M\d+P\d+Q\d+\.[^,]+,S=\d+,W=\d+$")
+        # one file for both users: hard links
+        other = sorted(os.listdir(os.path.join(self.dc.maildir(rcpts[1]), "new")))
+        self.assertEqual(names, other)
+        self.assertEqual(os.stat(os.path.join(new, names[0])).st_nlink, 2)
+        files = {}
+        for n in names:
+            with open(os.path.join(new, n), "rb") as f:
+                files[n] = f.read()
+        self.chown_tree(self.dc.store)
+        ls = self.listing(rcpts[0])
+        self.assertEqual([m["uid"] for m in ls["messages"]], [1, 2])
+        c = self.dc.imap(rcpts[0])
+        try:
+            exists, uv = imap_select(c, "INBOX")
+            self.assertEqual((exists, uv), (2, ls["uidvalidity"]))
+            msgs = imap_messages(c)
+            for m in ls["messages"]:
+                self.assertEqual(msgs[m["uid"]][1], m["vsize"])
+            # UIDs in Dovecot's order for new mail (delivery time): bytes agree
+            for uid, n in zip((1, 2), names):
+                typ, data = c.uid("FETCH", str(uid), "(BODY.PEEK[])")
+                self.assertEqual(data[0][1], files[n])
+                self.assertIn(b"Return-Path: <s@outside.test>", data[0][1])
+        finally:
+            c.logout()
+        # the second user's copy: Dovecot first this time, mailstore agrees
+        c = self.dc.imap(rcpts[1])
+        try:
+            exists, uv = imap_select(c, "INBOX")
+            self.assertEqual(exists, 2)
+            dmsgs = imap_messages(c)
+        finally:
+            c.logout()
+        ls = self.listing(rcpts[1])
+        self.assertEqual(ls["uidvalidity"], uv)
+        self.assertEqual(sorted(dmsgs), [m["uid"] for m in ls["messages"]])
 
 
 if __name__ == "__main__":

@@ -477,6 +477,59 @@ test_store(void)
 	free(root);
 }
 
+static void
+test_deliver(void)
+{
+	static const char *const pieces[] = { "x\r", "\n", "y\n", "\n" };
+	const char *users[2] = { "bob@example.com", "carol@example.com" };
+	char *root = unit_tmpdir(), *p, *name, id[64];
+	struct mailstore_delivery *d;
+	const char *error;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_begin(root, users[0], &d, &error), 0);
+	for (size_t i = 0; i < 4; i++)
+		CU_ASSERT_EQUAL(mailstore_deliver_write(d, pieces[i], strlen(pieces[i]), &error), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_commit(&d, root, users, 2, id, &error), 0);
+	CU_ASSERT_PTR_NULL(d);
+	for (int u = 0; u < 2; u++) {
+		/* a CR ending one piece and its LF starting the next are one CRLF */
+		p = xasprintf("%s/example.com/%s/Maildir/new", root, u ? "carol" : "bob");
+		name = only_file(p);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(name);
+		CU_ASSERT_STRING_EQUAL(name, id);
+		CU_ASSERT_PTR_NOT_NULL(strstr(name, ",S=6,W=8"));
+		free(name);
+		free(p);
+	}
+	p = xasprintf("%s/example.com/bob/Maildir/tmp", root);
+	name = only_file(p);
+	CU_ASSERT_PTR_NULL(name);	/* the tmp/ name is gone */
+	free(p);
+	/* all or nothing: a recipient that cannot be a mailbox takes back every copy */
+	{
+		const char *bad[2] = { "dave@example.com", "../x@example.com" };
+
+		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_begin(root, bad[0], &d, &error), 0);
+		CU_ASSERT_EQUAL(mailstore_deliver_write(d, "z\n", 2, &error), 0);
+		CU_ASSERT_EQUAL(mailstore_deliver_commit(&d, root, bad, 2, id, &error), -1);
+		p = xasprintf("%s/example.com/dave/Maildir/new", root);
+		name = only_file(p);
+		CU_ASSERT_PTR_NULL(name);
+		free(p);
+		p = xasprintf("%s/example.com/dave/Maildir/tmp", root);
+		name = only_file(p);
+		CU_ASSERT_PTR_NULL(name);
+		free(p);
+	}
+	{
+		char *cmd = xasprintf("rm -rf '%s'", root);
+
+		CU_ASSERT_EQUAL(system(cmd), 0);
+		free(cmd);
+	}
+	free(root);
+}
+
 void
 test_mailstore_register(void)
 {
@@ -486,6 +539,7 @@ test_mailstore_register(void)
 		{ "dovecot-uidlist: parse, format, refuse", test_uidlist },
 		{ "dovecot-keywords: parse, format", test_keywords },
 		{ "store: UIDs, flags, expunge, folders, hostile uidlist", test_store },
+		{ "delivery: one file linked into each new/, ,S= and ,W=", test_deliver },
 		{ NULL, NULL },
 	};
 
