@@ -472,7 +472,14 @@ md_uidlist_parse(const char *buf, size_t len, struct md_uidlist *ul, const char 
 				q++;	/* ':' */
 			}
 			name = q;
-			if (!fname_ok(name, (size_t)(le - name)) || memchr(name, ':', (size_t)(le - name))) {
+			{
+				/* a name with its ":2,..." (old lists): the base is before it */
+				const char *colon = memchr(name, ':', (size_t)(le - name));
+
+				if (colon != NULL)
+					le = colon;
+			}
+			if (!fname_ok(name, (size_t)(le - name))) {
 				*error_r = err("broken file name at line %zu", line);
 				return -1;
 			}
@@ -956,7 +963,25 @@ mailstore_open(const char *root, const char *user, struct mailstore **ms_r, cons
 	ms = xcalloc(1, sizeof(*ms));
 	ms->user = xstrdup(user);
 	ms->md = xasprintf("%s/%s/%.*s/Maildir", root, dom, (int)(at - user), user);
-	/* ROOT/DOMAIN/LOCAL/Maildir/{cur,new,tmp}, made as needed (mkdir -p) */
+	/* ROOT/DOMAIN/LOCAL/Maildir/{cur,new,tmp}, made as needed (mkdir -p);
+	 * on a delivery's path: three stats when they are there */
+	{
+		static const char *const sub[] = { "cur", "new", "tmp" };
+		int have = 0;
+
+		for (int i = 0; i < 3; i++) {
+			struct stat st;
+
+			path = xasprintf("%s/%s", ms->md, sub[i]);
+			if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+				have++;
+			free(path);
+		}
+		if (have == 3) {
+			*ms_r = ms;
+			return 0;
+		}
+	}
 	path = xstrdup(ms->md);
 	for (char *q = path + 1; *q; q++) {
 		if (*q != '/')
