@@ -1373,11 +1373,125 @@ guid_new(char out[33])
 		snprintf(out + 2 * i, 3, "%02x", r[i]);
 }
 
+#define UIDVALIDITY "dovecot-uidvalidity"
+
+/* "PATH.%08x" */
+static char *
+uv_marker(const char *path, uint32_t v)
+{
+	return xasprintf("%s.%08x", path, v);
+}
+
+static void
+uv_write(const char *path, uint32_t v)
+{
+	char buf[16];
+	int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return;
+	snprintf(buf, sizeof(buf), "%08x", v);
+	if (pwrite(fd, buf, 8, 0) != 8)
+		log_warn("mailstore: cannot write %s: %s", path, strerror(errno));
+	close(fd);
+}
+
+/* rename PATH.<*v> to PATH.<*v + 1>: the atomic step of the counter */
+static int
+uv_step(const char *path, uint32_t *v)
+{
+	for (int i = 0; i < 10; i++) {
+		char *src = uv_marker(path, *v), *dst;
+		int rc, e;
+
+		if (++*v == 0)
+			*v = 1;
+		dst = uv_marker(path, *v);
+		rc = rename(src, dst);
+		e = errno;
+		free(src);
+		free(dst);
+		if (rc == 0)
+			return 0;
+		if (e != ENOENT)
+			return -1;
+	}
+	return -1;
+}
+
+/*
+ * The next UIDVALIDITY for a new folder of this user, from the counter
+ * Dovecot keeps in the Maildir root (dovecot-uidvalidity holding the value
+ * in hex, and an empty dovecot-uidvalidity.<value> renamed one step on each
+ * use), so UIDVALIDITY never repeats for a name, whichever server made it.
+ */
+static uint32_t
+uidvalidity_next(const struct mailstore *ms)
+{
+	char *path = xasprintf("%s/" UIDVALIDITY, ms->md), buf[9];
+	uint32_t v = 0, now = (uint32_t)time(NULL);
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd >= 0) {
+		ssize_t r = read(fd, buf, 8);
+
+		close(fd);
+		if (r > 0) {
+			char *end;
+			unsigned long x;
+
+			buf[r] = '\0';
+			x = strtoul(buf, &end, 16);
+			if (end != buf && *end == '\0' && x != 0 && x <= UINT32_MAX)
+				v = (uint32_t)x;
+		}
+		if (v != 0 && uv_step(path, &v) == 0) {
+			uv_write(path, v);
+			free(path);
+			return v;
+		}
+	}
+	/* no counter yet (or a broken one): find the marker, or start one */
+	{
+		DIR *d = opendir(ms->md);
+		struct dirent *de;
+		size_t pl = strlen(UIDVALIDITY ".");
+		uint32_t max = 0;
+
+		while (d != NULL && (de = readdir(d)) != NULL) {
+			char *end;
+			unsigned long x;
+
+			if (strncmp(de->d_name, UIDVALIDITY ".", pl) != 0)
+				continue;
+			x = strtoul(de->d_name + pl, &end, 16);
+			if (end != de->d_name + pl && *end == '\0' && x <= UINT32_MAX && x > max)
+				max = (uint32_t)x;
+		}
+		if (d != NULL)
+			closedir(d);
+		v = max;
+		if (max == 0 || uv_step(path, &v) < 0) {
+			char *m;
+
+			v = now;
+			m = uv_marker(path, v);
+			fd = open(m, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+			if (fd >= 0)
+				close(fd);
+			free(m);
+		}
+	}
+	uv_write(path, v);
+	free(path);
+	return v;
+}
+
 /* a new, empty uidlist whose UIDVALIDITY is past every one this folder had */
 static void
 uidlist_reset(struct mailstore_box *box, struct md_uidlist *ul, uint32_t old_validity)
 {
-	uint32_t now = (uint32_t)time(NULL);
+	uint32_t now = uidvalidity_next(box->ms);
 
 	md_uidlist_clear(ul);
 	ul->version = 3;

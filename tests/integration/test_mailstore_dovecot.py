@@ -377,6 +377,14 @@ class MailstoreDovecot(unittest.TestCase):
             exists, _ = imap_select(c, "Archive.Portcullis")
             self.assertEqual(exists, 1)
             self.assertEqual(set(imap_messages(c)[1][0]), {"\\Seen"})
+            # one UIDVALIDITY counter (dovecot-uidvalidity) for both servers:
+            # no two folders share a value
+            uvs = {}
+            for n in sorted(names - {"FromDovecot.Child", "Projects.Portcullis", "Projects"}):
+                typ, data = c.status('"%s"' % n, "(UIDVALIDITY)")
+                self.assertEqual(typ, "OK", (n, data))
+                uvs[n] = int(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))
+            self.assertEqual(len(set(uvs.values())), len(uvs), uvs)
         finally:
             c.logout()
 

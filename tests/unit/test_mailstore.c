@@ -301,6 +301,20 @@ test_store(void)
 	CU_ASSERT_EQUAL(m->vsize, 22);
 	uv = mailstore_box_uidvalidity(box);
 	CU_ASSERT(uv > 0);
+	/* from Dovecot's per-user counter: dovecot-uidvalidity and its marker */
+	{
+		char *c = xasprintf("%s/example.com/alice/Maildir/dovecot-uidvalidity", root);
+		char hex[16], *mk;
+
+		s = slurp(c);
+		snprintf(hex, sizeof(hex), "%08x", uv);
+		CU_ASSERT_STRING_EQUAL(s, hex);
+		free(s);
+		mk = xasprintf("%s.%s", c, hex);
+		CU_ASSERT_EQUAL(access(mk, F_OK), 0);
+		free(mk);
+		free(c);
+	}
 	CU_ASSERT_EQUAL(mailstore_box_uidnext(box), 2);
 	/* moved to cur/ with ":2," as Dovecot does; the uidlist names it */
 	p = xasprintf("%s/example.com/alice/Maildir/cur", root);
@@ -439,6 +453,23 @@ test_store(void)
 	u1 = append(box, "Subject: old\n\n", S, NULL);
 	CU_ASSERT_EQUAL(u1, 1);
 	mailstore_box_close(&box);
+	/* a folder deleted and made again never repeats its UIDVALIDITY */
+	{
+		uint32_t a, b;
+
+		CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Tmp", &error), 0);
+		CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Tmp", &box, &error), 0);
+		a = mailstore_box_uidvalidity(box);
+		mailstore_box_close(&box);
+		CU_ASSERT_EQUAL(mailstore_folder_delete(ms, "Tmp", &error), 0);
+		CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Tmp", &error), 0);
+		CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Tmp", &box, &error), 0);
+		b = mailstore_box_uidvalidity(box);
+		mailstore_box_close(&box);
+		CU_ASSERT(b > a);
+		CU_ASSERT(a > uv);
+		CU_ASSERT_EQUAL(mailstore_folder_delete(ms, "Tmp", &error), 0);
+	}
 	CU_ASSERT_EQUAL(mailstore_folder_rename(ms, "Archive", "Old", &error), 0);
 	{
 		char **v;
