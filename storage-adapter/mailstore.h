@@ -53,7 +53,6 @@ struct mailstore_msg {
 	uint32_t keywords;	/* bit i: mailstore_box_keyword(box, i) */
 	uint64_t size;		/* octets as stored */
 	uint64_t vsize;		/* octets with CRLF line ends (RFC822.SIZE) */
-	time_t date;		/* internal date */
 	unsigned recent:1;	/* this store saw it first (IMAP \Recent) */
 };
 
@@ -100,6 +99,10 @@ long mailstore_box_find(const struct mailstore_box *box, uint32_t uid);
 /* keyword I's name, NULL if the slot is unused */
 const char *mailstore_box_keyword(const struct mailstore_box *box, unsigned i);
 
+/* the internal date (the file's mtime), read when first asked: opening a
+ * folder whose names carry ,S= stats no file */
+int mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r,
+    const char **error_r) __attribute__((warn_unused_result));
 /* a read-only descriptor on the message's bytes (the caller closes it) */
 int mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const char **error_r)
     __attribute__((warn_unused_result));

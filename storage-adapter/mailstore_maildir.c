@@ -881,7 +881,8 @@ struct mailstore {
 struct ms_msg {
 	struct mailstore_msg pub;
 	char *fname;		/* current name, in cur/ or new/ */
-	unsigned in_new:1;
+	time_t date;		/* the file's mtime, once read */
+	unsigned in_new:1, date_known:1;
 };
 
 struct mailstore_box {
@@ -1559,6 +1560,14 @@ struct scanned {
 };
 
 static int
+u32_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int
 scanned_base_cmp(const void *a, const void *b)
 {
 	return base_cmp(((const struct scanned *)a)->name, ((const struct scanned *)b)->name);
@@ -1903,12 +1912,17 @@ again:
 			s = &v[at[r]];
 			if (mdname_parse(s->name, &mn) < 0)
 				continue;
-			path = xasprintf("%s/%s/%s", box->dir, s->in_new ? "new" : "cur", s->name);
-			if (stat(path, &st) < 0) {
+			/* a name with ,S= needs no stat: the date is read when asked */
+			memset(&st, 0, sizeof(st));
+			if (!mn.has_size) {
+				path = xasprintf("%s/%s/%s", box->dir, s->in_new ? "new" : "cur",
+				    s->name);
+				if (stat(path, &st) < 0) {
+					free(path);
+					continue;	/* gone meanwhile: the next sync says so */
+				}
 				free(path);
-				continue;	/* gone meanwhile: the next sync says so */
 			}
-			free(path);
 			m = &box->msgs[box->n++];
 			m->fname = s->name;
 			s->name = NULL;
@@ -1925,11 +1939,13 @@ again:
 				m->pub.vsize = mn.vsize;
 			else
 				(void)ext_get(ul->recs[r].ext, 'W', &m->pub.vsize);
-			m->pub.date = st.st_mtime;
-			m->pub.recent = s->recent;
-			for (size_t k = 0; k < recent_n; k++)
-				if (recent_uids[k] == m->pub.uid)
-					m->pub.recent = 1;
+			if (!mn.has_size) {
+				m->date = st.st_mtime;
+				m->date_known = 1;
+			}
+			m->pub.recent = s->recent ||
+			    (recent_n > 0 && bsearch(&m->pub.uid, recent_uids, recent_n,
+			    sizeof(uint32_t), u32_cmp) != NULL);
 		}
 		free(at);
 	}
@@ -2088,6 +2104,36 @@ mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const cha
 	}
 	*error_r = err("message %u is gone", uid);
 	return -1;
+}
+
+int
+mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r, const char **error_r)
+{
+	long i = mailstore_box_find(box, uid);
+
+	if (i < 0) {
+		*error_r = err("no such message");
+		return -1;
+	}
+	for (int tries = 0; !box->msgs[i].date_known && tries < 2; tries++) {
+		char *path = msg_path(box, &box->msgs[i]);
+		struct stat st;
+		int rc = stat(path, &st);
+
+		free(path);
+		if (rc == 0) {
+			box->msgs[i].date = st.st_mtime;
+			box->msgs[i].date_known = 1;
+		} else if (errno != ENOENT || refind(box, &box->msgs[i]) < 0) {
+			break;
+		}
+	}
+	if (!box->msgs[i].date_known) {
+		*error_r = err("message %u is gone", uid);
+		return -1;
+	}
+	*date_r = box->msgs[i].date;
+	return 0;
 }
 
 int
@@ -2397,7 +2443,8 @@ mailstore_append_commit(struct mailstore_append **ap, unsigned flags,
 		m->pub.keywords = mask;
 		m->pub.size = a->size;
 		m->pub.vsize = a->vsize;
-		m->pub.date = date > 0 ? date : time(NULL);
+		m->date = date > 0 ? date : time(NULL);
+		m->date_known = 1;
 		box->uidnext = ul.next_uid;
 	}
 	*uid_r = uid;

@@ -50,6 +50,7 @@ letters(const char *s)
 static void
 list(struct mailstore_box *box)
 {
+	const char *error;
 	static const struct { unsigned bit; const char *name; } fl[] = {
 		{ MAILSTORE_ANSWERED, "\\\\Answered" }, { MAILSTORE_FLAGGED, "\\\\Flagged" },
 		{ MAILSTORE_DELETED, "\\\\Deleted" }, { MAILSTORE_SEEN, "\\\\Seen" },
@@ -61,10 +62,14 @@ list(struct mailstore_box *box)
 	for (size_t i = 0; i < mailstore_box_count(box); i++) {
 		const struct mailstore_msg *m = mailstore_box_msg(box, i);
 		int first = 1;
+		time_t date = 0;
+
+		if (mailstore_msg_date(box, m->uid, &date, &error) < 0)
+			die("date", error);
 
 		printf("%s{\"uid\": %u, \"size\": %llu, \"vsize\": %llu, \"date\": %lld, "
 		    "\"recent\": %s, \"flags\": [", i ? ", " : "", m->uid,
-		    (unsigned long long)m->size, (unsigned long long)m->vsize, (long long)m->date,
+		    (unsigned long long)m->size, (unsigned long long)m->vsize, (long long)date,
 		    m->recent ? "true" : "false");
 		for (size_t k = 0; k < sizeof(fl) / sizeof(fl[0]); k++)
 			if (m->flags & fl[k].bit) {

@@ -263,9 +263,13 @@ class MailstoreDovecot(unittest.TestCase):
             self.assertEqual(sorted(msgs), [1, 2, 3])
             self.assertEqual(msgs[3][0], {"\\Seen", "\\Draft"})
             self.assertEqual(msgs[2][0], set())
-            # RFC822.SIZE counts CRLF: mailstore's vsize agrees with Dovecot's
+            # RFC822.SIZE counts CRLF: mailstore's vsize agrees with Dovecot's;
+            # so does the internal date
             for m in ls["messages"]:
                 self.assertEqual(msgs[m["uid"]][1], m["vsize"], m)
+                typ, data = c.uid("FETCH", str(m["uid"]), "(INTERNALDATE)")
+                self.assertEqual(int(time.mktime(imaplib.Internaldate2tuple(data[0]))),
+                                 m["date"], (m, data))
             typ, data = c.uid("FETCH", "2", "(BODY.PEEK[])")
             self.assertEqual(data[0][1], m2)
             typ, data = c.uid("FETCH", "1", "(BODY.PEEK[])")

@@ -484,6 +484,22 @@ test_store(void)
 	}
 	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Old.2024", &box, &error), 0);
 	CU_ASSERT_EQUAL(mailstore_box_count(box), 1);
+	{
+		/* APPEND with a date: the internal date, read lazily from the file */
+		struct mailstore_append *a;
+		uint32_t uid;
+		time_t dt = 0;
+
+		CU_ASSERT_EQUAL_FATAL(mailstore_append_begin(box, &a, &error), 0);
+		CU_ASSERT_EQUAL(mailstore_append_write(a, "Subject: dated\n\n", 17, &error), 0);
+		CU_ASSERT_EQUAL_FATAL(mailstore_append_commit(&a, 0, NULL, 0, 1600000000, &uid,
+		    &error), 0);
+		mailstore_box_close(&box);
+		CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Old.2024", &box, &error), 0);
+		CU_ASSERT_EQUAL(mailstore_msg_date(box, uid, &dt, &error), 0);
+		CU_ASSERT_EQUAL(dt, 1600000000);
+		CU_ASSERT_EQUAL(mailstore_msg_date(box, 999, &dt, &error), -1);
+	}
 	mailstore_box_close(&box);
 	CU_ASSERT_EQUAL(mailstore_folder_delete(ms, "Old", &error), 0);
 	CU_ASSERT_EQUAL(mailstore_folder_delete(ms, "Old", &error), -1);
