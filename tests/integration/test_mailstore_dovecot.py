@@ -20,7 +20,10 @@ build/.../mailstore-tool. Python's imaplib is Dovecot's client. Asserted:
   6. mail sent with smtplib through a real portcullisd gateway (delivery =
      maildir:, which goes through mailstore_deliver_*) lands in new/ named
      with ,S= and ,W=, one message for two users; mailstore then Dovecot
-     show it with the same UIDs, RFC822.SIZE and bytes.
+     show it with the same UIDs, RFC822.SIZE and bytes;
+  7. a dovecot-uidlist damaged while Dovecot has an index of the folder is
+     rebuilt by mailstore with a larger UIDVALIDITY (and a log line), and
+     Dovecot follows: same new UIDVALIDITY, same UIDs.
 
 Run as root (CI): Dovecot refuses mail uid 0, so the store belongs to
 "nobody" and mailstore-tool runs as nobody too. As another user, both run as
@@ -501,6 +504,34 @@ class MailstoreDovecot(unittest.TestCase):
         ls = self.listing(rcpts[1])
         self.assertEqual(ls["uidvalidity"], uv)
         self.assertEqual(sorted(dmsgs), [m["uid"] for m in ls["messages"]])
+
+    def test_7_damaged_uidlist_rebuilt_and_dovecot_follows(self):
+        user = USERS[7]
+        for i in range(3):
+            self.append(user, b"Subject: d%d\n\n%d\n" % (i, i))
+        c = self.dc.imap(user)
+        try:
+            exists, uv = imap_select(c, "INBOX")
+            self.assertEqual(exists, 3)
+        finally:
+            c.logout()
+        ul = os.path.join(self.dc.maildir(user), "dovecot-uidlist")
+        with open(ul, "wb") as f:
+            f.write(b"3 V1 N1 Gnot-a-guid\n\x00\xff garbage\n2 :../../etc/passwd\n")
+        r = self.tool(user, "list", "INBOX")
+        self.assertIn("dovecot-uidlist is broken", r.stderr.decode())
+        ls = json.loads(r.stdout)
+        self.assertGreater(ls["uidvalidity"], uv)
+        self.assertEqual([m["uid"] for m in ls["messages"]], [1, 2, 3])
+        with open(ul) as f:
+            self.assertTrue(f.readline().startswith("3 V%d N4 G" % ls["uidvalidity"]))
+        c = self.dc.imap(user)
+        try:
+            exists, uv2 = imap_select(c, "INBOX")
+            self.assertEqual((exists, uv2), (3, ls["uidvalidity"]))
+            self.assertEqual(sorted(imap_messages(c)), [1, 2, 3])
+        finally:
+            c.logout()
 
 
 if __name__ == "__main__":
