@@ -23,7 +23,10 @@ build/.../mailstore-tool. Python's imaplib is Dovecot's client. Asserted:
      show it with the same UIDs, RFC822.SIZE and bytes;
   7. a dovecot-uidlist damaged while Dovecot has an index of the folder is
      rebuilt by mailstore with a larger UIDVALIDITY (and a log line), and
-     Dovecot follows: same new UIDVALIDITY, same UIDs.
+     Dovecot follows: same new UIDVALIDITY, same UIDs;
+  8. at the same time, 4 mailstore processes and 2 Dovecot IMAP sessions
+     APPEND to one folder (each side taking the uidlist lock its own way):
+     every message gets one UID, no UID twice, both sides agree.
 
 Run as root (CI): Dovecot refuses mail uid 0, so the store belongs to
 "nobody" and mailstore-tool runs as nobody too. As another user, both run as
@@ -52,7 +55,7 @@ BIN = lab.BIN
 TOOL = os.path.join(BIN, "mailstore-tool")
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 PASSWORD = "secret-pw"
-USERS = ["u%d@example.com" % i for i in range(1, 9)]
+USERS = ["u%d@example.com" % i for i in range(1, 10)]
 
 
 class Dovecot:
@@ -530,6 +533,53 @@ class MailstoreDovecot(unittest.TestCase):
             exists, uv2 = imap_select(c, "INBOX")
             self.assertEqual((exists, uv2), (3, ls["uidvalidity"]))
             self.assertEqual(sorted(imap_messages(c)), [1, 2, 3])
+        finally:
+            c.logout()
+
+    def test_8_concurrent_appends_share_the_lock(self):
+        user = USERS[8]
+        self.tool(user, "list", "INBOX")
+        path = os.path.join(self.tmp, "c.eml")
+        with open(path, "wb") as f:
+            f.write(b"Subject: concurrent\n\nx\n")
+        os.chmod(path, 0o644)
+        script = "for i in 1 2 3 4 5 6 7 8 9 10; do %s %s %s append INBOX %s - || exit 1; done" % (
+            TOOL, self.dc.store, user, path)
+        kw = {"user": self.dc.uid, "group": self.dc.gid} if os.getuid() == 0 else {}
+        procs = [subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, **kw) for _ in range(4)]
+        dc_uids = []
+
+        def dovecot_appends():
+            c = self.dc.imap(user)
+            try:
+                for i in range(10):
+                    typ, data = c.append("INBOX", None, None, b"Subject: dc\r\n\r\ny\r\n")
+                    assert typ == "OK", data
+                    dc_uids.append(int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1)))
+            finally:
+                c.logout()
+        import threading
+        ts = [threading.Thread(target=dovecot_appends) for _ in range(2)]
+        for t in ts:
+            t.start()
+        ours = []
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            self.assertEqual(p.returncode, 0, err)
+            ours += [int(x) for x in out.split()]
+        for t in ts:
+            t.join(120)
+        self.assertEqual(len(ours), 40)
+        self.assertEqual(len(dc_uids), 20)
+        self.assertEqual(len(set(ours) | set(dc_uids)), 60, (sorted(ours), sorted(dc_uids)))
+        ls = self.listing(user)
+        self.assertEqual(sorted(m["uid"] for m in ls["messages"]), sorted(ours + dc_uids))
+        c = self.dc.imap(user)
+        try:
+            exists, uv = imap_select(c, "INBOX")
+            self.assertEqual((exists, uv), (60, ls["uidvalidity"]))
+            self.assertEqual(sorted(imap_messages(c)), sorted(ours + dc_uids))
         finally:
             c.logout()
 
