@@ -4,7 +4,7 @@
 #include <stdint.h>
 
 /*
- * The pure parts of the Maildir++ backend (file names, dovecot-uidlist,
+ * The pure parts of the Maildir++ backend (mailstore_maildir_fmt.c: file names, dovecot-uidlist,
  * dovecot-keywords), apart for unit tables and the fuzzer. Formats as
  * Dovecot writes them; every parser is bounded and treats its input as
  * hostile. Nothing here touches the file system.
@@ -30,6 +30,8 @@ int mdname_set_flags(const char *fname, unsigned flags, uint32_t keywords, char 
     size_t outsz) __attribute__((warn_unused_result));
 /* Dovecot's sort order for new files (time, then microseconds, then base) */
 int mdname_sort_cmp(const char *a, const char *b);
+/* 0 when two names have the same base (the part before ':') */
+int mdname_base_cmp(const char *a, const char *b);
 
 struct md_uidrec {
 	uint32_t uid;
@@ -61,5 +63,7 @@ void md_uidlist_clear(struct md_uidlist *ul);
 /* dovecot-keywords: "IDX NAME" lines; bad lines skipped as Dovecot does */
 void md_keywords_parse(const char *buf, size_t len, char *names[26]);
 char *md_keywords_format(char *const names[26], size_t *len_r);
+/* a keyword name we keep (an IMAP atom, capped) */
+int md_keyword_is_valid(const char *p, size_t n);
 
 #endif
