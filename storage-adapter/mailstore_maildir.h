@@ -4,10 +4,10 @@
 #include <stdint.h>
 
 /*
- * The pure parts of the Maildir++ backend (mailstore_maildir_fmt.c: file names, dovecot-uidlist,
- * dovecot-keywords), apart for unit tables and the fuzzer. Formats as
- * Dovecot writes them; every parser is bounded and treats its input as
- * hostile. Nothing here touches the file system.
+ * The pure parts of the Maildir++ backend (mailstore_maildir_fmt.c: file
+ * names, dovecot-uidlist, dovecot-keywords), apart for unit tables and the
+ * fuzzer. Formats as Dovecot writes them; every parser is bounded and treats
+ * its input as hostile. Nothing here touches the file system.
  */
 
 /* what a message file name says: BASE[:2,FLAGS] with ,S= and ,W= in BASE */
