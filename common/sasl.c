@@ -402,7 +402,12 @@ step_bytes(struct sasl_server *s, const unsigned char *in, size_t n)
 
 		if (first) {
 			rc = gstep(s, NULL, 0);
-			if (rc != SASL_CONTINUE || in == NULL)
+			if (rc != SASL_CONTINUE)
+				return rc;
+			/* the prompts every client knows (Postfix, Dovecot, the
+			 * LOGIN draft), not GNU SASL's "User Name" */
+			set_out(s, (const unsigned char *)"Username:", 9);
+			if (in == NULL)
 				return rc;
 			s->step++;
 		}
@@ -414,7 +419,10 @@ step_bytes(struct sasl_server *s, const unsigned char *in, size_t n)
 			memcpy(login, in, n);
 			login[n] = '\0';
 			lookup(s, login);
-			return gstep(s, in, n);
+			rc = gstep(s, in, n);
+			if (rc == SASL_CONTINUE)
+				set_out(s, (const unsigned char *)"Password:", 9);
+			return rc;
 		}
 		if (memchr(in, '\0', n))
 			return finish(s, SASL_FAIL);

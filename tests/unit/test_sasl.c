@@ -160,7 +160,7 @@ test_base64(void)
 	}
 }
 
-enum { T_NONE, T_PROOF, T_GARBAGE, T_CANCEL };
+enum { T_NONE, T_PROOF, T_GARBAGE, T_CANCEL, T_IR };	/* T_IR: initial response */
 
 static const struct {
 	const char *name, *mech, *user, *pass, *ext;
@@ -192,6 +192,14 @@ static const struct {
 	{ "PLAIN: unknown user", "PLAIN", "n@example.org", "pencil", NULL, T_NONE, SASL_FAIL, NULL },
 	{ "LOGIN: right password", "LOGIN", "u@example.org", "pencil", NULL, T_NONE, SASL_OK,
 	  "u@example.org" },
+	{ "LOGIN: user name as initial response", "LOGIN", "u@example.org", "pencil", NULL, T_IR,
+	  SASL_OK, "u@example.org" },
+	{ "PLAIN: initial response", "PLAIN", "u@example.org", "pencil", NULL, T_IR, SASL_OK,
+	  "u@example.org" },
+	{ "SCRAM: initial response", "SCRAM-SHA-256", "u@example.org", "pencil", NULL, T_IR,
+	  SASL_OK, "u@example.org" },
+	{ "EXTERNAL: initial response", "EXTERNAL", NULL, NULL, "cert@example.org", T_IR,
+	  SASL_OK, "cert@example.org" },
 	{ "LOGIN: wrong password", "LOGIN", "u@example.org", "x", NULL, T_NONE, SASL_FAIL, NULL },
 	{ "CRAM-MD5: right password", "CRAM-MD5", "u@example.org", "pencil", NULL, T_NONE, SASL_OK,
 	  "u@example.org" },
@@ -233,7 +241,15 @@ test_exchanges(void)
 			gsasl_property_set(c, GSASL_PASSWORD, ex[i].pass);
 		if (strstr(ex[i].name, "another user"))
 			gsasl_property_set(c, GSASL_AUTHZID, "u@example.org");
-		rc = sasl_server_step64(s, NULL, &out);
+		if (ex[i].tamper == T_IR) {
+			char *cout = NULL;
+
+			CU_ASSERT_TRUE(gsasl_step64(c, "", &cout) >= 0);
+			rc = sasl_server_step64(s, cout[0] ? cout : "=", &out);
+			gsasl_free(cout);
+		} else {
+			rc = sasl_server_step64(s, NULL, &out);
+		}
 		while (rc == SASL_CONTINUE && rounds++ < 5) {
 			char *cout = NULL;
 			int crc = gsasl_step64(c, out, &cout);
@@ -241,7 +257,7 @@ test_exchanges(void)
 			CU_ASSERT_TRUE(crc == GSASL_OK || crc == GSASL_NEEDS_MORE);
 			if (cout == NULL)
 				break;
-			if (ex[i].tamper != T_NONE) {
+			if (ex[i].tamper != T_NONE && ex[i].tamper != T_IR) {
 				unsigned char dec[600];
 				size_t n;
 
