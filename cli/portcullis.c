@@ -28,6 +28,7 @@
 #include "common/authmech.h"
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/mailaddr.h"
 #include "common/owner.h"
 #include "common/pclimits.h"
 #include "common/stats.h"
@@ -631,6 +632,16 @@ print_verdict(const char *stage, const char *arg, const struct verdict *v)
 	    v->ban_seconds ? " -> client would be put on the kill list" : "");
 }
 
+/* the address as the engine judged it: the one the gateway logs, stores, sends on */
+static void
+print_judged(const struct mailaddr *a)
+{
+	char fmt[MAILADDR_TEXT_MAX];
+
+	if (a != NULL)
+		printf("%15s address: <%s>\n", "", mailaddr_format(a, fmt));
+}
+
 static int
 cmd_explain(const struct conf *c, int argc, char **argv)
 {
@@ -687,11 +698,13 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	if (!refused) {
 		engine_mail(es, snap, from, 10 + strlen(from) + 4, auth, now, &v);
 		print_verdict("MAIL", *from ? from : "<>", &v);
+		print_judged(engine_sender_address(es));
 		refused |= v.action == VERDICT_REJECT || v.action == VERDICT_TEMPFAIL;
 	}
 	for (size_t i = 0; !refused && i < nrcpt; i++) {
 		engine_rcpt(es, snap, rcpts[i], 8 + strlen(rcpts[i]) + 4, now, &v);
 		print_verdict("RCPT", rcpts[i], &v);
+		print_judged(engine_rcpt_address(es, NULL));
 		if (v.action == VERDICT_CONTINUE)
 			accepted_rcpts++;
 	}

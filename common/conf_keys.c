@@ -74,6 +74,7 @@ const struct conf_key conf_keys[] = {
 
 	/* relay control */
 	{ "mydomains", "", CT_LIST, NULL, 0, 0 },
+	{ "postmaster_address", "", CT_STR, NULL, 0, 0 },	/* "": postmaster@ first mydomain */
 	{ "relay_networks", "127.0.0.0/8 ::1", CT_LIST, NULL, 0, 0 },
 	{ "relay_authenticated", "yes", CT_BOOL, NULL, 0, 0 },
 	{ "relay_client_domains", "no", CT_BOOL, NULL, 0, 0 },

@@ -24,12 +24,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <libmilter/mfapi.h>
 
 #include "common/log.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
 #include "milter/milter.h"
 #include "rules/engine.h"
@@ -210,6 +212,7 @@ cb_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *hostaddr)
 	int have = cidr_addr_from_sockaddr(hostaddr, &a) == 0;
 	struct verdict v;
 
+	stats_add("connections_total{door=\"milter\"}", 1);
 	engine_connect(p->es, snap, have ? &a : NULL, hostname, (long long)time(NULL), &v);
 	snapref_release(env->snaps, ticket);
 	if (log_is_debug())
@@ -271,6 +274,10 @@ cb_envfrom(SMFICTX *ctx, char **argv)
 	check_mail_macros(ctx);
 	/* Postfix sends {auth_authen} at MAIL only: the session carries it on */
 	auth = smfi_getsymval(ctx, "{auth_authen}");
+	/* MAIL FROM:<...> SMTPUTF8 (RFC 6531): UTF-8 addresses are addresses */
+	for (int i = 1; argv[i] != NULL; i++)
+		if (strcasecmp(argv[i], "SMTPUTF8") == 0)
+			engine_mail_smtputf8(p->es);
 	snap = snapref_acquire(env->snaps, &ticket);
 	engine_mail(p->es, snap, argv[0], command_length(10, argv), auth,
 	    (long long)time(NULL), &v);
@@ -322,6 +329,8 @@ cb_eom(SMFICTX *ctx)
 	note_qid(ctx, p);
 	engine_eom(p->es, &v);
 	rc = answer(ctx, p, STAGE_EOM, &v, NULL);
+	if (rc == SMFIS_CONTINUE || rc == SMFIS_ACCEPT)
+		stats_add("messages_total{door=\"milter\",route=\"mta\"}", 1);
 	p->qid[0] = '\0';
 	return rc;
 }

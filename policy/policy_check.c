@@ -24,6 +24,7 @@
 
 #include "common/cidr.h"
 #include "common/log.h"
+#include "common/mailaddr.h"
 #include "policy/policy_check.h"
 
 static int
@@ -81,8 +82,13 @@ policy_check(const struct policy_request *req, const struct policy *pol,
 	struct engine_session *es = engine_session_new(pol);
 	const char *addr_text = req->attr[PA_CLIENT_ADDRESS];
 	const char *helo = req->attr[PA_HELO_NAME];
-	const char *sender = req->attr[PA_SENDER] ? req->attr[PA_SENDER] : "";
-	const char *rcpt = req->attr[PA_RECIPIENT] ? req->attr[PA_RECIPIENT] : "";
+	/* Postfix sends addresses in its internal (unquoted) form: quote them
+	 * again, so the engine judges the address Postfix uses */
+	char sbuf[MAILADDR_TEXT_MAX + 2], rbuf[MAILADDR_TEXT_MAX + 2];
+	const char *sender = req->attr[PA_SENDER] ?
+	    mailaddr_externalize(req->attr[PA_SENDER], sbuf, sizeof(sbuf)) : "";
+	const char *rcpt = req->attr[PA_RECIPIENT] ?
+	    mailaddr_externalize(req->attr[PA_RECIPIENT], rbuf, sizeof(rbuf)) : "";
 	const char *auth = req->attr[PA_SASL_USERNAME];
 	enum engine_stage stage;
 	struct ipaddr addr;

@@ -43,8 +43,15 @@ struct engine_session {
 	int in_tx;
 	struct mailaddr sender;
 	int sender_ok;				/* parsed */
+	/* for logs: the raw address, escaped, when it did not parse (else the
+	 * parsed one is formatted when a line is written: most never are) */
 	char sender_text[LOG_ESCAPE_BUFSZ];
-	char rcpt_text[LOG_ESCAPE_BUFSZ];	/* last recipient, for logs */
+	char rcpt_text[LOG_ESCAPE_BUFSZ];	/* last recipient, the same way */
+	unsigned addr_flags;			/* MAILADDR_UTF8 in an SMTPUTF8 transaction */
+	unsigned addr_flags_next;		/* ... for the next MAIL */
+	struct mailaddr rcpt;			/* last recipient, as judged */
+	int rcpt_ok;				/* ... it parsed */
+	int rcpt_local;				/* ... it is in mydomains */
 	unsigned nrcpt;				/* accepted recipients */
 	int relayed;				/* some accepted recipient is relayed */
 	unsigned headers_seen;			/* bit i: require_headers[i] */
@@ -96,6 +103,28 @@ const char *
 engine_client_text(const struct engine_session *s)
 {
 	return s->client_text;
+}
+
+void
+engine_mail_smtputf8(struct engine_session *s)
+{
+	s->addr_flags_next = MAILADDR_UTF8;
+}
+
+const struct mailaddr *
+engine_sender_address(const struct engine_session *s)
+{
+	return s->sender_ok ? &s->sender : NULL;
+}
+
+const struct mailaddr *
+engine_rcpt_address(const struct engine_session *s, int *local_r)
+{
+	if (!s->rcpt_ok)
+		return NULL;
+	if (local_r != NULL)
+		*local_r = s->rcpt_local;
+	return &s->rcpt;
 }
 
 unsigned
@@ -303,14 +332,41 @@ escape_addr(char *dst, const char *a)
 	log_escape(dst, a, n);
 }
 
+/* the formatted address, escaped for logs */
+static const char *
+format_addr(char *dst, const struct mailaddr *a)
+{
+	char buf[MAILADDR_TEXT_MAX];
+
+	mailaddr_format(a, buf);
+	return log_escape(dst, buf, strlen(buf));
+}
+
+/*
+ * An address that does not parse is refused whatever policy_mode says:
+ * the MTA or the downstream would read it some other way than we did.
+ */
+static void
+refuse_syntax(struct verdict *v, const char *code, const char *dsn, const char *text,
+    const char *what, const char *why)
+{
+	v->action = VERDICT_REJECT;
+	snprintf(v->code, sizeof(v->code), "%s", code);
+	snprintf(v->dsn, sizeof(v->dsn), "%s", dsn);
+	snprintf(v->text, sizeof(v->text), "%s", text);
+	v->tag = "bad-address";
+	snprintf(v->rule, sizeof(v->rule), "%s address syntax (RFC 5321 Mailbox): %s", what, why);
+}
+
 static void
 tx_reset(struct engine_session *s)
 {
 	s->in_tx = 0;
-	memset(&s->sender, 0, sizeof(s->sender));
-	s->sender_ok = 0;
+	s->sender_ok = 0;	/* s->sender means nothing without it */
 	s->sender_text[0] = '\0';
 	s->rcpt_text[0] = '\0';
+	s->rcpt.local[0] = '\0';
+	s->rcpt_ok = s->rcpt_local = 0;
 	s->nrcpt = 0;
 	s->relayed = 0;
 	s->headers_seen = 0;
@@ -368,16 +424,26 @@ void
 engine_mail(struct engine_session *s, const struct snapshot *snap, const char *sender,
     size_t cmdlen, const char *auth_user, long long now, struct verdict *v)
 {
+	const char *why;
+
 	verdict_clear(v);
 	tx_reset(s);
 	s->in_tx = 1;
-	escape_addr(s->sender_text, sender);
+	s->addr_flags = s->addr_flags_next;
+	s->addr_flags_next = 0;
 	if (auth_user != NULL && auth_user[0] != '\0')
 		log_escape(s->auth, auth_user, strlen(auth_user));
-	if (too_long(s, cmdlen, v, now, snap))
+	if (too_long(s, cmdlen, v, now, snap)) {
+		escape_addr(s->sender_text, sender);
 		return;
-	/* the MTA checks syntax; an address we cannot parse matches no entry */
-	s->sender_ok = mailaddr_parse(sender, &s->sender) == 0;
+	}
+	if (mailaddr_parse_flags(sender, s->addr_flags, &s->sender, &why) < 0) {
+		memset(&s->sender, 0, sizeof(s->sender));
+		escape_addr(s->sender_text, sender);
+		refuse_syntax(v, "501", "5.1.7", "Bad sender address syntax", "sender", why);
+		return;
+	}
+	s->sender_ok = 1;
 	if (kill_check(s, snap, now, v))
 		return;
 	if (s->sender_ok && s->sender.is_null && s->pol->null_sender == NULL_SENDER_REJECT) {
@@ -466,37 +532,69 @@ void
 engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *rcpt,
     size_t cmdlen, long long now, struct verdict *v)
 {
-	struct mailaddr ra;
-	char who[ENGINE_TEXT_ADDR + 1];
+	struct mailaddr *ra = &s->rcpt;
+	char who[LOG_ESCAPE_BUFSZ];
 	char why[sizeof(v->rule)];
-	int parsed, local;
+	const char *err;
+	int local;
 
 	verdict_clear(v);
-	escape_addr(s->rcpt_text, rcpt);
-	if (too_long(s, cmdlen, v, now, snap))
+	s->rcpt_ok = s->rcpt_local = 0;
+	ra->local[0] = '\0';	/* for logs: not parsed (yet) */
+	if (too_long(s, cmdlen, v, now, snap)) {
+		escape_addr(s->rcpt_text, rcpt);
 		return;
+	}
+	if (mailaddr_parse_flags(rcpt, s->addr_flags, ra, &err) < 0 || ra->is_null) {
+		refuse_syntax(v, "501", "5.1.3", "Bad recipient address syntax", "recipient",
+		    ra->is_null ? "the null address <> is no recipient" : err);
+		memset(ra, 0, sizeof(*ra));
+		escape_addr(s->rcpt_text, rcpt);
+		return;
+	}
 	if (kill_check(s, snap, now, v))
 		return;
-	parsed = mailaddr_parse(rcpt, &ra) == 0;
-	safe_copy(who, sizeof(who), parsed && !ra.is_null ? rcpt : "?");
-	if (who[0] == '<') {	/* the MTA passes <addr>; quote it once */
-		size_t n = strlen(who);
+	if (ra->domain[0] == '\0') {
+		/*
+		 * Unqualified (RFC 5321 §4.1.1.3 allows only <postmaster>):
+		 * postmaster goes to postmaster_address; anything else only from a
+		 * client that may relay, qualified with our first domain as
+		 * Postfix appends $myorigin. Every check below judges the result.
+		 */
+		if (mailaddr_is_postmaster(ra) && s->pol->postmaster.local[0] != '\0') {
+			*ra = s->pol->postmaster;
+		} else if (s->pol->origin[0] != '\0' &&
+		    relay_allowed(s, snap, now, why, sizeof(why))) {
+			snprintf(ra->domain, sizeof(ra->domain), "%s", s->pol->origin);
+		} else {
+			char fmt[MAILADDR_TEXT_MAX];
 
-		memmove(who, who + 1, n);
-		if (n >= 2 && who[n - 2] == '>')
-			who[n - 2] = '\0';
+			safe_copy(who, sizeof(who), mailaddr_format(ra, fmt));
+			decide(s, v, VERDICT_REJECT, "504", "5.5.2", "non-fqdn",
+			    "<%s>: Recipient address rejected: need fully-qualified address", who);
+			snprintf(v->rule, sizeof(v->rule), "unqualified recipient from a client "
+			    "that may not relay (only <postmaster> is accepted)");
+			if (!v->warned)
+				return;
+			ra->is_null = 0;
+			snprintf(ra->domain, sizeof(ra->domain), "%s",
+			    s->pol->origin[0] ? s->pol->origin : "invalid");
+		}
 	}
+	s->rcpt_ok = 1;
 	/*
-	 * Local only when the final domain is ours and nothing in the address
-	 * could route it elsewhere (%, !, quoted @, source routes to others,
-	 * address literals). An unqualified name is local: the MTA qualifies it
-	 * with its own domain.
+	 * Local only when the domain is ours and nothing in the address could
+	 * route it elsewhere (%, !, quoted @, address literals; a source route
+	 * was dropped, as Postfix drops it).
 	 */
-	local = parsed && !ra.is_null && !ra.routing_local && !ra.domain_literal &&
-	    (ra.domain[0] == '\0' || policy_is_my_domain(s->pol, ra.domain));
+	local = !ra->routing_local && !ra->domain_literal && policy_is_my_domain(s->pol, ra->domain);
+	s->rcpt_local = local;
 	if (local) {
 		snprintf(why, sizeof(why), "recipient domain is in mydomains");
 	} else if (!relay_allowed(s, snap, now, why, sizeof(why))) {
+		char fmt[MAILADDR_TEXT_MAX];
+
+		safe_copy(who, sizeof(who), mailaddr_format(ra, fmt));
 		decide(s, v, VERDICT_REJECT, "550", "5.7.1", "relay",
 		    "<%s>: Relay access denied", who);
 		snprintf(v->rule, sizeof(v->rule),
@@ -572,8 +670,8 @@ void
 engine_log(const struct engine_session *s, enum engine_stage stage,
     const struct verdict *v, const char *queue_id, const char *arg)
 {
-	char esc[LOG_ESCAPE_BUFSZ];
-	const char *what;
+	char esc[LOG_ESCAPE_BUFSZ], from_buf[LOG_ESCAPE_BUFSZ], to_buf[LOG_ESCAPE_BUFSZ];
+	const char *what, *from, *to;
 
 	if (v->warned)
 		what = "warn: would reject";
@@ -587,25 +685,30 @@ engine_log(const struct engine_session *s, enum engine_stage stage,
 		what = NULL;
 	if (what != NULL)
 		stats_verdict(engine_stage_name(stage), v->warned ? "warn" : what, v->tag);
+	if (what == NULL && !log_is_debug())
+		return;
+	/* the address as judged (formatted), or the raw one when it did not parse */
+	from = s->sender_ok ? format_addr(from_buf, &s->sender) : s->sender_text;
+	to = s->rcpt.local[0] != '\0' ? format_addr(to_buf, &s->rcpt) : s->rcpt_text;
 	if (what == NULL) {
 		if (log_is_debug())
 			log_debug("%s: %s from %s: %s; from=<%s> helo=<%s> rule=%s",
 			    queue_id ? queue_id : "NOQUEUE", engine_stage_name(stage),
-			    s->client_text, engine_action_name(v->action), s->sender_text,
+			    s->client_text, engine_action_name(v->action), from,
 			    s->helo, v->rule);
 		return;
 	}
 	if (v->tag == NULL) {
 		log_info("%s: %s: %s from %s: from=<%s> nrcpt=%u helo=<%s>%s%s",
 		    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage),
-		    s->client_text, s->sender_text, s->nrcpt, s->helo,
+		    s->client_text, from, s->nrcpt, s->helo,
 		    s->auth[0] ? " sasl_username=" : "", s->auth);
 		return;
 	}
 	log_info("%s: %s: %s from %s: %s %s %s; from=<%s> to=<%s> helo=<%s>%s%s reason=%s%s%s",
 	    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage), s->client_text,
-	    v->code, v->dsn, v->text, s->sender_text,
-	    stage == STAGE_RCPT ? s->rcpt_text : "",
+	    v->code, v->dsn, v->text, from,
+	    stage == STAGE_RCPT ? to : "",
 	    s->helo, s->auth[0] ? " sasl_username=" : "", s->auth, v->tag,
 	    arg ? " arg=" : "", arg ? log_escape(esc, arg, strlen(arg)) : "");
 }

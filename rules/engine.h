@@ -80,6 +80,16 @@ const char *engine_action_name(enum verdict_action a);
 /* "name[addr]" of the client */
 const char *engine_client_text(const struct engine_session *s);
 unsigned engine_rcpt_count(const struct engine_session *s);
+struct mailaddr;
+/* the next engine_mail() starts an SMTPUTF8 transaction (RFC 6531): UTF-8
+ * addresses parse in it. Only a door that saw the MTA's SMTPUTF8 says so. */
+void engine_mail_smtputf8(struct engine_session *s);
+/* the sender the last engine_mail() judged; NULL when it did not parse */
+const struct mailaddr *engine_sender_address(const struct engine_session *s);
+/* the recipient the last engine_rcpt() judged -- <postmaster> rewritten to
+ * postmaster_address, unqualified names qualified -- and whether it is in
+ * mydomains; NULL when it did not parse. Deliver to this address. */
+const struct mailaddr *engine_rcpt_address(const struct engine_session *s, int *local_r);
 const struct ipaddr *engine_client_addr(const struct engine_session *s);
 
 #endif

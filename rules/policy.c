@@ -74,9 +74,36 @@ policy_new(const struct conf *c, struct policy **p_r, const char **error_r)
 			goto fail_list;
 		}
 		p->domains[p->ndomains++] = xstrdup(d);
+		/* what unqualified recipients are qualified with: the first domain
+		 * itself (".example.com" names only the domains below it) */
+		if (p->origin[0] == '\0' && d[0] != '.')
+			snprintf(p->origin, sizeof(p->origin), "%s", d);
 	}
 	conf_list_free(list);
 	qsort(p->domains, p->ndomains, sizeof(char *), cmp_str);
+
+	/* postmaster_address: where <postmaster> (RFC 5321 §4.5.1) goes */
+	{
+		const char *pm = conf_get(c, "postmaster_address");
+		char def[MAILADDR_PART_MAX + 16];
+		const char *why = NULL;
+
+		if (pm[0] == '\0' && p->origin[0] != '\0') {
+			snprintf(def, sizeof(def), "postmaster@%s", p->origin);
+			pm = def;
+		}
+		if (pm[0] != '\0' && mailaddr_parse_why(pm, &p->postmaster, &why) == 0)
+			why = p->postmaster.is_null || p->postmaster.domain[0] == '\0' ?
+			    "need user@domain" : NULL;
+		if (pm[0] != '\0' && why != NULL) {
+			snprintf(errbuf, sizeof(errbuf), "%s: postmaster_address: \"%.100s\" is not "
+			    "a qualified address: %s", conf_where(c, "postmaster_address"), pm, why);
+			list = NULL;
+			goto fail_list;
+		}
+		if (pm[0] == '\0')
+			memset(&p->postmaster, 0, sizeof(p->postmaster));
+	}
 
 	/* relay_networks */
 	list = conf_get_list(c, "relay_networks", &n);

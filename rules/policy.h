@@ -2,6 +2,7 @@
 #define PC_POLICY_H
 #include <stddef.h>
 #include "common/cidr.h"
+#include "common/mailaddr.h"
 
 struct conf;
 
@@ -13,6 +14,8 @@ enum null_sender_mode { NULL_SENDER_ACCEPT, NULL_SENDER_REJECT, NULL_SENDER_REJE
 struct policy {
 	char **domains;		/* sorted, lower case: "example.com" exact, ".example.com" suffix */
 	size_t ndomains;
+	char origin[MAILADDR_PART_MAX];	/* the first of mydomains not written ".dom"; "" none */
+	struct mailaddr postmaster;	/* postmaster_address; local "" when none */
 	struct cidrtab *relay_networks;
 	size_t nrelay_networks;
 	int relay_authenticated;

@@ -132,6 +132,18 @@ reply(struct smtp_proto *sp, const char *fmt, ...)
 	sp->olen += 2;
 }
 
+/* printable ASCII of s for a reply or a log: never echo raw control or 8-bit bytes */
+static const char *
+printable(char *dst, size_t cap, const char *s)
+{
+	size_t n = 0;
+
+	for (; *s && n + 1 < cap; s++)
+		dst[n++] = ((unsigned char)*s >= 0x20 && (unsigned char)*s < 0x7f) ? *s : '?';
+	dst[n] = '\0';
+	return dst;
+}
+
 struct smtp_proto *
 smtp_proto_new(const struct smtp_params *p)
 {
@@ -642,6 +654,35 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 		error_reply(sp, "501 5.5.4 Syntax: %s hostname", ehlo ? "EHLO" : "HELO");
 		return;
 	}
+	{
+		/*
+		 * RFC 5321 §4.1.1.1: a domain or an address literal; a bare name
+		 * ("localhost", "DESKTOP-1") is tolerated, as Postfix does. Words
+		 * after it are ignored; control and 8-bit bytes anywhere refuse the
+		 * command, so nothing unchecked reaches the Received: line.
+		 */
+		size_t hl = strcspn(arg, " ");
+		char name[MAILADDR_PART_MAX];
+		int bad = hl >= sizeof(sp->helo);	/* never cut short in Received: */
+
+		for (const char *q = arg; *q && !bad; q++)
+			bad = (unsigned char)*q < 0x20 || (unsigned char)*q > 0x7e;
+		if (!bad) {
+			memcpy(name, arg, hl);
+			name[hl] = '\0';
+			bad = !mailaddr_domain_is_valid(name);
+		}
+		if (bad) {
+			char esc[LOG_ESCAPE_BUFSZ];
+
+			log_info("reject: %s from %s: 501 5.5.4 invalid host name; helo=<%s> "
+			    "reason=bad-helo", ehlo ? "EHLO" : "HELO", engine_client_text(sp->es),
+			    log_escape(esc, arg, strlen(arg)));
+			error_reply(sp, "501 5.5.4 Syntax: %s hostname (a domain or an address literal)",
+			    ehlo ? "EHLO" : "HELO");
+			return;
+		}
+	}
 	snap = snapref_acquire(sp->p->snaps, &ticket);
 	engine_helo(sp->es, snap, arg, cmdlen, now, &v);
 	snapref_release(sp->p->snaps, ticket);
@@ -714,19 +755,31 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		return;
 	}
 	if (mailaddr_parse(path, &ma) < 0) {
-		error_reply(sp, "501 5.1.7 Bad sender address syntax");
+		/* the engine gives (and logs) the verdict: 501 5.1.7 */
+		snap = snapref_acquire(sp->p->snaps, &ticket);
+		engine_mail(sp->es, snap, path, cmdlen, sp->authenticated ? sp->auth_user : NULL,
+		    now, &v);
+		snapref_release(sp->p->snaps, ticket);
+		if (!verdict_reply(sp, STAGE_MAIL, &v, path))
+			reply(sp, "501 5.1.7 Bad sender address syntax");
+		engine_abort(sp->es);
+		count_error(sp);
 		return;
 	}
 	for (tok = strtok_r(params, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
 		if (strncasecmp(tok, "SIZE=", 5) == 0) {
-			char *end;
-			unsigned long long sz = strtoull(tok + 5, &end, 10);
+			const char *d = tok + 5;
+			size_t nd = strspn(d, "0123456789");
+			unsigned long long sz = 0;
 
-			if (*end != '\0' || end == tok + 5) {
+			/* RFC 1870: size-value = 1*20DIGIT; strtoull would take "+5", " 5", "-5" */
+			if (nd == 0 || nd > 20 || d[nd] != '\0') {
 				error_reply(sp, "501 5.5.4 Bad SIZE parameter");
 				return;
 			}
-			if (sp->p->message_size_limit && sz > sp->p->message_size_limit) {
+			for (size_t i = 0; i < nd && sz <= ~0ULL / 10 - 9; i++)
+				sz = sz * 10 + (unsigned)(d[i] - '0');
+			if (sp->p->message_size_limit && (nd > 19 || sz > sp->p->message_size_limit)) {
 				reply(sp, "552 5.3.4 Message size exceeds fixed limit");
 				return;
 			}
@@ -736,7 +789,9 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 				return;
 			}
 		} else {
-			error_reply(sp, "555 5.5.4 Unsupported option: %.40s", tok);
+			char esc[64];
+
+			error_reply(sp, "555 5.5.4 Unsupported option: %s", printable(esc, sizeof(esc), tok));
 			return;
 		}
 	}
@@ -747,14 +802,12 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		return;
 	tx_reset(sp);
 	sp->in_tx = 1;
-	if (ma.is_null) {
-		sp->sender = xstrdup("");
-	} else {
-		char key[2 * MAILADDR_PART_MAX + 2];
+	{
+		char fmt[MAILADDR_TEXT_MAX];
+		const struct mailaddr *judged = engine_sender_address(sp->es);
 
-		/* keep the local part's case; domains compare case-insensitively */
-		snprintf(key, sizeof(key), "%s%s%s", ma.local, ma.domain[0] ? "@" : "", ma.domain);
-		sp->sender = xstrdup(key);
+		/* what the engine judged is what goes on: the formatter re-quotes */
+		sp->sender = xstrdup(mailaddr_format(judged ? judged : &ma, fmt));
 	}
 	if (sp->p->passthrough) {
 		/* every recipient goes downstream: its connect, greeting, EHLO and
@@ -770,11 +823,12 @@ static void
 cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 {
 	char *path, *params;
-	struct mailaddr ra;
+	const struct mailaddr *ra;
+	char rcpt[MAILADDR_TEXT_MAX];
 	unsigned ticket;
 	const struct snapshot *snap;
 	struct verdict v;
-	int local;
+	int local = 0;
 
 	if (!sp->in_tx) {
 		error_reply(sp, "503 5.5.1 Error: need MAIL command");
@@ -784,10 +838,6 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		error_reply(sp, "501 5.5.4 Syntax: RCPT TO:<address>");
 		return;
 	}
-	if (mailaddr_parse(path, &ra) < 0 || ra.is_null) {
-		error_reply(sp, "501 5.1.3 Bad recipient address syntax");
-		return;
-	}
 	if (sp->nrcpt >= SMTP_MAX_RCPT_HARD) {
 		reply(sp, "452 4.5.3 Too many recipients");
 		return;
@@ -795,20 +845,38 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	snap = snapref_acquire(sp->p->snaps, &ticket);
 	engine_rcpt(sp->es, snap, path, cmdlen, now, &v);
 	snapref_release(sp->p->snaps, ticket);
-	if (verdict_reply(sp, STAGE_RCPT, &v, path))
-		return;
-	local = !ra.routing_local && !ra.domain_literal && ra.domain[0] != '\0' &&
-	    policy_is_my_domain(sp->p->pol, ra.domain);
-	if (local && !sp->p->passthrough && sp->p->user_exists != NULL &&
-	    !sp->p->user_exists(sp->p->user_arg, ra.local, ra.domain)) {
-		/* counts toward the error budget: a run of probes ends in 421 */
-		error_reply(sp, "550 5.1.1 <%s@%s>: Recipient address rejected: User unknown",
-		    ra.local, ra.domain);
+	if (verdict_reply(sp, STAGE_RCPT, &v, path)) {
+		if (v.tag != NULL && strcmp(v.tag, "bad-address") == 0)
+			count_error(sp);
 		return;
 	}
+	/* the address the engine judged (postmaster rewritten, qualified) */
+	if ((ra = engine_rcpt_address(sp->es, &local)) == NULL || ra->domain[0] == '\0') {
+		error_reply(sp, "501 5.1.3 Bad recipient address syntax");
+		return;
+	}
+	mailaddr_format(ra, rcpt);
+	if (local && !sp->p->passthrough) {
+		/* delivered to the user database's canonical name, nothing else */
+		if (sp->p->user_resolve != NULL) {
+			if (!sp->p->user_resolve(sp->p->user_arg, ra->local, ra->domain, rcpt)) {
+				char fmt[MAILADDR_TEXT_MAX];
+
+				log_info("reject: RCPT from %s: 550 5.1.1 User unknown; to=<%s> "
+				    "reason=unknown-user", engine_client_text(sp->es),
+				    printable(fmt, sizeof(fmt), rcpt));
+				/* counts toward the error budget: a run of probes ends in 421 */
+				error_reply(sp, "550 5.1.1 <%s>: Recipient address rejected: User unknown",
+				    printable(fmt, sizeof(fmt), rcpt));
+				return;
+			}
+		} else {
+			mailaddr_key(ra, rcpt);
+		}
+	}
 	if (!local && !sp->p->passthrough && !sp->p->have_relayhost) {
-		reply(sp, "451 4.3.5 <%s@%s>: relaying is allowed but no relayhost is configured",
-		    ra.local, ra.domain);
+		reply(sp, "451 4.3.5 <%s>: relaying is allowed but no relayhost is configured",
+		    rcpt);
 		return;
 	}
 	{
@@ -824,8 +892,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 			sp->down_pending = 1;
 			sp->down.open = sp->route == 0;
 			snprintf(sp->down.sender, sizeof(sp->down.sender), "%s", sp->sender);
-			snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s%s%s", ra.local,
-			    ra.domain[0] ? "@" : "", ra.domain);
+			snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s", rcpt);
 			snprintf(sp->down.helo, sizeof(sp->down.helo), "%s", sp->p->myhostname);
 			snprintf(sp->down_rcpt, sizeof(sp->down_rcpt), "%s", sp->down.rcpt);
 			sp->route = 2;
@@ -839,7 +906,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		sp->rcpt = xreallocarray(sp->rcpt, sp->rcptcap, sizeof(char *));
 		sp->rcpt_local = xreallocarray(sp->rcpt_local, sp->rcptcap, sizeof(int));
 	}
-	sp->rcpt[sp->nrcpt] = xasprintf("%s@%s", ra.local, ra.domain);
+	sp->rcpt[sp->nrcpt] = xstrdup(rcpt);
 	sp->rcpt_local[sp->nrcpt] = local;
 	sp->nrcpt++;
 	reply(sp, "250 2.1.5 Ok");

@@ -28,8 +28,14 @@ struct smtp_params {
 	unsigned auth_mechs;		/* SMTP_AUTH_*; 0: no AUTH */
 	int auth_allow_plaintext;	/* PLAIN/LOGIN without TLS */
 	const struct sasl_callbacks *sasl_cb;	/* the user database, for common/sasl */
-	/* 1: local user exists, 0: unknown; NULL: every local user exists */
-	int (*user_exists)(void *arg, const char *local, const char *domain);
+	/*
+	 * A local recipient (local part unquoted, domain lower case) -> the
+	 * user database's canonical "user@domain" in canon_r (MAILADDR_TEXT_MAX
+	 * bytes), which is what is delivered to; 0: no such user (canon_r
+	 * untouched). NULL: every
+	 * local recipient exists under its lower-cased address.
+	 */
+	int (*user_resolve)(void *arg, const char *local, const char *domain, char *canon_r);
 	void *user_arg;
 };
 

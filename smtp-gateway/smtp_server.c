@@ -50,6 +50,8 @@
 #include <openssl/ssl.h>
 
 #include "common/log.h"
+#include "common/mailaddr.h"
+#include "common/stats.h"
 #include "common/tls.h"
 #include "common/xmalloc.h"
 #include "service/jobs.h"
@@ -148,12 +150,33 @@ struct delivery {
 	char client[128];
 };
 
+/*
+ * A local recipient -> the user database's canonical name (delivered to that
+ * only). Without a users file (users =) every name that can be a mailbox is
+ * one, lower-cased; the others are unknown here, not a failed delivery later.
+ */
 static int
-user_exists(void *arg, const char *local, const char *domain)
+user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	struct server *s = arg;
+	char low[MAILADDR_PART_MAX];
+	const char *u;
+	size_t i;
 
-	return s->users != NULL && userdb_has_user(s->users, local, domain);
+	if (s->users == NULL) {
+		for (i = 0; local[i] && i + 1 < sizeof(low); i++)
+			low[i] = (char)tolower((unsigned char)local[i]);
+		low[i] = '\0';
+		if (local[i] != '\0' || !maildir_name_is_safe(low) || !maildir_name_is_safe(domain))
+			return 0;
+		snprintf(canon_r, MAILADDR_TEXT_MAX, "%s@%s", low, domain);
+		return 1;
+	}
+	u = userdb_resolve(s->users, local, domain);
+	if (u == NULL || strlen(u) >= MAILADDR_TEXT_MAX)
+		return 0;
+	memcpy(canon_r, u, strlen(u) + 1);
+	return 1;
 }
 
 /* ---- timeouts: a deadline per request, shorter under stress ---- */
@@ -381,9 +404,12 @@ delivery_done(void *arg)
 	struct conn *c = d->c;
 
 	c->delivering = 0;
-	if (d->ok)
+	if (d->ok) {
 		log_info("%s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->id, d->sender,
 		    d->n, d->size, d->client);
+		stats_add("messages_total{door=\"smtp\",route=\"store\"}", 1);
+		stats_add("message_bytes_total{door=\"smtp\",route=\"store\"}", d->size);
+	}
 	else
 		log_error("delivery from %s failed: %s", d->client, d->err);
 	if (c->dead) {
@@ -463,6 +489,8 @@ down_final_cb(void *arg, const char *reply)
 
 	c->down_wait = 0;
 	log_info("passed on downstream (%s): %s", c->srv->c->downstream, reply);
+	if (reply[0] == '2')
+		stats_add("messages_total{door=\"smtp\",route=\"relay\"}", 1);
 	downstream_close(&c->ds);	/* cached for the next message, or QUIT */
 	smtp_proto_delivered_reply(c->sp, reply);
 	resume(c);
@@ -754,14 +782,21 @@ static int
 sasl_lookup(void *arg, const char *login, struct sasl_user *r)
 {
 	struct server *s = arg;
-	const char *h, *cr, *sc;
+	const char *h, *cr, *sc, *at = strrchr(login, '@'), *canon;
+	char local[MAILADDR_PART_MAX];
+	size_t ll = at ? (size_t)(at - login) : 0;
 
-	/* TODO(addr): resolve login to the canonical user with userdb's lookup */
-	if (s->users == NULL || (h = userdb_password(s->users, login)) == NULL)
+	/* a login names its user as the user database does: the canonical
+	 * name is what logs, rate limits and relay decisions see */
+	if (s->users == NULL || at == NULL || ll == 0 || ll >= sizeof(local))
 		return 0;
-	snprintf(r->name, sizeof(r->name), "%s", login);
-	for (char *p = r->name; *p; p++)
-		*p = (char)tolower((unsigned char)*p);
+	memcpy(local, login, ll);
+	local[ll] = '\0';
+	if ((canon = userdb_resolve(s->users, local, at + 1)) == NULL ||
+	    (h = userdb_password(s->users, canon)) == NULL)
+		return 0;
+	snprintf(r->name, sizeof(r->name), "%s", canon);
+	login = canon;
 	snprintf(r->hash, sizeof(r->hash), "%s", h);
 	cr = userdb_cram_secret(s->users, login);
 	sc = userdb_scram_secret(s->users, login);
@@ -863,6 +898,8 @@ auth_finish(struct conn *c, int ok, int inline_)
 {
 	unsigned delay = 0;
 
+	stats_add(ok ? "auth_total{door=\"smtp\",result=\"success\"}" :
+	    "auth_total{door=\"smtp\",result=\"failure\"}", 1);
 	if (c->has_addr && ok)
 		penalty_success(c->srv->penalty, &c->addr);
 	else if (!ok)
@@ -1213,6 +1250,7 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 	unsigned per_client = 0;
 
 	(void)salen;
+	stats_add("connections_total{door=\"smtp\"}", 1);
 	c->srv = s;
 	c->next = s->conns;
 	if (s->conns)
@@ -1342,8 +1380,6 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 			free(s);
 			return -1;
 		}
-		s->params.user_exists = user_exists;
-		s->params.user_arg = s;
 		{
 			const char *why;
 
@@ -1353,6 +1389,8 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 				log_error("users file not usable, no users until it is: %s", why);
 		}
 	}
+	s->params.user_resolve = user_resolve;
+	s->params.user_arg = s;
 	s->base = event_base_new();
 	if (s->base == NULL) {
 		*error_r = "cannot create the event loop";

@@ -12,7 +12,7 @@ enum smtp_listener_kind { LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SMTPS };
 
 /* What the daemon hands the SMTP front door. Must outlive smtp_server_run(). */
 struct smtp_server_conf {
-	struct smtp_params params;	/* user_exists is filled by the server */
+	struct smtp_params params;	/* user_resolve is filled by the server */
 	const char *users_url;		/* "file:/etc/portcullis/users", "" none */
 	const char *maildir_root;	/* delivery = maildir:DIR, or NULL */
 	const char *downstream;		/* "[HOST]:PORT": delivery = relay:, or relayhost; NULL none */

@@ -11,7 +11,8 @@
  *
  * Names are TIME.M<usec>P<pid>Q<seq>.HOST (unique per host). Recipient names
  * become path components, so they are checked: no '/', no leading dot, no
- * control characters. Never leaves a half-written file in new/: a crash
+ * control characters, no upper case (the caller passes the user database's
+ * canonical name, never the address as the client wrote it). Never leaves a half-written file in new/: a crash
  * before the link leaves at most a file in tmp/, which readers ignore.
  */
 #include <errno.h>
@@ -40,7 +41,9 @@ maildir_name_is_safe(const char *s)
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 
-		if (c <= 0x20 || c >= 0x7f || c == '/' || c == '\\')
+		/* upper case: not a canonical user name (userdb_resolve), so a
+		 * mailbox the user would never read */
+		if (c <= 0x20 || c >= 0x7f || c == '/' || c == '\\' || (c >= 'A' && c <= 'Z'))
 			return 0;
 	}
 	return 1;

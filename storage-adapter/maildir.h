@@ -40,7 +40,8 @@ int maildir_tmp_commit(struct maildir_tmp **t, const char *root, const struct ma
     size_t n, char *id_r, const char **error_r) __attribute__((warn_unused_result));
 /* remove the file and free; NULL is fine */
 void maildir_tmp_abort(struct maildir_tmp **t);
-/* a local part or domain that is safe as one path component */
+/* a local part or domain that is safe as one path component (and canonical:
+ * lower case) */
 int maildir_name_is_safe(const char *s);
 
 #endif

@@ -4,7 +4,8 @@
  *   userdb_load()           parse; a bad line is logged with FILE:LINE and skipped
  *   userdb_reload()         load again if the file changed; a missing, empty,
  *                           unreadable or garbled file keeps the last good one
- *   userdb_has_user()       is local@domain a user (case-insensitive)
+ *   userdb_resolve()        local@domain -> the stored (canonical) name, case-insensitively
+ *   userdb_has_user()       is local@domain a user
  *   userdb_verify()         check a password with libcrypt (constant-time compare)
  *   userdb_set_password()   add/replace a user (yescrypt hash, SCRAM-SHA-256 keys,
  *                           the CRAM-MD5 secret while CRAM-MD5 is enabled), atomically
@@ -277,13 +278,22 @@ find(const struct userdb *db, const char *user)
 	return db->n ? bsearch(&k, db->v, db->n, sizeof(*db->v), cmp_user) : NULL;
 }
 
+const char *
+userdb_resolve(const struct userdb *db, const char *local, const char *domain)
+{
+	char user[600];
+	const struct uentry *e;
+
+	if ((size_t)snprintf(user, sizeof(user), "%s@%s", local, domain) >= sizeof(user))
+		return NULL;
+	e = find(db, user);
+	return e ? e->user : NULL;
+}
+
 int
 userdb_has_user(const struct userdb *db, const char *local, const char *domain)
 {
-	char user[600];
-
-	snprintf(user, sizeof(user), "%s@%s", local, domain);
-	return find(db, user) != NULL;
+	return userdb_resolve(db, local, domain) != NULL;
 }
 
 const char *

@@ -22,6 +22,13 @@ struct userdb *userdb_load(const char *url, const char **error_r);
 struct userdb *userdb_open(const char *url, const char **error_r);
 void userdb_free(struct userdb **db);
 int userdb_has_user(const struct userdb *db, const char *local, const char *domain);
+/*
+ * The canonical name of the user local@domain, looked up case-insensitively
+ * (names are stored lower case, as Dovecot's auth_username_format = %Lu
+ * would make them): the stored "user@domain", or NULL. Mailbox paths and
+ * delivery use this name only.
+ */
+const char *userdb_resolve(const struct userdb *db, const char *local, const char *domain);
 /* the stored hash ("{CRYPT}$y$..."), or NULL */
 const char *userdb_password(const struct userdb *db, const char *user);
 size_t userdb_count(const struct userdb *db);

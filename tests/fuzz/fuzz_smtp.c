@@ -4,11 +4,13 @@
  * downstream steps answered at random. Must never crash, hang or leak.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/conf.h"
 #include "common/log.h"
+#include "common/mailaddr.h"
 #include "smtp-gateway/smtp_proto.h"
 
 static struct policy *pol;
@@ -46,11 +48,13 @@ no_cram(void *arg, const struct sasl_user *u, const char *challenge, const char 
 static const struct sasl_callbacks no_users = { no_user, no_password, no_cram, NULL };
 
 static int
-user_exists(void *arg, const char *local, const char *domain)
+user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	(void)arg;
-	(void)domain;
-	return local[0] == 'a';
+	if (local[0] != 'a')
+		return 0;
+	snprintf(canon_r, MAILADDR_TEXT_MAX, "%s@%s", local, domain);
+	return 1;
 }
 
 static void
@@ -79,7 +83,7 @@ setup(void)
 	params.sasl_cb = &no_users;
 	params.auth_allow_plaintext = 1;
 	params.tls_available = 1;
-	params.user_exists = user_exists;
+	params.user_resolve = user_resolve;
 }
 
 int

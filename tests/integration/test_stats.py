@@ -139,6 +139,35 @@ class Stats(unittest.TestCase):
                            capture_output=True, text=True, timeout=30)
         self.assertIn("# TYPE portcullis_verdicts_total counter", r.stdout)
 
+    def test_2b_connections_messages_and_bytes_of_the_smtp_door(self):
+        r = subprocess.run([os.path.join(BIN, "portcullis"), "-c", self.conf, "user", "add",
+                            "bob@example.com", "--password-stdin"], input="pw-of-bob\n",
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        body = "From: a@outside.test\r\nSubject: count me\r\n\r\n" + "x" * 1000 + "\r\n"
+
+        def rcpt_ok():      # the worker picks the users file up within a second
+            s = smtplib.SMTP("127.0.0.1", self.smtp, local_hostname="client.test", timeout=10)
+            s.ehlo()
+            s.mail("a@outside.test")
+            ok = s.rcpt("bob@example.com")[0] == 250
+            s.quit()
+            return ok
+        wait_for(rcpt_ok, 5, "bob to exist")
+        _, before = self.scrape()
+        s = smtplib.SMTP("127.0.0.1", self.smtp, local_hostname="client.test", timeout=10)
+        s.sendmail("a@outside.test", ["bob@example.com"], body)
+        s.quit()
+        _, after = self.scrape()
+
+        def delta(name, **labels):
+            key = (name, tuple(sorted(labels.items())))
+            return after.get(key, 0) - before.get(key, 0)
+        self.assertEqual(delta("portcullis_connections_total", door="smtp"), 1, after)
+        self.assertEqual(delta("portcullis_messages_total", door="smtp", route="store"), 1, after)
+        self.assertGreaterEqual(delta("portcullis_message_bytes_total", door="smtp", route="store"),
+                                len(body))
+
     def test_3_only_get_metrics_is_served(self):
         r = self.curl("-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:%d/" % self.metrics)
         self.assertEqual(r.stdout, "404")

@@ -151,6 +151,42 @@ static const struct ecase cases[] = {
 	{ "accept-listed client is never banned", NULL, NULL, OUT, OUT, NULL, NULL, NULL,
 	  "LONG", "<u@example.com>", 0, NULL, STAGE_MAIL, "500", "5.5.2", "long-command", 0 },
 
+	/* address syntax (RFC 5321 Mailbox): refused, never guessed -- also in warn mode */
+	{ "comment in recipient domain", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<victim@other.org(.example.com>", 0, NULL, STAGE_RCPT, "501", "5.1.3",
+	  "bad-address", 0 },
+	{ "comment after recipient", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<u@example.com(x)>", 0, NULL, STAGE_RCPT, "501", "5.1.3",
+	  "bad-address", 0 },
+	{ "comment trick from a relay client is refused too", NULL, NULL, NULL, IN, NULL, NULL, NULL,
+	  "<a@example.com>", "<victim@other.org(.example.com>", 0, NULL, STAGE_RCPT, "501", "5.1.3",
+	  "bad-address", 0 },
+	{ "kill-listed domain behind a comment", NULL, "@evil.org", NULL, OUT, NULL, NULL, NULL,
+	  "<x@evil.org(c)>", "<u@example.com>", 0, NULL, STAGE_MAIL, "501", "5.1.7", "bad-address", 0 },
+	{ "null sender made of a comment", "null_sender = reject\n", NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<(x)>", "<u@example.com>", 0, NULL, STAGE_MAIL, "501", "5.1.7", "bad-address", 0 },
+	{ "bare comment sender, null_sender = accept", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<(x)>", "<u@example.com>", 0, NULL, STAGE_MAIL, "501", "5.1.7", "bad-address", 0 },
+	{ "syntax is refused in warn mode", "policy_mode = warn\n", NULL, NULL, OUT, NULL, NULL,
+	  NULL, "<a@b.example>", "<victim@other.org(.example.com>", 0, NULL, STAGE_RCPT, "501",
+	  "5.1.3", "bad-address", 0 },
+	{ "null recipient", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<>", 0, NULL, STAGE_RCPT, "501", "5.1.3", "bad-address", 0 },
+	{ "quoted local part with > is fine", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<\"root> NOTIFY=NEVER\"@example.com>", 0, NULL, STAGE_CLOSE, NULL, NULL,
+	  NULL, 0 },
+
+	/* unqualified recipients (RFC 5321 §4.1.1.3, §4.5.1) */
+	{ "postmaster from outside", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<PostMaster>", 0, NULL, STAGE_CLOSE, NULL, NULL, NULL, 0 },
+	{ "other unqualified from outside", NULL, NULL, NULL, OUT, NULL, NULL, NULL,
+	  "<a@b.example>", "<root>", 0, NULL, STAGE_RCPT, "504", "5.5.2", "non-fqdn", 0 },
+	{ "unqualified from a relay client", NULL, NULL, NULL, IN, NULL, NULL, NULL,
+	  "<a@example.com>", "<root>", 0, NULL, STAGE_CLOSE, NULL, NULL, NULL, 0 },
+	{ "postmaster_address elsewhere: relay check applies", "postmaster_address = pm@other.org\n",
+	  NULL, NULL, OUT, NULL, NULL, NULL, "<a@b.example>", "<postmaster>", 0, NULL, STAGE_RCPT,
+	  "550", "5.7.1", "relay", 0 },
+
 	/* warn mode lets everything pass */
 	{ "policy_mode = warn: relay passes", "policy_mode = warn\n", NULL, NULL, OUT, NULL, NULL,
 	  NULL, "<a@b.example>", "<u@other.org>", 0, "From", STAGE_CLOSE, NULL, NULL, NULL, 0 },
@@ -165,8 +201,20 @@ static const char *const relay_tricks[] = {
 	"<user%other.org@example.com>", "<@example.com:user@other.org>",
 	"<\"user@other.org\"@example.com>", "<other.org!user@example.com>", "<user@other.org.>",
 	"<USER@OTHER.ORG>", "<user@[192.0.2.1]>", "<user@sub.example.com>",
-	"<user@notexample.com>", "<user@example.com.evil.org>", "<user@example.com@other.org>",
-	"<\"user%other.org\"@example.com>", "<>", "<user@exa mple.com>",
+	"<user@notexample.com>", "<user@example.com.evil.org>",
+	"<\"user%other.org\"@example.com>", "<user@other.org>",
+};
+
+/* recipients that do not parse: 501 5.1.3, whoever the client */
+static const char *const syntax_tricks[] = {
+	"<victim@other.org(.example.com>", "<x@example.com(c)>", "<(x)>", "<(x)x@example.com>",
+	"<user@example.com@other.org>", "<>", "<user@exa mple.com>", "<a,b@example.com>",
+	"<a;b@example.com>", "<a:b@example.com>", "<a<b@example.com>", "<u@example.com>>",
+	"<u@example.com,other.org>", "<u@example.com;other.org>", "<\"u\"x@example.com>",
+	"<u@[192.0.2.1>", "<u@[999.0.2.1]>", "<u@[example.com]>", "<@a:>", "<@:u@example.com>",
+	"<u@example..com>", "<.u@example.com>", "<u.@example.com>", "<u@-example.com>",
+	"<\"\"@example.com>", "<u\x01@example.com>", "<u@example.com\x7f>",
+	"<\xc3\xa9@example.com>", "<u @example.com>", "<u@ example.com>",
 };
 
 /* recipients that are local */
@@ -323,6 +371,19 @@ test_engine_relay_tricks(void)
 			CU_FAIL("relay trick passed");
 		}
 	}
+	for (size_t i = 0; i < sizeof(syntax_tricks) / sizeof(syntax_tricks[0]); i++) {
+		struct ecase t = { "syntax", NULL, NULL, NULL, IN, NULL, NULL, NULL, "<a@b.example>",
+		    syntax_tricks[i], 0, NULL, STAGE_RCPT, "501", "5.1.3", "bad-address", 0 };
+		struct verdict v;
+
+		if (run_case(&t, &v) != STAGE_RCPT || v.tag == NULL ||
+		    strcmp(v.tag, "bad-address") != 0 || strcmp(v.code, "501") != 0 ||
+		    strcmp(v.dsn, "5.1.3") != 0) {
+			fprintf(stderr, "\n  %s was not refused as bad syntax: %s\n", syntax_tricks[i],
+			    v.text);
+			CU_FAIL("syntax trick passed");
+		}
+	}
 	for (size_t i = 0; i < sizeof(local_forms) / sizeof(local_forms[0]); i++) {
 		struct ecase t = { "local", NULL, NULL, NULL, OUT, NULL, NULL, NULL, "<a@b.example>",
 		    local_forms[i], 0, NULL, STAGE_CLOSE, NULL, NULL, NULL, 0 };
@@ -381,6 +442,11 @@ test_policy_errors(void)
 		{ "relay_networks = banana\n", "relay_networks: \"banana\"" },
 		{ "mydomains = exa mple..com\n", "mydomains: \"mple..com\" is not a domain name" },
 		{ "relay_require_headers = From Reply:To\n", "\"Reply:To\" is not a header name" },
+		{ "postmaster_address = root\n", "test:1: postmaster_address: \"root\" is not a "
+		  "qualified address: need user@domain" },
+		{ "postmaster_address = pm@example.com(x)\n", "postmaster_address: \"pm@example.com(x)\" "
+		  "is not a qualified address: comment in the address" },
+		{ "postmaster_address = <>\n", "need user@domain" },
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct conf *c = conf_new();
@@ -398,8 +464,38 @@ test_policy_errors(void)
 	}
 }
 
+/* UTF-8 addresses: only in a transaction the MTA marked SMTPUTF8 (milter door) */
+static void
+test_engine_smtputf8(void)
+{
+	struct policy *p = policy_from(NULL);
+	struct snapshot *snap = snapshot_new(list_from(NULL), list_from(NULL));
+	struct engine_session *s = engine_session_new(p);
+	struct ipaddr addr;
+	struct verdict v;
+	const char *from = "<j\xc3\xb6rg@b.example>", *to = "<m\xc3\xbcller@example.com>";
+
+	CU_ASSERT_FATAL(cidr_addr_parse(OUT, &addr) == 0);
+	engine_connect(s, snap, &addr, NULL, NOW, &v);
+	engine_mail(s, snap, from, 40, NULL, NOW, &v);
+	CU_ASSERT(v.action == VERDICT_REJECT && strcmp(v.code, "501") == 0);
+	engine_mail_smtputf8(s);
+	engine_mail(s, snap, from, 40, NULL, NOW, &v);
+	CU_ASSERT(v.action == VERDICT_CONTINUE);
+	engine_rcpt(s, snap, to, 40, NOW, &v);
+	CU_ASSERT(v.action == VERDICT_CONTINUE);
+	engine_abort(s);
+	engine_mail(s, snap, "<a@b.example>", 40, NULL, NOW, &v);	/* one transaction only */
+	engine_rcpt(s, snap, to, 40, NOW, &v);
+	CU_ASSERT(v.action == VERDICT_REJECT && strcmp(v.code, "501") == 0);
+	engine_session_free(&s);
+	snapshot_free(&snap);
+	policy_free(&p);
+}
+
 static CU_TestInfo tests[] = {
 	{ "every verdict (table)", test_engine_table },
+	{ "SMTPUTF8 transactions take UTF-8 addresses", test_engine_smtputf8 },
 	{ "relay tricks refused, local forms accepted", test_engine_relay_tricks },
 	{ "reply texts are printable", test_engine_reply_texts_are_clean },
 	{ "RSET clears the transaction", test_engine_rset_clears_transaction },

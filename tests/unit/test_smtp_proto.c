@@ -3,8 +3,10 @@
  * '|' so a command can arrive in pieces) and names the replies, in order,
  * that the server must give; delivery is simulated.
  */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/conf.h"
 #include "common/xmalloc.h"
@@ -51,11 +53,29 @@ no_cram(void *arg, const struct sasl_user *u, const char *challenge, const char 
 
 static const struct sasl_callbacks no_users = { no_user, no_password, no_cram, NULL };
 
+/* every login is a user, named in lower case (as the users file names it) */
 static int
-user_exists(void *arg, const char *local, const char *domain)
+lower_user(void *arg, const char *login, struct sasl_user *r)
+{
+	size_t i;
+
+	(void)arg;
+	for (i = 0; login[i] && i + 1 < sizeof(r->name); i++)
+		r->name[i] = (char)tolower((unsigned char)login[i]);
+	r->name[i] = '\0';
+	return 1;
+}
+
+static const struct sasl_callbacks lower_users = { lower_user, no_password, no_cram, NULL };
+
+static int
+user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	(void)arg;
-	return strcmp(local, "alice") == 0 && strcmp(domain, "example.com") == 0;
+	if (strcasecmp(local, "alice") != 0 || strcmp(domain, "example.com") != 0)
+		return 0;
+	strcpy(canon_r, "alice@example.com");
+	return 1;
 }
 
 #define EHLO "EHLO c.example\r\n"
@@ -141,6 +161,33 @@ static const struct pcase cases[] = {
 	{ "AUTH before EHLO", NULL, NULL, "198.51.100.1", "AUTH CRAM-MD5\r\n", "220 503", NULL },
 	{ "STARTTLS when TLS is not configured", NULL, NULL, "198.51.100.1",
 	  EHLO "|STARTTLS\r\n", "220 250 454", NULL },
+	/* addresses: RFC 5321 Mailbox, nothing else (issue 8 items 1, 4, 10, 22) */
+	{ "comment in the recipient domain: 501 5.1.3", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<victim@other.org(.example.com>\r\n",
+	  "220 250 250 501", NULL },
+	{ "comment in the sender: 501 5.1.7", NULL, "@evil.org", "198.51.100.1",
+	  EHLO "|MAIL FROM:<x@evil.org(c)>\r\n|MAIL FROM:<(x)>\r\n", "220 250 501 501", NULL },
+	{ "the relay client gets 501 for the trick too", NULL, NULL, "192.0.2.1",
+	  EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<victim@other.org(.example.com>\r\n",
+	  "220 250 250 501", NULL },
+	{ "postmaster goes to postmaster_address", "postmaster_address = alice@example.com\n", NULL,
+	  "198.51.100.1", EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<PostMaster>\r\n|DATA\r\n|x\r\n.\r\n",
+	  "220 250 250 250 354 250", "x\r\n" },
+	{ "postmaster_address is checked like any recipient", NULL, NULL,
+	  "198.51.100.1", EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<postmaster>\r\n",
+	  "220 250 250 550", NULL },
+	{ "other unqualified recipients from outside: 504", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<root>\r\n", "220 250 250 504", NULL },
+	{ "SIZE=+5 is a syntax error", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<a@b.example> SIZE=+5\r\n|MAIL FROM:<a@b.example> SIZE=-5\r\n"
+	  "|MAIL FROM:<a@b.example> SIZE=\r\n|MAIL FROM:<a@b.example> SIZE=5\r\n",
+	  "220 250 501 501 501 250", NULL },
+	{ "EHLO with a CR in it", NULL, NULL, "198.51.100.1",
+	  "EHLO a\rX-Injected: yes\r\n|EHLO (x)\r\n|EHLO a\x01b\r\n|HELO [300.1.1.1]\r\n"
+	  "|EHLO c.example\r\n", "220 501 501 501 501 250", NULL },
+	{ "EHLO forms tolerated", NULL, NULL, "198.51.100.1",
+	  "EHLO localhost\r\n|EHLO [192.0.2.1]\r\n|EHLO [IPv6:::1]\r\n|HELO DESKTOP-1 extra\r\n",
+	  "220 250 250 250 250", NULL },
 	{ "RSET clears the envelope", NULL, NULL, "198.51.100.1",
 	  EHLO "|MAIL FROM:<a@b.example>\r\n|RSET\r\n|RCPT TO:<alice@example.com>\r\n",
 	  "220 250 250 250 503", NULL },
@@ -205,7 +252,7 @@ run(const struct pcase *t)
 	p.myhostname = "mx.example.com";
 	p.banner = "mx.example.com ESMTP";
 	p.bare_newline_reject = strstr(t->conf ? t->conf : "", "normalize") == NULL;
-	p.user_exists = user_exists;
+	p.user_resolve = user_resolve;
 	p.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM | SMTP_AUTH_SCRAM;
 	p.sasl_cb = &no_users;
 	sscanf(t->conf && strstr(t->conf, "message_size_limit") ? t->conf : "x", "message_size_limit = %ld", &msize);
@@ -528,11 +575,111 @@ test_header_names(void)
 	policy_free(&pol);
 }
 
+/* what is delivered: the canonical user, the re-quoted address downstream */
+static void
+test_delivered_addresses(void)
+{
+	static const struct { const char *rcpt; int pass; const char *want; } t[] = {
+		{ "RCPT TO:<ALICE@example.com>\r\n", 0, "alice@example.com" },
+		{ "RCPT TO:<\"Alice\"@Example.COM.>\r\n", 0, "alice@example.com" },
+		{ "RCPT TO:<@relay.example:alice@EXAMPLE.com>\r\n", 0, "alice@example.com" },
+		{ "RCPT TO:<\"root> NOTIFY=NEVER\"@example.com>\r\n", 1,
+		  "\"root> NOTIFY=NEVER\"@example.com" },
+		{ "RCPT TO:<\"Alice\"@Example.COM.>\r\n", 1, "Alice@example.com" },
+	};
+	struct policy *pol = make_policy(NULL);
+	struct snapref snaps;
+
+	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct smtp_params p;
+		struct smtp_proto *sp;
+		struct ipaddr a;
+		const char *got = NULL;
+
+		memset(&p, 0, sizeof(p));
+		p.pol = pol;
+		p.snaps = &snaps;
+		p.myhostname = "mx.example.com";
+		p.banner = "mx.example.com ESMTP";
+		p.bare_newline_reject = 1;
+		p.passthrough = t[i].pass;
+		p.user_resolve = user_resolve;
+		CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
+		sp = smtp_proto_new(&p);
+		smtp_proto_start(sp, &a, NULL, 1000);
+		CU_ASSERT(feed(sp, EHLO) == 250);
+		CU_ASSERT(feed(sp, "MAIL FROM:<\"a b\"@o.example>\r\n") == 250);
+		if (t[i].pass) {
+			CU_ASSERT(feed(sp, t[i].rcpt) == 0);
+			if (smtp_proto_pending_down(sp) != NULL) {
+				got = smtp_proto_pending_down(sp)->rcpt;
+				CU_ASSERT_STRING_EQUAL(smtp_proto_pending_down(sp)->sender,
+				    "\"a b\"@o.example");
+			}
+		} else {
+			struct smtp_msg *m;
+
+			CU_ASSERT(feed(sp, t[i].rcpt) == 250);
+			CU_ASSERT(feed(sp, "DATA\r\n") == 354);
+			CU_ASSERT(feed(sp, "x\r\n.\r\n") == 0);
+			m = smtp_proto_pending(sp);
+			if (m != NULL && m->nrcpt == 1)
+				got = m->rcpt[0];
+		}
+		if (got == NULL || strcmp(got, t[i].want) != 0) {
+			fprintf(stderr, "\n  %s: delivered to \"%s\", want \"%s\"\n", t[i].rcpt,
+			    got ? got : "(nothing)", t[i].want);
+			CU_FAIL("delivered address differs");
+		}
+		smtp_proto_free(&sp);
+	}
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
+/* a login is named as the user database names it (issue 8 item 3) */
+static void
+test_login_canonical(void)
+{
+	struct policy *pol = make_policy(NULL);
+	struct snapref snaps;
+	struct smtp_params p;
+	struct smtp_proto *sp;
+	struct ipaddr a;
+
+	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
+	memset(&p, 0, sizeof(p));
+	p.pol = pol;
+	p.snaps = &snaps;
+	p.myhostname = "mx.example.com";
+	p.banner = "mx.example.com ESMTP";
+	p.bare_newline_reject = 1;
+	p.user_resolve = user_resolve;
+	p.auth_mechs = SMTP_AUTH_PLAIN;
+	p.sasl_cb = &lower_users;	/* the canonical name comes from the user lookup */
+	p.auth_allow_plaintext = 1;
+	CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
+	sp = smtp_proto_new(&p);
+	smtp_proto_start(sp, &a, NULL, 1000);
+	CU_ASSERT(feed(sp, EHLO) == 250);
+	/* "\0ALICE@Example.COM\0pw" */
+	CU_ASSERT(feed(sp, "AUTH PLAIN AEFMSUNFQEV4YW1wbGUuQ09NAHB3\r\n") == 0);
+	CU_ASSERT_FATAL(smtp_proto_pending_auth(sp) != NULL);
+	smtp_proto_auth_done(sp, 1);
+	CU_ASSERT_STRING_EQUAL(smtp_proto_auth_user(sp), "alice@example.com");
+	smtp_proto_free(&sp);
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
 static CU_TestInfo tests[] = {
 	{ "header names as they go by", test_header_names },
 	{ "DATA held up to a cap", test_data_hold },
 	{ "golden dialogues", test_smtp_dialogues },
 	{ "pass-through signals", test_passthrough_signals },
+	{ "delivered addresses: canonical user, re-quoted downstream", test_delivered_addresses },
+	{ "a login is named canonically", test_login_canonical },
 	CU_TEST_INFO_NULL,
 };
 
