@@ -129,7 +129,7 @@ FUZZ_LIB_SRC := $(LIB_SRC)
 FUZZ_LIB_SRC += policy/policy_proto.c
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz needs clang (apt-get install clang)"; exit 1; }
-	@mkdir -p build/fuzz/corpus-smtp build/fuzz/corpus-parsers build/fuzz/corpus-downstream build/fuzz/corpus-hdrparse
+	@mkdir -p build/fuzz/corpus-smtp build/fuzz/corpus-parsers build/fuzz/corpus-downstream build/fuzz/corpus-hdrparse build/fuzz/corpus-sasl
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp tests/fuzz/fuzz_smtp.c smtp-gateway/smtp_proto.c \
 	    $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-parsers tests/fuzz/fuzz_parsers.c $(FUZZ_LIB_SRC) \
@@ -138,11 +138,13 @@ fuzz:
 	    common/xmalloc.c common/log.c -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-downstream tests/fuzz/fuzz_downstream.c \
 	    smtp-gateway/downstream.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-sasl tests/fuzz/fuzz_sasl.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	build/fuzz/fuzz-smtp -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp tests/fuzz/seeds-smtp
 	build/fuzz/fuzz-parsers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-parsers
 	build/fuzz/fuzz-hdrparse -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-hdrparse
 	build/fuzz/fuzz-downstream -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-downstream \
 	    tests/fuzz/seeds-downstream
+	build/fuzz/fuzz-sasl -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-sasl
 
 # make install [PREFIX=/usr/local] [DESTDIR=]
 PREFIX     ?= /usr/local
