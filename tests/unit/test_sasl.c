@@ -8,10 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "common/sasl.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/crammd5.h"
+#include "storage-adapter/userdb.h"
 #include "tests/unit/unit.h"
 
 /* users: u@example.org / pencil with every secret; old@example.org / pencil
@@ -307,7 +309,79 @@ test_exchanges(void)
 	}
 }
 
+#define KEYS "{SCRAM-SHA-256}4096,W22ZaJ0SNY7soEsUEjb6gQ==," \
+	"WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=,wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+#define CRAM "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+/* the users file's extra fields, in either order, and what set_password writes */
+static void
+test_userdb_scram_fields(void)
+{
+	static const struct {
+		const char *line, *user;
+		int scram, cram;
+	} t[] = {
+		{ "a@x.org:{CRYPT}h::::::scram_sha_256=" KEYS " cram_md5=" CRAM, "a@x.org", 1, 1 },
+		{ "b@x.org:{CRYPT}h::::::cram_md5=" CRAM " scram_sha_256=" KEYS, "b@x.org", 1, 1 },
+		{ "c@x.org:{CRYPT}h::::::userdb_quota=1G scram_sha_256=" KEYS, "c@x.org", 1, 0 },
+		{ "d@x.org:{CRYPT}h::::::", "d@x.org", 0, 0 },
+		{ "e@x.org:{CRYPT}h::::::scram_sha_256={SCRAM-SHA-256}12,a,b,c", "e@x.org", 0, 0 },
+		{ "f@x.org:{CRYPT}h::::::xscram_sha_256=" KEYS, "f@x.org", 0, 0 },
+	};
+	char *dir = unit_tmpdir(), *path = xasprintf("%s/users", dir), *url = xasprintf("file:%s", path);
+	FILE *fp = fopen(path, "w");
+	struct userdb *db;
+	const char *err, *v;
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		fprintf(fp, "%s\n", t[i].line);
+	fclose(fp);
+	db = userdb_load(url, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		v = userdb_scram_secret(db, t[i].user);
+		CU_ASSERT_EQUAL(v != NULL, t[i].scram);
+		if (v != NULL && t[i].scram)
+			CU_ASSERT_STRING_EQUAL(v, KEYS);
+		v = userdb_cram_secret(db, t[i].user);
+		CU_ASSERT_EQUAL(v != NULL, t[i].cram);
+		if (v != NULL && t[i].cram)
+			CU_ASSERT_STRING_EQUAL(v, CRAM);
+	}
+	userdb_free(&db);
+	/* user passwd writes keys that check out, CRAM-MD5 or not */
+	CU_ASSERT_EQUAL(userdb_set_password(url, "d@x.org", "pencil", 0, 0, &err), 0);
+	CU_ASSERT_EQUAL(userdb_set_password(url, "a@x.org", "pencil", 0, 1, &err), 0);
+	db = userdb_load(url, &err);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(db);
+	for (int k = 0; k < 2; k++) {
+		char a[64], b[64], c[64];
+		unsigned it = 0;
+
+		v = userdb_scram_secret(db, k ? "a@x.org" : "d@x.org");
+		CU_ASSERT_PTR_NOT_NULL_FATAL(v);
+		CU_ASSERT_EQUAL(sasl_scram_parse(v, &it, a, b, c), 0);
+		CU_ASSERT_EQUAL(it, 4096);
+	}
+	CU_ASSERT_PTR_NULL(userdb_cram_secret(db, "d@x.org"));
+	CU_ASSERT_PTR_NOT_NULL(userdb_cram_secret(db, "a@x.org"));
+	userdb_free(&db);
+	unlink(path);
+	{
+		char *lock = xasprintf("%s.lock", path);
+
+		unlink(lock);
+		free(lock);
+	}
+	rmdir(dir);
+	free(url);
+	free(path);
+	free(dir);
+}
+
 static CU_TestInfo tests[] = {
+	{ "userdb: scram_sha_256 and cram_md5 extra fields", test_userdb_scram_fields },
 	{ "SCRAM-SHA-256: RFC 7677 vector from stored keys", test_scram_rfc7677 },
 	{ "SCRAM-SHA-256: Dovecot's stored format", test_scram_format },
 	{ "base64: strict decoding", test_base64 },
