@@ -15,7 +15,7 @@ BINDIR  ?= bin
 SAN     ?=
 PKGS    := milter hiredis libevent libevent_openssl openssl libgsasl
 CPPFLAGS_ALL := -I. -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -pthread $(OPT) $(SAN) $(CFLAGS)
+CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -pthread $(OPT) $(SAN) $(CFLAGS)
 LIBS_MILTER  := $(shell pkg-config --libs milter 2>/dev/null || echo -lmilter)
 LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis) $(shell pkg-config --libs libgsasl 2>/dev/null || echo -lgsasl) -lcrypt $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 LIBS_EVENT   := $(shell pkg-config --libs libevent libevent_openssl 2>/dev/null || echo -levent -levent_openssl)

@@ -14,7 +14,10 @@
  *
  * Writes go to the list store named by `lists`; a running portcullisd picks
  * them up within a second. A bad ENTRY is refused and nothing is written.
- * Exit: 0 done (explain: accepted), 1 refused by explain, 2 error.
+ *   portcullis --help | --version | COMMAND --help   (no configuration needed)
+ *
+ * Exit: 0 done (explain: accepted), 1 refused by explain, 2 error (a usage
+ * error says what is wrong, then prints the usage).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -32,6 +35,7 @@
 #include "common/owner.h"
 #include "common/pclimits.h"
 #include "common/stats.h"
+#include "common/version.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
 #include "rules/policy.h"
@@ -40,27 +44,91 @@
 
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
 
+/* the usage text: each command's lines start with its first word */
+static const char *const usage_lines[] = {
+	"kill|accept add ENTRY [--ttl TIME] [--reason TEXT] [--force]",
+	"kill|accept del ENTRY",
+	"kill|accept list",
+	"kill|accept import FILE|- [--ttl TIME] [--reason TEXT] [--skip-bad]",
+	"kill|accept export [--full]",
+	"lists migrate FROM-URL TO-URL",
+	"user add|passwd USER@DOMAIN [--password-stdin]",
+	"user del USER@DOMAIN",
+	"user list",
+	"stats [--prometheus]",
+	"explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
+	"          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...",
+};
+static const char *command_words = "";	/* "kill add": for usage errors */
+
+/* the usage of every command, or of those whose first word is cmd */
+static void
+usage_to(FILE *fp, const char *cmd)
+{
+	size_t cl = cmd ? strlen(cmd) : 0;
+
+	if (cmd != NULL && (strcmp(cmd, "kill") == 0 || strcmp(cmd, "accept") == 0))
+		cmd = "kill|accept", cl = strlen(cmd);
+	fprintf(fp, "usage: portcullis [-c FILE] [-o key=value]... COMMAND\n"
+	    "       portcullis --help | --version | COMMAND --help\n");
+	for (size_t i = 0; i < sizeof(usage_lines) / sizeof(usage_lines[0]); i++)
+		if (cmd == NULL || cl == 0 ||
+		    (strncmp(usage_lines[i], cmd, cl) == 0 && usage_lines[i][cl] == ' '))
+			fprintf(fp, "  %s\n", usage_lines[i]);
+	if (cmd == NULL || cl == 0 || strcmp(cmd, "kill|accept") == 0)
+		fprintf(fp, "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
+		    "       host:.example.com, user@example.com, @example.com\n"
+		    "TIME: seconds, or with a unit: 90s, 10m, 2h, 7d, 1w\n"
+		    "--force: an accept entry wider than an IPv4 /8 or an IPv6 /16\n");
+}
+
+/* a command the usage names ("kill|accept add ..." names kill and accept) */
+static int
+command_is_known(const char *w)
+{
+	size_t wl = strlen(w);
+
+	for (size_t i = 0; i < sizeof(usage_lines) / sizeof(usage_lines[0]); i++) {
+		const char *p = usage_lines[i], *end = p + strcspn(p, " ");
+
+		while (p < end) {
+			size_t l = strcspn(p, "| ");
+
+			if (l == wl && strncmp(p, w, l) == 0)
+				return 1;
+			p += l + (p[l] == '|');
+		}
+	}
+	return 0;
+}
+
+/* say what is wrong, then how it is used; exit 2 */
+static void
+usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+static void
+usage_error(const char *fmt, ...)
+{
+	va_list ap;
+	char first[32];
+
+	fprintf(stderr, "portcullis: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	snprintf(first, sizeof(first), "%.*s", (int)strcspn(command_words, " "), command_words);
+	usage_to(stderr, first);
+	exit(2);
+}
+
+/* a usage error the caller did not name: name the command at least */
 static void
 usage(void)
 {
-	fprintf(stderr,
-	    "usage: portcullis [-c FILE] [-o key=value]... COMMAND\n"
-	    "  kill|accept add ENTRY [--ttl TIME] [--reason TEXT]\n"
-	    "  kill|accept del ENTRY\n"
-	    "  kill|accept list\n"
-	    "  kill|accept import FILE|- [--ttl TIME] [--reason TEXT] [--skip-bad]\n"
-	    "  kill|accept export [--full]\n"
-	    "  lists migrate FROM-URL TO-URL\n"
-	    "  user add|passwd USER@DOMAIN [--password-stdin]\n"
-	    "  user del USER@DOMAIN\n"
-	    "  user list\n"
-	    "  stats [--prometheus]\n"
-	    "  explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
-	    "          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
-	    "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
-	    "       host:.example.com, user@example.com, @example.com\n"
-	    "TIME: seconds, or with a unit: 90s, 10m, 2h, 7d, 1w\n");
-	exit(2);
+	if (command_words[0] != '\0')
+		usage_error("wrong or missing arguments for \"%s\"", command_words);
+	usage_error("which command?");
 }
 
 static void
@@ -169,21 +237,44 @@ ttl_reason_option(int argc, char **argv, int *i, long *ttl_r, const char **reaso
 	return 0;
 }
 
+/*
+ * An accept entry lets every address it covers relay and pass the kill list:
+ * one wider than an IPv4 /8 or an IPv6 /16 (0.0.0.0/0, ::/0 above all) is an
+ * open relay more often than an intent, so it takes --force.
+ */
+static int
+entry_is_too_wide(const struct list_entry *e)
+{
+	return e->kind == ENTRY_ADDR &&
+	    e->cidr.len < (e->cidr.addr.family == 4 ? 8 : 16);
+}
+
 static int
 cmd_add(const struct conf *c, enum list_kind k, int argc, char **argv)
 {
 	struct list_entry e;
 	const char *err, *reason = NULL;
 	long ttl = 0;
+	int force = 0;
 	struct liststore *s;
 
 	if (argc < 1)
-		usage();
+		usage_error("%s add: which ENTRY?", list_kind_name(k));
 	if (listentry_parse_key(argv[0], &e, &err) < 0)
 		die("\"%.100s\": %s; nothing written", argv[0], err);
-	for (int i = 1; i < argc; i++)
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--force") == 0) {
+			force = 1;
+			continue;
+		}
 		if (!ttl_reason_option(argc, argv, &i, &ttl, &reason))
-			die("unexpected argument \"%.60s\" (expected --ttl TIME or --reason TEXT)", argv[i]);
+			die("unexpected argument \"%.60s\" (expected --ttl TIME, --reason TEXT "
+			    "or --force)", argv[i]);
+	}
+	if (k == LIST_ACCEPT && entry_is_too_wide(&e) && !force)
+		die("accept %s would let every address in it relay and bypass the kill list "
+		    "(wider than /%d); add --force if that is what you want; nothing written",
+		    e.key, e.cidr.addr.family == 4 ? 8 : 16);
 	e.added = (long long)time(NULL);
 	e.expires = ttl ? e.added + ttl : 0;
 	e.origin = ORIGIN_ADMIN;
@@ -771,25 +862,51 @@ int
 main(int argc, char **argv)
 {
 	const char *conffile = DEFAULT_CONF, *err;
-	struct conf *conf = conf_new();
-	char **overrides = xcalloc((size_t)argc + 1, sizeof(char *));
+	struct conf *conf = NULL;
+	/* static: still reachable when --help or a usage error exits early */
+	static char **overrides;
 	size_t nover = 0;
 	enum list_kind k;
 	int i = 1, rc;
 
 	log_open("portcullis", 1);
 	log_set_level(LOG_LVL_WARN);
+	overrides = xcalloc((size_t)argc + 1, sizeof(char *));
 	while (i < argc && argv[i][0] == '-') {
-		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			usage_to(stdout, NULL);
+			return 0;
+		}
+		if (strcmp(argv[i], "--version") == 0) {
+			printf("portcullis %s\n", PORTCULLIS_VERSION);
+			return 0;
+		}
+		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "-o") == 0) && i + 1 >= argc)
+			usage_error("option %s needs an argument", argv[i]);
+		if (strcmp(argv[i], "-c") == 0)
 			conffile = argv[i + 1];
-		else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc)
+		else if (strcmp(argv[i], "-o") == 0)
 			overrides[nover++] = argv[i + 1];
 		else
-			usage();
+			usage_error("unknown option %.40s", argv[i]);
 		i += 2;
 	}
 	if (i >= argc)
-		usage();
+		usage_error("which command?");
+	/* "kill add": what a usage error names */
+	command_words = i + 1 < argc && argv[i + 1][0] != '-' ?
+	    xasprintf("%s %s", argv[i], argv[i + 1]) : argv[i];
+	/* COMMAND --help needs no configuration file */
+	for (int j = i; j < argc; j++)
+		if (strcmp(argv[j], "--help") == 0 || strcmp(argv[j], "-h") == 0) {
+			usage_to(stdout, argv[i]);
+			return 0;
+		}
+	if (!command_is_known(argv[i]))
+		usage_error("unknown command \"%.40s\"", argv[i]);
+	if (list_kind_parse(argv[i], &k) == 0 && i + 1 >= argc)
+		usage_error("%s what? (add, del, list, import or export)", argv[i]);
+	conf = conf_new();
 	if (conf_load_file(conf, conffile, &err) < 0)
 		die("%s", err);
 	for (size_t j = 0; j < nover; j++)
@@ -828,9 +945,12 @@ main(int argc, char **argv)
 		else if (strcmp(verb, "export") == 0)
 			rc = cmd_export(conf, k, n, rest);
 		else
-			usage();
-	} else {
+			usage_error("%s: unknown action \"%.40s\" (expected add, del, list, import "
+			    "or export)", argv[i], verb);
+	} else if (command_is_known(argv[i])) {
 		usage();
+	} else {
+		usage_error("unknown command \"%.40s\"", argv[i]);
 	}
 	/* files root just wrote must stay writable by the daemon's run_user */
 	owner_fix_files(conf);

@@ -143,22 +143,31 @@ ident_equal(const struct file_ident *a, const struct file_ident *b)
 }
 
 /*
- * Read one line with a hard cap. Returns the length, -1 at EOF. An over-long
- * line is consumed to its end and reported through *toolong_r.
+ * Read one line with a hard cap. Returns the length (NUL bytes included: the
+ * caller must not take the line as a C string), -1 at EOF. An over-long line
+ * is consumed to its end and reported through *toolong_r; with spill, it is
+ * copied there whole, newline included (a rewrite keeps it verbatim).
  */
 static ssize_t
-read_line(FILE *fp, char *buf, size_t cap, int *toolong_r)
+read_line(FILE *fp, char *buf, size_t cap, int *toolong_r, FILE *spill)
 {
 	size_t n = 0;
 	int c;
 
 	*toolong_r = 0;
 	while ((c = getc_unlocked(fp)) != EOF && c != '\n') {
-		if (n + 1 < cap)
+		if (n + 1 < cap) {
 			buf[n++] = (char)c;
-		else
-			*toolong_r = 1;
+			continue;
+		}
+		if (!*toolong_r && spill != NULL)
+			fwrite(buf, 1, n, spill);
+		*toolong_r = 1;
+		if (spill != NULL)
+			putc_unlocked(c, spill);
 	}
+	if (*toolong_r && spill != NULL)
+		putc_unlocked('\n', spill);
 	if (c == EOF && n == 0 && !*toolong_r)
 		return -1;
 	if (n > 0 && buf[n - 1] == '\r')
@@ -184,6 +193,7 @@ fs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char
 	struct file_ident id;
 	unsigned lineno = 0, bad = 0;
 	int toolong;
+	ssize_t n;
 	FILE *fp;
 
 	ident_of(path, &id);
@@ -198,7 +208,7 @@ fs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char
 		}
 		return fs_fail(s, error_r, "cannot open %s: %s", path, strerror(errno));
 	}
-	while (read_line(fp, line, MAX_LIST_LINE + 1, &toolong) >= 0) {
+	while ((n = read_line(fp, line, MAX_LIST_LINE + 1, &toolong, NULL)) >= 0) {
 		struct list_entry e;
 		const char *err;
 
@@ -209,13 +219,13 @@ fs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char
 			bad++;
 			continue;
 		}
-		if (line_is_blank_or_comment(line))
+		if (line_is_blank_or_comment(line) && memchr(line, '\0', (size_t)n) == NULL)
 			continue;
-		if (listentry_parse_line(line, &e, &err) < 0) {
+		if (listentry_parse_buf(line, (size_t)n, &e, &err) < 0) {
 			char esc[LOG_ESCAPE_BUFSZ];
 
 			log_warn("%s:%u: %s: \"%s\"; line skipped", path, lineno, err,
-			    log_escape(esc, line, strlen(line)));
+			    log_escape(esc, line, (size_t)n));
 			bad++;
 			continue;
 		}
@@ -355,6 +365,7 @@ fs_rewrite(struct liststore *s, enum list_kind k, const struct list_entry *adds,
 	char *line = xmalloc(MAX_LIST_LINE + 2);
 	long long now = (long long)time(NULL);
 	int lockfd = -1, found = 0, rc = -1, toolong, fresh = 0;
+	ssize_t n;
 	FILE *in = NULL, *out = NULL;
 	struct keyidx ki;
 
@@ -386,12 +397,12 @@ fs_rewrite(struct liststore *s, enum list_kind k, const struct list_entry *adds,
 		    "# ENTRY [added=UNIXTIME] [expires=UNIXTIME|0] [origin=admin|auto-ban|import] [reason=TEXT]\n"
 		    "# ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com, host:.example.com,\n"
 		    "#        user@example.com, @example.com\n", list_kind_name(k));
-	while (in != NULL && read_line(in, line, MAX_LIST_LINE + 1, &toolong) >= 0) {
+	while (in != NULL && (n = read_line(in, line, MAX_LIST_LINE + 1, &toolong, out)) >= 0) {
 		struct list_entry e;
 		const char *err;
 
 		if (!toolong && !line_is_blank_or_comment(line) &&
-		    listentry_parse_line(line, &e, &err) == 0) {
+		    listentry_parse_buf(line, (size_t)n, &e, &err) == 0) {
 			int drop = listentry_is_expired(&e, now);
 			long i = nadd ? keyidx_find(&ki, e.key) : -1;
 
@@ -411,8 +422,10 @@ fs_rewrite(struct liststore *s, enum list_kind k, const struct list_entry *adds,
 				continue;
 		}
 		if (toolong)
-			continue;	/* cannot be kept whole; already logged by loads */
-		fprintf(out, "%s\n", line);
+			continue;	/* read_line() copied it whole */
+		/* comments and bad lines verbatim, NUL bytes and all */
+		fwrite(line, 1, (size_t)n, out);
+		putc('\n', out);
 	}
 	if (in != NULL && ferror(in)) {
 		fs_fail(s, error_r, "read error on %s: %s", path, strerror(errno));
