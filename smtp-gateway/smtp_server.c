@@ -61,9 +61,9 @@
 #include "service/anvil.h"
 #include "service/deadline.h"
 #include "service/listener.h"
-#include "storage-adapter/crammd5.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
+#include "storage-adapter/userdb_sasl.h"
 
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
 #define SMTP_AUTH_THREADS 2	/* password hashing: a pool of its own, never the deliveries' */
@@ -777,50 +777,6 @@ start_tls(struct conn *c)
 	smtp_proto_set_tls(c->sp, 1);
 }
 
-/* common/sasl's view of the users file: called on the loop only */
-static int
-sasl_lookup(void *arg, const char *login, struct sasl_user *r)
-{
-	struct server *s = arg;
-	const char *h, *cr, *sc, *at = strrchr(login, '@'), *canon;
-	char local[MAILADDR_PART_MAX];
-	size_t ll = at ? (size_t)(at - login) : 0;
-
-	/* a login names its user as the user database does: the canonical
-	 * name is what logs, rate limits and relay decisions see */
-	if (s->users == NULL || at == NULL || ll == 0 || ll >= sizeof(local))
-		return 0;
-	memcpy(local, login, ll);
-	local[ll] = '\0';
-	if ((canon = userdb_resolve(s->users, local, at + 1)) == NULL ||
-	    (h = userdb_password(s->users, canon)) == NULL)
-		return 0;
-	snprintf(r->name, sizeof(r->name), "%s", canon);
-	login = canon;
-	snprintf(r->hash, sizeof(r->hash), "%s", h);
-	cr = userdb_cram_secret(s->users, login);
-	sc = userdb_scram_secret(s->users, login);
-	snprintf(r->cram, sizeof(r->cram), "%s", cr ? cr : "");
-	snprintf(r->scram, sizeof(r->scram), "%s", sc ? sc : "");
-	return 1;
-}
-
-/* on a pool thread: yescrypt takes milliseconds; touches u only */
-static int
-sasl_verify_password(void *arg, const struct sasl_user *u, const char *password)
-{
-	(void)arg;
-	/* an unknown user ("" hash) costs the same hashing as a known one */
-	return userdb_hash_verify(u->hash[0] ? u->hash : NULL, password);
-}
-
-static int
-sasl_verify_cram(void *arg, const struct sasl_user *u, const char *challenge, const char *digest)
-{
-	(void)arg;
-	return u->cram[0] != '\0' && crammd5_verify(u->cram, challenge, strlen(challenge), digest);
-}
-
 struct authcheck {
 	struct conn *c;
 	struct sasl_server *sasl;	/* the session's; the connection is held meanwhile */
@@ -1368,10 +1324,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		free(s);
 		return -1;
 	}
-	s->sasl_cb.lookup = sasl_lookup;
-	s->sasl_cb.verify_password = sasl_verify_password;
-	s->sasl_cb.verify_cram = sasl_verify_cram;
-	s->sasl_cb.arg = s;
+	userdb_sasl_callbacks(&s->users, &s->sasl_cb);	/* s->users may be reloaded */
 	s->params.sasl_cb = &s->sasl_cb;
 	if (c->users_url != NULL && c->users_url[0] != '\0') {
 		s->users = userdb_open(c->users_url, error_r);
