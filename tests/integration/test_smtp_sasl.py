@@ -2,7 +2,8 @@
 """SASL on GNU SASL, with GNU SASL's own command-line client (gsasl) as the
 real peer, plus a hand-made SCRAM client (python hashlib) for what gsasl
 will not do on purpose:
-    T01Scram      gsasl --smtp -m SCRAM-SHA-256 logs in over STARTTLS and
+    T01Scram      gsasl --smtp -m PLAIN, LOGIN, CRAM-MD5 log in (and not with
+                  a wrong password); -m SCRAM-SHA-256 logs in over STARTTLS and
                   without TLS; a wrong password is 535 and pays the penalty
                   (auth_failure_delay); a tampered ClientProof is 535; an
                   unknown user gets a salt and a 535 like anyone; the users
@@ -126,6 +127,16 @@ class T01Scram(Case):
         res = gsasl(self.d.ports["smtp"], "SCRAM-SHA-256", USER, PASSWORD)
         self.assertGsasl(res, True, "SCRAM-SHA-256 over STARTTLS")
         self.assertRegex(self.log_since(self.d), r"AUTH SCRAM-SHA-256 as alice@example\.com")
+
+    def test_gsasl_plain_login_cram_md5(self):
+        # the other mechanisms through the same layer, same peer
+        for mech in ("PLAIN", "LOGIN", "CRAM-MD5"):
+            with self.subTest(mech=mech):
+                self.mark(self.d)
+                self.assertGsasl(gsasl(self.d.ports["smtp"], mech, USER, PASSWORD), True, mech)
+                self.assertRegex(self.log_since(self.d), r"AUTH %s as alice@example\.com" % mech)
+                self.assertGsasl(gsasl(self.d.ports["smtp"], mech, USER, "nope"), False,
+                                 mech + " wrong password")
 
     def test_gsasl_scram_without_tls(self):
         # no plaintext equivalent crosses the wire: offered before TLS too
