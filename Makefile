@@ -92,6 +92,9 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_policy.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) sh tests/integration/test_miltertest.sh
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_lists.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_faults.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_list_bans.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_list_admin.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_ratelimit.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_gateway.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_tls_auth.py

@@ -1,12 +1,16 @@
 /*
  * portcullis - the admin command.
  *
- *   portcullis [-c FILE] [-o k=v]... kill|accept add ENTRY [--ttl TIME] [--reason TEXT]
+ *   portcullis [-c FILE] [-o k=v]... kill|accept add ENTRY [--ttl TIME|never] [--reason TEXT]
+ *                 (a re-add keeps what is not given and prints old -> new)
  *   portcullis [-c FILE] [-o k=v]... kill|accept del ENTRY
  *   portcullis [-c FILE] [-o k=v]... kill|accept list
  *   portcullis [-c FILE] [-o k=v]... kill|accept import FILE|- [--ttl TIME] [--reason TEXT]
  *   portcullis [-c FILE] [-o k=v]... kill|accept export [--full]
  *   portcullis [-c FILE] [-o k=v]... lists migrate FROM-URL TO-URL
+ *   portcullis [-c FILE] [-o k=v]... lists reseed | lists accept-empty
+ *                 (after a shared store lost its lists: push this node's
+ *                 copy back, or take what the store holds)
  *   portcullis [-c FILE] [-o k=v]... user add|passwd USER@DOMAIN [--password-stdin]
  *   portcullis [-c FILE] [-o k=v]... user del USER@DOMAIN | user list
  *   portcullis [-c FILE] [-o k=v]... explain --client IP [--hostname NAME] [--helo H]
@@ -24,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,12 +51,13 @@
 
 /* the usage text: each command's lines start with its first word */
 static const char *const usage_lines[] = {
-	"kill|accept add ENTRY [--ttl TIME] [--reason TEXT] [--force]",
+	"kill|accept add ENTRY [--ttl TIME|never] [--reason TEXT] [--force]",
 	"kill|accept del ENTRY",
 	"kill|accept list",
 	"kill|accept import FILE|- [--ttl TIME] [--reason TEXT] [--skip-bad]",
 	"kill|accept export [--full]",
 	"lists migrate FROM-URL TO-URL",
+	"lists reseed|accept-empty",
 	"user add|passwd USER@DOMAIN [--password-stdin]",
 	"user del USER@DOMAIN",
 	"user list",
@@ -158,14 +164,62 @@ open_store(const struct conf *c)
 	return s;
 }
 
+static void fmt_time(long long t, char *buf, size_t cap);
+
+/*
+ * Every entry of list k (expired ones included) for reading: from the store,
+ * or, when a shared store cannot answer, from this node's copy of it
+ * (lists_cache), saying so and since when on stderr. *from_cache_r: 1 then.
+ */
+static int
+read_list(const struct conf *c, struct liststore *s, enum list_kind k, struct entry_vec *v,
+    int *from_cache_r)
+{
+	char *path, when[40], why[600];
+	struct liststore *cache;
+	struct stat st;
+	const char *err;
+
+	*from_cache_r = 0;
+	if (liststore_load(s, k, v, &err) == 0)
+		return 0;
+	if (strcmp(liststore_scheme(s), "file") == 0)
+		die("%s", err);
+	snprintf(why, sizeof(why), "%s", err);
+	entry_vec_clear(v);
+	path = xasprintf("%s/%s.list", conf_get(c, "lists_cache"), list_kind_name(k));
+	if (stat(path, &st) < 0) {
+		free(path);
+		die("%s (and no local copy in %s)", why, conf_get(c, "lists_cache"));
+	}
+	free(path);
+	{
+		char *url = xasprintf("file:%s", conf_get(c, "lists_cache"));
+
+		cache = liststore_open(url, &err);
+		free(url);
+	}
+	if (cache == NULL || liststore_load(cache, k, v, &err) < 0)
+		die("%s (and the local copy: %s)", why, err);
+	liststore_free(&cache);
+	fmt_time((long long)st.st_mtime, when, sizeof(when));
+	fprintf(stderr, "portcullis: %s; the %s list below is this node's copy (%s), as of %s\n",
+	    why, list_kind_name(k), conf_get(c, "lists_cache"), when);
+	*from_cache_r = 1;
+	return 0;
+}
+
 /* the store and every entry of list k in it (expired ones included) */
 static struct liststore *
-load_list(const struct conf *c, enum list_kind k, struct entry_vec *v)
+load_list(const struct conf *c, enum list_kind k, struct entry_vec *v, int cache_ok)
 {
 	struct liststore *s = open_store(c);
 	const char *err;
+	int cached;
 
-	if (liststore_load(s, k, v, &err) < 0)
+	if (cache_ok)
+		(void)read_list(c, s, k, v, &cached);
+	else if (liststore_load(s, k, v, &err) < 0)
 		die("%s", err);
 	return s;
 }
@@ -195,7 +249,7 @@ cmd_list(const struct conf *c, enum list_kind k, int argc, char **argv)
 	(void)argv;
 	if (argc != 0)
 		usage();
-	s = load_list(c, k, &v);
+	s = load_list(c, k, &v, 1);
 	for (size_t i = 0; i < v.n; i++) {
 		const struct list_entry *e = &v.v[i];
 		char added[40], expires[40];
@@ -249,14 +303,50 @@ entry_is_too_wide(const struct list_entry *e)
 	    e->cidr.len < (e->cidr.addr.family == 4 ? 8 : 16);
 }
 
+
+/* "reason \"a\" -> \"b\"" style notes of what a re-add changed, into buf */
+static void
+note_change(char *buf, size_t cap, const char *what, const char *from, const char *to)
+{
+	size_t n = strlen(buf);
+
+	snprintf(buf + n, cap - n, "%s%s %s -> %s", n ? ", " : "", what, from, to);
+}
+
+static void
+fmt_expiry(long long t, char *buf, size_t cap)
+{
+	if (t == 0)
+		snprintf(buf, cap, "never");
+	else
+		fmt_time(t, buf, cap);
+}
+
+static void
+fmt_reason(const char *r, char *buf, size_t cap)
+{
+	if (r == NULL || *r == '\0')
+		snprintf(buf, cap, "(none)");
+	else
+		snprintf(buf, cap, "\"%s\"", r);
+}
+
+/*
+ * add ENTRY [--ttl TIME|never] [--reason TEXT]. A re-add of an entry that is
+ * there keeps every attribute the command line does not give (expiry,
+ * reason, origin, time added) and says what changed, old -> new.
+ */
 static int
 cmd_add(const struct conf *c, enum list_kind k, int argc, char **argv)
 {
-	struct list_entry e;
+	struct list_entry e, old;
 	const char *err, *reason = NULL;
 	long ttl = 0;
 	int force = 0;
+	int permanent = 0, found = 0;
+	long long now = (long long)time(NULL);
 	struct liststore *s;
+	char changes[1024] = "";
 
 	if (argc < 1)
 		usage_error("%s add: which ENTRY?", list_kind_name(k));
@@ -267,22 +357,74 @@ cmd_add(const struct conf *c, enum list_kind k, int argc, char **argv)
 			force = 1;
 			continue;
 		}
+		if (strcmp(argv[i], "--ttl") == 0 && i + 1 < argc && strcmp(argv[i + 1], "never") == 0) {
+			permanent = 1;
+			ttl = 0;
+			i++;
+			continue;
+		}
 		if (!ttl_reason_option(argc, argv, &i, &ttl, &reason))
-			die("unexpected argument \"%.60s\" (expected --ttl TIME, --reason TEXT "
+			die("unexpected argument \"%.60s\" (expected --ttl TIME|never, --reason TEXT "
 			    "or --force)", argv[i]);
+		if (ttl != 0)
+			permanent = 0;
 	}
 	if (k == LIST_ACCEPT && entry_is_too_wide(&e) && !force)
 		die("accept %s would let every address in it relay and bypass the kill list "
 		    "(wider than /%d); add --force if that is what you want; nothing written",
 		    e.key, e.cidr.addr.family == 4 ? 8 : 16);
-	e.added = (long long)time(NULL);
-	e.expires = ttl ? e.added + ttl : 0;
-	e.origin = ORIGIN_ADMIN;
-	e.reason = reason ? xstrdup(reason) : NULL;
 	s = open_store(c);
-	if (liststore_add(s, k, &e, &err) < 0)
+	memset(&old, 0, sizeof(old));
+	if (liststore_get(s, k, e.key, &old, &found, &err) < 0)
 		die("%s", err);
-	printf("%s: added %s%s\n", list_kind_name(k), e.key, ttl ? " (with expiry)" : "");
+	if (found && listentry_is_expired(&old, now))
+		found = 0;	/* an expired leftover: a new entry */
+	if (!found) {
+		e.added = now;
+		e.expires = ttl ? now + ttl : 0;
+		e.origin = ORIGIN_ADMIN;
+		e.reason = reason ? xstrdup(reason) : NULL;
+	} else {
+		char a[64], b[128 + MAX_REASON_LEN];
+
+		e.added = old.added;
+		e.origin = old.origin;
+		e.expires = ttl ? now + ttl : permanent ? 0 : old.expires;
+		e.reason = reason ? (*reason ? xstrdup(reason) : NULL) :
+		    old.reason ? xstrdup(old.reason) : NULL;
+		if (e.expires != old.expires) {
+			char x[64];
+
+			fmt_expiry(old.expires, a, sizeof(a));
+			fmt_expiry(e.expires, x, sizeof(x));
+			note_change(changes, sizeof(changes), "expires", a, x);
+		}
+		if (strcmp(old.reason ? old.reason : "", e.reason ? e.reason : "") != 0) {
+			char x[MAX_REASON_LEN + 8];
+
+			fmt_reason(old.reason, b, sizeof(b));
+			fmt_reason(e.reason, x, sizeof(x));
+			note_change(changes, sizeof(changes), "reason", b, x);
+		}
+	}
+	if (found && changes[0] == '\0') {
+		char a[64], b[MAX_REASON_LEN + 8];
+
+		fmt_expiry(old.expires, a, sizeof(a));
+		fmt_reason(old.reason, b, sizeof(b));
+		printf("%s: %s is there already, unchanged (origin %s, expires %s, reason %s)\n",
+		    list_kind_name(k), e.key, listentry_origin_name(old.origin), a, b);
+	} else {
+		if (liststore_add(s, k, &e, &err) < 0)
+			die("%s", err);
+		if (found)
+			printf("%s: updated %s: %s (origin %s and other attributes kept)\n",
+			    list_kind_name(k), e.key, changes, listentry_origin_name(e.origin));
+		else
+			printf("%s: added %s%s\n", list_kind_name(k), e.key,
+			    e.expires ? " (with expiry)" : "");
+	}
+	listentry_clear(&old);
 	listentry_clear(&e);
 	liststore_free(&s);
 	return 0;
@@ -533,7 +675,7 @@ cmd_export(const struct conf *c, enum list_kind k, int argc, char **argv)
 		full = 1;
 	else if (argc != 0)
 		usage();
-	s = load_list(c, k, &v);
+	s = load_list(c, k, &v, 0);
 	for (size_t i = 0; i < v.n; i++) {
 		const struct list_entry *e = &v.v[i];
 
@@ -595,6 +737,138 @@ cmd_migrate(int argc, char **argv)
 	}
 	liststore_free(&from);
 	liststore_free(&to);
+	return 0;
+}
+
+/* ---- a shared store's generation mark ---- */
+
+/* the daemon's local copy of a shared store (lists_cache) */
+static struct liststore *
+open_cache(const struct conf *c)
+{
+	char *url = xasprintf("file:%s", conf_get(c, "lists_cache"));
+	const char *err;
+	struct liststore *s = liststore_open(url, &err);
+
+	free(url);
+	if (s == NULL)
+		die("lists_cache: %s", err);
+	return s;
+}
+
+/* when the copy in lists_cache was written ("2026-..."), or "never" */
+static void
+cache_time(const struct conf *c, char *buf, size_t cap)
+{
+	char *path = xasprintf("%s/kill.list", conf_get(c, "lists_cache"));
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		snprintf(buf, cap, "never");
+	else
+		fmt_time((long long)st.st_mtime, buf, cap);
+	free(path);
+}
+
+/* the shared store, which must have lost its mark (else: refused, exit 1) */
+static struct liststore *
+open_unmarked(const struct conf *c, const char *what)
+{
+	struct liststore *s = open_store(c);
+	char gen[64];
+	const char *err;
+	int found = 0;
+
+	if (!liststore_has_meta(s) || strcmp(liststore_scheme(s), "file") == 0)
+		die("lists %s: only for a shared store (lists = redis://...)", what);
+	if (liststore_meta_get(s, LISTSTORE_GENERATION, gen, sizeof(gen), &found, &err) < 0)
+		die("%s", err);
+	if (found) {
+		fprintf(stderr, "portcullis: lists %s: the lists in the store are marked (generation "
+		    "%s); nothing to do\n", what, gen);
+		exit(1);
+	}
+	return s;
+}
+
+/* mark the store's lists with a new generation; every node reloads them */
+static void
+mark_and_announce(struct liststore *s, char *gen, size_t cap)
+{
+	const char *err;
+	int set;
+
+	liststore_new_generation(gen, cap);
+	if (liststore_meta_set(s, LISTSTORE_GENERATION, gen, 0, &set, &err) < 0)
+		die("%s", err);
+	for (int k = 0; k < LIST_KINDS; k++)	/* an empty add_many announces a reload */
+		if (liststore_add_many(s, (enum list_kind)k, NULL, 0, NULL, NULL, &err) < 0)
+			die("%s", err);
+}
+
+/* lists reseed: push this node's copy (lists_cache) back into a store that lost its lists */
+static int
+cmd_reseed(const struct conf *c, int argc)
+{
+	struct liststore *s, *cache;
+	long long now = (long long)time(NULL);
+	size_t count[LIST_KINDS] = { 0, 0 };
+	char when[40], gen[64];
+	const char *err;
+
+	if (argc != 0)
+		usage();
+	s = open_unmarked(c, "reseed");
+	cache = open_cache(c);
+	cache_time(c, when, sizeof(when));
+	for (int k = 0; k < LIST_KINDS; k++) {
+		struct entry_vec v = { 0 }, live = { 0 };
+
+		if (liststore_load(cache, (enum list_kind)k, &v, &err) < 0)
+			die("lists_cache: %s", err);
+		for (size_t i = 0; i < v.n; i++)
+			if (!listentry_is_expired(&v.v[i], now))
+				entry_vec_push(&live, &v.v[i]);
+		if (liststore_add_many(s, (enum list_kind)k, live.v, live.n, NULL, NULL, &err) < 0)
+			die("lists reseed: %s list: %s", list_kind_name((enum list_kind)k), err);
+		count[k] = live.n;
+		entry_vec_clear(&v);
+		entry_vec_clear(&live);
+	}
+	mark_and_announce(s, gen, sizeof(gen));
+	printf("lists reseed: %zu kill and %zu accept entries pushed from %s (this node's copy of "
+	    "%s); generation %s\n", count[LIST_KILL], count[LIST_ACCEPT],
+	    conf_get(c, "lists_cache"), when, gen);
+	liststore_free(&cache);
+	liststore_free(&s);
+	return 0;
+}
+
+/* lists accept-empty: what the store holds now (after a loss) is the lists */
+static int
+cmd_accept_empty(const struct conf *c, int argc)
+{
+	struct liststore *s;
+	size_t count[LIST_KINDS] = { 0, 0 };
+	char gen[64];
+	const char *err;
+
+	if (argc != 0)
+		usage();
+	s = open_unmarked(c, "accept-empty");
+	for (int k = 0; k < LIST_KINDS; k++) {
+		struct entry_vec v = { 0 };
+
+		if (liststore_load(s, (enum list_kind)k, &v, &err) < 0)
+			die("%s", err);
+		count[k] = v.n;
+		entry_vec_clear(&v);
+	}
+	mark_and_announce(s, gen, sizeof(gen));
+	printf("lists accept-empty: every node now enforces the store's lists as they are (%zu "
+	    "kill, %zu accept entries); generation %s\n", count[LIST_KILL], count[LIST_ACCEPT],
+	    gen);
+	liststore_free(&s);
 	return 0;
 }
 
@@ -772,9 +1046,11 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	if (policy_new(c, &pol, &err) < 0)
 		die("%s", err);
 	s = open_store(c);
-	for (int k = 0; k < LIST_KINDS; k++)
-		if (liststore_load(s, (enum list_kind)k, &lists[k], &err) < 0)
-			die("%s", err);
+	for (int k = 0; k < LIST_KINDS; k++) {
+		int cached;
+
+		(void)read_list(c, s, (enum list_kind)k, &lists[k], &cached);
+	}
 	snap = snapshot_new(listset_build(&lists[LIST_KILL], now),
 	    listset_build(&lists[LIST_ACCEPT], now));
 	es = engine_session_new(pol);
@@ -929,6 +1205,12 @@ main(int argc, char **argv)
 
 		liststore_set_options(&o);
 		rc = cmd_migrate(argc - i - 2, argv + i + 2);
+	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&
+	    strcmp(argv[i + 1], "reseed") == 0) {
+		rc = cmd_reseed(conf, argc - i - 2);
+	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&
+	    strcmp(argv[i + 1], "accept-empty") == 0) {
+		rc = cmd_accept_empty(conf, argc - i - 2);
 	} else if (list_kind_parse(argv[i], &k) == 0 && i + 1 < argc) {
 		const char *verb = argv[i + 1];
 		int n = argc - i - 2;
