@@ -66,10 +66,10 @@ struct sasl_server *sasl_server_new(unsigned mech, const struct sasl_params *p);
 void sasl_server_free(struct sasl_server **s);
 /*
  * One response, as the client sent it in base64 ("=" or "" is an empty
- * response; "*" cancels; at most 12288 characters). *out64_r: the next
- * challenge (or final data), base64, "" for none; owned by s, valid until
- * the next call. initial: this is the client's initial response (or none
- * yet: line NULL, which asks for the first challenge).
+ * response; "*" cancels; at most 12288 characters), or NULL when the client
+ * gave no initial response (asks for the first challenge). *out64_r: the
+ * next challenge (or, with SASL_OK, the server's final data), base64, ""
+ * for none; owned by s, valid until the next call.
  */
 enum sasl_rc sasl_server_step64(struct sasl_server *s, const char *line, const char **out64_r);
 /* the slow part (password hashing): any thread, touches only s */
