@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """SMTP AUTH logins per second: SCRAM-SHA-256 against PLAIN, same machine,
-same daemon (not in CI).
+same daemon (in `make bench` as --seconds 2 --repeats 2; not in CI).
 
 Each login is a session of its own: connect, EHLO, AUTH, QUIT (one AUTH a
 session is all SMTP allows), over plain TCP (auth_allow_plaintext = yes) so
