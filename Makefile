@@ -13,11 +13,11 @@ OPT     ?= -O2 -g
 BUILD   ?= build/release
 BINDIR  ?= bin
 SAN     ?=
-PKGS    := milter hiredis libevent libevent_openssl openssl
+PKGS    := milter hiredis libevent libevent_openssl openssl libgsasl
 CPPFLAGS_ALL := -I. -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -pthread $(OPT) $(SAN) $(CFLAGS)
 LIBS_MILTER  := $(shell pkg-config --libs milter 2>/dev/null || echo -lmilter)
-LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis) -lcrypt $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
+LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis) $(shell pkg-config --libs libgsasl 2>/dev/null || echo -lgsasl) -lcrypt $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 LIBS_EVENT   := $(shell pkg-config --libs libevent libevent_openssl 2>/dev/null || echo -levent -levent_openssl)
 LIBS_SSL     := $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 LIBS_CUNIT   := $(shell pkg-config --libs cunit 2>/dev/null || echo -lcunit)
@@ -104,6 +104,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_gateway.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_tls_auth.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_auth_guard.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_sasl.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_durability.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_passthrough_durability.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_stream.py
@@ -125,6 +126,7 @@ bench: deps
 	sh tests/bench/run.sh
 	python3 tests/bench/redis_bench.py
 	python3 tests/bench/gateway_bench.py
+	python3 tests/bench/auth_bench.py --seconds 2 --repeats 2
 
 run: deps
 	$(MAKE) all
@@ -138,8 +140,8 @@ FUZZ_LIB_SRC := $(LIB_SRC)
 FUZZ_LIB_SRC += policy/policy_proto.c
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz needs clang (apt-get install clang)"; exit 1; }
-	@mkdir -p build/fuzz/corpus-smtp build/fuzz/corpus-parsers build/fuzz/corpus-downstream build/fuzz/corpus-hdrparse
 	@mkdir -p build/fuzz/corpus-mailstore
+	@mkdir -p build/fuzz/corpus-smtp build/fuzz/corpus-parsers build/fuzz/corpus-downstream build/fuzz/corpus-hdrparse build/fuzz/corpus-sasl
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp tests/fuzz/fuzz_smtp.c smtp-gateway/smtp_proto.c \
 	    $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-parsers tests/fuzz/fuzz_parsers.c $(FUZZ_LIB_SRC) \
@@ -150,12 +152,14 @@ fuzz:
 	    smtp-gateway/downstream.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-mailstore tests/fuzz/fuzz_mailstore.c $(FUZZ_LIB_SRC) \
 	    $(LIBS_LIB) -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-sasl tests/fuzz/fuzz_sasl.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	build/fuzz/fuzz-smtp -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp tests/fuzz/seeds-smtp
 	build/fuzz/fuzz-parsers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-parsers
 	build/fuzz/fuzz-hdrparse -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-hdrparse
 	build/fuzz/fuzz-downstream -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-downstream \
 	    tests/fuzz/seeds-downstream
 	build/fuzz/fuzz-mailstore -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-mailstore
+	build/fuzz/fuzz-sasl -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-sasl
 
 # make install [PREFIX=/usr/local] [DESTDIR=]
 PREFIX     ?= /usr/local

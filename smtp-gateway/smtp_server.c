@@ -59,6 +59,7 @@
 #include "common/log.h"
 #include "common/mailaddr.h"
 #include "common/stats.h"
+#include "common/tls.h"
 #include "common/xmalloc.h"
 #include "service/jobs.h"
 #include "service/penalty.h"
@@ -67,9 +68,9 @@
 #include "service/anvil.h"
 #include "service/deadline.h"
 #include "service/listener.h"
-#include "storage-adapter/crammd5.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
+#include "storage-adapter/userdb_sasl.h"
 
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
 #define SMTP_AUTH_THREADS 2	/* password hashing: a pool of its own, never the deliveries' */
@@ -98,6 +99,7 @@ struct server {
 	struct smtp_params params;
 	struct event_base *base;
 	struct userdb *users;
+	struct sasl_callbacks sasl_cb;	/* common/sasl reads users through these */
 	time_t users_bad_since;		/* the users file is not usable since; 0: it is */
 	time_t users_bad_logged;
 	unsigned nconn;
@@ -120,6 +122,7 @@ struct conn {
 	int closing;
 	int delivering;		/* a delivery job holds this connection */
 	int tls;		/* the bev is an OpenSSL one, handshake pending or done */
+	int peer_checked;	/* the client certificate was looked at (EXTERNAL) */
 	int dead;		/* the peer went away while delivering */
 	struct downstream *ds;	/* an open pass-through session */
 	char ptrname[256];	/* the reverse name being forward-confirmed */
@@ -788,13 +791,7 @@ start_tls(struct conn *c)
 
 struct authcheck {
 	struct conn *c;
-	unsigned mech;
-	char *hash;		/* copies: the userdb may be reloaded meanwhile */
-	char *cram;
-	char user[256];
-	char pass[1024];
-	char challenge[160];
-	char digest[64];
+	struct sasl_server *sasl;	/* the session's; the connection is held meanwhile */
 	int ok;
 };
 
@@ -804,12 +801,7 @@ auth_run(void *arg)
 {
 	struct authcheck *a = arg;
 
-	if (a->mech == SMTP_AUTH_CRAM)
-		a->ok = a->cram != NULL &&
-		    crammd5_verify(a->cram, a->challenge, strlen(a->challenge), a->digest);
-	else
-		a->ok = userdb_hash_verify(a->hash, a->pass);
-	explicit_bzero(a->pass, sizeof(a->pass));
+	sasl_server_check(a->sasl);
 }
 
 /* a failed AUTH's penalty is over: its 535 goes out now */
@@ -867,19 +859,18 @@ auth_failed(struct conn *c)
 	return delay;
 }
 
+/* an exchange's outcome: the penalty for a failure, then the reply;
+ * inline: called from read_cb, which reads on by itself */
 static void
-auth_done(void *arg)
+auth_finish(struct conn *c, int ok, int inline_)
 {
-	struct authcheck *a = arg;
-	struct conn *c = a->c;
 	unsigned delay = 0;
 
-	c->delivering = 0;
-	stats_add(a->ok ? "auth_total{door=\"smtp\",result=\"success\"}" :
+	stats_add(ok ? "auth_total{door=\"smtp\",result=\"success\"}" :
 	    "auth_total{door=\"smtp\",result=\"failure\"}", 1);
-	if (c->has_addr && a->ok)
+	if (c->has_addr && ok)
 		penalty_success(c->srv->penalty, &c->addr);
-	else if (!a->ok)
+	else if (!ok)
 		delay = auth_failed(c);
 	if (c->dead) {
 		conn_free(c);
@@ -888,13 +879,27 @@ auth_done(void *arg)
 		struct timeval tv = { delay / 1000, (delay % 1000) * 1000 };
 
 		c->delivering = 1;	/* the timer holds the connection */
+		bufferevent_disable(c->bev, EV_READ);
 		evtimer_add(c->auth_timer, &tv);
 	} else {
-		smtp_proto_auth_done(c->sp, a->ok);
-		resume(c);
+		smtp_proto_auth_done(c->sp, ok);
+		if (inline_)
+			flush_output(c);
+		else
+			resume(c);
 	}
-	free(a->hash);
-	free(a->cram);
+}
+
+static void
+auth_done(void *arg)
+{
+	struct authcheck *a = arg;
+	struct conn *c = a->c;
+	const char *out;
+
+	c->delivering = 0;
+	a->ok = sasl_server_checked(a->sasl, &out) == SASL_OK;
+	auth_finish(c, a->ok, 0);
 	free(a);
 }
 
@@ -902,20 +907,15 @@ static void
 check_auth(struct conn *c, struct smtp_auth_req *req)
 {
 	struct server *s = c->srv;
-	struct authcheck *a = xcalloc(1, sizeof(*a));
-	const char *h = s->users ? userdb_password(s->users, req->user) : NULL;
-	const char *cr = s->users ? userdb_cram_secret(s->users, req->user) : NULL;
+	struct authcheck *a;
 
+	if (!req->check) {	/* decided already (SCRAM, CRAM-MD5, EXTERNAL, malformed) */
+		auth_finish(c, req->ok, 1);
+		return;
+	}
+	a = xcalloc(1, sizeof(*a));
 	a->c = c;
-	a->mech = req->mech;
-	/* an unknown user costs the same hashing as a known one */
-	a->hash = h ? xstrdup(h) : NULL;
-	a->cram = cr ? xstrdup(cr) : NULL;
-	memcpy(a->user, req->user, sizeof(a->user));
-	memcpy(a->pass, req->pass, sizeof(a->pass));
-	memcpy(a->challenge, req->challenge, sizeof(a->challenge));
-	memcpy(a->digest, req->digest, sizeof(a->digest));
-	explicit_bzero(req->pass, sizeof(req->pass));
+	a->sasl = req->sasl;
 	if (jobs_try_submit(s->auth_jobs, auth_run, auth_done, a) < 0) {
 		/* the hashing pool is full (a guessing storm): no unbounded queue;
 		 * said at most once a second, with the count since */
@@ -930,9 +930,6 @@ check_auth(struct conn *c, struct smtp_auth_req *req)
 			s->auth_busy_logged = now;
 			s->auth_busy = 0;
 		}
-		explicit_bzero(a->pass, sizeof(a->pass));
-		free(a->hash);
-		free(a->cram);
 		free(a);
 		smtp_proto_auth_done(c->sp, SMTP_AUTH_TEMPFAIL);
 		flush_output(c);
@@ -974,6 +971,18 @@ read_cb(struct bufferevent *bev, void *arg)
 
 	if (c->srv->stopping)
 		return;		/* shutting down: finish what runs, start nothing */
+	if (c->tls && !c->peer_checked) {
+		/* input comes after the handshake: a verified certificate names
+		 * the user AUTH EXTERNAL logs in as */
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		char id[256];
+
+		if (ssl != NULL && SSL_is_init_finished(ssl)) {
+			c->peer_checked = 1;
+			if (tls_peer_identity(ssl, id, sizeof(id)) == 0)
+				smtp_proto_set_tls_peer(c->sp, id);
+		}
+	}
 	if (len > c->in_seen)
 		deadline_read(&c->dl, len - c->in_seen, smtp_proto_in_data(c->sp), deadline_now_ms());
 	while (!c->closing && evbuffer_get_length(in) > 0) {
@@ -1348,6 +1357,13 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	s->c = c;
 	s->params = c->params;
 	s->params.tls_available = c->tls != NULL;
+	if (sasl_init(error_r) < 0) {
+		free(ls);
+		free(s);
+		return -1;
+	}
+	userdb_sasl_callbacks(&s->users, &s->sasl_cb);	/* s->users may be reloaded */
+	s->params.sasl_cb = &s->sasl_cb;
 	if (c->users_url != NULL && c->users_url[0] != '\0') {
 		s->users = userdb_open(c->users_url, error_r);
 		if (s->users == NULL) {

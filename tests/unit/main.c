@@ -61,6 +61,7 @@ main(void)
 	test_ratelimit_register();
 	test_smtp_proto_register();
 	test_auth_register();
+	test_sasl_register();
 	test_stats_register();
 	test_hdrparse_register();
 	test_anvil_register();

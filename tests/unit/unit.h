@@ -13,6 +13,7 @@ void test_redis_schema_register(void);
 void test_ratelimit_register(void);
 void test_smtp_proto_register(void);
 void test_auth_register(void);
+void test_sasl_register(void);
 void test_stats_register(void);
 void test_hdrparse_register(void);
 void test_anvil_register(void);
