@@ -11,11 +11,13 @@
  *   portcullis [-c FILE] [-o k=v]... user del USER@DOMAIN | user list
  *   portcullis [-c FILE] [-o k=v]... explain --client IP [--hostname NAME] [--helo H]
  *                 [--auth USER] --from ADDR --rcpt ADDR... [--header NAME]...
+ *                 [--country CC]   (instead of geoip_database's answer)
  *
  * Writes go to the list store named by `lists`; a running portcullisd picks
  * them up within a second. A bad ENTRY is refused and nothing is written.
  * Exit: 0 done (explain: accepted), 1 refused by explain, 2 error.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,8 +59,9 @@ usage(void)
 	    "  stats [--prometheus]\n"
 	    "  explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
 	    "          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
+	    "          [--country CC]\n"
 	    "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
-	    "       host:.example.com, user@example.com, @example.com\n"
+	    "       host:.example.com, user@example.com, @example.com, country:FR\n"
 	    "TIME: seconds, or with a unit: 90s, 10m, 2h, 7d, 1w\n");
 	exit(2);
 }
@@ -646,7 +649,7 @@ static int
 cmd_explain(const struct conf *c, int argc, char **argv)
 {
 	const char *client = NULL, *hostname = NULL, *helo = NULL, *auth = NULL;
-	const char *from = NULL, *err;
+	const char *from = NULL, *country = NULL, *err;
 	char **rcpts = xcalloc((size_t)argc + 1, sizeof(char *));
 	char **headers = xcalloc((size_t)argc + 1, sizeof(char *));
 	size_t nrcpt = 0, nhdr = 0;
@@ -672,12 +675,16 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 		else if (strcmp(o, "--from") == 0) from = argv[++i];
 		else if (strcmp(o, "--rcpt") == 0) rcpts[nrcpt++] = argv[++i];
 		else if (strcmp(o, "--header") == 0) headers[nhdr++] = argv[++i];
+		else if (strcmp(o, "--country") == 0) country = argv[++i];
 		else usage();
 	}
 	if (client == NULL || from == NULL || nrcpt == 0)
 		usage();
 	if (cidr_addr_parse(client, &addr) < 0)
 		die("--client \"%.60s\" is not an IP address", client);
+	if (country != NULL && !(strlen(country) == 2 && isalpha((unsigned char)country[0]) &&
+	    isalpha((unsigned char)country[1])))
+		die("--country \"%.60s\" is not a two-letter country code", country);
 	if (policy_new(c, &pol, &err) < 0)
 		die("%s", err);
 	s = open_store(c);
@@ -688,8 +695,13 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	    listset_build(&lists[LIST_ACCEPT], now));
 	es = engine_session_new(pol);
 
+	if (country != NULL)	/* instead of geoip_database's answer */
+		engine_session_set_country(es, country);
 	engine_connect(es, snap, &addr, hostname, now, &v);
 	print_verdict("CONNECT", engine_client_text(es), &v);
+	printf("%15s country=%s%s\n", "", engine_session_country(es) ?
+	    engine_session_country(es) : "unknown", country != NULL ? " (--country)" :
+	    pol->geoip == NULL ? " (no geoip_database)" : "");
 	if (helo != NULL) {
 		engine_helo(es, snap, helo, 5 + strlen(helo) + 2, now, &v);
 		print_verdict("HELO", helo, &v);

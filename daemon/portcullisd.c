@@ -47,6 +47,7 @@
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "policy/policy_door.h"
+#include "rules/geoip.h"
 #include "rules/policy.h"
 #include "service/listener.h"
 #include "smtp-gateway/downstream.h"
@@ -268,6 +269,12 @@ worker_main(enum service svc, int readyfd)
 		ready(readyfd, msg);
 		return 1;
 	}
+	/* a replaced geoip_database is reopened within a second (this worker's copy) */
+	if (pol->geoip != NULL && geoip_watch_start(pol->geoip, 500, &err) < 0) {
+		snprintf(msg, sizeof(msg), "%s\n", err);
+		ready(readyfd, msg);
+		return 1;
+	}
 	if (svc == SVC_MILTER) {
 		log_info("milter ready on %s", conf_get(conf, "milter_listen"));
 		ready(readyfd, "ok\n");
@@ -340,6 +347,8 @@ worker_main(enum service svc, int readyfd)
 		}
 		block_stop_signals(SIG_BLOCK);
 	}
+	if (pol->geoip != NULL)
+		geoip_watch_stop(pol->geoip);
 	watcher_stop_and_free(&w);
 	snapref_deinit(&snaps);
 	liststore_free(&store);
