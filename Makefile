@@ -110,6 +110,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_received.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_421.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_addresses.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_geoip.py
 
 bench: deps
 	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter
