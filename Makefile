@@ -36,6 +36,7 @@ DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
 UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
 BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
 NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
+GEOIP_BENCH_OBJ  := $(BUILD)/tests/bench/geoip_bench.o
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -63,6 +64,10 @@ $(BINDIR)/unit-tests: $(UNIT_OBJ) $(LIB)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_CUNIT) $(LIBS_EVENT) $(LIBS_LIB)
 
 $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
+
+$(BINDIR)/geoip-bench: $(GEOIP_BENCH_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
@@ -113,7 +118,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_geoip.py
 
 bench: deps
-	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter
+	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter $(BINDIR)/geoip-bench
 	sh tests/bench/run.sh
 	python3 tests/bench/redis_bench.py
 	python3 tests/bench/gateway_bench.py
