@@ -31,6 +31,7 @@
 #include <libmilter/mfapi.h>
 
 #include "common/log.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
 #include "milter/milter.h"
 #include "rules/engine.h"
@@ -211,6 +212,7 @@ cb_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *hostaddr)
 	int have = cidr_addr_from_sockaddr(hostaddr, &a) == 0;
 	struct verdict v;
 
+	stats_add("connections_total{door=\"milter\"}", 1);
 	engine_connect(p->es, snap, have ? &a : NULL, hostname, (long long)time(NULL), &v);
 	snapref_release(env->snaps, ticket);
 	if (log_is_debug())
@@ -327,6 +329,8 @@ cb_eom(SMFICTX *ctx)
 	note_qid(ctx, p);
 	engine_eom(p->es, &v);
 	rc = answer(ctx, p, STAGE_EOM, &v, NULL);
+	if (rc == SMFIS_CONTINUE || rc == SMFIS_ACCEPT)
+		stats_add("messages_total{door=\"milter\",route=\"mta\"}", 1);
 	p->qid[0] = '\0';
 	return rc;
 }

@@ -195,6 +195,20 @@ class T01Relay(LabCase):
         self.assertStep(c, "<message>", 250)
         self.assertDelivered(m, ["user@example.com"], c)
 
+    def test_01b_counted_by_the_milter_door(self):
+        def count(series):
+            out = LAB.cli("stats").stdout
+            for line in out.splitlines():
+                if line.startswith(series + " "):
+                    return int(line.split()[-1])
+            return 0
+        conns = count('connections_total{door="milter"}')
+        msgs = count('messages_total{door="milter",route="mta"}')
+        c, m = self.deliver(OUTSIDE, "user@example.com")
+        self.assertDelivered(m, ["user@example.com"], c)
+        self.assertGreaterEqual(count('connections_total{door="milter"}'), conns + 1)
+        self.assertEqual(count('messages_total{door="milter",route="mta"}'), msgs + 1)
+
     def test_02_outside_to_foreign_domain_refused(self):
         m = new_marker()
         c = LAB.client(OUTSIDE)
