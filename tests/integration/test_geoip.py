@@ -7,6 +7,8 @@ country database with.  One lab: a private Postfix with the milter in front
 of an smtp-sink, and one portcullisd running the milter, the SMTP gateway
 (relayhost = the sink) and the policy door.  Asserts what clients were told,
 what reached the sink, what `explain` printed and what the daemon logged.
+T4Redis runs a second daemon (policy door) on a private redis-server, where
+country entries are pushed with plain redis-cli and by the CLI.
 
 Run:  python3 tests/integration/test_geoip.py [-v] [Class[.test_name] ...]
 Env:  PORTCULLIS_BIN (default <repo>/bin), KEEP_LAB=1, LAB_VERBOSE=1
@@ -375,7 +377,88 @@ class T3Start(unittest.TestCase):
         self.assertIn("country=unknown\n", p.stdout, p.stderr)
 
 
-CASES = (T1Doors, T2Reload, T3Start)
+class T4Redis(unittest.TestCase):
+    """country:XX entries shared through Redis like any other: pushed with
+    plain redis-cli, or by the CLI, and enforced by a daemon on that Redis."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="geo-redis.", dir=LAB.dir)
+        cls.redis_port = labmod.free_port()
+        cls.redis = subprocess.Popen(
+            ["redis-server", "--port", str(cls.redis_port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", cls.dir,
+             "--logfile", os.path.join(cls.dir, "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        poll(lambda: cls.rcli("PING") == "PONG", 5, "redis-server")
+        cls.policy_port = labmod.free_port()
+        cls.conf = os.path.join(cls.dir, "portcullis.cf")
+        with open(cls.conf, "w") as f:
+            f.write(labmod.daemon_config_text(
+                labmod.free_port(), cls.dir, services="policy", milter_listen=None,
+                policy_listen="inet:127.0.0.1:%d" % cls.policy_port,
+                lists="redis://127.0.0.1:%d/0" % cls.redis_port,
+                geoip_database=db_path()))
+        os.mkdir(os.path.join(cls.dir, "state"))
+        cls.log = open(os.path.join(cls.dir, "portcullisd.log"), "ab")
+        cls.daemon = subprocess.Popen([os.path.join(labmod.BIN, "portcullisd"), "-c", cls.conf,
+                                       "-f"], stdout=cls.log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL)
+        poll(lambda: labmod.port_accepts("127.0.0.1", cls.policy_port), 10, "policy door")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.terminate()
+        try:
+            cls.daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            cls.daemon.kill()
+            cls.daemon.wait(5)
+        cls.log.close()
+        cls.redis.kill()
+        cls.redis.wait(5)
+        with open(os.path.join(cls.dir, "portcullisd.log")) as f:
+            reports = [l for l in f if labmod.SANITIZER_RE.search(l)]
+        if reports:
+            raise AssertionError("sanitizer reports:\n" + "".join(reports[:20]))
+
+    @classmethod
+    def rcli(cls, *args):
+        p = subprocess.run(["redis-cli", "-p", str(cls.redis_port)] + list(args),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=10)
+        return p.stdout.strip()
+
+    def ask(self, client):
+        global POLICY_PORT
+        saved, POLICY_PORT = POLICY_PORT, self.policy_port
+        try:
+            return policy_ask(client)
+        finally:
+            POLICY_PORT = saved
+
+    def test_01_pushed_with_redis_cli(self):
+        self.assertEqual(self.ask("127.0.0.5"), "action=DUNNO")
+        self.rcli("HSET", "portcullis:kill:country:XX", "origin", "admin", "reason", "by hand")
+        self.rcli("PUBLISH", "portcullis:changes", "kill country:XX")
+        poll(lambda: self.ask("127.0.0.5") == "action=" + KILL_TEXT, LIST_DELAY + 1,
+             "country entry pushed with redis-cli")
+        self.rcli("DEL", "portcullis:kill:country:XX")
+        self.rcli("PUBLISH", "portcullis:changes", "kill country:XX")
+        poll(lambda: self.ask("127.0.0.5") == "action=DUNNO", LIST_DELAY + 1, "entry removed")
+
+    def test_02_cli_writes_the_documented_key(self):
+        p = subprocess.run([os.path.join(labmod.BIN, "portcullis"), "-c", self.conf,
+                            "accept", "add", "country:yy", "--ttl", "1h"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=20)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(self.rcli("EXISTS", "portcullis:accept:country:YY"), "1")
+        ttl = int(self.rcli("TTL", "portcullis:accept:country:YY"))
+        self.assertTrue(3500 < ttl <= 3600, ttl)
+        poll(lambda: self.ask("127.0.0.6") == "action=OK", LIST_DELAY + 1,
+             "accept-listed country through Redis")
+
+
+CASES = (T1Doors, T2Reload, T3Start, T4Redis)
 
 
 class CountingResult(unittest.TextTestResult):
