@@ -15,7 +15,7 @@ BINDIR  ?= bin
 SAN     ?=
 PKGS    := milter hiredis libevent libevent_openssl openssl libmaxminddb
 CPPFLAGS_ALL := -I. -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -pthread $(OPT) $(SAN) $(CFLAGS)
+CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -pthread $(OPT) $(SAN) $(CFLAGS)
 LIBS_MILTER  := $(shell pkg-config --libs milter 2>/dev/null || echo -lmilter)
 LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis) -lcrypt $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto) \
 		$(shell pkg-config --libs libmaxminddb 2>/dev/null || echo -lmaxminddb)
@@ -98,6 +98,9 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_policy.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) sh tests/integration/test_miltertest.sh
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_lists.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_faults.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_list_bans.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_list_admin.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_redis_ratelimit.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_gateway.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_tls_auth.py

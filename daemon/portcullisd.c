@@ -1,7 +1,8 @@
 /*
  * portcullisd - the Portcullis daemon: a master and one worker per service.
  *
- *   portcullisd [-c FILE] [-o key=value]... [-f] [-n]
+ *   portcullisd [-c FILE] [-o key=value]... [-f] [-n | -t]
+ *   portcullisd --help | --version
  *
  * The master reads the configuration, compiles the policy (so errors show
  * before anything runs), binds the SMTP listeners, and forks one worker per
@@ -19,10 +20,16 @@
  *
  * -f stays in the foreground and logs to stderr; otherwise the daemon
  * detaches once every worker is ready and logs to syslog (mail facility).
- * -n prints the settings that differ from their defaults, like postconf -n.
+ * -n prints the settings that differ from their defaults, like postconf -n;
+ * -t checks the configuration and exits 0 or 1, like postfix check. Both
+ * run every check start-up runs (values, policy, TLS keys, list store URL,
+ * the directories start-up creates, run_user) short of binding the
+ * listeners, so a configuration they pass fails at start only for want of a
+ * resource (a busy port, say).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -40,7 +47,9 @@
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/owner.h"
+#include "common/pclimits.h"
 #include "common/tls.h"
+#include "common/version.h"
 #include "common/xmalloc.h"
 #include "common/stats.h"
 #include "daemon/metrics.h"
@@ -59,7 +68,6 @@
 
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
 #define MAX_SERVICES 4
-#define MAX_LISTENERS 16
 #define READY_TIMEOUT_MS 15000
 #define ORPHAN_GRACE_MS 700	/* a worker whose master died stops within this, or is cut */
 
@@ -84,15 +92,21 @@ static struct cidrtab *bare_exceptions;
 static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watches [0] */
 
 static void
-usage(void)
+usage(FILE *fp, int status)
 {
-	fprintf(stderr,
-	    "usage: portcullisd [-c FILE] [-o key=value]... [-f] [-n]\n"
-	    "  -c FILE   configuration file (default " DEFAULT_CONF ")\n"
-	    "  -o k=v    override a setting\n"
-	    "  -f        stay in the foreground, log to stderr\n"
-	    "  -n        print the settings that differ from the defaults, then exit\n");
-	exit(2);
+	fprintf(fp,
+	    "usage: portcullisd [-c FILE] [-o key=value]... [-f] [-n | -t]\n"
+	    "       portcullisd --help | --version\n"
+	    "  -c FILE    configuration file (default " DEFAULT_CONF ")\n"
+	    "  -o k=v     override a setting\n"
+	    "  -f         stay in the foreground, log to stderr\n"
+	    "  -n         check the configuration, print the settings that differ\n"
+	    "             from the defaults, then exit\n"
+	    "  -t         check the configuration, then exit 0 (good) or 1 (the error\n"
+	    "             on stderr, naming FILE:LINE)\n"
+	    "  --help     this text\n"
+	    "  --version  print the version\n");
+	exit(status);
 }
 
 static void
@@ -359,6 +373,118 @@ worker_main(enum service svc, int readyfd)
 
 /* ---- master side ---- */
 
+/* a directory start-up creates (mkdir -p): it is one, or its nearest
+ * existing ancestor is a directory we may write in; NULL ok, else why */
+static const char *
+dir_unusable(const char *dir)
+{
+	char *p = xstrdup(dir);
+	const char *why = NULL;
+	struct stat st;
+
+	for (;;) {
+		char *slash;
+
+		if (stat(p, &st) == 0) {
+			if (!S_ISDIR(st.st_mode))
+				why = strcmp(p, dir) == 0 ? "exists and is not a directory" :
+				    "a component of the path is not a directory";
+			else if (strcmp(p, dir) != 0 && access(p, W_OK) != 0)
+				why = "cannot be created (its parent is not writable)";
+			break;
+		}
+		if (errno == ENOTDIR) {
+			why = "a component of the path is not a directory";
+			break;
+		}
+		slash = strrchr(p, '/');
+		if (slash == NULL || slash == p)
+			break;
+		*slash = '\0';
+	}
+	free(p);
+	return why;
+}
+
+/* what the workers would find wrong at their start, checked before any runs:
+ * the milter socket, the list store URL, the directories start-up creates,
+ * run_user; 0 or -1 (said on stderr) */
+static int
+check_config_rest(const struct conf *c, const struct worker *wk, size_t nsvc)
+{
+	const char *err, *lists = conf_get(c, "lists"), *why;
+	unsigned uid, gid;
+	static const char *const dirs[] = { "state_dir", "lists", "delivery" };
+
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		const char *v = conf_get(c, dirs[i]);
+
+		/* file:DIR and maildir:DIR are created at start; other kinds are not dirs */
+		if (strncmp(v, "file:", 5) == 0)
+			v += 5;
+		else if (strncmp(v, "maildir:", 8) == 0)
+			v += 8;
+		else if (i > 0)
+			continue;
+		if (i == 2) {	/* the mail store is the smtp service's */
+			size_t j;
+
+			for (j = 0; j < nsvc && wk[j].svc != SVC_SMTP; j++)
+				;
+			if (j == nsvc)
+				continue;
+		}
+		if ((why = dir_unusable(v)) != NULL) {
+			fprintf(stderr, "portcullisd: %s: %s: \"%.200s\" %s\n", conf_where(c, dirs[i]),
+			    dirs[i], v, why);
+			return -1;
+		}
+	}
+
+	for (size_t i = 0; i < nsvc; i++) {
+		char spec[512];
+
+		if (wk[i].svc == SVC_MILTER &&
+		    milter_listen_spec(conf_get(c, "milter_listen"), spec, sizeof(spec), &err) < 0) {
+			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "milter_listen"), err);
+			return -1;
+		}
+	}
+	/* a file store is created by opening it: syntax is checked in conf;
+	 * a Redis store parses its URL and connects only when used */
+	if (strncmp(lists, "file:", 5) != 0) {
+		struct liststore *s = liststore_open_conf(c, &err);
+
+		if (s == NULL) {
+			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "lists"), err);
+			return -1;
+		}
+		liststore_free(&s);
+	}
+	if (owner_lookup(c, &uid, &gid, &err) < 0) {
+		fprintf(stderr, "portcullisd: %s\n", err);
+		return -1;
+	}
+	if (conf_get(c, "log_file")[0] != '\0') {
+		/* log_file is opened (not its directory made) at start */
+		const char *lf = conf_get(c, "log_file");
+		char *dir = xstrdup(lf);
+		struct stat st;
+
+		*strrchr(dir, '/') = '\0';	/* absolute: checked in conf */
+		if ((stat(lf, &st) == 0 && S_ISDIR(st.st_mode)) ||
+		    (dir[0] != '\0' && (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)))) {
+			fprintf(stderr, "portcullisd: %s: log_file: \"%.200s\": %s\n",
+			    conf_where(c, "log_file"), lf, stat(lf, &st) == 0 ?
+			    "is a directory" : "its directory does not exist");
+			free(dir);
+			return -1;
+		}
+		free(dir);
+	}
+	return 0;
+}
+
 /* wait up to secs for SIGTERM/SIGINT (blocked, so sigtimedwait takes it) */
 static int
 stop_requested_within(int secs)
@@ -466,10 +592,16 @@ stop_workers(struct worker *wk, size_t n)
 int
 main(int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
 	const char *conffile = DEFAULT_CONF, *err;
-	int foreground = 0, print_only = 0, ch;
-	struct conf *c = conf_new();
-	char **overrides = xcalloc((size_t)argc + 1, sizeof(char *));
+	int foreground = 0, print_only = 0, check_only = 0, ch;
+	struct conf *c = NULL;
+	/* static: still reachable when --help or a usage error exits early */
+	static char **overrides;
 	size_t noverrides = 0, nsvc = 0;
 	struct policy *p = NULL;
 	struct worker wk[MAX_SERVICES];
@@ -478,42 +610,61 @@ main(int argc, char **argv)
 	size_t n;
 	int detach_pipe[2] = { -1, -1 };
 
-	while ((ch = getopt(argc, argv, "c:o:fnh")) != -1) {
+	overrides = xcalloc((size_t)argc + 1, sizeof(char *));
+	opterr = 0;	/* we name the error ourselves, then print the usage */
+	while ((ch = getopt_long(argc, argv, ":c:o:fnt", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c': conffile = optarg; break;
 		case 'o': overrides[noverrides++] = optarg; break;
 		case 'f': foreground = 1; break;
 		case 'n': print_only = 1; break;
-		default: usage();
+		case 't': check_only = 1; break;
+		case 'h': usage(stdout, 0); break;
+		case 'V':
+			printf("portcullisd %s\n", PORTCULLIS_VERSION);
+			return 0;
+		case ':':
+			fprintf(stderr, "portcullisd: option %s needs an argument\n", argv[optind - 1]);
+			usage(stderr, 2);
+			break;
+		default:
+			if (optopt != 0)
+				fprintf(stderr, "portcullisd: unknown option -%c\n", optopt);
+			else
+				fprintf(stderr, "portcullisd: unknown option %s\n", argv[optind - 1]);
+			usage(stderr, 2);
 		}
 	}
-	if (optind != argc)
-		usage();
+	if (optind != argc) {
+		fprintf(stderr, "portcullisd: unexpected argument \"%.60s\"\n", argv[optind]);
+		usage(stderr, 2);
+	}
+	if (print_only && check_only) {
+		fprintf(stderr, "portcullisd: -n and -t exclude each other\n");
+		usage(stderr, 2);
+	}
 	/* a peer that resets while we write is an EPIPE to handle, not a
 	 * signal that kills the worker and every session on it */
 	signal(SIGPIPE, SIG_IGN);
+	c = conf_new();
 	if (conf_load_file(c, conffile, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
-		return 1;
+		goto fail;
 	}
 	for (size_t i = 0; i < noverrides; i++)
 		if (conf_set_override(c, overrides[i], &err) < 0) {
 			fprintf(stderr, "portcullisd: %s\n", err);
-			return 1;
+			goto fail;
 		}
 	free(overrides);
+	overrides = NULL;
 	if (conf_finish(c, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
-		return 1;
-	}
-	if (print_only) {
-		conf_print(c, stdout, 1);
-		conf_free(&c);
-		return 0;
+		goto fail;
 	}
 	if (policy_new(c, &p, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
-		return 1;
+		goto fail;
 	}
 	conf = c;
 	pol = p;
@@ -532,7 +683,8 @@ main(int argc, char **argv)
 		else {
 			fprintf(stderr, "portcullisd: %s: services: unknown service \"%.40s\" "
 			    "(expected milter, smtp, policy)\n", conf_where(c, "services"), svcs[i]);
-			return 1;
+			conf_list_free(svcs);
+			goto fail;
 		}
 		for (size_t j = 0; j < nsvc; j++)
 			if (wk[j].svc == s)
@@ -546,14 +698,14 @@ dup:		;
 	conf_list_free(svcs);
 	if (nsvc == 0) {
 		fprintf(stderr, "portcullisd: %s: services: nothing to run\n", conf_where(c, "services"));
-		return 1;
+		goto fail;
 	}
 	{
 		unsigned mechs;
 
 		if (authmech_parse(c, &mechs, &err) < 0) {
 			fprintf(stderr, "portcullisd: %s\n", err);
-			return 1;
+			goto fail;
 		}
 	}
 	{
@@ -561,19 +713,42 @@ dup:		;
 
 		if (penalty_conf_parse(c, &pc, &err) < 0) {
 			fprintf(stderr, "portcullisd: %s\n", err);
-			return 1;
+			goto fail;
 		}
 	}
 	for (size_t i = 0; i < nsvc; i++) {
 		if (wk[i].svc != SVC_POLICY)
 			continue;
 		listen = conf_get_list(c, "policy_listen", &n);
-		for (size_t j = 0; j < n && npolicy_fds < MAX_LISTENERS; j++) {
-			int fd = policy_door_listen(listen[j], &err);
+		for (size_t j = 0; j < n; j++) {
+			int fd;
 
+			if (npolicy_fds >= MAX_LISTENERS) {	/* refused, never dropped */
+				fprintf(stderr, "portcullisd: %s: policy_listen: too many listeners "
+				    "(at most %d)\n", conf_where(c, "policy_listen"), MAX_LISTENERS);
+				conf_list_free(listen);
+				goto fail;
+			}
+			if (check_only || print_only) {
+				/* what binding would parse, without binding (unix: in conf) */
+				struct sockaddr_storage ss;
+				socklen_t sl;
+
+				if (strncmp(listen[j], "inet:", 5) == 0 &&
+				    listener_parse(listen[j] + 5, "policy_listen", &ss, &sl, &err) < 0) {
+					fprintf(stderr, "portcullisd: %s: %s\n",
+					    conf_where(c, "policy_listen"), err);
+					conf_list_free(listen);
+					goto fail;
+				}
+				policy_fds[npolicy_fds++] = -1;
+				continue;
+			}
+			fd = policy_door_listen(listen[j], &err);
 			if (fd < 0) {
 				fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "policy_listen"), err);
-				return 1;
+				conf_list_free(listen);
+				goto fail;
 			}
 			policy_fds[npolicy_fds++] = fd;
 		}
@@ -581,28 +756,12 @@ dup:		;
 		if (npolicy_fds == 0) {
 			fprintf(stderr, "portcullisd: %s: policy_listen: nothing to listen on\n",
 			    conf_where(c, "policy_listen"));
-			return 1;
+			goto fail;
 		}
 	}
 	for (size_t i = 0; i < nsvc; i++) {
 		if (wk[i].svc != SVC_SMTP)
 			continue;
-		{
-			const char *d = conf_get(c, "delivery"), *rh = conf_get(c, "relayhost");
-
-			if (!(strncmp(d, "maildir:", 8) == 0 && d[8] == '/') &&
-			    !(strncmp(d, "relay:", 6) == 0 && downstream_target_is_valid(d + 6))) {
-				fprintf(stderr, "portcullisd: %s: delivery: expected maildir:/absolute/dir "
-				    "or relay:[ADDRESS]:PORT (numeric: the gateway does no DNS)\n",
-				    conf_where(c, "delivery"));
-				return 1;
-			}
-			if (rh[0] != '\0' && !downstream_target_is_valid(rh)) {
-				fprintf(stderr, "portcullisd: %s: relayhost: expected [ADDRESS]:PORT "
-				    "(numeric: the gateway does no DNS)\n", conf_where(c, "relayhost"));
-				return 1;
-			}
-		}
 		{
 			char **l = conf_get_list(c, "smtp_bare_newline_exceptions", &n);
 			struct cidrtab_builder *b = cidrtab_builder_new();
@@ -613,7 +772,9 @@ dup:		;
 				if (cidr_parse(l[j], &cd, &err) < 0) {
 					fprintf(stderr, "portcullisd: %s: smtp_bare_newline_exceptions: \"%.60s\": %s\n",
 					    conf_where(c, "smtp_bare_newline_exceptions"), l[j], err);
-					return 1;
+					conf_list_free(l);
+					bare_exceptions = cidrtab_build(&b);
+					goto fail;
 				}
 				cidrtab_builder_add(b, &cd, 1);
 			}
@@ -627,8 +788,15 @@ dup:		;
 		}
 		tls_ctx = tls_server_ctx_new(c, &err);
 		if (tls_ctx == NULL && err[0] != '\0') {
-			fprintf(stderr, "portcullisd: %s\n", err);
-			return 1;
+			/* "tls_x_file = PATH: why" does not say where it was set */
+			const char *key = strncmp(err, "tls_cert_file =", 15) == 0 ? "tls_cert_file" :
+			    strncmp(err, "tls_key_file =", 14) == 0 ? "tls_key_file" : NULL;
+
+			if (key != NULL)
+				fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, key), err);
+			else
+				fprintf(stderr, "portcullisd: %s\n", err);
+			goto fail;
 		}
 		{
 			static const char *const keys[] = { "smtp_listen", "submission_listen", "smtps_listen" };
@@ -638,19 +806,38 @@ dup:		;
 				if (k == 2 && n > 0 && tls_ctx == NULL) {
 					fprintf(stderr, "portcullisd: %s: smtps_listen needs tls_cert_file and tls_key_file\n",
 					    conf_where(c, "smtps_listen"));
-					return 1;
+					conf_list_free(listen);
+					goto fail;
 				}
 				for (size_t j = 0; j < n; j++) {
 					int fd;
 
-					if (nsmtp_fds == MAX_LISTENERS) {
-						fprintf(stderr, "portcullisd: %s: %s: more than %d listeners in all\n",
-						    conf_where(c, keys[k]), keys[k], MAX_LISTENERS);
-						return 1;
+					if (nsmtp_fds >= MAX_LISTENERS) {
+						fprintf(stderr, "portcullisd: %s: %s: too many listeners "
+						    "(at most %d in smtp_listen, submission_listen and "
+						    "smtps_listen together)\n", conf_where(c, keys[k]), keys[k],
+						    MAX_LISTENERS);
+						conf_list_free(listen);
+						goto fail;
+					}
+					if (check_only || print_only) {
+						/* what binding would parse, without binding */
+						struct sockaddr_storage ss;
+						socklen_t sl;
+
+						if (listener_parse(listen[j], keys[k], &ss, &sl, &err) < 0) {
+							fprintf(stderr, "portcullisd: %s: %s\n",
+							    conf_where(c, keys[k]), err);
+							conf_list_free(listen);
+							goto fail;
+						}
+						smtp_fds[nsmtp_fds++] = -1;
+						continue;
 					}
 					if (listener_bind(listen[j], keys[k], &fd, &err) < 0) {
 						fprintf(stderr, "portcullisd: %s\n", err);
-						return 1;
+						conf_list_free(listen);
+						goto fail;
 					}
 					smtp_kinds[nsmtp_fds] = (enum smtp_listener_kind)k;
 					smtp_fds[nsmtp_fds++] = fd;
@@ -658,6 +845,34 @@ dup:		;
 				conf_list_free(listen);
 			}
 		}
+	}
+	if (check_config_rest(c, wk, nsvc) < 0)
+		goto fail;
+	if (check_only || print_only) {
+		if (print_only)
+			conf_print(c, stdout, 1);
+		if (tls_ctx != NULL)
+			SSL_CTX_free(tls_ctx);
+		cidrtab_free(&bare_exceptions);
+		policy_free(&p);
+		conf_free(&c);
+		return 0;
+	}
+	if (0) {
+fail:		/* a configuration error: said on stderr; leave nothing behind */
+		free(overrides);
+		for (size_t i = 0; i < nsmtp_fds; i++)
+			if (smtp_fds[i] >= 0)
+				close(smtp_fds[i]);
+		for (size_t i = 0; i < npolicy_fds; i++)
+			if (policy_fds[i] >= 0)
+				close(policy_fds[i]);
+		if (tls_ctx != NULL)
+			SSL_CTX_free(tls_ctx);
+		cidrtab_free(&bare_exceptions);
+		policy_free(&p);
+		conf_free(&c);
+		return 1;
 	}
 
 	log_open("portcullisd", foreground);

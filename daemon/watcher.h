@@ -23,7 +23,12 @@ struct ratelimit;
 void watcher_set_ratelimit(struct watcher *w, struct ratelimit *rl);
 /* called on the watcher thread every poll interval (before start) */
 void watcher_set_tick(struct watcher *w, void (*tick)(void));
-/* any thread; never blocks (drops the request, logged, if the queue is full) */
+/* any thread; never blocks and never drops a ban: requests are coalesced by
+ * address, enforced at the watcher's next round and saved in batches (kept
+ * and retried while the store refuses them). origin: ORIGIN_AUTOBAN, ... */
+void watcher_ban_as(void *w, const struct ipaddr *addr, unsigned long seconds,
+    enum entry_origin origin, const char *why);
+/* watcher_ban_as(..., ORIGIN_AUTOBAN, why); why "auth-ban": ORIGIN_AUTHBAN */
 void watcher_ban(void *w, const struct ipaddr *addr, unsigned long seconds, const char *why);
 
 #endif

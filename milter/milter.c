@@ -274,10 +274,13 @@ cb_envfrom(SMFICTX *ctx, char **argv)
 	check_mail_macros(ctx);
 	/* Postfix sends {auth_authen} at MAIL only: the session carries it on */
 	auth = smfi_getsymval(ctx, "{auth_authen}");
-	/* MAIL FROM:<...> SMTPUTF8 (RFC 6531): UTF-8 addresses are addresses */
-	for (int i = 1; argv[i] != NULL; i++)
+	/* MAIL FROM:<...> SMTPUTF8 (RFC 6531): UTF-8 addresses are addresses;
+	 * DSN parameters earn room on the command line (RFC 3461) */
+	for (int i = 1; argv[i] != NULL; i++) {
 		if (strcasecmp(argv[i], "SMTPUTF8") == 0)
 			engine_mail_smtputf8(p->es);
+		engine_command_params(p->es, argv[i]);
+	}
 	snap = snapref_acquire(env->snaps, &ticket);
 	engine_mail(p->es, snap, argv[0], command_length(10, argv), auth,
 	    (long long)time(NULL), &v);
@@ -295,6 +298,8 @@ cb_envrcpt(SMFICTX *ctx, char **argv)
 
 	if (argv[0] == NULL)
 		return SMFIS_CONTINUE;
+	for (int i = 1; argv[i] != NULL; i++)
+		engine_command_params(p->es, argv[i]);
 	snap = snapref_acquire(env->snaps, &ticket);
 	engine_rcpt(p->es, snap, argv[0], command_length(8, argv), (long long)time(NULL), &v);
 	snapref_release(env->snaps, ticket);

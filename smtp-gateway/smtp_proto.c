@@ -34,7 +34,7 @@
 #include "common/xmalloc.h"
 #include "smtp-gateway/smtp_proto.h"
 
-#define SMTP_HARD_LINE_MAX 4096		/* when max_command_length = 0 */
+#define SMTP_HARD_LINE_MAX 4096		/* lines but HELO/MAIL/RCPT; all when max_command_length = 0 */
 #define SMTP_MAX_ERRORS 10		/* then 421; before AUTH */
 #define SMTP_MAX_ERRORS_AUTH 30		/* after AUTH: a known user gets more room */
 #define SMTP_MAX_RCPT_HARD 10000
@@ -81,6 +81,7 @@ struct smtp_proto {
 	int pending;
 	unsigned long ban;
 	struct ipaddr ban_addr;
+	const char *ban_reason;	/* the verdict's tag (static) */
 	unsigned errors;
 	int tls;		/* encrypted */
 	int submission;		/* AUTH required before MAIL */
@@ -249,6 +250,12 @@ smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r)
 	return b;
 }
 
+const char *
+smtp_proto_ban_reason(const struct smtp_proto *sp)
+{
+	return sp->ban_reason != NULL ? sp->ban_reason : "auto-ban";
+}
+
 int
 smtp_proto_may_ban(struct smtp_proto *sp, long long now)
 {
@@ -276,6 +283,7 @@ verdict_reply(struct smtp_proto *sp, enum engine_stage stage, const struct verdi
 	if (v->ban_seconds > 0 && sp->has_addr) {
 		sp->ban = v->ban_seconds;
 		sp->ban_addr = sp->addr;
+		sp->ban_reason = v->tag;
 	}
 	if (v->action == VERDICT_REJECT || v->action == VERDICT_TEMPFAIL) {
 		reply(sp, "%s %s %s", v->code, v->dsn, v->text);
@@ -311,10 +319,12 @@ error_reply(struct smtp_proto *sp, const char *fmt, ...)
 	count_error(sp);
 }
 
-/* the stage an over-long line counts as, for logs */
+/* the stage a line counts as: its verb, whole (MAILX is no MAIL) */
 static enum engine_stage
 command_stage(const char *line)
 {
+	if (strcspn(line, " ") != 4)
+		return STAGE_COMMAND;
 	if (strncasecmp(line, "MAIL", 4) == 0)
 		return STAGE_MAIL;
 	if (strncasecmp(line, "RCPT", 4) == 0)
@@ -392,8 +402,7 @@ smtp_proto_set_tls(struct smtp_proto *sp, int active)
 	sp->tls = active;
 	if (active && sp->st == ST_TLS) {
 		/* RFC 3207: forget everything said before the handshake */
-		if (sp->in_tx)
-			engine_abort(sp->es);
+		engine_starttls(sp->es);	/* the engine forgets HELO and AUTH too */
 		tx_reset(sp);
 		sp->greeted = 0;
 		sp->helo[0] = '\0';
@@ -857,6 +866,7 @@ cmd_mail(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 				reply(sp, "552 5.3.4 Message size exceeds fixed limit");
 				return;
 			}
+			engine_command_params(sp->es, tok);	/* RFC 1870: 26 more octets */
 		} else if (strncasecmp(tok, "BODY=", 5) == 0) {
 			if (strcasecmp(tok + 5, "8BITMIME") != 0 && strcasecmp(tok + 5, "7BIT") != 0) {
 				error_reply(sp, "501 5.5.4 Bad BODY parameter");
@@ -926,6 +936,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	}
 	/* the address the engine judged (postmaster rewritten, qualified) */
 	if ((ra = engine_rcpt_address(sp->es, &local)) == NULL || ra->domain[0] == '\0') {
+		engine_rcpt_refused(sp->es);
 		error_reply(sp, "501 5.1.3 Bad recipient address syntax");
 		return;
 	}
@@ -939,7 +950,9 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 				log_info("reject: RCPT from %s: 550 5.1.1 User unknown; to=<%s> "
 				    "reason=unknown-user", engine_client_text(sp->es),
 				    printable(fmt, sizeof(fmt), rcpt));
-				/* counts toward the error budget: a run of probes ends in 421 */
+				/* counts toward the error budget: a run of probes ends in 421;
+				 * and not toward max_recipients: it was refused */
+				engine_rcpt_refused(sp->es);
 				error_reply(sp, "550 5.1.1 <%s>: Recipient address rejected: User unknown",
 				    printable(fmt, sizeof(fmt), rcpt));
 				return;
@@ -949,6 +962,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 		}
 	}
 	if (!local && !sp->p->passthrough && !sp->p->have_relayhost) {
+		engine_rcpt_refused(sp->es);
 		reply(sp, "451 4.3.5 <%s>: relaying is allowed but no relayhost is configured",
 		    rcpt);
 		return;
@@ -958,6 +972,7 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 
 		if (sp->route != 0 && sp->route != route) {
 			/* one message goes one way: RFC 5321 clients send the rest later */
+			engine_rcpt_refused(sp->es);
 			reply(sp, "452 4.5.3 Error: send the recipients %s in a separate transaction",
 			    route == 2 ? "outside our domains" : "in our domains");
 			return;
@@ -1402,13 +1417,31 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 			    strncasecmp(sp->line, "AUTH ", 5) == 0);
 
 			sp->line[sp->linelen - (crlf ? 1 : 0)] = '\0';
-			/* AUTH exchanges may run to 12288 octets (RFC 4954); nothing else */
-			if (!sp->overflow && !authline && sp->p->pol->max_command_length > 0 &&
-			    cmdlen > sp->p->pol->max_command_length)
+			/* AUTH exchanges may run to 12288 octets (RFC 4954). HELO/EHLO,
+			 * MAIL and RCPT go to the engine, which holds them to
+			 * max_command_length (plus what their ESMTP parameters earn)
+			 * and bans past it; any other line only needs to fit */
+			enum engine_stage cst = command_stage(sp->line);
+			struct verdict v;
+			int judged = 0;
+
+			if (!sp->overflow && !authline && cmdlen > SMTP_HARD_LINE_MAX &&
+			    (cst == STAGE_COMMAND || sp->p->pol->max_command_length == 0))
 				sp->overflow = 1;
-			else if (!sp->overflow && sp->p->pol->max_command_length == 0 && !authline &&
-			    cmdlen > SMTP_HARD_LINE_MAX)
-				sp->overflow = 1;
+			if (!sp->overflow && !authline && cst != STAGE_COMMAND &&
+			    sp->p->pol->max_command_length > 0 &&
+			    cmdlen > sp->p->pol->max_command_length) {
+				/* judged before the arguments are parsed, with the room
+				 * its ESMTP parameters earn */
+				unsigned ticket;
+				const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
+
+				engine_command_params(sp->es, sp->line + 4);
+				engine_long_command(sp->es, snap, cst, cmdlen, now, &v);
+				snapref_release(sp->p->snaps, ticket);
+				judged = 1;
+				sp->overflow = v.tag != NULL;
+			}
 			if (sp->st == ST_AUTH && !sp->overflow) {
 				if (!crlf && sp->bare_reject) {
 					sp->st = ST_CMD;
@@ -1418,19 +1451,20 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 				}
 				explicit_bzero(sp->line, sp->linelen);
 			} else if (sp->overflow) {
-				unsigned ticket;
-				const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
-				struct verdict v;
-
 				if (sp->st == ST_AUTH)
 					sp->st = ST_CMD;
-				engine_long_command(sp->es, snap, cmdlen, now, &v);
-				snapref_release(sp->p->snaps, ticket);
+				if (!judged) {
+					unsigned ticket;
+					const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);
+
+					engine_long_command(sp->es, snap, cst, cmdlen, now, &v);
+					snapref_release(sp->p->snaps, ticket);
+				}
 				/* the engine's verdict (and ban), or our hard cap; one ban a session */
 				if (sp->banned)
 					v.ban_seconds = 0;
 				/* an AUTH line or SASL response is never logged, not even cut short */
-				if (v.tag == NULL || !verdict_reply(sp, command_stage(sp->line), &v,
+				if (v.tag == NULL || !verdict_reply(sp, cst, &v,
 				    authline ? "AUTH (credentials not logged)" : sp->line))
 					error_reply(sp, "500 5.5.2 Error: line too long");
 				else
@@ -1534,7 +1568,10 @@ smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 		sp->rcpt[sp->nrcpt] = xstrdup(sp->down_rcpt);
 		sp->rcpt_local[sp->nrcpt] = 0;
 		sp->nrcpt++;
-	} else if (sp->nrcpt == 0 && line[0] != '2') {
+	} else {
+		engine_rcpt_refused(sp->es);	/* the downstream refused it */
+	}
+	if (sp->nrcpt == 0 && line[0] != '2') {
 		/* no session worth keeping: the next recipient opens afresh */
 		sp->route = 0;
 		sp->down_reset = 1;

@@ -152,6 +152,8 @@ int smtp_proto_take_down_reset(struct smtp_proto *sp);
 int smtp_proto_may_ban(struct smtp_proto *sp, long long now);
 /* a ban the last verdict asked for: seconds > 0 (cleared by reading) */
 unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);
+/* the reason for the kill list: the tag of the verdict that asked for the ban */
+const char *smtp_proto_ban_reason(const struct smtp_proto *sp);
 /* the connection is (now) encrypted: after implicit TLS or a STARTTLS handshake */
 void smtp_proto_set_tls(struct smtp_proto *sp, int active);
 /* a submission listener: MAIL needs AUTH first */

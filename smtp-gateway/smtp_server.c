@@ -937,7 +937,7 @@ handle_ban(struct conn *c)
 	unsigned long secs = smtp_proto_take_ban(c->sp, &a);
 
 	if (secs > 0 && c->srv->c->ban != NULL)
-		c->srv->c->ban(c->srv->c->ban_arg, &a, secs, "long-command");
+		c->srv->c->ban(c->srv->c->ban_arg, &a, secs, smtp_proto_ban_reason(c->sp));
 }
 
 /* the input is taken for now: the deadline after what came and went */

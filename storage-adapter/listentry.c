@@ -7,6 +7,8 @@
  *                            "country:fr" -> canonical key (lower case; CIDR in
  *                            canonical form; a country's two letters upper case)
  *   listentry_parse_line()   a list-file line (key + key=value attributes)
+ *   listentry_parse_buf()    the same from bytes and a length: a NUL byte
+ *                            rejects the line instead of cutting it short
  *   listentry_format_line()  the reverse
  *
  * Input is hostile (hand-edited files, CLI arguments, later Redis): every
@@ -336,6 +338,22 @@ listentry_parse_line(const char *line, struct list_entry *e, const char **error_
 bad:
 	listentry_clear(e);
 	return -1;
+}
+
+int
+listentry_parse_buf(const char *buf, size_t len, struct list_entry *e, const char **error_r)
+{
+	memset(e, 0, sizeof(*e));
+	/* a C string would end at the NUL and accept the truncated line */
+	if (memchr(buf, '\0', len) != NULL) {
+		*error_r = "NUL byte in the line";
+		return -1;
+	}
+	if (len > MAX_LIST_LINE) {
+		*error_r = "line too long";
+		return -1;
+	}
+	return listentry_parse_line(buf, e, error_r);
 }
 
 char *

@@ -48,6 +48,10 @@ int listentry_reason_is_valid(const char *reason);
 /* one list-file line: "ENTRY [added=T] [expires=T] [origin=O] [reason=TEXT...]" */
 int listentry_parse_line(const char *line, struct list_entry *e, const char **error_r)
     __attribute__((warn_unused_result));
+/* the same from len bytes with buf[len] == '\0' (as read_line() and
+ * hiredis leave them): a NUL byte inside is an error, never a shorter line */
+int listentry_parse_buf(const char *buf, size_t len, struct list_entry *e,
+    const char **error_r) __attribute__((warn_unused_result));
 /* the line for a list file, without newline; xmalloc'd */
 char *listentry_format_line(const struct list_entry *e);
 void listentry_clear(struct list_entry *e);

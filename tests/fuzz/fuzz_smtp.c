@@ -37,7 +37,7 @@ setup(void)
 	log_open("fuzz", 1);
 	log_set_level(LOG_LVL_ERROR);
 	if (conf_load_string(c, "fuzz", "mydomains = example.com\nmax_recipients = 5\n"
-	    "max_command_length = 100\n", &err) < 0 || conf_finish(c, &err) < 0 ||
+	    "max_command_length = 512\n", &err) < 0 || conf_finish(c, &err) < 0 ||
 	    policy_new(c, &pol, &err) < 0)
 		abort();
 	conf_free(&c);	/* the policy keeps what it needs; pol and snaps live to exit */

@@ -811,6 +811,25 @@ class T03Auth(Case):
         finally:
             c.close()
 
+    def test_auth_rset_starttls_then_no_relay(self):
+        # RFC 3207 4.2 on the smtp door, where MAIL needs no AUTH: the engine
+        # must forget the identity too (the finding: AUTH, RSET, STARTTLS,
+        # EHLO, MAIL without AUTH, and a relayed RCPT was accepted)
+        c = Client(MAIN.ports["smtp"])
+        try:
+            c.ehlo()
+            self.assertReply(c.auth_cram(USER, PASSWORD), 235, "2.7.0", c, "CRAM-MD5 before TLS")
+            c.mail()
+            self.assertReply(c.rcpt("user@other.org"), 250, None, c, "relay while authenticated")
+            self.assertReply(c.cmd("RSET"), 250, None, c, "RSET")
+            self.assertEqual(c.starttls(), 220, c.transcript())
+            c.ehlo()
+            self.assertReply(c.mail(), 250, None, c, "MAIL inside TLS, no AUTH")
+            self.assertReply(c.rcpt("user@other.org"), 550, "5.7.1", c,
+                             "relayed RCPT inside TLS without AUTH in this TLS session")
+        finally:
+            c.close()
+
     def test_cram_md5_without_tls_wrong_password(self):
         with Client(MAIN.ports["smtp"]) as c:
             c.ehlo()

@@ -147,7 +147,41 @@ test_listentry_roundtrip(void)
 	listentry_clear(&back);
 }
 
+/* bytes with a length: a NUL byte rejects the line, never shortens it */
+static void
+test_listentry_buf(void)
+{
+	static const struct {
+		const char *name;
+		const char *buf;
+		size_t len;
+		const char *err;	/* NULL: parses */
+		const char *key;
+	} t[] = {
+		{ "plain line", "192.0.2.1 reason=x", 18, NULL, "192.0.2.1" },
+		{ "NUL after the entry", "192.0.2.1\0 junk", 15, "NUL byte", NULL },
+		{ "NUL inside the entry", "192.0.2.1\0/8", 12, "NUL byte", NULL },
+		{ "NUL in a reason", "192.0.2.1 reason=a\0b", 20, "NUL byte", NULL },
+		{ "a lone NUL", "\0", 1, "NUL byte", NULL },
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct list_entry e;
+		const char *err = NULL;
+		int rc = listentry_parse_buf(t[i].buf, t[i].len, &e, &err);
+
+		if (t[i].err == NULL ? rc != 0 || strcmp(e.key, t[i].key) != 0 :
+		    rc != -1 || err == NULL || strstr(err, t[i].err) == NULL) {
+			fprintf(stderr, "\n  case \"%s\": rc %d, %s\n", t[i].name, rc,
+			    rc == 0 ? e.key : err ? err : "-");
+			CU_FAIL("listentry_parse_buf differs");
+		}
+		if (rc == 0)
+			listentry_clear(&e);
+	}
+}
+
 static CU_TestInfo tests[] = {
+	{ "bytes with a length: NUL rejects the line", test_listentry_buf },
 	{ "entry keys: forms and garbage", test_listentry_keys },
 	{ "list-file lines: attributes and garbage", test_listentry_lines },
 	{ "format/parse round trip", test_listentry_roundtrip },
