@@ -338,14 +338,14 @@ class T2Reload(unittest.TestCase):
 class T3Start(unittest.TestCase):
     """geoip_database problems at start: exit 1, the file named."""
 
-    def start_with(self, **o):
+    def start_with(self, *flags, **o):
         d = tempfile.mkdtemp(prefix="geo-start.", dir=LAB.dir)
         conf = os.path.join(d, "portcullis.cf")
         port = labmod.free_port()
         with open(conf, "w") as f:
             f.write(labmod.daemon_config_text(port, d, **o))
         os.mkdir(os.path.join(d, "lists"))
-        p = subprocess.run([os.path.join(labmod.BIN, "portcullisd"), "-c", conf, "-f"],
+        p = subprocess.run([os.path.join(labmod.BIN, "portcullisd"), "-c", conf, "-f"] + list(flags),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            timeout=30, stdin=subprocess.DEVNULL)
         return p
@@ -353,6 +353,10 @@ class T3Start(unittest.TestCase):
     def test_01_missing_database(self):
         missing = os.path.join(LAB.dir, "no-such.mmdb")
         p = self.start_with(geoip_database=missing)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("geoip_database: %s: No such file or directory" % missing, p.stderr)
+        # the configuration check (-t) says the same
+        p = self.start_with("-t", geoip_database=missing)
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn("geoip_database: %s: No such file or directory" % missing, p.stderr)
 
