@@ -62,6 +62,7 @@ struct geoip {
 	/* the reloading thread's own */
 	struct fileid pending;		/* seen changed at the last poll */
 	struct fileid failed;		/* did not open: not tried again */
+	unsigned missing;		/* polls the path has been missing */
 	char errbuf[512];
 	pthread_t thread;
 	int running;
@@ -264,12 +265,17 @@ geoip_reload_if_changed(struct geoip *g, const char **error_r)
 	struct stat st;
 
 	if (stat(g->path, &st) < 0) {
-		/* gone for a moment (a replace by unlink and rename), or for good:
-		 * keep what we have; the error is logged when a file that does
-		 * not open appears */
+		/* gone for a moment (a replace by unlink and rename) is nothing
+		 * to say; gone at two polls in a row is said once. Either way
+		 * the loaded database serves on. */
 		memset(&g->pending, 0, sizeof(g->pending));
-		return 0;
+		if (++g->missing != 2)
+			return 0;
+		snprintf(g->errbuf, sizeof(g->errbuf), "%s: %s", g->path, strerror(errno));
+		*error_r = g->errbuf;
+		return -1;
 	}
+	g->missing = 0;
 	fileid_of(&st, &now);
 	old = atomic_load(&g->cur);
 	if (fileid_eq(&now, &old->id) || fileid_eq(&now, &g->failed))

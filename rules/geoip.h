@@ -28,7 +28,8 @@ int geoip_lookup(struct geoip *g, const struct ipaddr *addr, char cc_r[3]);
 /* the reload step (one thread at a time): 1 when a new file was opened and
  * published, 0 when nothing changed (or the change is still settling), -1
  * with *error_r when the new file does not open -- the old database stays
- * in force and the same file is not tried again */
+ * in force and the same file is not tried again; -1 too (once) when the
+ * file has been missing at two calls in a row */
 int geoip_reload_if_changed(struct geoip *g, const char **error_r);
 /* a thread running geoip_reload_if_changed() every interval_ms, logging
  * what it does; geoip_free() stops it */

@@ -178,8 +178,14 @@ test_geoip_reload_rules(void)
 	CU_ASSERT_EQUAL(geoip_reload_if_changed(g, &err), 0);
 	CU_ASSERT_TRUE(geoip_lookup(g, &ip, cc) && strcmp(cc, "QQ") == 0);
 
-	/* gone for a while: the old one serves; back: loaded */
+	/* gone for a moment: nothing said; for longer: said once; the old
+	 * one serves all along; back: loaded */
 	CU_ASSERT_EQUAL(unlink(live), 0);
+	CU_ASSERT_EQUAL(geoip_reload_if_changed(g, &err), 0);
+	err = NULL;
+	CU_ASSERT_EQUAL(geoip_reload_if_changed(g, &err), -1);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(err);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "No such file or directory"));
 	CU_ASSERT_EQUAL(geoip_reload_if_changed(g, &err), 0);
 	CU_ASSERT_TRUE(geoip_lookup(g, &ip, cc) && strcmp(cc, "QQ") == 0);
 	replace(a, live);
