@@ -10,7 +10,9 @@
  * readers[epoch & 1] before loading the pointer; the reloading thread swaps
  * the pointer, then twice flips the epoch and waits for the previous
  * parity's count to drain before it closes the old database. A lookup holds
- * the database for a microsecond or so, so that wait is short.
+ * the database for a microsecond or so, so that wait is short. The counts
+ * are striped over cache lines (a thread keeps to one stripe), so threads
+ * looking up at once do not fight over one line; the writer sums them.
  *
  * A reload waits until the file has stayed the same (inode, size, mtime) for
  * one poll, so a file still being written is not read half-way; a file that
@@ -51,14 +53,21 @@ struct geoip_db {
 	struct fileid id;
 };
 
+#define GEOIP_STRIPES 16
+
+struct stripe {
+	atomic_long readers[2];
+	char pad[64 - 2 * sizeof(atomic_long)];
+};
+
 struct geoip {
+	struct stripe stripes[GEOIP_STRIPES];	/* first: 64-byte aligned */
 	char *path;
 	char *field;			/* as configured, for messages */
 	char *keys_buf;			/* the split path, NUL-separated */
 	const char *keys[GEOIP_MAX_FIELD_KEYS + 1];	/* NULL-terminated */
 	_Atomic(struct geoip_db *) cur;
 	atomic_uint epoch;
-	atomic_long readers[2];
 	/* the reloading thread's own */
 	struct fileid pending;		/* seen changed at the last poll */
 	struct fileid failed;		/* did not open: not tried again */
@@ -69,6 +78,9 @@ struct geoip {
 	atomic_int stop;
 	unsigned interval_ms;
 };
+
+static atomic_uint next_stripe;
+static _Thread_local int my_stripe = -1;
 
 static void
 fileid_of(const struct stat *st, struct fileid *id)
@@ -129,11 +141,14 @@ int
 geoip_open(const char *path, const char *field, struct geoip **g_r, const char **error_r)
 {
 	static char errbuf[600];
-	struct geoip *g = xcalloc(1, sizeof(*g));
+	struct geoip *g = aligned_alloc(64, (sizeof(*g) + 63) / 64 * 64);
 	struct geoip_db *db;
 	size_t nkeys = 0;
 	char *p;
 
+	if (g == NULL)
+		fatal("out of memory");
+	memset(g, 0, sizeof(*g));
 	g->path = xstrdup(path);
 	g->field = xstrdup(field);
 	g->keys_buf = xstrdup(field);
@@ -155,8 +170,10 @@ geoip_open(const char *path, const char *field, struct geoip **g_r, const char *
 	}
 	g->keys[nkeys] = NULL;
 	atomic_init(&g->epoch, 0);
-	atomic_init(&g->readers[0], 0);
-	atomic_init(&g->readers[1], 0);
+	for (int i = 0; i < GEOIP_STRIPES; i++) {
+		atomic_init(&g->stripes[i].readers[0], 0);
+		atomic_init(&g->stripes[i].readers[1], 0);
+	}
 	atomic_init(&g->stop, 0);
 	if ((db = db_open(g)) == NULL) {
 		snprintf(errbuf, sizeof(errbuf), "geoip_database: %s", g->errbuf);
@@ -209,6 +226,7 @@ geoip_lookup(struct geoip *g, const struct ipaddr *addr, char cc_r[3])
 	MMDB_lookup_result_s res;
 	MMDB_entry_data_s data;
 	const struct geoip_db *db;
+	atomic_long *readers;
 	unsigned e;
 	int err, found = 0;
 
@@ -223,8 +241,11 @@ geoip_lookup(struct geoip *g, const struct ipaddr *addr, char cc_r[3])
 			u.in6.sin6_addr.s6_addr[8 + i] = (uint8_t)(addr->lo >> (56 - 8 * i));
 		}
 	}
+	if (my_stripe < 0)
+		my_stripe = (int)(atomic_fetch_add(&next_stripe, 1) % GEOIP_STRIPES);
+	readers = g->stripes[my_stripe].readers;
 	e = atomic_load(&g->epoch) & 1;
-	atomic_fetch_add(&g->readers[e], 1);
+	atomic_fetch_add(&readers[e], 1);
 	db = atomic_load(&g->cur);
 	/* an IPv6 address in an IPv4-only database is an error: not found */
 	res = MMDB_lookup_sockaddr(&db->mmdb, &u.sa, &err);
@@ -244,7 +265,7 @@ geoip_lookup(struct geoip *g, const struct ipaddr *addr, char cc_r[3])
 			found = 1;
 		}
 	}
-	atomic_fetch_sub(&g->readers[e], 1);
+	atomic_fetch_sub(&readers[e], 1);
 	return found;
 }
 
@@ -295,7 +316,8 @@ geoip_reload_if_changed(struct geoip *g, const char **error_r)
 	for (int phase = 0; phase < 2; phase++) {
 		unsigned e = atomic_fetch_add(&g->epoch, 1);
 
-		wait_drain(&g->readers[e & 1]);
+		for (int i = 0; i < GEOIP_STRIPES; i++)
+			wait_drain(&g->stripes[i].readers[e & 1]);
 	}
 	db_close(&old);
 	return 1;
