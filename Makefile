@@ -13,11 +13,12 @@ OPT     ?= -O2 -g
 BUILD   ?= build/release
 BINDIR  ?= bin
 SAN     ?=
-PKGS    := milter hiredis libevent libevent_openssl openssl libgsasl
+PKGS    := milter hiredis libevent libevent_openssl openssl libgsasl libmaxminddb
 CPPFLAGS_ALL := -I. -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -pthread $(OPT) $(SAN) $(CFLAGS)
 LIBS_MILTER  := $(shell pkg-config --libs milter 2>/dev/null || echo -lmilter)
-LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis) $(shell pkg-config --libs libgsasl 2>/dev/null || echo -lgsasl) -lcrypt $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
+LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis) $(shell pkg-config --libs libgsasl 2>/dev/null || echo -lgsasl) -lcrypt $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto) \
+		$(shell pkg-config --libs libmaxminddb 2>/dev/null || echo -lmaxminddb)
 LIBS_EVENT   := $(shell pkg-config --libs libevent libevent_openssl 2>/dev/null || echo -levent -levent_openssl)
 LIBS_SSL     := $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 LIBS_CUNIT   := $(shell pkg-config --libs cunit 2>/dev/null || echo -lcunit)
@@ -35,6 +36,7 @@ DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
 UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
 BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
 NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
+GEOIP_BENCH_OBJ  := $(BUILD)/tests/bench/geoip_bench.o
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -66,6 +68,10 @@ $(BINDIR)/mailstore-tool: $(BUILD)/tests/integration/mailstore_tool.o $(LIB)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
 $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
+
+$(BINDIR)/geoip-bench: $(GEOIP_BENCH_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
@@ -120,9 +126,10 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_addresses.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_reload.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_geoip.py
 
 bench: deps
-	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter
+	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter $(BINDIR)/geoip-bench
 	sh tests/bench/run.sh
 	python3 tests/bench/redis_bench.py
 	python3 tests/bench/gateway_bench.py

@@ -15,6 +15,7 @@
  *   portcullis [-c FILE] [-o k=v]... user del USER@DOMAIN | user list
  *   portcullis [-c FILE] [-o k=v]... explain --client IP [--hostname NAME] [--helo H]
  *                 [--auth USER] --from ADDR --rcpt ADDR... [--header NAME]...
+ *                 [--country CC]   (instead of geoip_database's answer)
  *   portcullis [-c FILE] [-o k=v]... reload
  *
  * Writes go to the list store named by `lists`; a running portcullisd picks
@@ -26,6 +27,7 @@
  * Exit: 0 done (explain: accepted), 1 refused by explain, 2 error (a usage
  * error says what is wrong, then prints the usage).
  */
+#include <ctype.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -68,7 +70,8 @@ static const char *const usage_lines[] = {
 	"stats [--prometheus]",
 	"reload    (the running portcullisd re-reads its configuration; waits for the verdict)",
 	"explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
-	"          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...",
+	"          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
+	"          [--country CC]",
 };
 static const char *command_words = "";	/* "kill add": for usage errors */
 
@@ -88,7 +91,7 @@ usage_to(FILE *fp, const char *cmd)
 			fprintf(fp, "  %s\n", usage_lines[i]);
 	if (cmd == NULL || cl == 0 || strcmp(cmd, "kill|accept") == 0)
 		fprintf(fp, "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
-		    "       host:.example.com, user@example.com, @example.com\n"
+		    "       host:.example.com, user@example.com, @example.com, country:FR\n"
 		    "TIME: seconds, or with a unit: 90s, 10m, 2h, 7d, 1w\n"
 		    "--force: an accept entry wider than an IPv4 /8 or an IPv6 /16\n");
 }
@@ -1016,7 +1019,7 @@ static int
 cmd_explain(const struct conf *c, int argc, char **argv)
 {
 	const char *client = NULL, *hostname = NULL, *helo = NULL, *auth = NULL;
-	const char *from = NULL, *err;
+	const char *from = NULL, *country = NULL, *err;
 	char **rcpts = xcalloc((size_t)argc + 1, sizeof(char *));
 	char **headers = xcalloc((size_t)argc + 1, sizeof(char *));
 	size_t nrcpt = 0, nhdr = 0;
@@ -1042,12 +1045,16 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 		else if (strcmp(o, "--from") == 0) from = argv[++i];
 		else if (strcmp(o, "--rcpt") == 0) rcpts[nrcpt++] = argv[++i];
 		else if (strcmp(o, "--header") == 0) headers[nhdr++] = argv[++i];
+		else if (strcmp(o, "--country") == 0) country = argv[++i];
 		else usage();
 	}
 	if (client == NULL || from == NULL || nrcpt == 0)
 		usage();
 	if (cidr_addr_parse(client, &addr) < 0)
 		die("--client \"%.60s\" is not an IP address", client);
+	if (country != NULL && !(strlen(country) == 2 && isalpha((unsigned char)country[0]) &&
+	    isalpha((unsigned char)country[1])))
+		die("--country \"%.60s\" is not a two-letter country code", country);
 	if (policy_new(c, &pol, &err) < 0)
 		die("%s", err);
 	s = open_store(c);
@@ -1060,8 +1067,13 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	    listset_build(&lists[LIST_ACCEPT], now));
 	es = engine_session_new(pol);
 
+	if (country != NULL)	/* instead of geoip_database's answer */
+		engine_session_set_country(es, country);
 	engine_connect(es, snap, &addr, hostname, now, &v);
 	print_verdict("CONNECT", engine_client_text(es), &v);
+	printf("%15s country=%s%s\n", "", engine_session_country(es) ?
+	    engine_session_country(es) : "unknown", country != NULL ? " (--country)" :
+	    pol->geoip == NULL ? " (no geoip_database)" : "");
 	if (helo != NULL) {
 		engine_helo(es, snap, helo, 5 + strlen(helo) + 2, now, &v);
 		print_verdict("HELO", helo, &v);

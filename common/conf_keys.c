@@ -91,5 +91,9 @@ const struct conf_key conf_keys[] = {
 	{ "long_command_ban", "3600", CT_TIME, NULL, 0, 315360000 },
 	{ "policy_mode", "enforce", CT_ENUM, "enforce|warn", 0, 0 },
 
+	/* GeoIP: the client's country, for country:XX list entries and logs */
+	{ "geoip_database", "", CT_STR, NULL, 0, 0 },	/* MaxMind DB file; "": none */
+	{ "geoip_country_field", "country.iso_code", CT_STR, NULL, 0, 0 },	/* map keys */
+
 	{ NULL, NULL, CT_STR, NULL, 0, 0 },
 };

@@ -71,6 +71,7 @@
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "policy/policy_door.h"
+#include "rules/geoip.h"
 #include "rules/policy.h"
 #include "service/listener.h"
 #include "smtp-gateway/downstream.h"
@@ -398,6 +399,9 @@ milter_ctl_thread(void *arg)
 		    milter_lists_swap(c, p, reply, sizeof(reply) - 1) < 0) {
 			policy_free(&p);
 		} else {
+			/* the new policy's own database: a replaced file is reopened live */
+			if (p->geoip != NULL && geoip_watch_start(p->geoip, 500, &e) < 0)
+				log_warn("milter: geoip_database not watched for changes: %s", e);
 			milter_set_policy(p);
 			if (log_level_parse(conf_get(c, "log_level"), &lvl) == 0)
 				log_set_level(lvl);
@@ -493,6 +497,12 @@ worker_main(enum service svc, int readyfd)
 		ready(readyfd, msg);
 		return 1;
 	}
+	/* a replaced geoip_database is reopened within a second (this worker's copy) */
+	if (pol->geoip != NULL && geoip_watch_start(pol->geoip, 500, &err) < 0) {
+		snprintf(msg, sizeof(msg), "%s\n", err);
+		ready(readyfd, msg);
+		return 1;
+	}
 	if (svc == SVC_MILTER) {
 		log_info("milter ready on %s", conf_get(conf, "milter_listen"));
 		ready(readyfd, "ok\n");
@@ -574,6 +584,8 @@ worker_main(enum service svc, int readyfd)
 		}
 		block_stop_signals(SIG_BLOCK);
 	}
+	if (pol->geoip != NULL)
+		geoip_watch_stop(pol->geoip);
 	watcher_stop_and_free(&w);
 	snapref_deinit(&snaps);
 	liststore_free(&store);

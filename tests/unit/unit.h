@@ -22,6 +22,7 @@ void test_listener_register(void);
 void test_policy_door_register(void);
 void test_service_register(void);
 void test_mailstore_register(void);
+void test_geoip_register(void);
 
 /* add a suite with its tests; tests end with { NULL, NULL } */
 void unit_suite(const char *name, CU_TestInfo *tests);
