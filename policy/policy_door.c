@@ -39,7 +39,10 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "common/conf.h"
+#include "common/connid.h"
 #include "common/log.h"
+#include "common/pclimits.h"
 #include "common/stats.h"
 #include "common/xmalloc.h"
 #include "policy/policy_check.h"
@@ -68,8 +71,60 @@ struct pconn {
 	int paused;		/* reading stopped until the peer reads our answers */
 	int warned;		/* one malformed-request line per connection */
 	char peer[CIDR_TEXT_MAX + 8];
+	char id[CONNID_MAX];	/* "conn=ID" on the connection's log lines */
 	struct policy_parser parser;
 };
+
+struct policy_door_conf *
+policy_door_conf_new(const struct conf *c, const char **error_r)
+{
+	static char err[600];
+	struct policy_door_conf *pc = xcalloc(1, sizeof(*pc));
+
+	pc->env.max_connections = (unsigned)conf_get_int(c, "policy_max_connections");
+	pc->env.idle_timeout = (unsigned)conf_get_int(c, "policy_idle_timeout");
+	pc->env.request_timeout = (unsigned)conf_get_int(c, "policy_timeout");
+	pc->listen = conf_get_list(c, "policy_listen", &pc->nlisten);
+	if (pc->nlisten > MAX_LISTENERS) {	/* refused, never dropped */
+		snprintf(err, sizeof(err), "%s: policy_listen: too many listeners (at most %d)",
+		    conf_where(c, "policy_listen"), MAX_LISTENERS);
+		goto fail;
+	}
+	if (pc->nlisten == 0) {
+		snprintf(err, sizeof(err), "%s: policy_listen: nothing to listen on",
+		    conf_where(c, "policy_listen"));
+		goto fail;
+	}
+	for (size_t j = 0; j < pc->nlisten; j++) {
+		/* what binding would parse, without binding (unix: in conf) */
+		struct sockaddr_storage ss;
+		socklen_t sl;
+		const char *e;
+
+		if (strncmp(pc->listen[j], "inet:", 5) == 0 &&
+		    listener_parse(pc->listen[j] + 5, "policy_listen", &ss, &sl, &e) < 0) {
+			snprintf(err, sizeof(err), "%s: %s", conf_where(c, "policy_listen"), e);
+			goto fail;
+		}
+	}
+	return pc;
+fail:
+	*error_r = err;
+	policy_door_conf_free(&pc);
+	return NULL;
+}
+
+void
+policy_door_conf_free(struct policy_door_conf **pcp)
+{
+	struct policy_door_conf *pc = *pcp;
+
+	if (pc == NULL)
+		return;
+	conf_list_free(pc->listen);
+	free(pc);
+	*pcp = NULL;
+}
 
 int
 policy_door_listen(const char *spec, const char **error_r)
@@ -159,7 +214,7 @@ answer(struct pconn *c, const struct policy_request *req, int fatal)
 
 	if (req->error != NULL) {
 		if (!c->warned) {
-			log_warn("policy: malformed request from %s: %s%s", c->peer, req->error,
+			log_warn("conn=%s policy: malformed request from %s: %s%s", c->id, c->peer, req->error,
 			    fatal ? "; closing" : "");
 			c->warned = 1;
 		}
@@ -169,7 +224,8 @@ answer(struct pconn *c, const struct policy_request *req, int fatal)
 		const struct snapshot *snap = snapref_acquire(env->snaps, &ticket);
 		struct verdict v;
 
-		policy_check(req, env->pol, snap, (long long)time(NULL), action, sizeof(action), &v);
+		policy_check(req, env->pol, snap, (long long)time(NULL), action, sizeof(action), &v,
+		    c->id);
 		snapref_release(env->snaps, ticket);
 		if (v.ban_seconds > 0 && env->ban != NULL) {
 			struct ipaddr a;
@@ -269,9 +325,9 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 
 	(void)bev;
 	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING))
-		log_warn("policy: %s does not read its answers; closing", c->peer);
+		log_warn("conn=%s policy: %s does not read its answers; closing", c->id, c->peer);
 	else if ((what & BEV_EVENT_TIMEOUT) && log_is_debug())
-		log_debug("policy: %s idle for %us, closing", c->peer, c->d->env->idle_timeout);
+		log_debug("conn=%s policy: %s idle for %us, closing", c->id, c->peer, c->d->env->idle_timeout);
 	/* EOF, error or timeout: nothing more can be answered */
 	conn_free(c);
 }
@@ -283,7 +339,7 @@ deadline_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	log_warn("policy: %s did not finish a request within %us; closing", c->peer,
+	log_warn("conn=%s policy: %s did not finish a request within %us; closing", c->id, c->peer,
 	    c->d->env->request_timeout);
 	conn_free(c);
 }
@@ -311,6 +367,7 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 	}
 	c = xcalloc(1, sizeof(*c));
 	c->d = d;
+	connid_new(c->id);
 	if (cidr_addr_from_sockaddr(sa, &a) == 0)
 		snprintf(c->peer, sizeof(c->peer), "[%s]", cidr_addr_format(&a, buf));
 	else

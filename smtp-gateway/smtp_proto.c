@@ -684,8 +684,8 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 		if (bad) {
 			char esc[LOG_ESCAPE_BUFSZ];
 
-			log_info("reject: %s from %s: 501 5.5.4 invalid host name; helo=<%s> "
-			    "reason=bad-helo", ehlo ? "EHLO" : "HELO", engine_client_text(sp->es),
+			log_info("%sreject: %s from %s: 501 5.5.4 invalid host name; helo=<%s> "
+			    "reason=bad-helo", engine_session_id(sp->es), ehlo ? "EHLO" : "HELO", engine_client_text(sp->es),
 			    log_escape(esc, arg, strlen(arg)));
 			error_reply(sp, "501 5.5.4 Syntax: %s hostname (a domain or an address literal)",
 			    ehlo ? "EHLO" : "HELO");
@@ -873,8 +873,8 @@ cmd_rcpt(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 			if (!sp->p->user_resolve(sp->p->user_arg, ra->local, ra->domain, rcpt)) {
 				char fmt[MAILADDR_TEXT_MAX];
 
-				log_info("reject: RCPT from %s: 550 5.1.1 User unknown; to=<%s> "
-				    "reason=unknown-user", engine_client_text(sp->es),
+				log_info("%sreject: RCPT from %s: 550 5.1.1 User unknown; to=<%s> "
+				    "reason=unknown-user", engine_session_id(sp->es), engine_client_text(sp->es),
 				    printable(fmt, sizeof(fmt), rcpt));
 				/* counts toward the error budget: a run of probes ends in 421;
 				 * and not toward max_recipients: it was refused */
@@ -1180,8 +1180,8 @@ data_end(struct smtp_proto *sp)
 		return;
 	}
 	if (sp->bare && sp->bare_reject) {
-		log_info("reject: END-OF-MESSAGE from %s: bare <CR> or <LF> in message; reason=bare-newline",
-		    engine_client_text(sp->es));
+		log_info("%sreject: END-OF-MESSAGE from %s: bare <CR> or <LF> in message; "
+		    "reason=bare-newline", engine_session_id(sp->es), engine_client_text(sp->es));
 		reply(sp, "550 5.5.2 Message refused: bare <CR> or <LF> in it; lines must end "
 		    "with <CR><LF>");
 		engine_abort(sp->es);
@@ -1404,8 +1404,8 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 				char esc[LOG_ESCAPE_BUFSZ];
 
 				/* an AUTH line carries credentials: its verb only */
-				log_info("reject: %s: improper command pipelining after %s; reason=pipelining",
-				    engine_client_text(sp->es), authline ? "AUTH" :
+				log_info("%sreject: %s: improper command pipelining after %s; "
+				    "reason=pipelining", engine_session_id(sp->es), engine_client_text(sp->es), authline ? "AUTH" :
 				    log_escape(esc, sp->line, strlen(sp->line)));
 				reply(sp, "554 5.5.0 Error: improper use of SMTP command pipelining");
 				sp->close_after = 1;
@@ -1566,4 +1566,10 @@ smtp_proto_eof(struct smtp_proto *sp)
 	if (sp->in_tx)
 		engine_abort(sp->es);
 	sp->st = ST_CLOSED;
+}
+
+void
+smtp_proto_set_conn_id(struct smtp_proto *sp, const char *id)
+{
+	engine_session_set_id(sp->es, id);
 }

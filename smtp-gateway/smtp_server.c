@@ -56,6 +56,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "common/connid.h"
 #include "common/log.h"
 #include "common/mailaddr.h"
 #include "common/stats.h"
@@ -117,6 +118,7 @@ struct conn {
 	struct server *srv;
 	struct bufferevent *bev;
 	struct smtp_proto *sp;
+	char id[CONNID_MAX];	/* on every log line of the session: "conn=ID" */
 	struct ipaddr addr;
 	int has_addr;
 	int closing;
@@ -158,6 +160,7 @@ struct delivery {
 	int ok;
 	char sender[320];
 	char client[128];
+	char conn[CONNID_MAX];	/* the session's id, for the log line */
 };
 
 /*
@@ -225,7 +228,7 @@ timed_out(struct conn *c)
 	    c->srv->params.myhostname);
 	struct timeval tv = { 5, 0 };
 
-	log_info("timeout after %u s%s%s from [%s]", conn_timeout(c),
+	log_info("conn=%s timeout after %u s%s%s from [%s]", c->id, conn_timeout(c),
 	    smtp_proto_in_data(c->sp) ? " in DATA" : "", c->srv->stress ? " (stress)" : "",
 	    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
 	smtp_proto_eof(c->sp);
@@ -309,6 +312,12 @@ conn_free(struct conn *c)
 	}
 	if (c->has_addr)
 		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
+	{
+		char who[CIDR_TEXT_MAX];
+
+		log_info("conn=%s disconnect from [%s]", c->id,
+		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+	}
 	if (c->close_timer != NULL)
 		event_free(c->close_timer);
 	if (c->auth_timer != NULL)
@@ -417,13 +426,14 @@ delivery_done(void *arg)
 
 	c->delivering = 0;
 	if (d->ok) {
-		log_info("%s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->id, d->sender,
+		log_info("conn=%s %s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->conn,
+		    d->id, d->sender,
 		    d->n, d->size, d->client);
 		stats_add("messages_total{door=\"smtp\",route=\"store\"}", 1);
 		stats_add("message_bytes_total{door=\"smtp\",route=\"store\"}", d->size);
 	}
 	else
-		log_error("delivery from %s failed: %s", d->client, d->err);
+		log_error("conn=%s delivery from %s failed: %s", d->conn, d->client, d->err);
 	if (c->dead) {
 		conn_free(c);
 	} else {
@@ -476,7 +486,7 @@ down_step(struct conn *c, const struct smtp_down_req *req)
 	if (req->open && c->ds == NULL) {	/* else opened at MAIL already */
 		c->ds_data = 0;
 		c->ds = downstream_open(s->downs, s->c->downstream, req->helo, timeout,
-		    req->sender);
+		    req->sender, c->id);
 	}
 	downstream_rcpt(c->ds, req->rcpt, down_rcpt_cb, c);
 }
@@ -490,7 +500,7 @@ down_open_early(struct conn *c, const struct smtp_down_req *req)
 	downstream_close(&c->ds);
 	c->ds_data = 0;
 	c->ds = downstream_open(s->downs, s->c->downstream, req->helo,
-	    s->c->timeout < 60 ? s->c->timeout : 60, req->sender);
+	    s->c->timeout < 60 ? s->c->timeout : 60, req->sender, c->id);
 }
 
 /* the downstream's verdict on the message is the client's answer */
@@ -500,7 +510,7 @@ down_final_cb(void *arg, const char *reply)
 	struct conn *c = arg;
 
 	c->down_wait = 0;
-	log_info("passed on downstream (%s): %s", c->srv->c->downstream, reply);
+	log_info("conn=%s passed on downstream (%s): %s", c->id, c->srv->c->downstream, reply);
 	if (reply[0] == '2')
 		stats_add("messages_total{door=\"smtp\",route=\"relay\"}", 1);
 	downstream_close(&c->ds);	/* cached for the next message, or QUIT */
@@ -607,12 +617,12 @@ spool_more(struct conn *c)
 				c->spool_err = EINVAL;	/* cannot happen: DATA needs a recipient */
 			} else if (maildir_tmp_open(c->srv->c->maildir_root, &r, &c->spool, &err) < 0) {
 				c->spool_err = errno ? errno : EIO;
-				log_error("spooling a message from %s: %s", m->client, err);
+				log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
 			} else {
 				head = received_header(c, m, 1);
 				if (maildir_tmp_write(c->spool, head, strlen(head), &err) < 0) {
 					c->spool_err = errno;
-					log_error("spooling a message from %s: %s", m->client, err);
+					log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
 					maildir_tmp_abort(&c->spool);
 				}
 				free(head);
@@ -623,7 +633,7 @@ spool_more(struct conn *c)
 		if (c->spool != NULL) {
 			if (maildir_tmp_write(c->spool, p, n, &err) < 0) {
 				c->spool_err = errno;
-				log_error("spooling a message from %s: %s", m->client, err);
+				log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
 				maildir_tmp_abort(&c->spool);
 			} else {
 				c->spooled += n;
@@ -755,6 +765,7 @@ deliver(struct conn *c, struct smtp_msg *m)
 	d->root = s->c->maildir_root;
 	snprintf(d->sender, sizeof(d->sender), "%s", m->sender);
 	snprintf(d->client, sizeof(d->client), "%s", m->client);
+	snprintf(d->conn, sizeof(d->conn), "%s", c->id);
 	c->delivering = 1;
 	bufferevent_disable(c->bev, EV_READ);
 	jobs_submit(s->jobs, delivery_run, delivery_done, d);
@@ -777,7 +788,7 @@ start_tls(struct conn *c)
 	tb = ssl ? bufferevent_openssl_filter_new(s->base, c->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
 	    BEV_OPT_CLOSE_ON_FREE) : NULL;
 	if (tb == NULL) {
-		log_error("cannot start TLS");
+		log_error("conn=%s cannot start TLS", c->id);
 		c->closing = 1;
 		return;
 	}
@@ -851,8 +862,8 @@ auth_failed(struct conn *c)
 	if (ban && s->c->ban != NULL && smtp_proto_may_ban(c->sp, (long long)time(NULL))) {
 		const struct penalty_conf *pc = penalty_conf(s->penalty);
 
-		log_warn("auth: %u failed logins from [%s] within %us; on the kill list for %lus; "
-		    "reason=auth-ban", pc->ban_count, cidr_addr_format(&c->addr, who),
+		log_warn("conn=%s auth: %u failed logins from [%s] within %us; on the kill list for "
+		    "%lus; reason=auth-ban", c->id, pc->ban_count, cidr_addr_format(&c->addr, who),
 		    pc->ban_window, pc->ban_time);
 		s->c->ban(s->c->ban_arg, &c->addr, pc->ban_time, "auth-ban");
 	}
@@ -924,8 +935,8 @@ check_auth(struct conn *c, struct smtp_auth_req *req)
 
 		s->auth_busy++;
 		if (now != s->auth_busy_logged) {
-			log_warn("auth: %zu password checks pending, %u AUTH answered 454 (last from "
-			    "[%s])", jobs_pending(s->auth_jobs), s->auth_busy,
+			log_warn("conn=%s auth: %zu password checks pending, %u AUTH answered 454 "
+			    "(last from [%s])", c->id, jobs_pending(s->auth_jobs), s->auth_busy,
 			    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
 			s->auth_busy_logged = now;
 			s->auth_busy = 0;
@@ -1104,7 +1115,7 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 			char who[CIDR_TEXT_MAX];
 
 			ERR_error_string_n(e, buf, sizeof(buf));
-			log_info("TLS error from [%s]: %s",
+			log_info("conn=%s TLS error from [%s]: %s", c->id,
 			    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown", buf);
 		}
 	}
@@ -1225,6 +1236,14 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 		s->conns->prev = c;
 	s->conns = c;
 	c->has_addr = cidr_addr_from_sockaddr(sa, &c->addr) == 0;
+	connid_new(c->id);
+	{
+		static const char *const kinds[] = { "smtp", "submission", "smtps" };
+		char who[CIDR_TEXT_MAX];
+
+		log_info("conn=%s connect from [%s] (%s)", c->id,
+		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown", kinds[li->kind]);
+	}
 	if (li->kind == LISTEN_SMTPS) {
 		SSL *ssl = SSL_new(s->c->tls);
 
@@ -1235,6 +1254,7 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 		c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	}
 	c->sp = smtp_proto_new(&s->params);
+	smtp_proto_set_conn_id(c->sp, c->id);
 	if (li->kind == LISTEN_SMTPS)
 		smtp_proto_set_tls(c->sp, 1);
 	if (li->kind != LISTEN_SMTP)
