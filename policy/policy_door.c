@@ -3,9 +3,8 @@
  * a libevent loop that reads requests with policy_proto, answers each with
  * policy_check, and keeps the connection for the next one.
  *
- *   policy_door_listen()  bind "inet:HOST:PORT", "inet:[ADDR]:PORT" (through
- *                         service/listener, as every door) or "unix:/path"
- *                         (bound here: service/listener has no unix: yet)
+ *   policy_door_listen()  bind "inet:HOST:PORT", "inet:[ADDR]:PORT" or
+ *                         "unix:/path" through service/listener, as every door
  *   policy_door_run()     the loop, until SIGTERM/SIGINT, or until
  *                         drained after SIGUSR2
  *
@@ -130,12 +129,9 @@ int
 policy_door_listen(const char *spec, const char **error_r)
 {
 	static char err[400];
-	struct sockaddr_un sun;
-	struct stat st;
-	const char *path = spec + 5;
 	int fd;
 
-	if (strncmp(spec, "inet:", 5) == 0) {
+	if (strncmp(spec, "inet:", 5) == 0 && strncmp(spec + 5, "unix:", 5) != 0) {
 		/* Postfix's form of the service's HOST:PORT / [ADDRESS]:PORT */
 		if (listener_bind(spec + 5, "policy_listen", &fd, error_r) < 0) {
 			snprintf(err, sizeof(err), "%s (policy_listen takes inet:HOST:PORT, "
@@ -145,33 +141,16 @@ policy_door_listen(const char *spec, const char **error_r)
 		}
 		return fd;
 	}
-	/* service/listener knows no unix: yet: the door binds its own */
-	memset(&sun, 0, sizeof(sun));
-	if (strncmp(spec, "unix:", 5) != 0 || path[0] != '/' ||
-	    strlen(path) >= sizeof(sun.sun_path)) {
-		snprintf(err, sizeof(err), "policy_listen = %.200s: expected inet:HOST:PORT, "
-		    "inet:[ADDRESS]:PORT or unix:/PATH", spec);
+	if (strncmp(spec, "unix:", 5) != 0 || spec[5] != '/' ||
+	    listener_bind(spec, "policy_listen", &fd, error_r) < 0) {
+		if (strncmp(spec, "unix:", 5) != 0 || spec[5] != '/')
+			snprintf(err, sizeof(err), "policy_listen = %.200s: expected inet:HOST:PORT, "
+			    "inet:[ADDRESS]:PORT or unix:/PATH", spec);
+		else
+			snprintf(err, sizeof(err), "%s", *error_r);
 		*error_r = err;
 		return -1;
 	}
-	sun.sun_family = AF_UNIX;
-	strcpy(sun.sun_path, path);
-	/* a socket left by a daemon that died; never anything else */
-	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-		(void)unlink(path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 511) < 0) {
-		int e = errno;
-
-		if (fd >= 0)
-			close(fd);
-		snprintf(err, sizeof(err), "policy_listen = %.200s: %s", spec, strerror(e));
-		*error_r = err;
-		return -1;
-	}
-	/* Postfix's smtpd runs as its own user; who may connect is decided by
-	 * the permissions of the directory that holds the socket */
-	(void)chmod(path, 0666);
 	return fd;
 }
 

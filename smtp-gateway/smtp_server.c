@@ -2,7 +2,7 @@
  * smtp_server - the SMTP gateway's event loop (libevent): accept, feed bytes
  * to smtp_proto, write its replies, deliver its messages into the Maildir
  * store or stream them downstream, TLS (STARTTLS, implicit), client name
- * lookups (evdns), connection limits and timeouts.
+ * lookups (service/fcrdns), connection limits and timeouts.
  *
  *   smtp_server_run()      the loop on the listeners the master bound
  *                          (service/listener), until SIGTERM/SIGINT, or
@@ -14,8 +14,9 @@
  * downstream sessions are closed.
  *
  * The loop never waits: fsyncs run on one pool of job threads, password
- * checks on another (bounded: deliveries never wait behind a guessing
- * storm); completions come back on the loop, and a connection a job still
+ * checks on another (service/authcheck, with the failed-login penalty:
+ * bounded, deliveries never wait behind a guessing storm); completions
+ * come back on the loop, and a connection a job still
  * points at is freed only when the job is done. No message is held whole:
  * a local one past 64 KiB is written to the store's tmp/ as it arrives (in
  * 64 KiB page-cache writes on the loop; see spool_more()), a pass-through
@@ -51,7 +52,6 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/bufferevent_ssl.h>
-#include <event2/dns.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -67,7 +67,9 @@
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
 #include "service/anvil.h"
+#include "service/authcheck.h"
 #include "service/deadline.h"
+#include "service/fcrdns.h"
 #include "service/listener.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
@@ -90,10 +92,7 @@ struct door {
 struct server {
 	const struct smtp_server_conf *c;
 	struct jobs *jobs;		/* store I/O: fsync */
-	struct jobs *auth_jobs;		/* password hashing, bounded */
-	struct penalty *penalty;	/* failed logins per client address */
-	unsigned auth_busy;		/* AUTHs answered 454 since the last log line */
-	time_t auth_busy_logged;
+	struct authcheck *auth;		/* password checks and failed-login penalties */
 	struct downstream_set *downs;	/* pass-through sessions, on this loop */
 	struct evdns_base *dns;		/* client name lookups, or NULL */
 	int stopping;			/* no new work while the pools drain */
@@ -127,9 +126,7 @@ struct conn {
 	int peer_checked;	/* the client certificate was looked at (EXTERNAL) */
 	int dead;		/* the peer went away while delivering */
 	struct downstream *ds;	/* an open pass-through session */
-	char ptrname[256];	/* the reverse name being forward-confirmed */
 	struct event *close_timer;
-	struct event *auth_timer;	/* a failed AUTH's reply waits its penalty */
 	int close_tries;
 	struct event *timer;	/* the request's deadline */
 	struct deadline dl;
@@ -312,16 +309,14 @@ conn_free(struct conn *c)
 	}
 	if (c->has_addr)
 		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
-	{
+	if (log_is_debug()) {
 		char who[CIDR_TEXT_MAX];
 
-		log_info("conn=%s disconnect from [%s]", c->id,
+		log_debug("conn=%s disconnect from [%s]", c->id,
 		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
 	}
 	if (c->close_timer != NULL)
 		event_free(c->close_timer);
-	if (c->auth_timer != NULL)
-		event_free(c->auth_timer);
 	if (c->timer != NULL)
 		event_free(c->timer);
 	s->nconn--;
@@ -800,154 +795,58 @@ start_tls(struct conn *c)
 	smtp_proto_set_tls(c->sp, 1);
 }
 
-struct authcheck {
-	struct conn *c;
-	struct sasl_server *sasl;	/* the session's; the connection is held meanwhile */
-	int ok;
-};
+/* ---- AUTH: the password check and its penalty (service/authcheck) ---- */
 
-/* on a job thread: hashing takes milliseconds, not for the event loop */
+/* the check's outcome, after its penalty: the reply goes out */
 static void
-auth_run(void *arg)
-{
-	struct authcheck *a = arg;
-
-	sasl_server_check(a->sasl);
-}
-
-/* a failed AUTH's penalty is over: its 535 goes out now */
-static void
-auth_penalty_over(evutil_socket_t fd, short what, void *arg)
+auth_checked(void *arg, int result)
 {
 	struct conn *c = arg;
 
-	(void)fd;
-	(void)what;
-	event_free(c->auth_timer);
-	c->auth_timer = NULL;
 	c->delivering = 0;
 	if (c->dead) {
 		conn_free(c);
 		return;
 	}
-	smtp_proto_auth_done(c->sp, 0);
+	smtp_proto_auth_done(c->sp, result);
 	resume(c);
 }
 
-static long long
-now_ms(void)
+static int
+auth_may_ban(void *arg)
 {
-	struct timespec ts;
+	struct conn *c = arg;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return smtp_proto_may_ban(c->sp, (long long)time(NULL));
 }
 
-/*
- * A failed login counts against the client's address: its reply waits the
- * penalty (on a timer, the loop runs on; the connection stays held), and
- * enough failures put the address on the kill list, shared by every node.
- */
-static unsigned
-auth_failed(struct conn *c)
+static int
+auth_gone(void *arg)
 {
-	struct server *s = c->srv;
-	int ban = 0;
-	unsigned delay;
-	char who[CIDR_TEXT_MAX];
-
-	if (!c->has_addr)
-		return 0;
-	delay = penalty_failure(s->penalty, &c->addr, now_ms(), &ban);
-	if (ban && s->c->ban != NULL && smtp_proto_may_ban(c->sp, (long long)time(NULL))) {
-		const struct penalty_conf *pc = penalty_conf(s->penalty);
-
-		log_warn("conn=%s auth: %u failed logins from [%s] within %us; on the kill list for "
-		    "%lus; reason=auth-ban", c->id, pc->ban_count, cidr_addr_format(&c->addr, who),
-		    pc->ban_window, pc->ban_time);
-		s->c->ban(s->c->ban_arg, &c->addr, pc->ban_time, "auth-ban");
-	}
-	return delay;
+	return ((struct conn *)arg)->dead;
 }
 
-/* an exchange's outcome: the penalty for a failure, then the reply;
- * inline: called from read_cb, which reads on by itself */
-static void
-auth_finish(struct conn *c, int ok, int inline_)
-{
-	unsigned delay = 0;
+static const struct authcheck_hooks auth_hooks = { auth_checked, auth_may_ban, auth_gone };
 
-	stats_add(ok ? "auth_total{door=\"smtp\",result=\"success\"}" :
-	    "auth_total{door=\"smtp\",result=\"failure\"}", 1);
-	if (c->has_addr && ok)
-		penalty_success(c->srv->penalty, &c->addr);
-	else if (!ok)
-		delay = auth_failed(c);
-	if (c->dead) {
-		conn_free(c);
-	} else if (delay > 0 && (c->auth_timer = evtimer_new(c->srv->base, auth_penalty_over,
-	    c)) != NULL) {
-		struct timeval tv = { delay / 1000, (delay % 1000) * 1000 };
-
-		c->delivering = 1;	/* the timer holds the connection */
-		bufferevent_disable(c->bev, EV_READ);
-		evtimer_add(c->auth_timer, &tv);
-	} else {
-		smtp_proto_auth_done(c->sp, ok);
-		if (inline_)
-			flush_output(c);
-		else
-			resume(c);
-	}
-}
-
-static void
-auth_done(void *arg)
-{
-	struct authcheck *a = arg;
-	struct conn *c = a->c;
-	const char *out;
-
-	c->delivering = 0;
-	a->ok = sasl_server_checked(a->sasl, &out) == SASL_OK;
-	auth_finish(c, a->ok, 0);
-	free(a);
-}
-
+/* an exchange at its end; from read_cb, which reads on by itself */
 static void
 check_auth(struct conn *c, struct smtp_auth_req *req)
 {
-	struct server *s = c->srv;
-	struct authcheck *a;
+	struct authcheck_req r = {
+		.sasl = req->check ? req->sasl : NULL,
+		.ok = req->ok,
+		.addr = c->has_addr ? &c->addr : NULL,
+		.conn_id = c->id,
+	};
+	int res = authcheck_finish(c->srv->auth, &r, &auth_hooks, c);
 
-	if (!req->check) {	/* decided already (SCRAM, CRAM-MD5, EXTERNAL, malformed) */
-		auth_finish(c, req->ok, 1);
+	if (res == AUTHCHECK_PENDING) {
+		c->delivering = 1;	/* the check or the penalty holds the connection */
+		bufferevent_disable(c->bev, EV_READ);
 		return;
 	}
-	a = xcalloc(1, sizeof(*a));
-	a->c = c;
-	a->sasl = req->sasl;
-	if (jobs_try_submit(s->auth_jobs, auth_run, auth_done, a) < 0) {
-		/* the hashing pool is full (a guessing storm): no unbounded queue;
-		 * said at most once a second, with the count since */
-		char who[CIDR_TEXT_MAX];
-		time_t now = time(NULL);
-
-		s->auth_busy++;
-		if (now != s->auth_busy_logged) {
-			log_warn("conn=%s auth: %zu password checks pending, %u AUTH answered 454 "
-			    "(last from [%s])", c->id, jobs_pending(s->auth_jobs), s->auth_busy,
-			    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
-			s->auth_busy_logged = now;
-			s->auth_busy = 0;
-		}
-		free(a);
-		smtp_proto_auth_done(c->sp, SMTP_AUTH_TEMPFAIL);
-		flush_output(c);
-		return;
-	}
-	c->delivering = 1;	/* the job holds the connection */
-	bufferevent_disable(c->bev, EV_READ);
+	smtp_proto_auth_done(c->sp, res == AUTHCHECK_BUSY ? SMTP_AUTH_TEMPFAIL : res);
+	flush_output(c);
 }
 
 static void
@@ -1135,86 +1034,25 @@ greet(struct conn *c, const char *hostname)
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
-/* forward-confirmed reverse DNS: the PTR name must resolve back to the client */
+/* the client's verified name (service/fcrdns), or none: greet */
 static void
-fwd_cb(int result, char type, int count, int ttl, void *addrs, void *arg)
+client_named(void *arg, const char *name)
 {
 	struct conn *c = arg;
-	int ok = 0;
 
-	(void)ttl;
 	c->delivering = 0;
-	if (result == DNS_ERR_NONE && type == DNS_IPv4_A && c->addr.family == 4) {
-		const uint32_t *a = addrs;
-
-		for (int i = 0; i < count; i++)
-			ok |= ntohl(a[i]) == c->addr.v4;
-	} else if (result == DNS_ERR_NONE && type == DNS_IPv6_AAAA && c->addr.family == 6) {
-		const struct in6_addr *a = addrs;
-
-		for (int i = 0; i < count; i++) {
-			struct ipaddr x;
-			struct sockaddr_in6 sin6;
-
-			memset(&sin6, 0, sizeof(sin6));
-			sin6.sin6_family = AF_INET6;
-			sin6.sin6_addr = a[i];
-			if (cidr_addr_from_sockaddr((struct sockaddr *)&sin6, &x) == 0)
-				ok |= x.hi == c->addr.hi && x.lo == c->addr.lo;
-		}
-	}
 	if (c->dead) {
 		conn_free(c);
 		return;
 	}
-	greet(c, ok ? c->ptrname : NULL);
-}
-
-static void
-ptr_cb(int result, char type, int count, int ttl, void *addrs, void *arg)
-{
-	struct conn *c = arg;
-
-	(void)ttl;
-	if (c->dead) {
-		c->delivering = 0;
-		conn_free(c);
-		return;
-	}
-	if (result == DNS_ERR_NONE && type == DNS_PTR && count > 0 && addrs != NULL) {
-		const char *name = *(const char **)addrs;
-
-		if (name != NULL && strlen(name) < sizeof(c->ptrname)) {
-			snprintf(c->ptrname, sizeof(c->ptrname), "%s", name);
-			if ((c->addr.family == 4 ? evdns_base_resolve_ipv4(c->srv->dns, c->ptrname, 0,
-			    fwd_cb, c) : evdns_base_resolve_ipv6(c->srv->dns, c->ptrname, 0, fwd_cb, c)) != NULL)
-				return;
-		}
-	}
-	c->delivering = 0;
-	greet(c, NULL);
+	greet(c, name);
 }
 
 static void
 lookup_client(struct conn *c)
 {
-	struct evdns_request *r;
-
 	c->delivering = 1;	/* the lookup holds the connection */
-	if (c->addr.family == 4) {
-		struct in_addr in = { .s_addr = htonl(c->addr.v4) };
-
-		r = evdns_base_resolve_reverse(c->srv->dns, &in, 0, ptr_cb, c);
-	} else {
-		struct in6_addr in6;
-
-		for (int i = 0; i < 8; i++) {
-			in6.s6_addr[i] = (uint8_t)(c->addr.hi >> (56 - 8 * i));
-			in6.s6_addr[8 + i] = (uint8_t)(c->addr.lo >> (56 - 8 * i));
-		}
-		r = evdns_base_resolve_reverse_ipv6(c->srv->dns, &in6, 0, ptr_cb, c);
-	}
-	if (r == NULL) {
+	if (fcrdns_lookup(c->srv->dns, &c->addr, client_named, c) < 0) {
 		c->delivering = 0;
 		greet(c, NULL);
 	}
@@ -1237,11 +1075,11 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 	s->conns = c;
 	c->has_addr = cidr_addr_from_sockaddr(sa, &c->addr) == 0;
 	connid_new(c->id);
-	{
+	if (log_is_debug()) {
 		static const char *const kinds[] = { "smtp", "submission", "smtps" };
 		char who[CIDR_TEXT_MAX];
 
-		log_info("conn=%s connect from [%s] (%s)", c->id,
+		log_debug("conn=%s connect from [%s] (%s)", c->id,
 		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown", kinds[li->kind]);
 	}
 	if (li->kind == LISTEN_SMTPS) {
@@ -1411,24 +1249,13 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		return -1;
 	}
 	s->jobs = jobs_new(s->base, "delivery", SMTP_DELIVERY_THREADS, 0);
-	s->auth_jobs = jobs_new(s->base, "auth", SMTP_AUTH_THREADS, SMTP_AUTH_QUEUE);
-	s->penalty = penalty_new(&c->penalty);
+	s->auth = authcheck_new(s->base, "smtp", "AUTH answered 454", SMTP_AUTH_THREADS,
+	    SMTP_AUTH_QUEUE, &c->penalty, c->ban, c->ban_arg);
 	s->anvil = anvil_new(60);
 	s->downs = downstream_set_new(s->base, c->downstream_cache_time);
-	if (c->resolver != NULL) {
-		/* no search domains, our own nameserver: no query leaves by surprise */
-		s->dns = evdns_base_new(s->base, 0);
-		if (strcmp(c->resolver, "system") == 0) {
-			if (evdns_base_resolv_conf_parse(s->dns, DNS_OPTION_NAMESERVERS,
-			    "/etc/resolv.conf") != 0)
-				log_warn("client_hostname_lookups: cannot read /etc/resolv.conf");
-		} else if (evdns_base_nameserver_ip_add(s->dns, c->resolver) != 0) {
-			*error_r = "resolver: not an IP[:PORT]";
-			rc = -1;
-		}
-		evdns_base_set_option(s->dns, "timeout:", "3");
-		evdns_base_set_option(s->dns, "attempts:", "2");
-	}
+	if (c->resolver != NULL && (s->dns = fcrdns_resolver_new(s->base, c->resolver,
+	    error_r)) == NULL)
+		rc = -1;
 	for (size_t i = 0; i < nfds; i++) {
 		static const char *const names[] = { "smtp", "submission", "smtps" };
 
@@ -1459,17 +1286,15 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	for (size_t i = 0; i < nfds; i++)
 		listener_free(&ls[i].l);
 	s->stopping = 1;
-	if (s->dns != NULL)
-		evdns_base_free(s->dns, 1);	/* pending lookups call back with an error */
+	fcrdns_resolver_free(&s->dns);	/* pending lookups call back first */
 	jobs_free(&s->jobs);	/* deliveries in flight finish first */
-	jobs_free(&s->auth_jobs);
+	authcheck_free(&s->auth);	/* checks in flight call back; penalty waits are dropped */
 	while (s->conns != NULL) {
 		smtp_proto_eof(s->conns->sp);
 		s->conns->delivering = 0;
 		conn_free(s->conns);
 	}
 	downstream_set_free(&s->downs);	/* sessions saying QUIT are cut short */
-	penalty_free(&s->penalty);
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(sig_drain);

@@ -57,7 +57,8 @@ class Base(unittest.TestCase):
     overrides = {}
 
     def setUp(self):
-        self.d = Daemon(**self.overrides).start()
+        # connect and disconnect lines are debug ones
+        self.d = Daemon(**dict(self.overrides, log_level="debug")).start()
 
     def tearDown(self):
         self.d.cleanup(self)
