@@ -16,15 +16,16 @@ int fsutil_write_all(int fd, const void *p, size_t n)
 
 /* mkdir -p: the missing ancestors with parent_mode, path itself with mode
  * (both before the umask); an existing directory is fine. -1 with errno
- * (ENOTDIR/EEXIST when a component is there and is not a directory). */
-int fsutil_mkdir_p(const char *path, mode_t mode, mode_t parent_mode)
-    __attribute__((warn_unused_result));
+ * (ENOTDIR when a component is there and is not a directory). Callers
+ * that go on to create something inside may ignore the result: that step
+ * then fails with the better message. */
+int fsutil_mkdir_p(const char *path, mode_t mode, mode_t parent_mode);
 
 /* fsync the directory dir / the directory holding path ("." for a bare
  * name), so that a create, rename or unlink in it survives a crash;
  * -1 with errno */
-int fsutil_fsync_dir(const char *dir) __attribute__((warn_unused_result));
-int fsutil_fsync_parent(const char *path) __attribute__((warn_unused_result));
+int fsutil_fsync_dir(const char *dir);
+int fsutil_fsync_parent(const char *path);
 
 /*
  * Replace path atomically: a temporary file in the same directory
