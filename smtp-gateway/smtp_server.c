@@ -121,10 +121,15 @@ struct conn {
 	struct ipaddr addr;
 	int has_addr;
 	int closing;
-	int delivering;		/* a delivery job holds this connection */
+	/* references held on this connection by a delivery job, a password
+	 * check or its penalty timer, a client name lookup (conn_hold()); while
+	 * any is held input waits, and conn_free() only marks it dead: the last
+	 * conn_release() frees it. Downstream callbacks need none: closing the
+	 * session guarantees none comes. */
+	int delivering;
 	int tls;		/* the bev is an OpenSSL one, handshake pending or done */
 	int peer_checked;	/* the client certificate was looked at (EXTERNAL) */
-	int dead;		/* the peer went away while delivering */
+	int dead;		/* closed while references were held */
 	struct downstream *ds;	/* an open pass-through session */
 	struct event *close_timer;
 	int close_tries;
@@ -295,6 +300,28 @@ update_stress(struct server *s)
 		}
 }
 
+static void conn_free(struct conn *c);
+
+/* a job, a lookup or a timer will call back with this connection */
+static void
+conn_hold(struct conn *c)
+{
+	c->delivering++;
+}
+
+/* that callback came: 1 when the connection was closed meanwhile (and is
+ * freed once nothing holds it): the caller must not touch it again */
+static int
+conn_release(struct conn *c)
+{
+	c->delivering--;
+	if (!c->dead)
+		return 0;
+	if (c->delivering == 0)
+		conn_free(c);
+	return 1;
+}
+
 static void
 conn_free(struct conn *c)
 {
@@ -302,7 +329,7 @@ conn_free(struct conn *c)
 
 	maildir_tmp_abort(&c->spool);	/* the client left mid-DATA */
 	downstream_close(&c->ds);	/* no callback comes for this connection after this */
-	if (c->delivering) {	/* a job still points here: free it when done */
+	if (c->delivering) {	/* a callback will come: the last release frees it */
 		c->dead = 1;
 		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 		return;
@@ -419,7 +446,6 @@ delivery_done(void *arg)
 	struct delivery *d = arg;
 	struct conn *c = d->c;
 
-	c->delivering = 0;
 	if (d->ok) {
 		log_info("conn=%s %s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->conn,
 		    d->id, d->sender,
@@ -429,9 +455,7 @@ delivery_done(void *arg)
 	}
 	else
 		log_error("conn=%s delivery from %s failed: %s", d->conn, d->client, d->err);
-	if (c->dead) {
-		conn_free(c);
-	} else {
+	if (!conn_release(c)) {
 		if (d->ok)
 			smtp_proto_delivered(c->sp, 1, NULL, NULL, d->id);
 		else if (d->spool_err == ENOSPC || d->spool_err == EDQUOT)
@@ -761,7 +785,7 @@ deliver(struct conn *c, struct smtp_msg *m)
 	snprintf(d->sender, sizeof(d->sender), "%s", m->sender);
 	snprintf(d->client, sizeof(d->client), "%s", m->client);
 	snprintf(d->conn, sizeof(d->conn), "%s", c->id);
-	c->delivering = 1;
+	conn_hold(c);
 	bufferevent_disable(c->bev, EV_READ);
 	jobs_submit(s->jobs, delivery_run, delivery_done, d);
 }
@@ -803,11 +827,8 @@ auth_checked(void *arg, int result)
 {
 	struct conn *c = arg;
 
-	c->delivering = 0;
-	if (c->dead) {
-		conn_free(c);
+	if (conn_release(c))
 		return;
-	}
 	smtp_proto_auth_done(c->sp, result);
 	resume(c);
 }
@@ -841,7 +862,7 @@ check_auth(struct conn *c, struct smtp_auth_req *req)
 	int res = authcheck_finish(c->srv->auth, &r, &auth_hooks, c);
 
 	if (res == AUTHCHECK_PENDING) {
-		c->delivering = 1;	/* the check or the penalty holds the connection */
+		conn_hold(c);	/* the check or the penalty */
 		bufferevent_disable(c->bev, EV_READ);
 		return;
 	}
@@ -1040,20 +1061,17 @@ client_named(void *arg, const char *name)
 {
 	struct conn *c = arg;
 
-	c->delivering = 0;
-	if (c->dead) {
-		conn_free(c);
+	if (conn_release(c))
 		return;
-	}
 	greet(c, name);
 }
 
 static void
 lookup_client(struct conn *c)
 {
-	c->delivering = 1;	/* the lookup holds the connection */
+	conn_hold(c);	/* the lookup */
 	if (fcrdns_lookup(c->srv->dns, &c->addr, client_named, c) < 0) {
-		c->delivering = 0;
+		(void)conn_release(c);
 		greet(c, NULL);
 	}
 }
