@@ -18,6 +18,7 @@ CPPFLAGS_ALL := -I. -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/nul
 CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -Wno-format-truncation -pthread $(OPT) $(SAN) $(CFLAGS)
 LIBS_MILTER  := $(shell pkg-config --libs milter 2>/dev/null || echo -lmilter)
 LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis) -lcrypt $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
+LIBS_LIB     += $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
 LIBS_EVENT   := $(shell pkg-config --libs libevent libevent_openssl 2>/dev/null || echo -levent -levent_openssl)
 LIBS_SSL     := $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 LIBS_CUNIT   := $(shell pkg-config --libs cunit 2>/dev/null || echo -lcunit)
@@ -35,10 +36,12 @@ DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
 UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
 BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
 NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
+SIEVE_CONF_OBJ   := $(BUILD)/tests/sieve/conformance.o
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all asan test unit integration bench run deps clean demo-conf fuzz install
+.PHONY: sieve-conformance
 all: $(BINDIR)/portcullisd $(BINDIR)/portcullis
 
 $(BUILD)/%.o: %.c
@@ -65,6 +68,10 @@ $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
+$(BINDIR)/sieve-conformance: $(SIEVE_CONF_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
+
 $(BINDIR)/null-milter: $(NULLMILTER_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER) $(LIBS_LIB)
@@ -72,6 +79,7 @@ $(BINDIR)/null-milter: $(NULLMILTER_OBJ)
 asan:
 	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" \
 	    build/asan/bin/portcullisd build/asan/bin/portcullis build/asan/bin/unit-tests
+	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/sieve-conformance
 
 deps:
 	@sh scripts/deps.sh
@@ -86,7 +94,13 @@ test: deps
 unit:
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BINDIR)/unit-tests
 
+# Pigeonhole's own test suite; fails only on a regression against the list
+SIEVE_CORPUS ?= ../shared/sieve-conformance/tests
+sieve-conformance:
+	ASAN_OPTIONS=detect_leaks=1 $(BINDIR)/sieve-conformance -C $(SIEVE_CORPUS) -e tests/sieve/expected-results.txt
+
 integration:
+	$(MAKE) sieve-conformance BINDIR=$(BINDIR)
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_milter.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_policy.py

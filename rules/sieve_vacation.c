@@ -1,0 +1,154 @@
+/*
+ * sieve_vacation.c - the vacation decision (RFC 5230 + Pigeonhole's
+ * rules): whether a vacation action should answer this message, and the
+ * reply to send. Sending is the door's job, not this module's.
+ *
+ *   sv_vacation_reply(run, action, user_email, &from, &to, &text)
+ *     1 reply (the three strings are the caller's), 0 no reply
+ *
+ * Never answers the null sender, system or list senders, auto-submitted,
+ * bulk or list mail, or mail not addressed to one of "my" addresses.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "rules/sieve_eval.h"
+#include "common/xmalloc.h"
+
+static int addr_in_headers(struct sieve_run *run, const char *addr)
+{
+	static const char *const hs[] = { "to", "cc", "bcc", "resent-to", "resent-cc",
+		"resent-bcc", NULL };
+	for (const char *const *h = hs; *h; h++) {
+		const char *v;
+		for (size_t i = 0; (v = sv_header_get(run, *h, i)) != NULL; i++) {
+			size_t n;
+			char **as = sv_addr_list(v, &n);
+			int hit = 0;
+			for (size_t k = 0; k < n; k++)
+				hit |= strcasecmp(as[k], addr) == 0;
+			sieve_strv_free(as, n);
+			if (hit)
+				return 1;
+		}
+	}
+	return 0;
+}
+
+static int system_sender(const char *a)
+{
+	const char *at = strrchr(a, '@');
+	size_t l = at ? (size_t)(at - a) : strlen(a);
+	static const char *const sys[] = { "mailer-daemon", "listserv", "majordomo", "owner-",
+		"-request", "-bounces", "-owner", NULL };
+	if (l == 13 && strncasecmp(a, "mailer-daemon", 13) == 0) return 1;
+	if (l == 8 && strncasecmp(a, "listserv", 8) == 0) return 1;
+	if (l == 9 && strncasecmp(a, "majordomo", 9) == 0) return 1;
+	if (l >= 6 && strncasecmp(a, "owner-", 6) == 0) return 1;
+	if (l >= 8 && strncasecmp(a + l - 8, "-request", 8) == 0) return 1;
+	if (l >= 6 && strncasecmp(a + l - 6, "-owner", 6) == 0) return 1;
+	(void)sys;
+	return 0;
+}
+
+static char *bare(const char *a)
+{
+	if (a == NULL)
+		return NULL;
+	const char *lt = strchr(a, '<');
+	if (lt) {
+		const char *gt = strchr(lt, '>');
+		return gt ? xstrndup(lt + 1, (size_t)(gt - lt - 1)) : xstrdup(lt + 1);
+	}
+	return xstrdup(a);
+}
+
+int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a, const char *user_email,
+    char **from_r, char **to_r, char **text_r)
+{
+	const struct sieve_msg *m = run->msg;
+	char *sender = bare(m->env_from);
+	int ret = 0;
+	char *me = NULL;
+	if (sender == NULL || sender[0] == '\0' || system_sender(sender))
+		goto out;
+	const char *v;
+	if ((v = sv_header_get(run, "auto-submitted", 0)) && strncasecmp(v, "no", 2) != 0)
+		goto out;
+	if ((v = sv_header_get(run, "precedence", 0)) && (!strncasecmp(v, "bulk", 4) ||
+	    !strncasecmp(v, "list", 4) || !strncasecmp(v, "junk", 4)))
+		goto out;
+	if ((v = sv_header_get(run, "x-auto-response-suppress", 0)) &&
+	    (strcasestr(v, "all") || strcasestr(v, "oof")))
+		goto out;
+	static const char *const lists[] = { "list-id", "list-owner", "list-subscribe",
+		"list-post", "list-unsubscribe", "list-help", "list-archive", NULL };
+	for (const char *const *l = lists; *l; l++)
+		if (sv_header_get(run, *l, 0))
+			goto out;
+	/* mail from myself is not answered */
+	me = bare(m->env_orig_to ? m->env_orig_to : m->env_to);
+	char *rcpt = bare(m->env_to);
+	if ((me && !strcasecmp(me, sender)) || (rcpt && !strcasecmp(rcpt, sender)) ||
+	    (user_email && !strcasecmp(user_email, sender))) {
+		free(rcpt);
+		goto out;
+	}
+	for (size_t i = 0; i < a->naddresses; i++)
+		if (!strcasecmp(a->addresses[i], sender)) {
+			free(rcpt);
+			goto out;
+		}
+	/* it must have been sent to one of my addresses */
+	int mine = (me && addr_in_headers(run, me)) || (rcpt && addr_in_headers(run, rcpt)) ||
+	    (user_email && addr_in_headers(run, user_email));
+	for (size_t i = 0; i < a->naddresses && !mine; i++)
+		mine = addr_in_headers(run, a->addresses[i]);
+	if (!mine) {
+		free(rcpt);
+		goto out;
+	}
+	const char *from = a->from ? a->from : user_email ? user_email : rcpt ? rcpt : me;
+	/* To: the original From: when it names the sender, else the sender */
+	char *to_hdr = NULL;
+	if ((v = sv_header_get(run, "from", 0))) {
+		size_t n;
+		char **as = sv_addr_list(v, &n);
+		if (n == 1 && !strcasecmp(as[0], sender))
+			to_hdr = xstrdup(v);
+		sieve_strv_free(as, n);
+	}
+	if (!to_hdr)
+		to_hdr = xasprintf("<%s>", sender);
+	char *subj;
+	if (a->value)
+		subj = xstrdup(a->value);
+	else if ((v = sv_header_get(run, "subject", 0))) {
+		char *d = sv_mime_decode(v);
+		subj = xasprintf("Auto: %s", d);
+		free(d);
+	} else
+		subj = xstrdup("Automated reply");
+	const char *mid = sv_header_get(run, "message-id", 0);
+	const char *refs = sv_header_get(run, "references", 0);
+	char *refl = mid ? xasprintf("In-Reply-To: %s\r\nReferences: %s%s%s\r\n", mid,
+	    refs ? refs : "", refs ? " " : "", mid) : xstrdup("");
+	*text_r = xasprintf("From: %s\r\nTo: %s\r\nSubject: %s\r\n%sAuto-Submitted: auto-replied "
+	    "(vacation)\r\nPrecedence: bulk\r\nMIME-Version: 1.0\r\n%s\r\n%s%s",
+	    strchr(from, '<') ? from : from, to_hdr, subj, refl,
+	    a->mime ? "" : "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n",
+	    a->target, a->mime ? "" : "\r\n");
+	*from_r = xstrdup("");
+	*to_r = xstrdup(sender);
+	free(refl);
+	free(subj);
+	free(to_hdr);
+	free(rcpt);
+	ret = 1;
+out:
+	free(sender);
+	free(me);
+	return ret;
+}

@@ -1,0 +1,902 @@
+/*
+ * conformance.c - test-only runner for Pigeonhole's own test suite
+ * (../shared/sieve-conformance/tests, *.svtest): implements the
+ * vnd.dovecot.testsuite vocabulary on top of rules/sieve*, runs every file
+ * and prints, per file, PASS / FAIL (the test and why) / SKIP (why), then
+ * "sieve conformance: N passed, N failed, N skipped".
+ *
+ *   sieve-conformance [-e EXPECTED] [-C CORPUS] [FILE.svtest ...]
+ *
+ * With -e, the exit status is 1 only when a file the expected list marks
+ * "pass" does not pass now (a regression); otherwise 0.
+ * Executing a result here is simulated: stores go to in-memory folders,
+ * redirects and vacation replies to an in-memory SMTP outbox.
+ */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include "rules/sieve_eval.h"
+#include "common/xmalloc.h"
+
+struct stored { char *box; char *text; char *flags; };
+struct sent { char *from; char *to; char *text; };
+
+struct ctx {
+	const char *dir;		/* the .svtest's directory */
+	struct sieve_run *run;		/* the testsuite's own run */
+	struct sieve_msg *msg;		/* current message */
+	struct sieve_msg **old; size_t nold;
+	char *env_from, *env_to, *env_orig_to, *env_auth;
+	char *msg_text;
+	struct sieve_script *script;	/* last compiled */
+	struct sieve_errors errs;	/* of the last compile / run / execute */
+	int res_from_script;
+	struct stored *st; size_t nst;
+	struct sent *sm; size_t nsm;
+	char **boxes; size_t nboxes;
+	struct sieve_limits limits;
+	struct sieve_limits pending;
+	char **cfg; size_t ncfg;	/* key, value pairs */
+	/* per file */
+	int ntests, nfailed;
+	char *first_fail;
+	int in_test, failed;
+	char *test_name;
+	char *skip_reason;
+	struct sv_vars dupes;
+};
+
+static struct ctx *C(struct sieve_run *run) { return sieve_run_ctx(run); }
+
+static const char *cfg_get(struct ctx *c, const char *k)
+{
+	for (size_t i = 0; i < c->ncfg; i++)
+		if (!strcmp(c->cfg[2 * i], k))
+			return c->cfg[2 * i + 1];
+	return NULL;
+}
+
+static void apply_env(struct ctx *c, struct sieve_msg *m)
+{
+	sieve_msg_set_env(m, "from", c->env_from);
+	sieve_msg_set_env(m, "to", c->env_to);
+	sieve_msg_set_env(m, "orig_to", c->env_orig_to);
+	sieve_msg_set_env(m, "auth", c->env_auth);
+}
+
+static void set_message(struct ctx *c, const char *text, const char *from, const char *to)
+{
+	struct sieve_msg *m = sieve_msg_parse(text, strlen(text));
+	if (from || to) {
+		sieve_msg_set_env(m, "from", from);
+		sieve_msg_set_env(m, "to", to);
+		sieve_msg_set_env(m, "orig_to", to);
+	} else {
+		apply_env(c, m);
+	}
+	if (c->msg) {
+		c->old = xreallocarray(c->old, c->nold + 1, sizeof(*c->old));
+		c->old[c->nold++] = c->msg;
+	}
+	c->msg = m;
+	free(c->msg_text);
+	c->msg_text = xstrdup(text);
+	if (c->run)
+		sieve_run_set_msg(c->run, m);
+}
+
+static char *strip_null(const char *v)
+{
+	if (!strcmp(v, "<>"))
+		return xstrdup("");
+	return xstrdup(v);
+}
+
+/* ---- commands and tests ---- */
+
+static int x_test(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)res;
+	struct ctx *c = C(run);
+	char *name = sieve_arg_str(run, n, 0);
+	c->ntests++;
+	c->in_test = 1;
+	c->failed = 0;
+	free(c->test_name);
+	c->test_name = name;
+	size_t before = run->err ? run->err->n : 0;
+	int r = sieve_run_block(run, n);
+	if (r < 0 && !c->failed) {
+		c->failed = 1;
+		if (!c->first_fail) {
+			const char *why = run->err && run->err->n > before ? run->err->msg[run->err->n - 1] :
+			    "runtime error";
+			c->first_fail = xasprintf("test \"%s\": %s", name, why);
+		}
+	}
+	if (c->failed)
+		c->nfailed++;
+	run->errored = 0;
+	run->steps = 0;
+	c->in_test = 0;
+	return 0;
+}
+
+static int x_test_fail(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)res;
+	struct ctx *c = C(run);
+	char *why = sieve_arg_str(run, n, 0);
+	if (!c->failed && !c->first_fail)
+		c->first_fail = xasprintf("test \"%s\": %s (line %u)",
+		    c->test_name ? c->test_name : "(top level)", why, n->line);
+	c->failed = 1;
+	if (!c->in_test)
+		c->nfailed++;
+	free(why);
+	return 1;
+}
+
+static int x_test_set(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)res;
+	struct ctx *c = C(run);
+	char *k = sieve_arg_str(run, n, 0), *v = sieve_arg_str(run, n, 1);
+	if (!strcmp(k, "message")) {
+		set_message(c, v, NULL, NULL);
+	} else if (!strncmp(k, "envelope.", 9)) {
+		char **p = !strcmp(k + 9, "from") ? &c->env_from : !strcmp(k + 9, "to") ? &c->env_to :
+		    !strcmp(k + 9, "orig_to") ? &c->env_orig_to : !strcmp(k + 9, "auth") ? &c->env_auth : NULL;
+		if (p) {
+			free(*p);
+			*p = !strcmp(k + 9, "from") ? strip_null(v) : xstrdup(v);
+			apply_env(c, c->msg);
+		}
+	}
+	free(k);
+	free(v);
+	return 0;
+}
+
+static int x_mailbox_create(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)res;
+	struct ctx *c = C(run);
+	c->boxes = xreallocarray(c->boxes, c->nboxes + 2, sizeof(char *));
+	c->boxes[c->nboxes++] = sieve_arg_str(run, n, 0);
+	c->boxes[c->nboxes] = NULL;
+	return 0;
+}
+
+static int x_config_set(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)res;
+	struct ctx *c = C(run);
+	char *k = sieve_arg_str(run, n, 0), *v = n->npos > 1 ? sieve_arg_str(run, n, 1) : NULL;
+	for (size_t i = 0; i < c->ncfg; i++)
+		if (!strcmp(c->cfg[2 * i], k)) {
+			free(c->cfg[2 * i + 1]);
+			c->cfg[2 * i + 1] = v ? v : xstrdup("");
+			free(k);
+			goto apply;
+		}
+	c->cfg = xreallocarray(c->cfg, 2 * (c->ncfg + 1), sizeof(char *));
+	c->cfg[2 * c->ncfg] = k;
+	c->cfg[2 * c->ncfg + 1] = v ? v : xstrdup("");
+	c->ncfg++;
+apply:;
+	const char *x;
+	sieve_limits_default(&c->pending);
+	if ((x = cfg_get(c, "sieve_max_redirects")) && *x)
+		c->pending.max_redirects = (unsigned)atoi(x);
+	if ((x = cfg_get(c, "sieve_max_actions")) && *x)
+		c->pending.max_actions = (unsigned)atoi(x);
+	if ((x = cfg_get(c, "sieve_include_max_nesting_depth")) && *x)
+		c->pending.max_include_depth = (unsigned)atoi(x);
+	return 0;
+}
+
+static int x_config_reload(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)n;
+	(void)res;
+	struct ctx *c = C(run);
+	c->limits = c->pending;
+	return 0;
+}
+
+static int x_config_unset(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)res;
+	struct ctx *c = C(run);
+	char *k = sieve_arg_str(run, n, 0);
+	for (size_t i = 0; i < c->ncfg; i++)
+		if (!strcmp(c->cfg[2 * i], k)) {
+			free(c->cfg[2 * i + 1]);
+			c->cfg[2 * i + 1] = xstrdup("");
+		}
+	free(k);
+	sieve_limits_default(&c->pending);
+	return 0;
+}
+
+static const char *const test_caps[] = { "vnd.dovecot.testsuite", NULL };
+static const struct sieve_extdef testsuite_defs[];
+
+static void compile_opts(struct ctx *c, struct sieve_compile_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->limits = &c->limits;
+	o->global_dir = NULL;
+	static char gdir[4096];
+	snprintf(gdir, sizeof(gdir), "%s/included-global", c->dir);
+	o->global_dir = gdir;
+}
+
+static int x_script_compile(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	struct ctx *c = C(run);
+	char *f = sieve_arg_str(run, n, 0);
+	char *path = xasprintf("%s/%s", c->dir, f);
+	sieve_script_free(&c->script);
+	sieve_errors_clear(&c->errs);
+	struct sieve_compile_opts o;
+	compile_opts(c, &o);
+	/* included personal scripts live in "included" beside the test */
+	char *idir = xasprintf("%s/included", c->dir);
+	struct stat sb;
+	if (stat(idir, &sb) == 0)
+		o.dir = idir;
+	*res = sieve_compile_file(path, &o, &c->script, &c->errs) == 0;
+	free(idir);
+	free(path);
+	free(f);
+	return 0;
+}
+
+static int dup_check(void *ctx, const char *key, size_t len)
+{
+	struct ctx *c = ctx;
+	(void)len;
+	for (size_t i = 0; i < c->dupes.n; i++)
+		if (!strcmp(c->dupes.v[i].name, key))
+			return 1;
+	return 0;
+}
+
+static void dup_mark(void *ctx, const char *key, size_t len, unsigned long secs)
+{
+	struct ctx *c = ctx;
+	(void)len;
+	(void)secs;
+	if (dup_check(ctx, key, len))
+		return;
+	c->dupes.v = xreallocarray(c->dupes.v, c->dupes.n + 1, sizeof(*c->dupes.v));
+	c->dupes.v[c->dupes.n].name = xstrdup(key);
+	c->dupes.v[c->dupes.n++].value = NULL;
+}
+
+static struct sieve_dupstore dupstore = { dup_check, dup_mark, NULL };
+
+static void reset_result(struct ctx *c, struct sieve_run *run)
+{
+	sieve_result_free(&run->res);
+	run->res = xcalloc(1, sizeof(*run->res));
+	run->keep_cancelled = 0;
+	c->res_from_script = 0;
+}
+
+static int x_script_run(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	struct ctx *c = C(run);
+	sieve_errors_clear(&c->errs);
+	if (c->script == NULL) {
+		*res = 0;
+		return 0;
+	}
+	int append = sieve_node_has_tag(n, "append_result");
+	struct sieve_result *r = NULL;
+	if (append) {
+		r = run->res;
+		run->res = xcalloc(1, sizeof(*run->res));
+		r->implicit_keep = !run->keep_cancelled && !(c->res_from_script && !r->implicit_keep);
+	}
+	struct sieve_run_opts o = { .limits = &c->limits, .dup = &dupstore,
+		.mailboxes = (const char *const *)c->boxes, .ctx = c };
+	dupstore.ctx = c;
+	*res = sieve_run(c->script, run->msg, &o, &r, &c->errs) == 0;
+	sieve_result_free(&run->res);
+	run->res = r;
+	run->keep_cancelled = !r->implicit_keep;
+	c->res_from_script = 1;
+	return 0;
+}
+
+static int x_multiscript(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	struct ctx *c = C(run);
+	size_t ns;
+	char **names = sieve_arg_list(run, n, 0, &ns);
+	struct sieve_result *r = NULL;
+	*res = 1;
+	sieve_errors_clear(&c->errs);
+	for (size_t i = 0; i < ns && *res; i++) {
+		char *path = xasprintf("%s/%s", c->dir, names[i]);
+		struct sieve_script *s = NULL;
+		struct sieve_compile_opts o;
+		compile_opts(c, &o);
+		if (sieve_compile_file(path, &o, &s, &c->errs) < 0) {
+			*res = 0;
+		} else {
+			struct sieve_run_opts ro = { .limits = &c->limits, .dup = &dupstore,
+				.mailboxes = (const char *const *)c->boxes, .ctx = c };
+			if (sieve_run(s, run->msg, &ro, &r, &c->errs) < 0)
+				*res = 0;
+		}
+		sieve_script_free(&s);
+		free(path);
+		/* a script that did not cancel the keep lets the next one run; a
+		 * stop or cancelled keep ends the sequence, as Pigeonhole does */
+		if (r && !r->implicit_keep)
+			break;
+	}
+	sieve_strv_free(names, ns);
+	if (r) {
+		sieve_result_free(&run->res);
+		run->res = r;
+		run->keep_cancelled = !r->implicit_keep;
+		c->res_from_script = 1;
+	}
+	return 0;
+}
+
+static char *err_text(const char *m)
+{
+	/* "name:line:col: text" or "name: text" */
+	const char *p = strstr(m, ": ");
+	return xstrdup(p ? p + 2 : m);
+}
+
+static int x_error(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	struct ctx *c = C(run);
+	long long idx = sieve_tag_num(n, "index", -1);
+	size_t nk;
+	char **keys = sieve_arg_list(run, n, 0, &nk);
+	char **vals = NULL;
+	size_t nv = 0;
+	for (size_t i = 0; i < c->errs.n; i++) {
+		if (idx > 0 && (long long)i + 1 != idx)
+			continue;
+		vals = xreallocarray(vals, nv + 1, sizeof(char *));
+		vals[nv++] = err_text(c->errs.msg[i]);
+	}
+	*res = sieve_match_values(run, n, vals, nv, keys, nk);
+	sieve_strv_free(vals, nv);
+	sieve_strv_free(keys, nk);
+	return 0;
+}
+
+static int visible(const struct sieve_action *a)
+{
+	return a->type != SIEVE_A_ADDHEADER && a->type != SIEVE_A_DELETEHEADER;
+}
+
+static int x_result_action(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	long long idx = sieve_tag_num(n, "index", -1);
+	size_t nk;
+	char **keys = sieve_arg_list(run, n, 0, &nk);
+	char **vals = NULL;
+	size_t nv = 0, k = 0;
+	for (size_t i = 0; i < run->res->n; i++) {
+		if (!visible(&run->res->a[i]))
+			continue;
+		k++;
+		if (idx > 0 && (long long)k != idx)
+			continue;
+		vals = xreallocarray(vals, nv + 1, sizeof(char *));
+		vals[nv++] = xstrdup(sieve_action_name(&run->res->a[i]));
+	}
+	*res = sieve_match_values(run, n, vals, nv, keys, nk);
+	sieve_strv_free(vals, nv);
+	sieve_strv_free(keys, nk);
+	return 0;
+}
+
+/* the message as the script left it: edited headers + the body */
+static char *current_text(struct sieve_run *run)
+{
+	size_t nh = run->hdr_edited ? run->nhdr : run->msg->nhdr;
+	const struct sieve_header *h = run->hdr_edited ? run->hdr : run->msg->hdr;
+	size_t len = run->msg->body_len + 3;
+	for (size_t i = 0; i < nh; i++)
+		len += strlen(h[i].name) + strlen(h[i].value) + 4;
+	char *o = xmalloc(len), *p = o;
+	for (size_t i = 0; i < nh; i++)
+		p += sprintf(p, "%s: %s\r\n", h[i].name, h[i].value);
+	p += sprintf(p, "\r\n");
+	memcpy(p, run->msg->body, run->msg->body_len);
+	p[run->msg->body_len] = '\0';
+	return o;
+}
+
+static int box_exists(struct ctx *c, const char *b)
+{
+	if (!strcasecmp(b, "INBOX"))
+		return 1;
+	for (size_t i = 0; i < c->nboxes; i++)
+		if (!strcmp(c->boxes[i], b))
+			return 1;
+	return 0;
+}
+
+static int store(struct ctx *c, struct sieve_run *run, const char *box, int create,
+    char **flags, size_t nflags, unsigned line)
+{
+	if (!box_exists(c, box)) {
+		if (!create) {
+			sieve_error_add(&c->errs, "script", line, 0, "failed to store into mailbox "
+			    "'%s': Mailbox doesn't exist: %s", box, box);
+			return -1;
+		}
+		c->boxes = xreallocarray(c->boxes, c->nboxes + 2, sizeof(char *));
+		c->boxes[c->nboxes++] = xstrdup(box);
+		c->boxes[c->nboxes] = NULL;
+	}
+	c->st = xreallocarray(c->st, c->nst + 1, sizeof(*c->st));
+	c->st[c->nst].box = xstrdup(box);
+	c->st[c->nst].text = current_text(run);
+	size_t fl = 1;
+	for (size_t i = 0; i < nflags; i++)
+		fl += strlen(flags[i]) + 1;
+	char *f = xmalloc(fl), *p = f;
+	*p = '\0';
+	for (size_t i = 0; i < nflags; i++)
+		p += sprintf(p, "%s%s", i ? " " : "", flags[i]);
+	c->st[c->nst].flags = f;
+	c->nst++;
+	return 0;
+}
+
+static void send_msg(struct ctx *c, const char *from, const char *to, char *text)
+{
+	c->sm = xreallocarray(c->sm, c->nsm + 1, sizeof(*c->sm));
+	c->sm[c->nsm].from = xstrdup(from ? from : "");
+	c->sm[c->nsm].to = xstrdup(to);
+	c->sm[c->nsm].text = text;
+	c->nsm++;
+}
+
+
+static int x_result_execute(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)n;
+	struct ctx *c = C(run);
+	sieve_errors_clear(&c->errs);
+	struct sieve_result *r = run->res;
+	int ok = 1, keep = !run->keep_cancelled;
+	for (size_t i = 0; i < r->n; i++) {
+		struct sieve_action *a = &r->a[i];
+		switch (a->type) {
+		case SIEVE_A_KEEP:
+			if (store(c, run, "INBOX", 0, a->flags, a->nflags, a->line) < 0)
+				ok = 0;
+			break;
+		case SIEVE_A_FILEINTO:
+			if (store(c, run, a->target, a->create, a->flags, a->nflags, a->line) < 0)
+				ok = 0;
+			break;
+		case SIEVE_A_REDIRECT: {
+			char *body = current_text(run);
+			char *t = xasprintf("X-Sieve-Redirected-From: %s\r\n%s",
+			    run->msg->env_to ? run->msg->env_to : "", body);
+			free(body);
+			const char *ef = cfg_get(c, "sieve_redirect_envelope_from");
+			send_msg(c, run->msg->env_from, a->target, t);
+			(void)ef;
+			break;
+		}
+		case SIEVE_A_VACATION: {
+			char *f, *t, *x;
+			if (sv_vacation_reply(run, a, cfg_get(c, "sieve_user_email"), &f, &t, &x) == 1) {
+				send_msg(c, f, t, x);
+				free(f);
+				free(t);
+			}
+			break;
+		}
+		case SIEVE_A_REJECT: {
+			if (run->msg->env_from && run->msg->env_from[0]) {
+				char *t = xasprintf("From: Mail Delivery System <MAILER-DAEMON@localhost>\r\n"
+				    "To: <%s>\r\nSubject: Automatically rejected mail\r\n"
+				    "Auto-Submitted: auto-replied (rejected)\r\nMIME-Version: 1.0\r\n"
+				    "Content-Type: multipart/report; report-type=disposition-notification; "
+				    "boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+				    "%s\r\n--b--\r\n", run->msg->env_from, a->target);
+				send_msg(c, "", run->msg->env_from, t);
+			}
+			break;
+		}
+		default:
+			break;
+		}
+	}
+	if (keep && ok) {
+		if (store(c, run, "INBOX", 0, r->keep_flags, r->nkeep_flags, 0) < 0)
+			ok = 0;
+	}
+	*res = ok;
+	return 0;
+}
+
+static int x_result_reset(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)n;
+	(void)res;
+	struct ctx *c = C(run);
+	reset_result(c, run);
+	free(run->flags);
+	run->flags = NULL;
+	for (size_t i = 0; i < c->nsm; i++) {
+		free(c->sm[i].from);
+		free(c->sm[i].to);
+		free(c->sm[i].text);
+	}
+	c->nsm = 0;
+	return 0;
+}
+
+static int x_result_print(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)run; (void)n; (void)res;
+	return 0;
+}
+
+static int x_message(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	struct ctx *c = C(run);
+	int present;
+	const char *folder = sieve_tag_str(run, n, "folder", &present);
+	long long idx = n->npos > 0 && n->pos[0]->type == ARG_NUM ? (long long)n->pos[0]->num : 0;
+	*res = 0;
+	if (present && folder) {
+		char *box = sv_expand(run, folder);
+		long long k = 0;
+		for (size_t i = 0; i < c->nst; i++) {
+			if (strcmp(c->st[i].box, box) != 0)
+				continue;
+			if (k++ == idx) {
+				char *text = xstrdup(c->st[i].text);
+				char *flags = xstrdup(c->st[i].flags);
+				set_message(c, text, NULL, NULL);
+				free(run->flags);
+				run->flags = flags;
+				free(text);
+				*res = 1;
+				break;
+			}
+		}
+		free(box);
+	} else {
+		if (idx >= 0 && (size_t)idx < c->nsm) {
+			char *text = xstrdup(c->sm[idx].text);
+			char *from = xstrdup(c->sm[idx].from), *to = xstrdup(c->sm[idx].to);
+			set_message(c, text, from, to);
+			free(text);
+			free(from);
+			free(to);
+			*res = 1;
+		}
+	}
+	if (!*res && !n->is_test) {
+		sv_runtime_error(run, n->line, "test_message: no message at index %lld", idx);
+		return -1;
+	}
+	return 0;
+}
+
+static int x_unsupported(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	struct ctx *c = C(run);
+	(void)res;
+	if (!c->skip_reason)
+		c->skip_reason = xasprintf("uses %s (Pigeonhole-specific)", n->name);
+	return 1;
+}
+
+#define T(...) (const char *const[]){ __VA_ARGS__, NULL }
+#define NOTAGS (const char *const[]){ NULL }
+static const struct sieve_extdef testsuite_defs[] = {
+	{ "test", "vnd.dovecot.testsuite", 0, "s", NOTAGS, 0, 1, x_test },
+	{ "test_fail", "vnd.dovecot.testsuite", 0, "s", NOTAGS, 0, 0, x_test_fail },
+	{ "test_set", "vnd.dovecot.testsuite", 0, "ss", NOTAGS, 0, 0, x_test_set },
+	{ "test_mailbox_create", "vnd.dovecot.testsuite", 0, "s", NOTAGS, 0, 0, x_mailbox_create },
+	{ "test_config_set", "vnd.dovecot.testsuite", 0, "s?s", NOTAGS, 0, 0, x_config_set },
+	{ "test_config_unset", "vnd.dovecot.testsuite", 0, "s", NOTAGS, 0, 0, x_config_unset },
+	{ "test_config_reload", "vnd.dovecot.testsuite", 0, "", T(":extension=s"), 0, 0, x_config_reload },
+	{ "test_result_reset", "vnd.dovecot.testsuite", 0, "", NOTAGS, 0, 0, x_result_reset },
+	{ "test_result_print", "vnd.dovecot.testsuite", 0, "", NOTAGS, 0, 0, x_result_print },
+	{ "test_message", "vnd.dovecot.testsuite", 0, "n", T(":smtp", ":folder=s"), 0, 0, x_message },
+	{ "test_binary_save", "vnd.dovecot.testsuite", 0, "s", NOTAGS, 0, 0, x_unsupported },
+	{ "test_binary_load", "vnd.dovecot.testsuite", 0, "s", NOTAGS, 0, 0, x_unsupported },
+	{ "test_imap_metadata_set", "vnd.dovecot.testsuite", 0, "ss", T(":mailbox=s"), 0, 0, x_unsupported },
+	{ "test_script_compile", "vnd.dovecot.testsuite", 1, "s", NOTAGS, 0, 0, x_script_compile },
+	{ "test_script_run", "vnd.dovecot.testsuite", 1, "", T(":append_result"), 0, 0, x_script_run },
+	{ "test_multiscript", "vnd.dovecot.testsuite", 1, "l", NOTAGS, 0, 0, x_multiscript },
+	{ "test_error", "vnd.dovecot.testsuite", 1, "l", T(":index=n"), SIEVE_G_MATCH | SIEVE_G_COMP, 0, x_error },
+	{ "test_result_action", "vnd.dovecot.testsuite", 1, "l", T(":index=n"),
+	  SIEVE_G_MATCH | SIEVE_G_COMP, 0, x_result_action },
+	{ "test_result_execute", "vnd.dovecot.testsuite", 1, "", NOTAGS, 0, 0, x_result_execute },
+	{ "test_message", "vnd.dovecot.testsuite", 1, "n", T(":smtp", ":folder=s"), 0, 0, x_message },
+	{ NULL, NULL, 0, NULL, NULL, 0, 0, NULL },
+};
+
+/* ---- files ---- */
+
+static const char *const skip_dirs[] = {
+	"plugins/", "extensions/vnd.dovecot/", "deprecated/", "extensions/spamvirustest/",
+	"extensions/special-use/", "extensions/metadata/", "extensions/enotify/",
+	"extensions/mime/", "extensions/ihave/", NULL,
+};
+
+static const char *skip_reason_for(const char *rel)
+{
+	for (const char *const *d = skip_dirs; *d; d++)
+		if (strncmp(rel, *d, strlen(*d)) == 0)
+			return "Pigeonhole-only or unlisted extension";
+	return NULL;
+}
+
+static char *read_all(const char *path, size_t *len_r)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	size_t cap = 65536, n = 0;
+	char *b = xmalloc(cap);
+	size_t r;
+	while ((r = fread(b + n, 1, cap - n - 1, f)) > 0) {
+		n += r;
+		if (n + 1 >= cap)
+			b = xrealloc(b, cap *= 2);
+	}
+	fclose(f);
+	b[n] = '\0';
+	*len_r = n;
+	return b;
+}
+
+enum { RES_PASS, RES_FAIL, RES_SKIP };
+
+static int run_file(const char *path, const char *rel, char **why_r, int *ntests_r)
+{
+	const char *sk = skip_reason_for(rel);
+	if (sk) {
+		*why_r = xstrdup(sk);
+		return RES_SKIP;
+	}
+	struct ctx c = { 0 };
+	char *dir = xstrdup(path);
+	char *sl = strrchr(dir, '/');
+	if (sl) *sl = '\0';
+	c.dir = dir;
+	sieve_limits_default(&c.limits);
+	c.pending = c.limits;
+	c.env_from = xstrdup("sender@example.com");
+	c.env_to = xstrdup("recipient@example.com");
+	c.env_orig_to = xstrdup("recipient@example.com");
+	set_message(&c, "From: sender@example.com\r\nTo: recipient@example.com\r\n"
+	    "Subject: Frop!\r\n\r\nFrop!\r\n", NULL, NULL);
+	struct sieve_errors err = { 0 };
+	struct sieve_script *s = NULL;
+	struct sieve_compile_opts o = { .extra = testsuite_defs, .extra_caps = test_caps };
+	char gdir[4096];
+	snprintf(gdir, sizeof(gdir), "%s/included-global", dir);
+	o.global_dir = gdir;
+	int ret;
+	if (sieve_compile_file(path, &o, &s, &err) < 0) {
+		*why_r = xasprintf("does not compile: %s", err.n ? err.msg[0] : "?");
+		ret = RES_FAIL;
+		goto out;
+	}
+	struct sieve_result *res = NULL;
+	struct sieve_limits big;
+	sieve_limits_default(&big);
+	big.max_actions = 1000;
+	big.max_redirects = 1000;
+	big.max_cpu_steps = 200000000;
+	struct sieve_run_opts ro = { .limits = &big, .ctx = &c, .dup = &dupstore,
+		.mailboxes = NULL };
+	dupstore.ctx = &c;
+	/* the testsuite's run is reached through ctx for set_message */
+	int rr = sieve_run_with(s, c.msg, &ro, &res, &err, &c.run);
+	sieve_result_free(&res);
+	*ntests_r = c.ntests;
+	if (c.skip_reason) {
+		*why_r = c.skip_reason;
+		c.skip_reason = NULL;
+		ret = RES_SKIP;
+	} else if (c.nfailed || c.first_fail) {
+		*why_r = c.first_fail ? c.first_fail : xstrdup("failed");
+		c.first_fail = NULL;
+		ret = RES_FAIL;
+	} else if (rr < 0) {
+		*why_r = xasprintf("runtime error: %s", err.n ? err.msg[err.n - 1] : "?");
+		ret = RES_FAIL;
+	} else {
+		ret = RES_PASS;
+	}
+out:
+	sieve_script_free(&s);
+	sieve_script_free(&c.script);
+	sieve_errors_clear(&err);
+	sieve_errors_clear(&c.errs);
+	sieve_msg_free(&c.msg);
+	for (size_t i = 0; i < c.nold; i++)
+		sieve_msg_free(&c.old[i]);
+	free(c.old);
+	for (size_t i = 0; i < c.nst; i++) {
+		free(c.st[i].box);
+		free(c.st[i].text);
+		free(c.st[i].flags);
+	}
+	free(c.st);
+	for (size_t i = 0; i < c.nsm; i++) {
+		free(c.sm[i].from);
+		free(c.sm[i].to);
+		free(c.sm[i].text);
+	}
+	free(c.sm);
+	sieve_strv_free(c.boxes, c.nboxes);
+	sieve_strv_free(c.cfg, 2 * c.ncfg);
+	sv_vars_free(&c.dupes);
+	free(c.env_from);
+	free(c.env_to);
+	free(c.env_orig_to);
+	free(c.env_auth);
+	free(c.msg_text);
+	free(c.first_fail);
+	free(c.skip_reason);
+	free(c.test_name);
+	free(dir);
+	return ret;
+}
+
+static int cmpstr(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void find_svtests(const char *root, const char *sub, char ***v, size_t *n)
+{
+	char *path = sub[0] ? xasprintf("%s/%s", root, sub) : xstrdup(root);
+	DIR *d = opendir(path);
+	if (!d) {
+		free(path);
+		return;
+	}
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		char *rel = sub[0] ? xasprintf("%s/%s", sub, e->d_name) : xstrdup(e->d_name);
+		char *full = xasprintf("%s/%s", root, rel);
+		struct stat sb;
+		if (stat(full, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+			find_svtests(root, rel, v, n);
+			free(rel);
+		} else if (strlen(rel) > 7 && !strcmp(rel + strlen(rel) - 7, ".svtest")) {
+			*v = xreallocarray(*v, *n + 1, sizeof(char *));
+			(*v)[(*n)++] = rel;
+		} else {
+			free(rel);
+		}
+		free(full);
+	}
+	closedir(d);
+	free(path);
+}
+
+/* expected list: "FILE pass" / "FILE skip:reason" / "FILE fail" */
+static const char *expected_for(char **exp, size_t nexp, const char *rel)
+{
+	size_t l = strlen(rel);
+	for (size_t i = 0; i < nexp; i++)
+		if (strncmp(exp[i], rel, l) == 0 && (exp[i][l] == ' ' || exp[i][l] == '\t')) {
+			const char *p = exp[i] + l;
+			while (*p == ' ' || *p == '\t')
+				p++;
+			return p;
+		}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	const char *corpus = "../shared/sieve-conformance/tests", *expfile = NULL;
+	int write_expected = 0;
+	int i = 1;
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (; i < argc && argv[i][0] == '-'; i++) {
+		if (!strcmp(argv[i], "-C") && i + 1 < argc)
+			corpus = argv[++i];
+		else if (!strcmp(argv[i], "-e") && i + 1 < argc)
+			expfile = argv[++i];
+		else if (!strcmp(argv[i], "-w"))
+			write_expected = 1;
+		else {
+			fprintf(stderr, "usage: sieve-conformance [-C CORPUS] [-e EXPECTED] [-w] [FILE...]\n");
+			return 2;
+		}
+	}
+	char **files = NULL;
+	size_t nfiles = 0;
+	if (i < argc) {
+		for (; i < argc; i++) {
+			files = xreallocarray(files, nfiles + 1, sizeof(char *));
+			files[nfiles++] = xstrdup(argv[i]);
+		}
+	} else {
+		find_svtests(corpus, "", &files, &nfiles);
+		qsort(files, nfiles, sizeof(char *), cmpstr);
+	}
+	if (nfiles == 0) {
+		fprintf(stderr, "sieve-conformance: no .svtest files under %s\n", corpus);
+		return 2;
+	}
+	char **exp = NULL;
+	size_t nexp = 0;
+	if (expfile) {
+		size_t len;
+		char *t = read_all(expfile, &len);
+		if (!t) {
+			fprintf(stderr, "sieve-conformance: cannot read %s\n", expfile);
+			return 2;
+		}
+		for (char *line = strtok(t, "\n"); line; line = strtok(NULL, "\n"))
+			if (line[0] && line[0] != '#') {
+				exp = xreallocarray(exp, nexp + 1, sizeof(char *));
+				exp[nexp++] = xstrdup(line);
+			}
+		free(t);
+	}
+	int np = 0, nf = 0, nsk = 0, regress = 0;
+	for (size_t k = 0; k < nfiles; k++) {
+		char *path = xasprintf("%s/%s", corpus, files[k]);
+		char *why = NULL;
+		int nt = 0;
+		int r = run_file(path, files[k], &why, &nt);
+		if (write_expected) {
+			printf("%s %s%s\n", files[k], r == RES_PASS ? "pass" : r == RES_SKIP ? "skip:" : "fail",
+			    r == RES_SKIP ? why : "");
+		} else if (r == RES_PASS) {
+			printf("PASS %s (%d tests)\n", files[k], nt);
+		} else if (r == RES_FAIL) {
+			printf("FAIL %s: %s\n", files[k], why);
+		} else {
+			printf("SKIP %s: %s\n", files[k], why);
+		}
+		np += r == RES_PASS;
+		nf += r == RES_FAIL;
+		nsk += r == RES_SKIP;
+		const char *e = expected_for(exp, nexp, files[k]);
+		if (e && strncmp(e, "pass", 4) == 0 && r != RES_PASS) {
+			printf("REGRESSION %s: expected to pass\n", files[k]);
+			regress++;
+		}
+		free(why);
+		free(path);
+		free(files[k]);
+	}
+	free(files);
+	sieve_strv_free(exp, nexp);
+	if (!write_expected)
+		printf("sieve conformance: %d passed, %d failed, %d skipped\n", np, nf, nsk);
+	if (regress)
+		printf("sieve conformance: %d regression(s) against %s\n", regress, expfile);
+	return regress ? 1 : 0;
+}
