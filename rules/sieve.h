@@ -21,7 +21,7 @@
 #define SIEVE_MAX_NESTING	32
 #define SIEVE_MAX_STRING	(64 * 1024)	/* one string literal */
 #define SIEVE_MAX_LIST		1024		/* items of one string list */
-#define SIEVE_MAX_ARGS		64		/* arguments of one command */
+#define SIEVE_MAX_ARGS		32		/* arguments of one command */
 #define SIEVE_MAX_ACTIONS	32		/* sieve_max_actions */
 #define SIEVE_MAX_REDIRECTS	4		/* sieve_max_redirects */
 #define SIEVE_MAX_INCLUDE_DEPTH	10
@@ -52,7 +52,7 @@ struct sieve_header { char *name; char *value; };
 struct sieve_msg {
 	struct sieve_header *hdr;
 	size_t nhdr;
-	char *body;		/* the body as received (after the empty line) */
+	char *body;		/* the body as received (after the empty line); NULL: none */
 	size_t body_len;
 	size_t size;		/* the whole message, octets */
 	/* envelope; NULL when unknown; from "" is the null sender */
@@ -124,13 +124,19 @@ struct sieve_action {
 	unsigned long seconds;			/* vacation period */
 	int mime;
 	unsigned line;		/* the script line that caused it */
+	/* editheader: the header as it was when the action was taken; NULL: unedited */
+	struct sieve_header *hdr;
+	size_t nhdr;
 };
 struct sieve_result {
 	struct sieve_action *a;
 	size_t n;
 	int implicit_keep;	/* the implicit keep is in force */
 	char **keep_flags; size_t nkeep_flags;	/* flags of the implicit keep */
+	struct sieve_header *keep_hdr;	/* header at the end of the run; NULL: unedited */
+	size_t keep_nhdr;
 };
+void sieve_headers_free(struct sieve_header **h, size_t n);
 void sieve_result_free(struct sieve_result **r);
 const char *sieve_action_name(const struct sieve_action *a);
 

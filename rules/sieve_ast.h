@@ -128,6 +128,8 @@ int sv_addr_split(const char *a, char **local_r, char **domain_r);
 int sv_rel_holds(int rel, int ord);
 int sv_rel_parse(const char *s);
 char *sv_mime_decode(const char *v);
+int sv_addr_parse(const char *s, char **norm_r);
+int sv_utf8_valid(const char *s);
 
 /* regex (sieve_regex.c) */
 void *sv_regex_compile(const char *pat, int icase, const char **error_r);

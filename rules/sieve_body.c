@@ -110,7 +110,10 @@ static int type_matches(const char *ctype, char **types, size_t nt)
 		if (t[0] == '\0')
 			return 1;
 		size_t l = strlen(t);
-		if (strchr(t, '/')) {
+		const char *sl = strchr(t, '/');
+		if (sl && (sl == t || sl[1] == '\0' || strchr(sl + 1, '/')))
+			continue;	/* "/x", "x/", "x/y/z" name no type */
+		if (sl) {
 			if (strcasecmp(ctype, t) == 0)
 				return 1;
 		} else if (strncasecmp(ctype, t, l) == 0 && ctype[l] == '/') {
@@ -140,24 +143,43 @@ static void walk(const char *s, size_t len, int headless, char **types, size_t n
 		h.ctype = NULL;
 	}
 	const char *ctype = h.ctype ? h.ctype : "text/plain";
+	{
+		const char *sl = strchr(ctype, '/');
+		if (!sl || sl == ctype || !sl[1] || strchr(sl + 1, '/') || strchr(ctype, ' '))
+			ctype = "application/octet-stream";	/* not a type/subtype */
+	}
 	const char *body = s + off;
 	size_t blen = len - off;
 	if (strncmp(ctype, "multipart/", 10) == 0 && h.boundary && depth < MAX_MIME_DEPTH) {
 		size_t bl = strlen(h.boundary);
 		const char *p = body, *end = body + blen, *part = NULL;
+		int want = type_matches(ctype, types, nt), first = 1;
 		while (p < end) {
 			const char *eol = memchr(p, '\n', (size_t)(end - p));
 			const char *next = eol ? eol + 1 : end;
 			if (end - p >= (long)(bl + 2) && p[0] == '-' && p[1] == '-' &&
 			    memcmp(p + 2, h.boundary, bl) == 0) {
+				if (first && want) {
+					const char *pe = p;
+					if (pe > body && pe[-1] == '\n') pe--;
+					if (pe > body && pe[-1] == '\r') pe--;
+					*vals = xreallocarray(*vals, *nv + 1, sizeof(char *));
+					(*vals)[(*nv)++] = xstrndup(body, (size_t)(pe - body));
+				}
+				first = 0;
 				if (part) {
 					const char *pe = p;
 					if (pe > part && pe[-1] == '\n') pe--;
 					if (pe > part && pe[-1] == '\r') pe--;
 					walk(part, (size_t)(pe - part), 0, types, nt, depth + 1, vals, nv);
 				}
-				if (p + bl + 4 <= end && p[bl + 2] == '-' && p[bl + 3] == '-')
+				if (p + bl + 4 <= end && p[bl + 2] == '-' && p[bl + 3] == '-') {
+					if (want) {
+						*vals = xreallocarray(*vals, *nv + 1, sizeof(char *));
+						(*vals)[(*nv)++] = xstrndup(next, (size_t)(end - next));
+					}
 					break;
+				}
 				part = next;
 			}
 			p = next;
@@ -182,7 +204,7 @@ int sv_body_values(struct sieve_run *run, const struct sieve_node *n, char ***va
 	const struct sieve_msg *m = run->msg;
 	*vals_r = NULL;
 	*n_r = 0;
-	if (m == NULL)
+	if (m == NULL || m->body == NULL)
 		return 0;
 	if (n->tagset[0]) {	/* :raw */
 		*vals_r = xcalloc(1, sizeof(char *));

@@ -169,6 +169,7 @@ static int decode_encoded(struct cctx *c, struct sv_arg *a, struct sv_str *str)
 		const char *q = p + pre;
 		char tmp[1024], *t = tmp;
 		int ok = 1, any = 0;
+		unsigned long badv = 0;
 		for (;;) {
 			while (q < end && (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n'))
 				q++;
@@ -186,16 +187,20 @@ static int decode_encoded(struct cctx *c, struct sv_arg *a, struct sv_str *str)
 			any = 1;
 			if (uni) {
 				if ((v >= 0xd800 && v <= 0xdfff) || v > 0x10ffff) {
-					cerr(c, a->line, a->col, "invalid unicode character 0x%lx in "
-					    "encoded character substitution", v);
-					ok = 0;
-					break;
+					if (!badv)
+						badv = v;
+					continue;
 				}
 				put_utf8(&t, v);
 			} else {
 				if (v > 0xff) { ok = 0; break; }
 				*t++ = (char)v;
 			}
+		}
+		if (ok && q < end && *q == '}' && badv) {
+			cerr(c, a->line, a->col, "invalid unicode character 0x%lx in encoded character "
+			    "substitution", badv);
+			ok = 0;
 		}
 		if (ok && q < end && *q == '}') {
 			(void)any;
@@ -269,6 +274,49 @@ static int def_tag(const char *const *tags, const char *name, char *type_r, cons
 	return -1;
 }
 
+static int group_tag(const struct sieve_script *s, int groups, const char *t)
+{
+	static const char *const mt[] = { "is", "contains", "matches", NULL };
+	static const char *const ap[] = { "all", "localpart", "domain", NULL };
+	if (groups & SIEVE_G_MATCH) {
+		for (int i = 0; mt[i]; i++)
+			if (!strcasecmp(t, mt[i]))
+				return 1;
+		if (sv_script_has_cap(s, "relational") && (!strcasecmp(t, "value") ||
+		    !strcasecmp(t, "count")))
+			return 1;
+		if (sv_script_has_cap(s, "regex") && !strcasecmp(t, "regex"))
+			return 1;
+	}
+	if (groups & SIEVE_G_ADDR) {
+		for (int i = 0; ap[i]; i++)
+			if (!strcasecmp(t, ap[i]))
+				return 1;
+		if (sv_script_has_cap(s, "subaddress") && (!strcasecmp(t, "user") ||
+		    !strcasecmp(t, "detail")))
+			return 1;
+	}
+	if ((groups & SIEVE_G_COMP) && !strcasecmp(t, "comparator"))
+		return 1;
+	return 0;
+}
+
+/* a sub-test named like one of n's tags: the colon was forgotten */
+static int missing_colon(struct cctx *c, struct sieve_node *n, const char *const *tags, int groups)
+{
+	char ty;
+	const char *ext;
+	for (size_t i = 0; i < n->ntests; i++) {
+		const char *t = n->tests[i]->name;
+		if (def_tag(tags, t, &ty, &ext) >= 0 || group_tag(c->s, groups, t)) {
+			cerr(c, n->tests[i]->line, n->tests[i]->col, "missing colon ':' before ':%s' "
+			    "tag in %s %s", t, n->name, kind(n));
+			return 1;
+		}
+	}
+	return 0;
+}
+
 static int compile_nodes(struct cctx *c, struct sieve_node **v, size_t n, int top);
 static int compile_nodes_test(struct cctx *c, struct sieve_node *t);
 
@@ -283,7 +331,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 		d = NULL;
 	if (!d && s->opts.extra) {
 		for (const struct sieve_extdef *e = s->opts.extra; e->name; e++)
-			if (e->is_test == n->is_test && strcmp(e->name, n->name) == 0 &&
+			if (e->is_test == n->is_test && strcasecmp(e->name, n->name) == 0 &&
 			    (!e->ext || sv_script_has_cap(s, e->ext)))
 				x = e;
 	}
@@ -314,7 +362,8 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 	int subtests = d ? d->subtests : 0;
 	int ret = 0;
 	n->mtype = MT_IS;
-	n->comp = CMP_CASEMAP;
+	/* Pigeonhole's string test compares octets unless told otherwise */
+	n->comp = d && d->id == T_STRING ? CMP_OCTET : CMP_CASEMAP;
 	n->apart = AP_ALL;
 	int have_mt = 0, have_cmp = 0, have_ap = 0;
 
@@ -323,6 +372,44 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 		for (size_t i = 0; i < n->nargs; i++)
 			for (size_t j = 0; j < n->args[i].n; j++)
 				decode_encoded(c, &n->args[i], &n->args[i].v[j]);
+
+	/* structure first: sub-tests and block */
+	int colon_hint = 0, serr = 0;
+	if (subtests == 0 && n->has_tests) {
+		char ty;
+		const char *ext;
+		const char *t0 = n->tests[0]->name;
+		const struct sv_def *td = sv_def_find(t0, 1);
+		if (n->has_tests == 1 && (def_tag(tags, t0, &ty, &ext) >= 0 || group_tag(s, groups, t0)))
+			colon_hint = 1;
+		else if (n->has_tests == 2 || (td && (!td->ext || sv_script_has_cap(s, td->ext))))
+			cerr(c, n->line, n->col, "the %s %s accepts no sub-tests, but tests are "
+			    "specified", n->name, kind(n)), serr = 1;
+		else
+			cerr(c, n->tests[0]->line, n->tests[0]->col, "missing semicolon ';' after %s "
+			    "%s", n->name, kind(n)), serr = 1;
+	}
+	if (subtests == 1 && (n->ntests != 1 || n->has_tests == 2)) {
+		cerr(c, n->line, n->col, "the %s %s requires one test, but %s", n->name, kind(n),
+		    n->has_tests == 2 ? "a test list was specified" : "none was specified");
+		serr = 1;
+	}
+	if (subtests == 2 && n->has_tests != 2) {
+		cerr(c, n->line, n->col, "the %s %s requires a list of sub-tests, but %s",
+		    n->name, kind(n), n->has_tests ? "a single test was specified" : "none were specified");
+		serr = 1;
+	}
+	if (block && !n->has_block) {
+		cerr(c, n->line, n->col, "the %s command requires a command block, but it is missing",
+		    n->name);
+		serr = 1;
+	} else if (!block && n->has_block) {
+		cerr(c, n->line, n->col, "the %s %s does not accept a command block, but one "
+		    "is specified", n->name, kind(n));
+		serr = 1;
+	}
+	if (serr)
+		return -1;
 
 	for (size_t i = 0; i < n->nargs; i++) {
 		struct sv_arg *a = &n->args[i];
@@ -337,6 +424,15 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 		}
 		const char *t = a->tag;
 		int mt = -1, ap = -1;
+		if (n->npos > 0 && !n->ext) {
+			char ty0;
+			const char *e0;
+			if (def_tag(tags, t, &ty0, &e0) >= 0 || group_tag(s, groups, t)) {
+				cerr(c, a->line, a->col, "unexpected tagged argument ':%s' for the %s "
+				    "%s (tagged arguments come before positional ones)", t, n->name, kind(n));
+				return -1;
+			}
+		}
 		if (groups & SIEVE_G_MATCH) {
 			if (!strcasecmp(t, "is")) mt = MT_IS;
 			else if (!strcasecmp(t, "contains")) mt = MT_CONTAINS;
@@ -356,8 +452,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			if (have_mt) {
 				cerr(c, a->line, a->col, "unexpected tagged argument ':%s' for the %s %s "
 				    "(match type already specified)", t, n->name, kind(n));
-				ret = -1;
-				continue;
+				return -1;
 			}
 			have_mt = 1;
 			n->mtype = mt;
@@ -365,8 +460,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				if (i + 1 >= n->nargs || n->args[i + 1].type != ARG_STR) {
 					cerr(c, a->line, a->col, "the :%s match type requires a constant "
 					    "string argument being a relational match type", t);
-					ret = -1;
-					continue;
+					return -1;
 				}
 				struct sv_arg *r = &n->args[++i];
 				n->mtarg = r;
@@ -374,7 +468,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				if (n->rel < 0) {
 					cerr(c, r->line, r->col, "invalid relational match type '%s' "
 					    "specified for :%s", r->v[0].s, t);
-					ret = -1;
+					return -1;
 				}
 			}
 			continue;
@@ -383,8 +477,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			if (have_ap) {
 				cerr(c, a->line, a->col, "unexpected tagged argument ':%s' for the %s %s "
 				    "(address part already specified)", t, n->name, kind(n));
-				ret = -1;
-				continue;
+				return -1;
 			}
 			have_ap = 1;
 			n->apart = ap;
@@ -395,15 +488,13 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				cerr(c, a->line, a->col, "the :comparator tag for the %s %s requires one "
 				    "string argument, but %s was found", n->name, kind(n),
 				    i + 1 < n->nargs ? argtype_name(&n->args[i + 1]) : "none");
-				ret = -1;
-				continue;
+				return -1;
 			}
 			struct sv_arg *r = &n->args[++i];
 			if (have_cmp) {
 				cerr(c, a->line, a->col, "unexpected tagged argument ':comparator' for the "
 				    "%s %s (comparator already specified)", n->name, kind(n));
-				ret = -1;
-				continue;
+				return -1;
 			}
 			have_cmp = 1;
 			const char *cn = r->v[0].s;
@@ -415,7 +506,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				n->comp = CMP_NUMERIC;
 			else {
 				cerr(c, r->line, r->col, "unknown comparator '%s'", cn);
-				ret = -1;
+				return -1;
 			}
 			continue;
 		}
@@ -425,16 +516,14 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 		if (ti < 0 || (ext && !sv_script_has_cap(s, ext))) {
 			cerr(c, a->line, a->col, "unknown tagged argument ':%s' for the %s %s "
 			    "(reported only once at first occurrence)", t, n->name, kind(n));
-			ret = -1;
-			continue;
+			return -1;
 		}
 		if (ti >= 12)
 			continue;
 		if (n->tagset[ti]) {
 			cerr(c, a->line, a->col, "encountered duplicate tagged argument ':%s' for the "
 			    "%s %s", t, n->name, kind(n));
-			ret = -1;
-			continue;
+			return -1;
 		}
 		n->tagset[ti] = 1;
 		n->tagv[ti] = a;
@@ -448,8 +537,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				    "but %s was found", t, n->name, kind(n),
 				    ty == 'n' ? "a number" : ty == 's' ? "a string" : "a string list",
 				    r ? argtype_name(r) : "none");
-				ret = -1;
-				continue;
+				return -1;
 			}
 			n->tagv[ti] = r;
 			i++;
@@ -466,7 +554,8 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			cerr(c, n->pos[max]->line, n->pos[max]->col, "the %s %s requires %zu "
 			    "positional argument(s), but %u were specified", n->name, kind(n),
 			    max, n->npos);
-		ret = -1;
+		missing_colon(c, n, tags, groups);
+		return -1;
 	} else {
 		static const char *const hnames[] = { "header names", "key list" };
 		static const char *const anames[] = { "header list", "key list" };
@@ -488,48 +577,13 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				    "was found", n->name, kind(n),
 				    want == 'n' ? "a number" : want == 's' ? "a string" : "a string list",
 				    i + 1, what, a->type == ARG_NUM ? "a" : "a", argtype_name(a));
-				ret = -1;
-			}
-		}
-	}
-	/* sub-tests */
-	if (subtests == 0 && n->has_tests) {
-		if (n->ntests == 1 && tags) {
-			char ty; const char *ext;
-			if (def_tag(tags, n->tests[0]->name, &ty, &ext) >= 0 ||
-			    ((groups & SIEVE_G_MATCH) && (!strcasecmp(n->tests[0]->name, "is") ||
-			    !strcasecmp(n->tests[0]->name, "contains") ||
-			    !strcasecmp(n->tests[0]->name, "matches"))) ||
-			    ((groups & SIEVE_G_ADDR) && (!strcasecmp(n->tests[0]->name, "all") ||
-			    !strcasecmp(n->tests[0]->name, "localpart") ||
-			    !strcasecmp(n->tests[0]->name, "domain")))) {
-				cerr(c, n->tests[0]->line, n->tests[0]->col, "missing colon ':' "
-				    "before ':%s' tag in %s %s", n->tests[0]->name, n->name, kind(n));
 				return -1;
 			}
 		}
-		cerr(c, n->line, n->col, "the %s %s accepts no sub-tests, but tests are specified",
-		    n->name, kind(n));
+	}
+	if (colon_hint) {
+		missing_colon(c, n, tags, groups);
 		return -1;
-	}
-	if (subtests == 1 && (n->ntests != 1 || n->has_tests == 2)) {
-		cerr(c, n->line, n->col, "the %s %s requires one test, but %s", n->name, kind(n),
-		    n->has_tests == 2 ? "a test list was specified" : "none was specified");
-		ret = -1;
-	}
-	if (subtests == 2 && n->has_tests != 2) {
-		cerr(c, n->line, n->col, "the %s %s requires a list of sub-tests, but %s",
-		    n->name, kind(n), n->has_tests ? "a single test was specified" : "none were specified");
-		ret = -1;
-	}
-	if (block && !n->has_block) {
-		cerr(c, n->line, n->col, "the %s command requires a command block, but it is missing",
-		    n->name);
-		ret = -1;
-	} else if (!block && n->has_block) {
-		cerr(c, n->line, n->col, "the %s command does not accept a command block, but one "
-		    "is specified", n->name);
-		ret = -1;
 	}
 	/* comparator vs match type */
 	if (n->comp == CMP_NUMERIC && (n->mtype == MT_CONTAINS || n->mtype == MT_MATCHES ||
@@ -563,11 +617,46 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			}
 		}
 		break;
+	case T_DUPLICATE:
+		if (n->tagset[1] && n->tagset[2]) {
+			cerr(c, n->line, n->col, "the duplicate test cannot have both :header and "
+			    ":uniqueid");
+			ret = -1;
+		}
+		break;
+	case T_BODY:
+		if (n->tagset[0] + n->tagset[1] + n->tagset[2] > 1) {
+			cerr(c, n->line, n->col, "the body test accepts only one body transform "
+			    "(:raw, :content or :text)");
+			ret = -1;
+		}
+		break;
 	case T_SIZE:
 		if (n->tagset[0] == n->tagset[1]) {
 			cerr(c, n->line, n->col, "the size test requires either the :under or the "
 			    ":over tag to be specified");
 			ret = -1;
+		}
+		break;
+	case C_FILEINTO:
+		if (!strstr(n->pos[0]->v[0].s, "${") || !sv_script_has_cap(s, "variables")) {
+			if (!sv_utf8_valid(n->pos[0]->v[0].s)) {
+				cerr(c, n->pos[0]->line, n->pos[0]->col, "fileinto command: invalid folder "
+				    "name '%s' specified: not in UTF-8", n->pos[0]->v[0].s);
+				ret = -1;
+			}
+		}
+		break;
+	case C_REDIRECT:
+		if (!strstr(n->pos[0]->v[0].s, "${") || !sv_script_has_cap(s, "variables")) {
+			char *norm;
+			if (sv_addr_parse(n->pos[0]->v[0].s, &norm) < 0) {
+				cerr(c, n->pos[0]->line, n->pos[0]->col, "specified redirect address '%s' "
+				    "is invalid", n->pos[0]->v[0].s);
+				ret = -1;
+			} else {
+				free(norm);
+			}
 		}
 		break;
 	case C_SET:
@@ -586,6 +675,17 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 		}
 		break;
 	case C_VACATION:
+		if (n->tagset[3] && (!strstr(n->tagv[3]->v[0].s, "${") ||
+		    !sv_script_has_cap(s, "variables"))) {
+			char *norm;
+			if (sv_addr_parse(n->tagv[3]->v[0].s, &norm) < 0) {
+				cerr(c, n->tagv[3]->line, n->tagv[3]->col, "specified :from address '%s' "
+				    "is invalid for vacation action", n->tagv[3]->v[0].s);
+				ret = -1;
+			} else {
+				free(norm);
+			}
+		}
 		if (n->tagset[0] && n->tagset[1]) {
 			cerr(c, n->line, n->col, "the vacation command cannot have both :days and "
 			    ":seconds");
@@ -676,14 +776,15 @@ static int compile_nodes(struct cctx *c, struct sieve_node **v, size_t n, int to
 	int ret = 0, prev_if = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct sieve_node *x = v[i];
-		if (!strcmp(x->name, "require")) {
+		if (!strcasecmp(x->name, "require")) {
 			if (check_require(c, x, top) < 0)
 				ret = -1;
 			prev_if = 0;
 			continue;
 		}
 		c->seen_other = 1;
-		if (check_node(c, x) < 0)
+		int bad = check_node(c, x) < 0;
+		if (bad)
 			ret = -1;
 		int id = x->def ? x->def->id : 0;
 		if ((id == C_ELSIF || id == C_ELSE) && !prev_if) {
@@ -692,7 +793,7 @@ static int compile_nodes(struct cctx *c, struct sieve_node **v, size_t n, int to
 			ret = -1;
 		}
 		prev_if = (id == C_IF || id == C_ELSIF);
-		for (size_t t = 0; t < x->ntests; t++)
+		for (size_t t = 0; t < x->ntests && !bad; t++)
 			if (compile_nodes_test(c, x->tests[t]) < 0)
 				ret = -1;
 		if (compile_nodes(c, x->cmds, x->ncmds, 0) < 0)
@@ -704,7 +805,7 @@ static int compile_nodes(struct cctx *c, struct sieve_node **v, size_t n, int to
 static int compile_nodes_test(struct cctx *c, struct sieve_node *t)
 {
 	int ret = check_node(c, t);
-	for (size_t i = 0; i < t->ntests; i++)
+	for (size_t i = 0; i < t->ntests && ret == 0; i++)
 		if (compile_nodes_test(c, t->tests[i]) < 0)
 			ret = -1;
 	return ret;

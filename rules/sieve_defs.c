@@ -7,6 +7,7 @@
  *   sv_def_find_any(name)       the row of either kind
  */
 #include <string.h>
+#include <strings.h>
 #include "rules/sieve_ast.h"
 
 #define T(...) (const char *const[]){ __VA_ARGS__, NULL }
@@ -72,7 +73,7 @@ static const struct sv_def defs[] = {
 const struct sv_def *sv_def_find(const char *name, int is_test)
 {
 	for (const struct sv_def *d = defs; d->name; d++)
-		if (d->is_test == is_test && strcmp(d->name, name) == 0)
+		if (d->is_test == is_test && strcasecmp(d->name, name) == 0)
 			return d;
 	return NULL;
 }
@@ -80,7 +81,7 @@ const struct sv_def *sv_def_find(const char *name, int is_test)
 const struct sv_def *sv_def_find_any(const char *name)
 {
 	for (const struct sv_def *d = defs; d->name; d++)
-		if (strcmp(d->name, name) == 0)
+		if (strcasecmp(d->name, name) == 0)
 			return d;
 	return NULL;
 }

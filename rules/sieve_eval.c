@@ -76,6 +76,7 @@ void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 	run->hdr = NULL;
 	run->nhdr = 0;
 	run->hdr_edited = 0;
+	run->size_delta = 0;
 }
 
 char *sieve_arg_str(struct sieve_run *run, const struct sieve_node *n, unsigned i)
@@ -170,9 +171,9 @@ static int match_one(struct sieve_run *run, const struct sieve_node *n, const ch
 		return sv_contains(n->comp, v, vl, k, kl, &run->steps);
 	case MT_MATCHES: {
 		char *caps[10] = { 0 };
-		int r = sv_glob(n->comp, k, kl, v, vl, run->script->uses_vars ? caps : NULL,
-		    &run->steps);
-		if (r)
+		int want = run->script->uses_vars && !(n->def && n->def->id == T_BODY);
+		int r = sv_glob(n->comp, k, kl, v, vl, want ? caps : NULL, &run->steps);
+		if (r && want)
 			set_caps(run, caps);
 		for (int i = 0; i < 10; i++)
 			free(caps[i]);
@@ -182,9 +183,10 @@ static int match_one(struct sieve_run *run, const struct sieve_node *n, const ch
 		return sv_rel_holds(n->rel, sv_cmp_order(n->comp, v, vl, k, kl));
 	case MT_REGEX: {
 		char *caps[10] = { 0 };
-		int r = sv_regex_match(re, v, vl, run->script->uses_vars ? caps : NULL);
+		int want = run->script->uses_vars && !(n->def && n->def->id == T_BODY);
+		int r = sv_regex_match(re, v, vl, want ? caps : NULL);
 		run->steps += vl;
-		if (r > 0)
+		if (r > 0 && want)
 			set_caps(run, caps);
 		for (int i = 0; i < 10; i++)
 			free(caps[i]);
@@ -389,10 +391,8 @@ static int test_envelope(struct sieve_run *run, const struct sieve_node *n)
 			a = xstrdup(e);
 		}
 		if (a[0] == '\0') {
-			if (n->apart == AP_ALL)
-				strv_push(&vals, &nv, a);
-			else
-				free(a);
+			/* the null reverse-path is "" whatever the address part */
+			strv_push(&vals, &nv, a);
 			continue;
 		}
 		char *p = addr_part(n->apart, a);
@@ -756,8 +756,10 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 	case T_EXISTS: *res = test_exists(run, n); break;
 	case T_SIZE: {
 		uint64_t lim = n->pos[0]->num;
-		size_t sz = run->msg ? run->msg->size : 0;
-		*res = n->tagset[0] ? sz > lim : sz < lim;
+		long long sz = run->msg ? (long long)run->msg->size + run->size_delta : 0;
+		if (sz < 0)
+			sz = 0;
+		*res = n->tagset[0] ? (uint64_t)sz > lim : (uint64_t)sz < lim;
 		break;
 	}
 	case T_STRING: *res = test_string(run, n); break;
@@ -822,18 +824,13 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 
 static char *normalize_address(const char *in)
 {
-	size_t n;
-	char **v = sv_addr_list(in, &n);
-	char *r = NULL;
-	if (n == 1 && strchr(v[0], '@') && v[0][0] != '@' && v[0][strlen(v[0]) - 1] != '@')
-		r = xstrdup(v[0]);
-	sieve_strv_free(v, n);
-	return r;
+	char *r;
+	return sv_addr_parse(in, &r) == 0 ? r : NULL;
 }
 
 static int valid_mailbox(const char *m)
 {
-	if (m[0] == '\0')
+	if (m[0] == '\0' || !sv_utf8_valid(m))
 		return 0;
 	for (const unsigned char *p = (const unsigned char *)m; *p; p++)
 		if (*p < 0x20 || *p == 0x7f)
@@ -898,6 +895,14 @@ static int cmd_editheader(struct sieve_run *run, const struct sieve_node *n, int
 			free(val);
 			return R_GO;	/* Pigeonhole: silently ignored */
 		}
+		/* folded on the way in, unfolded on the way out: drop line ends */
+		char *w = val;
+		for (char *q = val; *q; q++)
+			if (*q != '\r' && *q != '\n')
+				*w++ = *q;
+		*w = '\0';
+		while (w > val && (w[-1] == ' ' || w[-1] == '\t'))
+			*--w = '\0';
 		hdr_own(run);
 		run->hdr = xreallocarray(run->hdr, run->nhdr + 1, sizeof(*run->hdr));
 		if (n->tagset[0]) {
@@ -909,6 +914,7 @@ static int cmd_editheader(struct sieve_run *run, const struct sieve_node *n, int
 			run->hdr[0].value = xstrdup(val);
 		}
 		run->nhdr++;
+		run->size_delta += (long long)(strlen(name) + strlen(val) + 4);
 		struct sieve_action a = { .type = SIEVE_A_ADDHEADER, .target = name, .value = val,
 			.last = n->tagset[0], .line = n->line };
 		run->res->a = xreallocarray(run->res->a, run->res->n + 1, sizeof(a));
@@ -947,6 +953,8 @@ static int cmd_editheader(struct sieve_run *run, const struct sieve_node *n, int
 			}
 		}
 		if (del) {
+			run->size_delta -= (long long)(strlen(run->hdr[i].name) +
+			    strlen(run->hdr[i].value) + 4);
 			free(run->hdr[i].name);
 			free(run->hdr[i].value);
 		} else {
@@ -1187,6 +1195,8 @@ int sieve_run_with(const struct sieve_script *s, const struct sieve_msg *m,
 		run.res->implicit_keep = !run.keep_cancelled;
 		sieve_strv_free(run.res->keep_flags, run.res->nkeep_flags);
 		run.res->keep_flags = split_flags(run.flags ? run.flags : "", &run.res->nkeep_flags);
+		if (run.hdr_edited)
+			sv_result_snapshot(&run, &run.res->keep_hdr, &run.res->keep_nhdr);
 	}
 	for (int k = 0; k < 10; k++)
 		free(run.caps[k]);

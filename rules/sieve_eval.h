@@ -25,6 +25,7 @@ struct sieve_run {
 	struct sieve_header *hdr;
 	size_t nhdr;
 	int hdr_edited;
+	long long size_delta;	/* size change by editheader */
 	const struct sieve_script **included; size_t nincluded;
 	unsigned include_depth;
 };
@@ -33,6 +34,7 @@ void sv_runtime_error(struct sieve_run *run, unsigned line, const char *fmt, ...
     __attribute__((format(printf, 3, 4)));
 int sv_result_add(struct sieve_run *run, struct sieve_action *a);
 void sv_action_clear(struct sieve_action *a);
+void sv_result_snapshot(struct sieve_run *run, struct sieve_header **h_r, size_t *n_r);
 
 /* variables (sieve_vars.c) */
 char *sv_expand(struct sieve_run *run, const char *s);

@@ -249,7 +249,7 @@ static void lex_number(struct sv_lexer *lx)
 	}
 	if (over) {
 		lerr(lx, "number exceeds integer limits");
-		return;
+		v = UINT64_MAX;
 	}
 	lx->num = v;
 	lx->tok = TK_NUM;
@@ -301,10 +301,8 @@ void sv_lex_next(struct sv_lexer *lx)
 			lex_multiline(lx);
 			return;
 		}
-		if (n > MAX_IDENT) {
+		if (n > MAX_IDENT)
 			lerr(lx, tag ? "tagged argument is too long" : "identifier is too long");
-			return;
-		}
 		lx->text = xstrndup(start, n);
 		lx->len = n;
 		lx->tok = tag ? TK_TAG : TK_ID;
@@ -315,6 +313,8 @@ void sv_lex_next(struct sv_lexer *lx)
 		snprintf(msg, sizeof(msg), "unexpected character '%c'", c);
 	else
 		snprintf(msg, sizeof(msg), "unexpected character 0x%02x", (unsigned)c);
-	adv(lx);
+	/* one error for a run of garbage */
+	while (peekc(lx, 0) >= 0 && !strchr(" \t\r\n;{}()[],\"#", peekc(lx, 0)))
+		adv(lx);
 	lerr(lx, msg);
 }

@@ -397,3 +397,22 @@ char *sv_mime_decode(const char *v)
 	*o = '\0';
 	return out;
 }
+
+int sv_utf8_valid(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	while (*p) {
+		if (*p < 0x80) {
+			p++;
+			continue;
+		}
+		int n = (*p >> 5) == 6 ? 1 : (*p >> 4) == 14 ? 2 : (*p >> 3) == 30 ? 3 : -1;
+		if (n < 0 || *p == 0xc0 || *p == 0xc1 || *p > 0xf4)
+			return 0;
+		p++;
+		for (int i = 0; i < n; i++, p++)
+			if ((*p & 0xc0) != 0x80)
+				return 0;
+	}
+	return 1;
+}

@@ -41,15 +41,21 @@ struct sieve_msg *sieve_msg_parse(const char *text, size_t len)
 	struct hdrparse *hp = hdrparse_new(on_field, m);
 	int stop;
 	long took = hdrparse_feed(hp, text, len, &stop);
+	int has_body = hdrparse_done(hp);
 	if (took >= 0 && !hdrparse_done(hp))
 		(void)hdrparse_finish(hp, &stop);
-	size_t off = hdrparse_done(hp) ? (size_t)hdrparse_body_offset(hp) : len;
+	size_t off = has_body ? (size_t)hdrparse_body_offset(hp) : len;
 	if (off > len)
 		off = len;
 	hdrparse_free(&hp);
-	m->body = xstrndup(text + off, len - off);
-	m->body_len = len - off;
+	/* no empty line: no body at all (the body test then has nothing to match) */
+	m->body = has_body ? xstrndup(text + off, len - off) : NULL;
+	m->body_len = has_body ? len - off : 0;
+	/* RFC 5228 5.9: the size in canonical form (CRLF line ends) */
 	m->size = len;
+	for (size_t i = 0; i < len; i++)
+		if (text[i] == '\n' && (i == 0 || text[i - 1] != '\r'))
+			m->size++;
 	return m;
 }
 

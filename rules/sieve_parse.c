@@ -153,8 +153,6 @@ static int parse_args(struct parser *p, struct sieve_node *n, unsigned depth)
 		}
 		sv_lex_next(lx);
 	}
-	if (lx->tok == TK_ERR)
-		return -1;
 	if (lx->tok == TK_ID) {
 		n->has_tests = 1;
 		struct sieve_node *t = parse_test(p, depth + 1);
@@ -219,7 +217,7 @@ static struct sieve_node *parse_command(struct parser *p, unsigned depth)
 	size_t dummy;
 	n->name = take_text(lx, &dummy);
 	sv_lex_next(lx);
-	if (parse_args(p, n, depth) < 0)
+	if (parse_args(p, n, 0) < 0)
 		goto fail;
 	if (lx->tok == TK_SEMI) {
 		sv_lex_next(lx);
@@ -242,9 +240,8 @@ static struct sieve_node *parse_command(struct parser *p, unsigned depth)
 		sv_lex_next(lx);
 		return n;
 	}
-	if (lx->tok != TK_ERR)
-		perr(p, "expected end of command ';' or the beginning of a compound block '{', "
-		    "but found %s%s", sv_tok_name(lx->tok), "");
+	perr(p, "expected end of command ';' or the beginning of a compound block '{', "
+	    "but found %s%s", sv_tok_name(lx->tok), "");
 fail:
 	recover(p);
 	return n;
@@ -265,7 +262,7 @@ static int parse_commands(struct parser *p, unsigned depth, int in_block,
 			continue;
 		}
 		if (lx->tok == TK_ERR) {
-			p->errors++;
+			perr(p, "expected identifier, but found %s%s", sv_tok_name(lx->tok), "");
 			sv_lex_next(lx);
 			recover(p);
 			continue;

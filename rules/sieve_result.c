@@ -30,8 +30,42 @@ const char *sieve_action_name(const struct sieve_action *a)
 	return "?";
 }
 
+void sieve_headers_free(struct sieve_header **hp, size_t n)
+{
+	struct sieve_header *h = *hp;
+	if (h == NULL)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		free(h[i].name);
+		free(h[i].value);
+	}
+	free(h);
+	*hp = NULL;
+}
+
+static struct sieve_header *hdr_copy(const struct sieve_header *h, size_t n)
+{
+	struct sieve_header *c = xcalloc(n + 1, sizeof(*c));
+	for (size_t i = 0; i < n; i++) {
+		c[i].name = xstrdup(h[i].name);
+		c[i].value = xstrdup(h[i].value);
+	}
+	return c;
+}
+
+void sv_result_snapshot(struct sieve_run *run, struct sieve_header **h_r, size_t *n_r)
+{
+	sieve_headers_free(h_r, *n_r);
+	*n_r = 0;
+	if (!run->hdr_edited)
+		return;
+	*h_r = hdr_copy(run->hdr, run->nhdr);
+	*n_r = run->nhdr;
+}
+
 void sv_action_clear(struct sieve_action *a)
 {
+	sieve_headers_free(&a->hdr, a->nhdr);
 	free(a->target);
 	free(a->value);
 	sieve_strv_free(a->flags, a->nflags);
@@ -51,6 +85,7 @@ void sieve_result_free(struct sieve_result **rp)
 		sv_action_clear(&r->a[i]);
 	free(r->a);
 	sieve_strv_free(r->keep_flags, r->nkeep_flags);
+	sieve_headers_free(&r->keep_hdr, r->keep_nhdr);
 	free(r);
 	*rp = NULL;
 }
@@ -153,6 +188,8 @@ int sv_result_add(struct sieve_run *run, struct sieve_action *a)
 			goto fail;
 		}
 	}
+	if (delivers(a))
+		sv_result_snapshot(run, &a->hdr, &a->nhdr);
 	r->a = xreallocarray(r->a, r->n + 1, sizeof(*r->a));
 	r->a[r->n++] = *a;
 	memset(a, 0, sizeof(*a));
