@@ -151,7 +151,8 @@ struct sieve_dupstore {
 struct sieve_run_opts {
 	const struct sieve_limits *limits;
 	struct sieve_dupstore *dup;
-	const char *const *mailboxes;	/* existing mailboxes (mailboxexists), NULL ended */
+	/* mailboxexists: 1 when the folder exists; NULL: only INBOX exists */
+	int (*mailbox_exists)(void *ctx, const char *name);
 	void *ctx;			/* for extdef exec callbacks */
 	long now;			/* time() for currentdate; 0: the real clock */
 };

@@ -348,12 +348,24 @@ static int test_address(struct sieve_run *run, const struct sieve_node *n)
 	for (size_t i = 0; i < nv; i++) {
 		size_t na;
 		char **as = sv_addr_list(vals[i], &na);
-		if (na == 0 && n->apart == AP_ALL && vals[i][0])
-			strv_push(&parts, &nvals, xstrdup(vals[i]));
+		int invalid = na == 0;
 		for (size_t j = 0; j < na; j++) {
-			char *p = addr_part(n->apart, as[j]);
+			char *norm;
+			if (sv_addr_parse(as[j], &norm) < 0) {
+				invalid = 1;
+				continue;
+			}
+			char *p = addr_part(n->apart, norm);
+			free(norm);
 			if (p)
 				strv_push(&parts, &nvals, p);
+		}
+		/* not (all) valid: :all sees the field as written */
+		if (invalid && n->apart == AP_ALL) {
+			const char *v = vals[i];
+			while (*v == ' ' || *v == '\t')
+				v++;
+			strv_push(&parts, &nvals, xstrdup(v));
 		}
 		sieve_strv_free(as, na);
 	}
@@ -381,13 +393,17 @@ static int test_envelope(struct sieve_run *run, const struct sieve_node *n)
 			e = run->msg->env_auth;
 		if (e == NULL)
 			continue;
-		/* the null sender: "" for :all, nothing to match for the parts */
+		/* an SMTP path: <addr-spec>, or a bare addr-spec */
 		char *a = NULL;
-		const char *lt = strchr(e, '<');
-		if (lt) {
-			const char *gt = strchr(lt, '>');
-			a = gt ? xstrndup(lt + 1, (size_t)(gt - lt - 1)) : xstrdup(lt + 1);
+		size_t el = strlen(e);
+		if (e[0] == '<') {
+			if (el < 2 || e[el - 1] != '>' || memchr(e + 1, '<', el - 2) ||
+			    memchr(e + 1, '>', el - 2))
+				continue;
+			a = xstrndup(e + 1, el - 2);
 		} else {
+			if (strchr(e, '<') || strchr(e, '>'))
+				continue;
 			a = xstrdup(e);
 		}
 		if (a[0] == '\0') {
@@ -395,10 +411,68 @@ static int test_envelope(struct sieve_run *run, const struct sieve_node *n)
 			strv_push(&vals, &nv, a);
 			continue;
 		}
-		char *p = addr_part(n->apart, a);
-		if (p == NULL && n->apart == AP_ALL)
-			p = xstrdup(a);
+		if (!strcasecmp(names[i], "auth") && !strchr(a, '@')) {
+			/* an authenticated user name need not be an address */
+			if (n->apart == AP_ALL || n->apart == AP_LOCAL || n->apart == AP_USER)
+				strv_push(&vals, &nv, a);
+			else
+				free(a);
+			continue;
+		}
+		if (strchr(a, '<') || strchr(a, ' ')) {
+			free(a);
+			continue;
+		}
+		if (a[0] == '@') {
+			/* a source route "@d1,@d2:" is dropped, if well-formed */
+			const char *p = a;
+			int ok = 1;
+			for (;;) {
+				if (*p != '@') { ok = 0; break; }
+				p++;
+				const char *d = p;
+				while (*p && *p != ',' && *p != ':' && *p != '@')
+					p++;
+				char *dom = xstrndup(d, (size_t)(p - d));
+				char *chk = xasprintf("x@%s", dom), *cn = NULL;
+				if (dom[0] == '\0' || sv_addr_parse(chk, &cn) < 0)
+					ok = 0;
+				free(cn);
+				free(chk);
+				free(dom);
+				if (!ok || *p == ':')
+					break;
+				if (*p != ',') { ok = 0; break; }
+				p++;
+			}
+			if (!ok || *p != ':') {
+				free(a);
+				continue;
+			}
+			char *rest = xstrdup(p + 1);
+			free(a);
+			a = rest;
+		}
+		if (!strchr(a, '@')) {
+			/* a local part alone (<MAILER-DAEMON>) */
+			char *chk = xasprintf("%s@x", a), *cn = NULL;
+			int ok = sv_addr_parse(chk, &cn) == 0;
+			free(chk);
+			free(cn);
+			if (ok && (n->apart == AP_ALL || n->apart == AP_LOCAL))
+				strv_push(&vals, &nv, a);
+			else
+				free(a);
+			continue;
+		}
+		char *norm;
+		if (sv_addr_parse(a, &norm) < 0) {
+			free(a);	/* an invalid path matches nothing */
+			continue;
+		}
 		free(a);
+		char *p = addr_part(n->apart, norm);
+		free(norm);
 		if (p)
 			strv_push(&vals, &nv, p);
 	}
@@ -783,8 +857,8 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 		*res = 1;
 		for (size_t i = 0; i < nb && *res; i++) {
 			int found = strcasecmp(boxes[i], "INBOX") == 0;
-			for (const char *const *m = run->opts.mailboxes; m && *m && !found; m++)
-				found = strcmp(*m, boxes[i]) == 0;
+			if (!found && run->opts.mailbox_exists)
+				found = run->opts.mailbox_exists(run->opts.ctx, boxes[i]);
 			*res = found;
 		}
 		sieve_strv_free(boxes, nb);
@@ -1059,6 +1133,9 @@ static int exec_cmd(struct sieve_run *run, const struct sieve_node *n, int *chai
 			free(box);
 			return R_ERR;
 		}
+		if (strncasecmp(box, "INBOX", 5) == 0 && (box[5] == '\0' || box[5] == '.' ||
+		    box[5] == '/'))
+			memcpy(box, "INBOX", 5);
 		struct sieve_action a = { .type = SIEVE_A_FILEINTO, .target = box,
 			.copy = n->tagset[0], .create = n->tagset[2], .line = n->line };
 		take_flags(run, n, &a);

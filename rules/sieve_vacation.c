@@ -91,7 +91,7 @@ int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a, const
 	/* mail from myself is not answered */
 	me = bare(m->env_orig_to ? m->env_orig_to : m->env_to);
 	char *rcpt = bare(m->env_to);
-	if ((me && !strcasecmp(me, sender)) || (rcpt && !strcasecmp(rcpt, sender)) ||
+	if ((rcpt && !strcasecmp(rcpt, sender)) ||
 	    (user_email && !strcasecmp(user_email, sender))) {
 		free(rcpt);
 		goto out;
@@ -102,7 +102,7 @@ int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a, const
 			goto out;
 		}
 	/* it must have been sent to one of my addresses */
-	int mine = (me && addr_in_headers(run, me)) || (rcpt && addr_in_headers(run, rcpt)) ||
+	int mine = (rcpt && addr_in_headers(run, rcpt)) ||
 	    (user_email && addr_in_headers(run, user_email));
 	for (size_t i = 0; i < a->naddresses && !mine; i++)
 		mine = addr_in_headers(run, a->addresses[i]);

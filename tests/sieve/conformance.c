@@ -95,6 +95,32 @@ static void set_message(struct ctx *c, const char *text, const char *from, const
 		sieve_run_set_msg(c->run, m);
 }
 
+/* as Pigeonhole's testsuite: a new message brings its own envelope, taken
+ * from Envelope-To/To and Return-Path/Sender/From */
+static void envelope_from_headers(struct ctx *c)
+{
+	static const char *const rh[] = { "envelope-to", "to", NULL };
+	static const char *const sh[] = { "return-path", "sender", "from", NULL };
+	const char *const *lists[2] = { rh, sh };
+	char *found[2] = { NULL, NULL };
+	for (int k = 0; k < 2; k++)
+		for (const char *const *h = lists[k]; *h && !found[k]; h++)
+			for (size_t i = 0; i < c->msg->nhdr && !found[k]; i++)
+				if (!strcasecmp(c->msg->hdr[i].name, *h)) {
+					size_t n;
+					char **as = sv_addr_list(c->msg->hdr[i].value, &n);
+					found[k] = n ? xstrdup(as[0]) : xstrdup(c->msg->hdr[i].value);
+					sieve_strv_free(as, n);
+				}
+	free(c->env_to);
+	free(c->env_orig_to);
+	free(c->env_from);
+	c->env_to = found[0] ? found[0] : xstrdup("recipient@example.com");
+	c->env_orig_to = xstrdup(c->env_to);
+	c->env_from = found[1] ? found[1] : xstrdup("sender@example.com");
+	apply_env(c, c->msg);
+}
+
 static char *strip_null(const char *v)
 {
 	if (!strcmp(v, "<>"))
@@ -154,6 +180,7 @@ static int x_test_set(struct sieve_run *run, const struct sieve_node *n, int *re
 	char *k = sieve_arg_str(run, n, 0), *v = sieve_arg_str(run, n, 1);
 	if (!strcmp(k, "message")) {
 		set_message(c, v, NULL, NULL);
+		envelope_from_headers(c);
 	} else if (!strncmp(k, "envelope.", 9)) {
 		char **p = !strcmp(k + 9, "from") ? &c->env_from : !strcmp(k + 9, "to") ? &c->env_to :
 		    !strcmp(k + 9, "orig_to") ? &c->env_orig_to : !strcmp(k + 9, "auth") ? &c->env_auth : NULL;
@@ -264,6 +291,12 @@ static int x_script_compile(struct sieve_run *run, const struct sieve_node *n, i
 	return 0;
 }
 
+static int box_exists(struct ctx *c, const char *b);
+static int mbox_exists(void *ctx, const char *name)
+{
+	return box_exists(ctx, name);
+}
+
 static int dup_check(void *ctx, const char *key, size_t len)
 {
 	struct ctx *c = ctx;
@@ -312,7 +345,7 @@ static int x_script_run(struct sieve_run *run, const struct sieve_node *n, int *
 		r->implicit_keep = !run->keep_cancelled && !(c->res_from_script && !r->implicit_keep);
 	}
 	struct sieve_run_opts o = { .limits = &c->limits, .dup = &dupstore,
-		.mailboxes = (const char *const *)c->boxes, .ctx = c };
+		.mailbox_exists = mbox_exists, .ctx = c };
 	dupstore.ctx = c;
 	*res = sieve_run(c->script, run->msg, &o, &r, &c->errs) == 0;
 	sieve_result_free(&run->res);
@@ -339,7 +372,7 @@ static int x_multiscript(struct sieve_run *run, const struct sieve_node *n, int 
 			*res = 0;
 		} else {
 			struct sieve_run_opts ro = { .limits = &c->limits, .dup = &dupstore,
-				.mailboxes = (const char *const *)c->boxes, .ctx = c };
+				.mailbox_exists = mbox_exists, .ctx = c };
 			if (sieve_run(s, run->msg, &ro, &r, &c->errs) < 0)
 				*res = 0;
 		}
@@ -432,12 +465,20 @@ static char *action_text(struct sieve_run *run, const struct sieve_header *snap,
 	return o;
 }
 
+static int box_eq(const char *a, const char *b)
+{
+	if (!strncasecmp(a, "INBOX", 5) && !strncasecmp(b, "INBOX", 5) &&
+	    (a[5] == '\0' || a[5] == '.') && (b[5] == '\0' || b[5] == '.'))
+		return strcmp(a + 5, b + 5) == 0;
+	return strcmp(a, b) == 0;
+}
+
 static int box_exists(struct ctx *c, const char *b)
 {
 	if (!strcasecmp(b, "INBOX"))
 		return 1;
 	for (size_t i = 0; i < c->nboxes; i++)
-		if (!strcmp(c->boxes[i], b))
+		if (box_eq(c->boxes[i], b))
 			return 1;
 	return 0;
 }
@@ -603,12 +644,13 @@ static int x_message(struct sieve_run *run, const struct sieve_node *n, int *res
 		char *box = sv_expand(run, folder);
 		long long k = 0;
 		for (size_t i = 0; i < c->nst; i++) {
-			if (strcmp(c->st[i].box, box) != 0)
+			if (!box_eq(c->st[i].box, box))
 				continue;
 			if (k++ == idx) {
 				char *text = xstrdup(c->st[i].text);
 				char *flags = xstrdup(c->st[i].flags);
 				set_message(c, text, NULL, NULL);
+				envelope_from_headers(c);
 				free(run->flags);
 				run->flags = flags;
 				free(text);
@@ -727,14 +769,21 @@ static int run_file(const char *path, const char *rel, char **why_r, int *ntests
 	c.env_from = xstrdup("sender@example.com");
 	c.env_to = xstrdup("recipient@example.com");
 	c.env_orig_to = xstrdup("recipient@example.com");
-	set_message(&c, "From: sender@example.com\r\nTo: recipient@example.com\r\n"
-	    "Subject: Frop!\r\n\r\nFrop!\r\n", NULL, NULL);
+	set_message(&c, "From: sender@example.com\nTo: recipient@example.org\n"
+	    "Subject: Frop!\n\nFriep!\n", NULL, NULL);
+	envelope_from_headers(&c);
+	c.env_auth = xstrdup("testsuite");
+	apply_env(&c, c.msg);
 	struct sieve_errors err = { 0 };
 	struct sieve_script *s = NULL;
 	struct sieve_compile_opts o = { .extra = testsuite_defs, .extra_caps = test_caps };
 	char gdir[4096];
 	snprintf(gdir, sizeof(gdir), "%s/included-global", dir);
 	o.global_dir = gdir;
+	char *idir = xasprintf("%s/included", dir);
+	struct stat isb;
+	if (stat(idir, &isb) == 0)
+		o.dir = idir;
 	int ret;
 	if (sieve_compile_file(path, &o, &s, &err) < 0) {
 		*why_r = xasprintf("does not compile: %s", err.n ? err.msg[0] : "?");
@@ -748,7 +797,7 @@ static int run_file(const char *path, const char *rel, char **why_r, int *ntests
 	big.max_redirects = 1000;
 	big.max_cpu_steps = 200000000;
 	struct sieve_run_opts ro = { .limits = &big, .ctx = &c, .dup = &dupstore,
-		.mailboxes = NULL };
+		.mailbox_exists = mbox_exists };
 	dupstore.ctx = &c;
 	/* the testsuite's run is reached through ctx for set_message */
 	int rr = sieve_run_with(s, c.msg, &ro, &res, &err, &c.run);
@@ -800,6 +849,7 @@ out:
 	free(c.first_fail);
 	free(c.skip_reason);
 	free(c.test_name);
+	free(idir);
 	free(dir);
 	return ret;
 }
