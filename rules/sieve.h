@@ -28,12 +28,15 @@
 #define SIEVE_MAX_CPU_STEPS	2000000		/* sieve_max_cpu_steps per run */
 #define SIEVE_MAX_VARIABLES	255
 #define SIEVE_MAX_VAR_SIZE	4096
+#define SIEVE_MAX_VAR_NAME	64
+#define SIEVE_MAX_MATCH_INDEX	32
 #define SIEVE_MAX_ERRORS	64
 
 struct sieve_limits {
 	size_t max_script_size;
 	unsigned max_nesting, max_actions, max_redirects, max_include_depth;
 	unsigned long max_cpu_steps;
+	size_t max_var_size;		/* sieve_variables_max_variable_size */
 };
 void sieve_limits_default(struct sieve_limits *l);
 

@@ -68,6 +68,8 @@ struct sieve_node {
 	int once, optional, global;
 };
 
+#define SV_NCAPS (SIEVE_MAX_MATCH_INDEX + 1)	/* match values ${0}..${32} */
+
 enum { MT_IS, MT_CONTAINS, MT_MATCHES, MT_VALUE, MT_COUNT, MT_REGEX };
 enum { CMP_CASEMAP, CMP_OCTET, CMP_NUMERIC };
 enum { AP_ALL, AP_LOCAL, AP_DOMAIN, AP_USER, AP_DETAIL };
@@ -119,7 +121,7 @@ void sv_node_free(struct sieve_node *n);
 int sv_cmp_eq(int comp, const char *a, size_t al, const char *b, size_t bl);
 int sv_cmp_order(int comp, const char *a, size_t al, const char *b, size_t bl);
 int sv_contains(int comp, const char *hay, size_t hl, const char *needle, size_t nl, unsigned long *steps);
-/* glob; caps (may be NULL) receives up to 10 captures ${0}..${9}, allocated */
+/* glob; caps (may be NULL, else SV_NCAPS slots) receives ${0}..${32}, allocated */
 int sv_glob(int comp, const char *pat, size_t pl, const char *str, size_t sl,
     char **caps, unsigned long *steps);
 /* parse an address list (header value); returns addresses "local@domain" */

@@ -38,6 +38,7 @@ void sieve_limits_default(struct sieve_limits *l)
 	l->max_redirects = SIEVE_MAX_REDIRECTS;
 	l->max_include_depth = SIEVE_MAX_INCLUDE_DEPTH;
 	l->max_cpu_steps = SIEVE_MAX_CPU_STEPS;
+	l->max_var_size = SIEVE_MAX_VAR_SIZE;
 }
 
 void sieve_errors_clear(struct sieve_errors *e)
@@ -83,6 +84,8 @@ struct cctx {
 	unsigned depth;		/* include depth */
 	char **unknown; size_t nunknown;
 	struct cctx *parent;
+	const char **vars; size_t nvars;	/* variables set (a count for the limit) */
+	int vars_over;
 };
 
 static void cerr(struct cctx *c, unsigned line, unsigned col, const char *fmt, ...)
@@ -197,6 +200,8 @@ static int decode_encoded(struct cctx *c, struct sv_arg *a, struct sv_str *str)
 				*t++ = (char)v;
 			}
 		}
+		if (!any)
+			ok = 0;
 		if (ok && q < end && *q == '}' && badv) {
 			cerr(c, a->line, a->col, "invalid unicode character 0x%lx in encoded character "
 			    "substitution", badv);
@@ -232,6 +237,53 @@ static int is_addr_header(const char *h)
 		if (strcasecmp(*k, h) == 0)
 			return 1;
 	return 0;
+}
+
+/* a namespace the script may use: global. with include */
+static int known_namespace(const struct sieve_script *s, const char *name, size_t len)
+{
+	if (len == 3 && !strncasecmp(name, "tst", 3) && sv_script_has_cap(s, "vnd.dovecot.testsuite"))
+		return 1;	/* the testsuite's own variables */
+	return len == 6 && !strncasecmp(name, "global", 6) && sv_script_has_cap(s, "include");
+}
+
+/* ${...} references in a string: unknown namespaces, match index range */
+static int check_var_refs(struct cctx *c, const struct sv_arg *a, const char *str)
+{
+	int ret = 0;
+	for (const char *p = strstr(str, "${"); p; p = strstr(p + 2, "${")) {
+		const char *e = strchr(p + 2, '}');
+		if (!e)
+			break;
+		const char *nm = p + 2;
+		size_t l = (size_t)(e - nm);
+		if (l == 0)
+			continue;
+		if (isdigit((unsigned char)nm[0])) {
+			size_t k = 0;
+			while (k < l && isdigit((unsigned char)nm[k]))
+				k++;
+			if (k == l && strtoul(nm, NULL, 10) > SIEVE_MAX_MATCH_INDEX) {
+				cerr(c, a->line, a->col, "match value index %.*s exceeds the maximum of %d",
+				    (int)l, nm, SIEVE_MAX_MATCH_INDEX);
+				ret = -1;
+			}
+			continue;
+		}
+		const char *dot = memchr(nm, '.', l);
+		if (!dot)
+			continue;
+		int ok = 1;
+		for (size_t k = 0; k < l; k++)
+			if (!(isalnum((unsigned char)nm[k]) || nm[k] == '_' || nm[k] == '.'))
+				ok = 0;
+		if (ok && !known_namespace(c->s, nm, (size_t)(dot - nm))) {
+			cerr(c, a->line, a->col, "referring to variable in unknown namespace '%.*s'",
+			    (int)(dot - nm), nm);
+			ret = -1;
+		}
+	}
+	return ret;
 }
 
 static int valid_var_name(const char *s, int allow_num)
@@ -411,6 +463,15 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 	if (serr)
 		return -1;
 
+	if (sv_script_has_cap(s, "variables")) {
+		int bad = 0;
+		for (size_t i = 0; i < n->nargs; i++)
+			for (size_t j = 0; j < n->args[i].n; j++)
+				if (check_var_refs(c, &n->args[i], n->args[i].v[j].s) < 0)
+					bad = 1;
+		if (bad)
+			return -1;
+	}
 	for (size_t i = 0; i < n->nargs; i++) {
 		struct sv_arg *a = &n->args[i];
 		if (a->type != ARG_TAG) {
@@ -659,13 +720,40 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			}
 		}
 		break;
-	case C_SET:
-		if (!valid_var_name(n->pos[0]->v[0].s, 0)) {
-			cerr(c, n->pos[0]->line, n->pos[0]->col, "invalid variable name '%s'",
-			    n->pos[0]->v[0].s);
+	case C_SET: {
+		const char *vn = n->pos[0]->v[0].s;
+		const char *dot = strchr(vn, '.');
+		if (!valid_var_name(vn, 0)) {
+			cerr(c, n->pos[0]->line, n->pos[0]->col, "invalid variable name '%s'", vn);
 			ret = -1;
+		} else if (strlen(vn) > SIEVE_MAX_VAR_NAME) {
+			cerr(c, n->pos[0]->line, n->pos[0]->col, "variable name '%.32s...' is too long "
+			    "(max %d characters)", vn, SIEVE_MAX_VAR_NAME);
+			ret = -1;
+		} else if (dot && !known_namespace(s, vn, (size_t)(dot - vn))) {
+			cerr(c, n->pos[0]->line, n->pos[0]->col, "variable name '%s' refers to unknown "
+			    "namespace '%.*s'", vn, (int)(dot - vn), vn);
+			ret = -1;
+		} else if (!dot) {
+			int known = 0;
+			for (size_t i = 0; i < c->nvars; i++)
+				if (!strcasecmp(c->vars[i], vn))
+					known = 1;
+			if (!known) {
+				if (c->nvars >= SIEVE_MAX_VARIABLES) {
+					if (!c->vars_over)
+						cerr(c, n->pos[0]->line, n->pos[0]->col, "too many variables "
+						    "declared (max %d)", SIEVE_MAX_VARIABLES);
+					c->vars_over = 1;
+					ret = -1;
+				} else {
+					c->vars = xreallocarray(c->vars, c->nvars + 1, sizeof(char *));
+					c->vars[c->nvars++] = vn;
+				}
+			}
 		}
 		break;
+	}
 	case C_ADDHEADER:
 	case C_DELETEHEADER:
 		if (d->id == C_DELETEHEADER && n->tagset[1] && !n->tagset[0]) {
@@ -926,6 +1014,7 @@ static int compile_text(const char *name, const char *path, const char *text, si
 	int r = compile_nodes(&c, s->cmds, s->ncmds, 1);
 	s->opts.limits = NULL;
 	free(c.unknown);
+	free(c.vars);
 	if (r < 0 || c.errors > 0) {
 		sieve_error_add(err, name, 0, 0, "validation failed");
 		sieve_script_free(&s);

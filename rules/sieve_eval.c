@@ -152,7 +152,7 @@ static char *tag_expanded(struct sieve_run *run, const struct sieve_node *n, int
 
 static void set_caps(struct sieve_run *run, char **caps)
 {
-	for (int k = 0; k < 10; k++) {
+	for (int k = 0; k < SV_NCAPS; k++) {
 		free(run->caps[k]);
 		run->caps[k] = caps[k];
 		caps[k] = NULL;
@@ -170,25 +170,25 @@ static int match_one(struct sieve_run *run, const struct sieve_node *n, const ch
 	case MT_CONTAINS:
 		return sv_contains(n->comp, v, vl, k, kl, &run->steps);
 	case MT_MATCHES: {
-		char *caps[10] = { 0 };
+		char *caps[SV_NCAPS] = { 0 };
 		int want = run->script->uses_vars && !(n->def && n->def->id == T_BODY);
 		int r = sv_glob(n->comp, k, kl, v, vl, want ? caps : NULL, &run->steps);
 		if (r && want)
 			set_caps(run, caps);
-		for (int i = 0; i < 10; i++)
+		for (int i = 0; i < SV_NCAPS; i++)
 			free(caps[i]);
 		return r;
 	}
 	case MT_VALUE:
 		return sv_rel_holds(n->rel, sv_cmp_order(n->comp, v, vl, k, kl));
 	case MT_REGEX: {
-		char *caps[10] = { 0 };
+		char *caps[SV_NCAPS] = { 0 };
 		int want = run->script->uses_vars && !(n->def && n->def->id == T_BODY);
 		int r = sv_regex_match(re, v, vl, want ? caps : NULL);
 		run->steps += vl;
 		if (r > 0 && want)
 			set_caps(run, caps);
-		for (int i = 0; i < 10; i++)
+		for (int i = 0; i < SV_NCAPS; i++)
 			free(caps[i]);
 		if (r < 0) {
 			sv_runtime_error(run, n->line, "regex match exceeded its limits");
@@ -1154,6 +1154,18 @@ static int exec_cmd(struct sieve_run *run, const struct sieve_node *n, int *chai
 		char *name = sieve_arg_str(run, n, 0);
 		char *val = sieve_arg_str(run, n, 1);
 		char *mod = sv_set_modify(n, val);
+		size_t ml = strlen(mod);
+		if (n->tagset[4] && ml > run->limits.max_var_size) {
+			/* a cut must not leave half of a "\x" pair */
+			size_t cut = run->limits.max_var_size, bs = 0;
+			while (cut > 0 && ((unsigned char)mod[cut] & 0xc0) == 0x80)
+				cut--;
+			while (bs < cut && mod[cut - 1 - bs] == '\\')
+				bs++;
+			if (bs % 2)
+				cut--;
+			mod[cut] = '\0';
+		}
 		sv_var_set(run, name, mod);
 		free(mod);
 		free(val);
@@ -1275,7 +1287,7 @@ int sieve_run_with(const struct sieve_script *s, const struct sieve_msg *m,
 		if (run.hdr_edited)
 			sv_result_snapshot(&run, &run.res->keep_hdr, &run.res->keep_nhdr);
 	}
-	for (int k = 0; k < 10; k++)
+	for (int k = 0; k < SV_NCAPS; k++)
 		free(run.caps[k]);
 	free(run.flags);
 	sv_vars_free(&run.globals);

@@ -19,7 +19,7 @@ struct sieve_run {
 	int errored;
 	struct sv_vars *vars;	/* the current script's variables */
 	struct sv_vars globals;
-	char *caps[10];		/* match variables ${0}..${9} */
+	char *caps[SV_NCAPS];	/* match variables ${0}..${32} */
 	char *flags;		/* imap4flags internal variable, space separated */
 	/* editheader: a private copy of the header once edited */
 	struct sieve_header *hdr;

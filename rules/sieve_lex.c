@@ -147,6 +147,9 @@ static void lex_quoted(struct sv_lexer *lx)
 			lerr(lx, "string is too long");
 			return;
 		}
+		/* line ends in strings are CRLF (RFC 5228 2.4.2), as Pigeonhole has them */
+		if (c == '\n' && (b.len == 0 || b.s[b.len - 1] != '\r'))
+			sb_put(&b, '\r');
 		sb_put(&b, (char)c);
 	}
 	lx->text = b.s;
@@ -204,6 +207,8 @@ static void lex_multiline(struct sv_lexer *lx)
 				lerr(lx, "string is too long");
 				return;
 			}
+			if (c == '\n' && (b.len == 0 || b.s[b.len - 1] != '\r'))
+				sb_put(&b, '\r');
 			sb_put(&b, (char)c);
 			if (c == '\n')
 				break;

@@ -147,13 +147,13 @@ int sv_glob(int comp, const char *pat, size_t pl, const char *s, size_t sl,
 		ok = ti == nt;
 	}
 	if (ok && caps) {
-		for (int k = 0; k < 10; k++) {
+		for (int k = 0; k < SV_NCAPS; k++) {
 			free(caps[k]);
 			caps[k] = NULL;
 		}
 		caps[0] = xstrndup(s, sl);
 		int k = 1;
-		for (size_t i = 0; i < nt && k < 10; i++)
+		for (size_t i = 0; i < nt && k < SV_NCAPS; i++)
 			if (tk[i].t != G_LIT)
 				caps[k++] = xstrndup(s + cs[i], cl[i]);
 	}

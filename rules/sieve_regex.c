@@ -45,7 +45,7 @@ int sv_regex_match(void *re, const char *s, size_t len, char **caps)
 		ret = 1;
 		if (caps) {
 			PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-			for (int k = 0; k < 10; k++) {
+			for (int k = 0; k < SV_NCAPS; k++) {
 				free(caps[k]);
 				caps[k] = NULL;
 				if (k < rc && ov[2 * k] != PCRE2_UNSET)

@@ -51,6 +51,11 @@ static struct sv_vars *table(struct sieve_run *run, const char **name)
 
 const char *sv_var_get(struct sieve_run *run, const char *name)
 {
+	if (strchr(name, '.') && strncasecmp(name, "global.", 7) != 0) {
+		/* another namespace: provided by the environment in the globals */
+		struct sv_var *x = find(&run->globals, name);
+		return x && x->value ? x->value : "";
+	}
 	struct sv_vars *t = table(run, &name);
 	struct sv_var *x = t ? find(t, name) : NULL;
 	return x && x->value ? x->value : "";
@@ -62,9 +67,13 @@ void sv_var_set(struct sieve_run *run, const char *name, const char *value)
 	if (t == NULL)
 		return;
 	struct sv_var *x = find(t, name);
-	size_t l = strlen(value);
-	if (l > SIEVE_MAX_VAR_SIZE)
-		l = SIEVE_MAX_VAR_SIZE;
+	size_t l = strlen(value), max = run->limits.max_var_size;
+	if (l > max) {
+		l = max;
+		/* never cut a UTF-8 character in two */
+		while (l > 0 && ((unsigned char)value[l] & 0xc0) == 0x80)
+			l--;
+	}
 	if (x == NULL) {
 		if (t->n >= SIEVE_MAX_VARIABLES)
 			return;
@@ -141,7 +150,7 @@ char *sv_expand(struct sieve_run *run, const char *s)
 					name[nl] = '\0';
 					if (num) {
 						unsigned long k = strtoul(name, NULL, 10);
-						val = k < 10 && run->caps[k] ? run->caps[k] : "";
+						val = k < SV_NCAPS && run->caps[k] ? run->caps[k] : "";
 					} else {
 						val = sv_var_get(run, name);
 					}
