@@ -122,6 +122,7 @@ struct sieve_action {
 	char **flags;		/* imap4flags for keep/fileinto */
 	size_t nflags;
 	int copy, create, last, implicit;
+	int executed;		/* done by an earlier level: later ones do not conflict with it */
 	char *from, *handle, *mime_from;	/* vacation */
 	char **addresses; size_t naddresses;	/* vacation :addresses */
 	unsigned long seconds;			/* vacation period */

@@ -922,7 +922,8 @@ static void take_flags(struct sieve_run *run, const struct sieve_node *n, struct
 		cur = join_flags(l, nl);
 		sieve_strv_free(l, nl);
 	} else {
-		if (!sv_script_has_cap(run->script, "imap4flags"))
+		/* the internal flags, possibly set by an earlier script of a multiscript run */
+		if (!run->flags && !sv_script_has_cap(run->script, "imap4flags"))
 			return;
 		cur = xstrdup(run->flags ? run->flags : "");
 	}
@@ -1277,8 +1278,11 @@ int sieve_run_with(const struct sieve_script *s, const struct sieve_msg *m,
 		*res_r = xcalloc(1, sizeof(**res_r));
 	run.res = *res_r;
 	run.err = err;
-	/* a result carried over from an earlier script keeps its keep state */
+	/* a result carried over from an earlier script keeps its keep state
+	 * and its internal flags (imap4flags), as Pigeonhole's multiscript does */
 	run.keep_cancelled = run.res->n > 0 && !run.res->implicit_keep;
+	if (run.res->nkeep_flags)
+		run.flags = join_flags(run.res->keep_flags, run.res->nkeep_flags);
 	int r = run_script(&run, s);
 	if (r != R_ERR && !run.errored) {
 		run.res->implicit_keep = !run.keep_cancelled;

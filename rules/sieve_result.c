@@ -125,6 +125,12 @@ int sv_result_add(struct sieve_run *run, struct sieve_action *a)
 	struct sieve_result *r = run->res;
 	for (size_t i = 0; i < r->n; i++) {
 		struct sieve_action *o = &r->a[i];
+		if (o->executed && is_reject(a) && is_reject(o)) {
+			sv_action_clear(a);	/* already refused once: a second is moot */
+			return 0;
+		}
+		if (o->executed && (is_reject(a) || is_reject(o)))
+			continue;	/* what is done is done: no conflict, no merge */
 		if (is_reject(a) && is_reject(o)) {
 			sv_runtime_error(run, a->line, "duplicate reject/ereject action not allowed "
 			    "(previously triggered one was here: line %u)", o->line);
@@ -157,6 +163,8 @@ int sv_result_add(struct sieve_run *run, struct sieve_action *a)
 			}
 			if (!a->copy)
 				o->copy = 0;
+			if (a->type == SIEVE_A_KEEP)
+				o->type = SIEVE_A_KEEP;	/* keep names the INBOX store */
 			sv_action_clear(a);
 			goto merged;
 		}

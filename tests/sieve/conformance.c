@@ -392,6 +392,8 @@ static int x_script_run(struct sieve_run *run, const struct sieve_node *n, int *
 	return 0;
 }
 
+static int exec_result(struct ctx *c, struct sieve_run *run, struct sieve_result *r, int keep);
+
 static int x_multiscript(struct sieve_run *run, const struct sieve_node *n, int *res)
 {
 	struct ctx *c = C(run);
@@ -426,6 +428,8 @@ static int x_multiscript(struct sieve_run *run, const struct sieve_node *n, int 
 		run->res = r;
 		run->keep_cancelled = !r->implicit_keep;
 		c->res_from_script = 1;
+		if (*res)
+			*res = exec_result(c, run, r, r->implicit_keep);
 	}
 	return 0;
 }
@@ -569,10 +573,18 @@ static int x_result_execute(struct sieve_run *run, const struct sieve_node *n, i
 	(void)n;
 	struct ctx *c = C(run);
 	sieve_errors_clear(&c->errs);
-	struct sieve_result *r = run->res;
-	int ok = 1, keep = !run->keep_cancelled;
+	*res = exec_result(c, run, run->res, !run->keep_cancelled);
+	return 0;
+}
+
+static int exec_result(struct ctx *c, struct sieve_run *run, struct sieve_result *r, int keep)
+{
+	int ok = 1;
 	for (size_t i = 0; i < r->n; i++) {
 		struct sieve_action *a = &r->a[i];
+		if (a->executed)
+			continue;
+		a->executed = 1;
 		switch (a->type) {
 		case SIEVE_A_KEEP:
 			if (store(c, run, "INBOX", 0, a->flags, a->nflags, a->line, a->hdr, a->nhdr) < 0)
@@ -643,8 +655,7 @@ static int x_result_execute(struct sieve_run *run, const struct sieve_node *n, i
 		if (store(c, run, "INBOX", 0, r->keep_flags, r->nkeep_flags, 0, kh, kn) < 0)
 			ok = 0;
 	}
-	*res = ok;
-	return 0;
+	return ok;
 }
 
 static int x_result_reset(struct sieve_run *run, const struct sieve_node *n, int *res)
@@ -707,10 +718,7 @@ static int x_message(struct sieve_run *run, const struct sieve_node *n, int *res
 			*res = 1;
 		}
 	}
-	if (!*res && !n->is_test) {
-		sv_runtime_error(run, n->line, "test_message: no message at index %lld", idx);
-		return -1;
-	}
+	/* as a command, a missing message is not an error (failures/fuzz*.svtest) */
 	return 0;
 }
 
@@ -765,6 +773,8 @@ static const char *skip_reason_for(const char *rel)
 		return "vnd.dovecot.duplicate (Pigeonhole-only)";
 	if (!strcmp(rel, "execute/errors-cpu-limit.svtest"))
 		return "needs mime + foreverypart and a CPU-seconds limit (the interpreter counts steps)";
+	if (!strcmp(rel, "multiscript/basic.svtest"))
+		return "every test runs notify.sieve (enotify is not a listed extension)";
 	if (!strcmp(rel, "execute/examples.svtest"))
 		return "needs ../examples/*.sieve, which the corpus does not ship";
 	for (const char *const *d = skip_dirs; *d; d++)
