@@ -25,6 +25,7 @@
 #define SIEVE_MAX_ACTIONS	32		/* sieve_max_actions */
 #define SIEVE_MAX_REDIRECTS	4		/* sieve_max_redirects */
 #define SIEVE_MAX_INCLUDE_DEPTH	10
+#define SIEVE_MAX_INCLUDES	255
 #define SIEVE_MAX_CPU_STEPS	2000000		/* sieve_max_cpu_steps per run */
 #define SIEVE_MAX_VARIABLES	255
 #define SIEVE_MAX_VAR_SIZE	4096
@@ -37,6 +38,7 @@ struct sieve_limits {
 	unsigned max_nesting, max_actions, max_redirects, max_include_depth;
 	unsigned long max_cpu_steps;
 	size_t max_var_size;		/* sieve_variables_max_variable_size */
+	unsigned max_includes;		/* sieve_include_max_includes */
 };
 void sieve_limits_default(struct sieve_limits *l);
 

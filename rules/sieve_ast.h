@@ -66,6 +66,7 @@ struct sieve_node {
 	void *regex;		/* compiled regex keys (sieve_regex) */
 	struct sieve_script *incl;	/* include: the included script */
 	int once, optional, global;
+	int incl_borrowed;	/* incl is an ancestor (include :once cycle), not owned */
 };
 
 #define SV_NCAPS (SIEVE_MAX_MATCH_INDEX + 1)	/* match values ${0}..${32} */

@@ -39,6 +39,7 @@ void sieve_limits_default(struct sieve_limits *l)
 	l->max_include_depth = SIEVE_MAX_INCLUDE_DEPTH;
 	l->max_cpu_steps = SIEVE_MAX_CPU_STEPS;
 	l->max_var_size = SIEVE_MAX_VAR_SIZE;
+	l->max_includes = SIEVE_MAX_INCLUDES;
 }
 
 void sieve_errors_clear(struct sieve_errors *e)
@@ -85,6 +86,7 @@ struct cctx {
 	char **unknown; size_t nunknown;
 	struct cctx *parent;
 	const char **vars; size_t nvars;	/* variables set (a count for the limit) */
+	unsigned nincludes;			/* at the root: includes so far */
 	int vars_over;
 };
 
@@ -646,6 +648,23 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 		missing_colon(c, n, tags, groups);
 		return -1;
 	}
+	if (d && (d->id == T_HEADER || d->id == T_ADDRESS || d->id == T_DATE)) {
+		int ii = -1, li = -1;
+		char ty;
+		const char *ex;
+		ii = def_tag(tags, "index", &ty, &ex);
+		li = def_tag(tags, "last", &ty, &ex);
+		if (li >= 0 && n->tagset[li] && !(ii >= 0 && n->tagset[ii])) {
+			cerr(c, n->line, n->col, "the :last tag for the %s test requires the :index tag "
+			    "to be specified as well", n->name);
+			return -1;
+		}
+		if (ii >= 0 && n->tagset[ii] && n->tagv[ii]->num == 0) {
+			cerr(c, n->tagv[ii]->line, n->tagv[ii]->col, "the :index tag for the %s test "
+			    "requires a non-zero argument", n->name);
+			return -1;
+		}
+	}
 	/* comparator vs match type */
 	if (n->comp == CMP_NUMERIC && (n->mtype == MT_CONTAINS || n->mtype == MT_MATCHES ||
 	    n->mtype == MT_REGEX)) {
@@ -780,12 +799,29 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			ret = -1;
 		}
 		break;
-	case C_INCLUDE:
-		if (load_include(c, n) < 0)
+	case C_INCLUDE: {
+		struct cctx *root = c;
+		while (root->parent)
+			root = root->parent;
+		const struct sieve_limits *lim = c->s->opts.limits;
+		unsigned maxi = lim ? lim->max_includes : SIEVE_MAX_INCLUDES;
+		if (++root->nincludes > maxi) {
+			cerr(c, n->line, n->col, "failed to include script '%s': no more than %u "
+			    "includes allowed", n->pos[0]->v[0].s, maxi);
 			ret = -1;
+		} else if (load_include(c, n) < 0) {
+			ret = -1;
+		}
+		break;
+	}
+	case C_GLOBAL:
+		if (!sv_script_has_cap(s, "variables")) {
+			cerr(c, n->line, n->col, "the global command requires the variables "
+			    "extension to be active");
+			ret = -1;
+		}
 		break;
 	case C_RETURN:
-	case C_GLOBAL:
 		break;
 	default:
 		break;
@@ -946,6 +982,13 @@ static int load_include(struct cctx *c, struct sieve_node *n)
 	/* a script that includes itself (or an ancestor) is recursion */
 	for (struct cctx *p = c; p; p = p->parent)
 		if (p->s->path && !strcmp(p->s->path, path)) {
+			if (n->once) {
+				/* include :once of an ancestor: runs at most once anyway */
+				n->incl = p->s;
+				n->incl_borrowed = 1;
+				free(path);
+				return 0;
+			}
 			cerr(c, n->line, n->col, "circular include of script '%s'", name);
 			free(path);
 			return -1;
@@ -968,11 +1011,8 @@ static int load_include(struct cctx *c, struct sieve_node *n)
 	} else {
 		struct sieve_compile_opts o = c->s->opts;
 		r = compile_text(name, path, buf, len, &o, c, &n->incl, c->err);
-		if (r < 0) {
-			c->errors++;
-			cerr(c, n->line, n->col, "failed to compile included %s script '%s'",
-			    n->global ? "global" : "personal", name);
-		}
+		if (r < 0)
+			c->errors++;	/* the included script's errors say it all */
 	}
 	free(buf);
 	free(path);

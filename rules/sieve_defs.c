@@ -59,7 +59,7 @@ static const struct sv_def defs[] = {
 	{ "string", "variables", 1, T_STRING, "ll", NOTAGS, G_MC, 0, 0 },
 	{ "hasflag", "imap4flags", 1, T_HASFLAG, "l?l", NOTAGS, G_MC, 0, 0 },
 	{ "body", "body", 1, T_BODY, "l", T(":raw", ":content=l", ":text"), G_MC, 0, 0 },
-	{ "date", "date", 1, T_DATE, "sss", T(":zone=s", ":originalzone", ":index=n@index", ":last@index"),
+	{ "date", "date", 1, T_DATE, "ssl", T(":zone=s", ":originalzone", ":index=n@index", ":last@index"),
 	  G_MC, 0, 0 },
 	{ "currentdate", "date", 1, T_CURRENTDATE, "sl", T(":zone=s"), G_MC, 0, 0 },
 	{ "mailboxexists", "mailbox", 1, T_MAILBOXEXISTS, "l", NOTAGS, 0, 0, 0 },

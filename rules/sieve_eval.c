@@ -1188,7 +1188,8 @@ static int exec_cmd(struct sieve_run *run, const struct sieve_node *n, int *chai
 			return R_GO;	/* :optional and missing */
 		if (n->once)
 			for (size_t i = 0; i < run->nincluded; i++)
-				if (run->included[i] == n->incl)
+				if (run->included[i] == n->incl || (run->included[i]->path &&
+				    n->incl->path && !strcmp(run->included[i]->path, n->incl->path)))
 					return R_GO;
 		if (run->include_depth >= run->limits.max_include_depth) {
 			sv_runtime_error(run, n->line, "include nesting too deep");

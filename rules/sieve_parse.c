@@ -47,7 +47,7 @@ void sv_node_free(struct sieve_node *n)
 	free(n->cmds);
 	if (n->regex)
 		sv_regex_free(n->regex);
-	if (n->incl)
+	if (n->incl && !n->incl_borrowed)
 		sieve_script_free(&n->incl);
 	free(n);
 }

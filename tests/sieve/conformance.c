@@ -31,7 +31,9 @@ struct ctx {
 	struct sieve_msg **old; size_t nold;
 	char *env_from, *env_to, *env_orig_to, *env_auth;
 	char *msg_text;
-	struct sieve_script *script;	/* last compiled */
+	struct sieve_script *script;	/* last compiled (owned by all_scripts) */
+	struct sieve_script **all; size_t nall;
+	char **saved_names; struct sieve_script **saved; size_t nsaved;
 	struct sieve_errors errs;	/* of the last compile / run / execute */
 	int res_from_script;
 	struct stored *st; size_t nst;
@@ -264,6 +266,8 @@ apply:;
 		c->pending.max_actions = (unsigned)atoi(x);
 	if ((x = cfg_get(c, "sieve_variables_max_variable_size")) && *x)
 		c->pending.max_var_size = (size_t)atol(x);
+	if ((x = cfg_get(c, "sieve_include_max_includes")) && *x)
+		c->pending.max_includes = (unsigned)atoi(x);
 	if ((x = cfg_get(c, "sieve_include_max_nesting_depth")) && *x)
 		c->pending.max_include_depth = (unsigned)atoi(x);
 	return 0;
@@ -312,7 +316,7 @@ static int x_script_compile(struct sieve_run *run, const struct sieve_node *n, i
 	struct ctx *c = C(run);
 	char *f = sieve_arg_str(run, n, 0);
 	char *path = xasprintf("%s/%s", c->dir, f);
-	sieve_script_free(&c->script);
+	c->script = NULL;
 	sieve_errors_clear(&c->errs);
 	struct sieve_compile_opts o;
 	compile_opts(c, &o);
@@ -322,6 +326,10 @@ static int x_script_compile(struct sieve_run *run, const struct sieve_node *n, i
 	if (stat(idir, &sb) == 0)
 		o.dir = idir;
 	*res = sieve_compile_file(path, &o, &c->script, &c->errs) == 0;
+	if (c->script) {
+		c->all = xreallocarray(c->all, c->nall + 1, sizeof(*c->all));
+		c->all[c->nall++] = c->script;
+	}
 	free(idir);
 	free(path);
 	free(f);
@@ -722,6 +730,35 @@ static int x_message(struct sieve_run *run, const struct sieve_node *n, int *res
 	return 0;
 }
 
+/* our compiled form is the checked tree: a binary round trip is the identity */
+static int x_binary_save(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)res;
+	struct ctx *c = C(run);
+	if (!c->script)
+		return 0;
+	c->saved_names = xreallocarray(c->saved_names, c->nsaved + 1, sizeof(char *));
+	c->saved = xreallocarray(c->saved, c->nsaved + 1, sizeof(*c->saved));
+	c->saved_names[c->nsaved] = sieve_arg_str(run, n, 0);
+	c->saved[c->nsaved++] = c->script;
+	return 0;
+}
+
+static int x_binary_load(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	(void)res;
+	struct ctx *c = C(run);
+	char *name = sieve_arg_str(run, n, 0);
+	c->script = NULL;
+	for (size_t i = c->nsaved; i-- > 0;)
+		if (!strcmp(c->saved_names[i], name)) {
+			c->script = c->saved[i];
+			break;
+		}
+	free(name);
+	return 0;
+}
+
 static int x_unsupported(struct sieve_run *run, const struct sieve_node *n, int *res)
 {
 	struct ctx *c = C(run);
@@ -745,8 +782,8 @@ static const struct sieve_extdef testsuite_defs[] = {
 	{ "test_result_reset", "vnd.dovecot.testsuite", 0, "", NOTAGS, 0, 0, x_result_reset },
 	{ "test_result_print", "vnd.dovecot.testsuite", 0, "", NOTAGS, 0, 0, x_result_print },
 	{ "test_message", "vnd.dovecot.testsuite", 0, "n", T(":smtp", ":folder=s"), 0, 0, x_message },
-	{ "test_binary_save", "vnd.dovecot.testsuite", 0, "s", NOTAGS, 0, 0, x_unsupported },
-	{ "test_binary_load", "vnd.dovecot.testsuite", 0, "s", NOTAGS, 0, 0, x_unsupported },
+	{ "test_binary_save", "vnd.dovecot.testsuite", 0, "s", NOTAGS, 0, 0, x_binary_save },
+	{ "test_binary_load", "vnd.dovecot.testsuite", 0, "s", NOTAGS, 0, 0, x_binary_load },
 	{ "test_imap_metadata_set", "vnd.dovecot.testsuite", 0, "ss", T(":mailbox=s"), 0, 0, x_unsupported },
 	{ "test_script_compile", "vnd.dovecot.testsuite", 1, "s", NOTAGS, 0, 0, x_script_compile },
 	{ "test_script_run", "vnd.dovecot.testsuite", 1, "", T(":append_result"), 0, 0, x_script_run },
@@ -875,7 +912,11 @@ static int run_file(const char *path, const char *rel, char **why_r, int *ntests
 	}
 out:
 	sieve_script_free(&s);
-	sieve_script_free(&c.script);
+	for (size_t i = 0; i < c.nall; i++)
+		sieve_script_free(&c.all[i]);
+	free(c.all);
+	sieve_strv_free(c.saved_names, c.nsaved);
+	free(c.saved);
 	sieve_errors_clear(&err);
 	sieve_errors_clear(&c.errs);
 	sieve_msg_free(&c.msg);
