@@ -355,26 +355,57 @@ static int group_tag(const struct sieve_script *s, int groups, const char *t)
 	return 0;
 }
 
-/* a sub-test named like one of n's tags: the colon was forgotten */
-static int missing_colon(struct cctx *c, struct sieve_node *n, const char *const *tags, int groups)
-{
-	char ty;
-	const char *ext;
-	for (size_t i = 0; i < n->ntests; i++) {
-		const char *t = n->tests[i]->name;
-		if (def_tag(tags, t, &ty, &ext) >= 0 || group_tag(c->s, groups, t)) {
-			cerr(c, n->tests[i]->line, n->tests[i]->col, "missing colon ':' before ':%s' "
-			    "tag in %s %s", t, n->name, kind(n));
-			return 1;
-		}
-	}
-	return 0;
-}
-
 static int compile_nodes(struct cctx *c, struct sieve_node **v, size_t n, int top);
 static int compile_nodes_test(struct cctx *c, struct sieve_node *t);
 
 static int load_include(struct cctx *c, struct sieve_node *n);
+
+/* sub-tests and block, Pigeonhole's words: -1 after reporting */
+static int check_structure(struct cctx *c, struct sieve_node *n, int subtests, int block,
+    const char *const *tags, int groups, int with_block)
+{
+	const struct sieve_script *s = c->s;
+	if (subtests == 0 && n->has_tests) {
+		char ty;
+		const char *ext;
+		const char *t0 = n->tests[0]->name;
+		const struct sv_def *td = sv_def_find(t0, 1);
+		const struct sv_def *cd = sv_def_find(t0, 0);
+		if (td && (!td->ext || sv_script_has_cap(s, td->ext)))
+			cerr(c, n->line, n->col, "the %s %s accepts no sub-tests, but tests are "
+			    "specified", n->name, kind(n));
+		else if (!(cd && (!cd->ext || sv_script_has_cap(s, cd->ext))) &&
+		    (def_tag(tags, t0, &ty, &ext) >= 0 || group_tag(s, groups, t0)))
+			cerr(c, n->line, n->col, "missing colon ':' before ':%s' tag in %s %s", t0,
+			    n->name, kind(n));
+		else
+			cerr(c, n->line, n->col, "missing semicolon ';' after %s %s", n->name, kind(n));
+		return -1;
+	}
+	if (subtests == 1 && (n->ntests != 1 || n->has_tests == 2)) {
+		cerr(c, n->line, n->col, "the %s %s requires one sub-test, but %s", n->name, kind(n),
+		    n->ntests ? "a list of tests is specified" : "none is specified");
+		return -1;
+	}
+	if (subtests == 2 && n->has_tests != 2) {
+		cerr(c, n->line, n->col, "the %s %s requires a list of sub-tests, but %s",
+		    n->name, kind(n), n->ntests ? "a single test is specified" : "none is specified");
+		return -1;
+	}
+	if (!with_block || n->is_test)
+		return 0;
+	if (block && !n->has_block) {
+		cerr(c, n->line, n->col, "the %s command requires a command block, but it is missing",
+		    n->name);
+		return -1;
+	}
+	if (!block && n->has_block) {
+		cerr(c, n->line, n->col, "the %s command does not accept a command block, but one "
+		    "is specified anyway", n->name);
+		return -1;
+	}
+	return 0;
+}
 
 static int check_node(struct cctx *c, struct sieve_node *n)
 {
@@ -427,43 +458,6 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			for (size_t j = 0; j < n->args[i].n; j++)
 				decode_encoded(c, &n->args[i], &n->args[i].v[j]);
 
-	/* structure first: sub-tests and block */
-	int colon_hint = 0, serr = 0;
-	if (subtests == 0 && n->has_tests) {
-		char ty;
-		const char *ext;
-		const char *t0 = n->tests[0]->name;
-		const struct sv_def *td = sv_def_find(t0, 1);
-		if (n->has_tests == 1 && (def_tag(tags, t0, &ty, &ext) >= 0 || group_tag(s, groups, t0)))
-			colon_hint = 1;
-		else if (n->has_tests == 2 || (td && (!td->ext || sv_script_has_cap(s, td->ext))))
-			cerr(c, n->line, n->col, "the %s %s accepts no sub-tests, but tests are "
-			    "specified", n->name, kind(n)), serr = 1;
-		else
-			cerr(c, n->tests[0]->line, n->tests[0]->col, "missing semicolon ';' after %s "
-			    "%s", n->name, kind(n)), serr = 1;
-	}
-	if (subtests == 1 && (n->ntests != 1 || n->has_tests == 2)) {
-		cerr(c, n->line, n->col, "the %s %s requires one test, but %s", n->name, kind(n),
-		    n->has_tests == 2 ? "a test list was specified" : "none was specified");
-		serr = 1;
-	}
-	if (subtests == 2 && n->has_tests != 2) {
-		cerr(c, n->line, n->col, "the %s %s requires a list of sub-tests, but %s",
-		    n->name, kind(n), n->has_tests ? "a single test was specified" : "none were specified");
-		serr = 1;
-	}
-	if (block && !n->has_block) {
-		cerr(c, n->line, n->col, "the %s command requires a command block, but it is missing",
-		    n->name);
-		serr = 1;
-	} else if (!block && n->has_block) {
-		cerr(c, n->line, n->col, "the %s %s does not accept a command block, but one "
-		    "is specified", n->name, kind(n));
-		serr = 1;
-	}
-	if (serr)
-		return -1;
 
 	if (sv_script_has_cap(s, "variables")) {
 		int bad = 0;
@@ -472,7 +466,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				if (check_var_refs(c, &n->args[i], n->args[i].v[j].s) < 0)
 					bad = 1;
 		if (bad)
-			return -1;
+			goto args_failed;
 	}
 	for (size_t i = 0; i < n->nargs; i++) {
 		struct sv_arg *a = &n->args[i];
@@ -480,7 +474,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			if (n->npos >= 8) {
 				cerr(c, a->line, a->col, "too many positional arguments for the %s %s",
 				    n->name, kind(n));
-				return -1;
+				goto args_failed;
 			}
 			n->pos[n->npos++] = a;
 			continue;
@@ -493,7 +487,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			if (def_tag(tags, t, &ty0, &e0) >= 0 || group_tag(s, groups, t)) {
 				cerr(c, a->line, a->col, "unexpected tagged argument ':%s' for the %s "
 				    "%s (tagged arguments come before positional ones)", t, n->name, kind(n));
-				return -1;
+				goto args_failed;
 			}
 		}
 		if (groups & SIEVE_G_MATCH) {
@@ -515,7 +509,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			if (have_mt) {
 				cerr(c, a->line, a->col, "unexpected tagged argument ':%s' for the %s %s "
 				    "(match type already specified)", t, n->name, kind(n));
-				return -1;
+				goto args_failed;
 			}
 			have_mt = 1;
 			n->mtype = mt;
@@ -523,7 +517,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				if (i + 1 >= n->nargs || n->args[i + 1].type != ARG_STR) {
 					cerr(c, a->line, a->col, "the :%s match type requires a constant "
 					    "string argument being a relational match type", t);
-					return -1;
+					goto args_failed;
 				}
 				struct sv_arg *r = &n->args[++i];
 				n->mtarg = r;
@@ -531,7 +525,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				if (n->rel < 0) {
 					cerr(c, r->line, r->col, "invalid relational match type '%s' "
 					    "specified for :%s", r->v[0].s, t);
-					return -1;
+					goto args_failed;
 				}
 			}
 			continue;
@@ -540,7 +534,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			if (have_ap) {
 				cerr(c, a->line, a->col, "unexpected tagged argument ':%s' for the %s %s "
 				    "(address part already specified)", t, n->name, kind(n));
-				return -1;
+				goto args_failed;
 			}
 			have_ap = 1;
 			n->apart = ap;
@@ -551,13 +545,13 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				cerr(c, a->line, a->col, "the :comparator tag for the %s %s requires one "
 				    "string argument, but %s was found", n->name, kind(n),
 				    i + 1 < n->nargs ? argtype_name(&n->args[i + 1]) : "none");
-				return -1;
+				goto args_failed;
 			}
 			struct sv_arg *r = &n->args[++i];
 			if (have_cmp) {
 				cerr(c, a->line, a->col, "unexpected tagged argument ':comparator' for the "
 				    "%s %s (comparator already specified)", n->name, kind(n));
-				return -1;
+				goto args_failed;
 			}
 			have_cmp = 1;
 			const char *cn = r->v[0].s;
@@ -569,7 +563,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				n->comp = CMP_NUMERIC;
 			else {
 				cerr(c, r->line, r->col, "unknown comparator '%s'", cn);
-				return -1;
+				goto args_failed;
 			}
 			continue;
 		}
@@ -579,14 +573,14 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 		if (ti < 0 || (ext && !sv_script_has_cap(s, ext))) {
 			cerr(c, a->line, a->col, "unknown tagged argument ':%s' for the %s %s "
 			    "(reported only once at first occurrence)", t, n->name, kind(n));
-			return -1;
+			goto args_failed;
 		}
 		if (ti >= 12)
 			continue;
 		if (n->tagset[ti]) {
 			cerr(c, a->line, a->col, "encountered duplicate tagged argument ':%s' for the "
 			    "%s %s", t, n->name, kind(n));
-			return -1;
+			goto args_failed;
 		}
 		n->tagset[ti] = 1;
 		n->tagv[ti] = a;
@@ -600,7 +594,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				    "but %s was found", t, n->name, kind(n),
 				    ty == 'n' ? "a number" : ty == 's' ? "a string" : "a string list",
 				    r ? argtype_name(r) : "none");
-				return -1;
+				goto args_failed;
 			}
 			n->tagv[ti] = r;
 			i++;
@@ -617,8 +611,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			cerr(c, n->pos[max]->line, n->pos[max]->col, "the %s %s requires %zu "
 			    "positional argument(s), but %u were specified", n->name, kind(n),
 			    max, n->npos);
-		missing_colon(c, n, tags, groups);
-		return -1;
+		goto args_failed;
 	} else {
 		static const char *const hnames[] = { "header names", "key list" };
 		static const char *const anames[] = { "header list", "key list" };
@@ -640,13 +633,9 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				    "was found", n->name, kind(n),
 				    want == 'n' ? "a number" : want == 's' ? "a string" : "a string list",
 				    i + 1, what, a->type == ARG_NUM ? "a" : "a", argtype_name(a));
-				return -1;
+				goto args_failed;
 			}
 		}
-	}
-	if (colon_hint) {
-		missing_colon(c, n, tags, groups);
-		return -1;
 	}
 	if (d && (d->id == T_HEADER || d->id == T_ADDRESS || d->id == T_DATE)) {
 		int ii = -1, li = -1;
@@ -657,14 +646,16 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 		if (li >= 0 && n->tagset[li] && !(ii >= 0 && n->tagset[ii])) {
 			cerr(c, n->line, n->col, "the :last tag for the %s test requires the :index tag "
 			    "to be specified as well", n->name);
-			return -1;
+			goto args_failed;
 		}
 		if (ii >= 0 && n->tagset[ii] && n->tagv[ii]->num == 0) {
 			cerr(c, n->tagv[ii]->line, n->tagv[ii]->col, "the :index tag for the %s test "
 			    "requires a non-zero argument", n->name);
-			return -1;
+			goto args_failed;
 		}
 	}
+	if (check_structure(c, n, subtests, block, tags, groups, 1) < 0)
+		return -1;
 	/* comparator vs match type */
 	if (n->comp == CMP_NUMERIC && (n->mtype == MT_CONTAINS || n->mtype == MT_MATCHES ||
 	    n->mtype == MT_REGEX)) {
@@ -719,12 +710,12 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 		}
 		break;
 	case C_FILEINTO:
-		if (!strstr(n->pos[0]->v[0].s, "${") || !sv_script_has_cap(s, "variables")) {
-			if (!sv_utf8_valid(n->pos[0]->v[0].s)) {
-				cerr(c, n->pos[0]->line, n->pos[0]->col, "fileinto command: invalid folder "
-				    "name '%s' specified: not in UTF-8", n->pos[0]->v[0].s);
-				ret = -1;
-			}
+		/* as Pigeonhole 0.5.19: the name is checked when :create is given */
+		if (n->tagset[2] && (!strstr(n->pos[0]->v[0].s, "${") ||
+		    !sv_script_has_cap(s, "variables")) && !sv_utf8_valid(n->pos[0]->v[0].s)) {
+			cerr(c, n->pos[0]->line, n->pos[0]->col, "fileinto command: invalid folder "
+			    "name specified: not in UTF-8");
+			ret = -1;
 		}
 		break;
 	case C_REDIRECT:
@@ -843,6 +834,10 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 	if (ret == 0 && (d->id == T_STRING || d->id == C_SET))
 		s->uses_vars = 1;
 	return ret;
+args_failed:
+	/* a forgotten ':' turns a tag into a test: say so too */
+	(void)check_structure(c, n, subtests, block, tags, groups, 0);
+	return -1;
 }
 
 static int check_require(struct cctx *c, struct sieve_node *n, int top)
@@ -917,11 +912,16 @@ static int compile_nodes(struct cctx *c, struct sieve_node **v, size_t n, int to
 			ret = -1;
 		}
 		prev_if = (id == C_IF || id == C_ELSIF);
-		for (size_t t = 0; t < x->ntests && !bad; t++)
-			if (compile_nodes_test(c, x->tests[t]) < 0)
+		(void)bad;
+		/* descend as Pigeonhole does: into tests when the command takes
+		 * tests, into the block when it takes one, whatever the result */
+		if (x->def && x->def->subtests > 0)
+			for (size_t t = 0; t < x->ntests; t++)
+				if (compile_nodes_test(c, x->tests[t]) < 0)
+					ret = -1;
+		if ((x->def && x->def->block) || (x->ext && x->ext->block))
+			if (compile_nodes(c, x->cmds, x->ncmds, 0) < 0)
 				ret = -1;
-		if (compile_nodes(c, x->cmds, x->ncmds, 0) < 0)
-			ret = -1;
 	}
 	return ret;
 }
@@ -929,7 +929,7 @@ static int compile_nodes(struct cctx *c, struct sieve_node **v, size_t n, int to
 static int compile_nodes_test(struct cctx *c, struct sieve_node *t)
 {
 	int ret = check_node(c, t);
-	for (size_t i = 0; i < t->ntests && ret == 0; i++)
+	for (size_t i = 0; t->def && t->def->subtests > 0 && i < t->ntests; i++)
 		if (compile_nodes_test(c, t->tests[i]) < 0)
 			ret = -1;
 	return ret;
