@@ -39,6 +39,7 @@ struct sieve_limits {
 	unsigned long max_cpu_steps;
 	size_t max_var_size;		/* sieve_variables_max_variable_size */
 	unsigned max_includes;		/* sieve_include_max_includes */
+	char recipient_delimiter[16];	/* subaddress separators; default "+" */
 };
 void sieve_limits_default(struct sieve_limits *l);
 

@@ -40,6 +40,7 @@ void sieve_limits_default(struct sieve_limits *l)
 	l->max_cpu_steps = SIEVE_MAX_CPU_STEPS;
 	l->max_var_size = SIEVE_MAX_VAR_SIZE;
 	l->max_includes = SIEVE_MAX_INCLUDES;
+	snprintf(l->recipient_delimiter, sizeof(l->recipient_delimiter), "+");
 }
 
 void sieve_errors_clear(struct sieve_errors *e)
@@ -765,7 +766,25 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 		break;
 	}
 	case C_ADDHEADER:
-	case C_DELETEHEADER:
+	case C_DELETEHEADER: {
+		const char *fn = n->pos[0]->v[0].s;
+		int bad = fn[0] == '\0';
+		for (const unsigned char *q = (const unsigned char *)fn; *q; q++)
+			if (*q <= 32 || *q >= 127 || *q == ':')
+				bad = 1;
+		if (bad && (!strstr(fn, "${") || !sv_script_has_cap(s, "variables"))) {
+			cerr(c, n->pos[0]->line, n->pos[0]->col, "%s command: specified field name "
+			    "'%s' is invalid", n->name, fn);
+			ret = -1;
+			break;
+		}
+		if (d->id == C_ADDHEADER && strlen(n->pos[1]->v[0].s) > 1024 * 32) {
+			cerr(c, n->pos[1]->line, n->pos[1]->col, "addheader command: specified value "
+			    "is too long");
+			ret = -1;
+			break;
+		}
+	}
 		if (d->id == C_DELETEHEADER && n->tagset[1] && !n->tagset[0]) {
 			cerr(c, n->line, n->col, "the :last tag for the deleteheader command requires "
 			    "the :index tag to be specified as well");

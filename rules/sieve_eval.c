@@ -219,10 +219,9 @@ int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
 		for (size_t j = 0; j < nkeys; j++) {
 			const char *e;
 			re[j] = sv_regex_compile(keys[j], n->comp == CMP_CASEMAP, &e);
-			if (re[j] == NULL) {
-				sv_runtime_error(run, n->line, "invalid regular expression '%s': %s",
-				    keys[j], e);
-			}
+			if (re[j] == NULL)	/* logged; the key just never matches */
+				sieve_error_add(run->err, run->script->name, n->line, 0, "invalid regular "
+				    "expression '%s' for regex match: %s", keys[j], e);
 		}
 	}
 	int found = 0;
@@ -313,7 +312,7 @@ static char **header_values(struct sieve_run *run, const struct sieve_node *n, c
 	return out;
 }
 
-static char *addr_part(int ap, const char *addr)
+static char *addr_part(int ap, const char *addr, const char *delim)
 {
 	if (ap == AP_ALL)
 		return xstrdup(addr);
@@ -327,7 +326,7 @@ static char *addr_part(int ap, const char *addr)
 	} else if (ap == AP_DOMAIN) {
 		r = d; d = NULL;
 	} else {
-		char *sep = strchr(l, '+');
+		char *sep = strpbrk(l, delim[0] ? delim : "+");
 		if (ap == AP_USER)
 			r = sep ? xstrndup(l, (size_t)(sep - l)) : xstrdup(l);
 		else
@@ -355,7 +354,7 @@ static int test_address(struct sieve_run *run, const struct sieve_node *n)
 				invalid = 1;
 				continue;
 			}
-			char *p = addr_part(n->apart, norm);
+			char *p = addr_part(n->apart, norm, run->limits.recipient_delimiter);
 			free(norm);
 			if (p)
 				strv_push(&parts, &nvals, p);
@@ -471,7 +470,7 @@ static int test_envelope(struct sieve_run *run, const struct sieve_node *n)
 			continue;
 		}
 		free(a);
-		char *p = addr_part(n->apart, norm);
+		char *p = addr_part(n->apart, norm, run->limits.recipient_delimiter);
 		free(norm);
 		if (p)
 			strv_push(&vals, &nv, p);
@@ -891,7 +890,7 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 	}
 	if (run->steps > run->limits.max_cpu_steps)
 		return budget(run, n->line) < 0 ? R_ERR : R_GO;
-	return run->errored && n->mtype == MT_REGEX ? R_ERR : R_GO;
+	return run->errored ? R_ERR : R_GO;
 }
 
 /* ---- commands ---- */

@@ -147,6 +147,13 @@ int sv_result_add(struct sieve_run *run, struct sieve_action *a)
 			    "reject action (line %u) rejects the message", sieve_action_name(a), o->line);
 			goto fail;
 		}
+		if ((a->type == SIEVE_A_VACATION && is_reject(o)) ||
+		    (is_reject(a) && o->type == SIEVE_A_VACATION)) {
+			sv_runtime_error(run, a->line, "%s action conflicts with other action: the %s "
+			    "action (line %u) also sends a response to the sender", sieve_action_name(a),
+			    sieve_action_name(o), o->line);
+			goto fail;
+		}
 		if (a->type == SIEVE_A_VACATION && o->type == SIEVE_A_VACATION) {
 			sv_runtime_error(run, a->line, "duplicate vacation action not allowed "
 			    "(previously triggered one was here: line %u)", o->line);

@@ -266,6 +266,8 @@ apply:;
 		c->pending.max_actions = (unsigned)atoi(x);
 	if ((x = cfg_get(c, "sieve_variables_max_variable_size")) && *x)
 		c->pending.max_var_size = (size_t)atol(x);
+	if ((x = cfg_get(c, "recipient_delimiter")) && *x)
+		snprintf(c->pending.recipient_delimiter, sizeof(c->pending.recipient_delimiter), "%s", x);
 	if ((x = cfg_get(c, "sieve_include_max_includes")) && *x)
 		c->pending.max_includes = (unsigned)atoi(x);
 	if ((x = cfg_get(c, "sieve_include_max_nesting_depth")) && *x)
@@ -280,6 +282,8 @@ static int x_config_reload(struct sieve_run *run, const struct sieve_node *n, in
 	struct ctx *c = C(run);
 	c->limits = c->pending;
 	run->limits.max_var_size = c->limits.max_var_size;
+	memcpy(run->limits.recipient_delimiter, c->limits.recipient_delimiter,
+	    sizeof(run->limits.recipient_delimiter));
 	return 0;
 }
 
