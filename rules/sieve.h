@@ -147,6 +147,18 @@ void sieve_headers_free(struct sieve_header **h, size_t n);
 void sieve_result_free(struct sieve_result **r);
 const char *sieve_action_name(const struct sieve_action *a);
 
+/*
+ * vacation (RFC 5230), the decision only: 1 when action a should answer m
+ * (never the null sender, lists, auto-submitted or bulk mail, mail not sent
+ * to the recipient, its :addresses or user_email); the door sends the reply
+ * (sieve_vacation_reply gives its envelope sender, recipient and text) and
+ * tracks the :days/:seconds period per sender.
+ */
+int sieve_vacation_should_reply(const struct sieve_msg *m, const struct sieve_action *a,
+    const char *user_email);
+int sieve_vacation_reply(const struct sieve_msg *m, const struct sieve_action *a,
+    const char *user_email, char **from_r, char **to_r, char **text_r);
+
 /* duplicate tracking store (RFC 7352) */
 struct sieve_dupstore {
 	/* 1 seen within period, 0 not */

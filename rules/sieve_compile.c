@@ -850,7 +850,7 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			}
 		}
 	}
-	if (ret == 0 && (d->id == T_STRING || d->id == C_SET))
+	if (sv_script_has_cap(s, "variables"))
 		s->uses_vars = 1;
 	return ret;
 args_failed:

@@ -3,6 +3,7 @@
  * rules): whether a vacation action should answer this message, and the
  * reply to send. Sending is the door's job, not this module's.
  *
+ *   sieve_vacation_should_reply() / sieve_vacation_reply()  public forms
  *   sv_vacation_reply(run, action, user_email, &from, &to, &text)
  *     1 reply (the three strings are the caller's), 0 no reply
  *
@@ -151,4 +152,26 @@ out:
 	free(sender);
 	free(me);
 	return ret;
+}
+
+int sieve_vacation_reply(const struct sieve_msg *m, const struct sieve_action *a,
+    const char *user_email, char **from_r, char **to_r, char **text_r)
+{
+	struct sieve_run run;
+	memset(&run, 0, sizeof(run));
+	run.msg = m;
+	return sv_vacation_reply(&run, a, user_email, from_r, to_r, text_r);
+}
+
+int sieve_vacation_should_reply(const struct sieve_msg *m, const struct sieve_action *a,
+    const char *user_email)
+{
+	char *f, *t, *x;
+	int r = sieve_vacation_reply(m, a, user_email, &f, &t, &x);
+	if (r == 1) {
+		free(f);
+		free(t);
+		free(x);
+	}
+	return r;
 }

@@ -68,6 +68,9 @@ main(void)
 	test_listener_register();
 	test_policy_door_register();
 	test_service_register();
+	test_sieve_lex_register();
+	test_sieve_parse_register();
+	test_sieve_eval_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

@@ -20,6 +20,9 @@ void test_deadline_register(void);
 void test_listener_register(void);
 void test_policy_door_register(void);
 void test_service_register(void);
+void test_sieve_lex_register(void);
+void test_sieve_parse_register(void);
+void test_sieve_eval_register(void);
 
 /* add a suite with its tests; tests end with { NULL, NULL } */
 void unit_suite(const char *name, CU_TestInfo *tests);
