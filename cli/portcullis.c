@@ -38,6 +38,8 @@
 #include "storage-adapter/liststore.h"
 #include "storage-adapter/userdb.h"
 
+int cmd_rules(int argc, char **argv);	/* cli/rules_cmd.c */
+
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
 
 static void
@@ -790,6 +792,12 @@ main(int argc, char **argv)
 	}
 	if (i >= argc)
 		usage();
+	if (strcmp(argv[i], "rules") == 0) {	/* cli/rules_cmd.c; needs no config */
+		rc = cmd_rules(argc - i - 1, argv + i + 1);
+		free(overrides);
+		conf_free(&conf);
+		return rc;
+	}
 	if (conf_load_file(conf, conffile, &err) < 0)
 		die("%s", err);
 	for (size_t j = 0; j < nover; j++)

@@ -318,8 +318,9 @@ void sv_lex_next(struct sv_lexer *lx)
 		snprintf(msg, sizeof(msg), "unexpected character '%c'", c);
 	else
 		snprintf(msg, sizeof(msg), "unexpected character 0x%02x", (unsigned)c);
-	/* one error for a run of garbage */
-	while (peekc(lx, 0) >= 0 && !strchr(" \t\r\n;{}()[],\"#", peekc(lx, 0)))
+	/* one error for a run of garbage (NUL included; always past one byte) */
+	adv(lx);
+	while (peekc(lx, 0) == 0 || (peekc(lx, 0) > 0 && !strchr(" \t\r\n;{}()[],\"#", peekc(lx, 0))))
 		adv(lx);
 	lerr(lx, msg);
 }

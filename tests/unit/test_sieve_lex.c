@@ -112,8 +112,26 @@ static void test_sieve_lex_string_cap(void)
 	free(src);
 }
 
+static void test_sieve_lex_nul(void)
+{
+	/* a NUL byte is garbage the lexer steps over (the fuzzer found it looping) */
+	static const char src[] = "keep\0\0;";
+	struct sieve_errors err = { 0 };
+	struct sv_lexer lx;
+	int n = 0;
+	sv_lex_init(&lx, "t", src, sizeof(src) - 1, &err);
+	do {
+		sv_lex_next(&lx);
+	} while (lx.tok != TK_EOF && ++n < 10);
+	CU_ASSERT_EQUAL(lx.tok, TK_EOF);
+	CU_ASSERT_EQUAL(err.n, 1);
+	sv_lex_deinit(&lx);
+	sieve_errors_clear(&err);
+}
+
 static CU_TestInfo tests[] = {
 	{ "lexer table", test_sieve_lex_table },
+	{ "NUL bytes", test_sieve_lex_nul },
 	{ "string length cap", test_sieve_lex_string_cap },
 	CU_TEST_INFO_NULL,
 };
