@@ -154,10 +154,19 @@ const char *sieve_action_name(const struct sieve_action *a);
  * (sieve_vacation_reply gives its envelope sender, recipient and text) and
  * tracks the :days/:seconds period per sender.
  */
+struct sieve_vacation_conf {
+	const char *user_email;		/* sieve_user_email: one of "my" addresses */
+	const char *default_subject;	/* when the message has no Subject */
+	const char *subject_template;	/* "%$" or "%{subject}": the original subject */
+	int use_original_recipient;	/* the original recipient is "mine" too */
+	int dont_check_recipient;	/* answer even if no address of mine is in To/Cc */
+	unsigned max_subject_codepoints;	/* 0: 256 */
+	int to_header_ignore_envelope;	/* To: is the Sender/From even if not the sender */
+};
 int sieve_vacation_should_reply(const struct sieve_msg *m, const struct sieve_action *a,
-    const char *user_email);
+    const struct sieve_vacation_conf *vc);
 int sieve_vacation_reply(const struct sieve_msg *m, const struct sieve_action *a,
-    const char *user_email, char **from_r, char **to_r, char **text_r);
+    const struct sieve_vacation_conf *vc, char **from_r, char **to_r, char **text_r);
 
 /* duplicate tracking store (RFC 7352) */
 struct sieve_dupstore {

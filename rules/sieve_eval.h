@@ -54,7 +54,7 @@ const char *sv_header_get(struct sieve_run *run, const char *name, size_t idx);
 int sieve_run_with(const struct sieve_script *s, const struct sieve_msg *m,
     const struct sieve_run_opts *o, struct sieve_result **res_r, struct sieve_errors *err,
     struct sieve_run **run_r);
-int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a, const char *user_email,
-    char **from_r, char **to_r, char **text_r);
+int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a,
+    const struct sieve_vacation_conf *vc, char **from_r, char **to_r, char **text_r);
 
 #endif

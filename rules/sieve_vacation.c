@@ -18,6 +18,64 @@
 #include "rules/sieve_eval.h"
 #include "common/xmalloc.h"
 
+static int addr_in_headers(struct sieve_run *run, const char *addr);
+
+/* the Subject of the reply */
+static char *reply_subject(struct sieve_run *run, const struct sieve_action *a,
+    const struct sieve_vacation_conf *vc)
+{
+	const char *v = sv_header_get(run, "subject", 0);
+	char *subj;
+	if (a->value) {
+		subj = xstrdup(a->value);
+	} else if (v) {
+		char *d = sv_mime_decode(v);
+		const char *t = vc->subject_template;
+		if (t && *t) {
+			size_t cap = strlen(t) + 1, n = 0;
+			for (const char *p = t; *p; p++)
+				cap += strlen(d);
+			subj = xmalloc(cap);
+			for (const char *p = t; *p;) {
+				if (p[0] == '%' && p[1] == '$') {
+					n += (size_t)sprintf(subj + n, "%s", d);
+					p += 2;
+				} else if (!strncmp(p, "%{subject}", 10)) {
+					n += (size_t)sprintf(subj + n, "%s", d);
+					p += 10;
+				} else {
+					subj[n++] = *p++;
+				}
+			}
+			subj[n] = '\0';
+		} else {
+			subj = xasprintf("Auto: %s", d);
+		}
+		free(d);
+	} else {
+		subj = xstrdup(vc->default_subject && *vc->default_subject ? vc->default_subject :
+		    "Automated reply");
+	}
+	/* unfold, and cap the length in code points with an ellipsis */
+	char *w = subj;
+	for (char *q = subj; *q; q++)
+		if (*q != '\r' && *q != '\n')
+			*w++ = *q;
+	*w = '\0';
+	unsigned max = vc->max_subject_codepoints ? vc->max_subject_codepoints : 256, cps = 0;
+	for (char *q = subj; *q; q++) {
+		if (((unsigned char)*q & 0xc0) == 0x80)
+			continue;
+		if (++cps > max) {
+			*q = '\0';
+			char *e = xasprintf("%s\xe2\x80\xa6", subj);
+			free(subj);
+			return e;
+		}
+	}
+	return subj;
+}
+
 static int addr_in_headers(struct sieve_run *run, const char *addr)
 {
 	static const char *const hs[] = { "to", "cc", "bcc", "resent-to", "resent-cc",
@@ -66,9 +124,13 @@ static char *bare(const char *a)
 	return xstrdup(a);
 }
 
-int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a, const char *user_email,
-    char **from_r, char **to_r, char **text_r)
+int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a,
+    const struct sieve_vacation_conf *vc, char **from_r, char **to_r, char **text_r)
 {
+	static const struct sieve_vacation_conf none;
+	if (vc == NULL)
+		vc = &none;
+	const char *user_email = vc->user_email && *vc->user_email ? vc->user_email : NULL;
 	const struct sieve_msg *m = run->msg;
 	char *sender = bare(m->env_from);
 	int ret = 0;
@@ -102,36 +164,42 @@ int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a, const
 			free(rcpt);
 			goto out;
 		}
-	/* it must have been sent to one of my addresses */
-	int mine = (rcpt && addr_in_headers(run, rcpt)) ||
-	    (user_email && addr_in_headers(run, user_email));
-	for (size_t i = 0; i < a->naddresses && !mine; i++)
-		mine = addr_in_headers(run, a->addresses[i]);
-	if (!mine) {
+	/* it must have been sent to one of my addresses; the one found answers */
+	const char *found = NULL;
+	if (rcpt && addr_in_headers(run, rcpt))
+		found = rcpt;
+	else if (vc->use_original_recipient && me && addr_in_headers(run, me))
+		found = me;
+	else if (user_email && addr_in_headers(run, user_email))
+		found = user_email;
+	for (size_t i = 0; i < a->naddresses && !found; i++)
+		if (addr_in_headers(run, a->addresses[i]))
+			found = a->addresses[i];
+	if (!found && !vc->dont_check_recipient) {
 		free(rcpt);
 		goto out;
 	}
-	const char *from = a->from ? a->from : user_email ? user_email : rcpt ? rcpt : me;
+	const char *from = a->from ? a->from : found ? found : user_email ? user_email :
+	    rcpt ? rcpt : me;
 	/* To: the original From: when it names the sender, else the sender */
 	char *to_hdr = NULL;
-	if ((v = sv_header_get(run, "from", 0))) {
-		size_t n;
-		char **as = sv_addr_list(v, &n);
-		if (n == 1 && !strcasecmp(as[0], sender))
+	static const char *const who[] = { "from", "sender", "resent-from", "resent-sender",
+		"reply-to", NULL };
+	for (const char *const *h = who; *h && !to_hdr; h++)
+		if ((v = sv_header_get(run, *h, 0))) {
+			size_t n;
+			char **as = sv_addr_list(v, &n);
+			if (n == 1 && !strcasecmp(as[0], sender))
+				to_hdr = xstrdup(v);
+			sieve_strv_free(as, n);
+		}
+	if (!to_hdr && vc->to_header_ignore_envelope) {
+		if ((v = sv_header_get(run, "sender", 0)) || (v = sv_header_get(run, "from", 0)))
 			to_hdr = xstrdup(v);
-		sieve_strv_free(as, n);
 	}
 	if (!to_hdr)
 		to_hdr = xasprintf("<%s>", sender);
-	char *subj;
-	if (a->value)
-		subj = xstrdup(a->value);
-	else if ((v = sv_header_get(run, "subject", 0))) {
-		char *d = sv_mime_decode(v);
-		subj = xasprintf("Auto: %s", d);
-		free(d);
-	} else
-		subj = xstrdup("Automated reply");
+	char *subj = reply_subject(run, a, vc);
 	const char *mid = sv_header_get(run, "message-id", 0);
 	const char *refs = sv_header_get(run, "references", 0);
 	char *refl = mid ? xasprintf("In-Reply-To: %s\r\nReferences: %s%s%s\r\n", mid,
@@ -155,19 +223,19 @@ out:
 }
 
 int sieve_vacation_reply(const struct sieve_msg *m, const struct sieve_action *a,
-    const char *user_email, char **from_r, char **to_r, char **text_r)
+    const struct sieve_vacation_conf *vc, char **from_r, char **to_r, char **text_r)
 {
 	struct sieve_run run;
 	memset(&run, 0, sizeof(run));
 	run.msg = m;
-	return sv_vacation_reply(&run, a, user_email, from_r, to_r, text_r);
+	return sv_vacation_reply(&run, a, vc, from_r, to_r, text_r);
 }
 
 int sieve_vacation_should_reply(const struct sieve_msg *m, const struct sieve_action *a,
-    const char *user_email)
+    const struct sieve_vacation_conf *vc)
 {
 	char *f, *t, *x;
-	int r = sieve_vacation_reply(m, a, user_email, &f, &t, &x);
+	int r = sieve_vacation_reply(m, a, vc, &f, &t, &x);
 	if (r == 1) {
 		free(f);
 		free(t);

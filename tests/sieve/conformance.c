@@ -609,7 +609,8 @@ static int exec_result(struct ctx *c, struct sieve_run *run, struct sieve_result
 			break;
 		case SIEVE_A_REDIRECT: {
 			char *body = action_text(run, a->hdr, a->nhdr);
-			char *t = xasprintf("X-Sieve-Redirected-From: %s\r\n%s",
+			const char *ue = cfg_get(c, "sieve_user_email");
+			char *t = xasprintf("X-Sieve-Redirected-From: %s\r\n%s", ue && *ue ? ue :
 			    run->msg->env_to ? run->msg->env_to : "", body);
 			free(body);
 			const char *ef = cfg_get(c, "sieve_redirect_envelope_from");
@@ -622,18 +623,45 @@ static int exec_result(struct ctx *c, struct sieve_run *run, struct sieve_result
 					from = run->msg->env_to;
 				else if (!strncmp(ef, "orig_recipient", 14))
 					from = run->msg->env_orig_to ? run->msg->env_orig_to : run->msg->env_to;
-				else if (*ef == '<') {
+				else if (!strncmp(ef, "user_email", 10)) {
+					const char *ue = cfg_get(c, "sieve_user_email");
+					from = ue && *ue ? ue : run->msg->env_to;
+				} else if (*ef == '<') {
 					own = xstrndup(ef + 1, strcspn(ef + 1, ">"));
 					from = own;
 				}
 			}
-			send_msg(c, from, a->target, t);
+			/* a message we redirected before comes back: a loop, not sent again */
+			const char *me = ue && *ue ? ue : run->msg->env_to ? run->msg->env_to : "";
+			int loop = 0;
+			for (size_t k = 0; k < run->msg->nhdr; k++)
+				if (!strcasecmp(run->msg->hdr[k].name, "x-sieve-redirected-from") &&
+				    ((*me && strstr(run->msg->hdr[k].value, me)) || (run->msg->env_to &&
+				    strstr(run->msg->hdr[k].value, run->msg->env_to))))
+					loop = 1;
+			if (loop)
+				free(t);
+			else
+				send_msg(c, from, a->target, t);
 			free(own);
 			break;
 		}
 		case SIEVE_A_VACATION: {
 			char *f, *t, *x;
-			if (sv_vacation_reply(run, a, cfg_get(c, "sieve_user_email"), &f, &t, &x) == 1) {
+			const char *mx = cfg_get(c, "sieve_vacation_max_subject_codepoints");
+			const char *uo = cfg_get(c, "sieve_vacation_use_original_recipient");
+			const char *dc = cfg_get(c, "sieve_vacation_dont_check_recipient");
+			const char *ti = cfg_get(c, "sieve_vacation_to_header_ignore_envelope");
+			struct sieve_vacation_conf vc = {
+				.user_email = cfg_get(c, "sieve_user_email"),
+				.default_subject = cfg_get(c, "sieve_vacation_default_subject"),
+				.subject_template = cfg_get(c, "sieve_vacation_default_subject_template"),
+				.use_original_recipient = uo && !strcmp(uo, "yes"),
+				.dont_check_recipient = dc && !strcmp(dc, "yes"),
+				.max_subject_codepoints = mx ? (unsigned)atoi(mx) : 0,
+				.to_header_ignore_envelope = ti && !strcmp(ti, "yes"),
+			};
+			if (sv_vacation_reply(run, a, &vc, &f, &t, &x) == 1) {
 				send_msg(c, f, t, x);
 				free(f);
 				free(t);
@@ -642,7 +670,7 @@ static int exec_result(struct ctx *c, struct sieve_run *run, struct sieve_result
 		}
 		case SIEVE_A_REJECT: {
 			if (run->msg->env_from && run->msg->env_from[0]) {
-				char *t = xasprintf("From: Mail Delivery System <MAILER-DAEMON@localhost>\r\n"
+				char *t = xasprintf("From: Postmaster <postmaster@example.com>\r\n"
 				    "To: <%s>\r\nSubject: Automatically rejected mail\r\n"
 				    "Auto-Submitted: auto-replied (rejected)\r\nMIME-Version: 1.0\r\n"
 				    "Content-Type: multipart/report; report-type=disposition-notification; "
