@@ -26,6 +26,7 @@
 #define SIEVE_MAX_REDIRECTS	4		/* sieve_max_redirects */
 #define SIEVE_MAX_INCLUDE_DEPTH	10
 #define SIEVE_MAX_INCLUDES	255
+#define SIEVE_MAX_HEADER_SIZE	2048		/* sieve_editheader_max_header_size */
 #define SIEVE_MAX_CPU_STEPS	2000000		/* sieve_max_cpu_steps per run */
 #define SIEVE_MAX_VARIABLES	255
 #define SIEVE_MAX_VAR_SIZE	4096
@@ -40,6 +41,10 @@ struct sieve_limits {
 	size_t max_var_size;		/* sieve_variables_max_variable_size */
 	unsigned max_includes;		/* sieve_include_max_includes */
 	char recipient_delimiter[16];	/* subaddress separators; default "+" */
+	char editheader_protected[256];	/* sieve_editheader_protected (space separated) */
+	char editheader_forbid_add[256];	/* sieve_editheader_forbid_add */
+	char editheader_forbid_delete[256];	/* sieve_editheader_forbid_delete */
+	size_t editheader_max_header_size;	/* sieve_editheader_max_header_size; 0: none */
 };
 void sieve_limits_default(struct sieve_limits *l);
 
@@ -142,6 +147,7 @@ struct sieve_result {
 	char **keep_flags; size_t nkeep_flags;	/* flags of the implicit keep */
 	struct sieve_header *keep_hdr;	/* header at the end of the run; NULL: unedited */
 	size_t keep_nhdr;
+	int failed;		/* the run failed: the message goes to INBOX, unedited */
 };
 void sieve_headers_free(struct sieve_header **h, size_t n);
 void sieve_result_free(struct sieve_result **r);
@@ -162,6 +168,7 @@ struct sieve_vacation_conf {
 	int dont_check_recipient;	/* answer even if no address of mine is in To/Cc */
 	unsigned max_subject_codepoints;	/* 0: 256 */
 	int to_header_ignore_envelope;	/* To: is the Sender/From even if not the sender */
+	int send_from_recipient;	/* envelope sender of the reply: the recipient, not <> */
 };
 int sieve_vacation_should_reply(const struct sieve_msg *m, const struct sieve_action *a,
     const struct sieve_vacation_conf *vc);

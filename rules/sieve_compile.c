@@ -32,6 +32,8 @@ static const char *const core_caps[] = {
 
 void sieve_limits_default(struct sieve_limits *l)
 {
+	memset(l, 0, sizeof(*l));
+	l->editheader_max_header_size = SIEVE_MAX_HEADER_SIZE;
 	l->max_script_size = SIEVE_MAX_SCRIPT_SIZE;
 	l->max_nesting = SIEVE_MAX_NESTING;
 	l->max_actions = SIEVE_MAX_ACTIONS;
@@ -778,11 +780,23 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 			ret = -1;
 			break;
 		}
-		if (d->id == C_ADDHEADER && strlen(n->pos[1]->v[0].s) > 1024 * 32) {
-			cerr(c, n->pos[1]->line, n->pos[1]->col, "addheader command: specified value "
-			    "is too long");
-			ret = -1;
-			break;
+		if (d->id == C_ADDHEADER) {
+			const struct sv_str *v = &n->pos[1]->v[0];
+			const struct sieve_limits *lim = c->s->opts.limits;
+			size_t maxh = lim ? lim->editheader_max_header_size : 0;
+			if (strlen(v->s) != v->len) {
+				cerr(c, n->pos[1]->line, n->pos[1]->col, "addheader command: specified "
+				    "value '%s' is invalid", v->s);
+				ret = -1;
+				break;
+			}
+			if (maxh && (!strstr(v->s, "${") || !sv_script_has_cap(s, "variables")) &&
+			    strlen(fn) + v->len + 2 > maxh) {
+				cerr(c, n->pos[1]->line, n->pos[1]->col, "addheader command: specified "
+				    "header field is too large (max %zu bytes)", maxh);
+				ret = -1;
+				break;
+			}
 		}
 	}
 		if (d->id == C_DELETEHEADER && n->tagset[1] && !n->tagset[0]) {

@@ -937,9 +937,30 @@ static int add(struct sieve_run *run, struct sieve_action *a)
 	return sv_result_add(run, a) < 0 ? R_ERR : R_GO;
 }
 
-static int is_protected_header(const char *h)
+static int in_list(const char *p, const char *h)
 {
-	return !strcasecmp(h, "received") || !strcasecmp(h, "auto-submitted");
+	size_t l = strlen(h);
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		size_t n = strcspn(p, " ");
+		if (n == l && !strncasecmp(p, h, l))
+			return 1;
+		p += n;
+	}
+	return 0;
+}
+
+/* may the script add (adding=1) or delete this field? */
+static int is_protected_header(struct sieve_run *run, const char *h, int adding)
+{
+	if (!adding && (!strcasecmp(h, "received") || !strcasecmp(h, "auto-submitted")))
+		return 1;	/* RFC 5293 9: never deleted (adding one is allowed) */
+	if (!strcasecmp(h, "subject"))
+		return 0;	/* never protectable (Pigeonhole) */
+	return in_list(run->limits.editheader_protected, h) ||
+	    in_list(adding ? run->limits.editheader_forbid_add :
+	    run->limits.editheader_forbid_delete, h);
 }
 
 static int valid_header_name(const char *h)
@@ -964,10 +985,18 @@ static int cmd_editheader(struct sieve_run *run, const struct sieve_node *n, int
 			free(val);
 			return R_ERR;
 		}
-		if (is_protected_header(name)) {
+		if (is_protected_header(run, name, 1)) {
 			free(name);
 			free(val);
 			return R_GO;	/* Pigeonhole: silently ignored */
+		}
+		size_t maxh = run->limits.editheader_max_header_size;
+		if (maxh && strlen(name) + strlen(val) + 2 > maxh) {
+			sv_runtime_error(run, n->line, "addheader action: specified header field is too "
+			    "large (max %zu bytes)", maxh);
+			free(name);
+			free(val);
+			return R_ERR;
 		}
 		/* folded on the way in, unfolded on the way out: drop line ends */
 		char *w = val;
@@ -996,7 +1025,7 @@ static int cmd_editheader(struct sieve_run *run, const struct sieve_node *n, int
 		return R_GO;
 	}
 	char *name = sieve_arg_str(run, n, 0);
-	if (is_protected_header(name) || !valid_header_name(name)) {
+	if (is_protected_header(run, name, 0) || !valid_header_name(name)) {
 		free(name);
 		return R_GO;
 	}
@@ -1283,8 +1312,22 @@ int sieve_run_with(const struct sieve_script *s, const struct sieve_msg *m,
 	run.keep_cancelled = run.res->n > 0 && !run.res->implicit_keep;
 	if (run.res->nkeep_flags)
 		run.flags = join_flags(run.res->keep_flags, run.res->nkeep_flags);
+	if (run.res->keep_hdr) {
+		/* and the header as the earlier script left it (editheader) */
+		run.hdr = xcalloc(run.res->keep_nhdr + 1, sizeof(*run.hdr));
+		for (size_t i = 0; i < run.res->keep_nhdr; i++) {
+			run.hdr[i].name = xstrdup(run.res->keep_hdr[i].name);
+			run.hdr[i].value = xstrdup(run.res->keep_hdr[i].value);
+		}
+		run.nhdr = run.res->keep_nhdr;
+		run.hdr_edited = 1;
+	}
 	int r = run_script(&run, s);
-	if (r != R_ERR && !run.errored) {
+	if (r == R_ERR || run.errored) {
+		/* a failed run keeps the message, as it came (Pigeonhole does so) */
+		run.res->failed = 1;
+		run.res->implicit_keep = 1;
+	} else {
 		run.res->implicit_keep = !run.keep_cancelled;
 		sieve_strv_free(run.res->keep_flags, run.res->nkeep_flags);
 		run.res->keep_flags = split_flags(run.flags ? run.flags : "", &run.res->nkeep_flags);

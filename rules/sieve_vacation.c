@@ -209,7 +209,7 @@ int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a,
 	    strchr(from, '<') ? from : from, to_hdr, subj, refl,
 	    a->mime ? "" : "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n",
 	    a->target, a->mime ? "" : "\r\n");
-	*from_r = xstrdup("");
+	*from_r = xstrdup(vc->send_from_recipient && rcpt ? rcpt : "");
 	*to_r = xstrdup(sender);
 	free(refl);
 	free(subj);

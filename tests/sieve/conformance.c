@@ -266,6 +266,17 @@ apply:;
 		c->pending.max_actions = (unsigned)atoi(x);
 	if ((x = cfg_get(c, "sieve_variables_max_variable_size")) && *x)
 		c->pending.max_var_size = (size_t)atol(x);
+	if ((x = cfg_get(c, "sieve_editheader_protected")))
+		snprintf(c->pending.editheader_protected, sizeof(c->pending.editheader_protected),
+		    "%s", x);
+	if ((x = cfg_get(c, "sieve_editheader_forbid_add")))
+		snprintf(c->pending.editheader_forbid_add, sizeof(c->pending.editheader_forbid_add),
+		    "%s", x);
+	if ((x = cfg_get(c, "sieve_editheader_forbid_delete")))
+		snprintf(c->pending.editheader_forbid_delete,
+		    sizeof(c->pending.editheader_forbid_delete), "%s", x);
+	if ((x = cfg_get(c, "sieve_editheader_max_header_size")) && *x)
+		c->pending.editheader_max_header_size = (size_t)atol(x);
 	if ((x = cfg_get(c, "recipient_delimiter")) && *x)
 		snprintf(c->pending.recipient_delimiter, sizeof(c->pending.recipient_delimiter), "%s", x);
 	if ((x = cfg_get(c, "sieve_include_max_includes")) && *x)
@@ -284,6 +295,13 @@ static int x_config_reload(struct sieve_run *run, const struct sieve_node *n, in
 	run->limits.max_var_size = c->limits.max_var_size;
 	memcpy(run->limits.recipient_delimiter, c->limits.recipient_delimiter,
 	    sizeof(run->limits.recipient_delimiter));
+	memcpy(run->limits.editheader_protected, c->limits.editheader_protected,
+	    sizeof(run->limits.editheader_protected));
+	memcpy(run->limits.editheader_forbid_add, c->limits.editheader_forbid_add,
+	    sizeof(run->limits.editheader_forbid_add));
+	memcpy(run->limits.editheader_forbid_delete, c->limits.editheader_forbid_delete,
+	    sizeof(run->limits.editheader_forbid_delete));
+	run->limits.editheader_max_header_size = c->limits.editheader_max_header_size;
 	return 0;
 }
 
@@ -592,6 +610,15 @@ static int x_result_execute(struct sieve_run *run, const struct sieve_node *n, i
 static int exec_result(struct ctx *c, struct sieve_run *run, struct sieve_result *r, int keep)
 {
 	int ok = 1;
+	if (r->failed) {
+		/* the script failed: the message is kept as it came, and that is a failure */
+		(void)store(c, run, "INBOX", 0, NULL, 0, 0, NULL, 0);
+		r->failed = 0;
+		r->n = r->n;	/* its actions are not executed */
+		for (size_t i = 0; i < r->n; i++)
+			r->a[i].executed = 1;
+		return 0;
+	}
 	for (size_t i = 0; i < r->n; i++) {
 		struct sieve_action *a = &r->a[i];
 		if (a->executed)
@@ -652,6 +679,7 @@ static int exec_result(struct ctx *c, struct sieve_run *run, struct sieve_result
 			const char *uo = cfg_get(c, "sieve_vacation_use_original_recipient");
 			const char *dc = cfg_get(c, "sieve_vacation_dont_check_recipient");
 			const char *ti = cfg_get(c, "sieve_vacation_to_header_ignore_envelope");
+			const char *sr = cfg_get(c, "sieve_vacation_send_from_recipient");
 			struct sieve_vacation_conf vc = {
 				.user_email = cfg_get(c, "sieve_user_email"),
 				.default_subject = cfg_get(c, "sieve_vacation_default_subject"),
@@ -660,6 +688,7 @@ static int exec_result(struct ctx *c, struct sieve_run *run, struct sieve_result
 				.dont_check_recipient = dc && !strcmp(dc, "yes"),
 				.max_subject_codepoints = mx ? (unsigned)atoi(mx) : 0,
 				.to_header_ignore_envelope = ti && !strcmp(ti, "yes"),
+				.send_from_recipient = sr && !strcmp(sr, "yes"),
 			};
 			if (sv_vacation_reply(run, a, &vc, &f, &t, &x) == 1) {
 				send_msg(c, f, t, x);
@@ -695,6 +724,8 @@ static int exec_result(struct ctx *c, struct sieve_run *run, struct sieve_result
 		if (store(c, run, "INBOX", 0, r->keep_flags, r->nkeep_flags, 0, kh, kn) < 0)
 			ok = 0;
 	}
+	if (!ok && !keep)	/* a failed execution still keeps the message, unedited */
+		(void)store(c, run, "INBOX", 0, NULL, 0, 0, NULL, 0);
 	return ok;
 }
 
