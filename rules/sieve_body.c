@@ -103,6 +103,42 @@ static char *decode(const char *cte, const char *s, size_t len)
 	return o;
 }
 
+/* :text of an HTML part: the text without the markup */
+static char *html_text(char *h)
+{
+	char *o = h, *w = h;
+	int in_tag = 0;
+	for (const char *p = h; *p; p++) {
+		if (in_tag) {
+			if (*p == '>')
+				in_tag = 0;
+			continue;
+		}
+		if (*p == '<') {
+			in_tag = 1;
+			continue;
+		}
+		if (*p == '&') {
+			static const struct { const char *e; char c; } ents[] = {
+				{ "&amp;", '&' }, { "&lt;", '<' }, { "&gt;", '>' }, { "&quot;", '"' },
+				{ "&nbsp;", ' ' }, { "&#39;", '\'' },
+			};
+			size_t k;
+			for (k = 0; k < sizeof(ents) / sizeof(ents[0]); k++)
+				if (!strncasecmp(p, ents[k].e, strlen(ents[k].e)))
+					break;
+			if (k < sizeof(ents) / sizeof(ents[0])) {
+				*w++ = ents[k].c;
+				p += strlen(ents[k].e) - 1;
+				continue;
+			}
+		}
+		*w++ = *p;
+	}
+	*w = '\0';
+	return o;
+}
+
 static int type_matches(const char *ctype, char **types, size_t nt)
 {
 	for (size_t i = 0; i < nt; i++) {
@@ -125,7 +161,7 @@ static int type_matches(const char *ctype, char **types, size_t nt)
 
 /* one entity: headers at s (or none when headless), its body */
 static void walk(const char *s, size_t len, int headless, char **types, size_t nt,
-    int depth, char ***vals, size_t *nv)
+    int depth, char ***vals, size_t *nv, int text_mode)
 {
 	struct part_hdr h = { 0 };
 	size_t off = 0;
@@ -171,7 +207,7 @@ static void walk(const char *s, size_t len, int headless, char **types, size_t n
 					const char *pe = p;
 					if (pe > part && pe[-1] == '\n') pe--;
 					if (pe > part && pe[-1] == '\r') pe--;
-					walk(part, (size_t)(pe - part), 0, types, nt, depth + 1, vals, nv);
+					walk(part, (size_t)(pe - part), 0, types, nt, depth + 1, vals, nv, text_mode);
 				}
 				if (p + bl + 4 <= end && p[bl + 2] == '-' && p[bl + 3] == '-') {
 					if (want) {
@@ -186,13 +222,31 @@ static void walk(const char *s, size_t len, int headless, char **types, size_t n
 		}
 	} else if (strcmp(ctype, "message/rfc822") == 0 && depth < MAX_MIME_DEPTH) {
 		if (type_matches(ctype, types, nt)) {
+			/* RFC 5173 5.2: only the nested message's header, as one string */
+			size_t hl = blen;
+			for (size_t i = 0; i + 1 < blen; i++) {
+				if (body[i] == '\n' && (body[i + 1] == '\n' ||
+				    (body[i + 1] == '\r' && i + 2 < blen && body[i + 2] == '\n'))) {
+					hl = i + 1;
+					break;
+				}
+			}
 			*vals = xreallocarray(*vals, *nv + 1, sizeof(char *));
-			(*vals)[(*nv)++] = decode(h.cte, body, blen);
+			(*vals)[(*nv)++] = xstrndup(body, hl);
 		}
-		walk(body, blen, 0, types, nt, depth + 1, vals, nv);
-	} else if (type_matches(ctype, types, nt)) {
+		walk(body, blen, 0, types, nt, depth + 1, vals, nv, text_mode);
+	} else if (h.cte && strncasecmp(h.cte, "7bit", 4) && strncasecmp(h.cte, "8bit", 4) &&
+	    strncasecmp(h.cte, "binary", 6) && strncasecmp(h.cte, "base64", 6) &&
+	    strncasecmp(h.cte, "quoted-printable", 16)) {
+		/* an unknown transfer encoding: the content cannot be read */
+	} else if (type_matches(ctype, types, nt) ||
+	    (text_mode && strcmp(ctype, "application/xhtml+xml") == 0)) {
+		char *v = decode(h.cte, body, blen);
+		if (text_mode && (strcmp(ctype, "text/html") == 0 ||
+		    strcmp(ctype, "application/xhtml+xml") == 0))
+			v = html_text(v);
 		*vals = xreallocarray(*vals, *nv + 1, sizeof(char *));
-		(*vals)[(*nv)++] = decode(h.cte, body, blen);
+		(*vals)[(*nv)++] = v;
 	}
 	free(h.ctype);
 	free(h.boundary);
@@ -241,7 +295,7 @@ int sv_body_values(struct sieve_run *run, const struct sieve_node *n, char ***va
 	memcpy(whole, top, tl);
 	memcpy(whole + tl, m->body, m->body_len);
 	whole[tl + m->body_len] = '\0';
-	walk(whole, tl + m->body_len, 0, types, nt, 0, vals_r, n_r);
+	walk(whole, tl + m->body_len, 0, types, nt, 0, vals_r, n_r, !n->tagset[1]);
 	free(whole);
 	free(top);
 	if (types != text)
