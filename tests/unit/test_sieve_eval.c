@@ -180,6 +180,26 @@ static void test_sieve_eval_cpu_budget(void)
 	sieve_msg_free(&m);
 }
 
+static void test_sieve_eval_regex_limit(void)
+{
+	/* catastrophic backtracking stops at PCRE2's match limit: a runtime error */
+	const char *text = "Subject: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!\r\n\r\nx\r\n";
+	struct sieve_msg *m = sieve_msg_parse(text, strlen(text));
+	const char *src = "require \"regex\";\nif header :regex \"subject\" \"^(a+)+$\" "
+	    "{ discard; }";
+	struct sieve_errors err = { 0 };
+	struct sieve_script *s = NULL;
+	struct sieve_result *r = NULL;
+	CU_ASSERT_EQUAL(sieve_compile("t", src, strlen(src), NULL, &s, &err), 0);
+	CU_ASSERT_EQUAL(sieve_run(s, m, NULL, &r, &err), -1);
+	CU_ASSERT(err.n >= 1 && strstr(err.msg[0], "regex match exceeded its limits") != NULL);
+	CU_ASSERT(r != NULL && r->failed && r->implicit_keep);	/* the message is kept */
+	sieve_result_free(&r);
+	sieve_script_free(&s);
+	sieve_errors_clear(&err);
+	sieve_msg_free(&m);
+}
+
 static void test_sieve_eval_vacation_decision(void)
 {
 	/* never answer the null sender, nor list mail */
@@ -216,6 +236,7 @@ static CU_TestInfo tests[] = {
 	{ "evaluator table", test_sieve_eval_table },
 	{ "CPU budget", test_sieve_eval_cpu_budget },
 	{ "vacation decision", test_sieve_eval_vacation_decision },
+	{ "regex match limit", test_sieve_eval_regex_limit },
 	CU_TEST_INFO_NULL,
 };
 
