@@ -146,7 +146,7 @@ int sv_date_part(const char *date, const char *zone, int originalzone, const cha
 	civil_from_days(days, &y, &mo, &d);
 	int h = (int)(secs / 3600), mi = (int)(secs / 60 % 60), se = (int)(secs % 60);
 	int wd = (int)((days % 7 + 11) % 7);	/* 1970-01-01 was a Thursday */
-	char zs[8];
+	char zs[16];
 	snprintf(zs, sizeof(zs), "%c%02d%02d", z < 0 ? '-' : '+', abs(z) / 60, abs(z) % 60);
 	char b[64];
 	if (!strcasecmp(part, "year")) snprintf(b, sizeof(b), "%04ld", y);
