@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/conf.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "rules/sieve_ast.h"
@@ -513,4 +514,16 @@ sievewatch_stop(struct sievewatch **wp)
 	pthread_join(w->th, NULL);
 	free(w->dir);
 	free(w);
+}
+
+void
+sievestore_limits_conf(const struct conf *c, struct sieve_limits *l)
+{
+	sieve_limits_default(l);
+	l->max_script_size = (size_t)conf_get_int(c, "sieve_max_script_size");
+	l->max_nesting = (unsigned)conf_get_int(c, "sieve_max_nesting");
+	l->max_actions = (unsigned)conf_get_int(c, "sieve_max_actions");
+	l->max_redirects = (unsigned)conf_get_int(c, "sieve_max_redirects");
+	l->max_include_depth = (unsigned)conf_get_int(c, "sieve_max_include_depth");
+	l->max_cpu_steps = (unsigned long)conf_get_int(c, "sieve_max_cpu_steps");
 }

@@ -53,6 +53,10 @@ void sievestore_compile_opts(const char *dir, const struct sieve_limits *lim,
 struct sieve_rules *sievestore_load(const char *dir, const struct sieve_limits *lim,
     const struct sieve_rules *prev);
 
+struct conf;
+/* the sieve_max_* keys */
+void sievestore_limits_conf(const struct conf *c, struct sieve_limits *l);
+
 struct sievewatch;
 /* loads once and publishes into ref (initialised here), then polls */
 struct sievewatch *sievewatch_start(const char *dir, const struct sieve_limits *lim,
