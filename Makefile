@@ -139,6 +139,8 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_421.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_addresses.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_cli.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_milter.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_admin.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_reload.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_geoip.py

@@ -55,6 +55,10 @@
 
 int cmd_rules(int argc, char **argv);	/* cli/rules_cmd.c */
 int cmd_rules_admin(struct conf *conf, int argc, char **argv);	/* cli/rules_admin.c */
+int rules_explain(const struct conf *c, const char *msgpath, const char *from,
+    const char *rcpt, const char *client_ip, const char *hostname, const char *helo,
+    const char *auth, const char *country, int *refused_r);
+int rules_feed_headers(const char *msgpath, struct engine_session *es);
 
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
 
@@ -78,7 +82,7 @@ static const char *const usage_lines[] = {
 	"rules list",
 	"explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
 	"          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
-	"          [--country CC]",
+	"          [--country CC] [--message FILE]",
 };
 static const char *command_words = "";	/* "kill add": for usage errors */
 
@@ -1026,7 +1030,7 @@ static int
 cmd_explain(const struct conf *c, int argc, char **argv)
 {
 	const char *client = NULL, *hostname = NULL, *helo = NULL, *auth = NULL;
-	const char *from = NULL, *country = NULL, *err;
+	const char *from = NULL, *country = NULL, *err, *message = NULL;
 	char **rcpts = xcalloc((size_t)argc + 1, sizeof(char *));
 	char **headers = xcalloc((size_t)argc + 1, sizeof(char *));
 	size_t nrcpt = 0, nhdr = 0;
@@ -1053,6 +1057,7 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 		else if (strcmp(o, "--rcpt") == 0) rcpts[nrcpt++] = argv[++i];
 		else if (strcmp(o, "--header") == 0) headers[nhdr++] = argv[++i];
 		else if (strcmp(o, "--country") == 0) country = argv[++i];
+		else if (strcmp(o, "--message") == 0) message = argv[++i];
 		else usage();
 	}
 	if (client == NULL || from == NULL || nrcpt == 0)
@@ -1102,7 +1107,13 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	if (!refused && accepted_rcpts == 0)
 		refused = 1;
 	if (!refused) {
-		if (nhdr == 0) {
+		if (nhdr == 0 && message != NULL) {
+			if (rules_feed_headers(message, es) < 0)
+				die("--message %.200s: cannot read it", message);
+			engine_eom(es, &v);
+			print_verdict("END-OF-MESSAGE", "", &v);
+			refused |= v.action == VERDICT_REJECT || v.action == VERDICT_TEMPFAIL;
+		} else if (nhdr == 0) {
 			printf("%-15s %-28s %-9s\n%15s rule: no --header given; give --header From to "
 			    "check relay_require_headers\n", "END-OF-MESSAGE", "", "skipped", "");
 		} else {
@@ -1112,6 +1123,18 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 			print_verdict("END-OF-MESSAGE", "", &v);
 			refused |= v.action == VERDICT_REJECT || v.action == VERDICT_TEMPFAIL;
 		}
+	}
+	/* the Sieve levels (cli/rules_admin.c) */
+	if (!refused && message == NULL) {
+		printf("%-15s not run: give --message FILE to run the Sieve rules\n", "RULES");
+	} else if (!refused) {
+		char ip[64];
+		int rrej = 0;
+
+		if (rules_explain(c, message, from, rcpts[0], cidr_addr_format(&addr, ip),
+		    hostname, helo, auth, engine_session_country(es), &rrej) < 0)
+			die("--message %.200s: cannot read it", message);
+		refused |= rrej;
 	}
 	printf("result: %s\n", refused ? "refused" :
 	    accepted_rcpts < (int)nrcpt ? "accepted for some recipients" : "accepted");
