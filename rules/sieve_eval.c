@@ -773,6 +773,12 @@ static int test_date(struct sieve_run *run, const struct sieve_node *n, int curr
 		char *names[1] = { hname };
 		size_t nh;
 		char **hv = header_values(run, n, names, 1, &nh, 0);
+		/* RFC 5260 4: without :index, the first occurrence only */
+		if (sieve_tag_num(n, "index", 0) == 0 && nh > 1) {
+			for (size_t i = 1; i < nh; i++)
+				free(hv[i]);
+			nh = 1;
+		}
 		for (size_t i = 0; i < nh; i++) {
 			const char *d = hv[i];
 			/* received: the date after the last ';' */

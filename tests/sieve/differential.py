@@ -6,8 +6,13 @@ addresses, reject texts, vacation decisions (period, subject), discard, and
 the implicit keep with its flags.
 
 Cases come from a generator with a fixed seed (covering every base test,
-match type, comparator, address part and action), so a failure is
+match type, comparator, address part and action; every third case variables,
+match values, regex, date, index and editheader), so a failure is
 reproducible: each differing case is written to DIR/case-N.{sieve,eml}.
+
+Known deviations, kept out of the generator: regex syntax (Pigeonhole uses
+POSIX regcomp(), we use PCRE2, a superset), and a Pigeonhole :matches bug
+("R?:*" matches "report": after "?", a literal before "*" is not compared).
 
 Run: python3 tests/sieve/differential.py [-n 600] [--seed 5228]
      (SIEVE_BIN: directory holding sieve-conformance, default build/asan/bin)
@@ -163,8 +168,88 @@ def script(r, env):
     return "\n".join(lines) + "\n"
 
 
+DATES = ["Sun, 06 Dec 2026 20:13:52 +0100", "Mon, 1 Feb 2021 03:04:05 -0800",
+         "Tue, 29 Feb 2028 23:59:59 +0000", "6 Dec 2026 20:13 +0530"]
+
+
+def message2(r):
+    """a message with repeated fields and a Date, for index/date/editheader"""
+    text, frm, to, subj = message(r)
+    hdr, body = text.split("\n\n", 1)
+    extra = ["Received: from relay%d.example.net by mx.example.com; %s" % (i, r.choice(DATES))
+             for i in range(r.randint(1, 3))]
+    extra.append("Date: %s" % r.choice(DATES))
+    if r.random() < 0.5:
+        extra.append("X-Tag: %s" % r.choice(WORDS))
+        extra.append("X-Tag: %s" % r.choice(WORDS))
+    return "\n".join(extra + [hdr]) + "\n\n" + body, frm, to, subj
+
+
+def test2(r, env):
+    frm, to, subj = env
+    k = r.choice(["regex", "matches", "string", "date", "index", "exists", "header"])
+    if k == "regex":
+        # POSIX ERE syntax only: Pigeonhole uses regcomp(), we use PCRE2 (a superset)
+        pat = r.choice(["^(\\w+) (\\w+)", "^[Rr][Ee]:", "([a-z]+)$", "^[A-Z]", "o(.)f"])
+        return "header :regex %s %s" % (q("subject"), q(pat))
+    if k == "matches":
+        # not "R?:*": Pigeonhole 0.5.19 lets "?LITERAL*" match without comparing
+        # LITERAL ("R?:*" matches "report"), a bug we do not copy
+        return "header :matches %s %s" % (q("subject"), q(r.choice(["* *", "*", "?*e*", "Re:*"])))
+    if k == "string":
+        return "string %s %s %s" % (r.choice([":is", ":contains", ":matches"]),
+                                    q(r.choice(["${a}", "${1}", "${a}${b}", "${1}-${2}"])),
+                                    q(r.choice(["", "x", "*", "hello", "a*"])))
+    if k == "date":
+        part = r.choice(["year", "month", "day", "hour", "weekday", "zone", "date", "time"])
+        zone = r.choice(["", ' :zone "+0000"', ' :zone "-0800"', " :originalzone"])
+        return "date%s %s %s %s" % (zone, q(r.choice(["date", "received"])), q(part),
+                                    q(r.choice(["2026", "12", "06", "19", "0", "+0100",
+                                                "2026-12-06", "*"])))
+    if k == "index":
+        return "header :index %d%s %s %s" % (r.randint(1, 3), r.choice(["", " :last"]),
+                                              q(r.choice(["received", "x-tag"])),
+                                              q(r.choice(["*relay1*", "*", "free"])))
+    if k == "exists":
+        return "exists %s" % q(r.choice(["x-tag", "x-added", "subject", "date"]))
+    return "header :contains %s %s" % (q(r.choice(["x-added", "x-tag", "subject"])),
+                                       q(r.choice(WORDS)))
+
+
+def action2(r):
+    k = r.choice(["set", "fileintovar", "addheader", "deleteheader", "keep", "discard",
+                  "flags"])
+    if k == "set":
+        mod = r.choice(["", ":lower ", ":upper ", ":upperfirst ", ":length ", ":quotewildcard "])
+        return "set %s%s %s;" % (mod, q(r.choice(["a", "b"])),
+                                 q(r.choice(["${1}", "${2}", "Val*", "${a}x", "${0}"])))
+    if k == "fileintovar":
+        return "fileinto :create %s;" % q(r.choice(["F.${a}", "G.${1}", "INBOX.${b}", "H"]))
+    if k == "addheader":
+        return "addheader %s%s %s;" % (r.choice(["", ":last "]), q(r.choice(["X-Added", "X-Tag"])),
+                                       q(r.choice(["one", "${1}", "two words"])))
+    if k == "deleteheader":
+        return "deleteheader %s%s;" % (r.choice(["", ":index 1 ", ":index 1 :last "]),
+                                       q(r.choice(["x-tag", "received", "subject", "x-added"])))
+    if k == "flags":
+        return "addflag %s;" % q(r.choice(["${a}", "\\Seen", "$x"]))
+    return k + ";"
+
+
+def script2(r, env):
+    lines = ['require ["fileinto", "variables", "regex", "date", "index", "editheader",'
+             ' "mailbox", "imap4flags", "relational", "comparator-i;ascii-numeric"];']
+    for _ in range(r.randint(2, 4)):
+        blk = " ".join(action2(r) for _ in range(r.randint(1, 3)))
+        s = "if %s { %s }" % (test2(r, env), blk)
+        if r.random() < 0.4:
+            s += " else { %s }" % action2(r)
+        lines.append(s)
+    return "\n".join(lines) + "\n"
+
+
 def pigeonhole(st, sieve, eml, frm, to, tmp):
-    p = subprocess.run(["sieve-test", "-O", "-o", "mail_uid=65534", "-o", "mail_gid=65534",
+    p = subprocess.run(["sieve-test", "-x", "+editheader", "-O", "-o", "mail_uid=65534", "-o", "mail_gid=65534",
                         "-o", "first_valid_uid=1", "-o", "mail_location=maildir:" + tmp + "/m",
                         "-f", frm, "-a", to, "-r", to, sieve, eml],
                        capture_output=True, text=True, timeout=30)
@@ -238,8 +323,12 @@ def main():
     keep = a.keep or tmp
     same = differ = 0
     for i in range(a.n):
-        text, frm, to, subj = message(r)
-        src = script(r, (frm, to, subj))
+        if i % 3 == 2:	# every third case: variables, regex, date, index, editheader
+            text, frm, to, subj = message2(r)
+            src = script2(r, (frm, to, subj))
+        else:
+            text, frm, to, subj = message(r)
+            src = script(r, (frm, to, subj))
         sieve, eml = os.path.join(tmp, "s%d.sieve" % i), os.path.join(tmp, "m%d.eml" % i)
         with open(sieve, "w") as f:
             f.write(src)
