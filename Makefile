@@ -43,7 +43,7 @@ GEOIP_BENCH_OBJ  := $(BUILD)/tests/bench/geoip_bench.o
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all asan test unit integration bench run deps clean demo-conf fuzz install
-.PHONY: sieve-conformance
+.PHONY: sieve-conformance sieve-differential
 all: $(BINDIR)/portcullisd $(BINDIR)/portcullis
 
 $(BUILD)/%.o: %.c
@@ -110,8 +110,13 @@ SIEVE_CORPUS ?= ../shared/sieve-conformance/tests
 sieve-conformance:
 	ASAN_OPTIONS=detect_leaks=1 $(BINDIR)/sieve-conformance -C $(SIEVE_CORPUS) -e tests/sieve/expected-results.txt
 
+# the same 600 generated cases through sieve-test (dovecot-sieve) and us
+sieve-differential:
+	SIEVE_BIN=$(abspath $(BINDIR)) python3 tests/sieve/differential.py
+
 integration:
 	$(MAKE) sieve-conformance BINDIR=$(BINDIR)
+	$(MAKE) sieve-differential BINDIR=$(BINDIR)
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_milter.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_policy.py

@@ -50,7 +50,8 @@ void sieve_limits_default(struct sieve_limits *l);
 
 /* errors of a compile or a run, in order */
 struct sieve_errors {
-	char **msg;		/* "FILE:LINE:COLUMN: message" (or "FILE: message") */
+	char **msg;		/* "FILE:LINE:COLUMN: message" (compile), "FILE:LINE: message"
+				 * (run time), or "FILE: message" */
 	size_t n;
 	size_t warnings;
 };

@@ -66,8 +66,10 @@ void sieve_error_add(struct sieve_errors *e, const char *file, unsigned line,
 	if (e == NULL || e->n >= SIEVE_MAX_ERRORS * 4)
 		return;
 	e->msg = xreallocarray(e->msg, e->n + 1, sizeof(*e->msg));
-	if (line > 0)
+	if (line > 0 && col > 0)
 		e->msg[e->n++] = xasprintf("%s:%u:%u: %s", file ? file : "script", line, col, buf);
+	else if (line > 0)	/* run-time errors know the line only */
+		e->msg[e->n++] = xasprintf("%s:%u: %s", file ? file : "script", line, buf);
 	else
 		e->msg[e->n++] = xasprintf("%s: %s", file ? file : "script", buf);
 }

@@ -162,7 +162,7 @@ int sv_date_part(const char *date, const char *zone, int originalzone, const cha
 		snprintf(b, sizeof(b), "%04ld-%02u-%02uT%02d:%02d:%02d%c%02d:%02d", y, mo, d, h, mi,
 		    se, z < 0 ? '-' : '+', abs(z) / 60, abs(z) % 60);
 	else if (!strcasecmp(part, "std11"))
-		snprintf(b, sizeof(b), "%s, %u %s %04ld %02d:%02d:%02d %s", wdays[wd], d,
+		snprintf(b, sizeof(b), "%s, %02u %s %04ld %02d:%02d:%02d %s", wdays[wd], d,
 		    months[mo - 1], y, h, mi, se, zs);
 	else if (!strcasecmp(part, "zone")) snprintf(b, sizeof(b), "%s", zs);
 	else if (!strcasecmp(part, "weekday")) snprintf(b, sizeof(b), "%d", wd);

@@ -559,6 +559,38 @@ static char **split_flags(const char *s, size_t *n_r)
 	return v;
 }
 
+/* RFC 5232 / RFC 3501: a system flag Pigeonhole accepts, or a keyword atom */
+static int flag_valid(const char *f)
+{
+	static const char *const sys[] = { "\\seen", "\\answered", "\\flagged",
+		"\\deleted", "\\draft", NULL };
+	if (f[0] == '\\') {
+		for (const char *const *k = sys; *k; k++)
+			if (!strcasecmp(f, *k))
+				return 1;
+		return 0;
+	}
+	if (f[0] == '\0')
+		return 0;
+	for (const unsigned char *p = (const unsigned char *)f; *p; p++)
+		if (*p <= 32 || *p >= 127 || strchr("(){%*\"\\]", *p))
+			return 0;
+	return 1;
+}
+
+/* drop invalid flags (Pigeonhole ignores them, with a warning) */
+static void flags_filter(char **v, size_t *n)
+{
+	size_t w = 0;
+	for (size_t i = 0; i < *n; i++) {
+		if (flag_valid(v[i]))
+			v[w++] = v[i];
+		else
+			free(v[i]);
+	}
+	*n = w;
+}
+
 static char *join_flags(char **v, size_t n)
 {
 	size_t len = 1;
@@ -600,6 +632,8 @@ static void flag_cmd(struct sieve_run *run, const struct sieve_node *n, int id)
 	char *argjoined = join_flags(args, na);
 	size_t nf;
 	char **add = split_flags(argjoined, &nf);
+	if (id != C_REMOVEFLAG)
+		flags_filter(add, &nf);
 	char *cur = flags_get(run, var);
 	size_t nc;
 	char **have = id == C_SETFLAG ? NULL : split_flags(cur, &nc);
@@ -739,6 +773,12 @@ static int test_date(struct sieve_run *run, const struct sieve_node *n, int curr
 		char *names[1] = { hname };
 		size_t nh;
 		char **hv = header_values(run, n, names, 1, &nh, 0);
+		/* RFC 5260 4: without :index, the first occurrence only */
+		if (sieve_tag_num(n, "index", 0) == 0 && nh > 1) {
+			for (size_t i = 1; i < nh; i++)
+				free(hv[i]);
+			nh = 1;
+		}
 		for (size_t i = 0; i < nh; i++) {
 			const char *d = hv[i];
 			/* received: the date after the last ';' */
@@ -927,6 +967,7 @@ static void take_flags(struct sieve_run *run, const struct sieve_node *n, struct
 		cur = xstrdup(run->flags ? run->flags : "");
 	}
 	a->flags = split_flags(cur, &a->nflags);
+	flags_filter(a->flags, &a->nflags);
 	if (a->flags == NULL)
 		a->flags = xcalloc(1, sizeof(char *));
 	free(cur);
@@ -935,6 +976,19 @@ static void take_flags(struct sieve_run *run, const struct sieve_node *n, struct
 static int add(struct sieve_run *run, struct sieve_action *a)
 {
 	return sv_result_add(run, a) < 0 ? R_ERR : R_GO;
+}
+
+/* add a; a new (not merged) action without :copy cancels the implicit keep
+ * (a duplicate of an earlier :copy one does not: Pigeonhole) */
+static int add_cancel(struct sieve_run *run, struct sieve_action *a)
+{
+	int copy = a->copy;
+	int r = sv_result_add(run, a);
+	if (r < 0)
+		return R_ERR;
+	if (r == 0 && !copy)
+		run->keep_cancelled = 1;
+	return R_GO;
 }
 
 static int in_list(const char *p, const char *h)
@@ -1150,9 +1204,7 @@ static int exec_cmd(struct sieve_run *run, const struct sieve_node *n, int *chai
 		free(raw);
 		struct sieve_action a = { .type = SIEVE_A_REDIRECT, .target = addr,
 			.copy = n->tagset[0], .line = n->line };
-		if (!a.copy)
-			run->keep_cancelled = 1;
-		return add(run, &a);
+		return add_cancel(run, &a);
 	}
 	case C_FILEINTO: {
 		char *box = sieve_arg_str(run, n, 0);
@@ -1168,9 +1220,7 @@ static int exec_cmd(struct sieve_run *run, const struct sieve_node *n, int *chai
 		struct sieve_action a = { .type = SIEVE_A_FILEINTO, .target = box,
 			.copy = n->tagset[0], .create = n->tagset[2], .line = n->line };
 		take_flags(run, n, &a);
-		if (!a.copy)
-			run->keep_cancelled = 1;
-		return add(run, &a);
+		return add_cancel(run, &a);
 	}
 	case C_REJECT:
 	case C_EREJECT: {

@@ -51,11 +51,9 @@ struct sieve_msg *sieve_msg_parse(const char *text, size_t len)
 	/* no empty line: no body at all (the body test then has nothing to match) */
 	m->body = has_body ? xstrndup(text + off, len - off) : NULL;
 	m->body_len = has_body ? len - off : 0;
-	/* RFC 5228 5.9: the size in canonical form (CRLF line ends) */
+	/* the octets as received (SMTP text is CRLF already); Pigeonhole's
+	 * sieve-test counts a bare-LF file the same way */
 	m->size = len;
-	for (size_t i = 0; i < len; i++)
-		if (text[i] == '\n' && (i == 0 || text[i - 1] != '\r'))
-			m->size++;
 	return m;
 }
 

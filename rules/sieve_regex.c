@@ -18,7 +18,7 @@ void *sv_regex_compile(const char *pat, int icase, const char **error_r)
 {
 	int ec;
 	PCRE2_SIZE eo;
-	static char buf[160];
+	static _Thread_local char buf[160];	/* runs may be concurrent */
 	pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED,
 	    (icase ? PCRE2_CASELESS : 0) | PCRE2_DOLLAR_ENDONLY, &ec, &eo, NULL);
 	if (re == NULL) {

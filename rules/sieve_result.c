@@ -5,7 +5,8 @@
  * vacation is an error, the action and redirect limits, and the implicit
  * keep (cancelled by fileinto, redirect without :copy, discard, reject).
  *
- *   sv_result_add()      one action, checked; -1 with a runtime error
+ *   sv_result_add()      one action, checked: 0 added, 1 merged into an earlier
+ *                        one (or dropped), -1 with a runtime error
  *   sieve_result_free()  sieve_action_name()
  */
 #include <stdlib.h>
@@ -127,7 +128,7 @@ int sv_result_add(struct sieve_run *run, struct sieve_action *a)
 		struct sieve_action *o = &r->a[i];
 		if (o->executed && is_reject(a) && is_reject(o)) {
 			sv_action_clear(a);	/* already refused once: a second is moot */
-			return 0;
+			return 1;
 		}
 		if (o->executed && (is_reject(a) || is_reject(o)))
 			continue;	/* what is done is done: no conflict, no merge */
@@ -168,23 +169,19 @@ int sv_result_add(struct sieve_run *run, struct sieve_action *a)
 				a->flags = NULL;
 				a->nflags = 0;
 			}
-			if (!a->copy)
-				o->copy = 0;
 			if (a->type == SIEVE_A_KEEP)
 				o->type = SIEVE_A_KEEP;	/* keep names the INBOX store */
 			sv_action_clear(a);
-			goto merged;
+			return 1;
 		}
 		if (a->type == SIEVE_A_REDIRECT && o->type == SIEVE_A_REDIRECT &&
 		    strcasecmp(a->target, o->target) == 0) {
-			if (!a->copy)
-				o->copy = 0;
 			sv_action_clear(a);
-			goto merged;
+			return 1;
 		}
 		if (a->type == SIEVE_A_DISCARD && o->type == SIEVE_A_DISCARD) {
 			sv_action_clear(a);
-			return 0;
+			return 1;
 		}
 	}
 	size_t max = run->limits.max_actions;
@@ -208,20 +205,9 @@ int sv_result_add(struct sieve_run *run, struct sieve_action *a)
 	r->a = xreallocarray(r->a, r->n + 1, sizeof(*r->a));
 	r->a[r->n++] = *a;
 	memset(a, 0, sizeof(*a));
-merged:
-	if (r->a[r->n - 1].type != SIEVE_A_ADDHEADER) {
-		struct sieve_action *last = &r->a[r->n - 1];
-		(void)last;
-	}
 	return 0;
 fail:
 	sv_action_clear(a);
 	return -1;
 }
 
-/* after the run: is the implicit keep still in force? */
-void sv_result_finish(struct sieve_run *run)
-{
-	struct sieve_result *r = run->res;
-	(void)r;
-}

@@ -6,12 +6,14 @@
  * "sieve conformance: N passed, N failed, N skipped".
  *
  *   sieve-conformance [-e EXPECTED] [-C CORPUS] [FILE.svtest ...]
+ *   sieve-conformance --run SCRIPT MESSAGE FROM TO   (differential test)
  *
  * With -e, the exit status is 1 only when a file the expected list marks
  * "pass" does not pass now (a regression); otherwise 0.
  * Executing a result here is simulated: stores go to in-memory folders,
  * redirects and vacation replies to an in-memory SMTP outbox.
  */
+#include <ctype.h>
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1077,8 +1079,78 @@ static const char *expected_for(char **exp, size_t nexp, const char *rel)
 	return NULL;
 }
 
+/* --run SCRIPT MESSAGE FROM TO: the actions, one normalized line each, for
+ * the differential test against Pigeonhole's sieve-test */
+static int cmpflag(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void print_store(const char *pre, const char *box, char **flags, size_t nflags)
+{
+	char **f = xcalloc(nflags + 1, sizeof(char *));
+	for (size_t i = 0; i < nflags; i++) {
+		f[i] = xstrdup(flags[i]);
+		for (char *p = f[i]; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+	}
+	qsort(f, nflags, sizeof(char *), cmpflag);
+	printf("%sstore %s", pre, box);
+	for (size_t i = 0; i < nflags; i++)
+		printf("%s%s", i ? " " : " flags:", f[i]);
+	printf("\n");
+	sieve_strv_free(f, nflags);
+}
+
+static int run_one(char **argv)
+{
+	size_t len;
+	char *text = read_all(argv[1], &len);
+	if (!text)
+		return 2;
+	struct sieve_msg *m = sieve_msg_parse(text, len);
+	free(text);
+	sieve_msg_set_env(m, "from", argv[2]);
+	sieve_msg_set_env(m, "to", argv[3]);
+	sieve_msg_set_env(m, "orig_to", argv[3]);
+	struct sieve_errors err = { 0 };
+	struct sieve_script *s = NULL;
+	struct sieve_result *r = NULL;
+	int rc = 0;
+	if (sieve_compile_file(argv[0], NULL, &s, &err) < 0) {
+		printf("COMPILE-ERROR\n");
+	} else if (sieve_run(s, m, NULL, &r, &err) < 0) {
+		printf("RUNTIME-ERROR\n");
+	} else {
+		for (size_t i = 0; i < r->n; i++) {
+			const struct sieve_action *a = &r->a[i];
+			switch (a->type) {
+			case SIEVE_A_KEEP: print_store("", "INBOX", a->flags, a->nflags); break;
+			case SIEVE_A_FILEINTO: print_store("", a->target, a->flags, a->nflags); break;
+			case SIEVE_A_REDIRECT: printf("redirect %s\n", a->target); break;
+			case SIEVE_A_DISCARD: printf("discard\n"); break;
+			case SIEVE_A_REJECT: printf("reject %s\n", a->target); break;
+			case SIEVE_A_EREJECT: printf("ereject %s\n", a->target); break;
+			case SIEVE_A_VACATION:
+				printf("vacation %lu %s\n", a->seconds, a->value ? a->value : "");
+				break;
+			default: break;
+			}
+		}
+		if (r->implicit_keep)
+			print_store("implicit ", "INBOX", r->keep_flags, r->nkeep_flags);
+	}
+	sieve_result_free(&r);
+	sieve_script_free(&s);
+	sieve_errors_clear(&err);
+	sieve_msg_free(&m);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 6 && !strcmp(argv[1], "--run"))
+		return run_one(argv + 2);
 	const char *corpus = "../shared/sieve-conformance/tests", *expfile = NULL;
 	int write_expected = 0;
 	int i = 1;

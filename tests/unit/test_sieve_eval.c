@@ -81,6 +81,11 @@ static const struct { const char *name, *src, *want; } cases[] = {
 	{ "environment", "require \"environment\";\nif environment :is \"phase\" \"during\" "
 	  "{ discard; }", "discard" },
 	{ "duplicate first time", "require \"duplicate\";\nif duplicate { discard; }", "+implicit" },
+	{ "invalid flag dropped (differential)", "require \"imap4flags\";\n"
+	  "setflag \"\\\\\\\\Flagged $work\";", "+implicit[$work]" },
+	{ "duplicate of a :copy store keeps the implicit keep (differential)",
+	  "require [\"fileinto\", \"copy\"];\nfileinto :copy \"J\"; fileinto \"J\";",
+	  "store:J +implicit" },
 	{ "include missing optional", "require \"include\";\ninclude :optional \"nope\";",
 	  "+implicit" },
 };
