@@ -123,7 +123,10 @@ static size_t ndraining;
 /* bound, or fixed for the process' life: a reload keeps their running values */
 static const char *const restart_keys[] = {
 	"smtp_listen", "submission_listen", "smtps_listen", "milter_listen", "metrics_listen",
-	"policy_listen", "run_user", "state_dir", "services", "pid_file", "log_file", NULL,
+	"policy_listen", "run_user", "state_dir", "services", "pid_file", "log_file",
+	/* read when the milter worker starts its sieve watcher */
+	"sieve_dir", "sieve_max_script_size", "sieve_max_nesting", "sieve_max_actions",
+	"sieve_max_redirects", "sieve_max_include_depth", "sieve_max_cpu_steps", NULL,
 };
 
 static void

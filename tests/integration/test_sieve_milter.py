@@ -19,6 +19,7 @@ import lab as labmod                                    # noqa: E402
 from lab import Lab, make_message, new_marker           # noqa: E402
 
 LAB = None
+START_MARK = None
 OUTSIDE = "127.0.0.5"
 SENDER = "sender@outside.test"
 
@@ -65,6 +66,8 @@ def setUpModule():
     write_script("server.sieve", SERVER)
     write_script("domains/sub.example.com.sieve", DOMAIN)
     LAB.start_daemon(mydomains="example.com sub.example.com")
+    global START_MARK
+    START_MARK = LAB.log_mark()
 
 
 def tearDownModule():
@@ -76,6 +79,11 @@ def tearDownModule():
         bad = LAB.sanitizer_reports()
         if bad:
             raise AssertionError("sanitizer reports:\n" + "\n".join(bad[:40]))
+        # protocol trouble (a modification Postfix did not grant, a bad
+        # reply) shows up as Postfix warnings
+        warn = [l for l in LAB.maillog_since(START_MARK).splitlines() if "warning:" in l]
+        if warn:
+            raise AssertionError("Postfix warnings:\n" + "\n".join(warn[:20]))
     finally:
         LAB.close()
         LAB = None
