@@ -79,7 +79,7 @@ static struct mpol *mpol_cur;
 #define MILTER_BODY_MEM (256 * 1024)
 struct msieve {
 	const struct sieve_rules *rules;	/* held from MAIL to the end of message */
-	char *helo, *host, *from;
+	char *helo, *host, *from, *auth;
 	char **rcpt;		/* as the MTA gave them (for smfi_delrcpt) */
 	size_t nrcpt;
 	char *rcpt_addr;	/* the first recipient, canonical */
@@ -283,6 +283,8 @@ msieve_reset(struct msieve *sv, int keep_session)
 	sieve_rules_unref(&sv->rules);
 	free(sv->from);
 	sv->from = NULL;
+	free(sv->auth);
+	sv->auth = NULL;
 	sieve_strv_free(sv->rcpt, sv->nrcpt);
 	sv->rcpt = NULL;
 	sv->nrcpt = 0;
@@ -520,7 +522,7 @@ sieve_eom(SMFICTX *ctx, struct mpriv *p, sfsistat *rc_r)
 		sieve_msg_set_env(m, "to", sv->rcpt_addr);
 	ca = engine_client_addr(p->es);
 	sieve_rules_msg_facts(m, ca != NULL ? cidr_addr_format(ca, ip) : NULL, sv->host, sv->helo,
-	    smfi_getsymval(ctx, "{auth_authen}"), engine_session_country(p->es));
+	    sv->auth, engine_session_country(p->es));
 	sieve_rules_eval(sv->rules, sv->dom_name[0] ? sv->dom_name : NULL, m, env->sieve_limits, &d);
 	sieve_msg_free(&m);
 	if (log_is_debug())
@@ -672,7 +674,8 @@ cb_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *hostaddr)
 	struct verdict v;
 
 	stats_add("connections_total{door=\"milter\"}", 1);
-	if (p->sieve_on && hostname != NULL && hostname[0] != '[')
+	if (p->sieve_on && hostname != NULL && hostname[0] != '[' &&
+	    strcmp(hostname, "unknown") != 0)
 		setstr(&p->sv.host, hostname);
 	engine_connect(p->es, snap, have ? &a : NULL, hostname, (long long)time(NULL), &v);
 	snapref_release(env->snaps, ticket);
@@ -756,6 +759,9 @@ cb_envfrom(SMFICTX *ctx, char **argv)
 		/* the scripts in force now hold for this transaction */
 		p->sv.rules = sieve_rules_ref_get(env->sieve);
 		p->sv.from = xstrdup(sa != NULL ? mailaddr_format(sa, buf) : "");
+		/* Postfix sends {auth_authen} at MAIL only */
+		if (auth != NULL && *auth != '\0')
+			p->sv.auth = xstrdup(auth);
 	}
 	return answer(ctx, p, STAGE_MAIL, &v, argv[0]);
 }

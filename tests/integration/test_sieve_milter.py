@@ -32,6 +32,7 @@ if header :contains "subject" "DISCARDME" { discard; stop; }
 if header :contains "subject" "QUARANTINEME" { fileinto "Quarantine"; stop; }
 if header :contains "subject" "EDITME" {
     addheader "X-Sieve-Added" "server was here";
+    addheader :last "X-Sieve-Last" "at the bottom";
     deleteheader "X-Remove-Me";
 }
 if header :contains "subject" "REDIRECTME" { redirect :copy "audit@example.com"; }
@@ -155,7 +156,9 @@ class SieveMilter(unittest.TestCase):
         self.assertIn("sieve-quarantine", LAB.daemon_log_since(self.mark))
 
     def test_04_header_edits_seen_at_the_sink(self):
-        c, m = self.send("EDITME", extra_headers=("X-Remove-Me: please",))
+        c, m = self.send("EDITME", extra_headers=("X-Remove-Me: please",
+                                                  "X-Remove-Me: and this one",
+                                                  "X-Keep-Me: yes"))
         self.assertEqual(self.reply(c, "<message>").code, 250, self.ctx(c))
         got = LAB.wait_for_message(m)
         text = got[0].text
@@ -163,6 +166,11 @@ class SieveMilter(unittest.TestCase):
         self.assertNotRegex(text, r"(?mi)^X-Remove-Me:", text)
         # the added field is on top: before the message's own From:
         self.assertLess(text.index("X-Sieve-Added"), text.index("\nFrom: Sender"), text)
+        # :last appends: after the message's own fields
+        self.assertRegex(text, r"(?m)^X-Sieve-Last: at the bottom", text)
+        self.assertGreater(text.index("X-Sieve-Last"), text.index("\nDate: "), text)
+        # of two X-Remove-Me fields, both go; the one after them stays
+        self.assertRegex(text, r"(?m)^X-Keep-Me: yes", text)
 
     def test_05_redirect_seen_at_the_sink(self):
         c, m = self.send("REDIRECTME")
