@@ -195,6 +195,17 @@ class SieveMilter(unittest.TestCase):
         self.assertEqual(st.code, 550, self.ctx(c))
         self.assertIn("from 127.0.0.5", st.text)
 
+    def test_06b_large_body_spilled_still_seen(self):
+        # 400 KB: past the 256 KB kept in memory, the rest from the spill file
+        filler = ["x" * 76] * 5300
+        c, m = self.send("plain", body=filler + ["the end: BODYMATCH"])
+        st = self.reply(c, "<message>")
+        self.assertEqual(st.code, 550, self.ctx(c))
+        self.assertIn("the body matched", st.text)
+        c, m = self.send("plain", body=filler)
+        self.assertEqual(self.reply(c, "<message>").code, 250, self.ctx(c))
+        LAB.wait_for_message(m)
+
     def test_07_domain_level_and_the_452_rule(self):
         c, m = self.send("DOMAINREJECT", rcpts=("a@sub.example.com",))
         st = self.reply(c, "<message>")
