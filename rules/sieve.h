@@ -15,6 +15,12 @@
  *
  * Owner: the caller owns scripts, messages and results; a compiled script
  * is immutable and may be shared by threads; a run is single-threaded.
+ *
+ * Levels (server, domain, user) are Pigeonhole's multiscript: run each
+ * script with the same *res_r; a later run sees the earlier ones' internal
+ * flags and header edits, and actions marked `executed` (done by an earlier
+ * level) never conflict with later ones. A run that fails sets res->failed:
+ * the door keeps the message as it came (implicit keep, no edits).
  */
 
 #define SIEVE_MAX_SCRIPT_SIZE	(1024 * 1024)	/* sieve_max_script_size */

@@ -149,10 +149,11 @@ static int hexval(int c)
 static void put_utf8(char **o, unsigned long cp)
 {
 	unsigned char *u = (unsigned char *)*o;
-	if (cp < 0x80) { *u++ = (unsigned char)cp; }
-	else if (cp < 0x800) { *u++ = 0xc0 | (cp >> 6); *u++ = 0x80 | (cp & 0x3f); }
-	else if (cp < 0x10000) { *u++ = 0xe0 | (cp >> 12); *u++ = 0x80 | ((cp >> 6) & 0x3f); *u++ = 0x80 | (cp & 0x3f); }
-	else { *u++ = 0xf0 | (cp >> 18); *u++ = 0x80 | ((cp >> 12) & 0x3f); *u++ = 0x80 | ((cp >> 6) & 0x3f); *u++ = 0x80 | (cp & 0x3f); }
+	int extra = cp < 0x80 ? 0 : cp < 0x800 ? 1 : cp < 0x10000 ? 2 : 3;
+	static const unsigned char lead[] = { 0x00, 0xc0, 0xe0, 0xf0 };
+	*u++ = (unsigned char)(lead[extra] | (cp >> (6 * extra)));
+	for (int i = extra - 1; i >= 0; i--)
+		*u++ = (unsigned char)(0x80 | ((cp >> (6 * i)) & 0x3f));
 	*o = (char *)u;
 }
 

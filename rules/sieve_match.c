@@ -95,8 +95,6 @@ int sv_glob(int comp, const char *pat, size_t pl, const char *s, size_t sl,
 			tk[nt].t = G_LIT;
 			tk[nt++].c = pat[++i];
 		} else if (pat[i] == '*') {
-			if (nt > 0 && tk[nt - 1].t == G_STAR && 0)
-				continue;
 			tk[nt++].t = G_STAR;
 		} else if (pat[i] == '?') {
 			tk[nt++].t = G_ANY;
@@ -233,7 +231,7 @@ static char *read_phrase(const char **pp, const char *stops)
 	}
 	o[n] = '\0';
 	*pp = p;
-	return o;
+	return xrealloc(o, n + 1);	/* never hold the rest of the header per address */
 }
 
 char **sv_addr_list(const char *v, size_t *n_r)

@@ -174,10 +174,13 @@ char *sv_expand(struct sieve_run *run, const char *s)
 			}
 			o[n++] = *p++;
 		}
-		if (n > SIEVE_MAX_STRING * 4)
-			break;
+		if (n >= SIEVE_MAX_STRING)
+			break;	/* an expansion is a string: the same cap */
 	}
+	if (n > SIEVE_MAX_STRING)
+		n = SIEVE_MAX_STRING;
 	o[n] = '\0';
+	run->steps += n / 64;	/* expansions cost CPU too */
 	return o;
 }
 

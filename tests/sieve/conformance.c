@@ -1132,7 +1132,8 @@ static int run_one(char **argv)
 			case SIEVE_A_REJECT: printf("reject %s\n", a->target); break;
 			case SIEVE_A_EREJECT: printf("ereject %s\n", a->target); break;
 			case SIEVE_A_VACATION:
-				printf("vacation %lu %s\n", a->seconds, a->value ? a->value : "");
+				printf("vacation %lu %s from=%s reason=%s\n", a->seconds,
+				    a->value ? a->value : "", a->from ? a->from : "", a->target);
 				break;
 			default: break;
 			}

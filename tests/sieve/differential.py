@@ -124,6 +124,13 @@ def test(r, env, depth=0):
     if kind == "subaddress":
         return "envelope %s :is \"to\" %s" % (r.choice([":user", ":detail"]),
                                              q(r.choice(["bob", "news", "", "alice"])))
+    if r.random() < 0.5:
+        return "body %s :contains %s" % (r.choice([":raw", ":text", ':content "text"',
+                                                  ':content "text/plain"', ':content "image"']),
+                                        q(r.choice(WORDS)))
+    if r.random() < 0.5:
+        return 'header :count %s :comparator "i;ascii-numeric" ["to", "subject", "x-none"] "%d"' % (
+            q(r.choice(["gt", "eq", "lt"])), r.randint(0, 3))
     return "body :contains %s" % q(r.choice(WORDS))
 
 
@@ -147,8 +154,10 @@ def action(r):
     if a == "reject":
         return "reject %s;" % q(r.choice(["not wanted", "go away"]))
     if a == "vacation":
-        return "vacation :days %d :subject %s %s;" % (r.randint(1, 9), q("Away"),
-                                                       q("I am away."))
+        return "vacation :days %d :subject %s%s %s;" % (
+            r.randint(1, 9), q("Away"),
+            r.choice(["", " :addresses [%s]" % q(addr(r)), " :from %s" % q(addr(r)),
+                      " :mime", " :handle %s" % q("h1")]), q("I am away."))
     return a + ";"
 
 
@@ -256,9 +265,19 @@ def pigeonhole(st, sieve, eml, frm, to, tmp):
     out = p.stdout
     if "Performed actions:" not in out:
         return ["COMPILE-ERROR" if "failed to compile" in p.stderr else "RUNTIME-ERROR"]
-    acts, section, cur = [], None, None
+    acts, section, cur, body = [], None, None, None
     for line in out.splitlines():
         t = line.strip()
+        if t == "START MESSAGE" and cur and isinstance(cur[1], dict):
+            body = []
+            continue
+        if body is not None:
+            if t == "END MESSAGE":
+                cur[1]["reason"] = "\n".join(body)
+                body = None
+            else:
+                body.append(line)
+            continue
         if t == "Performed actions:":
             section = ""
             continue
@@ -294,7 +313,9 @@ def pigeonhole(st, sieve, eml, frm, to, tmp):
         if isinstance(extra, list):
             res.append(a + (" flags:" + " ".join(sorted(set(extra))) if extra else ""))
         elif isinstance(extra, dict):
-            res.append("vacation %s %s" % (extra.get("seconds", ""), extra.get("subject", "")))
+            res.append("vacation %s %s from=%s reason=%s" % (
+                extra.get("seconds", ""), extra.get("subject", ""), extra.get("from", ""),
+                extra.get("reason", "")))
         else:
             res.append(a)
     return sorted(res)

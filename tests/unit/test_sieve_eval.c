@@ -9,7 +9,9 @@
 #include "rules/sieve.h"
 #include "tests/unit/unit.h"
 
-#define MSG "From: Alice <alice@example.org>\r\nTo: bob+box@example.com, carol@example.net\r\n" \
+#define MSG "Received: from a by b; Mon, 1 Feb 2021 03:04:05 -0800\r\n" \
+	"Received: from c by d; Sun, 06 Dec 2026 20:13:52 +0100\r\n" \
+	"From: Alice <alice@example.org>\r\nTo: bob+box@example.com, carol@example.net\r\n" \
 	"Subject: Hello World\r\nX-Spam-Score: 7\r\nDate: Sun, 06 Dec 2026 20:13:52 +0100\r\n" \
 	"Message-ID: <m1@example.org>\r\n\r\nThe body text.\r\n"
 
@@ -74,6 +76,11 @@ static const struct { const char *name, *src, *want; } cases[] = {
 	  "discard" },
 	{ "date part", "require \"date\";\nif date :zone \"+0000\" \"date\" \"hour\" \"19\" "
 	  "{ discard; }", "discard" },
+	{ "date looks at the first field only (differential)", "require \"date\";\n"
+	  "if date :zone \"+0000\" \"received\" \"year\" \"2026\" { discard; }", "+implicit" },
+	{ "date with :index 2", "require [\"date\", \"index\"];\n"
+	  "if date :index 2 :zone \"+0000\" \"received\" \"year\" \"2026\" { discard; }",
+	  "discard" },
 	{ "editheader delete then test", "require \"editheader\";\ndeleteheader \"subject\";\n"
 	  "if not exists \"subject\" { discard; }", "deleteheader:subject discard" },
 	{ "vacation action", "require \"vacation\";\nvacation :days 3 \"away\";",
