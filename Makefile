@@ -178,6 +178,9 @@ fuzz:
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-hdrparse tests/fuzz/fuzz_hdrparse.c common/hdrparse.c \
 	    common/xmalloc.c common/log.c -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-sieve tests/fuzz/fuzz_sieve.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
+	@mkdir -p build/fuzz/corpus-common
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-common tests/fuzz/fuzz_common.c common/base64.c common/hash.c \
+	    common/xmalloc.c common/log.c -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-downstream tests/fuzz/fuzz_downstream.c \
 	    smtp-gateway/downstream.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-mailstore tests/fuzz/fuzz_mailstore.c $(FUZZ_LIB_SRC) \
@@ -188,6 +191,7 @@ fuzz:
 	build/fuzz/fuzz-hdrparse -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-hdrparse
 	@mkdir -p build/fuzz/corpus-sieve
 	build/fuzz/fuzz-sieve -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-sieve tests/fuzz/seeds-sieve
+	build/fuzz/fuzz-common -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-common
 	build/fuzz/fuzz-downstream -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-downstream \
 	    tests/fuzz/seeds-downstream
 	build/fuzz/fuzz-mailstore -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-mailstore
