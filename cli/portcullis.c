@@ -56,7 +56,7 @@
 int cmd_rules(int argc, char **argv);	/* cli/rules_cmd.c */
 int cmd_rules_admin(struct conf *conf, int argc, char **argv);	/* cli/rules_admin.c */
 int rules_explain(const struct conf *c, const char *msgpath, const char *from,
-    const char *rcpt, const char *client_ip, const char *hostname, const char *helo,
+    char **rcpts, size_t nrcpt, const char *client_ip, const char *hostname, const char *helo,
     const char *auth, const char *country, int *refused_r);
 int rules_feed_headers(const char *msgpath, struct engine_session *es);
 
@@ -1131,7 +1131,7 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 		char ip[64];
 		int rrej = 0;
 
-		if (rules_explain(c, message, from, rcpts[0], cidr_addr_format(&addr, ip),
+		if (rules_explain(c, message, from, rcpts, nrcpt, cidr_addr_format(&addr, ip),
 		    hostname, helo, auth, engine_session_country(es), &rrej) < 0)
 			die("--message %.200s: cannot read it", message);
 		refused |= rrej;

@@ -29,7 +29,7 @@
 
 int cmd_rules_admin(struct conf *conf, int argc, char **argv);
 int rules_explain(const struct conf *c, const char *msgpath, const char *from,
-    const char *rcpt, const char *client_ip, const char *hostname, const char *helo,
+    char **rcpts, size_t nrcpt, const char *client_ip, const char *hostname, const char *helo,
     const char *auth, const char *country, int *refused_r);
 int rules_feed_headers(const char *msgpath, struct engine_session *es);
 
@@ -210,8 +210,8 @@ bare(const char *a)
 }
 
 int
-rules_explain(const struct conf *c, const char *msgpath, const char *from, const char *rcpt,
-    const char *client_ip, const char *hostname, const char *helo, const char *auth,
+rules_explain(const struct conf *c, const char *msgpath, const char *from, char **rcpts,
+    size_t nrcpt, const char *client_ip, const char *hostname, const char *helo, const char *auth,
     const char *country, int *refused_r)
 {
 	const char *dir = conf_get(c, "sieve_dir");
@@ -233,12 +233,23 @@ rules_explain(const struct conf *c, const char *msgpath, const char *from, const
 	r = sievestore_load(dir, &lim, NULL);
 	m = sieve_msg_parse(text, len);
 	f = bare(from);
-	t = bare(rcpt);
+	t = bare(rcpts[0]);
 	sieve_msg_set_env(m, "from", f);
 	sieve_msg_set_env(m, "to", t);
 	sieve_rules_msg_facts(m, client_ip, hostname, helo, auth, country);
 	domain_of(t, dom, sizeof(dom));
 	printf("%-15s sieve_dir %s; the recipient domain: %s\n", "RULES", dir, *dom ? dom : "none");
+	/* one domain's rules per transaction: the others are sent again */
+	for (size_t i = 1; i < nrcpt; i++) {
+		char od[256], *b = bare(rcpts[i]);
+
+		domain_of(b, od, sizeof(od));
+		if (sieve_rules_domain(r, od) != sieve_rules_domain(r, dom))
+			printf("%15s RCPT %s: 452 4.5.3 Too many recipients: %s is under other rules, "
+			    "send to it in a new transaction [sieve-domains]\n", "", b,
+			    *od ? od : "this recipient");
+		free(b);
+	}
 	sieve_rules_eval(r, dom, m, &lim, &d);
 	for (size_t i = 0; i < d.ntrace; i++)
 		printf("%15s %s\n", "", d.trace[i]);

@@ -46,7 +46,7 @@ class Admin(unittest.TestCase):
         os.mkdir(os.path.join(self.dir, "lists"))
         self.conf = os.path.join(self.dir, "portcullis.cf")
         with open(self.conf, "w") as f:
-            f.write("state_dir = %s/state\nlists = file:%s/lists\nmydomains = example.com\n"
+            f.write("state_dir = %s/state\nlists = file:%s/lists\nmydomains = example.com other.example\n"
                     % (self.dir, self.dir))
         self.sieve_dir = os.path.join(self.dir, "state", "sieve")
 
@@ -151,6 +151,11 @@ class Admin(unittest.TestCase):
         p = self.explain("--message", msg)
         self.assertEqual(p.returncode, 0, p.stdout)
         self.assertRegex(p.stdout, r"user \S+bob@example\.com\.sieve: store \"News\" \(line 3\)")
+        # a second domain under other rules: 452 4.5.3 for its recipients
+        p = self.cli("explain", "--client", "192.0.2.1", "--from", "a@outside.test",
+                     "--rcpt", "bob@example.com", "--rcpt", "x@other.example",
+                     "--message", msg)
+        self.assertRegex(p.stdout, r"RCPT x@other\.example: 452 4\.5\.3 ", p.stdout)
 
 
 if __name__ == "__main__":
