@@ -67,6 +67,7 @@ struct sieve_node {
 	struct sieve_script *incl;	/* include: the included script */
 	int once, optional, global;
 	int incl_borrowed;	/* incl is an ancestor (include :once cycle), not owned */
+	int ihave_dead;		/* `if ihave` of something unavailable: block never runs */
 };
 
 #define SV_NCAPS (SIEVE_MAX_MATCH_INDEX + 1)	/* match values ${0}..${32} */
@@ -113,6 +114,7 @@ struct sieve_script {
 	struct sieve_compile_opts opts;
 };
 int sv_script_has_cap(const struct sieve_script *s, const char *cap);
+int sv_ihave_known(const struct sieve_compile_opts *o, const char *cap);
 
 /* the parser: text -> nodes; -1 on a syntax error (reported) */
 int sv_parse(struct sv_lexer *lx, unsigned max_nesting, struct sieve_node ***cmds_r, size_t *n_r);

@@ -108,6 +108,16 @@ static void cerr(struct cctx *c, unsigned line, unsigned col, const char *fmt, .
 	c->errors++;
 }
 
+static int cap_known(const struct sieve_compile_opts *o, const char *cap);
+
+/* ihave: known, and loadable at run time (not encoded-character, variables) */
+int sv_ihave_known(const struct sieve_compile_opts *o, const char *cap)
+{
+	if (!strcasecmp(cap, "encoded-character") || !strcasecmp(cap, "variables"))
+		return 0;
+	return cap_known(o, cap);
+}
+
 static int cap_known(const struct sieve_compile_opts *o, const char *cap)
 {
 	if (o->disabled_caps) {
@@ -955,6 +965,25 @@ static int compile_nodes(struct cctx *c, struct sieve_node **v, size_t n, int to
 			for (size_t t = 0; t < x->ntests; t++)
 				if (compile_nodes_test(c, x->tests[t]) < 0)
 					ret = -1;
+		/* RFC 5463: the block of `if ihave "x"` is compiled only when x can be
+		 * had, and then x is in force inside it */
+		if ((id == C_IF || id == C_ELSIF) && x->ntests == 1 && x->tests[0]->def &&
+		    x->tests[0]->def->id == T_IHAVE && !bad) {
+			struct sv_arg *a = x->tests[0]->pos[0];
+			int all = 1;
+			for (size_t j = 0; j < a->n; j++)
+				if (!sv_ihave_known(&c->s->opts, a->v[j].s))
+					all = 0;
+			if (!all) {
+				x->ihave_dead = 1;
+				continue;
+			}
+			for (size_t j = 0; j < a->n; j++)
+				if (!sv_script_has_cap(c->s, a->v[j].s)) {
+					c->s->caps = xreallocarray(c->s->caps, c->s->ncaps + 1, sizeof(char *));
+					c->s->caps[c->s->ncaps++] = xstrdup(a->v[j].s);
+				}
+		}
 		if ((x->def && x->def->block) || (x->ext && x->ext->block))
 			if (compile_nodes(c, x->cmds, x->ncmds, 0) < 0)
 				ret = -1;

@@ -909,18 +909,8 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 		size_t nc;
 		char **c = sieve_arg_list(run, n, 0, &nc);
 		*res = 1;
-		for (size_t i = 0; i < nc; i++) {
-			static const char *const known[] = { "fileinto", "envelope", "reject",
-				"ereject", "copy", "relational", "subaddress", "imap4flags", "variables",
-				"body", "editheader", "date", "index", "mailbox", "environment",
-				"include", "vacation", "vacation-seconds", "duplicate", "regex",
-				"encoded-character", "ihave", "comparator-i;octet",
-				"comparator-i;ascii-casemap", "comparator-i;ascii-numeric", NULL };
-			int k = 0;
-			for (const char *const *p = known; *p; p++)
-				k |= strcasecmp(*p, c[i]) == 0;
-			*res &= k;
-		}
+		for (size_t i = 0; i < nc; i++)
+			*res &= sv_ihave_known(&run->script->opts, c[i]);
 		sieve_strv_free(c, nc);
 		break;
 	}
@@ -1172,6 +1162,10 @@ static int exec_cmd(struct sieve_run *run, const struct sieve_node *n, int *chai
 	case C_ELSIF:
 		if (id == C_ELSIF && *chain)
 			return R_GO;
+		if (n->ihave_dead) {
+			*chain = 0;	/* never compiled: cannot run */
+			return R_GO;
+		}
 		if ((r = eval_test(run, n->tests[0], &t)) != R_GO)
 			return r;
 		*chain = t;

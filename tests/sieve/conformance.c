@@ -869,7 +869,7 @@ static const struct sieve_extdef testsuite_defs[] = {
 static const char *const skip_dirs[] = {
 	"plugins/", "extensions/vnd.dovecot/", "deprecated/", "extensions/spamvirustest/",
 	"extensions/special-use/", "extensions/metadata/", "extensions/enotify/",
-	"extensions/mime/", "extensions/ihave/", NULL,
+	"extensions/mime/", NULL,
 };
 
 static const char *skip_reason_for(const char *rel)
