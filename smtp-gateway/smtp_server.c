@@ -71,6 +71,7 @@
 #include "service/deadline.h"
 #include "service/fcrdns.h"
 #include "service/listener.h"
+#include "service/tlsbev.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
 #include "storage-adapter/userdb_sasl.h"
@@ -799,13 +800,9 @@ static void
 start_tls(struct conn *c)
 {
 	struct server *s = c->srv;
-	SSL *ssl = SSL_new(s->c->tls);
-	struct bufferevent *tb;
-
 	/* RFC 3207 §4: whatever the client sent before the handshake is dropped */
-	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
-	tb = ssl ? bufferevent_openssl_filter_new(s->base, c->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-	    BEV_OPT_CLOSE_ON_FREE) : NULL;
+	struct bufferevent *tb = tlsbev_starttls(s->base, c->bev, s->c->tls);
+
 	if (tb == NULL) {
 		log_error("conn=%s cannot start TLS", c->id);
 		c->closing = 1;
@@ -1101,10 +1098,7 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown", kinds[li->kind]);
 	}
 	if (li->kind == LISTEN_SMTPS) {
-		SSL *ssl = SSL_new(s->c->tls);
-
-		c->bev = bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-		    BEV_OPT_CLOSE_ON_FREE);
+		c->bev = tlsbev_accept(s->base, fd, s->c->tls);
 		c->tls = 1;
 	} else {
 		c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
