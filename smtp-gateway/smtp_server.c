@@ -72,6 +72,7 @@
 #include "service/fcrdns.h"
 #include "service/listener.h"
 #include "service/tlsbev.h"
+#include "service/users.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
 #include "storage-adapter/userdb_sasl.h"
@@ -99,10 +100,8 @@ struct server {
 	int stopping;			/* no new work while the pools drain */
 	struct smtp_params params;
 	struct event_base *base;
-	struct userdb *users;
+	struct users users;		/* the user database, kept current (service/users) */
 	struct sasl_callbacks sasl_cb;	/* common/sasl reads users through these */
-	time_t users_bad_since;		/* the users file is not usable since; 0: it is */
-	time_t users_bad_logged;
 	unsigned nconn;
 	int stress;		/* over 80 % of max_connections: short timeouts */
 	struct conn *conns;
@@ -179,7 +178,7 @@ user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 	const char *u;
 	size_t i;
 
-	if (s->users == NULL) {
+	if (s->users.db == NULL) {
 		for (i = 0; local[i] && i + 1 < sizeof(low); i++)
 			low[i] = (char)tolower((unsigned char)local[i]);
 		low[i] = '\0';
@@ -188,7 +187,7 @@ user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 		snprintf(canon_r, MAILADDR_TEXT_MAX, "%s@%s", low, domain);
 		return 1;
 	}
-	u = userdb_resolve(s->users, local, domain);
+	u = userdb_resolve(s->users.db, local, domain);
 	if (u == NULL || strlen(u) >= MAILADDR_TEXT_MAX)
 		return 0;
 	memcpy(canon_r, u, strlen(u) + 1);
@@ -1171,18 +1170,15 @@ drain_cb(evutil_socket_t sig, short what, void *arg)
 }
 
 /*
- * Each second: reload the users when their file changed. A file that is
- * missing, empty, unreadable or garbled (an editor caught mid-write, a
- * failed copy) keeps the last good users in force: the alternative is a
- * permanent 550 5.1.1 for every local recipient. Said once a minute.
+ * Each second: the drain's deadline, the anvil's expiry, and the users
+ * reloaded when their file changed (service/users: a broken file keeps the
+ * last good users; the alternative is a permanent 550 5.1.1 for every
+ * local recipient).
  */
 static void
 users_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *s = arg;
-	const char *err;
-	time_t now = time(NULL);
-	int rc;
 
 	(void)fd;
 	(void)what;
@@ -1193,24 +1189,7 @@ users_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	anvil_expire(s->anvil, time(NULL));
-	if (s->users == NULL)
-		return;
-	rc = userdb_reload(&s->users, s->c->users_url, &err);
-	if (rc < 0) {
-		if (s->users_bad_since == 0 || now - s->users_bad_logged >= 60) {
-			log_error("users file not usable, the last good users (%zu) stay in force: %s",
-			    userdb_count(s->users), err);
-			s->users_bad_logged = now;
-		}
-		if (s->users_bad_since == 0)
-			s->users_bad_since = now;
-		return;
-	}
-	if (rc > 0)
-		log_info("users reloaded: %zu", userdb_count(s->users));
-	else if (s->users_bad_since != 0)
-		log_info("users file usable again after %lds", (long)(now - s->users_bad_since));
-	s->users_bad_since = 0;
+	users_tick(&s->users, time(NULL));
 }
 
 int
@@ -1232,30 +1211,19 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		free(s);
 		return -1;
 	}
-	userdb_sasl_callbacks(&s->users, &s->sasl_cb);	/* s->users may be reloaded */
+	userdb_sasl_callbacks(&s->users.db, &s->sasl_cb);	/* s->users.db may be reloaded */
 	s->params.sasl_cb = &s->sasl_cb;
-	if (c->users_url != NULL && c->users_url[0] != '\0') {
-		s->users = userdb_open(c->users_url, error_r);
-		if (s->users == NULL) {
-			free(ls);
-			free(s);
-			return -1;
-		}
-		{
-			const char *why;
-
-			/* absent at start is "no users" as documented; anything else is said */
-			if (!userdb_is_usable(s->users, &why) && userdb_count(s->users) == 0 &&
-			    strstr(why, "is missing") == NULL)
-				log_error("users file not usable, no users until it is: %s", why);
-		}
+	if (users_open(&s->users, c->users_url, error_r) < 0) {
+		free(ls);
+		free(s);
+		return -1;
 	}
 	s->params.user_resolve = user_resolve;
 	s->params.user_arg = s;
 	s->base = event_base_new();
 	if (s->base == NULL) {
 		*error_r = "cannot create the event loop";
-		userdb_free(&s->users);
+		users_close(&s->users);
 		free(ls);
 		free(s);
 		return -1;
@@ -1313,7 +1281,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	event_free(tick);
 	event_base_free(s->base);
 	anvil_free(&s->anvil);
-	userdb_free(&s->users);
+	users_close(&s->users);
 	free(ls);
 	free(s);
 	return rc;
