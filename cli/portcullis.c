@@ -1,26 +1,40 @@
 /*
  * portcullis - the admin command.
  *
- *   portcullis [-c FILE] [-o k=v]... kill|accept add ENTRY [--ttl TIME] [--reason TEXT]
+ *   portcullis [-c FILE] [-o k=v]... kill|accept add ENTRY [--ttl TIME|never] [--reason TEXT]
+ *                 (a re-add keeps what is not given and prints old -> new)
  *   portcullis [-c FILE] [-o k=v]... kill|accept del ENTRY
  *   portcullis [-c FILE] [-o k=v]... kill|accept list
  *   portcullis [-c FILE] [-o k=v]... kill|accept import FILE|- [--ttl TIME] [--reason TEXT]
  *   portcullis [-c FILE] [-o k=v]... kill|accept export [--full]
  *   portcullis [-c FILE] [-o k=v]... lists migrate FROM-URL TO-URL
+ *   portcullis [-c FILE] [-o k=v]... lists reseed | lists accept-empty
+ *                 (after a shared store lost its lists: push this node's
+ *                 copy back, or take what the store holds)
  *   portcullis [-c FILE] [-o k=v]... user add|passwd USER@DOMAIN [--password-stdin]
  *   portcullis [-c FILE] [-o k=v]... user del USER@DOMAIN | user list
  *   portcullis [-c FILE] [-o k=v]... explain --client IP [--hostname NAME] [--helo H]
  *                 [--auth USER] --from ADDR --rcpt ADDR... [--header NAME]...
+ *                 [--country CC]   (instead of geoip_database's answer)
+ *   portcullis [-c FILE] [-o k=v]... reload
  *
  * Writes go to the list store named by `lists`; a running portcullisd picks
  * them up within a second. A bad ENTRY is refused and nothing is written.
- * Exit: 0 done (explain: accepted), 1 refused by explain, 2 error.
+ * `reload` sends SIGHUP to the daemon in pid_file and waits for its verdict
+ * in state_dir/reload-status (exit 1 when the daemon refused the configuration).
+ *   portcullis --help | --version | COMMAND --help   (no configuration needed)
+ *
+ * Exit: 0 done (explain: accepted), 1 refused by explain, 2 error (a usage
+ * error says what is wrong, then prints the usage).
  */
+#include <ctype.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +46,7 @@
 #include "common/owner.h"
 #include "common/pclimits.h"
 #include "common/stats.h"
+#include "common/version.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
 #include "rules/policy.h"
@@ -42,27 +57,94 @@ int cmd_rules(int argc, char **argv);	/* cli/rules_cmd.c */
 
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
 
+/* the usage text: each command's lines start with its first word */
+static const char *const usage_lines[] = {
+	"kill|accept add ENTRY [--ttl TIME|never] [--reason TEXT] [--force]",
+	"kill|accept del ENTRY",
+	"kill|accept list",
+	"kill|accept import FILE|- [--ttl TIME] [--reason TEXT] [--skip-bad]",
+	"kill|accept export [--full]",
+	"lists migrate FROM-URL TO-URL",
+	"lists reseed|accept-empty",
+	"user add|passwd USER@DOMAIN [--password-stdin]",
+	"user del USER@DOMAIN",
+	"user list",
+	"stats [--prometheus]",
+	"reload    (the running portcullisd re-reads its configuration; waits for the verdict)",
+	"explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
+	"          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
+	"          [--country CC]",
+};
+static const char *command_words = "";	/* "kill add": for usage errors */
+
+/* the usage of every command, or of those whose first word is cmd */
+static void
+usage_to(FILE *fp, const char *cmd)
+{
+	size_t cl = cmd ? strlen(cmd) : 0;
+
+	if (cmd != NULL && (strcmp(cmd, "kill") == 0 || strcmp(cmd, "accept") == 0))
+		cmd = "kill|accept", cl = strlen(cmd);
+	fprintf(fp, "usage: portcullis [-c FILE] [-o key=value]... COMMAND\n"
+	    "       portcullis --help | --version | COMMAND --help\n");
+	for (size_t i = 0; i < sizeof(usage_lines) / sizeof(usage_lines[0]); i++)
+		if (cmd == NULL || cl == 0 ||
+		    (strncmp(usage_lines[i], cmd, cl) == 0 && usage_lines[i][cl] == ' '))
+			fprintf(fp, "  %s\n", usage_lines[i]);
+	if (cmd == NULL || cl == 0 || strcmp(cmd, "kill|accept") == 0)
+		fprintf(fp, "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
+		    "       host:.example.com, user@example.com, @example.com, country:FR\n"
+		    "TIME: seconds, or with a unit: 90s, 10m, 2h, 7d, 1w\n"
+		    "--force: an accept entry wider than an IPv4 /8 or an IPv6 /16\n");
+}
+
+/* a command the usage names ("kill|accept add ..." names kill and accept) */
+static int
+command_is_known(const char *w)
+{
+	size_t wl = strlen(w);
+
+	for (size_t i = 0; i < sizeof(usage_lines) / sizeof(usage_lines[0]); i++) {
+		const char *p = usage_lines[i], *end = p + strcspn(p, " ");
+
+		while (p < end) {
+			size_t l = strcspn(p, "| ");
+
+			if (l == wl && strncmp(p, w, l) == 0)
+				return 1;
+			p += l + (p[l] == '|');
+		}
+	}
+	return 0;
+}
+
+/* say what is wrong, then how it is used; exit 2 */
+static void
+usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+static void
+usage_error(const char *fmt, ...)
+{
+	va_list ap;
+	char first[32];
+
+	fprintf(stderr, "portcullis: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	snprintf(first, sizeof(first), "%.*s", (int)strcspn(command_words, " "), command_words);
+	usage_to(stderr, first);
+	exit(2);
+}
+
+/* a usage error the caller did not name: name the command at least */
 static void
 usage(void)
 {
-	fprintf(stderr,
-	    "usage: portcullis [-c FILE] [-o key=value]... COMMAND\n"
-	    "  kill|accept add ENTRY [--ttl TIME] [--reason TEXT]\n"
-	    "  kill|accept del ENTRY\n"
-	    "  kill|accept list\n"
-	    "  kill|accept import FILE|- [--ttl TIME] [--reason TEXT] [--skip-bad]\n"
-	    "  kill|accept export [--full]\n"
-	    "  lists migrate FROM-URL TO-URL\n"
-	    "  user add|passwd USER@DOMAIN [--password-stdin]\n"
-	    "  user del USER@DOMAIN\n"
-	    "  user list\n"
-	    "  stats [--prometheus]\n"
-	    "  explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
-	    "          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
-	    "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
-	    "       host:.example.com, user@example.com, @example.com\n"
-	    "TIME: seconds, or with a unit: 90s, 10m, 2h, 7d, 1w\n");
-	exit(2);
+	if (command_words[0] != '\0')
+		usage_error("wrong or missing arguments for \"%s\"", command_words);
+	usage_error("which command?");
 }
 
 static void
@@ -92,14 +174,62 @@ open_store(const struct conf *c)
 	return s;
 }
 
+static void fmt_time(long long t, char *buf, size_t cap);
+
+/*
+ * Every entry of list k (expired ones included) for reading: from the store,
+ * or, when a shared store cannot answer, from this node's copy of it
+ * (lists_cache), saying so and since when on stderr. *from_cache_r: 1 then.
+ */
+static int
+read_list(const struct conf *c, struct liststore *s, enum list_kind k, struct entry_vec *v,
+    int *from_cache_r)
+{
+	char *path, when[40], why[600];
+	struct liststore *cache;
+	struct stat st;
+	const char *err;
+
+	*from_cache_r = 0;
+	if (liststore_load(s, k, v, &err) == 0)
+		return 0;
+	if (strcmp(liststore_scheme(s), "file") == 0)
+		die("%s", err);
+	snprintf(why, sizeof(why), "%s", err);
+	entry_vec_clear(v);
+	path = xasprintf("%s/%s.list", conf_get(c, "lists_cache"), list_kind_name(k));
+	if (stat(path, &st) < 0) {
+		free(path);
+		die("%s (and no local copy in %s)", why, conf_get(c, "lists_cache"));
+	}
+	free(path);
+	{
+		char *url = xasprintf("file:%s", conf_get(c, "lists_cache"));
+
+		cache = liststore_open(url, &err);
+		free(url);
+	}
+	if (cache == NULL || liststore_load(cache, k, v, &err) < 0)
+		die("%s (and the local copy: %s)", why, err);
+	liststore_free(&cache);
+	fmt_time((long long)st.st_mtime, when, sizeof(when));
+	fprintf(stderr, "portcullis: %s; the %s list below is this node's copy (%s), as of %s\n",
+	    why, list_kind_name(k), conf_get(c, "lists_cache"), when);
+	*from_cache_r = 1;
+	return 0;
+}
+
 /* the store and every entry of list k in it (expired ones included) */
 static struct liststore *
-load_list(const struct conf *c, enum list_kind k, struct entry_vec *v)
+load_list(const struct conf *c, enum list_kind k, struct entry_vec *v, int cache_ok)
 {
 	struct liststore *s = open_store(c);
 	const char *err;
+	int cached;
 
-	if (liststore_load(s, k, v, &err) < 0)
+	if (cache_ok)
+		(void)read_list(c, s, k, v, &cached);
+	else if (liststore_load(s, k, v, &err) < 0)
 		die("%s", err);
 	return s;
 }
@@ -129,7 +259,7 @@ cmd_list(const struct conf *c, enum list_kind k, int argc, char **argv)
 	(void)argv;
 	if (argc != 0)
 		usage();
-	s = load_list(c, k, &v);
+	s = load_list(c, k, &v, 1);
 	for (size_t i = 0; i < v.n; i++) {
 		const struct list_entry *e = &v.v[i];
 		char added[40], expires[40];
@@ -171,29 +301,140 @@ ttl_reason_option(int argc, char **argv, int *i, long *ttl_r, const char **reaso
 	return 0;
 }
 
+/*
+ * An accept entry lets every address it covers relay and pass the kill list:
+ * one wider than an IPv4 /8 or an IPv6 /16 (0.0.0.0/0, ::/0 above all) is an
+ * open relay more often than an intent, so it takes --force.
+ */
+static int
+entry_is_too_wide(const struct list_entry *e)
+{
+	return e->kind == ENTRY_ADDR &&
+	    e->cidr.len < (e->cidr.addr.family == 4 ? 8 : 16);
+}
+
+
+/* "reason \"a\" -> \"b\"" style notes of what a re-add changed, into buf */
+static void
+note_change(char *buf, size_t cap, const char *what, const char *from, const char *to)
+{
+	size_t n = strlen(buf);
+
+	snprintf(buf + n, cap - n, "%s%s %s -> %s", n ? ", " : "", what, from, to);
+}
+
+static void
+fmt_expiry(long long t, char *buf, size_t cap)
+{
+	if (t == 0)
+		snprintf(buf, cap, "never");
+	else
+		fmt_time(t, buf, cap);
+}
+
+static void
+fmt_reason(const char *r, char *buf, size_t cap)
+{
+	if (r == NULL || *r == '\0')
+		snprintf(buf, cap, "(none)");
+	else
+		snprintf(buf, cap, "\"%s\"", r);
+}
+
+/*
+ * add ENTRY [--ttl TIME|never] [--reason TEXT]. A re-add of an entry that is
+ * there keeps every attribute the command line does not give (expiry,
+ * reason, origin, time added) and says what changed, old -> new.
+ */
 static int
 cmd_add(const struct conf *c, enum list_kind k, int argc, char **argv)
 {
-	struct list_entry e;
+	struct list_entry e, old;
 	const char *err, *reason = NULL;
 	long ttl = 0;
+	int force = 0;
+	int permanent = 0, found = 0;
+	long long now = (long long)time(NULL);
 	struct liststore *s;
+	char changes[1024] = "";
 
 	if (argc < 1)
-		usage();
+		usage_error("%s add: which ENTRY?", list_kind_name(k));
 	if (listentry_parse_key(argv[0], &e, &err) < 0)
 		die("\"%.100s\": %s; nothing written", argv[0], err);
-	for (int i = 1; i < argc; i++)
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--force") == 0) {
+			force = 1;
+			continue;
+		}
+		if (strcmp(argv[i], "--ttl") == 0 && i + 1 < argc && strcmp(argv[i + 1], "never") == 0) {
+			permanent = 1;
+			ttl = 0;
+			i++;
+			continue;
+		}
 		if (!ttl_reason_option(argc, argv, &i, &ttl, &reason))
-			die("unexpected argument \"%.60s\" (expected --ttl TIME or --reason TEXT)", argv[i]);
-	e.added = (long long)time(NULL);
-	e.expires = ttl ? e.added + ttl : 0;
-	e.origin = ORIGIN_ADMIN;
-	e.reason = reason ? xstrdup(reason) : NULL;
+			die("unexpected argument \"%.60s\" (expected --ttl TIME|never, --reason TEXT "
+			    "or --force)", argv[i]);
+		if (ttl != 0)
+			permanent = 0;
+	}
+	if (k == LIST_ACCEPT && entry_is_too_wide(&e) && !force)
+		die("accept %s would let every address in it relay and bypass the kill list "
+		    "(wider than /%d); add --force if that is what you want; nothing written",
+		    e.key, e.cidr.addr.family == 4 ? 8 : 16);
 	s = open_store(c);
-	if (liststore_add(s, k, &e, &err) < 0)
+	memset(&old, 0, sizeof(old));
+	if (liststore_get(s, k, e.key, &old, &found, &err) < 0)
 		die("%s", err);
-	printf("%s: added %s%s\n", list_kind_name(k), e.key, ttl ? " (with expiry)" : "");
+	if (found && listentry_is_expired(&old, now))
+		found = 0;	/* an expired leftover: a new entry */
+	if (!found) {
+		e.added = now;
+		e.expires = ttl ? now + ttl : 0;
+		e.origin = ORIGIN_ADMIN;
+		e.reason = reason ? xstrdup(reason) : NULL;
+	} else {
+		char a[64], b[128 + MAX_REASON_LEN];
+
+		e.added = old.added;
+		e.origin = old.origin;
+		e.expires = ttl ? now + ttl : permanent ? 0 : old.expires;
+		e.reason = reason ? (*reason ? xstrdup(reason) : NULL) :
+		    old.reason ? xstrdup(old.reason) : NULL;
+		if (e.expires != old.expires) {
+			char x[64];
+
+			fmt_expiry(old.expires, a, sizeof(a));
+			fmt_expiry(e.expires, x, sizeof(x));
+			note_change(changes, sizeof(changes), "expires", a, x);
+		}
+		if (strcmp(old.reason ? old.reason : "", e.reason ? e.reason : "") != 0) {
+			char x[MAX_REASON_LEN + 8];
+
+			fmt_reason(old.reason, b, sizeof(b));
+			fmt_reason(e.reason, x, sizeof(x));
+			note_change(changes, sizeof(changes), "reason", b, x);
+		}
+	}
+	if (found && changes[0] == '\0') {
+		char a[64], b[MAX_REASON_LEN + 8];
+
+		fmt_expiry(old.expires, a, sizeof(a));
+		fmt_reason(old.reason, b, sizeof(b));
+		printf("%s: %s is there already, unchanged (origin %s, expires %s, reason %s)\n",
+		    list_kind_name(k), e.key, listentry_origin_name(old.origin), a, b);
+	} else {
+		if (liststore_add(s, k, &e, &err) < 0)
+			die("%s", err);
+		if (found)
+			printf("%s: updated %s: %s (origin %s and other attributes kept)\n",
+			    list_kind_name(k), e.key, changes, listentry_origin_name(e.origin));
+		else
+			printf("%s: added %s%s\n", list_kind_name(k), e.key,
+			    e.expires ? " (with expiry)" : "");
+	}
+	listentry_clear(&old);
 	listentry_clear(&e);
 	liststore_free(&s);
 	return 0;
@@ -444,7 +685,7 @@ cmd_export(const struct conf *c, enum list_kind k, int argc, char **argv)
 		full = 1;
 	else if (argc != 0)
 		usage();
-	s = load_list(c, k, &v);
+	s = load_list(c, k, &v, 0);
 	for (size_t i = 0; i < v.n; i++) {
 		const struct list_entry *e = &v.v[i];
 
@@ -506,6 +747,138 @@ cmd_migrate(int argc, char **argv)
 	}
 	liststore_free(&from);
 	liststore_free(&to);
+	return 0;
+}
+
+/* ---- a shared store's generation mark ---- */
+
+/* the daemon's local copy of a shared store (lists_cache) */
+static struct liststore *
+open_cache(const struct conf *c)
+{
+	char *url = xasprintf("file:%s", conf_get(c, "lists_cache"));
+	const char *err;
+	struct liststore *s = liststore_open(url, &err);
+
+	free(url);
+	if (s == NULL)
+		die("lists_cache: %s", err);
+	return s;
+}
+
+/* when the copy in lists_cache was written ("2026-..."), or "never" */
+static void
+cache_time(const struct conf *c, char *buf, size_t cap)
+{
+	char *path = xasprintf("%s/kill.list", conf_get(c, "lists_cache"));
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		snprintf(buf, cap, "never");
+	else
+		fmt_time((long long)st.st_mtime, buf, cap);
+	free(path);
+}
+
+/* the shared store, which must have lost its mark (else: refused, exit 1) */
+static struct liststore *
+open_unmarked(const struct conf *c, const char *what)
+{
+	struct liststore *s = open_store(c);
+	char gen[64];
+	const char *err;
+	int found = 0;
+
+	if (!liststore_has_meta(s) || strcmp(liststore_scheme(s), "file") == 0)
+		die("lists %s: only for a shared store (lists = redis://...)", what);
+	if (liststore_meta_get(s, LISTSTORE_GENERATION, gen, sizeof(gen), &found, &err) < 0)
+		die("%s", err);
+	if (found) {
+		fprintf(stderr, "portcullis: lists %s: the lists in the store are marked (generation "
+		    "%s); nothing to do\n", what, gen);
+		exit(1);
+	}
+	return s;
+}
+
+/* mark the store's lists with a new generation; every node reloads them */
+static void
+mark_and_announce(struct liststore *s, char *gen, size_t cap)
+{
+	const char *err;
+	int set;
+
+	liststore_new_generation(gen, cap);
+	if (liststore_meta_set(s, LISTSTORE_GENERATION, gen, 0, &set, &err) < 0)
+		die("%s", err);
+	for (int k = 0; k < LIST_KINDS; k++)	/* an empty add_many announces a reload */
+		if (liststore_add_many(s, (enum list_kind)k, NULL, 0, NULL, NULL, &err) < 0)
+			die("%s", err);
+}
+
+/* lists reseed: push this node's copy (lists_cache) back into a store that lost its lists */
+static int
+cmd_reseed(const struct conf *c, int argc)
+{
+	struct liststore *s, *cache;
+	long long now = (long long)time(NULL);
+	size_t count[LIST_KINDS] = { 0, 0 };
+	char when[40], gen[64];
+	const char *err;
+
+	if (argc != 0)
+		usage();
+	s = open_unmarked(c, "reseed");
+	cache = open_cache(c);
+	cache_time(c, when, sizeof(when));
+	for (int k = 0; k < LIST_KINDS; k++) {
+		struct entry_vec v = { 0 }, live = { 0 };
+
+		if (liststore_load(cache, (enum list_kind)k, &v, &err) < 0)
+			die("lists_cache: %s", err);
+		for (size_t i = 0; i < v.n; i++)
+			if (!listentry_is_expired(&v.v[i], now))
+				entry_vec_push(&live, &v.v[i]);
+		if (liststore_add_many(s, (enum list_kind)k, live.v, live.n, NULL, NULL, &err) < 0)
+			die("lists reseed: %s list: %s", list_kind_name((enum list_kind)k), err);
+		count[k] = live.n;
+		entry_vec_clear(&v);
+		entry_vec_clear(&live);
+	}
+	mark_and_announce(s, gen, sizeof(gen));
+	printf("lists reseed: %zu kill and %zu accept entries pushed from %s (this node's copy of "
+	    "%s); generation %s\n", count[LIST_KILL], count[LIST_ACCEPT],
+	    conf_get(c, "lists_cache"), when, gen);
+	liststore_free(&cache);
+	liststore_free(&s);
+	return 0;
+}
+
+/* lists accept-empty: what the store holds now (after a loss) is the lists */
+static int
+cmd_accept_empty(const struct conf *c, int argc)
+{
+	struct liststore *s;
+	size_t count[LIST_KINDS] = { 0, 0 };
+	char gen[64];
+	const char *err;
+
+	if (argc != 0)
+		usage();
+	s = open_unmarked(c, "accept-empty");
+	for (int k = 0; k < LIST_KINDS; k++) {
+		struct entry_vec v = { 0 };
+
+		if (liststore_load(s, (enum list_kind)k, &v, &err) < 0)
+			die("%s", err);
+		count[k] = v.n;
+		entry_vec_clear(&v);
+	}
+	mark_and_announce(s, gen, sizeof(gen));
+	printf("lists accept-empty: every node now enforces the store's lists as they are (%zu "
+	    "kill, %zu accept entries); generation %s\n", count[LIST_KILL], count[LIST_ACCEPT],
+	    gen);
+	liststore_free(&s);
 	return 0;
 }
 
@@ -648,7 +1021,7 @@ static int
 cmd_explain(const struct conf *c, int argc, char **argv)
 {
 	const char *client = NULL, *hostname = NULL, *helo = NULL, *auth = NULL;
-	const char *from = NULL, *err;
+	const char *from = NULL, *country = NULL, *err;
 	char **rcpts = xcalloc((size_t)argc + 1, sizeof(char *));
 	char **headers = xcalloc((size_t)argc + 1, sizeof(char *));
 	size_t nrcpt = 0, nhdr = 0;
@@ -674,24 +1047,35 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 		else if (strcmp(o, "--from") == 0) from = argv[++i];
 		else if (strcmp(o, "--rcpt") == 0) rcpts[nrcpt++] = argv[++i];
 		else if (strcmp(o, "--header") == 0) headers[nhdr++] = argv[++i];
+		else if (strcmp(o, "--country") == 0) country = argv[++i];
 		else usage();
 	}
 	if (client == NULL || from == NULL || nrcpt == 0)
 		usage();
 	if (cidr_addr_parse(client, &addr) < 0)
 		die("--client \"%.60s\" is not an IP address", client);
+	if (country != NULL && !(strlen(country) == 2 && isalpha((unsigned char)country[0]) &&
+	    isalpha((unsigned char)country[1])))
+		die("--country \"%.60s\" is not a two-letter country code", country);
 	if (policy_new(c, &pol, &err) < 0)
 		die("%s", err);
 	s = open_store(c);
-	for (int k = 0; k < LIST_KINDS; k++)
-		if (liststore_load(s, (enum list_kind)k, &lists[k], &err) < 0)
-			die("%s", err);
+	for (int k = 0; k < LIST_KINDS; k++) {
+		int cached;
+
+		(void)read_list(c, s, (enum list_kind)k, &lists[k], &cached);
+	}
 	snap = snapshot_new(listset_build(&lists[LIST_KILL], now),
 	    listset_build(&lists[LIST_ACCEPT], now));
 	es = engine_session_new(pol);
 
+	if (country != NULL)	/* instead of geoip_database's answer */
+		engine_session_set_country(es, country);
 	engine_connect(es, snap, &addr, hostname, now, &v);
 	print_verdict("CONNECT", engine_client_text(es), &v);
+	printf("%15s country=%s%s\n", "", engine_session_country(es) ?
+	    engine_session_country(es) : "unknown", country != NULL ? " (--country)" :
+	    pol->geoip == NULL ? " (no geoip_database)" : "");
 	if (helo != NULL) {
 		engine_helo(es, snap, helo, 5 + strlen(helo) + 2, now, &v);
 		print_verdict("HELO", helo, &v);
@@ -769,35 +1153,127 @@ cmd_stats(const struct conf *c, int argc, char **argv)
 	return 0;
 }
 
+/* state_dir/reload-status as the daemon wrote it: -1 until whole */
+static int
+reload_status_read(const char *path, unsigned long *gen_r, int *ok_r, char *msg, size_t cap)
+{
+	char buf[4096], res[16];
+	FILE *fp = fopen(path, "r");
+	size_t n;
+	char *body, *end;
+
+	if (fp == NULL)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = '\0';
+	if (sscanf(buf, "generation %lu\nresult %15s\n", gen_r, res) != 2)
+		return -1;
+	body = strchr(strchr(buf, '\n') + 1, '\n');
+	end = strstr(buf, "\nend\n");
+	if (body == NULL || end == NULL || end < body)
+		return -1;
+	*end = '\0';
+	snprintf(msg, cap, "%s", body + 1);
+	*ok_r = strcmp(res, "ok") == 0;
+	return 0;
+}
+
+/* SIGHUP to the daemon, then wait (60 s at most) for what it made of it */
+static int
+cmd_reload(const struct conf *c, int argc, char **argv)
+{
+	char *status = xasprintf("%s/reload-status", conf_get(c, "state_dir"));
+	const char *pidfile = conf_get(c, "pid_file");
+	unsigned long gen0 = 0, gen;
+	char msg[4096];
+	long pid = 0;
+	int ok;
+	FILE *fp;
+
+	(void)argv;
+	if (argc != 0)
+		usage();
+	fp = fopen(pidfile, "r");
+	if (fp == NULL || fscanf(fp, "%ld", &pid) != 1 || pid <= 1)
+		die("cannot read a pid from pid_file %s: is portcullisd running?", pidfile);
+	fclose(fp);
+	(void)reload_status_read(status, &gen0, &ok, msg, sizeof(msg));
+	if (kill((pid_t)pid, SIGHUP) < 0)
+		die("cannot signal portcullisd (pid %ld): %s", pid, strerror(errno));
+	for (int waited = 0; waited < 60000; waited += 50) {
+		struct timespec ts = { 0, 50 * 1000 * 1000 };
+
+		if (reload_status_read(status, &gen, &ok, msg, sizeof(msg)) == 0 && gen > gen0) {
+			free(status);
+			if (ok) {
+				printf("portcullis: reloaded\n%s", msg);
+				return 0;
+			}
+			fprintf(stderr, "portcullis: reload refused, the running configuration stays: %s",
+			    msg);
+			return 1;
+		}
+		nanosleep(&ts, NULL);
+	}
+	die("no answer from portcullisd (pid %ld) within 60 s: see its log", pid);
+	return 2;
+}
+
 int
 main(int argc, char **argv)
 {
 	const char *conffile = DEFAULT_CONF, *err;
-	struct conf *conf = conf_new();
-	char **overrides = xcalloc((size_t)argc + 1, sizeof(char *));
+	struct conf *conf = NULL;
+	/* static: still reachable when --help or a usage error exits early */
+	static char **overrides;
 	size_t nover = 0;
 	enum list_kind k;
 	int i = 1, rc;
 
 	log_open("portcullis", 1);
 	log_set_level(LOG_LVL_WARN);
+	overrides = xcalloc((size_t)argc + 1, sizeof(char *));
 	while (i < argc && argv[i][0] == '-') {
-		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			usage_to(stdout, NULL);
+			return 0;
+		}
+		if (strcmp(argv[i], "--version") == 0) {
+			printf("portcullis %s\n", PORTCULLIS_VERSION);
+			return 0;
+		}
+		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "-o") == 0) && i + 1 >= argc)
+			usage_error("option %s needs an argument", argv[i]);
+		if (strcmp(argv[i], "-c") == 0)
 			conffile = argv[i + 1];
-		else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc)
+		else if (strcmp(argv[i], "-o") == 0)
 			overrides[nover++] = argv[i + 1];
 		else
-			usage();
+			usage_error("unknown option %.40s", argv[i]);
 		i += 2;
 	}
 	if (i >= argc)
-		usage();
+		usage_error("which command?");
+	/* "kill add": what a usage error names */
+	command_words = i + 1 < argc && argv[i + 1][0] != '-' ?
+	    xasprintf("%s %s", argv[i], argv[i + 1]) : argv[i];
+	/* COMMAND --help needs no configuration file */
+	for (int j = i; j < argc; j++)
+		if (strcmp(argv[j], "--help") == 0 || strcmp(argv[j], "-h") == 0) {
+			usage_to(stdout, argv[i]);
+			return 0;
+		}
 	if (strcmp(argv[i], "rules") == 0) {	/* cli/rules_cmd.c; needs no config */
 		rc = cmd_rules(argc - i - 1, argv + i + 1);
 		free(overrides);
-		conf_free(&conf);
 		return rc;
 	}
+	if (!command_is_known(argv[i]))
+		usage_error("unknown command \"%.40s\"", argv[i]);
+	if (list_kind_parse(argv[i], &k) == 0 && i + 1 >= argc)
+		usage_error("%s what? (add, del, list, import or export)", argv[i]);
+	conf = conf_new();
 	if (conf_load_file(conf, conffile, &err) < 0)
 		die("%s", err);
 	for (size_t j = 0; j < nover; j++)
@@ -807,7 +1283,9 @@ main(int argc, char **argv)
 	if (conf_finish(conf, &err) < 0)
 		die("%s", err);
 
-	if (strcmp(argv[i], "explain") == 0) {
+	if (strcmp(argv[i], "reload") == 0) {
+		rc = cmd_reload(conf, argc - i - 1, argv + i + 1);
+	} else if (strcmp(argv[i], "explain") == 0) {
 		rc = cmd_explain(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "stats") == 0) {
 		rc = cmd_stats(conf, argc - i - 1, argv + i + 1);
@@ -820,6 +1298,12 @@ main(int argc, char **argv)
 
 		liststore_set_options(&o);
 		rc = cmd_migrate(argc - i - 2, argv + i + 2);
+	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&
+	    strcmp(argv[i + 1], "reseed") == 0) {
+		rc = cmd_reseed(conf, argc - i - 2);
+	} else if (strcmp(argv[i], "lists") == 0 && i + 1 < argc &&
+	    strcmp(argv[i + 1], "accept-empty") == 0) {
+		rc = cmd_accept_empty(conf, argc - i - 2);
 	} else if (list_kind_parse(argv[i], &k) == 0 && i + 1 < argc) {
 		const char *verb = argv[i + 1];
 		int n = argc - i - 2;
@@ -836,9 +1320,12 @@ main(int argc, char **argv)
 		else if (strcmp(verb, "export") == 0)
 			rc = cmd_export(conf, k, n, rest);
 		else
-			usage();
-	} else {
+			usage_error("%s: unknown action \"%.40s\" (expected add, del, list, import "
+			    "or export)", argv[i], verb);
+	} else if (command_is_known(argv[i])) {
 		usage();
+	} else {
+		usage_error("unknown command \"%.40s\"", argv[i]);
 	}
 	/* files root just wrote must stay writable by the daemon's run_user */
 	owner_fix_files(conf);

@@ -189,7 +189,21 @@ cidr_parse(const char *s, struct cidr *cidr_r, const char **error_r)
 	}
 	if ((addr_key(&a) & ~prefix_mask(bits, (unsigned)len) &
 	    (bits == 128 ? ~(u128)0 : (((u128)1 << bits) - 1))) != 0) {
-		*error_r = "host bits set after the prefix length";
+		/* name the network the admin most likely meant */
+		static _Thread_local char why[CIDR_TEXT_MAX + 64];
+		struct cidr net = { .addr = a, .len = (uint8_t)len };
+		u128 k = addr_key(&a) & prefix_mask(bits, (unsigned)len);
+		char text[CIDR_TEXT_MAX];
+
+		if (a.family == 4) {
+			net.addr.v4 = (uint32_t)k;
+		} else {
+			net.addr.hi = (uint64_t)(k >> 64);
+			net.addr.lo = (uint64_t)k;
+		}
+		snprintf(why, sizeof(why), "host bits set after the prefix length "
+		    "(did you mean %s?)", cidr_format(&net, text));
+		*error_r = why;
 		return -1;
 	}
 	cidr_r->addr = a;

@@ -5,7 +5,8 @@
  *   conf_load_file()      "key = value" lines; '#' comments; a line starting
  *                         with white space continues the previous one
  *   conf_set_override()   "-o key=value"
- *   conf_finish()         expand $name / ${name} ($$ is a dollar), type-check
+ *   conf_finish()         expand $name / ${name} ($$ is a dollar), type-check,
+ *                         then the key's rows of conf_validators[] (conf_check.c)
  *   conf_get*()           typed reads after conf_finish()
  *   conf_print()          like postconf / postconf -n
  *
@@ -101,6 +102,7 @@ conf_free(struct conf **cp)
 static int
 conf_fail(struct conf *c, const char **error_r, const char *where,
     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static char **conf_get_list_unchecked(const struct conf *c, int idx, size_t *n_r);
 
 static int
 conf_fail(struct conf *c, const char **error_r, const char *where, const char *fmt, ...)
@@ -388,6 +390,40 @@ conf_parse_time(const char *s, long *secs_r)
 	return 0;
 }
 
+/* the rows of conf_validators[] for key idx; errors quote the item at fault */
+static int
+conf_validate(struct conf *c, int idx, const char **error_r)
+{
+	const struct conf_key *k = &conf_keys[idx];
+	const char *where = c->where[idx] ? c->where[idx] : "default";
+	char esc[4 * MAX_LOG_ESCAPED + 8];
+
+	for (const struct conf_validator *v = conf_validators; v->name != NULL; v++) {
+		const char *why = "invalid";
+
+		if (strcmp(v->name, k->name) != 0)
+			continue;
+		if (!v->each_item) {
+			if (v->check(c->value[idx], &why) < 0)
+				return conf_fail(c, error_r, where, "%s: \"%s\": %s", k->name,
+				    log_escape(esc, c->value[idx], strlen(c->value[idx])), why);
+			continue;
+		}
+		size_t n;
+		char **items = conf_get_list_unchecked(c, idx, &n);
+
+		for (size_t i = 0; i < n; i++)
+			if (v->check(items[i], &why) < 0) {
+				conf_fail(c, error_r, where, "%s: \"%s\": %s", k->name,
+				    log_escape(esc, items[i], strlen(items[i])), why);
+				conf_list_free(items);
+				return -1;
+			}
+		conf_list_free(items);
+	}
+	return 0;
+}
+
 static int
 conf_check(struct conf *c, int idx, const char **error_r)
 {
@@ -442,7 +478,7 @@ conf_check(struct conf *c, int idx, const char **error_r)
 	case CT_LIST:
 		break;
 	}
-	return 0;
+	return conf_validate(c, idx, error_r);
 }
 
 int
@@ -500,7 +536,13 @@ conf_get_int(const struct conf *c, const char *name)
 char **
 conf_get_list(const struct conf *c, const char *name, size_t *n_r)
 {
-	const char *s = conf_get(c, name);
+	return conf_get_list_unchecked(c, conf_must(c, name), n_r);
+}
+
+static char **
+conf_get_list_unchecked(const struct conf *c, int idx, size_t *n_r)
+{
+	const char *s = c->value[idx];
 	size_t cap = 8, n = 0;
 	char **v = xcalloc(cap, sizeof(char *));
 

@@ -19,6 +19,22 @@ struct conf_key {
 
 extern const struct conf_key conf_keys[];	/* conf_keys.c; ends with name NULL */
 
+/* A check beyond the type, keyed by name (conf_check.c; a name may have
+ * several rows): 0 ok, or -1 and why_r. each_item: run on every item of a
+ * list, as conf_get_list() splits it. */
+struct conf_validator {
+	const char *name;
+	int each_item;
+	int (*check)(const char *value, const char **why_r);
+};
+
+extern const struct conf_validator conf_validators[];	/* ends with name NULL */
+
+/* "ADDR:PORT" or "[ADDR]:PORT" (IPv6 bracketed; IPv4 either way), numeric;
+ * port_optional also takes a bare ADDR (IPv6 unbracketed) */
+int conf_check_hostport(const char *s, int port_optional, const char **why_r)
+    __attribute__((warn_unused_result));
+
 struct conf;
 
 struct conf *conf_new(void);

@@ -12,6 +12,7 @@
 #define MAX_LOG_ESCAPED		64	/* bytes of hostile input shown in a log line */
 #define MAX_REPLY_TEXT		400	/* SMTP reply text */
 #define MAX_LIST_ENTRIES	(1u << 26) /* entries in one list (64M) */
+#define MAX_LISTENERS		16	/* SMTP listeners (smtp, submission, smtps) in all */
 #define MAX_TTL			(10u * 365 * 86400)
 
 #endif

@@ -6,7 +6,9 @@
  *
  * Policy order (README "Policy order"): the accept list first (a listed
  * client may relay and bypasses the kill list; a listed sender bypasses the
- * kill list only), then the kill list, then the per-stage checks. Client
+ * kill list only), then the kill list, then the per-stage checks. Within a
+ * list a client matches by address, then host name, then country (GeoIP,
+ * looked up once at connect). Client
  * entries are looked up again at every MAIL and RCPT against the snapshot of
  * that moment, so a list change reaches open connections too.
  *
@@ -24,9 +26,34 @@
 #include "common/stats.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
+#include "rules/geoip.h"
 #include "storage-adapter/ratelimit.h"
 
 #define ENGINE_TEXT_ADDR 100	/* bytes of an address quoted in a reply */
+
+/*
+ * What ESMTP parameters add to the 512 octets of RFC 5321 §4.5.3.1.4 ("SMTP
+ * extensions may be used to increase this limit"): each keyword present earns
+ * its longest form, leading space and keyword included.
+ *   RFC 3461 §4.2 ORCPT: " ORCPT=" + 500 octets of addr-type;xtext   = 507
+ *   RFC 3461 §4.1 NOTIFY: " NOTIFY=SUCCESS,FAILURE,DELAY"           =  29
+ *   RFC 3461 §4.4 ENVID: " ENVID=" + 100 octets of xtext             = 107
+ *   RFC 3461 §4.3 RET: " RET=HDRS"                                   =   9
+ *   RFC 1870 SIZE: "the MAIL FROM command line is increased by 26"  =  26
+ *   RFC 4954 §5 AUTH=: "increased by 500 characters"                = 500
+ */
+static const struct {
+	enum engine_stage stage;
+	const char *keyword;	/* "KEY=" */
+	unsigned allowance;
+} param_allowances[] = {
+	{ STAGE_RCPT, "ORCPT=", 507 },
+	{ STAGE_RCPT, "NOTIFY=", 29 },
+	{ STAGE_MAIL, "ENVID=", 107 },
+	{ STAGE_MAIL, "RET=", 9 },
+	{ STAGE_MAIL, "SIZE=", 26 },
+	{ STAGE_MAIL, "AUTH=", 500 },
+};
 
 struct engine_session {
 	const struct policy *pol;
@@ -37,6 +64,8 @@ struct engine_session {
 	char addr_text[CIDR_TEXT_MAX];
 	char hostname[MAX_HOSTNAME_LEN + 1];	/* verified, lower case; "" unknown */
 	char client_text[MAX_HOSTNAME_LEN + CIDR_TEXT_MAX + 4];
+	char country[3];			/* GeoIP: "FR"; "" unknown */
+	int country_given;			/* engine_session_set_country() */
 	char helo[LOG_ESCAPE_BUFSZ];		/* escaped for logs */
 	char auth[LOG_ESCAPE_BUFSZ];		/* "" when not authenticated */
 	/* transaction */
@@ -55,6 +84,11 @@ struct engine_session {
 	unsigned nrcpt;				/* accepted recipients */
 	int relayed;				/* some accepted recipient is relayed */
 	unsigned headers_seen;			/* bit i: require_headers[i] */
+	/* the next MAIL/RCPT: bit i of param_allowances[] present */
+	unsigned params_seen;
+	/* the last engine_rcpt() counted a recipient (and whether relayed) */
+	int last_rcpt_counted, last_rcpt_relayed;
+	unsigned nrelayed;			/* accepted relayed recipients */
 };
 
 struct engine_session *
@@ -139,6 +173,25 @@ engine_client_addr(const struct engine_session *s)
 	return s->has_addr ? &s->addr : NULL;
 }
 
+void
+engine_session_set_country(struct engine_session *s, const char *cc)
+{
+	s->country[0] = '\0';
+	s->country_given = 1;
+	if (cc != NULL && strlen(cc) == 2 && isalpha((unsigned char)cc[0]) &&
+	    isalpha((unsigned char)cc[1])) {
+		s->country[0] = (char)toupper((unsigned char)cc[0]);
+		s->country[1] = (char)toupper((unsigned char)cc[1]);
+		s->country[2] = '\0';
+	}
+}
+
+const char *
+engine_session_country(const struct engine_session *s)
+{
+	return s->country[0] ? s->country : NULL;
+}
+
 static void
 verdict_clear(struct verdict *v)
 {
@@ -197,7 +250,8 @@ client_match(const struct engine_session *s, const struct snapshot *snap,
     enum list_kind k, long long now, struct listset_match *m)
 {
 	return snapshot_match_client(snap, k, s->has_addr ? &s->addr : NULL,
-	    s->hostname[0] ? s->hostname : NULL, now, m);
+	    s->hostname[0] ? s->hostname : NULL, now, m) ||
+	    snapshot_match_country(snap, k, s->country, now, m);
 }
 
 void
@@ -231,6 +285,11 @@ engine_connect(struct engine_session *s, const struct snapshot *snap,
 	}
 	snprintf(s->client_text, sizeof(s->client_text), "%s[%s]",
 	    s->hostname[0] ? s->hostname : "unknown", s->addr_text);
+	if (!s->country_given) {
+		s->country[0] = '\0';
+		if (addr != NULL && s->pol->geoip != NULL)
+			(void)geoip_lookup(s->pol->geoip, addr, s->country);
+	}
 
 	/* nothing is refused here: a milter cannot give reply text at connect */
 	if (client_match(s, snap, LIST_ACCEPT, now, &m))
@@ -242,17 +301,62 @@ engine_connect(struct engine_session *s, const struct snapshot *snap,
 		snprintf(v->rule, sizeof(v->rule), "client on no list");
 }
 
+void
+engine_command_params(struct engine_session *s, const char *params)
+{
+	while (params != NULL && *params != '\0') {
+		size_t l;
+
+		params += strspn(params, " ");
+		l = strcspn(params, " ");
+		for (size_t i = 0; i < sizeof(param_allowances) / sizeof(param_allowances[0]); i++) {
+			size_t kl = strlen(param_allowances[i].keyword);
+
+			if (l >= kl && strncasecmp(params, param_allowances[i].keyword, kl) == 0)
+				s->params_seen |= 1u << i;
+		}
+		params += l;
+	}
+}
+
+/* max_command_length plus what the parameters of this MAIL/RCPT earn */
+static unsigned
+command_limit(const struct engine_session *s, enum engine_stage stage)
+{
+	unsigned limit = s->pol->max_command_length;
+
+	for (size_t i = 0; i < sizeof(param_allowances) / sizeof(param_allowances[0]); i++)
+		if ((s->params_seen & (1u << i)) && param_allowances[i].stage == stage)
+			limit += param_allowances[i].allowance;
+	return limit;
+}
+
+/* HELO/EHLO, MAIL and RCPT only, as documented: other lines are the door's
+ * business (a NOOP or a header line is never a reason to ban) */
 static int
-too_long(const struct engine_session *s, size_t cmdlen, struct verdict *v,
-    long long now, const struct snapshot *snap)
+too_long(struct engine_session *s, enum engine_stage stage, size_t cmdlen,
+    struct verdict *v, long long now, const struct snapshot *snap)
 {
 	struct listset_match m;
+	unsigned limit = command_limit(s, stage);
 
-	if (s->pol->max_command_length == 0 || cmdlen <= s->pol->max_command_length)
+	s->params_seen = 0;	/* they were for this command only */
+	if (s->pol->max_command_length == 0 || cmdlen <= limit)
 		return 0;
+	if (stage != STAGE_HELO && stage != STAGE_MAIL && stage != STAGE_RCPT) {
+		decide(s, v, VERDICT_REJECT, "500", "5.5.2", "long-line",
+		    "Line too long (%zu octets)", cmdlen);
+		snprintf(v->rule, sizeof(v->rule), "a line no command needs; no ban");
+		return 1;
+	}
 	decide(s, v, VERDICT_REJECT, "500", "5.5.2", "long-command",
-	    "Command line too long (%zu octets, limit %u)", cmdlen, s->pol->max_command_length);
-	snprintf(v->rule, sizeof(v->rule), "max_command_length = %u", s->pol->max_command_length);
+	    "Command line too long (%zu octets, limit %u)", cmdlen, limit);
+	if (limit != s->pol->max_command_length)
+		snprintf(v->rule, sizeof(v->rule), "max_command_length = %u, %u with its ESMTP "
+		    "parameters", s->pol->max_command_length, limit);
+	else
+		snprintf(v->rule, sizeof(v->rule), "max_command_length = %u",
+		    s->pol->max_command_length);
 	/* the accept list overrides bans; warn mode only says what it would do */
 	if (s->pol->long_command_ban > 0 && s->has_addr && !v->warned &&
 	    !client_match(s, snap, LIST_ACCEPT, now, &m)) {
@@ -263,11 +367,11 @@ too_long(const struct engine_session *s, size_t cmdlen, struct verdict *v,
 }
 
 void
-engine_long_command(struct engine_session *s, const struct snapshot *snap, size_t cmdlen,
-    long long now, struct verdict *v)
+engine_long_command(struct engine_session *s, const struct snapshot *snap,
+    enum engine_stage stage, size_t cmdlen, long long now, struct verdict *v)
 {
 	verdict_clear(v);
-	if (!too_long(s, cmdlen, v, now, snap))
+	if (!too_long(s, stage, cmdlen, v, now, snap))
 		snprintf(v->rule, sizeof(v->rule), "command within max_command_length");
 }
 
@@ -281,8 +385,13 @@ engine_client_is_killed(const struct engine_session *s, const struct snapshot *s
 	if (client_match(s, snap, LIST_ACCEPT, now, &m) || !client_match(s, snap, LIST_KILL, now, &m))
 		return 0;
 	describe_entry(v->rule, sizeof(v->rule), "kill", &m);
-	decide(s, v, VERDICT_REJECT, "554", "5.7.1", m.kind == ENTRY_ADDR ? "kill-ip" : "kill-host",
-	    "Client host %s is on the kill list", s->client_text);
+	if (m.kind == ENTRY_COUNTRY)
+		decide(s, v, VERDICT_REJECT, "554", "5.7.1", "kill-country",
+		    "Client host [%s] (country %s) is on the kill list", s->addr_text, s->country);
+	else
+		decide(s, v, VERDICT_REJECT, "554", "5.7.1",
+		    m.kind == ENTRY_ADDR ? "kill-ip" : "kill-host",
+		    "Client host %s is on the kill list", s->client_text);
 	return !v->warned;
 }
 
@@ -314,7 +423,7 @@ engine_helo(struct engine_session *s, const struct snapshot *snap, const char *h
 {
 	verdict_clear(v);
 	log_escape(s->helo, helo, strlen(helo));
-	if (too_long(s, cmdlen, v, now, snap))
+	if (too_long(s, STAGE_HELO, cmdlen, v, now, snap))
 		return;
 	snprintf(v->rule, sizeof(v->rule), "no HELO check refused it");
 }
@@ -369,6 +478,8 @@ tx_reset(struct engine_session *s)
 	s->rcpt_ok = s->rcpt_local = 0;
 	s->nrcpt = 0;
 	s->relayed = 0;
+	s->nrelayed = 0;
+	s->last_rcpt_counted = 0;
 	s->headers_seen = 0;
 }
 
@@ -397,6 +508,10 @@ kill_check(struct engine_session *s, const struct snapshot *snap, long long now,
 		if (m.kind == ENTRY_ADDR)
 			decide(s, v, VERDICT_REJECT, "550", "5.7.1", "kill-ip",
 			    "Client host [%s] is on the kill list", s->addr_text);
+		else if (m.kind == ENTRY_COUNTRY)
+			decide(s, v, VERDICT_REJECT, "550", "5.7.1", "kill-country",
+			    "Client host [%s] (country %s) is on the kill list", s->addr_text,
+			    s->country);
 		else
 			decide(s, v, VERDICT_REJECT, "550", "5.7.1", "kill-host",
 			    "Client host %s is on the kill list", s->client_text);
@@ -431,9 +546,13 @@ engine_mail(struct engine_session *s, const struct snapshot *snap, const char *s
 	s->in_tx = 1;
 	s->addr_flags = s->addr_flags_next;
 	s->addr_flags_next = 0;
+	/* the identity of this MAIL, never one left over from an earlier
+	 * transaction or from before STARTTLS (RFC 3207 §4.2) */
 	if (auth_user != NULL && auth_user[0] != '\0')
 		log_escape(s->auth, auth_user, strlen(auth_user));
-	if (too_long(s, cmdlen, v, now, snap)) {
+	else
+		s->auth[0] = '\0';
+	if (too_long(s, STAGE_MAIL, cmdlen, v, now, snap)) {
 		escape_addr(s->sender_text, sender);
 		return;
 	}
@@ -471,12 +590,12 @@ relay_allowed(struct engine_session *s, const struct snapshot *snap, long long n
 		return 1;
 	}
 	if (s->pol->relay_authenticated && s->auth[0] != '\0') {
-		snprintf(why, cap, "authenticated as %s (relay_authenticated = yes)", s->auth);
+		snprintf(why, cap, "authenticated as %.180s (relay_authenticated = yes)", s->auth);
 		return 1;
 	}
 	if (s->pol->relay_client_domains && s->hostname[0] != '\0' &&
 	    policy_host_in_my_domains(s->pol, s->hostname)) {
-		snprintf(why, cap, "client %s is in mydomains (relay_client_domains = yes)",
+		snprintf(why, cap, "client %.180s is in mydomains (relay_client_domains = yes)",
 		    s->hostname);
 		return 1;
 	}
@@ -523,7 +642,7 @@ rate_refused(struct engine_session *s, long long now, struct verdict *v)
 	decide(s, v, VERDICT_TEMPFAIL, "452", "4.7.1", "rate-limit",
 	    "Relay rate limit reached for %s: at most %u recipients per %s", user ? user :
 	    s->addr_text, limit, win);
-	snprintf(v->rule, sizeof(v->rule), "relay rate limit %u/%s for %s (%lu counted)", limit,
+	snprintf(v->rule, sizeof(v->rule), "relay rate limit %u/%s for %.160s (%lu counted)", limit,
 	    win, who, total);
 	return 1;
 }
@@ -540,8 +659,9 @@ engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *r
 
 	verdict_clear(v);
 	s->rcpt_ok = s->rcpt_local = 0;
+	s->last_rcpt_counted = 0;
 	ra->local[0] = '\0';	/* for logs: not parsed (yet) */
-	if (too_long(s, cmdlen, v, now, snap)) {
+	if (too_long(s, STAGE_RCPT, cmdlen, v, now, snap)) {
 		escape_addr(s->rcpt_text, rcpt);
 		return;
 	}
@@ -622,9 +742,35 @@ engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *r
 		return;
 	if (v->tag == NULL)
 		snprintf(v->rule, sizeof(v->rule), "%s", why);
+	/* only accepted recipients count (as Postfix's smtpd_recipient_limit);
+	 * engine_rcpt_refused() takes back one the door refused after all */
 	if (!local)
-		s->relayed = 1;
+		s->nrelayed++;
+	s->relayed = s->nrelayed > 0;
 	s->nrcpt++;
+	s->last_rcpt_counted = 1;
+	s->last_rcpt_relayed = !local;
+}
+
+void
+engine_rcpt_refused(struct engine_session *s)
+{
+	if (!s->last_rcpt_counted)
+		return;
+	s->last_rcpt_counted = 0;
+	s->nrcpt--;
+	if (s->last_rcpt_relayed)
+		s->nrelayed--;
+	s->relayed = s->nrelayed > 0;
+}
+
+void
+engine_starttls(struct engine_session *s)
+{
+	tx_reset(s);
+	s->helo[0] = '\0';
+	s->auth[0] = '\0';
+	s->params_seen = 0;
 }
 
 void
@@ -692,23 +838,25 @@ engine_log(const struct engine_session *s, enum engine_stage stage,
 	to = s->rcpt.local[0] != '\0' ? format_addr(to_buf, &s->rcpt) : s->rcpt_text;
 	if (what == NULL) {
 		if (log_is_debug())
-			log_debug("%s: %s from %s: %s; from=<%s> helo=<%s> rule=%s",
+			log_debug("%s: %s from %s: %s; from=<%s> helo=<%s>%s%s rule=%s",
 			    queue_id ? queue_id : "NOQUEUE", engine_stage_name(stage),
 			    s->client_text, engine_action_name(v->action), from,
-			    s->helo, v->rule);
+			    s->helo, s->country[0] ? " country=" : "", s->country, v->rule);
 		return;
 	}
 	if (v->tag == NULL) {
-		log_info("%s: %s: %s from %s: from=<%s> nrcpt=%u helo=<%s>%s%s",
+		log_info("%s: %s: %s from %s: from=<%s> nrcpt=%u helo=<%s>%s%s%s%s",
 		    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage),
 		    s->client_text, from, s->nrcpt, s->helo,
+		    s->country[0] ? " country=" : "", s->country,
 		    s->auth[0] ? " sasl_username=" : "", s->auth);
 		return;
 	}
-	log_info("%s: %s: %s from %s: %s %s %s; from=<%s> to=<%s> helo=<%s>%s%s reason=%s%s%s",
+	log_info("%s: %s: %s from %s: %s %s %s; from=<%s> to=<%s> helo=<%s>%s%s%s%s reason=%s%s%s",
 	    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage), s->client_text,
 	    v->code, v->dsn, v->text, from,
 	    stage == STAGE_RCPT ? to : "",
-	    s->helo, s->auth[0] ? " sasl_username=" : "", s->auth, v->tag,
+	    s->helo, s->country[0] ? " country=" : "", s->country,
+	    s->auth[0] ? " sasl_username=" : "", s->auth, v->tag,
 	    arg ? " arg=" : "", arg ? log_escape(esc, arg, strlen(arg)) : "");
 }

@@ -52,10 +52,23 @@ void engine_mail(struct engine_session *s, const struct snapshot *snap, const ch
     size_t cmdlen, const char *auth_user, long long now, struct verdict *v);
 void engine_rcpt(struct engine_session *s, const struct snapshot *snap, const char *rcpt,
     size_t cmdlen, long long now, struct verdict *v);
+/* the door refused the recipient the last engine_rcpt() passed (unknown
+ * user, the downstream's refusal...): it does not count toward
+ * max_recipients, nor as relayed */
+void engine_rcpt_refused(struct engine_session *s);
+/* TLS is up after STARTTLS: forget HELO, AUTH and the transaction, keep the
+ * client's address and name (RFC 3207 §4.2) */
+void engine_starttls(struct engine_session *s);
 void engine_header(struct engine_session *s, const char *name, struct verdict *v);
-/* any command line of cmdlen octets (CRLF included): 500 5.5.2 and a ban past the limit */
-void engine_long_command(struct engine_session *s, const struct snapshot *snap, size_t cmdlen,
-    long long now, struct verdict *v);
+/* a command line of cmdlen octets (CRLF included) the door could not hold:
+ * for HELO/EHLO, MAIL, RCPT past max_command_length 500 5.5.2 and a ban;
+ * any other stage (STAGE_COMMAND) 500 5.5.2 without a ban */
+void engine_long_command(struct engine_session *s, const struct snapshot *snap,
+    enum engine_stage stage, size_t cmdlen, long long now, struct verdict *v);
+/* ESMTP parameters of the next MAIL or RCPT (as sent, space-separated; may
+ * be called once per parameter): DSN (RFC 3461), SIZE (RFC 1870) and AUTH=
+ * (RFC 4954) raise its length limit by what they may add */
+void engine_command_params(struct engine_session *s, const char *params);
 /* after engine_connect(): 1 with a 554 5.7.1 verdict when the client is
  * kill-listed and not accept-listed (front doors that can refuse at connect) */
 int engine_client_is_killed(const struct engine_session *s, const struct snapshot *snap,
@@ -91,5 +104,13 @@ const struct mailaddr *engine_sender_address(const struct engine_session *s);
  * mydomains; NULL when it did not parse. Deliver to this address. */
 const struct mailaddr *engine_rcpt_address(const struct engine_session *s, int *local_r);
 const struct ipaddr *engine_client_addr(const struct engine_session *s);
+/* the client's country: engine_connect() looks it up in the policy's
+ * geoip_database; this sets it instead, for the rest of the session (NULL
+ * or anything but two letters: unknown). Call it before engine_connect()
+ * for the connect stage to see it. */
+void engine_session_set_country(struct engine_session *s, const char *cc);
+/* "FR" (upper case), NULL when unknown -- for logs, `explain`, Sieve's
+ * environment "vnd.portcullis.country" */
+const char *engine_session_country(const struct engine_session *s);
 
 #endif

@@ -3,9 +3,12 @@
  * file holds.
  *
  *   listentry_parse_key()    "192.0.2.0/24", "2001:db8::1", "host:mx.example.com",
- *                            "host:.example.com", "user@example.com", "@example.com"
- *                            -> canonical key (lower case; CIDR in canonical form)
+ *                            "host:.example.com", "user@example.com", "@example.com",
+ *                            "country:fr" -> canonical key (lower case; CIDR in
+ *                            canonical form; a country's two letters upper case)
  *   listentry_parse_line()   a list-file line (key + key=value attributes)
+ *   listentry_parse_buf()    the same from bytes and a length: a NUL byte
+ *                            rejects the line instead of cutting it short
  *   listentry_format_line()  the reverse
  *
  * Input is hostile (hand-edited files, CLI arguments, later Redis): every
@@ -18,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "common/pclimits.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/listentry.h"
@@ -117,6 +121,20 @@ listentry_parse_key(const char *text, struct list_entry *e, const char **error_r
 		*error_r = "entry too long";
 		return -1;
 	}
+	if (strncasecmp(text, "country:", 8) == 0) {
+		const char *cc = text + 8;
+
+		/* ISO 3166-1 alpha-2, as GeoIP databases write it */
+		if (n != 10 || !isalpha((unsigned char)cc[0]) || !isalpha((unsigned char)cc[1]) ||
+		    (unsigned char)cc[0] >= 0x80 || (unsigned char)cc[1] >= 0x80) {
+			*error_r = "country: needs a two-letter country code (ISO 3166-1), e.g. country:FR";
+			return -1;
+		}
+		e->kind = ENTRY_COUNTRY;
+		e->key = xasprintf("country:%c%c", toupper((unsigned char)cc[0]),
+		    toupper((unsigned char)cc[1]));
+		return 0;
+	}
 	if (strncasecmp(text, "host:", 5) == 0) {
 		const char *h = text + 5;
 		size_t hl = n - 5;
@@ -182,7 +200,7 @@ listentry_parse_key(const char *text, struct list_entry *e, const char **error_r
 
 		if (cidr_parse(text, &e->cidr, &err) < 0) {
 			if (strpbrk(text, ".:/") == NULL || strspn(text, "0123456789abcdefABCDEF.:/[]") != n)
-				*error_r = "not an IP address, CIDR, host:NAME, user@domain or @domain";
+				*error_r = "not an IP address, CIDR, host:NAME, user@domain, @domain or country:XX";
 			else
 				*error_r = err;
 			return -1;
@@ -323,6 +341,22 @@ bad:
 	return -1;
 }
 
+int
+listentry_parse_buf(const char *buf, size_t len, struct list_entry *e, const char **error_r)
+{
+	memset(e, 0, sizeof(*e));
+	/* a C string would end at the NUL and accept the truncated line */
+	if (memchr(buf, '\0', len) != NULL) {
+		*error_r = "NUL byte in the line";
+		return -1;
+	}
+	if (len > MAX_LIST_LINE) {
+		*error_r = "line too long";
+		return -1;
+	}
+	return listentry_parse_line(buf, e, error_r);
+}
+
 char *
 listentry_format_line(const struct list_entry *e)
 {
@@ -365,46 +399,26 @@ entry_vec_clear(struct entry_vec *v)
 	memset(v, 0, sizeof(*v));
 }
 
-static uint32_t
-str_hash(const char *s)
+static const char *
+keys_at(const void *keys, uint32_t i)
 {
-	uint32_t h = 2166136261u;
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
+	return ((char *const *)keys)[i];
 }
 
 size_t
 entry_vec_replace_keys(struct entry_vec *v, char *const *keys, size_t nkeys,
     struct entry_vec *upd)
 {
-	size_t cap = 16, j = 0, dropped;
-	uint32_t *slot;
+	size_t j = 0, dropped;
+	struct hashidx t;
 
-	while (cap < nkeys * 2)
-		cap <<= 1;
-	slot = xmalloc(cap * sizeof(uint32_t));
-	memset(slot, 0xff, cap * sizeof(uint32_t));
-	for (size_t i = 0; i < nkeys; i++) {
-		size_t h = str_hash(keys[i]) & (cap - 1);
-
-		while (slot[h] != UINT32_MAX && strcmp(keys[slot[h]], keys[i]) != 0)
-			h = (h + 1) & (cap - 1);
-		slot[h] = (uint32_t)i;
-	}
+	hashidx_init(&t, nkeys, keys_at, keys);
+	for (size_t i = 0; i < nkeys; i++)
+		(void)hashidx_put(&t, (uint32_t)i);
 	/* one pass: drop every entry whose key changed, keep the rest in order */
 	for (size_t i = 0; i < v->n; i++) {
-		size_t h = str_hash(v->v[i].key) & (cap - 1);
-		int hit = 0;
+		int hit = hashidx_find(&t, v->v[i].key, strlen(v->v[i].key)) != HASHIDX_NONE;
 
-		while (slot[h] != UINT32_MAX) {
-			if (strcmp(keys[slot[h]], v->v[i].key) == 0) {
-				hit = 1;
-				break;
-			}
-			h = (h + 1) & (cap - 1);
-		}
 		if (hit)
 			listentry_clear(&v->v[i]);
 		else
@@ -415,6 +429,6 @@ entry_vec_replace_keys(struct entry_vec *v, char *const *keys, size_t nkeys,
 	for (size_t i = 0; i < upd->n; i++)
 		entry_vec_push(v, &upd->v[i]);
 	upd->n = 0;
-	free(slot);
+	hashidx_deinit(&t);
 	return dropped;
 }

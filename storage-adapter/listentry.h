@@ -12,13 +12,16 @@ enum entry_kind {
 	ENTRY_HOST_SUFFIX,	/* host:.example.com */
 	ENTRY_SENDER,		/* user@example.com */
 	ENTRY_SENDER_DOMAIN,	/* @example.com */
+	ENTRY_COUNTRY,		/* country:XX -- the client's country (GeoIP) */
 };
+#define ENTRY_KINDS 6
 
 enum entry_origin { ORIGIN_ADMIN, ORIGIN_AUTOBAN, ORIGIN_IMPORT, ORIGIN_AUTHBAN };
 
 /* One list entry. Owns key and reason. */
 struct list_entry {
-	char *key;		/* canonical text, e.g. "192.0.2.0/24", "host:.example.com" */
+	char *key;		/* canonical text, e.g. "192.0.2.0/24", "host:.example.com",
+				 * "country:FR" (the only upper-case key) */
 	enum entry_kind kind;
 	struct cidr cidr;	/* ENTRY_ADDR */
 	long long added;	/* unix time, 0 unknown */
@@ -45,6 +48,10 @@ int listentry_reason_is_valid(const char *reason);
 /* one list-file line: "ENTRY [added=T] [expires=T] [origin=O] [reason=TEXT...]" */
 int listentry_parse_line(const char *line, struct list_entry *e, const char **error_r)
     __attribute__((warn_unused_result));
+/* the same from len bytes with buf[len] == '\0' (as read_line() and
+ * hiredis leave them): a NUL byte inside is an error, never a shorter line */
+int listentry_parse_buf(const char *buf, size_t len, struct list_entry *e,
+    const char **error_r) __attribute__((warn_unused_result));
 /* the line for a list file, without newline; xmalloc'd */
 char *listentry_format_line(const struct list_entry *e);
 void listentry_clear(struct list_entry *e);

@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include "common/conf.h"
 #include "common/xmalloc.h"
@@ -49,6 +51,8 @@ list_changes_clear(struct list_changes *c)
 	for (size_t i = 0; i < c->n; i++)
 		free(c->keys[i].key);
 	free(c->keys);
+	for (int k = 0; k < LIST_KINDS; k++)
+		entry_vec_clear(&c->got[k]);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -197,6 +201,20 @@ liststore_add_many(struct liststore *s, enum list_kind k, const struct list_entr
 }
 
 int
+liststore_add_batch(struct liststore *s, enum list_kind k, const struct list_entry *v,
+    size_t n, const char **error_r)
+{
+	if (n == 0)
+		return 0;
+	if (s->ops->add_batch)
+		return s->ops->add_batch(s, k, v, n, error_r);
+	for (size_t i = 0; i < n; i++)
+		if (s->ops->add(s, k, &v[i], error_r) < 0)
+			return -1;
+	return 0;
+}
+
+int
 liststore_save_all(struct liststore *s, enum list_kind k, const struct entry_vec *v,
     const char **error_r)
 {
@@ -254,4 +272,43 @@ liststore_rate_sync(struct liststore *s, struct rate_delta *d, size_t n, const c
 		return -1;
 	}
 	return s->ops->rate_sync(s, d, n, error_r);
+}
+
+int
+liststore_has_meta(const struct liststore *s)
+{
+	return s->ops->meta_get != NULL && s->ops->meta_set != NULL;
+}
+
+int
+liststore_meta_get(struct liststore *s, const char *name, char *buf, size_t cap,
+    int *found_r, const char **error_r)
+{
+	if (!liststore_has_meta(s)) {
+		*error_r = "this store keeps no values beside the lists";
+		return -1;
+	}
+	return s->ops->meta_get(s, name, buf, cap, found_r, error_r);
+}
+
+int
+liststore_meta_set(struct liststore *s, const char *name, const char *value,
+    int only_if_absent, int *set_r, const char **error_r)
+{
+	if (!liststore_has_meta(s)) {
+		*error_r = "this store keeps no values beside the lists";
+		return -1;
+	}
+	return s->ops->meta_set(s, name, value, only_if_absent, set_r, error_r);
+}
+
+void
+liststore_new_generation(char *buf, size_t cap)
+{
+	unsigned char r[8];
+
+	if (getentropy(r, sizeof(r)) < 0)
+		memset(r, 0, sizeof(r));	/* the time part still tells them apart */
+	snprintf(buf, cap, "%lld-%02x%02x%02x%02x%02x%02x%02x%02x", (long long)time(NULL),
+	    r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
 }

@@ -19,6 +19,9 @@ struct list_changes {
 	int reload[LIST_KINDS];		/* reload the whole list */
 	struct list_change *keys;	/* these keys changed (added, updated or gone) */
 	size_t n, cap;
+	/* entries the store handed over with the change (a file store's
+	 * journal tail): no fetch needed, each replaces its key */
+	struct entry_vec got[LIST_KINDS];
 	int lost;			/* the store became unreachable (just now) */
 	int back;			/* ... and is reachable again */
 };
@@ -57,6 +60,18 @@ struct liststore_ops {
 	int (*add_many)(struct liststore *s, enum list_kind k, const struct list_entry *v,
 	    size_t n, void (*progress)(void *arg, size_t done), void *arg,
 	    const char **error_r);
+	/* optional: store many entries (replacing same keys) as cheaply as
+	 * the store can -- a file store appends them to its journal -- and
+	 * never wait for a lock another process holds: -1 then, try later */
+	int (*add_batch)(struct liststore *s, enum list_kind k, const struct list_entry *v,
+	    size_t n, const char **error_r);
+	/* optional: a small named value beside the lists (Redis: the key
+	 * PREFIXNAME; file: DIR/.NAME); *found_r = 0 when there is none */
+	int (*meta_get)(struct liststore *s, const char *name, char *buf, size_t cap,
+	    int *found_r, const char **error_r);
+	/* only_if_absent: leave an existing value alone (*set_r = 0) */
+	int (*meta_set)(struct liststore *s, const char *name, const char *value,
+	    int only_if_absent, int *set_r, const char **error_r);
 	/* optional: add this node's counts to the shared ones, learn the totals */
 	int (*rate_sync)(struct liststore *s, struct rate_delta *d, size_t n,
 	    const char **error_r);
@@ -98,8 +113,28 @@ int liststore_get_many(struct liststore *s, enum list_kind k, char *const *keys,
 int liststore_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v,
     size_t n, void (*progress)(void *arg, size_t done), void *arg, const char **error_r)
     __attribute__((warn_unused_result));
+/* entries for the store now, e.g. the auto-bans of one watcher round:
+ * one journal append (file) or one pipeline (redis); never blocks on a
+ * lock held by another process (fails instead: try again later) */
+int liststore_add_batch(struct liststore *s, enum list_kind k, const struct list_entry *v,
+    size_t n, const char **error_r) __attribute__((warn_unused_result));
+/* in the error of a write that would have had to wait for a lock */
+#define LISTSTORE_BUSY "is held by another process"
+/* replace list k whole (a local copy); never waits for a lock (LISTSTORE_BUSY) */
 int liststore_save_all(struct liststore *s, enum list_kind k, const struct entry_vec *v,
     const char **error_r) __attribute__((warn_unused_result));
+/* named values beside the lists (the generation mark of a shared store);
+ * -1 with "this store keeps no ..." where the backend has none */
+int liststore_meta_get(struct liststore *s, const char *name, char *buf, size_t cap,
+    int *found_r, const char **error_r) __attribute__((warn_unused_result));
+int liststore_meta_set(struct liststore *s, const char *name, const char *value,
+    int only_if_absent, int *set_r, const char **error_r) __attribute__((warn_unused_result));
+int liststore_has_meta(const struct liststore *s);
+/* the lists of a shared store carry a generation mark (meta "generation"):
+ * it vanishes when the store loses its data (Redis restarted empty) */
+#define LISTSTORE_GENERATION "generation"
+/* a fresh, random generation id ("TIME-HEX") */
+void liststore_new_generation(char *buf, size_t cap);
 /* 1 when counters are shared through this store */
 int liststore_has_rate_sync(const struct liststore *s);
 int liststore_rate_sync(struct liststore *s, struct rate_delta *d, size_t n,

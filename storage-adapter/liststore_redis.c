@@ -8,6 +8,9 @@
  *       vanish at the same moment, by Redis's clock, with no cron job
  *   PREFIX changes                          PUBLISH channel: "kill ENTRY",
  *                                           "accept ENTRY", "kill *" (reload)
+ *   PREFIX generation                       string: an id set when the lists
+ *                                           were first stored (or reseeded);
+ *                                           gone = Redis lost its data
  * Watchers also listen to keyspace notifications for PREFIX*, which the
  * daemon switches on when Redis allows CONFIG SET, so writes made with plain
  * redis-cli are seen at once; otherwise at the next full resync.
@@ -15,6 +18,8 @@
  *   open()       parse redis://[:PASSWORD@]HOST[:PORT][/DB] or
  *                redis+unix:///PATH[?db=N]; connects lazily
  *   load/get/add/del/add_many   one connection, pipelined where it counts
+ *   add_batch    many entries, one MULTI and one PUBLISH each, pipelined
+ *                (the watcher's auto-bans: other nodes fetch just those keys)
  *   changes()    never blocks: drains the subscription, reconnects with
  *                backoff, asks for full reloads on (re)connect and every
  *                lists_resync seconds
@@ -301,6 +306,21 @@ rs_connect(struct liststore *s, const char **error_r)
 	return c;
 }
 
+/*
+ * An idle command connection has nothing to read: a readable, hung-up or
+ * failed socket is one that Redis closed (its `timeout`, CLIENT KILL, a
+ * restart). Checked before each use so the command goes to a fresh one.
+ */
+static int
+cmd_is_alive(const redisContext *c)
+{
+	struct pollfd pfd = { .fd = c->fd, .events = POLLIN | POLLRDHUP };
+
+	if (c->fd < 0)
+		return 0;
+	return poll(&pfd, 1, 0) == 0;
+}
+
 /* the command connection, connecting if needed; learns the clock offset */
 static redisContext *
 rs_cmd(struct liststore *s, const char **error_r)
@@ -308,7 +328,7 @@ rs_cmd(struct liststore *s, const char **error_r)
 	struct rstore *r = s->priv;
 	redisReply *rep;
 
-	if (r->cmd != NULL && r->cmd->err == 0)
+	if (r->cmd != NULL && r->cmd->err == 0 && cmd_is_alive(r->cmd))
 		return r->cmd;
 	if (r->cmd != NULL) {
 		redisFree(r->cmd);
@@ -454,7 +474,7 @@ fetch_keys(struct liststore *s, redisContext *c, char **rkeys, size_t n, size_t 
 }
 
 static int
-rs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char **error_r)
+rs_load_once(struct liststore *s, enum list_kind k, struct entry_vec *out, const char **error_r)
 {
 	struct rstore *r = s->priv;
 	redisContext *c = rs_cmd(s, error_r);
@@ -509,8 +529,33 @@ rs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char
 	return rc;
 }
 
+/*
+ * Reads and writes here are idempotent (a write replaces the whole entry):
+ * when a connection that had served before broke under one (Redis closed
+ * it between the check and the command), the call is made once more, on a
+ * fresh connection. A fresh connection that fails is not retried: Redis is
+ * down, and the caller hears so at once.
+ */
 static int
-rs_get(struct liststore *s, enum list_kind k, const char *key, struct list_entry *e,
+rs_load(struct liststore *s, enum list_kind k, struct entry_vec *out, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	size_t n0 = out->n;
+	int reused = r->cmd != NULL, was_down = r->down;
+	int rc = rs_load_once(s, k, out, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	while (out->n > n0)
+		listentry_clear(&out->v[--out->n]);
+	rc = rs_load_once(s, k, out, error_r);
+	if (rc == 0)
+		r->down = was_down;
+	return rc;
+}
+
+static int
+rs_get_once(struct liststore *s, enum list_kind k, const char *key, struct list_entry *e,
     int *found_r, const char **error_r)
 {
 	struct rstore *r = s->priv;
@@ -525,8 +570,7 @@ rs_get(struct liststore *s, enum list_kind k, const char *key, struct list_entry
 	rc = fetch_keys(s, c, &rkey, 1, strlen(rkey) - strlen(key), &v, error_r);
 	free(rkey);
 	if (rc < 0) {
-		if (c->err)
-			rs_drop(r);
+		/* fetch_keys dropped (freed) c already: not a byte of it is read */
 		entry_vec_clear(&v);
 		return -1;
 	}
@@ -540,10 +584,23 @@ rs_get(struct liststore *s, enum list_kind k, const char *key, struct list_entry
 	return 0;
 }
 
+static int
+rs_get(struct liststore *s, enum list_kind k, const char *key, struct list_entry *e,
+    int *found_r, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_get_once(s, k, key, e, found_r, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_get_once(s, k, key, e, found_r, error_r);
+}
+
 /* many keys, pipelined in batches: a bulk import announces a million keys,
  * and one round trip each would take the watcher half a minute */
 static int
-rs_get_many(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
+rs_get_many_once(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
     struct entry_vec *out, const char **error_r)
 {
 	struct rstore *r = s->priv;
@@ -573,6 +630,22 @@ rs_get_many(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
 	return 0;
 }
 
+static int
+rs_get_many(struct liststore *s, enum list_kind k, char *const *keys, size_t n,
+    struct entry_vec *out, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	size_t n0 = out->n;
+	int reused = r->cmd != NULL;
+	int rc = rs_get_many_once(s, k, keys, n, out, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	while (out->n > n0)
+		listentry_clear(&out->v[--out->n]);
+	return rs_get_many_once(s, k, keys, n, out, error_r);
+}
+
 /* queue the commands that store one entry */
 static void
 append_entry(struct rstore *r, redisContext *c, enum list_kind k, const struct list_entry *e)
@@ -595,6 +668,10 @@ append_entry(struct rstore *r, redisContext *c, enum list_kind k, const struct l
 	free(rkey);
 }
 
+/*
+ * Read n queued replies. On a connection error the message is taken from
+ * c before the connection (c itself) is freed: nothing of c is read after.
+ */
 static int
 drain(struct liststore *s, redisContext *c, int n, const char **error_r)
 {
@@ -605,9 +682,10 @@ drain(struct liststore *s, redisContext *c, int n, const char **error_r)
 		redisReply *rep = NULL;
 
 		if (redisGetReply(c, (void **)&rep) != REDIS_OK) {
-			rs_drop(r);
-			return rs_fail(s, error_r, "Redis at %s: %s", r->where,
+			rs_fail(s, error_r, "Redis at %s: %s", r->where,
 			    c->errstr[0] ? c->errstr : "connection lost");
+			rs_drop(r);	/* frees c */
+			return -1;
 		}
 		if (rep->type == REDIS_REPLY_ERROR && rc == 0)
 			rc = rs_fail(s, error_r, "Redis at %s: %s", r->where, rep->str);
@@ -629,7 +707,8 @@ append_publish(struct rstore *r, redisContext *c, enum list_kind k, const char *
 }
 
 static int
-rs_add(struct liststore *s, enum list_kind k, const struct list_entry *e, const char **error_r)
+rs_add_once(struct liststore *s, enum list_kind k, const struct list_entry *e,
+    const char **error_r)
 {
 	struct rstore *r = s->priv;
 	redisContext *c = rs_cmd(s, error_r);
@@ -646,7 +725,19 @@ rs_add(struct liststore *s, enum list_kind k, const struct list_entry *e, const 
 }
 
 static int
-rs_del(struct liststore *s, enum list_kind k, const char *key, int *found_r,
+rs_add(struct liststore *s, enum list_kind k, const struct list_entry *e, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_add_once(s, k, e, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_add_once(s, k, e, error_r);
+}
+
+static int
+rs_del_once(struct liststore *s, enum list_kind k, const char *key, int *found_r,
     const char **error_r)
 {
 	struct rstore *r = s->priv;
@@ -679,6 +770,19 @@ rs_del(struct liststore *s, enum list_kind k, const char *key, int *found_r,
 }
 
 static int
+rs_del(struct liststore *s, enum list_kind k, const char *key, int *found_r,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_del_once(s, k, key, found_r, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_del_once(s, k, key, found_r, error_r);
+}
+
+static int
 rs_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v, size_t n,
     void (*progress)(void *arg, size_t done), void *arg, const char **error_r)
 {
@@ -696,14 +800,64 @@ rs_add_many(struct liststore *s, enum list_kind k, const struct list_entry *v, s
 			append_entry(r, c, k, &v[done + i]);
 			queued += 2 + (v[done + i].expires != 0);
 		}
-		if (drain(s, c, queued, error_r) < 0)
-			return -1;
+		if (drain(s, c, queued, error_r) < 0) {
+			char why[sizeof(s->err)];
+
+			/* c is freed when the connection broke; *error_r is s->err */
+			snprintf(why, sizeof(why), "%s", *error_r);
+			return rs_fail(s, error_r, "%s (%zu of %zu entries confirmed written before; "
+			    "running the same import again is safe)", why, done, n);
+		}
 		done += batch;
 		if (progress)
 			progress(arg, done);
 	}
 	append_publish(r, c, k, "*");	/* watchers reload the whole list */
 	return drain(s, c, 1, error_r);
+}
+
+/* each entry in its own MULTI with its own PUBLISH (watchers fetch just
+ * those keys), pipelined in batches */
+static int
+rs_add_batch_once(struct liststore *s, enum list_kind k, const struct list_entry *v,
+    size_t n, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	const char *multi[] = { "MULTI" }, *exec[] = { "EXEC" };
+	size_t done = 0;
+
+	if (c == NULL)
+		return -1;
+	while (done < n) {
+		size_t batch = n - done < REDIS_BATCH / 4 ? n - done : REDIS_BATCH / 4;
+		int queued = 0;
+
+		for (size_t i = done; i < done + batch; i++) {
+			redisAppendCommandArgv(c, 1, multi, NULL);
+			append_entry(r, c, k, &v[i]);
+			redisAppendCommandArgv(c, 1, exec, NULL);
+			append_publish(r, c, k, v[i].key);
+			queued += 1 + 2 + (v[i].expires != 0) + 1 + 1;
+		}
+		if (drain(s, c, queued, error_r) < 0)
+			return -1;
+		done += batch;
+	}
+	return 0;
+}
+
+static int
+rs_add_batch(struct liststore *s, enum list_kind k, const struct list_entry *v, size_t n,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_add_batch_once(s, k, v, n, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_add_batch_once(s, k, v, n, error_r);
 }
 
 static int
@@ -961,6 +1115,86 @@ rs_changes(struct liststore *s, struct list_changes *out)
 	return 0;
 }
 
+/* PREFIXNAME: a plain string (the generation mark) */
+static int
+rs_meta_get_once(struct liststore *s, const char *name, char *buf, size_t cap, int *found_r,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	redisReply *rep;
+	char *key;
+
+	if (c == NULL)
+		return -1;
+	key = xasprintf("%s%s", r->prefix, name);
+	{
+		const char *argv[] = { "GET", key };
+
+		rep = cmdv(c, 2, argv);
+	}
+	free(key);
+	if (rep == NULL || (rep->type != REDIS_REPLY_STRING && rep->type != REDIS_REPLY_NIL)) {
+		rs_fail(s, error_r, "Redis at %s: GET %s%s: %s", r->where, r->prefix, name,
+		    rep == NULL ? c->errstr : rep->type == REDIS_REPLY_ERROR ? rep->str :
+		    "not a string");
+		if (rep)
+			freeReplyObject(rep);
+		if (c->err)
+			rs_drop(r);
+		return -1;
+	}
+	*found_r = rep->type == REDIS_REPLY_STRING;
+	snprintf(buf, cap, "%s", *found_r ? rep->str : "");
+	freeReplyObject(rep);
+	return 0;
+}
+
+static int
+rs_meta_get(struct liststore *s, const char *name, char *buf, size_t cap, int *found_r,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_meta_get_once(s, name, buf, cap, found_r, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_meta_get_once(s, name, buf, cap, found_r, error_r);
+}
+
+static int
+rs_meta_set(struct liststore *s, const char *name, const char *value, int only_if_absent,
+    int *set_r, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	redisReply *rep;
+	char *key;
+
+	if (c == NULL)
+		return -1;
+	key = xasprintf("%s%s", r->prefix, name);
+	{
+		const char *argv[] = { "SET", key, value, "NX" };
+
+		rep = cmdv(c, only_if_absent ? 4 : 3, argv);
+	}
+	free(key);
+	if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+		rs_fail(s, error_r, "Redis at %s: SET %s%s: %s", r->where, r->prefix, name,
+		    rep == NULL ? c->errstr : rep->str);
+		if (rep)
+			freeReplyObject(rep);
+		if (c->err)
+			rs_drop(r);
+		return -1;
+	}
+	*set_r = rep->type != REDIS_REPLY_NIL;
+	freeReplyObject(rep);
+	return 0;
+}
+
 /* PREFIXrate:WINDOW:INDEX:WHO, INCRBY then EXPIREAT (Redis clock), pipelined */
 static int
 rs_rate_sync(struct liststore *s, struct rate_delta *d, size_t n, const char **error_r)
@@ -1012,5 +1246,8 @@ const struct liststore_ops liststore_redis_ops = {
 	.get = rs_get,
 	.get_many = rs_get_many,
 	.add_many = rs_add_many,
+	.add_batch = rs_add_batch,
+	.meta_get = rs_meta_get,
+	.meta_set = rs_meta_set,
 	.rate_sync = rs_rate_sync,
 };

@@ -7,7 +7,8 @@
  *   userdb_resolve()        local@domain -> the stored (canonical) name, case-insensitively
  *   userdb_has_user()       is local@domain a user
  *   userdb_verify()         check a password with libcrypt (constant-time compare)
- *   userdb_set_password()   add/replace a user (yescrypt hash), atomically
+ *   userdb_set_password()   add/replace a user (yescrypt hash, SCRAM-SHA-256 keys,
+ *                           the CRAM-MD5 secret while CRAM-MD5 is enabled), atomically
  *   userdb_delete()         remove a user, atomically
  *
  * Writes: exclusive flock on FILE.lock, temporary file, fsync, rename, fsync
@@ -28,9 +29,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/fsutil.h"
 #include "common/log.h"
 #include "common/pclimits.h"
 #include "common/xmalloc.h"
+#include "common/sasl.h"
 #include "storage-adapter/crammd5.h"
 #include "storage-adapter/userdb.h"
 
@@ -38,6 +41,7 @@ struct uentry {
 	char *user;	/* lower case */
 	char *pass;
 	char *cram;	/* CRAM-MD5 secret (64 hex) or NULL */
+	char *scram;	/* "{SCRAM-SHA-256}ITER,SALT,STOREDKEY,SERVERKEY" or NULL */
 };
 
 struct userdb {
@@ -56,7 +60,8 @@ struct userdb {
 };
 
 #define USERDB_HEADER "# Portcullis users (Dovecot passwd-file): " \
-	"user@domain:{CRYPT}hash::::::[cram_md5=HEX]; see portcullis user\n"
+	"user@domain:{CRYPT}hash::::::scram_sha_256={SCRAM-SHA-256}... [cram_md5=HEX]; " \
+	"see portcullis user\n"
 
 
 static char errbuf[600];
@@ -95,6 +100,23 @@ static int
 cmp_user(const void *a, const void *b)
 {
 	return strcmp(((const struct uentry *)a)->user, ((const struct uentry *)b)->user);
+}
+
+/* the value of "key=" among space-separated extra fields, copied; NULL if absent */
+static char *
+extra_field(const char *f, const char *key)
+{
+	size_t kl = strlen(key);
+
+	while (f != NULL && *f != '\0') {
+		f += strspn(f, " ");
+		if (strncmp(f, key, kl) == 0) {
+			f += kl;
+			return xstrndup(f, strcspn(f, " "));
+		}
+		f += strcspn(f, " ");
+	}
+	return NULL;
 }
 
 /* keep: a file that cannot be opened gives an empty db that says why */
@@ -156,30 +178,45 @@ load(const char *url, int keep, const char **error_r)
 		end = strchr(pass, ':');
 		if (end != NULL)
 			*end = '\0';
-		/* field 8 holds extra fields "key=value ..."; ours: cram_md5=HEX */
+		/* field 8 holds extra fields "key=value ...";
+		 * ours: scram_sha_256={SCRAM-SHA-256}... cram_md5=HEX */
 		{
-			char *f = end ? end + 1 : NULL, *cram = NULL;
+			char *f = end ? end + 1 : NULL, *cram, *scram;
 
 			for (int k = 0; f != NULL && k < 5; k++) {
 				f = strchr(f, ':');
 				if (f != NULL)
 					f++;
 			}
-			if (f != NULL && (cram = strstr(f, "cram_md5=")) != NULL) {
-				cram += 9;
-				cram[strcspn(cram, " ")] = '\0';
-				if (strlen(cram) != CRAMMD5_SECRET_HEX)
-					cram = NULL;
+			cram = extra_field(f, "cram_md5=");
+			scram = extra_field(f, "scram_sha_256=");
+			if (cram != NULL && strlen(cram) != CRAMMD5_SECRET_HEX) {
+				free(cram);
+				cram = NULL;
+			}
+			if (scram != NULL) {
+				char a[64], b[64], c[64];
+				unsigned it;
+
+				if (strlen(scram) >= sizeof(((struct sasl_user *)0)->scram) ||
+				    sasl_scram_parse(scram, &it, a, b, c) < 0) {
+					log_warn("%s:%u: scram_sha_256 is not {SCRAM-SHA-256}ITER,SALT,"
+					    "STOREDKEY,SERVERKEY; ignored", path, lineno);
+					free(scram);
+					scram = NULL;
+				}
 			}
 			if (db->n == cap) {
 				cap = cap ? cap * 2 : 16;
 				db->v = xreallocarray(db->v, cap, sizeof(*db->v));
 			}
-			db->v[db->n].cram = cram ? xstrdup(cram) : NULL;
+			db->v[db->n].cram = cram;
+			db->v[db->n].scram = scram;
 		}
 		if (!userdb_name_is_valid(line)) {
 			log_warn("%s:%u: \"%.64s\" is not a user@domain name; skipped", path, lineno, line);
 			free(db->v[db->n].cram);
+			free(db->v[db->n].scram);
 			db->nbad++;
 			continue;
 		}
@@ -220,6 +257,7 @@ userdb_free(struct userdb **dbp)
 		free(db->v[i].user);
 		free(db->v[i].pass);
 		free(db->v[i].cram);
+		free(db->v[i].scram);
 	}
 	free(db->v);
 	free(db->path);
@@ -265,6 +303,14 @@ userdb_password(const struct userdb *db, const char *user)
 	const struct uentry *e = find(db, user);
 
 	return e ? e->pass : NULL;
+}
+
+const char *
+userdb_scram_secret(const struct userdb *db, const char *user)
+{
+	const struct uentry *e = find(db, user);
+
+	return e ? e->scram : NULL;
 }
 
 const char *
@@ -403,32 +449,49 @@ userdb_hash_verify(const char *h, const char *password)
 	return ok && known;
 }
 
-/* fsync the directory holding path; -1 with errno */
+/* one rewrite: the old file (NULL: none yet) copied with user's line
+ * replaced, added or dropped */
+struct rewrite_ctx {
+	FILE *in;
+	const char *user, *newline;
+	int create, found;
+};
+
 static int
-fsync_dir_of(const char *path)
+rewrite_lines(FILE *out, void *ctx, const char **error_r)
 {
-	char *dir = xstrdup(path), *slash = strrchr(dir, '/');
-	int fd, rc;
+	struct rewrite_ctx *r = ctx;
+	char line[MAX_LIST_LINE + 2];
+	size_t ul = strlen(r->user);
 
-	if (slash == NULL)
-		snprintf(dir, strlen(path) + 1, ".");
-	else if (slash == dir)
-		slash[1] = '\0';
-	else
-		*slash = '\0';
-	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	free(dir);
-	if (fd < 0)
-		return -1;
-	rc = fsync(fd);
-	if (rc < 0) {
-		int e = errno;
-
-		close(fd);
-		errno = e;
+	if (r->in == NULL)
+		fputs(USERDB_HEADER, out);
+	while (r->in != NULL && fgets(line, sizeof(line), r->in) != NULL) {
+		if (strncasecmp(line, r->user, ul) == 0 && line[ul] == ':') {
+			r->found = 1;
+			if (r->newline != NULL)
+				fprintf(out, "%s\n", r->newline);
+			continue;
+		}
+		fputs(line, out);
+		if (line[0] && line[strlen(line) - 1] != '\n')
+			fputc('\n', out);
+	}
+	if (r->in != NULL && ferror(r->in)) {
+		snprintf(errbuf, sizeof(errbuf), "read error: %s", strerror(errno));
+		*error_r = errbuf;
 		return -1;
 	}
-	close(fd);
+	if (!r->found && r->newline != NULL) {
+		if (!r->create) {
+			snprintf(errbuf, sizeof(errbuf), "no user %s", r->user);
+			*error_r = errbuf;
+			return -1;
+		}
+		fprintf(out, "%s\n", r->newline);
+	}
+	if (ftell(out) == 0)	/* the last user went: say so, never a zero-length file */
+		fputs(USERDB_HEADER, out);
 	return 0;
 }
 
@@ -437,11 +500,10 @@ static int
 rewrite(const char *path, const char *user, const char *newline, int create, int *found_r,
     const char **error_r)
 {
-	char *lock = xasprintf("%s.lock", path), *tmp = xasprintf("%s.tmp.%ld", path, (long)getpid());
-	char line[MAX_LIST_LINE + 2];
-	size_t ul = strlen(user);
-	int lfd, found = 0, rc = -1;
-	FILE *in, *out = NULL;
+	char *lock = xasprintf("%s.lock", path);
+	struct rewrite_ctx r = { NULL, user, newline, create, 0 };
+	const char *err;
+	int lfd, rc = -1;
 
 	{
 		/* the first user may come before the daemon made its state_dir */
@@ -449,91 +511,37 @@ rewrite(const char *path, const char *user, const char *newline, int create, int
 
 		if (slash != NULL && slash != dir) {
 			*slash = '\0';
-			for (char *q = dir + 1; *q; q++) {
-				if (*q != '/')
-					continue;
-				*q = '\0';
-				(void)mkdir(dir, 0755);
-				*q = '/';
-			}
-			(void)mkdir(dir, 0750);
+			(void)fsutil_mkdir_p(dir, 0750, 0755);
 		}
 		free(dir);
 	}
 	lfd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
 	if (lfd < 0 || flock(lfd, LOCK_EX) < 0) {
 		snprintf(errbuf, sizeof(errbuf), "cannot lock %s: %s", lock, strerror(errno));
+		*error_r = errbuf;
 		goto done;
 	}
-	in = fopen(path, "r");
-	if (in == NULL && errno != ENOENT) {
+	r.in = fopen(path, "r");
+	if (r.in == NULL && errno != ENOENT) {
 		snprintf(errbuf, sizeof(errbuf), "cannot open %s: %s", path, strerror(errno));
+		*error_r = errbuf;
 		goto done;
 	}
-	{
-		int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-		out = fd >= 0 ? fdopen(fd, "w") : NULL;
-	}
-	if (out == NULL) {
-		snprintf(errbuf, sizeof(errbuf), "cannot create %s: %s", tmp, strerror(errno));
-		if (in)
-			fclose(in);
-		goto done;
-	}
-	if (in == NULL)
-		fputs(USERDB_HEADER, out);
-	while (in != NULL && fgets(line, sizeof(line), in) != NULL) {
-		if (strncasecmp(line, user, ul) == 0 && line[ul] == ':') {
-			found = 1;
-			if (newline != NULL)
-				fprintf(out, "%s\n", newline);
-			continue;
-		}
-		fputs(line, out);
-		if (line[0] && line[strlen(line) - 1] != '\n')
-			fputc('\n', out);
-	}
-	if (in)
-		fclose(in);
-	if (!found && newline != NULL) {
-		if (!create) {
-			snprintf(errbuf, sizeof(errbuf), "no user %s", user);
-			goto done;
-		}
-		fprintf(out, "%s\n", newline);
-	}
-	if (ftell(out) == 0)	/* the last user went: say so, never a zero-length file */
-		fputs(USERDB_HEADER, out);
-	if (fflush(out) != 0 || fsync(fileno(out)) != 0) {
-		snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", tmp, strerror(errno));
-		goto done;
-	}
-	fclose(out);
-	out = NULL;
-	if (rename(tmp, path) < 0) {
-		snprintf(errbuf, sizeof(errbuf), "cannot rename %s: %s", tmp, strerror(errno));
-		goto done;
-	}
-	if (fsync_dir_of(path) < 0) {	/* the rename itself must survive a crash */
-		snprintf(errbuf, sizeof(errbuf), "cannot fsync the directory of %s: %s", path,
-		    strerror(errno));
+	if (fsutil_replace_with(path, 0600, rewrite_lines, &r, &err) < 0) {
+		if (err != errbuf)
+			snprintf(errbuf, sizeof(errbuf), "%s", err);
+		*error_r = errbuf;
 		goto done;
 	}
 	if (found_r)
-		*found_r = found;
+		*found_r = r.found;
 	rc = 0;
 done:
-	if (out)
-		fclose(out);
-	if (rc < 0) {
-		unlink(tmp);
-		*error_r = errbuf;
-	}
+	if (r.in)
+		fclose(r.in);
 	if (lfd >= 0)
 		close(lfd);
 	free(lock);
-	free(tmp);
 	return rc;
 }
 
@@ -542,7 +550,7 @@ userdb_set_password(const char *url, const char *user, const char *password, int
     int with_cram, const char **error_r)
 {
 	const char *path = url_path(url, error_r);
-	char *salt, *line;
+	char *salt, *line, scram[200];
 	struct crypt_data *cd;
 	const char *hash;
 	int rc;
@@ -571,14 +579,20 @@ userdb_set_password(const char *url, const char *user, const char *password, int
 		*error_r = "libcrypt failed to hash the password";
 		return -1;
 	}
+	/* SCRAM-SHA-256 keys for every user: they are not a plaintext equivalent */
+	if (sasl_scram_make(password, SASL_SCRAM_ITER, NULL, 0, scram, sizeof(scram), error_r) < 0) {
+		free(cd);
+		return -1;
+	}
 	if (with_cram) {
 		char secret[CRAMMD5_SECRET_HEX + 1];
 
 		crammd5_secret(password, secret);
-		line = xasprintf("%s:{CRYPT}%s::::::cram_md5=%s", user, hash, secret);
+		line = xasprintf("%s:{CRYPT}%s::::::scram_sha_256=%s cram_md5=%s", user, hash, scram,
+		    secret);
 		explicit_bzero(secret, sizeof(secret));
 	} else {
-		line = xasprintf("%s:{CRYPT}%s::::::", user, hash);
+		line = xasprintf("%s:{CRYPT}%s::::::scram_sha_256=%s", user, hash, scram);
 	}
 	free(cd);
 	for (char *q = line; *q != ':'; q++)

@@ -53,6 +53,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		if (listentry_parse_key(s, &e, &err) == 0)
 			listentry_clear(&e);
+		/* the bytes themselves, NULs included */
+		if (listentry_parse_buf(s, size, &e, &err) == 0)
+			listentry_clear(&e);
+		(void)conf_check_hostport(s, (int)(size & 1), &err);
 	}
 	{
 		/* round trip: parse(format(parse(x))) == parse(x), so what is sent

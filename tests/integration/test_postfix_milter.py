@@ -195,6 +195,20 @@ class T01Relay(LabCase):
         self.assertStep(c, "<message>", 250)
         self.assertDelivered(m, ["user@example.com"], c)
 
+    def test_01b_counted_by_the_milter_door(self):
+        def count(series):
+            out = LAB.cli("stats").stdout
+            for line in out.splitlines():
+                if line.startswith(series + " "):
+                    return int(line.split()[-1])
+            return 0
+        conns = count('connections_total{door="milter"}')
+        msgs = count('messages_total{door="milter",route="mta"}')
+        c, m = self.deliver(OUTSIDE, "user@example.com")
+        self.assertDelivered(m, ["user@example.com"], c)
+        self.assertGreaterEqual(count('connections_total{door="milter"}'), conns + 1)
+        self.assertEqual(count('messages_total{door="milter",route="mta"}'), msgs + 1)
+
     def test_02_outside_to_foreign_domain_refused(self):
         m = new_marker()
         c = LAB.client(OUTSIDE)
@@ -422,6 +436,37 @@ class T06LongCommand(LabCase):
         self.assertTrue(any(re.search(r"auto-?ban", l, re.I) for l in lines),
                         "kill list entry for 127.0.0.8 has no auto-ban origin:\n%s" % listing)
         print("\n    banned after %.2fs; kill list: %s" % (t, lines[0].strip()), end=" ")
+
+
+class T06bDsnParameters(LabCase):
+    """A standards-conforming DSN transaction through Postfix is not a long
+    command: RFC 3461 lets ORCPT/NOTIFY add 536 octets to RCPT and
+    ENVID/RET 116 to MAIL (the finding: a 523-octet RCPT banned a real MTA)."""
+
+    def test_dsn_rcpt_over_512_octets_delivered_not_banned(self):
+        src = "127.0.8.15"
+        self.cleanup_entry("kill", src)
+        m = new_marker()
+        rcpt = "user@example.com"
+        orcpt = "rfc822;" + "o" * 460 + "@example.com"
+        params = "NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=" + orcpt
+        envid = "E" * 90
+        line = "RCPT TO:<%s> %s\r\n" % (rcpt, params)
+        self.assertGreater(len(line), 523)
+        c = LAB.client(src)
+        c.connect()
+        c.ehlo()
+        c.mail(SENDER, "RET=HDRS ENVID=" + envid)
+        c.rcpt(rcpt, params)
+        c.data(make_message(m, to=rcpt))
+        c.quit()
+        self.assertStep(c, "MAIL", 250, None, "MAIL with RET and ENVID")
+        self.assertStep(c, "RCPT", 250, "2.1.5", "%d-octet DSN RCPT" % len(line))
+        self.assertStep(c, "<message>", 250)
+        self.assertDelivered(m, [rcpt], c)
+        listing = LAB.kill_list()
+        self.assertNotRegex(listing, r"(^|\s)%s(/32)?(\s|$)" % re.escape(src),
+                            "a DSN client was banned:\n%s\n%s" % (listing, self.ctx(c)))
 
 
 class T07IPv6(LabCase):

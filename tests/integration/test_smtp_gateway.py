@@ -770,6 +770,21 @@ class T03Lists(GatewayCase):
         self.assertEqual(dirs, sorted(self.d.maildir(u) for u in ("alice", "bob", "carol")),
                          self.ctx(c))
 
+    def test_refused_recipients_do_not_count_toward_max_recipients(self):
+        """Postfix counts accepted recipients only: three unknown users (550)
+        leave room for three real ones under max_recipients = 3."""
+        m = new_marker("maxrcpt-refused")
+        rcpts = ["nobody1@example.com", "nobody2@example.com", "nobody3@example.com",
+                 "alice@example.com", "bob@example.com", "carol@example.com",
+                 "dave@example.com"]
+        c = self.send_local("127.0.8.17", rcpts, make_message(m, to="alice@example.com"))
+        rc = [s for s in c.steps if s.cmd.startswith("RCPT")]
+        self.assertEqual([s.code for s in rc], [550, 550, 550, 250, 250, 250, 452], self.ctx(c))
+        self.assertStep(c, "<message>", 250, r"^2\.0\.0")
+        dirs = sorted(os.path.dirname(p) for p, _ in self.d.stored(m))
+        self.assertEqual(dirs, sorted(self.d.maildir(u) for u in ("alice", "bob", "carol")),
+                         self.ctx(c))
+
     def test_long_command_auto_ban(self):
         ip = "127.0.0.8"
         self.d.cli("kill", "del", ip, check=False)
@@ -821,6 +836,28 @@ class T03bLongCommands(GatewayCase):
         finally:
             self.d.cli("kill", "del", ip, check=False)
 
+    def test_long_lines_other_than_helo_mail_rcpt_never_ban(self):
+        """max_command_length and its ban are for HELO/EHLO, MAIL and RCPT, as
+        documented: a 600-octet NOOP or DATA line is answered, never banned."""
+        ip = "127.0.8.16"
+        try:
+            r = self.raw_ehlo(ip)
+            r.send("NOOP " + "n" * 600 + "\r\n")
+            self.assertReply(r.reply(), 250, r"^250 ", "600-octet NOOP", r)
+            r.send("DATA " + "d" * 600 + "\r\n")
+            self.assertEqual(r.reply()[0] // 100, 5, self.ctx(r))
+            r.send("NOOP " + "n" * 5000 + "\r\n")
+            self.assertReply(r.reply(), 500, r"^500 5\.5\.2 ", "5000-octet NOOP", r)
+            r.send("QUIT\r\n")
+            r.rest()
+            listing = self.d.cli("kill", "list").stdout
+            self.assertNotIn(ip, listing, "banned for a long line that is no HELO/MAIL/RCPT")
+            n = self.raw_ehlo(ip)	# still welcome
+            n.send("QUIT\r\n")
+            n.rest()
+        finally:
+            self.d.cli("kill", "del", ip, check=False)
+
     def test_tenth_error_a_long_command_still_gets_421(self):
         """Ten errors end the session with 421 4.7.0, whatever the tenth was."""
         ip = "127.0.0.10"
@@ -829,7 +866,7 @@ class T03bLongCommands(GatewayCase):
             for i in range(9):
                 r.send("BOGUS%d\r\n" % i)
                 self.assertEqual(r.reply()[0] // 100, 5, self.ctx(r))
-            r.send("NOOP " + "n" * 600 + "\r\n")
+            r.send("NOOP " + "n" * 5000 + "\r\n")	# past any line a command needs
             got = r.rest(timeout=2)
             closed = r.closed_within(0.1)
             self.assertEqual([g[0] for g in got], [500, 421],

@@ -61,8 +61,12 @@ main(void)
 	test_ratelimit_register();
 	test_smtp_proto_register();
 	test_auth_register();
+	test_sasl_register();
 	test_stats_register();
 	test_hdrparse_register();
+	test_common_hash_register();
+	test_common_base64_register();
+	test_common_fsutil_register();
 	test_anvil_register();
 	test_deadline_register();
 	test_listener_register();
@@ -71,6 +75,8 @@ main(void)
 	test_sieve_lex_register();
 	test_sieve_parse_register();
 	test_sieve_eval_register();
+	test_mailstore_register();
+	test_geoip_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

@@ -434,6 +434,163 @@ test_engine_rset_clears_transaction(void)
 	policy_free(&p);
 }
 
+/* the long-command limit: where it applies, and what ESMTP parameters earn */
+static void
+test_engine_long_commands(void)
+{
+	static const struct {
+		const char *name;
+		enum engine_stage stage;	/* HELO, MAIL, RCPT: that call; else engine_long_command */
+		const char *params;		/* engine_command_params() before, or NULL */
+		size_t cmdlen;
+		const char *tag;		/* NULL: not refused */
+		int ban;
+	} t[] = {
+		{ "RCPT at the limit", STAGE_RCPT, NULL, 512, NULL, 0 },
+		{ "RCPT one over", STAGE_RCPT, NULL, 513, "long-command", 1 },
+		{ "Postfix DSN RCPT (523 octets) with NOTIFY and ORCPT", STAGE_RCPT,
+		  "NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;user@example.com", 523, NULL, 0 },
+		{ "RCPT with ORCPT: 507 more", STAGE_RCPT, "ORCPT=rfc822;u@example.com", 1019, NULL, 0 },
+		{ "RCPT with ORCPT: past its 507", STAGE_RCPT, "ORCPT=rfc822;u@example.com", 1020,
+		  "long-command", 1 },
+		{ "RCPT with NOTIFY and ORCPT: 536 more", STAGE_RCPT,
+		  "notify=never orcpt=rfc822;u@example.com", 1048, NULL, 0 },
+		{ "RCPT with NOTIFY and ORCPT: past 536", STAGE_RCPT,
+		  "NOTIFY=NEVER ORCPT=rfc822;u@example.com", 1049, "long-command", 1 },
+		{ "RCPT: MAIL's ENVID earns nothing", STAGE_RCPT, "ENVID=abc", 600, "long-command", 1 },
+		{ "MAIL with ENVID and RET: 116 more", STAGE_MAIL, "RET=HDRS ENVID=abc", 628, NULL, 0 },
+		{ "MAIL with ENVID and RET: past 116", STAGE_MAIL, "RET=HDRS ENVID=abc", 629,
+		  "long-command", 1 },
+		{ "MAIL with SIZE: 26 more (RFC 1870)", STAGE_MAIL, "SIZE=1000", 538, NULL, 0 },
+		{ "MAIL with AUTH=: 500 more (RFC 4954)", STAGE_MAIL, "AUTH=<>", 1012, NULL, 0 },
+		{ "MAIL: RCPT's ORCPT earns nothing", STAGE_MAIL, "ORCPT=rfc822;x@y", 600, "long-command", 1 },
+		{ "MAIL: an unknown parameter earns nothing", STAGE_MAIL, "XFOO=1", 513, "long-command", 1 },
+		{ "a keyword inside a value earns nothing", STAGE_MAIL, "XFOO=ENVID=1", 600,
+		  "long-command", 1 },
+		{ "HELO one over", STAGE_HELO, NULL, 513, "long-command", 1 },
+		{ "HELO: parameters earn nothing", STAGE_HELO, "SIZE=1", 530, "long-command", 1 },
+		{ "over-long MAIL the door could not hold", STAGE_COMMAND + 100, NULL, 9000,
+		  "long-command", 1 },
+		{ "another line (NOOP, DATA...): refused, never banned", STAGE_COMMAND, NULL, 9000,
+		  "long-line", 0 },
+		{ "another line within the limit", STAGE_COMMAND, NULL, 400, NULL, 0 },
+	};
+	struct policy *p = policy_from(NULL);
+	struct snapshot *snap = snapshot_new(list_from(NULL), list_from(NULL));
+	struct ipaddr a;
+
+	CU_ASSERT_EQUAL(cidr_addr_parse(OUT, &a), 0);
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct engine_session *s = engine_session_new(p);
+		struct verdict v;
+		int ok;
+
+		engine_connect(s, snap, &a, NULL, NOW, &v);
+		if (t[i].stage == STAGE_MAIL || t[i].stage == STAGE_RCPT)
+			engine_mail(s, snap, "<a@b.example>", 30, NULL, NOW, &v);
+		if (t[i].params != NULL)
+			engine_command_params(s, t[i].params);
+		if (t[i].stage == STAGE_HELO)
+			engine_helo(s, snap, "c.example", t[i].cmdlen, NOW, &v);
+		else if (t[i].stage == STAGE_MAIL)
+			engine_mail(s, snap, "<a@b.example>", t[i].cmdlen, NULL, NOW, &v);
+		else if (t[i].stage == STAGE_RCPT)
+			engine_rcpt(s, snap, "<u@example.com>", t[i].cmdlen, NOW, &v);
+		else
+			engine_long_command(s, snap, t[i].stage == STAGE_COMMAND ? STAGE_COMMAND :
+			    STAGE_MAIL, t[i].cmdlen, NOW, &v);
+		ok = t[i].tag == NULL ? v.tag == NULL :
+		    v.tag != NULL && strcmp(v.tag, t[i].tag) == 0 && strcmp(v.code, "500") == 0 &&
+		    strcmp(v.dsn, "5.5.2") == 0;
+		ok = ok && (v.ban_seconds > 0) == t[i].ban;
+		if (!ok) {
+			fprintf(stderr, "\n  case \"%s\": %s %s [%s] ban %lu; rule: %s\n", t[i].name,
+			    v.code, v.text, v.tag ? v.tag : "-", v.ban_seconds, v.rule);
+			CU_FAIL("long-command verdict differs");
+		}
+		engine_session_free(&s);
+	}
+	snapshot_free(&snap);
+	policy_free(&p);
+}
+
+/* max_recipients counts accepted recipients only (Postfix's rule) */
+static void
+test_engine_refused_recipients_do_not_count(void)
+{
+	struct policy *p = policy_from(NULL);	/* max_recipients = 3 */
+	struct snapshot *snap = snapshot_new(list_from(NULL), list_from(NULL));
+	struct engine_session *s = engine_session_new(p);
+	struct ipaddr a;
+	struct verdict v;
+
+	CU_ASSERT_EQUAL(cidr_addr_parse(IN, &a), 0);
+	engine_connect(s, snap, &a, NULL, NOW, &v);
+	engine_mail(s, snap, "<x@example.com>", 30, NULL, NOW, &v);
+	for (int i = 0; i < 5; i++) {	/* the door refuses each: unknown user */
+		engine_rcpt(s, snap, "<nobody@example.com>", 30, NOW, &v);
+		CU_ASSERT_PTR_NULL(v.tag);
+		engine_rcpt_refused(s);
+	}
+	engine_rcpt_refused(s);	/* twice for one recipient changes nothing */
+	CU_ASSERT_EQUAL(engine_rcpt_count(s), 0);
+	/* a relayed recipient refused downstream no longer makes it "relayed" */
+	engine_rcpt(s, snap, "<u@other.org>", 30, NOW, &v);
+	CU_ASSERT_PTR_NULL(v.tag);
+	engine_rcpt_refused(s);
+	for (int i = 0; i < 3; i++) {
+		engine_rcpt(s, snap, "<a@example.com>", 30, NOW, &v);
+		CU_ASSERT_PTR_NULL(v.tag);
+	}
+	CU_ASSERT_EQUAL(engine_rcpt_count(s), 3);
+	engine_rcpt(s, snap, "<b@example.com>", 30, NOW, &v);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(v.tag);
+	CU_ASSERT_STRING_EQUAL(v.tag, "max-rcpt");
+	engine_rcpt_refused(s);	/* the engine's own refusal was never counted */
+	CU_ASSERT_EQUAL(engine_rcpt_count(s), 3);
+	engine_eom(s, &v);	/* no relayed recipient left: no required header */
+	CU_ASSERT_PTR_NULL(v.tag);
+	engine_session_free(&s);
+	snapshot_free(&snap);
+	policy_free(&p);
+}
+
+/* an AUTH identity never outlives its transaction or STARTTLS */
+static void
+test_engine_auth_does_not_carry_over(void)
+{
+	struct policy *p = policy_from(NULL);
+	struct snapshot *snap = snapshot_new(list_from(NULL), list_from(NULL));
+	struct ipaddr a;
+	struct verdict v;
+
+	CU_ASSERT_EQUAL(cidr_addr_parse(OUT, &a), 0);
+	for (int starttls = 0; starttls < 2; starttls++) {
+		struct engine_session *s = engine_session_new(p);
+
+		engine_connect(s, snap, &a, NULL, NOW, &v);
+		engine_helo(s, snap, "c.example", 20, NOW, &v);
+		engine_mail(s, snap, "<x@b.example>", 30, "alice", NOW, &v);
+		engine_rcpt(s, snap, "<u@other.org>", 30, NOW, &v);
+		CU_ASSERT_PTR_NULL(v.tag);	/* authenticated: relays */
+		engine_abort(s);		/* RSET */
+		if (starttls)
+			engine_starttls(s);
+		engine_helo(s, snap, "c.example", 20, NOW, &v);
+		engine_mail(s, snap, "<x@b.example>", 30, NULL, NOW, &v);
+		engine_rcpt(s, snap, "<u@other.org>", 30, NOW, &v);
+		CU_ASSERT_PTR_NOT_NULL(v.tag);
+		if (v.tag == NULL || strcmp(v.tag, "relay") != 0) {
+			fprintf(stderr, "\n  %s: a MAIL without AUTH relayed\n",
+			    starttls ? "after STARTTLS" : "after RSET");
+			CU_FAIL("AUTH identity carried over");
+		}
+		engine_session_free(&s);
+	}
+	snapshot_free(&snap);
+	policy_free(&p);
+}
+
 static void
 test_policy_errors(void)
 {
@@ -447,15 +604,25 @@ test_policy_errors(void)
 		{ "postmaster_address = pm@example.com(x)\n", "postmaster_address: \"pm@example.com(x)\" "
 		  "is not a qualified address: comment in the address" },
 		{ "postmaster_address = <>\n", "need user@domain" },
+		{ "geoip_database = /nonexistent/GeoIP.mmdb\n", "test:1: geoip_database: "
+		  "/nonexistent/GeoIP.mmdb: No such file or directory" },
+		{ "geoip_database = /etc/passwd\n", "geoip_database: /etc/passwd: not a MaxMind DB file" },
+		{ "geoip_database = /etc/passwd\ngeoip_country_field = country..iso_code\n",
+		  "test:2: geoip_country_field: \"country..iso_code\" is not a path" },
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct conf *c = conf_new();
 		struct policy *p = NULL;
 		const char *err = NULL;
 
+		int rc;
+
 		CU_ASSERT_EQUAL(conf_load_string(c, "test", bad[i].conf, &err), 0);
-		CU_ASSERT_EQUAL(conf_finish(c, &err), 0);
-		CU_ASSERT_EQUAL(policy_new(c, &p, &err), -1);
+		/* the config reader or the policy: refused either way */
+		rc = conf_finish(c, &err);
+		if (rc == 0)
+			rc = policy_new(c, &p, &err);
+		CU_ASSERT_EQUAL(rc, -1);
 		if (err == NULL || strstr(err, bad[i].want) == NULL) {
 			fprintf(stderr, "\n  %s: got \"%s\"\n", bad[i].conf, err ? err : "");
 			CU_FAIL("policy error differs");
@@ -493,13 +660,97 @@ test_engine_smtputf8(void)
 	policy_free(&p);
 }
 
+/*
+ * country:XX entries, with the country as GeoIP would give it: the reply,
+ * the tag, and the README's order (accept list first, then the kill list;
+ * within a list address, host, then country).
+ */
+static void
+test_engine_country(void)
+{
+	static const struct {
+		const char *name, *kill, *accept, *client, *country, *rcpt;
+		enum engine_stage stage;	/* first refusal; STAGE_CLOSE: none */
+		const char *tag, *text;
+	} rows[] = {
+		{ "killed country refused at MAIL", "country:XX", NULL, OUT, "XX", "<u@example.com>",
+		  STAGE_MAIL, "kill-country",
+		  "Client host [198.51.100.7] (country XX) is on the kill list" },
+		{ "country code case does not matter", "country:xx", NULL, OUT, "xx", "<u@example.com>",
+		  STAGE_MAIL, "kill-country", NULL },
+		{ "other country passes", "country:XX", NULL, OUT, "YY", "<u@example.com>",
+		  STAGE_CLOSE, NULL, NULL },
+		{ "unknown country passes", "country:XX", NULL, OUT, NULL, "<u@example.com>",
+		  STAGE_CLOSE, NULL, NULL },
+		{ "IPv6 client's country", "country:XX", NULL, "2001:db8:1::5", "XX",
+		  "<u@example.com>", STAGE_MAIL, "kill-country",
+		  "Client host [2001:db8:1::5] (country XX) is on the kill list" },
+		{ "address entry named before the country", OUT "|country:XX", NULL, OUT, "XX",
+		  "<u@example.com>", STAGE_MAIL, "kill-ip", NULL },
+		{ "accept-listed address beats killed country", "country:XX", OUT, OUT, "XX",
+		  "<u@example.com>", STAGE_CLOSE, NULL, NULL },
+		{ "accept-listed country beats killed address", OUT, "country:XX", OUT, "XX",
+		  "<u@example.com>", STAGE_CLOSE, NULL, NULL },
+		{ "accept-listed country may relay", NULL, "country:XX", OUT, "XX", "<u@other.org>",
+		  STAGE_CLOSE, NULL, NULL },
+		{ "other country may not relay", NULL, "country:XX", OUT, "YY", "<u@other.org>",
+		  STAGE_RCPT, "relay", NULL },
+	};
+	struct policy *p = policy_from(NULL);
+
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct snapshot *snap = snapshot_new(list_from(rows[i].kill), list_from(rows[i].accept));
+		struct engine_session *s = engine_session_new(p);
+		enum engine_stage st = STAGE_CLOSE;
+		struct ipaddr addr;
+		struct verdict v, kv;
+		int killed;
+
+		CU_ASSERT_FATAL(cidr_addr_parse(rows[i].client, &addr) == 0);
+		engine_session_set_country(s, rows[i].country);
+		engine_connect(s, snap, &addr, NULL, NOW, &v);
+		killed = engine_client_is_killed(s, snap, NOW, &kv);
+		engine_mail(s, snap, "<a@b.example>", 20, NULL, NOW, &v);
+		if (refused(&v)) {
+			st = STAGE_MAIL;
+		} else {
+			engine_rcpt(s, snap, rows[i].rcpt, 20, NOW, &v);
+			if (refused(&v))
+				st = STAGE_RCPT;
+		}
+		if (st != rows[i].stage || (rows[i].tag != NULL && (v.tag == NULL ||
+		    strcmp(v.tag, rows[i].tag) != 0)) ||
+		    (rows[i].text != NULL && strcmp(v.text, rows[i].text) != 0) ||
+		    killed != (st == STAGE_MAIL) ||
+		    (killed && strcmp(kv.tag, rows[i].tag) != 0)) {
+			fprintf(stderr, "\n  %s: stage %s tag %s text \"%s\" killed %d\n", rows[i].name,
+			    engine_stage_name(st), v.tag ? v.tag : "-", v.text, killed);
+			CU_FAIL("country verdict differs");
+		}
+		if (rows[i].country != NULL) {
+			CU_ASSERT_PTR_NOT_NULL(engine_session_country(s));
+		} else {
+			CU_ASSERT_PTR_NULL(engine_session_country(s));
+		}
+		engine_session_free(&s);
+		snapshot_free(&snap);
+	}
+	policy_free(&p);
+}
+
 static CU_TestInfo tests[] = {
 	{ "every verdict (table)", test_engine_table },
 	{ "SMTPUTF8 transactions take UTF-8 addresses", test_engine_smtputf8 },
 	{ "relay tricks refused, local forms accepted", test_engine_relay_tricks },
 	{ "reply texts are printable", test_engine_reply_texts_are_clean },
 	{ "RSET clears the transaction", test_engine_rset_clears_transaction },
+	{ "long commands: where the limit applies, what parameters earn", test_engine_long_commands },
+	{ "refused recipients do not count toward max_recipients",
+	  test_engine_refused_recipients_do_not_count },
+	{ "AUTH does not carry over to the next MAIL or past STARTTLS",
+	  test_engine_auth_does_not_carry_over },
 	{ "policy: bad settings named", test_policy_errors },
+	{ "country:XX entries and the policy order", test_engine_country },
 	CU_TEST_INFO_NULL,
 };
 

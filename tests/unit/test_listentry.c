@@ -15,6 +15,16 @@ static const struct { const char *in, *key; int kind, ok; } key_cases[] = {
 	{ "host:.example.com", "host:.example.com", ENTRY_HOST_SUFFIX, 1 },
 	{ "User@Example.com", "user@example.com", ENTRY_SENDER, 1 },
 	{ "@Example.com", "@example.com", ENTRY_SENDER_DOMAIN, 1 },
+	{ "country:FR", "country:FR", ENTRY_COUNTRY, 1 },
+	{ "country:fr", "country:FR", ENTRY_COUNTRY, 1 },
+	{ "COUNTRY:xX", "country:XX", ENTRY_COUNTRY, 1 },
+	{ "country:", NULL, 0, 0 },
+	{ "country:F", NULL, 0, 0 },
+	{ "country:FRA", NULL, 0, 0 },
+	{ "country:F1", NULL, 0, 0 },
+	{ "country: FR", NULL, 0, 0 },
+	{ "country:\xc3\x89S", NULL, 0, 0 },
+	{ "country:*", NULL, 0, 0 },
 	{ "", NULL, 0, 0 },
 	{ "foo", NULL, 0, 0 },
 	{ "192.0.2.1/24", NULL, 0, 0 },
@@ -67,6 +77,9 @@ static const struct { const char *line; int ok; long long expires; int origin; c
 	{ "192.0.2.1 expires=-5", 0, 0, 0, NULL },
 	{ "192.0.2.1 expires=99999999999999999999", 0, 0, 0, NULL },
 	{ "not-an-entry expires=5", 0, 0, 0, NULL },
+	{ "country:de added=5 expires=100 origin=admin reason=geo block", 1, 100, ORIGIN_ADMIN,
+	  "geo block" },
+	{ "country:DEU reason=x", 0, 0, 0, NULL },
 };
 
 static void
@@ -120,9 +133,55 @@ test_listentry_roundtrip(void)
 	listentry_clear(&e);
 	listentry_clear(&back);
 	CU_ASSERT_FALSE(listentry_reason_is_valid("two\nlines"));
+
+	/* a country entry's file line reads back as the same entry */
+	CU_ASSERT_EQUAL_FATAL(listentry_parse_key("country:nl", &e, &err), 0);
+	e.reason = strdup("geo");
+	line = listentry_format_line(&e);
+	CU_ASSERT_STRING_EQUAL(line, "country:NL added=0 expires=0 origin=admin reason=geo");
+	CU_ASSERT_EQUAL_FATAL(listentry_parse_line(line, &back, &err), 0);
+	CU_ASSERT_STRING_EQUAL(back.key, "country:NL");
+	CU_ASSERT_EQUAL(back.kind, ENTRY_COUNTRY);
+	free(line);
+	listentry_clear(&e);
+	listentry_clear(&back);
+}
+
+/* bytes with a length: a NUL byte rejects the line, never shortens it */
+static void
+test_listentry_buf(void)
+{
+	static const struct {
+		const char *name;
+		const char *buf;
+		size_t len;
+		const char *err;	/* NULL: parses */
+		const char *key;
+	} t[] = {
+		{ "plain line", "192.0.2.1 reason=x", 18, NULL, "192.0.2.1" },
+		{ "NUL after the entry", "192.0.2.1\0 junk", 15, "NUL byte", NULL },
+		{ "NUL inside the entry", "192.0.2.1\0/8", 12, "NUL byte", NULL },
+		{ "NUL in a reason", "192.0.2.1 reason=a\0b", 20, "NUL byte", NULL },
+		{ "a lone NUL", "\0", 1, "NUL byte", NULL },
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct list_entry e;
+		const char *err = NULL;
+		int rc = listentry_parse_buf(t[i].buf, t[i].len, &e, &err);
+
+		if (t[i].err == NULL ? rc != 0 || strcmp(e.key, t[i].key) != 0 :
+		    rc != -1 || err == NULL || strstr(err, t[i].err) == NULL) {
+			fprintf(stderr, "\n  case \"%s\": rc %d, %s\n", t[i].name, rc,
+			    rc == 0 ? e.key : err ? err : "-");
+			CU_FAIL("listentry_parse_buf differs");
+		}
+		if (rc == 0)
+			listentry_clear(&e);
+	}
 }
 
 static CU_TestInfo tests[] = {
+	{ "bytes with a length: NUL rejects the line", test_listentry_buf },
 	{ "entry keys: forms and garbage", test_listentry_keys },
 	{ "list-file lines: attributes and garbage", test_listentry_lines },
 	{ "format/parse round trip", test_listentry_roundtrip },

@@ -3,6 +3,7 @@
  * '|' so a command can arrive in pieces) and names the replies, in order,
  * that the server must give; delivery is simulated.
  */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -23,6 +24,51 @@ struct pcase {
 };
 
 static int
+no_user(void *arg, const char *login, struct sasl_user *r)
+{
+	(void)arg;
+	(void)login;
+	(void)r;
+	return 0;
+}
+
+static int
+no_password(void *arg, const struct sasl_user *u, const char *password)
+{
+	(void)arg;
+	(void)u;
+	(void)password;
+	return 0;
+}
+
+static int
+no_cram(void *arg, const struct sasl_user *u, const char *challenge, const char *digest)
+{
+	(void)arg;
+	(void)u;
+	(void)challenge;
+	(void)digest;
+	return 0;
+}
+
+static const struct sasl_callbacks no_users = { no_user, no_password, no_cram, NULL };
+
+/* every login is a user, named in lower case (as the users file names it) */
+static int
+lower_user(void *arg, const char *login, struct sasl_user *r)
+{
+	size_t i;
+
+	(void)arg;
+	for (i = 0; login[i] && i + 1 < sizeof(r->name); i++)
+		r->name[i] = (char)tolower((unsigned char)login[i]);
+	r->name[i] = '\0';
+	return 1;
+}
+
+static const struct sasl_callbacks lower_users = { lower_user, no_password, no_cram, NULL };
+
+static int
 user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	(void)arg;
@@ -33,6 +79,10 @@ user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 }
 
 #define EHLO "EHLO c.example\r\n"
+#define N10 "nnnnnnnnnn"
+#define N100 N10 N10 N10 N10 N10 N10 N10 N10 N10 N10
+#define Z10 "0000000000"
+#define Z100 Z10 Z10 Z10 Z10 Z10 Z10 Z10 Z10 Z10 Z10
 #define TX "MAIL FROM:<s@o.example>\r\n|RCPT TO:<alice@example.com>\r\n|DATA\r\n|"
 
 static const struct pcase cases[] = {
@@ -91,6 +141,18 @@ static const struct pcase cases[] = {
 	{ "long command refused", NULL, NULL, "198.51.100.1",
 	  "EHLO c.example\r\n|MAIL FROM:<xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx@b.example>\r\n|NOOP\r\n",
 	  "220 250 500 250", NULL },
+	{ "a 600-octet NOOP is answered (the limit is for HELO, MAIL, RCPT)", NULL, NULL,
+	  "198.51.100.1", EHLO "|NOOP " N100 N100 N100 N100 N100 N100 "\r\n|NOOP\r\n",
+	  "220 250 250 250", NULL },
+	{ "a 600-octet EHLO is refused", NULL, NULL, "198.51.100.1",
+	  "EHLO " N100 N100 N100 N100 N100 N100 "\r\n", "220 500", NULL },
+	{ "MAIL with SIZE: 539 octets is one too many", NULL, NULL, "198.51.100.1",
+	  EHLO "|MAIL FROM:<s@o.example> SIZE=" Z100 Z100 Z100 Z100 Z100 "00000000\r\n", "220 250 500", NULL },
+	{ "refused recipients do not count toward max_recipients", "max_recipients = 2\n", NULL,
+	  "198.51.100.1", EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<bob@example.com>\r\n"
+	  "|RCPT TO:<bob@example.com>\r\n|RCPT TO:<alice@example.com>\r\n"
+	  "|RCPT TO:<alice@example.com>\r\n|RCPT TO:<alice@example.com>\r\n",
+	  "220 250 250 550 550 250 250 452", NULL },
 	{ "ten errors end the session", NULL, NULL, "198.51.100.1",
 	  "A\r\n|B\r\n|C\r\n|D\r\n|E\r\n|F\r\n|G\r\n|H\r\n|I\r\n|J\r\n|NOOP\r\n",
 	  "220 502 502 502 502 502 502 502 502 502 502 421 .", NULL },
@@ -104,6 +166,14 @@ static const struct pcase cases[] = {
 	  EHLO "|AUTH CRAM-MD5\r\n|*\r\n", "220 250 334 501", NULL },
 	{ "AUTH with garbage base64", NULL, NULL, "198.51.100.1",
 	  EHLO "|AUTH CRAM-MD5\r\n|!!!\r\n", "220 250 334 501", NULL },
+	{ "AUTH SCRAM-SHA-256 cancelled before the first message", NULL, NULL, "198.51.100.1",
+	  EHLO "|AUTH SCRAM-SHA-256\r\n|*\r\n", "220 250 334 501", NULL },
+	{ "AUTH SCRAM-SHA-256 initial response gets the server-first message", NULL, NULL,
+	  "198.51.100.1", EHLO "|AUTH SCRAM-SHA-256 biwsbj11QGV4YW1wbGUub3JnLHI9YWJjZGVmZ2g=\r\n|*\r\n", "220 250 334 501", NULL },
+	{ "AUTH SCRAM-SHA-256 garbage base64 in the exchange", NULL, NULL, "198.51.100.1",
+	  EHLO "|AUTH SCRAM-SHA-256\r\n|bi=sbj1\r\n", "220 250 334 501", NULL },
+	{ "AUTH EXTERNAL without a verified certificate", NULL, NULL, "198.51.100.1",
+	  EHLO "|AUTH EXTERNAL =\r\n", "220 250 504", NULL },
 	{ "AUTH before EHLO", NULL, NULL, "198.51.100.1", "AUTH CRAM-MD5\r\n", "220 503", NULL },
 	{ "STARTTLS when TLS is not configured", NULL, NULL, "198.51.100.1",
 	  EHLO "|STARTTLS\r\n", "220 250 454", NULL },
@@ -199,7 +269,8 @@ run(const struct pcase *t)
 	p.banner = "mx.example.com ESMTP";
 	p.bare_newline_reject = strstr(t->conf ? t->conf : "", "normalize") == NULL;
 	p.user_resolve = user_resolve;
-	p.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM;
+	p.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM | SMTP_AUTH_SCRAM;
+	p.sasl_cb = &no_users;
 	sscanf(t->conf && strstr(t->conf, "message_size_limit") ? t->conf : "x", "message_size_limit = %ld", &msize);
 	p.message_size_limit = (size_t)msize;
 	if (cidr_addr_parse(t->client, &a) < 0)
@@ -602,6 +673,7 @@ test_login_canonical(void)
 	p.bare_newline_reject = 1;
 	p.user_resolve = user_resolve;
 	p.auth_mechs = SMTP_AUTH_PLAIN;
+	p.sasl_cb = &lower_users;	/* the canonical name comes from the user lookup */
 	p.auth_allow_plaintext = 1;
 	CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
 	sp = smtp_proto_new(&p);
@@ -617,10 +689,43 @@ test_login_canonical(void)
 	policy_free(&pol);
 }
 
+/* a ban carries the tag of the verdict that asked for it as its reason */
+static void
+test_ban_reason_is_the_verdict_tag(void)
+{
+	struct policy *pol = make_policy(NULL);
+	struct snapref snaps;
+	struct smtp_params p;
+	struct smtp_proto *sp;
+	struct ipaddr a, banned;
+	char line[700];
+
+	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
+	memset(&p, 0, sizeof(p));
+	p.pol = pol;
+	p.snaps = &snaps;
+	p.myhostname = "mx.example.com";
+	p.banner = "mx.example.com ESMTP";
+	p.bare_newline_reject = 1;
+	CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
+	sp = smtp_proto_new(&p);
+	smtp_proto_start(sp, &a, NULL, 1000);
+	CU_ASSERT(feed(sp, EHLO) == 250);
+	CU_ASSERT(smtp_proto_take_ban(sp, &banned) == 0);
+	snprintf(line, sizeof(line), "MAIL FROM:<%0600d@b.example>\r\n", 0);
+	CU_ASSERT(feed(sp, line) == 500);
+	CU_ASSERT(smtp_proto_take_ban(sp, &banned) > 0);
+	CU_ASSERT_STRING_EQUAL(smtp_proto_ban_reason(sp), "long-command");
+	smtp_proto_free(&sp);
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
 static CU_TestInfo tests[] = {
 	{ "header names as they go by", test_header_names },
 	{ "DATA held up to a cap", test_data_hold },
 	{ "golden dialogues", test_smtp_dialogues },
+	{ "a ban's reason is the verdict's tag", test_ban_reason_is_the_verdict_tag },
 	{ "pass-through signals", test_passthrough_signals },
 	{ "delivered addresses: canonical user, re-quoted downstream", test_delivered_addresses },
 	{ "a login is named canonically", test_login_canonical },

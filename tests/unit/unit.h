@@ -13,8 +13,12 @@ void test_redis_schema_register(void);
 void test_ratelimit_register(void);
 void test_smtp_proto_register(void);
 void test_auth_register(void);
+void test_sasl_register(void);
 void test_stats_register(void);
 void test_hdrparse_register(void);
+void test_common_hash_register(void);
+void test_common_base64_register(void);
+void test_common_fsutil_register(void);
 void test_anvil_register(void);
 void test_deadline_register(void);
 void test_listener_register(void);
@@ -23,6 +27,8 @@ void test_service_register(void);
 void test_sieve_lex_register(void);
 void test_sieve_parse_register(void);
 void test_sieve_eval_register(void);
+void test_mailstore_register(void);
+void test_geoip_register(void);
 
 /* add a suite with its tests; tests end with { NULL, NULL } */
 void unit_suite(const char *name, CU_TestInfo *tests);
