@@ -1379,9 +1379,14 @@ line_input(struct smtp_proto *sp, struct linereader_line *ln, int more, long lon
 		error_reply(sp, cst, "bare-newline",
 		    "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
 	} else if (more && !HAS(sp, SMTP_SF_EHLO)) {
-		/* RFC 2920: no pipelining before EHLO has offered it; an AUTH
-		 * line carries credentials: its verb only */
-		refuse(sp, cst, "pipelining", authline ? "AUTH" : line,
+		/* RFC 2920: no pipelining before EHLO has offered it. Postfix's
+		 * line names the command; an AUTH line carries credentials: its
+		 * verb only */
+		char esc[LOG_ESCAPE_BUFSZ];
+
+		log_info("reject: %s: improper command pipelining after %s; reason=pipelining",
+		    engine_client_text(sp->es), authline ? "AUTH" : log_escape(esc, line, strlen(line)));
+		refuse(sp, cst, "pipelining", NULL,
 		    "554 5.5.0 Error: improper use of SMTP command pipelining");
 		close_session(sp);
 	} else if (ln->nul) {
