@@ -107,13 +107,26 @@ dotunstuff_feed(struct dotunstuff *u, const char *buf, size_t len, size_t room,
 				PUT(norm ? "\r\n" : "\n", norm ? 2u : 1u);
 				u->state = DS_LS_LF;
 			} else {
-				/* the run up to the next CR or LF at once, within the room */
+				/*
+				 * The run at once, within the room: up to the next
+				 * CR or LF, and on across every CRLF whose next line
+				 * starts with an ordinary byte (no dot, no CR or LF),
+				 * which is all of a message but its odd corners.
+				 */
 				size_t j = i + 1, lim = len;
 
 				if (out < room && lim - i > room - out)
 					lim = i + (room - out);
-				while (j < lim && buf[j] != '\r' && buf[j] != '\n')
-					j++;
+				for (;;) {
+					while (j < lim && buf[j] != '\r' && buf[j] != '\n')
+						j++;
+					if (j + 2 < lim && buf[j] == '\r' && buf[j + 1] == '\n' &&
+					    buf[j + 2] != '.' && buf[j + 2] != '\r' && buf[j + 2] != '\n') {
+						j += 3;
+						continue;
+					}
+					break;
+				}
 				PUT(buf + i, j - i);
 				i = j - 1;
 			}

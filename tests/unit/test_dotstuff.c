@@ -126,6 +126,8 @@ static const struct dcase dcases[] = {
 	{ "<CR><LF>.<CR>x ends nothing", "a\r\n.\rx\r\n.\r\n", 1, "a\r\n.\r\nx\r\n", 1, 0 },
 	{ "<LF>.. is stuffing too", "a\n..b\r\n.\r\n", 0, "a\n.b\r\n", 1, 0 },
 	{ "no end yet", "a\r\n.", 0, NULL, 0, 0 },
+	{ "runs across lines stop at a dot, an empty line, the end",
+	  "ab\r\ncd\r\n\r\n.e\r\nf\r\ng\r\n.\r\nh", 0, "ab\r\ncd\r\n\r\ne\r\nf\r\ng\r\n", 0, 1 },
 };
 
 static void
