@@ -64,11 +64,18 @@ main(void)
 	test_sasl_register();
 	test_stats_register();
 	test_hdrparse_register();
+	test_common_hash_register();
+	test_common_base64_register();
+	test_common_fsutil_register();
 	test_anvil_register();
 	test_deadline_register();
 	test_listener_register();
 	test_policy_door_register();
 	test_service_register();
+	test_sieve_lex_register();
+	test_sieve_parse_register();
+	test_sieve_eval_register();
+	test_sieve_rules_register();
 	test_mailstore_register();
 	test_geoip_register();
 	test_dotstuff_register();
