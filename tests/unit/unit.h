@@ -23,6 +23,8 @@ void test_policy_door_register(void);
 void test_service_register(void);
 void test_mailstore_register(void);
 void test_geoip_register(void);
+void test_imap_parser_register(void);
+void test_pop3_proto_register(void);
 
 /* add a suite with its tests; tests end with { NULL, NULL } */
 void unit_suite(const char *name, CU_TestInfo *tests);
