@@ -163,6 +163,7 @@ fuzz:
 	    $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-sasl tests/fuzz/fuzz_sasl.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap tests/fuzz/fuzz_imap.c pop-imap-proxy/imap_parser.c common/xmalloc.c
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-pop3 tests/fuzz/fuzz_pop3.c pop-imap-proxy/pop3_proto.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	build/fuzz/fuzz-smtp -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp tests/fuzz/seeds-smtp
 	build/fuzz/fuzz-parsers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-parsers
 	build/fuzz/fuzz-hdrparse -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-hdrparse
@@ -171,6 +172,7 @@ fuzz:
 	build/fuzz/fuzz-mailstore -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-mailstore
 	build/fuzz/fuzz-sasl -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-sasl
 	build/fuzz/fuzz-imap -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-imap tests/fuzz/seeds-imap
+	build/fuzz/fuzz-pop3 -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-pop3 tests/fuzz/seeds-pop3
 
 # make install [PREFIX=/usr/local] [DESTDIR=]
 PREFIX     ?= /usr/local
