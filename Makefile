@@ -42,6 +42,7 @@ GEOIP_BENCH_OBJ  := $(BUILD)/tests/bench/geoip_bench.o
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all asan test unit integration bench run deps clean demo-conf fuzz install
+.PHONY: asan-pop3-tool
 all: $(BINDIR)/portcullisd $(BINDIR)/portcullis
 
 $(BUILD)/%.o: %.c
@@ -68,6 +69,10 @@ $(BINDIR)/mailstore-tool: $(BUILD)/tests/integration/mailstore_tool.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
+$(BINDIR)/pop3-tool: $(BUILD)/tests/integration/pop3_tool.o $(BUILD)/pop-imap-proxy/pop3_proto.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
+
 $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
@@ -84,6 +89,10 @@ asan:
 	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" \
 	    build/asan/bin/portcullisd build/asan/bin/portcullis build/asan/bin/unit-tests \
 	    build/asan/bin/mailstore-tool
+# the POP3 core on a loopback port, for tests/integration/test_pop3_dovecot.py
+asan: asan-pop3-tool
+asan-pop3-tool:
+	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/pop3-tool
 
 deps:
 	@sh scripts/deps.sh

@@ -256,7 +256,8 @@ pop3_proto_auth_failures(const struct pop3_proto *p)
 void
 pop3_uidl(uint32_t uid, uint32_t uidvalidity, char out[17])
 {
-	snprintf(out, 17, "%08X%08X", (unsigned)uid, (unsigned)uidvalidity);
+	/* Dovecot's %X var_expand modifier writes lower-case hex */
+	snprintf(out, 17, "%08x%08x", (unsigned)uid, (unsigned)uidvalidity);
 }
 
 /* ---- helpers ---- */

@@ -16,9 +16,9 @@
  * POP3 session's snapshot: the door must not sync it during the session).
  * Sizes are the stored ,W= sizes (CRLF octets, as Dovecot counts them), so
  * STAT and LIST read no file; UIDL is Dovecot's default pop3_uidl_format
- * %08Xu%08Xv (UID and UIDVALIDITY in upper-case hex). DELE takes effect only
- * at QUIT (the UPDATE action); retrieved messages get \Seen there too, as
- * Dovecot does.
+ * %08Xu%08Xv (UID and UIDVALIDITY in hex; Dovecot's X writes lower case).
+ * DELE takes effect only at QUIT (the UPDATE action); retrieved messages
+ * get \Seen there too, as Dovecot does.
  *
  * Owner: the connection; one thread. Never logs raw peer bytes.
  */
@@ -121,7 +121,8 @@ void pop3_proto_set_tls(struct pop3_proto *pp, int active);
 /* the verified client certificate's identity, for AUTH EXTERNAL */
 void pop3_proto_set_tls_peer(struct pop3_proto *pp, const char *identity);
 
-/* Dovecot's default UIDL of a message: %08Xu%08Xv; out holds 17 bytes */
+/* Dovecot's default UIDL of a message, %08Xu%08Xv: "%08x%08x" of UID and
+ * UIDVALIDITY (lower case, as Dovecot 2.3 really writes it); out holds 17 bytes */
 void pop3_uidl(uint32_t uid, uint32_t uidvalidity, char out[17]);
 
 /*
