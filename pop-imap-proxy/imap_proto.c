@@ -23,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/base64.h"
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/imap_parser.h"
 #include "storage-adapter/mailstore.h"
@@ -422,8 +423,8 @@ c_login(struct imap_proto *p, const struct imap_cmd *c)
 	memcpy(raw + 1, u->str, u->len);
 	raw[1 + u->len] = '\0';
 	memcpy(raw + 2 + u->len, pw->str, pw->len);
-	b64 = xmalloc(4 * ((n + 2) / 3) + 1);
-	sasl_b64_encode(raw, n, b64);
+	b64 = xmalloc(BASE64_ENCODED_LEN(n) + 1);
+	(void)base64_encode(raw, n, b64);
 	explicit_bzero(raw, n);
 	free(raw);
 	if (sasl_begin(p, AUTH_MECH_PLAIN) < 0) {

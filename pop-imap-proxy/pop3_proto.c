@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/base64.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/mailstore.h"
 
@@ -551,8 +552,8 @@ cmd_pass(struct pop3_proto *p, char *arg)
 	memcpy(raw + 1, p->given_user, ul);
 	raw[1 + ul] = '\0';
 	memcpy(raw + 2 + ul, arg, pl);
-	b64 = xmalloc(4 * ((n + 2) / 3) + 1);
-	sasl_b64_encode(raw, n, b64);
+	b64 = xmalloc(BASE64_ENCODED_LEN(n) + 1);
+	(void)base64_encode(raw, n, b64);
 	explicit_bzero(raw, n);
 	free(raw);
 	if (sasl_begin(p, AUTH_MECH_PLAIN) < 0) {
