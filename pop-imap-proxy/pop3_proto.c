@@ -917,7 +917,7 @@ static void
 command(struct pop3_proto *p, char *line)
 {
 	char *arg = strchr(line, ' ');
-	unsigned in = p->st == ST_TRANS ? IN_TRANS : IN_AUTHZ;
+	unsigned in = p->st == ST_TRANS ? IN_TRANS : IN_AUTHZ, before;
 
 	if (arg != NULL) {
 		*arg++ = '\0';
@@ -937,9 +937,10 @@ command(struct pop3_proto *p, char *line)
 			bad_command(p, "Missing argument.");
 			return;
 		}
+		before = p->bad;
 		commands[i].run(p, arg);
-		if (p->st == ST_TRANS || p->act == POP3_ACT_OPEN)
-			p->bad = 0;
+		if (p->bad == before)
+			p->bad = 0;	/* the budget is for errors in a row, as Dovecot's */
 		return;
 	}
 	bad_command(p, "Unknown command.");

@@ -360,6 +360,11 @@ static const struct pcase pcases[] = {
 	  "STAT\r\nPASS x\r\nFOO\r\nUSER alice\r\n", NULL,
 	  GREET "-ERR Unknown command.\r\n-ERR No username given.\r\n-ERR Unknown command.\r\n"
 	  "+OK\r\n", 0, 0 },
+	{ "bad arguments count too; a good command resets the count", P_BAD, 0,
+	  "USER alice\r\nPASS secret\r\nRETR x\r\nNOOP\r\nRETR x\r\nDELE\r\nTOP 1\r\nQUIT\r\n",
+	  NULL, GREET "+OK\r\n+OK Logged in.\r\n-ERR Invalid message number.\r\n+OK\r\n"
+	  "-ERR Invalid message number.\r\n-ERR Missing argument.\r\n-ERR Invalid parameters.\r\n"
+	  "-ERR Too many bad commands.\r\n", 0, 0 },
 	{ "too many bad commands", P_BAD, 0, "A\r\nB\r\nC\r\nQUIT\r\n", NULL,
 	  GREET "-ERR Unknown command.\r\n-ERR Unknown command.\r\n-ERR Unknown command.\r\n"
 	  "-ERR Too many bad commands.\r\n", 0, 0 },
