@@ -245,6 +245,12 @@ line_reset(struct imap_parser *p)
 	p->lim = p->next_lim;
 	if (!p->cmd_ready)
 		arena_reset(p);
+	if (p->tokcap > 65536) {
+		/* an idle connection keeps no big literal's buffer */
+		free(p->tok);
+		p->tok = NULL;
+		p->tokcap = 0;
+	}
 	p->st = p->idle ? L_IDLE : L_START;
 }
 

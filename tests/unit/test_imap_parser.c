@@ -494,6 +494,30 @@ test_imap_parser_line_limit(void)
 		CU_ASSERT(strncmp(got.s, "CMD a LOGIN x {300}zzz", 22) == 0);
 		free(big);
 	}
+	/* a big literal (its buffer is dropped at the line's end), then more commands */
+	{
+		struct imap_parser_limits wide;
+		struct imap_parser *p;
+		struct imap_event ev;
+		const char *h = "a APPEND INBOX {100000+}\r\n";
+		char *big = xmalloc(100000);
+		size_t used;
+
+		imap_parser_limits_default(&wide, 1);
+		p = imap_parser_new(&wide);
+		memset(big, 'x', 100000);
+		used = imap_parser_feed(p, h, strlen(h), &ev);
+		CU_ASSERT_EQUAL(used, strlen(h));
+		CU_ASSERT_EQUAL(imap_parser_feed(p, big, 100000, &ev), 100000);
+		CU_ASSERT_EQUAL(imap_parser_feed(p, "\r\n", 2, &ev), 2);
+		CU_ASSERT_EQUAL_FATAL(ev.type, IMAP_EV_COMMAND);
+		CU_ASSERT_EQUAL(ev.cmd->append_msg->len, 100000);
+		CU_ASSERT_EQUAL(imap_parser_feed(p, "b NOOP\r\n", 8, &ev), 8);
+		CU_ASSERT_EQUAL(ev.type, IMAP_EV_COMMAND);
+		CU_ASSERT_STRING_EQUAL(ev.cmd->name, "NOOP");
+		imap_parser_free(&p);
+		free(big);
+	}
 	/* tighter before login, wider after: the change applies from the next line */
 	{
 		struct imap_parser *p = imap_parser_new(&small);
