@@ -509,9 +509,86 @@ test_pop3_uidl_format(void)
 	CU_ASSERT_STRING_EQUAL(u, "ffffffff00000001");
 }
 
+/* a listing bigger than POP3_OUTPUT_CHUNK is made in pieces as the output
+ * drains, and pipelined commands wait for its end */
+static void
+test_pop3_big_listing(void)
+{
+	struct pop3_params prm = P_OPEN;
+	struct env e;
+	struct pop3_proto *p;
+	struct buf out = { 0 };
+	const char *in = "USER alice\r\nPASS secret\r\nUIDL\r\nSTAT\r\nQUIT\r\n", *err;
+	size_t off = 0, n = 3500, lines = 0;
+	char *dir, *last;
+
+	CU_ASSERT_EQUAL_FATAL(sasl_init(&err), 0);
+	memset(&e, 0, sizeof(e));
+	e.root = unit_tmpdir();
+	dir = xasprintf("%s/example.com/alice/Maildir", e.root);
+	for (const char *sub = "tmp"; sub != NULL; sub = strcmp(sub, "tmp") == 0 ? "new" :
+	    strcmp(sub, "new") == 0 ? "cur" : NULL) {
+		char *d = xasprintf("%s/%s", dir, sub), *cmd = xasprintf("mkdir -p '%s'", d);
+
+		CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+		free(cmd);
+		free(d);
+	}
+	for (size_t i = 0; i < n; i++) {
+		char *path = xasprintf("%s/new/1700000000.M%zuP1Q%zu.host,S=5,W=6", dir, i, i);
+		FILE *f = fopen(path, "w");
+
+		CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+		fputs("x: y\n", f);
+		fclose(f);
+		free(path);
+	}
+	free(dir);
+	put(&out, "", 0);
+	p = pop3_proto_new(&prm);
+	pop3_proto_start(p, STAMP);
+	for (int guard = 0; guard < 1000000 && !pop3_proto_wants_close(p); guard++) {
+		size_t len;
+		const char *o = pop3_proto_output(p, &len);
+
+		if (len > 0) {
+			/* a slow reader: 1000 bytes at a time */
+			if (len > 1000)
+				len = 1000;
+			put(&out, o, len);
+			pop3_proto_output_done(p, len);
+			continue;
+		}
+		if (pop3_proto_action(p) != POP3_ACT_NONE) {
+			(void)act(p, &e, &out);
+			continue;
+		}
+		if (in[off] == '\0')
+			break;
+		off += pop3_proto_input(p, in + off, strlen(in + off));
+	}
+	drain(p, &out);
+	pop3_proto_free(&p);
+	for (const char *l = strstr(out.s, "+OK\r\n1 "); l != NULL && strncmp(l, ".\r\n", 3) != 0;) {
+		const char *eol = strstr(l, "\r\n");
+
+		lines++;
+		l = eol ? eol + 2 : NULL;
+	}
+	CU_ASSERT_EQUAL(lines, n + 1);	/* "+OK" and one line a message */
+	last = xasprintf("3500 %08x%08x\r\n.\r\n+OK 3500 21000\r\n+OK Logging out.\r\n",
+	    3500u, e.uidvalidity);
+	CU_ASSERT(out.n > strlen(last) && strcmp(out.s + out.n - strlen(last), last) == 0);
+	CU_ASSERT(out.n > POP3_OUTPUT_CHUNK);
+	free(last);
+	free(out.s);
+	store_free(&e);
+}
+
 static CU_TestInfo tests[] = {
 	{ "golden dialogues on a real store, whole/bytewise/random", test_pop3_dialogues },
 	{ "RETR/TOP streaming", test_pop3_stream },
+	{ "a listing bigger than the output chunk", test_pop3_big_listing },
 	{ "UIDL is Dovecot's default", test_pop3_uidl_format },
 	{ NULL, NULL },
 };
