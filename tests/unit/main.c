@@ -81,6 +81,7 @@ main(void)
 	test_imap_parser_register();
 	test_pop3_proto_register();
 	test_imap_proto_register();
+	test_dotstuff_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
