@@ -497,6 +497,8 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 	const char *host = in->hostname != NULL ? in->hostname : "localhost";
 	char *sender;
 	long now = in->now ? in->now : (long)time(NULL);
+	const struct sieve_rules_script *lv[2];
+	size_t higher = 0;	/* actions of the server and domain levels */
 
 	*p_r = NULL;
 	if ((m = read_msg(in->fd, in->need_body, error_r)) == NULL)
@@ -508,7 +510,7 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 	p->fd = in->fd;
 	p->now = now;
 	*p_r = p;
-	if (in->script == NULL) {
+	if (in->script == NULL && (in->rules == NULL || !sieve_rules_any(in->rules))) {
 		add_copy(p, "INBOX", 0, NULL, 0, 0);
 		logf_add(p, "keep", NULL);
 		sieve_msg_free(&m);
@@ -518,28 +520,58 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 	sieve_msg_set_env(m, "to", in->env_to != NULL ? in->env_to : in->user);
 	if (in->env_orig_to != NULL)
 		sieve_msg_set_env(m, "orig_to", in->env_orig_to);
-	sieve_msg_set_item(m, "phase", "during");
+	sieve_rules_msg_facts(m, in->remote_ip, in->remote_host, in->helo, in->auth, in->country);
 	sieve_msg_set_item(m, "host", host);
 	if (in->limits == NULL)
 		sieve_limits_default(&dl);
 	memset(&ro, 0, sizeof(ro));
 	ro.limits = in->limits != NULL ? in->limits : &dl;
 	ro.now = now;
-	if (sieve_run(in->script, m, &ro, &res, &err) < 0 || res == NULL || res->failed) {
-		p->failed = 1;
-		add_copy(p, "INBOX", 0, NULL, 0, 0);
-		logf_add(p, "script failed, kept", err.n > 0 ? err.msg[0] : NULL);
+	lv[0] = in->rules != NULL ? in->rules->server : NULL;
+	lv[1] = in->rules != NULL && in->domain != NULL ? sieve_rules_domain(in->rules, in->domain) :
+	    NULL;
+	for (int i = 0; i < 3; i++) {
+		const struct sieve_script *sc = i < 2 ? (lv[i] != NULL ? lv[i]->s : NULL) : in->script;
+		size_t before = res != NULL ? res->n : 0;
+		int kept;
+
+		if (sc == NULL)
+			continue;
+		if (sieve_run(sc, m, &ro, &res, &err) < 0 || res == NULL || res->failed) {
+			p->failed = 1;
+			add_copy(p, "INBOX", 0, NULL, 0, 0);
+			logf_add(p, "script failed, kept", err.n > 0 ? err.msg[0] : NULL);
+			sieve_errors_clear(&err);
+			sieve_result_free(&res);
+			sieve_msg_free(&m);
+			return 0;
+		}
 		sieve_errors_clear(&err);
-		sieve_result_free(&res);
+		if (i == 2)
+			break;
+		/* a higher level: later levels do not conflict with its actions */
+		kept = res->implicit_keep;
+		for (size_t k = before; k < res->n; k++) {
+			res->a[k].executed = 1;
+			kept |= res->a[k].type == SIEVE_A_KEEP;
+		}
+		higher = res->n;
+		if (!kept)
+			break;	/* what a higher level took, a lower one cannot bring back */
+	}
+	if (res == NULL) {	/* no script ran */
+		add_copy(p, "INBOX", 0, NULL, 0, 0);
+		logf_add(p, "keep", NULL);
 		sieve_msg_free(&m);
 		return 0;
 	}
-	sieve_errors_clear(&err);
 	sender = bare_addr(in->env_from != NULL ? in->env_from : "");
 	for (size_t i = 0; i < res->n; i++) {
 		const struct sieve_action *a = &res->a[i];
 
-		if (a->executed)
+		/* the door did the higher levels' MTA actions at end of data */
+		if (i < higher && !(a->type == SIEVE_A_KEEP || a->type == SIEVE_A_VACATION ||
+		    (a->type == SIEVE_A_FILEINTO && strcasecmp(a->target, "Quarantine") != 0)))
 			continue;
 		switch (a->type) {
 		case SIEVE_A_KEEP:

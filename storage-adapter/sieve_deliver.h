@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "rules/sieve.h"
+#include "rules/sieve_rules.h"
 #include "storage-adapter/mailstore.h"
 
 /*
@@ -56,7 +57,20 @@ struct sieve_deliver_in {
 	const char *env_orig_to;	/* NULL: env_to */
 	int fd;				/* the spooled message */
 	int need_body;			/* read the body for the body test */
-	const struct sieve_script *script;	/* NULL: none, keep */
+	const struct sieve_script *script;	/* the user's; NULL: none, keep */
+	/*
+	 * The published snapshot (NULL: none): its server script and the
+	 * recipient domain's run first, as Pigeonhole's sieve_before scripts
+	 * (multiscript), so the user level sees their imap4flags and runs only
+	 * when they kept the message. Their store-side actions (keep flags,
+	 * fileinto other than Quarantine, vacation) are carried out here;
+	 * what the door already did at end of data (reject, discard,
+	 * quarantine, redirect, header edits) is not done again.
+	 */
+	const struct sieve_rules *rules;
+	const char *domain;		/* the recipient's domain, for rules */
+	/* the session's facts for `environment` (NULL: unknown) */
+	const char *remote_ip, *remote_host, *helo, *auth, *country;
 	const struct sieve_limits *limits;	/* NULL: defaults */
 	const char *state_dir;		/* vacation tracking; NULL: not tracked */
 	const char *hostname;		/* for Message-ID and the MDN's Reporting-UA */

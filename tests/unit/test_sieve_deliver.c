@@ -15,6 +15,7 @@
 
 #include "common/xmalloc.h"
 #include "storage-adapter/sieve_deliver.h"
+#include "storage-adapter/sievestore.h"
 #include "tests/unit/unit.h"
 
 #define USER "alice@example.com"
@@ -407,7 +408,106 @@ test_load_user(void)
 	free(dir);
 }
 
+static void
+spit(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+/* server and domain scripts run first (Pigeonhole's sieve_before) */
+static const struct {
+	const char *name;
+	const char *server, *domain, *user;
+	const char *expect[3][2];
+	size_t nout;
+} levels[] = {
+	{ "server flag seen by the user's keep",
+	  "require \"imap4flags\"; addflag \"\\\\Seen\";", NULL, "keep;",
+	  { { "INBOX", "cur::2,S" } }, 0 },
+	{ "domain fileinto is done at delivery; the user level does not run",
+	  NULL, "require [\"fileinto\", \"mailbox\"]; fileinto :create \"Archive\";",
+	  "require \"vacation\"; vacation \"away\";",
+	  { { "Archive", "cur::2," }, { "INBOX", "" } }, 0 },
+	{ "server redirect :copy is the door's: not sent again",
+	  "require \"copy\"; redirect :copy \"audit@example.com\";", NULL, NULL,
+	  { { "INBOX", "new:" } }, 0 },
+	{ "server keep and user fileinto: both copies",
+	  "keep;", NULL, "require [\"fileinto\", \"mailbox\"]; fileinto :create \"Mine\";",
+	  { { "INBOX", "new:" }, { "Mine", "cur::2," } }, 0 },
+	{ "user vacation after an implicit keep upstairs",
+	  "if false { discard; }", "if false { discard; }",
+	  "require \"vacation\"; vacation \"away\";", { { "INBOX", "new:" } }, 1 },
+};
+
+static void
+test_levels(void)
+{
+	for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+		char *root = unit_tmpdir(), *dir = xasprintf("%s/sieve", root), *p;
+		struct sieve_limits lim;
+		struct sieve_rules *r;
+		struct sieve_script *us = compile(levels[i].user);
+		int fd = spool(root, msg_plain);
+		struct sieve_deliver_plan *pl;
+		const char *error;
+
+		CU_ASSERT_EQUAL(mkdir(dir, 0700), 0);
+		p = xasprintf("%s/domains", dir);
+		CU_ASSERT_EQUAL(mkdir(p, 0700), 0);
+		free(p);
+		if (levels[i].server != NULL) {
+			p = xasprintf("%s/server.sieve", dir);
+			spit(p, levels[i].server);
+			free(p);
+		}
+		if (levels[i].domain != NULL) {
+			p = xasprintf("%s/domains/example.com.sieve", dir);
+			spit(p, levels[i].domain);
+			free(p);
+		}
+		sieve_limits_default(&lim);
+		r = sievestore_load(dir, &lim, NULL);
+		{
+			struct sieve_deliver_in in = { .store_root = root, .user = USER,
+			    .env_from = "bob@example.org", .env_to = USER, .fd = fd, .script = us,
+			    .rules = r, .domain = "example.com", .state_dir = root };
+
+			CU_ASSERT_EQUAL_FATAL(sieve_deliver_plan(&in, &pl, &error), 0);
+		}
+		CU_ASSERT_EQUAL(sieve_deliver_store(pl, &error), 0);
+		if (pl->nout != levels[i].nout) {
+			fprintf(stderr, "levels %s: nout %zu (%s)\n", levels[i].name, pl->nout, pl->log);
+			CU_FAIL("outgoing");
+		}
+		for (size_t k = 0; k < 3 && levels[i].expect[k][0] != NULL; k++) {
+			char *got = folder_files(root, levels[i].expect[k][0]);
+
+			if (strcmp(got, levels[i].expect[k][1]) != 0) {
+				fprintf(stderr, "levels %s: folder %s: got \"%s\", want \"%s\"\n",
+				    levels[i].name, levels[i].expect[k][0], got, levels[i].expect[k][1]);
+				CU_FAIL("folder content");
+			}
+			free(got);
+		}
+		sieve_deliver_plan_free(&pl);
+		{
+			const struct sieve_rules *cr = r;
+
+			sieve_rules_unref(&cr);
+		}
+		sieve_script_free(&us);
+		close(fd);
+		free(dir);
+		free(root);
+	}
+}
+
 static CU_TestInfo tests[] = {
+	{ "server and domain levels first (multiscript)", test_levels },
 	{ "actions into a real store (table)", test_table },
 	{ "keywords file", test_keywords_file },
 	{ "reject composes the RFC 5429 refusal", test_reject_text },
