@@ -107,9 +107,38 @@ keyword_ok(const char *k)
 	return 1;
 }
 
+/* the header section text of an edited header, in the message's line ends */
+static char *
+head_text(const struct sieve_header *h, size_t nh, int lf, size_t *len_r)
+{
+	const char *eol = lf ? "\n" : "\r\n";
+	size_t cap = 3, n = 0;
+	char *t;
+
+	for (size_t i = 0; i < nh; i++)
+		cap += strlen(h[i].name) + strlen(h[i].value) + 4;
+	t = xmalloc(cap);
+	for (size_t i = 0; i < nh; i++)
+		n += (size_t)snprintf(t + n, cap - n, "%s: %s%s", h[i].name, h[i].value, eol);
+	n += (size_t)snprintf(t + n, cap - n, "%s", eol);
+	*len_r = n;
+	return t;
+}
+
+static void
+add_copy_hdr(struct sieve_deliver_plan *p, const char *folder, int create, char **flags,
+    size_t nflags, unsigned line, const struct sieve_header *h, size_t nh, int lf);
+
 static void
 add_copy(struct sieve_deliver_plan *p, const char *folder, int create, char **flags,
     size_t nflags, unsigned line)
+{
+	add_copy_hdr(p, folder, create, flags, nflags, line, NULL, 0, 0);
+}
+
+static void
+add_copy_hdr(struct sieve_deliver_plan *p, const char *folder, int create, char **flags,
+    size_t nflags, unsigned line, const struct sieve_header *h, size_t nh, int lf)
 {
 	struct sieve_deliver_copy *c;
 	int inbox = strcasecmp(folder, "INBOX") == 0;
@@ -124,6 +153,8 @@ add_copy(struct sieve_deliver_plan *p, const char *folder, int create, char **fl
 	c->folder = xstrdup(inbox ? "INBOX" : folder);
 	c->create = create;
 	c->line = line;
+	if (h != NULL && p->body_off >= 0)
+		c->head = head_text(h, nh, lf, &c->headlen);
 	for (size_t i = 0; i < nflags; i++) {
 		unsigned b;
 
@@ -196,7 +227,7 @@ pread_full(int fd, char *buf, size_t n, off_t off)
 }
 
 static struct sieve_msg *
-read_msg(int fd, int need_body, const char **error_r)
+read_msg(int fd, int need_body, long long *body_off_r, int *lf_r, const char **error_r)
 {
 	struct stat st;
 	char *buf;
@@ -217,6 +248,7 @@ read_msg(int fd, int need_body, const char **error_r)
 	len = (size_t)r;
 	/* the end of the header section: after the first empty line */
 	h = len;
+	*body_off_r = -1;	/* not found: edits cannot be applied */
 	for (size_t i = 0; i < len; i++) {
 		if (buf[i] != '\n')
 			continue;
@@ -228,6 +260,13 @@ read_msg(int fd, int need_body, const char **error_r)
 			h = i + 3;
 			break;
 		}
+	}
+	if (h < len || (size_t)st.st_size == len)
+		*body_off_r = (long long)h;
+	{
+		char *nl = memchr(buf, '\n', len);
+
+		*lf_r = nl != NULL && (nl == buf || nl[-1] != '\r');
 	}
 	if (need_body && h < (size_t)st.st_size) {
 		size_t want = (size_t)st.st_size - h;
@@ -499,15 +538,18 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 	long now = in->now ? in->now : (long)time(NULL);
 	const struct sieve_rules_script *lv[2];
 	size_t higher = 0;	/* actions of the server and domain levels */
+	long long body_off = 0;
+	int lf = 0;
 
 	*p_r = NULL;
-	if ((m = read_msg(in->fd, in->need_body, error_r)) == NULL)
+	if ((m = read_msg(in->fd, in->need_body, &body_off, &lf, error_r)) == NULL)
 		return -1;
 	p = xcalloc(1, sizeof(*p));
 	p->store_root = xstrdup(in->store_root);
 	p->user = xstrdup(in->user);
 	p->state_dir = in->state_dir != NULL ? xstrdup(in->state_dir) : NULL;
 	p->fd = in->fd;
+	p->body_off = body_off;
 	p->now = now;
 	*p_r = p;
 	if (in->script == NULL && (in->rules == NULL || !sieve_rules_any(in->rules))) {
@@ -575,11 +617,12 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 			continue;
 		switch (a->type) {
 		case SIEVE_A_KEEP:
-			add_copy(p, "INBOX", 0, a->flags, a->nflags, a->line);
+			add_copy_hdr(p, "INBOX", 0, a->flags, a->nflags, a->line, a->hdr, a->nhdr, lf);
 			logf_add(p, "keep", NULL);
 			break;
 		case SIEVE_A_FILEINTO:
-			add_copy(p, a->target, a->create, a->flags, a->nflags, a->line);
+			add_copy_hdr(p, a->target, a->create, a->flags, a->nflags, a->line, a->hdr,
+			    a->nhdr, lf);
 			logf_add(p, "fileinto", a->target);
 			break;
 		case SIEVE_A_DISCARD:
@@ -630,13 +673,13 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 		}
 		case SIEVE_A_ADDHEADER:
 		case SIEVE_A_DELETEHEADER:
-			/* the stored message is the one received */
-			logf_add(p, "header edit ignored at delivery", NULL);
+			/* carried by the copies' headers (a->hdr, keep_hdr) */
 			break;
 		}
 	}
 	if (res->implicit_keep) {
-		add_copy(p, "INBOX", 0, res->keep_flags, res->nkeep_flags, 0);
+		add_copy_hdr(p, "INBOX", 0, res->keep_flags, res->nkeep_flags, 0, res->keep_hdr,
+		    res->keep_nhdr, lf);
 		logf_add(p, "implicit keep", NULL);
 	}
 	p->discarded = p->ncopy == 0;
@@ -664,12 +707,12 @@ folder_exists(struct mailstore *ms, const char *name)
 	return hit;
 }
 
+/* the copy's header (when edited), then the file from off */
 static int
-copy_fd(int fd, int (*wr)(void *, const void *, size_t, const char **), void *w,
+copy_fd(int fd, off_t off, int (*wr)(void *, const void *, size_t, const char **), void *w,
     const char **error_r)
 {
 	char buf[65536];
-	off_t off = 0;
 
 	for (;;) {
 		ssize_t r = pread(fd, buf, sizeof(buf), off);
@@ -709,7 +752,7 @@ store_inbox_new(struct sieve_deliver_plan *p, const char **error_r)
 
 	if (mailstore_deliver_begin(p->store_root, p->user, &d, error_r) < 0)
 		return -1;
-	if (copy_fd(p->fd, wr_deliver, d, error_r) < 0) {
+	if (copy_fd(p->fd, 0, wr_deliver, d, error_r) < 0) {
 		mailstore_deliver_abort(&d);
 		return -1;
 	}
@@ -724,7 +767,7 @@ store_one(struct sieve_deliver_plan *p, struct mailstore *ms, const struct sieve
 	struct mailstore_append *a;
 	uint32_t uid;
 
-	if (strcmp(folder, "INBOX") == 0 && c->flags == 0 && c->nkeywords == 0)
+	if (strcmp(folder, "INBOX") == 0 && c->flags == 0 && c->nkeywords == 0 && c->head == NULL)
 		return store_inbox_new(p, error_r);
 	if (mailstore_box_open(ms, folder, &box, error_r) < 0)
 		return -1;
@@ -732,7 +775,8 @@ store_one(struct sieve_deliver_plan *p, struct mailstore *ms, const struct sieve
 		mailstore_box_close(&box);
 		return -1;
 	}
-	if (copy_fd(p->fd, wr_append, a, error_r) < 0) {
+	if ((c->head != NULL && mailstore_append_write(a, c->head, c->headlen, error_r) < 0) ||
+	    copy_fd(p->fd, c->head != NULL ? (off_t)p->body_off : 0, wr_append, a, error_r) < 0) {
 		mailstore_append_abort(&a);
 		mailstore_box_close(&box);
 		return -1;
@@ -820,6 +864,7 @@ sieve_deliver_plan_free(struct sieve_deliver_plan **pp)
 	*pp = NULL;
 	for (size_t i = 0; i < p->ncopy; i++) {
 		free(p->copy[i].folder);
+		free(p->copy[i].head);
 		sieve_strv_free(p->copy[i].keywords, p->copy[i].nkeywords);
 	}
 	free(p->copy);

@@ -38,6 +38,9 @@
  * need_body is set, the body (capped at SIEVE_DELIVER_MAX_BODY; the size
  * test always sees the real size).
  *
+ * Header edits (editheader, at any level) are applied to the stored copies:
+ * pass the message as received. A redirect sends it as received.
+ *
  * Vacation tracking: STATE_DIR/sieve-vacation/USER, one line per reply
  * ("EXPIRY HASH"), rewritten atomically; expired lines dropped.
  *
@@ -85,6 +88,9 @@ struct sieve_deliver_copy {
 	char **keywords;		/* other imap4flags */
 	size_t nkeywords;
 	unsigned line;			/* script line; 0: implicit keep */
+	char *head;			/* the header section as editheader left it
+					 * (with its empty line); NULL: as received */
+	size_t headlen;
 };
 
 enum sieve_deliver_out_kind {
@@ -114,6 +120,7 @@ struct sieve_deliver_plan {
 	/* for the store and the tracking file */
 	char *store_root, *user, *state_dir;
 	int fd;
+	long long body_off;		/* where the body starts in fd */
 	long now;
 };
 

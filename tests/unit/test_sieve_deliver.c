@@ -506,7 +506,95 @@ test_levels(void)
 	}
 }
 
+/* the only file of a folder, whole */
+static char *
+folder_text(const char *root, const char *folder)
+{
+	static const char *const sub[] = { "new", "cur" };
+
+	for (int k = 0; k < 2; k++) {
+		char *d = strcmp(folder, "INBOX") == 0 ?
+		    xasprintf("%s/example.com/alice/Maildir/%s", root, sub[k]) :
+		    xasprintf("%s/example.com/alice/Maildir/.%s/%s", root, folder, sub[k]);
+		DIR *dp = opendir(d);
+		struct dirent *de;
+
+		while (dp != NULL && (de = readdir(dp)) != NULL) {
+			char *f, *t = xcalloc(1, 4096);
+			FILE *fp;
+
+			if (de->d_name[0] == '.') {
+				free(t);
+				continue;
+			}
+			f = xasprintf("%s/%s", d, de->d_name);
+			fp = fopen(f, "r");
+			if (fp != NULL) {
+				CU_ASSERT(fread(t, 1, 4095, fp) > 0);
+				fclose(fp);
+			}
+			free(f);
+			closedir(dp);
+			free(d);
+			return t;
+		}
+		if (dp != NULL)
+			closedir(dp);
+		free(d);
+	}
+	return xstrdup("");
+}
+
+/* editheader at the user and server levels reaches the stored copy */
+static void
+test_editheader(void)
+{
+	char *root = unit_tmpdir(), *dir = xasprintf("%s/sieve", root), *p, *t;
+	struct sieve_limits lim;
+	struct sieve_rules *r;
+	const struct sieve_rules *cr;
+	struct sieve_script *us = compile("require [\"editheader\", \"fileinto\", \"mailbox\"]; "
+	    "addheader \"X-User\" \"yes\"; deleteheader \"subject\"; "
+	    "fileinto :create \"Ed\";");
+	int fd = spool(root, msg_plain);
+	struct sieve_deliver_plan *pl;
+	const char *error;
+
+	CU_ASSERT_EQUAL(mkdir(dir, 0700), 0);
+	p = xasprintf("%s/server.sieve", dir);
+	spit(p, "require \"editheader\"; addheader \"X-Server\" \"checked\";");
+	free(p);
+	sieve_limits_default(&lim);
+	r = sievestore_load(dir, &lim, NULL);
+	{
+		struct sieve_deliver_in in = { .store_root = root, .user = USER,
+		    .env_from = "bob@example.org", .env_to = USER, .fd = fd, .script = us,
+		    .rules = r, .domain = "example.com" };
+
+		CU_ASSERT_EQUAL_FATAL(sieve_deliver_plan(&in, &pl, &error), 0);
+	}
+	CU_ASSERT_EQUAL(sieve_deliver_store(pl, &error), 0);
+	t = folder_text(root, "Ed");
+	CU_ASSERT_PTR_NOT_NULL(strstr(t, "X-User: yes\r\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(t, "X-Server: checked\r\n"));
+	CU_ASSERT_PTR_NULL(strstr(t, "Subject:"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(t, "From: Bob <bob@example.org>\r\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(t, "\r\n\r\nbody text\r\n"));
+	free(t);
+	t = folder_files(root, "INBOX");
+	CU_ASSERT_STRING_EQUAL(t, "");
+	free(t);
+	sieve_deliver_plan_free(&pl);
+	cr = r;
+	sieve_rules_unref(&cr);
+	sieve_script_free(&us);
+	close(fd);
+	free(dir);
+	free(root);
+}
+
 static CU_TestInfo tests[] = {
+	{ "editheader reaches the stored copy", test_editheader },
 	{ "server and domain levels first (multiscript)", test_levels },
 	{ "actions into a real store (table)", test_table },
 	{ "keywords file", test_keywords_file },
