@@ -30,6 +30,7 @@
 #include "common/fsutil.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
+#include "rules/sieve_ast.h"
 #include "storage-adapter/sieve_deliver.h"
 #include "storage-adapter/sievestore.h"
 
@@ -523,6 +524,19 @@ bare_addr(const char *a)
 	return xstrdup(a);
 }
 
+/* the user's script or a level before it tests the body */
+static int
+need_body(const struct sieve_deliver_in *in)
+{
+	if (in->need_body || (in->rules != NULL && sieve_rules_need_body(in->rules)))
+		return 1;
+	for (size_t i = 0; in->script != NULL && i < in->script->ncaps; i++)
+		if (strcmp(in->script->caps[i], "body") == 0 ||
+		    strcmp(in->script->caps[i], "include") == 0)
+			return 1;
+	return 0;
+}
+
 int
 sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan **p_r,
     const char **error_r)
@@ -542,7 +556,7 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 	int lf = 0;
 
 	*p_r = NULL;
-	if ((m = read_msg(in->fd, in->need_body, &body_off, &lf, error_r)) == NULL)
+	if ((m = read_msg(in->fd, need_body(in), &body_off, &lf, error_r)) == NULL)
 		return -1;
 	p = xcalloc(1, sizeof(*p));
 	p->store_root = xstrdup(in->store_root);

@@ -34,8 +34,8 @@
  *   all taken ? store + sent : fallback -> 250
  *
  * The message is read from a descriptor (pread from offset 0, never moved):
- * the header section (capped at SIEVE_DELIVER_MAX_HEADER) and, only when
- * need_body is set, the body (capped at SIEVE_DELIVER_MAX_BODY; the size
+ * the header section (capped at SIEVE_DELIVER_MAX_HEADER) and, only when a
+ * script requires "body" (or "include"), the body (capped at SIEVE_DELIVER_MAX_BODY; the size
  * test always sees the real size).
  *
  * Header edits (editheader, at any level) are applied to the stored copies:
@@ -59,7 +59,8 @@ struct sieve_deliver_in {
 	const char *env_to;		/* the recipient address (RCPT TO) */
 	const char *env_orig_to;	/* NULL: env_to */
 	int fd;				/* the spooled message */
-	int need_body;			/* read the body for the body test */
+	int need_body;			/* 1: read the body anyway; it is read
+					 * when a script requires body or include */
 	const struct sieve_script *script;	/* the user's; NULL: none, keep */
 	/*
 	 * The published snapshot (NULL: none): its server script and the

@@ -149,6 +149,14 @@ static const struct {
 	  "carol@example.net", 0 },
 	{ "reject sends the refusal", "require \"reject\"; reject \"not wanted\";",
 	  "bob@example.org", { { "INBOX", "" } }, 1, SIEVE_OUT_REFUSAL, "bob@example.org", 1 },
+	{ "body test: the body is read when the script requires it",
+	  "require [\"body\", \"fileinto\", \"mailbox\"]; "
+	  "if body :contains \"body text\" { fileinto :create \"B\"; }",
+	  "bob@example.org", { { "B", "cur::2," }, { "INBOX", "" } }, 0, 0, NULL, 0 },
+	{ "size test sees the real size",
+	  "require [\"fileinto\", \"mailbox\"]; "
+	  "if size :over 100 { fileinto :create \"Big\"; }",
+	  "bob@example.org", { { "Big", "cur::2," }, { "INBOX", "" } }, 0, 0, NULL, 0 },
 	{ "reject of the null sender: no refusal", "require \"reject\"; reject \"no\";", "",
 	  { { "INBOX", "" } }, 0, 0, NULL, 1 },
 };
