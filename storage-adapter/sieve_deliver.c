@@ -862,9 +862,33 @@ sieve_deliver_store(struct sieve_deliver_plan *p, const char **error_r)
 	return 0;
 }
 
-int
-sieve_deliver_fallback(struct sieve_deliver_plan *p, const char **error_r)
+const char *
+sieve_deliver_out_name(enum sieve_deliver_out_kind k)
 {
+	switch (k) {
+	case SIEVE_OUT_REDIRECT:
+		return "redirect";
+	case SIEVE_OUT_VACATION:
+		return "vacation reply";
+	case SIEVE_OUT_REFUSAL:
+		return "refusal";
+	}
+	return "message";
+}
+
+int
+sieve_deliver_fallback(struct sieve_deliver_plan *p, const struct sieve_deliver_out *out,
+    const char *why, const char **error_r)
+{
+	char to[80];
+	size_t k = 0;
+
+	for (const char *s = out != NULL ? out->rcpt_to : ""; *s && k + 1 < sizeof(to); s++)
+		to[k++] = (*s > 0x20 && *s < 0x7f) ? *s : '?';
+	to[k] = '\0';
+	log_warn("sieve: %s: the relayhost did not take the %s to <%s>: %.200s; kept in INBOX",
+	    p->user, out != NULL ? sieve_deliver_out_name(out->kind) : "message", to,
+	    why != NULL ? why : "unknown error");
 	return store_inbox_new(p, error_r);
 }
 

@@ -138,9 +138,17 @@ int sieve_deliver_store(struct sieve_deliver_plan *p, const char **error_r)
     __attribute__((warn_unused_result));
 /* record the vacation replies (after the relayhost took them) */
 void sieve_deliver_sent(struct sieve_deliver_plan *p);
-/* the message into the INBOX, no flags: 0, or -1 (451) */
-int sieve_deliver_fallback(struct sieve_deliver_plan *p, const char **error_r)
-    __attribute__((warn_unused_result));
+/*
+ * The relayhost did not take out (one of p->out): the message goes into the
+ * INBOX, no flags, instead of the plan's copies, and the log says why
+ * ("sieve: USER: the relayhost did not take the vacation reply to X: WHY;
+ * kept in INBOX"). 0, or -1 (the caller answers 451). Replies taken before
+ * the failure are not recorded (a later message may get a second one).
+ */
+int sieve_deliver_fallback(struct sieve_deliver_plan *p, const struct sieve_deliver_out *out,
+    const char *why, const char **error_r) __attribute__((warn_unused_result));
+/* "redirect", "vacation reply", "refusal" */
+const char *sieve_deliver_out_name(enum sieve_deliver_out_kind k);
 void sieve_deliver_plan_free(struct sieve_deliver_plan **p);
 
 /* imap4flags name -> system flag bit, 0 for a keyword ("\\Recent": ignored) */

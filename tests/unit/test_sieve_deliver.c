@@ -377,7 +377,7 @@ test_fallback(void)
 	CU_ASSERT_EQUAL_FATAL(sieve_deliver_plan(&in, &p, &error), 0);
 	CU_ASSERT_EQUAL(p->nout, 1);
 	CU_ASSERT_EQUAL(p->ncopy, 0);
-	CU_ASSERT_EQUAL(sieve_deliver_fallback(p, &error), 0);
+	CU_ASSERT_EQUAL(sieve_deliver_fallback(p, &p->out[0], "451 4.3.0 try later", &error), 0);
 	got = folder_files(root, "INBOX");
 	CU_ASSERT_STRING_EQUAL(got, "new:");
 	free(got);
