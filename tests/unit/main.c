@@ -78,6 +78,7 @@ main(void)
 	test_sieve_rules_register();
 	test_mailstore_register();
 	test_sieve_deliver_register();
+	test_relay_send_register();
 	test_geoip_register();
 	test_dotstuff_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
