@@ -892,6 +892,14 @@ sieve_deliver_fallback(struct sieve_deliver_plan *p, const struct sieve_deliver_
 	return store_inbox_new(p, error_r);
 }
 
+int
+sieve_deliver_plan_is_plain(const struct sieve_deliver_plan *p)
+{
+	return p->nout == 0 && p->ntrack == 0 && p->ncopy == 1 &&
+	    strcmp(p->copy[0].folder, "INBOX") == 0 && p->copy[0].flags == 0 &&
+	    p->copy[0].nkeywords == 0 && p->copy[0].head == NULL;
+}
+
 void
 sieve_deliver_plan_free(struct sieve_deliver_plan **pp)
 {

@@ -149,6 +149,10 @@ int sieve_deliver_fallback(struct sieve_deliver_plan *p, const struct sieve_deli
     const char *why, const char **error_r) __attribute__((warn_unused_result));
 /* "redirect", "vacation reply", "refusal" */
 const char *sieve_deliver_out_name(enum sieve_deliver_out_kind k);
+/* 1 when the plan is a plain keep (one INBOX copy as received, nothing to
+ * send): the caller may hard-link the spool for it with the recipients
+ * that have no script, instead of sieve_deliver_store() */
+int sieve_deliver_plan_is_plain(const struct sieve_deliver_plan *p);
 void sieve_deliver_plan_free(struct sieve_deliver_plan **p);
 
 /* imap4flags name -> system flag bit, 0 for a keyword ("\\Recent": ignored) */

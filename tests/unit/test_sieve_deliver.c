@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/xmalloc.h"
+#include "storage-adapter/maildir.h"
 #include "storage-adapter/sieve_deliver.h"
 #include "storage-adapter/sievestore.h"
 #include "tests/unit/unit.h"
@@ -601,7 +602,68 @@ test_editheader(void)
 	free(root);
 }
 
+/*
+ * The gateway's order: spool into tmp/ (maildir_tmp_*), read it back for
+ * the plans before the commit, store the scripted recipient's copies,
+ * hard-link the spool for the plain ones.
+ */
+static void
+test_spool_read_back(void)
+{
+	char *root = unit_tmpdir(), *got, id[128];
+	struct maildir_rcpt r[2] = { { "alice", "example.com" }, { "zed", "example.com" } };
+	struct maildir_tmp *t;
+	struct sieve_script *s = compile("require [\"fileinto\", \"mailbox\"]; "
+	    "fileinto :create \"Work\";");
+	struct sieve_deliver_plan *pa, *pz;
+	const char *error;
+	int fd;
+
+	CU_ASSERT_EQUAL_FATAL(maildir_tmp_open(root, &r[0], &t, &error), 0);
+	CU_ASSERT_EQUAL(maildir_tmp_write(t, msg_plain, strlen(msg_plain), &error), 0);
+	CU_ASSERT_EQUAL_FATAL(maildir_tmp_open_read(t, &fd, &error), 0);
+	{
+		struct sieve_deliver_in a = { .store_root = root, .user = USER,
+		    .env_from = "bob@example.org", .env_to = USER, .fd = fd, .script = s };
+		struct sieve_deliver_in z = { .store_root = root, .user = "zed@example.com",
+		    .env_from = "bob@example.org", .env_to = "zed@example.com", .fd = fd };
+
+		CU_ASSERT_EQUAL_FATAL(sieve_deliver_plan(&a, &pa, &error), 0);
+		CU_ASSERT_EQUAL_FATAL(sieve_deliver_plan(&z, &pz, &error), 0);
+	}
+	CU_ASSERT_EQUAL(sieve_deliver_plan_is_plain(pa), 0);
+	CU_ASSERT_EQUAL(sieve_deliver_plan_is_plain(pz), 1);
+	CU_ASSERT_EQUAL(sieve_deliver_store(pa, &error), 0);
+	/* zed's plain keep rides the hard link */
+	CU_ASSERT_EQUAL(maildir_tmp_commit(&t, root, &r[1], 1, id, &error), 0);
+	close(fd);
+	got = folder_text(root, "Work");
+	CU_ASSERT_STRING_EQUAL(got, msg_plain);
+	free(got);
+	got = folder_files(root, "INBOX");
+	CU_ASSERT_STRING_EQUAL(got, "");
+	free(got);
+	{
+		char *p = xasprintf("%s/example.com/zed/Maildir/new", root);
+		DIR *dp = opendir(p);
+		struct dirent *de;
+		int n = 0;
+
+		while (dp != NULL && (de = readdir(dp)) != NULL)
+			n += de->d_name[0] != '.';
+		if (dp != NULL)
+			closedir(dp);
+		CU_ASSERT_EQUAL(n, 1);
+		free(p);
+	}
+	sieve_deliver_plan_free(&pa);
+	sieve_deliver_plan_free(&pz);
+	sieve_script_free(&s);
+	free(root);
+}
+
 static CU_TestInfo tests[] = {
+	{ "the gateway's order: spool, read back, plan, store, link", test_spool_read_back },
 	{ "editheader reaches the stored copy", test_editheader },
 	{ "server and domain levels first (multiscript)", test_levels },
 	{ "actions into a real store (table)", test_table },
