@@ -817,6 +817,12 @@ sieve_deliver_store(struct sieve_deliver_plan *p, const char **error_r)
 	for (size_t i = 0; i < p->ncopy; i++) {
 		const struct sieve_deliver_copy *c = &p->copy[i];
 		const char *folder = c->folder, *e;
+		char safe[80];	/* the name for logs: it may come from the message */
+		size_t k = 0;
+
+		for (const char *q = folder; *q && k + 1 < sizeof(safe); q++)
+			safe[k++] = (*q >= 0x20 && *q < 0x7f) ? *q : '?';
+		safe[k] = '\0';
 
 		if (strcmp(folder, "INBOX") != 0) {
 			if (!mailstore_folder_is_valid(folder)) {
@@ -826,11 +832,11 @@ sieve_deliver_store(struct sieve_deliver_plan *p, const char **error_r)
 			} else if (!folder_exists(ms, folder)) {
 				if (!c->create) {
 					log_warn("sieve: %s: folder %s does not exist (line %u, no "
-					    ":create), kept in INBOX", p->user, folder, c->line);
+					    ":create), kept in INBOX", p->user, safe, c->line);
 					folder = "INBOX";
 				} else if (mailstore_folder_create(ms, folder, &e) < 0) {
 					log_warn("sieve: %s: cannot create folder %s: %s; kept in "
-					    "INBOX", p->user, folder, e);
+					    "INBOX", p->user, safe, e);
 					folder = "INBOX";
 				}
 			}
@@ -846,7 +852,7 @@ sieve_deliver_store(struct sieve_deliver_plan *p, const char **error_r)
 			mailstore_free(&ms);
 			return -1;
 		}
-		log_warn("sieve: %s: cannot store into %s: %s; kept in INBOX", p->user, folder,
+		log_warn("sieve: %s: cannot store into %s: %s; kept in INBOX", p->user, safe,
 		    *error_r);
 		if (!inbox_done) {
 			static const struct sieve_deliver_copy plain;
