@@ -31,7 +31,7 @@ LIB     := $(BUILD)/libportcullis.a
 
 DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c $(wildcard smtp-gateway/*.c) $(wildcard service/*.c))
 CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
-UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c smtp-gateway/smtp_conf.c \
+UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c smtp-gateway/smtp_conf.c smtp-gateway/relay_send.c \
               service/anvil.c service/deadline.c service/listener.c service/jobs.c service/penalty.c)
 DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
 UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
@@ -40,6 +40,7 @@ BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
 NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
 SIEVE_CONF_OBJ   := $(BUILD)/tests/sieve/conformance.o
 GEOIP_BENCH_OBJ  := $(BUILD)/tests/bench/geoip_bench.o
+SIEVE_BENCH_OBJ  := $(BUILD)/tests/bench/sieve_bench.o
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -85,6 +86,10 @@ $(BINDIR)/sieve-conformance: $(SIEVE_CONF_OBJ) $(LIB)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
 $(BINDIR)/geoip-bench: $(GEOIP_BENCH_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
+
+$(BINDIR)/sieve-bench: $(SIEVE_BENCH_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
@@ -163,7 +168,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_geoip.py
 
 bench: deps
-	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter $(BINDIR)/geoip-bench
+	$(MAKE) all $(BINDIR)/bench-engine $(BINDIR)/null-milter $(BINDIR)/geoip-bench $(BINDIR)/sieve-bench
 	sh tests/bench/run.sh
 	python3 tests/bench/redis_bench.py
 	python3 tests/bench/gateway_bench.py
