@@ -153,6 +153,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_dns.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_install.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_stats.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_stats_redis.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_service.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_connid.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_spool.py

@@ -69,6 +69,7 @@
 #include "common/xmalloc.h"
 #include "common/stats.h"
 #include "daemon/metrics.h"
+#include "daemon/statspub.h"
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "policy/policy_door.h"
@@ -1612,6 +1613,8 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 
 	if (metrics_start(&err) < 0)
 		log_error("%s", err);
+	if (statspub_start(c, &err) < 0)	/* redis lists: share the counters */
+		log_error("%s", err);
 	/* supervise */
 	for (int stopping = 0; !stopping;) {
 		sigset_t set;
@@ -1692,6 +1695,7 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 	stop_workers(wk, nsvc);
 	stop_workers(draining, ndraining);
 	metrics_stop();
+	statspub_stop();
 	unlink(conf_get(c, "pid_file"));
 	services_free();
 	policy_free(&p);
