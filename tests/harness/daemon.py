@@ -31,7 +31,8 @@ from .util import HarnessError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
-SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
+# AddressSanitizer, LeakSanitizer, UndefinedBehaviorSanitizer ... and UBSan's "runtime error:"
+SANITIZER_RE = re.compile(r"Sanitizer|runtime error:")
 
 # the standalone SMTP gateway on its own port, nothing else; callers add delivery
 SMTP_GATEWAY = (

@@ -8,7 +8,8 @@ failed" as the last line, exit status 1 on any failure.
 Names on the command line (Class or Class.test_name) run just those.  After
 the run every harness Daemon still running is stopped; a sanitizer report in
 any daemon's log, or a problem returned by final_checks(), counts as a
-failure.  require: binaries under PORTCULLIS_BIN that must exist; tools:
+failure.  suite: a TestSuite, or f(names or None) -> tests, instead of
+cases.  require: binaries under PORTCULLIS_BIN that must exist; tools:
 absolute paths of other programs that must exist.
 """
 
@@ -36,7 +37,7 @@ class CountingResult(unittest.TextTestResult):
         return {t.id() if hasattr(t, "id") else str(t) for t, _ in self.failures + self.errors}
 
 
-def main(argv=None, cases=None, module="__main__", require=("portcullisd", "portcullis"),
+def main(argv=None, cases=None, suite=None, module="__main__", require=("portcullisd", "portcullis"),
          tools=(), always=(), final_checks=None, cleanup=None, verbosity=2):
     argv = sys.argv[1:] if argv is None else argv
     miss = daemon.missing(require) + [t for t in tools if not os.access(t, os.X_OK)]
@@ -50,12 +51,16 @@ def main(argv=None, cases=None, module="__main__", require=("portcullisd", "port
     if "-q" in argv:
         verbosity = 1
     loader = unittest.TestLoader()
-    suite = unittest.TestSuite()
-    if names:
+    given, suite = suite, unittest.TestSuite()
+    if names and given is not None and callable(given):
+        suite.addTests(given(names))
+    elif names:
         for n in names:
             suite.addTests(loader.loadTestsFromName(n, mod))
         for cls in always:
             suite.addTests(loader.loadTestsFromTestCase(cls))
+    elif given is not None:
+        suite.addTests(given(None) if callable(given) else given)
     elif cases is not None:
         for cls in cases:
             suite.addTests(loader.loadTestsFromTestCase(cls))
