@@ -22,6 +22,7 @@ Behaviour (mode, read when a session is accepted; defaults in brackets):
     ehlo_delay   seconds before answering EHLO
     ehlo, helo   the reply to EHLO / HELO
     on_mail      f(session, nth MAIL) -> "421" (421 and close) / "drop" / None
+                 (or set .on_mail: read at each MAIL, so it reaches open sessions)
     check_mail   on MAIL: wait 0.2 s, record what else is already pending
     mail, rcpt   the reply to MAIL / RCPT (bytes, or a function(sock))
     mail_close   close right after the reply to MAIL
@@ -141,6 +142,11 @@ class Wire:
 _ADDR_RE = re.compile(rb"^(?:MAIL FROM|RCPT TO):\s*<([^>]*)>", re.I)
 
 
+def verbs(session):
+    """The session's commands as upper-case verbs: ["EHLO", "MAIL", ...]."""
+    return [c[:4].upper().decode("ascii", "replace") for c in session["cmds"]]
+
+
 def _addr(line):
     m = _ADDR_RE.match(line)
     return (m.group(1).decode("utf-8", "replace") if m else
@@ -153,6 +159,7 @@ class FakeSMTP:
         self.transactions = []
         self.errors = []          # anything but a connection error in a session thread
         self.mode = dict(mode or {})
+        self.on_mail = None       # like mode["on_mail"], but read at each MAIL (live)
         self.stall_for = stall_for
         self.lock = threading.Lock()
         self.host = host
@@ -209,10 +216,11 @@ class FakeSMTP:
             return list(self.sessions[n:])
 
     def reset(self):
+        """Forget the records (and on_mail); mode stays."""
         with self.lock:
             self.sessions = []
             self.transactions = []
-        self.mode = {}
+        self.on_mail = None
 
     # ---------------------------------------------------------------- serving
     def _serve(self, c, rec):
@@ -246,7 +254,8 @@ class FakeSMTP:
                         if mode["later_mail"]:
                             send(mode["later_mail"])
                         break
-                    act = mode["on_mail"](rec, rec["nmail"]) if mode.get("on_mail") else None
+                    hook = self.on_mail or mode.get("on_mail")
+                    act = hook(rec, rec["nmail"]) if hook else None
                     if act == "421":
                         send(b"421 4.4.2 down: idle too long, closing\r\n")
                         break
