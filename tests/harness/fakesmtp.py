@@ -161,7 +161,7 @@ class FakeSMTP:
         self.mode = dict(mode or {})
         self.on_mail = None       # like mode["on_mail"], but read at each MAIL (live)
         self.stall_for = stall_for
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.host = host
         self.port = port
         self.backlog = backlog
