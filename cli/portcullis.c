@@ -15,15 +15,21 @@
  *   portcullis [-c FILE] [-o k=v]... user del USER@DOMAIN | user list
  *   portcullis [-c FILE] [-o k=v]... explain --client IP [--hostname NAME] [--helo H]
  *                 [--auth USER] --from ADDR --rcpt ADDR... [--header NAME]...
+ *                 [--country CC]   (instead of geoip_database's answer)
+ *   portcullis [-c FILE] [-o k=v]... reload
  *
  * Writes go to the list store named by `lists`; a running portcullisd picks
  * them up within a second. A bad ENTRY is refused and nothing is written.
+ * `reload` sends SIGHUP to the daemon in pid_file and waits for its verdict
+ * in state_dir/reload-status (exit 1 when the daemon refused the configuration).
  *   portcullis --help | --version | COMMAND --help   (no configuration needed)
  *
  * Exit: 0 done (explain: accepted), 1 refused by explain, 2 error (a usage
  * error says what is wrong, then prints the usage).
  */
+#include <ctype.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,8 +68,10 @@ static const char *const usage_lines[] = {
 	"user del USER@DOMAIN",
 	"user list",
 	"stats [--prometheus]",
+	"reload    (the running portcullisd re-reads its configuration; waits for the verdict)",
 	"explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
-	"          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...",
+	"          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
+	"          [--country CC]",
 };
 static const char *command_words = "";	/* "kill add": for usage errors */
 
@@ -83,7 +91,7 @@ usage_to(FILE *fp, const char *cmd)
 			fprintf(fp, "  %s\n", usage_lines[i]);
 	if (cmd == NULL || cl == 0 || strcmp(cmd, "kill|accept") == 0)
 		fprintf(fp, "ENTRY: 192.0.2.1, 192.0.2.0/24, 2001:db8::/32, host:mx.example.com,\n"
-		    "       host:.example.com, user@example.com, @example.com\n"
+		    "       host:.example.com, user@example.com, @example.com, country:FR\n"
 		    "TIME: seconds, or with a unit: 90s, 10m, 2h, 7d, 1w\n"
 		    "--force: an accept entry wider than an IPv4 /8 or an IPv6 /16\n");
 }
@@ -1011,7 +1019,7 @@ static int
 cmd_explain(const struct conf *c, int argc, char **argv)
 {
 	const char *client = NULL, *hostname = NULL, *helo = NULL, *auth = NULL;
-	const char *from = NULL, *err;
+	const char *from = NULL, *country = NULL, *err;
 	char **rcpts = xcalloc((size_t)argc + 1, sizeof(char *));
 	char **headers = xcalloc((size_t)argc + 1, sizeof(char *));
 	size_t nrcpt = 0, nhdr = 0;
@@ -1037,12 +1045,16 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 		else if (strcmp(o, "--from") == 0) from = argv[++i];
 		else if (strcmp(o, "--rcpt") == 0) rcpts[nrcpt++] = argv[++i];
 		else if (strcmp(o, "--header") == 0) headers[nhdr++] = argv[++i];
+		else if (strcmp(o, "--country") == 0) country = argv[++i];
 		else usage();
 	}
 	if (client == NULL || from == NULL || nrcpt == 0)
 		usage();
 	if (cidr_addr_parse(client, &addr) < 0)
 		die("--client \"%.60s\" is not an IP address", client);
+	if (country != NULL && !(strlen(country) == 2 && isalpha((unsigned char)country[0]) &&
+	    isalpha((unsigned char)country[1])))
+		die("--country \"%.60s\" is not a two-letter country code", country);
 	if (policy_new(c, &pol, &err) < 0)
 		die("%s", err);
 	s = open_store(c);
@@ -1055,8 +1067,13 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	    listset_build(&lists[LIST_ACCEPT], now));
 	es = engine_session_new(pol);
 
+	if (country != NULL)	/* instead of geoip_database's answer */
+		engine_session_set_country(es, country);
 	engine_connect(es, snap, &addr, hostname, now, &v);
 	print_verdict("CONNECT", engine_client_text(es), &v);
+	printf("%15s country=%s%s\n", "", engine_session_country(es) ?
+	    engine_session_country(es) : "unknown", country != NULL ? " (--country)" :
+	    pol->geoip == NULL ? " (no geoip_database)" : "");
 	if (helo != NULL) {
 		engine_helo(es, snap, helo, 5 + strlen(helo) + 2, now, &v);
 		print_verdict("HELO", helo, &v);
@@ -1134,6 +1151,73 @@ cmd_stats(const struct conf *c, int argc, char **argv)
 	return 0;
 }
 
+/* state_dir/reload-status as the daemon wrote it: -1 until whole */
+static int
+reload_status_read(const char *path, unsigned long *gen_r, int *ok_r, char *msg, size_t cap)
+{
+	char buf[4096], res[16];
+	FILE *fp = fopen(path, "r");
+	size_t n;
+	char *body, *end;
+
+	if (fp == NULL)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = '\0';
+	if (sscanf(buf, "generation %lu\nresult %15s\n", gen_r, res) != 2)
+		return -1;
+	body = strchr(strchr(buf, '\n') + 1, '\n');
+	end = strstr(buf, "\nend\n");
+	if (body == NULL || end == NULL || end < body)
+		return -1;
+	*end = '\0';
+	snprintf(msg, cap, "%s", body + 1);
+	*ok_r = strcmp(res, "ok") == 0;
+	return 0;
+}
+
+/* SIGHUP to the daemon, then wait (60 s at most) for what it made of it */
+static int
+cmd_reload(const struct conf *c, int argc, char **argv)
+{
+	char *status = xasprintf("%s/reload-status", conf_get(c, "state_dir"));
+	const char *pidfile = conf_get(c, "pid_file");
+	unsigned long gen0 = 0, gen;
+	char msg[4096];
+	long pid = 0;
+	int ok;
+	FILE *fp;
+
+	(void)argv;
+	if (argc != 0)
+		usage();
+	fp = fopen(pidfile, "r");
+	if (fp == NULL || fscanf(fp, "%ld", &pid) != 1 || pid <= 1)
+		die("cannot read a pid from pid_file %s: is portcullisd running?", pidfile);
+	fclose(fp);
+	(void)reload_status_read(status, &gen0, &ok, msg, sizeof(msg));
+	if (kill((pid_t)pid, SIGHUP) < 0)
+		die("cannot signal portcullisd (pid %ld): %s", pid, strerror(errno));
+	for (int waited = 0; waited < 60000; waited += 50) {
+		struct timespec ts = { 0, 50 * 1000 * 1000 };
+
+		if (reload_status_read(status, &gen, &ok, msg, sizeof(msg)) == 0 && gen > gen0) {
+			free(status);
+			if (ok) {
+				printf("portcullis: reloaded\n%s", msg);
+				return 0;
+			}
+			fprintf(stderr, "portcullis: reload refused, the running configuration stays: %s",
+			    msg);
+			return 1;
+		}
+		nanosleep(&ts, NULL);
+	}
+	die("no answer from portcullisd (pid %ld) within 60 s: see its log", pid);
+	return 2;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1192,7 +1276,9 @@ main(int argc, char **argv)
 	if (conf_finish(conf, &err) < 0)
 		die("%s", err);
 
-	if (strcmp(argv[i], "explain") == 0) {
+	if (strcmp(argv[i], "reload") == 0) {
+		rc = cmd_reload(conf, argc - i - 1, argv + i + 1);
+	} else if (strcmp(argv[i], "explain") == 0) {
 		rc = cmd_explain(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "stats") == 0) {
 		rc = cmd_stats(conf, argc - i - 1, argv + i + 1);

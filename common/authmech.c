@@ -23,6 +23,10 @@ authmech_from_name(const char *name)
 		return AUTH_MECH_LOGIN;
 	if (strcasecmp(name, "CRAM-MD5") == 0)
 		return AUTH_MECH_CRAM;
+	if (strcasecmp(name, "SCRAM-SHA-256") == 0)
+		return AUTH_MECH_SCRAM;
+	if (strcasecmp(name, "EXTERNAL") == 0)
+		return AUTH_MECH_EXTERNAL;
 	return 0;
 }
 
@@ -39,7 +43,7 @@ authmech_parse(const struct conf *c, unsigned *mechs_r, const char **error_r)
 
 		if (b == 0) {
 			snprintf(err, sizeof(err), "%s: auth_mechanisms: \"%.40s\" is not PLAIN, "
-			    "LOGIN or CRAM-MD5", conf_where(c, "auth_mechanisms"), m[k]);
+			    "LOGIN, CRAM-MD5, SCRAM-SHA-256 or EXTERNAL", conf_where(c, "auth_mechanisms"), m[k]);
 			conf_list_free(m);
 			*error_r = err;
 			return -1;

@@ -10,6 +10,8 @@ struct conf;
 #define AUTH_MECH_PLAIN	1u
 #define AUTH_MECH_LOGIN	2u
 #define AUTH_MECH_CRAM	4u
+#define AUTH_MECH_SCRAM	8u	/* SCRAM-SHA-256 */
+#define AUTH_MECH_EXTERNAL 16u	/* TLS client certificate */
 
 /* auth_mechanisms -> AUTH_MECH_* bits; -1 with *error_r naming FILE:LINE and
  * the unknown name. An empty list is 0 (no AUTH). */

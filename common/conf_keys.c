@@ -63,7 +63,7 @@ const struct conf_key conf_keys[] = {
 	/* a downstream session whose message is done waits this long for the next */
 	{ "relay_connection_cache_time", "2", CT_TIME, NULL, 0, 300 },
 	{ "users", "file:$state_dir/users", CT_STR, NULL, 0, 0 },
-	{ "auth_mechanisms", "PLAIN LOGIN CRAM-MD5", CT_LIST, NULL, 0, 0 },
+	{ "auth_mechanisms", "PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256", CT_LIST, NULL, 0, 0 },
 	{ "auth_allow_plaintext", "no", CT_BOOL, NULL, 0, 0 },
 	{ "smtp_auth", "yes", CT_BOOL, NULL, 0, 0 },	/* no: AUTH on submission/smtps only */
 	/* failed logins per client address (IPv6 per /64): delay doubling to the max */
@@ -90,6 +90,10 @@ const struct conf_key conf_keys[] = {
 	{ "max_command_length", "512", CT_INT, NULL, 0, 65536 },
 	{ "long_command_ban", "3600", CT_TIME, NULL, 0, 315360000 },
 	{ "policy_mode", "enforce", CT_ENUM, "enforce|warn", 0, 0 },
+
+	/* GeoIP: the client's country, for country:XX list entries and logs */
+	{ "geoip_database", "", CT_STR, NULL, 0, 0 },	/* MaxMind DB file; "": none */
+	{ "geoip_country_field", "country.iso_code", CT_STR, NULL, 0, 0 },	/* map keys */
 
 	{ NULL, NULL, CT_STR, NULL, 0, 0 },
 };

@@ -14,6 +14,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "common/conf.h"
 #include "common/tls.h"
@@ -151,4 +152,54 @@ fail:
 	SSL_CTX_free(ctx);
 	*error_r = errbuf;
 	return NULL;
+}
+
+static int
+printable(const unsigned char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] <= 0x20 || p[i] >= 0x7f)
+			return 0;
+	return n > 0;
+}
+
+int
+tls_peer_identity(SSL *ssl, char *buf, size_t cap)
+{
+	X509 *x;
+	GENERAL_NAMES *gens;
+	int rc = -1;
+
+	if (ssl == NULL || SSL_get_verify_result(ssl) != X509_V_OK ||
+	    (x = SSL_get0_peer_certificate(ssl)) == NULL)
+		return -1;
+	gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens); i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+		const unsigned char *p;
+		int n;
+
+		if (g->type != GEN_EMAIL)
+			continue;
+		p = ASN1_STRING_get0_data(g->d.rfc822Name);
+		n = ASN1_STRING_length(g->d.rfc822Name);
+		if (n > 0 && (size_t)n < cap && printable(p, (size_t)n)) {
+			memcpy(buf, p, (size_t)n);
+			buf[n] = '\0';
+			rc = 0;
+		}
+		break;	/* the first email only: never a later, other one */
+	}
+	GENERAL_NAMES_free(gens);
+	if (rc == 0)
+		return 0;
+	{
+		int n = X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, buf,
+		    (int)cap);
+
+		if (n > 0 && (size_t)n < cap && strlen(buf) == (size_t)n &&
+		    printable((const unsigned char *)buf, (size_t)n))
+			return 0;
+	}
+	return -1;
 }

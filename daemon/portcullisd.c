@@ -18,6 +18,19 @@
  * The open files limit is raised to its hard limit at start: every
  * connection is a descriptor.
  *
+ * SIGHUP (or `portcullis reload`) reloads the configuration live: the
+ * same file and -o overrides are read and checked as at start-up (by
+ * `portcullisd -t` run as a child, as run_user), then applied without
+ * dropping a connection: a new smtp (and policy) worker starts on the
+ * same listening sockets and the old one drains (SIGUSR2: finishes its
+ * sessions, then exits; the supervise loop reaps it without a restart);
+ * the milter worker swaps its policy, and its list store if that changed,
+ * in process (asked over its control socket). A configuration that fails a check is refused with the error
+ * (FILE:LINE) in the log and the old one stays in force. Keys that cannot
+ * change live (restart_keys) keep their running values and are logged as
+ * needing a restart. The outcome goes to state_dir/reload-status, which
+ * `portcullis reload` waits for.
+ *
  * -f stays in the foreground and logs to stderr; otherwise the daemon
  * detaches once every worker is ready and logs to syslog (mail facility).
  * -n prints the settings that differ from their defaults, like postconf -n;
@@ -37,7 +50,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <stdarg.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -56,12 +71,14 @@
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "policy/policy_door.h"
+#include "rules/geoip.h"
 #include "rules/policy.h"
 #include "service/listener.h"
 #include "smtp-gateway/downstream.h"
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
 #include "storage-adapter/ratelimit.h"
+#include "storage-adapter/userdb.h"
 
 #include <openssl/ssl.h>
 
@@ -89,6 +106,24 @@ static int policy_fds[MAX_LISTENERS];
 static size_t npolicy_fds;
 static struct cidrtab *bare_exceptions;
 static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watches [0] */
+
+/* live reload */
+#define MAX_DRAINING 64		/* old smtp workers finishing their sessions */
+#define RELOAD_REPLY_MS 10000	/* the check child */
+#define MILTER_RELOAD_MS 60000	/* the milter's answer */
+static const char *conf_path;	/* what start-up read, read again on SIGHUP */
+static char **conf_ovr;
+static size_t conf_novr;
+static int milter_ctl = -1;	/* master: the milter worker's control socket; worker: its end */
+static int status_fd = -1;	/* state_dir/reload-status, opened before dropping root */
+static unsigned long reload_gen;
+static struct worker draining[MAX_DRAINING];
+static size_t ndraining;
+/* bound, or fixed for the process' life: a reload keeps their running values */
+static const char *const restart_keys[] = {
+	"smtp_listen", "submission_listen", "smtps_listen", "milter_listen", "metrics_listen",
+	"policy_listen", "run_user", "state_dir", "services", "pid_file", "log_file", NULL,
+};
 
 static void
 usage(FILE *fp, int status)
@@ -213,6 +248,173 @@ ready(int fd, const char *msg)
 	close(fd);
 }
 
+/* the configuration as start-up read it, plus extra "key=value" overrides */
+static int
+reload_load_conf(char **extra, size_t nextra, struct conf **c_r, char *err, size_t cap)
+{
+	struct conf *c = conf_new();
+	const char *e;
+	int ok = conf_load_file(c, conf_path, &e) == 0;
+
+	for (size_t i = 0; ok && i < conf_novr; i++)
+		ok = conf_set_override(c, conf_ovr[i], &e) == 0;
+	for (size_t i = 0; ok && i < nextra; i++)
+		ok = conf_set_override(c, extra[i], &e) == 0;
+	if (ok)
+		ok = conf_finish(c, &e) == 0;
+	if (!ok) {
+		snprintf(err, cap, "%s", e);	/* e lives in c */
+		conf_free(&c);
+		return -1;
+	}
+	*c_r = c;
+	return 0;
+}
+
+/*
+ * The milter worker's list watcher. A reload that changes the list store
+ * builds a new watcher while the old one serves, then swaps them under
+ * mw_lock (which every auto-ban from a milter thread takes, briefly).
+ */
+static pthread_mutex_t mw_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct watcher *mw;
+static struct liststore *mw_store, *mw_cache;
+static struct snapref *mw_snaps;
+static struct ratelimit *mw_rl;
+static char *mw_lists;		/* the lists settings mw was made from */
+
+static void
+milter_ban(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why)
+{
+	(void)arg;
+	pthread_mutex_lock(&mw_lock);
+	if (mw != NULL)
+		watcher_ban(mw, addr, seconds, why);
+	pthread_mutex_unlock(&mw_lock);
+}
+
+/* what the list store is made from: another value needs another watcher */
+static char *
+lists_settings(const struct conf *c)
+{
+	return xasprintf("%s\n%s\n%s\n%s\n%s", conf_get(c, "lists"), conf_get(c, "lists_prefix"),
+	    conf_get(c, "lists_password_file"), conf_get(c, "lists_cache"),
+	    conf_get(c, "lists_resync"));
+}
+
+/* the milter's lists from another store: loaded first, then swapped in */
+static int
+milter_lists_swap(const struct conf *c, const struct policy *p, char *err, size_t cap)
+{
+	struct liststore *store, *cache = NULL;
+	struct watcher *w, *old;
+	const char *e;
+
+	store = liststore_open_conf(c, &e);
+	if (store == NULL) {
+		snprintf(err, cap, "%s", e);
+		return -1;
+	}
+	if (strcmp(liststore_scheme(store), "file") != 0) {
+		char *url = xasprintf("file:%s", conf_get(c, "lists_cache"));
+
+		cache = liststore_open(url, &e);
+		free(url);
+		if (cache == NULL) {
+			snprintf(err, cap, "%s: lists_cache: %s", conf_where(c, "lists_cache"), e);
+			liststore_free(&store);
+			return -1;
+		}
+	}
+	w = watcher_new(store, cache, NULL, &e);
+	if (w == NULL) {
+		snprintf(err, cap, "cannot load the lists: %s", e);
+		liststore_free(&store);
+		liststore_free(&cache);
+		return -1;
+	}
+	watcher_set_tick(w, milter_poke_if_stopping);
+	if (p->rate_limit > 0 || p->nrate_overrides > 0)
+		watcher_set_ratelimit(w, mw_rl);
+	pthread_mutex_lock(&mw_lock);
+	old = mw;
+	watcher_stop_and_free(&old);	/* its queued bans are written first */
+	watcher_attach(w, mw_snaps);
+	if (watcher_start(w, &e) < 0)
+		log_error("milter: the new list watcher does not run: %s", e);
+	liststore_free(&mw_store);
+	liststore_free(&mw_cache);
+	mw = w;
+	mw_store = store;
+	mw_cache = cache;
+	free(mw_lists);
+	mw_lists = lists_settings(c);
+	pthread_mutex_unlock(&mw_lock);
+	log_info("milter: lists now from %s", conf_get(c, "lists"));
+	return 0;
+}
+
+/*
+ * The milter worker's control thread: "R" from the master reloads the
+ * policy and, when its settings changed, the list store (the master has
+ * checked the file already), and answers "ok" or the reason. libmilter
+ * owns the listening socket, so the milter cannot be replaced by a new
+ * worker the way the smtp one is.
+ */
+static int
+lists_differ(const struct conf *c)
+{
+	char *now = lists_settings(c);
+	int differ;
+
+	pthread_mutex_lock(&mw_lock);
+	differ = mw != NULL && strcmp(now, mw_lists) != 0;
+	pthread_mutex_unlock(&mw_lock);
+	free(now);
+	return differ;
+}
+
+static void *
+milter_ctl_thread(void *arg)
+{
+	char cmd, reply[800];
+
+	(void)arg;
+	for (;;) {
+		ssize_t n = read(milter_ctl, &cmd, 1);
+		struct conf *c = NULL;
+		struct policy *p = NULL;
+		enum log_level lvl;
+		const char *e;
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return NULL;
+		if (reload_load_conf(NULL, 0, &c, reply, sizeof(reply) - 1) < 0) {
+			;
+		} else if (policy_new(c, &p, &e) < 0) {
+			snprintf(reply, sizeof(reply) - 1, "%s", e);
+		} else if (lists_differ(c) &&
+		    milter_lists_swap(c, p, reply, sizeof(reply) - 1) < 0) {
+			policy_free(&p);
+		} else {
+			/* the new policy's own database: a replaced file is reopened live */
+			if (p->geoip != NULL && geoip_watch_start(p->geoip, 500, &e) < 0)
+				log_warn("milter: geoip_database not watched for changes: %s", e);
+			milter_set_policy(p);
+			if (log_level_parse(conf_get(c, "log_level"), &lvl) == 0)
+				log_set_level(lvl);
+			log_info("milter: policy reloaded; sessions already open keep the old one");
+			strcpy(reply, "ok");
+		}
+		conf_free(&c);
+		strcat(reply, "\n");
+		if (write(milter_ctl, reply, strlen(reply)) < 0)
+			log_warn("milter: cannot answer the master's reload");
+	}
+}
+
 static int
 worker_main(enum service svc, int readyfd)
 {
@@ -247,7 +449,7 @@ worker_main(enum service svc, int readyfd)
 		env.pol = pol;
 		env.snaps = &snaps;
 		env.rl = rl;
-		env.ban = watcher_ban;
+		env.ban = milter_ban;	/* the watcher may change with a reload */
 		if (milter_setup(conf_get(conf, "milter_listen"), &env, &err) < 0) {
 			snprintf(msg, sizeof(msg), "%s\n", err);
 			ready(readyfd, msg);
@@ -261,8 +463,21 @@ worker_main(enum service svc, int readyfd)
 			ready(readyfd, msg);
 			return 1;
 		}
-		env.ban_arg = w;
 		watcher_set_tick(w, milter_poke_if_stopping);
+		mw = w;
+		mw_store = store;
+		mw_cache = cache;
+		mw_snaps = &snaps;
+		mw_rl = rl;
+		mw_lists = lists_settings(conf);
+		if (milter_ctl >= 0) {
+			pthread_t t;
+
+			if (pthread_create(&t, NULL, milter_ctl_thread, NULL) != 0)
+				log_warn("milter: no control thread: a reload cannot reach this worker");
+			else
+				pthread_detach(t);
+		}
 	} else {
 		w = watcher_new(store, cache, &snaps, &err);
 		if (w == NULL) {
@@ -282,10 +497,25 @@ worker_main(enum service svc, int readyfd)
 		ready(readyfd, msg);
 		return 1;
 	}
+	/* a replaced geoip_database is reopened within a second (this worker's copy) */
+	if (pol->geoip != NULL && geoip_watch_start(pol->geoip, 500, &err) < 0) {
+		snprintf(msg, sizeof(msg), "%s\n", err);
+		ready(readyfd, msg);
+		return 1;
+	}
 	if (svc == SVC_MILTER) {
 		log_info("milter ready on %s", conf_get(conf, "milter_listen"));
 		ready(readyfd, "ok\n");
 		rc = milter_run();
+		pthread_mutex_lock(&mw_lock);	/* what a reload left in force */
+		w = mw;
+		store = mw_store;
+		cache = mw_cache;
+		mw = NULL;
+		mw_store = mw_cache = NULL;
+		free(mw_lists);
+		mw_lists = NULL;
+		pthread_mutex_unlock(&mw_lock);
 	} else if (svc == SVC_POLICY) {
 		static struct policy_door_env pe;
 
@@ -354,6 +584,8 @@ worker_main(enum service svc, int readyfd)
 		}
 		block_stop_signals(SIG_BLOCK);
 	}
+	if (pol->geoip != NULL)
+		geoip_watch_stop(pol->geoip);
 	watcher_stop_and_free(&w);
 	snapref_deinit(&snaps);
 	liststore_free(&store);
@@ -496,11 +728,18 @@ stop_requested_within(int secs)
 static pid_t
 spawn(struct worker *wk, int *readyfd_r)
 {
-	int p[2];
+	int p[2], ctl[2] = { -1, -1 };
 	pid_t pid;
 
 	if (pipe2(p, O_CLOEXEC) < 0)
 		fatal("pipe: %s", strerror(errno));
+	if (wk->svc == SVC_MILTER) {
+		if (milter_ctl >= 0)
+			close(milter_ctl);
+		milter_ctl = -1;
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) < 0)
+			log_warn("no control socket for the milter: %s", strerror(errno));
+	}
 	pid = fork();
 	if (pid < 0)
 		fatal("fork: %s", strerror(errno));
@@ -509,6 +748,13 @@ spawn(struct worker *wk, int *readyfd_r)
 		int rc;
 
 		close(p[0]);
+		if (ctl[0] >= 0)
+			close(ctl[0]);
+		else if (milter_ctl >= 0)
+			close(milter_ctl);	/* the master's end */
+		milter_ctl = ctl[1];
+		for (size_t i = 0; i < ndraining; i++)
+			draining[i].pid = 0;	/* not ours to signal */
 		snprintf(ident, sizeof(ident), "portcullisd/%s", wk->name);
 		log_open(xstrdup(ident), log_is_stderr());
 		log_reopen_on_signal(SIGUSR1);	/* the master passes logrotate's on */
@@ -521,6 +767,10 @@ spawn(struct worker *wk, int *readyfd_r)
 		_exit(rc);
 	}
 	close(p[1]);
+	if (ctl[1] >= 0) {
+		close(ctl[1]);
+		milter_ctl = ctl[0];
+	}
 	wk->pid = pid;
 	wk->started = time(NULL);
 	*readyfd_r = p[0];
@@ -578,6 +828,345 @@ stop_workers(struct worker *wk, size_t n)
 		}
 		usleep(20000);
 	}
+}
+
+/* ---- live reload (master) ---- */
+
+/* at start-up, before dropping root: remember how the configuration was
+ * made, and open the status file `portcullis reload` reads */
+static void
+reload_keep_args(const char *path, char **ovr, size_t novr)
+{
+	conf_path = path;
+	conf_ovr = xcalloc(novr + 1, sizeof(char *));
+	for (size_t i = 0; i < novr; i++)
+		conf_ovr[i] = ovr[i];	/* argv: lives as long as we do */
+	conf_novr = novr;
+}
+
+static void
+reload_init(const struct conf *c)
+{
+	char *sp = xasprintf("%s/reload-status", conf_get(c, "state_dir"));
+
+	status_fd = open(sp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (status_fd < 0)
+		log_warn("cannot write %s (portcullis reload reports nothing): %s", sp, strerror(errno));
+	free(sp);
+}
+
+/* "generation N", "result ok|failed", the message's lines, "end" */
+static void
+reload_status(int ok, const char *fmt, ...)
+{
+	char msg[2048], buf[2300];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	n = snprintf(buf, sizeof(buf), "generation %lu\nresult %s\n%s%send\n", reload_gen,
+	    ok ? "ok" : "failed", msg, msg[0] != '\0' && msg[strlen(msg) - 1] != '\n' ? "\n" : "");
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		n = (int)sizeof(buf) - 1;
+	if (status_fd >= 0 && (ftruncate(status_fd, 0) < 0 || pwrite(status_fd, buf, (size_t)n, 0) != n))
+		log_warn("cannot write the reload status: %s", strerror(errno));
+}
+
+/*
+ * Every check start-up makes, made by start-up's own code: `portcullisd -t`
+ * on the same file and overrides, in a child that runs as we do now (as
+ * run_user), so a config or key file run_user cannot read fails here.
+ * 0, or -1 with the child's complaint in why.
+ */
+static int
+reload_check(char *why, size_t cap)
+{
+	int p[2], status = 0;
+	size_t len = 0;
+	pid_t pid;
+
+	why[0] = '\0';
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		snprintf(why, cap, "pipe: %s", strerror(errno));
+		return -1;
+	}
+	pid = fork();
+	if (pid < 0) {
+		snprintf(why, cap, "fork: %s", strerror(errno));
+		close(p[0]);
+		close(p[1]);
+		return -1;
+	}
+	if (pid == 0) {
+		char **av = xcalloc(2 * conf_novr + 5, sizeof(char *));
+		size_t n = 0;
+		int nul = open("/dev/null", O_WRONLY);
+		sigset_t none;
+
+		av[n++] = "portcullisd";
+		av[n++] = "-t";
+		av[n++] = "-c";
+		av[n++] = (char *)conf_path;
+		for (size_t i = 0; i < conf_novr; i++) {
+			av[n++] = "-o";
+			av[n++] = conf_ovr[i];
+		}
+		dup2(p[1], 2);
+		if (nul >= 0)
+			dup2(nul, 1);
+		sigemptyset(&none);
+		pthread_sigmask(SIG_SETMASK, &none, NULL);
+		execv("/proc/self/exe", av);
+		_exit(127);
+	}
+	close(p[1]);
+	for (;;) {
+		struct pollfd pfd = { .fd = p[0], .events = POLLIN };
+		ssize_t r;
+
+		if (poll(&pfd, 1, RELOAD_REPLY_MS) <= 0) {
+			kill(pid, SIGKILL);
+			snprintf(why, cap, "the configuration check did not finish");
+			break;
+		}
+		r = read(p[0], why + len, cap - 1 - len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+		why[len] = '\0';
+		if (len == cap - 1)
+			break;
+	}
+	close(p[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return 0;
+	/* "portcullisd: FILE:LINE: what\n": keep the first line, without the name */
+	why[strcspn(why, "\n")] = '\0';
+	if (strncmp(why, "portcullisd: ", 13) == 0)
+		memmove(why, why + 13, strlen(why + 13) + 1);
+	if (why[0] == '\0')
+		snprintf(why, cap, "the configuration check failed (status %d)",
+		    WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+	return -1;
+}
+
+static int
+conf_knows(const char *name)
+{
+	for (const struct conf_key *k = conf_keys; k->name != NULL; k++)
+		if (strcmp(k->name, name) == 0)
+			return 1;
+	return 0;
+}
+
+/* the milter worker reloads its policy itself; NULL ok, else why not */
+static const char *
+reload_milter(void)
+{
+	static char buf[800];
+	struct pollfd pfd = { .fd = milter_ctl, .events = POLLIN };
+	ssize_t n;
+
+	if (milter_ctl < 0)
+		return "the milter worker has no control socket";
+	/* a late answer to an earlier request that timed out is not this one's */
+	while (recv(milter_ctl, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+		;
+	if (write(milter_ctl, "R", 1) != 1)
+		return "cannot reach the milter worker";
+	/* a new list store is loaded in full first: a million Redis entries take seconds */
+	if (poll(&pfd, 1, MILTER_RELOAD_MS) <= 0 || (n = read(milter_ctl, buf, sizeof(buf) - 1)) <= 0)
+		return "the milter worker did not answer";
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	return strcmp(buf, "ok") == 0 ? NULL : buf;
+}
+
+/* smtp_bare_newline_exceptions compiled (NULL when empty); on a bad entry
+ * NULL and the error, naming FILE:LINE, in err (start-up and reload) */
+static struct cidrtab *
+bare_exceptions_build(const struct conf *c, char *err, size_t cap)
+{
+	size_t n;
+	char **l = conf_get_list(c, "smtp_bare_newline_exceptions", &n);
+	struct cidrtab_builder *b = cidrtab_builder_new();
+	struct cidrtab *t;
+	const char *e;
+
+	for (size_t j = 0; j < n; j++) {
+		struct cidr cd;
+
+		if (cidr_parse(l[j], &cd, &e) < 0) {
+			snprintf(err, cap, "%s: smtp_bare_newline_exceptions: \"%.60s\": %s",
+			    conf_where(c, "smtp_bare_newline_exceptions"), l[j], e);
+			n = 0;	/* refused: build nothing */
+			break;
+		}
+		cidrtab_builder_add(b, &cd, 1);
+	}
+	t = cidrtab_build(&b);
+	conf_list_free(l);
+	if (n == 0)
+		cidrtab_free(&t);
+	return t;
+}
+
+/*
+ * SIGHUP: read, check and apply the configuration again. Refused as a
+ * whole (the running one stays) or applied as a whole, never half.
+ */
+static void
+reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
+{
+	char err[1200], notes[1500] = "";
+	char *extra[sizeof(restart_keys) / sizeof(restart_keys[0])];
+	size_t nextra = 0;
+	struct conf *c = NULL;
+	struct policy *p = NULL;
+	SSL_CTX *tls = NULL;
+	struct cidrtab *bare = NULL;
+	const struct conf *old_conf = conf;
+	const struct policy *old_pol = pol;
+	SSL_CTX *old_tls = tls_ctx;
+	struct cidrtab *old_bare = bare_exceptions;
+	const char *e, *why;
+	int have_smtp = 0, milter_failed = 0;
+	enum log_level lvl;
+
+	reload_gen++;
+	log_info("SIGHUP: reloading %s", conf_path);
+	for (size_t i = 0; i < nsvc; i++)
+		have_smtp |= wk[i].svc == SVC_SMTP;
+	if (reload_check(err, sizeof(err)) < 0)
+		goto refuse;
+	if (reload_load_conf(NULL, 0, &c, err, sizeof(err)) < 0)
+		goto refuse;
+	/* what cannot change live keeps its running value */
+	for (size_t k = 0; restart_keys[k] != NULL; k++) {
+		const char *key = restart_keys[k];
+
+		if (!conf_knows(key) || strcmp(conf_get(*cp, key), conf_get(c, key)) == 0)
+			continue;
+		log_warn("reload: needs a restart: %s (changed at %s); the running value stays",
+		    key, conf_where(c, key));
+		snprintf(notes + strlen(notes), sizeof(notes) - strlen(notes),
+		    "needs a restart: %s\n", key);
+		extra[nextra++] = xasprintf("%s=%s", key, conf_get(*cp, key));
+	}
+	if (nextra > 0) {
+		conf_free(&c);
+		if (reload_load_conf(extra, nextra, &c, err, sizeof(err)) < 0)
+			goto refuse;
+	}
+	if (policy_new(c, &p, &e) < 0) {
+		snprintf(err, sizeof(err), "%s", e);
+		goto refuse;
+	}
+	if (have_smtp) {
+		const char *users = conf_get(c, "users");
+
+		err[0] = '\0';
+		bare = bare_exceptions_build(c, err, sizeof(err));
+		if (err[0] != '\0')
+			goto refuse;
+		tls = tls_server_ctx_new(c, &e);
+		if (tls == NULL && e[0] != '\0') {
+			snprintf(err, sizeof(err), "%s", e);
+			goto refuse;
+		}
+		/* the new worker reads it after saying ready: a bad one must not get that far */
+		if (users[0] != '\0') {
+			struct userdb *db = userdb_load(users, &e);
+
+			if (db == NULL) {
+				snprintf(err, sizeof(err), "%s: users: %s", conf_where(c, "users"), e);
+				goto refuse;
+			}
+			userdb_free(&db);
+		}
+	}
+	if (ndraining + 2 > MAX_DRAINING) {	/* room for the smtp and policy ones */
+		snprintf(err, sizeof(err), "%zu workers are still draining from earlier reloads; "
+		    "try again later", ndraining);
+		goto refuse;
+	}
+	/* the new smtp and policy workers fork with the new settings */
+	conf = c;
+	pol = p;
+	tls_ctx = tls;
+	bare_exceptions = bare;
+	for (size_t i = 0; i < nsvc; i++) {
+		struct worker old;
+		int rfd;
+
+		if (wk[i].svc != SVC_SMTP && wk[i].svc != SVC_POLICY)
+			continue;
+		old = wk[i];
+		spawn(&wk[i], &rfd);
+		if ((why = await_ready(rfd, READY_TIMEOUT_MS)) != NULL) {
+			log_error("reload: the new %s worker failed: %s", wk[i].name, why);
+			kill(wk[i].pid, SIGKILL);
+			while (waitpid(wk[i].pid, NULL, 0) < 0 && errno == EINTR)
+				;
+			wk[i] = old;
+			conf = old_conf;
+			pol = old_pol;
+			tls_ctx = old_tls;
+			bare_exceptions = old_bare;
+			snprintf(err, sizeof(err), "%s: %s", wk[i].name, why);
+			for (size_t j = 0; j < i; j++)	/* an smtp worker already replaced: stays */
+				if (wk[j].svc == SVC_SMTP)
+					snprintf(err + strlen(err), sizeof(err) - strlen(err),
+					    " (the smtp door has the new settings)");
+			goto refuse;
+		}
+		if (old.pid > 0) {
+			kill(old.pid, SIGUSR2);	/* drain: finish the sessions, then exit */
+			draining[ndraining++] = old;
+			log_info("%s worker (pid %ld) drains; pid %ld serves the new settings",
+			    old.name, (long)old.pid, (long)wk[i].pid);
+		}
+	}
+	/* the milter last: its reload cannot fail but for a file changed since */
+	for (size_t i = 0; i < nsvc; i++)
+		if (wk[i].svc == SVC_MILTER && wk[i].pid > 0 && (why = reload_milter()) != NULL) {
+			log_error("reload: the milter keeps its running policy: %s", why);
+			snprintf(notes + strlen(notes), sizeof(notes) - strlen(notes),
+			    "milter: %s (the milter keeps its running policy)\n", why);
+			milter_failed = 1;
+		}
+	if (log_level_parse(conf_get(c, "log_level"), &lvl) == 0)
+		log_set_level(lvl);
+	conf_free(cp);
+	policy_free(pp);
+	if (old_tls != NULL)
+		SSL_CTX_free(old_tls);
+	cidrtab_free(&old_bare);
+	*cp = c;
+	*pp = p;
+	for (size_t i = 0; i < nextra; i++)
+		free(extra[i]);
+	log_info("reload %lu done: the new configuration is in force%s", reload_gen,
+	    milter_failed ? " but for the milter" :
+	    nextra > 0 ? " (except the keys that need a restart)" : "");
+	reload_status(!milter_failed, "%s", notes);
+	return;
+refuse:
+	log_error("reload refused, the running configuration stays: %s", err);
+	reload_status(0, "%s\n%s", err, notes);
+	for (size_t i = 0; i < nextra; i++)
+		free(extra[i]);
+	if (tls != NULL)
+		SSL_CTX_free(tls);
+	cidrtab_free(&bare);
+	policy_free(&p);
+	conf_free(&c);
 }
 
 int
@@ -647,6 +1236,7 @@ main(int argc, char **argv)
 			fprintf(stderr, "portcullisd: %s\n", err);
 			goto fail;
 		}
+	reload_keep_args(conffile, overrides, noverrides);
 	free(overrides);
 	overrides = NULL;
 	if (conf_finish(c, &err) < 0) {
@@ -754,28 +1344,13 @@ dup:		;
 		if (wk[i].svc != SVC_SMTP)
 			continue;
 		{
-			char **l = conf_get_list(c, "smtp_bare_newline_exceptions", &n);
-			struct cidrtab_builder *b = cidrtab_builder_new();
+			char why[300] = "";
 
-			for (size_t j = 0; j < n; j++) {
-				struct cidr cd;
-
-				if (cidr_parse(l[j], &cd, &err) < 0) {
-					fprintf(stderr, "portcullisd: %s: smtp_bare_newline_exceptions: \"%.60s\": %s\n",
-					    conf_where(c, "smtp_bare_newline_exceptions"), l[j], err);
-					conf_list_free(l);
-					bare_exceptions = cidrtab_build(&b);
-					goto fail;
-				}
-				cidrtab_builder_add(b, &cd, 1);
+			bare_exceptions = bare_exceptions_build(c, why, sizeof(why));
+			if (why[0] != '\0') {
+				fprintf(stderr, "portcullisd: %s\n", why);
+				goto fail;
 			}
-			bare_exceptions = n > 0 ? cidrtab_build(&b) : NULL;
-			if (b != NULL) {
-				struct cidrtab *t = cidrtab_build(&b);
-
-				cidrtab_free(&t);
-			}
-			conf_list_free(l);
 		}
 		tls_ctx = tls_server_ctx_new(c, &err);
 		if (tls_ctx == NULL && err[0] != '\0') {
@@ -898,6 +1473,7 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 			return 1;
 		}
 	}
+	reload_init(c);
 	/* listeners are bound and keys read: drop root before any worker runs */
 	if (owner_drop(c, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);
@@ -940,6 +1516,7 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 
 		sigemptyset(&usr1);
 		sigaddset(&usr1, SIGUSR1);
+		sigaddset(&usr1, SIGUSR2);	/* workers inherit it blocked: the smtp one takes it late */
 		pthread_sigmask(SIG_BLOCK, &usr1, NULL);
 	}
 	for (size_t i = 0; i < nsvc; i++) {
@@ -1001,6 +1578,8 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 			for (size_t i = 0; i < nsvc; i++)
 				if (wk[i].pid > 0)
 					kill(wk[i].pid, SIGUSR1);
+			for (size_t i = 0; i < ndraining; i++)	/* still logging */
+				kill(draining[i].pid, SIGUSR1);
 			continue;
 		}
 		if (sig == SIGTERM || sig == SIGINT) {
@@ -1010,7 +1589,7 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		if (stopping)
 			break;
 		if (sig == SIGHUP) {
-			log_info("SIGHUP: lists are reloaded by themselves; restart to change settings");
+			reload(&c, &p, wk, nsvc);
 			continue;
 		}
 		/* SIGCHLD: restart what died */
@@ -1022,6 +1601,18 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 
 			if (pid <= 0)
 				break;
+			for (size_t i = 0; i < ndraining; i++) {	/* reloaded away: done */
+				if (draining[i].pid != pid)
+					continue;
+				if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+					log_info("%s worker (pid %ld) drained and exited", draining[i].name,
+					    (long)pid);
+				else
+					log_warn("%s worker (pid %ld) ended while draining (status %d)",
+					    draining[i].name, (long)pid, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+				draining[i] = draining[--ndraining];
+				break;
+			}
 			for (size_t i = 0; i < nsvc; i++) {
 				int rfd;
 				const char *why;
@@ -1047,6 +1638,7 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		}
 	}
 	stop_workers(wk, nsvc);
+	stop_workers(draining, ndraining);
 	metrics_stop();
 	for (size_t i = 0; i < nsmtp_fds; i++)
 		close(smtp_fds[i]);

@@ -3,6 +3,8 @@
  *
  *   watcher_new()     first load (from the store, or from the local cache
  *                     when a shared store is unreachable); publish it
+ *   watcher_attach()  publish what watcher_new(NULL snaps) loaded, in place
+ *                     of another watcher's snapshot (live reload)
  *   watcher_start()   follow the store: file stores are polled every
  *                     WATCH_INTERVAL_MS; Redis pushes changes (pub/sub) and
  *                     is fully resynced now and then. Rebuild and publish
@@ -201,6 +203,7 @@ struct watcher {
 	struct liststore *store;
 	struct liststore *cache;	/* local copy of a shared store, or NULL */
 	struct snapref *snaps;
+	struct snapshot *first;		/* built by watcher_new(NULL snaps), not yet attached */
 	struct entry_vec lists[LIST_KINDS];
 	/*
 	 * Additions go on top of the last full build: base[k] is that build
@@ -534,8 +537,19 @@ watcher_new(struct liststore *store, struct liststore *cache, struct snapref *sn
 	s = build(w);
 	log_info("lists loaded: %zu kill, %zu accept entries in force",
 	    snapshot_count(s, LIST_KILL), snapshot_count(s, LIST_ACCEPT));
-	snapref_init(snaps, s);
+	if (snaps != NULL)
+		snapref_init(snaps, s);
+	else
+		w->first = s;
 	return w;
+}
+
+void
+watcher_attach(struct watcher *w, struct snapref *snaps)
+{
+	w->snaps = snaps;
+	snapref_publish(snaps, w->first);	/* waits for readers of the one it replaces */
+	w->first = NULL;
 }
 
 /* into our own copy at once (an addition on top), and into the unsaved batch */
@@ -1051,6 +1065,7 @@ watcher_stop_and_free(struct watcher **wp)
 		entry_vec_clear(&w->lists[k]);
 		kh_free(&w->keys[k]);
 	}
+	snapshot_free(&w->first);
 	entry_vec_clear(&w->unsaved);
 	kh_free(&w->unsaved_keys);
 	free(w->q.v);

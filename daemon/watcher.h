@@ -13,9 +13,14 @@ struct watcher;
 
 /* loads the lists once, publishes the first snapshot into *snaps. cache: a
  * file store holding the last copy of a shared store (NULL for file stores);
- * with a cache an unreachable store is not an error */
+ * with a cache an unreachable store is not an error. snaps NULL: load, but
+ * publish nothing until watcher_attach() (a live reload builds the new
+ * watcher while the old one still serves) */
 struct watcher *watcher_new(struct liststore *store, struct liststore *cache,
     struct snapref *snaps, const char **error_r);
+/* publish the first snapshot into snaps, replacing what it holds (another
+ * watcher's, stopped first); before watcher_start() */
+void watcher_attach(struct watcher *w, struct snapref *snaps);
 int watcher_start(struct watcher *w, const char **error_r) __attribute__((warn_unused_result));
 void watcher_stop_and_free(struct watcher **w);
 struct ratelimit;

@@ -15,6 +15,10 @@
  * libmilter allows one filter per process, hence the file-scope env.
  * Callbacks never block: lists come from the lock-free snapshot, bans go
  * through env->ban (a non-blocking pipe write).
+ *
+ * Live reload: milter_set_policy() publishes a new policy. Each milter
+ * session takes a reference to the policy in force when it begins and keeps
+ * it to its end; the last session to let go of a replaced policy frees it.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -24,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,8 +51,19 @@ extern int mi_stop(void);
 static atomic_int mail_macros_seen;	/* 0 unknown, 1 seen */
 static atomic_int mail_macros_warned;
 
+/* a published policy and the sessions that hold it */
+struct mpol {
+	struct policy *pol;
+	unsigned refs;		/* sessions, plus one while it is the current one */
+	int owned;		/* ours to free (set by milter_set_policy) */
+};
+
+static pthread_mutex_t mpol_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct mpol *mpol_cur;
+
 struct mpriv {
 	struct engine_session *es;
+	struct mpol *mp;	/* the policy this session began with */
 	unsigned long proto;	/* negotiated SMFIP_* steps */
 	char qid[32];
 };
@@ -100,15 +116,69 @@ milter_listen_spec(const char *s, char *buf, size_t cap, const char **error_r)
 	return -1;
 }
 
+static struct mpol *
+mpol_acquire(void)
+{
+	struct mpol *mp;
+
+	pthread_mutex_lock(&mpol_lock);
+	mp = mpol_cur;
+	mp->refs++;
+	pthread_mutex_unlock(&mpol_lock);
+	return mp;
+}
+
+static void
+mpol_release(struct mpol **mpp)
+{
+	struct mpol *mp = *mpp;
+	int last;
+
+	if (mp == NULL)
+		return;
+	*mpp = NULL;
+	pthread_mutex_lock(&mpol_lock);
+	last = --mp->refs == 0;
+	pthread_mutex_unlock(&mpol_lock);
+	if (last) {
+		if (mp->owned)
+			policy_free(&mp->pol);
+		free(mp);
+	}
+}
+
+void
+milter_set_policy(struct policy *pol)
+{
+	struct mpol *mp = xcalloc(1, sizeof(*mp)), *old;
+
+	mp->pol = pol;
+	mp->refs = 1;
+	mp->owned = 1;
+	pthread_mutex_lock(&mpol_lock);
+	old = mpol_cur;
+	mpol_cur = mp;
+	pthread_mutex_unlock(&mpol_lock);
+	mpol_release(&old);
+}
+
+static struct mpriv *
+priv_new(void)
+{
+	struct mpriv *p = xcalloc(1, sizeof(*p));
+
+	p->mp = mpol_acquire();
+	p->es = engine_session_new(p->mp->pol);
+	engine_session_set_ratelimit(p->es, env->rl);
+	return p;
+}
+
 static struct mpriv *
 priv_of(SMFICTX *ctx)
 {
 	struct mpriv *p = smfi_getpriv(ctx);
 
 	if (p == NULL) {	/* an MTA that skipped negotiation */
-		p = xcalloc(1, sizeof(*p));
-		p->es = engine_session_new(env->pol);
-		engine_session_set_ratelimit(p->es, env->rl);
 		smfi_setpriv(ctx, p);
 	}
 	return p;
@@ -174,7 +244,7 @@ cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
     unsigned long f3, unsigned long *pf0, unsigned long *pf1, unsigned long *pf2,
     unsigned long *pf3)
 {
-	struct mpriv *p = xcalloc(1, sizeof(*p));
+	struct mpriv *p = priv_new();
 	/*
 	 * DATA is asked for, with a reply, on purpose: when it is skipped,
 	 * Postfix sends the DATA-stage macros and then the first header as two
@@ -186,10 +256,9 @@ cb_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
 	    SMFIP_NR_CONN | SMFIP_NR_HDR | SMFIP_NR_EOH | SMFIP_NR_BODY | SMFIP_NR_UNKN;
 
 	(void)f0; (void)f2; (void)f3;
-	if (env->pol->nrequire_headers == 0)
+	/* the session keeps the policy it began with, so this holds to its end */
+	if (p->mp->pol->nrequire_headers == 0)
 		want |= SMFIP_NOHDRS;
-	p->es = engine_session_new(env->pol);
-	engine_session_set_ratelimit(p->es, env->rl);
 	p->proto = want & f1;
 	smfi_setpriv(ctx, p);
 	*pf0 = 0;		/* we never modify messages */
@@ -359,6 +428,7 @@ cb_close(SMFICTX *ctx)
 
 	if (p != NULL) {
 		engine_session_free(&p->es);
+		mpol_release(&p->mp);
 		free(p);
 		smfi_setpriv(ctx, NULL);
 	}
@@ -450,6 +520,11 @@ milter_setup(const char *listen, const struct milter_env *e, const char **error_
 	if (milter_listen_spec(listen, spec, sizeof(spec), error_r) < 0)
 		return -1;
 	env = e;
+	if (mpol_cur == NULL) {	/* the daemon's policy: never ours to free */
+		mpol_cur = xcalloc(1, sizeof(*mpol_cur));
+		mpol_cur->pol = (struct policy *)e->pol;
+		mpol_cur->refs = 1;
+	}
 	note_listen_address(spec);
 	if (smfi_register(desc) != MI_SUCCESS) {
 		*error_r = "smfi_register failed";

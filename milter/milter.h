@@ -24,6 +24,9 @@ int milter_setup(const char *listen, const struct milter_env *env, const char **
 /* serve until SIGTERM/SIGINT (libmilter's signal thread) or milter_stop() */
 int milter_run(void);
 void milter_stop(void);
+/* live reload: new sessions take pol (the milter owns it from now on);
+ * running sessions keep the policy they began with, freed after the last */
+void milter_set_policy(struct policy *pol);
 /* call periodically from another thread: wakes libmilter's listener once a
  * stop was requested, so shutdown takes milliseconds, not seconds */
 void milter_poke_if_stopping(void);

@@ -6,7 +6,8 @@
  *   policy_door_listen()  bind "inet:HOST:PORT", "inet:[ADDR]:PORT" (through
  *                         service/listener, as every door) or "unix:/path"
  *                         (bound here: service/listener has no unix: yet)
- *   policy_door_run()     the loop, until SIGTERM/SIGINT
+ *   policy_door_run()     the loop, until SIGTERM/SIGINT, or until
+ *                         drained after SIGUSR2
  *
  * Bounded everywhere: at most max_connections clients; a request must
  * arrive whole within request_timeout of its first byte and an idle
@@ -16,8 +17,14 @@
  * long to resynchronise gets a DEFER_IF_PERMIT answer and the connection is
  * closed once that is flushed. Never blocks: the engine reads the
  * lock-free snapshot. One thread.
+ *
+ * SIGUSR2 (live reload: a new worker already serves the same listeners)
+ * drains: accept nothing more, close each connection once it has no request
+ * under way (Postfix's policy client reconnects, to the new worker, and
+ * retries), return when none is left or after idle_timeout.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +54,9 @@ struct door {
 	struct pconn *conns;
 	unsigned nconn;
 	time_t full_logged;	/* last "too many connections" line */
+	struct listener **ls;	/* dropped when draining */
+	size_t nls;
+	int draining;		/* SIGUSR2: close each connection when it is between requests */
 };
 
 struct pconn {
@@ -125,6 +135,8 @@ conn_free(struct pconn *c)
 	event_free(c->deadline);
 	bufferevent_free(c->bev);
 	free(c);
+	if (d->draining && d->nconn == 0)
+		event_base_loopexit(d->base, NULL);	/* drained */
 }
 
 /* stop reading; free once the answers are out (the write timeout bounds it) */
@@ -210,6 +222,11 @@ serve(struct pconn *c)
 	}
 	if (answered)
 		evtimer_del(c->deadline);	/* the next request has its own */
+	if (c->d->draining && !c->closing && !policy_parser_is_partial(&c->parser) &&
+	    evbuffer_get_length(in) == 0) {
+		conn_close(c);	/* between requests: the client reconnects to the new worker */
+		return;
+	}
 	if (policy_parser_is_partial(&c->parser)) {
 		if (!evtimer_pending(c->deadline, NULL)) {
 			struct timeval tv = { (time_t)c->d->env->request_timeout, 0 };
@@ -333,13 +350,43 @@ stop_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(d->base, NULL);
 }
 
+/* live reload: the new worker takes the listeners; we finish what runs */
+static void
+drain_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct door *d = arg;
+	struct timeval bound = { (time_t)d->env->idle_timeout, 0 };
+	struct pconn *next;
+
+	(void)sig;
+	(void)what;
+	if (d->draining)
+		return;
+	d->draining = 1;
+	for (size_t i = 0; i < d->nls; i++)
+		listener_free(&d->ls[i]);
+	log_info("policy: draining for a reload: %u connection%s left, none accepted", d->nconn,
+	    d->nconn == 1 ? "" : "s");
+	for (struct pconn *c = d->conns; c != NULL; c = next) {
+		next = c->next;
+		if (!c->closing && !c->paused && !policy_parser_is_partial(&c->parser) &&
+		    evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+			conn_close(c);
+	}
+	if (d->nconn == 0)
+		event_base_loopexit(d->base, NULL);
+	else
+		event_base_loopexit(d->base, &bound);
+}
+
 int
 policy_door_run(const int *fds, size_t nfds, const struct policy_door_env *env,
     const char **error_r)
 {
 	struct door *d = xcalloc(1, sizeof(*d));
 	struct listener **ls = xcalloc(nfds + 1, sizeof(*ls));
-	struct event *sig_term, *sig_int;
+	struct event *sig_term, *sig_int, *sig_drain;
+	sigset_t usr2;
 	int rc = 0;
 
 	d->env = env;
@@ -359,8 +406,16 @@ policy_door_run(const int *fds, size_t nfds, const struct policy_door_env *env,
 	}
 	sig_term = evsignal_new(d->base, SIGTERM, stop_cb, d);
 	sig_int = evsignal_new(d->base, SIGINT, stop_cb, d);
+	sig_drain = evsignal_new(d->base, SIGUSR2, drain_cb, d);
 	evsignal_add(sig_term, NULL);
 	evsignal_add(sig_int, NULL);
+	evsignal_add(sig_drain, NULL);
+	d->ls = ls;
+	d->nls = nfds;
+	/* the master spawns us with SIGUSR2 blocked: one sent early waits for us */
+	sigemptyset(&usr2);
+	sigaddset(&usr2, SIGUSR2);
+	pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
 	if (rc == 0)
 		event_base_dispatch(d->base);
 	for (size_t i = 0; i < nfds; i++)
@@ -369,6 +424,7 @@ policy_door_run(const int *fds, size_t nfds, const struct policy_door_env *env,
 		conn_free(d->conns);
 	event_free(sig_term);
 	event_free(sig_int);
+	event_free(sig_drain);
 	event_base_free(d->base);
 	free(ls);
 	free(d);

@@ -6,7 +6,9 @@
  *
  * Policy order (README "Policy order"): the accept list first (a listed
  * client may relay and bypasses the kill list; a listed sender bypasses the
- * kill list only), then the kill list, then the per-stage checks. Client
+ * kill list only), then the kill list, then the per-stage checks. Within a
+ * list a client matches by address, then host name, then country (GeoIP,
+ * looked up once at connect). Client
  * entries are looked up again at every MAIL and RCPT against the snapshot of
  * that moment, so a list change reaches open connections too.
  *
@@ -24,6 +26,7 @@
 #include "common/stats.h"
 #include "common/xmalloc.h"
 #include "rules/engine.h"
+#include "rules/geoip.h"
 #include "storage-adapter/ratelimit.h"
 
 #define ENGINE_TEXT_ADDR 100	/* bytes of an address quoted in a reply */
@@ -61,6 +64,8 @@ struct engine_session {
 	char addr_text[CIDR_TEXT_MAX];
 	char hostname[MAX_HOSTNAME_LEN + 1];	/* verified, lower case; "" unknown */
 	char client_text[MAX_HOSTNAME_LEN + CIDR_TEXT_MAX + 4];
+	char country[3];			/* GeoIP: "FR"; "" unknown */
+	int country_given;			/* engine_session_set_country() */
 	char helo[LOG_ESCAPE_BUFSZ];		/* escaped for logs */
 	char auth[LOG_ESCAPE_BUFSZ];		/* "" when not authenticated */
 	/* transaction */
@@ -168,6 +173,25 @@ engine_client_addr(const struct engine_session *s)
 	return s->has_addr ? &s->addr : NULL;
 }
 
+void
+engine_session_set_country(struct engine_session *s, const char *cc)
+{
+	s->country[0] = '\0';
+	s->country_given = 1;
+	if (cc != NULL && strlen(cc) == 2 && isalpha((unsigned char)cc[0]) &&
+	    isalpha((unsigned char)cc[1])) {
+		s->country[0] = (char)toupper((unsigned char)cc[0]);
+		s->country[1] = (char)toupper((unsigned char)cc[1]);
+		s->country[2] = '\0';
+	}
+}
+
+const char *
+engine_session_country(const struct engine_session *s)
+{
+	return s->country[0] ? s->country : NULL;
+}
+
 static void
 verdict_clear(struct verdict *v)
 {
@@ -226,7 +250,8 @@ client_match(const struct engine_session *s, const struct snapshot *snap,
     enum list_kind k, long long now, struct listset_match *m)
 {
 	return snapshot_match_client(snap, k, s->has_addr ? &s->addr : NULL,
-	    s->hostname[0] ? s->hostname : NULL, now, m);
+	    s->hostname[0] ? s->hostname : NULL, now, m) ||
+	    snapshot_match_country(snap, k, s->country, now, m);
 }
 
 void
@@ -260,6 +285,11 @@ engine_connect(struct engine_session *s, const struct snapshot *snap,
 	}
 	snprintf(s->client_text, sizeof(s->client_text), "%s[%s]",
 	    s->hostname[0] ? s->hostname : "unknown", s->addr_text);
+	if (!s->country_given) {
+		s->country[0] = '\0';
+		if (addr != NULL && s->pol->geoip != NULL)
+			(void)geoip_lookup(s->pol->geoip, addr, s->country);
+	}
 
 	/* nothing is refused here: a milter cannot give reply text at connect */
 	if (client_match(s, snap, LIST_ACCEPT, now, &m))
@@ -355,8 +385,13 @@ engine_client_is_killed(const struct engine_session *s, const struct snapshot *s
 	if (client_match(s, snap, LIST_ACCEPT, now, &m) || !client_match(s, snap, LIST_KILL, now, &m))
 		return 0;
 	describe_entry(v->rule, sizeof(v->rule), "kill", &m);
-	decide(s, v, VERDICT_REJECT, "554", "5.7.1", m.kind == ENTRY_ADDR ? "kill-ip" : "kill-host",
-	    "Client host %s is on the kill list", s->client_text);
+	if (m.kind == ENTRY_COUNTRY)
+		decide(s, v, VERDICT_REJECT, "554", "5.7.1", "kill-country",
+		    "Client host [%s] (country %s) is on the kill list", s->addr_text, s->country);
+	else
+		decide(s, v, VERDICT_REJECT, "554", "5.7.1",
+		    m.kind == ENTRY_ADDR ? "kill-ip" : "kill-host",
+		    "Client host %s is on the kill list", s->client_text);
 	return !v->warned;
 }
 
@@ -473,6 +508,10 @@ kill_check(struct engine_session *s, const struct snapshot *snap, long long now,
 		if (m.kind == ENTRY_ADDR)
 			decide(s, v, VERDICT_REJECT, "550", "5.7.1", "kill-ip",
 			    "Client host [%s] is on the kill list", s->addr_text);
+		else if (m.kind == ENTRY_COUNTRY)
+			decide(s, v, VERDICT_REJECT, "550", "5.7.1", "kill-country",
+			    "Client host [%s] (country %s) is on the kill list", s->addr_text,
+			    s->country);
 		else
 			decide(s, v, VERDICT_REJECT, "550", "5.7.1", "kill-host",
 			    "Client host %s is on the kill list", s->client_text);
@@ -799,23 +838,25 @@ engine_log(const struct engine_session *s, enum engine_stage stage,
 	to = s->rcpt.local[0] != '\0' ? format_addr(to_buf, &s->rcpt) : s->rcpt_text;
 	if (what == NULL) {
 		if (log_is_debug())
-			log_debug("%s: %s from %s: %s; from=<%s> helo=<%s> rule=%s",
+			log_debug("%s: %s from %s: %s; from=<%s> helo=<%s>%s%s rule=%s",
 			    queue_id ? queue_id : "NOQUEUE", engine_stage_name(stage),
 			    s->client_text, engine_action_name(v->action), from,
-			    s->helo, v->rule);
+			    s->helo, s->country[0] ? " country=" : "", s->country, v->rule);
 		return;
 	}
 	if (v->tag == NULL) {
-		log_info("%s: %s: %s from %s: from=<%s> nrcpt=%u helo=<%s>%s%s",
+		log_info("%s: %s: %s from %s: from=<%s> nrcpt=%u helo=<%s>%s%s%s%s",
 		    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage),
 		    s->client_text, from, s->nrcpt, s->helo,
+		    s->country[0] ? " country=" : "", s->country,
 		    s->auth[0] ? " sasl_username=" : "", s->auth);
 		return;
 	}
-	log_info("%s: %s: %s from %s: %s %s %s; from=<%s> to=<%s> helo=<%s>%s%s reason=%s%s%s",
+	log_info("%s: %s: %s from %s: %s %s %s; from=<%s> to=<%s> helo=<%s>%s%s%s%s reason=%s%s%s",
 	    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage), s->client_text,
 	    v->code, v->dsn, v->text, from,
 	    stage == STAGE_RCPT ? to : "",
-	    s->helo, s->auth[0] ? " sasl_username=" : "", s->auth, v->tag,
+	    s->helo, s->country[0] ? " country=" : "", s->country,
+	    s->auth[0] ? " sasl_username=" : "", s->auth, v->tag,
 	    arg ? " arg=" : "", arg ? log_escape(esc, arg, strlen(arg)) : "");
 }

@@ -104,5 +104,13 @@ const struct mailaddr *engine_sender_address(const struct engine_session *s);
  * mydomains; NULL when it did not parse. Deliver to this address. */
 const struct mailaddr *engine_rcpt_address(const struct engine_session *s, int *local_r);
 const struct ipaddr *engine_client_addr(const struct engine_session *s);
+/* the client's country: engine_connect() looks it up in the policy's
+ * geoip_database; this sets it instead, for the rest of the session (NULL
+ * or anything but two letters: unknown). Call it before engine_connect()
+ * for the connect stage to see it. */
+void engine_session_set_country(struct engine_session *s, const char *cc);
+/* "FR" (upper case), NULL when unknown -- for logs, `explain`, Sieve's
+ * environment "vnd.portcullis.country" */
+const char *engine_session_country(const struct engine_session *s);
 
 #endif

@@ -5,6 +5,7 @@
  *   listset_match_client()   address (longest prefix), then host name (exact,
  *                            then each parent domain for host:.suffix entries)
  *   listset_match_sender()   user@domain, then @domain
+ *   listset_match_country()  country:XX (the client's country, from GeoIP)
  *
  * Compact on purpose (a kill list can hold millions of CIDRs): per entry a
  * 16-byte record, its text in one string pool, and 4-byte slots in the
@@ -42,7 +43,7 @@ struct listset {
 	char *pool;
 	size_t pool_len;
 	struct cidrtab *addrs;
-	struct nameset host, suffix, sender, domain;
+	struct nameset host, suffix, sender, domain, country;
 	long long next_expiry;
 	unsigned refs;
 };
@@ -127,7 +128,7 @@ listset_build(const struct entry_vec *v, long long now)
 {
 	struct listset *l = xcalloc(1, sizeof(*l));
 	struct cidrtab_builder *b = cidrtab_builder_new();
-	size_t cap = 4096, nk[5] = { 0 };
+	size_t cap = 4096, nk[ENTRY_KINDS] = { 0 };
 
 	l->refs = 1;
 	l->meta = xreallocarray(NULL, v->n ? v->n : 1, sizeof(struct meta));
@@ -158,12 +159,14 @@ listset_build(const struct entry_vec *v, long long now)
 	nameset_init(&l->suffix, nk[ENTRY_HOST_SUFFIX], 5);	/* "host:" keeps the dot */
 	nameset_init(&l->sender, nk[ENTRY_SENDER], 0);
 	nameset_init(&l->domain, nk[ENTRY_SENDER_DOMAIN], 0);
+	nameset_init(&l->country, nk[ENTRY_COUNTRY], 8);	/* "country:" */
 	for (size_t i = 0; i < l->n; i++) {
 		switch (l->meta[i].kind) {
 		case ENTRY_HOST: nameset_insert(l, &l->host, (uint32_t)i); break;
 		case ENTRY_HOST_SUFFIX: nameset_insert(l, &l->suffix, (uint32_t)i); break;
 		case ENTRY_SENDER: nameset_insert(l, &l->sender, (uint32_t)i); break;
 		case ENTRY_SENDER_DOMAIN: nameset_insert(l, &l->domain, (uint32_t)i); break;
+		case ENTRY_COUNTRY: nameset_insert(l, &l->country, (uint32_t)i); break;
 		default: break;
 		}
 	}
@@ -192,6 +195,7 @@ listset_free(struct listset **lp)
 	free(l->suffix.slot);
 	free(l->sender.slot);
 	free(l->domain.slot);
+	free(l->country.slot);
 	free(l->meta);
 	free(l->pool);
 	free(l);
@@ -261,6 +265,15 @@ listset_match_sender(const struct listset *l, const struct mailaddr *sender,
 	return at != NULL && hit(l, nameset_find(l, &l->domain, at, strlen(at)), now, m_r);
 }
 
+int
+listset_match_country(const struct listset *l, const char *country, long long now,
+    struct listset_match *m_r)
+{
+	if (country == NULL || country[0] == '\0')
+		return 0;
+	return hit(l, nameset_find(l, &l->country, country, strlen(country)), now, m_r);
+}
+
 size_t
 listset_count(const struct listset *l)
 {
@@ -272,7 +285,8 @@ listset_memory(const struct listset *l)
 {
 	return sizeof(*l) + l->n * sizeof(struct meta) + l->pool_len +
 	    cidrtab_memory(l->addrs) +
-	    ((size_t)l->host.mask + l->suffix.mask + l->sender.mask + l->domain.mask + 4) * 4;
+	    ((size_t)l->host.mask + l->suffix.mask + l->sender.mask + l->domain.mask +
+	    l->country.mask + 5) * 4;
 }
 
 long long

@@ -7,7 +7,7 @@
 
 /*
  * One list (kill or accept), compiled for lookups: an LPM table for
- * addresses and hash sets for host names and senders. Immutable once built,
+ * addresses and hash sets for host names, senders and countries. Immutable once built,
  * so any number of threads may read it without locks.
  */
 struct listset;
@@ -32,6 +32,9 @@ int listset_match_client(const struct listset *l, const struct ipaddr *addr,
     const char *hostname, long long now, struct listset_match *m_r);
 int listset_match_sender(const struct listset *l, const struct mailaddr *sender,
     long long now, struct listset_match *m_r);
+/* country: two upper-case letters (GeoIP); NULL or "" when unknown */
+int listset_match_country(const struct listset *l, const char *country, long long now,
+    struct listset_match *m_r);
 
 size_t listset_count(const struct listset *l);
 size_t listset_memory(const struct listset *l);		/* bytes, all of it */

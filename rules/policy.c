@@ -14,6 +14,7 @@
 
 #include "common/conf.h"
 #include "common/xmalloc.h"
+#include "rules/geoip.h"
 #include "rules/policy.h"
 #include "storage-adapter/ratelimit.h"
 
@@ -185,6 +186,20 @@ policy_new(const struct conf *c, struct policy **p_r, const char **error_r)
 		p->nrate_overrides++;
 	}
 	conf_list_free(list);
+	list = NULL;
+
+	/* geoip_database: a missing or unreadable file stops the start */
+	if (conf_get(c, "geoip_database")[0] != '\0') {
+		const char *err;
+
+		if (geoip_open(conf_get(c, "geoip_database"), conf_get(c, "geoip_country_field"),
+		    &p->geoip, &err) < 0) {
+			snprintf(errbuf, sizeof(errbuf), "%s: %s", conf_where(c,
+			    strncmp(err, "geoip_country_field", 19) == 0 ?
+			    "geoip_country_field" : "geoip_database"), err);
+			goto fail_list;
+		}
+	}
 	*p_r = p;
 	return 0;
 
@@ -214,6 +229,7 @@ policy_free(struct policy **pp)
 	for (size_t i = 0; i < p->nrate_overrides; i++)
 		free(p->rate_overrides[i].who);
 	free(p->rate_overrides);
+	geoip_free(&p->geoip);
 	free(p);
 	*pp = NULL;
 }

@@ -5,6 +5,7 @@
 #include "common/mailaddr.h"
 
 struct conf;
+struct geoip;
 
 enum null_sender_mode { NULL_SENDER_ACCEPT, NULL_SENDER_REJECT, NULL_SENDER_REJECT_MULTI };
 
@@ -34,6 +35,7 @@ struct policy {
 		unsigned limit, window;
 	} *rate_overrides;
 	size_t nrate_overrides;
+	struct geoip *geoip;	/* geoip_database; NULL: none. Owned, reloads itself */
 };
 
 /* errors name the setting and where it was set */

@@ -70,6 +70,15 @@ snapshot_match_sender(const struct snapshot *s, enum list_kind k,
 	return listset_match_sender(s->list[k], sender, now, m_r);
 }
 
+int
+snapshot_match_country(const struct snapshot *s, enum list_kind k, const char *country,
+    long long now, struct listset_match *m_r)
+{
+	if (s->over[k] != NULL && listset_match_country(s->over[k], country, now, m_r))
+		return 1;
+	return listset_match_country(s->list[k], country, now, m_r);
+}
+
 size_t
 snapshot_count(const struct snapshot *s, enum list_kind k)
 {

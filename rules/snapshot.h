@@ -43,11 +43,13 @@ struct snapshot *snapshot_new(struct listset *kill, struct listset *accept);
 struct snapshot *snapshot_new_overlay(struct listset *kill, struct listset *accept,
     struct listset *over_kill, struct listset *over_accept);
 void snapshot_free(struct snapshot **s);
-/* listset_match_client()/_sender() over both layers of list k */
+/* listset_match_client()/_sender()/_country() over both layers of list k */
 int snapshot_match_client(const struct snapshot *s, enum list_kind k,
     const struct ipaddr *addr, const char *hostname, long long now, struct listset_match *m_r);
 int snapshot_match_sender(const struct snapshot *s, enum list_kind k,
     const struct mailaddr *sender, long long now, struct listset_match *m_r);
+int snapshot_match_country(const struct snapshot *s, enum list_kind k, const char *country,
+    long long now, struct listset_match *m_r);
 /* entries in force in list k (both layers) */
 size_t snapshot_count(const struct snapshot *s, enum list_kind k);
 

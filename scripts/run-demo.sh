@@ -6,6 +6,18 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 conf="$top/etc/portcullis.conf.demo"
 pc="$top/bin/portcullis -c $conf -o state_dir=$top/run"
 mkdir -p "$top/run"
+# the client's country: a MaxMind-format database built from Debian's
+# tor-geoipdb (IPFire Location data, CC BY-SA 4.0), rebuilt when that updates
+geo="$top/run/GeoIP-country.mmdb"
+if [ ! -s "$geo" ] || [ /usr/share/tor/geoip -nt "$geo" ] || [ /usr/share/tor/geoip6 -nt "$geo" ]; then
+	if [ ! -r /usr/share/tor/geoip ] || [ ! -r /usr/share/tor/geoip6 ]; then
+		echo "run-demo: /usr/share/tor/geoip{,6} missing: run 'make deps' (tor-geoipdb)" >&2
+		exit 1
+	fi
+	t0=$(date +%s)
+	perl "$top/scripts/geoip-mmdb.pl" "$geo" /usr/share/tor/geoip /usr/share/tor/geoip6
+	echo "built $geo from tor-geoipdb in $(( $(date +%s) - t0 ))s (IPFire Location data, CC BY-SA 4.0)"
+fi
 if ! $pc user list 2>/dev/null | grep -q '^demo@example.com$'; then
 	echo "demo-password" | $pc user add demo@example.com --password-stdin >/dev/null
 	echo "created user demo@example.com (password: demo-password)"
@@ -15,6 +27,7 @@ portcullisd: SMTP gateway on 127.0.0.1:2525, milter on 127.0.0.1:8891, state in 
   send a message:  swaks --server 127.0.0.1:2525 --to demo@example.com --from you@example.org
   it lands in:     $top/run/mail/example.com/demo/Maildir/new/
   kill list:       $pc kill add 192.0.2.1
+  by country:      $pc kill add country:XX   (client countries from $geo)
   dry run:         $pc explain --client 198.51.100.7 --from a@example.org --rcpt b@example.net
   attach Postfix:  postconf -e 'smtpd_milters = inet:127.0.0.1:8891' 'milter_default_action = tempfail'
 EOT

@@ -88,8 +88,9 @@ struct smtp_proto {
 	int authenticated;
 	int starttls;		/* the server must start TLS now */
 	char auth_user[256];
-	struct smtp_auth_req auth;
-	int auth_step;		/* LOGIN: 1 user, 2 password; others: 1 */
+	struct smtp_auth_req auth;	/* auth.sasl: the exchange under way, or NULL */
+	char *auth_final;	/* SCRAM: the server's final data, sent after the check */
+	char tls_peer[256];	/* verified client certificate's identity, "" none */
 	int auth_pending;
 	int no_auth;		/* smtp_auth = no on this listener */
 	int after_auth;		/* the last command was a refused or finished AUTH:
@@ -200,6 +201,8 @@ smtp_proto_free(struct smtp_proto **spp)
 	if (sp == NULL)
 		return;
 	tx_reset(sp);
+	sasl_server_free(&sp->auth.sasl);
+	free(sp->auth_final);
 	free(sp->rcpt);
 	free(sp->rcpt_local);
 	free(sp->line);
@@ -434,58 +437,10 @@ smtp_proto_take_starttls(struct smtp_proto *sp)
 	return s;
 }
 
-/* strict base64 (RFC 4648), for AUTH; -1 on garbage */
-static int
-b64_decode(const char *in, unsigned char *out, size_t cap, size_t *len_r)
+void
+smtp_proto_set_tls_peer(struct smtp_proto *sp, const char *identity)
 {
-	static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	size_t n = strlen(in), o = 0;
-	unsigned v = 0;
-	int bits = 0, pad = 0;
-
-	if (n % 4 != 0)
-		return -1;
-	for (size_t i = 0; i < n; i++) {
-		const char *p;
-
-		if (in[i] == '=') {
-			if (i < n - 2)
-				return -1;
-			pad++;
-			continue;
-		}
-		if (pad || (p = strchr(tab, in[i])) == NULL || in[i] == '\0')
-			return -1;
-		v = (v << 6) | (unsigned)(p - tab);
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			if (o + 1 >= cap)
-				return -1;
-			out[o++] = (unsigned char)(v >> bits);
-		}
-	}
-	out[o] = '\0';
-	*len_r = o;
-	return 0;
-}
-
-static void
-b64_encode(const unsigned char *in, size_t n, char *out)
-{
-	static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	size_t o = 0;
-
-	for (size_t i = 0; i < n; i += 3) {
-		unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0) |
-		    (i + 2 < n ? in[i + 2] : 0);
-
-		out[o++] = tab[(v >> 18) & 63];
-		out[o++] = tab[(v >> 12) & 63];
-		out[o++] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
-		out[o++] = i + 2 < n ? tab[v & 63] : '=';
-	}
-	out[o] = '\0';
+	snprintf(sp->tls_peer, sizeof(sp->tls_peer), "%s", identity ? identity : "");
 }
 
 struct smtp_auth_req *
@@ -500,30 +455,37 @@ smtp_proto_auth_user(const struct smtp_proto *sp)
 	return sp->auth_user;
 }
 
-/* a login names its user as the user database does (logs, rate limits, relay) */
+/* the exchange is over (refused, aborted, or done) */
 static void
-login_canonical(const struct smtp_proto *sp, const char *login, char *dst, size_t cap)
+auth_end(struct smtp_proto *sp)
 {
-	const char *at = strrchr(login, '@');
-	char local[MAILADDR_PART_MAX], domain[MAILADDR_PART_MAX], canon[MAILADDR_TEXT_MAX];
-	size_t ll = at ? (size_t)(at - login) : 0, dl = at ? strlen(at + 1) : 0;
+	sasl_server_free(&sp->auth.sasl);
+	free(sp->auth_final);
+	sp->auth_final = NULL;
+	sp->auth_pending = 0;
+	if (sp->st == ST_AUTH || sp->st == ST_AUTHWAIT)
+		sp->st = ST_CMD;
+}
 
-	snprintf(dst, cap, "%s", login);
-	if (at == NULL || sp->p->user_resolve == NULL || ll >= sizeof(local) ||
-	    dl >= sizeof(domain))
-		return;
-	memcpy(local, login, ll);
-	local[ll] = '\0';
-	for (size_t i = 0; i <= dl; i++)
-		domain[i] = (char)tolower((unsigned char)at[1 + i]);
-	if (sp->p->user_resolve(sp->p->user_arg, local, domain, canon) && strlen(canon) < cap)
-		memcpy(dst, canon, strlen(canon) + 1);
+static void
+auth_success(struct smtp_proto *sp)
+{
+	char esc[LOG_ESCAPE_BUFSZ];
+	const char *user = sasl_server_user(sp->auth.sasl);
+
+	snprintf(sp->auth_user, sizeof(sp->auth_user), "%s", user);
+	sp->authenticated = 1;
+	log_info("%s: AUTH %s as %s", engine_client_text(sp->es),
+	    sasl_mech_name(sasl_server_mech(sp->auth.sasl)), log_escape(esc, user, strlen(user)));
+	reply(sp, "235 2.7.0 Authentication successful");
+	auth_end(sp);
 }
 
 void
 smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 {
 	char esc[LOG_ESCAPE_BUFSZ];
+	const char *login = sp->auth.sasl ? sasl_server_login(sp->auth.sasl) : "";
 
 	sp->auth_pending = 0;
 	sp->st = ST_CMD;
@@ -531,103 +493,79 @@ smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 		log_info("%s: AUTH not checked, password checks busy; reason=auth-busy",
 		    engine_client_text(sp->es));
 		reply(sp, "454 4.7.0 Temporary authentication failure");
+	} else if (ok && sp->auth_final != NULL && sp->auth_final[0] != '\0') {
+		/* RFC 4954 §4: final data goes in a 334; the client answers empty */
+		reply(sp, "334 %s", sp->auth_final);
+		sp->st = ST_AUTH;
+		return;
 	} else if (ok) {
-		login_canonical(sp, sp->auth.user, sp->auth_user, sizeof(sp->auth_user));
-		sp->authenticated = 1;
-		log_info("%s: AUTH %s as %s", engine_client_text(sp->es),
-		    sp->auth.mech == SMTP_AUTH_CRAM ? "CRAM-MD5" : sp->auth.mech == SMTP_AUTH_LOGIN ?
-		    "LOGIN" : "PLAIN", log_escape(esc, sp->auth.user, strlen(sp->auth.user)));
-		reply(sp, "235 2.7.0 Authentication successful");
+		auth_success(sp);
+		return;
 	} else {
 		log_info("%s: AUTH failed for %s; reason=auth-failed", engine_client_text(sp->es),
-		    log_escape(esc, sp->auth.user, strlen(sp->auth.user)));
+		    log_escape(esc, login, strlen(login)));
 		error_reply(sp, "535 5.7.8 Error: authentication failed");
 	}
-	explicit_bzero(sp->auth.pass, sizeof(sp->auth.pass));
+	auth_end(sp);
 }
 
-/* one AUTH response line (or the initial response); moves the exchange on */
+/* the exchange says what comes next */
 static void
-auth_step(struct smtp_proto *sp, const char *line)
+auth_next(struct smtp_proto *sp, enum sasl_rc rc, const char *out64)
 {
-	unsigned char buf[SMTP_AUTH_LINE_MAX];
-	size_t n;
-
-	if (strcmp(line, "*") == 0) {
-		sp->st = ST_CMD;
+	switch (rc) {
+	case SASL_CONTINUE:
+		sp->st = ST_AUTH;
+		reply(sp, "334 %s", out64);
+		return;
+	case SASL_CHECK:
+		sp->auth.check = 1;
+		sp->auth_pending = 1;
+		sp->st = ST_AUTHWAIT;
+		return;
+	case SASL_OK:
+	case SASL_FAIL:
+		/* every outcome goes by the caller: a failure's penalty applies */
+		sp->auth.check = 0;
+		sp->auth.ok = rc == SASL_OK;
+		if (rc == SASL_OK && out64[0] != '\0')
+			sp->auth_final = xstrdup(out64);
+		sp->auth_pending = 1;
+		sp->st = ST_AUTHWAIT;
+		return;
+	case SASL_BAD_BASE64:
+		auth_end(sp);
+		error_reply(sp, "501 5.5.2 Error: invalid base64 data");
+		return;
+	case SASL_CANCELLED:
+		auth_end(sp);
 		error_reply(sp, "501 5.7.0 Authentication aborted");
 		return;
 	}
-	if (b64_decode(line, buf, sizeof(buf), &n) < 0) {
-		sp->st = ST_CMD;
-		error_reply(sp, "501 5.5.2 Error: invalid base64 data");
+}
+
+/* one AUTH response line; moves the exchange on */
+static void
+auth_step(struct smtp_proto *sp, const char *line)
+{
+	const char *out64;
+	enum sasl_rc rc;
+
+	if (sp->auth_final != NULL) {
+		/* SCRAM: the client has checked our signature; an empty line closes */
+		if (strcmp(line, "*") == 0) {
+			auth_end(sp);
+			error_reply(sp, "501 5.7.0 Authentication aborted");
+		} else if (line[0] != '\0') {
+			auth_end(sp);
+			error_reply(sp, "501 5.5.2 Error: expected an empty response");
+		} else {
+			auth_success(sp);
+		}
 		return;
 	}
-	switch (sp->auth.mech) {
-	case SMTP_AUTH_PLAIN: {
-		/* authzid NUL authcid NUL password */
-		const char *authz = (const char *)buf;
-		size_t zl = strnlen(authz, n);
-		const char *user = zl < n ? authz + zl + 1 : NULL;
-		size_t ul = user ? strnlen(user, n - zl - 1) : 0;
-		const char *pass = user && zl + 1 + ul < n ? user + ul + 1 : NULL;
-
-		if (pass == NULL || ul == 0 || ul >= sizeof(sp->auth.user) ||
-		    (size_t)(buf + n - (const unsigned char *)pass) >= sizeof(sp->auth.pass) ||
-		    (zl > 0 && strcmp(authz, user) != 0)) {
-			sp->st = ST_CMD;
-			error_reply(sp, "535 5.7.8 Error: authentication failed");
-			break;
-		}
-		memcpy(sp->auth.user, user, ul + 1);
-		memcpy(sp->auth.pass, pass, (size_t)(buf + n - (const unsigned char *)pass));
-		sp->auth.pass[buf + n - (const unsigned char *)pass] = '\0';
-		sp->auth_pending = 1;
-		sp->st = ST_AUTHWAIT;
-		break;
-	}
-	case SMTP_AUTH_LOGIN:
-		if (sp->auth_step == 1) {
-			if (n == 0 || n >= sizeof(sp->auth.user) || memchr(buf, '\0', n)) {
-				sp->st = ST_CMD;
-				error_reply(sp, "535 5.7.8 Error: authentication failed");
-				break;
-			}
-			memcpy(sp->auth.user, buf, n + 1);
-			sp->auth_step = 2;
-			reply(sp, "334 UGFzc3dvcmQ6");	/* "Password:" */
-		} else {
-			if (n >= sizeof(sp->auth.pass) || memchr(buf, '\0', n)) {
-				sp->st = ST_CMD;
-				error_reply(sp, "535 5.7.8 Error: authentication failed");
-				break;
-			}
-			memcpy(sp->auth.pass, buf, n + 1);
-			sp->auth_pending = 1;
-			sp->st = ST_AUTHWAIT;
-		}
-		break;
-	case SMTP_AUTH_CRAM: {
-		/* "user hexdigest" */
-		const char *sp2 = memchr(buf, ' ', n);
-		size_t ul = sp2 ? (size_t)(sp2 - (const char *)buf) : 0;
-
-		if (sp2 == NULL || ul == 0 || ul >= sizeof(sp->auth.user) ||
-		    n - ul - 1 >= sizeof(sp->auth.digest) || memchr(buf, '\0', n)) {
-			sp->st = ST_CMD;
-			error_reply(sp, "535 5.7.8 Error: authentication failed");
-			break;
-		}
-		memcpy(sp->auth.user, buf, ul);
-		sp->auth.user[ul] = '\0';
-		memcpy(sp->auth.digest, sp2 + 1, n - ul - 1);
-		sp->auth.digest[n - ul - 1] = '\0';
-		sp->auth_pending = 1;
-		sp->st = ST_AUTHWAIT;
-		break;
-	}
-	}
-	explicit_bzero(buf, sizeof(buf));
+	rc = sasl_server_step64(sp->auth.sasl, line, &out64);
+	auth_next(sp, rc, out64);
 }
 
 static void
@@ -635,8 +573,12 @@ cmd_auth(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 {
 	char *mech = arg, *init;
 	unsigned m;
+	struct sasl_params sp_params;
+	const char *out64;
+	enum sasl_rc rc;
 
 	(void)cmdlen;
+	(void)now;
 	if (sp->p->auth_mechs == 0 || sp->no_auth) {
 		error_reply(sp, "502 5.5.1 Error: authentication not enabled");
 		return;
@@ -656,55 +598,34 @@ cmd_auth(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now)
 	init = mech + strcspn(mech, " ");
 	if (*init == ' ')
 		*init++ = '\0';
-	if (strcasecmp(mech, "PLAIN") == 0)
-		m = SMTP_AUTH_PLAIN;
-	else if (strcasecmp(mech, "LOGIN") == 0)
-		m = SMTP_AUTH_LOGIN;
-	else if (strcasecmp(mech, "CRAM-MD5") == 0)
-		m = SMTP_AUTH_CRAM;
-	else
-		m = 0;
-	if (m == 0 || !(sp->p->auth_mechs & m)) {
+	m = authmech_from_name(mech);
+	if (m == 0 || !(sp->p->auth_mechs & m) || sp->p->sasl_cb == NULL ||
+	    (m == SMTP_AUTH_EXTERNAL && sp->tls_peer[0] == '\0')) {
 		error_reply(sp, "504 5.5.4 Unrecognized authentication mechanism");
 		return;
 	}
-	if (m != SMTP_AUTH_CRAM && !sp->tls && !sp->p->auth_allow_plaintext) {
+	if ((m == SMTP_AUTH_PLAIN || m == SMTP_AUTH_LOGIN) && !sp->tls &&
+	    !sp->p->auth_allow_plaintext) {
 		error_reply(sp, "538 5.7.11 Encryption required for requested authentication mechanism");
 		return;
 	}
+	if (m == SMTP_AUTH_CRAM && *init != '\0') {
+		error_reply(sp, "501 5.5.4 CRAM-MD5 takes no initial response");
+		return;
+	}
+	sp_params.cb = sp->p->sasl_cb;
+	sp_params.hostname = sp->p->myhostname;
+	sp_params.external_id = sp->tls_peer[0] ? sp->tls_peer : NULL;
+	sasl_server_free(&sp->auth.sasl);
 	memset(&sp->auth, 0, sizeof(sp->auth));
-	sp->auth.mech = m;
-	sp->auth_step = 1;
+	sp->auth.sasl = sasl_server_new(m, &sp_params);
+	if (sp->auth.sasl == NULL) {
+		error_reply(sp, "454 4.7.0 Temporary authentication failure");
+		return;
+	}
 	sp->st = ST_AUTH;
-	if (m == SMTP_AUTH_CRAM) {
-		unsigned char rnd[8];
-		char b64[220];
-
-		if (*init != '\0') {
-			sp->st = ST_CMD;
-			error_reply(sp, "501 5.5.4 CRAM-MD5 takes no initial response");
-			return;
-		}
-		/* a predictable challenge would let a recorded answer be replayed */
-		if (getentropy(rnd, sizeof(rnd)) < 0)
-			fatal("getentropy: %s; no CRAM-MD5 challenge without randomness",
-			    strerror(errno));
-		snprintf(sp->auth.challenge, sizeof(sp->auth.challenge), "<%02x%02x%02x%02x%02x%02x%02x%02x.%lld@%s>",
-		    rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], now,
-		    sp->p->myhostname);
-		b64_encode((const unsigned char *)sp->auth.challenge, strlen(sp->auth.challenge), b64);
-		reply(sp, "334 %s", b64);
-		return;
-	}
-	if (*init != '\0') {
-		if (m == SMTP_AUTH_LOGIN) {	/* RFC 4954 allows LOGIN's user as initial response */
-			auth_step(sp, init);
-			return;
-		}
-		auth_step(sp, strcmp(init, "=") == 0 ? "" : init);
-		return;
-	}
-	reply(sp, m == SMTP_AUTH_LOGIN ? "334 VXNlcm5hbWU6" : "334 ");
+	rc = sasl_server_step64(sp->auth.sasl, *init ? init : NULL, &out64);
+	auth_next(sp, rc, out64);
 }
 
 static void
@@ -796,7 +717,7 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 	if (sp->p->vrfy)
 		reply(sp, "250-VRFY");
 	if (sp->p->auth_mechs != 0 && !sp->no_auth && !sp->authenticated) {
-		char mechs[64] = "";
+		char mechs[96] = "";
 		int plain_ok = sp->tls || sp->p->auth_allow_plaintext;
 
 		if ((sp->p->auth_mechs & SMTP_AUTH_PLAIN) && plain_ok)
@@ -805,6 +726,11 @@ cmd_helo(struct smtp_proto *sp, char *arg, size_t cmdlen, long long now, int ehl
 			strcat(mechs, " LOGIN");
 		if (sp->p->auth_mechs & SMTP_AUTH_CRAM)
 			strcat(mechs, " CRAM-MD5");
+		if (sp->p->auth_mechs & SMTP_AUTH_SCRAM)
+			strcat(mechs, " SCRAM-SHA-256");
+		/* EXTERNAL only where a client certificate was verified */
+		if ((sp->p->auth_mechs & SMTP_AUTH_EXTERNAL) && sp->tls_peer[0] != '\0')
+			strcat(mechs, " EXTERNAL");
 		if (mechs[0] != '\0')
 			reply(sp, "250-AUTH%s", mechs);
 	}
@@ -1444,7 +1370,7 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 			}
 			if (sp->st == ST_AUTH && !sp->overflow) {
 				if (!crlf && sp->bare_reject) {
-					sp->st = ST_CMD;
+					auth_end(sp);
 					error_reply(sp, "500 5.5.2 Error: bare <LF> received; lines end with <CR><LF>");
 				} else {
 					auth_step(sp, sp->line);
@@ -1452,7 +1378,7 @@ smtp_proto_input(struct smtp_proto *sp, const char *buf, size_t len, long long n
 				explicit_bzero(sp->line, sp->linelen);
 			} else if (sp->overflow) {
 				if (sp->st == ST_AUTH)
-					sp->st = ST_CMD;
+					auth_end(sp);
 				if (!judged) {
 					unsigned ticket;
 					const struct snapshot *snap = snapref_acquire(sp->p->snaps, &ticket);

@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include "common/authmech.h"
 #include "common/cidr.h"
+#include "common/sasl.h"
 #include "rules/engine.h"
 #include "rules/snapshot.h"
 
@@ -26,6 +27,7 @@ struct smtp_params {
 	int tls_available;		/* STARTTLS can be offered */
 	unsigned auth_mechs;		/* SMTP_AUTH_*; 0: no AUTH */
 	int auth_allow_plaintext;	/* PLAIN/LOGIN without TLS */
+	const struct sasl_callbacks *sasl_cb;	/* the user database, for common/sasl */
 	/*
 	 * A local recipient (local part unquoted, domain lower case) -> the
 	 * user database's canonical "user@domain" in canon_r (MAILADDR_TEXT_MAX
@@ -42,13 +44,20 @@ struct smtp_params {
 #define SMTP_AUTH_CRAM	AUTH_MECH_CRAM
 #define SMTP_AUTH_LINE_MAX 12288	/* RFC 4954 §4 */
 
-/* An AUTH exchange the caller must check (slow: password hashing). */
+#define SMTP_AUTH_SCRAM	AUTH_MECH_SCRAM
+#define SMTP_AUTH_EXTERNAL AUTH_MECH_EXTERNAL
+
+/*
+ * An AUTH exchange at its end, for the caller: check != 0: run
+ * sasl_server_check(sasl) off the loop (password hashing), then the outcome
+ * is sasl_server_checked(); check == 0: ok is the outcome already. Either
+ * way the caller applies the failure penalty and calls smtp_proto_auth_done().
+ * The exchange belongs to the session.
+ */
 struct smtp_auth_req {
-	unsigned mech;			/* SMTP_AUTH_* */
-	char user[256];
-	char pass[1024];		/* PLAIN, LOGIN */
-	char challenge[160];		/* CRAM-MD5 */
-	char digest[64];		/* CRAM-MD5: the client's hex digest */
+	struct sasl_server *sasl;
+	int check;
+	int ok;
 };
 
 /*
@@ -156,6 +165,8 @@ unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);
 const char *smtp_proto_ban_reason(const struct smtp_proto *sp);
 /* the connection is (now) encrypted: after implicit TLS or a STARTTLS handshake */
 void smtp_proto_set_tls(struct smtp_proto *sp, int active);
+/* the verified TLS client certificate's identity (for AUTH EXTERNAL) */
+void smtp_proto_set_tls_peer(struct smtp_proto *sp, const char *identity);
 /* a submission listener: MAIL needs AUTH first */
 void smtp_proto_set_submission(struct smtp_proto *sp);
 /* no AUTH on this connection (smtp_auth = no on a plain SMTP listener) */

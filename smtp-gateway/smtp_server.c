@@ -5,7 +5,13 @@
  * lookups (evdns), connection limits and timeouts.
  *
  *   smtp_server_run()      the loop on the listeners the master bound
- *                          (service/listener), until SIGTERM/SIGINT
+ *                          (service/listener), until SIGTERM/SIGINT, or
+ *                          until drained after SIGUSR2
+ *
+ * SIGUSR2 (live reload: a new worker already serves the same listeners)
+ * drains: accept nothing more, let every open session finish as usual, and
+ * return once none is left, or after smtp_timeout; then the cached
+ * downstream sessions are closed.
  *
  * The loop never waits: fsyncs run on one pool of job threads, password
  * checks on another (bounded: deliveries never wait behind a guessing
@@ -31,6 +37,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +59,7 @@
 #include "common/log.h"
 #include "common/mailaddr.h"
 #include "common/stats.h"
+#include "common/tls.h"
 #include "common/xmalloc.h"
 #include "service/jobs.h"
 #include "service/penalty.h"
@@ -60,9 +68,9 @@
 #include "service/anvil.h"
 #include "service/deadline.h"
 #include "service/listener.h"
-#include "storage-adapter/crammd5.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
+#include "storage-adapter/userdb_sasl.h"
 
 #define SMTP_DELIVERY_THREADS 8	/* concurrent fsyncs let the file system group commits */
 #define SMTP_AUTH_THREADS 2	/* password hashing: a pool of its own, never the deliveries' */
@@ -91,6 +99,7 @@ struct server {
 	struct smtp_params params;
 	struct event_base *base;
 	struct userdb *users;
+	struct sasl_callbacks sasl_cb;	/* common/sasl reads users through these */
 	time_t users_bad_since;		/* the users file is not usable since; 0: it is */
 	time_t users_bad_logged;
 	unsigned nconn;
@@ -98,6 +107,9 @@ struct server {
 	struct conn *conns;
 	struct anvil *anvil;		/* connections per client address */
 	char errbuf[300];
+	struct door *doors;		/* the listeners, dropped when draining */
+	size_t ndoors;
+	time_t drain_until;		/* draining (SIGUSR2): stop by then; 0 not */
 };
 
 struct conn {
@@ -110,6 +122,7 @@ struct conn {
 	int closing;
 	int delivering;		/* a delivery job holds this connection */
 	int tls;		/* the bev is an OpenSSL one, handshake pending or done */
+	int peer_checked;	/* the client certificate was looked at (EXTERNAL) */
 	int dead;		/* the peer went away while delivering */
 	struct downstream *ds;	/* an open pass-through session */
 	char ptrname[256];	/* the reverse name being forward-confirmed */
@@ -313,6 +326,8 @@ conn_free(struct conn *c)
 	smtp_proto_free(&c->sp);
 	bufferevent_free(c->bev);
 	free(c);
+	if (s->drain_until != 0 && s->nconn == 0)
+		event_base_loopexit(s->base, NULL);	/* drained */
 }
 
 /*
@@ -776,13 +791,7 @@ start_tls(struct conn *c)
 
 struct authcheck {
 	struct conn *c;
-	unsigned mech;
-	char *hash;		/* copies: the userdb may be reloaded meanwhile */
-	char *cram;
-	char user[256];
-	char pass[1024];
-	char challenge[160];
-	char digest[64];
+	struct sasl_server *sasl;	/* the session's; the connection is held meanwhile */
 	int ok;
 };
 
@@ -792,12 +801,7 @@ auth_run(void *arg)
 {
 	struct authcheck *a = arg;
 
-	if (a->mech == SMTP_AUTH_CRAM)
-		a->ok = a->cram != NULL &&
-		    crammd5_verify(a->cram, a->challenge, strlen(a->challenge), a->digest);
-	else
-		a->ok = userdb_hash_verify(a->hash, a->pass);
-	explicit_bzero(a->pass, sizeof(a->pass));
+	sasl_server_check(a->sasl);
 }
 
 /* a failed AUTH's penalty is over: its 535 goes out now */
@@ -855,19 +859,18 @@ auth_failed(struct conn *c)
 	return delay;
 }
 
+/* an exchange's outcome: the penalty for a failure, then the reply;
+ * inline: called from read_cb, which reads on by itself */
 static void
-auth_done(void *arg)
+auth_finish(struct conn *c, int ok, int inline_)
 {
-	struct authcheck *a = arg;
-	struct conn *c = a->c;
 	unsigned delay = 0;
 
-	c->delivering = 0;
-	stats_add(a->ok ? "auth_total{door=\"smtp\",result=\"success\"}" :
+	stats_add(ok ? "auth_total{door=\"smtp\",result=\"success\"}" :
 	    "auth_total{door=\"smtp\",result=\"failure\"}", 1);
-	if (c->has_addr && a->ok)
+	if (c->has_addr && ok)
 		penalty_success(c->srv->penalty, &c->addr);
-	else if (!a->ok)
+	else if (!ok)
 		delay = auth_failed(c);
 	if (c->dead) {
 		conn_free(c);
@@ -876,13 +879,27 @@ auth_done(void *arg)
 		struct timeval tv = { delay / 1000, (delay % 1000) * 1000 };
 
 		c->delivering = 1;	/* the timer holds the connection */
+		bufferevent_disable(c->bev, EV_READ);
 		evtimer_add(c->auth_timer, &tv);
 	} else {
-		smtp_proto_auth_done(c->sp, a->ok);
-		resume(c);
+		smtp_proto_auth_done(c->sp, ok);
+		if (inline_)
+			flush_output(c);
+		else
+			resume(c);
 	}
-	free(a->hash);
-	free(a->cram);
+}
+
+static void
+auth_done(void *arg)
+{
+	struct authcheck *a = arg;
+	struct conn *c = a->c;
+	const char *out;
+
+	c->delivering = 0;
+	a->ok = sasl_server_checked(a->sasl, &out) == SASL_OK;
+	auth_finish(c, a->ok, 0);
 	free(a);
 }
 
@@ -890,20 +907,15 @@ static void
 check_auth(struct conn *c, struct smtp_auth_req *req)
 {
 	struct server *s = c->srv;
-	struct authcheck *a = xcalloc(1, sizeof(*a));
-	const char *h = s->users ? userdb_password(s->users, req->user) : NULL;
-	const char *cr = s->users ? userdb_cram_secret(s->users, req->user) : NULL;
+	struct authcheck *a;
 
+	if (!req->check) {	/* decided already (SCRAM, CRAM-MD5, EXTERNAL, malformed) */
+		auth_finish(c, req->ok, 1);
+		return;
+	}
+	a = xcalloc(1, sizeof(*a));
 	a->c = c;
-	a->mech = req->mech;
-	/* an unknown user costs the same hashing as a known one */
-	a->hash = h ? xstrdup(h) : NULL;
-	a->cram = cr ? xstrdup(cr) : NULL;
-	memcpy(a->user, req->user, sizeof(a->user));
-	memcpy(a->pass, req->pass, sizeof(a->pass));
-	memcpy(a->challenge, req->challenge, sizeof(a->challenge));
-	memcpy(a->digest, req->digest, sizeof(a->digest));
-	explicit_bzero(req->pass, sizeof(req->pass));
+	a->sasl = req->sasl;
 	if (jobs_try_submit(s->auth_jobs, auth_run, auth_done, a) < 0) {
 		/* the hashing pool is full (a guessing storm): no unbounded queue;
 		 * said at most once a second, with the count since */
@@ -918,9 +930,6 @@ check_auth(struct conn *c, struct smtp_auth_req *req)
 			s->auth_busy_logged = now;
 			s->auth_busy = 0;
 		}
-		explicit_bzero(a->pass, sizeof(a->pass));
-		free(a->hash);
-		free(a->cram);
 		free(a);
 		smtp_proto_auth_done(c->sp, SMTP_AUTH_TEMPFAIL);
 		flush_output(c);
@@ -962,6 +971,18 @@ read_cb(struct bufferevent *bev, void *arg)
 
 	if (c->srv->stopping)
 		return;		/* shutting down: finish what runs, start nothing */
+	if (c->tls && !c->peer_checked) {
+		/* input comes after the handshake: a verified certificate names
+		 * the user AUTH EXTERNAL logs in as */
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		char id[256];
+
+		if (ssl != NULL && SSL_is_init_finished(ssl)) {
+			c->peer_checked = 1;
+			if (tls_peer_identity(ssl, id, sizeof(id)) == 0)
+				smtp_proto_set_tls_peer(c->sp, id);
+		}
+	}
 	if (len > c->in_seen)
 		deadline_read(&c->dl, len - c->in_seen, smtp_proto_in_data(c->sp), deadline_now_ms());
 	while (!c->closing && evbuffer_get_length(in) > 0) {
@@ -1260,6 +1281,25 @@ stop_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(s->base, NULL);
 }
 
+/* live reload: the new worker takes the listeners; we finish what runs */
+static void
+drain_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *s = arg;
+
+	(void)sig;
+	(void)what;
+	if (s->drain_until != 0)
+		return;
+	for (size_t i = 0; i < s->ndoors; i++)
+		listener_free(&s->doors[i].l);
+	s->drain_until = time(NULL) + (time_t)s->c->timeout;
+	log_info("smtp: draining for a reload: %u session%s left, none accepted", s->nconn,
+	    s->nconn == 1 ? "" : "s");
+	if (s->nconn == 0)
+		event_base_loopexit(s->base, NULL);
+}
+
 /*
  * Each second: reload the users when their file changed. A file that is
  * missing, empty, unreadable or garbled (an editor caught mid-write, a
@@ -1276,6 +1316,12 @@ users_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (s->drain_until != 0 && time(NULL) >= s->drain_until) {
+		log_warn("smtp: drained for smtp_timeout, %u session%s still open: closing them",
+		    s->nconn, s->nconn == 1 ? "" : "s");
+		event_base_loopexit(s->base, NULL);
+		return;
+	}
 	anvil_expire(s->anvil, time(NULL));
 	if (s->users == NULL)
 		return;
@@ -1303,13 +1349,21 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 {
 	struct server *s = xcalloc(1, sizeof(*s));
 	struct door *ls = xcalloc(nfds + 1, sizeof(*ls));
-	struct event *sig_term, *sig_int, *tick;
+	struct event *sig_term, *sig_int, *sig_drain, *tick;
+	sigset_t usr2;
 	struct timeval one = { 1, 0 };
 	int rc = 0;
 
 	s->c = c;
 	s->params = c->params;
 	s->params.tls_available = c->tls != NULL;
+	if (sasl_init(error_r) < 0) {
+		free(ls);
+		free(s);
+		return -1;
+	}
+	userdb_sasl_callbacks(&s->users, &s->sasl_cb);	/* s->users may be reloaded */
+	s->params.sasl_cb = &s->sasl_cb;
 	if (c->users_url != NULL && c->users_url[0] != '\0') {
 		s->users = userdb_open(c->users_url, error_r);
 		if (s->users == NULL) {
@@ -1368,9 +1422,17 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	}
 	sig_term = evsignal_new(s->base, SIGTERM, stop_cb, s);
 	sig_int = evsignal_new(s->base, SIGINT, stop_cb, s);
+	sig_drain = evsignal_new(s->base, SIGUSR2, drain_cb, s);
 	tick = event_new(s->base, -1, EV_PERSIST, users_cb, s);
 	evsignal_add(sig_term, NULL);
 	evsignal_add(sig_int, NULL);
+	evsignal_add(sig_drain, NULL);
+	/* the master spawns us with SIGUSR2 blocked: one sent early waits for us */
+	sigemptyset(&usr2);
+	sigaddset(&usr2, SIGUSR2);
+	pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
+	s->doors = ls;
+	s->ndoors = nfds;
 	event_add(tick, &one);
 	if (rc == 0)
 		event_base_dispatch(s->base);
@@ -1390,6 +1452,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	penalty_free(&s->penalty);
 	event_free(sig_term);
 	event_free(sig_int);
+	event_free(sig_drain);
 	event_free(tick);
 	event_base_free(s->base);
 	anvil_free(&s->anvil);

@@ -3,8 +3,9 @@
  * file holds.
  *
  *   listentry_parse_key()    "192.0.2.0/24", "2001:db8::1", "host:mx.example.com",
- *                            "host:.example.com", "user@example.com", "@example.com"
- *                            -> canonical key (lower case; CIDR in canonical form)
+ *                            "host:.example.com", "user@example.com", "@example.com",
+ *                            "country:fr" -> canonical key (lower case; CIDR in
+ *                            canonical form; a country's two letters upper case)
  *   listentry_parse_line()   a list-file line (key + key=value attributes)
  *   listentry_parse_buf()    the same from bytes and a length: a NUL byte
  *                            rejects the line instead of cutting it short
@@ -119,6 +120,20 @@ listentry_parse_key(const char *text, struct list_entry *e, const char **error_r
 		*error_r = "entry too long";
 		return -1;
 	}
+	if (strncasecmp(text, "country:", 8) == 0) {
+		const char *cc = text + 8;
+
+		/* ISO 3166-1 alpha-2, as GeoIP databases write it */
+		if (n != 10 || !isalpha((unsigned char)cc[0]) || !isalpha((unsigned char)cc[1]) ||
+		    (unsigned char)cc[0] >= 0x80 || (unsigned char)cc[1] >= 0x80) {
+			*error_r = "country: needs a two-letter country code (ISO 3166-1), e.g. country:FR";
+			return -1;
+		}
+		e->kind = ENTRY_COUNTRY;
+		e->key = xasprintf("country:%c%c", toupper((unsigned char)cc[0]),
+		    toupper((unsigned char)cc[1]));
+		return 0;
+	}
 	if (strncasecmp(text, "host:", 5) == 0) {
 		const char *h = text + 5;
 		size_t hl = n - 5;
@@ -184,7 +199,7 @@ listentry_parse_key(const char *text, struct list_entry *e, const char **error_r
 
 		if (cidr_parse(text, &e->cidr, &err) < 0) {
 			if (strpbrk(text, ".:/") == NULL || strspn(text, "0123456789abcdefABCDEF.:/[]") != n)
-				*error_r = "not an IP address, CIDR, host:NAME, user@domain or @domain";
+				*error_r = "not an IP address, CIDR, host:NAME, user@domain, @domain or country:XX";
 			else
 				*error_r = err;
 			return -1;

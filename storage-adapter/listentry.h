@@ -12,13 +12,16 @@ enum entry_kind {
 	ENTRY_HOST_SUFFIX,	/* host:.example.com */
 	ENTRY_SENDER,		/* user@example.com */
 	ENTRY_SENDER_DOMAIN,	/* @example.com */
+	ENTRY_COUNTRY,		/* country:XX -- the client's country (GeoIP) */
 };
+#define ENTRY_KINDS 6
 
 enum entry_origin { ORIGIN_ADMIN, ORIGIN_AUTOBAN, ORIGIN_IMPORT, ORIGIN_AUTHBAN };
 
 /* One list entry. Owns key and reason. */
 struct list_entry {
-	char *key;		/* canonical text, e.g. "192.0.2.0/24", "host:.example.com" */
+	char *key;		/* canonical text, e.g. "192.0.2.0/24", "host:.example.com",
+				 * "country:FR" (the only upper-case key) */
 	enum entry_kind kind;
 	struct cidr cidr;	/* ENTRY_ADDR */
 	long long added;	/* unix time, 0 unknown */

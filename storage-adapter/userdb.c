@@ -7,7 +7,8 @@
  *   userdb_resolve()        local@domain -> the stored (canonical) name, case-insensitively
  *   userdb_has_user()       is local@domain a user
  *   userdb_verify()         check a password with libcrypt (constant-time compare)
- *   userdb_set_password()   add/replace a user (yescrypt hash), atomically
+ *   userdb_set_password()   add/replace a user (yescrypt hash, SCRAM-SHA-256 keys,
+ *                           the CRAM-MD5 secret while CRAM-MD5 is enabled), atomically
  *   userdb_delete()         remove a user, atomically
  *
  * Writes: exclusive flock on FILE.lock, temporary file, fsync, rename, fsync
@@ -31,6 +32,7 @@
 #include "common/log.h"
 #include "common/pclimits.h"
 #include "common/xmalloc.h"
+#include "common/sasl.h"
 #include "storage-adapter/crammd5.h"
 #include "storage-adapter/userdb.h"
 
@@ -38,6 +40,7 @@ struct uentry {
 	char *user;	/* lower case */
 	char *pass;
 	char *cram;	/* CRAM-MD5 secret (64 hex) or NULL */
+	char *scram;	/* "{SCRAM-SHA-256}ITER,SALT,STOREDKEY,SERVERKEY" or NULL */
 };
 
 struct userdb {
@@ -56,7 +59,8 @@ struct userdb {
 };
 
 #define USERDB_HEADER "# Portcullis users (Dovecot passwd-file): " \
-	"user@domain:{CRYPT}hash::::::[cram_md5=HEX]; see portcullis user\n"
+	"user@domain:{CRYPT}hash::::::scram_sha_256={SCRAM-SHA-256}... [cram_md5=HEX]; " \
+	"see portcullis user\n"
 
 
 static char errbuf[600];
@@ -95,6 +99,23 @@ static int
 cmp_user(const void *a, const void *b)
 {
 	return strcmp(((const struct uentry *)a)->user, ((const struct uentry *)b)->user);
+}
+
+/* the value of "key=" among space-separated extra fields, copied; NULL if absent */
+static char *
+extra_field(const char *f, const char *key)
+{
+	size_t kl = strlen(key);
+
+	while (f != NULL && *f != '\0') {
+		f += strspn(f, " ");
+		if (strncmp(f, key, kl) == 0) {
+			f += kl;
+			return xstrndup(f, strcspn(f, " "));
+		}
+		f += strcspn(f, " ");
+	}
+	return NULL;
 }
 
 /* keep: a file that cannot be opened gives an empty db that says why */
@@ -156,30 +177,45 @@ load(const char *url, int keep, const char **error_r)
 		end = strchr(pass, ':');
 		if (end != NULL)
 			*end = '\0';
-		/* field 8 holds extra fields "key=value ..."; ours: cram_md5=HEX */
+		/* field 8 holds extra fields "key=value ...";
+		 * ours: scram_sha_256={SCRAM-SHA-256}... cram_md5=HEX */
 		{
-			char *f = end ? end + 1 : NULL, *cram = NULL;
+			char *f = end ? end + 1 : NULL, *cram, *scram;
 
 			for (int k = 0; f != NULL && k < 5; k++) {
 				f = strchr(f, ':');
 				if (f != NULL)
 					f++;
 			}
-			if (f != NULL && (cram = strstr(f, "cram_md5=")) != NULL) {
-				cram += 9;
-				cram[strcspn(cram, " ")] = '\0';
-				if (strlen(cram) != CRAMMD5_SECRET_HEX)
-					cram = NULL;
+			cram = extra_field(f, "cram_md5=");
+			scram = extra_field(f, "scram_sha_256=");
+			if (cram != NULL && strlen(cram) != CRAMMD5_SECRET_HEX) {
+				free(cram);
+				cram = NULL;
+			}
+			if (scram != NULL) {
+				char a[64], b[64], c[64];
+				unsigned it;
+
+				if (strlen(scram) >= sizeof(((struct sasl_user *)0)->scram) ||
+				    sasl_scram_parse(scram, &it, a, b, c) < 0) {
+					log_warn("%s:%u: scram_sha_256 is not {SCRAM-SHA-256}ITER,SALT,"
+					    "STOREDKEY,SERVERKEY; ignored", path, lineno);
+					free(scram);
+					scram = NULL;
+				}
 			}
 			if (db->n == cap) {
 				cap = cap ? cap * 2 : 16;
 				db->v = xreallocarray(db->v, cap, sizeof(*db->v));
 			}
-			db->v[db->n].cram = cram ? xstrdup(cram) : NULL;
+			db->v[db->n].cram = cram;
+			db->v[db->n].scram = scram;
 		}
 		if (!userdb_name_is_valid(line)) {
 			log_warn("%s:%u: \"%.64s\" is not a user@domain name; skipped", path, lineno, line);
 			free(db->v[db->n].cram);
+			free(db->v[db->n].scram);
 			db->nbad++;
 			continue;
 		}
@@ -220,6 +256,7 @@ userdb_free(struct userdb **dbp)
 		free(db->v[i].user);
 		free(db->v[i].pass);
 		free(db->v[i].cram);
+		free(db->v[i].scram);
 	}
 	free(db->v);
 	free(db->path);
@@ -265,6 +302,14 @@ userdb_password(const struct userdb *db, const char *user)
 	const struct uentry *e = find(db, user);
 
 	return e ? e->pass : NULL;
+}
+
+const char *
+userdb_scram_secret(const struct userdb *db, const char *user)
+{
+	const struct uentry *e = find(db, user);
+
+	return e ? e->scram : NULL;
 }
 
 const char *
@@ -542,7 +587,7 @@ userdb_set_password(const char *url, const char *user, const char *password, int
     int with_cram, const char **error_r)
 {
 	const char *path = url_path(url, error_r);
-	char *salt, *line;
+	char *salt, *line, scram[200];
 	struct crypt_data *cd;
 	const char *hash;
 	int rc;
@@ -571,14 +616,20 @@ userdb_set_password(const char *url, const char *user, const char *password, int
 		*error_r = "libcrypt failed to hash the password";
 		return -1;
 	}
+	/* SCRAM-SHA-256 keys for every user: they are not a plaintext equivalent */
+	if (sasl_scram_make(password, SASL_SCRAM_ITER, NULL, 0, scram, sizeof(scram), error_r) < 0) {
+		free(cd);
+		return -1;
+	}
 	if (with_cram) {
 		char secret[CRAMMD5_SECRET_HEX + 1];
 
 		crammd5_secret(password, secret);
-		line = xasprintf("%s:{CRYPT}%s::::::cram_md5=%s", user, hash, secret);
+		line = xasprintf("%s:{CRYPT}%s::::::scram_sha_256=%s cram_md5=%s", user, hash, scram,
+		    secret);
 		explicit_bzero(secret, sizeof(secret));
 	} else {
-		line = xasprintf("%s:{CRYPT}%s::::::", user, hash);
+		line = xasprintf("%s:{CRYPT}%s::::::scram_sha_256=%s", user, hash, scram);
 	}
 	free(cd);
 	for (char *q = line; *q != ':'; q++)

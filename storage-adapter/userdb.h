@@ -5,6 +5,9 @@
 /*
  * The user database: a passwd-file as Dovecot reads it,
  *   user@domain:{CRYPT}$y$...:uid:gid:gecos:home:shell:extra_fields
+ * extra fields (space-separated): scram_sha_256={SCRAM-SHA-256}ITER,SALT,
+ * STOREDKEY,SERVERKEY (as doveadm pw -s SCRAM-SHA-256 prints it) and, while
+ * CRAM-MD5 is enabled, cram_md5=HEX.
  * Users are named by their full address, which is also their login.
  * A loaded userdb is read-only (share it between threads); reload by
  * loading again.
@@ -45,9 +48,13 @@ int userdb_is_usable(const struct userdb *db, const char **why_r);
 int userdb_reload(struct userdb **db, const char *url, const char **error_r);
 
 /* admin side: add or replace (hash made here with yescrypt), delete */
-/* with_cram: also store the CRAM-MD5 secret (only while CRAM-MD5 is enabled) */
+/* always stores SCRAM-SHA-256 keys (extra field scram_sha_256=);
+ * with_cram: also the CRAM-MD5 secret (only while CRAM-MD5 is enabled) */
 int userdb_set_password(const char *url, const char *user, const char *password, int create,
     int with_cram, const char **error_r) __attribute__((warn_unused_result));
+/* "{SCRAM-SHA-256}ITER,SALT,STOREDKEY,SERVERKEY" (Dovecot's format), or NULL
+ * for a user whose password was set before SCRAM (the next passwd adds it) */
+const char *userdb_scram_secret(const struct userdb *db, const char *user);
 /* the CRAM-MD5 secret, or NULL when none is stored */
 const char *userdb_cram_secret(const struct userdb *db, const char *user);
 int userdb_delete(const char *url, const char *user, int *found_r, const char **error_r)

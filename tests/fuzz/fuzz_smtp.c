@@ -18,6 +18,36 @@ static struct snapref snaps;
 static struct smtp_params params;
 
 static int
+no_user(void *arg, const char *login, struct sasl_user *r)
+{
+	(void)arg;
+	(void)login;
+	(void)r;
+	return 0;
+}
+
+static int
+no_password(void *arg, const struct sasl_user *u, const char *password)
+{
+	(void)arg;
+	(void)u;
+	(void)password;
+	return 0;
+}
+
+static int
+no_cram(void *arg, const struct sasl_user *u, const char *challenge, const char *digest)
+{
+	(void)arg;
+	(void)u;
+	(void)challenge;
+	(void)digest;
+	return 0;
+}
+
+static const struct sasl_callbacks no_users = { no_user, no_password, no_cram, NULL };
+
+static int
 user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 {
 	(void)arg;
@@ -49,7 +79,8 @@ setup(void)
 	params.message_size_limit = 4096;
 	params.bare_newline_reject = 1;
 	params.have_relayhost = 1;
-	params.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM;
+	params.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM | SMTP_AUTH_SCRAM;
+	params.sasl_cb = &no_users;
 	params.auth_allow_plaintext = 1;
 	params.tls_available = 1;
 	params.user_resolve = user_resolve;

@@ -67,6 +67,7 @@ class T01MakeInstall(unittest.TestCase):
         self.assertTrue(os.path.isdir(os.path.join(d, "var/lib/portcullis")))
         unit = open(os.path.join(d, "lib/systemd/system/portcullis.service")).read()
         self.assertIn("ExecStart=/usr/sbin/portcullisd -c /etc/portcullis/portcullis.conf -f", unit)
+        self.assertIn("ExecReload=/bin/kill -HUP $MAINPID", unit)    # live reload
         self.assertNotIn("@SBINDIR@", unit)
         self.assertNotIn("@SYSCONFDIR@", unit)
         # the installed default parses, and says it runs as the install's RUN_USER

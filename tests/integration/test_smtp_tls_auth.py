@@ -526,14 +526,14 @@ class T01StartTLS(Case):
             code, kw, mechs = c.ehlo()
             self.assertEqual(code, 250)
             self.assertIn("STARTTLS", kw, c.transcript())
-            self.assertEqual(mechs, {"CRAM-MD5"},
+            self.assertEqual(mechs, {"CRAM-MD5", "SCRAM-SHA-256"},
                              "before TLS only CRAM-MD5 (auth_allow_plaintext = no)\n" +
                              c.transcript())
             self.assertEqual(c.starttls(), 220)
             code, kw, mechs = c.ehlo()
             self.assertEqual(code, 250)
             self.assertNotIn("STARTTLS", kw, "STARTTLS offered inside TLS\n" + c.transcript())
-            self.assertEqual(mechs, {"PLAIN", "LOGIN", "CRAM-MD5"}, c.transcript())
+            self.assertEqual(mechs, {"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"}, c.transcript())
             self.assertIsInstance(c.s.sock, ssl.SSLSocket)
             # a second STARTTLS inside TLS is refused
             self.assertReply(c.cmd("STARTTLS"), 503, "5.5.1", c, "STARTTLS inside TLS")
@@ -570,7 +570,7 @@ class T01StartTLS(Case):
             if p.poll() is None:
                 p.kill()
                 p.wait(5)
-        self.assertRegex(out, r"250-AUTH PLAIN LOGIN CRAM-MD5\r?\n", out + err)
+        self.assertRegex(out, r"250-AUTH PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256\r?\n", out + err)
         self.assertRegex(out, r"250 2\.0\.0 Ok\r?\n", "NOOP inside TLS\n" + out + err)
         self.assertNotIn("250-STARTTLS", out, out)
 
@@ -680,7 +680,7 @@ class T02Submission(Case):
             code, kw, mechs = c.ehlo()
             self.assertEqual(code, 250)
             self.assertNotIn("STARTTLS", kw, c.transcript())
-            self.assertEqual(mechs, {"PLAIN", "LOGIN", "CRAM-MD5"}, c.transcript())
+            self.assertEqual(mechs, {"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"}, c.transcript())
             self.assertReply(c.mail(), 530, "5.7.0", c, "MAIL before AUTH on smtps")
             self.assertReply(c.auth_plain(USER, PASSWORD), 235, "2.7.0", c, "AUTH PLAIN")
             r = c.transaction(USER, m)
@@ -722,7 +722,7 @@ class T02Submission(Case):
             self.assertReply(c.mail(), 530, "5.7.0", c, "MAIL before TLS and AUTH")
             self.assertEqual(c.starttls(), 220)
             code, kw, mechs = c.ehlo()
-            self.assertEqual(mechs, {"PLAIN", "LOGIN", "CRAM-MD5"}, c.transcript())
+            self.assertEqual(mechs, {"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"}, c.transcript())
             self.assertReply(c.mail(), 530, "5.7.0", c, "MAIL inside TLS, before AUTH")
             self.assertReply(c.auth_login(USER, "wrong"), 535, "5.7.8", c, "wrong password")
             self.assertReply(c.mail(), 530, "5.7.0", c, "MAIL after a failed AUTH")
@@ -775,7 +775,7 @@ class T03Auth(Case):
     def test_plaintext_refused_before_tls(self):
         with Client(MAIN.ports["smtp"]) as c:
             code, kw, mechs = c.ehlo()
-            self.assertEqual(mechs, {"CRAM-MD5"}, c.transcript())
+            self.assertEqual(mechs, {"CRAM-MD5", "SCRAM-SHA-256"}, c.transcript())
             self.assertReply(c.auth_plain(USER, PASSWORD), 538, "5.7.11", c,
                              "AUTH PLAIN without TLS")
             self.assertReply(c.cmd("AUTH LOGIN"), 538, "5.7.11", c, "AUTH LOGIN without TLS")
@@ -802,7 +802,7 @@ class T03Auth(Case):
             c.s.file = None
             code, kw, mechs = c.ehlo()
             self.assertEqual(code, 250)
-            self.assertEqual(mechs, {"PLAIN", "LOGIN", "CRAM-MD5"},
+            self.assertEqual(mechs, {"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"},
                              "EHLO inside TLS must offer AUTH again: the session is new\n" +
                              c.transcript())
             self.assertReply(c.mail(USER), 530, "5.7.0", c,
@@ -839,7 +839,7 @@ class T03Auth(Case):
         for mech in self.MECHS:
             with self.subTest(mech=mech), Client(PLAIN.ports["smtp"]) as c:
                 code, kw, mechs = c.ehlo()
-                self.assertEqual(mechs, {"PLAIN", "LOGIN", "CRAM-MD5"}, c.transcript())
+                self.assertEqual(mechs, {"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"}, c.transcript())
                 self.assertNotIsInstance(c.s.sock, ssl.SSLSocket)
                 self.assertReply(c.auth(mech, USER, PASSWORD + "x"), 535, "5.7.8", c,
                                  mech + " wrong password, no TLS")

@@ -61,6 +61,7 @@ main(void)
 	test_ratelimit_register();
 	test_smtp_proto_register();
 	test_auth_register();
+	test_sasl_register();
 	test_stats_register();
 	test_hdrparse_register();
 	test_anvil_register();
@@ -68,6 +69,8 @@ main(void)
 	test_listener_register();
 	test_policy_door_register();
 	test_service_register();
+	test_mailstore_register();
+	test_geoip_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

@@ -604,6 +604,11 @@ test_policy_errors(void)
 		{ "postmaster_address = pm@example.com(x)\n", "postmaster_address: \"pm@example.com(x)\" "
 		  "is not a qualified address: comment in the address" },
 		{ "postmaster_address = <>\n", "need user@domain" },
+		{ "geoip_database = /nonexistent/GeoIP.mmdb\n", "test:1: geoip_database: "
+		  "/nonexistent/GeoIP.mmdb: No such file or directory" },
+		{ "geoip_database = /etc/passwd\n", "geoip_database: /etc/passwd: not a MaxMind DB file" },
+		{ "geoip_database = /etc/passwd\ngeoip_country_field = country..iso_code\n",
+		  "test:2: geoip_country_field: \"country..iso_code\" is not a path" },
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct conf *c = conf_new();
@@ -655,6 +660,84 @@ test_engine_smtputf8(void)
 	policy_free(&p);
 }
 
+/*
+ * country:XX entries, with the country as GeoIP would give it: the reply,
+ * the tag, and the README's order (accept list first, then the kill list;
+ * within a list address, host, then country).
+ */
+static void
+test_engine_country(void)
+{
+	static const struct {
+		const char *name, *kill, *accept, *client, *country, *rcpt;
+		enum engine_stage stage;	/* first refusal; STAGE_CLOSE: none */
+		const char *tag, *text;
+	} rows[] = {
+		{ "killed country refused at MAIL", "country:XX", NULL, OUT, "XX", "<u@example.com>",
+		  STAGE_MAIL, "kill-country",
+		  "Client host [198.51.100.7] (country XX) is on the kill list" },
+		{ "country code case does not matter", "country:xx", NULL, OUT, "xx", "<u@example.com>",
+		  STAGE_MAIL, "kill-country", NULL },
+		{ "other country passes", "country:XX", NULL, OUT, "YY", "<u@example.com>",
+		  STAGE_CLOSE, NULL, NULL },
+		{ "unknown country passes", "country:XX", NULL, OUT, NULL, "<u@example.com>",
+		  STAGE_CLOSE, NULL, NULL },
+		{ "IPv6 client's country", "country:XX", NULL, "2001:db8:1::5", "XX",
+		  "<u@example.com>", STAGE_MAIL, "kill-country",
+		  "Client host [2001:db8:1::5] (country XX) is on the kill list" },
+		{ "address entry named before the country", OUT "|country:XX", NULL, OUT, "XX",
+		  "<u@example.com>", STAGE_MAIL, "kill-ip", NULL },
+		{ "accept-listed address beats killed country", "country:XX", OUT, OUT, "XX",
+		  "<u@example.com>", STAGE_CLOSE, NULL, NULL },
+		{ "accept-listed country beats killed address", OUT, "country:XX", OUT, "XX",
+		  "<u@example.com>", STAGE_CLOSE, NULL, NULL },
+		{ "accept-listed country may relay", NULL, "country:XX", OUT, "XX", "<u@other.org>",
+		  STAGE_CLOSE, NULL, NULL },
+		{ "other country may not relay", NULL, "country:XX", OUT, "YY", "<u@other.org>",
+		  STAGE_RCPT, "relay", NULL },
+	};
+	struct policy *p = policy_from(NULL);
+
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		struct snapshot *snap = snapshot_new(list_from(rows[i].kill), list_from(rows[i].accept));
+		struct engine_session *s = engine_session_new(p);
+		enum engine_stage st = STAGE_CLOSE;
+		struct ipaddr addr;
+		struct verdict v, kv;
+		int killed;
+
+		CU_ASSERT_FATAL(cidr_addr_parse(rows[i].client, &addr) == 0);
+		engine_session_set_country(s, rows[i].country);
+		engine_connect(s, snap, &addr, NULL, NOW, &v);
+		killed = engine_client_is_killed(s, snap, NOW, &kv);
+		engine_mail(s, snap, "<a@b.example>", 20, NULL, NOW, &v);
+		if (refused(&v)) {
+			st = STAGE_MAIL;
+		} else {
+			engine_rcpt(s, snap, rows[i].rcpt, 20, NOW, &v);
+			if (refused(&v))
+				st = STAGE_RCPT;
+		}
+		if (st != rows[i].stage || (rows[i].tag != NULL && (v.tag == NULL ||
+		    strcmp(v.tag, rows[i].tag) != 0)) ||
+		    (rows[i].text != NULL && strcmp(v.text, rows[i].text) != 0) ||
+		    killed != (st == STAGE_MAIL) ||
+		    (killed && strcmp(kv.tag, rows[i].tag) != 0)) {
+			fprintf(stderr, "\n  %s: stage %s tag %s text \"%s\" killed %d\n", rows[i].name,
+			    engine_stage_name(st), v.tag ? v.tag : "-", v.text, killed);
+			CU_FAIL("country verdict differs");
+		}
+		if (rows[i].country != NULL) {
+			CU_ASSERT_PTR_NOT_NULL(engine_session_country(s));
+		} else {
+			CU_ASSERT_PTR_NULL(engine_session_country(s));
+		}
+		engine_session_free(&s);
+		snapshot_free(&snap);
+	}
+	policy_free(&p);
+}
+
 static CU_TestInfo tests[] = {
 	{ "every verdict (table)", test_engine_table },
 	{ "SMTPUTF8 transactions take UTF-8 addresses", test_engine_smtputf8 },
@@ -667,6 +750,7 @@ static CU_TestInfo tests[] = {
 	{ "AUTH does not carry over to the next MAIL or past STARTTLS",
 	  test_engine_auth_does_not_carry_over },
 	{ "policy: bad settings named", test_policy_errors },
+	{ "country:XX entries and the policy order", test_engine_country },
 	CU_TEST_INFO_NULL,
 };
 

@@ -15,6 +15,16 @@ static const struct { const char *in, *key; int kind, ok; } key_cases[] = {
 	{ "host:.example.com", "host:.example.com", ENTRY_HOST_SUFFIX, 1 },
 	{ "User@Example.com", "user@example.com", ENTRY_SENDER, 1 },
 	{ "@Example.com", "@example.com", ENTRY_SENDER_DOMAIN, 1 },
+	{ "country:FR", "country:FR", ENTRY_COUNTRY, 1 },
+	{ "country:fr", "country:FR", ENTRY_COUNTRY, 1 },
+	{ "COUNTRY:xX", "country:XX", ENTRY_COUNTRY, 1 },
+	{ "country:", NULL, 0, 0 },
+	{ "country:F", NULL, 0, 0 },
+	{ "country:FRA", NULL, 0, 0 },
+	{ "country:F1", NULL, 0, 0 },
+	{ "country: FR", NULL, 0, 0 },
+	{ "country:\xc3\x89S", NULL, 0, 0 },
+	{ "country:*", NULL, 0, 0 },
 	{ "", NULL, 0, 0 },
 	{ "foo", NULL, 0, 0 },
 	{ "192.0.2.1/24", NULL, 0, 0 },
@@ -67,6 +77,9 @@ static const struct { const char *line; int ok; long long expires; int origin; c
 	{ "192.0.2.1 expires=-5", 0, 0, 0, NULL },
 	{ "192.0.2.1 expires=99999999999999999999", 0, 0, 0, NULL },
 	{ "not-an-entry expires=5", 0, 0, 0, NULL },
+	{ "country:de added=5 expires=100 origin=admin reason=geo block", 1, 100, ORIGIN_ADMIN,
+	  "geo block" },
+	{ "country:DEU reason=x", 0, 0, 0, NULL },
 };
 
 static void
@@ -120,6 +133,18 @@ test_listentry_roundtrip(void)
 	listentry_clear(&e);
 	listentry_clear(&back);
 	CU_ASSERT_FALSE(listentry_reason_is_valid("two\nlines"));
+
+	/* a country entry's file line reads back as the same entry */
+	CU_ASSERT_EQUAL_FATAL(listentry_parse_key("country:nl", &e, &err), 0);
+	e.reason = strdup("geo");
+	line = listentry_format_line(&e);
+	CU_ASSERT_STRING_EQUAL(line, "country:NL added=0 expires=0 origin=admin reason=geo");
+	CU_ASSERT_EQUAL_FATAL(listentry_parse_line(line, &back, &err), 0);
+	CU_ASSERT_STRING_EQUAL(back.key, "country:NL");
+	CU_ASSERT_EQUAL(back.kind, ENTRY_COUNTRY);
+	free(line);
+	listentry_clear(&e);
+	listentry_clear(&back);
 }
 
 /* bytes with a length: a NUL byte rejects the line, never shortens it */

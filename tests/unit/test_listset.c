@@ -1,4 +1,5 @@
 /* listset: compiled lists, matching order and expiry. */
+#include <stdio.h>
 #include <string.h>
 
 #include "common/xmalloc.h"
@@ -134,10 +135,63 @@ test_snapshot_overlay(void)
 	entry_vec_clear(&o);
 }
 
+/* country:XX entries: one row per lookup, over both layers of a snapshot */
+static void
+test_listset_country(void)
+{
+	static const struct {
+		const char *name, *country;
+		enum list_kind k;
+		long long now;
+		const char *key;	/* NULL: no match */
+	} rows[] = {
+		{ "listed country", "FR", LIST_KILL, 100, "country:FR" },
+		{ "other country", "DE", LIST_KILL, 100, NULL },
+		{ "unknown country", "", LIST_KILL, 100, NULL },
+		{ "no country", NULL, LIST_KILL, 100, NULL },
+		{ "lower case is not canonical", "fr", LIST_KILL, 100, NULL },
+		{ "expired after the build", "CN", LIST_KILL, 600, NULL },
+		{ "not yet expired", "CN", LIST_KILL, 100, "country:CN" },
+		{ "pushed on top (overlay)", "RU", LIST_KILL, 100, "country:RU" },
+		{ "accept list is its own", "CH", LIST_ACCEPT, 100, "country:CH" },
+		{ "kill entry not in accept", "FR", LIST_ACCEPT, 100, NULL },
+		{ "address entry is no country", "10", LIST_KILL, 100, NULL },
+	};
+	struct entry_vec kill = { 0 }, over = { 0 }, acc = { 0 };
+	struct snapshot *s;
+	struct listset_match m;
+
+	add(&kill, "country:fr reason=geo");
+	add(&kill, "country:CN expires=500");
+	add(&kill, "10.0.0.0/8");
+	add(&kill, "country:DE expires=50");	/* expired at build */
+	add(&over, "country:RU");
+	add(&acc, "country:ch");
+	s = snapshot_new_overlay(listset_build(&kill, 100), listset_build(&acc, 100),
+	    listset_build(&over, 100), NULL);
+	entry_vec_clear(&kill);
+	entry_vec_clear(&over);
+	entry_vec_clear(&acc);
+	CU_ASSERT_EQUAL(snapshot_count(s, LIST_KILL), 4);
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		int hit = snapshot_match_country(s, rows[i].k, rows[i].country, rows[i].now, &m);
+
+		if (hit != (rows[i].key != NULL) || (hit && (strcmp(m.key, rows[i].key) != 0 ||
+		    m.kind != ENTRY_COUNTRY))) {
+			fprintf(stderr, "\n  %s: hit %d key %s\n", rows[i].name, hit, hit ? m.key : "-");
+			CU_FAIL("country match differs");
+		}
+	}
+	CU_ASSERT_TRUE(snapshot_match_country(s, LIST_KILL, "FR", 100, &m));
+	CU_ASSERT_STRING_EQUAL(m.reason, "geo");
+	snapshot_free(&s);
+}
+
 static CU_TestInfo tests[] = {
 	{ "addresses, hosts, senders, expiry", test_listset_matching },
 	{ "snapshot: additions on top of a shared list", test_snapshot_overlay },
 	{ "empty lists and duplicate keys", test_listset_empty_and_duplicates },
+	{ "country:XX entries (table)", test_listset_country },
 	CU_TEST_INFO_NULL,
 };
 

@@ -25,6 +25,13 @@ test_schema_keys(void)
 	CU_ASSERT_EQUAL(redis_schema_split_key("portcullis:", "portcullis:rate:x", &kind, &entry), -1);
 	CU_ASSERT_EQUAL(redis_schema_split_key("portcullis:", "portcullis:changes", &kind, &entry), -1);
 	CU_ASSERT_EQUAL(redis_schema_split_key("site-a:", "site-a:kill:1.2.3.4", &kind, &entry), 0);
+	/* country:XX entries are keys like any other */
+	k = redis_schema_key("portcullis:", LIST_KILL, "country:FR");
+	CU_ASSERT_STRING_EQUAL(k, "portcullis:kill:country:FR");
+	CU_ASSERT_EQUAL(redis_schema_split_key("portcullis:", k, &kind, &entry), 0);
+	CU_ASSERT_EQUAL(kind, LIST_KILL);
+	CU_ASSERT_STRING_EQUAL(entry, "country:FR");
+	free(k);
 }
 
 struct dcase {
@@ -49,6 +56,10 @@ static const struct dcase dcases[] = {
 	{ "bad origin", "192.0.2.1", { "origin", "martians" }, -1, 0, 0, 0, 0, NULL },
 	{ "reason with newline", "192.0.2.1", { "reason", "a\nb" }, -1, 0, 0, 0, 0, NULL },
 	{ "entry name is no entry", "not-an-entry", { NULL }, -1, 0, 0, 0, 0, NULL },
+	{ "country entry", "country:FR", { "origin", "admin", "reason", "geo" }, -1, 1, 0, 0,
+	  ORIGIN_ADMIN, "geo" },
+	{ "country entry, lower case by hand", "country:fr", { NULL }, -1, 1, 0, 0, ORIGIN_ADMIN, NULL },
+	{ "country of three letters", "country:FRA", { NULL }, -1, 0, 0, 0, 0, NULL },
 	{ "entry with host bits", "192.0.2.1/24", { NULL }, -1, 0, 0, 0, 0, NULL },
 };
 

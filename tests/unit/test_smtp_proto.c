@@ -3,6 +3,7 @@
  * '|' so a command can arrive in pieces) and names the replies, in order,
  * that the server must give; delivery is simulated.
  */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -21,6 +22,51 @@ struct pcase {
 	const char *want;	/* reply codes, space separated; "." ends at close */
 	const char *body;	/* expected delivered data, or NULL */
 };
+
+static int
+no_user(void *arg, const char *login, struct sasl_user *r)
+{
+	(void)arg;
+	(void)login;
+	(void)r;
+	return 0;
+}
+
+static int
+no_password(void *arg, const struct sasl_user *u, const char *password)
+{
+	(void)arg;
+	(void)u;
+	(void)password;
+	return 0;
+}
+
+static int
+no_cram(void *arg, const struct sasl_user *u, const char *challenge, const char *digest)
+{
+	(void)arg;
+	(void)u;
+	(void)challenge;
+	(void)digest;
+	return 0;
+}
+
+static const struct sasl_callbacks no_users = { no_user, no_password, no_cram, NULL };
+
+/* every login is a user, named in lower case (as the users file names it) */
+static int
+lower_user(void *arg, const char *login, struct sasl_user *r)
+{
+	size_t i;
+
+	(void)arg;
+	for (i = 0; login[i] && i + 1 < sizeof(r->name); i++)
+		r->name[i] = (char)tolower((unsigned char)login[i]);
+	r->name[i] = '\0';
+	return 1;
+}
+
+static const struct sasl_callbacks lower_users = { lower_user, no_password, no_cram, NULL };
 
 static int
 user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
@@ -120,6 +166,14 @@ static const struct pcase cases[] = {
 	  EHLO "|AUTH CRAM-MD5\r\n|*\r\n", "220 250 334 501", NULL },
 	{ "AUTH with garbage base64", NULL, NULL, "198.51.100.1",
 	  EHLO "|AUTH CRAM-MD5\r\n|!!!\r\n", "220 250 334 501", NULL },
+	{ "AUTH SCRAM-SHA-256 cancelled before the first message", NULL, NULL, "198.51.100.1",
+	  EHLO "|AUTH SCRAM-SHA-256\r\n|*\r\n", "220 250 334 501", NULL },
+	{ "AUTH SCRAM-SHA-256 initial response gets the server-first message", NULL, NULL,
+	  "198.51.100.1", EHLO "|AUTH SCRAM-SHA-256 biwsbj11QGV4YW1wbGUub3JnLHI9YWJjZGVmZ2g=\r\n|*\r\n", "220 250 334 501", NULL },
+	{ "AUTH SCRAM-SHA-256 garbage base64 in the exchange", NULL, NULL, "198.51.100.1",
+	  EHLO "|AUTH SCRAM-SHA-256\r\n|bi=sbj1\r\n", "220 250 334 501", NULL },
+	{ "AUTH EXTERNAL without a verified certificate", NULL, NULL, "198.51.100.1",
+	  EHLO "|AUTH EXTERNAL =\r\n", "220 250 504", NULL },
 	{ "AUTH before EHLO", NULL, NULL, "198.51.100.1", "AUTH CRAM-MD5\r\n", "220 503", NULL },
 	{ "STARTTLS when TLS is not configured", NULL, NULL, "198.51.100.1",
 	  EHLO "|STARTTLS\r\n", "220 250 454", NULL },
@@ -215,7 +269,8 @@ run(const struct pcase *t)
 	p.banner = "mx.example.com ESMTP";
 	p.bare_newline_reject = strstr(t->conf ? t->conf : "", "normalize") == NULL;
 	p.user_resolve = user_resolve;
-	p.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM;
+	p.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM | SMTP_AUTH_SCRAM;
+	p.sasl_cb = &no_users;
 	sscanf(t->conf && strstr(t->conf, "message_size_limit") ? t->conf : "x", "message_size_limit = %ld", &msize);
 	p.message_size_limit = (size_t)msize;
 	if (cidr_addr_parse(t->client, &a) < 0)
@@ -618,6 +673,7 @@ test_login_canonical(void)
 	p.bare_newline_reject = 1;
 	p.user_resolve = user_resolve;
 	p.auth_mechs = SMTP_AUTH_PLAIN;
+	p.sasl_cb = &lower_users;	/* the canonical name comes from the user lookup */
 	p.auth_allow_plaintext = 1;
 	CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
 	sp = smtp_proto_new(&p);

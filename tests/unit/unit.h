@@ -13,6 +13,7 @@ void test_redis_schema_register(void);
 void test_ratelimit_register(void);
 void test_smtp_proto_register(void);
 void test_auth_register(void);
+void test_sasl_register(void);
 void test_stats_register(void);
 void test_hdrparse_register(void);
 void test_anvil_register(void);
@@ -20,6 +21,8 @@ void test_deadline_register(void);
 void test_listener_register(void);
 void test_policy_door_register(void);
 void test_service_register(void);
+void test_mailstore_register(void);
+void test_geoip_register(void);
 
 /* add a suite with its tests; tests end with { NULL, NULL } */
 void unit_suite(const char *name, CU_TestInfo *tests);

@@ -1,0 +1,156 @@
+#ifndef PC_MAILSTORE_H
+#define PC_MAILSTORE_H
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+/*
+ * The mail store, as the doors see it: one user's folders and messages,
+ * named by the user database's canonical name ("user@domain"), never by a
+ * path. Backend: Maildir++ in storage-adapter/mailstore_maildir.c, kept in
+ * Dovecot's own formats so Dovecot and Portcullis can serve it in turn.
+ *
+ * Owner: a struct mailstore belongs to one session (or one delivery) and is
+ * used by one thread at a time; a mailstore_box belongs to its store and is
+ * closed before it. Calls do file I/O (and fsync where it matters): run them
+ * on a job thread, never on an event loop.
+ *
+ * Folder names are IMAP names with '.' as the hierarchy separator, exactly
+ * as a client sends them (modified UTF-7); "INBOX" (any case) is the inbox.
+ */
+
+/* limits (hostile store files are input too) */
+#define MAX_MAILSTORE_FOLDER_NAME	200	/* bytes of a folder name */
+#define MAX_MAILSTORE_FOLDERS		10000	/* folders listed for one user */
+#define MAX_MAILSTORE_MESSAGES		1000000	/* messages in one folder */
+#define MAX_MAILSTORE_FNAME		255	/* a message's file name */
+#define MAX_MAILSTORE_UIDLIST_LINE	4096	/* one dovecot-uidlist line */
+#define MAX_MAILSTORE_UIDLIST_BYTES	(256u << 20)
+#define MAX_MAILSTORE_KEYWORDS		26	/* Maildir keyword letters a..z */
+#define MAX_MAILSTORE_KEYWORD_LEN	100	/* bytes of one keyword name */
+#define MAX_MAILSTORE_LOCK_WAIT		30	/* seconds to wait for a store lock */
+
+/* system flags (IMAP \Answered \Flagged \Deleted \Seen \Draft) */
+enum mailstore_flag {
+	MAILSTORE_ANSWERED = 1 << 0,
+	MAILSTORE_FLAGGED = 1 << 1,
+	MAILSTORE_DELETED = 1 << 2,
+	MAILSTORE_SEEN = 1 << 3,
+	MAILSTORE_DRAFT = 1 << 4,
+};
+#define MAILSTORE_FLAGS_ALL 0x1fu
+
+enum mailstore_flag_mode {
+	MAILSTORE_FLAGS_REPLACE,
+	MAILSTORE_FLAGS_ADD,
+	MAILSTORE_FLAGS_REMOVE,
+};
+
+/* one message of an open mailbox, in UID order */
+struct mailstore_msg {
+	uint32_t uid;
+	unsigned flags;		/* enum mailstore_flag bits */
+	uint32_t keywords;	/* bit i: mailstore_box_keyword(box, i) */
+	uint64_t size;		/* octets as stored */
+	uint64_t vsize;		/* octets with CRLF line ends (RFC822.SIZE) */
+	unsigned recent:1;	/* this store saw it first (IMAP \Recent) */
+};
+
+struct mailstore;
+struct mailstore_box;
+struct mailstore_append;
+
+/* ROOT is the store's top directory; USER the canonical "local@domain" */
+int mailstore_open(const char *root, const char *user, struct mailstore **ms_r,
+    const char **error_r) __attribute__((warn_unused_result));
+void mailstore_free(struct mailstore **ms);
+
+/* folder names, INBOX first, then sorted; free with mailstore_names_free() */
+int mailstore_folders(struct mailstore *ms, char ***names_r, size_t *n_r, const char **error_r)
+    __attribute__((warn_unused_result));
+void mailstore_names_free(char ***names, size_t n);
+int mailstore_folder_create(struct mailstore *ms, const char *name, const char **error_r)
+    __attribute__((warn_unused_result));
+/* a folder and its messages; children stay (as IMAP says) */
+int mailstore_folder_delete(struct mailstore *ms, const char *name, const char **error_r)
+    __attribute__((warn_unused_result));
+/* renames the folder's children with it; INBOX cannot be renamed */
+int mailstore_folder_rename(struct mailstore *ms, const char *from, const char *to,
+    const char **error_r) __attribute__((warn_unused_result));
+int mailstore_folder_is_valid(const char *name);
+
+/*
+ * Open a folder: new mail is moved to cur/ (and is \Recent for this box),
+ * UIDs are assigned under the store's lock. The message list is a snapshot
+ * until mailstore_box_sync().
+ */
+int mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box **box_r,
+    const char **error_r) __attribute__((warn_unused_result));
+void mailstore_box_close(struct mailstore_box **box);
+int mailstore_box_sync(struct mailstore_box *box, const char **error_r)
+    __attribute__((warn_unused_result));
+uint32_t mailstore_box_uidvalidity(const struct mailstore_box *box);
+uint32_t mailstore_box_uidnext(const struct mailstore_box *box);
+size_t mailstore_box_count(const struct mailstore_box *box);
+/* the I-th message (0-based, UID order); NULL past the end */
+const struct mailstore_msg *mailstore_box_msg(const struct mailstore_box *box, size_t i);
+/* the index of UID, or -1 */
+long mailstore_box_find(const struct mailstore_box *box, uint32_t uid);
+/* keyword I's name, NULL if the slot is unused */
+const char *mailstore_box_keyword(const struct mailstore_box *box, unsigned i);
+
+/* the internal date (the file's mtime), read when first asked: opening a
+ * folder whose names carry ,S= stats no file */
+int mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r,
+    const char **error_r) __attribute__((warn_unused_result));
+/* a read-only descriptor on the message's bytes (the caller closes it) */
+int mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const char **error_r)
+    __attribute__((warn_unused_result));
+/*
+ * Change flags and keywords (names, case-insensitive as IMAP's are; new ones
+ * get a free letter). Fails if all 26 letters are taken.
+ */
+int mailstore_msg_set_flags(struct mailstore_box *box, uint32_t uid, enum mailstore_flag_mode mode,
+    unsigned flags, const char *const *keywords, size_t nkeywords, const char **error_r)
+    __attribute__((warn_unused_result));
+/* remove the message (whatever its flags) */
+int mailstore_msg_expunge(struct mailstore_box *box, uint32_t uid, const char **error_r)
+    __attribute__((warn_unused_result));
+
+/*
+ * Append (IMAP APPEND, and delivery): written to tmp/ piecewise, then fsync,
+ * renamed into cur/ with its flags, UID assigned. date 0 means now.
+ */
+int mailstore_append_begin(struct mailstore_box *box, struct mailstore_append **a_r,
+    const char **error_r) __attribute__((warn_unused_result));
+int mailstore_append_write(struct mailstore_append *a, const void *p, size_t n,
+    const char **error_r) __attribute__((warn_unused_result));
+/* *a is freed either way */
+int mailstore_append_commit(struct mailstore_append **a, unsigned flags,
+    const char *const *keywords, size_t nkeywords, time_t date, uint32_t *uid_r,
+    const char **error_r) __attribute__((warn_unused_result));
+void mailstore_append_abort(struct mailstore_append **a);
+
+/*
+ * Delivery (the SMTP door): one message for several users, spooled as it
+ * arrives into the first user's tmp/ (never held in memory), then committed:
+ * fsync, hard-linked into every user's new/ named with ,S= and ,W= (so no
+ * reader has to count), each new/ fsynced, the tmp/ name removed. All or
+ * nothing. UIDs are given by the first session that opens the folder, as
+ * with any Maildir delivery agent. Begin, write and abort do no fsync and
+ * may run on an event loop; commit belongs on a job thread. USERS are
+ * canonical names; id_r (>= 64 bytes) gets the message's file name in new/.
+ */
+struct mailstore_delivery;
+
+int mailstore_deliver_begin(const char *root, const char *user,
+    struct mailstore_delivery **d_r, const char **error_r) __attribute__((warn_unused_result));
+int mailstore_deliver_write(struct mailstore_delivery *d, const void *p, size_t n,
+    const char **error_r) __attribute__((warn_unused_result));
+/* *d is freed either way */
+int mailstore_deliver_commit(struct mailstore_delivery **d, const char *root,
+    const char *const *users, size_t n, char *id_r, const char **error_r)
+    __attribute__((warn_unused_result));
+void mailstore_deliver_abort(struct mailstore_delivery **d);
+
+#endif

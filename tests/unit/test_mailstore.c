@@ -1,0 +1,597 @@
+/* mailstore: Maildir file names, dovecot-uidlist and dovecot-keywords in
+ * Dovecot's formats (table-driven), then the backend on a scratch store:
+ * new/ to cur/ with UIDs, flag renames, expunge, folders, hostile uidlists. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/xmalloc.h"
+#include "storage-adapter/mailstore.h"
+#include "storage-adapter/mailstore_maildir.h"
+#include "tests/unit/unit.h"
+
+#define A MAILSTORE_ANSWERED
+#define F MAILSTORE_FLAGGED
+#define T MAILSTORE_DELETED
+#define S MAILSTORE_SEEN
+#define D MAILSTORE_DRAFT
+
+static const struct {
+	const char *name, *fname;
+	int rc;
+	size_t baselen;
+	unsigned flags;
+	uint32_t kw;
+	uint64_t size, vsize;
+} names[] = {
+	{ "plain new/ name", "1700000000.M1P2Q3.host", 0, 22, 0, 0, 0, 0 },
+	{ "Dovecot's name with sizes and flags", "1700000000.M1P2.host,S=1234,W=1260:2,FRS", 0, 34,
+	  F | A | S, 0, 1234, 1260 },
+	{ "keywords are letters a..z", "x,S=5:2,Sac", 0, 5, S, 1u | 4u, 5, 0 },
+	{ "draft and trashed", "x:2,DT", 0, 1, D | T, 0, 0, 0 },
+	{ "unknown flag letters ignored", "x:2,PSX", 0, 1, S, 0, 0, 0 },
+	{ "a second flag set is not flags", "x:2,S,F", 0, 1, S, 0, 0, 0 },
+	{ "info other than 2 has no flags", "x:1,S", 0, 1, 0, 0, 0, 0 },
+	{ "an S= that is not a number is no size", "x,S=12a:2,", 0, 7, 0, 0, 0, 0 },
+	{ "a giant size is no size", "x,S=99999999999999999999:2,", 0, 24, 0, 0, 0, 0 },
+	{ "empty base refused", ":2,S", -1, 0, 0, 0, 0, 0 },
+	{ "empty name refused", "", -1, 0, 0, 0, 0, 0 },
+	{ "control byte refused", "x\ty:2,", -1, 0, 0, 0, 0, 0 },
+	{ "slash refused", "../x:2,", -1, 0, 0, 0, 0, 0 },
+};
+
+static void
+test_names(void)
+{
+	char longname[400];
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		struct mdname mn;
+		int rc = mdname_parse(names[i].fname, &mn);
+
+		if (rc != names[i].rc || (rc == 0 && (mn.baselen != names[i].baselen ||
+		    mn.flags != names[i].flags || mn.keywords != names[i].kw ||
+		    mn.size != names[i].size || mn.vsize != names[i].vsize)))
+			fprintf(stderr, "mdname_parse: %s\n", names[i].name);
+		CU_ASSERT_EQUAL(rc, names[i].rc);
+		if (rc == 0) {
+			CU_ASSERT_EQUAL(mn.baselen, names[i].baselen);
+			CU_ASSERT_EQUAL(mn.flags, names[i].flags);
+			CU_ASSERT_EQUAL(mn.keywords, names[i].kw);
+			CU_ASSERT_EQUAL(mn.size, names[i].size);
+			CU_ASSERT_EQUAL(mn.vsize, names[i].vsize);
+		}
+	}
+	memset(longname, 'a', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	{
+		struct mdname mn;
+
+		CU_ASSERT_EQUAL(mdname_parse(longname, &mn), -1);	/* over the cap */
+	}
+}
+
+static const struct {
+	const char *name, *in;
+	unsigned flags;
+	uint32_t kw;
+	const char *out;
+} renames[] = {
+	{ "no info gets :2,", "b,S=1", S, 0, "b,S=1:2,S" },
+	{ "flags in ASCII order", "b:2,", A | S | D | F | T, 0, "b:2,DFRST" },
+	{ "keywords after the flags, sorted", "b:2,", S, (1u << 2) | 1u, "b:2,Sac" },
+	{ "clearing keeps the base", "b:2,FSab", 0, 0, "b:2," },
+	{ "unknown letters kept in place", "b:2,PS", F | S, 0, "b:2,FPS" },
+	{ "a second flag set kept", "b:2,S,xyz", F, 0, "b:2,F,xyz" },
+	{ "info 1 replaced", "b:1,foo", S, 0, "b:2,S" },
+};
+
+static void
+test_rename(void)
+{
+	for (size_t i = 0; i < sizeof(renames) / sizeof(renames[0]); i++) {
+		char out[300];
+		int rc = mdname_set_flags(renames[i].in, renames[i].flags, renames[i].kw, out,
+		    sizeof(out));
+
+		if (rc != 0 || strcmp(out, renames[i].out) != 0)
+			fprintf(stderr, "mdname_set_flags: %s: got %s\n", renames[i].name,
+			    rc == 0 ? out : "(error)");
+		CU_ASSERT_EQUAL(rc, 0);
+		CU_ASSERT_STRING_EQUAL(out, renames[i].out);
+	}
+	{
+		char out[8];
+
+		CU_ASSERT_EQUAL(mdname_set_flags("abcdefgh", S, 0, out, sizeof(out)), -1);
+	}
+	/* Dovecot's order for new files: seconds, then microseconds, then name */
+	CU_ASSERT(mdname_sort_cmp("100.M5P1.h", "100.M40P1.h") < 0);
+	CU_ASSERT(mdname_sort_cmp("99.M9P1.h", "100.M1P1.h") < 0);
+	CU_ASSERT(mdname_sort_cmp("100.M5P1.a:2,S", "100.M5P1.b") < 0);
+}
+
+static const struct {
+	const char *name, *in, *out;	/* out NULL: a parse error */
+} uidlists[] = {
+	{ "version 3 round trip",
+	  "3 V1700000000 N3 G0123456789abcdef0123456789abcdef\n1 :a.M1P1.h,S=5\n2 W12 :b.M2P1.h\n",
+	  "3 V1700000000 N3 G0123456789abcdef0123456789abcdef\n1 :a.M1P1.h,S=5\n2 W12 :b.M2P1.h\n" },
+	{ "unknown header fields kept",
+	  "3 V5 N9 G0123456789abcdef0123456789abcdef Pxyz\n",
+	  "3 V5 N9 G0123456789abcdef0123456789abcdef Pxyz\n" },
+	{ "version 1 read, written as 3",
+	  "1 7 4\n2 a.M1P1.h\n",
+	  "3 V7 N4 G\n2 :a.M1P1.h\n" },
+	{ "a record past next uid raises it",
+	  "3 V5 N2 G0123456789abcdef0123456789abcdef\n7 :a\n",
+	  "3 V5 N8 G0123456789abcdef0123456789abcdef\n7 :a\n" },
+	{ "no final newline", "3 V5 N3 G0123456789abcdef0123456789abcdef\n2 :a",
+	  "3 V5 N3 G0123456789abcdef0123456789abcdef\n2 :a\n" },
+	{ "a name with its flags (old lists): the base is kept",
+	  "1 7 4\n2 a.M1P1.h:2,S\n",
+	  "3 V7 N4 G\n2 :a.M1P1.h\n" },
+	{ "empty", "", NULL },
+	{ "bad version", "x V1 N1\n", NULL },
+	{ "version 2 unsupported", "2 V1 N1\n", NULL },
+	{ "uidvalidity zero", "3 V0 N1\n", NULL },
+	{ "uidvalidity overflows", "3 V99999999999 N1\n", NULL },
+	{ "bad guid", "3 V1 N1 Gxyz\n", NULL },
+	{ "uids out of order", "3 V1 N9\n3 :a\n2 :b\n", NULL },
+	{ "uid zero", "3 V1 N9\n0 :a\n", NULL },
+	{ "uid max", "3 V1 N9\n4294967295 :a\n", NULL },
+	{ "slash in a file name", "3 V1 N9\n1 :../../etc/passwd\n", NULL },
+	{ "dot file name", "3 V1 N9\n1 :.hidden\n", NULL },
+	{ "no file name", "3 V1 N9\n1 W5\n", NULL },
+	{ "bad extension key", "3 V1 N9\n1 w5 :a\n", NULL },
+	{ "garbage record", "3 V1 N9\nhello world\n", NULL },
+	{ "NUL byte", "3 V1 N9\n1 :a\0b\n", NULL },
+};
+
+static void
+test_uidlist(void)
+{
+	for (size_t i = 0; i < sizeof(uidlists) / sizeof(uidlists[0]); i++) {
+		struct md_uidlist ul;
+		const char *error = NULL;
+		size_t inlen = strlen(uidlists[i].in);
+		int rc;
+
+		if (strcmp(uidlists[i].name, "NUL byte") == 0)
+			inlen = 16;
+		rc = md_uidlist_parse(uidlists[i].in, inlen, &ul, &error);
+		if ((rc == 0) != (uidlists[i].out != NULL))
+			fprintf(stderr, "md_uidlist_parse: %s: rc %d (%s)\n", uidlists[i].name, rc,
+			    error ? error : "");
+		CU_ASSERT_EQUAL(rc == 0, uidlists[i].out != NULL);
+		if (rc == 0 && uidlists[i].out) {
+			size_t len;
+			char *s = md_uidlist_format(&ul, &len);
+
+			if (strcmp(s, uidlists[i].out) != 0)
+				fprintf(stderr, "md_uidlist_format: %s: got %s\n", uidlists[i].name, s);
+			CU_ASSERT_STRING_EQUAL(s, uidlists[i].out);
+			CU_ASSERT_EQUAL(len, strlen(uidlists[i].out));
+			free(s);
+		} else {
+			CU_ASSERT_PTR_NOT_NULL(error);
+		}
+		md_uidlist_clear(&ul);
+	}
+}
+
+static void
+test_keywords(void)
+{
+	static const char in[] =
+	    "0 $Label\n1 Junk\nbad line\n30 TooFar\n2 \n3 $label\n4 sp ace\n1 Again\n5 NonJunk";
+	char *kw[26];
+	size_t len;
+	char *out;
+
+	md_keywords_parse(in, sizeof(in) - 1, kw);
+	CU_ASSERT_STRING_EQUAL(kw[0], "$Label");
+	CU_ASSERT_STRING_EQUAL(kw[1], "Junk");
+	CU_ASSERT_PTR_NULL(kw[2]);	/* empty name */
+	CU_ASSERT_PTR_NULL(kw[3]);	/* same name, other case */
+	CU_ASSERT_PTR_NULL(kw[4]);	/* a space is no keyword */
+	CU_ASSERT_STRING_EQUAL(kw[5], "NonJunk");
+	out = md_keywords_format(kw, &len);
+	CU_ASSERT_STRING_EQUAL(out, "0 $Label\n1 Junk\n5 NonJunk\n");
+	free(out);
+	for (int i = 0; i < 26; i++)
+		free(kw[i]);
+}
+
+/* ---- the backend on a scratch store ---- */
+
+static char *
+slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = xcalloc(1, 65536);
+
+	if (f) {
+		size_t n = fread(buf, 1, 65535, f);
+
+		buf[n] = '\0';
+		fclose(f);
+	}
+	return buf;
+}
+
+static void
+spit(const char *path, const char *s)
+{
+	FILE *f = fopen(path, "w");
+
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs(s, f);
+	fclose(f);
+}
+
+static uint32_t
+append(struct mailstore_box *box, const char *text, unsigned flags, const char *kw)
+{
+	struct mailstore_append *a;
+	const char *error;
+	uint32_t uid = 0;
+	const char *kws[1] = { kw };
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_append_begin(box, &a, &error), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_append_write(a, text, strlen(text), &error), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_append_commit(&a, flags, kws, kw ? 1 : 0, 0, &uid, &error),
+	    0);
+	CU_ASSERT_PTR_NULL(a);
+	return uid;
+}
+
+/* the one name in DIR whose base starts with PREFIX (or the only one) */
+static char *
+only_file(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	char *name = NULL;
+	int n = 0;
+
+	if (d == NULL)
+		return NULL;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		free(name);
+		name = xstrdup(de->d_name);
+		n++;
+	}
+	closedir(d);
+	if (n != 1) {
+		free(name);
+		return NULL;
+	}
+	return name;
+}
+
+static void
+test_store(void)
+{
+	char *root = unit_tmpdir(), *p, *s, *name;
+	struct mailstore *ms;
+	struct mailstore_box *box;
+	const char *error;
+	const struct mailstore_msg *m;
+	uint32_t uv, u1, u2;
+	const char *kw[1] = { "$Label" };
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(root, "alice@Example.COM", &ms, &error), 0);
+	/* a message delivered into new/ the way maildir.c does */
+	p = xasprintf("%s/example.com/alice/Maildir/new/1700000000.M5P7Q0.host", root);
+	spit(p, "Subject: one\n\nbody\n");
+	free(p);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "inbox", &box, &error), 0);
+	CU_ASSERT_EQUAL(mailstore_box_count(box), 1);
+	m = mailstore_box_msg(box, 0);
+	CU_ASSERT_EQUAL(m->uid, 1);
+	CU_ASSERT(m->recent);
+	CU_ASSERT_EQUAL(m->size, 19);
+	CU_ASSERT_EQUAL(m->vsize, 22);
+	uv = mailstore_box_uidvalidity(box);
+	CU_ASSERT(uv > 0);
+	/* from Dovecot's per-user counter: dovecot-uidvalidity and its marker */
+	{
+		char *c = xasprintf("%s/example.com/alice/Maildir/dovecot-uidvalidity", root);
+		char hex[16], *mk;
+
+		s = slurp(c);
+		snprintf(hex, sizeof(hex), "%08x", uv);
+		CU_ASSERT_STRING_EQUAL(s, hex);
+		free(s);
+		mk = xasprintf("%s.%s", c, hex);
+		CU_ASSERT_EQUAL(access(mk, F_OK), 0);
+		free(mk);
+		free(c);
+	}
+	CU_ASSERT_EQUAL(mailstore_box_uidnext(box), 2);
+	/* moved to cur/ with ":2," as Dovecot does; the uidlist names it */
+	p = xasprintf("%s/example.com/alice/Maildir/cur", root);
+	name = only_file(p);
+	CU_ASSERT_STRING_EQUAL(name, "1700000000.M5P7Q0.host:2,");
+	free(name);
+	free(p);
+	p = xasprintf("%s/example.com/alice/Maildir/dovecot-uidlist", root);
+	s = slurp(p);
+	CU_ASSERT(strncmp(s, "3 V", 3) == 0);
+	/* no ,W= in its name: the CRLF size is kept in the record, as Dovecot does */
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, "\n1 W22 :1700000000.M5P7Q0.host\n"));
+	free(s);
+	/* lock released */
+	{
+		char *lock = xasprintf("%s.lock", p);
+
+		CU_ASSERT_EQUAL(access(lock, F_OK), -1);
+		free(lock);
+	}
+	/* flags and a keyword: the file is renamed, the keyword gets letter a */
+	CU_ASSERT_EQUAL(mailstore_msg_set_flags(box, 1, MAILSTORE_FLAGS_ADD, S | F, kw, 1, &error),
+	    0);
+	{
+		char *cur = xasprintf("%s/example.com/alice/Maildir/cur", root);
+
+		name = only_file(cur);
+		CU_ASSERT_STRING_EQUAL(name, "1700000000.M5P7Q0.host:2,FSa");
+		free(name);
+		free(cur);
+	}
+	{
+		char *kp = xasprintf("%s/example.com/alice/Maildir/dovecot-keywords", root);
+
+		s = slurp(kp);
+		CU_ASSERT_STRING_EQUAL(s, "0 $Label\n");
+		free(s);
+		free(kp);
+	}
+	CU_ASSERT_EQUAL(mailstore_msg_set_flags(box, 1, MAILSTORE_FLAGS_REMOVE, F, NULL, 0, &error),
+	    0);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 0)->flags, S);
+	/* append: ,S= and ,W= in the name, next UID */
+	u2 = append(box, "Subject: two\n\nx\n", D, NULL);
+	CU_ASSERT_EQUAL(u2, 2);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 1)->vsize, 19);	/* 3 bare LFs */
+	mailstore_box_close(&box);
+	/* a second session sees the same UIDs and flags, not \Recent */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &box, &error), 0);
+	CU_ASSERT_EQUAL(mailstore_box_count(box), 2);
+	CU_ASSERT_EQUAL(mailstore_box_uidvalidity(box), uv);
+	m = mailstore_box_msg(box, 0);
+	CU_ASSERT_EQUAL(m->flags, S);
+	CU_ASSERT_EQUAL(m->keywords, 1u);
+	CU_ASSERT_STRING_EQUAL(mailstore_box_keyword(box, 0), "$Label");
+	CU_ASSERT(!m->recent);
+	m = mailstore_box_msg(box, 1);
+	CU_ASSERT_EQUAL(m->uid, 2);
+	CU_ASSERT_EQUAL(m->flags, D);
+	CU_ASSERT_EQUAL(m->size, 16);
+	{
+		int fd;
+		char buf[64];
+		ssize_t r;
+
+		CU_ASSERT_EQUAL_FATAL(mailstore_msg_open(box, 2, &fd, &error), 0);
+		r = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		CU_ASSERT_EQUAL(r, 16);
+		buf[r > 0 ? r : 0] = '\0';
+		CU_ASSERT_STRING_EQUAL(buf, "Subject: two\n\nx\n");
+	}
+	/* expunge: file and uidlist record go */
+	CU_ASSERT_EQUAL(mailstore_msg_expunge(box, 1, &error), 0);
+	CU_ASSERT_EQUAL(mailstore_box_count(box), 1);
+	s = slurp(p);
+	CU_ASSERT_PTR_NULL(strstr(s, "\n1 :"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, "\n2 :"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, " N3 "));
+	free(s);
+	mailstore_box_close(&box);
+
+	/* hostile uidlists: each is reported and rebuilt, never a crash; every
+	 * message keeps a UID and UIDVALIDITY grows */
+	{
+		static const char *const bad[] = {
+			"garbage\n",
+			"3 V1 N1\n5 :x\n3 :y\n",
+			"3 V4294967295 N4294967295\n",
+			"3 V1 N2\n1 :../../../etc/passwd\n",
+			"9 V1 N1\n",
+			"",
+		};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			int rc;
+
+			spit(p, bad[i]);
+			rc = mailstore_box_open(ms, "INBOX", &box, &error);
+			if (rc != 0)
+				fprintf(stderr, "hostile uidlist %zu: %s\n", i, error);
+			CU_ASSERT_EQUAL_FATAL(rc, 0);
+			CU_ASSERT_EQUAL(mailstore_box_count(box), 1);
+			CU_ASSERT(mailstore_box_uidvalidity(box) != 1);
+			CU_ASSERT_EQUAL(mailstore_box_msg(box, 0)->uid, 1);
+			CU_ASSERT_EQUAL(mailstore_box_uidnext(box), 2);
+			mailstore_box_close(&box);
+			s = slurp(p);
+			CU_ASSERT(strncmp(s, "3 V", 3) == 0);
+			free(s);
+		}
+	}
+	/* a stale lock of a dead process is overridden */
+	{
+		char *lock = xasprintf("%s.lock", p);
+		char host[256], content[300];
+
+		gethostname(host, sizeof(host));
+		snprintf(content, sizeof(content), "999999:%s", host);
+		spit(lock, content);
+		CU_ASSERT_EQUAL(mailstore_box_open(ms, "INBOX", &box, &error), 0);
+		mailstore_box_close(&box);
+		CU_ASSERT_EQUAL(access(lock, F_OK), -1);
+		free(lock);
+	}
+	free(p);
+
+	/* folders: create, list, rename with children, delete */
+	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Archive", &error), 0);
+	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Archive.2024", &error), 0);
+	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Archive", &error), -1);
+	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "../x", &error), -1);
+	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "a..b", &error), -1);
+	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "INBOX", &error), -1);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Archive.2024", &box, &error), 0);
+	u1 = append(box, "Subject: old\n\n", S, NULL);
+	CU_ASSERT_EQUAL(u1, 1);
+	mailstore_box_close(&box);
+	/* a folder deleted and made again never repeats its UIDVALIDITY */
+	{
+		uint32_t a, b;
+
+		CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Tmp", &error), 0);
+		CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Tmp", &box, &error), 0);
+		a = mailstore_box_uidvalidity(box);
+		mailstore_box_close(&box);
+		CU_ASSERT_EQUAL(mailstore_folder_delete(ms, "Tmp", &error), 0);
+		CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Tmp", &error), 0);
+		CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Tmp", &box, &error), 0);
+		b = mailstore_box_uidvalidity(box);
+		mailstore_box_close(&box);
+		CU_ASSERT(b > a);
+		CU_ASSERT(a > uv);
+		CU_ASSERT_EQUAL(mailstore_folder_delete(ms, "Tmp", &error), 0);
+	}
+	CU_ASSERT_EQUAL(mailstore_folder_rename(ms, "Archive", "Old", &error), 0);
+	{
+		char **v;
+		size_t n;
+
+		CU_ASSERT_EQUAL_FATAL(mailstore_folders(ms, &v, &n, &error), 0);
+		CU_ASSERT_EQUAL_FATAL(n, 3);
+		CU_ASSERT_STRING_EQUAL(v[0], "INBOX");
+		CU_ASSERT_STRING_EQUAL(v[1], "Old");
+		CU_ASSERT_STRING_EQUAL(v[2], "Old.2024");
+		mailstore_names_free(&v, n);
+	}
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Old.2024", &box, &error), 0);
+	CU_ASSERT_EQUAL(mailstore_box_count(box), 1);
+	{
+		/* APPEND with a date: the internal date, read lazily from the file */
+		struct mailstore_append *a;
+		uint32_t uid;
+		time_t dt = 0;
+
+		CU_ASSERT_EQUAL_FATAL(mailstore_append_begin(box, &a, &error), 0);
+		CU_ASSERT_EQUAL(mailstore_append_write(a, "Subject: dated\n\n", 17, &error), 0);
+		CU_ASSERT_EQUAL_FATAL(mailstore_append_commit(&a, 0, NULL, 0, 1600000000, &uid,
+		    &error), 0);
+		mailstore_box_close(&box);
+		CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Old.2024", &box, &error), 0);
+		CU_ASSERT_EQUAL(mailstore_msg_date(box, uid, &dt, &error), 0);
+		CU_ASSERT_EQUAL(dt, 1600000000);
+		CU_ASSERT_EQUAL(mailstore_msg_date(box, 999, &dt, &error), -1);
+	}
+	mailstore_box_close(&box);
+	CU_ASSERT_EQUAL(mailstore_folder_delete(ms, "Old", &error), 0);
+	CU_ASSERT_EQUAL(mailstore_folder_delete(ms, "Old", &error), -1);
+	CU_ASSERT_EQUAL(mailstore_folder_delete(ms, "INBOX", &error), -1);
+	{
+		char **v;
+		size_t n;
+
+		CU_ASSERT_EQUAL_FATAL(mailstore_folders(ms, &v, &n, &error), 0);
+		CU_ASSERT_EQUAL(n, 2);
+		mailstore_names_free(&v, n);
+	}
+	CU_ASSERT_EQUAL(mailstore_box_open(ms, "Nope", &box, &error), -1);
+	mailstore_free(&ms);
+	/* user names that are not one path component each are refused */
+	CU_ASSERT_EQUAL(mailstore_open(root, "../x@example.com", &ms, &error), -1);
+	CU_ASSERT_EQUAL(mailstore_open(root, "x@..", &ms, &error), -1);
+	CU_ASSERT_EQUAL(mailstore_open(root, "nodomain", &ms, &error), -1);
+	{
+		char *cmd = xasprintf("rm -rf '%s'", root);
+
+		CU_ASSERT_EQUAL(system(cmd), 0);
+		free(cmd);
+	}
+	free(root);
+}
+
+static void
+test_deliver(void)
+{
+	static const char *const pieces[] = { "x\r", "\n", "y\n", "\n" };
+	const char *users[2] = { "bob@example.com", "carol@example.com" };
+	char *root = unit_tmpdir(), *p, *name, id[64];
+	struct mailstore_delivery *d;
+	const char *error;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_begin(root, users[0], &d, &error), 0);
+	for (size_t i = 0; i < 4; i++)
+		CU_ASSERT_EQUAL(mailstore_deliver_write(d, pieces[i], strlen(pieces[i]), &error), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_commit(&d, root, users, 2, id, &error), 0);
+	CU_ASSERT_PTR_NULL(d);
+	for (int u = 0; u < 2; u++) {
+		/* a CR ending one piece and its LF starting the next are one CRLF */
+		p = xasprintf("%s/example.com/%s/Maildir/new", root, u ? "carol" : "bob");
+		name = only_file(p);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(name);
+		CU_ASSERT_STRING_EQUAL(name, id);
+		CU_ASSERT_PTR_NOT_NULL(strstr(name, ",S=6,W=8"));
+		free(name);
+		free(p);
+	}
+	p = xasprintf("%s/example.com/bob/Maildir/tmp", root);
+	name = only_file(p);
+	CU_ASSERT_PTR_NULL(name);	/* the tmp/ name is gone */
+	free(p);
+	/* all or nothing: a recipient that cannot be a mailbox takes back every copy */
+	{
+		const char *bad[2] = { "dave@example.com", "../x@example.com" };
+
+		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_begin(root, bad[0], &d, &error), 0);
+		CU_ASSERT_EQUAL(mailstore_deliver_write(d, "z\n", 2, &error), 0);
+		CU_ASSERT_EQUAL(mailstore_deliver_commit(&d, root, bad, 2, id, &error), -1);
+		p = xasprintf("%s/example.com/dave/Maildir/new", root);
+		name = only_file(p);
+		CU_ASSERT_PTR_NULL(name);
+		free(p);
+		p = xasprintf("%s/example.com/dave/Maildir/tmp", root);
+		name = only_file(p);
+		CU_ASSERT_PTR_NULL(name);
+		free(p);
+	}
+	{
+		char *cmd = xasprintf("rm -rf '%s'", root);
+
+		CU_ASSERT_EQUAL(system(cmd), 0);
+		free(cmd);
+	}
+	free(root);
+}
+
+void
+test_mailstore_register(void)
+{
+	static CU_TestInfo tests[] = {
+		{ "file names: flags, keywords, sizes", test_names },
+		{ "file names: flag renames as Dovecot", test_rename },
+		{ "dovecot-uidlist: parse, format, refuse", test_uidlist },
+		{ "dovecot-keywords: parse, format", test_keywords },
+		{ "store: UIDs, flags, expunge, folders, hostile uidlist", test_store },
+		{ "delivery: one file linked into each new/, ,S= and ,W=", test_deliver },
+		{ NULL, NULL },
+	};
+
+	unit_suite("mailstore", tests);
+}
