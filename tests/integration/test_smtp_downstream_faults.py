@@ -15,7 +15,6 @@ import os
 import smtplib
 import socket
 import sys
-import threading
 import time
 import unittest
 import uuid
