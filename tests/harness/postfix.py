@@ -35,7 +35,7 @@ import time
 from . import daemon as _daemon
 from . import util as _util
 from .client import LOCAL_HOSTNAME, SmtpClient, make_message, new_marker
-from .daemon import BIN, SANITIZER_RE
+from .daemon import SANITIZER_RE
 from .ports import free_port, ipv6_loopback_usable, port_accepts
 from .util import HarnessError as LabError
 from .util import log as _log

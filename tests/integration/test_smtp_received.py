@@ -16,7 +16,6 @@ pass-through is the harness's scriptable one (harness.fakesmtp).
 Last line "N passed, N failed".
 """
 import os
-import signal
 import smtplib
 import ssl
 import subprocess

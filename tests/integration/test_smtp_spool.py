@@ -28,7 +28,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
