@@ -8,7 +8,8 @@ failed" as the last line, exit status 1 on any failure.
 Names on the command line (Class or Class.test_name) run just those.  After
 the run every harness Daemon still running is stopped; a sanitizer report in
 any daemon's log, or a problem returned by final_checks(), counts as a
-failure.  suite: a TestSuite, or f(names or None) -> tests, instead of
+failure; the daemons' directories are removed unless the run failed
+(or KEEP_LAB=1).  suite: a TestSuite, or f(names or None) -> tests, instead of
 cases.  require: binaries under PORTCULLIS_BIN that must exist; tools:
 absolute paths of other programs that must exist.
 """
@@ -34,7 +35,13 @@ class CountingResult(unittest.TextTestResult):
         self.passed += 1
 
     def failed_ids(self):
-        return {t.id() if hasattr(t, "id") else str(t) for t, _ in self.failures + self.errors}
+        """A failing setUpClass/tearDownClass counts as one failure."""
+        ids = set()
+        for t, _ in self.failures + self.errors:
+            t = getattr(t, "test_case", t)
+            ids.add(t.id() if hasattr(t, "id") else str(t))
+        ids.update(t.id() for t in self.unexpectedSuccesses)
+        return ids
 
 
 def main(argv=None, cases=None, suite=None, module="__main__", require=("portcullisd", "portcullis"),
@@ -82,6 +89,12 @@ def main(argv=None, cases=None, suite=None, module="__main__", require=("portcul
     for p in problems:
         print("FAIL (final check): %s" % p)
     failed = len(result.failed_ids()) + len(problems)
+    # the directories of a failing run stay for reading (KEEP_LAB=1: always)
+    keep = bool(failed) or os.environ.get("KEEP_LAB") == "1"
+    for d in daemon.DAEMONS:
+        if keep and d.own_dir and os.path.isdir(d.dir):
+            sys.stderr.write("kept %s (%s: config, log, state)\n" % (d.dir, d.name))
+        d.close(keep=keep)
     print("%d skipped; %.1fs (PORTCULLIS_BIN=%s)" % (len(result.skipped),
                                                     time.monotonic() - t0, daemon.BIN))
     print("%d passed, %d failed" % (result.passed, failed), flush=True)
