@@ -13,7 +13,8 @@ VERBOSE = os.environ.get("LAB_VERBOSE") == "1"
 KEEP = os.environ.get("KEEP_LAB") == "1"
 
 
-class HarnessError(Exception):
+class HarnessError(AssertionError):
+    """A harness step that did not happen (timeout, early exit): a test failure."""
     pass
 
 
