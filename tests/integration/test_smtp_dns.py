@@ -28,6 +28,23 @@ from harness.ports import free_port  # noqa: E402
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
 
+def dns_answers(port, timeout=15):
+    """True once a DNS server on 127.0.0.1:port answers an A query."""
+    q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+         b"\x02mx\x04good\x04test\x00\x00\x01\x00\x01")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            try:
+                s.sendto(q, ("127.0.0.1", port))
+                if s.recv(512)[:2] == b"\x12\x34":
+                    return True
+            except OSError:
+                time.sleep(0.05)
+    return False
+
+
 class Dns(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -44,7 +61,10 @@ class Dns(unittest.TestCase):
              "--host-record=bad.evil.test,127.0.0.15",
              "--ptr-record=13.0.0.127.in-addr.arpa,liar.test"],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(cls.dir, "dnsmasq.log"), "w"))
-        time.sleep(0.3)
+        # dnsmasq must answer before the daemon asks: evdns takes a server
+        # that refused its first query (port not bound yet, a loaded
+        # machine) for down and stops asking it for seconds
+        assert dns_answers(cls.dns_port), "dnsmasq does not answer"
         for e in ("host:liar.test", "host:.evil.test"):
             cls.d.cli("kill", "add", e)
         cls.d.start()
