@@ -155,6 +155,9 @@ fuzz:
 	    service/listener.c $(LIBS_EVENT) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-hdrparse tests/fuzz/fuzz_hdrparse.c common/hdrparse.c \
 	    common/xmalloc.c common/log.c -pthread
+	@mkdir -p build/fuzz/corpus-common
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-common tests/fuzz/fuzz_common.c common/base64.c common/hash.c \
+	    common/xmalloc.c common/log.c -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-downstream tests/fuzz/fuzz_downstream.c \
 	    smtp-gateway/downstream.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-mailstore tests/fuzz/fuzz_mailstore.c $(FUZZ_LIB_SRC) \
@@ -163,6 +166,7 @@ fuzz:
 	build/fuzz/fuzz-smtp -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp tests/fuzz/seeds-smtp
 	build/fuzz/fuzz-parsers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-parsers
 	build/fuzz/fuzz-hdrparse -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-hdrparse
+	build/fuzz/fuzz-common -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-common
 	build/fuzz/fuzz-downstream -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-downstream \
 	    tests/fuzz/seeds-downstream
 	build/fuzz/fuzz-mailstore -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-mailstore

@@ -7,7 +7,6 @@
  *   sasl_server_check()    the slow part (password hash), on a pool thread
  *   sasl_server_checked()  its outcome, back on the caller's thread
  *   sasl_scram_make()      Dovecot-format SCRAM-SHA-256 keys for the users file
- *   sasl_b64_decode/encode strict base64
  *
  * GNU SASL runs PLAIN, LOGIN, SCRAM-SHA-256 and EXTERNAL; CRAM-MD5 is ours,
  * because GNU SASL's server side wants the plaintext password, which the
@@ -35,6 +34,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "common/base64.h"
 #include "common/sasl.h"
 #include "common/xmalloc.h"
 
@@ -62,62 +62,6 @@ struct sasl_server {
 	char *out64;		/* the last challenge, base64 */
 };
 
-static const char b64tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-int
-sasl_b64_decode(const char *in, size_t n, unsigned char *out, size_t cap, size_t *len_r)
-{
-	size_t o = 0;
-	unsigned v = 0;
-	int bits = 0, pad = 0;
-
-	if (n % 4 != 0 || cap == 0)
-		return -1;
-	for (size_t i = 0; i < n; i++) {
-		const char *p;
-
-		if (in[i] == '=') {
-			if (i + 2 < n)
-				return -1;
-			pad++;
-			continue;
-		}
-		if (pad || in[i] == '\0' || (p = strchr(b64tab, in[i])) == NULL)
-			return -1;
-		v = (v << 6) | (unsigned)(p - b64tab);
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			if (o + 1 >= cap)
-				return -1;
-			out[o++] = (unsigned char)(v >> bits);
-		}
-	}
-	/* the bits a padded tail leaves over must be zero (RFC 4648 §3.5) */
-	if (bits > 0 && (v & ((1u << bits) - 1)) != 0)
-		return -1;
-	out[o] = '\0';
-	*len_r = o;
-	return 0;
-}
-
-void
-sasl_b64_encode(const unsigned char *in, size_t n, char *out)
-{
-	size_t o = 0;
-
-	for (size_t i = 0; i < n; i += 3) {
-		unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0) |
-		    (i + 2 < n ? in[i + 2] : 0);
-
-		out[o++] = b64tab[(v >> 18) & 63];
-		out[o++] = b64tab[(v >> 12) & 63];
-		out[o++] = i + 1 < n ? b64tab[(v >> 6) & 63] : '=';
-		out[o++] = i + 2 < n ? b64tab[v & 63] : '=';
-	}
-	out[o] = '\0';
-}
-
 const char *
 sasl_mech_name(unsigned mech)
 {
@@ -136,7 +80,7 @@ set_out(struct sasl_server *s, const unsigned char *p, size_t n)
 {
 	free(s->out64);
 	s->out64 = xmalloc(4 * ((n + 2) / 3) + 1);
-	sasl_b64_encode(p, n, s->out64);
+	base64_encode(p, n, s->out64);
 }
 
 /* login -> s->u; never fails: an unknown user is an empty record */
@@ -175,7 +119,7 @@ scram_prop(Gsasl_session *gs, struct sasl_server *s, Gsasl_property prop)
 			return GSASL_NO_CALLBACK;	/* -> GSASL_NO_PASSWORD: fails */
 		HMAC(EVP_sha256(), fake_key, sizeof(fake_key), (const unsigned char *)s->login,
 		    strlen(s->login), mac, &maclen);
-		sasl_b64_encode(mac, 16, salt);
+		base64_encode(mac, 16, salt);
 		snprintf(iter, sizeof(iter), "%u", SASL_SCRAM_ITER);
 	}
 	switch (prop) {
@@ -492,7 +436,7 @@ sasl_server_step64(struct sasl_server *s, const char *line, const char **out64_r
 	if (strcmp(line, "=") == 0)
 		ll = 0;
 	buf = xmalloc(ll / 4 * 3 + 2);
-	if (sasl_b64_decode(line, ll, buf, ll / 4 * 3 + 2, &n) < 0) {
+	if (base64_decode(line, ll, buf, ll / 4 * 3 + 2, &n) < 0) {
 		free(buf);
 		return SASL_BAD_BASE64;
 	}
@@ -550,9 +494,9 @@ sasl_scram_make(const char *password, unsigned iter, const unsigned char *salt, 
 		*error_r = "GNU SASL cannot derive SCRAM-SHA-256 keys (is the password valid UTF-8?)";
 		return -1;
 	}
-	sasl_b64_encode(salt, saltlen, b_salt);
-	sasl_b64_encode((const unsigned char *)stk, GSASL_HASH_SHA256_SIZE, b_stored);
-	sasl_b64_encode((const unsigned char *)sk, GSASL_HASH_SHA256_SIZE, b_server);
+	base64_encode(salt, saltlen, b_salt);
+	base64_encode((const unsigned char *)stk, GSASL_HASH_SHA256_SIZE, b_stored);
+	base64_encode((const unsigned char *)sk, GSASL_HASH_SHA256_SIZE, b_server);
 	explicit_bzero(salted, sizeof(salted));
 	explicit_bzero(ck, sizeof(ck));
 	n = snprintf(out, cap, "{SCRAM-SHA-256}%u,%s,%s,%s", iter, b_salt, b_stored, b_server);
@@ -591,7 +535,7 @@ sasl_scram_parse(const char *v, unsigned *iter_r, char salt_r[64], char stored_r
 		goto out;
 	for (int i = 1; i < 4; i++) {
 		if (strlen(parts[i]) >= 64 ||
-		    sasl_b64_decode(parts[i], strlen(parts[i]), bin, sizeof(bin), &n) < 0 ||
+		    base64_decode(parts[i], strlen(parts[i]), bin, sizeof(bin), &n) < 0 ||
 		    (i > 1 && n != 32) || (i == 1 && n == 0))
 			goto out;
 	}

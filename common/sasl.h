@@ -93,10 +93,5 @@ int sasl_scram_make(const char *password, unsigned iter, const unsigned char *sa
 int sasl_scram_parse(const char *stored, unsigned *iter_r, char salt_r[64], char stored_r[64],
     char server_r[64]) __attribute__((warn_unused_result));
 
-/* strict base64 (RFC 4648): -1 on garbage or when out (cap, NUL added) is too small */
-int sasl_b64_decode(const char *in, size_t inlen, unsigned char *out, size_t cap, size_t *len_r)
-    __attribute__((warn_unused_result));
-/* out holds 4 * ((n + 2) / 3) + 1 */
-void sasl_b64_encode(const unsigned char *in, size_t n, char *out);
 
 #endif

@@ -23,9 +23,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/hash.h"
 #include "common/stats.h"
 
-#define STATS_MAGIC "PCSTATS1"
+#define STATS_MAGIC "PCSTATS2"	/* 2: series hashed with SipHash-1-3 */
 
 struct stats_slot {
 	_Atomic uint64_t hash;		/* 0: free */
@@ -51,13 +52,11 @@ static const char *door = "";
 static uint64_t
 name_hash(const char *s)
 {
-	uint64_t h = 1469598103934665603ull;	/* FNV-1a 64 */
+	/* a fixed key: the file is shared with other processes (the CLI);
+	 * the series names are ours, not a peer's */
+	static const struct hash_key key = { 0x706f727463756c6cull, 0x6973737461747321ull };
 
-	for (; *s; s++) {
-		h ^= (unsigned char)*s;
-		h *= 1099511628211ull;
-	}
-	return h | 1;	/* never 0: 0 marks a free slot */
+	return hash_siphash13(&key, s, strlen(s)) | 1;	/* never 0: 0 marks a free slot */
 }
 
 /* metric[{label="value",...}], printable, no quote or backslash in values */

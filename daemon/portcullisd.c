@@ -60,6 +60,7 @@
 
 #include "common/authmech.h"
 #include "common/conf.h"
+#include "common/fsutil.h"
 #include "common/log.h"
 #include "common/owner.h"
 #include "common/pclimits.h"
@@ -146,18 +147,8 @@ usage(FILE *fp, int status)
 static void
 mkdirs(const char *dir)
 {
-	char *p = xstrdup(dir);
-
-	for (char *q = p + 1; *q; q++) {
-		if (*q != '/')
-			continue;
-		*q = '\0';
-		(void)mkdir(p, 0755);
-		*q = '/';
-	}
-	if (mkdir(p, 0750) < 0 && errno != EEXIST)
+	if (fsutil_mkdir_p(dir, 0750, 0755) < 0)
 		fatal("cannot create state_dir %s: %s", dir, strerror(errno));
-	free(p);
 }
 
 static void

@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "daemon/watcher.h"
@@ -63,12 +64,8 @@ struct keyhash {
 static uint64_t
 key_hash(const char *k)
 {
-	uint64_t h = 1469598103934665603ull;	/* FNV-1a 64 */
+	uint64_t h = hash_str(k);
 
-	for (; *k; k++) {
-		h ^= (unsigned char)*k;
-		h *= 1099511628211ull;
-	}
 	return h ? h : 1;
 }
 
@@ -933,11 +930,10 @@ watcher_start(struct watcher *w, const char **error_r)
 static uint32_t
 addr_hash(const struct ipaddr *a)
 {
-	uint64_t h = a->family == 4 ? a->v4 : a->hi * 0x9e3779b97f4a7c15ull ^ a->lo;
+	/* keyed: the queue holds addresses peers chose */
+	uint64_t w[3] = { a->family, a->family == 4 ? a->v4 : a->hi, a->family == 4 ? 0 : a->lo };
 
-	h ^= h >> 29;
-	h *= 0xbf58476d1ce4e5b9ull;
-	return (uint32_t)(h ^ (h >> 32));
+	return (uint32_t)hash_mem(w, sizeof(w));
 }
 
 static int

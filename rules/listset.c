@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "common/xmalloc.h"
 #include "rules/listset.h"
 
@@ -48,18 +49,6 @@ struct listset {
 	unsigned refs;
 };
 
-static uint32_t
-hash_str(const char *s, size_t n)
-{
-	uint32_t h = 2166136261u;	/* FNV-1a */
-
-	for (size_t i = 0; i < n; i++) {
-		h ^= (unsigned char)s[i];
-		h *= 16777619u;
-	}
-	return h;
-}
-
 static void
 nameset_init(struct nameset *ns, size_t n, uint8_t skip)
 {
@@ -77,7 +66,7 @@ static void
 nameset_insert(struct listset *l, struct nameset *ns, uint32_t idx)
 {
 	const char *k = l->pool + l->meta[idx].key_off + ns->skip;
-	uint32_t i = hash_str(k, strlen(k)) & ns->mask;
+	uint32_t i = (uint32_t)hash_mem(k, strlen(k)) & ns->mask;
 
 	while (ns->slot[i] != UINT32_MAX) {
 		const char *o = l->pool + l->meta[ns->slot[i]].key_off + ns->skip;
@@ -94,7 +83,7 @@ nameset_insert(struct listset *l, struct nameset *ns, uint32_t idx)
 static uint32_t
 nameset_find(const struct listset *l, const struct nameset *ns, const char *k, size_t n)
 {
-	uint32_t i = hash_str(k, n) & ns->mask;
+	uint32_t i = (uint32_t)hash_mem(k, n) & ns->mask;
 
 	while (ns->slot[i] != UINT32_MAX) {
 		const char *o = l->pool + l->meta[ns->slot[i]].key_off + ns->skip;

@@ -10,7 +10,8 @@
  * stops at (the old per-client table counted a freed slot as "not there"
  * and handed out a fresh count of 1), and no probe limit (it gave up after
  * 32 slots and then applied no limit at all). The whole address is hashed,
- * with a seed drawn at start, so clients cannot choose colliding addresses.
+ * with SipHash under a key drawn at start (common/hash), so clients cannot
+ * choose colliding addresses.
  * The table grows at 70 % load and shrinks below 12.5 %.
  *
  * Never blocks; not thread-safe.
@@ -18,9 +19,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <unistd.h>
 
+#include "common/hash.h"
 #include "common/xmalloc.h"
 #include "service/anvil.h"
 
@@ -38,20 +38,9 @@ struct anvil {
 	struct slot *t;
 	size_t cap;		/* a power of two */
 	size_t n;
-	uint64_t seed;
+	struct hash_key key;	/* this table's own, random */
 	unsigned window;
 };
-
-static uint64_t
-mix(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ull;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebull;
-	x ^= x >> 31;
-	return x;
-}
 
 static void
 key_of(const struct ipaddr *addr, uint8_t *family_r, uint64_t *key_r)
@@ -63,7 +52,9 @@ key_of(const struct ipaddr *addr, uint8_t *family_r, uint64_t *key_r)
 static size_t
 home(const struct anvil *a, uint8_t family, uint64_t key)
 {
-	return (size_t)mix(key ^ a->seed ^ ((uint64_t)family << 56)) & (a->cap - 1);
+	uint64_t w[2] = { family, key };
+
+	return (size_t)hash_siphash13(&a->key, w, sizeof(w)) & (a->cap - 1);
 }
 
 static struct slot *
@@ -147,8 +138,7 @@ anvil_new(unsigned rate_window)
 	a->cap = ANVIL_MIN_CAP;
 	a->t = xcalloc(a->cap, sizeof(*a->t));
 	a->window = rate_window;
-	if (getrandom(&a->seed, sizeof(a->seed), GRND_NONBLOCK) != (ssize_t)sizeof(a->seed))
-		a->seed = mix((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)a);
+	hash_key_random(&a->key);
 	return a;
 }
 

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "common/pclimits.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/listentry.h"
@@ -398,46 +399,26 @@ entry_vec_clear(struct entry_vec *v)
 	memset(v, 0, sizeof(*v));
 }
 
-static uint32_t
-str_hash(const char *s)
+static const char *
+keys_at(const void *keys, uint32_t i)
 {
-	uint32_t h = 2166136261u;
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
+	return ((char *const *)keys)[i];
 }
 
 size_t
 entry_vec_replace_keys(struct entry_vec *v, char *const *keys, size_t nkeys,
     struct entry_vec *upd)
 {
-	size_t cap = 16, j = 0, dropped;
-	uint32_t *slot;
+	size_t j = 0, dropped;
+	struct hashidx t;
 
-	while (cap < nkeys * 2)
-		cap <<= 1;
-	slot = xmalloc(cap * sizeof(uint32_t));
-	memset(slot, 0xff, cap * sizeof(uint32_t));
-	for (size_t i = 0; i < nkeys; i++) {
-		size_t h = str_hash(keys[i]) & (cap - 1);
-
-		while (slot[h] != UINT32_MAX && strcmp(keys[slot[h]], keys[i]) != 0)
-			h = (h + 1) & (cap - 1);
-		slot[h] = (uint32_t)i;
-	}
+	hashidx_init(&t, nkeys, keys_at, keys);
+	for (size_t i = 0; i < nkeys; i++)
+		(void)hashidx_put(&t, (uint32_t)i);
 	/* one pass: drop every entry whose key changed, keep the rest in order */
 	for (size_t i = 0; i < v->n; i++) {
-		size_t h = str_hash(v->v[i].key) & (cap - 1);
-		int hit = 0;
+		int hit = hashidx_find(&t, v->v[i].key, strlen(v->v[i].key)) != HASHIDX_NONE;
 
-		while (slot[h] != UINT32_MAX) {
-			if (strcmp(keys[slot[h]], v->v[i].key) == 0) {
-				hit = 1;
-				break;
-			}
-			h = (h + 1) & (cap - 1);
-		}
 		if (hit)
 			listentry_clear(&v->v[i]);
 		else
@@ -448,6 +429,6 @@ entry_vec_replace_keys(struct entry_vec *v, char *const *keys, size_t nkeys,
 	for (size_t i = 0; i < upd->n; i++)
 		entry_vec_push(v, &upd->v[i]);
 	upd->n = 0;
-	free(slot);
+	hashidx_deinit(&t);
 	return dropped;
 }

@@ -39,6 +39,8 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/fsutil.h"
+#include "common/hash.h"
 #include "common/pclimits.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/liststore.h"
@@ -89,28 +91,6 @@ fs_fail(struct liststore *s, const char **error_r, const char *fmt, ...)
 }
 
 static int
-mkdir_p(const char *dir)
-{
-	char *p = xstrdup(dir);
-	int rc = 0;
-
-	for (char *q = p + 1; *q; q++) {
-		if (*q != '/')
-			continue;
-		*q = '\0';
-		if (mkdir(p, 0755) < 0 && errno != EEXIST) {
-			rc = -1;
-			break;
-		}
-		*q = '/';
-	}
-	if (rc == 0 && mkdir(p, 0750) < 0 && errno != EEXIST)
-		rc = -1;
-	free(p);
-	return rc;
-}
-
-static int
 fs_open(struct liststore *s, const char *arg, const char **error_r)
 {
 	struct filestore *fs;
@@ -118,7 +98,7 @@ fs_open(struct liststore *s, const char *arg, const char **error_r)
 
 	if (*arg == '\0')
 		return fs_fail(s, error_r, "file: needs a directory, e.g. file:/var/lib/portcullis/lists");
-	if (mkdir_p(arg) < 0)
+	if (fsutil_mkdir_p(arg, 0750, 0755) < 0)
 		return fs_fail(s, error_r, "cannot create directory %s: %s", arg, strerror(errno));
 	if (stat(arg, &st) < 0 || !S_ISDIR(st.st_mode))
 		return fs_fail(s, error_r, "%s is not a directory", arg);
@@ -401,71 +381,37 @@ list_changed(struct liststore *s, enum list_kind k)
 	return 0;
 }
 
-static int
-fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY);
-	int rc;
-
-	if (fd < 0)
-		return -1;
-	rc = fsync(fd);
-	close(fd);
-	return rc;
-}
-
 /* a throw-away set of keys for one rewrite: key -> index into adds */
 struct keyidx {
-	const struct list_entry *adds;
-	uint32_t *slot;
-	size_t mask;
+	struct hashidx t;
 	char *used;	/* per add: already written */
 };
 
-static uint32_t
-key_hash(const char *s)
+static const char *
+add_key(const void *adds, uint32_t i)
 {
-	uint32_t h = 2166136261u;
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
+	return ((const struct list_entry *)adds)[i].key;
 }
 
 static void
 keyidx_init(struct keyidx *ki, const struct list_entry *adds, size_t n)
 {
-	size_t cap = 16;
-
-	while (cap < n * 2)
-		cap <<= 1;
-	ki->adds = adds;
-	ki->mask = cap - 1;
-	ki->slot = xmalloc(cap * sizeof(uint32_t));
-	memset(ki->slot, 0xff, cap * sizeof(uint32_t));
+	hashidx_init(&ki->t, n, add_key, adds);
 	ki->used = xcalloc(n ? n : 1, 1);
 	for (size_t i = 0; i < n; i++) {
-		size_t h = key_hash(adds[i].key) & ki->mask;
+		uint32_t old = hashidx_put(&ki->t, (uint32_t)i);
 
-		while (ki->slot[h] != UINT32_MAX && strcmp(adds[ki->slot[h]].key, adds[i].key) != 0)
-			h = (h + 1) & ki->mask;
-		if (ki->slot[h] != UINT32_MAX)
-			ki->used[ki->slot[h]] = 1;	/* an earlier duplicate: the later wins */
-		ki->slot[h] = (uint32_t)i;
+		if (old != HASHIDX_NONE)
+			ki->used[old] = 1;	/* an earlier duplicate: the later wins */
 	}
 }
 
 static long
 keyidx_find(const struct keyidx *ki, const char *key)
 {
-	size_t h = key_hash(key) & ki->mask;
+	uint32_t i = hashidx_find(&ki->t, key, strlen(key));
 
-	while (ki->slot[h] != UINT32_MAX) {
-		if (strcmp(ki->adds[ki->slot[h]].key, key) == 0)
-			return (long)ki->slot[h];
-		h = (h + 1) & ki->mask;
-	}
-	return -1;
+	return i == HASHIDX_NONE ? -1 : (long)i;
 }
 
 /* keep the last entry of each key (a journal may hold one key twice) */
@@ -485,7 +431,7 @@ dedupe_keep_last(struct entry_vec *v)
 			v->v[j++] = v->v[i];
 	}
 	v->n = j;
-	free(ki.slot);
+	hashidx_deinit(&ki.t);
 	free(ki.used);
 }
 
@@ -749,7 +695,7 @@ fs_rewrite(struct liststore *s, enum list_kind k, const struct list_entry *adds0
 		fs_fail(s, error_r, "cannot remove %s: %s", fs->jpath[k], strerror(errno));
 		goto done;
 	}
-	if (fsync_dir(fs->dir) < 0) {
+	if (fsutil_fsync_dir(fs->dir) < 0) {
 		fs_fail(s, error_r, "cannot fsync %s: %s", fs->dir, strerror(errno));
 		goto done;
 	}
@@ -765,7 +711,7 @@ done:
 		fclose(in);
 	if (lockfd >= 0 && held < 0)
 		close(lockfd);	/* releases the flock */
-	free(ki.slot);
+	hashidx_deinit(&ki.t);
 	free(ki.used);
 	free(adds);
 	entry_vec_clear(&jv);
@@ -875,7 +821,7 @@ fs_add_batch(struct liststore *s, enum list_kind k, const struct list_entry *v, 
 		}
 		done += (size_t)w;
 	}
-	if (fdatasync(fd) < 0 || (created && fsync_dir(fs->dir) < 0)) {
+	if (fdatasync(fd) < 0 || (created && fsutil_fsync_dir(fs->dir) < 0)) {
 		fs_fail(s, error_r, "cannot fsync %s: %s", fs->jpath[k], strerror(errno));
 		goto done;
 	}
@@ -942,8 +888,8 @@ fs_meta_set(struct liststore *s, const char *name, const char *value, int only_i
 {
 	struct filestore *fs = s->priv;
 	char *path = xasprintf("%s/.%s", fs->dir, name);
-	char *tmp = xasprintf("%s/.%s.tmp.%ld", fs->dir, name, (long)getpid());
-	FILE *fp;
+	char *text = xasprintf("%s\n", value);
+	const char *err;
 	int rc = -1;
 
 	*set_r = 0;
@@ -951,23 +897,15 @@ fs_meta_set(struct liststore *s, const char *name, const char *value, int only_i
 		rc = 0;
 		goto done;
 	}
-	fp = fopen(tmp, "w");
-	if (fp == NULL) {
-		fs_fail(s, error_r, "cannot create %s: %s", tmp, strerror(errno));
-		goto done;
-	}
-	fprintf(fp, "%s\n", value);
-	if (fflush(fp) != 0 || fsync(fileno(fp)) != 0 || fclose(fp) != 0 ||
-	    rename(tmp, path) < 0) {
-		fs_fail(s, error_r, "cannot write %s: %s", path, strerror(errno));
-		unlink(tmp);
+	if (fsutil_replace(path, text, strlen(text), 0644, &err) < 0) {
+		fs_fail(s, error_r, "%s", err);
 		goto done;
 	}
 	*set_r = 1;
 	rc = 0;
 done:
 	free(path);
-	free(tmp);
+	free(text);
 	return rc;
 }
 

@@ -48,6 +48,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "common/fsutil.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/mailstore.h"
@@ -155,38 +156,6 @@ read_capped(const char *path, size_t cap, char **buf_r, size_t *len_r)
 	return 0;
 }
 
-static int
-write_all(int fd, const void *p, size_t n)
-{
-	const char *c = p;
-
-	while (n > 0) {
-		ssize_t w = write(fd, c, n);
-
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		c += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-static int
-fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int rc;
-
-	if (fd < 0)
-		return -1;
-	rc = fsync(fd);
-	close(fd);
-	return rc;
-}
-
 /*
  * Write DATA to TMP and rename it over PATH, its mtime past PATH's old one
  * (Dovecot notices a rewrite by mtime).
@@ -204,7 +173,7 @@ replace_file(const char *path, const char *tmp, const char *data, size_t len,
 		*error_r = err("cannot create %s: %s", tmp, strerror(errno));
 		return -1;
 	}
-	if (write_all(fd, data, len) < 0 || fstat(fd, &st) < 0) {
+	if (fsutil_write_all(fd, data, len) < 0 || fstat(fd, &st) < 0) {
 		*error_r = err("cannot write %s: %s", tmp, strerror(errno));
 		close(fd);
 		unlink(tmp);
@@ -257,7 +226,7 @@ dotlock_take(const char *path, char **lock_r, const char **error_r)
 		struct stat st;
 
 		if (fd >= 0) {
-			int e = write_all(fd, content, strlen(content));
+			int e = fsutil_write_all(fd, content, strlen(content));
 
 			if (close(fd) < 0 || e < 0) {
 				*error_r = err("cannot write %s: %s", lock, strerror(errno));
@@ -474,16 +443,7 @@ mailstore_open(const char *root, const char *user, struct mailstore **ms_r, cons
 			return 0;
 		}
 	}
-	path = xstrdup(ms->md);
-	for (char *q = path + 1; *q; q++) {
-		if (*q != '/')
-			continue;
-		*q = '\0';
-		(void)mkdir(path, 0700);
-		*q = '/';
-	}
-	(void)mkdir(path, 0700);
-	free(path);
+	(void)fsutil_mkdir_p(ms->md, 0700, 0700);	/* the subdirectories below say why */
 	{
 		static const char *const sub[] = { "cur", "new", "tmp" };
 
@@ -616,7 +576,7 @@ mailstore_folder_create(struct mailstore *ms, const char *name, const char **err
 	if (fd >= 0)
 		close(fd);
 	free(p);
-	(void)fsync_dir(ms->md);
+	(void)fsutil_fsync_dir(ms->md);
 	free(dir);
 	return 0;
 }
@@ -1172,7 +1132,7 @@ move_new(struct mailstore_box *box, struct scanned **v, size_t *n, size_t *cap,
 	if (moved) {
 		char *curd = xasprintf("%s/cur", box->dir);
 
-		(void)fsync_dir(curd);
+		(void)fsutil_fsync_dir(curd);
 		free(curd);
 	}
 	free(newd);
@@ -1820,7 +1780,7 @@ mailstore_append_write(struct mailstore_append *a, const void *p, size_t n, cons
 {
 	const unsigned char *c = p;
 
-	if (write_all(a->fd, p, n) < 0) {
+	if (fsutil_write_all(a->fd, p, n) < 0) {
 		int e = errno;
 
 		*error_r = err("cannot write %s: %s", a->tmp, strerror(e));
@@ -1908,7 +1868,7 @@ mailstore_append_commit(struct mailstore_append **ap, unsigned flags,
 		goto unlock;
 	}
 	curd = xasprintf("%s/cur", box->dir);
-	if (fsync_dir(curd) < 0) {
+	if (fsutil_fsync_dir(curd) < 0) {
 		*error_r = err("cannot sync %s: %s", curd, strerror(errno));
 		unlink(dst);
 		goto unlock;
@@ -2000,7 +1960,7 @@ mailstore_deliver_write(struct mailstore_delivery *d, const void *p, size_t n,
 {
 	const unsigned char *c = p;
 
-	if (write_all(d->fd, p, n) < 0) {
+	if (fsutil_write_all(d->fd, p, n) < 0) {
 		int e = errno;
 
 		*error_r = err("cannot write %s: %s", d->tmp, strerror(e));
@@ -2069,7 +2029,7 @@ mailstore_deliver_commit(struct mailstore_delivery **dp, const char *root,
 		char *dst = xasprintf("%s/%s", newdirs[linked], final);
 		int e = link(d->tmp, dst) < 0 ? errno : 0;
 
-		if (e == 0 && fsync_dir(newdirs[linked]) < 0)
+		if (e == 0 && fsutil_fsync_dir(newdirs[linked]) < 0)
 			e = errno;
 		if (e != 0) {
 			*error_r = err("cannot deliver to %s: %s", dst, strerror(e));

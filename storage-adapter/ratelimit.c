@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "common/conf.h"
+#include "common/hash.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/ratelimit.h"
 
@@ -48,11 +49,8 @@ struct ratelimit {
 static uint32_t
 hash(const char *s, unsigned window)
 {
-	uint32_t h = 2166136261u ^ window;
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
+	/* keyed: who is a peer's address or sender */
+	return (uint32_t)(hash_str(s) ^ hash_u64(window));
 }
 
 struct ratelimit *

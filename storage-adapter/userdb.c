@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/fsutil.h"
 #include "common/log.h"
 #include "common/pclimits.h"
 #include "common/xmalloc.h"
@@ -448,32 +449,49 @@ userdb_hash_verify(const char *h, const char *password)
 	return ok && known;
 }
 
-/* fsync the directory holding path; -1 with errno */
+/* one rewrite: the old file (NULL: none yet) copied with user's line
+ * replaced, added or dropped */
+struct rewrite_ctx {
+	FILE *in;
+	const char *user, *newline;
+	int create, found;
+};
+
 static int
-fsync_dir_of(const char *path)
+rewrite_lines(FILE *out, void *ctx, const char **error_r)
 {
-	char *dir = xstrdup(path), *slash = strrchr(dir, '/');
-	int fd, rc;
+	struct rewrite_ctx *r = ctx;
+	char line[MAX_LIST_LINE + 2];
+	size_t ul = strlen(r->user);
 
-	if (slash == NULL)
-		snprintf(dir, strlen(path) + 1, ".");
-	else if (slash == dir)
-		slash[1] = '\0';
-	else
-		*slash = '\0';
-	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	free(dir);
-	if (fd < 0)
-		return -1;
-	rc = fsync(fd);
-	if (rc < 0) {
-		int e = errno;
-
-		close(fd);
-		errno = e;
+	if (r->in == NULL)
+		fputs(USERDB_HEADER, out);
+	while (r->in != NULL && fgets(line, sizeof(line), r->in) != NULL) {
+		if (strncasecmp(line, r->user, ul) == 0 && line[ul] == ':') {
+			r->found = 1;
+			if (r->newline != NULL)
+				fprintf(out, "%s\n", r->newline);
+			continue;
+		}
+		fputs(line, out);
+		if (line[0] && line[strlen(line) - 1] != '\n')
+			fputc('\n', out);
+	}
+	if (r->in != NULL && ferror(r->in)) {
+		snprintf(errbuf, sizeof(errbuf), "read error: %s", strerror(errno));
+		*error_r = errbuf;
 		return -1;
 	}
-	close(fd);
+	if (!r->found && r->newline != NULL) {
+		if (!r->create) {
+			snprintf(errbuf, sizeof(errbuf), "no user %s", r->user);
+			*error_r = errbuf;
+			return -1;
+		}
+		fprintf(out, "%s\n", r->newline);
+	}
+	if (ftell(out) == 0)	/* the last user went: say so, never a zero-length file */
+		fputs(USERDB_HEADER, out);
 	return 0;
 }
 
@@ -482,11 +500,10 @@ static int
 rewrite(const char *path, const char *user, const char *newline, int create, int *found_r,
     const char **error_r)
 {
-	char *lock = xasprintf("%s.lock", path), *tmp = xasprintf("%s.tmp.%ld", path, (long)getpid());
-	char line[MAX_LIST_LINE + 2];
-	size_t ul = strlen(user);
-	int lfd, found = 0, rc = -1;
-	FILE *in, *out = NULL;
+	char *lock = xasprintf("%s.lock", path);
+	struct rewrite_ctx r = { NULL, user, newline, create, 0 };
+	const char *err;
+	int lfd, rc = -1;
 
 	{
 		/* the first user may come before the daemon made its state_dir */
@@ -494,91 +511,37 @@ rewrite(const char *path, const char *user, const char *newline, int create, int
 
 		if (slash != NULL && slash != dir) {
 			*slash = '\0';
-			for (char *q = dir + 1; *q; q++) {
-				if (*q != '/')
-					continue;
-				*q = '\0';
-				(void)mkdir(dir, 0755);
-				*q = '/';
-			}
-			(void)mkdir(dir, 0750);
+			(void)fsutil_mkdir_p(dir, 0750, 0755);
 		}
 		free(dir);
 	}
 	lfd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
 	if (lfd < 0 || flock(lfd, LOCK_EX) < 0) {
 		snprintf(errbuf, sizeof(errbuf), "cannot lock %s: %s", lock, strerror(errno));
+		*error_r = errbuf;
 		goto done;
 	}
-	in = fopen(path, "r");
-	if (in == NULL && errno != ENOENT) {
+	r.in = fopen(path, "r");
+	if (r.in == NULL && errno != ENOENT) {
 		snprintf(errbuf, sizeof(errbuf), "cannot open %s: %s", path, strerror(errno));
+		*error_r = errbuf;
 		goto done;
 	}
-	{
-		int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-		out = fd >= 0 ? fdopen(fd, "w") : NULL;
-	}
-	if (out == NULL) {
-		snprintf(errbuf, sizeof(errbuf), "cannot create %s: %s", tmp, strerror(errno));
-		if (in)
-			fclose(in);
-		goto done;
-	}
-	if (in == NULL)
-		fputs(USERDB_HEADER, out);
-	while (in != NULL && fgets(line, sizeof(line), in) != NULL) {
-		if (strncasecmp(line, user, ul) == 0 && line[ul] == ':') {
-			found = 1;
-			if (newline != NULL)
-				fprintf(out, "%s\n", newline);
-			continue;
-		}
-		fputs(line, out);
-		if (line[0] && line[strlen(line) - 1] != '\n')
-			fputc('\n', out);
-	}
-	if (in)
-		fclose(in);
-	if (!found && newline != NULL) {
-		if (!create) {
-			snprintf(errbuf, sizeof(errbuf), "no user %s", user);
-			goto done;
-		}
-		fprintf(out, "%s\n", newline);
-	}
-	if (ftell(out) == 0)	/* the last user went: say so, never a zero-length file */
-		fputs(USERDB_HEADER, out);
-	if (fflush(out) != 0 || fsync(fileno(out)) != 0) {
-		snprintf(errbuf, sizeof(errbuf), "cannot write %s: %s", tmp, strerror(errno));
-		goto done;
-	}
-	fclose(out);
-	out = NULL;
-	if (rename(tmp, path) < 0) {
-		snprintf(errbuf, sizeof(errbuf), "cannot rename %s: %s", tmp, strerror(errno));
-		goto done;
-	}
-	if (fsync_dir_of(path) < 0) {	/* the rename itself must survive a crash */
-		snprintf(errbuf, sizeof(errbuf), "cannot fsync the directory of %s: %s", path,
-		    strerror(errno));
+	if (fsutil_replace_with(path, 0600, rewrite_lines, &r, &err) < 0) {
+		if (err != errbuf)
+			snprintf(errbuf, sizeof(errbuf), "%s", err);
+		*error_r = errbuf;
 		goto done;
 	}
 	if (found_r)
-		*found_r = found;
+		*found_r = r.found;
 	rc = 0;
 done:
-	if (out)
-		fclose(out);
-	if (rc < 0) {
-		unlink(tmp);
-		*error_r = errbuf;
-	}
+	if (r.in)
+		fclose(r.in);
 	if (lfd >= 0)
 		close(lfd);
 	free(lock);
-	free(tmp);
 	return rc;
 }
 

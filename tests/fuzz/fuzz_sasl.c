@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/base64.h"
 #include "common/sasl.h"
 #include "common/xmalloc.h"
 
@@ -78,7 +79,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		if (enc & (1u << k)) {
 			line = xmalloc(4 * ((n + 2) / 3) + 1);
-			sasl_b64_encode(data + i, n, line);
+			base64_encode(data + i, n, line);
 		} else {
 			line = xstrndup((const char *)data + i, n);
 		}

@@ -64,6 +64,9 @@ main(void)
 	test_sasl_register();
 	test_stats_register();
 	test_hdrparse_register();
+	test_common_hash_register();
+	test_common_base64_register();
+	test_common_fsutil_register();
 	test_anvil_register();
 	test_deadline_register();
 	test_listener_register();

@@ -1,5 +1,7 @@
 /* ratelimit: counting, windows, sharing through a store; policy overrides;
  * the engine's 452 4.7.1. */
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -185,12 +187,55 @@ test_engine_rate_limit(void)
 	policy_free(&p);
 }
 
+/*
+ * A sender who knows the table's hash aims keys at the victim's stripe and
+ * home slot: 16 of them fill its probe window and evict the victim's
+ * counter, whose next event then starts a fresh count under the limit. The
+ * table used unkeyed FNV-1a (computed here as an attacker would); with a
+ * keyed hash these keys land anywhere and the victim stays limited.
+ */
+static uint32_t
+fnv1a_window(const char *s, unsigned window)
+{
+	uint32_t h = 2166136261u ^ window;
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}
+
+static void
+test_ratelimit_hostile_keys(void)
+{
+	struct ratelimit *rl = ratelimit_new();
+	const char *victim = "victim@example.com";
+	uint32_t target = fnv1a_window(victim, 60) & ((1u << 18) - 1);	/* 64 stripes x 4096 slots */
+	unsigned long total;
+	unsigned found = 0;
+	char who[64];
+
+	CU_ASSERT_EQUAL(ratelimit_take(rl, victim, 1, 60, 120, &total), 1);
+	CU_ASSERT_EQUAL(ratelimit_take(rl, victim, 1, 60, 120, &total), 0);
+	for (unsigned i = 0; found < 16 && i < 50000000u; i++) {
+		snprintf(who, sizeof(who), "s%u@evil.example", i);
+		if ((fnv1a_window(who, 60) & ((1u << 18) - 1)) != target)
+			continue;
+		(void)ratelimit_take(rl, who, 1, 60, 120, &total);
+		found++;
+	}
+	CU_ASSERT_EQUAL_FATAL(found, 16);
+	/* still over its limit in this window */
+	CU_ASSERT_EQUAL(ratelimit_take(rl, victim, 1, 60, 120, &total), 0);
+	ratelimit_free(&rl);
+}
+
 static CU_TestInfo tests[] = {
 	{ "COUNT/TIME parsing", test_ratelimit_parse },
 	{ "counting and windows", test_ratelimit_counting_and_windows },
 	{ "totals shared between nodes", test_ratelimit_shared_totals },
 	{ "policy: user over domain over server", test_policy_rate_overrides },
 	{ "engine: 452 4.7.1 past the limit", test_engine_rate_limit },
+	{ "keys aimed at one bucket do not evict a limited sender", test_ratelimit_hostile_keys },
 	CU_TEST_INFO_NULL,
 };
 

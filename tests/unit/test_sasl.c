@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "common/base64.h"
 #include "common/sasl.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/crammd5.h"
@@ -70,7 +71,7 @@ test_scram_rfc7677(void)
 	unsigned it, sl = 0;
 	const char *e;
 
-	CU_ASSERT_EQUAL_FATAL(sasl_b64_decode("W22ZaJ0SNY7soEsUEjb6gQ==", 24, salt, sizeof(salt),
+	CU_ASSERT_EQUAL_FATAL(base64_decode("W22ZaJ0SNY7soEsUEjb6gQ==", 24, salt, sizeof(salt),
 	    &n), 0);
 	CU_ASSERT_EQUAL_FATAL(sasl_scram_make("pencil", 4096, salt, n, keys, sizeof(keys), &e), 0);
 	/* the same string as `gsasl --mkpasswd` and `doveadm pw -s SCRAM-SHA-256` make */
@@ -78,11 +79,11 @@ test_scram_rfc7677(void)
 	    "WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=,wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=");
 	CU_ASSERT_EQUAL_FATAL(sasl_scram_parse(keys, &it, s_salt, s_stored, s_server), 0);
 	CU_ASSERT_EQUAL(it, 4096);
-	CU_ASSERT_EQUAL_FATAL(sasl_b64_decode(s_stored, strlen(s_stored), stored, sizeof(stored),
+	CU_ASSERT_EQUAL_FATAL(base64_decode(s_stored, strlen(s_stored), stored, sizeof(stored),
 	    &sn), 0);
-	CU_ASSERT_EQUAL_FATAL(sasl_b64_decode(s_server, strlen(s_server), server, sizeof(server),
+	CU_ASSERT_EQUAL_FATAL(base64_decode(s_server, strlen(s_server), server, sizeof(server),
 	    &n), 0);
-	CU_ASSERT_EQUAL_FATAL(sasl_b64_decode(proof64, strlen(proof64), proof, sizeof(proof), &pn), 0);
+	CU_ASSERT_EQUAL_FATAL(base64_decode(proof64, strlen(proof64), proof, sizeof(proof), &pn), 0);
 	CU_ASSERT_EQUAL_FATAL(sn, 32);
 	CU_ASSERT_EQUAL_FATAL(pn, 32);
 	snprintf(am, sizeof(am), "%s,%s,%s", cfb, sf, cfwp);
@@ -94,7 +95,7 @@ test_scram_rfc7677(void)
 	CU_ASSERT_EQUAL(memcmp(h, stored, 32), 0);
 	/* and ServerKey signs what the RFC's server sent */
 	HMAC(EVP_sha256(), server, 32, (const unsigned char *)am, strlen(am), sig, &sl);
-	sasl_b64_encode(sig, 32, sig64);
+	base64_encode(sig, 32, sig64);
 	CU_ASSERT_STRING_EQUAL(sig64, verifier64);
 }
 
@@ -152,7 +153,7 @@ test_base64(void)
 	for (size_t i = 0; i < sizeof(b64) / sizeof(b64[0]); i++) {
 		unsigned char out[64];
 		size_t n = 0;
-		int ok = sasl_b64_decode(b64[i].in, strlen(b64[i].in), out, sizeof(out), &n) == 0;
+		int ok = base64_decode(b64[i].in, strlen(b64[i].in), out, sizeof(out), &n) == 0;
 
 		if (ok != b64[i].ok)
 			fprintf(stderr, "\n  %s: decode %d\n", b64[i].name, ok);
@@ -263,12 +264,12 @@ test_exchanges(void)
 				unsigned char dec[600];
 				size_t n;
 
-				if (sasl_b64_decode(cout, strlen(cout), dec, sizeof(dec), &n) == 0 &&
+				if (base64_decode(cout, strlen(cout), dec, sizeof(dec), &n) == 0 &&
 				    strstr((char *)dec, ",p=") != NULL) {
 					char *pp = strstr((char *)dec, ",p=") + 3;
 
 					*pp = *pp == 'A' ? 'B' : 'A';
-					sasl_b64_encode(dec, n, cout);
+					base64_encode(dec, n, cout);
 					if (ex[i].tamper == T_GARBAGE)
 						cout[1] = '!';
 					if (ex[i].tamper == T_CANCEL)
