@@ -288,3 +288,10 @@ class Checks:
             self.failed += 1
             self.log("FAIL %s%s" % (what, ("\n      " + detail.replace("\n", "\n      "))
                                     if detail else ""))
+
+    def report(self, t_start):
+        """The scripted test's last lines: its time, then "N passed, N failed";
+        returns the exit status."""
+        print("%.1fs" % (time.monotonic() - t_start))
+        print("%d passed, %d failed" % (self.passed, self.failed), flush=True)
+        return 1 if self.failed else 0

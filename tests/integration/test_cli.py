@@ -10,7 +10,6 @@ Last line: "N passed, N failed".
 """
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import runner  # noqa: E402
-from harness.daemon import BIN, REPO, SANITIZER_RE, Daemon  # noqa: E402
+from harness.daemon import BIN, REPO, SANITIZER_RE, Daemon, run_bin  # noqa: E402
 from harness.util import HarnessError  # noqa: E402
 
 
@@ -188,14 +187,11 @@ class ConfigErrors(Base):
         # the finding: "started", then the smtp worker restarted every second
         self.write_conf("services = smtp\nsmtp_listen = 127.0.0.1:%d\n"
                         "client_hostname_lookups = yes\nresolver = not-an-ip\n" % self.port)
-        p = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            out, _ = p.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGTERM)
-            out, _ = p.communicate()
-            self.fail("the daemon ran with resolver = not-an-ip:\n" + out)
+            p = run_bin("portcullisd", "-c", self.conf, "-f", timeout=10)
+        except subprocess.TimeoutExpired as e:      # run_bin killed it
+            self.fail("the daemon ran with resolver = not-an-ip:\n%s" % e.stderr)
+        out = p.stdout + p.stderr
         self.assertEqual(p.returncode, 1, out)
         self.assertRegex(out, r"portcullis\.conf:7: resolver: \"not-an-ip\"")
         self.assertNotIn("started", out)

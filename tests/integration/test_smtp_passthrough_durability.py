@@ -375,9 +375,7 @@ def main():
         if os.environ.get("KEEP_LAB") == "1" or C.failed:
             log("kept %s" % work)
         d.close(keep=bool(C.failed))
-    print("%.1fs" % (time.monotonic() - t_start))
-    print("%d passed, %d failed" % (C.passed, C.failed), flush=True)
-    return 1 if C.failed else 0
+    return C.report(t_start)
 
 
 if __name__ == "__main__":
