@@ -19,6 +19,7 @@ CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -pthread $(OPT) $(SAN) $(CFLAGS)
 LIBS_MILTER  := $(shell pkg-config --libs milter 2>/dev/null || echo -lmilter)
 LIBS_LIB     := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis) $(shell pkg-config --libs libgsasl 2>/dev/null || echo -lgsasl) -lcrypt $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto) \
 		$(shell pkg-config --libs libmaxminddb 2>/dev/null || echo -lmaxminddb)
+LIBS_LIB     += $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
 LIBS_EVENT   := $(shell pkg-config --libs libevent libevent_openssl 2>/dev/null || echo -levent -levent_openssl)
 LIBS_SSL     := $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 LIBS_CUNIT   := $(shell pkg-config --libs cunit 2>/dev/null || echo -lcunit)
@@ -36,11 +37,13 @@ DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
 UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
 BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
 NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
+SIEVE_CONF_OBJ   := $(BUILD)/tests/sieve/conformance.o
 GEOIP_BENCH_OBJ  := $(BUILD)/tests/bench/geoip_bench.o
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all asan test unit integration bench run deps clean demo-conf fuzz install
+.PHONY: sieve-conformance sieve-differential
 all: $(BINDIR)/portcullisd $(BINDIR)/portcullis
 
 $(BUILD)/%.o: %.c
@@ -71,6 +74,10 @@ $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
+$(BINDIR)/sieve-conformance: $(SIEVE_CONF_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
+
 $(BINDIR)/geoip-bench: $(GEOIP_BENCH_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
@@ -83,6 +90,7 @@ asan:
 	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" \
 	    build/asan/bin/portcullisd build/asan/bin/portcullis build/asan/bin/unit-tests \
 	    build/asan/bin/mailstore-tool
+	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/sieve-conformance
 
 deps:
 	@sh scripts/deps.sh
@@ -97,7 +105,18 @@ test: deps
 unit:
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BINDIR)/unit-tests
 
+# Pigeonhole's own test suite; fails only on a regression against the list
+SIEVE_CORPUS ?= ../shared/sieve-conformance/tests
+sieve-conformance:
+	ASAN_OPTIONS=detect_leaks=1 $(BINDIR)/sieve-conformance -C $(SIEVE_CORPUS) -e tests/sieve/expected-results.txt
+
+# the same 600 generated cases through sieve-test (dovecot-sieve) and us
+sieve-differential:
+	SIEVE_BIN=$(abspath $(BINDIR)) python3 tests/sieve/differential.py
+
 integration:
+	$(MAKE) sieve-conformance BINDIR=$(BINDIR)
+	$(MAKE) sieve-differential BINDIR=$(BINDIR)
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_milter.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_postfix_policy.py
@@ -124,6 +143,9 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_received.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_downstream_421.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_addresses.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_cli.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_milter.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_admin.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_reload.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_geoip.py
@@ -155,6 +177,7 @@ fuzz:
 	    service/listener.c $(LIBS_EVENT) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-hdrparse tests/fuzz/fuzz_hdrparse.c common/hdrparse.c \
 	    common/xmalloc.c common/log.c -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-sieve tests/fuzz/fuzz_sieve.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	@mkdir -p build/fuzz/corpus-common
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-common tests/fuzz/fuzz_common.c common/base64.c common/hash.c \
 	    common/xmalloc.c common/log.c -pthread
@@ -166,6 +189,8 @@ fuzz:
 	build/fuzz/fuzz-smtp -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp tests/fuzz/seeds-smtp
 	build/fuzz/fuzz-parsers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-parsers
 	build/fuzz/fuzz-hdrparse -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-hdrparse
+	@mkdir -p build/fuzz/corpus-sieve
+	build/fuzz/fuzz-sieve -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-sieve tests/fuzz/seeds-sieve
 	build/fuzz/fuzz-common -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-common
 	build/fuzz/fuzz-downstream -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-downstream \
 	    tests/fuzz/seeds-downstream

@@ -53,6 +53,13 @@
 #include "storage-adapter/liststore.h"
 #include "storage-adapter/userdb.h"
 
+int cmd_rules(int argc, char **argv);	/* cli/rules_cmd.c */
+int cmd_rules_admin(struct conf *conf, int argc, char **argv);	/* cli/rules_admin.c */
+int rules_explain(const struct conf *c, const char *msgpath, const char *from,
+    char **rcpts, size_t nrcpt, const char *client_ip, const char *hostname, const char *helo,
+    const char *auth, const char *country, int *refused_r);
+int rules_feed_headers(const char *msgpath, struct engine_session *es);
+
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
 
 /* the usage text: each command's lines start with its first word */
@@ -69,9 +76,13 @@ static const char *const usage_lines[] = {
 	"user list",
 	"stats [--prometheus]",
 	"reload    (the running portcullisd re-reads its configuration; waits for the verdict)",
+	"rules check FILE",
+	"rules set server|domain DOMAIN|user USER@DOMAIN FILE",
+	"rules show|del server|domain DOMAIN|user USER@DOMAIN",
+	"rules list",
 	"explain --client IP [--hostname NAME] [--helo NAME] [--auth USER]\n"
 	"          --from ADDR --rcpt ADDR [--rcpt ADDR]... [--header NAME]...\n"
-	"          [--country CC]",
+	"          [--country CC] [--message FILE]",
 };
 static const char *command_words = "";	/* "kill add": for usage errors */
 
@@ -1019,7 +1030,7 @@ static int
 cmd_explain(const struct conf *c, int argc, char **argv)
 {
 	const char *client = NULL, *hostname = NULL, *helo = NULL, *auth = NULL;
-	const char *from = NULL, *country = NULL, *err;
+	const char *from = NULL, *country = NULL, *err, *message = NULL;
 	char **rcpts = xcalloc((size_t)argc + 1, sizeof(char *));
 	char **headers = xcalloc((size_t)argc + 1, sizeof(char *));
 	size_t nrcpt = 0, nhdr = 0;
@@ -1046,6 +1057,7 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 		else if (strcmp(o, "--rcpt") == 0) rcpts[nrcpt++] = argv[++i];
 		else if (strcmp(o, "--header") == 0) headers[nhdr++] = argv[++i];
 		else if (strcmp(o, "--country") == 0) country = argv[++i];
+		else if (strcmp(o, "--message") == 0) message = argv[++i];
 		else usage();
 	}
 	if (client == NULL || from == NULL || nrcpt == 0)
@@ -1095,7 +1107,13 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	if (!refused && accepted_rcpts == 0)
 		refused = 1;
 	if (!refused) {
-		if (nhdr == 0) {
+		if (nhdr == 0 && message != NULL) {
+			if (rules_feed_headers(message, es) < 0)
+				die("--message %.200s: cannot read it", message);
+			engine_eom(es, &v);
+			print_verdict("END-OF-MESSAGE", "", &v);
+			refused |= v.action == VERDICT_REJECT || v.action == VERDICT_TEMPFAIL;
+		} else if (nhdr == 0) {
 			printf("%-15s %-28s %-9s\n%15s rule: no --header given; give --header From to "
 			    "check relay_require_headers\n", "END-OF-MESSAGE", "", "skipped", "");
 		} else {
@@ -1105,6 +1123,18 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 			print_verdict("END-OF-MESSAGE", "", &v);
 			refused |= v.action == VERDICT_REJECT || v.action == VERDICT_TEMPFAIL;
 		}
+	}
+	/* the Sieve levels (cli/rules_admin.c) */
+	if (!refused && message == NULL) {
+		printf("%-15s not run: give --message FILE to run the Sieve rules\n", "RULES");
+	} else if (!refused) {
+		char ip[64];
+		int rrej = 0;
+
+		if (rules_explain(c, message, from, rcpts, nrcpt, cidr_addr_format(&addr, ip),
+		    hostname, helo, auth, engine_session_country(es), &rrej) < 0)
+			die("--message %.200s: cannot read it", message);
+		refused |= rrej;
 	}
 	printf("result: %s\n", refused ? "refused" :
 	    accepted_rcpts < (int)nrcpt ? "accepted for some recipients" : "accepted");
@@ -1253,6 +1283,12 @@ main(int argc, char **argv)
 	}
 	if (i >= argc)
 		usage_error("which command?");
+	/* cli/rules_cmd.c: "rules check FILE" needs no configuration */
+	if (strcmp(argv[i], "rules") == 0 && i + 1 < argc && strcmp(argv[i + 1], "check") == 0) {
+		rc = cmd_rules(argc - i - 1, argv + i + 1);
+		free(overrides);
+		return rc;
+	}
 	/* "kill add": what a usage error names */
 	command_words = i + 1 < argc && argv[i + 1][0] != '-' ?
 	    xasprintf("%s %s", argv[i], argv[i + 1]) : argv[i];
@@ -1278,6 +1314,8 @@ main(int argc, char **argv)
 
 	if (strcmp(argv[i], "reload") == 0) {
 		rc = cmd_reload(conf, argc - i - 1, argv + i + 1);
+	} else if (strcmp(argv[i], "rules") == 0) {
+		rc = cmd_rules_admin(conf, argc - i - 1, argv + i + 1);	/* cli/rules_admin.c */
 	} else if (strcmp(argv[i], "explain") == 0) {
 		rc = cmd_explain(conf, argc - i - 1, argv + i + 1);
 	} else if (strcmp(argv[i], "stats") == 0) {

@@ -95,5 +95,14 @@ const struct conf_key conf_keys[] = {
 	{ "geoip_database", "", CT_STR, NULL, 0, 0 },	/* MaxMind DB file; "": none */
 	{ "geoip_country_field", "country.iso_code", CT_STR, NULL, 0, 0 },	/* map keys */
 
+	/* Sieve rules (issue 10): server.sieve, domains/D.sieve, users/U@D.sieve, global/ */
+	{ "sieve_dir", "$state_dir/sieve", CT_STR, NULL, 0, 0 },
+	{ "sieve_max_script_size", "1048576", CT_INT, NULL, 1, 16777216 },
+	{ "sieve_max_nesting", "32", CT_INT, NULL, 1, 1000 },
+	{ "sieve_max_actions", "32", CT_INT, NULL, 1, 10000 },
+	{ "sieve_max_redirects", "4", CT_INT, NULL, 0, 1000 },
+	{ "sieve_max_include_depth", "10", CT_INT, NULL, 1, 100 },
+	{ "sieve_max_cpu_steps", "2000000", CT_INT, NULL, 1000, 2000000000 },
+
 	{ NULL, NULL, CT_STR, NULL, 0, 0 },
 };

@@ -79,6 +79,7 @@
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
 #include "storage-adapter/ratelimit.h"
+#include "storage-adapter/sievestore.h"
 #include "storage-adapter/userdb.h"
 
 #include <openssl/ssl.h>
@@ -123,7 +124,10 @@ static size_t ndraining;
 /* bound, or fixed for the process' life: a reload keeps their running values */
 static const char *const restart_keys[] = {
 	"smtp_listen", "submission_listen", "smtps_listen", "milter_listen", "metrics_listen",
-	"policy_listen", "run_user", "state_dir", "services", "pid_file", "log_file", NULL,
+	"policy_listen", "run_user", "state_dir", "services", "pid_file", "log_file",
+	/* read when the milter worker starts its sieve watcher */
+	"sieve_dir", "sieve_max_script_size", "sieve_max_nesting", "sieve_max_actions",
+	"sieve_max_redirects", "sieve_max_include_depth", "sieve_max_cpu_steps", NULL,
 };
 
 static void
@@ -268,6 +272,8 @@ reload_load_conf(char **extra, size_t nextra, struct conf **c_r, char *err, size
  * mw_lock (which every auto-ban from a milter thread takes, briefly).
  */
 static pthread_mutex_t mw_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sievewatch *sieve_w;	/* the milter's Sieve scripts */
+static struct sieve_rules_ref sieve_ref;
 static struct watcher *mw;
 static struct liststore *mw_store, *mw_cache;
 static struct snapref *mw_snaps;
@@ -436,11 +442,20 @@ worker_main(enum service svc, int readyfd)
 	}
 	if (svc == SVC_MILTER) {
 		static struct milter_env env;
+		static struct sieve_limits sieve_lim;
 
 		env.pol = pol;
 		env.snaps = &snaps;
 		env.rl = rl;
 		env.ban = milter_ban;	/* the watcher may change with a reload */
+		/* Sieve server and domain scripts (storage-adapter/sievestore.c) */
+		sievestore_limits_conf(conf, &sieve_lim);
+		sieve_w = sievewatch_start(conf_get(conf, "sieve_dir"), &sieve_lim, &sieve_ref, &err);
+		if (sieve_w == NULL)
+			log_error("sieve: %s: the milter runs without Sieve rules", err);
+		env.sieve = sieve_w != NULL ? &sieve_ref : NULL;
+		env.sieve_limits = &sieve_lim;
+		env.message_size_limit = (size_t)conf_get_int(conf, "message_size_limit");
 		if (milter_setup(conf_get(conf, "milter_listen"), &env, &err) < 0) {
 			snprintf(msg, sizeof(msg), "%s\n", err);
 			ready(readyfd, msg);
@@ -578,6 +593,10 @@ worker_main(enum service svc, int readyfd)
 	if (pol->geoip != NULL)
 		geoip_watch_stop(pol->geoip);
 	watcher_stop_and_free(&w);
+	if (sieve_w != NULL) {
+		sievewatch_stop(&sieve_w);
+		sieve_rules_ref_deinit(&sieve_ref);
+	}
 	snapref_deinit(&snaps);
 	liststore_free(&store);
 	liststore_free(&cache);

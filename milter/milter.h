@@ -3,6 +3,7 @@
 #include "common/cidr.h"
 #include "rules/policy.h"
 #include "rules/snapshot.h"
+#include "rules/sieve_rules.h"
 
 /* What the daemon hands the milter front door. Must outlive milter_run(). */
 struct milter_env {
@@ -13,6 +14,10 @@ struct milter_env {
 	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds,
 	    const char *why);
 	void *ban_arg;
+	/* Sieve server and domain scripts (NULL: none): run at end of message */
+	struct sieve_rules_ref *sieve;
+	const struct sieve_limits *sieve_limits;
+	size_t message_size_limit;	/* cap of the body kept for Sieve */
 };
 
 /* "inet:HOST:PORT", "inet6:[ADDR]:PORT", "unix:/path" -> libmilter's form */

@@ -72,6 +72,10 @@ main(void)
 	test_listener_register();
 	test_policy_door_register();
 	test_service_register();
+	test_sieve_lex_register();
+	test_sieve_parse_register();
+	test_sieve_eval_register();
+	test_sieve_rules_register();
 	test_mailstore_register();
 	test_geoip_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);

@@ -24,6 +24,10 @@ void test_deadline_register(void);
 void test_listener_register(void);
 void test_policy_door_register(void);
 void test_service_register(void);
+void test_sieve_lex_register(void);
+void test_sieve_parse_register(void);
+void test_sieve_eval_register(void);
+void test_sieve_rules_register(void);
 void test_mailstore_register(void);
 void test_geoip_register(void);
 

@@ -1,0 +1,1391 @@
+/*
+ * sieve_eval.c - runs a compiled script against a message: control flow
+ * (if/elsif/else, stop, include/return), the tests, the match machinery
+ * (comparators, match types, relational, address parts, match variables)
+ * and the commands that add actions (sieve_result.c checks them).
+ *
+ *   sieve_run()   one evaluation; actions appended to *res_r
+ *   helpers for extension callbacks: sieve_arg_str(), sieve_match_values()...
+ *
+ * A CPU budget (limits.max_cpu_steps) counts commands, tests and matching
+ * work: a run that exceeds it stops with a runtime error. Never does I/O.
+ */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include "rules/sieve_eval.h"
+#include "common/xmalloc.h"
+
+enum { R_GO = 0, R_STOP = 1, R_RETURN = 2, R_ERR = -1 };
+
+void sieve_strv_free(char **v, size_t n)
+{
+	if (v == NULL)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static void strv_push(char ***v, size_t *n, char *s)
+{
+	*v = xreallocarray(*v, *n + 1, sizeof(char *));
+	(*v)[(*n)++] = s;
+}
+
+void sv_runtime_error(struct sieve_run *run, unsigned line, const char *fmt, ...)
+{
+	char buf[900];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	sieve_error_add(run->err, run->script->name, line, 0, "%s", buf);
+	run->errored = 1;
+}
+
+static int budget(struct sieve_run *run, unsigned line)
+{
+	if (run->steps > run->limits.max_cpu_steps) {
+		if (!run->errored)
+			sv_runtime_error(run, line, "execution exceeded CPU time limit");
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- helpers for extension callbacks ---- */
+
+void *sieve_run_ctx(struct sieve_run *run) { return run->opts.ctx; }
+const struct sieve_msg *sieve_run_msg(struct sieve_run *run) { return run->msg; }
+struct sieve_errors *sieve_run_errors(struct sieve_run *run) { return run->err; }
+unsigned sieve_node_line(const struct sieve_node *n) { return n->line; }
+
+void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
+{
+	run->msg = m;
+	for (size_t i = 0; i < run->nhdr; i++) {
+		free(run->hdr[i].name);
+		free(run->hdr[i].value);
+	}
+	free(run->hdr);
+	run->hdr = NULL;
+	run->nhdr = 0;
+	run->hdr_edited = 0;
+	run->size_delta = 0;
+}
+
+char *sieve_arg_str(struct sieve_run *run, const struct sieve_node *n, unsigned i)
+{
+	if (i >= n->npos || n->pos[i]->n == 0)
+		return xstrdup("");
+	return sv_expand(run, n->pos[i]->v[0].s);
+}
+
+static char **arg_list(struct sieve_run *run, const struct sv_arg *a, size_t *n_r)
+{
+	char **v = xcalloc(a->n + 1, sizeof(char *));
+	for (size_t j = 0; j < a->n; j++)
+		v[j] = sv_expand(run, a->v[j].s);
+	*n_r = a->n;
+	return v;
+}
+
+char **sieve_arg_list(struct sieve_run *run, const struct sieve_node *n, unsigned i, size_t *n_r)
+{
+	if (i >= n->npos) {
+		*n_r = 0;
+		return xcalloc(1, sizeof(char *));
+	}
+	return arg_list(run, n->pos[i], n_r);
+}
+
+static int tag_index(const struct sieve_node *n, const char *tag)
+{
+	const char *const *tags = n->def ? n->def->tags : n->ext ? n->ext->tags : NULL;
+	for (int i = 0; tags && tags[i] && i < 12; i++) {
+		const char *t = tags[i] + 1;
+		size_t l = strcspn(t, "=@");
+		if (strlen(tag) == l && strncasecmp(t, tag, l) == 0)
+			return i;
+	}
+	return -1;
+}
+
+int sieve_node_has_tag(const struct sieve_node *n, const char *tag)
+{
+	int i = tag_index(n, tag);
+	return i >= 0 && n->tagset[i];
+}
+
+const char *sieve_tag_str(struct sieve_run *run, const struct sieve_node *n, const char *tag,
+    int *present_r)
+{
+	(void)run;
+	int i = tag_index(n, tag);
+	*present_r = i >= 0 && n->tagset[i];
+	if (!*present_r || n->tagv[i]->type == ARG_TAG || n->tagv[i]->n == 0)
+		return NULL;
+	return n->tagv[i]->v[0].s;
+}
+
+long long sieve_tag_num(const struct sieve_node *n, const char *tag, long long dflt)
+{
+	int i = tag_index(n, tag);
+	if (i < 0 || !n->tagset[i] || n->tagv[i]->type != ARG_NUM)
+		return dflt;
+	return (long long)n->tagv[i]->num;
+}
+
+static char *tag_expanded(struct sieve_run *run, const struct sieve_node *n, int i)
+{
+	if (!n->tagset[i] || n->tagv[i]->type == ARG_TAG || n->tagv[i]->n == 0)
+		return NULL;
+	return sv_expand(run, n->tagv[i]->v[0].s);
+}
+
+/* ---- matching ---- */
+
+static void set_caps(struct sieve_run *run, char **caps)
+{
+	for (int k = 0; k < SV_NCAPS; k++) {
+		free(run->caps[k]);
+		run->caps[k] = caps[k];
+		caps[k] = NULL;
+	}
+}
+
+static int match_one(struct sieve_run *run, const struct sieve_node *n, const char *v,
+    const char *k, void *re)
+{
+	size_t vl = strlen(v), kl = strlen(k);
+	run->steps += 1;
+	switch (n->mtype) {
+	case MT_IS:
+		return sv_cmp_eq(n->comp, v, vl, k, kl);
+	case MT_CONTAINS:
+		return sv_contains(n->comp, v, vl, k, kl, &run->steps);
+	case MT_MATCHES: {
+		char *caps[SV_NCAPS] = { 0 };
+		int want = run->script->uses_vars && !(n->def && n->def->id == T_BODY);
+		int r = sv_glob(n->comp, k, kl, v, vl, want ? caps : NULL, &run->steps);
+		if (r && want)
+			set_caps(run, caps);
+		for (int i = 0; i < SV_NCAPS; i++)
+			free(caps[i]);
+		return r;
+	}
+	case MT_VALUE:
+		return sv_rel_holds(n->rel, sv_cmp_order(n->comp, v, vl, k, kl));
+	case MT_REGEX: {
+		char *caps[SV_NCAPS] = { 0 };
+		int want = run->script->uses_vars && !(n->def && n->def->id == T_BODY);
+		int r = sv_regex_match(re, v, vl, want ? caps : NULL);
+		run->steps += vl;
+		if (r > 0 && want)
+			set_caps(run, caps);
+		for (int i = 0; i < SV_NCAPS; i++)
+			free(caps[i]);
+		if (r < 0) {
+			sv_runtime_error(run, n->line, "regex match exceeded its limits");
+			run->steps = run->limits.max_cpu_steps + 1;
+			return 0;
+		}
+		return r;
+	}
+	}
+	return 0;
+}
+
+int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
+    char **values, size_t nvalues, char **keys, size_t nkeys)
+{
+	if (n->mtype == MT_COUNT) {
+		char cnt[32];
+		snprintf(cnt, sizeof(cnt), "%zu", nvalues);
+		for (size_t j = 0; j < nkeys; j++)
+			if (sv_rel_holds(n->rel, sv_cmp_order(n->comp, cnt, strlen(cnt), keys[j],
+			    strlen(keys[j]))))
+				return 1;
+		return 0;
+	}
+	void **re = NULL;
+	if (n->mtype == MT_REGEX) {
+		re = xcalloc(nkeys + 1, sizeof(void *));
+		for (size_t j = 0; j < nkeys; j++) {
+			const char *e;
+			re[j] = sv_regex_compile(keys[j], n->comp == CMP_CASEMAP, &e);
+			if (re[j] == NULL)	/* logged; the key just never matches */
+				sieve_error_add(run->err, run->script->name, n->line, 0, "invalid regular "
+				    "expression '%s' for regex match: %s", keys[j], e);
+		}
+	}
+	int found = 0;
+	for (size_t i = 0; i < nvalues && !found; i++)
+		for (size_t j = 0; j < nkeys && !found; j++) {
+			if (re && re[j] == NULL)
+				continue;
+			if (match_one(run, n, values[i], keys[j], re ? re[j] : NULL))
+				found = 1;
+			if (run->steps > run->limits.max_cpu_steps)
+				goto out;
+		}
+out:
+	if (re) {
+		for (size_t j = 0; j < nkeys; j++)
+			if (re[j])
+				sv_regex_free(re[j]);
+		free(re);
+	}
+	return found;
+}
+
+/* ---- the message view (editheader edits a private copy) ---- */
+
+static const struct sieve_header *hdrs(struct sieve_run *run, size_t *n_r)
+{
+	if (run->hdr_edited) {
+		*n_r = run->nhdr;
+		return run->hdr;
+	}
+	*n_r = run->msg ? run->msg->nhdr : 0;
+	return run->msg ? run->msg->hdr : NULL;
+}
+
+static void hdr_own(struct sieve_run *run)
+{
+	if (run->hdr_edited)
+		return;
+	size_t n;
+	const struct sieve_header *h = hdrs(run, &n);
+	run->hdr = xcalloc(n + 1, sizeof(*run->hdr));
+	for (size_t i = 0; i < n; i++) {
+		run->hdr[i].name = xstrdup(h[i].name);
+		run->hdr[i].value = xstrdup(h[i].value);
+	}
+	run->nhdr = n;
+	run->hdr_edited = 1;
+}
+
+const char *sv_header_get(struct sieve_run *run, const char *name, size_t idx)
+{
+	size_t n;
+	const struct sieve_header *h = hdrs(run, &n);
+	for (size_t i = 0; i < n; i++)
+		if (strcasecmp(h[i].name, name) == 0 && idx-- == 0)
+			return h[i].value;
+	return NULL;
+}
+
+/* values of the named headers; :index / :last select one occurrence */
+static char **header_values(struct sieve_run *run, const struct sieve_node *n, char **names,
+    size_t nn, size_t *n_r, int decode)
+{
+	char **out = NULL;
+	size_t no = 0, nh;
+	const struct sieve_header *h = hdrs(run, &nh);
+	long long index = sieve_tag_num(n, "index", 0);
+	int last = sieve_node_has_tag(n, "last");
+	for (size_t k = 0; k < nn; k++) {
+		size_t total = 0;
+		for (size_t i = 0; i < nh; i++)
+			total += strcasecmp(h[i].name, names[k]) == 0;
+		size_t seen = 0;
+		for (size_t i = 0; i < nh; i++) {
+			if (strcasecmp(h[i].name, names[k]) != 0)
+				continue;
+			seen++;
+			if (index > 0) {
+				size_t want = last ? (index <= (long long)total ? total - (size_t)index + 1 : 0)
+				    : (size_t)index;
+				if (seen != want)
+					continue;
+			}
+			strv_push(&out, &no, decode ? sv_mime_decode(h[i].value) : xstrdup(h[i].value));
+		}
+	}
+	*n_r = no;
+	return out;
+}
+
+static char *addr_part(int ap, const char *addr, const char *delim)
+{
+	if (ap == AP_ALL)
+		return xstrdup(addr);
+	char *l, *d;
+	if (sv_addr_split(addr, &l, &d) < 0) {
+		return NULL;
+	}
+	char *r = NULL;
+	if (ap == AP_LOCAL) {
+		r = l; l = NULL;
+	} else if (ap == AP_DOMAIN) {
+		r = d; d = NULL;
+	} else {
+		char *sep = strpbrk(l, delim[0] ? delim : "+");
+		if (ap == AP_USER)
+			r = sep ? xstrndup(l, (size_t)(sep - l)) : xstrdup(l);
+		else
+			r = sep ? xstrdup(sep + 1) : NULL;
+	}
+	free(l);
+	free(d);
+	return r;
+}
+
+static int test_address(struct sieve_run *run, const struct sieve_node *n)
+{
+	size_t nn, nk, nv = 0, nvals = 0;
+	char **names = sieve_arg_list(run, n, 0, &nn);
+	char **keys = sieve_arg_list(run, n, 1, &nk);
+	char **vals = header_values(run, n, names, nn, &nv, 1);
+	char **parts = NULL;
+	for (size_t i = 0; i < nv; i++) {
+		size_t na;
+		char **as = sv_addr_list(vals[i], &na);
+		int invalid = na == 0;
+		for (size_t j = 0; j < na; j++) {
+			char *norm;
+			if (sv_addr_parse(as[j], &norm) < 0) {
+				invalid = 1;
+				continue;
+			}
+			char *p = addr_part(n->apart, norm, run->limits.recipient_delimiter);
+			free(norm);
+			if (p)
+				strv_push(&parts, &nvals, p);
+		}
+		/* not (all) valid: :all sees the field as written */
+		if (invalid && n->apart == AP_ALL) {
+			const char *v = vals[i];
+			while (*v == ' ' || *v == '\t')
+				v++;
+			strv_push(&parts, &nvals, xstrdup(v));
+		}
+		sieve_strv_free(as, na);
+	}
+	int r = sieve_match_values(run, n, parts, nvals, keys, nk);
+	sieve_strv_free(parts, nvals);
+	sieve_strv_free(vals, nv);
+	sieve_strv_free(names, nn);
+	sieve_strv_free(keys, nk);
+	return r;
+}
+
+static int test_envelope(struct sieve_run *run, const struct sieve_node *n)
+{
+	size_t nn, nk, nv = 0;
+	char **names = sieve_arg_list(run, n, 0, &nn);
+	char **keys = sieve_arg_list(run, n, 1, &nk);
+	char **vals = NULL;
+	for (size_t i = 0; i < nn; i++) {
+		const char *e = NULL;
+		if (!strcasecmp(names[i], "from"))
+			e = run->msg->env_from;
+		else if (!strcasecmp(names[i], "to"))
+			e = run->msg->env_to;
+		else if (!strcasecmp(names[i], "auth"))
+			e = run->msg->env_auth;
+		if (e == NULL)
+			continue;
+		/* an SMTP path: <addr-spec>, or a bare addr-spec */
+		char *a = NULL;
+		size_t el = strlen(e);
+		if (e[0] == '<') {
+			if (el < 2 || e[el - 1] != '>' || memchr(e + 1, '<', el - 2) ||
+			    memchr(e + 1, '>', el - 2))
+				continue;
+			a = xstrndup(e + 1, el - 2);
+		} else {
+			if (strchr(e, '<') || strchr(e, '>'))
+				continue;
+			a = xstrdup(e);
+		}
+		if (a[0] == '\0') {
+			/* the null reverse-path is "" whatever the address part */
+			strv_push(&vals, &nv, a);
+			continue;
+		}
+		if (!strcasecmp(names[i], "auth") && !strchr(a, '@')) {
+			/* an authenticated user name need not be an address */
+			if (n->apart == AP_ALL || n->apart == AP_LOCAL || n->apart == AP_USER)
+				strv_push(&vals, &nv, a);
+			else
+				free(a);
+			continue;
+		}
+		if (strchr(a, '<') || strchr(a, ' ')) {
+			free(a);
+			continue;
+		}
+		if (a[0] == '@') {
+			/* a source route "@d1,@d2:" is dropped, if well-formed */
+			const char *p = a;
+			int ok = 1;
+			for (;;) {
+				if (*p != '@') { ok = 0; break; }
+				p++;
+				const char *d = p;
+				while (*p && *p != ',' && *p != ':' && *p != '@')
+					p++;
+				char *dom = xstrndup(d, (size_t)(p - d));
+				char *chk = xasprintf("x@%s", dom), *cn = NULL;
+				if (dom[0] == '\0' || sv_addr_parse(chk, &cn) < 0)
+					ok = 0;
+				free(cn);
+				free(chk);
+				free(dom);
+				if (!ok || *p == ':')
+					break;
+				if (*p != ',') { ok = 0; break; }
+				p++;
+			}
+			if (!ok || *p != ':') {
+				free(a);
+				continue;
+			}
+			char *rest = xstrdup(p + 1);
+			free(a);
+			a = rest;
+		}
+		if (!strchr(a, '@')) {
+			/* a local part alone (<MAILER-DAEMON>) */
+			char *chk = xasprintf("%s@x", a), *cn = NULL;
+			int ok = sv_addr_parse(chk, &cn) == 0;
+			free(chk);
+			free(cn);
+			if (ok && (n->apart == AP_ALL || n->apart == AP_LOCAL))
+				strv_push(&vals, &nv, a);
+			else
+				free(a);
+			continue;
+		}
+		char *norm;
+		if (sv_addr_parse(a, &norm) < 0) {
+			free(a);	/* an invalid path matches nothing */
+			continue;
+		}
+		free(a);
+		char *p = addr_part(n->apart, norm, run->limits.recipient_delimiter);
+		free(norm);
+		if (p)
+			strv_push(&vals, &nv, p);
+	}
+	int r = sieve_match_values(run, n, vals, nv, keys, nk);
+	sieve_strv_free(vals, nv);
+	sieve_strv_free(names, nn);
+	sieve_strv_free(keys, nk);
+	return r;
+}
+
+static int test_header(struct sieve_run *run, const struct sieve_node *n)
+{
+	size_t nn, nk, nv;
+	char **names = sieve_arg_list(run, n, 0, &nn);
+	char **keys = sieve_arg_list(run, n, 1, &nk);
+	char **vals = header_values(run, n, names, nn, &nv, 1);
+	int r = sieve_match_values(run, n, vals, nv, keys, nk);
+	sieve_strv_free(vals, nv);
+	sieve_strv_free(names, nn);
+	sieve_strv_free(keys, nk);
+	return r;
+}
+
+static int test_exists(struct sieve_run *run, const struct sieve_node *n)
+{
+	size_t nn;
+	char **names = sieve_arg_list(run, n, 0, &nn);
+	int r = 1;
+	for (size_t i = 0; i < nn && r; i++)
+		r = sv_header_get(run, names[i], 0) != NULL;
+	sieve_strv_free(names, nn);
+	return r;
+}
+
+static int test_string(struct sieve_run *run, const struct sieve_node *n)
+{
+	size_t ns, nk;
+	char **src = sieve_arg_list(run, n, 0, &ns);
+	char **keys = sieve_arg_list(run, n, 1, &nk);
+	int r;
+	if (n->mtype == MT_COUNT) {
+		/* RFC 5229: :count counts the non-empty strings */
+		char **ne = NULL;
+		size_t nne = 0;
+		for (size_t i = 0; i < ns; i++)
+			if (src[i][0])
+				strv_push(&ne, &nne, xstrdup(src[i]));
+		r = sieve_match_values(run, n, ne, nne, keys, nk);
+		sieve_strv_free(ne, nne);
+	} else {
+		r = sieve_match_values(run, n, src, ns, keys, nk);
+	}
+	sieve_strv_free(src, ns);
+	sieve_strv_free(keys, nk);
+	return r;
+}
+
+/* ---- imap4flags ---- */
+
+static char **split_flags(const char *s, size_t *n_r)
+{
+	char **v = NULL;
+	size_t n = 0;
+	const char *p = s;
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		if (!*p)
+			break;
+		const char *e = p;
+		while (*e && *e != ' ')
+			e++;
+		char *f = xstrndup(p, (size_t)(e - p));
+		int dup = 0;
+		for (size_t i = 0; i < n; i++)
+			if (strcasecmp(v[i], f) == 0)
+				dup = 1;
+		if (dup)
+			free(f);
+		else
+			strv_push(&v, &n, f);
+		p = e;
+	}
+	*n_r = n;
+	return v;
+}
+
+/* RFC 5232 / RFC 3501: a system flag Pigeonhole accepts, or a keyword atom */
+static int flag_valid(const char *f)
+{
+	static const char *const sys[] = { "\\seen", "\\answered", "\\flagged",
+		"\\deleted", "\\draft", NULL };
+	if (f[0] == '\\') {
+		for (const char *const *k = sys; *k; k++)
+			if (!strcasecmp(f, *k))
+				return 1;
+		return 0;
+	}
+	if (f[0] == '\0')
+		return 0;
+	for (const unsigned char *p = (const unsigned char *)f; *p; p++)
+		if (*p <= 32 || *p >= 127 || strchr("(){%*\"\\]", *p))
+			return 0;
+	return 1;
+}
+
+/* drop invalid flags (Pigeonhole ignores them, with a warning) */
+static void flags_filter(char **v, size_t *n)
+{
+	size_t w = 0;
+	for (size_t i = 0; i < *n; i++) {
+		if (flag_valid(v[i]))
+			v[w++] = v[i];
+		else
+			free(v[i]);
+	}
+	*n = w;
+}
+
+static char *join_flags(char **v, size_t n)
+{
+	size_t len = 1;
+	for (size_t i = 0; i < n; i++)
+		len += strlen(v[i]) + 1;
+	char *o = xmalloc(len), *p = o;
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			*p++ = ' ';
+		size_t l = strlen(v[i]);
+		memcpy(p, v[i], l);
+		p += l;
+	}
+	*p = '\0';
+	return o;
+}
+
+static char *flags_get(struct sieve_run *run, const char *var)
+{
+	return xstrdup(var ? sv_var_get(run, var) : run->flags ? run->flags : "");
+}
+
+static void flags_put(struct sieve_run *run, const char *var, const char *v)
+{
+	if (var) {
+		sv_var_set(run, var, v);
+	} else {
+		free(run->flags);
+		run->flags = xstrdup(v);
+	}
+}
+
+static void flag_cmd(struct sieve_run *run, const struct sieve_node *n, int id)
+{
+	char *var = n->npos == 2 ? sieve_arg_str(run, n, 0) : NULL;
+	size_t na;
+	char **args = sieve_arg_list(run, n, n->npos - 1, &na);
+	/* each argument may hold several space-separated flags */
+	char *argjoined = join_flags(args, na);
+	size_t nf;
+	char **add = split_flags(argjoined, &nf);
+	if (id != C_REMOVEFLAG)
+		flags_filter(add, &nf);
+	char *cur = flags_get(run, var);
+	size_t nc;
+	char **have = id == C_SETFLAG ? NULL : split_flags(cur, &nc);
+	if (id == C_SETFLAG)
+		nc = 0;
+	if (id == C_REMOVEFLAG) {
+		char **keep = NULL;
+		size_t nk = 0;
+		for (size_t i = 0; i < nc; i++) {
+			int drop = 0;
+			for (size_t j = 0; j < nf; j++)
+				if (strcasecmp(have[i], add[j]) == 0)
+					drop = 1;
+			if (!drop)
+				strv_push(&keep, &nk, xstrdup(have[i]));
+		}
+		sieve_strv_free(have, nc);
+		have = keep;
+		nc = nk;
+	} else {
+		for (size_t j = 0; j < nf; j++) {
+			int dup = 0;
+			for (size_t i = 0; i < nc; i++)
+				if (strcasecmp(have[i], add[j]) == 0)
+					dup = 1;
+			if (!dup)
+				strv_push(&have, &nc, xstrdup(add[j]));
+		}
+	}
+	char *res = join_flags(have, nc);
+	flags_put(run, var, res);
+	free(res);
+	sieve_strv_free(have, nc);
+	sieve_strv_free(add, nf);
+	free(argjoined);
+	sieve_strv_free(args, na);
+	free(cur);
+	free(var);
+}
+
+static int test_hasflag(struct sieve_run *run, const struct sieve_node *n)
+{
+	size_t nk;
+	char **keys = sieve_arg_list(run, n, n->npos - 1, &nk);
+	char **vals = NULL;
+	size_t nv = 0;
+	if (n->npos == 2) {
+		size_t nvars;
+		char **vars = sieve_arg_list(run, n, 0, &nvars);
+		char *j = NULL;
+		for (size_t i = 0; i < nvars; i++) {
+			size_t nf;
+			char **f = split_flags(sv_var_get(run, vars[i]), &nf);
+			for (size_t k = 0; k < nf; k++)
+				strv_push(&vals, &nv, f[k]);
+			free(f);
+		}
+		free(j);
+		sieve_strv_free(vars, nvars);
+	} else {
+		vals = split_flags(run->flags ? run->flags : "", &nv);
+	}
+	int r;
+	if (n->mtype == MT_COUNT) {
+		r = sieve_match_values(run, n, vals, nv, keys, nk);
+	} else {
+		/* keys may hold several flags each */
+		char *kj = join_flags(keys, nk);
+		size_t nkf;
+		char **kf = split_flags(kj, &nkf);
+		r = sieve_match_values(run, n, vals, nv, kf, nkf);
+		sieve_strv_free(kf, nkf);
+		free(kj);
+	}
+	sieve_strv_free(vals, nv);
+	sieve_strv_free(keys, nk);
+	return r;
+}
+
+/* ---- environment ---- */
+
+static const char *env_item(struct sieve_run *run, const char *name)
+{
+	const struct sieve_msg *m = run->msg;
+	for (size_t i = 0; m && i < m->nenv; i++)
+		if (strcasecmp(m->env_items[2 * i], name) == 0)
+			return m->env_items[2 * i + 1];
+	if (!strcasecmp(name, "name"))
+		return "Portcullis Sieve";
+	if (!strcasecmp(name, "version"))
+		return "1.0";
+	if (!strcasecmp(name, "location"))
+		return "MTA";
+	if (!strcasecmp(name, "phase"))
+		return "during";
+	if (!strcasecmp(name, "domain"))
+		return "localhost";
+	if (!strcasecmp(name, "host"))
+		return "localhost";
+	return NULL;
+}
+
+static int test_environment(struct sieve_run *run, const struct sieve_node *n)
+{
+	char *name = sieve_arg_str(run, n, 0);
+	size_t nk;
+	char **keys = sieve_arg_list(run, n, 1, &nk);
+	const char *v = env_item(run, name);
+	int r = 0;
+	if (v) {
+		char *vals[1] = { (char *)v };
+		r = sieve_match_values(run, n, vals, 1, keys, nk);
+	}
+	free(name);
+	sieve_strv_free(keys, nk);
+	return r;
+}
+
+/* ---- date ---- */
+
+static int test_date(struct sieve_run *run, const struct sieve_node *n, int current)
+{
+	char *zone = tag_expanded(run, n, 0);
+	int orig = !current && n->tagset[1];
+	size_t nk;
+	char *hname = current ? NULL : sieve_arg_str(run, n, 0);
+	char *part = sieve_arg_str(run, n, current ? 0 : 1);
+	char **keys = sieve_arg_list(run, n, current ? 1 : 2, &nk);
+	char **vals = NULL;
+	size_t nv = 0;
+	if (current) {
+		char *v;
+		long now = run->opts.now ? run->opts.now : (long)time(NULL);
+		if (sv_date_part(NULL, zone, 0, part, now, &v) == 0)
+			strv_push(&vals, &nv, v);
+	} else {
+		char *names[1] = { hname };
+		size_t nh;
+		char **hv = header_values(run, n, names, 1, &nh, 0);
+		/* RFC 5260 4: without :index, the first occurrence only */
+		if (sieve_tag_num(n, "index", 0) == 0 && nh > 1) {
+			for (size_t i = 1; i < nh; i++)
+				free(hv[i]);
+			nh = 1;
+		}
+		for (size_t i = 0; i < nh; i++) {
+			const char *d = hv[i];
+			/* received: the date after the last ';' */
+			if (!strcasecmp(hname, "received")) {
+				const char *sc = strrchr(d, ';');
+				d = sc ? sc + 1 : d;
+			}
+			char *v;
+			if (sv_date_part(d, zone, orig, part, 0, &v) == 0)
+				strv_push(&vals, &nv, v);
+		}
+		sieve_strv_free(hv, nh);
+	}
+	int r = sieve_match_values(run, n, vals, nv, keys, nk);
+	sieve_strv_free(vals, nv);
+	sieve_strv_free(keys, nk);
+	free(zone);
+	free(hname);
+	free(part);
+	return r;
+}
+
+/* ---- duplicate ---- */
+
+static int test_duplicate(struct sieve_run *run, const struct sieve_node *n)
+{
+	char *handle = tag_expanded(run, n, 0);
+	char *hdr = tag_expanded(run, n, 1);
+	char *uid = tag_expanded(run, n, 2);
+	long long secs = sieve_tag_num(n, "seconds", 7 * 86400);
+	const char *val = uid;
+	if (!val) {
+		val = sv_header_get(run, hdr ? hdr : "message-id", 0);
+	}
+	int r = 0;
+	if (val && run->opts.dup) {
+		char *key = xasprintf("%s\n%s\n%s", handle ? handle : "", hdr ? hdr : "", val);
+		r = run->opts.dup->check(run->opts.dup->ctx, key, strlen(key));
+		if (!r || sieve_node_has_tag(n, "last"))
+			run->opts.dup->mark(run->opts.dup->ctx, key, strlen(key), (unsigned long)secs);
+		free(key);
+	}
+	free(handle);
+	free(hdr);
+	free(uid);
+	return r;
+}
+
+/* ---- tests ---- */
+
+static int exec_block(struct sieve_run *run, struct sieve_node **cmds, size_t n);
+
+static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	run->steps++;
+	if (budget(run, n->line) < 0)
+		return R_ERR;
+	if (n->ext) {
+		int r = n->ext->exec(run, n, res);
+		return r < 0 ? R_ERR : R_GO;
+	}
+	int r = 0;
+	switch (n->def->id) {
+	case T_TRUE: *res = 1; return R_GO;
+	case T_FALSE: *res = 0; return R_GO;
+	case T_NOT:
+		r = eval_test(run, n->tests[0], res);
+		*res = !*res;
+		return r;
+	case T_ALLOF:
+	case T_ANYOF: {
+		int want = n->def->id == T_ANYOF;
+		*res = !want;
+		for (size_t i = 0; i < n->ntests; i++) {
+			int t;
+			if ((r = eval_test(run, n->tests[i], &t)) != R_GO)
+				return r;
+			if (t == want) {
+				*res = want;
+				break;
+			}
+		}
+		return R_GO;
+	}
+	case T_ADDRESS: *res = test_address(run, n); break;
+	case T_HEADER: *res = test_header(run, n); break;
+	case T_ENVELOPE: *res = test_envelope(run, n); break;
+	case T_EXISTS: *res = test_exists(run, n); break;
+	case T_SIZE: {
+		uint64_t lim = n->pos[0]->num;
+		long long sz = run->msg ? (long long)run->msg->size + run->size_delta : 0;
+		if (sz < 0)
+			sz = 0;
+		*res = n->tagset[0] ? (uint64_t)sz > lim : (uint64_t)sz < lim;
+		break;
+	}
+	case T_STRING: *res = test_string(run, n); break;
+	case T_HASFLAG: *res = test_hasflag(run, n); break;
+	case T_BODY: {
+		char **vals;
+		size_t nv, nk;
+		if (sv_body_values(run, n, &vals, &nv) < 0)
+			return R_ERR;
+		char **keys = sieve_arg_list(run, n, 0, &nk);
+		*res = sieve_match_values(run, n, vals, nv, keys, nk);
+		sieve_strv_free(vals, nv);
+		sieve_strv_free(keys, nk);
+		break;
+	}
+	case T_DATE: *res = test_date(run, n, 0); break;
+	case T_CURRENTDATE: *res = test_date(run, n, 1); break;
+	case T_MAILBOXEXISTS: {
+		size_t nb;
+		char **boxes = sieve_arg_list(run, n, 0, &nb);
+		*res = 1;
+		for (size_t i = 0; i < nb && *res; i++) {
+			int found = strcasecmp(boxes[i], "INBOX") == 0;
+			if (!found && run->opts.mailbox_exists)
+				found = run->opts.mailbox_exists(run->opts.ctx, boxes[i]);
+			*res = found;
+		}
+		sieve_strv_free(boxes, nb);
+		break;
+	}
+	case T_ENVIRONMENT: *res = test_environment(run, n); break;
+	case T_DUPLICATE: *res = test_duplicate(run, n); break;
+	case T_IHAVE: {
+		size_t nc;
+		char **c = sieve_arg_list(run, n, 0, &nc);
+		*res = 1;
+		for (size_t i = 0; i < nc; i++)
+			*res &= sv_ihave_known(&run->script->opts, c[i]);
+		sieve_strv_free(c, nc);
+		break;
+	}
+	default:
+		sv_runtime_error(run, n->line, "unsupported test '%s'", n->name);
+		return R_ERR;
+	}
+	if (run->steps > run->limits.max_cpu_steps)
+		return budget(run, n->line) < 0 ? R_ERR : R_GO;
+	return run->errored ? R_ERR : R_GO;
+}
+
+/* ---- commands ---- */
+
+static char *normalize_address(const char *in)
+{
+	char *r;
+	return sv_addr_parse(in, &r) == 0 ? r : NULL;
+}
+
+static int valid_mailbox(const char *m)
+{
+	if (m[0] == '\0' || !sv_utf8_valid(m))
+		return 0;
+	for (const unsigned char *p = (const unsigned char *)m; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			return 0;
+	return 1;
+}
+
+static void take_flags(struct sieve_run *run, const struct sieve_node *n, struct sieve_action *a)
+{
+	int i = tag_index(n, "flags");
+	char *cur;
+	if (i >= 0 && n->tagset[i]) {
+		size_t nl;
+		char **l = arg_list(run, n->tagv[i], &nl);
+		cur = join_flags(l, nl);
+		sieve_strv_free(l, nl);
+	} else {
+		/* the internal flags, possibly set by an earlier script of a multiscript run */
+		if (!run->flags && !sv_script_has_cap(run->script, "imap4flags"))
+			return;
+		cur = xstrdup(run->flags ? run->flags : "");
+	}
+	a->flags = split_flags(cur, &a->nflags);
+	flags_filter(a->flags, &a->nflags);
+	if (a->flags == NULL)
+		a->flags = xcalloc(1, sizeof(char *));
+	free(cur);
+}
+
+static int add(struct sieve_run *run, struct sieve_action *a)
+{
+	return sv_result_add(run, a) < 0 ? R_ERR : R_GO;
+}
+
+/* add a; a new (not merged) action without :copy cancels the implicit keep
+ * (a duplicate of an earlier :copy one does not: Pigeonhole) */
+static int add_cancel(struct sieve_run *run, struct sieve_action *a)
+{
+	int copy = a->copy;
+	int r = sv_result_add(run, a);
+	if (r < 0)
+		return R_ERR;
+	if (r == 0 && !copy)
+		run->keep_cancelled = 1;
+	return R_GO;
+}
+
+static int in_list(const char *p, const char *h)
+{
+	size_t l = strlen(h);
+	while (*p) {
+		while (*p == ' ')
+			p++;
+		size_t n = strcspn(p, " ");
+		if (n == l && !strncasecmp(p, h, l))
+			return 1;
+		p += n;
+	}
+	return 0;
+}
+
+/* may the script add (adding=1) or delete this field? */
+static int is_protected_header(struct sieve_run *run, const char *h, int adding)
+{
+	if (!adding && (!strcasecmp(h, "received") || !strcasecmp(h, "auto-submitted")))
+		return 1;	/* RFC 5293 9: never deleted (adding one is allowed) */
+	if (!strcasecmp(h, "subject"))
+		return 0;	/* never protectable (Pigeonhole) */
+	return in_list(run->limits.editheader_protected, h) ||
+	    in_list(adding ? run->limits.editheader_forbid_add :
+	    run->limits.editheader_forbid_delete, h);
+}
+
+static int valid_header_name(const char *h)
+{
+	if (*h == '\0')
+		return 0;
+	for (const unsigned char *p = (const unsigned char *)h; *p; p++)
+		if (*p <= 32 || *p >= 127 || *p == ':')
+			return 0;
+	return 1;
+}
+
+static int cmd_editheader(struct sieve_run *run, const struct sieve_node *n, int id)
+{
+	if (id == C_ADDHEADER) {
+		char *name = sieve_arg_str(run, n, 0);
+		char *val = sieve_arg_str(run, n, 1);
+		if (!valid_header_name(name)) {
+			sv_runtime_error(run, n->line, "addheader action: specified field name "
+			    "'%s' is invalid", name);
+			free(name);
+			free(val);
+			return R_ERR;
+		}
+		if (is_protected_header(run, name, 1)) {
+			free(name);
+			free(val);
+			return R_GO;	/* Pigeonhole: silently ignored */
+		}
+		size_t maxh = run->limits.editheader_max_header_size;
+		if (maxh && strlen(name) + strlen(val) + 2 > maxh) {
+			sv_runtime_error(run, n->line, "addheader action: specified header field is too "
+			    "large (max %zu bytes)", maxh);
+			free(name);
+			free(val);
+			return R_ERR;
+		}
+		/* folded on the way in, unfolded on the way out: drop line ends */
+		char *w = val;
+		for (char *q = val; *q; q++)
+			if (*q != '\r' && *q != '\n')
+				*w++ = *q;
+		*w = '\0';
+		while (w > val && (w[-1] == ' ' || w[-1] == '\t'))
+			*--w = '\0';
+		hdr_own(run);
+		run->hdr = xreallocarray(run->hdr, run->nhdr + 1, sizeof(*run->hdr));
+		if (n->tagset[0]) {
+			run->hdr[run->nhdr].name = xstrdup(name);
+			run->hdr[run->nhdr].value = xstrdup(val);
+		} else {
+			memmove(run->hdr + 1, run->hdr, run->nhdr * sizeof(*run->hdr));
+			run->hdr[0].name = xstrdup(name);
+			run->hdr[0].value = xstrdup(val);
+		}
+		run->nhdr++;
+		run->size_delta += (long long)(strlen(name) + strlen(val) + 4);
+		struct sieve_action a = { .type = SIEVE_A_ADDHEADER, .target = name, .value = val,
+			.last = n->tagset[0], .line = n->line };
+		run->res->a = xreallocarray(run->res->a, run->res->n + 1, sizeof(a));
+		run->res->a[run->res->n++] = a;
+		return R_GO;
+	}
+	char *name = sieve_arg_str(run, n, 0);
+	if (is_protected_header(run, name, 0) || !valid_header_name(name)) {
+		free(name);
+		return R_GO;
+	}
+	size_t nk = 0;
+	char **keys = n->npos > 1 ? sieve_arg_list(run, n, 1, &nk) : NULL;
+	long long index = sieve_tag_num(n, "index", 0);
+	int last = n->tagset[1];
+	hdr_own(run);
+	size_t total = 0;
+	for (size_t i = 0; i < run->nhdr; i++)
+		total += strcasecmp(run->hdr[i].name, name) == 0;
+	size_t seen = 0, w = 0;
+	for (size_t i = 0; i < run->nhdr; i++) {
+		int del = 0;
+		if (strcasecmp(run->hdr[i].name, name) == 0) {
+			seen++;
+			del = 1;
+			if (index > 0) {
+				size_t want = last ? (index <= (long long)total ? total - (size_t)index + 1 : 0)
+				    : (size_t)index;
+				del = seen == want;
+			}
+			if (del && keys) {
+				char *dv = sv_mime_decode(run->hdr[i].value);
+				char *vals[1] = { dv };
+				del = sieve_match_values(run, n, vals, 1, keys, nk);
+				free(dv);
+			}
+		}
+		if (del) {
+			run->size_delta -= (long long)(strlen(run->hdr[i].name) +
+			    strlen(run->hdr[i].value) + 4);
+			free(run->hdr[i].name);
+			free(run->hdr[i].value);
+		} else {
+			run->hdr[w++] = run->hdr[i];
+		}
+	}
+	run->nhdr = w;
+	struct sieve_action a = { .type = SIEVE_A_DELETEHEADER, .target = name, .line = n->line };
+	run->res->a = xreallocarray(run->res->a, run->res->n + 1, sizeof(a));
+	run->res->a[run->res->n++] = a;
+	sieve_strv_free(keys, nk);
+	return R_GO;
+}
+
+static int cmd_vacation(struct sieve_run *run, const struct sieve_node *n)
+{
+	struct sieve_action a = { .type = SIEVE_A_VACATION, .line = n->line };
+	a.target = sieve_arg_str(run, n, 0);
+	long long days = sieve_tag_num(n, "days", -1), secs = sieve_tag_num(n, "seconds", -1);
+	a.seconds = secs >= 0 ? (unsigned long)secs : days >= 0 ? (unsigned long)days * 86400 :
+	    7 * 86400;
+	a.value = tag_expanded(run, n, 2);
+	a.from = tag_expanded(run, n, 3);
+	if (n->tagset[4]) {
+		a.addresses = arg_list(run, n->tagv[4], &a.naddresses);
+	}
+	a.mime = n->tagset[5];
+	a.handle = tag_expanded(run, n, 6);
+	char *nf = a.from ? normalize_address(a.from) : NULL;
+	free(nf);
+	if (a.from && nf == NULL) {
+		sv_runtime_error(run, n->line, "specified :from address '%s' is invalid for "
+		    "vacation action", a.from);
+		sv_action_clear(&a);
+		return R_ERR;
+	}
+	return add(run, &a);
+}
+
+static int run_script(struct sieve_run *run, const struct sieve_script *s);
+
+static int exec_cmd(struct sieve_run *run, const struct sieve_node *n, int *chain)
+{
+	run->steps++;
+	if (budget(run, n->line) < 0)
+		return R_ERR;
+	if (n->ext) {
+		int t = 0;
+		int r = n->ext->exec(run, n, &t);
+		return r < 0 ? R_ERR : r == 1 ? R_STOP : R_GO;
+	}
+	int id = n->def->id;
+	int r, t;
+	switch (id) {
+	case C_REQUIRE:
+		return R_GO;
+	case C_IF:
+	case C_ELSIF:
+		if (id == C_ELSIF && *chain)
+			return R_GO;
+		if (n->ihave_dead) {
+			*chain = 0;	/* never compiled: cannot run */
+			return R_GO;
+		}
+		if ((r = eval_test(run, n->tests[0], &t)) != R_GO)
+			return r;
+		*chain = t;
+		return t ? exec_block(run, n->cmds, n->ncmds) : R_GO;
+	case C_ELSE:
+		if (*chain)
+			return R_GO;
+		return exec_block(run, n->cmds, n->ncmds);
+	case C_STOP:
+		return R_STOP;
+	case C_KEEP: {
+		struct sieve_action a = { .type = SIEVE_A_KEEP, .line = n->line };
+		take_flags(run, n, &a);
+		run->keep_cancelled = 1;
+		return add(run, &a);
+	}
+	case C_DISCARD: {
+		struct sieve_action a = { .type = SIEVE_A_DISCARD, .line = n->line };
+		run->keep_cancelled = 1;
+		return add(run, &a);
+	}
+	case C_REDIRECT: {
+		char *raw = sieve_arg_str(run, n, 0);
+		char *addr = normalize_address(raw);
+		if (addr == NULL) {
+			sv_runtime_error(run, n->line, "specified redirect address '%s' is invalid", raw);
+			free(raw);
+			return R_ERR;
+		}
+		free(raw);
+		struct sieve_action a = { .type = SIEVE_A_REDIRECT, .target = addr,
+			.copy = n->tagset[0], .line = n->line };
+		return add_cancel(run, &a);
+	}
+	case C_FILEINTO: {
+		char *box = sieve_arg_str(run, n, 0);
+		if (!valid_mailbox(box)) {
+			sv_runtime_error(run, n->line, "fileinto action: invalid folder name '%s' "
+			    "specified", box);
+			free(box);
+			return R_ERR;
+		}
+		if (strncasecmp(box, "INBOX", 5) == 0 && (box[5] == '\0' || box[5] == '.' ||
+		    box[5] == '/'))
+			memcpy(box, "INBOX", 5);
+		struct sieve_action a = { .type = SIEVE_A_FILEINTO, .target = box,
+			.copy = n->tagset[0], .create = n->tagset[2], .line = n->line };
+		take_flags(run, n, &a);
+		return add_cancel(run, &a);
+	}
+	case C_REJECT:
+	case C_EREJECT: {
+		struct sieve_action a = { .type = id == C_REJECT ? SIEVE_A_REJECT : SIEVE_A_EREJECT,
+			.target = sieve_arg_str(run, n, 0), .line = n->line };
+		run->keep_cancelled = 1;
+		return add(run, &a);
+	}
+	case C_SET: {
+		char *name = sieve_arg_str(run, n, 0);
+		char *val = sieve_arg_str(run, n, 1);
+		char *mod = sv_set_modify(n, val);
+		size_t ml = strlen(mod);
+		if (n->tagset[4] && ml > run->limits.max_var_size) {
+			/* a cut must not leave half of a "\x" pair */
+			size_t cut = run->limits.max_var_size, bs = 0;
+			while (cut > 0 && ((unsigned char)mod[cut] & 0xc0) == 0x80)
+				cut--;
+			while (bs < cut && mod[cut - 1 - bs] == '\\')
+				bs++;
+			if (bs % 2)
+				cut--;
+			mod[cut] = '\0';
+		}
+		sv_var_set(run, name, mod);
+		free(mod);
+		free(val);
+		free(name);
+		return R_GO;
+	}
+	case C_ADDFLAG:
+	case C_SETFLAG:
+	case C_REMOVEFLAG:
+		flag_cmd(run, n, id);
+		return R_GO;
+	case C_ADDHEADER:
+	case C_DELETEHEADER:
+		return cmd_editheader(run, n, id);
+	case C_VACATION:
+		return cmd_vacation(run, n);
+	case C_INCLUDE:
+		if (n->incl == NULL)
+			return R_GO;	/* :optional and missing */
+		if (n->once)
+			for (size_t i = 0; i < run->nincluded; i++)
+				if (run->included[i] == n->incl || (run->included[i]->path &&
+				    n->incl->path && !strcmp(run->included[i]->path, n->incl->path)))
+					return R_GO;
+		if (run->include_depth >= run->limits.max_include_depth) {
+			sv_runtime_error(run, n->line, "include nesting too deep");
+			return R_ERR;
+		}
+		run->included = xreallocarray(run->included, run->nincluded + 1, sizeof(void *));
+		run->included[run->nincluded++] = n->incl;
+		run->include_depth++;
+		r = run_script(run, n->incl);
+		run->include_depth--;
+		return r == R_RETURN ? R_GO : r;
+	case C_RETURN:
+		return R_RETURN;
+	case C_GLOBAL: {
+		size_t nn;
+		char **names = sieve_arg_list(run, n, 0, &nn);
+		for (size_t i = 0; i < nn; i++)
+			sv_var_declare_global(run, names[i]);
+		sieve_strv_free(names, nn);
+		return R_GO;
+	}
+	case C_ERROR: {
+		char *m = sieve_arg_str(run, n, 0);
+		sv_runtime_error(run, n->line, "%s", m);
+		free(m);
+		return R_ERR;
+	}
+	default:
+		sv_runtime_error(run, n->line, "unsupported command '%s'", n->name);
+		return R_ERR;
+	}
+}
+
+static int exec_block(struct sieve_run *run, struct sieve_node **cmds, size_t n)
+{
+	int chain = 0;
+	for (size_t i = 0; i < n; i++) {
+		int r = exec_cmd(run, cmds[i], &chain);
+		if (r != R_GO)
+			return r;
+	}
+	return R_GO;
+}
+
+int sieve_run_block(struct sieve_run *run, const struct sieve_node *n)
+{
+	int r = exec_block(run, n->cmds, n->ncmds);
+	return r == R_ERR ? -1 : r == R_GO ? 0 : 1;
+}
+
+static int run_script(struct sieve_run *run, const struct sieve_script *s)
+{
+	const struct sieve_script *saved = run->script;
+	struct sv_vars *saved_vars = run->vars;
+	struct sv_vars local = { 0 };
+	run->script = s;
+	run->vars = &local;
+	int r = exec_block(run, s->cmds, s->ncmds);
+	sv_vars_free(&local);
+	run->script = saved;
+	run->vars = saved_vars;
+	return r;
+}
+
+int sieve_run(const struct sieve_script *s, const struct sieve_msg *m,
+    const struct sieve_run_opts *o, struct sieve_result **res_r, struct sieve_errors *err)
+{
+	return sieve_run_with(s, m, o, res_r, err, NULL);
+}
+
+int sieve_run_with(const struct sieve_script *s, const struct sieve_msg *m,
+    const struct sieve_run_opts *o, struct sieve_result **res_r, struct sieve_errors *err,
+    struct sieve_run **run_r)
+{
+	struct sieve_run run = { 0 };
+	if (run_r)
+		*run_r = &run;
+	run.script = s;
+	run.msg = m;
+	if (o)
+		run.opts = *o;
+	if (o && o->limits)
+		run.limits = *o->limits;
+	else
+		sieve_limits_default(&run.limits);
+	if (*res_r == NULL)
+		*res_r = xcalloc(1, sizeof(**res_r));
+	run.res = *res_r;
+	run.err = err;
+	/* a result carried over from an earlier script keeps its keep state
+	 * and its internal flags (imap4flags), as Pigeonhole's multiscript does */
+	run.keep_cancelled = run.res->n > 0 && !run.res->implicit_keep;
+	if (run.res->nkeep_flags)
+		run.flags = join_flags(run.res->keep_flags, run.res->nkeep_flags);
+	if (run.res->keep_hdr) {
+		/* and the header as the earlier script left it (editheader) */
+		run.hdr = xcalloc(run.res->keep_nhdr + 1, sizeof(*run.hdr));
+		for (size_t i = 0; i < run.res->keep_nhdr; i++) {
+			run.hdr[i].name = xstrdup(run.res->keep_hdr[i].name);
+			run.hdr[i].value = xstrdup(run.res->keep_hdr[i].value);
+		}
+		run.nhdr = run.res->keep_nhdr;
+		run.hdr_edited = 1;
+	}
+	int r = run_script(&run, s);
+	if (r == R_ERR || run.errored) {
+		/* a failed run keeps the message, as it came (Pigeonhole does so) */
+		run.res->failed = 1;
+		run.res->implicit_keep = 1;
+	} else {
+		run.res->implicit_keep = !run.keep_cancelled;
+		sieve_strv_free(run.res->keep_flags, run.res->nkeep_flags);
+		run.res->keep_flags = split_flags(run.flags ? run.flags : "", &run.res->nkeep_flags);
+		if (run.hdr_edited)
+			sv_result_snapshot(&run, &run.res->keep_hdr, &run.res->keep_nhdr);
+	}
+	for (int k = 0; k < SV_NCAPS; k++)
+		free(run.caps[k]);
+	free(run.flags);
+	sv_vars_free(&run.globals);
+	sieve_run_set_msg(&run, NULL);
+	free(run.included);
+	*res_r = run.res;	/* an extension may have replaced it */
+	if (run_r)
+		*run_r = NULL;
+	return r == R_ERR || run.errored ? -1 : 0;
+}

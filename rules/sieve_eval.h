@@ -1,0 +1,60 @@
+#ifndef PC_SIEVE_EVAL_H
+#define PC_SIEVE_EVAL_H
+/* Internal to the Sieve interpreter: the state of one run. */
+#include "rules/sieve_ast.h"
+
+struct sv_var { char *name; char *value; };
+struct sv_vars { struct sv_var *v; size_t n; };
+
+struct sieve_run {
+	const struct sieve_script *script;	/* the script being executed now */
+	const struct sieve_msg *msg;
+	struct sieve_run_opts opts;
+	struct sieve_limits limits;
+	struct sieve_result *res;
+	struct sieve_errors *err;
+	unsigned long steps;
+	int stopped;		/* stop executed */
+	int keep_cancelled;
+	int errored;
+	struct sv_vars *vars;	/* the current script's variables */
+	struct sv_vars globals;
+	char *caps[SV_NCAPS];	/* match variables ${0}..${32} */
+	char *flags;		/* imap4flags internal variable, space separated */
+	/* editheader: a private copy of the header once edited */
+	struct sieve_header *hdr;
+	size_t nhdr;
+	int hdr_edited;
+	long long size_delta;	/* size change by editheader */
+	const struct sieve_script **included; size_t nincluded;
+	unsigned include_depth;
+};
+
+void sv_runtime_error(struct sieve_run *run, unsigned line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int sv_result_add(struct sieve_run *run, struct sieve_action *a);
+void sv_action_clear(struct sieve_action *a);
+void sv_result_snapshot(struct sieve_run *run, struct sieve_header **h_r, size_t *n_r);
+
+/* variables (sieve_vars.c) */
+char *sv_expand(struct sieve_run *run, const char *s);
+const char *sv_var_get(struct sieve_run *run, const char *name);
+void sv_var_set(struct sieve_run *run, const char *name, const char *value);
+void sv_vars_free(struct sv_vars *v);
+void sv_var_declare_global(struct sieve_run *run, const char *name);
+char *sv_set_modify(const struct sieve_node *n, const char *value);
+
+/* tests needing the message structure (sieve_body.c, sieve_date.c) */
+int sv_body_values(struct sieve_run *run, const struct sieve_node *n, char ***vals_r, size_t *n_r);
+int sv_date_part(const char *date, const char *zone, int originalzone, const char *part,
+    long now_if_current, char **val_r);
+const char *sv_header_get(struct sieve_run *run, const char *name, size_t idx);
+
+/* sieve_run() exposing the run while it lasts (test-only runner) */
+int sieve_run_with(const struct sieve_script *s, const struct sieve_msg *m,
+    const struct sieve_run_opts *o, struct sieve_result **res_r, struct sieve_errors *err,
+    struct sieve_run **run_r);
+int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a,
+    const struct sieve_vacation_conf *vc, char **from_r, char **to_r, char **text_r);
+
+#endif
