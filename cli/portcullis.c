@@ -1298,6 +1298,11 @@ main(int argc, char **argv)
 			usage_to(stdout, argv[i]);
 			return 0;
 		}
+	if (strcmp(argv[i], "rules") == 0) {	/* cli/rules_cmd.c; needs no config */
+		rc = cmd_rules(argc - i - 1, argv + i + 1);
+		free(overrides);
+		return rc;
+	}
 	if (!command_is_known(argv[i]))
 		usage_error("unknown command \"%.40s\"", argv[i]);
 	if (list_kind_parse(argv[i], &k) == 0 && i + 1 >= argc)

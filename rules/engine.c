@@ -813,6 +813,21 @@ engine_abort(struct engine_session *s)
 }
 
 void
+engine_door_refusal(const struct engine_session *s, enum engine_stage stage,
+    const char *tag, const char *code, const char *dsn, const char *text, const char *arg,
+    struct verdict *v)
+{
+	verdict_clear(v);
+	v->action = code[0] == '4' ? VERDICT_TEMPFAIL : VERDICT_REJECT;
+	snprintf(v->code, sizeof(v->code), "%s", code);
+	snprintf(v->dsn, sizeof(v->dsn), "%s", dsn);
+	snprintf(v->text, sizeof(v->text), "%s", text);
+	v->tag = tag;
+	snprintf(v->rule, sizeof(v->rule), "door:%s", tag);
+	engine_log(s, stage, v, NULL, arg);
+}
+
+void
 engine_log(const struct engine_session *s, enum engine_stage stage,
     const struct verdict *v, const char *queue_id, const char *arg)
 {

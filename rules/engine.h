@@ -85,6 +85,17 @@ void engine_eom(struct engine_session *s, struct verdict *v);
 /* end of transaction without a message (RSET, rejected DATA...) */
 void engine_abort(struct engine_session *s);
 
+/*
+ * A refusal a door made itself -- protocol, not policy: unknown user, SIZE,
+ * bare newline, improper pipelining, the error budget, a failed AUTH, bad
+ * syntax or sequence... -- recorded as a verdict like any other: v is
+ * filled (code "4xx": tempfail, else reject; tag, a static string, is the
+ * reason), logged by engine_log() and so counted in the verdict counters.
+ * arg: a word for the log (escaped there), or NULL; never credentials.
+ */
+void engine_door_refusal(const struct engine_session *s, enum engine_stage stage,
+    const char *tag, const char *code, const char *dsn, const char *text, const char *arg,
+    struct verdict *v);
 /* one Postfix-like log line for a verdict; queue_id NULL: NOQUEUE */
 void engine_log(const struct engine_session *s, enum engine_stage stage,
     const struct verdict *v, const char *queue_id, const char *arg);

@@ -160,6 +160,14 @@ void sieve_headers_free(struct sieve_header **h, size_t n);
 void sieve_result_free(struct sieve_result **r);
 const char *sieve_action_name(const struct sieve_action *a);
 
+/* duplicate tracking store (RFC 7352) */
+struct sieve_dupstore {
+	/* 1 seen within period, 0 not */
+	int (*check)(void *ctx, const char *key, size_t keylen);
+	void (*mark)(void *ctx, const char *key, size_t keylen, unsigned long seconds);
+	void *ctx;
+};
+
 /*
  * vacation (RFC 5230), the decision only: 1 when action a should answer m
  * (never the null sender, lists, auto-submitted or bulk mail, mail not sent
@@ -176,19 +184,13 @@ struct sieve_vacation_conf {
 	unsigned max_subject_codepoints;	/* 0: 256 */
 	int to_header_ignore_envelope;	/* To: is the Sender/From even if not the sender */
 	int send_from_recipient;	/* envelope sender of the reply: the recipient, not <> */
+	struct sieve_dupstore *track;	/* replies sent per sender/handle; NULL: not tracked */
 };
 int sieve_vacation_should_reply(const struct sieve_msg *m, const struct sieve_action *a,
     const struct sieve_vacation_conf *vc);
 int sieve_vacation_reply(const struct sieve_msg *m, const struct sieve_action *a,
     const struct sieve_vacation_conf *vc, char **from_r, char **to_r, char **text_r);
 
-/* duplicate tracking store (RFC 7352) */
-struct sieve_dupstore {
-	/* 1 seen within period, 0 not */
-	int (*check)(void *ctx, const char *key, size_t keylen);
-	void (*mark)(void *ctx, const char *key, size_t keylen, unsigned long seconds);
-	void *ctx;
-};
 
 struct sieve_run_opts {
 	const struct sieve_limits *limits;

@@ -1,8 +1,9 @@
 /*
  * sieve_eval.c - runs a compiled script against a message: control flow
- * (if/elsif/else, stop, include/return), the tests, the match machinery
- * (comparators, match types, relational, address parts, match variables)
- * and the commands that add actions (sieve_result.c checks them).
+ * (if/elsif/else, stop, include/return), the match machinery (comparators,
+ * match types, relational, match variables), the commands that add actions
+ * (sieve_result.c checks them) and editheader. The message tests live in
+ * sieve_tests.c, imap4flags in sieve_flags.c.
  *
  *   sieve_run()   one evaluation; actions appended to *res_r
  *   helpers for extension callbacks: sieve_arg_str(), sieve_match_values()...
@@ -31,7 +32,7 @@ void sieve_strv_free(char **v, size_t n)
 	free(v);
 }
 
-static void strv_push(char ***v, size_t *n, char *s)
+void sv_strv_push(char ***v, size_t *n, char *s)
 {
 	*v = xreallocarray(*v, *n + 1, sizeof(char *));
 	(*v)[(*n)++] = s;
@@ -141,7 +142,7 @@ long long sieve_tag_num(const struct sieve_node *n, const char *tag, long long d
 	return (long long)n->tagv[i]->num;
 }
 
-static char *tag_expanded(struct sieve_run *run, const struct sieve_node *n, int i)
+char *sv_tag_expanded(struct sieve_run *run, const struct sieve_node *n, int i)
 {
 	if (!n->tagset[i] || n->tagv[i]->type == ARG_TAG || n->tagv[i]->n == 0)
 		return NULL;
@@ -246,7 +247,7 @@ out:
 
 /* ---- the message view (editheader edits a private copy) ---- */
 
-static const struct sieve_header *hdrs(struct sieve_run *run, size_t *n_r)
+const struct sieve_header *sv_hdrs(struct sieve_run *run, size_t *n_r)
 {
 	if (run->hdr_edited) {
 		*n_r = run->nhdr;
@@ -261,7 +262,7 @@ static void hdr_own(struct sieve_run *run)
 	if (run->hdr_edited)
 		return;
 	size_t n;
-	const struct sieve_header *h = hdrs(run, &n);
+	const struct sieve_header *h = sv_hdrs(run, &n);
 	run->hdr = xcalloc(n + 1, sizeof(*run->hdr));
 	for (size_t i = 0; i < n; i++) {
 		run->hdr[i].name = xstrdup(h[i].name);
@@ -274,7 +275,7 @@ static void hdr_own(struct sieve_run *run)
 const char *sv_header_get(struct sieve_run *run, const char *name, size_t idx)
 {
 	size_t n;
-	const struct sieve_header *h = hdrs(run, &n);
+	const struct sieve_header *h = sv_hdrs(run, &n);
 	for (size_t i = 0; i < n; i++)
 		if (strcasecmp(h[i].name, name) == 0 && idx-- == 0)
 			return h[i].value;
@@ -282,553 +283,6 @@ const char *sv_header_get(struct sieve_run *run, const char *name, size_t idx)
 }
 
 /* values of the named headers; :index / :last select one occurrence */
-static char **header_values(struct sieve_run *run, const struct sieve_node *n, char **names,
-    size_t nn, size_t *n_r, int decode)
-{
-	char **out = NULL;
-	size_t no = 0, nh;
-	const struct sieve_header *h = hdrs(run, &nh);
-	long long index = sieve_tag_num(n, "index", 0);
-	int last = sieve_node_has_tag(n, "last");
-	for (size_t k = 0; k < nn; k++) {
-		size_t total = 0;
-		for (size_t i = 0; i < nh; i++)
-			total += strcasecmp(h[i].name, names[k]) == 0;
-		size_t seen = 0;
-		for (size_t i = 0; i < nh; i++) {
-			if (strcasecmp(h[i].name, names[k]) != 0)
-				continue;
-			seen++;
-			if (index > 0) {
-				size_t want = last ? (index <= (long long)total ? total - (size_t)index + 1 : 0)
-				    : (size_t)index;
-				if (seen != want)
-					continue;
-			}
-			strv_push(&out, &no, decode ? sv_mime_decode(h[i].value) : xstrdup(h[i].value));
-		}
-	}
-	*n_r = no;
-	return out;
-}
-
-static char *addr_part(int ap, const char *addr, const char *delim)
-{
-	if (ap == AP_ALL)
-		return xstrdup(addr);
-	char *l, *d;
-	if (sv_addr_split(addr, &l, &d) < 0) {
-		return NULL;
-	}
-	char *r = NULL;
-	if (ap == AP_LOCAL) {
-		r = l; l = NULL;
-	} else if (ap == AP_DOMAIN) {
-		r = d; d = NULL;
-	} else {
-		char *sep = strpbrk(l, delim[0] ? delim : "+");
-		if (ap == AP_USER)
-			r = sep ? xstrndup(l, (size_t)(sep - l)) : xstrdup(l);
-		else
-			r = sep ? xstrdup(sep + 1) : NULL;
-	}
-	free(l);
-	free(d);
-	return r;
-}
-
-static int test_address(struct sieve_run *run, const struct sieve_node *n)
-{
-	size_t nn, nk, nv = 0, nvals = 0;
-	char **names = sieve_arg_list(run, n, 0, &nn);
-	char **keys = sieve_arg_list(run, n, 1, &nk);
-	char **vals = header_values(run, n, names, nn, &nv, 1);
-	char **parts = NULL;
-	for (size_t i = 0; i < nv; i++) {
-		size_t na;
-		char **as = sv_addr_list(vals[i], &na);
-		int invalid = na == 0;
-		for (size_t j = 0; j < na; j++) {
-			char *norm;
-			if (sv_addr_parse(as[j], &norm) < 0) {
-				invalid = 1;
-				continue;
-			}
-			char *p = addr_part(n->apart, norm, run->limits.recipient_delimiter);
-			free(norm);
-			if (p)
-				strv_push(&parts, &nvals, p);
-		}
-		/* not (all) valid: :all sees the field as written */
-		if (invalid && n->apart == AP_ALL) {
-			const char *v = vals[i];
-			while (*v == ' ' || *v == '\t')
-				v++;
-			strv_push(&parts, &nvals, xstrdup(v));
-		}
-		sieve_strv_free(as, na);
-	}
-	int r = sieve_match_values(run, n, parts, nvals, keys, nk);
-	sieve_strv_free(parts, nvals);
-	sieve_strv_free(vals, nv);
-	sieve_strv_free(names, nn);
-	sieve_strv_free(keys, nk);
-	return r;
-}
-
-static int test_envelope(struct sieve_run *run, const struct sieve_node *n)
-{
-	size_t nn, nk, nv = 0;
-	char **names = sieve_arg_list(run, n, 0, &nn);
-	char **keys = sieve_arg_list(run, n, 1, &nk);
-	char **vals = NULL;
-	for (size_t i = 0; i < nn; i++) {
-		const char *e = NULL;
-		if (!strcasecmp(names[i], "from"))
-			e = run->msg->env_from;
-		else if (!strcasecmp(names[i], "to"))
-			e = run->msg->env_to;
-		else if (!strcasecmp(names[i], "auth"))
-			e = run->msg->env_auth;
-		if (e == NULL)
-			continue;
-		/* an SMTP path: <addr-spec>, or a bare addr-spec */
-		char *a = NULL;
-		size_t el = strlen(e);
-		if (e[0] == '<') {
-			if (el < 2 || e[el - 1] != '>' || memchr(e + 1, '<', el - 2) ||
-			    memchr(e + 1, '>', el - 2))
-				continue;
-			a = xstrndup(e + 1, el - 2);
-		} else {
-			if (strchr(e, '<') || strchr(e, '>'))
-				continue;
-			a = xstrdup(e);
-		}
-		if (a[0] == '\0') {
-			/* the null reverse-path is "" whatever the address part */
-			strv_push(&vals, &nv, a);
-			continue;
-		}
-		if (!strcasecmp(names[i], "auth") && !strchr(a, '@')) {
-			/* an authenticated user name need not be an address */
-			if (n->apart == AP_ALL || n->apart == AP_LOCAL || n->apart == AP_USER)
-				strv_push(&vals, &nv, a);
-			else
-				free(a);
-			continue;
-		}
-		if (strchr(a, '<') || strchr(a, ' ')) {
-			free(a);
-			continue;
-		}
-		if (a[0] == '@') {
-			/* a source route "@d1,@d2:" is dropped, if well-formed */
-			const char *p = a;
-			int ok = 1;
-			for (;;) {
-				if (*p != '@') { ok = 0; break; }
-				p++;
-				const char *d = p;
-				while (*p && *p != ',' && *p != ':' && *p != '@')
-					p++;
-				char *dom = xstrndup(d, (size_t)(p - d));
-				char *chk = xasprintf("x@%s", dom), *cn = NULL;
-				if (dom[0] == '\0' || sv_addr_parse(chk, &cn) < 0)
-					ok = 0;
-				free(cn);
-				free(chk);
-				free(dom);
-				if (!ok || *p == ':')
-					break;
-				if (*p != ',') { ok = 0; break; }
-				p++;
-			}
-			if (!ok || *p != ':') {
-				free(a);
-				continue;
-			}
-			char *rest = xstrdup(p + 1);
-			free(a);
-			a = rest;
-		}
-		if (!strchr(a, '@')) {
-			/* a local part alone (<MAILER-DAEMON>) */
-			char *chk = xasprintf("%s@x", a), *cn = NULL;
-			int ok = sv_addr_parse(chk, &cn) == 0;
-			free(chk);
-			free(cn);
-			if (ok && (n->apart == AP_ALL || n->apart == AP_LOCAL))
-				strv_push(&vals, &nv, a);
-			else
-				free(a);
-			continue;
-		}
-		char *norm;
-		if (sv_addr_parse(a, &norm) < 0) {
-			free(a);	/* an invalid path matches nothing */
-			continue;
-		}
-		free(a);
-		char *p = addr_part(n->apart, norm, run->limits.recipient_delimiter);
-		free(norm);
-		if (p)
-			strv_push(&vals, &nv, p);
-	}
-	int r = sieve_match_values(run, n, vals, nv, keys, nk);
-	sieve_strv_free(vals, nv);
-	sieve_strv_free(names, nn);
-	sieve_strv_free(keys, nk);
-	return r;
-}
-
-static int test_header(struct sieve_run *run, const struct sieve_node *n)
-{
-	size_t nn, nk, nv;
-	char **names = sieve_arg_list(run, n, 0, &nn);
-	char **keys = sieve_arg_list(run, n, 1, &nk);
-	char **vals = header_values(run, n, names, nn, &nv, 1);
-	int r = sieve_match_values(run, n, vals, nv, keys, nk);
-	sieve_strv_free(vals, nv);
-	sieve_strv_free(names, nn);
-	sieve_strv_free(keys, nk);
-	return r;
-}
-
-static int test_exists(struct sieve_run *run, const struct sieve_node *n)
-{
-	size_t nn;
-	char **names = sieve_arg_list(run, n, 0, &nn);
-	int r = 1;
-	for (size_t i = 0; i < nn && r; i++)
-		r = sv_header_get(run, names[i], 0) != NULL;
-	sieve_strv_free(names, nn);
-	return r;
-}
-
-static int test_string(struct sieve_run *run, const struct sieve_node *n)
-{
-	size_t ns, nk;
-	char **src = sieve_arg_list(run, n, 0, &ns);
-	char **keys = sieve_arg_list(run, n, 1, &nk);
-	int r;
-	if (n->mtype == MT_COUNT) {
-		/* RFC 5229: :count counts the non-empty strings */
-		char **ne = NULL;
-		size_t nne = 0;
-		for (size_t i = 0; i < ns; i++)
-			if (src[i][0])
-				strv_push(&ne, &nne, xstrdup(src[i]));
-		r = sieve_match_values(run, n, ne, nne, keys, nk);
-		sieve_strv_free(ne, nne);
-	} else {
-		r = sieve_match_values(run, n, src, ns, keys, nk);
-	}
-	sieve_strv_free(src, ns);
-	sieve_strv_free(keys, nk);
-	return r;
-}
-
-/* ---- imap4flags ---- */
-
-static char **split_flags(const char *s, size_t *n_r)
-{
-	char **v = NULL;
-	size_t n = 0;
-	const char *p = s;
-	while (*p) {
-		while (*p == ' ')
-			p++;
-		if (!*p)
-			break;
-		const char *e = p;
-		while (*e && *e != ' ')
-			e++;
-		char *f = xstrndup(p, (size_t)(e - p));
-		int dup = 0;
-		for (size_t i = 0; i < n; i++)
-			if (strcasecmp(v[i], f) == 0)
-				dup = 1;
-		if (dup)
-			free(f);
-		else
-			strv_push(&v, &n, f);
-		p = e;
-	}
-	*n_r = n;
-	return v;
-}
-
-/* RFC 5232 / RFC 3501: a system flag Pigeonhole accepts, or a keyword atom */
-static int flag_valid(const char *f)
-{
-	static const char *const sys[] = { "\\seen", "\\answered", "\\flagged",
-		"\\deleted", "\\draft", NULL };
-	if (f[0] == '\\') {
-		for (const char *const *k = sys; *k; k++)
-			if (!strcasecmp(f, *k))
-				return 1;
-		return 0;
-	}
-	if (f[0] == '\0')
-		return 0;
-	for (const unsigned char *p = (const unsigned char *)f; *p; p++)
-		if (*p <= 32 || *p >= 127 || strchr("(){%*\"\\]", *p))
-			return 0;
-	return 1;
-}
-
-/* drop invalid flags (Pigeonhole ignores them, with a warning) */
-static void flags_filter(char **v, size_t *n)
-{
-	size_t w = 0;
-	for (size_t i = 0; i < *n; i++) {
-		if (flag_valid(v[i]))
-			v[w++] = v[i];
-		else
-			free(v[i]);
-	}
-	*n = w;
-}
-
-static char *join_flags(char **v, size_t n)
-{
-	size_t len = 1;
-	for (size_t i = 0; i < n; i++)
-		len += strlen(v[i]) + 1;
-	char *o = xmalloc(len), *p = o;
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			*p++ = ' ';
-		size_t l = strlen(v[i]);
-		memcpy(p, v[i], l);
-		p += l;
-	}
-	*p = '\0';
-	return o;
-}
-
-static char *flags_get(struct sieve_run *run, const char *var)
-{
-	return xstrdup(var ? sv_var_get(run, var) : run->flags ? run->flags : "");
-}
-
-static void flags_put(struct sieve_run *run, const char *var, const char *v)
-{
-	if (var) {
-		sv_var_set(run, var, v);
-	} else {
-		free(run->flags);
-		run->flags = xstrdup(v);
-	}
-}
-
-static void flag_cmd(struct sieve_run *run, const struct sieve_node *n, int id)
-{
-	char *var = n->npos == 2 ? sieve_arg_str(run, n, 0) : NULL;
-	size_t na;
-	char **args = sieve_arg_list(run, n, n->npos - 1, &na);
-	/* each argument may hold several space-separated flags */
-	char *argjoined = join_flags(args, na);
-	size_t nf;
-	char **add = split_flags(argjoined, &nf);
-	if (id != C_REMOVEFLAG)
-		flags_filter(add, &nf);
-	char *cur = flags_get(run, var);
-	size_t nc;
-	char **have = id == C_SETFLAG ? NULL : split_flags(cur, &nc);
-	if (id == C_SETFLAG)
-		nc = 0;
-	if (id == C_REMOVEFLAG) {
-		char **keep = NULL;
-		size_t nk = 0;
-		for (size_t i = 0; i < nc; i++) {
-			int drop = 0;
-			for (size_t j = 0; j < nf; j++)
-				if (strcasecmp(have[i], add[j]) == 0)
-					drop = 1;
-			if (!drop)
-				strv_push(&keep, &nk, xstrdup(have[i]));
-		}
-		sieve_strv_free(have, nc);
-		have = keep;
-		nc = nk;
-	} else {
-		for (size_t j = 0; j < nf; j++) {
-			int dup = 0;
-			for (size_t i = 0; i < nc; i++)
-				if (strcasecmp(have[i], add[j]) == 0)
-					dup = 1;
-			if (!dup)
-				strv_push(&have, &nc, xstrdup(add[j]));
-		}
-	}
-	char *res = join_flags(have, nc);
-	flags_put(run, var, res);
-	free(res);
-	sieve_strv_free(have, nc);
-	sieve_strv_free(add, nf);
-	free(argjoined);
-	sieve_strv_free(args, na);
-	free(cur);
-	free(var);
-}
-
-static int test_hasflag(struct sieve_run *run, const struct sieve_node *n)
-{
-	size_t nk;
-	char **keys = sieve_arg_list(run, n, n->npos - 1, &nk);
-	char **vals = NULL;
-	size_t nv = 0;
-	if (n->npos == 2) {
-		size_t nvars;
-		char **vars = sieve_arg_list(run, n, 0, &nvars);
-		char *j = NULL;
-		for (size_t i = 0; i < nvars; i++) {
-			size_t nf;
-			char **f = split_flags(sv_var_get(run, vars[i]), &nf);
-			for (size_t k = 0; k < nf; k++)
-				strv_push(&vals, &nv, f[k]);
-			free(f);
-		}
-		free(j);
-		sieve_strv_free(vars, nvars);
-	} else {
-		vals = split_flags(run->flags ? run->flags : "", &nv);
-	}
-	int r;
-	if (n->mtype == MT_COUNT) {
-		r = sieve_match_values(run, n, vals, nv, keys, nk);
-	} else {
-		/* keys may hold several flags each */
-		char *kj = join_flags(keys, nk);
-		size_t nkf;
-		char **kf = split_flags(kj, &nkf);
-		r = sieve_match_values(run, n, vals, nv, kf, nkf);
-		sieve_strv_free(kf, nkf);
-		free(kj);
-	}
-	sieve_strv_free(vals, nv);
-	sieve_strv_free(keys, nk);
-	return r;
-}
-
-/* ---- environment ---- */
-
-static const char *env_item(struct sieve_run *run, const char *name)
-{
-	const struct sieve_msg *m = run->msg;
-	for (size_t i = 0; m && i < m->nenv; i++)
-		if (strcasecmp(m->env_items[2 * i], name) == 0)
-			return m->env_items[2 * i + 1];
-	if (!strcasecmp(name, "name"))
-		return "Portcullis Sieve";
-	if (!strcasecmp(name, "version"))
-		return "1.0";
-	if (!strcasecmp(name, "location"))
-		return "MTA";
-	if (!strcasecmp(name, "phase"))
-		return "during";
-	if (!strcasecmp(name, "domain"))
-		return "localhost";
-	if (!strcasecmp(name, "host"))
-		return "localhost";
-	return NULL;
-}
-
-static int test_environment(struct sieve_run *run, const struct sieve_node *n)
-{
-	char *name = sieve_arg_str(run, n, 0);
-	size_t nk;
-	char **keys = sieve_arg_list(run, n, 1, &nk);
-	const char *v = env_item(run, name);
-	int r = 0;
-	if (v) {
-		char *vals[1] = { (char *)v };
-		r = sieve_match_values(run, n, vals, 1, keys, nk);
-	}
-	free(name);
-	sieve_strv_free(keys, nk);
-	return r;
-}
-
-/* ---- date ---- */
-
-static int test_date(struct sieve_run *run, const struct sieve_node *n, int current)
-{
-	char *zone = tag_expanded(run, n, 0);
-	int orig = !current && n->tagset[1];
-	size_t nk;
-	char *hname = current ? NULL : sieve_arg_str(run, n, 0);
-	char *part = sieve_arg_str(run, n, current ? 0 : 1);
-	char **keys = sieve_arg_list(run, n, current ? 1 : 2, &nk);
-	char **vals = NULL;
-	size_t nv = 0;
-	if (current) {
-		char *v;
-		long now = run->opts.now ? run->opts.now : (long)time(NULL);
-		if (sv_date_part(NULL, zone, 0, part, now, &v) == 0)
-			strv_push(&vals, &nv, v);
-	} else {
-		char *names[1] = { hname };
-		size_t nh;
-		char **hv = header_values(run, n, names, 1, &nh, 0);
-		/* RFC 5260 4: without :index, the first occurrence only */
-		if (sieve_tag_num(n, "index", 0) == 0 && nh > 1) {
-			for (size_t i = 1; i < nh; i++)
-				free(hv[i]);
-			nh = 1;
-		}
-		for (size_t i = 0; i < nh; i++) {
-			const char *d = hv[i];
-			/* received: the date after the last ';' */
-			if (!strcasecmp(hname, "received")) {
-				const char *sc = strrchr(d, ';');
-				d = sc ? sc + 1 : d;
-			}
-			char *v;
-			if (sv_date_part(d, zone, orig, part, 0, &v) == 0)
-				strv_push(&vals, &nv, v);
-		}
-		sieve_strv_free(hv, nh);
-	}
-	int r = sieve_match_values(run, n, vals, nv, keys, nk);
-	sieve_strv_free(vals, nv);
-	sieve_strv_free(keys, nk);
-	free(zone);
-	free(hname);
-	free(part);
-	return r;
-}
-
-/* ---- duplicate ---- */
-
-static int test_duplicate(struct sieve_run *run, const struct sieve_node *n)
-{
-	char *handle = tag_expanded(run, n, 0);
-	char *hdr = tag_expanded(run, n, 1);
-	char *uid = tag_expanded(run, n, 2);
-	long long secs = sieve_tag_num(n, "seconds", 7 * 86400);
-	const char *val = uid;
-	if (!val) {
-		val = sv_header_get(run, hdr ? hdr : "message-id", 0);
-	}
-	int r = 0;
-	if (val && run->opts.dup) {
-		char *key = xasprintf("%s\n%s\n%s", handle ? handle : "", hdr ? hdr : "", val);
-		r = run->opts.dup->check(run->opts.dup->ctx, key, strlen(key));
-		if (!r || sieve_node_has_tag(n, "last"))
-			run->opts.dup->mark(run->opts.dup->ctx, key, strlen(key), (unsigned long)secs);
-		free(key);
-	}
-	free(handle);
-	free(hdr);
-	free(uid);
-	return r;
-}
-
-/* ---- tests ---- */
-
 static int exec_block(struct sieve_run *run, struct sieve_node **cmds, size_t n);
 
 static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res)
@@ -863,10 +317,10 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 		}
 		return R_GO;
 	}
-	case T_ADDRESS: *res = test_address(run, n); break;
-	case T_HEADER: *res = test_header(run, n); break;
-	case T_ENVELOPE: *res = test_envelope(run, n); break;
-	case T_EXISTS: *res = test_exists(run, n); break;
+	case T_ADDRESS: *res = sv_test_address(run, n); break;
+	case T_HEADER: *res = sv_test_header(run, n); break;
+	case T_ENVELOPE: *res = sv_test_envelope(run, n); break;
+	case T_EXISTS: *res = sv_test_exists(run, n); break;
 	case T_SIZE: {
 		uint64_t lim = n->pos[0]->num;
 		long long sz = run->msg ? (long long)run->msg->size + run->size_delta : 0;
@@ -875,8 +329,8 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 		*res = n->tagset[0] ? (uint64_t)sz > lim : (uint64_t)sz < lim;
 		break;
 	}
-	case T_STRING: *res = test_string(run, n); break;
-	case T_HASFLAG: *res = test_hasflag(run, n); break;
+	case T_STRING: *res = sv_test_string(run, n); break;
+	case T_HASFLAG: *res = sv_test_hasflag(run, n); break;
 	case T_BODY: {
 		char **vals;
 		size_t nv, nk;
@@ -888,8 +342,8 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 		sieve_strv_free(keys, nk);
 		break;
 	}
-	case T_DATE: *res = test_date(run, n, 0); break;
-	case T_CURRENTDATE: *res = test_date(run, n, 1); break;
+	case T_DATE: *res = sv_test_date(run, n, 0); break;
+	case T_CURRENTDATE: *res = sv_test_date(run, n, 1); break;
 	case T_MAILBOXEXISTS: {
 		size_t nb;
 		char **boxes = sieve_arg_list(run, n, 0, &nb);
@@ -903,8 +357,8 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 		sieve_strv_free(boxes, nb);
 		break;
 	}
-	case T_ENVIRONMENT: *res = test_environment(run, n); break;
-	case T_DUPLICATE: *res = test_duplicate(run, n); break;
+	case T_ENVIRONMENT: *res = sv_test_environment(run, n); break;
+	case T_DUPLICATE: *res = sv_test_duplicate(run, n); break;
 	case T_IHAVE: {
 		size_t nc;
 		char **c = sieve_arg_list(run, n, 0, &nc);
@@ -948,7 +402,7 @@ static void take_flags(struct sieve_run *run, const struct sieve_node *n, struct
 	if (i >= 0 && n->tagset[i]) {
 		size_t nl;
 		char **l = arg_list(run, n->tagv[i], &nl);
-		cur = join_flags(l, nl);
+		cur = sv_flags_join(l, nl);
 		sieve_strv_free(l, nl);
 	} else {
 		/* the internal flags, possibly set by an earlier script of a multiscript run */
@@ -956,8 +410,8 @@ static void take_flags(struct sieve_run *run, const struct sieve_node *n, struct
 			return;
 		cur = xstrdup(run->flags ? run->flags : "");
 	}
-	a->flags = split_flags(cur, &a->nflags);
-	flags_filter(a->flags, &a->nflags);
+	a->flags = sv_flags_split(cur, &a->nflags);
+	sv_flags_filter(a->flags, &a->nflags);
 	if (a->flags == NULL)
 		a->flags = xcalloc(1, sizeof(char *));
 	free(cur);
@@ -1123,13 +577,13 @@ static int cmd_vacation(struct sieve_run *run, const struct sieve_node *n)
 	long long days = sieve_tag_num(n, "days", -1), secs = sieve_tag_num(n, "seconds", -1);
 	a.seconds = secs >= 0 ? (unsigned long)secs : days >= 0 ? (unsigned long)days * 86400 :
 	    7 * 86400;
-	a.value = tag_expanded(run, n, 2);
-	a.from = tag_expanded(run, n, 3);
+	a.value = sv_tag_expanded(run, n, 2);
+	a.from = sv_tag_expanded(run, n, 3);
 	if (n->tagset[4]) {
 		a.addresses = arg_list(run, n->tagv[4], &a.naddresses);
 	}
 	a.mime = n->tagset[5];
-	a.handle = tag_expanded(run, n, 6);
+	a.handle = sv_tag_expanded(run, n, 6);
 	char *nf = a.from ? normalize_address(a.from) : NULL;
 	free(nf);
 	if (a.from && nf == NULL) {
@@ -1248,7 +702,7 @@ static int exec_cmd(struct sieve_run *run, const struct sieve_node *n, int *chai
 	case C_ADDFLAG:
 	case C_SETFLAG:
 	case C_REMOVEFLAG:
-		flag_cmd(run, n, id);
+		sv_flag_cmd(run, n, id);
 		return R_GO;
 	case C_ADDHEADER:
 	case C_DELETEHEADER:
@@ -1355,7 +809,7 @@ int sieve_run_with(const struct sieve_script *s, const struct sieve_msg *m,
 	 * and its internal flags (imap4flags), as Pigeonhole's multiscript does */
 	run.keep_cancelled = run.res->n > 0 && !run.res->implicit_keep;
 	if (run.res->nkeep_flags)
-		run.flags = join_flags(run.res->keep_flags, run.res->nkeep_flags);
+		run.flags = sv_flags_join(run.res->keep_flags, run.res->nkeep_flags);
 	if (run.res->keep_hdr) {
 		/* and the header as the earlier script left it (editheader) */
 		run.hdr = xcalloc(run.res->keep_nhdr + 1, sizeof(*run.hdr));
@@ -1374,7 +828,7 @@ int sieve_run_with(const struct sieve_script *s, const struct sieve_msg *m,
 	} else {
 		run.res->implicit_keep = !run.keep_cancelled;
 		sieve_strv_free(run.res->keep_flags, run.res->nkeep_flags);
-		run.res->keep_flags = split_flags(run.flags ? run.flags : "", &run.res->nkeep_flags);
+		run.res->keep_flags = sv_flags_split(run.flags ? run.flags : "", &run.res->nkeep_flags);
 		if (run.hdr_edited)
 			sv_result_snapshot(&run, &run.res->keep_hdr, &run.res->keep_nhdr);
 	}

@@ -57,4 +57,22 @@ int sieve_run_with(const struct sieve_script *s, const struct sieve_msg *m,
 int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a,
     const struct sieve_vacation_conf *vc, char **from_r, char **to_r, char **text_r);
 
+/* shared by the evaluator's files (sieve_eval.c, sieve_tests.c, sieve_flags.c) */
+void sv_strv_push(char ***v, size_t *n, char *s);
+char *sv_tag_expanded(struct sieve_run *run, const struct sieve_node *n, int i);
+const struct sieve_header *sv_hdrs(struct sieve_run *run, size_t *n_r);
+int sv_test_address(struct sieve_run *run, const struct sieve_node *n);
+int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n);
+int sv_test_header(struct sieve_run *run, const struct sieve_node *n);
+int sv_test_exists(struct sieve_run *run, const struct sieve_node *n);
+int sv_test_string(struct sieve_run *run, const struct sieve_node *n);
+int sv_test_environment(struct sieve_run *run, const struct sieve_node *n);
+int sv_test_date(struct sieve_run *run, const struct sieve_node *n, int current);
+int sv_test_duplicate(struct sieve_run *run, const struct sieve_node *n);
+char **sv_flags_split(const char *s, size_t *n_r);
+void sv_flags_filter(char **v, size_t *n);
+char *sv_flags_join(char **v, size_t n);
+void sv_flag_cmd(struct sieve_run *run, const struct sieve_node *n, int id);
+int sv_test_hasflag(struct sieve_run *run, const struct sieve_node *n);
+
 #endif

@@ -8,7 +8,8 @@
  *     1 reply (the three strings are the caller's), 0 no reply
  *
  * Never answers the null sender, system or list senders, auto-submitted,
- * bulk or list mail, or mail not addressed to one of "my" addresses.
+ * bulk or list mail, or mail not addressed to one of "my" addresses; with a
+ * tracking store, answers a sender once per period (:days / :seconds).
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -181,6 +182,23 @@ int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a,
 	}
 	const char *from = a->from ? a->from : found ? found : user_email ? user_email :
 	    rcpt ? rcpt : me;
+	/* one reply per sender and handle within the period (RFC 5230 4.2):
+	 * the handle defaults to the reason, :subject and :from, as Pigeonhole's */
+	if (vc->track) {
+		char *key = a->handle ? xasprintf("vacation\n%s\n%s", a->handle, sender) :
+		    xasprintf("vacation\n%s%s%s%s\n%s", a->target, a->value ? a->value : "",
+		    a->from ? a->from : "<default-from>", a->mime ? "<MIME>" : "<NO-MIME>", sender);
+		for (char *k = key; *k; k++)
+			*k = (char)tolower((unsigned char)*k);
+		int seen = vc->track->check(vc->track->ctx, key, strlen(key));
+		if (!seen)
+			vc->track->mark(vc->track->ctx, key, strlen(key), a->seconds);
+		free(key);
+		if (seen) {
+			free(rcpt);
+			goto out;
+		}
+	}
 	/* To: the original From: when it names the sender, else the sender */
 	char *to_hdr = NULL;
 	static const char *const who[] = { "from", "sender", "resent-from", "resent-sender",

@@ -39,6 +39,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "common/dotstuff.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "smtp-gateway/downstream.h"
@@ -876,27 +877,17 @@ downstream_rcpt(struct downstream *d, const char *rcpt, downstream_cb cb, void *
 	await(d, DS_RCPT);
 }
 
-/* the bytes with dot-stuffing added back (a line starting with '.' gets another) */
+static void
+evbuffer_emit(void *arg, const char *p, size_t n)
+{
+	evbuffer_add(arg, p, n);
+}
+
+/* the bytes with dot-stuffing added back (common/dotstuff) */
 static void
 stuff(struct downstream *d, struct evbuffer *out, const char *s, size_t len)
 {
-	const char *e = s + len;
-
-	if (len == 0)
-		return;
-	if (d->bol && *s == '.')
-		evbuffer_add(out, ".", 1);
-	for (;;) {
-		const char *p = memmem(s, (size_t)(e - s), "\n.", 2);
-
-		if (p == NULL)
-			break;
-		evbuffer_add(out, s, (size_t)(p + 1 - s));
-		evbuffer_add(out, ".", 1);
-		s = p + 1;
-	}
-	evbuffer_add(out, s, (size_t)(e - s));
-	d->bol = e[-1] == '\n';
+	dotstuff(&d->bol, s, len, evbuffer_emit, out);
 }
 
 static void

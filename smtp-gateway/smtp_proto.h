@@ -98,6 +98,80 @@ struct smtp_down_req {
 
 struct smtp_proto;
 
+/*
+ * Where the session is (what the next input is), and what has been said
+ * (flag bits). A command-table row names the flags it needs.
+ */
+enum smtp_state {
+	SMTP_ST_COMMAND,	/* a command line comes next */
+	SMTP_ST_DATA,		/* message bytes come next */
+	SMTP_ST_AUTH,		/* an AUTH response line comes next */
+	SMTP_ST_WAIT_AUTH,	/* the caller checks a password (input paused) */
+	SMTP_ST_WAIT_DOWN,	/* the downstream answers a RCPT (input paused) */
+	SMTP_ST_WAIT_DELIVERY,	/* a message is being delivered (input paused) */
+	SMTP_ST_TLS,		/* STARTTLS said: the handshake, buffered input dropped */
+	SMTP_ST_CLOSED,		/* the last reply said: close */
+};
+
+#define SMTP_SF_HELO		0x01	/* HELO or EHLO accepted */
+#define SMTP_SF_EHLO		0x02	/* ... and it was EHLO */
+#define SMTP_SF_TX		0x04	/* MAIL accepted: a transaction is open */
+#define SMTP_SF_TLS		0x08	/* encrypted */
+#define SMTP_SF_AUTH		0x10	/* authenticated */
+#define SMTP_SF_SUBMISSION	0x20	/* MAIL needs AUTH first */
+#define SMTP_SF_NO_AUTH		0x40	/* no AUTH on this listener */
+
+/* command-table row flags */
+#define SMTP_CMD_PRE_TLS	0x001	/* may come before STARTTLS (on a listener that required it) */
+#define SMTP_CMD_NEED_HELO	0x002	/* 503 before HELO/EHLO */
+#define SMTP_CMD_NEED_EHLO	0x004	/* 503 before EHLO */
+#define SMTP_CMD_NOT_AUTH	0x008	/* 503 once authenticated */
+#define SMTP_CMD_IN_TX		0x010	/* 503 outside a transaction */
+#define SMTP_CMD_OUT_TX		0x020	/* 503 inside a transaction */
+#define SMTP_CMD_NOT_TLS	0x040	/* 503 once encrypted */
+#define SMTP_CMD_ERROR		0x080	/* a refusal counts toward the error budget */
+#define SMTP_CMD_ENDS_GROUP	0x100	/* ends a pipelining group (RFC 2920 §3.1) */
+
+/* the row of a verb (case-insensitive); NULL: not a command */
+const struct smtp_cmd *smtp_cmd_lookup(const char *verb, size_t len);
+unsigned smtp_cmd_flags(const struct smtp_cmd *cmd);
+
+enum smtp_state smtp_proto_state(const struct smtp_proto *sp);
+unsigned smtp_proto_flags(const struct smtp_proto *sp);
+
+/*
+ * What the caller must do next, in this order; ask again after doing it
+ * until SMTP_ACT_NEED_INPUT. Once-only actions (BAN, STARTTLS, DOWN_RESET,
+ * DOWN_OPEN) are taken by asking; the waits (AUTH_CHECK, DOWN_STEP,
+ * DELIVER) are answered until their _done call; WRITE until the output is
+ * consumed; CLOSE once the output is written and the session is over.
+ */
+enum smtp_action {
+	SMTP_ACT_NEED_INPUT,	/* read on */
+	SMTP_ACT_BAN,		/* arg.ban: put the address on the kill list */
+	SMTP_ACT_WRITE,		/* reply bytes wait: smtp_proto_output() */
+	SMTP_ACT_STARTTLS,	/* flush the 220, drop buffered input, start TLS */
+	SMTP_ACT_DOWN_RESET,	/* drop the open downstream session */
+	SMTP_ACT_DOWN_OPEN,	/* arg.down: open the downstream session now (MAIL accepted) */
+	SMTP_ACT_AUTH_CHECK,	/* arg.auth: check it, then smtp_proto_auth_done() */
+	SMTP_ACT_DOWN_STEP,	/* arg.down: this RCPT downstream, then smtp_proto_down_done() */
+	SMTP_ACT_DELIVER,	/* arg.msg: deliver it, then smtp_proto_delivered() */
+	SMTP_ACT_CLOSE,		/* nothing more to say: close */
+};
+
+union smtp_action_arg {
+	struct {
+		unsigned long seconds;
+		struct ipaddr addr;
+		const char *reason;	/* the verdict's tag (static) */
+	} ban;
+	struct smtp_auth_req *auth;
+	const struct smtp_down_req *down;
+	struct smtp_msg *msg;
+};
+
+enum smtp_action smtp_proto_next(struct smtp_proto *sp, union smtp_action_arg *arg_r);
+
 struct smtp_proto *smtp_proto_new(const struct smtp_params *p);
 void smtp_proto_free(struct smtp_proto **sp);
 /* the connection opened: writes the greeting (or a 554 and asks to close) */
@@ -145,24 +219,12 @@ void smtp_proto_down_done(struct smtp_proto *sp, const char *reply);
  */
 int smtp_proto_stream_chunk(struct smtp_proto *sp, size_t min, const char **p_r, size_t *len_r);
 void smtp_proto_stream_taken(struct smtp_proto *sp, size_t n);
-/* the envelope facts of the streamed transaction (for the Received: line) */
-const struct smtp_down_req *smtp_proto_down_info(const struct smtp_proto *sp);
 /* 1 while a streamed DATA is being received */
 int smtp_proto_streaming(const struct smtp_proto *sp);
 /* the downstream's final reply to the message, passed on as it is */
 void smtp_proto_delivered_reply(struct smtp_proto *sp, const char *reply);
-/* once after an accepted MAIL when every recipient goes downstream: open the
- * session now (sender, helo); the first RCPT step then has open set and uses it */
-const struct smtp_down_req *smtp_proto_take_down_open(struct smtp_proto *sp);
-/* 1 once when an open downstream session must be dropped (RSET, new MAIL);
- * check it before smtp_proto_take_down_open() */
-int smtp_proto_take_down_reset(struct smtp_proto *sp);
 /* may this client be banned for failed logins (not accept-listed, not warn mode) */
 int smtp_proto_may_ban(struct smtp_proto *sp, long long now);
-/* a ban the last verdict asked for: seconds > 0 (cleared by reading) */
-unsigned long smtp_proto_take_ban(struct smtp_proto *sp, struct ipaddr *addr_r);
-/* the reason for the kill list: the tag of the verdict that asked for the ban */
-const char *smtp_proto_ban_reason(const struct smtp_proto *sp);
 /* the connection is (now) encrypted: after implicit TLS or a STARTTLS handshake */
 void smtp_proto_set_tls(struct smtp_proto *sp, int active);
 /* the verified TLS client certificate's identity (for AUTH EXTERNAL) */
@@ -171,9 +233,6 @@ void smtp_proto_set_tls_peer(struct smtp_proto *sp, const char *identity);
 void smtp_proto_set_submission(struct smtp_proto *sp);
 /* no AUTH on this connection (smtp_auth = no on a plain SMTP listener) */
 void smtp_proto_set_no_auth(struct smtp_proto *sp);
-/* 1 once, right after "220 Ready to start TLS" was queued: flush it, drop any
- * input already buffered (RFC 3207 §4: no plaintext injection), start TLS */
-int smtp_proto_take_starttls(struct smtp_proto *sp);
 /* the client sent a command that makes an error budget: counts for 421 */
 unsigned smtp_proto_errors(const struct smtp_proto *sp);
 

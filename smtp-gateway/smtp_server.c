@@ -939,16 +939,6 @@ check_auth(struct conn *c, struct smtp_auth_req *req)
 	bufferevent_disable(c->bev, EV_READ);
 }
 
-static void
-handle_ban(struct conn *c)
-{
-	struct ipaddr a;
-	unsigned long secs = smtp_proto_take_ban(c->sp, &a);
-
-	if (secs > 0 && c->srv->c->ban != NULL)
-		c->srv->c->ban(c->srv->c->ban_arg, &a, secs, smtp_proto_ban_reason(c->sp));
-}
-
 /* the input is taken for now: the deadline after what came and went */
 static void
 input_done(struct conn *c)
@@ -996,37 +986,55 @@ read_cb(struct bufferevent *bev, void *arg)
 		if ((c->spool != NULL || c->spool_err != 0) && !smtp_proto_in_data(c->sp) &&
 		    smtp_proto_pending(c->sp) == NULL)
 			spool_drop(c);	/* refused at the final dot */
-		handle_ban(c);
-		flush_output(c);
-		if (smtp_proto_take_starttls(c->sp)) {
-			start_tls(c);
-			input_done(c);
-			return;
-		}
-		if (smtp_proto_take_down_reset(c->sp))
-			downstream_close(&c->ds);
-		if (smtp_proto_take_down_open(c->sp) != NULL)
-			down_open_early(c, smtp_proto_down_info(c->sp));
-		if (smtp_proto_pending_auth(c->sp) != NULL) {
-			if (!c->delivering && !c->down_wait)
-				check_auth(c, smtp_proto_pending_auth(c->sp));
-			if (smtp_proto_pending_auth(c->sp) != NULL) {
+		/* what the session asks for, in its order, until it needs input */
+		for (int more = 1; more;) {
+			union smtp_action_arg a;
+
+			switch (smtp_proto_next(c->sp, &a)) {
+			case SMTP_ACT_BAN:
+				if (c->srv->c->ban != NULL)
+					c->srv->c->ban(c->srv->c->ban_arg, &a.ban.addr, a.ban.seconds,
+					    a.ban.reason);
+				break;
+			case SMTP_ACT_WRITE:
+				flush_output(c);
+				break;
+			case SMTP_ACT_STARTTLS:
+				start_tls(c);
 				input_done(c);
 				return;
+			case SMTP_ACT_DOWN_RESET:
+				downstream_close(&c->ds);
+				break;
+			case SMTP_ACT_DOWN_OPEN:
+				down_open_early(c, a.down);
+				break;
+			case SMTP_ACT_AUTH_CHECK:
+				if (!c->delivering && !c->down_wait)
+					check_auth(c, a.auth);
+				if (smtp_proto_pending_auth(c->sp) != NULL) {
+					input_done(c);
+					return;
+				}
+				break;	/* answered at once (454): say it, read on */
+			case SMTP_ACT_DOWN_STEP:
+				if (!c->delivering && !c->down_wait)
+					down_step(c, smtp_proto_pending_down(c->sp));
+				input_done(c);
+				return;
+			case SMTP_ACT_DELIVER:
+				if (!c->delivering && !c->down_wait)
+					deliver(c, a.msg);
+				input_done(c);
+				return;	/* the rest waits for the delivery */
+			case SMTP_ACT_CLOSE:
+				c->closing = 1;
+				more = 0;
+				break;
+			case SMTP_ACT_NEED_INPUT:
+				more = 0;
+				break;
 			}
-			continue;	/* answered at once (454): read on */
-		}
-		if (smtp_proto_pending_down(c->sp) != NULL) {
-			if (!c->delivering && !c->down_wait)
-				down_step(c, smtp_proto_pending_down(c->sp));
-			input_done(c);
-			return;
-		}
-		if (smtp_proto_pending(c->sp) != NULL) {
-			if (!c->delivering && !c->down_wait)
-				deliver(c, smtp_proto_pending(c->sp));
-			input_done(c);
-			return;	/* the rest waits for the delivery */
 		}
 		stream_more(c);
 		spool_more(c);

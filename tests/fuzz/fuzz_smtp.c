@@ -119,32 +119,43 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (smtp_proto_envelope(sp) != NULL && smtp_proto_envelope(sp)->nrcpt == 0)
 				__builtin_trap();	/* DATA needs a recipient */
 		}
-		if (smtp_proto_pending(sp))
-			smtp_proto_delivered(sp, rnd & 4, "451", "4.3.0", "x");
-		if (smtp_proto_pending_auth(sp))
-			smtp_proto_auth_done(sp, rnd & 8);
-		if (smtp_proto_pending_down(sp))
-			smtp_proto_down_done(sp, (rnd & 16) ? "250 2.1.5 ok" : "550 5.1.1 no");
-		if (smtp_proto_take_starttls(sp))
-			smtp_proto_set_tls(sp, 1);
-		(void)smtp_proto_take_down_reset(sp);
-		{
-			const struct smtp_down_req *o = smtp_proto_take_down_open(sp);
-
-			if (o != NULL && (o->sender[sizeof(o->sender) - 1] != '\0' ||
-			    o->helo[sizeof(o->helo) - 1] != '\0'))
-				__builtin_trap();	/* the server copies these as strings */
-		}
-		{
-			struct ipaddr b;
-
-			(void)smtp_proto_take_ban(sp, &b);
-		}
-		{
+		/* what the server does: every action the session asks for */
+		for (int more = 1, guard = 0; more; guard++) {
+			union smtp_action_arg act;
 			size_t olen;
 
-			(void)smtp_proto_output(sp, &olen);
-			smtp_proto_output_done(sp, olen);
+			if (guard > 64)
+				__builtin_trap();	/* the session must settle */
+			switch (smtp_proto_next(sp, &act)) {
+			case SMTP_ACT_DELIVER:
+				smtp_proto_delivered(sp, rnd & 4, "451", "4.3.0", "x");
+				break;
+			case SMTP_ACT_AUTH_CHECK:
+				smtp_proto_auth_done(sp, rnd & 8);
+				break;
+			case SMTP_ACT_DOWN_STEP:
+				smtp_proto_down_done(sp, (rnd & 16) ? "250 2.1.5 ok" : "550 5.1.1 no");
+				break;
+			case SMTP_ACT_STARTTLS:
+				smtp_proto_set_tls(sp, 1);
+				break;
+			case SMTP_ACT_DOWN_OPEN:
+				if (act.down->sender[sizeof(act.down->sender) - 1] != '\0' ||
+				    act.down->helo[sizeof(act.down->helo) - 1] != '\0')
+					__builtin_trap();	/* the server copies these as strings */
+				break;
+			case SMTP_ACT_WRITE:
+				(void)smtp_proto_output(sp, &olen);
+				smtp_proto_output_done(sp, olen);
+				break;
+			case SMTP_ACT_BAN:
+			case SMTP_ACT_DOWN_RESET:
+				break;
+			case SMTP_ACT_CLOSE:
+			case SMTP_ACT_NEED_INPUT:
+				more = 0;
+				break;
+			}
 		}
 		if (smtp_proto_wants_close(sp))
 			break;

@@ -107,6 +107,43 @@ class Stats(unittest.TestCase):
                            capture_output=True, text=True, timeout=30)
         self.assertIn("# TYPE portcullis_verdicts_total counter", r.stdout)
 
+    def test_2c_the_smtp_doors_own_refusals_are_counted_verdicts(self):
+        """issue 9: unknown user, bare newline, pipelining... are verdicts
+        with a reason tag, counted like the engine's own."""
+        r = subprocess.run([os.path.join(BIN, "portcullis"), "-c", self.conf, "user", "add",
+                            "carol@example.com", "--password-stdin"], input="pw-of-carol\n",
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+        def rcpt(addr):
+            s = smtplib.SMTP("127.0.0.1", self.smtp, local_hostname="client.test", timeout=10)
+            s.ehlo()
+            s.mail("a@outside.test")
+            code = s.rcpt(addr)[0]
+            s.quit()
+            return code
+        wait_for(lambda: rcpt("carol@example.com") == 250, 5, "carol to exist")
+
+        def raw(data):
+            c = socket.create_connection(("127.0.0.1", self.smtp), 10)
+            f = c.makefile("rb")
+            f.readline()                        # 220
+            c.sendall(data)
+            reply = f.readline()
+            c.close()
+            return reply
+        def key(stage, action, reason):
+            return ("portcullis_verdicts_total", (("action", action), ("door", "smtp"),
+                                                 ("reason", reason), ("stage", stage)))
+        _, before = self.scrape()
+        self.assertEqual(rcpt("nobody@example.com"), 550)
+        self.assertTrue(raw(b"NOOP\n").startswith(b"500 5.5.2"))
+        self.assertTrue(raw(b"HELO client.test\r\nNOOP\r\n").startswith(b"554 5.5.0"))
+        _, after = self.scrape()
+        for k in (key("RCPT", "reject", "unknown-user"), key("COMMAND", "reject", "bare-newline"),
+                  key("HELO", "reject", "pipelining")):
+            self.assertEqual(after.get(k, 0) - before.get(k, 0), 1, (k, after))
+
     def test_2b_connections_messages_and_bytes_of_the_smtp_door(self):
         r = subprocess.run([os.path.join(BIN, "portcullis"), "-c", self.conf, "user", "add",
                             "bob@example.com", "--password-stdin"], input="pw-of-bob\n",

@@ -78,6 +78,7 @@ main(void)
 	test_sieve_rules_register();
 	test_mailstore_register();
 	test_geoip_register();
+	test_dotstuff_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();
 	failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

@@ -192,6 +192,53 @@ static void test_sieve_eval_cpu_budget(void)
 	sieve_msg_free(&m);
 }
 
+/* a tiny in-memory store: remembers keys */
+struct memstore { char keys[8][256]; int n; };
+static int ms_check(void *ctx, const char *k, size_t l)
+{
+	struct memstore *m = ctx;
+	(void)l;
+	for (int i = 0; i < m->n; i++)
+		if (!strcmp(m->keys[i], k))
+			return 1;
+	return 0;
+}
+static void ms_mark(void *ctx, const char *k, size_t l, unsigned long s)
+{
+	struct memstore *m = ctx;
+	(void)l;
+	(void)s;
+	if (m->n < 8)
+		snprintf(m->keys[m->n++], sizeof(m->keys[0]), "%s", k);
+}
+
+static void test_sieve_eval_vacation_tracking(void)
+{
+	/* one reply per sender within the period; another sender gets one too */
+	const char *src = "require \"vacation\";\nvacation :days 1 \"away\";";
+	struct sieve_errors err = { 0 };
+	struct sieve_script *s = NULL;
+	CU_ASSERT_EQUAL(sieve_compile("t", src, strlen(src), NULL, &s, &err), 0);
+	struct memstore ms = { .n = 0 };
+	struct sieve_dupstore st = { ms_check, ms_mark, &ms };
+	struct sieve_vacation_conf vc = { .track = &st };
+	const char *senders[] = { "sender@example.org", "sender@example.org", "other@example.org" };
+	const int want[] = { 1, 0, 1 };
+	for (int i = 0; i < 3; i++) {
+		struct sieve_msg *m = sieve_msg_parse(MSG, strlen(MSG));
+		sieve_msg_set_env(m, "from", senders[i]);
+		sieve_msg_set_env(m, "to", "bob+box@example.com");
+		struct sieve_result *r = NULL;
+		CU_ASSERT_EQUAL(sieve_run(s, m, NULL, &r, &err), 0);
+		CU_ASSERT_EQUAL(sieve_vacation_should_reply(m, &r->a[0], &vc), want[i]);
+		sieve_result_free(&r);
+		sieve_msg_free(&m);
+	}
+	CU_ASSERT_EQUAL(ms.n, 2);
+	sieve_script_free(&s);
+	sieve_errors_clear(&err);
+}
+
 static void test_sieve_eval_regex_limit(void)
 {
 	/* catastrophic backtracking stops at PCRE2's match limit: a runtime error */
@@ -249,6 +296,7 @@ static CU_TestInfo tests[] = {
 	{ "CPU budget", test_sieve_eval_cpu_budget },
 	{ "vacation decision", test_sieve_eval_vacation_decision },
 	{ "regex match limit", test_sieve_eval_regex_limit },
+	{ "vacation tracked per sender", test_sieve_eval_vacation_tracking },
 	CU_TEST_INFO_NULL,
 };
 

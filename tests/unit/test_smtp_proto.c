@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "common/conf.h"
+#include "common/stats.h"
 #include "common/xmalloc.h"
 #include "smtp-gateway/smtp_proto.h"
 #include "tests/unit/unit.h"
@@ -321,7 +323,7 @@ run(const struct pcase *t)
 	}
 	if (glen > 0)
 		got[glen - 1] = '\0';
-	if (strcmp(got, t->want) != 0 || (t->body && (body == NULL || strcmp(body, t->body) != 0)) ||
+	if ((t->want != NULL && strcmp(got, t->want) != 0) || (t->body && (body == NULL || strcmp(body, t->body) != 0)) ||
 	    (!t->body && body != NULL)) {
 		fprintf(stderr, "\n  case \"%s\": replies \"%s\", want \"%s\"; body %s\n", t->name, got,
 		    t->want, body ? "delivered" : "none");
@@ -365,6 +367,65 @@ feed(struct smtp_proto *sp, const char *line)
 }
 
 /*
+ * Ask the session for its next actions until want (1, *a filled) or until
+ * it waits for input or for an answer (0). Output is dropped; once-only
+ * actions other than want are taken and dropped.
+ */
+static int
+take(struct smtp_proto *sp, enum smtp_action want, union smtp_action_arg *a)
+{
+	for (;;) {
+		enum smtp_action act = smtp_proto_next(sp, a);
+		size_t n;
+
+		if (act == want)
+			return 1;
+		switch (act) {
+		case SMTP_ACT_WRITE:
+			(void)smtp_proto_output(sp, &n);
+			smtp_proto_output_done(sp, n);
+			break;
+		case SMTP_ACT_BAN:
+		case SMTP_ACT_STARTTLS:
+		case SMTP_ACT_DOWN_RESET:
+		case SMTP_ACT_DOWN_OPEN:
+			break;
+		default:
+			return 0;
+		}
+	}
+}
+
+static unsigned long
+take_ban(struct smtp_proto *sp, struct ipaddr *addr_r, const char **reason_r)
+{
+	union smtp_action_arg a;
+
+	if (!take(sp, SMTP_ACT_BAN, &a))
+		return 0;
+	*addr_r = a.ban.addr;
+	if (reason_r != NULL)
+		*reason_r = a.ban.reason;
+	return a.ban.seconds;
+}
+
+static const struct smtp_down_req *
+take_down_open(struct smtp_proto *sp)
+{
+	union smtp_action_arg a;
+
+	return take(sp, SMTP_ACT_DOWN_OPEN, &a) ? a.down : NULL;
+}
+
+static int
+take_down_reset(struct smtp_proto *sp)
+{
+	union smtp_action_arg a;
+
+	return take(sp, SMTP_ACT_DOWN_RESET, &a);
+}
+
+/*
  * Pass-through (delivery = relay:): an accepted MAIL asks the server to open
  * the downstream session at once, a refused one does not; RSET and a new
  * MAIL drop it; the first RCPT then waits for the downstream, whose reply is
@@ -393,19 +454,29 @@ test_passthrough_signals(void)
 	smtp_proto_start(sp, &a, NULL, 1000);
 	CU_ASSERT(feed(sp, EHLO) == 250);
 	CU_ASSERT(feed(sp, "MAIL FROM:<x@bad.example>\r\n") == 550);
-	CU_ASSERT(smtp_proto_take_down_open(sp) == NULL);	/* refused: nothing opens */
+	CU_ASSERT(take_down_open(sp) == NULL);	/* refused: nothing opens */
 	CU_ASSERT(feed(sp, "MAIL FROM:<s@o.example>\r\n") == 250);
-	r = smtp_proto_take_down_open(sp);
+	r = take_down_open(sp);
 	CU_ASSERT_FATAL(r != NULL);
 	CU_ASSERT_STRING_EQUAL(r->sender, "s@o.example");
 	CU_ASSERT_STRING_EQUAL(r->helo, "mx.example.com");
-	CU_ASSERT(smtp_proto_take_down_open(sp) == NULL);	/* once */
-	CU_ASSERT(smtp_proto_take_down_reset(sp) == 0);
+	CU_ASSERT(take_down_open(sp) == NULL);	/* once */
+	CU_ASSERT(take_down_reset(sp) == 0);
 	CU_ASSERT(feed(sp, "RSET\r\n") == 250);
-	CU_ASSERT(smtp_proto_take_down_reset(sp) == 1);		/* the early session goes */
+	CU_ASSERT(take_down_reset(sp) == 1);		/* the early session goes */
 	CU_ASSERT(feed(sp, "MAIL FROM:<t@o.example>\r\n") == 250);
-	CU_ASSERT(smtp_proto_take_down_reset(sp) == 0);
-	CU_ASSERT(smtp_proto_take_down_open(sp) != NULL);
+	{
+		/* the next action is the open, no reset before it */
+		union smtp_action_arg x;
+		enum smtp_action act;
+		size_t n;
+
+		while ((act = smtp_proto_next(sp, &x)) == SMTP_ACT_WRITE) {
+			(void)smtp_proto_output(sp, &n);
+			smtp_proto_output_done(sp, n);
+		}
+		CU_ASSERT(act == SMTP_ACT_DOWN_OPEN);
+	}
 	CU_ASSERT(feed(sp, "RCPT TO:<u@example.com>\r\n") == 0);	/* the downstream answers */
 	CU_ASSERT_FATAL(smtp_proto_pending_down(sp) != NULL);
 	CU_ASSERT(smtp_proto_pending_down(sp)->open == 1);
@@ -699,6 +770,7 @@ test_ban_reason_is_the_verdict_tag(void)
 	struct smtp_proto *sp;
 	struct ipaddr a, banned;
 	char line[700];
+	const char *reason = "";
 
 	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
 	memset(&p, 0, sizeof(p));
@@ -711,20 +783,214 @@ test_ban_reason_is_the_verdict_tag(void)
 	sp = smtp_proto_new(&p);
 	smtp_proto_start(sp, &a, NULL, 1000);
 	CU_ASSERT(feed(sp, EHLO) == 250);
-	CU_ASSERT(smtp_proto_take_ban(sp, &banned) == 0);
+	CU_ASSERT(take_ban(sp, &banned, NULL) == 0);
 	snprintf(line, sizeof(line), "MAIL FROM:<%0600d@b.example>\r\n", 0);
 	CU_ASSERT(feed(sp, line) == 500);
-	CU_ASSERT(smtp_proto_take_ban(sp, &banned) > 0);
-	CU_ASSERT_STRING_EQUAL(smtp_proto_ban_reason(sp), "long-command");
+	CU_ASSERT(take_ban(sp, &banned, &reason) > 0);
+	CU_ASSERT_STRING_EQUAL(reason, "long-command");
 	smtp_proto_free(&sp);
 	snapref_deinit(&snaps);
 	policy_free(&pol);
+}
+
+/*
+ * The command table: each command in each state, allowed (the reply it
+ * starts with) or refused (the exact reply).
+ */
+enum { S_START, S_HELO, S_EHLO, S_MAIL, S_RCPT, S_AUTHED, NSTATES };
+
+static const char *const state_setup[NSTATES] = {
+	"", "HELO c.example\r\n", EHLO, EHLO "MAIL FROM:<a@b.example>\r\n",
+	EHLO "MAIL FROM:<a@b.example>\r\n" "RCPT TO:<alice@example.com>\r\n",
+	EHLO "AUTH PLAIN AGFsaWNlAHB3\r\n",
+};
+
+#define HELO1 "503 5.5.1 Error: send HELO/EHLO first\r\n"
+#define NEEDMAIL "503 5.5.1 Error: need MAIL command\r\n"
+#define NEEDEHLO "503 5.5.1 Error: send EHLO first\r\n"
+static const struct {
+	const char *line;
+	const char *want[NSTATES];	/* the whole reply, or its start */
+} table_rows[] = {
+	{ "EHLO c.example\r\n", { "250-mx", "250-mx", "250-mx", "250-mx", "250-mx", "250-mx" } },
+	{ "HELO c.example\r\n", { "250 mx", "250 mx", "250 mx", "250 mx", "250 mx", "250 mx" } },
+	{ "MAIL FROM:<a@b.example>\r\n", { HELO1, "250 2.1.0 Ok\r\n", "250 2.1.0 Ok\r\n",
+	  "503 5.5.1 Error: nested MAIL command\r\n", "503 5.5.1 Error: nested MAIL command\r\n",
+	  "250 2.1.0 Ok\r\n" } },
+	{ "RCPT TO:<alice@example.com>\r\n", { NEEDMAIL, NEEDMAIL, NEEDMAIL, "250 2.1.5 Ok\r\n",
+	  "250 2.1.5 Ok\r\n", NEEDMAIL } },
+	{ "DATA\r\n", { NEEDMAIL, NEEDMAIL, NEEDMAIL, "554 5.5.1 Error: no valid recipients\r\n",
+	  "354 ", NEEDMAIL } },
+	{ "DATA x\r\n", { "501 5.5.4 Syntax: DATA\r\n", "501 5.5.4 Syntax: DATA\r\n",
+	  "501 5.5.4 Syntax: DATA\r\n", "501 5.5.4 Syntax: DATA\r\n", "501 5.5.4 Syntax: DATA\r\n",
+	  "501 5.5.4 Syntax: DATA\r\n" } },
+	{ "RSET\r\n", { "250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n",
+	  "250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n" } },
+	{ "NOOP\r\n", { "250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n",
+	  "250 2.0.0 Ok\r\n", "250 2.0.0 Ok\r\n" } },
+	{ "QUIT\r\n", { "221 2.0.0 Bye\r\n", "221 2.0.0 Bye\r\n", "221 2.0.0 Bye\r\n",
+	  "221 2.0.0 Bye\r\n", "221 2.0.0 Bye\r\n", "221 2.0.0 Bye\r\n" } },
+	{ "HELP\r\n", { "214 ", "214 ", "214 ", "214 ", "214 ", "214 " } },
+	{ "VRFY alice\r\n", { "502 5.5.1 VRFY command is disabled\r\n",
+	  "502 5.5.1 VRFY command is disabled\r\n", "502 5.5.1 VRFY command is disabled\r\n",
+	  "502 5.5.1 VRFY command is disabled\r\n", "502 5.5.1 VRFY command is disabled\r\n",
+	  "502 5.5.1 VRFY command is disabled\r\n" } },
+	{ "EXPN list\r\n", { "502 5.5.1 EXPN command is disabled\r\n",
+	  "502 5.5.1 EXPN command is disabled\r\n", "502 5.5.1 EXPN command is disabled\r\n",
+	  "502 5.5.1 EXPN command is disabled\r\n", "502 5.5.1 EXPN command is disabled\r\n",
+	  "502 5.5.1 EXPN command is disabled\r\n" } },
+	{ "AUTH CRAM-MD5\r\n", { NEEDEHLO, NEEDEHLO, "334 ",
+	  "503 5.5.1 Error: MAIL transaction in progress\r\n",
+	  "503 5.5.1 Error: MAIL transaction in progress\r\n",
+	  "503 5.5.1 Error: already authenticated\r\n" } },
+	{ "STARTTLS\r\n", { "454 4.7.0 TLS not available\r\n", "454 4.7.0 TLS not available\r\n",
+	  "454 4.7.0 TLS not available\r\n", "454 4.7.0 TLS not available\r\n",
+	  "454 4.7.0 TLS not available\r\n", "454 4.7.0 TLS not available\r\n" } },
+	{ "STARTTLS now\r\n", { "501 5.5.4 Syntax: STARTTLS\r\n", "501 5.5.4 Syntax: STARTTLS\r\n",
+	  "501 5.5.4 Syntax: STARTTLS\r\n", "501 5.5.4 Syntax: STARTTLS\r\n",
+	  "501 5.5.4 Syntax: STARTTLS\r\n", "501 5.5.4 Syntax: STARTTLS\r\n" } },
+	{ "BDAT 10\r\n", { "502 5.5.2 Error: command not recognized\r\n",
+	  "502 5.5.2 Error: command not recognized\r\n", "502 5.5.2 Error: command not recognized\r\n",
+	  "502 5.5.2 Error: command not recognized\r\n", "502 5.5.2 Error: command not recognized\r\n",
+	  "502 5.5.2 Error: command not recognized\r\n" } },
+};
+
+/* all the output, as one string, dropped from the session */
+static void
+drain(struct smtp_proto *sp, char *buf, size_t cap)
+{
+	size_t n;
+	const char *out = smtp_proto_output(sp, &n);
+
+	snprintf(buf, cap, "%.*s", (int)n, out);
+	smtp_proto_output_done(sp, n);
+}
+
+static void
+test_command_table(void)
+{
+	struct policy *pol = make_policy(NULL);
+	struct snapref snaps;
+	struct smtp_params p;
+	struct ipaddr a;
+	static const char *const state_name[NSTATES] = {
+		"start", "after HELO", "after EHLO", "after MAIL", "after RCPT", "authenticated",
+	};
+
+	snapref_init(&snaps, snapshot_new(list_of(NULL), list_of(NULL)));
+	memset(&p, 0, sizeof(p));
+	p.pol = pol;
+	p.snaps = &snaps;
+	p.myhostname = "mx.example.com";
+	p.banner = "mx.example.com ESMTP";
+	p.bare_newline_reject = 1;
+	p.user_resolve = user_resolve;
+	p.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_CRAM;
+	p.auth_allow_plaintext = 1;
+	p.sasl_cb = &lower_users;
+	CU_ASSERT_FATAL(cidr_addr_parse("198.51.100.1", &a) == 0);
+	for (size_t r = 0; r < sizeof(table_rows) / sizeof(table_rows[0]); r++) {
+		for (int st = 0; st < NSTATES; st++) {
+			struct smtp_proto *sp = smtp_proto_new(&p);
+			const char *want = table_rows[r].want[st];
+			char got[2048];
+			char *save = NULL, *setup = xstrdup(state_setup[st]);
+
+			smtp_proto_start(sp, &a, NULL, 1000);
+			/* the setup one line at a time (no pipelining before EHLO) */
+			for (char *l = strtok_r(setup, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+				char *line = xasprintf("%s\n", l);
+
+				smtp_proto_input(sp, line, strlen(line), 1000);
+				if (smtp_proto_pending_auth(sp) != NULL)
+					smtp_proto_auth_done(sp, 1);
+				free(line);
+			}
+			free(setup);
+			drain(sp, got, sizeof(got));
+			CU_ASSERT(smtp_proto_state(sp) == SMTP_ST_COMMAND);
+			smtp_proto_input(sp, table_rows[r].line, strlen(table_rows[r].line), 1000);
+			drain(sp, got, sizeof(got));
+			if (strncmp(got, want, strlen(want)) != 0) {
+				fprintf(stderr, "\n  %.*s %s: \"%s\", want \"%s\"\n",
+				    (int)strcspn(table_rows[r].line, "\r"), table_rows[r].line,
+				    state_name[st], got, want);
+				CU_FAIL("command table");
+			}
+			smtp_proto_free(&sp);
+		}
+	}
+	/* the rows carry the flags the dispatcher checks */
+	CU_ASSERT(smtp_cmd_lookup("mail", 4) != NULL);
+	CU_ASSERT(smtp_cmd_lookup("MAILX", 5) == NULL);
+	CU_ASSERT(smtp_cmd_flags(smtp_cmd_lookup("RCPT", 4)) & SMTP_CMD_IN_TX);
+	CU_ASSERT(smtp_cmd_flags(smtp_cmd_lookup("AUTH", 4)) & SMTP_CMD_NEED_EHLO);
+	CU_ASSERT(smtp_cmd_flags(smtp_cmd_lookup("DATA", 4)) & SMTP_CMD_ENDS_GROUP);
+	CU_ASSERT(!(smtp_cmd_flags(smtp_cmd_lookup("RCPT", 4)) & SMTP_CMD_ENDS_GROUP));
+	CU_ASSERT(smtp_cmd_flags(smtp_cmd_lookup("STARTTLS", 8)) & SMTP_CMD_PRE_TLS);
+	snapref_deinit(&snaps);
+	policy_free(&pol);
+}
+
+/*
+ * Every refusal the door makes is a verdict the engine records: counted by
+ * stage and reason tag like the engine's own (issue 9).
+ */
+static void
+test_refusals_are_counted(void)
+{
+	static const struct {
+		const char *conf, *input, *series;
+	} t[] = {
+		{ NULL, EHLO "|MAIL FROM:<a@b.example>\r\n|RCPT TO:<bob@example.com>\r\n",
+		  "stage=\"RCPT\",action=\"reject\",reason=\"unknown-user\"" },
+		{ "message_size_limit = 1000\n", EHLO "|MAIL FROM:<a@b.example> SIZE=5000\r\n",
+		  "stage=\"MAIL\",action=\"reject\",reason=\"size\"" },
+		{ "message_size_limit = 10\n", EHLO "|" TX "0123456789abcdef\r\n.\r\n",
+		  "stage=\"END-OF-MESSAGE\",action=\"reject\",reason=\"size\"" },
+		{ NULL, EHLO "|" TX "a\nb\r\n.\r\n",
+		  "stage=\"END-OF-MESSAGE\",action=\"reject\",reason=\"bare-newline\"" },
+		{ NULL, "HELO c.example\r\nMAIL FROM:<a@b.example>\r\n",
+		  "stage=\"HELO\",action=\"reject\",reason=\"pipelining\"" },
+		{ NULL, "A\r\n|B\r\n|C\r\n|D\r\n|E\r\n|F\r\n|G\r\n|H\r\n|I\r\n|J\r\n",
+		  "stage=\"COMMAND\",action=\"defer\",reason=\"error-budget\"" },
+		{ NULL, EHLO "|AUTH CRAM-MD5\r\n|*\r\n",
+		  "stage=\"COMMAND\",action=\"reject\",reason=\"auth-aborted\"" },
+		{ NULL, "MAIL FROM:<a@b.example>\r\n",
+		  "stage=\"COMMAND\",action=\"reject\",reason=\"bad-sequence\"" },
+		{ NULL, "NOOP\n", "stage=\"COMMAND\",action=\"reject\",reason=\"bare-newline\"" },
+	};
+	char *dir = unit_tmpdir(), *path = xasprintf("%s/stats", dir);
+	const char *err;
+
+	CU_ASSERT_FATAL(stats_open(path, &err) == 0);
+	stats_set_door("smtp");
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct pcase c = { "counted", t[i].conf, NULL, "198.51.100.1", t[i].input, NULL, NULL };
+		char *series = xasprintf("verdicts_total{door=\"smtp\",%s}", t[i].series);
+		uint64_t before = stats_get(series);
+
+		run(&c);
+		if (stats_get(series) != before + 1) {
+			fprintf(stderr, "\n  %s: %llu, want %llu\n", series,
+			    (unsigned long long)stats_get(series), (unsigned long long)before + 1);
+			CU_FAIL("refusal not counted");
+		}
+		free(series);
+	}
+	stats_close();
+	unlink(path);
+	rmdir(dir);
+	free(path);
+	free(dir);
 }
 
 static CU_TestInfo tests[] = {
 	{ "header names as they go by", test_header_names },
 	{ "DATA held up to a cap", test_data_hold },
 	{ "golden dialogues", test_smtp_dialogues },
+	{ "command table: each command in each state", test_command_table },
+	{ "door refusals are counted verdicts", test_refusals_are_counted },
 	{ "a ban's reason is the verdict's tag", test_ban_reason_is_the_verdict_tag },
 	{ "pass-through signals", test_passthrough_signals },
 	{ "delivered addresses: canonical user, re-quoted downstream", test_delivered_addresses },
