@@ -3,6 +3,8 @@
 # Safe to run again: it installs only what is absent. Needs root to install.
 set -e
 pkgs="make gcc libc6-dev pkg-config libmilter-dev libcunit1-dev libhiredis-dev libevent-dev libcrypt-dev libssl-dev libgsasl-dev gsasl openssl postfix miltertest swaks libnet-ssleay-perl curl redis-server dnsmasq-base python3 python3-prometheus-client dovecot-imapd libmaxminddb-dev tor-geoipdb libmaxmind-db-writer-perl libpcre2-dev dovecot-sieve"
+# dovecot-pop3d: the POP3 core is compared with Dovecot's pop3 on one store (tests/integration/test_pop3_dovecot.py)
+pkgs="$pkgs dovecot-pop3d"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

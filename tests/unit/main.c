@@ -78,6 +78,9 @@ main(void)
 	test_sieve_rules_register();
 	test_mailstore_register();
 	test_geoip_register();
+	test_imap_parser_register();
+	test_pop3_proto_register();
+	test_imap_proto_register();
 	test_dotstuff_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
 	CU_basic_run_tests();

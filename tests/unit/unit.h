@@ -30,6 +30,9 @@ void test_sieve_eval_register(void);
 void test_sieve_rules_register(void);
 void test_mailstore_register(void);
 void test_geoip_register(void);
+void test_imap_parser_register(void);
+void test_pop3_proto_register(void);
+void test_imap_proto_register(void);
 void test_dotstuff_register(void);
 
 /* add a suite with its tests; tests end with { NULL, NULL } */

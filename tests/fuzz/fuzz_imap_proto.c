@@ -1,0 +1,157 @@
+/*
+ * libFuzzer target: arbitrary client bytes into the IMAP session
+ * (pop-imap-proxy/imap_proto.c over imap_parser.c), cut into pieces chosen
+ * by the input, with every action answered by input bits: logins accepted,
+ * refused or not checked (SASL exchanges run for real against a user
+ * database of one), folders of a real store opened or refused, listed or
+ * not, STARTTLS completed. Must never crash, hang or leak.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/sasl.h"
+#include "pop-imap-proxy/imap_proto.h"
+#include "storage-adapter/mailstore.h"
+
+#define USER "alice@example.com"
+
+static struct mailstore *ms;
+static struct mailstore_box *box;
+static char **folders;
+static size_t nfolders;
+
+static int
+t_lookup(void *arg, const char *login, struct sasl_user *r)
+{
+	(void)arg;
+	if (strcasecmp(login, "alice") != 0)
+		return 0;
+	snprintf(r->name, sizeof(r->name), "%s", USER);
+	snprintf(r->hash, sizeof(r->hash), "x");
+	return 1;
+}
+
+static int
+t_verify(void *arg, const struct sasl_user *u, const char *pw)
+{
+	(void)arg;
+	(void)u;
+	return strcmp(pw, "secret") == 0;
+}
+
+static int
+t_cram(void *arg, const struct sasl_user *u, const char *ch, const char *digest)
+{
+	(void)arg;
+	(void)u;
+	(void)ch;
+	(void)digest;
+	return 0;
+}
+
+static const struct sasl_callbacks cbs = { t_lookup, t_verify, t_cram, NULL };
+
+static void
+setup(void)
+{
+	char root[] = "/tmp/fuzz-pop3-XXXXXX";
+	const char *msgs[] = { "Subject: a\n\n.x\nbody\n", "S: b\r\n\r\n1\r\n2\r\n", "x" };
+	const char *users[] = { USER }, *err;
+
+	if (mkdtemp(root) == NULL || sasl_init(&err) < 0)
+		abort();
+	for (int i = 0; i < 3; i++) {
+		struct mailstore_delivery *d;
+		char id[128];
+
+		if (mailstore_deliver_begin(root, USER, &d, &err) < 0 ||
+		    mailstore_deliver_write(d, msgs[i], strlen(msgs[i]), &err) < 0 ||
+		    mailstore_deliver_commit(&d, root, users, 1, id, &err) < 0)
+			abort();
+	}
+	if (mailstore_open(root, USER, &ms, &err) < 0 ||
+	    mailstore_folder_create(ms, "Sent", &err) < 0 ||
+	    mailstore_folder_create(ms, "A.b", &err) < 0 ||
+	    mailstore_box_open(ms, "INBOX", &box, &err) < 0 ||
+	    mailstore_folders(ms, &folders, &nfolders, &err) < 0)
+		abort();
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct imap_params prm = { 0 };
+	struct imap_proto *p;
+	size_t off = 2, k = 0;
+	unsigned bits;
+
+	if (box == NULL)
+		setup();
+	if (size < 2)
+		return 0;
+	bits = (unsigned)data[0] | (unsigned)data[1] << 8;
+	prm.myhostname = "mx.example.com";
+	prm.tls_available = bits & 1;
+	prm.login = !!(bits & 2);
+	prm.auth_mechs = (bits >> 2) & 0x1f;
+	prm.auth_allow_plaintext = !!(bits & 0x80);
+	prm.sasl_cb = &cbs;
+	if (bits & 0x100)
+		prm.banner = "ready";
+	p = imap_proto_new(&prm);
+	if (bits & 0x200)
+		imap_proto_set_tls_peer(p, "alice");
+	imap_proto_start(p);
+	for (int guard = 0; guard < 100000; guard++) {
+		size_t n;
+		unsigned r = data[(off + k++) % size];
+
+		(void)imap_proto_output(p, &n);
+		imap_proto_output_done(p, r & 1 ? n : n / 2);
+		switch (imap_proto_action(p)) {
+		case IMAP_ACT_AUTH: {
+			struct imap_auth_req *a = imap_proto_auth_req(p);
+			int ok = a->ok;
+
+			if (a->check) {
+				const char *o;
+
+				sasl_server_check(a->sasl);
+				ok = sasl_server_checked(a->sasl, &o) == SASL_OK;
+			}
+			imap_proto_auth_done(p, (r & 4) ? IMAP_AUTH_TEMPFAIL : ok);
+			continue;
+		}
+		case IMAP_ACT_STARTTLS:
+			imap_proto_set_tls(p, 1);
+			continue;
+		case IMAP_ACT_SELECT: {
+			const char *name;
+			int ro;
+
+			imap_proto_select_req(p, &name, &ro);
+			if (name != NULL && strlen(name) > 10000)
+				abort();
+			imap_proto_selected(p, (r & 6) && name != NULL ? box : NULL,
+			    (r & 8) ? "[NONEXISTENT] no" : NULL);
+			continue;
+		}
+		case IMAP_ACT_LIST:
+			imap_proto_list_done(p, folders, (r & 2) ? nfolders : 0, !(r & 8));
+			continue;
+		case IMAP_ACT_NONE:
+			break;
+		}
+		if (imap_proto_wants_close(p) || off >= size)
+			break;
+		n = 1 + r % 23;
+		if (n > size - off)
+			n = size - off;
+		off += imap_proto_input(p, (const char *)data + off, n);
+	}
+	imap_proto_free(&p);
+	return 0;
+}

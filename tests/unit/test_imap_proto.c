@@ -1,0 +1,380 @@
+/*
+ * imap_proto: golden dialogues of the session skeleton against a real mail
+ * store in a temp dir ({V:name} stands for that folder's UIDVALIDITY), fed
+ * whole, one byte at a time and in random pieces, with a small door that
+ * runs the actions (SASL checks, STARTTLS, opening and closing folders,
+ * listing them).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/sasl.h"
+#include "common/xmalloc.h"
+#include "pop-imap-proxy/imap_proto.h"
+#include "storage-adapter/mailstore.h"
+#include "tests/unit/unit.h"
+
+#define USER "alice@example.com"
+
+static int
+t_lookup(void *arg, const char *login, struct sasl_user *r)
+{
+	(void)arg;
+	if (strcasecmp(login, "alice") != 0 && strcasecmp(login, USER) != 0)
+		return 0;
+	snprintf(r->name, sizeof(r->name), "%s", USER);
+	snprintf(r->hash, sizeof(r->hash), "TEST:secret");
+	return 1;
+}
+
+static int
+t_verify(void *arg, const struct sasl_user *u, const char *pw)
+{
+	(void)arg;
+	return strcmp(u->hash, "TEST:secret") == 0 && strcmp(pw, "secret") == 0;
+}
+
+static int
+t_cram(void *arg, const struct sasl_user *u, const char *ch, const char *digest)
+{
+	(void)arg;
+	(void)u;
+	(void)ch;
+	(void)digest;
+	return 0;
+}
+
+static const struct sasl_callbacks cbs = { t_lookup, t_verify, t_cram, NULL };
+
+struct buf {
+	char *s;
+	size_t n, cap;
+};
+
+static void
+put(struct buf *b, const char *p, size_t n)
+{
+	if (b->n + n + 1 > b->cap) {
+		b->cap = (b->n + n + 1) * 2;
+		b->s = xrealloc(b->s, b->cap);
+	}
+	memcpy(b->s + b->n, p, n);
+	b->n += n;
+	b->s[b->n] = '\0';
+}
+
+struct env {
+	char *root;
+	struct mailstore *ms;
+	struct mailstore_box *box;
+	unsigned uv_inbox, uv_sent;
+};
+
+static void
+store_make(struct env *e)
+{
+	const char *msgs[] = { "Subject: one\n\nbody\n", "Subject: two\n\nbody\n" }, *err;
+	const char *users[] = { USER };
+	struct mailstore *ms;
+
+	memset(e, 0, sizeof(*e));
+	e->root = unit_tmpdir();
+	for (int i = 0; i < 2; i++) {
+		struct mailstore_delivery *d;
+		char id[128];
+
+		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_begin(e->root, USER, &d, &err), 0);
+		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_write(d, msgs[i], strlen(msgs[i]), &err), 0);
+		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_commit(&d, e->root, users, 1, id, &err), 0);
+	}
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(e->root, USER, &ms, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Sent", &err), 0);
+	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Archive", &err), 0);
+	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Archive.2024", &err), 0);
+	mailstore_free(&ms);
+}
+
+static void
+store_free(struct env *e)
+{
+	char *cmd;
+
+	mailstore_box_close(&e->box);
+	mailstore_free(&e->ms);
+	cmd = xasprintf("rm -rf '%s'", e->root);
+	if (system(cmd) != 0)
+		CU_FAIL("rm");
+	free(cmd);
+	free(e->root);
+}
+
+static void
+drain(struct imap_proto *p, struct buf *out)
+{
+	size_t n;
+	const char *o = imap_proto_output(p, &n);
+
+	put(out, o, n);
+	imap_proto_output_done(p, n);
+}
+
+/* the door's side of an action; 1 when STARTTLS was done */
+static int
+act(struct imap_proto *p, struct env *e)
+{
+	const char *err;
+
+	switch (imap_proto_action(p)) {
+	case IMAP_ACT_NONE:
+		return 0;
+	case IMAP_ACT_AUTH: {
+		struct imap_auth_req *r = imap_proto_auth_req(p);
+		int ok = r->ok;
+
+		if (r->check) {
+			const char *o;
+
+			sasl_server_check(r->sasl);
+			ok = sasl_server_checked(r->sasl, &o) == SASL_OK;
+		}
+		imap_proto_auth_done(p, ok);
+		return 0;
+	}
+	case IMAP_ACT_STARTTLS:
+		imap_proto_set_tls(p, 1);
+		return 1;
+	case IMAP_ACT_SELECT: {
+		const char *name;
+		int ro;
+		char msg[300];
+
+		imap_proto_select_req(p, &name, &ro);
+		mailstore_box_close(&e->box);
+		if (name == NULL) {
+			imap_proto_selected(p, NULL, NULL);
+			return 0;
+		}
+		if (e->ms == NULL)
+			CU_ASSERT_EQUAL_FATAL(mailstore_open(e->root, imap_proto_user(p), &e->ms, &err),
+			    0);
+		if (mailstore_box_open(e->ms, name, &e->box, &err) < 0) {
+			snprintf(msg, sizeof(msg), "[NONEXISTENT] Mailbox doesn't exist: %s", name);
+			imap_proto_selected(p, NULL, msg);
+			return 0;
+		}
+		if (strcasecmp(name, "INBOX") == 0)
+			e->uv_inbox = mailstore_box_uidvalidity(e->box);
+		else
+			e->uv_sent = mailstore_box_uidvalidity(e->box);
+		imap_proto_selected(p, e->box, NULL);
+		return 0;
+	}
+	case IMAP_ACT_LIST: {
+		char **names;
+		size_t n;
+
+		if (e->ms == NULL)
+			CU_ASSERT_EQUAL_FATAL(mailstore_open(e->root, imap_proto_user(p), &e->ms, &err),
+			    0);
+		CU_ASSERT_EQUAL_FATAL(mailstore_folders(e->ms, &names, &n, &err), 0);
+		imap_proto_list_done(p, names, n, 1);
+		mailstore_names_free(&names, n);
+		return 0;
+	}
+	}
+	return 0;
+}
+
+struct icase {
+	const char *name;
+	struct imap_params prm;
+	const char *in;
+	const char *after_tls;
+	const char *want;
+};
+
+#define CAPS "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
+#define CAPS_IN CAPS " NAMESPACE UNSELECT CHILDREN SPECIAL-USE"
+#define P_TLS { .myhostname = "mx.example.com", .tls_available = 1, .login = 1, \
+	.auth_mechs = AUTH_MECH_PLAIN | AUTH_MECH_CRAM, .sasl_cb = &cbs }
+#define P_OPEN { .myhostname = "mx.example.com", .login = 1, .auth_mechs = AUTH_MECH_PLAIN, \
+	.auth_allow_plaintext = 1, .sasl_cb = &cbs, .banner = "IMAP ready" }
+#define FLAGS "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
+
+static const struct icase icases[] = {
+	{ "LOGINDISABLED before STARTTLS; input sent with STARTTLS is dropped", P_TLS,
+	  "a LOGIN alice secret\r\nb SELECT INBOX\r\nc STARTTLS\r\nd NOOP\r\n",
+	  "e CAPABILITY\r\nf LOGIN alice wrong\r\ng LOGIN {5}\r\nalice \"secret\"\r\nh LOGOUT\r\n",
+	  "* OK [CAPABILITY " CAPS " STARTTLS LOGINDISABLED AUTH=CRAM-MD5] mx.example.com ready.\r\n"
+	  "a NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) "
+	  "connections.\r\nb BAD Please log in first.\r\nc OK Begin TLS negotiation now.\r\n"
+	  "* CAPABILITY " CAPS " AUTH=PLAIN AUTH=CRAM-MD5\r\ne OK Capability completed.\r\n"
+	  "f NO [AUTHENTICATIONFAILED] Authentication failed.\r\n+ OK\r\n"
+	  "g OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "* BYE Logging out\r\nh OK Logout completed.\r\n" },
+	{ "SASL-IR, SELECT, EXAMINE, LIST, the simple commands", P_OPEN,
+	  "a AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==\r\nb SELECT inbox\r\nc FETCH 1 FLAGS\r\n"
+	  "c2 UNSELECT\r\nc3 UNSELECT\r\nd EXAMINE Sent\r\ne SELECT Nope\r\nf FETCH 1 FLAGS\r\n"
+	  "g LIST \"\" *\r\nh LIST \"\" %\r\ni LIST \"\" \"\"\r\nj LIST Archive. %\r\n"
+	  "j2 LSUB \"\" Inbox\r\nk NAMESPACE\r\nl ID NIL\r\nm ENABLE CONDSTORE\r\nn IDLE\r\n"
+	  "DONE\r\nn2 IDLE\r\nnope\r\np LOGIN x y\r\nq FOO\r\nr LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS (" FLAGS " \\*)] Flags permitted.\r\n"
+	  "* 2 EXISTS\r\n* 2 RECENT\r\n* OK [UNSEEN 1] First unseen.\r\n"
+	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
+	  "b OK [READ-WRITE] Select completed.\r\n"
+	  "c NO [CANNOT] FETCH is not implemented yet.\r\nc2 OK Unselect completed.\r\n"
+	  "c3 BAD No mailbox selected.\r\n"
+	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n"
+	  "* 0 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY {V:Sent}] UIDs valid\r\n"
+	  "* OK [UIDNEXT 1] Predicted next UID\r\nd OK [READ-ONLY] Examine completed.\r\n"
+	  "e NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\nf BAD No mailbox selected.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n* LIST (\\HasChildren) \".\" \"Archive\"\r\n"
+	  "* LIST (\\HasNoChildren) \".\" \"Archive.2024\"\r\n"
+	  "* LIST (\\HasNoChildren \\Sent) \".\" \"Sent\"\r\ng OK List completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n* LIST (\\HasChildren) \".\" \"Archive\"\r\n"
+	  "* LIST (\\HasNoChildren \\Sent) \".\" \"Sent\"\r\nh OK List completed.\r\n"
+	  "* LIST (\\Noselect) \".\" \"\"\r\ni OK List completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" \"Archive.2024\"\r\nj OK List completed.\r\n"
+	  "* LSUB (\\HasNoChildren) \".\" \"INBOX\"\r\nj2 OK Lsub completed.\r\n"
+	  "* NAMESPACE ((\"\" \".\")) NIL NIL\r\nk OK Namespace completed.\r\n"
+	  "* ID NIL\r\nl OK ID completed.\r\n* ENABLED\r\nm OK Enabled.\r\n"
+	  "+ idling\r\nn OK Idle completed.\r\n+ idling\r\nn2 BAD Expected DONE.\r\n"
+	  "p BAD Command not permitted in this state.\r\nq BAD Unknown command\r\n"
+	  "* BYE Logging out\r\nr OK Logout completed.\r\n" },
+	{ "AUTHENTICATE: continuation, cancel, then a good exchange", P_OPEN,
+	  "a AUTHENTICATE PLAIN\r\n*\r\nb AUTHENTICATE PLAIN\r\n!!\r\nc AUTHENTICATE FOO\r\n"
+	  "d AUTHENTICATE PLAIN\r\nAGFsaWNlAHNlY3JldA==\r\ne AUTHENTICATE PLAIN =\r\n"
+	  "f LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "+ \r\na BAD Authentication aborted by client.\r\n+ \r\nb BAD Invalid base64 data.\r\n"
+	  "c NO Unsupported authentication mechanism.\r\n+ \r\n"
+	  "d OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "e BAD Command not permitted in this state.\r\n"
+	  "* BYE Logging out\r\nf OK Logout completed.\r\n" },
+	{ NULL, { 0 }, NULL, NULL, NULL },
+};
+
+static char *
+subst(const char *s, const char *key, const char *val)
+{
+	struct buf b = { 0 };
+	const char *k;
+
+	put(&b, "", 0);
+	while ((k = strstr(s, key)) != NULL) {
+		put(&b, s, (size_t)(k - s));
+		put(&b, val, strlen(val));
+		s = k + strlen(key);
+	}
+	put(&b, s, strlen(s));
+	return b.s;
+}
+
+static void
+dialogue(const struct icase *c, int mode, struct buf *out, struct env *e)
+{
+	struct imap_proto *p = imap_proto_new(&c->prm);
+	const char *in = c->in;
+	size_t len = strlen(in), off = 0;
+	unsigned seed = (unsigned)mode * 2654435761u;
+
+	imap_proto_start(p);
+	for (int guard = 0; guard < 1000000; guard++) {
+		size_t piece;
+
+		drain(p, out);
+		if (imap_proto_action(p) != IMAP_ACT_NONE) {
+			if (act(p, e)) {
+				drain(p, out);
+				in = c->after_tls ? c->after_tls : "";
+				len = strlen(in);
+				off = 0;
+			}
+			continue;
+		}
+		if (imap_proto_wants_close(p) || off >= len)
+			break;
+		piece = len - off;
+		if (mode == 1)
+			piece = 1;
+		else if (mode >= 2) {
+			seed = seed * 1103515245u + 12345u;
+			piece = 1 + (seed >> 16) % 9;
+			if (piece > len - off)
+				piece = len - off;
+		}
+		off += imap_proto_input(p, in + off, piece);
+	}
+	drain(p, out);
+	imap_proto_free(&p);
+}
+
+static void
+test_imap_dialogues(void)
+{
+	const char *err;
+
+	CU_ASSERT_EQUAL_FATAL(sasl_init(&err), 0);
+	for (const struct icase *c = icases; c->name != NULL; c++) {
+		for (int mode = 0; mode < 5; mode++) {
+			struct env e;
+			struct buf out = { 0 };
+			char v[16], *w1, *w2;
+
+			put(&out, "", 0);
+			store_make(&e);
+			dialogue(c, mode, &out, &e);
+			snprintf(v, sizeof(v), "%u", e.uv_inbox);
+			w1 = subst(c->want, "{V:INBOX}", v);
+			snprintf(v, sizeof(v), "%u", e.uv_sent);
+			w2 = subst(w1, "{V:Sent}", v);
+			if (strcmp(out.s, w2) != 0) {
+				fprintf(stderr, "\nimap case '%s' mode %d:\n--- got\n%s--- want\n%s",
+				    c->name, mode, out.s, w2);
+				CU_FAIL(c->name);
+			} else {
+				CU_PASS(c->name);
+			}
+			store_free(&e);
+			free(w1);
+			free(w2);
+			free(out.s);
+		}
+	}
+}
+
+static void
+test_imap_list_match(void)
+{
+	static const struct {
+		const char *pat, *name;
+		int match;
+	} rows[] = {
+		{ "*", "INBOX", 1 }, { "*", "a.b.c", 1 }, { "%", "a", 1 }, { "%", "a.b", 0 },
+		{ "a.%", "a.b", 1 }, { "a.%", "a.b.c", 0 }, { "a.*", "a.b.c", 1 },
+		{ "a*c", "abc", 1 }, { "a*c", "a.b.c", 1 }, { "a%c", "a.c", 0 }, { "INBOX", "INBOX", 1 },
+		{ "Sent", "sent", 0 }, { "", "", 1 }, { "a", "", 0 }, { "%.%", "a.b", 1 },
+	};
+
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+		if (imap_list_match(rows[i].pat, rows[i].name) != rows[i].match) {
+			fprintf(stderr, "\nimap_list_match(%s, %s)\n", rows[i].pat, rows[i].name);
+			CU_FAIL("imap_list_match");
+		}
+}
+
+static CU_TestInfo tests[] = {
+	{ "golden dialogues on a real store, whole/bytewise/random", test_imap_dialogues },
+	{ "LIST patterns", test_imap_list_match },
+	{ NULL, NULL },
+};
+
+void
+test_imap_proto_register(void)
+{
+	unit_suite("imap_proto", tests);
+}
