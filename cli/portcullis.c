@@ -74,7 +74,7 @@ static const char *const usage_lines[] = {
 	"user add|passwd USER@DOMAIN [--password-stdin]",
 	"user del USER@DOMAIN",
 	"user list",
-	"stats [--prometheus]",
+	"stats [--prometheus] [--per-node | --node NAME]",
 	"reload    (the running portcullisd re-reads its configuration; waits for the verdict)",
 	"rules check FILE",
 	"rules set server|domain DOMAIN|user USER@DOMAIN FILE",
@@ -1149,22 +1149,19 @@ cmd_explain(const struct conf *c, int argc, char **argv)
 	return refused ? 1 : 0;
 }
 
-/* the running daemon's counters (this node's), from $state_dir/stats */
+/* this node's counters, from $state_dir/stats, as today: 0, or -1 with *error_r */
 static int
-cmd_stats(const struct conf *c, int argc, char **argv)
+stats_local(const struct conf *c, int prom, const char **error_r)
 {
 	char *path = xasprintf("%s/stats", conf_get(c, "state_dir"));
-	const char *err;
-	int prom = argc == 1 && strcmp(argv[0], "--prometheus") == 0;
 	char *text = NULL;
 	size_t len = 0;
 	FILE *fp;
+	int rc = stats_open_readonly(path, error_r);
 
-	if (argc > 1 || (argc == 1 && !prom))
-		usage();
-	if (stats_open_readonly(path, &err) < 0)
-		die("%s", err);
 	free(path);
+	if (rc < 0)
+		return -1;
 	fp = open_memstream(&text, &len);
 	if (fp == NULL || stats_write_prometheus(fp) < 0)
 		die("cannot read the counters");
@@ -1179,6 +1176,124 @@ cmd_stats(const struct conf *c, int argc, char **argv)
 	free(text);
 	stats_close();
 	return 0;
+}
+
+static int
+series_by_name(const void *a, const void *b)
+{
+	return strcmp(((const struct stats_series *)a)->name, ((const struct stats_series *)b)->name);
+}
+
+static int
+node_by_name(const void *a, const void *b)
+{
+	return strcmp(((const struct stats_node *)a)->node, ((const struct stats_node *)b)->node);
+}
+
+/* series sorted; node: "NODE " before each line (plain) or a comment (prom) */
+static void
+stats_print(const char *node, struct stats_series *v, size_t n, int prom)
+{
+	qsort(v, n, sizeof(*v), series_by_name);
+	if (node != NULL && prom)
+		printf("# node %s\n", node);
+	for (size_t i = 0; i < n; i++) {
+		if (prom)
+			printf("portcullis_%s %llu\n", v[i].name, v[i].value);
+		else if (node != NULL)
+			printf("%s %s %llu\n", node, v[i].name, v[i].value);
+		else
+			printf("%s %llu\n", v[i].name, v[i].value);
+	}
+}
+
+/*
+ * The counters. A file store: this node's (state_dir/stats). A redis://
+ * store: the sum over the live nodes (PREFIXstats:NODE), or one node
+ * (--node NAME), or each (--per-node); Redis down: this node's, and a
+ * note on stderr.
+ */
+static int
+cmd_stats(const struct conf *c, int argc, char **argv)
+{
+	const char *err, *only = NULL;
+	int prom = 0, per_node = 0, rc = 0;
+	struct liststore *s;
+	struct stats_node *nodes;
+	size_t nn;
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--prometheus") == 0)
+			prom = 1;
+		else if (strcmp(argv[i], "--per-node") == 0)
+			per_node = 1;
+		else if (strcmp(argv[i], "--node") == 0 && i + 1 < argc)
+			only = argv[++i];
+		else
+			usage();
+	}
+	if (per_node && only != NULL)
+		usage_error("stats: --node and --per-node do not go together");
+	if (strncmp(conf_get(c, "lists"), "redis://", 8) != 0 &&
+	    strncmp(conf_get(c, "lists"), "redis+unix://", 13) != 0) {
+		if (per_node || only != NULL)
+			usage_error("stats: --node and --per-node need a redis:// lists store "
+			    "(a file store keeps this node's counters only)");
+		if (stats_local(c, prom, &err) < 0)
+			die("%s", err);
+		return 0;
+	}
+	s = liststore_open_conf(c, &err);
+	if (s == NULL || liststore_stats_fetch(s, &nodes, &nn, &err) < 0) {
+		fprintf(stderr, "portcullis: %s\nportcullis: these are this node's counters only\n",
+		    err);
+		if (s != NULL)
+			liststore_free(&s);
+		if (stats_local(c, prom, &err) < 0)
+			die("%s", err);
+		return 0;
+	}
+	liststore_free(&s);
+	qsort(nodes, nn, sizeof(*nodes), node_by_name);
+	if (only != NULL) {
+		size_t i;
+
+		for (i = 0; i < nn && strcmp(nodes[i].node, only) != 0; i++)
+			;
+		if (i == nn) {
+			fprintf(stderr, "portcullis: no live node \"%.64s\" in Redis\n", only);
+			rc = 1;
+		} else {
+			stats_print(NULL, nodes[i].v, nodes[i].n, prom);
+		}
+	} else if (per_node) {
+		for (size_t i = 0; i < nn; i++)
+			stats_print(nodes[i].node, nodes[i].v, nodes[i].n, prom);
+	} else {	/* the sum: every series of every node, sorted, runs added up */
+		struct stats_series *all;
+		size_t n = 0, m = 0;
+
+		for (size_t i = 0; i < nn; i++)
+			n += nodes[i].n;
+		all = xcalloc(n + 1, sizeof(*all));
+		for (size_t i = 0; i < nn; i++)
+			for (size_t j = 0; j < nodes[i].n; j++)
+				all[m++] = nodes[i].v[j];
+		qsort(all, n, sizeof(*all), series_by_name);
+		m = 0;
+		for (size_t i = 0; i < n; i++) {
+			if (m > 0 && strcmp(all[m - 1].name, all[i].name) == 0)
+				all[m - 1].value += all[i].value;
+			else
+				all[m++] = all[i];
+		}
+		if (nn == 0)
+			fprintf(stderr, "portcullis: no live node has shared its counters yet\n");
+		stats_print(NULL, all, m, prom);
+		free(all);
+	}
+	stats_nodes_free(nodes, nn);
+	return rc;
 }
 
 /* state_dir/reload-status as the daemon wrote it: -1 until whole */
@@ -1298,11 +1413,6 @@ main(int argc, char **argv)
 			usage_to(stdout, argv[i]);
 			return 0;
 		}
-	if (strcmp(argv[i], "rules") == 0) {	/* cli/rules_cmd.c; needs no config */
-		rc = cmd_rules(argc - i - 1, argv + i + 1);
-		free(overrides);
-		return rc;
-	}
 	if (!command_is_known(argv[i]))
 		usage_error("unknown command \"%.40s\"", argv[i]);
 	if (list_kind_parse(argv[i], &k) == 0 && i + 1 >= argc)

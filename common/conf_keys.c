@@ -17,6 +17,8 @@ const struct conf_key conf_keys[] = {
 	{ "log_level", "info", CT_ENUM, "debug|info|warn|error", 0, 0 },
 	{ "log_file", "", CT_STR, NULL, 0, 0 },	/* "": syslog (or stderr with -f) */
 	{ "metrics_listen", "", CT_STR, NULL, 0, 0 },	/* HOST:PORT: Prometheus text format */
+	{ "node_name", "$myhostname", CT_STR, NULL, 0, 0 },	/* PREFIXstats:NODE in Redis */
+	{ "stats_publish_interval", "5", CT_TIME, NULL, 1, 3600 },	/* TTL: 3 intervals */
 	{ "run_user", "", CT_STR, NULL, 0, 0 },	/* "": keep the starting user */
 
 	/* which front doors run, each in its own worker process */

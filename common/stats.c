@@ -7,6 +7,7 @@
  *   stats_add(series, n)       lock-free: one atomic add (a CAS for a new series)
  *   stats_verdict(...)         verdicts_total{door,stage,action,reason}
  *   stats_write_prometheus()   the text format, families sorted, # TYPE lines
+ *   stats_each()               every series, for daemon/statspub.c
  *
  * Never blocks, never allocates on the counting path; a series name that is
  * not [a-z_]+ optionally followed by {label="value",...} is not counted.
@@ -249,6 +250,20 @@ stats_get(const char *series)
 	if (sf == NULL || !name_ok(series) || (sl = find_slot(series, 0)) == NULL)
 		return 0;
 	return atomic_load_explicit(&sl->value, memory_order_relaxed);
+}
+
+int
+stats_each(void (*cb)(void *arg, const char *name, uint64_t value), void *arg)
+{
+	if (sf == NULL)
+		return -1;
+	cb(arg, "dropped_series_total", atomic_load(&sf->dropped));
+	for (unsigned i = 0; i < STATS_SLOTS; i++)
+		if (atomic_load_explicit(&sf->slot[i].hash, memory_order_acquire) != 0 &&
+		    atomic_load_explicit(&sf->slot[i].ready, memory_order_acquire))
+			cb(arg, sf->slot[i].name,
+			    atomic_load_explicit(&sf->slot[i].value, memory_order_relaxed));
+	return 0;
 }
 
 static int

@@ -37,6 +37,9 @@ void stats_verdict(const char *stage, const char *action, const char *reason);
 /* each series as "portcullis_NAME VALUE\n", with # HELP/# TYPE lines: the
  * Prometheus text format (0.0.4); returns 0, or -1 before stats_open() */
 int stats_write_prometheus(FILE *fp);
+/* every series (and dropped_series_total), unsorted: cb(arg, name, value);
+ * 0, or -1 before stats_open() */
+int stats_each(void (*cb)(void *arg, const char *name, uint64_t value), void *arg);
 /* the value of one series (0 when absent) */
 uint64_t stats_get(const char *series);
 

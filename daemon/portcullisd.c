@@ -69,6 +69,7 @@
 #include "common/xmalloc.h"
 #include "common/stats.h"
 #include "daemon/metrics.h"
+#include "daemon/statspub.h"
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "policy/policy_door.h"
@@ -76,6 +77,7 @@
 #include "rules/policy.h"
 #include "service/listener.h"
 #include "smtp-gateway/downstream.h"
+#include "smtp-gateway/smtp_conf.h"
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
 #include "storage-adapter/ratelimit.h"
@@ -89,10 +91,11 @@
 #define READY_TIMEOUT_MS 15000
 #define ORPHAN_GRACE_MS 700	/* a worker whose master died stops within this, or is cut */
 
-enum service { SVC_MILTER, SVC_SMTP, SVC_POLICY };
+enum service { SVC_MILTER, SVC_SMTP, SVC_POLICY, SVC_COUNT };
 
 struct worker {
 	enum service svc;
+	const struct service_def *def;
 	const char *name;
 	pid_t pid;
 	time_t started;
@@ -103,10 +106,8 @@ static const struct policy *pol;
 static int smtp_fds[MAX_LISTENERS];
 static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
 static size_t nsmtp_fds;
-static SSL_CTX *tls_ctx;
 static int policy_fds[MAX_LISTENERS];
 static size_t npolicy_fds;
-static struct cidrtab *bare_exceptions;
 static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watches [0] */
 
 /* live reload */
@@ -412,195 +413,405 @@ milter_ctl_thread(void *arg)
 	}
 }
 
+/* ---- the services ---- */
+
+/* what every worker holds: the lists and the counters */
+struct worker_ctx {
+	struct liststore *store, *cache;
+	struct snapref snaps;
+	struct ratelimit *rl;
+	struct watcher *w;
+	int readyfd;
+};
+
+/*
+ * A front door as the daemon runs it. The master calls compile (validate
+ * and compile the door's own settings from the configuration, load keys;
+ * reloading: also what the new worker would only find after saying ready),
+ * then bind (dry: parse only, for -t and -n); run is the worker; free
+ * drops compiled settings, unbind the listening sockets.
+ */
+struct service_def {
+	const char *name;
+	enum service svc;
+	int respawn;	/* a reload starts a new worker (else it reloads in place) */
+	void *(*compile)(const struct conf *c, int reloading, char *err, size_t cap);
+	int (*bind)(const struct conf *c, void *set, int dry, char *err, size_t cap);
+	int (*run)(void *set, struct worker_ctx *wc);
+	void (*free)(void *set);
+	void (*unbind)(void);
+};
+
+static void *settings[SVC_COUNT];	/* each service's compiled settings */
+
+/* the worker cannot start: say why to the master; 1 */
 static int
-worker_main(enum service svc, int readyfd)
+worker_fail(struct worker_ctx *wc, const char *fmt, const char *err)
+{
+	char msg[700];
+
+	snprintf(msg, sizeof(msg), fmt, err);
+	strcat(msg, "\n");
+	ready(wc->readyfd, msg);
+	return 1;
+}
+
+static int
+worker_lists(struct worker_ctx *wc)
 {
 	const char *err;
-	struct liststore *store, *cache = NULL;
-	struct ratelimit *rl = ratelimit_new();
-	struct snapref snaps;
-	struct watcher *w;
-	char msg[700];
-	int rc = 0;
 
-	store = liststore_open_conf(conf, &err);
-	if (store == NULL) {
-		snprintf(msg, sizeof(msg), "%s\n", err);
-		ready(readyfd, msg);
-		return 1;
-	}
-	if (strcmp(liststore_scheme(store), "file") != 0) {
-		char *url = xasprintf("file:%s", conf_get(conf, "lists_cache"));
+	wc->w = watcher_new(wc->store, wc->cache, &wc->snaps, &err);
+	if (wc->w == NULL)
+		return worker_fail(wc, "cannot load the lists: %s", err);
+	return 0;
+}
 
-		cache = liststore_open(url, &err);
-		free(url);
-		if (cache == NULL) {
-			snprintf(msg, sizeof(msg), "lists_cache: %s\n", err);
-			ready(readyfd, msg);
-			return 1;
-		}
-	}
-	if (svc == SVC_MILTER) {
-		static struct milter_env env;
-		static struct sieve_limits sieve_lim;
+/* rate limits, the watcher's thread and the geoip watch; 0 or 1 (said) */
+static int
+worker_lists_start(struct worker_ctx *wc)
+{
+	const char *err;
 
-		env.pol = pol;
-		env.snaps = &snaps;
-		env.rl = rl;
-		env.ban = milter_ban;	/* the watcher may change with a reload */
-		/* Sieve server and domain scripts (storage-adapter/sievestore.c) */
-		sievestore_limits_conf(conf, &sieve_lim);
-		sieve_w = sievewatch_start(conf_get(conf, "sieve_dir"), &sieve_lim, &sieve_ref, &err);
-		if (sieve_w == NULL)
-			log_error("sieve: %s: the milter runs without Sieve rules", err);
-		env.sieve = sieve_w != NULL ? &sieve_ref : NULL;
-		env.sieve_limits = &sieve_lim;
-		env.message_size_limit = (size_t)conf_get_int(conf, "message_size_limit");
-		if (milter_setup(conf_get(conf, "milter_listen"), &env, &err) < 0) {
-			snprintf(msg, sizeof(msg), "%s\n", err);
-			ready(readyfd, msg);
-			return 1;
-		}
-		/* our threads keep the stop signals blocked: libmilter's own
-		 * signal thread sigwait()s for them and shuts down cleanly */
-		w = watcher_new(store, cache, &snaps, &err);
-		if (w == NULL) {
-			snprintf(msg, sizeof(msg), "cannot load the lists: %s\n", err);
-			ready(readyfd, msg);
-			return 1;
-		}
-		watcher_set_tick(w, milter_poke_if_stopping);
-		mw = w;
-		mw_store = store;
-		mw_cache = cache;
-		mw_snaps = &snaps;
-		mw_rl = rl;
-		mw_lists = lists_settings(conf);
-		if (milter_ctl >= 0) {
-			pthread_t t;
-
-			if (pthread_create(&t, NULL, milter_ctl_thread, NULL) != 0)
-				log_warn("milter: no control thread: a reload cannot reach this worker");
-			else
-				pthread_detach(t);
-		}
-	} else {
-		w = watcher_new(store, cache, &snaps, &err);
-		if (w == NULL) {
-			snprintf(msg, sizeof(msg), "cannot load the lists: %s\n", err);
-			ready(readyfd, msg);
-			return 1;
-		}
-	}
 	if (pol->rate_limit > 0 || pol->nrate_overrides > 0) {
-		watcher_set_ratelimit(w, rl);
-		if (!liststore_has_rate_sync(store))
+		watcher_set_ratelimit(wc->w, wc->rl);
+		if (!liststore_has_rate_sync(wc->store))
 			log_info("relay rate limits are counted on this node only (lists = %s); "
 			    "use a redis:// store to count across nodes", conf_get(conf, "lists"));
 	}
-	if (watcher_start(w, &err) < 0) {
-		snprintf(msg, sizeof(msg), "%s\n", err);
-		ready(readyfd, msg);
-		return 1;
-	}
+	if (watcher_start(wc->w, &err) < 0)
+		return worker_fail(wc, "%s", err);
 	/* a replaced geoip_database is reopened within a second (this worker's copy) */
-	if (pol->geoip != NULL && geoip_watch_start(pol->geoip, 500, &err) < 0) {
-		snprintf(msg, sizeof(msg), "%s\n", err);
-		ready(readyfd, msg);
+	if (pol->geoip != NULL && geoip_watch_start(pol->geoip, 500, &err) < 0)
+		return worker_fail(wc, "%s", err);
+	return 0;
+}
+
+/* milter */
+
+static void *
+milter_compile(const struct conf *c, int reloading, char *err, size_t cap)
+{
+	const char *e;
+	struct milter_conf *mc = milter_conf_new(c, &e);
+
+	(void)reloading;
+	if (mc == NULL)
+		snprintf(err, cap, "%s", e);
+	return mc;
+}
+
+static void
+milter_settings_free(void *set)
+{
+	struct milter_conf *mc = set;
+
+	milter_conf_free(&mc);
+}
+
+static int
+milter_svc_run(void *set, struct worker_ctx *wc)
+{
+	static struct milter_env env;
+	static struct sieve_limits sieve_lim;
+	const struct milter_conf *mc = set;
+	const char *err;
+	int rc;
+
+	env.pol = pol;
+	env.snaps = &wc->snaps;
+	env.rl = wc->rl;
+	env.ban = milter_ban;	/* the watcher may change with a reload */
+	/* Sieve server and domain scripts (storage-adapter/sievestore.c) */
+	sievestore_limits_conf(conf, &sieve_lim);
+	sieve_w = sievewatch_start(conf_get(conf, "sieve_dir"), &sieve_lim, &sieve_ref, &err);
+	if (sieve_w == NULL)
+		log_error("sieve: %s: the milter runs without Sieve rules", err);
+	env.sieve = sieve_w != NULL ? &sieve_ref : NULL;
+	env.sieve_limits = &sieve_lim;
+	env.message_size_limit = (size_t)conf_get_int(conf, "message_size_limit");
+	if (milter_setup(mc->listen, &env, &err) < 0)
+		return worker_fail(wc, "%s", err);
+	/* our threads keep the stop signals blocked: libmilter's own
+	 * signal thread sigwait()s for them and shuts down cleanly */
+	if (worker_lists(wc) != 0)
 		return 1;
-	}
-	if (svc == SVC_MILTER) {
-		log_info("milter ready on %s", conf_get(conf, "milter_listen"));
-		ready(readyfd, "ok\n");
-		rc = milter_run();
-		pthread_mutex_lock(&mw_lock);	/* what a reload left in force */
-		w = mw;
-		store = mw_store;
-		cache = mw_cache;
-		mw = NULL;
-		mw_store = mw_cache = NULL;
-		free(mw_lists);
-		mw_lists = NULL;
-		pthread_mutex_unlock(&mw_lock);
-	} else if (svc == SVC_POLICY) {
-		static struct policy_door_env pe;
+	watcher_set_tick(wc->w, milter_poke_if_stopping);
+	mw = wc->w;
+	mw_store = wc->store;
+	mw_cache = wc->cache;
+	mw_snaps = &wc->snaps;
+	mw_rl = wc->rl;
+	mw_lists = lists_settings(conf);
+	if (milter_ctl >= 0) {
+		pthread_t t;
 
-		pe.pol = pol;
-		pe.snaps = &snaps;
-		pe.max_connections = (unsigned)conf_get_int(conf, "policy_max_connections");
-		pe.idle_timeout = (unsigned)conf_get_int(conf, "policy_idle_timeout");
-		pe.request_timeout = (unsigned)conf_get_int(conf, "policy_timeout");
-		pe.ban = watcher_ban;
-		pe.ban_arg = w;
-		block_stop_signals(SIG_UNBLOCK);
-		log_info("policy ready on %s", conf_get(conf, "policy_listen"));
-		ready(readyfd, "ok\n");
-		if (policy_door_run(policy_fds, npolicy_fds, &pe, &err) < 0) {
-			log_error("policy: %s", err);
-			rc = -1;
-		}
-		block_stop_signals(SIG_BLOCK);
-	} else {
-		static struct smtp_server_conf sc;
-		const char *delivery = conf_get(conf, "delivery");
-
-		memset(&sc, 0, sizeof(sc));
-		sc.params.pol = pol;
-		sc.params.snaps = &snaps;
-		sc.params.rl = rl;
-		sc.params.myhostname = conf_get(conf, "myhostname");
-		sc.params.banner = conf_get(conf, "smtp_banner");
-		sc.params.message_size_limit = (size_t)conf_get_int(conf, "message_size_limit");
-		sc.params.vrfy = conf_get_bool(conf, "vrfy");
-		sc.params.bare_newline_reject = strcmp(conf_get(conf, "smtp_bare_newline"), "reject") == 0;
-		sc.params.bare_newline_exceptions = bare_exceptions;
-		sc.params.passthrough = strncmp(delivery, "relay:", 6) == 0;
-		sc.params.have_relayhost = conf_get(conf, "relayhost")[0] != '\0';
-		sc.downstream = sc.params.passthrough ? delivery + 6 :
-		    sc.params.have_relayhost ? conf_get(conf, "relayhost") : NULL;
-		sc.downstream_cache_time = (unsigned)conf_get_int(conf, "relay_connection_cache_time");
-		sc.users_url = conf_get(conf, "users");
-		if (authmech_parse(conf, &sc.params.auth_mechs, &err) < 0)
-			fatal("%s", err);	/* checked by the master already */
-		if (sc.users_url[0] == '\0')
-			sc.params.auth_mechs = 0;
-		sc.smtp_auth = conf_get_bool(conf, "smtp_auth");
-		sc.params.auth_allow_plaintext = conf_get_bool(conf, "auth_allow_plaintext");
-		if (penalty_conf_parse(conf, &sc.penalty, &err) < 0)
-			fatal("%s", err);	/* checked by the master already */
-		sc.maildir_root = sc.params.passthrough ? NULL : delivery + 8;	/* checked by the master */
-		sc.max_connections = (unsigned)conf_get_int(conf, "smtp_max_connections");
-		sc.max_per_client = (unsigned)conf_get_int(conf, "smtp_max_per_client");
-		sc.timeout = (unsigned)conf_get_int(conf, "smtp_timeout");
-		sc.request_deadline = conf_get_bool(conf, "smtp_request_deadline");
-		sc.min_data_rate = (unsigned)conf_get_int(conf, "smtp_min_data_rate");
-		sc.stress_timeout = (unsigned)conf_get_int(conf, "smtp_stress_timeout");
-		sc.ban = watcher_ban;
-		sc.ban_arg = w;
-		sc.tls = tls_ctx;
-		sc.resolver = conf_get_bool(conf, "client_hostname_lookups") ?
-		    conf_get(conf, "resolver") : NULL;
-		/* libevent takes SIGTERM/SIGINT through its signal events */
-		block_stop_signals(SIG_UNBLOCK);
-		log_info("smtp ready on %s", conf_get(conf, "smtp_listen"));
-		ready(readyfd, "ok\n");
-		if (smtp_server_run(smtp_fds, smtp_kinds, nsmtp_fds, &sc, &err) < 0) {
-			log_error("smtp: %s", err);
-			rc = -1;
-		}
-		block_stop_signals(SIG_BLOCK);
+		if (pthread_create(&t, NULL, milter_ctl_thread, NULL) != 0)
+			log_warn("milter: no control thread: a reload cannot reach this worker");
+		else
+			pthread_detach(t);
 	}
+	if (worker_lists_start(wc) != 0)
+		return 1;
+	log_info("milter ready on %s", mc->listen);
+	ready(wc->readyfd, "ok\n");
+	rc = milter_run();
+	pthread_mutex_lock(&mw_lock);	/* what a reload left in force */
+	wc->w = mw;
+	wc->store = mw_store;
+	wc->cache = mw_cache;
+	mw = NULL;
+	mw_store = mw_cache = NULL;
+	free(mw_lists);
+	mw_lists = NULL;
+	pthread_mutex_unlock(&mw_lock);
+	return rc;
+}
+
+/* policy */
+
+static void *
+policy_compile(const struct conf *c, int reloading, char *err, size_t cap)
+{
+	const char *e;
+	struct policy_door_conf *pc = policy_door_conf_new(c, &e);
+
+	(void)reloading;
+	if (pc == NULL)
+		snprintf(err, cap, "%s", e);
+	return pc;
+}
+
+static void
+policy_settings_free(void *set)
+{
+	struct policy_door_conf *pc = set;
+
+	policy_door_conf_free(&pc);
+}
+
+static int
+policy_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
+{
+	const struct policy_door_conf *pc = set;
+	const char *e;
+
+	for (size_t j = 0; j < pc->nlisten; j++) {
+		int fd = -1;
+
+		if (!dry && (fd = policy_door_listen(pc->listen[j], &e)) < 0) {
+			snprintf(err, cap, "%s: %s", conf_where(c, "policy_listen"), e);
+			return -1;
+		}
+		policy_fds[npolicy_fds++] = fd;
+	}
+	return 0;
+}
+
+static void
+policy_unbind(void)
+{
+	for (size_t i = 0; i < npolicy_fds; i++)
+		if (policy_fds[i] >= 0)
+			close(policy_fds[i]);
+	npolicy_fds = 0;
+}
+
+static int
+policy_svc_run(void *set, struct worker_ctx *wc)
+{
+	struct policy_door_conf *pc = set;
+	const char *err;
+	int rc = 0;
+
+	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
+		return 1;
+	pc->env.pol = pol;
+	pc->env.snaps = &wc->snaps;
+	pc->env.ban = watcher_ban;
+	pc->env.ban_arg = wc->w;
+	block_stop_signals(SIG_UNBLOCK);
+	log_info("policy ready on %s", conf_get(conf, "policy_listen"));
+	ready(wc->readyfd, "ok\n");
+	if (policy_door_run(policy_fds, npolicy_fds, &pc->env, &err) < 0) {
+		log_error("policy: %s", err);
+		rc = -1;
+	}
+	block_stop_signals(SIG_BLOCK);
+	return rc;
+}
+
+/* smtp */
+
+static void *
+smtp_compile(const struct conf *c, int reloading, char *err, size_t cap)
+{
+	const char *e, *users = conf_get(c, "users");
+	struct smtp_conf *sc = smtp_conf_new(c, &e);
+
+	if (sc == NULL) {
+		snprintf(err, cap, "%s", e);
+		return NULL;
+	}
+	/* the new worker reads it after saying ready: a bad one must not get that far */
+	if (reloading && users[0] != '\0') {
+		struct userdb *db = userdb_load(users, &e);
+
+		if (db == NULL) {
+			snprintf(err, cap, "%s: users: %s", conf_where(c, "users"), e);
+			smtp_conf_free(&sc);
+			return NULL;
+		}
+		userdb_free(&db);
+	}
+	return sc;
+}
+
+static void
+smtp_settings_free(void *set)
+{
+	struct smtp_conf *sc = set;
+
+	smtp_conf_free(&sc);
+}
+
+static int
+smtp_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
+{
+	const struct smtp_conf *sc = set;
+	const char *e;
+
+	for (int k = 0; k < SMTP_CONF_KINDS; k++) {
+		const char *key = smtp_conf_listen_keys[k];
+
+		for (size_t j = 0; j < sc->nlisten[k]; j++) {
+			int fd = -1;
+
+			if (nsmtp_fds >= MAX_LISTENERS) {
+				snprintf(err, cap, "%s: %s: too many listeners (at most %d in smtp_listen, "
+				    "submission_listen and smtps_listen together)", conf_where(c, key), key,
+				    MAX_LISTENERS);
+				return -1;
+			}
+			if (dry) {
+				/* what binding would parse, without binding */
+				struct sockaddr_storage ss;
+				socklen_t sl;
+
+				if (listener_parse(sc->listen[k][j], key, &ss, &sl, &e) < 0) {
+					snprintf(err, cap, "%s: %s", conf_where(c, key), e);
+					return -1;
+				}
+			} else if (listener_bind(sc->listen[k][j], key, &fd, &e) < 0) {
+				snprintf(err, cap, "%s", e);
+				return -1;
+			}
+			smtp_kinds[nsmtp_fds] = (enum smtp_listener_kind)k;
+			smtp_fds[nsmtp_fds++] = fd;
+		}
+	}
+	return 0;
+}
+
+static void
+smtp_unbind(void)
+{
+	for (size_t i = 0; i < nsmtp_fds; i++)
+		if (smtp_fds[i] >= 0)
+			close(smtp_fds[i]);
+	nsmtp_fds = 0;
+}
+
+static int
+smtp_svc_run(void *set, struct worker_ctx *wc)
+{
+	struct smtp_conf *sc = set;
+	const char *err;
+	int rc = 0;
+
+	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
+		return 1;
+	sc->srv.params.pol = pol;
+	sc->srv.params.snaps = &wc->snaps;
+	sc->srv.params.rl = wc->rl;
+	sc->srv.ban = watcher_ban;
+	sc->srv.ban_arg = wc->w;
+	/* libevent takes SIGTERM/SIGINT through its signal events */
+	block_stop_signals(SIG_UNBLOCK);
+	log_info("smtp ready on %s", conf_get(conf, "smtp_listen"));
+	ready(wc->readyfd, "ok\n");
+	if (smtp_server_run(smtp_fds, smtp_kinds, nsmtp_fds, &sc->srv, &err) < 0) {
+		log_error("smtp: %s", err);
+		rc = -1;
+	}
+	block_stop_signals(SIG_BLOCK);
+	return rc;
+}
+
+static const struct service_def services[] = {
+	{ "milter", SVC_MILTER, 0, milter_compile, NULL, milter_svc_run, milter_settings_free, NULL },
+	{ "smtp", SVC_SMTP, 1, smtp_compile, smtp_bind, smtp_svc_run, smtp_settings_free, smtp_unbind },
+	{ "policy", SVC_POLICY, 1, policy_compile, policy_bind, policy_svc_run, policy_settings_free,
+	  policy_unbind },
+};
+#define NSERVICES (sizeof(services) / sizeof(services[0]))
+
+static const struct service_def *
+service_find(enum service svc)
+{
+	for (size_t i = 0; i < NSERVICES; i++)
+		if (services[i].svc == svc)
+			return &services[i];
+	return NULL;
+}
+
+/* the master at exit: listeners closed, settings dropped */
+static void
+services_free(void)
+{
+	for (size_t i = 0; i < NSERVICES; i++) {
+		if (services[i].unbind != NULL)
+			services[i].unbind();
+		if (settings[services[i].svc] != NULL)
+			services[i].free(settings[services[i].svc]);
+		settings[services[i].svc] = NULL;
+	}
+}
+
+static int
+worker_main(enum service svc, int readyfd)
+{
+	const struct service_def *d = service_find(svc);
+	struct worker_ctx wc;
+	const char *err;
+	int rc;
+
+	memset(&wc, 0, sizeof(wc));
+	wc.readyfd = readyfd;
+	wc.rl = ratelimit_new();
+	wc.store = liststore_open_conf(conf, &err);
+	if (wc.store == NULL)
+		return worker_fail(&wc, "%s", err);
+	if (strcmp(liststore_scheme(wc.store), "file") != 0) {
+		char *url = xasprintf("file:%s", conf_get(conf, "lists_cache"));
+
+		wc.cache = liststore_open(url, &err);
+		free(url);
+		if (wc.cache == NULL)
+			return worker_fail(&wc, "lists_cache: %s", err);
+	}
+	rc = d->run(settings[svc], &wc);
 	if (pol->geoip != NULL)
 		geoip_watch_stop(pol->geoip);
-	watcher_stop_and_free(&w);
+	watcher_stop_and_free(&wc.w);
 	if (sieve_w != NULL) {
 		sievewatch_stop(&sieve_w);
 		sieve_rules_ref_deinit(&sieve_ref);
 	}
-	snapref_deinit(&snaps);
-	liststore_free(&store);
-	liststore_free(&cache);
-	ratelimit_free(&rl);
+	snapref_deinit(&wc.snaps);
+	liststore_free(&wc.store);
+	liststore_free(&wc.cache);
+	ratelimit_free(&wc.rl);
 	return rc == 0 ? 0 : 1;
 }
 
@@ -674,15 +885,6 @@ check_config_rest(const struct conf *c, const struct worker *wk, size_t nsvc)
 		}
 	}
 
-	for (size_t i = 0; i < nsvc; i++) {
-		char spec[512];
-
-		if (wk[i].svc == SVC_MILTER &&
-		    milter_listen_spec(conf_get(c, "milter_listen"), spec, sizeof(spec), &err) < 0) {
-			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "milter_listen"), err);
-			return -1;
-		}
-	}
 	/* a file store is created by opening it: syntax is checked in conf;
 	 * a Redis store parses its URL and connects only when used */
 	if (strncmp(lists, "file:", 5) != 0) {
@@ -998,35 +1200,6 @@ reload_milter(void)
 	return strcmp(buf, "ok") == 0 ? NULL : buf;
 }
 
-/* smtp_bare_newline_exceptions compiled (NULL when empty); on a bad entry
- * NULL and the error, naming FILE:LINE, in err (start-up and reload) */
-static struct cidrtab *
-bare_exceptions_build(const struct conf *c, char *err, size_t cap)
-{
-	size_t n;
-	char **l = conf_get_list(c, "smtp_bare_newline_exceptions", &n);
-	struct cidrtab_builder *b = cidrtab_builder_new();
-	struct cidrtab *t;
-	const char *e;
-
-	for (size_t j = 0; j < n; j++) {
-		struct cidr cd;
-
-		if (cidr_parse(l[j], &cd, &e) < 0) {
-			snprintf(err, cap, "%s: smtp_bare_newline_exceptions: \"%.60s\": %s",
-			    conf_where(c, "smtp_bare_newline_exceptions"), l[j], e);
-			n = 0;	/* refused: build nothing */
-			break;
-		}
-		cidrtab_builder_add(b, &cd, 1);
-	}
-	t = cidrtab_build(&b);
-	conf_list_free(l);
-	if (n == 0)
-		cidrtab_free(&t);
-	return t;
-}
-
 /*
  * SIGHUP: read, check and apply the configuration again. Refused as a
  * whole (the running one stays) or applied as a whole, never half.
@@ -1039,20 +1212,15 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 	size_t nextra = 0;
 	struct conf *c = NULL;
 	struct policy *p = NULL;
-	SSL_CTX *tls = NULL;
-	struct cidrtab *bare = NULL;
+	void *newset[SVC_COUNT] = { NULL }, *oldset[SVC_COUNT];
 	const struct conf *old_conf = conf;
 	const struct policy *old_pol = pol;
-	SSL_CTX *old_tls = tls_ctx;
-	struct cidrtab *old_bare = bare_exceptions;
 	const char *e, *why;
-	int have_smtp = 0, milter_failed = 0;
+	int milter_failed = 0;
 	enum log_level lvl;
 
 	reload_gen++;
 	log_info("SIGHUP: reloading %s", conf_path);
-	for (size_t i = 0; i < nsvc; i++)
-		have_smtp |= wk[i].svc == SVC_SMTP;
 	if (reload_check(err, sizeof(err)) < 0)
 		goto refuse;
 	if (reload_load_conf(NULL, 0, &c, err, sizeof(err)) < 0)
@@ -1078,28 +1246,14 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		snprintf(err, sizeof(err), "%s", e);
 		goto refuse;
 	}
-	if (have_smtp) {
-		const char *users = conf_get(c, "users");
-
+	/* each door that restarts compiles its new settings here (keys read) */
+	for (size_t i = 0; i < nsvc; i++) {
+		if (!wk[i].def->respawn)
+			continue;
 		err[0] = '\0';
-		bare = bare_exceptions_build(c, err, sizeof(err));
-		if (err[0] != '\0')
+		newset[wk[i].svc] = wk[i].def->compile(c, 1, err, sizeof(err));
+		if (newset[wk[i].svc] == NULL)
 			goto refuse;
-		tls = tls_server_ctx_new(c, &e);
-		if (tls == NULL && e[0] != '\0') {
-			snprintf(err, sizeof(err), "%s", e);
-			goto refuse;
-		}
-		/* the new worker reads it after saying ready: a bad one must not get that far */
-		if (users[0] != '\0') {
-			struct userdb *db = userdb_load(users, &e);
-
-			if (db == NULL) {
-				snprintf(err, sizeof(err), "%s: users: %s", conf_where(c, "users"), e);
-				goto refuse;
-			}
-			userdb_free(&db);
-		}
 	}
 	if (ndraining + 2 > MAX_DRAINING) {	/* room for the smtp and policy ones */
 		snprintf(err, sizeof(err), "%zu workers are still draining from earlier reloads; "
@@ -1109,13 +1263,16 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 	/* the new smtp and policy workers fork with the new settings */
 	conf = c;
 	pol = p;
-	tls_ctx = tls;
-	bare_exceptions = bare;
+	for (size_t s = 0; s < SVC_COUNT; s++) {
+		oldset[s] = settings[s];
+		if (newset[s] != NULL)
+			settings[s] = newset[s];
+	}
 	for (size_t i = 0; i < nsvc; i++) {
 		struct worker old;
 		int rfd;
 
-		if (wk[i].svc != SVC_SMTP && wk[i].svc != SVC_POLICY)
+		if (!wk[i].def->respawn)
 			continue;
 		old = wk[i];
 		spawn(&wk[i], &rfd);
@@ -1127,8 +1284,8 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 			wk[i] = old;
 			conf = old_conf;
 			pol = old_pol;
-			tls_ctx = old_tls;
-			bare_exceptions = old_bare;
+			for (size_t s = 0; s < SVC_COUNT; s++)
+				settings[s] = oldset[s];
 			snprintf(err, sizeof(err), "%s: %s", wk[i].name, why);
 			for (size_t j = 0; j < i; j++)	/* an smtp worker already replaced: stays */
 				if (wk[j].svc == SVC_SMTP)
@@ -1153,11 +1310,11 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		}
 	if (log_level_parse(conf_get(c, "log_level"), &lvl) == 0)
 		log_set_level(lvl);
+	for (size_t s = 0; s < SVC_COUNT; s++)
+		if (newset[s] != NULL && oldset[s] != NULL)
+			service_find((enum service)s)->free(oldset[s]);
 	conf_free(cp);
 	policy_free(pp);
-	if (old_tls != NULL)
-		SSL_CTX_free(old_tls);
-	cidrtab_free(&old_bare);
 	*cp = c;
 	*pp = p;
 	for (size_t i = 0; i < nextra; i++)
@@ -1172,9 +1329,9 @@ refuse:
 	reload_status(0, "%s\n%s", err, notes);
 	for (size_t i = 0; i < nextra; i++)
 		free(extra[i]);
-	if (tls != NULL)
-		SSL_CTX_free(tls);
-	cidrtab_free(&bare);
+	for (size_t s = 0; s < SVC_COUNT; s++)
+		if (newset[s] != NULL)
+			service_find((enum service)s)->free(newset[s]);
 	policy_free(&p);
 	conf_free(&c);
 }
@@ -1196,7 +1353,7 @@ main(int argc, char **argv)
 	struct policy *p = NULL;
 	struct worker wk[MAX_SERVICES];
 	enum log_level lvl;
-	char **svcs, **listen;
+	char **svcs;
 	size_t n;
 	int detach_pipe[2] = { -1, -1 };
 
@@ -1263,25 +1420,23 @@ main(int argc, char **argv)
 	/* services */
 	svcs = conf_get_list(c, "services", &n);
 	for (size_t i = 0; i < n; i++) {
-		enum service s;
+		const struct service_def *d = NULL;
 
-		if (strcmp(svcs[i], "milter") == 0)
-			s = SVC_MILTER;
-		else if (strcmp(svcs[i], "smtp") == 0)
-			s = SVC_SMTP;
-		else if (strcmp(svcs[i], "policy") == 0)
-			s = SVC_POLICY;
-		else {
+		for (size_t k = 0; k < NSERVICES && d == NULL; k++)
+			if (strcmp(svcs[i], services[k].name) == 0)
+				d = &services[k];
+		if (d == NULL) {
 			fprintf(stderr, "portcullisd: %s: services: unknown service \"%.40s\" "
 			    "(expected milter, smtp, policy)\n", conf_where(c, "services"), svcs[i]);
 			conf_list_free(svcs);
 			goto fail;
 		}
 		for (size_t j = 0; j < nsvc; j++)
-			if (wk[j].svc == s)
+			if (wk[j].def == d)
 				goto dup;
-		wk[nsvc].svc = s;
-		wk[nsvc].name = s == SVC_MILTER ? "milter" : s == SVC_POLICY ? "policy" : "smtp";
+		wk[nsvc].svc = d->svc;
+		wk[nsvc].def = d;
+		wk[nsvc].name = d->name;
 		wk[nsvc].pid = 0;
 		nsvc++;
 dup:		;
@@ -1307,119 +1462,17 @@ dup:		;
 			goto fail;
 		}
 	}
+	/* each door compiles its settings (keys read), then binds its listeners */
 	for (size_t i = 0; i < nsvc; i++) {
-		if (wk[i].svc != SVC_POLICY)
-			continue;
-		listen = conf_get_list(c, "policy_listen", &n);
-		for (size_t j = 0; j < n; j++) {
-			int fd;
+		const struct service_def *d = wk[i].def;
+		char why[1200] = "";
 
-			if (npolicy_fds >= MAX_LISTENERS) {	/* refused, never dropped */
-				fprintf(stderr, "portcullisd: %s: policy_listen: too many listeners "
-				    "(at most %d)\n", conf_where(c, "policy_listen"), MAX_LISTENERS);
-				conf_list_free(listen);
-				goto fail;
-			}
-			if (check_only || print_only) {
-				/* what binding would parse, without binding (unix: in conf) */
-				struct sockaddr_storage ss;
-				socklen_t sl;
-
-				if (strncmp(listen[j], "inet:", 5) == 0 &&
-				    listener_parse(listen[j] + 5, "policy_listen", &ss, &sl, &err) < 0) {
-					fprintf(stderr, "portcullisd: %s: %s\n",
-					    conf_where(c, "policy_listen"), err);
-					conf_list_free(listen);
-					goto fail;
-				}
-				policy_fds[npolicy_fds++] = -1;
-				continue;
-			}
-			fd = policy_door_listen(listen[j], &err);
-			if (fd < 0) {
-				fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "policy_listen"), err);
-				conf_list_free(listen);
-				goto fail;
-			}
-			policy_fds[npolicy_fds++] = fd;
-		}
-		conf_list_free(listen);
-		if (npolicy_fds == 0) {
-			fprintf(stderr, "portcullisd: %s: policy_listen: nothing to listen on\n",
-			    conf_where(c, "policy_listen"));
+		settings[d->svc] = d->compile(c, 0, why, sizeof(why));
+		if (settings[d->svc] == NULL ||
+		    (d->bind != NULL && d->bind(c, settings[d->svc], check_only || print_only, why,
+		    sizeof(why)) < 0)) {
+			fprintf(stderr, "portcullisd: %s\n", why);
 			goto fail;
-		}
-	}
-	for (size_t i = 0; i < nsvc; i++) {
-		if (wk[i].svc != SVC_SMTP)
-			continue;
-		{
-			char why[300] = "";
-
-			bare_exceptions = bare_exceptions_build(c, why, sizeof(why));
-			if (why[0] != '\0') {
-				fprintf(stderr, "portcullisd: %s\n", why);
-				goto fail;
-			}
-		}
-		tls_ctx = tls_server_ctx_new(c, &err);
-		if (tls_ctx == NULL && err[0] != '\0') {
-			/* "tls_x_file = PATH: why" does not say where it was set */
-			const char *key = strncmp(err, "tls_cert_file =", 15) == 0 ? "tls_cert_file" :
-			    strncmp(err, "tls_key_file =", 14) == 0 ? "tls_key_file" : NULL;
-
-			if (key != NULL)
-				fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, key), err);
-			else
-				fprintf(stderr, "portcullisd: %s\n", err);
-			goto fail;
-		}
-		{
-			static const char *const keys[] = { "smtp_listen", "submission_listen", "smtps_listen" };
-
-			for (int k = 0; k < 3; k++) {
-				listen = conf_get_list(c, keys[k], &n);
-				if (k == 2 && n > 0 && tls_ctx == NULL) {
-					fprintf(stderr, "portcullisd: %s: smtps_listen needs tls_cert_file and tls_key_file\n",
-					    conf_where(c, "smtps_listen"));
-					conf_list_free(listen);
-					goto fail;
-				}
-				for (size_t j = 0; j < n; j++) {
-					int fd;
-
-					if (nsmtp_fds >= MAX_LISTENERS) {
-						fprintf(stderr, "portcullisd: %s: %s: too many listeners "
-						    "(at most %d in smtp_listen, submission_listen and "
-						    "smtps_listen together)\n", conf_where(c, keys[k]), keys[k],
-						    MAX_LISTENERS);
-						conf_list_free(listen);
-						goto fail;
-					}
-					if (check_only || print_only) {
-						/* what binding would parse, without binding */
-						struct sockaddr_storage ss;
-						socklen_t sl;
-
-						if (listener_parse(listen[j], keys[k], &ss, &sl, &err) < 0) {
-							fprintf(stderr, "portcullisd: %s: %s\n",
-							    conf_where(c, keys[k]), err);
-							conf_list_free(listen);
-							goto fail;
-						}
-						smtp_fds[nsmtp_fds++] = -1;
-						continue;
-					}
-					if (listener_bind(listen[j], keys[k], &fd, &err) < 0) {
-						fprintf(stderr, "portcullisd: %s\n", err);
-						conf_list_free(listen);
-						goto fail;
-					}
-					smtp_kinds[nsmtp_fds] = (enum smtp_listener_kind)k;
-					smtp_fds[nsmtp_fds++] = fd;
-				}
-				conf_list_free(listen);
-			}
 		}
 	}
 	if (check_config_rest(c, wk, nsvc) < 0)
@@ -1427,9 +1480,7 @@ dup:		;
 	if (check_only || print_only) {
 		if (print_only)
 			conf_print(c, stdout, 1);
-		if (tls_ctx != NULL)
-			SSL_CTX_free(tls_ctx);
-		cidrtab_free(&bare_exceptions);
+		services_free();
 		policy_free(&p);
 		conf_free(&c);
 		return 0;
@@ -1437,15 +1488,7 @@ dup:		;
 	if (0) {
 fail:		/* a configuration error: said on stderr; leave nothing behind */
 		free(overrides);
-		for (size_t i = 0; i < nsmtp_fds; i++)
-			if (smtp_fds[i] >= 0)
-				close(smtp_fds[i]);
-		for (size_t i = 0; i < npolicy_fds; i++)
-			if (policy_fds[i] >= 0)
-				close(policy_fds[i]);
-		if (tls_ctx != NULL)
-			SSL_CTX_free(tls_ctx);
-		cidrtab_free(&bare_exceptions);
+		services_free();
 		policy_free(&p);
 		conf_free(&c);
 		return 1;
@@ -1570,6 +1613,8 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 
 	if (metrics_start(&err) < 0)
 		log_error("%s", err);
+	if (statspub_start(c, &err) < 0)	/* redis lists: share the counters */
+		log_error("%s", err);
 	/* supervise */
 	for (int stopping = 0; !stopping;) {
 		sigset_t set;
@@ -1650,14 +1695,9 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 	stop_workers(wk, nsvc);
 	stop_workers(draining, ndraining);
 	metrics_stop();
-	for (size_t i = 0; i < nsmtp_fds; i++)
-		close(smtp_fds[i]);
-	for (size_t i = 0; i < npolicy_fds; i++)
-		close(policy_fds[i]);
+	statspub_stop();
 	unlink(conf_get(c, "pid_file"));
-	if (tls_ctx != NULL)
-		SSL_CTX_free(tls_ctx);
-	cidrtab_free(&bare_exceptions);
+	services_free();
 	policy_free(&p);
 	conf_free(&c);
 	return 0;

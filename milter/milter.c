@@ -47,6 +47,8 @@
 
 #include <libmilter/mfapi.h>
 
+#include "common/conf.h"
+#include "common/connid.h"
 #include "common/log.h"
 #include "common/stats.h"
 #include "common/xmalloc.h"
@@ -98,10 +100,36 @@ struct mpriv {
 	struct mpol *mp;	/* the policy this session began with */
 	unsigned long proto;	/* negotiated SMFIP_* steps */
 	char qid[32];
+	char conn[CONNID_MAX];	/* "conn=ID" on every log line of the connection */
 	int sieve_on;		/* headers (and maybe the body) were negotiated */
 	int sieve_body;
 	struct msieve sv;
 };
+
+struct milter_conf *
+milter_conf_new(const struct conf *c, const char **error_r)
+{
+	static char err[600];
+	char spec[512];
+	const char *e;
+	struct milter_conf *mc;
+
+	if (milter_listen_spec(conf_get(c, "milter_listen"), spec, sizeof(spec), &e) < 0) {
+		snprintf(err, sizeof(err), "%s: %s", conf_where(c, "milter_listen"), e);
+		*error_r = err;
+		return NULL;
+	}
+	mc = xcalloc(1, sizeof(*mc));
+	mc->listen = conf_get(c, "milter_listen");
+	return mc;
+}
+
+void
+milter_conf_free(struct milter_conf **mc)
+{
+	free(*mc);
+	*mc = NULL;
+}
 
 int
 milter_listen_spec(const char *s, char *buf, size_t cap, const char **error_r)
@@ -205,6 +233,10 @@ priv_new(void)
 	p->mp = mpol_acquire();
 	p->es = engine_session_new(p->mp->pol);
 	engine_session_set_ratelimit(p->es, env->rl);
+	/* Postfix's queue id (macro i) names each message on the engine's
+	 * lines; this names the connection, on all of them */
+	connid_new(p->conn);
+	engine_session_set_id(p->es, p->conn);
 	return p;
 }
 
@@ -264,7 +296,7 @@ answer(SMFICTX *ctx, struct mpriv *p, enum engine_stage stage, const struct verd
 	case VERDICT_TEMPFAIL:
 		reply_text(text, sizeof(text), v->text);
 		if (smfi_setreply(ctx, (char *)v->code, (char *)v->dsn, text) != MI_SUCCESS)
-			log_warn("smfi_setreply failed for \"%s %s\"", v->code, v->dsn);
+			log_warn("conn=%s smfi_setreply failed for \"%s %s\"", p->conn, v->code, v->dsn);
 		return v->action == VERDICT_REJECT ? SMFIS_REJECT : SMFIS_TEMPFAIL;
 	case VERDICT_DISCARD:
 		return SMFIS_DISCARD;
@@ -560,8 +592,8 @@ sieve_eom(SMFICTX *ctx, struct mpriv *p, sfsistat *rc_r)
 		if (smfi_addrcpt(ctx, a) != MI_SUCCESS)
 			log_warn("milter: smfi_addrcpt failed for a redirect");
 		else
-			log_info("%s: sieve redirect to %s (%s)", p->qid[0] ? p->qid : "NOQUEUE",
-			    a, d.where);
+			log_info("conn=%s %s: sieve redirect to %s (%s)", p->conn,
+			    p->qid[0] ? p->qid : "NOQUEUE", a, d.where);
 		free(a);
 	}
 	if (d.drop_original)
@@ -680,7 +712,7 @@ cb_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *hostaddr)
 	engine_connect(p->es, snap, have ? &a : NULL, hostname, (long long)time(NULL), &v);
 	snapref_release(env->snaps, ticket);
 	if (log_is_debug())
-		log_debug("connect from %s: %s", engine_client_text(p->es), v.rule);
+		log_debug("conn=%s connect from %s: %s", p->conn, engine_client_text(p->es), v.rule);
 	return (p->proto & SMFIP_NR_CONN) ? SMFIS_NOREPLY : SMFIS_CONTINUE;
 }
 

@@ -23,6 +23,14 @@ struct milter_env {
 /* "inet:HOST:PORT", "inet6:[ADDR]:PORT", "unix:/path" -> libmilter's form */
 int milter_listen_spec(const char *ours, char *buf, size_t cap, const char **error_r)
     __attribute__((warn_unused_result));
+/* the milter's settings from the configuration: milter_listen, checked;
+ * NULL with *error_r (FILE:LINE) */
+struct conf;
+struct milter_conf {
+	const char *listen;	/* points into the conf */
+};
+struct milter_conf *milter_conf_new(const struct conf *c, const char **error_r);
+void milter_conf_free(struct milter_conf **mc);
 /* bind the listener; errors are for the admin (address in use...) */
 int milter_setup(const char *listen, const struct milter_env *env, const char **error_r)
     __attribute__((warn_unused_result));

@@ -77,7 +77,7 @@ qid_of(const struct policy_request *req, char *buf, size_t cap)
 void
 policy_check(const struct policy_request *req, const struct policy *pol,
     const struct snapshot *snap, long long now, char *action_r, size_t cap,
-    struct verdict *v_r)
+    struct verdict *v_r, const char *conn_id)
 {
 	struct engine_session *es = engine_session_new(pol);
 	const char *addr_text = req->attr[PA_CLIENT_ADDRESS];
@@ -96,6 +96,7 @@ policy_check(const struct policy_request *req, const struct policy *pol,
 	char qbuf[32];
 	int have = addr_text != NULL && cidr_addr_parse(addr_text, &addr) == 0;
 	int accepted, decided = 0;
+	engine_session_set_id(es, conn_id);
 
 	/* client_name: the verified name, or "unknown" (as the milter's hostname) */
 	engine_connect(es, snap, have ? &addr : NULL, req->attr[PA_CLIENT_NAME], now, &v);
@@ -122,7 +123,7 @@ policy_check(const struct policy_request *req, const struct policy *pol,
 		if (v.tag != NULL && strcmp(v.tag, "relay") == 0) {
 			/* Postfix's own relay decision comes next */
 			if (log_is_debug())
-				log_debug("policy: relay for %s left to Postfix: %s",
+				log_debug("%spolicy: relay for %s left to Postfix: %s", engine_session_id(es),
 				    engine_client_text(es), v.rule);
 			v.action = VERDICT_CONTINUE;
 			v.tag = NULL;

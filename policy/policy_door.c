@@ -3,9 +3,8 @@
  * a libevent loop that reads requests with policy_proto, answers each with
  * policy_check, and keeps the connection for the next one.
  *
- *   policy_door_listen()  bind "inet:HOST:PORT", "inet:[ADDR]:PORT" (through
- *                         service/listener, as every door) or "unix:/path"
- *                         (bound here: service/listener has no unix: yet)
+ *   policy_door_listen()  bind "inet:HOST:PORT", "inet:[ADDR]:PORT" or
+ *                         "unix:/path" through service/listener, as every door
  *   policy_door_run()     the loop, until SIGTERM/SIGINT, or until
  *                         drained after SIGUSR2
  *
@@ -39,7 +38,10 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "common/conf.h"
+#include "common/connid.h"
 #include "common/log.h"
+#include "common/pclimits.h"
 #include "common/stats.h"
 #include "common/xmalloc.h"
 #include "policy/policy_check.h"
@@ -68,19 +70,68 @@ struct pconn {
 	int paused;		/* reading stopped until the peer reads our answers */
 	int warned;		/* one malformed-request line per connection */
 	char peer[CIDR_TEXT_MAX + 8];
+	char id[CONNID_MAX];	/* "conn=ID" on the connection's log lines */
 	struct policy_parser parser;
 };
+
+struct policy_door_conf *
+policy_door_conf_new(const struct conf *c, const char **error_r)
+{
+	static char err[600];
+	struct policy_door_conf *pc = xcalloc(1, sizeof(*pc));
+
+	pc->env.max_connections = (unsigned)conf_get_int(c, "policy_max_connections");
+	pc->env.idle_timeout = (unsigned)conf_get_int(c, "policy_idle_timeout");
+	pc->env.request_timeout = (unsigned)conf_get_int(c, "policy_timeout");
+	pc->listen = conf_get_list(c, "policy_listen", &pc->nlisten);
+	if (pc->nlisten > MAX_LISTENERS) {	/* refused, never dropped */
+		snprintf(err, sizeof(err), "%s: policy_listen: too many listeners (at most %d)",
+		    conf_where(c, "policy_listen"), MAX_LISTENERS);
+		goto fail;
+	}
+	if (pc->nlisten == 0) {
+		snprintf(err, sizeof(err), "%s: policy_listen: nothing to listen on",
+		    conf_where(c, "policy_listen"));
+		goto fail;
+	}
+	for (size_t j = 0; j < pc->nlisten; j++) {
+		/* what binding would parse, without binding (unix: in conf) */
+		struct sockaddr_storage ss;
+		socklen_t sl;
+		const char *e;
+
+		if (strncmp(pc->listen[j], "inet:", 5) == 0 &&
+		    listener_parse(pc->listen[j] + 5, "policy_listen", &ss, &sl, &e) < 0) {
+			snprintf(err, sizeof(err), "%s: %s", conf_where(c, "policy_listen"), e);
+			goto fail;
+		}
+	}
+	return pc;
+fail:
+	*error_r = err;
+	policy_door_conf_free(&pc);
+	return NULL;
+}
+
+void
+policy_door_conf_free(struct policy_door_conf **pcp)
+{
+	struct policy_door_conf *pc = *pcp;
+
+	if (pc == NULL)
+		return;
+	conf_list_free(pc->listen);
+	free(pc);
+	*pcp = NULL;
+}
 
 int
 policy_door_listen(const char *spec, const char **error_r)
 {
 	static char err[400];
-	struct sockaddr_un sun;
-	struct stat st;
-	const char *path = spec + 5;
 	int fd;
 
-	if (strncmp(spec, "inet:", 5) == 0) {
+	if (strncmp(spec, "inet:", 5) == 0 && strncmp(spec + 5, "unix:", 5) != 0) {
 		/* Postfix's form of the service's HOST:PORT / [ADDRESS]:PORT */
 		if (listener_bind(spec + 5, "policy_listen", &fd, error_r) < 0) {
 			snprintf(err, sizeof(err), "%s (policy_listen takes inet:HOST:PORT, "
@@ -90,33 +141,16 @@ policy_door_listen(const char *spec, const char **error_r)
 		}
 		return fd;
 	}
-	/* service/listener knows no unix: yet: the door binds its own */
-	memset(&sun, 0, sizeof(sun));
-	if (strncmp(spec, "unix:", 5) != 0 || path[0] != '/' ||
-	    strlen(path) >= sizeof(sun.sun_path)) {
-		snprintf(err, sizeof(err), "policy_listen = %.200s: expected inet:HOST:PORT, "
-		    "inet:[ADDRESS]:PORT or unix:/PATH", spec);
+	if (strncmp(spec, "unix:", 5) != 0 || spec[5] != '/' ||
+	    listener_bind(spec, "policy_listen", &fd, error_r) < 0) {
+		if (strncmp(spec, "unix:", 5) != 0 || spec[5] != '/')
+			snprintf(err, sizeof(err), "policy_listen = %.200s: expected inet:HOST:PORT, "
+			    "inet:[ADDRESS]:PORT or unix:/PATH", spec);
+		else
+			snprintf(err, sizeof(err), "%s", *error_r);
 		*error_r = err;
 		return -1;
 	}
-	sun.sun_family = AF_UNIX;
-	strcpy(sun.sun_path, path);
-	/* a socket left by a daemon that died; never anything else */
-	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-		(void)unlink(path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 511) < 0) {
-		int e = errno;
-
-		if (fd >= 0)
-			close(fd);
-		snprintf(err, sizeof(err), "policy_listen = %.200s: %s", spec, strerror(e));
-		*error_r = err;
-		return -1;
-	}
-	/* Postfix's smtpd runs as its own user; who may connect is decided by
-	 * the permissions of the directory that holds the socket */
-	(void)chmod(path, 0666);
 	return fd;
 }
 
@@ -159,7 +193,7 @@ answer(struct pconn *c, const struct policy_request *req, int fatal)
 
 	if (req->error != NULL) {
 		if (!c->warned) {
-			log_warn("policy: malformed request from %s: %s%s", c->peer, req->error,
+			log_warn("conn=%s policy: malformed request from %s: %s%s", c->id, c->peer, req->error,
 			    fatal ? "; closing" : "");
 			c->warned = 1;
 		}
@@ -169,7 +203,8 @@ answer(struct pconn *c, const struct policy_request *req, int fatal)
 		const struct snapshot *snap = snapref_acquire(env->snaps, &ticket);
 		struct verdict v;
 
-		policy_check(req, env->pol, snap, (long long)time(NULL), action, sizeof(action), &v);
+		policy_check(req, env->pol, snap, (long long)time(NULL), action, sizeof(action), &v,
+		    c->id);
 		snapref_release(env->snaps, ticket);
 		if (v.ban_seconds > 0 && env->ban != NULL) {
 			struct ipaddr a;
@@ -269,9 +304,9 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 
 	(void)bev;
 	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING))
-		log_warn("policy: %s does not read its answers; closing", c->peer);
+		log_warn("conn=%s policy: %s does not read its answers; closing", c->id, c->peer);
 	else if ((what & BEV_EVENT_TIMEOUT) && log_is_debug())
-		log_debug("policy: %s idle for %us, closing", c->peer, c->d->env->idle_timeout);
+		log_debug("conn=%s policy: %s idle for %us, closing", c->id, c->peer, c->d->env->idle_timeout);
 	/* EOF, error or timeout: nothing more can be answered */
 	conn_free(c);
 }
@@ -283,7 +318,7 @@ deadline_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	log_warn("policy: %s did not finish a request within %us; closing", c->peer,
+	log_warn("conn=%s policy: %s did not finish a request within %us; closing", c->id, c->peer,
 	    c->d->env->request_timeout);
 	conn_free(c);
 }
@@ -311,6 +346,7 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 	}
 	c = xcalloc(1, sizeof(*c));
 	c->d = d;
+	connid_new(c->id);
 	if (cidr_addr_from_sockaddr(sa, &a) == 0)
 		snprintf(c->peer, sizeof(c->peer), "[%s]", cidr_addr_format(&a, buf));
 	else

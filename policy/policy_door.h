@@ -17,6 +17,19 @@ struct policy_door_env {
 	void *ban_arg;
 };
 
+/* the door's settings compiled from the configuration (policy_listen,
+ * policy_max_connections, policy_idle_timeout, policy_timeout): the specs are
+ * checked (inet: parsed, unix: by conf), nothing is bound. env's pol, snaps
+ * and ban are left for the worker. NULL with *error_r (FILE:LINE). */
+struct conf;
+struct policy_door_conf {
+	struct policy_door_env env;
+	char **listen;
+	size_t nlisten;
+};
+struct policy_door_conf *policy_door_conf_new(const struct conf *c, const char **error_r);
+void policy_door_conf_free(struct policy_door_conf **pc);
+
 /* "inet:HOST:PORT", "inet:[ADDR]:PORT", "unix:/path" -> a listening socket
  * (done by the master, so a restarted worker inherits it); -1 with *error_r */
 int policy_door_listen(const char *spec, const char **error_r)

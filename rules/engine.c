@@ -21,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/connid.h"
 #include "common/log.h"
 #include "common/mailaddr.h"
 #include "common/stats.h"
@@ -58,6 +59,7 @@ static const struct {
 struct engine_session {
 	const struct policy *pol;
 	struct ratelimit *rl;
+	char conn[CONNID_MAX + 8];		/* "conn=ID " for log lines, or "" */
 	/* connection */
 	struct ipaddr addr;
 	int has_addr;
@@ -813,6 +815,21 @@ engine_abort(struct engine_session *s)
 }
 
 void
+engine_session_set_id(struct engine_session *s, const char *id)
+{
+	if (id == NULL || id[0] == '\0')
+		s->conn[0] = '\0';
+	else
+		snprintf(s->conn, sizeof(s->conn), "conn=%.*s ", CONNID_MAX - 1, id);
+}
+
+const char *
+engine_session_id(const struct engine_session *s)
+{
+	return s->conn;
+}
+
+void
 engine_door_refusal(const struct engine_session *s, enum engine_stage stage,
     const char *tag, const char *code, const char *dsn, const char *text, const char *arg,
     struct verdict *v)
@@ -853,22 +870,22 @@ engine_log(const struct engine_session *s, enum engine_stage stage,
 	to = s->rcpt.local[0] != '\0' ? format_addr(to_buf, &s->rcpt) : s->rcpt_text;
 	if (what == NULL) {
 		if (log_is_debug())
-			log_debug("%s: %s from %s: %s; from=<%s> helo=<%s>%s%s rule=%s",
-			    queue_id ? queue_id : "NOQUEUE", engine_stage_name(stage),
+			log_debug("%s%s: %s from %s: %s; from=<%s> helo=<%s>%s%s rule=%s",
+			    s->conn, queue_id ? queue_id : "NOQUEUE", engine_stage_name(stage),
 			    s->client_text, engine_action_name(v->action), from,
 			    s->helo, s->country[0] ? " country=" : "", s->country, v->rule);
 		return;
 	}
 	if (v->tag == NULL) {
-		log_info("%s: %s: %s from %s: from=<%s> nrcpt=%u helo=<%s>%s%s%s%s",
-		    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage),
+		log_info("%s%s: %s: %s from %s: from=<%s> nrcpt=%u helo=<%s>%s%s%s%s",
+		    s->conn, queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage),
 		    s->client_text, from, s->nrcpt, s->helo,
 		    s->country[0] ? " country=" : "", s->country,
 		    s->auth[0] ? " sasl_username=" : "", s->auth);
 		return;
 	}
-	log_info("%s: %s: %s from %s: %s %s %s; from=<%s> to=<%s> helo=<%s>%s%s%s%s reason=%s%s%s",
-	    queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage), s->client_text,
+	log_info("%s%s: %s: %s from %s: %s %s %s; from=<%s> to=<%s> helo=<%s>%s%s%s%s reason=%s%s%s",
+	    s->conn, queue_id ? queue_id : "NOQUEUE", what, engine_stage_name(stage), s->client_text,
 	    v->code, v->dsn, v->text, from,
 	    stage == STAGE_RCPT ? to : "",
 	    s->helo, s->country[0] ? " country=" : "", s->country,

@@ -40,6 +40,11 @@ struct engine_session *engine_session_new(const struct policy *p);
 /* relay rate limits count here (shared by all sessions); NULL: not counted */
 void engine_session_set_ratelimit(struct engine_session *s, struct ratelimit *rl);
 void engine_session_free(struct engine_session **s);
+/* the connection's id (common/connid): every engine_log() line carries it
+ * as "conn=ID"; NULL or "": none */
+void engine_session_set_id(struct engine_session *s, const char *id);
+/* "conn=ID " (with the space) or "": a prefix for the door's own lines */
+const char *engine_session_id(const struct engine_session *s);
 
 /* addr NULL when the MTA gave none; hostname: the verified (FCrDNS) name or NULL */
 void engine_connect(struct engine_session *s, const struct snapshot *snap,

@@ -1,8 +1,12 @@
 /*
  * listener - listening sockets and the accept loop, for every network door.
  *
- *   listener_parse()  "HOST:PORT" / "[ADDRESS]:PORT" -> sockaddr (numeric only)
- *   listener_bind()   parse, socket, bind, listen (the master does this)
+ *   listener_parse()  "HOST:PORT" / "[ADDRESS]:PORT" (numeric only) or
+ *                     "unix:/PATH" -> sockaddr
+ *   listener_bind()   parse, socket, bind, listen (the master does this); a
+ *                     unix: socket replaces a stale socket at PATH (never
+ *                     another kind of file) and is made 0666: who may
+ *                     connect is the containing directory's call
  *   listener_new()    accept on a loop; listener_free() stops
  *
  * Out of file descriptors (EMFILE, ENFILE) or kernel memory, accept() fails
@@ -17,6 +21,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +65,18 @@ listener_parse(const char *spec, const char *key, struct sockaddr_storage *ss_r,
 	char *end;
 
 	memset(&ss, 0, sizeof(ss));
+	if (strncmp(spec, "unix:", 5) == 0) {
+		struct sockaddr_un *su = (struct sockaddr_un *)&ss;
+		const char *path = spec + 5;
+
+		if (path[0] != '/' || strlen(path) >= sizeof(su->sun_path))
+			goto bad;
+		su->sun_family = AF_UNIX;
+		memcpy(su->sun_path, path, strlen(path) + 1);
+		*len_r = sizeof(*su);
+		*ss_r = ss;
+		return 0;
+	}
 	if (colon == NULL || colon == spec || (size_t)(colon - spec) >= sizeof(host))
 		goto bad;
 	if (strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 5)
@@ -92,8 +110,8 @@ listener_parse(const char *spec, const char *key, struct sockaddr_storage *ss_r,
 	*ss_r = ss;
 	return 0;
 bad:
-	snprintf(err, sizeof(err), "%s = %.100s: expected HOST:PORT or [ADDRESS]:PORT (numeric)",
-	    key, spec);
+	snprintf(err, sizeof(err), "%s = %.100s: expected HOST:PORT or [ADDRESS]:PORT (numeric)%s",
+	    key, spec, strncmp(spec, "unix:", 5) == 0 ? ", or unix:/PATH" : "");
 	*error_r = err;
 	return -1;
 }
@@ -108,6 +126,14 @@ listener_bind(const char *spec, const char *key, int *fd_r, const char **error_r
 
 	if (listener_parse(spec, key, &ss, &sl, error_r) < 0)
 		return -1;
+	if (ss.ss_family == AF_UNIX) {
+		const char *path = ((struct sockaddr_un *)&ss)->sun_path;
+		struct stat st;
+
+		/* a socket left by a daemon that died; never anything else */
+		if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+			(void)unlink(path);
+	}
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		goto sys;
@@ -121,6 +147,10 @@ listener_bind(const char *spec, const char *key, int *fd_r, const char **error_r
 		errno = e;
 		goto sys;
 	}
+	/* Postfix's daemons run as their own users; the directory holding the
+	 * socket decides who may connect */
+	if (ss.ss_family == AF_UNIX)
+		(void)chmod(((struct sockaddr_un *)&ss)->sun_path, 0666);
 	*fd_r = fd;
 	return 0;
 sys:

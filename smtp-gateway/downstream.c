@@ -39,6 +39,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "common/connid.h"
 #include "common/dotstuff.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
@@ -78,6 +79,7 @@ struct downstream_set {
 };
 
 struct downstream {
+	char conn[CONNID_MAX];	/* the client session it serves now: on its log lines */
 	struct downstream_set *set;
 	struct downstream *prev, *next;
 	struct downstream *iprev, *inext;	/* in set->idle while DS_CACHED */
@@ -502,7 +504,8 @@ connect_now(struct downstream *d)
 static void
 retry_fresh(struct downstream *d)
 {
-	log_info("downstream %s: cached session closed by the peer, reconnecting", d->target);
+	log_info("conn=%s downstream %s: cached session closed by the peer, reconnecting",
+	    d->conn, d->target);
 	drop_bev(d);
 	d->reused = 0;
 	d->rcpt_sent = 0;
@@ -784,7 +787,7 @@ tx_begin(struct downstream *d, unsigned timeout, const char *sender)
 
 struct downstream *
 downstream_open(struct downstream_set *set, const char *target, const char *helo,
-    unsigned timeout, const char *sender)
+    unsigned timeout, const char *sender, const char *conn_id)
 {
 	struct downstream *d;
 	char host[256];
@@ -796,6 +799,8 @@ downstream_open(struct downstream_set *set, const char *target, const char *helo
 	if (d != NULL) {
 		/* a cached session: MAIL at once */
 		idle_remove(d);
+		snprintf(d->conn, sizeof(d->conn), "%s", conn_id ? conn_id : "-");
+		log_info("conn=%s downstream %s: cached session reused", d->conn, d->target);
 		tx_begin(d, timeout, sender);
 		d->reused = 1;
 		send_mail(d);
@@ -817,6 +822,8 @@ downstream_open(struct downstream_set *set, const char *target, const char *helo
 	tx_begin(d, timeout, sender);
 	snprintf(d->target, sizeof(d->target), "%s", target);
 	snprintf(d->helo, sizeof(d->helo), "%s", helo);
+	snprintf(d->conn, sizeof(d->conn), "%s", conn_id ? conn_id : "-");
+	log_info("conn=%s downstream %s: new session", d->conn, d->target);
 	d->st = DS_DEAD;	/* until connecting has begun */
 
 	if (parse_target(target, host, sizeof(host), &port) < 0) {
@@ -845,8 +852,8 @@ downstream_rcpt(struct downstream *d, const char *rcpt, downstream_cb cb, void *
 	d->cb = cb;
 	d->arg = arg;
 	if (d->st == DS_DEAD && d->lost_early && d->sl > 0) {
-		log_info("downstream %s: session lost before the first RCPT (%s), reconnecting",
-		    d->target, d->fail);
+		log_info("conn=%s downstream %s: session lost before the first RCPT (%s), "
+		    "reconnecting", d->conn, d->target, d->fail);
 		snprintf(d->rcpt, sizeof(d->rcpt), "%s", rcpt);
 		d->rcpt_wanted = 1;
 		d->rcpt_sent = 0;

@@ -34,10 +34,11 @@ size_t downstream_set_cached(const struct downstream_set *set);
  * refused), MAIL FROM:<sender>, on its own: the owner may open the session
  * as soon as it knows the sender and ask for the first RCPT later. A
  * failure is kept and answers that RCPT. timeout: seconds for each reply
- * and each stalled write.
+ * and each stalled write. conn_id: the client session's (common/connid),
+ * carried on the session's log lines while it serves that one.
  */
 struct downstream *downstream_open(struct downstream_set *set, const char *target,
-    const char *helo, unsigned timeout, const char *sender);
+    const char *helo, unsigned timeout, const char *sender, const char *conn_id);
 /* a RCPT, the first one possibly while the session is still opening (then
  * with MAIL in one write when the downstream offers PIPELINING); cb gets
  * its reply, or why the session failed (then it is of no further use) */

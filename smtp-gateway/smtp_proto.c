@@ -510,7 +510,7 @@ auth_success(struct smtp_proto *sp)
 
 	snprintf(sp->auth_user, sizeof(sp->auth_user), "%s", user);
 	sp->flags |= SMTP_SF_AUTH;
-	log_info("%s: AUTH %s as %s", engine_client_text(sp->es),
+	log_info("%s%s: AUTH %s as %s", engine_session_id(sp->es), engine_client_text(sp->es),
 	    sasl_mech_name(sasl_server_mech(sp->auth.sasl)), log_escape(esc, user, strlen(user)));
 	reply(sp, "235 2.7.0 Authentication successful");
 	auth_end(sp);
@@ -524,8 +524,8 @@ smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 
 	sp->st = SMTP_ST_COMMAND;
 	if (ok == SMTP_AUTH_TEMPFAIL) {
-		log_info("%s: AUTH not checked, password checks busy; reason=auth-busy",
-		    engine_client_text(sp->es));
+		log_info("%s%s: AUTH not checked, password checks busy; reason=auth-busy",
+		    engine_session_id(sp->es), engine_client_text(sp->es));
 		refuse(sp, STAGE_COMMAND, "auth-busy", NULL, "454 4.7.0 Temporary authentication failure");
 	} else if (ok && sp->auth_final != NULL && sp->auth_final[0] != '\0') {
 		/* RFC 4954 §4: final data goes in a 334; the client answers empty */
@@ -536,7 +536,8 @@ smtp_proto_auth_done(struct smtp_proto *sp, int ok)
 		auth_success(sp);
 		return;
 	} else {
-		log_info("%s: AUTH failed for %s; reason=auth-failed", engine_client_text(sp->es),
+		log_info("%s%s: AUTH failed for %s; reason=auth-failed", engine_session_id(sp->es),
+		    engine_client_text(sp->es),
 		    log_escape(esc, login, strlen(login)));
 		error_reply(sp, STAGE_COMMAND, "auth-failed", "535 5.7.8 Error: authentication failed");
 	}
@@ -1384,8 +1385,8 @@ line_input(struct smtp_proto *sp, struct linereader_line *ln, int more, long lon
 		 * verb only */
 		char esc[LOG_ESCAPE_BUFSZ];
 
-		log_info("reject: %s: improper command pipelining after %s; reason=pipelining",
-		    engine_client_text(sp->es), authline ? "AUTH" : log_escape(esc, line, strlen(line)));
+		log_info("%sreject: %s: improper command pipelining after %s; reason=pipelining",
+		    engine_session_id(sp->es), engine_client_text(sp->es), authline ? "AUTH" : log_escape(esc, line, strlen(line)));
 		refuse(sp, cst, "pipelining", NULL,
 		    "554 5.5.0 Error: improper use of SMTP command pipelining");
 		close_session(sp);
@@ -1462,7 +1463,8 @@ mirror(struct smtp_proto *sp, const char *line)
 {
 	reply(sp, "%s", line);
 	if (strncmp(line, "421", 3) == 0) {
-		log_info("downstream said 421 to %s: closing the session", engine_client_text(sp->es));
+		log_info("%sdownstream said 421 to %s: closing the session", engine_session_id(sp->es),
+		    engine_client_text(sp->es));
 		if (HAS(sp, SMTP_SF_TX))
 			engine_abort(sp->es);
 		tx_reset(sp);
@@ -1544,4 +1546,10 @@ smtp_proto_eof(struct smtp_proto *sp)
 	if (HAS(sp, SMTP_SF_TX))
 		engine_abort(sp->es);
 	sp->st = SMTP_ST_CLOSED;
+}
+
+void
+smtp_proto_set_conn_id(struct smtp_proto *sp, const char *id)
+{
+	engine_session_set_id(sp->es, id);
 }

@@ -236,4 +236,7 @@ void smtp_proto_set_no_auth(struct smtp_proto *sp);
 /* the client sent a command that makes an error budget: counts for 421 */
 unsigned smtp_proto_errors(const struct smtp_proto *sp);
 
+/* the connection's id (common/connid): the engine's lines carry it */
+void smtp_proto_set_conn_id(struct smtp_proto *sp, const char *id);
+
 #endif

@@ -2,7 +2,7 @@
  * smtp_server - the SMTP gateway's event loop (libevent): accept, feed bytes
  * to smtp_proto, write its replies, deliver its messages into the Maildir
  * store or stream them downstream, TLS (STARTTLS, implicit), client name
- * lookups (evdns), connection limits and timeouts.
+ * lookups (service/fcrdns), connection limits and timeouts.
  *
  *   smtp_server_run()      the loop on the listeners the master bound
  *                          (service/listener), until SIGTERM/SIGINT, or
@@ -14,8 +14,9 @@
  * downstream sessions are closed.
  *
  * The loop never waits: fsyncs run on one pool of job threads, password
- * checks on another (bounded: deliveries never wait behind a guessing
- * storm); completions come back on the loop, and a connection a job still
+ * checks on another (service/authcheck, with the failed-login penalty:
+ * bounded, deliveries never wait behind a guessing storm); completions
+ * come back on the loop, and a connection a job still
  * points at is freed only when the job is done. No message is held whole:
  * a local one past 64 KiB is written to the store's tmp/ as it arrives (in
  * 64 KiB page-cache writes on the loop; see spool_more()), a pass-through
@@ -51,11 +52,11 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/bufferevent_ssl.h>
-#include <event2/dns.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "common/connid.h"
 #include "common/log.h"
 #include "common/mailaddr.h"
 #include "common/stats.h"
@@ -66,8 +67,12 @@
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
 #include "service/anvil.h"
+#include "service/authcheck.h"
 #include "service/deadline.h"
+#include "service/fcrdns.h"
 #include "service/listener.h"
+#include "service/tlsbev.h"
+#include "service/users.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
 #include "storage-adapter/userdb_sasl.h"
@@ -89,19 +94,14 @@ struct door {
 struct server {
 	const struct smtp_server_conf *c;
 	struct jobs *jobs;		/* store I/O: fsync */
-	struct jobs *auth_jobs;		/* password hashing, bounded */
-	struct penalty *penalty;	/* failed logins per client address */
-	unsigned auth_busy;		/* AUTHs answered 454 since the last log line */
-	time_t auth_busy_logged;
+	struct authcheck *auth;		/* password checks and failed-login penalties */
 	struct downstream_set *downs;	/* pass-through sessions, on this loop */
 	struct evdns_base *dns;		/* client name lookups, or NULL */
 	int stopping;			/* no new work while the pools drain */
 	struct smtp_params params;
 	struct event_base *base;
-	struct userdb *users;
+	struct users users;		/* the user database, kept current (service/users) */
 	struct sasl_callbacks sasl_cb;	/* common/sasl reads users through these */
-	time_t users_bad_since;		/* the users file is not usable since; 0: it is */
-	time_t users_bad_logged;
 	unsigned nconn;
 	int stress;		/* over 80 % of max_connections: short timeouts */
 	struct conn *conns;
@@ -117,17 +117,21 @@ struct conn {
 	struct server *srv;
 	struct bufferevent *bev;
 	struct smtp_proto *sp;
+	char id[CONNID_MAX];	/* on every log line of the session: "conn=ID" */
 	struct ipaddr addr;
 	int has_addr;
 	int closing;
-	int delivering;		/* a delivery job holds this connection */
+	/* references held on this connection by a delivery job, a password
+	 * check or its penalty timer, a client name lookup (conn_hold()); while
+	 * any is held input waits, and conn_free() only marks it dead: the last
+	 * conn_release() frees it. Downstream callbacks need none: closing the
+	 * session guarantees none comes. */
+	int delivering;
 	int tls;		/* the bev is an OpenSSL one, handshake pending or done */
 	int peer_checked;	/* the client certificate was looked at (EXTERNAL) */
-	int dead;		/* the peer went away while delivering */
+	int dead;		/* closed while references were held */
 	struct downstream *ds;	/* an open pass-through session */
-	char ptrname[256];	/* the reverse name being forward-confirmed */
 	struct event *close_timer;
-	struct event *auth_timer;	/* a failed AUTH's reply waits its penalty */
 	int close_tries;
 	struct event *timer;	/* the request's deadline */
 	struct deadline dl;
@@ -158,6 +162,7 @@ struct delivery {
 	int ok;
 	char sender[320];
 	char client[128];
+	char conn[CONNID_MAX];	/* the session's id, for the log line */
 };
 
 /*
@@ -173,7 +178,7 @@ user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 	const char *u;
 	size_t i;
 
-	if (s->users == NULL) {
+	if (s->users.db == NULL) {
 		for (i = 0; local[i] && i + 1 < sizeof(low); i++)
 			low[i] = (char)tolower((unsigned char)local[i]);
 		low[i] = '\0';
@@ -182,7 +187,7 @@ user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 		snprintf(canon_r, MAILADDR_TEXT_MAX, "%s@%s", low, domain);
 		return 1;
 	}
-	u = userdb_resolve(s->users, local, domain);
+	u = userdb_resolve(s->users.db, local, domain);
 	if (u == NULL || strlen(u) >= MAILADDR_TEXT_MAX)
 		return 0;
 	memcpy(canon_r, u, strlen(u) + 1);
@@ -225,7 +230,7 @@ timed_out(struct conn *c)
 	    c->srv->params.myhostname);
 	struct timeval tv = { 5, 0 };
 
-	log_info("timeout after %u s%s%s from [%s]", conn_timeout(c),
+	log_info("conn=%s timeout after %u s%s%s from [%s]", c->id, conn_timeout(c),
 	    smtp_proto_in_data(c->sp) ? " in DATA" : "", c->srv->stress ? " (stress)" : "",
 	    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
 	smtp_proto_eof(c->sp);
@@ -295,6 +300,28 @@ update_stress(struct server *s)
 		}
 }
 
+static void conn_free(struct conn *c);
+
+/* a job, a lookup or a timer will call back with this connection */
+static void
+conn_hold(struct conn *c)
+{
+	c->delivering++;
+}
+
+/* that callback came: 1 when the connection was closed meanwhile (and is
+ * freed once nothing holds it): the caller must not touch it again */
+static int
+conn_release(struct conn *c)
+{
+	c->delivering--;
+	if (!c->dead)
+		return 0;
+	if (c->delivering == 0)
+		conn_free(c);
+	return 1;
+}
+
 static void
 conn_free(struct conn *c)
 {
@@ -302,17 +329,21 @@ conn_free(struct conn *c)
 
 	maildir_tmp_abort(&c->spool);	/* the client left mid-DATA */
 	downstream_close(&c->ds);	/* no callback comes for this connection after this */
-	if (c->delivering) {	/* a job still points here: free it when done */
+	if (c->delivering) {	/* a callback will come: the last release frees it */
 		c->dead = 1;
 		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 		return;
 	}
 	if (c->has_addr)
 		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
+	if (log_is_debug()) {
+		char who[CIDR_TEXT_MAX];
+
+		log_debug("conn=%s disconnect from [%s]", c->id,
+		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
+	}
 	if (c->close_timer != NULL)
 		event_free(c->close_timer);
-	if (c->auth_timer != NULL)
-		event_free(c->auth_timer);
 	if (c->timer != NULL)
 		event_free(c->timer);
 	s->nconn--;
@@ -415,18 +446,16 @@ delivery_done(void *arg)
 	struct delivery *d = arg;
 	struct conn *c = d->c;
 
-	c->delivering = 0;
 	if (d->ok) {
-		log_info("%s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->id, d->sender,
+		log_info("conn=%s %s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->conn,
+		    d->id, d->sender,
 		    d->n, d->size, d->client);
 		stats_add("messages_total{door=\"smtp\",route=\"store\"}", 1);
 		stats_add("message_bytes_total{door=\"smtp\",route=\"store\"}", d->size);
 	}
 	else
-		log_error("delivery from %s failed: %s", d->client, d->err);
-	if (c->dead) {
-		conn_free(c);
-	} else {
+		log_error("conn=%s delivery from %s failed: %s", d->conn, d->client, d->err);
+	if (!conn_release(c)) {
 		if (d->ok)
 			smtp_proto_delivered(c->sp, 1, NULL, NULL, d->id);
 		else if (d->spool_err == ENOSPC || d->spool_err == EDQUOT)
@@ -476,7 +505,7 @@ down_step(struct conn *c, const struct smtp_down_req *req)
 	if (req->open && c->ds == NULL) {	/* else opened at MAIL already */
 		c->ds_data = 0;
 		c->ds = downstream_open(s->downs, s->c->downstream, req->helo, timeout,
-		    req->sender);
+		    req->sender, c->id);
 	}
 	downstream_rcpt(c->ds, req->rcpt, down_rcpt_cb, c);
 }
@@ -490,7 +519,7 @@ down_open_early(struct conn *c, const struct smtp_down_req *req)
 	downstream_close(&c->ds);
 	c->ds_data = 0;
 	c->ds = downstream_open(s->downs, s->c->downstream, req->helo,
-	    s->c->timeout < 60 ? s->c->timeout : 60, req->sender);
+	    s->c->timeout < 60 ? s->c->timeout : 60, req->sender, c->id);
 }
 
 /* the downstream's verdict on the message is the client's answer */
@@ -500,7 +529,7 @@ down_final_cb(void *arg, const char *reply)
 	struct conn *c = arg;
 
 	c->down_wait = 0;
-	log_info("passed on downstream (%s): %s", c->srv->c->downstream, reply);
+	log_info("conn=%s passed on downstream (%s): %s", c->id, c->srv->c->downstream, reply);
 	if (reply[0] == '2')
 		stats_add("messages_total{door=\"smtp\",route=\"relay\"}", 1);
 	downstream_close(&c->ds);	/* cached for the next message, or QUIT */
@@ -607,12 +636,12 @@ spool_more(struct conn *c)
 				c->spool_err = EINVAL;	/* cannot happen: DATA needs a recipient */
 			} else if (maildir_tmp_open(c->srv->c->maildir_root, &r, &c->spool, &err) < 0) {
 				c->spool_err = errno ? errno : EIO;
-				log_error("spooling a message from %s: %s", m->client, err);
+				log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
 			} else {
 				head = received_header(c, m, 1);
 				if (maildir_tmp_write(c->spool, head, strlen(head), &err) < 0) {
 					c->spool_err = errno;
-					log_error("spooling a message from %s: %s", m->client, err);
+					log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
 					maildir_tmp_abort(&c->spool);
 				}
 				free(head);
@@ -623,7 +652,7 @@ spool_more(struct conn *c)
 		if (c->spool != NULL) {
 			if (maildir_tmp_write(c->spool, p, n, &err) < 0) {
 				c->spool_err = errno;
-				log_error("spooling a message from %s: %s", m->client, err);
+				log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
 				maildir_tmp_abort(&c->spool);
 			} else {
 				c->spooled += n;
@@ -755,7 +784,8 @@ deliver(struct conn *c, struct smtp_msg *m)
 	d->root = s->c->maildir_root;
 	snprintf(d->sender, sizeof(d->sender), "%s", m->sender);
 	snprintf(d->client, sizeof(d->client), "%s", m->client);
-	c->delivering = 1;
+	snprintf(d->conn, sizeof(d->conn), "%s", c->id);
+	conn_hold(c);
 	bufferevent_disable(c->bev, EV_READ);
 	jobs_submit(s->jobs, delivery_run, delivery_done, d);
 }
@@ -769,15 +799,11 @@ static void
 start_tls(struct conn *c)
 {
 	struct server *s = c->srv;
-	SSL *ssl = SSL_new(s->c->tls);
-	struct bufferevent *tb;
-
 	/* RFC 3207 §4: whatever the client sent before the handshake is dropped */
-	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
-	tb = ssl ? bufferevent_openssl_filter_new(s->base, c->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-	    BEV_OPT_CLOSE_ON_FREE) : NULL;
+	struct bufferevent *tb = tlsbev_starttls(s->base, c->bev, s->c->tls);
+
 	if (tb == NULL) {
-		log_error("cannot start TLS");
+		log_error("conn=%s cannot start TLS", c->id);
 		c->closing = 1;
 		return;
 	}
@@ -789,154 +815,55 @@ start_tls(struct conn *c)
 	smtp_proto_set_tls(c->sp, 1);
 }
 
-struct authcheck {
-	struct conn *c;
-	struct sasl_server *sasl;	/* the session's; the connection is held meanwhile */
-	int ok;
-};
+/* ---- AUTH: the password check and its penalty (service/authcheck) ---- */
 
-/* on a job thread: hashing takes milliseconds, not for the event loop */
+/* the check's outcome, after its penalty: the reply goes out */
 static void
-auth_run(void *arg)
-{
-	struct authcheck *a = arg;
-
-	sasl_server_check(a->sasl);
-}
-
-/* a failed AUTH's penalty is over: its 535 goes out now */
-static void
-auth_penalty_over(evutil_socket_t fd, short what, void *arg)
+auth_checked(void *arg, int result)
 {
 	struct conn *c = arg;
 
-	(void)fd;
-	(void)what;
-	event_free(c->auth_timer);
-	c->auth_timer = NULL;
-	c->delivering = 0;
-	if (c->dead) {
-		conn_free(c);
+	if (conn_release(c))
 		return;
-	}
-	smtp_proto_auth_done(c->sp, 0);
+	smtp_proto_auth_done(c->sp, result);
 	resume(c);
 }
 
-static long long
-now_ms(void)
+static int
+auth_may_ban(void *arg)
 {
-	struct timespec ts;
+	struct conn *c = arg;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return smtp_proto_may_ban(c->sp, (long long)time(NULL));
 }
 
-/*
- * A failed login counts against the client's address: its reply waits the
- * penalty (on a timer, the loop runs on; the connection stays held), and
- * enough failures put the address on the kill list, shared by every node.
- */
-static unsigned
-auth_failed(struct conn *c)
+static int
+auth_gone(void *arg)
 {
-	struct server *s = c->srv;
-	int ban = 0;
-	unsigned delay;
-	char who[CIDR_TEXT_MAX];
-
-	if (!c->has_addr)
-		return 0;
-	delay = penalty_failure(s->penalty, &c->addr, now_ms(), &ban);
-	if (ban && s->c->ban != NULL && smtp_proto_may_ban(c->sp, (long long)time(NULL))) {
-		const struct penalty_conf *pc = penalty_conf(s->penalty);
-
-		log_warn("auth: %u failed logins from [%s] within %us; on the kill list for %lus; "
-		    "reason=auth-ban", pc->ban_count, cidr_addr_format(&c->addr, who),
-		    pc->ban_window, pc->ban_time);
-		s->c->ban(s->c->ban_arg, &c->addr, pc->ban_time, "auth-ban");
-	}
-	return delay;
+	return ((struct conn *)arg)->dead;
 }
 
-/* an exchange's outcome: the penalty for a failure, then the reply;
- * inline: called from read_cb, which reads on by itself */
-static void
-auth_finish(struct conn *c, int ok, int inline_)
-{
-	unsigned delay = 0;
+static const struct authcheck_hooks auth_hooks = { auth_checked, auth_may_ban, auth_gone };
 
-	stats_add(ok ? "auth_total{door=\"smtp\",result=\"success\"}" :
-	    "auth_total{door=\"smtp\",result=\"failure\"}", 1);
-	if (c->has_addr && ok)
-		penalty_success(c->srv->penalty, &c->addr);
-	else if (!ok)
-		delay = auth_failed(c);
-	if (c->dead) {
-		conn_free(c);
-	} else if (delay > 0 && (c->auth_timer = evtimer_new(c->srv->base, auth_penalty_over,
-	    c)) != NULL) {
-		struct timeval tv = { delay / 1000, (delay % 1000) * 1000 };
-
-		c->delivering = 1;	/* the timer holds the connection */
-		bufferevent_disable(c->bev, EV_READ);
-		evtimer_add(c->auth_timer, &tv);
-	} else {
-		smtp_proto_auth_done(c->sp, ok);
-		if (inline_)
-			flush_output(c);
-		else
-			resume(c);
-	}
-}
-
-static void
-auth_done(void *arg)
-{
-	struct authcheck *a = arg;
-	struct conn *c = a->c;
-	const char *out;
-
-	c->delivering = 0;
-	a->ok = sasl_server_checked(a->sasl, &out) == SASL_OK;
-	auth_finish(c, a->ok, 0);
-	free(a);
-}
-
+/* an exchange at its end; from read_cb, which reads on by itself */
 static void
 check_auth(struct conn *c, struct smtp_auth_req *req)
 {
-	struct server *s = c->srv;
-	struct authcheck *a;
+	struct authcheck_req r = {
+		.sasl = req->check ? req->sasl : NULL,
+		.ok = req->ok,
+		.addr = c->has_addr ? &c->addr : NULL,
+		.conn_id = c->id,
+	};
+	int res = authcheck_finish(c->srv->auth, &r, &auth_hooks, c);
 
-	if (!req->check) {	/* decided already (SCRAM, CRAM-MD5, EXTERNAL, malformed) */
-		auth_finish(c, req->ok, 1);
+	if (res == AUTHCHECK_PENDING) {
+		conn_hold(c);	/* the check or the penalty */
+		bufferevent_disable(c->bev, EV_READ);
 		return;
 	}
-	a = xcalloc(1, sizeof(*a));
-	a->c = c;
-	a->sasl = req->sasl;
-	if (jobs_try_submit(s->auth_jobs, auth_run, auth_done, a) < 0) {
-		/* the hashing pool is full (a guessing storm): no unbounded queue;
-		 * said at most once a second, with the count since */
-		char who[CIDR_TEXT_MAX];
-		time_t now = time(NULL);
-
-		s->auth_busy++;
-		if (now != s->auth_busy_logged) {
-			log_warn("auth: %zu password checks pending, %u AUTH answered 454 (last from "
-			    "[%s])", jobs_pending(s->auth_jobs), s->auth_busy,
-			    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
-			s->auth_busy_logged = now;
-			s->auth_busy = 0;
-		}
-		free(a);
-		smtp_proto_auth_done(c->sp, SMTP_AUTH_TEMPFAIL);
-		flush_output(c);
-		return;
-	}
-	c->delivering = 1;	/* the job holds the connection */
-	bufferevent_disable(c->bev, EV_READ);
+	smtp_proto_auth_done(c->sp, res == AUTHCHECK_BUSY ? SMTP_AUTH_TEMPFAIL : res);
+	flush_output(c);
 }
 
 /* the input is taken for now: the deadline after what came and went */
@@ -1112,7 +1039,7 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 			char who[CIDR_TEXT_MAX];
 
 			ERR_error_string_n(e, buf, sizeof(buf));
-			log_info("TLS error from [%s]: %s",
+			log_info("conn=%s TLS error from [%s]: %s", c->id,
 			    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown", buf);
 		}
 	}
@@ -1132,87 +1059,23 @@ greet(struct conn *c, const char *hostname)
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
-/* forward-confirmed reverse DNS: the PTR name must resolve back to the client */
+/* the client's verified name (service/fcrdns), or none: greet */
 static void
-fwd_cb(int result, char type, int count, int ttl, void *addrs, void *arg)
-{
-	struct conn *c = arg;
-	int ok = 0;
-
-	(void)ttl;
-	c->delivering = 0;
-	if (result == DNS_ERR_NONE && type == DNS_IPv4_A && c->addr.family == 4) {
-		const uint32_t *a = addrs;
-
-		for (int i = 0; i < count; i++)
-			ok |= ntohl(a[i]) == c->addr.v4;
-	} else if (result == DNS_ERR_NONE && type == DNS_IPv6_AAAA && c->addr.family == 6) {
-		const struct in6_addr *a = addrs;
-
-		for (int i = 0; i < count; i++) {
-			struct ipaddr x;
-			struct sockaddr_in6 sin6;
-
-			memset(&sin6, 0, sizeof(sin6));
-			sin6.sin6_family = AF_INET6;
-			sin6.sin6_addr = a[i];
-			if (cidr_addr_from_sockaddr((struct sockaddr *)&sin6, &x) == 0)
-				ok |= x.hi == c->addr.hi && x.lo == c->addr.lo;
-		}
-	}
-	if (c->dead) {
-		conn_free(c);
-		return;
-	}
-	greet(c, ok ? c->ptrname : NULL);
-}
-
-static void
-ptr_cb(int result, char type, int count, int ttl, void *addrs, void *arg)
+client_named(void *arg, const char *name)
 {
 	struct conn *c = arg;
 
-	(void)ttl;
-	if (c->dead) {
-		c->delivering = 0;
-		conn_free(c);
+	if (conn_release(c))
 		return;
-	}
-	if (result == DNS_ERR_NONE && type == DNS_PTR && count > 0 && addrs != NULL) {
-		const char *name = *(const char **)addrs;
-
-		if (name != NULL && strlen(name) < sizeof(c->ptrname)) {
-			snprintf(c->ptrname, sizeof(c->ptrname), "%s", name);
-			if ((c->addr.family == 4 ? evdns_base_resolve_ipv4(c->srv->dns, c->ptrname, 0,
-			    fwd_cb, c) : evdns_base_resolve_ipv6(c->srv->dns, c->ptrname, 0, fwd_cb, c)) != NULL)
-				return;
-		}
-	}
-	c->delivering = 0;
-	greet(c, NULL);
+	greet(c, name);
 }
 
 static void
 lookup_client(struct conn *c)
 {
-	struct evdns_request *r;
-
-	c->delivering = 1;	/* the lookup holds the connection */
-	if (c->addr.family == 4) {
-		struct in_addr in = { .s_addr = htonl(c->addr.v4) };
-
-		r = evdns_base_resolve_reverse(c->srv->dns, &in, 0, ptr_cb, c);
-	} else {
-		struct in6_addr in6;
-
-		for (int i = 0; i < 8; i++) {
-			in6.s6_addr[i] = (uint8_t)(c->addr.hi >> (56 - 8 * i));
-			in6.s6_addr[8 + i] = (uint8_t)(c->addr.lo >> (56 - 8 * i));
-		}
-		r = evdns_base_resolve_reverse_ipv6(c->srv->dns, &in6, 0, ptr_cb, c);
-	}
-	if (r == NULL) {
-		c->delivering = 0;
+	conn_hold(c);	/* the lookup */
+	if (fcrdns_lookup(c->srv->dns, &c->addr, client_named, c) < 0) {
+		(void)conn_release(c);
 		greet(c, NULL);
 	}
 }
@@ -1233,16 +1096,22 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 		s->conns->prev = c;
 	s->conns = c;
 	c->has_addr = cidr_addr_from_sockaddr(sa, &c->addr) == 0;
-	if (li->kind == LISTEN_SMTPS) {
-		SSL *ssl = SSL_new(s->c->tls);
+	connid_new(c->id);
+	if (log_is_debug()) {
+		static const char *const kinds[] = { "smtp", "submission", "smtps" };
+		char who[CIDR_TEXT_MAX];
 
-		c->bev = bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-		    BEV_OPT_CLOSE_ON_FREE);
+		log_debug("conn=%s connect from [%s] (%s)", c->id,
+		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown", kinds[li->kind]);
+	}
+	if (li->kind == LISTEN_SMTPS) {
+		c->bev = tlsbev_accept(s->base, fd, s->c->tls);
 		c->tls = 1;
 	} else {
 		c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	}
 	c->sp = smtp_proto_new(&s->params);
+	smtp_proto_set_conn_id(c->sp, c->id);
 	if (li->kind == LISTEN_SMTPS)
 		smtp_proto_set_tls(c->sp, 1);
 	if (li->kind != LISTEN_SMTP)
@@ -1309,18 +1178,15 @@ drain_cb(evutil_socket_t sig, short what, void *arg)
 }
 
 /*
- * Each second: reload the users when their file changed. A file that is
- * missing, empty, unreadable or garbled (an editor caught mid-write, a
- * failed copy) keeps the last good users in force: the alternative is a
- * permanent 550 5.1.1 for every local recipient. Said once a minute.
+ * Each second: the drain's deadline, the anvil's expiry, and the users
+ * reloaded when their file changed (service/users: a broken file keeps the
+ * last good users; the alternative is a permanent 550 5.1.1 for every
+ * local recipient).
  */
 static void
 users_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *s = arg;
-	const char *err;
-	time_t now = time(NULL);
-	int rc;
 
 	(void)fd;
 	(void)what;
@@ -1331,24 +1197,7 @@ users_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	anvil_expire(s->anvil, time(NULL));
-	if (s->users == NULL)
-		return;
-	rc = userdb_reload(&s->users, s->c->users_url, &err);
-	if (rc < 0) {
-		if (s->users_bad_since == 0 || now - s->users_bad_logged >= 60) {
-			log_error("users file not usable, the last good users (%zu) stay in force: %s",
-			    userdb_count(s->users), err);
-			s->users_bad_logged = now;
-		}
-		if (s->users_bad_since == 0)
-			s->users_bad_since = now;
-		return;
-	}
-	if (rc > 0)
-		log_info("users reloaded: %zu", userdb_count(s->users));
-	else if (s->users_bad_since != 0)
-		log_info("users file usable again after %lds", (long)(now - s->users_bad_since));
-	s->users_bad_since = 0;
+	users_tick(&s->users, time(NULL));
 }
 
 int
@@ -1370,53 +1219,31 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		free(s);
 		return -1;
 	}
-	userdb_sasl_callbacks(&s->users, &s->sasl_cb);	/* s->users may be reloaded */
+	userdb_sasl_callbacks(&s->users.db, &s->sasl_cb);	/* s->users.db may be reloaded */
 	s->params.sasl_cb = &s->sasl_cb;
-	if (c->users_url != NULL && c->users_url[0] != '\0') {
-		s->users = userdb_open(c->users_url, error_r);
-		if (s->users == NULL) {
-			free(ls);
-			free(s);
-			return -1;
-		}
-		{
-			const char *why;
-
-			/* absent at start is "no users" as documented; anything else is said */
-			if (!userdb_is_usable(s->users, &why) && userdb_count(s->users) == 0 &&
-			    strstr(why, "is missing") == NULL)
-				log_error("users file not usable, no users until it is: %s", why);
-		}
+	if (users_open(&s->users, c->users_url, error_r) < 0) {
+		free(ls);
+		free(s);
+		return -1;
 	}
 	s->params.user_resolve = user_resolve;
 	s->params.user_arg = s;
 	s->base = event_base_new();
 	if (s->base == NULL) {
 		*error_r = "cannot create the event loop";
-		userdb_free(&s->users);
+		users_close(&s->users);
 		free(ls);
 		free(s);
 		return -1;
 	}
 	s->jobs = jobs_new(s->base, "delivery", SMTP_DELIVERY_THREADS, 0);
-	s->auth_jobs = jobs_new(s->base, "auth", SMTP_AUTH_THREADS, SMTP_AUTH_QUEUE);
-	s->penalty = penalty_new(&c->penalty);
+	s->auth = authcheck_new(s->base, "smtp", "AUTH answered 454", SMTP_AUTH_THREADS,
+	    SMTP_AUTH_QUEUE, &c->penalty, c->ban, c->ban_arg);
 	s->anvil = anvil_new(60);
 	s->downs = downstream_set_new(s->base, c->downstream_cache_time);
-	if (c->resolver != NULL) {
-		/* no search domains, our own nameserver: no query leaves by surprise */
-		s->dns = evdns_base_new(s->base, 0);
-		if (strcmp(c->resolver, "system") == 0) {
-			if (evdns_base_resolv_conf_parse(s->dns, DNS_OPTION_NAMESERVERS,
-			    "/etc/resolv.conf") != 0)
-				log_warn("client_hostname_lookups: cannot read /etc/resolv.conf");
-		} else if (evdns_base_nameserver_ip_add(s->dns, c->resolver) != 0) {
-			*error_r = "resolver: not an IP[:PORT]";
-			rc = -1;
-		}
-		evdns_base_set_option(s->dns, "timeout:", "3");
-		evdns_base_set_option(s->dns, "attempts:", "2");
-	}
+	if (c->resolver != NULL && (s->dns = fcrdns_resolver_new(s->base, c->resolver,
+	    error_r)) == NULL)
+		rc = -1;
 	for (size_t i = 0; i < nfds; i++) {
 		static const char *const names[] = { "smtp", "submission", "smtps" };
 
@@ -1447,24 +1274,22 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	for (size_t i = 0; i < nfds; i++)
 		listener_free(&ls[i].l);
 	s->stopping = 1;
-	if (s->dns != NULL)
-		evdns_base_free(s->dns, 1);	/* pending lookups call back with an error */
+	fcrdns_resolver_free(&s->dns);	/* pending lookups call back first */
 	jobs_free(&s->jobs);	/* deliveries in flight finish first */
-	jobs_free(&s->auth_jobs);
+	authcheck_free(&s->auth);	/* checks in flight call back; penalty waits are dropped */
 	while (s->conns != NULL) {
 		smtp_proto_eof(s->conns->sp);
 		s->conns->delivering = 0;
 		conn_free(s->conns);
 	}
 	downstream_set_free(&s->downs);	/* sessions saying QUIT are cut short */
-	penalty_free(&s->penalty);
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(sig_drain);
 	event_free(tick);
 	event_base_free(s->base);
 	anvil_free(&s->anvil);
-	userdb_free(&s->users);
+	users_close(&s->users);
 	free(ls);
 	free(s);
 	return rc;

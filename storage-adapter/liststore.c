@@ -275,6 +275,48 @@ liststore_rate_sync(struct liststore *s, struct rate_delta *d, size_t n, const c
 }
 
 int
+liststore_has_stats(const struct liststore *s)
+{
+	return s->ops->stats_publish != NULL && s->ops->stats_fetch != NULL;
+}
+
+int
+liststore_stats_publish(struct liststore *s, const char *node, const struct stats_series *v,
+    size_t n, int ttl, const char **error_r)
+{
+	if (s->ops->stats_publish == NULL) {
+		*error_r = "this store shares no node counters";
+		return -1;
+	}
+	return s->ops->stats_publish(s, node, v, n, ttl, error_r);
+}
+
+int
+liststore_stats_fetch(struct liststore *s, struct stats_node **nodes_r, size_t *n_r,
+    const char **error_r)
+{
+	*nodes_r = NULL;
+	*n_r = 0;
+	if (s->ops->stats_fetch == NULL) {
+		*error_r = "this store shares no node counters";
+		return -1;
+	}
+	return s->ops->stats_fetch(s, nodes_r, n_r, error_r);
+}
+
+void
+stats_nodes_free(struct stats_node *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		for (size_t j = 0; j < v[i].n; j++)
+			free(v[i].v[j].name);
+		free(v[i].v);
+		free(v[i].node);
+	}
+	free(v);
+}
+
+int
 liststore_has_meta(const struct liststore *s)
 {
 	return s->ops->meta_get != NULL && s->ops->meta_set != NULL;

@@ -29,6 +29,18 @@ struct list_changes {
 void list_changes_add(struct list_changes *c, enum list_kind k, const char *key);
 void list_changes_clear(struct list_changes *c);
 
+/* one counter of one node, as shared through a store (`portcullis stats`) */
+struct stats_series {
+	char *name;			/* "verdicts_total{door=\"smtp\",...}" */
+	unsigned long long value;
+};
+struct stats_node {
+	char *node;			/* node_name */
+	struct stats_series *v;
+	size_t n;
+};
+void stats_nodes_free(struct stats_node *v, size_t n);
+
 struct liststore_ops {
 	const char *scheme;	/* "file" */
 	int (*open)(struct liststore *s, const char *arg, const char **error_r);
@@ -74,6 +86,13 @@ struct liststore_ops {
 	    int only_if_absent, int *set_r, const char **error_r);
 	/* optional: add this node's counts to the shared ones, learn the totals */
 	int (*rate_sync)(struct liststore *s, struct rate_delta *d, size_t n,
+	    const char **error_r);
+	/* optional: this node's counters as PREFIXstats:NODE (replaced whole,
+	 * expiring after ttl seconds) */
+	int (*stats_publish)(struct liststore *s, const char *node,
+	    const struct stats_series *v, size_t n, int ttl, const char **error_r);
+	/* optional: every live node's counters (xmalloc'd; stats_nodes_free) */
+	int (*stats_fetch)(struct liststore *s, struct stats_node **nodes_r, size_t *n_r,
 	    const char **error_r);
 	/* optional: replace the whole list (a local cache of another store) */
 	int (*save_all)(struct liststore *s, enum list_kind k, const struct entry_vec *v,
@@ -138,6 +157,12 @@ void liststore_new_generation(char *buf, size_t cap);
 /* 1 when counters are shared through this store */
 int liststore_has_rate_sync(const struct liststore *s);
 int liststore_rate_sync(struct liststore *s, struct rate_delta *d, size_t n,
+    const char **error_r) __attribute__((warn_unused_result));
+/* 1 when node counters are shared through this store (redis) */
+int liststore_has_stats(const struct liststore *s);
+int liststore_stats_publish(struct liststore *s, const char *node, const struct stats_series *v,
+    size_t n, int ttl, const char **error_r) __attribute__((warn_unused_result));
+int liststore_stats_fetch(struct liststore *s, struct stats_node **nodes_r, size_t *n_r,
     const char **error_r) __attribute__((warn_unused_result));
 /* "file" or "redis" */
 const char *liststore_scheme(const struct liststore *s);

@@ -8,6 +8,9 @@
  *       vanish at the same moment, by Redis's clock, with no cron job
  *   PREFIX changes                          PUBLISH channel: "kill ENTRY",
  *                                           "accept ENTRY", "kill *" (reload)
+ *   PREFIX stats:NODE                       hash: one node's counters
+ *                                           (series -> count), TTL 3x
+ *                                           stats_publish_interval
  *   PREFIX generation                       string: an id set when the lists
  *                                           were first stored (or reseeded);
  *                                           gone = Redis lost its data
@@ -1233,6 +1236,177 @@ rs_rate_sync(struct liststore *s, struct rate_delta *d, size_t n, const char **e
 	return 0;
 }
 
+/*
+ * PREFIXstats:NODE, one hash per node: field = series, value = count.
+ * MULTI / DEL / HSET all / EXPIRE / EXEC, pipelined: one round trip, and a
+ * reader never sees half a set. The TTL ages out a node that stopped.
+ */
+static int
+rs_stats_publish(struct liststore *s, const char *node, const struct stats_series *v,
+    size_t n, int ttl, const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	char *key, ttls[24];
+	const char **argv;
+	char (*vals)[24];
+	int failed = 0;
+
+	if (c == NULL)
+		return -1;
+	key = xasprintf("%sstats:%s", r->prefix, node);
+	snprintf(ttls, sizeof(ttls), "%d", ttl);
+	argv = xcalloc(2 + 2 * n, sizeof(*argv));
+	vals = xcalloc(n + 1, sizeof(*vals));
+	argv[0] = "HSET";
+	argv[1] = key;
+	for (size_t i = 0; i < n; i++) {
+		snprintf(vals[i], sizeof(vals[i]), "%llu", v[i].value);
+		argv[2 + 2 * i] = v[i].name;
+		argv[3 + 2 * i] = vals[i];
+	}
+	{
+		const char *multi[] = { "MULTI" }, *del[] = { "DEL", key };
+		const char *exp[] = { "EXPIRE", key, ttls }, *exec[] = { "EXEC" };
+
+		redisAppendCommandArgv(c, 1, multi, NULL);
+		redisAppendCommandArgv(c, 2, del, NULL);
+		if (n > 0)
+			redisAppendCommandArgv(c, (int)(2 + 2 * n), argv, NULL);
+		redisAppendCommandArgv(c, 3, exp, NULL);
+		redisAppendCommandArgv(c, 1, exec, NULL);
+	}
+	free(argv);
+	free(vals);
+	for (int i = 0; i < (n > 0 ? 5 : 4); i++) {
+		redisReply *rep = NULL;
+
+		if (redisGetReply(c, (void **)&rep) != REDIS_OK) {
+			free(key);
+			rs_drop(r);
+			return rs_fail(s, error_r, "Redis at %s: connection lost", r->where);
+		}
+		if (rep->type == REDIS_REPLY_ERROR && !failed) {
+			rs_fail(s, error_r, "Redis at %s: storing %sstats:%s: %.200s", r->where,
+			    r->prefix, node, rep->str);
+			failed = 1;
+		}
+		freeReplyObject(rep);
+	}
+	free(key);
+	return failed ? -1 : 0;
+}
+
+static int
+rs_stats_fetch_once(struct liststore *s, struct stats_node **nodes_r, size_t *n_r,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	redisContext *c = rs_cmd(s, error_r);
+	size_t pl = strlen(r->prefix), n = 0, cap = 0;
+	struct stats_node *nodes = NULL;
+	char *pattern, *q, cursor[32] = "0";
+	int rc = 0;
+
+	if (c == NULL)
+		return -1;
+	q = pattern = xmalloc(2 * pl + 16);
+	for (size_t i = 0; i < pl; i++) {
+		if (strchr("*?[]\\", r->prefix[i]))
+			*q++ = '\\';
+		*q++ = r->prefix[i];
+	}
+	strcpy(q, "stats:*");
+	do {
+		const char *argv[] = { "SCAN", cursor, "MATCH", pattern, "COUNT", "1000" };
+		redisReply *rep = cmdv(c, 6, argv), *keys;
+		size_t nk;
+
+		if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+		    rep->element[0]->type != REDIS_REPLY_STRING ||
+		    rep->element[1]->type != REDIS_REPLY_ARRAY) {
+			rc = rs_fail(s, error_r, "Redis at %s: SCAN: %s", r->where,
+			    rep == NULL ? c->errstr : rep->type == REDIS_REPLY_ERROR ? rep->str :
+			    "unexpected reply");
+			if (rep)
+				freeReplyObject(rep);
+			break;
+		}
+		snprintf(cursor, sizeof(cursor), "%s", rep->element[0]->str);
+		keys = rep->element[1];
+		nk = keys->elements;
+		for (size_t i = 0; i < nk; i++) {
+			const char *hg[] = { "HGETALL", keys->element[i]->type == REDIS_REPLY_STRING ?
+			    keys->element[i]->str : "" };
+
+			redisAppendCommandArgv(c, 2, hg, NULL);
+		}
+		for (size_t i = 0; i < nk; i++) {
+			redisReply *h = NULL;
+			const char *name = keys->element[i]->type == REDIS_REPLY_STRING ?
+			    keys->element[i]->str + pl + 6 : NULL;
+			struct stats_node *nd;
+
+			if (redisGetReply(c, (void **)&h) != REDIS_OK) {
+				rc = rs_fail(s, error_r, "Redis at %s: connection lost", r->where);
+				rs_drop(r);
+				break;
+			}
+			/* another type under the name (an admin's key) or gone since SCAN */
+			if (name == NULL || h->type != REDIS_REPLY_ARRAY || h->elements == 0 ||
+			    n >= 100000) {
+				freeReplyObject(h);
+				continue;
+			}
+			if (n == cap) {
+				cap = cap ? 2 * cap : 8;
+				nodes = xrealloc(nodes, cap * sizeof(*nodes));
+			}
+			nd = &nodes[n++];
+			nd->node = xstrdup(name);
+			nd->v = xcalloc(h->elements / 2 + 1, sizeof(*nd->v));
+			nd->n = 0;
+			for (size_t j = 0; j + 1 < h->elements; j += 2) {
+				redisReply *f = h->element[j], *val = h->element[j + 1];
+				char *end;
+				unsigned long long x;
+
+				if (f->type != REDIS_REPLY_STRING || val->type != REDIS_REPLY_STRING ||
+				    strlen(f->str) != f->len || f->len == 0 || f->len >= 200)
+					continue;
+				x = strtoull(val->str, &end, 10);
+				if (*end != '\0' || val->str[0] < '0' || val->str[0] > '9')
+					continue;	/* not a count: skipped, never summed */
+				nd->v[nd->n].name = xstrdup(f->str);
+				nd->v[nd->n++].value = x;
+			}
+			freeReplyObject(h);
+		}
+		freeReplyObject(rep);
+	} while (rc == 0 && strcmp(cursor, "0") != 0);
+	free(pattern);
+	if (rc < 0) {
+		stats_nodes_free(nodes, n);
+		return -1;
+	}
+	*nodes_r = nodes;
+	*n_r = n;
+	return 0;
+}
+
+static int
+rs_stats_fetch(struct liststore *s, struct stats_node **nodes_r, size_t *n_r,
+    const char **error_r)
+{
+	struct rstore *r = s->priv;
+	int reused = r->cmd != NULL;
+	int rc = rs_stats_fetch_once(s, nodes_r, n_r, error_r);
+
+	if (rc == 0 || !reused || r->cmd != NULL)
+		return rc;
+	return rs_stats_fetch_once(s, nodes_r, n_r, error_r);
+}
+
 const struct liststore_ops liststore_redis_ops = {
 	.scheme = "redis",
 	.open = rs_open,
@@ -1250,4 +1424,6 @@ const struct liststore_ops liststore_redis_ops = {
 	.meta_get = rs_meta_get,
 	.meta_set = rs_meta_set,
 	.rate_sync = rs_rate_sync,
+	.stats_publish = rs_stats_publish,
+	.stats_fetch = rs_stats_fetch,
 };

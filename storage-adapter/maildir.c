@@ -96,6 +96,12 @@ maildir_tmp_write(struct maildir_tmp *t, const char *p, size_t n, const char **e
 	return mailstore_deliver_write(t->d, p, n, error_r);	/* keeps errno */
 }
 
+int
+maildir_tmp_open_read(const struct maildir_tmp *t, int *fd_r, const char **error_r)
+{
+	return mailstore_deliver_open_read(t->d, fd_r, error_r);
+}
+
 void
 maildir_tmp_abort(struct maildir_tmp **tp)
 {

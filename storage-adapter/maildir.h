@@ -40,6 +40,10 @@ int maildir_tmp_commit(struct maildir_tmp **t, const char *root, const struct ma
     size_t n, char *id_r, const char **error_r) __attribute__((warn_unused_result));
 /* remove the file and free; NULL is fine */
 void maildir_tmp_abort(struct maildir_tmp **t);
+/* a read-only descriptor on the spooled bytes, before the commit (for the
+ * user Sieve scripts and the relayhost sends); the caller closes it */
+int maildir_tmp_open_read(const struct maildir_tmp *t, int *fd_r, const char **error_r)
+    __attribute__((warn_unused_result));
 /* a local part or domain that is safe as one path component (and canonical:
  * lower case) */
 int maildir_name_is_safe(const char *s);

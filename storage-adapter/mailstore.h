@@ -152,5 +152,10 @@ int mailstore_deliver_commit(struct mailstore_delivery **d, const char *root,
     const char *const *users, size_t n, char *id_r, const char **error_r)
     __attribute__((warn_unused_result));
 void mailstore_deliver_abort(struct mailstore_delivery **d);
+/* a read-only descriptor on what was written so far (before the commit:
+ * for the user Sieve scripts, storage-adapter/sieve_deliver.h); the caller
+ * closes it */
+int mailstore_deliver_open_read(const struct mailstore_delivery *d, int *fd_r,
+    const char **error_r) __attribute__((warn_unused_result));
 
 #endif

@@ -1924,6 +1924,16 @@ struct mailstore_delivery {
 };
 
 int
+mailstore_deliver_open_read(const struct mailstore_delivery *d, int *fd_r, const char **error_r)
+{
+	if ((*fd_r = open(d->tmp, O_RDONLY | O_CLOEXEC)) < 0) {
+		*error_r = err("cannot read back %s: %s", d->tmp, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+int
 mailstore_deliver_begin(const char *root, const char *user, struct mailstore_delivery **d_r,
     const char **error_r)
 {

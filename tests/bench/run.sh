@@ -4,7 +4,9 @@
 #   1. bin/bench-engine (if built): the rule engine alone, prints its figures
 #   2. bin/geoip-bench (if built): GeoIP lookups on the country database
 #      `make run` builds from tor-geoipdb (built into build/ here if absent)
-#   3. tests/bench/postfix_throughput.py: Postfix + smtp-sink + smtp-source,
+#   3. bin/sieve-bench (if built): Sieve evaluations per second, a 100-rule
+#      server script on a 20 KB message, one core
+#   4. tests/bench/postfix_throughput.py: Postfix + smtp-sink + smtp-source,
 #      no milter / bin/null-milter / bin/portcullisd (needs root)
 # Extra arguments are passed to postfix_throughput.py (e.g. --repeats 1).
 # Exits non-zero as soon as a step fails.
@@ -33,6 +35,14 @@ if [ -x "$BIN/geoip-bench" ]; then
 	echo
 else
 	echo "== GeoIP: $BIN/geoip-bench not built, skipped"
+fi
+
+if [ -x "$BIN/sieve-bench" ]; then
+	echo "== Sieve: $BIN/sieve-bench"
+	"$BIN/sieve-bench" 1 || { echo "bench: $BIN/sieve-bench failed" >&2; exit 1; }
+	echo
+else
+	echo "== Sieve: $BIN/sieve-bench not built, skipped"
 fi
 
 echo "== Postfix throughput: python3 tests/bench/postfix_throughput.py $*"

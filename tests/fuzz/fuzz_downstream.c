@@ -103,7 +103,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		setup();
 	memset(&st, 0, sizeof(st));
 	set = downstream_set_new(base, (data[0] & 1) ? 2 : 0);
-	d = downstream_open(set, target, "fuzz.test", 5, "a@b.example");
+	d = downstream_open(set, target, "fuzz.test", 5, "a@b.example", "FUZZ");
 	srv = accept(listener, NULL, NULL);	/* the connect was issued: the kernel has it */
 	if (srv >= 0)
 		fcntl(srv, F_SETFL, O_NONBLOCK);

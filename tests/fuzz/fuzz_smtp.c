@@ -11,6 +11,7 @@
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/mailaddr.h"
+#include "smtp-gateway/smtp_conf.h"
 #include "smtp-gateway/smtp_proto.h"
 
 static struct policy *pol;
@@ -60,28 +61,27 @@ user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 static void
 setup(void)
 {
-	struct conf *c = conf_new();
+	/* the settings point into the conf: both live to exit */
+	static struct conf *c;
+	static struct smtp_conf *sc;
 	const char *err;
 	struct entry_vec none = { 0 };
 
 	log_open("fuzz", 1);
 	log_set_level(LOG_LVL_ERROR);
+	/* the settings as the daemon compiles them, from the same text */
+	c = conf_new();
 	if (conf_load_string(c, "fuzz", "mydomains = example.com\nmax_recipients = 5\n"
-	    "max_command_length = 512\n", &err) < 0 || conf_finish(c, &err) < 0 ||
-	    policy_new(c, &pol, &err) < 0)
+	    "max_command_length = 512\nmyhostname = mx.example.com\nmessage_size_limit = 4096\n"
+	    "relayhost = [127.0.0.1]:25\nauth_allow_plaintext = yes\n", &err) < 0 ||
+	    conf_finish(c, &err) < 0 || policy_new(c, &pol, &err) < 0 ||
+	    (sc = smtp_conf_new(c, &err)) == NULL)
 		abort();
-	conf_free(&c);	/* the policy keeps what it needs; pol and snaps live to exit */
 	snapref_init(&snaps, snapshot_new(listset_build(&none, 0), listset_build(&none, 0)));
+	params = sc->srv.params;
 	params.pol = pol;
 	params.snaps = &snaps;
-	params.myhostname = "mx.example.com";
-	params.banner = "mx.example.com ESMTP";
-	params.message_size_limit = 4096;
-	params.bare_newline_reject = 1;
-	params.have_relayhost = 1;
-	params.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM | SMTP_AUTH_SCRAM;
 	params.sasl_cb = &no_users;
-	params.auth_allow_plaintext = 1;
 	params.tls_available = 1;
 	params.user_resolve = user_resolve;
 }

@@ -77,6 +77,8 @@ main(void)
 	test_sieve_eval_register();
 	test_sieve_rules_register();
 	test_mailstore_register();
+	test_sieve_deliver_register();
+	test_relay_send_register();
 	test_geoip_register();
 	test_imap_parser_register();
 	test_pop3_proto_register();

@@ -366,7 +366,7 @@ test_policy_answers(void)
 				CU_FAIL("request not parsed");
 				break;
 			}
-			policy_check(r, pol, snap, NOW, action, sizeof(action), &v);
+			policy_check(r, pol, snap, NOW, action, sizeof(action), &v, NULL);
 			if (strncmp(action, t->action, strlen(t->action)) != 0) {
 				fprintf(stderr, "\n  case \"%s\" (ask %d): action \"%s\", expected \"%s\"; "
 				    "rule: %s\n", t->name, k + 1, action, t->action, v.rule);

@@ -12,6 +12,7 @@
 #include "common/conf.h"
 #include "common/stats.h"
 #include "common/xmalloc.h"
+#include "smtp-gateway/smtp_conf.h"
 #include "smtp-gateway/smtp_proto.h"
 #include "tests/unit/unit.h"
 
@@ -137,7 +138,7 @@ static const struct pcase cases[] = {
 	{ "normalize: bare LF stored as CRLF, <LF>.<LF> still not the end",
 	  "smtp_bare_newline = normalize\n", NULL, "198.51.100.1",
 	  EHLO "|" TX "a\nb\n.\nc\r\n.\r\n", "220 250 250 250 354 250", "a\r\nb\r\n.\r\nc\r\n" },
-	{ "an excepted client is normalised", "# exceptions\n", NULL, "198.51.100.1",
+	{ "an excepted client is normalised", "smtp_bare_newline_exceptions = 198.51.100.0/24\n", NULL, "198.51.100.1",
 	  EHLO "|" TX "a\nb\r\n.\r\n", "220 250 250 250 354 250", "a\r\nb\r\n" },
 	{ "bare LF command refused", NULL, NULL, "198.51.100.1", "NOOP\n", "220 500", NULL },
 	{ "long command refused", NULL, NULL, "198.51.100.1",
@@ -230,6 +231,27 @@ make_policy(const char *extra)
 	return p;
 }
 
+/* the SMTP door's settings as the daemon compiles them, from the same text;
+ * *c_r must outlive the result */
+static struct smtp_conf *
+make_settings(const char *extra, struct conf **c_r)
+{
+	struct conf *c = conf_new();
+	struct smtp_conf *sc;
+	const char *err;
+	char *text = xasprintf("mydomains = example.com\nrelay_networks = 192.0.2.0/24\n"
+	    "myhostname = mx.example.com\n%s", extra ? extra : "");
+
+	if (conf_load_string(c, "t", text, &err) < 0 || conf_finish(c, &err) < 0 ||
+	    (sc = smtp_conf_new(c, &err)) == NULL) {
+		fprintf(stderr, "bad test config: %s\n", err);
+		abort();
+	}
+	free(text);
+	*c_r = c;
+	return sc;
+}
+
 static struct listset *
 list_of(const char *entry)
 {
@@ -252,6 +274,8 @@ static void
 run(const struct pcase *t)
 {
 	struct policy *pol = make_policy(t->conf);
+	struct conf *conf;
+	struct smtp_conf *settings = make_settings(t->conf, &conf);
 	struct snapref snaps;
 	struct smtp_params p;
 	struct smtp_proto *sp;
@@ -261,32 +285,15 @@ run(const struct pcase *t)
 	const char *out;
 	size_t olen;
 	int closed = 0;
-	long msize = 0;
 
 	snapref_init(&snaps, snapshot_new(list_of(t->kill), list_of(NULL)));
-	memset(&p, 0, sizeof(p));
+	p = settings->srv.params;	/* as the daemon compiles them */
 	p.pol = pol;
 	p.snaps = &snaps;
-	p.myhostname = "mx.example.com";
-	p.banner = "mx.example.com ESMTP";
-	p.bare_newline_reject = strstr(t->conf ? t->conf : "", "normalize") == NULL;
 	p.user_resolve = user_resolve;
-	p.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN | SMTP_AUTH_CRAM | SMTP_AUTH_SCRAM;
 	p.sasl_cb = &no_users;
-	sscanf(t->conf && strstr(t->conf, "message_size_limit") ? t->conf : "x", "message_size_limit = %ld", &msize);
-	p.message_size_limit = (size_t)msize;
 	if (cidr_addr_parse(t->client, &a) < 0)
 		abort();
-	if (t->conf && strstr(t->conf, "exceptions")) {
-		struct cidrtab_builder *b = cidrtab_builder_new();
-		struct cidr cd;
-		const char *e;
-
-		if (cidr_parse("198.51.100.0/24", &cd, &e) < 0)
-			abort();
-		cidrtab_builder_add(b, &cd, 1);
-		p.bare_newline_exceptions = cidrtab_build(&b);
-	}
 	sp = smtp_proto_new(&p);
 	smtp_proto_start(sp, &a, NULL, 1000);
 	/* collect reply codes: the first 3 digits of each final reply line */
@@ -330,7 +337,8 @@ run(const struct pcase *t)
 		CU_FAIL("dialogue differs");
 	}
 	smtp_proto_free(&sp);
-	cidrtab_free(&p.bare_newline_exceptions);
+	smtp_conf_free(&settings);
+	conf_free(&conf);
 	snapref_deinit(&snaps);
 	policy_free(&pol);
 	free(in);

@@ -82,9 +82,50 @@ test_processes_share_one_file(void)
 	free(dir);
 }
 
+struct seen {
+	int n, dropped;
+	uint64_t sum;
+};
+
+static void
+each_cb(void *arg, const char *name, uint64_t value)
+{
+	struct seen *s = arg;
+
+	if (strcmp(name, "dropped_series_total") == 0) {
+		s->dropped++;
+		return;
+	}
+	s->n++;
+	s->sum += value;
+}
+
+/* stats_each (what daemon/statspub.c shares): every counted series once */
+static void
+test_each(void)
+{
+	char *dir = unit_tmpdir(), *path = xasprintf("%s/stats", dir);
+	struct seen s = { 0, 0, 0 };
+	const char *err;
+
+	CU_ASSERT(stats_each(each_cb, &s) == -1);	/* before stats_open() */
+	CU_ASSERT_FATAL(stats_open(path, &err) == 0);
+	stats_add("a_total", 2);
+	stats_add("b_total{door=\"smtp\"}", 3);
+	stats_add("a_total", 4);
+	CU_ASSERT(stats_each(each_cb, &s) == 0);
+	CU_ASSERT_EQUAL(s.n, 2);
+	CU_ASSERT_EQUAL(s.dropped, 1);
+	CU_ASSERT_EQUAL(s.sum, 9);
+	stats_close();
+	free(path);
+	free(dir);
+}
+
 static CU_TestInfo tests[] = {
 	{ "series names: counted or refused", test_names },
 	{ "processes counting into one file lose nothing", test_processes_share_one_file },
+	{ "stats_each visits every series once", test_each },
 	{ NULL, NULL },
 };
 
