@@ -176,6 +176,11 @@ class FakeSMTP:
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._accept_loop, args=(self.sock,), daemon=True).start()
 
+    def start(self):
+        """Nothing to do: it listens from construction (kept for tests written
+        against the old threading.Thread downstreams)."""
+        return self
+
     def stop(self):
         """Stop listening and hang up every open session."""
         try:

@@ -81,6 +81,8 @@ class Node(hdaemon.Daemon):
         return os.path.join(self.dir, "state", "lists-cache", "kill.list")
 
     def start(self, wait_loaded=True):
+        if self.proc is not None and self.proc.poll() is not None:
+            self.proc = None        # killed (kill_now): start again
         with open(self.logpath, "a") as f:
             f.write("==== test: starting %s\n" % self.name)
         self.mark = self.log_size()
@@ -99,6 +101,12 @@ class Node(hdaemon.Daemon):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        self._closed_log()
+
+    @property
+    def logf(self):
+        """The log file object while running (older tests close it after kill_now)."""
+        return self.log_fh or open(os.devnull, "w")
 
     def log_size(self):
         return self.log_mark()
