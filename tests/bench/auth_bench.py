@@ -110,8 +110,6 @@ def main():
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    if "PORTCULLIS_BIN" not in os.environ:
-        tls.BIN = os.path.join(HERE, "..", "..", "bin")
     w = tls.Work()
     tls.W = w
     try:

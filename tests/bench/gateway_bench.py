@@ -63,6 +63,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import postfix_throughput as pt  # noqa: E402  (Postfix, Sink, helpers; read-only)
+from harness import daemon as hdaemon  # noqa: E402  (postfix_throughput put tests/ on the path)
+from harness.ports import greets  # noqa: E402
 
 BIN = pt.BIN
 SMTP_SOURCE = pt.SMTP_SOURCE
@@ -97,48 +99,24 @@ def children(pid):
 
 
 # ------------------------------------------------------------------ gateway
-class Gateway:
+class Gateway(hdaemon.Daemon):
     def __init__(self, workdir, name, port, delivery, users_file):
-        self.dir = os.path.join(workdir, name)
-        os.makedirs(self.dir)
-        self.name = name
-        self.port = port
-        self.conf = os.path.join(self.dir, "portcullis.conf")
-        self.log = os.path.join(self.dir, "portcullisd.log")
-        self.proc = None
-        with open(self.conf, "w") as f:
-            f.write("# written by tests/bench/gateway_bench.py\n"
-                    "services = smtp\n"
-                    "smtp_listen = 127.0.0.1:%d\n"
-                    "myhostname = mx.bench.test\n"
-                    "mydomains = example.com\n"
-                    "relay_networks = 127.0.0.2\n"
-                    "state_dir = %s/state\n"
-                    "users = file:%s\n"
-                    "delivery = %s\n"
-                    "smtp_max_connections = 5000\n"
-                    "smtp_max_per_client = 5000\n"
-                    "log_level = warn\n" % (port, self.dir, users_file, delivery))
+        d = os.path.join(workdir, name)
+        os.makedirs(d)
+        super().__init__(name, (
+            ("services", "smtp"), ("smtp_listen", "127.0.0.1:{port}"),
+            ("myhostname", "mx.bench.test"), ("mydomains", "example.com"),
+            ("relay_networks", "127.0.0.2"), ("state_dir", "{dir}/state"),
+            ("users", "file:%s" % users_file), ("delivery", delivery),
+            ("smtp_max_connections", "5000"), ("smtp_max_per_client", "5000"),
+            ("log_level", "warn")), dir=d, port=port)
+        self.log = self.log_path
 
     def start(self):
-        fh = open(self.log, "ab")
-        self.proc = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
-                                     stdout=fh, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        fh.close()
-
-        def greets():
-            if self.proc.poll() is not None:
-                return True
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 1) as s:
-                    return s.recv(64).startswith(b"220")
-            except OSError:
-                return False
-        pt.wait_until(greets, 10, "portcullisd %s" % self.name)
-        if self.proc.poll() is not None:
-            raise pt.BenchError("portcullisd %s exited %s:\n%s" % (
-                self.name, self.proc.returncode, pt.tail(self.log)))
+        try:
+            super().start(ready=lambda: greets(self.port, 1))
+        except hdaemon.HarnessError as e:
+            raise pt.BenchError("portcullisd %s: %s" % (self.name, e))
 
     def worker(self):
         kids = children(self.proc.pid)
@@ -156,16 +134,9 @@ class Gateway:
             p, self.proc = self.proc, None
             raise pt.BenchError("portcullisd %s died during the run (status %s):\n%s" % (
                 self.name, p.returncode, pt.tail(self.log)))
-        kids = children(self.proc.pid)
-        pt.stop_process(self.proc, grace=5)
-        self.proc = None
-        deadline = time.monotonic() + 2
-        while any(pt.pid_alive(k) for k in kids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for k in kids:
-            if pt.pid_alive(k):
-                log("%s: worker %d outlived its master; SIGKILL" % (self.name, k))
-                os.kill(k, signal.SIGKILL)
+        super().stop(5)
+        for k in self.last_left:
+            log("%s: worker %d outlived its master; SIGKILL" % (self.name, k))
 
 
 # ------------------------------------------------------------------ bench

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Postfix policy door's answers per second through a real Postfix.
 
-Two private Postfix instances (tests/integration/lab.py) side by side, the
+Two private Postfix instances (tests/harness/postfix.py) side by side, the
 same main.cf but for smtpd_relay_restrictions:
 
     no door     permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination
@@ -38,14 +38,14 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
-import lab as labmod                                     # noqa: E402
+sys.path.insert(0, os.path.dirname(HERE))
+from harness.postfix import Lab                          # noqa: E402
 
 OUTSIDE = "127.0.0.5"
 TX_PER_CONN = 150     # below Postfix's junk-command limit (RSET) in the lab
 
 
-class DoorLab(labmod.Lab):
+class DoorLab(Lab):
     door = True
 
     def main_cf(self):

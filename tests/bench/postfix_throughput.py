@@ -39,7 +39,6 @@ starts is stopped by pid at exit, also on SIGTERM/SIGHUP/SIGINT.
 
 import argparse
 import atexit
-import errno
 import os
 import re
 import shutil
@@ -51,8 +50,12 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import ports  # noqa: E402
+from harness.daemon import BIN  # noqa: E402,F401
+from harness.ports import free_port  # noqa: E402,F401
+from harness.util import pid_alive, tail  # noqa: E402,F401
+
 POSTFIX = "/usr/sbin/postfix"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -75,24 +78,8 @@ def log(msg):
 
 
 # ------------------------------------------------------------------ helpers
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def port_accepts(port, timeout=0.2):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+    return ports.port_accepts("127.0.0.1", port, timeout)
 
 
 def wait_until(pred, timeout, what, interval=0.05):
@@ -104,18 +91,6 @@ def wait_until(pred, timeout, what, interval=0.05):
         if time.monotonic() >= deadline:
             raise BenchError("timed out after %.0fs waiting for %s" % (timeout, what))
         time.sleep(interval)
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno == errno.EPERM
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(") ", 1)[-1][:1] != "Z"
-    except OSError:
-        return False
 
 
 def proc_cpu_seconds(pid):
@@ -159,14 +134,6 @@ def system_cpu():
         v = [int(x) for x in f.readline().split()[1:]]
     idle = v[3] + (v[4] if len(v) > 4 else 0)
     return sum(v) - idle, sum(v)
-
-
-def tail(path, n=20):
-    try:
-        with open(path, "rb") as f:
-            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
-    except OSError:
-        return ""
 
 
 def stop_process(p, grace=2.0):

@@ -39,7 +39,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
 import milterclient as mc  # noqa: E402
-import test_redis_lists as lab  # noqa: E402  (RedisServer, Node, Resp helpers)
+import test_redis_lists as rl  # noqa: E402  (Node)
+from harness import daemon as hdaemon, redis as hredis, util  # noqa: E402  (tests/ on the path now)
 
 
 def pct(sorted_vals, p):
@@ -85,8 +86,8 @@ def measure_pushes(r, node, n, first, label):
         if refused(node, ip):
             raise RuntimeError("%s already refused before the push" % ip)
         t0 = time.perf_counter()
-        replies = lab.push_entry(r, "kill", ip, reason="bench")
-        if any(isinstance(x, lab.RespError) for x in replies):
+        replies = hredis.push_entry(r, "kill", ip, reason="bench")
+        if any(isinstance(x, hredis.RespError) for x in replies):
             raise RuntimeError("push failed: %r" % replies)
         d = wait_refused(node, ip, t0)
         if d is None:
@@ -186,14 +187,14 @@ def main():
         if not 0 <= getattr(args, k) <= 5000000:
             sys.exit("--%s out of range" % k)
 
-    signal.signal(signal.SIGTERM, lab._on_signal)
+    signal.signal(signal.SIGTERM, util._on_signal)
     work = tempfile.mkdtemp(prefix="portcullis-redis-bench-")
-    print("portcullisd from %s; work dir %s" % (lab.BIN, work))
-    redis = lab.RedisServer(work)
+    print("portcullisd from %s; work dir %s" % (hdaemon.BIN, work))
+    redis = hredis.RedisServer(work)
     redis.start()
     # a long resync interval keeps periodic full loads out of the figures
-    a = lab.Node("A", work, redis.port, lists_resync="1h")
-    b = lab.Node("B", work, redis.port, lists_resync="1h")
+    a = rl.Node("A", work, redis.port, lists_resync="1h")
+    b = rl.Node("B", work, redis.port, lists_resync="1h")
     a.start()
     b.start()
     time.sleep(0.5)          # past the nodes' first full load
@@ -214,7 +215,7 @@ def main():
                 f.write("\n".join(cidrs) + "\n")
             print("  (generated the file in %.1f s)" % (time.monotonic() - t))
             dbsize0 = r.call("DBSIZE")
-            mem0 = int(lab.info_field(r, "memory", "used_memory"))
+            mem0 = int(hredis.info_field(r, "memory", "used_memory"))
             rss0 = {n.name: worker_rss_kb(n) for n in (a, b)}
             marks = {n.name: n.log_size() for n in (a, b)}
             t_imp = time.monotonic()
@@ -240,12 +241,12 @@ def main():
             # memory once the subscribers' buffers are drained
             time.sleep(1.0)
             dbsize1 = r.call("DBSIZE")
-            mem1 = int(lab.info_field(r, "memory", "used_memory"))
+            mem1 = int(hredis.info_field(r, "memory", "used_memory"))
             keys = dbsize1 - dbsize0
             print("  Redis: %d new keys; used_memory %.1f MB -> %.1f MB: %.1f bytes per entry"
                   % (keys, mem0 / 1e6, mem1 / 1e6, (mem1 - mem0) / max(1, keys)))
             samples = random.Random(3).sample(cidrs, 200)
-            mu = [r.call("MEMORY", "USAGE", lab.PREFIX + "kill:" + c, "SAMPLES", "0")
+            mu = [r.call("MEMORY", "USAGE", hredis.PREFIX + "kill:" + c, "SAMPLES", "0")
                   for c in samples]
             print("  (MEMORY USAGE of one entry's hash, mean of 200: %.1f bytes)"
                   % statistics.mean(mu))
@@ -273,7 +274,7 @@ def main():
             for i in range(args.reloads):
                 mark = b.log_size()
                 t_pub = time.time()
-                r.call("PUBLISH", lab.PREFIX + "changes", "kill *")
+                r.call("PUBLISH", hredis.PREFIX + "changes", "kill *")
                 line = wait_loaded(b, mark, keys, 300, full_only=True)
                 if line is None:
                     print("  forced reload %d: no reload line within 300 s" % (i + 1))
@@ -295,7 +296,7 @@ def main():
             if not n.alive():
                 print("NOTE: %s is no longer running" % n.name)
             txt = n.log_since(0)
-            if lab.SANITIZER_RE.search(txt):
+            if hdaemon.SANITIZER_RE.search(txt):
                 print("NOTE: sanitizer report in %s's log" % n.name)
     finally:
         r.close()

@@ -10,26 +10,16 @@ Last line: "N passed, N failed".
 """
 import os
 import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
-SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import BIN, REPO, SANITIZER_RE, Daemon, run_bin  # noqa: E402
+from harness.util import HarnessError  # noqa: E402
 
 
 def run(*args, inp=None):
@@ -38,16 +28,15 @@ def run(*args, inp=None):
 
 class Base(unittest.TestCase):
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="portcullis-cli-")
-        self.port = free_port()
-        self.conf = os.path.join(self.dir, "portcullis.conf")
+        self.dm = Daemon("cli")       # the directory, port and log; the config is written here
+        self.dir, self.port, self.conf = self.dm.dir, self.dm.port, self.dm.conf
         self.write_conf("")
         self.daemon = None
 
     def tearDown(self):
         if self.daemon is not None:
             self.stop_daemon()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dm.close()
 
     def write_conf(self, extra):
         with open(self.conf, "w") as f:
@@ -66,35 +55,20 @@ class Base(unittest.TestCase):
         return os.path.join(self.dir, "state", "lists", "kill.list")
 
     def start_daemon(self):
-        self.log = open(os.path.join(self.dir, "d.log"), "w+")
-        self.daemon = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
-                                       stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.fail("daemon did not listen:\n" + self.logtext())
+        try:
+            self.daemon = self.dm.start().proc
+        except HarnessError as e:
+            self.fail("daemon did not listen:\n%s" % e)
 
     def stop_daemon(self):
-        self.daemon.send_signal(signal.SIGTERM)
-        try:
-            rc = self.daemon.wait(8)
-        except subprocess.TimeoutExpired:
-            self.daemon.kill()
-            rc = self.daemon.wait()
+        rc = self.dm.stop(8)[0]
         self.daemon = None
         text = self.logtext()
-        self.log.close()
         self.assertFalse(SANITIZER_RE.search(text), "sanitizer report:\n" + text)
         self.assertEqual(rc, 0, "daemon exit status on SIGTERM\n" + text)
 
     def logtext(self):
-        self.log.flush()
-        with open(self.log.name) as f:
-            return f.read()
+        return self.dm.log_text()
 
     def wait_log(self, pattern, within=3.0):
         deadline = time.time() + within
@@ -213,14 +187,11 @@ class ConfigErrors(Base):
         # the finding: "started", then the smtp worker restarted every second
         self.write_conf("services = smtp\nsmtp_listen = 127.0.0.1:%d\n"
                         "client_hostname_lookups = yes\nresolver = not-an-ip\n" % self.port)
-        p = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            out, _ = p.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGTERM)
-            out, _ = p.communicate()
-            self.fail("the daemon ran with resolver = not-an-ip:\n" + out)
+            p = run_bin("portcullisd", "-c", self.conf, "-f", timeout=10)
+        except subprocess.TimeoutExpired as e:      # run_bin killed it
+            self.fail("the daemon ran with resolver = not-an-ip:\n%s" % e.stderr)
+        out = p.stdout + p.stderr
         self.assertEqual(p.returncode, 1, out)
         self.assertRegex(out, r"portcullis\.conf:7: resolver: \"not-an-ip\"")
         self.assertNotIn("started", out)
@@ -460,10 +431,4 @@ class DaemonLists(Base):
 
 
 if __name__ == "__main__":
-    for exe in ("portcullisd", "portcullis"):
-        if not os.access(os.path.join(BIN, exe), os.X_OK):
-            sys.exit("%s/%s missing: run make first" % (BIN, exe))
-    res = unittest.main(exit=False, verbosity=1).result
-    failed = len(res.failures) + len(res.errors)
-    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main())

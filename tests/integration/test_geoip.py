@@ -32,14 +32,17 @@ import tempfile
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab as labmod                                    # noqa: E402
-from lab import Lab, SmtpClient, make_message, new_marker  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import daemon as hdaemon, runner            # noqa: E402
+from harness.client import SmtpClient, make_message, new_marker  # noqa: E402
+from harness.ports import free_port                      # noqa: E402
+from harness.postfix import Lab, daemon_config_text      # noqa: E402
+from harness.redis import RedisServer                    # noqa: E402
 
 LAB = None
 GW_PORT = None
 POLICY_PORT = None
-MMDB_SCRIPT = os.path.join(labmod.REPO, "scripts", "geoip-mmdb.pl")
+MMDB_SCRIPT = os.path.join(hdaemon.REPO, "scripts", "geoip-mmdb.pl")
 SENDER = "sender@outside.test"
 FOREIGN = "user@other.org"
 LOCAL = "user@example.com"
@@ -75,19 +78,13 @@ def db_path():
 def setUpModule():
     global LAB, GW_PORT, POLICY_PORT
     for exe in ("portcullisd", "portcullis"):
-        p = os.path.join(labmod.BIN, exe)
+        p = hdaemon.exe(exe)
         if not os.access(p, os.X_OK):
             raise RuntimeError("%s is missing: build with `make` first" % p)
     LAB = Lab(milter=True, ipv6=False, name="portcullis-geoip")
     write_mmdb(db_path(), RANGES)
-    used = {LAB.smtp_port, LAB.sink_port, LAB.milter_port}
-    GW_PORT = labmod.free_port()
-    while GW_PORT in used:
-        GW_PORT = labmod.free_port()
-    used.add(GW_PORT)
-    POLICY_PORT = labmod.free_port()
-    while POLICY_PORT in used:
-        POLICY_PORT = labmod.free_port()
+    GW_PORT = free_port()           # free_port never repeats one (the lab's included)
+    POLICY_PORT = free_port()
     LAB.start_daemon(**daemon_overrides())
 
 
@@ -341,14 +338,11 @@ class T3Start(unittest.TestCase):
     def start_with(self, *flags, **o):
         d = tempfile.mkdtemp(prefix="geo-start.", dir=LAB.dir)
         conf = os.path.join(d, "portcullis.cf")
-        port = labmod.free_port()
+        port = free_port()
         with open(conf, "w") as f:
-            f.write(labmod.daemon_config_text(port, d, **o))
+            f.write(daemon_config_text(port, d, **o))
         os.mkdir(os.path.join(d, "lists"))
-        p = subprocess.run([os.path.join(labmod.BIN, "portcullisd"), "-c", conf, "-f"] + list(flags),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           timeout=30, stdin=subprocess.DEVNULL)
-        return p
+        return hdaemon.run_bin("portcullisd", "-c", conf, "-f", *flags)
 
     def test_01_missing_database(self):
         missing = os.path.join(LAB.dir, "no-such.mmdb")
@@ -388,43 +382,27 @@ class T4Redis(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="geo-redis.", dir=LAB.dir)
-        cls.redis_port = labmod.free_port()
-        cls.redis = subprocess.Popen(
-            ["redis-server", "--port", str(cls.redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", cls.dir,
-             "--logfile", os.path.join(cls.dir, "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        poll(lambda: cls.rcli("PING") == "PONG", 5, "redis-server")
-        cls.policy_port = labmod.free_port()
+        cls.redis = RedisServer(cls.dir)
+        cls.redis.start()
+        cls.redis_port = cls.redis.port
+        cls.policy_port = free_port()
         cls.conf = os.path.join(cls.dir, "portcullis.cf")
-        with open(cls.conf, "w") as f:
-            f.write(labmod.daemon_config_text(
-                labmod.free_port(), cls.dir, services="policy", milter_listen=None,
-                policy_listen="inet:127.0.0.1:%d" % cls.policy_port,
-                lists="redis://127.0.0.1:%d/0" % cls.redis_port,
-                geoip_database=db_path()))
+        cls.d = hdaemon.Daemon("geo-redis", dir=cls.dir, port=cls.policy_port, conf=cls.conf,
+                               text=daemon_config_text(
+            free_port(), cls.dir, services="policy", milter_listen=None,
+            policy_listen="inet:127.0.0.1:%d" % cls.policy_port,
+            lists="redis://127.0.0.1:%d/0" % cls.redis_port,
+            geoip_database=db_path()))
         os.mkdir(os.path.join(cls.dir, "state"))
-        cls.log = open(os.path.join(cls.dir, "portcullisd.log"), "ab")
-        cls.daemon = subprocess.Popen([os.path.join(labmod.BIN, "portcullisd"), "-c", cls.conf,
-                                       "-f"], stdout=cls.log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL)
-        poll(lambda: labmod.port_accepts("127.0.0.1", cls.policy_port), 10, "policy door")
+        cls.d.start()           # the policy door listens
 
     @classmethod
     def tearDownClass(cls):
-        cls.daemon.terminate()
-        try:
-            cls.daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            cls.daemon.kill()
-            cls.daemon.wait(5)
-        cls.log.close()
+        cls.d.stop(10)
         cls.redis.kill()
-        cls.redis.wait(5)
-        with open(os.path.join(cls.dir, "portcullisd.log")) as f:
-            reports = [l for l in f if labmod.SANITIZER_RE.search(l)]
+        reports = cls.d.sanitizer_lines()
         if reports:
-            raise AssertionError("sanitizer reports:\n" + "".join(reports[:20]))
+            raise AssertionError("sanitizer reports:\n" + "\n".join(reports[:20]))
 
     @classmethod
     def rcli(cls, *args):
@@ -451,9 +429,7 @@ class T4Redis(unittest.TestCase):
         poll(lambda: self.ask("127.0.0.5") == "action=DUNNO", LIST_DELAY + 1, "entry removed")
 
     def test_02_cli_writes_the_documented_key(self):
-        p = subprocess.run([os.path.join(labmod.BIN, "portcullis"), "-c", self.conf,
-                            "accept", "add", "country:yy", "--ttl", "1h"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=20)
+        p = self.d.cli("accept", "add", "country:yy", "--ttl", "1h", check=False, timeout=20)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(self.rcli("EXISTS", "portcullis:accept:country:YY"), "1")
         ttl = int(self.rcli("TTL", "portcullis:accept:country:YY"))
@@ -465,35 +441,5 @@ class T4Redis(unittest.TestCase):
 CASES = (T1Doors, T2Reload, T3Start, T4Redis)
 
 
-class CountingResult(unittest.TextTestResult):
-    passed = 0
-
-    def addSuccess(self, test):
-        super().addSuccess(test)
-        self.passed += 1
-
-
-def main(argv):
-    names = [a for a in argv if not a.startswith("-")]
-    loader = unittest.TestLoader()
-    suite = unittest.TestSuite()
-    mod = sys.modules[__name__]
-    if names:
-        for n in names:
-            suite.addTests(loader.loadTestsFromName(n, mod))
-    else:
-        for cls in CASES:
-            suite.addTests(loader.loadTestsFromTestCase(cls))
-    runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=CountingResult)
-    try:
-        result = runner.run(suite)      # runs setUpModule / tearDownModule
-    finally:
-        if LAB is not None:
-            LAB.close()
-    failed = len(result.failures) + len(result.errors)
-    print("%d passed, %d failed" % (result.passed, failed), flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(runner.main(cases=CASES, cleanup=lambda: LAB is not None and LAB.close()))

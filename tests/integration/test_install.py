@@ -10,28 +10,19 @@ Run: python3 tests/integration/test_install.py   (PORTCULLIS_BIN as for the othe
 Last line: "N passed, N failed".
 """
 import os
-import re
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import unittest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
-SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import REPO, SANITIZER_RE, Daemon, run_bin  # noqa: E402
+from harness.ports import free_port  # noqa: E402
 
 
 def wait_for(pred, timeout, what):
@@ -89,45 +80,25 @@ class T01MakeInstall(unittest.TestCase):
 
 class T02LogFile(unittest.TestCase):
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="portcullis-logfile-")
-        self.port = free_port()
         self.milter_port = free_port()
+        self.dm = Daemon("logfile", (
+            ("state_dir", "{dir}/state"), ("services", "milter smtp"),
+            ("milter_listen", "inet:127.0.0.1:%d" % self.milter_port),
+            ("smtp_listen", "127.0.0.1:{port}"), ("mydomains", "example.com"),
+            ("myhostname", "mx.example.com"), ("relay_networks", "192.0.2.0/24"),
+            ("log_file", "{dir}/portcullis.log")))
+        self.dir, self.port, self.conf = self.dm.dir, self.dm.port, self.dm.conf
         self.logfile = os.path.join(self.dir, "portcullis.log")
-        self.conf = os.path.join(self.dir, "portcullis.conf")
-        with open(self.conf, "w") as f:
-            f.write("state_dir = %s/state\nservices = milter smtp\n"
-                    "milter_listen = inet:127.0.0.1:%d\nsmtp_listen = 127.0.0.1:%d\n"
-                    "mydomains = example.com\nmyhostname = mx.example.com\nrelay_networks = 192.0.2.0/24\n"
-                    "log_file = %s\n" % (self.dir, self.milter_port, self.port, self.logfile))
-        self.out = open(os.path.join(self.dir, "stderr"), "w+")
-        self.daemon = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
-                                       stdout=self.out, stderr=subprocess.STDOUT)
-        wait_for(lambda: self._accepts(), 15, "the smtp listener")
-
-    def _accepts(self):
-        if self.daemon.poll() is not None:
-            raise AssertionError("daemon exited: " + open(self.logfile).read()
-                                 if os.path.exists(self.logfile) else "no log")
-        try:
-            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-            return True
-        except OSError:
-            return False
+        self.daemon = self.dm.start(timeout=15).proc      # its stderr: self.dm.log_text()
 
     def tearDown(self):
-        self.daemon.send_signal(signal.SIGTERM)
-        try:
-            self.daemon.wait(20)
-        except subprocess.TimeoutExpired:
-            self.daemon.kill()
-            self.daemon.wait()
+        self.dm.stop(20)
         text = ""
         for p in (self.logfile, self.logfile + ".1"):
             if os.path.exists(p):
                 text += open(p, errors="replace").read()
-        self.out.seek(0)
-        text += self.out.read()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        text += self.dm.log_text()
+        self.dm.close()
         self.assertIsNone(SANITIZER_RE.search(text), text[-3000:])
 
     def refused_rcpt(self, rcpt):
@@ -145,8 +116,7 @@ class T02LogFile(unittest.TestCase):
         self.assertIn("portcullisd/smtp[", text)      # a worker
         self.assertEqual(self.refused_rcpt("x@elsewhere.test") // 100, 5)
         wait_for(lambda: "x@elsewhere.test" in open(self.logfile).read(), 5, "the verdict line")
-        self.out.seek(0)
-        self.assertNotIn("x@elsewhere.test", self.out.read(), "log_file set: nothing on stderr")
+        self.assertNotIn("x@elsewhere.test", self.dm.log_text(), "log_file set: nothing on stderr")
         # logrotate: move the file away, SIGUSR1 the master
         os.rename(self.logfile, self.logfile + ".1")
         self.daemon.send_signal(signal.SIGUSR1)
@@ -159,17 +129,12 @@ class T02LogFile(unittest.TestCase):
 
     def test_unwritable_log_file_stops_startup_naming_it(self):
         bad = os.path.join(self.dir, "no-such-dir", "p.log")
-        r = subprocess.run([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f",
-                            "-o", "log_file=" + bad, "-o", "smtp_listen=127.0.0.1:%d" % free_port(),
-                            "-o", "milter_listen=inet:127.0.0.1:%d" % free_port()],
-                           capture_output=True, text=True, timeout=30)
+        r = run_bin("portcullisd", "-c", self.conf, "-f",
+                    "-o", "log_file=" + bad, "-o", "smtp_listen=127.0.0.1:%d" % free_port(),
+                    "-o", "milter_listen=inet:127.0.0.1:%d" % free_port())
         self.assertEqual(r.returncode, 1)
         self.assertIn(bad, r.stderr)
 
 
 if __name__ == "__main__":
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len(res.failures) + len(res.errors)
-    print("%d passed, %d failed" % (res.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main())

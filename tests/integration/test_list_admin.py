@@ -13,16 +13,14 @@ Last line: "N passed, N failed"; exit 1 on a failure.
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
-SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import SANITIZER_RE, run_bin  # noqa: E402
 
 
 class ReAdd(unittest.TestCase):
@@ -39,8 +37,7 @@ class ReAdd(unittest.TestCase):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def pc(self, *args, ok=True):
-        r = subprocess.run([os.path.join(BIN, "portcullis"), "-c", self.conf] + list(args),
-                           capture_output=True, text=True, timeout=20)
+        r = run_bin("portcullis", "-c", self.conf, *args, timeout=20)
         self.assertIsNone(SANITIZER_RE.search(r.stderr), r.stderr)
         if ok:
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -104,11 +101,4 @@ class ReAdd(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    if not os.access(os.path.join(BIN, "portcullis"), os.X_OK):
-        sys.exit("%s/portcullis missing: run make first" % BIN)
-    t0 = time.monotonic()
-    res = unittest.main(exit=False, verbosity=2).result
-    failed = len(res.failures) + len(res.errors)
-    print("(%.1f s, PORTCULLIS_BIN=%s)" % (time.monotonic() - t0, BIN))
-    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main(require=("portcullis",)))

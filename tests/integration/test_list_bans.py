@@ -22,7 +22,6 @@ import fcntl
 import os
 import re
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -34,9 +33,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import milterclient as mc  # noqa: E402
 import test_redis_lists as rl  # noqa: E402
-from test_redis_lists import BIN, Node, say, wait_until  # noqa: E402
-
-SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
+from test_redis_lists import Node, say, wait_until  # noqa: E402
+from harness import runner  # noqa: E402  (tests/ is on the path: test_redis_lists put it there)
+from harness.daemon import SANITIZER_RE  # noqa: E402
+from harness.ports import free_port  # noqa: E402
 WORKER_DIED = re.compile(r"worker \(pid \d+\) (killed by signal|exited with status)")
 LIST_SIZE = int(os.environ.get("BANS_LIST_SIZE", "50000"))
 BANS = int(os.environ.get("BANS", "3000"))
@@ -98,7 +98,7 @@ class ListBans(unittest.TestCase):
             for i in range(LIST_SIZE):
                 f.write("10.%d.%d.%d added=%d expires=0 origin=import reason=feed\n"
                         % (i >> 16, (i >> 8) & 255, i & 255, now))
-        cls.smtp_port = rl.free_port()
+        cls.smtp_port = free_port()
         cls.node = Node("F", cls.dir, 0, lists="file:" + cls.lists,
                         services="milter, smtp", smtp_listen="127.0.0.1:%d" % cls.smtp_port,
                         delivery="maildir:" + os.path.join(cls.dir, "mail"))
@@ -235,13 +235,4 @@ class ListBans(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, rl._on_signal)
-    for exe in ("portcullisd", "portcullis"):
-        if not os.access(os.path.join(BIN, exe), os.X_OK):
-            sys.exit("%s/%s missing: run make first" % (BIN, exe))
-    t0 = time.monotonic()
-    res = unittest.main(exit=False, verbosity=2).result
-    failed = len(res.failures) + len(res.errors)
-    print("(%.1f s, PORTCULLIS_BIN=%s)" % (time.monotonic() - t0, BIN))
-    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main())

@@ -40,7 +40,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import smtplib
 import subprocess
 import sys
@@ -48,11 +47,13 @@ import tempfile
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import SANITIZER_RE, Daemon, exe  # noqa: E402
+from harness.ports import free_port, port_accepts  # noqa: E402
+from harness.util import wait_until  # noqa: E402
 
-BIN = lab.BIN
-TOOL = os.path.join(BIN, "mailstore-tool")
+TOOL = exe("mailstore-tool")
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 PASSWORD = "secret-pw"
 USERS = ["u%d@example.com" % i for i in range(1, 10)]
@@ -61,7 +62,7 @@ USERS = ["u%d@example.com" % i for i in range(1, 10)]
 class Dovecot:
     def __init__(self, base):
         self.base = base
-        self.port = lab.free_port()
+        self.port = free_port()
         self.store = os.path.join(base, "store")
         self.log = os.path.join(base, "dovecot.log")
         self.proc = None
@@ -130,7 +131,7 @@ service imap-login {{
         with open(os.path.join(self.base, "dovecot.err"), "w") as err:
             self.proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdout=subprocess.DEVNULL,
                                          stderr=err)
-        lab.wait_until(lambda: lab.port_accepts("127.0.0.1", self.port), 20,
+        wait_until(lambda: port_accepts("127.0.0.1", self.port), 20,
                        what="dovecot listening")
 
     def stop(self):
@@ -431,36 +432,27 @@ class MailstoreDovecot(unittest.TestCase):
         rcpts = [USERS[5], USERS[6]]
         d = os.path.join(self.tmp, "gw")
         os.makedirs(d)
-        port = lab.free_port()
-        conf = os.path.join(d, "p.conf")
-        with open(conf, "w") as f:
-            f.write("services = smtp\nsmtp_listen = 127.0.0.1:%d\nmyhostname = mx.store.test\n"
-                    "mydomains = example.com\nrelay_networks = 127.0.0.1\n"
-                    "state_dir = %s/state\nlog_level = info\ndelivery = maildir:%s\n"
-                    "users = file:%s/users\n" % (port, d, self.dc.store, d))
+        gw = Daemon("store-gw", (
+            ("services", "smtp"), ("smtp_listen", "127.0.0.1:{port}"),
+            ("myhostname", "mx.store.test"), ("mydomains", "example.com"),
+            ("relay_networks", "127.0.0.1"), ("state_dir", "{dir}/state"),
+            ("log_level", "info"), ("delivery", "maildir:%s" % self.dc.store),
+            ("users", "file:{dir}/users")), dir=d)
+        port = gw.port
         for u in rcpts:
-            p = subprocess.run([os.path.join(BIN, "portcullis"), "-c", conf, "user", "add", u,
-                                "--password-stdin"], input="pw-secret\n", text=True,
-                               capture_output=True, timeout=30)
+            p = gw.cli("user", "add", u, "--password-stdin", input="pw-secret\n", check=False)
             self.assertEqual(p.returncode, 0, p.stderr)
-        log = os.path.join(d, "d.log")
-        with open(log, "ab") as fh:
-            gw = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", conf, "-f"],
-                                  stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            lab.wait_until(lambda: gw.poll() is not None or lab.port_accepts("127.0.0.1", port),
-                           15, what="gateway")
-            self.assertIsNone(gw.poll())
+            gw.start(timeout=15)
             bodies = [b"Subject: gw %d\r\nMessage-ID: <gw%d@store.test>\r\n\r\nline\r\n%s\r\n"
                       % (i, i, b"x" * (100 * i)) for i in range(2)]
             for b in bodies:
                 with smtplib.SMTP("127.0.0.1", port, timeout=20) as c:
                     c.sendmail("s@outside.test", rcpts, b)
         finally:
-            gw.send_signal(signal.SIGTERM)
-            gw.wait(15)
-        with open(log, errors="replace") as f:
-            bad = [l for l in f if lab.SANITIZER_RE.search(l)]
+            stopped = gw.stop(15)
+        self.assertFalse(stopped and stopped[2], "the gateway did not stop on SIGTERM in 15 s")
+        bad = [l for l in gw.log_text().splitlines() if SANITIZER_RE.search(l)]
         self.assertEqual(bad, [])
         new = os.path.join(self.dc.maildir(rcpts[0]), "new")
         names = sorted(os.listdir(new))
@@ -585,7 +577,4 @@ class MailstoreDovecot(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    r = unittest.main(exit=False, verbosity=2).result
-    print("%d passed, %d failed" % (r.testsRun - len(r.failures) - len(r.errors) - len(r.skipped),
-                                    len(r.failures) + len(r.errors)))
-    sys.exit(1 if r.failures or r.errors else 0)
+    sys.exit(runner.main(require=("portcullisd", "portcullis", "mailstore-tool")))

@@ -27,10 +27,11 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab  # noqa: E402
 import test_mailstore_dovecot as tmd  # noqa: E402
+from harness import runner  # noqa: E402  (test_mailstore_dovecot put tests/ on the path)
+from harness.daemon import exe  # noqa: E402
 
-TOOL = os.path.join(lab.BIN, "pop3-tool")
+TOOL = exe("pop3-tool")
 POP3 = "/usr/lib/dovecot/pop3"
 
 MSGS = [
@@ -185,4 +186,4 @@ class Pop3VersusDovecot(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    sys.exit(runner.main(require=("pop3-tool",)))

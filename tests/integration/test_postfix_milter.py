@@ -21,9 +21,10 @@ import sys
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab as labmod                                    # noqa: E402
-from lab import Lab, make_message, new_marker           # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import daemon as hdaemon, runner            # noqa: E402
+from harness.client import make_message, new_marker      # noqa: E402
+from harness.postfix import Lab, LabError                # noqa: E402
 
 LAB = None
 START_MARK = None
@@ -38,7 +39,7 @@ LIST_DELAY = 1.0
 def setUpModule():
     global LAB
     for exe in ("portcullisd", "portcullis"):
-        p = os.path.join(labmod.BIN, exe)
+        p = os.path.join(hdaemon.BIN, exe)
         if not os.access(p, os.X_OK):
             raise RuntimeError("%s is missing: build with `make` first" % p)
     LAB = Lab(milter=True)
@@ -164,7 +165,7 @@ class LabCase(unittest.TestCase):
     def assertDelivered(self, marker, rcpts, c=None):
         try:
             got = LAB.wait_for_message(marker)
-        except labmod.LabError as e:
+        except LabError as e:
             self.fail("%s\n%s" % (e, self.ctx(*([c] if c else []))))
         seen = sorted(r for d in got for r in d.rcpts)
         self.assertEqual(seen, sorted(rcpts), "sink envelope recipients\n%s" % (
@@ -544,53 +545,5 @@ CASES = [T01Relay, T02RelayHacks, T03KillList, T04AcceptList, T05MaxRecipients,
          T06LongCommand, T07IPv6, T08Auth, T09NullSender, T10WarnMode]
 
 
-class CountingResult(unittest.TextTestResult):
-    """Counts tests, not checks: a test with failing subtests is one failure;
-    a failing setUpModule/setUpClass/tearDownModule counts as one failure."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.passed = 0
-
-    def addSuccess(self, test):
-        super().addSuccess(test)
-        self.passed += 1
-
-    def failed_ids(self):
-        ids = set()
-        for t, _ in self.failures + self.errors:
-            t = getattr(t, "test_case", t)          # a _SubTest -> its test
-            ids.add(t.id() if hasattr(t, "id") else str(t))
-        ids.update(t.id() for t in self.unexpectedSuccesses)
-        return ids
-
-
-def main(argv):
-    verbosity = 2
-    names = [a for a in argv if not a.startswith("-")]
-    loader = unittest.TestLoader()
-    suite = unittest.TestSuite()
-    mod = sys.modules[__name__]
-    if names:
-        for n in names:
-            suite.addTests(loader.loadTestsFromName(n, mod))
-    else:
-        for cls in CASES:
-            suite.addTests(loader.loadTestsFromTestCase(cls))
-    t0 = time.monotonic()
-    runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=verbosity,
-                                     resultclass=CountingResult)
-    try:
-        result = runner.run(suite)
-    finally:
-        if LAB is not None:
-            LAB.close()
-    failed = len(result.failed_ids())
-    passed = result.passed
-    print("%d skipped; %.1fs" % (len(result.skipped), time.monotonic() - t0))
-    print("%d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed or not result.wasSuccessful() else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(runner.main(cases=CASES, cleanup=lambda: LAB is not None and LAB.close()))

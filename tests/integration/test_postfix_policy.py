@@ -21,9 +21,12 @@ import sys
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab as labmod                                    # noqa: E402
-from lab import Lab, make_message, new_marker           # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import daemon as hdaemon, runner            # noqa: E402
+from harness.client import make_message, new_marker      # noqa: E402
+from harness.ports import free_port                      # noqa: E402
+from harness.postfix import Lab                          # noqa: E402
+from harness.util import wait_until                      # noqa: E402
 
 LAB = None
 OUTSIDE = "127.0.0.5"
@@ -44,7 +47,7 @@ class PolicyLab(Lab):
             self.policy_port = self.milter_port
             while self.milter and self.policy_port in (self.milter_port, self.smtp_port,
                                                       self.sink_port):
-                self.policy_port = labmod.free_port()
+                self.policy_port = free_port()
         self.main_cf_extra.update({
             "mynetworks": "127.0.0.1/32",
             "smtpd_relay_restrictions":
@@ -72,7 +75,7 @@ def start_daemon():
 def setUpModule():
     global LAB
     for exe in ("portcullisd", "portcullis"):
-        p = os.path.join(labmod.BIN, exe)
+        p = os.path.join(hdaemon.BIN, exe)
         if not os.access(p, os.X_OK):
             raise RuntimeError("%s is missing: build with `make` first" % p)
     LAB = PolicyLab(milter=False, ipv6=False, name="portcullis-policy")
@@ -341,7 +344,7 @@ class T03BadPeer(PolicyCase):
         self.assertLess(sent, 1000000, "the door kept reading without anyone reading answers")
         c, m = self.send(OUTSIDE, LOCAL)
         self.assertRcpt(c, 250, None, "while a peer is stuck")
-        labmod.wait_until(lambda: "does not read its answers" in LAB.daemon_log_since(self.mark),
+        wait_until(lambda: "does not read its answers" in LAB.daemon_log_since(self.mark),
                           10, what="the stuck peer to be dropped")
         s.close()
 
@@ -433,35 +436,5 @@ class T04WithMilter(PolicyCase):
         self.assertEqual(warn, [], "Postfix warnings")
 
 
-class CountingResult(unittest.TextTestResult):
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.passed = 0
-
-    def addSuccess(self, test):
-        super().addSuccess(test)
-        self.passed += 1
-
-
-def main(argv):
-    names = [a for a in argv if not a.startswith("-")]
-    loader = unittest.TestLoader()
-    mod = sys.modules[__name__]
-    suite = unittest.TestSuite()
-    if names:
-        for n in names:
-            suite.addTests(loader.loadTestsFromName(n, mod))
-    else:
-        for cls in (T01Relay, T02Kill, T03BadPeer, T04WithMilter):
-            suite.addTests(loader.loadTestsFromTestCase(cls))
-    t0 = time.monotonic()
-    result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2,
-                                     resultclass=CountingResult).run(suite)
-    failed = len(result.failures) + len(result.errors)
-    print("%.1fs" % (time.monotonic() - t0))
-    print("%d passed, %d failed" % (result.passed, failed), flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(runner.main(cases=[T01Relay, T02Kill, T03BadPeer, T04WithMilter]))

@@ -38,11 +38,10 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import milterclient as mc  # noqa: E402
-import test_redis_lists as rl  # noqa: E402
-from test_redis_lists import (BIN, PREFIX, REDIS_CLI, REDIS_SERVER, Node,  # noqa: E402
-                              RedisServer, say, wait_state, wait_until)
-
-SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
+from test_redis_lists import Node, say, wait_state, wait_until  # noqa: E402
+from harness import runner  # noqa: E402  (tests/ is on the path: test_redis_lists put it there)
+from harness.daemon import BIN, SANITIZER_RE  # noqa: E402
+from harness.redis import PREFIX, REDIS_CLI, REDIS_SERVER, RedisServer  # noqa: E402
 WORKER_DIED = re.compile(r"worker \(pid \d+\) (killed by signal|exited with status)")
 
 
@@ -346,16 +345,4 @@ class RedisRestartedEmpty(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, rl._on_signal)
-    for exe in ("portcullisd", "portcullis"):
-        if not os.access(os.path.join(BIN, exe), os.X_OK):
-            sys.exit("%s/%s missing: run make first" % (BIN, exe))
-    for exe in (REDIS_SERVER, REDIS_CLI):
-        if not os.access(exe, os.X_OK):
-            sys.exit("%s missing: apt-get install redis-server" % exe)
-    t0 = time.monotonic()
-    res = unittest.main(exit=False, verbosity=2).result
-    failed = len(res.failures) + len(res.errors)
-    print("(%.1f s, PORTCULLIS_BIN=%s)" % (time.monotonic() - t0, BIN))
-    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main(tools=(REDIS_SERVER, REDIS_CLI)))

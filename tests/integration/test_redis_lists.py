@@ -19,13 +19,11 @@ Last line: "N passed, N failed"; exit 1 on a failure.  Under 60 s.
 Only processes this module started are signalled, by pid; everything is
 stopped at exit, also after a failure or Ctrl-C.
 """
-import atexit
 import os
 import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,14 +33,15 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
 import milterclient as mc  # noqa: E402
+from harness import daemon as hdaemon, runner, util  # noqa: E402
+from harness.daemon import BIN, SANITIZER_RE  # noqa: E402,F401
+from harness.ports import free_port, port_accepts  # noqa: E402,F401
+from harness.redis import (PREFIX, REDIS_CLI, REDIS_SERVER, RedisServer, Resp,  # noqa: E402,F401
+                           RespError, info_field, push_entry)
+from harness.util import _on_signal  # noqa: E402,F401
 
-REPO = os.path.dirname(os.path.dirname(HERE))
-BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
-PREFIX = "portcullis:"
 VERBOSE = os.environ.get("LAB_VERBOSE") == "1"
 
 KILL_TEXT = re.compile(r"^5\.7\.1 Client host \S*\[[0-9a-f.:]+\] is on the kill list")
@@ -53,279 +52,67 @@ def say(msg):
     sys.stdout.flush()
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def wait_until(pred, timeout, interval=0.02, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
-        time.sleep(interval)
+    return util.wait_until(pred, timeout, interval, what)
 
 
-# ---------------------------------------------------------------------------
-# A minimal RESP client: enough to write keys exactly as a script would.
-
-class RespError(Exception):
-    pass
-
-
-class Resp:
-    """One connection to Redis; call(*args) sends one command, returns the
-    decoded reply (bytes, int, list, None); a -ERR reply raises RespError.
-    pipeline(cmds) sends many and returns all replies."""
-
-    def __init__(self, port, host="127.0.0.1", timeout=5.0, db=0):
-        self.sock = socket.create_connection((host, port), timeout)
-        self.sock.settimeout(timeout)
-        self.buf = b""
-        if db:
-            self.call("SELECT", db)
-
-    @staticmethod
-    def encode(args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            if not isinstance(a, bytes):
-                a = str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        return b"".join(out)
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("redis closed the connection")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _exact(self, n):
-        while len(self.buf) < n + 2:
-            chunk = self.sock.recv(max(65536, n + 2 - len(self.buf)))
-            if not chunk:
-                raise ConnectionError("redis closed the connection")
-            self.buf += chunk
-        data, self.buf = self.buf[:n], self.buf[n + 2:]
-        return data
-
-    def _reply(self):
-        line = self._line()
-        t, rest = line[:1], line[1:]
-        if t == b"+":
-            return rest
-        if t == b"-":
-            return RespError(rest.decode(errors="replace"))
-        if t == b":":
-            return int(rest)
-        if t == b"$":
-            n = int(rest)
-            return None if n < 0 else self._exact(n)
-        if t == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._reply() for _ in range(n)]
-        raise RespError("bad RESP type byte %r" % t)
-
-    def call(self, *args):
-        self.sock.sendall(self.encode(args))
-        r = self._reply()
-        if isinstance(r, RespError):
-            raise r
-        return r
-
-    def pipeline(self, cmds):
-        self.sock.sendall(b"".join(self.encode(c) for c in cmds))
-        return [self._reply() for _ in cmds]
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-def push_entry(r, kind, entry, reason="bench", origin="admin", ttl=None, prefix=PREFIX):
-    """What the CLI does for `KIND add ENTRY`: MULTI; DEL; HSET; [EXPIRE]; EXEC;
-    PUBLISH. Returns the replies."""
-    key = "%s%s:%s" % (prefix, kind, entry)
-    cmds = [("MULTI",), ("DEL", key),
-            ("HSET", key, "added", int(time.time()), "origin", origin, "reason", reason)]
-    if ttl:
-        cmds.append(("EXPIRE", key, ttl))
-    cmds += [("EXEC",), ("PUBLISH", prefix + "changes", "%s %s" % (kind, entry))]
-    return r.pipeline(cmds)
-
-
-def info_field(r, section, field):
-    text = r.call("INFO", section).decode()
-    m = re.search(r"^%s:(\S+)" % re.escape(field), text, re.M)
-    return m.group(1) if m else None
-
-
-# ---------------------------------------------------------------------------
-# Processes we own.
-
-_OWNED = []     # objects with .kill_now()
-
-
-def _cleanup():
-    for o in list(_OWNED):
-        try:
-            o.kill_now()
-        except Exception:
-            pass
-
-
-atexit.register(_cleanup)
-
-
-def _on_signal(signum, frame):
-    _cleanup()
-    sys.exit(128 + signum)
-
-
-class RedisServer:
-    def __init__(self, workdir, port=None):
-        self.dir = workdir
-        self.port = port or free_port()
-        self.proc = None
-        self.starts = 0
-        _OWNED.append(self)
-
-    def start(self, dbfilename="dump.rdb", wait=5.0):
-        self.starts += 1
-        log = os.path.join(self.dir, "redis.%d.log" % self.starts)
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir,
-             "--dbfilename", dbfilename, "--daemonize", "no", "--logfile", log],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def up():
-            if self.proc.poll() is not None:
-                raise AssertionError("redis-server exited %s; see %s" % (self.proc.returncode, log))
-            try:
-                r = Resp(self.port, timeout=0.5)
-                ok = r.call("PING") == b"PONG"
-                r.close()
-                return ok
-            except (OSError, RespError, ConnectionError):
-                return False
-        wait_until(up, wait, 0.02, "redis-server on port %d" % self.port)
-
-    def kill(self, sig=signal.SIGKILL):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(5)
-        self.proc = None
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    kill_now = kill
-
-    def client(self, db=0):
-        return Resp(self.port, db=db)
-
-
-class Node:
+class Node(hdaemon.Daemon):
     """One portcullisd (master + milter worker) with its own config."""
 
     def __init__(self, name, workdir, redis_port, **extra):
-        self.name = name
-        self.dir = os.path.join(workdir, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.port = free_port()
-        self.conf = os.path.join(self.dir, "portcullis.conf")
-        self.logpath = os.path.join(self.dir, "portcullisd.log")
-        self.proc = None
-        self.logf = None
-        self.exit_codes = []
-        keys = [
-            ("milter_listen", "inet:127.0.0.1:%d" % self.port),
+        d = os.path.join(workdir, name)
+        os.makedirs(d, exist_ok=True)
+        super().__init__(name, (
+            ("milter_listen", "inet:127.0.0.1:{port}"),
             ("mydomains", "example.com"),
             ("relay_networks", "127.0.0.2"),
             ("lists", "redis://127.0.0.1:%d/0" % redis_port),
             ("lists_resync", "5s"),
-            ("state_dir", os.path.join(self.dir, "state")),
+            ("state_dir", "{dir}/state"),
             ("max_command_length", "512"),
             ("long_command_ban", "3600"),
             ("log_level", "info"),
-        ]
-        keys = dict(keys)
-        keys.update(extra)      # extra keys replace the defaults
-        with open(self.conf, "w") as f:
-            f.write("# written by tests/integration/test_redis_lists.py\n")
-            for k, v in keys.items():
-                f.write("%s = %s\n" % (k, v))
-        _OWNED.append(self)
+        ), dir=d, **extra)      # extra keys replace the defaults
+        self.logpath = self.log_path
+        self.exit_codes = []
 
     @property
     def cache_kill_list(self):
         return os.path.join(self.dir, "state", "lists-cache", "kill.list")
 
     def start(self, wait_loaded=True):
-        self.logf = open(self.logpath, "a")
-        self.logf.write("==== test: starting %s\n" % self.name)
-        self.logf.flush()
+        if self.proc is not None and self.proc.poll() is not None:
+            self.proc = None        # killed (kill_now): start again
+        with open(self.logpath, "a") as f:
+            f.write("==== test: starting %s\n" % self.name)
         self.mark = self.log_size()
-        self.proc = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
-                                     stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=subprocess.STDOUT)
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise AssertionError("%s exited %s at start:\n%s" % (self.name, self.proc.returncode,
-                                                                     self.log_since(self.mark)))
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-            except OSError:
-                return False
-            return not wait_loaded or "lists loaded" in self.log_since(self.mark)
-        wait_until(ready, 15, 0.03, "%s listening" % self.name)
+        super().start(ready=lambda: port_accepts("127.0.0.1", self.port) and (
+            not wait_loaded or "lists loaded" in self.log_since(self.mark)), timeout=15)
 
     def stop(self, grace=8.0):
-        if self.proc is None:
+        res = super().stop(grace)
+        if res is None:
             return None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-            rc = "killed after %.0fs" % grace
+        rc = ("killed after %.0fs" % grace) if res[2] else res[0]
         self.exit_codes.append(rc)
-        self.proc = None
-        self.logf.close()
         return rc
 
     def kill_now(self):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        self._closed_log()
 
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
+    @property
+    def logf(self):
+        """The log file object while running (older tests close it after kill_now)."""
+        return self.log_fh or open(os.devnull, "w")
 
     def log_size(self):
-        try:
-            return os.path.getsize(self.logpath)
-        except OSError:
-            return 0
+        return self.log_mark()
 
     def log_since(self, mark=0):
-        with open(self.logpath, "rb") as f:
-            f.seek(mark)
-            return f.read().decode("utf-8", "replace")
+        return super().log_since(mark)
 
     def wait_log(self, pattern, mark=0, within=3.0):
         rx = re.compile(pattern)
@@ -333,12 +120,11 @@ class Node:
                           "%s log /%s/" % (self.name, pattern))
 
     def cli(self, *args, inp=None, timeout=60, overrides=()):
-        cmd = [os.path.join(BIN, "portcullis"), "-c", self.conf]
+        cmd = ["-c", self.conf]
         for o in overrides:
             cmd += ["-o", o]
         t0 = time.monotonic()
-        r = subprocess.run(cmd + list(args), capture_output=True, text=True, input=inp,
-                           timeout=timeout)
+        r = hdaemon.run_bin("portcullis", *(cmd + list(args)), input=inp, timeout=timeout)
         r.seconds = time.monotonic() - t0
         if VERBOSE:
             sys.stderr.write("%s$ portcullis %s -> %d\n%s%s" % (self.name, " ".join(args),
@@ -1026,17 +812,4 @@ class RedisLists(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
-    for exe in ("portcullisd", "portcullis"):
-        if not os.access(os.path.join(BIN, exe), os.X_OK):
-            sys.exit("%s/%s missing: run make first" % (BIN, exe))
-    for exe in (REDIS_SERVER, REDIS_CLI):
-        if not os.access(exe, os.X_OK):
-            sys.exit("%s missing: apt-get install redis-server" % exe)
-    t0 = time.monotonic()
-    res = unittest.main(exit=False, verbosity=2).result
-    failed = len(res.failures) + len(res.errors)
-    print("(%.1f s, PORTCULLIS_BIN=%s)" % (time.monotonic() - t0, BIN))
-    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main(tools=(REDIS_SERVER, REDIS_CLI)))

@@ -20,6 +20,8 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from milterclient import MilterClient                       # noqa: E402
 import test_redis_lists as rl                                # noqa: E402
+from harness import runner                                   # noqa: E402  (on the path now)
+from harness.redis import RedisServer                        # noqa: E402
 
 SYNC = 1.2	# counters are shared twice a second; allow a little more
 
@@ -49,7 +51,7 @@ class RateLimitAcrossNodes(unittest.TestCase):
     def setUpClass(cls):
         cls.work = tempfile.mkdtemp(prefix="portcullis-rate-")
         os.chmod(cls.work, 0o755)
-        cls.redis = rl.RedisServer(cls.work)
+        cls.redis = RedisServer(cls.work)
         cls.redis.start()
         extra = {"relay_rate_limit": "6/1h",
                  "relay_rate_limit_overrides": "@big.example:20/1h"}
@@ -103,7 +105,4 @@ class RateLimitAcrossNodes(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    res = unittest.main(exit=False, verbosity=2).result
-    failed = len(res.failures) + len(res.errors)
-    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main())

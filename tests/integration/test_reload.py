@@ -39,27 +39,27 @@ import smtplib
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab as labmod                                           # noqa: E402
-from lab import free_port, port_accepts, wait_until          # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import daemon as hdaemon, runner                 # noqa: E402
+from harness.client import make_message, new_marker          # noqa: E402
+from harness.daemon import BIN                                # noqa: E402
+from harness.ports import free_port, port_accepts             # noqa: E402
+from harness.postfix import Lab                               # noqa: E402
+from harness.util import wait_until                           # noqa: E402
 
-BIN = labmod.BIN
 OUTSIDE = "127.0.0.5"       # not in relay_networks: mydomains decides
 
 
-class Daemon:
-    """portcullisd in a directory of its own; the config can be rewritten
-    and reloaded."""
+class Daemon(hdaemon.Daemon):
+    """portcullisd in a directory of its own; the config (self.keys) can be
+    rewritten and reloaded."""
 
     def __init__(self, **keys):
-        self.dir = tempfile.mkdtemp(prefix="portcullis-reload.")
-        os.chmod(self.dir, 0o755)
-        self.port = free_port()
+        super().__init__("reload")
         self.keys = {
             "state_dir": self.dir + "/state",
             "services": "smtp",
@@ -71,10 +71,8 @@ class Daemon:
             "users": "",        # no user database: any local part is deliverable
         }
         self.keys.update({k: str(v) for k, v in keys.items()})
-        self.conf = os.path.join(self.dir, "portcullis.conf")
         self.write()
-        self.log = os.path.join(self.dir, "portcullisd.log")
-        self.proc = None
+        self.log = self.log_path
         self.gen = 0
 
     def write(self, extra_lines=""):
@@ -83,19 +81,8 @@ class Daemon:
         os.rename(self.conf + ".new", self.conf)
 
     def start(self):
-        env = dict(os.environ)
-        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
-        self.logfh = open(self.log, "ab")
-        self.proc = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
-                                     stdout=self.logfh, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
         pid_file = os.path.join(self.keys["state_dir"], "portcullisd.pid")  # written when ready
-        wait_until(lambda: self.proc.poll() is not None or os.path.exists(pid_file),
-                   20, what="portcullisd to start")
-        if self.proc.poll() is not None:
-            raise AssertionError("portcullisd exited %s:\n%s" % (self.proc.returncode,
-                                                                 self.log_text()))
-        return self
+        return super().start(ready=lambda: os.path.exists(pid_file), timeout=20)
 
     def status(self):
         try:
@@ -118,28 +105,11 @@ class Daemon:
         return st[1], st[2]
 
     def cli(self, *args, timeout=90):
-        return subprocess.run([os.path.join(BIN, "portcullis"), "-c", self.conf] + list(args),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              stdin=subprocess.DEVNULL, timeout=timeout)
+        return super().cli(*args, check=False, timeout=timeout)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        rc = self.proc.returncode if self.proc is not None else 0
-        self.proc = None
-        if getattr(self, "logfh", None):
-            self.logfh.close()
-            self.logfh = None
-        return rc
-
-    def log_text(self):
-        with open(self.log, errors="replace") as f:
-            return f.read()
+        res = super().stop(20)
+        return res[0] if res is not None else (self.last_stop[0] if self.last_stop else 0)
 
     def store_subjects(self):
         """the Subject of every message in the store (new/)"""
@@ -159,10 +129,8 @@ class Daemon:
 
     def cleanup(self, case):
         rc = self.stop()
-        text = self.log_text()
-        bad = [l for l in text.splitlines() if labmod.SANITIZER_RE.search(l)]
-        if os.environ.get("KEEP_LAB") != "1":
-            shutil.rmtree(self.dir, ignore_errors=True)
+        bad = self.sanitizer_lines()
+        self.close()
         case.assertEqual(bad, [], "sanitizer report in the daemon log")
         case.assertEqual(rc, 0, "portcullisd did not exit 0 on SIGTERM")
 
@@ -414,13 +382,13 @@ class T5Milter(unittest.TestCase):
     """The milter door behind a real Postfix: the policy swaps in process."""
 
     def test_postfix_milter_picks_up_policy_no_4xx(self):
-        with labmod.Lab(milter=True) as lab:
+        with Lab(milter=True) as lab:
             lab.start_daemon(mydomains="example.com sub.example.com")
             try:
                 status = os.path.join(lab.dir, "state", "reload-status")
                 relayed = "bob@sub.example.com"       # in mydomains, then not
                 c = lab.send(OUTSIDE, "sender@outside.test", relayed,
-                             labmod.make_message(labmod.new_marker("t5a"), to=relayed))
+                             make_message(new_marker("t5a"), to=relayed))
                 self.assertEqual(c.step("RCPT").code, 250, c.transcript())
                 # a session mid-transaction across the reload
                 old = lab.client(OUTSIDE)
@@ -434,9 +402,9 @@ class T5Milter(unittest.TestCase):
 
                 def traffic():
                     while not stop.is_set():
-                        m = labmod.new_marker("t5t")
+                        m = new_marker("t5t")
                         t = lab.send(OUTSIDE, "sender@outside.test", "alice@example.com",
-                                     labmod.make_message(m, to="alice@example.com"))
+                                     make_message(m, to="alice@example.com"))
                         seen.extend(t.steps)
                 th = threading.Thread(target=traffic)
                 th.start()
@@ -452,8 +420,8 @@ class T5Milter(unittest.TestCase):
                 self.assertIn("milter: policy reloaded", read(lab.daemon_log))
                 c = lab.send(OUTSIDE, "sender@outside.test", relayed)
                 self.assertEqual(c.step("RCPT").code // 100, 5, c.transcript())
-                m = labmod.new_marker("t5old")
-                self.assertEqual(old.data(labmod.make_message(m, to=relayed))[0], 250,
+                m = new_marker("t5old")
+                self.assertEqual(old.data(make_message(m, to=relayed))[0], 250,
                                  old.transcript())
                 old.quit()
                 lab.wait_for_message(m)
@@ -466,7 +434,7 @@ class T5Milter(unittest.TestCase):
 
 
     def test_milter_takes_a_new_list_store(self):
-        with labmod.Lab(milter=True) as lab:
+        with Lab(milter=True) as lab:
             lab.start_daemon()
             try:
                 status = os.path.join(lab.dir, "state", "reload-status")
@@ -530,9 +498,9 @@ class T7PolicyDoor(unittest.TestCase):
 
                 def traffic():      # keeps Postfix's policy connections busy
                     while not stop.is_set():
-                        m = labmod.new_marker("t7")
+                        m = new_marker("t7")
                         t = lab.send(OUTSIDE, "sender@outside.test", "alice@example.com",
-                                     labmod.make_message(m, to="alice@example.com"))
+                                     make_message(m, to="alice@example.com"))
                         seen.extend(t.steps)
                 th = threading.Thread(target=traffic)
                 th.start()
@@ -602,7 +570,7 @@ def run_load(d, sessions, seconds, reconnect_every=5):
         src = "127.0.%d.%d" % (2 + n // 250, 1 + n % 250)
         c, k = None, 0
         while not stop.is_set():
-            marker = "load-%d-%d-%s" % (n, k, labmod.new_marker("x"))
+            marker = "load-%d-%d-%s" % (n, k, new_marker("x"))
             try:
                 if c is None:
                     c = smtp(d.port, source=src)
@@ -654,8 +622,4 @@ def run_load(d, sessions, seconds, reconnect_every=5):
 
 
 if __name__ == "__main__":
-    prog = unittest.main(exit=False, verbosity=2)
-    r = prog.result
-    failed = len(r.failures) + len(r.errors)
-    print("%d passed, %d failed" % (r.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main())

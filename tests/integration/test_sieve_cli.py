@@ -12,9 +12,9 @@ import sys
 import tempfile
 import unittest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
-SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import BIN, SANITIZER_RE  # noqa: E402
 
 
 class RulesCheck(unittest.TestCase):
@@ -69,7 +69,4 @@ class RulesCheck(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    r = unittest.main(exit=False, verbosity=1).result
-    print("%d passed, %d failed" % (r.testsRun - len(r.failures) - len(r.errors),
-                                   len(r.failures) + len(r.errors)))
-    sys.exit(0 if r.wasSuccessful() else 1)
+    sys.exit(runner.main(require=("portcullis",), verbosity=2 if "-v" in sys.argv else 1))

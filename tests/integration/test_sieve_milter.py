@@ -14,9 +14,10 @@ import sys
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab as labmod                                    # noqa: E402
-from lab import Lab, make_message, new_marker           # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner                               # noqa: E402
+from harness.client import make_message, new_marker      # noqa: E402
+from harness.postfix import Lab                          # noqa: E402
 
 LAB = None
 START_MARK = None
@@ -249,7 +250,5 @@ class SieveMilter(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    r = unittest.main(exit=False, verbosity=2 if "-v" in sys.argv else 1).result
-    failed = len(r.failures) + len(r.errors)
-    print("%d passed, %d failed" % (r.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main(verbosity=2 if "-v" in sys.argv else 1,
+                         cleanup=lambda: LAB is not None and LAB.close()))

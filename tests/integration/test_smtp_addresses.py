@@ -2,7 +2,7 @@
 """Envelope addresses end to end (issue 8 items 1, 3, 4, 9, 10, 22): what a
 hostile client is told, and what a REAL Postfix received.
 
-One lab (lab.py): a private Postfix whose smtpd uses portcullisd as its milter
+One lab (harness.postfix.Lab): a private Postfix whose smtpd uses portcullisd as its milter
 and relays everything to an smtp-sink.  The same portcullisd also runs the
 SMTP gateway (services = milter smtp) on its own port, so one daemon is
 tested through both doors:
@@ -23,14 +23,16 @@ import glob
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab as labmod                                            # noqa: E402
-from lab import Lab, SmtpClient, free_port, make_message, new_marker  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import daemon as hdaemon, runner                    # noqa: E402
+from harness.client import SmtpClient, make_message, new_marker  # noqa: E402
+from harness.ports import free_port                              # noqa: E402
+from harness.postfix import Lab, LabError                        # noqa: E402
+from harness.util import read, tail, wait_until                  # noqa: E402
 
 LAB = None
 GW = None               # the gateway's port
@@ -42,18 +44,15 @@ USERS = ("alice@example.com", "bob@example.com", "postmaster@example.com")
 def setUpModule():
     global LAB, GW
     for exe in ("portcullisd", "portcullis"):
-        p = os.path.join(labmod.BIN, exe)
+        p = os.path.join(hdaemon.BIN, exe)
         if not os.access(p, os.X_OK):
             raise RuntimeError("%s is missing: build with `make` first" % p)
     LAB = Lab(milter=True, name="portcullis-addr")
-    GW = free_port()
-    while GW in (LAB.smtp_port, LAB.sink_port, LAB.milter_port):
-        GW = free_port()
+    GW = free_port()        # never one of the lab's: free_port does not repeat itself
     LAB.write_daemon_config()
     for u in USERS:
-        p = subprocess.run([os.path.join(labmod.BIN, "portcullis"), "-c", LAB.conf, "user",
-                            "add", u, "--password-stdin"], input="secret-%s\n" % u,
-                           capture_output=True, text=True, timeout=30)
+        p = hdaemon.run_bin("portcullis", "-c", LAB.conf, "user", "add", u,
+                            "--password-stdin", input="secret-%s\n" % u)
         if p.returncode != 0:
             raise RuntimeError("user add %s: %s %s" % (u, p.stdout, p.stderr))
     LAB.kill_add("@evil.org", reason="address tests")
@@ -238,7 +237,7 @@ class T01PassThrough(AddrCase):
         self.assertReply(c, "<message>", 250, "2.0.0")
         try:
             got = LAB.wait_for_message(m)
-        except labmod.LabError as e:
+        except LabError as e:
             self.fail("%s\n%s" % (e, self.ctx(c)))
         rcpt_args = [a for d in got for a in re.findall(r"^X-Rcpt-Args: (.*)$", d.text, re.M)]
         mail_args = [a for d in got for a in d.mail_args]
@@ -499,11 +498,11 @@ class T07SmtpUtf8(unittest.TestCase):
         c = self.session("j\u00f6rg@outside.test", "m\u00fcller@example.com", "SMTPUTF8", m)
         st = c.step("<message>")
         self.assertTrue(st is not None and st.code == 250, c.transcript() + "\n" +
-                        labmod._tail(self.lab.daemon_log, 10))
+                        tail(self.lab.daemon_log, 10))
         # the milter let every stage pass; the smtp-sink behind offers no
         # SMTPUTF8, so Postfix can only queue it (and bounce it later)
-        labmod.wait_until(lambda: "to=<m\u00fcller@example.com>" in
-                          labmod._read(self.lab.maillog), 10, what="Postfix queued it")
+        wait_until(lambda: "to=<m\u00fcller@example.com>" in
+                          read(self.lab.maillog), 10, what="Postfix queued it")
 
     def test_utf8_without_smtputf8_is_refused(self):
         m = new_marker()
@@ -518,40 +517,5 @@ CASES = [T01PassThrough, T02Milter, T03Store, T04StoreWithRelayhost, T05Postmast
          T07SmtpUtf8]
 
 
-class CountingResult(unittest.TextTestResult):
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.passed = 0
-
-    def addSuccess(self, test):
-        super().addSuccess(test)
-        self.passed += 1
-
-
-def main(argv):
-    names = [a for a in argv if not a.startswith("-")]
-    loader = unittest.TestLoader()
-    suite = unittest.TestSuite()
-    mod = sys.modules[__name__]
-    if names:
-        for n in names:
-            suite.addTests(loader.loadTestsFromName(n, mod))
-    else:
-        for cls in CASES:
-            suite.addTests(loader.loadTestsFromTestCase(cls))
-    t0 = time.monotonic()
-    runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2,
-                                     resultclass=CountingResult)
-    try:
-        result = runner.run(suite)
-    finally:
-        if LAB is not None:
-            tearDownModule()
-    failed = len(result.failures) + len(result.errors)
-    print("%d skipped; %.1fs" % (len(result.skipped), time.monotonic() - t0))
-    print("%d passed, %d failed" % (result.passed, failed), flush=True)
-    return 1 if failed or not result.wasSuccessful() else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(runner.main(cases=CASES, cleanup=lambda: LAB is not None and tearDownModule()))

@@ -46,12 +46,12 @@ import shutil
 import socket
 import sys
 import time
-import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import lab  # noqa: E402
-import test_smtp_tls_auth as tls  # noqa: E402  (work area, Daemon, Client)
+import test_smtp_tls_auth as tls  # noqa: E402  (work area, Daemon, Client, main)
+from harness.client import make_message, new_marker  # noqa: E402  (tests/ on the path now)
+from harness.util import HarnessError, read_from, wait_until  # noqa: E402
 
 USER = tls.USER
 PASSWORD = tls.PASSWORD
@@ -75,7 +75,7 @@ def daemon(name, **conf):
 class Case(tls.Case):
     def deliver(self, d, rcpt, source="127.0.0.5"):
         """One message to rcpt: the reply to RCPT and to the final dot."""
-        m = lab.new_marker("u")
+        m = new_marker("u")
         with tls.Client(d.ports["smtp"], source=source) as c:
             c.ehlo()
             out = c.transaction([rcpt], m)
@@ -100,9 +100,9 @@ class T01UsersFile(Case):
 
     def wait_log(self, pattern, timeout=4.0):
         try:
-            return lab.wait_until(lambda: re.search(pattern, self.log_since(self.d)),
+            return wait_until(lambda: re.search(pattern, self.log_since(self.d)),
                                   timeout, what=pattern)
-        except lab.LabError:
+        except HarnessError:
             self.fail("the log never said /%s/:\n%s" % (pattern, self.log_since(self.d)[-2000:]))
 
     def restore(self):
@@ -179,7 +179,7 @@ class T01UsersFile(Case):
             os.chmod(users, 0)
             time.sleep(1.5)
             self.assertEqual(deliver(), [250, 250, 250], "users file mode 000")
-            lab.wait_until(lambda: "Permission denied" in lab._read_from(d.log, mark), 4,
+            wait_until(lambda: "Permission denied" in read_from(d.log, mark), 4,
                            what="the log to say why")
             os.chmod(users, 0o600)
             d.stop()
@@ -189,11 +189,11 @@ class T01UsersFile(Case):
             d.start()
             self.assertEqual(deliver(), [250, 550])
             time.sleep(1.5)
-            log = lab._read_from(d.log, mark)
+            log = read_from(d.log, mark)
             self.assertIn("users file not usable, no users until it is: cannot read", log)
             self.assertNotRegex(log, r"smtp.*(exited|restart)", log)
             os.chmod(users, 0o600)
-            lab.wait_until(lambda: "users reloaded: 1" in lab._read_from(d.log, mark), 4,
+            wait_until(lambda: "users reloaded: 1" in read_from(d.log, mark), 4,
                            what="the users to be picked up")
             self.assertEqual(deliver(), [250, 250, 250], "after chmod 600")
         finally:
@@ -256,11 +256,11 @@ class T02AuthPool(Case):
         with tls.Client(self.d.ports["smtp"], source=source) as c:
             c.ehlo()
             for _ in range(n):
-                m = lab.new_marker("p")
+                m = new_marker("p")
                 self.assertReply(c.mail(), 250, c=c)
                 self.assertReply(c.rcpt(USER), 250, c=c)
                 t0 = time.monotonic()
-                self.assertReply(c.data(lab.make_message(m, to=USER)), 250, c=c)
+                self.assertReply(c.data(make_message(m, to=USER)), 250, c=c)
                 out.append(time.monotonic() - t0)
         out.sort()
         return out
@@ -585,39 +585,5 @@ class T05SmtpAuthOff(Case):
 CASES = [T01UsersFile, T02AuthPool, T03Penalty, T04AuthHygiene, T05SmtpAuthOff]
 
 
-def main(argv):
-    for exe in ("portcullisd", "portcullis"):
-        if not os.access(os.path.join(tls.BIN, exe), os.X_OK):
-            print("%s/%s missing: run make first" % (tls.BIN, exe), file=sys.stderr)
-            return 1
-    names = [a for a in argv if not a.startswith("-")]
-    loader = unittest.TestLoader()
-    suite = unittest.TestSuite()
-    mod = sys.modules[__name__]
-    if names:
-        for n in names:
-            suite.addTests(loader.loadTestsFromName(n, mod))
-    else:
-        for cls in CASES:
-            suite.addTests(loader.loadTestsFromTestCase(cls))
-    t0 = time.monotonic()
-    runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2,
-                                     resultclass=tls.CountingResult)
-    problems = []
-    result = None
-    try:
-        result = runner.run(suite)
-        problems = tls.final_checks()
-    finally:
-        if W is not None:
-            W.close()
-    failed = len(result.failed_ids()) + len(problems)
-    for p in problems:
-        print("FAIL (final check): %s" % p)
-    print("%d skipped; %.1fs" % (len(result.skipped), time.monotonic() - t0))
-    print("%d passed, %d failed" % (result.passed, failed), flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(tls.main(cases=CASES))

@@ -22,9 +22,10 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import wait_until                                     # noqa: E402
-from test_smtp_service import Daemon                            # noqa: E402
-from test_smtp_downstream_cache import Downstream               # noqa: E402
+from test_smtp_service import Daemon                            # noqa: E402  (a harness Daemon)
+from test_smtp_downstream_cache import Downstream               # noqa: E402  (a harness FakeSMTP)
+from harness import runner                                      # noqa: E402  (tests/ on the path now)
+from harness.util import wait_until                             # noqa: E402
 
 ID = re.compile(r"\bconn=([0-9A-F]{12}) ")
 BODY = b"From: a@example.org\r\nSubject: connid\r\n\r\nhello\r\n"
@@ -90,7 +91,6 @@ class PassThrough(Base):
     @classmethod
     def setUpClass(cls):
         cls.down = Downstream()
-        cls.down.start()
         cls.overrides = {"delivery": "relay:[127.0.0.1]:%d" % cls.down.port,
                          "relay_networks": "127.0.0.1", "relay_require_headers": "",
                          "relay_connection_cache_time": "0"}
@@ -148,8 +148,4 @@ class Refused(Base):
 
 
 if __name__ == "__main__":
-    prog = unittest.main(exit=False, verbosity=2, argv=sys.argv)
-    r = prog.result
-    failed = len(r.failures) + len(r.errors)
-    print("%d passed, %d failed" % (r.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main())

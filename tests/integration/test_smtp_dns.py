@@ -13,37 +13,19 @@ Last line: "N passed, N failed".
 """
 import os
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import SANITIZER_RE, SMTP_GATEWAY, Daemon  # noqa: E402
+from harness.ports import free_port  # noqa: E402
+
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, within=10):
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 def dns_answers(port, timeout=15):
@@ -66,8 +48,11 @@ def dns_answers(port, timeout=15):
 class Dns(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="portcullis-dns-")
-        cls.dns_port = free_port(socket.SOCK_DGRAM)
+        cls.dns_port = free_port(kind=socket.SOCK_DGRAM)
+        cls.d = Daemon("dns", SMTP_GATEWAY, mydomains="example.com good.test",
+                       relay_networks="192.0.2.1", relay_client_domains="yes",
+                       client_hostname_lookups="yes", resolver="127.0.0.1:%d" % cls.dns_port)
+        cls.dir, cls.conf, cls.port = cls.d.dir, cls.d.conf, cls.d.port
         cls.dns = subprocess.Popen(
             [DNSMASQ, "--keep-in-foreground", "--port=%d" % cls.dns_port,
              "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
@@ -80,34 +65,17 @@ class Dns(unittest.TestCase):
         # that refused its first query (port not bound yet, a loaded
         # machine) for down and stops asking it for seconds
         assert dns_answers(cls.dns_port), "dnsmasq does not answer"
-        cls.port = free_port()
-        cls.conf = os.path.join(cls.dir, "p.conf")
-        with open(cls.conf, "w") as f:
-            f.write("state_dir = %s/state\nservices = smtp\nsmtp_listen = 127.0.0.1:%d\n"
-                    "myhostname = mx.example.com\nmydomains = example.com good.test\n"
-                    "relay_networks = 192.0.2.1\nrelay_client_domains = yes\n"
-                    "client_hostname_lookups = yes\nresolver = 127.0.0.1:%d\n"
-                    % (cls.dir, cls.port, cls.dns_port))
         for e in ("host:liar.test", "host:.evil.test"):
-            subprocess.run([os.path.join(BIN, "portcullis"), "-c", cls.conf, "kill", "add", e],
-                           check=True, capture_output=True)
-        cls.log = open(os.path.join(cls.dir, "d.log"), "w+")
-        cls.proc = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", cls.conf, "-f"],
-                                    stdout=cls.log, stderr=subprocess.STDOUT)
-        assert wait_port(cls.port), "gateway did not listen"
+            cls.d.cli("kill", "add", e)
+        cls.d.start()
 
     @classmethod
     def tearDownClass(cls):
-        cls.proc.send_signal(signal.SIGTERM)
-        rc = cls.proc.wait(10)
+        rc = cls.d.stop(10)[0]
         cls.dns.terminate()
         cls.dns.wait(5)
-        cls.log.flush()
-        with open(cls.log.name) as f:
-            text = f.read()
-        cls.log.close()
-        bad = [l for l in text.splitlines() if "Sanitizer" in l or "runtime error:" in l]
-        shutil.rmtree(cls.dir, ignore_errors=True)
+        bad = [l for l in cls.d.log_text().splitlines() if SANITIZER_RE.search(l)]
+        cls.d.close()
         assert rc == 0 and not bad, "daemon exit %s; %s" % (rc, bad[:5])
 
     def relay_from(self, ip):
@@ -142,9 +110,4 @@ class Dns(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    if not os.access(DNSMASQ, os.X_OK):
-        sys.exit("dnsmasq missing: apt-get install dnsmasq-base")
-    res = unittest.main(exit=False, verbosity=2).result
-    failed = len(res.failures) + len(res.errors)
-    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main(tools=(DNSMASQ,)))

@@ -9,7 +9,7 @@ Postfix's smtpd does after its before-queue filter says 421, instead of
 leaving the client in a session whose downstream has gone. Other 4xx keep
 the session. The gateway serves the next client normally afterwards.
 
-The downstream is the scriptable one of test_smtp_downstream_faults.py.
+The downstream is the scriptable one of tests/harness/fakesmtp.py.
 Last line "N passed, N failed".
 """
 import os
@@ -19,6 +19,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_smtp_downstream_faults import DownstreamFaults, code, token  # noqa: E402
+from harness import runner  # noqa: E402  (test_smtp_downstream_faults put tests/ on the path)
 
 R421 = b"421 4.3.2 downstream shutting down\r\n"
 
@@ -100,13 +101,14 @@ class Downstream421(DownstreamFaults):
         self.assert_serves()
 
 
-if __name__ == "__main__":
+def own_tests(names):
+    """The tests of this class only (the fault tests of the base class are
+    not run again here), or those named."""
     loader = unittest.TestLoader()
-    names = [n for n in loader.getTestCaseNames(Downstream421)
-             if n not in loader.getTestCaseNames(DownstreamFaults)]
-    argv = [a for a in sys.argv[1:] if not a.startswith("-")]
-    suite = unittest.TestSuite(Downstream421(n) for n in (argv or names))
-    r = unittest.TextTestRunner(verbosity=2).run(suite)
-    failed = len(r.failures) + len(r.errors)
-    print("%d passed, %d failed" % (r.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    return [Downstream421(n) for n in (names or [
+        n for n in loader.getTestCaseNames(Downstream421)
+        if n not in loader.getTestCaseNames(DownstreamFaults)])]
+
+
+if __name__ == "__main__":
+    sys.exit(runner.main(suite=own_tests, require=("portcullisd",)))

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Pass-through against a misbehaving downstream: what the client hears.
 
-The downstream here is a scriptable SMTP server in this file (threads on
-127.0.0.1); each test picks its misbehaviour (garbage greeting, refusals,
+The downstream is the harness's scriptable SMTP server (harness.fakesmtp,
+threads on 127.0.0.1); each test picks its misbehaviour (garbage greeting, refusals,
 over-long and endless replies, silence, a 421 in the middle of the body, a
 hang-up after 354, ...) and records what the gateway sent it. The client is
 python smtplib or raw sockets. The contract checked: a network failure or
@@ -12,52 +12,24 @@ is ever answered 250 that the downstream did not accept, and the gateway goes
 on serving afterwards. Last line: "N passed, N failed".
 """
 import os
-import shutil
-import signal
 import smtplib
 import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import unittest
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab  # noqa: E402  (helpers only: lab.Wire)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import SANITIZER_RE, SMTP_GATEWAY, Daemon  # noqa: E402
+from harness.fakesmtp import FakeSMTP, stuff, unstuff  # noqa: E402,F401
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
 TIMEOUT = 3     # smtp_timeout: the gateway waits min(smtp_timeout, 60) s for downstream replies
 BIG = 3 * 1024 * 1024
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def token():
     return uuid.uuid4().hex
-
-
-def unstuff(raw):
-    """The message as the downstream would store it: one leading dot off."""
-    out = []
-    for line in raw.split(b"\r\n"):
-        out.append(line[1:] if line.startswith(b".") else line)
-    return b"\r\n".join(out)
-
-
-def stuff(msg):
-    out = []
-    for line in msg.split(b"\r\n"):
-        out.append(b"." + line if line.startswith(b".") else line)
-    return b"\r\n".join(out)
 
 
 def strip_received(body):
@@ -68,185 +40,6 @@ def strip_received(body):
     while i < len(lines) and lines[i][:1] in (b"\t", b" "):
         i += 1
     return b"\r\n".join(lines[i:])
-
-
-class FakeDownstream:
-    """Scripted SMTP server. `mode` (read when a session is accepted):
-
-    greet        bytes sent on connect (default a 220)
-    pipelining   EHLO advertises PIPELINING
-    ehlo_delay   seconds before answering EHLO
-    ehlo, helo   the reply to EHLO / HELO
-    check_mail   on MAIL: wait 0.2 s, record what else is already pending
-    mail, rcpt   the reply to MAIL / RCPT (bytes, or a function(sock))
-    mail_close   close right after the reply to MAIL
-    rcpt_delay   seconds before answering RCPT
-    rcpt_hang    never answer RCPT: wait for the gateway to hang up
-    data         the reply to DATA (default 354)
-    data_close   close right after the (non-354) DATA reply
-    close_354    close right after the 354
-    close_after_final   close right after the reply to the final dot
-    421_after_final     0.1 s after that reply: 421 and close
-    later_mail   a second MAIL on one connection: send this (may be b"") and close
-    abort_after  after this many body octets: 421 and close
-    body_reply   send this in the middle of the body (after abort_after octets), stay
-    stall        after 354 read nothing, answer nothing: wait for the hang-up
-    final        the reply to the final dot
-    """
-
-    def __init__(self):
-        self.sessions = []
-        self.mode = {}
-        self.lock = threading.Lock()
-        self.sock = None
-        self.port = 0
-        self.listen()
-
-    def listen(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.accept_loop, args=(self.sock,), daemon=True).start()
-
-    def stop(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)    # wakes the accept() and stops listening
-        except OSError:
-            pass
-        self.sock.close()
-
-    def accept_loop(self, ls):
-        while True:
-            try:
-                c, _ = ls.accept()
-            except OSError:
-                return
-            # one record per connection; "raw" is the body of its current
-            # transaction as it came (stuffed), "msgs" the bodies that got a dot
-            rec = {"cmds": [], "raw": bytearray(), "msgs": [], "dot": False, "closed": False,
-                   "pending_after_mail": None, "t_rcpt": None, "t_hangup": None,
-                   "mode": dict(self.mode), "sock": c}
-            with self.lock:
-                self.sessions.append(rec)
-            threading.Thread(target=self.serve, args=(c, rec), daemon=True).start()
-
-    def serve(self, c, rec):
-        mode = rec["mode"]
-        w = lab.Wire(c)
-
-        def send(r):
-            if callable(r):
-                r(c)
-            else:
-                c.sendall(r)
-        try:
-            send(mode.get("greet", b"220 down ESMTP\r\n"))
-            while True:
-                line = w.line()
-                if line is None:
-                    break
-                rec["cmds"].append(line)
-                verb = line[:4].upper()
-                if verb == b"EHLO":
-                    time.sleep(mode.get("ehlo_delay", 0))
-                    send(mode.get("ehlo", b"250-down\r\n" + (b"250-PIPELINING\r\n" if
-                         mode.get("pipelining") else b"") + b"250 8BITMIME\r\n"))
-                elif verb == b"HELO":
-                    send(mode.get("helo", b"250 down\r\n"))
-                elif verb == b"MAIL":
-                    rec["nmail"] = rec.get("nmail", 0) + 1
-                    if rec["nmail"] > 1 and "later_mail" in mode:
-                        # a reused connection: the downstream ends it just now
-                        if mode["later_mail"]:
-                            send(mode["later_mail"])
-                        break
-                    if mode.get("check_mail"):
-                        time.sleep(0.2)
-                        rec["pending_after_mail"] = w.pending()
-                    send(mode.get("mail", b"250 2.1.0 ok\r\n"))
-                    if mode.get("mail_close"):
-                        break
-                elif verb == b"RCPT":
-                    if mode.get("rcpt_hang"):
-                        rec["t_rcpt"] = time.time()
-                        if w.wait_eof(20):
-                            rec["t_hangup"] = time.time()
-                        break
-                    time.sleep(mode.get("rcpt_delay", 0))
-                    send(mode.get("rcpt", b"250 2.1.5 ok\r\n"))
-                elif verb == b"DATA":
-                    r = mode.get("data", b"354 go ahead\r\n")
-                    rec["raw"] = bytearray()
-                    send(r)
-                    if not r.startswith(b"354"):
-                        if mode.get("data_close"):
-                            break
-                        continue
-                    if mode.get("close_354"):
-                        break
-                    if mode.get("stall"):
-                        time.sleep(TIMEOUT + 6)     # the gateway hangs up first
-                        break
-                    if not self.body(c, w, rec, mode):
-                        break
-                elif verb == b"QUIT":
-                    send(b"221 2.0.0 bye\r\n")
-                    break
-                elif verb in (b"RSET", b"NOOP"):
-                    send(b"250 2.0.0 ok\r\n")
-                else:
-                    send(b"500 5.5.2 what\r\n")
-        except OSError:
-            pass
-        rec["closed"] = True
-        c.close()
-
-    def body(self, c, w, rec, mode):
-        """The message after 354; False when the session is over."""
-        abort = mode.get("abort_after")
-        said = False
-        while True:
-            l = w.line()
-            if l is None:
-                return False
-            if l == b".\r\n":
-                rec["dot"] = True
-                rec["msgs"].append(bytes(rec["raw"]))
-                c.sendall(mode.get("final", b"250 2.0.0 queued downstream\r\n"))
-                if mode.get("close_after_final"):
-                    return False
-                if mode.get("421_after_final"):
-                    time.sleep(0.1)
-                    c.sendall(b"421 4.4.2 down idle too long, closing\r\n")
-                    return False
-                return True
-            rec["raw"] += l
-            if abort is not None and not said and len(rec["raw"]) >= abort:
-                said = True
-                if "body_reply" in mode:
-                    c.sendall(mode["body_reply"])   # out of turn, and carry on reading
-                    continue
-                c.sendall(b"421 4.3.0 shutting down\r\n")
-                c.shutdown(socket.SHUT_WR)
-                w.wait_eof(1.0)
-                return False
-
-    def drop_all(self):
-        """Hang up every session still open (a cached one included)."""
-        with self.lock:
-            recs = list(self.sessions)
-        for r in recs:
-            if not r["closed"]:
-                try:
-                    r["sock"].shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def since(self, n):
-        with self.lock:
-            return list(self.sessions[n:])
 
 
 class Client:
@@ -294,41 +87,24 @@ def code(reply):
 class DownstreamFaults(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="portcullis-dsfaults-")
-        cls.down = FakeDownstream()
-        cls.port = free_port()
-        conf = os.path.join(cls.dir, "p.conf")
-        with open(conf, "w") as f:
-            f.write("state_dir = %s/state\nservices = smtp\nsmtp_listen = 127.0.0.1:%d\n"
-                    "myhostname = mx.example.com\nmydomains = example.com\n"
-                    "relay_networks = 127.0.0.1\nmessage_size_limit = 20000000\n"
-                    "smtp_max_per_client = 200\nsmtp_timeout = %d\n"
-                    "smtp_min_data_rate = 100\n"    # test_10d's slow client sends 160 B/s
-                    "delivery = relay:[127.0.0.1]:%d\n"
-                    % (cls.dir, cls.port, TIMEOUT, cls.down.port))
-        cls.log = open(os.path.join(cls.dir, "d.log"), "w+")
-        cls.proc = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", conf, "-f"],
-                                    stdout=cls.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", cls.port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        # the downstream is harness.fakesmtp.FakeSMTP: each test sets its .mode
+        cls.down = FakeSMTP(backlog=64, stall_for=TIMEOUT + 6)
+        cls.d = Daemon("dsfaults", SMTP_GATEWAY, relay_networks="127.0.0.1",
+                       message_size_limit=20000000, smtp_max_per_client=200,
+                       smtp_timeout=TIMEOUT,
+                       smtp_min_data_rate=100,    # test_10d's slow client sends 160 B/s
+                       delivery="relay:[127.0.0.1]:%d" % cls.down.port)
+        cls.d.start()
+        cls.port = cls.d.port
 
     @classmethod
     def tearDownClass(cls):
-        cls.proc.send_signal(signal.SIGTERM)
-        rc = cls.proc.wait(10)
+        rc = cls.d.stop(10)[0]
         cls.down.stop()
-        cls.log.flush()
-        with open(cls.log.name) as f:
-            text = f.read()
-        cls.log.close()
-        bad = [l for l in text.splitlines() if "Sanitizer" in l or "runtime error:" in l or
+        text = cls.d.log_text()
+        bad = [l for l in text.splitlines() if SANITIZER_RE.search(l) or
                "killed by signal" in l or "exited with status" in l]
-        shutil.rmtree(cls.dir, ignore_errors=True)
+        cls.d.close()
         if rc != 0 or bad:
             print("daemon log excerpt:\n" + "\n".join(text.splitlines()[-60:]), file=sys.stderr)
         assert rc == 0 and not bad, "daemon exit %s; %s" % (rc, bad[:5])
@@ -886,9 +662,4 @@ class DownstreamFaults(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    t0 = time.time()
-    res = unittest.main(exit=False, verbosity=2).result
-    failed = len(res.failures) + len(res.errors)
-    print("%.1f s" % (time.time() - t0))
-    print("%d passed, %d failed" % (res.testsRun - failed - len(res.skipped), failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main(require=("portcullisd",)))

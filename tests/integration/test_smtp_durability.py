@@ -35,26 +35,18 @@ directory.  Last line "N passed, N failed"; exit status 1 on failure.
 import argparse
 import hashlib
 import os
-import random
 import re
-import shutil
-import signal
-import smtplib
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import lab  # noqa: E402  (helpers only)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness.daemon import SANITIZER_RE, SMTP_GATEWAY, Daemon, missing  # noqa: E402
+from harness.load import Checks, Killer, Load  # noqa: E402
+from harness.ports import greets  # noqa: E402
 
-BIN = lab.BIN
 HELO = "client.durability.test"
 USERS = ("alice@example.com", "bob@example.com")
-SANITIZER_RE = lab.SANITIZER_RE
 RESTART_LIMIT = 2.0        # seconds from SIGKILL to a greeting from the new worker
 DEADLINE = 70.0            # seconds for the whole load, at most
 
@@ -62,57 +54,6 @@ DEADLINE = 70.0            # seconds for the whole load, at most
 def log(msg):
     sys.stdout.write("durability: %s\n" % msg)
     sys.stdout.flush()
-
-
-# ------------------------------------------------------------------ processes
-def children(pid):
-    """live (non-zombie) child pids of pid, from /proc/*/stat"""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                rest = f.read().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if rest[0] != "Z" and int(rest[1]) == pid:
-            out.append(int(d))
-    return out
-
-
-def greets(port, timeout=0.5):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout) as s:
-            return s.recv(64).startswith(b"220")
-    except OSError:
-        return False
-
-
-def stop_daemon(p):
-    """SIGTERM the master (SIGKILL after 10 s); SIGKILL a worker that
-    outlived it.  Returns the master's exit status."""
-    if p.poll() is not None:
-        return p.returncode
-    kids = children(p.pid)
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(5)
-    deadline = time.monotonic() + 2
-    for k in kids:
-        while time.monotonic() < deadline and os.path.exists("/proc/%d" % k):
-            time.sleep(0.02)
-        try:
-            with open("/proc/%d/cmdline" % k, "rb") as f:
-                if b"portcullisd" in f.read():
-                    log("worker %d outlived its master; SIGKILL" % k)
-                    os.kill(k, signal.SIGKILL)
-        except OSError:
-            pass
-    return p.returncode
 
 
 # ------------------------------------------------------------------ messages
@@ -134,222 +75,22 @@ def message_for(marker, rcpts, rng):
     return "\r\n".join(h + [""] + body + ["END-%s" % marker]) + "\r\n"
 
 
-def stuffed(message):
-    data = message.encode()
-    return b"".join((b"." + l if l.startswith(b".") else l) + b"\r\n"
-                    for l in data.split(b"\r\n")[:-1]) + b".\r\n"
-
-
-# ------------------------------------------------------------------ the load
-class Try:
-    __slots__ = ("marker", "rcpts", "message", "outcome", "reply", "name", "at_250")
-
-    def __init__(self, marker, rcpts, message):
-        self.marker = marker
-        self.rcpts = rcpts
-        self.message = message
-        self.outcome = None    # acked / refused / unknown / unsent
-        self.reply = None
-        self.name = None       # the Maildir file name from "250 2.0.0 Ok: NAME"
-        self.at_250 = None     # was new/NAME there when 250 arrived (per rcpt)
-
-
-class Load:
-    def __init__(self, port, maildir, args):
-        self.port = port
-        self.maildir = maildir
-        self.args = args
-        self.lock = threading.Lock()
-        self.tries = []
-        self.logical_acked = 0
-        self.logical_failed = []
-        self.conn_errors = 0
-        self.replies_4xx = 0
-        self.replies_5xx = []
-        self.stop = threading.Event()
-        self.t0 = time.monotonic()
-
-    def newdir(self, rcpt):
+def maildir_ack(maildir):
+    """on_ack for the load: the file name from "250 2.0.0 Ok: NAME" and
+    whether new/NAME was there (per recipient) when the 250 arrived."""
+    def newdir(rcpt):
         local, domain = rcpt.split("@")
-        return os.path.join(self.maildir, domain, local, "Maildir", "new")
+        return os.path.join(maildir, domain, local, "Maildir", "new")
 
-    def client(self, idx, count):
-        rng = random.Random(idx)
-        source = "127.0.0.%d" % (20 + idx)
-        s = None
-        in_session = 0
-        for k in range(count):
-            rcpts = list(USERS) if rng.random() < 0.1 else [USERS[rng.randrange(2)]]
-            for attempt in range(60):
-                if self.stop.is_set() or time.monotonic() - self.t0 > DEADLINE:
-                    with self.lock:
-                        self.logical_failed.append("c%d-m%d: gave up (deadline)" % (idx, k))
-                    return
-                marker = "dur-c%d-m%d-a%d-%s" % (idx, k, attempt, os.urandom(3).hex())
-                t = Try(marker, rcpts, message_for(marker, rcpts, rng))
-                with self.lock:
-                    self.tries.append(t)
-                if s is None:
-                    try:
-                        s = smtplib.SMTP("127.0.0.1", self.port, local_hostname=HELO,
-                                         timeout=15, source_address=(source, 0))
-                        code, _ = s.ehlo()
-                        if code != 250:
-                            raise smtplib.SMTPException("EHLO %d" % code)
-                        in_session = 0
-                    except (OSError, smtplib.SMTPException):
-                        t.outcome = "unsent"
-                        s = self._drop(s)
-                        time.sleep(0.05)
-                        continue
-                ok = self._transaction(s, t)
-                if t.outcome == "acked":
-                    in_session += 1
-                    with self.lock:
-                        self.logical_acked += 1
-                    if in_session >= self.args.per_session:
-                        try:
-                            s.quit()
-                        except (OSError, smtplib.SMTPException):
-                            pass
-                        s = self._drop(s)
-                    break
-                if not ok:
-                    s = self._drop(s)
-                    time.sleep(0.05)
-            else:
-                with self.lock:
-                    self.logical_failed.append("c%d-m%d: no 250 in 60 tries" % (idx, k))
-        if s is not None:
-            try:
-                s.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
-            self._drop(s)
-
-    def _drop(self, s):
-        if s is not None:
-            try:
-                s.close()
-            except OSError:
-                pass
-        return None
-
-    def _transaction(self, s, t):
-        """One try on an open session.  Returns False when the session is
-        unusable afterwards."""
-        sent_all = False
-        try:
-            for cmd in ["MAIL FROM:<sender@outside.test>"] + [
-                    "RCPT TO:<%s>" % r for r in t.rcpts] + ["DATA"]:
-                code, text = s.docmd(cmd)
-                want = 354 if cmd == "DATA" else 250
-                if code != want:
-                    return self._refused(s, t, code, text, cmd)
-            s.send(stuffed(t.message))
-            sent_all = True
-            code, text = s.getreply()
-        except (OSError, smtplib.SMTPException):
-            t.outcome = "unknown" if sent_all else "unsent"
-            with self.lock:
-                self.conn_errors += 1
-            return False
-        text = text.decode("utf-8", "replace")
-        t.reply = "%d %s" % (code, text)
-        if code != 250:
-            return self._refused(s, t, code, text, "end of data")
-        t.outcome = "acked"
+    def on_ack(t, text):
         m = re.match(r"2\.0\.0 Ok: (\S+)$", text)
         t.name = m.group(1) if m else None
         if t.name:
-            t.at_250 = [os.path.exists(os.path.join(self.newdir(r), t.name)) for r in t.rcpts]
-        return True
-
-    def _refused(self, s, t, code, text, cmd):
-        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-        t.outcome = "refused"
-        t.reply = "%s -> %d %s" % (cmd, code, text)
-        with self.lock:
-            if code // 100 == 5:
-                self.replies_5xx.append(t.reply)
-            else:
-                self.replies_4xx += 1
-        if code == 421 or code < 0:
-            return False
-        try:
-            s.docmd("RSET")
-        except (OSError, smtplib.SMTPException):
-            return False
-        return True
-
-    def acked(self):
-        with self.lock:
-            return self.logical_acked
-
-
-# ------------------------------------------------------------------ killer
-class Killer(threading.Thread):
-    def __init__(self, master_pid, port, load, args):
-        super().__init__(daemon=True)
-        self.master = master_pid
-        self.port = port
-        self.load = load
-        self.args = args
-        self.kills = []        # (old pid, new pid or None, seconds to greeting or None)
-        self.error = None
-
-    def run(self):
-        try:
-            self._run()
-        except Exception as e:       # reported by the checks
-            self.error = repr(e)
-
-    def _run(self):
-        per_kill = max(1, self.args.messages // (self.args.kills + 1))
-        for i in range(self.args.kills):
-            # spaced by progress, so every kill lands inside the load
-            while self.load.acked() < per_kill * (i + 1) * 0.8:
-                if self.load.stop.is_set() or time.monotonic() - self.load.t0 > DEADLINE:
-                    return
-                time.sleep(0.02)
-            kids = children(self.master)
-            if len(kids) != 1:
-                self.kills.append((kids, None, None))
-                continue
-            old = kids[0]
-            t0 = time.monotonic()
-            os.kill(old, signal.SIGKILL)
-            new, took = None, None
-            while time.monotonic() - t0 < 5:
-                kids = [k for k in children(self.master) if k != old]
-                if kids and new is None:
-                    new = kids[0]
-                if new is not None and greets(self.port):
-                    took = time.monotonic() - t0
-                    break
-                time.sleep(0.01)
-            self.kills.append((old, new, took))
-            log("kill %d: worker %d SIGKILLed at %.1fs (%d acked); new worker %s greets "
-                "after %s" % (i + 1, old, t0 - self.load.t0, self.load.acked(), new,
-                              "%.3fs" % took if took is not None else "NEVER (5 s)"))
+            t.at_250 = [os.path.exists(os.path.join(newdir(r), t.name)) for r in t.rcpts]
+    return on_ack
 
 
 # ------------------------------------------------------------------ checks
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, ok, what, detail=""):
-        if ok:
-            self.passed += 1
-            log("ok   %s" % what)
-        else:
-            self.failed += 1
-            log("FAIL %s%s" % (what, ("\n      " + detail.replace("\n", "\n      "))
-                               if detail else ""))
-
-
 def scan_maildirs(maildir):
     """{(user, marker): [(name, bytes)]}, unknown files, tmp count, cur count"""
     found, unknown, ntmp, ncur = {}, [], 0, 0
@@ -383,62 +124,39 @@ def main():
     ap.add_argument("--kills", type=int, default=4)
     ap.add_argument("--per-session", type=int, default=20)
     args = ap.parse_args()
-    for exe in ("portcullisd", "portcullis"):
-        if not os.access(os.path.join(BIN, exe), os.X_OK):
-            print("%s/%s missing: run make first" % (BIN, exe), file=sys.stderr)
-            print("0 passed, 1 failed")
-            return 1
+    if missing():
+        print("%s missing: run make first" % " ".join(missing()), file=sys.stderr)
+        print("0 passed, 1 failed")
+        return 1
 
     t_start = time.monotonic()
-    work = tempfile.mkdtemp(prefix="portcullis-durability.", dir="/tmp")
-    os.chmod(work, 0o755)
+    d = Daemon("durability", SMTP_GATEWAY, myhostname="mx.durability.test",
+               relay_networks="127.0.0.2", users="file:{dir}/users",
+               delivery="maildir:{dir}/mail", smtp_max_per_client=50, smtp_timeout=30,
+               log_level="info")
+    work, port = d.dir, d.port
     maildir = os.path.join(work, "mail")
-    conf = os.path.join(work, "portcullis.conf")
-    dlog = os.path.join(work, "portcullisd.log")
-    port = lab.free_port()
-    with open(conf, "w") as f:
-        f.write("# written by test_smtp_durability.py\n"
-                "services = smtp\n"
-                "smtp_listen = 127.0.0.1:%d\n"
-                "myhostname = mx.durability.test\n"
-                "mydomains = example.com\n"
-                "relay_networks = 127.0.0.2\n"
-                "state_dir = %s/state\n"
-                "users = file:%s/users\n"
-                "delivery = maildir:%s\n"
-                "smtp_max_per_client = 50\n"
-                "smtp_timeout = 30\n"
-                "log_level = info\n" % (port, work, work, maildir))
     for u in USERS:
-        p = subprocess.run([os.path.join(BIN, "portcullis"), "-c", conf, "user", "add", u,
-                            "--password-stdin"], input="pw-%s\n" % u, text=True,
-                           capture_output=True, timeout=30)
+        p = d.cli("user", "add", u, "--password-stdin", input="pw-%s\n" % u, check=False)
         if p.returncode != 0:
             print("user add %s: %s" % (u, p.stderr), file=sys.stderr)
             print("0 passed, 1 failed")
+            d.close()
             return 1
 
-    C = Checks()
-    fh = open(dlog, "ab")
-    env = dict(os.environ)
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
-    daemon = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", conf, "-f"],
-                              stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env=env)
-    fh.close()
+    C = Checks(log)
     load = None
     try:
-        lab.wait_until(lambda: daemon.poll() is not None or greets(port), 10,
-                       what="portcullisd greeting")
-        if daemon.poll() is not None:
-            raise RuntimeError("portcullisd exited %s:\n%s" % (daemon.returncode,
-                                                               lab._tail(dlog)))
+        d.start(ready=lambda: greets(port))
+        daemon = d.proc
         log("gateway on 127.0.0.1:%d, master %d, worker %s; %d messages, %d clients, "
-            "%d kills" % (port, daemon.pid, children(daemon.pid), args.messages,
+            "%d kills" % (port, daemon.pid, d.workers(), args.messages,
                           args.clients, args.kills))
 
-        load = Load(port, maildir, args)
-        killer = Killer(daemon.pid, port, load, args)
+        load = Load(port, users=USERS, message_for=message_for, marker="dur",
+                    deadline=DEADLINE, per_session=args.per_session, helo=HELO,
+                    mail_from="MAIL FROM:<sender@outside.test>", on_ack=maildir_ack(maildir))
+        killer = Killer(daemon.pid, port, load, args.messages, args.kills, log)
         per = [args.messages // args.clients + (1 if i < args.messages % args.clients else 0)
                for i in range(args.clients)]
         threads = [threading.Thread(target=load.client, args=(i, per[i]), daemon=True)
@@ -489,7 +207,7 @@ def main():
                 "no client noticed a kill: the test proved nothing")
 
         # ---- the mailboxes (after the daemon stopped: nothing moves)
-        rc = stop_daemon(daemon)
+        rc = d.stop(10)[0]
         C.check(rc == 0, "portcullisd exit 0 on SIGTERM after the load (got %s)" % rc)
 
         found, unknown, ntmp, ncur = scan_maildirs(maildir)
@@ -551,7 +269,7 @@ def main():
                 len(by.get("unknown", [])), unknown_delivered))
 
         # ---- the log
-        text = lab._read(dlog)
+        text = d.log_text()
         restarts = len(re.findall(r"worker \(pid \d+\) killed by signal 9; restarting", text))
         C.check(restarts == len(killer.kills), "daemon log: %d \"killed by signal 9; "
                 "restarting\" lines for %d kills" % (restarts, len(killer.kills)))
@@ -562,14 +280,11 @@ def main():
     finally:
         if load is not None:
             load.stop.set()
-        stop_daemon(daemon)
+        d.stop(10)
         if os.environ.get("KEEP_LAB") == "1" or C.failed:
             log("kept %s" % work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print("%.1fs" % (time.monotonic() - t_start))
-    print("%d passed, %d failed" % (C.passed, C.failed), flush=True)
-    return 1 if C.failed else 0
+        d.close(keep=bool(C.failed))
+    return C.report(t_start)
 
 
 if __name__ == "__main__":

@@ -29,24 +29,20 @@ test_PENDING_RELAYHOST_*: asserts today's 451 4.3.5 "no relayhost is
 configured"; update it when pass-through to a relayhost is built.
 """
 
-import atexit
 import os
 import re
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab as labmod                                          # noqa: E402
-from lab import SmtpClient, free_port, make_message, new_marker  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import daemon as hdaemon, runner                # noqa: E402
+from harness.client import SmtpClient, make_message, new_marker  # noqa: E402
+from harness.daemon import BIN                                # noqa: E402
+from harness.ports import port_accepts                        # noqa: E402
 
-BIN = labmod.BIN
-SANITIZER_RE = labmod.SANITIZER_RE
 MYHOSTNAME = "mx.example.com"
 HELO = "client.portcullis.test"
 OUTSIDE = "127.0.0.5"
@@ -61,51 +57,9 @@ DAEMONS = {}            # name -> Daemon, for the final log check
 STOPPED = []            # (name, (rc, took, killed), workers left, sanitizer lines, log path)
 
 
-def _stop_all():
-    """atexit / SIGTERM: no daemon of ours outlives the test run."""
-    for d in list(DAEMONS.values()):
-        if d.proc is not None:
-            try:
-                d.stop(grace=2.0)
-            except Exception:
-                pass
-
-
-def _on_signal(signum, frame):
-    _stop_all()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
-atexit.register(_stop_all)
-for _sig in (signal.SIGTERM, signal.SIGHUP):
-    signal.signal(_sig, _on_signal)
-
-
 def _log(msg):
     if VERBOSE:
         sys.stderr.write("gw: %s\n" % msg)
-
-
-def proc_children(pid):
-    """Pids whose parent is pid (from /proc; zombies excluded)."""
-    kids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-        except OSError:
-            continue
-        rest = st.rsplit(") ", 1)[-1].split()
-        if len(rest) > 1 and int(rest[1]) == pid and rest[0] != "Z":
-            kids.append(int(d))
-    return sorted(kids)
-
-
-def pid_alive(pid):
-    return labmod._pid_alive(pid)
 
 
 def binary_is_asan():
@@ -140,36 +94,20 @@ def poll(attempt, ok, within):
 
 
 # ---------------------------------------------------------------- the daemon
-class Daemon:
+GW = (("services", "smtp"), ("smtp_listen", "127.0.0.1:{port}"), ("myhostname", MYHOSTNAME),
+      ("mydomains", "example.com"), ("relay_networks", RELAYNET), ("state_dir", "{dir}/state"),
+      ("lists", "file:{dir}/lists"), ("users", "file:{dir}/users"),
+      ("delivery", "maildir:{dir}/mail"), ("log_level", "info"))
+
+
+class Daemon(hdaemon.Daemon):
     """One portcullisd with services = smtp in its own directory."""
 
     def __init__(self, name, **overrides):
+        super().__init__("gw-%s" % name, GW, **overrides)
         self.name = name
-        self.dir = tempfile.mkdtemp(prefix="portcullis-gw-%s." % name, dir="/tmp")
-        os.chmod(self.dir, 0o755)
-        self.port = free_port()
-        self.conf = os.path.join(self.dir, "portcullis.conf")
-        self.log_path = os.path.join(self.dir, "portcullisd.log")
-        self.mail_dir = os.path.join(self.dir, "mail")
-        self.users_path = os.path.join(self.dir, "users")
-        self.proc = None
-        self.log_fh = None
-        keys = {
-            "services": "smtp",
-            "smtp_listen": "127.0.0.1:%d" % self.port,
-            "myhostname": MYHOSTNAME,
-            "mydomains": "example.com",
-            "relay_networks": RELAYNET,
-            "state_dir": os.path.join(self.dir, "state"),
-            "lists": "file:" + os.path.join(self.dir, "lists"),
-            "users": "file:" + self.users_path,
-            "delivery": "maildir:" + self.mail_dir,
-            "log_level": "info",
-        }
-        keys.update({k: str(v) for k, v in overrides.items()})
-        with open(self.conf, "w") as f:
-            f.write("# written by tests/integration/test_smtp_gateway.py\n")
-            f.write("".join("%s = %s\n" % kv for kv in keys.items()))
+        self.mail_dir = self.path("mail")
+        self.users_path = self.path("users")
         self.write_users(USERS)
         DAEMONS[name] = self
 
@@ -181,86 +119,21 @@ class Daemon:
         os.rename(tmp, self.users_path)
 
     def start(self):
-        exe = os.path.join(BIN, "portcullisd")
-        if not os.access(exe, os.X_OK):
-            raise RuntimeError("%s is missing: build with `make` first" % exe)
-        self.log_fh = open(self.log_path, "ab")
-        env = dict(os.environ)
-        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
-        self.proc = subprocess.Popen([exe, "-c", self.conf, "-f"], stdout=self.log_fh,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("portcullisd (%s) exited %s at start:\n%s" % (
-                    self.name, self.proc.returncode, self.log_tail()))
-            if "smtp ready on" in self.log_text() and labmod.port_accepts("127.0.0.1", self.port):
-                return
-            time.sleep(0.03)
-        self.stop()
-        raise RuntimeError("portcullisd (%s) did not listen on %d within 10 s:\n%s" % (
-            self.name, self.port, self.log_tail()))
-
-    def workers(self):
-        return proc_children(self.proc.pid) if self.proc and self.proc.poll() is None else []
+        return super().start(ready=lambda: "smtp ready on" in self.log_text() and
+                             port_accepts("127.0.0.1", self.port))
 
     def stop(self, grace=5.0):
         """SIGTERM; SIGKILL after grace.  Records (rc, took, killed), the
         workers still alive afterwards and the sanitizer lines."""
-        if self.proc is None:
-            return None
-        workers = self.workers()
-        t0 = time.monotonic()
-        killed = False
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                killed = True
-                self.proc.kill()
-                self.proc.wait(5)
-        took = time.monotonic() - t0
-        # the workers must be gone too (give them the same short grace)
-        deadline = time.monotonic() + 2
-        while any(pid_alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        left = [w for w in workers if pid_alive(w)]
-        for w in left:               # ours (children of our child): by pid only
-            try:
-                os.kill(w, signal.SIGKILL)
-            except OSError:
-                pass
-        res = (self.proc.returncode, took, killed)
-        self.log_fh.close()
-        self.proc = None
-        STOPPED.append((self.name, res, left, self.sanitizer_lines(), self.log_path))
+        res = super().stop(grace)
+        if res is not None:
+            STOPPED.append((self.name, res, self.last_left, self.sanitizer_lines(),
+                            self.log_path))
         return res
-
-    # logs
-    def log_text(self):
-        return labmod._read(self.log_path)
-
-    def log_tail(self, n=25):
-        return "\n".join(self.log_text().splitlines()[-n:])
-
-    def log_mark(self):
-        return labmod._size(self.log_path)
-
-    def log_since(self, mark):
-        return labmod._read_from(self.log_path, mark)
-
-    def sanitizer_lines(self):
-        return [l for l in self.log_text().splitlines() if SANITIZER_RE.search(l)]
 
     # admin command
     def cli(self, *args, check=True):
-        p = subprocess.run([os.path.join(BIN, "portcullis"), "-c", self.conf] + list(args),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           stdin=subprocess.DEVNULL, text=True, timeout=20)
-        _log("cli %s -> %d %s %s" % (" ".join(args), p.returncode, p.stdout.strip(),
-                                     p.stderr.strip()))
+        p = super().cli(*args, check=False, timeout=20)
         if check and p.returncode != 0:
             raise AssertionError("portcullis %s exited %d: %s %s" % (
                 " ".join(args), p.returncode, p.stdout, p.stderr))
@@ -1537,61 +1410,5 @@ CASES = [T01Session, T02LocalDelivery, T03Lists, T03bLongCommands, T04Pipelining
          T99DaemonLogs]
 
 
-class CountingResult(unittest.TextTestResult):
-    """Counts tests, not checks; a failing setUpClass/tearDownClass counts
-    as one failure."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.passed = 0
-
-    def addSuccess(self, test):
-        super().addSuccess(test)
-        self.passed += 1
-
-    def failed_ids(self):
-        ids = set()
-        for t, _ in self.failures + self.errors:
-            t = getattr(t, "test_case", t)
-            ids.add(t.id() if hasattr(t, "id") else str(t))
-        ids.update(t.id() for t in self.unexpectedSuccesses)
-        return ids
-
-
-def main(argv):
-    names = [a for a in argv if not a.startswith("-")]
-    loader = unittest.TestLoader()
-    suite = unittest.TestSuite()
-    mod = sys.modules[__name__]
-    if names:
-        for n in names:
-            suite.addTests(loader.loadTestsFromName(n, mod))
-        suite.addTests(loader.loadTestsFromTestCase(T99DaemonLogs))
-    else:
-        for cls in CASES:
-            suite.addTests(loader.loadTestsFromTestCase(cls))
-    t0 = time.monotonic()
-    runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2,
-                                     resultclass=CountingResult)
-    result = None
-    try:
-        result = runner.run(suite)
-    finally:
-        # stop whatever still runs; keep the directories of a failing run
-        failed = len(result.failed_ids()) if result is not None else 1
-        keep = failed or os.environ.get("KEEP_LAB") == "1"
-        for d in list(DAEMONS.values()):
-            if d.proc is not None:
-                d.stop()
-            if keep:
-                sys.stderr.write("kept %s (%s daemon: config, log, lists, mail)\n" % (
-                    d.dir, d.name))
-            else:
-                shutil.rmtree(d.dir, ignore_errors=True)
-    print("%d skipped; %.1fs" % (len(result.skipped), time.monotonic() - t0))
-    print("%d passed, %d failed" % (result.passed, failed), flush=True)
-    return 1 if failed or not result.wasSuccessful() else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(runner.main(cases=CASES, always=(T99DaemonLogs,)))

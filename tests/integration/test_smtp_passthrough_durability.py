@@ -6,8 +6,8 @@ The gateway (services = smtp, delivery = relay:[127.0.0.1]:SINKPORT) takes a
 load of --messages logical messages from --clients concurrent python smtplib
 clients (threads, each from its own 127.0.0.N, several messages per session,
 some messages for two recipients, 8-bit text and lines that need
-dot-stuffing).  The downstream is a recording SMTP server in this file (the
-"sink": threads on 127.0.0.1, EHLO offers PIPELINING and 8BITMIME): on DATA
+dot-stuffing).  The downstream is the harness's recording SMTP server
+(harness.fakesmtp; the "sink": threads on 127.0.0.1, EHLO offers PIPELINING and 8BITMIME): on DATA
 it reads up to the final dot, records the complete message (de-dot-stuffed)
 under the marker it carries, then (after --sink-delay, a real MTA's fsync)
 answers "250 2.0.0 queued as <n>"; a session that ends before the final dot
@@ -47,30 +47,21 @@ directory.  Last line "N passed, N failed"; exit status 1 on failure.
 import argparse
 import hashlib
 import os
-import random
 import re
-import shutil
-import smtplib
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import lab  # noqa: E402  (helpers only)
-# the process helpers, the killer thread and the check list are the Maildir
-# durability test's own: one implementation for both loads
-from test_smtp_durability import Checks, Killer, children, greets, stop_daemon  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness.daemon import SANITIZER_RE, SMTP_GATEWAY, Daemon, missing  # noqa: E402
+from harness.fakesmtp import FakeSMTP, unstuff  # noqa: E402
+from harness.load import Checks, Killer, Load  # noqa: E402
+from harness.ports import greets  # noqa: E402
 
-BIN = lab.BIN
 HELO = "client.passthrough.test"
 MYHOSTNAME = "mx.passthrough.test"
 SENDER = "sender@outside.test"
 USERS = ("alice@example.com", "bob@example.com")
-SANITIZER_RE = re.compile(r"Sanitizer|runtime error:")
 RESTART_LIMIT = 2.0        # seconds from SIGKILL to a greeting from the new worker
 DEADLINE = 22.0            # seconds for the whole load, at most
 MARKER_RE = re.compile(rb"pt-c\d+-m\d+-a\d+-[0-9a-f]{6}")
@@ -81,134 +72,56 @@ def log(msg):
     sys.stdout.flush()
 
 
-# ------------------------------------------------------------------ processes
-
-
 # ------------------------------------------------------------------ the sink
-def unstuff(raw):
-    """The message as a downstream stores it: one leading dot off each line."""
-    if not raw:
-        return b""
-    return b"".join((l[1:] if l.startswith(b".") else l) + b"\r\n"
-                    for l in raw.split(b"\r\n")[:-1])
-
-
-class Sink(threading.Thread):
-    """The recording downstream.  records: [dict(n, marker, markers, data,
-    sender, rcpts, session)]; partials: [(marker or None, octets, session)]."""
+class Sink:
+    """The recording downstream (a harness FakeSMTP).  records: [dict(n,
+    marker, markers, data, sender, rcpts, session)]; partials: [(marker or
+    None, octets, session)]; errors: anything but a connection error in a
+    session thread (the FakeSMTP's)."""
 
     def __init__(self, delay=0.0):
-        super().__init__(daemon=True)
         self.delay = delay        # between recording a message and its 250 (a real MTA's fsync)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.port = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
         self.records = []
         self.partials = []
-        self.errors = []          # anything but a connection error in a session thread
-        self.sessions = 0
-        self.open = 0
-        self.conns = set()
+        self.down = FakeSMTP({
+            "greet": b"220 sink.passthrough.test ESMTP\r\n",
+            "ehlo": b"250-sink.passthrough.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+            "helo": b"250 sink.passthrough.test\r\n",
+            "bulk": True, "final": self._message, "on_partial": self._partial}, backlog=256)
+        self.port = self.down.port
+        self.lock = self.down.lock
+        self.errors = self.down.errors
 
-    def run(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.sessions += 1
-                self.open += 1
-                self.conns.add(c)
-                sid = self.sessions
-            threading.Thread(target=self.serve, args=(c, sid), daemon=True).start()
+    @property
+    def sessions(self):
+        return len(self.down.sessions)
+
+    @property
+    def open(self):
+        return len(self.down.open_sessions())
+
+    def _partial(self, rec, txn):
+        raw = bytes(txn["raw"])
+        m = MARKER_RE.search(raw)
+        with self.lock:
+            self.partials.append((m.group(0).decode() if m else None, len(raw), rec["id"]))
+
+    def _message(self, rec, txn):
+        data = unstuff(bytes(txn["raw"]))
+        markers = sorted(set(x.decode() for x in MARKER_RE.findall(data)))
+        m = re.search(rb"^Message-ID: <(pt-[^@>]+)@passthrough\.test>", data, re.M)
+        with self.lock:
+            n = len(self.records) + 1
+            self.records.append({
+                "n": n, "marker": m.group(1).decode() if m else None,
+                "markers": markers, "data": data, "sender": txn["sender"],
+                "rcpts": list(txn["rcpts"]), "session": rec["id"]})
+        if self.delay:
+            time.sleep(self.delay)
+        return b"250 2.0.0 queued as %d\r\n" % n
 
     def stop(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        with self.lock:
-            conns = list(self.conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def serve(self, c, sid):
-        w = lab.Wire(c)
-        sender, rcpts = None, []
-        try:
-            c.sendall(b"220 sink.passthrough.test ESMTP\r\n")
-            while True:
-                line = w.line()
-                if line is None:
-                    break
-                cmd = line[:4].upper()
-                if cmd == b"EHLO":
-                    c.sendall(b"250-sink.passthrough.test\r\n250-PIPELINING\r\n"
-                              b"250 8BITMIME\r\n")
-                elif cmd == b"HELO":
-                    c.sendall(b"250 sink.passthrough.test\r\n")
-                elif cmd == b"MAIL":
-                    m = re.match(rb"MAIL FROM:<([^>]*)>", line, re.I)
-                    sender, rcpts = (m.group(1).decode("utf-8", "replace") if m else
-                                     "?" + line.decode("utf-8", "replace").strip()), []
-                    c.sendall(b"250 2.1.0 ok\r\n")
-                elif cmd == b"RCPT":
-                    m = re.match(rb"RCPT TO:<([^>]*)>", line, re.I)
-                    rcpts.append(m.group(1).decode("utf-8", "replace") if m else
-                                 "?" + line.decode("utf-8", "replace").strip())
-                    c.sendall(b"250 2.1.5 ok\r\n")
-                elif cmd == b"RSET":
-                    sender, rcpts = None, []
-                    c.sendall(b"250 2.0.0 ok\r\n")
-                elif cmd == b"NOOP":
-                    c.sendall(b"250 2.0.0 ok\r\n")
-                elif cmd == b"QUIT":
-                    c.sendall(b"221 2.0.0 bye\r\n")
-                    break
-                elif cmd == b"DATA":
-                    c.sendall(b"354 go ahead\r\n")
-                    raw, complete = w.body()
-                    if not complete:
-                        m = MARKER_RE.search(raw)
-                        with self.lock:
-                            self.partials.append((m.group(0).decode() if m else None,
-                                                  len(raw), sid))
-                        break
-                    data = unstuff(raw)
-                    markers = sorted(set(x.decode() for x in MARKER_RE.findall(data)))
-                    m = re.search(rb"^Message-ID: <(pt-[^@>]+)@passthrough\.test>", data, re.M)
-                    with self.lock:
-                        n = len(self.records) + 1
-                        self.records.append({
-                            "n": n, "marker": m.group(1).decode() if m else None,
-                            "markers": markers, "data": data, "sender": sender,
-                            "rcpts": list(rcpts), "session": sid})
-                    sender, rcpts = None, []
-                    if self.delay:
-                        time.sleep(self.delay)
-                    c.sendall(b"250 2.0.0 queued as %d\r\n" % n)
-                else:
-                    c.sendall(b"500 5.5.2 what\r\n")
-        except OSError:
-            pass
-        except Exception as e:      # a bug in the sink: reported by the checks
-            with self.lock:
-                self.errors.append("session %d: %r" % (sid, e))
-        with self.lock:
-            self.open -= 1
-            self.conns.discard(c)
-        try:
-            c.close()
-        except OSError:
-            pass
+        self.down.stop()
 
 
 # ------------------------------------------------------------------ messages
@@ -241,11 +154,6 @@ def message_for(marker, rcpts, rng):
     return ("\r\n".join(h + [""] + body + ["END-%s" % marker]) + "\r\n").encode("utf-8")
 
 
-def stuffed(message):
-    return b"".join((b"." + l if l.startswith(b".") else l) + b"\r\n"
-                    for l in message.split(b"\r\n")[:-1]) + b".\r\n"
-
-
 GATEWAY_HEAD_RE = re.compile(rb"\A(?:Received: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+\Z")
 
 
@@ -258,175 +166,10 @@ def whole(data, want):
 
 
 # ------------------------------------------------------------------ the load
-class Try:
-    __slots__ = ("marker", "rcpts", "message", "outcome", "reply", "queued")
-
-    def __init__(self, marker, rcpts, message):
-        self.marker = marker
-        self.rcpts = rcpts
-        self.message = message
-        # acked      250 at the final dot
-        # refused    4xx/5xx before 354: the message was never sent
-        # dotrefused 4xx/5xx at the final dot
-        # unknown    connection lost after the final dot was sent, no reply
-        # unsent     connection lost before the whole message was sent
-        # aborted    the client cut the message off on purpose and hung up
-        self.outcome = None
-        self.reply = None
-        self.queued = None     # n from "250 2.0.0 queued as <n>"
-
-
-class Load:
-    def __init__(self, port, args):
-        self.port = port
-        self.args = args
-        self.lock = threading.Lock()
-        self.tries = []
-        self.logical_acked = 0
-        self.logical_failed = []
-        self.conn_errors = 0
-        self.replies_4xx = 0
-        self.replies_5xx = []
-        self.stop = threading.Event()
-        self.t0 = time.monotonic()
-
-    def client(self, idx, count):
-        rng = random.Random(1000 + idx)
-        source = "127.0.0.%d" % (20 + idx)
-        s = None
-        in_session = 0
-        for k in range(count):
-            rcpts = list(USERS) if rng.random() < 0.1 else [USERS[rng.randrange(2)]]
-            for attempt in range(60):
-                if self.stop.is_set() or time.monotonic() - self.t0 > DEADLINE:
-                    with self.lock:
-                        self.logical_failed.append("c%d-m%d: gave up (deadline)" % (idx, k))
-                    return
-                marker = "pt-c%d-m%d-a%d-%s" % (idx, k, attempt, os.urandom(3).hex())
-                t = Try(marker, rcpts, message_for(marker, rcpts, rng))
-                with self.lock:
-                    self.tries.append(t)
-                if s is None:
-                    try:
-                        s = smtplib.SMTP("127.0.0.1", self.port, local_hostname=HELO,
-                                         timeout=15, source_address=(source, 0))
-                        code, _ = s.ehlo()
-                        if code != 250:
-                            raise smtplib.SMTPException("EHLO %d" % code)
-                        in_session = 0
-                    except (OSError, smtplib.SMTPException) as e:
-                        t.outcome = "unsent"
-                        t.reply = "connection lost at connect: %s" % e
-                        with self.lock:
-                            self.conn_errors += 1
-                        s = self._drop(s)
-                        time.sleep(0.05)
-                        continue
-                cut = None
-                if rng.random() < self.args.abort:
-                    cut = rng.choice((3, 2, 1, -1))     # octets short of the end; -1: random
-                ok = self._transaction(s, t, cut, rng)
-                if t.outcome == "acked":
-                    in_session += 1
-                    with self.lock:
-                        self.logical_acked += 1
-                    if in_session >= self.args.per_session:
-                        try:
-                            s.quit()
-                        except (OSError, smtplib.SMTPException):
-                            pass
-                        s = self._drop(s)
-                    break
-                if not ok:
-                    s = self._drop(s)
-                    if t.outcome != "aborted":
-                        time.sleep(0.05)
-            else:
-                with self.lock:
-                    self.logical_failed.append("c%d-m%d: no 250 in 60 tries" % (idx, k))
-        if s is not None:
-            try:
-                s.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
-            self._drop(s)
-
-    def _drop(self, s):
-        if s is not None:
-            try:
-                s.close()
-            except OSError:
-                pass
-        return None
-
-    def _transaction(self, s, t, cut, rng):
-        """One try on an open session.  Returns False when the session is
-        unusable afterwards."""
-        sent_all = False
-        step = "MAIL"
-        try:
-            for cmd in ["MAIL FROM:<%s> BODY=8BITMIME" % SENDER] + [
-                    "RCPT TO:<%s>" % r for r in t.rcpts] + ["DATA"]:
-                step = cmd[:4]
-                code, text = s.docmd(cmd)
-                want = 354 if cmd == "DATA" else 250
-                if code != want:
-                    return self._refused(s, t, code, text, cmd, "refused")
-            payload = stuffed(t.message)
-            if cut is not None:
-                # the final dot never completes: the gateway must not pass it on
-                n = len(payload) - cut if cut > 0 else rng.randrange(1, len(payload) - 3)
-                t.outcome = "aborted"
-                t.reply = "cut off after %d of %d octets" % (n, len(payload))
-                s.send(payload[:n])
-                return False
-            step = "message"
-            s.send(payload)
-            sent_all = True
-            step = "reply to the final dot"
-            code, text = s.getreply()
-        except (OSError, smtplib.SMTPException) as e:
-            if t.outcome != "aborted":
-                t.outcome = "unknown" if sent_all else "unsent"
-                t.reply = "connection lost at %s: %s" % (step, e)
-                with self.lock:
-                    self.conn_errors += 1
-            return False
-        text = text.decode("utf-8", "replace")
-        t.reply = "%d %s" % (code, text)
-        if code != 250:
-            return self._refused(s, t, code, text, "end of data", "dotrefused")
-        t.outcome = "acked"
-        m = re.match(r"2\.0\.0 queued as (\d+)$", text)
-        t.queued = int(m.group(1)) if m else None
-        return True
-
-    def _refused(self, s, t, code, text, cmd, outcome):
-        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-        t.outcome = outcome
-        t.reply = "%s -> %d %s" % (cmd, code, text)
-        with self.lock:
-            if code // 100 == 5:
-                self.replies_5xx.append("%s: %s" % (t.marker, t.reply))
-            else:
-                self.replies_4xx += 1
-        if code == 421 or code < 0:
-            return False
-        try:
-            s.docmd("RSET")
-        except (OSError, smtplib.SMTPException):
-            return False
-        return True
-
-    def acked(self):
-        with self.lock:
-            return self.logical_acked
-
-
-# ------------------------------------------------------------------ killer
-
-
-# ------------------------------------------------------------------ checks
+def queued_ack(t, text):
+    """on_ack for the load: n from "250 2.0.0 queued as <n>"."""
+    m = re.match(r"2\.0\.0 queued as (\d+)$", text)
+    t.queued = int(m.group(1)) if m else None
 
 
 def main():
@@ -440,57 +183,35 @@ def main():
     ap.add_argument("--sink-delay", type=float, default=0.005,
                     help="seconds the sink takes between recording a message and its 250")
     args = ap.parse_args()
-    if not os.access(os.path.join(BIN, "portcullisd"), os.X_OK):
-        print("%s/portcullisd missing: run make first" % BIN, file=sys.stderr)
+    if missing(("portcullisd",)):
+        print("%s missing: run make first" % " ".join(missing(("portcullisd",))),
+              file=sys.stderr)
         print("0 passed, 1 failed")
         return 1
 
     t_start = time.monotonic()
-    work = tempfile.mkdtemp(prefix="portcullis-passthrough.", dir="/tmp")
-    os.chmod(work, 0o755)
-    conf = os.path.join(work, "portcullis.conf")
-    dlog = os.path.join(work, "portcullisd.log")
     sink = Sink(args.sink_delay)
-    sink.start()
-    port = lab.free_port()
-    while port == sink.port:
-        port = lab.free_port()
-    with open(conf, "w") as f:
-        f.write("# written by test_smtp_passthrough_durability.py\n"
-                "services = smtp\n"
-                "smtp_listen = 127.0.0.1:%d\n"
-                "myhostname = %s\n"
-                "mydomains = example.com\n"
-                "relay_networks = 127.0.0.0/8\n"
-                "relay_require_headers =\n"
-                "state_dir = %s/state\n"
-                "delivery = relay:[127.0.0.1]:%d\n"
-                "smtp_max_per_client = 50\n"
-                "smtp_timeout = 30\n"
-                "log_level = info\n" % (port, MYHOSTNAME, work, sink.port))
+    d = Daemon("passthrough", SMTP_GATEWAY, myhostname=MYHOSTNAME,
+               relay_networks="127.0.0.0/8", relay_require_headers="",
+               delivery="relay:[127.0.0.1]:%d" % sink.port, smtp_max_per_client=50,
+               smtp_timeout=30, log_level="info")
+    work, port = d.dir, d.port
 
-    C = Checks()
-    fh = open(dlog, "ab")
-    env = dict(os.environ)
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
-    daemon = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", conf, "-f"],
-                              stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env=env)
-    fh.close()
+    C = Checks(log)
     load = None
     try:
-        lab.wait_until(lambda: daemon.poll() is not None or greets(port), 10,
-                       what="portcullisd greeting")
-        if daemon.poll() is not None:
-            raise RuntimeError("portcullisd exited %s:\n%s" % (daemon.returncode,
-                                                               lab._tail(dlog)))
+        d.start(ready=lambda: greets(port))
+        daemon = d.proc
         log("gateway on 127.0.0.1:%d -> sink 127.0.0.1:%d, master %d, worker %s; "
             "%d messages, %d clients, %d kills" % (
-                port, sink.port, daemon.pid, children(daemon.pid), args.messages,
+                port, sink.port, daemon.pid, d.workers(), args.messages,
                 args.clients, args.kills))
 
-        load = Load(port, args)
-        killer = Killer(daemon.pid, port, load, args)
+        load = Load(port, users=USERS, message_for=message_for, marker="pt",
+                    deadline=DEADLINE, per_session=args.per_session, helo=HELO,
+                    mail_from="MAIL FROM:<%s> BODY=8BITMIME" % SENDER, abort=args.abort,
+                    seed=1000, on_ack=queued_ack)
+        killer = Killer(daemon.pid, port, load, args.messages, args.kills, log)
         per = [args.messages // args.clients + (1 if i < args.messages % args.clients else 0)
                for i in range(args.clients)]
         threads = [threading.Thread(target=load.client, args=(i, per[i]), daemon=True)
@@ -551,7 +272,7 @@ def main():
                 "no client noticed a kill: the test proved nothing")
 
         # ---- the sink (after the daemon stopped: nothing moves)
-        rc = stop_daemon(daemon)
+        rc = d.stop(10)[0]
         C.check(rc == 0, "portcullisd exit 0 on SIGTERM after the load (got %s)" % rc)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and sink.open:
@@ -632,7 +353,7 @@ def main():
         dup_markers = sum(1 for v in at_sink.values() if len(v) > 1)
 
         # ---- the log
-        text = lab._read(dlog)
+        text = d.log_text()
         restarts = len(re.findall(r"worker \(pid \d+\) killed by signal 9; restarting", text))
         C.check(restarts == len(killer.kills), "daemon log: %d \"killed by signal 9; "
                 "restarting\" lines for %d kills" % (restarts, len(killer.kills)))
@@ -649,15 +370,12 @@ def main():
     finally:
         if load is not None:
             load.stop.set()
-        stop_daemon(daemon)
+        d.stop(10)
         sink.stop()
         if os.environ.get("KEEP_LAB") == "1" or C.failed:
             log("kept %s" % work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print("%.1fs" % (time.monotonic() - t_start))
-    print("%d passed, %d failed" % (C.passed, C.failed), flush=True)
-    return 1 if C.failed else 0
+        d.close(keep=bool(C.failed))
+    return C.report(t_start)
 
 
 if __name__ == "__main__":

@@ -12,64 +12,39 @@ has them.
   the null sender); pass-through does not (the delivering MTA does).
 
 Clients: python smtplib (with ssl for STARTTLS). The downstream for
-pass-through is the scriptable one of test_smtp_downstream_faults.py.
+pass-through is the harness's scriptable one (harness.fakesmtp).
 Last line "N passed, N failed".
 """
 import os
-import re
-import shutil
-import signal
 import smtplib
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import lab  # noqa: E402
-from test_smtp_downstream_faults import FakeDownstream  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import SANITIZER_RE, Daemon  # noqa: E402
+from harness.fakesmtp import FakeSMTP  # noqa: E402
 
-BIN = lab.BIN
 HELO = "client.received.test"
+BASE = (("services", "smtp"), ("smtp_listen", "127.0.0.1:{port}"),
+        ("myhostname", "mx.received.test"), ("mydomains", "example.com"),
+        ("relay_networks", "127.0.0.1"), ("state_dir", "{dir}/state"),
+        ("smtp_max_per_client", "100"), ("log_level", "info"))
 
 
-def start(tag, extra):
-    d = tempfile.mkdtemp(prefix="portcullis-received-%s." % tag, dir="/tmp")
-    os.chmod(d, 0o755)
-    port = lab.free_port()
-    conf = os.path.join(d, "p.conf")
-    with open(conf, "w") as f:
-        f.write("services = smtp\nsmtp_listen = 127.0.0.1:%d\nmyhostname = mx.received.test\n"
-                "mydomains = example.com\nrelay_networks = 127.0.0.1\nstate_dir = %s/state\n"
-                "smtp_max_per_client = 100\nlog_level = info\n%s"
-                % (port, d, extra.replace("DIR", d)))
-    return d, port, conf
+def start(tag, **extra):
+    return Daemon("received-%s" % tag, BASE, **extra)
 
 
-def launch(d, conf, port):
-    fh = open(os.path.join(d, "d.log"), "ab")
-    env = dict(os.environ)
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
-    p = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", conf, "-f"], stdout=fh,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    fh.close()
-    lab.wait_until(lambda: p.poll() is not None or lab.port_accepts("127.0.0.1", port), 10,
-                   what="gateway")
-    assert p.poll() is None, open(os.path.join(d, "d.log")).read()[-2000:]
-    return p
-
-
-def stop(d, p):
-    p.send_signal(signal.SIGTERM)
-    rc = p.wait(15)
-    with open(os.path.join(d, "d.log"), errors="replace") as f:
-        bad = [l for l in f if lab.SANITIZER_RE.search(l) or "killed by signal" in l]
-    if os.environ.get("KEEP_LAB") != "1":
-        shutil.rmtree(d, ignore_errors=True)
+def stop(dm):
+    rc = dm.stop(15)[0]
+    bad = [l for l in dm.log_text().splitlines() if SANITIZER_RE.search(l) or
+           "killed by signal" in l]
+    dm.close()
     return rc, bad
 
 
@@ -88,9 +63,9 @@ def trace(data):
 class Store(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.d, cls.port, conf = start("store", "delivery = maildir:DIR/mail\n"
-                                      "users = file:DIR/users\ntls_cert_file = DIR/c.crt\n"
-                                      "tls_key_file = DIR/c.key\n")
+        cls.dm = start("store", delivery="maildir:{dir}/mail", users="file:{dir}/users",
+                       tls_cert_file="{dir}/c.crt", tls_key_file="{dir}/c.key")
+        cls.d, cls.port = cls.dm.dir, cls.dm.port
         p = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
                             "-days", "2", "-subj", "/CN=mx.received.test",
                             "-keyout", os.path.join(cls.d, "c.key"),
@@ -98,15 +73,14 @@ class Store(unittest.TestCase):
                            timeout=60)
         assert p.returncode == 0, p.stderr
         for u in ("alice@example.com", "bob@example.com"):
-            p = subprocess.run([os.path.join(BIN, "portcullis"), "-c", conf, "user", "add", u,
-                                "--password-stdin"], input="pw-secret\n", text=True,
-                               capture_output=True, timeout=30)
+            p = cls.dm.cli("user", "add", u, "--password-stdin", input="pw-secret\n",
+                           check=False)
             assert p.returncode == 0, p.stderr
-        cls.proc = launch(cls.d, conf, cls.port)
+        cls.dm.start()
 
     @classmethod
     def tearDownClass(cls):
-        rc, bad = stop(cls.d, cls.proc)
+        rc, bad = stop(cls.dm)
         assert rc == 0 and not bad, "daemon exit %s; %s" % (rc, bad[:5])
 
     def stored(self, user, marker, limit=5.0):
@@ -200,14 +174,14 @@ class Store(unittest.TestCase):
 class PassThrough(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.down = FakeDownstream()
-        cls.d, cls.port, conf = start("relay", "delivery = relay:[127.0.0.1]:%d\n"
-                                      % cls.down.port)
-        cls.proc = launch(cls.d, conf, cls.port)
+        cls.down = FakeSMTP()
+        cls.dm = start("relay", delivery="relay:[127.0.0.1]:%d" % cls.down.port)
+        cls.d, cls.port = cls.dm.dir, cls.dm.port
+        cls.dm.start()
 
     @classmethod
     def tearDownClass(cls):
-        rc, bad = stop(cls.d, cls.proc)
+        rc, bad = stop(cls.dm)
         cls.down.stop()
         assert rc == 0 and not bad, "daemon exit %s; %s" % (rc, bad[:5])
 
@@ -247,7 +221,4 @@ class PassThrough(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    r = unittest.main(exit=False, verbosity=2).result
-    failed = len(r.failures) + len(r.errors)
-    print("%d passed, %d failed" % (r.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main())

@@ -31,12 +31,10 @@ import shutil
 import subprocess
 import sys
 import time
-import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import lab  # noqa: E402
-import test_smtp_tls_auth as tls  # noqa: E402  (work area, Daemon, Client)
+import test_smtp_tls_auth as tls  # noqa: E402  (work area, Daemon, Client, main)
 
 USER = tls.USER
 PASSWORD = tls.PASSWORD
@@ -330,42 +328,5 @@ class T02External(Case):
 CASES = [T01Scram, T02External]
 
 
-def main(argv):
-    if shutil.which("gsasl") is None:
-        print("gsasl (Debian package gsasl) missing: run make deps", file=sys.stderr)
-        return 1
-    for exe in ("portcullisd", "portcullis"):
-        if not os.access(os.path.join(tls.BIN, exe), os.X_OK):
-            print("%s/%s missing: run make first" % (tls.BIN, exe), file=sys.stderr)
-            return 1
-    names = [a for a in argv if not a.startswith("-")]
-    loader = unittest.TestLoader()
-    suite = unittest.TestSuite()
-    mod = sys.modules[__name__]
-    if names:
-        for n in names:
-            suite.addTests(loader.loadTestsFromName(n, mod))
-    else:
-        for cls in CASES:
-            suite.addTests(loader.loadTestsFromTestCase(cls))
-    t0 = time.monotonic()
-    runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2,
-                                     resultclass=tls.CountingResult)
-    problems = []
-    result = None
-    try:
-        result = runner.run(suite)
-        problems = tls.final_checks()
-    finally:
-        if W is not None:
-            W.close()
-    failed = len(result.failed_ids()) + len(problems)
-    for p in problems:
-        print("FAIL (final check): %s" % p)
-    print("%d skipped; %.1fs" % (len(result.skipped), time.monotonic() - t0))
-    print("%d passed, %d failed" % (result.passed, failed), flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(tls.main(cases=CASES, tools=(shutil.which("gsasl") or "/usr/bin/gsasl",)))

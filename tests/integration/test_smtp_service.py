@@ -19,83 +19,46 @@ Last line printed: "N passed, N failed"; exit status 1 on any failure.
 
 import os
 import resource
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab as labmod                                           # noqa: E402
-from lab import free_port, port_accepts, wait_until          # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import daemon as hdaemon, runner                 # noqa: E402
+from harness.ports import free_port, port_accepts             # noqa: E402
+from harness.util import pid_alive, wait_until               # noqa: E402
 
-BIN = labmod.BIN
+SVC = (("state_dir", "{dir}/state"), ("services", "smtp"), ("smtp_listen", "127.0.0.1:{port}"),
+       ("myhostname", "mx.example.com"), ("mydomains", "example.com"),
+       ("relay_networks", "192.0.2.1"), ("log_level", "info"))
 
 
-class Daemon:
+class Daemon(hdaemon.Daemon):
     """One portcullisd with services = smtp in a directory of its own."""
 
     def __init__(self, milter=False, **overrides):
-        self.dir = tempfile.mkdtemp(prefix="portcullis-svc.")
-        self.port = free_port()
         self.milter_port = free_port() if milter else None
-        keys = {
-            "state_dir": self.dir + "/state",
-            "services": "smtp milter" if milter else "smtp",
-            "smtp_listen": "127.0.0.1:%d" % self.port,
-            "myhostname": "mx.example.com",
-            "mydomains": "example.com",
-            "relay_networks": "192.0.2.1",
-            "log_level": "info",
-        }
+        keys = {}
         if milter:
-            keys["milter_listen"] = "inet:127.0.0.1:%d" % self.milter_port
-        keys.update({k: str(v) for k, v in overrides.items()})
-        self.conf = os.path.join(self.dir, "portcullis.conf")
-        with open(self.conf, "w") as f:
-            f.write("".join("%s = %s\n" % kv for kv in keys.items()))
-        self.log = os.path.join(self.dir, "portcullisd.log")
-        self.proc = None
+            keys = {"services": "smtp milter",
+                    "milter_listen": "inet:127.0.0.1:%d" % self.milter_port}
+        keys.update(overrides)
+        super().__init__("svc", SVC, **keys)
+        self.log = self.log_path
 
     def start(self, preexec_fn=None):
-        env = dict(os.environ)
-        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
-        self.logfh = open(self.log, "ab")
-        self.proc = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf, "-f"],
-                                     stdout=self.logfh, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, preexec_fn=preexec_fn)
-        wait_until(lambda: self.proc.poll() is not None or smtp_ready(self.port),
-                   15, what="portcullisd on port %d" % self.port)
-        if self.proc.poll() is not None:
-            raise AssertionError("portcullisd exited %s:\n%s" % (self.proc.returncode,
-                                                                 self.log_text()))
-        return self
+        return super().start(ready=lambda: smtp_ready(self.port), timeout=15,
+                             preexec_fn=preexec_fn)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-        if getattr(self, "logfh", None):
-            self.logfh.close()
-            self.logfh = None
-
-    def log_text(self):
-        with open(self.log, errors="replace") as f:
-            return f.read()
+        super().stop(10)
 
     def cleanup(self, case):
         self.stop()
-        bad = [l for l in self.log_text().splitlines() if labmod.SANITIZER_RE.search(l)]
-        if os.environ.get("KEEP_LAB") != "1":
-            shutil.rmtree(self.dir, ignore_errors=True)
+        bad = self.sanitizer_lines()
+        self.close()
         case.assertEqual(bad, [], "sanitizer report in the daemon log")
 
 
@@ -259,11 +222,11 @@ class T18Orphans(ServiceCase):
         d.proc.wait(5)
         t0 = time.monotonic()
         try:
-            wait_until(lambda: not any(labmod._pid_alive(p) for p in workers), 1.5, 0.02,
+            wait_until(lambda: not any(pid_alive(p) for p in workers), 1.5, 0.02,
                        what="the workers %s to exit after their master" % workers)
         finally:
             for p in workers:       # never leave one behind
-                if labmod._pid_alive(p):
+                if pid_alive(p):
                     os.kill(p, signal.SIGKILL)
             busy.close()
             busy_milter.close()
@@ -399,8 +362,4 @@ class T17Timeouts(ServiceCase):
 
 
 if __name__ == "__main__":
-    prog = unittest.main(exit=False, verbosity=2, argv=sys.argv)
-    r = prog.result
-    failed = len(r.failures) + len(r.errors)
-    print("%d passed, %d failed" % (r.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main())

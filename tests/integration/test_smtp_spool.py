@@ -28,7 +28,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -39,12 +38,17 @@ import time
 import unittest
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import lab  # noqa: E402
-from test_smtp_durability import children  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import SANITIZER_RE, Daemon  # noqa: E402
+from harness.fakesmtp import FakeSMTP, unstuff  # noqa: E402
+from harness.util import proc_children as children, wait_until  # noqa: E402
 
-BIN = lab.BIN
+BASE = (("services", "smtp"), ("smtp_listen", "127.0.0.1:{port}"),
+        ("myhostname", "mx.spool.test"), ("mydomains", "example.com"),
+        ("relay_networks", "127.0.0.1"), ("state_dir", "{dir}/state"),
+        ("users", "file:{dir}/users"), ("smtp_timeout", "60"),
+        ("smtp_max_per_client", "100"), ("log_level", "info"))
 MB = 1024 * 1024
 LINE = b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-the-quick-fox\r\n"
 # the gateway's own lines in front of the message: Return-Path:, Received: (folded)
@@ -134,32 +138,17 @@ class Gateway:
     """One portcullisd (services = smtp) with the given delivery."""
 
     def __init__(self, tag, extra):
-        self.dir = tempfile.mkdtemp(prefix="portcullis-spool-%s." % tag, dir="/tmp")
-        os.chmod(self.dir, 0o755)
+        extra = extra.replace("MAILDIR", "{dir}/mail")
+        self.dm = Daemon("spool-%s" % tag, BASE, **dict(
+            l.split(" = ", 1) for l in extra.splitlines() if l))
+        self.dir, self.port, self.conf = self.dm.dir, self.dm.port, self.dm.conf
         self.maildir = os.path.join(self.dir, "mail")
-        self.port = lab.free_port()
-        self.conf = os.path.join(self.dir, "p.conf")
-        with open(self.conf, "w") as f:
-            f.write("services = smtp\nsmtp_listen = 127.0.0.1:%d\nmyhostname = mx.spool.test\n"
-                    "mydomains = example.com\nrelay_networks = 127.0.0.1\n"
-                    "state_dir = %s/state\nusers = file:%s/users\nsmtp_timeout = 60\n"
-                    "smtp_max_per_client = 100\nlog_level = info\n%s"
-                    % (self.port, self.dir, self.dir, extra.replace("MAILDIR", self.maildir)))
-        p = subprocess.run([os.path.join(BIN, "portcullis"), "-c", self.conf, "user", "add",
-                            "alice@example.com", "--password-stdin"], input="pw\n", text=True,
-                           capture_output=True, timeout=30)
+        p = self.dm.cli("user", "add", "alice@example.com", "--password-stdin", input="pw\n",
+                        check=False)
         assert p.returncode == 0, p.stderr
-        self.log = os.path.join(self.dir, "d.log")
-        env = dict(os.environ)
-        env["ASAN_OPTIONS"] = "detect_leaks=1:quarantine_size_mb=16"
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", self.conf,
-                                          "-f"], stdout=fh, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
-        lab.wait_until(lambda: self.proc.poll() is not None or
-                       lab.port_accepts("127.0.0.1", self.port), 10, what="gateway")
-        assert self.proc.poll() is None, open(self.log).read()[-2000:]
-        lab.wait_until(lambda: children(self.proc.pid), 5, what="smtp worker")
+        self.dm.start(env={"ASAN_OPTIONS": "detect_leaks=1:quarantine_size_mb=16"})
+        self.proc = self.dm.proc
+        wait_until(lambda: children(self.proc.pid), 5, what="smtp worker")
         self.worker = children(self.proc.pid)[0]
         # the worker's first connections allocate what it keeps: warm it up
         c = Client(self.port)
@@ -185,18 +174,11 @@ class Gateway:
         return out
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait(5)
-        with open(self.log, errors="replace") as f:
-            text = f.read()
-        bad = [l for l in text.splitlines() if lab.SANITIZER_RE.search(l) or
+        rc = self.dm.stop(15)[0]
+        text = self.dm.log_text()
+        bad = [l for l in text.splitlines() if SANITIZER_RE.search(l) or
                "killed by signal" in l]
-        if os.environ.get("KEEP_LAB") != "1":
-            shutil.rmtree(self.dir, ignore_errors=True)
+        self.dm.close()
         return rc, bad, text
 
 
@@ -288,10 +270,10 @@ class T1MaildirConcurrent(unittest.TestCase):
         for p in pieces:
             c.s.sendall(STUFFED[id(p)])
         # the gateway has spooled some of it by now
-        lab.wait_until(lambda: g.box("tmp"), 10, what="a spool file in tmp/")
+        wait_until(lambda: g.box("tmp"), 10, what="a spool file in tmp/")
         c.f.close()
         c.s.close()
-        lab.wait_until(lambda: not g.box("tmp"), 10, what="tmp/ to be emptied")
+        wait_until(lambda: not g.box("tmp"), 10, what="tmp/ to be emptied")
         self.assertEqual(g.stored(m), [])
 
 
@@ -321,61 +303,25 @@ class T2MaildirUnlimited(unittest.TestCase):
         self.assertTrue(rc == 0 and not bad, "daemon exit %s; %s" % (rc, bad[:5]))
 
 
-class SlowDownstream:
-    """Takes one message at a time; after its 354 it reads nothing for
-    `stall` seconds, then the body; records the body's sha256."""
+class SlowDownstream(FakeSMTP):
+    """After its 354 it reads nothing for `stall` seconds, then the body;
+    bodies: the messages taken (dot-stuffing undone)."""
 
     def __init__(self, stall):
         self.stall = stall
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.bodies = []
-        self.t_354 = None
-        threading.Thread(target=self.loop, daemon=True).start()
+        super().__init__({"greet": b"220 slow ESMTP\r\n", "ehlo": b"250-slow\r\n250 PIPELINING\r\n",
+                          "pause_354": stall, "bulk": True, "final": b"250 2.0.0 slow ok\r\n",
+                          "other": b"250 ok\r\n"}, backlog=8)
 
-    def loop(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+    @property
+    def bodies(self):
+        with self.lock:
+            return [unstuff(bytes(t["raw"])) for t in self.transactions if t["dot"]]
 
-    def serve(self, c):
-        w = lab.Wire(c)
-        try:
-            c.sendall(b"220 slow ESMTP\r\n")
-            while True:
-                line = w.line()
-                if line is None:
-                    return
-                verb = line[:4].upper()
-                if verb == b"DATA":
-                    c.sendall(b"354 go\r\n")
-                    self.t_354 = time.monotonic()
-                    time.sleep(self.stall)
-                    raw, ok = w.body()
-                    if not ok:
-                        return
-                    body = re.sub(rb"(?m)^\.", b"", raw)
-                    self.bodies.append(body)
-                    c.sendall(b"250 2.0.0 slow ok\r\n")
-                elif verb == b"QUIT":
-                    c.sendall(b"221 bye\r\n")
-                    return
-                elif verb == b"EHLO":
-                    c.sendall(b"250-slow\r\n250 PIPELINING\r\n")
-                else:
-                    c.sendall(b"250 ok\r\n")
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-    def stop(self):
-        self.sock.close()
+    @property
+    def t_354(self):
+        with self.lock:
+            return max((r["t_354"] for r in self.sessions if r["t_354"]), default=None)
 
 
 class T3PassThroughSlowDownstream(unittest.TestCase):
@@ -519,7 +465,4 @@ class T5DiskFull(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    r = unittest.main(exit=False, verbosity=2).result
-    failed = len(r.failures) + len(r.errors)
-    print("%d passed, %d failed" % (r.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main())

@@ -8,14 +8,10 @@ Run: python3 tests/integration/test_stats.py   (PORTCULLIS_BIN as for the others
 Last line: "N passed, N failed".
 """
 import os
-import re
-import shutil
-import signal
 import smtplib
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -25,17 +21,10 @@ except ImportError:     # a python3 other than Debian's: use Debian's package (d
     sys.path.append("/usr/lib/python3/dist-packages")
     from prometheus_client.parser import text_string_to_metric_families
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(REPO, "bin"))
-SANITIZER_RE = re.compile(r"AddressSanitizer|runtime error:|LeakSanitizer")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import BIN, SANITIZER_RE, Daemon  # noqa: E402
+from harness.ports import free_port  # noqa: E402
 
 
 def wait_for(pred, timeout, what):
@@ -50,44 +39,23 @@ def wait_for(pred, timeout, what):
 class Stats(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="portcullis-stats-")
-        cls.smtp = free_port()
         cls.milter = free_port()
         cls.metrics = free_port()
-        cls.conf = os.path.join(cls.dir, "portcullis.conf")
-        with open(cls.conf, "w") as f:
-            f.write("state_dir = %s/state\nservices = milter smtp\n"
-                    "milter_listen = inet:127.0.0.1:%d\nsmtp_listen = 127.0.0.1:%d\n"
-                    "metrics_listen = 127.0.0.1:%d\n"
-                    "mydomains = example.com\nmyhostname = mx.example.com\n"
-                    "relay_networks = 192.0.2.0/24\n" % (cls.dir, cls.milter, cls.smtp, cls.metrics))
-        cls.log = open(os.path.join(cls.dir, "log"), "w+")
-        cls.daemon = subprocess.Popen([os.path.join(BIN, "portcullisd"), "-c", cls.conf, "-f"],
-                                      stdout=cls.log, stderr=subprocess.STDOUT)
-
-        def up():
-            if cls.daemon.poll() is not None:
-                cls.log.seek(0)
-                raise AssertionError("daemon exited:\n" + cls.log.read())
-            try:
-                socket.create_connection(("127.0.0.1", cls.smtp), 0.2).close()
-                return True
-            except OSError:
-                return False
-        wait_for(up, 15, "the smtp listener")
+        cls.d = Daemon("stats", (
+            ("state_dir", "{dir}/state"), ("services", "milter smtp"),
+            ("milter_listen", "inet:127.0.0.1:%d" % cls.milter),
+            ("smtp_listen", "127.0.0.1:{port}"),
+            ("metrics_listen", "127.0.0.1:%d" % cls.metrics),
+            ("mydomains", "example.com"), ("myhostname", "mx.example.com"),
+            ("relay_networks", "192.0.2.0/24")))
+        cls.dir, cls.conf, cls.smtp = cls.d.dir, cls.d.conf, cls.d.port
+        cls.d.start(timeout=15)
 
     @classmethod
     def tearDownClass(cls):
-        cls.daemon.send_signal(signal.SIGTERM)
-        try:
-            cls.daemon.wait(20)
-        except subprocess.TimeoutExpired:
-            cls.daemon.kill()
-            cls.daemon.wait()
-        cls.log.seek(0)
-        text = cls.log.read()
-        cls.log.close()
-        shutil.rmtree(cls.dir, ignore_errors=True)
+        cls.d.stop(20)
+        text = cls.d.log_text()
+        cls.d.close()
         if SANITIZER_RE.search(text):
             raise AssertionError("sanitizer report:\n" + text[-3000:])
 
@@ -232,8 +200,4 @@ class Stats(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    prog = unittest.main(exit=False, verbosity=2)
-    res = prog.result
-    failed = len(res.failures) + len(res.errors)
-    print("%d passed, %d failed" % (res.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main())

@@ -13,7 +13,6 @@ What an admin sees:
 Run: python3 tests/integration/test_stats_redis.py   (PORTCULLIS_BIN as for the others)
 """
 import os
-import signal
 import smtplib
 import sys
 import tempfile
@@ -22,8 +21,11 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from test_redis_lists import (BIN, PREFIX, SANITIZER_RE, Node, RedisServer,  # noqa: E402
-                              _on_signal, free_port, wait_until)
+from test_redis_lists import Node, wait_until  # noqa: E402
+from harness import runner  # noqa: E402  (test_redis_lists put tests/ on the path)
+from harness.daemon import SANITIZER_RE  # noqa: E402
+from harness.ports import free_port  # noqa: E402
+from harness.redis import PREFIX, REDIS_CLI, REDIS_SERVER, RedisServer  # noqa: E402
 
 RELAY = 'verdicts_total{door="smtp",stage="RCPT",action="reject",reason="relay"}'
 
@@ -144,11 +146,4 @@ class StatsRedis(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _on_signal)
-    for exe in ("portcullisd", "portcullis"):
-        if not os.access(os.path.join(BIN, exe), os.X_OK):
-            sys.exit("%s/%s missing: run make first" % (BIN, exe))
-    res = unittest.main(exit=False, verbosity=2).result
-    failed = len(res.failures) + len(res.errors)
-    print("%d passed, %d failed" % (res.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    sys.exit(runner.main(tools=(REDIS_SERVER, REDIS_CLI)))
