@@ -95,6 +95,9 @@ struct conn_server_conf {
 	const char *words_timeout;
 	const char *words_too_many;		/* max_connections exceeded */
 	const char *words_too_many_client;	/* max_per_client exceeded */
+	/* what in_message() calls the data in the timeout's log line ("DATA":
+	 * "timeout after 300 s in DATA"); NULL: "message data" */
+	const char *message_name;
 };
 
 struct conn_ops {
