@@ -39,6 +39,10 @@ if header :contains "subject" "EDITME" {
 }
 if header :contains "subject" "REDIRECTME" { redirect :copy "audit@elsewhere.test"; }
 if header :contains "subject" "MOVEME" { redirect "boss@example.com"; }
+if header :contains "subject" "TWOREDIRECTS" {
+    redirect :copy "r1@elsewhere.test";
+    redirect :copy "r2@elsewhere.test";
+}
 if header :contains "subject" "ENVCHECK" {
     if allof (environment "vnd.portcullis.country" "XX",
               environment "remote-ip" "127.0.0.5") {
@@ -153,7 +157,7 @@ class StoreGateway(Common, unittest.TestCase):
                        delivery="maildir:{dir}/mail", users="", log_level="info",
                        relay_networks="127.0.0.0/8",
                        relayhost="[127.0.0.1]:%d" % cls.relay.port,
-                       geoip_database="{dir}/geo.mmdb")
+                       geoip_database="{dir}/geo.mmdb", sieve_max_redirects="1")
         write_mmdb(cls.d.path("geo.mmdb"), [("127.0.0.5", "127.0.0.5", "XX"),
                                             ("127.0.0.6", "127.0.0.6", "YY")])
         write_script(cls.d, "server.sieve", SERVER)
@@ -295,6 +299,16 @@ class StoreGateway(Common, unittest.TestCase):
         self.assertEqual(len(got), 1, self.ctx())
         self.assertIn(b"X-Sieve-Added: server was here", got[0][1])
         self.assertNotIn(b"X-Remove-Me", got[0][1])
+
+    def test_13_sieve_max_redirects_applies(self):
+        # one redirect is within sieve_max_redirects = 1 (test_06); two make
+        # the run fail: the message is kept as it came, nothing redirected
+        m, rr, final = self.send("TWOREDIRECTS")
+        self.assertEqual(final[0], 250, self.ctx())
+        self.assertEqual(len(self.stored(m)), 1, self.ctx())
+        self.assertRegex(self.d.log_since(self.mark), r"sieve: server run failed: .*redirect")
+        time.sleep(0.3)
+        self.assertEqual(self.down_msgs(self.relay, m), [])
 
 
 class PassThrough(Common, unittest.TestCase):
