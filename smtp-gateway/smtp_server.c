@@ -924,22 +924,35 @@ sieve_decided(struct conn *c)
 	sieve_pump(c);
 }
 
+/* what the job needs; the connection waits for it (conn_hold) */
+struct sieve_job {
+	struct conn *c;
+	struct smtp_sieve *sv;
+	const struct smtp_msg *m;	/* the session's, stable while it waits */
+};
+
 /* on a job thread: the scripts and their file work */
 static void
 sieve_job_run(void *arg)
 {
-	struct conn *c = arg;
+	struct sieve_job *j = arg;
 
-	smtp_sieve_run(c->sv, smtp_proto_pending(c->sp));
+	smtp_sieve_run(j->sv, j->m);
 }
 
 static void
 sieve_job_done(void *arg)
 {
-	struct conn *c = arg;
+	struct sieve_job *j = arg;
+	struct conn *c = j->c;
 
+	free(j);
 	if (conn_release(c))
 		return;
+	if (c->srv->stopping) {	/* no new work: unanswered, the client tries again */
+		smtp_sieve_free(&c->sv);
+		return;
+	}
 	sieve_decided(c);
 }
 
@@ -948,6 +961,8 @@ sieve_job_done(void *arg)
 static void
 sieve_start(struct conn *c, struct smtp_msg *m)
 {
+	struct sieve_job *j;
+
 	if (sieve_put(c, m, m->data, m->len) < 0) {
 		smtp_sieve_free(&c->sv);
 		c->sv_failed = 0;
@@ -957,9 +972,13 @@ sieve_start(struct conn *c, struct smtp_msg *m)
 		return;
 	}
 	m->len = 0;	/* in the spool now */
+	j = xcalloc(1, sizeof(*j));
+	j->c = c;
+	j->sv = c->sv;
+	j->m = m;
 	conn_hold(c);
 	bufferevent_disable(c->bev, EV_READ);
-	jobs_submit(c->srv->jobs, sieve_job_run, sieve_job_done, c);
+	jobs_submit(c->srv->jobs, sieve_job_run, sieve_job_done, j);
 }
 
 static void
