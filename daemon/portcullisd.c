@@ -740,8 +740,9 @@ smtp_svc_run(void *set, struct worker_ctx *wc)
 	sc->srv.ban_arg = wc->w;
 	/* Sieve server and domain scripts, as the milter (smtp-gateway/smtp_sieve.c) */
 	sievestore_limits_conf(conf, &smtp_sieve_lim);
-	sieve_w = sievewatch_start(conf_get(conf, "sieve_dir"), &smtp_sieve_lim, &sieve_ref, &err);
-	if (sieve_w == NULL)
+	if (sieve_w == NULL &&	/* one watcher per worker */
+	    (sieve_w = sievewatch_start(conf_get(conf, "sieve_dir"), &smtp_sieve_lim, &sieve_ref,
+	    &err)) == NULL)
 		log_error("sieve: %s: the gateway runs without Sieve rules", err);
 	sc->srv.params.sieve = sieve_w != NULL ? &sieve_ref : NULL;
 	sc->srv.sieve_limits = &smtp_sieve_lim;
