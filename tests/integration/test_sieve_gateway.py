@@ -310,6 +310,19 @@ class StoreGateway(Common, unittest.TestCase):
         time.sleep(0.3)
         self.assertEqual(self.down_msgs(self.relay, m), [])
 
+    def test_14_redirect_the_relayhost_refuses_451_nothing_stored(self):
+        # never a 250 for something lost: the client is told to try again
+        old = dict(self.relay.mode or {})
+        self.relay.mode = dict(old, rcpt=b"451 4.3.0 not now\r\n")
+        try:
+            m, rr, final = self.send("REDIRECTME")
+        finally:
+            self.relay.mode = old
+        self.assertEqual(final[0], 451, self.ctx())
+        self.assertEqual(self.stored(m), [], self.ctx())
+        self.assertEqual(self.tmp_left(), [])
+        self.assertIn("the relayhost said 451", self.d.log_since(self.mark))
+
 
 class PassThrough(Common, unittest.TestCase):
     """delivery = relay: every message goes downstream, after the verdict."""
@@ -367,6 +380,16 @@ class PassThrough(Common, unittest.TestCase):
         self.assertEqual(self.down_msgs(self.down, m2), [])
         self.assertEqual(len(self.quarantined(m2)), 1, self.ctx())
         os.unlink(self.d.path("state", "sieve", "domains", "example.com.sieve"))
+
+
+    def test_04_redirect_through_the_downstream(self):
+        m, rr, final = self.send("REDIRECTME")
+        self.assertEqual(final[0], 250, self.ctx())
+        got = wait_for(lambda: len(self.down_msgs(self.down, m)) == 2 and
+                       self.down_msgs(self.down, m))
+        self.assertTrue(got, self.ctx())
+        self.assertEqual(sorted(t["rcpts"][0] for t, _ in got),
+                         ["audit@elsewhere.test", "user@example.com"])
 
 
 if __name__ == "__main__":
