@@ -283,6 +283,7 @@ struct spooled {
 	char *hbuf;		/* the header section (and the body, when read) */
 	size_t hend;		/* the end of the fields (before the empty line) */
 	int whole;		/* the header section ended within the cap */
+	size_t skip;		/* our Return-Path: line (store route): not the scripts' */
 	struct rawfield *raw;
 	size_t nraw;
 };
@@ -306,11 +307,11 @@ count_cb(void *arg, const struct hdr_field *f)
 	return 0;
 }
 
-/* the fields in [0, hend) of buf: a line beginning with a blank continues */
+/* the fields in [skip, hend) of buf: a line beginning with a blank continues */
 static void
 split_fields(struct spooled *s)
 {
-	size_t i = 0;
+	size_t i = s->skip;
 
 	while (i < s->hend) {
 		const char *nl = memchr(s->hbuf + i, '\n', s->hend - i);
@@ -328,9 +329,14 @@ split_fields(struct spooled *s)
 	}
 }
 
-/* read the header section (and maybe the body) into a sieve_msg */
+/*
+ * Read the header section (and maybe the body) into a sieve_msg. store: the
+ * spool starts with our Return-Path: line, which the scripts do not see (the
+ * milter's do not either: the MTA adds it at delivery) and which stays on
+ * top of the stored copy.
+ */
 static struct sieve_msg *
-spooled_read(struct spooled *s, int need_body, const char **error_r)
+spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 {
 	static __thread char err[200];
 	struct stat st;
@@ -352,22 +358,28 @@ spooled_read(struct spooled *s, int need_body, const char **error_r)
 		return NULL;
 	}
 	len = (size_t)r;
+	if (store && len > 12 && strncasecmp(s->hbuf, "Return-Path:", 12) == 0) {
+		const char *nl = memchr(s->hbuf, '\n', len);
+
+		s->skip = nl != NULL ? (size_t)(nl - s->hbuf) + 1 : 0;
+	}
 	hp = hdrparse_new(count_cb, &nf);
-	used = hdrparse_feed(hp, s->hbuf, len, &stop);
+	used = hdrparse_feed(hp, s->hbuf + s->skip, len - s->skip, &stop);
 	if (!hdrparse_done(hp) && (off_t)len == s->size)
 		(void)hdrparse_finish(hp, &stop);
 	s->whole = hdrparse_done(hp) || (off_t)len == s->size;
-	text_len = s->whole && hdrparse_done(hp) ? (size_t)hdrparse_body_offset(hp) : len;
+	text_len = s->whole && hdrparse_done(hp) ?
+	    s->skip + (size_t)hdrparse_body_offset(hp) : len;
 	(void)used;
 	hdrparse_free(&hp);
 	/* the fields end before the empty line, when there is one */
 	s->hend = text_len;
-	if (s->hend >= 2 && s->hbuf[s->hend - 1] == '\n') {
+	if (s->hend >= s->skip + 2 && s->hbuf[s->hend - 1] == '\n') {
 		size_t e = s->hend - 1;
 
-		if (e > 0 && s->hbuf[e - 1] == '\r')
+		if (e > s->skip && s->hbuf[e - 1] == '\r')
 			e--;
-		if (e == 0 || s->hbuf[e - 1] == '\n')
+		if (e == s->skip || s->hbuf[e - 1] == '\n')
 			s->hend = e;	/* the empty line itself stays in the tail */
 	}
 	split_fields(s);
@@ -384,8 +396,8 @@ spooled_read(struct spooled *s, int need_body, const char **error_r)
 		}
 		text_len += (size_t)r;
 	}
-	m = sieve_msg_parse(s->hbuf, text_len);
-	m->size = (size_t)s->size;
+	m = sieve_msg_parse(s->hbuf + s->skip, text_len - s->skip);
+	m->size = (size_t)s->size - s->skip;
 	if (m->nhdr != s->nraw)
 		s->nraw = 0;	/* cannot pair them: an edit rewrites every field */
 	return m;
@@ -464,6 +476,8 @@ emit_message(const struct spooled *s, const struct sieve_msg *m, const struct si
 
 	if (hdr == NULL)
 		return copy_range(s->fd, 0, s->size, out, arg);
+	if (s->skip > 0 && out(arg, s->hbuf, s->skip) < 0)
+		return -1;	/* our Return-Path: stays on top */
 	for (size_t i = 0; i < nhdr; i++) {
 		size_t k;
 
@@ -568,13 +582,40 @@ final_fd(struct smtp_sieve *sv, int *own_r)
 	return sv->fd2 >= 0 ? sv->fd2 : sv->fd;
 }
 
+/* what a redirect sends: the final spool without our Return-Path: (skip
+ * octets; then a copy in quarantine_dir/tmp/, *path_r to remove) */
+static int
+redirect_fd(struct smtp_sieve *sv, size_t skip, int *own_r, char **path_r)
+{
+	struct stat st;
+	int fd = final_fd(sv, own_r), cfd;
+
+	*path_r = NULL;
+	if (fd < 0 || skip == 0)
+		return fd;
+	if (fstat(fd, &st) < 0 || own_open(sv->k, &cfd, path_r, NULL) < 0) {
+		if (*own_r)
+			close(fd);
+		return -1;
+	}
+	if (copy_range(fd, (off_t)skip, st.st_size, sink_fd, &cfd) < 0) {
+		close(cfd);
+		cfd = -1;
+	}
+	if (*own_r)
+		close(fd);
+	*own_r = cfd >= 0;
+	return cfd;
+}
+
 /* redirects outside mydomains, through the relayhost; targets inside are
  * left for the caller (the store route adds them as recipients) */
 static int
 redirects(struct smtp_sieve *sv, const struct smtp_msg *m, const struct sieve_door_result *d,
-    int store)
+    int store, size_t skip)
 {
 	int fd = -1, own = 0, rc = 0;
+	char *copy = NULL;
 
 	for (size_t i = 0; i < d->nredirect && rc == 0; i++) {
 		const char *at = strrchr(d->redirect[i], '@');
@@ -591,7 +632,7 @@ redirects(struct smtp_sieve *sv, const struct smtp_msg *m, const struct sieve_do
 			rc = -1;
 			break;
 		}
-		if (fd < 0 && (fd = final_fd(sv, &own)) < 0) {
+		if (fd < 0 && (fd = redirect_fd(sv, skip, &own, &copy)) < 0) {
 			snprintf(sv->res.err, sizeof(sv->res.err), "sieve redirect: cannot read the spool");
 			rc = -1;
 			break;
@@ -612,6 +653,9 @@ redirects(struct smtp_sieve *sv, const struct smtp_msg *m, const struct sieve_do
 	}
 	if (own)
 		close(fd);
+	if (copy != NULL)
+		(void)unlink(copy);
+	free(copy);
 	return rc;
 }
 
@@ -638,7 +682,7 @@ smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
 	} else {
 		s.fd = sv->fd;
 	}
-	sm = spooled_read(&s, sieve_rules_need_body(m->sieve), &err);
+	sm = spooled_read(&s, store, sieve_rules_need_body(m->sieve), &err);
 	if (sm == NULL) {
 		res->tempfail = 1;
 		snprintf(res->err, sizeof(res->err), "sieve: %s", err);
@@ -675,7 +719,7 @@ smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
 		snprintf(res->err, sizeof(res->err), "sieve: header edits: %s", err);
 		goto done;
 	}
-	if (redirects(sv, m, &d, store) < 0) {
+	if (redirects(sv, m, &d, store, s.skip) < 0) {
 		res->tempfail = 1;
 		goto done;
 	}

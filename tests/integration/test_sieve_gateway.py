@@ -221,7 +221,9 @@ class StoreGateway(Common, unittest.TestCase):
         got = self.stored(m)
         self.assertEqual(len(got), 1, self.ctx())
         head, _, body = got[0][1].partition(b"\r\n\r\n")
-        self.assertTrue(head.startswith(b"X-Sieve-Added: server was here\r\n"), head)
+        # our Return-Path: stays on top (the scripts do not see it)
+        self.assertTrue(head.startswith(b"Return-Path: <sender@outside.test>\r\n"
+                                        b"X-Sieve-Added: server was here\r\n"), head)
         self.assertTrue(head.endswith(b"X-Sieve-Last: at the bottom"), head)
         self.assertNotIn(b"X-Remove-Me", head)
         self.assertIn(b"X-Keep: folded\r\n\tline\r\n", head)    # byte for byte
@@ -248,6 +250,7 @@ class StoreGateway(Common, unittest.TestCase):
         got = wait_for(lambda: self.down_msgs(self.relay, m))
         self.assertEqual(len(got), 1, self.ctx())
         self.assertEqual(got[0][0]["rcpts"], ["audit@elsewhere.test"])
+        self.assertNotIn(b"Return-Path:", got[0][1])     # added at final delivery only
 
     def test_07_redirect_without_copy_to_a_local_user(self):
         m, rr, final = self.send("MOVEME")
