@@ -146,7 +146,7 @@ struct conn {
 	size_t spooled;		/* message octets in it (our header lines not counted) */
 	int spool_err;		/* errno of a failed spool write: the final dot gets a 4xx */
 	struct smtp_sieve *sv;	/* a message under Sieve scripts, spooled (smtp_sieve) */
-	int sv_failed;		/* ... or spooling it failed: the final dot gets a 451 */
+	int sv_failed;		/* ... or spooling it failed (errno): the final dot gets a 4xx */
 	int sv_done;		/* its scripts ran: deliver() delivers */
 };
 
@@ -755,6 +755,7 @@ sieve_put(struct conn *c, const struct smtp_msg *m, const char *p, size_t n)
 		int store = !m->downstream;
 		char *head = received_header(c, m, store);
 
+		errno = 0;
 		if (store && c->srv->c->maildir_root == NULL)
 			err = "no store";
 		else if (smtp_sieve_open(&c->srv->sieve, m, store, head, &c->sv, &err) == 0)
@@ -762,14 +763,16 @@ sieve_put(struct conn *c, const struct smtp_msg *m, const char *p, size_t n)
 		free(head);
 		if (err != NULL) {
 			log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
-			c->sv_failed = 1;
+			c->sv_failed = errno ? errno : EIO;
 			return -1;
 		}
 	}
 	if (n > 0 && smtp_sieve_write(c->sv, p, n, &err) < 0) {
+		int e = errno ? errno : EIO;
+
 		log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
 		smtp_sieve_free(&c->sv);
-		c->sv_failed = 1;
+		c->sv_failed = e;
 		return -1;
 	}
 	return 0;
@@ -846,7 +849,10 @@ sieve_local_targets(struct conn *c, const struct smtp_sieve_result *r)
 
 		if (mailaddr_parse(r->local[i], &a) < 0 || a.domain[0] == '\0' ||
 		    !user_resolve(c->srv, a.local, a.domain, canon)) {
-			log_warn("conn=%s sieve: redirect to %s: no such user here", c->id, r->local[i]);
+			char esc[LOG_ESCAPE_BUFSZ];
+
+			log_warn("conn=%s sieve: redirect to %s: no such user here; not redirected",
+			    c->id, log_escape(esc, r->local[i], strlen(r->local[i])));
 			continue;
 		}
 		smtp_proto_add_rcpt(c->sp, canon, 1);
@@ -964,10 +970,15 @@ sieve_start(struct conn *c, struct smtp_msg *m)
 	struct sieve_job *j;
 
 	if (sieve_put(c, m, m->data, m->len) < 0) {
+		int full = c->sv_failed == ENOSPC || c->sv_failed == EDQUOT;
+
 		smtp_sieve_free(&c->sv);
 		c->sv_failed = 0;
-		smtp_proto_delivered(c->sp, 0, "451", "4.3.0", "Error: local delivery failed, try "
-		    "again later");
+		if (full)
+			smtp_proto_delivered(c->sp, 0, "452", "4.3.1", "Insufficient system storage");
+		else
+			smtp_proto_delivered(c->sp, 0, "451", "4.3.0", "Error: local delivery failed, "
+			    "try again later");
 		flush_output(c);
 		return;
 	}

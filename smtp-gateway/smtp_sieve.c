@@ -627,8 +627,11 @@ redirects(struct smtp_sieve *sv, const struct smtp_msg *m, const struct sieve_do
 			continue;
 		}
 		if (sv->k->relayhost == NULL) {
+			char esc[LOG_ESCAPE_BUFSZ];
+
 			snprintf(sv->res.err, sizeof(sv->res.err),
-			    "sieve redirect to %.200s: no relayhost is configured", d->redirect[i]);
+			    "sieve redirect to %.200s: no relayhost is configured",
+			    log_escape(esc, d->redirect[i], strlen(d->redirect[i])));
 			rc = -1;
 			break;
 		}
@@ -642,14 +645,21 @@ redirects(struct smtp_sieve *sv, const struct smtp_msg *m, const struct sieve_do
 		    sizeof(reply)) < 0) {
 			char esc[LOG_ESCAPE_BUFSZ];
 
+			char esc2[LOG_ESCAPE_BUFSZ];
+
 			snprintf(sv->res.err, sizeof(sv->res.err), "sieve redirect to %.150s: the relayhost "
-			    "said %.100s", d->redirect[i], log_escape(esc, reply, strlen(reply)));
+			    "said %.100s", log_escape(esc2, d->redirect[i], strlen(d->redirect[i])),
+			    log_escape(esc, reply, strlen(reply)));
 			rc = -1;
 			break;
 		}
 		sv->res.nredirect++;
-		log_info("sieve: redirect to %s sent through the relayhost (%s)", d->redirect[i],
-		    d->where);
+		{
+			char esc[LOG_ESCAPE_BUFSZ];
+
+			log_info("sieve: redirect to %s sent through the relayhost (%s)",
+			    log_escape(esc, d->redirect[i], strlen(d->redirect[i])), d->where);
+		}
 	}
 	if (own)
 		close(fd);
