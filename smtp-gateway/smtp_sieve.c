@@ -29,6 +29,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,9 +73,16 @@ static atomic_uint seq;
 static char errbuf_static[300];
 
 static const char *
-seterr(char *buf, size_t cap, const char *fmt, const char *a, const char *b)
+seterr(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static const char *
+seterr(char *buf, size_t cap, const char *fmt, ...)
 {
-	snprintf(buf, cap, fmt, a, b);
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, cap, fmt, ap);
+	va_end(ap);
 	return buf;
 }
 
@@ -348,13 +356,13 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 	struct sieve_msg *m;
 
 	if (fstat(s->fd, &st) < 0) {
-		*error_r = seterr(err, sizeof(err), "cannot stat the spool: %s%s", strerror(errno), "");
+		*error_r = seterr(err, sizeof(err), "cannot stat the spool: %s", strerror(errno));
 		return NULL;
 	}
 	s->size = st.st_size;
 	s->hbuf = xmalloc(SMTP_SIEVE_MAX_HEADER + 1);
 	if ((r = pread_full(s->fd, s->hbuf, SMTP_SIEVE_MAX_HEADER, 0)) < 0) {
-		*error_r = seterr(err, sizeof(err), "cannot read the spool: %s%s", strerror(errno), "");
+		*error_r = seterr(err, sizeof(err), "cannot read the spool: %s", strerror(errno));
 		return NULL;
 	}
 	len = (size_t)r;
@@ -390,8 +398,8 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 			want = SMTP_SIEVE_MAX_BODY;
 		s->hbuf = xrealloc(s->hbuf, text_len + want + 1);
 		if ((r = pread_full(s->fd, s->hbuf + text_len, want, (off_t)text_len)) < 0) {
-			*error_r = seterr(err, sizeof(err), "cannot read the spool: %s%s",
-			    strerror(errno), "");
+			*error_r = seterr(err, sizeof(err), "cannot read the spool: %s",
+			    strerror(errno));
 			return NULL;
 		}
 		text_len += (size_t)r;
