@@ -14,7 +14,9 @@
  * (up to SMTP_SIEVE_MAX_BODY; `size` sees the real size). Header edits
  * write a new spool: the header section as the scripts left it -- fields
  * they kept are copied byte for byte, folding and all -- then the rest of
- * the message copied from the old spool in pieces.
+ * the message copied from the old spool in pieces. On the store route the
+ * spool begins with our Return-Path: line: the scripts do not see it (the
+ * milter's do not either), it stays on top, and redirects go without it.
  *
  * Quarantine is a copy into quarantine_dir (a Maildir: tmp/, fsync, link
  * into new/, fsync new/) that admins review with any Maildir reader; the
