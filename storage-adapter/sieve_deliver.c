@@ -524,6 +524,33 @@ bare_addr(const char *a)
 	return xstrdup(a);
 }
 
+/*
+ * Redirect loop protection (as Pigeonhole's X-Sieve-Redirected-From): a
+ * message this user redirected before came back, or has been redirected
+ * SIEVE_DELIVER_MAX_REDIRECT_HOPS times already.
+ */
+static int
+redirect_loop(const struct sieve_msg *m, const char *user)
+{
+	unsigned hops = 0;
+
+	for (size_t i = 0; i < m->nhdr; i++) {
+		const char *v = m->hdr[i].value;
+		size_t ul = strlen(user);
+
+		if (strcasecmp(m->hdr[i].name, "X-Sieve-Redirected-From") != 0)
+			continue;
+		if (++hops >= SIEVE_DELIVER_MAX_REDIRECT_HOPS)
+			return 1;
+		while (*v == ' ' || *v == '\t' || *v == '<')
+			v++;
+		if (strncasecmp(v, user, ul) == 0 && (v[ul] == '>' || v[ul] == '\0' ||
+		    v[ul] == ' ' || v[ul] == '\r' || v[ul] == '\n'))
+			return 1;
+	}
+	return 0;
+}
+
 /* the user's script or a level before it tests the body */
 static int
 need_body(const struct sieve_deliver_in *in)
@@ -643,6 +670,13 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 			logf_add(p, "discard", NULL);
 			break;
 		case SIEVE_A_REDIRECT:
+			if (i >= higher && redirect_loop(m, in->user)) {
+				/* never lost: kept instead */
+				add_copy(p, "INBOX", 0, NULL, 0, a->line);
+				logf_add(p, "redirect loop (the message was redirected here before), "
+				    "kept; not redirected to", a->target);
+				break;
+			}
 			add_out(p, SIEVE_OUT_REDIRECT, sender, a->target, NULL);
 			logf_add(p, "redirect to", a->target);
 			break;
