@@ -388,6 +388,60 @@ test_fallback(void)
 	free(root);
 }
 
+/* redirect loops: X-Sieve-Redirected-From naming the user, or too many hops */
+static const struct {
+	const char *name;
+	const char *extra;	/* header lines put on top of msg_plain */
+	size_t nout;		/* redirects planned */
+	const char *inbox;	/* folder_files("INBOX") after the store */
+} loop_cases[] = {
+	{ "no header: redirected", "", 1, "" },
+	{ "another user redirected it: redirected",
+	  "X-Sieve-Redirected-From: <bob@example.com>\r\n", 1, "" },
+	{ "this user redirected it before: kept",
+	  "X-Sieve-Redirected-From: <alice@example.com>\r\n", 0, "new:" },
+	{ "this user, other case and no brackets: kept",
+	  "X-Sieve-Redirected-From: Alice@Example.COM\r\n", 0, "new:" },
+	{ "a longer address is another user: redirected",
+	  "X-Sieve-Redirected-From: <alice@example.com.evil>\r\n", 1, "" },
+	{ "eight hops: kept",
+	  "X-Sieve-Redirected-From: <a1@x.test>\r\nX-Sieve-Redirected-From: <a2@x.test>\r\n"
+	  "X-Sieve-Redirected-From: <a3@x.test>\r\nX-Sieve-Redirected-From: <a4@x.test>\r\n"
+	  "X-Sieve-Redirected-From: <a5@x.test>\r\nX-Sieve-Redirected-From: <a6@x.test>\r\n"
+	  "X-Sieve-Redirected-From: <a7@x.test>\r\nX-Sieve-Redirected-From: <a8@x.test>\r\n",
+	  0, "new:" },
+};
+
+static void
+test_redirect_loop(void)
+{
+	for (size_t i = 0; i < sizeof(loop_cases) / sizeof(loop_cases[0]); i++) {
+		char *root = unit_tmpdir(), *got;
+		char *text = xasprintf("%s%s", loop_cases[i].extra, msg_plain);
+		struct sieve_script *s = compile("redirect \"carol@example.net\";");
+		int fd = spool(root, text);
+		struct sieve_deliver_in in = { .store_root = root, .user = USER,
+		    .env_from = "bob@example.org", .env_to = USER, .fd = fd, .script = s };
+		struct sieve_deliver_plan *p;
+		const char *error;
+
+		CU_ASSERT_EQUAL_FATAL(sieve_deliver_plan(&in, &p, &error), 0);
+		CU_ASSERT_EQUAL(p->nout, loop_cases[i].nout);
+		CU_ASSERT_EQUAL(sieve_deliver_store(p, &error), 0);
+		got = folder_files(root, "INBOX");
+		if (p->nout != loop_cases[i].nout || strcmp(got, loop_cases[i].inbox) != 0)
+			fprintf(stderr, "case %s: nout %zu, INBOX \"%s\" (%s)\n", loop_cases[i].name,
+			    p->nout, got, p->log);
+		CU_ASSERT_STRING_EQUAL(got, loop_cases[i].inbox);
+		free(got);
+		sieve_deliver_plan_free(&p);
+		sieve_script_free(&s);
+		close(fd);
+		free(text);
+		free(root);
+	}
+}
+
 /* the user's script file: none is fine, a broken one is an error */
 static void
 test_load_user(void)
@@ -672,6 +726,7 @@ static CU_TestInfo tests[] = {
 	{ "vacation once per period per sender, never to lists", test_vacation },
 	{ "relayhost refusal keeps the message in INBOX", test_fallback },
 	{ "user script load", test_load_user },
+	{ "redirect loop protection", test_redirect_loop },
 	{ NULL, NULL },
 };
 
