@@ -69,6 +69,7 @@ unsigned sieve_node_line(const struct sieve_node *n) { return n->line; }
 void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 {
 	run->msg = m;
+	sv_body_cache_free(run);
 	for (size_t i = 0; i < run->nhdr; i++) {
 		free(run->hdr[i].name);
 		free(run->hdr[i].value);
@@ -338,7 +339,7 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 			return R_ERR;
 		char **keys = sieve_arg_list(run, n, 0, &nk);
 		*res = sieve_match_values(run, n, vals, nv, keys, nk);
-		sieve_strv_free(vals, nv);
+		free(vals);	/* the strings are the run's (sieve_body.c) */
 		sieve_strv_free(keys, nk);
 		break;
 	}
