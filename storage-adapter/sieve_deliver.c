@@ -227,6 +227,21 @@ pread_full(int fd, char *buf, size_t n, off_t off)
 	return (ssize_t)got;
 }
 
+/* the end of the header section (after the first empty line), or len */
+static size_t
+head_end(const char *buf, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		if (buf[i] != '\n')
+			continue;
+		if (i + 1 < len && buf[i + 1] == '\n')
+			return i + 2;
+		if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n')
+			return i + 3;
+	}
+	return len;
+}
+
 static struct sieve_msg *
 read_msg(int fd, int need_body, long long *body_off_r, int *lf_r, const char **error_r)
 {
@@ -240,28 +255,26 @@ read_msg(int fd, int need_body, long long *body_off_r, int *lf_r, const char **e
 		*error_r = seterr("cannot stat the spooled message: %s", strerror(errno));
 		return NULL;
 	}
-	buf = xmalloc(SIEVE_DELIVER_MAX_HEADER + 1);
-	if ((r = pread_full(fd, buf, SIEVE_DELIVER_MAX_HEADER, 0)) < 0) {
+	/* most header sections fit the first read; a long one gets the cap */
+	buf = xmalloc(SIEVE_DELIVER_FIRST_READ + 1);
+	if ((r = pread_full(fd, buf, SIEVE_DELIVER_FIRST_READ, 0)) < 0) {
 		*error_r = seterr("cannot read the spooled message: %s", strerror(errno));
 		free(buf);
 		return NULL;
 	}
 	len = (size_t)r;
-	/* the end of the header section: after the first empty line */
-	h = len;
-	*body_off_r = -1;	/* not found: edits cannot be applied */
-	for (size_t i = 0; i < len; i++) {
-		if (buf[i] != '\n')
-			continue;
-		if (i + 1 < len && buf[i + 1] == '\n') {
-			h = i + 2;
-			break;
+	h = head_end(buf, len);
+	if (h == len && len == SIEVE_DELIVER_FIRST_READ) {
+		buf = xrealloc(buf, SIEVE_DELIVER_MAX_HEADER + 1);
+		if ((r = pread_full(fd, buf + len, SIEVE_DELIVER_MAX_HEADER - len, (off_t)len)) < 0) {
+			*error_r = seterr("cannot read the spooled message: %s", strerror(errno));
+			free(buf);
+			return NULL;
 		}
-		if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n') {
-			h = i + 3;
-			break;
-		}
+		len += (size_t)r;
+		h = head_end(buf, len);
 	}
+	*body_off_r = -1;	/* not found: edits cannot be applied */
 	if (h < len || (size_t)st.st_size == len)
 		*body_off_r = (long long)h;
 	{

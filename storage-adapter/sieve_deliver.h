@@ -53,6 +53,7 @@
  */
 
 #define SIEVE_DELIVER_MAX_HEADER	(256 * 1024)
+#define SIEVE_DELIVER_FIRST_READ	(16 * 1024)	/* < MAX_HEADER */
 #define SIEVE_DELIVER_MAX_BODY		(1024 * 1024)
 #define SIEVE_DELIVER_MAX_TRACK		10000	/* lines kept in a vacation file */
 /* X-Sieve-Redirected-From: lines past which a message is not redirected

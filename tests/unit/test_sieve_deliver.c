@@ -442,6 +442,43 @@ test_redirect_loop(void)
 	}
 }
 
+/* a header section past the first read (SIEVE_DELIVER_FIRST_READ): the
+ * header at its end is seen, and the stored copy is whole */
+static void
+test_long_header(void)
+{
+	for (size_t total = SIEVE_DELIVER_FIRST_READ - 40; total < SIEVE_DELIVER_FIRST_READ + 80;
+	    total += 7) {
+		char *root = unit_tmpdir(), *got, *text = xmalloc(total + 512);
+		size_t n = 0;
+		struct sieve_script *s = compile("require [\"fileinto\", \"mailbox\"]; "
+		    "if header :is \"X-Last\" \"yes\" { fileinto :create \"Found\"; }");
+		int fd;
+		struct sieve_deliver_plan *p;
+		const char *error;
+
+		/* filler lines, then X-Last: so the empty line falls around the edge */
+		while (n + 40 < total)
+			n += (size_t)sprintf(text + n, "X-Filler: %026zu\r\n", n);
+		n += (size_t)sprintf(text + n, "X-Last: yes\r\n\r\nbody\r\n");
+		fd = spool(root, text);
+		struct sieve_deliver_in in = { .store_root = root, .user = USER,
+		    .env_from = "bob@example.org", .env_to = USER, .fd = fd, .script = s };
+		CU_ASSERT_EQUAL_FATAL(sieve_deliver_plan(&in, &p, &error), 0);
+		CU_ASSERT_EQUAL(sieve_deliver_store(p, &error), 0);
+		got = folder_files(root, "Found");
+		if (strcmp(got, "cur::2,") != 0)
+			fprintf(stderr, "header of %zu bytes: Found \"%s\" (%s)\n", n, got, p->log);
+		CU_ASSERT_STRING_EQUAL(got, "cur::2,");
+		free(got);
+		sieve_deliver_plan_free(&p);
+		sieve_script_free(&s);
+		close(fd);
+		free(text);
+		free(root);
+	}
+}
+
 /* the user's script file: none is fine, a broken one is an error */
 static void
 test_load_user(void)
@@ -727,6 +764,7 @@ static CU_TestInfo tests[] = {
 	{ "relayhost refusal keeps the message in INBOX", test_fallback },
 	{ "user script load", test_load_user },
 	{ "redirect loop protection", test_redirect_loop },
+	{ "header section past the first read", test_long_header },
 	{ NULL, NULL },
 };
 
