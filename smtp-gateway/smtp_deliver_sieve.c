@@ -264,6 +264,52 @@ user_script(struct smtp_deliver_sieve *sv, const char *user, struct uscript **u_
 	pthread_mutex_unlock(&sv->mu);
 }
 
+/* ---- the server and domain levels at delivery ---- */
+
+/*
+ * 1 when a command of the tree acts on the store: imap4flags, vacation,
+ * fileinto other than the door's "Quarantine", keep with tags, include
+ * and extension commands (unknown: assumed to). What else a higher level
+ * does -- reject, discard, redirect, quarantine, header edits -- the door
+ * did at end of data, so a script without these need not run again here.
+ */
+static int
+acts_on_store(struct sieve_node *const *cmds, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const struct sieve_node *c = cmds[i];
+
+		if (c->ext != NULL || c->def == NULL)
+			return 1;
+		switch (c->def->id) {
+		case C_ADDFLAG: case C_SETFLAG: case C_REMOVEFLAG: case C_VACATION:
+		case C_INCLUDE: case C_FOREVERYPART:
+			return 1;
+		case C_FILEINTO:
+			if (c->npos == 0 || c->pos[0]->n != 1 || strstr(c->pos[0]->v[0].s, "${") ||
+			    strcasecmp(c->pos[0]->v[0].s, "Quarantine") != 0)
+				return 1;
+			break;
+		case C_KEEP:
+			for (size_t t = 0; t < sizeof(c->tagset) / sizeof(c->tagset[0]); t++)
+				if (c->tagset[t])
+					return 1;
+			break;
+		default:
+			break;
+		}
+		if (acts_on_store(c->cmds, c->ncmds))
+			return 1;
+	}
+	return 0;
+}
+
+static int
+level_acts(const struct sieve_rules_script *rs)
+{
+	return rs != NULL && rs->s != NULL && acts_on_store(rs->s->cmds, rs->s->ncmds);
+}
+
 /* ---- one delivery ---- */
 
 /* where the stored message starts without our Return-Path: line */
@@ -325,6 +371,7 @@ struct rcpt_state {
 	struct uscript *us;
 	struct sieve_deliver_plan *plan;
 	int linked;		/* goes with the hard-linked copy */
+	int higher;		/* the server or domain level acts on the store */
 };
 
 int
@@ -336,7 +383,8 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 	struct smtp_deliver_sieve *sv = j->sv;
 	struct rcpt_state *rs = xcalloc(n + 1, sizeof(*rs));
 	struct maildir_rcpt *lr = xcalloc(n + 1, sizeof(*lr));
-	int any = j->rules != NULL && sieve_rules_any(j->rules), fd = -1, handled = 1;
+	int any = 0, fd = -1, handled = 1;
+	int server_acts = j->rules != NULL && level_acts(j->rules->server);
 	size_t nl = 0;
 	const char *e;
 
@@ -350,7 +398,9 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 				*d = (char)(*d + 32);
 		rs[i].user = xasprintf("%s@%s", r[i].local, rs[i].domain);
 		user_script(sv, rs[i].user, &rs[i].us);
-		any |= rs[i].us != NULL;
+		rs[i].higher = j->rules != NULL && (server_acts ||
+		    level_acts(sieve_rules_domain(j->rules, rs[i].domain)));
+		any |= rs[i].us != NULL || rs[i].higher;
 	}
 	if (!any) {
 		handled = 0;
@@ -386,7 +436,7 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 			rs[i].linked = 1;
 			continue;
 		}
-		if (rs[i].us == NULL && !(j->rules != NULL && sieve_rules_any(j->rules))) {
+		if (rs[i].us == NULL && !rs[i].higher) {
 			rs[i].linked = 1;
 			continue;
 		}
@@ -397,7 +447,7 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		in.env_to = rs[i].user;
 		in.fd = fd;
 		in.script = rs[i].us != NULL ? rs[i].us->s : NULL;
-		in.rules = j->rules;
+		in.rules = rs[i].higher ? j->rules : NULL;
 		in.domain = rs[i].domain;
 		in.remote_ip = j->ip;
 		in.helo = j->helo;

@@ -19,10 +19,18 @@
  *                                while the job is queued and runs)
  *   smtp_deliver_sieve_run()     on the job thread: 0 when no local recipient
  *                                has a script and no server/domain script
- *                                exists (the caller delivers as before, one
+ *                                acts on the store (the caller delivers as
+ *                                before, one
  *                                hard-linked copy for all), else 1 with the
  *                                message delivered (*ok_r 1) or not (*ok_r 0,
  *                                err says why: the caller answers 4xx)
+ *
+ * The server and domain levels run again here (before the user's, as
+ * Pigeonhole's sieve_before scripts) only when they act on the store
+ * (imap4flags, vacation, fileinto other than "Quarantine", keep with tags,
+ * include): their reject, discard, quarantine, redirect and header edits
+ * were done by the door at end of data, and what they took never gets
+ * here.
  *
  * With scripts: the message is written whole to the first recipient's tmp/
  * (if it was not spooled already) and read back from there; per recipient

@@ -19,6 +19,7 @@ got and the log line.
     reject                       an RFC 5429 refusal (an MDN from <>) to the sender
     relayhost down               kept in INBOX, the log says why, 250 given
     broken script                kept in INBOX, the log says so
+    server-level addflag         applies to the stored copy (multiscript)
     two recipients               one with a script (fileinto), one without;
                                  also for a message big enough to be spooled
 
@@ -297,6 +298,30 @@ class T1UserScripts(unittest.TestCase):
         m = new_marker("chg3")
         self.assertEqual(send(GW, ["u4@example.com"], make_message(m))[0], 250)
         self.assertEqual(len(stored_with(GW, "u4@example.com", m)), 1)
+
+
+    def test_11_server_level_flags_reach_the_store(self):
+        """a server script's imap4flags apply at delivery, before the user's"""
+        p = os.path.join(GW.dir, "state", "sieve", "server.sieve")
+        with open(p + ".tmp", "w") as f:
+            f.write('require ["imap4flags"];\n'
+                    'if header :contains "subject" "SERVERFLAG" { addflag "\\\\Flagged"; }\n')
+        os.rename(p + ".tmp", p)
+        time.sleep(1.0)     # the watcher publishes within a second
+        m = new_marker("srvflag")
+        self.assertEqual(send(GW, ["u2@example.com", "plain@example.com"],
+                              make_message(m, subject="SERVERFLAG %s" % m))[0], 250)
+        got = stored_with(GW, "u2@example.com", m)     # u2: setflag "\\Seen" (replaces)
+        self.assertEqual(len(got), 1)
+        self.assertRegex(os.path.basename(got[0]), r":2,[A-Z]*S")
+        got = stored_with(GW, "plain@example.com", m)  # no script of its own
+        self.assertEqual(len(got), 1)
+        self.assertRegex(os.path.basename(got[0]), r":2,F")
+        m = new_marker("srvplain")
+        self.assertEqual(send(GW, ["plain@example.com"], make_message(m))[0], 250)
+        got = stored_with(GW, "plain@example.com", m)
+        self.assertEqual(len(got), 1)
+        self.assertNotIn(":2,", got[0])
 
 
 class T2RelayhostDown(unittest.TestCase):
