@@ -433,8 +433,7 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		if (rs[i].us != NULL && rs[i].us->s == NULL) {
 			log_warn("conn=%s sieve: %s: the user script is broken: %.300s; kept in INBOX",
 			    j->conn, rs[i].user, rs[i].us->error);
-			rs[i].linked = 1;
-			continue;
+			us_unref(&rs[i].us);	/* the levels above still run */
 		}
 		if (rs[i].us == NULL && !rs[i].higher) {
 			rs[i].linked = 1;

@@ -309,8 +309,11 @@ class T1UserScripts(unittest.TestCase):
         os.rename(p + ".tmp", p)
         time.sleep(1.0)     # the watcher publishes within a second
         m = new_marker("srvflag")
-        self.assertEqual(send(GW, ["u2@example.com", "plain@example.com"],
+        self.assertEqual(send(GW, ["u2@example.com", "plain@example.com", "broken@example.com"],
                               make_message(m, subject="SERVERFLAG %s" % m))[0], 250)
+        got = stored_with(GW, "broken@example.com", m)  # its own script does not compile
+        self.assertEqual(len(got), 1)
+        self.assertRegex(os.path.basename(got[0]), r":2,F")
         got = stored_with(GW, "u2@example.com", m)     # u2: setflag "\\Seen" (replaces)
         self.assertEqual(len(got), 1)
         self.assertRegex(os.path.basename(got[0]), r":2,[A-Z]*S")
