@@ -748,7 +748,10 @@ smtp_svc_run(void *set, struct worker_ctx *wc)
 		dsc.relayhost = conf_get(conf, "relayhost")[0] != '\0' ? conf_get(conf, "relayhost") :
 		    NULL;
 		dsc.hostname = conf_get(conf, "myhostname");
+		/* a hung relayhost must not hold the delivery threads for long */
 		dsc.timeout = (unsigned)conf_get_int(conf, "smtp_timeout");
+		if (dsc.timeout > SMTP_SIEVE_RELAY_TIMEOUT)
+			dsc.timeout = SMTP_SIEVE_RELAY_TIMEOUT;
 		dsc.limits = &sieve_lim;
 		dsc.rules = sieve_w != NULL ? &sieve_ref : NULL;
 		sc->srv.deliver_sieve = smtp_deliver_sieve_new(&dsc);

@@ -59,6 +59,7 @@
  */
 
 #define SMTP_SIEVE_CACHE_MAX 1024	/* compiled user scripts kept */
+#define SMTP_SIEVE_RELAY_TIMEOUT 60	/* at most, per relayhost reply (smtp_timeout) */
 
 struct smtp_deliver_sieve_conf {
 	const char *sieve_dir;		/* NULL: no user scripts */
