@@ -62,7 +62,7 @@ struct smtp_deliver_sieve {
 struct smtp_deliver_sieve_job {
 	struct smtp_deliver_sieve *sv;
 	const struct sieve_rules *rules;	/* held; NULL none */
-	char *sender, *ip, *helo, *conn;
+	char *sender, *ip, *host, *helo, *conn;
 };
 
 static char *
@@ -143,8 +143,11 @@ smtp_deliver_sieve_job_new(struct smtp_deliver_sieve *sv, const char *sender, co
 	j->sender = xstrdup(sender != NULL ? sender : "");
 	/* the client as the Received: line has it, "name [IP]" */
 	if (client != NULL && (lb = strrchr(client, '[')) != NULL &&
-	    (rb = strchr(lb, ']')) != NULL)
+	    (rb = strchr(lb, ']')) != NULL) {
 		j->ip = xstrndup(lb + 1, (size_t)(rb - lb - 1));
+		if (lb > client && !(lb - client == 7 && strncmp(client, "unknown", 7) == 0))
+			j->host = xstrndup(client, (size_t)(lb - client));
+	}
 	j->helo = dupnull(helo);
 	j->conn = xstrdup(conn != NULL ? conn : "-");
 	return j;
@@ -162,6 +165,7 @@ smtp_deliver_sieve_job_free(struct smtp_deliver_sieve_job **jp)
 		sieve_rules_unref(&j->rules);
 	free(j->sender);
 	free(j->ip);
+	free(j->host);
 	free(j->helo);
 	free(j->conn);
 	free(j);
@@ -449,6 +453,7 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		in.rules = rs[i].higher ? j->rules : NULL;
 		in.domain = rs[i].domain;
 		in.remote_ip = j->ip;
+		in.remote_host = j->host;
 		in.helo = j->helo;
 		in.limits = &sv->lim;
 		in.state_dir = sv->state_dir;

@@ -74,6 +74,10 @@ reject "I do not want mail about that.";
 ''',
     "broken@example.com": 'require ["fileinto"];\nfileinto "x"\nif true { keep; }\n',
     "down@example.com": 'redirect "fwd3@elsewhere.test";\n',
+    "u5@example.com": r'''require ["environment", "fileinto", "mailbox", "variables"];
+if environment :matches "remote-ip" "*" { set "ip" "${1}"; }
+if environment :is "remote-ip" "127.0.0.1" { fileinto :create "FromLoopback"; }
+''',
     "u3@example.com": r'''require ["fileinto", "mailbox"];
 fileinto :create "Lists.Work";
 ''',
@@ -325,6 +329,12 @@ class T1UserScripts(unittest.TestCase):
         got = stored_with(GW, "plain@example.com", m)
         self.assertEqual(len(got), 1)
         self.assertNotIn(":2,", got[0])
+
+
+    def test_12_environment_remote_ip(self):
+        m = new_marker("env")
+        self.assertEqual(send(GW, ["u5@example.com"], make_message(m))[0], 250)
+        self.assertEqual(len(stored_with(GW, "u5@example.com", m, "FromLoopback")), 1)
 
 
 class T2RelayhostDown(unittest.TestCase):
