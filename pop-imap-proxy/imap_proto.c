@@ -360,7 +360,9 @@ sasl_line(struct imap_proto *p, const char *line)
 		}
 		return;
 	}
-	auth_next(p, sasl_server_step64(p->auth.sasl, line, &out64), out64);
+	enum sasl_rc rc = sasl_server_step64(p->auth.sasl, line, &out64);
+
+	auth_next(p, rc, out64);	/* out64 is set by the step: call it first */
 }
 
 static int
@@ -378,6 +380,7 @@ c_authenticate(struct imap_proto *p, const struct imap_cmd *c)
 {
 	unsigned mech = authmech_from_name(c->args[0].str);
 	const char *out64 = "";
+	enum sasl_rc rc;
 
 	if ((mech == AUTH_MECH_PLAIN || mech == AUTH_MECH_LOGIN) &&
 	    (p->prm.auth_mechs & mech) && !plain_ok(p)) {
@@ -389,8 +392,8 @@ c_authenticate(struct imap_proto *p, const struct imap_cmd *c)
 		reply(p, "%s NO Unsupported authentication mechanism.", c->tag);
 		return;
 	}
-	auth_next(p, sasl_server_step64(p->auth.sasl, c->nargs == 2 ? c->args[1].str : NULL,
-	    &out64), out64);
+	rc = sasl_server_step64(p->auth.sasl, c->nargs == 2 ? c->args[1].str : NULL, &out64);
+	auth_next(p, rc, out64);
 }
 
 static void
@@ -430,7 +433,9 @@ c_login(struct imap_proto *p, const struct imap_cmd *c)
 	if (sasl_begin(p, AUTH_MECH_PLAIN) < 0) {
 		reply(p, "%s NO [UNAVAILABLE] Temporary authentication failure.", c->tag);
 	} else {
-		auth_next(p, sasl_server_step64(p->auth.sasl, b64, &out64), out64);
+		enum sasl_rc rc = sasl_server_step64(p->auth.sasl, b64, &out64);
+
+		auth_next(p, rc, out64);
 		if (p->in_sasl) {
 			/* PLAIN with a full response never continues */
 			auth_end(p);
