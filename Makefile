@@ -34,8 +34,9 @@ CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
 UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c smtp-gateway/smtp_conf.c smtp-gateway/relay_send.c \
               service/anvil.c service/deadline.c service/listener.c service/jobs.c service/penalty.c)
 DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
+DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard pop-imap-proxy/*.c))
 UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
-UNIT_OBJ   += $(patsubst %.c,$(BUILD)/%.o,$(wildcard pop-imap-proxy/*.c))
+UNIT_OBJ   += $(patsubst %.c,$(BUILD)/%.o,$(filter-out %_server.c,$(wildcard pop-imap-proxy/*.c)))
 BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
 NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
 SIEVE_CONF_OBJ   := $(BUILD)/tests/sieve/conformance.o
@@ -165,6 +166,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_admin.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3_dovecot.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_reload.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_geoip.py
 

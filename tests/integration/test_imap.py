@@ -1,0 +1,471 @@
+#!/usr/bin/python3
+"""The IMAP door (pop-imap-proxy/imap_server.c) driven by real clients.
+
+One portcullisd runs the SMTP gateway and the IMAP door on the same Maildir
+store (services = smtp imap): mail goes in with smtplib, comes out with
+Python's imaplib, curl and mutt. Asserted, as the client saw it:
+
+    T01Greeting     the banner (no software name or version; imap_banner),
+                    CAPABILITY before login, LOGINDISABLED and STARTTLS before
+                    TLS, LOGIN refused with [PRIVACYREQUIRED] in plaintext
+    T02Login        LOGIN after STARTTLS; AUTHENTICATE PLAIN, CRAM-MD5 and
+                    SCRAM-SHA-256 through imaplib's authenticate(); a wrong
+                    password NO [AUTHENTICATIONFAILED]; implicit TLS (imaps);
+                    pipelined plaintext after STARTTLS is not taken as TLS input
+    T03Mechanisms   imap_auth_mechanisms = CRAM-MD5 SCRAM-SHA-256: only those
+                    offered, PLAIN and LOGIN refused even over TLS
+    T04Mailbox      a message delivered by the SMTP gateway: LIST, SELECT
+                    (EXISTS, UIDVALIDITY, UIDNEXT), EXAMINE, a missing folder
+    T05Curl         curl imap:// (STARTTLS, --ssl-reqd) and imaps:// list the folders
+    T06KillList     a kill-listed client address gets "* BYE" at connect
+    T07Penalty      failed logins are answered after the penalty's delay, then
+                    the address is banned (kill list, origin auth-ban) and
+                    refused at connect
+
+Run: PORTCULLIS_BIN=build/asan/bin python3 tests/integration/test_imap.py [Class[.test]]
+"""
+import base64
+import hashlib
+import hmac
+import imaplib
+import os
+import re
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import runner  # noqa: E402
+from harness.daemon import Daemon, run_bin  # noqa: E402
+from harness.ports import free_port  # noqa: E402
+from harness.util import wait_until  # noqa: E402
+
+USER = "demo@example.com"
+PASSWORD = "demo-password"
+MYHOSTNAME = "mx.example.com"
+OUTSIDE = "127.0.0.2"      # a source address the penalty tests may get banned
+CURL = shutil.which("curl")
+
+W = None
+
+
+def openssl(*args):
+    p = subprocess.run(["openssl"] + list(args), capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError("openssl %s: %s" % (" ".join(args), p.stderr))
+
+
+def client_ctx():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Work:
+    """A directory with a self-signed certificate for MYHOSTNAME."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="pc-imap-")
+        os.chmod(self.dir, 0o755)
+        self.crt = os.path.join(self.dir, "server.crt")
+        self.key = os.path.join(self.dir, "server.key")
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", "/CN=" + MYHOSTNAME, "-keyout", self.key, "-out", self.crt)
+
+    def close(self):
+        if os.environ.get("KEEP_LAB") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def setUpModule():
+    global W
+    W = Work()
+
+
+def tearDownModule():
+    if W is not None:
+        W.close()
+
+
+class Gateway:
+    """portcullisd with the SMTP gateway and the IMAP door on one store."""
+
+    def __init__(self, name, users=(USER,), **conf):
+        self.imap_port = free_port()
+        self.imaps_port = free_port()
+        base = {
+            "services": "smtp imap",
+            "smtp_listen": "127.0.0.1:{port}",
+            "myhostname": MYHOSTNAME,
+            "mydomains": "example.com",
+            "state_dir": "{dir}/state",
+            "delivery": "maildir:{dir}/mail",
+            "imap_listen": "127.0.0.1:%d" % self.imap_port,
+            "imaps_listen": "127.0.0.1:%d" % self.imaps_port,
+            "tls_cert_file": W.crt,
+            "tls_key_file": W.key,
+            "auth_failure_delay": "0",
+        }
+        base.update(conf)
+        self.d = Daemon(name, base)
+        for u in users:     # before the start: no wait for the users file's reload
+            self.d.cli("user", "add", u, "--password-stdin", input=PASSWORD + "\n")
+        self.d.start()
+        wait_until(lambda: _accepts(self.imap_port), 10, what="the imap door")
+
+    def stop(self):
+        self.d.stop()
+        self.d.assert_clean()
+        self.d.close()
+
+    def send(self, to=USER, subject="hello", body="the demo message\r\n", source="127.0.0.1"):
+        msg = ("From: Sender <sender@outside.test>\r\nTo: <%s>\r\nSubject: %s\r\n"
+               "Message-ID: <%s@outside.test>\r\n\r\n%s" % (to, subject, time.time(), body))
+        with smtplib.SMTP("127.0.0.1", self.d.port, timeout=15,
+                          source_address=(source, 0)) as s:
+            s.sendmail("sender@outside.test", [to], msg.encode())
+        return msg
+
+    def imap(self, source="127.0.0.1"):
+        return SrcIMAP4("127.0.0.1", self.imap_port, source=source)
+
+    def imaps(self):
+        return imaplib.IMAP4_SSL("127.0.0.1", self.imaps_port, ssl_context=client_ctx(),
+                                 timeout=15)
+
+    def login(self):
+        c = self.imap()
+        c.starttls(ssl_context=client_ctx())
+        typ, _ = c.login(USER, PASSWORD)
+        assert typ == "OK"
+        return c
+
+
+def _accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+        return True
+    except OSError:
+        return False
+
+
+class SrcIMAP4(imaplib.IMAP4):
+    """imaplib.IMAP4 from a chosen loopback source address"""
+
+    def __init__(self, host, port, source="127.0.0.1", timeout=15):
+        self.source = source
+        super().__init__(host, port, timeout=timeout)
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self.source, 0))
+
+
+def scram_auth(user, password):
+    """an imaplib authenticate() callback for SCRAM-SHA-256 (RFC 5802/7677);
+    state.ok is True once the server's signature checked out"""
+    class State:
+        step = 0
+        ok = False
+    st = State()
+    cnonce = base64.b64encode(os.urandom(18)).decode()
+    first_bare = "n=%s,r=%s" % (user, cnonce)
+
+    def cb(challenge):
+        if st.step == 0:
+            st.step = 1
+            return ("n,," + first_bare).encode()
+        if st.step == 1:
+            st.step = 2
+            sf = challenge.decode()
+            f = dict(kv.split("=", 1) for kv in sf.split(","))
+            assert f["r"].startswith(cnonce)
+            salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(f["s"]),
+                                         int(f["i"]))
+            ckey = hmac.new(salted, b"Client Key", "sha256").digest()
+            stored = hashlib.sha256(ckey).digest()
+            without = "c=biws,r=" + f["r"]
+            st.am = ("%s,%s,%s" % (first_bare, sf, without)).encode()
+            sig = hmac.new(stored, st.am, "sha256").digest()
+            proof = bytes(a ^ b for a, b in zip(ckey, sig))
+            st.skey = hmac.new(salted, b"Server Key", "sha256").digest()
+            return (without + ",p=" + base64.b64encode(proof).decode()).encode()
+        want = b"v=" + base64.b64encode(hmac.new(st.skey, st.am, "sha256").digest())
+        st.ok = challenge == want
+        return b""
+    return cb, st
+
+
+def caps(c):
+    return set(c.capabilities)
+
+
+class T01Greeting(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("greet")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def test_banner_names_the_host_not_the_software(self):
+        c = self.g.imap()
+        w = c.welcome.decode()
+        self.assertTrue(w.startswith("* OK [CAPABILITY IMAP4rev1 "), w)
+        self.assertTrue(w.endswith("] %s ready." % MYHOSTNAME), w)
+        self.assertNotRegex(w.lower(), r"portcullis|dovecot|\d+\.\d+\.\d+")
+        c.logout()
+
+    def test_logindisabled_before_tls(self):
+        c = self.g.imap()
+        self.assertIn("LOGINDISABLED", caps(c))
+        self.assertIn("STARTTLS", caps(c))
+        self.assertNotIn("AUTH=PLAIN", caps(c))
+        with self.assertRaisesRegex(imaplib.IMAP4.error, r"PRIVACYREQUIRED"):
+            c.login(USER, PASSWORD)
+        c.starttls(ssl_context=client_ctx())
+        self.assertNotIn("LOGINDISABLED", caps(c))
+        self.assertNotIn("STARTTLS", caps(c))
+        self.assertIn("AUTH=PLAIN", caps(c))
+        self.assertEqual(c.login(USER, PASSWORD)[0], "OK")
+        c.logout()
+
+    def test_plaintext_allowed_when_the_admin_says_so(self):
+        g = Gateway("plain", auth_allow_plaintext="yes", imap_banner="IMAP at your service")
+        try:
+            c = g.imap()
+            self.assertTrue(c.welcome.decode().endswith("] IMAP at your service"), c.welcome)
+            self.assertNotIn("LOGINDISABLED", caps(c))
+            self.assertEqual(c.login(USER, PASSWORD)[0], "OK")
+            c.logout()
+        finally:
+            g.stop()
+
+
+class T02Login(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("login")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def tls_client(self):
+        c = self.g.imap()
+        c.starttls(ssl_context=client_ctx())
+        return c
+
+    def test_login_after_starttls(self):
+        c = self.tls_client()
+        typ, data = c.login(USER, PASSWORD)
+        self.assertEqual(typ, "OK")
+        self.assertIn(b"CAPABILITY", data[0])
+        self.assertEqual(c.logout()[0], "BYE")
+
+    def test_wrong_password(self):
+        c = self.tls_client()
+        with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+            c.login(USER, "guess")
+        with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+            c.login("nobody@example.com", PASSWORD)
+        self.assertEqual(c.login(USER, PASSWORD)[0], "OK")
+        c.logout()
+
+    def test_authenticate_plain(self):
+        c = self.tls_client()
+        typ, _ = c.authenticate("PLAIN", lambda _: ("\0%s\0%s" % (USER, PASSWORD)).encode())
+        self.assertEqual(typ, "OK")
+        c.logout()
+
+    def test_authenticate_cram_md5(self):
+        c = self.tls_client()
+        self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+        c.logout()
+        # CRAM-MD5 sends no password: offered before TLS too
+        c = self.g.imap()
+        self.assertIn("AUTH=CRAM-MD5", caps(c))
+        self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+        c.logout()
+
+    def test_authenticate_scram_sha_256(self):
+        c = self.tls_client()
+        cb, st = scram_auth(USER, PASSWORD)
+        typ, _ = c.authenticate("SCRAM-SHA-256", cb)
+        self.assertEqual(typ, "OK")
+        self.assertTrue(st.ok, "the server's signature did not check out")
+        c.logout()
+        c = self.tls_client()
+        cb, st = scram_auth(USER, "guess")
+        with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+            c.authenticate("SCRAM-SHA-256", cb)
+        c.logout()
+
+    def test_implicit_tls_on_imaps(self):
+        c = self.g.imaps()
+        self.assertTrue(c.welcome.startswith(b"* OK [CAPABILITY IMAP4rev1"), c.welcome)
+        self.assertNotIn("STARTTLS", caps(c))
+        self.assertNotIn("LOGINDISABLED", caps(c))
+        self.assertEqual(c.login(USER, PASSWORD)[0], "OK")
+        c.logout()
+
+    def test_plaintext_pipelined_after_starttls_is_dropped(self):
+        """RFC 2595 §3.1: what came before the handshake is not a command"""
+        s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"a STARTTLS\r\nb LOGIN %s %s\r\n" % (USER.encode(), PASSWORD.encode()))
+        self.assertTrue(f.readline().startswith(b"a OK"))
+        t = client_ctx().wrap_socket(s)
+        t.sendall(b"c CAPABILITY\r\n")
+        tf = t.makefile("rb")
+        got = [tf.readline(), tf.readline()]
+        self.assertTrue(got[0].startswith(b"* CAPABILITY"), got)
+        self.assertTrue(got[1].startswith(b"c OK"), got)   # no "b" reply came first
+        t.close()
+
+
+class T03Mechanisms(unittest.TestCase):
+    def test_admin_requires_cram_or_scram(self):
+        g = Gateway("mechs", imap_auth_mechanisms="CRAM-MD5 SCRAM-SHA-256")
+        try:
+            c = g.imap()
+            c.starttls(ssl_context=client_ctx())
+            self.assertIn("AUTH=CRAM-MD5", caps(c))
+            self.assertIn("AUTH=SCRAM-SHA-256", caps(c))
+            self.assertNotIn("AUTH=PLAIN", caps(c))
+            self.assertNotIn("AUTH=LOGIN", caps(c))
+            with self.assertRaises(imaplib.IMAP4.error):
+                c.login(USER, PASSWORD)
+            with self.assertRaises(imaplib.IMAP4.error):
+                c.authenticate("PLAIN", lambda _: ("\0%s\0%s" % (USER, PASSWORD)).encode())
+            self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+            c.logout()
+        finally:
+            g.stop()
+
+
+class T04Mailbox(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("mailbox")
+        cls.g.send(subject="first")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def test_list_and_select_inbox(self):
+        c = self.g.login()
+        typ, data = c.list()
+        self.assertEqual(typ, "OK")
+        self.assertIn(b'"INBOX"', b"\n".join(data))
+        typ, data = c.select("INBOX")
+        self.assertEqual((typ, data), ("OK", [b"1"]))
+        self.assertTrue(int(c.response("UIDVALIDITY")[1][0]) > 0)
+        self.assertEqual(c.response("UIDNEXT")[1][0], b"2")
+        typ, data = c.select("INBOX", readonly=True)
+        self.assertEqual(typ, "OK")
+        self.assertEqual(c.response("READ-ONLY")[0], "READ-ONLY")
+        typ, data = c.select("No.Such.Folder")
+        self.assertEqual(typ, "NO")
+        self.assertIn(b"NONEXISTENT", data[0])
+        c.logout()
+
+
+@unittest.skipUnless(CURL, "curl is not installed")
+class T05Curl(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("curl")
+        cls.g.send(subject="for curl")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def curl(self, url, *extra):
+        p = subprocess.run([CURL, "-sS", "-k", "--max-time", "20", "-u",
+                            "%s:%s" % (USER, PASSWORD)] + list(extra) + [url],
+                           capture_output=True, timeout=30)
+        return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+    def test_list_over_starttls(self):
+        rc, out, err = self.curl("imap://127.0.0.1:%d/" % self.g.imap_port, "--ssl-reqd")
+        self.assertEqual(rc, 0, err)
+        self.assertIn('"INBOX"', out)
+
+    def test_list_over_imaps(self):
+        rc, out, err = self.curl("imaps://127.0.0.1:%d/" % self.g.imaps_port)
+        self.assertEqual(rc, 0, err)
+        self.assertIn('"INBOX"', out)
+
+    def test_no_password_in_the_clear(self):
+        # curl's choice without TLS is a challenge-response mechanism: served
+        rc, out, err = self.curl("imap://127.0.0.1:%d/" % self.g.imap_port)
+        self.assertEqual(rc, 0, err)
+        self.assertIn('"INBOX"', out)
+        # a password in the clear is not
+        rc, out, err = self.curl("imap://127.0.0.1:%d/" % self.g.imap_port,
+                                 "--login-options", "AUTH=PLAIN")
+        self.assertNotEqual(rc, 0, out)
+
+
+class T06KillList(unittest.TestCase):
+    def test_kill_listed_address_gets_bye_at_connect(self):
+        g = Gateway("kill")
+        try:
+            g.d.cli("kill", "add", OUTSIDE)
+            wait_until(lambda: "lists reloaded" in g.d.log_text(), 10, what="the lists reload")
+            time.sleep(0.3)
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"BYE.*kill list"):
+                g.imap(source=OUTSIDE)
+            c = g.imap()    # 127.0.0.1 is not listed
+            self.assertEqual(c.noop()[0], "OK")
+            c.logout()
+            self.assertIn("reason=kill-ip", g.d.log_text())
+        finally:
+            g.stop()
+
+
+class T07Penalty(unittest.TestCase):
+    def test_failures_delay_then_ban(self):
+        g = Gateway("penalty", auth_allow_plaintext="yes", auth_failure_delay="1s",
+                    auth_failure_delay_max="1s", auth_failure_ban="3/10m",
+                    auth_failure_ban_time="1h")
+        try:
+            c = g.imap(source=OUTSIDE)
+            t0 = time.monotonic()
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+                c.login(USER, "guess-1")
+            self.assertGreaterEqual(time.monotonic() - t0, 0.9, "no penalty delay")
+            for i in (2, 3):
+                try:
+                    c.login(USER, "guess-%d" % i)
+                except (imaplib.IMAP4.error, imaplib.IMAP4.abort, OSError):
+                    pass
+            wait_until(lambda: OUTSIDE in g.d.cli("kill", "list").stdout, 10,
+                       what="the auth-ban on the kill list")
+            self.assertIn("auth-ban", g.d.cli("kill", "list").stdout)
+            wait_until(lambda: "lists reloaded" in g.d.log_text(), 10, what="the lists reload")
+            time.sleep(0.5)
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"BYE.*kill list"):
+                g.imap(source=OUTSIDE)
+            # the right password from elsewhere still works
+            c = g.imap()
+            self.assertEqual(c.login(USER, PASSWORD)[0], "OK")
+            c.logout()
+        finally:
+            g.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(runner.main())
