@@ -3,16 +3,27 @@
  *
  *   imap_proto_new/free/start      one per connection; start queues the greeting
  *   imap_proto_input               client bytes in (imap_parser), stops at an action
- *   imap_proto_output/_done        reply bytes out
- *   imap_proto_action + _done's    AUTH, STARTTLS, SELECT, LIST for the door
+ *   imap_proto_output_segment/_done  the output queue: bytes and file ranges
+ *   imap_proto_exec/_done          the store work of a command, on a job thread
  *   imap_list_match                LIST patterns
  *
  * A command table pairs each command with the states it is allowed in and
- * the handler that answers it or asks for an action. The AUTHENTICATE
- * exchange reads raw lines itself (they are base64, not commands); all else
- * goes through the parser, whose limits widen after login. Never does I/O,
- * never logs peer bytes; LOGIN's password goes into a PLAIN exchange and
- * is wiped.
+ * the handler that answers it or asks for an action. Commands that touch the
+ * store set an exec function (x_*) and IMAP_ACT_EXEC; the parsed command
+ * stays valid meanwhile because input is paused. What exec writes goes to a
+ * queue of its own, joined to the output queue by exec_done on the loop, so
+ * the door may send earlier output while a job runs.
+ *
+ * The client's view of the selected folder (UID, flags, keywords per
+ * sequence number) is kept apart from the store's snapshot: after a sync
+ * the differences become untagged EXISTS, RECENT, FETCH FLAGS and, when
+ * allowed (not during FETCH, STORE or SEARCH by sequence number, as Dovecot
+ * does), EXPUNGE.
+ *
+ * The AUTHENTICATE exchange reads raw lines itself (they are base64, not
+ * commands); all else goes through the parser, whose limits widen after
+ * login. Never logs peer bytes; LOGIN's password goes into a PLAIN exchange
+ * and is wiped.
  */
 #include "pop-imap-proxy/imap_proto.h"
 
@@ -22,6 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/base64.h"
 #include "common/xmalloc.h"
@@ -29,6 +42,9 @@
 #include "storage-adapter/mailstore.h"
 
 #define IMAP_AUTH_LINE_MAX 12288
+#define SEG_BYTES_MAX (64u << 10)	/* one byte segment grows to this, then a new one */
+#define BATCH_BYTES (256u << 10)	/* an exec batch of FETCH stops past this output */
+#define BATCH_FILES 32			/* ... or this many file ranges */
 
 enum imap_state { ST_NEW, ST_NOAUTH, ST_AUTH, ST_SELECTED, ST_LOGOUT };
 
@@ -38,8 +54,37 @@ enum imap_state { ST_NEW, ST_NOAUTH, ST_AUTH, ST_SELECTED, ST_LOGOUT };
 #define IN_ANY		(IN_NOAUTH | IN_AUTH | IN_SELECTED)
 #define IN_LOGGED	(IN_AUTH | IN_SELECTED)
 
+struct seg {
+	char *buf;		/* bytes; NULL for a file range */
+	size_t len, off, cap;
+	int fd;
+	off_t offset;
+	uint64_t flen;
+	int crlf;
+};
+
+struct segq {
+	struct seg *v;
+	size_t head, n, cap;
+	uint64_t bytes;
+	size_t files;
+};
+
+/* the client's view of one message */
+struct vmsg {
+	uint32_t uid;
+	unsigned flags;
+	uint32_t kw;
+	unsigned gone:1;	/* expunged, not yet announced */
+	unsigned recent:1;
+};
+
+struct imap_proto;
+typedef void exec_fn(struct imap_proto *);
+
 struct imap_proto {
 	struct imap_params prm;
+	char *store_root;
 	enum imap_state st;
 	enum imap_action act;
 	struct imap_parser *parser;
@@ -55,36 +100,117 @@ struct imap_proto {
 	int skipping;
 	char user[256];
 	unsigned auth_failures;
-	/* SELECT / LIST */
+	/* the store, the selected folder and the client's view of it */
+	struct mailstore *ms;
 	struct mailstore_box *box;
 	int readonly;
-	char *select_name;
-	int select_readonly;
-	int unselecting;
-	char *list_pattern;
-	int lsub;
+	struct vmsg *view;
+	size_t nview, capview;
+	size_t recent_told;
+	/* the command being executed */
+	const struct imap_cmd *cmd;
+	exec_fn *exec;
+	int more;		/* exec continues in another batch */
+	size_t cursor;		/* where a batch resumes */
+	int in_exec;
 	int idling;
+	int logout_pending;
 	/* output */
-	char *out;
-	size_t outlen, outcap, outoff;
+	struct segq q, xq;
 	int close;
 };
 
 /* ---- output ---- */
 
+static struct segq *
+curq(struct imap_proto *p)
+{
+	return p->in_exec ? &p->xq : &p->q;
+}
+
+static struct seg *
+seg_push(struct segq *q)
+{
+	struct seg *s;
+
+	if (q->head > 0 && q->head == q->n) {
+		q->head = q->n = 0;
+	}
+	if (q->n == q->cap) {
+		if (q->head > 0) {
+			memmove(q->v, q->v + q->head, (q->n - q->head) * sizeof(*q->v));
+			q->n -= q->head;
+			q->head = 0;
+		} else {
+			q->cap = q->cap ? q->cap * 2 : 8;
+			q->v = xrealloc(q->v, q->cap * sizeof(*q->v));
+		}
+	}
+	s = &q->v[q->n++];
+	memset(s, 0, sizeof(*s));
+	s->fd = -1;
+	return s;
+}
+
+static void
+seg_free(struct seg *s)
+{
+	free(s->buf);
+	s->buf = NULL;
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = -1;
+}
+
+static void
+segq_clear(struct segq *q)
+{
+	for (size_t i = q->head; i < q->n; i++)
+		seg_free(&q->v[i]);
+	free(q->v);
+	memset(q, 0, sizeof(*q));
+}
+
 static void
 out_add(struct imap_proto *p, const char *s, size_t n)
 {
-	if (p->outlen + n > p->outcap) {
-		size_t cap = p->outcap ? p->outcap : 1024;
+	struct segq *q = curq(p);
+	struct seg *g = q->n > q->head ? &q->v[q->n - 1] : NULL;
 
-		while (cap < p->outlen + n)
-			cap *= 2;
-		p->out = xrealloc(p->out, cap);
-		p->outcap = cap;
+	if (g == NULL || g->buf == NULL || g->len + n > SEG_BYTES_MAX) {
+		g = seg_push(q);
+		g->cap = n > 1024 ? n : 1024;
+		g->buf = xmalloc(g->cap);
 	}
-	memcpy(p->out + p->outlen, s, n);
-	p->outlen += n;
+	if (g->len + n > g->cap) {
+		size_t cap = g->cap;
+
+		while (cap < g->len + n)
+			cap *= 2;
+		g->buf = xrealloc(g->buf, cap);
+		g->cap = cap;
+	}
+	memcpy(g->buf + g->len, s, n);
+	g->len += n;
+	q->bytes += n;
+}
+
+/* a file range: FD is the queue's from now on */
+static void out_file(struct imap_proto *p, int fd, off_t offset, uint64_t len, int crlf)
+    __attribute__((unused));
+
+static void
+out_file(struct imap_proto *p, int fd, off_t offset, uint64_t len, int crlf)
+{
+	struct segq *q = curq(p);
+	struct seg *g = seg_push(q);
+
+	g->fd = fd;
+	g->offset = offset;
+	g->flen = len;
+	g->crlf = crlf;
+	q->bytes += len;
+	q->files++;
 }
 
 static void reply(struct imap_proto *p, const char *fmt, ...)
@@ -109,21 +235,146 @@ reply(struct imap_proto *p, const char *fmt, ...)
 	out_add(p, buf, (size_t)n);
 }
 
-const char *
-imap_proto_output(const struct imap_proto *p, size_t *len_r)
+/* format into a growing string (long lines: FETCH, SEARCH, FLAGS) */
+struct str {
+	char *s;
+	size_t n, cap;
+};
+
+static void str_add(struct str *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+str_addn(struct str *b, const char *s, size_t n)
 {
-	*len_r = p->outlen - p->outoff;
-	return p->out + p->outoff;
+	if (b->n + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+
+		while (cap < b->n + n + 1)
+			cap *= 2;
+		b->s = xrealloc(b->s, cap);
+		b->cap = cap;
+	}
+	memcpy(b->s + b->n, s, n);
+	b->n += n;
+	b->s[b->n] = '\0';
+}
+
+static void
+str_add(struct str *b, const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n < sizeof(buf)) {
+		str_addn(b, buf, (size_t)n);
+		return;
+	}
+	{
+		char *big = xmalloc((size_t)n + 1);
+
+		va_start(ap, fmt);
+		(void)vsnprintf(big, (size_t)n + 1, fmt, ap);
+		va_end(ap);
+		str_addn(b, big, (size_t)n);
+		free(big);
+	}
+}
+
+static void
+out_str(struct imap_proto *p, struct str *b)
+{
+	if (b->n > 0)
+		out_add(p, b->s, b->n);
+	free(b->s);
+	memset(b, 0, sizeof(*b));
+}
+
+int
+imap_proto_output_segment(struct imap_proto *p, struct imap_segment *r)
+{
+	struct segq *q = &p->q;
+
+	while (q->head < q->n) {
+		struct seg *g = &q->v[q->head];
+
+		if (g->buf != NULL && g->off == g->len) {
+			seg_free(g);
+			q->head++;
+			continue;
+		}
+		if (g->buf == NULL && g->flen == 0) {
+			seg_free(g);
+			q->files--;
+			q->head++;
+			continue;
+		}
+		memset(r, 0, sizeof(*r));
+		if (g->buf != NULL) {
+			r->data = g->buf + g->off;
+			r->len = g->len - g->off;
+			r->fd = -1;
+		} else {
+			r->fd = g->fd;
+			r->offset = g->offset;
+			r->len = (size_t)g->flen;
+			r->crlf = g->crlf;
+		}
+		return 1;
+	}
+	q->head = q->n = 0;
+	return 0;
 }
 
 void
 imap_proto_output_done(struct imap_proto *p, size_t n)
 {
-	if (n > p->outlen - p->outoff)
-		n = p->outlen - p->outoff;
-	p->outoff += n;
-	if (p->outoff == p->outlen)
-		p->outoff = p->outlen = 0;
+	struct segq *q = &p->q;
+	struct imap_segment s;
+	struct seg *g;
+
+	if (!imap_proto_output_segment(p, &s))
+		return;
+	g = &q->v[q->head];
+	if (g->buf != NULL) {
+		if (n > g->len - g->off)
+			n = g->len - g->off;
+		g->off += n;
+		q->bytes -= n;
+		if (g->off == g->len) {
+			seg_free(g);
+			q->head++;
+		}
+	} else if (n >= g->flen) {
+		q->bytes -= g->flen;
+		q->files--;
+		seg_free(g);
+		q->head++;
+	}
+}
+
+uint64_t
+imap_proto_output_pending(const struct imap_proto *p)
+{
+	return p->q.bytes;
+}
+
+const char *
+imap_proto_output(const struct imap_proto *p, size_t *len_r)
+{
+	struct imap_segment s;
+
+	if (!imap_proto_output_segment((struct imap_proto *)p, &s) || s.fd >= 0) {
+		*len_r = 0;
+		return "";
+	}
+	*len_r = s.len;
+	return s.data;
 }
 
 int
@@ -150,6 +401,55 @@ imap_proto_auth_failures(const struct imap_proto *p)
 	return p->auth_failures;
 }
 
+/* ---- exec ---- */
+
+static void
+want_exec(struct imap_proto *p, const struct imap_cmd *c, exec_fn *fn)
+{
+	p->cmd = c;
+	p->exec = fn;
+	p->more = 0;
+	p->cursor = 0;
+	p->act = IMAP_ACT_EXEC;
+}
+
+void
+imap_proto_exec(struct imap_proto *p)
+{
+	if (p->act != IMAP_ACT_EXEC || p->exec == NULL)
+		return;
+	p->in_exec = 1;
+	p->more = 0;
+	p->exec(p);
+	p->in_exec = 0;
+}
+
+void
+imap_proto_exec_done(struct imap_proto *p)
+{
+	struct segq *x = &p->xq;
+
+	if (p->act != IMAP_ACT_EXEC)
+		return;
+	for (size_t i = x->head; i < x->n; i++) {
+		struct seg *g = seg_push(&p->q);
+
+		*g = x->v[i];
+	}
+	p->q.bytes += x->bytes;
+	p->q.files += x->files;
+	x->head = x->n = 0;
+	x->bytes = 0;
+	x->files = 0;
+	if (!p->more) {
+		p->act = IMAP_ACT_NONE;
+		p->exec = NULL;
+		p->cmd = NULL;
+		if (p->logout_pending)
+			p->close = 1;
+	}
+}
+
 /* ---- setup ---- */
 
 struct imap_proto *
@@ -159,6 +459,8 @@ imap_proto_new(const struct imap_params *prm)
 	struct imap_parser_limits lim;
 
 	p->prm = *prm;
+	p->store_root = xstrdup(prm->store_root ? prm->store_root : "");
+	p->prm.store_root = p->store_root;
 	imap_parser_limits_default(&lim, 0);
 	p->parser = imap_parser_new(&lim);
 	return p;
@@ -174,6 +476,9 @@ auth_end(struct imap_proto *p)
 	p->in_sasl = 0;
 }
 
+static void box_close(struct imap_proto *p);
+static void append_cleanup(struct imap_proto *p);
+
 void
 imap_proto_free(struct imap_proto **pp)
 {
@@ -184,10 +489,13 @@ imap_proto_free(struct imap_proto **pp)
 	auth_end(p);
 	explicit_bzero(p->line, sizeof(p->line));
 	imap_parser_free(&p->parser);
+	append_cleanup(p);
+	box_close(p);
+	mailstore_free(&p->ms);
 	free(p->tls_peer);
-	free(p->select_name);
-	free(p->list_pattern);
-	free(p->out);
+	free(p->store_root);
+	segq_clear(&p->q);
+	segq_clear(&p->xq);
 	free(p);
 	*pp = NULL;
 }
@@ -213,10 +521,13 @@ mech_usable(const struct imap_proto *p, unsigned m)
 	return 1;
 }
 
+#define CAPS_COMMON "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
+#define CAPS_LOGGED " NAMESPACE UNSELECT CHILDREN SPECIAL-USE"
+
 static void
 capabilities(const struct imap_proto *p, char *buf, size_t cap)
 {
-	size_t n = (size_t)snprintf(buf, cap, "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE");
+	size_t n = (size_t)snprintf(buf, cap, CAPS_COMMON);
 
 	if (p->st == ST_NOAUTH) {
 		if (p->prm.tls_available && !p->tls)
@@ -228,7 +539,7 @@ capabilities(const struct imap_proto *p, char *buf, size_t cap)
 				n += (size_t)snprintf(buf + n, cap - n, " AUTH=%s",
 				    sasl_mech_name(mech_order[i]));
 	} else {
-		snprintf(buf + n, cap - n, " NAMESPACE UNSELECT CHILDREN SPECIAL-USE");
+		snprintf(buf + n, cap - n, CAPS_LOGGED);
 	}
 }
 
@@ -263,19 +574,20 @@ imap_proto_set_tls_peer(struct imap_proto *p, const char *identity)
 
 /* ---- authentication ---- */
 
+static exec_fn x_login;
+
 static void
 logged_in(struct imap_proto *p, const char *user)
 {
 	struct imap_parser_limits lim;
-	char caps[512];
 
 	snprintf(p->user, sizeof(p->user), "%s", user);
 	auth_end(p);
 	p->st = ST_AUTH;
 	imap_parser_limits_default(&lim, 1);
 	imap_parser_set_limits(p->parser, &lim);
-	capabilities(p, caps, sizeof(caps));
-	reply(p, "%s OK [CAPABILITY %s] Logged in", p->tag, caps);
+	/* the store is opened and the tagged OK written by the exec */
+	want_exec(p, NULL, x_login);
 }
 
 void
@@ -446,7 +758,203 @@ c_login(struct imap_proto *p, const struct imap_cmd *c)
 	free(b64);
 }
 
-/* ---- mailboxes ---- */
+/* ---- the store and the selected folder ---- */
+
+static const struct {
+	const char *name, *use;
+} special[] = {
+	{ "Drafts", "\\Drafts" }, { "Junk", "\\Junk" }, { "Sent", "\\Sent" }, { "Trash", "\\Trash" },
+};
+#define NSPECIAL (sizeof(special) / sizeof(special[0]))
+
+static const char *
+special_use(const char *name)
+{
+	for (size_t i = 0; i < NSPECIAL; i++)
+		if (strcmp(name, special[i].name) == 0)
+			return special[i].use;
+	return NULL;
+}
+
+static void
+x_login(struct imap_proto *p)
+{
+	const char *err;
+	char caps[512];
+
+	if (mailstore_open(p->store_root, p->user, &p->ms, &err) < 0) {
+		reply(p, "* BYE [SERVERBUG] Internal error occurred. Refer to server log for more "
+		    "information.");
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+		p->logout_pending = 1;
+		p->st = ST_LOGOUT;
+		return;
+	}
+	/* RFC 6154 folders, as Dovecot's default config creates and subscribes them */
+	for (size_t i = 0; i < NSPECIAL; i++)
+		if (mailstore_folder_ensure(p->ms, special[i].name, &err) < 0)
+			break;
+	capabilities(p, caps, sizeof(caps));
+	reply(p, "%s OK [CAPABILITY %s] Logged in", p->tag, caps);
+}
+
+static void
+box_close(struct imap_proto *p)
+{
+	mailstore_box_close(&p->box);
+	free(p->view);
+	p->view = NULL;
+	p->nview = p->capview = 0;
+	p->recent_told = 0;
+	p->idling = 0;
+	if (p->st == ST_SELECTED)
+		p->st = ST_AUTH;
+}
+
+static void
+view_push(struct imap_proto *p, const struct mailstore_msg *m)
+{
+	struct vmsg *v;
+
+	if (p->nview == p->capview) {
+		p->capview = p->capview ? p->capview * 2 : 64;
+		p->view = xrealloc(p->view, p->capview * sizeof(*p->view));
+	}
+	v = &p->view[p->nview++];
+	memset(v, 0, sizeof(*v));
+	v->uid = m->uid;
+	v->flags = m->flags;
+	v->kw = m->keywords;
+	v->recent = m->recent;
+}
+
+static size_t
+view_recent(const struct imap_proto *p)
+{
+	size_t r = 0;
+
+	for (size_t i = 0; i < p->nview; i++)
+		if (p->view[i].recent && !p->view[i].gone)
+			r++;
+	return r;
+}
+
+/* "\Answered ... \Recent kw1 kw2", Dovecot's order */
+static void
+flags_str(struct imap_proto *p, struct str *b, unsigned flags, uint32_t kw, int recent)
+{
+	static const char *const names[] = { "\\Answered", "\\Flagged", "\\Deleted", "\\Seen",
+		"\\Draft" };
+	size_t start = b->n;
+
+	for (unsigned i = 0; i < 5; i++)
+		if (flags & (1u << i))
+			str_add(b, "%s%s", b->n > start ? " " : "", names[i]);
+	if (recent)
+		str_add(b, "%s\\Recent", b->n > start ? " " : "");
+	for (unsigned i = 0; i < MAX_MAILSTORE_KEYWORDS; i++) {
+		const char *k;
+
+		if ((kw & (1u << i)) && p->box && (k = mailstore_box_keyword(p->box, i)) != NULL)
+			str_add(b, "%s%s", b->n > start ? " " : "", k);
+	}
+}
+
+static void
+fetch_flags_line(struct imap_proto *p, size_t i, int with_uid)
+{
+	struct str b = { 0 };
+	const struct vmsg *v = &p->view[i];
+
+	str_add(&b, "* %zu FETCH (", i + 1);
+	if (with_uid)
+		str_add(&b, "UID %u ", (unsigned)v->uid);
+	str_add(&b, "FLAGS (");
+	flags_str(p, &b, v->flags, v->kw, v->recent);
+	str_add(&b, "))\r\n");
+	out_str(p, &b);
+}
+
+/*
+ * Bring the client's view up to the store: flag changes as FETCH, new mail
+ * as EXISTS/RECENT, expunges as EXPUNGE when EXPUNGE_OK (else they wait).
+ */
+static void
+view_sync(struct imap_proto *p, int expunge_ok)
+{
+	size_t n, bi = 0, old;
+	uint32_t last;
+	const char *err;
+
+	if (p->box == NULL)
+		return;
+	if (mailstore_box_sync(p->box, &err) < 0)
+		err = NULL;	/* the snapshot stays; the next sync retries */
+	n = mailstore_box_count(p->box);
+	for (size_t i = 0; i < p->nview; i++) {
+		struct vmsg *v = &p->view[i];
+		const struct mailstore_msg *m;
+
+		if (v->gone)
+			continue;
+		while (bi < n && mailstore_box_msg(p->box, bi)->uid < v->uid)
+			bi++;
+		m = bi < n ? mailstore_box_msg(p->box, bi) : NULL;
+		if (m == NULL || m->uid != v->uid) {
+			v->gone = 1;
+			continue;
+		}
+		if (m->flags != v->flags || m->keywords != v->kw) {
+			v->flags = m->flags;
+			v->kw = m->keywords;
+			fetch_flags_line(p, i, 0);
+		}
+	}
+	old = p->nview;
+	last = p->nview ? p->view[p->nview - 1].uid : 0;
+	for (size_t i = 0; i < n; i++) {
+		const struct mailstore_msg *m = mailstore_box_msg(p->box, i);
+
+		if (m->uid > last && p->nview < MAX_MAILSTORE_MESSAGES)
+			view_push(p, m);
+	}
+	if (expunge_ok) {
+		size_t w = 0;
+
+		for (size_t i = 0; i < p->nview; i++) {
+			if (p->view[i].gone) {
+				reply(p, "* %zu EXPUNGE", w + 1);
+				if (i < old)
+					old--;
+				continue;
+			}
+			p->view[w++] = p->view[i];
+		}
+		p->nview = w;
+	}
+	if (p->nview > old) {
+		size_t r = view_recent(p);
+
+		reply(p, "* %zu EXISTS", p->nview);
+		reply(p, "* %zu RECENT", r);
+		p->recent_told = r;
+	}
+}
+
+/* the message behind view entry I, or NULL when it is gone from the store */
+static const struct mailstore_msg *view_msg(struct imap_proto *p, size_t i)
+    __attribute__((unused));
+
+static const struct mailstore_msg *
+view_msg(struct imap_proto *p, size_t i)
+{
+	long k;
+
+	if (i >= p->nview || p->view[i].gone)
+		return NULL;
+	k = mailstore_box_find(p->box, p->view[i].uid);
+	return k < 0 ? NULL : mailstore_box_msg(p->box, (size_t)k);
+}
 
 static int
 name_arg(const struct imap_arg *a, const char **r)
@@ -457,106 +965,102 @@ name_arg(const struct imap_arg *a, const char **r)
 	return 0;
 }
 
-static void
-c_select(struct imap_proto *p, const struct imap_cmd *c)
+/* INBOX in any case is INBOX (RFC 3501 §5.1), also as a hierarchy's first part */
+static char *
+name_norm(const char *name)
 {
-	const char *name;
+	char *s = xstrdup(name);
 
-	if (name_arg(&c->args[0], &name) < 0) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist.", c->tag);
-		return;
-	}
-	free(p->select_name);
-	p->select_name = xstrdup(name);
-	p->select_readonly = strcmp(c->name, "EXAMINE") == 0;
-	/* RFC 3501 §6.3.1: a SELECT deselects first, even when it fails */
-	p->st = ST_AUTH;
-	p->box = NULL;
-	p->unselecting = 0;
-	p->act = IMAP_ACT_SELECT;
+	if (strncasecmp(s, "INBOX", 5) == 0 && (s[5] == '\0' || s[5] == '.'))
+		memcpy(s, "INBOX", 5);
+	return s;
 }
 
 static void
-c_unselect(struct imap_proto *p, const struct imap_cmd *c)
-{
-	(void)c;
-	free(p->select_name);
-	p->select_name = NULL;
-	p->st = ST_AUTH;
-	p->box = NULL;
-	p->unselecting = 1;
-	p->act = IMAP_ACT_SELECT;
-}
-
-void
-imap_proto_select_req(const struct imap_proto *p, const char **name_r, int *readonly_r)
-{
-	*name_r = p->select_name;
-	*readonly_r = p->select_readonly;
-}
-
-static void
-flag_list(struct imap_proto *p, struct mailstore_box *box, char *buf, size_t cap, int star)
+flag_list(struct imap_proto *p, char *buf, size_t cap, int star)
 {
 	size_t n = (size_t)snprintf(buf, cap, "\\Answered \\Flagged \\Deleted \\Seen \\Draft");
 
 	for (unsigned i = 0; i < MAX_MAILSTORE_KEYWORDS && n < cap; i++) {
-		const char *k = mailstore_box_keyword(box, i);
+		const char *k = mailstore_box_keyword(p->box, i);
 
 		if (k != NULL)
 			n += (size_t)snprintf(buf + n, cap - n, " %s", k);
 	}
 	if (star && n < cap)
 		snprintf(buf + n, cap - n, " \\*");
-	(void)p;
 }
 
-void
-imap_proto_selected(struct imap_proto *p, struct mailstore_box *box, const char *error)
+static void
+x_select(struct imap_proto *p)
 {
 	char flags[MAX_MAILSTORE_KEYWORDS * (MAX_MAILSTORE_KEYWORD_LEN + 1) + 64];
-	size_t count, recent = 0, unseen = 0;
+	const struct imap_cmd *c = p->cmd;
+	size_t count, unseen = 0;
+	const char *name, *err;
+	char *nname;
 
-	if (p->act != IMAP_ACT_SELECT)
-		return;
-	p->act = IMAP_ACT_NONE;
-	if (p->unselecting) {
-		p->unselecting = 0;
-		reply(p, "%s OK Unselect completed.", p->tag);
-		return;
-	}
-	if (box == NULL) {
-		reply(p, "%s NO %s", p->tag, error ? error : "[NONEXISTENT] Mailbox doesn't exist.");
+	box_close(p);
+	if (name_arg(&c->args[0], &name) < 0 || !(mailstore_folder_is_valid(name) ||
+	    strcasecmp(name, "INBOX") == 0)) {
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag,
+		    name_arg(&c->args[0], &name) < 0 ? "" : name);
 		return;
 	}
-	p->box = box;
-	p->readonly = p->select_readonly;
+	nname = name_norm(name);
+	if (mailstore_box_open(p->ms, nname, &p->box, &err) < 0) {
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %.200s", p->tag, nname);
+		free(nname);
+		return;
+	}
+	free(nname);
+	p->readonly = strcmp(c->name, "EXAMINE") == 0;
 	p->st = ST_SELECTED;
-	count = mailstore_box_count(box);
-	for (size_t i = 0; i < count; i++) {
-		const struct mailstore_msg *m = mailstore_box_msg(box, i);
+	count = mailstore_box_count(p->box);
+	for (size_t i = 0; i < count && p->nview < MAX_MAILSTORE_MESSAGES; i++) {
+		const struct mailstore_msg *m = mailstore_box_msg(p->box, i);
 
-		if (m->recent)
-			recent++;
+		view_push(p, m);
 		if (unseen == 0 && !(m->flags & MAILSTORE_SEEN))
 			unseen = i + 1;
 	}
-	flag_list(p, box, flags, sizeof(flags), 0);
+	p->recent_told = view_recent(p);
+	flag_list(p, flags, sizeof(flags), 0);
 	reply(p, "* FLAGS (%s)", flags);
 	if (p->readonly) {
 		reply(p, "* OK [PERMANENTFLAGS ()] Read-only mailbox.");
 	} else {
-		flag_list(p, box, flags, sizeof(flags), 1);
+		flag_list(p, flags, sizeof(flags), 1);
 		reply(p, "* OK [PERMANENTFLAGS (%s)] Flags permitted.", flags);
 	}
-	reply(p, "* %zu EXISTS", count);
-	reply(p, "* %zu RECENT", recent);
+	reply(p, "* %zu EXISTS", p->nview);
+	reply(p, "* %zu RECENT", p->recent_told);
 	if (unseen > 0)
 		reply(p, "* OK [UNSEEN %zu] First unseen.", unseen);
-	reply(p, "* OK [UIDVALIDITY %u] UIDs valid", (unsigned)mailstore_box_uidvalidity(box));
-	reply(p, "* OK [UIDNEXT %u] Predicted next UID", (unsigned)mailstore_box_uidnext(box));
+	reply(p, "* OK [UIDVALIDITY %u] UIDs valid", (unsigned)mailstore_box_uidvalidity(p->box));
+	reply(p, "* OK [UIDNEXT %u] Predicted next UID", (unsigned)mailstore_box_uidnext(p->box));
 	reply(p, "%s OK [%s] %s completed.", p->tag, p->readonly ? "READ-ONLY" : "READ-WRITE",
 	    p->readonly ? "Examine" : "Select");
+}
+
+static void
+c_select(struct imap_proto *p, const struct imap_cmd *c)
+{
+	/* RFC 3501 §6.3.1: a SELECT deselects first, even when it fails */
+	want_exec(p, c, x_select);
+}
+
+static void
+x_unselect(struct imap_proto *p)
+{
+	box_close(p);
+	reply(p, "%s OK Unselect completed.", p->tag);
+}
+
+static void
+c_unselect(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_unselect);
 }
 
 /* '%' matches within one level, '*' across levels */
@@ -576,36 +1080,6 @@ imap_list_match(const char *pat, const char *name)
 			return 0;
 	}
 	return *name == '\0';
-}
-
-static void
-c_list(struct imap_proto *p, const struct imap_cmd *c)
-{
-	const char *ref, *pat;
-
-	if (c->nargs != 2 || c->args[0].type == IMAP_ARG_LIST ||
-	    c->args[1].type == IMAP_ARG_LIST) {
-		reply(p, "%s NO [CANNOT] LIST-EXTENDED is not supported yet.", c->tag);
-		return;
-	}
-	if (name_arg(&c->args[0], &ref) < 0 || name_arg(&c->args[1], &pat) < 0) {
-		reply(p, "%s OK List completed.", c->tag);
-		return;
-	}
-	p->lsub = strcmp(c->name, "LSUB") == 0;
-	if (*pat == '\0' && !p->lsub) {
-		/* the hierarchy separator */
-		reply(p, "* LIST (\\Noselect) \".\" \"\"");
-		reply(p, "%s OK List completed.", c->tag);
-		return;
-	}
-	free(p->list_pattern);
-	p->list_pattern = xasprintf("%s%s", ref, pat);
-	/* INBOX is case-insensitive (RFC 3501 §5.1) */
-	if (strncasecmp(p->list_pattern, "INBOX", 5) == 0 &&
-	    (p->list_pattern[5] == '\0' || p->list_pattern[5] == '.'))
-		memcpy(p->list_pattern, "INBOX", 5);
-	p->act = IMAP_ACT_LIST;
 }
 
 static void
@@ -636,27 +1110,36 @@ put_name(struct imap_proto *p, const char *prefix, const char *name)
 	}
 }
 
-static const char *
-special_use(const char *name)
-{
-	static const char *const su[][2] = { { "Sent", "\\Sent" }, { "Drafts", "\\Drafts" },
-		{ "Junk", "\\Junk" }, { "Trash", "\\Trash" } };
 
-	for (size_t i = 0; i < 4; i++)
-		if (strcmp(name, su[i][0]) == 0)
-			return su[i][1];
-	return NULL;
-}
 
-void
-imap_proto_list_done(struct imap_proto *p, char *const *names, size_t n, int ok)
+static void
+x_list(struct imap_proto *p)
 {
-	if (p->act != IMAP_ACT_LIST)
+	const struct imap_cmd *c = p->cmd;
+	int lsub = strcmp(c->name, "LSUB") == 0;
+	const char *ref, *pat, *err;
+	char **names = NULL, *pattern;
+	size_t n = 0;
+
+	if (name_arg(&c->args[0], &ref) < 0 || name_arg(&c->args[1], &pat) < 0) {
+		reply(p, "%s OK %s completed.", p->tag, lsub ? "Lsub" : "List");
 		return;
-	p->act = IMAP_ACT_NONE;
-	if (!ok) {
-		reply(p, "%s NO [SERVERBUG] Couldn't list the folders.", p->tag);
+	}
+	if (*pat == '\0' && !lsub) {
+		/* the hierarchy separator */
+		reply(p, "* LIST (\\Noselect) \".\" \"\"");
+		reply(p, "%s OK List completed.", p->tag);
 		return;
+	}
+	if (mailstore_folders(p->ms, &names, &n, &err) < 0) {
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+		return;
+	}
+	{
+		char *raw = xasprintf("%s%s", ref, pat);
+
+		pattern = name_norm(raw);
+		free(raw);
 	}
 	for (size_t i = 0; i < n; i++) {
 		char attrs[64], prefix[128];
@@ -664,18 +1147,31 @@ imap_proto_list_done(struct imap_proto *p, char *const *names, size_t n, int ok)
 		int children = 0;
 		const char *su;
 
-		if (!imap_list_match(p->list_pattern, names[i]))
+		if (!imap_list_match(pattern, names[i]))
 			continue;
 		for (size_t k = 0; k < n; k++)
 			if (strncmp(names[k], names[i], len) == 0 && names[k][len] == '.')
 				children = 1;
-		su = p->lsub ? NULL : special_use(names[i]);
+		su = lsub ? NULL : special_use(names[i]);
 		snprintf(attrs, sizeof(attrs), "%s%s%s", children ? "\\HasChildren" : "\\HasNoChildren",
 		    su ? " " : "", su ? su : "");
-		snprintf(prefix, sizeof(prefix), "* %s (%s) \".\" ", p->lsub ? "LSUB" : "LIST", attrs);
+		snprintf(prefix, sizeof(prefix), "* %s (%s) \".\" ", lsub ? "LSUB" : "LIST", attrs);
 		put_name(p, prefix, names[i]);
 	}
-	reply(p, "%s OK %s completed.", p->tag, p->lsub ? "Lsub" : "List");
+	free(pattern);
+	mailstore_names_free(&names, n);
+	reply(p, "%s OK %s completed.", p->tag, lsub ? "Lsub" : "List");
+}
+
+static void
+c_list(struct imap_proto *p, const struct imap_cmd *c)
+{
+	if (c->nargs != 2 || c->args[0].type == IMAP_ARG_LIST ||
+	    c->args[1].type == IMAP_ARG_LIST) {
+		reply(p, "%s NO [CANNOT] LIST-EXTENDED is not supported yet.", c->tag);
+		return;
+	}
+	want_exec(p, c, x_list);
 }
 
 /* ---- simple commands ---- */
@@ -691,9 +1187,21 @@ c_capability(struct imap_proto *p, const struct imap_cmd *c)
 }
 
 static void
+x_noop(struct imap_proto *p)
+{
+	view_sync(p, 1);
+	reply(p, "%s OK %s completed.", p->tag, strcmp(p->cmd->name, "CHECK") == 0 ? "Check" :
+	    "NOOP");
+}
+
+static void
 c_noop(struct imap_proto *p, const struct imap_cmd *c)
 {
-	reply(p, "%s OK %s completed.", c->tag, strcmp(c->name, "CHECK") == 0 ? "Check" : "NOOP");
+	if (p->st == ST_SELECTED) {
+		want_exec(p, c, x_noop);
+		return;
+	}
+	reply(p, "%s OK NOOP completed.", c->tag);
 }
 
 static void
@@ -752,9 +1260,58 @@ c_idle(struct imap_proto *p, const struct imap_cmd *c)
 }
 
 static void
+x_idle_sync(struct imap_proto *p)
+{
+	view_sync(p, 1);
+}
+
+int
+imap_proto_idling(const struct imap_proto *p)
+{
+	return p->idling;
+}
+
+const char *
+imap_proto_watch_dir(const struct imap_proto *p)
+{
+	return p->idling && p->box != NULL ? mailstore_box_dir(p->box) : NULL;
+}
+
+void
+imap_proto_notify(struct imap_proto *p)
+{
+	if (p->idling && p->box != NULL && p->act == IMAP_ACT_NONE && !p->close)
+		want_exec(p, NULL, x_idle_sync);
+}
+
+void
+imap_proto_keepalive(struct imap_proto *p)
+{
+	if (p->idling && p->act == IMAP_ACT_NONE && !p->close)
+		reply(p, "* OK Still here");
+}
+
+void
+imap_proto_bye(struct imap_proto *p, const char *text)
+{
+	if (p->act == IMAP_ACT_EXEC) {
+		p->logout_pending = 1;
+		return;
+	}
+	reply(p, "* BYE %.200s", text ? text : "Server shutting down.");
+	p->close = 1;
+}
+
+static void
 c_later(struct imap_proto *p, const struct imap_cmd *c)
 {
 	reply(p, "%s NO [CANNOT] %s is not implemented yet.", c->tag, c->name);
+}
+
+static void
+append_cleanup(struct imap_proto *p)
+{
+	(void)p;
 }
 
 static const struct {

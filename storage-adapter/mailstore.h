@@ -78,6 +78,9 @@ int mailstore_folder_delete(struct mailstore *ms, const char *name, const char *
 int mailstore_folder_rename(struct mailstore *ms, const char *from, const char *to,
     const char **error_r) __attribute__((warn_unused_result));
 int mailstore_folder_is_valid(const char *name);
+/* create NAME unless it exists, and subscribe it (first-login folders) */
+int mailstore_folder_ensure(struct mailstore *ms, const char *name, const char **error_r)
+    __attribute__((warn_unused_result));
 
 /*
  * Open a folder: new mail is moved to cur/ (and is \Recent for this box),
@@ -98,6 +101,8 @@ const struct mailstore_msg *mailstore_box_msg(const struct mailstore_box *box, s
 long mailstore_box_find(const struct mailstore_box *box, uint32_t uid);
 /* keyword I's name, NULL if the slot is unused */
 const char *mailstore_box_keyword(const struct mailstore_box *box, unsigned i);
+/* the folder's Maildir directory (with new/ cur/ tmp/), for a watcher */
+const char *mailstore_box_dir(const struct mailstore_box *box);
 
 /* the internal date (the file's mtime), read when first asked: opening a
  * folder whose names carry ,S= stats no file */

@@ -582,6 +582,23 @@ mailstore_folder_create(struct mailstore *ms, const char *name, const char **err
 }
 
 int
+mailstore_folder_ensure(struct mailstore *ms, const char *name, const char **error_r)
+{
+	char *dir;
+	struct stat st;
+	int have;
+
+	if (is_inbox(name))
+		return 0;
+	dir = folder_dir(ms, name);
+	have = stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
+	free(dir);
+	if (!have && mailstore_folder_create(ms, name, error_r) < 0)
+		return -1;
+	return 0;
+}
+
+int
 mailstore_folder_delete(struct mailstore *ms, const char *name, const char **error_r)
 {
 	char *dir, *trash;
@@ -682,6 +699,12 @@ mailstore_folder_rename(struct mailstore *ms, const char *from, const char *to,
 
 /* ------------------------------------------------------------------ */
 /* a mailbox                                                            */
+
+const char *
+mailstore_box_dir(const struct mailstore_box *box)
+{
+	return box->dir;
+}
 
 uint32_t
 mailstore_box_uidvalidity(const struct mailstore_box *box)
