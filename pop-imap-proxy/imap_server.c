@@ -1,69 +1,69 @@
 /*
- * imap_server - the IMAP door's event loop (libevent) around the I/O-free
- * session of imap_proto: accept on imap_listen and imaps_listen (implicit
- * TLS, RFC 8314), feed client bytes in, write the replies out, and run the
- * actions the session asks for:
+ * imap_server - the IMAP door's event loop around the I/O-free session of
+ * imap_proto, standing on service/conn (accept, limits, plain/TLS
+ * bufferevents, STARTTLS with pipelined plaintext dropped, deadlines,
+ * hold/release, flush-then-close, drain):
  *
+ *   imap_server_run()   the loop on the listeners the master bound
+ *                       (imap_listen; imaps_listen with implicit TLS, RFC
+ *                       8314) until SIGTERM/SIGINT, or drained after SIGUSR2
+ *
+ * The session's actions:
  *   IMAP_ACT_AUTH       the password check off the loop and the failed-login
- *                       penalty (service/authcheck: delays, then a ban
- *                       through the kill list, shared with every door)
- *   IMAP_ACT_STARTTLS   the upgrade (service/tlsbev: pipelined plaintext
- *                       dropped)
- *   IMAP_ACT_SELECT,    mail store work (storage-adapter/mailstore) on the
- *   IMAP_ACT_LIST       store job pool; the session reads no input meanwhile
+ *                       penalty (service/authcheck: delays, then a ban on the
+ *                       kill list, shared with every door and node)
+ *   IMAP_ACT_STARTTLS   conn_starttls()
+ *   IMAP_ACT_EXEC       imap_proto_exec() on the store job pool, then
+ *                       imap_proto_exec_done() here; a command that goes in
+ *                       batches (a large FETCH) runs again once the output
+ *                       has drained below IMAP_OUT_LOW
  *
- *   imap_server_run()   the loop on the listeners the master bound, until
- *                       SIGTERM/SIGINT, or until drained after SIGUSR2
+ * Output is the session's queue of segments: bytes are written as they
+ * are; a file range goes out without the message in memory: on a plain
+ * connection with no LF->CRLF work, evbuffer_add_file (sendfile), else a
+ * copier that reads IMAP_COPY_CHUNK at a time while the socket's output is
+ * below IMAP_OUT_HIGH. So a 20 MB FETCH costs the worker a few hundred KiB.
+ *
+ * IDLE: one inotify instance per loop watches the selected folder's new/
+ * and cur/ of every idling session (sessions on the same folder share the
+ * watch); a change asks the session for a sync exec, whose untagged EXISTS/
+ * EXPUNGE/FETCH go out at once. "* OK Still here" every IMAP_KEEPALIVE s.
  *
  * A kill-listed client (the same lists and engine as SMTP) gets "* BYE" at
- * connect. Connections are counted in total and per client address
- * (service/anvil). Before login each request has imap_login_timeout (a
- * deadline per request: one byte a minute does not keep a connection);
- * after login the connection may be silent for imap_idle_timeout (RFC 3501
- * §5.4: at least 30 minutes), IDLE included.
+ * connect. Before login the connection has imap_login_timeout per request;
+ * after it imap_idle_timeout (RFC 3501 §5.4: at least 30 minutes).
+ * SIGUSR2 (live reload): no more accepts; every session is told "* BYE"
+ * (after the command in progress) and closed.
  *
- * SIGUSR2 (live reload: a new worker already serves the listeners): accept
- * nothing more; every session not in the middle of a command is told
- * "* BYE" and closed, the others once their command is answered.
- *
- * The loop never blocks: store I/O and password hashing run on job
- * threads; a connection a job still points at is freed only when the job
- * is done (a hold). The user database is reloaded when its file changes.
- * Never logs peer bytes.
+ * The loop never blocks: store I/O and password hashing run on job threads;
+ * a connection a job points at is held (conn_hold) and its session freed
+ * only after the job. Never logs peer bytes.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
+#include <sys/inotify.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-
-#include "common/connid.h"
 #include "common/log.h"
 #include "common/stats.h"
-#include "common/tls.h"
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/imap_server.h"
 #include "rules/engine.h"
 #include "rules/snapshot.h"
-#include "service/anvil.h"
 #include "service/authcheck.h"
-#include "service/deadline.h"
+#include "service/conn.h"
 #include "service/jobs.h"
-#include "service/listener.h"
-#include "service/tlsbev.h"
 #include "service/users.h"
-#include "storage-adapter/mailstore.h"
 #include "storage-adapter/userdb.h"
 #include "storage-adapter/userdb_sasl.h"
 
@@ -71,814 +71,737 @@
 #define IMAP_AUTH_THREADS 2	/* password hashing: a pool of its own */
 #define IMAP_AUTH_QUEUE 32	/* checks queued or running; past it NO [UNAVAILABLE] */
 #define IMAP_DRAIN_MAX 60	/* seconds a draining worker waits for busy sessions */
+#define IMAP_OUT_HIGH (256 * 1024)	/* stop queueing output above this */
+#define IMAP_OUT_LOW (64 * 1024)	/* ... and go on below this */
+#define IMAP_COPY_CHUNK 65536	/* a file range copied (TLS, LF->CRLF) in these */
+#define IMAP_KEEPALIVE 120	/* seconds between "* OK Still here" in IDLE */
+#define IMAP_WATCH_DIRS 2	/* new/ and cur/ */
 
-struct door {
-	struct server *srv;
-	enum imap_listener_kind kind;
-	struct listener *l;
+struct sess;
+
+/* an inotify watch descriptor and one session idling on it */
+struct watch {
+	int wd;
+	struct sess *s;
 };
 
 struct server {
 	const struct imap_server_conf *c;
 	struct imap_params params;
 	struct event_base *base;
+	struct conn_server_conf cf;
+	struct conn_server *cs;
 	struct jobs *jobs;		/* mail store I/O */
 	struct authcheck *auth;		/* password checks and failed-login penalties */
 	struct users users;		/* the user database, kept current */
 	struct sasl_callbacks sasl_cb;
-	struct anvil *anvil;		/* connections per client address */
-	unsigned nconn;
-	struct iconn *conns;
-	struct door *doors;
-	size_t ndoors;
-	time_t drain_until;		/* draining (SIGUSR2): stop by then; 0 not */
+	struct sess *sessions;		/* all sessions (drain, keepalive) */
+	int ino;			/* inotify, -1 when unavailable */
+	struct event *ino_ev;
+	struct watch *watches;
+	size_t nwatches, capwatches;
 	int stopping;
 };
 
-struct iconn {
-	struct iconn *prev, *next;
+struct sess {
+	struct sess *prev, *next;
 	struct server *srv;
-	struct bufferevent *bev;
+	struct conn *conn;		/* NULL once the connection ended */
 	struct imap_proto *ip;
-	char id[CONNID_MAX];
-	struct ipaddr addr;
-	int has_addr;
-	struct engine_session *es;	/* the kill list at connect, may_ban; dropped at login */
-	int tls;		/* the bev is an OpenSSL one */
-	int peer_checked;	/* the client certificate was looked at (EXTERNAL) */
-	int closing;		/* close once the output is on the wire */
-	int holds;		/* jobs, checks, timers that will call back */
-	int dead;		/* closed while held */
-	int logged;		/* logged in: the idle timeout applies */
-	struct event *timer;
-	struct deadline dl;
-	int replied;
-	struct event *close_timer;
-	int close_tries;
-	struct mailstore *ms;	/* the user's store, opened by the first store job */
-	struct mailstore_box *box;	/* the selected folder */
+	struct engine_session *es;	/* the kill list at connect and may_ban; dropped at login */
+	int logged;
+	int peer_set;
+	int authing;			/* a password check or its penalty runs */
+	int execing;			/* an exec job runs */
+	/* the file range being copied */
+	int copying;
+	uint64_t produced;		/* octets of the range sent */
+	off_t in_off;			/* next file offset to read */
+	int prev_cr;			/* the last byte read was CR */
+	/* IDLE */
+	int wd[IMAP_WATCH_DIRS];
+	int watching;
+	int dirty;			/* a change came while an exec ran */
+	time_t keepalive_at;
 };
 
-/* ---- connection: holds, output, close ---- */
+static void step(struct sess *s);
 
-static void conn_free(struct iconn *c);
-static void read_cb(struct bufferevent *bev, void *arg);
+/* ---- output ---- */
 
-static void
-conn_hold(struct iconn *c)
-{
-	c->holds++;
-}
-
-/* 1 when the connection was closed meanwhile: the caller must not touch it */
+/* one piece of a file range through the copier (TLS or LF->CRLF): 0 ok, -1 gone */
 static int
-conn_release(struct iconn *c)
+copy_some(struct sess *s, const struct imap_segment *g)
 {
-	c->holds--;
-	if (!c->dead)
-		return 0;
-	if (c->holds == 0)
-		conn_free(c);
-	return 1;
-}
+	char in[IMAP_COPY_CHUNK], out[2 * IMAP_COPY_CHUNK];
+	uint64_t want = g->len - s->produced;
+	size_t take = want < sizeof(in) ? (size_t)want : sizeof(in), o = 0;
+	ssize_t n = pread(g->fd, in, take, s->in_off);
 
-static const char *
-conn_who(const struct iconn *c, char *buf)
-{
-	return c->has_addr ? cidr_addr_format(&c->addr, buf) : "unknown";
-}
-
-static unsigned
-conn_timeout(const struct iconn *c)
-{
-	return c->logged ? c->srv->c->idle_timeout : c->srv->c->login_timeout;
-}
-
-static void
-arm_timer(struct iconn *c)
-{
-	long long left = deadline_due(&c->dl, conn_timeout(c)) - deadline_now_ms();
-	struct timeval tv;
-
-	if (left < 0)
-		left = 0;
-	tv.tv_sec = (time_t)(left / 1000);
-	tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
-	evtimer_add(c->timer, &tv);
-}
-
-static void
-set_write_timeout(struct iconn *c)
-{
-	struct timeval tv = { conn_timeout(c), 0 };
-
-	bufferevent_set_timeouts(c->bev, NULL, &tv);
-}
-
-static void
-flush_output(struct iconn *c)
-{
-	size_t n;
-	const char *out = imap_proto_output(c->ip, &n);
-
-	if (n > 0) {
-		c->replied = 1;
-		bufferevent_write(c->bev, out, n);
-		imap_proto_output_done(c->ip, n);
-	}
-	if (imap_proto_wants_close(c->ip))
-		c->closing = 1;
-}
-
-/* a final line of our own, then close (timeouts, limits, shutdown) */
-static void
-say_bye(struct iconn *c, const char *line)
-{
-	struct timeval tv = { 5, 0 };
-
-	flush_output(c);
-	bufferevent_write(c->bev, line, strlen(line));
-	c->closing = 1;
-	evtimer_del(c->timer);
-	bufferevent_set_timeouts(c->bev, &tv, &tv);
-	bufferevent_disable(c->bev, EV_READ);
-	bufferevent_enable(c->bev, EV_WRITE);
-}
-
-/*
- * Close once the last reply is on the wire. Behind a STARTTLS filter the
- * filter's output empties into the socket's bufferevent first.
- */
-static void
-close_check(evutil_socket_t fd, short what, void *arg)
-{
-	struct iconn *c = arg;
-	struct bufferevent *under = bufferevent_get_underlying(c->bev);
-
-	(void)fd;
-	(void)what;
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
-		return;		/* write_cb comes again */
-	if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) > 0 &&
-	    c->close_tries++ < 100) {
-		struct timeval tv = { 0, 20000 };
-
-		if (c->close_timer == NULL)
-			c->close_timer = evtimer_new(c->srv->base, close_check, c);
-		evtimer_add(c->close_timer, &tv);
-		return;
-	}
-	conn_free(c);
-}
-
-static void
-conn_free(struct iconn *c)
-{
-	struct server *s = c->srv;
-
-	if (c->holds > 0) {	/* a callback will come: the last release frees it */
-		c->dead = 1;
-		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
-		evtimer_del(c->timer);
-		return;
-	}
-	if (c->has_addr)
-		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
-	if (log_is_debug()) {
-		char who[CIDR_TEXT_MAX];
-
-		log_debug("conn=%s imap disconnect from [%s]", c->id, conn_who(c, who));
-	}
-	mailstore_box_close(&c->box);
-	mailstore_free(&c->ms);
-	engine_session_free(&c->es);
-	if (c->close_timer != NULL)
-		event_free(c->close_timer);
-	event_free(c->timer);
-	s->nconn--;
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		s->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	imap_proto_free(&c->ip);
-	bufferevent_free(c->bev);
-	free(c);
-	if (s->drain_until != 0 && s->nconn == 0)
-		event_base_loopexit(s->base, NULL);
-}
-
-/* an action is answered: its reply goes out, input is read on */
-static void
-resume(struct iconn *c)
-{
-	flush_output(c);
-	if (c->closing) {
-		bufferevent_disable(c->bev, EV_READ);
-		close_check(-1, 0, c);
-		return;
-	}
-	bufferevent_enable(c->bev, EV_READ);
-	read_cb(c->bev, c);	/* pipelined input may be waiting */
-}
-
-/* ---- mail store jobs ---- */
-
-struct store_job {
-	struct iconn *c;
-	enum imap_action act;
-	char user[256];
-	const char *root;
-	/* SELECT */
-	char *name;		/* NULL: only close */
-	struct mailstore_box *box;
-	/* LIST */
-	char **names;
-	size_t n;
-	int ok;
-	char err[300];
-};
-
-/* on a job thread: the user's store, opened once per session */
-static int
-job_store(struct store_job *j)
-{
-	const char *e;
-
-	if (j->c->ms != NULL)
-		return 0;
-	if (mailstore_open(j->root, j->user, &j->c->ms, &e) < 0) {
-		snprintf(j->err, sizeof(j->err), "%s", e);
+	if (n <= 0) {
+		log_error("imap: %s a message file ended %llu octets early: closing",
+		    conn_id(s->conn), (unsigned long long)want);
 		return -1;
 	}
+	s->in_off += n;
+	if (!g->crlf) {
+		memcpy(out, in, (size_t)n);
+		o = (size_t)n;
+	} else {
+		for (ssize_t i = 0; i < n && o < want; i++) {
+			if (in[i] == '\n' && !s->prev_cr) {
+				out[o++] = '\r';
+				if (o == want)
+					break;
+			}
+			out[o++] = in[i];
+			s->prev_cr = in[i] == '\r';
+		}
+	}
+	if (o > want)
+		o = (size_t)want;
+	conn_write(s->conn, out, o);
+	s->produced += o;
 	return 0;
 }
 
+/* the session's output to the connection, as far as the socket takes it */
 static void
-store_run(void *arg)
+pump(struct sess *s)
 {
-	struct store_job *j = arg;
-	struct iconn *c = j->c;
-	const char *e;
+	struct conn *c = s->conn;
+	struct imap_segment g;
 
-	switch (j->act) {
-	case IMAP_ACT_SELECT:
-		mailstore_box_close(&c->box);
-		if (j->name == NULL)
-			break;
-		if (job_store(j) < 0)
-			break;
-		if (mailstore_box_open(c->ms, j->name, &j->box, &e) < 0)
-			snprintf(j->err, sizeof(j->err), "%s", e);
-		break;
-	case IMAP_ACT_LIST:
-		if (job_store(j) < 0)
-			break;
-		if (mailstore_folders(c->ms, &j->names, &j->n, &e) < 0)
-			snprintf(j->err, sizeof(j->err), "%s", e);
-		else
-			j->ok = 1;
-		break;
-	default:
-		break;
-	}
-}
-
-static void
-store_done(void *arg)
-{
-	struct store_job *j = arg;
-	struct iconn *c = j->c;
-
-	if (j->err[0] != '\0' && strstr(j->err, "no such folder") == NULL &&
-	    strstr(j->err, "invalid folder name") == NULL)
-		log_warn("conn=%s imap user %s: %s", c->id, j->user, j->err);
-	if (!conn_release(c)) {
-		switch (j->act) {
-		case IMAP_ACT_SELECT:
-			c->box = j->box;
-			j->box = NULL;
-			/* a folder that is not there is the client's error, not ours */
-			imap_proto_selected(c->ip, c->box, c->box != NULL || j->name == NULL ||
-			    strstr(j->err, "no such folder") != NULL ||
-			    strstr(j->err, "invalid folder name") != NULL ? NULL :
-			    "[SERVERBUG] Internal error occurred.");
-			break;
-		case IMAP_ACT_LIST:
-			imap_proto_list_done(c->ip, j->names, j->n, j->ok);
-			break;
-		default:
-			break;
+	while (!conn_is_closing(c) && conn_output_pending(c) < IMAP_OUT_HIGH &&
+	    imap_proto_output_segment(s->ip, &g)) {
+		if (g.fd < 0) {
+			conn_write(c, g.data, g.len);
+			imap_proto_output_done(s->ip, g.len);
+			continue;
 		}
-		resume(c);
+		if (!s->copying && !g.crlf && !conn_is_tls(c) && g.len > 0) {
+			int fd = dup(g.fd);
+
+			if (fd >= 0 && evbuffer_add_file(bufferevent_get_output(conn_bev(c)), fd,
+			    g.offset, (ev_off_t)g.len) == 0) {
+				imap_proto_output_done(s->ip, g.len);
+				continue;
+			}
+			if (fd >= 0)
+				close(fd);
+		}
+		if (!s->copying) {
+			s->copying = 1;
+			s->produced = 0;
+			s->in_off = g.offset;
+			s->prev_cr = 0;
+		}
+		if (s->produced < g.len && copy_some(s, &g) < 0) {
+			conn_close(c);
+			return;
+		}
+		if (s->produced >= g.len) {
+			s->copying = 0;
+			imap_proto_output_done(s->ip, g.len);
+		}
 	}
-	mailstore_box_close(&j->box);
-	if (j->names != NULL)
-		mailstore_names_free(&j->names, j->n);
-	free(j->name);
-	free(j);
+}
+
+/* ---- IDLE: inotify ---- */
+
+static void
+watch_stop(struct sess *s)
+{
+	struct server *srv = s->srv;
+
+	if (!s->watching)
+		return;
+	s->watching = 0;
+	for (int k = 0; k < IMAP_WATCH_DIRS; k++) {
+		int wd = s->wd[k], shared = 0;
+
+		if (wd < 0)
+			continue;
+		for (size_t i = 0; i < srv->nwatches;) {
+			if (srv->watches[i].s == s && srv->watches[i].wd == wd) {
+				srv->watches[i] = srv->watches[--srv->nwatches];
+				continue;
+			}
+			if (srv->watches[i].wd == wd)
+				shared = 1;
+			i++;
+		}
+		if (!shared)
+			(void)inotify_rm_watch(srv->ino, wd);
+		s->wd[k] = -1;
+	}
 }
 
 static void
-store_job(struct iconn *c, enum imap_action act)
+watch_start(struct sess *s, const char *dir)
 {
-	struct store_job *j = xcalloc(1, sizeof(*j));
+	static const char *const sub[IMAP_WATCH_DIRS] = { "new", "cur" };
+	struct server *srv = s->srv;
 
-	j->c = c;
-	j->act = act;
-	j->root = c->srv->c->mail_root;
-	snprintf(j->user, sizeof(j->user), "%s", imap_proto_user(c->ip));
-	if (act == IMAP_ACT_SELECT) {
-		const char *name;
-		int ro;
+	s->watching = 1;
+	s->keepalive_at = time(NULL) + IMAP_KEEPALIVE;
+	for (int k = 0; k < IMAP_WATCH_DIRS; k++) {
+		char path[PATH_MAX];
 
-		imap_proto_select_req(c->ip, &name, &ro);
-		j->name = name != NULL ? xstrdup(name) : NULL;
+		s->wd[k] = -1;
+		if (srv->ino < 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, sub[k]);
+		s->wd[k] = inotify_add_watch(srv->ino, path, IN_CREATE | IN_MOVED_TO |
+		    IN_MOVED_FROM | IN_DELETE | IN_ONLYDIR);
+		if (s->wd[k] < 0) {
+			log_warn("imap: %s cannot watch a folder for IDLE: %s", conn_id(s->conn),
+			    strerror(errno));
+			continue;
+		}
+		if (srv->nwatches == srv->capwatches) {
+			srv->capwatches = srv->capwatches ? 2 * srv->capwatches : 64;
+			srv->watches = xrealloc(srv->watches, srv->capwatches * sizeof(*srv->watches));
+		}
+		srv->watches[srv->nwatches].wd = s->wd[k];
+		srv->watches[srv->nwatches].s = s;
+		srv->nwatches++;
 	}
-	conn_hold(c);
-	bufferevent_disable(c->bev, EV_READ);
-	jobs_submit(c->srv->jobs, store_run, store_done, j);
+}
+
+/* the folder changed under an idling session */
+static void
+idle_kick(struct sess *s)
+{
+	if (s->conn == NULL || conn_is_closing(s->conn))
+		return;
+	if (s->execing || s->authing) {
+		s->dirty = 1;
+		return;
+	}
+	imap_proto_notify(s->ip);
+	step(s);
+}
+
+static void
+ino_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+	ssize_t n;
+
+	(void)what;
+	while ((n = read(fd, buf, sizeof(buf))) > 0) {
+		for (char *p = buf; p < buf + n;) {
+			const struct inotify_event *ev = (const struct inotify_event *)p;
+
+			/* a kick may start an exec; a later one in this batch marks it dirty */
+			for (size_t i = 0; i < srv->nwatches; i++)
+				if (srv->watches[i].wd == ev->wd)
+					idle_kick(srv->watches[i].s);
+			p += sizeof(*ev) + ev->len;
+		}
+	}
+}
+
+/* ---- store work ---- */
+
+static void
+exec_run(void *arg)
+{
+	struct sess *s = arg;
+
+	imap_proto_exec(s->ip);
+}
+
+static void
+exec_done(void *arg)
+{
+	struct sess *s = arg;
+
+	s->execing = 0;
+	if (conn_release(s->conn))
+		return;
+	imap_proto_exec_done(s->ip);
+	if (s->dirty && imap_proto_action(s->ip) == IMAP_ACT_NONE) {
+		s->dirty = 0;
+		imap_proto_notify(s->ip);
+	}
+	step(s);
+}
+
+static void
+start_exec(struct sess *s)
+{
+	if (s->srv->stopping)
+		return;		/* shutting down: nothing new starts */
+	s->execing = 1;
+	conn_hold(s->conn);
+	conn_pause(s->conn);
+	jobs_submit(s->srv->jobs, exec_run, exec_done, s);
 }
 
 /* ---- AUTHENTICATE / LOGIN ---- */
 
 static void
-logged_in(struct iconn *c)
+login_done(struct sess *s)
 {
 	char who[CIDR_TEXT_MAX];
 
-	c->logged = 1;
-	engine_session_free(&c->es);	/* the lists were for the login phase */
-	set_write_timeout(c);
-	log_info("conn=%s imap login: user=<%s> client=[%s]%s", c->id, imap_proto_user(c->ip),
-	    conn_who(c, who), c->tls ? " TLS" : "");
+	if (s->logged || imap_proto_user(s->ip)[0] == '\0')
+		return;
+	s->logged = 1;
+	engine_session_free(&s->es);	/* the lists were for the login phase */
+	conn_set_timeout(s->conn, s->srv->c->idle_timeout);
+	log_info("imap: %s login: user=<%s> client=[%s]%s", conn_id(s->conn),
+	    imap_proto_user(s->ip), conn_addr_text(s->conn, who), conn_is_tls(s->conn) ? " TLS" : "");
 	stats_add("logins_total{door=\"imap\"}", 1);
 }
 
 static void
 auth_checked(void *arg, int result)
 {
-	struct iconn *c = arg;
+	struct sess *s = arg;
 
-	if (conn_release(c))
+	s->authing = 0;
+	if (conn_release(s->conn))
 		return;
-	imap_proto_auth_done(c->ip, result);
-	if (imap_proto_user(c->ip)[0] != '\0' && !c->logged)
-		logged_in(c);
-	resume(c);
+	imap_proto_auth_done(s->ip, result);
+	login_done(s);
+	step(s);
 }
 
 static int
 auth_may_ban(void *arg)
 {
-	struct iconn *c = arg;
+	struct sess *s = arg;
 	unsigned ticket;
 	const struct snapshot *snap;
 	int may;
 
-	if (c->es == NULL)
-		return 0;
-	snap = snapref_acquire(c->srv->c->snaps, &ticket);
-	may = engine_client_may_be_banned(c->es, snap, (long long)time(NULL));
-	snapref_release(c->srv->c->snaps, ticket);
+	if (s->es == NULL || s->srv->c->snaps == NULL)
+		return s->es != NULL;
+	snap = snapref_acquire(s->srv->c->snaps, &ticket);
+	may = engine_client_may_be_banned(s->es, snap, (long long)time(NULL));
+	snapref_release(s->srv->c->snaps, ticket);
 	return may;
 }
 
 static int
 auth_gone(void *arg)
 {
-	return ((struct iconn *)arg)->dead;
+	struct sess *s = arg;
+
+	return s->conn == NULL || conn_is_closing(s->conn);
 }
 
 static const struct authcheck_hooks auth_hooks = { auth_checked, auth_may_ban, auth_gone };
 
-/* 1: answered now (read on); 0: the answer comes later */
-static int
-check_auth(struct iconn *c)
+static void
+start_auth(struct sess *s)
 {
-	struct imap_auth_req *req = imap_proto_auth_req(c->ip);
+	struct imap_auth_req *req = imap_proto_auth_req(s->ip);
 	struct authcheck_req r = {
 		.sasl = req->check ? req->sasl : NULL,
 		.ok = req->ok,
-		.addr = c->has_addr ? &c->addr : NULL,
-		.conn_id = c->id,
+		.addr = conn_addr(s->conn),
+		.conn_id = conn_id(s->conn),
 	};
-	int res = authcheck_finish(c->srv->auth, &r, &auth_hooks, c);
+	int res;
 
-	if (res == AUTHCHECK_PENDING) {
-		conn_hold(c);
-		bufferevent_disable(c->bev, EV_READ);
-		return 0;
-	}
-	imap_proto_auth_done(c->ip, res == AUTHCHECK_BUSY ? IMAP_AUTH_TEMPFAIL : res);
-	if (imap_proto_user(c->ip)[0] != '\0' && !c->logged)
-		logged_in(c);
-	return 1;
-}
-
-/* ---- TLS ---- */
-
-static void write_cb(struct bufferevent *bev, void *arg);
-static void event_cb(struct bufferevent *bev, short what, void *arg);
-
-static int
-start_tls(struct iconn *c)
-{
-	struct server *s = c->srv;
-	struct bufferevent *tb;
-
-	flush_output(c);	/* "OK Begin TLS negotiation now." in plaintext */
-	tb = tlsbev_starttls(s->base, c->bev, s->c->tls);
-	if (tb == NULL) {
-		log_error("conn=%s imap: cannot start TLS", c->id);
-		c->closing = 1;
-		return -1;
-	}
-	c->bev = tb;
-	c->tls = 1;
-	bufferevent_setcb(tb, read_cb, write_cb, event_cb, c);
-	set_write_timeout(c);
-	bufferevent_enable(tb, EV_READ | EV_WRITE);
-	imap_proto_set_tls(c->ip, 1);
-	return 0;
-}
-
-static void
-peer_check(struct iconn *c)
-{
-	SSL *ssl;
-	char id[256];
-
-	if (!c->tls || c->peer_checked)
+	s->authing = 1;
+	conn_hold(s->conn);
+	conn_pause(s->conn);
+	res = authcheck_finish(s->srv->auth, &r, &auth_hooks, s);
+	if (res == AUTHCHECK_PENDING)
 		return;
-	ssl = bufferevent_openssl_get_ssl(c->bev);
-	if (ssl != NULL && SSL_is_init_finished(ssl)) {
-		c->peer_checked = 1;
-		if (tls_peer_identity(ssl, id, sizeof(id)) == 0)
-			imap_proto_set_tls_peer(c->ip, id);
-	}
-}
-
-/* ---- input ---- */
-
-/* run the session's pending action; 1: read on, 0: wait for its answer */
-static int
-run_action(struct iconn *c)
-{
-	switch (imap_proto_action(c->ip)) {
-	case IMAP_ACT_NONE:
-		return 1;
-	case IMAP_ACT_AUTH:
-		return check_auth(c);
-	case IMAP_ACT_STARTTLS:
-		return start_tls(c) == 0;
-	case IMAP_ACT_SELECT:
-	case IMAP_ACT_LIST:
-		store_job(c, imap_proto_action(c->ip));
-		return 0;
-	}
-	return 1;
-}
-
-static void
-read_cb(struct bufferevent *bev, void *arg)
-{
-	struct iconn *c = arg;
-	struct evbuffer *in = bufferevent_get_input(bev);
-
-	if (c->srv->stopping || c->dead)
+	s->authing = 0;
+	if (conn_release(s->conn))	/* never: we are on its input */
 		return;
-	peer_check(c);
-	while (!c->closing && evbuffer_get_length(in) > 0) {
-		struct evbuffer_iovec v;
-		size_t used;
+	imap_proto_auth_done(s->ip, res == AUTHCHECK_BUSY ? IMAP_AUTH_TEMPFAIL : res);
+	login_done(s);
+}
 
-		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-			break;
-		used = imap_proto_input(c->ip, v.iov_base, v.iov_len);
-		evbuffer_drain(in, used);
-		flush_output(c);
-		if (imap_proto_action(c->ip) != IMAP_ACT_NONE) {
-			if (!run_action(c))
-				break;
-			flush_output(c);
-			bev = c->bev;	/* STARTTLS replaced it */
-			in = bufferevent_get_input(bev);
+/* ---- the session's turn ---- */
+
+/*
+ * After anything happened to the session: its output out, its pending
+ * action started, the IDLE watch kept in line, input read on when nothing
+ * waits, the connection closed when the session is done.
+ */
+static void
+step(struct sess *s)
+{
+	struct conn *c = s->conn;
+
+	for (int guard = 0; guard < 8; guard++) {
+		enum imap_action a;
+
+		pump(s);
+		if (conn_is_closing(c))
+			return;
+		a = imap_proto_action(s->ip);
+		if (a == IMAP_ACT_AUTH && !s->authing && !s->srv->stopping) {
+			start_auth(s);
+			if (s->authing)
+				return;
+			continue;	/* answered at once: its action may follow */
+		}
+		if (a == IMAP_ACT_STARTTLS) {
+			if (conn_starttls(c) < 0)
+				return;
+			imap_proto_set_tls(s->ip, 1);
 			continue;
 		}
-		if (used == 0)
-			break;
-	}
-	if (c->replied) {
-		c->replied = 0;
-		deadline_request(&c->dl, deadline_now_ms());
-	}
-	if (c->closing) {
-		bufferevent_disable(c->bev, EV_READ);
-		close_check(-1, 0, c);
-		return;
-	}
-	if (c->logged)	/* after login the timeout is one of silence */
-		deadline_request(&c->dl, deadline_now_ms());
-	arm_timer(c);
-	if (c->srv->drain_until != 0 && imap_proto_action(c->ip) == IMAP_ACT_NONE &&
-	    evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
-		say_bye(c, "* BYE [UNAVAILABLE] Server shutting down.\r\n");
-}
-
-static void
-write_cb(struct bufferevent *bev, void *arg)
-{
-	struct iconn *c = arg;
-
-	(void)bev;
-	if (c->closing)
-		close_check(-1, 0, c);
-}
-
-static void
-event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	struct iconn *c = arg;
-
-	if (what & BEV_EVENT_CONNECTED)
-		return;
-	if ((what & BEV_EVENT_TIMEOUT) && !c->closing) {
-		/* a write: the client reads nothing */
-		char who[CIDR_TEXT_MAX];
-
-		log_info("conn=%s imap write timeout to [%s]", c->id, conn_who(c, who));
-	} else if ((what & BEV_EVENT_ERROR) && c->tls) {
-		unsigned long e = bufferevent_get_openssl_error(bev);
-
-		if (e != 0) {
-			char buf[200], who[CIDR_TEXT_MAX];
-
-			ERR_error_string_n(e, buf, sizeof(buf));
-			log_info("conn=%s imap TLS error from [%s]: %s", c->id, conn_who(c, who), buf);
+		if (a == IMAP_ACT_EXEC && !s->execing) {
+			/* a batched command waits for the socket to take the last batch */
+			if (conn_output_pending(c) > IMAP_OUT_LOW || s->copying) {
+				conn_pause(c);
+				return;
+			}
+			start_exec(s);
+			return;
 		}
+		break;
 	}
-	conn_free(c);
+	if (imap_proto_action(s->ip) != IMAP_ACT_NONE)
+		return;
+	if (imap_proto_watch_dir(s->ip) != NULL && !s->watching)
+		watch_start(s, imap_proto_watch_dir(s->ip));
+	else if (imap_proto_watch_dir(s->ip) == NULL && s->watching)
+		watch_stop(s);
+	if (imap_proto_wants_close(s->ip)) {
+		struct imap_segment g;
+
+		if (!s->copying && !imap_proto_output_segment(s->ip, &g))
+			conn_close(c);
+		return;
+	}
+	if (imap_proto_output_pending(s->ip) > 0) {
+		conn_pause(c);	/* the socket is behind: writable() goes on */
+		return;
+	}
+	if (conn_server_is_draining(s->srv->cs)) {
+		imap_proto_bye(s->ip, "[UNAVAILABLE] Server shutting down.");
+		pump(s);
+		conn_close(c);
+		return;
+	}
+	conn_resume(c);
 }
 
-static void
-timer_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct iconn *c = arg;
-	char who[CIDR_TEXT_MAX];
-
-	(void)fd;
-	(void)what;
-	if (c->closing || c->dead)
-		return;
-	if (c->holds > 0 || imap_proto_action(c->ip) != IMAP_ACT_NONE) {
-		/* our turn, not the client's */
-		deadline_request(&c->dl, deadline_now_ms());
-		arm_timer(c);
-		return;
-	}
-	if (deadline_now_ms() < deadline_due(&c->dl, conn_timeout(c))) {
-		arm_timer(c);
-		return;
-	}
-	log_info("conn=%s imap timeout after %u s from [%s]%s", c->id, conn_timeout(c),
-	    conn_who(c, who), c->logged ? "" : " before login");
-	say_bye(c, "* BYE Disconnected for inactivity.\r\n");
-}
-
-/* ---- accept ---- */
+/* ---- the connection's callbacks (service/conn) ---- */
 
 /* 1 when the client is on the kill list (and not on the accept list) */
 static int
-killed(struct iconn *c)
+killed(struct sess *s)
 {
-	struct server *s = c->srv;
+	struct server *srv = s->srv;
 	unsigned ticket;
 	const struct snapshot *snap;
 	struct verdict v;
+	long long now = (long long)time(NULL);
 	int k;
 
-	if (s->c->pol == NULL || s->c->snaps == NULL)
+	if (srv->c->pol == NULL || srv->c->snaps == NULL)
 		return 0;
-	c->es = engine_session_new(s->c->pol);
-	engine_session_set_id(c->es, c->id);
-	snap = snapref_acquire(s->c->snaps, &ticket);
-	engine_connect(c->es, snap, c->has_addr ? &c->addr : NULL, NULL, (long long)time(NULL), &v);
-	k = engine_client_is_killed(c->es, snap, (long long)time(NULL), &v);
-	snapref_release(s->c->snaps, ticket);
+	s->es = engine_session_new(srv->c->pol);
+	engine_session_set_id(s->es, conn_id(s->conn));
+	snap = snapref_acquire(srv->c->snaps, &ticket);
+	engine_connect(s->es, snap, conn_addr(s->conn), NULL, now, &v);
+	k = engine_client_is_killed(s->es, snap, now, &v);
+	snapref_release(srv->c->snaps, ticket);
 	if (k) {
 		char line[MAX_REPLY_TEXT + 32];
 
-		engine_log(c->es, STAGE_CONNECT, &v, NULL, "imap");
+		engine_log(s->es, STAGE_CONNECT, &v, NULL, "imap");
 		snprintf(line, sizeof(line), "* BYE %s\r\n", v.text);
-		bufferevent_write(c->bev, line, strlen(line));
+		conn_write(s->conn, line, strlen(line));
 		stats_add("connections_refused_total{door=\"imap\",reason=\"kill\"}", 1);
 	}
 	return k;
 }
 
 static void
-accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
+on_opened(struct conn *c)
 {
-	struct door *d = arg;
-	struct server *s = d->srv;
-	struct iconn *c = xcalloc(1, sizeof(*c));
-	unsigned per_client = 0;
-	const char *refuse = NULL;
+	struct server *srv = conn_server_arg(conn_server(c));
+	struct sess *s = xcalloc(1, sizeof(*s));
 
-	(void)salen;
-	stats_add("connections_total{door=\"imap\"}", 1);
-	c->srv = s;
-	c->next = s->conns;
-	if (s->conns)
-		s->conns->prev = c;
-	s->conns = c;
-	s->nconn++;
-	c->has_addr = cidr_addr_from_sockaddr(sa, &c->addr) == 0;
-	connid_new(c->id);
-	if (d->kind == IMAP_LISTEN_IMAPS) {
-		c->bev = tlsbev_accept(s->base, fd, s->c->tls);
-		c->tls = 1;
-	} else {
-		c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	}
-	if (c->bev == NULL) {
-		/* cannot even say why */
-		close(fd);
-		c->bev = bufferevent_socket_new(s->base, -1, 0);
-	}
-	if (log_is_debug()) {
-		char who[CIDR_TEXT_MAX];
-
-		log_debug("conn=%s imap connect from [%s]%s", c->id, conn_who(c, who),
-		    c->tls ? " (imaps)" : "");
-	}
-	c->ip = imap_proto_new(&s->params);
-	if (c->tls)
-		imap_proto_set_tls(c->ip, 1);
-	if (c->has_addr)
-		per_client = anvil_connect(s->anvil, &c->addr, time(NULL));
-	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-	c->timer = evtimer_new(s->base, timer_cb, c);
-	deadline_init(&c->dl, 1, 0, deadline_now_ms());
-	set_write_timeout(c);
-	if (s->c->max_connections && s->nconn > s->c->max_connections)
-		refuse = "* BYE [UNAVAILABLE] Too many connections, try again later.\r\n";
-	else if (s->c->max_per_client && per_client > s->c->max_per_client)
-		refuse = "* BYE [UNAVAILABLE] Too many connections from your address.\r\n";
-	if (refuse != NULL || killed(c)) {
-		if (refuse != NULL)
-			bufferevent_write(c->bev, refuse, strlen(refuse));
-		c->closing = 1;
-		bufferevent_enable(c->bev, EV_WRITE);
-		arm_timer(c);
+	s->srv = srv;
+	s->conn = c;
+	s->wd[0] = s->wd[1] = -1;
+	s->next = srv->sessions;
+	if (srv->sessions != NULL)
+		srv->sessions->prev = s;
+	srv->sessions = s;
+	conn_set_ctx(c, s);
+	s->ip = imap_proto_new(&srv->params);
+	if (conn_is_tls(c))
+		imap_proto_set_tls(s->ip, 1);
+	conn_set_write_low(c, IMAP_OUT_LOW);
+	if (killed(s)) {
+		conn_close(c);
 		return;
 	}
-	imap_proto_start(c->ip);
-	flush_output(c);
-	c->replied = 0;
-	arm_timer(c);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	imap_proto_start(s->ip);
+	pump(s);
 }
+
+static void
+on_input(struct conn *c)
+{
+	struct sess *s = conn_ctx(c);
+
+	if (!s->peer_set && conn_is_tls(c)) {
+		const char *id = conn_tls_peer(c);
+
+		if (id != NULL) {
+			s->peer_set = 1;
+			imap_proto_set_tls_peer(s->ip, id);
+		}
+	}
+	while (!conn_is_closing(c) && imap_proto_action(s->ip) == IMAP_ACT_NONE &&
+	    !imap_proto_wants_close(s->ip)) {
+		struct evbuffer *in = conn_input(c);
+		struct evbuffer_iovec v;
+		size_t used;
+
+		if (evbuffer_get_length(in) == 0 || evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+			break;
+		used = imap_proto_input(s->ip, v.iov_base, v.iov_len);
+		evbuffer_drain(in, used);
+		if (imap_proto_action(s->ip) != IMAP_ACT_NONE || imap_proto_wants_close(s->ip) ||
+		    imap_proto_output_pending(s->ip) > IMAP_OUT_HIGH)
+			break;
+		pump(s);
+		if (used == 0)
+			break;
+	}
+	if (!conn_is_closing(c))
+		step(s);
+}
+
+/* the socket took output: more of it, or the next batch */
+static void
+on_writable(struct conn *c)
+{
+	struct sess *s = conn_ctx(c);
+
+	if (s->execing || s->authing)
+		pump(s);	/* earlier output may go while a job runs */
+	else
+		step(s);
+}
+
+static void
+on_closing(struct conn *c)
+{
+	struct sess *s = conn_ctx(c);
+
+	watch_stop(s);
+}
+
+static void
+sess_free_run(void *arg)
+{
+	struct imap_proto *ip = arg;
+
+	imap_proto_free(&ip);	/* closes the folder and the store: file I/O */
+}
+
+static void
+sess_free_done(void *arg)
+{
+	(void)arg;
+}
+
+static void
+on_free(struct conn *c)
+{
+	struct sess *s = conn_ctx(c);
+	struct server *srv = s->srv;
+
+	watch_stop(s);
+	if (s->prev != NULL)
+		s->prev->next = s->next;
+	else
+		srv->sessions = s->next;
+	if (s->next != NULL)
+		s->next->prev = s->prev;
+	engine_session_free(&s->es);
+	if (srv->jobs != NULL && !srv->stopping)
+		jobs_submit(srv->jobs, sess_free_run, sess_free_done, s->ip);
+	else
+		imap_proto_free(&s->ip);
+	free(s);
+}
+
+static const struct conn_ops imap_ops = {
+	.opened = on_opened,
+	.input = on_input,
+	.writable = on_writable,
+	.closing = on_closing,
+	.free = on_free,
+};
 
 /* ---- the loop ---- */
 
 static void
 stop_cb(evutil_socket_t sig, short what, void *arg)
 {
-	struct server *s = arg;
+	struct server *srv = arg;
 
 	(void)what;
 	log_info("imap: signal %d, stopping", (int)sig);
-	event_base_loopexit(s->base, NULL);
+	event_base_loopexit(srv->base, NULL);
 }
 
+static void
+drained(void *arg)
+{
+	struct server *srv = arg;
+
+	event_base_loopexit(srv->base, NULL);
+}
+
+/* live reload: the new worker takes the listeners; our sessions are told to reconnect */
 static void
 drain_cb(evutil_socket_t sig, short what, void *arg)
 {
-	struct server *s = arg;
-	struct iconn *next;
+	struct server *srv = arg;
+	struct sess *next;
 
 	(void)sig;
 	(void)what;
-	if (s->drain_until != 0)
+	if (conn_server_is_draining(srv->cs))
 		return;
-	for (size_t i = 0; i < s->ndoors; i++)
-		listener_free(&s->doors[i].l);
-	s->drain_until = time(NULL) + IMAP_DRAIN_MAX;
-	log_info("imap: draining for a reload: %u session%s told to reconnect", s->nconn,
-	    s->nconn == 1 ? "" : "s");
-	if (s->nconn == 0) {
-		event_base_loopexit(s->base, NULL);
-		return;
-	}
-	/* sessions between commands go now; busy ones after their answer (read_cb) */
-	for (struct iconn *c = s->conns; c != NULL; c = next) {
-		next = c->next;
-		if (!c->closing && !c->dead && c->holds == 0 &&
-		    imap_proto_action(c->ip) == IMAP_ACT_NONE)
-			say_bye(c, "* BYE [UNAVAILABLE] Server shutting down.\r\n");
+	log_info("imap: draining for a reload: %u session%s told to reconnect",
+	    conn_server_count(srv->cs), conn_server_count(srv->cs) == 1 ? "" : "s");
+	conn_server_drain(srv->cs, IMAP_DRAIN_MAX, drained, srv);
+	for (struct sess *s = srv->sessions; s != NULL; s = next) {
+		next = s->next;
+		if (s->execing || s->authing || conn_is_closing(s->conn))
+			continue;	/* after its answer (step) */
+		step(s);
 	}
 }
 
+/* once a second: IDLE keepalives, users, the conn layer's expiries */
 static void
 tick_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct server *s = arg;
+	struct server *srv = arg;
+	time_t now = time(NULL);
+	struct sess *next;
 
 	(void)fd;
 	(void)what;
-	if (s->drain_until != 0 && time(NULL) >= s->drain_until) {
-		log_warn("imap: drained for %d s, %u session%s still open: closing them",
-		    IMAP_DRAIN_MAX, s->nconn, s->nconn == 1 ? "" : "s");
-		event_base_loopexit(s->base, NULL);
-		return;
+	conn_server_tick(srv->cs, now);
+	users_tick(&srv->users, now);
+	for (struct sess *s = srv->sessions; s != NULL; s = next) {
+		next = s->next;
+		if (s->watching && now >= s->keepalive_at && !s->execing &&
+		    !conn_is_closing(s->conn)) {
+			s->keepalive_at = now + IMAP_KEEPALIVE;
+			imap_proto_keepalive(s->ip);
+			step(s);
+		}
 	}
-	anvil_expire(s->anvil, time(NULL));
-	users_tick(&s->users, time(NULL));
 }
 
 int
 imap_server_run(const int *fds, const enum imap_listener_kind *kinds, size_t nfds,
     const struct imap_server_conf *c, const char **error_r)
 {
-	struct server *s = xcalloc(1, sizeof(*s));
-	struct door *ds = xcalloc(nfds + 1, sizeof(*ds));
+	struct server *srv = xcalloc(1, sizeof(*srv));
 	struct event *sig_term, *sig_int, *sig_drain, *tick;
 	struct timeval one = { 1, 0 };
 	sigset_t usr2;
 	int rc = 0;
 
-	s->c = c;
-	s->params = c->params;
-	s->params.tls_available = c->tls != NULL;
+	srv->c = c;
+	srv->ino = -1;
+	srv->params = c->params;
+	srv->params.tls_available = c->tls != NULL;
+	srv->params.store_root = c->mail_root;
 	if (sasl_init(error_r) < 0) {
-		free(ds);
-		free(s);
+		free(srv);
 		return -1;
 	}
-	userdb_sasl_callbacks(&s->users.db, &s->sasl_cb);
-	s->params.sasl_cb = &s->sasl_cb;
-	if (users_open(&s->users, c->users_url, error_r) < 0) {
-		free(ds);
-		free(s);
+	userdb_sasl_callbacks(&srv->users.db, &srv->sasl_cb);
+	srv->params.sasl_cb = &srv->sasl_cb;
+	if (users_open(&srv->users, c->users_url, error_r) < 0) {
+		free(srv);
 		return -1;
 	}
-	s->base = event_base_new();
-	if (s->base == NULL) {
+	srv->base = event_base_new();
+	if (srv->base == NULL) {
 		*error_r = "cannot create the event loop";
-		users_close(&s->users);
-		free(ds);
-		free(s);
+		users_close(&srv->users);
+		free(srv);
 		return -1;
 	}
-	s->jobs = jobs_new(s->base, "imap-store", IMAP_STORE_THREADS, 0);
-	s->auth = authcheck_new(s->base, "imap", "login answered NO [UNAVAILABLE]",
+	srv->cf.door = "imap";
+	srv->cf.max_connections = c->max_connections;
+	srv->cf.max_per_client = c->max_per_client;
+	srv->cf.timeout = c->login_timeout;	/* after login: conn_set_timeout() */
+	srv->cf.stress_timeout = c->login_timeout;
+	srv->cf.request_deadline = 1;
+	srv->cf.tls = c->tls;
+	srv->cf.words_timeout = "* BYE Disconnected for inactivity.\r\n";
+	srv->cf.words_too_many = "* BYE [UNAVAILABLE] Too many connections, try again later.\r\n";
+	srv->cf.words_too_many_client =
+	    "* BYE [UNAVAILABLE] Too many connections from your address.\r\n";
+	srv->cs = conn_server_new(srv->base, &srv->cf, &imap_ops, srv);
+	srv->jobs = jobs_new(srv->base, "imap-store", IMAP_STORE_THREADS, 0);
+	srv->auth = authcheck_new(srv->base, "imap", "login answered NO [UNAVAILABLE]",
 	    IMAP_AUTH_THREADS, IMAP_AUTH_QUEUE, &c->penalty, c->ban, c->ban_arg);
-	s->anvil = anvil_new(60);
-	for (size_t i = 0; i < nfds; i++) {
-		ds[i].srv = s;
-		ds[i].kind = kinds[i];
-		ds[i].l = listener_new(s->base, fds[i], kinds[i] == IMAP_LISTEN_IMAPS ? "imaps" : "imap",
-		    accept_cb, &ds[i]);
-		if (ds[i].l == NULL) {
-			*error_r = "cannot listen";
-			rc = -1;
-		}
+	srv->ino = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (srv->ino < 0) {
+		log_warn("imap: no inotify (%s): IDLE clients see new mail at their next command",
+		    strerror(errno));
+	} else {
+		srv->ino_ev = event_new(srv->base, srv->ino, EV_READ | EV_PERSIST, ino_cb, srv);
+		event_add(srv->ino_ev, NULL);
 	}
-	s->doors = ds;
-	s->ndoors = nfds;
-	sig_term = evsignal_new(s->base, SIGTERM, stop_cb, s);
-	sig_int = evsignal_new(s->base, SIGINT, stop_cb, s);
-	sig_drain = evsignal_new(s->base, SIGUSR2, drain_cb, s);
-	tick = event_new(s->base, -1, EV_PERSIST, tick_cb, s);
+	for (size_t i = 0; i < nfds && rc == 0; i++) {
+		int tls = kinds[i] == IMAP_LISTEN_IMAPS;
+
+		if (conn_server_listen(srv->cs, fds[i], tls ? "imaps" : "imap", (int)kinds[i], tls,
+		    error_r) < 0)
+			rc = -1;
+	}
+	sig_term = evsignal_new(srv->base, SIGTERM, stop_cb, srv);
+	sig_int = evsignal_new(srv->base, SIGINT, stop_cb, srv);
+	sig_drain = evsignal_new(srv->base, SIGUSR2, drain_cb, srv);
+	tick = event_new(srv->base, -1, EV_PERSIST, tick_cb, srv);
 	evsignal_add(sig_term, NULL);
 	evsignal_add(sig_int, NULL);
 	evsignal_add(sig_drain, NULL);
+	/* the master spawns us with SIGUSR2 blocked: one sent early waits for us */
 	sigemptyset(&usr2);
 	sigaddset(&usr2, SIGUSR2);
 	pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
 	event_add(tick, &one);
 	if (rc == 0)
-		event_base_dispatch(s->base);
-	for (size_t i = 0; i < nfds; i++)
-		listener_free(&ds[i].l);
-	s->stopping = 1;
-	jobs_free(&s->jobs);		/* store work in flight finishes first */
-	authcheck_free(&s->auth);	/* checks in flight call back */
-	while (s->conns != NULL) {
-		s->conns->holds = 0;
-		conn_free(s->conns);
-	}
+		event_base_dispatch(srv->base);
+	srv->stopping = 1;
+	conn_server_stop(srv->cs);
+	jobs_free(&srv->jobs);		/* store work in flight finishes (and releases) first */
+	authcheck_free(&srv->auth);	/* checks in flight call back */
+	conn_server_free(&srv->cs);	/* the sessions left: on_free, inline */
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(sig_drain);
 	event_free(tick);
-	event_base_free(s->base);
-	anvil_free(&s->anvil);
-	users_close(&s->users);
-	free(ds);
-	free(s);
+	if (srv->ino_ev != NULL)
+		event_free(srv->ino_ev);
+	if (srv->ino >= 0)
+		close(srv->ino);
+	free(srv->watches);
+	event_base_free(srv->base);
+	users_close(&srv->users);
+	free(srv);
 	return rc;
 }

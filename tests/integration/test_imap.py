@@ -21,6 +21,9 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T07Penalty      failed logins are answered after the penalty's delay, then
                     the address is banned (kill list, origin auth-ban) and
                     refused at connect
+    T08Idle         a message delivered by the SMTP gateway reaches an idling
+                    client as "* N EXISTS" within 2 s (inotify); two idlers on
+                    one folder, one leaves, the other is still told
 
 Run: PORTCULLIS_BIN=build/asan/bin python3 tests/integration/test_imap.py [Class[.test]]
 """
@@ -379,6 +382,74 @@ class T04Mailbox(unittest.TestCase):
         self.assertEqual(typ, "NO")
         self.assertIn(b"NONEXISTENT", data[0])
         c.logout()
+
+
+class T08Idle(unittest.TestCase):
+    """RFC 2177: mail the SMTP gateway delivers reaches an idling client"""
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("idle")
+        cls.g.send(subject="before")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def idle(self, c):
+        tag = c._new_tag()
+        c.send(tag + b" IDLE\r\n")
+        self.assertTrue(c.readline().startswith(b"+ "))
+        return tag
+
+    def exists(self, c, limit=5.0):
+        """the next "* N EXISTS" (other untagged lines such as RECENT skipped)"""
+        c.sock.settimeout(limit)
+        seen = []
+        while True:
+            line = c.readline()
+            seen.append(line)
+            m = re.match(rb"\* (\d+) EXISTS", line)
+            if m:
+                return int(m.group(1))
+            self.assertTrue(line.startswith(b"* "), seen)
+
+    def done(self, c, tag):
+        c.send(b"DONE\r\n")
+        while True:
+            line = c.readline()
+            if line.startswith(tag):
+                self.assertIn(b" OK ", line)
+                return
+
+    def test_delivery_reaches_idling_client(self):
+        c = self.g.login()
+        typ, data = c.select("INBOX")
+        n = int(data[0])
+        tag = self.idle(c)
+        t0 = time.monotonic()
+        self.g.send(subject="while idling")
+        self.assertEqual(self.exists(c), n + 1)
+        took = time.monotonic() - t0
+        self.assertLess(took, 2.0, "EXISTS came %.2f s after the SMTP 250" % took)
+        self.done(c, tag)
+        self.assertEqual(c.noop()[0], "OK")
+        c.logout()
+
+    def test_two_idlers_on_one_folder(self):
+        a, b = self.g.login(), self.g.login()
+        n = int(a.select("INBOX")[1][0])
+        b.select("INBOX")
+        ta, tb = self.idle(a), self.idle(b)
+        self.g.send(subject="for both")
+        self.assertEqual(self.exists(a), n + 1)
+        self.assertEqual(self.exists(b), n + 1)
+        self.done(a, ta)
+        a.logout()
+        # b goes on idling with the watch a shared: still told
+        self.g.send(subject="for b")
+        self.assertEqual(self.exists(b), n + 2)
+        self.done(b, tb)
+        b.logout()
 
 
 @unittest.skipUnless(CURL, "curl is not installed")
