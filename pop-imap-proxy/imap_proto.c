@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -107,12 +108,14 @@ struct imap_proto {
 	struct vmsg *view;
 	size_t nview, capview;
 	size_t recent_told;
+	uint32_t kwmask;	/* keyword slots the client was told of */
 	/* the command being executed */
 	const struct imap_cmd *cmd;
 	exec_fn *exec;
 	int more;		/* exec continues in another batch */
 	size_t cursor;		/* where a batch resumes */
 	int in_exec;
+	int fetch_gone;
 	int idling;
 	int logout_pending;
 	/* output */
@@ -196,9 +199,6 @@ out_add(struct imap_proto *p, const char *s, size_t n)
 }
 
 /* a file range: FD is the queue's from now on */
-static void out_file(struct imap_proto *p, int fd, off_t offset, uint64_t len, int crlf)
-    __attribute__((unused));
-
 static void
 out_file(struct imap_proto *p, int fd, off_t offset, uint64_t len, int crlf)
 {
@@ -860,6 +860,39 @@ flags_str(struct imap_proto *p, struct str *b, unsigned flags, uint32_t kw, int 
 	}
 }
 
+static uint32_t
+kw_slots(const struct imap_proto *p)
+{
+	uint32_t m = 0;
+
+	for (unsigned i = 0; i < MAX_MAILSTORE_KEYWORDS; i++)
+		if (mailstore_box_keyword(p->box, i) != NULL)
+			m |= 1u << i;
+	return m;
+}
+
+static void flag_list(struct imap_proto *p, char *buf, size_t cap, int star);
+
+/* new keywords in the folder: FLAGS and PERMANENTFLAGS again, as Dovecot */
+static void
+kw_announce(struct imap_proto *p)
+{
+	char flags[MAX_MAILSTORE_KEYWORDS * (MAX_MAILSTORE_KEYWORD_LEN + 1) + 64];
+	uint32_t m;
+
+	if (p->box == NULL || (m = kw_slots(p)) == p->kwmask)
+		return;
+	p->kwmask = m;
+	flag_list(p, flags, sizeof(flags), 0);
+	reply(p, "* FLAGS (%s)", flags);
+	if (p->readonly) {
+		reply(p, "* OK [PERMANENTFLAGS ()] Read-only mailbox.");
+	} else {
+		flag_list(p, flags, sizeof(flags), 1);
+		reply(p, "* OK [PERMANENTFLAGS (%s)] Flags permitted.", flags);
+	}
+}
+
 static void
 fetch_flags_line(struct imap_proto *p, size_t i, int with_uid)
 {
@@ -890,6 +923,7 @@ view_sync(struct imap_proto *p, int expunge_ok)
 		return;
 	if (mailstore_box_sync(p->box, &err) < 0)
 		err = NULL;	/* the snapshot stays; the next sync retries */
+	kw_announce(p);
 	n = mailstore_box_count(p->box);
 	for (size_t i = 0; i < p->nview; i++) {
 		struct vmsg *v = &p->view[i];
@@ -942,9 +976,6 @@ view_sync(struct imap_proto *p, int expunge_ok)
 }
 
 /* the message behind view entry I, or NULL when it is gone from the store */
-static const struct mailstore_msg *view_msg(struct imap_proto *p, size_t i)
-    __attribute__((unused));
-
 static const struct mailstore_msg *
 view_msg(struct imap_proto *p, size_t i)
 {
@@ -1025,6 +1056,7 @@ x_select(struct imap_proto *p)
 			unseen = i + 1;
 	}
 	p->recent_told = view_recent(p);
+	p->kwmask = kw_slots(p);
 	flag_list(p, flags, sizeof(flags), 0);
 	reply(p, "* FLAGS (%s)", flags);
 	if (p->readonly) {
@@ -1302,6 +1334,690 @@ imap_proto_bye(struct imap_proto *p, const char *text)
 	p->close = 1;
 }
 
+/* ---- message sets ---- */
+
+/* mark the view entries SET names (sequence numbers or UIDs) in SEL; -1 when a
+ * sequence number is past the end (BAD), else how many were marked */
+static long
+set_select(struct imap_proto *p, const struct imap_seqset *set, int uid, unsigned char *sel)
+{
+	long n = 0;
+
+	if (set->saved)
+		return 0;
+	for (size_t r = 0; r < set->n; r++) {
+		uint32_t lo = set->r[r].lo, hi = set->r[r].hi, t;
+
+		if (uid) {
+			uint32_t max = p->nview ? p->view[p->nview - 1].uid : 0;
+			size_t a = 0, b = p->nview;
+
+			if (p->nview == 0)
+				continue;
+			if (lo == 0)
+				lo = max;
+			if (hi == 0)
+				hi = max;
+			if (lo > hi) {
+				t = lo;
+				lo = hi;
+				hi = t;
+			}
+			while (a < b) {
+				size_t m = a + (b - a) / 2;
+
+				if (p->view[m].uid < lo)
+					a = m + 1;
+				else
+					b = m;
+			}
+			for (size_t i = a; i < p->nview && p->view[i].uid <= hi; i++)
+				if (!sel[i]) {
+					sel[i] = 1;
+					n++;
+				}
+		} else {
+			uint32_t max = (uint32_t)p->nview;
+
+			if (lo == 0)
+				lo = max;
+			if (hi == 0)
+				hi = max;
+			if (lo > hi) {
+				t = lo;
+				lo = hi;
+				hi = t;
+			}
+			if (lo == 0 || hi > max)
+				return -1;
+			for (uint32_t i = lo - 1; i < hi; i++)
+				if (!sel[i]) {
+					sel[i] = 1;
+					n++;
+				}
+		}
+	}
+	return n;
+}
+
+/* the selection of the command in exec (freed by the caller); NULL after a BAD */
+static unsigned char *
+cmd_select(struct imap_proto *p)
+{
+	unsigned char *sel = xcalloc(p->nview + 1, 1);
+
+	if (set_select(p, &p->cmd->seq, p->cmd->uid, sel) < 0) {
+		reply(p, "%s BAD Error in IMAP command %s: Invalid messageset", p->tag,
+		    p->cmd->name);
+		free(sel);
+		return NULL;
+	}
+	return sel;
+}
+
+/* system flags and keywords of a flag list; -1 with a BAD sent */
+static int
+parse_flags(struct imap_proto *p, const char *const *fl, size_t n, unsigned *flags_r,
+    const char ***kw_r, size_t *nkw_r)
+{
+	static const char *const names[] = { "\\Answered", "\\Flagged", "\\Deleted", "\\Seen",
+		"\\Draft" };
+	const char **kw = xcalloc(n + 1, sizeof(*kw));
+	size_t nkw = 0;
+
+	*flags_r = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t k;
+
+		if (fl[i][0] != '\\') {
+			kw[nkw++] = fl[i];
+			continue;
+		}
+		for (k = 0; k < 5; k++)
+			if (strcasecmp(fl[i], names[k]) == 0)
+				break;
+		if (k < 5) {
+			*flags_r |= 1u << k;
+		} else if (strcasecmp(fl[i], "\\Recent") != 0) {
+			reply(p, "%s BAD Invalid system flag %.100s", p->tag, fl[i]);
+			free(kw);
+			return -1;
+		}
+	}
+	*kw_r = kw;
+	*nkw_r = nkw;
+	return 0;
+}
+
+/* ---- FETCH ---- */
+
+static void
+internaldate(time_t t, char *buf, size_t cap)
+{
+	static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+		"Sep", "Oct", "Nov", "Dec" };
+	struct tm tm;
+	long off;
+
+	localtime_r(&t, &tm);
+	off = tm.tm_gmtoff / 60;
+	snprintf(buf, cap, "%02d-%s-%04d %02d:%02d:%02d %c%02ld%02ld", tm.tm_mday, mon[tm.tm_mon],
+	    tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, off < 0 ? '-' : '+',
+	    (off < 0 ? -off : off) / 60, (off < 0 ? -off : off) % 60);
+}
+
+/* the converted (LF -> CRLF) size of source bytes [a, b) of FD; -1 on a read error */
+static int
+range_vsize(int fd, uint64_t a, uint64_t b, uint64_t *v_r)
+{
+	char buf[65536];
+	uint64_t v = 0;
+	int prev_cr = 0;
+
+	while (a < b) {
+		size_t want = b - a < sizeof(buf) ? (size_t)(b - a) : sizeof(buf);
+		ssize_t got = pread(fd, buf, want, (off_t)a);
+
+		if (got <= 0)
+			return -1;
+		for (ssize_t i = 0; i < got; i++) {
+			if (buf[i] == '\n' && !prev_cr)
+				v++;
+			v++;
+			prev_cr = buf[i] == '\r';
+		}
+		a += (uint64_t)got;
+	}
+	*v_r = v;
+	return 0;
+}
+
+/*
+ * Queue the converted bytes of source range [a, b) (VLEN octets converted)
+ * from output offset SKIP, at most MAX of them, as a file range on a dup of
+ * FD: a range never starts on an LF (the door cannot know what precedes it),
+ * so a leading LF goes out as bytes. Returns the octets queued.
+ */
+static uint64_t
+queue_range(struct imap_proto *p, int fd, uint64_t a, uint64_t b, uint64_t vlen, uint64_t skip,
+    uint64_t max)
+{
+	uint64_t want, o = 0, sent = 0;
+	char c, prev = 0;
+	int dfd;
+
+	if (skip >= vlen)
+		return 0;
+	want = vlen - skip < max ? vlen - skip : max;
+	if (a > 0 && pread(fd, &prev, 1, (off_t)(a - 1)) != 1)
+		prev = 0;
+	/* find the source position of output offset SKIP */
+	while (o < skip && a < b) {
+		if (pread(fd, &c, 1, (off_t)a) != 1)
+			return 0;
+		if (c == '\n' && prev != '\r') {
+			if (o + 1 == skip) {
+				/* inside an inserted CR LF: the LF is next */
+				out_add(p, "\n", 1);
+				sent = 1;
+				o = skip;
+				prev = c;
+				a++;
+				break;
+			}
+			o += 2;
+		} else {
+			o++;
+		}
+		prev = c;
+		a++;
+	}
+	if (sent < want && a < b && pread(fd, &c, 1, (off_t)a) == 1 && c == '\n') {
+		if (prev != '\r') {
+			out_add(p, "\r\n", want - sent >= 2 ? 2 : 1);
+			sent += want - sent >= 2 ? 2 : 1;
+		} else {
+			out_add(p, "\n", 1);
+			sent++;
+		}
+		a++;
+	}
+	if (sent < want && a < b) {
+		dfd = dup(fd);
+		if (dfd < 0)
+			return sent;
+		out_file(p, dfd, (off_t)a, want - sent, 1);
+		sent = want;
+	}
+	return sent;
+}
+
+struct fmsg {
+	int fd;			/* -1 until opened */
+	uint64_t size;		/* file size */
+	int hdr_done;
+	uint64_t hdr_end;	/* source offset where the body starts */
+};
+
+static int
+fmsg_open(struct imap_proto *p, struct fmsg *f, uint32_t uid)
+{
+	const char *err;
+	struct stat st;
+
+	if (f->fd >= 0)
+		return 0;
+	if (mailstore_msg_open(p->box, uid, &f->fd, &err) < 0) {
+		f->fd = -1;
+		return -1;
+	}
+	f->size = fstat(f->fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+	return 0;
+}
+
+/* where the header ends: after the first empty line (or the whole file) */
+static uint64_t
+fmsg_hdr_end(struct fmsg *f)
+{
+	char buf[8192];
+	uint64_t off = 0;
+	int state = 1;	/* 1: at a line start */
+
+	if (f->hdr_done)
+		return f->hdr_end;
+	f->hdr_done = 1;
+	f->hdr_end = f->size;
+	for (;;) {
+		ssize_t got = pread(f->fd, buf, sizeof(buf), (off_t)off);
+
+		if (got <= 0)
+			return f->hdr_end;
+		for (ssize_t i = 0; i < got; i++) {
+			char c = buf[i];
+
+			if (c == '\n') {
+				if (state) {
+					f->hdr_end = off + (uint64_t)i + 1;
+					return f->hdr_end;
+				}
+				state = 1;
+			} else if (c == '\r' && state) {
+				state = 2;	/* CR at a line start: an empty line if LF follows */
+			} else {
+				state = 0;
+			}
+			if (state == 2 && c != '\r')
+				state = 0;
+		}
+		off += (uint64_t)got;
+	}
+}
+
+/* the file changed under us: pad so the literal stays well-formed */
+static void
+pad_literal(struct imap_proto *p, uint64_t want, uint64_t got)
+{
+	char pad[512];
+
+	memset(pad, ' ', sizeof(pad));
+	while (got < want) {
+		size_t n = want - got < sizeof(pad) ? (size_t)(want - got) : sizeof(pad);
+
+		out_add(p, pad, n);
+		got += n;
+	}
+}
+
+/* ENVELOPE, BODY, BODYSTRUCTURE and BODY[part...] come from imap_mime */
+static int
+mime_struct(struct imap_proto *p, struct str *b, uint32_t uid, struct fmsg *f,
+    enum imap_fetch_kind kind, const char *sp)
+{
+	(void)p;
+	(void)uid;
+	(void)f;
+	str_add(b, "%s%s NIL", sp, kind == IMAP_FETCH_ENVELOPE ? "ENVELOPE" :
+	    kind == IMAP_FETCH_BODY ? "BODY" : "BODYSTRUCTURE");
+	return 0;
+}
+
+static int
+mime_section(struct imap_proto *p, struct str *b, uint32_t uid, struct fmsg *f,
+    const struct imap_fetch_att *a, const char *sp)
+{
+	(void)p;
+	(void)b;
+	(void)uid;
+	(void)f;
+	(void)a;
+	(void)sp;
+	return -1;
+}
+
+static void
+literal_range(struct imap_proto *p, struct str *b, struct fmsg *f, uint64_t a, uint64_t e,
+    const struct imap_fetch_att *att, uint64_t vlen_known)
+{
+	uint64_t vlen = vlen_known, skip = 0, max = UINT64_MAX, len;
+
+	if (vlen == UINT64_MAX && range_vsize(f->fd, a, e, &vlen) < 0)
+		vlen = 0;
+	if (att != NULL && att->partial) {
+		skip = att->offset;
+		max = att->length;
+	}
+	len = skip >= vlen ? 0 : (vlen - skip < max ? vlen - skip : max);
+	str_add(b, "{%llu}\r\n", (unsigned long long)len);
+	out_str(p, b);
+	if (len > 0)
+		pad_literal(p, len, queue_range(p, f->fd, a, e, vlen, skip, max));
+}
+
+static int
+fetch_sets_seen(const struct imap_fetch_att *f)
+{
+	return f->kind == IMAP_FETCH_RFC822 || f->kind == IMAP_FETCH_RFC822_TEXT ||
+	    (f->kind == IMAP_FETCH_SECTION && !f->peek);
+}
+
+static void
+section_name(struct str *b, const struct imap_fetch_att *f)
+{
+	static const char *const text[] = { "", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT",
+		"TEXT", "MIME" };
+
+	str_add(b, "BODY[");
+	for (size_t i = 0; i < f->nparts; i++)
+		str_add(b, "%s%u", i ? "." : "", (unsigned)f->part[i]);
+	if (f->text != IMAP_SECTION_ALL)
+		str_add(b, "%s%s", f->nparts ? "." : "", text[f->text]);
+	if (f->text == IMAP_SECTION_HEADER_FIELDS || f->text == IMAP_SECTION_HEADER_FIELDS_NOT) {
+		str_add(b, " (");
+		for (size_t i = 0; i < f->nfields; i++)
+			str_add(b, "%s%s", i ? " " : "", f->fields[i]);
+		str_add(b, ")");
+	}
+	str_add(b, "]");
+	if (f->partial)
+		str_add(b, "<%u>", (unsigned)f->offset);
+}
+
+/* one message's FETCH response; 0, or -1 when it is gone from the store */
+static int
+fetch_one(struct imap_proto *p, size_t i)
+{
+	const struct imap_cmd *c = p->cmd;
+	const struct mailstore_msg *m = view_msg(p, i);
+	struct vmsg *v = &p->view[i];
+	struct str b = { 0 };
+	struct fmsg f = { .fd = -1 };
+	int want_flags = 0, first = 1, seen_set = 0;
+	const char *err;
+
+	if (m == NULL)
+		return -1;
+	for (size_t k = 0; k < c->nfetch; k++) {
+		if (c->fetch[k].kind == IMAP_FETCH_FLAGS)
+			want_flags = 1;
+		if (!p->readonly && fetch_sets_seen(&c->fetch[k]) && !(m->flags & MAILSTORE_SEEN))
+			seen_set = 1;
+	}
+	if (seen_set) {
+		if (mailstore_msg_set_flags(p->box, v->uid, MAILSTORE_FLAGS_ADD, MAILSTORE_SEEN,
+		    NULL, 0, &err) == 0) {
+			m = view_msg(p, i);
+			if (m == NULL)
+				return -1;
+			v->flags = m->flags;
+			v->kw = m->keywords;
+		} else {
+			seen_set = 0;
+		}
+	}
+	str_add(&b, "* %zu FETCH (", i + 1);
+	/* as Dovecot: UID first for UID FETCH, then the short items in the order
+	 * asked, then the literals, then FLAGS when \Seen was set on the way */
+	if (c->uid) {
+		str_add(&b, "UID %u", (unsigned)v->uid);
+		first = 0;
+	}
+	for (int pass = 0; pass < 2; pass++)
+	for (size_t k = 0; k < c->nfetch; k++) {
+		const struct imap_fetch_att *a = &c->fetch[k];
+		const char *sp = first ? "" : " ";
+		int literal = a->kind == IMAP_FETCH_RFC822 || a->kind == IMAP_FETCH_RFC822_HEADER ||
+		    a->kind == IMAP_FETCH_RFC822_TEXT || a->kind == IMAP_FETCH_SECTION;
+
+		if (literal != pass)
+			continue;
+		switch (a->kind) {
+		case IMAP_FETCH_UID:
+			if (c->uid)
+				continue;
+			str_add(&b, "%sUID %u", sp, (unsigned)v->uid);
+			break;
+		case IMAP_FETCH_FLAGS:
+			str_add(&b, "%sFLAGS (", sp);
+			flags_str(p, &b, v->flags, v->kw, v->recent);
+			str_add(&b, ")");
+			break;
+		case IMAP_FETCH_INTERNALDATE: {
+			time_t t = 0;
+			char d[64];
+
+			if (mailstore_msg_date(p->box, v->uid, &t, &err) < 0)
+				t = 0;
+			internaldate(t, d, sizeof(d));
+			str_add(&b, "%sINTERNALDATE \"%s\"", sp, d);
+			break;
+		}
+		case IMAP_FETCH_RFC822_SIZE:
+			str_add(&b, "%sRFC822.SIZE %llu", sp, (unsigned long long)m->vsize);
+			break;
+		case IMAP_FETCH_RFC822:
+		case IMAP_FETCH_RFC822_HEADER:
+		case IMAP_FETCH_RFC822_TEXT:
+		case IMAP_FETCH_SECTION: {
+			uint64_t s0 = 0, e0, vl = UINT64_MAX;
+			int hdr = a->kind == IMAP_FETCH_RFC822_HEADER ||
+			    (a->kind == IMAP_FETCH_SECTION && a->text == IMAP_SECTION_HEADER);
+			int txt = a->kind == IMAP_FETCH_RFC822_TEXT ||
+			    (a->kind == IMAP_FETCH_SECTION && a->text == IMAP_SECTION_TEXT);
+
+			if (a->kind == IMAP_FETCH_SECTION && (a->nparts > 0 ||
+			    (a->text != IMAP_SECTION_ALL && !hdr && !txt))) {
+				if (mime_section(p, &b, v->uid, &f, a, sp) == 0)
+					break;
+				str_add(&b, "%s", sp);
+				section_name(&b, a);
+				str_add(&b, " NIL");
+				break;
+			}
+			if (fmsg_open(p, &f, v->uid) < 0) {
+				free(b.s);
+				return -1;
+			}
+			e0 = f.size;
+			if (hdr)
+				e0 = fmsg_hdr_end(&f);
+			else if (txt)
+				s0 = fmsg_hdr_end(&f);
+			else
+				vl = m->vsize;
+			if (a->kind == IMAP_FETCH_SECTION) {
+				str_add(&b, "%s", sp);
+				section_name(&b, a);
+				str_add(&b, " ");
+			} else {
+				str_add(&b, "%s%s ", sp, a->kind == IMAP_FETCH_RFC822 ? "RFC822" :
+				    hdr ? "RFC822.HEADER" : "RFC822.TEXT");
+			}
+			literal_range(p, &b, &f, s0, e0, a, vl);
+			break;
+		}
+		case IMAP_FETCH_ENVELOPE:
+		case IMAP_FETCH_BODY:
+		case IMAP_FETCH_BODYSTRUCTURE:
+			if (mime_struct(p, &b, v->uid, &f, a->kind, sp) < 0) {
+				free(b.s);
+				if (f.fd >= 0)
+					close(f.fd);
+				return -1;
+			}
+			break;
+		}
+		first = 0;
+	}
+	if (seen_set && !want_flags) {
+		str_add(&b, "%sFLAGS (", first ? "" : " ");
+		flags_str(p, &b, v->flags, v->kw, v->recent);
+		str_add(&b, ")");
+	}
+	str_add(&b, ")\r\n");
+	out_str(p, &b);
+	if (f.fd >= 0)
+		close(f.fd);
+	return 0;
+}
+
+static void
+x_fetch(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	uint64_t start = p->xq.bytes;
+	size_t files = p->xq.files;
+	unsigned char *sel;
+	size_t i;
+
+	sel = cmd_select(p);
+	if (sel == NULL)
+		return;
+	for (i = p->cursor; i < p->nview; i++) {
+		if (!sel[i])
+			continue;
+		if (fetch_one(p, i) < 0)
+			p->fetch_gone = 1;
+		if (p->xq.bytes - start > BATCH_BYTES || p->xq.files - files >= BATCH_FILES) {
+			i++;
+			break;
+		}
+	}
+	while (i < p->nview && !sel[i])
+		i++;
+	free(sel);
+	if (i < p->nview) {
+		p->cursor = i;
+		p->more = 1;
+		return;
+	}
+	/* by UID, expunges may be told now (RFC 3501 §7.4.1); not by sequence number */
+	view_sync(p, c->uid);
+	if (p->fetch_gone)
+		reply(p, "%s NO [EXPUNGEISSUED] Some of the requested messages no longer exist.",
+		    p->tag);
+	else
+		reply(p, "%s OK Fetch completed.", p->tag);
+	p->fetch_gone = 0;
+}
+
+static void
+c_fetch(struct imap_proto *p, const struct imap_cmd *c)
+{
+	p->fetch_gone = 0;
+	want_exec(p, c, x_fetch);
+}
+
+/* ---- STORE ---- */
+
+static void
+x_store(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	static const enum mailstore_flag_mode mode[] = { MAILSTORE_FLAGS_REPLACE,
+		MAILSTORE_FLAGS_ADD, MAILSTORE_FLAGS_REMOVE };
+	unsigned char *sel;
+	unsigned flags;
+	const char **kw;
+	size_t nkw;
+	int gone = 0, failed = 0;
+	const char *err = NULL;
+
+	if (parse_flags(p, c->flags, c->nflags, &flags, &kw, &nkw) < 0)
+		return;
+	sel = cmd_select(p);
+	if (sel == NULL) {
+		free(kw);
+		return;
+	}
+	if (p->readonly) {
+		free(sel);
+		free(kw);
+		view_sync(p, 0);
+		reply(p, "%s OK Store ignored with read-only mailbox.", p->tag);
+		return;
+	}
+	for (size_t i = 0; i < p->nview; i++) {
+		const struct mailstore_msg *m;
+
+		if (!sel[i])
+			continue;
+		if (view_msg(p, i) == NULL) {
+			gone = 1;
+			continue;
+		}
+		if (mailstore_msg_set_flags(p->box, p->view[i].uid, mode[c->store_mode], flags,
+		    kw, nkw, &err) < 0) {
+			failed = 1;
+			break;
+		}
+		m = view_msg(p, i);
+		if (m == NULL)
+			continue;
+		p->view[i].flags = m->flags;
+		p->view[i].kw = m->keywords;
+		kw_announce(p);
+		if (!c->store_silent)
+			fetch_flags_line(p, i, c->uid);
+	}
+	free(sel);
+	free(kw);
+	view_sync(p, c->uid);
+	if (failed)
+		reply(p, "%s NO [LIMIT] %s", p->tag, err ? err : "Store failed.");
+	else if (gone)
+		reply(p, "%s NO [EXPUNGEISSUED] Some of the requested messages no longer exist.",
+		    p->tag);
+	else
+		reply(p, "%s OK Store completed.", p->tag);
+}
+
+static void
+c_store(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_store);
+}
+
+/* ---- EXPUNGE, CLOSE ---- */
+
+/* remove the \Deleted messages (those of SEL only, when given) */
+static void
+expunge_deleted(struct imap_proto *p, const unsigned char *sel)
+{
+	const char *err;
+
+	for (size_t i = 0; i < p->nview; i++) {
+		const struct mailstore_msg *m;
+
+		if (sel != NULL && !sel[i])
+			continue;
+		m = view_msg(p, i);
+		if (m != NULL && (m->flags & MAILSTORE_DELETED) &&
+		    mailstore_msg_expunge(p->box, m->uid, &err) < 0)
+			continue;	/* gone already, or kept: the sync tells */
+	}
+}
+
+static void
+x_expunge(struct imap_proto *p)
+{
+	unsigned char *sel = NULL;
+
+	if (p->cmd->uid && (sel = cmd_select(p)) == NULL)
+		return;
+	if (p->readonly) {
+		free(sel);
+		view_sync(p, 1);
+		reply(p, "%s OK Expunge ignored: Mailbox is read-only.", p->tag);
+		return;
+	}
+	expunge_deleted(p, sel);
+	free(sel);
+	view_sync(p, 1);
+	reply(p, "%s OK Expunge completed.", p->tag);
+}
+
+static void
+c_expunge(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_expunge);
+}
+
+static void
+x_close(struct imap_proto *p)
+{
+	/* silently: no untagged EXPUNGE (RFC 3501 §6.4.2) */
+	if (!p->readonly)
+		expunge_deleted(p, NULL);
+	box_close(p);
+	reply(p, "%s OK Close completed.", p->tag);
+}
+
+static void
+c_close(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_close);
+}
+
 static void
 c_later(struct imap_proto *p, const struct imap_cmd *c)
 {
@@ -1332,9 +2048,9 @@ static const struct {
 	{ "RENAME", IN_LOGGED, c_later }, { "SUBSCRIBE", IN_LOGGED, c_later },
 	{ "UNSUBSCRIBE", IN_LOGGED, c_later }, { "STATUS", IN_LOGGED, c_later },
 	{ "APPEND", IN_LOGGED, c_later },
-	{ "CLOSE", IN_SELECTED, c_later }, { "EXPUNGE", IN_SELECTED, c_later },
-	{ "SEARCH", IN_SELECTED, c_later }, { "FETCH", IN_SELECTED, c_later },
-	{ "STORE", IN_SELECTED, c_later }, { "COPY", IN_SELECTED, c_later },
+	{ "CLOSE", IN_SELECTED, c_close }, { "EXPUNGE", IN_SELECTED, c_expunge },
+	{ "SEARCH", IN_SELECTED, c_later }, { "FETCH", IN_SELECTED, c_fetch },
+	{ "STORE", IN_SELECTED, c_store }, { "COPY", IN_SELECTED, c_later },
 	{ "MOVE", IN_SELECTED, c_later },
 };
 
