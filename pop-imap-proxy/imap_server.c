@@ -448,8 +448,15 @@ step(struct sess *s)
 			continue;	/* answered at once: its action may follow */
 		}
 		if (a == IMAP_ACT_STARTTLS) {
+			struct bufferevent *under;
+
 			if (conn_starttls(c) < 0)
 				return;
+			/* the TLS filter writes into the socket's bufferevent: bound
+			 * that too, or a slow reader of a big FETCH piles it up there */
+			under = bufferevent_get_underlying(conn_bev(c));
+			if (under != NULL)
+				bufferevent_setwatermark(under, EV_WRITE, 0, IMAP_OUT_HIGH);
 			imap_proto_set_tls(s->ip, 1);
 			continue;
 		}

@@ -21,6 +21,11 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T07Penalty      failed logins are answered after the penalty's delay, then
                     the address is banned (kill list, origin auth-ban) and
                     refused at connect
+    T09Messages     FETCH (flags, size, the body as delivered, BODY[TEXT] setting
+                    \\Seen), STORE, EXPUNGE, seen by the next session
+    T10BigMessage   a 20 MB message (and one stored with bare LFs) fetched
+                    whole and byte-identical over TLS and plaintext; the
+                    worker's peak RSS grows by less than 8 MB
     T08Idle         a message delivered by the SMTP gateway reaches an idling
                     client as "* N EXISTS" within 2 s (inotify); two idlers on
                     one folder, one leaves, the other is still told
@@ -100,7 +105,7 @@ def tearDownModule():
 class Gateway:
     """portcullisd with the SMTP gateway and the IMAP door on one store."""
 
-    def __init__(self, name, users=(USER,), **conf):
+    def __init__(self, name, users=(USER,), env=None, **conf):
         self.imap_port = free_port()
         self.imaps_port = free_port()
         base = {
@@ -120,7 +125,7 @@ class Gateway:
         self.d = Daemon(name, base)
         for u in users:     # before the start: no wait for the users file's reload
             self.d.cli("user", "add", u, "--password-stdin", input=PASSWORD + "\n")
-        self.d.start()
+        self.d.start(env=env)
         wait_until(lambda: _accepts(self.imap_port), 10, what="the imap door")
 
     def stop(self):
@@ -450,6 +455,123 @@ class T08Idle(unittest.TestCase):
         self.assertEqual(self.exists(b), n + 2)
         self.done(b, tb)
         b.logout()
+
+
+class T09Messages(unittest.TestCase):
+    """FETCH, STORE, EXPUNGE on what the SMTP gateway delivered"""
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("messages")
+        cls.sent = [cls.g.send(subject="message %d" % i, body="body %d\r\n" % i)
+                    for i in range(3)]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def test_fetch_store_expunge(self):
+        c = self.g.login()
+        self.assertEqual(c.select("INBOX")[1], [b"3"])
+        typ, data = c.fetch("1:3", "(UID FLAGS RFC822.SIZE)")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(len(data), 3)
+        for i, line in enumerate(data):
+            self.assertRegex(line, rb"^%d \(UID %d FLAGS \(.*\) RFC822.SIZE \d+\)$"
+                             % (i + 1, i + 1))
+        # the body as delivered: our message, under the gateway's trace headers
+        typ, data = c.fetch("2", "(BODY.PEEK[])")
+        body = data[0][1]
+        self.assertTrue(body.endswith(self.sent[1].split("\r\n\r\n", 1)[1].encode()), body)
+        self.assertIn(b"Subject: message 1\r\n", body)
+        size = int(re.search(rb"RFC822.SIZE (\d+)", c.fetch("2", "(RFC822.SIZE)")[1][0]).group(1))
+        self.assertEqual(size, len(body))
+        typ, data = c.fetch("2", "(BODY[TEXT])")     # not PEEK: sets \Seen
+        self.assertEqual(data[0][1], b"body 1\r\n")
+        self.assertIn(b"\\Seen", c.fetch("2", "(FLAGS)")[1][0])
+        # STORE, then EXPUNGE of the \Deleted one
+        typ, data = c.store("1", "+FLAGS", "(\\Flagged)")
+        self.assertEqual(typ, "OK")
+        self.assertIn(b"\\Flagged", data[0])
+        self.assertEqual(c.store("3", "+FLAGS", "(\\Deleted)")[0], "OK")
+        typ, data = c.expunge()
+        self.assertEqual((typ, data), ("OK", [b"3"]))
+        c.logout()
+        # another session sees what this one left
+        c = self.g.login()
+        self.assertEqual(c.select("INBOX")[1], [b"2"])
+        flags = c.fetch("1:2", "(FLAGS)")[1]
+        self.assertIn(b"\\Flagged", flags[0])
+        self.assertIn(b"\\Seen", flags[1])
+        c.logout()
+
+
+class T10BigMessage(unittest.TestCase):
+    """a 20 MB message fetched whole and byte-identical, the worker's
+    memory staying small: it goes out from the file, never held"""
+    SIZE = 20 * 1024 * 1024
+
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("big", message_size_limit=str(2 * cls.SIZE),
+                        env={"ASAN_OPTIONS": "detect_leaks=1:quarantine_size_mb=4"})
+        line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_=+.,%d\n"
+        body = b"".join(line % i for i in range(cls.SIZE // 70))
+        crlf = b"From: <a@outside.test>\r\nTo: <%s>\r\nSubject: big\r\n\r\n" % USER.encode() \
+            + body.replace(b"\n", b"\r\n")
+        with smtplib.SMTP("127.0.0.1", cls.g.d.port, timeout=60) as s:
+            s.sendmail("a@outside.test", [USER], crlf)
+        cls.crlf_body = crlf
+        # and one stored with bare LF (as some delivery agents write): served as CRLF
+        md = os.path.join(cls.g.d.dir, "mail", "example.com", "demo", "Maildir")
+        lf = b"From: <b@outside.test>\nSubject: big lf\n\n" + body
+        name = "%d.M1P1Q1.test" % int(time.time())
+        with open(os.path.join(md, "tmp", name), "wb") as f:
+            f.write(lf)
+        os.rename(os.path.join(md, "tmp", name), os.path.join(md, "new", name))
+        cls.lf_as_crlf = lf.replace(b"\n", b"\r\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def worker_hwm(self):
+        pid = int(re.findall(r"portcullisd/imap\[(\d+)\]", self.g.d.log_text())[-1])
+        with open("/proc/%d/status" % pid) as f:
+            return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+    def fetch_all(self, c):
+        c.select("INBOX")
+        got = {}
+        for i in (1, 2):
+            t0 = time.monotonic()
+            typ, data = c.fetch(str(i), "(BODY.PEEK[])")
+            self.assertEqual(typ, "OK")
+            msg = data[0][1]
+            got["lf" if b"Subject: big lf\r\n" in msg[:4096] else "crlf"] = (
+                msg, time.monotonic() - t0)
+        return got
+
+    def check(self, c, how):
+        before = self.worker_hwm()
+        got = self.fetch_all(c)
+        grew = self.worker_hwm() - before
+        self.assertTrue(got["crlf"][0].endswith(self.crlf_body), "%s: the message differs" % how)
+        self.assertEqual(got["lf"][0], self.lf_as_crlf, "%s: the LF message differs" % how)
+        self.assertLess(grew, 8 * 1024 * 1024, "%s: the worker grew by %d bytes" % (how, grew))
+        print("\n  %s: 2 x %.1f MB in %.2f + %.2f s, worker peak RSS +%d KiB" % (
+            how, len(got["crlf"][0]) / 1e6, got["crlf"][1], got["lf"][1], grew // 1024),
+            file=sys.stderr)
+
+    def test_over_tls(self):
+        c = self.g.login()
+        self.check(c, "STARTTLS")
+        c.logout()
+
+    def test_plain(self):
+        c = self.g.imap()
+        self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+        self.check(c, "plaintext")
+        c.logout()
 
 
 @unittest.skipUnless(CURL, "curl is not installed")
