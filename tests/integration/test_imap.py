@@ -17,6 +17,7 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T04Mailbox      a message delivered by the SMTP gateway: LIST, SELECT
                     (EXISTS, UIDVALIDITY, UIDNEXT), EXAMINE, a missing folder
     T05Curl         curl imap:// (STARTTLS, --ssl-reqd) and imaps:// list the folders
+                    and fetch a message (the bytes imaplib gets); no PLAIN in clear
     T06KillList     a kill-listed client address gets "* BYE" at connect
     T07Penalty      failed logins are answered after the penalty's delay, then
                     the address is banned (kill list, origin auth-ban) and
@@ -26,6 +27,8 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T10BigMessage   a 20 MB message (and one stored with bare LFs) fetched
                     whole and byte-identical over TLS and plaintext; the
                     worker's peak RSS grows by less than 8 MB
+    T11Mbsync       mbsync (isync) pulls INBOX over STARTTLS into a local Maildir:
+                    the same messages, byte for byte, with the same flags
     T08Idle         a message delivered by the SMTP gateway reaches an idling
                     client as "* N EXISTS" within 2 s (inotify); two idlers on
                     one folder, one leaves, the other is still told
@@ -85,7 +88,9 @@ class Work:
         self.crt = os.path.join(self.dir, "server.crt")
         self.key = os.path.join(self.dir, "server.key")
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-subj", "/CN=" + MYHOSTNAME, "-keyout", self.key, "-out", self.crt)
+                "-subj", "/CN=" + MYHOSTNAME, "-addext",
+                "subjectAltName=DNS:%s,DNS:localhost,IP:127.0.0.1" % MYHOSTNAME,
+                "-keyout", self.key, "-out", self.crt)
 
     def close(self):
         if os.environ.get("KEEP_LAB") != "1":
@@ -574,6 +579,77 @@ class T10BigMessage(unittest.TestCase):
         c.logout()
 
 
+MBSYNC = shutil.which("mbsync")
+
+
+@unittest.skipUnless(MBSYNC, "isync (mbsync) is not installed")
+class T11Mbsync(unittest.TestCase):
+    """mbsync copies the mailbox to a local Maildir: both sides equal"""
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("mbsync")
+        for i in range(3):
+            cls.g.send(subject="sync %d" % i, body="sync body %d\r\n" % i)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def test_pull_to_maildir(self):
+        c = self.g.login()
+        c.select("INBOX")
+        self.assertEqual(c.store("2", "+FLAGS", "(\\Flagged \\Seen)")[0], "OK")
+        server = {}
+        for i in (1, 2, 3):
+            data = c.fetch(str(i), "(UID FLAGS BODY.PEEK[])")[1][0]
+            flags = re.search(rb"FLAGS \(([^)]*)\)", data[0]).group(1).split()
+            # mbsync keeps local files with LF line ends, as Maildir readers expect
+            server[data[1].replace(b"\r\n", b"\n")] = set(f.decode() for f in flags) - {"\\Recent"}
+        c.logout()
+        local = os.path.join(self.g.d.dir, "mbsync")
+        os.makedirs(local)
+        rc = os.path.join(local, "rc")
+        with open(rc, "w") as f:
+            f.write("""IMAPAccount pc
+Host localhost
+Port %d
+User %s
+Pass %s
+SSLType STARTTLS
+CertificateFile %s
+
+IMAPStore remote
+Account pc
+
+MaildirStore near
+Path %s/
+Inbox %s/INBOX
+
+Channel pc
+Far :remote:
+Near :near:
+Patterns INBOX
+Sync Pull
+Create Near
+SyncState *
+""" % (self.g.imap_port, USER, PASSWORD, W.crt, local, local))
+        p = subprocess.run([MBSYNC, "-c", rc, "pc"], capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        near = {}
+        letters = {"F": "\\Flagged", "S": "\\Seen", "R": "\\Answered", "T": "\\Deleted",
+                   "D": "\\Draft"}
+        for sub in ("cur", "new"):
+            d = os.path.join(local, "INBOX", sub)
+            for n in os.listdir(d):
+                with open(os.path.join(d, n), "rb") as f:
+                    body = f.read()
+                info = n.split(":2,", 1)[1] if ":2," in n else ""
+                body = re.sub(rb"\nX-TUID: [^\n]*", b"", body, count=1)   # mbsync's own mark
+                near[body] = set(letters[ch] for ch in info if ch in letters)
+        self.maxDiff = None
+        self.assertEqual(sorted(near.items()), sorted(server.items()))
+
+
 @unittest.skipUnless(CURL, "curl is not installed")
 class T05Curl(unittest.TestCase):
     @classmethod
@@ -600,6 +676,20 @@ class T05Curl(unittest.TestCase):
         rc, out, err = self.curl("imaps://127.0.0.1:%d/" % self.g.imaps_port)
         self.assertEqual(rc, 0, err)
         self.assertIn('"INBOX"', out)
+
+    def test_fetch_a_message(self):
+        want = self.g.login()
+        want.select("INBOX")
+        body = want.fetch("1", "(BODY.PEEK[])")[1][0][1]
+        want.logout()
+        for url, extra in (("imap://127.0.0.1:%d/INBOX/;UID=1" % self.g.imap_port, ["--ssl-reqd"]),
+                           ("imaps://127.0.0.1:%d/INBOX/;UID=1" % self.g.imaps_port, [])):
+            p = subprocess.run([CURL, "-sS", "-k", "--max-time", "20", "-u",
+                                "%s:%s" % (USER, PASSWORD)] + extra + [url],
+                               capture_output=True, timeout=30)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stdout, body, url)
+            self.assertIn(b"Subject: for curl\r\n", p.stdout)
 
     def test_no_password_in_the_clear(self):
         # curl's choice without TLS is a challenge-response mechanism: served
