@@ -522,7 +522,7 @@ mech_usable(const struct imap_proto *p, unsigned m)
 }
 
 #define CAPS_COMMON "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
-#define CAPS_LOGGED " NAMESPACE UNSELECT CHILDREN SPECIAL-USE"
+#define CAPS_LOGGED " NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE"
 
 static void
 capabilities(const struct imap_proto *p, char *buf, size_t cap)
@@ -2013,6 +2013,147 @@ c_close(struct imap_proto *p, const struct imap_cmd *c)
 	want_exec(p, c, x_close);
 }
 
+/* ---- COPY, MOVE ---- */
+
+/* "1:3,7" of ascending UIDS */
+static void
+uidset_str(struct str *b, const uint32_t *u, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+
+		while (j + 1 < n && u[j + 1] == u[j] + 1)
+			j++;
+		if (j > i)
+			str_add(b, "%s%u:%u", i ? "," : "", (unsigned)u[i], (unsigned)u[j]);
+		else
+			str_add(b, "%s%u", i ? "," : "", (unsigned)u[i]);
+		i = j + 1;
+	}
+}
+
+/* the folder a COPY, MOVE or APPEND writes to: the selected one or another;
+ * NULL with the NO sent */
+static struct mailstore_box *
+dest_open(struct imap_proto *p, const struct imap_arg *a, int *own_r)
+{
+	struct mailstore_box *b;
+	const char *name, *err;
+	char *nname;
+
+	*own_r = 0;
+	if (name_arg(a, &name) < 0 || !(mailstore_folder_is_valid(name) ||
+	    strcasecmp(name, "INBOX") == 0)) {
+		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s", p->tag,
+		    name_arg(a, &name) < 0 ? "" : name);
+		return NULL;
+	}
+	nname = name_norm(name);
+	if (p->box != NULL && strcmp(nname, mailstore_box_name(p->box)) == 0) {
+		free(nname);
+		return p->box;
+	}
+	if (mailstore_box_open(p->ms, nname, &b, &err) < 0) {
+		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s", p->tag, nname);
+		free(nname);
+		return NULL;
+	}
+	free(nname);
+	*own_r = 1;
+	return b;
+}
+
+static void
+x_copy(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	int move = strcmp(c->name, "MOVE") == 0, own, failed = 0, gone = 0;
+	struct mailstore_box *dst;
+	unsigned char *sel;
+	uint32_t *su, *du;
+	size_t n = 0;
+	const char *err = NULL;
+
+	sel = cmd_select(p);
+	if (sel == NULL)
+		return;
+	if (move && p->readonly) {
+		free(sel);
+		reply(p, "%s NO [READ-ONLY] Mailbox is read-only.", p->tag);
+		return;
+	}
+	dst = dest_open(p, &c->args[1], &own);
+	if (dst == NULL) {
+		free(sel);
+		return;
+	}
+	su = xcalloc(p->nview + 1, sizeof(*su));
+	du = xcalloc(p->nview + 1, sizeof(*du));
+	for (size_t i = 0; i < p->nview; i++) {
+		uint32_t nu;
+
+		if (!sel[i])
+			continue;
+		if (view_msg(p, i) == NULL) {
+			gone = 1;
+			continue;
+		}
+		if (mailstore_msg_copy(p->box, p->view[i].uid, dst, &nu, &err) < 0) {
+			if (view_msg(p, i) == NULL) {
+				gone = 1;
+				continue;
+			}
+			failed = 1;
+			break;
+		}
+		su[n] = p->view[i].uid;
+		du[n++] = nu;
+	}
+	if (n > 0 && !failed) {
+		struct str b = { 0 };
+
+		str_add(&b, "%s[COPYUID %u ", move ? "* OK " : "",
+		    (unsigned)mailstore_box_uidvalidity(dst));
+		uidset_str(&b, su, n);
+		str_add(&b, " ");
+		uidset_str(&b, du, n);
+		if (move) {
+			str_add(&b, "] Moved UIDs.\r\n");
+			out_str(p, &b);
+			for (size_t k = 0; k < n; k++)
+				if (mailstore_msg_expunge(p->box, su[k], &err) < 0)
+					continue;	/* gone meanwhile: the sync tells */
+			view_sync(p, 1);
+			reply(p, "%s OK Move completed.", p->tag);
+		} else {
+			view_sync(p, c->uid);
+			reply(p, "%s OK %s] Copy completed.", p->tag, b.s);
+			free(b.s);
+		}
+	} else {
+		view_sync(p, c->uid || move);
+		if (failed)
+			reply(p, "%s NO [SERVERBUG] %s failed: %.200s", p->tag, move ? "Move" : "Copy",
+			    err ? err : "internal error");
+		else if (gone)
+			reply(p, "%s NO [EXPUNGEISSUED] Some of the requested messages no longer "
+			    "exist.", p->tag);
+		else
+			reply(p, "%s OK No messages found.", p->tag);
+	}
+	if (own)
+		mailstore_box_close(&dst);
+	free(su);
+	free(du);
+	free(sel);
+}
+
+static void
+c_copy(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_copy);
+}
+
 static void
 c_later(struct imap_proto *p, const struct imap_cmd *c)
 {
@@ -2045,8 +2186,8 @@ static const struct {
 	{ "APPEND", IN_LOGGED, c_later },
 	{ "CLOSE", IN_SELECTED, c_close }, { "EXPUNGE", IN_SELECTED, c_expunge },
 	{ "SEARCH", IN_SELECTED, c_later }, { "FETCH", IN_SELECTED, c_fetch },
-	{ "STORE", IN_SELECTED, c_store }, { "COPY", IN_SELECTED, c_later },
-	{ "MOVE", IN_SELECTED, c_later },
+	{ "STORE", IN_SELECTED, c_store }, { "COPY", IN_SELECTED, c_copy },
+	{ "MOVE", IN_SELECTED, c_copy },
 };
 
 static void

@@ -701,6 +701,12 @@ mailstore_folder_rename(struct mailstore *ms, const char *from, const char *to,
 /* a mailbox                                                            */
 
 const char *
+mailstore_box_name(const struct mailstore_box *box)
+{
+	return box->name;
+}
+
+const char *
 mailstore_box_dir(const struct mailstore_box *box)
 {
 	return box->dir;
@@ -1933,6 +1939,87 @@ out:
 	free(curd);
 	mailstore_append_abort(ap);
 	return rc;
+}
+
+/* the copy's bytes when no hard link can be made (another file system) */
+static int
+copy_bytes(int from, int to)
+{
+	char buf[65536];
+	ssize_t n;
+
+	while ((n = read(from, buf, sizeof(buf))) > 0)
+		if (fsutil_write_all(to, buf, (size_t)n) < 0)
+			return -1;
+	return n < 0 ? -1 : 0;
+}
+
+int
+mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box *dst,
+    uint32_t *uid_r, const char **error_r)
+{
+	long i = mailstore_box_find(src, uid);
+	const char *kw[MAX_MAILSTORE_KEYWORDS];
+	size_t nkw = 0;
+	struct mailstore_append *a;
+	struct ms_msg *m;
+	time_t date = 0;
+	int linked = 0;
+
+	if (i < 0) {
+		*error_r = err("no such message");
+		return -1;
+	}
+	m = &src->msgs[i];
+	for (unsigned k = 0; k < MAX_MAILSTORE_KEYWORDS; k++)
+		if ((m->pub.keywords & (1u << k)) && src->kw[k] != NULL)
+			kw[nkw++] = src->kw[k];
+	if (mailstore_msg_date(src, uid, &date, error_r) < 0)
+		return -1;
+	if (mailstore_append_begin(dst, &a, error_r) < 0)
+		return -1;
+	/* a hard link, as Dovecot's maildir_copy_with_hardlinks: same inode, same mtime */
+	for (int tries = 0; tries < 2 && !linked; tries++) {
+		char *path = msg_path(src, m);
+
+		if (unlink(a->tmp) == 0 && link(path, a->tmp) == 0) {
+			linked = 1;
+		} else if (errno == ENOENT && tries == 0 && refind(src, m) == 0) {
+			/* renamed by another session: once more */
+		} else {
+			int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), out;
+
+			out = open(a->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+			if (fd < 0 || out < 0 || copy_bytes(fd, out) < 0) {
+				*error_r = err("cannot copy message %u: %s", uid, strerror(errno));
+				if (fd >= 0)
+					close(fd);
+				if (out >= 0)
+					close(out);
+				free(path);
+				mailstore_append_abort(&a);
+				return -1;
+			}
+			close(fd);
+			close(a->fd);
+			a->fd = out;
+			free(path);
+			break;
+		}
+		free(path);
+	}
+	if (linked) {
+		close(a->fd);
+		a->fd = open(a->tmp, O_RDONLY | O_CLOEXEC);
+		if (a->fd < 0) {
+			*error_r = err("cannot open %s: %s", a->tmp, strerror(errno));
+			mailstore_append_abort(&a);
+			return -1;
+		}
+	}
+	a->size = m->pub.size;
+	a->vsize = m->pub.vsize;
+	return mailstore_append_commit(&a, m->pub.flags, kw, nkw, date, uid_r, error_r);
 }
 
 /* ------------------------------------------------------------------ */

@@ -187,7 +187,7 @@ struct icase {
 };
 
 #define CAPS "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
-#define CAPS_IN CAPS " NAMESPACE UNSELECT CHILDREN SPECIAL-USE"
+#define CAPS_IN CAPS " NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE"
 #define P_TLS { .myhostname = "mx.example.com", .tls_available = 1, .login = 1, \
 	.auth_mechs = AUTH_MECH_PLAIN | AUTH_MECH_CRAM, .sasl_cb = &cbs }
 #define P_OPEN { .myhostname = "mx.example.com", .login = 1, .auth_mechs = AUTH_MECH_PLAIN, \
@@ -290,6 +290,29 @@ static const struct icase icases[] = {
 	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
 	  "o OK [READ-WRITE] Select completed.\r\n"
 	  "* BYE Logging out\r\np OK Logout completed.\r\n" },
+	{ "COPY, MOVE with COPYUID; TRYCREATE", P_OPEN,
+	  "a LOGIN alice secret\r\nb SELECT INBOX\r\nc COPY 1:2 Archive\r\n"
+	  "d UID MOVE 2 Sent\r\ne COPY 1 Nope\r\nf COPY 1 inbox\r\ng UID COPY 9 Sent\r\n"
+	  "h FETCH 1:* (UID FLAGS)\r\ni EXAMINE Archive\r\nj MOVE 1 Sent\r\nk LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS (" FLAGS " \\*)] Flags permitted.\r\n"
+	  "* 2 EXISTS\r\n* 2 RECENT\r\n* OK [UNSEEN 1] First unseen.\r\n"
+	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
+	  "b OK [READ-WRITE] Select completed.\r\n"
+	  "c OK [COPYUID {V:Archive} 1:2 1:2] Copy completed.\r\n"
+	  "* OK [COPYUID {V:Sent} 2 1] Moved UIDs.\r\n* 2 EXPUNGE\r\nd OK Move completed.\r\n"
+	  "e NO [TRYCREATE] Mailbox doesn't exist: Nope\r\n"
+	  "* 2 EXISTS\r\n* 1 RECENT\r\nf OK [COPYUID {V:INBOX} 1 3] Copy completed.\r\n"
+	  "g OK No messages found.\r\n"
+	  "* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n* 2 FETCH (UID 3 FLAGS ())\r\n"
+	  "h OK Fetch completed.\r\n"
+	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n"
+	  "* 2 EXISTS\r\n* 0 RECENT\r\n* OK [UNSEEN 1] First unseen.\r\n"
+	  "* OK [UIDVALIDITY {V:Archive}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
+	  "i OK [READ-ONLY] Examine completed.\r\n"
+	  "j NO [READ-ONLY] Mailbox is read-only.\r\n"
+	  "* BYE Logging out\r\nk OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
