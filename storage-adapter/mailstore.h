@@ -78,7 +78,16 @@ int mailstore_folder_delete(struct mailstore *ms, const char *name, const char *
 int mailstore_folder_rename(struct mailstore *ms, const char *from, const char *to,
     const char **error_r) __attribute__((warn_unused_result));
 int mailstore_folder_is_valid(const char *name);
-/* create NAME unless it exists, and subscribe it (first-login folders) */
+/*
+ * Subscriptions (IMAP SUBSCRIBE/LSUB) in Dovecot's Maildir++ "subscriptions"
+ * file (version 2 written; version 1 read and kept), so Dovecot sees the
+ * same. Names as IMAP gives them, '.' the separator; NULL-terminated list.
+ */
+int mailstore_subscriptions(struct mailstore *ms, char ***names_r, size_t *n_r,
+    const char **error_r) __attribute__((warn_unused_result));
+int mailstore_subscribe(struct mailstore *ms, const char *name, int on, const char **error_r)
+    __attribute__((warn_unused_result));
+/* create NAME unless it exists, and subscribe it when created (first-login folders) */
 int mailstore_folder_ensure(struct mailstore *ms, const char *name, const char **error_r)
     __attribute__((warn_unused_result));
 

@@ -193,10 +193,10 @@ struct icase {
 #define P_OPEN { .myhostname = "mx.example.com", .login = 1, .auth_mechs = AUTH_MECH_PLAIN, \
 	.auth_allow_plaintext = 1, .sasl_cb = &cbs, .banner = "IMAP ready" }
 /* created at login, as Dovecot's default config does */
-#define SPECIAL_LIST "* LIST (\\HasNoChildren \\Drafts) \".\" \"Drafts\"\r\n" \
-	"* LIST (\\HasNoChildren \\Junk) \".\" \"Junk\"\r\n" \
-	"* LIST (\\HasNoChildren \\Sent) \".\" \"Sent\"\r\n" \
-	"* LIST (\\HasNoChildren \\Trash) \".\" \"Trash\"\r\n"
+#define SPECIAL_LIST "* LIST (\\HasNoChildren \\Drafts) \".\" Drafts\r\n" \
+	"* LIST (\\HasNoChildren \\Junk) \".\" Junk\r\n" \
+	"* LIST (\\HasNoChildren \\Sent) \".\" Sent\r\n" \
+	"* LIST (\\HasNoChildren \\Trash) \".\" Trash\r\n"
 #define FLAGS "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 
 static const struct icase icases[] = {
@@ -228,14 +228,14 @@ static const struct icase icases[] = {
 	  "* 0 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY {V:Sent}] UIDs valid\r\n"
 	  "* OK [UIDNEXT 1] Predicted next UID\r\nd OK [READ-ONLY] Examine completed.\r\n"
 	  "e NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\nf BAD No mailbox selected.\r\n"
-	  "* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n* LIST (\\HasChildren) \".\" \"Archive\"\r\n"
-	  "* LIST (\\HasNoChildren) \".\" \"Archive.2024\"\r\n" SPECIAL_LIST
+	  "* LIST (\\HasNoChildren) \".\" INBOX\r\n* LIST (\\HasChildren) \".\" Archive\r\n"
+	  "* LIST (\\HasNoChildren) \".\" Archive.2024\r\n" SPECIAL_LIST
 	  "g OK List completed.\r\n"
-	  "* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n* LIST (\\HasChildren) \".\" \"Archive\"\r\n"
+	  "* LIST (\\HasNoChildren) \".\" INBOX\r\n* LIST (\\HasChildren) \".\" Archive\r\n"
 	  SPECIAL_LIST "h OK List completed.\r\n"
 	  "* LIST (\\Noselect) \".\" \"\"\r\ni OK List completed.\r\n"
-	  "* LIST (\\HasNoChildren) \".\" \"Archive.2024\"\r\nj OK List completed.\r\n"
-	  "* LSUB (\\HasNoChildren) \".\" \"INBOX\"\r\nj2 OK Lsub completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" Archive.2024\r\nj OK List completed.\r\n"
+	  "j2 OK Lsub completed.\r\n"
 	  "* NAMESPACE ((\"\" \".\")) NIL NIL\r\nk OK Namespace completed.\r\n"
 	  "* ID NIL\r\nl OK ID completed.\r\n* ENABLED\r\nm OK Enabled.\r\n"
 	  "+ idling\r\nn OK Idle completed.\r\n+ idling\r\nn2 BAD Expected DONE.\r\n"
@@ -313,6 +313,40 @@ static const struct icase icases[] = {
 	  "i OK [READ-ONLY] Examine completed.\r\n"
 	  "j NO [READ-ONLY] Mailbox is read-only.\r\n"
 	  "* BYE Logging out\r\nk OK Logout completed.\r\n" },
+	{ "CREATE, DELETE, RENAME (INBOX too), SUBSCRIBE, LSUB, STATUS", P_OPEN,
+	  "a LOGIN alice secret\r\nb CREATE Work.\r\nc CREATE Work\r\nd CREATE inbox\r\n"
+	  "e CREATE Work.Projects\r\nf SUBSCRIBE Work.Projects\r\ng SUBSCRIBE Nope\r\n"
+	  "h LSUB \"\" *\r\ni LSUB \"\" %\r\nj RENAME Work Job\r\nk LIST \"\" Job*\r\n"
+	  "l LSUB \"\" *\r\nm STATUS INBOX (MESSAGES UIDNEXT UNSEEN RECENT)\r\n"
+	  "n STATUS Nope (MESSAGES)\r\nn2 STATUS INBOX (BOGUS)\r\no DELETE Job.Projects\r\n"
+	  "p DELETE INBOX\r\nq DELETE Nope\r\nr RENAME INBOX Old\r\ns STATUS Old (MESSAGES)\r\n"
+	  "t STATUS INBOX (MESSAGES UIDNEXT)\r\nu UNSUBSCRIBE Drafts\r\nv LSUB \"\" *\r\n"
+	  "w RENAME Job Job.x\r\nx CREATE \"a b\"\r\ny LIST \"\" a*\r\nz LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "b OK Create completed.\r\nc NO [ALREADYEXISTS] Mailbox already exists\r\n"
+	  "d NO [ALREADYEXISTS] Mailbox already exists\r\ne OK Create completed.\r\n"
+	  "f OK Subscribe completed.\r\ng NO Mailbox doesn't exist: Nope\r\n"
+	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB () \".\" Work.Projects\r\nh OK Lsub completed.\r\n"
+	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB (\\Noselect) \".\" Work\r\ni OK Lsub completed.\r\n"
+	  "j OK Rename completed.\r\n"
+	  "* LIST (\\HasChildren) \".\" Job\r\n* LIST (\\HasNoChildren) \".\" Job.Projects\r\n"
+	  "k OK List completed.\r\n"
+	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB () \".\" Job.Projects\r\nl OK Lsub completed.\r\n"
+	  "* STATUS INBOX (MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2)\r\nm OK Status completed.\r\n"
+	  "n NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\nn2 BAD Invalid status item\r\n"
+	  "o OK Delete completed.\r\np NO INBOX can't be deleted.\r\n"
+	  "q NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\nr OK Rename completed.\r\n"
+	  "* STATUS Old (MESSAGES 2)\r\ns OK Status completed.\r\n"
+	  "* STATUS INBOX (MESSAGES 0 UIDNEXT 3)\r\nt OK Status completed.\r\n"
+	  "u OK Unsubscribe completed.\r\n"
+	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\nv OK Lsub completed.\r\n"
+	  "w NO Can't rename mailbox under its own child.\r\nx OK Create completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" \"a b\"\r\ny OK List completed.\r\n"
+	  "* BYE Logging out\r\nz OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 

@@ -642,6 +642,54 @@ test_copy(void)
 	free(root);
 }
 
+/* subscriptions: Dovecot's version 2 file (TAB between levels), version 1 kept */
+static void
+test_subscriptions(void)
+{
+	char *root = unit_tmpdir(), *cmd, *path, *got, **names;
+	const char *err;
+	struct mailstore *ms;
+	size_t n;
+	FILE *f;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(root, "bob@example.com", &ms, &err), 0);
+	path = xasprintf("%s/example.com/bob/Maildir/subscriptions", root);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "A.b", 1, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "inbox", 1, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "A.b", 1, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "Sent", 1, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "Sent", 0, &err), 0);
+	got = slurp(path);
+	CU_ASSERT_STRING_EQUAL(got, "V\t2\n\nA\tb\nINBOX\n");
+	free(got);
+	CU_ASSERT_EQUAL_FATAL(mailstore_subscriptions(ms, &names, &n, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(n, 2);
+	CU_ASSERT_STRING_EQUAL(names[0], "A.b");
+	CU_ASSERT_STRING_EQUAL(names[1], "INBOX");
+	mailstore_names_free(&names, n);
+	/* a version 1 file (an old Dovecot's): read as is, written back as version 1 */
+	f = fopen(path, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("Old.x\nINBOX\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "New", 1, &err), 0);
+	got = slurp(path);
+	CU_ASSERT_STRING_EQUAL(got, "Old.x\nINBOX\nNew\n");
+	free(got);
+	CU_ASSERT_EQUAL(mailstore_folder_ensure(ms, "Trash", &err), 0);
+	CU_ASSERT_EQUAL(mailstore_folder_ensure(ms, "Trash", &err), 0);
+	got = slurp(path);
+	CU_ASSERT_STRING_EQUAL(got, "Old.x\nINBOX\nNew\nTrash\n");
+	free(got);
+	mailstore_free(&ms);
+	cmd = xasprintf("rm -rf '%s'", root);
+	if (system(cmd) != 0)
+		CU_FAIL("rm");
+	free(cmd);
+	free(path);
+	free(root);
+}
+
 void
 test_mailstore_register(void)
 {
@@ -653,6 +701,7 @@ test_mailstore_register(void)
 		{ "store: UIDs, flags, expunge, folders, hostile uidlist", test_store },
 		{ "delivery: one file linked into each new/, ,S= and ,W=", test_deliver },
 		{ "copy: a hard link, flags, keywords, date, new UID", test_copy },
+		{ "subscriptions: Dovecot's file, version 2 and 1", test_subscriptions },
 		{ NULL, NULL },
 	};
 
