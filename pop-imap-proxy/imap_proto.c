@@ -522,7 +522,7 @@ mech_usable(const struct imap_proto *p, unsigned m)
 }
 
 #define CAPS_COMMON "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
-#define CAPS_LOGGED " NAMESPACE UNSELECT CHILDREN SPECIAL-USE"
+#define CAPS_LOGGED " NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE"
 
 static void
 capabilities(const struct imap_proto *p, char *buf, size_t cap)
@@ -1114,35 +1114,55 @@ imap_list_match(const char *pat, const char *name)
 	return *name == '\0';
 }
 
+/* a mailbox name as Dovecot writes it: an atom when it can be, else quoted,
+ * a literal for 8-bit or control bytes */
 static void
-put_name(struct imap_proto *p, const char *prefix, const char *name)
+name_str(struct str *b, const char *name)
 {
-	int plain = 1;
+	int atom = *name != '\0' && strcasecmp(name, "NIL") != 0, quote = 1;
 
-	for (const char *s = name; *s != '\0'; s++)
-		if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
-			plain = 0;
-	if (plain) {
-		char q[2 * MAX_MAILSTORE_FOLDER_NAME + 3];
-		size_t n = 0;
+	for (const char *s = name; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
 
-		q[n++] = '"';
-		for (const char *s = name; *s != '\0' && n < sizeof(q) - 3; s++) {
+		if (c < 0x20 || c >= 0x7f)
+			quote = atom = 0;
+		else if (strchr("(){ %*\"\\", c) != NULL)
+			atom = 0;
+	}
+	if (atom) {
+		str_add(b, "%s", name);
+	} else if (quote) {
+		str_addn(b, "\"", 1);
+		for (const char *s = name; *s != '\0'; s++) {
 			if (*s == '"' || *s == '\\')
-				q[n++] = '\\';
-			q[n++] = *s;
+				str_addn(b, "\\", 1);
+			str_addn(b, s, 1);
 		}
-		q[n++] = '"';
-		q[n] = '\0';
-		reply(p, "%s%s", prefix, q);
+		str_addn(b, "\"", 1);
 	} else {
-		reply(p, "%s{%zu}", prefix, strlen(name));
-		out_add(p, name, strlen(name));
-		out_add(p, "\r\n", 2);
+		str_add(b, "{%zu}\r\n%s", strlen(name), name);
 	}
 }
 
+static void
+put_name(struct imap_proto *p, const char *prefix, const char *name)
+{
+	struct str b = { 0 };
 
+	str_add(&b, "%s", prefix);
+	name_str(&b, name);
+	str_addn(&b, "\r\n", 2);
+	out_str(p, &b);
+}
+
+static int
+names_have(char *const *v, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(v[i], name) == 0)
+			return 1;
+	return 0;
+}
 
 static void
 x_list(struct imap_proto *p)
@@ -1163,7 +1183,8 @@ x_list(struct imap_proto *p)
 		reply(p, "%s OK List completed.", p->tag);
 		return;
 	}
-	if (mailstore_folders(p->ms, &names, &n, &err) < 0) {
+	if ((lsub ? mailstore_subscriptions(p->ms, &names, &n, &err) :
+	    mailstore_folders(p->ms, &names, &n, &err)) < 0) {
 		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
 		return;
 	}
@@ -1173,22 +1194,52 @@ x_list(struct imap_proto *p)
 		pattern = name_norm(raw);
 		free(raw);
 	}
-	for (size_t i = 0; i < n; i++) {
-		char attrs[64], prefix[128];
+	if (lsub) {
+		/* subscribed names; a parent that only a '%' reaches is \Noselect */
+		char **told = xcalloc(2 * n + 1, sizeof(*told));
+		size_t nt = 0;
+
+		for (size_t i = 0; i < n; i++) {
+			char *name = xstrdup(names[i]);
+
+			for (;;) {
+				int self = strcmp(name, names[i]) == 0;
+				char *dot;
+
+				if (imap_list_match(pattern, name) && !names_have(told, nt, name) &&
+				    (self || !names_have(names, n, name))) {
+					put_name(p, self ? "* LSUB () \".\" " :
+					    "* LSUB (\\Noselect) \".\" ", name);
+					told[nt++] = xstrdup(name);
+					break;
+				}
+				if ((dot = strrchr(name, '.')) == NULL || nt >= 2 * n)
+					break;
+				*dot = '\0';
+			}
+			free(name);
+		}
+		mailstore_names_free(&told, nt);
+	}
+	for (size_t i = 0; !lsub && i < n; i++) {
+		char attrs[64];
 		size_t len = strlen(names[i]);
 		int children = 0;
 		const char *su;
+		struct str b = { 0 };
 
 		if (!imap_list_match(pattern, names[i]))
 			continue;
 		for (size_t k = 0; k < n; k++)
 			if (strncmp(names[k], names[i], len) == 0 && names[k][len] == '.')
 				children = 1;
-		su = lsub ? NULL : special_use(names[i]);
+		su = special_use(names[i]);
 		snprintf(attrs, sizeof(attrs), "%s%s%s", children ? "\\HasChildren" : "\\HasNoChildren",
 		    su ? " " : "", su ? su : "");
-		snprintf(prefix, sizeof(prefix), "* %s (%s) \".\" ", lsub ? "LSUB" : "LIST", attrs);
-		put_name(p, prefix, names[i]);
+		str_add(&b, "* LIST (%s) \".\" ", attrs);
+		name_str(&b, names[i]);
+		str_addn(&b, "\r\n", 2);
+		out_str(p, &b);
 	}
 	free(pattern);
 	mailstore_names_free(&names, n);
@@ -1200,10 +1251,312 @@ c_list(struct imap_proto *p, const struct imap_cmd *c)
 {
 	if (c->nargs != 2 || c->args[0].type == IMAP_ARG_LIST ||
 	    c->args[1].type == IMAP_ARG_LIST) {
-		reply(p, "%s NO [CANNOT] LIST-EXTENDED is not supported yet.", c->tag);
+		reply(p, "%s NO [CANNOT] LIST-EXTENDED is not supported.", c->tag);
 		return;
 	}
 	want_exec(p, c, x_list);
+}
+
+/* ---- CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, STATUS ---- */
+
+/* the folder argument I, INBOX normalised, a trailing '.' dropped (CREATE);
+ * NULL with a NO sent when it cannot be a folder */
+static char *
+folder_arg(struct imap_proto *p, size_t i, int allow_inbox)
+{
+	const char *name;
+	char *n;
+	size_t len;
+
+	if (name_arg(&p->cmd->args[i], &name) < 0) {
+		reply(p, "%s NO [CANNOT] Invalid mailbox name.", p->tag);
+		return NULL;
+	}
+	n = name_norm(name);
+	len = strlen(n);
+	if (len > 1 && n[len - 1] == '.')
+		n[len - 1] = '\0';
+	if (strcmp(n, "INBOX") == 0 ? !allow_inbox : !mailstore_folder_is_valid(n)) {
+		if (strcmp(n, "INBOX") != 0)
+			reply(p, "%s NO [CANNOT] Invalid mailbox name.", p->tag);
+		else
+			reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists", p->tag);
+		free(n);
+		return NULL;
+	}
+	return n;
+}
+
+static int
+folder_exists(struct imap_proto *p, const char *name)
+{
+	char **names;
+	size_t n;
+	const char *err;
+	int have;
+
+	if (strcmp(name, "INBOX") == 0)
+		return 1;
+	if (mailstore_folders(p->ms, &names, &n, &err) < 0)
+		return 0;
+	have = names_have(names, n, name);
+	mailstore_names_free(&names, n);
+	return have;
+}
+
+static void
+done_sync(struct imap_proto *p)
+{
+	if (p->box != NULL)
+		view_sync(p, 1);
+}
+
+static void
+x_create(struct imap_proto *p)
+{
+	const char *err;
+	char *name = folder_arg(p, 0, 0);
+
+	if (name == NULL)
+		return;
+	if (folder_exists(p, name))
+		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists", p->tag);
+	else if (mailstore_folder_create(p->ms, name, &err) < 0)
+		reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
+	else {
+		done_sync(p);
+		reply(p, "%s OK Create completed.", p->tag);
+	}
+	free(name);
+}
+
+static void
+x_delete(struct imap_proto *p)
+{
+	const char *err;
+	char *name = folder_arg(p, 0, 1);
+
+	if (name == NULL)
+		return;
+	if (strcmp(name, "INBOX") == 0) {
+		reply(p, "%s NO INBOX can't be deleted.", p->tag);
+	} else if (!folder_exists(p, name)) {
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag, name);
+	} else {
+		if (p->box != NULL && strcmp(mailstore_box_name(p->box), name) == 0)
+			box_close(p);	/* deleting the selected folder deselects it */
+		if (mailstore_folder_delete(p->ms, name, &err) < 0) {
+			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
+		} else {
+			if (mailstore_subscribe(p->ms, name, 0, &err) < 0)
+				err = NULL;	/* the folder is gone; a stale subscription is harmless */
+			done_sync(p);
+			reply(p, "%s OK Delete completed.", p->tag);
+		}
+	}
+	free(name);
+}
+
+/* RENAME INBOX: its messages move to a new folder, INBOX stays (RFC 3501 §6.3.5) */
+static int
+rename_inbox(struct imap_proto *p, const char *to, const char **err)
+{
+	struct mailstore_box *in, *dst;
+	int rc = 0;
+
+	if (mailstore_folder_create(p->ms, to, err) < 0)
+		return -1;
+	if (p->box != NULL && strcmp(mailstore_box_name(p->box), "INBOX") == 0)
+		in = p->box;
+	else if (mailstore_box_open(p->ms, "INBOX", &in, err) < 0)
+		return -1;
+	if (mailstore_box_open(p->ms, to, &dst, err) < 0) {
+		if (in != p->box)
+			mailstore_box_close(&in);
+		return -1;
+	}
+	while (rc == 0 && mailstore_box_count(in) > 0) {
+		uint32_t uid = mailstore_box_msg(in, 0)->uid, nu;
+
+		if (mailstore_msg_copy(in, uid, dst, &nu, err) < 0 ||
+		    mailstore_msg_expunge(in, uid, err) < 0)
+			rc = -1;
+	}
+	mailstore_box_close(&dst);
+	if (in != p->box)
+		mailstore_box_close(&in);
+	return rc;
+}
+
+static void
+x_rename(struct imap_proto *p)
+{
+	const char *err = "";
+	char *from = folder_arg(p, 0, 1), *to;
+	size_t fl;
+
+	if (from == NULL)
+		return;
+	to = folder_arg(p, 1, 0);
+	if (to == NULL) {
+		free(from);
+		return;
+	}
+	fl = strlen(from);
+	if (!folder_exists(p, from)) {
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag, from);
+	} else if (folder_exists(p, to)) {
+		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists", p->tag);
+	} else if (strncmp(to, from, fl) == 0 && to[fl] == '.') {
+		reply(p, "%s NO Can't rename mailbox under its own child.", p->tag);
+	} else if (strcmp(from, "INBOX") == 0) {
+		if (rename_inbox(p, to, &err) < 0)
+			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
+		else {
+			done_sync(p);
+			reply(p, "%s OK Rename completed.", p->tag);
+		}
+	} else {
+		if (p->box != NULL && strcmp(mailstore_box_name(p->box), from) == 0)
+			box_close(p);
+		if (mailstore_folder_rename(p->ms, from, to, &err) < 0) {
+			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
+		} else {
+			char **subs;
+			size_t n;
+
+			/* the subscriptions follow the folder and its children */
+			if (mailstore_subscriptions(p->ms, &subs, &n, &err) == 0) {
+				for (size_t i = 0; i < n; i++) {
+					if (strncmp(subs[i], from, fl) != 0 ||
+					    (subs[i][fl] != '\0' && subs[i][fl] != '.'))
+						continue;
+					{
+						char *nn = xasprintf("%s%s", to, subs[i] + fl);
+
+						if (mailstore_subscribe(p->ms, subs[i], 0, &err) < 0 ||
+						    mailstore_subscribe(p->ms, nn, 1, &err) < 0)
+							err = NULL;
+						free(nn);
+					}
+				}
+				mailstore_names_free(&subs, n);
+			}
+			done_sync(p);
+			reply(p, "%s OK Rename completed.", p->tag);
+		}
+	}
+	free(from);
+	free(to);
+}
+
+static void
+x_subscribe(struct imap_proto *p)
+{
+	int on = strcmp(p->cmd->name, "SUBSCRIBE") == 0;
+	const char *err;
+	char *name = folder_arg(p, 0, 1);
+
+	if (name == NULL)
+		return;
+	if (on && !folder_exists(p, name))
+		reply(p, "%s NO Mailbox doesn't exist: %s", p->tag, name);
+	else if (mailstore_subscribe(p->ms, name, on, &err) < 0)
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+	else {
+		done_sync(p);
+		reply(p, "%s OK %s completed.", p->tag, on ? "Subscribe" : "Unsubscribe");
+	}
+	free(name);
+}
+
+static void
+x_status(struct imap_proto *p)
+{
+	static const char *const items[] = { "MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY",
+		"UNSEEN" };
+	const struct imap_arg *l = &p->cmd->args[1];
+	struct mailstore_box *box;
+	unsigned want = 0;
+	const char *err;
+	char *name;
+	struct str b = { 0 };
+	int own = 0;
+
+	if (l->type != IMAP_ARG_LIST) {
+		reply(p, "%s BAD Invalid arguments.", p->tag);
+		return;
+	}
+	for (size_t i = 0; i < l->count; i++) {
+		size_t k;
+
+		for (k = 0; k < 5; k++)
+			if (l->list[i].type == IMAP_ARG_ATOM && strcasecmp(l->list[i].str, items[k]) == 0)
+				break;
+		if (k == 5) {
+			reply(p, "%s BAD Invalid status item", p->tag);
+			return;
+		}
+		want |= 1u << k;
+	}
+	if ((name = folder_arg(p, 0, 1)) == NULL)
+		return;
+	if (p->box != NULL && strcmp(mailstore_box_name(p->box), name) == 0) {
+		box = p->box;
+		view_sync(p, 1);
+	} else if (mailstore_box_open(p->ms, name, &box, &err) < 0) {
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag, name);
+		free(name);
+		return;
+	} else {
+		own = 1;
+	}
+	str_add(&b, "* STATUS ");
+	name_str(&b, name);
+	str_add(&b, " (");
+	{
+		size_t count = mailstore_box_count(box), recent = 0, unseen = 0;
+		const char *sp = "";
+
+		for (size_t i = 0; i < count; i++) {
+			const struct mailstore_msg *m = mailstore_box_msg(box, i);
+
+			recent += m->recent;
+			unseen += !(m->flags & MAILSTORE_SEEN);
+		}
+		if (want & 1)
+			str_add(&b, "%sMESSAGES %zu", sp, count), sp = " ";
+		if (want & 2)
+			str_add(&b, "%sRECENT %zu", sp, recent), sp = " ";
+		if (want & 4)
+			str_add(&b, "%sUIDNEXT %u", sp, (unsigned)mailstore_box_uidnext(box)), sp = " ";
+		if (want & 8)
+			str_add(&b, "%sUIDVALIDITY %u", sp, (unsigned)mailstore_box_uidvalidity(box)),
+			    sp = " ";
+		if (want & 16)
+			str_add(&b, "%sUNSEEN %zu", sp, unseen);
+	}
+	str_add(&b, ")\r\n");
+	out_str(p, &b);
+	if (own)
+		mailstore_box_close(&box);
+	free(name);
+	reply(p, "%s OK Status completed.", p->tag);
+}
+
+static void
+c_folder(struct imap_proto *p, const struct imap_cmd *c)
+{
+	static const struct {
+		const char *name;
+		exec_fn *fn;
+	} fns[] = { { "CREATE", x_create }, { "DELETE", x_delete }, { "RENAME", x_rename },
+		{ "SUBSCRIBE", x_subscribe }, { "UNSUBSCRIBE", x_subscribe },
+		{ "STATUS", x_status } };
+
+	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++)
+		if (strcmp(fns[i].name, c->name) == 0)
+			want_exec(p, c, fns[i].fn);
 }
 
 /* ---- simple commands ---- */
@@ -2018,6 +2371,147 @@ c_close(struct imap_proto *p, const struct imap_cmd *c)
 	want_exec(p, c, x_close);
 }
 
+/* ---- COPY, MOVE ---- */
+
+/* "1:3,7" of ascending UIDS */
+static void
+uidset_str(struct str *b, const uint32_t *u, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+
+		while (j + 1 < n && u[j + 1] == u[j] + 1)
+			j++;
+		if (j > i)
+			str_add(b, "%s%u:%u", i ? "," : "", (unsigned)u[i], (unsigned)u[j]);
+		else
+			str_add(b, "%s%u", i ? "," : "", (unsigned)u[i]);
+		i = j + 1;
+	}
+}
+
+/* the folder a COPY, MOVE or APPEND writes to: the selected one or another;
+ * NULL with the NO sent */
+static struct mailstore_box *
+dest_open(struct imap_proto *p, const struct imap_arg *a, int *own_r)
+{
+	struct mailstore_box *b;
+	const char *name, *err;
+	char *nname;
+
+	*own_r = 0;
+	if (name_arg(a, &name) < 0 || !(mailstore_folder_is_valid(name) ||
+	    strcasecmp(name, "INBOX") == 0)) {
+		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s", p->tag,
+		    name_arg(a, &name) < 0 ? "" : name);
+		return NULL;
+	}
+	nname = name_norm(name);
+	if (p->box != NULL && strcmp(nname, mailstore_box_name(p->box)) == 0) {
+		free(nname);
+		return p->box;
+	}
+	if (mailstore_box_open(p->ms, nname, &b, &err) < 0) {
+		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s", p->tag, nname);
+		free(nname);
+		return NULL;
+	}
+	free(nname);
+	*own_r = 1;
+	return b;
+}
+
+static void
+x_copy(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	int move = strcmp(c->name, "MOVE") == 0, own, failed = 0, gone = 0;
+	struct mailstore_box *dst;
+	unsigned char *sel;
+	uint32_t *su, *du;
+	size_t n = 0;
+	const char *err = NULL;
+
+	sel = cmd_select(p);
+	if (sel == NULL)
+		return;
+	if (move && p->readonly) {
+		free(sel);
+		reply(p, "%s NO [READ-ONLY] Mailbox is read-only.", p->tag);
+		return;
+	}
+	dst = dest_open(p, &c->args[1], &own);
+	if (dst == NULL) {
+		free(sel);
+		return;
+	}
+	su = xcalloc(p->nview + 1, sizeof(*su));
+	du = xcalloc(p->nview + 1, sizeof(*du));
+	for (size_t i = 0; i < p->nview; i++) {
+		uint32_t nu;
+
+		if (!sel[i])
+			continue;
+		if (view_msg(p, i) == NULL) {
+			gone = 1;
+			continue;
+		}
+		if (mailstore_msg_copy(p->box, p->view[i].uid, dst, &nu, &err) < 0) {
+			if (view_msg(p, i) == NULL) {
+				gone = 1;
+				continue;
+			}
+			failed = 1;
+			break;
+		}
+		su[n] = p->view[i].uid;
+		du[n++] = nu;
+	}
+	if (n > 0 && !failed) {
+		struct str b = { 0 };
+
+		str_add(&b, "%s[COPYUID %u ", move ? "* OK " : "",
+		    (unsigned)mailstore_box_uidvalidity(dst));
+		uidset_str(&b, su, n);
+		str_add(&b, " ");
+		uidset_str(&b, du, n);
+		if (move) {
+			str_add(&b, "] Moved UIDs.\r\n");
+			out_str(p, &b);
+			for (size_t k = 0; k < n; k++)
+				if (mailstore_msg_expunge(p->box, su[k], &err) < 0)
+					continue;	/* gone meanwhile: the sync tells */
+			view_sync(p, 1);
+			reply(p, "%s OK Move completed.", p->tag);
+		} else {
+			view_sync(p, c->uid);
+			reply(p, "%s OK %s] Copy completed.", p->tag, b.s);
+			free(b.s);
+		}
+	} else {
+		view_sync(p, c->uid || move);
+		if (failed)
+			reply(p, "%s NO [SERVERBUG] %s failed: %.200s", p->tag, move ? "Move" : "Copy",
+			    err ? err : "internal error");
+		else if (gone)
+			reply(p, "%s NO [EXPUNGEISSUED] Some of the requested messages no longer "
+			    "exist.", p->tag);
+		else
+			reply(p, "%s OK No messages found.", p->tag);
+	}
+	if (own)
+		mailstore_box_close(&dst);
+	free(su);
+	free(du);
+	free(sel);
+}
+
+static void
+c_copy(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_copy);
+}
+
 static void
 c_later(struct imap_proto *p, const struct imap_cmd *c)
 {
@@ -2044,14 +2538,14 @@ static const struct {
 	{ "NAMESPACE", IN_LOGGED, c_namespace }, { "ENABLE", IN_LOGGED, c_enable },
 	{ "IDLE", IN_LOGGED, c_idle }, { "UNSELECT", IN_SELECTED, c_unselect },
 	{ "CHECK", IN_SELECTED, c_noop },
-	{ "CREATE", IN_LOGGED, c_later }, { "DELETE", IN_LOGGED, c_later },
-	{ "RENAME", IN_LOGGED, c_later }, { "SUBSCRIBE", IN_LOGGED, c_later },
-	{ "UNSUBSCRIBE", IN_LOGGED, c_later }, { "STATUS", IN_LOGGED, c_later },
+	{ "CREATE", IN_LOGGED, c_folder }, { "DELETE", IN_LOGGED, c_folder },
+	{ "RENAME", IN_LOGGED, c_folder }, { "SUBSCRIBE", IN_LOGGED, c_folder },
+	{ "UNSUBSCRIBE", IN_LOGGED, c_folder }, { "STATUS", IN_LOGGED, c_folder },
 	{ "APPEND", IN_LOGGED, c_later },
 	{ "CLOSE", IN_SELECTED, c_close }, { "EXPUNGE", IN_SELECTED, c_expunge },
 	{ "SEARCH", IN_SELECTED, c_later }, { "FETCH", IN_SELECTED, c_fetch },
-	{ "STORE", IN_SELECTED, c_store }, { "COPY", IN_SELECTED, c_later },
-	{ "MOVE", IN_SELECTED, c_later },
+	{ "STORE", IN_SELECTED, c_store }, { "COPY", IN_SELECTED, c_copy },
+	{ "MOVE", IN_SELECTED, c_copy },
 };
 
 static void

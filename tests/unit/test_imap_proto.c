@@ -187,16 +187,16 @@ struct icase {
 };
 
 #define CAPS "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
-#define CAPS_IN CAPS " NAMESPACE UNSELECT CHILDREN SPECIAL-USE"
+#define CAPS_IN CAPS " NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE"
 #define P_TLS { .myhostname = "mx.example.com", .tls_available = 1, .login = 1, \
 	.auth_mechs = AUTH_MECH_PLAIN | AUTH_MECH_CRAM, .sasl_cb = &cbs }
 #define P_OPEN { .myhostname = "mx.example.com", .login = 1, .auth_mechs = AUTH_MECH_PLAIN, \
 	.auth_allow_plaintext = 1, .sasl_cb = &cbs, .banner = "IMAP ready" }
 /* created at login, as Dovecot's default config does */
-#define SPECIAL_LIST "* LIST (\\HasNoChildren \\Drafts) \".\" \"Drafts\"\r\n" \
-	"* LIST (\\HasNoChildren \\Junk) \".\" \"Junk\"\r\n" \
-	"* LIST (\\HasNoChildren \\Sent) \".\" \"Sent\"\r\n" \
-	"* LIST (\\HasNoChildren \\Trash) \".\" \"Trash\"\r\n"
+#define SPECIAL_LIST "* LIST (\\HasNoChildren \\Drafts) \".\" Drafts\r\n" \
+	"* LIST (\\HasNoChildren \\Junk) \".\" Junk\r\n" \
+	"* LIST (\\HasNoChildren \\Sent) \".\" Sent\r\n" \
+	"* LIST (\\HasNoChildren \\Trash) \".\" Trash\r\n"
 #define FLAGS "\\Answered \\Flagged \\Deleted \\Seen \\Draft"
 
 static const struct icase icases[] = {
@@ -228,14 +228,14 @@ static const struct icase icases[] = {
 	  "* 0 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY {V:Sent}] UIDs valid\r\n"
 	  "* OK [UIDNEXT 1] Predicted next UID\r\nd OK [READ-ONLY] Examine completed.\r\n"
 	  "e NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\nf BAD No mailbox selected.\r\n"
-	  "* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n* LIST (\\HasChildren) \".\" \"Archive\"\r\n"
-	  "* LIST (\\HasNoChildren) \".\" \"Archive.2024\"\r\n" SPECIAL_LIST
+	  "* LIST (\\HasNoChildren) \".\" INBOX\r\n* LIST (\\HasChildren) \".\" Archive\r\n"
+	  "* LIST (\\HasNoChildren) \".\" Archive.2024\r\n" SPECIAL_LIST
 	  "g OK List completed.\r\n"
-	  "* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n* LIST (\\HasChildren) \".\" \"Archive\"\r\n"
+	  "* LIST (\\HasNoChildren) \".\" INBOX\r\n* LIST (\\HasChildren) \".\" Archive\r\n"
 	  SPECIAL_LIST "h OK List completed.\r\n"
 	  "* LIST (\\Noselect) \".\" \"\"\r\ni OK List completed.\r\n"
-	  "* LIST (\\HasNoChildren) \".\" \"Archive.2024\"\r\nj OK List completed.\r\n"
-	  "* LSUB (\\HasNoChildren) \".\" \"INBOX\"\r\nj2 OK Lsub completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" Archive.2024\r\nj OK List completed.\r\n"
+	  "j2 OK Lsub completed.\r\n"
 	  "* NAMESPACE ((\"\" \".\")) NIL NIL\r\nk OK Namespace completed.\r\n"
 	  "* ID NIL\r\nl OK ID completed.\r\n* ENABLED\r\nm OK Enabled.\r\n"
 	  "+ idling\r\nn OK Idle completed.\r\n+ idling\r\nn2 BAD Expected DONE.\r\n"
@@ -290,6 +290,63 @@ static const struct icase icases[] = {
 	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
 	  "o OK [READ-WRITE] Select completed.\r\n"
 	  "* BYE Logging out\r\np OK Logout completed.\r\n" },
+	{ "COPY, MOVE with COPYUID; TRYCREATE", P_OPEN,
+	  "a LOGIN alice secret\r\nb SELECT INBOX\r\nc COPY 1:2 Archive\r\n"
+	  "d UID MOVE 2 Sent\r\ne COPY 1 Nope\r\nf COPY 1 inbox\r\ng UID COPY 9 Sent\r\n"
+	  "h FETCH 1:* (UID FLAGS)\r\ni EXAMINE Archive\r\nj MOVE 1 Sent\r\nk LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS (" FLAGS " \\*)] Flags permitted.\r\n"
+	  "* 2 EXISTS\r\n* 2 RECENT\r\n* OK [UNSEEN 1] First unseen.\r\n"
+	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
+	  "b OK [READ-WRITE] Select completed.\r\n"
+	  "c OK [COPYUID {V:Archive} 1:2 1:2] Copy completed.\r\n"
+	  "* OK [COPYUID {V:Sent} 2 1] Moved UIDs.\r\n* 2 EXPUNGE\r\nd OK Move completed.\r\n"
+	  "e NO [TRYCREATE] Mailbox doesn't exist: Nope\r\n"
+	  "* 2 EXISTS\r\n* 1 RECENT\r\nf OK [COPYUID {V:INBOX} 1 3] Copy completed.\r\n"
+	  "g OK No messages found.\r\n"
+	  "* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n* 2 FETCH (UID 3 FLAGS ())\r\n"
+	  "h OK Fetch completed.\r\n"
+	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n"
+	  "* 2 EXISTS\r\n* 0 RECENT\r\n* OK [UNSEEN 1] First unseen.\r\n"
+	  "* OK [UIDVALIDITY {V:Archive}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
+	  "i OK [READ-ONLY] Examine completed.\r\n"
+	  "j NO [READ-ONLY] Mailbox is read-only.\r\n"
+	  "* BYE Logging out\r\nk OK Logout completed.\r\n" },
+	{ "CREATE, DELETE, RENAME (INBOX too), SUBSCRIBE, LSUB, STATUS", P_OPEN,
+	  "a LOGIN alice secret\r\nb CREATE Work.\r\nc CREATE Work\r\nd CREATE inbox\r\n"
+	  "e CREATE Work.Projects\r\nf SUBSCRIBE Work.Projects\r\ng SUBSCRIBE Nope\r\n"
+	  "h LSUB \"\" *\r\ni LSUB \"\" %\r\nj RENAME Work Job\r\nk LIST \"\" Job*\r\n"
+	  "l LSUB \"\" *\r\nm STATUS INBOX (MESSAGES UIDNEXT UNSEEN RECENT)\r\n"
+	  "n STATUS Nope (MESSAGES)\r\nn2 STATUS INBOX (BOGUS)\r\no DELETE Job.Projects\r\n"
+	  "p DELETE INBOX\r\nq DELETE Nope\r\nr RENAME INBOX Old\r\ns STATUS Old (MESSAGES)\r\n"
+	  "t STATUS INBOX (MESSAGES UIDNEXT)\r\nu UNSUBSCRIBE Drafts\r\nv LSUB \"\" *\r\n"
+	  "w RENAME Job Job.x\r\nx CREATE \"a b\"\r\ny LIST \"\" a*\r\nz LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "b OK Create completed.\r\nc NO [ALREADYEXISTS] Mailbox already exists\r\n"
+	  "d NO [ALREADYEXISTS] Mailbox already exists\r\ne OK Create completed.\r\n"
+	  "f OK Subscribe completed.\r\ng NO Mailbox doesn't exist: Nope\r\n"
+	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB () \".\" Work.Projects\r\nh OK Lsub completed.\r\n"
+	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB (\\Noselect) \".\" Work\r\ni OK Lsub completed.\r\n"
+	  "j OK Rename completed.\r\n"
+	  "* LIST (\\HasChildren) \".\" Job\r\n* LIST (\\HasNoChildren) \".\" Job.Projects\r\n"
+	  "k OK List completed.\r\n"
+	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB () \".\" Job.Projects\r\nl OK Lsub completed.\r\n"
+	  "* STATUS INBOX (MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2)\r\nm OK Status completed.\r\n"
+	  "n NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\nn2 BAD Invalid status item\r\n"
+	  "o OK Delete completed.\r\np NO INBOX can't be deleted.\r\n"
+	  "q NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\nr OK Rename completed.\r\n"
+	  "* STATUS Old (MESSAGES 2)\r\ns OK Status completed.\r\n"
+	  "* STATUS INBOX (MESSAGES 0 UIDNEXT 3)\r\nt OK Status completed.\r\n"
+	  "u OK Unsubscribe completed.\r\n"
+	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\nv OK Lsub completed.\r\n"
+	  "w NO Can't rename mailbox under its own child.\r\nx OK Create completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" \"a b\"\r\ny OK List completed.\r\n"
+	  "* BYE Logging out\r\nz OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
