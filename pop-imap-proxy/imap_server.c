@@ -139,7 +139,7 @@ copy_some(struct sess *s, const struct imap_segment *g)
 	ssize_t n = pread(g->fd, in, take, s->in_off);
 
 	if (n <= 0) {
-		log_error("imap: %s a message file ended %llu octets early: closing",
+		log_error("imap: conn=%s a message file ended %llu octets early: closing",
 		    conn_id(s->conn), (unsigned long long)want);
 		return -1;
 	}
@@ -255,7 +255,7 @@ watch_start(struct sess *s, const char *dir)
 		s->wd[k] = inotify_add_watch(srv->ino, path, IN_CREATE | IN_MOVED_TO |
 		    IN_MOVED_FROM | IN_DELETE | IN_ONLYDIR);
 		if (s->wd[k] < 0) {
-			log_warn("imap: %s cannot watch a folder for IDLE: %s", conn_id(s->conn),
+			log_warn("imap: conn=%s cannot watch a folder for IDLE: %s", conn_id(s->conn),
 			    strerror(errno));
 			continue;
 		}
@@ -353,7 +353,7 @@ login_done(struct sess *s)
 	s->logged = 1;
 	engine_session_free(&s->es);	/* the lists were for the login phase */
 	conn_set_timeout(s->conn, s->srv->c->idle_timeout);
-	log_info("imap: %s login: user=<%s> client=[%s]%s", conn_id(s->conn),
+	log_info("imap: conn=%s login: user=<%s> client=[%s]%s", conn_id(s->conn),
 	    imap_proto_user(s->ip), conn_addr_text(s->conn, who), conn_is_tls(s->conn) ? " TLS" : "");
 	stats_add("logins_total{door=\"imap\"}", 1);
 }
