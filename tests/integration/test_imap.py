@@ -29,6 +29,9 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     worker's peak RSS grows by less than 8 MB
     T11Mbsync       mbsync (isync) pulls INBOX over STARTTLS into a local Maildir:
                     the same messages, byte for byte, with the same flags
+    T12Dovecot      Portcullis then a private Dovecot on the same store, then
+                    Portcullis again: the same UIDVALIDITY, UIDs, flags,
+                    keywords and bytes both ways (Dovecot's STORE and APPEND)
     T08Idle         a message delivered by the SMTP gateway reaches an idling
                     client as "* N EXISTS" within 2 s (inotify); two idlers on
                     one folder, one leaves, the other is still told
@@ -52,7 +55,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from harness import runner  # noqa: E402
+from harness import dovecot, runner  # noqa: E402
 from harness.daemon import Daemon, run_bin  # noqa: E402
 from harness.ports import free_port  # noqa: E402
 from harness.util import wait_until  # noqa: E402
@@ -648,6 +651,75 @@ SyncState *
                 near[body] = set(letters[ch] for ch in info if ch in letters)
         self.maxDiff = None
         self.assertEqual(sorted(near.items()), sorted(server.items()))
+
+
+def uid_flags(c):
+    """{uid: flags} of the selected folder, \\Recent left out"""
+    typ, data = c.uid("FETCH", "1:*", "(FLAGS)")
+    assert typ == "OK", data
+    out = {}
+    for line in data:
+        if not isinstance(line, bytes):
+            continue
+        m = re.search(rb"UID (\d+)", line)
+        f = re.search(rb"FLAGS \(([^)]*)\)", line)
+        if m and f:
+            out[int(m.group(1))] = set(f.group(1).decode().split()) - {"\\Recent"}
+    return out
+
+
+def select_uv(c, folder="INBOX"):
+    typ, data = c.select(folder)
+    assert typ == "OK", data
+    return int(c.response("UIDVALIDITY")[1][0])
+
+
+@unittest.skipUnless(dovecot.installed(("imap",)), "dovecot-imapd is not installed")
+class T12Dovecot(unittest.TestCase):
+    """Portcullis and a private Dovecot serve one store in turn: the same
+    UIDVALIDITY, UIDs, flags and keywords either way"""
+    def test_handover_both_ways(self):
+        g = Gateway("dovecot", run_user="nobody", delivery="maildir:{dir}/state/mail")
+        dc = None
+        try:
+            for i in range(3):
+                g.send(subject="handover %d" % i)
+            c = g.login()
+            uv = select_uv(c)
+            self.assertEqual(c.store("1", "+FLAGS", "(\\Flagged $Label1)")[0], "OK")
+            self.assertEqual(c.store("2", "+FLAGS", "(\\Seen)")[0], "OK")
+            ours = uid_flags(c)
+            bodies = {u: c.uid("FETCH", str(u), "(BODY.PEEK[])")[1][0][1] for u in ours}
+            c.logout()
+            self.assertEqual(sorted(ours), [1, 2, 3])
+            self.assertEqual(ours[1], {"\\Flagged", "$Label1"})
+
+            dc = dovecot.Dovecot(g.d.dir, store=g.d.path("state", "mail"),
+                                 users={USER: "{PLAIN}" + PASSWORD}).start()
+            d = dc.imap(USER, PASSWORD)
+            self.assertEqual(select_uv(d), uv)
+            self.assertEqual(uid_flags(d), ours)
+            for u, body in bodies.items():
+                self.assertEqual(d.uid("FETCH", str(u), "(BODY.PEEK[])")[1][0][1], body)
+            # and back: Dovecot flags, appends; Portcullis shows the same
+            self.assertEqual(d.uid("STORE", "3", "+FLAGS", "(\\Answered Junk)")[0], "OK")
+            self.assertEqual(d.uid("STORE", "1", "-FLAGS", "(\\Flagged)")[0], "OK")
+            appended = b"From: <d@outside.test>\r\nSubject: from dovecot\r\n\r\nhi\r\n"
+            self.assertEqual(d.append("INBOX", "(\\Seen)", None, appended)[0], "OK")
+            theirs = uid_flags(d)
+            d.logout()
+            dc.stop()
+            self.assertEqual(sorted(theirs), [1, 2, 3, 4])
+
+            c = g.login()
+            self.assertEqual(select_uv(c), uv)
+            self.assertEqual(uid_flags(c), theirs)
+            self.assertEqual(c.uid("FETCH", "4", "(BODY.PEEK[])")[1][0][1], appended)
+            c.logout()
+        finally:
+            if dc is not None:
+                dc.close()
+            g.stop()
 
 
 @unittest.skipUnless(CURL, "curl is not installed")
