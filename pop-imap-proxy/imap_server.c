@@ -63,6 +63,7 @@
 #include "service/authcheck.h"
 #include "service/conn.h"
 #include "service/jobs.h"
+#include "service/userip.h"
 #include "service/users.h"
 #include "storage-adapter/userdb.h"
 #include "storage-adapter/userdb_sasl.h"
@@ -94,6 +95,7 @@ struct server {
 	struct jobs *jobs;		/* mail store I/O */
 	struct authcheck *auth;		/* password checks and failed-login penalties */
 	struct users users;		/* the user database, kept current */
+	struct userip *userip;		/* logged-in sessions per user and address */
 	struct sasl_callbacks sasl_cb;
 	struct sess *sessions;		/* all sessions (drain, keepalive) */
 	int ino;			/* inotify, -1 when unavailable */
@@ -110,6 +112,9 @@ struct sess {
 	struct imap_proto *ip;
 	struct engine_session *es;	/* the kill list at connect and may_ban; dropped at login */
 	int logged;
+	int counted;			/* in srv->userip */
+	int over_userip;		/* logged in past mail_max_userip_connections: BYE */
+	char user[256];
 	int peer_set;
 	int authing;			/* a password check or its penalty runs */
 	int execing;			/* an exec job runs */
@@ -343,18 +348,37 @@ start_exec(struct sess *s)
 
 /* ---- AUTHENTICATE / LOGIN ---- */
 
+/*
+ * A login went through: the idle timeout from now on, and
+ * mail_max_userip_connections. Past that the session is told "* BYE" once
+ * its login is answered, as Dovecot's mail process does.
+ */
 static void
 login_done(struct sess *s)
 {
 	char who[CIDR_TEXT_MAX];
+	const struct ipaddr *addr = conn_addr(s->conn);
+	unsigned n = 0;
 
 	if (s->logged || imap_proto_user(s->ip)[0] == '\0')
 		return;
 	s->logged = 1;
+	snprintf(s->user, sizeof(s->user), "%s", imap_proto_user(s->ip));
 	engine_session_free(&s->es);	/* the lists were for the login phase */
 	conn_set_timeout(s->conn, s->srv->c->idle_timeout);
-	log_info("imap: conn=%s login: user=<%s> client=[%s]%s", conn_id(s->conn),
-	    imap_proto_user(s->ip), conn_addr_text(s->conn, who), conn_is_tls(s->conn) ? " TLS" : "");
+	if (addr != NULL) {
+		if (userip_acquire(s->srv->userip, s->user, addr, s->srv->c->max_userip, &n)) {
+			s->counted = 1;
+		} else {
+			s->over_userip = 1;
+			log_info("imap: conn=%s user=<%s> client=[%s]: %u sessions from that address: "
+			    "refused (mail_max_userip_connections)", conn_id(s->conn), s->user,
+			    conn_addr_text(s->conn, who), n);
+			return;
+		}
+	}
+	log_info("imap: conn=%s login: user=<%s> client=[%s]%s", conn_id(s->conn), s->user,
+	    conn_addr_text(s->conn, who), conn_is_tls(s->conn) ? " TLS" : "");
 	stats_add("logins_total{door=\"imap\"}", 1);
 }
 
@@ -473,6 +497,15 @@ step(struct sess *s)
 	}
 	if (imap_proto_action(s->ip) != IMAP_ACT_NONE)
 		return;
+	if (s->over_userip == 1) {
+		char text[160];
+
+		s->over_userip = 2;
+		snprintf(text, sizeof(text), "[UNAVAILABLE] Maximum number of connections from user+IP "
+		    "exceeded (mail_max_userip_connections=%u)", s->srv->c->max_userip);
+		imap_proto_bye(s->ip, text);
+		pump(s);
+	}
 	if (imap_proto_watch_dir(s->ip) != NULL && !s->watching)
 		watch_start(s, imap_proto_watch_dir(s->ip));
 	else if (imap_proto_watch_dir(s->ip) == NULL && s->watching)
@@ -637,6 +670,8 @@ on_free(struct conn *c)
 	if (s->next != NULL)
 		s->next->prev = s->prev;
 	engine_session_free(&s->es);
+	if (s->counted)
+		userip_release(srv->userip, s->user, conn_addr(c));
 	if (srv->jobs != NULL && !srv->stopping)
 		jobs_submit(srv->jobs, sess_free_run, sess_free_done, s->ip);
 	else
@@ -761,6 +796,7 @@ imap_server_run(const int *fds, const enum imap_listener_kind *kinds, size_t nfd
 	srv->cf.words_too_many_client =
 	    "* BYE [UNAVAILABLE] Too many connections from your address.\r\n";
 	srv->cs = conn_server_new(srv->base, &srv->cf, &imap_ops, srv);
+	srv->userip = userip_new();
 	srv->jobs = jobs_new(srv->base, "imap-store", IMAP_STORE_THREADS, 0);
 	srv->auth = authcheck_new(srv->base, "imap", "login answered NO [UNAVAILABLE]",
 	    IMAP_AUTH_THREADS, IMAP_AUTH_QUEUE, &c->penalty, c->ban, c->ban_arg);
@@ -807,6 +843,7 @@ imap_server_run(const int *fds, const enum imap_listener_kind *kinds, size_t nfd
 	if (srv->ino >= 0)
 		close(srv->ino);
 	free(srv->watches);
+	userip_free(&srv->userip);
 	event_base_free(srv->base);
 	users_close(&srv->users);
 	free(srv);
