@@ -32,6 +32,8 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T12Dovecot      Portcullis then a private Dovecot on the same store, then
                     Portcullis again: the same UIDVALIDITY, UIDs, flags,
                     keywords and bytes both ways (Dovecot's STORE and APPEND)
+    T13Reload       portcullis reload: a new imap_banner for new connections;
+                    the session open before it gets * BYE [UNAVAILABLE]
     T08Idle         a message delivered by the SMTP gateway reaches an idling
                     client as "* N EXISTS" within 2 s (inotify); two idlers on
                     one folder, one leaves, the other is still told
@@ -719,6 +721,29 @@ class T12Dovecot(unittest.TestCase):
         finally:
             if dc is not None:
                 dc.close()
+            g.stop()
+
+
+class T13Reload(unittest.TestCase):
+    """portcullis reload: new connections get the new settings; a session
+    open before it is told * BYE and its client may reconnect"""
+    def test_reload_banner_and_old_session(self):
+        g = Gateway("reload")
+        try:
+            old = g.login()
+            self.assertEqual(old.select("INBOX")[0], "OK")
+            g.d.write_config(imap_banner="Reloaded and ready")
+            p = g.d.cli("reload")
+            self.assertIn("reloaded", p.stdout)
+            c = g.imap()
+            self.assertTrue(c.welcome.decode().endswith("] Reloaded and ready"), c.welcome)
+            c.logout()
+            # the old worker said BYE to the old session
+            old.sock.settimeout(10)
+            line = old.readline()
+            self.assertRegex(line, rb"^\* BYE \[UNAVAILABLE\] Server shutting down")
+            wait_until(lambda: "imap: draining" in g.d.log_text(), 10, what="the drain")
+        finally:
             g.stop()
 
 
