@@ -67,15 +67,17 @@ struct imap_mime_section {
 	uint64_t length;	/* bytes of the file */
 	uint64_t size;		/* octets sent: the {n} of the literal (after partial) */
 	uint64_t skip;		/* octets of the converted range to drop first (partial) */
-	int crlf;		/* bare LF in the range: send via imap_mime_section_read */
+	int crlf;		/* the range holds a bare LF or a NUL: send it through
+				   imap_mime_section_read (LF -> CRLF, NUL -> 0x80) */
 	char *built;		/* HEADER.FIELDS(.NOT): the bytes (size of them); else NULL */
 };
 
 /*
  * The section ATT names (IMAP_FETCH_SECTION; RFC822, RFC822.HEADER and
  * RFC822.TEXT are asked as BODY[], BODY[HEADER], BODY[TEXT]), with its
- * partial <n.m> applied. 0 and *sec_r (free with imap_mime_section_deinit),
- * or -1 when the part does not exist (Dovecot answers NIL).
+ * partial <n.m> applied: 0 and *sec_r (free with imap_mime_section_deinit).
+ * A part that does not exist, or HEADER/TEXT of a part that is not
+ * message/rfc822, is an empty section (size 0), as Dovecot sends "{0}".
  */
 int imap_mime_section(struct imap_mime *m, const struct imap_fetch_att *att,
     struct imap_mime_section *sec_r) __attribute__((warn_unused_result));
@@ -96,21 +98,29 @@ size_t imap_mime_section_read(struct imap_mime *m, const struct imap_mime_sectio
 
 /* ---- for SEARCH (imap_search.c) ---- */
 
-/* the Date: header as a time and its zone offset in minutes; -1 if none or bad */
+/* the first Date: header as a time and its zone offset in minutes; -1 if
+ * there is none or it does not parse */
 int imap_mime_sent_date(struct imap_mime *m, time_t *t_r, int *tz_minutes_r);
+
+#define IMAP_MIME_HDR_ADDRESS	0x1	/* the addresses, rewritten "Name <a@b>, ..." */
+#define IMAP_MIME_HDR_COMPRESS	0x2	/* LWSP runs as one space */
 /*
  * Every field NAME (case-insensitive; NULL: every field) of the top-level
- * header, unfolded and MIME-word decoded to UTF-8, each given to FN until
- * it returns non-zero (which is returned).
+ * header, its value unfolded and MIME-word decoded to UTF-8 (as Dovecot
+ * searches it; FLAGS above), each given to FN until it returns non-zero
+ * (which is returned); 0 after the last.
  */
-int imap_mime_header_foreach(struct imap_mime *m, const char *name,
+int imap_mime_header_foreach(struct imap_mime *m, const char *name, unsigned flags,
     int (*fn)(void *ctx, const char *name, const char *value), void *ctx);
 /*
- * The text of every leaf part (transfer-encoding decoded, converted to
- * UTF-8 from its charset), in pieces of any size, to FN until it returns
- * non-zero; at most MAX bytes of decoded text in all (bounded work).
+ * The message as SEARCH TEXT (WITH_HEADERS) or BODY reads it, part after
+ * part in file order: each part's header lines decoded ("Name: value\r\n"),
+ * then, for text/ and message/ parts (and parts without Content-Type), its
+ * body with the transfer encoding undone and converted to UTF-8 from its
+ * charset. PART_START is 1 on a part's first piece (a match may not span
+ * parts). At most MAX bytes in all (bounded work); FN's non-zero stops it.
  */
-int imap_mime_body_foreach(struct imap_mime *m, uint64_t max,
-    int (*fn)(void *ctx, const char *data, size_t len), void *ctx);
+int imap_mime_text_foreach(struct imap_mime *m, int with_headers, uint64_t max,
+    int (*fn)(void *ctx, int part_start, const char *data, size_t len), void *ctx);
 
 #endif
