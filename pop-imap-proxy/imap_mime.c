@@ -1073,7 +1073,7 @@ struct imap_mime {
 	char *last_boundary;
 	/* imap_mime_section_read of a converted range: where it stopped */
 	int cache_valid, cache_half;
-	uint64_t cache_sec, cache_skip, cache_out, cache_file;
+	uint64_t cache_sec, cache_out, cache_file;
 };
 
 static struct part *
@@ -2273,14 +2273,12 @@ part_find(struct imap_mime *m, const uint32_t *num, size_t n)
 	return p;
 }
 
-/* does [a, b) hold a bare LF or a NUL? */
+/* does [a, b) hold a bare LF (the first octet's LF counts as bare)? */
 static int
-range_needs_conv(const struct imap_mime *m, uint64_t a, uint64_t b)
+range_has_bare_lf(const struct imap_mime *m, uint64_t a, uint64_t b)
 {
 	const unsigned char *d = m->d;
 
-	if (m->has_nul && a < b && memchr(d + a, '\0', b - a) != NULL)
-		return 1;
 	if (!m->has_bare_lf)
 		return 0;
 	for (uint64_t i = a; i < b;) {
@@ -2288,23 +2286,36 @@ range_needs_conv(const struct imap_mime *m, uint64_t a, uint64_t b)
 		if (lf == NULL)
 			return 0;
 		uint64_t k = lf - d;
-		if (k == 0 || d[k - 1] != '\r')
+		if (k == a || d[k - 1] != '\r')
 			return 1;
 		i = k + 1;
 	}
 	return 0;
 }
 
-/* the section [a, b) of VSIZE octets sent, with the partial applied */
+static int
+range_has_nul(const struct imap_mime *m, uint64_t a, uint64_t b)
+{
+	return m->has_nul && a < b && memchr(m->d + a, '\0', b - a) != NULL;
+}
+
+/*
+ * The section [a, b) of VSIZE octets sent, with the partial applied the way
+ * Dovecot does it: where the range has no bare LF, a plain skip; where it
+ * has, a walk over virtual octets, and when that walk stops right after a
+ * CR (ours or the file's) the first octet of what follows is dropped.
+ */
 static void
 section_range(struct imap_mime *m, uint64_t a, uint64_t b, uint64_t vsize, int partial,
     uint64_t p_off, uint64_t p_len, struct imap_mime_section *sec)
 {
+	int bare = range_has_bare_lf(m, a, b);
+
 	memset(sec, 0, sizeof(*sec));
 	sec->offset = a;
 	sec->length = b - a;
 	sec->size = vsize;
-	sec->crlf = range_needs_conv(m, a, b);
+	sec->crlf = bare ? 1 : range_has_nul(m, a, b) ? 2 : 0;
 	if (!partial)
 		return;
 	if (p_off >= vsize) {
@@ -2316,30 +2327,32 @@ section_range(struct imap_mime *m, uint64_t a, uint64_t b, uint64_t vsize, int p
 	}
 	uint64_t left = vsize - p_off;
 	sec->size = p_len < left ? p_len : left;
-	if (!sec->crlf) {
+	if (!bare) {
 		sec->offset = a + p_off;
 		sec->length = sec->size;
+		sec->crlf = range_has_nul(m, sec->offset, sec->offset + sec->length) ? 2 : 0;
 		return;
 	}
-	/* walk the converted octets to the partial's start */
-	uint64_t out = 0, i = a;
 	const unsigned char *d = m->d;
-	while (i < b && out < p_off) {
-		if (d[i] == '\n' && (i == 0 || d[i - 1] != '\r')) {
-			if (out + 2 <= p_off) {
-				out += 2;
-				i++;
-				continue;
+	uint64_t skip = p_off, i = a;
+	int last_cr = 0;
+	while (i < b && skip > 0) {
+		skip--;
+		if (d[i] == '\r') {
+			if (skip == 0)
+				last_cr = 1;
+		} else if (d[i] == '\n' && (i == a || d[i - 1] != '\r')) {
+			if (skip == 0) {
+				last_cr = 1;	/* between our CR and the LF */
+				break;
 			}
-			/* between the CR we add and the LF */
-			sec->skip = 1;
-			break;
+			skip--;
 		}
-		out++;
 		i++;
 	}
 	sec->offset = i;
 	sec->length = b - i;
+	sec->skip = (uint64_t)last_cr;
 	sec->crlf = 1;
 }
 
@@ -2502,24 +2515,29 @@ imap_mime_section_read(struct imap_mime *m, const struct imap_mime_section *sec,
 		memcpy(o, m->d + sec->offset + pos, len);
 		return len;
 	}
-	/* converted: find the file position of output octet POS (cached) */
+	if (sec->crlf == 2) {
+		const unsigned char *src = m->d + sec->offset + pos;
+		for (size_t k = 0; k < len; k++)
+			o[k] = src[k] ? src[k] : 0x80;
+		return len;
+	}
+	/* LF -> CRLF from sec->offset on (its first LF is bare), the first
+	   sec->skip octets dropped: find converted octet POS + skip (cached) */
 	const unsigned char *d = m->d;
 	uint64_t a = sec->offset, b = sec->offset + sec->length;
-	uint64_t i, out;
-	int half;	/* at the LF of an inserted CRLF */
-	if (m->cache_valid && m->cache_sec == sec->offset && m->cache_skip == sec->skip &&
-	    m->cache_out <= pos) {
+	uint64_t want = pos + sec->skip, i, out;
+	int half;	/* the CR of a bare LF was produced, the LF not yet */
+	if (m->cache_valid && m->cache_sec == sec->offset && m->cache_out <= want) {
 		i = m->cache_file;
 		out = m->cache_out;
 		half = m->cache_half;
 	} else {
 		i = a;
 		out = 0;
-		half = (int)sec->skip;
+		half = 0;
 	}
-	/* first output octet, at i: with `half`, the LF of a CRLF we insert */
-	while (out < pos && i < b) {
-		int bare = d[i] == '\n' && (i == 0 || d[i - 1] != '\r');
+	while (out < want && i < b) {
+		int bare = d[i] == '\n' && (i == a || d[i - 1] != '\r');
 		if (bare && !half) {
 			half = 1;
 			out++;
@@ -2532,7 +2550,7 @@ imap_mime_section_read(struct imap_mime *m, const struct imap_mime_section *sec,
 	size_t n = 0;
 	while (n < len && i < b) {
 		unsigned char c = d[i];
-		int bare = c == '\n' && (i == 0 || d[i - 1] != '\r');
+		int bare = c == '\n' && (i == a || d[i - 1] != '\r');
 		if (bare && !half) {
 			o[n++] = '\r';
 			half = 1;
@@ -2542,10 +2560,13 @@ imap_mime_section_read(struct imap_mime *m, const struct imap_mime_section *sec,
 		o[n++] = c ? c : 0x80;
 		i++;
 	}
+	out += n;
+	/* a dropped octet can leave the literal one short at the end: pad */
+	while (n < len)
+		o[n++] = ' ';
 	m->cache_valid = 1;
 	m->cache_sec = sec->offset;
-	m->cache_skip = sec->skip;
-	m->cache_out = pos + n;
+	m->cache_out = out;
 	m->cache_file = i;
 	m->cache_half = half;
 	return n;

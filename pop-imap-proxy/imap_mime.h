@@ -67,8 +67,9 @@ struct imap_mime_section {
 	uint64_t length;	/* bytes of the file */
 	uint64_t size;		/* octets sent: the {n} of the literal (after partial) */
 	uint64_t skip;		/* octets of the converted range to drop first (partial) */
-	int crlf;		/* the range holds a bare LF or a NUL: send it through
-				   imap_mime_section_read (LF -> CRLF, NUL -> 0x80) */
+	int crlf;		/* 0: send [offset, offset + length) as it is; else send
+				   it through imap_mime_section_read (1: bare LF -> CRLF
+				   and NUL -> 0x80; 2: only NUL -> 0x80) */
 	char *built;		/* HEADER.FIELDS(.NOT): the bytes (size of them); else NULL */
 };
 
