@@ -115,6 +115,18 @@ struct imap_proto {
 	int more;		/* exec continues in another batch */
 	size_t cursor;		/* where a batch resumes */
 	int in_exec;
+	exec_fn *after;		/* on the loop once the exec is done */
+	/* APPEND */
+	int app_active, app_failed, app_sync;
+	struct mailstore_box *abox;
+	int abox_own;
+	struct mailstore_append *app;
+	unsigned app_flags;
+	char **app_kw;
+	size_t app_nkw;
+	time_t app_date;
+	char *chunk;
+	size_t chunklen, chunkcap;
 	int fetch_gone;
 	int idling;
 	int logout_pending;
@@ -408,6 +420,7 @@ want_exec(struct imap_proto *p, const struct imap_cmd *c, exec_fn *fn)
 {
 	p->cmd = c;
 	p->exec = fn;
+	p->after = NULL;
 	p->more = 0;
 	p->cursor = 0;
 	p->act = IMAP_ACT_EXEC;
@@ -442,9 +455,14 @@ imap_proto_exec_done(struct imap_proto *p)
 	x->bytes = 0;
 	x->files = 0;
 	if (!p->more) {
+		exec_fn *after = p->after;
+
 		p->act = IMAP_ACT_NONE;
 		p->exec = NULL;
 		p->cmd = NULL;
+		p->after = NULL;
+		if (after != NULL)
+			after(p);
 		if (p->logout_pending)
 			p->close = 1;
 	}
@@ -463,6 +481,7 @@ imap_proto_new(const struct imap_params *prm)
 	p->prm.store_root = p->store_root;
 	imap_parser_limits_default(&lim, 0);
 	p->parser = imap_parser_new(&lim);
+	imap_parser_set_append_stream(p->parser, 1);
 	return p;
 }
 
@@ -2518,10 +2537,188 @@ c_later(struct imap_proto *p, const struct imap_cmd *c)
 	reply(p, "%s NO [CANNOT] %s is not implemented yet.", c->tag, c->name);
 }
 
+/* ---- APPEND (streamed: IMAP_EV_APPEND, _DATA, then the command) ---- */
+
+#define APPEND_CHUNK (64u << 10)	/* bytes gathered before an exec writes them */
+
+/* RFC 3501 date-time: "dd-Mon-yyyy hh:mm:ss +zzzz" (a leading space for d) */
+static int
+parse_datetime(const char *s, time_t *t_r)
+{
+	static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+		"Sep", "Oct", "Nov", "Dec" };
+	struct tm tm;
+	char m[4], sign;
+	int d, y, hh, mm, ss, zh, zm, k;
+
+	memset(&tm, 0, sizeof(tm));
+	while (*s == ' ')
+		s++;
+	if (sscanf(s, "%2d-%3s-%4d %2d:%2d:%2d %c%2d%2d", &d, m, &y, &hh, &mm, &ss, &sign, &zh,
+	    &zm) != 9 || (sign != '+' && sign != '-'))
+		return -1;
+	for (k = 0; k < 12; k++)
+		if (strcasecmp(m, mon[k]) == 0)
+			break;
+	if (k == 12 || d < 1 || d > 31 || y < 1970 || hh > 23 || mm > 59 || ss > 60)
+		return -1;
+	tm.tm_mday = d;
+	tm.tm_mon = k;
+	tm.tm_year = y - 1900;
+	tm.tm_hour = hh;
+	tm.tm_min = mm;
+	tm.tm_sec = ss;
+	*t_r = timegm(&tm) - (sign == '-' ? -1 : 1) * (zh * 3600 + zm * 60);
+	return *t_r > 0 ? 0 : -1;
+}
+
 static void
 append_cleanup(struct imap_proto *p)
 {
-	(void)p;
+	mailstore_append_abort(&p->app);
+	if (p->abox_own)
+		mailstore_box_close(&p->abox);
+	p->abox = NULL;
+	p->abox_own = 0;
+	for (size_t i = 0; i < p->app_nkw; i++)
+		free(p->app_kw[i]);
+	free(p->app_kw);
+	p->app_kw = NULL;
+	p->app_nkw = 0;
+	free(p->chunk);
+	p->chunk = NULL;
+	p->chunklen = p->chunkcap = 0;
+	p->app_active = 0;
+	p->app_failed = 0;
+}
+
+static void
+x_append_begin(struct imap_proto *p)
+{
+	const char *err;
+
+	p->abox = dest_open(p, &p->cmd->args[0], &p->abox_own);
+	if (p->abox == NULL)
+		return;
+	if (mailstore_append_begin(p->abox, &p->app, &err) < 0) {
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+		append_cleanup(p);
+		return;
+	}
+	p->app_active = 1;
+}
+
+/* on the loop after x_append_begin: let the parser stream the message, or drop it */
+static void
+after_append_begin(struct imap_proto *p)
+{
+	imap_parser_append_continue(p->parser, p->app_active);
+	if (p->app_active && p->app_sync)
+		reply(p, "+ OK");
+	if (!p->app_active)
+		append_cleanup(p);
+}
+
+static void
+append_flush(struct imap_proto *p)
+{
+	const char *err;
+
+	if (p->chunklen > 0 && !p->app_failed &&
+	    mailstore_append_write(p->app, p->chunk, p->chunklen, &err) < 0)
+		p->app_failed = 1;
+	p->chunklen = 0;
+}
+
+static void
+x_append_write(struct imap_proto *p)
+{
+	append_flush(p);
+}
+
+static void
+x_append_commit(struct imap_proto *p)
+{
+	uint32_t uid = 0;
+	const char *err;
+
+	append_flush(p);
+	if (p->app_failed) {
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+	} else if (mailstore_append_commit(&p->app, p->app_flags, (const char *const *)p->app_kw,
+	    p->app_nkw, p->app_date, &uid, &err) < 0) {
+		reply(p, "%s NO [%s] %.200s", p->tag, strstr(err, "keyword") != NULL ? "LIMIT" :
+		    "SERVERBUG", err);
+	} else {
+		uint32_t uv = mailstore_box_uidvalidity(p->abox);
+
+		if (p->box != NULL)
+			view_sync(p, 1);
+		reply(p, "%s OK [APPENDUID %u %u] Append completed.", p->tag, (unsigned)uv,
+		    (unsigned)uid);
+	}
+	append_cleanup(p);
+}
+
+static void
+x_append_abort(struct imap_proto *p)
+{
+	append_cleanup(p);
+}
+
+/* IMAP_EV_APPEND: check what the parser has, then open the folder in an exec */
+static void
+append_event(struct imap_proto *p, const struct imap_event *ev)
+{
+	const struct imap_cmd *c = ev->cmd;
+	const char **kw;
+	size_t nkw;
+
+	snprintf(p->tag, sizeof(p->tag), "%s", c->tag);
+	append_cleanup(p);
+	if (p->st != ST_AUTH && p->st != ST_SELECTED) {
+		reply(p, "%s BAD Please log in first.", p->tag);
+		imap_parser_append_continue(p->parser, 0);
+		return;
+	}
+	if (ev->append_size == 0) {
+		reply(p, "%s NO Can't save a zero byte message.", p->tag);
+		imap_parser_append_continue(p->parser, 0);
+		return;
+	}
+	p->app_date = 0;
+	if (c->append_date != NULL && parse_datetime(c->append_date, &p->app_date) < 0) {
+		reply(p, "%s BAD Invalid internal date.", p->tag);
+		imap_parser_append_continue(p->parser, 0);
+		return;
+	}
+	if (parse_flags(p, c->flags, c->nflags, &p->app_flags, &kw, &nkw) < 0) {
+		imap_parser_append_continue(p->parser, 0);
+		return;
+	}
+	p->app_kw = xcalloc(nkw + 1, sizeof(*p->app_kw));
+	for (size_t i = 0; i < nkw; i++)
+		p->app_kw[i] = xstrdup(kw[i]);
+	p->app_nkw = nkw;
+	free(kw);
+	p->app_sync = ev->append_sync;
+	want_exec(p, c, x_append_begin);
+	p->after = after_append_begin;
+}
+
+static void
+append_data(struct imap_proto *p, const char *data, size_t len)
+{
+	if (!p->app_active || len == 0)
+		return;
+	if (p->chunklen + len > p->chunkcap) {
+		p->chunkcap = p->chunklen + len > APPEND_CHUNK ? p->chunklen + len : APPEND_CHUNK;
+		p->chunk = xrealloc(p->chunk, p->chunkcap);
+	}
+	memcpy(p->chunk + p->chunklen, data, len);
+	p->chunklen += len;
+	if (p->chunklen >= APPEND_CHUNK)
+		want_exec(p, NULL, x_append_write);
 }
 
 static const struct {
@@ -2541,7 +2738,6 @@ static const struct {
 	{ "CREATE", IN_LOGGED, c_folder }, { "DELETE", IN_LOGGED, c_folder },
 	{ "RENAME", IN_LOGGED, c_folder }, { "SUBSCRIBE", IN_LOGGED, c_folder },
 	{ "UNSUBSCRIBE", IN_LOGGED, c_folder }, { "STATUS", IN_LOGGED, c_folder },
-	{ "APPEND", IN_LOGGED, c_later },
 	{ "CLOSE", IN_SELECTED, c_close }, { "EXPUNGE", IN_SELECTED, c_expunge },
 	{ "SEARCH", IN_SELECTED, c_later }, { "FETCH", IN_SELECTED, c_fetch },
 	{ "STORE", IN_SELECTED, c_store }, { "COPY", IN_SELECTED, c_copy },
@@ -2628,7 +2824,19 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 		switch (ev.type) {
 		case IMAP_EV_NONE:
 			break;
+		case IMAP_EV_APPEND:
+			append_event(p, &ev);
+			break;
+		case IMAP_EV_APPEND_DATA:
+			append_data(p, ev.data, ev.datalen);
+			break;
 		case IMAP_EV_REPLY:
+			if (p->app_active) {
+				/* the line went wrong after the message: drop it */
+				out_add(p, ev.reply, strlen(ev.reply));
+				want_exec(p, NULL, x_append_abort);
+				break;
+			}
 			if (p->idling) {
 				/* not DONE: the IDLE command ends with a tagged BAD */
 				p->idling = 0;
@@ -2649,6 +2857,11 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 			reply(p, "%s OK Idle completed.", p->tag);
 			break;
 		case IMAP_EV_COMMAND:
+			if (p->app_active && ev.cmd->append_streamed) {
+				snprintf(p->tag, sizeof(p->tag), "%s", ev.cmd->tag);
+				want_exec(p, ev.cmd, x_append_commit);
+				break;
+			}
 			command(p, ev.cmd);
 			break;
 		}

@@ -7,6 +7,8 @@ pkgs="make gcc libc6-dev pkg-config libmilter-dev libcunit1-dev libhiredis-dev l
 pkgs="$pkgs dovecot-pop3d"
 # isync (mbsync) and mutt: real IMAP clients syncing and reading through the IMAP door (tests/integration/test_imap.py)
 pkgs="$pkgs isync mutt"
+# libgmime-3.0-dev: the MIME parser behind IMAP FETCH/SEARCH (pop-imap-proxy/imap_mime.c)
+pkgs="$pkgs libgmime-3.0-dev"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/sasl.h"
@@ -347,6 +348,28 @@ static const struct icase icases[] = {
 	  "w NO Can't rename mailbox under its own child.\r\nx OK Create completed.\r\n"
 	  "* LIST (\\HasNoChildren) \".\" \"a b\"\r\ny OK List completed.\r\n"
 	  "* BYE Logging out\r\nz OK Logout completed.\r\n" },
+	{ "APPEND streamed: flags, date, TRYCREATE, LITERAL+, errors, APPENDUID", P_OPEN,
+	  "a LOGIN alice secret\r\nb APPEND Sent (\\Seen $Work) \" 5-Mar-2024 10:00:00 +0100\" {21}\r\n"
+	  "Subject: hi\r\n\r\nbody\r\n\r\nc APPEND Nope {3}\r\nd APPEND Nope {3+}\r\nabc\r\ne APPEND INBOX {0}\r\n"
+	  "f SELECT Sent\r\ng FETCH 1 (FLAGS INTERNALDATE RFC822.SIZE BODY[])\r\n"
+	  "h APPEND Sent {5+}\r\nhello x\r\ni APPEND INBOX (\\Bogus) {3}\r\n"
+	  "j APPEND Sent {4+}\r\nabcd\r\nk LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "+ OK\r\nb OK [APPENDUID {V:Sent} 1] Append completed.\r\n"
+	  "c NO [TRYCREATE] Mailbox doesn't exist: Nope\r\n"
+	  "d NO [TRYCREATE] Mailbox doesn't exist: Nope\r\n"
+	  "e NO Can't save a zero byte message.\r\n"
+	  "* FLAGS (" FLAGS " $Work)\r\n* OK [PERMANENTFLAGS (" FLAGS " $Work \\*)] Flags permitted.\r\n"
+	  "* 1 EXISTS\r\n* 0 RECENT\r\n"
+	  "* OK [UIDVALIDITY {V:Sent}] UIDs valid\r\n* OK [UIDNEXT 2] Predicted next UID\r\n"
+	  "f OK [READ-WRITE] Select completed.\r\n"
+	  "* 1 FETCH (FLAGS (\\Seen $Work) INTERNALDATE \"05-Mar-2024 09:00:00 +0000\" "
+	  "RFC822.SIZE 21 BODY[] {21}\r\nSubject: hi\r\n\r\nbody\r\n)\r\ng OK Fetch completed.\r\n"
+	  "h BAD Invalid arguments\r\n"
+	  "i BAD Invalid system flag \\Bogus\r\n"
+	  "* 2 EXISTS\r\n* 0 RECENT\r\nj OK [APPENDUID {V:Sent} 2] Append completed.\r\n"
+	  "* BYE Logging out\r\nk OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
@@ -430,6 +453,8 @@ test_imap_dialogues(void)
 	const char *err;
 
 	CU_ASSERT_EQUAL_FATAL(sasl_init(&err), 0);
+	setenv("TZ", "UTC", 1);
+	tzset();
 	for (const struct icase *c = icases; c->name != NULL; c++) {
 		for (int mode = 0; mode < 5; mode++) {
 			struct env e;
