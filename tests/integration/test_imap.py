@@ -24,6 +24,8 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     refused at connect
     T09Messages     FETCH (flags, size, the body as delivered, BODY[TEXT] setting
                     \\Seen), STORE, EXPUNGE, seen by the next session
+    T14Folders      APPEND with APPENDUID, UID COPY, UID MOVE, STATUS
+                    of the target folders from a new session
     T10BigMessage   a 20 MB message (and one stored with bare LFs) fetched
                     whole and byte-identical over TLS and plaintext; the
                     worker's peak RSS grows by less than 8 MB
@@ -512,6 +514,44 @@ class T09Messages(unittest.TestCase):
         flags = c.fetch("1:2", "(FLAGS)")[1]
         self.assertIn(b"\\Flagged", flags[0])
         self.assertIn(b"\\Seen", flags[1])
+        c.logout()
+
+
+class T14Folders(unittest.TestCase):
+    """APPEND (UIDPLUS), COPY, MOVE between folders, seen by a new session"""
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("folders")
+        for i in range(3):
+            cls.g.send(subject="folder test %d" % i)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def test_append_copy_move(self):
+        c = self.g.login()
+        uv = select_uv(c)
+        msg = b"From: <me@example.com>\r\nSubject: a draft\r\n\r\nappended body\r\n"
+        typ, data = c.append("INBOX", "(\\Draft)", None, msg)
+        self.assertEqual(typ, "OK")
+        self.assertRegex(data[0], rb"^\[APPENDUID %d 4\]" % uv)
+        typ, data = c.uid("FETCH", "4", "(FLAGS BODY.PEEK[])")
+        self.assertEqual(data[0][1], msg)
+        self.assertIn(b"\\Draft", data[0][0])
+        typ, data = c.uid("COPY", "1:2", "Trash")
+        self.assertEqual(typ, "OK")
+        typ, data = c.uid("MOVE", "3", "Junk")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(sorted(uid_flags(c)), [1, 2, 4])    # 3 moved out
+        c.logout()
+        c = self.g.login()
+        self.assertEqual(c.status("Trash", "(MESSAGES)")[1][0], b"Trash (MESSAGES 2)")
+        self.assertEqual(c.status("Junk", "(MESSAGES)")[1][0], b"Junk (MESSAGES 1)")
+        select_uv(c, "Junk")
+        body = c.fetch("1", "(BODY.PEEK[])")[1][0][1]
+        self.assertIn(b"Subject: folder test 2\r\n", body)
+        self.assertEqual(int(c.select("INBOX")[1][0]), 3)
         c.logout()
 
 
