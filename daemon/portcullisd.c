@@ -1703,9 +1703,15 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		}
 	}
 	write_pidfile(conf_get(c, "pid_file"));
-	log_info("portcullisd started: %s%s%s; lists %s, policy_mode %s",
-	    nsvc > 0 ? wk[0].name : "", nsvc > 1 ? " and " : "", nsvc > 1 ? wk[1].name : "",
-	    conf_get(c, "lists"), conf_get(c, "policy_mode"));
+	{
+		char names[128] = "";	/* every service, not the first two */
+
+		for (size_t i = 0; i < nsvc; i++)
+			snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+			    i == 0 ? "" : i + 1 == nsvc ? " and " : ", ", wk[i].name);
+		log_info("portcullisd started: %s; lists %s, policy_mode %s", names,
+		    conf_get(c, "lists"), conf_get(c, "policy_mode"));
+	}
 	if (!foreground) {
 		int fd = open("/dev/null", O_RDWR);
 
