@@ -72,6 +72,7 @@ imap_conf_new(const struct conf *c, const char **error_r)
 	s->max_per_client = (unsigned)conf_get_int(c, "imap_max_per_client");
 	s->login_timeout = (unsigned)conf_get_int(c, "imap_login_timeout");
 	s->idle_timeout = (unsigned)conf_get_int(c, "imap_idle_timeout");
+	s->max_userip = (unsigned)conf_get_int(c, "mail_max_userip_connections");
 	*error_r = NULL;
 	return ic;
 fail:

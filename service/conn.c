@@ -33,6 +33,7 @@
 #define CONN_MAX_LISTENERS 16
 #define CONN_CLOSE_TRIES 100	/* 20 ms apart: a TLS filter's last bytes, 2 s at most */
 #define CONN_PEER_MAX 256
+#define CONN_FILTER_HIGH (256 * 1024)	/* a TLS filter queues this much in the socket's bev */
 
 struct door_listener {
 	struct conn_server *srv;
@@ -147,6 +148,8 @@ timed_out(struct conn *c)
 	if (c->srv->ops->timed_out != NULL && c->opened)
 		c->srv->ops->timed_out(c);
 	c->closing = 1;
+	c->write_low = 0;
+	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
 	evtimer_del(c->timer);
 	bufferevent_disable(c->bev, EV_READ);
 	bufferevent_set_timeouts(c->bev, &tv, &tv);
@@ -297,6 +300,8 @@ close_check(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (c->dead)
 		return;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+		return;		/* write_cb comes back once it is out */
 	if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) > 0 &&
 	    c->close_tries++ < CONN_CLOSE_TRIES) {
 		struct timeval tv = { 0, 20000 };
@@ -315,6 +320,8 @@ conn_close(struct conn *c)
 	if (c->dead)
 		return;
 	c->closing = 1;
+	c->write_low = 0;	/* write_cb once the output is empty, not below a mark */
+	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
 	bufferevent_disable(c->bev, EV_READ);
 	bufferevent_enable(c->bev, EV_WRITE);
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
@@ -497,6 +504,9 @@ conn_starttls(struct conn *c)
 		conn_close(c);
 		return -1;
 	}
+	/* the filter fills the socket's bufferevent only up to its high mark:
+	 * without one a fast producer queues a whole message there */
+	bufferevent_setwatermark(c->bev, EV_WRITE, 0, CONN_FILTER_HIGH);
 	c->bev = tb;
 	c->tls = 1;
 	c->in_seen = 0;
