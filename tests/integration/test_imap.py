@@ -34,6 +34,9 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T12Dovecot      Portcullis then a private Dovecot on the same store, then
                     Portcullis again: the same UIDVALIDITY, UIDs, flags,
                     keywords and bytes both ways (Dovecot's STORE and APPEND)
+    T15UserIp       mail_max_userip_connections = 2: the third login from one
+                    address is answered, then * BYE [UNAVAILABLE]; another
+                    address, or a session fewer, is let in
     T13Reload       portcullis reload: a new imap_banner for new connections;
                     the session open before it gets * BYE [UNAVAILABLE]
     T08Idle         a message delivered by the SMTP gateway reaches an idling
@@ -761,6 +764,34 @@ class T12Dovecot(unittest.TestCase):
         finally:
             if dc is not None:
                 dc.close()
+            g.stop()
+
+
+class T15UserIp(unittest.TestCase):
+    """mail_max_userip_connections: the one session too many is told * BYE"""
+    def test_third_session_from_one_address(self):
+        g = Gateway("userip", mail_max_userip_connections="2")
+        try:
+            a, b = g.login(), g.login()
+            c = g.imap()
+            c.starttls(ssl_context=client_ctx())
+            self.assertEqual(c.login(USER, PASSWORD)[0], "OK")    # as Dovecot: in, then BYE
+            with self.assertRaises((imaplib.IMAP4.abort, OSError)):
+                c.select("INBOX")
+            self.assertIn(b"Maximum number of connections from user+IP exceeded",
+                          b" ".join(x for x in c.untagged_responses.get("BYE", [])))
+            # from another address, and once a session left, it is fine
+            d = g.imap(source=OUTSIDE)
+            self.assertEqual(d.login_cram_md5(USER, PASSWORD)[0], "OK")
+            self.assertEqual(d.select("INBOX")[0], "OK")
+            d.logout()
+            a.logout()
+            time.sleep(0.2)
+            e = g.login()
+            self.assertEqual(e.select("INBOX")[0], "OK")
+            e.logout()
+            b.logout()
+        finally:
             g.stop()
 
 
