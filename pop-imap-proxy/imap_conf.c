@@ -49,7 +49,7 @@ imap_conf_new(const struct conf *c, const char **error_r)
 	}
 	/* the door serves the store the SMTP door delivers into */
 	if (strncmp(delivery, "maildir:", 8) != 0) {
-		snprintf(errbuf, sizeof(errbuf), "%s: the imap service reads the Maildir store: "
+		snprintf(errbuf, sizeof(errbuf), "%s: delivery: the imap service reads the Maildir store: "
 		    "it needs delivery = maildir:DIR", conf_where(c, "delivery"));
 		goto fail;
 	}

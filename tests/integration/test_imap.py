@@ -37,6 +37,9 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T15UserIp       mail_max_userip_connections = 2: the third login from one
                     address is answered, then * BYE [UNAVAILABLE]; another
                     address, or a session fewer, is let in
+    T16Config       portcullisd -t refuses imaps without keys, a relay: store,
+                    an unknown imap_auth_mechanisms name, a bad imap_banner,
+                    a bad listener, a too short idle timeout (FILE:LINE)
     T13Reload       portcullis reload: a new imap_banner for new connections;
                     the session open before it gets * BYE [UNAVAILABLE]
     T08Idle         a message delivered by the SMTP gateway reaches an idling
@@ -793,6 +796,45 @@ class T15UserIp(unittest.TestCase):
             b.logout()
         finally:
             g.stop()
+
+
+class T16Config(unittest.TestCase):
+    """portcullisd -t refuses what the IMAP door cannot run, naming FILE:LINE"""
+    CASES = [
+        ("imaps without keys", {"imaps_listen": "127.0.0.1:1993", "tls_cert_file": None,
+                                "tls_key_file": None},
+         r"imaps_listen needs tls_cert_file and tls_key_file"),
+        ("a store the door cannot read", {"delivery": "relay:[127.0.0.1]:25"},
+         r"delivery: the imap service reads the Maildir store"),
+        ("an unknown mechanism", {"imap_auth_mechanisms": "PLAIN DIGEST-MD5"},
+         r"imap_auth_mechanisms: \"DIGEST-MD5\" is not"),
+        ("a banner with a control character", {"imap_banner": "hello\x01"},
+         r"imap_banner.*control characters"),
+        ("a banner too long", {"imap_banner": "x" * 301}, r"imap_banner.*300"),
+        ("a listener that is not one", {"imap_listen": "localhost"}, r"imap_listen"),
+        ("an idle timeout under a minute", {"imap_idle_timeout": "30"}, r"imap_idle_timeout"),
+    ]
+
+    def test_check_refuses(self):
+        base = {"services": "smtp imap", "smtp_listen": "127.0.0.1:{port}",
+                "state_dir": "{dir}/state", "delivery": "maildir:{dir}/mail",
+                "myhostname": MYHOSTNAME, "mydomains": "example.com",
+                "tls_cert_file": W.crt, "tls_key_file": W.key}
+        for name, over, want in self.CASES:
+            d = Daemon("conf", base, **over)
+            try:
+                p = run_bin("portcullisd", "-c", d.conf, "-t")
+                self.assertEqual(p.returncode, 1, "%s: %s" % (name, p.stderr))
+                self.assertRegex(p.stderr, want, name)
+                self.assertRegex(p.stderr, re.escape(d.conf) + r":\d+|default", name)
+            finally:
+                d.close()
+        d = Daemon("conf-ok", base)
+        try:
+            p = run_bin("portcullisd", "-c", d.conf, "-t")
+            self.assertEqual(p.returncode, 0, p.stderr)
+        finally:
+            d.close()
 
 
 class T13Reload(unittest.TestCase):
