@@ -458,6 +458,9 @@ step(struct sess *s)
 {
 	struct conn *c = s->conn;
 
+	/* a login may end in input too (SCRAM's last, empty response) */
+	if (!s->logged && imap_proto_user(s->ip)[0] != '\0')
+		login_done(s);
 	for (int guard = 0; guard < 8; guard++) {
 		enum imap_action a;
 
@@ -472,15 +475,8 @@ step(struct sess *s)
 			continue;	/* answered at once: its action may follow */
 		}
 		if (a == IMAP_ACT_STARTTLS) {
-			struct bufferevent *under;
-
-			if (conn_starttls(c) < 0)
+			if (conn_starttls(c) < 0)	/* bounds the socket's buffer under the filter */
 				return;
-			/* the TLS filter writes into the socket's bufferevent: bound
-			 * that too, or a slow reader of a big FETCH piles it up there */
-			under = bufferevent_get_underlying(conn_bev(c));
-			if (under != NULL)
-				bufferevent_setwatermark(under, EV_WRITE, 0, IMAP_OUT_HIGH);
 			imap_proto_set_tls(s->ip, 1);
 			continue;
 		}

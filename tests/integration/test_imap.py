@@ -23,12 +23,15 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     the address is banned (kill list, origin auth-ban) and
                     refused at connect
     T09Messages     FETCH (flags, size, the body as delivered, BODY[TEXT] setting
-                    \\Seen), STORE, EXPUNGE, seen by the next session
+                    \\Seen, ENVELOPE, BODYSTRUCTURE, HEADER.FIELDS), SEARCH and
+                    UID SEARCH, STORE, EXPUNGE, seen by the next session
     T14Folders      APPEND with APPENDUID, UID COPY, UID MOVE, STATUS
                     of the target folders from a new session
     T10BigMessage   a 20 MB message (and one stored with bare LFs) fetched
                     whole and byte-identical over TLS and plaintext; the
-                    worker's peak RSS grows by less than 8 MB
+                    worker's own memory (RssAnon, sampled) grows < 8 MB
+    T17Mutt         mutt in batch mode (under script(1) for a terminal) reads the
+                    INBOX over imaps: the subjects of every delivered message
     T11Mbsync       mbsync (isync) pulls INBOX over STARTTLS into a local Maildir:
                     the same messages, byte for byte, with the same flags
     T12Dovecot      Portcullis then a private Dovecot on the same store, then
@@ -61,6 +64,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -506,6 +510,18 @@ class T09Messages(unittest.TestCase):
         typ, data = c.fetch("2", "(BODY[TEXT])")     # not PEEK: sets \Seen
         self.assertEqual(data[0][1], b"body 1\r\n")
         self.assertIn(b"\\Seen", c.fetch("2", "(FLAGS)")[1][0])
+        # SEARCH, ENVELOPE and BODYSTRUCTURE from the MIME parser
+        self.assertEqual(c.search(None, "SUBJECT", '"message 1"'), ("OK", [b"2"]))
+        self.assertEqual(c.uid("SEARCH", "BODY", "body"), ("OK", [b"1 2 3"]))
+        self.assertEqual(c.search(None, "FROM", "sender@outside.test", "NOT", "SUBJECT",
+                                  '"message 0"'), ("OK", [b"2 3"]))
+        env = c.fetch("3", "(ENVELOPE)")[1][0]
+        self.assertIn(b'"message 2"', env)
+        self.assertIn(b'(("Sender" NIL "sender" "outside.test"))', env)
+        bs = c.fetch("3", "(BODYSTRUCTURE)")[1][0]
+        self.assertRegex(bs, rb'BODYSTRUCTURE \("text" "plain"')
+        hdr = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1][0][1]
+        self.assertEqual(hdr, b"Subject: message 0\r\n\r\n")
         # STORE, then EXPUNGE of the \Deleted one
         typ, data = c.store("1", "+FLAGS", "(\\Flagged)")
         self.assertEqual(typ, "OK")
@@ -590,10 +606,36 @@ class T10BigMessage(unittest.TestCase):
     def tearDownClass(cls):
         cls.g.stop()
 
-    def worker_hwm(self):
-        pid = int(re.findall(r"portcullisd/imap\[(\d+)\]", self.g.d.log_text())[-1])
+    def worker_pid(self):
+        return int(re.findall(r"portcullisd/imap\[(\d+)\]", self.g.d.log_text())[-1])
+
+    @staticmethod
+    def rss_anon(pid):
+        """the worker's own memory (heap, stacks): RssAnon. VmHWM would also
+        count the pages of the message file the MIME parser maps (page
+        cache, shared, dropped with the mapping)"""
         with open("/proc/%d/status" % pid) as f:
-            return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+            return int(re.search(r"RssAnon:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+    def sampled(self, fn):
+        """fn() while a thread samples RssAnon every 2 ms: (result, peak growth)"""
+        pid = self.worker_pid()
+        base = self.rss_anon(pid)
+        peak = [base]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], self.rss_anon(pid))
+                time.sleep(0.002)
+        t = threading.Thread(target=sample)
+        t.start()
+        try:
+            r = fn()
+        finally:
+            done.set()
+            t.join()
+        return r, peak[0] - base
 
     def fetch_all(self, c):
         c.select("INBOX")
@@ -608,13 +650,11 @@ class T10BigMessage(unittest.TestCase):
         return got
 
     def check(self, c, how):
-        before = self.worker_hwm()
-        got = self.fetch_all(c)
-        grew = self.worker_hwm() - before
+        got, grew = self.sampled(lambda: self.fetch_all(c))
         self.assertTrue(got["crlf"][0].endswith(self.crlf_body), "%s: the message differs" % how)
         self.assertEqual(got["lf"][0], self.lf_as_crlf, "%s: the LF message differs" % how)
         self.assertLess(grew, 8 * 1024 * 1024, "%s: the worker grew by %d bytes" % (how, grew))
-        print("\n  %s: 2 x %.1f MB in %.2f + %.2f s, worker peak RSS +%d KiB" % (
+        print("\n  %s: 2 x %.1f MB in %.2f + %.2f s, worker's anonymous RSS peak +%d KiB" % (
             how, len(got["crlf"][0]) / 1e6, got["crlf"][1], got["lf"][1], grew // 1024),
             file=sys.stderr)
 
@@ -628,6 +668,41 @@ class T10BigMessage(unittest.TestCase):
         self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
         self.check(c, "plaintext")
         c.logout()
+
+
+MUTT = shutil.which("mutt")
+SCRIPT = shutil.which("script")     # util-linux: mutt wants a terminal
+
+
+@unittest.skipUnless(MUTT and SCRIPT, "mutt (or script) is not installed")
+class T17Mutt(unittest.TestCase):
+    """mutt in batch mode reads the INBOX over imaps: every subject there"""
+    def test_mutt_reads_the_inbox(self):
+        g = Gateway("mutt")
+        try:
+            subjects = ["mutt reads %d" % i for i in range(3)]
+            for sub in subjects:
+                g.send(subject=sub)
+            out = g.d.path("mutt.out")
+            rc = g.d.path("muttrc")
+            with open(rc, "w") as f:
+                f.write('set folder="imaps://%s@127.0.0.1:%d/" spoolfile="+INBOX"\n'
+                        'set imap_pass="%s" certificate_file="%s" ssl_verify_host=no\n'
+                        'set header_cache="" message_cachedir="" wait_key=no pipe_split=no\n'
+                        % (USER, g.imaps_port, PASSWORD, W.crt))
+            # "^" would be a control key in push: grep for "Subject:" as is
+            keys = ("<tag-pattern>~A<enter><tag-prefix><pipe-message>grep Subject: > %s"
+                    "<enter><quit>" % out)
+            cmd = "TERM=xterm %s -n -F %s -e 'push \"%s\"'" % (MUTT, rc, keys)
+            p = subprocess.run([SCRIPT, "-qec", cmd, "/dev/null"], capture_output=True,
+                               timeout=60, env=dict(os.environ, HOME=g.d.dir))
+            self.assertEqual(p.returncode, 0, p.stdout[-2000:])
+            with open(out) as f:
+                got = sorted(line.strip() for line in f)
+            self.assertEqual(got, ["Subject: " + sub for sub in subjects])
+            self.assertIn("login: user=<%s>" % USER, g.d.log_text())
+        finally:
+            g.stop()
 
 
 MBSYNC = shutil.which("mbsync")
