@@ -32,8 +32,10 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     worker's own memory (RssAnon, sampled) grows < 8 MB
     T17Mutt         mutt in batch mode (under script(1) for a terminal) reads the
                     INBOX over imaps: the subjects of every delivered message
-    T11Mbsync       mbsync (isync) pulls INBOX over STARTTLS into a local Maildir:
-                    the same messages, byte for byte, with the same flags
+    T11Mbsync       mbsync (isync) pulls INBOX over STARTTLS into a local Maildir,
+                    then pushes a message written and a flag set locally
+                    (APPEND, STORE): both sides equal, byte for byte and flag
+                    for flag, after each sync
     T12Dovecot      Portcullis then a private Dovecot on the same store, then
                     Portcullis again: the same UIDVALIDITY, UIDs, flags,
                     keywords and bytes both ways (Dovecot's STORE and APPEND)
@@ -721,20 +723,38 @@ class T11Mbsync(unittest.TestCase):
     def tearDownClass(cls):
         cls.g.stop()
 
-    def test_pull_to_maildir(self):
+    LETTERS = {"F": "\\Flagged", "S": "\\Seen", "R": "\\Answered", "T": "\\Deleted",
+               "D": "\\Draft"}
+
+    def server_side(self):
+        """{body with LF line ends: flags} of the INBOX as the IMAP door shows it"""
         c = self.g.login()
         c.select("INBOX")
-        self.assertEqual(c.store("2", "+FLAGS", "(\\Flagged \\Seen)")[0], "OK")
-        server = {}
-        for i in (1, 2, 3):
-            data = c.fetch(str(i), "(UID FLAGS BODY.PEEK[])")[1][0]
+        out = {}
+        for uid in sorted(uid_flags(c)):
+            data = c.uid("FETCH", str(uid), "(FLAGS BODY.PEEK[])")[1][0]
             flags = re.search(rb"FLAGS \(([^)]*)\)", data[0]).group(1).split()
             # mbsync keeps local files with LF line ends, as Maildir readers expect
-            server[data[1].replace(b"\r\n", b"\n")] = set(f.decode() for f in flags) - {"\\Recent"}
+            body = data[1].replace(b"\r\n", b"\n")
+            body = re.sub(rb"\nX-TUID: [^\n]*", b"", body, count=1)   # on what mbsync uploads
+            out[body] = set(f.decode() for f in flags) - {"\\Recent"}
         c.logout()
-        local = os.path.join(self.g.d.dir, "mbsync")
-        os.makedirs(local)
-        rc = os.path.join(local, "rc")
+        return out
+
+    def near_side(self):
+        near = {}
+        for sub in ("cur", "new"):
+            d = os.path.join(self.local, "INBOX", sub)
+            for n in os.listdir(d):
+                with open(os.path.join(d, n), "rb") as f:
+                    body = f.read()
+                info = n.split(":2,", 1)[1] if ":2," in n else ""
+                body = re.sub(rb"\nX-TUID: [^\n]*", b"", body, count=1)   # mbsync's own mark
+                near[body] = set(self.LETTERS[ch] for ch in info if ch in self.LETTERS)
+        return near
+
+    def mbsync(self, sync):
+        rc = os.path.join(self.local, "rc")
         with open(rc, "w") as f:
             f.write("""IMAPAccount pc
 Host localhost
@@ -755,25 +775,40 @@ Channel pc
 Far :remote:
 Near :near:
 Patterns INBOX
-Sync Pull
+Sync %s
 Create Near
 SyncState *
-""" % (self.g.imap_port, USER, PASSWORD, W.crt, local, local))
+""" % (self.g.imap_port, USER, PASSWORD, W.crt, self.local, self.local, sync))
         p = subprocess.run([MBSYNC, "-c", rc, "pc"], capture_output=True, timeout=60)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
-        near = {}
-        letters = {"F": "\\Flagged", "S": "\\Seen", "R": "\\Answered", "T": "\\Deleted",
-                   "D": "\\Draft"}
-        for sub in ("cur", "new"):
-            d = os.path.join(local, "INBOX", sub)
-            for n in os.listdir(d):
-                with open(os.path.join(d, n), "rb") as f:
-                    body = f.read()
-                info = n.split(":2,", 1)[1] if ":2," in n else ""
-                body = re.sub(rb"\nX-TUID: [^\n]*", b"", body, count=1)   # mbsync's own mark
-                near[body] = set(letters[ch] for ch in info if ch in letters)
+
+    def test_sync_both_ways(self):
+        c = self.g.login()
+        c.select("INBOX")
+        self.assertEqual(c.store("2", "+FLAGS", "(\\Flagged \\Seen)")[0], "OK")
+        c.logout()
+        self.local = os.path.join(self.g.d.dir, "mbsync")
+        os.makedirs(self.local)
         self.maxDiff = None
-        self.assertEqual(sorted(near.items()), sorted(server.items()))
+        # pull: the server's messages and flags land in the local Maildir
+        self.mbsync("Pull")
+        self.assertEqual(sorted(self.near_side().items()), sorted(self.server_side().items()))
+        self.assertEqual(len(self.near_side()), 3)
+        # push: a message written locally is APPENDed, a flag set locally is STOREd
+        cur = os.path.join(self.local, "INBOX", "cur")
+        name = sorted(os.listdir(cur))[0]
+        base, info = name.split(":2,", 1)
+        os.rename(os.path.join(cur, name), os.path.join(cur, "%s:2,%s" % (
+            base, "".join(sorted(set(info) | {"R", "S"})))))
+        new = os.path.join(self.local, "INBOX", "new", "%d.local.test" % int(time.time()))
+        with open(new, "wb") as f:
+            f.write(b"From: <me@example.com>\nSubject: written offline\n\nsent later\n")
+        self.mbsync("All")
+        server = self.server_side()
+        self.assertEqual(len(server), 4)
+        self.assertEqual(sorted(self.near_side().items()), sorted(server.items()))
+        self.assertIn({"\\Answered", "\\Seen"}, [f & {"\\Answered", "\\Seen"}
+                                                     for f in server.values()])
 
 
 def uid_flags(c):
