@@ -35,6 +35,14 @@
  * SIGUSR2 (live reload): no more accepts; every session is told "* BYE"
  * (after the command in progress) and closed.
  *
+ * The proxy (issue 12) hooks in at the login: start_auth()'s outcome is the
+ * one point where the user is known and nothing of the store has been
+ * touched (imap_proto asks for the EXEC that opens the store only after
+ * imap_proto_auth_done(1)). A proxied user is routed there instead: the
+ * door keeps the conn (TLS done, penalties applied, the kill list checked),
+ * connects to the backend off the loop, and splices the two bufferevents;
+ * the session object is dropped.
+ *
  * The loop never blocks: store I/O and password hashing run on job threads;
  * a connection a job points at is held (conn_hold) and its session freed
  * only after the job. Never logs peer bytes.

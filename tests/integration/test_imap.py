@@ -45,6 +45,9 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T16Config       portcullisd -t refuses imaps without keys, a relay: store,
                     an unknown imap_auth_mechanisms name, a bad imap_banner,
                     a bad listener, a too short idle timeout (FILE:LINE)
+    T18Limits       imap_max_per_client (* BYE [UNAVAILABLE] to one address only),
+                    imap_login_timeout on a half-sent request (* BYE
+                    Disconnected for inactivity.), openssl s_client -starttls imap
     T13Reload       portcullis reload: a new imap_banner for new connections;
                     the session open before it gets * BYE [UNAVAILABLE]
     T08Idle         a message delivered by the SMTP gateway reaches an idling
@@ -945,6 +948,50 @@ class T16Config(unittest.TestCase):
             self.assertEqual(p.returncode, 0, p.stderr)
         finally:
             d.close()
+
+
+class T18Limits(unittest.TestCase):
+    """per-address limit, the login timeout, openssl s_client -starttls imap"""
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("limits", imap_max_per_client="3", imap_login_timeout="2")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def test_per_client_limit(self):
+        held = [self.g.imap(source=OUTSIDE) for _ in range(3)]
+        with self.assertRaisesRegex(imaplib.IMAP4.error, r"BYE \[UNAVAILABLE\] Too many "
+                                    r"connections from your address"):
+            self.g.imap(source=OUTSIDE)
+        c = self.g.imap()     # another address
+        self.assertEqual(c.noop()[0], "OK")
+        c.logout()
+        for h in held:
+            h.logout()
+
+    def test_login_timeout(self):
+        s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+        f = s.makefile("rb")
+        self.assertTrue(f.readline().startswith(b"* OK "))
+        t0 = time.monotonic()
+        s.sendall(b"a NOOP\r\nb LOG")    # a request begun, never ended
+        self.assertTrue(f.readline().startswith(b"a OK"))
+        self.assertEqual(f.readline(), b"* BYE Disconnected for inactivity.\r\n")
+        self.assertEqual(f.readline(), b"")
+        self.assertLess(time.monotonic() - t0, 5)
+        s.close()
+
+    @unittest.skipUnless(shutil.which("openssl"), "openssl is not installed")
+    def test_openssl_starttls(self):
+        p = subprocess.run(["openssl", "s_client", "-quiet", "-starttls", "imap", "-connect",
+                            "127.0.0.1:%d" % self.g.imap_port],
+                           input=b"a LOGIN %s %s\r\nb LOGOUT\r\n" % (USER.encode(),
+                                                                      PASSWORD.encode()),
+                           capture_output=True, timeout=30)
+        self.assertIn(b"a OK [CAPABILITY", p.stdout, p.stderr)
+        self.assertIn(b"b OK Logout completed.", p.stdout)
 
 
 class T13Reload(unittest.TestCase):
