@@ -660,6 +660,7 @@ imap_proto_set_tls_peer(struct imap_proto *p, const char *identity)
 /* ---- authentication ---- */
 
 static exec_fn x_login;
+static exec_fn x_idle_sync;
 
 static void
 logged_in(struct imap_proto *p, const char *user)
@@ -1722,6 +1723,9 @@ c_idle(struct imap_proto *p, const struct imap_cmd *c)
 	p->idling = 1;
 	imap_parser_set_idle(p->parser);
 	reply(p, "+ idling");
+	/* what changed since the last command is told at once, as Dovecot */
+	if (p->box != NULL)
+		want_exec(p, c, x_idle_sync);
 }
 
 static void
