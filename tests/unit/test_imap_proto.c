@@ -395,6 +395,26 @@ static const struct icase icases[] = {
 	  "i OK Fetch completed.\r\n"
 	  "* ESEARCH (TAG \"j\") COUNT 0\r\nj OK Search completed.\r\n* SEARCH\r\nk OK Search completed.\r\n"
 	  "* BYE Logging out\r\nl OK Logout completed.\r\n" },
+	{ "BYE after too many BADs in a row, ours and the parser's", P_OPEN,
+	  "a FETCH 1 FLAGS\r\nb (\r\nc SELECT INBOX\r\nd FOO\r\ne )\r\nf LIST \"\" *\r\n"
+	  "g NOOP\r\nh SELECT INBOX\r\ni (\r\nj (\r\nk (\r\nl (\r\nm (\r\nn (\r\no (\r\np (\r\n"
+	  "q (\r\nr (\r\ns NOOP\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a BAD Please log in first.\r\nb BAD Invalid command name\r\nc BAD Please log in first.\r\n"
+	  "d BAD Unknown command\r\ne BAD Invalid character\r\nf BAD Please log in first.\r\n"
+	  "g OK NOOP completed.\r\nh BAD Please log in first.\r\ni BAD Invalid command name\r\n"
+	  "j BAD Invalid command name\r\nk BAD Invalid command name\r\nl BAD Invalid command name\r\n"
+	  "m BAD Invalid command name\r\nn BAD Invalid command name\r\no BAD Invalid command name\r\n"
+	  "p BAD Invalid command name\r\nq BAD Invalid command name\r\n"
+	  "r BAD Invalid command name\r\n* BYE Too many invalid IMAP commands.\r\n" },
+	{ "tighter limits before login than after", P_OPEN,
+	  "a LOGIN {2000}\r\nb LOGIN alice secret\r\nc APPEND INBOX {2000+}\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n"
+	  "d STATUS INBOX (MESSAGES)\r\ne LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a NO [TOOBIG] Literal too big\r\nb OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "c OK [APPENDUID {V:INBOX} 3] Append completed.\r\n"
+	  "* STATUS INBOX (MESSAGES 3)\r\nd OK Status completed.\r\n"
+	  "* BYE Logging out\r\ne OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
