@@ -143,6 +143,7 @@ struct imap_proto {
 	size_t chunklen, chunkcap;
 	int fetch_gone;
 	int idling;
+	unsigned bad_row;	/* BADs in a row, parser's and ours */
 	int logout_pending;
 	/* output */
 	struct segq q, xq;
@@ -660,6 +661,7 @@ imap_proto_set_tls_peer(struct imap_proto *p, const char *identity)
 /* ---- authentication ---- */
 
 static exec_fn x_login;
+static exec_fn x_idle_sync;
 
 static void
 logged_in(struct imap_proto *p, const char *user)
@@ -1727,6 +1729,9 @@ c_idle(struct imap_proto *p, const struct imap_cmd *c)
 	p->idling = 1;
 	imap_parser_set_idle(p->parser);
 	reply(p, "+ idling");
+	/* what changed since the last command is told at once, as Dovecot */
+	if (p->box != NULL)
+		want_exec(p, c, x_idle_sync);
 }
 
 static void
@@ -2759,6 +2764,18 @@ static const struct {
 	{ "MOVE", IN_SELECTED, c_copy },
 };
 
+/* a BAD in a row more than the parser's bad_max: BYE, as Dovecot */
+static void
+bad_counted(struct imap_proto *p)
+{
+	unsigned max = p->st == ST_NOAUTH ? IMAP_BAD_MAX_PRELOGIN : IMAP_BAD_MAX;
+
+	if (++p->bad_row > max) {
+		reply(p, "* BYE Too many invalid IMAP commands.");
+		p->close = 1;
+	}
+}
+
 static void
 command(struct imap_proto *p, const struct imap_cmd *c)
 {
@@ -2772,13 +2789,16 @@ command(struct imap_proto *p, const struct imap_cmd *c)
 				reply(p, "%s BAD Please log in first.", c->tag);
 			else
 				reply(p, "%s BAD Command not permitted in this state.", c->tag);
+			bad_counted(p);
 			return;
 		}
+		p->bad_row = 0;
 		snprintf(p->tag, sizeof(p->tag), "%s", c->tag);
 		commands[i].run(p, c);
 		return;
 	}
 	reply(p, "%s BAD Unknown command.", c->tag);
+	bad_counted(p);
 }
 
 /* ---- input ---- */
@@ -2858,8 +2878,10 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 				reply(p, "%s BAD Expected DONE.", p->tag);
 				break;
 			}
-			/* FALLTHROUGH */
-			__attribute__((fallthrough));
+			out_add(p, ev.reply, strlen(ev.reply));
+			if (strstr(ev.reply, " BAD ") != NULL)
+				bad_counted(p);
+			break;
 		case IMAP_EV_CONTINUE:
 			out_add(p, ev.reply, strlen(ev.reply));
 			break;

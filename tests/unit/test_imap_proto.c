@@ -395,6 +395,26 @@ static const struct icase icases[] = {
 	  "i OK Fetch completed.\r\n"
 	  "* ESEARCH (TAG \"j\") COUNT 0\r\nj OK Search completed.\r\n* SEARCH\r\nk OK Search completed.\r\n"
 	  "* BYE Logging out\r\nl OK Logout completed.\r\n" },
+	{ "BYE after too many BADs in a row, ours and the parser's", P_OPEN,
+	  "a FETCH 1 FLAGS\r\nb (\r\nc SELECT INBOX\r\nd FOO\r\ne )\r\nf LIST \"\" *\r\n"
+	  "g NOOP\r\nh SELECT INBOX\r\ni (\r\nj (\r\nk (\r\nl (\r\nm (\r\nn (\r\no (\r\np (\r\n"
+	  "q (\r\nr (\r\ns NOOP\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a BAD Please log in first.\r\nb BAD Invalid command name\r\nc BAD Please log in first.\r\n"
+	  "d BAD Unknown command\r\ne BAD Invalid character\r\nf BAD Please log in first.\r\n"
+	  "g OK NOOP completed.\r\nh BAD Please log in first.\r\ni BAD Invalid command name\r\n"
+	  "j BAD Invalid command name\r\nk BAD Invalid command name\r\nl BAD Invalid command name\r\n"
+	  "m BAD Invalid command name\r\nn BAD Invalid command name\r\no BAD Invalid command name\r\n"
+	  "p BAD Invalid command name\r\nq BAD Invalid command name\r\n"
+	  "r BAD Invalid command name\r\n* BYE Too many invalid IMAP commands.\r\n" },
+	{ "tighter limits before login than after", P_OPEN,
+	  "a LOGIN {2000}\r\nb LOGIN alice secret\r\nc APPEND INBOX {2000+}\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n"
+	  "d STATUS INBOX (MESSAGES)\r\ne LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a NO [TOOBIG] Literal too big\r\nb OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "c OK [APPENDUID {V:INBOX} 3] Append completed.\r\n"
+	  "* STATUS INBOX (MESSAGES 3)\r\nd OK Status completed.\r\n"
+	  "* BYE Logging out\r\ne OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
@@ -472,6 +492,104 @@ dialogue(const struct icase *c, int mode, struct buf *out, struct env *e)
 	imap_proto_free(&p);
 }
 
+/* feed one scripted line (or more) to P and return what it answered */
+static char *
+say(struct imap_proto *p, struct env *e, const char *in)
+{
+	struct buf out = { 0 };
+	size_t off = 0, len = strlen(in);
+
+	put(&out, "", 0);
+	for (int guard = 0; guard < 100000; guard++) {
+		drain(p, &out);
+		if (imap_proto_action(p) != IMAP_ACT_NONE) {
+			act(p, e);
+			continue;
+		}
+		if (off >= len || imap_proto_wants_close(p))
+			break;
+		off += imap_proto_input(p, in + off, len - off);
+	}
+	drain(p, &out);
+	return out.s;
+}
+
+static void
+deliver(struct env *e, const char *msg)
+{
+	const char *users[] = { USER }, *err;
+	struct mailstore_delivery *d;
+	char id[128];
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_begin(e->root, USER, &d, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_write(d, msg, strlen(msg), &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_commit(&d, e->root, users, 1, id, &err), 0);
+}
+
+#define SAYS(p, in, want) do { \
+	char *got_ = say((p), &e, (in)); \
+	if (strcmp(got_, (want)) != 0) { \
+		fprintf(stderr, "\n%s\n--- got\n%s--- want\n%s", (in), got_, (want)); \
+		CU_FAIL(in); \
+	} \
+	free(got_); \
+} while (0)
+
+/* two sessions on one folder: flags, expunges and new mail reach the other at
+ * the next command or in IDLE, expunges only where RFC 3501 allows them */
+static void
+test_imap_two_sessions(void)
+{
+	struct imap_params prm = P_OPEN;
+	struct imap_proto *a, *b;
+	struct env e;
+	char *junk;
+
+	store_make(&e);
+	prm.store_root = e.root;
+	a = imap_proto_new(&prm);
+	b = imap_proto_new(&prm);
+	imap_proto_start(a);
+	imap_proto_start(b);
+	junk = say(a, &e, "1 LOGIN alice secret\r\n2 SELECT INBOX\r\n");
+	free(junk);
+	junk = say(b, &e, "1 LOGIN alice secret\r\n2 SELECT INBOX\r\n");
+	free(junk);
+	SAYS(b, "3 STORE 1 +FLAGS (\\Seen)\r\n",
+	    "* 1 FETCH (FLAGS (\\Seen))\r\n3 OK Store completed.\r\n");
+	SAYS(a, "3 NOOP\r\n", "* 1 FETCH (FLAGS (\\Seen \\Recent))\r\n3 OK NOOP completed.\r\n");
+	SAYS(b, "4 STORE 2 +FLAGS.SILENT (\\Deleted)\r\n5 EXPUNGE\r\n",
+	    "4 OK Store completed.\r\n* 2 EXPUNGE\r\n5 OK Expunge completed.\r\n");
+	/* by sequence number: no EXPUNGE now; what the snapshot knows is still
+	 * answered (as Dovecot answers from its index), a later sync hides it */
+	SAYS(a, "4 FETCH 1:2 UID\r\n5 STORE 1 -FLAGS.SILENT (\\Seen)\r\n6 SEARCH ALL\r\n",
+	    "* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2)\r\n4 OK Fetch completed.\r\n"
+	    "5 OK Store completed.\r\n* SEARCH 1\r\n6 OK Search completed.\r\n");
+	SAYS(a, "7 CHECK\r\n", "* 2 EXPUNGE\r\n7 OK Check completed.\r\n");
+	SAYS(b, "6 NOOP\r\n", "* 1 FETCH (FLAGS ())\r\n6 OK NOOP completed.\r\n");
+	/* new mail in IDLE: the door watches the folder and calls notify */
+	SAYS(a, "8 IDLE\r\n", "+ idling\r\n");
+	CU_ASSERT_PTR_NOT_NULL(imap_proto_watch_dir(a));
+	CU_ASSERT(imap_proto_idling(a));
+	deliver(&e, "Subject: three\n\nx\n");
+	imap_proto_notify(a);
+	CU_ASSERT_EQUAL(imap_proto_action(a), IMAP_ACT_EXEC);
+	SAYS(a, "", "* 2 EXISTS\r\n* 2 RECENT\r\n");
+	imap_proto_keepalive(a);
+	SAYS(a, "DONE\r\n", "* OK Still here\r\n8 OK Idle completed.\r\n");
+	CU_ASSERT_PTR_NULL(imap_proto_watch_dir(a));
+	/* new mail is told after the command's own answers, as Dovecot */
+	SAYS(b, "7 UID FETCH 1:* FLAGS\r\n8 FETCH 2 (UID BODY.PEEK[TEXT])\r\n",
+	    "* 1 FETCH (UID 1 FLAGS ())\r\n* 2 EXISTS\r\n* 0 RECENT\r\n7 OK Fetch completed.\r\n"
+	    "* 2 FETCH (UID 3 BODY[TEXT] {3}\r\nx\r\n)\r\n8 OK Fetch completed.\r\n");
+	imap_proto_bye(a, "Server shutting down.");
+	SAYS(a, "", "* BYE Server shutting down.\r\n");
+	CU_ASSERT(imap_proto_wants_close(a));
+	imap_proto_free(&a);
+	imap_proto_free(&b);
+	store_free(&e);
+}
+
 static void
 test_imap_dialogues(void)
 {
@@ -529,6 +647,7 @@ test_imap_list_match(void)
 static CU_TestInfo tests[] = {
 	{ "golden dialogues on a real store, whole/bytewise/random", test_imap_dialogues },
 	{ "LIST patterns", test_imap_list_match },
+	{ "two sessions, one folder: FETCH FLAGS, EXPUNGE, IDLE", test_imap_two_sessions },
 	{ NULL, NULL },
 };
 
