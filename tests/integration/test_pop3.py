@@ -208,6 +208,21 @@ class T1Basics(unittest.TestCase):
         self.assertIn("PLAIN", caps.get("SASL", []))
         p.quit()
 
+    def test_stls_drops_pipelined_plaintext(self):
+        s = socket.create_connection((HOST, self.d.port), timeout=20)
+        f = s.makefile("rb")
+        f.readline()
+        # RFC 2595 §4: what came before the handshake must not count inside TLS
+        s.sendall(b"STLS\r\nUSER %s\r\n" % USER.encode())
+        self.assertTrue(f.readline().startswith(b"+OK Begin TLS"))
+        t = tls_ctx().wrap_socket(s)
+        tf = t.makefile("rb")
+        t.sendall(b"PASS %s\r\n" % PW.encode())
+        self.assertEqual(tf.readline(), b"-ERR No username given.\r\n")
+        t.sendall(b"QUIT\r\n")
+        self.assertTrue(tf.readline().startswith(b"+OK"))
+        t.close()
+
     def test_list_retr_top_uidl_like_dovecot(self):
         u = "carol@example.com"
         bodies = [msg(1), msg(2, b"..two dots\r\nlast line\r\n")]
@@ -464,6 +479,67 @@ class T3Big(unittest.TestCase):
         self.assertTrue(p.quit().startswith(b"+OK"))
         d.stop()
         d.assert_clean()
+
+
+class T4Dovecot(unittest.TestCase):
+    """UIDL as a private Dovecot (dovecot-pop3d) gives it for the same store,
+    whichever of the two opened the mailbox first."""
+
+    def test_uidl_equals_dovecots(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import test_pop3_dovecot as tpd
+        tmd = tpd.tmd
+        if not os.path.exists(tmd.DOVECOT) or not os.path.exists(tpd.POP3):
+            self.skipTest("dovecot-pop3d not installed (make deps)")
+        d = new_daemon("dovecot")
+        dc = tpd.Pop3Dovecot(d.path("dc"))
+        os.makedirs(dc.base)
+        d.write_config(delivery="maildir:" + dc.store)
+        dc.start()
+        self.addCleanup(dc.stop)
+        ours_first, theirs_first = tmd.USERS[0], tmd.USERS[1]
+        for u in (ours_first, theirs_first):
+            add_user(d, u, tmd.PASSWORD)
+            local, dom = u.split("@")
+            md = os.path.join(dc.store, dom, local, "Maildir")
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(md, sub), exist_ok=True)
+            for i in range(3):
+                name = "%d.M%dP%d.gw,S=%d,W=%d" % (time.time(), i, os.getpid(),
+                                                   len(msg(i)), len(msg(i)))
+                with open(os.path.join(md, "new", name), "wb") as f:
+                    f.write(msg(i))
+
+        def chown():
+            if os.getuid() == 0:
+                for dirpath, dirs, fs in os.walk(dc.store):
+                    os.chown(dirpath, dc.uid, dc.gid)
+                    for f in fs:
+                        os.chown(os.path.join(dirpath, f), dc.uid, dc.gid)
+
+        def dovecot_uidl(u):
+            p = poplib.POP3(HOST, dc.port, timeout=15)
+            p.user(u)
+            p.pass_(tmd.PASSWORD)
+            r = p.uidl()[1]
+            p.quit()
+            return r
+
+        def our_uidl(u):
+            p = login(d, u, tmd.PASSWORD)
+            r = p.uidl()[1]
+            p.quit()
+            return r
+
+        chown()
+        d.start()
+        mine = our_uidl(ours_first)          # we give the UIDs
+        chown()
+        self.assertEqual(len(mine), 3)
+        self.assertEqual(dovecot_uidl(ours_first), mine)
+        theirs = dovecot_uidl(theirs_first)  # Dovecot gives them
+        self.assertEqual(len(theirs), 3)
+        self.assertEqual(our_uidl(theirs_first), theirs)
 
 
 if __name__ == "__main__":
