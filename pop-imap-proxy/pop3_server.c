@@ -61,6 +61,7 @@
 #define POP3_OUT_LOW (64 * 1024)	/* ... and go on below this */
 #define POP3_STREAM_CHUNK 16384
 #define POP3_LOCK_NAME "dovecot-pop3-session.lock"
+#define POP3_LOGIN_TIMEOUT 180	/* seconds before login (Dovecot's login processes: 3 min) */
 
 struct server {
 	const struct pop3_server_conf *c;
@@ -453,6 +454,7 @@ job_done(void *arg)
 		j->ms = NULL;
 		j->box = NULL;
 		j->lockfd = -1;
+		conn_set_timeout(s->c, 0);	/* pop3_timeout from here */
 		log_info("pop3: conn=%s login: user=%s messages=%zu%s", j->conn_id, s->user,
 		    mailstore_box_count(s->box), conn_is_tls(s->c) ? " TLS" : "");
 		pop3_proto_opened(s->pp, s->box, 0);
@@ -672,6 +674,8 @@ s_opened(struct conn *c)
 		}
 		snapref_release(srv->c->snaps, ticket);
 	}
+	if (srv->c->conn.timeout > POP3_LOGIN_TIMEOUT)
+		conn_set_timeout(c, POP3_LOGIN_TIMEOUT);	/* tighter before login */
 	s->pp = pop3_proto_new(&srv->params);
 	if (conn_is_tls(c))
 		pop3_proto_set_tls(s->pp, 1);	/* pop3s */

@@ -82,6 +82,7 @@ struct conn {
 	int again;			/* conn_resume() during ops->input */
 	int free_pending;		/* conn_close finished during ops->input */
 	size_t write_low;
+	unsigned timeout;		/* this connection's own; 0: the server's */
 	struct event *timer;
 	struct event *close_timer;
 	int close_tries;
@@ -102,8 +103,9 @@ static unsigned
 conn_timeout(const struct conn *c)
 {
 	const struct conn_server_conf *k = c->srv->cf;
+	unsigned t = c->timeout ? c->timeout : k->timeout;
 
-	return c->srv->stress && k->stress_timeout < k->timeout ? k->stress_timeout : k->timeout;
+	return c->srv->stress && k->stress_timeout < t ? k->stress_timeout : t;
 }
 
 static void
@@ -424,6 +426,16 @@ read_cb(struct bufferevent *bev, void *arg)
 		deadline_read(&c->dl, len - c->in_seen,
 		    c->srv->ops->in_message != NULL && c->srv->ops->in_message(c), deadline_now_ms());
 	conn_feed(c);
+}
+
+void
+conn_set_timeout(struct conn *c, unsigned seconds)
+{
+	c->timeout = seconds;
+	if (c->closing || c->dead)
+		return;
+	set_write_timeout(c);
+	arm_timer(c);
 }
 
 void
