@@ -362,6 +362,7 @@ class T2Policy(unittest.TestCase):
                                auth_failure_ban="3/10m", pop3_apop="yes",
                                pop3_auth_mechanisms="CRAM-MD5 APOP")
         add_user(d, USER, PW)
+        add_user(d, "erin@example.com", "erin-password")
         d.start()
 
     def test_kill_listed_refused_at_connect(self):
@@ -413,6 +414,24 @@ class T2Policy(unittest.TestCase):
         self.assertIn(b"-ERR [IN-USE] Maximum number of connections from user+IP exceeded",
                       e.exception.args[0])
         p.quit()
+
+    def test_many_retr_not_delayed(self):
+        # in plaintext each RETR's reply used to wait for the client's delayed
+        # ACK (Nagle: 40 ms a message, 6 s for these); conn sets TCP_NODELAY
+        u, pw = "erin@example.com", "erin-password"
+        for i in range(150):
+            deliver(self.d, u, msg(100 + i))
+        p = pop(self.d)
+        r = p._shortcmd("AUTH CRAM-MD5")       # CRAM-MD5 needs no TLS
+        dig = hmac.new(pw.encode(), base64.b64decode(r[2:]), hashlib.md5).hexdigest()
+        p._shortcmd(base64.b64encode(("%s %s" % (u, dig)).encode()).decode())
+        t0 = time.monotonic()
+        for i in range(150):
+            p.retr(i + 1)
+        took = time.monotonic() - t0
+        p.quit()
+        util.log("150 RETR in %.2f s" % took)
+        self.assertLess(took, 3.0)
 
     def test_mechanisms_and_apop(self):
         p = pop(self.d)
