@@ -353,6 +353,24 @@ class T1Basics(unittest.TestCase):
         self.assertEqual(files(self.d, u), [])   # fetchmail deleted them at QUIT
 
 
+    def test_zz_counters(self):
+        """(runs last in the class) what the sessions above left in the counters"""
+        deliver(self.d, "carol@example.com", msg(90))
+        p = login(self.d, "carol@example.com", "carol-password")
+        n = p.stat()[0]
+        p.retr(n)
+        p.dele(n)
+        p.quit()
+        out = self.d.cli("stats").stdout
+        got = dict((l.rsplit(None, 1)[0], int(l.rsplit(None, 1)[1]))
+                   for l in out.splitlines() if l.strip() and l.split()[-1].isdigit())
+        for k in ('connections_total{door="pop3"}', 'auth_total{door="pop3",result="success"}',
+                  'messages_total{door="pop3",route="retr"}',
+                  'message_bytes_total{door="pop3",route="retr"}',
+                  'messages_total{door="pop3",route="dele"}'):
+            self.assertGreater(got.get(k, 0), 0, "%s in:\n%s" % (k, out))
+
+
 class T2Policy(unittest.TestCase):
     """Kill list, penalties and ban, mail_max_userip_connections, APOP, mechanisms."""
     @classmethod
