@@ -61,6 +61,7 @@
 #define POP3_OUT_LOW (64 * 1024)	/* ... and go on below this */
 #define POP3_STREAM_CHUNK 16384
 #define POP3_LOCK_NAME "dovecot-pop3-session.lock"
+#define POP3_LOGIN_TIMEOUT 180	/* seconds before login (Dovecot's login processes: 3 min) */
 
 struct server {
 	const struct pop3_server_conf *c;
@@ -90,6 +91,7 @@ struct session {
 	int peer_set;
 	int streaming;		/* RETR/TOP bytes going out */
 	int msgfd;
+	uint64_t msgsize;	/* the streamed message's octets, for the counters */
 	struct pop3_stream st;
 	char user[POP3_USER_MAX];	/* canonical, once logged in (or APOP's) */
 };
@@ -184,6 +186,11 @@ stream_more(struct session *s)
 			close(s->msgfd);
 			s->msgfd = -1;
 			s->streaming = 0;
+			if (s->st.top < 0) {
+				stats_add("messages_total{door=\"pop3\",route=\"retr\"}", 1);
+				stats_add("message_bytes_total{door=\"pop3\",route=\"retr\"}",
+				    s->msgsize);
+			}
 			pop3_proto_retr_done(s->pp);
 			return 1;
 		}
@@ -453,6 +460,7 @@ job_done(void *arg)
 		j->ms = NULL;
 		j->box = NULL;
 		j->lockfd = -1;
+		conn_set_timeout(s->c, 0);	/* pop3_timeout from here */
 		log_info("pop3: conn=%s login: user=%s messages=%zu%s", j->conn_id, s->user,
 		    mailstore_box_count(s->box), conn_is_tls(s->c) ? " TLS" : "");
 		pop3_proto_opened(s->pp, s->box, 0);
@@ -464,6 +472,11 @@ job_done(void *arg)
 			uint32_t uid;
 
 			pop3_proto_retr_req(s->pp, &uid, &top);
+			{
+				long k = mailstore_box_find(s->box, uid);
+
+				s->msgsize = k < 0 ? 0 : mailstore_box_msg(s->box, (size_t)k)->vsize;
+			}
 			s->msgfd = j->fd;
 			j->fd = -1;
 			pop3_stream_init(&s->st, s->msgfd, top);
@@ -473,11 +486,17 @@ job_done(void *arg)
 			    (unsigned)j->uid, j->err);
 		}
 		break;
-	case JOB_UPDATE:
+	case JOB_UPDATE: {
+		const uint32_t *ex, *seen;
+		size_t nex, nseen;
+
+		pop3_proto_update(s->pp, &ex, &nex, &seen, &nseen);
+		stats_add("messages_total{door=\"pop3\",route=\"dele\"}", nex);
 		if (!j->ok)
 			log_error("pop3: conn=%s %s: update at QUIT: %s", j->conn_id, s->user, j->err);
 		pop3_proto_update_done(s->pp, j->ok);
 		break;
+	}
 	}
 	job_drop(j);
 	session_go(s);
@@ -672,6 +691,8 @@ s_opened(struct conn *c)
 		}
 		snapref_release(srv->c->snaps, ticket);
 	}
+	if (srv->c->conn.timeout > POP3_LOGIN_TIMEOUT)
+		conn_set_timeout(c, POP3_LOGIN_TIMEOUT);	/* tighter before login */
 	s->pp = pop3_proto_new(&srv->params);
 	if (conn_is_tls(c))
 		pop3_proto_set_tls(s->pp, 1);	/* pop3s */

@@ -208,6 +208,21 @@ class T1Basics(unittest.TestCase):
         self.assertIn("PLAIN", caps.get("SASL", []))
         p.quit()
 
+    def test_stls_drops_pipelined_plaintext(self):
+        s = socket.create_connection((HOST, self.d.port), timeout=20)
+        f = s.makefile("rb")
+        f.readline()
+        # RFC 2595 §4: what came before the handshake must not count inside TLS
+        s.sendall(b"STLS\r\nUSER %s\r\n" % USER.encode())
+        self.assertTrue(f.readline().startswith(b"+OK Begin TLS"))
+        t = tls_ctx().wrap_socket(s)
+        tf = t.makefile("rb")
+        t.sendall(b"PASS %s\r\n" % PW.encode())
+        self.assertEqual(tf.readline(), b"-ERR No username given.\r\n")
+        t.sendall(b"QUIT\r\n")
+        self.assertTrue(tf.readline().startswith(b"+OK"))
+        t.close()
+
     def test_list_retr_top_uidl_like_dovecot(self):
         u = "carol@example.com"
         bodies = [msg(1), msg(2, b"..two dots\r\nlast line\r\n")]
@@ -312,6 +327,8 @@ class T1Basics(unittest.TestCase):
             self.assertIn(b"Subject: message 20", r.stdout)
 
     def test_fetchmail(self):
+        if not os.access("/usr/bin/fetchmail", os.X_OK):
+            self.skipTest("fetchmail not installed (make deps)")
         u, pw = "dave@example.com", "dave-password"
         for i in range(3):
             deliver(self.d, u, msg(30 + i))
@@ -336,6 +353,24 @@ class T1Basics(unittest.TestCase):
         self.assertEqual(files(self.d, u), [])   # fetchmail deleted them at QUIT
 
 
+    def test_zz_counters(self):
+        """(runs last in the class) what the sessions above left in the counters"""
+        deliver(self.d, "carol@example.com", msg(90))
+        p = login(self.d, "carol@example.com", "carol-password")
+        n = p.stat()[0]
+        p.retr(n)
+        p.dele(n)
+        p.quit()
+        out = self.d.cli("stats").stdout
+        got = dict((l.rsplit(None, 1)[0], int(l.rsplit(None, 1)[1]))
+                   for l in out.splitlines() if l.strip() and l.split()[-1].isdigit())
+        for k in ('connections_total{door="pop3"}', 'auth_total{door="pop3",result="success"}',
+                  'messages_total{door="pop3",route="retr"}',
+                  'message_bytes_total{door="pop3",route="retr"}',
+                  'messages_total{door="pop3",route="dele"}'):
+            self.assertGreater(got.get(k, 0), 0, "%s in:\n%s" % (k, out))
+
+
 class T2Policy(unittest.TestCase):
     """Kill list, penalties and ban, mail_max_userip_connections, APOP, mechanisms."""
     @classmethod
@@ -345,6 +380,7 @@ class T2Policy(unittest.TestCase):
                                auth_failure_ban="3/10m", pop3_apop="yes",
                                pop3_auth_mechanisms="CRAM-MD5 APOP")
         add_user(d, USER, PW)
+        add_user(d, "erin@example.com", "erin-password")
         d.start()
 
     def test_kill_listed_refused_at_connect(self):
@@ -396,6 +432,24 @@ class T2Policy(unittest.TestCase):
         self.assertIn(b"-ERR [IN-USE] Maximum number of connections from user+IP exceeded",
                       e.exception.args[0])
         p.quit()
+
+    def test_many_retr_not_delayed(self):
+        # in plaintext each RETR's reply used to wait for the client's delayed
+        # ACK (Nagle: 40 ms a message, 6 s for these); conn sets TCP_NODELAY
+        u, pw = "erin@example.com", "erin-password"
+        for i in range(150):
+            deliver(self.d, u, msg(100 + i))
+        p = pop(self.d)
+        r = p._shortcmd("AUTH CRAM-MD5")       # CRAM-MD5 needs no TLS
+        dig = hmac.new(pw.encode(), base64.b64decode(r[2:]), hashlib.md5).hexdigest()
+        p._shortcmd(base64.b64encode(("%s %s" % (u, dig)).encode()).decode())
+        t0 = time.monotonic()
+        for i in range(150):
+            p.retr(i + 1)
+        took = time.monotonic() - t0
+        p.quit()
+        util.log("150 RETR in %.2f s" % took)
+        self.assertLess(took, 3.0)
 
     def test_mechanisms_and_apop(self):
         p = pop(self.d)
@@ -462,9 +516,88 @@ class T3Big(unittest.TestCase):
                         what="the new banner")
         self.assertEqual(p.stat()[0], 1)
         self.assertTrue(p.quit().startswith(b"+OK"))
+        # a client that leaves in the middle of the message: the session ends
+        # (its lock goes), nothing is deleted, the worker goes on
+        q = login(d)
+        q._putcmd("RETR 1")
+        for _ in range(1000):
+            q._getline()
+        q.sock.shutdown(socket.SHUT_RDWR)
+        q.sock.close()
+        q.file.close()
+
+        def relogin():
+            try:
+                login(d).quit()
+                return True
+            except poplib.error_proto:
+                return False
+        util.wait_until(relogin, 15, what="the dropped session's lock to go")
+        self.assertEqual(len(files(d, USER)), 1)
         d.stop()
         d.assert_clean()
 
 
+class T4Dovecot(unittest.TestCase):
+    """UIDL as a private Dovecot (dovecot-pop3d) gives it for the same store,
+    whichever of the two opened the mailbox first."""
+
+    def test_uidl_equals_dovecots(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import test_pop3_dovecot as tpd
+        tmd = tpd.tmd
+        if not os.path.exists(tmd.DOVECOT) or not os.path.exists(tpd.POP3):
+            self.skipTest("dovecot-pop3d not installed (make deps)")
+        d = new_daemon("dovecot")
+        dc = tpd.Pop3Dovecot(d.path("dc"))
+        os.makedirs(dc.base)
+        d.write_config(delivery="maildir:" + dc.store)
+        dc.start()
+        self.addCleanup(dc.stop)
+        ours_first, theirs_first = tmd.USERS[0], tmd.USERS[1]
+        for u in (ours_first, theirs_first):
+            add_user(d, u, tmd.PASSWORD)
+            local, dom = u.split("@")
+            md = os.path.join(dc.store, dom, local, "Maildir")
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(md, sub), exist_ok=True)
+            for i in range(3):
+                name = "%d.M%dP%d.gw,S=%d,W=%d" % (time.time(), i, os.getpid(),
+                                                   len(msg(i)), len(msg(i)))
+                with open(os.path.join(md, "new", name), "wb") as f:
+                    f.write(msg(i))
+
+        def chown():
+            if os.getuid() == 0:
+                for dirpath, dirs, fs in os.walk(dc.store):
+                    os.chown(dirpath, dc.uid, dc.gid)
+                    for f in fs:
+                        os.chown(os.path.join(dirpath, f), dc.uid, dc.gid)
+
+        def dovecot_uidl(u):
+            p = poplib.POP3(HOST, dc.port, timeout=15)
+            p.user(u)
+            p.pass_(tmd.PASSWORD)
+            r = p.uidl()[1]
+            p.quit()
+            return r
+
+        def our_uidl(u):
+            p = login(d, u, tmd.PASSWORD)
+            r = p.uidl()[1]
+            p.quit()
+            return r
+
+        chown()
+        d.start()
+        mine = our_uidl(ours_first)          # we give the UIDs
+        chown()
+        self.assertEqual(len(mine), 3)
+        self.assertEqual(dovecot_uidl(ours_first), mine)
+        theirs = dovecot_uidl(theirs_first)  # Dovecot gives them
+        self.assertEqual(len(theirs), 3)
+        self.assertEqual(our_uidl(theirs_first), theirs)
+
+
 if __name__ == "__main__":
-    sys.exit(runner.main(tools=["/usr/bin/curl", "/usr/bin/fetchmail"]))
+    sys.exit(runner.main(tools=["/usr/bin/curl", "/usr/bin/openssl"]))

@@ -79,6 +79,7 @@ main(void)
 	test_mailstore_register();
 	test_sieve_deliver_register();
 	test_relay_send_register();
+	test_smtp_sieve_register();
 	test_geoip_register();
 	test_imap_parser_register();
 	test_pop3_proto_register();
