@@ -192,6 +192,8 @@ pump(struct sess *s)
 			imap_proto_output_done(s->ip, g.len);
 			continue;
 		}
+		if (!s->copying)	/* message octets going out from the store */
+			stats_add("message_bytes_total{door=\"imap\",route=\"fetch\"}", g.len);
 		if (!s->copying && !g.crlf && !conn_is_tls(c) && g.len > 0) {
 			int fd = dup(g.fd);
 
@@ -387,7 +389,6 @@ login_done(struct sess *s)
 	}
 	log_info("imap: conn=%s login: user=<%s> client=[%s]%s", conn_id(s->conn), s->user,
 	    conn_addr_text(s->conn, who), conn_is_tls(s->conn) ? " TLS" : "");
-	stats_add("logins_total{door=\"imap\"}", 1);
 }
 
 static void
@@ -561,7 +562,6 @@ killed(struct sess *s)
 		engine_log(s->es, STAGE_CONNECT, &v, NULL, "imap");
 		snprintf(line, sizeof(line), "* BYE %s\r\n", v.text);
 		conn_write(s->conn, line, strlen(line));
-		stats_add("connections_refused_total{door=\"imap\",reason=\"kill\"}", 1);
 	}
 	return k;
 }

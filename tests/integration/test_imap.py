@@ -29,7 +29,8 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     of the target folders from a new session
     T10BigMessage   a 20 MB message (and one stored with bare LFs) fetched
                     whole and byte-identical over TLS and plaintext; the
-                    worker's own memory (RssAnon, sampled) grows < 8 MB
+                    worker's own memory (RssAnon, sampled) grows < 8 MB;
+                    message_bytes_total{door="imap"} counts what was sent
     T17Mutt         mutt in batch mode (under script(1) for a terminal) reads the
                     INBOX over imaps: the subjects of every delivered message
     T11Mbsync       mbsync (isync) pulls INBOX over STARTTLS into a local Maildir,
@@ -673,6 +674,26 @@ class T10BigMessage(unittest.TestCase):
         self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
         self.check(c, "plaintext")
         c.logout()
+
+    def test_zz_counters(self):
+        """(runs last in the class) the octets the fetches above sent are counted"""
+        before = self.counters().get('message_bytes_total{door="imap",route="fetch"}', 0)
+        c = self.g.imap()
+        self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+        c.select("INBOX")
+        # the gateway's message: its bytes go out from the file as they are
+        uid = c.uid("SEARCH", "HEADER", "Subject", "big", "NOT", "SUBJECT", "lf")[1][0]
+        n = len(c.uid("FETCH", uid, "(BODY.PEEK[])")[1][0][1])
+        c.logout()
+        got = self.counters()
+        self.assertEqual(got.get('message_bytes_total{door="imap",route="fetch"}', 0) - before, n)
+        self.assertGreater(got.get('connections_total{door="imap"}', 0), 0)
+        self.assertGreater(got.get('auth_total{door="imap",result="success"}', 0), 0)
+
+    def counters(self):
+        out = self.g.d.cli("stats").stdout
+        return dict((l.rsplit(None, 1)[0], int(l.rsplit(None, 1)[1]))
+                    for l in out.splitlines() if l.strip() and l.split()[-1].isdigit())
 
 
 MUTT = shutil.which("mutt")
