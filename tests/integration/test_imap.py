@@ -49,6 +49,9 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T18Limits       imap_max_per_client (* BYE [UNAVAILABLE] to one address only),
                     imap_login_timeout on a half-sent request (* BYE
                     Disconnected for inactivity.), openssl s_client -starttls imap
+    T19External     AUTHENTICATE EXTERNAL on imaps with a client certificate the
+                    CA vouches for; not offered without one; an unknown user's
+                    certificate refused
     T13Reload       portcullis reload: a new imap_banner for new connections;
                     the session open before it gets * BYE [UNAVAILABLE]
     T08Idle         a message delivered by the SMTP gateway reaches an idling
@@ -1013,6 +1016,62 @@ class T18Limits(unittest.TestCase):
                            capture_output=True, timeout=30)
         self.assertIn(b"a OK [CAPABILITY", p.stdout, p.stderr)
         self.assertIn(b"b OK Logout completed.", p.stdout)
+
+
+class T19External(unittest.TestCase):
+    """AUTHENTICATE EXTERNAL with a client certificate the CA vouches for
+    (tls_verify_client = optional): offered only then, the user is the
+    certificate's"""
+    @classmethod
+    def setUpClass(cls):
+        d = os.path.join(W.dir, "ext")
+        os.makedirs(d, exist_ok=True)
+        cls.ca_crt, cls.ca_key = os.path.join(d, "ca.crt"), os.path.join(d, "ca.key")
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                "/CN=ca.imap.test", "-keyout", cls.ca_key, "-out", cls.ca_crt)
+        cls.certs = {}
+        for name, cn in (("user", USER), ("nobody", "nobody@example.com")):
+            key, csr, crt = (os.path.join(d, "%s.%s" % (name, x)) for x in ("key", "csr", "crt"))
+            openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + cn,
+                    "-keyout", key, "-out", csr)
+            openssl("x509", "-req", "-in", csr, "-CA", cls.ca_crt, "-CAkey", cls.ca_key,
+                    "-CAcreateserial", "-days", "2", "-out", crt)
+            cls.certs[name] = (crt, key)
+        cls.g = Gateway("external", tls_client_ca_file=cls.ca_crt, tls_verify_client="optional",
+                        imap_auth_mechanisms="PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256 EXTERNAL")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def imaps(self, who=None):
+        ctx = client_ctx()
+        if who:
+            ctx.load_cert_chain(*self.certs[who])
+        return imaplib.IMAP4_SSL("127.0.0.1", self.g.imaps_port, ssl_context=ctx, timeout=15)
+
+    def test_external_with_a_certificate(self):
+        c = self.imaps("user")
+        c.capability()
+        self.assertIn("AUTH=EXTERNAL", caps(c))
+        typ, _ = c.authenticate("EXTERNAL", lambda _: b"")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(c.select("INBOX")[0], "OK")
+        c.logout()
+
+    def test_no_certificate_no_external(self):
+        c = self.imaps()
+        c.capability()
+        self.assertNotIn("AUTH=EXTERNAL", caps(c))
+        with self.assertRaises(imaplib.IMAP4.error):
+            c.authenticate("EXTERNAL", lambda _: b"")
+        c.logout()
+
+    def test_certificate_of_an_unknown_user(self):
+        c = self.imaps("nobody")
+        with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+            c.authenticate("EXTERNAL", lambda _: b"")
+        c.logout()
 
 
 class T13Reload(unittest.TestCase):
