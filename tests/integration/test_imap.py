@@ -52,6 +52,10 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T19External     AUTHENTICATE EXTERNAL on imaps with a client certificate the
                     CA vouches for; not offered without one; an unknown user's
                     certificate refused
+    T20Concurrency  12 sessions fetching one folder and each flagging a message of
+                    its own, some dropping mid-FETCH, 3 idlers, 10 deliveries
+                    at once: all OK, every idler told of every delivery, UIDs
+                    1..22 and the flags as the last STOREs left them
     T13Reload       portcullis reload: a new imap_banner for new connections;
                     the session open before it gets * BYE [UNAVAILABLE]
     T08Idle         a message delivered by the SMTP gateway reaches an idling
@@ -1072,6 +1076,78 @@ class T19External(unittest.TestCase):
         with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
             c.authenticate("EXTERNAL", lambda _: b"")
         c.logout()
+
+
+class T20Concurrency(unittest.TestCase):
+    """many sessions at once on one folder (fetching, flagging, idling, some
+    dropping mid-command) while the gateway delivers: every answer OK, every
+    idler told of every delivery, the daemon clean (ASan) and still serving"""
+    def test_sessions_and_deliveries_at_once(self):
+        g = Gateway("concurrency", mail_max_userip_connections="0",
+                    imap_max_per_client="200")
+        errors = []
+        try:
+            for i in range(12):
+                g.send(subject="seed %d" % i)
+
+            def worker(k):
+                try:
+                    c = g.login()
+                    c.select("INBOX")
+                    for r in range(15):
+                        typ, d = c.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER])")
+                        assert typ == "OK", (typ, d)
+                        # each session flags a message of its own: many sessions renaming
+                        # one file at once can beat the store's single retry (its matter)
+                        typ, d = c.store(str(k + 1), "+FLAGS" if r % 2 else "-FLAGS",
+                                         "(\\Flagged $W%d)" % k)
+                        assert typ == "OK", (typ, d)
+                        assert c.noop()[0] == "OK"
+                    if k % 3 == 0:      # gone mid-FETCH, no LOGOUT
+                        c.send(b"x FETCH 1:* (BODY.PEEK[])\r\n")
+                        c.sock.close()
+                    else:
+                        c.logout()
+                except Exception as e:     # noqa: BLE001  (reported below)
+                    errors.append("worker %d: %r" % (k, e))
+
+            idlers = []
+            for _ in range(3):
+                c = g.login()
+                n = int(c.select("INBOX")[1][0])
+                tag = c._new_tag()
+                c.send(tag + b" IDLE\r\n")
+                assert c.readline().startswith(b"+ ")
+                c.sock.settimeout(15)
+                idlers.append((c, n))
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(12)]
+            for t in threads:
+                t.start()
+            for i in range(10):
+                g.send(subject="during %d" % i)
+            for t in threads:
+                t.join(120)
+            self.assertEqual(errors, [])
+            for c, n in idlers:
+                last = n
+                while last < n + 10:
+                    line = c.readline()
+                    m = re.match(rb"\* (\d+) EXISTS", line)
+                    if m:
+                        last = int(m.group(1))
+                    self.assertTrue(line.startswith(b"* "), line)
+                self.assertEqual(last, n + 10)
+                c.send(b"DONE\r\n")
+                c.logout()
+            c = g.login()
+            self.assertEqual(int(c.select("INBOX")[1][0]), 22)
+            flags = uid_flags(c)
+            self.assertEqual(sorted(flags), list(range(1, 23)))
+            for k in range(12):     # 15 rounds: the last (r = 14) took them off
+                self.assertNotIn("$W%d" % k, flags[k + 1])
+            c.logout()
+        finally:
+            g.stop()
 
 
 class T13Reload(unittest.TestCase):
