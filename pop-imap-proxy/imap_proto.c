@@ -110,7 +110,7 @@ struct imap_proto {
 	struct imap_auth_req auth;
 	char *auth_final;
 	int in_sasl;
-	char line[IMAP_AUTH_LINE_MAX + 1];
+	char *line;		/* IMAP_AUTH_LINE_MAX + 1, only during AUTHENTICATE */
 	size_t linelen;
 	int skipping;
 	char user[256];
@@ -573,7 +573,9 @@ imap_proto_free(struct imap_proto **pp)
 	if (p == NULL)
 		return;
 	auth_end(p);
-	explicit_bzero(p->line, sizeof(p->line));
+	if (p->line != NULL)
+		explicit_bzero(p->line, IMAP_AUTH_LINE_MAX + 1);
+	free(p->line);
 	imap_parser_free(&p->parser);
 	append_cleanup(p);
 	box_close(p);
@@ -2817,12 +2819,18 @@ sasl_input(struct imap_proto *p, const char *buf, size_t len)
 	}
 	if (p->linelen + take > IMAP_AUTH_LINE_MAX) {
 		auth_end(p);
+		if (p->line != NULL)
+			explicit_bzero(p->line, p->linelen);
+		free(p->line);
+		p->line = NULL;
 		p->linelen = 0;
 		reply(p, "%s BAD Authentication response too long.", p->tag);
 		if (nl == NULL)
 			p->skipping = 1;
 		return nl ? take + 1 : take;
 	}
+	if (p->line == NULL)
+		p->line = xmalloc(IMAP_AUTH_LINE_MAX + 1);
 	memcpy(p->line + p->linelen, buf, take);
 	p->linelen += take;
 	if (nl == NULL)
@@ -2837,6 +2845,8 @@ sasl_input(struct imap_proto *p, const char *buf, size_t len)
 		sasl_line(p, p->line);
 	}
 	explicit_bzero(p->line, p->linelen + 1);
+	free(p->line);
+	p->line = NULL;
 	p->linelen = 0;
 	return take + 1;
 }
