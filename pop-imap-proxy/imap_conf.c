@@ -42,6 +42,11 @@ imap_conf_new(const struct conf *c, const char **error_r)
 	}
 	for (int k = 0; k < IMAP_CONF_KINDS; k++)
 		ic->listen[k] = conf_get_list(c, imap_conf_listen_keys[k], &ic->nlisten[k]);
+	if (ic->nlisten[IMAP_LISTEN_IMAP] == 0 && ic->nlisten[IMAP_LISTEN_IMAPS] == 0) {
+		snprintf(errbuf, sizeof(errbuf), "%s: the imap service needs imap_listen or "
+		    "imaps_listen", conf_where(c, "imap_listen"));
+		goto fail;
+	}
 	if (ic->nlisten[IMAP_LISTEN_IMAPS] > 0 && s->tls == NULL) {
 		snprintf(errbuf, sizeof(errbuf), "%s: imaps_listen needs tls_cert_file and tls_key_file",
 		    conf_where(c, "imaps_listen"));
