@@ -57,7 +57,8 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     at once: all OK, every idler told of every delivery, UIDs
                     1..22 and the flags as the last STOREs left them
     T13Reload       portcullis reload: a new imap_banner for new connections;
-                    the session open before it gets * BYE [UNAVAILABLE]
+                    the sessions open before it (one in IDLE) get * BYE
+                    [UNAVAILABLE] and are closed
     T08Idle         a message delivered by the SMTP gateway reaches an idling
                     client as "* N EXISTS" within 2 s (inotify); two idlers on
                     one folder, one leaves, the other is still told
@@ -1158,6 +1159,10 @@ class T13Reload(unittest.TestCase):
         try:
             old = g.login()
             self.assertEqual(old.select("INBOX")[0], "OK")
+            idler = g.login()
+            self.assertEqual(idler.select("INBOX")[0], "OK")
+            idler.send(idler._new_tag() + b" IDLE\r\n")
+            self.assertTrue(idler.readline().startswith(b"+ "))
             g.d.write_config(imap_banner="Reloaded and ready")
             p = g.d.cli("reload")
             self.assertIn("reloaded", p.stdout)
@@ -1168,6 +1173,9 @@ class T13Reload(unittest.TestCase):
             old.sock.settimeout(10)
             line = old.readline()
             self.assertRegex(line, rb"^\* BYE \[UNAVAILABLE\] Server shutting down")
+            idler.sock.settimeout(10)
+            self.assertRegex(idler.readline(), rb"^\* BYE \[UNAVAILABLE\] Server shutting down")
+            self.assertEqual(idler.readline(), b"")     # and closed
             wait_until(lambda: "imap: draining" in g.d.log_text(), 10, what="the drain")
         finally:
             g.stop()
