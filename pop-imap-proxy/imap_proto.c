@@ -1115,16 +1115,19 @@ x_select(struct imap_proto *p)
 	const char *name, *err;
 	char *nname;
 
+	if (p->box != NULL)
+		reply(p, "* OK [CLOSED] Previous mailbox closed.");
 	box_close(p);
 	if (name_arg(&c->args[0], &name) < 0 || !(mailstore_folder_is_valid(name) ||
 	    strcasecmp(name, "INBOX") == 0)) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag,
+		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag,
 		    name_arg(&c->args[0], &name) < 0 ? "" : name);
 		return;
 	}
 	nname = name_norm(name);
 	if (mailstore_box_open(p->ms, nname, &p->box, &err) < 0) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %.200s", p->tag, nname);
+		/* as Dovecot 2.3 answers SELECT and STATUS: no response code */
+		reply(p, "%s NO Mailbox doesn't exist: %.200s.", p->tag, nname);
 		free(nname);
 		return;
 	}
@@ -1364,7 +1367,7 @@ folder_arg(struct imap_proto *p, size_t i, int allow_inbox)
 		if (strcmp(n, "INBOX") != 0)
 			reply(p, "%s NO [CANNOT] Invalid mailbox name.", p->tag);
 		else
-			reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists", p->tag);
+			reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
 		free(n);
 		return NULL;
 	}
@@ -1404,7 +1407,7 @@ x_create(struct imap_proto *p)
 	if (name == NULL)
 		return;
 	if (folder_exists(p, name))
-		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists", p->tag);
+		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
 	else if (mailstore_folder_create(p->ms, name, &err) < 0)
 		reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
 	else {
@@ -1425,7 +1428,7 @@ x_delete(struct imap_proto *p)
 	if (strcmp(name, "INBOX") == 0) {
 		reply(p, "%s NO INBOX can't be deleted.", p->tag);
 	} else if (!folder_exists(p, name)) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag, name);
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s.", p->tag, name);
 	} else {
 		if (p->box != NULL && strcmp(mailstore_box_name(p->box), name) == 0)
 			box_close(p);	/* deleting the selected folder deselects it */
@@ -1488,9 +1491,9 @@ x_rename(struct imap_proto *p)
 	}
 	fl = strlen(from);
 	if (!folder_exists(p, from)) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag, from);
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s.", p->tag, from);
 	} else if (folder_exists(p, to)) {
-		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists", p->tag);
+		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
 	} else if (strncmp(to, from, fl) == 0 && to[fl] == '.') {
 		reply(p, "%s NO Can't rename mailbox under its own child.", p->tag);
 	} else if (strcmp(from, "INBOX") == 0) {
@@ -1544,7 +1547,7 @@ x_subscribe(struct imap_proto *p)
 	if (name == NULL)
 		return;
 	if (on && !folder_exists(p, name))
-		reply(p, "%s NO Mailbox doesn't exist: %s", p->tag, name);
+		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag, name);
 	else if (mailstore_subscribe(p->ms, name, on, &err) < 0)
 		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
 	else {
@@ -1589,7 +1592,7 @@ x_status(struct imap_proto *p)
 		box = p->box;
 		view_sync(p, 1);
 	} else if (mailstore_box_open(p->ms, name, &box, &err) < 0) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag, name);
+		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag, name);
 		free(name);
 		return;
 	} else {
@@ -1973,8 +1976,15 @@ section_name(struct str *b, const struct imap_fetch_att *f)
 		str_add(b, "%s%s", f->nparts ? "." : "", text[f->text]);
 	if (f->text == IMAP_SECTION_HEADER_FIELDS || f->text == IMAP_SECTION_HEADER_FIELDS_NOT) {
 		str_add(b, " (");
-		for (size_t i = 0; i < f->nfields; i++)
-			str_add(b, "%s%s", i ? " " : "", f->fields[i]);
+		/* the field names upper-cased, as Dovecot echoes them */
+		for (size_t i = 0; i < f->nfields; i++) {
+			str_add(b, "%s", i ? " " : "");
+			for (const char *s = f->fields[i]; *s != '\0'; s++) {
+				char u = (char)toupper((unsigned char)*s);
+
+				str_addn(b, &u, 1);
+			}
+		}
 		str_add(b, ")");
 	}
 	str_add(b, "]");
@@ -2015,8 +2025,9 @@ fetch_one(struct imap_proto *p, size_t i)
 		}
 	}
 	str_add(&b, "* %zu FETCH (", i + 1);
-	/* as Dovecot: UID first for UID FETCH, then the short items in the order
-	 * asked, then the literals, then FLAGS when \Seen was set on the way */
+	/* as Dovecot: UID first for UID FETCH, then UID/FLAGS/INTERNALDATE/
+	 * RFC822.SIZE in the order asked, FLAGS when \Seen was set on the way,
+	 * then the rest (ENVELOPE, BODY..., sections) in the order asked */
 	if (c->uid) {
 		str_add(&b, "UID %u", (unsigned)v->uid);
 		first = 0;
@@ -2025,10 +2036,19 @@ fetch_one(struct imap_proto *p, size_t i)
 	for (size_t k = 0; k < c->nfetch; k++) {
 		const struct imap_fetch_att *a = &c->fetch[k];
 		const char *sp = first ? "" : " ";
-		int literal = a->kind == IMAP_FETCH_RFC822 || a->kind == IMAP_FETCH_RFC822_HEADER ||
-		    a->kind == IMAP_FETCH_RFC822_TEXT || a->kind == IMAP_FETCH_SECTION;
+		/* Dovecot's "buffered" handlers come first */
+		int later = !(a->kind == IMAP_FETCH_UID || a->kind == IMAP_FETCH_FLAGS ||
+		    a->kind == IMAP_FETCH_INTERNALDATE || a->kind == IMAP_FETCH_RFC822_SIZE);
 
-		if (literal != pass)
+		if (pass == 1 && k == 0 && seen_set && !want_flags) {
+			/* FLAGS for the \Seen just set: the last of the buffered ones */
+			str_add(&b, "%sFLAGS (", first ? "" : " ");
+			flags_str(p, &b, v->flags, v->kw, v->recent);
+			str_add(&b, ")");
+			first = 0;
+			sp = " ";
+		}
+		if (later != pass)
 			continue;
 		switch (a->kind) {
 		case IMAP_FETCH_UID:
@@ -2119,11 +2139,6 @@ fetch_one(struct imap_proto *p, size_t i)
 		}
 		}
 		first = 0;
-	}
-	if (seen_set && !want_flags) {
-		str_add(&b, "%sFLAGS (", first ? "" : " ");
-		flags_str(p, &b, v->flags, v->kw, v->recent);
-		str_add(&b, ")");
 	}
 	str_add(&b, ")\r\n");
 	out_str(p, &b);
@@ -2340,7 +2355,7 @@ dest_open(struct imap_proto *p, const struct imap_arg *a, int *own_r)
 	*own_r = 0;
 	if (name_arg(a, &name) < 0 || !(mailstore_folder_is_valid(name) ||
 	    strcasecmp(name, "INBOX") == 0)) {
-		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s", p->tag,
+		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s.", p->tag,
 		    name_arg(a, &name) < 0 ? "" : name);
 		return NULL;
 	}
@@ -2350,7 +2365,7 @@ dest_open(struct imap_proto *p, const struct imap_arg *a, int *own_r)
 		return p->box;
 	}
 	if (mailstore_box_open(p->ms, nname, &b, &err) < 0) {
-		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s", p->tag, nname);
+		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s.", p->tag, nname);
 		free(nname);
 		return NULL;
 	}
