@@ -1056,6 +1056,10 @@ view_sync(struct imap_proto *p, int expunge_ok)
 		reply(p, "* %zu EXISTS", p->nview);
 		reply(p, "* %zu RECENT", r);
 		p->recent_told = r;
+	} else if (expunge_ok && view_recent(p) != p->recent_told) {
+		/* an expunged message was \Recent: the count again, as Dovecot */
+		p->recent_told = view_recent(p);
+		reply(p, "* %zu RECENT", p->recent_told);
 	}
 }
 
@@ -1251,6 +1255,15 @@ names_have(char *const *v, size_t n, const char *name)
 	return 0;
 }
 
+static int
+names_have_implied(char *const *v, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (v[i][0] == '\001' && strcmp(v[i] + 1, name) == 0)
+			return 1;
+	return 0;
+}
+
 static void
 x_list(struct imap_proto *p)
 {
@@ -1308,23 +1321,46 @@ x_list(struct imap_proto *p)
 		}
 		mailstore_names_free(&told, nt);
 	}
+	if (!lsub) {
+		/* a parent only its children imply (.A.B.C without .A.B): \Noselect */
+		size_t n0 = n;
+
+		for (size_t i = 0; i < n0 && n < MAX_MAILSTORE_FOLDERS; i++) {
+			char *name = xstrdup(names[i]), *dot;
+
+			while ((dot = strrchr(name, '.')) != NULL) {
+				*dot = '\0';
+				if (!names_have(names, n, name) && !names_have_implied(names, n, name)) {
+					names = xreallocarray(names, n + 2, sizeof(*names));
+					names[n++] = xasprintf("\001%s", name);
+					names[n] = NULL;
+				}
+			}
+			free(name);
+		}
+	}
 	for (size_t i = 0; !lsub && i < n; i++) {
 		char attrs[64];
-		size_t len = strlen(names[i]);
-		int children = 0;
+		int implied = names[i][0] == '\001';
+		const char *nm = names[i] + implied;
+		size_t len = strlen(nm);
+		int children = implied;
 		const char *su;
 		struct str b = { 0 };
 
-		if (!imap_list_match(pattern, names[i]))
+		if (!imap_list_match(pattern, nm))
 			continue;
-		for (size_t k = 0; k < n; k++)
-			if (strncmp(names[k], names[i], len) == 0 && names[k][len] == '.')
+		for (size_t k = 0; k < n && !children; k++) {
+			const char *o = names[k] + (names[k][0] == '\001');
+
+			if (strncmp(o, nm, len) == 0 && o[len] == '.')
 				children = 1;
-		su = special_use(names[i]);
-		snprintf(attrs, sizeof(attrs), "%s%s%s", children ? "\\HasChildren" : "\\HasNoChildren",
-		    su ? " " : "", su ? su : "");
+		}
+		su = implied ? NULL : special_use(nm);
+		snprintf(attrs, sizeof(attrs), "%s%s%s%s", implied ? "\\Noselect " : "",
+		    children ? "\\HasChildren" : "\\HasNoChildren", su ? " " : "", su ? su : "");
 		str_add(&b, "* LIST (%s) \".\" ", attrs);
-		name_str(&b, names[i]);
+		name_str(&b, nm);
 		str_addn(&b, "\r\n", 2);
 		out_str(p, &b);
 	}
@@ -1628,7 +1664,10 @@ x_status(struct imap_proto *p)
 	if (own)
 		mailstore_box_close(&box);
 	free(name);
-	reply(p, "%s OK Status completed.", p->tag);
+	if (own)
+		reply(p, "%s OK Status completed.", p->tag);
+	else
+		reply(p, "%s OK [CLIENTBUG] Status on selected mailbox completed.", p->tag);
 }
 
 static void
@@ -1850,7 +1889,7 @@ cmd_select(struct imap_proto *p)
 	unsigned char *sel = xcalloc(p->nview + 1, 1);
 
 	if (set_select(p, &p->cmd->seq, p->cmd->uid, sel) < 0) {
-		reply(p, "%s BAD Error in IMAP command %s: Invalid messageset", p->tag,
+		reply(p, "%s BAD Error in IMAP command %s: Invalid messageset.", p->tag,
 		    p->cmd->name);
 		free(sel);
 		return NULL;

@@ -112,6 +112,40 @@ SCRIPT = [
     b"h7 SELECT INBOX",
     b"h8 FETCH 1:* (FLAGS BODY[HEADER.FIELDS.NOT (To Date Message-ID MIME-Version Content-Type)])",
     b"h9 UID FETCH 1:* (RFC822.SIZE RFC822.HEADER)",
+    b"i1 SELECT INBOX",
+    b"i2 FETCH 1:* (RFC822.SIZE BODY.PEEK[]<0.10> BODY.PEEK[TEXT]<5.100>)",
+    b"i3 FETCH 9 FLAGS",
+    b"i4 FETCH 1 (BODY.PEEK[1.MIME] BODY.PEEK[1.TEXT] BODY.PEEK[3])",
+    b"i5 UID FETCH 100:* UID",
+    b"i6 SEARCH SINCE 1-Feb-1990 NOT BEFORE 1-Jan-2000 UID 1:*",
+    b"i7 SEARCH HEADER Subject one",
+    b"i8 SEARCH SENTBEFORE 2-Jan-2024",
+    b"i9 UID SEARCH RETURN (ALL) 1:*",
+    b"j1 SEARCH TEXT hello SMALLER 10000",
+    b"j2 STORE 1 +FLAGS ($New1 $New2)",
+    b"j3 STORE 9 +FLAGS (\\Seen)",
+    b"j4 COPY 1 INBOX",
+    b"j5 FETCH 1:* (UID FLAGS)",
+    b"j6 STORE 2 +FLAGS.SILENT (\\Deleted)",
+    b"j7 UID EXPUNGE 1",
+    b"j8 UID EXPUNGE 1:*",
+    b"j9 STATUS INBOX (MESSAGES UIDNEXT UNSEEN)",
+    b"k1 LIST \"\" \"\"",
+    b"k2 LIST \"\" Archive*",
+    b"k3 LIST \"\" \"inbox\"",
+    b"k4 CREATE \"a b\"",
+    b"k5 LIST \"\" \"a*\"",
+    b"k6 CREATE Archive.2025.Q1",
+    b"k7 LIST \"\" Archive.%",
+    b"k8 RENAME Archive Old",
+    b"k9 LIST \"\" *",
+    b"l1 APPEND INBOX (\\Seen $Fresh) {5+}\r\nhello",
+    b"l2 FETCH 1:* FLAGS",
+    b"l3 MOVE 1 Trash",
+    b"l4 EXPUNGE",
+    b"l5 CHECK",
+    b"l8 FETCH 1 RFC822",
+    b"l9 FETCH 1 FLAGS",
     b"g5 LOGOUT",
 ]
 
@@ -171,7 +205,8 @@ def normalise(b, ours):
         line = line.replace(b" \\Recent", b"").replace(b"(\\Recent ", b"(").replace(
             b"(\\Recent)", b"()")
         line = re.sub(rb" RECENT \d+", b" RECENT n", line)
-        line = re.sub(rb"^\* \d+ RECENT$", b"* n RECENT", line)
+        if re.match(rb"^\* \d+ RECENT$", line):
+            continue
         # LIST/LSUB order is not Dovecot's directory order
         if line.startswith((b"* LIST ", b"* LSUB ")):
             lists.append(line)

@@ -280,9 +280,9 @@ static const struct icase icases[] = {
 	  "h OK Store completed.\r\n"
 	  "* 1 FETCH (FLAGS (\\Deleted \\Recent $Junk))\r\n* 2 FETCH (FLAGS (\\Recent))\r\n"
 	  "i OK Fetch completed.\r\n"
-	  "j BAD Error in IMAP command FETCH: Invalid messageset\r\n"
+	  "j BAD Error in IMAP command FETCH: Invalid messageset.\r\n"
 	  "j2 BAD Invalid system flag \\Bogus\r\n"
-	  "* 1 EXPUNGE\r\nk OK Expunge completed.\r\n"
+	  "* 1 EXPUNGE\r\n* 1 RECENT\r\nk OK Expunge completed.\r\n"
 	  "* 1 FETCH (UID 2)\r\nl OK Fetch completed.\r\n"
 	  "* 1 FETCH (UID 2 FLAGS (\\Recent))\r\nl2 OK Fetch completed.\r\n"
 	  "m OK Store completed.\r\nn OK Close completed.\r\n"
@@ -302,7 +302,7 @@ static const struct icase icases[] = {
 	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
 	  "b OK [READ-WRITE] Select completed.\r\n"
 	  "c OK [COPYUID {V:Archive} 1:2 1:2] Copy completed.\r\n"
-	  "* OK [COPYUID {V:Sent} 2 1] Moved UIDs.\r\n* 2 EXPUNGE\r\nd OK Move completed.\r\n"
+	  "* OK [COPYUID {V:Sent} 2 1] Moved UIDs.\r\n* 2 EXPUNGE\r\n* 1 RECENT\r\nd OK Move completed.\r\n"
 	  "e NO [TRYCREATE] Mailbox doesn't exist: Nope.\r\n"
 	  "* 2 EXISTS\r\n* 1 RECENT\r\nf OK [COPYUID {V:INBOX} 1 3] Copy completed.\r\n"
 	  "g OK No messages found.\r\n"
@@ -565,7 +565,7 @@ test_imap_two_sessions(void)
 	SAYS(a, "4 FETCH 1:2 UID\r\n5 STORE 1 -FLAGS.SILENT (\\Seen)\r\n6 SEARCH ALL\r\n",
 	    "* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2)\r\n4 OK Fetch completed.\r\n"
 	    "5 OK Store completed.\r\n* SEARCH 1\r\n6 OK Search completed.\r\n");
-	SAYS(a, "7 CHECK\r\n", "* 2 EXPUNGE\r\n7 OK Check completed.\r\n");
+	SAYS(a, "7 CHECK\r\n", "* 2 EXPUNGE\r\n* 1 RECENT\r\n7 OK Check completed.\r\n");
 	SAYS(b, "6 NOOP\r\n", "* 1 FETCH (FLAGS ())\r\n6 OK NOOP completed.\r\n");
 	/* new mail in IDLE: the door watches the folder and calls notify */
 	SAYS(a, "8 IDLE\r\n", "+ idling\r\n");
