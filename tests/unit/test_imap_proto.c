@@ -590,6 +590,98 @@ test_imap_two_sessions(void)
 	store_free(&e);
 }
 
+/* big work in pieces: a 1 MB APPEND goes to the store in 64 KiB execs (the
+ * session never holds it whole), a FETCH of 40 messages comes in batches,
+ * each batch's output complete; the bytes are exactly the message's */
+static void
+test_imap_batches(void)
+{
+	struct imap_params prm = P_OPEN;
+	struct imap_proto *p;
+	struct env e;
+	struct buf out = { 0 };
+	char *junk, *msg, *cmd;
+	size_t big = 1u << 20, off = 0, len, execs = 0, batches = 0;
+
+	store_make(&e);
+	prm.store_root = e.root;
+	p = imap_proto_new(&prm);
+	imap_proto_start(p);
+	junk = say(p, &e, "1 LOGIN alice secret\r\n");
+	free(junk);
+	msg = xmalloc(big + 1);
+	for (size_t i = 0; i < big; i++)
+		msg[i] = (i % 64) == 63 ? '\n' : (char)('a' + i % 26);
+	memcpy(msg, "Subject: big\n\n", 14);
+	msg[big] = '\0';
+	cmd = xasprintf("2 APPEND Sent {%zu+}\r\n%s\r\n", big, msg);
+	len = strlen(cmd);
+	put(&out, "", 0);
+	/* fed in 16 KiB reads, as a door would */
+	while (off < len) {
+		size_t n = len - off < 16384 ? len - off : 16384;
+
+		off += imap_proto_input(p, cmd + off, n);
+		while (imap_proto_action(p) == IMAP_ACT_EXEC) {
+			execs++;
+			act(p, &e);
+		}
+		drain(p, &out);
+	}
+	CU_ASSERT(execs >= big / (64u << 10));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out.s, "2 OK [APPENDUID "));
+	free(out.s);
+	/* the message comes back byte for byte, LF as CRLF */
+	{
+		struct buf want = { 0 };
+		size_t bare = 0;
+		char *hdr;
+
+		for (size_t i = 0; i < big; i++)
+			bare += msg[i] == '\n';
+		hdr = xasprintf("* 1 FETCH (BODY[] {%zu}\r\n", big + bare);
+		put(&want, hdr, strlen(hdr));
+		for (size_t i = 0; i < big; i++) {
+			if (msg[i] == '\n')
+				put(&want, "\r", 1);
+			put(&want, msg + i, 1);
+		}
+		put(&want, ")\r\n3 OK Fetch completed.\r\n", 26);
+		junk = say(p, &e, "3 EXAMINE Sent\r\n");
+		free(junk);
+		junk = say(p, &e, "3 FETCH 1 BODY.PEEK[]\r\n");
+		CU_ASSERT_EQUAL(strlen(junk), want.n);
+		CU_ASSERT(strcmp(junk, want.s) == 0);
+		free(junk);
+		free(want.s);
+		free(hdr);
+	}
+	/* 40 more messages: FETCH 1:* BODY[] in batches of at most 32 messages */
+	for (int i = 0; i < 40; i++)
+		deliver(&e, "Subject: many\n\nx\n");
+	junk = say(p, &e, "4 SELECT INBOX\r\n");
+	free(junk);
+	out.s = NULL;
+	out.n = out.cap = 0;
+	put(&out, "", 0);
+	(void)imap_proto_input(p, "5 FETCH 1:* (UID BODY.PEEK[TEXT])\r\n", 36);
+	while (imap_proto_action(p) == IMAP_ACT_EXEC) {
+		batches++;
+		imap_proto_exec(p);
+		imap_proto_exec_done(p);
+		CU_ASSERT(imap_proto_output_pending(p) > 0);
+		drain(p, &out);
+	}
+	CU_ASSERT(batches >= 2);
+	CU_ASSERT_PTR_NOT_NULL(strstr(out.s, "* 42 FETCH (UID 42 BODY[TEXT] {3}\r\nx\r\n)\r\n"
+	    "5 OK Fetch completed.\r\n"));
+	free(out.s);
+	free(cmd);
+	free(msg);
+	imap_proto_free(&p);
+	store_free(&e);
+}
+
 static void
 test_imap_dialogues(void)
 {
@@ -648,6 +740,7 @@ static CU_TestInfo tests[] = {
 	{ "golden dialogues on a real store, whole/bytewise/random", test_imap_dialogues },
 	{ "LIST patterns", test_imap_list_match },
 	{ "two sessions, one folder: FETCH FLAGS, EXPUNGE, IDLE", test_imap_two_sessions },
+	{ "a 1 MB APPEND in 64 KiB writes, FETCH in batches", test_imap_batches },
 	{ NULL, NULL },
 };
 
