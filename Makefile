@@ -88,6 +88,12 @@ $(BINDIR)/imap-mime-tool: $(BUILD)/tests/integration/imap_mime_tool.o $(BUILD)/p
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB) $(LIBS_GMIME)
 
+$(BINDIR)/imap-session-tool: $(BUILD)/tests/integration/imap_session_tool.o \
+		$(BUILD)/pop-imap-proxy/imap_proto.o $(BUILD)/pop-imap-proxy/imap_parser.o \
+		$(BUILD)/pop-imap-proxy/imap_mime.o $(BUILD)/pop-imap-proxy/imap_search.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB) $(LIBS_GMIME)
+
 $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
@@ -121,6 +127,10 @@ asan-pop3-tool:
 asan: asan-imap-mime-tool
 asan-imap-mime-tool:
 	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/imap-mime-tool
+# the IMAP session over stdin/stdout, for tests/integration/test_imap_session_dovecot.py
+asan: asan-imap-session-tool
+asan-imap-session-tool:
+	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/imap-session-tool
 
 deps:
 	@sh scripts/deps.sh
@@ -185,6 +195,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_mime_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_session_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_reload.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_geoip.py
 
