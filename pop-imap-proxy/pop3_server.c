@@ -92,6 +92,8 @@ struct session {
 	int streaming;		/* RETR/TOP bytes going out */
 	int msgfd;
 	uint64_t msgsize;	/* the streamed message's octets, for the counters */
+	unsigned nretr, ndele;	/* for the logout line, as Dovecot's */
+	uint64_t retr_bytes;
 	struct pop3_stream st;
 	char user[POP3_USER_MAX];	/* canonical, once logged in (or APOP's) */
 };
@@ -190,6 +192,8 @@ stream_more(struct session *s)
 				stats_add("messages_total{door=\"pop3\",route=\"retr\"}", 1);
 				stats_add("message_bytes_total{door=\"pop3\",route=\"retr\"}",
 				    s->msgsize);
+				s->nretr++;
+				s->retr_bytes += s->msgsize;
 			}
 			pop3_proto_retr_done(s->pp);
 			return 1;
@@ -492,6 +496,8 @@ job_done(void *arg)
 
 		pop3_proto_update(s->pp, &ex, &nex, &seen, &nseen);
 		stats_add("messages_total{door=\"pop3\",route=\"dele\"}", nex);
+		if (j->ok)
+			s->ndele = (unsigned)nex;
 		if (!j->ok)
 			log_error("pop3: conn=%s %s: update at QUIT: %s", j->conn_id, s->user, j->err);
 		pop3_proto_update_done(s->pp, j->ok);
@@ -569,6 +575,9 @@ start_open(struct session *s)
 static void
 store_release(struct session *s)
 {
+	if (s->box != NULL)
+		log_info("pop3: conn=%s logout: user=%s retr=%u/%llu del=%u", conn_id(s->c), s->user,
+		    s->nretr, (unsigned long long)s->retr_bytes, s->ndele);
 	uncount(s);
 	if (s->msgfd >= 0)
 		close(s->msgfd);

@@ -208,6 +208,48 @@ class T1Basics(unittest.TestCase):
         self.assertIn("PLAIN", caps.get("SASL", []))
         p.quit()
 
+    def test_pipelining(self):
+        # RFC 2449 PIPELINING: a whole session in one write, answered in order
+        u, pw = "frank@example.com", "frank-password"
+        add_user(self.d, u, pw)
+        bodies = [msg(60), msg(61)]
+        for b in bodies:
+            deliver(self.d, u, b)
+
+        def session():
+            s = socket.create_connection((HOST, self.d.port), timeout=20)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b"STLS\r\n")
+            f.readline()
+            t = tls_ctx().wrap_socket(s)
+            t.sendall(("USER %s\r\nPASS %s\r\nSTAT\r\nLIST\r\nRETR 1\r\nTOP 2 0\r\n"
+                       "DELE 1\r\nNOOP\r\nQUIT\r\n" % (u, pw)).encode())
+            data = b""
+            while True:
+                chunk = t.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            t.close()
+            return data
+        def can_login():
+            try:
+                login(self.d, u, pw).quit()
+                return True
+            except poplib.error_proto:
+                return False
+        util.wait_until(can_login, 10, what="the users file to be reloaded")
+        data = session()
+        want = (b"+OK\r\n+OK Logged in.\r\n+OK 2 %d\r\n+OK 2 messages:\r\n1 %d\r\n2 %d\r\n.\r\n"
+                b"+OK %d octets\r\n%s.\r\n+OK\r\n" % (
+                    len(bodies[0]) + len(bodies[1]), len(bodies[0]), len(bodies[1]),
+                    len(bodies[0]), bodies[0].replace(b"\r\n.", b"\r\n..")))
+        self.assertTrue(data.startswith(want), data[:300])
+        self.assertTrue(data.endswith(b"+OK Marked to be deleted.\r\n+OK\r\n"
+                                      b"+OK Logging out, messages deleted.\r\n"), data[-200:])
+        self.assertIn(b"\r\n..a line with a leading dot\r\n", data)
+
     def test_stls_drops_pipelined_plaintext(self):
         s = socket.create_connection((HOST, self.d.port), timeout=20)
         f = s.makefile("rb")
