@@ -421,7 +421,7 @@ class T04Mailbox(unittest.TestCase):
         self.assertEqual(c.response("READ-ONLY")[0], "READ-ONLY")
         typ, data = c.select("No.Such.Folder")
         self.assertEqual(typ, "NO")
-        self.assertIn(b"NONEXISTENT", data[0])
+        self.assertIn(b"Mailbox doesn't exist", data[0])     # as Dovecot 2.3 says it
         c.logout()
 
 
