@@ -1444,6 +1444,17 @@ scan_header(struct imap_mime *m, struct part *p, uint64_t *pos_io)
 			p->hdr.phys += n;
 			p->hdr.virt += 2;
 			pos += n;
+			/* an empty body right before a boundary: the empty line's
+			   newline is the boundary's, not the header's */
+			b = pos < m->size ? boundary_line(m, p, pos) : NULL;
+			if (b != NULL && b->part != p) {
+				p->hdr.lines--;
+				p->hdr.phys -= n;
+				p->hdr.virt -= 2;
+				p->parent->body.lines++;
+				p->parent->body.phys += n;
+				p->parent->body.virt += 2;
+			}
 			break;
 		}
 		/* one logical header, line by line */
@@ -2030,7 +2041,7 @@ pdata_of(struct imap_mime *m, const struct part *p, struct pool *pl, struct pdat
 	struct hdr_iter it;
 	struct hdr h;
 	int want_env = p->parent != NULL && (p->parent->flags & PF_RFC822);
-	int ct_seen = 0, cte_seen = 0;
+	int ct_seen = 0;
 
 	memset(pd, 0, sizeof(*pd));
 	memset(&h, 0, sizeof(h));
@@ -2047,9 +2058,9 @@ pdata_of(struct imap_mime *m, const struct part *p, struct pool *pl, struct pdat
 				pdata_content_type(pl, pd, &h);
 			ct_seen = 1;
 		} else if (hdr_is(&h, "Content-Transfer-Encoding")) {
-			if (!cte_seen)
+			/* an empty or broken one does not count: the next may */
+			if (pd->cte == NULL)
 				pdata_token(pl, &h, &pd->cte);
-			cte_seen = 1;
 		} else if (hdr_is(&h, "Content-ID")) {
 			if (pd->id == NULL)
 				pd->id = pool_hdrdup(pl, (const unsigned char *)h.value.p, h.value.len);
@@ -2710,13 +2721,13 @@ imap_mime_header_foreach(struct imap_mime *m, const char *name, unsigned flags,
 						str_addc(&v, ' ');
 					prev = 1;
 				} else {
-					str_addc(&v, c ? c : ' ');
+					str_addc(&v, c ? c : '\x01');
 					prev = 0;
 				}
 			}
 		} else {
 			for (size_t i = 0; i < h.value.len; i++)
-				str_addc(&v, h.value.p[i] ? h.value.p[i] : ' ');
+				str_addc(&v, h.value.p[i] ? h.value.p[i] : '\x01');
 		}
 		char *dec = decode_words(str_c(&v));
 		char *nm = h.name ? xstrndup((const char *)h.name, h.name_len) : xstrdup("");
@@ -2767,9 +2778,10 @@ text_headers(struct imap_mime *m, const struct part *p, struct text_out *t)
 			str_add(&line, h.name, h.name_len);
 			str_add(&line, h.middle, h.middle_len);
 		}
+		/* a NUL must not end the value early; it matches nothing */
 		for (size_t i = 0; i < h.value.len; i++)
 			if (h.value.p[i] == '\0')
-				h.value.p[i] = ' ';
+				h.value.p[i] = '\x01';
 		char *dec = decode_words(str_c(&h.value));
 		str_adds(&line, dec);
 		free(dec);
@@ -2781,40 +2793,119 @@ text_headers(struct imap_mime *m, const struct part *p, struct text_out *t)
 	str_free(&h.value);
 }
 
-/* the body of a leaf part, decoded */
+enum cte { CTE_78BIT, CTE_BASE64, CTE_QP, CTE_UNKNOWN };
+
+/* Content-Transfer-Encoding as the search decoder reads it: one token, an
+ * optional ';'; anything else (or an empty value) is unknown, not searched */
+static enum cte
+cte_parse(const struct hdr *h)
+{
+	struct rp r;
+	struct str v = { 0 };
+	enum cte c = CTE_UNKNOWN;
+
+	rp_init(&r, (const unsigned char *)h->value.p, h->value.len);
+	rp_skip_lwsp(&r);
+	if (rp_mime_token(&r, &v) == 1) {
+		rp_skip_lwsp(&r);
+		if (RP_CUR(&r) != ';') {
+			str_free(&v);
+			return CTE_UNKNOWN;
+		}
+	}
+	const char *t = str_c(&v);
+	if (strcasecmp(t, "7bit") == 0 || strcasecmp(t, "8bit") == 0 || strcasecmp(t, "binary") == 0)
+		c = CTE_78BIT;
+	else if (strcasecmp(t, "base64") == 0)
+		c = CTE_BASE64;
+	else if (strcasecmp(t, "quoted-printable") == 0)
+		c = CTE_QP;
+	str_free(&v);
+	return c;
+}
+
+/* base64 as the search decoder takes it: whitespace skipped, the first
+ * invalid character (or the end after padding) ends the part's text */
+struct b64 {
+	unsigned acc, n;
+	int done;
+};
+
+static size_t
+b64_decode(struct b64 *b, const unsigned char *in, size_t n, unsigned char *out)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < n && !b->done; i++) {
+		unsigned char c = in[i];
+		int v;
+		if (c >= 'A' && c <= 'Z')
+			v = c - 'A';
+		else if (c >= 'a' && c <= 'z')
+			v = c - 'a' + 26;
+		else if (c >= '0' && c <= '9')
+			v = c - '0' + 52;
+		else if (c == '+')
+			v = 62;
+		else if (c == '/')
+			v = 63;
+		else if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
+			continue;
+		else {
+			b->done = 1;	/* '=' or garbage: the rest is ignored */
+			break;
+		}
+		b->acc = (b->acc << 6) | (unsigned)v;
+		if (++b->n == 4) {
+			out[o++] = (unsigned char)(b->acc >> 16);
+			out[o++] = (unsigned char)(b->acc >> 8);
+			out[o++] = (unsigned char)b->acc;
+			b->n = 0;
+			b->acc = 0;
+		}
+	}
+	if (b->done && b->n > 1) {
+		/* the octets of a padded last group */
+		unsigned acc = b->acc << (6 * (4 - b->n));
+		out[o++] = (unsigned char)(acc >> 16);
+		if (b->n == 3)
+			out[o++] = (unsigned char)(acc >> 8);
+		b->n = 0;
+	}
+	return o;
+}
+
+/* the body of a leaf part, decoded to UTF-8 */
 static void
-text_body(struct imap_mime *m, const struct part *p, const struct pdata *pd, struct text_out *t)
+text_body(struct imap_mime *m, const struct part *p, enum cte cte, const char *charset,
+    struct text_out *t)
 {
 	uint64_t a = p->pos + p->hdr.phys, b = a + p->body.phys;
-	GMimeFilter *dec = NULL, *cs = NULL;
-	const char *charset = NULL;
+	GMimeFilter *qp = NULL, *cs = NULL;
+	struct b64 b64 = { 0, 0, 0 };
 
 	gmime_init_once();
-	if (pd->cte != NULL) {
-		GMimeContentEncoding e = g_mime_content_encoding_from_string(pd->cte);
-		if (e == GMIME_CONTENT_ENCODING_BASE64 || e == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
-		    e == GMIME_CONTENT_ENCODING_UUENCODE)
-			dec = g_mime_filter_basic_new(e, FALSE);
-	}
-	for (size_t i = 0; i < pd->nparams; i++)
-		if (strcasecmp(pd->params[i].name, "charset") == 0)
-			charset = pd->params[i].value;
+	if (cte == CTE_QP)
+		qp = g_mime_filter_basic_new(GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE, FALSE);
 	if (charset != NULL && *charset != '\0' && strcasecmp(charset, "utf-8") != 0 &&
 	    strcasecmp(charset, "us-ascii") != 0 && strcasecmp(charset, "utf8") != 0)
 		cs = g_mime_filter_charset_new(charset, "UTF-8");
-	char buf[65536 + 64];
+	char *buf = xmalloc(65536 + 64);
 	for (uint64_t pos = a; pos <= b && !t->stop;) {
 		size_t n = b - pos > 65536 ? 65536 : (size_t)(b - pos);
 		int last = pos + n >= b;
 		char *out = buf + 64;
-		size_t outlen = n, pre = 0;
-		memcpy(buf + 64, m->d + pos, n);
+		size_t outlen = n, pre = 64;
+		if (cte == CTE_BASE64)
+			outlen = b64_decode(&b64, m->d + pos, n, (unsigned char *)out);
+		else
+			memcpy(out, m->d + pos, n);
 		pos += n;
-		if (dec != NULL) {
+		if (qp != NULL) {
 			if (last)
-				g_mime_filter_complete(dec, out, outlen, 64, &out, &outlen, &pre);
+				g_mime_filter_complete(qp, out, outlen, pre, &out, &outlen, &pre);
 			else
-				g_mime_filter_filter(dec, out, outlen, 64, &out, &outlen, &pre);
+				g_mime_filter_filter(qp, out, outlen, pre, &out, &outlen, &pre);
 		}
 		if (cs != NULL) {
 			if (last)
@@ -2826,8 +2917,9 @@ text_body(struct imap_mime *m, const struct part *p, const struct pdata *pd, str
 		if (last)
 			break;
 	}
-	if (dec != NULL)
-		g_object_unref(dec);
+	free(buf);
+	if (qp != NULL)
+		g_object_unref(qp);
 	if (cs != NULL)
 		g_object_unref(cs);
 }
@@ -2843,38 +2935,57 @@ imap_mime_text_foreach(struct imap_mime *m, int with_headers, uint64_t max,
 		return 0;
 	/* pre-order: file order */
 	while (p != NULL && !t.stop) {
-		struct pool pl = { 0 };
-		struct pdata pd;
 		t.start = 1;
 		if (with_headers)
 			text_headers(m, p, &t);
 		if (!(p->flags & PF_MULTIPART) && p->children == NULL && !t.stop) {
-			pdata_of(m, p, &pl, &pd);
-			/* the type as the search sees it: Content-Type even outside MIME */
-			int textual = 1;
+			/* a leaf; never a multipart's own text, even without parts
+			   (Dovecot searches that only when the structure happens to
+			   be in its cache). As Dovecot's search decoder: the last
+			   Content-Type says
+			   whether it is text, the first gives the charset, the last
+			   Content-Transfer-Encoding the decoding (MIME or not) */
+			int textual = 1, first_ct = 1;
+			enum cte cte = CTE_78BIT;
+			char *charset = NULL;
 			struct hdr_iter it;
 			struct hdr h;
 			memset(&h, 0, sizeof(h));
 			hdr_iter_init(&it, m, p, HDR_DATA);
 			while (hdr_next(&it, &h) > 0) {
+				if (hdr_is(&h, "Content-Transfer-Encoding")) {
+					cte = cte_parse(&h);
+					continue;
+				}
 				if (!hdr_is(&h, "Content-Type"))
 					continue;
 				struct rp r;
 				struct str ct = { 0 };
 				rp_init(&r, (const unsigned char *)h.value.p, h.value.len);
 				rp_skip_lwsp(&r);
-				(void)rp_content_type(&r, &ct);
+				int ret = rp_content_type(&r, &ct);
 				const char *c = str_c(&ct);
 				textual = strncasecmp(c, "text/", 5) == 0 || strncasecmp(c, "message/", 8) == 0;
+				if (first_ct && ret >= 0) {
+					struct pool pl = { 0 };
+					struct param *pp;
+					size_t np;
+					params_parse(&r, &pl, &pp, &np);
+					for (size_t i = 0; i < np; i++) {
+						if (strcasecmp(pp[i].name, "charset") == 0) {
+							charset = xstrdup(pp[i].value);
+							break;
+						}
+					}
+					pool_free(&pl);
+				}
+				first_ct = 0;
 				str_free(&ct);
 			}
 			str_free(&h.value);
-			if (textual) {
-				if (t.start && !with_headers)
-					t.start = 1;
-				text_body(m, p, &pd, &t);
-			}
-			pool_free(&pl);
+			if (textual && cte != CTE_UNKNOWN)
+				text_body(m, p, cte, charset, &t);
+			free(charset);
 		}
 		if (p->children != NULL) {
 			p = p->children;

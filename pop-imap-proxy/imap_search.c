@@ -55,7 +55,17 @@ imap_search_charset_check(const char *charset, const char **error_r)
 static char *
 normalize(const char *s, size_t len)
 {
+	char *nonul = NULL;
+
+	if (memchr(s, '\0', len) != NULL) {
+		/* a NUL matches nothing (and would end GLib's strings) */
+		nonul = xmalloc(len);
+		for (size_t i = 0; i < len; i++)
+			nonul[i] = s[i] ? s[i] : '\x01';
+		s = nonul;
+	}
 	char *valid = g_utf8_make_valid(s, (gssize)len);
+	free(nonul);
 	char *fold = g_utf8_casefold(valid, -1);
 	char *norm = g_utf8_normalize(fold, -1, G_NORMALIZE_NFKD);
 	char *r = xstrdup(norm ? norm : fold);
