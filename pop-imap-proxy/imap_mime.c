@@ -20,12 +20,15 @@
  * encodings, charsets) and parses Date: for SENT*. The scan is iterative
  * (no recursion, whatever the nesting), one pass over the mapped file.
  *
- * Never reads the file into memory (mmap, read-only), never writes it,
- * never logs message bytes. Not thread-safe: one object, one thread.
+ * Never reads the file into memory (mmap, read-only; a Maildir file is
+ * never truncated, so the mapping stays valid), never writes it, never
+ * logs message bytes. One object, one thread; objects on different threads
+ * are independent (GMime is initialised once, under pthread_once).
  */
 #include "pop-imap-proxy/imap_mime.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2586,14 +2589,18 @@ imap_mime_section_read(struct imap_mime *m, const struct imap_mime_section *sec,
 /* ---- for SEARCH ---- */
 
 static void
+gmime_init(void)
+{
+	g_mime_init();
+}
+
+/* GMime's global state, once per process: job threads may race here */
+static void
 gmime_init_once(void)
 {
-	static int done;
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-	if (!done) {
-		g_mime_init();
-		done = 1;
-	}
+	(void)pthread_once(&once, gmime_init);
 }
 
 int
