@@ -35,7 +35,9 @@ LIB     := $(BUILD)/libportcullis.a
 DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c $(wildcard smtp-gateway/*.c) $(wildcard service/*.c))
 CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
 UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c smtp-gateway/smtp_conf.c smtp-gateway/relay_send.c \
-              service/anvil.c service/deadline.c service/listener.c service/jobs.c service/penalty.c)
+              smtp-gateway/smtp_sieve.c smtp-gateway/downstream.c \
+              service/anvil.c service/deadline.c service/listener.c service/jobs.c service/penalty.c \
+              service/conn.c service/tlsbev.c)
 DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
 UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
 UNIT_OBJ   += $(patsubst %.c,$(BUILD)/%.o,$(wildcard pop-imap-proxy/*.c))
@@ -174,6 +176,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_addresses.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_milter.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_gateway.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_admin.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3_dovecot.py
@@ -225,6 +228,9 @@ fuzz:
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap-proto tests/fuzz/fuzz_imap_proto.c pop-imap-proxy/imap_proto.c pop-imap-proxy/imap_parser.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-readers tests/fuzz/fuzz_readers.c common/dotstuff.c \
 	    common/linereader.c common/xmalloc.c common/log.c -pthread
+	@mkdir -p build/fuzz/corpus-smtp-sieve
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp-sieve tests/fuzz/fuzz_smtp_sieve.c smtp-gateway/smtp_sieve.c \
+	    smtp-gateway/downstream.c smtp-gateway/relay_send.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
 	build/fuzz/fuzz-smtp -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp tests/fuzz/seeds-smtp
 	build/fuzz/fuzz-parsers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-parsers
 	build/fuzz/fuzz-hdrparse -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-hdrparse
@@ -239,6 +245,7 @@ fuzz:
 	build/fuzz/fuzz-pop3 -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-pop3 tests/fuzz/seeds-pop3
 	build/fuzz/fuzz-imap-proto -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-imap-proto tests/fuzz/seeds-imap-proto
 	build/fuzz/fuzz-readers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-readers
+	build/fuzz/fuzz-smtp-sieve -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp-sieve
 	@mkdir -p build/fuzz/corpus-imap-mime
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap-mime tests/fuzz/fuzz_imap_mime.c pop-imap-proxy/imap_mime.c \
 	    pop-imap-proxy/imap_search.c pop-imap-proxy/imap_parser.c common/xmalloc.c common/log.c $(LIBS_GMIME) -pthread

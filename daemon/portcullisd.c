@@ -722,6 +722,8 @@ smtp_unbind(void)
 	nsmtp_fds = 0;
 }
 
+static struct sieve_limits smtp_sieve_lim;
+
 static int
 smtp_svc_run(void *set, struct worker_ctx *wc)
 {
@@ -736,6 +738,14 @@ smtp_svc_run(void *set, struct worker_ctx *wc)
 	sc->srv.params.rl = wc->rl;
 	sc->srv.ban = watcher_ban;
 	sc->srv.ban_arg = wc->w;
+	/* Sieve server and domain scripts, as the milter (smtp-gateway/smtp_sieve.c) */
+	sievestore_limits_conf(conf, &smtp_sieve_lim);
+	if (sieve_w == NULL &&	/* one watcher per worker */
+	    (sieve_w = sievewatch_start(conf_get(conf, "sieve_dir"), &smtp_sieve_lim, &sieve_ref,
+	    &err)) == NULL)
+		log_error("sieve: %s: the gateway runs without Sieve rules", err);
+	sc->srv.params.sieve = sieve_w != NULL ? &sieve_ref : NULL;
+	sc->srv.sieve_limits = &smtp_sieve_lim;
 	/* libevent takes SIGTERM/SIGINT through its signal events */
 	block_stop_signals(SIG_UNBLOCK);
 	log_info("smtp ready on %s", conf_get(conf, "smtp_listen"));

@@ -79,9 +79,11 @@ main(void)
 	test_mailstore_register();
 	test_sieve_deliver_register();
 	test_relay_send_register();
+	test_smtp_sieve_register();
 	test_geoip_register();
 	test_imap_parser_register();
 	test_pop3_proto_register();
+	test_conn_register();
 	test_imap_mime_register();
 	test_imap_search_register();
 	test_imap_proto_register();
