@@ -46,8 +46,8 @@
 #define BOUNDARY_LINE_MAX (BOUNDARY_MAX + 4)
 #define NAME_MAX_LEN	1000	/* longer header names count as no name */
 #define REPL_CHAR	"\xEF\xBF\xBD"	/* NUL in header values */
-#define ADDR_MAX	10000	/* addresses of one envelope field */
-#define FIELD_MAX	(64u << 10)	/* bytes of one header value we tokenise */
+#define ADDR_MAX	10000	/* addresses of one envelope field, all its headers */
+#define FIELD_MAX	IMAP_MIME_HEADER_MAX	/* bytes of one header value we tokenise */
 
 #define PF_MULTIPART	0x01u
 #define PF_RFC822	0x02u
@@ -1818,6 +1818,9 @@ imap_string_for_humans(struct str *s, const unsigned char *src, size_t size)
 struct envelope {
 	const char *date, *subject, *in_reply_to, *message_id;
 	struct addr *from, *sender, *reply_to, *to, *cc, *bcc;
+	/* where each list ends and how long it is (headers repeat: no rescans) */
+	struct addr **tail[6];
+	unsigned count[6];
 };
 
 static void
@@ -1830,6 +1833,7 @@ envelope_add(struct pool *pl, struct envelope *e, const struct hdr *h)
 	struct addr **ap = NULL;
 	const char **sp = NULL;
 	size_t i;
+	int li = -1;
 
 	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (hdr_is(h, names[i]))
@@ -1837,21 +1841,30 @@ envelope_add(struct pool *pl, struct envelope *e, const struct hdr *h)
 	switch (i) {
 	case 0: sp = &e->date; break;
 	case 1: sp = &e->subject; break;
-	case 2: ap = &e->from; break;
-	case 3: ap = &e->sender; break;
-	case 4: ap = &e->reply_to; break;
-	case 5: ap = &e->to; break;
-	case 6: ap = &e->cc; break;
-	case 7: ap = &e->bcc; break;
+	case 2: ap = &e->from; li = 0; break;
+	case 3: ap = &e->sender; li = 1; break;
+	case 4: ap = &e->reply_to; li = 2; break;
+	case 5: ap = &e->to; li = 3; break;
+	case 6: ap = &e->cc; li = 4; break;
+	case 7: ap = &e->bcc; li = 5; break;
 	case 8: sp = &e->in_reply_to; break;
 	case 9: sp = &e->message_id; break;
 	default: return;
 	}
 	if (ap != NULL) {
+		/* repeated headers add to the list (as Dovecot merges them), up
+		   to ADDR_MAX addresses in all: bounded memory */
+		if (e->count[li] >= ADDR_MAX)
+			return;
 		struct addr *a = addr_parse(pl, (const unsigned char *)h->value.p, h->value.len);
+		if (e->tail[li] != NULL)
+			ap = e->tail[li];
 		while (*ap != NULL)
 			ap = &(*ap)->next;
 		*ap = a;
+		for (; *ap != NULL; ap = &(*ap)->next)
+			e->count[li]++;
+		e->tail[li] = ap;
 	} else {
 		*sp = pool_hdrdup(pl, (const unsigned char *)h->value.p, h->value.len);
 	}
