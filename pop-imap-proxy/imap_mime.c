@@ -16,8 +16,9 @@
  * message/rfc822 under multipart/digest; Content-* headers count only in a
  * MIME part; 100 nested parts and 10,000 parts at most) and the header
  * values are tokenised by RFC 822/2045/2231 rules the same way. The code is
- * our own. GMime 3 does the decoding for SEARCH (encoded words, transfer
- * encodings, charsets) and parses Date: for SENT*. The scan is iterative
+ * our own. GMime 3 does the decoding for SEARCH (encoded words,
+ * quoted-printable, charsets); Date: is read by Dovecot's rules (a date
+ * GMime would guess at is no date there). The scan is iterative
  * (no recursion, whatever the nesting), one pass over the mapped file.
  *
  * Never reads the file into memory (mmap, read-only; a Maildir file is
@@ -27,6 +28,7 @@
  */
 #include "pop-imap-proxy/imap_mime.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -2616,6 +2618,159 @@ gmime_init_once(void)
 	(void)pthread_once(&once, gmime_init);
 }
 
+/* ---- Date: as Dovecot's search reads it ---- */
+
+static int
+date_zone(const unsigned char *z, size_t len)
+{
+	if (len == 5 && (*z == '+' || *z == '-')) {
+		for (int i = 1; i < 5; i++)
+			if (z[i] < '0' || z[i] > '9')
+				return 0;
+		int off = ((z[1] - '0') * 10 + (z[2] - '0')) * 60 + (z[3] - '0') * 10 + (z[4] - '0');
+		return *z == '+' ? off : -off;
+	}
+	if (len == 1) {
+		/* military zones, as Dovecot computes them (from the letter as written) */
+		int c = toupper(*z);
+		if (c < 'J')
+			return (*z - 'A' + 1) * 60;
+		if (c == 'J')
+			return 0;
+		if (c <= 'M')
+			return (*z - 'A') * 60;
+		if (c < 'Z')
+			return ('M' - *z) * 60;
+		return 0;
+	}
+	if (len == 2 && toupper(z[0]) == 'U' && toupper(z[1]) == 'T')
+		return 0;
+	if (len == 3 && z[2] == 'T') {
+		int off;
+		switch (toupper(*z)) {
+		case 'E': off = -5 * 60; break;
+		case 'C': off = -6 * 60; break;
+		case 'M': off = -7 * 60; break;
+		case 'P': off = -8 * 60; break;
+		default: return 0;
+		}
+		if (toupper(z[1]) == 'D')
+			return off + 60;
+		if (toupper(z[1]) == 'S')
+			return off;
+	}
+	return 0;
+}
+
+/* the next atom: 1 and *tok, 0 at the end, -1 broken */
+static int
+date_token(struct rp *r, struct str *tok)
+{
+	str_trunc(tok, 0);
+	str_c(tok);
+	int ret = r->d >= r->end ? 0 : rp_atom(r, tok);
+	return ret < 0 ? -1 : tok->len > 0;
+}
+
+static int
+all_digits(const char *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (v[i] < '0' || v[i] > '9')
+			return 0;
+	return 1;
+}
+
+/* [weekday ","] dd month [yy]yy hh:mm[:ss] [zone]; 0 and the time, or -1 */
+static int
+date_parse(const unsigned char *d, size_t n, time_t *t_r, int *tz_r)
+{
+	static const char *const months[] = {
+		"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+	};
+	struct rp r;
+	struct str tok = { 0 };
+	struct tm tm;
+	int ret = -1, tz = 0;
+	const char *v;
+
+	memset(&tm, 0, sizeof(tm));
+	rp_init(&r, d, n);
+	rp_skip_lwsp(&r);
+#define TOK() (date_token(&r, &tok) > 0 ? (v = tok.p, 1) : 0)
+	if (!TOK())
+		goto out;
+	if (tok.len == 3) {
+		if (RP_CUR(&r) != ',' || r.d >= r.end)
+			goto out;
+		r.d++;
+		rp_skip_lwsp(&r);
+		if (!TOK())
+			goto out;
+	}
+	if (tok.len < 1 || tok.len > 2 || !all_digits(v, tok.len))
+		goto out;
+	tm.tm_mday = atoi(v);
+	if (!TOK() || tok.len < 3)
+		goto out;
+	for (tm.tm_mon = 0; tm.tm_mon < 12; tm.tm_mon++)
+		if (strncasecmp(months[tm.tm_mon], v, 3) == 0)
+			break;
+	if (tm.tm_mon == 12)
+		goto out;
+	if (!TOK() || (tok.len != 2 && tok.len != 4) || !all_digits(v, tok.len))
+		goto out;
+	tm.tm_year = atoi(v);
+	if (tok.len == 2) {
+		if (tm.tm_year < 70)
+			tm.tm_year += 100;
+	} else {
+		if (tm.tm_year < 1900)
+			goto out;
+		tm.tm_year -= 1900;
+	}
+	if (!TOK() || tok.len < 1 || tok.len > 2 || !all_digits(v, tok.len))
+		goto out;
+	tm.tm_hour = atoi(v);
+	if (RP_CUR(&r) != ':' && RP_CUR(&r) != '.')
+		goto out;
+	if (r.d >= r.end)
+		goto out;
+	r.d++;
+	rp_skip_lwsp(&r);
+	if (date_token(&r, &tok) < 0 || tok.len != 2 || !all_digits(tok.p, 2))
+		goto out;
+	tm.tm_min = atoi(tok.p);
+	if (r.d < r.end && (*r.d == ':' || *r.d == '.')) {
+		r.d++;
+		rp_skip_lwsp(&r);
+		if (!TOK() || tok.len != 2 || !all_digits(v, 2))
+			goto out;
+		tm.tm_sec = atoi(v);
+	}
+	int z = date_token(&r, &tok);
+	if (z < 0)
+		goto out;
+	if (z > 0)
+		tz = date_zone((const unsigned char *)tok.p, tok.len);
+#undef TOK
+	/* as timegm, but a field out of range is no date (a leap second is :59) */
+	if (tm.tm_sec == 60)
+		tm.tm_sec = 59;
+	struct tm chk = tm;
+	time_t t = timegm(&chk);
+	if (t == (time_t)-1 || chk.tm_year != tm.tm_year || chk.tm_mon != tm.tm_mon ||
+	    chk.tm_mday != tm.tm_mday || chk.tm_hour != tm.tm_hour || chk.tm_min != tm.tm_min ||
+	    chk.tm_sec != tm.tm_sec)
+		goto out;
+	*t_r = t - (time_t)tz * 60;
+	*tz_r = tz;
+	ret = 0;
+out:
+	str_free(&tok);
+	return ret;
+}
+
 int
 imap_mime_sent_date(struct imap_mime *m, time_t *t_r, int *tz_minutes_r)
 {
@@ -2623,21 +2778,12 @@ imap_mime_sent_date(struct imap_mime *m, time_t *t_r, int *tz_minutes_r)
 	struct hdr h;
 	int ret = -1;
 
-	gmime_init_once();
 	memset(&h, 0, sizeof(h));
 	hdr_iter_init(&it, m, m->root, HDR_DATA);
 	while (hdr_next(&it, &h) > 0) {
 		if (!hdr_is(&h, "Date"))
 			continue;
-		if (memchr(h.value.p, '\0', h.value.len) == NULL) {
-			GDateTime *dt = g_mime_utils_header_decode_date(h.value.p);
-			if (dt != NULL) {
-				*t_r = (time_t)g_date_time_to_unix(dt);
-				*tz_minutes_r = (int)(g_date_time_get_utc_offset(dt) / G_TIME_SPAN_MINUTE);
-				g_date_time_unref(dt);
-				ret = 0;
-			}
-		}
+		ret = date_parse((const unsigned char *)h.value.p, h.value.len, t_r, tz_minutes_r);
 		break;
 	}
 	str_free(&h.value);

@@ -13,7 +13,7 @@
  * The file is mapped read-only (never read into memory, never copied) and
  * scanned once, iteratively, for its MIME structure by the rules of
  * Dovecot's message parser; GMime 3 decodes what SEARCH needs (encoded
- * words, quoted-printable, charsets, Date:). GMime's own parser is not used
+ * words, quoted-printable, charsets). GMime's own parser is not used
  * for the structure: it has no limits and gives no file offsets. Limits:
  * IMAP_MIME_DEPTH_MAX nested multipart / message/rfc822 and
  * IMAP_MIME_PARTS_MAX parts (past them the rest is the last part's body,
@@ -104,8 +104,8 @@ size_t imap_mime_section_read(struct imap_mime *m, const struct imap_mime_sectio
 
 /* ---- for SEARCH (imap_search.c) ---- */
 
-/* the first Date: header as a time and its zone offset in minutes; -1 if
- * there is none or it does not parse */
+/* the first Date: header as a time and its zone offset in minutes (by
+ * Dovecot's rules: unknown zones are GMT); -1 if none or it does not parse */
 int imap_mime_sent_date(struct imap_mime *m, time_t *t_r, int *tz_minutes_r);
 
 #define IMAP_MIME_HDR_ADDRESS	0x1	/* the addresses, rewritten "Name <a@b>, ..." */

@@ -548,6 +548,19 @@ CORPUS = [
     ("cr_mix", cr_mix_msg(), ""),
     ("nul_header", nul_header_msg(), ""),
 ]
+# Date: forms for SENT*: each its own message (zones, obsolete forms, broken ones)
+DATES = [
+    b"Mon, 7 Dec 2026 23:30:00 -0500", b"7 Dec 2026 00:30 +0100", b"Tue, 08 Dec 26 01:00:00 GMT",
+    b"Sun, 6 Dec 2026 23:59:59 EST", b"Sun, 6 Dec 2026 22:00:00 PDT", b"6 Dec 2026 23:00:00 Z",
+    b"6 Dec 2026 23:00:00 a", b"6 Dec 2026 23:00:00 n", b"6 Dec 2026 23:00:00 y", b"6 Dec 2026 23:00:00 Y",
+    b"6 dec 2026 12.30.00 UT", b"6 December 2026 12:00:00 +0000", b"Sunday, 6 Dec 2026 12:00 +0000",
+    b"6 Dec 2026 12:00:60 +0000", b"31 Nov 2026 12:00 +0000", b"6 Dec 2026 24:00 +0000",
+    b"6 Dec 1899 12:00 +0000", b"6 Dec 69 12:00 +0000", b"6 Dec 2026 12 +0000",
+    b"(comment) 6 Dec 2026 (c) 12:00 (c) +0000", b"6 Dec 2026 12:00 +00:00", b"6 Dec 2026 12:00 XYZ",
+    b"2026-12-06T12:00:00Z", b"", b"Mon,7 Dec 2026 1:05 -1200", b"Mon, 7 Dec 2026 01:05 +1400",
+]
+CORPUS += [("date%d" % i, b"From: d@example.com\r\nDate: " + d + b"\r\nSubject: date\r\n\r\nx\r\n", "")
+           for i, d in enumerate(DATES)]
 KEYWORDS = ["$Label1", "Project"]
 MTIME0 = 1796000000  # 2026-11-29 ~ (internal dates a day apart)
 
@@ -603,7 +616,10 @@ SEARCHES = [
     "SUBJECT \"second subject\"", "SUBJECT \"spaced colon\"", "HEADER Garbage \"\"",
     "SENTON 30-Nov-2026", "SENTON 1-Dec-2026", "BODY last", "TEXT \"nul\"",
     "HEADER X-Whitespace-Only \"\"", "BODY hi", "TEXT \"Subject: hi\"", "BODY \"alt two\"",
-]
+] + ["SENTON %d-%s-%d" % (d, mon, y) for (d, mon, y) in
+     [(30, "Nov", 2026), (31, "Dec", 1969), (1, "Jan", 1970), (6, "Dec", 1969)] +
+     [(d, "Dec", 2026) for d in range(1, 10)]] + \
+    ["SENTBEFORE 7-Dec-2026", "SENTSINCE 7-Dec-2026", "NOT SENTON 6-Dec-2026"]
 
 
 class Dovecot:
