@@ -16,9 +16,10 @@
  * message/rfc822 under multipart/digest; Content-* headers count only in a
  * MIME part; 100 nested parts and 10,000 parts at most) and the header
  * values are tokenised by RFC 822/2045/2231 rules the same way. The code is
- * our own. GMime 3 does the decoding for SEARCH (encoded words,
- * quoted-printable, charsets); Date: is read by Dovecot's rules (a date
- * GMime would guess at is no date there). The scan is iterative
+ * our own. For SEARCH, GMime 3 undoes quoted-printable and converts body
+ * charsets to UTF-8; encoded words (RFC 2047) and Date: are read by
+ * Dovecot's rules with our own code (GMime's guesses at raw 8-bit, broken
+ * words and odd dates select other messages than Dovecot does). The scan is iterative
  * (no recursion, whatever the nesting), one pass over the mapped file.
  *
  * Never reads the file into memory (mmap, read-only; a Maildir file is
@@ -30,6 +31,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <iconv.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -2790,25 +2792,7 @@ imap_mime_sent_date(struct imap_mime *m, time_t *t_r, int *tz_minutes_r)
 	return ret;
 }
 
-/* encoded words decoded, the rest made valid UTF-8 */
-static char *
-decode_words(const char *v)
-{
-	gmime_init_once();
-	char *dec = g_mime_utils_header_decode_text(NULL, v);
-	char *r;
-	if (dec == NULL)
-		return xstrdup(v);
-	if (g_utf8_validate(dec, -1, NULL)) {
-		r = xstrdup(dec);
-	} else {
-		char *valid = g_utf8_make_valid(dec, -1);
-		r = xstrdup(valid);
-		g_free(valid);
-	}
-	g_free(dec);
-	return r;
-}
+static char *decode_words(const char *v);
 
 /* the addresses as Dovecot writes them to search them */
 static void
@@ -3039,6 +3023,168 @@ b64_decode(struct b64 *b, const unsigned char *in, size_t n, unsigned char *out)
 		b->n = 0;
 	}
 	return o;
+}
+
+/* ---- encoded words (RFC 2047) as Dovecot's search decodes them ---- */
+
+static void
+utf8_append_valid(struct str *out, const char *d, size_t n)
+{
+	if (g_utf8_validate(d, (gssize)n, NULL)) {
+		str_add(out, d, n);
+		return;
+	}
+	char *v = g_utf8_make_valid(d, (gssize)n);
+	str_adds(out, v);
+	g_free(v);
+}
+
+static int
+charset_is_utf8(const char *cs)
+{
+	return strcasecmp(cs, "us-ascii") == 0 || strcasecmp(cs, "ascii") == 0 ||
+	    strcasecmp(cs, "utf-8") == 0 || strcasecmp(cs, "utf8") == 0;
+}
+
+/* D (N octets) from CS to UTF-8: bad octets become U+FFFD; an unknown
+ * charset leaves the text as it is (made valid) */
+static void
+charset_append(struct str *out, const char *cs, const char *d, size_t n)
+{
+	if (charset_is_utf8(cs)) {
+		utf8_append_valid(out, d, n);
+		return;
+	}
+	iconv_t cd = iconv_open("UTF-8", cs);
+	if (cd == (iconv_t)-1) {
+		utf8_append_valid(out, d, n);
+		return;
+	}
+	char buf[1024];
+	char *in = (char *)d;
+	size_t left = n;
+	while (left > 0) {
+		char *o = buf;
+		size_t room = sizeof(buf);
+		size_t r = iconv(cd, &in, &left, &o, &room);
+		str_add(out, buf, o - buf);
+		if (r == (size_t)-1) {
+			if (errno == E2BIG)
+				continue;
+			if (errno == EILSEQ) {
+				str_adds(out, REPL_CHAR);
+				in++;
+				left--;
+				continue;
+			}
+			break;	/* EINVAL: cut short at the end */
+		}
+	}
+	iconv_close(cd);
+}
+
+/* "charset?e?text?=" at D: 0 if it is no encoded word, else its length,
+ * and the decoded octets into *dec (charset first, then a NUL) */
+static size_t
+word_decode(const unsigned char *d, size_t n, struct str *dec, size_t *cslen_r)
+{
+	size_t q[3], nq = 0, i;
+
+	for (i = 0; i < n; i++) {
+		if (d[i] == '?') {
+			q[nq++] = i;
+			if (nq == 3)
+				break;
+		}
+	}
+	if (nq < 3 || i + 1 >= n || d[i + 1] != '=')
+		return 0;
+	str_add(dec, d, q[0]);
+	str_addc(dec, '\0');
+	*cslen_r = dec->len;
+	const unsigned char *t = d + q[1] + 1;
+	size_t tl = q[2] - q[1] - 1;
+	switch (d[q[0] + 1]) {
+	case 'q':
+	case 'Q': {
+		size_t next = 0, k;
+		for (k = 0; k < tl; k++) {
+			if (t[k] != '_' && t[k] != '=')
+				continue;
+			str_add(dec, t + next, k - next);
+			next = k;
+			if (t[k] == '_') {
+				str_addc(dec, ' ');
+				next++;
+				continue;
+			}
+			if (k + 2 >= tl)
+				break;
+			if (isxdigit(t[k + 1]) && isxdigit(t[k + 2])) {
+				char hex[3] = { (char)t[k + 1], (char)t[k + 2], 0 };
+				str_addc(dec, (char)strtol(hex, NULL, 16));
+				k += 2;
+				next = k + 1;
+			} else {
+				next = k;	/* not hex: as it is */
+			}
+		}
+		str_add(dec, t + next, tl - next);
+		break;
+	}
+	case 'b':
+	case 'B': {
+		struct b64 b = { 0, 0, 0 };
+		str_grow(dec, tl);
+		dec->len += b64_decode(&b, t, tl, (unsigned char *)dec->p + dec->len);
+		dec->p[dec->len] = '\0';
+		break;
+	}
+	default:
+		return 0;
+	}
+	return q[2] + 2;
+}
+
+/* V's encoded words decoded (blanks between them dropped), the rest taken
+ * as UTF-8; all made valid UTF-8 */
+static char *
+decode_words(const char *v)
+{
+	const unsigned char *d = (const unsigned char *)v;
+	size_t n = strlen(v), start = 0, pos = 0;
+	struct str out = { 0 }, dec = { 0 };
+
+	while (pos + 1 < n) {
+		if (d[pos] != '=' || d[pos + 1] != '?') {
+			pos++;
+			continue;
+		}
+		int blank = 1;
+		for (size_t k = start; k < pos; k++)
+			if (d[k] != ' ' && d[k] != '\t' && d[k] != '\r' && d[k] != '\n')
+				blank = 0;
+		if (!blank)
+			utf8_append_valid(&out, v + start, pos - start);
+		pos += 2;
+		size_t cslen = 0;
+		str_trunc(&dec, 0);
+		size_t len = word_decode(d + pos, n - pos, &dec, &cslen);
+		if (len == 0) {
+			start = pos - 2;
+			continue;
+		}
+		pos += len;
+		if (dec.len > cslen)
+			charset_append(&out, dec.p, dec.p + cslen, dec.len - cslen);
+		start = pos;
+	}
+	if (start < n)
+		utf8_append_valid(&out, v + start, n - start);
+	str_free(&dec);
+	char *r = xstrdup(str_c(&out));
+	str_free(&out);
+	return r;
 }
 
 /* the body of a leaf part, decoded to UTF-8 */

@@ -12,8 +12,8 @@
  *
  * The file is mapped read-only (never read into memory, never copied) and
  * scanned once, iteratively, for its MIME structure by the rules of
- * Dovecot's message parser; GMime 3 decodes what SEARCH needs (encoded
- * words, quoted-printable, charsets). GMime's own parser is not used
+ * Dovecot's message parser; GMime 3 decodes bodies for SEARCH
+ * (quoted-printable, charsets). GMime's own parser is not used
  * for the structure: it has no limits and gives no file offsets. Limits:
  * IMAP_MIME_DEPTH_MAX nested multipart / message/rfc822 and
  * IMAP_MIME_PARTS_MAX parts (past them the rest is the last part's body,

@@ -35,6 +35,11 @@ Accepted differences (not compared), with the reason:
     when the message's structure is in its cache, and whether it is depends
     on the session's history; we never search it, as Dovecot does on a
     fresh mailbox, so SEARCH is compared before any FETCH.
+  - a header's encoded word in a charset iconv does not know
+    (=?x-unknown?q?abc?=, =?utf-8*en?q?lang?=): Dovecot compares its text
+    without case folding, so it matches only keys written as Dovecot folds
+    them (upper case); we fold it like all text. The random messages hold
+    such words, but no SEARCH program looks for their text.
   - SEARCH CHARSET other than UTF-8/US-ASCII: Dovecot converts any iconv
     charset, we answer NO [BADCHARSET] as the issue asks; only the bogus
     charset case is compared (both refuse).
@@ -413,7 +418,10 @@ def rand_msg(rnd):
 
     def word():
         return rnd.choice([b"alpha", b"Beta", b"g\xc3\xa4mma", b"=?utf-8?q?d=C3=A9lta?=",
-                           b"\"quoted word\"", b"(comment)", b"x", b"tab\there", b"semi;colon"])
+                           b"\"quoted word\"", b"(comment)", b"x", b"tab\there", b"semi;colon",
+                           b"caf\xe9", b"=?utf-8?b?invalid", b"=?x-unknown?q?abc?=",
+                           b"=?utf-8?q?a_b?= =?utf-8?q?c?=", b"=?UTF-8?B?w6k=?=", b"=?iso-8859-1?q?=E9t=E9?=",
+                           b"=?utf-8?q?x?=y", b"=?utf-8*en?q?lang?="])
 
     def addr():
         return rnd.choice([b"user@example.com", b"Name <n@example.org>", b"\"Q, N\" <q@x.y>",
@@ -515,6 +523,10 @@ RANDOM_SEARCHES = [
     b"TO MISSING_DOMAIN", b"FROM \"Q, N\"", b"BCC comment", b"HEADER Reply-To x", b"HEADER Sender y.z",
     b"TEXT \"no colon\"", b"BODY \"=C3=A9\"", b"CHARSET UTF-8 BODY \xc3\xa9", b"TEXT \"a b\"",
     b"LARGER 300", b"OR BODY epilogue TEXT epilogue", b"NOT TEXT line",
+    b"CHARSET UTF-8 SUBJECT caf\xc3\xa9", b"SUBJECT \"a bc\"", b"SUBJECT invalid",
+    b"CHARSET UTF-8 SUBJECT \xc3\xa9t\xc3\xa9", b"SUBJECT xy", b"SUBJECT \"x y\"",
+    b"CHARSET UTF-8 TEXT \xc3\xa9t\xc3\xa9", b"HEADER In-Reply-To \"a b\"",
+    b"FROM caf", b"CHARSET UTF-8 FROM \xc3\xa9", b"TO \"quoted word\"", b"SUBJECT \"(comment)\"",
 ]
 RANDOM_SEED = int(os.environ.get("IMAP_MIME_SEED", "20261206"))
 RANDOM_COUNT = int(os.environ.get("IMAP_MIME_RANDOM", "150"))
