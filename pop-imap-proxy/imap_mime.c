@@ -3187,18 +3187,169 @@ decode_words(const char *v)
 	return r;
 }
 
+/* quoted-printable as the search decoder reads it: line ends become CRLF,
+ * trailing blanks go, soft breaks join, lower-case hex is taken, a bad '='
+ * sequence stays as it is */
+enum qp_state { QP_TEXT, QP_WS, QP_EQ, QP_EQ_WS, QP_HEX2, QP_CR, QP_SOFTCR };
+
+struct qp {
+	enum qp_state st;
+	char ws[80];
+	size_t nws;
+	char hex;
+};
+
+#define QP_WS_MAX 76
+
+static int
+qp_hexval(unsigned char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 :
+	    c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+static void
+qp_ws_add(struct qp *q, char c)
+{
+	if (q->nws <= QP_WS_MAX && q->nws < sizeof(q->ws))
+		q->ws[q->nws++] = c;
+}
+
+/* a sequence that turned out invalid: out as it came */
+static void
+qp_invalid(struct qp *q, struct str *out)
+{
+	switch (q->st) {
+	case QP_EQ:
+		str_addc(out, '=');
+		break;
+	case QP_HEX2:
+		str_addc(out, '=');
+		str_addc(out, q->hex);
+		break;
+	case QP_EQ_WS:
+		str_addc(out, '=');
+		str_add(out, q->ws, q->nws);
+		break;
+	case QP_CR:
+		str_add(out, q->ws, q->nws);
+		str_addc(out, '\r');
+		break;
+	case QP_SOFTCR:
+		str_addc(out, '=');
+		str_add(out, q->ws, q->nws);
+		str_addc(out, '\r');
+		break;
+	default:
+		break;
+	}
+	q->nws = 0;
+	q->st = QP_TEXT;
+}
+
+static void
+qp_feed(struct qp *q, const unsigned char *in, size_t n, struct str *out)
+{
+	for (size_t i = 0; i < n;) {
+		unsigned char c = in[i];
+		switch (q->st) {
+		case QP_TEXT:
+			if (c == '=')
+				q->st = QP_EQ;
+			else if (c == '\r')
+				q->st = QP_CR;
+			else if (c == '\n')
+				str_add(out, "\r\n", 2);
+			else if (c == ' ' || c == '\t') {
+				q->st = QP_WS;
+				qp_ws_add(q, (char)c);
+			} else
+				str_addc(out, (char)c);
+			break;
+		case QP_WS:
+			if (c == ' ' || c == '\t')
+				qp_ws_add(q, (char)c);
+			else if (c == '\r')
+				q->st = QP_CR;
+			else if (c == '\n') {
+				str_add(out, "\r\n", 2);	/* trailing blanks dropped */
+				q->nws = 0;
+				q->st = QP_TEXT;
+			} else {
+				str_add(out, q->ws, q->nws);
+				q->nws = 0;
+				q->st = QP_TEXT;
+				continue;	/* this octet again, as text */
+			}
+			break;
+		case QP_EQ:
+			if (qp_hexval(c) >= 0) {
+				q->hex = (char)c;
+				q->st = QP_HEX2;
+			} else if (c == ' ' || c == '\t') {
+				qp_ws_add(q, (char)c);
+				q->st = QP_EQ_WS;
+			} else if (c == '\r')
+				q->st = QP_SOFTCR;
+			else if (c == '\n')
+				q->st = QP_TEXT;
+			else {
+				qp_invalid(q, out);
+				continue;
+			}
+			break;
+		case QP_HEX2:
+			if (qp_hexval(c) >= 0) {
+				str_addc(out, (char)(qp_hexval((unsigned char)q->hex) * 16 + qp_hexval(c)));
+				q->st = QP_TEXT;
+			} else {
+				qp_invalid(q, out);
+				continue;
+			}
+			break;
+		case QP_EQ_WS:
+			if (c == ' ' || c == '\t')
+				qp_ws_add(q, (char)c);
+			else if (c == '\r')
+				q->st = QP_SOFTCR;
+			else if (c == '\n') {
+				q->nws = 0;
+				q->st = QP_TEXT;
+			} else {
+				qp_invalid(q, out);
+				continue;
+			}
+			break;
+		case QP_CR:
+		case QP_SOFTCR:
+			if (c == '\n') {
+				q->nws = 0;
+				if (q->st != QP_SOFTCR)
+					str_add(out, "\r\n", 2);
+				q->st = QP_TEXT;
+			} else {
+				qp_invalid(q, out);
+				continue;
+			}
+			break;
+		}
+		i++;
+	}
+}
+
 /* the body of a leaf part, decoded to UTF-8 */
 static void
 text_body(struct imap_mime *m, const struct part *p, enum cte cte, const char *charset,
     struct text_out *t)
 {
 	uint64_t a = p->pos + p->hdr.phys, b = a + p->body.phys;
-	GMimeFilter *qp = NULL, *cs = NULL;
+	GMimeFilter *cs = NULL;
 	struct b64 b64 = { 0, 0, 0 };
+	struct qp qp;
+	struct str qpout = { 0 };
 
 	gmime_init_once();
-	if (cte == CTE_QP)
-		qp = g_mime_filter_basic_new(GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE, FALSE);
+	memset(&qp, 0, sizeof(qp));
 	if (charset != NULL && *charset != '\0' && strcasecmp(charset, "utf-8") != 0 &&
 	    strcasecmp(charset, "us-ascii") != 0 && strcasecmp(charset, "utf8") != 0)
 		cs = g_mime_filter_charset_new(charset, "UTF-8");
@@ -3213,11 +3364,15 @@ text_body(struct imap_mime *m, const struct part *p, enum cte cte, const char *c
 		else
 			memcpy(out, m->d + pos, n);
 		pos += n;
-		if (qp != NULL) {
-			if (last)
-				g_mime_filter_complete(qp, out, outlen, pre, &out, &outlen, &pre);
-			else
-				g_mime_filter_filter(qp, out, outlen, pre, &out, &outlen, &pre);
+		if (cte == CTE_QP) {
+			str_trunc(&qpout, 0);
+			qp_feed(&qp, (const unsigned char *)out, outlen, &qpout);
+			str_grow(&qpout, 64);
+			/* the charset filter may want room before the data */
+			memmove(qpout.p + 64, qpout.p, qpout.len);
+			out = qpout.p + 64;
+			outlen = qpout.len;
+			pre = 64;
 		}
 		if (cs != NULL) {
 			if (last)
@@ -3230,8 +3385,7 @@ text_body(struct imap_mime *m, const struct part *p, enum cte cte, const char *c
 			break;
 	}
 	free(buf);
-	if (qp != NULL)
-		g_object_unref(qp);
+	str_free(&qpout);
 	if (cs != NULL)
 		g_object_unref(cs);
 }

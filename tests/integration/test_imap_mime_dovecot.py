@@ -491,7 +491,9 @@ def rand_msg(rnd):
             out = nl().join(hs) + nl()
         if kind == "text":
             lines = [rnd.choice([b"text line", b"", b"--" + (parents[-1] if parents else b"x") + b"zz",
-                                 b"caf\xc3\xa9", b"a\x00b", b"SGVsbG8=", b"=C3=A9", b"- -", b"a\rb"])
+                                 b"caf\xc3\xa9", b"a\x00b", b"SGVsbG8=", b"=C3=A9", b"- -", b"a\rb",
+                                 b"=c3=a9 lower", b"soft=  ", b"=ZZbad", b"trail   ", b"caf\xe9 latin",
+                                 b"w6l0w6k=", b"end=", b"=\r", b"x=3", b"\xff\xfe bad utf8"])
                      for _ in range(rnd.randint(0, 5))]
             out += nl().join(lines)
             if lines and rnd.random() < 0.7:
@@ -527,6 +529,9 @@ RANDOM_SEARCHES = [
     b"CHARSET UTF-8 SUBJECT \xc3\xa9t\xc3\xa9", b"SUBJECT xy", b"SUBJECT \"x y\"",
     b"CHARSET UTF-8 TEXT \xc3\xa9t\xc3\xa9", b"HEADER In-Reply-To \"a b\"",
     b"FROM caf", b"CHARSET UTF-8 FROM \xc3\xa9", b"TO \"quoted word\"", b"SUBJECT \"(comment)\"",
+    b"BODY lower", b"BODY \"soft\"", b"BODY \"softtrail\"", b"BODY \"soft=\"", b"BODY zzbad",
+    b"BODY \"trail  \"", b"BODY latin", b"CHARSET UTF-8 BODY \"caf\xc3\xa9 latin\"", b"BODY end",
+    b"BODY x=3", b"BODY \"bad utf8\"", b"CHARSET UTF-8 BODY \xc3\xa9t\xc3\xa9", b"BODY \"=c3\"",
 ]
 RANDOM_SEED = int(os.environ.get("IMAP_MIME_SEED", "20261206"))
 RANDOM_COUNT = int(os.environ.get("IMAP_MIME_RANDOM", "150"))
