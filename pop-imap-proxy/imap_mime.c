@@ -2843,6 +2843,8 @@ addr_write(struct str *s, const struct addr *a)
 	}
 }
 
+/* values as Dovecot's search parses headers: folded lines joined without
+ * their line ends, one blank after the colon skipped */
 int
 imap_mime_header_foreach(struct imap_mime *m, const char *name, unsigned flags,
     int (*fn)(void *ctx, const char *name, const char *value), void *ctx)
@@ -2852,7 +2854,7 @@ imap_mime_header_foreach(struct imap_mime *m, const char *name, unsigned flags,
 	int ret = 0;
 
 	memset(&h, 0, sizeof(h));
-	hdr_iter_init(&it, m, m->root, HDR_DATA);
+	hdr_iter_init(&it, m, m->root, HDR_ONELINE);
 	while (ret == 0 && hdr_next(&it, &h) > 0) {
 		if (name != NULL && !hdr_is(&h, name))
 			continue;
