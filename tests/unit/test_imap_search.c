@@ -245,7 +245,7 @@ static const struct {
 	{ "BCC x", 0x0, 1 },
 	{ "SUBJECT {7+}\r\ngr\303\274\303\237e", 0x1, 1 },
 	{ "SUBJECT \"aus Berlin\"", 0x1, 1 },
-	{ "SUBJECT \"plain folded\"", 0x0, 1 },
+	{ "SUBJECT \"plain folded\"", 0x2, 1 },	/* folds join without their line end */
 	{ "SUBJECT folded", 0x2, 1 },
 	{ "SUBJECT \"\"", 0x7, 1 },
 	{ "HEADER X-Custom hello", 0x2, 1 },
