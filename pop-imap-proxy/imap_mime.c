@@ -1408,7 +1408,9 @@ scan_header(struct imap_mime *m, struct part *p, uint64_t *pos_io)
 	struct hdr h;
 
 	memset(&h, 0, sizeof(h));
-	p->pos = pos;
+	/* p->pos is where the parent's sizes put it (part_new), as Dovecot
+	   counts it: that is POS, except for a message/rfc822 part whose own
+	   header gave its last newline to a boundary (then it is that newline) */
 	free(m->last_boundary);
 	m->last_boundary = NULL;
 	for (;;) {
@@ -2390,7 +2392,10 @@ section_range(struct imap_mime *m, uint64_t a, uint64_t b, uint64_t vsize, int p
 /*
  * HEADER.FIELDS(.NOT): the matching lines as they are (CRLF, NUL -> 0x80),
  * then the empty line if the header has one, or always (ALWAYS_EOH: Dovecot
- * builds the top-level HEADER.FIELDS from its cache and always ends it so)
+ * builds the top-level HEADER.FIELDS from its cache and always ends it so).
+ * Like Dovecot's header filter, the lines are read from the header's start
+ * to the first empty line or the file's end, not to the part's end: a
+ * message/rfc822 part whose header a boundary cuts short goes on past it.
  */
 static void
 build_fields(struct imap_mime *m, const struct part *p, const char *const *fields, size_t nf,
@@ -2401,6 +2406,7 @@ build_fields(struct imap_mime *m, const struct part *p, const char *const *field
 
 	memset(&h, 0, sizeof(h));
 	hdr_iter_init(&it, m, p, HDR_DATA);
+	it.end = m->size;
 	while (hdr_next(&it, &h) > 0) {
 		int match = 0;
 		for (size_t i = 0; i < nf && h.name != NULL; i++) {

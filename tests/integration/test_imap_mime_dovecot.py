@@ -538,7 +538,9 @@ RANDOM_COUNT = int(os.environ.get("IMAP_MIME_RANDOM", "150"))
 RANDOM_ATTS = ["BODYSTRUCTURE", "BODY", "ENVELOPE", "RFC822.SIZE", "BODY.PEEK[TEXT]",
                "BODY.PEEK[1]", "BODY.PEEK[1.MIME]", "BODY.PEEK[2]", "BODY.PEEK[1.1]", "BODY.PEEK[2.MIME]",
                "BODY.PEEK[1.HEADER]", "BODY.PEEK[1.TEXT]", "BODY.PEEK[HEADER.FIELDS (From Content-Type)]",
-               "BODY.PEEK[]<7.50>"]
+               "BODY.PEEK[]<7.50>", "BODY.PEEK[1.2.MIME]", "BODY.PEEK[2.1.TEXT]", "BODY.PEEK[1.1.1]",
+               "BODY.PEEK[HEADER.FIELDS.NOT (Subject Content-Type)]", "BODY.PEEK[1]<3.20>",
+               "BODY.PEEK[2.HEADER.FIELDS (From To)]", "BODY.PEEK[1.1.HEADER]"]
 
 
 CORPUS = [
