@@ -50,6 +50,7 @@
 #define BOUNDARY_LINE_MAX (BOUNDARY_MAX + 4)
 #define NAME_MAX_LEN	1000	/* longer header names count as no name */
 #define REPL_CHAR	"\xEF\xBF\xBD"	/* NUL in header values */
+#define PARAMS_MAX	128	/* parameters of one Content-Type/-Disposition */
 #define ADDR_MAX	10000	/* addresses of one envelope field, all its headers */
 #define FIELD_MAX	IMAP_MIME_HEADER_MAX	/* bytes of one header value we tokenise */
 
@@ -628,17 +629,19 @@ params_parse(struct rp *r, struct pool *pl, struct param **params_r, size_t *n_r
 		res[nres].value = (v); \
 		nres++; \
 	} while (0)
+	unsigned seen = 0;
 	while ((ret = rp_content_param(r, &key, &value)) != 0) {
+		/* at most 128 parameters, as Dovecot (since its CVE-2026-27852 fix) */
+		if (++seen > PARAMS_MAX) {
+			free(key);
+			break;
+		}
 		if (ret < 0) {
 			free(key);
 			if (r->d >= r->end)
 				break;
 			r->d++;
 			continue;
-		}
-		if (nres + next > 1000) {	/* bounded work */
-			free(key);
-			break;
 		}
 		char *star = strchr(key, '*');
 		int plain = 1;

@@ -578,6 +578,11 @@ DATES = [
     b"(comment) 6 Dec 2026 (c) 12:00 (c) +0000", b"6 Dec 2026 12:00 +00:00", b"6 Dec 2026 12:00 XYZ",
     b"2026-12-06T12:00:00Z", b"", b"Mon,7 Dec 2026 1:05 -1200", b"Mon, 7 Dec 2026 01:05 +1400",
 ]
+CORPUS += [("huge_header", b"From: big@example.com\r\nSubject: " + b"long subject words " * 1500 +
+            b"\r\nTo: " + b", ".join(b"\"User %d\" <u%d@example.com>" % (i, i) for i in range(900)) +
+            b"\r\nX-Folded: " + b"\r\n\t".join(b"fold%d" % i for i in range(3000)) +
+            b"\r\nContent-Type: text/plain; " + b"; ".join(b"p%d=v%d" % (i, i) for i in range(300)) +
+            b"\r\nMIME-Version: 1.0\r\n\r\nbody\r\n", "")]
 CORPUS += [("date%d" % i, b"From: d@example.com\r\nDate: " + d + b"\r\nSubject: date\r\n\r\nx\r\n", "")
            for i, d in enumerate(DATES)]
 KEYWORDS = ["$Label1", "Project"]
