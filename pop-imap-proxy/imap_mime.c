@@ -39,6 +39,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gmime/gmime.h>
@@ -1627,6 +1628,16 @@ imap_mime_open(int fd, uint64_t size, struct imap_mime **m_r, const char **error
 {
 	void *map = NULL;
 
+	struct stat st;
+
+	/* the file decides: a size from a file name (S=) may lie, and a
+	   mapping past the end of the file faults when touched */
+	if (fstat(fd, &st) < 0) {
+		*error_r = "fstat failed";
+		return -1;
+	}
+	if ((uint64_t)st.st_size < size)
+		size = (uint64_t)st.st_size;
 	if (size > IMAP_MIME_SIZE_MAX) {
 		*error_r = "message too large";
 		return -1;

@@ -44,9 +44,10 @@ struct imap_mime;
 struct imap_fetch_att;
 
 /*
- * Map and scan FD (SIZE bytes, as mailstore_msg.size). The fd is not kept:
- * the caller closes it when it likes (the mapping stays). -1 on an I/O
- * error or a file larger than IMAP_MIME_SIZE_MAX; any bytes parse.
+ * Map and scan FD (SIZE bytes, as mailstore_msg.size; a file shorter than
+ * that is taken as it is). The fd is not kept: the caller closes it when it
+ * likes (the mapping stays). -1 on an I/O error or a file larger than
+ * IMAP_MIME_SIZE_MAX; any bytes parse.
  */
 int imap_mime_open(int fd, uint64_t size, struct imap_mime **m_r, const char **error_r)
     __attribute__((warn_unused_result));

@@ -725,6 +725,14 @@ test_open_fd(void)
 	free(b2);
 	imap_mime_free(&mf);
 	imap_mime_free(&mm);
+	/* a size larger than the file (a lying S=): the file's own size, no fault */
+	fd = open(path, O_RDONLY);
+	CU_ASSERT_EQUAL_FATAL(imap_mime_open(fd, (sizeof(msg_mixed) - 1) * 3 + 100000, &mf, &err), 0);
+	close(fd);
+	CU_ASSERT_EQUAL(imap_mime_vsize(mf), sizeof(msg_mixed) - 1);
+	b1 = imap_mime_bodystructure(mf, 1, &l1);
+	free(b1);
+	imap_mime_free(&mf);
 	/* an empty file */
 	fd = open(path, O_RDWR | O_TRUNC);
 	CU_ASSERT_EQUAL_FATAL(imap_mime_open(fd, 0, &mf, &err), 0);
