@@ -431,8 +431,10 @@ def rand_msg(rnd):
     def ctype(kind, boundary=None):
         if kind == "multipart":
             sub = rnd.choice([b"mixed", b"alternative", b"digest", b"related", b"MIXED"])
-            q = rnd.choice([b"\"%s\"", b"%s"]) % boundary
+            q = rnd.choice([b"\"%s\"", b"%s", b"%s"]) % boundary
             extra = rnd.choice([b"", b"; charset=x", b" (c)", b";\r\n\ttype=\"text/html\""])
+            if rnd.random() < 0.1:  # RFC 2231 continuations make the boundary
+                return b"multipart/" + sub + b"; boundary*0=" + boundary[:2] + b"; boundary*1=" + boundary[2:]
             return b"multipart/" + sub + b"; boundary=" + q + extra.replace(b"\r\n", nl())
         if kind == "rfc822":
             return rnd.choice([b"message/rfc822", b"MESSAGE/RFC822", b"message/rfc822; x=y"])
@@ -468,6 +470,10 @@ def rand_msg(rnd):
                 hs.append(extra)
         if rnd.random() < 0.05:
             hs.append(b"no colon here")
+        if rnd.random() < 0.05:
+            hs.append(b"X-CR: a\rb")
+        if rnd.random() < 0.04:
+            hs.insert(0, b" leading-blank: x")
         rnd.shuffle(hs)
         return hs
 
