@@ -262,6 +262,10 @@ fuzz:
 	build/fuzz/fuzz-imap-proto -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-imap-proto tests/fuzz/seeds-imap-proto
 	build/fuzz/fuzz-readers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-readers
 	build/fuzz/fuzz-smtp-sieve -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp-sieve
+	@mkdir -p build/fuzz/corpus-imap-mime
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap-mime tests/fuzz/fuzz_imap_mime.c pop-imap-proxy/imap_mime.c \
+	    pop-imap-proxy/imap_search.c pop-imap-proxy/imap_parser.c common/xmalloc.c common/log.c $(LIBS_GMIME) -pthread
+	build/fuzz/fuzz-imap-mime -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-imap-mime tests/fuzz/seeds-imap-mime
 
 # make install [PREFIX=/usr/local] [DESTDIR=]
 PREFIX     ?= /usr/local

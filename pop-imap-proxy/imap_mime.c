@@ -16,22 +16,30 @@
  * message/rfc822 under multipart/digest; Content-* headers count only in a
  * MIME part; 100 nested parts and 10,000 parts at most) and the header
  * values are tokenised by RFC 822/2045/2231 rules the same way. The code is
- * our own. GMime 3 does the decoding for SEARCH (encoded words, transfer
- * encodings, charsets) and parses Date: for SENT*. The scan is iterative
+ * our own. For SEARCH, GMime 3 undoes quoted-printable and converts body
+ * charsets to UTF-8; encoded words (RFC 2047) and Date: are read by
+ * Dovecot's rules with our own code (GMime's guesses at raw 8-bit, broken
+ * words and odd dates select other messages than Dovecot does). The scan is iterative
  * (no recursion, whatever the nesting), one pass over the mapped file.
  *
- * Never reads the file into memory (mmap, read-only), never writes it,
- * never logs message bytes. Not thread-safe: one object, one thread.
+ * Never reads the file into memory (mmap, read-only; a Maildir file is
+ * never truncated, so the mapping stays valid), never writes it, never
+ * logs message bytes. One object, one thread; objects on different threads
+ * are independent (GMime is initialised once, under pthread_once).
  */
 #include "pop-imap-proxy/imap_mime.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <iconv.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gmime/gmime.h>
@@ -43,8 +51,9 @@
 #define BOUNDARY_LINE_MAX (BOUNDARY_MAX + 4)
 #define NAME_MAX_LEN	1000	/* longer header names count as no name */
 #define REPL_CHAR	"\xEF\xBF\xBD"	/* NUL in header values */
-#define ADDR_MAX	10000	/* addresses of one envelope field */
-#define FIELD_MAX	(64u << 10)	/* bytes of one header value we tokenise */
+#define PARAMS_MAX	128	/* parameters of one Content-Type/-Disposition */
+#define ADDR_MAX	10000	/* addresses of one envelope field, all its headers */
+#define FIELD_MAX	IMAP_MIME_HEADER_MAX	/* bytes of one header value we tokenise */
 
 #define PF_MULTIPART	0x01u
 #define PF_RFC822	0x02u
@@ -621,17 +630,19 @@ params_parse(struct rp *r, struct pool *pl, struct param **params_r, size_t *n_r
 		res[nres].value = (v); \
 		nres++; \
 	} while (0)
+	unsigned seen = 0;
 	while ((ret = rp_content_param(r, &key, &value)) != 0) {
+		/* at most 128 parameters, as Dovecot (since its CVE-2026-27852 fix) */
+		if (++seen > PARAMS_MAX) {
+			free(key);
+			break;
+		}
 		if (ret < 0) {
 			free(key);
 			if (r->d >= r->end)
 				break;
 			r->d++;
 			continue;
-		}
-		if (nres + next > 1000) {	/* bounded work */
-			free(key);
-			break;
 		}
 		char *star = strchr(key, '*');
 		int plain = 1;
@@ -1401,7 +1412,9 @@ scan_header(struct imap_mime *m, struct part *p, uint64_t *pos_io)
 	struct hdr h;
 
 	memset(&h, 0, sizeof(h));
-	p->pos = pos;
+	/* p->pos is where the parent's sizes put it (part_new), as Dovecot
+	   counts it: that is POS, except for a message/rfc822 part whose own
+	   header gave its last newline to a boundary (then it is that newline) */
 	free(m->last_boundary);
 	m->last_boundary = NULL;
 	for (;;) {
@@ -1444,6 +1457,17 @@ scan_header(struct imap_mime *m, struct part *p, uint64_t *pos_io)
 			p->hdr.phys += n;
 			p->hdr.virt += 2;
 			pos += n;
+			/* an empty body right before a boundary: the empty line's
+			   newline is the boundary's, not the header's */
+			b = pos < m->size ? boundary_line(m, p, pos) : NULL;
+			if (b != NULL && b->part != p) {
+				p->hdr.lines--;
+				p->hdr.phys -= n;
+				p->hdr.virt -= 2;
+				p->parent->body.lines++;
+				p->parent->body.phys += n;
+				p->parent->body.virt += 2;
+			}
 			break;
 		}
 		/* one logical header, line by line */
@@ -1604,6 +1628,16 @@ imap_mime_open(int fd, uint64_t size, struct imap_mime **m_r, const char **error
 {
 	void *map = NULL;
 
+	struct stat st;
+
+	/* the file decides: a size from a file name (S=) may lie, and a
+	   mapping past the end of the file faults when touched */
+	if (fstat(fd, &st) < 0) {
+		*error_r = "fstat failed";
+		return -1;
+	}
+	if ((uint64_t)st.st_size < size)
+		size = (uint64_t)st.st_size;
 	if (size > IMAP_MIME_SIZE_MAX) {
 		*error_r = "message too large";
 		return -1;
@@ -1804,6 +1838,9 @@ imap_string_for_humans(struct str *s, const unsigned char *src, size_t size)
 struct envelope {
 	const char *date, *subject, *in_reply_to, *message_id;
 	struct addr *from, *sender, *reply_to, *to, *cc, *bcc;
+	/* where each list ends and how long it is (headers repeat: no rescans) */
+	struct addr **tail[6];
+	unsigned count[6];
 };
 
 static void
@@ -1816,6 +1853,7 @@ envelope_add(struct pool *pl, struct envelope *e, const struct hdr *h)
 	struct addr **ap = NULL;
 	const char **sp = NULL;
 	size_t i;
+	int li = -1;
 
 	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (hdr_is(h, names[i]))
@@ -1823,21 +1861,30 @@ envelope_add(struct pool *pl, struct envelope *e, const struct hdr *h)
 	switch (i) {
 	case 0: sp = &e->date; break;
 	case 1: sp = &e->subject; break;
-	case 2: ap = &e->from; break;
-	case 3: ap = &e->sender; break;
-	case 4: ap = &e->reply_to; break;
-	case 5: ap = &e->to; break;
-	case 6: ap = &e->cc; break;
-	case 7: ap = &e->bcc; break;
+	case 2: ap = &e->from; li = 0; break;
+	case 3: ap = &e->sender; li = 1; break;
+	case 4: ap = &e->reply_to; li = 2; break;
+	case 5: ap = &e->to; li = 3; break;
+	case 6: ap = &e->cc; li = 4; break;
+	case 7: ap = &e->bcc; li = 5; break;
 	case 8: sp = &e->in_reply_to; break;
 	case 9: sp = &e->message_id; break;
 	default: return;
 	}
 	if (ap != NULL) {
+		/* repeated headers add to the list (as Dovecot merges them), up
+		   to ADDR_MAX addresses in all: bounded memory */
+		if (e->count[li] >= ADDR_MAX)
+			return;
 		struct addr *a = addr_parse(pl, (const unsigned char *)h->value.p, h->value.len);
+		if (e->tail[li] != NULL)
+			ap = e->tail[li];
 		while (*ap != NULL)
 			ap = &(*ap)->next;
 		*ap = a;
+		for (; *ap != NULL; ap = &(*ap)->next)
+			e->count[li]++;
+		e->tail[li] = ap;
 	} else {
 		*sp = pool_hdrdup(pl, (const unsigned char *)h->value.p, h->value.len);
 	}
@@ -2030,7 +2077,7 @@ pdata_of(struct imap_mime *m, const struct part *p, struct pool *pl, struct pdat
 	struct hdr_iter it;
 	struct hdr h;
 	int want_env = p->parent != NULL && (p->parent->flags & PF_RFC822);
-	int ct_seen = 0, cte_seen = 0;
+	int ct_seen = 0;
 
 	memset(pd, 0, sizeof(*pd));
 	memset(&h, 0, sizeof(h));
@@ -2047,9 +2094,9 @@ pdata_of(struct imap_mime *m, const struct part *p, struct pool *pl, struct pdat
 				pdata_content_type(pl, pd, &h);
 			ct_seen = 1;
 		} else if (hdr_is(&h, "Content-Transfer-Encoding")) {
-			if (!cte_seen)
+			/* an empty or broken one does not count: the next may */
+			if (pd->cte == NULL)
 				pdata_token(pl, &h, &pd->cte);
-			cte_seen = 1;
 		} else if (hdr_is(&h, "Content-ID")) {
 			if (pd->id == NULL)
 				pd->id = pool_hdrdup(pl, (const unsigned char *)h.value.p, h.value.len);
@@ -2359,7 +2406,10 @@ section_range(struct imap_mime *m, uint64_t a, uint64_t b, uint64_t vsize, int p
 /*
  * HEADER.FIELDS(.NOT): the matching lines as they are (CRLF, NUL -> 0x80),
  * then the empty line if the header has one, or always (ALWAYS_EOH: Dovecot
- * builds the top-level HEADER.FIELDS from its cache and always ends it so)
+ * builds the top-level HEADER.FIELDS from its cache and always ends it so).
+ * Like Dovecot's header filter, the lines are read from the header's start
+ * to the first empty line or the file's end, not to the part's end: a
+ * message/rfc822 part whose header a boundary cuts short goes on past it.
  */
 static void
 build_fields(struct imap_mime *m, const struct part *p, const char *const *fields, size_t nf,
@@ -2370,6 +2420,7 @@ build_fields(struct imap_mime *m, const struct part *p, const char *const *field
 
 	memset(&h, 0, sizeof(h));
 	hdr_iter_init(&it, m, p, HDR_DATA);
+	it.end = m->size;
 	while (hdr_next(&it, &h) > 0) {
 		int match = 0;
 		for (size_t i = 0; i < nf && h.name != NULL; i++) {
@@ -2575,14 +2626,171 @@ imap_mime_section_read(struct imap_mime *m, const struct imap_mime_section *sec,
 /* ---- for SEARCH ---- */
 
 static void
+gmime_init(void)
+{
+	g_mime_init();
+}
+
+/* GMime's global state, once per process: job threads may race here */
+static void
 gmime_init_once(void)
 {
-	static int done;
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-	if (!done) {
-		g_mime_init();
-		done = 1;
+	(void)pthread_once(&once, gmime_init);
+}
+
+/* ---- Date: as Dovecot's search reads it ---- */
+
+static int
+date_zone(const unsigned char *z, size_t len)
+{
+	if (len == 5 && (*z == '+' || *z == '-')) {
+		for (int i = 1; i < 5; i++)
+			if (z[i] < '0' || z[i] > '9')
+				return 0;
+		int off = ((z[1] - '0') * 10 + (z[2] - '0')) * 60 + (z[3] - '0') * 10 + (z[4] - '0');
+		return *z == '+' ? off : -off;
 	}
+	if (len == 1) {
+		/* military zones, as Dovecot computes them (from the letter as written) */
+		int c = toupper(*z);
+		if (c < 'J')
+			return (*z - 'A' + 1) * 60;
+		if (c == 'J')
+			return 0;
+		if (c <= 'M')
+			return (*z - 'A') * 60;
+		if (c < 'Z')
+			return ('M' - *z) * 60;
+		return 0;
+	}
+	if (len == 2 && toupper(z[0]) == 'U' && toupper(z[1]) == 'T')
+		return 0;
+	if (len == 3 && z[2] == 'T') {
+		int off;
+		switch (toupper(*z)) {
+		case 'E': off = -5 * 60; break;
+		case 'C': off = -6 * 60; break;
+		case 'M': off = -7 * 60; break;
+		case 'P': off = -8 * 60; break;
+		default: return 0;
+		}
+		if (toupper(z[1]) == 'D')
+			return off + 60;
+		if (toupper(z[1]) == 'S')
+			return off;
+	}
+	return 0;
+}
+
+/* the next atom: 1 and *tok, 0 at the end, -1 broken */
+static int
+date_token(struct rp *r, struct str *tok)
+{
+	str_trunc(tok, 0);
+	str_c(tok);
+	int ret = r->d >= r->end ? 0 : rp_atom(r, tok);
+	return ret < 0 ? -1 : tok->len > 0;
+}
+
+static int
+all_digits(const char *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (v[i] < '0' || v[i] > '9')
+			return 0;
+	return 1;
+}
+
+/* [weekday ","] dd month [yy]yy hh:mm[:ss] [zone]; 0 and the time, or -1 */
+static int
+date_parse(const unsigned char *d, size_t n, time_t *t_r, int *tz_r)
+{
+	static const char *const months[] = {
+		"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+	};
+	struct rp r;
+	struct str tok = { 0 };
+	struct tm tm;
+	int ret = -1, tz = 0;
+	const char *v;
+
+	memset(&tm, 0, sizeof(tm));
+	rp_init(&r, d, n);
+	rp_skip_lwsp(&r);
+#define TOK() (date_token(&r, &tok) > 0 ? (v = tok.p, 1) : 0)
+	if (!TOK())
+		goto out;
+	if (tok.len == 3) {
+		if (RP_CUR(&r) != ',' || r.d >= r.end)
+			goto out;
+		r.d++;
+		rp_skip_lwsp(&r);
+		if (!TOK())
+			goto out;
+	}
+	if (tok.len < 1 || tok.len > 2 || !all_digits(v, tok.len))
+		goto out;
+	tm.tm_mday = atoi(v);
+	if (!TOK() || tok.len < 3)
+		goto out;
+	for (tm.tm_mon = 0; tm.tm_mon < 12; tm.tm_mon++)
+		if (strncasecmp(months[tm.tm_mon], v, 3) == 0)
+			break;
+	if (tm.tm_mon == 12)
+		goto out;
+	if (!TOK() || (tok.len != 2 && tok.len != 4) || !all_digits(v, tok.len))
+		goto out;
+	tm.tm_year = atoi(v);
+	if (tok.len == 2) {
+		if (tm.tm_year < 70)
+			tm.tm_year += 100;
+	} else {
+		if (tm.tm_year < 1900)
+			goto out;
+		tm.tm_year -= 1900;
+	}
+	if (!TOK() || tok.len < 1 || tok.len > 2 || !all_digits(v, tok.len))
+		goto out;
+	tm.tm_hour = atoi(v);
+	if (RP_CUR(&r) != ':' && RP_CUR(&r) != '.')
+		goto out;
+	if (r.d >= r.end)
+		goto out;
+	r.d++;
+	rp_skip_lwsp(&r);
+	if (date_token(&r, &tok) < 0 || tok.len != 2 || !all_digits(tok.p, 2))
+		goto out;
+	tm.tm_min = atoi(tok.p);
+	if (r.d < r.end && (*r.d == ':' || *r.d == '.')) {
+		r.d++;
+		rp_skip_lwsp(&r);
+		if (!TOK() || tok.len != 2 || !all_digits(v, 2))
+			goto out;
+		tm.tm_sec = atoi(v);
+	}
+	int z = date_token(&r, &tok);
+	if (z < 0)
+		goto out;
+	if (z > 0)
+		tz = date_zone((const unsigned char *)tok.p, tok.len);
+#undef TOK
+	/* as timegm, but a field out of range is no date (a leap second is :59) */
+	if (tm.tm_sec == 60)
+		tm.tm_sec = 59;
+	struct tm chk = tm;
+	time_t t = timegm(&chk);
+	if (t == (time_t)-1 || chk.tm_year != tm.tm_year || chk.tm_mon != tm.tm_mon ||
+	    chk.tm_mday != tm.tm_mday || chk.tm_hour != tm.tm_hour || chk.tm_min != tm.tm_min ||
+	    chk.tm_sec != tm.tm_sec)
+		goto out;
+	*t_r = t - (time_t)tz * 60;
+	*tz_r = tz;
+	ret = 0;
+out:
+	str_free(&tok);
+	return ret;
 }
 
 int
@@ -2592,46 +2800,19 @@ imap_mime_sent_date(struct imap_mime *m, time_t *t_r, int *tz_minutes_r)
 	struct hdr h;
 	int ret = -1;
 
-	gmime_init_once();
 	memset(&h, 0, sizeof(h));
 	hdr_iter_init(&it, m, m->root, HDR_DATA);
 	while (hdr_next(&it, &h) > 0) {
 		if (!hdr_is(&h, "Date"))
 			continue;
-		if (memchr(h.value.p, '\0', h.value.len) == NULL) {
-			GDateTime *dt = g_mime_utils_header_decode_date(h.value.p);
-			if (dt != NULL) {
-				*t_r = (time_t)g_date_time_to_unix(dt);
-				*tz_minutes_r = (int)(g_date_time_get_utc_offset(dt) / G_TIME_SPAN_MINUTE);
-				g_date_time_unref(dt);
-				ret = 0;
-			}
-		}
+		ret = date_parse((const unsigned char *)h.value.p, h.value.len, t_r, tz_minutes_r);
 		break;
 	}
 	str_free(&h.value);
 	return ret;
 }
 
-/* encoded words decoded, the rest made valid UTF-8 */
-static char *
-decode_words(const char *v)
-{
-	gmime_init_once();
-	char *dec = g_mime_utils_header_decode_text(NULL, v);
-	char *r;
-	if (dec == NULL)
-		return xstrdup(v);
-	if (g_utf8_validate(dec, -1, NULL)) {
-		r = xstrdup(dec);
-	} else {
-		char *valid = g_utf8_make_valid(dec, -1);
-		r = xstrdup(valid);
-		g_free(valid);
-	}
-	g_free(dec);
-	return r;
-}
+static char *decode_words(const char *v);
 
 /* the addresses as Dovecot writes them to search them */
 static void
@@ -2682,6 +2863,8 @@ addr_write(struct str *s, const struct addr *a)
 	}
 }
 
+/* values as Dovecot's search parses headers: folded lines joined without
+ * their line ends, one blank after the colon skipped */
 int
 imap_mime_header_foreach(struct imap_mime *m, const char *name, unsigned flags,
     int (*fn)(void *ctx, const char *name, const char *value), void *ctx)
@@ -2691,7 +2874,7 @@ imap_mime_header_foreach(struct imap_mime *m, const char *name, unsigned flags,
 	int ret = 0;
 
 	memset(&h, 0, sizeof(h));
-	hdr_iter_init(&it, m, m->root, HDR_DATA);
+	hdr_iter_init(&it, m, m->root, HDR_ONELINE);
 	while (ret == 0 && hdr_next(&it, &h) > 0) {
 		if (name != NULL && !hdr_is(&h, name))
 			continue;
@@ -2710,13 +2893,13 @@ imap_mime_header_foreach(struct imap_mime *m, const char *name, unsigned flags,
 						str_addc(&v, ' ');
 					prev = 1;
 				} else {
-					str_addc(&v, c ? c : ' ');
+					str_addc(&v, c ? c : '\x01');
 					prev = 0;
 				}
 			}
 		} else {
 			for (size_t i = 0; i < h.value.len; i++)
-				str_addc(&v, h.value.p[i] ? h.value.p[i] : ' ');
+				str_addc(&v, h.value.p[i] ? h.value.p[i] : '\x01');
 		}
 		char *dec = decode_words(str_c(&v));
 		char *nm = h.name ? xstrndup((const char *)h.name, h.name_len) : xstrdup("");
@@ -2767,9 +2950,10 @@ text_headers(struct imap_mime *m, const struct part *p, struct text_out *t)
 			str_add(&line, h.name, h.name_len);
 			str_add(&line, h.middle, h.middle_len);
 		}
+		/* a NUL must not end the value early; it matches nothing */
 		for (size_t i = 0; i < h.value.len; i++)
 			if (h.value.p[i] == '\0')
-				h.value.p[i] = ' ';
+				h.value.p[i] = '\x01';
 		char *dec = decode_words(str_c(&h.value));
 		str_adds(&line, dec);
 		free(dec);
@@ -2781,40 +2965,436 @@ text_headers(struct imap_mime *m, const struct part *p, struct text_out *t)
 	str_free(&h.value);
 }
 
-/* the body of a leaf part, decoded */
+enum cte { CTE_78BIT, CTE_BASE64, CTE_QP, CTE_UNKNOWN };
+
+/* Content-Transfer-Encoding as the search decoder reads it: one token, an
+ * optional ';'; anything else (or an empty value) is unknown, not searched */
+static enum cte
+cte_parse(const struct hdr *h)
+{
+	struct rp r;
+	struct str v = { 0 };
+	enum cte c = CTE_UNKNOWN;
+
+	rp_init(&r, (const unsigned char *)h->value.p, h->value.len);
+	rp_skip_lwsp(&r);
+	if (rp_mime_token(&r, &v) == 1) {
+		rp_skip_lwsp(&r);
+		if (RP_CUR(&r) != ';') {
+			str_free(&v);
+			return CTE_UNKNOWN;
+		}
+	}
+	const char *t = str_c(&v);
+	if (strcasecmp(t, "7bit") == 0 || strcasecmp(t, "8bit") == 0 || strcasecmp(t, "binary") == 0)
+		c = CTE_78BIT;
+	else if (strcasecmp(t, "base64") == 0)
+		c = CTE_BASE64;
+	else if (strcasecmp(t, "quoted-printable") == 0)
+		c = CTE_QP;
+	str_free(&v);
+	return c;
+}
+
+/* base64 as the search decoder takes it: whitespace skipped, the first
+ * invalid character (or the end after padding) ends the part's text */
+struct b64 {
+	unsigned acc, n;
+	int done;
+};
+
+static size_t
+b64_decode(struct b64 *b, const unsigned char *in, size_t n, unsigned char *out)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < n && !b->done; i++) {
+		unsigned char c = in[i];
+		int v;
+		if (c >= 'A' && c <= 'Z')
+			v = c - 'A';
+		else if (c >= 'a' && c <= 'z')
+			v = c - 'a' + 26;
+		else if (c >= '0' && c <= '9')
+			v = c - '0' + 52;
+		else if (c == '+')
+			v = 62;
+		else if (c == '/')
+			v = 63;
+		else if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
+			continue;
+		else {
+			b->done = 1;	/* '=' or garbage: the rest is ignored */
+			break;
+		}
+		b->acc = (b->acc << 6) | (unsigned)v;
+		if (++b->n == 4) {
+			out[o++] = (unsigned char)(b->acc >> 16);
+			out[o++] = (unsigned char)(b->acc >> 8);
+			out[o++] = (unsigned char)b->acc;
+			b->n = 0;
+			b->acc = 0;
+		}
+	}
+	if (b->done && b->n > 1) {
+		/* the octets of a padded last group */
+		unsigned acc = b->acc << (6 * (4 - b->n));
+		out[o++] = (unsigned char)(acc >> 16);
+		if (b->n == 3)
+			out[o++] = (unsigned char)(acc >> 8);
+		b->n = 0;
+	}
+	return o;
+}
+
+/* ---- encoded words (RFC 2047) as Dovecot's search decodes them ---- */
+
 static void
-text_body(struct imap_mime *m, const struct part *p, const struct pdata *pd, struct text_out *t)
+utf8_append_valid(struct str *out, const char *d, size_t n)
+{
+	if (g_utf8_validate(d, (gssize)n, NULL)) {
+		str_add(out, d, n);
+		return;
+	}
+	char *v = g_utf8_make_valid(d, (gssize)n);
+	str_adds(out, v);
+	g_free(v);
+}
+
+static int
+charset_is_utf8(const char *cs)
+{
+	return strcasecmp(cs, "us-ascii") == 0 || strcasecmp(cs, "ascii") == 0 ||
+	    strcasecmp(cs, "utf-8") == 0 || strcasecmp(cs, "utf8") == 0;
+}
+
+/* D (N octets) from CS to UTF-8: bad octets become U+FFFD; an unknown
+ * charset leaves the text as it is (made valid) */
+static void
+charset_append(struct str *out, const char *cs, const char *d, size_t n)
+{
+	if (charset_is_utf8(cs)) {
+		utf8_append_valid(out, d, n);
+		return;
+	}
+	iconv_t cd = iconv_open("UTF-8", cs);
+	if (cd == (iconv_t)-1) {
+		utf8_append_valid(out, d, n);
+		return;
+	}
+	char buf[1024];
+	char *in = (char *)d;
+	size_t left = n;
+	while (left > 0) {
+		char *o = buf;
+		size_t room = sizeof(buf);
+		size_t r = iconv(cd, &in, &left, &o, &room);
+		str_add(out, buf, o - buf);
+		if (r == (size_t)-1) {
+			if (errno == E2BIG)
+				continue;
+			if (errno == EILSEQ) {
+				str_adds(out, REPL_CHAR);
+				in++;
+				left--;
+				continue;
+			}
+			break;	/* EINVAL: cut short at the end */
+		}
+	}
+	iconv_close(cd);
+}
+
+/* "charset?e?text?=" at D: 0 if it is no encoded word, else its length,
+ * and the decoded octets into *dec (charset first, then a NUL) */
+static size_t
+word_decode(const unsigned char *d, size_t n, struct str *dec, size_t *cslen_r)
+{
+	size_t q[3], nq = 0, i;
+
+	for (i = 0; i < n; i++) {
+		if (d[i] == '?') {
+			q[nq++] = i;
+			if (nq == 3)
+				break;
+		}
+	}
+	if (nq < 3 || i + 1 >= n || d[i + 1] != '=')
+		return 0;
+	str_add(dec, d, q[0]);
+	str_addc(dec, '\0');
+	*cslen_r = dec->len;
+	const unsigned char *t = d + q[1] + 1;
+	size_t tl = q[2] - q[1] - 1;
+	switch (d[q[0] + 1]) {
+	case 'q':
+	case 'Q': {
+		size_t next = 0, k;
+		for (k = 0; k < tl; k++) {
+			if (t[k] != '_' && t[k] != '=')
+				continue;
+			str_add(dec, t + next, k - next);
+			next = k;
+			if (t[k] == '_') {
+				str_addc(dec, ' ');
+				next++;
+				continue;
+			}
+			if (k + 2 >= tl)
+				break;
+			if (isxdigit(t[k + 1]) && isxdigit(t[k + 2])) {
+				char hex[3] = { (char)t[k + 1], (char)t[k + 2], 0 };
+				str_addc(dec, (char)strtol(hex, NULL, 16));
+				k += 2;
+				next = k + 1;
+			} else {
+				next = k;	/* not hex: as it is */
+			}
+		}
+		str_add(dec, t + next, tl - next);
+		break;
+	}
+	case 'b':
+	case 'B': {
+		struct b64 b = { 0, 0, 0 };
+		str_grow(dec, tl);
+		dec->len += b64_decode(&b, t, tl, (unsigned char *)dec->p + dec->len);
+		dec->p[dec->len] = '\0';
+		break;
+	}
+	default:
+		return 0;
+	}
+	return q[2] + 2;
+}
+
+/* V's encoded words decoded (blanks between them dropped), the rest taken
+ * as UTF-8; all made valid UTF-8 */
+static char *
+decode_words(const char *v)
+{
+	const unsigned char *d = (const unsigned char *)v;
+	size_t n = strlen(v), start = 0, pos = 0;
+	struct str out = { 0 }, dec = { 0 };
+
+	while (pos + 1 < n) {
+		if (d[pos] != '=' || d[pos + 1] != '?') {
+			pos++;
+			continue;
+		}
+		int blank = 1;
+		for (size_t k = start; k < pos; k++)
+			if (d[k] != ' ' && d[k] != '\t' && d[k] != '\r' && d[k] != '\n')
+				blank = 0;
+		if (!blank)
+			utf8_append_valid(&out, v + start, pos - start);
+		pos += 2;
+		size_t cslen = 0;
+		str_trunc(&dec, 0);
+		size_t len = word_decode(d + pos, n - pos, &dec, &cslen);
+		if (len == 0) {
+			start = pos - 2;
+			continue;
+		}
+		pos += len;
+		if (dec.len > cslen)
+			charset_append(&out, dec.p, dec.p + cslen, dec.len - cslen);
+		start = pos;
+	}
+	if (start < n)
+		utf8_append_valid(&out, v + start, n - start);
+	str_free(&dec);
+	char *r = xstrdup(str_c(&out));
+	str_free(&out);
+	return r;
+}
+
+/* quoted-printable as the search decoder reads it: line ends become CRLF,
+ * trailing blanks go, soft breaks join, lower-case hex is taken, a bad '='
+ * sequence stays as it is */
+enum qp_state { QP_TEXT, QP_WS, QP_EQ, QP_EQ_WS, QP_HEX2, QP_CR, QP_SOFTCR };
+
+struct qp {
+	enum qp_state st;
+	char ws[80];
+	size_t nws;
+	char hex;
+};
+
+#define QP_WS_MAX 76
+
+static int
+qp_hexval(unsigned char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 :
+	    c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+static void
+qp_ws_add(struct qp *q, char c)
+{
+	if (q->nws <= QP_WS_MAX && q->nws < sizeof(q->ws))
+		q->ws[q->nws++] = c;
+}
+
+/* a sequence that turned out invalid: out as it came */
+static void
+qp_invalid(struct qp *q, struct str *out)
+{
+	switch (q->st) {
+	case QP_EQ:
+		str_addc(out, '=');
+		break;
+	case QP_HEX2:
+		str_addc(out, '=');
+		str_addc(out, q->hex);
+		break;
+	case QP_EQ_WS:
+		str_addc(out, '=');
+		str_add(out, q->ws, q->nws);
+		break;
+	case QP_CR:
+		str_add(out, q->ws, q->nws);
+		str_addc(out, '\r');
+		break;
+	case QP_SOFTCR:
+		str_addc(out, '=');
+		str_add(out, q->ws, q->nws);
+		str_addc(out, '\r');
+		break;
+	default:
+		break;
+	}
+	q->nws = 0;
+	q->st = QP_TEXT;
+}
+
+static void
+qp_feed(struct qp *q, const unsigned char *in, size_t n, struct str *out)
+{
+	for (size_t i = 0; i < n;) {
+		unsigned char c = in[i];
+		switch (q->st) {
+		case QP_TEXT:
+			if (c == '=')
+				q->st = QP_EQ;
+			else if (c == '\r')
+				q->st = QP_CR;
+			else if (c == '\n')
+				str_add(out, "\r\n", 2);
+			else if (c == ' ' || c == '\t') {
+				q->st = QP_WS;
+				qp_ws_add(q, (char)c);
+			} else
+				str_addc(out, (char)c);
+			break;
+		case QP_WS:
+			if (c == ' ' || c == '\t')
+				qp_ws_add(q, (char)c);
+			else if (c == '\r')
+				q->st = QP_CR;
+			else if (c == '\n') {
+				str_add(out, "\r\n", 2);	/* trailing blanks dropped */
+				q->nws = 0;
+				q->st = QP_TEXT;
+			} else {
+				str_add(out, q->ws, q->nws);
+				q->nws = 0;
+				q->st = QP_TEXT;
+				continue;	/* this octet again, as text */
+			}
+			break;
+		case QP_EQ:
+			if (qp_hexval(c) >= 0) {
+				q->hex = (char)c;
+				q->st = QP_HEX2;
+			} else if (c == ' ' || c == '\t') {
+				qp_ws_add(q, (char)c);
+				q->st = QP_EQ_WS;
+			} else if (c == '\r')
+				q->st = QP_SOFTCR;
+			else if (c == '\n')
+				q->st = QP_TEXT;
+			else {
+				qp_invalid(q, out);
+				continue;
+			}
+			break;
+		case QP_HEX2:
+			if (qp_hexval(c) >= 0) {
+				str_addc(out, (char)(qp_hexval((unsigned char)q->hex) * 16 + qp_hexval(c)));
+				q->st = QP_TEXT;
+			} else {
+				qp_invalid(q, out);
+				continue;
+			}
+			break;
+		case QP_EQ_WS:
+			if (c == ' ' || c == '\t')
+				qp_ws_add(q, (char)c);
+			else if (c == '\r')
+				q->st = QP_SOFTCR;
+			else if (c == '\n') {
+				q->nws = 0;
+				q->st = QP_TEXT;
+			} else {
+				qp_invalid(q, out);
+				continue;
+			}
+			break;
+		case QP_CR:
+		case QP_SOFTCR:
+			if (c == '\n') {
+				q->nws = 0;
+				if (q->st != QP_SOFTCR)
+					str_add(out, "\r\n", 2);
+				q->st = QP_TEXT;
+			} else {
+				qp_invalid(q, out);
+				continue;
+			}
+			break;
+		}
+		i++;
+	}
+}
+
+/* the body of a leaf part, decoded to UTF-8 */
+static void
+text_body(struct imap_mime *m, const struct part *p, enum cte cte, const char *charset,
+    struct text_out *t)
 {
 	uint64_t a = p->pos + p->hdr.phys, b = a + p->body.phys;
-	GMimeFilter *dec = NULL, *cs = NULL;
-	const char *charset = NULL;
+	GMimeFilter *cs = NULL;
+	struct b64 b64 = { 0, 0, 0 };
+	struct qp qp;
+	struct str qpout = { 0 };
 
 	gmime_init_once();
-	if (pd->cte != NULL) {
-		GMimeContentEncoding e = g_mime_content_encoding_from_string(pd->cte);
-		if (e == GMIME_CONTENT_ENCODING_BASE64 || e == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
-		    e == GMIME_CONTENT_ENCODING_UUENCODE)
-			dec = g_mime_filter_basic_new(e, FALSE);
-	}
-	for (size_t i = 0; i < pd->nparams; i++)
-		if (strcasecmp(pd->params[i].name, "charset") == 0)
-			charset = pd->params[i].value;
+	memset(&qp, 0, sizeof(qp));
 	if (charset != NULL && *charset != '\0' && strcasecmp(charset, "utf-8") != 0 &&
 	    strcasecmp(charset, "us-ascii") != 0 && strcasecmp(charset, "utf8") != 0)
 		cs = g_mime_filter_charset_new(charset, "UTF-8");
-	char buf[65536 + 64];
+	char *buf = xmalloc(65536 + 64);
 	for (uint64_t pos = a; pos <= b && !t->stop;) {
 		size_t n = b - pos > 65536 ? 65536 : (size_t)(b - pos);
 		int last = pos + n >= b;
 		char *out = buf + 64;
-		size_t outlen = n, pre = 0;
-		memcpy(buf + 64, m->d + pos, n);
+		size_t outlen = n, pre = 64;
+		if (cte == CTE_BASE64)
+			outlen = b64_decode(&b64, m->d + pos, n, (unsigned char *)out);
+		else
+			memcpy(out, m->d + pos, n);
 		pos += n;
-		if (dec != NULL) {
-			if (last)
-				g_mime_filter_complete(dec, out, outlen, 64, &out, &outlen, &pre);
-			else
-				g_mime_filter_filter(dec, out, outlen, 64, &out, &outlen, &pre);
+		if (cte == CTE_QP) {
+			str_trunc(&qpout, 0);
+			qp_feed(&qp, (const unsigned char *)out, outlen, &qpout);
+			str_grow(&qpout, 64);
+			/* the charset filter may want room before the data */
+			memmove(qpout.p + 64, qpout.p, qpout.len);
+			out = qpout.p + 64;
+			outlen = qpout.len;
+			pre = 64;
 		}
 		if (cs != NULL) {
 			if (last)
@@ -2826,8 +3406,8 @@ text_body(struct imap_mime *m, const struct part *p, const struct pdata *pd, str
 		if (last)
 			break;
 	}
-	if (dec != NULL)
-		g_object_unref(dec);
+	free(buf);
+	str_free(&qpout);
 	if (cs != NULL)
 		g_object_unref(cs);
 }
@@ -2843,38 +3423,57 @@ imap_mime_text_foreach(struct imap_mime *m, int with_headers, uint64_t max,
 		return 0;
 	/* pre-order: file order */
 	while (p != NULL && !t.stop) {
-		struct pool pl = { 0 };
-		struct pdata pd;
 		t.start = 1;
 		if (with_headers)
 			text_headers(m, p, &t);
 		if (!(p->flags & PF_MULTIPART) && p->children == NULL && !t.stop) {
-			pdata_of(m, p, &pl, &pd);
-			/* the type as the search sees it: Content-Type even outside MIME */
-			int textual = 1;
+			/* a leaf; never a multipart's own text, even without parts
+			   (Dovecot searches that only when the structure happens to
+			   be in its cache). As Dovecot's search decoder: the last
+			   Content-Type says
+			   whether it is text, the first gives the charset, the last
+			   Content-Transfer-Encoding the decoding (MIME or not) */
+			int textual = 1, first_ct = 1;
+			enum cte cte = CTE_78BIT;
+			char *charset = NULL;
 			struct hdr_iter it;
 			struct hdr h;
 			memset(&h, 0, sizeof(h));
 			hdr_iter_init(&it, m, p, HDR_DATA);
 			while (hdr_next(&it, &h) > 0) {
+				if (hdr_is(&h, "Content-Transfer-Encoding")) {
+					cte = cte_parse(&h);
+					continue;
+				}
 				if (!hdr_is(&h, "Content-Type"))
 					continue;
 				struct rp r;
 				struct str ct = { 0 };
 				rp_init(&r, (const unsigned char *)h.value.p, h.value.len);
 				rp_skip_lwsp(&r);
-				(void)rp_content_type(&r, &ct);
+				int ret = rp_content_type(&r, &ct);
 				const char *c = str_c(&ct);
 				textual = strncasecmp(c, "text/", 5) == 0 || strncasecmp(c, "message/", 8) == 0;
+				if (first_ct && ret >= 0) {
+					struct pool pl = { 0 };
+					struct param *pp;
+					size_t np;
+					params_parse(&r, &pl, &pp, &np);
+					for (size_t i = 0; i < np; i++) {
+						if (strcasecmp(pp[i].name, "charset") == 0) {
+							charset = xstrdup(pp[i].value);
+							break;
+						}
+					}
+					pool_free(&pl);
+				}
+				first_ct = 0;
 				str_free(&ct);
 			}
 			str_free(&h.value);
-			if (textual) {
-				if (t.start && !with_headers)
-					t.start = 1;
-				text_body(m, p, &pd, &t);
-			}
-			pool_free(&pl);
+			if (textual && cte != CTE_UNKNOWN)
+				text_body(m, p, cte, charset, &t);
+			free(charset);
 		}
 		if (p->children != NULL) {
 			p = p->children;

@@ -7,27 +7,32 @@
 /*
  * The message side of IMAP FETCH, without I/O loop or session state: one
  * message file in, ENVELOPE / BODYSTRUCTURE / BODY and the place of every
- * BODY[section] out, as Dovecot 2.3 writes them.
+ * BODY[section] out, byte for byte as Dovecot 2.3 writes them
+ * (tests/integration/test_imap_mime_dovecot.py compares them live).
  *
- * The file is mapped read-only (never read into memory, never copied whole)
- * and scanned once for its MIME structure; header values (addresses,
- * encoded words, parameters, dates) are decoded with GMime 3. The structure
- * scan is our own (GMime's parser has no limits and gives no file offsets):
- * at most IMAP_MIME_DEPTH_MAX nested multiparts / message/rfc822 and
- * IMAP_MIME_PARTS_MAX parts; past them the rest is the body of the last part
- * (as Dovecot's message parser does).
+ * The file is mapped read-only (never read into memory, never copied) and
+ * scanned once, iteratively, for its MIME structure by the rules of
+ * Dovecot's message parser; GMime 3 decodes bodies for SEARCH
+ * (quoted-printable, charsets). GMime's own parser is not used
+ * for the structure: it has no limits and gives no file offsets. Limits:
+ * IMAP_MIME_DEPTH_MAX nested multipart / message/rfc822 and
+ * IMAP_MIME_PARTS_MAX parts (past them the rest is the last part's body,
+ * as in Dovecot), IMAP_MIME_HEADER_MAX octets of one header value.
  *
  * Line ends: a Maildir file may hold bare LF. IMAP sizes and bytes are
  * CRLF, so every size here (section sizes, BODYSTRUCTURE sizes, RFC822.SIZE
- * = the ,W= vsize) counts a bare LF as two octets, and a section whose file
- * range holds a bare LF has crlf = 1: the door sends it through
- * imap_mime_section_read(), which inserts the CR on the fly (as Dovecot
- * does). A section with crlf = 0 and built == NULL is exactly the file
- * range [offset, offset + length): send it with sendfile/evbuffer_add_file.
+ * = the ,W= vsize) counts a bare LF as two octets. A section has crlf = 0
+ * and built == NULL when it is exactly the file range [offset, offset +
+ * length): send that with sendfile/evbuffer_add_file. Otherwise send what
+ * imap_mime_section_read() gives: it adds the CRs (as Dovecot converts on
+ * the fly) and turns NUL into 0x80 (as Dovecot does in literals), or copies
+ * the built HEADER.FIELDS bytes. The door always announces {sec.size},
+ * {0} included (Dovecot never answers NIL for a section).
  *
- * Owner: the caller; one thread. The door calls imap_mime_open on a job
- * thread (it reads the file). Strings returned are xmalloc'd; free() them.
- * Never logs message bytes.
+ * Owner: the caller. One object, one thread; objects on different threads
+ * are independent. imap_mime_open() faults the file in: call it, and the
+ * section reads, on a job thread. Strings returned are malloc'd: free()
+ * them. Never logs message bytes.
  */
 
 #define IMAP_MIME_DEPTH_MAX	100	/* nested multipart / message/rfc822 */
@@ -39,9 +44,10 @@ struct imap_mime;
 struct imap_fetch_att;
 
 /*
- * Map and scan FD (SIZE bytes, as mailstore_msg.size). The fd is not kept:
- * the caller closes it when it likes (the mapping stays). -1 on an I/O
- * error or a file larger than IMAP_MIME_SIZE_MAX; any bytes parse.
+ * Map and scan FD (SIZE bytes, as mailstore_msg.size; a file shorter than
+ * that is taken as it is). The fd is not kept: the caller closes it when it
+ * likes (the mapping stays). -1 on an I/O error or a file larger than
+ * IMAP_MIME_SIZE_MAX; any bytes parse.
  */
 int imap_mime_open(int fd, uint64_t size, struct imap_mime **m_r, const char **error_r)
     __attribute__((warn_unused_result));
@@ -99,8 +105,8 @@ size_t imap_mime_section_read(struct imap_mime *m, const struct imap_mime_sectio
 
 /* ---- for SEARCH (imap_search.c) ---- */
 
-/* the first Date: header as a time and its zone offset in minutes; -1 if
- * there is none or it does not parse */
+/* the first Date: header as a time and its zone offset in minutes (by
+ * Dovecot's rules: unknown zones are GMT); -1 if none or it does not parse */
 int imap_mime_sent_date(struct imap_mime *m, time_t *t_r, int *tz_minutes_r);
 
 #define IMAP_MIME_HDR_ADDRESS	0x1	/* the addresses, rewritten "Name <a@b>, ..." */

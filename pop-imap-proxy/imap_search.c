@@ -55,7 +55,17 @@ imap_search_charset_check(const char *charset, const char **error_r)
 static char *
 normalize(const char *s, size_t len)
 {
+	char *nonul = NULL;
+
+	if (memchr(s, '\0', len) != NULL) {
+		/* a NUL matches nothing (and would end GLib's strings) */
+		nonul = xmalloc(len);
+		for (size_t i = 0; i < len; i++)
+			nonul[i] = s[i] ? s[i] : '\x01';
+		s = nonul;
+	}
 	char *valid = g_utf8_make_valid(s, (gssize)len);
+	free(nonul);
 	char *fold = g_utf8_casefold(valid, -1);
 	char *norm = g_utf8_normalize(fold, -1, G_NORMALIZE_NFKD);
 	char *r = xstrdup(norm ? norm : fold);
@@ -169,7 +179,7 @@ match_header(struct eval *ev, const char *field, const char *value, unsigned fla
 struct text_match {
 	const char *key;
 	size_t klen;
-	char tail[1024];	/* the last klen-1 normalized bytes */
+	char *tail;		/* the last klen-1 normalized bytes */
 	size_t ntail;
 	char carry[8];		/* an incomplete UTF-8 sequence */
 	size_t ncarry;
@@ -239,16 +249,13 @@ match_text(struct eval *ev, const char *value, int with_headers)
 		free(key);
 		return 1;
 	}
-	if (klen >= sizeof(((struct text_match *)0)->tail)) {
-		/* longer than any tail we keep: search whole parts' text in one go */
-		klen = sizeof(((struct text_match *)0)->tail) - 1;
-		key[klen] = '\0';
-	}
 	struct text_match *tm = xcalloc(1, sizeof(*tm));
 	tm->key = key;
 	tm->klen = klen;
+	tm->tail = xmalloc(klen);	/* the key is in memory already: at most as much again */
 	(void)imap_mime_text_foreach(m, with_headers, IMAP_SEARCH_TEXT_MAX, text_cb, tm);
 	int found = tm->found;
+	free(tm->tail);
 	free(tm);
 	free(key);
 	return found;

@@ -725,6 +725,14 @@ test_open_fd(void)
 	free(b2);
 	imap_mime_free(&mf);
 	imap_mime_free(&mm);
+	/* a size larger than the file (a lying S=): the file's own size, no fault */
+	fd = open(path, O_RDONLY);
+	CU_ASSERT_EQUAL_FATAL(imap_mime_open(fd, (sizeof(msg_mixed) - 1) * 3 + 100000, &mf, &err), 0);
+	close(fd);
+	CU_ASSERT_EQUAL(imap_mime_vsize(mf), sizeof(msg_mixed) - 1);
+	b1 = imap_mime_bodystructure(mf, 1, &l1);
+	free(b1);
+	imap_mime_free(&mf);
 	/* an empty file */
 	fd = open(path, O_RDWR | O_TRUNC);
 	CU_ASSERT_EQUAL_FATAL(imap_mime_open(fd, 0, &mf, &err), 0);
@@ -821,7 +829,21 @@ test_limits(void)
 	struct imap_mime *m = imap_mime_open_mem(msg, big + 19);
 	size_t len;
 	char *env = imap_mime_envelope(m, &len);
-	CU_ASSERT(len < 128u << 10);	/* the value is capped */
+	CU_ASSERT(len < IMAP_MIME_HEADER_MAX + 1024);	/* the value is capped */
+	free(env);
+	imap_mime_free(&m);
+	free(msg);
+
+	/* 200,000 From: headers: the address list stops at 10,000, in linear time */
+	size_t nh = 200000;
+	msg = xmalloc(nh * 16 + 64);
+	size_t k = 0;
+	for (size_t i = 0; i < nh; i++)
+		k += (size_t)sprintf(msg + k, "From: a%zu@b\r\n", i % 10);
+	k += (size_t)sprintf(msg + k, "\r\nbody\r\n");
+	m = imap_mime_open_mem(msg, k);
+	env = imap_mime_envelope(m, &len);
+	CU_ASSERT(count(env, len, "(NIL NIL \"a") == 3 * 10000);	/* From, Sender, Reply-To */
 	free(env);
 	imap_mime_free(&m);
 	free(msg);

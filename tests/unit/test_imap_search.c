@@ -127,12 +127,19 @@ fx_open(void *ctx, struct imap_mime **m_r)
 	return 0;
 }
 
+static int
+fx_open_one(void *ctx, struct imap_mime **m_r)
+{
+	*m_r = ctx;
+	return 0;
+}
+
 static const struct imap_cmd *
 parse(struct imap_parser **pp, const char *prog)
 {
 	struct imap_parser_limits lim;
 	struct imap_event ev;
-	char line[1024];
+	char line[8192];
 	size_t off = 0, len;
 
 	snprintf(line, sizeof(line), "t SEARCH %s\r\n", prog);
@@ -238,7 +245,7 @@ static const struct {
 	{ "BCC x", 0x0, 1 },
 	{ "SUBJECT {7+}\r\ngr\303\274\303\237e", 0x1, 1 },
 	{ "SUBJECT \"aus Berlin\"", 0x1, 1 },
-	{ "SUBJECT \"plain folded\"", 0x0, 1 },
+	{ "SUBJECT \"plain folded\"", 0x2, 1 },	/* folds join without their line end */
 	{ "SUBJECT folded", 0x2, 1 },
 	{ "SUBJECT \"\"", 0x7, 1 },
 	{ "HEADER X-Custom hello", 0x2, 1 },
@@ -314,6 +321,42 @@ test_laziness(void)
 	imap_parser_free(&p);
 }
 
+/* a key longer than any piece the text comes in still matches across pieces */
+static void
+test_long_key(void)
+{
+	size_t n = 150000;
+	char *body = xmalloc(n + 64), *prog = xmalloc(4200);
+	int len = snprintf(body, 64, "Subject: long\r\n\r\n");
+	for (size_t i = 0; i < n; i++)
+		body[len + i] = (char)('a' + (i * 7 + i / 26) % 26);
+	struct imap_mime *m = imap_mime_open_mem(body, len + n);
+	struct mailstore_msg msg = { .uid = 1 };
+	struct imap_search_input in = {
+		.msg = &msg, .seq = 1, .max_seq = 1, .max_uid = 1, .open = fx_open_one, .ctx = m,
+	};
+	for (int shift = 0; shift < 2; shift++) {
+		/* 4,000 octets from offset 64,000 (spanning the 64 KiB pieces), then one changed */
+		snprintf(prog, 64, "BODY {4000+}\r\n");
+		size_t pl = strlen(prog);
+		memcpy(prog + pl, body + len + 64000, 4000);
+		if (shift)
+			prog[pl + 3999] = prog[pl + 3999] == 'z' ? 'a' : prog[pl + 3999] + 1;
+		prog[pl + 4000] = '\0';
+		struct imap_parser *p;
+		const struct imap_cmd *c = parse(&p, prog);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+		int match;
+		const char *err;
+		CU_ASSERT_EQUAL(imap_search_match(c->search, &in, &match, &err), 0);
+		CU_ASSERT_EQUAL(match, !shift);
+		imap_parser_free(&p);
+	}
+	imap_mime_free(&m);
+	free(body);
+	free(prog);
+}
+
 static void
 test_charset(void)
 {
@@ -340,6 +383,7 @@ test_imap_search_register(void)
 		{ "every key against four messages (table)", test_table },
 		{ "flag keys spare the file, date keys only the date", test_laziness },
 		{ "charsets: UTF-8 and US-ASCII, else BADCHARSET", test_charset },
+		{ "a 4,000-octet key across the text's pieces", test_long_key },
 		{ NULL, NULL },
 	};
 	unit_suite("imap_search", tests);
