@@ -145,6 +145,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_tls_auth.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_auth_guard.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_penalty_shared.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_user_apop.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_sasl.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_durability.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_passthrough_durability.py
