@@ -10,7 +10,9 @@ guesser"), seen by a real client (raw SMTP AUTH CRAM-MD5 over loopback):
     T02TwoWorkers   one session kept open on the draining old worker, new
                     sessions on its successor: failures alternating between
                     the two live processes add up (1, 2, 4, 4 s) and the 4th
-                    bans, whichever process saw it
+                    bans, whichever process saw it; `portcullis stats`
+                    counts the 4 under auth_total{door="smtp",result="failure"}
+                    (one series for the node, whichever worker failed them)
 
 auth_failure_delay = 1s doubling to 4s, auth_failure_ban = 4/10m.
 
@@ -147,6 +149,9 @@ class T02TwoWorkers(Case):
         self.assertBanned(src)
         self.assertRegex(self.log_since(self.d), r"4 failed logins from \[127\.0\.0\.62\]"
                          r".*reason=auth-ban")
+        p = tls.run([os.path.join(tls.BIN, "portcullis"), "-c", self.d.conf, "stats"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn('auth_total{door="smtp",result="failure"} 4\n', p.stdout)
 
 
 CASES = [T01Reload, T02TwoWorkers]
