@@ -52,6 +52,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import ports  # noqa: E402
+from harness import postfix as harness_postfix  # noqa: E402
+from harness.util import HarnessError  # noqa: E402
 from harness.daemon import BIN  # noqa: E402,F401
 from harness.ports import free_port  # noqa: E402,F401
 from harness.util import pid_alive, tail  # noqa: E402,F401
@@ -64,12 +66,10 @@ SENDER = "sender@example.org"
 RCPT = "user@example.com"
 CLIENT_HELO = "client.bench.test"
 MYHOSTNAME = "mx.bench.test"
-QUEUE_SUBDIRS = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class BenchError(Exception):
-    pass
+BenchError = HarnessError
 
 
 def log(msg):
@@ -192,179 +192,27 @@ class Sink:
 
 
 # ----------------------------------------------------------------- postfix
-class Postfix:
+# throughput: Postfix must not be the artificial limit
+THROUGHPUT_MAIN_CF = (
+    ("default_process_limit", "100"),
+    ("default_destination_concurrency_limit", "50"),
+    ("smtp_destination_concurrency_limit", "50"),
+    ("initial_destination_concurrency", "20"),
+    ("default_destination_rate_delay", "0"),
+    ("smtp_connection_cache_on_demand", "yes"),
+)
+
+
+class Postfix(harness_postfix.Postfix):
+    """the harness's private Postfix, tuned for throughput"""
+
     def __init__(self, workdir, smtp_port, sink_port, queue_dir):
-        self.dir = os.path.join(workdir, "postfix")
-        self.queue = queue_dir
-        self.data = os.path.join(workdir, "data")
-        self.maillog = os.path.join(workdir, "maillog")
-        self.smtp_port = smtp_port
-        self.sink_port = sink_port
-        self.running = False
-        for d in (self.dir, self.queue):
-            os.makedirs(d, exist_ok=True)
-            os.chmod(d, 0o755)
-
-    def main_cf(self, milter):
-        sink = "smtp:[127.0.0.1]:%d" % self.sink_port
-        c = [
-            ("compatibility_level", "3.6"),
-            ("config_directory", self.dir),
-            ("queue_directory", self.queue),
-            ("data_directory", self.data),
-            ("mail_owner", "postfix"),
-            ("setgid_group", "postdrop"),
-            ("syslog_name", "postfix-bench"),
-            ("maillog_file", self.maillog),
-            ("maillog_file_prefixes", "/var, /dev/stdout, /tmp, /dev/shm"),
-            ("myhostname", MYHOSTNAME),
-            ("mydomain", "bench.test"),
-            ("myorigin", "$myhostname"),
-            ("mydestination", ""),
-            ("inet_interfaces", "127.0.0.1"),
-            ("inet_protocols", "ipv4"),
-            ("mynetworks", "127.0.0.0/8"),
-            ("relay_domains", "example.com"),
-            ("smtpd_relay_restrictions", "permit_mynetworks, reject_unauth_destination"),
-            ("smtpd_recipient_restrictions", ""),
-            ("default_transport", sink),
-            ("relay_transport", sink),
-            ("local_transport", sink),
-            ("virtual_transport", sink),
-            ("alias_maps", ""),
-            ("alias_database", ""),
-            ("smtpd_peername_lookup", "no"),
-            ("smtp_dns_support_level", "disabled"),
-            ("smtp_host_lookup", "native"),
-            ("local_header_rewrite_clients", ""),
-            ("smtpd_banner", "$myhostname ESMTP bench"),
-            ("smtpd_error_sleep_time", "0"),
-            ("smtpd_client_connection_count_limit", "0"),
-            ("smtpd_client_connection_rate_limit", "0"),
-            ("biff", "no"),
-            ("append_dot_mydomain", "no"),
-            ("delay_warning_time", "0"),
-            ("notify_classes", ""),
-            ("smtputf8_enable", "no"),
-            ("queue_run_delay", "1s"),
-            ("minimal_backoff_time", "1s"),
-            ("maximal_backoff_time", "2s"),
-            ("smtp_connect_timeout", "5s"),
-            # throughput: Postfix must not be the artificial limit
-            ("in_flow_delay", "0"),
-            ("default_process_limit", "100"),
-            ("default_destination_concurrency_limit", "50"),
-            ("smtp_destination_concurrency_limit", "50"),
-            ("initial_destination_concurrency", "20"),
-            ("default_destination_rate_delay", "0"),
-            ("smtp_connection_cache_on_demand", "yes"),
-        ]
-        if milter:
-            c += [
-                ("smtpd_milters", milter),
-                ("non_smtpd_milters", ""),
-                ("milter_default_action", "tempfail"),
-                ("milter_protocol", "6"),
-                ("milter_connect_timeout", "5s"),
-                ("milter_command_timeout", "10s"),
-                ("milter_content_timeout", "10s"),
-            ]
-        else:
-            c += [("smtpd_milters", ""), ("non_smtpd_milters", "")]
-        return "".join("%s = %s\n" % kv for kv in c)
-
-    def master_cf(self):
-        rows = [
-            ("127.0.0.1:%d" % self.smtp_port, "inet", "n", "-", "n", "-", "-", "smtpd"),
-            ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
-            ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
-            ("qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"),
-            ("rewrite", "unix", "-", "-", "n", "-", "-", "trivial-rewrite"),
-            ("bounce", "unix", "-", "-", "n", "-", "0", "bounce"),
-            ("defer", "unix", "-", "-", "n", "-", "0", "bounce"),
-            ("trace", "unix", "-", "-", "n", "-", "0", "bounce"),
-            ("verify", "unix", "-", "-", "n", "-", "1", "verify"),
-            ("flush", "unix", "n", "-", "n", "1000?", "0", "flush"),
-            ("proxymap", "unix", "-", "-", "n", "-", "-", "proxymap"),
-            ("smtp", "unix", "-", "-", "n", "-", "-", "smtp"),
-            ("relay", "unix", "-", "-", "n", "-", "-", "smtp"),
-            ("showq", "unix", "n", "-", "n", "-", "-", "showq"),
-            ("error", "unix", "-", "-", "n", "-", "-", "error"),
-            ("retry", "unix", "-", "-", "n", "-", "-", "error"),
-            ("discard", "unix", "-", "-", "n", "-", "-", "discard"),
-            ("anvil", "unix", "-", "-", "n", "-", "1", "anvil"),
-            ("scache", "unix", "-", "-", "n", "-", "1", "scache"),
-            ("postlog", "unix-dgram", "n", "-", "n", "-", "1", "postlogd"),
-        ]
-        return "".join("%-24s %-10s %-3s %-3s %-3s %-6s %-3s %s\n" % r for r in rows)
-
-    def _run(self, *args, check=True):
-        p = subprocess.run([POSTFIX, "-c", self.dir] + list(args),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, text=True, timeout=60)
-        if check and p.returncode != 0:
-            raise BenchError("postfix %s failed (%d): %s\nmaillog:\n%s" % (
-                " ".join(args), p.returncode, p.stdout, tail(self.maillog)))
-        return p
+        super().__init__(workdir, smtp_port, sink_port, queue_dir, myhostname=MYHOSTNAME,
+                         mydomain="bench.test", syslog_name="postfix-bench",
+                         banner="$myhostname ESMTP bench")
 
     def start(self, milter):
-        with open(os.path.join(self.dir, "main.cf"), "w") as f:
-            f.write(self.main_cf(milter))
-        with open(os.path.join(self.dir, "master.cf"), "w") as f:
-            f.write(self.master_cf())
-        self._run("start")
-        self.running = True
-
-        def greeted():
-            try:
-                with socket.create_connection(("127.0.0.1", self.smtp_port), timeout=1) as s:
-                    return s.recv(512).startswith(b"220")
-            except OSError:
-                return False
-        wait_until(greeted, 15, "postfix smtpd on port %d" % self.smtp_port)
-
-    def master_pid(self):
-        try:
-            with open(os.path.join(self.queue, "pid", "master.pid")) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return None
-
-    def stop(self):
-        if not self.running:
-            return
-        pid = self.master_pid()
-        p = self._run("stop", check=False)
-        if p.returncode != 0:
-            log("postfix stop: %s" % p.stdout.strip())
-        if pid:
-            try:
-                wait_until(lambda: not pid_alive(pid), 15, "postfix master exit")
-            except BenchError:
-                os.kill(pid, signal.SIGKILL)
-        self.running = False
-
-    def queued(self):
-        """Number of queue files in the queues a message can be waiting in."""
-        n = 0
-        for sub in QUEUE_SUBDIRS:
-            for _root, _dirs, files in os.walk(os.path.join(self.queue, sub)):
-                n += len(files)
-        return n
-
-    def maillog_size(self):
-        try:
-            return os.path.getsize(self.maillog)
-        except OSError:
-            return 0
-
-    def maillog_since(self, off):
-        try:
-            with open(self.maillog, "rb") as f:
-                f.seek(off)
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        super().start(self.main_cf(milter, THROUGHPUT_MAIN_CF))
 
 
 # ------------------------------------------------------------------ milters

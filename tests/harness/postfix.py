@@ -93,6 +93,209 @@ class Delivered:
         return "<Delivered %s rcpts=%s>" % (os.path.basename(self.path), self.rcpts)
 
 
+# The pieces of a private Postfix every lab and bench shares: its main.cf
+# (loopback only, no DNS, every transport to one smtp-sink), its master.cf,
+# and starting, stopping and watching the instance.
+MASTER_CF_SERVICES = (
+    ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
+    ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
+    ("qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"),
+    ("rewrite", "unix", "-", "-", "n", "-", "-", "trivial-rewrite"),
+    ("bounce", "unix", "-", "-", "n", "-", "0", "bounce"),
+    ("defer", "unix", "-", "-", "n", "-", "0", "bounce"),
+    ("trace", "unix", "-", "-", "n", "-", "0", "bounce"),
+    ("verify", "unix", "-", "-", "n", "-", "1", "verify"),
+    ("flush", "unix", "n", "-", "n", "1000?", "0", "flush"),
+    ("proxymap", "unix", "-", "-", "n", "-", "-", "proxymap"),
+    ("smtp", "unix", "-", "-", "n", "-", "-", "smtp"),
+    ("relay", "unix", "-", "-", "n", "-", "-", "smtp"),
+    ("showq", "unix", "n", "-", "n", "-", "-", "showq"),
+    ("error", "unix", "-", "-", "n", "-", "-", "error"),
+    ("retry", "unix", "-", "-", "n", "-", "-", "error"),
+    ("discard", "unix", "-", "-", "n", "-", "-", "discard"),
+    ("anvil", "unix", "-", "-", "n", "-", "1", "anvil"),
+    ("scache", "unix", "-", "-", "n", "-", "1", "scache"),
+    ("postlog", "unix-dgram", "n", "-", "n", "-", "1", "postlogd"),
+)
+
+QUEUE_SUBDIRS = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+
+
+class Postfix:
+    """One private Postfix instance under workdir: postfix/ (config), data/,
+    maillog, and its queue (queue_dir, default workdir/queue); smtpd on
+    127.0.0.1:smtp_port (and [::1] with ipv6), everything relayed to an
+    smtp-sink on 127.0.0.1:sink_port."""
+
+    def __init__(self, workdir, smtp_port, sink_port, queue_dir=None, ipv6=False,
+                 relay_domains=("example.com",), myhostname=MYHOSTNAME,
+                 mydomain="portcullis.test", syslog_name=None, banner="$myhostname ESMTP lab"):
+        self.dir = os.path.join(workdir, "postfix")
+        self.queue = queue_dir or os.path.join(workdir, "queue")
+        self.data = os.path.join(workdir, "data")
+        self.maillog = os.path.join(workdir, "maillog")
+        self.smtp_port = smtp_port
+        self.sink_port = sink_port
+        self.ipv6 = ipv6
+        self.relay_domains = relay_domains
+        self.myhostname = myhostname
+        self.mydomain = mydomain
+        self.syslog_name = syslog_name or "postfix-" + os.path.basename(workdir)
+        self.banner = banner
+        self.running = False
+        # queue/ itself must exist; its subdirectories are made by `postfix start`.
+        for d in (self.dir, self.queue):
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o755)
+
+    def main_cf(self, milter=None, extra=()):
+        """main.cf text; milter: an smtpd_milters value or None; extra:
+        (key, value) pairs that override the defaults."""
+        sink = "smtp:[127.0.0.1]:%d" % self.sink_port
+        c = [
+            ("compatibility_level", "3.6"),
+            ("config_directory", self.dir),
+            ("queue_directory", self.queue),
+            ("data_directory", self.data),
+            ("mail_owner", "postfix"),
+            ("setgid_group", "postdrop"),
+            ("syslog_name", self.syslog_name),
+            ("maillog_file", self.maillog),
+            ("maillog_file_prefixes", "/var, /dev/stdout, /tmp, /dev/shm"),
+            ("myhostname", self.myhostname),
+            ("mydomain", self.mydomain),
+            ("myorigin", "$myhostname"),
+            ("mydestination", ""),
+            ("inet_interfaces", "127.0.0.1, [::1]" if self.ipv6 else "127.0.0.1"),
+            ("inet_protocols", "all" if self.ipv6 else "ipv4"),
+            ("mynetworks", "127.0.0.0/8" + (" [::1]/128" if self.ipv6 else "")),
+            ("relay_domains", " ".join(self.relay_domains)),
+            ("smtpd_relay_restrictions", "permit_mynetworks, reject_unauth_destination"),
+            ("smtpd_recipient_restrictions", ""),
+            ("default_transport", sink),
+            ("relay_transport", sink),
+            ("local_transport", sink),
+            ("virtual_transport", sink),
+            ("alias_maps", ""),
+            ("alias_database", ""),
+            ("smtpd_peername_lookup", "no"),
+            ("smtp_dns_support_level", "disabled"),
+            ("smtp_host_lookup", "native"),
+            ("local_header_rewrite_clients", ""),
+            ("smtpd_banner", self.banner),
+            ("smtpd_error_sleep_time", "0"),
+            ("smtpd_soft_error_limit", "1000"),
+            ("smtpd_hard_error_limit", "1000"),
+            ("smtpd_junk_command_limit", "1000"),
+            ("smtpd_recipient_limit", "1000"),
+            ("smtpd_client_connection_count_limit", "0"),
+            ("smtpd_client_connection_rate_limit", "0"),
+            ("biff", "no"),
+            ("append_dot_mydomain", "no"),
+            ("delay_warning_time", "0"),
+            ("queue_run_delay", "1s"),
+            ("minimal_backoff_time", "1s"),
+            ("maximal_backoff_time", "2s"),
+            ("smtp_connect_timeout", "5s"),
+            ("notify_classes", ""),
+            ("smtputf8_enable", "no"),
+            ("in_flow_delay", "0"),
+        ]
+        if milter:
+            c += [
+                ("smtpd_milters", milter),
+                ("non_smtpd_milters", ""),
+                ("milter_default_action", "tempfail"),
+                ("milter_protocol", "6"),
+                ("milter_connect_timeout", "5s"),
+                ("milter_command_timeout", "10s"),
+                ("milter_content_timeout", "10s"),
+            ]
+        else:
+            c += [("smtpd_milters", ""), ("non_smtpd_milters", "")]
+        c += list(extra)
+        seen = {}
+        for k, v in c:
+            seen[k] = v          # later entries (extras) win
+        return "".join("%s = %s\n" % kv for kv in seen.items())
+
+    def master_cf(self):
+        rows = [("127.0.0.1:%d" % self.smtp_port, "inet", "n", "-", "n", "-", "-", "smtpd")]
+        if self.ipv6:
+            rows.append(("[::1]:%d" % self.smtp_port, "inet", "n", "-", "n", "-", "-", "smtpd"))
+        rows += MASTER_CF_SERVICES
+        return "".join("%-24s %-10s %-3s %-3s %-3s %-6s %-3s %s\n" % r for r in rows)
+
+    def run(self, *args, check=True):
+        """postfix -c DIR ARGS; LabError (with the maillog's tail) on failure"""
+        p = subprocess.run([POSTFIX, "-c", self.dir] + list(args),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, text=True, timeout=60)
+        if check and p.returncode != 0:
+            raise LabError("postfix %s failed (%d): %s\nmaillog:\n%s" % (
+                " ".join(args), p.returncode, p.stdout, _tail(self.maillog)))
+        return p
+
+    def start(self, main_cf, master_cf=None):
+        """write the config (master_cf None: self.master_cf()), start, wait for the 220"""
+        with open(os.path.join(self.dir, "main.cf"), "w") as f:
+            f.write(main_cf)
+        with open(os.path.join(self.dir, "master.cf"), "w") as f:
+            f.write(master_cf if master_cf is not None else self.master_cf())
+        self.run("start")
+        self.running = True
+
+        def greeted():
+            try:
+                with socket.create_connection(("127.0.0.1", self.smtp_port), timeout=1,
+                                              source_address=("127.0.0.1", 0)) as s:
+                    return s.recv(512).startswith(b"220")
+            except OSError:
+                return False
+        wait_until(greeted, 15, 0.05, "postfix smtpd on 127.0.0.1:%d" % self.smtp_port)
+
+    def master_pid(self):
+        try:
+            with open(os.path.join(self.queue, "pid", "master.pid")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self):
+        """postfix stop, and the master's exit (SIGKILL after 15 s)"""
+        if not self.running:
+            return
+        pid = self.master_pid()
+        p = self.run("stop", check=False)
+        if p.returncode != 0:
+            sys.stderr.write("lab: postfix stop: %s\n" % p.stdout.strip())
+        if pid:
+            try:
+                wait_until(lambda: not _pid_alive(pid), 15, 0.05, "postfix master exit")
+            except LabError:
+                _kill(pid, signal.SIGKILL)
+        self.running = False
+
+    def queued(self):
+        """queue files in the queues a message can be waiting in"""
+        n = 0
+        for sub in QUEUE_SUBDIRS:
+            for _root, _dirs, files in os.walk(os.path.join(self.queue, sub)):
+                n += len(files)
+        return n
+
+    def maillog_size(self):
+        return _size(self.maillog)
+
+    def maillog_since(self, off):
+        try:
+            with open(self.maillog, "rb") as f:
+                f.seek(off)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
 class Lab:
     def __init__(self, milter=True, ipv6="auto", relay_domains=("example.com", "sub.example.com"),
                  main_cf_extra=None, name="portcullis-lab"):
@@ -150,11 +353,12 @@ class Lab:
         while len({self.smtp_port, self.sink_port, self.milter_port}) < 3:
             self.sink_port = free_port()
             self.milter_port = free_port()
-        # queue/ itself must exist; its subdirectories are made by `postfix start`.
-        for d in ("sink", "postfix", "lists", "state", "queue"):
+        for d in ("sink", "lists", "state"):
             os.mkdir(self.path(d))
             os.chmod(self.path(d), 0o755)
         shutil.chown(self.sink_dir, user="postfix")
+        self.pf = Postfix(self.dir, self.smtp_port, self.sink_port, ipv6=self.ipv6,
+                          relay_domains=self.relay_domains)
         try:
             self._start_sink()
             self._start_postfix()
@@ -177,148 +381,25 @@ class Lab:
             raise LabError("smtp-sink exited: %s" % _read(self.path("smtp-sink.log")))
 
     def main_cf(self):
-        sink = "smtp:[127.0.0.1]:%d" % self.sink_port
-        inet_if = "127.0.0.1, [::1]" if self.ipv6 else "127.0.0.1"
-        c = [
-            ("compatibility_level", "3.6"),
-            ("config_directory", self.pf_dir),
-            ("queue_directory", self.path("queue")),
-            ("data_directory", self.path("data")),
-            ("mail_owner", "postfix"),
-            ("setgid_group", "postdrop"),
-            ("syslog_name", "postfix-" + os.path.basename(self.dir)),
-            ("maillog_file", self.maillog),
-            ("maillog_file_prefixes", "/var, /dev/stdout, /tmp"),
-            ("myhostname", MYHOSTNAME),
-            ("mydomain", "portcullis.test"),
-            ("myorigin", "$myhostname"),
-            ("mydestination", ""),
-            ("inet_interfaces", inet_if),
-            ("inet_protocols", "all" if self.ipv6 else "ipv4"),
-            ("mynetworks", "127.0.0.0/8" + (" [::1]/128" if self.ipv6 else "")),
-            ("relay_domains", " ".join(self.relay_domains)),
-            ("smtpd_relay_restrictions", "permit_mynetworks, reject_unauth_destination"),
-            ("smtpd_recipient_restrictions", ""),
-            ("default_transport", sink),
-            ("relay_transport", sink),
-            ("local_transport", sink),
-            ("virtual_transport", sink),
-            ("alias_maps", ""),
-            ("alias_database", ""),
-            ("smtpd_peername_lookup", "no"),
-            ("smtp_dns_support_level", "disabled"),
-            ("smtp_host_lookup", "native"),
-            ("local_header_rewrite_clients", ""),
-            ("smtpd_banner", "$myhostname ESMTP lab"),
-            ("smtpd_error_sleep_time", "0"),
-            ("smtpd_soft_error_limit", "1000"),
-            ("smtpd_hard_error_limit", "1000"),
-            ("smtpd_junk_command_limit", "1000"),
-            ("smtpd_recipient_limit", "1000"),
-            ("smtpd_client_connection_count_limit", "0"),
-            ("smtpd_client_connection_rate_limit", "0"),
-            ("biff", "no"),
-            ("append_dot_mydomain", "no"),
-            ("delay_warning_time", "0"),
-            ("queue_run_delay", "1s"),
-            ("minimal_backoff_time", "1s"),
-            ("maximal_backoff_time", "2s"),
-            ("smtp_connect_timeout", "5s"),
-            ("notify_classes", ""),
-            ("smtputf8_enable", "no"),
-            ("in_flow_delay", "0"),
-        ]
-        if self.milter:
-            c += [
-                ("smtpd_milters", "inet:127.0.0.1:%d" % self.milter_port),
-                ("non_smtpd_milters", ""),
-                ("milter_default_action", "tempfail"),
-                ("milter_protocol", "6"),
-                ("milter_connect_timeout", "5s"),
-                ("milter_command_timeout", "10s"),
-                ("milter_content_timeout", "10s"),
-            ]
-        c += list(self.main_cf_extra.items())
-        seen = {}
-        for k, v in c:
-            seen[k] = v          # later entries (extras) win
-        return "".join("%s = %s\n" % kv for kv in seen.items())
+        milter = "inet:127.0.0.1:%d" % self.milter_port if self.milter else None
+        return self.pf.main_cf(milter, self.main_cf_extra.items())
 
     def master_cf(self):
-        rows = [
-            ("127.0.0.1:%d" % self.smtp_port, "inet", "n", "-", "n", "-", "-", "smtpd"),
-        ]
-        if self.ipv6:
-            rows.append(("[::1]:%d" % self.smtp_port, "inet", "n", "-", "n", "-", "-", "smtpd"))
-        rows += [
-            ("pickup", "unix", "n", "-", "n", "60", "1", "pickup"),
-            ("cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"),
-            ("qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"),
-            ("rewrite", "unix", "-", "-", "n", "-", "-", "trivial-rewrite"),
-            ("bounce", "unix", "-", "-", "n", "-", "0", "bounce"),
-            ("defer", "unix", "-", "-", "n", "-", "0", "bounce"),
-            ("trace", "unix", "-", "-", "n", "-", "0", "bounce"),
-            ("verify", "unix", "-", "-", "n", "-", "1", "verify"),
-            ("flush", "unix", "n", "-", "n", "1000?", "0", "flush"),
-            ("proxymap", "unix", "-", "-", "n", "-", "-", "proxymap"),
-            ("smtp", "unix", "-", "-", "n", "-", "-", "smtp"),
-            ("relay", "unix", "-", "-", "n", "-", "-", "smtp"),
-            ("showq", "unix", "n", "-", "n", "-", "-", "showq"),
-            ("error", "unix", "-", "-", "n", "-", "-", "error"),
-            ("retry", "unix", "-", "-", "n", "-", "-", "error"),
-            ("discard", "unix", "-", "-", "n", "-", "-", "discard"),
-            ("anvil", "unix", "-", "-", "n", "-", "1", "anvil"),
-            ("scache", "unix", "-", "-", "n", "-", "1", "scache"),
-            ("postlog", "unix-dgram", "n", "-", "n", "-", "1", "postlogd"),
-        ]
-        return "".join("%-24s %-10s %-3s %-3s %-3s %-6s %-3s %s\n" % r for r in rows)
+        return self.pf.master_cf()
 
     def _postfix(self, *args, check=True):
-        p = subprocess.run([POSTFIX, "-c", self.pf_dir] + list(args),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, text=True, timeout=60)
-        if check and p.returncode != 0:
-            raise LabError("postfix %s failed (%d): %s\nmaillog:\n%s" % (
-                " ".join(args), p.returncode, p.stdout, _tail(self.maillog)))
-        return p
+        return self.pf.run(*args, check=check)
 
     def _start_postfix(self):
-        with open(os.path.join(self.pf_dir, "main.cf"), "w") as f:
-            f.write(self.main_cf())
-        with open(os.path.join(self.pf_dir, "master.cf"), "w") as f:
-            f.write(self.master_cf())
-        self._postfix("start")
+        self.pf.start(self.main_cf(), self.master_cf())
         self.postfix_started = True
-        host = "127.0.0.1"
-
-        def greeted():
-            try:
-                with socket.create_connection((host, self.smtp_port), timeout=1,
-                                              source_address=("127.0.0.1", 0)) as s:
-                    return s.recv(512).startswith(b"220")
-            except OSError:
-                return False
-        wait_until(greeted, 15, 0.05, "postfix smtpd on %s:%d" % (host, self.smtp_port))
 
     def _master_pid(self):
-        try:
-            with open(self.path("queue", "pid", "master.pid")) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return None
+        return self.pf.master_pid()
 
     def _stop_postfix(self):
-        if not self.postfix_started:
-            return
-        pid = self._master_pid()
-        p = self._postfix("stop", check=False)
-        if p.returncode != 0:
-            sys.stderr.write("lab: postfix stop: %s\n" % p.stdout)
-        if pid:
-            try:
-                wait_until(lambda: not _pid_alive(pid), 15, 0.05, "postfix master exit")
-            except LabError:
-                _kill(pid, signal.SIGKILL)
+        if self.postfix_started:
+            self.pf.stop()
         self.postfix_started = False
 
     def close(self):
