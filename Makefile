@@ -32,7 +32,9 @@ LIB     := $(BUILD)/libportcullis.a
 DAEMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c) milter/milter.c $(wildcard smtp-gateway/*.c) $(wildcard service/*.c))
 CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
 UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c smtp-gateway/smtp_conf.c smtp-gateway/relay_send.c \
-              service/anvil.c service/deadline.c service/listener.c service/jobs.c service/penalty.c)
+              smtp-gateway/smtp_sieve.c smtp-gateway/downstream.c \
+              service/anvil.c service/deadline.c service/listener.c service/jobs.c service/penalty.c \
+              service/conn.c service/tlsbev.c)
 DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
 UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
 UNIT_OBJ   += $(patsubst %.c,$(BUILD)/%.o,$(wildcard pop-imap-proxy/*.c))
@@ -164,6 +166,8 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_addresses.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_milter.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_gateway.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_gateway_user.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_admin.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3_dovecot.py
@@ -175,6 +179,7 @@ bench: deps
 	sh tests/bench/run.sh
 	python3 tests/bench/redis_bench.py
 	python3 tests/bench/gateway_bench.py
+	python3 tests/bench/sieve_gateway_bench.py
 	python3 tests/bench/auth_bench.py --seconds 2 --repeats 2
 
 run: deps
@@ -215,6 +220,9 @@ fuzz:
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-readers tests/fuzz/fuzz_readers.c common/dotstuff.c \
 	    common/linereader.c common/xmalloc.c common/log.c -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-apop tests/fuzz/fuzz_apop.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
+	@mkdir -p build/fuzz/corpus-smtp-sieve
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp-sieve tests/fuzz/fuzz_smtp_sieve.c smtp-gateway/smtp_sieve.c \
+	    smtp-gateway/downstream.c smtp-gateway/relay_send.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
 	build/fuzz/fuzz-smtp -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp tests/fuzz/seeds-smtp
 	build/fuzz/fuzz-parsers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-parsers
 	build/fuzz/fuzz-hdrparse -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-hdrparse
@@ -231,6 +239,7 @@ fuzz:
 	build/fuzz/fuzz-readers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-readers
 	@mkdir -p build/fuzz/corpus-apop
 	build/fuzz/fuzz-apop -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-apop
+	build/fuzz/fuzz-smtp-sieve -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp-sieve
 
 # make install [PREFIX=/usr/local] [DESTDIR=]
 PREFIX     ?= /usr/local

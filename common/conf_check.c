@@ -401,6 +401,7 @@ const struct conf_validator conf_validators[] = {
 	{ "lists_prefix", 0, check_lists_prefix },
 	{ "lists_password_file", 0, check_file_if_set },
 	{ "lists_cache", 0, check_absolute },
+	{ "quarantine_dir", 0, check_absolute },
 	{ "services", 0, check_services },
 	{ "services", 1, check_service },
 	{ "myhostname", 0, check_hostname },

@@ -106,6 +106,7 @@ const struct conf_key conf_keys[] = {
 	{ "sieve_max_redirects", "4", CT_INT, NULL, 0, 1000 },
 	{ "sieve_max_include_depth", "10", CT_INT, NULL, 1, 100 },
 	{ "sieve_max_cpu_steps", "2000000", CT_INT, NULL, 1000, 2000000000 },
+	{ "quarantine_dir", "$state_dir/quarantine", CT_STR, NULL, 0, 0 },	/* Sieve quarantine (gateway) */
 
 	{ NULL, NULL, CT_STR, NULL, 0, 0 },
 };

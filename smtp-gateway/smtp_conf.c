@@ -109,6 +109,7 @@ smtp_conf_new(const struct conf *c, const char **error_r)
 	s->min_data_rate = (unsigned)conf_get_int(c, "smtp_min_data_rate");
 	s->stress_timeout = (unsigned)conf_get_int(c, "smtp_stress_timeout");
 	s->resolver = conf_get_bool(c, "client_hostname_lookups") ? conf_get(c, "resolver") : NULL;
+	s->quarantine_dir = conf_get(c, "quarantine_dir");
 	return sc;
 fail:
 	*error_r = errbuf;

@@ -72,6 +72,13 @@ struct smtp_tx {
 	char down_rcpt[600];	/* ... this one */
 	int stream;		/* DATA is being streamed downstream */
 	int pending;		/* the message waits for delivery */
+	/* Sieve: the snapshot held from MAIL to the end of the message, and
+	 * the domain script of the first recipient (one per transaction) */
+	const struct sieve_rules *sieve;
+	const struct sieve_rules_script *sieve_dom;
+	int sieve_set;		/* sieve_dom is the first recipient's */
+	char sieve_domain[256];
+	char sieve_rcpt[MAILADDR_TEXT_MAX];
 };
 
 struct smtp_proto {
@@ -80,6 +87,7 @@ struct smtp_proto {
 	enum smtp_state st;
 	unsigned flags;		/* SMTP_SF_* */
 	char helo[128];
+	char host[256];		/* the verified client name, "" none (Sieve) */
 	struct ipaddr addr;
 	int has_addr;
 	struct linereader lr;
@@ -210,6 +218,7 @@ tx_reset(struct smtp_proto *sp)
 	for (size_t i = 0; i < tx->nrcpt; i++)
 		free(tx->rcpt[i]);
 	free(tx->data);
+	sieve_rules_unref(&tx->sieve);
 	memset(tx, 0, sizeof(*tx));
 	tx->rcpt = rcpt;
 	tx->rcpt_local = rcpt_local;
@@ -421,6 +430,7 @@ smtp_proto_start(struct smtp_proto *sp, const struct ipaddr *addr, const char *h
 	sp->has_addr = addr != NULL;
 	if (addr != NULL)
 		sp->addr = *addr;
+	snprintf(sp->host, sizeof(sp->host), "%s", hostname != NULL ? hostname : "");
 	sp->bare_reject = sp->p->bare_newline_reject;
 	if (sp->bare_reject && addr != NULL && sp->p->bare_newline_exceptions != NULL &&
 	    cidrtab_lookup(sp->p->bare_newline_exceptions, addr) != CIDRTAB_NONE)
@@ -933,6 +943,9 @@ proceed_mail(struct smtp_proto *sp, struct cmd_args *a)
 		return;
 	tx_reset(sp);
 	sp->flags |= SMTP_SF_TX;
+	/* the Sieve scripts in force now hold for this transaction */
+	if (sp->p->sieve != NULL)
+		sp->tx.sieve = sieve_rules_ref_get(sp->p->sieve);
 	/* what the engine judged is what goes on: the formatter re-quotes */
 	judged = engine_sender_address(sp->es);
 	sp->tx.sender = xstrdup(mailaddr_format(judged ? judged : &a->ma, fmt));
@@ -974,6 +987,8 @@ rcpt_add(struct smtp_proto *sp, const char *rcpt, int local)
 	tx->rcpt_local[tx->nrcpt] = local;
 	tx->nrcpt++;
 }
+
+static int sieve_rcpt_refused(struct smtp_proto *sp, const struct mailaddr *ra);
 
 static void
 proceed_rcpt(struct smtp_proto *sp, struct cmd_args *a)
@@ -1033,6 +1048,8 @@ proceed_rcpt(struct smtp_proto *sp, struct cmd_args *a)
 		    route == 2 ? "outside our domains" : "in our domains");
 		return;
 	}
+	if (sieve_rcpt_refused(sp, ra))
+		return;
 	if (route == 2) {
 		sp->tx.down_pending = 1;
 		sp->down.open = sp->tx.route == 0;
@@ -1047,6 +1064,38 @@ proceed_rcpt(struct smtp_proto *sp, struct cmd_args *a)
 	sp->tx.route = 1;
 	rcpt_add(sp, rcpt, local);
 	reply(sp, "250 2.1.5 Ok");
+}
+
+/*
+ * Sieve: one reply per message cannot carry two domains' verdicts. A
+ * recipient under another domain script than the transaction's first one
+ * (or under one when the first was under none) gets 452 4.5.3, the milter's
+ * words; the client sends it in a new transaction. 1 when refused.
+ */
+static int
+sieve_rcpt_refused(struct smtp_proto *sp, const struct mailaddr *ra)
+{
+	struct smtp_tx *tx = &sp->tx;
+	const struct sieve_rules_script *dom;
+	char fmt[MAILADDR_TEXT_MAX];
+
+	if (tx->sieve == NULL || !sieve_rules_any(tx->sieve))
+		return 0;
+	dom = sieve_rules_domain(tx->sieve, ra->domain);
+	if (tx->sieve_set && dom != tx->sieve_dom) {
+		engine_rcpt_refused(sp->es);
+		refuse(sp, STAGE_RCPT, "sieve-domains", NULL, "452 4.5.3 Too many recipients: %.100s "
+		    "is under other rules, send to it in a new transaction",
+		    printable(fmt, sizeof(fmt), ra->domain));
+		return 1;
+	}
+	if (!tx->sieve_set) {
+		tx->sieve_set = 1;
+		tx->sieve_dom = dom;
+		snprintf(tx->sieve_domain, sizeof(tx->sieve_domain), "%s", ra->domain);
+		mailaddr_format(ra, tx->sieve_rcpt);
+	}
+	return 0;
 }
 
 static int
@@ -1082,6 +1131,17 @@ proceed_data(struct smtp_proto *sp, struct cmd_args *a)
 	sp->msg.esmtp = HAS(sp, SMTP_SF_EHLO);
 	sp->msg.tls = HAS(sp, SMTP_SF_TLS);
 	sp->msg.auth = HAS(sp, SMTP_SF_AUTH);
+	if (tx->sieve != NULL && (tx->sieve->server != NULL || tx->sieve_dom != NULL)) {
+		/* the scripts run at the final dot on the spooled message */
+		sp->msg.sieve = tx->sieve;
+		sp->msg.sieve_domain = tx->sieve_domain[0] ? tx->sieve_domain : NULL;
+		sp->msg.sieve_rcpt = tx->sieve_rcpt;
+		sp->msg.remote_host = sp->host[0] ? sp->host : NULL;
+		sp->msg.country = engine_session_country(sp->es);
+		sp->msg.auth_user = HAS(sp, SMTP_SF_AUTH) ? sp->auth_user : "";
+		sp->msg.raw_helo = sp->helo;
+		sp->msg.addr = sp->has_addr ? &sp->addr : NULL;
+	}
 	if (tx->route == 2) {
 		/*
 		 * Every recipient was accepted downstream: the client may start at
@@ -1092,7 +1152,8 @@ proceed_data(struct smtp_proto *sp, struct cmd_args *a)
 		snprintf(sp->down.rcpt, sizeof(sp->down.rcpt), "%s", tx->rcpt[0]);
 		snprintf(sp->down.client, sizeof(sp->down.client), "%s", engine_client_text(sp->es));
 		snprintf(sp->down.client_helo, sizeof(sp->down.client_helo), "%s", sp->helo);
-		tx->stream = 1;
+		/* under Sieve the verdict comes first: spooled, sent after it */
+		tx->stream = sp->msg.sieve == NULL;
 	}
 	sp->st = SMTP_ST_DATA;
 	reply(sp, "354 End data with <CR><LF>.<CR><LF>");
@@ -1484,6 +1545,7 @@ smtp_proto_down_done(struct smtp_proto *sp, const char *line)
 	if (sp->tx.nrcpt == 0 && line[0] != '2') {
 		/* no session worth keeping: the next recipient opens afresh */
 		sp->tx.route = 0;
+		sp->tx.sieve_set = 0;	/* nor a domain for Sieve */
 		sp->down_reset = 1;
 	}
 	mirror(sp, line);	/* what the downstream said */
@@ -1546,6 +1608,21 @@ smtp_proto_eof(struct smtp_proto *sp)
 	if (HAS(sp, SMTP_SF_TX))
 		engine_abort(sp->es);
 	sp->st = SMTP_ST_CLOSED;
+}
+
+void
+smtp_proto_log_verdict(struct smtp_proto *sp, const struct verdict *v)
+{
+	engine_log(sp->es, STAGE_EOM, v, NULL, NULL);
+}
+
+void
+smtp_proto_add_rcpt(struct smtp_proto *sp, const char *rcpt, int local)
+{
+	rcpt_add(sp, rcpt, local);
+	sp->msg.rcpt = sp->tx.rcpt;
+	sp->msg.rcpt_local = sp->tx.rcpt_local;
+	sp->msg.nrcpt = sp->tx.nrcpt;
 }
 
 void

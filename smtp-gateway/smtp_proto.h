@@ -5,6 +5,7 @@
 #include "common/cidr.h"
 #include "common/sasl.h"
 #include "rules/engine.h"
+#include "rules/sieve_rules.h"
 #include "rules/snapshot.h"
 
 /*
@@ -37,6 +38,9 @@ struct smtp_params {
 	 */
 	int (*user_resolve)(void *arg, const char *local, const char *domain, char *canon_r);
 	void *user_arg;
+	/* the server and domain Sieve scripts (smtp_sieve); NULL: none. A
+	 * transaction holds the snapshot in force at MAIL to its end */
+	struct sieve_rules_ref *sieve;
 };
 
 #define SMTP_AUTH_PLAIN	AUTH_MECH_PLAIN
@@ -84,6 +88,17 @@ struct smtp_msg {
 	int esmtp;			/* EHLO (else HELO): "with ESMTP..." */
 	int tls;			/* the session was encrypted at DATA */
 	int auth;			/* ... and authenticated */
+	/* Sieve: the scripts this message goes through (held by the
+	 * transaction), NULL: none; then it is not streamed downstream, the
+	 * caller spools it and runs them at the final dot (smtp_sieve) */
+	const struct sieve_rules *sieve;
+	const char *sieve_domain;	/* the recipients' domain */
+	const char *sieve_rcpt;		/* the first recipient: envelope "to" */
+	const char *remote_host;	/* the verified client name; NULL none */
+	const char *country;		/* GeoIP, NULL unknown */
+	const char *auth_user;		/* "" none */
+	const char *raw_helo;		/* as the client said it */
+	const struct ipaddr *addr;	/* NULL unknown */
 };
 
 /* A step of a pass-through session the caller must run downstream. */
@@ -235,6 +250,12 @@ void smtp_proto_set_submission(struct smtp_proto *sp);
 void smtp_proto_set_no_auth(struct smtp_proto *sp);
 /* the client sent a command that makes an error budget: counts for 421 */
 unsigned smtp_proto_errors(const struct smtp_proto *sp);
+
+/* a Sieve verdict at the final dot, logged and counted by the engine as
+ * the other verdicts (tag sieve-reject, sieve-discard, sieve-quarantine) */
+void smtp_proto_log_verdict(struct smtp_proto *sp, const struct verdict *v);
+/* Sieve redirect: one more recipient for the message pending delivery */
+void smtp_proto_add_rcpt(struct smtp_proto *sp, const char *rcpt, int local);
 
 /* the connection's id (common/connid): the engine's lines carry it */
 void smtp_proto_set_conn_id(struct smtp_proto *sp, const char *id);

@@ -66,6 +66,8 @@
 #include "service/penalty.h"
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
+#include "smtp-gateway/smtp_sieve.h"
+#include "smtp-gateway/smtp_deliver_sieve.h"
 #include "service/anvil.h"
 #include "service/authcheck.h"
 #include "service/deadline.h"
@@ -110,6 +112,7 @@ struct server {
 	struct door *doors;		/* the listeners, dropped when draining */
 	size_t ndoors;
 	time_t drain_until;		/* draining (SIGUSR2): stop by then; 0 not */
+	struct smtp_sieve_conf sieve;	/* server and domain scripts (smtp_sieve) */
 };
 
 struct conn {
@@ -143,6 +146,9 @@ struct conn {
 	struct maildir_tmp *spool;	/* the message being received, in the store's tmp/ */
 	size_t spooled;		/* message octets in it (our header lines not counted) */
 	int spool_err;		/* errno of a failed spool write: the final dot gets a 4xx */
+	struct smtp_sieve *sv;	/* a message under Sieve scripts, spooled (smtp_sieve) */
+	int sv_failed;		/* ... or spooling it failed (errno): the final dot gets a 4xx */
+	int sv_done;		/* its scripts ran: deliver() delivers */
 };
 
 struct delivery {
@@ -163,6 +169,7 @@ struct delivery {
 	char sender[320];
 	char client[128];
 	char conn[CONNID_MAX];	/* the session's id, for the log line */
+	struct smtp_deliver_sieve_job *sv;	/* user Sieve scripts; NULL none */
 };
 
 /*
@@ -334,6 +341,7 @@ conn_free(struct conn *c)
 		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 		return;
 	}
+	smtp_sieve_free(&c->sv);	/* no job holds it now */
 	if (c->has_addr)
 		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
 	if (log_is_debug()) {
@@ -419,6 +427,10 @@ delivery_run(void *arg)
 		snprintf(d->err, sizeof(d->err), "writing to tmp/ failed: %s", strerror(d->spool_err));
 		return;
 	}
+	/* Sieve scripts at delivery (smtp_deliver_sieve.h); 0: none apply */
+	if (d->sv != NULL && smtp_deliver_sieve_run(d->sv, &d->spool, d->root, d->r, d->n, d->head,
+	    d->data, d->len, d->id, &d->ok, &d->spool_err, d->err, sizeof(d->err)))
+		return;
 	if (d->spool != NULL) {
 		/* the rest of the message, then fsync and links, here off the loop */
 		if (maildir_tmp_write(d->spool, d->data, d->len, &err) < 0) {
@@ -465,6 +477,7 @@ delivery_done(void *arg)
 			    "Error: local delivery failed, try again later");
 		resume(c);	/* pipelined input may be waiting */
 	}
+	smtp_deliver_sieve_job_free(&d->sv);
 	free(d->head);
 	for (size_t i = 0; i < d->n; i++)
 		free(d->split[i]);
@@ -625,8 +638,9 @@ spool_more(struct conn *c)
 	const char *p, *err;
 	size_t n;
 
-	if (m == NULL || m->downstream || !smtp_proto_in_data(c->sp) || c->srv->c->maildir_root == NULL)
-		return;
+	if (m == NULL || m->downstream || m->sieve != NULL || !smtp_proto_in_data(c->sp) ||
+	    c->srv->c->maildir_root == NULL)
+		return;	/* (under Sieve: sieve_spool_more) */
 	while (smtp_proto_stream_chunk(c->sp, SMTP_SPOOL_MIN, &p, &n)) {
 		if (c->spool == NULL && c->spool_err == 0) {
 			struct maildir_rcpt r;
@@ -731,12 +745,270 @@ received_header(struct conn *c, const struct smtp_msg *m, int store)
 	    m->esmtp && m->tls ? "S" : "", m->esmtp && m->auth ? "A" : "", date);
 }
 
+/* ---- Sieve: server and domain scripts at the final dot (smtp_sieve) ---- */
+
+static void deliver(struct conn *c, struct smtp_msg *m);
+
+/* message bytes into the spool of a message under scripts (opened with our
+ * trace lines at the first bytes); -1 once spooling failed */
+static int
+sieve_put(struct conn *c, const struct smtp_msg *m, const char *p, size_t n)
+{
+	const char *err;
+
+	if (c->sv_failed)
+		return -1;
+	if (c->sv == NULL) {
+		int store = !m->downstream;
+		char *head = received_header(c, m, store);
+
+		errno = 0;
+		if (store && c->srv->c->maildir_root == NULL)
+			err = "no store";
+		else if (smtp_sieve_open(&c->srv->sieve, m, store, head, &c->sv, &err) == 0)
+			err = NULL;
+		free(head);
+		if (err != NULL) {
+			log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
+			c->sv_failed = errno ? errno : EIO;
+			return -1;
+		}
+	}
+	if (n > 0 && smtp_sieve_write(c->sv, p, n, &err) < 0) {
+		int e = errno ? errno : EIO;
+
+		log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
+		smtp_sieve_free(&c->sv);
+		c->sv_failed = e;
+		return -1;
+	}
+	return 0;
+}
+
+/* DATA of a message under scripts goes to its spool as it arrives, in
+ * pieces, as spool_more() does for the store: nothing streams on before
+ * the verdict, and the session never holds more than its cap */
+static void
+sieve_spool_more(struct conn *c)
+{
+	const struct smtp_msg *m = smtp_proto_envelope(c->sp);
+	const char *p;
+	size_t n;
+
+	if (m == NULL || m->sieve == NULL || !smtp_proto_in_data(c->sp))
+		return;
+	while (smtp_proto_stream_chunk(c->sp, SMTP_SPOOL_MIN, &p, &n)) {
+		(void)sieve_put(c, m, p, n);	/* a failure answers the final dot */
+		smtp_proto_stream_taken(c->sp, n);
+	}
+}
+
+/* the scripts' verdict is the reply to the final dot */
+static void
+sieve_answer(struct conn *c, int ok, const char *code, const char *dsn, const char *text)
+{
+	smtp_proto_delivered(c->sp, ok, code, dsn, text);	/* text may be in c->sv */
+	smtp_sieve_free(&c->sv);
+	resume(c);
+}
+
+static void sieve_pump(struct conn *c);
+
+static void
+sieve_room_cb(void *arg)
+{
+	sieve_pump(arg);
+}
+
+/* a passed message, from its spool to the downstream session it was
+ * accepted for; the downstream's verdict is the client's answer */
+static void
+sieve_pump(struct conn *c)
+{
+	int rc = smtp_sieve_pump(c->sv, c->ds, SMTP_STREAM_QUEUE);
+
+	if (rc == 0) {
+		downstream_wait_room(c->ds, SMTP_STREAM_ROOM, sieve_room_cb, c);
+		return;
+	}
+	if (rc < 0) {	/* closed without its final dot: discarded downstream */
+		log_error("conn=%s reading the spool back failed: %s", c->id, strerror(errno));
+		c->down_wait = 0;
+		downstream_close(&c->ds);
+		sieve_answer(c, 0, "451", "4.3.0", "Error: the message cannot be passed on, try "
+		    "again later");
+		return;
+	}
+	smtp_sieve_free(&c->sv);	/* all of it is queued downstream */
+	downstream_finish(c->ds, NULL, down_final_cb, c);
+}
+
+/* store route: redirect targets in our domains become recipients; the
+ * number of them that exist */
+static size_t
+sieve_local_targets(struct conn *c, const struct smtp_sieve_result *r)
+{
+	size_t added = 0;
+
+	for (size_t i = 0; i < r->nlocal; i++) {
+		struct mailaddr a;
+		char canon[MAILADDR_TEXT_MAX];
+
+		if (mailaddr_parse(r->local[i], &a) < 0 || a.domain[0] == '\0' ||
+		    !user_resolve(c->srv, a.local, a.domain, canon)) {
+			char esc[LOG_ESCAPE_BUFSZ];
+
+			log_warn("conn=%s sieve: redirect to %s: no such user here; not redirected",
+			    c->id, log_escape(esc, r->local[i], strlen(r->local[i])));
+			continue;
+		}
+		smtp_proto_add_rcpt(c->sp, canon, 1);
+		log_info("conn=%s sieve: redirect to %s: an added recipient (%s)", c->id, canon,
+		    r->where);
+		added++;
+	}
+	return added;
+}
+
+/* back on the loop with the scripts' result */
+static void
+sieve_decided(struct conn *c)
+{
+	struct smtp_msg *m = smtp_proto_pending(c->sp);
+	const struct smtp_sieve_result *r = smtp_sieve_result(c->sv);
+	struct verdict v;
+
+	if (r->tempfail) {
+		log_error("conn=%s message from %s not accepted: %s", c->id, m->client, r->err);
+		sieve_answer(c, 0, "451", "4.3.0", "Error: the message cannot be processed now, try "
+		    "again later");
+		return;
+	}
+	if (r->action != SIEVE_DOOR_PASS) {
+		smtp_sieve_verdict(r, &v);
+		smtp_proto_log_verdict(c->sp, &v);
+	}
+	switch (r->action) {
+	case SIEVE_DOOR_REJECT:
+		sieve_answer(c, 0, "550", "5.7.1", r->text);
+		return;
+	case SIEVE_DOOR_DISCARD:
+		log_info("conn=%s sieve: discarded: from=<%s> nrcpt=%zu size=%zu (%s)", c->id,
+		    m->sender, m->nrcpt, smtp_sieve_size(c->sv), r->where);
+		sieve_answer(c, 1, NULL, NULL, "discarded");
+		return;
+	case SIEVE_DOOR_QUARANTINE:
+		log_info("conn=%s %s: quarantined in %s: from=<%s> nrcpt=%zu size=%zu (%s)", c->id,
+		    r->qid, c->srv->c->quarantine_dir, m->sender, m->nrcpt, smtp_sieve_size(c->sv),
+		    r->where);
+		sieve_answer(c, 1, NULL, NULL, r->qid);
+		return;
+	case SIEVE_DOOR_PASS:
+		break;
+	}
+	if (!m->downstream) {
+		size_t norig = m->nrcpt, added = sieve_local_targets(c, r);
+
+		if (r->drop_original && added == 0 && r->nredirect > 0) {
+			sieve_answer(c, 1, NULL, NULL, "redirected");
+			return;
+		}
+		if (r->drop_original && added > 0)
+			for (size_t i = 0; i < norig; i++)
+				m->rcpt_local[i] = 0;	/* the redirect took it from them */
+		c->spool = smtp_sieve_take_store(c->sv);
+		c->spooled = smtp_sieve_size(c->sv);
+		c->spool_err = 0;
+		smtp_sieve_free(&c->sv);
+		c->sv_done = 1;
+		deliver(c, m);	/* the spool, as the scripts left it */
+		c->sv_done = 0;
+		return;
+	}
+	if (r->drop_original && r->nredirect > 0) {
+		sieve_answer(c, 1, NULL, NULL, "redirected");
+		return;
+	}
+	if (c->ds == NULL) {	/* cannot happen: RCPTs opened it */
+		sieve_answer(c, 0, "451", "4.3.0", "no downstream session");
+		return;
+	}
+	c->down_wait = 1;
+	sieve_pump(c);
+}
+
+/* what the job needs; the connection waits for it (conn_hold) */
+struct sieve_job {
+	struct conn *c;
+	struct smtp_sieve *sv;
+	const struct smtp_msg *m;	/* the session's, stable while it waits */
+};
+
+/* on a job thread: the scripts and their file work */
+static void
+sieve_job_run(void *arg)
+{
+	struct sieve_job *j = arg;
+
+	smtp_sieve_run(j->sv, j->m);
+}
+
+static void
+sieve_job_done(void *arg)
+{
+	struct sieve_job *j = arg;
+	struct conn *c = j->c;
+
+	free(j);
+	if (conn_release(c))
+		return;
+	if (c->srv->stopping) {	/* no new work: unanswered, the client tries again */
+		smtp_sieve_free(&c->sv);
+		return;
+	}
+	sieve_decided(c);
+}
+
+/* the final dot of a message under scripts: the rest into its spool, then
+ * the scripts run off the loop */
+static void
+sieve_start(struct conn *c, struct smtp_msg *m)
+{
+	struct sieve_job *j;
+
+	if (sieve_put(c, m, m->data, m->len) < 0) {
+		int full = c->sv_failed == ENOSPC || c->sv_failed == EDQUOT;
+
+		smtp_sieve_free(&c->sv);
+		c->sv_failed = 0;
+		if (full)
+			smtp_proto_delivered(c->sp, 0, "452", "4.3.1", "Insufficient system storage");
+		else
+			smtp_proto_delivered(c->sp, 0, "451", "4.3.0", "Error: local delivery failed, "
+			    "try again later");
+		flush_output(c);
+		return;
+	}
+	m->len = 0;	/* in the spool now */
+	j = xcalloc(1, sizeof(*j));
+	j->c = c;
+	j->sv = c->sv;
+	j->m = m;
+	conn_hold(c);
+	bufferevent_disable(c->bev, EV_READ);
+	jobs_submit(c->srv->jobs, sieve_job_run, sieve_job_done, j);
+}
+
 static void
 deliver(struct conn *c, struct smtp_msg *m)
 {
 	struct server *s = c->srv;
 	struct delivery *d;
 
+	if (m->sieve != NULL && !c->sv_done) {
+		sieve_start(c, m);	/* the scripts first; they deliver() after */
+		return;
+	}
 	if (m->downstream) {
 		if (c->ds == NULL) {	/* cannot happen: RCPTs opened it */
 			smtp_proto_delivered_reply(c->sp, "451 4.3.0 no downstream session");
@@ -785,6 +1057,7 @@ deliver(struct conn *c, struct smtp_msg *m)
 	snprintf(d->sender, sizeof(d->sender), "%s", m->sender);
 	snprintf(d->client, sizeof(d->client), "%s", m->client);
 	snprintf(d->conn, sizeof(d->conn), "%s", c->id);
+	d->sv = smtp_deliver_sieve_job_new(s->c->deliver_sieve, m->sender, m->client, m->helo, c->id);
 	conn_hold(c);
 	bufferevent_disable(c->bev, EV_READ);
 	jobs_submit(s->jobs, delivery_run, delivery_done, d);
@@ -913,6 +1186,11 @@ read_cb(struct bufferevent *bev, void *arg)
 		if ((c->spool != NULL || c->spool_err != 0) && !smtp_proto_in_data(c->sp) &&
 		    smtp_proto_pending(c->sp) == NULL)
 			spool_drop(c);	/* refused at the final dot */
+		if ((c->sv != NULL || c->sv_failed) && !smtp_proto_in_data(c->sp) &&
+		    smtp_proto_pending(c->sp) == NULL && !c->delivering) {
+			smtp_sieve_free(&c->sv);	/* refused at the final dot */
+			c->sv_failed = 0;
+		}
 		/* what the session asks for, in its order, until it needs input */
 		for (int more = 1; more;) {
 			union smtp_action_arg a;
@@ -965,6 +1243,7 @@ read_cb(struct bufferevent *bev, void *arg)
 		}
 		stream_more(c);
 		spool_more(c);
+		sieve_spool_more(c);
 		if (used == 0) {
 			if (smtp_proto_streaming(c->sp) && smtp_proto_in_data(c->sp) && c->ds != NULL) {
 				/* the session holds its most and the downstream is behind:
@@ -1228,6 +1507,19 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	}
 	s->params.user_resolve = user_resolve;
 	s->params.user_arg = s;
+	s->sieve.quarantine_dir = c->quarantine_dir;
+	s->sieve.maildir_root = c->maildir_root;
+	s->sieve.relayhost = c->downstream;
+	s->sieve.myhostname = c->params.myhostname;
+	s->sieve.timeout = c->timeout < 60 ? c->timeout : 60;
+	s->sieve.limits = c->sieve_limits;
+	s->sieve.pol = c->params.pol;
+	if (c->params.sieve != NULL && smtp_sieve_dirs(c->quarantine_dir, error_r) < 0) {
+		users_close(&s->users);
+		free(ls);
+		free(s);
+		return -1;
+	}
 	s->base = event_base_new();
 	if (s->base == NULL) {
 		*error_r = "cannot create the event loop";

@@ -27,9 +27,14 @@ struct smtp_server_conf {
 	const char *resolver;		/* client name lookups: "system" or IP[:PORT]; NULL off */
 	struct penalty_conf penalty;	/* failed AUTH: delays and the auth-ban */
 	int smtp_auth;			/* 0: AUTH only on submission and smtps */
+	/* Sieve (smtp_sieve): params.sieve is the scripts; NULL none */
+	const struct sieve_limits *sieve_limits;
+	const char *quarantine_dir;	/* the quarantine Maildir */
 	/* from the event loop; must not block */
 	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why);
 	void *ban_arg;
+	/* user Sieve scripts at delivery (smtp_deliver_sieve.h); NULL none */
+	struct smtp_deliver_sieve *deliver_sieve;
 };
 
 /* serve the given listening sockets (kinds[i] for fds[i], bound with

@@ -7,7 +7,8 @@
               clean stop with a timeout; BIN, exe(), run_bin(), SANITIZER_RE
     fakesmtp  Wire (server side of a socket), FakeSMTP: a scriptable, recording SMTP server
     client    SmtpClient (smtplib, bound to a source address, never raises), make_message()
-    postfix   Lab: a private Postfix + smtp-sink (+ portcullisd as a milter)
+    postfix   Lab: a private Postfix + smtp-sink (+ portcullisd as a milter); Postfix
+    dovecot   Dovecot: a private Dovecot (IMAP, POP3, optional TLS) on a given Maildir store
     load      Load: N SMTP clients sending verified messages; Killer: SIGKILLs the worker
     runner    main(): run the module's unittest cases, print "N passed, N failed" last
 

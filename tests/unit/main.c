@@ -81,9 +81,11 @@ main(void)
 	test_mailstore_register();
 	test_sieve_deliver_register();
 	test_relay_send_register();
+	test_smtp_sieve_register();
 	test_geoip_register();
 	test_imap_parser_register();
 	test_pop3_proto_register();
+	test_conn_register();
 	test_imap_proto_register();
 	test_dotstuff_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
