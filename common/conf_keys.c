@@ -68,7 +68,6 @@ const struct conf_key conf_keys[] = {
 	{ "auth_mechanisms", "PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256", CT_LIST, NULL, 0, 0 },
 	{ "auth_allow_plaintext", "no", CT_BOOL, NULL, 0, 0 },
 	{ "smtp_auth", "yes", CT_BOOL, NULL, 0, 0 },	/* no: AUTH on submission/smtps only */
-	{ "pop3_apop", "no", CT_BOOL, NULL, 0, 0 },	/* yes: user add|passwd keep an APOP secret */
 	/* failed logins per client address (IPv6 per /64): delay doubling to the max */
 	{ "auth_failure_delay", "2s", CT_TIME, NULL, 0, 3600 },
 	{ "auth_failure_delay_max", "15s", CT_TIME, NULL, 0, 3600 },
