@@ -13,6 +13,12 @@ guesser"), seen by a real client (raw SMTP AUTH CRAM-MD5 over loopback):
                     bans, whichever process saw it; `portcullis stats`
                     counts the 4 under auth_total{door="smtp",result="failure"}
                     (one series for the node, whichever worker failed them)
+    T03CrossDoor    one client guessing on SMTP AUTH and POP3 USER/PASS in
+                    turn (services = smtp pop3, two worker processes): the
+                    delays go 1, 2, 4, 4 s across the doors and the 4th
+                    failure bans the address from both (554 / -ERR at
+                    connect); auth_total counts 2 under door="smtp" and 2
+                    under door="pop3"
 
 auth_failure_delay = 1s doubling to 4s, auth_failure_ban = 4/10m.
 
@@ -44,13 +50,43 @@ def setUpModule():
     tls.W = W
 
 
+class Pop3:
+    """A raw POP3 client bound to a source address (poplib cannot bind)."""
+
+    def __init__(self, port, source, timeout=30):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout,
+                                          source_address=(source, 0))
+        self.f = self.s.makefile("rb")
+        self.greeting = self.f.readline().decode("latin-1").rstrip("\r\n")
+
+    def cmd(self, line):
+        self.s.sendall(line.encode() + b"\r\n")
+        return self.f.readline().decode("latin-1").rstrip("\r\n")
+
+    def close(self):
+        try:
+            self.cmd("QUIT")
+        except OSError:
+            pass
+        self.f.close()
+        self.s.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class Case(tls.Case):
+    EXTRA = {}
+
     @classmethod
     def setUpClass(cls):
         cls.d = tls.Daemon(W, cls.__name__.lower(), smtp_listen="auto",
                            users="file:" + os.path.join(W.dir, "users-" + cls.__name__),
                            auth_failure_delay="1s", auth_failure_delay_max="4s",
-                           auth_failure_ban="4/10m", auth_failure_ban_time="1h")
+                           auth_failure_ban="4/10m", auth_failure_ban_time="1h", **cls.EXTRA)
         W.add_user(cls.d.conf, USER, PASSWORD)
         cls.d.start()
         cls.gen = 0
@@ -154,7 +190,43 @@ class T02TwoWorkers(Case):
         self.assertIn('auth_total{door="smtp",result="failure"} 4\n', p.stdout)
 
 
-CASES = [T01Reload, T02TwoWorkers]
+# ======================================================= T03 cross-door
+class T03CrossDoor(Case):
+    """SMTP AUTH and POP3 USER/PASS from one address: one guesser."""
+    POP3_PORT = tls.free_port()
+    EXTRA = {"services": "smtp pop3", "pop3_listen": "127.0.0.1:%d" % POP3_PORT,
+             "auth_allow_plaintext": "yes"}
+
+    def pop3_fail(self, c):
+        self.assertTrue(c.cmd("USER " + USER).startswith("+OK"))
+        t0 = time.monotonic()
+        r = c.cmd("PASS wrong")
+        return (535 if r.startswith("-ERR") else r), time.monotonic() - t0
+
+    def test_failures_on_smtp_and_pop3_add_up(self):
+        src = "127.0.0.63"
+        wait_until(lambda: tls.port_accepts("127.0.0.1", self.POP3_PORT), 10, what="pop3 door")
+        self.mark(self.d)
+        with tls.Client(self.d.ports["smtp"], source=src, timeout=30) as smtp, \
+                Pop3(self.POP3_PORT, src) as pop:
+            self.assertTrue(pop.greeting.startswith("+OK"), pop.greeting)
+            smtp.ehlo()
+            self.assertDelay(self.timed_fail(smtp), 1, "1st failure (SMTP AUTH)")
+            self.assertDelay(self.pop3_fail(pop), 2, "2nd failure (POP3 PASS)")
+            self.assertDelay(self.timed_fail(smtp), 4, "3rd failure (SMTP AUTH)")
+            self.assertDelay(self.pop3_fail(pop), 4, "4th failure (POP3 PASS)")
+        self.assertBanned(src)
+        with Pop3(self.POP3_PORT, src) as pop:
+            self.assertTrue(pop.greeting.startswith("-ERR"), "a banned client's POP3 "
+                            "greeting: %r" % pop.greeting)
+        self.assertRegex(self.log_since(self.d), r"4 failed logins from \[127\.0\.0\.63\]"
+                         r".*reason=auth-ban")
+        p = tls.run([os.path.join(tls.BIN, "portcullis"), "-c", self.d.conf, "stats"])
+        self.assertIn('auth_total{door="smtp",result="failure"} 2\n', p.stdout)
+        self.assertIn('auth_total{door="pop3",result="failure"} 2\n', p.stdout)
+
+
+CASES = [T01Reload, T02TwoWorkers, T03CrossDoor]
 
 
 if __name__ == "__main__":
