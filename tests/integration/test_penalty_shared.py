@@ -13,12 +13,12 @@ guesser"), seen by a real client (raw SMTP AUTH CRAM-MD5 over loopback):
                     bans, whichever process saw it; `portcullis stats`
                     counts the 4 under auth_total{door="smtp",result="failure"}
                     (one series for the node, whichever worker failed them)
-    T03CrossDoor    one client guessing on SMTP AUTH and POP3 USER/PASS in
-                    turn (services = smtp pop3, two worker processes): the
-                    delays go 1, 2, 4, 4 s across the doors and the 4th
-                    failure bans the address from both (554 / -ERR at
-                    connect); auth_total counts 2 under door="smtp" and 2
-                    under door="pop3"
+    T03CrossDoor    one client guessing on SMTP AUTH, POP3 USER/PASS and
+                    IMAP LOGIN in turn (services = smtp pop3 imap, three
+                    worker processes): the delays go 1, 2, 4, 4 s across the
+                    doors and the 4th failure bans the address from all
+                    three (554 / -ERR / * BYE at connect); auth_total counts
+                    each door's own failures (smtp 2, pop3 1, imap 1)
 
 auth_failure_delay = 1s doubling to 4s, auth_failure_ban = 4/10m.
 
@@ -66,6 +66,41 @@ class Pop3:
     def close(self):
         try:
             self.cmd("QUIT")
+        except OSError:
+            pass
+        self.f.close()
+        self.s.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Imap:
+    """A raw IMAP client bound to a source address."""
+
+    def __init__(self, port, source, timeout=30):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout,
+                                          source_address=(source, 0))
+        self.f = self.s.makefile("rb")
+        self.greeting = self.f.readline().decode("latin-1").rstrip("\r\n")
+        self.n = 0
+
+    def cmd(self, line):
+        """the tagged reply to line (untagged ones skipped)"""
+        self.n += 1
+        tag = "a%d" % self.n
+        self.s.sendall(("%s %s\r\n" % (tag, line)).encode())
+        while True:
+            r = self.f.readline().decode("latin-1").rstrip("\r\n")
+            if not r or r.startswith(tag + " "):
+                return r[len(tag) + 1:]
+
+    def close(self):
+        try:
+            self.cmd("LOGOUT")
         except OSError:
             pass
         self.f.close()
@@ -192,10 +227,11 @@ class T02TwoWorkers(Case):
 
 # ======================================================= T03 cross-door
 class T03CrossDoor(Case):
-    """SMTP AUTH and POP3 USER/PASS from one address: one guesser."""
+    """SMTP AUTH, POP3 USER/PASS and IMAP LOGIN from one address: one guesser."""
     POP3_PORT = tls.free_port()
-    EXTRA = {"services": "smtp pop3", "pop3_listen": "127.0.0.1:%d" % POP3_PORT,
-             "auth_allow_plaintext": "yes"}
+    IMAP_PORT = tls.free_port()
+    EXTRA = {"services": "smtp pop3 imap", "pop3_listen": "127.0.0.1:%d" % POP3_PORT,
+             "imap_listen": "127.0.0.1:%d" % IMAP_PORT, "auth_allow_plaintext": "yes"}
 
     def pop3_fail(self, c):
         self.assertTrue(c.cmd("USER " + USER).startswith("+OK"))
@@ -203,27 +239,42 @@ class T03CrossDoor(Case):
         r = c.cmd("PASS wrong")
         return (535 if r.startswith("-ERR") else r), time.monotonic() - t0
 
-    def test_failures_on_smtp_and_pop3_add_up(self):
+    def imap_fail(self, c):
+        t0 = time.monotonic()
+        r = c.cmd('LOGIN "%s" "wrong"' % USER)
+        return (535 if r.startswith("NO") else r), time.monotonic() - t0
+
+    def test_failures_on_smtp_pop3_and_imap_add_up(self):
         src = "127.0.0.63"
-        wait_until(lambda: tls.port_accepts("127.0.0.1", self.POP3_PORT), 10, what="pop3 door")
+        for port in (self.POP3_PORT, self.IMAP_PORT):
+            wait_until(lambda: tls.port_accepts("127.0.0.1", port), 10, what="door on %d" % port)
         self.mark(self.d)
         with tls.Client(self.d.ports["smtp"], source=src, timeout=30) as smtp, \
-                Pop3(self.POP3_PORT, src) as pop:
+                Pop3(self.POP3_PORT, src) as pop, Imap(self.IMAP_PORT, src) as imap:
             self.assertTrue(pop.greeting.startswith("+OK"), pop.greeting)
+            self.assertTrue(imap.greeting.startswith("* OK"), imap.greeting)
             smtp.ehlo()
             self.assertDelay(self.timed_fail(smtp), 1, "1st failure (SMTP AUTH)")
             self.assertDelay(self.pop3_fail(pop), 2, "2nd failure (POP3 PASS)")
-            self.assertDelay(self.timed_fail(smtp), 4, "3rd failure (SMTP AUTH)")
-            self.assertDelay(self.pop3_fail(pop), 4, "4th failure (POP3 PASS)")
+            self.assertDelay(self.imap_fail(imap), 4, "3rd failure (IMAP LOGIN)")
+            self.assertDelay(self.timed_fail(smtp), 4, "4th failure (SMTP AUTH)")
         self.assertBanned(src)
-        with Pop3(self.POP3_PORT, src) as pop:
-            self.assertTrue(pop.greeting.startswith("-ERR"), "a banned client's POP3 "
-                            "greeting: %r" % pop.greeting)
+
+        def refused(cls, port, prefix):
+            with cls(port, src) as c:
+                return c.greeting if c.greeting.startswith(prefix) else None
+        got = wait_until(lambda: refused(Pop3, self.POP3_PORT, "-ERR"), 10,
+                         what="the POP3 door to refuse the banned client")
+        self.assertTrue(got)
+        got = wait_until(lambda: refused(Imap, self.IMAP_PORT, "* BYE"), 10,
+                         what="the IMAP door to refuse the banned client")
+        self.assertTrue(got)
         self.assertRegex(self.log_since(self.d), r"4 failed logins from \[127\.0\.0\.63\]"
                          r".*reason=auth-ban")
         p = tls.run([os.path.join(tls.BIN, "portcullis"), "-c", self.d.conf, "stats"])
         self.assertIn('auth_total{door="smtp",result="failure"} 2\n', p.stdout)
-        self.assertIn('auth_total{door="pop3",result="failure"} 2\n', p.stdout)
+        self.assertIn('auth_total{door="pop3",result="failure"} 1\n', p.stdout)
+        self.assertIn('auth_total{door="imap",result="failure"} 1\n', p.stdout)
 
 
 CASES = [T01Reload, T02TwoWorkers, T03CrossDoor]
