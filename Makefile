@@ -169,6 +169,8 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_gateway.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_tls_auth.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_auth_guard.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_penalty_shared.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_user_apop.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_sasl.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_durability.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_passthrough_durability.py
@@ -244,6 +246,7 @@ fuzz:
 	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags gmime-3.0) -o build/fuzz/fuzz-imap-proto tests/fuzz/fuzz_imap_proto.c pop-imap-proxy/imap_proto.c pop-imap-proxy/imap_parser.c pop-imap-proxy/imap_mime.c pop-imap-proxy/imap_search.c $(FUZZ_LIB_SRC) $(LIBS_LIB) $(LIBS_GMIME) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-readers tests/fuzz/fuzz_readers.c common/dotstuff.c \
 	    common/linereader.c common/xmalloc.c common/log.c -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-apop tests/fuzz/fuzz_apop.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	@mkdir -p build/fuzz/corpus-smtp-sieve
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp-sieve tests/fuzz/fuzz_smtp_sieve.c smtp-gateway/smtp_sieve.c \
 	    smtp-gateway/downstream.c smtp-gateway/relay_send.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
@@ -261,6 +264,8 @@ fuzz:
 	build/fuzz/fuzz-pop3 -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-pop3 tests/fuzz/seeds-pop3
 	build/fuzz/fuzz-imap-proto -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-imap-proto tests/fuzz/seeds-imap-proto
 	build/fuzz/fuzz-readers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-readers
+	@mkdir -p build/fuzz/corpus-apop
+	build/fuzz/fuzz-apop -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-apop
 	build/fuzz/fuzz-smtp-sieve -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp-sieve
 	@mkdir -p build/fuzz/corpus-imap-mime
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap-mime tests/fuzz/fuzz_imap_mime.c pop-imap-proxy/imap_mime.c \

@@ -1778,6 +1778,11 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		if (stats_open(sp, &err) < 0)
 			log_warn("no counters: %s", err);
 		free(sp);
+		/* failed logins, one table for every door and reload (service/penalty) */
+		sp = xasprintf("%s/penalty", conf_get(c, "state_dir"));
+		if (penalty_table_open(sp, &err) < 0)
+			log_warn("login penalties counted per worker: %s", err);
+		free(sp);
 		if (conf_get(c, "metrics_listen")[0] != '\0' &&
 		    metrics_bind(conf_get(c, "metrics_listen"), &err) < 0) {
 			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "metrics_listen"), err);

@@ -72,6 +72,8 @@ main(void)
 	test_listener_register();
 	test_policy_door_register();
 	test_service_register();
+	test_penalty_register();
+	test_apop_register();
 	test_sieve_lex_register();
 	test_sieve_parse_register();
 	test_sieve_eval_register();

@@ -24,6 +24,8 @@ void test_deadline_register(void);
 void test_listener_register(void);
 void test_policy_door_register(void);
 void test_service_register(void);
+void test_penalty_register(void);
+void test_apop_register(void);
 void test_sieve_lex_register(void);
 void test_sieve_parse_register(void);
 void test_sieve_eval_register(void);
