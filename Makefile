@@ -166,6 +166,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_milter.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_gateway.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_gateway_user.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_admin.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3_dovecot.py
@@ -178,6 +179,7 @@ bench: deps
 	sh tests/bench/run.sh
 	python3 tests/bench/redis_bench.py
 	python3 tests/bench/gateway_bench.py
+	python3 tests/bench/sieve_gateway_bench.py
 	python3 tests/bench/auth_bench.py --seconds 2 --repeats 2
 
 run: deps

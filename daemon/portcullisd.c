@@ -80,6 +80,7 @@
 #include "service/listener.h"
 #include "smtp-gateway/downstream.h"
 #include "smtp-gateway/smtp_conf.h"
+#include "smtp-gateway/smtp_deliver_sieve.h"
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
 #include "storage-adapter/ratelimit.h"
@@ -733,11 +734,35 @@ static int
 smtp_svc_run(void *set, struct worker_ctx *wc)
 {
 	struct smtp_conf *sc = set;
+	static struct sieve_limits sieve_lim;
+	struct smtp_deliver_sieve_conf dsc = { 0 };
 	const char *err;
 	int rc = 0;
 
 	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
 		return 1;
+	/* Sieve scripts (storage-adapter/sievestore.c); the user level runs at
+	 * delivery into the store (smtp-gateway/smtp_deliver_sieve.c) */
+	if (sc->srv.maildir_root != NULL) {
+		sievestore_limits_conf(conf, &sieve_lim);
+		if (sieve_w == NULL)
+			sieve_w = sievewatch_start(conf_get(conf, "sieve_dir"), &sieve_lim, &sieve_ref,
+			    &err);
+		if (sieve_w == NULL)
+			log_error("sieve: %s: the gateway runs without server and domain scripts", err);
+		dsc.sieve_dir = conf_get(conf, "sieve_dir");
+		dsc.state_dir = conf_get(conf, "state_dir");
+		dsc.relayhost = conf_get(conf, "relayhost")[0] != '\0' ? conf_get(conf, "relayhost") :
+		    NULL;
+		dsc.hostname = conf_get(conf, "myhostname");
+		/* a hung relayhost must not hold the delivery threads for long */
+		dsc.timeout = (unsigned)conf_get_int(conf, "smtp_timeout");
+		if (dsc.timeout > SMTP_SIEVE_RELAY_TIMEOUT)
+			dsc.timeout = SMTP_SIEVE_RELAY_TIMEOUT;
+		dsc.limits = &sieve_lim;
+		dsc.rules = sieve_w != NULL ? &sieve_ref : NULL;
+		sc->srv.deliver_sieve = smtp_deliver_sieve_new(&dsc);
+	}
 	sc->srv.params.pol = pol;
 	sc->srv.params.snaps = &wc->snaps;
 	sc->srv.params.rl = wc->rl;
@@ -759,6 +784,7 @@ smtp_svc_run(void *set, struct worker_ctx *wc)
 		log_error("smtp: %s", err);
 		rc = -1;
 	}
+	smtp_deliver_sieve_free(&sc->srv.deliver_sieve);
 	block_stop_signals(SIG_BLOCK);
 	return rc;
 }
