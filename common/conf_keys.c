@@ -85,6 +85,16 @@ const struct conf_key conf_keys[] = {
 	{ "pop3_timeout", "600", CT_TIME, NULL, 1, 3600 },	/* RFC 1939: at least 10 minutes idle */
 	{ "mail_max_userip_connections", "10", CT_INT, NULL, 0, 100000 },	/* per user and address */
 
+	/* IMAP4 front door (pop-imap-proxy/imap_server.c) on the Maildir store */
+	{ "imap_listen", "127.0.0.1:1143", CT_LIST, NULL, 0, 0 },
+	{ "imaps_listen", "", CT_LIST, NULL, 0, 0 },		/* implicit TLS (RFC 8314) */
+	{ "imap_banner", "$myhostname ready.", CT_STR, NULL, 0, 0 },
+	{ "imap_auth_mechanisms", "$auth_mechanisms", CT_LIST, NULL, 0, 0 },
+	{ "imap_max_connections", "1000", CT_INT, NULL, 1, 1000000 },
+	{ "imap_max_per_client", "50", CT_INT, NULL, 1, 100000 },	/* per client address */
+	{ "imap_login_timeout", "60", CT_TIME, NULL, 1, 3600 },	/* before login, per request */
+	{ "imap_idle_timeout", "30m", CT_TIME, NULL, 60, 86400 },	/* after login (RFC 3501: >= 30m) */
+
 	/* relay control */
 	{ "mydomains", "", CT_LIST, NULL, 0, 0 },
 	{ "postmaster_address", "", CT_STR, NULL, 0, 0 },	/* "": postmaster@ first mydomain */
