@@ -49,6 +49,7 @@
 #include "service/authcheck.h"
 #include "service/conn.h"
 #include "service/jobs.h"
+#include "service/userip.h"
 #include "service/users.h"
 #include "storage-adapter/mailstore.h"
 #include "storage-adapter/userdb.h"
@@ -72,13 +73,12 @@ struct server {
 	struct users users;
 	struct sasl_callbacks sasl_cb;
 	struct pop3_params params;
-	struct session *logged_in;	/* for mail_max_userip_connections */
+	struct userip *userip;		/* logged-in sessions per user and address */
 	int stopping;
 };
 
 struct session {
-	struct session *prev, *next;	/* in srv->logged_in once counted */
-	int counted;
+	int counted;		/* in srv->userip */
 	struct server *srv;
 	struct conn *c;
 	struct pop3_proto *pp;
@@ -425,12 +425,7 @@ uncount(struct session *s)
 {
 	if (!s->counted)
 		return;
-	if (s->prev)
-		s->prev->next = s->next;
-	else
-		s->srv->logged_in = s->next;
-	if (s->next)
-		s->next->prev = s->prev;
+	userip_release(s->srv->userip, s->user, conn_addr(s->c));
 	s->counted = 0;
 }
 
@@ -530,12 +525,6 @@ start_job(struct session *s, enum job_kind kind)
 	jobs_submit(s->srv->jobs, job_run, job_done, j);
 }
 
-static int
-same_addr(const struct ipaddr *a, const struct ipaddr *b)
-{
-	return a->family == b->family && a->v4 == b->v4 && a->hi == b->hi && a->lo == b->lo;
-}
-
 /* a login: mail_max_userip_connections, then the INBOX on a job thread */
 static void
 start_open(struct session *s)
@@ -544,10 +533,8 @@ start_open(struct session *s)
 	unsigned n = 0, max = s->srv->c->max_userip;
 
 	snprintf(s->user, sizeof(s->user), "%s", pop3_proto_user(s->pp));
-	if (addr != NULL && max > 0) {
-		for (struct session *o = s->srv->logged_in; o != NULL; o = o->next)
-			n += strcmp(o->user, s->user) == 0 && same_addr(conn_addr(o->c), addr);
-		if (n >= max) {
+	if (addr != NULL) {
+		if (!userip_acquire(s->srv->userip, s->user, addr, max, &n)) {
 			char text[200];
 
 			log_info("pop3: conn=%s %s: %u connections from the same address: refused",
@@ -557,13 +544,6 @@ start_open(struct session *s)
 			pop3_proto_open_refused(s->pp, text);
 			return;
 		}
-	}
-	if (addr != NULL) {
-		s->next = s->srv->logged_in;
-		if (s->next)
-			s->next->prev = s;
-		s->prev = NULL;
-		s->srv->logged_in = s;
 		s->counted = 1;
 	}
 	start_job(s, JOB_OPEN);
@@ -813,6 +793,7 @@ pop3_server_run(const int *fds, const enum pop3_listener_kind *kinds, size_t nfd
 		return -1;
 	}
 	s->cs = conn_server_new(s->base, &c->conn, &pop3_ops, s);
+	s->userip = userip_new();
 	s->jobs = jobs_new(s->base, "pop3-store", POP3_STORE_THREADS, 0);
 	s->auth = authcheck_new(s->base, "pop3", "login answered -ERR [SYS/TEMP]", POP3_AUTH_THREADS,
 	    POP3_AUTH_QUEUE, &c->penalty, c->ban, c->ban_arg);
@@ -839,6 +820,7 @@ pop3_server_run(const int *fds, const enum pop3_listener_kind *kinds, size_t nfd
 	jobs_free(&s->jobs);	/* jobs in flight finish and call back first */
 	authcheck_free(&s->auth);
 	conn_server_free(&s->cs);
+	userip_free(&s->userip);
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(sig_drain);
