@@ -145,6 +145,12 @@ SCRIPT = [
     b"l4 EXPUNGE",
     b"l5 CHECK",
     b"l8 FETCH 1 RFC822",
+    b"m1 SUBSCRIBE Old.2024",
+    b"m2 LIST \"\" (Sent Trash Old*) RETURN (SUBSCRIBED CHILDREN)",
+    b"m3 LIST (SUBSCRIBED) \"\" *",
+    b"m4 DELETE Old.2024",
+    b"m5 LIST (SUBSCRIBED RECURSIVEMATCH) \"\" *",
+    b"m6 LIST \"\" * RETURN (SUBSCRIBED)",
     b"l9 FETCH 1 FLAGS",
     b"g5 LOGOUT",
 ]

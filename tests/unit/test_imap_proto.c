@@ -344,7 +344,8 @@ static const struct icase icases[] = {
 	  "* STATUS Old (MESSAGES 2)\r\ns OK Status completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 0 UIDNEXT 3)\r\nt OK Status completed.\r\n"
 	  "u OK Unsubscribe completed.\r\n"
-	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\nv OK Lsub completed.\r\n"
+	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n* LSUB () \".\" Job.Projects\r\n"
+	  "v OK Lsub completed.\r\n"
 	  "w NO Can't rename mailbox under its own child.\r\nx OK Create completed.\r\n"
 	  "* LIST (\\HasNoChildren) \".\" \"a b\"\r\ny OK List completed.\r\n"
 	  "* BYE Logging out\r\nz OK Logout completed.\r\n" },
@@ -415,6 +416,19 @@ static const struct icase icases[] = {
 	  "c OK [APPENDUID {V:INBOX} 3] Append completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 3)\r\nd OK Status completed.\r\n"
 	  "* BYE Logging out\r\ne OK Logout completed.\r\n" },
+	{ "LIST-EXTENDED forms for SPECIAL-USE (RFC 6154)", P_OPEN,
+	  "a LOGIN alice secret\r\nb LIST (SPECIAL-USE) \"\" *\r\n"
+	  "c LIST \"\" (INBOX S*) RETURN (SPECIAL-USE CHILDREN)\r\nd LIST (BOGUS) \"\" *\r\n"
+	  "e LIST \"\" % RETURN (STATUS (MESSAGES))\r\nf LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "* LIST (\\Drafts) \".\" Drafts\r\n* LIST (\\Junk) \".\" Junk\r\n"
+	  "* LIST (\\Sent) \".\" Sent\r\n* LIST (\\Trash) \".\" Trash\r\nb OK List completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" INBOX\r\n* LIST (\\HasNoChildren \\Sent) \".\" Sent\r\n"
+	  "c OK List completed.\r\n"
+	  "d BAD Error in IMAP command LIST: Unknown select options.\r\n"
+	  "e BAD Error in IMAP command LIST: Unknown return options.\r\n"
+	  "* BYE Logging out\r\nf OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
