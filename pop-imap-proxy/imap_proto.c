@@ -145,6 +145,7 @@ struct imap_proto {
 	int idling;
 	unsigned bad_row;	/* BADs in a row, parser's and ours */
 	int logout_pending;
+	char *bye;		/* imap_proto_bye() during an exec */
 	/* output */
 	struct segq q, xq;
 	int close;
@@ -528,10 +529,13 @@ imap_proto_exec_done(struct imap_proto *p)
 		p->exec = NULL;
 		p->cmd = NULL;
 		p->after = NULL;
-		if (after != NULL)
+		if (after != NULL && !p->logout_pending)
 			after(p);
-		if (p->logout_pending)
+		if (p->logout_pending) {
+			if (p->bye != NULL)
+				reply(p, "* BYE %.200s", p->bye);
 			p->close = 1;
+		}
 	}
 }
 
@@ -582,6 +586,7 @@ imap_proto_free(struct imap_proto **pp)
 	mailstore_free(&p->ms);
 	free(p->tls_peer);
 	free(p->store_root);
+	free(p->bye);
 	segq_clear(&p->q);
 	segq_clear(&p->xq);
 	free(p);
@@ -1905,6 +1910,9 @@ void
 imap_proto_bye(struct imap_proto *p, const char *text)
 {
 	if (p->act == IMAP_ACT_EXEC) {
+		/* after the running exec: its output first */
+		free(p->bye);
+		p->bye = xstrdup(text ? text : "Server shutting down.");
 		p->logout_pending = 1;
 		return;
 	}

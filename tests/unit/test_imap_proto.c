@@ -599,6 +599,12 @@ test_imap_two_sessions(void)
 	imap_proto_bye(a, "Server shutting down.");
 	SAYS(a, "", "* BYE Server shutting down.\r\n");
 	CU_ASSERT(imap_proto_wants_close(a));
+	/* BYE while an exec runs: after its output */
+	(void)imap_proto_input(b, "9 NOOP\r\n", 8);
+	CU_ASSERT_EQUAL(imap_proto_action(b), IMAP_ACT_EXEC);
+	imap_proto_bye(b, "Going away.");
+	SAYS(b, "", "9 OK NOOP completed.\r\n* BYE Going away.\r\n");
+	CU_ASSERT(imap_proto_wants_close(b));
 	imap_proto_free(&a);
 	imap_proto_free(&b);
 	store_free(&e);
