@@ -2680,7 +2680,10 @@ x_search(struct imap_proto *p)
 			hits[nhits++] = c->uid ? m->uid : (uint32_t)(i + 1);
 		fmsg_close(&s.f);
 	}
-	if (ret & IMAP_SEARCH_RETURN_ESEARCH) {
+	if (ret == (IMAP_SEARCH_RETURN_ESEARCH | IMAP_SEARCH_RETURN_SAVE)) {
+		/* only SAVE: no ESEARCH line, as Dovecot (the result itself is not
+		 * kept: SEARCHRES is not offered) */
+	} else if (ret & IMAP_SEARCH_RETURN_ESEARCH) {
 		if ((ret & ~(IMAP_SEARCH_RETURN_ESEARCH | IMAP_SEARCH_RETURN_SAVE)) == 0)
 			ret |= IMAP_SEARCH_RETURN_ALL;
 		str_add(&b, "* ESEARCH (TAG \"%s\")%s", p->tag, c->uid ? " UID" : "");
@@ -2699,7 +2702,8 @@ x_search(struct imap_proto *p)
 		for (size_t i = 0; i < nhits; i++)
 			str_add(&b, " %u", (unsigned)hits[i]);
 	}
-	str_add(&b, "\r\n");
+	if (b.n > 0)
+		str_add(&b, "\r\n");
 	out_str(p, &b);
 	free(hits);
 	view_sync(p, c->uid);
