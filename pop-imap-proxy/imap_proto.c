@@ -1068,6 +1068,18 @@ view_sync(struct imap_proto *p, int expunge_ok)
 	}
 }
 
+/* the store's snapshot brought up to date without telling the client (that
+ * is view_sync's): a message another session expunged is then gone for
+ * COPY and STORE, as Dovecot answers NO [EXPUNGEISSUED] */
+static void
+box_refresh(struct imap_proto *p)
+{
+	const char *err;
+
+	if (p->box != NULL && mailstore_box_sync(p->box, &err) < 0)
+		err = NULL;	/* the old snapshot stays */
+}
+
 /* the message behind view entry I, or NULL when it is gone from the store */
 static const struct mailstore_msg *
 view_msg(struct imap_proto *p, size_t i)
@@ -2365,6 +2377,7 @@ x_store(struct imap_proto *p)
 		reply(p, "%s OK Store ignored with read-only mailbox.", p->tag);
 		return;
 	}
+	box_refresh(p);
 	for (size_t i = 0; i < p->nview; i++) {
 		const struct mailstore_msg *m;
 
@@ -2376,6 +2389,11 @@ x_store(struct imap_proto *p)
 		}
 		if (mailstore_msg_set_flags(p->box, p->view[i].uid, mode[c->store_mode], flags,
 		    kw, nkw, &err) < 0) {
+			box_refresh(p);
+			if (view_msg(p, i) == NULL) {
+				gone = 1;	/* expunged by another session meanwhile */
+				continue;
+			}
 			failed = 1;
 			break;
 		}
@@ -2531,6 +2549,7 @@ x_copy(struct imap_proto *p)
 	sel = cmd_select(p);
 	if (sel == NULL)
 		return;
+	box_refresh(p);
 	if (move && p->readonly) {
 		free(sel);
 		reply(p, "%s NO [READ-ONLY] Mailbox is read-only.", p->tag);
@@ -2553,6 +2572,7 @@ x_copy(struct imap_proto *p)
 			continue;
 		}
 		if (mailstore_msg_copy(p->box, p->view[i].uid, dst, &nu, &err) < 0) {
+			box_refresh(p);
 			if (view_msg(p, i) == NULL) {
 				gone = 1;
 				continue;
