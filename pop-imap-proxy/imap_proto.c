@@ -145,6 +145,7 @@ struct imap_proto {
 	int idling;
 	unsigned bad_row;	/* BADs in a row, parser's and ours */
 	int logout_pending;
+	char *bye;		/* imap_proto_bye() during an exec */
 	/* output */
 	struct segq q, xq;
 	int close;
@@ -528,10 +529,13 @@ imap_proto_exec_done(struct imap_proto *p)
 		p->exec = NULL;
 		p->cmd = NULL;
 		p->after = NULL;
-		if (after != NULL)
+		if (after != NULL && !p->logout_pending)
 			after(p);
-		if (p->logout_pending)
+		if (p->logout_pending) {
+			if (p->bye != NULL)
+				reply(p, "* BYE %.200s", p->bye);
 			p->close = 1;
+		}
 	}
 }
 
@@ -582,6 +586,7 @@ imap_proto_free(struct imap_proto **pp)
 	mailstore_free(&p->ms);
 	free(p->tls_peer);
 	free(p->store_root);
+	free(p->bye);
 	segq_clear(&p->q);
 	segq_clear(&p->xq);
 	free(p);
@@ -1068,6 +1073,18 @@ view_sync(struct imap_proto *p, int expunge_ok)
 	}
 }
 
+/* the store's snapshot brought up to date without telling the client (that
+ * is view_sync's): a message another session expunged is then gone for
+ * COPY and STORE, as Dovecot answers NO [EXPUNGEISSUED] */
+static void
+box_refresh(struct imap_proto *p)
+{
+	const char *err;
+
+	if (p->box != NULL && mailstore_box_sync(p->box, &err) < 0)
+		err = NULL;	/* the old snapshot stays */
+}
+
 /* the message behind view entry I, or NULL when it is gone from the store */
 static const struct mailstore_msg *
 view_msg(struct imap_proto *p, size_t i)
@@ -1269,27 +1286,20 @@ names_have_implied(char *const *v, size_t n, const char *name)
 	return 0;
 }
 
+/* LSUB: the subscriptions (Dovecot's file) matching the pattern */
 static void
-x_list(struct imap_proto *p)
+x_lsub(struct imap_proto *p)
 {
 	const struct imap_cmd *c = p->cmd;
-	int lsub = strcmp(c->name, "LSUB") == 0;
 	const char *ref, *pat, *err;
 	char **names = NULL, *pattern;
 	size_t n = 0;
 
 	if (name_arg(&c->args[0], &ref) < 0 || name_arg(&c->args[1], &pat) < 0) {
-		reply(p, "%s OK %s completed.", p->tag, lsub ? "Lsub" : "List");
+		reply(p, "%s OK Lsub completed.", p->tag);
 		return;
 	}
-	if (*pat == '\0' && !lsub) {
-		/* the hierarchy separator */
-		reply(p, "* LIST (\\Noselect) \".\" \"\"");
-		reply(p, "%s OK List completed.", p->tag);
-		return;
-	}
-	if ((lsub ? mailstore_subscriptions(p->ms, &names, &n, &err) :
-	    mailstore_folders(p->ms, &names, &n, &err)) < 0) {
+	if (mailstore_subscriptions(p->ms, &names, &n, &err) < 0) {
 		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
 		return;
 	}
@@ -1299,7 +1309,7 @@ x_list(struct imap_proto *p)
 		pattern = name_norm(raw);
 		free(raw);
 	}
-	if (lsub) {
+	{
 		/* subscribed names; a parent that only a '%' reaches is \Noselect */
 		char **told = xcalloc(2 * n + 1, sizeof(*told));
 		size_t nt = 0;
@@ -1326,63 +1336,166 @@ x_list(struct imap_proto *p)
 		}
 		mailstore_names_free(&told, nt);
 	}
-	if (!lsub) {
-		/* a parent only its children imply (.A.B.C without .A.B): \Noselect */
-		size_t n0 = n;
+	free(pattern);
+	mailstore_names_free(&names, n);
+	reply(p, "%s OK Lsub completed.", p->tag);
+}
 
-		for (size_t i = 0; i < n0 && n < MAX_MAILSTORE_FOLDERS; i++) {
-			char *name = xstrdup(names[i]), *dot;
+/*
+ * LIST, with the LIST-EXTENDED forms (RFC 5258) clients send for
+ * SPECIAL-USE (RFC 6154): selection (SUBSCRIBED SPECIAL-USE
+ * RECURSIVEMATCH), several patterns, RETURN (SUBSCRIBED CHILDREN
+ * SPECIAL-USE)
+ */
+static void
+x_list_ext(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	const struct imap_arg *a = c->args;
+	size_t na = c->nargs, i = 0, npat = 0, n = 0, ns = 0;
+	int sel_sub = 0, sel_su = 0, ret_sub = 0, ret_children = 0, ret_su = 0, ext;
+	const char *ref, *err;
+	char *pats[IMAP_LIST_MAX > 64 ? 64 : IMAP_LIST_MAX], **names = NULL, **subs = NULL;
+	const struct imap_arg *pl;
+	size_t npl;
 
-			while ((dot = strrchr(name, '.')) != NULL) {
-				*dot = '\0';
-				if (!names_have(names, n, name) && !names_have_implied(names, n, name)) {
-					names = xreallocarray(names, n + 2, sizeof(*names));
-					names[n++] = xasprintf("\001%s", name);
-					names[n] = NULL;
-				}
+	if (na > 0 && a[0].type == IMAP_ARG_LIST) {
+		for (size_t k = 0; k < a[0].count; k++) {
+			const char *o = a[0].list[k].str;
+
+			if (a[0].list[k].type != IMAP_ARG_ATOM)
+				o = "";
+			if (strcasecmp(o, "SUBSCRIBED") == 0)
+				sel_sub = 1;
+			else if (strcasecmp(o, "SPECIAL-USE") == 0)
+				sel_su = 1;
+			else if (strcasecmp(o, "RECURSIVEMATCH") != 0 && strcasecmp(o, "REMOTE") != 0) {
+				reply(p, "%s BAD Error in IMAP command LIST: Unknown select options.", p->tag);
+				return;
 			}
-			free(name);
+		}
+		i = 1;
+	}
+	if (i + 3 < na && a[i + 3].type == IMAP_ARG_LIST) {
+		const struct imap_arg *r = &a[i + 3];
+
+		for (size_t k = 0; k < r->count; k++) {
+			const char *o = r->list[k].type == IMAP_ARG_ATOM ? r->list[k].str : "";
+
+			if (strcasecmp(o, "SUBSCRIBED") == 0)
+				ret_sub = 1;
+			else if (strcasecmp(o, "CHILDREN") == 0)
+				ret_children = 1;
+			else if (strcasecmp(o, "SPECIAL-USE") == 0)
+				ret_su = 1;
+			else {
+				reply(p, "%s BAD Error in IMAP command LIST: Unknown return options.", p->tag);
+				return;
+			}
 		}
 	}
-	for (size_t i = 0; !lsub && i < n; i++) {
-		char attrs[64];
-		int implied = names[i][0] == '\001';
-		const char *nm = names[i] + implied;
+	if (name_arg(&a[i], &ref) < 0) {
+		reply(p, "%s OK List completed.", p->tag);
+		return;
+	}
+	/* the extended syntax: children and special-use only when asked, a
+	 * parent only children imply is \NonExistent (as Dovecot) */
+	ext = i == 1 || na > i + 2 || a[i + 1].type == IMAP_ARG_LIST;
+	pl = a[i + 1].type == IMAP_ARG_LIST ? a[i + 1].list : &a[i + 1];
+	npl = a[i + 1].type == IMAP_ARG_LIST ? a[i + 1].count : 1;
+	for (size_t k = 0; k < npl && npat < sizeof(pats) / sizeof(pats[0]); k++) {
+		const char *pat;
+		char *raw;
+
+		if (name_arg(&pl[k], &pat) < 0)
+			continue;
+		if (*pat == '\0' && npl == 1 && i == 0 && na == 2) {
+			/* the hierarchy separator */
+			reply(p, "* LIST (\\Noselect) \".\" \"\"");
+			reply(p, "%s OK List completed.", p->tag);
+			return;
+		}
+		raw = xasprintf("%s%s", ref, pat);
+		pats[npat++] = name_norm(raw);
+		free(raw);
+	}
+	if (mailstore_folders(p->ms, &names, &n, &err) < 0 ||
+	    ((sel_sub || ret_sub) && mailstore_subscriptions(p->ms, &subs, &ns, &err) < 0)) {
+		mailstore_names_free(&names, n);
+		for (size_t k = 0; k < npat; k++)
+			free(pats[k]);
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+		return;
+	}
+	/* a parent only its children imply (.A.B.C without .A.B): \Noselect */
+	for (size_t k = 0, n0 = n; k < n0 && n < MAX_MAILSTORE_FOLDERS; k++) {
+		char *name = xstrdup(names[k]), *dot;
+
+		while ((dot = strrchr(name, '.')) != NULL) {
+			*dot = '\0';
+			if (!names_have(names, n, name) && !names_have_implied(names, n, name)) {
+				names = xreallocarray(names, n + 2, sizeof(*names));
+				names[n++] = xasprintf("\001%s", name);
+				names[n] = NULL;
+			}
+		}
+		free(name);
+	}
+	/* SUBSCRIBED selects subscriptions, also of folders that are gone */
+	for (size_t k = 0; sel_sub && k < ns && n < MAX_MAILSTORE_FOLDERS; k++) {
+		if (!names_have(names, n, subs[k])) {
+			names = xreallocarray(names, n + 2, sizeof(*names));
+			names[n++] = xasprintf("\002%s", subs[k]);
+			names[n] = NULL;
+		}
+	}
+	for (size_t k = 0; k < n; k++) {
+		int implied = names[k][0] == '\001', gone = names[k][0] == '\002';
+		const char *nm = names[k] + (implied || gone);
 		size_t len = strlen(nm);
-		int children = implied;
+		int children = implied, sub, match = 0;
 		const char *su;
+		char attrs[128];
 		struct str b = { 0 };
 
-		if (!imap_list_match(pattern, nm))
+		for (size_t q = 0; q < npat && !match; q++)
+			match = imap_list_match(pats[q], nm);
+		if (!match)
 			continue;
-		for (size_t k = 0; k < n && !children; k++) {
-			const char *o = names[k] + (names[k][0] == '\001');
+		sub = subs != NULL && names_have(subs, ns, nm);
+		su = implied || gone ? NULL : special_use(nm);
+		if ((sel_sub && !sub) || (sel_su && su == NULL))
+			continue;
+		for (size_t q = 0; q < n && !children && !gone; q++) {
+			const char *o = names[q] + (names[q][0] == '\001' || names[q][0] == '\002');
 
-			if (strncmp(o, nm, len) == 0 && o[len] == '.')
+			if (names[q][0] != '\002' && strncmp(o, nm, len) == 0 && o[len] == '.')
 				children = 1;
 		}
-		su = implied ? NULL : special_use(nm);
-		snprintf(attrs, sizeof(attrs), "%s%s%s%s", implied ? "\\Noselect " : "",
-		    children ? "\\HasChildren" : "\\HasNoChildren", su ? " " : "", su ? su : "");
-		str_add(&b, "* LIST (%s) \".\" ", attrs);
+		if (ext && !sel_su && !ret_su)
+			su = NULL;
+		snprintf(attrs, sizeof(attrs), "%s%s%s%s%s", implied ? (ext ? " \\NonExistent" :
+		    " \\Noselect") : "", sub ? " \\Subscribed" : "", gone ? " \\NonExistent" : "",
+		    gone || (ext && !ret_children) ? "" : children ? " \\HasChildren" :
+		    " \\HasNoChildren", su ? " " : "");
+		if (su != NULL)
+			snprintf(attrs + strlen(attrs), sizeof(attrs) - strlen(attrs), "%s", su);
+		str_add(&b, "* LIST (%s) \".\" ", attrs[0] == ' ' ? attrs + 1 : attrs);
 		name_str(&b, nm);
 		str_addn(&b, "\r\n", 2);
 		out_str(p, &b);
 	}
-	free(pattern);
+	for (size_t k = 0; k < npat; k++)
+		free(pats[k]);
 	mailstore_names_free(&names, n);
-	reply(p, "%s OK %s completed.", p->tag, lsub ? "Lsub" : "List");
+	mailstore_names_free(&subs, ns);
+	reply(p, "%s OK List completed.", p->tag);
 }
 
 static void
 c_list(struct imap_proto *p, const struct imap_cmd *c)
 {
-	if (c->nargs != 2 || c->args[0].type == IMAP_ARG_LIST ||
-	    c->args[1].type == IMAP_ARG_LIST) {
-		reply(p, "%s NO [CANNOT] LIST-EXTENDED is not supported.", c->tag);
-		return;
-	}
-	want_exec(p, c, x_list);
+	want_exec(p, c, strcmp(c->name, "LSUB") == 0 ? x_lsub : x_list_ext);
 }
 
 /* ---- CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, STATUS ---- */
@@ -1476,8 +1589,8 @@ x_delete(struct imap_proto *p)
 		if (mailstore_folder_delete(p->ms, name, &err) < 0) {
 			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
 		} else {
-			if (mailstore_subscribe(p->ms, name, 0, &err) < 0)
-				err = NULL;	/* the folder is gone; a stale subscription is harmless */
+			/* the subscription stays, as Dovecot keeps it (LIST shows it
+			 * \NonExistent) */
 			done_sync(p);
 			reply(p, "%s OK Delete completed.", p->tag);
 		}
@@ -1814,6 +1927,9 @@ void
 imap_proto_bye(struct imap_proto *p, const char *text)
 {
 	if (p->act == IMAP_ACT_EXEC) {
+		/* after the running exec: its output first */
+		free(p->bye);
+		p->bye = xstrdup(text ? text : "Server shutting down.");
 		p->logout_pending = 1;
 		return;
 	}
@@ -2266,6 +2382,7 @@ x_store(struct imap_proto *p)
 		reply(p, "%s OK Store ignored with read-only mailbox.", p->tag);
 		return;
 	}
+	box_refresh(p);
 	for (size_t i = 0; i < p->nview; i++) {
 		const struct mailstore_msg *m;
 
@@ -2277,6 +2394,11 @@ x_store(struct imap_proto *p)
 		}
 		if (mailstore_msg_set_flags(p->box, p->view[i].uid, mode[c->store_mode], flags,
 		    kw, nkw, &err) < 0) {
+			box_refresh(p);
+			if (view_msg(p, i) == NULL) {
+				gone = 1;	/* expunged by another session meanwhile */
+				continue;
+			}
 			failed = 1;
 			break;
 		}
@@ -2432,6 +2554,7 @@ x_copy(struct imap_proto *p)
 	sel = cmd_select(p);
 	if (sel == NULL)
 		return;
+	box_refresh(p);
 	if (move && p->readonly) {
 		free(sel);
 		reply(p, "%s NO [READ-ONLY] Mailbox is read-only.", p->tag);
@@ -2454,6 +2577,7 @@ x_copy(struct imap_proto *p)
 			continue;
 		}
 		if (mailstore_msg_copy(p->box, p->view[i].uid, dst, &nu, &err) < 0) {
+			box_refresh(p);
 			if (view_msg(p, i) == NULL) {
 				gone = 1;
 				continue;
@@ -2581,7 +2705,10 @@ x_search(struct imap_proto *p)
 			hits[nhits++] = c->uid ? m->uid : (uint32_t)(i + 1);
 		fmsg_close(&s.f);
 	}
-	if (ret & IMAP_SEARCH_RETURN_ESEARCH) {
+	if (ret == (IMAP_SEARCH_RETURN_ESEARCH | IMAP_SEARCH_RETURN_SAVE)) {
+		/* only SAVE: no ESEARCH line, as Dovecot (the result itself is not
+		 * kept: SEARCHRES is not offered) */
+	} else if (ret & IMAP_SEARCH_RETURN_ESEARCH) {
 		if ((ret & ~(IMAP_SEARCH_RETURN_ESEARCH | IMAP_SEARCH_RETURN_SAVE)) == 0)
 			ret |= IMAP_SEARCH_RETURN_ALL;
 		str_add(&b, "* ESEARCH (TAG \"%s\")%s", p->tag, c->uid ? " UID" : "");
@@ -2600,7 +2727,8 @@ x_search(struct imap_proto *p)
 		for (size_t i = 0; i < nhits; i++)
 			str_add(&b, " %u", (unsigned)hits[i]);
 	}
-	str_add(&b, "\r\n");
+	if (b.n > 0)
+		str_add(&b, "\r\n");
 	out_str(p, &b);
 	free(hits);
 	view_sync(p, c->uid);

@@ -19,8 +19,11 @@
 
 #define USER "alice@example.com"
 
-static char root[] = "/tmp/fuzz-imap-XXXXXX";
+static char root[64];
 static int ready;
+static unsigned runs;	/* the store is made afresh every STORE_RUNS inputs: COPY and
+			   APPEND grow it, and a slower fuzzer finds less */
+#define STORE_RUNS 200
 
 static int
 t_lookup(void *arg, const char *login, struct sasl_user *r)
@@ -60,6 +63,7 @@ setup(void)
 	const char *msgs[] = { "Subject: a\n\n.x\nbody\n", "S: b\r\n\r\n1\r\n2\r\n", "x" };
 	const char *users[] = { USER }, *err;
 
+	snprintf(root, sizeof(root), "/tmp/fuzz-imap-XXXXXX");
 	if (mkdtemp(root) == NULL || sasl_init(&err) < 0)
 		abort();
 	for (int i = 0; i < 3; i++) {
@@ -93,6 +97,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data0, size_t size0)
 	size_t off = 2, k = 0;
 	unsigned bits;
 
+	if (ready && ++runs % STORE_RUNS == 0) {
+		char cmd[128];
+
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+		if (system(cmd) != 0)
+			abort();
+		ready = 0;
+	}
 	if (!ready)
 		setup();
 	if (size < 2)

@@ -344,7 +344,8 @@ static const struct icase icases[] = {
 	  "* STATUS Old (MESSAGES 2)\r\ns OK Status completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 0 UIDNEXT 3)\r\nt OK Status completed.\r\n"
 	  "u OK Unsubscribe completed.\r\n"
-	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\nv OK Lsub completed.\r\n"
+	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n* LSUB () \".\" Job.Projects\r\n"
+	  "v OK Lsub completed.\r\n"
 	  "w NO Can't rename mailbox under its own child.\r\nx OK Create completed.\r\n"
 	  "* LIST (\\HasNoChildren) \".\" \"a b\"\r\ny OK List completed.\r\n"
 	  "* BYE Logging out\r\nz OK Logout completed.\r\n" },
@@ -415,6 +416,19 @@ static const struct icase icases[] = {
 	  "c OK [APPENDUID {V:INBOX} 3] Append completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 3)\r\nd OK Status completed.\r\n"
 	  "* BYE Logging out\r\ne OK Logout completed.\r\n" },
+	{ "LIST-EXTENDED forms for SPECIAL-USE (RFC 6154)", P_OPEN,
+	  "a LOGIN alice secret\r\nb LIST (SPECIAL-USE) \"\" *\r\n"
+	  "c LIST \"\" (INBOX S*) RETURN (SPECIAL-USE CHILDREN)\r\nd LIST (BOGUS) \"\" *\r\n"
+	  "e LIST \"\" % RETURN (STATUS (MESSAGES))\r\nf LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "* LIST (\\Drafts) \".\" Drafts\r\n* LIST (\\Junk) \".\" Junk\r\n"
+	  "* LIST (\\Sent) \".\" Sent\r\n* LIST (\\Trash) \".\" Trash\r\nb OK List completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" INBOX\r\n* LIST (\\HasNoChildren \\Sent) \".\" Sent\r\n"
+	  "c OK List completed.\r\n"
+	  "d BAD Error in IMAP command LIST: Unknown select options.\r\n"
+	  "e BAD Error in IMAP command LIST: Unknown return options.\r\n"
+	  "* BYE Logging out\r\nf OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
@@ -560,10 +574,15 @@ test_imap_two_sessions(void)
 	SAYS(a, "3 NOOP\r\n", "* 1 FETCH (FLAGS (\\Seen \\Recent))\r\n3 OK NOOP completed.\r\n");
 	SAYS(b, "4 STORE 2 +FLAGS.SILENT (\\Deleted)\r\n5 EXPUNGE\r\n",
 	    "4 OK Store completed.\r\n* 2 EXPUNGE\r\n5 OK Expunge completed.\r\n");
-	/* by sequence number: no EXPUNGE now; what the snapshot knows is still
-	 * answered (as Dovecot answers from its index), a later sync hides it */
+	/* COPY of what the other session expunged: EXPUNGEISSUED, not SERVERBUG
+	 * (test_imap_stress found it) */
+	SAYS(a, "3b COPY 2 Archive\r\n3c STORE 2 +FLAGS (\\Flagged)\r\n",
+	    "3b NO [EXPUNGEISSUED] Some of the requested messages no longer exist.\r\n"
+	    "3c NO [EXPUNGEISSUED] Some of the requested messages no longer exist.\r\n");
+	/* by sequence number: no EXPUNGE now, the gone message is reported */
 	SAYS(a, "4 FETCH 1:2 UID\r\n5 STORE 1 -FLAGS.SILENT (\\Seen)\r\n6 SEARCH ALL\r\n",
-	    "* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2)\r\n4 OK Fetch completed.\r\n"
+	    "* 1 FETCH (UID 1)\r\n"
+	    "4 NO [EXPUNGEISSUED] Some of the requested messages no longer exist.\r\n"
 	    "5 OK Store completed.\r\n* SEARCH 1\r\n6 OK Search completed.\r\n");
 	SAYS(a, "7 CHECK\r\n", "* 2 EXPUNGE\r\n* 1 RECENT\r\n7 OK Check completed.\r\n");
 	SAYS(b, "6 NOOP\r\n", "* 1 FETCH (FLAGS ())\r\n6 OK NOOP completed.\r\n");
@@ -585,6 +604,12 @@ test_imap_two_sessions(void)
 	imap_proto_bye(a, "Server shutting down.");
 	SAYS(a, "", "* BYE Server shutting down.\r\n");
 	CU_ASSERT(imap_proto_wants_close(a));
+	/* BYE while an exec runs: after its output */
+	(void)imap_proto_input(b, "9 NOOP\r\n", 8);
+	CU_ASSERT_EQUAL(imap_proto_action(b), IMAP_ACT_EXEC);
+	imap_proto_bye(b, "Going away.");
+	SAYS(b, "", "9 OK NOOP completed.\r\n* BYE Going away.\r\n");
+	CU_ASSERT(imap_proto_wants_close(b));
 	imap_proto_free(&a);
 	imap_proto_free(&b);
 	store_free(&e);
@@ -682,6 +707,85 @@ test_imap_batches(void)
 	store_free(&e);
 }
 
+/* four sessions on one folder doing random STORE, COPY, MOVE, EXPUNGE,
+ * APPEND and FETCH in turns: afterwards every session, after a NOOP, sees
+ * the same UIDs and flags as a fresh one (the store is the model) */
+static void
+test_imap_stress(void)
+{
+	struct imap_params prm = P_OPEN;
+	struct imap_proto *s[4];
+	struct env e;
+	char *want = NULL, *junk;
+	unsigned seed = 12345;
+
+	store_make(&e);
+	prm.store_root = e.root;
+	for (int i = 0; i < 4; i++) {
+		s[i] = imap_proto_new(&prm);
+		imap_proto_start(s[i]);
+		junk = say(s[i], &e, "1 LOGIN alice secret\r\n2 SELECT INBOX\r\n");
+		free(junk);
+	}
+	for (int step = 0; step < 300; step++) {
+		static const char *const ops[] = {
+			"x STORE 1:3 +FLAGS (\\Seen $A)\r\n", "x UID STORE 1:* -FLAGS.SILENT ($A)\r\n",
+			"x STORE 2 +FLAGS.SILENT (\\Deleted)\r\n", "x EXPUNGE\r\n", "x COPY 1:2 INBOX\r\n",
+			"x MOVE 1 Archive\r\n", "x APPEND INBOX (\\Flagged) {9+}\r\nSubject: \r\n",
+			"x FETCH 1:* (UID FLAGS BODY.PEEK[HEADER])\r\n", "x SEARCH ALL\r\n", "x NOOP\r\n",
+			"x UID EXPUNGE 1:5\r\n", "x CLOSE\r\nx SELECT INBOX\r\n",
+		};
+		unsigned who, op;
+
+		seed = seed * 1103515245u + 12345u;
+		who = (seed >> 16) % 4;
+		seed = seed * 1103515245u + 12345u;
+		op = (seed >> 16) % (sizeof(ops) / sizeof(ops[0]));
+		if (step % 37 == 0)
+			deliver(&e, "Subject: d\n\nx\n");
+		junk = say(s[who], &e, ops[op]);
+		if ((strstr(junk, " BAD ") != NULL && strstr(junk, "Invalid messageset") == NULL) ||
+		    strstr(junk, "SERVERBUG") != NULL || strstr(junk, "LIMIT") != NULL) {
+			fprintf(stderr, "\nstress step %d session %u: %s-> %s", step, who, ops[op], junk);
+			CU_FAIL("BAD or SERVERBUG");
+		}
+		free(junk);
+	}
+	/* a fresh session is the model */
+	{
+		struct imap_proto *f = imap_proto_new(&prm);
+
+		imap_proto_start(f);
+		junk = say(f, &e, "1 LOGIN alice secret\r\n2 EXAMINE INBOX\r\n");
+		free(junk);
+		want = say(f, &e, "3 UID FETCH 1:* (FLAGS)\r\n");
+		imap_proto_free(&f);
+	}
+	for (int i = 0; i < 4; i++) {
+		char *got;
+
+		junk = say(s[i], &e, "8 NOOP\r\n");
+		free(junk);
+		got = say(s[i], &e, "3 UID FETCH 1:* (FLAGS)\r\n");
+		/* \Recent differs per session: compare without it */
+		for (char *r; (r = strstr(got, "\\Recent")) != NULL;) {
+			size_t k = 7 + (r[7] == ' ');
+
+			if (r > got && r[-1] == ' ' && r[7] != ' ')
+				r--, k++;
+			memmove(r, r + k, strlen(r + k) + 1);
+		}
+		if (strcmp(got, want) != 0) {
+			fprintf(stderr, "\nsession %d:\n--- got\n%s--- want\n%s", i, got, want);
+			CU_FAIL("a session's view differs from the store");
+		}
+		free(got);
+		imap_proto_free(&s[i]);
+	}
+	free(want);
+	store_free(&e);
+}
+
 static void
 test_imap_dialogues(void)
 {
@@ -741,6 +845,7 @@ static CU_TestInfo tests[] = {
 	{ "LIST patterns", test_imap_list_match },
 	{ "two sessions, one folder: FETCH FLAGS, EXPUNGE, IDLE", test_imap_two_sessions },
 	{ "a 1 MB APPEND in 64 KiB writes, FETCH in batches", test_imap_batches },
+	{ "four sessions, random commands: every view ends as the store", test_imap_stress },
 	{ NULL, NULL },
 };
 
