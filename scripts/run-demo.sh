@@ -23,9 +23,11 @@ if ! $pc user list 2>/dev/null | grep -q '^demo@example.com$'; then
 	echo "created user demo@example.com (password: demo-password)"
 fi
 cat <<EOT
-portcullisd: SMTP gateway on 127.0.0.1:2525, milter on 127.0.0.1:8891, state in $top/run
+portcullisd: SMTP gateway on 127.0.0.1:2525, IMAP on 127.0.0.1:1143, milter on 127.0.0.1:8891,
+state in $top/run
   send a message:  swaks --server 127.0.0.1:2525 --to demo@example.com --from you@example.org
   it lands in:     $top/run/mail/example.com/demo/Maildir/new/
+  read it:         curl -u demo@example.com:demo-password 'imap://127.0.0.1:1143/INBOX/;UID=1'
   kill list:       $pc kill add 192.0.2.1
   by country:      $pc kill add country:XX   (client countries from $geo)
   dry run:         $pc explain --client 198.51.100.7 --from a@example.org --rcpt b@example.net

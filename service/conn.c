@@ -88,6 +88,7 @@ struct conn {
 	int replied;			/* a reply went out: the next request begins */
 	size_t in_seen;			/* input bytes already counted for the deadline */
 	long long armed_due;
+	unsigned timeout;		/* conn_set_timeout(); 0: the server's */
 };
 
 static void read_cb(struct bufferevent *bev, void *arg);
@@ -101,8 +102,9 @@ static unsigned
 conn_timeout(const struct conn *c)
 {
 	const struct conn_server_conf *k = c->srv->cf;
+	unsigned t = c->timeout ? c->timeout : k->timeout;
 
-	return c->srv->stress && k->stress_timeout < k->timeout ? k->stress_timeout : k->timeout;
+	return c->srv->stress && k->stress_timeout < t ? k->stress_timeout : t;
 }
 
 static void
@@ -417,6 +419,17 @@ read_cb(struct bufferevent *bev, void *arg)
 		deadline_read(&c->dl, len - c->in_seen,
 		    c->srv->ops->in_message != NULL && c->srv->ops->in_message(c), deadline_now_ms());
 	conn_feed(c);
+}
+
+void
+conn_set_timeout(struct conn *c, unsigned seconds)
+{
+	c->timeout = seconds;
+	if (c->dead || c->closing)
+		return;
+	set_write_timeout(c);
+	c->armed_due = 0;
+	arm_timer(c);
 }
 
 void

@@ -84,6 +84,9 @@ main(void)
 	test_imap_parser_register();
 	test_pop3_proto_register();
 	test_conn_register();
+	test_userip_register();
+	test_imap_mime_register();
+	test_imap_search_register();
 	test_imap_proto_register();
 	test_dotstuff_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);
