@@ -227,7 +227,7 @@ fuzz:
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-sasl tests/fuzz/fuzz_sasl.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap tests/fuzz/fuzz_imap.c pop-imap-proxy/imap_parser.c common/xmalloc.c
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-pop3 tests/fuzz/fuzz_pop3.c pop-imap-proxy/pop3_proto.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
-	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap-proto tests/fuzz/fuzz_imap_proto.c pop-imap-proxy/imap_proto.c pop-imap-proxy/imap_parser.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags gmime-3.0) -o build/fuzz/fuzz-imap-proto tests/fuzz/fuzz_imap_proto.c pop-imap-proxy/imap_proto.c pop-imap-proxy/imap_parser.c pop-imap-proxy/imap_mime.c pop-imap-proxy/imap_search.c $(FUZZ_LIB_SRC) $(LIBS_LIB) $(LIBS_GMIME) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-readers tests/fuzz/fuzz_readers.c common/dotstuff.c \
 	    common/linereader.c common/xmalloc.c common/log.c -pthread
 	@mkdir -p build/fuzz/corpus-smtp-sieve

@@ -39,7 +39,9 @@
 
 #include "common/base64.h"
 #include "common/xmalloc.h"
+#include "pop-imap-proxy/imap_mime.h"
 #include "pop-imap-proxy/imap_parser.h"
+#include "pop-imap-proxy/imap_search.h"
 #include "storage-adapter/mailstore.h"
 
 #define IMAP_AUTH_LINE_MAX 12288
@@ -55,13 +57,25 @@ enum imap_state { ST_NEW, ST_NOAUTH, ST_AUTH, ST_SELECTED, ST_LOGOUT };
 #define IN_ANY		(IN_NOAUTH | IN_AUTH | IN_SELECTED)
 #define IN_LOGGED	(IN_AUTH | IN_SELECTED)
 
+/* a parsed message shared by the section segments of one FETCH response */
+struct mref {
+	struct imap_mime *m;
+	unsigned refs;
+};
+
+enum seg_kind { SEG_BYTES, SEG_FILE, SEG_GEN };
+
 struct seg {
-	char *buf;		/* bytes; NULL for a file range */
+	enum seg_kind kind;
+	char *buf;		/* bytes; SEG_GEN: the piece being sent */
 	size_t len, off, cap;
-	int fd;
+	int fd;			/* SEG_FILE */
 	off_t offset;
 	uint64_t flen;
 	int crlf;
+	struct mref *mr;	/* SEG_GEN: a converted section, made as it is sent */
+	struct imap_mime_section sec;
+	uint64_t pos;
 };
 
 struct segq {
@@ -168,6 +182,18 @@ seg_push(struct segq *q)
 }
 
 static void
+mref_unref(struct mref **rp)
+{
+	struct mref *r = *rp;
+
+	*rp = NULL;
+	if (r != NULL && --r->refs == 0) {
+		imap_mime_free(&r->m);
+		free(r);
+	}
+}
+
+static void
 seg_free(struct seg *s)
 {
 	free(s->buf);
@@ -175,6 +201,10 @@ seg_free(struct seg *s)
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
+	if (s->kind == SEG_GEN) {
+		imap_mime_section_deinit(&s->sec);
+		mref_unref(&s->mr);
+	}
 }
 
 static void
@@ -192,8 +222,9 @@ out_add(struct imap_proto *p, const char *s, size_t n)
 	struct segq *q = curq(p);
 	struct seg *g = q->n > q->head ? &q->v[q->n - 1] : NULL;
 
-	if (g == NULL || g->buf == NULL || g->len + n > SEG_BYTES_MAX) {
+	if (g == NULL || g->kind != SEG_BYTES || g->len + n > SEG_BYTES_MAX) {
 		g = seg_push(q);
+		g->kind = SEG_BYTES;
 		g->cap = n > 1024 ? n : 1024;
 		g->buf = xmalloc(g->cap);
 	}
@@ -217,11 +248,29 @@ out_file(struct imap_proto *p, int fd, off_t offset, uint64_t len, int crlf)
 	struct segq *q = curq(p);
 	struct seg *g = seg_push(q);
 
+	g->kind = SEG_FILE;
 	g->fd = fd;
 	g->offset = offset;
 	g->flen = len;
 	g->crlf = crlf;
 	q->bytes += len;
+	q->files++;
+}
+
+/* a section made as it is sent (LF -> CRLF, NUL -> 0x80, HEADER.FIELDS): SEC is the queue's */
+static void
+out_gen(struct imap_proto *p, struct mref *mr, struct imap_mime_section *sec)
+{
+	struct segq *q = curq(p);
+	struct seg *g = seg_push(q);
+
+	g->kind = SEG_GEN;
+	g->mr = mr;
+	mr->refs++;
+	g->sec = *sec;
+	memset(sec, 0, sizeof(*sec));
+	g->flen = g->sec.size;
+	q->bytes += g->flen;
 	q->files++;
 }
 
@@ -307,6 +356,8 @@ out_str(struct imap_proto *p, struct str *b)
 	memset(b, 0, sizeof(*b));
 }
 
+#define GEN_PIECE (64u << 10)
+
 int
 imap_proto_output_segment(struct imap_proto *p, struct imap_segment *r)
 {
@@ -315,19 +366,32 @@ imap_proto_output_segment(struct imap_proto *p, struct imap_segment *r)
 	while (q->head < q->n) {
 		struct seg *g = &q->v[q->head];
 
-		if (g->buf != NULL && g->off == g->len) {
-			seg_free(g);
-			q->head++;
-			continue;
+		if (g->kind == SEG_GEN && g->off == g->len && g->pos < g->sec.size) {
+			/* the next piece of a converted section (reads the mapped file) */
+			if (g->buf == NULL)
+				g->buf = xmalloc(GEN_PIECE);
+			g->len = imap_mime_section_read(g->mr->m, &g->sec, g->pos, g->buf, GEN_PIECE);
+			g->off = 0;
+			g->pos += g->len;
+			if (g->len == 0) {
+				/* shorter than promised (cannot be): pad the literal */
+				memset(g->buf, ' ', GEN_PIECE);
+				g->len = g->sec.size - g->pos < GEN_PIECE ?
+				    (size_t)(g->sec.size - g->pos) : GEN_PIECE;
+				g->pos += g->len;
+			}
 		}
-		if (g->buf == NULL && g->flen == 0) {
+		if ((g->kind != SEG_FILE && g->off == g->len &&
+		    (g->kind == SEG_BYTES || g->pos >= g->sec.size)) ||
+		    (g->kind == SEG_FILE && g->flen == 0)) {
+			if (g->kind != SEG_BYTES)
+				q->files--;
 			seg_free(g);
-			q->files--;
 			q->head++;
 			continue;
 		}
 		memset(r, 0, sizeof(*r));
-		if (g->buf != NULL) {
+		if (g->kind != SEG_FILE) {
 			r->data = g->buf + g->off;
 			r->len = g->len - g->off;
 			r->fd = -1;
@@ -353,12 +417,14 @@ imap_proto_output_done(struct imap_proto *p, size_t n)
 	if (!imap_proto_output_segment(p, &s))
 		return;
 	g = &q->v[q->head];
-	if (g->buf != NULL) {
+	if (g->kind != SEG_FILE) {
 		if (n > g->len - g->off)
 			n = g->len - g->off;
 		g->off += n;
 		q->bytes -= n;
-		if (g->off == g->len) {
+		if (g->off == g->len && (g->kind == SEG_BYTES || g->pos >= g->sec.size)) {
+			if (g->kind != SEG_BYTES)
+				q->files--;
 			seg_free(g);
 			q->head++;
 		}
@@ -541,7 +607,7 @@ mech_usable(const struct imap_proto *p, unsigned m)
 }
 
 #define CAPS_COMMON "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
-#define CAPS_LOGGED " NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE"
+#define CAPS_LOGGED " NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE ESEARCH"
 
 static void
 capabilities(const struct imap_proto *p, char *buf, size_t cap)
@@ -1838,97 +1904,10 @@ internaldate(time_t t, char *buf, size_t cap)
 	    (off < 0 ? -off : off) / 60, (off < 0 ? -off : off) % 60);
 }
 
-/* the converted (LF -> CRLF) size of source bytes [a, b) of FD; -1 on a read error */
-static int
-range_vsize(int fd, uint64_t a, uint64_t b, uint64_t *v_r)
-{
-	char buf[65536];
-	uint64_t v = 0;
-	int prev_cr = 0;
-
-	while (a < b) {
-		size_t want = b - a < sizeof(buf) ? (size_t)(b - a) : sizeof(buf);
-		ssize_t got = pread(fd, buf, want, (off_t)a);
-
-		if (got <= 0)
-			return -1;
-		for (ssize_t i = 0; i < got; i++) {
-			if (buf[i] == '\n' && !prev_cr)
-				v++;
-			v++;
-			prev_cr = buf[i] == '\r';
-		}
-		a += (uint64_t)got;
-	}
-	*v_r = v;
-	return 0;
-}
-
-/*
- * Queue the converted bytes of source range [a, b) (VLEN octets converted)
- * from output offset SKIP, at most MAX of them, as a file range on a dup of
- * FD: a range never starts on an LF (the door cannot know what precedes it),
- * so a leading LF goes out as bytes. Returns the octets queued.
- */
-static uint64_t
-queue_range(struct imap_proto *p, int fd, uint64_t a, uint64_t b, uint64_t vlen, uint64_t skip,
-    uint64_t max)
-{
-	uint64_t want, o = 0, sent = 0;
-	char c, prev = 0;
-	int dfd;
-
-	if (skip >= vlen)
-		return 0;
-	want = vlen - skip < max ? vlen - skip : max;
-	if (a > 0 && pread(fd, &prev, 1, (off_t)(a - 1)) != 1)
-		prev = 0;
-	/* find the source position of output offset SKIP */
-	while (o < skip && a < b) {
-		if (pread(fd, &c, 1, (off_t)a) != 1)
-			return 0;
-		if (c == '\n' && prev != '\r') {
-			if (o + 1 == skip) {
-				/* inside an inserted CR LF: the LF is next */
-				out_add(p, "\n", 1);
-				sent = 1;
-				o = skip;
-				prev = c;
-				a++;
-				break;
-			}
-			o += 2;
-		} else {
-			o++;
-		}
-		prev = c;
-		a++;
-	}
-	if (sent < want && a < b && pread(fd, &c, 1, (off_t)a) == 1 && c == '\n') {
-		if (prev != '\r') {
-			out_add(p, "\r\n", want - sent >= 2 ? 2 : 1);
-			sent += want - sent >= 2 ? 2 : 1;
-		} else {
-			out_add(p, "\n", 1);
-			sent++;
-		}
-		a++;
-	}
-	if (sent < want && a < b) {
-		dfd = dup(fd);
-		if (dfd < 0)
-			return sent;
-		out_file(p, dfd, (off_t)a, want - sent, 1);
-		sent = want;
-	}
-	return sent;
-}
-
 struct fmsg {
 	int fd;			/* -1 until opened */
 	uint64_t size;		/* file size */
-	int hdr_done;
-	uint64_t hdr_end;	/* source offset where the body starts */
+	struct mref *mr;	/* the parsed message, once asked for */
 };
 
 static int
@@ -1947,102 +1926,29 @@ fmsg_open(struct imap_proto *p, struct fmsg *f, uint32_t uid)
 	return 0;
 }
 
-/* where the header ends: after the first empty line (or the whole file) */
-static uint64_t
-fmsg_hdr_end(struct fmsg *f)
-{
-	char buf[8192];
-	uint64_t off = 0;
-	int state = 1;	/* 1: at a line start */
-
-	if (f->hdr_done)
-		return f->hdr_end;
-	f->hdr_done = 1;
-	f->hdr_end = f->size;
-	for (;;) {
-		ssize_t got = pread(f->fd, buf, sizeof(buf), (off_t)off);
-
-		if (got <= 0)
-			return f->hdr_end;
-		for (ssize_t i = 0; i < got; i++) {
-			char c = buf[i];
-
-			if (c == '\n') {
-				if (state) {
-					f->hdr_end = off + (uint64_t)i + 1;
-					return f->hdr_end;
-				}
-				state = 1;
-			} else if (c == '\r' && state) {
-				state = 2;	/* CR at a line start: an empty line if LF follows */
-			} else {
-				state = 0;
-			}
-			if (state == 2 && c != '\r')
-				state = 0;
-		}
-		off += (uint64_t)got;
-	}
-}
-
-/* the file changed under us: pad so the literal stays well-formed */
-static void
-pad_literal(struct imap_proto *p, uint64_t want, uint64_t got)
-{
-	char pad[512];
-
-	memset(pad, ' ', sizeof(pad));
-	while (got < want) {
-		size_t n = want - got < sizeof(pad) ? (size_t)(want - got) : sizeof(pad);
-
-		out_add(p, pad, n);
-		got += n;
-	}
-}
-
-/* ENVELOPE, BODY, BODYSTRUCTURE and BODY[part...] come from imap_mime */
 static int
-mime_struct(struct imap_proto *p, struct str *b, uint32_t uid, struct fmsg *f,
-    enum imap_fetch_kind kind, const char *sp)
+fmsg_mime(struct imap_proto *p, struct fmsg *f, uint32_t uid)
 {
-	(void)p;
-	(void)uid;
-	(void)f;
-	str_add(b, "%s%s NIL", sp, kind == IMAP_FETCH_ENVELOPE ? "ENVELOPE" :
-	    kind == IMAP_FETCH_BODY ? "BODY" : "BODYSTRUCTURE");
+	struct imap_mime *m;
+	const char *err;
+
+	if (f->mr != NULL)
+		return 0;
+	if (fmsg_open(p, f, uid) < 0 || imap_mime_open(f->fd, f->size, &m, &err) < 0)
+		return -1;
+	f->mr = xcalloc(1, sizeof(*f->mr));
+	f->mr->m = m;
+	f->mr->refs = 1;
 	return 0;
 }
 
-static int
-mime_section(struct imap_proto *p, struct str *b, uint32_t uid, struct fmsg *f,
-    const struct imap_fetch_att *a, const char *sp)
-{
-	(void)p;
-	(void)b;
-	(void)uid;
-	(void)f;
-	(void)a;
-	(void)sp;
-	return -1;
-}
-
 static void
-literal_range(struct imap_proto *p, struct str *b, struct fmsg *f, uint64_t a, uint64_t e,
-    const struct imap_fetch_att *att, uint64_t vlen_known)
+fmsg_close(struct fmsg *f)
 {
-	uint64_t vlen = vlen_known, skip = 0, max = UINT64_MAX, len;
-
-	if (vlen == UINT64_MAX && range_vsize(f->fd, a, e, &vlen) < 0)
-		vlen = 0;
-	if (att != NULL && att->partial) {
-		skip = att->offset;
-		max = att->length;
-	}
-	len = skip >= vlen ? 0 : (vlen - skip < max ? vlen - skip : max);
-	str_add(b, "{%llu}\r\n", (unsigned long long)len);
-	out_str(p, b);
-	if (len > 0)
-		pad_literal(p, len, queue_range(p, f->fd, a, e, vlen, skip, max));
+	if (f->fd >= 0)
+		close(f->fd);
+	f->fd = -1;
+	mref_unref(&f->mr);
 }
 
 static int
@@ -2082,7 +1988,7 @@ fetch_one(struct imap_proto *p, size_t i)
 	const struct mailstore_msg *m = view_msg(p, i);
 	struct vmsg *v = &p->view[i];
 	struct str b = { 0 };
-	struct fmsg f = { .fd = -1 };
+	struct fmsg f = { .fd = -1, .size = 0, .mr = NULL };
 	int want_flags = 0, first = 1, seen_set = 0;
 	const char *err;
 
@@ -2150,53 +2056,65 @@ fetch_one(struct imap_proto *p, size_t i)
 		case IMAP_FETCH_RFC822_HEADER:
 		case IMAP_FETCH_RFC822_TEXT:
 		case IMAP_FETCH_SECTION: {
-			uint64_t s0 = 0, e0, vl = UINT64_MAX;
-			int hdr = a->kind == IMAP_FETCH_RFC822_HEADER ||
-			    (a->kind == IMAP_FETCH_SECTION && a->text == IMAP_SECTION_HEADER);
-			int txt = a->kind == IMAP_FETCH_RFC822_TEXT ||
-			    (a->kind == IMAP_FETCH_SECTION && a->text == IMAP_SECTION_TEXT);
+			struct imap_mime_section sec;
 
-			if (a->kind == IMAP_FETCH_SECTION && (a->nparts > 0 ||
-			    (a->text != IMAP_SECTION_ALL && !hdr && !txt))) {
-				if (mime_section(p, &b, v->uid, &f, a, sp) == 0)
-					break;
-				str_add(&b, "%s", sp);
-				section_name(&b, a);
-				str_add(&b, " NIL");
-				break;
-			}
-			if (fmsg_open(p, &f, v->uid) < 0) {
+			if (fmsg_mime(p, &f, v->uid) < 0) {
 				free(b.s);
+				fmsg_close(&f);
 				return -1;
 			}
-			e0 = f.size;
-			if (hdr)
-				e0 = fmsg_hdr_end(&f);
-			else if (txt)
-				s0 = fmsg_hdr_end(&f);
-			else
-				vl = m->vsize;
 			if (a->kind == IMAP_FETCH_SECTION) {
 				str_add(&b, "%s", sp);
 				section_name(&b, a);
-				str_add(&b, " ");
 			} else {
-				str_add(&b, "%s%s ", sp, a->kind == IMAP_FETCH_RFC822 ? "RFC822" :
-				    hdr ? "RFC822.HEADER" : "RFC822.TEXT");
+				str_add(&b, "%s%s", sp, a->kind == IMAP_FETCH_RFC822 ? "RFC822" :
+				    a->kind == IMAP_FETCH_RFC822_HEADER ? "RFC822.HEADER" : "RFC822.TEXT");
 			}
-			literal_range(p, &b, &f, s0, e0, a, vl);
+			if (imap_mime_section(f.mr->m, a, &sec) < 0) {
+				str_add(&b, " NIL");
+				break;
+			}
+			str_add(&b, " {%llu}\r\n", (unsigned long long)sec.size);
+			out_str(p, &b);
+			if (sec.size == 0) {
+				imap_mime_section_deinit(&sec);
+			} else if (sec.built == NULL && !sec.crlf) {
+				/* the file's own bytes: the door sends them from the file */
+				int dfd = dup(f.fd);
+
+				if (dfd >= 0) {
+					out_file(p, dfd, (off_t)sec.offset, sec.size, 0);
+					imap_mime_section_deinit(&sec);
+				} else {
+					out_gen(p, f.mr, &sec);
+				}
+			} else {
+				out_gen(p, f.mr, &sec);
+			}
 			break;
 		}
 		case IMAP_FETCH_ENVELOPE:
 		case IMAP_FETCH_BODY:
-		case IMAP_FETCH_BODYSTRUCTURE:
-			if (mime_struct(p, &b, v->uid, &f, a->kind, sp) < 0) {
+		case IMAP_FETCH_BODYSTRUCTURE: {
+			char *s;
+			size_t len;
+
+			if (fmsg_mime(p, &f, v->uid) < 0) {
 				free(b.s);
-				if (f.fd >= 0)
-					close(f.fd);
+				fmsg_close(&f);
 				return -1;
 			}
+			s = a->kind == IMAP_FETCH_ENVELOPE ? imap_mime_envelope(f.mr->m, &len) :
+			    imap_mime_bodystructure(f.mr->m, a->kind == IMAP_FETCH_BODYSTRUCTURE, &len);
+			str_add(&b, "%s%s ", sp, a->kind == IMAP_FETCH_ENVELOPE ? "ENVELOPE" :
+			    a->kind == IMAP_FETCH_BODY ? "BODY" : "BODYSTRUCTURE");
+			if (s != NULL)
+				str_addn(&b, s, len);
+			else
+				str_add(&b, "NIL");
+			free(s);
 			break;
+		}
 		}
 		first = 0;
 	}
@@ -2207,8 +2125,7 @@ fetch_one(struct imap_proto *p, size_t i)
 	}
 	str_add(&b, ")\r\n");
 	out_str(p, &b);
-	if (f.fd >= 0)
-		close(f.fd);
+	fmsg_close(&f);
 	return 0;
 }
 
@@ -2531,10 +2448,108 @@ c_copy(struct imap_proto *p, const struct imap_cmd *c)
 	want_exec(p, c, x_copy);
 }
 
-static void
-c_later(struct imap_proto *p, const struct imap_cmd *c)
+
+/* ---- SEARCH, UID SEARCH, ESEARCH ---- */
+
+struct sctx {
+	struct imap_proto *p;
+	uint32_t uid;
+	struct fmsg f;
+};
+
+static int
+s_date(void *ctx, time_t *date_r)
 {
-	reply(p, "%s NO [CANNOT] %s is not implemented yet.", c->tag, c->name);
+	struct sctx *s = ctx;
+	const char *err;
+
+	return mailstore_msg_date(s->p->box, s->uid, date_r, &err);
+}
+
+static int
+s_open(void *ctx, struct imap_mime **m_r)
+{
+	struct sctx *s = ctx;
+
+	if (fmsg_mime(s->p, &s->f, s->uid) < 0)
+		return -1;
+	*m_r = s->f.mr->m;
+	return 0;
+}
+
+static void
+x_search(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	unsigned ret = c->search_return;
+	const char *kwnames[MAX_MAILSTORE_KEYWORDS], *err;
+	uint32_t *hits, maxuid = p->nview ? p->view[p->nview - 1].uid : 0;
+	size_t nhits = 0, nkw = 0;
+	struct str b = { 0 };
+
+	if (imap_search_charset_check(c->charset, &err) < 0) {
+		reply(p, "%s NO %s", p->tag, err);
+		return;
+	}
+	for (unsigned i = 0; i < MAX_MAILSTORE_KEYWORDS; i++) {
+		kwnames[i] = mailstore_box_keyword(p->box, i);
+		if (kwnames[i] != NULL)
+			nkw = i + 1;
+	}
+	hits = xcalloc(p->nview + 1, sizeof(*hits));
+	for (size_t i = 0; i < p->nview; i++) {
+		const struct mailstore_msg *m = view_msg(p, i);
+		struct imap_search_input in;
+		struct sctx s = { p, 0, { -1, 0, NULL } };
+		int match = 0;
+
+		if (m == NULL)
+			continue;
+		s.uid = m->uid;
+		memset(&in, 0, sizeof(in));
+		in.msg = m;
+		in.seq = (uint32_t)(i + 1);
+		in.max_seq = (uint32_t)p->nview;
+		in.max_uid = maxuid;
+		in.keywords = kwnames;
+		in.nkeywords = nkw;
+		in.date = s_date;
+		in.open = s_open;
+		in.ctx = &s;
+		if (imap_search_match(c->search, &in, &match, &err) == 0 && match)
+			hits[nhits++] = c->uid ? m->uid : (uint32_t)(i + 1);
+		fmsg_close(&s.f);
+	}
+	if (ret & IMAP_SEARCH_RETURN_ESEARCH) {
+		if ((ret & ~(IMAP_SEARCH_RETURN_ESEARCH | IMAP_SEARCH_RETURN_SAVE)) == 0)
+			ret |= IMAP_SEARCH_RETURN_ALL;
+		str_add(&b, "* ESEARCH (TAG \"%s\")%s", p->tag, c->uid ? " UID" : "");
+		if ((ret & IMAP_SEARCH_RETURN_MIN) && nhits > 0)
+			str_add(&b, " MIN %u", (unsigned)hits[0]);
+		if ((ret & IMAP_SEARCH_RETURN_MAX) && nhits > 0)
+			str_add(&b, " MAX %u", (unsigned)hits[nhits - 1]);
+		if ((ret & IMAP_SEARCH_RETURN_ALL) && nhits > 0) {
+			str_add(&b, " ALL ");
+			uidset_str(&b, hits, nhits);
+		}
+		if (ret & IMAP_SEARCH_RETURN_COUNT)
+			str_add(&b, " COUNT %zu", nhits);
+	} else {
+		str_add(&b, "* SEARCH");
+		for (size_t i = 0; i < nhits; i++)
+			str_add(&b, " %u", (unsigned)hits[i]);
+	}
+	str_add(&b, "\r\n");
+	out_str(p, &b);
+	free(hits);
+	view_sync(p, c->uid);
+	reply(p, "%s OK Search completed.", p->tag);
+}
+
+static void
+c_search(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_search);
 }
 
 /* ---- APPEND (streamed: IMAP_EV_APPEND, _DATA, then the command) ---- */
@@ -2739,7 +2754,7 @@ static const struct {
 	{ "RENAME", IN_LOGGED, c_folder }, { "SUBSCRIBE", IN_LOGGED, c_folder },
 	{ "UNSUBSCRIBE", IN_LOGGED, c_folder }, { "STATUS", IN_LOGGED, c_folder },
 	{ "CLOSE", IN_SELECTED, c_close }, { "EXPUNGE", IN_SELECTED, c_expunge },
-	{ "SEARCH", IN_SELECTED, c_later }, { "FETCH", IN_SELECTED, c_fetch },
+	{ "SEARCH", IN_SELECTED, c_search }, { "FETCH", IN_SELECTED, c_fetch },
 	{ "STORE", IN_SELECTED, c_store }, { "COPY", IN_SELECTED, c_copy },
 	{ "MOVE", IN_SELECTED, c_copy },
 };

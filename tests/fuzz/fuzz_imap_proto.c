@@ -80,8 +80,14 @@ setup(void)
 }
 
 int
-LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+LLVMFuzzerTestOneInput(const uint8_t *data0, size_t size0)
 {
+	/* with bit 0x400: a scripted login and SELECT first, so the random rest
+	 * reaches FETCH, STORE, COPY, APPEND... on a real store */
+	static const char script[] = "L LOGIN alice secret\r\nS SELECT INBOX\r\n";
+	uint8_t *buf = NULL;
+	const uint8_t *data = data0;
+	size_t size = size0;
 	struct imap_params prm = { 0 };
 	struct imap_proto *p;
 	size_t off = 2, k = 0;
@@ -92,6 +98,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 2)
 		return 0;
 	bits = (unsigned)data[0] | (unsigned)data[1] << 8;
+	if (bits & 0x400) {
+		buf = malloc(size0 + sizeof(script));
+		if (buf == NULL)
+			return 0;
+		memcpy(buf, data0, 2);
+		memcpy(buf + 2, script, sizeof(script) - 1);
+		memcpy(buf + 2 + sizeof(script) - 1, data0 + 2, size0 - 2);
+		data = buf;
+		size = size0 + sizeof(script) - 1;
+		bits |= 0x82;	/* LOGIN allowed without TLS */
+	}
 	prm.myhostname = "mx.example.com";
 	prm.tls_available = bits & 1;
 	prm.login = !!(bits & 2);
@@ -144,5 +161,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		off += imap_proto_input(p, (const char *)data + off, n);
 	}
 	imap_proto_free(&p);
+	free(buf);
 	return 0;
 }

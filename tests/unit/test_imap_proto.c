@@ -188,7 +188,7 @@ struct icase {
 };
 
 #define CAPS "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
-#define CAPS_IN CAPS " NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE"
+#define CAPS_IN CAPS " NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE ESEARCH"
 #define P_TLS { .myhostname = "mx.example.com", .tls_available = 1, .login = 1, \
 	.auth_mechs = AUTH_MECH_PLAIN | AUTH_MECH_CRAM, .sasl_cb = &cbs }
 #define P_OPEN { .myhostname = "mx.example.com", .login = 1, .auth_mechs = AUTH_MECH_PLAIN, \
@@ -370,6 +370,31 @@ static const struct icase icases[] = {
 	  "i BAD Invalid system flag \\Bogus\r\n"
 	  "* 2 EXISTS\r\n* 0 RECENT\r\nj OK [APPENDUID {V:Sent} 2] Append completed.\r\n"
 	  "* BYE Logging out\r\nk OK Logout completed.\r\n" },
+	{ "SEARCH, ESEARCH, MIME FETCH items", P_OPEN,
+	  "a LOGIN alice secret\r\nb SELECT INBOX\r\nc SEARCH SUBJECT two\r\nd UID SEARCH ALL\r\n"
+	  "e SEARCH RETURN (MIN MAX COUNT) ALL\r\nf UID SEARCH RETURN () BODY body\r\n"
+	  "g SEARCH CHARSET KOI8-R ALL\r\nh SEARCH UNSEEN NOT SUBJECT one\r\n"
+	  "i FETCH 1 (ENVELOPE BODY BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SUBJECT)] "
+	  "BODY.PEEK[1] BODY.PEEK[2])\r\nj SEARCH RETURN (COUNT) DELETED\r\nk SEARCH 2:* UID 1\r\n"
+	  "l LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS (" FLAGS " \\*)] Flags permitted.\r\n"
+	  "* 2 EXISTS\r\n* 2 RECENT\r\n* OK [UNSEEN 1] First unseen.\r\n"
+	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
+	  "b OK [READ-WRITE] Select completed.\r\n"
+	  "* SEARCH 2\r\nc OK Search completed.\r\n* SEARCH 1 2\r\nd OK Search completed.\r\n"
+	  "* ESEARCH (TAG \"e\") MIN 1 MAX 2 COUNT 2\r\ne OK Search completed.\r\n"
+	  "* ESEARCH (TAG \"f\") UID ALL 1:2\r\nf OK Search completed.\r\n"
+	  "g NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset\r\n"
+	  "* SEARCH 2\r\nh OK Search completed.\r\n"
+	  "* 1 FETCH (ENVELOPE (NIL \"one\" NIL NIL NIL NIL NIL NIL NIL NIL) "
+	  "BODY (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 6 1) "
+	  "BODYSTRUCTURE (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 6 1 NIL NIL NIL NIL) "
+	  "BODY[HEADER.FIELDS (SUBJECT)] {16}\r\nSubject: one\r\n\r\n BODY[1] {6}\r\nbody\r\n BODY[2] {0}\r\n)\r\n"
+	  "i OK Fetch completed.\r\n"
+	  "* ESEARCH (TAG \"j\") COUNT 0\r\nj OK Search completed.\r\n* SEARCH\r\nk OK Search completed.\r\n"
+	  "* BYE Logging out\r\nl OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
