@@ -591,6 +591,31 @@ SCRIPT = [
     ("A", b"ID NIL"),
     ("A", b"CHECK"),
     ("A", b"SELECT Archive"),
+    ("A", b"FETCH *:1 (UID)"),
+    ("A", b"FETCH 2,1 (UID)"),
+    ("A", b"FETCH 1 (FLAGS"),
+    ("A", b"FETCH 1 FLAGS)"),
+    ("A", b"STORE 1 BOGUS (\\Seen)"),
+    ("A", b"STORE 1 +FLAGS"),
+    ("A", b"SEARCH NOT"),
+    ("A", b"SEARCH UID *"),
+    ("A", b"SEARCH 1:* SINCE 32-Jan-2026"),
+    ("A", b"COPY 1:x Work"),
+    ("A", b"LIST"),
+    ("A", b'LIST "" "*"', 'A: LIST "" "*" (quoted)'),
+    ("A", b'LIST "" %.%'),
+    ("A", b'LIST "" Archive'),
+    ("A", b'LSUB "" Archive.%'),
+    ("A", b"STATUS INBOX MESSAGES"),
+    ("A", b"STATUS Archive (MESSAGES UNSEEN)", "A: STATUS Archive (selected)"),
+    ("A", b'SELECT "INBOX\\x"'),
+    ("A", b'CREATE ""'),
+    ("A", b'SUBSCRIBE ""'),
+    ("A", b"EXAMINE NoSuch"),
+    ("A", b"RENAME INBOX Renamed"),
+    ("A", b"STATUS INBOX (MESSAGES)", "A: STATUS INBOX (MESSAGES) after RENAME INBOX"),
+    ("A", b"STATUS Renamed (MESSAGES)"),
+    ("A", b"SELECT Archive"),
     ("A", b"APPEND Archive (\\Recent) {%d}\r\n" % len(APPEND1) + APPEND1),
     ("A", b"LOGOUT"),
 ]
@@ -692,6 +717,26 @@ KNOWN_DIFFERENCES = {
     # Portcullis keeps it selected (RFC 3501 §6.3.1 says so for a failing
     # SELECT; for BAD it is silent)
     "A: CHECK": "D12",
+    # D13 Portcullis keeps to RFC 3501's grammar where Dovecot is lenient:
+    # "STORE 1 +FLAGS" without flags (Dovecot OK), "SEARCH SINCE 32-Jan-2026"
+    # (Dovecot: an empty SEARCH), a quoted string with "\\x" (Dovecot takes
+    # "x"; Portcullis BAD, Dovecot then NO [no such mailbox])
+    "A: STORE 1 +FLAGS": "D13",
+    "A: SEARCH 1:* SINCE 32-Jan-2026": "D13",
+    'A: SELECT "INBOX\\x"': "D13",
+    # D14 response codes only: STATUS of the selected folder (Dovecot OK
+    # [CLIENTBUG]), SUBSCRIBE "" (Portcullis NO [CANNOT], Dovecot NO), and
+    # D9 again for EXAMINE
+    "A: STATUS Archive (selected)": "D14",
+    'A: SUBSCRIBE ""': "D14",
+    "A: EXAMINE NoSuch": "D9",
+    # D15 RENAME INBOX: Portcullis does what RFC 3501 §6.3.5 says (the
+    # messages move to the new folder, INBOX stays, empty); Dovecot 2.3 on
+    # Maildir answers NO [CANNOT] Renaming INBOX isn't supported
+    "A: RENAME INBOX Renamed": "D15",
+    "A: STATUS INBOX (MESSAGES) after RENAME INBOX": "D15",
+    "A: STATUS Renamed (MESSAGES)": "D15",
+    'A: LIST "" "*" (quoted)': "D3 (Projects.Alpha.Beta is still there)",
 }
 
 KNOWN_RECENT_DIFFERENCES = {
