@@ -85,6 +85,17 @@ KNOWN_VIOLATIONS = {
     # appended and expunged it meanwhile), often followed by "* 33 EXISTS";
     # RFC 3501 §7.4.1 (an EXPUNGE names a message the client has)
     "S3": "EXPUNGE of a message never announced",
+    # P1 POP3 RETR of a message an IMAP session only flagged meanwhile (its
+    # file renamed for the new flags, the message still there at the end)
+    # answers "-ERR [SYS/TEMP] Couldn't read the message."; Dovecot finds
+    # the file under its new name. (A RETR of a message expunged meanwhile
+    # may fail: not counted.)
+    "P1": "POP3 RETR fails after an IMAP flag change",
+    # R1 (test_imap_dovecot_diff.py KNOWN_RECENT_DIFFERENCES): whoever opens
+    # the folder first takes \Recent; with the POP3 door on, a message the
+    # POP3 session saw first (moved from new/ to cur/) is \Recent in no IMAP
+    # session; Dovecot's POP3 leaves \Recent to IMAP
+    "R1": "\\Recent taken by the POP3 session",
 }
 
 
@@ -381,6 +392,7 @@ class Pop3(threading.Thread):
         self.deadline = deadline
         self.error = None
         self.sessions = self.retrs = self.in_use = 0
+        self.failed = []          # (UID, the -ERR) of RETRs that failed
 
     def run(self):
         try:
@@ -403,12 +415,18 @@ class Pop3(threading.Thread):
                 uidl = p.uidl()[1]
                 if len(uidl) != count:
                     self.shared.bad("pop3", "STAT %d but UIDL %d lines" % (count, len(uidl)))
+                uids = {int(x.split()[0]): int(x.split()[1][:8], 16) for x in uidl}
                 for k in random.sample(range(1, count + 1), min(3, count)):
-                    lines = p.retr(k)[1]
+                    try:
+                        lines = p.retr(k)[1]
+                    except poplib.error_proto as e:
+                        self.failed.append((uids[k], e.args[0]))
+                        continue
                     data = b"\r\n".join(lines)
                     self.retrs += 1
                     if msgid_of(data) is None:
                         self.shared.bad("pop3", "RETR %d: no Message-ID (%r)" % (k, data[:80]))
+                    self.shared.uid_is("pop3", "INBOX", uids[k], msgid_of(data))
                 p.quit()
                 time.sleep(0.2)
         except Exception as e:              # noqa: BLE001
@@ -452,9 +470,11 @@ class T01Stress(unittest.TestCase):
             if against_dovecot:
                 secret = [ln.split(":")[1] for ln in open(d.path("state", "users"))
                           if ln.startswith(USER + ":")][0]
-                dc = dovecot.Dovecot(d.dir, store=d.path("state", "mail"), users={USER: secret})
+                dc = dovecot.Dovecot(d.dir, store=d.path("state", "mail"), users={USER: secret},
+                                     protocols=("imap", "pop3") if pop3 else ("imap",),
+                                     extra_conf="pop3_lock_session = yes\n")
                 dc.start()
-                imap_port = dc.imap_port
+                imap_port, pop3_port = dc.imap_port, dc.pop3_port
             # the seed: SEED_MESSAGES appended, owned by worker i % WORKERS
             setup = Session("setup", imap_port, sh)
             u, t = setup.cmd(b"CREATE Other")
@@ -523,7 +543,9 @@ class T01Stress(unittest.TestCase):
             uid_of = {mid: uid for uid, mid in sh.uid_msgid["INBOX"].items()}
             for mid in sh.smtp_sent:
                 uid = uid_of.get(mid)
-                if uid is not None and recent[uid] != 1:
+                if uid is not None and recent[uid] == 0 and pop3:
+                    sh.known("R1", "recent", "<%s> (UID %d) was \\Recent in no IMAP session" % (mid, uid))
+                elif uid is not None and recent[uid] != 1:
                     sh.bad("recent", "<%s> (UID %d) was \\Recent in %d sessions" % (mid, uid, recent[uid]))
             told = sum(1 for mid in sh.smtp_sent if recent[uid_of.get(mid)] == 1)
             self.assertGreater(len(sh.smtp_sent), 10, "the SMTP gateway delivered too little")
@@ -531,6 +553,11 @@ class T01Stress(unittest.TestCase):
             for uid, k in recent.items():
                 if k > 1:
                     sh.bad("recent", "UID %d was \\Recent in %d sessions" % (uid, k))
+            if pop3:
+                for uid, err in others[1].failed:
+                    if uid in final_uids:
+                        sh.known("P1", "pop3", "RETR of UID %d (still in INBOX at the end): %r" % (
+                            uid, err))
             for folder, uids in sh.new_uids.items():
                 if len(set(uids)) != len(uids):
                     sh.bad("uids", "%s: a new UID given twice: %s" % (
@@ -541,8 +568,8 @@ class T01Stress(unittest.TestCase):
                 ops.update(w.ops)
             print("\n%.1f s, seed %d: %s; %d delivered; %s" % (
                 elapsed, SEED, dict(ops), len(sh.smtp_sent),
-                "pop3: %d sessions, %d RETR, %d IN-USE" % (others[1].sessions, others[1].retrs,
-                                                         others[1].in_use)
+                "pop3: %d sessions, %d RETR, %d failed, %d IN-USE" % (
+                    others[1].sessions, others[1].retrs, len(others[1].failed), others[1].in_use)
                 if pop3 else "no POP3 door in this build"))
             for kind, k in sorted(sh.known_seen.items()):
                 print("known %s (%s): %d times, e.g. %s" % (kind, KNOWN_VIOLATIONS[kind], k,
