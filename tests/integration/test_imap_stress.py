@@ -182,11 +182,11 @@ class Session:
         u, t = self.c.cmd(text)
         head = text.split(b" ")[0].upper()
         no_expunge = head in (b"FETCH", b"STORE", b"SEARCH")
-        before = len(self.shared.violations)
+        before = len(self.shared.violations) + sum(self.shared.known_seen.values())
         for i, r in enumerate(u):
             self.rest = u[i + 1:]
             self.check(r, no_expunge, text)
-        if DEBUG and len(self.shared.violations) > before:
+        if DEBUG and len(self.shared.violations) + sum(self.shared.known_seen.values()) > before:
             print("\n%s %r ->\n%s" % (self.name, text[:60], b"".join(
                 x if len(x) < 200 else x[:100] + b"...\r\n" for x in u + [t]).decode(errors="replace")))
         return u, t
