@@ -37,7 +37,7 @@ CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
 UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c smtp-gateway/smtp_conf.c smtp-gateway/relay_send.c \
               smtp-gateway/smtp_sieve.c smtp-gateway/downstream.c \
               service/anvil.c service/deadline.c service/listener.c service/jobs.c service/penalty.c \
-              service/conn.c service/tlsbev.c service/userip.c)
+              service/conn.c service/tlsbev.c service/authcheck.c service/users.c service/userip.c)
 DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
 DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard pop-imap-proxy/*.c))
 UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
@@ -88,6 +88,12 @@ $(BINDIR)/imap-mime-tool: $(BUILD)/tests/integration/imap_mime_tool.o $(BUILD)/p
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB) $(LIBS_GMIME)
 
+$(BINDIR)/imap-session-tool: $(BUILD)/tests/integration/imap_session_tool.o \
+		$(BUILD)/pop-imap-proxy/imap_proto.o $(BUILD)/pop-imap-proxy/imap_parser.o \
+		$(BUILD)/pop-imap-proxy/imap_mime.o $(BUILD)/pop-imap-proxy/imap_search.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB) $(LIBS_GMIME)
+
 $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
@@ -121,6 +127,10 @@ asan-pop3-tool:
 asan: asan-imap-mime-tool
 asan-imap-mime-tool:
 	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/imap-mime-tool
+# the IMAP session over stdin/stdout, for tests/integration/test_imap_session_dovecot.py
+asan: asan-imap-session-tool
+asan-imap-session-tool:
+	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/imap-session-tool
 
 deps:
 	@sh scripts/deps.sh
@@ -178,11 +188,14 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_cli.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_milter.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_gateway.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_gateway_user.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_admin.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_mime_dovecot.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_session_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_reload.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_geoip.py
 
@@ -191,6 +204,7 @@ bench: deps
 	sh tests/bench/run.sh
 	python3 tests/bench/redis_bench.py
 	python3 tests/bench/gateway_bench.py
+	python3 tests/bench/sieve_gateway_bench.py
 	python3 tests/bench/auth_bench.py --seconds 2 --repeats 2
 
 run: deps

@@ -201,9 +201,9 @@ check_service(const char *v, const char **why_r)
 {
 	if (strcmp(v, "milter") == 0 || strcmp(v, "smtp") == 0 || strcmp(v, "policy") == 0)
 		return 0;
-	if (strcmp(v, "imap") == 0)
+	if (strcmp(v, "pop3") == 0 || strcmp(v, "imap") == 0)
 		return 0;
-	*why_r = "unknown service (expected milter, smtp, policy, imap)";
+	*why_r = "unknown service (expected milter, smtp, policy, pop3, imap)";
 	return -1;
 }
 
@@ -440,6 +440,11 @@ const struct conf_validator conf_validators[] = {
 	{ "relay_networks", 1, check_cidr },
 	{ "max_command_length", 0, check_command_length },
 	{ "metrics_listen", 0, check_optional_listen },
+	{ "pop3_listen", 0, check_listener_count },
+	{ "pop3_listen", 1, check_listen },
+	{ "pop3s_listen", 0, check_listener_count },
+	{ "pop3s_listen", 1, check_listen },
+	{ "pop3_banner", 0, check_banner },
 	{ "policy_listen", 0, check_listener_count },
 	{ "policy_listen", 1, check_policy_listen },
 	{ "log_file", 0, check_optional_absolute },

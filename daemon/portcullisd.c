@@ -6,7 +6,7 @@
  *
  * The master reads the configuration, compiles the policy (so errors show
  * before anything runs), binds the SMTP listeners, and forks one worker per
- * entry of `services` (milter, smtp, policy, imap). Each worker loads the lists, starts
+ * entry of `services` (milter, smtp, policy, pop3, imap). Each worker loads the lists, starts
  * its watcher thread and serves; the master restarts a worker that dies
  * (within a second) and stops them all on SIGTERM/SIGINT. A worker says
  * "ready" or why it failed through a pipe: a failure at start-up (a busy
@@ -21,7 +21,7 @@
  * SIGHUP (or `portcullis reload`) reloads the configuration live: the
  * same file and -o overrides are read and checked as at start-up (by
  * `portcullisd -t` run as a child, as run_user), then applied without
- * dropping a connection: a new smtp (policy, imap) worker starts on the
+ * dropping a connection: a new smtp (policy, pop3, imap) worker starts on the
  * same listening sockets and the old one drains (SIGUSR2: finishes its
  * sessions, then exits; the supervise loop reaps it without a restart);
  * the milter worker swaps its policy, and its list store if that changed,
@@ -75,11 +75,14 @@
 #include "policy/policy_door.h"
 #include "pop-imap-proxy/imap_conf.h"
 #include "pop-imap-proxy/imap_server.h"
+#include "pop-imap-proxy/pop3_conf.h"
+#include "pop-imap-proxy/pop3_server.h"
 #include "rules/geoip.h"
 #include "rules/policy.h"
 #include "service/listener.h"
 #include "smtp-gateway/downstream.h"
 #include "smtp-gateway/smtp_conf.h"
+#include "smtp-gateway/smtp_deliver_sieve.h"
 #include "smtp-gateway/smtp_server.h"
 #include "storage-adapter/liststore.h"
 #include "storage-adapter/ratelimit.h"
@@ -89,11 +92,11 @@
 #include <openssl/ssl.h>
 
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
-#define MAX_SERVICES 5
+#define MAX_SERVICES 8
 #define READY_TIMEOUT_MS 15000
 #define ORPHAN_GRACE_MS 700	/* a worker whose master died stops within this, or is cut */
 
-enum service { SVC_MILTER, SVC_SMTP, SVC_POLICY, SVC_IMAP, SVC_COUNT };
+enum service { SVC_MILTER, SVC_SMTP, SVC_POLICY, SVC_POP3, SVC_IMAP, SVC_COUNT };
 
 struct worker {
 	enum service svc;
@@ -108,6 +111,9 @@ static const struct policy *pol;
 static int smtp_fds[MAX_LISTENERS];
 static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
 static size_t nsmtp_fds;
+static int pop3_fds[MAX_LISTENERS];
+static enum pop3_listener_kind pop3_kinds[MAX_LISTENERS];
+static size_t npop3_fds;
 static int policy_fds[MAX_LISTENERS];
 static size_t npolicy_fds;
 static int imap_fds[MAX_LISTENERS];
@@ -130,7 +136,8 @@ static size_t ndraining;
 /* bound, or fixed for the process' life: a reload keeps their running values */
 static const char *const restart_keys[] = {
 	"smtp_listen", "submission_listen", "smtps_listen", "milter_listen", "metrics_listen",
-	"policy_listen", "imap_listen", "imaps_listen", "run_user", "state_dir", "services", "pid_file", "log_file",
+	"policy_listen", "pop3_listen", "pop3s_listen", "imap_listen", "imaps_listen",
+	"run_user", "state_dir", "services", "pid_file", "log_file",
 	/* read when the milter worker starts its sieve watcher */
 	"sieve_dir", "sieve_max_script_size", "sieve_max_nesting", "sieve_max_actions",
 	"sieve_max_redirects", "sieve_max_include_depth", "sieve_max_cpu_steps", NULL,
@@ -733,11 +740,35 @@ static int
 smtp_svc_run(void *set, struct worker_ctx *wc)
 {
 	struct smtp_conf *sc = set;
+	static struct sieve_limits sieve_lim;
+	struct smtp_deliver_sieve_conf dsc = { 0 };
 	const char *err;
 	int rc = 0;
 
 	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
 		return 1;
+	/* Sieve scripts (storage-adapter/sievestore.c); the user level runs at
+	 * delivery into the store (smtp-gateway/smtp_deliver_sieve.c) */
+	if (sc->srv.maildir_root != NULL) {
+		sievestore_limits_conf(conf, &sieve_lim);
+		if (sieve_w == NULL)
+			sieve_w = sievewatch_start(conf_get(conf, "sieve_dir"), &sieve_lim, &sieve_ref,
+			    &err);
+		if (sieve_w == NULL)
+			log_error("sieve: %s: the gateway runs without server and domain scripts", err);
+		dsc.sieve_dir = conf_get(conf, "sieve_dir");
+		dsc.state_dir = conf_get(conf, "state_dir");
+		dsc.relayhost = conf_get(conf, "relayhost")[0] != '\0' ? conf_get(conf, "relayhost") :
+		    NULL;
+		dsc.hostname = conf_get(conf, "myhostname");
+		/* a hung relayhost must not hold the delivery threads for long */
+		dsc.timeout = (unsigned)conf_get_int(conf, "smtp_timeout");
+		if (dsc.timeout > SMTP_SIEVE_RELAY_TIMEOUT)
+			dsc.timeout = SMTP_SIEVE_RELAY_TIMEOUT;
+		dsc.limits = &sieve_lim;
+		dsc.rules = sieve_w != NULL ? &sieve_ref : NULL;
+		sc->srv.deliver_sieve = smtp_deliver_sieve_new(&dsc);
+	}
 	sc->srv.params.pol = pol;
 	sc->srv.params.snaps = &wc->snaps;
 	sc->srv.params.rl = wc->rl;
@@ -757,6 +788,111 @@ smtp_svc_run(void *set, struct worker_ctx *wc)
 	ready(wc->readyfd, "ok\n");
 	if (smtp_server_run(smtp_fds, smtp_kinds, nsmtp_fds, &sc->srv, &err) < 0) {
 		log_error("smtp: %s", err);
+		rc = -1;
+	}
+	smtp_deliver_sieve_free(&sc->srv.deliver_sieve);
+	block_stop_signals(SIG_BLOCK);
+	return rc;
+}
+
+/* pop3 */
+
+static void *
+pop3_compile(const struct conf *c, int reloading, char *err, size_t cap)
+{
+	const char *e, *users = conf_get(c, "users");
+	struct pop3_conf *pc = pop3_conf_new(c, &e);
+
+	if (pc == NULL) {
+		snprintf(err, cap, "%s", e);
+		return NULL;
+	}
+	if (reloading && users[0] != '\0') {	/* as smtp_compile: not after "ready" */
+		struct userdb *db = userdb_load(users, &e);
+
+		if (db == NULL) {
+			snprintf(err, cap, "%s: users: %s", conf_where(c, "users"), e);
+			pop3_conf_free(&pc);
+			return NULL;
+		}
+		userdb_free(&db);
+	}
+	return pc;
+}
+
+static void
+pop3_settings_free(void *set)
+{
+	struct pop3_conf *pc = set;
+
+	pop3_conf_free(&pc);
+}
+
+static int
+pop3_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
+{
+	const struct pop3_conf *pc = set;
+	const char *e;
+
+	for (int k = 0; k < POP3_CONF_KINDS; k++) {
+		const char *key = pop3_conf_listen_keys[k];
+
+		for (size_t j = 0; j < pc->nlisten[k]; j++) {
+			int fd = -1;
+
+			if (npop3_fds >= MAX_LISTENERS) {
+				snprintf(err, cap, "%s: %s: too many listeners (at most %d in pop3_listen "
+				    "and pop3s_listen together)", conf_where(c, key), key, MAX_LISTENERS);
+				return -1;
+			}
+			if (dry) {
+				struct sockaddr_storage ss;
+				socklen_t sl;
+
+				if (listener_parse(pc->listen[k][j], key, &ss, &sl, &e) < 0) {
+					snprintf(err, cap, "%s: %s", conf_where(c, key), e);
+					return -1;
+				}
+			} else if (listener_bind(pc->listen[k][j], key, &fd, &e) < 0) {
+				snprintf(err, cap, "%s", e);
+				return -1;
+			}
+			pop3_kinds[npop3_fds] = (enum pop3_listener_kind)k;
+			pop3_fds[npop3_fds++] = fd;
+		}
+	}
+	return 0;
+}
+
+static void
+pop3_unbind(void)
+{
+	for (size_t i = 0; i < npop3_fds; i++)
+		if (pop3_fds[i] >= 0)
+			close(pop3_fds[i]);
+	npop3_fds = 0;
+}
+
+static int
+pop3_svc_run(void *set, struct worker_ctx *wc)
+{
+	struct pop3_conf *pc = set;
+	const char *err;
+	int rc = 0;
+
+	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
+		return 1;
+	pc->srv.pol = pol;
+	pc->srv.snaps = &wc->snaps;
+	pc->srv.ban = watcher_ban;
+	pc->srv.ban_arg = wc->w;
+	block_stop_signals(SIG_UNBLOCK);
+	log_info("pop3 ready on %s%s%s", conf_get(conf, "pop3_listen"),
+	    pc->nlisten[POP3_LISTEN_POP3S] ? ", pop3s on " : "",
+	    pc->nlisten[POP3_LISTEN_POP3S] ? conf_get(conf, "pop3s_listen") : "");
+	ready(wc->readyfd, "ok\n");
+	if (pop3_server_run(pop3_fds, pop3_kinds, npop3_fds, &pc->srv, &err) < 0) {
+		log_error("pop3: %s", err);
 		rc = -1;
 	}
 	block_stop_signals(SIG_BLOCK);
@@ -873,6 +1009,7 @@ static const struct service_def services[] = {
 	{ "smtp", SVC_SMTP, 1, smtp_compile, smtp_bind, smtp_svc_run, smtp_settings_free, smtp_unbind },
 	{ "policy", SVC_POLICY, 1, policy_compile, policy_bind, policy_svc_run, policy_settings_free,
 	  policy_unbind },
+	{ "pop3", SVC_POP3, 1, pop3_compile, pop3_bind, pop3_svc_run, pop3_settings_free, pop3_unbind },
 	{ "imap", SVC_IMAP, 1, imap_compile, imap_bind, imap_svc_run, imap_settings_free, imap_unbind },
 };
 #define NSERVICES (sizeof(services) / sizeof(services[0]))
@@ -991,7 +1128,7 @@ check_config_rest(const struct conf *c, const struct worker *wk, size_t nsvc)
 			v += 8;
 		else if (i > 0)
 			continue;
-		if (i == 2) {	/* the mail store is the smtp and imap services' */
+		if (i == 2) {	/* the mail store is the smtp (and imap) service's */
 			size_t j;
 
 			for (j = 0; j < nsvc && wk[j].svc != SVC_SMTP && wk[j].svc != SVC_IMAP; j++)
@@ -1376,7 +1513,7 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		if (newset[wk[i].svc] == NULL)
 			goto refuse;
 	}
-	if (ndraining + 2 > MAX_DRAINING) {	/* room for the smtp and policy ones */
+	if (ndraining + 3 > MAX_DRAINING) {	/* room for the smtp, policy and pop3 ones */
 		snprintf(err, sizeof(err), "%zu workers are still draining from earlier reloads; "
 		    "try again later", ndraining);
 		goto refuse;
@@ -1548,7 +1685,7 @@ main(int argc, char **argv)
 				d = &services[k];
 		if (d == NULL) {
 			fprintf(stderr, "portcullisd: %s: services: unknown service \"%.40s\" "
-			    "(expected milter, smtp, policy, imap)\n", conf_where(c, "services"), svcs[i]);
+			    "(expected milter, smtp, policy, pop3, imap)\n", conf_where(c, "services"), svcs[i]);
 			conf_list_free(svcs);
 			goto fail;
 		}
@@ -1714,9 +1851,15 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		}
 	}
 	write_pidfile(conf_get(c, "pid_file"));
-	log_info("portcullisd started: %s%s%s; lists %s, policy_mode %s",
-	    nsvc > 0 ? wk[0].name : "", nsvc > 1 ? " and " : "", nsvc > 1 ? wk[1].name : "",
-	    conf_get(c, "lists"), conf_get(c, "policy_mode"));
+	{
+		char names[128] = "";	/* every service, not the first two */
+
+		for (size_t i = 0; i < nsvc; i++)
+			snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+			    i == 0 ? "" : i + 1 == nsvc ? " and " : ", ", wk[i].name);
+		log_info("portcullisd started: %s; lists %s, policy_mode %s", names,
+		    conf_get(c, "lists"), conf_get(c, "policy_mode"));
+	}
 	if (!foreground) {
 		int fd = open("/dev/null", O_RDWR);
 

@@ -42,6 +42,11 @@ imap_conf_new(const struct conf *c, const char **error_r)
 	}
 	for (int k = 0; k < IMAP_CONF_KINDS; k++)
 		ic->listen[k] = conf_get_list(c, imap_conf_listen_keys[k], &ic->nlisten[k]);
+	if (ic->nlisten[IMAP_LISTEN_IMAP] == 0 && ic->nlisten[IMAP_LISTEN_IMAPS] == 0) {
+		snprintf(errbuf, sizeof(errbuf), "%s: the imap service needs imap_listen or "
+		    "imaps_listen", conf_where(c, "imap_listen"));
+		goto fail;
+	}
 	if (ic->nlisten[IMAP_LISTEN_IMAPS] > 0 && s->tls == NULL) {
 		snprintf(errbuf, sizeof(errbuf), "%s: imaps_listen needs tls_cert_file and tls_key_file",
 		    conf_where(c, "imaps_listen"));
@@ -49,7 +54,7 @@ imap_conf_new(const struct conf *c, const char **error_r)
 	}
 	/* the door serves the store the SMTP door delivers into */
 	if (strncmp(delivery, "maildir:", 8) != 0) {
-		snprintf(errbuf, sizeof(errbuf), "%s: the imap service reads the Maildir store: "
+		snprintf(errbuf, sizeof(errbuf), "%s: delivery: the imap service reads the Maildir store: "
 		    "it needs delivery = maildir:DIR", conf_where(c, "delivery"));
 		goto fail;
 	}
@@ -72,6 +77,7 @@ imap_conf_new(const struct conf *c, const char **error_r)
 	s->max_per_client = (unsigned)conf_get_int(c, "imap_max_per_client");
 	s->login_timeout = (unsigned)conf_get_int(c, "imap_login_timeout");
 	s->idle_timeout = (unsigned)conf_get_int(c, "imap_idle_timeout");
+	s->max_userip = (unsigned)conf_get_int(c, "mail_max_userip_connections");
 	*error_r = NULL;
 	return ic;
 fail:

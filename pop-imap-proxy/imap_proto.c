@@ -110,7 +110,7 @@ struct imap_proto {
 	struct imap_auth_req auth;
 	char *auth_final;
 	int in_sasl;
-	char line[IMAP_AUTH_LINE_MAX + 1];
+	char *line;		/* IMAP_AUTH_LINE_MAX + 1, only during AUTHENTICATE */
 	size_t linelen;
 	int skipping;
 	char user[256];
@@ -143,6 +143,7 @@ struct imap_proto {
 	size_t chunklen, chunkcap;
 	int fetch_gone;
 	int idling;
+	unsigned bad_row;	/* BADs in a row, parser's and ours */
 	int logout_pending;
 	/* output */
 	struct segq q, xq;
@@ -572,7 +573,9 @@ imap_proto_free(struct imap_proto **pp)
 	if (p == NULL)
 		return;
 	auth_end(p);
-	explicit_bzero(p->line, sizeof(p->line));
+	if (p->line != NULL)
+		explicit_bzero(p->line, IMAP_AUTH_LINE_MAX + 1);
+	free(p->line);
 	imap_parser_free(&p->parser);
 	append_cleanup(p);
 	box_close(p);
@@ -660,6 +663,7 @@ imap_proto_set_tls_peer(struct imap_proto *p, const char *identity)
 /* ---- authentication ---- */
 
 static exec_fn x_login;
+static exec_fn x_idle_sync;
 
 static void
 logged_in(struct imap_proto *p, const char *user)
@@ -1057,6 +1061,10 @@ view_sync(struct imap_proto *p, int expunge_ok)
 		reply(p, "* %zu EXISTS", p->nview);
 		reply(p, "* %zu RECENT", r);
 		p->recent_told = r;
+	} else if (expunge_ok && view_recent(p) != p->recent_told) {
+		/* an expunged message was \Recent: the count again, as Dovecot */
+		p->recent_told = view_recent(p);
+		reply(p, "* %zu RECENT", p->recent_told);
 	}
 }
 
@@ -1116,16 +1124,19 @@ x_select(struct imap_proto *p)
 	const char *name, *err;
 	char *nname;
 
+	if (p->box != NULL)
+		reply(p, "* OK [CLOSED] Previous mailbox closed.");
 	box_close(p);
 	if (name_arg(&c->args[0], &name) < 0 || !(mailstore_folder_is_valid(name) ||
 	    strcasecmp(name, "INBOX") == 0)) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag,
+		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag,
 		    name_arg(&c->args[0], &name) < 0 ? "" : name);
 		return;
 	}
 	nname = name_norm(name);
 	if (mailstore_box_open(p->ms, nname, &p->box, &err) < 0) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %.200s", p->tag, nname);
+		/* as Dovecot 2.3 answers SELECT and STATUS: no response code */
+		reply(p, "%s NO Mailbox doesn't exist: %.200s.", p->tag, nname);
 		free(nname);
 		return;
 	}
@@ -1249,6 +1260,15 @@ names_have(char *const *v, size_t n, const char *name)
 	return 0;
 }
 
+static int
+names_have_implied(char *const *v, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (v[i][0] == '\001' && strcmp(v[i] + 1, name) == 0)
+			return 1;
+	return 0;
+}
+
 static void
 x_list(struct imap_proto *p)
 {
@@ -1306,23 +1326,46 @@ x_list(struct imap_proto *p)
 		}
 		mailstore_names_free(&told, nt);
 	}
+	if (!lsub) {
+		/* a parent only its children imply (.A.B.C without .A.B): \Noselect */
+		size_t n0 = n;
+
+		for (size_t i = 0; i < n0 && n < MAX_MAILSTORE_FOLDERS; i++) {
+			char *name = xstrdup(names[i]), *dot;
+
+			while ((dot = strrchr(name, '.')) != NULL) {
+				*dot = '\0';
+				if (!names_have(names, n, name) && !names_have_implied(names, n, name)) {
+					names = xreallocarray(names, n + 2, sizeof(*names));
+					names[n++] = xasprintf("\001%s", name);
+					names[n] = NULL;
+				}
+			}
+			free(name);
+		}
+	}
 	for (size_t i = 0; !lsub && i < n; i++) {
 		char attrs[64];
-		size_t len = strlen(names[i]);
-		int children = 0;
+		int implied = names[i][0] == '\001';
+		const char *nm = names[i] + implied;
+		size_t len = strlen(nm);
+		int children = implied;
 		const char *su;
 		struct str b = { 0 };
 
-		if (!imap_list_match(pattern, names[i]))
+		if (!imap_list_match(pattern, nm))
 			continue;
-		for (size_t k = 0; k < n; k++)
-			if (strncmp(names[k], names[i], len) == 0 && names[k][len] == '.')
+		for (size_t k = 0; k < n && !children; k++) {
+			const char *o = names[k] + (names[k][0] == '\001');
+
+			if (strncmp(o, nm, len) == 0 && o[len] == '.')
 				children = 1;
-		su = special_use(names[i]);
-		snprintf(attrs, sizeof(attrs), "%s%s%s", children ? "\\HasChildren" : "\\HasNoChildren",
-		    su ? " " : "", su ? su : "");
+		}
+		su = implied ? NULL : special_use(nm);
+		snprintf(attrs, sizeof(attrs), "%s%s%s%s", implied ? "\\Noselect " : "",
+		    children ? "\\HasChildren" : "\\HasNoChildren", su ? " " : "", su ? su : "");
 		str_add(&b, "* LIST (%s) \".\" ", attrs);
-		name_str(&b, names[i]);
+		name_str(&b, nm);
 		str_addn(&b, "\r\n", 2);
 		out_str(p, &b);
 	}
@@ -1365,7 +1408,7 @@ folder_arg(struct imap_proto *p, size_t i, int allow_inbox)
 		if (strcmp(n, "INBOX") != 0)
 			reply(p, "%s NO [CANNOT] Invalid mailbox name.", p->tag);
 		else
-			reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists", p->tag);
+			reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
 		free(n);
 		return NULL;
 	}
@@ -1405,7 +1448,7 @@ x_create(struct imap_proto *p)
 	if (name == NULL)
 		return;
 	if (folder_exists(p, name))
-		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists", p->tag);
+		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
 	else if (mailstore_folder_create(p->ms, name, &err) < 0)
 		reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
 	else {
@@ -1426,7 +1469,7 @@ x_delete(struct imap_proto *p)
 	if (strcmp(name, "INBOX") == 0) {
 		reply(p, "%s NO INBOX can't be deleted.", p->tag);
 	} else if (!folder_exists(p, name)) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag, name);
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s.", p->tag, name);
 	} else {
 		if (p->box != NULL && strcmp(mailstore_box_name(p->box), name) == 0)
 			box_close(p);	/* deleting the selected folder deselects it */
@@ -1489,9 +1532,9 @@ x_rename(struct imap_proto *p)
 	}
 	fl = strlen(from);
 	if (!folder_exists(p, from)) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag, from);
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s.", p->tag, from);
 	} else if (folder_exists(p, to)) {
-		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists", p->tag);
+		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
 	} else if (strncmp(to, from, fl) == 0 && to[fl] == '.') {
 		reply(p, "%s NO Can't rename mailbox under its own child.", p->tag);
 	} else if (strcmp(from, "INBOX") == 0) {
@@ -1545,7 +1588,7 @@ x_subscribe(struct imap_proto *p)
 	if (name == NULL)
 		return;
 	if (on && !folder_exists(p, name))
-		reply(p, "%s NO Mailbox doesn't exist: %s", p->tag, name);
+		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag, name);
 	else if (mailstore_subscribe(p->ms, name, on, &err) < 0)
 		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
 	else {
@@ -1590,7 +1633,7 @@ x_status(struct imap_proto *p)
 		box = p->box;
 		view_sync(p, 1);
 	} else if (mailstore_box_open(p->ms, name, &box, &err) < 0) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s", p->tag, name);
+		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag, name);
 		free(name);
 		return;
 	} else {
@@ -1626,7 +1669,10 @@ x_status(struct imap_proto *p)
 	if (own)
 		mailstore_box_close(&box);
 	free(name);
-	reply(p, "%s OK Status completed.", p->tag);
+	if (own)
+		reply(p, "%s OK Status completed.", p->tag);
+	else
+		reply(p, "%s OK [CLIENTBUG] Status on selected mailbox completed.", p->tag);
 }
 
 static void
@@ -1727,6 +1773,9 @@ c_idle(struct imap_proto *p, const struct imap_cmd *c)
 	p->idling = 1;
 	imap_parser_set_idle(p->parser);
 	reply(p, "+ idling");
+	/* what changed since the last command is told at once, as Dovecot */
+	if (p->box != NULL)
+		want_exec(p, c, x_idle_sync);
 }
 
 static void
@@ -1845,7 +1894,7 @@ cmd_select(struct imap_proto *p)
 	unsigned char *sel = xcalloc(p->nview + 1, 1);
 
 	if (set_select(p, &p->cmd->seq, p->cmd->uid, sel) < 0) {
-		reply(p, "%s BAD Error in IMAP command %s: Invalid messageset", p->tag,
+		reply(p, "%s BAD Error in IMAP command %s: Invalid messageset.", p->tag,
 		    p->cmd->name);
 		free(sel);
 		return NULL;
@@ -1971,8 +2020,15 @@ section_name(struct str *b, const struct imap_fetch_att *f)
 		str_add(b, "%s%s", f->nparts ? "." : "", text[f->text]);
 	if (f->text == IMAP_SECTION_HEADER_FIELDS || f->text == IMAP_SECTION_HEADER_FIELDS_NOT) {
 		str_add(b, " (");
-		for (size_t i = 0; i < f->nfields; i++)
-			str_add(b, "%s%s", i ? " " : "", f->fields[i]);
+		/* the field names upper-cased, as Dovecot echoes them */
+		for (size_t i = 0; i < f->nfields; i++) {
+			str_add(b, "%s", i ? " " : "");
+			for (const char *s = f->fields[i]; *s != '\0'; s++) {
+				char u = (char)toupper((unsigned char)*s);
+
+				str_addn(b, &u, 1);
+			}
+		}
 		str_add(b, ")");
 	}
 	str_add(b, "]");
@@ -2013,8 +2069,9 @@ fetch_one(struct imap_proto *p, size_t i)
 		}
 	}
 	str_add(&b, "* %zu FETCH (", i + 1);
-	/* as Dovecot: UID first for UID FETCH, then the short items in the order
-	 * asked, then the literals, then FLAGS when \Seen was set on the way */
+	/* as Dovecot: UID first for UID FETCH, then UID/FLAGS/INTERNALDATE/
+	 * RFC822.SIZE in the order asked, FLAGS when \Seen was set on the way,
+	 * then the rest (ENVELOPE, BODY..., sections) in the order asked */
 	if (c->uid) {
 		str_add(&b, "UID %u", (unsigned)v->uid);
 		first = 0;
@@ -2023,10 +2080,19 @@ fetch_one(struct imap_proto *p, size_t i)
 	for (size_t k = 0; k < c->nfetch; k++) {
 		const struct imap_fetch_att *a = &c->fetch[k];
 		const char *sp = first ? "" : " ";
-		int literal = a->kind == IMAP_FETCH_RFC822 || a->kind == IMAP_FETCH_RFC822_HEADER ||
-		    a->kind == IMAP_FETCH_RFC822_TEXT || a->kind == IMAP_FETCH_SECTION;
+		/* Dovecot's "buffered" handlers come first */
+		int later = !(a->kind == IMAP_FETCH_UID || a->kind == IMAP_FETCH_FLAGS ||
+		    a->kind == IMAP_FETCH_INTERNALDATE || a->kind == IMAP_FETCH_RFC822_SIZE);
 
-		if (literal != pass)
+		if (pass == 1 && k == 0 && seen_set && !want_flags) {
+			/* FLAGS for the \Seen just set: the last of the buffered ones */
+			str_add(&b, "%sFLAGS (", first ? "" : " ");
+			flags_str(p, &b, v->flags, v->kw, v->recent);
+			str_add(&b, ")");
+			first = 0;
+			sp = " ";
+		}
+		if (later != pass)
 			continue;
 		switch (a->kind) {
 		case IMAP_FETCH_UID:
@@ -2117,11 +2183,6 @@ fetch_one(struct imap_proto *p, size_t i)
 		}
 		}
 		first = 0;
-	}
-	if (seen_set && !want_flags) {
-		str_add(&b, "%sFLAGS (", first ? "" : " ");
-		flags_str(p, &b, v->flags, v->kw, v->recent);
-		str_add(&b, ")");
 	}
 	str_add(&b, ")\r\n");
 	out_str(p, &b);
@@ -2338,7 +2399,7 @@ dest_open(struct imap_proto *p, const struct imap_arg *a, int *own_r)
 	*own_r = 0;
 	if (name_arg(a, &name) < 0 || !(mailstore_folder_is_valid(name) ||
 	    strcasecmp(name, "INBOX") == 0)) {
-		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s", p->tag,
+		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s.", p->tag,
 		    name_arg(a, &name) < 0 ? "" : name);
 		return NULL;
 	}
@@ -2348,7 +2409,7 @@ dest_open(struct imap_proto *p, const struct imap_arg *a, int *own_r)
 		return p->box;
 	}
 	if (mailstore_box_open(p->ms, nname, &b, &err) < 0) {
-		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s", p->tag, nname);
+		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s.", p->tag, nname);
 		free(nname);
 		return NULL;
 	}
@@ -2759,6 +2820,18 @@ static const struct {
 	{ "MOVE", IN_SELECTED, c_copy },
 };
 
+/* a BAD in a row more than the parser's bad_max: BYE, as Dovecot */
+static void
+bad_counted(struct imap_proto *p)
+{
+	unsigned max = p->st == ST_NOAUTH ? IMAP_BAD_MAX_PRELOGIN : IMAP_BAD_MAX;
+
+	if (++p->bad_row > max) {
+		reply(p, "* BYE Too many invalid IMAP commands.");
+		p->close = 1;
+	}
+}
+
 static void
 command(struct imap_proto *p, const struct imap_cmd *c)
 {
@@ -2772,13 +2845,16 @@ command(struct imap_proto *p, const struct imap_cmd *c)
 				reply(p, "%s BAD Please log in first.", c->tag);
 			else
 				reply(p, "%s BAD Command not permitted in this state.", c->tag);
+			bad_counted(p);
 			return;
 		}
+		p->bad_row = 0;
 		snprintf(p->tag, sizeof(p->tag), "%s", c->tag);
 		commands[i].run(p, c);
 		return;
 	}
 	reply(p, "%s BAD Unknown command.", c->tag);
+	bad_counted(p);
 }
 
 /* ---- input ---- */
@@ -2797,12 +2873,18 @@ sasl_input(struct imap_proto *p, const char *buf, size_t len)
 	}
 	if (p->linelen + take > IMAP_AUTH_LINE_MAX) {
 		auth_end(p);
+		if (p->line != NULL)
+			explicit_bzero(p->line, p->linelen);
+		free(p->line);
+		p->line = NULL;
 		p->linelen = 0;
 		reply(p, "%s BAD Authentication response too long.", p->tag);
 		if (nl == NULL)
 			p->skipping = 1;
 		return nl ? take + 1 : take;
 	}
+	if (p->line == NULL)
+		p->line = xmalloc(IMAP_AUTH_LINE_MAX + 1);
 	memcpy(p->line + p->linelen, buf, take);
 	p->linelen += take;
 	if (nl == NULL)
@@ -2817,6 +2899,8 @@ sasl_input(struct imap_proto *p, const char *buf, size_t len)
 		sasl_line(p, p->line);
 	}
 	explicit_bzero(p->line, p->linelen + 1);
+	free(p->line);
+	p->line = NULL;
 	p->linelen = 0;
 	return take + 1;
 }
@@ -2858,8 +2942,10 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 				reply(p, "%s BAD Expected DONE.", p->tag);
 				break;
 			}
-			/* FALLTHROUGH */
-			__attribute__((fallthrough));
+			out_add(p, ev.reply, strlen(ev.reply));
+			if (strstr(ev.reply, " BAD ") != NULL)
+				bad_counted(p);
+			break;
 		case IMAP_EV_CONTINUE:
 			out_add(p, ev.reply, strlen(ev.reply));
 			break;

@@ -29,9 +29,13 @@
  *                         again, preferably once the output has drained.
  *   output: while imap_proto_output_segment() gives a segment, send it and
  *   report with imap_proto_output_done(). Bytes may be sent piecewise; a file
- *   range is the door's to copy (sendfile/evbuffer_add_file when !crlf, a
- *   bounded copier that turns each bare LF into CRLF when crlf), reported
- *   done once wholly sent. The session closes a segment's fd itself.
+ *   range is the door's to copy (sendfile/evbuffer_add_file), reported done
+ *   once wholly sent. The session closes a segment's fd itself. A large
+ *   converted body (bare LF -> CRLF) comes as byte segments of 64 KiB made
+ *   as they are asked for (reading the mapped message file), so ask again
+ *   only as the socket drains. Run a FETCH's next batch (action still
+ *   IMAP_ACT_EXEC after exec_done) once imap_proto_output_pending() is
+ *   below a mark such as 1 MiB: each batch holds up to 32 open messages.
  *   imap_proto_wants_close(): close once the output is sent.
  *
  * IDLE: while imap_proto_watch_dir() is not NULL the door watches that
@@ -76,7 +80,8 @@ struct imap_segment {
 	int fd;			/* file range: -1 for bytes; the session's, do not close */
 	off_t offset;		/* file: where the range starts in the file */
 	int crlf;		/* file: turn each LF not preceded by CR into CRLF; len
-				   counts the output (a copier stops after len octets) */
+				   counts the output (a copier stops after len octets).
+				   Always 0 today: converted sections come as bytes */
 };
 
 struct imap_proto;

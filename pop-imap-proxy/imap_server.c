@@ -35,6 +35,14 @@
  * SIGUSR2 (live reload): no more accepts; every session is told "* BYE"
  * (after the command in progress) and closed.
  *
+ * The proxy (issue 12) hooks in at the login: start_auth()'s outcome is the
+ * one point where the user is known and nothing of the store has been
+ * touched (imap_proto asks for the EXEC that opens the store only after
+ * imap_proto_auth_done(1)). A proxied user is routed there instead: the
+ * door keeps the conn (TLS done, penalties applied, the kill list checked),
+ * connects to the backend off the loop, and splices the two bufferevents;
+ * the session object is dropped.
+ *
  * The loop never blocks: store I/O and password hashing run on job threads;
  * a connection a job points at is held (conn_hold) and its session freed
  * only after the job. Never logs peer bytes.
@@ -184,6 +192,8 @@ pump(struct sess *s)
 			imap_proto_output_done(s->ip, g.len);
 			continue;
 		}
+		if (!s->copying)	/* message octets going out from the store */
+			stats_add("message_bytes_total{door=\"imap\",route=\"fetch\"}", g.len);
 		if (!s->copying && !g.crlf && !conn_is_tls(c) && g.len > 0) {
 			int fd = dup(g.fd);
 
@@ -379,7 +389,6 @@ login_done(struct sess *s)
 	}
 	log_info("imap: conn=%s login: user=<%s> client=[%s]%s", conn_id(s->conn), s->user,
 	    conn_addr_text(s->conn, who), conn_is_tls(s->conn) ? " TLS" : "");
-	stats_add("logins_total{door=\"imap\"}", 1);
 }
 
 static void
@@ -458,6 +467,9 @@ step(struct sess *s)
 {
 	struct conn *c = s->conn;
 
+	/* a login may end in input too (SCRAM's last, empty response) */
+	if (!s->logged && imap_proto_user(s->ip)[0] != '\0')
+		login_done(s);
 	for (int guard = 0; guard < 8; guard++) {
 		enum imap_action a;
 
@@ -472,15 +484,8 @@ step(struct sess *s)
 			continue;	/* answered at once: its action may follow */
 		}
 		if (a == IMAP_ACT_STARTTLS) {
-			struct bufferevent *under;
-
-			if (conn_starttls(c) < 0)
+			if (conn_starttls(c) < 0)	/* bounds the socket's buffer under the filter */
 				return;
-			/* the TLS filter writes into the socket's bufferevent: bound
-			 * that too, or a slow reader of a big FETCH piles it up there */
-			under = bufferevent_get_underlying(conn_bev(c));
-			if (under != NULL)
-				bufferevent_setwatermark(under, EV_WRITE, 0, IMAP_OUT_HIGH);
 			imap_proto_set_tls(s->ip, 1);
 			continue;
 		}
@@ -557,7 +562,6 @@ killed(struct sess *s)
 		engine_log(s->es, STAGE_CONNECT, &v, NULL, "imap");
 		snprintf(line, sizeof(line), "* BYE %s\r\n", v.text);
 		conn_write(s->conn, line, strlen(line));
-		stats_add("connections_refused_total{door=\"imap\",reason=\"kill\"}", 1);
 	}
 	return k;
 }

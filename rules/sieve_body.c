@@ -3,7 +3,13 @@
  * whose Content-Type matches (:content, :text = "text"), decoded from
  * base64 / quoted-printable. MIME nesting is capped at MAX_MIME_DEPTH.
  *
- *   sv_body_values()  the strings the body test matches its keys against
+ *   sv_body_values()      the strings the body test matches its keys against
+ *   sv_body_cache_free()  drop what the run's body tests shared
+ *
+ * The MIME structure is walked and every part decoded once per evaluation
+ * (the first body test builds it, on the run); each body test then picks the
+ * parts its content types name. Freed when the run ends or its message
+ * changes (sieve_run_set_msg).
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -16,6 +22,36 @@
 #define MAX_MIME_DEPTH 10
 
 struct part_hdr { char *ctype; char *boundary; char *cte; };
+
+/* what one entity gives a body test, in the order of the message */
+enum part_kind {
+	PK_LEAF,	/* a part's decoded content */
+	PK_PRE,		/* a multipart's text before its first boundary */
+	PK_EPI,		/* ... after its closing boundary */
+	PK_NESTED,	/* a message/rfc822's header (RFC 5173 5.2) */
+};
+struct body_part {
+	enum part_kind kind;
+	char *ctype;	/* the entity's type/subtype (lower case) */
+	char *value;
+	char *text;	/* PK_LEAF HTML: the text without markup, made when asked */
+};
+struct sv_body_cache {
+	const struct sieve_msg *msg;
+	char *raw;	/* :raw */
+	struct body_part *p;
+	size_t n;
+};
+
+static void add_part(struct sv_body_cache *c, enum part_kind k, const char *ctype, char *value)
+{
+	c->p = xreallocarray(c->p, c->n + 1, sizeof(*c->p));
+	c->p[c->n].kind = k;
+	c->p[c->n].ctype = xstrdup(ctype);
+	c->p[c->n].value = value;
+	c->p[c->n].text = NULL;
+	c->n++;
+}
 
 static int on_field(void *arg, const struct hdr_field *f)
 {
@@ -159,9 +195,9 @@ static int type_matches(const char *ctype, char **types, size_t nt)
 	return 0;
 }
 
-/* one entity: headers at s (or none when headless), its body */
-static void walk(const char *s, size_t len, int headless, char **types, size_t nt,
-    int depth, char ***vals, size_t *nv, int text_mode)
+/* one entity: headers at s (or none when headless), its body; every part
+ * it holds recorded in c */
+static void walk(const char *s, size_t len, int headless, int depth, struct sv_body_cache *c)
 {
 	struct part_hdr h = { 0 };
 	size_t off = 0;
@@ -189,31 +225,27 @@ static void walk(const char *s, size_t len, int headless, char **types, size_t n
 	if (strncmp(ctype, "multipart/", 10) == 0 && h.boundary && depth < MAX_MIME_DEPTH) {
 		size_t bl = strlen(h.boundary);
 		const char *p = body, *end = body + blen, *part = NULL;
-		int want = type_matches(ctype, types, nt), first = 1;
+		int first = 1;
 		while (p < end) {
 			const char *eol = memchr(p, '\n', (size_t)(end - p));
 			const char *next = eol ? eol + 1 : end;
 			if (end - p >= (long)(bl + 2) && p[0] == '-' && p[1] == '-' &&
 			    memcmp(p + 2, h.boundary, bl) == 0) {
-				if (first && want) {
+				if (first) {
 					const char *pe = p;
 					if (pe > body && pe[-1] == '\n') pe--;
 					if (pe > body && pe[-1] == '\r') pe--;
-					*vals = xreallocarray(*vals, *nv + 1, sizeof(char *));
-					(*vals)[(*nv)++] = xstrndup(body, (size_t)(pe - body));
+					add_part(c, PK_PRE, ctype, xstrndup(body, (size_t)(pe - body)));
 				}
 				first = 0;
 				if (part) {
 					const char *pe = p;
 					if (pe > part && pe[-1] == '\n') pe--;
 					if (pe > part && pe[-1] == '\r') pe--;
-					walk(part, (size_t)(pe - part), 0, types, nt, depth + 1, vals, nv, text_mode);
+					walk(part, (size_t)(pe - part), 0, depth + 1, c);
 				}
 				if (p + bl + 4 <= end && p[bl + 2] == '-' && p[bl + 3] == '-') {
-					if (want) {
-						*vals = xreallocarray(*vals, *nv + 1, sizeof(char *));
-						(*vals)[(*nv)++] = xstrndup(next, (size_t)(end - next));
-					}
+					add_part(c, PK_EPI, ctype, xstrndup(next, (size_t)(end - next)));
 					break;
 				}
 				part = next;
@@ -221,65 +253,56 @@ static void walk(const char *s, size_t len, int headless, char **types, size_t n
 			p = next;
 		}
 	} else if (strcmp(ctype, "message/rfc822") == 0 && depth < MAX_MIME_DEPTH) {
-		if (type_matches(ctype, types, nt)) {
-			/* RFC 5173 5.2: only the nested message's header, as one string */
-			size_t hl = blen;
-			for (size_t i = 0; i + 1 < blen; i++) {
-				if (body[i] == '\n' && (body[i + 1] == '\n' ||
-				    (body[i + 1] == '\r' && i + 2 < blen && body[i + 2] == '\n'))) {
-					hl = i + 1;
-					break;
-				}
+		/* RFC 5173 5.2: only the nested message's header, as one string */
+		size_t hl = blen;
+		for (size_t i = 0; i + 1 < blen; i++) {
+			if (body[i] == '\n' && (body[i + 1] == '\n' ||
+			    (body[i + 1] == '\r' && i + 2 < blen && body[i + 2] == '\n'))) {
+				hl = i + 1;
+				break;
 			}
-			*vals = xreallocarray(*vals, *nv + 1, sizeof(char *));
-			(*vals)[(*nv)++] = xstrndup(body, hl);
 		}
-		walk(body, blen, 0, types, nt, depth + 1, vals, nv, text_mode);
+		add_part(c, PK_NESTED, ctype, xstrndup(body, hl));
+		walk(body, blen, 0, depth + 1, c);
 	} else if (h.cte && strncasecmp(h.cte, "7bit", 4) && strncasecmp(h.cte, "8bit", 4) &&
 	    strncasecmp(h.cte, "binary", 6) && strncasecmp(h.cte, "base64", 6) &&
 	    strncasecmp(h.cte, "quoted-printable", 16)) {
 		/* an unknown transfer encoding: the content cannot be read */
-	} else if (type_matches(ctype, types, nt) ||
-	    (text_mode && strcmp(ctype, "application/xhtml+xml") == 0)) {
-		char *v = decode(h.cte, body, blen);
-		if (text_mode && (strcmp(ctype, "text/html") == 0 ||
-		    strcmp(ctype, "application/xhtml+xml") == 0))
-			v = html_text(v);
-		*vals = xreallocarray(*vals, *nv + 1, sizeof(char *));
-		(*vals)[(*nv)++] = v;
+	} else {
+		add_part(c, PK_LEAF, ctype, decode(h.cte, body, blen));
 	}
 	free(h.ctype);
 	free(h.boundary);
 	free(h.cte);
 }
 
-int sv_body_values(struct sieve_run *run, const struct sieve_node *n, char ***vals_r, size_t *n_r)
+void sv_body_cache_free(struct sieve_run *run)
+{
+	struct sv_body_cache *c = run->body;
+	if (c == NULL)
+		return;
+	run->body = NULL;
+	for (size_t i = 0; i < c->n; i++) {
+		free(c->p[i].ctype);
+		free(c->p[i].value);
+		free(c->p[i].text);
+	}
+	free(c->p);
+	free(c->raw);
+	free(c);
+}
+
+/* the message's parts, walked and decoded once per run */
+static struct sv_body_cache *body_cache(struct sieve_run *run)
 {
 	const struct sieve_msg *m = run->msg;
-	*vals_r = NULL;
-	*n_r = 0;
-	if (m == NULL || m->body == NULL)
-		return 0;
-	if (n->tagset[0]) {	/* :raw */
-		*vals_r = xcalloc(1, sizeof(char *));
-		(*vals_r)[0] = xstrndup(m->body, m->body_len);
-		*n_r = 1;
-		return 0;
-	}
-	char **types;
-	size_t nt;
-	char *text[1] = { (char *)"text" };
-	if (n->tagset[1]) {
-		size_t k;
-		types = xcalloc(n->tagv[1]->n + 1, sizeof(char *));
-		for (k = 0; k < n->tagv[1]->n; k++)
-			types[k] = sv_expand(run, n->tagv[1]->v[k].s);
-		nt = k;
-	} else {
-		types = text;
-		nt = 1;
-	}
-	/* the top-level entity: rebuild from the parsed header fields */
+	if (run->body != NULL && run->body->msg == m)
+		return run->body;
+	sv_body_cache_free(run);
+	struct sv_body_cache *c = xcalloc(1, sizeof(*c));
+	c->msg = m;
+	c->raw = xstrndup(m->body, m->body_len);
+	/* the top-level entity: rebuilt from the parsed header fields */
 	const char *ct = NULL, *cte = NULL;
 	for (size_t i = 0; i < m->nhdr; i++) {
 		if (!ct && !strcasecmp(m->hdr[i].name, "content-type"))
@@ -295,11 +318,65 @@ int sv_body_values(struct sieve_run *run, const struct sieve_node *n, char ***va
 	memcpy(whole, top, tl);
 	memcpy(whole + tl, m->body, m->body_len);
 	whole[tl + m->body_len] = '\0';
-	walk(whole, tl + m->body_len, 0, types, nt, 0, vals_r, n_r, !n->tagset[1]);
+	walk(whole, tl + m->body_len, 0, 0, c);
 	free(whole);
 	free(top);
+	run->body = c;
+	return c;
+}
+
+int sv_body_values(struct sieve_run *run, const struct sieve_node *n, char ***vals_r, size_t *n_r)
+{
+	const struct sieve_msg *m = run->msg;
+	*vals_r = NULL;
+	*n_r = 0;
+	if (m == NULL || m->body == NULL)
+		return 0;
+	struct sv_body_cache *c = body_cache(run);
+	run->steps += m->body_len / 64;
+	if (n->tagset[0]) {	/* :raw */
+		*vals_r = xcalloc(1, sizeof(char *));
+		(*vals_r)[0] = c->raw;
+		*n_r = 1;
+		return 0;
+	}
+	char **types;
+	size_t nt;
+	char *text[1] = { (char *)"text" };
+	int text_mode = !n->tagset[1];
+	if (n->tagset[1]) {
+		size_t k;
+		types = xcalloc(n->tagv[1]->n + 1, sizeof(char *));
+		for (k = 0; k < n->tagv[1]->n; k++)
+			types[k] = sv_expand(run, n->tagv[1]->v[k].s);
+		nt = k;
+	} else {
+		types = text;
+		nt = 1;
+	}
+	char **v = xcalloc(c->n + 1, sizeof(char *));
+	size_t nv = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		struct body_part *p = &c->p[i];
+		int html = strcmp(p->ctype, "text/html") == 0 ||
+		    strcmp(p->ctype, "application/xhtml+xml") == 0;
+		if (p->kind != PK_LEAF) {
+			if (type_matches(p->ctype, types, nt))
+				v[nv++] = p->value;
+		} else if (type_matches(p->ctype, types, nt) ||
+		    (text_mode && strcmp(p->ctype, "application/xhtml+xml") == 0)) {
+			if (text_mode && html) {
+				if (p->text == NULL)
+					p->text = html_text(xstrdup(p->value));
+				v[nv++] = p->text;
+			} else {
+				v[nv++] = p->value;
+			}
+		}
+	}
 	if (types != text)
 		sieve_strv_free(types, nt);
-	run->steps += m->body_len / 64;
+	*vals_r = v;
+	*n_r = nv;
 	return 0;
 }

@@ -872,6 +872,8 @@ static int check_node(struct cctx *c, struct sieve_node *n)
 				cerr(c, k->line, k->col, "invalid regular expression '%s' for regex match: %s",
 				    k->v[0].s, e ? e : "error");
 				ret = -1;
+			} else if (n->regex == NULL) {
+				n->regex = re;	/* kept: matched without compiling again */
 			} else {
 				sv_regex_free(re);
 			}

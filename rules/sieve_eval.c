@@ -69,6 +69,7 @@ unsigned sieve_node_line(const struct sieve_node *n) { return n->line; }
 void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 {
 	run->msg = m;
+	sv_body_cache_free(run);
 	for (size_t i = 0; i < run->nhdr; i++) {
 		free(run->hdr[i].name);
 		free(run->hdr[i].value);
@@ -215,10 +216,19 @@ int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
 		return 0;
 	}
 	void **re = NULL;
+	int node_re = 0;	/* re[0] is n->regex (not ours to free) */
 	if (n->mtype == MT_REGEX) {
 		re = xcalloc(nkeys + 1, sizeof(void *));
 		for (size_t j = 0; j < nkeys; j++) {
 			const char *e;
+			/* the script's one constant key was compiled with it */
+			if (j == 0 && nkeys == 1 && n->regex != NULL && n->npos > 0 &&
+			    n->pos[n->npos - 1]->n == 1 &&
+			    strcmp(keys[0], n->pos[n->npos - 1]->v[0].s) == 0) {
+				re[0] = n->regex;
+				node_re = 1;
+				continue;
+			}
 			re[j] = sv_regex_compile(keys[j], n->comp == CMP_CASEMAP, &e);
 			if (re[j] == NULL)	/* logged; the key just never matches */
 				sieve_error_add(run->err, run->script->name, n->line, 0, "invalid regular "
@@ -237,7 +247,7 @@ int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
 		}
 out:
 	if (re) {
-		for (size_t j = 0; j < nkeys; j++)
+		for (size_t j = node_re; j < nkeys; j++)
 			if (re[j])
 				sv_regex_free(re[j]);
 		free(re);
@@ -338,7 +348,7 @@ static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res
 			return R_ERR;
 		char **keys = sieve_arg_list(run, n, 0, &nk);
 		*res = sieve_match_values(run, n, vals, nv, keys, nk);
-		sieve_strv_free(vals, nv);
+		free(vals);	/* the strings are the run's (sieve_body.c) */
 		sieve_strv_free(keys, nk);
 		break;
 	}

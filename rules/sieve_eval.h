@@ -28,6 +28,7 @@ struct sieve_run {
 	long long size_delta;	/* size change by editheader */
 	const struct sieve_script **included; size_t nincluded;
 	unsigned include_depth;
+	struct sv_body_cache *body;	/* the body tests' parts (sieve_body.c) */
 };
 
 void sv_runtime_error(struct sieve_run *run, unsigned line, const char *fmt, ...)
@@ -45,7 +46,10 @@ void sv_var_declare_global(struct sieve_run *run, const char *name);
 char *sv_set_modify(const struct sieve_node *n, const char *value);
 
 /* tests needing the message structure (sieve_body.c, sieve_date.c) */
+/* the values belong to the run (valid until it ends or its message changes):
+ * the caller frees only the array */
 int sv_body_values(struct sieve_run *run, const struct sieve_node *n, char ***vals_r, size_t *n_r);
+void sv_body_cache_free(struct sieve_run *run);
 int sv_date_part(const char *date, const char *zone, int originalzone, const char *part,
     long now_if_current, char **val_r);
 const char *sv_header_get(struct sieve_run *run, const char *name, size_t idx);

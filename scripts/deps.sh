@@ -9,6 +9,8 @@ pkgs="$pkgs dovecot-pop3d"
 pkgs="$pkgs isync mutt"
 # libgmime-3.0-dev: the MIME parser behind IMAP FETCH/SEARCH (pop-imap-proxy/imap_mime.c)
 pkgs="$pkgs libgmime-3.0-dev"
+# fetchmail: a real POP3 client against the POP3 door (tests/integration/test_pop3.py)
+pkgs="$pkgs fetchmail"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -210,6 +210,14 @@ int
 relay_send(const char *target, const char *helo, unsigned timeout, const char *from,
     const char *rcpt, const char *text, int fd, char *reply, size_t rn)
 {
+	return relay_send_at(target, helo, timeout, from, rcpt, text, text != NULL ? -1 : fd, 0,
+	    reply, rn);
+}
+
+int
+relay_send_at(const char *target, const char *helo, unsigned timeout, const char *from,
+    const char *rcpt, const char *text, int fd, long long start, char *reply, size_t rn)
+{
 	struct rs *s = calloc(1, sizeof(*s));
 	char line[1100];
 	int code, rc = -1;
@@ -247,12 +255,11 @@ relay_send(const char *target, const char *helo, unsigned timeout, const char *f
 	if ((code = cmd(s, "DATA", reply, rn)) != 354)
 		goto out;
 	s->bol = 1;
-	if (text != NULL) {
-		if (body(s, text, strlen(text), reply, rn) < 0)
-			goto out;
-	} else {
+	if (text != NULL && body(s, text, strlen(text), reply, rn) < 0)
+		goto out;
+	if (fd >= 0) {
 		char buf[8192];
-		off_t off = 0;
+		off_t off = (off_t)start;
 		ssize_t r;
 
 		while ((r = pread(fd, buf, sizeof(buf), off)) != 0) {

@@ -24,5 +24,11 @@
 int relay_send(const char *target, const char *helo, unsigned timeout, const char *from,
     const char *rcpt, const char *text, int fd, char *reply, size_t replysz)
     __attribute__((warn_unused_result));
+/* the same with text (NULL: none) sent first, then fd (-1: none) from
+ * offset start: a redirect's added header lines before the stored message
+ * less its Return-Path: */
+int relay_send_at(const char *target, const char *helo, unsigned timeout, const char *from,
+    const char *rcpt, const char *text, int fd, long long start, char *reply, size_t replysz)
+    __attribute__((warn_unused_result));
 
 #endif

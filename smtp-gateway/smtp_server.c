@@ -67,6 +67,7 @@
 #include "smtp-gateway/smtp_server.h"
 #include "smtp-gateway/downstream.h"
 #include "smtp-gateway/smtp_sieve.h"
+#include "smtp-gateway/smtp_deliver_sieve.h"
 #include "service/anvil.h"
 #include "service/authcheck.h"
 #include "service/deadline.h"
@@ -168,6 +169,7 @@ struct delivery {
 	char sender[320];
 	char client[128];
 	char conn[CONNID_MAX];	/* the session's id, for the log line */
+	struct smtp_deliver_sieve_job *sv;	/* user Sieve scripts; NULL none */
 };
 
 /*
@@ -425,6 +427,10 @@ delivery_run(void *arg)
 		snprintf(d->err, sizeof(d->err), "writing to tmp/ failed: %s", strerror(d->spool_err));
 		return;
 	}
+	/* Sieve scripts at delivery (smtp_deliver_sieve.h); 0: none apply */
+	if (d->sv != NULL && smtp_deliver_sieve_run(d->sv, &d->spool, d->root, d->r, d->n, d->head,
+	    d->data, d->len, d->id, &d->ok, &d->spool_err, d->err, sizeof(d->err)))
+		return;
 	if (d->spool != NULL) {
 		/* the rest of the message, then fsync and links, here off the loop */
 		if (maildir_tmp_write(d->spool, d->data, d->len, &err) < 0) {
@@ -471,6 +477,7 @@ delivery_done(void *arg)
 			    "Error: local delivery failed, try again later");
 		resume(c);	/* pipelined input may be waiting */
 	}
+	smtp_deliver_sieve_job_free(&d->sv);
 	free(d->head);
 	for (size_t i = 0; i < d->n; i++)
 		free(d->split[i]);
@@ -1050,6 +1057,7 @@ deliver(struct conn *c, struct smtp_msg *m)
 	snprintf(d->sender, sizeof(d->sender), "%s", m->sender);
 	snprintf(d->client, sizeof(d->client), "%s", m->client);
 	snprintf(d->conn, sizeof(d->conn), "%s", c->id);
+	d->sv = smtp_deliver_sieve_job_new(s->c->deliver_sieve, m->sender, m->client, m->helo, c->id);
 	conn_hold(c);
 	bufferevent_disable(c->bev, EV_READ);
 	jobs_submit(s->jobs, delivery_run, delivery_done, d);

@@ -33,6 +33,8 @@ struct smtp_server_conf {
 	/* from the event loop; must not block */
 	void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why);
 	void *ban_arg;
+	/* user Sieve scripts at delivery (smtp_deliver_sieve.h); NULL none */
+	struct smtp_deliver_sieve *deliver_sieve;
 };
 
 /* serve the given listening sockets (kinds[i] for fds[i], bound with

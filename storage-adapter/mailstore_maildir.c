@@ -2119,12 +2119,12 @@ mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box
     uint32_t *uid_r, const char **error_r)
 {
 	long i = mailstore_box_find(src, uid);
-	const char *kw[MAX_MAILSTORE_KEYWORDS];
+	char *kw[MAX_MAILSTORE_KEYWORDS];
 	size_t nkw = 0;
 	struct mailstore_append *a;
 	struct ms_msg *m;
 	time_t date = 0;
-	int linked = 0;
+	int linked = 0, rc;
 
 	if (i < 0) {
 		*error_r = err("no such message");
@@ -2133,11 +2133,11 @@ mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box
 	m = &src->msgs[i];
 	for (unsigned k = 0; k < MAX_MAILSTORE_KEYWORDS; k++)
 		if ((m->pub.keywords & (1u << k)) && src->kw[k] != NULL)
-			kw[nkw++] = src->kw[k];
-	if (mailstore_msg_date(src, uid, &date, error_r) < 0)
-		return -1;
-	if (mailstore_append_begin(dst, &a, error_r) < 0)
-		return -1;
+			kw[nkw++] = xstrdup(src->kw[k]);	/* the commit reloads src's if src == dst */
+	rc = -1;
+	if (mailstore_msg_date(src, uid, &date, error_r) < 0 ||
+	    mailstore_append_begin(dst, &a, error_r) < 0)
+		goto out;
 	/* a hard link, as Dovecot's maildir_copy_with_hardlinks: same inode, same mtime */
 	for (int tries = 0; tries < 2 && !linked; tries++) {
 		char *path = msg_path(src, m);
@@ -2158,7 +2158,7 @@ mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box
 					close(out);
 				free(path);
 				mailstore_append_abort(&a);
-				return -1;
+				goto out;
 			}
 			close(fd);
 			close(a->fd);
@@ -2174,12 +2174,17 @@ mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box
 		if (a->fd < 0) {
 			*error_r = err("cannot open %s: %s", a->tmp, strerror(errno));
 			mailstore_append_abort(&a);
-			return -1;
+			goto out;
 		}
 	}
 	a->size = m->pub.size;
 	a->vsize = m->pub.vsize;
-	return mailstore_append_commit(&a, m->pub.flags, kw, nkw, date, uid_r, error_r);
+	rc = mailstore_append_commit(&a, m->pub.flags, (const char *const *)kw, nkw, date, uid_r,
+	    error_r);
+out:
+	for (size_t k = 0; k < nkw; k++)
+		free(kw[k]);
+	return rc;
 }
 
 /* ------------------------------------------------------------------ */

@@ -227,6 +227,21 @@ pread_full(int fd, char *buf, size_t n, off_t off)
 	return (ssize_t)got;
 }
 
+/* the end of the header section (after the first empty line), or len */
+static size_t
+head_end(const char *buf, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		if (buf[i] != '\n')
+			continue;
+		if (i + 1 < len && buf[i + 1] == '\n')
+			return i + 2;
+		if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n')
+			return i + 3;
+	}
+	return len;
+}
+
 static struct sieve_msg *
 read_msg(int fd, int need_body, long long *body_off_r, int *lf_r, const char **error_r)
 {
@@ -240,28 +255,26 @@ read_msg(int fd, int need_body, long long *body_off_r, int *lf_r, const char **e
 		*error_r = seterr("cannot stat the spooled message: %s", strerror(errno));
 		return NULL;
 	}
-	buf = xmalloc(SIEVE_DELIVER_MAX_HEADER + 1);
-	if ((r = pread_full(fd, buf, SIEVE_DELIVER_MAX_HEADER, 0)) < 0) {
+	/* most header sections fit the first read; a long one gets the cap */
+	buf = xmalloc(SIEVE_DELIVER_FIRST_READ + 1);
+	if ((r = pread_full(fd, buf, SIEVE_DELIVER_FIRST_READ, 0)) < 0) {
 		*error_r = seterr("cannot read the spooled message: %s", strerror(errno));
 		free(buf);
 		return NULL;
 	}
 	len = (size_t)r;
-	/* the end of the header section: after the first empty line */
-	h = len;
-	*body_off_r = -1;	/* not found: edits cannot be applied */
-	for (size_t i = 0; i < len; i++) {
-		if (buf[i] != '\n')
-			continue;
-		if (i + 1 < len && buf[i + 1] == '\n') {
-			h = i + 2;
-			break;
+	h = head_end(buf, len);
+	if (h == len && len == SIEVE_DELIVER_FIRST_READ) {
+		buf = xrealloc(buf, SIEVE_DELIVER_MAX_HEADER + 1);
+		if ((r = pread_full(fd, buf + len, SIEVE_DELIVER_MAX_HEADER - len, (off_t)len)) < 0) {
+			*error_r = seterr("cannot read the spooled message: %s", strerror(errno));
+			free(buf);
+			return NULL;
 		}
-		if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n') {
-			h = i + 3;
-			break;
-		}
+		len += (size_t)r;
+		h = head_end(buf, len);
 	}
+	*body_off_r = -1;	/* not found: edits cannot be applied */
 	if (h < len || (size_t)st.st_size == len)
 		*body_off_r = (long long)h;
 	{
@@ -524,6 +537,33 @@ bare_addr(const char *a)
 	return xstrdup(a);
 }
 
+/*
+ * Redirect loop protection (as Pigeonhole's X-Sieve-Redirected-From): a
+ * message this user redirected before came back, or has been redirected
+ * SIEVE_DELIVER_MAX_REDIRECT_HOPS times already.
+ */
+static int
+redirect_loop(const struct sieve_msg *m, const char *user)
+{
+	unsigned hops = 0;
+
+	for (size_t i = 0; i < m->nhdr; i++) {
+		const char *v = m->hdr[i].value;
+		size_t ul = strlen(user);
+
+		if (strcasecmp(m->hdr[i].name, "X-Sieve-Redirected-From") != 0)
+			continue;
+		if (++hops >= SIEVE_DELIVER_MAX_REDIRECT_HOPS)
+			return 1;
+		while (*v == ' ' || *v == '\t' || *v == '<')
+			v++;
+		if (strncasecmp(v, user, ul) == 0 && (v[ul] == '>' || v[ul] == '\0' ||
+		    v[ul] == ' ' || v[ul] == '\r' || v[ul] == '\n'))
+			return 1;
+	}
+	return 0;
+}
+
 /* the user's script or a level before it tests the body */
 static int
 need_body(const struct sieve_deliver_in *in)
@@ -643,6 +683,13 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 			logf_add(p, "discard", NULL);
 			break;
 		case SIEVE_A_REDIRECT:
+			if (i >= higher && redirect_loop(m, in->user)) {
+				/* never lost: kept instead */
+				add_copy(p, "INBOX", 0, NULL, 0, a->line);
+				logf_add(p, "redirect loop (the message was redirected here before), "
+				    "kept; not redirected to", a->target);
+				break;
+			}
 			add_out(p, SIEVE_OUT_REDIRECT, sender, a->target, NULL);
 			logf_add(p, "redirect to", a->target);
 			break;

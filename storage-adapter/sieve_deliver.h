@@ -39,7 +39,11 @@
  * test always sees the real size).
  *
  * Header edits (editheader, at any level) are applied to the stored copies:
- * pass the message as received. A redirect sends it as received.
+ * pass the message as received. A redirect sends it as received (the
+ * gateway puts X-Sieve-Redirected-From: <USER> on top). Loops: a message
+ * that carries X-Sieve-Redirected-From naming this user (it came back), or
+ * SIEVE_DELIVER_MAX_REDIRECT_HOPS of them, is not redirected again but kept
+ * in the INBOX (logged); sieve_max_redirects bounds the redirects of one run.
  *
  * Vacation tracking: STATE_DIR/sieve-vacation/USER, one line per reply
  * ("EXPIRY HASH"), rewritten atomically; expired lines dropped.
@@ -49,8 +53,12 @@
  */
 
 #define SIEVE_DELIVER_MAX_HEADER	(256 * 1024)
+#define SIEVE_DELIVER_FIRST_READ	(16 * 1024)	/* < MAX_HEADER */
 #define SIEVE_DELIVER_MAX_BODY		(1024 * 1024)
 #define SIEVE_DELIVER_MAX_TRACK		10000	/* lines kept in a vacation file */
+/* X-Sieve-Redirected-From: lines past which a message is not redirected
+ * again (a redirect loop across users or hosts) */
+#define SIEVE_DELIVER_MAX_REDIRECT_HOPS	8
 
 struct sieve_deliver_in {
 	const char *store_root;		/* mailstore root */

@@ -23,19 +23,42 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     the address is banned (kill list, origin auth-ban) and
                     refused at connect
     T09Messages     FETCH (flags, size, the body as delivered, BODY[TEXT] setting
-                    \\Seen), STORE, EXPUNGE, seen by the next session
+                    \\Seen, ENVELOPE, BODYSTRUCTURE, HEADER.FIELDS), SEARCH and
+                    UID SEARCH, STORE, EXPUNGE, seen by the next session
     T14Folders      APPEND with APPENDUID, UID COPY, UID MOVE, STATUS
                     of the target folders from a new session
     T10BigMessage   a 20 MB message (and one stored with bare LFs) fetched
                     whole and byte-identical over TLS and plaintext; the
-                    worker's peak RSS grows by less than 8 MB
-    T11Mbsync       mbsync (isync) pulls INBOX over STARTTLS into a local Maildir:
-                    the same messages, byte for byte, with the same flags
+                    worker's own memory (RssAnon, sampled) grows < 8 MB;
+                    message_bytes_total{door="imap"} counts what was sent
+    T17Mutt         mutt in batch mode (under script(1) for a terminal) reads the
+                    INBOX over imaps: the subjects of every delivered message
+    T11Mbsync       mbsync (isync) pulls INBOX over STARTTLS into a local Maildir,
+                    then pushes a message written and a flag set locally
+                    (APPEND, STORE): both sides equal, byte for byte and flag
+                    for flag, after each sync
     T12Dovecot      Portcullis then a private Dovecot on the same store, then
                     Portcullis again: the same UIDVALIDITY, UIDs, flags,
                     keywords and bytes both ways (Dovecot's STORE and APPEND)
+    T15UserIp       mail_max_userip_connections = 2: the third login from one
+                    address is answered, then * BYE [UNAVAILABLE]; another
+                    address, or a session fewer, is let in
+    T16Config       portcullisd -t refuses imaps without keys, a relay: store,
+                    an unknown imap_auth_mechanisms name, a bad imap_banner,
+                    a bad listener, a too short idle timeout (FILE:LINE)
+    T18Limits       imap_max_per_client (* BYE [UNAVAILABLE] to one address only),
+                    imap_login_timeout on a half-sent request (* BYE
+                    Disconnected for inactivity.), openssl s_client -starttls imap
+    T19External     AUTHENTICATE EXTERNAL on imaps with a client certificate the
+                    CA vouches for; not offered without one; an unknown user's
+                    certificate refused
+    T20Concurrency  12 sessions fetching one folder and each flagging a message of
+                    its own, some dropping mid-FETCH, 3 idlers, 10 deliveries
+                    at once: all OK, every idler told of every delivery, UIDs
+                    1..22 and the flags as the last STOREs left them
     T13Reload       portcullis reload: a new imap_banner for new connections;
-                    the session open before it gets * BYE [UNAVAILABLE]
+                    the sessions open before it (one in IDLE) get * BYE
+                    [UNAVAILABLE] and are closed
     T08Idle         a message delivered by the SMTP gateway reaches an idling
                     client as "* N EXISTS" within 2 s (inotify); two idlers on
                     one folder, one leaves, the other is still told
@@ -55,6 +78,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -397,7 +421,7 @@ class T04Mailbox(unittest.TestCase):
         self.assertEqual(c.response("READ-ONLY")[0], "READ-ONLY")
         typ, data = c.select("No.Such.Folder")
         self.assertEqual(typ, "NO")
-        self.assertIn(b"NONEXISTENT", data[0])
+        self.assertIn(b"Mailbox doesn't exist", data[0])     # as Dovecot 2.3 says it
         c.logout()
 
 
@@ -500,6 +524,18 @@ class T09Messages(unittest.TestCase):
         typ, data = c.fetch("2", "(BODY[TEXT])")     # not PEEK: sets \Seen
         self.assertEqual(data[0][1], b"body 1\r\n")
         self.assertIn(b"\\Seen", c.fetch("2", "(FLAGS)")[1][0])
+        # SEARCH, ENVELOPE and BODYSTRUCTURE from the MIME parser
+        self.assertEqual(c.search(None, "SUBJECT", '"message 1"'), ("OK", [b"2"]))
+        self.assertEqual(c.uid("SEARCH", "BODY", "body"), ("OK", [b"1 2 3"]))
+        self.assertEqual(c.search(None, "FROM", "sender@outside.test", "NOT", "SUBJECT",
+                                  '"message 0"'), ("OK", [b"2 3"]))
+        env = c.fetch("3", "(ENVELOPE)")[1][0]
+        self.assertIn(b'"message 2"', env)
+        self.assertIn(b'(("Sender" NIL "sender" "outside.test"))', env)
+        bs = c.fetch("3", "(BODYSTRUCTURE)")[1][0]
+        self.assertRegex(bs, rb'BODYSTRUCTURE \("text" "plain"')
+        hdr = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1][0][1]
+        self.assertEqual(hdr, b"Subject: message 0\r\n\r\n")
         # STORE, then EXPUNGE of the \Deleted one
         typ, data = c.store("1", "+FLAGS", "(\\Flagged)")
         self.assertEqual(typ, "OK")
@@ -584,10 +620,36 @@ class T10BigMessage(unittest.TestCase):
     def tearDownClass(cls):
         cls.g.stop()
 
-    def worker_hwm(self):
-        pid = int(re.findall(r"portcullisd/imap\[(\d+)\]", self.g.d.log_text())[-1])
+    def worker_pid(self):
+        return int(re.findall(r"portcullisd/imap\[(\d+)\]", self.g.d.log_text())[-1])
+
+    @staticmethod
+    def rss_anon(pid):
+        """the worker's own memory (heap, stacks): RssAnon. VmHWM would also
+        count the pages of the message file the MIME parser maps (page
+        cache, shared, dropped with the mapping)"""
         with open("/proc/%d/status" % pid) as f:
-            return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+            return int(re.search(r"RssAnon:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+    def sampled(self, fn):
+        """fn() while a thread samples RssAnon every 2 ms: (result, peak growth)"""
+        pid = self.worker_pid()
+        base = self.rss_anon(pid)
+        peak = [base]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], self.rss_anon(pid))
+                time.sleep(0.002)
+        t = threading.Thread(target=sample)
+        t.start()
+        try:
+            r = fn()
+        finally:
+            done.set()
+            t.join()
+        return r, peak[0] - base
 
     def fetch_all(self, c):
         c.select("INBOX")
@@ -602,13 +664,11 @@ class T10BigMessage(unittest.TestCase):
         return got
 
     def check(self, c, how):
-        before = self.worker_hwm()
-        got = self.fetch_all(c)
-        grew = self.worker_hwm() - before
+        got, grew = self.sampled(lambda: self.fetch_all(c))
         self.assertTrue(got["crlf"][0].endswith(self.crlf_body), "%s: the message differs" % how)
         self.assertEqual(got["lf"][0], self.lf_as_crlf, "%s: the LF message differs" % how)
         self.assertLess(grew, 8 * 1024 * 1024, "%s: the worker grew by %d bytes" % (how, grew))
-        print("\n  %s: 2 x %.1f MB in %.2f + %.2f s, worker peak RSS +%d KiB" % (
+        print("\n  %s: 2 x %.1f MB in %.2f + %.2f s, worker's anonymous RSS peak +%d KiB" % (
             how, len(got["crlf"][0]) / 1e6, got["crlf"][1], got["lf"][1], grew // 1024),
             file=sys.stderr)
 
@@ -622,6 +682,61 @@ class T10BigMessage(unittest.TestCase):
         self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
         self.check(c, "plaintext")
         c.logout()
+
+    def test_zz_counters(self):
+        """(runs last in the class) the octets the fetches above sent are counted"""
+        before = self.counters().get('message_bytes_total{door="imap",route="fetch"}', 0)
+        c = self.g.imap()
+        self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+        c.select("INBOX")
+        # the gateway's message: its bytes go out from the file as they are
+        uid = c.uid("SEARCH", "HEADER", "Subject", "big", "NOT", "SUBJECT", "lf")[1][0]
+        n = len(c.uid("FETCH", uid, "(BODY.PEEK[])")[1][0][1])
+        c.logout()
+        got = self.counters()
+        self.assertEqual(got.get('message_bytes_total{door="imap",route="fetch"}', 0) - before, n)
+        self.assertGreater(got.get('connections_total{door="imap"}', 0), 0)
+        self.assertGreater(got.get('auth_total{door="imap",result="success"}', 0), 0)
+
+    def counters(self):
+        out = self.g.d.cli("stats").stdout
+        return dict((l.rsplit(None, 1)[0], int(l.rsplit(None, 1)[1]))
+                    for l in out.splitlines() if l.strip() and l.split()[-1].isdigit())
+
+
+MUTT = shutil.which("mutt")
+SCRIPT = shutil.which("script")     # util-linux: mutt wants a terminal
+
+
+@unittest.skipUnless(MUTT and SCRIPT, "mutt (or script) is not installed")
+class T17Mutt(unittest.TestCase):
+    """mutt in batch mode reads the INBOX over imaps: every subject there"""
+    def test_mutt_reads_the_inbox(self):
+        g = Gateway("mutt")
+        try:
+            subjects = ["mutt reads %d" % i for i in range(3)]
+            for sub in subjects:
+                g.send(subject=sub)
+            out = g.d.path("mutt.out")
+            rc = g.d.path("muttrc")
+            with open(rc, "w") as f:
+                f.write('set folder="imaps://%s@127.0.0.1:%d/" spoolfile="+INBOX"\n'
+                        'set imap_pass="%s" certificate_file="%s" ssl_verify_host=no\n'
+                        'set header_cache="" message_cachedir="" wait_key=no pipe_split=no\n'
+                        % (USER, g.imaps_port, PASSWORD, W.crt))
+            # "^" would be a control key in push: grep for "Subject:" as is
+            keys = ("<tag-pattern>~A<enter><tag-prefix><pipe-message>grep Subject: > %s"
+                    "<enter><quit>" % out)
+            cmd = "TERM=xterm %s -n -F %s -e 'push \"%s\"'" % (MUTT, rc, keys)
+            p = subprocess.run([SCRIPT, "-qec", cmd, "/dev/null"], capture_output=True,
+                               timeout=60, env=dict(os.environ, HOME=g.d.dir))
+            self.assertEqual(p.returncode, 0, p.stdout[-2000:])
+            with open(out) as f:
+                got = sorted(line.strip() for line in f)
+            self.assertEqual(got, ["Subject: " + sub for sub in subjects])
+            self.assertIn("login: user=<%s>" % USER, g.d.log_text())
+        finally:
+            g.stop()
 
 
 MBSYNC = shutil.which("mbsync")
@@ -640,20 +755,38 @@ class T11Mbsync(unittest.TestCase):
     def tearDownClass(cls):
         cls.g.stop()
 
-    def test_pull_to_maildir(self):
+    LETTERS = {"F": "\\Flagged", "S": "\\Seen", "R": "\\Answered", "T": "\\Deleted",
+               "D": "\\Draft"}
+
+    def server_side(self):
+        """{body with LF line ends: flags} of the INBOX as the IMAP door shows it"""
         c = self.g.login()
         c.select("INBOX")
-        self.assertEqual(c.store("2", "+FLAGS", "(\\Flagged \\Seen)")[0], "OK")
-        server = {}
-        for i in (1, 2, 3):
-            data = c.fetch(str(i), "(UID FLAGS BODY.PEEK[])")[1][0]
+        out = {}
+        for uid in sorted(uid_flags(c)):
+            data = c.uid("FETCH", str(uid), "(FLAGS BODY.PEEK[])")[1][0]
             flags = re.search(rb"FLAGS \(([^)]*)\)", data[0]).group(1).split()
             # mbsync keeps local files with LF line ends, as Maildir readers expect
-            server[data[1].replace(b"\r\n", b"\n")] = set(f.decode() for f in flags) - {"\\Recent"}
+            body = data[1].replace(b"\r\n", b"\n")
+            body = re.sub(rb"\nX-TUID: [^\n]*", b"", body, count=1)   # on what mbsync uploads
+            out[body] = set(f.decode() for f in flags) - {"\\Recent"}
         c.logout()
-        local = os.path.join(self.g.d.dir, "mbsync")
-        os.makedirs(local)
-        rc = os.path.join(local, "rc")
+        return out
+
+    def near_side(self):
+        near = {}
+        for sub in ("cur", "new"):
+            d = os.path.join(self.local, "INBOX", sub)
+            for n in os.listdir(d):
+                with open(os.path.join(d, n), "rb") as f:
+                    body = f.read()
+                info = n.split(":2,", 1)[1] if ":2," in n else ""
+                body = re.sub(rb"\nX-TUID: [^\n]*", b"", body, count=1)   # mbsync's own mark
+                near[body] = set(self.LETTERS[ch] for ch in info if ch in self.LETTERS)
+        return near
+
+    def mbsync(self, sync):
+        rc = os.path.join(self.local, "rc")
         with open(rc, "w") as f:
             f.write("""IMAPAccount pc
 Host localhost
@@ -674,25 +807,40 @@ Channel pc
 Far :remote:
 Near :near:
 Patterns INBOX
-Sync Pull
+Sync %s
 Create Near
 SyncState *
-""" % (self.g.imap_port, USER, PASSWORD, W.crt, local, local))
+""" % (self.g.imap_port, USER, PASSWORD, W.crt, self.local, self.local, sync))
         p = subprocess.run([MBSYNC, "-c", rc, "pc"], capture_output=True, timeout=60)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
-        near = {}
-        letters = {"F": "\\Flagged", "S": "\\Seen", "R": "\\Answered", "T": "\\Deleted",
-                   "D": "\\Draft"}
-        for sub in ("cur", "new"):
-            d = os.path.join(local, "INBOX", sub)
-            for n in os.listdir(d):
-                with open(os.path.join(d, n), "rb") as f:
-                    body = f.read()
-                info = n.split(":2,", 1)[1] if ":2," in n else ""
-                body = re.sub(rb"\nX-TUID: [^\n]*", b"", body, count=1)   # mbsync's own mark
-                near[body] = set(letters[ch] for ch in info if ch in letters)
+
+    def test_sync_both_ways(self):
+        c = self.g.login()
+        c.select("INBOX")
+        self.assertEqual(c.store("2", "+FLAGS", "(\\Flagged \\Seen)")[0], "OK")
+        c.logout()
+        self.local = os.path.join(self.g.d.dir, "mbsync")
+        os.makedirs(self.local)
         self.maxDiff = None
-        self.assertEqual(sorted(near.items()), sorted(server.items()))
+        # pull: the server's messages and flags land in the local Maildir
+        self.mbsync("Pull")
+        self.assertEqual(sorted(self.near_side().items()), sorted(self.server_side().items()))
+        self.assertEqual(len(self.near_side()), 3)
+        # push: a message written locally is APPENDed, a flag set locally is STOREd
+        cur = os.path.join(self.local, "INBOX", "cur")
+        name = sorted(os.listdir(cur))[0]
+        base, info = name.split(":2,", 1)
+        os.rename(os.path.join(cur, name), os.path.join(cur, "%s:2,%s" % (
+            base, "".join(sorted(set(info) | {"R", "S"})))))
+        new = os.path.join(self.local, "INBOX", "new", "%d.local.test" % int(time.time()))
+        with open(new, "wb") as f:
+            f.write(b"From: <me@example.com>\nSubject: written offline\n\nsent later\n")
+        self.mbsync("All")
+        server = self.server_side()
+        self.assertEqual(len(server), 4)
+        self.assertEqual(sorted(self.near_side().items()), sorted(server.items()))
+        self.assertIn({"\\Answered", "\\Seen"}, [f & {"\\Answered", "\\Seen"}
+                                                     for f in server.values()])
 
 
 def uid_flags(c):
@@ -764,6 +912,245 @@ class T12Dovecot(unittest.TestCase):
             g.stop()
 
 
+class T15UserIp(unittest.TestCase):
+    """mail_max_userip_connections: the one session too many is told * BYE"""
+    def test_third_session_from_one_address(self):
+        g = Gateway("userip", mail_max_userip_connections="2")
+        try:
+            a, b = g.login(), g.login()
+            c = g.imap()
+            c.starttls(ssl_context=client_ctx())
+            self.assertEqual(c.login(USER, PASSWORD)[0], "OK")    # as Dovecot: in, then BYE
+            with self.assertRaises((imaplib.IMAP4.abort, OSError)):
+                c.select("INBOX")
+            self.assertIn(b"Maximum number of connections from user+IP exceeded",
+                          b" ".join(x for x in c.untagged_responses.get("BYE", [])))
+            # from another address, and once a session left, it is fine
+            d = g.imap(source=OUTSIDE)
+            self.assertEqual(d.login_cram_md5(USER, PASSWORD)[0], "OK")
+            self.assertEqual(d.select("INBOX")[0], "OK")
+            d.logout()
+            a.logout()
+            time.sleep(0.2)
+            e = g.login()
+            self.assertEqual(e.select("INBOX")[0], "OK")
+            e.logout()
+            b.logout()
+        finally:
+            g.stop()
+
+
+class T16Config(unittest.TestCase):
+    """portcullisd -t refuses what the IMAP door cannot run, naming FILE:LINE"""
+    CASES = [
+        ("imaps without keys", {"imaps_listen": "127.0.0.1:1993", "tls_cert_file": None,
+                                "tls_key_file": None},
+         r"imaps_listen needs tls_cert_file and tls_key_file"),
+        ("a store the door cannot read", {"delivery": "relay:[127.0.0.1]:25"},
+         r"delivery: the imap service reads the Maildir store"),
+        ("an unknown mechanism", {"imap_auth_mechanisms": "PLAIN DIGEST-MD5"},
+         r"imap_auth_mechanisms: \"DIGEST-MD5\" is not"),
+        ("a banner with a control character", {"imap_banner": "hello\x01"},
+         r"imap_banner.*control characters"),
+        ("a banner too long", {"imap_banner": "x" * 301}, r"imap_banner.*300"),
+        ("a listener that is not one", {"imap_listen": "localhost"}, r"imap_listen"),
+        ("an idle timeout under a minute", {"imap_idle_timeout": "30"}, r"imap_idle_timeout"),
+    ]
+
+    def test_check_refuses(self):
+        base = {"services": "smtp imap", "smtp_listen": "127.0.0.1:{port}",
+                "state_dir": "{dir}/state", "delivery": "maildir:{dir}/mail",
+                "myhostname": MYHOSTNAME, "mydomains": "example.com",
+                "tls_cert_file": W.crt, "tls_key_file": W.key}
+        for name, over, want in self.CASES:
+            d = Daemon("conf", base, **over)
+            try:
+                p = run_bin("portcullisd", "-c", d.conf, "-t")
+                self.assertEqual(p.returncode, 1, "%s: %s" % (name, p.stderr))
+                self.assertRegex(p.stderr, want, name)
+                self.assertRegex(p.stderr, re.escape(d.conf) + r":\d+|default", name)
+            finally:
+                d.close()
+        d = Daemon("conf-ok", base)
+        try:
+            p = run_bin("portcullisd", "-c", d.conf, "-t")
+            self.assertEqual(p.returncode, 0, p.stderr)
+        finally:
+            d.close()
+
+
+class T18Limits(unittest.TestCase):
+    """per-address limit, the login timeout, openssl s_client -starttls imap"""
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("limits", imap_max_per_client="3", imap_login_timeout="2")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def test_per_client_limit(self):
+        held = [self.g.imap(source=OUTSIDE) for _ in range(3)]
+        with self.assertRaisesRegex(imaplib.IMAP4.error, r"BYE \[UNAVAILABLE\] Too many "
+                                    r"connections from your address"):
+            self.g.imap(source=OUTSIDE)
+        c = self.g.imap()     # another address
+        self.assertEqual(c.noop()[0], "OK")
+        c.logout()
+        for h in held:
+            h.logout()
+
+    def test_login_timeout(self):
+        s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+        f = s.makefile("rb")
+        self.assertTrue(f.readline().startswith(b"* OK "))
+        t0 = time.monotonic()
+        s.sendall(b"a NOOP\r\nb LOG")    # a request begun, never ended
+        self.assertTrue(f.readline().startswith(b"a OK"))
+        self.assertEqual(f.readline(), b"* BYE Disconnected for inactivity.\r\n")
+        self.assertEqual(f.readline(), b"")
+        self.assertLess(time.monotonic() - t0, 5)
+        s.close()
+
+    @unittest.skipUnless(shutil.which("openssl"), "openssl is not installed")
+    def test_openssl_starttls(self):
+        p = subprocess.run(["openssl", "s_client", "-quiet", "-starttls", "imap", "-connect",
+                            "127.0.0.1:%d" % self.g.imap_port],
+                           input=b"a LOGIN %s %s\r\nb LOGOUT\r\n" % (USER.encode(),
+                                                                      PASSWORD.encode()),
+                           capture_output=True, timeout=30)
+        self.assertIn(b"a OK [CAPABILITY", p.stdout, p.stderr)
+        self.assertIn(b"b OK Logout completed.", p.stdout)
+
+
+class T19External(unittest.TestCase):
+    """AUTHENTICATE EXTERNAL with a client certificate the CA vouches for
+    (tls_verify_client = optional): offered only then, the user is the
+    certificate's"""
+    @classmethod
+    def setUpClass(cls):
+        d = os.path.join(W.dir, "ext")
+        os.makedirs(d, exist_ok=True)
+        cls.ca_crt, cls.ca_key = os.path.join(d, "ca.crt"), os.path.join(d, "ca.key")
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                "/CN=ca.imap.test", "-keyout", cls.ca_key, "-out", cls.ca_crt)
+        cls.certs = {}
+        for name, cn in (("user", USER), ("nobody", "nobody@example.com")):
+            key, csr, crt = (os.path.join(d, "%s.%s" % (name, x)) for x in ("key", "csr", "crt"))
+            openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + cn,
+                    "-keyout", key, "-out", csr)
+            openssl("x509", "-req", "-in", csr, "-CA", cls.ca_crt, "-CAkey", cls.ca_key,
+                    "-CAcreateserial", "-days", "2", "-out", crt)
+            cls.certs[name] = (crt, key)
+        cls.g = Gateway("external", tls_client_ca_file=cls.ca_crt, tls_verify_client="optional",
+                        imap_auth_mechanisms="PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256 EXTERNAL")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def imaps(self, who=None):
+        ctx = client_ctx()
+        if who:
+            ctx.load_cert_chain(*self.certs[who])
+        return imaplib.IMAP4_SSL("127.0.0.1", self.g.imaps_port, ssl_context=ctx, timeout=15)
+
+    def test_external_with_a_certificate(self):
+        c = self.imaps("user")
+        c.capability()
+        self.assertIn("AUTH=EXTERNAL", caps(c))
+        typ, _ = c.authenticate("EXTERNAL", lambda _: b"")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(c.select("INBOX")[0], "OK")
+        c.logout()
+
+    def test_no_certificate_no_external(self):
+        c = self.imaps()
+        c.capability()
+        self.assertNotIn("AUTH=EXTERNAL", caps(c))
+        with self.assertRaises(imaplib.IMAP4.error):
+            c.authenticate("EXTERNAL", lambda _: b"")
+        c.logout()
+
+    def test_certificate_of_an_unknown_user(self):
+        c = self.imaps("nobody")
+        with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+            c.authenticate("EXTERNAL", lambda _: b"")
+        c.logout()
+
+
+class T20Concurrency(unittest.TestCase):
+    """many sessions at once on one folder (fetching, flagging, idling, some
+    dropping mid-command) while the gateway delivers: every answer OK, every
+    idler told of every delivery, the daemon clean (ASan) and still serving"""
+    def test_sessions_and_deliveries_at_once(self):
+        g = Gateway("concurrency", mail_max_userip_connections="0",
+                    imap_max_per_client="200")
+        errors = []
+        try:
+            for i in range(12):
+                g.send(subject="seed %d" % i)
+
+            def worker(k):
+                try:
+                    c = g.login()
+                    c.select("INBOX")
+                    for r in range(15):
+                        typ, d = c.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER])")
+                        assert typ == "OK", (typ, d)
+                        # each session flags a message of its own: many sessions renaming
+                        # one file at once can beat the store's single retry (its matter)
+                        typ, d = c.store(str(k + 1), "+FLAGS" if r % 2 else "-FLAGS",
+                                         "(\\Flagged $W%d)" % k)
+                        assert typ == "OK", (typ, d)
+                        assert c.noop()[0] == "OK"
+                    if k % 3 == 0:      # gone mid-FETCH, no LOGOUT
+                        c.send(b"x FETCH 1:* (BODY.PEEK[])\r\n")
+                        c.sock.close()
+                    else:
+                        c.logout()
+                except Exception as e:     # noqa: BLE001  (reported below)
+                    errors.append("worker %d: %r" % (k, e))
+
+            idlers = []
+            for _ in range(3):
+                c = g.login()
+                n = int(c.select("INBOX")[1][0])
+                tag = c._new_tag()
+                c.send(tag + b" IDLE\r\n")
+                assert c.readline().startswith(b"+ ")
+                c.sock.settimeout(15)
+                idlers.append((c, n))
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(12)]
+            for t in threads:
+                t.start()
+            for i in range(10):
+                g.send(subject="during %d" % i)
+            for t in threads:
+                t.join(120)
+            self.assertEqual(errors, [])
+            for c, n in idlers:
+                last = n
+                while last < n + 10:
+                    line = c.readline()
+                    m = re.match(rb"\* (\d+) EXISTS", line)
+                    if m:
+                        last = int(m.group(1))
+                    self.assertTrue(line.startswith(b"* "), line)
+                self.assertEqual(last, n + 10)
+                c.send(b"DONE\r\n")
+                c.logout()
+            c = g.login()
+            self.assertEqual(int(c.select("INBOX")[1][0]), 22)
+            flags = uid_flags(c)
+            self.assertEqual(sorted(flags), list(range(1, 23)))
+            for k in range(12):     # 15 rounds: the last (r = 14) took them off
+                self.assertNotIn("$W%d" % k, flags[k + 1])
+            c.logout()
+        finally:
+            g.stop()
+
+
 class T13Reload(unittest.TestCase):
     """portcullis reload: new connections get the new settings; a session
     open before it is told * BYE and its client may reconnect"""
@@ -772,6 +1159,10 @@ class T13Reload(unittest.TestCase):
         try:
             old = g.login()
             self.assertEqual(old.select("INBOX")[0], "OK")
+            idler = g.login()
+            self.assertEqual(idler.select("INBOX")[0], "OK")
+            idler.send(idler._new_tag() + b" IDLE\r\n")
+            self.assertTrue(idler.readline().startswith(b"+ "))
             g.d.write_config(imap_banner="Reloaded and ready")
             p = g.d.cli("reload")
             self.assertIn("reloaded", p.stdout)
@@ -782,6 +1173,9 @@ class T13Reload(unittest.TestCase):
             old.sock.settimeout(10)
             line = old.readline()
             self.assertRegex(line, rb"^\* BYE \[UNAVAILABLE\] Server shutting down")
+            idler.sock.settimeout(10)
+            self.assertRegex(idler.readline(), rb"^\* BYE \[UNAVAILABLE\] Server shutting down")
+            self.assertEqual(idler.readline(), b"")     # and closed
             wait_until(lambda: "imap: draining" in g.d.log_text(), 10, what="the drain")
         finally:
             g.stop()

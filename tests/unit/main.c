@@ -87,6 +87,8 @@ main(void)
 	test_userip_register();
 	test_imap_mime_register();
 	test_imap_search_register();
+	test_pop3_conf_register();
+	test_imap_conf_register();
 	test_imap_proto_register();
 	test_dotstuff_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);

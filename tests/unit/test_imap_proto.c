@@ -228,7 +228,7 @@ static const struct icase icases[] = {
 	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n"
 	  "* 0 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY {V:Sent}] UIDs valid\r\n"
 	  "* OK [UIDNEXT 1] Predicted next UID\r\nd OK [READ-ONLY] Examine completed.\r\n"
-	  "e NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\nf BAD No mailbox selected.\r\n"
+	  "* OK [CLOSED] Previous mailbox closed.\r\ne NO Mailbox doesn't exist: Nope.\r\nf BAD No mailbox selected.\r\n"
 	  "* LIST (\\HasNoChildren) \".\" INBOX\r\n* LIST (\\HasChildren) \".\" Archive\r\n"
 	  "* LIST (\\HasNoChildren) \".\" Archive.2024\r\n" SPECIAL_LIST
 	  "g OK List completed.\r\n"
@@ -269,7 +269,7 @@ static const struct icase icases[] = {
 	  "* 1 FETCH (UID 1 RFC822.SIZE 22 FLAGS (\\Recent))\r\n"
 	  "* 2 FETCH (UID 2 RFC822.SIZE 22 FLAGS (\\Recent))\r\nc OK Fetch completed.\r\n"
 	  "* 1 FETCH (BODY[HEADER] {16}\r\nSubject: one\r\n\r\n)\r\nd OK Fetch completed.\r\n"
-	  "* 2 FETCH (UID 2 BODY[TEXT] {6}\r\nbody\r\n FLAGS (\\Seen \\Recent))\r\n"
+	  "* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent) BODY[TEXT] {6}\r\nbody\r\n)\r\n"
 	  "e OK Fetch completed.\r\n"
 	  "* 1 FETCH (BODY[]<9> {5}\r\none\r\n)\r\nf OK Fetch completed.\r\n"
 	  "* 2 FETCH (RFC822.HEADER {16}\r\nSubject: two\r\n\r\n BODY[]<20> {2}\r\n\r\n)\r\n"
@@ -280,9 +280,9 @@ static const struct icase icases[] = {
 	  "h OK Store completed.\r\n"
 	  "* 1 FETCH (FLAGS (\\Deleted \\Recent $Junk))\r\n* 2 FETCH (FLAGS (\\Recent))\r\n"
 	  "i OK Fetch completed.\r\n"
-	  "j BAD Error in IMAP command FETCH: Invalid messageset\r\n"
+	  "j BAD Error in IMAP command FETCH: Invalid messageset.\r\n"
 	  "j2 BAD Invalid system flag \\Bogus\r\n"
-	  "* 1 EXPUNGE\r\nk OK Expunge completed.\r\n"
+	  "* 1 EXPUNGE\r\n* 1 RECENT\r\nk OK Expunge completed.\r\n"
 	  "* 1 FETCH (UID 2)\r\nl OK Fetch completed.\r\n"
 	  "* 1 FETCH (UID 2 FLAGS (\\Recent))\r\nl2 OK Fetch completed.\r\n"
 	  "m OK Store completed.\r\nn OK Close completed.\r\n"
@@ -302,12 +302,12 @@ static const struct icase icases[] = {
 	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
 	  "b OK [READ-WRITE] Select completed.\r\n"
 	  "c OK [COPYUID {V:Archive} 1:2 1:2] Copy completed.\r\n"
-	  "* OK [COPYUID {V:Sent} 2 1] Moved UIDs.\r\n* 2 EXPUNGE\r\nd OK Move completed.\r\n"
-	  "e NO [TRYCREATE] Mailbox doesn't exist: Nope\r\n"
+	  "* OK [COPYUID {V:Sent} 2 1] Moved UIDs.\r\n* 2 EXPUNGE\r\n* 1 RECENT\r\nd OK Move completed.\r\n"
+	  "e NO [TRYCREATE] Mailbox doesn't exist: Nope.\r\n"
 	  "* 2 EXISTS\r\n* 1 RECENT\r\nf OK [COPYUID {V:INBOX} 1 3] Copy completed.\r\n"
 	  "g OK No messages found.\r\n"
 	  "* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n* 2 FETCH (UID 3 FLAGS ())\r\n"
-	  "h OK Fetch completed.\r\n"
+	  "h OK Fetch completed.\r\n* OK [CLOSED] Previous mailbox closed.\r\n"
 	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n"
 	  "* 2 EXISTS\r\n* 0 RECENT\r\n* OK [UNSEEN 1] First unseen.\r\n"
 	  "* OK [UIDVALIDITY {V:Archive}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
@@ -325,9 +325,9 @@ static const struct icase icases[] = {
 	  "w RENAME Job Job.x\r\nx CREATE \"a b\"\r\ny LIST \"\" a*\r\nz LOGOUT\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
-	  "b OK Create completed.\r\nc NO [ALREADYEXISTS] Mailbox already exists\r\n"
-	  "d NO [ALREADYEXISTS] Mailbox already exists\r\ne OK Create completed.\r\n"
-	  "f OK Subscribe completed.\r\ng NO Mailbox doesn't exist: Nope\r\n"
+	  "b OK Create completed.\r\nc NO [ALREADYEXISTS] Mailbox already exists.\r\n"
+	  "d NO [ALREADYEXISTS] Mailbox already exists.\r\ne OK Create completed.\r\n"
+	  "f OK Subscribe completed.\r\ng NO Mailbox doesn't exist: Nope.\r\n"
 	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
 	  "* LSUB () \".\" Work.Projects\r\nh OK Lsub completed.\r\n"
 	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
@@ -338,9 +338,9 @@ static const struct icase icases[] = {
 	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
 	  "* LSUB () \".\" Job.Projects\r\nl OK Lsub completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2)\r\nm OK Status completed.\r\n"
-	  "n NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\nn2 BAD Invalid status item\r\n"
+	  "n NO Mailbox doesn't exist: Nope.\r\nn2 BAD Invalid status item\r\n"
 	  "o OK Delete completed.\r\np NO INBOX can't be deleted.\r\n"
-	  "q NO [NONEXISTENT] Mailbox doesn't exist: Nope\r\nr OK Rename completed.\r\n"
+	  "q NO [NONEXISTENT] Mailbox doesn't exist: Nope.\r\nr OK Rename completed.\r\n"
 	  "* STATUS Old (MESSAGES 2)\r\ns OK Status completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 0 UIDNEXT 3)\r\nt OK Status completed.\r\n"
 	  "u OK Unsubscribe completed.\r\n"
@@ -357,8 +357,8 @@ static const struct icase icases[] = {
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
 	  "+ OK\r\nb OK [APPENDUID {V:Sent} 1] Append completed.\r\n"
-	  "c NO [TRYCREATE] Mailbox doesn't exist: Nope\r\n"
-	  "d NO [TRYCREATE] Mailbox doesn't exist: Nope\r\n"
+	  "c NO [TRYCREATE] Mailbox doesn't exist: Nope.\r\n"
+	  "d NO [TRYCREATE] Mailbox doesn't exist: Nope.\r\n"
 	  "e NO Can't save a zero byte message.\r\n"
 	  "* FLAGS (" FLAGS " $Work)\r\n* OK [PERMANENTFLAGS (" FLAGS " $Work \\*)] Flags permitted.\r\n"
 	  "* 1 EXISTS\r\n* 0 RECENT\r\n"
@@ -395,6 +395,26 @@ static const struct icase icases[] = {
 	  "i OK Fetch completed.\r\n"
 	  "* ESEARCH (TAG \"j\") COUNT 0\r\nj OK Search completed.\r\n* SEARCH\r\nk OK Search completed.\r\n"
 	  "* BYE Logging out\r\nl OK Logout completed.\r\n" },
+	{ "BYE after too many BADs in a row, ours and the parser's", P_OPEN,
+	  "a FETCH 1 FLAGS\r\nb (\r\nc SELECT INBOX\r\nd FOO\r\ne )\r\nf LIST \"\" *\r\n"
+	  "g NOOP\r\nh SELECT INBOX\r\ni (\r\nj (\r\nk (\r\nl (\r\nm (\r\nn (\r\no (\r\np (\r\n"
+	  "q (\r\nr (\r\ns NOOP\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a BAD Please log in first.\r\nb BAD Invalid command name\r\nc BAD Please log in first.\r\n"
+	  "d BAD Unknown command\r\ne BAD Invalid character\r\nf BAD Please log in first.\r\n"
+	  "g OK NOOP completed.\r\nh BAD Please log in first.\r\ni BAD Invalid command name\r\n"
+	  "j BAD Invalid command name\r\nk BAD Invalid command name\r\nl BAD Invalid command name\r\n"
+	  "m BAD Invalid command name\r\nn BAD Invalid command name\r\no BAD Invalid command name\r\n"
+	  "p BAD Invalid command name\r\nq BAD Invalid command name\r\n"
+	  "r BAD Invalid command name\r\n* BYE Too many invalid IMAP commands.\r\n" },
+	{ "tighter limits before login than after", P_OPEN,
+	  "a LOGIN {2000}\r\nb LOGIN alice secret\r\nc APPEND INBOX {2000+}\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n"
+	  "d STATUS INBOX (MESSAGES)\r\ne LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a NO [TOOBIG] Literal too big\r\nb OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "c OK [APPENDUID {V:INBOX} 3] Append completed.\r\n"
+	  "* STATUS INBOX (MESSAGES 3)\r\nd OK Status completed.\r\n"
+	  "* BYE Logging out\r\ne OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
@@ -472,6 +492,196 @@ dialogue(const struct icase *c, int mode, struct buf *out, struct env *e)
 	imap_proto_free(&p);
 }
 
+/* feed one scripted line (or more) to P and return what it answered */
+static char *
+say(struct imap_proto *p, struct env *e, const char *in)
+{
+	struct buf out = { 0 };
+	size_t off = 0, len = strlen(in);
+
+	put(&out, "", 0);
+	for (int guard = 0; guard < 100000; guard++) {
+		drain(p, &out);
+		if (imap_proto_action(p) != IMAP_ACT_NONE) {
+			act(p, e);
+			continue;
+		}
+		if (off >= len || imap_proto_wants_close(p))
+			break;
+		off += imap_proto_input(p, in + off, len - off);
+	}
+	drain(p, &out);
+	return out.s;
+}
+
+static void
+deliver(struct env *e, const char *msg)
+{
+	const char *users[] = { USER }, *err;
+	struct mailstore_delivery *d;
+	char id[128];
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_begin(e->root, USER, &d, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_write(d, msg, strlen(msg), &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_commit(&d, e->root, users, 1, id, &err), 0);
+}
+
+#define SAYS(p, in, want) do { \
+	char *got_ = say((p), &e, (in)); \
+	if (strcmp(got_, (want)) != 0) { \
+		fprintf(stderr, "\n%s\n--- got\n%s--- want\n%s", (in), got_, (want)); \
+		CU_FAIL(in); \
+	} \
+	free(got_); \
+} while (0)
+
+/* two sessions on one folder: flags, expunges and new mail reach the other at
+ * the next command or in IDLE, expunges only where RFC 3501 allows them */
+static void
+test_imap_two_sessions(void)
+{
+	struct imap_params prm = P_OPEN;
+	struct imap_proto *a, *b;
+	struct env e;
+	char *junk;
+
+	store_make(&e);
+	prm.store_root = e.root;
+	a = imap_proto_new(&prm);
+	b = imap_proto_new(&prm);
+	imap_proto_start(a);
+	imap_proto_start(b);
+	junk = say(a, &e, "1 LOGIN alice secret\r\n2 SELECT INBOX\r\n");
+	free(junk);
+	junk = say(b, &e, "1 LOGIN alice secret\r\n2 SELECT INBOX\r\n");
+	free(junk);
+	SAYS(b, "3 STORE 1 +FLAGS (\\Seen)\r\n",
+	    "* 1 FETCH (FLAGS (\\Seen))\r\n3 OK Store completed.\r\n");
+	SAYS(a, "3 NOOP\r\n", "* 1 FETCH (FLAGS (\\Seen \\Recent))\r\n3 OK NOOP completed.\r\n");
+	SAYS(b, "4 STORE 2 +FLAGS.SILENT (\\Deleted)\r\n5 EXPUNGE\r\n",
+	    "4 OK Store completed.\r\n* 2 EXPUNGE\r\n5 OK Expunge completed.\r\n");
+	/* by sequence number: no EXPUNGE now; what the snapshot knows is still
+	 * answered (as Dovecot answers from its index), a later sync hides it */
+	SAYS(a, "4 FETCH 1:2 UID\r\n5 STORE 1 -FLAGS.SILENT (\\Seen)\r\n6 SEARCH ALL\r\n",
+	    "* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2)\r\n4 OK Fetch completed.\r\n"
+	    "5 OK Store completed.\r\n* SEARCH 1\r\n6 OK Search completed.\r\n");
+	SAYS(a, "7 CHECK\r\n", "* 2 EXPUNGE\r\n* 1 RECENT\r\n7 OK Check completed.\r\n");
+	SAYS(b, "6 NOOP\r\n", "* 1 FETCH (FLAGS ())\r\n6 OK NOOP completed.\r\n");
+	/* new mail in IDLE: the door watches the folder and calls notify */
+	SAYS(a, "8 IDLE\r\n", "+ idling\r\n");
+	CU_ASSERT_PTR_NOT_NULL(imap_proto_watch_dir(a));
+	CU_ASSERT(imap_proto_idling(a));
+	deliver(&e, "Subject: three\n\nx\n");
+	imap_proto_notify(a);
+	CU_ASSERT_EQUAL(imap_proto_action(a), IMAP_ACT_EXEC);
+	SAYS(a, "", "* 2 EXISTS\r\n* 2 RECENT\r\n");
+	imap_proto_keepalive(a);
+	SAYS(a, "DONE\r\n", "* OK Still here\r\n8 OK Idle completed.\r\n");
+	CU_ASSERT_PTR_NULL(imap_proto_watch_dir(a));
+	/* new mail is told after the command's own answers, as Dovecot */
+	SAYS(b, "7 UID FETCH 1:* FLAGS\r\n8 FETCH 2 (UID BODY.PEEK[TEXT])\r\n",
+	    "* 1 FETCH (UID 1 FLAGS ())\r\n* 2 EXISTS\r\n* 0 RECENT\r\n7 OK Fetch completed.\r\n"
+	    "* 2 FETCH (UID 3 BODY[TEXT] {3}\r\nx\r\n)\r\n8 OK Fetch completed.\r\n");
+	imap_proto_bye(a, "Server shutting down.");
+	SAYS(a, "", "* BYE Server shutting down.\r\n");
+	CU_ASSERT(imap_proto_wants_close(a));
+	imap_proto_free(&a);
+	imap_proto_free(&b);
+	store_free(&e);
+}
+
+/* big work in pieces: a 1 MB APPEND goes to the store in 64 KiB execs (the
+ * session never holds it whole), a FETCH of 40 messages comes in batches,
+ * each batch's output complete; the bytes are exactly the message's */
+static void
+test_imap_batches(void)
+{
+	struct imap_params prm = P_OPEN;
+	struct imap_proto *p;
+	struct env e;
+	struct buf out = { 0 };
+	char *junk, *msg, *cmd;
+	size_t big = 1u << 20, off = 0, len, execs = 0, batches = 0;
+
+	store_make(&e);
+	prm.store_root = e.root;
+	p = imap_proto_new(&prm);
+	imap_proto_start(p);
+	junk = say(p, &e, "1 LOGIN alice secret\r\n");
+	free(junk);
+	msg = xmalloc(big + 1);
+	for (size_t i = 0; i < big; i++)
+		msg[i] = (i % 64) == 63 ? '\n' : (char)('a' + i % 26);
+	memcpy(msg, "Subject: big\n\n", 14);
+	msg[big] = '\0';
+	cmd = xasprintf("2 APPEND Sent {%zu+}\r\n%s\r\n", big, msg);
+	len = strlen(cmd);
+	put(&out, "", 0);
+	/* fed in 16 KiB reads, as a door would */
+	while (off < len) {
+		size_t n = len - off < 16384 ? len - off : 16384;
+
+		off += imap_proto_input(p, cmd + off, n);
+		while (imap_proto_action(p) == IMAP_ACT_EXEC) {
+			execs++;
+			act(p, &e);
+		}
+		drain(p, &out);
+	}
+	CU_ASSERT(execs >= big / (64u << 10));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out.s, "2 OK [APPENDUID "));
+	free(out.s);
+	/* the message comes back byte for byte, LF as CRLF */
+	{
+		struct buf want = { 0 };
+		size_t bare = 0;
+		char *hdr;
+
+		for (size_t i = 0; i < big; i++)
+			bare += msg[i] == '\n';
+		hdr = xasprintf("* 1 FETCH (BODY[] {%zu}\r\n", big + bare);
+		put(&want, hdr, strlen(hdr));
+		for (size_t i = 0; i < big; i++) {
+			if (msg[i] == '\n')
+				put(&want, "\r", 1);
+			put(&want, msg + i, 1);
+		}
+		put(&want, ")\r\n3 OK Fetch completed.\r\n", 26);
+		junk = say(p, &e, "3 EXAMINE Sent\r\n");
+		free(junk);
+		junk = say(p, &e, "3 FETCH 1 BODY.PEEK[]\r\n");
+		CU_ASSERT_EQUAL(strlen(junk), want.n);
+		CU_ASSERT(strcmp(junk, want.s) == 0);
+		free(junk);
+		free(want.s);
+		free(hdr);
+	}
+	/* 40 more messages: FETCH 1:* BODY[] in batches of at most 32 messages */
+	for (int i = 0; i < 40; i++)
+		deliver(&e, "Subject: many\n\nx\n");
+	junk = say(p, &e, "4 SELECT INBOX\r\n");
+	free(junk);
+	out.s = NULL;
+	out.n = out.cap = 0;
+	put(&out, "", 0);
+	(void)imap_proto_input(p, "5 FETCH 1:* (UID BODY.PEEK[TEXT])\r\n", 36);
+	while (imap_proto_action(p) == IMAP_ACT_EXEC) {
+		batches++;
+		imap_proto_exec(p);
+		imap_proto_exec_done(p);
+		CU_ASSERT(imap_proto_output_pending(p) > 0);
+		drain(p, &out);
+	}
+	CU_ASSERT(batches >= 2);
+	CU_ASSERT_PTR_NOT_NULL(strstr(out.s, "* 42 FETCH (UID 42 BODY[TEXT] {3}\r\nx\r\n)\r\n"
+	    "5 OK Fetch completed.\r\n"));
+	free(out.s);
+	free(cmd);
+	free(msg);
+	imap_proto_free(&p);
+	store_free(&e);
+}
+
 static void
 test_imap_dialogues(void)
 {
@@ -529,6 +739,8 @@ test_imap_list_match(void)
 static CU_TestInfo tests[] = {
 	{ "golden dialogues on a real store, whole/bytewise/random", test_imap_dialogues },
 	{ "LIST patterns", test_imap_list_match },
+	{ "two sessions, one folder: FETCH FLAGS, EXPUNGE, IDLE", test_imap_two_sessions },
+	{ "a 1 MB APPEND in 64 KiB writes, FETCH in batches", test_imap_batches },
 	{ NULL, NULL },
 };
 

@@ -626,6 +626,11 @@ test_copy(void)
 	CU_ASSERT_EQUAL(d2, 1000000000);
 	/* a message that is not there */
 	CU_ASSERT_EQUAL(mailstore_msg_copy(in, 77, dst, &u2, &err), -1);
+	/* into its own folder: the commit reloads the keywords it was given
+	 * (a use-after-free before, found by test_imap_session_dovecot) */
+	CU_ASSERT_EQUAL_FATAL(mailstore_msg_copy(in, u1, in, &u2, &err), 0);
+	CU_ASSERT_EQUAL(u2, u1 + 1);
+	CU_ASSERT_EQUAL(mailstore_box_msg(in, 1)->keywords, 1u);
 	mailstore_box_close(&dst);
 	/* a fresh open sees the same UID (it is in dovecot-uidlist) */
 	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Archive", &dst, &err), 0);

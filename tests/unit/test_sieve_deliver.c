@@ -388,6 +388,97 @@ test_fallback(void)
 	free(root);
 }
 
+/* redirect loops: X-Sieve-Redirected-From naming the user, or too many hops */
+static const struct {
+	const char *name;
+	const char *extra;	/* header lines put on top of msg_plain */
+	size_t nout;		/* redirects planned */
+	const char *inbox;	/* folder_files("INBOX") after the store */
+} loop_cases[] = {
+	{ "no header: redirected", "", 1, "" },
+	{ "another user redirected it: redirected",
+	  "X-Sieve-Redirected-From: <bob@example.com>\r\n", 1, "" },
+	{ "this user redirected it before: kept",
+	  "X-Sieve-Redirected-From: <alice@example.com>\r\n", 0, "new:" },
+	{ "this user, other case and no brackets: kept",
+	  "X-Sieve-Redirected-From: Alice@Example.COM\r\n", 0, "new:" },
+	{ "a longer address is another user: redirected",
+	  "X-Sieve-Redirected-From: <alice@example.com.evil>\r\n", 1, "" },
+	{ "eight hops: kept",
+	  "X-Sieve-Redirected-From: <a1@x.test>\r\nX-Sieve-Redirected-From: <a2@x.test>\r\n"
+	  "X-Sieve-Redirected-From: <a3@x.test>\r\nX-Sieve-Redirected-From: <a4@x.test>\r\n"
+	  "X-Sieve-Redirected-From: <a5@x.test>\r\nX-Sieve-Redirected-From: <a6@x.test>\r\n"
+	  "X-Sieve-Redirected-From: <a7@x.test>\r\nX-Sieve-Redirected-From: <a8@x.test>\r\n",
+	  0, "new:" },
+};
+
+static void
+test_redirect_loop(void)
+{
+	for (size_t i = 0; i < sizeof(loop_cases) / sizeof(loop_cases[0]); i++) {
+		char *root = unit_tmpdir(), *got;
+		char *text = xasprintf("%s%s", loop_cases[i].extra, msg_plain);
+		struct sieve_script *s = compile("redirect \"carol@example.net\";");
+		int fd = spool(root, text);
+		struct sieve_deliver_in in = { .store_root = root, .user = USER,
+		    .env_from = "bob@example.org", .env_to = USER, .fd = fd, .script = s };
+		struct sieve_deliver_plan *p;
+		const char *error;
+
+		CU_ASSERT_EQUAL_FATAL(sieve_deliver_plan(&in, &p, &error), 0);
+		CU_ASSERT_EQUAL(p->nout, loop_cases[i].nout);
+		CU_ASSERT_EQUAL(sieve_deliver_store(p, &error), 0);
+		got = folder_files(root, "INBOX");
+		if (p->nout != loop_cases[i].nout || strcmp(got, loop_cases[i].inbox) != 0)
+			fprintf(stderr, "case %s: nout %zu, INBOX \"%s\" (%s)\n", loop_cases[i].name,
+			    p->nout, got, p->log);
+		CU_ASSERT_STRING_EQUAL(got, loop_cases[i].inbox);
+		free(got);
+		sieve_deliver_plan_free(&p);
+		sieve_script_free(&s);
+		close(fd);
+		free(text);
+		free(root);
+	}
+}
+
+/* a header section past the first read (SIEVE_DELIVER_FIRST_READ): the
+ * header at its end is seen, and the stored copy is whole */
+static void
+test_long_header(void)
+{
+	for (size_t total = SIEVE_DELIVER_FIRST_READ - 40; total < SIEVE_DELIVER_FIRST_READ + 80;
+	    total += 7) {
+		char *root = unit_tmpdir(), *got, *text = xmalloc(total + 512);
+		size_t n = 0;
+		struct sieve_script *s = compile("require [\"fileinto\", \"mailbox\"]; "
+		    "if header :is \"X-Last\" \"yes\" { fileinto :create \"Found\"; }");
+		int fd;
+		struct sieve_deliver_plan *p;
+		const char *error;
+
+		/* filler lines, then X-Last: so the empty line falls around the edge */
+		while (n + 40 < total)
+			n += (size_t)sprintf(text + n, "X-Filler: %026zu\r\n", n);
+		n += (size_t)sprintf(text + n, "X-Last: yes\r\n\r\nbody\r\n");
+		fd = spool(root, text);
+		struct sieve_deliver_in in = { .store_root = root, .user = USER,
+		    .env_from = "bob@example.org", .env_to = USER, .fd = fd, .script = s };
+		CU_ASSERT_EQUAL_FATAL(sieve_deliver_plan(&in, &p, &error), 0);
+		CU_ASSERT_EQUAL(sieve_deliver_store(p, &error), 0);
+		got = folder_files(root, "Found");
+		if (strcmp(got, "cur::2,") != 0)
+			fprintf(stderr, "header of %zu bytes: Found \"%s\" (%s)\n", n, got, p->log);
+		CU_ASSERT_STRING_EQUAL(got, "cur::2,");
+		free(got);
+		sieve_deliver_plan_free(&p);
+		sieve_script_free(&s);
+		close(fd);
+		free(text);
+		free(root);
+	}
+}
+
 /* the user's script file: none is fine, a broken one is an error */
 static void
 test_load_user(void)
@@ -672,6 +763,8 @@ static CU_TestInfo tests[] = {
 	{ "vacation once per period per sender, never to lists", test_vacation },
 	{ "relayhost refusal keeps the message in INBOX", test_fallback },
 	{ "user script load", test_load_user },
+	{ "redirect loop protection", test_redirect_loop },
+	{ "header section past the first read", test_long_header },
 	{ NULL, NULL },
 };
 

@@ -34,6 +34,8 @@ void test_imap_parser_register(void);
 void test_pop3_proto_register(void);
 void test_conn_register(void);
 void test_userip_register(void);
+void test_pop3_conf_register(void);
+void test_imap_conf_register(void);
 void test_imap_proto_register(void);
 void test_dotstuff_register(void);
 void test_sieve_deliver_register(void);
