@@ -2,19 +2,21 @@
 """Portcullis' IMAP door against a private Dovecot: one scripted session, two servers.
 
 A seed Maildir++ store (a corpus of MIME shapes in INBOX with flags and
-keywords, two new/ messages, a folder hierarchy, a dovecot-uidlist and
-dovecot-keywords written by this test so UIDs and UIDVALIDITY are fixed) is
-copied twice: one copy is served by portcullisd (services = imap, delivery =
+keywords, a folder hierarchy, a dovecot-uidlist and dovecot-keywords written
+by this test so UIDs and UIDVALIDITY are fixed, opened once by Dovecot, then
+two messages in new/) is copied, fresh for each script and each server: one copy is served by portcullisd (services = imap, delivery =
 maildir:, the user made with `portcullis user add --password-stdin`), the
 other by a private Dovecot (tests/harness/dovecot.py) whose passdb takes the
 users file's {CRYPT} hash. Both copies keep the seed's mtimes, so INTERNALDATE
 is the same. The same script (SCRIPT below: every command the door supports,
 from two sessions A and B, IDLE included) runs against each; every step's
-answer is normalised (normalise()) and the two compared. A step where they
-differ and which is not in KNOWN_DIFFERENCES fails the test; a known one that
-now agrees is printed (so the list can shrink).
+answer is normalised (class Norm; each rule N1-N10 explained above it) and
+the two compared. A step where they differ and which is not in
+KNOWN_DIFFERENCES (or KNOWN_RECENT_DIFFERENCES) fails the test; a known one
+that now agrees is printed (so the lists can shrink).
 
-    T01Session      the scripted session, step by step
+    T01Session      SCRIPT step by step (\\Recent left out, N10); RECENT_SCRIPT
+                    and RECENT_STATUS_SCRIPT compare \\Recent exactly
     T02Handover     the hand-over through the IMAP doors, both ways: mail
                     delivered by Portcullis' SMTP gateway, read, flagged
                     (keywords too), expunged, copied into a new subfolder and
@@ -30,7 +32,9 @@ now agrees is printed (so the list can shrink).
                     printed, not failed.
 
 Run as root (CI): Dovecot refuses mail uid 0, so the stores belong to
-"nobody" and portcullisd runs as nobody (run_user). TZ=UTC for both.
+"nobody" and portcullisd runs as nobody (run_user). TZ=UTC for both. The
+MIME corpus is test_imap_mime_dovecot.py's (imported: its byte-level checks
+of imap_mime.c stay there; here the same shapes go through the door).
 Skipped when dovecot-imapd is not installed.
 
 Run: PORTCULLIS_BIN=build/asan/bin python3 tests/integration/test_imap_dovecot_diff.py
