@@ -17,6 +17,8 @@ that now agrees is printed (so the lists can shrink).
 
     T01Session      SCRIPT step by step (\\Recent left out, N10); RECENT_SCRIPT
                     and RECENT_STATUS_SCRIPT compare \\Recent exactly
+    T03IdleRace     an MDA's rename into new/ at once after "+ idling", twelve
+                    times: Dovecot tells each one; Portcullis loses some (D18)
     T02Handover     the hand-over through the IMAP doors, both ways: mail
                     delivered by Portcullis' SMTP gateway, read, flagged
                     (keywords too), expunged, copied into a new subfolder and
@@ -568,6 +570,11 @@ SCRIPT = [
                     ("B", b"STORE 2 +FLAGS (\\Deleted)"),
                     ("B", b"EXPUNGE")]),
     ("A", b"FETCH 1:* (UID FLAGS)"),
+    ("A", b"IDLE", [("mda", b"From: mda@example.com\r\nSubject: while idling\r\n\r\nnew\r\n")],
+     "A: IDLE (an MDA delivers)"),
+    ("A", b"NOOP", "A: NOOP (after the MDA)"),
+    ("A", b"FETCH * (UID FLAGS RFC822.SIZE BODY.PEEK[])"),
+    ("B", b"NOOP", "B: NOOP (after the MDA)"),
     ("A", b"STORE 3,4 +FLAGS (\\Deleted)"),
     ("A", b"UID EXPUNGE 1:3"),
     ("A", b"EXPUNGE"),
@@ -725,6 +732,15 @@ KNOWN_DIFFERENCES = {
     # Portcullis keeps it selected (RFC 3501 §6.3.1 says so for a failing
     # SELECT; for BAD it is silent)
     "A: CHECK": "D12",
+    # D18 a message an MDA moves into new/ right after the "+ idling" is, about
+    # one time in four, never told to the idling client (no "* n EXISTS"
+    # within 6 s; a probe: 3 of 12 renames made within a millisecond of the
+    # "+" were lost, none made 300 ms later): the client learns of it at its
+    # next command, with NOOP here (where Dovecot has nothing new to say).
+    # A real client re-IDLEs every 29 minutes. Flaky by nature: either way
+    # passes, "now agrees" is printed when the race was not hit.
+    "A: IDLE (an MDA delivers)": "D18",
+    "A: NOOP (after the MDA)": "D18",
     # D13 Portcullis keeps to RFC 3501's grammar where Dovecot is lenient:
     # "STORE 1 +FLAGS" without flags (Dovecot OK), "SEARCH SINCE 32-Jan-2026"
     # (Dovecot: an empty SEARCH), a quoted string with "\\x" (Dovecot takes
@@ -780,8 +796,9 @@ def step_label(step):
 class Runner:
     """runs SCRIPT against one server; results: [(label, normalised answer, raw)]"""
 
-    def __init__(self, port, fixed_uv, recent_blind=True):
+    def __init__(self, port, fixed_uv, recent_blind=True, maildir=None):
         self.port = port
+        self.maildir = maildir
         self.norm = Norm(fixed_uv, recent_blind)
         self.sess = {}
         self.results = []
@@ -839,6 +856,16 @@ class Runner:
         first = c.response()
         got = [first]
         for inner in st[2]:
+            if inner[0] == "mda":       # a file into INBOX's new/, as an MDA delivers
+                name = "%d.M1P9.mda" % MTIME0
+                tmp = os.path.join(self.maildir, "tmp", name)
+                with open(tmp, "wb") as f:
+                    f.write(inner[1])
+                os.utime(tmp, (MTIME0, MTIME0))
+                uid, gid = owner()
+                os.chown(tmp, uid, gid)
+                os.rename(tmp, os.path.join(self.maildir, "new", name))
+                continue
             u, t = self.sess[inner[0]].cmd(inner[1])
             self.record(step_label(inner) + " (while A idles)", u, t)
         got += c.quiet_responses(quiet=1.5, limit=8)
@@ -867,14 +894,15 @@ class T01Session(unittest.TestCase):
         """script against Portcullis, then Dovecot, each on a fresh copy of the seed"""
         fixed = [UIDVALIDITY + i for i in range(len(FOLDERS) + 1)]
         self.pc.load(self.seed)
-        rp = Runner(self.pc.port, fixed, recent_blind)
+        rp = Runner(self.pc.port, fixed, recent_blind, self.pc.maildir())
         rp.run(script)
         dstore = os.path.join(self.work, name + "-store")
         shutil.copytree(self.seed, dstore, symlinks=True)
         chown_tree(dstore)
         dc = start_dovecot(self.work, dstore, self.pc.crypt_hash(), name=name)
         try:
-            rd = Runner(dc.imap_port, fixed, recent_blind)
+            rd = Runner(dc.imap_port, fixed, recent_blind,
+                        os.path.join(dstore, "example.com", "diff", "Maildir"))
             rd.run(script)
         finally:
             dc.close()
@@ -893,7 +921,8 @@ class T01Session(unittest.TestCase):
             if same and label in known:
                 fixed_now.append(label)
         for label in fixed_now:
-            print("KNOWN_DIFFERENCES: %r now agrees; take it off the list" % label)
+            print("KNOWN_DIFFERENCES: %r now agrees (%s); take it off the list unless "
+                  "flaky" % (label, known[label]))
         self.assertEqual(bad, [], "steps answered differently from Dovecot")
 
     def test_scripted_session_answers_as_dovecot(self):
@@ -1112,6 +1141,73 @@ class T02Handover(unittest.TestCase):
             if dc is not None:
                 dc.close()
             pc.stop()
+
+
+def idle_race(port, maildir, rounds=12):
+    """IDLE, then at once an MDA's rename from tmp/ into new/ (every other
+    round 300 ms later): the seconds until "* n EXISTS" for each, None when
+    none came within 4 s"""
+    c = RawImap(port)
+    c.cmd(b"LOGIN %s %s" % (USER.encode(), PASSWORD.encode()))
+    c.cmd(b"SELECT INBOX")
+    got = []
+    uid, gid = owner()
+    for i in range(rounds):
+        tag = c.new_tag()
+        c.send(tag + b" IDLE\r\n")
+        c.response()
+        if i % 2:
+            time.sleep(0.3)
+        name = "%d.M%dP9.race" % (MTIME0, i)
+        tmp = os.path.join(maildir, "tmp", name)
+        with open(tmp, "wb") as f:
+            f.write(b"Subject: race %d\r\n\r\nbody\r\n" % i)
+        os.chown(tmp, uid, gid)
+        t0 = time.monotonic()
+        os.rename(tmp, os.path.join(maildir, "new", name))
+        r = c.response_within(4)
+        got.append(None if r is None or b"EXISTS" not in r else round(time.monotonic() - t0, 3))
+        c.send(b"DONE\r\n")
+        c.until_tagged(tag)
+    c.cmd(b"LOGOUT")
+    c.close()
+    return got
+
+
+@unittest.skipUnless(dovecot.installed(("imap",)), "dovecot-imapd is not installed")
+class T03IdleRace(unittest.TestCase):
+    """KNOWN_DIFFERENCES D18 on its own: Dovecot tells every delivery to the
+    idling client; Portcullis loses those made just after "+ idling"
+    (printed as KNOWN D18; the test fails only if Dovecot loses one, or
+    Portcullis one made 300 ms after the "+")"""
+
+    def test_idle_tells_every_delivery(self):
+        work = tempfile.mkdtemp(prefix="pc-imapidle-")
+        os.chmod(work, 0o755)
+        pc = Portcullis("imapidle")
+        dc = None
+        try:
+            dc = start_dovecot(work, os.path.join(work, "dstore"), pc.crypt_hash())
+            d = Store(dc.imap_port)                 # makes the Maildir
+            d.close()
+            dmd = os.path.join(work, "dstore", "example.com", "diff", "Maildir")
+            theirs = idle_race(dc.imap_port, dmd)
+            c = Store(pc.port)
+            c.close()
+            ours = idle_race(pc.port, pc.maildir())
+        finally:
+            if dc is not None:
+                dc.close()
+            pc.stop()
+            if os.environ.get("KEEP_LAB") != "1":
+                shutil.rmtree(work, ignore_errors=True)
+        print("seconds to * EXISTS, Dovecot: %s; Portcullis: %s" % (theirs, ours))
+        self.assertNotIn(None, theirs, "Dovecot lost a delivery: the probe is wrong")
+        self.assertNotIn(None, ours[1::2], "a delivery 300 ms into IDLE never told")
+        lost = ours.count(None)
+        if lost:
+            print("KNOWN D18: %d of %d deliveries right after \"+ idling\" never told" % (
+                lost, len(ours[::2])))
 
 
 def show(raw):
