@@ -95,6 +95,12 @@ const struct conf_key conf_keys[] = {
 	{ "imap_login_timeout", "60", CT_TIME, NULL, 1, 3600 },	/* before login, per request */
 	{ "imap_idle_timeout", "30m", CT_TIME, NULL, 60, 86400 },	/* after login (RFC 3501: >= 30m) */
 
+	/* the proxy to users' backends (pop-imap-proxy/proxy.c; users file: proxy=y host=...) */
+	{ "mail_proxy_auth", "local", CT_ENUM, "local", 0, 0 },	/* Portcullis checks the password */
+	{ "mail_proxy_forward_client", "yes", CT_BOOL, NULL, 0, 0 },	/* IMAP ID, POP3 XCLIENT */
+	{ "mail_proxy_tls_ca_file", "", CT_STR, NULL, 0, 0 },	/* "": the system's CAs */
+	{ "mail_proxy_timeout", "30", CT_TIME, NULL, 1, 3600 },	/* connect, TLS and login */
+
 	/* relay control */
 	{ "mydomains", "", CT_LIST, NULL, 0, 0 },
 	{ "postmaster_address", "", CT_STR, NULL, 0, 0 },	/* "": postmaster@ first mydomain */

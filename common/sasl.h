@@ -81,6 +81,9 @@ const char *sasl_server_user(const struct sasl_server *s);
 /* the login the client gave (for a log line; escape it), "" if none yet */
 const char *sasl_server_login(const struct sasl_server *s);
 unsigned sasl_server_mech(const struct sasl_server *s);
+/* after a PLAIN/LOGIN SASL_OK: the verified password (a proxy logs in to
+ * the user's backend with it); NULL for other mechanisms. Wiped at free. */
+const char *sasl_server_password(const struct sasl_server *s);
 
 /* Admin side: SCRAM-SHA-256 keys for password, Dovecot's format
  * "{SCRAM-SHA-256}ITER,SALT,STOREDKEY,SERVERKEY" (base64; doveadm pw -s

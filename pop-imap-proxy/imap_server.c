@@ -134,6 +134,9 @@ struct sess {
 	/* IDLE */
 	int wd[IMAP_WATCH_DIRS];
 	int watching;
+	/* a proxied user (proxy.c): the session object rests, bytes are spliced */
+	struct proxy *px;
+	int spliced;
 	int dirty;			/* a change came while an exec ran */
 	time_t keepalive_at;
 };
@@ -391,6 +394,78 @@ login_done(struct sess *s)
 	    conn_addr_text(s->conn, who), conn_is_tls(s->conn) ? " TLS" : "");
 }
 
+/* ---- the proxy: a user whose line says proxy=y host=... (issue 12) ---- */
+
+static void
+proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
+{
+	struct sess *s = arg;
+	char who[CIDR_TEXT_MAX];
+	static const char *const result[] = { "success", "refused", "unavailable" };
+
+	s->authing = 0;
+	log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: %s%s%s", conn_id(s->conn),
+	    s->user, conn_addr_text(s->conn, who), proxy_backend(s->px),
+	    res == PROXY_OK ? "logged in" : res == PROXY_REFUSED ? "refused" : "unavailable",
+	    why[0] ? ": " : "", why);
+	stats_addf(1, "proxy_sessions_total{door=\"imap\",backend=\"%s\",result=\"%s\"}",
+	    proxy_backend(s->px), result[res]);
+	if (res == PROXY_OK) {
+		char *line = xasprintf("%s OK [CAPABILITY %s] Logged in\r\n",
+		    imap_proto_tag(s->ip), caps);
+
+		s->spliced = 1;
+		engine_session_free(&s->es);
+		conn_set_timeout(s->conn, s->srv->c->idle_timeout);
+		conn_write(s->conn, line, strlen(line));
+		free(line);
+		proxy_splice(s->px);
+		conn_resume(s->conn);
+		return;
+	}
+	proxy_free(&s->px);
+	s->user[0] = '\0';
+	imap_proto_auth_done(s->ip, res == PROXY_REFUSED ? 0 : IMAP_AUTH_TEMPFAIL);
+	step(s);
+}
+
+static const struct proxy_hooks proxy_hooks = { proxy_done };
+
+/* a login that went through: 1 when the user lives on a backend (the
+ * session is handed to it, or refused), 0 when it is served here */
+static int
+proxy_route(struct sess *s)
+{
+	struct imap_auth_req *req = imap_proto_auth_req(s->ip);
+	const char *user = req && req->sasl ? sasl_server_user(req->sasl) : NULL, *pw;
+	struct userdb_proxy where;
+	int r;
+
+	if (user == NULL || user[0] == '\0' || s->srv->users.db == NULL ||
+	    (r = userdb_proxy(s->srv->users.db, user, &where)) == 0)
+		return 0;
+	snprintf(s->user, sizeof(s->user), "%s", user);
+	pw = sasl_server_password(req->sasl);
+	if (r < 0 || pw == NULL) {
+		log_warn("imap: conn=%s proxy: user=<%s>: %s: login answered NO [UNAVAILABLE]",
+		    conn_id(s->conn), user, r < 0 ? "the user's proxy fields are wrong" :
+		    "no password to forward for this mechanism (PLAIN/LOGIN only)");
+		s->user[0] = '\0';
+		imap_proto_auth_done(s->ip, IMAP_AUTH_TEMPFAIL);
+		return 1;
+	}
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn,
+	    where.destuser[0] ? where.destuser : user, pw, &proxy_hooks, s);
+	if (proxy_start_failed(s->px)) {
+		s->authing = 1;
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+		return 1;
+	}
+	s->authing = 1;		/* the drain and IDLE paths leave it alone */
+	conn_pause(s->conn);
+	return 1;
+}
+
 static void
 auth_checked(void *arg, int result)
 {
@@ -399,6 +474,11 @@ auth_checked(void *arg, int result)
 	s->authing = 0;
 	if (conn_release(s->conn))
 		return;
+	if (result == 1 && proxy_route(s)) {
+		if (!s->authing)
+			step(s);
+		return;
+	}
 	imap_proto_auth_done(s->ip, result);
 	login_done(s);
 	step(s);
@@ -451,6 +531,8 @@ start_auth(struct sess *s)
 	s->authing = 0;
 	if (conn_release(s->conn))	/* never: we are on its input */
 		return;
+	if (res == 1 && proxy_route(s))
+		return;
 	imap_proto_auth_done(s->ip, res == AUTHCHECK_BUSY ? IMAP_AUTH_TEMPFAIL : res);
 	login_done(s);
 }
@@ -467,6 +549,8 @@ step(struct sess *s)
 {
 	struct conn *c = s->conn;
 
+	if (s->px != NULL)
+		return;		/* proxied: the splice runs it */
 	/* a login may end in input too (SCRAM's last, empty response) */
 	if (!s->logged && imap_proto_user(s->ip)[0] != '\0')
 		login_done(s);
@@ -597,6 +681,11 @@ on_input(struct conn *c)
 {
 	struct sess *s = conn_ctx(c);
 
+	if (s->px != NULL) {
+		if (s->spliced)
+			proxy_client_input(s->px);
+		return;
+	}
 	if (!s->peer_set && conn_is_tls(c)) {
 		const char *id = conn_tls_peer(c);
 
@@ -632,6 +721,11 @@ on_writable(struct conn *c)
 {
 	struct sess *s = conn_ctx(c);
 
+	if (s->px != NULL) {
+		if (s->spliced)
+			proxy_client_writable(s->px);
+		return;
+	}
 	if (s->execing || s->authing)
 		pump(s);	/* earlier output may go while a job runs */
 	else
@@ -644,6 +738,7 @@ on_closing(struct conn *c)
 	struct sess *s = conn_ctx(c);
 
 	watch_stop(s);
+	proxy_free(&s->px);
 }
 
 static void
@@ -667,6 +762,7 @@ on_free(struct conn *c)
 	struct server *srv = s->srv;
 
 	watch_stop(s);
+	proxy_free(&s->px);
 	if (s->prev != NULL)
 		s->prev->next = s->next;
 	else

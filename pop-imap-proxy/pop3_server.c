@@ -96,6 +96,9 @@ struct session {
 	uint64_t retr_bytes;
 	struct pop3_stream st;
 	char user[POP3_USER_MAX];	/* canonical, once logged in (or APOP's) */
+	/* a proxied user (proxy.c): the core rests, bytes are spliced */
+	struct proxy *px;
+	int spliced;
 };
 
 enum job_kind { JOB_OPEN, JOB_RETR, JOB_UPDATE };
@@ -214,10 +217,82 @@ s_writable(struct conn *c)
 {
 	struct session *s = conn_ctx(c);
 
+	if (s->spliced) {
+		proxy_client_writable(s->px);
+		return;
+	}
 	if (!s->room)
 		return;
 	s->room = 0;
 	session_go(s);
+}
+
+/* ---- the proxy: a user whose line says proxy=y host=... (issue 12) ---- */
+
+static void
+proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
+{
+	struct session *s = arg;
+	char who[CIDR_TEXT_MAX];
+	static const char *const result[] = { "success", "refused", "unavailable" };
+
+	(void)caps;
+	log_info("pop3: conn=%s proxy: user=<%s> client=[%s] backend=%s: %s%s%s", conn_id(s->c),
+	    s->user, conn_addr_text(s->c, who), proxy_backend(s->px),
+	    res == PROXY_OK ? "logged in" : res == PROXY_REFUSED ? "refused" : "unavailable",
+	    why[0] ? ": " : "", why);
+	stats_addf(1, "proxy_sessions_total{door=\"pop3\",backend=\"%s\",result=\"%s\"}",
+	    proxy_backend(s->px), result[res]);
+	if (res == PROXY_OK) {
+		static const char ok[] = "+OK Logged in.\r\n";
+
+		s->spliced = 1;
+		s->busy = 0;
+		engine_session_free(&s->es);
+		conn_set_timeout(s->c, 0);	/* the door's pop3_timeout */
+		conn_write(s->c, ok, sizeof(ok) - 1);
+		proxy_splice(s->px);
+		conn_resume(s->c);
+		return;
+	}
+	proxy_free(&s->px);
+	s->user[0] = '\0';
+	pop3_proto_auth_done(s->pp, res == PROXY_REFUSED ? 0 : POP3_AUTH_TEMPFAIL, NULL);
+	session_go(s);
+}
+
+static const struct proxy_hooks proxy_hooks = { proxy_done };
+
+/* a login that went through: 1 when the user lives on a backend (the
+ * session is handed to it, or refused), 0 when it is served here */
+static int
+proxy_route(struct session *s)
+{
+	struct pop3_auth_req *a = pop3_proto_auth_req(s->pp);
+	const char *user = a && a->sasl ? sasl_server_user(a->sasl) : s->user, *pw;
+	struct userdb_proxy where;
+	int r;
+
+	if (user == NULL || user[0] == '\0' || s->srv->users.db == NULL ||
+	    (r = userdb_proxy(s->srv->users.db, user, &where)) == 0)
+		return 0;
+	snprintf(s->user, sizeof(s->user), "%s", user);
+	pw = a && a->sasl ? sasl_server_password(a->sasl) : NULL;
+	if (r < 0 || pw == NULL) {
+		log_warn("pop3: conn=%s proxy: user=<%s>: %s: login answered -ERR [SYS/TEMP]",
+		    conn_id(s->c), s->user, r < 0 ? "the user's proxy fields are wrong" :
+		    "no password to forward for this mechanism (USER/PASS, PLAIN, LOGIN only)");
+		s->user[0] = '\0';
+		pop3_proto_auth_done(s->pp, POP3_AUTH_TEMPFAIL, NULL);
+		return 1;
+	}
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c,
+	    where.destuser[0] ? where.destuser : s->user, pw, &proxy_hooks, s);
+	s->busy = 1;
+	conn_pause(s->c);
+	if (proxy_start_failed(s->px))
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	return 1;
 }
 
 /* ---- AUTH ---- */
@@ -229,6 +304,11 @@ auth_checked(void *arg, int result)
 
 	if (conn_release(s->c))
 		return;
+	if (result == 1 && proxy_route(s)) {
+		if (!s->busy && s->px == NULL)
+			session_go(s);
+		return;
+	}
 	pop3_proto_auth_done(s->pp, result, s->user[0] ? s->user : NULL);
 	session_go(s);
 }
@@ -331,6 +411,8 @@ start_auth(struct session *s)
 		session_wait(s);
 		return;
 	}
+	if (res == 1 && proxy_route(s))
+		return;
 	pop3_proto_auth_done(s->pp, res == AUTHCHECK_BUSY ? POP3_AUTH_TEMPFAIL : res,
 	    s->user[0] ? s->user : NULL);
 }
@@ -697,6 +779,11 @@ s_input(struct conn *c)
 {
 	struct session *s = conn_ctx(c);
 
+	if (s->px != NULL) {
+		if (s->spliced)
+			proxy_client_input(s->px);
+		return;
+	}
 	conn_hold(c);
 	advance(s);
 	if (conn_release(c))
@@ -710,6 +797,7 @@ s_free(struct conn *c)
 
 	if (s == NULL)
 		return;
+	proxy_free(&s->px);
 	pop3_proto_free(&s->pp);	/* points into the box: first */
 	store_release(s);
 	engine_session_free(&s->es);

@@ -1,0 +1,565 @@
+#!/usr/bin/python3
+"""The IMAP proxy (issue 12): users whose line says proxy=y host=... are
+handed, after Portcullis checked their password, to a private Dovecot on
+loopback (its own store, login_trusted_networks = 127.0.0.0/8).
+
+    T01Users        portcullis user set/show: the proxy fields, validation
+                    with clear errors, a password change keeps them
+    T02Imap         imaplib through Portcullis to Dovecot: login, SELECT,
+                    FETCH of a message only Dovecot holds; the tagged OK
+                    carries Dovecot's post-login CAPABILITY (equal to what
+                    Dovecot tells a direct client); the client's address in
+                    Dovecot's log (ID x-originating-ip); one log line per
+                    proxied login; proxy_sessions_total in portcullis stats;
+                    a local user on the same door still served from the store
+    T03Idle         IDLE through the proxy: a message appended through
+                    Dovecot reaches the idling client as * EXISTS
+    T04Big          a 20 MB message fetched through the proxy, byte-identical
+    T05Tls          STARTTLS and implicit TLS to the backend verified with a
+                    test CA; a certificate for another name refused (NO
+                    [UNAVAILABLE], never plaintext)
+    T06Down         backend down at login: NO [UNAVAILABLE] fast, the log
+                    names the backend; backend stopped mid-session: the
+                    client's connection is closed
+    T07Guard        the kill list and the login penalty apply to proxied
+                    users (a wrong password never reaches the backend)
+
+Run: PORTCULLIS_BIN=$PWD/build/asan/bin python3 tests/integration/test_proxy.py
+"""
+import imaplib
+import poplib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import dovecot, runner  # noqa: E402
+from harness.daemon import Daemon  # noqa: E402
+from harness.ports import free_port  # noqa: E402
+from harness.util import wait_until  # noqa: E402
+
+USER = "alice@example.com"
+PASSWORD = "Proxy pass 1"
+LOCAL = "bob@example.com"
+CLIENT = "127.0.0.3"        # the client's source address (seen by Dovecot via ID)
+OUTSIDE = "127.0.0.4"       # may be kill-listed / banned
+
+W = None
+
+
+def openssl(*args):
+    p = subprocess.run(["openssl"] + list(args), capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError("openssl %s: %s" % (" ".join(args), p.stderr))
+
+
+class Work:
+    """A test CA, a backend certificate for 127.0.0.1 and one for another name."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="pc-proxy-")
+        os.chmod(self.dir, 0o755)
+        p = lambda n: os.path.join(self.dir, n)  # noqa: E731
+        self.ca, self.ca_key = p("ca.crt"), p("ca.key")
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                "/CN=Portcullis test CA", "-keyout", self.ca_key, "-out", self.ca)
+        self.good = self.cert("good", "IP:127.0.0.1")
+        self.wrong = self.cert("wrong", "DNS:backend.invalid")
+        self.front = self.cert("front", "IP:127.0.0.1,DNS:localhost")
+
+    def cert(self, name, san):
+        key, csr, crt = (os.path.join(self.dir, name + x) for x in (".key", ".csr", ".crt"))
+        ext = os.path.join(self.dir, name + ".ext")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=%s\n" % san)
+        openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name,
+                "-keyout", key, "-out", csr)
+        openssl("x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
+                "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", crt)
+        os.chmod(key, 0o644)
+        return crt, key
+
+    def close(self):
+        if os.environ.get("KEEP_LAB") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def backend(name, tls, protocols=("imap",)):
+    dc = dovecot.Dovecot(W.dir, protocols=protocols, users={USER: "{PLAIN}" + PASSWORD},
+                         tls=tls, name=name,
+                         extra_conf="login_trusted_networks = 127.0.0.0/8\n"
+                                    "imap_idle_notify_interval = 1 secs\n")
+    return dc.start()
+
+
+def put_message(dc, data, name):
+    md = dc.maildir(USER)
+    for d in ("new", "cur", "tmp"):
+        os.makedirs(os.path.join(md, d), exist_ok=True)
+    path = os.path.join(md, "new", "%s,S=%d" % (name, len(data)))
+    with open(path, "wb") as f:
+        f.write(data)
+    if os.getuid() == 0:
+        for top, dirs, files in os.walk(os.path.join(dc.store)):
+            for n in [top] + [os.path.join(top, x) for x in dirs + files]:
+                os.lchown(n, dc.uid, dc.gid)
+
+
+class SrcIMAP4(imaplib.IMAP4):
+    """imaplib.IMAP4 from a chosen loopback source address"""
+
+    def __init__(self, host, port, source="127.0.0.1", timeout=15):
+        self.source = source
+        super().__init__(host, port, timeout=timeout)
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self.source, 0))
+
+
+class Gateway:
+    """portcullisd with the IMAP door; USER proxied with fields, LOCAL local."""
+
+    def __init__(self, name, fields=None, users=None, **conf):
+        self.imap_port = free_port()
+        self.pop3_port = free_port()
+        base = {
+            "services": "imap pop3",
+            "pop3_listen": "127.0.0.1:%d" % self.pop3_port,
+            "myhostname": "front.example.com",
+            "mydomains": "example.com",
+            "state_dir": "{dir}/state",
+            "delivery": "maildir:{dir}/mail",
+            "imap_listen": "127.0.0.1:%d" % self.imap_port,
+            "tls_cert_file": W.front[0],
+            "tls_key_file": W.front[1],
+            "auth_allow_plaintext": "yes",
+            "auth_failure_delay": "0",
+            "mail_proxy_tls_ca_file": W.ca,
+            "mail_proxy_timeout": "5",
+        }
+        base.update(conf)
+        self.d = Daemon(name, base)
+        for u, f in (users or {USER: fields}).items():
+            self.d.cli("user", "add", u, "--password-stdin", input=PASSWORD + "\n")
+            if f:
+                self.d.cli("user", "set", u, *f)
+        self.d.cli("user", "add", LOCAL, "--password-stdin", input=PASSWORD + "\n")
+        self.d.start(ready=None)
+        wait_until(lambda: _accepts(self.imap_port) and _accepts(self.pop3_port), 10,
+                   what="the imap and pop3 doors")
+
+    def imap(self, source="127.0.0.1"):
+        return SrcIMAP4("127.0.0.1", self.imap_port, source=source)
+
+    def login(self, user=USER, source="127.0.0.1"):
+        c = self.imap(source)
+        typ, _ = c.login(user, PASSWORD)
+        assert typ == "OK"
+        return c
+
+    def stop(self):
+        self.d.stop()
+        self.d.assert_clean()
+        self.d.close()
+
+
+def _accepts(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+        return True
+    except OSError:
+        return False
+
+
+def raw_login(port, user, source="127.0.0.1"):
+    """the tagged line a raw LOGIN gets"""
+    s = socket.create_connection(("127.0.0.1", port), 10, source_address=(source, 0))
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b'a LOGIN "%s" "%s"\r\n' % (user.encode(), PASSWORD.encode()))
+    while True:
+        line = f.readline()
+        if not line or line.startswith(b"a "):
+            break
+    s.sendall(b"z LOGOUT\r\n")
+    s.close()
+    return line.decode(errors="replace")
+
+
+def caps_of(line):
+    m = re.search(r"\[CAPABILITY ([^\]]*)\]", line)
+    return set(m.group(1).split()) if m else set()
+
+
+def setUpModule():
+    global W
+    if not dovecot.installed(("imap",)):
+        raise unittest.SkipTest("dovecot-imapd is not installed")
+    W = Work()
+
+
+def tearDownModule():
+    if W is not None:
+        W.close()
+
+
+class T01Users(unittest.TestCase):
+    def test_set_show_validate(self):
+        d = Daemon("users", {"services": "imap", "state_dir": "{dir}/state",
+                             "delivery": "maildir:{dir}/mail"})
+        try:
+            d.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
+            out = d.cli("user", "show", USER).stdout
+            self.assertIn("served by: the local store", out)
+            d.cli("user", "set", USER, "proxy=y", "host=127.0.0.1", "port=1143", "tls=starttls",
+                  "destuser=other@example.com")
+            out = d.cli("user", "show", USER).stdout
+            self.assertIn("backend 127.0.0.1 port 1143 tls starttls as other@example.com", out)
+            self.assertIn("fields: proxy=y host=127.0.0.1 port=1143 tls=starttls "
+                          "destuser=other@example.com", out)
+            # a password change keeps them
+            d.cli("user", "passwd", USER, "--password-stdin", input="new pass\n")
+            self.assertIn("tls starttls", d.cli("user", "show", USER).stdout)
+            # KEY= removes a key
+            d.cli("user", "set", USER, "destuser=", "port=")
+            out = d.cli("user", "show", USER).stdout
+            self.assertIn("fields: proxy=y host=127.0.0.1 tls=starttls\n", out)
+            for args, err in ((["host=backend.example"], "numeric IPv4 or IPv6"),
+                              (["port=70000"], "port number 1-65535"),
+                              (["tls=maybe"], "no, starttls or yes"),
+                              (["proxy=sure"], "y or n"),
+                              (["destuser=a b"], "login name"),
+                              (["colour=red"], "KEY one of proxy, host"),
+                              (["host="], "proxy=y needs host=ADDRESS")):
+                r = d.cli("user", "set", USER, *args, check=False)
+                self.assertNotEqual(r.returncode, 0, args)
+                self.assertIn(err, r.stderr, args)
+            # unchanged by the refusals
+            self.assertIn("fields: proxy=y host=127.0.0.1 tls=starttls\n",
+                          d.cli("user", "show", USER).stdout)
+            d.cli("user", "set", USER, "proxy=n")
+            self.assertIn("served by: the local store", d.cli("user", "show", USER).stdout)
+            r = d.cli("user", "show", "nobody@example.com", check=False)
+            self.assertEqual(r.returncode, 1)
+        finally:
+            d.close()
+
+
+class T02Imap(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dc = backend("dc-imap", None)
+        put_message(cls.dc, b"From: far@example.org\r\nTo: alice@example.com\r\n"
+                    b"Subject: held by dovecot\r\n\r\nonly the backend has this\r\n",
+                    "1700000000.M1P1.backend")
+        cls.g = Gateway("imap", ["proxy=y", "host=127.0.0.1", "port=%d" % cls.dc.imap_port])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+        cls.dc.close()
+
+    def test_login_select_fetch(self):
+        c = self.g.login(source=CLIENT)
+        typ, data = c.select("INBOX")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(data[0], b"1")
+        typ, data = c.fetch("1", "(BODY.PEEK[])")
+        self.assertEqual(typ, "OK")
+        self.assertIn(b"only the backend has this", data[0][1])
+        c.logout()
+        # the client's address reached Dovecot through ID
+        wait_until(lambda: "rip=%s" % CLIENT in open(self.dc.log).read(), 10,
+                   what="the client's address in Dovecot's log")
+        log = self.g.d.log_text()
+        self.assertRegex(log, r"imap: conn=\S+ proxy: user=<%s> client=\[%s\] "
+                         r"backend=127\.0\.0\.1:%d: logged in" % (re.escape(USER), CLIENT,
+                                                                    self.dc.imap_port))
+        out = self.g.d.cli("stats", "--prometheus").stdout
+        self.assertRegex(out, r'proxy_sessions_total\{door="imap",backend="127\.0\.0\.1:%d",'
+                         r'result="success"\} [1-9]' % self.dc.imap_port)
+
+    def test_post_login_capability_is_dovecots(self):
+        via = raw_login(self.g.imap_port, USER)
+        direct = raw_login(self.dc.imap_port, USER)
+        self.assertTrue(via.startswith("a OK [CAPABILITY "), via)
+        self.assertIn("IDLE", caps_of(via))
+        self.assertEqual(caps_of(via), caps_of(direct))
+
+    def test_local_user_still_local(self):
+        c = self.g.login(LOCAL)
+        typ, data = c.select("INBOX")
+        self.assertEqual((typ, data[0]), ("OK", b"0"))
+        c.logout()
+
+    def test_pipelined_after_login(self):
+        s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b'a LOGIN "%s" "%s"\r\nb SELECT INBOX\r\nc LOGOUT\r\n'
+                  % (USER.encode(), PASSWORD.encode()))
+        got = f.read()
+        s.close()
+        self.assertIn(b"a OK [CAPABILITY", got)
+        self.assertIn(b"b OK [READ-WRITE]", got)
+        self.assertIn(b"c OK", got)
+
+
+class T03Idle(unittest.TestCase):
+    def test_idle_sees_a_delivery(self):
+        dc = backend("dc-idle", None)
+        g = Gateway("idle", ["proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port])
+        try:
+            s = socket.create_connection(("127.0.0.1", g.imap_port), 15)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b'a LOGIN "%s" "%s"\r\nb SELECT INBOX\r\n' % (USER.encode(),
+                                                                   PASSWORD.encode()))
+            while not f.readline().startswith(b"b OK"):
+                pass
+            s.sendall(b"c IDLE\r\n")
+            line = f.readline()
+            self.assertTrue(line.startswith(b"+"), line)
+            d = dc.imap(USER, PASSWORD)
+            t0 = time.monotonic()
+            d.append("INBOX", None, None, b"Subject: new\r\n\r\nnew mail\r\n")
+            d.logout()
+            while True:
+                line = f.readline()
+                self.assertTrue(line, "connection closed in IDLE")
+                if re.match(rb"\* 1 EXISTS", line):
+                    break
+            self.assertLess(time.monotonic() - t0, 10)
+            s.sendall(b"DONE\r\n")
+            while True:
+                line = f.readline()
+                self.assertTrue(line, "connection closed after IDLE")
+                if line.startswith(b"c "):
+                    break
+            self.assertTrue(line.startswith(b"c OK"), line)
+            s.close()
+        finally:
+            g.stop()
+            dc.close()
+
+
+class T04Big(unittest.TestCase):
+    def test_20mb_fetch_byte_identical(self):
+        dc = backend("dc-big", None)
+        line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.:-+*/\r\n"
+        body = line * (20 * 1024 * 1024 // len(line))
+        msg = b"From: big@example.org\r\nSubject: big\r\n\r\n" + body
+        put_message(dc, msg, "1700000001.M2P2.backend")
+        g = Gateway("big", ["proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port])
+        try:
+            c = g.login()
+            c.select("INBOX", readonly=True)
+            t0 = time.monotonic()
+            typ, data = c.fetch("1", "(BODY.PEEK[])")
+            dt = time.monotonic() - t0
+            self.assertEqual(typ, "OK")
+            self.assertEqual(len(data[0][1]), len(msg))
+            self.assertTrue(data[0][1] == msg, "the message differs")
+            sys.stderr.write("\n20 MB through the proxy: %.2f s (%.0f MB/s) " %
+                             (dt, len(msg) / 1e6 / dt))
+            c.logout()
+        finally:
+            g.stop()
+            dc.close()
+
+
+class T05Tls(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dc = backend("dc-tls", W.good)
+        cls.bad = backend("dc-wrong", W.wrong)
+        users = {
+            "st@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.dc.imap_port,
+                               "tls=starttls", "destuser=" + USER],
+            "im@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.dc.imaps_port,
+                               "tls=yes", "destuser=" + USER],
+            "wr@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.bad.imaps_port,
+                               "tls=yes", "destuser=" + USER],
+            "ws@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.bad.imap_port,
+                               "tls=starttls", "destuser=" + USER],
+        }
+        cls.g = Gateway("tls", users=users)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+        cls.dc.close()
+        cls.bad.close()
+
+    def test_starttls_and_implicit_tls_verified(self):
+        for u in ("st@example.com", "im@example.com"):
+            line = raw_login(self.g.imap_port, u)
+            self.assertTrue(line.startswith("a OK [CAPABILITY"), (u, line))
+        log = open(self.dc.log).read()
+        self.assertIn("user=<%s>" % USER, log)
+        self.assertRegex(log, r"Login: user=<%s>.*TLS" % re.escape(USER))
+
+    def test_wrong_name_refused(self):
+        for u in ("wr@example.com", "ws@example.com"):
+            mark = self.g.d.log_mark()
+            line = raw_login(self.g.imap_port, u)
+            self.assertTrue(line.startswith("a NO [UNAVAILABLE]"), (u, line))
+            wait_until(lambda: "proxy: user=<%s>" % u in self.g.d.log_since(mark), 5,
+                       what="the log line")
+            self.assertRegex(self.g.d.log_since(mark), r"unavailable: TLS handshake failed: "
+                             r"TLS: certificate not accepted")
+        # never logged in to the backend in plaintext
+        self.assertNotIn("Login: user=", open(self.bad.log).read())
+
+
+class T06Down(unittest.TestCase):
+    def test_backend_down_at_login(self):
+        port = free_port()
+        g = Gateway("down", ["proxy=y", "host=127.0.0.1", "port=%d" % port])
+        try:
+            t0 = time.monotonic()
+            line = raw_login(g.imap_port, USER)
+            self.assertTrue(line.startswith("a NO [UNAVAILABLE]"), line)
+            self.assertLess(time.monotonic() - t0, 3)
+            self.assertRegex(g.d.log_text(), r"proxy: user=<%s> client=\[127\.0\.0\.1\] "
+                             r"backend=127\.0\.0\.1:%d: unavailable: " % (re.escape(USER), port))
+        finally:
+            g.stop()
+
+    def test_backend_stopped_mid_session(self):
+        dc = backend("dc-stop", None)
+        g = Gateway("stop", ["proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port])
+        try:
+            c = g.login()
+            self.assertEqual(c.select("INBOX")[0], "OK")
+            # Dovecot's imap processes outlive its master: end them all
+            pids = dc.pids()
+            dc.stop()
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            with self.assertRaises((imaplib.IMAP4.abort, imaplib.IMAP4.error, OSError)):
+                for _ in range(5):
+                    c.noop()
+                    time.sleep(0.3)
+            wait_until(lambda: "the backend closed the session" in g.d.log_text(), 5,
+                       what="the log line")
+            # and the door still serves others
+            line = raw_login(g.imap_port, LOCAL)
+            self.assertTrue(line.startswith("a OK"), line)
+        finally:
+            g.stop()
+            dc.close()
+
+
+class T07Guard(unittest.TestCase):
+    def test_kill_list_and_penalty(self):
+        dc = backend("dc-guard", None)
+        g = Gateway("guard", ["proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port],
+                    auth_failure_delay="1s", auth_failure_delay_max="1s",
+                    auth_failure_ban="3/10m", auth_failure_ban_time="1h")
+        try:
+            c = g.imap(source=OUTSIDE)
+            t0 = time.monotonic()
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+                c.login(USER, "guess-1")
+            self.assertGreaterEqual(time.monotonic() - t0, 0.9, "no penalty delay")
+            for i in (2, 3):
+                try:
+                    c.login(USER, "guess-%d" % i)
+                except (imaplib.IMAP4.error, imaplib.IMAP4.abort, OSError):
+                    pass
+            wait_until(lambda: OUTSIDE in g.d.cli("kill", "list").stdout, 10,
+                       what="the auth-ban on the kill list")
+            wait_until(lambda: "lists reloaded" in g.d.log_text(), 10, what="the lists reload")
+            time.sleep(0.5)
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"BYE.*kill list"):
+                g.imap(source=OUTSIDE)
+            # the guesses never reached the backend
+            self.assertNotIn("auth failed", open(dc.log).read())
+            self.assertNotIn("rip=%s" % OUTSIDE, open(dc.log).read())
+            c = g.login()   # the right password from elsewhere is proxied
+            self.assertEqual(c.select("INBOX")[0], "OK")
+            c.logout()
+        finally:
+            g.stop()
+            dc.close()
+
+
+class SrcPOP3(poplib.POP3):
+    def __init__(self, host, port, source="127.0.0.1", timeout=15):
+        self.source = source
+        super().__init__(host, port, timeout=timeout)
+
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self.source, 0))
+
+
+class T08Pop3(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dc = backend("dc-pop3", W.good, protocols=("imap", "pop3"))
+        put_message(cls.dc, b"From: far@example.org\r\nSubject: pop me\r\n\r\n"
+                    b"only the backend has this\r\n", "1700000002.M3P3.backend")
+        down = free_port()
+        users = {
+            USER: ["proxy=y", "host=127.0.0.1", "port=%d" % cls.dc.pop3_port],
+            "st@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.dc.pop3_port,
+                               "tls=starttls", "destuser=" + USER],
+            "im@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.dc.pop3s_port,
+                               "tls=yes", "destuser=" + USER],
+            "dn@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % down],
+        }
+        cls.g = Gateway("pop3", users=users)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+        cls.dc.close()
+
+    def test_user_pass_retr_and_client_address(self):
+        p = SrcPOP3("127.0.0.1", self.g.pop3_port, source=CLIENT)
+        p.user(USER)
+        self.assertTrue(p.pass_(PASSWORD).startswith(b"+OK"))
+        self.assertEqual(p.stat()[0], 1)
+        resp, lines, _ = p.retr(1)
+        self.assertIn(b"only the backend has this", lines)
+        self.assertTrue(p.quit().startswith(b"+OK"))
+        wait_until(lambda: re.search(r"pop3-login: (Info: )?Login: user=<%s>.*rip=%s" % (
+            re.escape(USER), CLIENT), open(self.dc.log).read()), 10,
+            what="the client's address (XCLIENT) in Dovecot's log")
+        self.assertRegex(self.g.d.log_text(), r"pop3: conn=\S+ proxy: user=<%s> client=\[%s\] "
+                         r"backend=127\.0\.0\.1:%d: logged in" % (re.escape(USER), CLIENT,
+                                                                    self.dc.pop3_port))
+
+    def test_tls_to_backend(self):
+        for u in ("st@example.com", "im@example.com"):
+            p = poplib.POP3("127.0.0.1", self.g.pop3_port, timeout=15)
+            p.user(u)
+            self.assertTrue(p.pass_(PASSWORD).startswith(b"+OK"), u)
+            self.assertEqual(p.stat()[0], 1)
+            p.quit()
+
+    def test_backend_down(self):
+        p = poplib.POP3("127.0.0.1", self.g.pop3_port, timeout=15)
+        p.user("dn@example.com")
+        with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[SYS/TEMP\]"):
+            p.pass_(PASSWORD)
+        p.quit()
+        self.assertRegex(self.g.d.log_text(), r"pop3: conn=\S+ proxy: user=<dn@example.com> "
+                         r"client=\[127\.0\.0\.1\] backend=127\.0\.0\.1:\d+: unavailable")
+
+
+if __name__ == "__main__":
+    sys.exit(runner.main())
