@@ -437,7 +437,8 @@ static int
 proxy_route(struct sess *s)
 {
 	struct imap_auth_req *req = imap_proto_auth_req(s->ip);
-	const char *user = req && req->sasl ? sasl_server_user(req->sasl) : NULL, *pw;
+	const char *user = req && req->sasl ? sasl_server_user(req->sasl) : NULL, *pw, *login;
+	char *mlogin = NULL;
 	struct userdb_proxy where;
 	int r;
 
@@ -446,16 +447,23 @@ proxy_route(struct sess *s)
 		return 0;
 	snprintf(s->user, sizeof(s->user), "%s", user);
 	pw = sasl_server_password(req->sasl);
+	login = r > 0 && where.destuser[0] ? where.destuser : user;
+	/* CRAM-MD5, EXTERNAL: through the backend's master user (SCRAM's
+	 * server-final message would have to reach the client first: not yet) */
+	if (r > 0 && pw == NULL && sasl_server_mech(req->sasl) != AUTH_MECH_SCRAM)
+		mlogin = proxy_master_login(&s->srv->c->proxy, login, &pw);
 	if (r < 0 || pw == NULL) {
 		log_warn("imap: conn=%s proxy: user=<%s>: %s: login answered NO [UNAVAILABLE]",
 		    conn_id(s->conn), user, r < 0 ? "the user's proxy fields are wrong" :
-		    "no password to forward for this mechanism (PLAIN/LOGIN only)");
+		    "no password to forward for this mechanism (PLAIN/LOGIN; CRAM-MD5 and "
+		    "EXTERNAL with mail_proxy_master_user)");
 		s->user[0] = '\0';
 		imap_proto_auth_done(s->ip, IMAP_AUTH_TEMPFAIL);
 		return 1;
 	}
 	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn,
-	    where.destuser[0] ? where.destuser : user, pw, &proxy_hooks, s);
+	    mlogin != NULL ? mlogin : login, pw, &proxy_hooks, s);
+	free(mlogin);
 	if (proxy_start_failed(s->px)) {
 		s->authing = 1;
 		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");

@@ -269,25 +269,35 @@ static int
 proxy_route(struct session *s)
 {
 	struct pop3_auth_req *a = pop3_proto_auth_req(s->pp);
-	const char *user = a && a->sasl ? sasl_server_user(a->sasl) : s->user, *pw;
+	const char *user = a && a->sasl ? sasl_server_user(a->sasl) : s->user, *pw, *login;
+	char *mlogin = NULL;
 	struct userdb_proxy where;
 	int r;
 
 	if (user == NULL || user[0] == '\0' || s->srv->users.db == NULL ||
 	    (r = userdb_proxy(s->srv->users.db, user, &where)) == 0)
 		return 0;
-	snprintf(s->user, sizeof(s->user), "%s", user);
+	if (user != s->user)
+		snprintf(s->user, sizeof(s->user), "%s", user);
 	pw = a && a->sasl ? sasl_server_password(a->sasl) : NULL;
+	login = r > 0 && where.destuser[0] ? where.destuser : s->user;
+	/* APOP, CRAM-MD5, EXTERNAL: through the backend's master user (not SCRAM:
+	 * its server-final message would have to reach the client first) */
+	if (r > 0 && pw == NULL && (a == NULL || a->sasl == NULL ||
+	    sasl_server_mech(a->sasl) != AUTH_MECH_SCRAM))
+		mlogin = proxy_master_login(&s->srv->c->proxy, login, &pw);
 	if (r < 0 || pw == NULL) {
 		log_warn("pop3: conn=%s proxy: user=<%s>: %s: login answered -ERR [SYS/TEMP]",
 		    conn_id(s->c), s->user, r < 0 ? "the user's proxy fields are wrong" :
-		    "no password to forward for this mechanism (USER/PASS, PLAIN, LOGIN only)");
+		    "no password to forward for this mechanism (USER/PASS, PLAIN, LOGIN; APOP, "
+		    "CRAM-MD5 and EXTERNAL with mail_proxy_master_user)");
 		s->user[0] = '\0';
 		pop3_proto_auth_done(s->pp, POP3_AUTH_TEMPFAIL, NULL);
 		return 1;
 	}
 	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c,
-	    where.destuser[0] ? where.destuser : s->user, pw, &proxy_hooks, s);
+	    mlogin != NULL ? mlogin : login, pw, &proxy_hooks, s);
+	free(mlogin);
 	s->busy = 1;
 	conn_pause(s->c);
 	if (proxy_start_failed(s->px))

@@ -105,6 +105,30 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 		*error_r = "cannot make a TLS client context for the proxy";
 		return -1;
 	}
+	if (conf_get(c, "mail_proxy_master_user")[0] != '\0') {
+		const char *mf = conf_get(c, "mail_proxy_master_password_file");
+		FILE *f = mf[0] ? fopen(mf, "r") : NULL;
+		char line[1100];
+
+		if (f == NULL || fgets(line, sizeof(line), f) == NULL ||
+		    (line[strcspn(line, "\r\n")] = '\0', line[0] == '\0')) {
+			snprintf(err, sizeof(err), "%s: mail_proxy_master_user needs "
+			    "mail_proxy_master_password_file, a file whose first line is the "
+			    "password%s%s", conf_where(c, "mail_proxy_master_user"), mf[0] ? ": " : "",
+			    mf[0] ? (f == NULL ? strerror(errno) : "empty") : "");
+			if (f != NULL)
+				fclose(f);
+			explicit_bzero(line, sizeof(line));
+			*error_r = err;
+			SSL_CTX_free(pc->tls);
+			pc->tls = NULL;
+			return -1;
+		}
+		fclose(f);
+		pc->master_user = xstrdup(conf_get(c, "mail_proxy_master_user"));
+		pc->master_password = xstrdup(line);
+		explicit_bzero(line, sizeof(line));
+	}
 	SSL_CTX_set_min_proto_version(pc->tls, TLS1_2_VERSION);
 	SSL_CTX_set_verify(pc->tls, SSL_VERIFY_PEER, NULL);
 	if (ca[0] != '\0' ? SSL_CTX_load_verify_locations(pc->tls, ca, NULL) != 1 :
@@ -112,8 +136,7 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 		snprintf(err, sizeof(err), "%s: cannot load the CA certificates %s",
 		    conf_where(c, "mail_proxy_tls_ca_file"), ca[0] ? ca : "(system default)");
 		*error_r = err;
-		SSL_CTX_free(pc->tls);
-		pc->tls = NULL;
+		proxy_conf_deinit(pc);
 		return -1;
 	}
 	return 0;
@@ -125,6 +148,22 @@ proxy_conf_deinit(struct proxy_conf *pc)
 	if (pc->tls != NULL)
 		SSL_CTX_free(pc->tls);
 	pc->tls = NULL;
+	free(pc->master_user);
+	pc->master_user = NULL;
+	if (pc->master_password != NULL) {
+		explicit_bzero(pc->master_password, strlen(pc->master_password));
+		free(pc->master_password);
+	}
+	pc->master_password = NULL;
+}
+
+char *
+proxy_master_login(const struct proxy_conf *pc, const char *user, const char **password_r)
+{
+	if (pc->master_user == NULL)
+		return NULL;
+	*password_r = pc->master_password;
+	return xasprintf("%s*%s", user, pc->master_user);
 }
 
 /* ---- the login ---- */

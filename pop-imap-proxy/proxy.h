@@ -38,12 +38,21 @@ struct proxy_conf {
 	SSL_CTX *tls;		/* the client context for tls=starttls|yes (owned) */
 	unsigned timeout;	/* seconds: connect, TLS and login */
 	int forward_client;	/* IMAP ID x-originating-ip..., POP3 XCLIENT */
+	/* a backend master user for logins with no password to forward
+	 * (CRAM-MD5, EXTERNAL, APOP): "USER*MASTER" with its password, Dovecot's
+	 * auth_master_user_separator convention; NULL: none (owned) */
+	char *master_user;
+	char *master_password;
 };
 
 /* 0, or -1 with *error_r (naming the key) */
 int proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error_r)
     __attribute__((warn_unused_result));
 void proxy_conf_deinit(struct proxy_conf *pc);
+/* the backend login for user when the client's mechanism left no password:
+ * "USER*MASTER" (xmalloc'd) and *password_r, or NULL when there is no
+ * master user */
+char *proxy_master_login(const struct proxy_conf *pc, const char *user, const char **password_r);
 
 /* the outcome of the backend login */
 enum proxy_result {

@@ -91,11 +91,21 @@ class Work:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+MASTER, MASTER_PW = "proxymaster", "Master pass 9"
+
+
 def backend(name, tls, protocols=("imap",)):
+    masters = os.path.join(W.dir, name + "-masters")
+    with open(masters, "w") as f:
+        f.write("%s:{PLAIN}%s\n" % (MASTER, MASTER_PW))
+    os.chmod(masters, 0o644)
     dc = dovecot.Dovecot(W.dir, protocols=protocols, users={USER: "{PLAIN}" + PASSWORD},
-                         tls=tls, name=name,
+                         tls=tls, name=name, mechanisms="plain login",
                          extra_conf="login_trusted_networks = 127.0.0.0/8\n"
-                                    "imap_idle_notify_interval = 1 secs\n")
+                                    "imap_idle_notify_interval = 1 secs\n"
+                                    "auth_master_user_separator = *\n"
+                                    "passdb {\n  driver = passwd-file\n  master = yes\n"
+                                    "  args = %s\n}\n" % masters)
     return dc.start()
 
 
@@ -491,6 +501,44 @@ class T07Guard(unittest.TestCase):
             c = g.login()   # the right password from elsewhere is proxied
             self.assertEqual(c.select("INBOX")[0], "OK")
             c.logout()
+        finally:
+            g.stop()
+            dc.close()
+
+
+class T09Master(unittest.TestCase):
+    def test_cram_md5_through_the_master_user(self):
+        dc = backend("dc-master", None)
+        pwfile = os.path.join(W.dir, "master-password")
+        with open(pwfile, "w") as f:
+            f.write(MASTER_PW + "\n")
+        g = Gateway("master", ["proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port],
+                    mail_proxy_master_user=MASTER, mail_proxy_master_password_file=pwfile)
+        try:
+            c = g.imap()
+            self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+            self.assertEqual(c.select("INBOX")[0], "OK")
+            c.logout()
+            wait_until(lambda: re.search(r"Login: user=<%s>" % re.escape(USER),
+                                         open(dc.log).read()), 10, what="the master login")
+            # a wrong CRAM-MD5 answer never reaches the backend
+            c = g.imap()
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+                c.login_cram_md5(USER, "wrong")
+            c.logout()
+            self.assertEqual(len(re.findall(r"Login: user=", open(dc.log).read())), 1)
+        finally:
+            g.stop()
+            dc.close()
+
+    def test_without_master_user_refused(self):
+        dc = backend("dc-nomaster", None)
+        g = Gateway("nomaster", ["proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port])
+        try:
+            c = g.imap()
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"UNAVAILABLE"):
+                c.login_cram_md5(USER, PASSWORD)
+            self.assertIn("no password to forward", g.d.log_text())
         finally:
             g.stop()
             dc.close()
