@@ -404,10 +404,10 @@ proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 	static const char *const result[] = { "success", "refused", "unavailable" };
 
 	s->authing = 0;
-	log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: %s%s%s", conn_id(s->conn),
-	    s->user, conn_addr_text(s->conn, who), proxy_backend(s->px),
+	log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: %s%s%s (%u ms)",
+	    conn_id(s->conn), s->user, conn_addr_text(s->conn, who), proxy_backend(s->px),
 	    res == PROXY_OK ? "logged in" : res == PROXY_REFUSED ? "refused" : "unavailable",
-	    why[0] ? ": " : "", why);
+	    why[0] ? ": " : "", why, proxy_login_ms(s->px));
 	stats_addf(1, "proxy_sessions_total{door=\"imap\",backend=\"%s\",result=\"%s\"}",
 	    proxy_backend(s->px), result[res]);
 	if (res == PROXY_OK) {

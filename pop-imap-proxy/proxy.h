@@ -78,6 +78,8 @@ struct proxy *proxy_new(struct event_base *base, const struct proxy_conf *pc,
 int proxy_start_failed(const struct proxy *px);
 /* "HOST:PORT" of the backend (for log lines and counters) */
 const char *proxy_backend(const struct proxy *px);
+/* milliseconds since proxy_new() (the login's cost, for the log line) */
+unsigned proxy_login_ms(const struct proxy *px);
 void proxy_splice(struct proxy *px);
 void proxy_client_input(struct proxy *px);
 void proxy_client_writable(struct proxy *px);
