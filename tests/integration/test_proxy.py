@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import socket
 import subprocess
 import sys
@@ -140,7 +141,9 @@ class Gateway:
     def __init__(self, name, fields=None, users=None, **conf):
         self.imap_port = free_port()
         self.pop3_port = free_port()
+        self.imaps_port = free_port()
         base = {
+            "imaps_listen": "127.0.0.1:%d" % self.imaps_port,
             "services": "imap pop3",
             "pop3_listen": "127.0.0.1:%d" % self.pop3_port,
             "myhostname": "front.example.com",
@@ -381,6 +384,25 @@ class T04Big(unittest.TestCase):
             sys.stderr.write("\n20 MB through the proxy: %.2f s (%.0f MB/s) " %
                              (dt, len(msg) / 1e6 / dt))
             c.logout()
+            # the same over implicit TLS on the client's side
+            ctx = ssl.create_default_context(cafile=W.ca)
+            c = imaplib.IMAP4_SSL("127.0.0.1", g.imaps_port, ssl_context=ctx, timeout=30)
+            self.assertEqual(c.login(USER, PASSWORD)[0], "OK")
+            c.select("INBOX", readonly=True)
+            typ, data = c.fetch("1", "(BODY.PEEK[])")
+            self.assertTrue(data[0][1] == msg, "the message differs over TLS")
+            c.logout()
+            # and curl, a client of its own
+            if shutil.which("curl"):
+                out = os.path.join(W.dir, "curl-big")
+                r = subprocess.run(["curl", "-s", "--max-time", "60", "-o", out,
+                                    "--login-options", "AUTH=PLAIN", "--user",
+                                    "%s:%s" % (USER, PASSWORD),
+                                    "imap://127.0.0.1:%d/INBOX;UID=1" % g.imap_port],
+                                   capture_output=True, timeout=90)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                with open(out, "rb") as f:
+                    self.assertTrue(f.read() == msg, "curl got another message")
         finally:
             g.stop()
             dc.close()
