@@ -240,7 +240,7 @@ static const struct icase icases[] = {
 	  "* NAMESPACE ((\"\" \".\")) NIL NIL\r\nk OK Namespace completed.\r\n"
 	  "* ID NIL\r\nl OK ID completed.\r\n* ENABLED\r\nm OK Enabled.\r\n"
 	  "+ idling\r\nn OK Idle completed.\r\n+ idling\r\nn2 BAD Expected DONE.\r\n"
-	  "p BAD Command not permitted in this state.\r\nq BAD Unknown command\r\n"
+	  "p BAD Command not permitted in this state.\r\nq BAD Error in IMAP command FOO: Unknown command.\r\n"
 	  "* BYE Logging out\r\nr OK Logout completed.\r\n" },
 	{ "AUTHENTICATE: continuation, cancel, then a good exchange", P_OPEN,
 	  "a AUTHENTICATE PLAIN\r\n*\r\nb AUTHENTICATE PLAIN\r\n!!\r\nc AUTHENTICATE FOO\r\n"
@@ -367,7 +367,7 @@ static const struct icase icases[] = {
 	  "f OK [READ-WRITE] Select completed.\r\n"
 	  "* 1 FETCH (FLAGS (\\Seen $Work) INTERNALDATE \"05-Mar-2024 09:00:00 +0000\" "
 	  "RFC822.SIZE 21 BODY[] {21}\r\nSubject: hi\r\n\r\nbody\r\n)\r\ng OK Fetch completed.\r\n"
-	  "h BAD Invalid arguments\r\n"
+	  "h BAD Error in IMAP command APPEND: Invalid arguments.\r\n"
 	  "i BAD Invalid system flag \\Bogus\r\n"
 	  "* 2 EXISTS\r\n* 0 RECENT\r\nj OK [APPENDUID {V:Sent} 2] Append completed.\r\n"
 	  "* BYE Logging out\r\nk OK Logout completed.\r\n" },
@@ -402,7 +402,7 @@ static const struct icase icases[] = {
 	  "q (\r\nr (\r\ns NOOP\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a BAD Please log in first.\r\nb BAD Invalid command name\r\nc BAD Please log in first.\r\n"
-	  "d BAD Unknown command\r\ne BAD Invalid character\r\nf BAD Please log in first.\r\n"
+	  "d BAD Error in IMAP command FOO: Unknown command.\r\ne BAD Invalid character\r\nf BAD Please log in first.\r\n"
 	  "g OK NOOP completed.\r\nh BAD Please log in first.\r\ni BAD Invalid command name\r\n"
 	  "j BAD Invalid command name\r\nk BAD Invalid command name\r\nl BAD Invalid command name\r\n"
 	  "m BAD Invalid command name\r\nn BAD Invalid command name\r\no BAD Invalid command name\r\n"
