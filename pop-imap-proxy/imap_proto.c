@@ -1653,33 +1653,27 @@ x_rename(struct imap_proto *p)
 			reply(p, "%s OK Rename completed.", p->tag);
 		}
 	} else {
-		if (p->box != NULL && strcmp(mailstore_box_name(p->box), from) == 0)
-			box_close(p);
+		int selected = p->box != NULL && strcmp(mailstore_box_name(p->box), from) == 0;
+
 		if (mailstore_folder_rename(p->ms, from, to, &err) < 0) {
 			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
 		} else {
-			char **subs;
-			size_t n;
+			if (selected) {
+				/* it stays selected under its new name: same UIDs, same view */
+				struct mailstore_box *nb;
 
-			/* the subscriptions follow the folder and its children */
-			if (mailstore_subscriptions(p->ms, &subs, &n, &err) == 0) {
-				for (size_t i = 0; i < n; i++) {
-					if (strncmp(subs[i], from, fl) != 0 ||
-					    (subs[i][fl] != '\0' && subs[i][fl] != '.'))
-						continue;
-					{
-						char *nn = xasprintf("%s%s", to, subs[i] + fl);
-
-						if (mailstore_subscribe(p->ms, subs[i], 0, &err) < 0 ||
-						    mailstore_subscribe(p->ms, nn, 1, &err) < 0)
-							err = NULL;
-						free(nn);
-					}
+				if (mailstore_box_open(p->ms, to, &nb, &err) == 0) {
+					mailstore_box_close(&p->box);
+					p->box = nb;
+				} else {
+					box_close(p);
 				}
-				mailstore_names_free(&subs, n);
 			}
+		{
+			/* subscriptions stay as they are, as Dovecot leaves them */
 			done_sync(p);
 			reply(p, "%s OK Rename completed.", p->tag);
+		}
 		}
 	}
 	free(from);

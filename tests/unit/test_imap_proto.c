@@ -314,6 +314,7 @@ static const struct icase icases[] = {
 	  "i OK [READ-ONLY] Examine completed.\r\n"
 	  "j NO [READ-ONLY] Mailbox is read-only.\r\n"
 	  "* BYE Logging out\r\nk OK Logout completed.\r\n" },
+	/* subscriptions stay on RENAME and DELETE, as Dovecot's */
 	{ "CREATE, DELETE, RENAME (INBOX too), SUBSCRIBE, LSUB, STATUS", P_OPEN,
 	  "a LOGIN alice secret\r\nb CREATE Work.\r\nc CREATE Work\r\nd CREATE inbox\r\n"
 	  "e CREATE Work.Projects\r\nf SUBSCRIBE Work.Projects\r\ng SUBSCRIBE Nope\r\n"
@@ -336,7 +337,7 @@ static const struct icase icases[] = {
 	  "* LIST (\\HasChildren) \".\" Job\r\n* LIST (\\HasNoChildren) \".\" Job.Projects\r\n"
 	  "k OK List completed.\r\n"
 	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
-	  "* LSUB () \".\" Job.Projects\r\nl OK Lsub completed.\r\n"
+	  "* LSUB () \".\" Work.Projects\r\nl OK Lsub completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2)\r\nm OK Status completed.\r\n"
 	  "n NO Mailbox doesn't exist: Nope.\r\nn2 BAD Invalid status item\r\n"
 	  "o OK Delete completed.\r\np NO INBOX can't be deleted.\r\n"
@@ -344,7 +345,7 @@ static const struct icase icases[] = {
 	  "* STATUS Old (MESSAGES 2)\r\ns OK Status completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 0 UIDNEXT 3)\r\nt OK Status completed.\r\n"
 	  "u OK Unsubscribe completed.\r\n"
-	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n* LSUB () \".\" Job.Projects\r\n"
+	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n* LSUB () \".\" Work.Projects\r\n"
 	  "v OK Lsub completed.\r\n"
 	  "w NO Can't rename mailbox under its own child.\r\nx OK Create completed.\r\n"
 	  "* LIST (\\HasNoChildren) \".\" \"a b\"\r\ny OK List completed.\r\n"
