@@ -20,6 +20,15 @@
  * allowed (not during FETCH, STORE or SEARCH by sequence number, as Dovecot
  * does), EXPUNGE.
  *
+ * FETCH's message side (ENVELOPE, BODYSTRUCTURE, sections) and SEARCH are
+ * imap_mime/imap_search; a section that is the file's own bytes goes out as
+ * a file range, one that needs converting (bare LF, NUL) as a generator
+ * segment filled 64 KiB at a time when the door asks. FETCH runs in batches
+ * (256 KiB of output or 32 messages with bodies). APPEND streams: the
+ * parser hands the message out in pieces, gathered to 64 KiB and written by
+ * an exec. Answers follow Dovecot 2.3's texts (tests/integration/
+ * test_imap_session_dovecot.py compares them byte for byte).
+ *
  * The AUTHENTICATE exchange reads raw lines itself (they are base64, not
  * commands); all else goes through the parser, whose limits widen after
  * login. Never logs peer bytes; LOGIN's password goes into a PLAIN exchange
