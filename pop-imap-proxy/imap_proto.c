@@ -2958,6 +2958,50 @@ bad_counted(struct imap_proto *p)
 	}
 }
 
+/* the state error for NAME and TAG; 0 when NAME is allowed (or unknown) here */
+static int
+state_refuses(struct imap_proto *p, const char *tag, int taglen, const char *name)
+{
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcmp(commands[i].name, name) != 0)
+			continue;
+		if (commands[i].states & (1u << p->st))
+			return 0;
+		if (p->st == ST_AUTH && (commands[i].states & IN_SELECTED))
+			reply(p, "%.*s BAD No mailbox selected.", taglen, tag);
+		else if (p->st == ST_NOAUTH)
+			reply(p, "%.*s BAD Please log in first.", taglen, tag);
+		else
+			reply(p, "%.*s BAD Command not permitted in this state.", taglen, tag);
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * A parse error of a command this state refuses anyway: Dovecot checks the
+ * state first, so the state's BAD is the answer (the parser's text names
+ * the command: "<tag> BAD Error in IMAP command [UID ]NAME: ...")
+ */
+static int
+parse_error_state(struct imap_proto *p, const char *rep)
+{
+	const char *k = strstr(rep, " BAD Error in IMAP command "), *nm, *end;
+	char name[40];
+
+	if (k == NULL || k == rep || k - rep > IMAP_TAG_MAX)
+		return 0;
+	nm = k + strlen(" BAD Error in IMAP command ");
+	if (strncmp(nm, "UID ", 4) == 0)
+		nm += 4;
+	end = strchr(nm, ':');
+	if (end == NULL || (size_t)(end - nm) >= sizeof(name))
+		return 0;
+	memcpy(name, nm, (size_t)(end - nm));
+	name[end - nm] = '\0';
+	return state_refuses(p, rep, (int)(k - rep), name);
+}
+
 static void
 command(struct imap_proto *p, const struct imap_cmd *c)
 {
@@ -3068,7 +3112,8 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 				reply(p, "%s BAD Expected DONE.", p->tag);
 				break;
 			}
-			out_add(p, ev.reply, strlen(ev.reply));
+			if (!parse_error_state(p, ev.reply))
+				out_add(p, ev.reply, strlen(ev.reply));
 			if (strstr(ev.reply, " BAD ") != NULL)
 				bad_counted(p);
 			break;

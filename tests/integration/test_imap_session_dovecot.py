@@ -179,6 +179,12 @@ SCRIPT = [
     b"o7 FETCH * (UID ENVELOPE)",
     b"o8 COPY * Junk",
     b"o9 STATUS Junk (MESSAGES UNSEEN)",
+    b"p1 UNSELECT",
+    b"p2 STORE 1 FLAGS.BOGUS (\\Seen)",
+    b"p3 FETCH 1 BODY[1",
+    b"p4 UID SEARCH FOO",
+    b"p5 FETCH 1 FLAGS",
+    b"p6 SELECT (",
     b"g5 LOGOUT",
 ]
 

@@ -430,6 +430,18 @@ static const struct icase icases[] = {
 	  "d BAD Error in IMAP command LIST: Unknown select options.\r\n"
 	  "e BAD Error in IMAP command LIST: Unknown return options.\r\n"
 	  "* BYE Logging out\r\nf OK Logout completed.\r\n" },
+	{ "the state is checked before the arguments, as Dovecot", P_OPEN,
+	  "a FETCH 1 BODY[1\r\nb LOGIN alice secret\r\nc UID SEARCH FOO\r\nd SEARCH FOO\r\n"
+	  "e SELECT INBOX\r\nf SEARCH FOO\r\ng LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a BAD Please log in first.\r\nb OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "c BAD No mailbox selected.\r\nd BAD No mailbox selected.\r\n"
+	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS (" FLAGS " \\*)] Flags permitted.\r\n"
+	  "* 2 EXISTS\r\n* 2 RECENT\r\n* OK [UNSEEN 1] First unseen.\r\n"
+	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
+	  "e OK [READ-WRITE] Select completed.\r\n"
+	  "f BAD Error in IMAP command SEARCH: Unknown argument FOO.\r\n"
+	  "* BYE Logging out\r\ng OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
