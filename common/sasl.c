@@ -284,6 +284,25 @@ sasl_server_password(const struct sasl_server *s)
 	return s->password;
 }
 
+int
+sasl_server_plain_response(const struct sasl_server *s, const char **authcid_r,
+    const char **password_r)
+{
+	const unsigned char *a, *b;
+
+	if (s->mech != AUTH_MECH_PLAIN || s->held == NULL)
+		return -1;
+	a = memchr(s->held, '\0', s->heldlen);
+	if (a == NULL || a != s->held)	/* an authzid: not for a backend's verdict */
+		return -1;
+	b = memchr(a + 1, '\0', s->heldlen - 1);
+	if (b == NULL || b == a + 1 || memchr(b + 1, '\0', s->heldlen - (size_t)(b + 1 - s->held)))
+		return -1;
+	*authcid_r = (const char *)a + 1;
+	*password_r = (const char *)b + 1;	/* held[heldlen] is NUL */
+	return 0;
+}
+
 unsigned
 sasl_server_mech(const struct sasl_server *s)
 {

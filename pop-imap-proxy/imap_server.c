@@ -47,6 +47,7 @@
  * a connection a job points at is held (conn_hold) and its session freed
  * only after the job. Never logs peer bytes.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -474,6 +475,73 @@ proxy_route(struct sess *s)
 	return 1;
 }
 
+static void auth_checked(void *arg, int result);
+static const struct authcheck_hooks auth_hooks;
+
+/* the backend's verdict on a login Portcullis could not check: the penalty
+ * and counters as for any login (authcheck), then auth_checked() */
+static void
+backend_verdict(void *arg, enum proxy_result res, const char *caps, const char *why)
+{
+	struct sess *s = arg;
+	struct authcheck_req r = { .addr = conn_addr(s->conn), .conn_id = conn_id(s->conn) };
+	int ok;
+
+	if (res == PROXY_UNAVAILABLE) {
+		proxy_done(s, res, caps, why);
+		return;
+	}
+	if (res == PROXY_REFUSED) {
+		char who[CIDR_TEXT_MAX];
+
+		log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: refused by the "
+		    "backend (mail_proxy_auth = backend) (%u ms)", conn_id(s->conn), s->user,
+		    conn_addr_text(s->conn, who), proxy_backend(s->px), proxy_login_ms(s->px));
+		stats_addf(1, "proxy_sessions_total{door=\"imap\",backend=\"%s\",result=\"refused\"}",
+		    proxy_backend(s->px));
+		proxy_free(&s->px);
+		s->user[0] = '\0';
+	}
+	r.ok = res == PROXY_OK;
+	conn_hold(s->conn);	/* auth_checked() releases */
+	ok = authcheck_finish(s->srv->auth, &r, &auth_hooks, s);
+	if (ok != AUTHCHECK_PENDING)
+		auth_checked(s, ok == AUTHCHECK_BUSY ? IMAP_AUTH_TEMPFAIL : ok);
+}
+
+static const struct proxy_hooks backend_hooks = { backend_verdict };
+
+/* mail_proxy_auth = backend: a PLAIN login (LOGIN, AUTHENTICATE PLAIN) of a
+ * user of mail_proxy_domains with no line in the users file goes to the
+ * default backend, whose verdict decides: 1 when so */
+static int
+proxy_backend_auth(struct sess *s, struct imap_auth_req *req)
+{
+	const char *login, *pw;
+	char local[256], *at;
+	struct userdb_proxy where;
+
+	if (!req->check || req->sasl == NULL ||
+	    sasl_server_plain_response(req->sasl, &login, &pw) < 0 ||
+	    !proxy_default_route(&s->srv->c->proxy, login, &where))
+		return 0;
+	snprintf(local, sizeof(local), "%s", login);
+	at = strrchr(local, '@');
+	*at = '\0';
+	if (s->srv->users.db != NULL && userdb_resolve(s->srv->users.db, local, at + 1) != NULL)
+		return 0;	/* a user of ours: checked here */
+	snprintf(s->user, sizeof(s->user), "%s", login);
+	for (char *q = s->user; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn, login, pw,
+	    &backend_hooks, s);
+	s->authing = 1;
+	conn_pause(s->conn);
+	if (proxy_start_failed(s->px))
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	return 1;
+}
+
 static void
 auth_checked(void *arg, int result)
 {
@@ -482,6 +550,11 @@ auth_checked(void *arg, int result)
 	s->authing = 0;
 	if (conn_release(s->conn))
 		return;
+	if (result == 1 && s->px != NULL) {	/* the backend said yes (mail_proxy_auth = backend) */
+		s->authing = 1;
+		proxy_done(s, PROXY_OK, proxy_caps(s->px), "");
+		return;
+	}
 	if (result == 1 && proxy_route(s)) {
 		if (!s->authing)
 			step(s);
@@ -530,6 +603,8 @@ start_auth(struct sess *s)
 	};
 	int res;
 
+	if (proxy_backend_auth(s, req))
+		return;
 	s->authing = 1;
 	conn_hold(s->conn);
 	conn_pause(s->conn);

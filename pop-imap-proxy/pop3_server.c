@@ -22,6 +22,7 @@
  *
  * Never blocks the loop; never logs peer bytes. Owner: the worker process.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -305,6 +306,73 @@ proxy_route(struct session *s)
 
 /* ---- AUTH ---- */
 
+static void auth_checked(void *arg, int result);
+static const struct authcheck_hooks auth_hooks;
+
+/* the backend's verdict on a login Portcullis could not check: the penalty
+ * and counters as for any login (authcheck), then auth_checked() */
+static void
+backend_verdict(void *arg, enum proxy_result res, const char *caps, const char *why)
+{
+	struct session *s = arg;
+	struct authcheck_req r = { .addr = conn_addr(s->c), .conn_id = conn_id(s->c) };
+	int ok;
+
+	if (res == PROXY_UNAVAILABLE) {
+		proxy_done(s, res, caps, why);
+		return;
+	}
+	if (res == PROXY_REFUSED) {
+		char who[CIDR_TEXT_MAX];
+
+		log_info("pop3: conn=%s proxy: user=<%s> client=[%s] backend=%s: refused by the "
+		    "backend (mail_proxy_auth = backend) (%u ms)", conn_id(s->c), s->user,
+		    conn_addr_text(s->c, who), proxy_backend(s->px), proxy_login_ms(s->px));
+		stats_addf(1, "proxy_sessions_total{door=\"pop3\",backend=\"%s\",result=\"refused\"}",
+		    proxy_backend(s->px));
+		proxy_free(&s->px);
+		s->user[0] = '\0';
+	}
+	r.ok = res == PROXY_OK;
+	conn_hold(s->c);	/* auth_checked() releases */
+	ok = authcheck_finish(s->srv->auth, &r, &auth_hooks, s);
+	if (ok != AUTHCHECK_PENDING)
+		auth_checked(s, ok == AUTHCHECK_BUSY ? POP3_AUTH_TEMPFAIL : ok);
+}
+
+static const struct proxy_hooks backend_hooks = { backend_verdict };
+
+/* mail_proxy_auth = backend: a PLAIN login (USER/PASS, AUTH PLAIN) of a user
+ * of mail_proxy_domains with no line in the users file goes to the default
+ * backend, whose verdict decides: 1 when so */
+static int
+proxy_backend_auth(struct session *s, struct pop3_auth_req *a)
+{
+	const char *login, *pw;
+	char local[POP3_USER_MAX], *at;
+	struct userdb_proxy where;
+
+	if (a->sasl == NULL || !a->check ||
+	    sasl_server_plain_response(a->sasl, &login, &pw) < 0 ||
+	    !proxy_default_route(&s->srv->c->proxy, login, &where))
+		return 0;
+	snprintf(local, sizeof(local), "%s", login);
+	at = strrchr(local, '@');
+	*at = '\0';
+	if (s->srv->users.db != NULL && userdb_resolve(s->srv->users.db, local, at + 1) != NULL)
+		return 0;	/* a user of ours: checked here */
+	snprintf(s->user, sizeof(s->user), "%s", login);
+	for (char *q = s->user; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c, login, pw,
+	    &backend_hooks, s);
+	s->busy = 1;
+	conn_pause(s->c);
+	if (proxy_start_failed(s->px))
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	return 1;
+}
+
 static void
 auth_checked(void *arg, int result)
 {
@@ -312,6 +380,10 @@ auth_checked(void *arg, int result)
 
 	if (conn_release(s->c))
 		return;
+	if (result == 1 && s->px != NULL) {	/* the backend said yes (mail_proxy_auth = backend) */
+		proxy_done(s, PROXY_OK, "", "");
+		return;
+	}
 	if (result == 1 && proxy_route(s)) {
 		if (!s->busy && s->px == NULL)
 			session_go(s);
@@ -376,6 +448,8 @@ start_auth(struct session *s)
 	struct authcheck_req r = { .addr = conn_addr(s->c), .conn_id = conn_id(s->c) };
 	int res;
 
+	if (proxy_backend_auth(s, a))
+		return;
 	if (a->sasl == NULL) {
 		r.ok = apop_check(s, a);
 	} else {

@@ -131,6 +131,47 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 		pc->master_password = xstrdup(line);
 		explicit_bzero(line, sizeof(line));
 	}
+	pc->auth_backend = strcmp(conf_get(c, "mail_proxy_auth"), "backend") == 0;
+	pc->domains = conf_get_list(c, "mail_proxy_domains", &pc->ndomains);
+	{
+		const char *d = conf_get(c, "mail_proxy_default");
+		char host[80];
+		const char *perr;
+		char *fields;
+		size_t hl;
+		const char *port = NULL;
+
+		if (d[0] == '[') {
+			hl = strcspn(d + 1, "]");
+			snprintf(host, sizeof(host), "%.*s", (int)hl, d + 1);
+			if (d[1 + hl] == ']' && d[2 + hl] == ':')
+				port = d + 3 + hl;
+		} else {
+			hl = strcspn(d, ":");
+			snprintf(host, sizeof(host), "%.*s", (int)hl, d);
+			if (d[hl] == ':')
+				port = d + hl + 1;
+		}
+		fields = d[0] ? xasprintf("proxy=y host=%s%s%s", host, port ? " port=" : "",
+		    port ? port : "") : NULL;
+		if (fields != NULL && userdb_proxy_parse(fields, &pc->def, &perr) != 1) {
+			snprintf(err, sizeof(err), "%s: mail_proxy_default = %.100s: expected "
+			    "ADDRESS[:PORT] or [IPV6]:PORT (%s)", conf_where(c, "mail_proxy_default"),
+			    d, perr);
+			free(fields);
+			*error_r = err;
+			proxy_conf_deinit(pc);
+			return -1;
+		}
+		free(fields);
+		if (pc->ndomains > 0 && d[0] == '\0') {
+			snprintf(err, sizeof(err), "%s: mail_proxy_domains needs mail_proxy_default",
+			    conf_where(c, "mail_proxy_domains"));
+			*error_r = err;
+			proxy_conf_deinit(pc);
+			return -1;
+		}
+	}
 	SSL_CTX_set_min_proto_version(pc->tls, TLS1_2_VERSION);
 	SSL_CTX_set_verify(pc->tls, SSL_VERIFY_PEER, NULL);
 	if (ca[0] != '\0' ? SSL_CTX_load_verify_locations(pc->tls, ca, NULL) != 1 :
@@ -157,6 +198,25 @@ proxy_conf_deinit(struct proxy_conf *pc)
 		free(pc->master_password);
 	}
 	pc->master_password = NULL;
+	if (pc->domains != NULL)
+		conf_list_free(pc->domains);
+	pc->domains = NULL;
+	pc->ndomains = 0;
+}
+
+int
+proxy_default_route(const struct proxy_conf *pc, const char *user, struct userdb_proxy *r)
+{
+	const char *at = strrchr(user, '@');
+
+	if (!pc->auth_backend || at == NULL || pc->def.host[0] == '\0')
+		return 0;
+	for (size_t i = 0; i < pc->ndomains; i++)
+		if (strcasecmp(at + 1, pc->domains[i]) == 0) {
+			*r = pc->def;
+			return 1;
+		}
+	return 0;
 }
 
 char *
@@ -771,6 +831,12 @@ int
 proxy_start_failed(const struct proxy *px)
 {
 	return px->st == P_DONE;
+}
+
+const char *
+proxy_caps(const struct proxy *px)
+{
+	return px->caps;
 }
 
 unsigned

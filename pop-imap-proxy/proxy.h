@@ -43,12 +43,21 @@ struct proxy_conf {
 	 * auth_master_user_separator convention; NULL: none (owned) */
 	char *master_user;
 	char *master_password;
+	/* mail_proxy_auth = backend: users of these domains with no line of
+	 * their own log in to the default backend, whose verdict decides */
+	int auth_backend;
+	struct userdb_proxy def;	/* mail_proxy_default; host "" none */
+	char **domains;			/* mail_proxy_domains (conf list) */
+	size_t ndomains;
 };
 
 /* 0, or -1 with *error_r (naming the key) */
 int proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error_r)
     __attribute__((warn_unused_result));
 void proxy_conf_deinit(struct proxy_conf *pc);
+/* mail_proxy_auth = backend and user's domain is one of mail_proxy_domains:
+ * 1 with the default backend in *r; else 0 */
+int proxy_default_route(const struct proxy_conf *pc, const char *user, struct userdb_proxy *r);
 /* the backend login for user when the client's mechanism left no password:
  * "USER*MASTER" (xmalloc'd) and *password_r, or NULL when there is no
  * master user */
@@ -78,6 +87,8 @@ struct proxy *proxy_new(struct event_base *base, const struct proxy_conf *pc,
 int proxy_start_failed(const struct proxy *px);
 /* "HOST:PORT" of the backend (for log lines and counters) */
 const char *proxy_backend(const struct proxy *px);
+/* after PROXY_OK: the backend's post-login CAPABILITY (IMAP) */
+const char *proxy_caps(const struct proxy *px);
 /* milliseconds since proxy_new() (the login's cost, for the log line) */
 unsigned proxy_login_ms(const struct proxy *px);
 void proxy_splice(struct proxy *px);

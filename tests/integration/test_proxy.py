@@ -95,12 +95,13 @@ class Work:
 MASTER, MASTER_PW = "proxymaster", "Master pass 9"
 
 
-def backend(name, tls, protocols=("imap",)):
+def backend(name, tls, protocols=("imap",), users=None):
     masters = os.path.join(W.dir, name + "-masters")
     with open(masters, "w") as f:
         f.write("%s:{PLAIN}%s\n" % (MASTER, MASTER_PW))
     os.chmod(masters, 0o644)
-    dc = dovecot.Dovecot(W.dir, protocols=protocols, users={USER: "{PLAIN}" + PASSWORD},
+    dc = dovecot.Dovecot(W.dir, protocols=protocols,
+                         users=users or {USER: "{PLAIN}" + PASSWORD},
                          tls=tls, name=name, mechanisms="plain login",
                          extra_conf="login_trusted_networks = 127.0.0.0/8\n"
                                     "imap_idle_notify_interval = 1 secs\n"
@@ -561,6 +562,61 @@ class T09Master(unittest.TestCase):
             with self.assertRaisesRegex(imaplib.IMAP4.error, r"UNAVAILABLE"):
                 c.login_cram_md5(USER, PASSWORD)
             self.assertIn("no password to forward", g.d.log_text())
+        finally:
+            g.stop()
+            dc.close()
+
+
+class T10BackendAuth(unittest.TestCase):
+    def test_backend_decides_for_unknown_users_of_its_domains(self):
+        far = "carol@far.example"
+        dc = backend("dc-backend", None, protocols=("imap", "pop3"),
+                     users={far: "{PLAIN}Far pass 2"})
+        g = Gateway("backend", [], mail_proxy_auth="backend",
+                    mail_proxy_default="127.0.0.1:%d" % dc.imap_port,
+                    mail_proxy_domains="far.example", auth_failure_delay="1s",
+                    auth_failure_delay_max="1s")
+        try:
+            c = g.imap(source=CLIENT)
+            self.assertEqual(c.login(far, "Far pass 2")[0], "OK")
+            self.assertEqual(c.select("INBOX")[0], "OK")
+            c.logout()
+            wait_until(lambda: re.search(r"Login: user=<%s>.*rip=%s" % (re.escape(far), CLIENT),
+                                         open(dc.log).read()), 10, what="Dovecot's login")
+            # the backend's NO is a failed login here too: the penalty's delay
+            c = g.imap()
+            t0 = time.monotonic()
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+                c.login(far, "wrong")
+            self.assertGreaterEqual(time.monotonic() - t0, 0.9, "no penalty delay")
+            self.assertRegex(g.d.log_text(), r"proxy: user=<%s> .*refused by the backend" %
+                             re.escape(far))
+            # a domain not proxied: never asked
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+                c.login("dave@elsewhere.example", "x")
+            self.assertNotIn("dave@", open(dc.log).read())
+            c.logout()
+            # POP3 the same way (mail_proxy_default names one port: a gateway of its own)
+            g2 = Gateway("backend-pop3", [], mail_proxy_auth="backend",
+                         mail_proxy_default="127.0.0.1:%d" % dc.pop3_port,
+                         mail_proxy_domains="far.example")
+            try:
+                p = poplib.POP3("127.0.0.1", g2.pop3_port, timeout=15)
+                p.user(far)
+                self.assertTrue(p.pass_("Far pass 2").startswith(b"+OK"))
+                self.assertEqual(p.stat()[0], 0)
+                p.quit()
+                p = poplib.POP3("127.0.0.1", g2.pop3_port, timeout=15)
+                p.user(far)
+                with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[AUTH\]"):
+                    p.pass_("wrong")
+                p.quit()
+            finally:
+                g2.stop()
+            # users of our own file are still checked here
+            c = g.login(LOCAL)
+            self.assertEqual(c.select("INBOX")[0], "OK")
+            c.logout()
         finally:
             g.stop()
             dc.close()
