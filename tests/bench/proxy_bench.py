@@ -109,6 +109,20 @@ def fetch_mbps(port, size, repeats):
     return best
 
 
+def cpu_s(pids):
+    """user+system CPU seconds of the processes (all their threads)"""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                v = f.read().rsplit(")", 1)[1].split()
+            total += (int(v[11]) + int(v[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
 def pss_kib(pids):
     total = 0
     for pid in pids:
@@ -198,9 +212,12 @@ def main():
               "(a refused LOGIN) p50 %.2f ms; the proxy itself p50 %.2f ms" %
               (d50, d99, c50, d50 - c50))
         fd = fetch_mbps(dc.imap_port, len(msg), a.repeats)
+        cpu0 = cpu_s(d.workers())
         fp = fetch_mbps(port, len(msg), a.repeats)
-        print("fetch %d MB: direct %.0f MB/s, proxy %.0f MB/s (%.2fx)" %
-              (a.big_mb, fd, fp, fp / fd))
+        cpu = cpu_s(d.workers()) - cpu0
+        print("fetch %d MB: direct %.0f MB/s, proxy %.0f MB/s (%.2fx); the proxy's CPU: "
+              "%.1f ms per MB" % (a.big_mb, fd, fp, fp / fd,
+                                  cpu * 1000 / (a.big_mb * 1.048576 * a.repeats)))
         kib = memory_per_conn(port, d.workers(), a.conns)
         print("memory per idle proxied connection (imap worker PSS): %.1f KiB over %d" %
               (kib, a.conns))
