@@ -3,6 +3,8 @@
  * the final dot (issue 10; the milter's counterpart is milter/milter.c).
  *
  *   smtp_sieve_open/write()   spool the message as it arrives (loop)
+ *   smtp_sieve_open_mem()     a small message, whole in the session's
+ *                             memory: spooled by smtp_sieve_run() (job)
  *   smtp_sieve_run()          run the scripts and do their side effects
  *                             (job thread: file I/O, relayhost sends)
  *   smtp_sieve_take_store()   the store route's spool, for the delivery
@@ -62,6 +64,12 @@ struct smtp_sieve {
 	char *path;		/* ours: its name, removed at free */
 	char *local, *domain;	/* the store route's first local recipient */
 	size_t size;		/* message octets written (head not counted) */
+	/* a small message not spooled yet (smtp_sieve_open_mem): the job
+	 * thread writes head + mem to the spool before the scripts run */
+	int store;		/* the route */
+	char *head;
+	const char *mem;
+	size_t memlen;
 	/* after an edit: the new spool, same kind */
 	struct maildir_tmp *st2;
 	int fd2;
@@ -198,51 +206,70 @@ pread_full(int fd, char *buf, size_t n, off_t off)
 	return (ssize_t)got;
 }
 
+/* the route's first local recipient (store) */
+static int
+first_local(struct smtp_sieve *sv, const struct smtp_msg *m)
+{
+	for (size_t i = 0; i < m->nrcpt && sv->local == NULL; i++) {
+		if (!m->rcpt_local[i])
+			continue;
+		sv->local = xstrdup(m->rcpt[i]);
+		sv->domain = strrchr(sv->local, '@');
+		*sv->domain++ = '\0';
+	}
+	return sv->local != NULL ? 0 : -1;
+}
+
+/* the spool file, with head written first; errno tells why it failed */
+static int
+spool_create(struct smtp_sieve *sv, const char *head, const char **error_r)
+{
+	static __thread char err[300];
+	const struct smtp_sieve_conf *k = sv->k;
+	const char *e;
+
+	if (sv->store) {
+		struct maildir_rcpt r;
+
+		r.local = sv->local;
+		r.domain = sv->domain;
+		if (maildir_tmp_open(k->maildir_root, &r, &sv->st, &e) < 0 ||
+		    maildir_tmp_write(sv->st, head, strlen(head), &e) < 0) {
+			int en = errno;
+
+			maildir_tmp_abort(&sv->st);
+			errno = en;
+			*error_r = e;
+			return -1;
+		}
+		return 0;
+	}
+	if (own_open(k, &sv->fd, &sv->path, NULL) < 0) {
+		*error_r = seterr(err, sizeof(err), "%s/tmp: %s", k->quarantine_dir, strerror(errno));
+		return -1;
+	}
+	if (write_all(sv->fd, head, strlen(head)) < 0) {
+		*error_r = seterr(err, sizeof(err), "%s: %s", sv->path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int
 smtp_sieve_open(const struct smtp_sieve_conf *k, const struct smtp_msg *m, int store,
     const char *head, struct smtp_sieve **sv_r, const char **error_r)
 {
-	static char err[300];
 	struct smtp_sieve *sv = xcalloc(1, sizeof(*sv));
-	const char *e;
 
 	sv->k = k;
 	sv->fd = sv->fd2 = -1;
-	if (store) {
-		struct maildir_rcpt r;
-
-		for (size_t i = 0; i < m->nrcpt && sv->local == NULL; i++) {
-			if (!m->rcpt_local[i])
-				continue;
-			sv->local = xstrdup(m->rcpt[i]);
-			sv->domain = strrchr(sv->local, '@');
-			*sv->domain++ = '\0';
-		}
-		if (sv->local == NULL) {
-			*error_r = "no local recipient";
-			goto fail;
-		}
-		r.local = sv->local;
-		r.domain = sv->domain;
-		if (maildir_tmp_open(k->maildir_root, &r, &sv->st, &e) < 0) {
-			*error_r = e;
-			goto fail;
-		}
-		if (maildir_tmp_write(sv->st, head, strlen(head), &e) < 0) {
-			*error_r = e;
-			goto fail;
-		}
-	} else {
-		if (own_open(k, &sv->fd, &sv->path, NULL) < 0) {
-			*error_r = seterr(err, sizeof(err), "%s/tmp: %s", k->quarantine_dir,
-			    strerror(errno));
-			goto fail;
-		}
-		if (write_all(sv->fd, head, strlen(head)) < 0) {
-			*error_r = seterr(err, sizeof(err), "%s: %s", sv->path, strerror(errno));
-			goto fail;
-		}
+	sv->store = store;
+	if (store && first_local(sv, m) < 0) {
+		*error_r = "no local recipient";
+		goto fail;
 	}
+	if (spool_create(sv, head, error_r) < 0)
+		goto fail;
 	*sv_r = sv;
 	return 0;
 fail:
@@ -251,10 +278,38 @@ fail:
 }
 
 int
+smtp_sieve_open_mem(const struct smtp_sieve_conf *k, const struct smtp_msg *m, int store,
+    const char *head, const char *data, size_t len, struct smtp_sieve **sv_r,
+    const char **error_r)
+{
+	struct smtp_sieve *sv = xcalloc(1, sizeof(*sv));
+
+	sv->k = k;
+	sv->fd = sv->fd2 = -1;
+	sv->store = store;
+	if (store && first_local(sv, m) < 0) {
+		*error_r = "no local recipient";
+		smtp_sieve_free(&sv);
+		return -1;
+	}
+	sv->head = xstrdup(head);
+	sv->mem = data;
+	sv->memlen = len;
+	sv->size = len;
+	*sv_r = sv;
+	return 0;
+}
+
+int
 smtp_sieve_write(struct smtp_sieve *sv, const char *p, size_t n, const char **error_r)
 {
 	static char err[300];
 
+	if (sv->mem != NULL) {
+		*error_r = "the message was given whole";
+		errno = EINVAL;
+		return -1;
+	}
 	if (sv->st != NULL) {
 		if (maildir_tmp_write(sv->st, p, n, error_r) < 0)
 			return -1;
@@ -688,10 +743,26 @@ smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
 	struct sieve_door_result d;
 	const char *err = NULL;
 	char ip[CIDR_TEXT_MAX];
-	int store = sv->st != NULL;
+	int store = sv->store;
 
 	memset(&s, 0, sizeof(s));
 	s.fd = -1;
+	if (sv->head != NULL) {	/* a small message: its spool is made here, off the loop */
+		const char *mem = sv->mem;
+
+		sv->mem = NULL;	/* the session's; not ours past this */
+		sv->size = 0;
+		errno = 0;
+		if (spool_create(sv, sv->head, &err) < 0 ||
+		    smtp_sieve_write(sv, mem, sv->memlen, &err) < 0) {
+			res->tempfail = 1;
+			res->spool_errno = errno ? errno : EIO;
+			snprintf(res->err, sizeof(res->err), "spooling: %s", err);
+			return;
+		}
+		free(sv->head);
+		sv->head = NULL;
+	}
 	if (store) {
 		if (maildir_tmp_open_read(sv->st, &s.fd, &err) < 0) {
 			res->tempfail = 1;
@@ -842,6 +913,7 @@ smtp_sieve_free(struct smtp_sieve **svp)
 		(void)unlink(sv->path2);
 	free(sv->path);
 	free(sv->path2);
+	free(sv->head);
 	free(sv->local);
 	for (size_t i = 0; i < sv->res.nlocal; i++)
 		free(sv->res.local[i]);
