@@ -650,7 +650,12 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 		for (size_t k = before; k < res->n; k++) {
 			res->a[k].executed = 1;
 			kept |= res->a[k].type == SIEVE_A_KEEP;
+			/* its header edits were made by the door: the file has them */
+			sieve_headers_free(&res->a[k].hdr, res->a[k].nhdr);
+			res->a[k].nhdr = 0;
 		}
+		sieve_headers_free(&res->keep_hdr, res->keep_nhdr);
+		res->keep_nhdr = 0;
 		higher = res->n;
 		if (!kept)
 			break;	/* what a higher level took, a lower one cannot bring back */
