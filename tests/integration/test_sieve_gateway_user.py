@@ -15,7 +15,8 @@ got and the log line.
     redirect loop                a message this user redirected before comes
                                  back: not redirected again, kept
     vacation                     one reply per sender within :days, none to <>,
-                                 none to list mail (List-Id, Precedence: bulk)
+                                 none to list mail (List-Id, Precedence: bulk);
+                                 two messages at the same moment: one reply
     reject                       an RFC 5429 refusal (an MDN from <>) to the sender
     relayhost down               kept in INBOX, the log says why, 250 given
     broken script                kept in INBOX, the log says so
@@ -406,6 +407,43 @@ class T2RelayhostDown(unittest.TestCase):
         finally:
             g.stop()
             s.close()
+
+
+class T4VacationRace(unittest.TestCase):
+    """two messages from one sender to the same user, delivered at the same
+    moment: one vacation reply (the tracking file's check and record are
+    one step under its lock). The relayhost answers RCPT after 1 s, so
+    both deliveries plan before either reply is sent."""
+
+    def test_two_concurrent_messages_one_reply(self):
+        import threading
+        relay = FakeSMTP(mode={"rcpt_delay": 1.0})
+        g = make_gateway("vacrace", relay.port)
+        try:
+            sender = "racer@outside.test"
+            marks = [new_marker("race%d" % i) for i in range(2)]
+            codes = [None, None]
+            go = threading.Barrier(2)
+
+            def one(i):
+                go.wait()
+                codes[i] = send(g, ["vac@example.com"],
+                                make_message(marks[i], from_=sender, to="vac@example.com"),
+                                sender=sender)[0]
+            ts = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(60)
+            self.assertEqual(codes, [250, 250])
+            for m in marks:
+                self.assertEqual(len(stored_with(g, "vac@example.com", m)), 1)
+            with relay.lock:
+                replies = [t for t in relay.transactions if sender in t["rcpts"] and t["dot"]]
+            self.assertEqual(len(replies), 1, "one vacation reply: %d" % len(replies))
+        finally:
+            g.stop()
+            relay.stop()
 
 
 class T3Dovecot(unittest.TestCase):
