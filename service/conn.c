@@ -94,6 +94,7 @@ static void read_cb(struct bufferevent *bev, void *arg);
 static void write_cb(struct bufferevent *bev, void *arg);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_free(struct conn *c);
+static void close_check(evutil_socket_t fd, short what, void *arg);
 
 /* ---- timeouts ---- */
 
@@ -137,10 +138,12 @@ timed_out(struct conn *c)
 	const char *w = c->srv->cf->words_timeout;
 	char who[CIDR_TEXT_MAX];
 	struct timeval tv = { 5, 0 };
+	const char *what = c->srv->cf->message_name != NULL ? c->srv->cf->message_name
+	    : "message data";
+	int in_msg = c->srv->ops->in_message != NULL && c->srv->ops->in_message(c);
 
-	log_info("%s: conn=%s timeout after %u s%s%s from [%s]", c->srv->cf->door, c->id,
-	    conn_timeout(c),
-	    c->srv->ops->in_message != NULL && c->srv->ops->in_message(c) ? " in message data" : "",
+	log_info("%s: conn=%s timeout after %u s%s%s%s from [%s]", c->srv->cf->door, c->id,
+	    conn_timeout(c), in_msg ? " in " : "", in_msg ? what : "",
 	    c->srv->stress ? " (stress)" : "", conn_addr_text(c, who));
 	if (c->srv->ops->timed_out != NULL && c->opened)
 		c->srv->ops->timed_out(c);
@@ -151,8 +154,10 @@ timed_out(struct conn *c)
 	if (w != NULL)
 		bufferevent_write(c->bev, w, strlen(w));
 	bufferevent_enable(c->bev, EV_WRITE);
+	/* a TLS filter may have passed the words on to the socket's
+	 * bufferevent already: close_check waits for that one too */
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-		conn_free(c);
+		close_check(-1, 0, c);
 }
 
 static void

@@ -54,16 +54,12 @@
  * each reply starts the next request's clock. While more than 80 % of
  * max_connections are in use (stress) stress_timeout applies to all.
  *
- * Moving smtp_server.c onto it: struct conn's list, bev, id, addr, tls,
- * peer_checked, timer/deadline/replied/in_seen, close_timer and the
- * `delivering` count become this module's (conn_hold/conn_release keep their
- * meaning); accept_cb becomes opened (the smtp_proto_new + greet/lookup),
- * read_cb's loop over smtp_proto_next becomes input (returning after
- * conn_starttls or while held), event_cb's smtp_proto_eof and conn_free's
- * spool/downstream aborts become closing, smtp_proto_free becomes free,
- * flush_output becomes conn_write of smtp_proto_output, drain_cb/users_cb
- * become conn_server_drain/conn_server_tick, smtp_proto_in_data is
- * in_message, and the 421 texts go to conn_server_conf's words.
+ * The SMTP door (smtp-gateway/smtp_server.c) stands on it: opened makes
+ * the smtp_proto session and greets (or holds for the client name lookup),
+ * input drives smtp_proto_next, each delivery job, password check (or its
+ * penalty wait) and name lookup holds the connection, a downstream reply or
+ * a full downstream only pauses it, closing aborts the spool and the
+ * downstream session, in_message is smtp_proto_in_data.
  *
  * Owner: the event loop's thread; nothing here blocks. Never logs peer bytes.
  */
@@ -95,6 +91,9 @@ struct conn_server_conf {
 	const char *words_timeout;
 	const char *words_too_many;		/* max_connections exceeded */
 	const char *words_too_many_client;	/* max_per_client exceeded */
+	/* what in_message() calls the data in the timeout's log line ("DATA":
+	 * "timeout after 300 s in DATA"); NULL: "message data" */
+	const char *message_name;
 };
 
 struct conn_ops {

@@ -1,23 +1,30 @@
 /*
- * smtp_server - the SMTP gateway's event loop (libevent): accept, feed bytes
- * to smtp_proto, write its replies, deliver its messages into the Maildir
- * store or stream them downstream, TLS (STARTTLS, implicit), client name
- * lookups (service/fcrdns), connection limits and timeouts.
+ * smtp_server - the SMTP door: feeds the bytes of each connection to
+ * smtp_proto, writes its replies, delivers its messages into the Maildir
+ * store or streams them downstream, checks passwords (service/authcheck)
+ * and looks up client names (service/fcrdns). The connections themselves
+ * -- accept, limits, TLS (STARTTLS, implicit), timeouts and stress,
+ * flush-then-close, drain -- are service/conn's; a session here is the
+ * door's state on one (struct sess, conn_ctx()).
  *
  *   smtp_server_run()      the loop on the listeners the master bound
  *                          (service/listener), until SIGTERM/SIGINT, or
  *                          until drained after SIGUSR2
  *
  * SIGUSR2 (live reload: a new worker already serves the same listeners)
- * drains: accept nothing more, let every open session finish as usual, and
- * return once none is left, or after smtp_timeout; then the cached
- * downstream sessions are closed.
+ * drains (conn_server_drain): accept nothing more, let every open session
+ * finish as usual, and return once none is left, or after smtp_timeout;
+ * then the cached downstream sessions are closed.
  *
  * The loop never waits: fsyncs run on one pool of job threads, password
  * checks on another (service/authcheck, with the failed-login penalty:
  * bounded, deliveries never wait behind a guessing storm); completions
  * come back on the loop, and a connection a job still
- * points at is freed only when the job is done. No message is held whole:
+ * points at is freed only when the job is done: each wait holds the
+ * connection (conn_hold) and has its own flag in struct sess -- a delivery
+ * job, a password check or its penalty wait, a client name lookup; the
+ * downstream's replies need no hold (closing the session guarantees none
+ * comes) and only pause the client. No message is held whole:
  * a local one past 64 KiB is written to the store's tmp/ as it arrives (in
  * 64 KiB page-cache writes on the loop; see spool_more()), a pass-through
  * one streams downstream and the client is not read while the downstream
@@ -27,33 +34,25 @@
  * The user database is reloaded when its file changes (checked each second);
  * a missing, empty, unreadable or garbled file keeps the last good one.
  *
- * Timeouts are deadlines per request (service/deadline): smtp_timeout bounds
- * a whole command line, DATA earns time at smtp_min_data_rate, and while
- * more than 80 % of smtp_max_connections are in use (stress) the shorter
- * smtp_stress_timeout applies to every connection. While the server works
- * for a connection (a job, a lookup, the downstream) its clock stands still.
- * Connections per client address are counted in service/anvil.
+ * Timeouts (service/conn): smtp_timeout bounds a whole command line, DATA
+ * earns time at smtp_min_data_rate, and while more than 80 % of
+ * smtp_max_connections are in use (stress) the shorter smtp_stress_timeout
+ * applies to every connection. While the door works for a connection (a
+ * job, a lookup, the downstream: held or paused) its clock stands still.
  */
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
-#include <event2/bufferevent_ssl.h>
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "common/connid.h"
@@ -68,12 +67,9 @@
 #include "smtp-gateway/downstream.h"
 #include "smtp-gateway/smtp_sieve.h"
 #include "smtp-gateway/smtp_deliver_sieve.h"
-#include "service/anvil.h"
 #include "service/authcheck.h"
-#include "service/deadline.h"
+#include "service/conn.h"
 #include "service/fcrdns.h"
-#include "service/listener.h"
-#include "service/tlsbev.h"
 #include "service/users.h"
 #include "storage-adapter/maildir.h"
 #include "storage-adapter/userdb.h"
@@ -87,61 +83,43 @@
 #define SMTP_STREAM_ROOM (128 * 1024)	/* a client paused for it reads on below this */
 #define SMTP_SPOOL_MIN 65536		/* a message past this goes to tmp/ in such pieces */
 
-struct door {
-	struct server *srv;
-	enum smtp_listener_kind kind;
-	struct listener *l;
-};
-
 struct server {
 	const struct smtp_server_conf *c;
 	struct jobs *jobs;		/* store I/O: fsync */
 	struct authcheck *auth;		/* password checks and failed-login penalties */
 	struct downstream_set *downs;	/* pass-through sessions, on this loop */
 	struct evdns_base *dns;		/* client name lookups, or NULL */
+	struct conn_server *cs;		/* the connections (service/conn) */
 	int stopping;			/* no new work while the pools drain */
+	struct conn_server_conf ccf;
+	char timeout_words[160];	/* "421 4.4.2 HOST Error: timeout exceeded" */
 	struct smtp_params params;
 	struct event_base *base;
 	struct users users;		/* the user database, kept current (service/users) */
 	struct sasl_callbacks sasl_cb;	/* common/sasl reads users through these */
-	unsigned nconn;
-	int stress;		/* over 80 % of max_connections: short timeouts */
-	struct conn *conns;
-	struct anvil *anvil;		/* connections per client address */
-	char errbuf[300];
-	struct door *doors;		/* the listeners, dropped when draining */
-	size_t ndoors;
-	time_t drain_until;		/* draining (SIGUSR2): stop by then; 0 not */
 	struct smtp_sieve_conf sieve;	/* server and domain scripts (smtp_sieve) */
 };
 
-struct conn {
-	struct conn *prev, *next;	/* all open connections, to close at stop */
+/* the door's state on one connection (conn_ctx) */
+struct sess {
+	struct conn *conn;	/* service/conn: socket, TLS, timeouts, holds */
 	struct server *srv;
-	struct bufferevent *bev;
 	struct smtp_proto *sp;
-	char id[CONNID_MAX];	/* on every log line of the session: "conn=ID" */
-	struct ipaddr addr;
-	int has_addr;
-	int closing;
-	/* references held on this connection by a delivery job, a password
-	 * check or its penalty timer, a client name lookup (conn_hold()); while
-	 * any is held input waits, and conn_free() only marks it dead: the last
-	 * conn_release() frees it. Downstream callbacks need none: closing the
-	 * session guarantees none comes. */
-	int delivering;
-	int tls;		/* the bev is an OpenSSL one, handshake pending or done */
-	int peer_checked;	/* the client certificate was looked at (EXTERNAL) */
-	int dead;		/* closed while references were held */
+	const char *id;		/* conn_id(conn), on every log line: "conn=ID" */
+	/*
+	 * What the session waits for. A delivery job, a password check (or
+	 * its penalty wait) and a client name lookup each hold the connection
+	 * (conn_hold: freed only after their callback) and pause its input;
+	 * the downstream's reply only pauses it (closing the downstream
+	 * session guarantees no callback comes).
+	 */
+	int delivering;		/* a delivery job */
+	int auth_wait;		/* a password check or its penalty */
+	int naming;		/* the client name lookup, before the greeting */
+	int down_wait;		/* the downstream's reply */
+	int closing;		/* the session said its last words (conn_close) */
+	int peer_told;		/* the client certificate's name went to smtp_proto */
 	struct downstream *ds;	/* an open pass-through session */
-	struct event *close_timer;
-	int close_tries;
-	struct event *timer;	/* the request's deadline */
-	struct deadline dl;
-	int replied;		/* a reply went out: the next request begins */
-	size_t in_seen;		/* input bytes already counted for the deadline */
-	long long armed_due;	/* when the timer is set to fire (ms) */
-	int down_wait;		/* the downstream's reply is awaited (input paused) */
 	int ds_data;		/* DATA went to ds */
 	struct maildir_tmp *spool;	/* the message being received, in the store's tmp/ */
 	size_t spooled;		/* message octets in it (our header lines not counted) */
@@ -152,7 +130,7 @@ struct conn {
 };
 
 struct delivery {
-	struct conn *c;
+	struct sess *c;
 	struct maildir_rcpt *r;
 	char **split;
 	size_t n;
@@ -205,213 +183,67 @@ user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
 	return 1;
 }
 
-/* ---- timeouts: a deadline per request, shorter under stress ---- */
+/* ---- the session's waits and replies ---- */
 
-static unsigned
-conn_timeout(const struct conn *c)
-{
-	const struct smtp_server_conf *k = c->srv->c;
-
-	return c->srv->stress && k->stress_timeout < k->timeout ? k->stress_timeout : k->timeout;
-}
-
+/* a job, a check or a lookup will call back with c (flag: which): hold the
+ * connection and read nothing meanwhile */
 static void
-arm_timer(struct conn *c)
+sess_hold(struct sess *c, int *flag)
 {
-	long long due = deadline_due(&c->dl, conn_timeout(c)), left;
-	struct timeval tv;
-
-	if (due == c->armed_due && evtimer_pending(c->timer, NULL))
-		return;		/* most reads change nothing: spare the timer heap */
-	left = due - deadline_now_ms();
-	if (left < 0)
-		left = 0;
-	tv.tv_sec = (time_t)(left / 1000);
-	tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
-	evtimer_add(c->timer, &tv);
-	c->armed_due = due;
+	*flag = 1;
+	conn_hold(c->conn);
+	conn_pause(c->conn);
 }
 
-/* the client took too long: say so (inside TLS too: through the bev), close */
-static void
-timed_out(struct conn *c)
-{
-	char msg[160], who[CIDR_TEXT_MAX];
-	int n = snprintf(msg, sizeof(msg), "421 4.4.2 %s Error: timeout exceeded\r\n",
-	    c->srv->params.myhostname);
-	struct timeval tv = { 5, 0 };
-
-	log_info("conn=%s timeout after %u s%s%s from [%s]", c->id, conn_timeout(c),
-	    smtp_proto_in_data(c->sp) ? " in DATA" : "", c->srv->stress ? " (stress)" : "",
-	    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
-	smtp_proto_eof(c->sp);
-	c->closing = 1;
-	evtimer_del(c->timer);
-	bufferevent_set_timeouts(c->bev, &tv, &tv);
-	bufferevent_write(c->bev, msg, (size_t)n);
-	bufferevent_enable(c->bev, EV_WRITE);
-}
-
-static void
-timer_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct conn *c = arg;
-	long long now = deadline_now_ms();
-
-	(void)fd;
-	(void)what;
-	if (c->closing || c->dead)
-		return;
-	if (c->delivering || c->down_wait || !(bufferevent_get_enabled(c->bev) & EV_READ)) {
-		/* our turn, not the client's: its clock starts with our answer */
-		deadline_request(&c->dl, now);
-		arm_timer(c);
-		return;
-	}
-	if (now < deadline_due(&c->dl, conn_timeout(c))) {
-		arm_timer(c);	/* stress is over, or data earned time */
-		return;
-	}
-	timed_out(c);
-}
-
-/* a client that reads nothing is cut after the timeout in force too */
-static void
-set_write_timeout(struct conn *c)
-{
-	struct timeval tv = { conn_timeout(c), 0 };
-
-	bufferevent_set_timeouts(c->bev, NULL, &tv);
-}
-
-/* Postfix's stress mode: short timeouts while the door is nearly full */
-static void
-update_stress(struct server *s)
-{
-	unsigned max = s->c->max_connections;
-
-	if (max == 0 || s->stopping)
-		return;
-	if (!s->stress && s->nconn * 5 > max * 4) {
-		s->stress = 1;
-		log_warn("stress: %u of %u connections in use; timeouts drop to %u s", s->nconn, max,
-		    s->c->stress_timeout < s->c->timeout ? s->c->stress_timeout : s->c->timeout);
-	} else if (s->stress && s->nconn * 10 <= max * 7) {
-		s->stress = 0;
-		log_info("stress over: %u of %u connections in use; timeouts back to %u s", s->nconn,
-		    max, s->c->timeout);
-	} else {
-		return;
-	}
-	for (struct conn *c = s->conns; c != NULL; c = c->next)
-		if (c->timer != NULL && !c->closing && !c->dead) {
-			set_write_timeout(c);
-			if (s->stress)
-				arm_timer(c);	/* sooner; after stress the timers re-arm when they fire */
-		}
-}
-
-static void conn_free(struct conn *c);
-
-/* a job, a lookup or a timer will call back with this connection */
-static void
-conn_hold(struct conn *c)
-{
-	c->delivering++;
-}
-
-/* that callback came: 1 when the connection was closed meanwhile (and is
- * freed once nothing holds it): the caller must not touch it again */
+/* that callback came: 1 when the connection was closed meanwhile (and c is
+ * gone, or goes with the last hold): the caller must not touch it again */
 static int
-conn_release(struct conn *c)
+sess_release(struct sess *c, int *flag)
 {
-	c->delivering--;
-	if (!c->dead)
-		return 0;
-	if (c->delivering == 0)
-		conn_free(c);
-	return 1;
+	*flag = 0;
+	return conn_release(c->conn);
 }
 
-static void
-conn_free(struct conn *c)
+/* a wait the next command cannot overtake */
+static int
+sess_busy(const struct sess *c)
 {
-	struct server *s = c->srv;
-
-	maildir_tmp_abort(&c->spool);	/* the client left mid-DATA */
-	downstream_close(&c->ds);	/* no callback comes for this connection after this */
-	if (c->delivering) {	/* a callback will come: the last release frees it */
-		c->dead = 1;
-		bufferevent_disable(c->bev, EV_READ | EV_WRITE);
-		return;
-	}
-	smtp_sieve_free(&c->sv);	/* no job holds it now */
-	if (c->has_addr)
-		(void)anvil_disconnect(s->anvil, &c->addr, time(NULL));
-	if (log_is_debug()) {
-		char who[CIDR_TEXT_MAX];
-
-		log_debug("conn=%s disconnect from [%s]", c->id,
-		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown");
-	}
-	if (c->close_timer != NULL)
-		event_free(c->close_timer);
-	if (c->timer != NULL)
-		event_free(c->timer);
-	s->nconn--;
-	update_stress(s);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		s->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	smtp_proto_free(&c->sp);
-	bufferevent_free(c->bev);
-	free(c);
-	if (s->drain_until != 0 && s->nconn == 0)
-		event_base_loopexit(s->base, NULL);	/* drained */
+	return c->delivering || c->auth_wait || c->naming || c->down_wait;
 }
 
 /*
- * The replies so far. On a plain connection with nothing queued they go
- * straight to the socket: that spares the write event's epoll_ctl pair and
- * a loop turn per reply. A last reply before closing goes through the
- * bufferevent, whose write callback then closes the connection.
+ * The replies so far (service/conn sends them straight to the socket when
+ * it can); the session's last words close the connection once they are on
+ * the wire. Outside the door's input callback the close may free c: call
+ * it through resume() there.
  */
 static void
-flush_output(struct conn *c)
+flush_output(struct sess *c)
 {
 	size_t n;
 	const char *out = smtp_proto_output(c->sp, &n);
 
-	c->replied |= n > 0;
-	if (n > 0 && !c->tls && !smtp_proto_wants_close(c->sp) &&
-	    evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
-		ssize_t w = send(bufferevent_getfd(c->bev), out, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-
-		if (w > 0) {
-			smtp_proto_output_done(c->sp, (size_t)w);
-			out = smtp_proto_output(c->sp, &n);
-		}
-	}
 	if (n > 0) {
-		bufferevent_write(c->bev, out, n);
+		conn_write(c->conn, out, n);
 		smtp_proto_output_done(c->sp, n);
 	}
-	if (smtp_proto_wants_close(c->sp))
+	if (smtp_proto_wants_close(c->sp) && !c->closing) {
 		c->closing = 1;
+		conn_close(c->conn);
+	}
 }
 
-static void read_cb(struct bufferevent *bev, void *arg);
-
-/* a job for this connection is done: send its answer, read on */
+/* a wait is over: send its answer, read on (pipelined input may be waiting) */
 static void
-resume(struct conn *c)
+resume(struct sess *c)
 {
+	struct conn *conn = c->conn;
+
+	conn_hold(conn);	/* the last words may close it: not under our feet */
 	flush_output(c);
-	bufferevent_enable(c->bev, EV_READ);
-	read_cb(c->bev, c);	/* pipelined input may be waiting */
+	if (conn_release(conn))
+		return;
+	conn_resume(conn);
 }
 
 
@@ -428,7 +260,7 @@ delivery_free(struct delivery *d)
 	free(d);
 }
 
-static void sieve_decided(struct conn *c);
+static void sieve_decided(struct sess *c);
 
 /* on a job thread: the blocking part */
 static void
@@ -488,11 +320,11 @@ static void
 delivery_done(void *arg)
 {
 	struct delivery *d = arg;
-	struct conn *c = d->c;
+	struct sess *c = d->c;
 
 	if (d->door_back) {	/* the scripts did more than pass it: as sieve_job_done */
 		delivery_free(d);
-		if (conn_release(c))
+		if (sess_release(c, &c->delivering))
 			return;
 		if (c->srv->stopping)
 			smtp_sieve_free(&c->sv);
@@ -511,7 +343,7 @@ delivery_done(void *arg)
 	}
 	else
 		log_error("conn=%s delivery from %s failed: %s", d->conn, d->client, d->err);
-	if (!conn_release(c)) {
+	if (!sess_release(c, &c->delivering)) {
 		if (d->ok)
 			smtp_proto_delivered(c->sp, 1, NULL, NULL, d->id);
 		else if (d->spool_err == ENOSPC || d->spool_err == EDQUOT)
@@ -526,13 +358,13 @@ delivery_done(void *arg)
 
 /* ---- pass-through: the downstream session runs on this loop ---- */
 
-static char *received_header(struct conn *c, const struct smtp_msg *m, int store);
+static char *received_header(struct sess *c, const struct smtp_msg *m, int store);
 
 /* the downstream answered a RCPT (or failed before it): mirror it */
 static void
 down_rcpt_cb(void *arg, const char *reply)
 {
-	struct conn *c = arg;
+	struct sess *c = arg;
 
 	c->down_wait = 0;
 	smtp_proto_down_done(c->sp, reply);
@@ -541,7 +373,7 @@ down_rcpt_cb(void *arg, const char *reply)
 
 /* the RCPT the session waits on goes downstream; the first one opens it */
 static void
-down_step(struct conn *c, const struct smtp_down_req *req)
+down_step(struct sess *c, const struct smtp_down_req *req)
 {
 	struct server *s = c->srv;
 	unsigned timeout = s->c->timeout < 60 ? s->c->timeout : 60;
@@ -552,7 +384,7 @@ down_step(struct conn *c, const struct smtp_down_req *req)
 		return;
 	}
 	c->down_wait = 1;
-	bufferevent_disable(c->bev, EV_READ);
+	conn_pause(c->conn);
 	if (req->open && c->ds == NULL) {	/* else opened at MAIL already */
 		c->ds_data = 0;
 		c->ds = downstream_open(s->downs, s->c->downstream, req->helo, timeout,
@@ -563,7 +395,7 @@ down_step(struct conn *c, const struct smtp_down_req *req)
 
 /* pass-through: the client's MAIL was accepted, open the downstream now */
 static void
-down_open_early(struct conn *c, const struct smtp_down_req *req)
+down_open_early(struct sess *c, const struct smtp_down_req *req)
 {
 	struct server *s = c->srv;
 
@@ -577,7 +409,7 @@ down_open_early(struct conn *c, const struct smtp_down_req *req)
 static void
 down_final_cb(void *arg, const char *reply)
 {
-	struct conn *c = arg;
+	struct sess *c = arg;
 
 	c->down_wait = 0;
 	log_info("conn=%s passed on downstream (%s): %s", c->id, c->srv->c->downstream, reply);
@@ -590,7 +422,7 @@ down_final_cb(void *arg, const char *reply)
 
 /* message bytes the session holds, for the downstream's first DATA line */
 static void
-down_send(struct conn *c, const char *p, size_t n, int last)
+down_send(struct sess *c, const char *p, size_t n, int last)
 {
 	char *head = NULL;
 
@@ -605,9 +437,9 @@ down_send(struct conn *c, const char *p, size_t n, int last)
 
 /* pass on what has arrived of a streamed message; no waiting: the bytes
  * queue in the downstream's buffer, up to a bound, the rest stays here (and
- * once the session holds its most, the client is not read: read_cb) */
+ * once the session holds its most, the client is not read: sess_input) */
 static void
-stream_more(struct conn *c)
+stream_more(struct sess *c)
 {
 	const char *p;
 	size_t n;
@@ -670,7 +502,7 @@ first_local(const struct smtp_msg *m, struct maildir_rcpt *r, char **split)
  * and the final dot gets a 4xx.
  */
 static void
-spool_more(struct conn *c)
+spool_more(struct sess *c)
 {
 	const struct smtp_msg *m = smtp_proto_envelope(c->sp);
 	const char *p, *err;
@@ -717,7 +549,7 @@ spool_more(struct conn *c)
 /* the transaction ended without a delivery (refused at the dot, size): its
  * tmp/ file goes */
 static void
-spool_drop(struct conn *c)
+spool_drop(struct sess *c)
 {
 	maildir_tmp_abort(&c->spool);
 	c->spool_err = 0;
@@ -747,14 +579,14 @@ header_text(char *dst, size_t cap, const char *src)
  * §4.4); pass-through leaves that to the MTA that delivers.
  */
 static char *
-received_header(struct conn *c, const struct smtp_msg *m, int store)
+received_header(struct sess *c, const struct smtp_msg *m, int store)
 {
 	struct server *s = c->srv;
 	char date[64], helo[128], client[128], rcpt[600], sender[600], tls[200] = "";
 	char rp[640] = "";
 	time_t now = time(NULL);
 	struct tm tm;
-	SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+	SSL *ssl = conn_ssl(c->conn);
 
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
@@ -785,13 +617,13 @@ received_header(struct conn *c, const struct smtp_msg *m, int store)
 
 /* ---- Sieve: server and domain scripts at the final dot (smtp_sieve) ---- */
 
-static void deliver(struct conn *c, struct smtp_msg *m);
-static struct delivery *delivery_new(struct conn *c, struct smtp_msg *m);
+static void deliver(struct sess *c, struct smtp_msg *m);
+static struct delivery *delivery_new(struct sess *c, struct smtp_msg *m);
 
 /* message bytes into the spool of a message under scripts (opened with our
  * trace lines at the first bytes); -1 once spooling failed */
 static int
-sieve_put(struct conn *c, const struct smtp_msg *m, const char *p, size_t n)
+sieve_put(struct sess *c, const struct smtp_msg *m, const char *p, size_t n)
 {
 	const char *err;
 
@@ -828,7 +660,7 @@ sieve_put(struct conn *c, const struct smtp_msg *m, const char *p, size_t n)
  * pieces, as spool_more() does for the store: nothing streams on before
  * the verdict, and the session never holds more than its cap */
 static void
-sieve_spool_more(struct conn *c)
+sieve_spool_more(struct sess *c)
 {
 	const struct smtp_msg *m = smtp_proto_envelope(c->sp);
 	const char *p;
@@ -844,14 +676,14 @@ sieve_spool_more(struct conn *c)
 
 /* the scripts' verdict is the reply to the final dot */
 static void
-sieve_answer(struct conn *c, int ok, const char *code, const char *dsn, const char *text)
+sieve_answer(struct sess *c, int ok, const char *code, const char *dsn, const char *text)
 {
 	smtp_proto_delivered(c->sp, ok, code, dsn, text);	/* text may be in c->sv */
 	smtp_sieve_free(&c->sv);
 	resume(c);
 }
 
-static void sieve_pump(struct conn *c);
+static void sieve_pump(struct sess *c);
 
 static void
 sieve_room_cb(void *arg)
@@ -862,7 +694,7 @@ sieve_room_cb(void *arg)
 /* a passed message, from its spool to the downstream session it was
  * accepted for; the downstream's verdict is the client's answer */
 static void
-sieve_pump(struct conn *c)
+sieve_pump(struct sess *c)
 {
 	int rc = smtp_sieve_pump(c->sv, c->ds, SMTP_STREAM_QUEUE);
 
@@ -885,7 +717,7 @@ sieve_pump(struct conn *c)
 /* store route: redirect targets in our domains become recipients; the
  * number of them that exist */
 static size_t
-sieve_local_targets(struct conn *c, const struct smtp_sieve_result *r)
+sieve_local_targets(struct sess *c, const struct smtp_sieve_result *r)
 {
 	size_t added = 0;
 
@@ -911,7 +743,7 @@ sieve_local_targets(struct conn *c, const struct smtp_sieve_result *r)
 
 /* back on the loop with the scripts' result */
 static void
-sieve_decided(struct conn *c)
+sieve_decided(struct sess *c)
 {
 	struct smtp_msg *m = smtp_proto_pending(c->sp);
 	const struct smtp_sieve_result *r = smtp_sieve_result(c->sv);
@@ -981,7 +813,7 @@ sieve_decided(struct conn *c)
 
 /* what the job needs; the connection waits for it (conn_hold) */
 struct sieve_job {
-	struct conn *c;
+	struct sess *c;
 	struct smtp_sieve *sv;
 	const struct smtp_msg *m;	/* the session's, stable while it waits */
 };
@@ -999,10 +831,10 @@ static void
 sieve_job_done(void *arg)
 {
 	struct sieve_job *j = arg;
-	struct conn *c = j->c;
+	struct sess *c = j->c;
 
 	free(j);
-	if (conn_release(c))
+	if (sess_release(c, &c->delivering))
 		return;
 	if (c->srv->stopping) {	/* no new work: unanswered, the client tries again */
 		smtp_sieve_free(&c->sv);
@@ -1014,7 +846,7 @@ sieve_job_done(void *arg)
 /* the final dot of a message under scripts: the rest into its spool, then
  * the scripts run off the loop */
 static void
-sieve_start(struct conn *c, struct smtp_msg *m)
+sieve_start(struct sess *c, struct smtp_msg *m)
 {
 	struct sieve_job *j;
 	int rc;
@@ -1053,8 +885,7 @@ sieve_start(struct conn *c, struct smtp_msg *m)
 
 		d->door = c->sv;
 		d->m = m;
-		conn_hold(c);
-		bufferevent_disable(c->bev, EV_READ);
+		sess_hold(c, &c->delivering);
 		jobs_submit(c->srv->jobs, delivery_run, delivery_done, d);
 		return;
 	}
@@ -1062,13 +893,12 @@ sieve_start(struct conn *c, struct smtp_msg *m)
 	j->c = c;
 	j->sv = c->sv;
 	j->m = m;
-	conn_hold(c);
-	bufferevent_disable(c->bev, EV_READ);
+	sess_hold(c, &c->delivering);	/* the scripts are the delivery's first part */
 	jobs_submit(c->srv->jobs, sieve_job_run, sieve_job_done, j);
 }
 
 static void
-deliver(struct conn *c, struct smtp_msg *m)
+deliver(struct sess *c, struct smtp_msg *m)
 {
 	struct server *s = c->srv;
 	struct delivery *d;
@@ -1084,20 +914,19 @@ deliver(struct conn *c, struct smtp_msg *m)
 			return;
 		}
 		c->down_wait = 1;
-		bufferevent_disable(c->bev, EV_READ);
+		conn_pause(c->conn);
 		down_send(c, m->data, m->len, 1);	/* the rest and the final dot */
 		return;
 	}
 	d = delivery_new(c, m);
-	conn_hold(c);
-	bufferevent_disable(c->bev, EV_READ);
+	sess_hold(c, &c->delivering);
 	jobs_submit(s->jobs, delivery_run, delivery_done, d);
 }
 
 /* what a delivery job needs of the session (the message data stays the
  * session's until smtp_proto_delivered()) */
 static struct delivery *
-delivery_new(struct conn *c, struct smtp_msg *m)
+delivery_new(struct sess *c, struct smtp_msg *m)
 {
 	struct server *s = c->srv;
 	struct delivery *d = xcalloc(1, sizeof(*d));
@@ -1141,40 +970,15 @@ delivery_new(struct conn *c, struct smtp_msg *m)
 	return d;
 }
 
-static void write_cb(struct bufferevent *bev, void *arg);
-static void event_cb(struct bufferevent *bev, short what, void *arg);
-static void close_check(evutil_socket_t fd, short what, void *arg);
-
-/* STARTTLS: "220 Ready" is queued on the plain bev; TLS wraps it from here */
-static void
-start_tls(struct conn *c)
-{
-	struct server *s = c->srv;
-	/* RFC 3207 §4: whatever the client sent before the handshake is dropped */
-	struct bufferevent *tb = tlsbev_starttls(s->base, c->bev, s->c->tls);
-
-	if (tb == NULL) {
-		log_error("conn=%s cannot start TLS", c->id);
-		c->closing = 1;
-		return;
-	}
-	c->bev = tb;
-	c->tls = 1;
-	bufferevent_setcb(tb, read_cb, write_cb, event_cb, c);
-	set_write_timeout(c);	/* reads: the request's deadline */
-	bufferevent_enable(tb, EV_READ | EV_WRITE);
-	smtp_proto_set_tls(c->sp, 1);
-}
-
 /* ---- AUTH: the password check and its penalty (service/authcheck) ---- */
 
 /* the check's outcome, after its penalty: the reply goes out */
 static void
 auth_checked(void *arg, int result)
 {
-	struct conn *c = arg;
+	struct sess *c = arg;
 
-	if (conn_release(c))
+	if (sess_release(c, &c->auth_wait))
 		return;
 	smtp_proto_auth_done(c->sp, result);
 	resume(c);
@@ -1183,7 +987,7 @@ auth_checked(void *arg, int result)
 static int
 auth_may_ban(void *arg)
 {
-	struct conn *c = arg;
+	struct sess *c = arg;
 
 	return smtp_proto_may_ban(c->sp, (long long)time(NULL));
 }
@@ -1191,69 +995,49 @@ auth_may_ban(void *arg)
 static int
 auth_gone(void *arg)
 {
-	return ((struct conn *)arg)->dead;
+	return conn_is_closing(((struct sess *)arg)->conn);
 }
 
 static const struct authcheck_hooks auth_hooks = { auth_checked, auth_may_ban, auth_gone };
 
-/* an exchange at its end; from read_cb, which reads on by itself */
+/* an exchange at its end; from sess_input, which reads on by itself */
 static void
-check_auth(struct conn *c, struct smtp_auth_req *req)
+check_auth(struct sess *c, struct smtp_auth_req *req)
 {
 	struct authcheck_req r = {
 		.sasl = req->check ? req->sasl : NULL,
 		.ok = req->ok,
-		.addr = c->has_addr ? &c->addr : NULL,
+		.addr = conn_addr(c->conn),
 		.conn_id = c->id,
 	};
 	int res = authcheck_finish(c->srv->auth, &r, &auth_hooks, c);
 
 	if (res == AUTHCHECK_PENDING) {
-		conn_hold(c);	/* the check or the penalty */
-		bufferevent_disable(c->bev, EV_READ);
+		sess_hold(c, &c->auth_wait);	/* the check or the penalty */
 		return;
 	}
 	smtp_proto_auth_done(c->sp, res == AUTHCHECK_BUSY ? SMTP_AUTH_TEMPFAIL : res);
 	flush_output(c);
 }
 
-/* the input is taken for now: the deadline after what came and went */
+/* the bytes the client sent: to the session, and what it asks for done */
 static void
-input_done(struct conn *c)
+sess_input(struct conn *conn)
 {
-	if (c->replied) {	/* answered: the next request's clock starts */
-		c->replied = 0;
-		deadline_request(&c->dl, deadline_now_ms());
-	}
-	c->in_seen = evbuffer_get_length(bufferevent_get_input(c->bev));
-	if (!c->closing)
-		arm_timer(c);
-}
+	struct sess *c = conn_ctx(conn);
+	struct evbuffer *in = conn_input(conn);
 
-static void
-read_cb(struct bufferevent *bev, void *arg)
-{
-	struct conn *c = arg;
-	struct evbuffer *in = bufferevent_get_input(bev);
-	size_t len = evbuffer_get_length(in);
-
-	if (c->srv->stopping)
-		return;		/* shutting down: finish what runs, start nothing */
-	if (c->tls && !c->peer_checked) {
+	if (conn_is_tls(conn) && !c->peer_told) {
 		/* input comes after the handshake: a verified certificate names
 		 * the user AUTH EXTERNAL logs in as */
-		SSL *ssl = bufferevent_openssl_get_ssl(bev);
-		char id[256];
+		const char *peer = conn_tls_peer(conn);
 
-		if (ssl != NULL && SSL_is_init_finished(ssl)) {
-			c->peer_checked = 1;
-			if (tls_peer_identity(ssl, id, sizeof(id)) == 0)
-				smtp_proto_set_tls_peer(c->sp, id);
+		if (peer != NULL) {
+			c->peer_told = 1;
+			smtp_proto_set_tls_peer(c->sp, peer);
 		}
 	}
-	if (len > c->in_seen)
-		deadline_read(&c->dl, len - c->in_seen, smtp_proto_in_data(c->sp), deadline_now_ms());
-	while (!c->closing && evbuffer_get_length(in) > 0) {
+	while (!c->closing && !conn_is_closing(conn) && evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec v;
 		size_t used;
 
@@ -1283,8 +1067,12 @@ read_cb(struct bufferevent *bev, void *arg)
 				flush_output(c);
 				break;
 			case SMTP_ACT_STARTTLS:
-				start_tls(c);
-				input_done(c);
+				/* "220 Ready" is queued; RFC 3207 §4: whatever the
+				 * client sent before the handshake is dropped */
+				if (conn_starttls(conn) == 0)
+					smtp_proto_set_tls(c->sp, 1);
+				else
+					c->closing = 1;	/* closing (logged) */
 				return;
 			case SMTP_ACT_DOWN_RESET:
 				downstream_close(&c->ds);
@@ -1293,25 +1081,24 @@ read_cb(struct bufferevent *bev, void *arg)
 				down_open_early(c, a.down);
 				break;
 			case SMTP_ACT_AUTH_CHECK:
-				if (!c->delivering && !c->down_wait)
+				if (!sess_busy(c))
 					check_auth(c, a.auth);
-				if (smtp_proto_pending_auth(c->sp) != NULL) {
-					input_done(c);
+				if (smtp_proto_pending_auth(c->sp) != NULL)
 					return;
-				}
 				break;	/* answered at once (454): say it, read on */
 			case SMTP_ACT_DOWN_STEP:
-				if (!c->delivering && !c->down_wait)
+				if (!sess_busy(c))
 					down_step(c, smtp_proto_pending_down(c->sp));
-				input_done(c);
 				return;
 			case SMTP_ACT_DELIVER:
-				if (!c->delivering && !c->down_wait)
+				if (!sess_busy(c))
 					deliver(c, a.msg);
-				input_done(c);
 				return;	/* the rest waits for the delivery */
 			case SMTP_ACT_CLOSE:
-				c->closing = 1;
+				if (!c->closing) {
+					c->closing = 1;
+					conn_close(conn);
+				}
 				more = 0;
 				break;
 			case SMTP_ACT_NEED_INPUT:
@@ -1326,184 +1113,123 @@ read_cb(struct bufferevent *bev, void *arg)
 			if (smtp_proto_streaming(c->sp) && smtp_proto_in_data(c->sp) && c->ds != NULL) {
 				/* the session holds its most and the downstream is behind:
 				 * leave the rest in the client's socket until it has room */
-				bufferevent_disable(bev, EV_READ);
+				conn_pause(conn);
 				downstream_wait_room(c->ds, SMTP_STREAM_ROOM, down_room_cb, c);
 				return;
 			}
 			break;
 		}
 	}
-	input_done(c);
-	if (c->closing) {
-		bufferevent_disable(bev, EV_READ);
-		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-			close_check(-1, 0, c);
-	}
 }
 
-/*
- * Close once the last reply is on the wire. Behind a STARTTLS filter the
- * filter's output empties into the socket's bufferevent first: wait for
- * that one too, or the final 221/421/554 would be lost.
- */
-static void
-close_check(evutil_socket_t fd, short what, void *arg)
+/* message data is being read: it earns time at smtp_min_data_rate */
+static int
+sess_in_message(struct conn *conn)
 {
-	struct conn *c = arg;
-	struct bufferevent *under = bufferevent_get_underlying(c->bev);
-
-	(void)fd;
-	(void)what;
-	if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) > 0 &&
-	    c->close_tries++ < 100) {
-		struct timeval tv = { 0, 20000 };
-
-		if (c->close_timer == NULL)
-			c->close_timer = evtimer_new(c->srv->base, close_check, c);
-		evtimer_add(c->close_timer, &tv);
-		return;
-	}
-	conn_free(c);
+	return smtp_proto_in_data(((struct sess *)conn_ctx(conn))->sp);
 }
 
+/* the client took too long: the 421 is service/conn's (words_timeout) */
 static void
-write_cb(struct bufferevent *bev, void *arg)
+sess_timed_out(struct conn *conn)
 {
-	struct conn *c = arg;
+	struct sess *c = conn_ctx(conn);
 
-	(void)bev;
-	if (c->closing)
-		close_check(-1, 0, c);
-}
-
-static void
-event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	struct conn *c = arg;
-
-	if (what & BEV_EVENT_CONNECTED)
-		return;		/* a TLS handshake completed */
-	if ((what & BEV_EVENT_TIMEOUT) && !c->closing) {	/* a write: the client reads nothing */
-		timed_out(c);
-		return;
-	}
-	if ((what & BEV_EVENT_ERROR) && c->tls) {
-		unsigned long e = bufferevent_get_openssl_error(bev);
-
-		if (e != 0) {
-			char buf[200];
-
-			char who[CIDR_TEXT_MAX];
-
-			ERR_error_string_n(e, buf, sizeof(buf));
-			log_info("conn=%s TLS error from [%s]: %s", c->id,
-			    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown", buf);
-		}
-	}
 	smtp_proto_eof(c->sp);
-	conn_free(c);
+	c->closing = 1;
 }
 
+/* the connection ends (peer gone, error, timeout, our close): what is open
+ * goes; a job may still hold it */
 static void
-greet(struct conn *c, const char *hostname)
+sess_closing(struct conn *conn)
 {
-	smtp_proto_start(c->sp, c->has_addr ? &c->addr : NULL, hostname, (long long)time(NULL));
-	flush_output(c);
-	/* the client's first request starts with the greeting, not its first byte */
-	c->replied = 0;
-	deadline_request(&c->dl, deadline_now_ms());
-	arm_timer(c);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	struct sess *c = conn_ctx(conn);
+
+	if (!c->closing)
+		smtp_proto_eof(c->sp);	/* the client left (or we stop) */
+	maildir_tmp_abort(&c->spool);	/* the client left mid-DATA */
+	downstream_close(&c->ds);	/* no callback comes for this connection after this */
+}
+
+/* nothing holds it any more */
+static void
+sess_free(struct conn *conn)
+{
+	struct sess *c = conn_ctx(conn);
+
+	smtp_sieve_free(&c->sv);	/* no job holds it now */
+	smtp_proto_free(&c->sp);
+	free(c);
+}
+
+/* the greeting (or the refusal of a kill-listed client) */
+static void
+greet(struct sess *c, const char *hostname)
+{
+	smtp_proto_start(c->sp, conn_addr(c->conn), hostname, (long long)time(NULL));
 }
 
 /* the client's verified name (service/fcrdns), or none: greet */
 static void
 client_named(void *arg, const char *name)
 {
-	struct conn *c = arg;
+	struct sess *c = arg;
 
-	if (conn_release(c))
+	if (sess_release(c, &c->naming))
 		return;
 	greet(c, name);
+	resume(c);
 }
 
 static void
-lookup_client(struct conn *c)
+lookup_client(struct sess *c)
 {
-	conn_hold(c);	/* the lookup */
-	if (fcrdns_lookup(c->srv->dns, &c->addr, client_named, c) < 0) {
-		(void)conn_release(c);
+	sess_hold(c, &c->naming);	/* the lookup */
+	if (fcrdns_lookup(c->srv->dns, conn_addr(c->conn), client_named, c) < 0) {
+		(void)sess_release(c, &c->naming);	/* in opened(): not closed */
+		conn_resume(c->conn);
 		greet(c, NULL);
+		flush_output(c);
 	}
 }
 
+/* a connection within the limits: the session, and its greeting */
 static void
-accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
+sess_opened(struct conn *conn)
 {
-	struct door *li = arg;
-	struct server *s = li->srv;
-	struct conn *c = xcalloc(1, sizeof(*c));
-	unsigned per_client = 0;
+	struct server *s = conn_server_arg(conn_server(conn));
+	struct sess *c = xcalloc(1, sizeof(*c));
+	int kind = conn_kind(conn);
 
-	(void)salen;
-	stats_add("connections_total{door=\"smtp\"}", 1);
+	c->conn = conn;
 	c->srv = s;
-	c->next = s->conns;
-	if (s->conns)
-		s->conns->prev = c;
-	s->conns = c;
-	c->has_addr = cidr_addr_from_sockaddr(sa, &c->addr) == 0;
-	connid_new(c->id);
-	if (log_is_debug()) {
-		static const char *const kinds[] = { "smtp", "submission", "smtps" };
-		char who[CIDR_TEXT_MAX];
-
-		log_debug("conn=%s connect from [%s] (%s)", c->id,
-		    c->has_addr ? cidr_addr_format(&c->addr, who) : "unknown", kinds[li->kind]);
-	}
-	if (li->kind == LISTEN_SMTPS) {
-		c->bev = tlsbev_accept(s->base, fd, s->c->tls);
-		c->tls = 1;
-	} else {
-		c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	}
+	c->id = conn_id(conn);
+	conn_set_ctx(conn, c);
 	c->sp = smtp_proto_new(&s->params);
 	smtp_proto_set_conn_id(c->sp, c->id);
-	if (li->kind == LISTEN_SMTPS)
+	if (kind == LISTEN_SMTPS)
 		smtp_proto_set_tls(c->sp, 1);
-	if (li->kind != LISTEN_SMTP)
+	if (kind != LISTEN_SMTP)
 		smtp_proto_set_submission(c->sp);
 	else if (!s->c->smtp_auth)
 		smtp_proto_set_no_auth(c->sp);
-	s->nconn++;
-	if (c->has_addr)
-		per_client = anvil_connect(s->anvil, &c->addr, time(NULL));
-	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-	set_write_timeout(c);	/* reads: the request's deadline */
-	c->timer = evtimer_new(s->base, timer_cb, c);
-	deadline_init(&c->dl, s->c->request_deadline, s->c->min_data_rate, deadline_now_ms());
-	arm_timer(c);
-	update_stress(s);
-	if (s->c->max_connections && s->nconn > s->c->max_connections) {
-		static const char msg[] = "421 4.7.0 Too many connections, try again later\r\n";
-
-		bufferevent_write(c->bev, msg, sizeof(msg) - 1);
-		c->closing = 1;
-		return;
-	}
-	if (s->c->max_per_client && per_client > s->c->max_per_client) {
-		static const char msg[] = "421 4.7.0 Too many connections from your address\r\n";
-
-		bufferevent_write(c->bev, msg, sizeof(msg) - 1);
-		c->closing = 1;
-		return;
-	}
-	if (s->dns != NULL && c->has_addr) {
+	if (s->dns != NULL && conn_addr(conn) != NULL) {
 		lookup_client(c);	/* the greeting waits for a verified name */
 		return;
 	}
 	greet(c, NULL);
+	flush_output(c);
 }
+
+static const struct conn_ops sess_ops = {
+	.opened = sess_opened,
+	.input = sess_input,
+	.in_message = sess_in_message,
+	.timed_out = sess_timed_out,
+	.closing = sess_closing,
+	.free = sess_free,
+};
 
 static void
 stop_cb(evutil_socket_t sig, short what, void *arg)
@@ -1515,6 +1241,15 @@ stop_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(s->base, NULL);
 }
 
+/* no session left, or smtp_timeout passed since the drain began */
+static void
+drained(void *arg)
+{
+	struct server *s = arg;
+
+	event_base_loopexit(s->base, NULL);
+}
+
 /* live reload: the new worker takes the listeners; we finish what runs */
 static void
 drain_cb(evutil_socket_t sig, short what, void *arg)
@@ -1523,19 +1258,11 @@ drain_cb(evutil_socket_t sig, short what, void *arg)
 
 	(void)sig;
 	(void)what;
-	if (s->drain_until != 0)
-		return;
-	for (size_t i = 0; i < s->ndoors; i++)
-		listener_free(&s->doors[i].l);
-	s->drain_until = time(NULL) + (time_t)s->c->timeout;
-	log_info("smtp: draining for a reload: %u session%s left, none accepted", s->nconn,
-	    s->nconn == 1 ? "" : "s");
-	if (s->nconn == 0)
-		event_base_loopexit(s->base, NULL);
+	conn_server_drain(s->cs, s->c->timeout, drained, s);
 }
 
 /*
- * Each second: the drain's deadline, the anvil's expiry, and the users
+ * Each second: the drain's deadline and the anvil's expiry (service/conn), and the users
  * reloaded when their file changed (service/users: a broken file keeps the
  * last good users; the alternative is a permanent 550 5.1.1 for every
  * local recipient).
@@ -1547,13 +1274,7 @@ users_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (s->drain_until != 0 && time(NULL) >= s->drain_until) {
-		log_warn("smtp: drained for smtp_timeout, %u session%s still open: closing them",
-		    s->nconn, s->nconn == 1 ? "" : "s");
-		event_base_loopexit(s->base, NULL);
-		return;
-	}
-	anvil_expire(s->anvil, time(NULL));
+	conn_server_tick(s->cs, time(NULL));
 	users_tick(&s->users, time(NULL));
 }
 
@@ -1562,7 +1283,6 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
     const struct smtp_server_conf *c, const char **error_r)
 {
 	struct server *s = xcalloc(1, sizeof(*s));
-	struct door *ls = xcalloc(nfds + 1, sizeof(*ls));
 	struct event *sig_term, *sig_int, *sig_drain, *tick;
 	sigset_t usr2;
 	struct timeval one = { 1, 0 };
@@ -1572,14 +1292,12 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	s->params = c->params;
 	s->params.tls_available = c->tls != NULL;
 	if (sasl_init(error_r) < 0) {
-		free(ls);
 		free(s);
 		return -1;
 	}
 	userdb_sasl_callbacks(&s->users.db, &s->sasl_cb);	/* s->users.db may be reloaded */
 	s->params.sasl_cb = &s->sasl_cb;
 	if (users_open(&s->users, c->users_url, error_r) < 0) {
-		free(ls);
 		free(s);
 		return -1;
 	}
@@ -1594,7 +1312,6 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	s->sieve.pol = c->params.pol;
 	if (c->params.sieve != NULL && smtp_sieve_dirs(c->quarantine_dir, error_r) < 0) {
 		users_close(&s->users);
-		free(ls);
 		free(s);
 		return -1;
 	}
@@ -1602,28 +1319,39 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	if (s->base == NULL) {
 		*error_r = "cannot create the event loop";
 		users_close(&s->users);
-		free(ls);
 		free(s);
 		return -1;
 	}
 	s->jobs = jobs_new(s->base, "delivery", SMTP_DELIVERY_THREADS, 0);
 	s->auth = authcheck_new(s->base, "smtp", "AUTH answered 454", SMTP_AUTH_THREADS,
 	    SMTP_AUTH_QUEUE, &c->penalty, c->ban, c->ban_arg);
-	s->anvil = anvil_new(60);
 	s->downs = downstream_set_new(s->base, c->downstream_cache_time);
 	if (c->resolver != NULL && (s->dns = fcrdns_resolver_new(s->base, c->resolver,
 	    error_r)) == NULL)
 		rc = -1;
-	for (size_t i = 0; i < nfds; i++) {
+	snprintf(s->timeout_words, sizeof(s->timeout_words),
+	    "421 4.4.2 %s Error: timeout exceeded\r\n", s->params.myhostname);
+	s->ccf = (struct conn_server_conf){
+		.door = "smtp",
+		.max_connections = c->max_connections,
+		.max_per_client = c->max_per_client,
+		.timeout = c->timeout,
+		.stress_timeout = c->stress_timeout,
+		.request_deadline = c->request_deadline,
+		.min_data_rate = c->min_data_rate,
+		.tls = c->tls,
+		.words_timeout = s->timeout_words,
+		.words_too_many = "421 4.7.0 Too many connections, try again later\r\n",
+		.words_too_many_client = "421 4.7.0 Too many connections from your address\r\n",
+		.message_name = "DATA",
+	};
+	s->cs = conn_server_new(s->base, &s->ccf, &sess_ops, s);
+	for (size_t i = 0; i < nfds && rc == 0; i++) {
 		static const char *const names[] = { "smtp", "submission", "smtps" };
 
-		ls[i].srv = s;
-		ls[i].kind = kinds[i];
-		ls[i].l = listener_new(s->base, fds[i], names[kinds[i]], accept_cb, &ls[i]);
-		if (ls[i].l == NULL) {
-			*error_r = "cannot listen";
+		if (conn_server_listen(s->cs, fds[i], names[kinds[i]], (int)kinds[i],
+		    kinds[i] == LISTEN_SMTPS, error_r) < 0)
 			rc = -1;
-		}
 	}
 	sig_term = evsignal_new(s->base, SIGTERM, stop_cb, s);
 	sig_int = evsignal_new(s->base, SIGINT, stop_cb, s);
@@ -1636,31 +1364,22 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	sigemptyset(&usr2);
 	sigaddset(&usr2, SIGUSR2);
 	pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
-	s->doors = ls;
-	s->ndoors = nfds;
 	event_add(tick, &one);
 	if (rc == 0)
 		event_base_dispatch(s->base);
-	for (size_t i = 0; i < nfds; i++)
-		listener_free(&ls[i].l);
+	conn_server_stop(s->cs);	/* no new input; what runs finishes */
 	s->stopping = 1;
 	fcrdns_resolver_free(&s->dns);	/* pending lookups call back first */
 	jobs_free(&s->jobs);	/* deliveries in flight finish first */
 	authcheck_free(&s->auth);	/* checks in flight call back; penalty waits are dropped */
-	while (s->conns != NULL) {
-		smtp_proto_eof(s->conns->sp);
-		s->conns->delivering = 0;
-		conn_free(s->conns);
-	}
+	conn_server_free(&s->cs);	/* every session hears closing, then free */
 	downstream_set_free(&s->downs);	/* sessions saying QUIT are cut short */
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(sig_drain);
 	event_free(tick);
 	event_base_free(s->base);
-	anvil_free(&s->anvil);
 	users_close(&s->users);
-	free(ls);
 	free(s);
 	return rc;
 }
