@@ -26,7 +26,7 @@ static char **header_values(struct sieve_run *run, const struct sieve_node *n, c
 	int last = sieve_node_has_tag(n, "last");
 	for (size_t k = 0; k < nn; k++) {
 		size_t total = 0;
-		for (size_t i = 0; i < nh; i++)
+		for (size_t i = 0; index > 0 && last && i < nh; i++)
 			total += strcasecmp(h[i].name, names[k]) == 0;
 		size_t seen = 0;
 		for (size_t i = 0; i < nh; i++) {
