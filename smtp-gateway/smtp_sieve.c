@@ -67,6 +67,7 @@ struct smtp_sieve {
 	/* a small message not spooled yet (smtp_sieve_open_mem): the job
 	 * thread writes head + mem to the spool before the scripts run */
 	int store;		/* the route */
+	int pending;		/* head + mem not spooled yet */
 	char *head;
 	const char *mem;
 	size_t memlen;
@@ -293,6 +294,7 @@ smtp_sieve_open_mem(const struct smtp_sieve_conf *k, const struct smtp_msg *m, i
 		return -1;
 	}
 	sv->head = xstrdup(head);
+	sv->pending = 1;
 	sv->mem = data;
 	sv->memlen = len;
 	sv->size = len;
@@ -305,7 +307,7 @@ smtp_sieve_write(struct smtp_sieve *sv, const char *p, size_t n, const char **er
 {
 	static char err[300];
 
-	if (sv->mem != NULL) {
+	if (sv->pending) {
 		*error_r = "the message was given whole";
 		errno = EINVAL;
 		return -1;
@@ -342,8 +344,12 @@ struct rawfield {
 };
 
 struct spooled {
-	int fd;			/* the spool, read-only use */
+	int fd;			/* the spool, read-only use; -1: the message in memory */
 	int own_fd;		/* ours to close */
+	/* a small message (smtp_sieve_open_mem): read from head + mem, the
+	 * same bytes as the spool, which is not read back */
+	const char *head, *mem;
+	size_t headlen, memlen;
 	off_t size;
 	char *hbuf;		/* the header section (and the body, when read) */
 	size_t hend;		/* the end of the fields (before the empty line) */
@@ -352,6 +358,28 @@ struct spooled {
 	struct rawfield *raw;
 	size_t nraw;
 };
+
+/* n octets from off of the message (the spool, or head + mem) */
+static ssize_t
+spooled_pread(const struct spooled *s, char *buf, size_t n, off_t off)
+{
+	size_t got = 0, o = (size_t)off;
+
+	if (s->fd >= 0)
+		return pread_full(s->fd, buf, n, off);
+	if (o < s->headlen) {
+		got = s->headlen - o < n ? s->headlen - o : n;
+		memcpy(buf, s->head + o, got);
+	}
+	if (got < n && o + got >= s->headlen && o + got - s->headlen < s->memlen) {
+		size_t mo = o + got - s->headlen, k = s->memlen - mo < n - got ? s->memlen - mo :
+		    n - got;
+
+		memcpy(buf + got, s->mem + mo, k);
+		got += k;
+	}
+	return (ssize_t)got;
+}
 
 static void
 spooled_free(struct spooled *s)
@@ -412,13 +440,17 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 	int stop;
 	struct sieve_msg *m;
 
-	if (fstat(s->fd, &st) < 0) {
+	if (s->fd < 0) {
+		s->size = (off_t)(s->headlen + s->memlen);
+	} else if (fstat(s->fd, &st) < 0) {
 		*error_r = seterr(err, sizeof(err), "cannot stat the spool: %s", strerror(errno));
 		return NULL;
+	} else {
+		s->size = st.st_size;
 	}
-	s->size = st.st_size;
-	s->hbuf = xmalloc(SMTP_SIEVE_MAX_HEADER + 1);
-	if ((r = pread_full(s->fd, s->hbuf, SMTP_SIEVE_MAX_HEADER, 0)) < 0) {
+	len = s->size < SMTP_SIEVE_MAX_HEADER ? (size_t)s->size : SMTP_SIEVE_MAX_HEADER;
+	s->hbuf = xmalloc(len + 1);
+	if ((r = spooled_pread(s, s->hbuf, len, 0)) < 0) {
 		*error_r = seterr(err, sizeof(err), "cannot read the spool: %s", strerror(errno));
 		return NULL;
 	}
@@ -454,7 +486,7 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 		if (want > SMTP_SIEVE_MAX_BODY)
 			want = SMTP_SIEVE_MAX_BODY;
 		s->hbuf = xrealloc(s->hbuf, text_len + want + 1);
-		if ((r = pread_full(s->fd, s->hbuf + text_len, want, (off_t)text_len)) < 0) {
+		if ((r = spooled_pread(s, s->hbuf + text_len, want, (off_t)text_len)) < 0) {
 			*error_r = seterr(err, sizeof(err), "cannot read the spool: %s",
 			    strerror(errno));
 			return NULL;
@@ -509,14 +541,14 @@ emit_field(sink_fn out, void *arg, const struct sieve_header *h)
 }
 
 static int
-copy_range(int fd, off_t from, off_t to, sink_fn out, void *arg)
+copy_range(const struct spooled *s, off_t from, off_t to, sink_fn out, void *arg)
 {
 	char *buf = xmalloc(COPY_PIECE);
 	int rc = 0;
 
 	while (from < to) {
 		size_t want = (size_t)(to - from) < COPY_PIECE ? (size_t)(to - from) : COPY_PIECE;
-		ssize_t r = pread_full(fd, buf, want, from);
+		ssize_t r = spooled_pread(s, buf, want, from);
 
 		if (r <= 0 || out(arg, buf, (size_t)r) < 0) {
 			rc = -1;
@@ -540,7 +572,7 @@ emit_message(const struct spooled *s, const struct sieve_msg *m, const struct si
 	size_t j = 0;
 
 	if (hdr == NULL)
-		return copy_range(s->fd, 0, s->size, out, arg);
+		return copy_range(s, 0, s->size, out, arg);
 	if (s->skip > 0 && out(arg, s->hbuf, s->skip) < 0)
 		return -1;	/* our Return-Path: stays on top */
 	for (size_t i = 0; i < nhdr; i++) {
@@ -558,7 +590,7 @@ emit_message(const struct spooled *s, const struct sieve_msg *m, const struct si
 			return -1;
 		}
 	}
-	return copy_range(s->fd, (off_t)s->hend, s->size, out, arg);
+	return copy_range(s, (off_t)s->hend, s->size, out, arg);
 }
 
 /* quarantine: a copy into quarantine_dir/new/, fsynced, named in qid */
@@ -663,7 +695,9 @@ redirect_fd(struct smtp_sieve *sv, size_t skip, int *own_r, char **path_r)
 			close(fd);
 		return -1;
 	}
-	if (copy_range(fd, (off_t)skip, st.st_size, sink_fd, &cfd) < 0) {
+	struct spooled src = { .fd = fd };
+
+	if (copy_range(&src, (off_t)skip, st.st_size, sink_fd, &cfd) < 0) {
 		close(cfd);
 		cfd = -1;
 	}
@@ -747,10 +781,10 @@ smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
 
 	memset(&s, 0, sizeof(s));
 	s.fd = -1;
-	if (sv->head != NULL) {	/* a small message: its spool is made here, off the loop */
+	if (sv->pending) {	/* a small message: its spool is made here, off the loop */
 		const char *mem = sv->mem;
 
-		sv->mem = NULL;	/* the session's; not ours past this */
+		sv->pending = 0;	/* written: smtp_sieve_write() takes no more */
 		sv->size = 0;
 		errno = 0;
 		if (spool_create(sv, sv->head, &err) < 0 ||
@@ -760,10 +794,13 @@ smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
 			snprintf(res->err, sizeof(res->err), "spooling: %s", err);
 			return;
 		}
-		free(sv->head);
-		sv->head = NULL;
-	}
-	if (store) {
+		/* the scripts read the same bytes from memory (the session's
+		 * until this job is done): the spool is not read back */
+		s.head = sv->head;
+		s.headlen = strlen(sv->head);
+		s.mem = mem;
+		s.memlen = sv->memlen;
+	} else if (store) {
 		if (maildir_tmp_open_read(sv->st, &s.fd, &err) < 0) {
 			res->tempfail = 1;
 			snprintf(res->err, sizeof(res->err), "sieve: %s", err);
