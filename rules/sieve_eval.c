@@ -106,6 +106,26 @@ char **sieve_arg_list(struct sieve_run *run, const struct sieve_node *n, unsigne
 	return arg_list(run, n->pos[i], n_r);
 }
 
+/* positional argument i as the script has it, not copied, when nothing in
+ * it can be a variable; else a copy as sieve_arg_list() makes. Read only;
+ * give it back with sieve_arg_list_ro_free() */
+char **sieve_arg_list_ro(struct sieve_run *run, const struct sieve_node *n, unsigned i,
+    size_t *n_r)
+{
+	if (i < n->npos && n->pos[i]->sv != NULL && !run->script->uses_vars) {
+		*n_r = n->pos[i]->n;
+		return n->pos[i]->sv;
+	}
+	return sieve_arg_list(run, n, i, n_r);
+}
+
+void sieve_arg_list_ro_free(const struct sieve_node *n, unsigned i, char **v, size_t nv)
+{
+	if (i < n->npos && v == n->pos[i]->sv)
+		return;
+	sieve_strv_free(v, nv);
+}
+
 static int tag_index(const struct sieve_node *n, const char *tag)
 {
 	const char *const *tags = n->def ? n->def->tags : n->ext ? n->ext->tags : NULL;

@@ -64,6 +64,11 @@ int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a,
 /* shared by the evaluator's files (sieve_eval.c, sieve_tests.c, sieve_flags.c) */
 void sv_strv_push(char ***v, size_t *n, char *s);
 char *sv_tag_expanded(struct sieve_run *run, const struct sieve_node *n, int i);
+/* a positional argument's strings without a copy when it holds no variable
+ * (read only); sieve_arg_list_ro_free() gives it back */
+char **sieve_arg_list_ro(struct sieve_run *run, const struct sieve_node *n, unsigned i,
+    size_t *n_r);
+void sieve_arg_list_ro_free(const struct sieve_node *n, unsigned i, char **v, size_t nv);
 const struct sieve_header *sv_hdrs(struct sieve_run *run, size_t *n_r);
 int sv_test_address(struct sieve_run *run, const struct sieve_node *n);
 int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n);

@@ -74,8 +74,8 @@ static char *addr_part(int ap, const char *addr, const char *delim)
 int sv_test_address(struct sieve_run *run, const struct sieve_node *n)
 {
 	size_t nn, nk, nv = 0, nvals = 0;
-	char **names = sieve_arg_list(run, n, 0, &nn);
-	char **keys = sieve_arg_list(run, n, 1, &nk);
+	char **names = sieve_arg_list_ro(run, n, 0, &nn);
+	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
 	char **vals = header_values(run, n, names, nn, &nv, 1);
 	char **parts = NULL;
 	for (size_t i = 0; i < nv; i++) {
@@ -105,16 +105,16 @@ int sv_test_address(struct sieve_run *run, const struct sieve_node *n)
 	int r = sieve_match_values(run, n, parts, nvals, keys, nk);
 	sieve_strv_free(parts, nvals);
 	sieve_strv_free(vals, nv);
-	sieve_strv_free(names, nn);
-	sieve_strv_free(keys, nk);
+	sieve_arg_list_ro_free(n, 0, names, nn);
+	sieve_arg_list_ro_free(n, 1, keys, nk);
 	return r;
 }
 
 int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n)
 {
 	size_t nn, nk, nv = 0;
-	char **names = sieve_arg_list(run, n, 0, &nn);
-	char **keys = sieve_arg_list(run, n, 1, &nk);
+	char **names = sieve_arg_list_ro(run, n, 0, &nn);
+	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
 	char **vals = NULL;
 	for (size_t i = 0; i < nn; i++) {
 		const char *e = NULL;
@@ -211,32 +211,32 @@ int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n)
 	}
 	int r = sieve_match_values(run, n, vals, nv, keys, nk);
 	sieve_strv_free(vals, nv);
-	sieve_strv_free(names, nn);
-	sieve_strv_free(keys, nk);
+	sieve_arg_list_ro_free(n, 0, names, nn);
+	sieve_arg_list_ro_free(n, 1, keys, nk);
 	return r;
 }
 
 int sv_test_header(struct sieve_run *run, const struct sieve_node *n)
 {
 	size_t nn, nk, nv;
-	char **names = sieve_arg_list(run, n, 0, &nn);
-	char **keys = sieve_arg_list(run, n, 1, &nk);
+	char **names = sieve_arg_list_ro(run, n, 0, &nn);
+	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
 	char **vals = header_values(run, n, names, nn, &nv, 1);
 	int r = sieve_match_values(run, n, vals, nv, keys, nk);
 	sieve_strv_free(vals, nv);
-	sieve_strv_free(names, nn);
-	sieve_strv_free(keys, nk);
+	sieve_arg_list_ro_free(n, 0, names, nn);
+	sieve_arg_list_ro_free(n, 1, keys, nk);
 	return r;
 }
 
 int sv_test_exists(struct sieve_run *run, const struct sieve_node *n)
 {
 	size_t nn;
-	char **names = sieve_arg_list(run, n, 0, &nn);
+	char **names = sieve_arg_list_ro(run, n, 0, &nn);
 	int r = 1;
 	for (size_t i = 0; i < nn && r; i++)
 		r = sv_header_get(run, names[i], 0) != NULL;
-	sieve_strv_free(names, nn);
+	sieve_arg_list_ro_free(n, 0, names, nn);
 	return r;
 }
 
