@@ -70,6 +70,13 @@ void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 {
 	run->msg = m;
 	sv_body_cache_free(run);
+	for (size_t i = 0; i < run->nhvals; i++) {
+		free(run->hvals[i].name);
+		sieve_strv_free(run->hvals[i].vals, run->hvals[i].n);
+	}
+	free(run->hvals);
+	run->hvals = NULL;
+	run->nhvals = 0;
 	for (size_t i = 0; i < run->nhdr; i++) {
 		free(run->hdr[i].name);
 		free(run->hdr[i].value);

@@ -29,6 +29,10 @@ struct sieve_run {
 	const struct sieve_script **included; size_t nincluded;
 	unsigned include_depth;
 	struct sv_body_cache *body;	/* the body tests' parts (sieve_body.c) */
+	/* the decoded values per header name, read from the unedited header
+	 * (sieve_tests.c); dropped with the message */
+	struct sv_hval { char *name; char **vals; size_t n; } *hvals;
+	size_t nhvals;
 };
 
 void sv_runtime_error(struct sieve_run *run, unsigned line, const char *fmt, ...)

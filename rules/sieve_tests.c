@@ -46,6 +46,75 @@ static char **header_values(struct sieve_run *run, const struct sieve_node *n, c
 	return out;
 }
 
+#define HVALS_MAX 64	/* header names whose values a run keeps */
+
+/* the decoded values of the header NAME, kept by the run (an unedited
+ * header only); NULL: not kept (edited, or too many names) */
+static const struct sv_hval *hvals_get(struct sieve_run *run, const char *name)
+{
+	if (run->hdr_edited)
+		return NULL;
+	for (size_t i = 0; i < run->nhvals; i++)
+		if (strcasecmp(run->hvals[i].name, name) == 0)
+			return &run->hvals[i];
+	if (run->nhvals >= HVALS_MAX)
+		return NULL;
+	size_t nh, no = 0;
+	const struct sieve_header *h = sv_hdrs(run, &nh);
+	char **out = NULL;
+	for (size_t i = 0; i < nh; i++)
+		if (strcasecmp(h[i].name, name) == 0)
+			sv_strv_push(&out, &no, sv_mime_decode(h[i].value));
+	run->hvals = xreallocarray(run->hvals, run->nhvals + 1, sizeof(*run->hvals));
+	struct sv_hval *v = &run->hvals[run->nhvals++];
+	v->name = xstrdup(name);
+	v->vals = out;
+	v->n = no;
+	return v;
+}
+
+/*
+ * The decoded values of the named headers (no :index, :last) as the run
+ * keeps them: *own_r 0, nothing to free but, for several names, the array
+ * (*own_r 1). NULL when they are not kept: header_values() then.
+ */
+static char **hvals_list(struct sieve_run *run, const struct sieve_node *n, char **names,
+    size_t nn, size_t *n_r, int *own_r)
+{
+	static char *none[1];
+	*own_r = 0;
+	if (run->hdr_edited || sieve_node_has_tag(n, "index") || sieve_node_has_tag(n, "last"))
+		return NULL;
+	if (nn == 0) {
+		*n_r = 0;
+		return none;
+	}
+	if (nn == 1) {
+		const struct sv_hval *v = hvals_get(run, names[0]);
+		if (v == NULL)
+			return NULL;
+		*n_r = v->n;
+		return v->vals != NULL ? v->vals : none;
+	}
+	size_t total = 0;
+	for (size_t k = 0; k < nn; k++) {
+		const struct sv_hval *v = hvals_get(run, names[k]);
+		if (v == NULL)
+			return NULL;
+		total += v->n;
+	}
+	char **out = xcalloc(total + 1, sizeof(char *));
+	size_t o = 0;
+	for (size_t k = 0; k < nn; k++) {
+		const struct sv_hval *v = hvals_get(run, names[k]);	/* kept: found */
+		for (size_t i = 0; i < v->n; i++)
+			out[o++] = v->vals[i];
+	}
+	*n_r = total;
+	*own_r = 1;
+	return out;
+}
+
 static char *addr_part(int ap, const char *addr, const char *delim)
 {
 	if (ap == AP_ALL)
@@ -76,7 +145,11 @@ int sv_test_address(struct sieve_run *run, const struct sieve_node *n)
 	size_t nn, nk, nv = 0, nvals = 0;
 	char **names = sieve_arg_list_ro(run, n, 0, &nn);
 	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
-	char **vals = header_values(run, n, names, nn, &nv, 1);
+	int own;
+	char **vals = hvals_list(run, n, names, nn, &nv, &own);
+	int kept = vals != NULL;	/* the run's: not freed */
+	if (!kept)
+		vals = header_values(run, n, names, nn, &nv, 1);
 	char **parts = NULL;
 	for (size_t i = 0; i < nv; i++) {
 		size_t na;
@@ -104,7 +177,10 @@ int sv_test_address(struct sieve_run *run, const struct sieve_node *n)
 	}
 	int r = sieve_match_values(run, n, parts, nvals, keys, nk);
 	sieve_strv_free(parts, nvals);
-	sieve_strv_free(vals, nv);
+	if (!kept)
+		sieve_strv_free(vals, nv);
+	else if (own)
+		free(vals);
 	sieve_arg_list_ro_free(n, 0, names, nn);
 	sieve_arg_list_ro_free(n, 1, keys, nk);
 	return r;
@@ -221,7 +297,17 @@ int sv_test_header(struct sieve_run *run, const struct sieve_node *n)
 	size_t nn, nk, nv;
 	char **names = sieve_arg_list_ro(run, n, 0, &nn);
 	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
-	char **vals = header_values(run, n, names, nn, &nv, 1);
+	int own;
+	char **vals = hvals_list(run, n, names, nn, &nv, &own);
+	if (vals != NULL) {	/* the run's: not freed */
+		int r = sieve_match_values(run, n, vals, nv, keys, nk);
+		if (own)
+			free(vals);
+		sieve_arg_list_ro_free(n, 0, names, nn);
+		sieve_arg_list_ro_free(n, 1, keys, nk);
+		return r;
+	}
+	vals = header_values(run, n, names, nn, &nv, 1);
 	int r = sieve_match_values(run, n, vals, nv, keys, nk);
 	sieve_strv_free(vals, nv);
 	sieve_arg_list_ro_free(n, 0, names, nn);
