@@ -136,10 +136,14 @@ void sieve_arg_list_ro_free(const struct sieve_node *n, unsigned i, char **v, si
 static int tag_index(const struct sieve_node *n, const char *tag)
 {
 	const char *const *tags = n->def ? n->def->tags : n->ext ? n->ext->tags : NULL;
+	size_t tl = strlen(tag);
+	unsigned char c0 = (unsigned char)tag[0] | 0x20;	/* tags are letters */
 	for (int i = 0; tags && tags[i] && i < 12; i++) {
 		const char *t = tags[i] + 1;
+		if (((unsigned char)t[0] | 0x20) != c0)
+			continue;	/* (asked on every test run: the cheap check first) */
 		size_t l = strcspn(t, "=@");
-		if (strlen(tag) == l && strncasecmp(t, tag, l) == 0)
+		if (tl == l && strncasecmp(t, tag, l) == 0)
 			return i;
 	}
 	return -1;

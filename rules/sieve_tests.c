@@ -83,7 +83,7 @@ static char **hvals_list(struct sieve_run *run, const struct sieve_node *n, char
 {
 	static char *none[1];
 	*own_r = 0;
-	if (run->hdr_edited || sieve_node_has_tag(n, "index") || sieve_node_has_tag(n, "last"))
+	if (run->hdr_edited || sieve_node_has_tag(n, "index"))	/* (:last needs :index) */
 		return NULL;
 	if (nn == 0) {
 		*n_r = 0;
