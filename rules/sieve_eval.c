@@ -72,6 +72,9 @@ void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 	sv_body_cache_free(run);
 	for (size_t i = 0; i < run->nhvals; i++) {
 		free(run->hvals[i].name);
+		for (size_t k = 0; run->hvals[i].addr != NULL && k < run->hvals[i].n; k++)
+			sieve_strv_free(run->hvals[i].addr[k].norm, run->hvals[i].addr[k].n);
+		free(run->hvals[i].addr);
 		sieve_strv_free(run->hvals[i].vals, run->hvals[i].n);
 	}
 	free(run->hvals);

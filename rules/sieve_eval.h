@@ -31,7 +31,14 @@ struct sieve_run {
 	struct sv_body_cache *body;	/* the body tests' parts (sieve_body.c) */
 	/* the decoded values per header name, read from the unedited header
 	 * (sieve_tests.c); dropped with the message */
-	struct sv_hval { char *name; char **vals; size_t n; } *hvals;
+	struct sv_hval {
+		char *name;
+		char **vals;
+		size_t n;
+		/* the address tests' parse of each value, once asked for:
+		 * its addresses (normalized) and whether one was invalid */
+		struct sv_haddr { char **norm; size_t n; int invalid; } *addr;
+	} *hvals;
 	size_t nhvals;
 };
 

@@ -50,7 +50,7 @@ static char **header_values(struct sieve_run *run, const struct sieve_node *n, c
 
 /* the decoded values of the header NAME, kept by the run (an unedited
  * header only); NULL: not kept (edited, or too many names) */
-static const struct sv_hval *hvals_get(struct sieve_run *run, const char *name)
+static struct sv_hval *hvals_get(struct sieve_run *run, const char *name)
 {
 	if (run->hdr_edited)
 		return NULL;
@@ -70,7 +70,31 @@ static const struct sv_hval *hvals_get(struct sieve_run *run, const char *name)
 	v->name = xstrdup(name);
 	v->vals = out;
 	v->n = no;
+	v->addr = NULL;
 	return v;
+}
+
+/* the addresses of each of v's values, parsed once per run */
+static const struct sv_haddr *haddr_get(struct sv_hval *v)
+{
+	if (v->addr != NULL || v->n == 0)
+		return v->addr;
+	v->addr = xcalloc(v->n, sizeof(*v->addr));
+	for (size_t i = 0; i < v->n; i++) {
+		size_t na;
+		char **as = sv_addr_list(v->vals[i], &na);
+		v->addr[i].invalid = na == 0;
+		for (size_t j = 0; j < na; j++) {
+			char *norm;
+			if (sv_addr_parse(as[j], &norm) < 0) {
+				v->addr[i].invalid = 1;
+				continue;
+			}
+			sv_strv_push(&v->addr[i].norm, &v->addr[i].n, norm);
+		}
+		sieve_strv_free(as, na);
+	}
+	return v->addr;
 }
 
 /*
@@ -145,6 +169,33 @@ int sv_test_address(struct sieve_run *run, const struct sieve_node *n)
 	size_t nn, nk, nv = 0, nvals = 0;
 	char **names = sieve_arg_list_ro(run, n, 0, &nn);
 	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
+	struct sv_hval *hv = NULL;
+	if (nn == 1 && !run->hdr_edited && !sieve_node_has_tag(n, "index"))
+		hv = hvals_get(run, names[0]);
+	if (hv != NULL) {	/* one field, kept by the run: parsed once */
+		const struct sv_haddr *ad = haddr_get(hv);
+		char **parts = NULL;
+		for (size_t i = 0; i < hv->n; i++) {
+			for (size_t j = 0; j < ad[i].n; j++) {
+				char *p = addr_part(n->apart, ad[i].norm[j],
+				    run->limits.recipient_delimiter);
+				if (p)
+					sv_strv_push(&parts, &nvals, p);
+			}
+			/* not (all) valid: :all sees the field as written */
+			if (ad[i].invalid && n->apart == AP_ALL) {
+				const char *v = hv->vals[i];
+				while (*v == ' ' || *v == '\t')
+					v++;
+				sv_strv_push(&parts, &nvals, xstrdup(v));
+			}
+		}
+		int r = sieve_match_values(run, n, parts, nvals, keys, nk);
+		sieve_strv_free(parts, nvals);
+		sieve_arg_list_ro_free(n, 0, names, nn);
+		sieve_arg_list_ro_free(n, 1, keys, nk);
+		return r;
+	}
 	int own;
 	char **vals = hvals_list(run, n, names, nn, &nv, &own);
 	int kept = vals != NULL;	/* the run's: not freed */
