@@ -14,6 +14,8 @@ BUILD   ?= build/release
 BINDIR  ?= bin
 SAN     ?=
 PKGS    := milter hiredis libevent libevent_openssl openssl libgsasl libmaxminddb
+# GMime 3: the IMAP door's MIME decoding (pop-imap-proxy/imap_mime.c)
+PKGS    += gmime-3.0
 CPPFLAGS_ALL := -I. -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 CFLAGS_ALL   := -std=c11 -Wall -Wextra -Werror -pthread $(OPT) $(SAN) $(CFLAGS)
 LIBS_MILTER  := $(shell pkg-config --libs milter 2>/dev/null || echo -lmilter)
@@ -23,6 +25,7 @@ LIBS_LIB     += $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2
 LIBS_EVENT   := $(shell pkg-config --libs libevent libevent_openssl 2>/dev/null || echo -levent -levent_openssl)
 LIBS_SSL     := $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 LIBS_CUNIT   := $(shell pkg-config --libs cunit 2>/dev/null || echo -lcunit)
+LIBS_GMIME   := $(shell pkg-config --libs gmime-3.0 2>/dev/null || echo -lgmime-3.0 -lgio-2.0 -lgobject-2.0 -lglib-2.0)
 LDFLAGS_ALL  := -pthread $(SAN) $(LDFLAGS)
 
 LIB_SRC := $(wildcard common/*.c) $(wildcard storage-adapter/*.c) $(wildcard rules/*.c)
@@ -34,10 +37,11 @@ CLI_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c))
 UNIT_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c) smtp-gateway/smtp_proto.c smtp-gateway/smtp_conf.c smtp-gateway/relay_send.c \
               smtp-gateway/smtp_sieve.c smtp-gateway/downstream.c \
               service/anvil.c service/deadline.c service/listener.c service/jobs.c service/penalty.c \
-              service/conn.c service/tlsbev.c)
+              service/conn.c service/tlsbev.c service/authcheck.c service/users.c service/userip.c)
 DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard policy/*.c))
+DAEMON_OBJ += $(patsubst %.c,$(BUILD)/%.o,$(wildcard pop-imap-proxy/*.c))
 UNIT_OBJ   += $(BUILD)/policy/policy_proto.o $(BUILD)/policy/policy_check.o
-UNIT_OBJ   += $(patsubst %.c,$(BUILD)/%.o,$(wildcard pop-imap-proxy/*.c))
+UNIT_OBJ   += $(patsubst %.c,$(BUILD)/%.o,$(filter-out %_server.c,$(wildcard pop-imap-proxy/*.c)))
 BENCH_ENGINE_OBJ := $(BUILD)/tests/bench/bench_engine.o
 NULLMILTER_OBJ   := $(BUILD)/tests/bench/null_milter.o
 SIEVE_CONF_OBJ   := $(BUILD)/tests/sieve/conformance.o
@@ -47,7 +51,7 @@ SIEVE_BENCH_OBJ  := $(BUILD)/tests/bench/sieve_bench.o
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all asan test unit integration bench run deps clean demo-conf fuzz install
-.PHONY: asan-pop3-tool
+.PHONY: asan-pop3-tool asan-imap-mime-tool
 .PHONY: sieve-conformance sieve-differential
 all: $(BINDIR)/portcullisd $(BINDIR)/portcullis
 
@@ -61,7 +65,7 @@ $(LIB): $(LIB_OBJ)
 
 $(BINDIR)/portcullisd: $(DAEMON_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER) $(LIBS_EVENT) $(LIBS_LIB)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER) $(LIBS_EVENT) $(LIBS_LIB) $(LIBS_GMIME)
 
 $(BINDIR)/portcullis: $(CLI_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
@@ -69,7 +73,7 @@ $(BINDIR)/portcullis: $(CLI_OBJ) $(LIB)
 
 $(BINDIR)/unit-tests: $(UNIT_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_CUNIT) $(LIBS_EVENT) $(LIBS_LIB)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_CUNIT) $(LIBS_EVENT) $(LIBS_LIB) $(LIBS_GMIME)
 
 $(BINDIR)/mailstore-tool: $(BUILD)/tests/integration/mailstore_tool.o $(LIB)
 	@mkdir -p $(dir $@)
@@ -78,6 +82,17 @@ $(BINDIR)/mailstore-tool: $(BUILD)/tests/integration/mailstore_tool.o $(LIB)
 $(BINDIR)/pop3-tool: $(BUILD)/tests/integration/pop3_tool.o $(BUILD)/pop-imap-proxy/pop3_proto.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
+
+$(BINDIR)/imap-mime-tool: $(BUILD)/tests/integration/imap_mime_tool.o $(BUILD)/pop-imap-proxy/imap_mime.o \
+		$(BUILD)/pop-imap-proxy/imap_search.o $(BUILD)/pop-imap-proxy/imap_parser.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB) $(LIBS_GMIME)
+
+$(BINDIR)/imap-session-tool: $(BUILD)/tests/integration/imap_session_tool.o \
+		$(BUILD)/pop-imap-proxy/imap_proto.o $(BUILD)/pop-imap-proxy/imap_parser.o \
+		$(BUILD)/pop-imap-proxy/imap_mime.o $(BUILD)/pop-imap-proxy/imap_search.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB) $(LIBS_GMIME)
 
 $(BINDIR)/bench-engine: $(BENCH_ENGINE_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
@@ -108,6 +123,14 @@ asan:
 asan: asan-pop3-tool
 asan-pop3-tool:
 	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/pop3-tool
+# imap_mime/imap_search on a message file, for tests/integration/test_imap_mime_dovecot.py
+asan: asan-imap-mime-tool
+asan-imap-mime-tool:
+	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/imap-mime-tool
+# the IMAP session over stdin/stdout, for tests/integration/test_imap_session_dovecot.py
+asan: asan-imap-session-tool
+asan-imap-session-tool:
+	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/imap-session-tool
 
 deps:
 	@sh scripts/deps.sh
@@ -146,6 +169,8 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_gateway.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_tls_auth.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_auth_guard.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_penalty_shared.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_user_apop.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_sasl.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_durability.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_smtp_passthrough_durability.py
@@ -169,6 +194,12 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_sieve_admin.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3_dovecot.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_mime_dovecot.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_session_dovecot.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_dovecot_diff.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_stress.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_reload.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_geoip.py
 
@@ -214,9 +245,10 @@ fuzz:
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-sasl tests/fuzz/fuzz_sasl.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap tests/fuzz/fuzz_imap.c pop-imap-proxy/imap_parser.c common/xmalloc.c
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-pop3 tests/fuzz/fuzz_pop3.c pop-imap-proxy/pop3_proto.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
-	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap-proto tests/fuzz/fuzz_imap_proto.c pop-imap-proxy/imap_proto.c pop-imap-proxy/imap_parser.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags gmime-3.0) -o build/fuzz/fuzz-imap-proto tests/fuzz/fuzz_imap_proto.c pop-imap-proxy/imap_proto.c pop-imap-proxy/imap_parser.c pop-imap-proxy/imap_mime.c pop-imap-proxy/imap_search.c $(FUZZ_LIB_SRC) $(LIBS_LIB) $(LIBS_GMIME) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-readers tests/fuzz/fuzz_readers.c common/dotstuff.c \
 	    common/linereader.c common/xmalloc.c common/log.c -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-apop tests/fuzz/fuzz_apop.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	@mkdir -p build/fuzz/corpus-smtp-sieve
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp-sieve tests/fuzz/fuzz_smtp_sieve.c smtp-gateway/smtp_sieve.c \
 	    smtp-gateway/downstream.c smtp-gateway/relay_send.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
@@ -234,7 +266,13 @@ fuzz:
 	build/fuzz/fuzz-pop3 -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-pop3 tests/fuzz/seeds-pop3
 	build/fuzz/fuzz-imap-proto -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-imap-proto tests/fuzz/seeds-imap-proto
 	build/fuzz/fuzz-readers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-readers
+	@mkdir -p build/fuzz/corpus-apop
+	build/fuzz/fuzz-apop -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-apop
 	build/fuzz/fuzz-smtp-sieve -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp-sieve
+	@mkdir -p build/fuzz/corpus-imap-mime
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap-mime tests/fuzz/fuzz_imap_mime.c pop-imap-proxy/imap_mime.c \
+	    pop-imap-proxy/imap_search.c pop-imap-proxy/imap_parser.c common/xmalloc.c common/log.c $(LIBS_GMIME) -pthread
+	build/fuzz/fuzz-imap-mime -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-imap-mime tests/fuzz/seeds-imap-mime
 
 # make install [PREFIX=/usr/local] [DESTDIR=]
 PREFIX     ?= /usr/local

@@ -977,8 +977,10 @@ cmd_user(const struct conf *c, int argc, char **argv)
 		if (authmech_parse(c, &mechs, &err) < 0)
 			die("%s", err);
 		pw = read_password(from_stdin);
-		if (userdb_set_password(url, argv[1], pw, add, (mechs & AUTH_MECH_CRAM) != 0,
-		    &err) < 0) {
+		/* each recoverable secret only while its mechanism is on (README) */
+		if (userdb_set_password(url, argv[1], pw, add,
+		    ((mechs & AUTH_MECH_CRAM) ? USERDB_CRAM : 0) |
+		    (conf_get_bool(c, "pop3_apop") ? USERDB_APOP : 0), &err) < 0) {
 			explicit_bzero(pw, strlen(pw));
 			free(pw);
 			die("%s", err);

@@ -17,6 +17,10 @@ struct conf;
  * the unknown name. An empty list is 0 (no AUTH). */
 int authmech_parse(const struct conf *c, unsigned *mechs_r, const char **error_r)
     __attribute__((warn_unused_result));
+/* the same for another key of mechanism names (a door's own list, e.g.
+ * imap_auth_mechanisms, whose default is $auth_mechanisms) */
+int authmech_parse_key(const struct conf *c, const char *key, unsigned *mechs_r,
+    const char **error_r) __attribute__((warn_unused_result));
 /* one name ("cram-md5", "PLAIN") -> its bit, 0 when unknown */
 unsigned authmech_from_name(const char *name);
 

@@ -201,7 +201,9 @@ check_service(const char *v, const char **why_r)
 {
 	if (strcmp(v, "milter") == 0 || strcmp(v, "smtp") == 0 || strcmp(v, "policy") == 0)
 		return 0;
-	*why_r = "unknown service (expected milter, smtp, policy)";
+	if (strcmp(v, "pop3") == 0 || strcmp(v, "imap") == 0)
+		return 0;
+	*why_r = "unknown service (expected milter, smtp, policy, pop3, imap)";
 	return -1;
 }
 
@@ -292,6 +294,20 @@ check_banner(const char *v, const char **why_r)
 	if (strlen(v) > MAX_REPLY_TEXT) {
 		*why_r = "longer than " STR(MAX_REPLY_TEXT) " characters (an SMTP reply line "
 		    "is at most 512 octets)";
+		return -1;
+	}
+	return 0;
+}
+
+/* the IMAP greeting's text: "* OK [CAPABILITY ...] " + text on one line;
+ * imap_proto keeps 300 characters of it */
+static int
+check_imap_banner(const char *v, const char **why_r)
+{
+	if (check_printable(v, why_r) < 0)
+		return -1;
+	if (strlen(v) > 300) {
+		*why_r = "longer than 300 characters";
 		return -1;
 	}
 	return 0;
@@ -424,8 +440,18 @@ const struct conf_validator conf_validators[] = {
 	{ "relay_networks", 1, check_cidr },
 	{ "max_command_length", 0, check_command_length },
 	{ "metrics_listen", 0, check_optional_listen },
+	{ "pop3_listen", 0, check_listener_count },
+	{ "pop3_listen", 1, check_listen },
+	{ "pop3s_listen", 0, check_listener_count },
+	{ "pop3s_listen", 1, check_listen },
+	{ "pop3_banner", 0, check_banner },
 	{ "policy_listen", 0, check_listener_count },
 	{ "policy_listen", 1, check_policy_listen },
 	{ "log_file", 0, check_optional_absolute },
+	{ "imap_listen", 0, check_listener_count },
+	{ "imap_listen", 1, check_listen },
+	{ "imaps_listen", 0, check_listener_count },
+	{ "imaps_listen", 1, check_listen },
+	{ "imap_banner", 0, check_imap_banner },
 	{ NULL, 0, NULL },
 };

@@ -74,6 +74,27 @@ const struct conf_key conf_keys[] = {
 	{ "auth_failure_ban", "20/10m", CT_STR, NULL, 0, 0 },	/* N/TIME, or 0 */
 	{ "auth_failure_ban_time", "1h", CT_TIME, NULL, 0, 315360000 },
 
+	/* POP3 front door (services = pop3) on the Maildir store of delivery = maildir: */
+	{ "pop3_listen", "127.0.0.1:1110", CT_LIST, NULL, 0, 0 },
+	{ "pop3s_listen", "", CT_LIST, NULL, 0, 0 },	/* implicit TLS (RFC 8314) */
+	{ "pop3_banner", "$myhostname ready.", CT_STR, NULL, 0, 0 },	/* after "+OK " */
+	{ "pop3_auth_mechanisms", "$auth_mechanisms", CT_LIST, NULL, 0, 0 },	/* PLAIN: also USER/PASS */
+	{ "pop3_apop", "no", CT_BOOL, NULL, 0, 0 },	/* APOP (only over TLS unless auth_allow_plaintext) */
+	{ "pop3_max_connections", "200", CT_INT, NULL, 1, 100000 },
+	{ "pop3_max_per_client", "20", CT_INT, NULL, 1, 100000 },
+	{ "pop3_timeout", "600", CT_TIME, NULL, 1, 3600 },	/* RFC 1939: at least 10 minutes idle */
+	{ "mail_max_userip_connections", "10", CT_INT, NULL, 0, 100000 },	/* per user and address */
+
+	/* IMAP4 front door (pop-imap-proxy/imap_server.c) on the Maildir store */
+	{ "imap_listen", "127.0.0.1:1143", CT_LIST, NULL, 0, 0 },
+	{ "imaps_listen", "", CT_LIST, NULL, 0, 0 },		/* implicit TLS (RFC 8314) */
+	{ "imap_banner", "$myhostname ready.", CT_STR, NULL, 0, 0 },
+	{ "imap_auth_mechanisms", "$auth_mechanisms", CT_LIST, NULL, 0, 0 },
+	{ "imap_max_connections", "1000", CT_INT, NULL, 1, 1000000 },
+	{ "imap_max_per_client", "50", CT_INT, NULL, 1, 100000 },	/* per client address */
+	{ "imap_login_timeout", "60", CT_TIME, NULL, 1, 3600 },	/* before login, per request */
+	{ "imap_idle_timeout", "30m", CT_TIME, NULL, 60, 86400 },	/* after login (RFC 3501: >= 30m) */
+
 	/* relay control */
 	{ "mydomains", "", CT_LIST, NULL, 0, 0 },
 	{ "postmaster_address", "", CT_STR, NULL, 0, 0 },	/* "": postmaster@ first mydomain */

@@ -283,7 +283,7 @@ help_of(const char *family)
 		{ "connections_total", "Client connections accepted, by door." },
 		{ "messages_total", "Messages accepted for delivery or passed on, by door." },
 		{ "message_bytes_total", "Octets of accepted messages, by door." },
-		{ "auth_total", "SMTP AUTH attempts, by door and result." },
+		{ "auth_total", "Logins (SMTP AUTH, POP3, IMAP), by door and result." },
 	};
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
 		if (strcmp(t[i].f, family) == 0)

@@ -6,7 +6,7 @@
  *
  * The master reads the configuration, compiles the policy (so errors show
  * before anything runs), binds the SMTP listeners, and forks one worker per
- * entry of `services` (milter, smtp, policy). Each worker loads the lists, starts
+ * entry of `services` (milter, smtp, policy, pop3, imap). Each worker loads the lists, starts
  * its watcher thread and serves; the master restarts a worker that dies
  * (within a second) and stops them all on SIGTERM/SIGINT. A worker says
  * "ready" or why it failed through a pipe: a failure at start-up (a busy
@@ -21,7 +21,7 @@
  * SIGHUP (or `portcullis reload`) reloads the configuration live: the
  * same file and -o overrides are read and checked as at start-up (by
  * `portcullisd -t` run as a child, as run_user), then applied without
- * dropping a connection: a new smtp (and policy) worker starts on the
+ * dropping a connection: a new smtp (policy, pop3, imap) worker starts on the
  * same listening sockets and the old one drains (SIGUSR2: finishes its
  * sessions, then exits; the supervise loop reaps it without a restart);
  * the milter worker swaps its policy, and its list store if that changed,
@@ -73,6 +73,10 @@
 #include "daemon/watcher.h"
 #include "milter/milter.h"
 #include "policy/policy_door.h"
+#include "pop-imap-proxy/imap_conf.h"
+#include "pop-imap-proxy/imap_server.h"
+#include "pop-imap-proxy/pop3_conf.h"
+#include "pop-imap-proxy/pop3_server.h"
 #include "rules/geoip.h"
 #include "rules/policy.h"
 #include "service/listener.h"
@@ -88,11 +92,11 @@
 #include <openssl/ssl.h>
 
 #define DEFAULT_CONF "/etc/portcullis/portcullis.conf"
-#define MAX_SERVICES 4
+#define MAX_SERVICES 8
 #define READY_TIMEOUT_MS 15000
 #define ORPHAN_GRACE_MS 700	/* a worker whose master died stops within this, or is cut */
 
-enum service { SVC_MILTER, SVC_SMTP, SVC_POLICY, SVC_COUNT };
+enum service { SVC_MILTER, SVC_SMTP, SVC_POLICY, SVC_POP3, SVC_IMAP, SVC_COUNT };
 
 struct worker {
 	enum service svc;
@@ -107,8 +111,14 @@ static const struct policy *pol;
 static int smtp_fds[MAX_LISTENERS];
 static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
 static size_t nsmtp_fds;
+static int pop3_fds[MAX_LISTENERS];
+static enum pop3_listener_kind pop3_kinds[MAX_LISTENERS];
+static size_t npop3_fds;
 static int policy_fds[MAX_LISTENERS];
 static size_t npolicy_fds;
+static int imap_fds[MAX_LISTENERS];
+static enum imap_listener_kind imap_kinds[MAX_LISTENERS];
+static size_t nimap_fds;
 static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watches [0] */
 
 /* live reload */
@@ -126,7 +136,8 @@ static size_t ndraining;
 /* bound, or fixed for the process' life: a reload keeps their running values */
 static const char *const restart_keys[] = {
 	"smtp_listen", "submission_listen", "smtps_listen", "milter_listen", "metrics_listen",
-	"policy_listen", "run_user", "state_dir", "services", "pid_file", "log_file",
+	"policy_listen", "pop3_listen", "pop3s_listen", "imap_listen", "imaps_listen",
+	"run_user", "state_dir", "services", "pid_file", "log_file",
 	/* read when the milter worker starts its sieve watcher */
 	"sieve_dir", "sieve_max_script_size", "sieve_max_nesting", "sieve_max_actions",
 	"sieve_max_redirects", "sieve_max_include_depth", "sieve_max_cpu_steps", NULL,
@@ -784,11 +795,222 @@ smtp_svc_run(void *set, struct worker_ctx *wc)
 	return rc;
 }
 
+/* pop3 */
+
+static void *
+pop3_compile(const struct conf *c, int reloading, char *err, size_t cap)
+{
+	const char *e, *users = conf_get(c, "users");
+	struct pop3_conf *pc = pop3_conf_new(c, &e);
+
+	if (pc == NULL) {
+		snprintf(err, cap, "%s", e);
+		return NULL;
+	}
+	if (reloading && users[0] != '\0') {	/* as smtp_compile: not after "ready" */
+		struct userdb *db = userdb_load(users, &e);
+
+		if (db == NULL) {
+			snprintf(err, cap, "%s: users: %s", conf_where(c, "users"), e);
+			pop3_conf_free(&pc);
+			return NULL;
+		}
+		userdb_free(&db);
+	}
+	return pc;
+}
+
+static void
+pop3_settings_free(void *set)
+{
+	struct pop3_conf *pc = set;
+
+	pop3_conf_free(&pc);
+}
+
+static int
+pop3_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
+{
+	const struct pop3_conf *pc = set;
+	const char *e;
+
+	for (int k = 0; k < POP3_CONF_KINDS; k++) {
+		const char *key = pop3_conf_listen_keys[k];
+
+		for (size_t j = 0; j < pc->nlisten[k]; j++) {
+			int fd = -1;
+
+			if (npop3_fds >= MAX_LISTENERS) {
+				snprintf(err, cap, "%s: %s: too many listeners (at most %d in pop3_listen "
+				    "and pop3s_listen together)", conf_where(c, key), key, MAX_LISTENERS);
+				return -1;
+			}
+			if (dry) {
+				struct sockaddr_storage ss;
+				socklen_t sl;
+
+				if (listener_parse(pc->listen[k][j], key, &ss, &sl, &e) < 0) {
+					snprintf(err, cap, "%s: %s", conf_where(c, key), e);
+					return -1;
+				}
+			} else if (listener_bind(pc->listen[k][j], key, &fd, &e) < 0) {
+				snprintf(err, cap, "%s", e);
+				return -1;
+			}
+			pop3_kinds[npop3_fds] = (enum pop3_listener_kind)k;
+			pop3_fds[npop3_fds++] = fd;
+		}
+	}
+	return 0;
+}
+
+static void
+pop3_unbind(void)
+{
+	for (size_t i = 0; i < npop3_fds; i++)
+		if (pop3_fds[i] >= 0)
+			close(pop3_fds[i]);
+	npop3_fds = 0;
+}
+
+static int
+pop3_svc_run(void *set, struct worker_ctx *wc)
+{
+	struct pop3_conf *pc = set;
+	const char *err;
+	int rc = 0;
+
+	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
+		return 1;
+	pc->srv.pol = pol;
+	pc->srv.snaps = &wc->snaps;
+	pc->srv.ban = watcher_ban;
+	pc->srv.ban_arg = wc->w;
+	block_stop_signals(SIG_UNBLOCK);
+	log_info("pop3 ready on %s%s%s", conf_get(conf, "pop3_listen"),
+	    pc->nlisten[POP3_LISTEN_POP3S] ? ", pop3s on " : "",
+	    pc->nlisten[POP3_LISTEN_POP3S] ? conf_get(conf, "pop3s_listen") : "");
+	ready(wc->readyfd, "ok\n");
+	if (pop3_server_run(pop3_fds, pop3_kinds, npop3_fds, &pc->srv, &err) < 0) {
+		log_error("pop3: %s", err);
+		rc = -1;
+	}
+	block_stop_signals(SIG_BLOCK);
+	return rc;
+}
+
+/* imap */
+
+static void *
+imap_compile(const struct conf *c, int reloading, char *err, size_t cap)
+{
+	const char *e, *users = conf_get(c, "users");
+	struct imap_conf *ic = imap_conf_new(c, &e);
+
+	if (ic == NULL) {
+		snprintf(err, cap, "%s", e);
+		return NULL;
+	}
+	/* the new worker reads it after saying ready: a bad one must not get that far */
+	if (reloading && users[0] != '\0') {
+		struct userdb *db = userdb_load(users, &e);
+
+		if (db == NULL) {
+			snprintf(err, cap, "%s: users: %s", conf_where(c, "users"), e);
+			imap_conf_free(&ic);
+			return NULL;
+		}
+		userdb_free(&db);
+	}
+	return ic;
+}
+
+static void
+imap_settings_free(void *set)
+{
+	struct imap_conf *ic = set;
+
+	imap_conf_free(&ic);
+}
+
+static int
+imap_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
+{
+	const struct imap_conf *ic = set;
+	const char *e;
+
+	for (int k = 0; k < IMAP_CONF_KINDS; k++) {
+		const char *key = imap_conf_listen_keys[k];
+
+		for (size_t j = 0; j < ic->nlisten[k]; j++) {
+			int fd = -1;
+
+			if (nimap_fds >= MAX_LISTENERS) {
+				snprintf(err, cap, "%s: %s: too many listeners (at most %d in imap_listen "
+				    "and imaps_listen together)", conf_where(c, key), key, MAX_LISTENERS);
+				return -1;
+			}
+			if (dry) {
+				struct sockaddr_storage ss;
+				socklen_t sl;
+
+				if (listener_parse(ic->listen[k][j], key, &ss, &sl, &e) < 0) {
+					snprintf(err, cap, "%s: %s", conf_where(c, key), e);
+					return -1;
+				}
+			} else if (listener_bind(ic->listen[k][j], key, &fd, &e) < 0) {
+				snprintf(err, cap, "%s", e);
+				return -1;
+			}
+			imap_kinds[nimap_fds] = (enum imap_listener_kind)k;
+			imap_fds[nimap_fds++] = fd;
+		}
+	}
+	return 0;
+}
+
+static void
+imap_unbind(void)
+{
+	for (size_t i = 0; i < nimap_fds; i++)
+		if (imap_fds[i] >= 0)
+			close(imap_fds[i]);
+	nimap_fds = 0;
+}
+
+static int
+imap_svc_run(void *set, struct worker_ctx *wc)
+{
+	struct imap_conf *ic = set;
+	const char *err;
+	int rc = 0;
+
+	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
+		return 1;
+	ic->srv.pol = pol;
+	ic->srv.snaps = &wc->snaps;
+	ic->srv.ban = watcher_ban;
+	ic->srv.ban_arg = wc->w;
+	block_stop_signals(SIG_UNBLOCK);
+	log_info("imap ready on %s%s%s", conf_get(conf, "imap_listen"),
+	    ic->nlisten[IMAP_LISTEN_IMAPS] > 0 ? ", imaps on " : "",
+	    ic->nlisten[IMAP_LISTEN_IMAPS] > 0 ? conf_get(conf, "imaps_listen") : "");
+	ready(wc->readyfd, "ok\n");
+	if (imap_server_run(imap_fds, imap_kinds, nimap_fds, &ic->srv, &err) < 0) {
+		log_error("imap: %s", err);
+		rc = -1;
+	}
+	block_stop_signals(SIG_BLOCK);
+	return rc;
+}
+
 static const struct service_def services[] = {
 	{ "milter", SVC_MILTER, 0, milter_compile, NULL, milter_svc_run, milter_settings_free, NULL },
 	{ "smtp", SVC_SMTP, 1, smtp_compile, smtp_bind, smtp_svc_run, smtp_settings_free, smtp_unbind },
 	{ "policy", SVC_POLICY, 1, policy_compile, policy_bind, policy_svc_run, policy_settings_free,
 	  policy_unbind },
+	{ "pop3", SVC_POP3, 1, pop3_compile, pop3_bind, pop3_svc_run, pop3_settings_free, pop3_unbind },
+	{ "imap", SVC_IMAP, 1, imap_compile, imap_bind, imap_svc_run, imap_settings_free, imap_unbind },
 };
 #define NSERVICES (sizeof(services) / sizeof(services[0]))
 
@@ -906,10 +1128,10 @@ check_config_rest(const struct conf *c, const struct worker *wk, size_t nsvc)
 			v += 8;
 		else if (i > 0)
 			continue;
-		if (i == 2) {	/* the mail store is the smtp service's */
+		if (i == 2) {	/* the mail store is the smtp (and imap) service's */
 			size_t j;
 
-			for (j = 0; j < nsvc && wk[j].svc != SVC_SMTP; j++)
+			for (j = 0; j < nsvc && wk[j].svc != SVC_SMTP && wk[j].svc != SVC_IMAP; j++)
 				;
 			if (j == nsvc)
 				continue;
@@ -1291,7 +1513,7 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		if (newset[wk[i].svc] == NULL)
 			goto refuse;
 	}
-	if (ndraining + 2 > MAX_DRAINING) {	/* room for the smtp and policy ones */
+	if (ndraining + 3 > MAX_DRAINING) {	/* room for the smtp, policy and pop3 ones */
 		snprintf(err, sizeof(err), "%zu workers are still draining from earlier reloads; "
 		    "try again later", ndraining);
 		goto refuse;
@@ -1463,7 +1685,7 @@ main(int argc, char **argv)
 				d = &services[k];
 		if (d == NULL) {
 			fprintf(stderr, "portcullisd: %s: services: unknown service \"%.40s\" "
-			    "(expected milter, smtp, policy)\n", conf_where(c, "services"), svcs[i]);
+			    "(expected milter, smtp, policy, pop3, imap)\n", conf_where(c, "services"), svcs[i]);
 			conf_list_free(svcs);
 			goto fail;
 		}
@@ -1556,6 +1778,11 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		if (stats_open(sp, &err) < 0)
 			log_warn("no counters: %s", err);
 		free(sp);
+		/* failed logins, one table for every door and reload (service/penalty) */
+		sp = xasprintf("%s/penalty", conf_get(c, "state_dir"));
+		if (penalty_table_open(sp, &err) < 0)
+			log_warn("login penalties counted per worker: %s", err);
+		free(sp);
 		if (conf_get(c, "metrics_listen")[0] != '\0' &&
 		    metrics_bind(conf_get(c, "metrics_listen"), &err) < 0) {
 			fprintf(stderr, "portcullisd: %s: %s\n", conf_where(c, "metrics_listen"), err);
@@ -1629,9 +1856,15 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		}
 	}
 	write_pidfile(conf_get(c, "pid_file"));
-	log_info("portcullisd started: %s%s%s; lists %s, policy_mode %s",
-	    nsvc > 0 ? wk[0].name : "", nsvc > 1 ? " and " : "", nsvc > 1 ? wk[1].name : "",
-	    conf_get(c, "lists"), conf_get(c, "policy_mode"));
+	{
+		char names[128] = "";	/* every service, not the first two */
+
+		for (size_t i = 0; i < nsvc; i++)
+			snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+			    i == 0 ? "" : i + 1 == nsvc ? " and " : ", ", wk[i].name);
+		log_info("portcullisd started: %s; lists %s, policy_mode %s", names,
+		    conf_get(c, "lists"), conf_get(c, "policy_mode"));
+	}
 	if (!foreground) {
 		int fd = open("/dev/null", O_RDWR);
 

@@ -51,6 +51,8 @@ enum lex_state {
 	L_SKIP,		/* error: to the end of the line */
 	L_SKIP_LIT,	/* error: skipping a LITERAL+ literal's bytes */
 	L_IDLE,		/* collecting the line after IDLE */
+	L_APPEND_WAIT,	/* IMAP_EV_APPEND given: waiting for imap_parser_append_continue */
+	L_APPEND_DATA,	/* streaming an APPEND message */
 };
 
 struct arena_block {
@@ -91,6 +93,12 @@ struct imap_parser {
 	int idle;
 	int cmd_ready;		/* the arena holds an event's command: drop it first */
 	struct imap_cmd cmd;
+	/* APPEND streaming */
+	int append_stream;
+	int append_sync;
+	int append_streamed;	/* this line's message was streamed */
+	int silent;		/* skipping a refused APPEND: no reply of our own */
+	uint64_t append_size, append_left;
 };
 
 /* ---- arena ---- */
@@ -242,6 +250,8 @@ line_reset(struct imap_parser *p)
 	p->errcode = NULL;
 	p->err_no = 0;
 	p->sk = 0;
+	p->append_streamed = 0;
+	p->silent = 0;
 	p->lim = p->next_lim;
 	if (!p->cmd_ready)
 		arena_reset(p);
@@ -381,6 +391,101 @@ list_close(struct imap_parser *p)
 		p->st = L_AFTER;
 }
 
+static int check_flag_list(struct imap_parser *p, const struct imap_arg *a, size_t n,
+    struct imap_cmd *c);
+static int is_astring(const struct imap_arg *a);
+static int is_date_time(const char *s);
+static int fail_cmd(struct imap_parser *p, const char *text);
+
+/* an APPEND's message literal: the command so far for the caller, then wait */
+static enum imap_event_type
+append_begin(struct imap_parser *p, struct imap_event *ev)
+{
+	struct argvec *v = &p->stack[0];
+	struct imap_cmd *c = &p->cmd;
+	struct imap_arg *args = arena_alloc(p, v->n * sizeof(*args));
+	size_t i = 1, n = v->n - 2;
+	const struct imap_arg *a;
+
+	memcpy(args, v->a, v->n * sizeof(*args));
+	memset(c, 0, sizeof(*c));
+	c->tag = args[0].str;
+	c->name = "APPEND";
+	c->args = a = args + 2;
+	c->nargs = n;
+	if (!is_astring(&a[0]))
+		fail_cmd(p, "Invalid arguments");
+	if (p->err == NULL && i < n && a[i].type == IMAP_ARG_LIST &&
+	    check_flag_list(p, a[i].list, a[i].count, c) == 0)
+		i++;
+	if (p->err == NULL && i < n && a[i].type == IMAP_ARG_QUOTED) {
+		if (!is_date_time(a[i].str))
+			fail_cmd(p, "Invalid date-time");
+		c->append_date = a[i].str;
+		i++;
+	}
+	if (p->err == NULL && i != n)
+		fail_cmd(p, "Invalid arguments");
+	if (p->err != NULL) {
+		if (!p->litplus)
+			return IMAP_EV_REPLY;
+		p->st = L_SKIP_LIT;
+		return IMAP_EV_NONE;
+	}
+	p->append_size = p->append_left = p->litn;
+	p->append_sync = !p->litplus;
+	p->st = L_APPEND_WAIT;
+	ev->cmd = c;
+	ev->append_size = p->append_size;
+	ev->append_sync = p->append_sync;
+	return IMAP_EV_APPEND;
+}
+
+/* the streamed message stands in the arguments as an empty literal of its size */
+static void
+append_done(struct imap_parser *p)
+{
+	struct imap_arg a = { 0 };
+
+	a.type = IMAP_ARG_LITERAL;
+	a.str = arena_strndup(p, "", 0);
+	a.len = (size_t)p->append_size;
+	p->append_streamed = 1;
+	arg_push(p, a);
+	if (p->err == NULL)
+		p->st = L_AFTER;
+}
+
+void
+imap_parser_set_append_stream(struct imap_parser *p, int on)
+{
+	p->append_stream = on;
+}
+
+void
+imap_parser_append_continue(struct imap_parser *p, int accept)
+{
+	if (p->st != L_APPEND_WAIT)
+		return;
+	if (accept) {
+		p->st = L_APPEND_DATA;
+		if (p->append_left == 0)
+			append_done(p);
+		return;
+	}
+	p->silent = 1;
+	if (p->append_sync) {
+		/* the client sends no more of this command */
+		line_reset(p);
+		return;
+	}
+	fail(p, NULL, "APPEND refused");
+	p->st = L_SKIP_LIT;
+	p->litn = p->append_left;
+	if (p->litn == 0)
+		p->st = L_SKIP;
+}
+
 /* at the end of the literal's header line: returns an event type, or IMAP_EV_NONE */
 static enum imap_event_type
 literal_begin(struct imap_parser *p, struct imap_event *ev)
@@ -414,6 +519,9 @@ literal_begin(struct imap_parser *p, struct imap_event *ev)
 	}
 	p->littotal += p->litn;
 	p->toklen = 0;
+	if (p->append_stream && p->depth == 0 && p->stack[0].n >= 3 &&
+	    p->stack[0].a[1].type == IMAP_ARG_ATOM && strcasecmp(p->stack[0].a[1].str, "APPEND") == 0)
+		return append_begin(p, ev);
 	p->st = L_LIT_DATA;
 	if (!p->litplus) {
 		snprintf(ev->reply, sizeof(ev->reply), "+ OK\r\n");
@@ -1354,6 +1462,7 @@ command_finish(struct imap_parser *p)
 	c->name = name;
 	c->args = args + skip;
 	c->nargs = v->n - skip;
+	c->append_streamed = p->append_streamed;
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
 		if (strcmp(commands[i].name, name) != 0)
 			continue;
@@ -1371,6 +1480,11 @@ error_reply(struct imap_parser *p, struct imap_event *ev)
 {
 	int n;
 
+	if (p->silent) {
+		/* a refused APPEND's line: the caller has answered */
+		line_reset(p);
+		return IMAP_EV_NONE;
+	}
 	n = snprintf(ev->reply, sizeof(ev->reply), "%s %s %s%s%s%s\r\n",
 	    p->have_tag ? p->tag : "*", p->err_no ? "NO" : "BAD",
 	    p->errcode ? "[" : "", p->errcode ? p->errcode : "", p->errcode ? "] " : "", p->err);
@@ -1492,6 +1606,8 @@ imap_parser_feed(struct imap_parser *p, const void *data, size_t len, struct ima
 	ev->type = IMAP_EV_NONE;
 	ev->cmd = NULL;
 	ev->reply[0] = '\0';
+	ev->data = NULL;
+	ev->datalen = 0;
 	if (p->cmd_ready) {
 		arena_reset(p);
 		p->cmd_ready = 0;
@@ -1501,6 +1617,22 @@ imap_parser_feed(struct imap_parser *p, const void *data, size_t len, struct ima
 	while (i < len && t == IMAP_EV_NONE) {
 		unsigned char c = s[i];
 
+		if (p->st == L_APPEND_WAIT)
+			break;
+		if (p->st == L_APPEND_DATA) {
+			size_t take = len - i;
+
+			if (take > p->append_left)
+				take = (size_t)p->append_left;
+			ev->data = (const char *)s + i;
+			ev->datalen = take;
+			i += take;
+			p->append_left -= take;
+			t = IMAP_EV_APPEND_DATA;
+			if (p->append_left == 0)
+				append_done(p);
+			continue;
+		}
 		if (p->st == L_LIT_DATA) {
 			size_t take = len - i;
 
@@ -1693,7 +1825,7 @@ imap_parser_feed(struct imap_parser *p, const void *data, size_t len, struct ima
 			t = skip_byte(p, c, ev);
 	}
 	ev->type = t;
-	if (t == IMAP_EV_COMMAND)
+	if (t == IMAP_EV_COMMAND || t == IMAP_EV_APPEND)
 		ev->cmd = &p->cmd;
 	return i;
 }

@@ -139,6 +139,7 @@ struct imap_cmd {
 	/* APPEND */
 	const char *append_date;	/* NULL: none */
 	const struct imap_arg *append_msg;
+	int append_streamed;	/* the message went out in IMAP_EV_APPEND_DATA events */
 };
 
 enum imap_event_type {
@@ -148,12 +149,23 @@ enum imap_event_type {
 	IMAP_EV_REPLY,		/* send reply (tagged BAD/NO); the command is refused */
 	IMAP_EV_DISCONNECT,	/* send reply ("* BYE ..."), then close */
 	IMAP_EV_IDLE_DONE,	/* the DONE line that ends IDLE */
+	/* with imap_parser_set_append_stream(): */
+	IMAP_EV_APPEND,		/* an APPEND's message literal begins: cmd has the tag, the
+				   mailbox, flags and date so far; append_size, append_sync.
+				   The parser waits for imap_parser_append_continue() */
+	IMAP_EV_APPEND_DATA,	/* data/datalen: the next piece of the message (points
+				   into the fed bytes); the last one is followed by the
+				   rest of the line and IMAP_EV_COMMAND (append_streamed) */
 };
 
 struct imap_event {
 	enum imap_event_type type;
 	const struct imap_cmd *cmd;
 	char reply[IMAP_REPLY_MAX];	/* with CRLF */
+	const char *data;
+	size_t datalen;
+	uint64_t append_size;
+	int append_sync;	/* a synchronising literal: the client waits for "+" */
 };
 
 struct imap_parser;
@@ -166,6 +178,16 @@ void imap_parser_limits_default(struct imap_parser_limits *lim_r, int authentica
 void imap_parser_set_limits(struct imap_parser *p, const struct imap_parser_limits *lim);
 /* IDLE: the next line must be DONE (IMAP_EV_IDLE_DONE), anything else is BAD */
 void imap_parser_set_idle(struct imap_parser *p);
+/*
+ * Stream APPEND's message literal instead of holding it (IMAP_EV_APPEND,
+ * IMAP_EV_APPEND_DATA). After IMAP_EV_APPEND the parser consumes nothing
+ * until imap_parser_append_continue(): ACCEPT 1 streams the message (the
+ * caller sends "+ OK" for a synchronising literal); 0 drops the command
+ * without a reply of its own (the caller answered NO): the bytes of a
+ * LITERAL+ message and the rest of its line are skipped.
+ */
+void imap_parser_set_append_stream(struct imap_parser *p, int on);
+void imap_parser_append_continue(struct imap_parser *p, int accept);
 /*
  * Consume bytes until an event is ready or the input is used up; returns
  * the bytes consumed (the caller feeds the rest after acting on the event).

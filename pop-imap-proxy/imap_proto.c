@@ -3,16 +3,27 @@
  *
  *   imap_proto_new/free/start      one per connection; start queues the greeting
  *   imap_proto_input               client bytes in (imap_parser), stops at an action
- *   imap_proto_output/_done        reply bytes out
- *   imap_proto_action + _done's    AUTH, STARTTLS, SELECT, LIST for the door
+ *   imap_proto_output_segment/_done  the output queue: bytes and file ranges
+ *   imap_proto_exec/_done          the store work of a command, on a job thread
  *   imap_list_match                LIST patterns
  *
  * A command table pairs each command with the states it is allowed in and
- * the handler that answers it or asks for an action. The AUTHENTICATE
- * exchange reads raw lines itself (they are base64, not commands); all else
- * goes through the parser, whose limits widen after login. Never does I/O,
- * never logs peer bytes; LOGIN's password goes into a PLAIN exchange and
- * is wiped.
+ * the handler that answers it or asks for an action. Commands that touch the
+ * store set an exec function (x_*) and IMAP_ACT_EXEC; the parsed command
+ * stays valid meanwhile because input is paused. What exec writes goes to a
+ * queue of its own, joined to the output queue by exec_done on the loop, so
+ * the door may send earlier output while a job runs.
+ *
+ * The client's view of the selected folder (UID, flags, keywords per
+ * sequence number) is kept apart from the store's snapshot: after a sync
+ * the differences become untagged EXISTS, RECENT, FETCH FLAGS and, when
+ * allowed (not during FETCH, STORE or SEARCH by sequence number, as Dovecot
+ * does), EXPUNGE.
+ *
+ * The AUTHENTICATE exchange reads raw lines itself (they are base64, not
+ * commands); all else goes through the parser, whose limits widen after
+ * login. Never logs peer bytes; LOGIN's password goes into a PLAIN exchange
+ * and is wiped.
  */
 #include "pop-imap-proxy/imap_proto.h"
 
@@ -22,13 +33,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/base64.h"
 #include "common/xmalloc.h"
+#include "pop-imap-proxy/imap_mime.h"
 #include "pop-imap-proxy/imap_parser.h"
+#include "pop-imap-proxy/imap_search.h"
 #include "storage-adapter/mailstore.h"
 
 #define IMAP_AUTH_LINE_MAX 12288
+#define SEG_BYTES_MAX (64u << 10)	/* one byte segment grows to this, then a new one */
+#define BATCH_BYTES (256u << 10)	/* an exec batch of FETCH stops past this output */
+#define BATCH_FILES 32			/* ... or this many file ranges */
 
 enum imap_state { ST_NEW, ST_NOAUTH, ST_AUTH, ST_SELECTED, ST_LOGOUT };
 
@@ -38,8 +57,49 @@ enum imap_state { ST_NEW, ST_NOAUTH, ST_AUTH, ST_SELECTED, ST_LOGOUT };
 #define IN_ANY		(IN_NOAUTH | IN_AUTH | IN_SELECTED)
 #define IN_LOGGED	(IN_AUTH | IN_SELECTED)
 
+/* a parsed message shared by the section segments of one FETCH response */
+struct mref {
+	struct imap_mime *m;
+	unsigned refs;
+};
+
+enum seg_kind { SEG_BYTES, SEG_FILE, SEG_GEN };
+
+struct seg {
+	enum seg_kind kind;
+	char *buf;		/* bytes; SEG_GEN: the piece being sent */
+	size_t len, off, cap;
+	int fd;			/* SEG_FILE */
+	off_t offset;
+	uint64_t flen;
+	int crlf;
+	struct mref *mr;	/* SEG_GEN: a converted section, made as it is sent */
+	struct imap_mime_section sec;
+	uint64_t pos;
+};
+
+struct segq {
+	struct seg *v;
+	size_t head, n, cap;
+	uint64_t bytes;
+	size_t files;
+};
+
+/* the client's view of one message */
+struct vmsg {
+	uint32_t uid;
+	unsigned flags;
+	uint32_t kw;
+	unsigned gone:1;	/* expunged, not yet announced */
+	unsigned recent:1;
+};
+
+struct imap_proto;
+typedef void exec_fn(struct imap_proto *);
+
 struct imap_proto {
 	struct imap_params prm;
+	char *store_root;
 	enum imap_state st;
 	enum imap_action act;
 	struct imap_parser *parser;
@@ -50,41 +110,170 @@ struct imap_proto {
 	struct imap_auth_req auth;
 	char *auth_final;
 	int in_sasl;
-	char line[IMAP_AUTH_LINE_MAX + 1];
+	char *line;		/* IMAP_AUTH_LINE_MAX + 1, only during AUTHENTICATE */
 	size_t linelen;
 	int skipping;
 	char user[256];
 	unsigned auth_failures;
-	/* SELECT / LIST */
+	/* the store, the selected folder and the client's view of it */
+	struct mailstore *ms;
 	struct mailstore_box *box;
 	int readonly;
-	char *select_name;
-	int select_readonly;
-	int unselecting;
-	char *list_pattern;
-	int lsub;
+	struct vmsg *view;
+	size_t nview, capview;
+	size_t recent_told;
+	uint32_t kwmask;	/* keyword slots the client was told of */
+	/* the command being executed */
+	const struct imap_cmd *cmd;
+	exec_fn *exec;
+	int more;		/* exec continues in another batch */
+	size_t cursor;		/* where a batch resumes */
+	int in_exec;
+	exec_fn *after;		/* on the loop once the exec is done */
+	/* APPEND */
+	int app_active, app_failed, app_sync;
+	struct mailstore_box *abox;
+	int abox_own;
+	struct mailstore_append *app;
+	unsigned app_flags;
+	char **app_kw;
+	size_t app_nkw;
+	time_t app_date;
+	char *chunk;
+	size_t chunklen, chunkcap;
+	int fetch_gone;
 	int idling;
+	unsigned bad_row;	/* BADs in a row, parser's and ours */
+	int logout_pending;
+	char *bye;		/* imap_proto_bye() during an exec */
 	/* output */
-	char *out;
-	size_t outlen, outcap, outoff;
+	struct segq q, xq;
 	int close;
 };
 
 /* ---- output ---- */
 
+static struct segq *
+curq(struct imap_proto *p)
+{
+	return p->in_exec ? &p->xq : &p->q;
+}
+
+static struct seg *
+seg_push(struct segq *q)
+{
+	struct seg *s;
+
+	if (q->head > 0 && q->head == q->n) {
+		q->head = q->n = 0;
+	}
+	if (q->n == q->cap) {
+		if (q->head > 0) {
+			memmove(q->v, q->v + q->head, (q->n - q->head) * sizeof(*q->v));
+			q->n -= q->head;
+			q->head = 0;
+		} else {
+			q->cap = q->cap ? q->cap * 2 : 8;
+			q->v = xrealloc(q->v, q->cap * sizeof(*q->v));
+		}
+	}
+	s = &q->v[q->n++];
+	memset(s, 0, sizeof(*s));
+	s->fd = -1;
+	return s;
+}
+
+static void
+mref_unref(struct mref **rp)
+{
+	struct mref *r = *rp;
+
+	*rp = NULL;
+	if (r != NULL && --r->refs == 0) {
+		imap_mime_free(&r->m);
+		free(r);
+	}
+}
+
+static void
+seg_free(struct seg *s)
+{
+	free(s->buf);
+	s->buf = NULL;
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = -1;
+	if (s->kind == SEG_GEN) {
+		imap_mime_section_deinit(&s->sec);
+		mref_unref(&s->mr);
+	}
+}
+
+static void
+segq_clear(struct segq *q)
+{
+	for (size_t i = q->head; i < q->n; i++)
+		seg_free(&q->v[i]);
+	free(q->v);
+	memset(q, 0, sizeof(*q));
+}
+
 static void
 out_add(struct imap_proto *p, const char *s, size_t n)
 {
-	if (p->outlen + n > p->outcap) {
-		size_t cap = p->outcap ? p->outcap : 1024;
+	struct segq *q = curq(p);
+	struct seg *g = q->n > q->head ? &q->v[q->n - 1] : NULL;
 
-		while (cap < p->outlen + n)
-			cap *= 2;
-		p->out = xrealloc(p->out, cap);
-		p->outcap = cap;
+	if (g == NULL || g->kind != SEG_BYTES || g->len + n > SEG_BYTES_MAX) {
+		g = seg_push(q);
+		g->kind = SEG_BYTES;
+		g->cap = n > 1024 ? n : 1024;
+		g->buf = xmalloc(g->cap);
 	}
-	memcpy(p->out + p->outlen, s, n);
-	p->outlen += n;
+	if (g->len + n > g->cap) {
+		size_t cap = g->cap;
+
+		while (cap < g->len + n)
+			cap *= 2;
+		g->buf = xrealloc(g->buf, cap);
+		g->cap = cap;
+	}
+	memcpy(g->buf + g->len, s, n);
+	g->len += n;
+	q->bytes += n;
+}
+
+/* a file range: FD is the queue's from now on */
+static void
+out_file(struct imap_proto *p, int fd, off_t offset, uint64_t len, int crlf)
+{
+	struct segq *q = curq(p);
+	struct seg *g = seg_push(q);
+
+	g->kind = SEG_FILE;
+	g->fd = fd;
+	g->offset = offset;
+	g->flen = len;
+	g->crlf = crlf;
+	q->bytes += len;
+	q->files++;
+}
+
+/* a section made as it is sent (LF -> CRLF, NUL -> 0x80, HEADER.FIELDS): SEC is the queue's */
+static void
+out_gen(struct imap_proto *p, struct mref *mr, struct imap_mime_section *sec)
+{
+	struct segq *q = curq(p);
+	struct seg *g = seg_push(q);
+
+	g->kind = SEG_GEN;
+	g->mr = mr;
+	mr->refs++;
+	g->sec = *sec;
+	memset(sec, 0, sizeof(*sec));
+	g->flen = g->sec.size;
+	q->bytes += g->flen;
+	q->files++;
 }
 
 static void reply(struct imap_proto *p, const char *fmt, ...)
@@ -109,21 +298,163 @@ reply(struct imap_proto *p, const char *fmt, ...)
 	out_add(p, buf, (size_t)n);
 }
 
-const char *
-imap_proto_output(const struct imap_proto *p, size_t *len_r)
+/* format into a growing string (long lines: FETCH, SEARCH, FLAGS) */
+struct str {
+	char *s;
+	size_t n, cap;
+};
+
+static void str_add(struct str *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+str_addn(struct str *b, const char *s, size_t n)
 {
-	*len_r = p->outlen - p->outoff;
-	return p->out + p->outoff;
+	if (b->n + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+
+		while (cap < b->n + n + 1)
+			cap *= 2;
+		b->s = xrealloc(b->s, cap);
+		b->cap = cap;
+	}
+	memcpy(b->s + b->n, s, n);
+	b->n += n;
+	b->s[b->n] = '\0';
+}
+
+static void
+str_add(struct str *b, const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n < sizeof(buf)) {
+		str_addn(b, buf, (size_t)n);
+		return;
+	}
+	{
+		char *big = xmalloc((size_t)n + 1);
+
+		va_start(ap, fmt);
+		(void)vsnprintf(big, (size_t)n + 1, fmt, ap);
+		va_end(ap);
+		str_addn(b, big, (size_t)n);
+		free(big);
+	}
+}
+
+static void
+out_str(struct imap_proto *p, struct str *b)
+{
+	if (b->n > 0)
+		out_add(p, b->s, b->n);
+	free(b->s);
+	memset(b, 0, sizeof(*b));
+}
+
+#define GEN_PIECE (64u << 10)
+
+int
+imap_proto_output_segment(struct imap_proto *p, struct imap_segment *r)
+{
+	struct segq *q = &p->q;
+
+	while (q->head < q->n) {
+		struct seg *g = &q->v[q->head];
+
+		if (g->kind == SEG_GEN && g->off == g->len && g->pos < g->sec.size) {
+			/* the next piece of a converted section (reads the mapped file) */
+			if (g->buf == NULL)
+				g->buf = xmalloc(GEN_PIECE);
+			g->len = imap_mime_section_read(g->mr->m, &g->sec, g->pos, g->buf, GEN_PIECE);
+			g->off = 0;
+			g->pos += g->len;
+			if (g->len == 0) {
+				/* shorter than promised (cannot be): pad the literal */
+				memset(g->buf, ' ', GEN_PIECE);
+				g->len = g->sec.size - g->pos < GEN_PIECE ?
+				    (size_t)(g->sec.size - g->pos) : GEN_PIECE;
+				g->pos += g->len;
+			}
+		}
+		if ((g->kind != SEG_FILE && g->off == g->len &&
+		    (g->kind == SEG_BYTES || g->pos >= g->sec.size)) ||
+		    (g->kind == SEG_FILE && g->flen == 0)) {
+			if (g->kind != SEG_BYTES)
+				q->files--;
+			seg_free(g);
+			q->head++;
+			continue;
+		}
+		memset(r, 0, sizeof(*r));
+		if (g->kind != SEG_FILE) {
+			r->data = g->buf + g->off;
+			r->len = g->len - g->off;
+			r->fd = -1;
+		} else {
+			r->fd = g->fd;
+			r->offset = g->offset;
+			r->len = (size_t)g->flen;
+			r->crlf = g->crlf;
+		}
+		return 1;
+	}
+	q->head = q->n = 0;
+	return 0;
 }
 
 void
 imap_proto_output_done(struct imap_proto *p, size_t n)
 {
-	if (n > p->outlen - p->outoff)
-		n = p->outlen - p->outoff;
-	p->outoff += n;
-	if (p->outoff == p->outlen)
-		p->outoff = p->outlen = 0;
+	struct segq *q = &p->q;
+	struct imap_segment s;
+	struct seg *g;
+
+	if (!imap_proto_output_segment(p, &s))
+		return;
+	g = &q->v[q->head];
+	if (g->kind != SEG_FILE) {
+		if (n > g->len - g->off)
+			n = g->len - g->off;
+		g->off += n;
+		q->bytes -= n;
+		if (g->off == g->len && (g->kind == SEG_BYTES || g->pos >= g->sec.size)) {
+			if (g->kind != SEG_BYTES)
+				q->files--;
+			seg_free(g);
+			q->head++;
+		}
+	} else if (n >= g->flen) {
+		q->bytes -= g->flen;
+		q->files--;
+		seg_free(g);
+		q->head++;
+	}
+}
+
+uint64_t
+imap_proto_output_pending(const struct imap_proto *p)
+{
+	return p->q.bytes;
+}
+
+const char *
+imap_proto_output(const struct imap_proto *p, size_t *len_r)
+{
+	struct imap_segment s;
+
+	if (!imap_proto_output_segment((struct imap_proto *)p, &s) || s.fd >= 0) {
+		*len_r = 0;
+		return "";
+	}
+	*len_r = s.len;
+	return s.data;
 }
 
 int
@@ -150,6 +481,64 @@ imap_proto_auth_failures(const struct imap_proto *p)
 	return p->auth_failures;
 }
 
+/* ---- exec ---- */
+
+static void
+want_exec(struct imap_proto *p, const struct imap_cmd *c, exec_fn *fn)
+{
+	p->cmd = c;
+	p->exec = fn;
+	p->after = NULL;
+	p->more = 0;
+	p->cursor = 0;
+	p->act = IMAP_ACT_EXEC;
+}
+
+void
+imap_proto_exec(struct imap_proto *p)
+{
+	if (p->act != IMAP_ACT_EXEC || p->exec == NULL)
+		return;
+	p->in_exec = 1;
+	p->more = 0;
+	p->exec(p);
+	p->in_exec = 0;
+}
+
+void
+imap_proto_exec_done(struct imap_proto *p)
+{
+	struct segq *x = &p->xq;
+
+	if (p->act != IMAP_ACT_EXEC)
+		return;
+	for (size_t i = x->head; i < x->n; i++) {
+		struct seg *g = seg_push(&p->q);
+
+		*g = x->v[i];
+	}
+	p->q.bytes += x->bytes;
+	p->q.files += x->files;
+	x->head = x->n = 0;
+	x->bytes = 0;
+	x->files = 0;
+	if (!p->more) {
+		exec_fn *after = p->after;
+
+		p->act = IMAP_ACT_NONE;
+		p->exec = NULL;
+		p->cmd = NULL;
+		p->after = NULL;
+		if (after != NULL && !p->logout_pending)
+			after(p);
+		if (p->logout_pending) {
+			if (p->bye != NULL)
+				reply(p, "* BYE %.200s", p->bye);
+			p->close = 1;
+		}
+	}
+}
+
 /* ---- setup ---- */
 
 struct imap_proto *
@@ -159,8 +548,11 @@ imap_proto_new(const struct imap_params *prm)
 	struct imap_parser_limits lim;
 
 	p->prm = *prm;
+	p->store_root = xstrdup(prm->store_root ? prm->store_root : "");
+	p->prm.store_root = p->store_root;
 	imap_parser_limits_default(&lim, 0);
 	p->parser = imap_parser_new(&lim);
+	imap_parser_set_append_stream(p->parser, 1);
 	return p;
 }
 
@@ -174,6 +566,9 @@ auth_end(struct imap_proto *p)
 	p->in_sasl = 0;
 }
 
+static void box_close(struct imap_proto *p);
+static void append_cleanup(struct imap_proto *p);
+
 void
 imap_proto_free(struct imap_proto **pp)
 {
@@ -182,12 +577,18 @@ imap_proto_free(struct imap_proto **pp)
 	if (p == NULL)
 		return;
 	auth_end(p);
-	explicit_bzero(p->line, sizeof(p->line));
+	if (p->line != NULL)
+		explicit_bzero(p->line, IMAP_AUTH_LINE_MAX + 1);
+	free(p->line);
 	imap_parser_free(&p->parser);
+	append_cleanup(p);
+	box_close(p);
+	mailstore_free(&p->ms);
 	free(p->tls_peer);
-	free(p->select_name);
-	free(p->list_pattern);
-	free(p->out);
+	free(p->store_root);
+	free(p->bye);
+	segq_clear(&p->q);
+	segq_clear(&p->xq);
 	free(p);
 	*pp = NULL;
 }
@@ -213,10 +614,13 @@ mech_usable(const struct imap_proto *p, unsigned m)
 	return 1;
 }
 
+#define CAPS_COMMON "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
+#define CAPS_LOGGED " NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE ESEARCH"
+
 static void
 capabilities(const struct imap_proto *p, char *buf, size_t cap)
 {
-	size_t n = (size_t)snprintf(buf, cap, "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE");
+	size_t n = (size_t)snprintf(buf, cap, CAPS_COMMON);
 
 	if (p->st == ST_NOAUTH) {
 		if (p->prm.tls_available && !p->tls)
@@ -228,7 +632,7 @@ capabilities(const struct imap_proto *p, char *buf, size_t cap)
 				n += (size_t)snprintf(buf + n, cap - n, " AUTH=%s",
 				    sasl_mech_name(mech_order[i]));
 	} else {
-		snprintf(buf + n, cap - n, " NAMESPACE UNSELECT CHILDREN SPECIAL-USE");
+		snprintf(buf + n, cap - n, CAPS_LOGGED);
 	}
 }
 
@@ -263,19 +667,21 @@ imap_proto_set_tls_peer(struct imap_proto *p, const char *identity)
 
 /* ---- authentication ---- */
 
+static exec_fn x_login;
+static exec_fn x_idle_sync;
+
 static void
 logged_in(struct imap_proto *p, const char *user)
 {
 	struct imap_parser_limits lim;
-	char caps[512];
 
 	snprintf(p->user, sizeof(p->user), "%s", user);
 	auth_end(p);
 	p->st = ST_AUTH;
 	imap_parser_limits_default(&lim, 1);
 	imap_parser_set_limits(p->parser, &lim);
-	capabilities(p, caps, sizeof(caps));
-	reply(p, "%s OK [CAPABILITY %s] Logged in", p->tag, caps);
+	/* the store is opened and the tagged OK written by the exec */
+	want_exec(p, NULL, x_login);
 }
 
 void
@@ -360,7 +766,9 @@ sasl_line(struct imap_proto *p, const char *line)
 		}
 		return;
 	}
-	auth_next(p, sasl_server_step64(p->auth.sasl, line, &out64), out64);
+	enum sasl_rc rc = sasl_server_step64(p->auth.sasl, line, &out64);
+
+	auth_next(p, rc, out64);	/* out64 is set by the step: call it first */
 }
 
 static int
@@ -378,6 +786,7 @@ c_authenticate(struct imap_proto *p, const struct imap_cmd *c)
 {
 	unsigned mech = authmech_from_name(c->args[0].str);
 	const char *out64 = "";
+	enum sasl_rc rc;
 
 	if ((mech == AUTH_MECH_PLAIN || mech == AUTH_MECH_LOGIN) &&
 	    (p->prm.auth_mechs & mech) && !plain_ok(p)) {
@@ -389,8 +798,8 @@ c_authenticate(struct imap_proto *p, const struct imap_cmd *c)
 		reply(p, "%s NO Unsupported authentication mechanism.", c->tag);
 		return;
 	}
-	auth_next(p, sasl_server_step64(p->auth.sasl, c->nargs == 2 ? c->args[1].str : NULL,
-	    &out64), out64);
+	rc = sasl_server_step64(p->auth.sasl, c->nargs == 2 ? c->args[1].str : NULL, &out64);
+	auth_next(p, rc, out64);
 }
 
 static void
@@ -430,7 +839,9 @@ c_login(struct imap_proto *p, const struct imap_cmd *c)
 	if (sasl_begin(p, AUTH_MECH_PLAIN) < 0) {
 		reply(p, "%s NO [UNAVAILABLE] Temporary authentication failure.", c->tag);
 	} else {
-		auth_next(p, sasl_server_step64(p->auth.sasl, b64, &out64), out64);
+		enum sasl_rc rc = sasl_server_step64(p->auth.sasl, b64, &out64);
+
+		auth_next(p, rc, out64);
 		if (p->in_sasl) {
 			/* PLAIN with a full response never continues */
 			auth_end(p);
@@ -441,7 +852,250 @@ c_login(struct imap_proto *p, const struct imap_cmd *c)
 	free(b64);
 }
 
-/* ---- mailboxes ---- */
+/* ---- the store and the selected folder ---- */
+
+static const struct {
+	const char *name, *use;
+} special[] = {
+	{ "Drafts", "\\Drafts" }, { "Junk", "\\Junk" }, { "Sent", "\\Sent" }, { "Trash", "\\Trash" },
+};
+#define NSPECIAL (sizeof(special) / sizeof(special[0]))
+
+static const char *
+special_use(const char *name)
+{
+	for (size_t i = 0; i < NSPECIAL; i++)
+		if (strcmp(name, special[i].name) == 0)
+			return special[i].use;
+	return NULL;
+}
+
+static void
+x_login(struct imap_proto *p)
+{
+	const char *err;
+	char caps[512];
+
+	if (mailstore_open(p->store_root, p->user, &p->ms, &err) < 0) {
+		reply(p, "* BYE [SERVERBUG] Internal error occurred. Refer to server log for more "
+		    "information.");
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+		p->logout_pending = 1;
+		p->st = ST_LOGOUT;
+		return;
+	}
+	/* RFC 6154 folders, as Dovecot's default config creates and subscribes them */
+	for (size_t i = 0; i < NSPECIAL; i++)
+		if (mailstore_folder_ensure(p->ms, special[i].name, &err) < 0)
+			break;
+	capabilities(p, caps, sizeof(caps));
+	reply(p, "%s OK [CAPABILITY %s] Logged in", p->tag, caps);
+}
+
+static void
+box_close(struct imap_proto *p)
+{
+	mailstore_box_close(&p->box);
+	free(p->view);
+	p->view = NULL;
+	p->nview = p->capview = 0;
+	p->recent_told = 0;
+	p->idling = 0;
+	if (p->st == ST_SELECTED)
+		p->st = ST_AUTH;
+}
+
+static void
+view_push(struct imap_proto *p, const struct mailstore_msg *m)
+{
+	struct vmsg *v;
+
+	if (p->nview == p->capview) {
+		p->capview = p->capview ? p->capview * 2 : 64;
+		p->view = xrealloc(p->view, p->capview * sizeof(*p->view));
+	}
+	v = &p->view[p->nview++];
+	memset(v, 0, sizeof(*v));
+	v->uid = m->uid;
+	v->flags = m->flags;
+	v->kw = m->keywords;
+	v->recent = m->recent;
+}
+
+static size_t
+view_recent(const struct imap_proto *p)
+{
+	size_t r = 0;
+
+	for (size_t i = 0; i < p->nview; i++)
+		if (p->view[i].recent && !p->view[i].gone)
+			r++;
+	return r;
+}
+
+/* "\Answered ... \Recent kw1 kw2", Dovecot's order */
+static void
+flags_str(struct imap_proto *p, struct str *b, unsigned flags, uint32_t kw, int recent)
+{
+	static const char *const names[] = { "\\Answered", "\\Flagged", "\\Deleted", "\\Seen",
+		"\\Draft" };
+	size_t start = b->n;
+
+	for (unsigned i = 0; i < 5; i++)
+		if (flags & (1u << i))
+			str_add(b, "%s%s", b->n > start ? " " : "", names[i]);
+	if (recent)
+		str_add(b, "%s\\Recent", b->n > start ? " " : "");
+	for (unsigned i = 0; i < MAX_MAILSTORE_KEYWORDS; i++) {
+		const char *k;
+
+		if ((kw & (1u << i)) && p->box && (k = mailstore_box_keyword(p->box, i)) != NULL)
+			str_add(b, "%s%s", b->n > start ? " " : "", k);
+	}
+}
+
+static uint32_t
+kw_slots(const struct imap_proto *p)
+{
+	uint32_t m = 0;
+
+	for (unsigned i = 0; i < MAX_MAILSTORE_KEYWORDS; i++)
+		if (mailstore_box_keyword(p->box, i) != NULL)
+			m |= 1u << i;
+	return m;
+}
+
+static void flag_list(struct imap_proto *p, char *buf, size_t cap, int star);
+
+/* new keywords in the folder: FLAGS and PERMANENTFLAGS again, as Dovecot */
+static void
+kw_announce(struct imap_proto *p)
+{
+	char flags[MAX_MAILSTORE_KEYWORDS * (MAX_MAILSTORE_KEYWORD_LEN + 1) + 64];
+	uint32_t m;
+
+	if (p->box == NULL || (m = kw_slots(p)) == p->kwmask)
+		return;
+	p->kwmask = m;
+	flag_list(p, flags, sizeof(flags), 0);
+	reply(p, "* FLAGS (%s)", flags);
+	if (p->readonly) {
+		reply(p, "* OK [PERMANENTFLAGS ()] Read-only mailbox.");
+	} else {
+		flag_list(p, flags, sizeof(flags), 1);
+		reply(p, "* OK [PERMANENTFLAGS (%s)] Flags permitted.", flags);
+	}
+}
+
+static void
+fetch_flags_line(struct imap_proto *p, size_t i, int with_uid)
+{
+	struct str b = { 0 };
+	const struct vmsg *v = &p->view[i];
+
+	str_add(&b, "* %zu FETCH (", i + 1);
+	if (with_uid)
+		str_add(&b, "UID %u ", (unsigned)v->uid);
+	str_add(&b, "FLAGS (");
+	flags_str(p, &b, v->flags, v->kw, v->recent);
+	str_add(&b, "))\r\n");
+	out_str(p, &b);
+}
+
+/*
+ * Bring the client's view up to the store: flag changes as FETCH, new mail
+ * as EXISTS/RECENT, expunges as EXPUNGE when EXPUNGE_OK (else they wait).
+ */
+static void
+view_sync(struct imap_proto *p, int expunge_ok)
+{
+	size_t n, bi = 0, old;
+	uint32_t last;
+	const char *err;
+
+	if (p->box == NULL)
+		return;
+	if (mailstore_box_sync(p->box, &err) < 0)
+		err = NULL;	/* the snapshot stays; the next sync retries */
+	kw_announce(p);
+	n = mailstore_box_count(p->box);
+	for (size_t i = 0; i < p->nview; i++) {
+		struct vmsg *v = &p->view[i];
+		const struct mailstore_msg *m;
+
+		if (v->gone)
+			continue;
+		while (bi < n && mailstore_box_msg(p->box, bi)->uid < v->uid)
+			bi++;
+		m = bi < n ? mailstore_box_msg(p->box, bi) : NULL;
+		if (m == NULL || m->uid != v->uid) {
+			v->gone = 1;
+			continue;
+		}
+		if (m->flags != v->flags || m->keywords != v->kw) {
+			v->flags = m->flags;
+			v->kw = m->keywords;
+			fetch_flags_line(p, i, 0);
+		}
+	}
+	old = p->nview;
+	last = p->nview ? p->view[p->nview - 1].uid : 0;
+	for (size_t i = 0; i < n; i++) {
+		const struct mailstore_msg *m = mailstore_box_msg(p->box, i);
+
+		if (m->uid > last && p->nview < MAX_MAILSTORE_MESSAGES)
+			view_push(p, m);
+	}
+	if (expunge_ok) {
+		size_t w = 0;
+
+		for (size_t i = 0; i < p->nview; i++) {
+			if (p->view[i].gone) {
+				reply(p, "* %zu EXPUNGE", w + 1);
+				if (i < old)
+					old--;
+				continue;
+			}
+			p->view[w++] = p->view[i];
+		}
+		p->nview = w;
+	}
+	if (p->nview > old) {
+		size_t r = view_recent(p);
+
+		reply(p, "* %zu EXISTS", p->nview);
+		reply(p, "* %zu RECENT", r);
+		p->recent_told = r;
+	} else if (expunge_ok && view_recent(p) != p->recent_told) {
+		/* an expunged message was \Recent: the count again, as Dovecot */
+		p->recent_told = view_recent(p);
+		reply(p, "* %zu RECENT", p->recent_told);
+	}
+}
+
+/* the store's snapshot brought up to date without telling the client (that
+ * is view_sync's): a message another session expunged is then gone for
+ * COPY and STORE, as Dovecot answers NO [EXPUNGEISSUED] */
+static void
+box_refresh(struct imap_proto *p)
+{
+	const char *err;
+
+	if (p->box != NULL && mailstore_box_sync(p->box, &err) < 0)
+		err = NULL;	/* the old snapshot stays */
+}
+
+/* the message behind view entry I, or NULL when it is gone from the store */
+static const struct mailstore_msg *
+view_msg(struct imap_proto *p, size_t i)
+{
+	long k;
+
+	if (i >= p->nview || p->view[i].gone)
+		return NULL;
+	k = mailstore_box_find(p->box, p->view[i].uid);
+	return k < 0 ? NULL : mailstore_box_msg(p->box, (size_t)k);
+}
 
 static int
 name_arg(const struct imap_arg *a, const char **r)
@@ -452,106 +1106,106 @@ name_arg(const struct imap_arg *a, const char **r)
 	return 0;
 }
 
-static void
-c_select(struct imap_proto *p, const struct imap_cmd *c)
+/* INBOX in any case is INBOX (RFC 3501 §5.1), also as a hierarchy's first part */
+static char *
+name_norm(const char *name)
 {
-	const char *name;
+	char *s = xstrdup(name);
 
-	if (name_arg(&c->args[0], &name) < 0) {
-		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist.", c->tag);
-		return;
-	}
-	free(p->select_name);
-	p->select_name = xstrdup(name);
-	p->select_readonly = strcmp(c->name, "EXAMINE") == 0;
-	/* RFC 3501 §6.3.1: a SELECT deselects first, even when it fails */
-	p->st = ST_AUTH;
-	p->box = NULL;
-	p->unselecting = 0;
-	p->act = IMAP_ACT_SELECT;
+	if (strncasecmp(s, "INBOX", 5) == 0 && (s[5] == '\0' || s[5] == '.'))
+		memcpy(s, "INBOX", 5);
+	return s;
 }
 
 static void
-c_unselect(struct imap_proto *p, const struct imap_cmd *c)
-{
-	(void)c;
-	free(p->select_name);
-	p->select_name = NULL;
-	p->st = ST_AUTH;
-	p->box = NULL;
-	p->unselecting = 1;
-	p->act = IMAP_ACT_SELECT;
-}
-
-void
-imap_proto_select_req(const struct imap_proto *p, const char **name_r, int *readonly_r)
-{
-	*name_r = p->select_name;
-	*readonly_r = p->select_readonly;
-}
-
-static void
-flag_list(struct imap_proto *p, struct mailstore_box *box, char *buf, size_t cap, int star)
+flag_list(struct imap_proto *p, char *buf, size_t cap, int star)
 {
 	size_t n = (size_t)snprintf(buf, cap, "\\Answered \\Flagged \\Deleted \\Seen \\Draft");
 
 	for (unsigned i = 0; i < MAX_MAILSTORE_KEYWORDS && n < cap; i++) {
-		const char *k = mailstore_box_keyword(box, i);
+		const char *k = mailstore_box_keyword(p->box, i);
 
 		if (k != NULL)
 			n += (size_t)snprintf(buf + n, cap - n, " %s", k);
 	}
 	if (star && n < cap)
 		snprintf(buf + n, cap - n, " \\*");
-	(void)p;
 }
 
-void
-imap_proto_selected(struct imap_proto *p, struct mailstore_box *box, const char *error)
+static void
+x_select(struct imap_proto *p)
 {
 	char flags[MAX_MAILSTORE_KEYWORDS * (MAX_MAILSTORE_KEYWORD_LEN + 1) + 64];
-	size_t count, recent = 0, unseen = 0;
+	const struct imap_cmd *c = p->cmd;
+	size_t count, unseen = 0;
+	const char *name, *err;
+	char *nname;
 
-	if (p->act != IMAP_ACT_SELECT)
-		return;
-	p->act = IMAP_ACT_NONE;
-	if (p->unselecting) {
-		p->unselecting = 0;
-		reply(p, "%s OK Unselect completed.", p->tag);
-		return;
-	}
-	if (box == NULL) {
-		reply(p, "%s NO %s", p->tag, error ? error : "[NONEXISTENT] Mailbox doesn't exist.");
+	if (p->box != NULL)
+		reply(p, "* OK [CLOSED] Previous mailbox closed.");
+	box_close(p);
+	if (name_arg(&c->args[0], &name) < 0 || !(mailstore_folder_is_valid(name) ||
+	    strcasecmp(name, "INBOX") == 0)) {
+		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag,
+		    name_arg(&c->args[0], &name) < 0 ? "" : name);
 		return;
 	}
-	p->box = box;
-	p->readonly = p->select_readonly;
+	nname = name_norm(name);
+	if (mailstore_box_open(p->ms, nname, &p->box, &err) < 0) {
+		/* as Dovecot 2.3 answers SELECT and STATUS: no response code */
+		reply(p, "%s NO Mailbox doesn't exist: %.200s.", p->tag, nname);
+		free(nname);
+		return;
+	}
+	free(nname);
+	p->readonly = strcmp(c->name, "EXAMINE") == 0;
 	p->st = ST_SELECTED;
-	count = mailstore_box_count(box);
-	for (size_t i = 0; i < count; i++) {
-		const struct mailstore_msg *m = mailstore_box_msg(box, i);
+	count = mailstore_box_count(p->box);
+	for (size_t i = 0; i < count && p->nview < MAX_MAILSTORE_MESSAGES; i++) {
+		const struct mailstore_msg *m = mailstore_box_msg(p->box, i);
 
-		if (m->recent)
-			recent++;
+		view_push(p, m);
 		if (unseen == 0 && !(m->flags & MAILSTORE_SEEN))
 			unseen = i + 1;
 	}
-	flag_list(p, box, flags, sizeof(flags), 0);
+	p->recent_told = view_recent(p);
+	p->kwmask = kw_slots(p);
+	flag_list(p, flags, sizeof(flags), 0);
 	reply(p, "* FLAGS (%s)", flags);
 	if (p->readonly) {
 		reply(p, "* OK [PERMANENTFLAGS ()] Read-only mailbox.");
 	} else {
-		flag_list(p, box, flags, sizeof(flags), 1);
+		flag_list(p, flags, sizeof(flags), 1);
 		reply(p, "* OK [PERMANENTFLAGS (%s)] Flags permitted.", flags);
 	}
-	reply(p, "* %zu EXISTS", count);
-	reply(p, "* %zu RECENT", recent);
+	reply(p, "* %zu EXISTS", p->nview);
+	reply(p, "* %zu RECENT", p->recent_told);
 	if (unseen > 0)
 		reply(p, "* OK [UNSEEN %zu] First unseen.", unseen);
-	reply(p, "* OK [UIDVALIDITY %u] UIDs valid", (unsigned)mailstore_box_uidvalidity(box));
-	reply(p, "* OK [UIDNEXT %u] Predicted next UID", (unsigned)mailstore_box_uidnext(box));
+	reply(p, "* OK [UIDVALIDITY %u] UIDs valid", (unsigned)mailstore_box_uidvalidity(p->box));
+	reply(p, "* OK [UIDNEXT %u] Predicted next UID", (unsigned)mailstore_box_uidnext(p->box));
 	reply(p, "%s OK [%s] %s completed.", p->tag, p->readonly ? "READ-ONLY" : "READ-WRITE",
 	    p->readonly ? "Examine" : "Select");
+}
+
+static void
+c_select(struct imap_proto *p, const struct imap_cmd *c)
+{
+	/* RFC 3501 §6.3.1: a SELECT deselects first, even when it fails */
+	want_exec(p, c, x_select);
+}
+
+static void
+x_unselect(struct imap_proto *p)
+{
+	box_close(p);
+	reply(p, "%s OK Unselect completed.", p->tag);
+}
+
+static void
+c_unselect(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_unselect);
 }
 
 /* '%' matches within one level, '*' across levels */
@@ -573,104 +1227,580 @@ imap_list_match(const char *pat, const char *name)
 	return *name == '\0';
 }
 
+/* a mailbox name as Dovecot writes it: an atom when it can be, else quoted,
+ * a literal for 8-bit or control bytes */
 static void
-c_list(struct imap_proto *p, const struct imap_cmd *c)
+name_str(struct str *b, const char *name)
 {
-	const char *ref, *pat;
+	int atom = *name != '\0' && strcasecmp(name, "NIL") != 0, quote = 1;
 
-	if (c->nargs != 2 || c->args[0].type == IMAP_ARG_LIST ||
-	    c->args[1].type == IMAP_ARG_LIST) {
-		reply(p, "%s NO [CANNOT] LIST-EXTENDED is not supported yet.", c->tag);
-		return;
+	for (const char *s = name; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c < 0x20 || c >= 0x7f)
+			quote = atom = 0;
+		else if (strchr("(){ %*\"\\", c) != NULL)
+			atom = 0;
 	}
-	if (name_arg(&c->args[0], &ref) < 0 || name_arg(&c->args[1], &pat) < 0) {
-		reply(p, "%s OK List completed.", c->tag);
-		return;
+	if (atom) {
+		str_add(b, "%s", name);
+	} else if (quote) {
+		str_addn(b, "\"", 1);
+		for (const char *s = name; *s != '\0'; s++) {
+			if (*s == '"' || *s == '\\')
+				str_addn(b, "\\", 1);
+			str_addn(b, s, 1);
+		}
+		str_addn(b, "\"", 1);
+	} else {
+		str_add(b, "{%zu}\r\n%s", strlen(name), name);
 	}
-	p->lsub = strcmp(c->name, "LSUB") == 0;
-	if (*pat == '\0' && !p->lsub) {
-		/* the hierarchy separator */
-		reply(p, "* LIST (\\Noselect) \".\" \"\"");
-		reply(p, "%s OK List completed.", c->tag);
-		return;
-	}
-	free(p->list_pattern);
-	p->list_pattern = xasprintf("%s%s", ref, pat);
-	/* INBOX is case-insensitive (RFC 3501 §5.1) */
-	if (strncasecmp(p->list_pattern, "INBOX", 5) == 0 &&
-	    (p->list_pattern[5] == '\0' || p->list_pattern[5] == '.'))
-		memcpy(p->list_pattern, "INBOX", 5);
-	p->act = IMAP_ACT_LIST;
 }
 
 static void
 put_name(struct imap_proto *p, const char *prefix, const char *name)
 {
-	int plain = 1;
+	struct str b = { 0 };
 
-	for (const char *s = name; *s != '\0'; s++)
-		if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
-			plain = 0;
-	if (plain) {
-		char q[2 * MAX_MAILSTORE_FOLDER_NAME + 3];
-		size_t n = 0;
+	str_add(&b, "%s", prefix);
+	name_str(&b, name);
+	str_addn(&b, "\r\n", 2);
+	out_str(p, &b);
+}
 
-		q[n++] = '"';
-		for (const char *s = name; *s != '\0' && n < sizeof(q) - 3; s++) {
-			if (*s == '"' || *s == '\\')
-				q[n++] = '\\';
-			q[n++] = *s;
+static int
+names_have(char *const *v, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(v[i], name) == 0)
+			return 1;
+	return 0;
+}
+
+static int
+names_have_implied(char *const *v, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (v[i][0] == '\001' && strcmp(v[i] + 1, name) == 0)
+			return 1;
+	return 0;
+}
+
+/* LSUB: the subscriptions (Dovecot's file) matching the pattern */
+static void
+x_lsub(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	const char *ref, *pat, *err;
+	char **names = NULL, *pattern;
+	size_t n = 0;
+
+	if (name_arg(&c->args[0], &ref) < 0 || name_arg(&c->args[1], &pat) < 0) {
+		reply(p, "%s OK Lsub completed.", p->tag);
+		return;
+	}
+	if (mailstore_subscriptions(p->ms, &names, &n, &err) < 0) {
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+		return;
+	}
+	{
+		char *raw = xasprintf("%s%s", ref, pat);
+
+		pattern = name_norm(raw);
+		free(raw);
+	}
+	{
+		/* subscribed names; a parent that only a '%' reaches is \Noselect */
+		char **told = xcalloc(2 * n + 1, sizeof(*told));
+		size_t nt = 0;
+
+		for (size_t i = 0; i < n; i++) {
+			char *name = xstrdup(names[i]);
+
+			for (;;) {
+				int self = strcmp(name, names[i]) == 0;
+				char *dot;
+
+				if (imap_list_match(pattern, name) && !names_have(told, nt, name) &&
+				    (self || !names_have(names, n, name))) {
+					put_name(p, self ? "* LSUB () \".\" " :
+					    "* LSUB (\\Noselect) \".\" ", name);
+					told[nt++] = xstrdup(name);
+					break;
+				}
+				if ((dot = strrchr(name, '.')) == NULL || nt >= 2 * n)
+					break;
+				*dot = '\0';
+			}
+			free(name);
 		}
-		q[n++] = '"';
-		q[n] = '\0';
-		reply(p, "%s%s", prefix, q);
-	} else {
-		reply(p, "%s{%zu}", prefix, strlen(name));
-		out_add(p, name, strlen(name));
-		out_add(p, "\r\n", 2);
+		mailstore_names_free(&told, nt);
 	}
+	free(pattern);
+	mailstore_names_free(&names, n);
+	reply(p, "%s OK Lsub completed.", p->tag);
 }
 
-static const char *
-special_use(const char *name)
+/*
+ * LIST, with the LIST-EXTENDED forms (RFC 5258) clients send for
+ * SPECIAL-USE (RFC 6154): selection (SUBSCRIBED SPECIAL-USE
+ * RECURSIVEMATCH), several patterns, RETURN (SUBSCRIBED CHILDREN
+ * SPECIAL-USE)
+ */
+static void
+x_list_ext(struct imap_proto *p)
 {
-	static const char *const su[][2] = { { "Sent", "\\Sent" }, { "Drafts", "\\Drafts" },
-		{ "Junk", "\\Junk" }, { "Trash", "\\Trash" } };
+	const struct imap_cmd *c = p->cmd;
+	const struct imap_arg *a = c->args;
+	size_t na = c->nargs, i = 0, npat = 0, n = 0, ns = 0;
+	int sel_sub = 0, sel_su = 0, ret_sub = 0, ret_children = 0, ret_su = 0, ext;
+	const char *ref, *err;
+	char *pats[IMAP_LIST_MAX > 64 ? 64 : IMAP_LIST_MAX], **names = NULL, **subs = NULL;
+	const struct imap_arg *pl;
+	size_t npl;
 
-	for (size_t i = 0; i < 4; i++)
-		if (strcmp(name, su[i][0]) == 0)
-			return su[i][1];
-	return NULL;
-}
+	if (na > 0 && a[0].type == IMAP_ARG_LIST) {
+		for (size_t k = 0; k < a[0].count; k++) {
+			const char *o = a[0].list[k].str;
 
-void
-imap_proto_list_done(struct imap_proto *p, char *const *names, size_t n, int ok)
-{
-	if (p->act != IMAP_ACT_LIST)
-		return;
-	p->act = IMAP_ACT_NONE;
-	if (!ok) {
-		reply(p, "%s NO [SERVERBUG] Couldn't list the folders.", p->tag);
+			if (a[0].list[k].type != IMAP_ARG_ATOM)
+				o = "";
+			if (strcasecmp(o, "SUBSCRIBED") == 0)
+				sel_sub = 1;
+			else if (strcasecmp(o, "SPECIAL-USE") == 0)
+				sel_su = 1;
+			else if (strcasecmp(o, "RECURSIVEMATCH") != 0 && strcasecmp(o, "REMOTE") != 0) {
+				reply(p, "%s BAD Error in IMAP command LIST: Unknown select options.", p->tag);
+				return;
+			}
+		}
+		i = 1;
+	}
+	if (i + 3 < na && a[i + 3].type == IMAP_ARG_LIST) {
+		const struct imap_arg *r = &a[i + 3];
+
+		for (size_t k = 0; k < r->count; k++) {
+			const char *o = r->list[k].type == IMAP_ARG_ATOM ? r->list[k].str : "";
+
+			if (strcasecmp(o, "SUBSCRIBED") == 0)
+				ret_sub = 1;
+			else if (strcasecmp(o, "CHILDREN") == 0)
+				ret_children = 1;
+			else if (strcasecmp(o, "SPECIAL-USE") == 0)
+				ret_su = 1;
+			else {
+				reply(p, "%s BAD Error in IMAP command LIST: Unknown return options.", p->tag);
+				return;
+			}
+		}
+	}
+	if (name_arg(&a[i], &ref) < 0) {
+		reply(p, "%s OK List completed.", p->tag);
 		return;
 	}
-	for (size_t i = 0; i < n; i++) {
-		char attrs[64], prefix[128];
-		size_t len = strlen(names[i]);
-		int children = 0;
-		const char *su;
+	/* the extended syntax: children and special-use only when asked, a
+	 * parent only children imply is \NonExistent (as Dovecot) */
+	ext = i == 1 || na > i + 2 || a[i + 1].type == IMAP_ARG_LIST;
+	pl = a[i + 1].type == IMAP_ARG_LIST ? a[i + 1].list : &a[i + 1];
+	npl = a[i + 1].type == IMAP_ARG_LIST ? a[i + 1].count : 1;
+	for (size_t k = 0; k < npl && npat < sizeof(pats) / sizeof(pats[0]); k++) {
+		const char *pat;
+		char *raw;
 
-		if (!imap_list_match(p->list_pattern, names[i]))
+		if (name_arg(&pl[k], &pat) < 0)
 			continue;
-		for (size_t k = 0; k < n; k++)
-			if (strncmp(names[k], names[i], len) == 0 && names[k][len] == '.')
-				children = 1;
-		su = p->lsub ? NULL : special_use(names[i]);
-		snprintf(attrs, sizeof(attrs), "%s%s%s", children ? "\\HasChildren" : "\\HasNoChildren",
-		    su ? " " : "", su ? su : "");
-		snprintf(prefix, sizeof(prefix), "* %s (%s) \".\" ", p->lsub ? "LSUB" : "LIST", attrs);
-		put_name(p, prefix, names[i]);
+		if (*pat == '\0' && npl == 1 && i == 0 && na == 2) {
+			/* the hierarchy separator */
+			reply(p, "* LIST (\\Noselect) \".\" \"\"");
+			reply(p, "%s OK List completed.", p->tag);
+			return;
+		}
+		raw = xasprintf("%s%s", ref, pat);
+		pats[npat++] = name_norm(raw);
+		free(raw);
 	}
-	reply(p, "%s OK %s completed.", p->tag, p->lsub ? "Lsub" : "List");
+	if (mailstore_folders(p->ms, &names, &n, &err) < 0 ||
+	    ((sel_sub || ret_sub) && mailstore_subscriptions(p->ms, &subs, &ns, &err) < 0)) {
+		mailstore_names_free(&names, n);
+		for (size_t k = 0; k < npat; k++)
+			free(pats[k]);
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+		return;
+	}
+	/* a parent only its children imply (.A.B.C without .A.B): \Noselect */
+	for (size_t k = 0, n0 = n; k < n0 && n < MAX_MAILSTORE_FOLDERS; k++) {
+		char *name = xstrdup(names[k]), *dot;
+
+		while ((dot = strrchr(name, '.')) != NULL) {
+			*dot = '\0';
+			if (!names_have(names, n, name) && !names_have_implied(names, n, name)) {
+				names = xreallocarray(names, n + 2, sizeof(*names));
+				names[n++] = xasprintf("\001%s", name);
+				names[n] = NULL;
+			}
+		}
+		free(name);
+	}
+	/* SUBSCRIBED selects subscriptions, also of folders that are gone */
+	for (size_t k = 0; sel_sub && k < ns && n < MAX_MAILSTORE_FOLDERS; k++) {
+		if (!names_have(names, n, subs[k])) {
+			names = xreallocarray(names, n + 2, sizeof(*names));
+			names[n++] = xasprintf("\002%s", subs[k]);
+			names[n] = NULL;
+		}
+	}
+	for (size_t k = 0; k < n; k++) {
+		int implied = names[k][0] == '\001', gone = names[k][0] == '\002';
+		const char *nm = names[k] + (implied || gone);
+		size_t len = strlen(nm);
+		int children = implied, sub, match = 0;
+		const char *su;
+		char attrs[128];
+		struct str b = { 0 };
+
+		for (size_t q = 0; q < npat && !match; q++)
+			match = imap_list_match(pats[q], nm);
+		if (!match)
+			continue;
+		sub = subs != NULL && names_have(subs, ns, nm);
+		su = implied || gone ? NULL : special_use(nm);
+		if ((sel_sub && !sub) || (sel_su && su == NULL))
+			continue;
+		for (size_t q = 0; q < n && !children && !gone; q++) {
+			const char *o = names[q] + (names[q][0] == '\001' || names[q][0] == '\002');
+
+			if (names[q][0] != '\002' && strncmp(o, nm, len) == 0 && o[len] == '.')
+				children = 1;
+		}
+		if (ext && !sel_su && !ret_su)
+			su = NULL;
+		snprintf(attrs, sizeof(attrs), "%s%s%s%s%s", implied ? (ext ? " \\NonExistent" :
+		    " \\Noselect") : "", sub ? " \\Subscribed" : "", gone ? " \\NonExistent" : "",
+		    gone || (ext && !ret_children) ? "" : children ? " \\HasChildren" :
+		    " \\HasNoChildren", su ? " " : "");
+		if (su != NULL)
+			snprintf(attrs + strlen(attrs), sizeof(attrs) - strlen(attrs), "%s", su);
+		str_add(&b, "* LIST (%s) \".\" ", attrs[0] == ' ' ? attrs + 1 : attrs);
+		name_str(&b, nm);
+		str_addn(&b, "\r\n", 2);
+		out_str(p, &b);
+	}
+	for (size_t k = 0; k < npat; k++)
+		free(pats[k]);
+	mailstore_names_free(&names, n);
+	mailstore_names_free(&subs, ns);
+	reply(p, "%s OK List completed.", p->tag);
+}
+
+static void
+c_list(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, strcmp(c->name, "LSUB") == 0 ? x_lsub : x_list_ext);
+}
+
+/* ---- CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, STATUS ---- */
+
+/* the folder argument I, INBOX normalised, a trailing '.' dropped (CREATE);
+ * NULL with a NO sent when it cannot be a folder */
+static char *
+folder_arg(struct imap_proto *p, size_t i, int allow_inbox)
+{
+	const char *name;
+	char *n;
+	size_t len;
+
+	if (name_arg(&p->cmd->args[i], &name) < 0) {
+		reply(p, "%s NO [CANNOT] Invalid mailbox name.", p->tag);
+		return NULL;
+	}
+	n = name_norm(name);
+	len = strlen(n);
+	if (len > 1 && n[len - 1] == '.')
+		n[len - 1] = '\0';
+	if (strcmp(n, "INBOX") == 0 ? !allow_inbox : !mailstore_folder_is_valid(n)) {
+		if (strcmp(n, "INBOX") != 0)
+			reply(p, "%s NO [CANNOT] Invalid mailbox name.", p->tag);
+		else
+			reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
+		free(n);
+		return NULL;
+	}
+	return n;
+}
+
+static int
+folder_exists(struct imap_proto *p, const char *name)
+{
+	char **names;
+	size_t n;
+	const char *err;
+	int have;
+
+	if (strcmp(name, "INBOX") == 0)
+		return 1;
+	if (mailstore_folders(p->ms, &names, &n, &err) < 0)
+		return 0;
+	have = names_have(names, n, name);
+	mailstore_names_free(&names, n);
+	return have;
+}
+
+static void
+done_sync(struct imap_proto *p)
+{
+	if (p->box != NULL)
+		view_sync(p, 1);
+}
+
+static void
+x_create(struct imap_proto *p)
+{
+	const char *err;
+	char *name = folder_arg(p, 0, 0);
+
+	if (name == NULL)
+		return;
+	if (folder_exists(p, name))
+		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
+	else if (mailstore_folder_create(p->ms, name, &err) < 0)
+		reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
+	else {
+		done_sync(p);
+		reply(p, "%s OK Create completed.", p->tag);
+	}
+	free(name);
+}
+
+static void
+x_delete(struct imap_proto *p)
+{
+	const char *err;
+	char *name = folder_arg(p, 0, 1);
+
+	if (name == NULL)
+		return;
+	if (strcmp(name, "INBOX") == 0) {
+		reply(p, "%s NO INBOX can't be deleted.", p->tag);
+	} else if (!folder_exists(p, name)) {
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s.", p->tag, name);
+	} else {
+		if (p->box != NULL && strcmp(mailstore_box_name(p->box), name) == 0)
+			box_close(p);	/* deleting the selected folder deselects it */
+		if (mailstore_folder_delete(p->ms, name, &err) < 0) {
+			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
+		} else {
+			/* the subscription stays, as Dovecot keeps it (LIST shows it
+			 * \NonExistent) */
+			done_sync(p);
+			reply(p, "%s OK Delete completed.", p->tag);
+		}
+	}
+	free(name);
+}
+
+/* RENAME INBOX: its messages move to a new folder, INBOX stays (RFC 3501 §6.3.5) */
+static int
+rename_inbox(struct imap_proto *p, const char *to, const char **err)
+{
+	struct mailstore_box *in, *dst;
+	int rc = 0;
+
+	if (mailstore_folder_create(p->ms, to, err) < 0)
+		return -1;
+	if (p->box != NULL && strcmp(mailstore_box_name(p->box), "INBOX") == 0)
+		in = p->box;
+	else if (mailstore_box_open(p->ms, "INBOX", &in, err) < 0)
+		return -1;
+	if (mailstore_box_open(p->ms, to, &dst, err) < 0) {
+		if (in != p->box)
+			mailstore_box_close(&in);
+		return -1;
+	}
+	while (rc == 0 && mailstore_box_count(in) > 0) {
+		uint32_t uid = mailstore_box_msg(in, 0)->uid, nu;
+
+		if (mailstore_msg_copy(in, uid, dst, &nu, err) < 0 ||
+		    mailstore_msg_expunge(in, uid, err) < 0)
+			rc = -1;
+	}
+	mailstore_box_close(&dst);
+	if (in != p->box)
+		mailstore_box_close(&in);
+	return rc;
+}
+
+static void
+x_rename(struct imap_proto *p)
+{
+	const char *err = "";
+	char *from = folder_arg(p, 0, 1), *to;
+	size_t fl;
+
+	if (from == NULL)
+		return;
+	to = folder_arg(p, 1, 0);
+	if (to == NULL) {
+		free(from);
+		return;
+	}
+	fl = strlen(from);
+	if (!folder_exists(p, from)) {
+		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s.", p->tag, from);
+	} else if (folder_exists(p, to)) {
+		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
+	} else if (strncmp(to, from, fl) == 0 && to[fl] == '.') {
+		reply(p, "%s NO Can't rename mailbox under its own child.", p->tag);
+	} else if (strcmp(from, "INBOX") == 0) {
+		if (rename_inbox(p, to, &err) < 0)
+			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
+		else {
+			done_sync(p);
+			reply(p, "%s OK Rename completed.", p->tag);
+		}
+	} else {
+		if (p->box != NULL && strcmp(mailstore_box_name(p->box), from) == 0)
+			box_close(p);
+		if (mailstore_folder_rename(p->ms, from, to, &err) < 0) {
+			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
+		} else {
+			char **subs;
+			size_t n;
+
+			/* the subscriptions follow the folder and its children */
+			if (mailstore_subscriptions(p->ms, &subs, &n, &err) == 0) {
+				for (size_t i = 0; i < n; i++) {
+					if (strncmp(subs[i], from, fl) != 0 ||
+					    (subs[i][fl] != '\0' && subs[i][fl] != '.'))
+						continue;
+					{
+						char *nn = xasprintf("%s%s", to, subs[i] + fl);
+
+						if (mailstore_subscribe(p->ms, subs[i], 0, &err) < 0 ||
+						    mailstore_subscribe(p->ms, nn, 1, &err) < 0)
+							err = NULL;
+						free(nn);
+					}
+				}
+				mailstore_names_free(&subs, n);
+			}
+			done_sync(p);
+			reply(p, "%s OK Rename completed.", p->tag);
+		}
+	}
+	free(from);
+	free(to);
+}
+
+static void
+x_subscribe(struct imap_proto *p)
+{
+	int on = strcmp(p->cmd->name, "SUBSCRIBE") == 0;
+	const char *err;
+	char *name = folder_arg(p, 0, 1);
+
+	if (name == NULL)
+		return;
+	if (on && !folder_exists(p, name))
+		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag, name);
+	else if (mailstore_subscribe(p->ms, name, on, &err) < 0)
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+	else {
+		done_sync(p);
+		reply(p, "%s OK %s completed.", p->tag, on ? "Subscribe" : "Unsubscribe");
+	}
+	free(name);
+}
+
+static void
+x_status(struct imap_proto *p)
+{
+	static const char *const items[] = { "MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY",
+		"UNSEEN" };
+	const struct imap_arg *l = &p->cmd->args[1];
+	struct mailstore_box *box;
+	unsigned want = 0;
+	const char *err;
+	char *name;
+	struct str b = { 0 };
+	int own = 0;
+
+	if (l->type != IMAP_ARG_LIST) {
+		reply(p, "%s BAD Invalid arguments.", p->tag);
+		return;
+	}
+	for (size_t i = 0; i < l->count; i++) {
+		size_t k;
+
+		for (k = 0; k < 5; k++)
+			if (l->list[i].type == IMAP_ARG_ATOM && strcasecmp(l->list[i].str, items[k]) == 0)
+				break;
+		if (k == 5) {
+			reply(p, "%s BAD Invalid status item", p->tag);
+			return;
+		}
+		want |= 1u << k;
+	}
+	if ((name = folder_arg(p, 0, 1)) == NULL)
+		return;
+	if (p->box != NULL && strcmp(mailstore_box_name(p->box), name) == 0) {
+		box = p->box;
+		view_sync(p, 1);
+	} else if (mailstore_box_open(p->ms, name, &box, &err) < 0) {
+		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag, name);
+		free(name);
+		return;
+	} else {
+		own = 1;
+	}
+	str_add(&b, "* STATUS ");
+	name_str(&b, name);
+	str_add(&b, " (");
+	{
+		size_t count = mailstore_box_count(box), recent = 0, unseen = 0;
+		const char *sp = "";
+
+		for (size_t i = 0; i < count; i++) {
+			const struct mailstore_msg *m = mailstore_box_msg(box, i);
+
+			recent += m->recent;
+			unseen += !(m->flags & MAILSTORE_SEEN);
+		}
+		if (want & 1)
+			str_add(&b, "%sMESSAGES %zu", sp, count), sp = " ";
+		if (want & 2)
+			str_add(&b, "%sRECENT %zu", sp, recent), sp = " ";
+		if (want & 4)
+			str_add(&b, "%sUIDNEXT %u", sp, (unsigned)mailstore_box_uidnext(box)), sp = " ";
+		if (want & 8)
+			str_add(&b, "%sUIDVALIDITY %u", sp, (unsigned)mailstore_box_uidvalidity(box)),
+			    sp = " ";
+		if (want & 16)
+			str_add(&b, "%sUNSEEN %zu", sp, unseen);
+	}
+	str_add(&b, ")\r\n");
+	out_str(p, &b);
+	if (own)
+		mailstore_box_close(&box);
+	free(name);
+	if (own)
+		reply(p, "%s OK Status completed.", p->tag);
+	else
+		reply(p, "%s OK [CLIENTBUG] Status on selected mailbox completed.", p->tag);
+}
+
+static void
+c_folder(struct imap_proto *p, const struct imap_cmd *c)
+{
+	static const struct {
+		const char *name;
+		exec_fn *fn;
+	} fns[] = { { "CREATE", x_create }, { "DELETE", x_delete }, { "RENAME", x_rename },
+		{ "SUBSCRIBE", x_subscribe }, { "UNSUBSCRIBE", x_subscribe },
+		{ "STATUS", x_status } };
+
+	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++)
+		if (strcmp(fns[i].name, c->name) == 0)
+			want_exec(p, c, fns[i].fn);
 }
 
 /* ---- simple commands ---- */
@@ -686,9 +1816,21 @@ c_capability(struct imap_proto *p, const struct imap_cmd *c)
 }
 
 static void
+x_noop(struct imap_proto *p)
+{
+	view_sync(p, 1);
+	reply(p, "%s OK %s completed.", p->tag, strcmp(p->cmd->name, "CHECK") == 0 ? "Check" :
+	    "NOOP");
+}
+
+static void
 c_noop(struct imap_proto *p, const struct imap_cmd *c)
 {
-	reply(p, "%s OK %s completed.", c->tag, strcmp(c->name, "CHECK") == 0 ? "Check" : "NOOP");
+	if (p->st == ST_SELECTED) {
+		want_exec(p, c, x_noop);
+		return;
+	}
+	reply(p, "%s OK NOOP completed.", c->tag);
 }
 
 static void
@@ -744,12 +1886,1043 @@ c_idle(struct imap_proto *p, const struct imap_cmd *c)
 	p->idling = 1;
 	imap_parser_set_idle(p->parser);
 	reply(p, "+ idling");
+	/* what changed since the last command is told at once, as Dovecot */
+	if (p->box != NULL)
+		want_exec(p, c, x_idle_sync);
 }
 
 static void
-c_later(struct imap_proto *p, const struct imap_cmd *c)
+x_idle_sync(struct imap_proto *p)
 {
-	reply(p, "%s NO [CANNOT] %s is not implemented yet.", c->tag, c->name);
+	view_sync(p, 1);
+}
+
+int
+imap_proto_idling(const struct imap_proto *p)
+{
+	return p->idling;
+}
+
+const char *
+imap_proto_watch_dir(const struct imap_proto *p)
+{
+	return p->idling && p->box != NULL ? mailstore_box_dir(p->box) : NULL;
+}
+
+void
+imap_proto_notify(struct imap_proto *p)
+{
+	if (p->idling && p->box != NULL && p->act == IMAP_ACT_NONE && !p->close)
+		want_exec(p, NULL, x_idle_sync);
+}
+
+void
+imap_proto_keepalive(struct imap_proto *p)
+{
+	if (p->idling && p->act == IMAP_ACT_NONE && !p->close)
+		reply(p, "* OK Still here");
+}
+
+void
+imap_proto_bye(struct imap_proto *p, const char *text)
+{
+	if (p->act == IMAP_ACT_EXEC) {
+		/* after the running exec: its output first */
+		free(p->bye);
+		p->bye = xstrdup(text ? text : "Server shutting down.");
+		p->logout_pending = 1;
+		return;
+	}
+	reply(p, "* BYE %.200s", text ? text : "Server shutting down.");
+	p->close = 1;
+}
+
+/* ---- message sets ---- */
+
+/* mark the view entries SET names (sequence numbers or UIDs) in SEL; -1 when a
+ * sequence number is past the end (BAD), else how many were marked */
+static long
+set_select(struct imap_proto *p, const struct imap_seqset *set, int uid, unsigned char *sel)
+{
+	long n = 0;
+
+	if (set->saved)
+		return 0;
+	for (size_t r = 0; r < set->n; r++) {
+		uint32_t lo = set->r[r].lo, hi = set->r[r].hi, t;
+
+		if (uid) {
+			uint32_t max = p->nview ? p->view[p->nview - 1].uid : 0;
+			size_t a = 0, b = p->nview;
+
+			if (p->nview == 0)
+				continue;
+			if (lo == 0)
+				lo = max;
+			if (hi == 0)
+				hi = max;
+			if (lo > hi) {
+				t = lo;
+				lo = hi;
+				hi = t;
+			}
+			while (a < b) {
+				size_t m = a + (b - a) / 2;
+
+				if (p->view[m].uid < lo)
+					a = m + 1;
+				else
+					b = m;
+			}
+			for (size_t i = a; i < p->nview && p->view[i].uid <= hi; i++)
+				if (!sel[i]) {
+					sel[i] = 1;
+					n++;
+				}
+		} else {
+			uint32_t max = (uint32_t)p->nview;
+
+			if (lo == 0)
+				lo = max;
+			if (hi == 0)
+				hi = max;
+			if (lo > hi) {
+				t = lo;
+				lo = hi;
+				hi = t;
+			}
+			if (lo == 0 || hi > max)
+				return -1;
+			for (uint32_t i = lo - 1; i < hi; i++)
+				if (!sel[i]) {
+					sel[i] = 1;
+					n++;
+				}
+		}
+	}
+	return n;
+}
+
+/* the selection of the command in exec (freed by the caller); NULL after a BAD */
+static unsigned char *
+cmd_select(struct imap_proto *p)
+{
+	unsigned char *sel = xcalloc(p->nview + 1, 1);
+
+	if (set_select(p, &p->cmd->seq, p->cmd->uid, sel) < 0) {
+		reply(p, "%s BAD Error in IMAP command %s: Invalid messageset.", p->tag,
+		    p->cmd->name);
+		free(sel);
+		return NULL;
+	}
+	return sel;
+}
+
+/* system flags and keywords of a flag list; -1 with a BAD sent */
+static int
+parse_flags(struct imap_proto *p, const char *const *fl, size_t n, unsigned *flags_r,
+    const char ***kw_r, size_t *nkw_r)
+{
+	static const char *const names[] = { "\\Answered", "\\Flagged", "\\Deleted", "\\Seen",
+		"\\Draft" };
+	const char **kw = xcalloc(n + 1, sizeof(*kw));
+	size_t nkw = 0;
+
+	*flags_r = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t k;
+
+		if (fl[i][0] != '\\') {
+			kw[nkw++] = fl[i];
+			continue;
+		}
+		for (k = 0; k < 5; k++)
+			if (strcasecmp(fl[i], names[k]) == 0)
+				break;
+		if (k < 5) {
+			*flags_r |= 1u << k;
+		} else if (strcasecmp(fl[i], "\\Recent") != 0) {
+			reply(p, "%s BAD Invalid system flag %.100s", p->tag, fl[i]);
+			free(kw);
+			return -1;
+		}
+	}
+	*kw_r = kw;
+	*nkw_r = nkw;
+	return 0;
+}
+
+/* ---- FETCH ---- */
+
+static void
+internaldate(time_t t, char *buf, size_t cap)
+{
+	static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+		"Sep", "Oct", "Nov", "Dec" };
+	struct tm tm;
+	long off;
+
+	localtime_r(&t, &tm);
+	off = tm.tm_gmtoff / 60;
+	snprintf(buf, cap, "%02d-%s-%04d %02d:%02d:%02d %c%02ld%02ld", tm.tm_mday, mon[tm.tm_mon],
+	    tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, off < 0 ? '-' : '+',
+	    (off < 0 ? -off : off) / 60, (off < 0 ? -off : off) % 60);
+}
+
+struct fmsg {
+	int fd;			/* -1 until opened */
+	uint64_t size;		/* file size */
+	struct mref *mr;	/* the parsed message, once asked for */
+};
+
+static int
+fmsg_open(struct imap_proto *p, struct fmsg *f, uint32_t uid)
+{
+	const char *err;
+	struct stat st;
+
+	if (f->fd >= 0)
+		return 0;
+	if (mailstore_msg_open(p->box, uid, &f->fd, &err) < 0) {
+		f->fd = -1;
+		return -1;
+	}
+	f->size = fstat(f->fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+	return 0;
+}
+
+static int
+fmsg_mime(struct imap_proto *p, struct fmsg *f, uint32_t uid)
+{
+	struct imap_mime *m;
+	const char *err;
+
+	if (f->mr != NULL)
+		return 0;
+	if (fmsg_open(p, f, uid) < 0 || imap_mime_open(f->fd, f->size, &m, &err) < 0)
+		return -1;
+	f->mr = xcalloc(1, sizeof(*f->mr));
+	f->mr->m = m;
+	f->mr->refs = 1;
+	return 0;
+}
+
+static void
+fmsg_close(struct fmsg *f)
+{
+	if (f->fd >= 0)
+		close(f->fd);
+	f->fd = -1;
+	mref_unref(&f->mr);
+}
+
+static int
+fetch_sets_seen(const struct imap_fetch_att *f)
+{
+	return f->kind == IMAP_FETCH_RFC822 || f->kind == IMAP_FETCH_RFC822_TEXT ||
+	    (f->kind == IMAP_FETCH_SECTION && !f->peek);
+}
+
+static void
+section_name(struct str *b, const struct imap_fetch_att *f)
+{
+	static const char *const text[] = { "", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT",
+		"TEXT", "MIME" };
+
+	str_add(b, "BODY[");
+	for (size_t i = 0; i < f->nparts; i++)
+		str_add(b, "%s%u", i ? "." : "", (unsigned)f->part[i]);
+	if (f->text != IMAP_SECTION_ALL)
+		str_add(b, "%s%s", f->nparts ? "." : "", text[f->text]);
+	if (f->text == IMAP_SECTION_HEADER_FIELDS || f->text == IMAP_SECTION_HEADER_FIELDS_NOT) {
+		str_add(b, " (");
+		/* the field names upper-cased, as Dovecot echoes them */
+		for (size_t i = 0; i < f->nfields; i++) {
+			str_add(b, "%s", i ? " " : "");
+			for (const char *s = f->fields[i]; *s != '\0'; s++) {
+				char u = (char)toupper((unsigned char)*s);
+
+				str_addn(b, &u, 1);
+			}
+		}
+		str_add(b, ")");
+	}
+	str_add(b, "]");
+	if (f->partial)
+		str_add(b, "<%u>", (unsigned)f->offset);
+}
+
+/* one message's FETCH response; 0, or -1 when it is gone from the store */
+static int
+fetch_one(struct imap_proto *p, size_t i)
+{
+	const struct imap_cmd *c = p->cmd;
+	const struct mailstore_msg *m = view_msg(p, i);
+	struct vmsg *v = &p->view[i];
+	struct str b = { 0 };
+	struct fmsg f = { .fd = -1, .size = 0, .mr = NULL };
+	int want_flags = 0, first = 1, seen_set = 0;
+	const char *err;
+
+	if (m == NULL)
+		return -1;
+	for (size_t k = 0; k < c->nfetch; k++) {
+		if (c->fetch[k].kind == IMAP_FETCH_FLAGS)
+			want_flags = 1;
+		if (!p->readonly && fetch_sets_seen(&c->fetch[k]) && !(m->flags & MAILSTORE_SEEN))
+			seen_set = 1;
+	}
+	if (seen_set) {
+		if (mailstore_msg_set_flags(p->box, v->uid, MAILSTORE_FLAGS_ADD, MAILSTORE_SEEN,
+		    NULL, 0, &err) == 0) {
+			m = view_msg(p, i);
+			if (m == NULL)
+				return -1;
+			v->flags = m->flags;
+			v->kw = m->keywords;
+		} else {
+			seen_set = 0;
+		}
+	}
+	str_add(&b, "* %zu FETCH (", i + 1);
+	/* as Dovecot: UID first for UID FETCH, then UID/FLAGS/INTERNALDATE/
+	 * RFC822.SIZE in the order asked, FLAGS when \Seen was set on the way,
+	 * then the rest (ENVELOPE, BODY..., sections) in the order asked */
+	if (c->uid) {
+		str_add(&b, "UID %u", (unsigned)v->uid);
+		first = 0;
+	}
+	for (int pass = 0; pass < 2; pass++)
+	for (size_t k = 0; k < c->nfetch; k++) {
+		const struct imap_fetch_att *a = &c->fetch[k];
+		const char *sp = first ? "" : " ";
+		/* Dovecot's "buffered" handlers come first */
+		int later = !(a->kind == IMAP_FETCH_UID || a->kind == IMAP_FETCH_FLAGS ||
+		    a->kind == IMAP_FETCH_INTERNALDATE || a->kind == IMAP_FETCH_RFC822_SIZE);
+
+		if (pass == 1 && k == 0 && seen_set && !want_flags) {
+			/* FLAGS for the \Seen just set: the last of the buffered ones */
+			str_add(&b, "%sFLAGS (", first ? "" : " ");
+			flags_str(p, &b, v->flags, v->kw, v->recent);
+			str_add(&b, ")");
+			first = 0;
+			sp = " ";
+		}
+		if (later != pass)
+			continue;
+		switch (a->kind) {
+		case IMAP_FETCH_UID:
+			if (c->uid)
+				continue;
+			str_add(&b, "%sUID %u", sp, (unsigned)v->uid);
+			break;
+		case IMAP_FETCH_FLAGS:
+			str_add(&b, "%sFLAGS (", sp);
+			flags_str(p, &b, v->flags, v->kw, v->recent);
+			str_add(&b, ")");
+			break;
+		case IMAP_FETCH_INTERNALDATE: {
+			time_t t = 0;
+			char d[64];
+
+			if (mailstore_msg_date(p->box, v->uid, &t, &err) < 0)
+				t = 0;
+			internaldate(t, d, sizeof(d));
+			str_add(&b, "%sINTERNALDATE \"%s\"", sp, d);
+			break;
+		}
+		case IMAP_FETCH_RFC822_SIZE:
+			str_add(&b, "%sRFC822.SIZE %llu", sp, (unsigned long long)m->vsize);
+			break;
+		case IMAP_FETCH_RFC822:
+		case IMAP_FETCH_RFC822_HEADER:
+		case IMAP_FETCH_RFC822_TEXT:
+		case IMAP_FETCH_SECTION: {
+			struct imap_mime_section sec;
+
+			if (fmsg_mime(p, &f, v->uid) < 0) {
+				free(b.s);
+				fmsg_close(&f);
+				return -1;
+			}
+			if (a->kind == IMAP_FETCH_SECTION) {
+				str_add(&b, "%s", sp);
+				section_name(&b, a);
+			} else {
+				str_add(&b, "%s%s", sp, a->kind == IMAP_FETCH_RFC822 ? "RFC822" :
+				    a->kind == IMAP_FETCH_RFC822_HEADER ? "RFC822.HEADER" : "RFC822.TEXT");
+			}
+			if (imap_mime_section(f.mr->m, a, &sec) < 0) {
+				str_add(&b, " NIL");
+				break;
+			}
+			str_add(&b, " {%llu}\r\n", (unsigned long long)sec.size);
+			out_str(p, &b);
+			if (sec.size == 0) {
+				imap_mime_section_deinit(&sec);
+			} else if (sec.built == NULL && !sec.crlf) {
+				/* the file's own bytes: the door sends them from the file */
+				int dfd = dup(f.fd);
+
+				if (dfd >= 0) {
+					out_file(p, dfd, (off_t)sec.offset, sec.size, 0);
+					imap_mime_section_deinit(&sec);
+				} else {
+					out_gen(p, f.mr, &sec);
+				}
+			} else {
+				out_gen(p, f.mr, &sec);
+			}
+			break;
+		}
+		case IMAP_FETCH_ENVELOPE:
+		case IMAP_FETCH_BODY:
+		case IMAP_FETCH_BODYSTRUCTURE: {
+			char *s;
+			size_t len;
+
+			if (fmsg_mime(p, &f, v->uid) < 0) {
+				free(b.s);
+				fmsg_close(&f);
+				return -1;
+			}
+			s = a->kind == IMAP_FETCH_ENVELOPE ? imap_mime_envelope(f.mr->m, &len) :
+			    imap_mime_bodystructure(f.mr->m, a->kind == IMAP_FETCH_BODYSTRUCTURE, &len);
+			str_add(&b, "%s%s ", sp, a->kind == IMAP_FETCH_ENVELOPE ? "ENVELOPE" :
+			    a->kind == IMAP_FETCH_BODY ? "BODY" : "BODYSTRUCTURE");
+			if (s != NULL)
+				str_addn(&b, s, len);
+			else
+				str_add(&b, "NIL");
+			free(s);
+			break;
+		}
+		}
+		first = 0;
+	}
+	str_add(&b, ")\r\n");
+	out_str(p, &b);
+	fmsg_close(&f);
+	return 0;
+}
+
+static void
+x_fetch(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	uint64_t start = p->xq.bytes;
+	size_t files = p->xq.files;
+	unsigned char *sel;
+	size_t i;
+
+	sel = cmd_select(p);
+	if (sel == NULL)
+		return;
+	for (i = p->cursor; i < p->nview; i++) {
+		if (!sel[i])
+			continue;
+		if (fetch_one(p, i) < 0)
+			p->fetch_gone = 1;
+		if (p->xq.bytes - start > BATCH_BYTES || p->xq.files - files >= BATCH_FILES) {
+			i++;
+			break;
+		}
+	}
+	while (i < p->nview && !sel[i])
+		i++;
+	free(sel);
+	if (i < p->nview) {
+		p->cursor = i;
+		p->more = 1;
+		return;
+	}
+	/* by UID, expunges may be told now (RFC 3501 §7.4.1); not by sequence number */
+	view_sync(p, c->uid);
+	if (p->fetch_gone)
+		reply(p, "%s NO [EXPUNGEISSUED] Some of the requested messages no longer exist.",
+		    p->tag);
+	else
+		reply(p, "%s OK Fetch completed.", p->tag);
+	p->fetch_gone = 0;
+}
+
+static void
+c_fetch(struct imap_proto *p, const struct imap_cmd *c)
+{
+	p->fetch_gone = 0;
+	want_exec(p, c, x_fetch);
+}
+
+/* ---- STORE ---- */
+
+static void
+x_store(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	static const enum mailstore_flag_mode mode[] = { MAILSTORE_FLAGS_REPLACE,
+		MAILSTORE_FLAGS_ADD, MAILSTORE_FLAGS_REMOVE };
+	unsigned char *sel;
+	unsigned flags;
+	const char **kw;
+	size_t nkw;
+	int gone = 0, failed = 0;
+	const char *err = NULL;
+
+	if (parse_flags(p, c->flags, c->nflags, &flags, &kw, &nkw) < 0)
+		return;
+	sel = cmd_select(p);
+	if (sel == NULL) {
+		free(kw);
+		return;
+	}
+	if (p->readonly) {
+		free(sel);
+		free(kw);
+		view_sync(p, 0);
+		reply(p, "%s OK Store ignored with read-only mailbox.", p->tag);
+		return;
+	}
+	box_refresh(p);
+	for (size_t i = 0; i < p->nview; i++) {
+		const struct mailstore_msg *m;
+
+		if (!sel[i])
+			continue;
+		if (view_msg(p, i) == NULL) {
+			gone = 1;
+			continue;
+		}
+		if (mailstore_msg_set_flags(p->box, p->view[i].uid, mode[c->store_mode], flags,
+		    kw, nkw, &err) < 0) {
+			box_refresh(p);
+			if (view_msg(p, i) == NULL) {
+				gone = 1;	/* expunged by another session meanwhile */
+				continue;
+			}
+			failed = 1;
+			break;
+		}
+		m = view_msg(p, i);
+		if (m == NULL)
+			continue;
+		p->view[i].flags = m->flags;
+		p->view[i].kw = m->keywords;
+		kw_announce(p);
+		if (!c->store_silent)
+			fetch_flags_line(p, i, c->uid);
+	}
+	free(sel);
+	free(kw);
+	view_sync(p, c->uid);
+	if (failed)
+		reply(p, "%s NO [LIMIT] %s", p->tag, err ? err : "Store failed.");
+	else if (gone)
+		reply(p, "%s NO [EXPUNGEISSUED] Some of the requested messages no longer exist.",
+		    p->tag);
+	else
+		reply(p, "%s OK Store completed.", p->tag);
+}
+
+static void
+c_store(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_store);
+}
+
+/* ---- EXPUNGE, CLOSE ---- */
+
+/* remove the \Deleted messages (those of SEL only, when given) */
+static void
+expunge_deleted(struct imap_proto *p, const unsigned char *sel)
+{
+	const char *err;
+
+	for (size_t i = 0; i < p->nview; i++) {
+		const struct mailstore_msg *m;
+
+		if (sel != NULL && !sel[i])
+			continue;
+		m = view_msg(p, i);
+		if (m != NULL && (m->flags & MAILSTORE_DELETED) &&
+		    mailstore_msg_expunge(p->box, m->uid, &err) < 0)
+			continue;	/* gone already, or kept: the sync tells */
+	}
+}
+
+static void
+x_expunge(struct imap_proto *p)
+{
+	unsigned char *sel = NULL;
+
+	if (p->cmd->uid && (sel = cmd_select(p)) == NULL)
+		return;
+	if (p->readonly) {
+		free(sel);
+		view_sync(p, 1);
+		reply(p, "%s OK Expunge ignored: Mailbox is read-only.", p->tag);
+		return;
+	}
+	expunge_deleted(p, sel);
+	free(sel);
+	view_sync(p, 1);
+	reply(p, "%s OK Expunge completed.", p->tag);
+}
+
+static void
+c_expunge(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_expunge);
+}
+
+static void
+x_close(struct imap_proto *p)
+{
+	/* silently: no untagged EXPUNGE (RFC 3501 §6.4.2) */
+	if (!p->readonly)
+		expunge_deleted(p, NULL);
+	box_close(p);
+	reply(p, "%s OK Close completed.", p->tag);
+}
+
+static void
+c_close(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_close);
+}
+
+/* ---- COPY, MOVE ---- */
+
+/* "1:3,7" of ascending UIDS */
+static void
+uidset_str(struct str *b, const uint32_t *u, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+
+		while (j + 1 < n && u[j + 1] == u[j] + 1)
+			j++;
+		if (j > i)
+			str_add(b, "%s%u:%u", i ? "," : "", (unsigned)u[i], (unsigned)u[j]);
+		else
+			str_add(b, "%s%u", i ? "," : "", (unsigned)u[i]);
+		i = j + 1;
+	}
+}
+
+/* the folder a COPY, MOVE or APPEND writes to: the selected one or another;
+ * NULL with the NO sent */
+static struct mailstore_box *
+dest_open(struct imap_proto *p, const struct imap_arg *a, int *own_r)
+{
+	struct mailstore_box *b;
+	const char *name, *err;
+	char *nname;
+
+	*own_r = 0;
+	if (name_arg(a, &name) < 0 || !(mailstore_folder_is_valid(name) ||
+	    strcasecmp(name, "INBOX") == 0)) {
+		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s.", p->tag,
+		    name_arg(a, &name) < 0 ? "" : name);
+		return NULL;
+	}
+	nname = name_norm(name);
+	if (p->box != NULL && strcmp(nname, mailstore_box_name(p->box)) == 0) {
+		free(nname);
+		return p->box;
+	}
+	if (mailstore_box_open(p->ms, nname, &b, &err) < 0) {
+		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s.", p->tag, nname);
+		free(nname);
+		return NULL;
+	}
+	free(nname);
+	*own_r = 1;
+	return b;
+}
+
+static void
+x_copy(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	int move = strcmp(c->name, "MOVE") == 0, own, failed = 0, gone = 0;
+	struct mailstore_box *dst;
+	unsigned char *sel;
+	uint32_t *su, *du;
+	size_t n = 0;
+	const char *err = NULL;
+
+	sel = cmd_select(p);
+	if (sel == NULL)
+		return;
+	box_refresh(p);
+	if (move && p->readonly) {
+		free(sel);
+		reply(p, "%s NO [READ-ONLY] Mailbox is read-only.", p->tag);
+		return;
+	}
+	dst = dest_open(p, &c->args[1], &own);
+	if (dst == NULL) {
+		free(sel);
+		return;
+	}
+	su = xcalloc(p->nview + 1, sizeof(*su));
+	du = xcalloc(p->nview + 1, sizeof(*du));
+	for (size_t i = 0; i < p->nview; i++) {
+		uint32_t nu;
+
+		if (!sel[i])
+			continue;
+		if (view_msg(p, i) == NULL) {
+			gone = 1;
+			continue;
+		}
+		if (mailstore_msg_copy(p->box, p->view[i].uid, dst, &nu, &err) < 0) {
+			box_refresh(p);
+			if (view_msg(p, i) == NULL) {
+				gone = 1;
+				continue;
+			}
+			failed = 1;
+			break;
+		}
+		su[n] = p->view[i].uid;
+		du[n++] = nu;
+	}
+	if (n > 0 && !failed) {
+		struct str b = { 0 };
+
+		str_add(&b, "%s[COPYUID %u ", move ? "* OK " : "",
+		    (unsigned)mailstore_box_uidvalidity(dst));
+		uidset_str(&b, su, n);
+		str_add(&b, " ");
+		uidset_str(&b, du, n);
+		if (move) {
+			str_add(&b, "] Moved UIDs.\r\n");
+			out_str(p, &b);
+			for (size_t k = 0; k < n; k++)
+				if (mailstore_msg_expunge(p->box, su[k], &err) < 0)
+					continue;	/* gone meanwhile: the sync tells */
+			view_sync(p, 1);
+			reply(p, "%s OK Move completed.", p->tag);
+		} else {
+			view_sync(p, c->uid);
+			reply(p, "%s OK %s] Copy completed.", p->tag, b.s);
+			free(b.s);
+		}
+	} else {
+		view_sync(p, c->uid || move);
+		if (failed)
+			reply(p, "%s NO [SERVERBUG] %s failed: %.200s", p->tag, move ? "Move" : "Copy",
+			    err ? err : "internal error");
+		else if (gone)
+			reply(p, "%s NO [EXPUNGEISSUED] Some of the requested messages no longer "
+			    "exist.", p->tag);
+		else
+			reply(p, "%s OK No messages found.", p->tag);
+	}
+	if (own)
+		mailstore_box_close(&dst);
+	free(su);
+	free(du);
+	free(sel);
+}
+
+static void
+c_copy(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_copy);
+}
+
+
+/* ---- SEARCH, UID SEARCH, ESEARCH ---- */
+
+struct sctx {
+	struct imap_proto *p;
+	uint32_t uid;
+	struct fmsg f;
+};
+
+static int
+s_date(void *ctx, time_t *date_r)
+{
+	struct sctx *s = ctx;
+	const char *err;
+
+	return mailstore_msg_date(s->p->box, s->uid, date_r, &err);
+}
+
+static int
+s_open(void *ctx, struct imap_mime **m_r)
+{
+	struct sctx *s = ctx;
+
+	if (fmsg_mime(s->p, &s->f, s->uid) < 0)
+		return -1;
+	*m_r = s->f.mr->m;
+	return 0;
+}
+
+static void
+x_search(struct imap_proto *p)
+{
+	const struct imap_cmd *c = p->cmd;
+	unsigned ret = c->search_return;
+	const char *kwnames[MAX_MAILSTORE_KEYWORDS], *err;
+	uint32_t *hits, maxuid = p->nview ? p->view[p->nview - 1].uid : 0;
+	size_t nhits = 0, nkw = 0;
+	struct str b = { 0 };
+
+	if (imap_search_charset_check(c->charset, &err) < 0) {
+		reply(p, "%s NO %s", p->tag, err);
+		return;
+	}
+	for (unsigned i = 0; i < MAX_MAILSTORE_KEYWORDS; i++) {
+		kwnames[i] = mailstore_box_keyword(p->box, i);
+		if (kwnames[i] != NULL)
+			nkw = i + 1;
+	}
+	hits = xcalloc(p->nview + 1, sizeof(*hits));
+	for (size_t i = 0; i < p->nview; i++) {
+		const struct mailstore_msg *m = view_msg(p, i);
+		struct imap_search_input in;
+		struct sctx s = { p, 0, { -1, 0, NULL } };
+		int match = 0;
+
+		if (m == NULL)
+			continue;
+		s.uid = m->uid;
+		memset(&in, 0, sizeof(in));
+		in.msg = m;
+		in.seq = (uint32_t)(i + 1);
+		in.max_seq = (uint32_t)p->nview;
+		in.max_uid = maxuid;
+		in.keywords = kwnames;
+		in.nkeywords = nkw;
+		in.date = s_date;
+		in.open = s_open;
+		in.ctx = &s;
+		if (imap_search_match(c->search, &in, &match, &err) == 0 && match)
+			hits[nhits++] = c->uid ? m->uid : (uint32_t)(i + 1);
+		fmsg_close(&s.f);
+	}
+	if (ret == (IMAP_SEARCH_RETURN_ESEARCH | IMAP_SEARCH_RETURN_SAVE)) {
+		/* only SAVE: no ESEARCH line, as Dovecot (the result itself is not
+		 * kept: SEARCHRES is not offered) */
+	} else if (ret & IMAP_SEARCH_RETURN_ESEARCH) {
+		if ((ret & ~(IMAP_SEARCH_RETURN_ESEARCH | IMAP_SEARCH_RETURN_SAVE)) == 0)
+			ret |= IMAP_SEARCH_RETURN_ALL;
+		str_add(&b, "* ESEARCH (TAG \"%s\")%s", p->tag, c->uid ? " UID" : "");
+		if ((ret & IMAP_SEARCH_RETURN_MIN) && nhits > 0)
+			str_add(&b, " MIN %u", (unsigned)hits[0]);
+		if ((ret & IMAP_SEARCH_RETURN_MAX) && nhits > 0)
+			str_add(&b, " MAX %u", (unsigned)hits[nhits - 1]);
+		if ((ret & IMAP_SEARCH_RETURN_ALL) && nhits > 0) {
+			str_add(&b, " ALL ");
+			uidset_str(&b, hits, nhits);
+		}
+		if (ret & IMAP_SEARCH_RETURN_COUNT)
+			str_add(&b, " COUNT %zu", nhits);
+	} else {
+		str_add(&b, "* SEARCH");
+		for (size_t i = 0; i < nhits; i++)
+			str_add(&b, " %u", (unsigned)hits[i]);
+	}
+	if (b.n > 0)
+		str_add(&b, "\r\n");
+	out_str(p, &b);
+	free(hits);
+	view_sync(p, c->uid);
+	reply(p, "%s OK Search completed.", p->tag);
+}
+
+static void
+c_search(struct imap_proto *p, const struct imap_cmd *c)
+{
+	want_exec(p, c, x_search);
+}
+
+/* ---- APPEND (streamed: IMAP_EV_APPEND, _DATA, then the command) ---- */
+
+#define APPEND_CHUNK (64u << 10)	/* bytes gathered before an exec writes them */
+
+/* RFC 3501 date-time: "dd-Mon-yyyy hh:mm:ss +zzzz" (a leading space for d) */
+static int
+parse_datetime(const char *s, time_t *t_r)
+{
+	static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+		"Sep", "Oct", "Nov", "Dec" };
+	struct tm tm;
+	char m[4], sign;
+	int d, y, hh, mm, ss, zh, zm, k;
+
+	memset(&tm, 0, sizeof(tm));
+	while (*s == ' ')
+		s++;
+	if (sscanf(s, "%2d-%3s-%4d %2d:%2d:%2d %c%2d%2d", &d, m, &y, &hh, &mm, &ss, &sign, &zh,
+	    &zm) != 9 || (sign != '+' && sign != '-'))
+		return -1;
+	for (k = 0; k < 12; k++)
+		if (strcasecmp(m, mon[k]) == 0)
+			break;
+	if (k == 12 || d < 1 || d > 31 || y < 1970 || hh > 23 || mm > 59 || ss > 60)
+		return -1;
+	tm.tm_mday = d;
+	tm.tm_mon = k;
+	tm.tm_year = y - 1900;
+	tm.tm_hour = hh;
+	tm.tm_min = mm;
+	tm.tm_sec = ss;
+	*t_r = timegm(&tm) - (sign == '-' ? -1 : 1) * (zh * 3600 + zm * 60);
+	return *t_r > 0 ? 0 : -1;
+}
+
+static void
+append_cleanup(struct imap_proto *p)
+{
+	mailstore_append_abort(&p->app);
+	if (p->abox_own)
+		mailstore_box_close(&p->abox);
+	p->abox = NULL;
+	p->abox_own = 0;
+	for (size_t i = 0; i < p->app_nkw; i++)
+		free(p->app_kw[i]);
+	free(p->app_kw);
+	p->app_kw = NULL;
+	p->app_nkw = 0;
+	free(p->chunk);
+	p->chunk = NULL;
+	p->chunklen = p->chunkcap = 0;
+	p->app_active = 0;
+	p->app_failed = 0;
+}
+
+static void
+x_append_begin(struct imap_proto *p)
+{
+	const char *err;
+
+	p->abox = dest_open(p, &p->cmd->args[0], &p->abox_own);
+	if (p->abox == NULL)
+		return;
+	if (mailstore_append_begin(p->abox, &p->app, &err) < 0) {
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+		append_cleanup(p);
+		return;
+	}
+	p->app_active = 1;
+}
+
+/* on the loop after x_append_begin: let the parser stream the message, or drop it */
+static void
+after_append_begin(struct imap_proto *p)
+{
+	imap_parser_append_continue(p->parser, p->app_active);
+	if (p->app_active && p->app_sync)
+		reply(p, "+ OK");
+	if (!p->app_active)
+		append_cleanup(p);
+}
+
+static void
+append_flush(struct imap_proto *p)
+{
+	const char *err;
+
+	if (p->chunklen > 0 && !p->app_failed &&
+	    mailstore_append_write(p->app, p->chunk, p->chunklen, &err) < 0)
+		p->app_failed = 1;
+	p->chunklen = 0;
+}
+
+static void
+x_append_write(struct imap_proto *p)
+{
+	append_flush(p);
+}
+
+static void
+x_append_commit(struct imap_proto *p)
+{
+	uint32_t uid = 0;
+	const char *err;
+
+	append_flush(p);
+	if (p->app_failed) {
+		reply(p, "%s NO [SERVERBUG] Internal error occurred.", p->tag);
+	} else if (mailstore_append_commit(&p->app, p->app_flags, (const char *const *)p->app_kw,
+	    p->app_nkw, p->app_date, &uid, &err) < 0) {
+		reply(p, "%s NO [%s] %.200s", p->tag, strstr(err, "keyword") != NULL ? "LIMIT" :
+		    "SERVERBUG", err);
+	} else {
+		uint32_t uv = mailstore_box_uidvalidity(p->abox);
+
+		if (p->box != NULL)
+			view_sync(p, 1);
+		reply(p, "%s OK [APPENDUID %u %u] Append completed.", p->tag, (unsigned)uv,
+		    (unsigned)uid);
+	}
+	append_cleanup(p);
+}
+
+static void
+x_append_abort(struct imap_proto *p)
+{
+	append_cleanup(p);
+}
+
+/* IMAP_EV_APPEND: check what the parser has, then open the folder in an exec */
+static void
+append_event(struct imap_proto *p, const struct imap_event *ev)
+{
+	const struct imap_cmd *c = ev->cmd;
+	const char **kw;
+	size_t nkw;
+
+	snprintf(p->tag, sizeof(p->tag), "%s", c->tag);
+	append_cleanup(p);
+	if (p->st != ST_AUTH && p->st != ST_SELECTED) {
+		reply(p, "%s BAD Please log in first.", p->tag);
+		imap_parser_append_continue(p->parser, 0);
+		return;
+	}
+	if (ev->append_size == 0) {
+		reply(p, "%s NO Can't save a zero byte message.", p->tag);
+		imap_parser_append_continue(p->parser, 0);
+		return;
+	}
+	p->app_date = 0;
+	if (c->append_date != NULL && parse_datetime(c->append_date, &p->app_date) < 0) {
+		reply(p, "%s BAD Invalid internal date.", p->tag);
+		imap_parser_append_continue(p->parser, 0);
+		return;
+	}
+	if (parse_flags(p, c->flags, c->nflags, &p->app_flags, &kw, &nkw) < 0) {
+		imap_parser_append_continue(p->parser, 0);
+		return;
+	}
+	p->app_kw = xcalloc(nkw + 1, sizeof(*p->app_kw));
+	for (size_t i = 0; i < nkw; i++)
+		p->app_kw[i] = xstrdup(kw[i]);
+	p->app_nkw = nkw;
+	free(kw);
+	p->app_sync = ev->append_sync;
+	want_exec(p, c, x_append_begin);
+	p->after = after_append_begin;
+}
+
+static void
+append_data(struct imap_proto *p, const char *data, size_t len)
+{
+	if (!p->app_active || len == 0)
+		return;
+	if (p->chunklen + len > p->chunkcap) {
+		p->chunkcap = p->chunklen + len > APPEND_CHUNK ? p->chunklen + len : APPEND_CHUNK;
+		p->chunk = xrealloc(p->chunk, p->chunkcap);
+	}
+	memcpy(p->chunk + p->chunklen, data, len);
+	p->chunklen += len;
+	if (p->chunklen >= APPEND_CHUNK)
+		want_exec(p, NULL, x_append_write);
 }
 
 static const struct {
@@ -766,15 +2939,26 @@ static const struct {
 	{ "NAMESPACE", IN_LOGGED, c_namespace }, { "ENABLE", IN_LOGGED, c_enable },
 	{ "IDLE", IN_LOGGED, c_idle }, { "UNSELECT", IN_SELECTED, c_unselect },
 	{ "CHECK", IN_SELECTED, c_noop },
-	{ "CREATE", IN_LOGGED, c_later }, { "DELETE", IN_LOGGED, c_later },
-	{ "RENAME", IN_LOGGED, c_later }, { "SUBSCRIBE", IN_LOGGED, c_later },
-	{ "UNSUBSCRIBE", IN_LOGGED, c_later }, { "STATUS", IN_LOGGED, c_later },
-	{ "APPEND", IN_LOGGED, c_later },
-	{ "CLOSE", IN_SELECTED, c_later }, { "EXPUNGE", IN_SELECTED, c_later },
-	{ "SEARCH", IN_SELECTED, c_later }, { "FETCH", IN_SELECTED, c_later },
-	{ "STORE", IN_SELECTED, c_later }, { "COPY", IN_SELECTED, c_later },
-	{ "MOVE", IN_SELECTED, c_later },
+	{ "CREATE", IN_LOGGED, c_folder }, { "DELETE", IN_LOGGED, c_folder },
+	{ "RENAME", IN_LOGGED, c_folder }, { "SUBSCRIBE", IN_LOGGED, c_folder },
+	{ "UNSUBSCRIBE", IN_LOGGED, c_folder }, { "STATUS", IN_LOGGED, c_folder },
+	{ "CLOSE", IN_SELECTED, c_close }, { "EXPUNGE", IN_SELECTED, c_expunge },
+	{ "SEARCH", IN_SELECTED, c_search }, { "FETCH", IN_SELECTED, c_fetch },
+	{ "STORE", IN_SELECTED, c_store }, { "COPY", IN_SELECTED, c_copy },
+	{ "MOVE", IN_SELECTED, c_copy },
 };
+
+/* a BAD in a row more than the parser's bad_max: BYE, as Dovecot */
+static void
+bad_counted(struct imap_proto *p)
+{
+	unsigned max = p->st == ST_NOAUTH ? IMAP_BAD_MAX_PRELOGIN : IMAP_BAD_MAX;
+
+	if (++p->bad_row > max) {
+		reply(p, "* BYE Too many invalid IMAP commands.");
+		p->close = 1;
+	}
+}
 
 static void
 command(struct imap_proto *p, const struct imap_cmd *c)
@@ -789,13 +2973,16 @@ command(struct imap_proto *p, const struct imap_cmd *c)
 				reply(p, "%s BAD Please log in first.", c->tag);
 			else
 				reply(p, "%s BAD Command not permitted in this state.", c->tag);
+			bad_counted(p);
 			return;
 		}
+		p->bad_row = 0;
 		snprintf(p->tag, sizeof(p->tag), "%s", c->tag);
 		commands[i].run(p, c);
 		return;
 	}
 	reply(p, "%s BAD Unknown command.", c->tag);
+	bad_counted(p);
 }
 
 /* ---- input ---- */
@@ -814,12 +3001,18 @@ sasl_input(struct imap_proto *p, const char *buf, size_t len)
 	}
 	if (p->linelen + take > IMAP_AUTH_LINE_MAX) {
 		auth_end(p);
+		if (p->line != NULL)
+			explicit_bzero(p->line, p->linelen);
+		free(p->line);
+		p->line = NULL;
 		p->linelen = 0;
 		reply(p, "%s BAD Authentication response too long.", p->tag);
 		if (nl == NULL)
 			p->skipping = 1;
 		return nl ? take + 1 : take;
 	}
+	if (p->line == NULL)
+		p->line = xmalloc(IMAP_AUTH_LINE_MAX + 1);
 	memcpy(p->line + p->linelen, buf, take);
 	p->linelen += take;
 	if (nl == NULL)
@@ -834,6 +3027,8 @@ sasl_input(struct imap_proto *p, const char *buf, size_t len)
 		sasl_line(p, p->line);
 	}
 	explicit_bzero(p->line, p->linelen + 1);
+	free(p->line);
+	p->line = NULL;
 	p->linelen = 0;
 	return take + 1;
 }
@@ -856,15 +3051,29 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 		switch (ev.type) {
 		case IMAP_EV_NONE:
 			break;
+		case IMAP_EV_APPEND:
+			append_event(p, &ev);
+			break;
+		case IMAP_EV_APPEND_DATA:
+			append_data(p, ev.data, ev.datalen);
+			break;
 		case IMAP_EV_REPLY:
+			if (p->app_active) {
+				/* the line went wrong after the message: drop it */
+				out_add(p, ev.reply, strlen(ev.reply));
+				want_exec(p, NULL, x_append_abort);
+				break;
+			}
 			if (p->idling) {
 				/* not DONE: the IDLE command ends with a tagged BAD */
 				p->idling = 0;
 				reply(p, "%s BAD Expected DONE.", p->tag);
 				break;
 			}
-			/* FALLTHROUGH */
-			__attribute__((fallthrough));
+			out_add(p, ev.reply, strlen(ev.reply));
+			if (strstr(ev.reply, " BAD ") != NULL)
+				bad_counted(p);
+			break;
 		case IMAP_EV_CONTINUE:
 			out_add(p, ev.reply, strlen(ev.reply));
 			break;
@@ -877,6 +3086,11 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 			reply(p, "%s OK Idle completed.", p->tag);
 			break;
 		case IMAP_EV_COMMAND:
+			if (p->app_active && ev.cmd->append_streamed) {
+				snprintf(p->tag, sizeof(p->tag), "%s", ev.cmd->tag);
+				want_exec(p, ev.cmd, x_append_commit);
+				break;
+			}
 			command(p, ev.cmd);
 			break;
 		}

@@ -446,11 +446,21 @@ auth_next(struct pop3_proto *p, enum sasl_rc rc, const char *out64)
 	}
 }
 
+/* one SASL step: out64 is set by sasl_server_step64(), so it must not be
+ * read in the same argument list (their evaluation order is unspecified:
+ * with -O1 the challenge went out empty) */
+static void
+auth_step(struct pop3_proto *p, const char *in64)
+{
+	const char *out64 = "";
+	enum sasl_rc rc = sasl_server_step64(p->auth.sasl, in64, &out64);
+
+	auth_next(p, rc, out64);
+}
+
 static void
 sasl_line(struct pop3_proto *p, const char *line)
 {
-	const char *out64 = "";
-
 	if (p->auth_final != NULL) {
 		/* SCRAM: the client has checked our signature; an empty line closes */
 		if (line[0] == '\0' || strcmp(line, "=") == 0) {
@@ -462,7 +472,7 @@ sasl_line(struct pop3_proto *p, const char *line)
 		}
 		return;
 	}
-	auth_next(p, sasl_server_step64(p->auth.sasl, line, &out64), out64);
+	auth_step(p, line);
 }
 
 static int
@@ -480,7 +490,6 @@ cmd_auth(struct pop3_proto *p, char *arg)
 {
 	char *init = NULL;
 	unsigned mech;
-	const char *out64 = "";
 
 	if (arg == NULL) {
 		/* not in RFC 5034, but clients ask it and Dovecot answers: the list */
@@ -505,7 +514,7 @@ cmd_auth(struct pop3_proto *p, char *arg)
 		reply(p, "-ERR [AUTH] Unsupported authentication mechanism.");
 		return;
 	}
-	auth_next(p, sasl_server_step64(p->auth.sasl, init, &out64), out64);
+	auth_step(p, init);
 }
 
 static void
@@ -535,7 +544,6 @@ cmd_pass(struct pop3_proto *p, char *arg)
 	size_t ul, pl, n;
 	unsigned char *raw;
 	char *b64;
-	const char *out64 = "";
 
 	if (!p->have_user) {
 		reply(p, "-ERR No username given.");
@@ -562,7 +570,7 @@ cmd_pass(struct pop3_proto *p, char *arg)
 		reply(p, "-ERR [SYS/TEMP] Temporary authentication failure.");
 		return;
 	}
-	auth_next(p, sasl_server_step64(p->auth.sasl, b64, &out64), out64);
+	auth_step(p, b64);
 	explicit_bzero(b64, strlen(b64));
 	free(b64);
 }
@@ -637,6 +645,17 @@ pop3_proto_opened(struct pop3_proto *p, struct mailstore_box *box, int in_use)
 	p->st = ST_TRANS;
 	p->bad = 0;
 	reply(p, "+OK Logged in.");
+}
+
+void
+pop3_proto_open_refused(struct pop3_proto *p, const char *text)
+{
+	if (p->act != POP3_ACT_OPEN)
+		return;
+	p->act = POP3_ACT_NONE;
+	reply(p, "-ERR %.400s", text);
+	p->close = 1;
+	p->st = ST_DONE;
 }
 
 static void

@@ -102,6 +102,9 @@ unsigned pop3_proto_auth_failures(const struct pop3_proto *pp);
 
 /* the INBOX, or NULL with in_use (another POP3 session holds it) or a temporary failure */
 void pop3_proto_opened(struct pop3_proto *pp, struct mailstore_box *box, int in_use);
+/* POP3_ACT_OPEN refused before opening (mail_max_userip_connections):
+ * "-ERR <text>" and the connection closes */
+void pop3_proto_open_refused(struct pop3_proto *pp, const char *text);
 
 /* POP3_ACT_RETR: which message (UID) and how much: top -1 for RETR, else TOP's line count */
 void pop3_proto_retr_req(const struct pop3_proto *pp, uint32_t *uid_r, long *top_r);

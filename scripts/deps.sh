@@ -5,6 +5,12 @@ set -e
 pkgs="make gcc libc6-dev pkg-config libmilter-dev libcunit1-dev libhiredis-dev libevent-dev libcrypt-dev libssl-dev libgsasl-dev gsasl openssl postfix miltertest swaks libnet-ssleay-perl curl redis-server dnsmasq-base python3 python3-prometheus-client dovecot-imapd libmaxminddb-dev tor-geoipdb libmaxmind-db-writer-perl libpcre2-dev dovecot-sieve"
 # dovecot-pop3d: the POP3 core is compared with Dovecot's pop3 on one store (tests/integration/test_pop3_dovecot.py)
 pkgs="$pkgs dovecot-pop3d"
+# isync (mbsync) and mutt: real IMAP clients syncing and reading through the IMAP door (tests/integration/test_imap.py)
+pkgs="$pkgs isync mutt"
+# libgmime-3.0-dev: the MIME parser behind IMAP FETCH/SEARCH (pop-imap-proxy/imap_mime.c)
+pkgs="$pkgs libgmime-3.0-dev"
+# fetchmail: a real POP3 client against the POP3 door (tests/integration/test_pop3.py)
+pkgs="$pkgs fetchmail"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -53,7 +53,7 @@ authcheck_new(struct event_base *base, const char *door, const char *busy_what, 
 
 	ac->base = base;
 	ac->jobs = jobs_new(base, "auth", threads, max_pending);
-	ac->penalty = penalty_new(pc);
+	ac->penalty = penalty_new(pc, NULL);	/* the node's table, shared by every door */
 	snprintf(ac->door, sizeof(ac->door), "%s", door);
 	snprintf(ac->busy_what, sizeof(ac->busy_what), "%s", busy_what);
 	ac->ban = ban;

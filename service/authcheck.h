@@ -38,9 +38,13 @@ struct authcheck_req {
 	const char *conn_id;		/* for the log lines (common/connid) */
 };
 
-/* door names the counters (auth_total{door="smtp",...}); busy_what what the
- * log says was answered when the pool is full ("AUTH answered 454");
- * threads hash, at most max_pending checks queued or running; ban may be NULL */
+/* door names the door in the counters: auth_total{door=DOOR,result=success|
+ * failure}, DOOR as given ("smtp", "pop3", "imap": [a-z0-9_], the name of
+ * its `services` entry), so a new door is counted apart with no other code;
+ * the failed-login penalty is the node's one table (service/penalty.h)
+ * whatever the door. busy_what what the log says was answered when the pool
+ * is full ("AUTH answered 454"); threads hash, at most max_pending checks
+ * queued or running; ban may be NULL */
 struct authcheck *authcheck_new(struct event_base *base, const char *door, const char *busy_what,
     unsigned threads, size_t max_pending, const struct penalty_conf *pc,
     void (*ban)(void *arg, const struct ipaddr *addr, unsigned long seconds, const char *why),

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,6 +35,7 @@
 #define CONN_MAX_LISTENERS 16
 #define CONN_CLOSE_TRIES 100	/* 20 ms apart: a TLS filter's last bytes, 2 s at most */
 #define CONN_PEER_MAX 256
+#define CONN_FILTER_HIGH (256 * 1024)	/* a TLS filter queues this much in the socket's bev */
 
 struct door_listener {
 	struct conn_server *srv;
@@ -81,6 +84,7 @@ struct conn {
 	int again;			/* conn_resume() during ops->input */
 	int free_pending;		/* conn_close finished during ops->input */
 	size_t write_low;
+	unsigned timeout;		/* this connection's own; 0: the server's */
 	struct event *timer;
 	struct event *close_timer;
 	int close_tries;
@@ -102,8 +106,9 @@ static unsigned
 conn_timeout(const struct conn *c)
 {
 	const struct conn_server_conf *k = c->srv->cf;
+	unsigned t = c->timeout ? c->timeout : k->timeout;
 
-	return c->srv->stress && k->stress_timeout < k->timeout ? k->stress_timeout : k->timeout;
+	return c->srv->stress && k->stress_timeout < t ? k->stress_timeout : t;
 }
 
 static void
@@ -148,6 +153,8 @@ timed_out(struct conn *c)
 	if (c->srv->ops->timed_out != NULL && c->opened)
 		c->srv->ops->timed_out(c);
 	c->closing = 1;
+	c->write_low = 0;
+	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
 	evtimer_del(c->timer);
 	bufferevent_disable(c->bev, EV_READ);
 	bufferevent_set_timeouts(c->bev, &tv, &tv);
@@ -300,6 +307,8 @@ close_check(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (c->dead)
 		return;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+		return;		/* write_cb comes back once it is out */
 	if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) > 0 &&
 	    c->close_tries++ < CONN_CLOSE_TRIES) {
 		struct timeval tv = { 0, 20000 };
@@ -318,6 +327,8 @@ conn_close(struct conn *c)
 	if (c->dead)
 		return;
 	c->closing = 1;
+	c->write_low = 0;	/* write_cb once the output is empty, not below a mark */
+	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
 	bufferevent_disable(c->bev, EV_READ);
 	bufferevent_enable(c->bev, EV_WRITE);
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
@@ -425,6 +436,16 @@ read_cb(struct bufferevent *bev, void *arg)
 }
 
 void
+conn_set_timeout(struct conn *c, unsigned seconds)
+{
+	c->timeout = seconds;
+	if (c->closing || c->dead)
+		return;
+	set_write_timeout(c);
+	arm_timer(c);
+}
+
+void
 conn_pause(struct conn *c)
 {
 	c->paused = 1;
@@ -489,6 +510,9 @@ conn_starttls(struct conn *c)
 		conn_close(c);
 		return -1;
 	}
+	/* the filter fills the socket's bufferevent only up to its high mark:
+	 * without one a fast producer queues a whole message there */
+	bufferevent_setwatermark(c->bev, EV_WRITE, 0, CONN_FILTER_HIGH);
 	c->bev = tb;
 	c->tls = 1;
 	c->in_seen = 0;
@@ -562,6 +586,14 @@ accept_cb(void *arg, int fd, struct sockaddr *sa, socklen_t salen)
 	struct bufferevent *bev;
 
 	(void)salen;
+	if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
+		/* replies go out as written: with Nagle a reply written after
+		 * another one still unacknowledged waits for the client's
+		 * delayed ACK (40 ms a RETR, measured) */
+		int one = 1;
+
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
 	bev = li->tls ? tlsbev_accept(s->base, fd, s->cf->tls)
 	    : bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (bev == NULL) {

@@ -149,6 +149,10 @@ void conn_write(struct conn *c, const void *p, size_t n);
 size_t conn_output_pending(const struct conn *c);
 /* writable() once the output is below low bytes (0: never) */
 void conn_set_write_low(struct conn *c, size_t low);
+/* this connection's timeout in seconds instead of the server's (IMAP IDLE,
+ * a shorter one before login); 0: the server's again. Stress still cuts it
+ * to stress_timeout. */
+void conn_set_timeout(struct conn *c, unsigned seconds);
 /* stop / go on reading; resume feeds input already buffered (pipelining) */
 void conn_pause(struct conn *c);
 void conn_resume(struct conn *c);

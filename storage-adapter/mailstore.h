@@ -78,6 +78,18 @@ int mailstore_folder_delete(struct mailstore *ms, const char *name, const char *
 int mailstore_folder_rename(struct mailstore *ms, const char *from, const char *to,
     const char **error_r) __attribute__((warn_unused_result));
 int mailstore_folder_is_valid(const char *name);
+/*
+ * Subscriptions (IMAP SUBSCRIBE/LSUB) in Dovecot's Maildir++ "subscriptions"
+ * file (version 2 written; version 1 read and kept), so Dovecot sees the
+ * same. Names as IMAP gives them, '.' the separator; NULL-terminated list.
+ */
+int mailstore_subscriptions(struct mailstore *ms, char ***names_r, size_t *n_r,
+    const char **error_r) __attribute__((warn_unused_result));
+int mailstore_subscribe(struct mailstore *ms, const char *name, int on, const char **error_r)
+    __attribute__((warn_unused_result));
+/* create NAME unless it exists, and subscribe it when created (first-login folders) */
+int mailstore_folder_ensure(struct mailstore *ms, const char *name, const char **error_r)
+    __attribute__((warn_unused_result));
 
 /*
  * Open a folder: new mail is moved to cur/ (and is \Recent for this box),
@@ -98,6 +110,10 @@ const struct mailstore_msg *mailstore_box_msg(const struct mailstore_box *box, s
 long mailstore_box_find(const struct mailstore_box *box, uint32_t uid);
 /* keyword I's name, NULL if the slot is unused */
 const char *mailstore_box_keyword(const struct mailstore_box *box, unsigned i);
+/* the folder's name ("INBOX" for the inbox) */
+const char *mailstore_box_name(const struct mailstore_box *box);
+/* the folder's Maildir directory (with new/ cur/ tmp/), for a watcher */
+const char *mailstore_box_dir(const struct mailstore_box *box);
 
 /* the internal date (the file's mtime), read when first asked: opening a
  * folder whose names carry ,S= stats no file */
@@ -113,6 +129,13 @@ int mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const
 int mailstore_msg_set_flags(struct mailstore_box *box, uint32_t uid, enum mailstore_flag_mode mode,
     unsigned flags, const char *const *keywords, size_t nkeywords, const char **error_r)
     __attribute__((warn_unused_result));
+/*
+ * Copy message UID of SRC into DST (IMAP COPY/MOVE): a hard link where the
+ * file system allows (else a copy), flags and keywords kept, the internal
+ * date kept, a new UID in DST (*uid_r). SRC and DST are of one store.
+ */
+int mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box *dst,
+    uint32_t *uid_r, const char **error_r) __attribute__((warn_unused_result));
 /* remove the message (whatever its flags) */
 int mailstore_msg_expunge(struct mailstore_box *box, uint32_t uid, const char **error_r)
     __attribute__((warn_unused_result));

@@ -581,6 +581,183 @@ mailstore_folder_create(struct mailstore *ms, const char *name, const char **err
 	return 0;
 }
 
+/* ---- subscriptions: Dovecot's Maildir++ "subscriptions" file ----
+ * version 2: "V\t2\n\n", then one name a line, its hierarchy levels joined
+ * by TAB, each level tab-escaped (\001 then 1 t r n for \001 TAB CR LF);
+ * version 1 (no header): the names as they are. */
+
+#define SUBS_FILE "subscriptions"
+#define SUBS_V2 "V\t2\n\n"
+#define SUBS_MAX (1u << 20)
+
+static void
+subs_push(char ***v, size_t *n, size_t *cap, char *s)
+{
+	if (*n + 1 >= *cap) {
+		*cap = *cap ? *cap * 2 : 16;
+		*v = xreallocarray(*v, *cap, sizeof(**v));
+	}
+	(*v)[(*n)++] = s;
+	(*v)[*n] = NULL;
+}
+
+/* the names in the file (INBOX as is); *v2_r: the file's version is 2 (or absent) */
+static int
+subs_read(struct mailstore *ms, char ***names_r, size_t *n_r, int *v2_r, const char **error_r)
+{
+	char *path = xasprintf("%s/" SUBS_FILE, ms->md), *buf = NULL, *line, *next;
+	size_t len = 0, n = 0, cap = 0;
+	char **v = NULL;
+
+	*v2_r = 1;
+	if (read_capped(path, SUBS_MAX, &buf, &len) < 0) {
+		if (errno != ENOENT) {
+			*error_r = err("cannot read %s: %s", path, strerror(errno));
+			free(path);
+			return -1;
+		}
+		buf = xstrdup("");
+		len = 0;
+	}
+	free(path);
+	buf = xrealloc(buf, len + 1);
+	buf[len] = '\0';
+	line = buf;
+	if (len > 0) {
+		if (len >= strlen(SUBS_V2) && memcmp(buf, SUBS_V2, strlen(SUBS_V2)) == 0)
+			line += strlen(SUBS_V2);
+		else
+			*v2_r = 0;
+	}
+	for (; line < buf + len; line = next) {
+		char *nl = memchr(line, '\n', (size_t)(buf + len - line)), *o, *q;
+		size_t ll = (size_t)((nl ? nl : buf + len) - line);
+
+		next = nl ? nl + 1 : buf + len;
+		line[ll] = '\0';
+		if (ll == 0 || strlen(line) != ll || ll > 2 * MAX_MAILSTORE_FOLDER_NAME)
+			continue;
+		o = xstrdup(line);
+		if (*v2_r) {
+			/* unescape in place; TAB is the hierarchy separator */
+			for (q = o, line = o; *line != '\0'; line++) {
+				if (*line == '\t') {
+					*q++ = '.';
+				} else if (*line == '\001' && line[1] != '\0') {
+					line++;
+					*q++ = *line == '1' ? '\001' : *line == 't' ? '\t' :
+					    *line == 'r' ? '\r' : *line == 'n' ? '\n' : *line;
+				} else {
+					*q++ = *line;
+				}
+			}
+			*q = '\0';
+		}
+		if (n < MAX_MAILSTORE_FOLDERS)
+			subs_push(&v, &n, &cap, o);
+		else
+			free(o);
+	}
+	free(buf);
+	if (v == NULL)
+		v = xcalloc(1, sizeof(*v));
+	*names_r = v;
+	*n_r = n;
+	return 0;
+}
+
+int
+mailstore_subscriptions(struct mailstore *ms, char ***names_r, size_t *n_r, const char **error_r)
+{
+	int v2;
+
+	return subs_read(ms, names_r, n_r, &v2, error_r);
+}
+
+static void
+subs_escape(char **out, size_t *len, size_t *cap, const char *name, int v2)
+{
+	for (const char *s = name; *s != '\0'; s++) {
+		char e[2] = { *s, 0 };
+		size_t k = 1;
+
+		if (v2 && *s == '.') {
+			e[0] = '\t';
+		} else if (v2 && (*s == '\001' || *s == '\t' || *s == '\r' || *s == '\n')) {
+			e[0] = '\001';
+			e[1] = *s == '\001' ? '1' : *s == '\t' ? 't' : *s == '\r' ? 'r' : 'n';
+			k = 2;
+		}
+		if (*len + k + 2 > *cap) {
+			*cap = (*len + k + 2) * 2;
+			*out = xrealloc(*out, *cap);
+		}
+		memcpy(*out + *len, e, k);
+		*len += k;
+	}
+	(*out)[(*len)++] = '\n';
+}
+
+int
+mailstore_subscribe(struct mailstore *ms, const char *name, int on, const char **error_r)
+{
+	char *path = xasprintf("%s/" SUBS_FILE, ms->md), *lock = NULL, *tmp, *out;
+	char **names = NULL;
+	size_t n = 0, len = 0, cap = 256;
+	int v2, found = 0, rc = -1;
+	const char *want = is_inbox(name) ? "INBOX" : name;
+
+	if (dotlock_take(path, &lock, error_r) < 0) {
+		free(path);
+		return -1;
+	}
+	if (subs_read(ms, &names, &n, &v2, error_r) < 0)
+		goto out;
+	out = xmalloc(cap);
+	if (v2) {
+		memcpy(out, SUBS_V2, strlen(SUBS_V2));
+		len = strlen(SUBS_V2);
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(names[i], want) == 0) {
+			if (found || !on)
+				continue;
+			found = 1;
+		}
+		subs_escape(&out, &len, &cap, names[i], v2);
+	}
+	if (on && !found)
+		subs_escape(&out, &len, &cap, want, v2);
+	tmp = xasprintf("%s.tmp", path);
+	rc = replace_file(path, tmp, out, len, error_r);
+	free(tmp);
+	free(out);
+out:
+	mailstore_names_free(&names, n);
+	dotlock_release(&lock);
+	free(path);
+	return rc;
+}
+
+int
+mailstore_folder_ensure(struct mailstore *ms, const char *name, const char **error_r)
+{
+	char *dir;
+	struct stat st;
+	int have;
+
+	if (is_inbox(name))
+		return 0;
+	dir = folder_dir(ms, name);
+	have = stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
+	free(dir);
+	if (have)
+		return 0;
+	if (mailstore_folder_create(ms, name, error_r) < 0)
+		return -1;
+	return mailstore_subscribe(ms, name, 1, error_r);
+}
+
 int
 mailstore_folder_delete(struct mailstore *ms, const char *name, const char **error_r)
 {
@@ -682,6 +859,18 @@ mailstore_folder_rename(struct mailstore *ms, const char *from, const char *to,
 
 /* ------------------------------------------------------------------ */
 /* a mailbox                                                            */
+
+const char *
+mailstore_box_name(const struct mailstore_box *box)
+{
+	return box->name;
+}
+
+const char *
+mailstore_box_dir(const struct mailstore_box *box)
+{
+	return box->dir;
+}
 
 uint32_t
 mailstore_box_uidvalidity(const struct mailstore_box *box)
@@ -1909,6 +2098,92 @@ out:
 	free(dst);
 	free(curd);
 	mailstore_append_abort(ap);
+	return rc;
+}
+
+/* the copy's bytes when no hard link can be made (another file system) */
+static int
+copy_bytes(int from, int to)
+{
+	char buf[65536];
+	ssize_t n;
+
+	while ((n = read(from, buf, sizeof(buf))) > 0)
+		if (fsutil_write_all(to, buf, (size_t)n) < 0)
+			return -1;
+	return n < 0 ? -1 : 0;
+}
+
+int
+mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box *dst,
+    uint32_t *uid_r, const char **error_r)
+{
+	long i = mailstore_box_find(src, uid);
+	char *kw[MAX_MAILSTORE_KEYWORDS];
+	size_t nkw = 0;
+	struct mailstore_append *a;
+	struct ms_msg *m;
+	time_t date = 0;
+	int linked = 0, rc;
+
+	if (i < 0) {
+		*error_r = err("no such message");
+		return -1;
+	}
+	m = &src->msgs[i];
+	for (unsigned k = 0; k < MAX_MAILSTORE_KEYWORDS; k++)
+		if ((m->pub.keywords & (1u << k)) && src->kw[k] != NULL)
+			kw[nkw++] = xstrdup(src->kw[k]);	/* the commit reloads src's if src == dst */
+	rc = -1;
+	if (mailstore_msg_date(src, uid, &date, error_r) < 0 ||
+	    mailstore_append_begin(dst, &a, error_r) < 0)
+		goto out;
+	/* a hard link, as Dovecot's maildir_copy_with_hardlinks: same inode, same mtime */
+	for (int tries = 0; tries < 2 && !linked; tries++) {
+		char *path = msg_path(src, m);
+
+		if (unlink(a->tmp) == 0 && link(path, a->tmp) == 0) {
+			linked = 1;
+		} else if (errno == ENOENT && tries == 0 && refind(src, m) == 0) {
+			/* renamed by another session: once more */
+		} else {
+			int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), out;
+
+			out = open(a->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+			if (fd < 0 || out < 0 || copy_bytes(fd, out) < 0) {
+				*error_r = err("cannot copy message %u: %s", uid, strerror(errno));
+				if (fd >= 0)
+					close(fd);
+				if (out >= 0)
+					close(out);
+				free(path);
+				mailstore_append_abort(&a);
+				goto out;
+			}
+			close(fd);
+			close(a->fd);
+			a->fd = out;
+			free(path);
+			break;
+		}
+		free(path);
+	}
+	if (linked) {
+		close(a->fd);
+		a->fd = open(a->tmp, O_RDONLY | O_CLOEXEC);
+		if (a->fd < 0) {
+			*error_r = err("cannot open %s: %s", a->tmp, strerror(errno));
+			mailstore_append_abort(&a);
+			goto out;
+		}
+	}
+	a->size = m->pub.size;
+	a->vsize = m->pub.vsize;
+	rc = mailstore_append_commit(&a, m->pub.flags, (const char *const *)kw, nkw, date, uid_r,
+	    error_r);
+out:
+	for (size_t k = 0; k < nkw; k++)
+		free(kw[k]);
 	return rc;
 }
 

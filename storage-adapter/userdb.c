@@ -8,7 +8,9 @@
  *   userdb_has_user()       is local@domain a user
  *   userdb_verify()         check a password with libcrypt (constant-time compare)
  *   userdb_set_password()   add/replace a user (yescrypt hash, SCRAM-SHA-256 keys,
- *                           the CRAM-MD5 secret while CRAM-MD5 is enabled), atomically
+ *                           the CRAM-MD5 secret while CRAM-MD5 is enabled, the
+ *                           APOP secret while pop3_apop = yes), atomically
+ *   userdb_apop_secret()    the APOP secret (the password, decoded from apop=)
  *   userdb_delete()         remove a user, atomically
  *
  * Writes: exclusive flock on FILE.lock, temporary file, fsync, rename, fsync
@@ -29,6 +31,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/base64.h"
 #include "common/fsutil.h"
 #include "common/log.h"
 #include "common/pclimits.h"
@@ -37,11 +40,17 @@
 #include "storage-adapter/crammd5.h"
 #include "storage-adapter/userdb.h"
 
+/* a line of ours: a long name, the hash, SCRAM and CRAM-MD5 keys and an APOP
+ * secret of a 1,024-character password (1,368 in base64) */
+#define USERDB_LINE_MAX 4096
+#define APOP_SCHEME "{PLAIN.BASE64}"
+
 struct uentry {
 	char *user;	/* lower case */
 	char *pass;
 	char *cram;	/* CRAM-MD5 secret (64 hex) or NULL */
 	char *scram;	/* "{SCRAM-SHA-256}ITER,SALT,STOREDKEY,SERVERKEY" or NULL */
+	char *apop;	/* the APOP secret (the password, decoded) or NULL */
 };
 
 struct userdb {
@@ -60,7 +69,8 @@ struct userdb {
 };
 
 #define USERDB_HEADER "# Portcullis users (Dovecot passwd-file): " \
-	"user@domain:{CRYPT}hash::::::scram_sha_256={SCRAM-SHA-256}... [cram_md5=HEX]; " \
+	"user@domain:{CRYPT}hash::::::scram_sha_256={SCRAM-SHA-256}... [cram_md5=HEX] " \
+	"[apop={PLAIN.BASE64}...]; " \
 	"see portcullis user\n"
 
 
@@ -119,6 +129,41 @@ extra_field(const char *f, const char *key)
 	return NULL;
 }
 
+static void
+secret_free(char *s)
+{
+	if (s != NULL) {
+		explicit_bzero(s, strlen(s));
+		free(s);
+	}
+}
+
+/* the APOP secret of "apop={PLAIN.BASE64}B64", decoded; NULL when absent
+ * or not in that form (logged, never the value) */
+static char *
+apop_field(const char *f, const char *path, unsigned lineno)
+{
+	char *v = extra_field(f, "apop="), *out;
+	size_t sl = strlen(APOP_SCHEME), n, len;
+
+	if (v == NULL)
+		return NULL;
+	n = strlen(v);
+	out = xmalloc(BASE64_DECODED_MAX(n) + 1);
+	if (strncmp(v, APOP_SCHEME, sl) != 0 ||
+	    base64_decode(v + sl, n - sl, out, BASE64_DECODED_MAX(n) + 1, &len) < 0 ||
+	    len == 0 || memchr(out, '\0', len) != NULL) {
+		log_warn("%s:%u: apop is not " APOP_SCHEME "BASE64 of a password; ignored", path,
+		    lineno);
+		explicit_bzero(out, BASE64_DECODED_MAX(n) + 1);
+		free(out);
+		out = NULL;
+	}
+	explicit_bzero(v, n);
+	free(v);
+	return out;
+}
+
 /* keep: a file that cannot be opened gives an empty db that says why */
 static struct userdb *
 load(const char *url, int keep, const char **error_r)
@@ -126,7 +171,7 @@ load(const char *url, int keep, const char **error_r)
 	const char *path = url_path(url, error_r);
 	struct userdb *db;
 	FILE *fp;
-	char line[MAX_LIST_LINE + 2];
+	char line[USERDB_LINE_MAX + 2];
 	unsigned lineno = 0;
 	size_t cap = 0;
 
@@ -181,7 +226,7 @@ load(const char *url, int keep, const char **error_r)
 		/* field 8 holds extra fields "key=value ...";
 		 * ours: scram_sha_256={SCRAM-SHA-256}... cram_md5=HEX */
 		{
-			char *f = end ? end + 1 : NULL, *cram, *scram;
+			char *f = end ? end + 1 : NULL, *cram, *scram, *apop;
 
 			for (int k = 0; f != NULL && k < 5; k++) {
 				f = strchr(f, ':');
@@ -190,6 +235,7 @@ load(const char *url, int keep, const char **error_r)
 			}
 			cram = extra_field(f, "cram_md5=");
 			scram = extra_field(f, "scram_sha_256=");
+			apop = apop_field(f, path, lineno);
 			if (cram != NULL && strlen(cram) != CRAMMD5_SECRET_HEX) {
 				free(cram);
 				cram = NULL;
@@ -212,11 +258,13 @@ load(const char *url, int keep, const char **error_r)
 			}
 			db->v[db->n].cram = cram;
 			db->v[db->n].scram = scram;
+			db->v[db->n].apop = apop;
 		}
 		if (!userdb_name_is_valid(line)) {
 			log_warn("%s:%u: \"%.64s\" is not a user@domain name; skipped", path, lineno, line);
 			free(db->v[db->n].cram);
 			free(db->v[db->n].scram);
+			secret_free(db->v[db->n].apop);
 			db->nbad++;
 			continue;
 		}
@@ -258,6 +306,7 @@ userdb_free(struct userdb **dbp)
 		free(db->v[i].pass);
 		free(db->v[i].cram);
 		free(db->v[i].scram);
+		secret_free(db->v[i].apop);
 	}
 	free(db->v);
 	free(db->path);
@@ -319,6 +368,14 @@ userdb_cram_secret(const struct userdb *db, const char *user)
 	const struct uentry *e = find(db, user);
 
 	return e ? e->cram : NULL;
+}
+
+const char *
+userdb_apop_secret(const struct userdb *db, const char *user)
+{
+	const struct uentry *e = find(db, user);
+
+	return e ? e->apop : NULL;
 }
 
 size_t
@@ -461,7 +518,7 @@ static int
 rewrite_lines(FILE *out, void *ctx, const char **error_r)
 {
 	struct rewrite_ctx *r = ctx;
-	char line[MAX_LIST_LINE + 2];
+	char line[USERDB_LINE_MAX + 2];
 	size_t ul = strlen(r->user);
 
 	if (r->in == NULL)
@@ -547,10 +604,11 @@ done:
 
 int
 userdb_set_password(const char *url, const char *user, const char *password, int create,
-    int with_cram, const char **error_r)
+    unsigned secrets, const char **error_r)
 {
 	const char *path = url_path(url, error_r);
-	char *salt, *line, scram[200];
+	char *salt, *line, scram[200], cram[CRAMMD5_SECRET_HEX + 40] = "";
+	char apop[sizeof(APOP_SCHEME) + BASE64_ENCODED_LEN(1024) + 8] = "";
 	struct crypt_data *cd;
 	const char *hash;
 	int rc;
@@ -584,20 +642,27 @@ userdb_set_password(const char *url, const char *user, const char *password, int
 		free(cd);
 		return -1;
 	}
-	if (with_cram) {
+	if (secrets & USERDB_CRAM) {
 		char secret[CRAMMD5_SECRET_HEX + 1];
 
 		crammd5_secret(password, secret);
-		line = xasprintf("%s:{CRYPT}%s::::::scram_sha_256=%s cram_md5=%s", user, hash, scram,
-		    secret);
+		snprintf(cram, sizeof(cram), " cram_md5=%s", secret);
 		explicit_bzero(secret, sizeof(secret));
-	} else {
-		line = xasprintf("%s:{CRYPT}%s::::::scram_sha_256=%s", user, hash, scram);
 	}
+	if (secrets & USERDB_APOP) {
+		/* the password itself, recoverable: what APOP needs (README) */
+		size_t k = (size_t)snprintf(apop, sizeof(apop), " apop=" APOP_SCHEME);
+
+		base64_encode(password, strlen(password), apop + k);	/* <= 1,024: it fits */
+	}
+	line = xasprintf("%s:{CRYPT}%s::::::scram_sha_256=%s%s%s", user, hash, scram, cram, apop);
+	explicit_bzero(cram, sizeof(cram));
+	explicit_bzero(apop, sizeof(apop));
 	free(cd);
 	for (char *q = line; *q != ':'; q++)
 		*q = (char)tolower((unsigned char)*q);
 	rc = rewrite(path, user, line, create, NULL, error_r);
+	explicit_bzero(line, strlen(line));
 	free(line);
 	return rc;
 }

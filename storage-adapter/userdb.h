@@ -6,8 +6,12 @@
  * The user database: a passwd-file as Dovecot reads it,
  *   user@domain:{CRYPT}$y$...:uid:gid:gecos:home:shell:extra_fields
  * extra fields (space-separated): scram_sha_256={SCRAM-SHA-256}ITER,SALT,
- * STOREDKEY,SERVERKEY (as doveadm pw -s SCRAM-SHA-256 prints it) and, while
- * CRAM-MD5 is enabled, cram_md5=HEX.
+ * STOREDKEY,SERVERKEY (as doveadm pw -s SCRAM-SHA-256 prints it), while
+ * CRAM-MD5 is enabled cram_md5=HEX, and while pop3_apop = yes
+ * apop={PLAIN.BASE64}B64: the password itself, base64 only so that spaces
+ * and colons fit the line (Dovecot's scheme name; Dovecot stores {PLAIN}
+ * for APOP). APOP needs the password recoverable: whoever reads the file
+ * reads the password of every user stored with it.
  * Users are named by their full address, which is also their login.
  * A loaded userdb is read-only (share it between threads); reload by
  * loading again.
@@ -48,15 +52,20 @@ int userdb_is_usable(const struct userdb *db, const char **why_r);
 int userdb_reload(struct userdb **db, const char *url, const char **error_r);
 
 /* admin side: add or replace (hash made here with yescrypt), delete */
-/* always stores SCRAM-SHA-256 keys (extra field scram_sha_256=);
- * with_cram: also the CRAM-MD5 secret (only while CRAM-MD5 is enabled) */
+#define USERDB_CRAM 1u	/* also the CRAM-MD5 secret (only while CRAM-MD5 is enabled) */
+#define USERDB_APOP 2u	/* also the APOP secret (only while pop3_apop = yes) */
+/* always stores SCRAM-SHA-256 keys (extra field scram_sha_256=); secrets:
+ * USERDB_* bits; a secret not asked for is not kept (the line is replaced) */
 int userdb_set_password(const char *url, const char *user, const char *password, int create,
-    int with_cram, const char **error_r) __attribute__((warn_unused_result));
+    unsigned secrets, const char **error_r) __attribute__((warn_unused_result));
 /* "{SCRAM-SHA-256}ITER,SALT,STOREDKEY,SERVERKEY" (Dovecot's format), or NULL
  * for a user whose password was set before SCRAM (the next passwd adds it) */
 const char *userdb_scram_secret(const struct userdb *db, const char *user);
 /* the CRAM-MD5 secret, or NULL when none is stored */
 const char *userdb_cram_secret(const struct userdb *db, const char *user);
+/* the APOP secret (for apop_verify() of common/apop.h), or NULL when none is
+ * stored (APOP then fails for the user, as for a wrong digest) */
+const char *userdb_apop_secret(const struct userdb *db, const char *user);
 int userdb_delete(const char *url, const char *user, int *found_r, const char **error_r)
     __attribute__((warn_unused_result));
 /* 1 when password matches the hash (NULL: unknown user, same cost, 0) */

@@ -3,8 +3,9 @@
  * (pop-imap-proxy/imap_proto.c over imap_parser.c), cut into pieces chosen
  * by the input, with every action answered by input bits: logins accepted,
  * refused or not checked (SASL exchanges run for real against a user
- * database of one), folders of a real store opened or refused, listed or
- * not, STARTTLS completed. Must never crash, hang or leak.
+ * database of one), store work (IMAP_ACT_EXEC) run at once on a real store
+ * in a temp dir, output taken in pieces, STARTTLS completed. Must never
+ * crash, hang or leak.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -18,10 +19,11 @@
 
 #define USER "alice@example.com"
 
-static struct mailstore *ms;
-static struct mailstore_box *box;
-static char **folders;
-static size_t nfolders;
+static char root[64];
+static int ready;
+static unsigned runs;	/* the store is made afresh every STORE_RUNS inputs: COPY and
+			   APPEND grow it, and a slower fuzzer finds less */
+#define STORE_RUNS 200
 
 static int
 t_lookup(void *arg, const char *login, struct sasl_user *r)
@@ -57,10 +59,11 @@ static const struct sasl_callbacks cbs = { t_lookup, t_verify, t_cram, NULL };
 static void
 setup(void)
 {
-	char root[] = "/tmp/fuzz-pop3-XXXXXX";
+	struct mailstore *ms;
 	const char *msgs[] = { "Subject: a\n\n.x\nbody\n", "S: b\r\n\r\n1\r\n2\r\n", "x" };
 	const char *users[] = { USER }, *err;
 
+	snprintf(root, sizeof(root), "/tmp/fuzz-imap-XXXXXX");
 	if (mkdtemp(root) == NULL || sasl_init(&err) < 0)
 		abort();
 	for (int i = 0; i < 3; i++) {
@@ -74,31 +77,57 @@ setup(void)
 	}
 	if (mailstore_open(root, USER, &ms, &err) < 0 ||
 	    mailstore_folder_create(ms, "Sent", &err) < 0 ||
-	    mailstore_folder_create(ms, "A.b", &err) < 0 ||
-	    mailstore_box_open(ms, "INBOX", &box, &err) < 0 ||
-	    mailstore_folders(ms, &folders, &nfolders, &err) < 0)
+	    mailstore_folder_create(ms, "A.b", &err) < 0)
 		abort();
+	mailstore_free(&ms);
+	ready = 1;
 }
 
 int
-LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+LLVMFuzzerTestOneInput(const uint8_t *data0, size_t size0)
 {
+	/* with bit 0x400: a scripted login and SELECT first, so the random rest
+	 * reaches FETCH, STORE, COPY, APPEND... on a real store */
+	static const char script[] = "L LOGIN alice secret\r\nS SELECT INBOX\r\n";
+	uint8_t *buf = NULL;
+	const uint8_t *data = data0;
+	size_t size = size0;
 	struct imap_params prm = { 0 };
 	struct imap_proto *p;
 	size_t off = 2, k = 0;
 	unsigned bits;
 
-	if (box == NULL)
+	if (ready && ++runs % STORE_RUNS == 0) {
+		char cmd[128];
+
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+		if (system(cmd) != 0)
+			abort();
+		ready = 0;
+	}
+	if (!ready)
 		setup();
 	if (size < 2)
 		return 0;
 	bits = (unsigned)data[0] | (unsigned)data[1] << 8;
+	if (bits & 0x400) {
+		buf = malloc(size0 + sizeof(script));
+		if (buf == NULL)
+			return 0;
+		memcpy(buf, data0, 2);
+		memcpy(buf + 2, script, sizeof(script) - 1);
+		memcpy(buf + 2 + sizeof(script) - 1, data0 + 2, size0 - 2);
+		data = buf;
+		size = size0 + sizeof(script) - 1;
+		bits |= 0x82;	/* LOGIN allowed without TLS */
+	}
 	prm.myhostname = "mx.example.com";
 	prm.tls_available = bits & 1;
 	prm.login = !!(bits & 2);
 	prm.auth_mechs = (bits >> 2) & 0x1f;
 	prm.auth_allow_plaintext = !!(bits & 0x80);
 	prm.sasl_cb = &cbs;
+	prm.store_root = root;
 	if (bits & 0x100)
 		prm.banner = "ready";
 	p = imap_proto_new(&prm);
@@ -108,9 +137,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (int guard = 0; guard < 100000; guard++) {
 		size_t n;
 		unsigned r = data[(off + k++) % size];
+		struct imap_segment g;
 
-		(void)imap_proto_output(p, &n);
-		imap_proto_output_done(p, r & 1 ? n : n / 2);
+		if (imap_proto_output_segment(p, &g))
+			imap_proto_output_done(p, r & 1 ? g.len : g.len / 2);
 		switch (imap_proto_action(p)) {
 		case IMAP_ACT_AUTH: {
 			struct imap_auth_req *a = imap_proto_auth_req(p);
@@ -128,19 +158,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case IMAP_ACT_STARTTLS:
 			imap_proto_set_tls(p, 1);
 			continue;
-		case IMAP_ACT_SELECT: {
-			const char *name;
-			int ro;
-
-			imap_proto_select_req(p, &name, &ro);
-			if (name != NULL && strlen(name) > 10000)
-				abort();
-			imap_proto_selected(p, (r & 6) && name != NULL ? box : NULL,
-			    (r & 8) ? "[NONEXISTENT] no" : NULL);
-			continue;
-		}
-		case IMAP_ACT_LIST:
-			imap_proto_list_done(p, folders, (r & 2) ? nfolders : 0, !(r & 8));
+		case IMAP_ACT_EXEC:
+			imap_proto_exec(p);
+			imap_proto_exec_done(p);
 			continue;
 		case IMAP_ACT_NONE:
 			break;
@@ -153,5 +173,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		off += imap_proto_input(p, (const char *)data + off, n);
 	}
 	imap_proto_free(&p);
+	free(buf);
 	return 0;
 }

@@ -126,7 +126,7 @@ class ConfigErrors(Base):
         ("smtp_bare_newline_exceptions = 10.1.2.3/8\n", 4,
          r'smtp_bare_newline_exceptions: "10\.1\.2\.3/8": host bits set'),
         ("relay_networks = 127.0.0.0/8, banana\n", 4, r'relay_networks: "banana": not an IPv4 or IPv6'),
-        ("services = milter, pop3\n", 4, r'services: "pop3": unknown service'),
+        ("services = milter, gopher\n", 4, r'services: "gopher": unknown service'),
         ("services =\n", 4, r"services: \"\": nothing to run"),
         ("lists = ftp://x\n", 4, r'lists: "ftp://x": unknown store'),
         ("lists = file:relative\n", 4, r'lists: "file:relative": expected file:/absolute/dir'),

@@ -72,6 +72,8 @@ main(void)
 	test_listener_register();
 	test_policy_door_register();
 	test_service_register();
+	test_penalty_register();
+	test_apop_register();
 	test_sieve_lex_register();
 	test_sieve_parse_register();
 	test_sieve_eval_register();
@@ -84,6 +86,11 @@ main(void)
 	test_imap_parser_register();
 	test_pop3_proto_register();
 	test_conn_register();
+	test_userip_register();
+	test_imap_mime_register();
+	test_imap_search_register();
+	test_pop3_conf_register();
+	test_imap_conf_register();
 	test_imap_proto_register();
 	test_dotstuff_register();
 	CU_basic_set_mode(CU_BRM_NORMAL);

@@ -82,7 +82,7 @@ static const struct conf_case cases[] = {
 	  "relay_networks: \"10.0.0.1/8\": host bits set", 0 },
 	{ "bare newline exceptions: not a CIDR", "smtp_bare_newline_exceptions = 10/8\n", NULL,
 	  "smtp_bare_newline_exceptions: \"10/8\"", 0 },
-	{ "services: unknown", "services = milter imap\n", NULL, "services: \"imap\": unknown service", 0 },
+	{ "services: unknown", "services = milter gopher\n", NULL, "services: \"gopher\": unknown service", 0 },
 	{ "services: empty", "services = ,\n", NULL, "services: \",\": nothing to run", 0 },
 	{ "lists: redis", "lists = redis://127.0.0.1:6379/0\n", "lists", "redis://127.0.0.1:6379/0", 1 },
 	{ "lists: unknown store", "lists = ldap://x\n", NULL, "lists: \"ldap://x\": unknown store", 0 },

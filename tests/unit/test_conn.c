@@ -52,6 +52,9 @@ t_input(struct conn *c)
 		if (strcmp(line, "quit") == 0) {
 			conn_write(c, "BYE\r\n", 5);
 			conn_close(c);
+		} else if (strcmp(line, "short") == 0) {
+			conn_set_timeout(c, 1);
+			conn_write(c, "A:short\r\n", 9);
 		} else if (strcmp(line, "hold") == 0) {
 			conn_hold(c);
 			conn_pause(c);
@@ -230,6 +233,27 @@ test_conn_timeout(void)
 	fx_deinit(&f);
 }
 
+/* a connection's own timeout (IMAP IDLE, before login) over the server's */
+static void
+test_conn_own_timeout(void)
+{
+	struct fixture f;
+	char text[128] = "";
+	long long t0;
+	int fd;
+
+	fx_init(&f, 10, 10, 30);
+	fd = client(&f);
+	CU_ASSERT(write(fd, "short\r\n", 7) == 7);
+	t0 = deadline_now_ms();
+	CU_ASSERT(pump(&f, fd, text, sizeof(text), 5000) == 1);
+	CU_ASSERT(deadline_now_ms() - t0 >= 900);
+	CU_ASSERT(deadline_now_ms() - t0 < 4000);
+	CU_ASSERT_STRING_EQUAL(text, "+OK hi\r\nA:short\r\n-ERR timeout\r\n");
+	close(fd);
+	fx_deinit(&f);
+}
+
 static void
 test_conn_hold_release(void)
 {
@@ -299,6 +323,7 @@ test_conn_register(void)
 	CU_add_test(s, "max_connections and max_per_client refuse with the door's words",
 	    test_conn_limits);
 	CU_add_test(s, "a silent client gets the timeout words", test_conn_timeout);
+	CU_add_test(s, "conn_set_timeout overrides the server's timeout", test_conn_own_timeout);
 	CU_add_test(s, "hold/release: input waits; one closed while held is freed at release",
 	    test_conn_hold_release);
 	CU_add_test(s, "drain calls back once the last connection closed", test_conn_drain);

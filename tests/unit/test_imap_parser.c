@@ -173,8 +173,14 @@ run(const char *in, size_t len, int mode, const struct imap_parser_limits *lim, 
 
 	out->n = 0;
 	out->s[0] = '\0';
-	if (idle)
+	static struct buf dat;
+
+	dat.n = 0;
+	dat.s[0] = '\0';
+	if (idle & 1)
 		imap_parser_set_idle(p);
+	if (idle & 2)
+		imap_parser_set_append_stream(p, 1);
 	while (off < len && !dead) {
 		size_t piece = len - off;
 
@@ -200,8 +206,25 @@ run(const char *in, size_t len, int mode, const struct imap_parser_limits *lim, 
 				break;
 			case IMAP_EV_COMMAND:
 				render_cmd(out, ev.cmd);
+				if (ev.cmd->append_streamed)
+					put(out, " D:%s", dat.n ? dat.s : "");
+				dat.n = 0;
 				if (strcmp(ev.cmd->name, "IDLE") == 0)
 					imap_parser_set_idle(p);
+				break;
+			case IMAP_EV_APPEND:
+				put(out, "AP:%s:%zu:%llu:%c%s", ev.cmd->args[0].str, ev.cmd->nflags,
+				    (unsigned long long)ev.append_size, ev.append_sync ? 's' : 'p',
+				    ev.cmd->append_date ? ":date" : "");
+				dat.n = 0;
+				imap_parser_append_continue(p, strcmp(ev.cmd->args[0].str, "NO") != 0);
+				break;
+			case IMAP_EV_APPEND_DATA:
+				CU_ASSERT(ev.datalen > 0);
+				for (size_t k = 0; k < ev.datalen; k++)
+					put(&dat, "%c", ev.data[k]);
+				if (out->n > 3 && strcmp(out->s + out->n - 3, " | ") == 0)
+					out->s[out->n -= 3] = '\0';
 				break;
 			case IMAP_EV_CONTINUE:
 				CU_ASSERT_STRING_EQUAL(ev.reply, "+ OK\r\n");
@@ -440,9 +463,50 @@ static const struct icase icases[] = {
 	{ NULL, NULL, NULL },
 };
 
+/* APPEND streaming (imap_parser_set_append_stream); a mailbox named NO is refused */
+static const struct icase scases[] = {
+	{ "sync literal, flags and date", "a APPEND INBOX (\\Seen $X) \" 1-Jan-2025 10:00:00 +0100\" "
+	  "{5}\r\nHello\r\nb NOOP\r\n",
+	  "AP:INBOX:2:5:s:date | CMD a APPEND INBOX (\\Seen $X) \" 1-Jan-2025 10:00:00 +0100\" {5} "
+	  "A:2: 1-Jan-2025 10:00:00 +0100 D:Hello | CMD b NOOP" },
+	{ "LITERAL+ with CRLF inside", "a APPEND Sent {6+}\r\nx\r\ny\r\n\r\n",
+	  "AP:Sent:0:6:p | CMD a APPEND Sent {6} A:0:- D:x\r\ny\r\n" },
+	{ "empty message", "a APPEND Sent {0}\r\n\r\n", "AP:Sent:0:0:s | CMD a APPEND Sent {0} A:0:- D:" },
+	{ "refused sync: the client sends nothing more", "a APPEND NO {5}\r\nb NOOP\r\n",
+	  "AP:NO:0:5:s | CMD b NOOP" },
+	{ "refused LITERAL+: bytes and line skipped silently", "a APPEND NO {5+}\r\n{9}\r\n x\r\nb NOOP\r\n",
+	  "AP:NO:0:5:p | CMD b NOOP" },
+	{ "bad flags before the literal", "a APPEND INBOX (\"x\") {3}\r\nb NOOP\r\n",
+	  "a BAD Invalid flag | CMD b NOOP" },
+	{ "junk after the message", "a APPEND INBOX {1+}\r\nx y\r\nb NOOP\r\n",
+	  "AP:INBOX:0:1:p | a BAD Invalid arguments | CMD b NOOP" },
+	{ "bigger than literal_max", "a APPEND INBOX {101}\r\nb NOOP\r\n",
+	  "a NO [TOOBIG] Literal too big | CMD b NOOP" },
+	{ NULL, NULL, NULL },
+};
+
 static const struct imap_parser_limits small = {
 	.line_max = 200, .literal_max = 100, .depth_max = 4, .list_max = 12, .bad_max = 2,
 };
+
+static void
+test_imap_parser_stream(void)
+{
+	struct buf got;
+
+	for (const struct icase *c = scases; c->name != NULL; c++) {
+		for (int mode = 0; mode < 8; mode++) {
+			run(c->in, strlen(c->in), mode, &small, 2, &got);
+			if (strcmp(got.s, c->want) != 0) {
+				fprintf(stderr, "\nimap_parser stream case '%s' mode %d:\n  got  %s\n"
+				    "  want %s\n", c->name, mode, got.s, c->want);
+				CU_FAIL(c->name);
+				break;
+			}
+			CU_PASS(c->name);
+		}
+	}
+}
 
 static void
 test_imap_parser_table(void)
@@ -574,6 +638,7 @@ static CU_TestInfo tests[] = {
 	{ "every construct and every BAD, whole/bytewise/random", test_imap_parser_table },
 	{ "line and literal limits, pre and post login", test_imap_parser_line_limit },
 	{ "prelogin defaults", test_imap_parser_defaults },
+	{ "APPEND streaming: events, refusals, errors", test_imap_parser_stream },
 	{ "sequence set membership", test_imap_seqset_contains },
 	{ NULL, NULL },
 };

@@ -580,6 +580,121 @@ test_deliver(void)
 	free(root);
 }
 
+/* COPY: a hard link (same inode), flags and keywords by name, the mtime kept, new UIDs */
+static void
+test_copy(void)
+{
+	char *root = unit_tmpdir(), *cmd;
+	const char *err, *kw[] = { "$Label1" };
+	struct mailstore *ms;
+	struct mailstore_box *in, *dst;
+	struct mailstore_append *a;
+	uint32_t u1, u2;
+	const struct mailstore_msg *m;
+	int fd1, fd2;
+	struct stat s1, s2;
+	time_t d1, d2;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(root, "bob@example.com", &ms, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_folder_create(ms, "Archive", &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &in, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Archive", &dst, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_append_begin(in, &a, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_append_write(a, "S: x\n\nhi\n", 9, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_append_commit(&a, MAILSTORE_SEEN, kw, 1, 1000000000, &u1,
+	    &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_msg_copy(in, u1, dst, &u2, &err), 0);
+	CU_ASSERT_EQUAL(u2, 1);
+	CU_ASSERT_EQUAL(mailstore_box_uidnext(dst), 2);
+	m = mailstore_box_msg(dst, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+	CU_ASSERT_EQUAL(m->flags, MAILSTORE_SEEN);
+	CU_ASSERT_EQUAL(m->size, 9);
+	CU_ASSERT_EQUAL(m->vsize, 12);
+	CU_ASSERT_STRING_EQUAL(mailstore_box_keyword(dst, 0), "$Label1");
+	CU_ASSERT_EQUAL(m->keywords, 1u);
+	CU_ASSERT_EQUAL_FATAL(mailstore_msg_open(in, u1, &fd1, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_msg_open(dst, u2, &fd2, &err), 0);
+	CU_ASSERT_EQUAL(fstat(fd1, &s1), 0);
+	CU_ASSERT_EQUAL(fstat(fd2, &s2), 0);
+	CU_ASSERT_EQUAL(s1.st_ino, s2.st_ino);
+	close(fd1);
+	close(fd2);
+	CU_ASSERT_EQUAL(mailstore_msg_date(in, u1, &d1, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_msg_date(dst, u2, &d2, &err), 0);
+	CU_ASSERT_EQUAL(d1, 1000000000);
+	CU_ASSERT_EQUAL(d2, 1000000000);
+	/* a message that is not there */
+	CU_ASSERT_EQUAL(mailstore_msg_copy(in, 77, dst, &u2, &err), -1);
+	/* into its own folder: the commit reloads the keywords it was given
+	 * (a use-after-free before, found by test_imap_session_dovecot) */
+	CU_ASSERT_EQUAL_FATAL(mailstore_msg_copy(in, u1, in, &u2, &err), 0);
+	CU_ASSERT_EQUAL(u2, u1 + 1);
+	CU_ASSERT_EQUAL(mailstore_box_msg(in, 1)->keywords, 1u);
+	mailstore_box_close(&dst);
+	/* a fresh open sees the same UID (it is in dovecot-uidlist) */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Archive", &dst, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_box_count(dst), 1);
+	CU_ASSERT_EQUAL(mailstore_box_msg(dst, 0)->uid, 1);
+	CU_ASSERT_EQUAL(mailstore_box_msg(dst, 0)->flags, MAILSTORE_SEEN);
+	mailstore_box_close(&dst);
+	mailstore_box_close(&in);
+	mailstore_free(&ms);
+	cmd = xasprintf("rm -rf '%s'", root);
+	if (system(cmd) != 0)
+		CU_FAIL("rm");
+	free(cmd);
+	free(root);
+}
+
+/* subscriptions: Dovecot's version 2 file (TAB between levels), version 1 kept */
+static void
+test_subscriptions(void)
+{
+	char *root = unit_tmpdir(), *cmd, *path, *got, **names;
+	const char *err;
+	struct mailstore *ms;
+	size_t n;
+	FILE *f;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(root, "bob@example.com", &ms, &err), 0);
+	path = xasprintf("%s/example.com/bob/Maildir/subscriptions", root);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "A.b", 1, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "inbox", 1, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "A.b", 1, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "Sent", 1, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "Sent", 0, &err), 0);
+	got = slurp(path);
+	CU_ASSERT_STRING_EQUAL(got, "V\t2\n\nA\tb\nINBOX\n");
+	free(got);
+	CU_ASSERT_EQUAL_FATAL(mailstore_subscriptions(ms, &names, &n, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(n, 2);
+	CU_ASSERT_STRING_EQUAL(names[0], "A.b");
+	CU_ASSERT_STRING_EQUAL(names[1], "INBOX");
+	mailstore_names_free(&names, n);
+	/* a version 1 file (an old Dovecot's): read as is, written back as version 1 */
+	f = fopen(path, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("Old.x\nINBOX\n", f);
+	fclose(f);
+	CU_ASSERT_EQUAL(mailstore_subscribe(ms, "New", 1, &err), 0);
+	got = slurp(path);
+	CU_ASSERT_STRING_EQUAL(got, "Old.x\nINBOX\nNew\n");
+	free(got);
+	CU_ASSERT_EQUAL(mailstore_folder_ensure(ms, "Trash", &err), 0);
+	CU_ASSERT_EQUAL(mailstore_folder_ensure(ms, "Trash", &err), 0);
+	got = slurp(path);
+	CU_ASSERT_STRING_EQUAL(got, "Old.x\nINBOX\nNew\nTrash\n");
+	free(got);
+	mailstore_free(&ms);
+	cmd = xasprintf("rm -rf '%s'", root);
+	if (system(cmd) != 0)
+		CU_FAIL("rm");
+	free(cmd);
+	free(path);
+	free(root);
+}
+
 void
 test_mailstore_register(void)
 {
@@ -590,6 +705,8 @@ test_mailstore_register(void)
 		{ "dovecot-keywords: parse, format", test_keywords },
 		{ "store: UIDs, flags, expunge, folders, hostile uidlist", test_store },
 		{ "delivery: one file linked into each new/, ,S= and ,W=", test_deliver },
+		{ "copy: a hard link, flags, keywords, date, new UID", test_copy },
+		{ "subscriptions: Dovecot's file, version 2 and 1", test_subscriptions },
 		{ NULL, NULL },
 	};
 

@@ -161,7 +161,7 @@ static void
 test_penalty_sequence(void)
 {
 	struct penalty_conf c = { 2000, 15000, 20, 600, 3600 };
-	struct penalty *p = penalty_new(&c);
+	struct penalty *p = penalty_new(&c, NULL);
 	struct ipaddr a = ip("192.0.2.1"), other = ip("192.0.2.2");
 	struct ipaddr v6a = ip("2001:db8::1"), v6b = ip("2001:db8::2");
 	long long t = 1000000;
@@ -205,7 +205,7 @@ static void
 test_penalty_churn(void)
 {
 	struct penalty_conf c = { 1000, 15000, 0, 0, 0 };
-	struct penalty *p = penalty_new(&c);
+	struct penalty *p = penalty_new(&c, NULL);
 	struct ipaddr g = ip("198.51.100.9");
 	int ban;
 	unsigned d = 0;

@@ -24,6 +24,8 @@ void test_deadline_register(void);
 void test_listener_register(void);
 void test_policy_door_register(void);
 void test_service_register(void);
+void test_penalty_register(void);
+void test_apop_register(void);
 void test_sieve_lex_register(void);
 void test_sieve_parse_register(void);
 void test_sieve_eval_register(void);
@@ -33,11 +35,16 @@ void test_geoip_register(void);
 void test_imap_parser_register(void);
 void test_pop3_proto_register(void);
 void test_conn_register(void);
+void test_userip_register(void);
+void test_pop3_conf_register(void);
+void test_imap_conf_register(void);
 void test_imap_proto_register(void);
 void test_dotstuff_register(void);
 void test_sieve_deliver_register(void);
 void test_relay_send_register(void);
 void test_smtp_sieve_register(void);
+void test_imap_mime_register(void);
+void test_imap_search_register(void);
 
 /* add a suite with its tests; tests end with { NULL, NULL } */
 void unit_suite(const char *name, CU_TestInfo *tests);
