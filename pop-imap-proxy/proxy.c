@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -711,6 +712,11 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 	(void)bev;
 	if (what & BEV_EVENT_CONNECTED) {
 		if (px->st == P_CONNECT) {
+			int one = 1, fd = (int)bufferevent_getfd(px->bev);
+
+			/* an interactive protocol: no Nagle wait on our small writes */
+			if (fd >= 0)
+				(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 			px->st = P_GREETING;
 			login_read(px);
 		} else if (px->st == P_TLS) {

@@ -43,6 +43,7 @@ USER, LOCAL, PASSWORD = "bench@example.com", "local@example.com", "Bench pass 1"
 def login_once(port, user, password=PASSWORD, want=b"a OK"):
     t0 = time.perf_counter()
     s = socket.create_connection(("127.0.0.1", port), 10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     f = s.makefile("rb")
     f.readline()
     s.sendall(b'a LOGIN "%s" "%s"\r\n' % (user.encode(), password.encode()))
