@@ -15,6 +15,7 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
     T03Idle         IDLE through the proxy: a message appended through
                     Dovecot reaches the idling client as * EXISTS
     T04Big          a 20 MB message fetched through the proxy, byte-identical
+                    (plaintext, implicit TLS on the client's side, curl)
     T05Tls          STARTTLS and implicit TLS to the backend verified with a
                     test CA; a certificate for another name refused (NO
                     [UNAVAILABLE], never plaintext)
@@ -23,6 +24,15 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
                     client's connection is closed
     T07Guard        the kill list and the login penalty apply to proxied
                     users (a wrong password never reaches the backend)
+    T08Pop3         poplib through Portcullis to Dovecot's POP3: USER/PASS,
+                    RETR, the client's address via XCLIENT in Dovecot's log,
+                    STLS and implicit TLS to the backend, -ERR [SYS/TEMP]
+    T09Master       CRAM-MD5 through the backend master user (USER*MASTER);
+                    without one, NO [UNAVAILABLE]
+    T10BackendAuth  mail_proxy_auth = backend: unknown users of
+                    mail_proxy_domains checked by mail_proxy_default (IMAP
+                    and POP3), its NO a failed login with the penalty delay
+    T11Clients      mbsync (STARTTLS) and fetchmail (STLS) through the proxy
 
 Run: PORTCULLIS_BIN=$PWD/build/asan/bin python3 tests/integration/test_proxy.py
 """
@@ -620,6 +630,71 @@ class T10BackendAuth(unittest.TestCase):
         finally:
             g.stop()
             dc.close()
+
+
+class T11Clients(unittest.TestCase):
+    """mbsync (IMAP, STARTTLS to Portcullis) and fetchmail (POP3, STLS) through the proxy"""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dc = backend("dc-clients", None, protocols=("imap", "pop3"))
+        for i in range(3):
+            put_message(cls.dc, b"From: far@example.org\r\nSubject: client %d\r\n\r\n"
+                        b"body %d\r\n" % (i, i), "170000001%d.M%dP9.backend" % (i, i))
+        cls.gi = Gateway("clients-imap", ["proxy=y", "host=127.0.0.1",
+                                          "port=%d" % cls.dc.imap_port])
+        cls.gp = Gateway("clients-pop3", ["proxy=y", "host=127.0.0.1",
+                                          "port=%d" % cls.dc.pop3_port])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gi.stop()
+        cls.gp.stop()
+        cls.dc.close()
+
+    @unittest.skipUnless(shutil.which("mbsync"), "isync (mbsync) is not installed")
+    def test_mbsync_pull(self):
+        local = os.path.join(self.gi.d.dir, "mbsync")
+        os.makedirs(local)
+        rc = os.path.join(local, "rc")
+        with open(rc, "w") as f:
+            f.write("IMAPAccount pc\nHost localhost\nPort %d\nUser %s\nPass \"%s\"\n"
+                    "SSLType STARTTLS\nCertificateFile %s\nAuthMechs PLAIN\n\n"
+                    "IMAPStore remote\nAccount pc\n\nMaildirStore near\nPath %s/\n"
+                    "Inbox %s/INBOX\n\nChannel pc\nFar :remote:\nNear :near:\n"
+                    "Patterns INBOX\nSync Pull\nCreate Near\nSyncState *\n"
+                    % (self.gi.imap_port, USER, PASSWORD, W.ca, local, local))
+        p = subprocess.run(["mbsync", "-c", rc, "pc"], capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        got = []
+        for d in ("new", "cur"):
+            dd = os.path.join(local, "INBOX", d)
+            for n in os.listdir(dd):
+                with open(os.path.join(dd, n), "rb") as f:
+                    got.append(f.read())
+        self.assertEqual(len(got), 3)
+        self.assertTrue(any(b"Subject: client 2" in m for m in got))
+
+    @unittest.skipUnless(os.access("/usr/bin/fetchmail", os.X_OK), "fetchmail not installed")
+    def test_fetchmail_keep(self):
+        tmp = tempfile.mkdtemp(prefix="pc-fetchmail.", dir=self.gp.d.dir)
+        rc = os.path.join(tmp, "fetchmailrc")
+        out = os.path.join(tmp, "mbox")
+        with open(rc, "w") as f:
+            f.write('poll 127.0.0.1 service %d protocol pop3 uidl\n'
+                    '  user "%s" there with password "%s" is "%s" here keep\n'
+                    '  sslproto "tls1.2+" no sslcertck\n'
+                    '  mda "/bin/sh -c \'cat >> %s\'"\n' % (self.gp.pop3_port, USER, PASSWORD,
+                                                           os.environ.get("USER", "root"), out))
+        os.chmod(rc, 0o600)
+        env = dict(os.environ, HOME=tmp, FETCHMAILHOME=tmp)
+        r = subprocess.run(["fetchmail", "-f", rc, "--nodetach", "--nosyslog", "-v"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout.decode(errors="replace")[-2000:])
+        with open(out, "rb") as f:
+            got = f.read()
+        for i in range(3):
+            self.assertIn(b"Subject: client %d" % i, got)
 
 
 class SrcPOP3(poplib.POP3):
