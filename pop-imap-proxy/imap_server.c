@@ -38,10 +38,12 @@
  * The proxy (issue 12) hooks in at the login: start_auth()'s outcome is the
  * one point where the user is known and nothing of the store has been
  * touched (imap_proto asks for the EXEC that opens the store only after
- * imap_proto_auth_done(1)). A proxied user is routed there instead: the
- * door keeps the conn (TLS done, penalties applied, the kill list checked),
- * connects to the backend off the loop, and splices the two bufferevents;
- * the session object is dropped.
+ * imap_proto_auth_done(1)). A proxied user is routed there instead
+ * (proxy_route; SCRAM after its last exchange, proxy_route_late; with
+ * mail_proxy_auth = backend before the check, proxy_backend_auth): the door
+ * keeps the conn (TLS done, penalties applied, the kill list checked),
+ * pop-imap-proxy/proxy connects to the backend on the loop (non-blocking)
+ * and splices the two; the session object rests until the conn is freed.
  *
  * The loop never blocks: store I/O and password hashing run on job threads;
  * a connection a job points at is held (conn_hold) and its session freed
@@ -138,6 +140,7 @@ struct sess {
 	/* a proxied user (proxy.c): the session object rests, bytes are spliced */
 	struct proxy *px;
 	int spliced;
+	int late;			/* handed over after the session logged in (SCRAM) */
 	int dirty;			/* a change came while an exec ran */
 	time_t keepalive_at;
 };
@@ -425,6 +428,16 @@ proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 		return;
 	}
 	proxy_free(&s->px);
+	if (s->late) {
+		/* the session counts itself logged in: this connection is done */
+		char *line = xasprintf("%s NO [UNAVAILABLE] Account is temporarily unavailable.\r\n",
+		    imap_proto_tag(s->ip));
+
+		conn_write(s->conn, line, strlen(line));
+		free(line);
+		conn_close(s->conn);
+		return;
+	}
 	s->user[0] = '\0';
 	imap_proto_auth_done(s->ip, res == PROXY_REFUSED ? 0 : IMAP_AUTH_TEMPFAIL);
 	step(s);
@@ -449,8 +462,14 @@ proxy_route(struct sess *s)
 	snprintf(s->user, sizeof(s->user), "%s", user);
 	pw = sasl_server_password(req->sasl);
 	login = r > 0 && where.destuser[0] ? where.destuser : user;
-	/* CRAM-MD5, EXTERNAL: through the backend's master user (SCRAM's
-	 * server-final message would have to reach the client first: not yet) */
+	/* SCRAM's server-final message reaches the client first: the session
+	 * finishes the exchange, then step() hands it over (proxy_route_late) */
+	if (r > 0 && pw == NULL && sasl_server_mech(req->sasl) == AUTH_MECH_SCRAM &&
+	    s->srv->c->proxy.master_user != NULL) {
+		s->user[0] = '\0';
+		return 0;
+	}
+	/* CRAM-MD5, EXTERNAL: through the backend's master user */
 	if (r > 0 && pw == NULL && sasl_server_mech(req->sasl) != AUTH_MECH_SCRAM)
 		mlogin = proxy_master_login(&s->srv->c->proxy, login, &pw);
 	if (r < 0 || pw == NULL) {
@@ -472,6 +491,38 @@ proxy_route(struct sess *s)
 	}
 	s->authing = 1;		/* the drain and IDLE paths leave it alone */
 	conn_pause(s->conn);
+	return 1;
+}
+
+/* a login the session finished itself (SCRAM's last, empty response) of a
+ * proxied user: handed over through the master user before the store is
+ * touched; 1 when so */
+static int
+proxy_route_late(struct sess *s)
+{
+	const char *user = imap_proto_user(s->ip), *pw = NULL;
+	struct userdb_proxy where;
+	char *mlogin;
+	int r;
+
+	if (s->srv->users.db == NULL || (r = userdb_proxy(s->srv->users.db, user, &where)) == 0)
+		return 0;
+	snprintf(s->user, sizeof(s->user), "%s", user);
+	mlogin = r > 0 ? proxy_master_login(&s->srv->c->proxy,
+	    where.destuser[0] ? where.destuser : user, &pw) : NULL;
+	s->late = 1;
+	s->authing = 1;
+	if (mlogin == NULL) {
+		proxy_done(s, PROXY_UNAVAILABLE, "", r < 0 ? "the user's proxy fields are wrong" :
+		    "no mail_proxy_master_user");
+		return 1;
+	}
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn, mlogin, pw,
+	    &proxy_hooks, s);
+	free(mlogin);
+	conn_pause(s->conn);
+	if (proxy_start_failed(s->px))
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
 	return 1;
 }
 
@@ -632,8 +683,10 @@ step(struct sess *s)
 {
 	struct conn *c = s->conn;
 
-	if (s->px != NULL)
+	if (s->px != NULL || s->late)
 		return;		/* proxied: the splice runs it */
+	if (!s->logged && imap_proto_user(s->ip)[0] != '\0' && proxy_route_late(s))
+		return;
 	/* a login may end in input too (SCRAM's last, empty response) */
 	if (!s->logged && imap_proto_user(s->ip)[0] != '\0')
 		login_done(s);

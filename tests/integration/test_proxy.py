@@ -27,7 +27,8 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
     T08Pop3         poplib through Portcullis to Dovecot's POP3: USER/PASS,
                     RETR, the client's address via XCLIENT in Dovecot's log,
                     STLS and implicit TLS to the backend, -ERR [SYS/TEMP]
-    T09Master       CRAM-MD5 through the backend master user (USER*MASTER);
+    T09Master       CRAM-MD5 and SCRAM-SHA-256 (the server's signature checked by
+                    the client) through the backend master user (USER*MASTER);
                     without one, NO [UNAVAILABLE]
     T10BackendAuth  mail_proxy_auth = backend: unknown users of
                     mail_proxy_domains checked by mail_proxy_default (IMAP
@@ -560,6 +561,40 @@ class T09Master(unittest.TestCase):
                 c.login_cram_md5(USER, "wrong")
             c.logout()
             self.assertEqual(len(re.findall(r"Login: user=", open(dc.log).read())), 1)
+        finally:
+            g.stop()
+            dc.close()
+
+    def test_scram_through_the_master_user(self):
+        from test_imap import scram_auth
+        dc = backend("dc-scram", None)
+        pwfile = os.path.join(W.dir, "master-password-2")
+        with open(pwfile, "w") as f:
+            f.write(MASTER_PW + "\n")
+        g = Gateway("scram", ["proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port],
+                    mail_proxy_master_user=MASTER, mail_proxy_master_password_file=pwfile)
+        try:
+            c = g.imap()
+            cb, st = scram_auth(USER, PASSWORD)
+            typ, _ = c.authenticate("SCRAM-SHA-256", cb)
+            self.assertEqual(typ, "OK")
+            self.assertTrue(st.ok, "the server's SCRAM signature did not check out")
+            self.assertEqual(c.select("INBOX")[0], "OK")
+            c.logout()
+            wait_until(lambda: re.search(r"Login: user=<%s>" % re.escape(USER),
+                                         open(dc.log).read()), 10, what="the master login")
+            # the backend gone: the tagged NO [UNAVAILABLE], then the connection closes
+            pids = dc.pids()
+            dc.stop()
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            c = g.imap()
+            cb, st = scram_auth(USER, PASSWORD)
+            with self.assertRaises((imaplib.IMAP4.error, imaplib.IMAP4.abort)):
+                c.authenticate("SCRAM-SHA-256", cb)
         finally:
             g.stop()
             dc.close()
