@@ -98,6 +98,7 @@ struct session {
 	/* a proxied user (proxy.c): the core rests, bytes are spliced */
 	struct proxy *px;
 	int spliced;
+	int late;		/* handed over after the core logged in (SCRAM) */
 };
 
 enum job_kind { JOB_OPEN, JOB_RETR, JOB_UPDATE };
@@ -255,9 +256,50 @@ proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 		return;
 	}
 	proxy_free(&s->px);
+	if (s->late) {		/* the core is past its login: -ERR and the end */
+		pop3_proto_open_refused(s->pp, "[SYS/TEMP] Temporary failure.");
+		session_go(s);
+		return;
+	}
 	s->user[0] = '\0';
 	pop3_proto_auth_done(s->pp, res == PROXY_REFUSED ? 0 : POP3_AUTH_TEMPFAIL, NULL);
 	session_go(s);
+}
+
+static const struct proxy_hooks proxy_hooks;
+
+/* a login the core finished itself (SCRAM's last, empty response) of a
+ * proxied user: handed over through the master user before the mailbox is
+ * opened; 1 when so */
+static int
+proxy_route_late(struct session *s)
+{
+	const char *pw = NULL;
+	struct userdb_proxy where;
+	char *mlogin;
+	int r;
+
+	if (s->srv->users.db == NULL ||
+	    (r = userdb_proxy(s->srv->users.db, pop3_proto_user(s->pp), &where)) == 0)
+		return 0;
+	snprintf(s->user, sizeof(s->user), "%s", pop3_proto_user(s->pp));
+	mlogin = r > 0 ? proxy_master_login(&s->srv->c->proxy,
+	    where.destuser[0] ? where.destuser : s->user, &pw) : NULL;
+	s->late = 1;
+	if (mlogin == NULL) {
+		log_warn("pop3: conn=%s proxy: user=<%s>: %s: -ERR [SYS/TEMP]", conn_id(s->c),
+		    s->user, r < 0 ? "the user's proxy fields are wrong" : "no mail_proxy_master_user");
+		pop3_proto_open_refused(s->pp, "[SYS/TEMP] Temporary failure.");
+		return 1;
+	}
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c, mlogin, pw,
+	    &proxy_hooks, s);
+	free(mlogin);
+	s->busy = 1;
+	conn_pause(s->c);
+	if (proxy_start_failed(s->px))
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	return 1;
 }
 
 static const struct proxy_hooks proxy_hooks = { proxy_done };
@@ -280,8 +322,12 @@ proxy_route(struct session *s)
 		snprintf(s->user, sizeof(s->user), "%s", user);
 	pw = a && a->sasl ? sasl_server_password(a->sasl) : NULL;
 	login = r > 0 && where.destuser[0] ? where.destuser : s->user;
-	/* APOP, CRAM-MD5, EXTERNAL: through the backend's master user (not SCRAM:
-	 * its server-final message would have to reach the client first) */
+	/* SCRAM's server-final message reaches the client first: the core
+	 * finishes the exchange, then start_open() hands it over */
+	if (r > 0 && pw == NULL && a != NULL && a->sasl != NULL &&
+	    sasl_server_mech(a->sasl) == AUTH_MECH_SCRAM && s->srv->c->proxy.master_user != NULL)
+		return 0;
+	/* APOP, CRAM-MD5, EXTERNAL: through the backend's master user */
 	if (r > 0 && pw == NULL && (a == NULL || a->sasl == NULL ||
 	    sasl_server_mech(a->sasl) != AUTH_MECH_SCRAM))
 		mlogin = proxy_master_login(&s->srv->c->proxy, login, &pw);
@@ -665,6 +711,8 @@ start_open(struct session *s)
 	const struct ipaddr *addr = conn_addr(s->c);
 	unsigned n = 0, max = s->srv->c->max_userip;
 
+	if (proxy_route_late(s))
+		return;
 	snprintf(s->user, sizeof(s->user), "%s", pop3_proto_user(s->pp));
 	if (addr != NULL) {
 		if (!userip_acquire(s->srv->userip, s->user, addr, max, &n)) {

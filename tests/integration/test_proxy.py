@@ -27,8 +27,9 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
     T08Pop3         poplib through Portcullis to Dovecot's POP3: USER/PASS,
                     RETR, the client's address via XCLIENT in Dovecot's log,
                     STLS and implicit TLS to the backend, -ERR [SYS/TEMP]
-    T09Master       CRAM-MD5 and SCRAM-SHA-256 (the server's signature checked by
-                    the client) through the backend master user (USER*MASTER);
+    T09Master       CRAM-MD5 and SCRAM-SHA-256 (IMAP and POP3; the server's
+                    signature checked by the client) through the backend master
+                    user (USER*MASTER);
                     without one, NO [UNAVAILABLE]
     T10BackendAuth  mail_proxy_auth = backend: unknown users of
                     mail_proxy_domains checked by mail_proxy_default (IMAP
@@ -595,6 +596,40 @@ class T09Master(unittest.TestCase):
             cb, st = scram_auth(USER, PASSWORD)
             with self.assertRaises((imaplib.IMAP4.error, imaplib.IMAP4.abort)):
                 c.authenticate("SCRAM-SHA-256", cb)
+        finally:
+            g.stop()
+            dc.close()
+
+    def test_pop3_scram_through_the_master_user(self):
+        import base64
+        from test_imap import scram_auth
+        dc = backend("dc-pscram", None, protocols=("imap", "pop3"))
+        pwfile = os.path.join(W.dir, "master-password-3")
+        with open(pwfile, "w") as f:
+            f.write(MASTER_PW + "\n")
+        g = Gateway("pscram", ["proxy=y", "host=127.0.0.1", "port=%d" % dc.pop3_port],
+                    mail_proxy_master_user=MASTER, mail_proxy_master_password_file=pwfile)
+        try:
+            s = socket.create_connection(("127.0.0.1", g.pop3_port), 15)
+            f = s.makefile("rb")
+            self.assertTrue(f.readline().startswith(b"+OK"))
+            cb, st = scram_auth(USER, PASSWORD)
+            s.sendall(b"AUTH SCRAM-SHA-256\r\n")
+            while True:
+                line = f.readline()
+                if not line.startswith(b"+ ") and line.strip() != b"+":
+                    break
+                chal = base64.b64decode(line[2:].strip()) if len(line) > 3 else b""
+                s.sendall(base64.b64encode(cb(chal)) + b"\r\n")
+            self.assertTrue(line.startswith(b"+OK"), line)
+            self.assertTrue(st.ok, "the server's SCRAM signature did not check out")
+            s.sendall(b"STAT\r\n")
+            self.assertTrue(f.readline().startswith(b"+OK 0 "))
+            s.sendall(b"QUIT\r\n")
+            f.readline()
+            s.close()
+            wait_until(lambda: re.search(r"pop3-login: (Info: )?Login: user=<%s>" % re.escape(USER),
+                                         open(dc.log).read()), 10, what="the master login")
         finally:
             g.stop()
             dc.close()
