@@ -177,7 +177,8 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 	SSL_CTX_set_verify(pc->tls, SSL_VERIFY_PEER, NULL);
 	if (ca[0] != '\0' ? SSL_CTX_load_verify_locations(pc->tls, ca, NULL) != 1 :
 	    SSL_CTX_set_default_verify_paths(pc->tls) != 1) {
-		snprintf(err, sizeof(err), "%s: cannot load the CA certificates %s",
+		snprintf(err, sizeof(err), "%s: mail_proxy_tls_ca_file: cannot load the CA "
+		    "certificates %s",
 		    conf_where(c, "mail_proxy_tls_ca_file"), ca[0] ? ca : "(system default)");
 		*error_r = err;
 		proxy_conf_deinit(pc);

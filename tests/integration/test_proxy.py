@@ -54,7 +54,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import dovecot, runner  # noqa: E402
-from harness.daemon import Daemon  # noqa: E402
+from harness.daemon import Daemon, run_bin  # noqa: E402
 from harness.ports import free_port  # noqa: E402
 from harness.util import wait_until  # noqa: E402
 
@@ -275,6 +275,43 @@ class T01Users(unittest.TestCase):
             self.assertIn("served by: the local store", d.cli("user", "show", USER).stdout)
             r = d.cli("user", "show", "nobody@example.com", check=False)
             self.assertEqual(r.returncode, 1)
+        finally:
+            d.close()
+
+
+class T01Config(unittest.TestCase):
+    """portcullisd -t refuses bad mail_proxy_* settings, naming the key"""
+    CASES = [
+        ("a default that is no address", {"mail_proxy_default": "backend.example:143"},
+         r"mail_proxy_default = backend.example:143: expected ADDRESS\[:PORT\]"),
+        ("a default port out of range", {"mail_proxy_default": "192.0.2.1:0"},
+         r"mail_proxy_default.*1-65535"),
+        ("domains without a default", {"mail_proxy_domains": "far.example"},
+         r"mail_proxy_domains needs mail_proxy_default"),
+        ("a master user without its password", {"mail_proxy_master_user": "m"},
+         r"mail_proxy_master_user needs mail_proxy_master_password_file"),
+        ("a CA file that is not there", {"mail_proxy_tls_ca_file": "/nonexistent/ca.pem"},
+         r"mail_proxy_tls_ca_file: cannot load the CA certificates"),
+        ("an unknown auth mode", {"mail_proxy_auth": "both"}, r"mail_proxy_auth"),
+    ]
+
+    def test_check_refuses(self):
+        base = {"services": "imap pop3", "state_dir": "{dir}/state",
+                "delivery": "maildir:{dir}/mail", "imap_listen": "127.0.0.1:%d" % free_port(),
+                "pop3_listen": "127.0.0.1:%d" % free_port()}
+        for name, over, want in self.CASES:
+            d = Daemon("conf", base, **over)
+            try:
+                p = run_bin("portcullisd", "-c", d.conf, "-t")
+                self.assertEqual(p.returncode, 1, "%s: %s" % (name, p.stderr))
+                self.assertRegex(p.stderr, want, name)
+            finally:
+                d.close()
+        d = Daemon("conf-ok", base, mail_proxy_auth="backend", mail_proxy_default="[::1]:143",
+                   mail_proxy_domains="far.example")
+        try:
+            p = run_bin("portcullisd", "-c", d.conf, "-t")
+            self.assertEqual(p.returncode, 0, p.stderr)
         finally:
             d.close()
 
