@@ -1346,11 +1346,23 @@ ext_get(const char *ext, char key, uint64_t *v_r)
 	return -1;
 }
 
+/* append "KEY<v>" to a record's extensions */
+static void
+rec_add_ext(struct md_uidrec *rec, char key, uint64_t v)
+{
+	char *ext = rec->ext != NULL && rec->ext[0] != '\0' ?
+	    xasprintf("%s %c%llu", rec->ext, key, (unsigned long long)v) :
+	    xasprintf("%c%llu", key, (unsigned long long)v);
+
+	free(rec->ext);
+	rec->ext = ext;
+}
+
 /* the size with every bare LF counted as CRLF, read in pieces */
 static int
-count_vsize(const struct mailstore_box *box, const struct scanned *s, uint64_t *vsize_r)
+count_vsize(const struct mailstore_box *box, int in_new, const char *name, uint64_t *vsize_r)
 {
-	char *path = xasprintf("%s/%s/%s", box->dir, s->in_new ? "new" : "cur", s->name);
+	char *path = xasprintf("%s/%s/%s", box->dir, in_new ? "new" : "cur", name);
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	unsigned char buf[65536];
 	uint64_t v = 0;
@@ -1496,7 +1508,7 @@ again:
 				char ext[48] = "";
 				uint64_t vs;
 
-				if (!mn.has_vsize && count_vsize(box, &nv[i], &vs) == 0)
+				if (!mn.has_vsize && count_vsize(box, nv[i].in_new, nv[i].name, &vs) == 0)
 					snprintf(ext, sizeof(ext), "W%llu", (unsigned long long)vs);
 				md_uidlist_add(ul, ul->next_uid++, nv[i].name, mn.baselen, ext);
 			}
@@ -1575,10 +1587,19 @@ again:
 					m->pub.keywords &= ~(1u << k);	/* an unknown letter */
 			m->pub.size = mn.has_size ? mn.size : (uint64_t)st.st_size;
 			m->pub.vsize = m->pub.size;
-			if (mn.has_vsize)
+			if (mn.has_vsize) {
 				m->pub.vsize = mn.vsize;
-			else
-				(void)ext_get(ul->recs[r].ext, 'W', &m->pub.vsize);
+			} else if (ext_get(ul->recs[r].ext, 'W', &m->pub.vsize) < 0) {
+				/* no W= anywhere (another MDA's file, a UID Dovecot gave):
+				 * counted once, kept in the record as Dovecot keeps it */
+				uint64_t vs;
+
+				if (count_vsize(box, m->in_new, m->fname, &vs) == 0) {
+					rec_add_ext(&ul->recs[r], 'W', vs);
+					m->pub.vsize = vs;
+					*dirty_r = 1;
+				}
+			}
 			if (!mn.has_size) {
 				m->date = st.st_mtime;
 				m->date_known = 1;

@@ -30,7 +30,7 @@ that now agrees is printed (so the lists can shrink).
                     special-use folders, a bare-LF file an MDA left in new/)
                     served by Portcullis. (test_mailstore_dovecot.py checks
                     the store layer without the door; test_imap.py T12Dovecot
-                    one flag round trip.) Known differences D1 and D4 are
+                    one flag round trip.) Known difference D4 is
                     printed, not failed.
 
 Run as root (CI): Dovecot refuses mail uid 0, so the stores belong to
@@ -672,19 +672,8 @@ RECENT_STATUS_SCRIPT = [
 # Differences a client would notice, left in the door for the lead to decide:
 # label -> why. Each one is described in the report with both answers.
 KNOWN_DIFFERENCES = {
-    # D1 RFC822.SIZE of a message stored with bare LFs (any MDA but
-    # Dovecot's and ours writes them) when the uidlist record and the file
-    # name have no W=: Portcullis says the file's size (336), BODY[] then
-    # sends the CRLF text ({356}); Dovecot says 356. RFC 3501 §2.3.4: the
-    # size is that of the message as BODY[] sends it.
-    "A: FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)": "D1",
-    "A: FETCH 1:5 FAST": "D1",
-    "A: FETCH 1:5 ALL": "D1",
-    "A: FETCH 1:5 FULL": "D1",
-    "A: FETCH 2 (RFC822.SIZE BODY.PEEK[])": "D1",
-    "A: FETCH 19 (RFC822.SIZE BODY.PEEK[])": "D1",
-    "A: FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE)": "D1 (the copy in Work)",
-    "A: UID FETCH 1:* (BODY.PEEK[]<7.33> RFC822.SIZE)": "D1",
+    # (D1, fixed since: RFC822.SIZE of a bare-LF file whose name and uidlist
+    # record have no W= was the file's size; now counted and kept as W<n>)
     # (D2, fixed since: the \Noselect parents of a folder made with CREATE
     # Projects.Alpha.Beta were not listed, so LIST "" % never showed "Projects")
     # D3 RENAME of such a \Noselect parent (Projects.Alpha): Dovecot moves
@@ -996,10 +985,10 @@ class Store:
         self.c.close()
 
 
-def same_view(test, a, b, what, d1=()):
+def same_view(test, a, b, what):
     """two snapshots of one folder: same UIDVALIDITY, UIDNEXT, UIDs, flags, keywords,
-    sizes and bytes; d1: UIDs where Portcullis (b) is allowed KNOWN_DIFFERENCES D1
-    (RFC822.SIZE of a bare-LF file without W=)"""
+    sizes and bytes (RFC822.SIZE what BODY[] sends, also for a bare-LF file
+    without W=: D1, fixed)"""
     for k in ("uidvalidity", "uidnext", "exists"):
         test.assertEqual(a[k], b[k], "%s: %s" % (what, k))
     test.assertEqual(sorted(a["msgs"]), sorted(b["msgs"]), "%s: UIDs" % what)
@@ -1009,10 +998,6 @@ def same_view(test, a, b, what, d1=()):
         test.assertEqual(sorted(fa), sorted(fb), "%s: UID %d flags" % (what, uid))
         test.assertEqual(ba, bb, "%s: UID %d bytes" % (what, uid))
         test.assertEqual(sa, len(ba), "%s: UID %d RFC822.SIZE vs BODY[]" % (what, uid))
-        if uid in d1 and sb != len(bb):
-            print("KNOWN D1: %s: UID %d RFC822.SIZE %d, BODY[] {%d}" % (what, uid, sb, len(bb)))
-            continue
-        test.assertNotIn(uid, d1, "D1 fixed? take UID %d off the list" % uid)
         test.assertEqual(sb, len(bb), "%s: UID %d RFC822.SIZE vs BODY[]" % (what, uid))
 
 
@@ -1132,8 +1117,7 @@ class T02Handover(unittest.TestCase):
             pc.start()
             c = Store(pc.port)
             for f, snap in theirs.items():
-                same_view(self, snap, c.snapshot(f), "Portcullis after Dovecot, " + f,
-                          d1=(7,) if f == "INBOX" else ())
+                same_view(self, snap, c.snapshot(f), "Portcullis after Dovecot, " + f)
             self.assertEqual(c.folders(), theirs_list, "LIST after Dovecot's CREATE Projects.Alpha")
             self.assertEqual(c.subscribed(), theirs_lsub)
             c.close()

@@ -695,6 +695,72 @@ test_subscriptions(void)
 	free(root);
 }
 
+static void
+rm_root(char *root)
+{
+	char *cmd = xasprintf("rm -rf '%s'", root);
+
+	if (system(cmd) != 0)
+		CU_FAIL("rm");
+	free(cmd);
+	free(root);
+}
+
+/* D1: a bare-LF file whose name and uidlist record have no W= (another
+ * MDA's, a UID Dovecot gave): RFC822.SIZE and POP3 sizes are the CRLF size
+ * that BODY[] and RETR send, counted once and kept in the record as Dovecot
+ * keeps it. Failed before: vsize was the file's size. */
+static void
+test_vsize_without_w(void)
+{
+	char *root = unit_tmpdir(), *md, *p, *s;
+	struct mailstore *ms;
+	struct mailstore_box *box;
+	const char *err;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(root, "v@example.com", &ms, &err), 0);
+	md = xasprintf("%s/example.com/v/Maildir", root);
+	/* a folder Dovecot served: the uidlist has UIDs, no W */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &box, &err), 0);
+	mailstore_box_close(&box);
+	p = xasprintf("%s/dovecot-uidlist", md);
+	spit(p, "3 V1800000000 N4 G0123456789abcdef0123456789abcdef\n"
+	    "1 :1700000001.M1P1.mda\n2 :1700000002.M2P2.mda,S=13\n3 W9 :1700000003.M3P3.mda\n");
+	free(p);
+	p = xasprintf("%s/cur/1700000001.M1P1.mda:2,S", md);
+	spit(p, "A: b\n\nline\nline\n");	/* 16 octets, 4 bare LFs */
+	free(p);
+	p = xasprintf("%s/cur/1700000002.M2P2.mda,S=13:2,", md);
+	spit(p, "A: bc\r\n\r\nx\ny\n");	/* 13 octets, 2 bare LFs */
+	free(p);
+	p = xasprintf("%s/cur/1700000003.M3P3.mda:2,", md);
+	spit(p, "A: b\n\nx\n");	/* W9 in the record is believed */
+	free(p);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &box, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_count(box), 3);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 0)->size, 16);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 0)->vsize, 20);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 1)->size, 13);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 1)->vsize, 15);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 2)->vsize, 9);
+	mailstore_box_close(&box);
+	/* kept in the records (Dovecot reads W as its virtual size) */
+	p = xasprintf("%s/dovecot-uidlist", md);
+	s = slurp(p);
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, "\n1 W20 :1700000001.M1P1.mda\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, "\n2 W15 :1700000002.M2P2.mda,S=13\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, "\n3 W9 :1700000003.M3P3.mda\n"));
+	free(s);
+	free(p);
+	/* a second open reads it from there */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &box, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 0)->vsize, 20);
+	mailstore_box_close(&box);
+	mailstore_free(&ms);
+	free(md);
+	rm_root(root);
+}
+
 void
 test_mailstore_register(void)
 {
@@ -707,6 +773,7 @@ test_mailstore_register(void)
 		{ "delivery: one file linked into each new/, ,S= and ,W=", test_deliver },
 		{ "copy: a hard link, flags, keywords, date, new UID", test_copy },
 		{ "subscriptions: Dovecot's file, version 2 and 1", test_subscriptions },
+		{ "vsize without W=: counted once, kept in the record", test_vsize_without_w },
 		{ NULL, NULL },
 	};
 
