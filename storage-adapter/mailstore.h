@@ -56,6 +56,15 @@ struct mailstore_msg {
 	unsigned recent:1;	/* this store saw it first (IMAP \Recent) */
 };
 
+/*
+ * What a message call returns when the message was expunged (by another
+ * session, or Dovecot) since the last sync: not an error of the store. A
+ * file renamed by another session (its flags are in its name) is found by
+ * its base name with a bounded rescan; only a file gone from new/ and cur/
+ * is MAILSTORE_GONE. Other failures are -1; both are < 0.
+ */
+#define MAILSTORE_GONE (-2)
+
 struct mailstore;
 struct mailstore_box;
 struct mailstore_append;
@@ -119,7 +128,8 @@ const char *mailstore_box_dir(const struct mailstore_box *box);
  * folder whose names carry ,S= stats no file */
 int mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r,
     const char **error_r) __attribute__((warn_unused_result));
-/* a read-only descriptor on the message's bytes (the caller closes it) */
+/* a read-only descriptor on the message's bytes (the caller closes it);
+ * MAILSTORE_GONE when expunged meanwhile (also for _date, _set_flags, _copy) */
 int mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const char **error_r)
     __attribute__((warn_unused_result));
 /*

@@ -1703,11 +1703,20 @@ mailstore_box_close(struct mailstore_box **boxp)
 	free(box);
 }
 
-/* the file of message I may have been renamed by another session: find it */
+/*
+ * The file of a message may have been renamed by another session (flags are
+ * in the name): find it by its base name, new/ first (files only move from
+ * new/ to cur/), as Dovecot's maildir_file_do does. 0 found, -1 not there.
+ * Callers retry up to REFIND_TRIES times: a file renamed again while we read
+ * the directory is found on the next round; only a file in neither place
+ * after that many rounds is gone (expunged).
+ */
+#define REFIND_TRIES 10	/* Dovecot's MAILDIR_RESYNC_RETRY_COUNT */
+
 static int
 refind(struct mailstore_box *box, struct ms_msg *m)
 {
-	static const char *const sub[] = { "cur", "new" };
+	static const char *const sub[] = { "new", "cur" };
 	struct mdname mn;
 
 	if (mdname_parse(m->fname, &mn) < 0)
@@ -1726,7 +1735,7 @@ refind(struct mailstore_box *box, struct ms_msg *m)
 			    strnlen(de->d_name, MAX_MAILSTORE_FNAME + 1) <= MAX_MAILSTORE_FNAME) {
 				free(m->fname);
 				m->fname = xstrdup(de->d_name);
-				m->in_new = s == 1;
+				m->in_new = s == 0;
 				closedir(d);
 				return 0;
 			}
@@ -1751,20 +1760,24 @@ mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const cha
 		*error_r = err("no such message");
 		return -1;
 	}
-	for (int tries = 0; tries < 2; tries++) {
+	for (int tries = 0; tries < REFIND_TRIES; tries++) {
 		char *path = msg_path(box, &box->msgs[i]);
-		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), e = errno;
 
 		free(path);
 		if (fd >= 0) {
 			*fd_r = fd;
 			return 0;
 		}
-		if (errno != ENOENT || refind(box, &box->msgs[i]) < 0)
+		if (e != ENOENT) {
+			*error_r = err("cannot open message %u: %s", uid, strerror(e));
+			return -1;
+		}
+		if (refind(box, &box->msgs[i]) < 0)
 			break;
 	}
 	*error_r = err("message %u is gone", uid);
-	return -1;
+	return MAILSTORE_GONE;
 }
 
 int
@@ -1776,7 +1789,7 @@ mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r, cons
 		*error_r = err("no such message");
 		return -1;
 	}
-	for (int tries = 0; !box->msgs[i].date_known && tries < 2; tries++) {
+	for (int tries = 0; !box->msgs[i].date_known && tries < REFIND_TRIES; tries++) {
 		char *path = msg_path(box, &box->msgs[i]);
 		struct stat st;
 		int rc = stat(path, &st);
@@ -1791,7 +1804,7 @@ mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r, cons
 	}
 	if (!box->msgs[i].date_known) {
 		*error_r = err("message %u is gone", uid);
-		return -1;
+		return MAILSTORE_GONE;
 	}
 	*date_r = box->msgs[i].date;
 	return 0;
@@ -1891,12 +1904,20 @@ mailstore_msg_set_flags(struct mailstore_box *box, uint32_t uid, enum mailstore_
 			m->in_new = 0;
 			break;
 		}
-		free(from);
-		free(to);
-		if (errno != ENOENT || tries > 0 || refind(box, m) < 0) {
-			*error_r = err("cannot set flags of message %u: %s", uid,
-			    errno == ENOENT ? "it is gone" : strerror(errno));
-			return -1;
+		{
+			int e = errno;
+
+			free(from);
+			free(to);
+			if (e != ENOENT) {
+				*error_r = err("cannot set flags of message %u: %s", uid, strerror(e));
+				return -1;
+			}
+		}
+		/* renamed by another session meanwhile (or expunged): look again */
+		if (tries + 1 >= REFIND_TRIES || refind(box, m) < 0) {
+			*error_r = err("cannot set flags of message %u: it is gone", uid);
+			return MAILSTORE_GONE;
 		}
 	}
 	m->pub.flags = nf;
@@ -1916,7 +1937,7 @@ mailstore_msg_expunge(struct mailstore_box *box, uint32_t uid, const char **erro
 		*error_r = err("no such message");
 		return -1;
 	}
-	for (int tries = 0; tries < 2; tries++) {
+	for (int tries = 0; tries < REFIND_TRIES; tries++) {
 		char *p = msg_path(box, &box->msgs[i]);
 		int e = unlink(p) == 0 ? 0 : errno;
 
@@ -2155,18 +2176,29 @@ mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box
 	for (unsigned k = 0; k < MAX_MAILSTORE_KEYWORDS; k++)
 		if ((m->pub.keywords & (1u << k)) && src->kw[k] != NULL)
 			kw[nkw++] = xstrdup(src->kw[k]);	/* the commit reloads src's if src == dst */
+	rc = mailstore_msg_date(src, uid, &date, error_r);
+	if (rc < 0)
+		goto out;
 	rc = -1;
-	if (mailstore_msg_date(src, uid, &date, error_r) < 0 ||
-	    mailstore_append_begin(dst, &a, error_r) < 0)
+	if (mailstore_append_begin(dst, &a, error_r) < 0)
 		goto out;
 	/* a hard link, as Dovecot's maildir_copy_with_hardlinks: same inode, same mtime */
-	for (int tries = 0; tries < 2 && !linked; tries++) {
+	(void)unlink(a->tmp);
+	for (int tries = 0; tries < REFIND_TRIES && !linked; tries++) {
 		char *path = msg_path(src, m);
 
-		if (unlink(a->tmp) == 0 && link(path, a->tmp) == 0) {
+		if (link(path, a->tmp) == 0) {
 			linked = 1;
-		} else if (errno == ENOENT && tries == 0 && refind(src, m) == 0) {
-			/* renamed by another session: once more */
+		} else if (errno == ENOENT) {
+			free(path);
+			if (refind(src, m) < 0) {
+				/* expunged by another session meanwhile */
+				*error_r = err("message %u is gone", uid);
+				rc = MAILSTORE_GONE;
+				mailstore_append_abort(&a);
+				goto out;
+			}
+			continue;	/* renamed by another session: once more */
 		} else {
 			int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), out;
 
@@ -2188,6 +2220,12 @@ mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box
 			break;
 		}
 		free(path);
+	}
+	if (!linked && access(a->tmp, F_OK) < 0) {
+		*error_r = err("message %u is gone", uid);	/* renamed away each time */
+		rc = MAILSTORE_GONE;
+		mailstore_append_abort(&a);
+		goto out;
 	}
 	if (linked) {
 		close(a->fd);

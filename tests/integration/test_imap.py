@@ -56,6 +56,9 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     its own, some dropping mid-FETCH, 3 idlers, 10 deliveries
                     at once: all OK, every idler told of every delivery, UIDs
                     1..22 and the flags as the last STOREs left them
+    T21StoreAllAtOnce  8 sessions each STORE 1:* +/-FLAGS at once: every STORE
+                    and FETCH OK (a renamed file is found again), flags as the
+                    last STOREs left them
     T13Reload       portcullis reload: a new imap_banner for new connections;
                     the sessions open before it (one in IDLE) get * BYE
                     [UNAVAILABLE] and are closed
@@ -1146,6 +1149,51 @@ class T20Concurrency(unittest.TestCase):
             self.assertEqual(sorted(flags), list(range(1, 23)))
             for k in range(12):     # 15 rounds: the last (r = 14) took them off
                 self.assertNotIn("$W%d" % k, flags[k + 1])
+            c.logout()
+        finally:
+            g.stop()
+
+
+class T21StoreAllAtOnce(unittest.TestCase):
+    """every session flags every message at once (STORE 1:*): a file renamed by
+    another session is found again by its base name, so each STORE and
+    FETCH is OK (before: NO [LIMIT] ... it is gone, or [EXPUNGEISSUED], as
+    the store looked a renamed file up only once)"""
+    def test_store_1_star_from_every_session(self):
+        g = Gateway("storeall", mail_max_userip_connections="0",
+                    imap_max_per_client="200")
+        errors = []
+        try:
+            for i in range(8):
+                g.send(subject="seed %d" % i)
+
+            def worker(k):
+                try:
+                    c = g.login()
+                    c.select("INBOX")
+                    for r in range(16):
+                        typ, d = c.store("1:*", "+FLAGS" if r % 2 == 0 else "-FLAGS",
+                                         "(\\Flagged $W%d)" % k)
+                        assert typ == "OK", ("STORE", r, typ, d)
+                        typ, d = c.fetch("1:*", "(UID FLAGS)")
+                        assert typ == "OK", ("FETCH", r, typ, d)
+                    c.logout()
+                except Exception as e:     # noqa: BLE001  (reported below)
+                    errors.append("worker %d: %r" % (k, e))
+
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            self.assertEqual(errors, [])
+            c = g.login()
+            self.assertEqual(int(c.select("INBOX")[1][0]), 8)
+            flags = uid_flags(c)
+            self.assertEqual(sorted(flags), list(range(1, 9)))
+            for uid in flags:       # 16 rounds: the last (r = 15) took them off
+                for k in range(8):
+                    self.assertNotIn("$W%d" % k, flags[uid])
             c.logout()
         finally:
             g.stop()

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/xmalloc.h"
@@ -761,6 +763,89 @@ test_vsize_without_w(void)
 	rm_root(root);
 }
 
+/* item 2: another process renames a message's file again and again (flags
+ * in the name) while this session sets flags, opens it and copies it: each
+ * call finds the file by its base name; only an expunged one is
+ * MAILSTORE_GONE. Failed before: a file renamed twice was "gone". */
+static void
+test_rename_race(void)
+{
+	char *root = unit_tmpdir();
+	struct mailstore *ms;
+	struct mailstore_box *box, *other;
+	const char *err;
+	uint32_t uid, cuid;
+	int fails = 0, fd;
+	pid_t pid;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(root, "r@example.com", &ms, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_folder_create(ms, "Other", &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &box, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Other", &other, &err), 0);
+	uid = append(box, "Subject: race\r\n\r\nx\r\n", 0, NULL);
+	fflush(NULL);
+	pid = fork();
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0) {
+		/* the other session: its own store object, flipping \Flagged */
+		struct mailstore *ms2;
+		struct mailstore_box *b2;
+		struct timespec t0, t;
+
+		if (mailstore_open(root, "r@example.com", &ms2, &err) < 0 ||
+		    mailstore_box_open(ms2, "INBOX", &b2, &err) < 0)
+			_exit(2);
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		do {
+			for (int k = 0; k < 50; k++)
+				if (mailstore_msg_set_flags(b2, uid, k % 2 ? MAILSTORE_FLAGS_ADD :
+				    MAILSTORE_FLAGS_REMOVE, F, NULL, 0, &err) < 0)
+					_exit(3);
+			clock_gettime(CLOCK_MONOTONIC, &t);
+		} while (t.tv_sec - t0.tv_sec < 2);
+		_exit(0);
+	}
+	for (int r = 0; r < 400; r++) {
+		int rc = mailstore_msg_set_flags(box, uid, r % 2 ? MAILSTORE_FLAGS_ADD :
+		    MAILSTORE_FLAGS_REMOVE, A, NULL, 0, &err);
+
+		if (rc < 0)
+			fails++;
+		if (mailstore_msg_open(box, uid, &fd, &err) < 0)
+			fails++;
+		else
+			close(fd);
+		if (r % 20 == 0 && mailstore_msg_copy(box, uid, other, &cuid, &err) < 0)
+			fails++;
+	}
+	{
+		int status = 0;
+
+		CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+		CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	}
+	CU_ASSERT_EQUAL(fails, 0);
+	/* expunged for real: gone, not an error */
+	CU_ASSERT_EQUAL(mailstore_msg_expunge(other, 1, &err), 0);
+	{
+		struct mailstore_box *b3;
+
+		CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &b3, &err), 0);
+		CU_ASSERT_EQUAL(mailstore_msg_expunge(b3, uid, &err), 0);
+		mailstore_box_close(&b3);
+	}
+	CU_ASSERT_EQUAL(mailstore_msg_set_flags(box, uid, MAILSTORE_FLAGS_ADD, S, NULL, 0, &err),
+	    MAILSTORE_GONE);
+	CU_ASSERT_EQUAL(mailstore_msg_open(box, uid, &fd, &err), MAILSTORE_GONE);
+	CU_ASSERT_EQUAL(mailstore_msg_copy(box, uid, other, &cuid, &err), MAILSTORE_GONE);
+	/* expunging a message that is gone already is done, not an error */
+	CU_ASSERT_EQUAL(mailstore_msg_expunge(box, uid, &err), 0);
+	mailstore_box_close(&other);
+	mailstore_box_close(&box);
+	mailstore_free(&ms);
+	rm_root(root);
+}
+
 void
 test_mailstore_register(void)
 {
@@ -774,6 +859,8 @@ test_mailstore_register(void)
 		{ "copy: a hard link, flags, keywords, date, new UID", test_copy },
 		{ "subscriptions: Dovecot's file, version 2 and 1", test_subscriptions },
 		{ "vsize without W=: counted once, kept in the record", test_vsize_without_w },
+		{ "a file renamed by another session is found again; gone is gone",
+		    test_rename_race },
 		{ NULL, NULL },
 	};
 
