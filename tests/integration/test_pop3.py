@@ -189,6 +189,7 @@ class T1Basics(unittest.TestCase):
         add_user(d, "bob@example.com", "bob-password")
         add_user(d, "carol@example.com", "carol-password")
         add_user(d, "dave@example.com", "dave-password")
+        add_user(d, "erin@example.com", "erin-password")
         d.start()
 
     def test_banner_capa_and_plaintext_refused(self):
@@ -330,6 +331,34 @@ class T1Basics(unittest.TestCase):
         self.assertIn(b"message 11", b"\n".join(p.retr(1)[1]))
         p.quit()
         self.assertTrue(files(self.d, u)[0].endswith(",S") or ":2,S" in files(self.d, u)[0])
+
+    def test_expunged_meanwhile_is_not_an_error(self):
+        """P2: an IMAP session expunges messages this POP3 session retrieved or
+        is about to: QUIT still +OK (Dovecot's answer; before: -ERR [SYS/TEMP]
+        Couldn't delete all messages, logged 'cannot set flags ... it is
+        gone'); a RETR of one is -ERR with a response code, logged at info"""
+        u, pw = "erin@example.com", "erin-password"
+        for n in (20, 21, 22):
+            deliver(self.d, u, msg(n))
+        p = login(self.d, u, pw)
+        self.assertEqual(p.stat()[0], 3)
+        p.retr(1)                       # \Seen for it at QUIT
+        p.retr(2)
+        mark = self.d.log_mark()
+        cur = os.path.join(maildir(self.d, u), "cur")
+        for f in sorted(os.listdir(cur)):
+            if b"message 20" in open(os.path.join(cur, f), "rb").read() or \
+                    b"message 22" in open(os.path.join(cur, f), "rb").read():
+                os.unlink(os.path.join(cur, f))       # what an IMAP EXPUNGE does
+        with self.assertRaises(poplib.error_proto) as e:
+            p.retr(3)
+        self.assertRegex(e.exception.args[0], rb"^-ERR \[[A-Z/-]+\] ")
+        p.dele(2)
+        self.assertTrue(p.quit().startswith(b"+OK"))
+        self.assertEqual(files(self.d, u), [])
+        log = self.d.log_since(mark)
+        self.assertNotIn("error:", "\n".join(l for l in log.splitlines() if "erin" in l))
+        self.assertRegex(log, r"\]: pop3: conn=\S+ erin@example.com: message \d+: expunged meanwhile")
 
     def _second_login(self, u, pw):
         try:
