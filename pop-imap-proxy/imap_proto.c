@@ -1151,7 +1151,8 @@ x_select(struct imap_proto *p)
 		return;
 	}
 	nname = name_norm(name);
-	if (mailstore_box_open(p->ms, nname, &p->box, &err) < 0) {
+	if ((strcmp(c->name, "EXAMINE") == 0 ? mailstore_box_open_peek :	/* no \Recent taken */
+	    mailstore_box_open)(p->ms, nname, &p->box, &err) < 0) {
 		/* as Dovecot 2.3 answers SELECT and STATUS: no response code */
 		reply(p, "%s NO Mailbox doesn't exist: %.200s.", p->tag, nname);
 		free(nname);
@@ -1609,9 +1610,9 @@ rename_inbox(struct imap_proto *p, const char *to, const char **err)
 		return -1;
 	if (p->box != NULL && strcmp(mailstore_box_name(p->box), "INBOX") == 0)
 		in = p->box;
-	else if (mailstore_box_open(p->ms, "INBOX", &in, err) < 0)
+	else if (mailstore_box_open_peek(p->ms, "INBOX", &in, err) < 0)
 		return -1;
-	if (mailstore_box_open(p->ms, to, &dst, err) < 0) {
+	if (mailstore_box_open_peek(p->ms, to, &dst, err) < 0) {
 		if (in != p->box)
 			mailstore_box_close(&in);
 		return -1;
@@ -1745,7 +1746,7 @@ x_status(struct imap_proto *p)
 	if (p->box != NULL && strcmp(mailstore_box_name(p->box), name) == 0) {
 		box = p->box;
 		view_sync(p, 1);
-	} else if (mailstore_box_open(p->ms, name, &box, &err) < 0) {
+	} else if (mailstore_box_open_peek(p->ms, name, &box, &err) < 0) {
 		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag, name);
 		free(name);
 		return;
@@ -2530,7 +2531,7 @@ dest_open(struct imap_proto *p, const struct imap_arg *a, int *own_r)
 		free(nname);
 		return p->box;
 	}
-	if (mailstore_box_open(p->ms, nname, &b, &err) < 0) {
+	if (mailstore_box_open_peek(p->ms, nname, &b, &err) < 0) {
 		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s.", p->tag, nname);
 		free(nname);
 		return NULL;

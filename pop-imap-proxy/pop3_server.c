@@ -372,7 +372,7 @@ job_run(void *arg)
 				snprintf(j->err, sizeof(j->err), "the POP3 lock: %s", strerror(errno));
 			return;
 		}
-		if (mailstore_box_open(j->ms, "INBOX", &j->box, &err) < 0) {
+		if (mailstore_box_open_peek(j->ms, "INBOX", &j->box, &err) < 0) {
 			snprintf(j->err, sizeof(j->err), "%s", err);
 			return;
 		}

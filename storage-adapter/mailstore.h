@@ -53,7 +53,7 @@ struct mailstore_msg {
 	uint32_t keywords;	/* bit i: mailstore_box_keyword(box, i) */
 	uint64_t size;		/* octets as stored */
 	uint64_t vsize;		/* octets with CRLF line ends (RFC822.SIZE) */
-	unsigned recent:1;	/* this store saw it first (IMAP \Recent) */
+	unsigned recent:1;	/* IMAP \Recent, as mailstore_box_open says */
 };
 
 /*
@@ -101,12 +101,22 @@ int mailstore_folder_ensure(struct mailstore *ms, const char *name, const char *
     __attribute__((warn_unused_result));
 
 /*
- * Open a folder: new mail is moved to cur/ (and is \Recent for this box),
- * UIDs are assigned under the store's lock. The message list is a snapshot
- * until mailstore_box_sync().
+ * Open a folder: new mail is moved to cur/, UIDs are assigned under the
+ * store's lock. The message list is a snapshot until mailstore_box_sync().
+ *
+ * \Recent as Dovecot does it: a message is \Recent from when it gets its UID
+ * (delivery, COPY, MOVE, APPEND) until a session opened with
+ * mailstore_box_open (IMAP SELECT) takes it; exactly one session does (the
+ * first UID still recent is kept in dovecot-uidlist's header as "r<uid>", a
+ * field Dovecot keeps and ignores). A box opened with mailstore_box_open_peek
+ * (STATUS, EXAMINE, POP3, the target of COPY or APPEND, Sieve fileinto) sees
+ * the \Recent marks and takes none. A message stays \Recent for the box that
+ * saw it so until the box is closed.
  */
 int mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box **box_r,
     const char **error_r) __attribute__((warn_unused_result));
+int mailstore_box_open_peek(struct mailstore *ms, const char *name,
+    struct mailstore_box **box_r, const char **error_r) __attribute__((warn_unused_result));
 void mailstore_box_close(struct mailstore_box **box);
 int mailstore_box_sync(struct mailstore_box *box, const char **error_r)
     __attribute__((warn_unused_result));

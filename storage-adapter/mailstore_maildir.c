@@ -5,8 +5,11 @@
  * Layout: ROOT/DOMAIN/LOCAL/Maildir is INBOX; folder "A.B" is the directory
  * Maildir/.A.B (each with tmp/ new/ cur/ and a "maildirfolder" file). In each
  * folder:
- *   dovecot-uidlist   "3 V<uidvalidity> N<next uid> G<guid>" then one line
- *                     "<uid> [<ext>...] :<base name>" per message
+ *   dovecot-uidlist   "3 V<uidvalidity> N<next uid> G<guid> r<uid>" then one
+ *                     line "<uid> [<ext>...] :<base name>" per message; r is
+ *                     ours, the first UID still \Recent (Dovecot keeps a
+ *                     header field it does not know); W<n> in a record is
+ *                     the size with CRLF when the name has no ,W=
  *   dovecot-uidlist.lock  the dotlock ("PID:HOST") held while UIDs are
  *                     assigned or the list rewritten; stale after 120 s or
  *                     when its local PID is gone (Dovecot's rules)
@@ -353,6 +356,7 @@ struct mailstore_box {
 	struct ms_msg *msgs;
 	size_t n, cap;
 	char *kw[26];
+	unsigned claim:1;	/* takes \Recent (SELECT), else only looks (STATUS) */
 };
 
 struct mailstore_append {
@@ -1292,7 +1296,7 @@ move_new(struct mailstore_box *box, struct scanned **v, size_t *n, size_t *cap,
 
 		if (rename(src, dst) == 0) {
 			moved = 1;
-			/* remembered so the cur/ scan marks it \Recent */
+			/* remembered so the cur/ scan finds it under its new name */
 			if (*n == *cap) {
 				*cap = *cap ? *cap * 2 : 64;
 				*v = xreallocarray(*v, *cap, sizeof(**v));
@@ -1346,6 +1350,49 @@ ext_get(const char *ext, char key, uint64_t *v_r)
 	return -1;
 }
 
+/*
+ * Our own field in the uidlist header: "r<uid>", the first UID that is still
+ * \Recent (no session took it yet). Dovecot keeps header fields it does not
+ * know (maildir-uidlist.c hdr_extensions) and writes them back, and ignores
+ * them otherwise, so the store stays Dovecot's to read.
+ */
+#define RECENT_KEY 'r'
+
+static int
+hdr_get(const struct md_uidlist *ul, char key, uint32_t *v_r)
+{
+	uint64_t v;
+
+	if (ext_get(ul->hdr_ext, key, &v) < 0 || v == 0 || v > UINT32_MAX)
+		return -1;
+	*v_r = (uint32_t)v;
+	return 0;
+}
+
+/* KEY's field set to V (the others kept in their order, ours last) */
+static void
+hdr_set(struct md_uidlist *ul, char key, uint32_t v)
+{
+	size_t cap = (ul->hdr_ext ? strlen(ul->hdr_ext) : 0) + 16, o = 0;
+	char *out = xmalloc(cap);
+
+	for (const char *p = ul->hdr_ext; p && *p;) {
+		size_t len = strcspn(p, " ");
+
+		if (len > 0 && *p != key) {
+			memcpy(out + o, p, len);
+			o += len;
+			out[o++] = ' ';
+		}
+		p += len;
+		while (*p == ' ')
+			p++;
+	}
+	snprintf(out + o, cap - o, "%c%u", key, v);
+	free(ul->hdr_ext);
+	ul->hdr_ext = out;
+}
+
 /* append "KEY<v>" to a record's extensions */
 static void
 rec_add_ext(struct md_uidrec *rec, char key, uint64_t v)
@@ -1395,14 +1442,21 @@ sync_locked(struct mailstore_box *box, struct md_uidlist *ul, int *dirty_r, cons
 	struct stat before, after;
 	int rc = -1;
 	size_t recent_n = 0;
-	uint32_t *recent_uids = NULL;
+	uint32_t *recent_uids = NULL, first_recent;
 
 	kw_load(box);
 	uidlist_load(box, ul, dirty_r);
+	/* \Recent: UIDs from the header's first-recent mark on (none: the UIDs
+	 * given from now on), as Dovecot keeps first_recent_uid in its index */
+	if (hdr_get(ul, RECENT_KEY, &first_recent) < 0 || first_recent > ul->next_uid) {
+		first_recent = ul->next_uid;
+		hdr_set(ul, RECENT_KEY, first_recent);	/* kept, or it would move */
+		*dirty_r = 1;
+	}
 	if (move_new(box, &v, &n, &cap, error_r) < 0)
 		goto out;
 	/* names moved into cur/ are read again by the scan below: the two meet
-	 * by base name, the moved one bringing its \Recent mark */
+	 * by base name */
 	for (int tries = 0;; tries++) {
 		size_t start = n;
 
@@ -1604,11 +1658,16 @@ again:
 				m->date = st.st_mtime;
 				m->date_known = 1;
 			}
-			m->pub.recent = s->recent ||
+			m->pub.recent = m->pub.uid >= first_recent ||
 			    (recent_n > 0 && bsearch(&m->pub.uid, recent_uids, recent_n,
 			    sizeof(uint32_t), u32_cmp) != NULL);
 		}
 		free(at);
+	}
+	/* a claiming session takes them: the next one sees none of these */
+	if (box->claim && first_recent < ul->next_uid) {
+		hdr_set(ul, RECENT_KEY, ul->next_uid);
+		*dirty_r = 1;
 	}
 	box->uidvalidity = ul->uidvalidity;
 	box->uidnext = ul->next_uid;
@@ -1650,8 +1709,8 @@ mailstore_box_sync(struct mailstore_box *box, const char **error_r)
 	return rc;
 }
 
-int
-mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box **box_r,
+static int
+box_open(struct mailstore *ms, const char *name, int claim, struct mailstore_box **box_r,
     const char **error_r)
 {
 	struct mailstore_box *box;
@@ -1663,6 +1722,7 @@ mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box 
 	}
 	box = xcalloc(1, sizeof(*box));
 	box->ms = ms;
+	box->claim = claim ? 1 : 0;
 	box->name = xstrdup(is_inbox(name) ? "INBOX" : name);
 	box->dir = folder_dir(ms, name);
 	if (stat(box->dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
@@ -1686,6 +1746,20 @@ mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box 
 	}
 	*box_r = box;
 	return 0;
+}
+
+int
+mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box **box_r,
+    const char **error_r)
+{
+	return box_open(ms, name, 1, box_r, error_r);
+}
+
+int
+mailstore_box_open_peek(struct mailstore *ms, const char *name, struct mailstore_box **box_r,
+    const char **error_r)
+{
+	return box_open(ms, name, 0, box_r, error_r);
 }
 
 void

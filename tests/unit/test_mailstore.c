@@ -846,6 +846,81 @@ test_rename_race(void)
 	rm_root(root);
 }
 
+static size_t
+recent_count(struct mailstore *ms, const char *name, int claim)
+{
+	struct mailstore_box *box;
+	const char *err;
+	size_t k = 0;
+
+	CU_ASSERT_EQUAL_FATAL((claim ? mailstore_box_open : mailstore_box_open_peek)(ms, name,
+	    &box, &err), 0);
+	for (size_t i = 0; i < mailstore_box_count(box); i++)
+		k += mailstore_box_msg(box, i)->recent;
+	mailstore_box_close(&box);
+	return k;
+}
+
+/* item 3: \Recent as Dovecot: a peek (STATUS, EXAMINE, POP3) sees it and
+ * takes none, exactly one SELECT takes it, COPY and APPEND make it. Failed
+ * before: the first open of any kind took it (R1), a copy never had it (R2). */
+static void
+test_recent(void)
+{
+	char *root = unit_tmpdir(), *p, *s;
+	struct mailstore *ms;
+	struct mailstore_box *a, *b, *work;
+	const char *err;
+	uint32_t u;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(root, "rc@example.com", &ms, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_folder_create(ms, "Work", &err), 0);
+	CU_ASSERT_EQUAL_FATAL(recent_count(ms, "INBOX", 0), 0);	/* the folder exists */
+	for (int i = 0; i < 2; i++) {
+		p = xasprintf("%s/example.com/rc/Maildir/new/170000000%d.M%dP1.mda", root, i, i);
+		spit(p, "Subject: r\n\nx\n");
+		free(p);
+	}
+	/* STATUS twice, POP3: 2, 2 */
+	CU_ASSERT_EQUAL(recent_count(ms, "INBOX", 0), 2);
+	CU_ASSERT_EQUAL(recent_count(ms, "INBOX", 0), 2);
+	/* two SELECTs: one gets both, the other none; a peek then sees none */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &a, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &b, &err), 0);
+	CU_ASSERT(mailstore_box_msg(a, 0)->recent && mailstore_box_msg(a, 1)->recent);
+	CU_ASSERT(!mailstore_box_msg(b, 0)->recent && !mailstore_box_msg(b, 1)->recent);
+	CU_ASSERT_EQUAL(recent_count(ms, "INBOX", 0), 0);
+	/* the first session keeps them over a sync */
+	CU_ASSERT_EQUAL(mailstore_box_sync(a, &err), 0);
+	CU_ASSERT(mailstore_box_msg(a, 0)->recent);
+	/* COPY into Work (opened as a target: a peek): Recent for Work's next SELECT */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open_peek(ms, "Work", &work, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_msg_copy(a, mailstore_box_msg(a, 0)->uid, work, &u, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_msg_copy(a, mailstore_box_msg(a, 1)->uid, work, &u, &err), 0);
+	mailstore_box_close(&work);
+	CU_ASSERT_EQUAL(recent_count(ms, "Work", 0), 2);
+	CU_ASSERT_EQUAL(recent_count(ms, "Work", 1), 2);
+	CU_ASSERT_EQUAL(recent_count(ms, "Work", 1), 0);
+	/* APPEND into the selected INBOX: Recent for the session that has it
+	 * selected, seen at its next sync; not for the other */
+	u = append(a, "Subject: appended\r\n\r\nx\r\n", S, NULL);
+	CU_ASSERT_EQUAL(mailstore_box_sync(a, &err), 0);
+	CU_ASSERT(mailstore_box_msg(a, 2)->recent);
+	CU_ASSERT_EQUAL(mailstore_box_sync(b, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_count(b), 3);
+	CU_ASSERT(!mailstore_box_msg(b, 2)->recent);
+	mailstore_box_close(&b);
+	mailstore_box_close(&a);
+	/* the mark is a header field Dovecot keeps: "r<first recent UID>" */
+	p = xasprintf("%s/example.com/rc/Maildir/dovecot-uidlist", root);
+	s = slurp(p);
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, " r4\n"));
+	free(s);
+	free(p);
+	mailstore_free(&ms);
+	rm_root(root);
+}
+
 void
 test_mailstore_register(void)
 {
@@ -861,6 +936,7 @@ test_mailstore_register(void)
 		{ "vsize without W=: counted once, kept in the record", test_vsize_without_w },
 		{ "a file renamed by another session is found again; gone is gone",
 		    test_rename_race },
+		{ "\\Recent: peeks see it, one SELECT takes it, COPY/APPEND make it", test_recent },
 		{ NULL, NULL },
 	};
 
