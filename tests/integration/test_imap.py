@@ -1101,8 +1101,8 @@ class T20Concurrency(unittest.TestCase):
                     for r in range(15):
                         typ, d = c.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER])")
                         assert typ == "OK", (typ, d)
-                        # each session flags a message of its own: many sessions renaming
-                        # one file at once can beat the store's single retry (its matter)
+                        # each session flags a message of its own (T21StoreAllAtOnce has
+                        # every session flag every message)
                         typ, d = c.store(str(k + 1), "+FLAGS" if r % 2 else "-FLAGS",
                                          "(\\Flagged $W%d)" % k)
                         assert typ == "OK", (typ, d)
