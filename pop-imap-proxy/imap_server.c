@@ -284,6 +284,23 @@ watch_start(struct sess *s, const char *dir)
 	}
 }
 
+/*
+ * The watch follows the session: armed as soon as it idles, BEFORE the sync
+ * that IDLE starts with, so a change is either in that sync's reading of the
+ * folder or an event after it (which, while the sync runs, marks the session
+ * dirty and runs it again once it is done). Never a gap between the two.
+ */
+static void
+watch_update(struct sess *s)
+{
+	const char *dir = imap_proto_watch_dir(s->ip);
+
+	if (dir != NULL && !s->watching)
+		watch_start(s, dir);
+	else if (dir == NULL && s->watching)
+		watch_stop(s);
+}
+
 /* the folder changed under an idling session */
 static void
 idle_kick(struct sess *s)
@@ -310,10 +327,16 @@ ino_cb(evutil_socket_t fd, short what, void *arg)
 		for (char *p = buf; p < buf + n;) {
 			const struct inotify_event *ev = (const struct inotify_event *)p;
 
-			/* a kick may start an exec; a later one in this batch marks it dirty */
-			for (size_t i = 0; i < srv->nwatches; i++)
-				if (srv->watches[i].wd == ev->wd)
+			/* a kick may start an exec; a later one in this batch marks it dirty.
+			 * The kernel's queue overflowed: events were lost, every idler syncs.
+			 * Backwards: a kick that closes its session drops its entries, each
+			 * replaced by the last one, which has been seen already. */
+			for (size_t i = srv->nwatches; i-- > 0;) {
+				if (i >= srv->nwatches)
+					continue;
+				if (srv->watches[i].wd == ev->wd || (ev->mask & IN_Q_OVERFLOW))
 					idle_kick(srv->watches[i].s);
+			}
 			p += sizeof(*ev) + ev->len;
 		}
 	}
@@ -495,6 +518,7 @@ step(struct sess *s)
 				conn_pause(c);
 				return;
 			}
+			watch_update(s);	/* IDLE's first sync: the watch is already on */
 			start_exec(s);
 			return;
 		}
@@ -511,10 +535,7 @@ step(struct sess *s)
 		imap_proto_bye(s->ip, text);
 		pump(s);
 	}
-	if (imap_proto_watch_dir(s->ip) != NULL && !s->watching)
-		watch_start(s, imap_proto_watch_dir(s->ip));
-	else if (imap_proto_watch_dir(s->ip) == NULL && s->watching)
-		watch_stop(s);
+	watch_update(s);
 	if (imap_proto_wants_close(s->ip)) {
 		struct imap_segment g;
 
