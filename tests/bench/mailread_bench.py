@@ -386,7 +386,13 @@ def main():
         ("imaps_listen", "127.0.0.1:%d" % ports["imaps"]),
         ("pop3_listen", "127.0.0.1:%d" % ports["pop3"]),
         ("pop3s_listen", "127.0.0.1:%d" % ports["pop3s"]),
-        ("mail_max_userip_connections", "10000"))
+        ("mail_max_userip_connections", "10000"),
+        # every client of the bench is 127.0.0.1: the doors' per-address caps
+        # (imap 50, pop3 20 by default) would refuse the memory step's --conns
+        ("imap_max_connections", "20000"),
+        ("imap_max_per_client", "20000"),
+        ("pop3_max_connections", "1000"),
+        ("pop3_max_per_client", "1000"))
     os.makedirs(os.path.join(work, "portcullis"))
     pc = hdaemon.Daemon("mailread", (
         ("services", "smtp" if args.only == "dovecot" else "smtp imap pop3"),
