@@ -37,9 +37,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-
+#include "common/apop.h"
 #include "common/log.h"
 #include "common/stats.h"
 #include "common/xmalloc.h"
@@ -256,30 +254,15 @@ auth_gone(void *arg)
 
 static const struct authcheck_hooks auth_hooks = { auth_checked, auth_may_ban, auth_gone };
 
-/*
- * APOP's shared secret of a user (canonical name), or NULL: none. The users
- * file keeps it only while pop3_apop is on (the cost is the README's: a
- * plaintext equivalent, as CRAM-MD5's). Until the users file has that
- * field (userdb_apop_secret()), nobody has one and APOP always fails.
- */
-static const char *
-apop_secret(const struct userdb *db, const char *user)
-{
-	(void)db;
-	(void)user;
-	return NULL;
-}
-
-/* APOP login digest -> 1 ok (canonical name into s->user), 0 refused */
+/* APOP login digest -> 1 ok (canonical name into s->user), 0 refused. The
+ * secret is the users file's apop= field, kept only while pop3_apop = yes
+ * (storage-adapter/userdb.h); common/apop compares in constant time. */
 static int
 apop_check(struct session *s, const struct pop3_auth_req *a)
 {
 	const struct userdb *db = s->srv->users.db;
 	char local[POP3_USER_MAX], *at;
 	const char *canon = NULL, *secret = NULL;
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned mdlen = 0;
-	char hex[33];
 
 	s->user[0] = '\0';
 	snprintf(local, sizeof(local), "%s", a->apop_login);
@@ -289,24 +272,8 @@ apop_check(struct session *s, const struct pop3_auth_req *a)
 		canon = userdb_resolve(db, local, at + 1);
 	}
 	if (canon != NULL)
-		secret = apop_secret(db, canon);
-	if (secret == NULL)
-		return 0;
-	{
-		EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-
-		if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_md5(), NULL) != 1 ||
-		    EVP_DigestUpdate(ctx, a->apop_stamp, strlen(a->apop_stamp)) != 1 ||
-		    EVP_DigestUpdate(ctx, secret, strlen(secret)) != 1 ||
-		    EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 16) {
-			EVP_MD_CTX_free(ctx);
-			return 0;
-		}
-		EVP_MD_CTX_free(ctx);
-	}
-	for (unsigned i = 0; i < 16; i++)
-		snprintf(hex + 2 * i, 3, "%02x", md[i]);
-	if (CRYPTO_memcmp(hex, a->apop_digest, 32) != 0)
+		secret = userdb_apop_secret(db, canon);
+	if (secret == NULL || apop_verify(secret, a->apop_stamp, a->apop_digest) != 1)
 		return 0;
 	snprintf(s->user, sizeof(s->user), "%s", canon);
 	return 1;

@@ -509,6 +509,12 @@ class T2Policy(unittest.TestCase):
             p.apop(USER, "wrong")
         self.assertIn(b"-ERR [AUTH]", e.exception.args[0])
         p.quit()
+        # the right secret (user add kept apop= while pop3_apop = yes)
+        p = pop(self.d)
+        p.stls(context=tls_ctx())
+        self.assertEqual(p.apop(USER, PW), b"+OK Logged in.")
+        self.assertGreaterEqual(p.stat()[0], 0)
+        p.quit()
 
 
 class T3Big(unittest.TestCase):
