@@ -1020,6 +1020,16 @@ class T18Limits(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 5)
         s.close()
 
+    def test_login_timeout_on_a_handshake_never_begun(self):
+        # imaps: the greeting waits for the TLS handshake; a client that never
+        # starts one is closed at the login timeout all the same (2 s here, and
+        # the 5 s service/conn gives the "* BYE" it cannot send)
+        s = socket.create_connection(("127.0.0.1", self.g.imaps_port), 20)
+        t0 = time.monotonic()
+        self.assertEqual(s.recv(100), b"")
+        self.assertLess(time.monotonic() - t0, 9)
+        s.close()
+
     @unittest.skipUnless(shutil.which("openssl"), "openssl is not installed")
     def test_openssl_starttls(self):
         p = subprocess.run(["openssl", "s_client", "-quiet", "-starttls", "imap", "-connect",
