@@ -104,6 +104,7 @@ struct worker {
 	const char *name;
 	pid_t pid;
 	time_t started;
+	int ackfd;	/* EOF once the worker no longer accepts (listener_ack_when_closed); -1 */
 };
 
 static const struct conf *conf;
@@ -253,7 +254,10 @@ ready(int fd, const char *msg)
 		return;
 	if (write(fd, msg, strlen(msg)) < 0)
 		log_warn("cannot report to the master");
-	close(fd);
+	if (strcmp(msg, "ok\n") == 0)
+		listener_ack_when_closed(fd);	/* and once we stop accepting, we say so */
+	else
+		close(fd);
 }
 
 /* the configuration as start-up read it, plus extra "key=value" overrides */
@@ -1243,13 +1247,15 @@ spawn(struct worker *wk, int *readyfd_r)
 	}
 	wk->pid = pid;
 	wk->started = time(NULL);
+	wk->ackfd = -1;
 	*readyfd_r = p[0];
 	return pid;
 }
 
-/* wait for "ok" from a new worker; NULL ok, else the reason */
+/* wait for "ok" from a new worker; NULL ok (the pipe is kept in
+ * wk->ackfd: its EOF says the worker stopped accepting), else the reason */
 static const char *
-await_ready(int fd, int timeout_ms)
+await_ready(struct worker *wk, int fd, int timeout_ms)
 {
 	static char buf[700];
 	struct pollfd pfd = { .fd = fd, .events = POLLIN };
@@ -1257,12 +1263,47 @@ await_ready(int fd, int timeout_ms)
 
 	if (poll(&pfd, 1, timeout_ms) > 0)
 		n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
+	if (n <= 0) {
+		close(fd);
 		return "the worker exited before it was ready";
+	}
 	buf[n] = '\0';
 	buf[strcspn(buf, "\n")] = '\0';
-	return strcmp(buf, "ok") == 0 ? NULL : buf;
+	if (strcmp(buf, "ok") != 0) {
+		close(fd);
+		return buf;
+	}
+	wk->ackfd = fd;
+	return NULL;
+}
+
+/*
+ * A worker told to drain (SIGUSR2) stops accepting on its own loop, a little
+ * later; wait for that (its ackfd's EOF) so that a reload answered "done"
+ * sends no new connection to the old settings. Bounded: a worker stuck
+ * elsewhere is logged and left to drain.
+ */
+static void
+await_stopped_accepting(struct worker *wk, int timeout_ms)
+{
+	struct pollfd pfd = { .fd = wk->ackfd, .events = POLLIN };
+	char c;
+
+	if (wk->ackfd < 0)
+		return;
+	if (poll(&pfd, 1, timeout_ms) <= 0 || read(wk->ackfd, &c, 1) != 0)
+		log_warn("%s worker (pid %ld) still accepting after %d ms of draining",
+		    wk->name, (long)wk->pid, timeout_ms);
+	close(wk->ackfd);
+	wk->ackfd = -1;
+}
+
+static void
+worker_forget_ack(struct worker *wk)
+{
+	if (wk->ackfd >= 0)
+		close(wk->ackfd);
+	wk->ackfd = -1;
 }
 
 static void
@@ -1534,7 +1575,7 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 			continue;
 		old = wk[i];
 		spawn(&wk[i], &rfd);
-		if ((why = await_ready(rfd, READY_TIMEOUT_MS)) != NULL) {
+		if ((why = await_ready(&wk[i], rfd, READY_TIMEOUT_MS)) != NULL) {
 			log_error("reload: the new %s worker failed: %s", wk[i].name, why);
 			kill(wk[i].pid, SIGKILL);
 			while (waitpid(wk[i].pid, NULL, 0) < 0 && errno == EINTR)
@@ -1553,6 +1594,7 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		}
 		if (old.pid > 0) {
 			kill(old.pid, SIGUSR2);	/* drain: finish the sessions, then exit */
+			await_stopped_accepting(&old, 5000);
 			draining[ndraining++] = old;
 			log_info("%s worker (pid %ld) drains; pid %ld serves the new settings",
 			    old.name, (long)old.pid, (long)wk[i].pid);
@@ -1840,7 +1882,7 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 		const char *why;
 
 		spawn(&wk[i], &rfd);
-		if ((why = await_ready(rfd, READY_TIMEOUT_MS)) != NULL) {
+		if ((why = await_ready(&wk[i], rfd, READY_TIMEOUT_MS)) != NULL) {
 			log_error("%s: %s", wk[i].name, why);
 			if (!foreground) {
 				char *m = xasprintf("%s\n", why);
@@ -1950,13 +1992,14 @@ fail:		/* a configuration error: said on stderr; leave nothing behind */
 					log_error("%s worker (pid %ld) exited with status %d; restarting",
 					    wk[i].name, (long)pid, WEXITSTATUS(status));
 				wk[i].pid = 0;	/* reaped: never signal that pid again */
+				worker_forget_ack(&wk[i]);
 				/* a crash loop must not spin; a stop request still counts */
 				if (time(NULL) - wk[i].started < 1 && stop_requested_within(1)) {
 					stopping = 1;
 					break;
 				}
 				spawn(&wk[i], &rfd);
-				if ((why = await_ready(rfd, READY_TIMEOUT_MS)) != NULL)
+				if ((why = await_ready(&wk[i], rfd, READY_TIMEOUT_MS)) != NULL)
 					log_error("%s worker failed to restart: %s", wk[i].name, why);
 			}
 		}

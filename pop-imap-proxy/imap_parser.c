@@ -299,6 +299,12 @@ is_tag_char(unsigned char c)
 }
 
 static int
+is_strict_atom_char(unsigned char c)
+{
+	return c > 0x20 && c < 0x7f && strchr("(){\"%*]\\[", c) == NULL;
+}
+
+static int
 is_atom_char(unsigned char c)
 {
 	/* lenient: ATOM-CHAR plus resp-specials, list-wildcards and '\' (flags) */
@@ -1129,6 +1135,15 @@ search_key(struct imap_parser *p, const struct imap_arg *a, size_t n, size_t *i,
 		}
 		}
 	}
+	if (k->len <= 40) {
+		/* Dovecot's text names it */
+		char *t = arena_alloc(p, k->len + 20);
+
+		snprintf(t, k->len + 20, "Unknown argument %s", k->str);
+		for (char *c = t + 17; *c != '\0'; c++)
+			*c = (char)toupper((unsigned char)*c);
+		return fail_cmd(p, t);
+	}
 	return fail_cmd(p, "Unknown search key");
 }
 
@@ -1357,7 +1372,7 @@ chk_store(struct imap_parser *p, struct imap_cmd *c)
 	if (strcasecmp(item, "FLAGS.SILENT") == 0)
 		c->store_silent = 1;
 	else if (strcasecmp(item, "FLAGS") != 0)
-		return fail_cmd(p, "Invalid STORE item");
+		return fail_cmd(p, "Invalid arguments");
 	if (c->nargs == 3 && c->args[2].type == IMAP_ARG_LIST)
 		return check_flag_list(p, c->args[2].list, c->args[2].count, c);
 	return check_flag_list(p, c->args + 2, c->nargs - 2, c);
@@ -1475,9 +1490,49 @@ command_finish(struct imap_parser *p)
 
 /* ---- events ---- */
 
+/* an atom upper-cased onto OUT at *N; 0, or -1 when it is not a plain atom */
+static int
+name_part(const struct imap_arg *a, char *out, size_t *n, size_t cap)
+{
+	for (size_t i = 0; i < a->len; i++) {
+		unsigned char c = (unsigned char)a->str[i];
+
+		if (!is_strict_atom_char(c) || *n + 1 >= cap)
+			return -1;
+		out[(*n)++] = (char)toupper(c);
+	}
+	out[*n] = '\0';
+	return 0;
+}
+
+/* the command name of the line so far ("UID FETCH"), for the error text;
+ * "" when there is none yet or it is too odd to repeat */
+static void
+cmd_name(const struct imap_parser *p, char *out, size_t cap)
+{
+	const struct argvec *v = &p->stack[0];
+	size_t n = 0;
+
+	out[0] = '\0';
+	if (!p->have_tag || v->n < 2 || v->a[1].type != IMAP_ARG_ATOM || v->a[1].len > 32 ||
+	    p->err == NULL || strcmp(p->err, "Invalid command name") == 0)
+		return;
+	if (name_part(&v->a[1], out, &n, cap) < 0) {
+		out[0] = '\0';
+		return;
+	}
+	if (v->n >= 3 && strcmp(out, "UID") == 0 && v->a[2].type == IMAP_ARG_ATOM &&
+	    v->a[2].len <= 12) {
+		out[n++] = ' ';
+		if (name_part(&v->a[2], out, &n, cap) < 0)
+			out[0] = '\0';
+	}
+}
+
 static enum imap_event_type
 error_reply(struct imap_parser *p, struct imap_event *ev)
 {
+	char name[48];
 	int n;
 
 	if (p->silent) {
@@ -1485,16 +1540,27 @@ error_reply(struct imap_parser *p, struct imap_event *ev)
 		line_reset(p);
 		return IMAP_EV_NONE;
 	}
-	n = snprintf(ev->reply, sizeof(ev->reply), "%s %s %s%s%s%s\r\n",
-	    p->have_tag ? p->tag : "*", p->err_no ? "NO" : "BAD",
-	    p->errcode ? "[" : "", p->errcode ? p->errcode : "", p->errcode ? "] " : "", p->err);
+	cmd_name(p, name, sizeof(name));
+	if (name[0] != '\0' && !p->err_no && p->errcode == NULL) {
+		/* Dovecot's form: "BAD Error in IMAP command FETCH: Invalid arguments." */
+		size_t el = strlen(p->err);
+
+		n = snprintf(ev->reply, sizeof(ev->reply), "%s BAD Error in IMAP command %s: %s%s\r\n",
+		    p->have_tag ? p->tag : "*", name, p->err,
+		    el > 0 && p->err[el - 1] == '.' ? "" : ".");
+	} else {
+		n = snprintf(ev->reply, sizeof(ev->reply), "%s %s %s%s%s%s\r\n",
+		    p->have_tag ? p->tag : "*", p->err_no ? "NO" : "BAD",
+		    p->errcode ? "[" : "", p->errcode ? p->errcode : "", p->errcode ? "] " : "",
+		    p->err);
+	}
 	if (n < 0 || (size_t)n >= sizeof(ev->reply))
 		snprintf(ev->reply, sizeof(ev->reply), "* BAD Invalid command\r\n");
 	if (!p->err_no && ++p->bad > p->lim.bad_max) {
 		size_t len = strlen(ev->reply);
 
 		snprintf(ev->reply + len, sizeof(ev->reply) - len,
-		    "* BYE Too many invalid commands\r\n");
+		    "* BYE Too many invalid IMAP commands.\r\n");
 		p->dead = 1;
 		line_reset(p);
 		return IMAP_EV_DISCONNECT;
@@ -1730,7 +1796,7 @@ imap_parser_feed(struct imap_parser *p, const void *data, size_t len, struct ima
 			break;
 		case L_BRACKET:
 			if (c == '\r' || c == '\n' || c == '{' || c >= 0x80 || c < 0x20) {
-				fail(p, NULL, "Unterminated section");
+				fail(p, NULL, "Invalid BODY[..] parameter: Missing ']'");
 				break;
 			}
 			tok_add(p, (const char *)&c, 1);

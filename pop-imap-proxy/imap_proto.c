@@ -20,6 +20,15 @@
  * allowed (not during FETCH, STORE or SEARCH by sequence number, as Dovecot
  * does), EXPUNGE.
  *
+ * FETCH's message side (ENVELOPE, BODYSTRUCTURE, sections) and SEARCH are
+ * imap_mime/imap_search; a section that is the file's own bytes goes out as
+ * a file range, one that needs converting (bare LF, NUL) as a generator
+ * segment filled 64 KiB at a time when the door asks. FETCH runs in batches
+ * (256 KiB of output or 32 messages with bodies). APPEND streams: the
+ * parser hands the message out in pieces, gathered to 64 KiB and written by
+ * an exec. Answers follow Dovecot 2.3's texts (tests/integration/
+ * test_imap_session_dovecot.py compares them byte for byte).
+ *
  * The AUTHENTICATE exchange reads raw lines itself (they are base64, not
  * commands); all else goes through the parser, whose limits widen after
  * login. Never logs peer bytes; LOGIN's password goes into a PLAIN exchange
@@ -1659,33 +1668,27 @@ x_rename(struct imap_proto *p)
 			reply(p, "%s OK Rename completed.", p->tag);
 		}
 	} else {
-		if (p->box != NULL && strcmp(mailstore_box_name(p->box), from) == 0)
-			box_close(p);
+		int selected = p->box != NULL && strcmp(mailstore_box_name(p->box), from) == 0;
+
 		if (mailstore_folder_rename(p->ms, from, to, &err) < 0) {
 			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
 		} else {
-			char **subs;
-			size_t n;
+			if (selected) {
+				/* it stays selected under its new name: same UIDs, same view */
+				struct mailstore_box *nb;
 
-			/* the subscriptions follow the folder and its children */
-			if (mailstore_subscriptions(p->ms, &subs, &n, &err) == 0) {
-				for (size_t i = 0; i < n; i++) {
-					if (strncmp(subs[i], from, fl) != 0 ||
-					    (subs[i][fl] != '\0' && subs[i][fl] != '.'))
-						continue;
-					{
-						char *nn = xasprintf("%s%s", to, subs[i] + fl);
-
-						if (mailstore_subscribe(p->ms, subs[i], 0, &err) < 0 ||
-						    mailstore_subscribe(p->ms, nn, 1, &err) < 0)
-							err = NULL;
-						free(nn);
-					}
+				if (mailstore_box_open(p->ms, to, &nb, &err) == 0) {
+					mailstore_box_close(&p->box);
+					p->box = nb;
+				} else {
+					box_close(p);
 				}
-				mailstore_names_free(&subs, n);
 			}
+		{
+			/* subscriptions stay as they are, as Dovecot leaves them */
 			done_sync(p);
 			reply(p, "%s OK Rename completed.", p->tag);
+		}
 		}
 	}
 	free(from);
@@ -2961,6 +2964,50 @@ bad_counted(struct imap_proto *p)
 	}
 }
 
+/* the state error for NAME and TAG; 0 when NAME is allowed (or unknown) here */
+static int
+state_refuses(struct imap_proto *p, const char *tag, int taglen, const char *name)
+{
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcmp(commands[i].name, name) != 0)
+			continue;
+		if (commands[i].states & (1u << p->st))
+			return 0;
+		if (p->st == ST_AUTH && (commands[i].states & IN_SELECTED))
+			reply(p, "%.*s BAD No mailbox selected.", taglen, tag);
+		else if (p->st == ST_NOAUTH)
+			reply(p, "%.*s BAD Please log in first.", taglen, tag);
+		else
+			reply(p, "%.*s BAD Command not permitted in this state.", taglen, tag);
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * A parse error of a command this state refuses anyway: Dovecot checks the
+ * state first, so the state's BAD is the answer (the parser's text names
+ * the command: "<tag> BAD Error in IMAP command [UID ]NAME: ...")
+ */
+static int
+parse_error_state(struct imap_proto *p, const char *rep)
+{
+	const char *k = strstr(rep, " BAD Error in IMAP command "), *nm, *end;
+	char name[40];
+
+	if (k == NULL || k == rep || k - rep > IMAP_TAG_MAX)
+		return 0;
+	nm = k + strlen(" BAD Error in IMAP command ");
+	if (strncmp(nm, "UID ", 4) == 0)
+		nm += 4;
+	end = strchr(nm, ':');
+	if (end == NULL || (size_t)(end - nm) >= sizeof(name))
+		return 0;
+	memcpy(name, nm, (size_t)(end - nm));
+	name[end - nm] = '\0';
+	return state_refuses(p, rep, (int)(k - rep), name);
+}
+
 static void
 command(struct imap_proto *p, const struct imap_cmd *c)
 {
@@ -3071,7 +3118,8 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 				reply(p, "%s BAD Expected DONE.", p->tag);
 				break;
 			}
-			out_add(p, ev.reply, strlen(ev.reply));
+			if (!parse_error_state(p, ev.reply))
+				out_add(p, ev.reply, strlen(ev.reply));
 			if (strstr(ev.reply, " BAD ") != NULL)
 				bad_counted(p);
 			break;

@@ -148,7 +148,15 @@ static int addr_spec(const char **pp, char **norm_r)
 		memmove(local, local + 1, ll - 2);
 		local[ll - 2] = '\0';
 	}
-	*norm_r = xasprintf("%s@%s", local, dom);
+	{	/* local@dom (no printf: this runs for every address test) */
+		size_t lo = strlen(local), dl = strlen(dom);
+		char *r = xmalloc(lo + dl + 2);
+
+		memcpy(r, local, lo);
+		r[lo] = '@';
+		memcpy(r + lo + 1, dom, dl + 1);
+		*norm_r = r;
+	}
 	free(dom);
 	free(local);
 	*pp = p;

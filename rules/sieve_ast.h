@@ -39,6 +39,7 @@ struct sv_arg {
 	char *tag;
 	struct sv_str *v;	/* strings; ARG_STR has exactly one */
 	size_t n;
+	char **sv;		/* v[].s as a NULL-terminated list, once compiled */
 };
 
 struct sv_def;

@@ -1086,6 +1086,24 @@ static int load_include(struct cctx *c, struct sieve_node *n)
 	return r;
 }
 
+/* every argument's strings as a list (sv), for the tests that read their
+ * constant arguments without copying them (sieve_arg_list_ro) */
+static void strv_nodes(struct sieve_node **ns, size_t nn)
+{
+	for (size_t i = 0; i < nn; i++) {
+		struct sieve_node *n = ns[i];
+		for (size_t k = 0; k < n->nargs; k++) {
+			struct sv_arg *a = &n->args[k];
+			free(a->sv);
+			a->sv = xcalloc(a->n + 1, sizeof(char *));
+			for (size_t j = 0; j < a->n; j++)
+				a->sv[j] = a->v[j].s;
+		}
+		strv_nodes(n->tests, n->ntests);
+		strv_nodes(n->cmds, n->ncmds);
+	}
+}
+
 static int compile_text(const char *name, const char *path, const char *text, size_t len,
     const struct sieve_compile_opts *o, struct cctx *parent, struct sieve_script **s_r,
     struct sieve_errors *err)
@@ -1127,6 +1145,7 @@ static int compile_text(const char *name, const char *path, const char *text, si
 		sieve_script_free(&s);
 		return -1;
 	}
+	strv_nodes(s->cmds, s->ncmds);
 	*s_r = s;
 	return 0;
 }

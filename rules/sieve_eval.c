@@ -70,6 +70,16 @@ void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 {
 	run->msg = m;
 	sv_body_cache_free(run);
+	for (size_t i = 0; i < run->nhvals; i++) {
+		free(run->hvals[i].name);
+		for (size_t k = 0; run->hvals[i].addr != NULL && k < run->hvals[i].n; k++)
+			sieve_strv_free(run->hvals[i].addr[k].norm, run->hvals[i].addr[k].n);
+		free(run->hvals[i].addr);
+		sieve_strv_free(run->hvals[i].vals, run->hvals[i].n);
+	}
+	free(run->hvals);
+	run->hvals = NULL;
+	run->nhvals = 0;
 	for (size_t i = 0; i < run->nhdr; i++) {
 		free(run->hdr[i].name);
 		free(run->hdr[i].value);
@@ -106,13 +116,37 @@ char **sieve_arg_list(struct sieve_run *run, const struct sieve_node *n, unsigne
 	return arg_list(run, n->pos[i], n_r);
 }
 
+/* positional argument i as the script has it, not copied, when nothing in
+ * it can be a variable; else a copy as sieve_arg_list() makes. Read only;
+ * give it back with sieve_arg_list_ro_free() */
+char **sieve_arg_list_ro(struct sieve_run *run, const struct sieve_node *n, unsigned i,
+    size_t *n_r)
+{
+	if (i < n->npos && n->pos[i]->sv != NULL && !run->script->uses_vars) {
+		*n_r = n->pos[i]->n;
+		return n->pos[i]->sv;
+	}
+	return sieve_arg_list(run, n, i, n_r);
+}
+
+void sieve_arg_list_ro_free(const struct sieve_node *n, unsigned i, char **v, size_t nv)
+{
+	if (i < n->npos && v == n->pos[i]->sv)
+		return;
+	sieve_strv_free(v, nv);
+}
+
 static int tag_index(const struct sieve_node *n, const char *tag)
 {
 	const char *const *tags = n->def ? n->def->tags : n->ext ? n->ext->tags : NULL;
+	size_t tl = strlen(tag);
+	unsigned char c0 = (unsigned char)tag[0] | 0x20;	/* tags are letters */
 	for (int i = 0; tags && tags[i] && i < 12; i++) {
 		const char *t = tags[i] + 1;
+		if (((unsigned char)t[0] | 0x20) != c0)
+			continue;	/* (asked on every test run: the cheap check first) */
 		size_t l = strcspn(t, "=@");
-		if (strlen(tag) == l && strncasecmp(t, tag, l) == 0)
+		if (tl == l && strncasecmp(t, tag, l) == 0)
 			return i;
 	}
 	return -1;

@@ -29,6 +29,17 @@ struct sieve_run {
 	const struct sieve_script **included; size_t nincluded;
 	unsigned include_depth;
 	struct sv_body_cache *body;	/* the body tests' parts (sieve_body.c) */
+	/* the decoded values per header name, read from the unedited header
+	 * (sieve_tests.c); dropped with the message */
+	struct sv_hval {
+		char *name;
+		char **vals;
+		size_t n;
+		/* the address tests' parse of each value, once asked for:
+		 * its addresses (normalized) and whether one was invalid */
+		struct sv_haddr { char **norm; size_t n; int invalid; } *addr;
+	} *hvals;
+	size_t nhvals;
 };
 
 void sv_runtime_error(struct sieve_run *run, unsigned line, const char *fmt, ...)
@@ -64,6 +75,11 @@ int sv_vacation_reply(struct sieve_run *run, const struct sieve_action *a,
 /* shared by the evaluator's files (sieve_eval.c, sieve_tests.c, sieve_flags.c) */
 void sv_strv_push(char ***v, size_t *n, char *s);
 char *sv_tag_expanded(struct sieve_run *run, const struct sieve_node *n, int i);
+/* a positional argument's strings without a copy when it holds no variable
+ * (read only); sieve_arg_list_ro_free() gives it back */
+char **sieve_arg_list_ro(struct sieve_run *run, const struct sieve_node *n, unsigned i,
+    size_t *n_r);
+void sieve_arg_list_ro_free(const struct sieve_node *n, unsigned i, char **v, size_t nv);
 const struct sieve_header *sv_hdrs(struct sieve_run *run, size_t *n_r);
 int sv_test_address(struct sieve_run *run, const struct sieve_node *n);
 int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n);

@@ -37,6 +37,7 @@ void sv_node_free(struct sieve_node *n)
 		for (size_t j = 0; j < n->args[i].n; j++)
 			free(n->args[i].v[j].s);
 		free(n->args[i].v);
+		free(n->args[i].sv);
 	}
 	free(n->args);
 	for (size_t i = 0; i < n->ntests; i++)

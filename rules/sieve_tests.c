@@ -26,7 +26,7 @@ static char **header_values(struct sieve_run *run, const struct sieve_node *n, c
 	int last = sieve_node_has_tag(n, "last");
 	for (size_t k = 0; k < nn; k++) {
 		size_t total = 0;
-		for (size_t i = 0; i < nh; i++)
+		for (size_t i = 0; index > 0 && last && i < nh; i++)
 			total += strcasecmp(h[i].name, names[k]) == 0;
 		size_t seen = 0;
 		for (size_t i = 0; i < nh; i++) {
@@ -43,6 +43,99 @@ static char **header_values(struct sieve_run *run, const struct sieve_node *n, c
 		}
 	}
 	*n_r = no;
+	return out;
+}
+
+#define HVALS_MAX 64	/* header names whose values a run keeps */
+
+/* the decoded values of the header NAME, kept by the run (an unedited
+ * header only); NULL: not kept (edited, or too many names) */
+static struct sv_hval *hvals_get(struct sieve_run *run, const char *name)
+{
+	if (run->hdr_edited)
+		return NULL;
+	for (size_t i = 0; i < run->nhvals; i++)
+		if (strcasecmp(run->hvals[i].name, name) == 0)
+			return &run->hvals[i];
+	if (run->nhvals >= HVALS_MAX)
+		return NULL;
+	size_t nh, no = 0;
+	const struct sieve_header *h = sv_hdrs(run, &nh);
+	char **out = NULL;
+	for (size_t i = 0; i < nh; i++)
+		if (strcasecmp(h[i].name, name) == 0)
+			sv_strv_push(&out, &no, sv_mime_decode(h[i].value));
+	run->hvals = xreallocarray(run->hvals, run->nhvals + 1, sizeof(*run->hvals));
+	struct sv_hval *v = &run->hvals[run->nhvals++];
+	v->name = xstrdup(name);
+	v->vals = out;
+	v->n = no;
+	v->addr = NULL;
+	return v;
+}
+
+/* the addresses of each of v's values, parsed once per run */
+static const struct sv_haddr *haddr_get(struct sv_hval *v)
+{
+	if (v->addr != NULL || v->n == 0)
+		return v->addr;
+	v->addr = xcalloc(v->n, sizeof(*v->addr));
+	for (size_t i = 0; i < v->n; i++) {
+		size_t na;
+		char **as = sv_addr_list(v->vals[i], &na);
+		v->addr[i].invalid = na == 0;
+		for (size_t j = 0; j < na; j++) {
+			char *norm;
+			if (sv_addr_parse(as[j], &norm) < 0) {
+				v->addr[i].invalid = 1;
+				continue;
+			}
+			sv_strv_push(&v->addr[i].norm, &v->addr[i].n, norm);
+		}
+		sieve_strv_free(as, na);
+	}
+	return v->addr;
+}
+
+/*
+ * The decoded values of the named headers (no :index, :last) as the run
+ * keeps them: *own_r 0, nothing to free but, for several names, the array
+ * (*own_r 1). NULL when they are not kept: header_values() then.
+ */
+static char **hvals_list(struct sieve_run *run, const struct sieve_node *n, char **names,
+    size_t nn, size_t *n_r, int *own_r)
+{
+	static char *none[1];
+	*own_r = 0;
+	if (run->hdr_edited || sieve_node_has_tag(n, "index"))	/* (:last needs :index) */
+		return NULL;
+	if (nn == 0) {
+		*n_r = 0;
+		return none;
+	}
+	if (nn == 1) {
+		const struct sv_hval *v = hvals_get(run, names[0]);
+		if (v == NULL)
+			return NULL;
+		*n_r = v->n;
+		return v->vals != NULL ? v->vals : none;
+	}
+	size_t total = 0;
+	for (size_t k = 0; k < nn; k++) {
+		const struct sv_hval *v = hvals_get(run, names[k]);
+		if (v == NULL)
+			return NULL;
+		total += v->n;
+	}
+	char **out = xcalloc(total + 1, sizeof(char *));
+	size_t o = 0;
+	for (size_t k = 0; k < nn; k++) {
+		const struct sv_hval *v = hvals_get(run, names[k]);	/* kept: found */
+		for (size_t i = 0; i < v->n; i++)
+			out[o++] = v->vals[i];
+	}
+	*n_r = total;
+	*own_r = 1;
 	return out;
 }
 
@@ -74,9 +167,40 @@ static char *addr_part(int ap, const char *addr, const char *delim)
 int sv_test_address(struct sieve_run *run, const struct sieve_node *n)
 {
 	size_t nn, nk, nv = 0, nvals = 0;
-	char **names = sieve_arg_list(run, n, 0, &nn);
-	char **keys = sieve_arg_list(run, n, 1, &nk);
-	char **vals = header_values(run, n, names, nn, &nv, 1);
+	char **names = sieve_arg_list_ro(run, n, 0, &nn);
+	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
+	struct sv_hval *hv = NULL;
+	if (nn == 1 && !run->hdr_edited && !sieve_node_has_tag(n, "index"))
+		hv = hvals_get(run, names[0]);
+	if (hv != NULL) {	/* one field, kept by the run: parsed once */
+		const struct sv_haddr *ad = haddr_get(hv);
+		char **parts = NULL;
+		for (size_t i = 0; i < hv->n; i++) {
+			for (size_t j = 0; j < ad[i].n; j++) {
+				char *p = addr_part(n->apart, ad[i].norm[j],
+				    run->limits.recipient_delimiter);
+				if (p)
+					sv_strv_push(&parts, &nvals, p);
+			}
+			/* not (all) valid: :all sees the field as written */
+			if (ad[i].invalid && n->apart == AP_ALL) {
+				const char *v = hv->vals[i];
+				while (*v == ' ' || *v == '\t')
+					v++;
+				sv_strv_push(&parts, &nvals, xstrdup(v));
+			}
+		}
+		int r = sieve_match_values(run, n, parts, nvals, keys, nk);
+		sieve_strv_free(parts, nvals);
+		sieve_arg_list_ro_free(n, 0, names, nn);
+		sieve_arg_list_ro_free(n, 1, keys, nk);
+		return r;
+	}
+	int own;
+	char **vals = hvals_list(run, n, names, nn, &nv, &own);
+	int kept = vals != NULL;	/* the run's: not freed */
+	if (!kept)
+		vals = header_values(run, n, names, nn, &nv, 1);
 	char **parts = NULL;
 	for (size_t i = 0; i < nv; i++) {
 		size_t na;
@@ -104,17 +228,20 @@ int sv_test_address(struct sieve_run *run, const struct sieve_node *n)
 	}
 	int r = sieve_match_values(run, n, parts, nvals, keys, nk);
 	sieve_strv_free(parts, nvals);
-	sieve_strv_free(vals, nv);
-	sieve_strv_free(names, nn);
-	sieve_strv_free(keys, nk);
+	if (!kept)
+		sieve_strv_free(vals, nv);
+	else if (own)
+		free(vals);
+	sieve_arg_list_ro_free(n, 0, names, nn);
+	sieve_arg_list_ro_free(n, 1, keys, nk);
 	return r;
 }
 
 int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n)
 {
 	size_t nn, nk, nv = 0;
-	char **names = sieve_arg_list(run, n, 0, &nn);
-	char **keys = sieve_arg_list(run, n, 1, &nk);
+	char **names = sieve_arg_list_ro(run, n, 0, &nn);
+	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
 	char **vals = NULL;
 	for (size_t i = 0; i < nn; i++) {
 		const char *e = NULL;
@@ -211,32 +338,42 @@ int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n)
 	}
 	int r = sieve_match_values(run, n, vals, nv, keys, nk);
 	sieve_strv_free(vals, nv);
-	sieve_strv_free(names, nn);
-	sieve_strv_free(keys, nk);
+	sieve_arg_list_ro_free(n, 0, names, nn);
+	sieve_arg_list_ro_free(n, 1, keys, nk);
 	return r;
 }
 
 int sv_test_header(struct sieve_run *run, const struct sieve_node *n)
 {
 	size_t nn, nk, nv;
-	char **names = sieve_arg_list(run, n, 0, &nn);
-	char **keys = sieve_arg_list(run, n, 1, &nk);
-	char **vals = header_values(run, n, names, nn, &nv, 1);
+	char **names = sieve_arg_list_ro(run, n, 0, &nn);
+	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
+	int own;
+	char **vals = hvals_list(run, n, names, nn, &nv, &own);
+	if (vals != NULL) {	/* the run's: not freed */
+		int r = sieve_match_values(run, n, vals, nv, keys, nk);
+		if (own)
+			free(vals);
+		sieve_arg_list_ro_free(n, 0, names, nn);
+		sieve_arg_list_ro_free(n, 1, keys, nk);
+		return r;
+	}
+	vals = header_values(run, n, names, nn, &nv, 1);
 	int r = sieve_match_values(run, n, vals, nv, keys, nk);
 	sieve_strv_free(vals, nv);
-	sieve_strv_free(names, nn);
-	sieve_strv_free(keys, nk);
+	sieve_arg_list_ro_free(n, 0, names, nn);
+	sieve_arg_list_ro_free(n, 1, keys, nk);
 	return r;
 }
 
 int sv_test_exists(struct sieve_run *run, const struct sieve_node *n)
 {
 	size_t nn;
-	char **names = sieve_arg_list(run, n, 0, &nn);
+	char **names = sieve_arg_list_ro(run, n, 0, &nn);
 	int r = 1;
 	for (size_t i = 0; i < nn && r; i++)
 		r = sv_header_get(run, names[i], 0) != NULL;
-	sieve_strv_free(names, nn);
+	sieve_arg_list_ro_free(n, 0, names, nn);
 	return r;
 }
 

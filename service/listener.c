@@ -51,7 +51,13 @@ struct listener {
 	unsigned pause_ms;	/* 0: not backing off */
 	time_t logged;		/* last log line about failing accepts */
 	unsigned long unlogged;	/* failures since */
+	int counted;		/* in live_listeners */
 };
+
+/* the process's live listeners, and the master's pipe to close when the
+ * last one goes (listener_ack_when_closed); one loop per worker process */
+static int live_listeners;
+static int ack_fd = -1;
 
 int
 listener_parse(const char *spec, const char *key, struct sockaddr_storage *ss_r,
@@ -227,7 +233,17 @@ listener_new(struct event_base *base, int fd, const char *name, listener_accept_
 		return NULL;
 	}
 	evconnlistener_set_error_cb(l->el, error_cb);
+	l->counted = 1;
+	live_listeners++;
 	return l;
+}
+
+void
+listener_ack_when_closed(int fd)
+{
+	if (ack_fd >= 0)
+		close(ack_fd);
+	ack_fd = fd;	/* (a worker says ready before its loop makes the listeners) */
 }
 
 void
@@ -241,6 +257,10 @@ listener_free(struct listener **lp)
 		event_free(l->resume);
 	if (l->el != NULL)
 		evconnlistener_free(l->el);
+	if (l->counted && --live_listeners == 0 && ack_fd >= 0) {
+		close(ack_fd);	/* the master waits for this: nothing accepts here now */
+		ack_fd = -1;
+	}
 	free(l);
 	*lp = NULL;
 }

@@ -30,5 +30,13 @@ int listener_bind(const char *spec, const char *key, int *fd_r, const char **err
 struct listener *listener_new(struct event_base *base, int fd, const char *name,
     listener_accept_fn *cb, void *arg);
 void listener_free(struct listener **l);
+/*
+ * The master's word that this process no longer accepts: fd (the write end
+ * of a pipe the master reads) is closed once the process's last listener is
+ * freed (draining for a reload, or stopping), or at exit. A
+ * reload answers "done" only after the old worker's EOF, so no connection
+ * reaches the old settings once the admin was told the new ones are in force.
+ */
+void listener_ack_when_closed(int fd);
 
 #endif

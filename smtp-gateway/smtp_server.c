@@ -148,6 +148,10 @@ struct delivery {
 	char client[128];
 	char conn[CONNID_MAX];	/* the session's id, for the log line */
 	struct smtp_deliver_sieve_job *sv;	/* user Sieve scripts; NULL none */
+	/* server and domain scripts run first, in the same job (c->sv) */
+	struct smtp_sieve *door;
+	const struct smtp_msg *m;	/* the pending message (stable while held) */
+	int door_back;		/* not a plain pass: the loop decides (sieve_decided) */
 };
 
 /*
@@ -243,6 +247,21 @@ resume(struct sess *c)
 }
 
 
+static void
+delivery_free(struct delivery *d)
+{
+	maildir_tmp_abort(&d->spool);
+	smtp_deliver_sieve_job_free(&d->sv);
+	free(d->head);
+	for (size_t i = 0; i < d->n; i++)
+		free(d->split[i]);
+	free(d->split);
+	free(d->r);
+	free(d);
+}
+
+static void sieve_decided(struct sess *c);
+
 /* on a job thread: the blocking part */
 static void
 delivery_run(void *arg)
@@ -250,6 +269,19 @@ delivery_run(void *arg)
 	struct delivery *d = arg;
 	const char *err;
 
+	if (d->door != NULL) {	/* the server and domain scripts: a plain pass goes on here */
+		const struct smtp_sieve_result *r;
+
+		smtp_sieve_run(d->door, d->m);
+		r = smtp_sieve_result(d->door);
+		if (r->tempfail || r->action != SIEVE_DOOR_PASS || r->nlocal > 0 ||
+		    r->drop_original) {
+			d->door_back = 1;
+			return;
+		}
+		d->spool = smtp_sieve_take_store(d->door);
+		d->size = smtp_sieve_size(d->door);
+	}
 	if (d->n == 0) {
 		snprintf(d->err, sizeof(d->err), "no local recipient to deliver to");
 		maildir_tmp_abort(&d->spool);
@@ -290,6 +322,18 @@ delivery_done(void *arg)
 	struct delivery *d = arg;
 	struct sess *c = d->c;
 
+	if (d->door_back) {	/* the scripts did more than pass it: as sieve_job_done */
+		delivery_free(d);
+		if (sess_release(c, &c->delivering))
+			return;
+		if (c->srv->stopping)
+			smtp_sieve_free(&c->sv);
+		else
+			sieve_decided(c);
+		return;
+	}
+	if (d->door != NULL)
+		smtp_sieve_free(&c->sv);	/* its spool was delivered (or dropped) */
 	if (d->ok) {
 		log_info("conn=%s %s: delivered: from=<%s> nrcpt=%zu size=%zu client=%s", d->conn,
 		    d->id, d->sender,
@@ -309,13 +353,7 @@ delivery_done(void *arg)
 			    "Error: local delivery failed, try again later");
 		resume(c);	/* pipelined input may be waiting */
 	}
-	smtp_deliver_sieve_job_free(&d->sv);
-	free(d->head);
-	for (size_t i = 0; i < d->n; i++)
-		free(d->split[i]);
-	free(d->split);
-	free(d->r);
-	free(d);
+	delivery_free(d);
 }
 
 /* ---- pass-through: the downstream session runs on this loop ---- */
@@ -580,6 +618,7 @@ received_header(struct sess *c, const struct smtp_msg *m, int store)
 /* ---- Sieve: server and domain scripts at the final dot (smtp_sieve) ---- */
 
 static void deliver(struct sess *c, struct smtp_msg *m);
+static struct delivery *delivery_new(struct sess *c, struct smtp_msg *m);
 
 /* message bytes into the spool of a message under scripts (opened with our
  * trace lines at the first bytes); -1 once spooling failed */
@@ -712,8 +751,11 @@ sieve_decided(struct sess *c)
 
 	if (r->tempfail) {
 		log_error("conn=%s message from %s not accepted: %s", c->id, m->client, r->err);
-		sieve_answer(c, 0, "451", "4.3.0", "Error: the message cannot be processed now, try "
-		    "again later");
+		if (r->spool_errno == ENOSPC || r->spool_errno == EDQUOT)
+			sieve_answer(c, 0, "452", "4.3.1", "Insufficient system storage");
+		else
+			sieve_answer(c, 0, "451", "4.3.0", "Error: the message cannot be processed "
+			    "now, try again later");
 		return;
 	}
 	if (r->action != SIEVE_DOOR_PASS) {
@@ -807,8 +849,24 @@ static void
 sieve_start(struct sess *c, struct smtp_msg *m)
 {
 	struct sieve_job *j;
+	int rc;
 
-	if (sieve_put(c, m, m->data, m->len) < 0) {
+	if (c->sv == NULL && !c->sv_failed) {	/* small: spooled on the job thread */
+		char *head = received_header(c, m, !m->downstream);
+		const char *err = "no store";
+
+		rc = m->downstream || c->srv->c->maildir_root != NULL ?
+		    smtp_sieve_open_mem(&c->srv->sieve, m, !m->downstream, head, m->data, m->len,
+		    &c->sv, &err) : -1;
+		free(head);
+		if (rc < 0) {
+			log_error("conn=%s spooling a message from %s: %s", c->id, m->client, err);
+			c->sv_failed = EIO;
+		}
+	} else {
+		rc = sieve_put(c, m, m->data, m->len);
+	}
+	if (rc < 0) {
 		int full = c->sv_failed == ENOSPC || c->sv_failed == EDQUOT;
 
 		smtp_sieve_free(&c->sv);
@@ -822,6 +880,15 @@ sieve_start(struct sess *c, struct smtp_msg *m)
 		return;
 	}
 	m->len = 0;	/* in the spool now */
+	if (!m->downstream) {	/* store: the scripts, then the delivery, in one job */
+		struct delivery *d = delivery_new(c, m);
+
+		d->door = c->sv;
+		d->m = m;
+		sess_hold(c, &c->delivering);
+		jobs_submit(c->srv->jobs, delivery_run, delivery_done, d);
+		return;
+	}
 	j = xcalloc(1, sizeof(*j));
 	j->c = c;
 	j->sv = c->sv;
@@ -851,7 +918,18 @@ deliver(struct sess *c, struct smtp_msg *m)
 		down_send(c, m->data, m->len, 1);	/* the rest and the final dot */
 		return;
 	}
-	d = xcalloc(1, sizeof(*d));
+	d = delivery_new(c, m);
+	sess_hold(c, &c->delivering);
+	jobs_submit(s->jobs, delivery_run, delivery_done, d);
+}
+
+/* what a delivery job needs of the session (the message data stays the
+ * session's until smtp_proto_delivered()) */
+static struct delivery *
+delivery_new(struct sess *c, struct smtp_msg *m)
+{
+	struct server *s = c->srv;
+	struct delivery *d = xcalloc(1, sizeof(*d));
 
 	d->c = c;
 	d->r = xcalloc(m->nrcpt + 1, sizeof(*d->r));
@@ -880,8 +958,8 @@ deliver(struct sess *c, struct smtp_msg *m)
 	c->spool = NULL;
 	c->spool_err = 0;
 	c->spooled = 0;
-	if (d->spool == NULL && d->spool_err == 0)
-		d->head = received_header(c, m, 1);
+	if (d->spool == NULL && d->spool_err == 0 && (m->sieve == NULL || c->sv_done))
+		d->head = received_header(c, m, 1);	/* (else the door's spool has it) */
 	d->data = m->data;	/* stays with the session until smtp_proto_delivered() */
 	d->len = m->len;
 	d->root = s->c->maildir_root;
@@ -889,8 +967,7 @@ deliver(struct sess *c, struct smtp_msg *m)
 	snprintf(d->client, sizeof(d->client), "%s", m->client);
 	snprintf(d->conn, sizeof(d->conn), "%s", c->id);
 	d->sv = smtp_deliver_sieve_job_new(s->c->deliver_sieve, m->sender, m->client, m->helo, c->id);
-	sess_hold(c, &c->delivering);
-	jobs_submit(s->jobs, delivery_run, delivery_done, d);
+	return d;
 }
 
 /* ---- AUTH: the password check and its penalty (service/authcheck) ---- */

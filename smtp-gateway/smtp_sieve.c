@@ -3,6 +3,8 @@
  * the final dot (issue 10; the milter's counterpart is milter/milter.c).
  *
  *   smtp_sieve_open/write()   spool the message as it arrives (loop)
+ *   smtp_sieve_open_mem()     a small message, whole in the session's
+ *                             memory: spooled by smtp_sieve_run() (job)
  *   smtp_sieve_run()          run the scripts and do their side effects
  *                             (job thread: file I/O, relayhost sends)
  *   smtp_sieve_take_store()   the store route's spool, for the delivery
@@ -62,6 +64,13 @@ struct smtp_sieve {
 	char *path;		/* ours: its name, removed at free */
 	char *local, *domain;	/* the store route's first local recipient */
 	size_t size;		/* message octets written (head not counted) */
+	/* a small message not spooled yet (smtp_sieve_open_mem): the job
+	 * thread writes head + mem to the spool before the scripts run */
+	int store;		/* the route */
+	int pending;		/* head + mem not spooled yet */
+	char *head;
+	const char *mem;
+	size_t memlen;
 	/* after an edit: the new spool, same kind */
 	struct maildir_tmp *st2;
 	int fd2;
@@ -198,51 +207,70 @@ pread_full(int fd, char *buf, size_t n, off_t off)
 	return (ssize_t)got;
 }
 
+/* the route's first local recipient (store) */
+static int
+first_local(struct smtp_sieve *sv, const struct smtp_msg *m)
+{
+	for (size_t i = 0; i < m->nrcpt && sv->local == NULL; i++) {
+		if (!m->rcpt_local[i])
+			continue;
+		sv->local = xstrdup(m->rcpt[i]);
+		sv->domain = strrchr(sv->local, '@');
+		*sv->domain++ = '\0';
+	}
+	return sv->local != NULL ? 0 : -1;
+}
+
+/* the spool file, with head written first; errno tells why it failed */
+static int
+spool_create(struct smtp_sieve *sv, const char *head, const char **error_r)
+{
+	static __thread char err[300];
+	const struct smtp_sieve_conf *k = sv->k;
+	const char *e;
+
+	if (sv->store) {
+		struct maildir_rcpt r;
+
+		r.local = sv->local;
+		r.domain = sv->domain;
+		if (maildir_tmp_open(k->maildir_root, &r, &sv->st, &e) < 0 ||
+		    maildir_tmp_write(sv->st, head, strlen(head), &e) < 0) {
+			int en = errno;
+
+			maildir_tmp_abort(&sv->st);
+			errno = en;
+			*error_r = e;
+			return -1;
+		}
+		return 0;
+	}
+	if (own_open(k, &sv->fd, &sv->path, NULL) < 0) {
+		*error_r = seterr(err, sizeof(err), "%s/tmp: %s", k->quarantine_dir, strerror(errno));
+		return -1;
+	}
+	if (write_all(sv->fd, head, strlen(head)) < 0) {
+		*error_r = seterr(err, sizeof(err), "%s: %s", sv->path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int
 smtp_sieve_open(const struct smtp_sieve_conf *k, const struct smtp_msg *m, int store,
     const char *head, struct smtp_sieve **sv_r, const char **error_r)
 {
-	static char err[300];
 	struct smtp_sieve *sv = xcalloc(1, sizeof(*sv));
-	const char *e;
 
 	sv->k = k;
 	sv->fd = sv->fd2 = -1;
-	if (store) {
-		struct maildir_rcpt r;
-
-		for (size_t i = 0; i < m->nrcpt && sv->local == NULL; i++) {
-			if (!m->rcpt_local[i])
-				continue;
-			sv->local = xstrdup(m->rcpt[i]);
-			sv->domain = strrchr(sv->local, '@');
-			*sv->domain++ = '\0';
-		}
-		if (sv->local == NULL) {
-			*error_r = "no local recipient";
-			goto fail;
-		}
-		r.local = sv->local;
-		r.domain = sv->domain;
-		if (maildir_tmp_open(k->maildir_root, &r, &sv->st, &e) < 0) {
-			*error_r = e;
-			goto fail;
-		}
-		if (maildir_tmp_write(sv->st, head, strlen(head), &e) < 0) {
-			*error_r = e;
-			goto fail;
-		}
-	} else {
-		if (own_open(k, &sv->fd, &sv->path, NULL) < 0) {
-			*error_r = seterr(err, sizeof(err), "%s/tmp: %s", k->quarantine_dir,
-			    strerror(errno));
-			goto fail;
-		}
-		if (write_all(sv->fd, head, strlen(head)) < 0) {
-			*error_r = seterr(err, sizeof(err), "%s: %s", sv->path, strerror(errno));
-			goto fail;
-		}
+	sv->store = store;
+	if (store && first_local(sv, m) < 0) {
+		*error_r = "no local recipient";
+		goto fail;
 	}
+	if (spool_create(sv, head, error_r) < 0)
+		goto fail;
 	*sv_r = sv;
 	return 0;
 fail:
@@ -251,10 +279,39 @@ fail:
 }
 
 int
+smtp_sieve_open_mem(const struct smtp_sieve_conf *k, const struct smtp_msg *m, int store,
+    const char *head, const char *data, size_t len, struct smtp_sieve **sv_r,
+    const char **error_r)
+{
+	struct smtp_sieve *sv = xcalloc(1, sizeof(*sv));
+
+	sv->k = k;
+	sv->fd = sv->fd2 = -1;
+	sv->store = store;
+	if (store && first_local(sv, m) < 0) {
+		*error_r = "no local recipient";
+		smtp_sieve_free(&sv);
+		return -1;
+	}
+	sv->head = xstrdup(head);
+	sv->pending = 1;
+	sv->mem = data;
+	sv->memlen = len;
+	sv->size = len;
+	*sv_r = sv;
+	return 0;
+}
+
+int
 smtp_sieve_write(struct smtp_sieve *sv, const char *p, size_t n, const char **error_r)
 {
 	static char err[300];
 
+	if (sv->pending) {
+		*error_r = "the message was given whole";
+		errno = EINVAL;
+		return -1;
+	}
 	if (sv->st != NULL) {
 		if (maildir_tmp_write(sv->st, p, n, error_r) < 0)
 			return -1;
@@ -287,8 +344,12 @@ struct rawfield {
 };
 
 struct spooled {
-	int fd;			/* the spool, read-only use */
+	int fd;			/* the spool, read-only use; -1: the message in memory */
 	int own_fd;		/* ours to close */
+	/* a small message (smtp_sieve_open_mem): read from head + mem, the
+	 * same bytes as the spool, which is not read back */
+	const char *head, *mem;
+	size_t headlen, memlen;
 	off_t size;
 	char *hbuf;		/* the header section (and the body, when read) */
 	size_t hend;		/* the end of the fields (before the empty line) */
@@ -297,6 +358,28 @@ struct spooled {
 	struct rawfield *raw;
 	size_t nraw;
 };
+
+/* n octets from off of the message (the spool, or head + mem) */
+static ssize_t
+spooled_pread(const struct spooled *s, char *buf, size_t n, off_t off)
+{
+	size_t got = 0, o = (size_t)off;
+
+	if (s->fd >= 0)
+		return pread_full(s->fd, buf, n, off);
+	if (o < s->headlen) {
+		got = s->headlen - o < n ? s->headlen - o : n;
+		memcpy(buf, s->head + o, got);
+	}
+	if (got < n && o + got >= s->headlen && o + got - s->headlen < s->memlen) {
+		size_t mo = o + got - s->headlen, k = s->memlen - mo < n - got ? s->memlen - mo :
+		    n - got;
+
+		memcpy(buf + got, s->mem + mo, k);
+		got += k;
+	}
+	return (ssize_t)got;
+}
 
 static void
 spooled_free(struct spooled *s)
@@ -357,13 +440,17 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 	int stop;
 	struct sieve_msg *m;
 
-	if (fstat(s->fd, &st) < 0) {
+	if (s->fd < 0) {
+		s->size = (off_t)(s->headlen + s->memlen);
+	} else if (fstat(s->fd, &st) < 0) {
 		*error_r = seterr(err, sizeof(err), "cannot stat the spool: %s", strerror(errno));
 		return NULL;
+	} else {
+		s->size = st.st_size;
 	}
-	s->size = st.st_size;
-	s->hbuf = xmalloc(SMTP_SIEVE_MAX_HEADER + 1);
-	if ((r = pread_full(s->fd, s->hbuf, SMTP_SIEVE_MAX_HEADER, 0)) < 0) {
+	len = s->size < SMTP_SIEVE_MAX_HEADER ? (size_t)s->size : SMTP_SIEVE_MAX_HEADER;
+	s->hbuf = xmalloc(len + 1);
+	if ((r = spooled_pread(s, s->hbuf, len, 0)) < 0) {
 		*error_r = seterr(err, sizeof(err), "cannot read the spool: %s", strerror(errno));
 		return NULL;
 	}
@@ -399,7 +486,7 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 		if (want > SMTP_SIEVE_MAX_BODY)
 			want = SMTP_SIEVE_MAX_BODY;
 		s->hbuf = xrealloc(s->hbuf, text_len + want + 1);
-		if ((r = pread_full(s->fd, s->hbuf + text_len, want, (off_t)text_len)) < 0) {
+		if ((r = spooled_pread(s, s->hbuf + text_len, want, (off_t)text_len)) < 0) {
 			*error_r = seterr(err, sizeof(err), "cannot read the spool: %s",
 			    strerror(errno));
 			return NULL;
@@ -454,14 +541,14 @@ emit_field(sink_fn out, void *arg, const struct sieve_header *h)
 }
 
 static int
-copy_range(int fd, off_t from, off_t to, sink_fn out, void *arg)
+copy_range(const struct spooled *s, off_t from, off_t to, sink_fn out, void *arg)
 {
 	char *buf = xmalloc(COPY_PIECE);
 	int rc = 0;
 
 	while (from < to) {
 		size_t want = (size_t)(to - from) < COPY_PIECE ? (size_t)(to - from) : COPY_PIECE;
-		ssize_t r = pread_full(fd, buf, want, from);
+		ssize_t r = spooled_pread(s, buf, want, from);
 
 		if (r <= 0 || out(arg, buf, (size_t)r) < 0) {
 			rc = -1;
@@ -485,7 +572,7 @@ emit_message(const struct spooled *s, const struct sieve_msg *m, const struct si
 	size_t j = 0;
 
 	if (hdr == NULL)
-		return copy_range(s->fd, 0, s->size, out, arg);
+		return copy_range(s, 0, s->size, out, arg);
 	if (s->skip > 0 && out(arg, s->hbuf, s->skip) < 0)
 		return -1;	/* our Return-Path: stays on top */
 	for (size_t i = 0; i < nhdr; i++) {
@@ -503,7 +590,7 @@ emit_message(const struct spooled *s, const struct sieve_msg *m, const struct si
 			return -1;
 		}
 	}
-	return copy_range(s->fd, (off_t)s->hend, s->size, out, arg);
+	return copy_range(s, (off_t)s->hend, s->size, out, arg);
 }
 
 /* quarantine: a copy into quarantine_dir/new/, fsynced, named in qid */
@@ -608,7 +695,9 @@ redirect_fd(struct smtp_sieve *sv, size_t skip, int *own_r, char **path_r)
 			close(fd);
 		return -1;
 	}
-	if (copy_range(fd, (off_t)skip, st.st_size, sink_fd, &cfd) < 0) {
+	struct spooled src = { .fd = fd };
+
+	if (copy_range(&src, (off_t)skip, st.st_size, sink_fd, &cfd) < 0) {
 		close(cfd);
 		cfd = -1;
 	}
@@ -688,11 +777,30 @@ smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
 	struct sieve_door_result d;
 	const char *err = NULL;
 	char ip[CIDR_TEXT_MAX];
-	int store = sv->st != NULL;
+	int store = sv->store;
 
 	memset(&s, 0, sizeof(s));
 	s.fd = -1;
-	if (store) {
+	if (sv->pending) {	/* a small message: its spool is made here, off the loop */
+		const char *mem = sv->mem;
+
+		sv->pending = 0;	/* written: smtp_sieve_write() takes no more */
+		sv->size = 0;
+		errno = 0;
+		if (spool_create(sv, sv->head, &err) < 0 ||
+		    smtp_sieve_write(sv, mem, sv->memlen, &err) < 0) {
+			res->tempfail = 1;
+			res->spool_errno = errno ? errno : EIO;
+			snprintf(res->err, sizeof(res->err), "spooling: %s", err);
+			return;
+		}
+		/* the scripts read the same bytes from memory (the session's
+		 * until this job is done): the spool is not read back */
+		s.head = sv->head;
+		s.headlen = strlen(sv->head);
+		s.mem = mem;
+		s.memlen = sv->memlen;
+	} else if (store) {
 		if (maildir_tmp_open_read(sv->st, &s.fd, &err) < 0) {
 			res->tempfail = 1;
 			snprintf(res->err, sizeof(res->err), "sieve: %s", err);
@@ -842,6 +950,7 @@ smtp_sieve_free(struct smtp_sieve **svp)
 		(void)unlink(sv->path2);
 	free(sv->path);
 	free(sv->path2);
+	free(sv->head);
 	free(sv->local);
 	for (size_t i = 0; i < sv->res.nlocal; i++)
 		free(sv->res.local[i]);

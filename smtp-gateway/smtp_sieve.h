@@ -18,6 +18,10 @@
  *                         quarantine_dir/tmp/ (downstream route); head (our
  *                         trace lines) written first
  *   smtp_sieve_write()    message bytes as they arrive (loop: page cache)
+ *   smtp_sieve_open_mem() a small message (the session never spooled it:
+ *                         SMTP_SPOOL_MIN) given whole at the final dot; no
+ *                         I/O: smtp_sieve_run() creates the spool on the
+ *                         job thread, as a delivery without scripts does
  *   smtp_sieve_run()      job thread: read the header section (and the body
  *                         only when a script needs it), run the scripts,
  *                         then carry out what is not the door's reply:
@@ -58,6 +62,7 @@ struct smtp_sieve_conf {
 struct smtp_sieve_result {
 	enum sieve_door_action action;
 	int tempfail;		/* 451: nothing was done (err says why) */
+	int spool_errno;	/* ... writing the spool failed (ENOSPC, EDQUOT: 452) */
 	char err[300];
 	char text[512];		/* reject text */
 	const char *tag;	/* sieve-reject, sieve-discard, sieve-quarantine; NULL */
@@ -78,6 +83,11 @@ int smtp_sieve_dirs(const char *quarantine_dir, const char **error_r)
 int smtp_sieve_open(const struct smtp_sieve_conf *k, const struct smtp_msg *m, int store,
     const char *head, struct smtp_sieve **sv_r, const char **error_r)
     __attribute__((warn_unused_result));
+/* data (len octets, after head) stays the caller's, unchanged, until
+ * smtp_sieve_run() returned */
+int smtp_sieve_open_mem(const struct smtp_sieve_conf *k, const struct smtp_msg *m, int store,
+    const char *head, const char *data, size_t len, struct smtp_sieve **sv_r,
+    const char **error_r) __attribute__((warn_unused_result));
 int smtp_sieve_write(struct smtp_sieve *sv, const char *p, size_t n, const char **error_r)
     __attribute__((warn_unused_result));
 /* octets of the message spooled (head not counted) */

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -189,6 +190,7 @@ add_out(struct sieve_deliver_plan *p, enum sieve_deliver_out_kind k, const char 
 	o->mail_from = xstrdup(from);
 	o->rcpt_to = xstrdup(to);
 	o->text = text;
+	o->track = -1;
 }
 
 static void
@@ -305,10 +307,15 @@ read_msg(int fd, int need_body, long long *body_off_r, int *lf_r, const char **e
 
 /* ---- vacation tracking (a small file per user) ---- */
 
+#define TRACK_LOCK_WAIT_MS 2000	/* at most, for PATH.lock */
+#define TRACK_LOCK_POLL_MS 10
+
 struct track_ctx {
 	struct sieve_deliver_plan *p;
 	const char *path;
 	long now;
+	int lockfd;		/* PATH.lock, held from the check to the record; -1 */
+	int tried;		/* the lock was asked for */
 };
 
 static unsigned long long
@@ -329,6 +336,87 @@ track_path(const char *state_dir, const char *user)
 	return xasprintf("%s/sieve-vacation/%s", state_dir, user);
 }
 
+/*
+ * The tracking file's lock: PATH.lock, flock()ed (per open file: two job
+ * threads exclude each other too). Waits at most TRACK_LOCK_WAIT_MS; -1
+ * when it could not be had (then the check and the record go unlocked: at
+ * worst a second reply, never a lost message or a stuck delivery).
+ */
+static int
+track_lock(const char *path)
+{
+	char *dir = xstrdup(path), *slash = strrchr(dir, '/'), *lp;
+	int fd, waited = 0;
+
+	if (slash != NULL) {
+		*slash = '\0';
+		(void)fsutil_mkdir_p(dir, 0700, 0700);
+	}
+	free(dir);
+	lp = xasprintf("%s.lock", path);
+	fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	free(lp);
+	if (fd < 0) {
+		log_warn("sieve: vacation tracking %s: no lock file: %s", path, strerror(errno));
+		return -1;
+	}
+	for (;;) {
+		struct timespec ts = { 0, TRACK_LOCK_POLL_MS * 1000000L };
+
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+			return fd;
+		if (errno != EWOULDBLOCK && errno != EINTR)
+			break;
+		if (waited >= TRACK_LOCK_WAIT_MS)
+			break;
+		nanosleep(&ts, NULL);
+		waited += TRACK_LOCK_POLL_MS;
+	}
+	log_warn("sieve: vacation tracking %s: not locked within %d ms; checked unlocked", path,
+	    TRACK_LOCK_WAIT_MS);
+	close(fd);
+	return -1;
+}
+
+/*
+ * Rewrite the tracking file: add (NULL: none) first, then the lines that
+ * have not expired, without drop (NULL: none) and without a second add.
+ */
+static void
+track_rewrite(const struct sieve_deliver_plan *p, const char *path, const char *add,
+    unsigned long add_secs, const char *drop)
+{
+	char line[128], *out = NULL;
+	size_t outlen = 0, kept = 0;
+	FILE *f, *w;
+	const char *error;
+
+	if ((w = open_memstream(&out, &outlen)) == NULL)
+		return;
+	if (add != NULL)
+		fprintf(w, "%lld %s\n", (long long)p->now + (long long)add_secs, add);
+	if ((f = fopen(path, "r")) != NULL) {
+		while (kept < SIEVE_DELIVER_MAX_TRACK && fgets(line, sizeof(line), f) != NULL) {
+			long long exp;
+			char h[32];
+
+			if (sscanf(line, "%lld %31s", &exp, h) == 2 && exp > p->now &&
+			    (add == NULL || strcmp(h, add) != 0) &&
+			    (drop == NULL || strcmp(h, drop) != 0)) {
+				fprintf(w, "%lld %s\n", exp, h);
+				kept++;
+			}
+		}
+		fclose(f);
+	}
+	fclose(w);
+	if (fsutil_replace(path, out, outlen, 0600, &error) < 0)
+		log_warn("sieve: vacation tracking for %s not saved: %s", p->user, error);
+	free(out);
+}
+
+/* under the lock (taken here) from the check to the record (track_mark) or
+ * to the end of the vacation action */
 static int
 track_check(void *vctx, const char *key, size_t keylen)
 {
@@ -337,6 +425,10 @@ track_check(void *vctx, const char *key, size_t keylen)
 	FILE *f;
 	int seen = 0;
 
+	if (!c->tried && c->path != NULL) {
+		c->tried = 1;
+		c->lockfd = track_lock(c->path);
+	}
 	snprintf(want, sizeof(want), "%016llx", fnv64(key, keylen));
 	/* replies planned earlier in this delivery count too */
 	for (size_t i = 0; i < c->p->ntrack; i++)
@@ -365,49 +457,18 @@ track_mark(void *vctx, const char *key, size_t keylen, unsigned long seconds)
 	p->track_secs = xreallocarray(p->track_secs, p->ntrack + 1, sizeof(unsigned long));
 	p->track[p->ntrack] = xasprintf("%016llx", fnv64(key, keylen));
 	/* RFC 5230 4.1: at least a day unless :seconds said less; 7 days default */
-	p->track_secs[p->ntrack++] = seconds ? seconds : 7 * 86400UL;
+	p->track_secs[p->ntrack] = seconds ? seconds : 7 * 86400UL;
+	/* recorded now, still under the lock: a delivery planned at the same
+	 * moment sees it (dropped again when the relayhost refuses the reply) */
+	if (c->path != NULL)
+		track_rewrite(p, c->path, p->track[p->ntrack], p->track_secs[p->ntrack], NULL);
+	p->ntrack++;
 }
 
 void
 sieve_deliver_sent(struct sieve_deliver_plan *p)
 {
-	char *path, *dir, line[128];
-	FILE *f;
-	char *out = NULL;
-	size_t outlen = 0, kept = 0;
-	FILE *w;
-	const char *error;
-
-	if (p->ntrack == 0 || p->state_dir == NULL)
-		return;
-	dir = xasprintf("%s/sieve-vacation", p->state_dir);
-	(void)fsutil_mkdir_p(dir, 0700, 0700);
-	free(dir);
-	path = track_path(p->state_dir, p->user);
-	w = open_memstream(&out, &outlen);
-	if (w == NULL) {
-		free(path);
-		return;
-	}
-	for (size_t i = 0; i < p->ntrack; i++)
-		fprintf(w, "%lld %s\n", (long long)p->now + (long long)p->track_secs[i], p->track[i]);
-	if ((f = fopen(path, "r")) != NULL) {
-		while (kept < SIEVE_DELIVER_MAX_TRACK && fgets(line, sizeof(line), f) != NULL) {
-			long long exp;
-			char h[32];
-
-			if (sscanf(line, "%lld %31s", &exp, h) == 2 && exp > p->now) {
-				fprintf(w, "%lld %s\n", exp, h);
-				kept++;
-			}
-		}
-		fclose(f);
-	}
-	fclose(w);
-	if (fsutil_replace(path, out, outlen, 0600, &error) < 0)
-		log_warn("sieve: vacation tracking for %s not saved: %s", p->user, error);
-	free(out);
-	free(path);
+	(void)p;	/* the replies were recorded when planned (track_mark) */
 }
 
 /* ---- outgoing messages ---- */
@@ -650,7 +711,12 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 		for (size_t k = before; k < res->n; k++) {
 			res->a[k].executed = 1;
 			kept |= res->a[k].type == SIEVE_A_KEEP;
+			/* its header edits were made by the door: the file has them */
+			sieve_headers_free(&res->a[k].hdr, res->a[k].nhdr);
+			res->a[k].nhdr = 0;
 		}
+		sieve_headers_free(&res->keep_hdr, res->keep_nhdr);
+		res->keep_nhdr = 0;
 		higher = res->n;
 		if (!kept)
 			break;	/* what a higher level took, a lower one cannot bring back */
@@ -706,7 +772,8 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 			break;
 		case SIEVE_A_VACATION: {
 			struct sieve_vacation_conf vc = { 0 };
-			struct track_ctx tc = { p, NULL, now };
+			struct track_ctx tc = { p, NULL, now, -1, 0 };
+			size_t ntrack = p->ntrack;
 			struct sieve_dupstore ds = { track_check, track_mark, &tc };
 			char *from, *to, *text, *tp = NULL, *mid, date[64];
 
@@ -721,6 +788,7 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 				fmt_date(now, date, sizeof(date));
 				add_out(p, SIEVE_OUT_VACATION, from, to,
 				    xasprintf("Date: %s\r\nMessage-ID: %s\r\n%s", date, mid, text));
+				p->out[p->nout - 1].track = p->ntrack > ntrack ? (long)ntrack : -1;
 				logf_add(p, "vacation to", to);
 				free(mid);
 				free(from);
@@ -729,6 +797,8 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 			} else {
 				logf_add(p, "vacation: no reply", NULL);
 			}
+			if (tc.lockfd >= 0)
+				close(tc.lockfd);	/* checked and recorded */
 			free(tp);
 			break;
 		}
@@ -942,6 +1012,20 @@ sieve_deliver_fallback(struct sieve_deliver_plan *p, const struct sieve_deliver_
 	log_warn("sieve: %s: the relayhost did not take the %s to <%s>: %.200s; kept in INBOX",
 	    p->user, out != NULL ? sieve_deliver_out_name(out->kind) : "message", to,
 	    why != NULL ? why : "unknown error");
+	/* the replies from out on were not sent: not recorded either */
+	for (size_t i = out != NULL ? (size_t)(out - p->out) : 0; i < p->nout; i++) {
+		char *path;
+		int fd;
+
+		if (p->out[i].track < 0 || p->state_dir == NULL)
+			continue;
+		path = track_path(p->state_dir, p->user);
+		fd = track_lock(path);
+		track_rewrite(p, path, NULL, 0, p->track[p->out[i].track]);
+		if (fd >= 0)
+			close(fd);
+		free(path);
+	}
 	return store_inbox_new(p, error_r);
 }
 

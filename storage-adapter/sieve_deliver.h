@@ -17,7 +17,9 @@
  *                              to store (folder + flags per copy) and what
  *                              to send through the relayhost (redirect
  *                              copies, vacation replies, RFC 5429 refusals).
- *                              Writes nothing.
+ *                              Writes nothing to the store; a vacation
+ *                              reply is recorded in the tracking file here
+ *                              (see Vacation tracking).
  *   sieve_deliver_store()      write the planned copies into the store
  *                              (fileinto :create makes Maildir++ ".Name"
  *                              folders; imap4flags become Maildir flags and
@@ -46,7 +48,12 @@
  * in the INBOX (logged); sieve_max_redirects bounds the redirects of one run.
  *
  * Vacation tracking: STATE_DIR/sieve-vacation/USER, one line per reply
- * ("EXPIRY HASH"), rewritten atomically; expired lines dropped.
+ * ("EXPIRY HASH"), rewritten atomically; expired lines dropped. The check
+ * and the record are one step under USER.lock beside it (flock, waited for
+ * at most 2 s, else done unlocked and logged): of two messages from one
+ * sender delivered at the same moment only one gets a reply. The record is
+ * made when the reply is planned and dropped again by
+ * sieve_deliver_fallback() when the relayhost did not take the reply.
  *
  * Owner: the caller owns the script; a plan is freed with
  * sieve_deliver_plan_free(). Thread-safe for different plans.
@@ -112,6 +119,7 @@ struct sieve_deliver_out {
 	char *rcpt_to;
 	char *text;			/* the whole message (CRLF); NULL for a
 					 * redirect: send the spooled message */
+	long track;			/* a vacation reply: its plan->track index; -1 */
 };
 
 struct sieve_deliver_plan {
@@ -144,7 +152,8 @@ int sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_p
 /* 0, or -1: nothing stored (the caller answers 451) */
 int sieve_deliver_store(struct sieve_deliver_plan *p, const char **error_r)
     __attribute__((warn_unused_result));
-/* record the vacation replies (after the relayhost took them) */
+/* the relayhost took the outgoing messages (the vacation replies were
+ * recorded when planned: nothing left to do; kept for the callers) */
 void sieve_deliver_sent(struct sieve_deliver_plan *p);
 /*
  * The relayhost did not take out (one of p->out): the message goes into the

@@ -79,7 +79,7 @@ walk_cmd(uint64_t h, const struct imap_cmd *c)
 
 /* cut: 0 whole; else piece sizes from the input's first bytes */
 static uint64_t
-run(const uint8_t *data, size_t size, const uint8_t *cuts, size_t ncuts, int cut)
+run(const uint8_t *data, size_t size, const uint8_t *cuts, size_t ncuts, int cut, int stream)
 {
 	struct imap_parser_limits lim = {
 		.line_max = 128, .literal_max = 64, .depth_max = 5, .list_max = 16, .bad_max = 8,
@@ -88,6 +88,10 @@ run(const uint8_t *data, size_t size, const uint8_t *cuts, size_t ncuts, int cut
 	uint64_t h = 14695981039346656037ull;
 	size_t off = 0, k = 0;
 	int dead = 0;
+
+	/* APPEND streaming: accepted when the mailbox name has an even length;
+	 * the data is hashed byte-wise, so however it is cut the hash is one */
+	imap_parser_set_append_stream(p, stream);
 
 	while (off < size && !dead) {
 		size_t piece = size - off;
@@ -106,9 +110,20 @@ run(const uint8_t *data, size_t size, const uint8_t *cuts, size_t ncuts, int cut
 			if (used > end - off)
 				abort();
 			off += used;
-			if (ev.type != IMAP_EV_NONE)
+			if (ev.type != IMAP_EV_NONE && ev.type != IMAP_EV_APPEND_DATA)
 				h = mix(h, &ev.type, sizeof(ev.type));
 			switch (ev.type) {
+			case IMAP_EV_APPEND:
+				h = walk_cmd(h, ev.cmd);
+				h = mix(h, &ev.append_size, sizeof(ev.append_size));
+				imap_parser_append_continue(p, ev.cmd->nargs > 0 &&
+				    ev.cmd->args[0].len % 2 == 0);
+				break;
+			case IMAP_EV_APPEND_DATA:
+				if (ev.datalen == 0 || ev.data == NULL)
+					abort();
+				h = mix(h, ev.data, ev.datalen);
+				break;
 			case IMAP_EV_COMMAND:
 				h = walk_cmd(h, ev.cmd);
 				if (strcmp(ev.cmd->name, "IDLE") == 0)
@@ -142,6 +157,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	size_t ncuts = size > 0 ? data[0] % 8 : 0;
+	int stream = size > 0 && (data[0] & 0x80) != 0;	/* APPEND streaming on */
 
 	if (size < 1 + ncuts)
 		return 0;
@@ -149,7 +165,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	data += 1 + ncuts;
 	size -= 1 + ncuts;
-	if (run(data, size, NULL, 0, 0) != run(data, size, cuts, ncuts, 1))
+	if (run(data, size, NULL, 0, 0, stream) != run(data, size, cuts, ncuts, 1, stream))
 		abort();
 	return 0;
 }

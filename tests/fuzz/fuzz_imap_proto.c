@@ -23,7 +23,7 @@ static char root[64];
 static int ready;
 static unsigned runs;	/* the store is made afresh every STORE_RUNS inputs: COPY and
 			   APPEND grow it, and a slower fuzzer finds less */
-#define STORE_RUNS 200
+#define STORE_RUNS 10
 
 static int
 t_lookup(void *arg, const char *login, struct sasl_user *r)

@@ -164,6 +164,51 @@ def rcpt_code(port, rcpt, source=OUTSIDE):
         c.quit()
 
 
+class T1bDoneMeansDone(unittest.TestCase):
+    def test_a_connection_after_done_never_meets_the_old_worker(self):
+        """Once the reload said the new configuration is in force, a new
+        connection gets it. The old worker used to go on accepting until its
+        loop took the SIGUSR2 (seen in CI under load: a connection after
+        "done" refused by the old settings). Made deterministic: the old
+        worker is stopped (SIGSTOP) across the reload, the new one while a
+        connection made after "done" waits in the queue, then both run."""
+        import socket
+        d = Daemon().start()
+        try:
+            (old,) = d.workers()
+            d.keys["smtp_banner"] = "$myhostname gen1 ready"
+            d.write()
+            os.kill(old, signal.SIGSTOP)
+            stopped = [old]
+            try:
+                res = {}
+                t = threading.Thread(target=lambda: res.update(r=d.sighup()))
+                t.start()
+                t.join(1.5)         # "done" while the old worker cannot have drained?
+                if "r" not in res:  # no: it waits for the old worker to stop accepting
+                    os.kill(old, signal.SIGCONT)
+                    stopped.remove(old)
+                    t.join(30)
+                self.assertEqual(res.get("r"), ("ok", ""))
+                (new,) = [p for p in d.workers() if p != old] or [None]
+                self.assertIsNotNone(new)
+                os.kill(new, signal.SIGSTOP)
+                stopped.append(new)
+                so = socket.create_connection(("127.0.0.1", d.port), timeout=30)
+                if old in stopped:  # the old worker runs with the connection waiting
+                    os.kill(old, signal.SIGCONT)
+                    stopped.remove(old)
+                time.sleep(0.5)     # it must not take it
+            finally:
+                for p in stopped:
+                    os.kill(p, signal.SIGCONT)
+            line = so.makefile("rb").readline()
+            so.close()
+            self.assertIn(b" gen1 ready", line, "greeted by the old worker after done")
+        finally:
+            d.cleanup(self)
+
+
 class T1PolicyKey(unittest.TestCase):
     def test_new_sessions_new_verdict_old_session_finishes(self):
         d = Daemon(max_recipients=5).start()

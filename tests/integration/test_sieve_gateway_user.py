@@ -15,11 +15,14 @@ got and the log line.
     redirect loop                a message this user redirected before comes
                                  back: not redirected again, kept
     vacation                     one reply per sender within :days, none to <>,
-                                 none to list mail (List-Id, Precedence: bulk)
+                                 none to list mail (List-Id, Precedence: bulk);
+                                 two messages at the same moment: one reply
     reject                       an RFC 5429 refusal (an MDN from <>) to the sender
     relayhost down               kept in INBOX, the log says why, 250 given
     broken script                kept in INBOX, the log says so
     server-level addflag         applies to the stored copy (multiscript)
+    server addheader + addflag   the header once in the stored file, Return-Path:
+                                 first, our Received: folded as without scripts
     two recipients               one with a script (fileinto), one without;
                                  also for a message big enough to be spooled
 
@@ -337,6 +340,56 @@ class T1UserScripts(unittest.TestCase):
         self.assertEqual(len(stored_with(GW, "u5@example.com", m, "FromLoopback")), 1)
 
 
+    def test_13_server_edits_and_flags_stored_once(self):
+        """a server script that edits the header and acts on the store: the
+        edit is done once, at the door; the delivery does not apply it again
+        (the stored file has the header once, Return-Path: first, and our
+        Received: folded as without scripts)"""
+        p = os.path.join(GW.dir, "state", "sieve", "server.sieve")
+        with open(p + ".tmp", "w") as f:
+            f.write('require ["imap4flags", "editheader"];\n'
+                    'if header :contains "subject" "EDITFLAG" {\n'
+                    '    addheader "X-Srv-Tag" "tagged";\n'
+                    '    addflag "\\\\Flagged";\n'
+                    '}\n')
+        os.rename(p + ".tmp", p)
+        time.sleep(1.0)     # the watcher publishes within a second
+
+        def received(raw):
+            """our Received: field, as its lines"""
+            lines = raw.split(b"\r\n")
+            i = next(k for k, l in enumerate(lines) if l.startswith(b"Received:"))
+            j = i + 1
+            while lines[j][:1] in (b" ", b"\t"):
+                j += 1
+            return lines[i:j]
+
+        m0 = new_marker("noedit")
+        self.assertEqual(send(GW, ["plain@example.com"], make_message(m0))[0], 250)
+        plain = open(stored_with(GW, "plain@example.com", m0)[0], "rb").read()
+        for rcpts, big in ((["plain@example.com"], False), (["plain@example.com"], True),
+                           (["u2@example.com", "plain@example.com"], False)):
+            m = new_marker("editflag")
+            body = ["y" * 76] * (2000 if big else 1)
+            self.assertEqual(send(GW, rcpts, make_message(m, subject="EDITFLAG %s" % m,
+                                                          body=body))[0], 250)
+            for r in rcpts:
+                got = stored_with(GW, r, m)
+                self.assertEqual(len(got), 1, (r, big))
+                raw = open(got[0], "rb").read()
+                self.assertTrue(raw.startswith(b"Return-Path: <%s>\r\n" % SENDER.encode()),
+                                (r, big, raw[:200]))
+                self.assertEqual(raw.count(b"X-Srv-Tag:"), 1, (r, big, raw[:400]))
+                self.assertEqual(len(received(raw)), len(received(plain)), (r, big, raw[:400]))
+                self.assertEqual([l[:1] for l in received(raw)],
+                                 [l[:1] for l in received(plain)], (r, big))
+                self.assertRegex(os.path.basename(got[0]), r":2,[A-Z]*[FS]")
+            got = stored_with(GW, "plain@example.com", m)
+            self.assertRegex(os.path.basename(got[0]), r":2,F")
+        os.unlink(p)
+        time.sleep(1.0)
+
+
 class T2RelayhostDown(unittest.TestCase):
     def test_redirect_with_relayhost_down_is_kept(self):
         s = socket.socket()
@@ -354,6 +407,43 @@ class T2RelayhostDown(unittest.TestCase):
         finally:
             g.stop()
             s.close()
+
+
+class T4VacationRace(unittest.TestCase):
+    """two messages from one sender to the same user, delivered at the same
+    moment: one vacation reply (the tracking file's check and record are
+    one step under its lock). The relayhost answers RCPT after 1 s, so
+    both deliveries plan before either reply is sent."""
+
+    def test_two_concurrent_messages_one_reply(self):
+        import threading
+        relay = FakeSMTP(mode={"rcpt_delay": 1.0})
+        g = make_gateway("vacrace", relay.port)
+        try:
+            sender = "racer@outside.test"
+            marks = [new_marker("race%d" % i) for i in range(2)]
+            codes = [None, None]
+            go = threading.Barrier(2)
+
+            def one(i):
+                go.wait()
+                codes[i] = send(g, ["vac@example.com"],
+                                make_message(marks[i], from_=sender, to="vac@example.com"),
+                                sender=sender)[0]
+            ts = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(60)
+            self.assertEqual(codes, [250, 250])
+            for m in marks:
+                self.assertEqual(len(stored_with(g, "vac@example.com", m)), 1)
+            with relay.lock:
+                replies = [t for t in relay.transactions if sender in t["rcpts"] and t["dot"]]
+            self.assertEqual(len(replies), 1, "one vacation reply: %d" % len(replies))
+        finally:
+            g.stop()
+            relay.stop()
 
 
 class T3Dovecot(unittest.TestCase):

@@ -240,7 +240,7 @@ static const struct icase icases[] = {
 	  "* NAMESPACE ((\"\" \".\")) NIL NIL\r\nk OK Namespace completed.\r\n"
 	  "* ID NIL\r\nl OK ID completed.\r\n* ENABLED\r\nm OK Enabled.\r\n"
 	  "+ idling\r\nn OK Idle completed.\r\n+ idling\r\nn2 BAD Expected DONE.\r\n"
-	  "p BAD Command not permitted in this state.\r\nq BAD Unknown command\r\n"
+	  "p BAD Command not permitted in this state.\r\nq BAD Error in IMAP command FOO: Unknown command.\r\n"
 	  "* BYE Logging out\r\nr OK Logout completed.\r\n" },
 	{ "AUTHENTICATE: continuation, cancel, then a good exchange", P_OPEN,
 	  "a AUTHENTICATE PLAIN\r\n*\r\nb AUTHENTICATE PLAIN\r\n!!\r\nc AUTHENTICATE FOO\r\n"
@@ -314,6 +314,7 @@ static const struct icase icases[] = {
 	  "i OK [READ-ONLY] Examine completed.\r\n"
 	  "j NO [READ-ONLY] Mailbox is read-only.\r\n"
 	  "* BYE Logging out\r\nk OK Logout completed.\r\n" },
+	/* subscriptions stay on RENAME and DELETE, as Dovecot's */
 	{ "CREATE, DELETE, RENAME (INBOX too), SUBSCRIBE, LSUB, STATUS", P_OPEN,
 	  "a LOGIN alice secret\r\nb CREATE Work.\r\nc CREATE Work\r\nd CREATE inbox\r\n"
 	  "e CREATE Work.Projects\r\nf SUBSCRIBE Work.Projects\r\ng SUBSCRIBE Nope\r\n"
@@ -336,7 +337,7 @@ static const struct icase icases[] = {
 	  "* LIST (\\HasChildren) \".\" Job\r\n* LIST (\\HasNoChildren) \".\" Job.Projects\r\n"
 	  "k OK List completed.\r\n"
 	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
-	  "* LSUB () \".\" Job.Projects\r\nl OK Lsub completed.\r\n"
+	  "* LSUB () \".\" Work.Projects\r\nl OK Lsub completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2)\r\nm OK Status completed.\r\n"
 	  "n NO Mailbox doesn't exist: Nope.\r\nn2 BAD Invalid status item\r\n"
 	  "o OK Delete completed.\r\np NO INBOX can't be deleted.\r\n"
@@ -344,7 +345,7 @@ static const struct icase icases[] = {
 	  "* STATUS Old (MESSAGES 2)\r\ns OK Status completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 0 UIDNEXT 3)\r\nt OK Status completed.\r\n"
 	  "u OK Unsubscribe completed.\r\n"
-	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n* LSUB () \".\" Job.Projects\r\n"
+	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n* LSUB () \".\" Work.Projects\r\n"
 	  "v OK Lsub completed.\r\n"
 	  "w NO Can't rename mailbox under its own child.\r\nx OK Create completed.\r\n"
 	  "* LIST (\\HasNoChildren) \".\" \"a b\"\r\ny OK List completed.\r\n"
@@ -367,7 +368,7 @@ static const struct icase icases[] = {
 	  "f OK [READ-WRITE] Select completed.\r\n"
 	  "* 1 FETCH (FLAGS (\\Seen $Work) INTERNALDATE \"05-Mar-2024 09:00:00 +0000\" "
 	  "RFC822.SIZE 21 BODY[] {21}\r\nSubject: hi\r\n\r\nbody\r\n)\r\ng OK Fetch completed.\r\n"
-	  "h BAD Invalid arguments\r\n"
+	  "h BAD Error in IMAP command APPEND: Invalid arguments.\r\n"
 	  "i BAD Invalid system flag \\Bogus\r\n"
 	  "* 2 EXISTS\r\n* 0 RECENT\r\nj OK [APPENDUID {V:Sent} 2] Append completed.\r\n"
 	  "* BYE Logging out\r\nk OK Logout completed.\r\n" },
@@ -402,7 +403,7 @@ static const struct icase icases[] = {
 	  "q (\r\nr (\r\ns NOOP\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a BAD Please log in first.\r\nb BAD Invalid command name\r\nc BAD Please log in first.\r\n"
-	  "d BAD Unknown command\r\ne BAD Invalid character\r\nf BAD Please log in first.\r\n"
+	  "d BAD Error in IMAP command FOO: Unknown command.\r\ne BAD Invalid character\r\nf BAD Please log in first.\r\n"
 	  "g OK NOOP completed.\r\nh BAD Please log in first.\r\ni BAD Invalid command name\r\n"
 	  "j BAD Invalid command name\r\nk BAD Invalid command name\r\nl BAD Invalid command name\r\n"
 	  "m BAD Invalid command name\r\nn BAD Invalid command name\r\no BAD Invalid command name\r\n"
@@ -429,6 +430,18 @@ static const struct icase icases[] = {
 	  "d BAD Error in IMAP command LIST: Unknown select options.\r\n"
 	  "e BAD Error in IMAP command LIST: Unknown return options.\r\n"
 	  "* BYE Logging out\r\nf OK Logout completed.\r\n" },
+	{ "the state is checked before the arguments, as Dovecot", P_OPEN,
+	  "a FETCH 1 BODY[1\r\nb LOGIN alice secret\r\nc UID SEARCH FOO\r\nd SEARCH FOO\r\n"
+	  "e SELECT INBOX\r\nf SEARCH FOO\r\ng LOGOUT\r\n", NULL,
+	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
+	  "a BAD Please log in first.\r\nb OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
+	  "c BAD No mailbox selected.\r\nd BAD No mailbox selected.\r\n"
+	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS (" FLAGS " \\*)] Flags permitted.\r\n"
+	  "* 2 EXISTS\r\n* 2 RECENT\r\n* OK [UNSEEN 1] First unseen.\r\n"
+	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
+	  "e OK [READ-WRITE] Select completed.\r\n"
+	  "f BAD Error in IMAP command SEARCH: Unknown argument FOO.\r\n"
+	  "* BYE Logging out\r\ng OK Logout completed.\r\n" },
 	{ NULL, { 0 }, NULL, NULL, NULL },
 };
 
