@@ -634,7 +634,8 @@ capabilities(const struct imap_proto *p, char *buf, size_t cap)
 	if (p->st == ST_NOAUTH) {
 		if (p->prm.tls_available && !p->tls)
 			n += (size_t)snprintf(buf + n, cap - n, " STARTTLS");
-		if (!plain_ok(p))
+		/* RFC 3501 6.2.3: LOGIN refused, for want of TLS or of PLAIN (Dovecot's rule) */
+		if (!plain_ok(p) || !p->prm.login || p->prm.sasl_cb == NULL)
 			n += (size_t)snprintf(buf + n, cap - n, " LOGINDISABLED");
 		for (size_t i = 0; i < sizeof(mech_order) / sizeof(mech_order[0]) && n < cap; i++)
 			if (mech_usable(p, mech_order[i]))

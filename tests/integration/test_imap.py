@@ -13,7 +13,8 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     password NO [AUTHENTICATIONFAILED]; implicit TLS (imaps);
                     pipelined plaintext after STARTTLS is not taken as TLS input
     T03Mechanisms   imap_auth_mechanisms = CRAM-MD5 SCRAM-SHA-256: only those
-                    offered, PLAIN and LOGIN refused even over TLS
+                    offered, PLAIN and LOGIN refused even over TLS, and
+                    LOGINDISABLED said (after STARTTLS, in the imaps greeting)
     T04Mailbox      a message delivered by the SMTP gateway: LIST, SELECT
                     (EXISTS, UIDVALIDITY, UIDNEXT), EXAMINE, a missing folder
     T05Curl         curl imap:// (STARTTLS, --ssl-reqd) and imaps:// list the folders
@@ -50,7 +51,8 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     imap_login_timeout on a half-sent request (* BYE
                     Disconnected for inactivity.), openssl s_client -starttls imap
     T19External     AUTHENTICATE EXTERNAL on imaps with a client certificate the
-                    CA vouches for; not offered without one; an unknown user's
+                    CA vouches for (the imaps greeting says so: it waits for the
+                    handshake); not offered without one; an unknown user's
                     certificate refused
     T20Concurrency  12 sessions fetching one folder and each flagging a message of
                     its own, some dropping mid-FETCH, 3 idlers, 10 deliveries
@@ -390,11 +392,17 @@ class T03Mechanisms(unittest.TestCase):
             self.assertIn("AUTH=SCRAM-SHA-256", caps(c))
             self.assertNotIn("AUTH=PLAIN", caps(c))
             self.assertNotIn("AUTH=LOGIN", caps(c))
-            with self.assertRaises(imaplib.IMAP4.error):
+            # LOGIN is refused without PLAIN: RFC 3501 says so with LOGINDISABLED
+            self.assertIn("LOGINDISABLED", caps(c))
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"CANNOT"):
                 c.login(USER, PASSWORD)
             with self.assertRaises(imaplib.IMAP4.error):
                 c.authenticate("PLAIN", lambda _: ("\0%s\0%s" % (USER, PASSWORD)).encode())
             self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+            c.logout()
+            c = g.imaps()
+            self.assertIn(b"LOGINDISABLED", c.welcome)
+            self.assertIn(b"AUTH=SCRAM-SHA-256", c.welcome)
             c.logout()
         finally:
             g.stop()
@@ -1015,6 +1023,16 @@ class T18Limits(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 5)
         s.close()
 
+    def test_login_timeout_on_a_handshake_never_begun(self):
+        # imaps: the greeting waits for the TLS handshake; a client that never
+        # starts one is closed at the login timeout all the same (2 s here, and
+        # the 5 s service/conn gives the "* BYE" it cannot send)
+        s = socket.create_connection(("127.0.0.1", self.g.imaps_port), 20)
+        t0 = time.monotonic()
+        self.assertEqual(s.recv(100), b"")
+        self.assertLess(time.monotonic() - t0, 9)
+        s.close()
+
     @unittest.skipUnless(shutil.which("openssl"), "openssl is not installed")
     def test_openssl_starttls(self):
         p = subprocess.run(["openssl", "s_client", "-quiet", "-starttls", "imap", "-connect",
@@ -1028,8 +1046,8 @@ class T18Limits(unittest.TestCase):
 
 class T19External(unittest.TestCase):
     """AUTHENTICATE EXTERNAL with a client certificate the CA vouches for
-    (tls_verify_client = optional): offered only then, the user is the
-    certificate's"""
+    (tls_verify_client = optional): offered only then (in the imaps greeting
+    too: it waits for the handshake), the user is the certificate's"""
     @classmethod
     def setUpClass(cls):
         d = os.path.join(W.dir, "ext")
@@ -1060,6 +1078,8 @@ class T19External(unittest.TestCase):
 
     def test_external_with_a_certificate(self):
         c = self.imaps("user")
+        # the greeting waits for the handshake: its list is CAPABILITY's
+        self.assertRegex(c.welcome, rb"^\* OK \[CAPABILITY [^]]* AUTH=EXTERNAL[] ]")
         c.capability()
         self.assertIn("AUTH=EXTERNAL", caps(c))
         typ, _ = c.authenticate("EXTERNAL", lambda _: b"")
@@ -1069,6 +1089,8 @@ class T19External(unittest.TestCase):
 
     def test_no_certificate_no_external(self):
         c = self.imaps()
+        self.assertRegex(c.welcome, rb"^\* OK \[CAPABILITY [^]]* AUTH=PLAIN[] ]")
+        self.assertNotIn(b"AUTH=EXTERNAL", c.welcome)
         c.capability()
         self.assertNotIn("AUTH=EXTERNAL", caps(c))
         with self.assertRaises(imaplib.IMAP4.error):
