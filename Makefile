@@ -211,6 +211,7 @@ bench: deps
 	python3 tests/bench/gateway_bench.py
 	python3 tests/bench/sieve_gateway_bench.py
 	python3 tests/bench/auth_bench.py --seconds 2 --repeats 2
+	python3 tests/bench/mailread_bench.py
 	python3 tests/bench/proxy_bench.py
 
 run: deps

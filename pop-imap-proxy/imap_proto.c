@@ -634,7 +634,8 @@ capabilities(const struct imap_proto *p, char *buf, size_t cap)
 	if (p->st == ST_NOAUTH) {
 		if (p->prm.tls_available && !p->tls)
 			n += (size_t)snprintf(buf + n, cap - n, " STARTTLS");
-		if (!plain_ok(p))
+		/* RFC 3501 6.2.3: LOGIN refused, for want of TLS or of PLAIN (Dovecot's rule) */
+		if (!plain_ok(p) || !p->prm.login || p->prm.sasl_cb == NULL)
 			n += (size_t)snprintf(buf + n, cap - n, " LOGINDISABLED");
 		for (size_t i = 0; i < sizeof(mech_order) / sizeof(mech_order[0]) && n < cap; i++)
 			if (mech_usable(p, mech_order[i]))
@@ -1166,7 +1167,8 @@ x_select(struct imap_proto *p)
 		return;
 	}
 	nname = name_norm(name);
-	if (mailstore_box_open(p->ms, nname, &p->box, &err) < 0) {
+	if ((strcmp(c->name, "EXAMINE") == 0 ? mailstore_box_open_peek :	/* no \Recent taken */
+	    mailstore_box_open)(p->ms, nname, &p->box, &err) < 0) {
 		/* as Dovecot 2.3 answers SELECT and STATUS: no response code */
 		reply(p, "%s NO Mailbox doesn't exist: %.200s.", p->tag, nname);
 		free(nname);
@@ -1624,9 +1626,9 @@ rename_inbox(struct imap_proto *p, const char *to, const char **err)
 		return -1;
 	if (p->box != NULL && strcmp(mailstore_box_name(p->box), "INBOX") == 0)
 		in = p->box;
-	else if (mailstore_box_open(p->ms, "INBOX", &in, err) < 0)
+	else if (mailstore_box_open_peek(p->ms, "INBOX", &in, err) < 0)
 		return -1;
-	if (mailstore_box_open(p->ms, to, &dst, err) < 0) {
+	if (mailstore_box_open_peek(p->ms, to, &dst, err) < 0) {
 		if (in != p->box)
 			mailstore_box_close(&in);
 		return -1;
@@ -1754,7 +1756,7 @@ x_status(struct imap_proto *p)
 	if (p->box != NULL && strcmp(mailstore_box_name(p->box), name) == 0) {
 		box = p->box;
 		view_sync(p, 1);
-	} else if (mailstore_box_open(p->ms, name, &box, &err) < 0) {
+	} else if (mailstore_box_open_peek(p->ms, name, &box, &err) < 0) {
 		reply(p, "%s NO Mailbox doesn't exist: %s.", p->tag, name);
 		free(name);
 		return;
@@ -2539,7 +2541,7 @@ dest_open(struct imap_proto *p, const struct imap_arg *a, int *own_r)
 		free(nname);
 		return p->box;
 	}
-	if (mailstore_box_open(p->ms, nname, &b, &err) < 0) {
+	if (mailstore_box_open_peek(p->ms, nname, &b, &err) < 0) {
 		reply(p, "%s NO [TRYCREATE] Mailbox doesn't exist: %.200s.", p->tag, nname);
 		free(nname);
 		return NULL;

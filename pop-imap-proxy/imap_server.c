@@ -29,6 +29,10 @@
  * watch); a change asks the session for a sync exec, whose untagged EXISTS/
  * EXPUNGE/FETCH go out at once. "* OK Still here" every IMAP_KEEPALIVE s.
  *
+ * On imaps the greeting waits for the TLS handshake (conn's tls_ready), so
+ * its [CAPABILITY] is what CAPABILITY answers after it (AUTH=EXTERNAL with a
+ * verified client certificate); Dovecot's greeting, too, is CAPABILITY's list.
+ *
  * A kill-listed client (the same lists and engine as SMTP) gets "* BYE" at
  * connect. Before login the connection has imap_login_timeout per request;
  * after it imap_idle_timeout (RFC 3501 §5.4: at least 30 minutes).
@@ -127,6 +131,7 @@ struct sess {
 	int over_userip;		/* logged in past mail_max_userip_connections: BYE */
 	char user[256];
 	int peer_set;
+	int greeted;			/* imap_proto_start() done */
 	int authing;			/* a password check or its penalty runs */
 	int execing;			/* an exec job runs */
 	/* the file range being copied */
@@ -291,6 +296,23 @@ watch_start(struct sess *s, const char *dir)
 	}
 }
 
+/*
+ * The watch follows the session: armed as soon as it idles, BEFORE the sync
+ * that IDLE starts with, so a change is either in that sync's reading of the
+ * folder or an event after it (which, while the sync runs, marks the session
+ * dirty and runs it again once it is done). Never a gap between the two.
+ */
+static void
+watch_update(struct sess *s)
+{
+	const char *dir = imap_proto_watch_dir(s->ip);
+
+	if (dir != NULL && !s->watching)
+		watch_start(s, dir);
+	else if (dir == NULL && s->watching)
+		watch_stop(s);
+}
+
 /* the folder changed under an idling session */
 static void
 idle_kick(struct sess *s)
@@ -317,10 +339,16 @@ ino_cb(evutil_socket_t fd, short what, void *arg)
 		for (char *p = buf; p < buf + n;) {
 			const struct inotify_event *ev = (const struct inotify_event *)p;
 
-			/* a kick may start an exec; a later one in this batch marks it dirty */
-			for (size_t i = 0; i < srv->nwatches; i++)
-				if (srv->watches[i].wd == ev->wd)
+			/* a kick may start an exec; a later one in this batch marks it dirty.
+			 * The kernel's queue overflowed: events were lost, every idler syncs.
+			 * Backwards: a kick that closes its session drops its entries, each
+			 * replaced by the last one, which has been seen already. */
+			for (size_t i = srv->nwatches; i-- > 0;) {
+				if (i >= srv->nwatches)
+					continue;
+				if (srv->watches[i].wd == ev->wd || (ev->mask & IN_Q_OVERFLOW))
 					idle_kick(srv->watches[i].s);
+			}
 			p += sizeof(*ev) + ev->len;
 		}
 	}
@@ -715,6 +743,7 @@ step(struct sess *s)
 				conn_pause(c);
 				return;
 			}
+			watch_update(s);	/* IDLE's first sync: the watch is already on */
 			start_exec(s);
 			return;
 		}
@@ -731,10 +760,7 @@ step(struct sess *s)
 		imap_proto_bye(s->ip, text);
 		pump(s);
 	}
-	if (imap_proto_watch_dir(s->ip) != NULL && !s->watching)
-		watch_start(s, imap_proto_watch_dir(s->ip));
-	else if (imap_proto_watch_dir(s->ip) == NULL && s->watching)
-		watch_stop(s);
+	watch_update(s);
 	if (imap_proto_wants_close(s->ip)) {
 		struct imap_segment g;
 
@@ -786,6 +812,23 @@ killed(struct sess *s)
 	return k;
 }
 
+/* the greeting, with the capabilities as CAPABILITY would give them now */
+static void
+greet(struct sess *s)
+{
+	s->greeted = 1;
+	if (!s->peer_set && conn_is_tls(s->conn)) {
+		const char *id = conn_tls_peer(s->conn);
+
+		if (id != NULL) {
+			s->peer_set = 1;
+			imap_proto_set_tls_peer(s->ip, id);
+		}
+	}
+	imap_proto_start(s->ip);
+	pump(s);
+}
+
 static void
 on_opened(struct conn *c)
 {
@@ -808,8 +851,20 @@ on_opened(struct conn *c)
 		conn_close(c);
 		return;
 	}
-	imap_proto_start(s->ip);
-	pump(s);
+	/* imaps: the greeting waits for the handshake (the client speaks first
+	 * there anyway), so its CAPABILITY is the one after it: AUTH=EXTERNAL
+	 * when a verified client certificate came, as a CAPABILITY command says */
+	if (!conn_is_tls(c))
+		greet(s);
+}
+
+static void
+on_tls_ready(struct conn *c)
+{
+	struct sess *s = conn_ctx(c);
+
+	if (s != NULL && !s->greeted)
+		greet(s);
 }
 
 static void
@@ -822,6 +877,8 @@ on_input(struct conn *c)
 			proxy_client_input(s->px);
 		return;
 	}
+	if (!s->greeted)
+		greet(s);	/* input on imaps: the handshake is done */
 	if (!s->peer_set && conn_is_tls(c)) {
 		const char *id = conn_tls_peer(c);
 
@@ -921,6 +978,7 @@ static const struct conn_ops imap_ops = {
 	.writable = on_writable,
 	.closing = on_closing,
 	.free = on_free,
+	.tls_ready = on_tls_ready,
 };
 
 /* ---- the loop ---- */

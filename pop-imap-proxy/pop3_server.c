@@ -111,7 +111,7 @@ struct job {
 	char user[POP3_USER_MAX];
 	char conn_id[32];
 	/* results */
-	int ok, in_use;
+	int ok, in_use, gone;
 	struct mailstore *ms;
 	struct mailstore_box *box;
 	int lockfd;
@@ -551,7 +551,7 @@ job_run(void *arg)
 				snprintf(j->err, sizeof(j->err), "the POP3 lock: %s", strerror(errno));
 			return;
 		}
-		if (mailstore_box_open(j->ms, "INBOX", &j->box, &err) < 0) {
+		if (mailstore_box_open_peek(j->ms, "INBOX", &j->box, &err) < 0) {
 			snprintf(j->err, sizeof(j->err), "%s", err);
 			return;
 		}
@@ -560,10 +560,16 @@ job_run(void *arg)
 	}
 	case JOB_RETR:
 		j->fd = -1;
-		if (mailstore_msg_open(j->s->box, j->uid, &j->fd, &err) < 0)
-			snprintf(j->err, sizeof(j->err), "%s", err);
-		else
+		switch (mailstore_msg_open(j->s->box, j->uid, &j->fd, &err)) {
+		case 0:
 			j->ok = 1;
+			break;
+		case MAILSTORE_GONE:	/* expunged meanwhile (IMAP): not an error */
+			j->gone = 1;
+			/* fall through */
+		default:
+			snprintf(j->err, sizeof(j->err), "%s", err);
+		}
 		return;
 	case JOB_UPDATE: {
 		const uint32_t *ex, *seen;
@@ -576,12 +582,16 @@ job_run(void *arg)
 				j->ok = 0;
 				snprintf(j->err, sizeof(j->err), "%s", err);
 			}
-		for (size_t i = 0; i < nseen; i++)
-			if (mailstore_msg_set_flags(j->s->box, seen[i], MAILSTORE_FLAGS_ADD,
-			    MAILSTORE_SEEN, NULL, 0, &err) < 0) {
+		for (size_t i = 0; i < nseen; i++) {
+			int rc = mailstore_msg_set_flags(j->s->box, seen[i], MAILSTORE_FLAGS_ADD,
+			    MAILSTORE_SEEN, NULL, 0, &err);
+
+			/* gone (an IMAP session expunged it) is no error: Dovecot says +OK */
+			if (rc < 0 && rc != MAILSTORE_GONE) {
 				j->ok = 0;
 				snprintf(j->err, sizeof(j->err), "%s", err);
 			}
+		}
 		return;
 	}
 	}
@@ -659,6 +669,9 @@ job_done(void *arg)
 			j->fd = -1;
 			pop3_stream_init(&s->st, s->msgfd, top);
 			s->streaming = 1;
+		} else if (j->gone) {
+			log_info("pop3: conn=%s %s: message %u: expunged meanwhile", j->conn_id,
+			    s->user, (unsigned)j->uid);
 		} else {
 			log_error("pop3: conn=%s %s: message %u: %s", j->conn_id, s->user,
 			    (unsigned)j->uid, j->err);

@@ -482,8 +482,11 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct conn *c = arg;
 
-	if (what & BEV_EVENT_CONNECTED)
-		return;		/* a TLS handshake completed */
+	if (what & BEV_EVENT_CONNECTED) {	/* a TLS handshake completed */
+		if (c->srv->ops->tls_ready != NULL && !c->closing && !c->dead)
+			c->srv->ops->tls_ready(c);
+		return;
+	}
 	if ((what & BEV_EVENT_TIMEOUT) && !c->closing) {	/* a write: the client reads nothing */
 		timed_out(c);
 		return;

@@ -104,6 +104,7 @@ struct conn_ops {
 	void (*timed_out)(struct conn *c);	/* may be NULL */
 	void (*closing)(struct conn *c);	/* may be NULL */
 	void (*free)(struct conn *c);		/* may be NULL */
+	void (*tls_ready)(struct conn *c);	/* may be NULL: a TLS handshake is done */
 };
 
 /* cf and ops must outlive the server; arg is the door's (conn_server_arg) */

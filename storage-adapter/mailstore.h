@@ -53,8 +53,17 @@ struct mailstore_msg {
 	uint32_t keywords;	/* bit i: mailstore_box_keyword(box, i) */
 	uint64_t size;		/* octets as stored */
 	uint64_t vsize;		/* octets with CRLF line ends (RFC822.SIZE) */
-	unsigned recent:1;	/* this store saw it first (IMAP \Recent) */
+	unsigned recent:1;	/* IMAP \Recent, as mailstore_box_open says */
 };
+
+/*
+ * What a message call returns when the message was expunged (by another
+ * session, or Dovecot) since the last sync: not an error of the store. A
+ * file renamed by another session (its flags are in its name) is found by
+ * its base name with a bounded rescan; only a file gone from new/ and cur/
+ * is MAILSTORE_GONE. Other failures are -1; both are < 0.
+ */
+#define MAILSTORE_GONE (-2)
 
 struct mailstore;
 struct mailstore_box;
@@ -92,12 +101,22 @@ int mailstore_folder_ensure(struct mailstore *ms, const char *name, const char *
     __attribute__((warn_unused_result));
 
 /*
- * Open a folder: new mail is moved to cur/ (and is \Recent for this box),
- * UIDs are assigned under the store's lock. The message list is a snapshot
- * until mailstore_box_sync().
+ * Open a folder: new mail is moved to cur/, UIDs are assigned under the
+ * store's lock. The message list is a snapshot until mailstore_box_sync().
+ *
+ * \Recent as Dovecot does it: a message is \Recent from when it gets its UID
+ * (delivery, COPY, MOVE, APPEND) until a session opened with
+ * mailstore_box_open (IMAP SELECT) takes it; exactly one session does (the
+ * first UID still recent is kept in dovecot-uidlist's header as "r<uid>", a
+ * field Dovecot keeps and ignores). A box opened with mailstore_box_open_peek
+ * (STATUS, EXAMINE, POP3, the target of COPY or APPEND, Sieve fileinto) sees
+ * the \Recent marks and takes none. A message stays \Recent for the box that
+ * saw it so until the box is closed.
  */
 int mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box **box_r,
     const char **error_r) __attribute__((warn_unused_result));
+int mailstore_box_open_peek(struct mailstore *ms, const char *name,
+    struct mailstore_box **box_r, const char **error_r) __attribute__((warn_unused_result));
 void mailstore_box_close(struct mailstore_box **box);
 int mailstore_box_sync(struct mailstore_box *box, const char **error_r)
     __attribute__((warn_unused_result));
@@ -119,7 +138,8 @@ const char *mailstore_box_dir(const struct mailstore_box *box);
  * folder whose names carry ,S= stats no file */
 int mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r,
     const char **error_r) __attribute__((warn_unused_result));
-/* a read-only descriptor on the message's bytes (the caller closes it) */
+/* a read-only descriptor on the message's bytes (the caller closes it);
+ * MAILSTORE_GONE when expunged meanwhile (also for _date, _set_flags, _copy) */
 int mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const char **error_r)
     __attribute__((warn_unused_result));
 /*

@@ -5,8 +5,11 @@
  * Layout: ROOT/DOMAIN/LOCAL/Maildir is INBOX; folder "A.B" is the directory
  * Maildir/.A.B (each with tmp/ new/ cur/ and a "maildirfolder" file). In each
  * folder:
- *   dovecot-uidlist   "3 V<uidvalidity> N<next uid> G<guid>" then one line
- *                     "<uid> [<ext>...] :<base name>" per message
+ *   dovecot-uidlist   "3 V<uidvalidity> N<next uid> G<guid> r<uid>" then one
+ *                     line "<uid> [<ext>...] :<base name>" per message; r is
+ *                     ours, the first UID still \Recent (Dovecot keeps a
+ *                     header field it does not know); W<n> in a record is
+ *                     the size with CRLF when the name has no ,W=
  *   dovecot-uidlist.lock  the dotlock ("PID:HOST") held while UIDs are
  *                     assigned or the list rewritten; stale after 120 s or
  *                     when its local PID is gone (Dovecot's rules)
@@ -353,6 +356,7 @@ struct mailstore_box {
 	struct ms_msg *msgs;
 	size_t n, cap;
 	char *kw[26];
+	unsigned claim:1;	/* takes \Recent (SELECT), else only looks (STATUS) */
 };
 
 struct mailstore_append {
@@ -1292,7 +1296,7 @@ move_new(struct mailstore_box *box, struct scanned **v, size_t *n, size_t *cap,
 
 		if (rename(src, dst) == 0) {
 			moved = 1;
-			/* remembered so the cur/ scan marks it \Recent */
+			/* remembered so the cur/ scan finds it under its new name */
 			if (*n == *cap) {
 				*cap = *cap ? *cap * 2 : 64;
 				*v = xreallocarray(*v, *cap, sizeof(**v));
@@ -1346,11 +1350,66 @@ ext_get(const char *ext, char key, uint64_t *v_r)
 	return -1;
 }
 
+/*
+ * Our own field in the uidlist header: "r<uid>", the first UID that is still
+ * \Recent (no session took it yet). Dovecot keeps header fields it does not
+ * know (maildir-uidlist.c hdr_extensions) and writes them back, and ignores
+ * them otherwise, so the store stays Dovecot's to read.
+ */
+#define RECENT_KEY 'r'
+
+static int
+hdr_get(const struct md_uidlist *ul, char key, uint32_t *v_r)
+{
+	uint64_t v;
+
+	if (ext_get(ul->hdr_ext, key, &v) < 0 || v == 0 || v > UINT32_MAX)
+		return -1;
+	*v_r = (uint32_t)v;
+	return 0;
+}
+
+/* KEY's field set to V (the others kept in their order, ours last) */
+static void
+hdr_set(struct md_uidlist *ul, char key, uint32_t v)
+{
+	size_t cap = (ul->hdr_ext ? strlen(ul->hdr_ext) : 0) + 16, o = 0;
+	char *out = xmalloc(cap);
+
+	for (const char *p = ul->hdr_ext; p && *p;) {
+		size_t len = strcspn(p, " ");
+
+		if (len > 0 && *p != key) {
+			memcpy(out + o, p, len);
+			o += len;
+			out[o++] = ' ';
+		}
+		p += len;
+		while (*p == ' ')
+			p++;
+	}
+	snprintf(out + o, cap - o, "%c%u", key, v);
+	free(ul->hdr_ext);
+	ul->hdr_ext = out;
+}
+
+/* append "KEY<v>" to a record's extensions */
+static void
+rec_add_ext(struct md_uidrec *rec, char key, uint64_t v)
+{
+	char *ext = rec->ext != NULL && rec->ext[0] != '\0' ?
+	    xasprintf("%s %c%llu", rec->ext, key, (unsigned long long)v) :
+	    xasprintf("%c%llu", key, (unsigned long long)v);
+
+	free(rec->ext);
+	rec->ext = ext;
+}
+
 /* the size with every bare LF counted as CRLF, read in pieces */
 static int
-count_vsize(const struct mailstore_box *box, const struct scanned *s, uint64_t *vsize_r)
+count_vsize(const struct mailstore_box *box, int in_new, const char *name, uint64_t *vsize_r)
 {
-	char *path = xasprintf("%s/%s/%s", box->dir, s->in_new ? "new" : "cur", s->name);
+	char *path = xasprintf("%s/%s/%s", box->dir, in_new ? "new" : "cur", name);
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	unsigned char buf[65536];
 	uint64_t v = 0;
@@ -1383,14 +1442,21 @@ sync_locked(struct mailstore_box *box, struct md_uidlist *ul, int *dirty_r, cons
 	struct stat before, after;
 	int rc = -1;
 	size_t recent_n = 0;
-	uint32_t *recent_uids = NULL;
+	uint32_t *recent_uids = NULL, first_recent;
 
 	kw_load(box);
 	uidlist_load(box, ul, dirty_r);
+	/* \Recent: UIDs from the header's first-recent mark on (none: the UIDs
+	 * given from now on), as Dovecot keeps first_recent_uid in its index */
+	if (hdr_get(ul, RECENT_KEY, &first_recent) < 0 || first_recent > ul->next_uid) {
+		first_recent = ul->next_uid;
+		hdr_set(ul, RECENT_KEY, first_recent);	/* kept, or it would move */
+		*dirty_r = 1;
+	}
 	if (move_new(box, &v, &n, &cap, error_r) < 0)
 		goto out;
 	/* names moved into cur/ are read again by the scan below: the two meet
-	 * by base name, the moved one bringing its \Recent mark */
+	 * by base name */
 	for (int tries = 0;; tries++) {
 		size_t start = n;
 
@@ -1496,7 +1562,7 @@ again:
 				char ext[48] = "";
 				uint64_t vs;
 
-				if (!mn.has_vsize && count_vsize(box, &nv[i], &vs) == 0)
+				if (!mn.has_vsize && count_vsize(box, nv[i].in_new, nv[i].name, &vs) == 0)
 					snprintf(ext, sizeof(ext), "W%llu", (unsigned long long)vs);
 				md_uidlist_add(ul, ul->next_uid++, nv[i].name, mn.baselen, ext);
 			}
@@ -1575,19 +1641,33 @@ again:
 					m->pub.keywords &= ~(1u << k);	/* an unknown letter */
 			m->pub.size = mn.has_size ? mn.size : (uint64_t)st.st_size;
 			m->pub.vsize = m->pub.size;
-			if (mn.has_vsize)
+			if (mn.has_vsize) {
 				m->pub.vsize = mn.vsize;
-			else
-				(void)ext_get(ul->recs[r].ext, 'W', &m->pub.vsize);
+			} else if (ext_get(ul->recs[r].ext, 'W', &m->pub.vsize) < 0) {
+				/* no W= anywhere (another MDA's file, a UID Dovecot gave):
+				 * counted once, kept in the record as Dovecot keeps it */
+				uint64_t vs;
+
+				if (count_vsize(box, m->in_new, m->fname, &vs) == 0) {
+					rec_add_ext(&ul->recs[r], 'W', vs);
+					m->pub.vsize = vs;
+					*dirty_r = 1;
+				}
+			}
 			if (!mn.has_size) {
 				m->date = st.st_mtime;
 				m->date_known = 1;
 			}
-			m->pub.recent = s->recent ||
+			m->pub.recent = m->pub.uid >= first_recent ||
 			    (recent_n > 0 && bsearch(&m->pub.uid, recent_uids, recent_n,
 			    sizeof(uint32_t), u32_cmp) != NULL);
 		}
 		free(at);
+	}
+	/* a claiming session takes them: the next one sees none of these */
+	if (box->claim && first_recent < ul->next_uid) {
+		hdr_set(ul, RECENT_KEY, ul->next_uid);
+		*dirty_r = 1;
 	}
 	box->uidvalidity = ul->uidvalidity;
 	box->uidnext = ul->next_uid;
@@ -1629,8 +1709,8 @@ mailstore_box_sync(struct mailstore_box *box, const char **error_r)
 	return rc;
 }
 
-int
-mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box **box_r,
+static int
+box_open(struct mailstore *ms, const char *name, int claim, struct mailstore_box **box_r,
     const char **error_r)
 {
 	struct mailstore_box *box;
@@ -1642,6 +1722,7 @@ mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box 
 	}
 	box = xcalloc(1, sizeof(*box));
 	box->ms = ms;
+	box->claim = claim ? 1 : 0;
 	box->name = xstrdup(is_inbox(name) ? "INBOX" : name);
 	box->dir = folder_dir(ms, name);
 	if (stat(box->dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
@@ -1667,6 +1748,20 @@ mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box 
 	return 0;
 }
 
+int
+mailstore_box_open(struct mailstore *ms, const char *name, struct mailstore_box **box_r,
+    const char **error_r)
+{
+	return box_open(ms, name, 1, box_r, error_r);
+}
+
+int
+mailstore_box_open_peek(struct mailstore *ms, const char *name, struct mailstore_box **box_r,
+    const char **error_r)
+{
+	return box_open(ms, name, 0, box_r, error_r);
+}
+
 void
 mailstore_box_close(struct mailstore_box **boxp)
 {
@@ -1682,11 +1777,20 @@ mailstore_box_close(struct mailstore_box **boxp)
 	free(box);
 }
 
-/* the file of message I may have been renamed by another session: find it */
+/*
+ * The file of a message may have been renamed by another session (flags are
+ * in the name): find it by its base name, new/ first (files only move from
+ * new/ to cur/), as Dovecot's maildir_file_do does. 0 found, -1 not there.
+ * Callers retry up to REFIND_TRIES times: a file renamed again while we read
+ * the directory is found on the next round; only a file in neither place
+ * after that many rounds is gone (expunged).
+ */
+#define REFIND_TRIES 10	/* Dovecot's MAILDIR_RESYNC_RETRY_COUNT */
+
 static int
 refind(struct mailstore_box *box, struct ms_msg *m)
 {
-	static const char *const sub[] = { "cur", "new" };
+	static const char *const sub[] = { "new", "cur" };
 	struct mdname mn;
 
 	if (mdname_parse(m->fname, &mn) < 0)
@@ -1705,7 +1809,7 @@ refind(struct mailstore_box *box, struct ms_msg *m)
 			    strnlen(de->d_name, MAX_MAILSTORE_FNAME + 1) <= MAX_MAILSTORE_FNAME) {
 				free(m->fname);
 				m->fname = xstrdup(de->d_name);
-				m->in_new = s == 1;
+				m->in_new = s == 0;
 				closedir(d);
 				return 0;
 			}
@@ -1730,20 +1834,24 @@ mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const cha
 		*error_r = err("no such message");
 		return -1;
 	}
-	for (int tries = 0; tries < 2; tries++) {
+	for (int tries = 0; tries < REFIND_TRIES; tries++) {
 		char *path = msg_path(box, &box->msgs[i]);
-		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), e = errno;
 
 		free(path);
 		if (fd >= 0) {
 			*fd_r = fd;
 			return 0;
 		}
-		if (errno != ENOENT || refind(box, &box->msgs[i]) < 0)
+		if (e != ENOENT) {
+			*error_r = err("cannot open message %u: %s", uid, strerror(e));
+			return -1;
+		}
+		if (refind(box, &box->msgs[i]) < 0)
 			break;
 	}
 	*error_r = err("message %u is gone", uid);
-	return -1;
+	return MAILSTORE_GONE;
 }
 
 int
@@ -1755,7 +1863,7 @@ mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r, cons
 		*error_r = err("no such message");
 		return -1;
 	}
-	for (int tries = 0; !box->msgs[i].date_known && tries < 2; tries++) {
+	for (int tries = 0; !box->msgs[i].date_known && tries < REFIND_TRIES; tries++) {
 		char *path = msg_path(box, &box->msgs[i]);
 		struct stat st;
 		int rc = stat(path, &st);
@@ -1770,7 +1878,7 @@ mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r, cons
 	}
 	if (!box->msgs[i].date_known) {
 		*error_r = err("message %u is gone", uid);
-		return -1;
+		return MAILSTORE_GONE;
 	}
 	*date_r = box->msgs[i].date;
 	return 0;
@@ -1870,12 +1978,20 @@ mailstore_msg_set_flags(struct mailstore_box *box, uint32_t uid, enum mailstore_
 			m->in_new = 0;
 			break;
 		}
-		free(from);
-		free(to);
-		if (errno != ENOENT || tries > 0 || refind(box, m) < 0) {
-			*error_r = err("cannot set flags of message %u: %s", uid,
-			    errno == ENOENT ? "it is gone" : strerror(errno));
-			return -1;
+		{
+			int e = errno;
+
+			free(from);
+			free(to);
+			if (e != ENOENT) {
+				*error_r = err("cannot set flags of message %u: %s", uid, strerror(e));
+				return -1;
+			}
+		}
+		/* renamed by another session meanwhile (or expunged): look again */
+		if (tries + 1 >= REFIND_TRIES || refind(box, m) < 0) {
+			*error_r = err("cannot set flags of message %u: it is gone", uid);
+			return MAILSTORE_GONE;
 		}
 	}
 	m->pub.flags = nf;
@@ -1895,7 +2011,7 @@ mailstore_msg_expunge(struct mailstore_box *box, uint32_t uid, const char **erro
 		*error_r = err("no such message");
 		return -1;
 	}
-	for (int tries = 0; tries < 2; tries++) {
+	for (int tries = 0; tries < REFIND_TRIES; tries++) {
 		char *p = msg_path(box, &box->msgs[i]);
 		int e = unlink(p) == 0 ? 0 : errno;
 
@@ -2134,18 +2250,29 @@ mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box
 	for (unsigned k = 0; k < MAX_MAILSTORE_KEYWORDS; k++)
 		if ((m->pub.keywords & (1u << k)) && src->kw[k] != NULL)
 			kw[nkw++] = xstrdup(src->kw[k]);	/* the commit reloads src's if src == dst */
+	rc = mailstore_msg_date(src, uid, &date, error_r);
+	if (rc < 0)
+		goto out;
 	rc = -1;
-	if (mailstore_msg_date(src, uid, &date, error_r) < 0 ||
-	    mailstore_append_begin(dst, &a, error_r) < 0)
+	if (mailstore_append_begin(dst, &a, error_r) < 0)
 		goto out;
 	/* a hard link, as Dovecot's maildir_copy_with_hardlinks: same inode, same mtime */
-	for (int tries = 0; tries < 2 && !linked; tries++) {
+	(void)unlink(a->tmp);
+	for (int tries = 0; tries < REFIND_TRIES && !linked; tries++) {
 		char *path = msg_path(src, m);
 
-		if (unlink(a->tmp) == 0 && link(path, a->tmp) == 0) {
+		if (link(path, a->tmp) == 0) {
 			linked = 1;
-		} else if (errno == ENOENT && tries == 0 && refind(src, m) == 0) {
-			/* renamed by another session: once more */
+		} else if (errno == ENOENT) {
+			free(path);
+			if (refind(src, m) < 0) {
+				/* expunged by another session meanwhile */
+				*error_r = err("message %u is gone", uid);
+				rc = MAILSTORE_GONE;
+				mailstore_append_abort(&a);
+				goto out;
+			}
+			continue;	/* renamed by another session: once more */
 		} else {
 			int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), out;
 
@@ -2167,6 +2294,12 @@ mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box
 			break;
 		}
 		free(path);
+	}
+	if (!linked && access(a->tmp, F_OK) < 0) {
+		*error_r = err("message %u is gone", uid);	/* renamed away each time */
+		rc = MAILSTORE_GONE;
+		mailstore_append_abort(&a);
+		goto out;
 	}
 	if (linked) {
 		close(a->fd);

@@ -900,7 +900,7 @@ store_one(struct sieve_deliver_plan *p, struct mailstore *ms, const struct sieve
 
 	if (strcmp(folder, "INBOX") == 0 && c->flags == 0 && c->nkeywords == 0 && c->head == NULL)
 		return store_inbox_new(p, error_r);
-	if (mailstore_box_open(ms, folder, &box, error_r) < 0)
+	if (mailstore_box_open_peek(ms, folder, &box, error_r) < 0)
 		return -1;
 	if (mailstore_append_begin(box, &a, error_r) < 0) {
 		mailstore_box_close(&box);

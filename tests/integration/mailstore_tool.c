@@ -123,7 +123,10 @@ main(int argc, char **argv)
 		if (mailstore_folder_rename(ms, argv[4], argv[5], &error) < 0)
 			die(cmd, error);
 	} else if (argc >= 5) {
-		if (mailstore_box_open(ms, argv[4], &box, &error) < 0)
+		/* an APPEND from a session that has not selected the folder takes
+		 * no \Recent; "list" is a SELECT */
+		if ((strcmp(cmd, "append") == 0 ? mailstore_box_open_peek : mailstore_box_open)(ms,
+		    argv[4], &box, &error) < 0)
 			die("open folder", error);
 		if (strcmp(cmd, "list") == 0) {
 			list(box);

@@ -13,7 +13,8 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     password NO [AUTHENTICATIONFAILED]; implicit TLS (imaps);
                     pipelined plaintext after STARTTLS is not taken as TLS input
     T03Mechanisms   imap_auth_mechanisms = CRAM-MD5 SCRAM-SHA-256: only those
-                    offered, PLAIN and LOGIN refused even over TLS
+                    offered, PLAIN and LOGIN refused even over TLS, and
+                    LOGINDISABLED said (after STARTTLS, in the imaps greeting)
     T04Mailbox      a message delivered by the SMTP gateway: LIST, SELECT
                     (EXISTS, UIDVALIDITY, UIDNEXT), EXAMINE, a missing folder
     T05Curl         curl imap:// (STARTTLS, --ssl-reqd) and imaps:// list the folders
@@ -50,12 +51,16 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
                     imap_login_timeout on a half-sent request (* BYE
                     Disconnected for inactivity.), openssl s_client -starttls imap
     T19External     AUTHENTICATE EXTERNAL on imaps with a client certificate the
-                    CA vouches for; not offered without one; an unknown user's
+                    CA vouches for (the imaps greeting says so: it waits for the
+                    handshake); not offered without one; an unknown user's
                     certificate refused
     T20Concurrency  12 sessions fetching one folder and each flagging a message of
                     its own, some dropping mid-FETCH, 3 idlers, 10 deliveries
                     at once: all OK, every idler told of every delivery, UIDs
                     1..22 and the flags as the last STOREs left them
+    T21StoreAllAtOnce  8 sessions each STORE 1:* +/-FLAGS at once: every STORE
+                    and FETCH OK (a renamed file is found again), flags as the
+                    last STOREs left them
     T13Reload       portcullis reload: a new imap_banner for new connections;
                     the sessions open before it (one in IDLE) get * BYE
                     [UNAVAILABLE] and are closed
@@ -387,11 +392,17 @@ class T03Mechanisms(unittest.TestCase):
             self.assertIn("AUTH=SCRAM-SHA-256", caps(c))
             self.assertNotIn("AUTH=PLAIN", caps(c))
             self.assertNotIn("AUTH=LOGIN", caps(c))
-            with self.assertRaises(imaplib.IMAP4.error):
+            # LOGIN is refused without PLAIN: RFC 3501 says so with LOGINDISABLED
+            self.assertIn("LOGINDISABLED", caps(c))
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"CANNOT"):
                 c.login(USER, PASSWORD)
             with self.assertRaises(imaplib.IMAP4.error):
                 c.authenticate("PLAIN", lambda _: ("\0%s\0%s" % (USER, PASSWORD)).encode())
             self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+            c.logout()
+            c = g.imaps()
+            self.assertIn(b"LOGINDISABLED", c.welcome)
+            self.assertIn(b"AUTH=SCRAM-SHA-256", c.welcome)
             c.logout()
         finally:
             g.stop()
@@ -1012,6 +1023,16 @@ class T18Limits(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 5)
         s.close()
 
+    def test_login_timeout_on_a_handshake_never_begun(self):
+        # imaps: the greeting waits for the TLS handshake; a client that never
+        # starts one is closed at the login timeout all the same (2 s here, and
+        # the 5 s service/conn gives the "* BYE" it cannot send)
+        s = socket.create_connection(("127.0.0.1", self.g.imaps_port), 20)
+        t0 = time.monotonic()
+        self.assertEqual(s.recv(100), b"")
+        self.assertLess(time.monotonic() - t0, 9)
+        s.close()
+
     @unittest.skipUnless(shutil.which("openssl"), "openssl is not installed")
     def test_openssl_starttls(self):
         p = subprocess.run(["openssl", "s_client", "-quiet", "-starttls", "imap", "-connect",
@@ -1025,8 +1046,8 @@ class T18Limits(unittest.TestCase):
 
 class T19External(unittest.TestCase):
     """AUTHENTICATE EXTERNAL with a client certificate the CA vouches for
-    (tls_verify_client = optional): offered only then, the user is the
-    certificate's"""
+    (tls_verify_client = optional): offered only then (in the imaps greeting
+    too: it waits for the handshake), the user is the certificate's"""
     @classmethod
     def setUpClass(cls):
         d = os.path.join(W.dir, "ext")
@@ -1057,6 +1078,8 @@ class T19External(unittest.TestCase):
 
     def test_external_with_a_certificate(self):
         c = self.imaps("user")
+        # the greeting waits for the handshake: its list is CAPABILITY's
+        self.assertRegex(c.welcome, rb"^\* OK \[CAPABILITY [^]]* AUTH=EXTERNAL[] ]")
         c.capability()
         self.assertIn("AUTH=EXTERNAL", caps(c))
         typ, _ = c.authenticate("EXTERNAL", lambda _: b"")
@@ -1066,6 +1089,8 @@ class T19External(unittest.TestCase):
 
     def test_no_certificate_no_external(self):
         c = self.imaps()
+        self.assertRegex(c.welcome, rb"^\* OK \[CAPABILITY [^]]* AUTH=PLAIN[] ]")
+        self.assertNotIn(b"AUTH=EXTERNAL", c.welcome)
         c.capability()
         self.assertNotIn("AUTH=EXTERNAL", caps(c))
         with self.assertRaises(imaplib.IMAP4.error):
@@ -1098,8 +1123,8 @@ class T20Concurrency(unittest.TestCase):
                     for r in range(15):
                         typ, d = c.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER])")
                         assert typ == "OK", (typ, d)
-                        # each session flags a message of its own: many sessions renaming
-                        # one file at once can beat the store's single retry (its matter)
+                        # each session flags a message of its own (T21StoreAllAtOnce has
+                        # every session flag every message)
                         typ, d = c.store(str(k + 1), "+FLAGS" if r % 2 else "-FLAGS",
                                          "(\\Flagged $W%d)" % k)
                         assert typ == "OK", (typ, d)
@@ -1146,6 +1171,51 @@ class T20Concurrency(unittest.TestCase):
             self.assertEqual(sorted(flags), list(range(1, 23)))
             for k in range(12):     # 15 rounds: the last (r = 14) took them off
                 self.assertNotIn("$W%d" % k, flags[k + 1])
+            c.logout()
+        finally:
+            g.stop()
+
+
+class T21StoreAllAtOnce(unittest.TestCase):
+    """every session flags every message at once (STORE 1:*): a file renamed by
+    another session is found again by its base name, so each STORE and
+    FETCH is OK (before: NO [LIMIT] ... it is gone, or [EXPUNGEISSUED], as
+    the store looked a renamed file up only once)"""
+    def test_store_1_star_from_every_session(self):
+        g = Gateway("storeall", mail_max_userip_connections="0",
+                    imap_max_per_client="200")
+        errors = []
+        try:
+            for i in range(8):
+                g.send(subject="seed %d" % i)
+
+            def worker(k):
+                try:
+                    c = g.login()
+                    c.select("INBOX")
+                    for r in range(16):
+                        typ, d = c.store("1:*", "+FLAGS" if r % 2 == 0 else "-FLAGS",
+                                         "(\\Flagged $W%d)" % k)
+                        assert typ == "OK", ("STORE", r, typ, d)
+                        typ, d = c.fetch("1:*", "(UID FLAGS)")
+                        assert typ == "OK", ("FETCH", r, typ, d)
+                    c.logout()
+                except Exception as e:     # noqa: BLE001  (reported below)
+                    errors.append("worker %d: %r" % (k, e))
+
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            self.assertEqual(errors, [])
+            c = g.login()
+            self.assertEqual(int(c.select("INBOX")[1][0]), 8)
+            flags = uid_flags(c)
+            self.assertEqual(sorted(flags), list(range(1, 9)))
+            for uid in flags:       # 16 rounds: the last (r = 15) took them off
+                for k in range(8):
+                    self.assertNotIn("$W%d" % k, flags[uid])
             c.logout()
         finally:
             g.stop()

@@ -257,7 +257,9 @@ class MailstoreDovecot(unittest.TestCase):
         self.assertEqual(uids, [1, 2, 3])
         self.assertEqual((u2, u3), (2, 3))
         self.assertEqual(ls["uidnext"], 4)
-        self.assertFalse(any(m["recent"] for m in ls["messages"]))
+        # appended: \Recent for the next session that selects, as in Dovecot
+        self.assertEqual([m["uid"] for m in ls["messages"] if m["recent"]], [2, 3])
+        self.assertFalse(any(m["recent"] for m in self.listing(user)["messages"]))
         # new/ emptied into cur/ with ":2," as Dovecot does
         self.assertEqual(os.listdir(os.path.join(self.dc.maildir(user), "new")), [])
 

@@ -189,6 +189,8 @@ class T1Basics(unittest.TestCase):
         add_user(d, "bob@example.com", "bob-password")
         add_user(d, "carol@example.com", "carol-password")
         add_user(d, "dave@example.com", "dave-password")
+        add_user(d, "erin@example.com", "erin-password")
+        add_user(d, "fred@example.com", "fred-password")
         d.start()
 
     def test_banner_capa_and_plaintext_refused(self):
@@ -330,6 +332,64 @@ class T1Basics(unittest.TestCase):
         self.assertIn(b"message 11", b"\n".join(p.retr(1)[1]))
         p.quit()
         self.assertTrue(files(self.d, u)[0].endswith(",S") or ":2,S" in files(self.d, u)[0])
+
+    def test_expunged_meanwhile_is_not_an_error(self):
+        """P2: an IMAP session expunges messages this POP3 session retrieved or
+        is about to: QUIT still +OK (Dovecot's answer; before: -ERR [SYS/TEMP]
+        Couldn't delete all messages, logged 'cannot set flags ... it is
+        gone'); a RETR of one is -ERR with a response code, logged at info"""
+        u, pw = "erin@example.com", "erin-password"
+        for n in (20, 21, 22):
+            deliver(self.d, u, msg(n))
+        p = login(self.d, u, pw)
+        self.assertEqual(p.stat()[0], 3)
+        p.retr(1)                       # \Seen for it at QUIT
+        p.retr(2)
+        mark = self.d.log_mark()
+        cur = os.path.join(maildir(self.d, u), "cur")
+        for f in sorted(os.listdir(cur)):
+            if b"message 20" in open(os.path.join(cur, f), "rb").read() or \
+                    b"message 22" in open(os.path.join(cur, f), "rb").read():
+                os.unlink(os.path.join(cur, f))       # what an IMAP EXPUNGE does
+        with self.assertRaises(poplib.error_proto) as e:
+            p.retr(3)
+        self.assertRegex(e.exception.args[0], rb"^-ERR \[[A-Z/-]+\] ")
+        p.dele(2)
+        self.assertTrue(p.quit().startswith(b"+OK"))
+        self.assertEqual(files(self.d, u), [])
+        log = self.d.log_since(mark)
+        self.assertNotIn("error:", "\n".join(l for l in log.splitlines() if "erin" in l))
+        self.assertRegex(log, r"\]: pop3: conn=\S+ erin@example.com: message \d+: expunged meanwhile")
+
+    def test_sizes_of_a_bare_lf_file_without_w(self):
+        """D1: a bare-LF file whose name and uidlist record have no W= (another
+        MDA's file, a UID Dovecot gave): LIST and STAT say what RETR sends
+        (before: the file's size, 20 octets short here)"""
+        u, pw = "fred@example.com", "fred-password"
+        deliver(self.d, u, msg(30))
+        login(self.d, u, pw).quit()             # UIDs given, uidlist written
+        md = maildir(self.d, u)
+        body = b"From: mda@example.org\nSubject: lf\n\n" + b"a line\n" * 17
+        base = "%d.M1P1.othermda" % time.time()
+        with open(os.path.join(md, "cur", base + ":2,"), "wb") as f:
+            f.write(body)
+        with open(os.path.join(md, "dovecot-uidlist")) as f:
+            lines = f.read().splitlines()
+        head = lines[0].split()
+        n = int([h[1:] for h in head if h.startswith("N")][0])
+        head = [("N%d" % (n + 1)) if h.startswith("N") else h for h in head]
+        lines = [" ".join(head)] + lines[1:] + ["%d :%s" % (n, base)]
+        with open(os.path.join(md, "dovecot-uidlist"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        p = login(self.d, u, pw)
+        want = len(body) + body.count(b"\n")
+        self.assertEqual(p.list(2).split()[2], str(want).encode())
+        resp, _lines, octets = p.retr(2)
+        self.assertEqual(resp, b"+OK %d octets" % want)
+        self.assertEqual(octets, want)
+        count, total = p.stat()
+        self.assertEqual(total, sum(int(x.split()[1]) for x in p.list()[1]))
+        p.quit()
 
     def _second_login(self, u, pw):
         try:

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/xmalloc.h"
@@ -695,6 +697,232 @@ test_subscriptions(void)
 	free(root);
 }
 
+static void
+rm_root(char *root)
+{
+	char *cmd = xasprintf("rm -rf '%s'", root);
+
+	if (system(cmd) != 0)
+		CU_FAIL("rm");
+	free(cmd);
+	free(root);
+}
+
+/* D1: a bare-LF file whose name and uidlist record have no W= (another
+ * MDA's, a UID Dovecot gave): RFC822.SIZE and POP3 sizes are the CRLF size
+ * that BODY[] and RETR send, counted once and kept in the record as Dovecot
+ * keeps it. Failed before: vsize was the file's size. */
+static void
+test_vsize_without_w(void)
+{
+	char *root = unit_tmpdir(), *md, *p, *s;
+	struct mailstore *ms;
+	struct mailstore_box *box;
+	const char *err;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(root, "v@example.com", &ms, &err), 0);
+	md = xasprintf("%s/example.com/v/Maildir", root);
+	/* a folder Dovecot served: the uidlist has UIDs, no W */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &box, &err), 0);
+	mailstore_box_close(&box);
+	p = xasprintf("%s/dovecot-uidlist", md);
+	spit(p, "3 V1800000000 N4 G0123456789abcdef0123456789abcdef\n"
+	    "1 :1700000001.M1P1.mda\n2 :1700000002.M2P2.mda,S=13\n3 W9 :1700000003.M3P3.mda\n");
+	free(p);
+	p = xasprintf("%s/cur/1700000001.M1P1.mda:2,S", md);
+	spit(p, "A: b\n\nline\nline\n");	/* 16 octets, 4 bare LFs */
+	free(p);
+	p = xasprintf("%s/cur/1700000002.M2P2.mda,S=13:2,", md);
+	spit(p, "A: bc\r\n\r\nx\ny\n");	/* 13 octets, 2 bare LFs */
+	free(p);
+	p = xasprintf("%s/cur/1700000003.M3P3.mda:2,", md);
+	spit(p, "A: b\n\nx\n");	/* W9 in the record is believed */
+	free(p);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &box, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_count(box), 3);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 0)->size, 16);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 0)->vsize, 20);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 1)->size, 13);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 1)->vsize, 15);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 2)->vsize, 9);
+	mailstore_box_close(&box);
+	/* kept in the records (Dovecot reads W as its virtual size) */
+	p = xasprintf("%s/dovecot-uidlist", md);
+	s = slurp(p);
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, "\n1 W20 :1700000001.M1P1.mda\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, "\n2 W15 :1700000002.M2P2.mda,S=13\n"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, "\n3 W9 :1700000003.M3P3.mda\n"));
+	free(s);
+	free(p);
+	/* a second open reads it from there */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &box, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_box_msg(box, 0)->vsize, 20);
+	mailstore_box_close(&box);
+	mailstore_free(&ms);
+	free(md);
+	rm_root(root);
+}
+
+/* item 2: another process renames a message's file again and again (flags
+ * in the name) while this session sets flags, opens it and copies it: each
+ * call finds the file by its base name; only an expunged one is
+ * MAILSTORE_GONE. Failed before: a file renamed twice was "gone". */
+static void
+test_rename_race(void)
+{
+	char *root = unit_tmpdir();
+	struct mailstore *ms;
+	struct mailstore_box *box, *other;
+	const char *err;
+	uint32_t uid, cuid;
+	int fails = 0, fd;
+	pid_t pid;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(root, "r@example.com", &ms, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_folder_create(ms, "Other", &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &box, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "Other", &other, &err), 0);
+	uid = append(box, "Subject: race\r\n\r\nx\r\n", 0, NULL);
+	fflush(NULL);
+	pid = fork();
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0) {
+		/* the other session: its own store object, flipping \Flagged */
+		struct mailstore *ms2;
+		struct mailstore_box *b2;
+		struct timespec t0, t;
+
+		if (mailstore_open(root, "r@example.com", &ms2, &err) < 0 ||
+		    mailstore_box_open(ms2, "INBOX", &b2, &err) < 0)
+			_exit(2);
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		do {
+			for (int k = 0; k < 50; k++) {
+				if (mailstore_msg_set_flags(b2, uid, k % 2 ? MAILSTORE_FLAGS_ADD :
+				    MAILSTORE_FLAGS_REMOVE, F, NULL, 0, &err) < 0)
+					_exit(3);
+				usleep(100);	/* a busy session, not a spin */
+			}
+			clock_gettime(CLOCK_MONOTONIC, &t);
+		} while (t.tv_sec - t0.tv_sec < 2);
+		_exit(0);
+	}
+	for (int r = 0; r < 400; r++) {
+		int rc = mailstore_msg_set_flags(box, uid, r % 2 ? MAILSTORE_FLAGS_ADD :
+		    MAILSTORE_FLAGS_REMOVE, A, NULL, 0, &err);
+
+		if (rc < 0)
+			fails++;
+		if (mailstore_msg_open(box, uid, &fd, &err) < 0)
+			fails++;
+		else
+			close(fd);
+		if (r % 20 == 0 && mailstore_msg_copy(box, uid, other, &cuid, &err) < 0)
+			fails++;
+	}
+	{
+		int status = 0;
+
+		CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+		CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	}
+	CU_ASSERT_EQUAL(fails, 0);
+	/* expunged for real: gone, not an error */
+	CU_ASSERT_EQUAL(mailstore_msg_expunge(other, 1, &err), 0);
+	{
+		struct mailstore_box *b3;
+
+		CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &b3, &err), 0);
+		CU_ASSERT_EQUAL(mailstore_msg_expunge(b3, uid, &err), 0);
+		mailstore_box_close(&b3);
+	}
+	CU_ASSERT_EQUAL(mailstore_msg_set_flags(box, uid, MAILSTORE_FLAGS_ADD, S, NULL, 0, &err),
+	    MAILSTORE_GONE);
+	CU_ASSERT_EQUAL(mailstore_msg_open(box, uid, &fd, &err), MAILSTORE_GONE);
+	CU_ASSERT_EQUAL(mailstore_msg_copy(box, uid, other, &cuid, &err), MAILSTORE_GONE);
+	/* expunging a message that is gone already is done, not an error */
+	CU_ASSERT_EQUAL(mailstore_msg_expunge(box, uid, &err), 0);
+	mailstore_box_close(&other);
+	mailstore_box_close(&box);
+	mailstore_free(&ms);
+	rm_root(root);
+}
+
+static size_t
+recent_count(struct mailstore *ms, const char *name, int claim)
+{
+	struct mailstore_box *box;
+	const char *err;
+	size_t k = 0;
+
+	CU_ASSERT_EQUAL_FATAL((claim ? mailstore_box_open : mailstore_box_open_peek)(ms, name,
+	    &box, &err), 0);
+	for (size_t i = 0; i < mailstore_box_count(box); i++)
+		k += mailstore_box_msg(box, i)->recent;
+	mailstore_box_close(&box);
+	return k;
+}
+
+/* item 3: \Recent as Dovecot: a peek (STATUS, EXAMINE, POP3) sees it and
+ * takes none, exactly one SELECT takes it, COPY and APPEND make it. Failed
+ * before: the first open of any kind took it (R1), a copy never had it (R2). */
+static void
+test_recent(void)
+{
+	char *root = unit_tmpdir(), *p, *s;
+	struct mailstore *ms;
+	struct mailstore_box *a, *b, *work;
+	const char *err;
+	uint32_t u;
+
+	CU_ASSERT_EQUAL_FATAL(mailstore_open(root, "rc@example.com", &ms, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_folder_create(ms, "Work", &err), 0);
+	CU_ASSERT_EQUAL_FATAL(recent_count(ms, "INBOX", 0), 0);	/* the folder exists */
+	for (int i = 0; i < 2; i++) {
+		p = xasprintf("%s/example.com/rc/Maildir/new/170000000%d.M%dP1.mda", root, i, i);
+		spit(p, "Subject: r\n\nx\n");
+		free(p);
+	}
+	/* STATUS twice, POP3: 2, 2 */
+	CU_ASSERT_EQUAL(recent_count(ms, "INBOX", 0), 2);
+	CU_ASSERT_EQUAL(recent_count(ms, "INBOX", 0), 2);
+	/* two SELECTs: one gets both, the other none; a peek then sees none */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &a, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &b, &err), 0);
+	CU_ASSERT(mailstore_box_msg(a, 0)->recent && mailstore_box_msg(a, 1)->recent);
+	CU_ASSERT(!mailstore_box_msg(b, 0)->recent && !mailstore_box_msg(b, 1)->recent);
+	CU_ASSERT_EQUAL(recent_count(ms, "INBOX", 0), 0);
+	/* the first session keeps them over a sync */
+	CU_ASSERT_EQUAL(mailstore_box_sync(a, &err), 0);
+	CU_ASSERT(mailstore_box_msg(a, 0)->recent);
+	/* COPY into Work (opened as a target: a peek): Recent for Work's next SELECT */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open_peek(ms, "Work", &work, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_msg_copy(a, mailstore_box_msg(a, 0)->uid, work, &u, &err), 0);
+	CU_ASSERT_EQUAL(mailstore_msg_copy(a, mailstore_box_msg(a, 1)->uid, work, &u, &err), 0);
+	mailstore_box_close(&work);
+	CU_ASSERT_EQUAL(recent_count(ms, "Work", 0), 2);
+	CU_ASSERT_EQUAL(recent_count(ms, "Work", 1), 2);
+	CU_ASSERT_EQUAL(recent_count(ms, "Work", 1), 0);
+	/* APPEND into the selected INBOX: Recent for the session that has it
+	 * selected, seen at its next sync; not for the other */
+	u = append(a, "Subject: appended\r\n\r\nx\r\n", S, NULL);
+	CU_ASSERT_EQUAL(mailstore_box_sync(a, &err), 0);
+	CU_ASSERT(mailstore_box_msg(a, 2)->recent);
+	CU_ASSERT_EQUAL(mailstore_box_sync(b, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_count(b), 3);
+	CU_ASSERT(!mailstore_box_msg(b, 2)->recent);
+	mailstore_box_close(&b);
+	mailstore_box_close(&a);
+	/* the mark is a header field Dovecot keeps: "r<first recent UID>" */
+	p = xasprintf("%s/example.com/rc/Maildir/dovecot-uidlist", root);
+	s = slurp(p);
+	CU_ASSERT_PTR_NOT_NULL(strstr(s, " r4\n"));
+	free(s);
+	free(p);
+	mailstore_free(&ms);
+	rm_root(root);
+}
+
 void
 test_mailstore_register(void)
 {
@@ -707,6 +935,10 @@ test_mailstore_register(void)
 		{ "delivery: one file linked into each new/, ,S= and ,W=", test_deliver },
 		{ "copy: a hard link, flags, keywords, date, new UID", test_copy },
 		{ "subscriptions: Dovecot's file, version 2 and 1", test_subscriptions },
+		{ "vsize without W=: counted once, kept in the record", test_vsize_without_w },
+		{ "a file renamed by another session is found again; gone is gone",
+		    test_rename_race },
+		{ "\\Recent: peeks see it, one SELECT takes it, COPY/APPEND make it", test_recent },
 		{ NULL, NULL },
 	};
 
