@@ -20,6 +20,12 @@
  * address, as Dovecot's anvil does. A kill-listed client is refused at
  * connect with -ERR, through the same engine and lists as SMTP.
  *
+ * A proxied user (issue 12: proxy=y on the user's line, or a user of
+ * mail_proxy_domains with mail_proxy_auth = backend) is handed over at the
+ * login's outcome (proxy_route, proxy_backend_auth; SCRAM at start_open,
+ * proxy_route_late) to pop-imap-proxy/proxy, which logs in to the backend
+ * and splices the two connections; the core then rests.
+ *
  * Never blocks the loop; never logs peer bytes. Owner: the worker process.
  */
 #include <ctype.h>
