@@ -11,8 +11,68 @@
 
 #include <CUnit/CUnit.h>
 
+#include "common/base64.h"
+#include "common/sasl.h"
 #include "storage-adapter/userdb.h"
 #include "tests/unit/unit.h"
+
+static int
+no_user(void *arg, const char *login, struct sasl_user *r)
+{
+	(void)arg;
+	(void)login;
+	(void)r;
+	return 0;
+}
+
+/* mail_proxy_auth = backend reads the PLAIN response a check would hash:
+ * login and password as sent; nothing for an authzid or another mechanism */
+static void
+test_plain_response(void)
+{
+	static const struct {
+		const char *raw;
+		size_t len;
+		int rc;
+		const char *login, *password;
+	} t[] = {
+#define RAW(s) s, sizeof(s) - 1
+		{ RAW("\0carol@far.example\0pass word"), 0, "carol@far.example", "pass word" },
+		{ RAW("\0c@f.example\0p:w\"\\"), 0, "c@f.example", "p:w\"\\" },
+		{ RAW("admin\0c@f.example\0pw"), -1, NULL, NULL },
+		{ RAW("\0c@f.example\0pw\0more"), -1, NULL, NULL },
+#undef RAW
+	};
+	struct sasl_callbacks cb = { no_user, NULL, NULL, NULL };
+	struct sasl_params sp = { &cb, "mx.example", NULL };
+	const char *err, *out, *login, *pw;
+	int rc;
+
+	CU_ASSERT_EQUAL_FATAL(sasl_init(&err), 0);
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct sasl_server *s = sasl_server_new(AUTH_MECH_PLAIN, &sp);
+		char b64[BASE64_ENCODED_LEN(64) + 1];
+
+		CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+		base64_encode(t[i].raw, t[i].len, b64);
+		CU_ASSERT_EQUAL(sasl_server_step64(s, b64, &out), SASL_CHECK);
+		login = pw = NULL;
+		rc = sasl_server_plain_response(s, &login, &pw);
+		CU_ASSERT_EQUAL(rc, t[i].rc);
+		if (t[i].rc == 0 && rc == 0) {
+			CU_ASSERT_STRING_EQUAL(login, t[i].login);
+			CU_ASSERT_STRING_EQUAL(pw, t[i].password);
+		}
+		sasl_server_free(&s);
+	}
+	{
+		struct sasl_server *s = sasl_server_new(AUTH_MECH_LOGIN, &sp);
+
+		CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+		CU_ASSERT_EQUAL(sasl_server_plain_response(s, &login, &pw), -1);
+		sasl_server_free(&s);
+	}
+}
 
 static void
 test_proxy_parse(void)
@@ -127,6 +187,7 @@ test_proxy_set_fields(void)
 static CU_TestInfo tests[] = {
 	{ "userdb proxy: the fields' parser", test_proxy_parse },
 	{ "userdb proxy: user set keeps the line's other fields", test_proxy_set_fields },
+	{ "userdb proxy: the PLAIN response for mail_proxy_auth = backend", test_plain_response },
 	{ NULL, NULL },
 };
 
