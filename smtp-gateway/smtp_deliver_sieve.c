@@ -62,6 +62,7 @@ struct smtp_deliver_sieve {
 struct smtp_deliver_sieve_job {
 	struct smtp_deliver_sieve *sv;
 	const struct sieve_rules *rules;	/* held; NULL none */
+	const struct sieve_deliver_msg *pre;	/* the door's parse; NULL */
 	char *sender, *ip, *host, *helo, *conn;
 };
 
@@ -151,6 +152,13 @@ smtp_deliver_sieve_job_new(struct smtp_deliver_sieve *sv, const char *sender, co
 	j->helo = dupnull(helo);
 	j->conn = xstrdup(conn != NULL ? conn : "-");
 	return j;
+}
+
+void
+smtp_deliver_sieve_job_set_msg(struct smtp_deliver_sieve_job *j, const struct sieve_deliver_msg *pre)
+{
+	if (j != NULL)
+		j->pre = pre;
 }
 
 void
@@ -425,7 +433,9 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		snprintf(err, errsz, "%s", e);
 		goto out;
 	}
-	if (maildir_tmp_open_read(*spool, &fd, &e) < 0) {
+	/* read back only when the door did not hand its parse over, or for
+	 * a plan that is not a plain keep (below) */
+	if (j->pre == NULL && maildir_tmp_open_read(*spool, &fd, &e) < 0) {
 		snprintf(err, errsz, "%s", e);
 		goto out;
 	}
@@ -449,6 +459,7 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		in.env_from = j->sender;
 		in.env_to = rs[i].user;
 		in.fd = fd;
+		in.pre = j->pre;
 		in.script = rs[i].us != NULL ? rs[i].us->s : NULL;
 		in.rules = rs[i].higher ? j->rules : NULL;
 		in.domain = rs[i].domain;
@@ -464,6 +475,18 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		}
 		log_info("conn=%s sieve: %s: %s", j->conn, rs[i].user, rs[i].plan->log);
 		rs[i].linked = sieve_deliver_plan_is_plain(rs[i].plan);
+	}
+
+	/* the others read the spool (copies, redirects): open it before the
+	 * commit takes it */
+	for (size_t i = 0; i < n; i++) {
+		if (rs[i].linked || rs[i].plan == NULL)
+			continue;
+		if (fd < 0 && maildir_tmp_open_read(*spool, &fd, &e) < 0) {
+			snprintf(err, errsz, "%s", e);
+			goto out;
+		}
+		rs[i].plan->fd = fd;
 	}
 
 	/* the plain ones: one file, hard-linked, all or nothing */

@@ -53,6 +53,7 @@
 #include "smtp-gateway/relay_send.h"
 #include "smtp-gateway/smtp_sieve.h"
 #include "storage-adapter/maildir.h"
+#include "storage-adapter/sieve_deliver.h"
 
 #define COPY_PIECE 65536
 
@@ -77,6 +78,10 @@ struct smtp_sieve {
 	char *path2;
 	off_t pump_off;
 	struct smtp_sieve_result res;
+	/* the store route, passed unedited: the parsed message for the user
+	 * level in the same job (smtp_sieve_msg) */
+	struct sieve_msg *pmsg;
+	struct sieve_deliver_msg pre;
 };
 
 static atomic_uint seq;
@@ -354,6 +359,8 @@ struct spooled {
 	char *hbuf;		/* the header section (and the body, when read) */
 	size_t hend;		/* the end of the fields (before the empty line) */
 	int whole;		/* the header section ended within the cap */
+	int body_read;		/* hbuf has the body (or there is none) */
+	size_t body_off;	/* where the body starts (spool offsets) */
 	size_t skip;		/* our Return-Path: line (store route): not the scripts' */
 	struct rawfield *raw;
 	size_t nraw;
@@ -480,6 +487,8 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 			s->hend = e;	/* the empty line itself stays in the tail */
 	}
 	split_fields(s);
+	s->body_off = text_len;
+	s->body_read = need_body || (off_t)text_len >= s->size;
 	if (need_body && (off_t)text_len < s->size) {
 		size_t want = (size_t)(s->size - (off_t)text_len);
 
@@ -768,6 +777,8 @@ redirects(struct smtp_sieve *sv, const struct smtp_msg *m, const struct sieve_do
 	return rc;
 }
 
+static void hand_over(struct smtp_sieve *sv, const struct spooled *s, struct sieve_msg **smp);
+
 void
 smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
 {
@@ -855,10 +866,52 @@ smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
 		res->tempfail = 1;
 		snprintf(res->err, sizeof(res->err), "sieve: %s", err);
 	}
+	if (d.action == SIEVE_DOOR_PASS && !res->tempfail && d.hdr == NULL && store && s.whole)
+		hand_over(sv, &s, &sm);
 done:
 	sieve_door_result_free(&d);
 	sieve_msg_free(&sm);
 	spooled_free(&s);
+}
+
+/*
+ * Keep the parsed message for the user level (sieve_deliver_msg): as the
+ * plan would read it from the spool, our Return-Path: field first and the
+ * size the spool's; the envelope and facts are set there again.
+ */
+static void
+hand_over(struct smtp_sieve *sv, const struct spooled *s, struct sieve_msg **smp)
+{
+	struct sieve_msg *sm = *smp;
+	const char *nl = memchr(s->hbuf, '\n', s->body_off);
+
+	if (s->skip > 0) {
+		struct sieve_msg *rp = sieve_msg_parse(s->hbuf, s->skip);
+
+		if (rp->nhdr != 1) {
+			sieve_msg_free(&rp);
+			return;	/* read from the spool as before */
+		}
+		sm->hdr = xreallocarray(sm->hdr, sm->nhdr + 1, sizeof(*sm->hdr));
+		memmove(sm->hdr + 1, sm->hdr, sm->nhdr * sizeof(*sm->hdr));
+		sm->hdr[0] = rp->hdr[0];
+		sm->nhdr++;
+		rp->nhdr = 0;
+		sieve_msg_free(&rp);
+	}
+	sm->size = (size_t)s->size;
+	sv->pmsg = sm;
+	*smp = NULL;
+	sv->pre.msg = sm;
+	sv->pre.has_body = s->body_read;
+	sv->pre.body_off = (long long)s->body_off;
+	sv->pre.lf = nl != NULL && (nl == s->hbuf || nl[-1] != '\r');
+}
+
+const struct sieve_deliver_msg *
+smtp_sieve_msg(const struct smtp_sieve *sv)
+{
+	return sv != NULL && sv->pmsg != NULL ? &sv->pre : NULL;
 }
 
 struct maildir_tmp *
@@ -950,6 +1003,7 @@ smtp_sieve_free(struct smtp_sieve **svp)
 		(void)unlink(sv->path2);
 	free(sv->path);
 	free(sv->path2);
+	sieve_msg_free(&sv->pmsg);
 	free(sv->head);
 	free(sv->local);
 	for (size_t i = 0; i < sv->res.nlocal; i++)
