@@ -48,7 +48,9 @@
  *
  * Compiled user scripts are cached (SMTP_SIEVE_CACHE_MAX entries, least
  * recently used out), keyed by the file's path and checked against its
- * inode, size and mtime on every delivery (one stat); a script that
+ * inode, size and mtime (one stat) at most once a second per user, a user
+ * without a script too: a new, changed or removed script is in force
+ * within a second (issue 10); a script that
  * requires "include" is compiled each time (its included files are not
  * tracked). A broken script's error is cached the same way, so it is not
  * recompiled for every message.
@@ -61,6 +63,7 @@
  */
 
 #define SMTP_SIEVE_CACHE_MAX 1024	/* compiled user scripts kept */
+#define SMTP_SIEVE_RECHECK_NS 1000000000LL	/* a user's script file looked at */
 #define SMTP_SIEVE_RELAY_TIMEOUT 60	/* at most, per relayhost reply (smtp_timeout) */
 
 struct smtp_deliver_sieve_conf {
