@@ -364,6 +364,8 @@ struct spooled {
 	size_t skip;		/* our Return-Path: line (store route): not the scripts' */
 	struct rawfield *raw;
 	size_t nraw;
+	struct sieve_header rp;	/* our Return-Path: field, parsed */
+	int has_rp;
 };
 
 /* n octets from off of the message (the spool, or head + mem) */
@@ -395,6 +397,10 @@ spooled_free(struct spooled *s)
 		close(s->fd);
 	free(s->hbuf);
 	free(s->raw);
+	if (s->has_rp) {
+		free(s->rp.name);
+		free(s->rp.value);
+	}
 	memset(s, 0, sizeof(*s));
 	s->fd = -1;
 }
@@ -502,7 +508,17 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 		}
 		text_len += (size_t)r;
 	}
-	m = sieve_msg_parse(s->hbuf + s->skip, text_len - s->skip);
+	/* parsed from offset 0: our Return-Path: field is kept aside for the
+	 * user level (hand_over) and the scripts do not see it */
+	m = sieve_msg_parse(s->hbuf, text_len);
+	if (s->skip > 0 && m->nhdr > 0 && strcasecmp(m->hdr[0].name, "Return-Path") == 0) {
+		s->rp = m->hdr[0];
+		s->has_rp = 1;
+		memmove(m->hdr, m->hdr + 1, --m->nhdr * sizeof(*m->hdr));
+	} else if (s->skip > 0) {
+		sieve_msg_free(&m);	/* not ours after all: as the scripts see it */
+		m = sieve_msg_parse(s->hbuf + s->skip, text_len - s->skip);
+	}
 	m->size = (size_t)s->size - s->skip;
 	if (m->nhdr != s->nraw)
 		s->nraw = 0;	/* cannot pair them: an edit rewrites every field */
@@ -777,7 +793,7 @@ redirects(struct smtp_sieve *sv, const struct smtp_msg *m, const struct sieve_do
 	return rc;
 }
 
-static void hand_over(struct smtp_sieve *sv, const struct spooled *s, struct sieve_msg **smp);
+static void hand_over(struct smtp_sieve *sv, struct spooled *s, struct sieve_msg **smp);
 
 void
 smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
@@ -880,24 +896,19 @@ done:
  * size the spool's; the envelope and facts are set there again.
  */
 static void
-hand_over(struct smtp_sieve *sv, const struct spooled *s, struct sieve_msg **smp)
+hand_over(struct smtp_sieve *sv, struct spooled *s, struct sieve_msg **smp)
 {
 	struct sieve_msg *sm = *smp;
 	const char *nl = memchr(s->hbuf, '\n', s->body_off);
 
 	if (s->skip > 0) {
-		struct sieve_msg *rp = sieve_msg_parse(s->hbuf, s->skip);
-
-		if (rp->nhdr != 1) {
-			sieve_msg_free(&rp);
-			return;	/* read from the spool as before */
-		}
+		if (!s->has_rp)
+			return;	/* the user level reads the spool as before */
 		sm->hdr = xreallocarray(sm->hdr, sm->nhdr + 1, sizeof(*sm->hdr));
 		memmove(sm->hdr + 1, sm->hdr, sm->nhdr * sizeof(*sm->hdr));
-		sm->hdr[0] = rp->hdr[0];
+		sm->hdr[0] = s->rp;
 		sm->nhdr++;
-		rp->nhdr = 0;
-		sieve_msg_free(&rp);
+		s->has_rp = 0;	/* the message's now */
 	}
 	sm->size = (size_t)s->size;
 	sv->pmsg = sm;
