@@ -33,6 +33,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -408,9 +409,45 @@ spooled_free(struct spooled *s)
 static int
 count_cb(void *arg, const struct hdr_field *f)
 {
+	(void)arg;
 	(void)f;
-	(*(size_t *)arg)++;
 	return 0;
+}
+
+/* one header-section parser per job thread, reset for each message (it
+ * carries a 64 KB field buffer: not allocated and cleared per message) */
+static pthread_key_t hp_key;
+static pthread_once_t hp_once = PTHREAD_ONCE_INIT;
+
+static void
+hp_destroy(void *p)
+{
+	struct hdrparse *hp = p;
+
+	hdrparse_free(&hp);
+}
+
+static void
+hp_key_init(void)
+{
+	if (pthread_key_create(&hp_key, hp_destroy) != 0)
+		abort();
+}
+
+static struct hdrparse *
+thread_hdrparse(void)
+{
+	struct hdrparse *hp;
+
+	(void)pthread_once(&hp_once, hp_key_init);
+	if ((hp = pthread_getspecific(hp_key)) != NULL) {
+		hdrparse_reset(hp);
+		return hp;
+	}
+	hp = hdrparse_new(count_cb, NULL);
+	if (pthread_setspecific(hp_key, hp) != 0)
+		abort();
+	return hp;
 }
 
 /* the fields in [skip, hend) of buf: a line beginning with a blank continues */
@@ -448,7 +485,7 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 	struct stat st;
 	struct hdrparse *hp;
 	ssize_t r;
-	size_t len, nf = 0, text_len;
+	size_t len, text_len;
 	long used;
 	int stop;
 	struct sieve_msg *m;
@@ -473,7 +510,7 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 
 		s->skip = nl != NULL ? (size_t)(nl - s->hbuf) + 1 : 0;
 	}
-	hp = hdrparse_new(count_cb, &nf);
+	hp = thread_hdrparse();
 	used = hdrparse_feed(hp, s->hbuf + s->skip, len - s->skip, &stop);
 	if (!hdrparse_done(hp) && (off_t)len == s->size)
 		(void)hdrparse_finish(hp, &stop);
@@ -481,7 +518,6 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 	text_len = s->whole && hdrparse_done(hp) ?
 	    s->skip + (size_t)hdrparse_body_offset(hp) : len;
 	(void)used;
-	hdrparse_free(&hp);
 	/* the fields end before the empty line, when there is one */
 	s->hend = text_len;
 	if (s->hend >= s->skip + 2 && s->hbuf[s->hend - 1] == '\n') {
