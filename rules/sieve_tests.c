@@ -62,8 +62,9 @@ static struct sv_hval *hvals_get(struct sieve_run *run, const char *name)
 	size_t nh, no = 0;
 	const struct sieve_header *h = sv_hdrs(run, &nh);
 	char **out = NULL;
+	int c0 = name[0] | 0x20;
 	for (size_t i = 0; i < nh; i++)
-		if (strcasecmp(h[i].name, name) == 0)
+		if ((h[i].name[0] | 0x20) == c0 && strcasecmp(h[i].name, name) == 0)
 			sv_strv_push(&out, &no, sv_mime_decode(h[i].value));
 	run->hvals = xreallocarray(run->hvals, run->nhvals + 1, sizeof(*run->hvals));
 	struct sv_hval *v = &run->hvals[run->nhvals++];
