@@ -80,6 +80,11 @@ void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 	free(run->hvals);
 	run->hvals = NULL;
 	run->nhvals = 0;
+	for (size_t i = 0; i < run->nenvp; i++) {
+		free(run->envp[i].in);
+		free(run->envp[i].norm);
+	}
+	run->nenvp = 0;
 	for (size_t i = 0; i < run->nhdr; i++) {
 		free(run->hdr[i].name);
 		free(run->hdr[i].value);
