@@ -501,12 +501,9 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		snprintf(err, errsz, "%s", e);
 		goto out;
 	}
-	/* read back only when the door did not hand its parse over, or for
-	 * a plan that is not a plain keep (below) */
-	if (j->pre == NULL && maildir_tmp_open_read(*spool, &fd, &e) < 0) {
-		snprintf(err, errsz, "%s", e);
-		goto out;
-	}
+	/* read back only when the door did not hand its parse over (or a
+	 * script tests the body it did not read), or for a plan that is not
+	 * a plain keep (below) */
 
 	/* plan each recipient: nothing is written or sent yet */
 	for (size_t i = 0; i < n; i++) {
@@ -537,6 +534,13 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		in.limits = &sv->lim;
 		in.state_dir = sv->state_dir;
 		in.hostname = sv->hostname;
+		if (fd < 0 && sieve_deliver_reads_fd(&in)) {
+			if (maildir_tmp_open_read(*spool, &fd, &e) < 0) {
+				snprintf(err, errsz, "%s", e);
+				goto out;
+			}
+			in.fd = fd;
+		}
 		if (sieve_deliver_plan(&in, &rs[i].plan, &e) < 0) {
 			snprintf(err, errsz, "sieve: %s: %s", rs[i].user, e);
 			goto out;

@@ -652,6 +652,12 @@ need_body(const struct sieve_deliver_in *in)
 }
 
 int
+sieve_deliver_reads_fd(const struct sieve_deliver_in *in)
+{
+	return in->pre == NULL || in->pre->msg == NULL || (!in->pre->has_body && need_body(in));
+}
+
+int
 sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan **p_r,
     const char **error_r)
 {
@@ -670,7 +676,7 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 	int lf = 0, borrowed = 0;
 
 	*p_r = NULL;
-	if (in->pre != NULL && in->pre->msg != NULL && (in->pre->has_body || !need_body(in))) {
+	if (!sieve_deliver_reads_fd(in)) {
 		/* the door's parse: a copy of its own for the envelope, the
 		 * fields and body borrowed (msg_release) */
 		m = xmalloc(sizeof(*m));

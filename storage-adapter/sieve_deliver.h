@@ -165,6 +165,9 @@ int sieve_deliver_load_user(const char *sieve_dir, const char *user,
     const struct sieve_limits *lim, struct sieve_script **s_r, const char **error_r)
     __attribute__((warn_unused_result));
 
+/* 1 when sieve_deliver_plan(in) reads in->fd: no pre, or a script tests
+ * the body the door did not read (then in->fd must be open) */
+int sieve_deliver_reads_fd(const struct sieve_deliver_in *in);
 /* 0, or -1 when the message cannot be read (then nothing is planned) */
 int sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan **p_r,
     const char **error_r) __attribute__((warn_unused_result));

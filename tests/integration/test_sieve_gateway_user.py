@@ -84,6 +84,22 @@ if environment :is "remote-ip" "127.0.0.1" { fileinto :create "FromLoopback"; }
     "u3@example.com": r'''require ["fileinto", "mailbox"];
 fileinto :create "Lists.Work";
 ''',
+    # u6, u7: what the user level sees when the door's parse is handed over
+    # (u6) and when the body makes it read the spool (u7): the same message
+    "u6@example.com": r'''require ["fileinto", "mailbox", "envelope"];
+if allof (exists "Return-Path", header :contains "return-path" "<sender@outside.test>",
+          envelope :is "to" "u6@example.com", envelope :is "from" "sender@outside.test",
+          header :contains "subject" "HANDED", exists "Received", size :over 100) {
+    fileinto :create "AllSeen";
+}
+''',
+    "u7@example.com": r'''require ["fileinto", "mailbox", "envelope", "body"];
+if allof (exists "Return-Path", header :contains "return-path" "<sender@outside.test>",
+          envelope :is "to" "u7@example.com", header :contains "subject" "HANDED",
+          body :contains "Test message body", size :over 100) {
+    fileinto :create "AllSeen";
+}
+''',
 }
 
 GW = None
@@ -390,6 +406,26 @@ class T1UserScripts(unittest.TestCase):
             self.assertRegex(os.path.basename(got[0]), r":2,F")
         os.unlink(p)
         time.sleep(1.0)
+
+    def test_14_user_level_sees_the_message_as_stored(self):
+        """with a server script (it runs at the door, in the same job) the user
+        level sees the same fields as when it reads the stored file: our
+        Return-Path: and Received:, the envelope, the size"""
+        p = os.path.join(GW.dir, "state", "sieve", "server.sieve")
+        with open(p + ".tmp", "w") as f:
+            f.write('if header :contains "subject" "NEVER-MATCHES" { discard; }\n')
+        os.rename(p + ".tmp", p)
+        time.sleep(1.0)     # the watcher publishes within a second
+        try:
+            m = new_marker("handed")
+            self.assertEqual(send(GW, ["u6@example.com", "u7@example.com"],
+                                  make_message(m, subject="HANDED %s" % m))[0], 250)
+            for u in ("u6@example.com", "u7@example.com"):
+                self.assertEqual(len(stored_with(GW, u, m, "AllSeen")), 1, u)
+                self.assertEqual(stored_with(GW, u, m), [], u)
+        finally:
+            os.unlink(p)
+            time.sleep(1.0)
 
 
 class T2RelayhostDown(unittest.TestCase):
