@@ -93,6 +93,10 @@ if allof (exists "Return-Path", header :contains "return-path" "<sender@outside.
     fileinto :create "AllSeen";
 }
 ''',
+    "u8@example.com": r'''require ["editheader", "fileinto", "mailbox"];
+addheader "X-User-Tag" "u8";
+fileinto :create "Edited";
+''',
     "u7@example.com": r'''require ["fileinto", "mailbox", "envelope", "body"];
 if allof (exists "Return-Path", header :contains "return-path" "<sender@outside.test>",
           envelope :is "to" "u7@example.com", header :contains "subject" "HANDED",
@@ -423,6 +427,16 @@ class T1UserScripts(unittest.TestCase):
             for u in ("u6@example.com", "u7@example.com"):
                 self.assertEqual(len(stored_with(GW, u, m, "AllSeen")), 1, u)
                 self.assertEqual(stored_with(GW, u, m), [], u)
+            # a user-level edit on the handed-over parse: the body where it was
+            m = new_marker("handedit")
+            self.assertEqual(send(GW, ["u8@example.com"], make_message(m))[0], 250)
+            got = stored_with(GW, "u8@example.com", m, "Edited")
+            self.assertEqual(len(got), 1)
+            raw = open(got[0], "rb").read()
+            self.assertEqual(raw.count(b"X-User-Tag: u8\r\n"), 1, raw[:300])
+            self.assertEqual(raw.count(b"Return-Path:"), 1, raw[:300])
+            self.assertTrue(raw.endswith(b"\r\n\r\nTest message body.\r\nEND-%s\r\n"
+                                         % m.encode()), raw[-200:])
         finally:
             os.unlink(p)
             time.sleep(1.0)
