@@ -130,6 +130,7 @@ struct imap_proto {
 	int readonly;
 	struct vmsg *view;
 	size_t nview, capview;
+	size_t told;		/* view entries the client knows of (EXISTS less EXPUNGEs) */
 	size_t recent_told;
 	uint32_t kwmask;	/* keyword slots the client was told of */
 	/* the command being executed */
@@ -915,6 +916,7 @@ box_close(struct imap_proto *p)
 	free(p->view);
 	p->view = NULL;
 	p->nview = p->capview = 0;
+	p->told = 0;
 	p->recent_told = 0;
 	p->idling = 0;
 	if (p->st == ST_SELECTED)
@@ -1025,7 +1027,7 @@ fetch_flags_line(struct imap_proto *p, size_t i, int with_uid)
 static void
 view_sync(struct imap_proto *p, int expunge_ok)
 {
-	size_t n, bi = 0, old;
+	size_t n, bi = 0;
 	uint32_t last;
 	const char *err;
 
@@ -1054,31 +1056,33 @@ view_sync(struct imap_proto *p, int expunge_ok)
 			fetch_flags_line(p, i, 0);
 		}
 	}
-	old = p->nview;
+	/* expunges first, numbered against the view as it shrinks; only the
+	 * entries the client was told of can be gone (new ones come after) */
 	last = p->nview ? p->view[p->nview - 1].uid : 0;
-	for (size_t i = 0; i < n; i++) {
-		const struct mailstore_msg *m = mailstore_box_msg(p->box, i);
-
-		if (m->uid > last && p->nview < MAX_MAILSTORE_MESSAGES)
-			view_push(p, m);
-	}
 	if (expunge_ok) {
 		size_t w = 0;
 
 		for (size_t i = 0; i < p->nview; i++) {
 			if (p->view[i].gone) {
 				reply(p, "* %zu EXPUNGE", w + 1);
-				if (i < old)
-					old--;
+				p->told--;
 				continue;
 			}
 			p->view[w++] = p->view[i];
 		}
 		p->nview = w;
 	}
-	if (p->nview > old) {
+	/* then new mail, announced by EXISTS before anything names it */
+	for (size_t i = 0; i < n; i++) {
+		const struct mailstore_msg *m = mailstore_box_msg(p->box, i);
+
+		if (m->uid > last && p->nview < MAX_MAILSTORE_MESSAGES)
+			view_push(p, m);
+	}
+	if (p->nview > p->told) {
 		size_t r = view_recent(p);
 
+		p->told = p->nview;
 		reply(p, "* %zu EXISTS", p->nview);
 		reply(p, "* %zu RECENT", r);
 		p->recent_told = r;
@@ -1185,6 +1189,7 @@ x_select(struct imap_proto *p)
 		if (unseen == 0 && !(m->flags & MAILSTORE_SEEN))
 			unseen = i + 1;
 	}
+	p->told = p->nview;
 	p->recent_told = view_recent(p);
 	p->kwmask = kw_slots(p);
 	flag_list(p, flags, sizeof(flags), 0);

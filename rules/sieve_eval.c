@@ -80,6 +80,11 @@ void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 	free(run->hvals);
 	run->hvals = NULL;
 	run->nhvals = 0;
+	for (size_t i = 0; i < run->nenvp; i++) {
+		free(run->envp[i].in);
+		free(run->envp[i].norm);
+	}
+	run->nenvp = 0;
 	for (size_t i = 0; i < run->nhdr; i++) {
 		free(run->hdr[i].name);
 		free(run->hdr[i].value);
@@ -320,8 +325,9 @@ const char *sv_header_get(struct sieve_run *run, const char *name, size_t idx)
 {
 	size_t n;
 	const struct sieve_header *h = sv_hdrs(run, &n);
+	int c0 = name[0] | 0x20;	/* first letter first: most names differ there */
 	for (size_t i = 0; i < n; i++)
-		if (strcasecmp(h[i].name, name) == 0 && idx-- == 0)
+		if ((h[i].name[0] | 0x20) == c0 && strcasecmp(h[i].name, name) == 0 && idx-- == 0)
 			return h[i].value;
 	return NULL;
 }

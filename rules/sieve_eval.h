@@ -6,6 +6,7 @@
 struct sv_var { char *name; char *value; };
 struct sv_vars { struct sv_var *v; size_t n; };
 
+#define SV_ENVP_MAX 4
 struct sieve_run {
 	const struct sieve_script *script;	/* the script being executed now */
 	const struct sieve_msg *msg;
@@ -40,6 +41,10 @@ struct sieve_run {
 		struct sv_haddr { char **norm; size_t n; int invalid; } *addr;
 	} *hvals;
 	size_t nhvals;
+	/* envelope paths sv_test_envelope() parsed in this run, keyed by
+	 * their text (norm NULL: invalid); dropped with the message */
+	struct sv_envp { char *in, *norm; } envp[SV_ENVP_MAX];
+	size_t nenvp;
 };
 
 void sv_runtime_error(struct sieve_run *run, unsigned line, const char *fmt, ...)

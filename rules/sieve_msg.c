@@ -8,6 +8,7 @@
  *
  * A door fills one from its own facts; tests parse a whole text.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "rules/sieve.h"
@@ -35,11 +36,51 @@ static int on_field(void *arg, const struct hdr_field *f)
 	return 0;
 }
 
+/* one parser per thread, reset for each message (it carries a 64 KB field
+ * buffer: not allocated and cleared per message); its callback finds the
+ * message being parsed in parse_cur */
+static _Thread_local struct sieve_msg *parse_cur;
+static pthread_key_t parse_key;
+static pthread_once_t parse_once = PTHREAD_ONCE_INIT;
+
+static int on_field_cur(void *arg, const struct hdr_field *f)
+{
+	(void)arg;
+	return on_field(parse_cur, f);
+}
+
+static void parse_key_free(void *p)
+{
+	struct hdrparse *hp = p;
+	hdrparse_free(&hp);
+}
+
+static void parse_key_init(void)
+{
+	if (pthread_key_create(&parse_key, parse_key_free) != 0)
+		abort();
+}
+
+static struct hdrparse *thread_parser(void)
+{
+	struct hdrparse *hp;
+	(void)pthread_once(&parse_once, parse_key_init);
+	if ((hp = pthread_getspecific(parse_key)) != NULL) {
+		hdrparse_reset(hp);
+		return hp;
+	}
+	hp = hdrparse_new(on_field_cur, NULL);
+	if (pthread_setspecific(parse_key, hp) != 0)
+		abort();
+	return hp;
+}
+
 struct sieve_msg *sieve_msg_parse(const char *text, size_t len)
 {
 	struct sieve_msg *m = sieve_msg_new();
-	struct hdrparse *hp = hdrparse_new(on_field, m);
+	struct hdrparse *hp = thread_parser();
 	int stop;
+	parse_cur = m;
 	long took = hdrparse_feed(hp, text, len, &stop);
 	int has_body = hdrparse_done(hp);
 	if (took >= 0 && !hdrparse_done(hp))
@@ -47,7 +88,7 @@ struct sieve_msg *sieve_msg_parse(const char *text, size_t len)
 	size_t off = has_body ? (size_t)hdrparse_body_offset(hp) : len;
 	if (off > len)
 		off = len;
-	hdrparse_free(&hp);
+	parse_cur = NULL;
 	/* no empty line: no body at all (the body test then has nothing to match) */
 	m->body = has_body ? xstrndup(text + off, len - off) : NULL;
 	m->body_len = has_body ? len - off : 0;

@@ -39,6 +39,9 @@ struct sieve_rules_script {
 	long long size, mtime_ns;
 	unsigned long long ino;
 	int needs_body;		/* requires "body" or tests the size */
+	/* the gateway's delivery: whether a command acts on the store, found
+	 * once (0 not yet, 1 no, 2 yes; smtp_deliver_sieve.c) */
+	atomic_int acts_store;
 };
 
 struct sieve_rules {

@@ -62,8 +62,9 @@ static struct sv_hval *hvals_get(struct sieve_run *run, const char *name)
 	size_t nh, no = 0;
 	const struct sieve_header *h = sv_hdrs(run, &nh);
 	char **out = NULL;
+	int c0 = name[0] | 0x20;
 	for (size_t i = 0; i < nh; i++)
-		if (strcasecmp(h[i].name, name) == 0)
+		if ((h[i].name[0] | 0x20) == c0 && strcasecmp(h[i].name, name) == 0)
 			sv_strv_push(&out, &no, sv_mime_decode(h[i].value));
 	run->hvals = xreallocarray(run->hvals, run->nhvals + 1, sizeof(*run->hvals));
 	struct sv_hval *v = &run->hvals[run->nhvals++];
@@ -237,6 +238,27 @@ int sv_test_address(struct sieve_run *run, const struct sieve_node *n)
 	return r;
 }
 
+/* sv_addr_parse() of an envelope path, once per run for each text */
+static int envp_parse(struct sieve_run *run, const char *a, char **norm_r)
+{
+	for (size_t i = 0; i < run->nenvp; i++)
+		if (strcmp(run->envp[i].in, a) == 0) {
+			*norm_r = run->envp[i].norm != NULL ? xstrdup(run->envp[i].norm) : NULL;
+			return *norm_r != NULL ? 0 : -1;
+		}
+	char *norm = NULL;
+	int r = sv_addr_parse(a, &norm);
+	if (r < 0)
+		norm = NULL;
+	if (run->nenvp < SV_ENVP_MAX) {
+		run->envp[run->nenvp].in = xstrdup(a);
+		run->envp[run->nenvp].norm = norm != NULL ? xstrdup(norm) : NULL;
+		run->nenvp++;
+	}
+	*norm_r = norm;
+	return r < 0 ? -1 : 0;
+}
+
 int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n)
 {
 	size_t nn, nk, nv = 0;
@@ -326,7 +348,7 @@ int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n)
 			continue;
 		}
 		char *norm;
-		if (sv_addr_parse(a, &norm) < 0) {
+		if (envp_parse(run, a, &norm) < 0) {
 			free(a);	/* an invalid path matches nothing */
 			continue;
 		}

@@ -44,8 +44,9 @@ struct cached {
 	ino_t ino;
 	off_t size;
 	long long mtime_ns;
-	struct uscript *us;
+	struct uscript *us;	/* NULL: absent (ENOENT when checked) */
 	unsigned long long used;
+	long long checked_ns;	/* the last stat (CLOCK_MONOTONIC) */
 };
 
 struct smtp_deliver_sieve {
@@ -62,6 +63,7 @@ struct smtp_deliver_sieve {
 struct smtp_deliver_sieve_job {
 	struct smtp_deliver_sieve *sv;
 	const struct sieve_rules *rules;	/* held; NULL none */
+	const struct sieve_deliver_msg *pre;	/* the door's parse; NULL */
 	char *sender, *ip, *host, *helo, *conn;
 };
 
@@ -154,6 +156,13 @@ smtp_deliver_sieve_job_new(struct smtp_deliver_sieve *sv, const char *sender, co
 }
 
 void
+smtp_deliver_sieve_job_set_msg(struct smtp_deliver_sieve_job *j, const struct sieve_deliver_msg *pre)
+{
+	if (j != NULL)
+		j->pre = pre;
+}
+
+void
 smtp_deliver_sieve_job_free(struct smtp_deliver_sieve_job **jp)
 {
 	struct smtp_deliver_sieve_job *j = *jp;
@@ -180,9 +189,54 @@ stat_same(const struct cached *c, const struct stat *st)
 	    c->mtime_ns == (long long)st->st_mtim.tv_sec * 1000000000LL + st->st_mtim.tv_nsec;
 }
 
+static long long
+mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* the cache entry of path; sv->n when none (under sv->mu) */
+static size_t
+cache_find(const struct smtp_deliver_sieve *sv, const char *path)
+{
+	size_t i;
+
+	for (i = 0; i < sv->n; i++)
+		if (strcmp(sv->c[i].path, path) == 0)
+			break;
+	return i;
+}
+
+/* the slot for path: its entry, a new one, or the least recently used
+ * one (under sv->mu) */
+static size_t
+cache_slot(struct smtp_deliver_sieve *sv, const char *path)
+{
+	size_t i = cache_find(sv, path);
+
+	if (i == sv->n && sv->n >= SMTP_SIEVE_CACHE_MAX) {
+		size_t old = 0;
+
+		for (size_t k = 1; k < sv->n; k++)
+			if (sv->c[k].used < sv->c[old].used)
+				old = k;
+		i = old;
+	}
+	if (i == sv->n) {
+		sv->c = xreallocarray(sv->c, sv->n + 1, sizeof(*sv->c));
+		memset(&sv->c[sv->n++], 0, sizeof(*sv->c));
+	}
+	return i;
+}
+
 /*
  * USER's script: 0 with *u_r (NULL: the user has none), never -1: a script
  * that cannot be read or compiled comes back as a uscript with its error.
+ * The file is looked at (stat) at most once per SMTP_SIEVE_RECHECK_NS per
+ * user, present or absent: a changed script is in force within a second.
  */
 static void
 user_script(struct smtp_deliver_sieve *sv, const char *user, struct uscript **u_r)
@@ -193,38 +247,60 @@ user_script(struct smtp_deliver_sieve *sv, const char *user, struct uscript **u_
 	struct uscript *u;
 	struct sieve_script *s = NULL;
 	size_t i;
+	long long now;
 
 	*u_r = NULL;
 	if (sv->sieve_dir == NULL)
 		return;
 	if (sievestore_path(sv->sieve_dir, SIEVE_LEVEL_USER, user, &path, &e) < 0)
 		return;	/* a name no script can have */
+	now = mono_ns();
+	pthread_mutex_lock(&sv->mu);
+	i = cache_find(sv, path);
+	if (i < sv->n && now - sv->c[i].checked_ns < SMTP_SIEVE_RECHECK_NS) {
+		u = sv->c[i].us;	/* looked at less than a second ago */
+		if (u != NULL)
+			atomic_fetch_add(&u->refs, 1);
+		sv->c[i].used = ++sv->tick;
+		pthread_mutex_unlock(&sv->mu);
+		free(path);
+		*u_r = u;
+		return;
+	}
+	pthread_mutex_unlock(&sv->mu);
 	if (stat(path, &st) < 0) {
 		if (errno != ENOENT) {
 			u = xcalloc(1, sizeof(*u));
 			atomic_init(&u->refs, 1);
 			u->error = xasprintf("%s: %s", path, strerror(errno));
 			*u_r = u;
+			free(path);
+			return;
 		}
-		free(path);
+		pthread_mutex_lock(&sv->mu);	/* remembered as absent */
+		i = cache_slot(sv, path);
+		free(sv->c[i].path);
+		us_unref(&sv->c[i].us);
+		memset(&sv->c[i], 0, sizeof(sv->c[i]));
+		sv->c[i].path = path;
+		sv->c[i].checked_ns = now;
+		sv->c[i].used = ++sv->tick;
+		pthread_mutex_unlock(&sv->mu);
 		return;
 	}
 	pthread_mutex_lock(&sv->mu);
-	for (i = 0; i < sv->n; i++) {
-		if (strcmp(sv->c[i].path, path) != 0)
-			continue;
-		if (stat_same(&sv->c[i], &st)) {
-			u = sv->c[i].us;
-			atomic_fetch_add(&u->refs, 1);
-			sv->c[i].used = ++sv->tick;
-			pthread_mutex_unlock(&sv->mu);
-			free(path);
-			*u_r = u;
-			return;
-		}
-		break;	/* changed: compiled again below */
+	i = cache_find(sv, path);
+	if (i < sv->n && sv->c[i].us != NULL && stat_same(&sv->c[i], &st)) {
+		u = sv->c[i].us;
+		atomic_fetch_add(&u->refs, 1);
+		sv->c[i].used = ++sv->tick;
+		sv->c[i].checked_ns = now;
+		pthread_mutex_unlock(&sv->mu);
+		free(path);
+		*u_r = u;
+		return;
 	}
-	pthread_mutex_unlock(&sv->mu);
+	pthread_mutex_unlock(&sv->mu);	/* new or changed: compiled below */
 
 	u = xcalloc(1, sizeof(*u));
 	atomic_init(&u->refs, 1);
@@ -240,21 +316,7 @@ user_script(struct smtp_deliver_sieve *sv, const char *user, struct uscript **u_
 		return;
 	}
 	pthread_mutex_lock(&sv->mu);
-	for (i = 0; i < sv->n; i++)
-		if (strcmp(sv->c[i].path, path) == 0)
-			break;
-	if (i == sv->n && sv->n >= SMTP_SIEVE_CACHE_MAX) {
-		size_t old = 0;
-
-		for (size_t k = 1; k < sv->n; k++)
-			if (sv->c[k].used < sv->c[old].used)
-				old = k;
-		i = old;
-	}
-	if (i == sv->n) {
-		sv->c = xreallocarray(sv->c, sv->n + 1, sizeof(*sv->c));
-		memset(&sv->c[sv->n++], 0, sizeof(*sv->c));
-	}
+	i = cache_slot(sv, path);
 	free(sv->c[i].path);
 	us_unref(&sv->c[i].us);
 	sv->c[i].path = path;
@@ -265,6 +327,7 @@ user_script(struct smtp_deliver_sieve *sv, const char *user, struct uscript **u_
 	atomic_fetch_add(&u->refs, 1);
 	sv->c[i].us = u;
 	sv->c[i].used = ++sv->tick;
+	sv->c[i].checked_ns = now;
 	pthread_mutex_unlock(&sv->mu);
 }
 
@@ -308,10 +371,23 @@ acts_on_store(struct sieve_node *const *cmds, size_t n)
 	return 0;
 }
 
+/* found once per compiled script (it never changes): not a walk of the
+ * whole tree for every message */
 static int
 level_acts(const struct sieve_rules_script *rs)
 {
-	return rs != NULL && rs->s != NULL && acts_on_store(rs->s->cmds, rs->s->ncmds);
+	atomic_int *memo;
+	int v;
+
+	if (rs == NULL || rs->s == NULL)
+		return 0;
+	memo = (atomic_int *)&rs->acts_store;	/* a cache beside the immutable script */
+	v = atomic_load_explicit(memo, memory_order_relaxed);
+	if (v == 0) {
+		v = acts_on_store(rs->s->cmds, rs->s->ncmds) ? 2 : 1;
+		atomic_store_explicit(memo, v, memory_order_relaxed);
+	}
+	return v == 2;
 }
 
 /* ---- one delivery ---- */
@@ -425,10 +501,9 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		snprintf(err, errsz, "%s", e);
 		goto out;
 	}
-	if (maildir_tmp_open_read(*spool, &fd, &e) < 0) {
-		snprintf(err, errsz, "%s", e);
-		goto out;
-	}
+	/* read back only when the door did not hand its parse over (or a
+	 * script tests the body it did not read), or for a plan that is not
+	 * a plain keep (below) */
 
 	/* plan each recipient: nothing is written or sent yet */
 	for (size_t i = 0; i < n; i++) {
@@ -449,6 +524,7 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		in.env_from = j->sender;
 		in.env_to = rs[i].user;
 		in.fd = fd;
+		in.pre = j->pre;
 		in.script = rs[i].us != NULL ? rs[i].us->s : NULL;
 		in.rules = rs[i].higher ? j->rules : NULL;
 		in.domain = rs[i].domain;
@@ -458,12 +534,31 @@ smtp_deliver_sieve_run(struct smtp_deliver_sieve_job *j, struct maildir_tmp **sp
 		in.limits = &sv->lim;
 		in.state_dir = sv->state_dir;
 		in.hostname = sv->hostname;
+		if (fd < 0 && sieve_deliver_reads_fd(&in)) {
+			if (maildir_tmp_open_read(*spool, &fd, &e) < 0) {
+				snprintf(err, errsz, "%s", e);
+				goto out;
+			}
+			in.fd = fd;
+		}
 		if (sieve_deliver_plan(&in, &rs[i].plan, &e) < 0) {
 			snprintf(err, errsz, "sieve: %s: %s", rs[i].user, e);
 			goto out;
 		}
 		log_info("conn=%s sieve: %s: %s", j->conn, rs[i].user, rs[i].plan->log);
 		rs[i].linked = sieve_deliver_plan_is_plain(rs[i].plan);
+	}
+
+	/* the others read the spool (copies, redirects): open it before the
+	 * commit takes it */
+	for (size_t i = 0; i < n; i++) {
+		if (rs[i].linked || rs[i].plan == NULL)
+			continue;
+		if (fd < 0 && maildir_tmp_open_read(*spool, &fd, &e) < 0) {
+			snprintf(err, errsz, "%s", e);
+			goto out;
+		}
+		rs[i].plan->fd = fd;
 	}
 
 	/* the plain ones: one file, hard-linked, all or nothing */

@@ -33,7 +33,9 @@
  * here.
  *
  * With scripts: the message is written whole to the first recipient's tmp/
- * (if it was not spooled already) and read back from there; per recipient
+ * (if it was not spooled already) and read back from there, unless the
+ * door handed its parse over (smtp_deliver_sieve_job_set_msg: then the spool
+ * is opened only for a plan that is not a plain keep); per recipient
  * sieve_deliver_plan() runs the server, domain and user levels; recipients
  * whose plan is a plain keep (and those without any script) are committed
  * together by hard links, all or nothing; for the others every outgoing
@@ -46,7 +48,9 @@
  *
  * Compiled user scripts are cached (SMTP_SIEVE_CACHE_MAX entries, least
  * recently used out), keyed by the file's path and checked against its
- * inode, size and mtime on every delivery (one stat); a script that
+ * inode, size and mtime (one stat) at most once a second per user, a user
+ * without a script too: a new, changed or removed script is in force
+ * within a second (issue 10); a script that
  * requires "include" is compiled each time (its included files are not
  * tracked). A broken script's error is cached the same way, so it is not
  * recompiled for every message.
@@ -59,6 +63,7 @@
  */
 
 #define SMTP_SIEVE_CACHE_MAX 1024	/* compiled user scripts kept */
+#define SMTP_SIEVE_RECHECK_NS 1000000000LL	/* a user's script file looked at */
 #define SMTP_SIEVE_RELAY_TIMEOUT 60	/* at most, per relayhost reply (smtp_timeout) */
 
 struct smtp_deliver_sieve_conf {
@@ -73,6 +78,7 @@ struct smtp_deliver_sieve_conf {
 
 struct smtp_deliver_sieve;
 struct smtp_deliver_sieve_job;
+struct sieve_deliver_msg;
 
 /* NULL when there is nothing to do (no sieve_dir, no snapshot) */
 struct smtp_deliver_sieve *smtp_deliver_sieve_new(const struct smtp_deliver_sieve_conf *c);
@@ -82,6 +88,11 @@ void smtp_deliver_sieve_free(struct smtp_deliver_sieve **sv);
 struct smtp_deliver_sieve_job *smtp_deliver_sieve_job_new(struct smtp_deliver_sieve *sv,
     const char *sender, const char *client, const char *helo, const char *conn);
 void smtp_deliver_sieve_job_free(struct smtp_deliver_sieve_job **j);
+/* the door's parsed message (smtp_sieve_msg; NULL: none): the user level
+ * uses it instead of reading the spool again; pre stays valid until the
+ * run returned. j may be NULL */
+void smtp_deliver_sieve_job_set_msg(struct smtp_deliver_sieve_job *j,
+    const struct sieve_deliver_msg *pre);
 
 /*
  * On the job thread. spool: the message's tmp/ file so far (NULL: not

@@ -281,6 +281,7 @@ delivery_run(void *arg)
 		}
 		d->spool = smtp_sieve_take_store(d->door);
 		d->size = smtp_sieve_size(d->door);
+		smtp_deliver_sieve_job_set_msg(d->sv, smtp_sieve_msg(d->door));	/* parsed once */
 	}
 	if (d->n == 0) {
 		snprintf(d->err, sizeof(d->err), "no local recipient to deliver to");

@@ -33,6 +33,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -53,6 +54,7 @@
 #include "smtp-gateway/relay_send.h"
 #include "smtp-gateway/smtp_sieve.h"
 #include "storage-adapter/maildir.h"
+#include "storage-adapter/sieve_deliver.h"
 
 #define COPY_PIECE 65536
 
@@ -77,6 +79,10 @@ struct smtp_sieve {
 	char *path2;
 	off_t pump_off;
 	struct smtp_sieve_result res;
+	/* the store route, passed unedited: the parsed message for the user
+	 * level in the same job (smtp_sieve_msg) */
+	struct sieve_msg *pmsg;
+	struct sieve_deliver_msg pre;
 };
 
 static atomic_uint seq;
@@ -354,9 +360,13 @@ struct spooled {
 	char *hbuf;		/* the header section (and the body, when read) */
 	size_t hend;		/* the end of the fields (before the empty line) */
 	int whole;		/* the header section ended within the cap */
+	int body_read;		/* hbuf has the body (or there is none) */
+	size_t body_off;	/* where the body starts (spool offsets) */
 	size_t skip;		/* our Return-Path: line (store route): not the scripts' */
 	struct rawfield *raw;
 	size_t nraw;
+	struct sieve_header rp;	/* our Return-Path: field, parsed */
+	int has_rp;
 };
 
 /* n octets from off of the message (the spool, or head + mem) */
@@ -388,6 +398,10 @@ spooled_free(struct spooled *s)
 		close(s->fd);
 	free(s->hbuf);
 	free(s->raw);
+	if (s->has_rp) {
+		free(s->rp.name);
+		free(s->rp.value);
+	}
 	memset(s, 0, sizeof(*s));
 	s->fd = -1;
 }
@@ -395,9 +409,45 @@ spooled_free(struct spooled *s)
 static int
 count_cb(void *arg, const struct hdr_field *f)
 {
+	(void)arg;
 	(void)f;
-	(*(size_t *)arg)++;
 	return 0;
+}
+
+/* one header-section parser per job thread, reset for each message (it
+ * carries a 64 KB field buffer: not allocated and cleared per message) */
+static pthread_key_t hp_key;
+static pthread_once_t hp_once = PTHREAD_ONCE_INIT;
+
+static void
+hp_destroy(void *p)
+{
+	struct hdrparse *hp = p;
+
+	hdrparse_free(&hp);
+}
+
+static void
+hp_key_init(void)
+{
+	if (pthread_key_create(&hp_key, hp_destroy) != 0)
+		abort();
+}
+
+static struct hdrparse *
+thread_hdrparse(void)
+{
+	struct hdrparse *hp;
+
+	(void)pthread_once(&hp_once, hp_key_init);
+	if ((hp = pthread_getspecific(hp_key)) != NULL) {
+		hdrparse_reset(hp);
+		return hp;
+	}
+	hp = hdrparse_new(count_cb, NULL);
+	if (pthread_setspecific(hp_key, hp) != 0)
+		abort();
+	return hp;
 }
 
 /* the fields in [skip, hend) of buf: a line beginning with a blank continues */
@@ -435,7 +485,7 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 	struct stat st;
 	struct hdrparse *hp;
 	ssize_t r;
-	size_t len, nf = 0, text_len;
+	size_t len, text_len;
 	long used;
 	int stop;
 	struct sieve_msg *m;
@@ -460,7 +510,7 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 
 		s->skip = nl != NULL ? (size_t)(nl - s->hbuf) + 1 : 0;
 	}
-	hp = hdrparse_new(count_cb, &nf);
+	hp = thread_hdrparse();
 	used = hdrparse_feed(hp, s->hbuf + s->skip, len - s->skip, &stop);
 	if (!hdrparse_done(hp) && (off_t)len == s->size)
 		(void)hdrparse_finish(hp, &stop);
@@ -468,7 +518,6 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 	text_len = s->whole && hdrparse_done(hp) ?
 	    s->skip + (size_t)hdrparse_body_offset(hp) : len;
 	(void)used;
-	hdrparse_free(&hp);
 	/* the fields end before the empty line, when there is one */
 	s->hend = text_len;
 	if (s->hend >= s->skip + 2 && s->hbuf[s->hend - 1] == '\n') {
@@ -480,6 +529,8 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 			s->hend = e;	/* the empty line itself stays in the tail */
 	}
 	split_fields(s);
+	s->body_off = text_len;
+	s->body_read = need_body || (off_t)text_len >= s->size;
 	if (need_body && (off_t)text_len < s->size) {
 		size_t want = (size_t)(s->size - (off_t)text_len);
 
@@ -493,7 +544,17 @@ spooled_read(struct spooled *s, int store, int need_body, const char **error_r)
 		}
 		text_len += (size_t)r;
 	}
-	m = sieve_msg_parse(s->hbuf + s->skip, text_len - s->skip);
+	/* parsed from offset 0: our Return-Path: field is kept aside for the
+	 * user level (hand_over) and the scripts do not see it */
+	m = sieve_msg_parse(s->hbuf, text_len);
+	if (s->skip > 0 && m->nhdr > 0 && strcasecmp(m->hdr[0].name, "Return-Path") == 0) {
+		s->rp = m->hdr[0];
+		s->has_rp = 1;
+		memmove(m->hdr, m->hdr + 1, --m->nhdr * sizeof(*m->hdr));
+	} else if (s->skip > 0) {
+		sieve_msg_free(&m);	/* not ours after all: as the scripts see it */
+		m = sieve_msg_parse(s->hbuf + s->skip, text_len - s->skip);
+	}
 	m->size = (size_t)s->size - s->skip;
 	if (m->nhdr != s->nraw)
 		s->nraw = 0;	/* cannot pair them: an edit rewrites every field */
@@ -768,6 +829,8 @@ redirects(struct smtp_sieve *sv, const struct smtp_msg *m, const struct sieve_do
 	return rc;
 }
 
+static void hand_over(struct smtp_sieve *sv, struct spooled *s, struct sieve_msg **smp);
+
 void
 smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
 {
@@ -855,10 +918,47 @@ smtp_sieve_run(struct smtp_sieve *sv, const struct smtp_msg *m)
 		res->tempfail = 1;
 		snprintf(res->err, sizeof(res->err), "sieve: %s", err);
 	}
+	if (d.action == SIEVE_DOOR_PASS && !res->tempfail && d.hdr == NULL && store && s.whole)
+		hand_over(sv, &s, &sm);
 done:
 	sieve_door_result_free(&d);
 	sieve_msg_free(&sm);
 	spooled_free(&s);
+}
+
+/*
+ * Keep the parsed message for the user level (sieve_deliver_msg): as the
+ * plan would read it from the spool, our Return-Path: field first and the
+ * size the spool's; the envelope and facts are set there again.
+ */
+static void
+hand_over(struct smtp_sieve *sv, struct spooled *s, struct sieve_msg **smp)
+{
+	struct sieve_msg *sm = *smp;
+	const char *nl = memchr(s->hbuf, '\n', s->body_off);
+
+	if (s->skip > 0) {
+		if (!s->has_rp)
+			return;	/* the user level reads the spool as before */
+		sm->hdr = xreallocarray(sm->hdr, sm->nhdr + 1, sizeof(*sm->hdr));
+		memmove(sm->hdr + 1, sm->hdr, sm->nhdr * sizeof(*sm->hdr));
+		sm->hdr[0] = s->rp;
+		sm->nhdr++;
+		s->has_rp = 0;	/* the message's now */
+	}
+	sm->size = (size_t)s->size;
+	sv->pmsg = sm;
+	*smp = NULL;
+	sv->pre.msg = sm;
+	sv->pre.has_body = s->body_read;
+	sv->pre.body_off = (long long)s->body_off;
+	sv->pre.lf = nl != NULL && (nl == s->hbuf || nl[-1] != '\r');
+}
+
+const struct sieve_deliver_msg *
+smtp_sieve_msg(const struct smtp_sieve *sv)
+{
+	return sv != NULL && sv->pmsg != NULL ? &sv->pre : NULL;
 }
 
 struct maildir_tmp *
@@ -950,6 +1050,7 @@ smtp_sieve_free(struct smtp_sieve **svp)
 		(void)unlink(sv->path2);
 	free(sv->path);
 	free(sv->path2);
+	sieve_msg_free(&sv->pmsg);
 	free(sv->head);
 	free(sv->local);
 	for (size_t i = 0; i < sv->res.nlocal; i++)

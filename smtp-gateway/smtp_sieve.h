@@ -31,6 +31,8 @@
  *                         redirects to addresses outside our domains (sent
  *                         through the relayhost, relay_send)
  *   smtp_sieve_take_store()  store route, passed: the spool to commit
+ *   smtp_sieve_msg()      store route, passed unedited: the parsed message
+ *                         for the user level (not read and parsed again)
  *   smtp_sieve_pump()     downstream route, passed: the spool to the
  *                         downstream session, bounded by its queue
  *   smtp_sieve_verdict()  the engine verdict for the log and counters
@@ -45,6 +47,7 @@
 struct downstream;
 struct policy;
 struct maildir_tmp;
+struct sieve_deliver_msg;
 
 struct smtp_sieve_conf {
 	const char *quarantine_dir;	/* a Maildir; also the downstream route's spool */
@@ -98,6 +101,10 @@ const struct smtp_sieve_result *smtp_sieve_result(const struct smtp_sieve *sv);
 /* the store route's spool (edited when the scripts edited), for the
  * delivery to commit; NULL on the downstream route; once */
 struct maildir_tmp *smtp_sieve_take_store(struct smtp_sieve *sv);
+/* store route, passed unedited: the message as smtp_sieve_run() parsed it,
+ * for the user level in the same job (smtp_deliver_sieve_job_set_msg);
+ * NULL: none (read the spool). Valid until smtp_sieve_free() */
+const struct sieve_deliver_msg *smtp_sieve_msg(const struct smtp_sieve *sv);
 /* queue the spool on ds while less than queue_max waits there: 1 all of
  * it was queued (then downstream_finish), 0 wait for room, -1 a read failed */
 int smtp_sieve_pump(struct smtp_sieve *sv, struct downstream *ds, size_t queue_max);

@@ -625,6 +625,19 @@ redirect_loop(const struct sieve_msg *m, const char *user)
 	return 0;
 }
 
+/* free m; borrowed: its fields and body are the door's (only the
+ * envelope and facts set here are freed) */
+static void
+msg_release(struct sieve_msg **m, int borrowed)
+{
+	if (borrowed && *m != NULL) {
+		(*m)->hdr = NULL;
+		(*m)->nhdr = 0;
+		(*m)->body = NULL;
+	}
+	sieve_msg_free(m);
+}
+
 /* the user's script or a level before it tests the body */
 static int
 need_body(const struct sieve_deliver_in *in)
@@ -636,6 +649,12 @@ need_body(const struct sieve_deliver_in *in)
 		    strcmp(in->script->caps[i], "include") == 0)
 			return 1;
 	return 0;
+}
+
+int
+sieve_deliver_reads_fd(const struct sieve_deliver_in *in)
+{
+	return in->pre == NULL || in->pre->msg == NULL || (!in->pre->has_body && need_body(in));
 }
 
 int
@@ -654,11 +673,23 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 	const struct sieve_rules_script *lv[2];
 	size_t higher = 0;	/* actions of the server and domain levels */
 	long long body_off = 0;
-	int lf = 0;
+	int lf = 0, borrowed = 0;
 
 	*p_r = NULL;
-	if ((m = read_msg(in->fd, need_body(in), &body_off, &lf, error_r)) == NULL)
+	if (!sieve_deliver_reads_fd(in)) {
+		/* the door's parse: a copy of its own for the envelope, the
+		 * fields and body borrowed (msg_release) */
+		m = xmalloc(sizeof(*m));
+		*m = *in->pre->msg;
+		m->env_from = m->env_to = m->env_orig_to = m->env_auth = NULL;
+		m->env_items = NULL;
+		m->nenv = 0;
+		body_off = in->pre->body_off;
+		lf = in->pre->lf;
+		borrowed = 1;
+	} else if ((m = read_msg(in->fd, need_body(in), &body_off, &lf, error_r)) == NULL) {
 		return -1;
+	}
 	p = xcalloc(1, sizeof(*p));
 	p->store_root = xstrdup(in->store_root);
 	p->user = xstrdup(in->user);
@@ -670,7 +701,7 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 	if (in->script == NULL && (in->rules == NULL || !sieve_rules_any(in->rules))) {
 		add_copy(p, "INBOX", 0, NULL, 0, 0);
 		logf_add(p, "keep", NULL);
-		sieve_msg_free(&m);
+		msg_release(&m, borrowed);
 		return 0;
 	}
 	sieve_msg_set_env(m, "from", in->env_from != NULL ? in->env_from : "");
@@ -700,7 +731,7 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 			logf_add(p, "script failed, kept", err.n > 0 ? err.msg[0] : NULL);
 			sieve_errors_clear(&err);
 			sieve_result_free(&res);
-			sieve_msg_free(&m);
+			msg_release(&m, borrowed);
 			return 0;
 		}
 		sieve_errors_clear(&err);
@@ -724,7 +755,7 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 	if (res == NULL) {	/* no script ran */
 		add_copy(p, "INBOX", 0, NULL, 0, 0);
 		logf_add(p, "keep", NULL);
-		sieve_msg_free(&m);
+		msg_release(&m, borrowed);
 		return 0;
 	}
 	sender = bare_addr(in->env_from != NULL ? in->env_from : "");
@@ -816,7 +847,7 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 	p->discarded = p->ncopy == 0;
 	free(sender);
 	sieve_result_free(&res);
-	sieve_msg_free(&m);
+	msg_release(&m, borrowed);
 	return 0;
 }
 

@@ -67,13 +67,32 @@
  * again (a redirect loop across users or hosts) */
 #define SIEVE_DELIVER_MAX_REDIRECT_HOPS	8
 
+/*
+ * The message already read and parsed by the door's server/domain run in
+ * the same job (smtp_sieve.c): the plan uses it instead of reading the
+ * spool again. Exactly what the plan would read from the spool: the
+ * fields from offset 0 (our Return-Path: included), the body when
+ * has_body, size the spool's. Borrowed: never changed (the plan sets the
+ * envelope and facts on a copy of its own).
+ */
+struct sieve_deliver_msg {
+	const struct sieve_msg *msg;
+	int has_body;			/* the body was read (or there is none) */
+	long long body_off;		/* where the body starts in the spool; -1 */
+	int lf;				/* the first line ends in a bare LF */
+};
+
 struct sieve_deliver_in {
 	const char *store_root;		/* mailstore root */
 	const char *user;		/* canonical "local@domain" */
 	const char *env_from;		/* "" is the null sender */
 	const char *env_to;		/* the recipient address (RCPT TO) */
 	const char *env_orig_to;	/* NULL: env_to */
-	int fd;				/* the spooled message */
+	int fd;				/* the spooled message; -1 with pre (the
+					 * caller sets plan->fd before the store
+					 * and the sends) */
+	const struct sieve_deliver_msg *pre;	/* NULL: read from fd; used
+					 * when it has the body or none is needed */
 	int need_body;			/* 1: read the body anyway; it is read
 					 * when a script requires body or include */
 	const struct sieve_script *script;	/* the user's; NULL: none, keep */
@@ -146,6 +165,9 @@ int sieve_deliver_load_user(const char *sieve_dir, const char *user,
     const struct sieve_limits *lim, struct sieve_script **s_r, const char **error_r)
     __attribute__((warn_unused_result));
 
+/* 1 when sieve_deliver_plan(in) reads in->fd: no pre, or a script tests
+ * the body the door did not read (then in->fd must be open) */
+int sieve_deliver_reads_fd(const struct sieve_deliver_in *in);
 /* 0, or -1 when the message cannot be read (then nothing is planned) */
 int sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan **p_r,
     const char **error_r) __attribute__((warn_unused_result));

@@ -25,7 +25,9 @@ Where the scripts run: the server and domain levels (reject, quarantine,
 discard: the door's actions) at the final dot (smtp_sieve.c), the user
 level at delivery (smtp_deliver_sieve.c); the server and domain levels run
 again at delivery only when they act on the store (imap4flags, vacation,
-fileinto), which these do not.
+fileinto), which these do not. The user level takes the message as the door
+parsed it in the same job (not read from the spool again) and looks at the
+user's script file at most once a second.
 
     python3 tests/bench/sieve_gateway_bench.py [--messages 5000] [--sessions 20]
         [--size 1024] [--warmup 200] [--repeats 4] [--levels server,domain,user] [--keep]

@@ -84,6 +84,26 @@ if environment :is "remote-ip" "127.0.0.1" { fileinto :create "FromLoopback"; }
     "u3@example.com": r'''require ["fileinto", "mailbox"];
 fileinto :create "Lists.Work";
 ''',
+    # u6, u7: what the user level sees when the door's parse is handed over
+    # (u6) and when the body makes it read the spool (u7): the same message
+    "u6@example.com": r'''require ["fileinto", "mailbox", "envelope"];
+if allof (exists "Return-Path", header :contains "return-path" "<sender@outside.test>",
+          envelope :is "to" "u6@example.com", envelope :is "from" "sender@outside.test",
+          header :contains "subject" "HANDED", exists "Received", size :over 100) {
+    fileinto :create "AllSeen";
+}
+''',
+    "u8@example.com": r'''require ["editheader", "fileinto", "mailbox"];
+addheader "X-User-Tag" "u8";
+fileinto :create "Edited";
+''',
+    "u7@example.com": r'''require ["fileinto", "mailbox", "envelope", "body"];
+if allof (exists "Return-Path", header :contains "return-path" "<sender@outside.test>",
+          envelope :is "to" "u7@example.com", header :contains "subject" "HANDED",
+          body :contains "Test message body", size :over 100) {
+    fileinto :create "AllSeen";
+}
+''',
 }
 
 GW = None
@@ -298,10 +318,12 @@ class T1UserScripts(unittest.TestCase):
         self.assertEqual(send(GW, ["u4@example.com"], make_message(m))[0], 250)
         self.assertEqual(len(stored_with(GW, "u4@example.com", m)), 1)
         write_script(GW.dir, "u4@example.com", 'discard;\n')
+        time.sleep(1.1)     # in force within a second (the file is looked at once a second)
         m = new_marker("chg2")
         self.assertEqual(send(GW, ["u4@example.com"], make_message(m))[0], 250)
         self.assertEqual(stored_with(GW, "u4@example.com", m), [])
         write_script(GW.dir, "u4@example.com", 'keep;\n')
+        time.sleep(1.1)
         m = new_marker("chg3")
         self.assertEqual(send(GW, ["u4@example.com"], make_message(m))[0], 250)
         self.assertEqual(len(stored_with(GW, "u4@example.com", m)), 1)
@@ -388,6 +410,36 @@ class T1UserScripts(unittest.TestCase):
             self.assertRegex(os.path.basename(got[0]), r":2,F")
         os.unlink(p)
         time.sleep(1.0)
+
+    def test_14_user_level_sees_the_message_as_stored(self):
+        """with a server script (it runs at the door, in the same job) the user
+        level sees the same fields as when it reads the stored file: our
+        Return-Path: and Received:, the envelope, the size"""
+        p = os.path.join(GW.dir, "state", "sieve", "server.sieve")
+        with open(p + ".tmp", "w") as f:
+            f.write('if header :contains "subject" "NEVER-MATCHES" { discard; }\n')
+        os.rename(p + ".tmp", p)
+        time.sleep(1.0)     # the watcher publishes within a second
+        try:
+            m = new_marker("handed")
+            self.assertEqual(send(GW, ["u6@example.com", "u7@example.com"],
+                                  make_message(m, subject="HANDED %s" % m))[0], 250)
+            for u in ("u6@example.com", "u7@example.com"):
+                self.assertEqual(len(stored_with(GW, u, m, "AllSeen")), 1, u)
+                self.assertEqual(stored_with(GW, u, m), [], u)
+            # a user-level edit on the handed-over parse: the body where it was
+            m = new_marker("handedit")
+            self.assertEqual(send(GW, ["u8@example.com"], make_message(m))[0], 250)
+            got = stored_with(GW, "u8@example.com", m, "Edited")
+            self.assertEqual(len(got), 1)
+            raw = open(got[0], "rb").read()
+            self.assertEqual(raw.count(b"X-User-Tag: u8\r\n"), 1, raw[:300])
+            self.assertEqual(raw.count(b"Return-Path:"), 1, raw[:300])
+            self.assertTrue(raw.endswith(b"\r\n\r\nTest message body.\r\nEND-%s\r\n"
+                                         % m.encode()), raw[-200:])
+        finally:
+            os.unlink(p)
+            time.sleep(1.0)
 
 
 class T2RelayhostDown(unittest.TestCase):

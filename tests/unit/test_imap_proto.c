@@ -628,6 +628,62 @@ test_imap_two_sessions(void)
 	store_free(&e);
 }
 
+/* another session expunges the last messages of this one's view and mail
+ * arrives: the sync in the answer to STORE/COPY tells the EXPUNGEs, then the
+ * EXISTS of the new mail, and FETCH 1:* names nothing the client was not told
+ * of (the told count once went wrong after two expunges, test_imap_stress.py
+ * S1-S3) */
+static void
+test_imap_view_sync(void)
+{
+	struct imap_params prm = P_OPEN;
+	struct imap_proto *a, *b;
+	struct env e;
+	char *junk;
+
+	store_make(&e);
+	prm.store_root = e.root;
+	a = imap_proto_new(&prm);
+	b = imap_proto_new(&prm);
+	imap_proto_start(a);
+	imap_proto_start(b);
+	junk = say(a, &e, "1 LOGIN alice secret\r\n2 SELECT INBOX\r\n");
+	free(junk);
+	junk = say(b, &e, "1 LOGIN alice secret\r\n2 SELECT INBOX\r\n");
+	free(junk);
+	SAYS(b, "3 STORE 1:2 +FLAGS.SILENT (\\Deleted)\r\n4 EXPUNGE\r\n",
+	    "3 OK Store completed.\r\n* 1 EXPUNGE\r\n* 1 EXPUNGE\r\n4 OK Expunge completed.\r\n");
+	deliver(&e, "Subject: three\n\nx\n");
+	SAYS(a, "3 UID STORE 3 +FLAGS (\\Flagged)\r\n",
+	    "* 1 EXPUNGE\r\n* 1 EXPUNGE\r\n* 1 EXISTS\r\n* 1 RECENT\r\n"
+	    "3 OK Store completed.\r\n");
+	SAYS(a, "4 UID STORE 3 +FLAGS (\\Flagged)\r\n5 FETCH 1:* UID\r\n",
+	    "* 1 FETCH (UID 3 FLAGS (\\Flagged \\Recent))\r\n4 OK Store completed.\r\n"
+	    "* 1 FETCH (UID 3)\r\n5 OK Fetch completed.\r\n");
+	/* the same in the answer to a COPY */
+	deliver(&e, "Subject: four\n\nx\n");
+	deliver(&e, "Subject: five\n\nx\n");
+	SAYS(a, "6 NOOP\r\n", "* 3 EXISTS\r\n* 3 RECENT\r\n6 OK NOOP completed.\r\n");
+	junk = say(b, &e, "5 NOOP\r\n");
+	free(junk);
+	SAYS(b, "6 STORE 2:3 +FLAGS.SILENT (\\Deleted)\r\n7 EXPUNGE\r\n",
+	    "6 OK Store completed.\r\n* 2 EXPUNGE\r\n* 2 EXPUNGE\r\n7 OK Expunge completed.\r\n");
+	deliver(&e, "Subject: six\n\nx\n");
+	junk = say(a, &e, "7 UID COPY 3 Archive\r\n");
+	if (strncmp(junk, "* 2 EXPUNGE\r\n* 2 EXPUNGE\r\n* 2 EXISTS\r\n* 2 RECENT\r\n"
+	    "7 OK [COPYUID ", 58) != 0) {
+		fprintf(stderr, "\n7 UID COPY 3 Archive\n--- got\n%s", junk);
+		CU_FAIL("UID COPY: EXPUNGE then EXISTS");
+	}
+	free(junk);
+	SAYS(a, "8 FETCH 1:* UID\r\n9 FETCH 3 UID\r\n",
+	    "* 1 FETCH (UID 3)\r\n* 2 FETCH (UID 6)\r\n8 OK Fetch completed.\r\n"
+	    "9 BAD Error in IMAP command FETCH: Invalid messageset.\r\n");
+	imap_proto_free(&a);
+	imap_proto_free(&b);
+	store_free(&e);
+}
+
 /* big work in pieces: a 1 MB APPEND goes to the store in 64 KiB execs (the
  * session never holds it whole), a FETCH of 40 messages comes in batches,
  * each batch's output complete; the bytes are exactly the message's */
@@ -857,6 +913,7 @@ static CU_TestInfo tests[] = {
 	{ "golden dialogues on a real store, whole/bytewise/random", test_imap_dialogues },
 	{ "LIST patterns", test_imap_list_match },
 	{ "two sessions, one folder: FETCH FLAGS, EXPUNGE, IDLE", test_imap_two_sessions },
+	{ "two sessions: EXPUNGEs, then EXISTS, then FETCH of new mail", test_imap_view_sync },
 	{ "a 1 MB APPEND in 64 KiB writes, FETCH in batches", test_imap_batches },
 	{ "four sessions, random commands: every view ends as the store", test_imap_stress },
 	{ NULL, NULL },

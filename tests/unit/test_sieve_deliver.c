@@ -162,21 +162,28 @@ static const struct {
 	  { { "INBOX", "" } }, 0, 0, NULL, 1 },
 };
 
+/* pre: 1 the message handed over parsed (the gateway's door), as the spool */
 static void
-test_table(void)
+test_table_with(int pre)
 {
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char *root = unit_tmpdir();
 		struct sieve_script *s = compile(cases[i].script);
 		int fd = spool(root, msg_plain);
+		struct sieve_msg *pm = sieve_msg_parse(msg_plain, strlen(msg_plain));
+		struct sieve_deliver_msg dm = { pm, 1,
+		    (long long)(strstr(msg_plain, "\r\n\r\n") + 4 - msg_plain), 0 };
 		struct sieve_deliver_in in = {
 			.store_root = root, .user = USER, .env_from = cases[i].from,
-			.env_to = USER, .fd = fd, .script = s, .hostname = "mx.example.com",
+			.env_to = USER, .fd = pre ? -1 : fd, .pre = pre ? &dm : NULL, .script = s,
+			.hostname = "mx.example.com",
 		};
 		struct sieve_deliver_plan *p;
 		const char *error;
 
+		pm->size = strlen(msg_plain);
 		CU_ASSERT_EQUAL_FATAL(sieve_deliver_plan(&in, &p, &error), 0);
+		p->fd = fd;	/* as the gateway does before the store */
 		CU_ASSERT_EQUAL(sieve_deliver_store(p, &error), 0);
 		CU_ASSERT_EQUAL(p->nout, cases[i].nout);
 		CU_ASSERT_EQUAL(p->discarded, cases[i].discarded);
@@ -204,9 +211,25 @@ test_table(void)
 		}
 		sieve_deliver_plan_free(&p);
 		sieve_script_free(&s);
+		/* the door's message is untouched (no envelope left on it) */
+		CU_ASSERT_PTR_NULL(pm->env_from);
+		CU_ASSERT_EQUAL(pm->nhdr, 4);
+		sieve_msg_free(&pm);
 		close(fd);
 		free(root);
 	}
+}
+
+static void
+test_table(void)
+{
+	test_table_with(0);
+}
+
+static void
+test_table_pre(void)
+{
+	test_table_with(1);
 }
 
 static void
@@ -761,6 +784,7 @@ static CU_TestInfo tests[] = {
 	{ "editheader reaches the stored copy", test_editheader },
 	{ "server and domain levels first (multiscript)", test_levels },
 	{ "actions into a real store (table)", test_table },
+	{ "the same with the door's parsed message handed over", test_table_pre },
 	{ "keywords file", test_keywords_file },
 	{ "reject composes the RFC 5429 refusal", test_reject_text },
 	{ "vacation once per period per sender, never to lists", test_vacation },
