@@ -195,6 +195,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mailstore_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_proxy.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_mime_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_session_dovecot.py
@@ -211,6 +212,7 @@ bench: deps
 	python3 tests/bench/sieve_gateway_bench.py
 	python3 tests/bench/auth_bench.py --seconds 2 --repeats 2
 	python3 tests/bench/mailread_bench.py
+	python3 tests/bench/proxy_bench.py
 
 run: deps
 	$(MAKE) all
@@ -250,6 +252,8 @@ fuzz:
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-readers tests/fuzz/fuzz_readers.c common/dotstuff.c \
 	    common/linereader.c common/xmalloc.c common/log.c -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-apop tests/fuzz/fuzz_apop.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-userdb-proxy tests/fuzz/fuzz_userdb_proxy.c $(FUZZ_LIB_SRC) \
+	    $(LIBS_LIB) -pthread
 	@mkdir -p build/fuzz/corpus-smtp-sieve
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp-sieve tests/fuzz/fuzz_smtp_sieve.c smtp-gateway/smtp_sieve.c \
 	    smtp-gateway/downstream.c smtp-gateway/relay_send.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
@@ -269,6 +273,8 @@ fuzz:
 	build/fuzz/fuzz-readers -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-readers
 	@mkdir -p build/fuzz/corpus-apop
 	build/fuzz/fuzz-apop -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-apop
+	@mkdir -p build/fuzz/corpus-userdb-proxy
+	build/fuzz/fuzz-userdb-proxy -max_total_time=$(FUZZ_SECONDS) -max_len=1024 build/fuzz/corpus-userdb-proxy
 	build/fuzz/fuzz-smtp-sieve -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp-sieve
 	@mkdir -p build/fuzz/corpus-imap-mime
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap-mime tests/fuzz/fuzz_imap_mime.c pop-imap-proxy/imap_mime.c \
