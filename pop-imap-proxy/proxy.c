@@ -90,6 +90,8 @@ struct proxy {
 	struct timespec t0;		/* proxy_new(): for proxy_login_ms() */
 	const struct proxy_hooks *h;
 	void *arg;
+	int busy;			/* a conn_write() of ours is on the stack */
+	int gone;			/* proxy_free() came during it: free after */
 };
 
 /* ---- settings ---- */
@@ -591,6 +593,27 @@ login_read(struct proxy *px)
 
 /* ---- the splice ---- */
 
+static void px_destroy(struct proxy *px);
+
+/*
+ * conn_write() may end the client's connection on the spot (a TLS filter
+ * that fails its write): the door's closing then calls proxy_free() while
+ * we are still inside px. That free waits until we are out: 0, or -1 when
+ * px is gone and the caller must not touch it again.
+ */
+static int
+client_write(struct proxy *px, const void *p, size_t n)
+{
+	px->busy++;
+	conn_write(px->c, p, n);
+	px->busy--;
+	if (!px->gone)
+		return 0;
+	if (px->busy == 0)
+		px_destroy(px);
+	return -1;
+}
+
 /* backend bytes to the client while its output has room */
 static void
 to_client(struct proxy *px)
@@ -608,11 +631,21 @@ to_client(struct proxy *px)
 		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
 			break;
 		n = v.iov_len < room ? v.iov_len : room;
-		conn_write(px->c, v.iov_base, n);
+		if (client_write(px, v.iov_base, n) != 0)
+			return;		/* the client's end came with it: px is gone */
 		evbuffer_drain(in, n);
 		room -= n;
-		if (room > 0 && evbuffer_get_length(in) > 0 && !conn_is_closing(px->c))
+		if (room > 0 && evbuffer_get_length(in) > 0 && !conn_is_closing(px->c)) {
+			/* a TLS filter encrypts it on the spot, and may fail there */
+			px->busy++;
 			evbuffer_remove_buffer(in, bufferevent_get_output(conn_bev(px->c)), room);
+			px->busy--;
+			if (px->gone) {
+				if (px->busy == 0)
+					px_destroy(px);
+				return;
+			}
+		}
 	}
 	if (evbuffer_get_length(in) > 0)
 		bufferevent_disable(px->bev, EV_READ);	/* the client is behind */
@@ -735,7 +768,8 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 
 			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
 				break;
-			conn_write(px->c, v.iov_base, v.iov_len);
+			if (client_write(px, v.iov_base, v.iov_len) != 0)
+				return;	/* the client's end came with it: px is gone */
 			evbuffer_drain(in, v.iov_len);
 		}
 		px->st = P_DONE;
@@ -868,6 +902,19 @@ proxy_free(struct proxy **pxp)
 
 	if (px == NULL)
 		return;
+	*pxp = NULL;
+	if (px->busy > 0) {	/* client_write() is on the stack: it frees */
+		px->gone = 1;
+		if (px->bev != NULL)
+			bufferevent_disable(px->bev, EV_READ | EV_WRITE);
+		return;
+	}
+	px_destroy(px);
+}
+
+static void
+px_destroy(struct proxy *px)
+{
 	if (px->bev != NULL)
 		bufferevent_free(px->bev);
 	free(px->user);
@@ -876,5 +923,4 @@ proxy_free(struct proxy **pxp)
 		free(px->password);
 	}
 	free(px);
-	*pxp = NULL;
 }
