@@ -90,8 +90,8 @@ struct proxy {
 	struct timespec t0;		/* proxy_new(): for proxy_login_ms() */
 	const struct proxy_hooks *h;
 	void *arg;
-	int busy;			/* a conn_write() of ours is on the stack */
-	int gone;			/* proxy_free() came during it: free after */
+	int busy;			/* our functions on the stack (px_enter) */
+	int gone;			/* proxy_free() came meanwhile: the last px_leave frees */
 };
 
 /* ---- settings ---- */
@@ -238,7 +238,35 @@ static void event_cb(struct bufferevent *bev, short what, void *arg);
 static void read_cb(struct bufferevent *bev, void *arg);
 static void write_cb(struct bufferevent *bev, void *arg);
 
-/* the end of the login: done() once; px may be freed by it */
+static void px_destroy(struct proxy *px);
+
+/*
+ * Re-entrance. Whatever we call may come back into us before it returns:
+ * conn_write()/conn_close() may end the client's connection (the door's
+ * closing calls proxy_free()), and a TLS filter towards the backend reads
+ * on the spot when its input is drained or its reading enabled, so read_cb
+ * and event_cb run nested inside our own loops (the backend's close_notify
+ * then closes the client in the middle of them). Every entry point brackets
+ * itself with px_enter()/px_leave(); proxy_free() while any is on the stack
+ * only marks px gone, and each caller checks px->gone after such a call.
+ */
+static void
+px_enter(struct proxy *px)
+{
+	px->busy++;
+}
+
+/* 0, or -1 when px is gone (freed now if this was the outermost) */
+static int
+px_leave(struct proxy *px)
+{
+	if (--px->busy > 0 || !px->gone)
+		return px->gone ? -1 : 0;
+	px_destroy(px);
+	return -1;
+}
+
+/* the end of the login: done() once; px may be gone after it */
 static void
 finish(struct proxy *px, enum proxy_result res, const char *why)
 {
@@ -568,7 +596,7 @@ login_read(struct proxy *px)
 {
 	struct evbuffer *in = bufferevent_get_input(px->bev);
 
-	while (px->st != P_SPLICE && px->st != P_DONE && px->st != P_CONNECT &&
+	while (!px->gone && px->st != P_SPLICE && px->st != P_DONE && px->st != P_CONNECT &&
 	    px->st != P_TLS) {
 		size_t n;
 		char *l = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
@@ -593,34 +621,22 @@ login_read(struct proxy *px)
 
 /* ---- the splice ---- */
 
-static void px_destroy(struct proxy *px);
-
-/*
- * conn_write() may end the client's connection on the spot (a TLS filter
- * that fails its write): the door's closing then calls proxy_free() while
- * we are still inside px. That free waits until we are out: 0, or -1 when
- * px is gone and the caller must not touch it again.
- */
+/* conn_write() inside px_enter(): 0, or -1 when px is gone */
 static int
 client_write(struct proxy *px, const void *p, size_t n)
 {
-	px->busy++;
 	conn_write(px->c, p, n);
-	px->busy--;
-	if (!px->gone)
-		return 0;
-	if (px->busy == 0)
-		px_destroy(px);
-	return -1;
+	return px->gone ? -1 : 0;
 }
 
-/* backend bytes to the client while its output has room */
+/* backend bytes to the client while its output has room (inside px_enter) */
 static void
 to_client(struct proxy *px)
 {
 	struct evbuffer *in = bufferevent_get_input(px->bev);
 
-	while (evbuffer_get_length(in) > 0 && !conn_is_closing(px->c) &&
+	while (!px->gone && px->st == P_SPLICE && evbuffer_get_length(in) > 0 &&
+	    !conn_is_closing(px->c) &&
 	    conn_output_pending(px->c) < PROXY_HIGH) {
 		size_t room = PROXY_HIGH - conn_output_pending(px->c), n;
 		struct evbuffer_iovec v;
@@ -632,21 +648,20 @@ to_client(struct proxy *px)
 			break;
 		n = v.iov_len < room ? v.iov_len : room;
 		if (client_write(px, v.iov_base, n) != 0)
-			return;		/* the client's end came with it: px is gone */
-		evbuffer_drain(in, n);
+			return;		/* the client's end came with it */
+		evbuffer_drain(in, n);	/* a TLS filter may read (and close) on the spot */
+		if (px->gone || px->st != P_SPLICE)
+			return;
 		room -= n;
 		if (room > 0 && evbuffer_get_length(in) > 0 && !conn_is_closing(px->c)) {
 			/* a TLS filter encrypts it on the spot, and may fail there */
-			px->busy++;
 			evbuffer_remove_buffer(in, bufferevent_get_output(conn_bev(px->c)), room);
-			px->busy--;
-			if (px->gone) {
-				if (px->busy == 0)
-					px_destroy(px);
+			if (px->gone || px->st != P_SPLICE)
 				return;
-			}
 		}
 	}
+	if (px->gone || px->st != P_SPLICE)
+		return;
 	if (evbuffer_get_length(in) > 0)
 		bufferevent_disable(px->bev, EV_READ);	/* the client is behind */
 	else
@@ -656,6 +671,7 @@ to_client(struct proxy *px)
 void
 proxy_splice(struct proxy *px)
 {
+	px_enter(px);
 	/* libevent moves 16 KiB per read/write call by default: a long FETCH
 	 * goes in fewer system calls with 64 KiB */
 	bufferevent_set_max_single_read(px->bev, PROXY_LOW);
@@ -664,7 +680,9 @@ proxy_splice(struct proxy *px)
 	bufferevent_setwatermark(px->bev, EV_WRITE, PROXY_LOW, 0);
 	bufferevent_enable(px->bev, EV_READ | EV_WRITE);
 	to_client(px);		/* anything the backend sent right after the login */
-	proxy_client_input(px);	/* and what the client pipelined after its login */
+	if (!px->gone)
+		proxy_client_input(px);	/* and what the client pipelined after its login */
+	px_leave(px);
 }
 
 void
@@ -672,21 +690,28 @@ proxy_client_input(struct proxy *px)
 {
 	struct evbuffer *out;
 
-	if (px->st != P_SPLICE)
+	if (px->gone || px->st != P_SPLICE)
 		return;
+	px_enter(px);
 	out = bufferevent_get_output(px->bev);
+	/* a TLS filter encrypts (and may read) on the spot */
 	evbuffer_add_buffer(out, conn_input(px->c));
-	if (evbuffer_get_length(out) >= PROXY_HIGH && !px->client_paused) {
+	if (!px->gone && px->st == P_SPLICE && evbuffer_get_length(out) >= PROXY_HIGH &&
+	    !px->client_paused) {
 		px->client_paused = 1;
 		conn_pause(px->c);
 	}
+	px_leave(px);
 }
 
 void
 proxy_client_writable(struct proxy *px)
 {
-	if (px->st == P_SPLICE)
-		to_client(px);
+	if (px->gone || px->st != P_SPLICE)
+		return;
+	px_enter(px);
+	to_client(px);
+	px_leave(px);
 }
 
 /* ---- backend events ---- */
@@ -697,10 +722,14 @@ read_cb(struct bufferevent *bev, void *arg)
 	struct proxy *px = arg;
 
 	(void)bev;
+	if (px->gone)
+		return;
+	px_enter(px);
 	if (px->st == P_SPLICE)
 		to_client(px);
 	else
 		login_read(px);
+	px_leave(px);
 }
 
 static void
@@ -710,9 +739,11 @@ write_cb(struct bufferevent *bev, void *arg)
 
 	(void)bev;
 	/* the backend took the client's bytes below the low mark */
-	if (px->st == P_SPLICE && px->client_paused) {
+	if (!px->gone && px->st == P_SPLICE && px->client_paused) {
 		px->client_paused = 0;
-		conn_resume(px->c);
+		px_enter(px);
+		conn_resume(px->c);	/* feeds the door: proxy_client_input() */
+		px_leave(px);
 	}
 }
 
@@ -737,13 +768,26 @@ tls_why(struct proxy *px, char *buf, size_t cap, const char *what)
 	return 1;
 }
 
+static void event_cb_in(struct proxy *px, short what);
+
 static void
 event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct proxy *px = arg;
-	char why[300];
 
 	(void)bev;
+	if (px->gone)
+		return;
+	px_enter(px);
+	event_cb_in(px, what);
+	px_leave(px);
+}
+
+static void
+event_cb_in(struct proxy *px, short what)
+{
+	char why[300];
+
 	if (what & BEV_EVENT_CONNECTED) {
 		if (px->st == P_CONNECT) {
 			int one = 1, fd = (int)bufferevent_getfd(px->bev);
@@ -755,7 +799,8 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 			login_read(px);
 		} else if (px->st == P_TLS) {
 			after_tls(px);
-			login_read(px);
+			if (!px->gone)
+				login_read(px);
 		}
 		return;
 	}
@@ -769,8 +814,10 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
 				break;
 			if (client_write(px, v.iov_base, v.iov_len) != 0)
-				return;	/* the client's end came with it: px is gone */
+				return;	/* the client's end came with it */
 			evbuffer_drain(in, v.iov_len);
+			if (px->gone || px->st != P_SPLICE)
+				return;	/* a nested event_cb did the rest */
 		}
 		px->st = P_DONE;
 		bufferevent_disable(px->bev, EV_READ | EV_WRITE);
@@ -779,7 +826,7 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 		    px->backend, (what & BEV_EVENT_EOF) ? "" :
 		    " (error)");
 		if (!conn_is_closing(px->c))
-			conn_close(px->c);	/* may free px (the door's closing) */
+			conn_close(px->c);	/* may end px (the door's closing): px_leave frees */
 		return;
 	}
 	if (px->st == P_DONE)
@@ -903,10 +950,12 @@ proxy_free(struct proxy **pxp)
 	if (px == NULL)
 		return;
 	*pxp = NULL;
-	if (px->busy > 0) {	/* client_write() is on the stack: it frees */
+	if (px->busy > 0) {	/* we are on the stack: the outermost px_leave frees */
 		px->gone = 1;
-		if (px->bev != NULL)
+		if (px->bev != NULL) {
+			bufferevent_setcb(px->bev, NULL, NULL, NULL, NULL);
 			bufferevent_disable(px->bev, EV_READ | EV_WRITE);
+		}
 		return;
 	}
 	px_destroy(px);

@@ -35,6 +35,11 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
                     mail_proxy_domains checked by mail_proxy_default (IMAP
                     and POP3), its NO a failed login with the penalty delay
     T11Clients      mbsync (STARTTLS) and fetchmail (STLS) through the proxy
+    T12Robust       a scripted backend (slow login, a long stream, a close
+                    behind a full client): clients over TLS that vanish while
+                    the backend logs in or streams, a backend that closes
+                    while the client's output is full (all of it still
+                    delivered), the daemon sanitizer-clean and serving after
 
 Run: PORTCULLIS_BIN=$PWD/build/asan/bin python3 tests/integration/test_proxy.py
 """
@@ -48,7 +53,9 @@ import ssl
 import socket
 import subprocess
 import sys
+import struct
 import tempfile
+import threading
 import time
 import unittest
 
@@ -869,6 +876,230 @@ class T08Pop3(unittest.TestCase):
         p.quit()
         self.assertRegex(self.g.d.log_text(), r"pop3: conn=\S+ proxy: user=<dn@example.com> "
                          r"client=\[127\.0\.0\.1\] backend=127\.0\.0\.1:\d+: unavailable")
+
+
+class FakeBackend:
+    """A scripted IMAP or POP3 backend: accepts any login after login_delay
+    seconds; after it, a command line holding BIG gets big bytes back (then
+    the connection is closed when the line also holds CLOSE)."""
+
+    def __init__(self, proto="imap", login_delay=0.0, big=8 * 1024 * 1024, cert=None):
+        self.proto, self.login_delay, self.big = proto, login_delay, big
+        self.tls = None
+        if cert:    # STARTTLS / STLS offered with this certificate
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*cert)
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.logins = 0
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        imap = self.proto == "imap"
+        try:
+            f = s.makefile("rb")
+            s.sendall(b"* OK [CAPABILITY IMAP4rev1 SASL-IR STARTTLS AUTH=PLAIN] fake\r\n" if imap
+                      else b"+OK fake\r\n")
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                words = line.split()
+                verb = words[1].upper() if imap and len(words) > 1 else \
+                    (words[0].upper() if words else b"")
+                if verb in (b"STARTTLS", b"STLS") and self.tls:
+                    s.sendall(b"S OK go\r\n" if imap else b"+OK go\r\n")
+                    s = self.tls.wrap_socket(s, server_side=True)
+                    f = s.makefile("rb")
+                elif imap and verb in (b"AUTHENTICATE", b"LOGIN") or not imap and verb == b"PASS":
+                    time.sleep(self.login_delay)
+                    self.logins += 1
+                    s.sendall(b"L OK [CAPABILITY IMAP4rev1 IDLE] in\r\n" if imap
+                              else b"+OK in\r\n")
+                elif b"BIG" in line:
+                    chunk = (b"x" * 78 + b"\r\n") * 800
+                    sent = 0
+                    while sent < self.big:
+                        s.sendall(chunk)
+                        sent += len(chunk)
+                    if b"CLOSE" in line:
+                        if self.tls:
+                            s.settimeout(10)
+                            try:
+                                s = s.unwrap()  # close_notify: read in-band by the proxy
+                            except (OSError, ValueError):
+                                pass
+                        s.shutdown(socket.SHUT_WR)
+                        return
+                elif imap:
+                    s.sendall(b"* ID NIL\r\n" + words[0] + b" OK done\r\n")
+                else:
+                    s.sendall(b"+OK\r\n")
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def close(self):
+        self.closed = True
+        self.ls.close()
+
+
+BIG_SENT = (8 * 1024 * 1024 + 63999) // 64000 * 64000     # FakeBackend's stream, whole chunks
+
+
+def rst(s):
+    """close with a reset: the next write on the other end fails at once"""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+class T12Robust(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.slow = FakeBackend("imap", login_delay=0.5)
+        cls.slow3 = FakeBackend("pop3", login_delay=0.5)
+        cls.fast = FakeBackend("imap")
+        cls.stls = FakeBackend("imap", cert=W.good)
+        cls.stls3 = FakeBackend("pop3", cert=W.good)
+        cls.pops_port = free_port()
+        users = {
+            "slow@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.slow.port],
+            "slow3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.slow3.port],
+            USER: ["proxy=y", "host=127.0.0.1", "port=%d" % cls.fast.port],
+            "st@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.stls.port,
+                               "tls=starttls"],
+            "st3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.stls3.port,
+                                "tls=starttls"],
+        }
+        cls.g = Gateway("robust", users=users, pop3s_listen="127.0.0.1:%d" % cls.pops_port)
+        cls.ctx = ssl.create_default_context(cafile=W.ca)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()    # asserts: no sanitizer report, a clean exit
+        for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3):
+            b.close()
+
+    def tls(self, port):
+        s = self.ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), 10),
+                                 server_hostname="127.0.0.1")
+        return s, s
+
+    def assert_serving(self):
+        self.assertTrue(self.g.d.alive())
+        self.assertEqual(self.g.d.sanitizer_lines(), [])
+        line = raw_login(self.g.imap_port, LOCAL)
+        self.assertTrue(line.startswith("a OK"), line)
+
+    def test_tls_client_gone_during_backend_login(self):
+        # the tagged OK after the backend's login fails on the spot (TLS):
+        # the door's end of the connection must not free the session under it
+        n = self.slow.logins
+        raw, s = self.tls(self.g.imaps_port)
+        s.recv(4096)
+        s.sendall(b'a LOGIN "slow@example.com" "%s"\r\n' % PASSWORD.encode())
+        time.sleep(0.2)         # the backend is still logging in
+        rst(raw)
+        wait_until(lambda: self.slow.logins > n, 5, what="the backend's login")
+        time.sleep(0.3)
+        self.assert_serving()
+
+    def test_pop3s_client_gone_during_backend_login(self):
+        n = self.slow3.logins
+        raw, s = self.tls(self.pops_port)
+        s.recv(4096)
+        s.sendall(b"USER slow3@example.com\r\n")
+        s.recv(4096)
+        s.sendall(b"PASS %s\r\n" % PASSWORD.encode())
+        time.sleep(0.2)
+        rst(raw)
+        wait_until(lambda: self.slow3.logins > n, 5, what="the backend's login")
+        time.sleep(0.3)
+        self.assert_serving()
+
+    def test_client_gone_while_backend_streams(self):
+        for over_tls in (False, True):
+            if over_tls:
+                raw, s = self.tls(self.g.imaps_port)
+            else:
+                raw = s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PASSWORD.encode()))
+            self.assertTrue(f.readline().startswith(b"a OK"))
+            s.sendall(b"b BIG\r\n")
+            got = 0
+            while got < 1024 * 1024:
+                got += len(f.read1(65536))
+            rst(raw)
+            time.sleep(0.3)
+            self.assert_serving()
+
+    def test_backend_closes_while_client_output_full(self):
+        for over_tls in (False, True):
+            if over_tls:
+                raw, s = self.tls(self.g.imaps_port)
+            else:
+                raw = s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+            s.settimeout(20)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PASSWORD.encode()))
+            self.assertTrue(f.readline().startswith(b"a OK"))
+            s.sendall(b"b BIG CLOSE\r\n")
+            time.sleep(1.5)     # we read nothing: the backend has closed behind a full client
+            got = 0
+            while True:
+                b = f.read1(65536)
+                if not b:
+                    break
+                got += len(b)
+            self.assertEqual(got, BIG_SENT)
+            s.close()
+        self.assert_serving()
+
+    def test_starttls_backend_closes_after_a_stream(self):
+        # the backend's close_notify is read in-band by the TLS filter, which
+        # may read on the spot when we drain its input or enable its reading:
+        # the close then comes in the middle of our own loop
+        for _ in range(6):
+            for proto in ("imap", "pop3"):
+                if proto == "imap":
+                    s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+                    f = s.makefile("rb")
+                    f.readline()
+                    s.sendall(b'a LOGIN "st@example.com" "%s"\r\n' % PASSWORD.encode())
+                else:
+                    s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
+                    f = s.makefile("rb")
+                    f.readline()
+                    s.sendall(b"USER st3@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
+                    self.assertTrue(f.readline().startswith(b"+OK"))
+                s.settimeout(20)
+                self.assertTrue(f.readline()[:4] in (b"a OK", b"+OK "))
+                s.sendall(b"b BIG CLOSE\r\n")
+                got = 0
+                while True:
+                    b = f.read1(65536)
+                    if not b:
+                        break
+                    got += len(b)
+                self.assertEqual(got, BIG_SENT, proto)
+                s.close()
+        self.assert_serving()
 
 
 if __name__ == "__main__":
