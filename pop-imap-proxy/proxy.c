@@ -25,11 +25,21 @@
  * took it below PROXY_LOW); backend bytes go to the client's conn until its
  * output holds PROXY_HIGH (then the backend is not read until the door's
  * writable() says the client took it below the door's low mark). Each side
- * buffers at most about PROXY_HIGH + one read. Never logs peer bytes (the
- * backend's refusal is logged by its response code only).
+ * buffers at most about PROXY_HIGH + one read. A plaintext backend is read
+ * by us, PROXY_READ at a time (libevent 2.1's bufferevent reads 4 KiB a
+ * call: a loop turn per 4 KiB, the proxy's CPU doubled); when the client's
+ * side is plaintext too, the backend's bytes go socket -> pipe -> socket
+ * with splice(2), never through our memory, the pipe (PROXY_READ) taking
+ * the place of the buffer: reading stops while it holds what the client
+ * did not take, its own write event on the client's socket goes on. Either
+ * path only starts when the other holds nothing, so the order is kept.
+ * Never logs peer bytes (the backend's refusal is logged by its response
+ * code only).
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -38,6 +48,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -59,6 +70,7 @@
 #define PROXY_CAPS_MAX 4096		/* the post-login CAPABILITY kept */
 #define PROXY_HIGH (256 * 1024)		/* stop feeding a side above this */
 #define PROXY_LOW (64 * 1024)		/* ... and go on below this */
+#define PROXY_READ (256 * 1024)		/* one read from a plaintext backend, at most */
 
 enum pstate {
 	P_CONNECT,	/* TCP (and implicit TLS) under way */
@@ -90,6 +102,17 @@ struct proxy {
 	struct timespec t0;		/* proxy_new(): for proxy_login_ms() */
 	const struct proxy_hooks *h;
 	void *arg;
+	/* a plaintext backend once spliced: read by us, not by the bufferevent
+	 * (libevent 2.1 reads at most 4 KiB a call: a wakeup per 4 KiB) */
+	struct event *rd;
+	int rd_on;			/* rd is added */
+	/* both sides plaintext: backend -> pipe -> client with splice(2), no
+	 * copy through our memory; wr waits for the client's socket while the
+	 * pipe holds what it did not take yet (inpipe bytes) */
+	int pipe_ok;			/* splice allowed (both plaintext) */
+	int pfd[2];			/* the pipe, made at the first splice; -1 */
+	size_t inpipe;
+	struct event *wr;
 	int busy;			/* our functions on the stack (px_enter) */
 	int gone;			/* proxy_free() came meanwhile: the last px_leave frees */
 };
@@ -629,6 +652,181 @@ client_write(struct proxy *px, const void *p, size_t n)
 	return px->gone ? -1 : 0;
 }
 
+/* read the backend or not (backpressure); a TLS filter may read on the spot */
+static void
+backend_reading(struct proxy *px, int on)
+{
+	if (on && px->inpipe > 0)
+		return;		/* the pipe first: splice_wr_cb turns reading on */
+	if (px->rd == NULL) {
+		if (on)
+			bufferevent_enable(px->bev, EV_READ);
+		else
+			bufferevent_disable(px->bev, EV_READ);
+	} else if (on && !px->rd_on) {
+		event_add(px->rd, NULL);
+		px->rd_on = 1;
+	} else if (!on && px->rd_on) {
+		event_del(px->rd);
+		px->rd_on = 0;
+	}
+}
+
+static void event_cb_in(struct proxy *px, short what);
+static void to_client(struct proxy *px);
+
+/* the pipe's bytes to the client: 0 when it took them all (or the client
+ * is gone and closing: px may be gone then), 1 when it is behind */
+static int
+pipe_to_client(struct proxy *px)
+{
+	int cfd = (int)bufferevent_getfd(conn_bev(px->c));
+
+	while (px->inpipe > 0) {
+		ssize_t w = splice(px->pfd[0], NULL, cfd, NULL, px->inpipe,
+		    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+
+		if (w > 0) {
+			px->inpipe -= (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			event_add(px->wr, NULL);	/* on when the client took some */
+			return 1;
+		}
+		/* the client is gone: its conn notices; stop feeding it */
+		px->inpipe = 0;
+		backend_reading(px, 0);
+		if (!conn_is_closing(px->c))
+			conn_close(px->c);
+		return 0;
+	}
+	return 0;
+}
+
+/* the client's socket has room again for what waits in the pipe */
+static void
+splice_wr_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy *px = arg;
+
+	(void)fd;
+	(void)what;
+	if (px->gone || px->st != P_SPLICE)
+		return;
+	px_enter(px);
+	if (pipe_to_client(px) == 0 && !px->gone && px->st == P_SPLICE &&
+	    !conn_is_closing(px->c))
+		backend_reading(px, 1);
+	px_leave(px);
+}
+
+/*
+ * Backend bytes straight into the client's socket through the pipe, when
+ * nothing else is queued for the client (else the order would break):
+ * 1 done (px may be gone), 0 not possible now (take the buffered path).
+ */
+static int
+splice_read(struct proxy *px, int bfd)
+{
+	ssize_t r;
+
+	if (!px->pipe_ok || conn_is_closing(px->c))
+		return 0;
+	/* what is queued the usual way goes first; while the pipe holds bytes
+	 * nothing is (the buffered path never runs then) */
+	if (px->inpipe == 0 && (conn_output_pending(px->c) > 0 ||
+	    evbuffer_get_length(bufferevent_get_input(px->bev)) > 0))
+		return 0;
+	if (px->pfd[0] < 0) {
+		if (pipe2(px->pfd, O_NONBLOCK | O_CLOEXEC) < 0) {
+			px->pfd[0] = px->pfd[1] = -1;
+			px->pipe_ok = 0;
+			return 0;
+		}
+		(void)fcntl(px->pfd[1], F_SETPIPE_SZ, PROXY_READ);	/* best effort */
+		px->wr = event_new(px->base, bufferevent_getfd(conn_bev(px->c)), EV_WRITE,
+		    splice_wr_cb, px);
+	}
+	r = splice(bfd, NULL, px->pfd[1], NULL, PROXY_READ, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return 1;
+	px_enter(px);
+	if (r > 0) {
+		px->inpipe += (size_t)r;
+		if (pipe_to_client(px) == 1)
+			backend_reading(px, 0);		/* the client is behind */
+	} else {
+		backend_reading(px, 0);
+		event_cb_in(px, (short)(BEV_EVENT_READING | (r == 0 ? BEV_EVENT_EOF :
+		    BEV_EVENT_ERROR)));
+	}
+	px_leave(px);
+	return 1;
+}
+
+/* a plaintext backend is readable: one big read, then on to the client */
+static void
+own_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy *px = arg;
+	struct evbuffer *in = bufferevent_get_input(px->bev);
+	struct evbuffer_iovec v[2];
+	size_t have = evbuffer_get_length(in);
+	size_t want = have >= PROXY_HIGH ? 0 : PROXY_HIGH - have;
+	int nv;
+	ssize_t r;
+
+	(void)what;
+	if (px->gone || px->st != P_SPLICE || splice_read(px, (int)fd))
+		return;
+	if (want > PROXY_READ)
+		want = PROXY_READ;
+	if (want == 0) {
+		backend_reading(px, 0);
+		return;
+	}
+	/* the bufferevent keeps its input's end frozen but while it reads itself */
+	evbuffer_unfreeze(in, 0);
+	nv = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+	if (nv < 1) {
+		evbuffer_freeze(in, 0);
+		return;
+	}
+	if (v[0].iov_len > want) {
+		v[0].iov_len = want;
+		nv = 1;
+	} else if (nv == 2 && v[0].iov_len + v[1].iov_len > want) {
+		v[1].iov_len = want - v[0].iov_len;
+	}
+	r = readv(fd, (struct iovec *)v, nv);
+	if (r > 0) {
+		size_t left = (size_t)r;
+
+		for (int i = 0; i < nv; i++) {
+			size_t l = v[i].iov_len < left ? v[i].iov_len : left;
+
+			v[i].iov_len = l;
+			left -= l;
+		}
+		evbuffer_commit_space(in, v, nv);
+	}
+	evbuffer_freeze(in, 0);
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	px_enter(px);
+	if (r > 0) {
+		to_client(px);
+	} else {
+		backend_reading(px, 0);
+		event_cb_in(px, (short)(BEV_EVENT_READING | (r == 0 ? BEV_EVENT_EOF :
+		    BEV_EVENT_ERROR)));
+	}
+	px_leave(px);
+}
+
 /* backend bytes to the client while its output has room (inside px_enter) */
 static void
 to_client(struct proxy *px)
@@ -662,10 +860,7 @@ to_client(struct proxy *px)
 	}
 	if (px->gone || px->st != P_SPLICE)
 		return;
-	if (evbuffer_get_length(in) > 0)
-		bufferevent_disable(px->bev, EV_READ);	/* the client is behind */
-	else
-		bufferevent_enable(px->bev, EV_READ);
+	backend_reading(px, evbuffer_get_length(in) == 0);	/* or: the client is behind */
 }
 
 void
@@ -676,9 +871,19 @@ proxy_splice(struct proxy *px)
 	 * goes in fewer system calls with 64 KiB */
 	bufferevent_set_max_single_read(px->bev, PROXY_LOW);
 	bufferevent_set_max_single_write(px->bev, PROXY_LOW);
-	bufferevent_set_max_single_write(conn_bev(px->c), PROXY_LOW);
+	bufferevent_set_max_single_write(conn_bev(px->c), PROXY_HIGH);
 	bufferevent_setwatermark(px->bev, EV_WRITE, PROXY_LOW, 0);
-	bufferevent_enable(px->bev, EV_READ | EV_WRITE);
+	if (bufferevent_get_underlying(px->bev) == NULL &&
+	    bufferevent_openssl_get_ssl(px->bev) == NULL && bufferevent_getfd(px->bev) >= 0) {
+		/* plaintext: our own reads, PROXY_READ at a time */
+		px->rd = event_new(px->base, bufferevent_getfd(px->bev), EV_READ | EV_PERSIST,
+		    own_read_cb, px);
+		px->pipe_ok = !conn_is_tls(px->c) && bufferevent_getfd(conn_bev(px->c)) >= 0;
+		bufferevent_enable(px->bev, EV_WRITE);
+		backend_reading(px, 1);
+	} else {
+		bufferevent_enable(px->bev, EV_READ | EV_WRITE);
+	}
 	to_client(px);		/* anything the backend sent right after the login */
 	if (!px->gone)
 		proxy_client_input(px);	/* and what the client pipelined after its login */
@@ -768,8 +973,6 @@ tls_why(struct proxy *px, char *buf, size_t cap, const char *what)
 	return 1;
 }
 
-static void event_cb_in(struct proxy *px, short what);
-
 static void
 event_cb(struct bufferevent *bev, short what, void *arg)
 {
@@ -821,6 +1024,7 @@ event_cb_in(struct proxy *px, short what)
 		}
 		px->st = P_DONE;
 		bufferevent_disable(px->bev, EV_READ | EV_WRITE);
+		backend_reading(px, 0);
 		log_info("%s: conn=%s proxy: backend=%s: the backend closed the session%s: closing "
 		    "the client's", px->proto == PROXY_IMAP ? "imap" : "pop3", conn_id(px->c),
 		    px->backend, (what & BEV_EVENT_EOF) ? "" :
@@ -873,6 +1077,7 @@ proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto
 	px->h = h;
 	px->arg = arg;
 	px->st = P_CONNECT;
+	px->pfd[0] = px->pfd[1] = -1;
 	clock_gettime(CLOCK_MONOTONIC, &px->t0);
 	/* POP3 sends them as they are: no line breaks smuggled into the backend's session */
 	if (strpbrk(user, "\r\n") != NULL || strpbrk(password, "\r\n") != NULL) {
@@ -952,6 +1157,10 @@ proxy_free(struct proxy **pxp)
 	*pxp = NULL;
 	if (px->busy > 0) {	/* we are on the stack: the outermost px_leave frees */
 		px->gone = 1;
+		if (px->rd != NULL)
+			event_del(px->rd);
+		if (px->wr != NULL)
+			event_del(px->wr);
 		if (px->bev != NULL) {
 			bufferevent_setcb(px->bev, NULL, NULL, NULL, NULL);
 			bufferevent_disable(px->bev, EV_READ | EV_WRITE);
@@ -964,6 +1173,14 @@ proxy_free(struct proxy **pxp)
 static void
 px_destroy(struct proxy *px)
 {
+	if (px->rd != NULL)
+		event_free(px->rd);
+	if (px->wr != NULL)
+		event_free(px->wr);
+	if (px->pfd[0] >= 0) {
+		close(px->pfd[0]);
+		close(px->pfd[1]);
+	}
 	if (px->bev != NULL)
 		bufferevent_free(px->bev);
 	free(px->user);

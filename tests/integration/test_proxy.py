@@ -929,11 +929,10 @@ class FakeBackend:
                     s.sendall(b"L OK [CAPABILITY IMAP4rev1 IDLE] in\r\n" if imap
                               else b"+OK in\r\n")
                 elif b"BIG" in line:
-                    chunk = (b"x" * 78 + b"\r\n") * 800
                     sent = 0
                     while sent < self.big:
-                        s.sendall(chunk)
-                        sent += len(chunk)
+                        s.sendall(stream_chunk(sent))
+                        sent += 64000
                     if b"CLOSE" in line:
                         if self.tls:
                             s.settimeout(10)
@@ -958,6 +957,20 @@ class FakeBackend:
 
 
 BIG_SENT = (8 * 1024 * 1024 + 63999) // 64000 * 64000     # FakeBackend's stream, whole chunks
+
+
+def stream_chunk(at):
+    """64000 bytes of FakeBackend's stream from offset at: numbered lines"""
+    return b"".join(b"%078d\r\n" % (at // 80 + i) for i in range(800))
+
+
+def read_all(f):
+    out = bytearray()
+    while True:
+        b = f.read1(65536)
+        if not b:
+            return bytes(out)
+        out += b
 
 
 def rst(s):
@@ -1061,15 +1074,38 @@ class T12Robust(unittest.TestCase):
             self.assertTrue(f.readline().startswith(b"a OK"))
             s.sendall(b"b BIG CLOSE\r\n")
             time.sleep(1.5)     # we read nothing: the backend has closed behind a full client
-            got = 0
-            while True:
-                b = f.read1(65536)
-                if not b:
-                    break
-                got += len(b)
-            self.assertEqual(got, BIG_SENT)
+            got = read_all(f)
+            self.assertEqual(len(got), BIG_SENT)
+            self.assertTrue(got == b"".join(stream_chunk(i) for i in range(0, BIG_SENT, 64000)),
+                            "the stream arrived altered or out of order")
             s.close()
         self.assert_serving()
+
+    def test_slow_reader_gets_the_stream_then_the_reply(self):
+        # backpressure both ways on the way: the stream, whole and in order,
+        # then the next command's answer (plaintext: the splice(2) path)
+        for over_tls in (False, True):
+            if over_tls:
+                raw, s = self.tls(self.g.imaps_port)
+            else:
+                raw = s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+            s.settimeout(20)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PASSWORD.encode()))
+            self.assertTrue(f.readline().startswith(b"a OK"))
+            s.sendall(b"b BIG\r\nc NOOP\r\n")
+            time.sleep(1)
+            got = bytearray()
+            while len(got) < BIG_SENT:
+                got += f.read1(min(65536, BIG_SENT - len(got)))
+                if len(got) < 2 * 1024 * 1024:
+                    time.sleep(0.01)    # slowly at first
+            self.assertTrue(bytes(got) == b"".join(stream_chunk(i) for i in range(0, BIG_SENT,
+                                                                                  64000)))
+            self.assertEqual(f.readline(), b"* ID NIL\r\n")
+            self.assertEqual(f.readline(), b"c OK done\r\n")
+            s.close()
 
     def test_starttls_backend_closes_after_a_stream(self):
         # the backend's close_notify is read in-band by the TLS filter, which
@@ -1091,13 +1127,7 @@ class T12Robust(unittest.TestCase):
                 s.settimeout(20)
                 self.assertTrue(f.readline()[:4] in (b"a OK", b"+OK "))
                 s.sendall(b"b BIG CLOSE\r\n")
-                got = 0
-                while True:
-                    b = f.read1(65536)
-                    if not b:
-                        break
-                    got += len(b)
-                self.assertEqual(got, BIG_SENT, proto)
+                self.assertEqual(len(read_all(f)), BIG_SENT, proto)
                 s.close()
         self.assert_serving()
 
