@@ -7,13 +7,10 @@
  *   proxy_splice()       bytes both ways, bounded, with backpressure
  *   proxy_free()         drop the backend connection
  *
- * The login is a small state machine on the backend's lines (at most
- * PROXY_LINE_MAX each, the whole of it bounded by mail_proxy_timeout):
- *   IMAP: greeting "* OK" -> [S STARTTLS, handshake] -> [I ID (...)] ->
- *         L AUTHENTICATE PLAIN (SASL-IR when offered) -> the tagged OK's
- *         [CAPABILITY ...], or C CAPABILITY when the OK carried none
- *   POP3: greeting "+OK" -> [STLS, handshake] -> [XCLIENT ADDR= PORT=] ->
- *         USER, PASS
+ * The login is pop-imap-proxy/proxy_reply's state machine on the backend's
+ * lines (greeting, STARTTLS, ID/XCLIENT, the login, CAPABILITY; at most
+ * PROXY_REPLY_LINE_MAX each, the whole of it bounded by mail_proxy_timeout):
+ * here only the I/O it asks for.
  * TLS to the backend (tls=yes from the first byte, tls=starttls after the
  * upgrade) verifies the chain against mail_proxy_tls_ca_file and the
  * backend's address against the certificate's IP subjectAltName; a failed
@@ -40,7 +37,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
-#include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -59,29 +55,21 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#include "common/base64.h"
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/proxy.h"
+#include "pop-imap-proxy/proxy_reply.h"
 #include "service/conn.h"
 
-#define PROXY_LINE_MAX 8192		/* a backend line during the login */
-#define PROXY_CAPS_MAX 4096		/* the post-login CAPABILITY kept */
 #define PROXY_HIGH (256 * 1024)		/* stop feeding a side above this */
 #define PROXY_LOW (64 * 1024)		/* ... and go on below this */
 #define PROXY_READ (256 * 1024)		/* one read from a plaintext backend, at most */
 
 enum pstate {
 	P_CONNECT,	/* TCP (and implicit TLS) under way */
-	P_GREETING,
-	P_STARTTLS,	/* "S STARTTLS" / "STLS" sent */
-	P_TLS,		/* the upgrade's handshake */
-	P_ID,		/* IMAP ID / POP3 XCLIENT sent */
-	P_AUTH,		/* IMAP AUTHENTICATE sent / POP3 USER sent */
-	P_AUTH_CONT,	/* IMAP: waiting for "+" (no SASL-IR) */
-	P_PASS,		/* POP3 PASS sent */
-	P_CAPS,		/* IMAP CAPABILITY sent */
+	P_LOGIN,	/* lines to proxy_reply */
+	P_TLS,		/* the STARTTLS upgrade's handshake */
 	P_SPLICE,
 	P_DONE,		/* the login failed: done() was called */
 };
@@ -94,11 +82,9 @@ struct proxy {
 	struct conn *c;
 	struct bufferevent *bev;
 	enum pstate st;
-	char *user, *password;
+	struct proxy_reply *pr;		/* the login's state machine */
 	char backend[80];		/* "HOST:PORT" */
-	int sasl_ir;			/* the greeting offered SASL-IR */
 	int client_paused;		/* by us: the backend's output is full */
-	char caps[PROXY_CAPS_MAX];
 	struct timespec t0;		/* proxy_new(): for proxy_login_ms() */
 	const struct proxy_hooks *h;
 	void *arg;
@@ -300,28 +286,7 @@ finish(struct proxy *px, enum proxy_result res, const char *why)
 		bufferevent_set_timeouts(px->bev, NULL, NULL);
 		bufferevent_disable(px->bev, EV_READ);	/* until proxy_splice() */
 	}
-	px->h->done(px->arg, res, res == PROXY_OK ? px->caps : "", why);
-}
-
-static void
-send_line(struct proxy *px, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-send_line(struct proxy *px, const char *fmt, ...)
-{
-	va_list ap;
-	char *s;
-
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		s = NULL;
-	va_end(ap);
-	if (s == NULL)
-		return;
-	bufferevent_write(px->bev, s, strlen(s));
-	bufferevent_write(px->bev, "\r\n", 2);
-	explicit_bzero(s, strlen(s));
-	free(s);
+	px->h->done(px->arg, res, res == PROXY_OK ? proxy_reply_caps(px->pr) : "", why);
 }
 
 static SSL *
@@ -366,61 +331,6 @@ sock_end(int fd, int peer, char *ip, size_t cap, unsigned *port_r)
 	return 0;
 }
 
-static void send_login(struct proxy *px);
-
-/* after the greeting (and TLS): the client's address, then the login */
-static void
-after_tls(struct proxy *px)
-{
-	char rip[INET6_ADDRSTRLEN], lip[INET6_ADDRSTRLEN];
-	unsigned rport, lport;
-	int fd = bufferevent_getfd(conn_bev(px->c));
-
-	if (px->pc->forward_client && fd >= 0 && sock_end(fd, 1, rip, sizeof(rip), &rport) == 0 &&
-	    sock_end(fd, 0, lip, sizeof(lip), &lport) == 0) {
-		px->st = P_ID;
-		if (px->proto == PROXY_IMAP)
-			send_line(px, "I ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
-			    "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\")", rip, rport, lip, lport);
-		else
-			send_line(px, "XCLIENT ADDR=%s PORT=%u", rip, rport);
-		return;
-	}
-	send_login(px);
-}
-
-/* the login with the client's credentials */
-static void
-send_login(struct proxy *px)
-{
-	px->st = P_AUTH;
-	if (px->proto == PROXY_POP3) {
-		send_line(px, "USER %s", px->user);
-		return;
-	}
-	{
-		size_t ul = strlen(px->user), pl = strlen(px->password), n = ul + pl + 2;
-		char *raw = xmalloc(n), *b64 = xmalloc(BASE64_ENCODED_LEN(n) + 1);
-
-		raw[0] = '\0';
-		memcpy(raw + 1, px->user, ul);
-		raw[1 + ul] = '\0';
-		memcpy(raw + 2 + ul, px->password, pl);
-		base64_encode(raw, n, b64);
-		if (px->sasl_ir) {
-			send_line(px, "L AUTHENTICATE PLAIN %s", b64);
-		} else {
-			send_line(px, "L AUTHENTICATE PLAIN");
-			px->st = P_AUTH_CONT;
-		}
-		explicit_bzero(raw, n);
-		/* kept for the "+" when there was no SASL-IR */
-		free(px->password);
-		px->password = b64;
-		free(raw);
-	}
-}
-
 /* 0 under way; -1: failed (done() was called: px may be gone) */
 static int
 start_tls_upgrade(struct proxy *px)
@@ -452,165 +362,32 @@ start_tls_upgrade(struct proxy *px)
 	return 0;
 }
 
-/* "[CAPABILITY a b c]" at p: copy the list into px->caps */
-static void
-take_caps_code(struct proxy *px, const char *p)
-{
-	const char *e;
-
-	if (strncasecmp(p, "[CAPABILITY ", 12) != 0)
-		return;
-	p += 12;
-	e = strchr(p, ']');
-	if (e == NULL)
-		return;
-	snprintf(px->caps, sizeof(px->caps), "%.*s", (int)(e - p), p);
-}
-
+/* do what proxy_reply asks: 0 go on with the lines, -1 stop (the login
+ * ended, the handshake starts, or px is gone) */
 static int
-has_word(const char *list, const char *w)
+apply(struct proxy *px, enum proxy_reply_act act)
 {
-	size_t wl = strlen(w);
+	const char *out = proxy_reply_out(px->pr);
 
-	for (const char *p = list; *p;) {
-		size_t l = strcspn(p, " ");
-
-		if (l == wl && strncasecmp(p, w, wl) == 0)
-			return 1;
-		p += l;
-		p += strspn(p, " ");
-	}
-	return 0;
-}
-
-/* one backend line of the IMAP login; -1 when px is gone or done */
-static int
-imap_line(struct proxy *px, const char *l)
-{
-	switch (px->st) {
-	case P_GREETING:
-		if (strncasecmp(l, "* OK", 4) != 0) {
-			finish(px, PROXY_UNAVAILABLE, "the backend's greeting is not * OK");
-			return -1;
-		}
-		take_caps_code(px, l + 5);
-		px->sasl_ir = has_word(px->caps, "SASL-IR");
-		if (px->where.tls == USERDB_TLS_STARTTLS) {
-			if (px->caps[0] != '\0' && !has_word(px->caps, "STARTTLS")) {
-				finish(px, PROXY_UNAVAILABLE, "the backend does not offer STARTTLS");
-				return -1;
-			}
-			px->st = P_STARTTLS;
-			send_line(px, "S STARTTLS");
-			return 0;
-		}
-		after_tls(px);
+	switch (act) {
+	case PR_NONE:
 		return 0;
-	case P_STARTTLS:
-		if (l[0] == '*')
-			return 0;
-		if (strncasecmp(l, "S OK", 4) != 0) {
-			finish(px, PROXY_UNAVAILABLE, "the backend refused STARTTLS");
-			return -1;
-		}
-		/* 1: what follows is TLS: stop reading lines */
-		return start_tls_upgrade(px) < 0 ? -1 : 1;
-	case P_ID:
-		if (strncmp(l, "I ", 2) == 0)
-			send_login(px);	/* whatever the backend made of the ID */
-		return 0;
-	case P_AUTH_CONT:
-		if (l[0] == '+') {
-			send_line(px, "%s", px->password);
-			px->st = P_AUTH;
-			return 0;
-		}
-		/* FALLTHROUGH */
-	case P_AUTH:
-		if (strncmp(l, "* CAPABILITY ", 13) == 0) {
-			snprintf(px->caps, sizeof(px->caps), "%s", l + 13);
-			return 0;
-		}
-		if (strncmp(l, "L ", 2) != 0)
-			return 0;
-		if (strncasecmp(l + 2, "OK", 2) != 0) {
-			finish(px, strncasecmp(l + 2, "NO", 2) == 0 &&
-			    strstr(l, "[UNAVAILABLE]") == NULL ? PROXY_REFUSED : PROXY_UNAVAILABLE,
-			    strncasecmp(l + 2, "NO", 2) == 0 ? "the backend answered NO" :
-			    "the backend answered BAD");
-			return -1;
-		}
-		px->caps[0] = '\0';
-		take_caps_code(px, l + 5);
-		if (px->caps[0] != '\0') {
-			finish(px, PROXY_OK, "");
-			return -1;
-		}
-		px->st = P_CAPS;
-		send_line(px, "C CAPABILITY");
-		return 0;
-	case P_CAPS:
-		if (strncmp(l, "* CAPABILITY ", 13) == 0) {
-			snprintf(px->caps, sizeof(px->caps), "%s", l + 13);
-			return 0;
-		}
-		if (strncmp(l, "C ", 2) == 0) {
-			finish(px, PROXY_OK, "");
-			return -1;
-		}
-		return 0;
-	default:
-		return 0;
-	}
-}
-
-/* one backend line of the POP3 login; -1 when px is gone or done */
-static int
-pop3_line(struct proxy *px, const char *l)
-{
-	int ok = strncmp(l, "+OK", 3) == 0;
-
-	switch (px->st) {
-	case P_GREETING:
-		if (!ok) {
-			finish(px, PROXY_UNAVAILABLE, "the backend's greeting is not +OK");
-			return -1;
-		}
-		if (px->where.tls == USERDB_TLS_STARTTLS) {
-			px->st = P_STARTTLS;
-			send_line(px, "STLS");
-			return 0;
-		}
-		after_tls(px);
-		return 0;
-	case P_STARTTLS:
-		if (!ok) {
-			finish(px, PROXY_UNAVAILABLE, "the backend refused STLS");
-			return -1;
-		}
-		return start_tls_upgrade(px) < 0 ? -1 : 1;
-	case P_ID:
-		/* XCLIENT's answer either way (a backend that does not trust us says -ERR) */
-		send_login(px);
-		return 0;
-	case P_AUTH:
-		if (!ok) {
-			finish(px, PROXY_REFUSED, "the backend refused USER");
-			return -1;
-		}
-		px->st = P_PASS;
-		send_line(px, "PASS %s", px->password);
-		return 0;
-	case P_PASS:
-		if (!ok) {
-			finish(px, strstr(l, "[SYS/") || strstr(l, "[IN-USE]") ? PROXY_UNAVAILABLE :
-			    PROXY_REFUSED, "the backend answered -ERR");
-			return -1;
-		}
+	case PR_SEND:
+		/* a TLS filter encrypts (and may read) on the spot */
+		bufferevent_write(px->bev, out, strlen(out));
+		return px->gone || px->st != P_LOGIN ? -1 : 0;
+	case PR_STARTTLS:
+		start_tls_upgrade(px);	/* on failure done() came */
+		return -1;
+	case PR_OK:
 		finish(px, PROXY_OK, "");
 		return -1;
+	case PR_REFUSED:
+		finish(px, PROXY_REFUSED, proxy_reply_why(px->pr));
+		return -1;
 	default:
-		return 0;
+		finish(px, PROXY_UNAVAILABLE, proxy_reply_why(px->pr));
+		return -1;
 	}
 }
 
@@ -619,23 +396,18 @@ login_read(struct proxy *px)
 {
 	struct evbuffer *in = bufferevent_get_input(px->bev);
 
-	while (!px->gone && px->st != P_SPLICE && px->st != P_DONE && px->st != P_CONNECT &&
-	    px->st != P_TLS) {
+	while (!px->gone && px->st == P_LOGIN) {
 		size_t n;
 		char *l = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
 		int r;
 
 		if (l == NULL) {
-			if (evbuffer_get_length(in) > PROXY_LINE_MAX)
+			if (evbuffer_get_length(in) > PROXY_REPLY_LINE_MAX)
 				finish(px, PROXY_UNAVAILABLE, "a backend line is too long");
 			return;
 		}
-		if (n > PROXY_LINE_MAX || memchr(l, '\0', n) != NULL) {
-			free(l);
-			finish(px, PROXY_UNAVAILABLE, "a backend line is too long or holds NUL");
-			return;
-		}
-		r = px->proto == PROXY_IMAP ? imap_line(px, l) : pop3_line(px, l);
+		r = apply(px, proxy_reply_line(px->pr, l, n));
+		explicit_bzero(l, n);
 		free(l);
 		if (r != 0)
 			return;
@@ -998,11 +770,11 @@ event_cb_in(struct proxy *px, short what)
 			/* an interactive protocol: no Nagle wait on our small writes */
 			if (fd >= 0)
 				(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-			px->st = P_GREETING;
+			px->st = P_LOGIN;
 			login_read(px);
 		} else if (px->st == P_TLS) {
-			after_tls(px);
-			if (!px->gone)
+			px->st = P_LOGIN;
+			if (apply(px, proxy_reply_tls_done(px->pr)) == 0)
 				login_read(px);
 		}
 		return;
@@ -1072,8 +844,17 @@ proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto
 	px->proto = proto;
 	px->where = *where;
 	px->c = c;
-	px->user = xstrdup(user);
-	px->password = xstrdup(password);
+	px->pr = proxy_reply_new(proto == PROXY_IMAP, where->tls == USERDB_TLS_STARTTLS, user,
+	    password);
+	if (pc->forward_client) {
+		char rip[INET6_ADDRSTRLEN], lip[INET6_ADDRSTRLEN];
+		unsigned rport, lport;
+		int fd = (int)bufferevent_getfd(conn_bev(c));
+
+		if (fd >= 0 && sock_end(fd, 1, rip, sizeof(rip), &rport) == 0 &&
+		    sock_end(fd, 0, lip, sizeof(lip), &lport) == 0)
+			proxy_reply_set_client(px->pr, rip, rport, lip, lport);
+	}
 	px->h = h;
 	px->arg = arg;
 	px->st = P_CONNECT;
@@ -1129,7 +910,7 @@ proxy_start_failed(const struct proxy *px)
 const char *
 proxy_caps(const struct proxy *px)
 {
-	return px->caps;
+	return proxy_reply_caps(px->pr);
 }
 
 unsigned
@@ -1183,10 +964,6 @@ px_destroy(struct proxy *px)
 	}
 	if (px->bev != NULL)
 		bufferevent_free(px->bev);
-	free(px->user);
-	if (px->password != NULL) {
-		explicit_bzero(px->password, strlen(px->password));
-		free(px->password);
-	}
+	proxy_reply_free(&px->pr);
 	free(px);
 }

@@ -883,8 +883,10 @@ class FakeBackend:
     seconds; after it, a command line holding BIG gets big bytes back (then
     the connection is closed when the line also holds CLOSE)."""
 
-    def __init__(self, proto="imap", login_delay=0.0, big=8 * 1024 * 1024, cert=None):
+    def __init__(self, proto="imap", login_delay=0.0, big=8 * 1024 * 1024, cert=None,
+                 bare=False):
         self.proto, self.login_delay, self.big = proto, login_delay, big
+        self.bare = bare    # IMAP: "* OK" and "L OK", nothing after the status
         self.tls = None
         if cert:    # STARTTLS / STLS offered with this certificate
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -910,8 +912,9 @@ class FakeBackend:
         imap = self.proto == "imap"
         try:
             f = s.makefile("rb")
-            s.sendall(b"* OK [CAPABILITY IMAP4rev1 SASL-IR STARTTLS AUTH=PLAIN] fake\r\n" if imap
-                      else b"+OK fake\r\n")
+            s.sendall((b"* OK\r\n" if self.bare else
+                       b"* OK [CAPABILITY IMAP4rev1 SASL-IR STARTTLS AUTH=PLAIN] fake\r\n")
+                      if imap else b"+OK fake\r\n")
             while True:
                 line = f.readline()
                 if not line:
@@ -926,8 +929,11 @@ class FakeBackend:
                 elif imap and verb in (b"AUTHENTICATE", b"LOGIN") or not imap and verb == b"PASS":
                     time.sleep(self.login_delay)
                     self.logins += 1
-                    s.sendall(b"L OK [CAPABILITY IMAP4rev1 IDLE] in\r\n" if imap
-                              else b"+OK in\r\n")
+                    s.sendall((b"L OK\r\n" if self.bare else
+                               b"L OK [CAPABILITY IMAP4rev1 IDLE] in\r\n")
+                              if imap else b"+OK in\r\n")
+                elif imap and verb == b"CAPABILITY":
+                    s.sendall(b"* CAPABILITY IMAP4rev1 IDLE BARE\r\n" + words[0] + b" OK done\r\n")
                 elif b"BIG" in line:
                     sent = 0
                     while sent < self.big:
@@ -987,6 +993,7 @@ class T12Robust(unittest.TestCase):
         cls.fast = FakeBackend("imap")
         cls.stls = FakeBackend("imap", cert=W.good)
         cls.stls3 = FakeBackend("pop3", cert=W.good)
+        cls.bare = FakeBackend("imap", bare=True)
         cls.pops_port = free_port()
         users = {
             "slow@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.slow.port],
@@ -996,6 +1003,7 @@ class T12Robust(unittest.TestCase):
                                "tls=starttls"],
             "st3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.stls3.port,
                                 "tls=starttls"],
+            "bare@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.bare.port],
         }
         cls.g = Gateway("robust", users=users, pop3s_listen="127.0.0.1:%d" % cls.pops_port)
         cls.ctx = ssl.create_default_context(cafile=W.ca)
@@ -1003,7 +1011,7 @@ class T12Robust(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.g.stop()    # asserts: no sanitizer report, a clean exit
-        for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3):
+        for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3, cls.bare):
             b.close()
 
     def tls(self, port):
@@ -1016,6 +1024,13 @@ class T12Robust(unittest.TestCase):
         self.assertEqual(self.g.d.sanitizer_lines(), [])
         line = raw_login(self.g.imap_port, LOCAL)
         self.assertTrue(line.startswith("a OK"), line)
+
+    def test_bare_status_lines(self):
+        # "* OK" and "L OK" with nothing after them: nothing read past the
+        # line (ASan), the CAPABILITY asked for and passed on
+        line = raw_login(self.g.imap_port, "bare@example.com")
+        self.assertTrue(line.startswith("a OK [CAPABILITY IMAP4rev1 IDLE BARE]"), line)
+        self.assert_serving()
 
     def test_tls_client_gone_during_backend_login(self):
         # the tagged OK after the backend's login fails on the spot (TLS):
