@@ -34,7 +34,8 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
     T10BackendAuth  mail_proxy_auth = backend: unknown users of
                     mail_proxy_domains checked by mail_proxy_default (IMAP
                     and POP3), its NO a failed login with the penalty delay
-    T11Clients      mbsync (STARTTLS) and fetchmail (STLS) through the proxy
+    T11Clients      mbsync (STARTTLS), mutt (batch mode, imaps), fetchmail
+                    (STLS), poplib POP3_SSL and curl pop3s through the proxy
     T12Robust       a scripted backend (slow login, a long stream, a close
                     behind a full client): clients over TLS that vanish while
                     the backend logs in or streams, a backend that closes
@@ -747,7 +748,8 @@ class T10BackendAuth(unittest.TestCase):
 
 
 class T11Clients(unittest.TestCase):
-    """mbsync (IMAP, STARTTLS to Portcullis) and fetchmail (POP3, STLS) through the proxy"""
+    """mbsync (IMAP, STARTTLS to Portcullis), mutt (imaps), fetchmail (POP3, STLS),
+    poplib and curl (pop3s) through the proxy"""
 
     @classmethod
     def setUpClass(cls):
@@ -757,14 +759,69 @@ class T11Clients(unittest.TestCase):
                         b"body %d\r\n" % (i, i), "170000001%d.M%dP9.backend" % (i, i))
         cls.gi = Gateway("clients-imap", ["proxy=y", "host=127.0.0.1",
                                           "port=%d" % cls.dc.imap_port])
+        cls.pops_port = free_port()
         cls.gp = Gateway("clients-pop3", ["proxy=y", "host=127.0.0.1",
-                                          "port=%d" % cls.dc.pop3_port])
+                                          "port=%d" % cls.dc.pop3_port],
+                         pop3s_listen="127.0.0.1:%d" % cls.pops_port)
 
     @classmethod
     def tearDownClass(cls):
         cls.gi.stop()
         cls.gp.stop()
         cls.dc.close()
+
+    def assert_proxied(self, g, door):
+        self.assertRegex(g.d.log_text(), r"%s: conn=\S+ proxy: user=<%s> client=\[127\.0\.0\.1\] "
+                         r"backend=127\.0\.0\.1:\d+: logged in" % (door, re.escape(USER)))
+
+    @unittest.skipUnless(shutil.which("mutt") and shutil.which("script"),
+                         "mutt (or script) is not installed")
+    def test_mutt_reads_through_the_proxy(self):
+        # mutt in batch mode (under script(1) for a terminal), over imaps
+        d = self.gi.d
+        out, rc, certs = d.path("mutt.out"), d.path("muttrc"), d.path("mutt-certs")
+        with open(certs, "w") as f:
+            f.write(open(W.front[0]).read() + open(W.ca).read())
+        with open(rc, "w") as f:
+            f.write('set folder="imaps://%s@127.0.0.1:%d/" spoolfile="+INBOX"\n'
+                    'set imap_pass="%s" certificate_file="%s" ssl_verify_host=no\n'
+                    'set header_cache="" message_cachedir="" wait_key=no pipe_split=no\n'
+                    'set imap_authenticators="plain:login"\n'
+                    % (USER, self.gi.imaps_port, PASSWORD, certs))
+        keys = ("<tag-pattern>~A<enter><tag-prefix><pipe-message>grep Subject: > %s"
+                "<enter><quit>" % out)
+        cmd = "TERM=xterm %s -n -F %s -e 'push \"%s\"'" % (shutil.which("mutt"), rc, keys)
+        p = subprocess.run([shutil.which("script"), "-qec", cmd, "/dev/null"],
+                           capture_output=True, timeout=60, env=dict(os.environ, HOME=d.dir))
+        self.assertEqual(p.returncode, 0, p.stdout[-2000:])
+        with open(out) as f:
+            got = sorted(line.strip() for line in f)
+        self.assertEqual(got, ["Subject: client %d" % i for i in range(3)])
+        self.assert_proxied(self.gi, "imap")
+
+    def test_pop3s_poplib(self):
+        ctx = ssl.create_default_context(cafile=W.ca)
+        p = poplib.POP3_SSL("127.0.0.1", self.pops_port, context=ctx, timeout=15)
+        p.user(USER)
+        self.assertTrue(p.pass_(PASSWORD).startswith(b"+OK"))
+        self.assertEqual(p.stat()[0], 3)
+        got = b"\n".join(p.retr(2)[1])
+        self.assertRegex(got, rb"Subject: client \d")
+        self.assertTrue(p.quit().startswith(b"+OK"))
+        self.assert_proxied(self.gp, "pop3")
+
+    @unittest.skipUnless(shutil.which("curl"), "curl is not installed")
+    def test_pop3s_curl(self):
+        base = "pop3s://127.0.0.1:%d/" % self.pops_port
+        args = ["curl", "-sS", "--max-time", "30", "--cacert", W.ca, "--login-options",
+                "AUTH=PLAIN", "--user", "%s:%s" % (USER, PASSWORD)]
+        r = subprocess.run(args + [base], capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(r.stdout.split(b"\r\n")) - 1, 3, r.stdout)     # the LIST
+        r = subprocess.run(args + [base + "3"], capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, rb"Subject: client \d\r\n\r\nbody \d\r\n")
+        self.assert_proxied(self.gp, "pop3")
 
     @unittest.skipUnless(shutil.which("mbsync"), "isync (mbsync) is not installed")
     def test_mbsync_pull(self):
