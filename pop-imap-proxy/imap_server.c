@@ -1146,6 +1146,7 @@ imap_server_run(const int *fds, const enum imap_listener_kind *kinds, size_t nfd
 		close(srv->ino);
 	free(srv->watches);
 	userip_free(&srv->userip);
+	proxy_dns_free(&srv->c->proxy);	/* host= names' resolver: on this loop */
 	event_base_free(srv->base);
 	users_close(&srv->users);
 	free(srv);

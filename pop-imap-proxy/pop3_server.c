@@ -1040,6 +1040,7 @@ pop3_server_run(const int *fds, const enum pop3_listener_kind *kinds, size_t nfd
 	event_free(sig_int);
 	event_free(sig_drain);
 	event_free(tick);
+	proxy_dns_free(&s->c->proxy);	/* host= names' resolver: on this loop */
 	event_base_free(s->base);
 	users_close(&s->users);
 	free(s);

@@ -50,6 +50,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -60,6 +61,7 @@
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/proxy.h"
 #include "pop-imap-proxy/proxy_reply.h"
+#include "storage-adapter/userdb.h"
 #include "service/conn.h"
 
 #define PROXY_HIGH (256 * 1024)		/* stop feeding a side above this */
@@ -83,8 +85,9 @@ struct proxy {
 	struct bufferevent *bev;
 	enum pstate st;
 	struct proxy_reply *pr;		/* the login's state machine */
-	char backend[80];		/* "HOST:PORT" */
+	char backend[300];		/* "HOST:PORT" */
 	int client_paused;		/* by us: the backend's output is full */
+	int host_is_name;		/* host= is a DNS name: resolved, checked by name */
 	struct timespec t0;		/* proxy_new(): for proxy_login_ms() */
 	const struct proxy_hooks *h;
 	void *arg;
@@ -101,6 +104,11 @@ struct proxy {
 	struct event *wr;
 	int busy;			/* our functions on the stack (px_enter) */
 	int gone;			/* proxy_free() came meanwhile: the last px_leave frees */
+};
+
+struct proxy_dns {
+	char *resolver;			/* "system" or IP[:PORT] */
+	struct evdns_base *evdns;	/* made at the first host= name */
 };
 
 /* ---- settings ---- */
@@ -143,11 +151,13 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 		pc->master_password = xstrdup(line);
 		explicit_bzero(line, sizeof(line));
 	}
+	pc->dns = xcalloc(1, sizeof(*pc->dns));
+	pc->dns->resolver = xstrdup(conf_get(c, "resolver"));
 	pc->auth_backend = strcmp(conf_get(c, "mail_proxy_auth"), "backend") == 0;
 	pc->domains = conf_get_list(c, "mail_proxy_domains", &pc->ndomains);
 	{
 		const char *d = conf_get(c, "mail_proxy_default");
-		char host[80];
+		char host[300];
 		const char *perr;
 		char *fields;
 		size_t hl;
@@ -215,6 +225,48 @@ proxy_conf_deinit(struct proxy_conf *pc)
 		conf_list_free(pc->domains);
 	pc->domains = NULL;
 	pc->ndomains = 0;
+	if (pc->dns != NULL) {
+		/* an evdns base left here (no proxy_dns_free) is left alone: its
+		 * loop may be gone */
+		free(pc->dns->resolver);
+		free(pc->dns);
+	}
+	pc->dns = NULL;
+}
+
+void
+proxy_dns_free(const struct proxy_conf *pc)
+{
+	if (pc->dns != NULL && pc->dns->evdns != NULL) {
+		evdns_base_free(pc->dns->evdns, 0);
+		pc->dns->evdns = NULL;
+	}
+}
+
+/* the resolver for host= names on base: NULL with *error_r */
+static struct evdns_base *
+dns_for(const struct proxy_conf *pc, struct event_base *base, const char **error_r)
+{
+	struct proxy_dns *d = pc->dns;
+
+	if (d == NULL) {
+		*error_r = "no resolver";
+		return NULL;
+	}
+	if (d->evdns != NULL)
+		return d->evdns;
+	/* no search domains: the name is taken as written */
+	d->evdns = evdns_base_new(base, 0);
+	if (d->evdns == NULL) {
+		*error_r = "cannot create the resolver";
+		return NULL;
+	}
+	if (strcmp(d->resolver, "system") == 0 ?
+	    evdns_base_resolv_conf_parse(d->evdns, DNS_OPTION_NAMESERVERS | DNS_OPTION_HOSTSFILE,
+	    "/etc/resolv.conf") != 0 : evdns_base_nameserver_ip_add(d->evdns, d->resolver) != 0)
+		log_warn("proxy: resolver = %s: no name server to ask (host= names will fail)",
+		    d->resolver);
+	return d->evdns;
 }
 
 int
@@ -296,8 +348,11 @@ new_ssl(struct proxy *px)
 
 	if (ssl == NULL)
 		return NULL;
-	/* the name checked is the address we connect to (an IP subjectAltName) */
-	if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), px->where.host) != 1) {
+	/* the name checked is the address we connect to (an IP subjectAltName),
+	 * or the host= name (a DNS subjectAltName, also sent as SNI) */
+	if (px->host_is_name ? SSL_set_tlsext_host_name(ssl, px->where.host) != 1 ||
+	    X509_VERIFY_PARAM_set1_host(SSL_get0_param(ssl), px->where.host, 0) != 1 :
+	    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), px->where.host) != 1) {
 		SSL_free(ssl);
 		return NULL;
 	}
@@ -816,8 +871,13 @@ event_cb_in(struct proxy *px, short what)
 		int err = EVUTIL_SOCKET_ERROR();
 		int in_tls = px->st == P_TLS ||
 		    (px->st == P_CONNECT && px->where.tls == USERDB_TLS_YES);
+		int derr = px->host_is_name && px->st == P_CONNECT ?
+		    bufferevent_socket_get_dns_error(px->bev) : 0;
 
-		if (!in_tls || !tls_why(px, why, sizeof(why), "TLS handshake failed"))
+		if (derr != 0)
+			snprintf(why, sizeof(why), "cannot resolve %.200s: %s", px->where.host,
+			    evutil_gai_strerror(derr));
+		else if (!in_tls || !tls_why(px, why, sizeof(why), "TLS handshake failed"))
 			snprintf(why, sizeof(why), "%s", err ? evutil_socket_error_to_string(err) :
 			    "connection error");
 	}
@@ -836,8 +896,9 @@ proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto
 	int sl = sizeof(ss);
 	unsigned port = where->port ? where->port : proto == PROXY_IMAP ?
 	    (where->tls == USERDB_TLS_YES ? 993 : 143) : (where->tls == USERDB_TLS_YES ? 995 : 110);
-	char spec[96];
+	char spec[300];
 	struct timeval t = { (time_t)pc->timeout, 0 };
+	struct evdns_base *dns = NULL;
 
 	px->base = base;
 	px->pc = pc;
@@ -873,9 +934,14 @@ proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto
 	if (px->st == P_DONE)
 		return px;
 	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sl) < 0) {
-		px->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-		px->st = P_DONE;
-		return px;	/* the caller sees proxy_failed_at_start() */
+		const char *err;
+
+		px->host_is_name = userdb_is_hostname(where->host);
+		if (!px->host_is_name || (dns = dns_for(pc, base, &err)) == NULL) {
+			px->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+			px->st = P_DONE;
+			return px;	/* the caller sees proxy_start_failed() */
+		}
 	}
 	if (where->tls == USERDB_TLS_YES) {
 		SSL *ssl = new_ssl(px);
@@ -896,7 +962,10 @@ proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto
 	bufferevent_setwatermark(px->bev, EV_READ, 0, PROXY_HIGH);
 	bufferevent_set_timeouts(px->bev, &t, &t);
 	bufferevent_enable(px->bev, EV_READ | EV_WRITE);
-	if (bufferevent_socket_connect(px->bev, (struct sockaddr *)&ss, sl) < 0)
+	/* a name: looked up on the loop (bounded by the timeouts set above) */
+	if (dns != NULL ? bufferevent_socket_connect_hostname(px->bev, dns, AF_UNSPEC,
+	    where->host, (int)port) < 0 :
+	    bufferevent_socket_connect(px->bev, (struct sockaddr *)&ss, sl) < 0)
 		px->st = P_DONE;	/* refused at once: reported by proxy_start_failed() */
 	return px;
 }

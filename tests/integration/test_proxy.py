@@ -36,6 +36,10 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
                     and POP3), its NO a failed login with the penalty delay
     T11Clients      mbsync (STARTTLS), mutt (batch mode, imaps), fetchmail
                     (STLS), poplib POP3_SSL and curl pop3s through the proxy
+    T13Names        host= as a DNS name, resolved on the loop through the
+                    resolver setting (a dnsmasq on loopback): IMAP and POP3
+                    logins, implicit TLS verified against the name (another
+                    name refused), an unknown name NO [UNAVAILABLE] fast
     T12Robust       a scripted backend (slow login, a long stream, a close
                     behind a full client): clients over TLS that vanish while
                     the backend logs in or streams, a backend that closes
@@ -266,7 +270,8 @@ class T01Users(unittest.TestCase):
             d.cli("user", "set", USER, "destuser=", "port=")
             out = d.cli("user", "show", USER).stdout
             self.assertIn("fields: proxy=y host=127.0.0.1 tls=starttls\n", out)
-            for args, err in ((["host=backend.example"], "numeric IPv4 or IPv6"),
+            for args, err in ((["host=backend..example"], "numeric IPv4 or IPv6 address or a "
+                                                          "DNS name"),
                               (["port=70000"], "port number 1-65535"),
                               (["tls=maybe"], "no, starttls or yes"),
                               (["proxy=sure"], "y or n"),
@@ -1202,6 +1207,77 @@ class T12Robust(unittest.TestCase):
                 self.assertEqual(len(read_all(f)), BIG_SENT, proto)
                 s.close()
         self.assert_serving()
+
+
+DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+
+
+@unittest.skipUnless(os.access(DNSMASQ, os.X_OK), "dnsmasq is not installed")
+class T13Names(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_smtp_dns import dns_answers
+        cls.dc = backend("dc-names", W.wrong, protocols=("imap", "pop3"))
+        cls.dns_port = free_port(kind=socket.SOCK_DGRAM)
+        cls.dns = subprocess.Popen(
+            [DNSMASQ, "--keep-in-foreground", "--port=%d" % cls.dns_port,
+             "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+             "--no-poll", "--pid-file=", "--user=root",
+             "--host-record=mx.good.test,127.0.0.1",     # what dns_answers asks
+             "--host-record=backend.test,127.0.0.1",
+             "--host-record=backend.invalid,127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert dns_answers(cls.dns_port), "dnsmasq does not answer"
+        dc = cls.dc
+        users = {
+            "nm@example.com": ["proxy=y", "host=backend.test", "port=%d" % dc.imap_port,
+                               "destuser=" + USER],
+            "nt@example.com": ["proxy=y", "host=backend.invalid", "port=%d" % dc.imaps_port,
+                               "tls=yes", "destuser=" + USER],
+            "nw@example.com": ["proxy=y", "host=backend.test", "port=%d" % dc.imaps_port,
+                               "tls=yes", "destuser=" + USER],
+            "nx@example.com": ["proxy=y", "host=nx.test", "port=%d" % dc.imap_port],
+            "np@example.com": ["proxy=y", "host=backend.test", "port=%d" % dc.pop3_port,
+                               "destuser=" + USER],
+        }
+        cls.g = Gateway("names", users=users, resolver="127.0.0.1:%d" % cls.dns_port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+        cls.dns.terminate()
+        cls.dns.wait(5)
+        cls.dc.close()
+
+    def test_imap_and_pop3_by_name(self):
+        line = raw_login(self.g.imap_port, "nm@example.com")
+        self.assertTrue(line.startswith("a OK [CAPABILITY"), line)
+        p = poplib.POP3("127.0.0.1", self.g.pop3_port, timeout=15)
+        p.user("np@example.com")
+        self.assertTrue(p.pass_(PASSWORD).startswith(b"+OK"))
+        p.quit()
+        self.assertRegex(self.g.d.log_text(), r"proxy: user=<np@example\.com> client=\S+ "
+                         r"backend=backend\.test:%d: logged in" % self.dc.pop3_port)
+
+    def test_tls_checked_against_the_name(self):
+        line = raw_login(self.g.imap_port, "nt@example.com")
+        self.assertTrue(line.startswith("a OK [CAPABILITY"), line)
+        mark = self.g.d.log_mark()
+        line = raw_login(self.g.imap_port, "nw@example.com")
+        self.assertTrue(line.startswith("a NO [UNAVAILABLE]"), line)
+        wait_until(lambda: "user=<nw@example.com>" in self.g.d.log_since(mark), 5,
+                   what="the log line")
+        self.assertRegex(self.g.d.log_since(mark), r"certificate not accepted")
+
+    def test_unknown_name_unavailable(self):
+        t0 = time.monotonic()
+        line = raw_login(self.g.imap_port, "nx@example.com")
+        self.assertTrue(line.startswith("a NO [UNAVAILABLE]"), line)
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertRegex(self.g.d.log_text(), r"user=<nx@example\.com> client=\S+ "
+                         r"backend=nx\.test:%d: unavailable: cannot resolve nx\.test"
+                         % self.dc.imap_port)
 
 
 if __name__ == "__main__":
