@@ -114,8 +114,12 @@ struct proxy_dns {
 /* ---- settings ---- */
 
 int
-proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error_r)
+proxy_conf_parse(const struct conf *c, enum proxy_proto proto, struct proxy_conf *pc,
+    const char **error_r)
 {
+	/* the door's own, which is mail_proxy_default unless set */
+	const char *dkey = proto == PROXY_IMAP ? "imap_mail_proxy_default" :
+	    "pop3_mail_proxy_default";
 	static char err[600];
 	const char *ca = conf_get(c, "mail_proxy_tls_ca_file");
 
@@ -156,7 +160,7 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 	pc->auth_backend = strcmp(conf_get(c, "mail_proxy_auth"), "backend") == 0;
 	pc->domains = conf_get_list(c, "mail_proxy_domains", &pc->ndomains);
 	{
-		const char *d = conf_get(c, "mail_proxy_default");
+		const char *d = conf_get(c, dkey);
 		char host[300];
 		const char *perr;
 		char *fields;
@@ -176,10 +180,11 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 		}
 		fields = d[0] ? xasprintf("proxy=y host=%s%s%s", host, port ? " port=" : "",
 		    port ? port : "") : NULL;
-		if (fields != NULL && userdb_proxy_parse(fields, &pc->def, &perr) != 1) {
-			snprintf(err, sizeof(err), "%s: mail_proxy_default = %.100s: expected "
-			    "ADDRESS[:PORT] or [IPV6]:PORT (%s)", conf_where(c, "mail_proxy_default"),
-			    d, perr);
+		if (fields != NULL && (strpbrk(d, " \t") != NULL ||
+		    userdb_proxy_parse(fields, &pc->def, &perr) != 1)) {
+			snprintf(err, sizeof(err), "%s: %s = %.100s: expected ADDRESS[:PORT], "
+			    "[IPV6]:PORT or NAME[:PORT] (%s)", conf_where(c, dkey), dkey, d,
+			    strpbrk(d, " \t") != NULL ? "one value" : perr);
 			free(fields);
 			*error_r = err;
 			proxy_conf_deinit(pc);
@@ -187,8 +192,8 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 		}
 		free(fields);
 		if (pc->ndomains > 0 && d[0] == '\0') {
-			snprintf(err, sizeof(err), "%s: mail_proxy_domains needs mail_proxy_default",
-			    conf_where(c, "mail_proxy_domains"));
+			snprintf(err, sizeof(err), "%s: mail_proxy_domains needs mail_proxy_default "
+			    "(or %s)", conf_where(c, "mail_proxy_domains"), dkey);
 			*error_r = err;
 			proxy_conf_deinit(pc);
 			return -1;

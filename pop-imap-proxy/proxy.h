@@ -47,7 +47,7 @@ struct proxy_conf {
 	/* mail_proxy_auth = backend: users of these domains with no line of
 	 * their own log in to the default backend, whose verdict decides */
 	int auth_backend;
-	struct userdb_proxy def;	/* mail_proxy_default; host "" none */
+	struct userdb_proxy def;	/* the door's mail_proxy_default; host "" none */
 	char **domains;			/* mail_proxy_domains (conf list) */
 	size_t ndomains;
 	/* host= names: resolved on the loop with the resolver setting (made at
@@ -55,9 +55,11 @@ struct proxy_conf {
 	struct proxy_dns *dns;
 };
 
-/* 0, or -1 with *error_r (naming the key) */
-int proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error_r)
-    __attribute__((warn_unused_result));
+/* for the door of proto (its own default: imap_/pop3_mail_proxy_default,
+ * which is mail_proxy_default unless set): 0, or -1 with *error_r (naming
+ * the key) */
+int proxy_conf_parse(const struct conf *c, enum proxy_proto proto, struct proxy_conf *pc,
+    const char **error_r) __attribute__((warn_unused_result));
 void proxy_conf_deinit(struct proxy_conf *pc);
 /* the resolver of host= names, while its event loop still exists (the
  * door's end, before event_base_free) */

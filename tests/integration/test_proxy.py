@@ -295,10 +295,15 @@ class T01Users(unittest.TestCase):
 class T01Config(unittest.TestCase):
     """portcullisd -t refuses bad mail_proxy_* settings, naming the key"""
     CASES = [
-        ("a default that is no address", {"mail_proxy_default": "backend.example:143"},
-         r"mail_proxy_default = backend.example:143: expected ADDRESS\[:PORT\]"),
+        ("a default that is no address", {"mail_proxy_default": "backend..example:143"},
+         r'mail_proxy_default: "backend\.\.example:143": expected ADDRESS\[:PORT\]'),
+        ("a door's default that is no address", {"pop3_mail_proxy_default": "b.example x"},
+         r'pop3_mail_proxy_default: "b\.example x": expected ADDRESS\[:PORT\]'),
+        ("domains with one door's default only", {"mail_proxy_domains": "far.example",
+                                                  "pop3_mail_proxy_default": "192.0.2.1"},
+         r"mail_proxy_domains needs mail_proxy_default \(or imap_mail_proxy_default\)"),
         ("a default port out of range", {"mail_proxy_default": "192.0.2.1:0"},
-         r"mail_proxy_default.*1-65535"),
+         r"mail_proxy_default.*port is not a number from 1 to 65535"),
         ("domains without a default", {"mail_proxy_domains": "far.example"},
          r"mail_proxy_domains needs mail_proxy_default"),
         ("a master user without its password", {"mail_proxy_master_user": "m"},
@@ -321,6 +326,7 @@ class T01Config(unittest.TestCase):
             finally:
                 d.close()
         d = Daemon("conf-ok", base, mail_proxy_auth="backend", mail_proxy_default="[::1]:143",
+                   pop3_mail_proxy_default="pop.far.example:1110",
                    mail_proxy_domains="far.example")
         try:
             p = run_bin("portcullisd", "-c", d.conf, "-t")
@@ -702,8 +708,10 @@ class T10BackendAuth(unittest.TestCase):
         far = "carol@far.example"
         dc = backend("dc-backend", None, protocols=("imap", "pop3"),
                      users={far: "{PLAIN}Far pass 2"})
+        # one default for both doors, the POP3 door's port its own
         g = Gateway("backend", [], mail_proxy_auth="backend",
                     mail_proxy_default="127.0.0.1:%d" % dc.imap_port,
+                    pop3_mail_proxy_default="127.0.0.1:%d" % dc.pop3_port,
                     mail_proxy_domains="far.example", auth_failure_delay="1s",
                     auth_failure_delay_max="1s")
         try:
@@ -726,23 +734,19 @@ class T10BackendAuth(unittest.TestCase):
                 c.login("dave@elsewhere.example", "x")
             self.assertNotIn("dave@", open(dc.log).read())
             c.logout()
-            # POP3 the same way (mail_proxy_default names one port: a gateway of its own)
-            g2 = Gateway("backend-pop3", [], mail_proxy_auth="backend",
-                         mail_proxy_default="127.0.0.1:%d" % dc.pop3_port,
-                         mail_proxy_domains="far.example")
-            try:
-                p = poplib.POP3("127.0.0.1", g2.pop3_port, timeout=15)
-                p.user(far)
-                self.assertTrue(p.pass_("Far pass 2").startswith(b"+OK"))
-                self.assertEqual(p.stat()[0], 0)
-                p.quit()
-                p = poplib.POP3("127.0.0.1", g2.pop3_port, timeout=15)
-                p.user(far)
-                with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[AUTH\]"):
-                    p.pass_("wrong")
-                p.quit()
-            finally:
-                g2.stop()
+            # POP3 the same way, to the port of pop3_mail_proxy_default
+            p = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            p.user(far)
+            self.assertTrue(p.pass_("Far pass 2").startswith(b"+OK"))
+            self.assertEqual(p.stat()[0], 0)
+            p.quit()
+            self.assertRegex(g.d.log_text(), r"pop3: conn=\S+ proxy: user=<%s> .*backend=127\.0"
+                             r"\.0\.1:%d: logged in" % (re.escape(far), dc.pop3_port))
+            p = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            p.user(far)
+            with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[AUTH\]"):
+                p.pass_("wrong")
+            p.quit()
             # users of our own file are still checked here
             c = g.login(LOCAL)
             self.assertEqual(c.select("INBOX")[0], "OK")
