@@ -257,6 +257,8 @@ fuzz:
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-apop tests/fuzz/fuzz_apop.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-userdb-proxy tests/fuzz/fuzz_userdb_proxy.c $(FUZZ_LIB_SRC) \
 	    $(LIBS_LIB) -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-proxy-reply tests/fuzz/fuzz_proxy_reply.c \
+	    pop-imap-proxy/proxy_reply.c common/base64.c common/xmalloc.c common/log.c -pthread
 	@mkdir -p build/fuzz/corpus-smtp-sieve
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp-sieve tests/fuzz/fuzz_smtp_sieve.c smtp-gateway/smtp_sieve.c \
 	    smtp-gateway/downstream.c smtp-gateway/relay_send.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
@@ -278,6 +280,8 @@ fuzz:
 	build/fuzz/fuzz-apop -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-apop
 	@mkdir -p build/fuzz/corpus-userdb-proxy
 	build/fuzz/fuzz-userdb-proxy -max_total_time=$(FUZZ_SECONDS) -max_len=1024 build/fuzz/corpus-userdb-proxy
+	@mkdir -p build/fuzz/corpus-proxy-reply
+	build/fuzz/fuzz-proxy-reply -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-proxy-reply tests/fuzz/seeds-proxy-reply
 	build/fuzz/fuzz-smtp-sieve -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp-sieve
 	@mkdir -p build/fuzz/corpus-imap-mime
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap-mime tests/fuzz/fuzz_imap_mime.c pop-imap-proxy/imap_mime.c pop-imap-proxy/imap_bodystructure.c \

@@ -446,13 +446,21 @@ proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 		char *line = xasprintf("%s OK [CAPABILITY %s] Logged in\r\n",
 		    imap_proto_tag(s->ip), caps);
 
+		struct conn *c = s->conn;
+
 		s->spliced = 1;
 		engine_session_free(&s->es);
-		conn_set_timeout(s->conn, s->srv->c->idle_timeout);
-		conn_write(s->conn, line, strlen(line));
+		conn_set_timeout(c, s->srv->c->idle_timeout);
+		/* held: the splice may end the connection (and free s) on the spot */
+		conn_hold(c);
+		conn_write(c, line, strlen(line));
 		free(line);
-		proxy_splice(s->px);
-		conn_resume(s->conn);
+		if (s->px != NULL && !conn_is_closing(c))
+			proxy_splice(s->px);
+		if (conn_release(c))
+			return;		/* ended meanwhile: s is gone */
+		if (s->px != NULL)
+			conn_resume(c);
 		return;
 	}
 	proxy_free(&s->px);
@@ -1138,6 +1146,7 @@ imap_server_run(const int *fds, const enum imap_listener_kind *kinds, size_t nfd
 		close(srv->ino);
 	free(srv->watches);
 	userip_free(&srv->userip);
+	proxy_dns_free(&srv->c->proxy);	/* host= names' resolver: on this loop */
 	event_base_free(srv->base);
 	users_close(&srv->users);
 	free(srv);

@@ -224,7 +224,8 @@ s_writable(struct conn *c)
 	struct session *s = conn_ctx(c);
 
 	if (s->spliced) {
-		proxy_client_writable(s->px);
+		if (s->px != NULL)
+			proxy_client_writable(s->px);
 		return;
 	}
 	if (!s->room)
@@ -252,13 +253,21 @@ proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 	if (res == PROXY_OK) {
 		static const char ok[] = "+OK Logged in.\r\n";
 
+		struct conn *c = s->c;
+
 		s->spliced = 1;
 		s->busy = 0;
 		engine_session_free(&s->es);
-		conn_set_timeout(s->c, 0);	/* the door's pop3_timeout */
-		conn_write(s->c, ok, sizeof(ok) - 1);
-		proxy_splice(s->px);
-		conn_resume(s->c);
+		conn_set_timeout(c, 0);	/* the door's pop3_timeout */
+		/* held: the splice may end the connection (and free s) on the spot */
+		conn_hold(c);
+		conn_write(c, ok, sizeof(ok) - 1);
+		if (s->px != NULL && !conn_is_closing(c))
+			proxy_splice(s->px);
+		if (conn_release(c))
+			return;		/* ended meanwhile: s is gone */
+		if (!conn_is_closing(c))
+			conn_resume(c);
 		return;
 	}
 	proxy_free(&s->px);
@@ -1031,6 +1040,7 @@ pop3_server_run(const int *fds, const enum pop3_listener_kind *kinds, size_t nfd
 	event_free(sig_int);
 	event_free(sig_drain);
 	event_free(tick);
+	proxy_dns_free(&s->c->proxy);	/* host= names' resolver: on this loop */
 	event_base_free(s->base);
 	users_close(&s->users);
 	free(s);

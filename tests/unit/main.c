@@ -75,6 +75,7 @@ main(void)
 	test_penalty_register();
 	test_apop_register();
 	test_userdb_proxy_register();
+	test_proxy_reply_register();
 	test_sieve_lex_register();
 	test_sieve_parse_register();
 	test_sieve_eval_register();

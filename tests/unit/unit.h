@@ -27,6 +27,7 @@ void test_service_register(void);
 void test_penalty_register(void);
 void test_apop_register(void);
 void test_userdb_proxy_register(void);
+void test_proxy_reply_register(void);
 void test_sieve_lex_register(void);
 void test_sieve_parse_register(void);
 void test_sieve_eval_register(void);
