@@ -2051,7 +2051,9 @@ parse_flags(struct imap_proto *p, const char *const *fl, size_t n, unsigned *fla
 				break;
 		if (k < 5) {
 			*flags_r |= 1u << k;
-		} else if (strcasecmp(fl[i], "\\Recent") != 0) {
+		} else {
+			/* \Recent too: the server sets it, never a client (RFC 3501
+			 * §2.3.2), and Dovecot answers BAD */
 			reply(p, "%s BAD Invalid system flag %.100s", p->tag, fl[i]);
 			free(kw);
 			return -1;

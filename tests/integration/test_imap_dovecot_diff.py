@@ -696,10 +696,8 @@ KNOWN_DIFFERENCES = {
     "A: EXAMINE Archive.2025": "D5",
     "A: EXAMINE Work": "D5",
     "A: SELECT Work": "D5",
-    # D6 \Recent in STORE or APPEND flags: Dovecot BAD (RFC 3501: \Recent
-    # cannot be set by the client), Portcullis ignores it and says OK
-    "A: STORE 1 +FLAGS (\\Recent)": "D6",
-    "A: APPEND Archive (\\Recent) {129}": "D6",
+    # (D6, fixed since: \Recent in STORE or APPEND flags was ignored with an
+    # OK; now BAD, as Dovecot: RFC 3501, a client cannot set \Recent)
     # D7 unsolicited FETCH to another session: Dovecot also tells B of a
     # message A STOREd without changing its flags (5 -FLAGS.SILENT (\Seen)
     # on an unseen one); Portcullis only of real changes. Harmless.

@@ -257,7 +257,8 @@ static const struct icase icases[] = {
 	  "d FETCH 1 BODY.PEEK[HEADER]\r\ne UID FETCH 2 (BODY[TEXT])\r\n"
 	  "f FETCH 1 BODY.PEEK[]<9.5>\r\nf2 FETCH 2 (RFC822.HEADER BODY.PEEK[]<20.10>)\r\n"
 	  "g STORE 1 +FLAGS (\\Deleted $Junk)\r\nh STORE 2 -FLAGS.SILENT (\\Seen)\r\n"
-	  "i FETCH 1:2 FLAGS\r\nj FETCH 3 FLAGS\r\nj2 STORE 1 FLAGS (\\Bogus)\r\nk EXPUNGE\r\n"
+	  "i FETCH 1:2 FLAGS\r\nj FETCH 3 FLAGS\r\nj2 STORE 1 FLAGS (\\Bogus)\r\n"
+	  "j3 STORE 1 +FLAGS (\\Recent)\r\nk EXPUNGE\r\n"
 	  "l UID FETCH 1:* UID\r\nl2 UID FETCH 7:* (FLAGS)\r\nm STORE 1 +FLAGS.SILENT \\Deleted\r\n"
 	  "n CLOSE\r\no SELECT INBOX\r\np LOGOUT\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
@@ -282,6 +283,7 @@ static const struct icase icases[] = {
 	  "i OK Fetch completed.\r\n"
 	  "j BAD Error in IMAP command FETCH: Invalid messageset.\r\n"
 	  "j2 BAD Invalid system flag \\Bogus\r\n"
+	  "j3 BAD Invalid system flag \\Recent\r\n"	/* the server's flag, as Dovecot */
 	  "* 1 EXPUNGE\r\n* 1 RECENT\r\nk OK Expunge completed.\r\n"
 	  "* 1 FETCH (UID 2)\r\nl OK Fetch completed.\r\n"
 	  "* 1 FETCH (UID 2 FLAGS (\\Recent))\r\nl2 OK Fetch completed.\r\n"
