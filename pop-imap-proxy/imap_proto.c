@@ -1302,7 +1302,8 @@ names_have_implied(char *const *v, size_t n, const char *name)
 	return 0;
 }
 
-/* LSUB: the subscriptions (Dovecot's file) matching the pattern */
+/* LSUB: the subscriptions (Dovecot's file) matching the pattern, with the
+ * special-use attribute (RFC 6154) of those that have one */
 static void
 x_lsub(struct imap_proto *p)
 {
@@ -1339,8 +1340,14 @@ x_lsub(struct imap_proto *p)
 
 				if (imap_list_match(pattern, name) && !names_have(told, nt, name) &&
 				    (self || !names_have(names, n, name))) {
-					put_name(p, self ? "* LSUB () \".\" " :
-					    "* LSUB (\\Noselect) \".\" ", name);
+					/* a subscribed special-use folder has its
+					 * attribute in LSUB too, as Dovecot gives it */
+					const char *su = self ? special_use(name) : NULL;
+					char pre[64];
+
+					snprintf(pre, sizeof(pre), "* LSUB (%s) \".\" ",
+					    !self ? "\\Noselect" : su != NULL ? su : "");
+					put_name(p, pre, name);
 					told[nt++] = xstrdup(name);
 					break;
 				}

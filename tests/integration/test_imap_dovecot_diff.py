@@ -30,8 +30,7 @@ that now agrees is printed (so the lists can shrink).
                     special-use folders, a bare-LF file an MDA left in new/)
                     served by Portcullis. (test_mailstore_dovecot.py checks
                     the store layer without the door; test_imap.py T12Dovecot
-                    one flag round trip.) Known difference D4 is
-                    printed, not failed.
+                    one flag round trip.)
 
 Run as root (CI): Dovecot refuses mail uid 0, so the stores belong to
 "nobody" and portcullisd runs as nobody (run_user). TZ=UTC for both. The
@@ -686,10 +685,8 @@ KNOWN_DIFFERENCES = {
     'A: LIST "" Projects*': "D3, D16",
     "A: DELETE Projects.Gamma.Beta": "D3 (follows from it)",
     'A: LIST "" %.%': "D3 (Projects.Alpha.Beta is still there)",
-    # D4 LSUB: Dovecot gives the special-use attributes (\Drafts ...) in LSUB
-    # as in LIST; Portcullis LSUB has none
-    'A: LSUB "" *': "D4",
-    'A: LSUB "" %': "D4",
+    # (D4, fixed since: LSUB had no special-use attributes; Dovecot gives
+    # them (\Drafts ...) in LSUB as in LIST)
     # D5 FLAGS/PERMANENTFLAGS of a folder list every keyword of its
     # dovecot-keywords file in Portcullis; Dovecot only those in its index
     # (used in the folder). Harmless: more keywords offered.
@@ -950,8 +947,8 @@ class Store:
         return sorted((parse(r)[4], tuple(sorted(parse(r)[2]))) for r in u)
 
     def subscribed(self):
-        """LSUB "" * names (the attributes differ: KNOWN_DIFFERENCES D4)"""
-        return [n for n, _ in self.folders(b'LSUB "" *')]
+        """LSUB "" * names and attributes (special-use ones too: D4 fixed)"""
+        return self.folders(b'LSUB "" *')
 
     def close(self):
         try:
