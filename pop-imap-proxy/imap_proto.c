@@ -1892,7 +1892,8 @@ c_id(struct imap_proto *p, const struct imap_cmd *c)
 static void
 c_enable(struct imap_proto *p, const struct imap_cmd *c)
 {
-	reply(p, "* ENABLED");
+	/* no extension here can be enabled (RFC 5161): Dovecot sends no
+	 * "* ENABLED" line then, and neither do we */
 	reply(p, "%s OK Enabled.", c->tag);
 }
 

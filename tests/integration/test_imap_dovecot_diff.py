@@ -708,9 +708,8 @@ KNOWN_DIFFERENCES = {
     # D10 intentional: NO [BADCHARSET (UTF-8 US-ASCII)] lists the charsets
     # (RFC 3501 §7.1 allows it); Dovecot's [BADCHARSET] has none
     "A: SEARCH CHARSET BOGUS-8 SUBJECT mixed": "D10",
-    # D11 ENABLE of nothing known: Portcullis sends an empty "* ENABLED"
-    # (RFC 5161 §3.2 allows it), Dovecot none
-    "A: ENABLE NOTHING": "D11",
+    # (D11, fixed since: ENABLE of nothing known had an empty "* ENABLED";
+    # Dovecot sends none)
     # D12 SELECT with bad arguments while a folder is selected: Dovecot
     # closes the folder (the next CHECK is BAD No mailbox selected),
     # Portcullis keeps it selected (RFC 3501 §6.3.1 says so for a failing

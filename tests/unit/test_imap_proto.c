@@ -238,7 +238,7 @@ static const struct icase icases[] = {
 	  "* LIST (\\HasNoChildren) \".\" Archive.2024\r\nj OK List completed.\r\n"
 	  "j2 OK Lsub completed.\r\n"
 	  "* NAMESPACE ((\"\" \".\")) NIL NIL\r\nk OK Namespace completed.\r\n"
-	  "* ID NIL\r\nl OK ID completed.\r\n* ENABLED\r\nm OK Enabled.\r\n"
+	  "* ID NIL\r\nl OK ID completed.\r\nm OK Enabled.\r\n"
 	  "+ idling\r\nn OK Idle completed.\r\n+ idling\r\nn2 BAD Expected DONE.\r\n"
 	  "p BAD Command not permitted in this state.\r\nq BAD Error in IMAP command FOO: Unknown command.\r\n"
 	  "* BYE Logging out\r\nr OK Logout completed.\r\n" },
