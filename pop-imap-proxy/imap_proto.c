@@ -1568,6 +1568,23 @@ folder_exists(struct imap_proto *p, const char *name)
 	return have;
 }
 
+/* a folder under NAME exists (NAME itself may not: a \Noselect parent) */
+static int
+folder_has_children(struct imap_proto *p, const char *name)
+{
+	char **names;
+	size_t n, nl = strlen(name);
+	const char *err;
+	int have = 0;
+
+	if (mailstore_folders(p->ms, &names, &n, &err) < 0)
+		return 0;
+	for (size_t i = 0; i < n && !have; i++)
+		have = strncmp(names[i], name, nl) == 0 && names[i][nl] == '.';
+	mailstore_names_free(&names, n);
+	return have;
+}
+
 static void
 done_sync(struct imap_proto *p)
 {
@@ -1667,7 +1684,9 @@ x_rename(struct imap_proto *p)
 		return;
 	}
 	fl = strlen(from);
-	if (!folder_exists(p, from)) {
+	/* a \Noselect parent (only its children exist) is renamed too: its
+	 * children move, as Dovecot does */
+	if (!folder_exists(p, from) && !folder_has_children(p, from)) {
 		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s.", p->tag, from);
 	} else if (folder_exists(p, to)) {
 		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
@@ -1681,7 +1700,11 @@ x_rename(struct imap_proto *p)
 			reply(p, "%s OK Rename completed.", p->tag);
 		}
 	} else {
-		int selected = p->box != NULL && strcmp(mailstore_box_name(p->box), from) == 0;
+		const char *sel = p->box != NULL ? mailstore_box_name(p->box) : "";
+		/* the selected folder, or one under it, moves */
+		int selected = strcmp(sel, from) == 0 ||
+		    (strncmp(sel, from, fl) == 0 && sel[fl] == '.');
+		char *newsel = selected ? xasprintf("%s%s", to, sel + fl) : NULL;
 
 		if (mailstore_folder_rename(p->ms, from, to, &err) < 0) {
 			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
@@ -1690,7 +1713,7 @@ x_rename(struct imap_proto *p)
 				/* it stays selected under its new name: same UIDs, same view */
 				struct mailstore_box *nb;
 
-				if (mailstore_box_open(p->ms, to, &nb, &err) == 0) {
+				if (mailstore_box_open(p->ms, newsel, &nb, &err) == 0) {
 					mailstore_box_close(&p->box);
 					p->box = nb;
 				} else {
@@ -1703,6 +1726,7 @@ x_rename(struct imap_proto *p)
 			reply(p, "%s OK Rename completed.", p->tag);
 		}
 		}
+		free(newsel);
 	}
 	free(from);
 	free(to);

@@ -325,7 +325,9 @@ static const struct icase icases[] = {
 	  "n STATUS Nope (MESSAGES)\r\nn2 STATUS INBOX (BOGUS)\r\no DELETE Job.Projects\r\n"
 	  "p DELETE INBOX\r\nq DELETE Nope\r\nr RENAME INBOX Old\r\ns STATUS Old (MESSAGES)\r\n"
 	  "t STATUS INBOX (MESSAGES UIDNEXT)\r\nu UNSUBSCRIBE Drafts\r\nv LSUB \"\" *\r\n"
-	  "w RENAME Job Job.x\r\nx CREATE \"a b\"\r\ny LIST \"\" a*\r\nz LOGOUT\r\n", NULL,
+	  "w RENAME Job Job.x\r\nx CREATE \"a b\"\r\ny LIST \"\" a*\r\n"
+	  "y2 CREATE P.A.B\r\ny3 RENAME P.A P.G\r\ny4 LIST \"\" P*\r\ny5 RENAME P.A P.H\r\n"
+	  "z LOGOUT\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
 	  "b OK Create completed.\r\nc NO [ALREADYEXISTS] Mailbox already exists.\r\n"
@@ -351,6 +353,11 @@ static const struct icase icases[] = {
 	  "v OK Lsub completed.\r\n"
 	  "w NO Can't rename mailbox under its own child.\r\nx OK Create completed.\r\n"
 	  "* LIST (\\HasNoChildren) \".\" \"a b\"\r\ny OK List completed.\r\n"
+	  /* a \Noselect parent is renamed with its children, as Dovecot does */
+	  "y2 OK Create completed.\r\ny3 OK Rename completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" P.G.B\r\n* LIST (\\Noselect \\HasChildren) \".\" P.G\r\n"
+	  "* LIST (\\Noselect \\HasChildren) \".\" P\r\ny4 OK List completed.\r\n"
+	  "y5 NO [NONEXISTENT] Mailbox doesn't exist: P.A.\r\n"
 	  "* BYE Logging out\r\nz OK Logout completed.\r\n" },
 	{ "APPEND streamed: flags, date, TRYCREATE, LITERAL+, errors, APPENDUID", P_OPEN,
 	  "a LOGIN alice secret\r\nb APPEND Sent (\\Seen $Work) \" 5-Mar-2024 10:00:00 +0100\" {21}\r\n"
