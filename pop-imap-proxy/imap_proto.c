@@ -3049,6 +3049,35 @@ parse_error_state(struct imap_proto *p, const char *rep)
 }
 
 static void
+x_close_quiet(struct imap_proto *p)
+{
+	box_close(p);
+}
+
+/*
+ * SELECT or EXAMINE with arguments that are not a mailbox name: Dovecot
+ * closes the selected folder before its BAD (a SELECT deselects first,
+ * RFC 3501 §6.3.1), so the next FETCH is BAD No mailbox selected. 1 when
+ * REP is that BAD and a folder is selected: [CLOSED], the BAD, the close.
+ */
+static int
+select_bad_closes(struct imap_proto *p, const char *rep)
+{
+	const char *k = strstr(rep, " BAD Error in IMAP command ");
+
+	if (p->st != ST_SELECTED || k == NULL || k == rep || k - rep > IMAP_TAG_MAX)
+		return 0;
+	k += strlen(" BAD Error in IMAP command ");
+	if (strncmp(k, "SELECT: Invalid arguments", 25) != 0 &&
+	    strncmp(k, "EXAMINE: Invalid arguments", 26) != 0)
+		return 0;
+	reply(p, "* OK [CLOSED] Previous mailbox closed.");
+	out_add(p, rep, strlen(rep));
+	want_exec(p, NULL, x_close_quiet);
+	return 1;
+}
+
+static void
 command(struct imap_proto *p, const struct imap_cmd *c)
 {
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
@@ -3158,7 +3187,7 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 				reply(p, "%s BAD Expected DONE.", p->tag);
 				break;
 			}
-			if (!parse_error_state(p, ev.reply))
+			if (!parse_error_state(p, ev.reply) && !select_bad_closes(p, ev.reply))
 				out_add(p, ev.reply, strlen(ev.reply));
 			if (strstr(ev.reply, " BAD ") != NULL)
 				bad_counted(p);

@@ -706,11 +706,8 @@ KNOWN_DIFFERENCES = {
     "A: SEARCH CHARSET BOGUS-8 SUBJECT mixed": "D10",
     # (D11, fixed since: ENABLE of nothing known had an empty "* ENABLED";
     # Dovecot sends none)
-    # D12 SELECT with bad arguments while a folder is selected: Dovecot
-    # closes the folder (the next CHECK is BAD No mailbox selected),
-    # Portcullis keeps it selected (RFC 3501 §6.3.1 says so for a failing
-    # SELECT; for BAD it is silent)
-    "A: CHECK": "D12",
+    # (D12, fixed since: SELECT with bad arguments kept the folder selected;
+    # Dovecot closes it, so the next CHECK is BAD No mailbox selected)
     # D13 Portcullis keeps to RFC 3501's grammar where Dovecot is lenient:
     # "STORE 1 +FLAGS" without flags (Dovecot OK), "SEARCH SINCE 32-Jan-2026"
     # (Dovecot: an empty SEARCH), a quoted string with "\\x" (Dovecot takes

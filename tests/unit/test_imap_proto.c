@@ -260,7 +260,7 @@ static const struct icase icases[] = {
 	  "i FETCH 1:2 FLAGS\r\nj FETCH 3 FLAGS\r\nj2 STORE 1 FLAGS (\\Bogus)\r\n"
 	  "j3 STORE 1 +FLAGS (\\Recent)\r\nk EXPUNGE\r\n"
 	  "l UID FETCH 1:* UID\r\nl2 UID FETCH 7:* (FLAGS)\r\nm STORE 1 +FLAGS.SILENT \\Deleted\r\n"
-	  "n CLOSE\r\no SELECT INBOX\r\np LOGOUT\r\n", NULL,
+	  "n CLOSE\r\no SELECT INBOX\r\no2 SELECT\r\no3 CHECK\r\np LOGOUT\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
 	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS (" FLAGS " \\*)] Flags permitted.\r\n"
@@ -292,6 +292,9 @@ static const struct icase icases[] = {
 	  "* 0 EXISTS\r\n* 0 RECENT\r\n"
 	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
 	  "o OK [READ-WRITE] Select completed.\r\n"
+	  /* a SELECT with bad arguments closes the folder first, as Dovecot's */
+	  "* OK [CLOSED] Previous mailbox closed.\r\n"
+	  "o2 BAD Error in IMAP command SELECT: Invalid arguments.\r\no3 BAD No mailbox selected.\r\n"
 	  "* BYE Logging out\r\np OK Logout completed.\r\n" },
 	{ "COPY, MOVE with COPYUID; TRYCREATE", P_OPEN,
 	  "a LOGIN alice secret\r\nb SELECT INBOX\r\nc COPY 1:2 Archive\r\n"
