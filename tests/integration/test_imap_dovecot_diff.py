@@ -677,38 +677,51 @@ KNOWN_DIFFERENCES = {
     # Projects.Alpha.Beta were not listed, so LIST "" % never showed "Projects")
     # (D3, fixed since: RENAME of such a \Noselect parent (Projects.Alpha)
     # was NO [NONEXISTENT]; now its children move, as Dovecot's)
-    # D16 after DELETE of a folder with children Dovecot (Maildir++) keeps
-    # "Projects" selectable and empty (\HasChildren), Portcullis lists it
-    # (\Noselect \HasChildren); RFC 3501 §6.3.4 allows both
+    # D16 kept: after DELETE of a folder with children both servers remove
+    # its directory (.Projects); Dovecot's LIST still calls it selectable
+    # (\HasChildren, from its list index) while its SELECT Projects says NO
+    # Mailbox doesn't exist; Portcullis lists what is there (\Noselect
+    # \HasChildren). RFC 3501 §6.3.4 allows either; ours is not a lie
     'A: LIST "" Projects* (after DELETE Projects)': "D16",
     # (D4, fixed since: LSUB had no special-use attributes; Dovecot gives
     # them (\Drafts ...) in LSUB as in LIST)
-    # D5 FLAGS/PERMANENTFLAGS of a folder list every keyword of its
-    # dovecot-keywords file in Portcullis; Dovecot only those in its index
-    # (used in the folder). Harmless: more keywords offered.
+    # D5 kept: FLAGS/PERMANENTFLAGS of a folder list every keyword of its
+    # dovecot-keywords file in Portcullis; Dovecot those of its index. Both
+    # servers add a name to a folder's dovecot-keywords only when a message
+    # there first gets it, and Dovecot's index keeps a keyword after its last
+    # message loses it, so on a store either server wrote the two lists are
+    # the same; only this seed's hand-written file (every folder names
+    # $Label1 and Project) tells them apart. Listing only the keywords in use
+    # would drop one Dovecot keeps. Harmless: more keywords offered.
     "A: EXAMINE Archive.2025": "D5",
     "A: EXAMINE Work": "D5",
     "A: SELECT Work": "D5",
     # (D6, fixed since: \Recent in STORE or APPEND flags was ignored with an
     # OK; now BAD, as Dovecot: RFC 3501, a client cannot set \Recent)
-    # D7 unsolicited FETCH to another session: Dovecot also tells B of a
-    # message A STOREd without changing its flags (5 -FLAGS.SILENT (\Seen)
-    # on an unseen one); Portcullis only of real changes. Harmless.
+    # D7 kept: unsolicited FETCH to another session: Dovecot also tells B of
+    # a message A STOREd without changing its flags (5 -FLAGS.SILENT (\Seen)
+    # on an unseen one: a record in its transaction log); Portcullis' only
+    # record is the file name, which such a STORE leaves alone, so B hears
+    # of real changes only. Harmless: nothing changed.
     "B: NOOP (after A's STOREs)": "D7",
-    # D8 B fetches after A expunged messages B still sees: Dovecot gives
-    # their last flags (\Deleted, as A set them) and then the untagged
-    # FETCH of that change; Portcullis gives the flags from before A's
-    # STORE and never tells B of it
+    # D8 kept: B fetches after A flagged \Deleted and expunged messages B
+    # still sees (FETCH may not announce EXPUNGE): Dovecot gives their last
+    # flags (\Deleted, read from its transaction log) and then an untagged
+    # FETCH of that change; Portcullis gives the flags B last knew and the
+    # EXPUNGE at B's next NOOP. Between B's two commands the file was
+    # renamed and then removed: Maildir keeps no trace of the last name, and
+    # "gone, so \Deleted" would be wrong after a MOVE. Harmless: the
+    # messages are gone at B's next command either way.
     "B: FETCH 1:* (UID FLAGS) (after A's EXPUNGE)": "D8",
     # (D9, gone since: NO [NONEXISTENT] where Dovecot 2.3 gives no code)
-    # D10 intentional: NO [BADCHARSET (UTF-8 US-ASCII)] lists the charsets
+    # D10 kept, intentional: NO [BADCHARSET (UTF-8 US-ASCII)] lists the charsets
     # (RFC 3501 §7.1 allows it); Dovecot's [BADCHARSET] has none
     "A: SEARCH CHARSET BOGUS-8 SUBJECT mixed": "D10",
     # (D11, fixed since: ENABLE of nothing known had an empty "* ENABLED";
     # Dovecot sends none)
     # (D12, fixed since: SELECT with bad arguments kept the folder selected;
     # Dovecot closes it, so the next CHECK is BAD No mailbox selected)
-    # D13 Portcullis keeps to RFC 3501's grammar where Dovecot is lenient:
+    # D13 kept: Portcullis keeps to RFC 3501's grammar where Dovecot is lenient:
     # "STORE 1 +FLAGS" without flags (Dovecot OK), "SEARCH SINCE 32-Jan-2026"
     # (Dovecot: an empty SEARCH), a quoted string with "\\x" (Dovecot takes
     # "x"; Portcullis BAD, Dovecot then NO [no such mailbox])
@@ -716,9 +729,10 @@ KNOWN_DIFFERENCES = {
     "A: SEARCH 1:* SINCE 32-Jan-2026": "D13",
     'A: SELECT "INBOX\\x"': "D13",
     "A: FETCH 1 (BODY.PEEK[1]<0.0>)": "D13 (RFC 3501 partial: nz-number; Dovecot gives {0})",
-    # D14 response code only: SUBSCRIBE "" (Portcullis NO [CANNOT], Dovecot NO)
+    # D14 kept, response code only: SUBSCRIBE "" (Portcullis NO [CANNOT],
+    # Dovecot NO); issue 11 wants a response code on every NO
     'A: SUBSCRIBE ""': "D14",
-    # D15 RENAME INBOX: Portcullis does what RFC 3501 §6.3.5 says (the
+    # D15 kept: RENAME INBOX: Portcullis does what RFC 3501 §6.3.5 says (the
     # messages move to the new folder, INBOX stays, empty); Dovecot 2.3 on
     # Maildir answers NO [CANNOT] Renaming INBOX isn't supported
     "A: RENAME INBOX Renamed": "D15",
