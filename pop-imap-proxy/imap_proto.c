@@ -1078,7 +1078,9 @@ view_sync(struct imap_proto *p, int expunge_ok)
 
 		p->told = p->nview;
 		reply(p, "* %zu EXISTS", p->nview);
-		reply(p, "* %zu RECENT", r);
+		/* RECENT only when the count changed, as Dovecot */
+		if (r != p->recent_told)
+			reply(p, "* %zu RECENT", r);
 		p->recent_told = r;
 	} else if (expunge_ok && view_recent(p) != p->recent_told) {
 		/* an expunged message was \Recent: the count again, as Dovecot */

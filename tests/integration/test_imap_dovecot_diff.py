@@ -745,9 +745,8 @@ KNOWN_RECENT_DIFFERENCES = {
     # MOVE and APPEND did not set it. Both as Dovecot now: mailstore.h)
     # D5 (see KNOWN_DIFFERENCES): FLAGS lists every keyword of dovecot-keywords
     "A: SELECT Work": "D5",
-    # R3 Portcullis repeats "* 0 RECENT" with every EXISTS; Dovecot sends
-    # RECENT only when it changed (both allowed)
-    "B: NOOP": "R3",
+    # (R3, fixed since: "* 0 RECENT" came with every EXISTS; now, as
+    # Dovecot, RECENT only when the count changed)
 }
 
 
