@@ -77,11 +77,9 @@ KNOWN_VIOLATIONS = {
     # message gone is no error (mailstore_msg_open/set_flags, MAILSTORE_GONE);
     # test_pop3.py T1Basics test_retr_after_an_imap_flag_change and
     # test_expunged_meanwhile_is_not_an_error. Both are violations now.)
-    # R1 (test_imap_dovecot_diff.py KNOWN_RECENT_DIFFERENCES): whoever opens
-    # the folder first takes \Recent; with the POP3 door on, a message the
-    # POP3 session saw first (moved from new/ to cur/) is \Recent in no IMAP
-    # session; Dovecot's POP3 leaves \Recent to IMAP
-    "R1": "\\Recent taken by the POP3 session",
+    # (R1, fixed since: a message the POP3 session saw first was \Recent in
+    # no IMAP session; the POP3 door opens INBOX with mailstore_box_open_peek,
+    # which takes no \Recent, as Dovecot's POP3 leaves it to IMAP)
 }
 
 

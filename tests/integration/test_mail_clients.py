@@ -22,13 +22,18 @@ both doors (services = imap pop3) on one store. Asserted, as the client saw it:
                     mode) through POP3 AUTH (RFC 5034) over STLS; SCRAM-SHA-256
                     and CRAM-MD5 end in "+OK" and the session can STAT; a
                     wrong password ends in -ERR [AUTH]
+    T5PopThenImap   (both doors on one store) a message POP3 listed and
+                    retrieved first is still \\Recent for the IMAP session
+                    that selects INBOX next, as Dovecot's POP3 leaves it
 
 Skipped per class when openssl or gsasl is missing.
 
 Run: PORTCULLIS_BIN=build/asan/bin python3 tests/integration/test_mail_clients.py
 """
 import base64
+import imaplib
 import os
+import poplib
 import shutil
 import smtplib
 import socket
@@ -317,6 +322,33 @@ class T4GsaslPop3(unittest.TestCase):
 
     def test_cram_md5(self):
         self.check("CRAM-MD5")
+
+
+class T5PopThenImap(unittest.TestCase):
+    def test_pop3_leaves_recent_to_imap(self):
+        with smtplib.SMTP("127.0.0.1", D.port, timeout=15) as s:
+            s.sendmail("sender@outside.test", [USER],
+                       b"From: <sender@outside.test>\r\nSubject: pop first\r\n"
+                       b"Message-ID: <popfirst@outside.test>\r\n\r\nhello\r\n")
+        p = poplib.POP3("127.0.0.1", D.pop3_port, timeout=20)
+        p.stls(context=tls_ctx())
+        p.user(USER)
+        p.pass_(PASSWORD)
+        n = p.stat()[0]
+        self.assertGreaterEqual(n, 1)
+        self.assertIn(b"popfirst", b"\n".join(p.retr(n)[1]))
+        p.quit()
+        c = imaplib.IMAP4("127.0.0.1", D.imap_port, timeout=20)
+        c.starttls(ssl_context=tls_ctx())
+        c.login(USER, PASSWORD)
+        typ, data = c.select("INBOX")
+        self.assertEqual(typ, "OK")
+        typ, data = c.search(None, "HEADER", "Message-ID", "popfirst")
+        seq = data[0].split()
+        self.assertEqual(len(seq), 1, data)
+        typ, data = c.fetch(seq[0], "(FLAGS)")
+        self.assertIn(b"\\Recent", data[0], data)
+        c.logout()
 
 
 if __name__ == "__main__":
