@@ -201,6 +201,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_proxy.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_mime_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mail_clients.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_session_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_dovecot_diff.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_stress.py

@@ -238,7 +238,7 @@ static const struct icase icases[] = {
 	  "* LIST (\\HasNoChildren) \".\" Archive.2024\r\nj OK List completed.\r\n"
 	  "j2 OK Lsub completed.\r\n"
 	  "* NAMESPACE ((\"\" \".\")) NIL NIL\r\nk OK Namespace completed.\r\n"
-	  "* ID NIL\r\nl OK ID completed.\r\n* ENABLED\r\nm OK Enabled.\r\n"
+	  "* ID NIL\r\nl OK ID completed.\r\nm OK Enabled.\r\n"
 	  "+ idling\r\nn OK Idle completed.\r\n+ idling\r\nn2 BAD Expected DONE.\r\n"
 	  "p BAD Command not permitted in this state.\r\nq BAD Error in IMAP command FOO: Unknown command.\r\n"
 	  "* BYE Logging out\r\nr OK Logout completed.\r\n" },
@@ -257,9 +257,10 @@ static const struct icase icases[] = {
 	  "d FETCH 1 BODY.PEEK[HEADER]\r\ne UID FETCH 2 (BODY[TEXT])\r\n"
 	  "f FETCH 1 BODY.PEEK[]<9.5>\r\nf2 FETCH 2 (RFC822.HEADER BODY.PEEK[]<20.10>)\r\n"
 	  "g STORE 1 +FLAGS (\\Deleted $Junk)\r\nh STORE 2 -FLAGS.SILENT (\\Seen)\r\n"
-	  "i FETCH 1:2 FLAGS\r\nj FETCH 3 FLAGS\r\nj2 STORE 1 FLAGS (\\Bogus)\r\nk EXPUNGE\r\n"
+	  "i FETCH 1:2 FLAGS\r\nj FETCH 3 FLAGS\r\nj2 STORE 1 FLAGS (\\Bogus)\r\n"
+	  "j3 STORE 1 +FLAGS (\\Recent)\r\nk EXPUNGE\r\n"
 	  "l UID FETCH 1:* UID\r\nl2 UID FETCH 7:* (FLAGS)\r\nm STORE 1 +FLAGS.SILENT \\Deleted\r\n"
-	  "n CLOSE\r\no SELECT INBOX\r\np LOGOUT\r\n", NULL,
+	  "n CLOSE\r\no SELECT INBOX\r\no2 SELECT\r\no3 CHECK\r\np LOGOUT\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
 	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS (" FLAGS " \\*)] Flags permitted.\r\n"
@@ -282,6 +283,7 @@ static const struct icase icases[] = {
 	  "i OK Fetch completed.\r\n"
 	  "j BAD Error in IMAP command FETCH: Invalid messageset.\r\n"
 	  "j2 BAD Invalid system flag \\Bogus\r\n"
+	  "j3 BAD Invalid system flag \\Recent\r\n"	/* the server's flag, as Dovecot */
 	  "* 1 EXPUNGE\r\n* 1 RECENT\r\nk OK Expunge completed.\r\n"
 	  "* 1 FETCH (UID 2)\r\nl OK Fetch completed.\r\n"
 	  "* 1 FETCH (UID 2 FLAGS (\\Recent))\r\nl2 OK Fetch completed.\r\n"
@@ -290,6 +292,9 @@ static const struct icase icases[] = {
 	  "* 0 EXISTS\r\n* 0 RECENT\r\n"
 	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
 	  "o OK [READ-WRITE] Select completed.\r\n"
+	  /* a SELECT with bad arguments closes the folder first, as Dovecot's */
+	  "* OK [CLOSED] Previous mailbox closed.\r\n"
+	  "o2 BAD Error in IMAP command SELECT: Invalid arguments.\r\no3 BAD No mailbox selected.\r\n"
 	  "* BYE Logging out\r\np OK Logout completed.\r\n" },
 	{ "COPY, MOVE with COPYUID; TRYCREATE", P_OPEN,
 	  "a LOGIN alice secret\r\nb SELECT INBOX\r\nc COPY 1:2 Archive\r\n"
@@ -323,20 +328,22 @@ static const struct icase icases[] = {
 	  "n STATUS Nope (MESSAGES)\r\nn2 STATUS INBOX (BOGUS)\r\no DELETE Job.Projects\r\n"
 	  "p DELETE INBOX\r\nq DELETE Nope\r\nr RENAME INBOX Old\r\ns STATUS Old (MESSAGES)\r\n"
 	  "t STATUS INBOX (MESSAGES UIDNEXT)\r\nu UNSUBSCRIBE Drafts\r\nv LSUB \"\" *\r\n"
-	  "w RENAME Job Job.x\r\nx CREATE \"a b\"\r\ny LIST \"\" a*\r\nz LOGOUT\r\n", NULL,
+	  "w RENAME Job Job.x\r\nx CREATE \"a b\"\r\ny LIST \"\" a*\r\n"
+	  "y2 CREATE P.A.B\r\ny3 RENAME P.A P.G\r\ny4 LIST \"\" P*\r\ny5 RENAME P.A P.H\r\n"
+	  "z LOGOUT\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
 	  "b OK Create completed.\r\nc NO [ALREADYEXISTS] Mailbox already exists.\r\n"
 	  "d NO [ALREADYEXISTS] Mailbox already exists.\r\ne OK Create completed.\r\n"
 	  "f OK Subscribe completed.\r\ng NO Mailbox doesn't exist: Nope.\r\n"
-	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB (\\Drafts) \".\" Drafts\r\n* LSUB (\\Junk) \".\" Junk\r\n* LSUB (\\Trash) \".\" Trash\r\n"
 	  "* LSUB () \".\" Work.Projects\r\nh OK Lsub completed.\r\n"
-	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB (\\Drafts) \".\" Drafts\r\n* LSUB (\\Junk) \".\" Junk\r\n* LSUB (\\Trash) \".\" Trash\r\n"
 	  "* LSUB (\\Noselect) \".\" Work\r\ni OK Lsub completed.\r\n"
 	  "j OK Rename completed.\r\n"
 	  "* LIST (\\HasChildren) \".\" Job\r\n* LIST (\\HasNoChildren) \".\" Job.Projects\r\n"
 	  "k OK List completed.\r\n"
-	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB (\\Drafts) \".\" Drafts\r\n* LSUB (\\Junk) \".\" Junk\r\n* LSUB (\\Trash) \".\" Trash\r\n"
 	  "* LSUB () \".\" Work.Projects\r\nl OK Lsub completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2)\r\nm OK Status completed.\r\n"
 	  "n NO Mailbox doesn't exist: Nope.\r\nn2 BAD Invalid status item\r\n"
@@ -345,10 +352,15 @@ static const struct icase icases[] = {
 	  "* STATUS Old (MESSAGES 2)\r\ns OK Status completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 0 UIDNEXT 3)\r\nt OK Status completed.\r\n"
 	  "u OK Unsubscribe completed.\r\n"
-	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n* LSUB () \".\" Work.Projects\r\n"
+	  "* LSUB (\\Junk) \".\" Junk\r\n* LSUB (\\Trash) \".\" Trash\r\n* LSUB () \".\" Work.Projects\r\n"
 	  "v OK Lsub completed.\r\n"
 	  "w NO Can't rename mailbox under its own child.\r\nx OK Create completed.\r\n"
 	  "* LIST (\\HasNoChildren) \".\" \"a b\"\r\ny OK List completed.\r\n"
+	  /* a \Noselect parent is renamed with its children, as Dovecot does */
+	  "y2 OK Create completed.\r\ny3 OK Rename completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" P.G.B\r\n* LIST (\\Noselect \\HasChildren) \".\" P.G\r\n"
+	  "* LIST (\\Noselect \\HasChildren) \".\" P\r\ny4 OK List completed.\r\n"
+	  "y5 NO [NONEXISTENT] Mailbox doesn't exist: P.A.\r\n"
 	  "* BYE Logging out\r\nz OK Logout completed.\r\n" },
 	{ "APPEND streamed: flags, date, TRYCREATE, LITERAL+, errors, APPENDUID", P_OPEN,
 	  "a LOGIN alice secret\r\nb APPEND Sent (\\Seen $Work) \" 5-Mar-2024 10:00:00 +0100\" {21}\r\n"
@@ -612,7 +624,7 @@ test_imap_two_sessions(void)
 	CU_ASSERT_PTR_NULL(imap_proto_watch_dir(a));
 	/* new mail is told after the command's own answers, as Dovecot */
 	SAYS(b, "7 UID FETCH 1:* FLAGS\r\n8 FETCH 2 (UID BODY.PEEK[TEXT])\r\n",
-	    "* 1 FETCH (UID 1 FLAGS ())\r\n* 2 EXISTS\r\n* 0 RECENT\r\n7 OK Fetch completed.\r\n"
+	    "* 1 FETCH (UID 1 FLAGS ())\r\n* 2 EXISTS\r\n7 OK Fetch completed.\r\n"
 	    "* 2 FETCH (UID 3 BODY[TEXT] {3}\r\nx\r\n)\r\n8 OK Fetch completed.\r\n");
 	imap_proto_bye(a, "Server shutting down.");
 	SAYS(a, "", "* BYE Server shutting down.\r\n");
