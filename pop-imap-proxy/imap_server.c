@@ -1047,7 +1047,7 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 int
-imap_server_run(const int *fds, const enum imap_listener_kind *kinds, size_t nfds,
+imap_server_run(const int *fds, const int *kinds, size_t nfds,
     const struct imap_server_conf *c, const char **error_r)
 {
 	struct server *srv = xcalloc(1, sizeof(*srv));

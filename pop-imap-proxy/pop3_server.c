@@ -970,7 +970,7 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 int
-pop3_server_run(const int *fds, const enum pop3_listener_kind *kinds, size_t nfds,
+pop3_server_run(const int *fds, const int *kinds, size_t nfds,
     const struct pop3_server_conf *c, const char **error_r)
 {
 	struct server *s = xcalloc(1, sizeof(*s));

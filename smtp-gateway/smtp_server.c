@@ -1280,7 +1280,7 @@ users_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 int
-smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfds,
+smtp_server_run(const int *fds, const int *kinds, size_t nfds,
     const struct smtp_server_conf *c, const char **error_r)
 {
 	struct server *s = xcalloc(1, sizeof(*s));
