@@ -14,16 +14,8 @@
 #include "common/base64.h"
 #include "common/sasl.h"
 #include "storage-adapter/userdb.h"
+#include "tests/unit/fixture.h"
 #include "tests/unit/unit.h"
-
-static int
-no_user(void *arg, const char *login, struct sasl_user *r)
-{
-	(void)arg;
-	(void)login;
-	(void)r;
-	return 0;
-}
 
 /* mail_proxy_auth = backend reads the PLAIN response a check would hash:
  * login and password as sent; nothing for an authzid or another mechanism */
@@ -43,7 +35,7 @@ test_plain_response(void)
 		{ RAW("\0c@f.example\0pw\0more"), -1, NULL, NULL },
 #undef RAW
 	};
-	struct sasl_callbacks cb = { no_user, NULL, NULL, NULL };
+	struct sasl_callbacks cb = { fixture_no_user, NULL, NULL, NULL };
 	struct sasl_params sp = { &cb, "mx.example", NULL };
 	const char *err, *out, *login, *pw;
 	int rc;
