@@ -273,6 +273,8 @@ static const struct icase icases[] = {
 	  "t STATUS INBOX (MESSAGES UIDNEXT)\r\nu UNSUBSCRIBE Drafts\r\nv LSUB \"\" *\r\n"
 	  "w RENAME Job Job.x\r\nx CREATE \"a b\"\r\ny LIST \"\" a*\r\n"
 	  "y2 CREATE P.A.B\r\ny3 RENAME P.A P.G\r\ny4 LIST \"\" P*\r\ny5 RENAME P.A P.H\r\n"
+	  "y6 SELECT P.G.B\r\ny7 RENAME P.G P.K\r\ny7b APPEND P.K.B {3+}\r\nabc\r\ny8 NOOP\r\n"
+	  "y9 UNSELECT\r\n"
 	  "z LOGOUT\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
@@ -304,6 +306,13 @@ static const struct icase icases[] = {
 	  "* LIST (\\HasNoChildren) \".\" P.G.B\r\n* LIST (\\Noselect \\HasChildren) \".\" P.G\r\n"
 	  "* LIST (\\Noselect \\HasChildren) \".\" P\r\ny4 OK List completed.\r\n"
 	  "y5 NO [NONEXISTENT] Mailbox doesn't exist: P.A.\r\n"
+	  /* the selected folder under a renamed parent stays selected, renamed */
+	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS (" FLAGS " \\*)] Flags permitted.\r\n"
+	  "* 0 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY {V:P.K.B}] UIDs valid\r\n"
+	  "* OK [UIDNEXT 1] Predicted next UID\r\ny6 OK [READ-WRITE] Select completed.\r\n"
+	  "y7 OK Rename completed.\r\n* 1 EXISTS\r\n* 1 RECENT\r\n"
+	  "y7b OK [APPENDUID {V:P.K.B} 1] Append completed.\r\n"
+	  "y8 OK NOOP completed.\r\ny9 OK Unselect completed.\r\n"
 	  "* BYE Logging out\r\nz OK Logout completed.\r\n" },
 	{ "APPEND streamed: flags, date, TRYCREATE, LITERAL+, errors, APPENDUID", P_OPEN,
 	  "a LOGIN alice secret\r\nb APPEND Sent (\\Seen $Work) \" 5-Mar-2024 10:00:00 +0100\" {21}\r\n"
