@@ -40,6 +40,9 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
                     resolver setting (a dnsmasq on loopback): IMAP and POP3
                     logins, implicit TLS verified against the name (another
                     name refused), an unknown name NO [UNAVAILABLE] fast
+    T14UserIP       proxied sessions count in mail_max_userip_connections:
+                    past it NO [UNAVAILABLE] / -ERR [IN-USE] with Dovecot's
+                    words, a slot again once a session ends
     T12Robust       a scripted backend (slow login, a long stream, a close
                     behind a full client): clients over TLS that vanish while
                     the backend logs in or streams, a backend that closes
@@ -1282,6 +1285,48 @@ class T13Names(unittest.TestCase):
         self.assertRegex(self.g.d.log_text(), r"user=<nx@example\.com> client=\S+ "
                          r"backend=nx\.test:%d: unavailable: cannot resolve nx\.test"
                          % self.dc.imap_port)
+
+
+class T14UserIP(unittest.TestCase):
+    def test_proxied_sessions_count(self):
+        dc = backend("dc-userip", None, protocols=("imap", "pop3"))
+        g = Gateway("userip", users={
+            USER: ["proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port],
+            "p3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % dc.pop3_port,
+                               "destuser=" + USER]},
+            mail_max_userip_connections="2")
+        try:
+            a, b = g.login(), g.login()
+            line = raw_login(g.imap_port, USER)
+            self.assertTrue(line.startswith("a NO [UNAVAILABLE] Maximum number of connections "
+                                            "from user+IP exceeded "
+                                            "(mail_max_userip_connections=2)"), line)
+            self.assertRegex(g.d.log_text(), r"imap: conn=\S+ proxy: user=<%s> client=\S+ "
+                             r"backend=\S+: refused: 2 sessions from that address"
+                             % re.escape(USER))
+            # another address has slots of its own
+            c = g.login(source=CLIENT)
+            c.logout()
+            a.logout()
+            wait_until(lambda: raw_login(g.imap_port, USER).startswith("a OK"), 5,
+                       what="a slot freed by the logout")
+            b.logout()
+            # POP3 the same (its door counts its own)
+            p1 = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            p1.user("p3@example.com")
+            self.assertTrue(p1.pass_(PASSWORD).startswith(b"+OK"))
+            p2 = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            p2.user("p3@example.com")
+            self.assertTrue(p2.pass_(PASSWORD).startswith(b"+OK"))
+            p3 = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            p3.user("p3@example.com")
+            with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[IN-USE\] Maximum number "
+                                        r"of connections from user\+IP exceeded"):
+                p3.pass_(PASSWORD)
+            p1.quit()
+        finally:
+            g.stop()
+            dc.close()
 
 
 if __name__ == "__main__":
