@@ -1063,6 +1063,7 @@ class T12Robust(unittest.TestCase):
         cls.stls = FakeBackend("imap", cert=W.good)
         cls.stls3 = FakeBackend("pop3", cert=W.good)
         cls.bare = FakeBackend("imap", bare=True)
+        cls.fast3 = FakeBackend("pop3")
         cls.pops_port = free_port()
         users = {
             "slow@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.slow.port],
@@ -1080,7 +1081,7 @@ class T12Robust(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.g.stop()    # asserts: no sanitizer report, a clean exit
-        for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3, cls.bare):
+        for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3, cls.bare, cls.fast3):
             b.close()
 
     def tls(self, port):
@@ -1190,6 +1191,32 @@ class T12Robust(unittest.TestCase):
             self.assertEqual(f.readline(), b"* ID NIL\r\n")
             self.assertEqual(f.readline(), b"c OK done\r\n")
             s.close()
+
+    def test_busy_session_not_timed_out(self):
+        # the door's idle timeout over the splice: a session busy past
+        # pop3_timeout stays, one silent past it is closed with the door's words
+        g = Gateway("busy", users={"f3@example.com": ["proxy=y", "host=127.0.0.1",
+                                                      "port=%d" % self.fast3.port]},
+                    pop3_timeout="2")
+        try:
+            s = socket.create_connection(("127.0.0.1", g.pop3_port), 10)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b"USER f3@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
+            self.assertTrue(f.readline().startswith(b"+OK"))
+            self.assertTrue(f.readline().startswith(b"+OK"))
+            for i in range(6):
+                time.sleep(0.8)
+                s.sendall(b"NOOP\r\n")
+                self.assertEqual(f.readline(), b"+OK\r\n", "command %d" % i)
+            s.settimeout(10)
+            t0 = time.monotonic()
+            self.assertEqual(f.read(), b"-ERR Disconnected for inactivity.\r\n",
+                             "closed when silent")
+            self.assertLess(time.monotonic() - t0, 5)
+            s.close()
+        finally:
+            g.stop()
 
     def test_starttls_backend_closes_after_a_stream(self):
         # the backend's close_notify is read in-band by the TLS filter, which
