@@ -271,6 +271,15 @@ dns_for(const struct proxy_conf *pc, struct event_base *base, const char **error
 	    "/etc/resolv.conf") != 0 : evdns_base_nameserver_ip_add(d->evdns, d->resolver) != 0)
 		log_warn("proxy: resolver = %s: no name server to ask (host= names will fail)",
 		    d->resolver);
+	{
+		/* the lookup within mail_proxy_timeout too: two tries of half of it
+		 * (the bufferevent's own timeouts do not run while it waits) */
+		char t[16];
+
+		snprintf(t, sizeof(t), "%u", pc->timeout > 1 ? pc->timeout / 2 : 1);
+		(void)evdns_base_set_option(d->evdns, "timeout:", t);
+		(void)evdns_base_set_option(d->evdns, "attempts:", "2");
+	}
 	return d->evdns;
 }
 

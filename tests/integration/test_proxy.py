@@ -1304,6 +1304,21 @@ class T13Names(unittest.TestCase):
                    what="the log line")
         self.assertRegex(self.g.d.log_since(mark), r"certificate not accepted")
 
+    def test_silent_resolver_bounded_by_the_timeout(self):
+        mute = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)    # answers nothing
+        mute.bind(("127.0.0.1", 0))
+        g = Gateway("mute-dns", ["proxy=y", "host=backend.test", "port=%d" % self.dc.imap_port],
+                    resolver="127.0.0.1:%d" % mute.getsockname()[1], mail_proxy_timeout="2")
+        try:
+            t0 = time.monotonic()
+            line = raw_login(g.imap_port, USER)
+            self.assertTrue(line.startswith("a NO [UNAVAILABLE]"), line)
+            self.assertLess(time.monotonic() - t0, 4)
+            self.assertRegex(g.d.log_text(), r"unavailable: cannot resolve backend\.test")
+        finally:
+            g.stop()
+            mute.close()
+
     def test_unknown_name_unavailable(self):
         t0 = time.monotonic()
         line = raw_login(self.g.imap_port, "nx@example.com")
