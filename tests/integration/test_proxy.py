@@ -1253,16 +1253,25 @@ class T13Names(unittest.TestCase):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from test_smtp_dns import dns_answers
         cls.dc = backend("dc-names", W.wrong, protocols=("imap", "pop3"))
-        cls.dns_port = free_port(kind=socket.SOCK_DGRAM)
-        cls.dns = subprocess.Popen(
-            [DNSMASQ, "--keep-in-foreground", "--port=%d" % cls.dns_port,
-             "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-             "--no-poll", "--pid-file=", "--user=root",
-             "--host-record=mx.good.test,127.0.0.1",     # what dns_answers asks
-             "--host-record=backend.test,127.0.0.1",
-             "--host-record=backend.invalid,127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert dns_answers(cls.dns_port), "dnsmasq does not answer"
+        # as test_smtp_dns: answering before the daemon asks; a port taken
+        # between free_port() and dnsmasq's bind: another one
+        for _ in range(3):
+            cls.dns_port = free_port(kind=socket.SOCK_DGRAM)
+            cls.dns = subprocess.Popen(
+                [DNSMASQ, "--keep-in-foreground", "--port=%d" % cls.dns_port,
+                 "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+                 "--no-hosts", "--no-poll", "--pid-file=", "--user=root",
+                 "--host-record=mx.good.test,127.0.0.1",     # what dns_answers asks
+                 "--host-record=backend.test,127.0.0.1",
+                 "--host-record=backend.invalid,127.0.0.1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if dns_answers(cls.dns_port, dns=cls.dns):
+                break
+            cls.dns.kill()
+            cls.dns.wait(5)
+        else:
+            cls.dc.close()
+            raise AssertionError("dnsmasq does not answer (3 ports tried)")
         dc = cls.dc
         users = {
             "nm@example.com": ["proxy=y", "host=backend.test", "port=%d" % dc.imap_port,
