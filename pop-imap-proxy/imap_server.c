@@ -430,14 +430,53 @@ login_done(struct sess *s)
 
 /* ---- the proxy: a user whose line says proxy=y host=... (issue 12) ---- */
 
+/*
+ * A proxied session counts in mail_max_userip_connections as a local one
+ * does (Dovecot counts its proxied sessions at the login process): 1 when
+ * counted (or nothing to count), 0 when the pair is full; then the login
+ * is answered NO [UNAVAILABLE] with Dovecot's words and the connection
+ * closes (the backend's session is dropped).
+ */
+static int
+proxy_count(struct sess *s, unsigned *n_r)
+{
+	const struct ipaddr *addr = conn_addr(s->conn);
+
+	*n_r = 0;
+	if (addr == NULL || s->counted)
+		return 1;
+	if (!userip_acquire(s->srv->userip, s->user, addr, s->srv->c->max_userip, n_r))
+		return 0;
+	s->counted = 1;
+	return 1;
+}
+
 static void
 proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 {
 	struct sess *s = arg;
 	char who[CIDR_TEXT_MAX];
 	static const char *const result[] = { "success", "refused", "unavailable" };
+	unsigned n;
 
 	s->authing = 0;
+	if (res == PROXY_OK && !proxy_count(s, &n)) {
+		char *line = xasprintf("%s NO [UNAVAILABLE] Maximum number of connections from "
+		    "user+IP exceeded (mail_max_userip_connections=%u)\r\n", imap_proto_tag(s->ip),
+		    s->srv->c->max_userip);
+
+		log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: refused: %u "
+		    "sessions from that address (mail_max_userip_connections) (%u ms)",
+		    conn_id(s->conn), s->user, conn_addr_text(s->conn, who), proxy_backend(s->px), n,
+		    proxy_login_ms(s->px));
+		stats_addf(1, "proxy_sessions_total{door=\"imap\",backend=\"%s\",result=\"refused\"}",
+		    proxy_backend(s->px));
+		proxy_free(&s->px);
+		conn_write(s->conn, line, strlen(line));
+		free(line);
+		conn_close(s->conn);	/* may free s */
+		return;
+	}
 	log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: %s%s%s (%u ms)",
 	    conn_id(s->conn), s->user, conn_addr_text(s->conn, who), proxy_backend(s->px),
 	    res == PROXY_OK ? "logged in" : res == PROXY_REFUSED ? "refused" : "unavailable",

@@ -238,14 +238,49 @@ s_writable(struct conn *c)
 
 /* ---- the proxy: a user whose line says proxy=y host=... (issue 12) ---- */
 
+/* a proxied session counts in mail_max_userip_connections as a local one
+ * (Dovecot counts them at the login process): 1 counted (or nothing to
+ * count), 0 when the pair is full (-ERR [IN-USE], the connection closes) */
+static int
+proxy_count(struct session *s, unsigned *n_r)
+{
+	const struct ipaddr *addr = conn_addr(s->c);
+
+	*n_r = 0;
+	if (addr == NULL || s->counted)
+		return 1;
+	if (!userip_acquire(s->srv->userip, s->user, addr, s->srv->c->max_userip, n_r))
+		return 0;
+	s->counted = 1;
+	return 1;
+}
+
 static void
 proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 {
 	struct session *s = arg;
 	char who[CIDR_TEXT_MAX];
 	static const char *const result[] = { "success", "refused", "unavailable" };
+	unsigned n;
 
 	(void)caps;
+	if (res == PROXY_OK && !proxy_count(s, &n)) {
+		char *line = xasprintf("-ERR [IN-USE] Maximum number of connections from user+IP "
+		    "exceeded (mail_max_userip_connections=%u)\r\n", s->srv->c->max_userip);
+
+		log_info("pop3: conn=%s proxy: user=<%s> client=[%s] backend=%s: refused: %u "
+		    "sessions from that address (mail_max_userip_connections) (%u ms)",
+		    conn_id(s->c), s->user, conn_addr_text(s->c, who), proxy_backend(s->px), n,
+		    proxy_login_ms(s->px));
+		stats_addf(1, "proxy_sessions_total{door=\"pop3\",backend=\"%s\",result=\"refused\"}",
+		    proxy_backend(s->px));
+		proxy_free(&s->px);
+		s->busy = 0;
+		conn_write(s->c, line, strlen(line));
+		free(line);
+		conn_close(s->c);	/* may free s */
+		return;
+	}
 	log_info("pop3: conn=%s proxy: user=<%s> client=[%s] backend=%s: %s%s%s (%u ms)",
 	    conn_id(s->c), s->user, conn_addr_text(s->c, who), proxy_backend(s->px),
 	    res == PROXY_OK ? "logged in" : res == PROXY_REFUSED ? "refused" : "unavailable",

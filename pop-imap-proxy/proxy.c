@@ -2,10 +2,14 @@
  * proxy - the backend side of a proxied IMAP/POP3 session (see proxy.h).
  *
  *   proxy_conf_parse()   mail_proxy_tls_ca_file, mail_proxy_timeout,
- *                        mail_proxy_forward_client
- *   proxy_new()          connect, greeting, TLS, client address, login
+ *                        mail_proxy_forward_client, the door's default
+ *   proxy_dns_free()     the resolver of host= names, before the loop goes
+ *   proxy_new()          connect (a host= name looked up on the loop
+ *                        through the resolver setting), greeting, TLS,
+ *                        client address, login
  *   proxy_splice()       bytes both ways, bounded, with backpressure
- *   proxy_free()         drop the backend connection
+ *   proxy_free()         drop the backend connection (deferred while one
+ *                        of our functions is on the stack: px_enter)
  *
  * The login is pop-imap-proxy/proxy_reply's state machine on the backend's
  * lines (greeting, STARTTLS, ID/XCLIENT, the login, CAPABILITY; at most
@@ -13,7 +17,8 @@
  * here only the I/O it asks for.
  * TLS to the backend (tls=yes from the first byte, tls=starttls after the
  * upgrade) verifies the chain against mail_proxy_tls_ca_file and the
- * backend's address against the certificate's IP subjectAltName; a failed
+ * backend's address against the certificate's IP subjectAltName (a host=
+ * name against its DNS subjectAltName, sent as SNI too); a failed
  * handshake or a backend that does not offer STARTTLS ends the login
  * (PROXY_UNAVAILABLE): never plaintext when TLS was asked for.
  *
@@ -36,7 +41,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -46,6 +50,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -61,8 +66,8 @@
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/proxy.h"
 #include "pop-imap-proxy/proxy_reply.h"
-#include "storage-adapter/userdb.h"
 #include "service/conn.h"
+#include "storage-adapter/userdb.h"
 
 #define PROXY_HIGH (256 * 1024)		/* stop feeding a side above this */
 #define PROXY_LOW (64 * 1024)		/* ... and go on below this */
@@ -271,6 +276,15 @@ dns_for(const struct proxy_conf *pc, struct event_base *base, const char **error
 	    "/etc/resolv.conf") != 0 : evdns_base_nameserver_ip_add(d->evdns, d->resolver) != 0)
 		log_warn("proxy: resolver = %s: no name server to ask (host= names will fail)",
 		    d->resolver);
+	{
+		/* the lookup within mail_proxy_timeout too: two tries of half of it
+		 * (the bufferevent's own timeouts do not run while it waits) */
+		char t[16];
+
+		snprintf(t, sizeof(t), "%u", pc->timeout > 1 ? pc->timeout / 2 : 1);
+		(void)evdns_base_set_option(d->evdns, "timeout:", t);
+		(void)evdns_base_set_option(d->evdns, "attempts:", "2");
+	}
 	return d->evdns;
 }
 
@@ -699,6 +713,9 @@ void
 proxy_splice(struct proxy *px)
 {
 	px_enter(px);
+	/* the login is over and the door has its CAPABILITY: no need for the
+	 * machine any more (4 KiB less for each idle session) */
+	proxy_reply_free(&px->pr);
 	/* libevent moves 16 KiB per read/write call by default: a long FETCH
 	 * goes in fewer system calls with 64 KiB */
 	bufferevent_set_max_single_read(px->bev, PROXY_LOW);
@@ -984,7 +1001,7 @@ proxy_start_failed(const struct proxy *px)
 const char *
 proxy_caps(const struct proxy *px)
 {
-	return proxy_reply_caps(px->pr);
+	return px->pr != NULL ? proxy_reply_caps(px->pr) : "";
 }
 
 unsigned

@@ -24,7 +24,7 @@ enum prstate {
 	S_GREETING,
 	S_STARTTLS,	/* "S STARTTLS" / "STLS" sent */
 	S_TLS,		/* the handshake: no lines */
-	S_ID,		/* IMAP ID / POP3 XCLIENT sent */
+	S_ID,		/* POP3 XCLIENT sent (IMAP's ID goes with the login) */
 	S_AUTH,		/* IMAP AUTHENTICATE sent / POP3 USER sent */
 	S_AUTH_CONT,	/* IMAP: waiting for "+" (no SASL-IR) */
 	S_PASS,		/* POP3 PASS sent */
@@ -43,7 +43,6 @@ struct proxy_reply {
 	const char *why;
 	char *out;			/* what to send (wiped before reuse) */
 	size_t outcap;
-	char line[PROXY_REPLY_LINE_MAX + 1];
 };
 
 struct proxy_reply *
@@ -94,7 +93,6 @@ proxy_reply_free(struct proxy_reply **prp)
 	free(pr->client);
 	explicit_bzero(pr->out, pr->outcap);
 	free(pr->out);
-	explicit_bzero(pr->line, sizeof(pr->line));
 	free(pr);
 }
 
@@ -175,8 +173,12 @@ static enum proxy_reply_act
 after_tls(struct proxy_reply *pr)
 {
 	if (pr->client != NULL) {
-		pr->st = S_ID;
 		emit(pr, pr->client, "");
+		/* IMAP: the login goes right behind the ID, whose answer does not
+		 * matter (as Dovecot's proxy does): one round trip less */
+		if (pr->imap)
+			return send_login(pr);
+		pr->st = S_ID;
 		return PR_SEND;
 	}
 	return send_login(pr);
@@ -244,10 +246,6 @@ imap_line(struct proxy_reply *pr, const char *l)
 			return end(pr, PR_UNAVAILABLE, "the backend refused STARTTLS");
 		pr->st = S_TLS;
 		return PR_STARTTLS;
-	case S_ID:
-		if (strncmp(l, "I ", 2) == 0)
-			return send_login(pr);	/* whatever the backend made of the ID */
-		return PR_NONE;
 	case S_AUTH_CONT:
 		if (l[0] == '+') {
 			emit(pr, pr->password, "");
@@ -331,6 +329,9 @@ pop3_line(struct proxy_reply *pr, const char *l)
 enum proxy_reply_act
 proxy_reply_line(struct proxy_reply *pr, const char *line, size_t len)
 {
+	enum proxy_reply_act act;
+	char *l;
+
 	explicit_bzero(pr->out, strlen(pr->out));
 	if (pr->st == S_DONE)
 		return pr->result;
@@ -338,9 +339,14 @@ proxy_reply_line(struct proxy_reply *pr, const char *line, size_t len)
 		return end(pr, PR_UNAVAILABLE, "a backend line during the TLS handshake");
 	if (len > PROXY_REPLY_LINE_MAX || memchr(line, '\0', len) != NULL)
 		return end(pr, PR_UNAVAILABLE, "a backend line is too long or holds NUL");
-	memcpy(pr->line, line, len);
-	pr->line[len] = '\0';
-	return pr->imap ? imap_line(pr, pr->line) : pop3_line(pr, pr->line);
+	/* a copy of its own, NUL-terminated (only during the login: the
+	 * machine itself stays small for as long as a session lasts) */
+	l = xmalloc(len + 1);
+	memcpy(l, line, len);
+	l[len] = '\0';
+	act = pr->imap ? imap_line(pr, l) : pop3_line(pr, l);
+	free(l);
+	return act;
 }
 
 enum proxy_reply_act

@@ -16,8 +16,8 @@
  *   proxy_reply_why()      after PR_REFUSED / PR_UNAVAILABLE: for the log
  *
  * The dialogues:
- *   IMAP: greeting "* OK" -> [S STARTTLS, handshake] -> [I ID (...)] ->
- *         L AUTHENTICATE PLAIN (SASL-IR when the greeting offered it) ->
+ *   IMAP: greeting "* OK" -> [S STARTTLS, handshake] -> [I ID (...), and
+ *         right behind it] L AUTHENTICATE PLAIN (SASL-IR when offered) ->
  *         the tagged OK's [CAPABILITY ...], or C CAPABILITY when it had none
  *   POP3: greeting "+OK" -> [STLS, handshake] -> [XCLIENT ADDR= PORT=] ->
  *         USER, PASS

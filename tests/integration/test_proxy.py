@@ -40,6 +40,9 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
                     resolver setting (a dnsmasq on loopback): IMAP and POP3
                     logins, implicit TLS verified against the name (another
                     name refused), an unknown name NO [UNAVAILABLE] fast
+    T14UserIP       proxied sessions count in mail_max_userip_connections:
+                    past it NO [UNAVAILABLE] / -ERR [IN-USE] with Dovecot's
+                    words, a slot again once a session ends
     T12Robust       a scripted backend (slow login, a long stream, a close
                     behind a full client): clients over TLS that vanish while
                     the backend logs in or streams, a backend that closes
@@ -1060,6 +1063,7 @@ class T12Robust(unittest.TestCase):
         cls.stls = FakeBackend("imap", cert=W.good)
         cls.stls3 = FakeBackend("pop3", cert=W.good)
         cls.bare = FakeBackend("imap", bare=True)
+        cls.fast3 = FakeBackend("pop3")
         cls.pops_port = free_port()
         users = {
             "slow@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.slow.port],
@@ -1077,7 +1081,7 @@ class T12Robust(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.g.stop()    # asserts: no sanitizer report, a clean exit
-        for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3, cls.bare):
+        for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3, cls.bare, cls.fast3):
             b.close()
 
     def tls(self, port):
@@ -1188,6 +1192,32 @@ class T12Robust(unittest.TestCase):
             self.assertEqual(f.readline(), b"c OK done\r\n")
             s.close()
 
+    def test_busy_session_not_timed_out(self):
+        # the door's idle timeout over the splice: a session busy past
+        # pop3_timeout stays, one silent past it is closed with the door's words
+        g = Gateway("busy", users={"f3@example.com": ["proxy=y", "host=127.0.0.1",
+                                                      "port=%d" % self.fast3.port]},
+                    pop3_timeout="2")
+        try:
+            s = socket.create_connection(("127.0.0.1", g.pop3_port), 10)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b"USER f3@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
+            self.assertTrue(f.readline().startswith(b"+OK"))
+            self.assertTrue(f.readline().startswith(b"+OK"))
+            for i in range(6):
+                time.sleep(0.8)
+                s.sendall(b"NOOP\r\n")
+                self.assertEqual(f.readline(), b"+OK\r\n", "command %d" % i)
+            s.settimeout(10)
+            t0 = time.monotonic()
+            self.assertEqual(f.read(), b"-ERR Disconnected for inactivity.\r\n",
+                             "closed when silent")
+            self.assertLess(time.monotonic() - t0, 5)
+            s.close()
+        finally:
+            g.stop()
+
     def test_starttls_backend_closes_after_a_stream(self):
         # the backend's close_notify is read in-band by the TLS filter, which
         # may read on the spot when we drain its input or enable its reading:
@@ -1223,16 +1253,25 @@ class T13Names(unittest.TestCase):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from test_smtp_dns import dns_answers
         cls.dc = backend("dc-names", W.wrong, protocols=("imap", "pop3"))
-        cls.dns_port = free_port(kind=socket.SOCK_DGRAM)
-        cls.dns = subprocess.Popen(
-            [DNSMASQ, "--keep-in-foreground", "--port=%d" % cls.dns_port,
-             "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-             "--no-poll", "--pid-file=", "--user=root",
-             "--host-record=mx.good.test,127.0.0.1",     # what dns_answers asks
-             "--host-record=backend.test,127.0.0.1",
-             "--host-record=backend.invalid,127.0.0.1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert dns_answers(cls.dns_port), "dnsmasq does not answer"
+        # as test_smtp_dns: answering before the daemon asks; a port taken
+        # between free_port() and dnsmasq's bind: another one
+        for _ in range(3):
+            cls.dns_port = free_port(kind=socket.SOCK_DGRAM)
+            cls.dns = subprocess.Popen(
+                [DNSMASQ, "--keep-in-foreground", "--port=%d" % cls.dns_port,
+                 "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+                 "--no-hosts", "--no-poll", "--pid-file=", "--user=root",
+                 "--host-record=mx.good.test,127.0.0.1",     # what dns_answers asks
+                 "--host-record=backend.test,127.0.0.1",
+                 "--host-record=backend.invalid,127.0.0.1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if dns_answers(cls.dns_port, dns=cls.dns):
+                break
+            cls.dns.kill()
+            cls.dns.wait(5)
+        else:
+            cls.dc.close()
+            raise AssertionError("dnsmasq does not answer (3 ports tried)")
         dc = cls.dc
         users = {
             "nm@example.com": ["proxy=y", "host=backend.test", "port=%d" % dc.imap_port,
@@ -1274,6 +1313,21 @@ class T13Names(unittest.TestCase):
                    what="the log line")
         self.assertRegex(self.g.d.log_since(mark), r"certificate not accepted")
 
+    def test_silent_resolver_bounded_by_the_timeout(self):
+        mute = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)    # answers nothing
+        mute.bind(("127.0.0.1", 0))
+        g = Gateway("mute-dns", ["proxy=y", "host=backend.test", "port=%d" % self.dc.imap_port],
+                    resolver="127.0.0.1:%d" % mute.getsockname()[1], mail_proxy_timeout="2")
+        try:
+            t0 = time.monotonic()
+            line = raw_login(g.imap_port, USER)
+            self.assertTrue(line.startswith("a NO [UNAVAILABLE]"), line)
+            self.assertLess(time.monotonic() - t0, 4)
+            self.assertRegex(g.d.log_text(), r"unavailable: cannot resolve backend\.test")
+        finally:
+            g.stop()
+            mute.close()
+
     def test_unknown_name_unavailable(self):
         t0 = time.monotonic()
         line = raw_login(self.g.imap_port, "nx@example.com")
@@ -1282,6 +1336,48 @@ class T13Names(unittest.TestCase):
         self.assertRegex(self.g.d.log_text(), r"user=<nx@example\.com> client=\S+ "
                          r"backend=nx\.test:%d: unavailable: cannot resolve nx\.test"
                          % self.dc.imap_port)
+
+
+class T14UserIP(unittest.TestCase):
+    def test_proxied_sessions_count(self):
+        dc = backend("dc-userip", None, protocols=("imap", "pop3"))
+        g = Gateway("userip", users={
+            USER: ["proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port],
+            "p3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % dc.pop3_port,
+                               "destuser=" + USER]},
+            mail_max_userip_connections="2")
+        try:
+            a, b = g.login(), g.login()
+            line = raw_login(g.imap_port, USER)
+            self.assertTrue(line.startswith("a NO [UNAVAILABLE] Maximum number of connections "
+                                            "from user+IP exceeded "
+                                            "(mail_max_userip_connections=2)"), line)
+            self.assertRegex(g.d.log_text(), r"imap: conn=\S+ proxy: user=<%s> client=\S+ "
+                             r"backend=\S+: refused: 2 sessions from that address"
+                             % re.escape(USER))
+            # another address has slots of its own
+            c = g.login(source=CLIENT)
+            c.logout()
+            a.logout()
+            wait_until(lambda: raw_login(g.imap_port, USER).startswith("a OK"), 5,
+                       what="a slot freed by the logout")
+            b.logout()
+            # POP3 the same (its door counts its own)
+            p1 = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            p1.user("p3@example.com")
+            self.assertTrue(p1.pass_(PASSWORD).startswith(b"+OK"))
+            p2 = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            p2.user("p3@example.com")
+            self.assertTrue(p2.pass_(PASSWORD).startswith(b"+OK"))
+            p3 = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            p3.user("p3@example.com")
+            with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[IN-USE\] Maximum number "
+                                        r"of connections from user\+IP exceeded"):
+                p3.pass_(PASSWORD)
+            p1.quit()
+        finally:
+            g.stop()
+            dc.close()
 
 
 if __name__ == "__main__":
