@@ -1084,13 +1084,8 @@ imap_server_run(const int *fds, const int *kinds, size_t nfds,
 	srv->params = c->params;
 	srv->params.tls_available = c->tls != NULL;
 	srv->params.store_root = c->mail_root;
-	if (sasl_init(error_r) < 0) {
-		free(srv);
-		return -1;
-	}
-	userdb_sasl_callbacks(&srv->users.db, &srv->sasl_cb);
 	srv->params.sasl_cb = &srv->sasl_cb;
-	if (users_open(&srv->users, c->users_url, error_r) < 0) {
+	if (users_open_sasl(&srv->users, c->users_url, &srv->sasl_cb, error_r) < 0) {
 		free(srv);
 		return -1;
 	}

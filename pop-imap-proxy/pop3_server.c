@@ -987,13 +987,8 @@ pop3_server_run(const int *fds, const int *kinds, size_t nfds,
 
 	s->c = c;
 	s->params = c->params;
-	if (sasl_init(error_r) < 0) {
-		free(s);
-		return -1;
-	}
-	userdb_sasl_callbacks(&s->users.db, &s->sasl_cb);
 	s->params.sasl_cb = &s->sasl_cb;
-	if (users_open(&s->users, c->users_url, error_r) < 0) {
+	if (users_open_sasl(&s->users, c->users_url, &s->sasl_cb, error_r) < 0) {
 		free(s);
 		return -1;
 	}

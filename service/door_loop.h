@@ -11,9 +11,8 @@
  *                     loop ends once drained; once a second
  *                     conn_server_tick(), users_tick() (service/users: the
  *                     users file reopened when it changed), then the door's
- *                     tick(). Unblocks
- *                     SIGUSR2 (the master spawns a worker with it blocked:
- *                     one sent early waits for us).
+ *                     tick(). Unblocks SIGUSR2 (the master spawns a worker
+ *                     with it blocked: one sent early waits for us).
  *   door_loop_run()   dispatch until stopped or drained
  *   door_loop_exit()  the drained callback for a door's own drain(): its
  *                     arg is the event base; ends the loop

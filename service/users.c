@@ -5,9 +5,11 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/sasl.h"
 #include "common/xmalloc.h"
 #include "service/users.h"
 #include "storage-adapter/userdb.h"
+#include "storage-adapter/userdb_sasl.h"
 
 int
 users_open(struct users *u, const char *url, const char **error_r)
@@ -26,6 +28,15 @@ users_open(struct users *u, const char *url, const char **error_r)
 	    strstr(why, "is missing") == NULL)
 		log_error("users file not usable, no users until it is: %s", why);
 	return 0;
+}
+
+int
+users_open_sasl(struct users *u, const char *url, struct sasl_callbacks *cb, const char **error_r)
+{
+	if (sasl_init(error_r) < 0)
+		return -1;
+	userdb_sasl_callbacks(&u->db, cb);	/* u->db may be reloaded */
+	return users_open(u, url, error_r);
 }
 
 void

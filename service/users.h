@@ -10,6 +10,7 @@
  */
 #include <time.h>
 
+struct sasl_callbacks;
 struct userdb;
 
 struct users {
@@ -23,6 +24,10 @@ struct users {
  * documented); otherwise unusable is said. -1 with *error_r: cannot open */
 int users_open(struct users *u, const char *url, const char **error_r)
     __attribute__((warn_unused_result));
+/* users_open(), and *cb set to check logins against u's users (storage-
+ * adapter/userdb_sasl, following each reload) once common/sasl is ready */
+int users_open_sasl(struct users *u, const char *url, struct sasl_callbacks *cb,
+    const char **error_r) __attribute__((warn_unused_result));
 void users_tick(struct users *u, time_t now);
 void users_close(struct users *u);
 

@@ -62,6 +62,15 @@ fixture_no_password(void *arg, const struct sasl_user *u, const char *password)
 const struct sasl_callbacks fixture_nobody = { fixture_no_user, fixture_no_password, fixture_no_cram, NULL };
 
 int
+fixture_sasl_check(struct sasl_server *s)
+{
+	const char *out;
+
+	sasl_server_check(s);
+	return sasl_server_checked(s, &out) == SASL_OK;
+}
+
+int
 fixture_deliver(const char *root, const char *user, const char *const *msgs, size_t n,
     const char **error_r)
 {

@@ -11,6 +11,8 @@
  *   fixture_no_user(), fixture_no_password(), fixture_no_cram()   lookups
  *                      and checks that always fail, for a caller's own
  *                      callbacks
+ *   fixture_sasl_check()   a SASL_CHECK step run inline (a door runs it
+ *                      on a pool thread)
  *   fixture_deliver()  messages into a user's INBOX the way the gateway
  *                      delivers them (storage-adapter/mailstore)
  *   fixture_rm_rf()    a test's store gone
@@ -33,6 +35,9 @@ int fixture_no_user(void *arg, const char *login, struct sasl_user *r);
 int fixture_no_password(void *arg, const struct sasl_user *u, const char *password);
 int fixture_no_cram(void *arg, const struct sasl_user *u, const char *challenge,
     const char *digest);
+
+/* sasl_server_check() then sasl_server_checked(): 1 when the password is right */
+int fixture_sasl_check(struct sasl_server *s);
 
 /* msgs[0..n-1] delivered to user under the store root; -1 with *error_r */
 int fixture_deliver(const char *root, const char *user, const char *const *msgs, size_t n,
