@@ -69,6 +69,7 @@ struct sieve_node {
 	int once, optional, global;
 	int incl_borrowed;	/* incl is an ancestor (include :once cycle), not owned */
 	int ihave_dead;		/* `if ihave` of something unavailable: block never runs */
+	int indexed;		/* has :index (found once at compile time) */
 };
 
 #define SV_NCAPS (SIEVE_MAX_MATCH_INDEX + 1)	/* match values ${0}..${32} */

@@ -1099,6 +1099,7 @@ static void strv_nodes(struct sieve_node **ns, size_t nn)
 			for (size_t j = 0; j < a->n; j++)
 				a->sv[j] = a->v[j].s;
 		}
+		n->indexed = (n->def != NULL || n->ext != NULL) && sieve_node_has_tag(n, "index");
 		strv_nodes(n->tests, n->ntests);
 		strv_nodes(n->cmds, n->ncmds);
 	}

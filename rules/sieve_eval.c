@@ -70,21 +70,6 @@ void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 {
 	run->msg = m;
 	sv_body_cache_free(run);
-	for (size_t i = 0; i < run->nhvals; i++) {
-		free(run->hvals[i].name);
-		for (size_t k = 0; run->hvals[i].addr != NULL && k < run->hvals[i].n; k++)
-			sieve_strv_free(run->hvals[i].addr[k].norm, run->hvals[i].addr[k].n);
-		free(run->hvals[i].addr);
-		sieve_strv_free(run->hvals[i].vals, run->hvals[i].n);
-	}
-	free(run->hvals);
-	run->hvals = NULL;
-	run->nhvals = 0;
-	for (size_t i = 0; i < run->nenvp; i++) {
-		free(run->envp[i].in);
-		free(run->envp[i].norm);
-	}
-	run->nenvp = 0;
 	for (size_t i = 0; i < run->nhdr; i++) {
 		free(run->hdr[i].name);
 		free(run->hdr[i].value);
@@ -201,9 +186,8 @@ static void set_caps(struct sieve_run *run, char **caps)
 }
 
 static int match_one(struct sieve_run *run, const struct sieve_node *n, const char *v,
-    const char *k, void *re)
+    size_t vl, const char *k, size_t kl, void *re)
 {
-	size_t vl = strlen(v), kl = strlen(k);
 	run->steps += 1;
 	switch (n->mtype) {
 	case MT_IS:
@@ -216,7 +200,7 @@ static int match_one(struct sieve_run *run, const struct sieve_node *n, const ch
 		int r = sv_glob(n->comp, k, kl, v, vl, want ? caps : NULL, &run->steps);
 		if (r && want)
 			set_caps(run, caps);
-		for (int i = 0; i < SV_NCAPS; i++)
+		for (int i = 0; want && i < SV_NCAPS; i++)
 			free(caps[i]);
 		return r;
 	}
@@ -229,7 +213,7 @@ static int match_one(struct sieve_run *run, const struct sieve_node *n, const ch
 		run->steps += vl;
 		if (r > 0 && want)
 			set_caps(run, caps);
-		for (int i = 0; i < SV_NCAPS; i++)
+		for (int i = 0; want && i < SV_NCAPS; i++)
 			free(caps[i]);
 		if (r < 0) {
 			sv_runtime_error(run, n->line, "regex match exceeded its limits");
@@ -245,6 +229,14 @@ static int match_one(struct sieve_run *run, const struct sieve_node *n, const ch
 int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
     char **values, size_t nvalues, char **keys, size_t nkeys)
 {
+	return sv_match_n(run, n, (const char *const *)values, NULL, nvalues, keys, nkeys);
+}
+
+#define MATCH_STACK 16	/* keys whose regexes and lengths need no allocation */
+
+int sv_match_n(struct sieve_run *run, const struct sieve_node *n, const char *const *values,
+    const size_t *vlens, size_t nvalues, char **keys, size_t nkeys)
+{
 	if (n->mtype == MT_COUNT) {
 		char cnt[32];
 		snprintf(cnt, sizeof(cnt), "%zu", nvalues);
@@ -254,16 +246,22 @@ int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
 				return 1;
 		return 0;
 	}
-	void **re = NULL;
+	/* nothing to match: false (a regex key is still compiled below, for
+	 * its error) */
+	if (nvalues == 0 && n->mtype != MT_REGEX)
+		return 0;
+	void *re_st[MATCH_STACK], **re = NULL;
 	int node_re = 0;	/* re[0] is n->regex (not ours to free) */
 	if (n->mtype == MT_REGEX) {
-		re = xcalloc(nkeys + 1, sizeof(void *));
+		re = nkeys <= MATCH_STACK ? re_st : xcalloc(nkeys, sizeof(void *));
 		for (size_t j = 0; j < nkeys; j++) {
 			const char *e;
+			re[j] = NULL;
 			/* the script's one constant key was compiled with it */
 			if (j == 0 && nkeys == 1 && n->regex != NULL && n->npos > 0 &&
 			    n->pos[n->npos - 1]->n == 1 &&
-			    strcmp(keys[0], n->pos[n->npos - 1]->v[0].s) == 0) {
+			    (keys == n->pos[n->npos - 1]->sv ||
+			    strcmp(keys[0], n->pos[n->npos - 1]->v[0].s) == 0)) {
 				re[0] = n->regex;
 				node_re = 1;
 				continue;
@@ -274,22 +272,31 @@ int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
 				    "expression '%s' for regex match: %s", keys[j], e);
 		}
 	}
+	size_t kl_st[MATCH_STACK], *kl = nkeys <= MATCH_STACK ? kl_st :
+	    xmalloc(nkeys * sizeof(size_t));
+	for (size_t j = 0; j < nkeys && nvalues > 0; j++)
+		kl[j] = strlen(keys[j]);
 	int found = 0;
-	for (size_t i = 0; i < nvalues && !found; i++)
+	for (size_t i = 0; i < nvalues && !found; i++) {
+		size_t vl = vlens != NULL ? vlens[i] : strlen(values[i]);
 		for (size_t j = 0; j < nkeys && !found; j++) {
 			if (re && re[j] == NULL)
 				continue;
-			if (match_one(run, n, values[i], keys[j], re ? re[j] : NULL))
+			if (match_one(run, n, values[i], vl, keys[j], kl[j], re ? re[j] : NULL))
 				found = 1;
 			if (run->steps > run->limits.max_cpu_steps)
 				goto out;
 		}
+	}
 out:
+	if (kl != kl_st)
+		free(kl);
 	if (re) {
 		for (size_t j = node_re; j < nkeys; j++)
 			if (re[j])
 				sv_regex_free(re[j]);
-		free(re);
+		if (re != re_st)
+			free(re);
 	}
 	return found;
 }

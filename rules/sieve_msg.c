@@ -134,6 +134,7 @@ void sieve_msg_free(struct sieve_msg **mp)
 	struct sieve_msg *m = *mp;
 	if (m == NULL)
 		return;
+	sieve_msg_changed(m);
 	for (size_t i = 0; i < m->nhdr; i++) {
 		free(m->hdr[i].name);
 		free(m->hdr[i].value);

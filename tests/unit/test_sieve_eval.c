@@ -291,12 +291,68 @@ static void test_sieve_eval_vacation_decision(void)
 	sieve_errors_clear(&err);
 }
 
+/*
+ * The index a message keeps for the runs on it (values per header name,
+ * parsed addresses, envelope paths) follows the message: a field added
+ * (nhdr), a value changed in place (sieve_msg_changed), an envelope item
+ * set again -- each run sees the message as it is, as the levels do.
+ */
+static const char *run_one(struct sieve_msg *m, const char *src)
+{
+	static char got[64];
+	struct sieve_errors err = { 0 };
+	struct sieve_script *s = NULL;
+	struct sieve_result *r = NULL;
+	snprintf(got, sizeof(got), "ERROR");
+	if (sieve_compile("t", src, strlen(src), NULL, &s, &err) == 0 &&
+	    sieve_run(s, m, NULL, &r, &err) == 0)
+		snprintf(got, sizeof(got), "%s", summary(r));
+	sieve_result_free(&r);
+	sieve_script_free(&s);
+	sieve_errors_clear(&err);
+	return got;
+}
+
+static void test_sieve_eval_msg_index(void)
+{
+	struct sieve_msg *m = sieve_msg_parse(MSG, strlen(MSG));
+	const char *xnew = "if header :is \"x-new\" \"yes\" { discard; }";
+	const char *from = "if address :domain \"from\" \"other.example\" { discard; }";
+	const char *env = "require \"envelope\";\n"
+	    "if envelope :domain \"from\" \"b.example\" { discard; }";
+	sieve_msg_set_env(m, "from", "a@a.example");
+	CU_ASSERT_STRING_EQUAL(run_one(m, xnew), "+implicit");
+	CU_ASSERT_STRING_EQUAL(run_one(m, from), "+implicit");
+	CU_ASSERT_STRING_EQUAL(run_one(m, env), "+implicit");
+	/* a field added: seen without a word from the caller */
+	m->hdr = realloc(m->hdr, (m->nhdr + 1) * sizeof(*m->hdr));
+	m->hdr[m->nhdr].name = strdup("X-New");
+	m->hdr[m->nhdr++].value = strdup("yes");
+	CU_ASSERT_STRING_EQUAL(run_one(m, xnew), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, from), "+implicit");
+	/* a value changed in place, said with sieve_msg_changed() */
+	for (size_t i = 0; i < m->nhdr; i++)
+		if (strcmp(m->hdr[i].name, "From") == 0) {
+			free(m->hdr[i].value);
+			m->hdr[i].value = strdup("Other <o@other.example>");
+		}
+	sieve_msg_changed(m);
+	CU_ASSERT_STRING_EQUAL(run_one(m, from), "discard");
+	/* the envelope set again */
+	sieve_msg_set_env(m, "from", "<b@b.example>");
+	CU_ASSERT_STRING_EQUAL(run_one(m, env), "discard");
+	sieve_msg_set_env(m, "from", "a@a.example");
+	CU_ASSERT_STRING_EQUAL(run_one(m, env), "+implicit");
+	sieve_msg_free(&m);
+}
+
 static CU_TestInfo tests[] = {
 	{ "evaluator table", test_sieve_eval_table },
 	{ "CPU budget", test_sieve_eval_cpu_budget },
 	{ "vacation decision", test_sieve_eval_vacation_decision },
 	{ "regex match limit", test_sieve_eval_regex_limit },
 	{ "vacation tracked per sender", test_sieve_eval_vacation_tracking },
+	{ "message index follows the message", test_sieve_eval_msg_index },
 	CU_TEST_INFO_NULL,
 };
 
