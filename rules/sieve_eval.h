@@ -36,6 +36,7 @@ struct sv_envp {
 struct sv_msgcache {
 	const struct sieve_header *hdr;	/* what the entries were built from */
 	size_t nhdr;
+	uint64_t hmask;		/* sv_hname_bit() of every field name */
 	struct sv_hval *hv;
 	size_t nhv;
 	struct sv_envp envp[SV_ENVP_MAX];

@@ -85,9 +85,28 @@ static struct sv_msgcache *mcache(struct sieve_run *run)
 		c = xcalloc(1, sizeof(*c));
 		c->hdr = m->hdr;
 		c->nhdr = m->nhdr;
+		for (size_t i = 0; i < m->nhdr; i++)
+			c->hmask |= sv_hname_bit(m->hdr[i].name, strlen(m->hdr[i].name));
 		m->cache = c;
 	}
 	return c;
+}
+
+/* the bits of the field names of the run's message (its own header, the
+ * names n has as constants): 0 when not known */
+static uint64_t names_mask(struct sieve_run *run, const struct sieve_node *n, uint64_t *msg_r)
+{
+	if (n->hmask == 0 || run->hdr_edited || run->msg == NULL || run->script->uses_vars)
+		return 0;
+	*msg_r = mcache(run)->hmask;
+	return n->hmask;
+}
+
+/* none of n's header names is in the message: no value to match */
+static int names_absent(struct sieve_run *run, const struct sieve_node *n)
+{
+	uint64_t m;
+	return n->nomatch_empty && names_mask(run, n, &m) != 0 && (m & n->hmask) == 0;
 }
 
 /* the decoded values of the header NAME, kept by the message's index (an
@@ -305,6 +324,8 @@ static char *addr_part(int ap, const char *addr, const char *delim)
 
 int sv_test_address(struct sieve_run *run, const struct sieve_node *n)
 {
+	if (names_absent(run, n))
+		return 0;
 	size_t nn, nk, nv = 0, nvals = 0;
 	char **names = sieve_arg_list_ro(run, n, 0, &nn);
 	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
@@ -556,6 +577,8 @@ int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n)
 
 int sv_test_header(struct sieve_run *run, const struct sieve_node *n)
 {
+	if (names_absent(run, n))
+		return 0;
 	size_t nn, nk, nv;
 	char **names = sieve_arg_list_ro(run, n, 0, &nn);
 	char **keys = sieve_arg_list_ro(run, n, 1, &nk);
@@ -582,6 +605,9 @@ int sv_test_header(struct sieve_run *run, const struct sieve_node *n)
 
 int sv_test_exists(struct sieve_run *run, const struct sieve_node *n)
 {
+	uint64_t m;
+	if (names_mask(run, n, &m) != 0 && (m & n->hmask) != n->hmask)
+		return 0;	/* a name is not in the message */
 	size_t nn;
 	char **names = sieve_arg_list_ro(run, n, 0, &nn);
 	int r = 1;

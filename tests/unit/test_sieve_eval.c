@@ -321,6 +321,17 @@ static void test_sieve_eval_msg_index(void)
 	const char *env = "require \"envelope\";\n"
 	    "if envelope :domain \"from\" \"b.example\" { discard; }";
 	sieve_msg_set_env(m, "from", "a@a.example");
+	/* names found absent from the index's mask of names, in any case */
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if exists [\"FROM\", \"x-absent\"] { discard; }"),
+	    "+implicit");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if exists [\"FROM\", \"sUbJeCt\"] { discard; }"),
+	    "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "require \"relational\";\n"
+	    "if header :count \"eq\" \"x-absent\" \"0\" { discard; }"), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if address :all \"FROM\" \"alice@example.org\" "
+	    "{ discard; }"), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if header :contains [\"x-absent\", \"SUBJECT\"] "
+	    "\"world\" { discard; }"), "discard");
 	CU_ASSERT_STRING_EQUAL(run_one(m, xnew), "+implicit");
 	CU_ASSERT_STRING_EQUAL(run_one(m, from), "+implicit");
 	CU_ASSERT_STRING_EQUAL(run_one(m, env), "+implicit");
