@@ -69,18 +69,41 @@ int sv_cmp_eq(int comp, const char *a, size_t al, const char *b, size_t bl)
 	return 1;
 }
 
+/*
+ * The candidates (where the first octet matches, in either case) are found
+ * with memchr(); the steps counted are what the plain scan counts: one for
+ * each position, and the length matched there.
+ */
 int sv_contains(int comp, const char *h, size_t hl, const char *nd, size_t nl, unsigned long *steps)
 {
 	if (nl == 0)
 		return 1;
-	for (size_t i = 0; i + nl <= hl; i++) {
-		size_t j = 0;
-		while (j < nl && fold(comp, (unsigned char)h[i + j]) == fold(comp, (unsigned char)nd[j]))
+	if (nl > hl)
+		return 0;
+	size_t last = hl - nl, i = 0;
+	int f0 = fold(comp, (unsigned char)nd[0]);
+	int alt = comp == CMP_CASEMAP && f0 >= 'a' && f0 <= 'z' ? f0 & ~0x20 : -1;
+	while (i <= last) {
+		const char *c = memchr(h + i, f0, last - i + 1);
+		if (alt >= 0) {
+			const char *u = memchr(h + i, alt, c != NULL ? (size_t)(c - h) - i :
+			    last - i + 1);
+			if (u != NULL)
+				c = u;
+		}
+		if (c == NULL) {
+			if (steps)
+				*steps += last - i + 1;
+			return 0;
+		}
+		size_t at = (size_t)(c - h), j = 1;
+		while (j < nl && fold(comp, (unsigned char)h[at + j]) == fold(comp, (unsigned char)nd[j]))
 			j++;
 		if (steps)
-			*steps += j + 1;
+			*steps += (at - i) + j + 1;
 		if (j == nl)
 			return 1;
+		i = at + 1;
 	}
 	return 0;
 }

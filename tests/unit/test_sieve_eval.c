@@ -2,11 +2,13 @@
  * conflicts), match types, comparators, address parts, extensions, and the
  * CPU budget. Each row: a script, a message, the envelope, and the action
  * list as a string ("store:A keep +implicit"), or "ERROR" for a runtime error. */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "rules/sieve.h"
+#include "rules/sieve_ast.h"
 #include "tests/unit/unit.h"
 
 #define MSG "Received: from a by b; Mon, 1 Feb 2021 03:04:05 -0800\r\n" \
@@ -357,6 +359,56 @@ static void test_sieve_eval_msg_index(void)
 	sieve_msg_free(&m);
 }
 
+/* the plain scan :contains was: every position, its matched length */
+static int contains_ref(int comp, const char *h, size_t hl, const char *nd, size_t nl,
+    unsigned long *steps)
+{
+	if (nl == 0)
+		return 1;
+	for (size_t i = 0; i + nl <= hl; i++) {
+		size_t j = 0;
+		while (j < nl && (comp == CMP_CASEMAP ? tolower((unsigned char)h[i + j]) ==
+		    tolower((unsigned char)nd[j]) : h[i + j] == nd[j]))
+			j++;
+		*steps += j + 1;
+		if (j == nl)
+			return 1;
+	}
+	return 0;
+}
+
+/* sv_contains() (memchr for the candidates) answers and counts as the plain
+ * scan, for both comparators, on random strings of a few letters */
+static void test_sieve_eval_contains_steps(void)
+{
+	const char alpha[] = "aAbB-\xc3";
+	unsigned seed = 12345;
+	for (int n = 0; n < 20000; n++) {
+		char h[48], nd[8];
+		seed = seed * 1103515245u + 12345u;
+		size_t hl = (seed >> 8) % 40, nl = (seed >> 20) % 6;
+		for (size_t i = 0; i < hl; i++) {
+			seed = seed * 1103515245u + 12345u;
+			h[i] = alpha[(seed >> 16) % 6];
+		}
+		for (size_t i = 0; i < nl; i++) {
+			seed = seed * 1103515245u + 12345u;
+			nd[i] = alpha[(seed >> 16) % 6];
+		}
+		for (int comp = CMP_CASEMAP; comp <= CMP_OCTET; comp++) {
+			unsigned long s1 = 0, s2 = 0;
+			int r1 = sv_contains(comp, h, hl, nd, nl, &s1);
+			int r2 = contains_ref(comp, h, hl, nd, nl, &s2);
+			if (r1 != r2 || s1 != s2) {
+				fprintf(stderr, "\n  contains %d/%d steps %lu/%lu (comp %d, %zu/%zu)\n",
+				    r1, r2, s1, s2, comp, hl, nl);
+				CU_FAIL("sv_contains differs from the plain scan");
+				return;
+			}
+		}
+	}
+}
+
 static CU_TestInfo tests[] = {
 	{ "evaluator table", test_sieve_eval_table },
 	{ "CPU budget", test_sieve_eval_cpu_budget },
@@ -364,6 +416,7 @@ static CU_TestInfo tests[] = {
 	{ "regex match limit", test_sieve_eval_regex_limit },
 	{ "vacation tracked per sender", test_sieve_eval_vacation_tracking },
 	{ "message index follows the message", test_sieve_eval_msg_index },
+	{ ":contains counts as the plain scan", test_sieve_eval_contains_steps },
 	CU_TEST_INFO_NULL,
 };
 
