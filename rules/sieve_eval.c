@@ -69,6 +69,7 @@ unsigned sieve_node_line(const struct sieve_node *n) { return n->line; }
 void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 {
 	run->msg = m;
+	run->mc = NULL;
 	sv_body_cache_free(run);
 	for (size_t i = 0; i < run->nhdr; i++) {
 		free(run->hdr[i].name);
@@ -250,6 +251,17 @@ int sv_match_n(struct sieve_run *run, const struct sieve_node *n, const char *co
 	 * its error) */
 	if (nvalues == 0 && n->mtype != MT_REGEX)
 		return 0;
+	if (nkeys == 1 && n->mtype != MT_REGEX) {	/* the loop below, for one key */
+		size_t kl = strlen(keys[0]);
+		for (size_t i = 0; i < nvalues; i++) {
+			if (match_one(run, n, values[i], vlens != NULL ? vlens[i] : strlen(values[i]),
+			    keys[0], kl, NULL))
+				return 1;
+			if (run->steps > run->limits.max_cpu_steps)
+				return 0;
+		}
+		return 0;
+	}
 	void *re_st[MATCH_STACK], **re = NULL;
 	int node_re = 0;	/* re[0] is n->regex (not ours to free) */
 	if (n->mtype == MT_REGEX) {
@@ -342,7 +354,26 @@ const char *sv_header_get(struct sieve_run *run, const char *name, size_t idx)
 /* values of the named headers; :index / :last select one occurrence */
 static int exec_block(struct sieve_run *run, struct sieve_node **cmds, size_t n);
 
+static int eval_test_full(struct sieve_run *run, const struct sieve_node *n, int *res);
+
+/* the tests a rule set is mostly made of, as eval_test_full() runs them, in
+ * a function small enough to cost little to enter */
 static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	int id = n->ext == NULL ? n->def->id : T_EXT;
+	if (id != T_HEADER && id != T_ADDRESS && id != T_ENVELOPE && id != T_EXISTS)
+		return eval_test_full(run, n, res);
+	if (++run->steps > run->limits.max_cpu_steps)
+		return budget(run, n->line) < 0 ? R_ERR : R_GO;
+	*res = id == T_HEADER ? sv_test_header(run, n) : id == T_ADDRESS ?
+	    sv_test_address(run, n) : id == T_ENVELOPE ? sv_test_envelope(run, n) :
+	    sv_test_exists(run, n);
+	if (run->steps > run->limits.max_cpu_steps)
+		return budget(run, n->line) < 0 ? R_ERR : R_GO;
+	return run->errored ? R_ERR : R_GO;
+}
+
+static int eval_test_full(struct sieve_run *run, const struct sieve_node *n, int *res)
 {
 	run->steps++;
 	if (budget(run, n->line) < 0)
@@ -654,7 +685,32 @@ static int cmd_vacation(struct sieve_run *run, const struct sieve_node *n)
 
 static int run_script(struct sieve_run *run, const struct sieve_script *s);
 
+static int exec_cmd_full(struct sieve_run *run, const struct sieve_node *n, int *chain);
+
+/* if and elsif, as exec_cmd_full() runs them, in a function small enough
+ * to cost little to enter (a rule set is a row of them) */
 static int exec_cmd(struct sieve_run *run, const struct sieve_node *n, int *chain)
+{
+	int id = n->ext == NULL ? n->def->id : 0;
+	if (id != C_IF && id != C_ELSIF)
+		return exec_cmd_full(run, n, chain);
+	run->steps++;
+	if (budget(run, n->line) < 0)
+		return R_ERR;
+	if (id == C_ELSIF && *chain)
+		return R_GO;
+	if (n->ihave_dead) {
+		*chain = 0;	/* never compiled: cannot run */
+		return R_GO;
+	}
+	int t, r;
+	if ((r = eval_test(run, n->tests[0], &t)) != R_GO)
+		return r;
+	*chain = t;
+	return t ? exec_block(run, n->cmds, n->ncmds) : R_GO;
+}
+
+static int exec_cmd_full(struct sieve_run *run, const struct sieve_node *n, int *chain)
 {
 	run->steps++;
 	if (budget(run, n->line) < 0)

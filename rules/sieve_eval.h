@@ -24,6 +24,9 @@ struct sv_hval {
 	/* the address tests' parse of each value, once asked for: its
 	 * addresses (normalized) and whether one was invalid */
 	struct sv_haddr { char **norm; size_t n; int invalid; } *addr;
+	/* what the address test compares for :all, :localpart, :domain
+	 * (slices of addr and vals), once asked for */
+	struct sv_hparts { const char **v; size_t *l; size_t n; int done; } parts[3];
 };
 #define SV_ENVP_MAX 8
 enum { SV_EK_SKIP, SV_EK_NULL, SV_EK_AUTHUSER, SV_EK_LOCAL, SV_EK_NORM };
@@ -66,6 +69,7 @@ struct sieve_run {
 	const struct sieve_script **included; size_t nincluded;
 	unsigned include_depth;
 	struct sv_body_cache *body;	/* the body tests' parts (sieve_body.c) */
+	struct sv_msgcache *mc;	/* the message's index as this run found it valid */
 };
 
 void sv_runtime_error(struct sieve_run *run, unsigned line, const char *fmt, ...)

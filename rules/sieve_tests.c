@@ -59,6 +59,10 @@ void sieve_msg_changed(struct sieve_msg *m)
 		for (size_t k = 0; v->addr != NULL && k < v->n; k++)
 			sieve_strv_free(v->addr[k].norm, v->addr[k].n);
 		free(v->addr);
+		for (int k = 0; k < 3; k++) {
+			free(v->parts[k].v);
+			free(v->parts[k].l);
+		}
 		sieve_strv_free(v->vals, v->n);
 		free(v->lens);
 	}
@@ -75,7 +79,15 @@ void sieve_msg_changed(struct sieve_msg *m)
  * message's header is not what they were built from. The index is the
  * message's, not part of what a caller sees: it changes under a const
  * message (one run at a time on a message, sieve.h) */
-static struct sv_msgcache *mcache(struct sieve_run *run)
+static struct sv_msgcache *mcache_check(struct sieve_run *run);
+
+static inline struct sv_msgcache *mcache(struct sieve_run *run)
+{
+	struct sv_msgcache *c = run->msg->cache;
+	return c != NULL && c == run->mc ? c : mcache_check(run);	/* checked once a run */
+}
+
+static struct sv_msgcache *mcache_check(struct sieve_run *run)
 {
 	struct sieve_msg *m = (struct sieve_msg *)run->msg;
 	struct sv_msgcache *c = m->cache;
@@ -89,12 +101,13 @@ static struct sv_msgcache *mcache(struct sieve_run *run)
 			c->hmask |= sv_hname_bit(m->hdr[i].name, strlen(m->hdr[i].name));
 		m->cache = c;
 	}
+	run->mc = c;
 	return c;
 }
 
 /* the bits of the field names of the run's message (its own header, the
  * names n has as constants): 0 when not known */
-static uint64_t names_mask(struct sieve_run *run, const struct sieve_node *n, uint64_t *msg_r)
+static inline uint64_t names_mask(struct sieve_run *run, const struct sieve_node *n, uint64_t *msg_r)
 {
 	if (n->hmask == 0 || run->hdr_edited || run->msg == NULL || run->script->uses_vars)
 		return 0;
@@ -103,7 +116,7 @@ static uint64_t names_mask(struct sieve_run *run, const struct sieve_node *n, ui
 }
 
 /* none of n's header names is in the message: no value to match */
-static int names_absent(struct sieve_run *run, const struct sieve_node *n)
+static inline int names_absent(struct sieve_run *run, const struct sieve_node *n)
 {
 	uint64_t m;
 	return n->nomatch_empty && names_mask(run, n, &m) != 0 && (m & n->hmask) == 0;
@@ -143,6 +156,7 @@ static struct sv_hval *hvals_get(struct sieve_run *run, const char *name)
 	v->lens = lens;
 	v->n = no;
 	v->addr = NULL;
+	memset(v->parts, 0, sizeof(v->parts));
 	return v;
 }
 
@@ -332,6 +346,39 @@ int sv_test_address(struct sieve_run *run, const struct sieve_node *n)
 	struct sv_hval *hv = NULL;
 	if (nn == 1 && !run->hdr_edited && !n->indexed)
 		hv = hvals_get(run, names[0]);
+	if (hv != NULL && n->apart <= AP_DOMAIN) {	/* its parts too, once a message */
+		struct sv_hparts *pp = &hv->parts[n->apart];
+		if (!pp->done) {
+			const struct sv_haddr *ad = haddr_get(hv);
+			struct sv_sl parts;
+			sl_init(&parts);
+			for (size_t i = 0; i < hv->n; i++) {
+				for (size_t j = 0; j < ad[i].n; j++) {
+					const char *p;
+					size_t pl;
+					if (addr_part_sl(n->apart, ad[i].norm[j], "", &p, &pl) == 0)
+						sl_push(&parts, p, pl);
+				}
+				if (ad[i].invalid && n->apart == AP_ALL) {
+					const char *v = hv->vals[i];
+					while (*v == ' ' || *v == '\t')
+						v++;
+					sl_push(&parts, v, hv->lens[i] - (size_t)(v - hv->vals[i]));
+				}
+			}
+			pp->n = parts.n;
+			pp->v = xreallocarray(NULL, parts.n + 1, sizeof(*pp->v));
+			pp->l = xreallocarray(NULL, parts.n + 1, sizeof(*pp->l));
+			memcpy(pp->v, parts.v, parts.n * sizeof(*pp->v));
+			memcpy(pp->l, parts.l, parts.n * sizeof(*pp->l));
+			sl_free(&parts);
+			pp->done = 1;
+		}
+		int r = sv_match_n(run, n, pp->v, pp->l, pp->n, keys, nk);
+		sieve_arg_list_ro_free(n, 0, names, nn);
+		sieve_arg_list_ro_free(n, 1, keys, nk);
+		return r;
+	}
 	if (hv != NULL) {	/* one field, kept by the message's index: parsed once */
 		const struct sv_haddr *ad = haddr_get(hv);
 		struct sv_sl parts;

@@ -203,6 +203,7 @@ def main():
           flush=True)
     rates = {"none": [], "sieve": []}
     cpu = {"none": [], "sieve": []}
+    user = {"none": [], "sieve": []}
     t0 = time.monotonic()
     for rep in range(args.repeats):
         # alternate the order, and start each run with the disk written back,
@@ -216,6 +217,7 @@ def main():
             us1 = tree_user_sys(g.proc.pid)
             rates[name].append(res["rate"])
             cpu[name].append(res["cpu"])
+            user[name].append(us1[0] - us0[0])
             print("  run %d %-28s %8.2f s %8.0f msg/s  (gateway CPU %.2f s: user %.2f, "
                   "system %.2f, with the warm-up)" % (
                       rep + 1, res["name"], res["seconds"], res["rate"], res["cpu"],
@@ -233,6 +235,11 @@ def main():
           "(extra %.0f us)" % (statistics.median(cpu["none"]) * 1e6 / args.messages,
                                statistics.median(cpu["sieve"]) * 1e6 / args.messages,
                                extra * 1e6 / args.messages))
+    # user CPU alone: what the scripts add, less the machine's I/O weather
+    n = args.messages + args.warmup
+    un, us = statistics.median(user["none"]), statistics.median(user["sieve"])
+    print("  gateway user CPU per message, medians: none %.0f us, with the scripts %.0f us "
+          "(extra %.0f us)" % (un * 1e6 / n, us * 1e6 / n, (us - un) * 1e6 / n))
     print("  median: none %.0f msg/s, with the scripts %.0f msg/s; median ratio "
           "of the pairs %.2fx (target >= 0.9x: %s); %.0f s" % (
               none, sv, ratio, "ok" if ratio >= 0.9 else "MISSED", time.monotonic() - t0))

@@ -332,6 +332,8 @@ static void test_sieve_eval_msg_index(void)
 	    "if header :count \"eq\" \"x-absent\" \"0\" { discard; }"), "discard");
 	CU_ASSERT_STRING_EQUAL(run_one(m, "if address :all \"FROM\" \"alice@example.org\" "
 	    "{ discard; }"), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if address :localpart \"from\" \"alice\" "
+	    "{ discard; }"), "discard");
 	CU_ASSERT_STRING_EQUAL(run_one(m, "if header :contains [\"x-absent\", \"SUBJECT\"] "
 	    "\"world\" { discard; }"), "discard");
 	CU_ASSERT_STRING_EQUAL(run_one(m, xnew), "+implicit");
@@ -351,6 +353,10 @@ static void test_sieve_eval_msg_index(void)
 		}
 	sieve_msg_changed(m);
 	CU_ASSERT_STRING_EQUAL(run_one(m, from), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if address :localpart \"from\" \"alice\" "
+	    "{ discard; }"), "+implicit");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if address :localpart \"from\" \"o\" "
+	    "{ discard; }"), "discard");
 	/* the envelope set again */
 	sieve_msg_set_env(m, "from", "<b@b.example>");
 	CU_ASSERT_STRING_EQUAL(run_one(m, env), "discard");
