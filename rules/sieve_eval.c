@@ -235,8 +235,41 @@ int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
 
 #define MATCH_STACK 16	/* keys whose regexes and lengths need no allocation */
 
+static int match_general(struct sieve_run *run, const struct sieve_node *n,
+    const char *const *values, const size_t *vlens, size_t nvalues, char **keys, size_t nkeys);
+
+/* the match types without captures or set-up, for one key: what
+ * match_general() does, in a function small enough to cost little */
 int sv_match_n(struct sieve_run *run, const struct sieve_node *n, const char *const *values,
     const size_t *vlens, size_t nvalues, char **keys, size_t nkeys)
+{
+	int mt = n->mtype;
+	if (nkeys != 1 || (mt != MT_IS && mt != MT_CONTAINS && mt != MT_VALUE))
+		return match_general(run, n, values, vlens, nvalues, keys, nkeys);
+	if (nvalues == 0)
+		return 0;
+	const char *k = keys[0];
+	size_t kl = strlen(k);
+	for (size_t i = 0; i < nvalues; i++) {
+		size_t vl = vlens != NULL ? vlens[i] : strlen(values[i]);
+		int r;
+		run->steps += 1;
+		if (mt == MT_IS)
+			r = sv_cmp_eq(n->comp, values[i], vl, k, kl);
+		else if (mt == MT_CONTAINS)
+			r = sv_contains(n->comp, values[i], vl, k, kl, &run->steps);
+		else
+			r = sv_rel_holds(n->rel, sv_cmp_order(n->comp, values[i], vl, k, kl));
+		if (r)
+			return 1;
+		if (run->steps > run->limits.max_cpu_steps)
+			return 0;
+	}
+	return 0;
+}
+
+static int match_general(struct sieve_run *run, const struct sieve_node *n,
+    const char *const *values, const size_t *vlens, size_t nvalues, char **keys, size_t nkeys)
 {
 	if (n->mtype == MT_COUNT) {
 		char cnt[32];
@@ -251,17 +284,6 @@ int sv_match_n(struct sieve_run *run, const struct sieve_node *n, const char *co
 	 * its error) */
 	if (nvalues == 0 && n->mtype != MT_REGEX)
 		return 0;
-	if (nkeys == 1 && n->mtype != MT_REGEX) {	/* the loop below, for one key */
-		size_t kl = strlen(keys[0]);
-		for (size_t i = 0; i < nvalues; i++) {
-			if (match_one(run, n, values[i], vlens != NULL ? vlens[i] : strlen(values[i]),
-			    keys[0], kl, NULL))
-				return 1;
-			if (run->steps > run->limits.max_cpu_steps)
-				return 0;
-		}
-		return 0;
-	}
 	void *re_st[MATCH_STACK], **re = NULL;
 	int node_re = 0;	/* re[0] is n->regex (not ours to free) */
 	if (n->mtype == MT_REGEX) {

@@ -35,6 +35,10 @@ struct sv_envp {
 	int which;	/* 0 from, 1 to, 2 auth */
 	int kind;	/* SV_EK_*: how the envelope test reads it */
 	char *val;	/* what it compares ("" for the null path) */
+	/* SV_EK_NORM: its :all, :localpart, :domain parts (slices of val) */
+	const char *part[3];
+	size_t partlen[3];
+	int haspart[3];
 };
 struct sv_msgcache {
 	const struct sieve_header *hdr;	/* what the entries were built from */

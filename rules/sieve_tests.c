@@ -534,6 +534,9 @@ static void envp_read(int which, const char *e, struct sv_envp *ent)
 	if (sv_addr_parse(a, &norm) == 0) {	/* else an invalid path matches nothing */
 		ent->kind = SV_EK_NORM;
 		ent->val = norm;
+		for (int k = AP_ALL; k <= AP_DOMAIN; k++)
+			ent->haspart[k] = addr_part_sl(k, norm, "", &ent->part[k],
+			    &ent->partlen[k]) == 0;
 	}
 	free(a);
 }
@@ -601,9 +604,13 @@ int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n)
 				p = NULL;
 			break;
 		case SV_EK_NORM:
-			if (addr_part_sl(n->apart, ent->val, run->limits.recipient_delimiter,
-			    &p, &pl) < 0)
+			if (n->apart <= AP_DOMAIN) {
+				p = ent->haspart[n->apart] ? ent->part[n->apart] : NULL;
+				pl = ent->partlen[n->apart];
+			} else if (addr_part_sl(n->apart, ent->val,
+			    run->limits.recipient_delimiter, &p, &pl) < 0) {
 				p = NULL;
+			}
 			break;
 		default:
 			p = NULL;
