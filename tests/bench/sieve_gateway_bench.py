@@ -19,7 +19,9 @@ directory and block group):
 
 run interleaved (none sieve, sieve none, ...) --repeats times, each after
 a sync(2); each run has an untimed warm-up and must deliver exactly N (files in new/). Prints the
-medians and the median of the pairs' sieve / none ratios; target >= 0.9.
+medians and the median of the pairs' sieve / none ratios; target >= 0.9; and
+the gateway's CPU per message, user + system and user alone (the scripts'
+cost with less of the machine's I/O weather in it).
 
 Where the scripts run: the server and domain levels (reject, quarantine,
 discard: the door's actions) at the final dot (smtp_sieve.c), the user
