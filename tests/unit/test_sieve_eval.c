@@ -363,6 +363,19 @@ static void test_sieve_eval_msg_index(void)
 	sieve_msg_set_env(m, "from", "a@a.example");
 	CU_ASSERT_STRING_EQUAL(run_one(m, env), "+implicit");
 	sieve_msg_free(&m);
+
+	/* 40 fields: the parse's array grows past its first 16 and 32 */
+	char text[2048];
+	size_t tl = 0;
+	for (int i = 0; i < 40; i++)
+		tl += (size_t)snprintf(text + tl, sizeof(text) - tl, "X-N: %d\r\n", i);
+	tl += (size_t)snprintf(text + tl, sizeof(text) - tl, "\r\nbody\r\n");
+	m = sieve_msg_parse(text, tl);
+	CU_ASSERT_EQUAL(m->nhdr, 40);
+	CU_ASSERT_STRING_EQUAL(run_one(m, "require \"relational\";\n"
+	    "if allof (header :count \"eq\" \"x-n\" \"40\", header :is \"x-n\" \"39\") "
+	    "{ discard; }"), "discard");
+	sieve_msg_free(&m);
 }
 
 /* the plain scan :contains was: every position, its matched length */
