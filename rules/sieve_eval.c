@@ -236,7 +236,8 @@ int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
 #define MATCH_STACK 16	/* keys whose regexes and lengths need no allocation */
 
 static int match_general(struct sieve_run *run, const struct sieve_node *n,
-    const char *const *values, const size_t *vlens, size_t nvalues, char **keys, size_t nkeys);
+    const char *const *values, const size_t *vlens, size_t nvalues, char **keys, size_t nkeys)
+    __attribute__((noinline));
 
 /* the match types without captures or set-up, for one key: what
  * match_general() does, in a function small enough to cost little */
@@ -376,7 +377,8 @@ const char *sv_header_get(struct sieve_run *run, const char *name, size_t idx)
 /* values of the named headers; :index / :last select one occurrence */
 static int exec_block(struct sieve_run *run, struct sieve_node **cmds, size_t n);
 
-static int eval_test_full(struct sieve_run *run, const struct sieve_node *n, int *res);
+static int eval_test_full(struct sieve_run *run, const struct sieve_node *n, int *res)
+    __attribute__((noinline));
 
 /* the tests a rule set is mostly made of, as eval_test_full() runs them, in
  * a function small enough to cost little to enter */
@@ -707,7 +709,8 @@ static int cmd_vacation(struct sieve_run *run, const struct sieve_node *n)
 
 static int run_script(struct sieve_run *run, const struct sieve_script *s);
 
-static int exec_cmd_full(struct sieve_run *run, const struct sieve_node *n, int *chain);
+static int exec_cmd_full(struct sieve_run *run, const struct sieve_node *n, int *chain)
+    __attribute__((noinline));
 
 /* if and elsif, as exec_cmd_full() runs them, in a function small enough
  * to cost little to enter (a rule set is a row of them) */
