@@ -78,6 +78,10 @@ struct sieve_msg {
 	/* environment items (RFC 5183): name=value pairs */
 	char **env_items;	/* [name, value, name, value, ...] */
 	size_t nenv;
+	/* the interpreter's index of the header and envelope, built by the
+	 * runs on this message and kept for the next ones (one run at a time
+	 * on a message); freed with it. NULL it in a struct copy */
+	void *cache;
 };
 struct sieve_msg *sieve_msg_new(void);
 /* parse a whole RFC 5322 text (headers through common/hdrparse) */
@@ -85,6 +89,9 @@ struct sieve_msg *sieve_msg_parse(const char *text, size_t len);
 void sieve_msg_set_env(struct sieve_msg *m, const char *name, const char *value);
 void sieve_msg_set_item(struct sieve_msg *m, const char *name, const char *value);
 void sieve_msg_free(struct sieve_msg **m);
+/* hdr or a field changed in place after a run: drop the runs' index (a
+ * changed hdr pointer or nhdr is noticed without it) */
+void sieve_msg_changed(struct sieve_msg *m);
 
 /* ---- compiled scripts ---- */
 struct sieve_script;

@@ -44,32 +44,41 @@ struct sv_arg {
 
 struct sv_def;
 struct sieve_node {
+	/* what a run reads, first: a test touches a few cache lines of its
+	 * node, not all of them (filled by the compile step) */
+	const struct sv_def *def;
+	const struct sieve_extdef *ext;
+	unsigned line;
+	int mtype, rel, comp, apart;
+	int indexed;		/* has :index (found once at compile time) */
+	int ihave_dead;		/* `if ihave` of something unavailable: block never runs */
+	int nomatch_empty;	/* no value to match: false, no error (not :count, not a
+				 * :regex key compiled at run time) */
+	uint64_t hmask;		/* header, address, exists: the bits of the header names
+				 * (sv_hname_bit); 0 unknown */
+	struct sieve_node **tests;
+	size_t ntests;
+	struct sieve_node **cmds;
+	size_t ncmds;
+	struct sv_arg *pos[8];	/* positional arguments */
+	unsigned npos;
+	void *regex;		/* compiled regex keys (sieve_regex) */
+	int tagset[12];
+	/* the rest */
 	char *name;
-	unsigned line, col;
+	unsigned col;
 	int is_test;
 	struct sv_arg *args;
 	size_t nargs;
-	struct sieve_node **tests;
-	size_t ntests;
 	int has_tests;		/* a "( ... )" list or a single test was written */
-	struct sieve_node **cmds;
-	size_t ncmds;
 	int has_block;
-	/* filled by the compile step */
-	const struct sv_def *def;
-	const struct sieve_extdef *ext;
-	struct sv_arg *pos[8];	/* positional arguments */
-	unsigned npos;
-	int mtype, rel, comp, apart;
 	struct sv_arg *mtarg;	/* :value/:count relation */
 	struct sv_arg *tagv[12];	/* by index in def->tags */
-	int tagset[12];
-	void *regex;		/* compiled regex keys (sieve_regex) */
 	struct sieve_script *incl;	/* include: the included script */
 	int once, optional, global;
 	int incl_borrowed;	/* incl is an ancestor (include :once cycle), not owned */
-	int ihave_dead;		/* `if ihave` of something unavailable: block never runs */
 };
+
 
 #define SV_NCAPS (SIEVE_MAX_MATCH_INDEX + 1)	/* match values ${0}..${32} */
 
@@ -136,6 +145,10 @@ int sv_rel_parse(const char *s);
 char *sv_mime_decode(const char *v);
 int sv_addr_parse(const char *s, char **norm_r);
 int sv_utf8_valid(const char *s);
+
+/* a header name's bit in a 64-bit mask of names (ASCII case folded; a
+ * name with other octets: every bit) */
+uint64_t sv_hname_bit(const char *name, size_t len);
 
 /* regex (sieve_regex.c) */
 void *sv_regex_compile(const char *pat, int icase, const char **error_r);

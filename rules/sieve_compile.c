@@ -1099,6 +1099,14 @@ static void strv_nodes(struct sieve_node **ns, size_t nn)
 			for (size_t j = 0; j < a->n; j++)
 				a->sv[j] = a->v[j].s;
 		}
+		n->indexed = (n->def != NULL || n->ext != NULL) && sieve_node_has_tag(n, "index");
+		n->nomatch_empty = n->mtype != MT_COUNT && (n->mtype != MT_REGEX ||
+		    (n->regex != NULL && n->npos > 0 && n->pos[n->npos - 1]->n == 1));
+		n->hmask = 0;
+		if (n->def != NULL && (n->def->id == T_HEADER || n->def->id == T_ADDRESS ||
+		    n->def->id == T_EXISTS) && n->npos > 0 && n->pos[0]->type != ARG_NUM)
+			for (size_t j = 0; j < n->pos[0]->n; j++)
+				n->hmask |= sv_hname_bit(n->pos[0]->v[j].s, strlen(n->pos[0]->v[j].s));
 		strv_nodes(n->tests, n->ntests);
 		strv_nodes(n->cmds, n->ncmds);
 	}

@@ -69,22 +69,8 @@ unsigned sieve_node_line(const struct sieve_node *n) { return n->line; }
 void sieve_run_set_msg(struct sieve_run *run, const struct sieve_msg *m)
 {
 	run->msg = m;
+	run->mc = NULL;
 	sv_body_cache_free(run);
-	for (size_t i = 0; i < run->nhvals; i++) {
-		free(run->hvals[i].name);
-		for (size_t k = 0; run->hvals[i].addr != NULL && k < run->hvals[i].n; k++)
-			sieve_strv_free(run->hvals[i].addr[k].norm, run->hvals[i].addr[k].n);
-		free(run->hvals[i].addr);
-		sieve_strv_free(run->hvals[i].vals, run->hvals[i].n);
-	}
-	free(run->hvals);
-	run->hvals = NULL;
-	run->nhvals = 0;
-	for (size_t i = 0; i < run->nenvp; i++) {
-		free(run->envp[i].in);
-		free(run->envp[i].norm);
-	}
-	run->nenvp = 0;
 	for (size_t i = 0; i < run->nhdr; i++) {
 		free(run->hdr[i].name);
 		free(run->hdr[i].value);
@@ -201,9 +187,8 @@ static void set_caps(struct sieve_run *run, char **caps)
 }
 
 static int match_one(struct sieve_run *run, const struct sieve_node *n, const char *v,
-    const char *k, void *re)
+    size_t vl, const char *k, size_t kl, void *re)
 {
-	size_t vl = strlen(v), kl = strlen(k);
 	run->steps += 1;
 	switch (n->mtype) {
 	case MT_IS:
@@ -216,7 +201,7 @@ static int match_one(struct sieve_run *run, const struct sieve_node *n, const ch
 		int r = sv_glob(n->comp, k, kl, v, vl, want ? caps : NULL, &run->steps);
 		if (r && want)
 			set_caps(run, caps);
-		for (int i = 0; i < SV_NCAPS; i++)
+		for (int i = 0; want && i < SV_NCAPS; i++)
 			free(caps[i]);
 		return r;
 	}
@@ -229,7 +214,7 @@ static int match_one(struct sieve_run *run, const struct sieve_node *n, const ch
 		run->steps += vl;
 		if (r > 0 && want)
 			set_caps(run, caps);
-		for (int i = 0; i < SV_NCAPS; i++)
+		for (int i = 0; want && i < SV_NCAPS; i++)
 			free(caps[i]);
 		if (r < 0) {
 			sv_runtime_error(run, n->line, "regex match exceeded its limits");
@@ -245,6 +230,48 @@ static int match_one(struct sieve_run *run, const struct sieve_node *n, const ch
 int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
     char **values, size_t nvalues, char **keys, size_t nkeys)
 {
+	return sv_match_n(run, n, (const char *const *)values, NULL, nvalues, keys, nkeys);
+}
+
+#define MATCH_STACK 16	/* keys whose regexes and lengths need no allocation */
+
+static int match_general(struct sieve_run *run, const struct sieve_node *n,
+    const char *const *values, const size_t *vlens, size_t nvalues, char **keys, size_t nkeys)
+    __attribute__((noinline));
+
+/* the match types without captures or set-up, for one key: what
+ * match_general() does, in a function small enough to cost little */
+int sv_match_n(struct sieve_run *run, const struct sieve_node *n, const char *const *values,
+    const size_t *vlens, size_t nvalues, char **keys, size_t nkeys)
+{
+	int mt = n->mtype;
+	if (nkeys != 1 || (mt != MT_IS && mt != MT_CONTAINS && mt != MT_VALUE))
+		return match_general(run, n, values, vlens, nvalues, keys, nkeys);
+	if (nvalues == 0)
+		return 0;
+	const char *k = keys[0];
+	size_t kl = strlen(k);
+	for (size_t i = 0; i < nvalues; i++) {
+		size_t vl = vlens != NULL ? vlens[i] : strlen(values[i]);
+		int r;
+		run->steps += 1;
+		if (mt == MT_IS)
+			r = sv_cmp_eq(n->comp, values[i], vl, k, kl);
+		else if (mt == MT_CONTAINS)
+			r = sv_contains(n->comp, values[i], vl, k, kl, &run->steps);
+		else
+			r = sv_rel_holds(n->rel, sv_cmp_order(n->comp, values[i], vl, k, kl));
+		if (r)
+			return 1;
+		if (run->steps > run->limits.max_cpu_steps)
+			return 0;
+	}
+	return 0;
+}
+
+static int match_general(struct sieve_run *run, const struct sieve_node *n,
+    const char *const *values, const size_t *vlens, size_t nvalues, char **keys, size_t nkeys)
+{
 	if (n->mtype == MT_COUNT) {
 		char cnt[32];
 		snprintf(cnt, sizeof(cnt), "%zu", nvalues);
@@ -254,16 +281,22 @@ int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
 				return 1;
 		return 0;
 	}
-	void **re = NULL;
+	/* nothing to match: false (a regex key is still compiled below, for
+	 * its error) */
+	if (nvalues == 0 && n->mtype != MT_REGEX)
+		return 0;
+	void *re_st[MATCH_STACK], **re = NULL;
 	int node_re = 0;	/* re[0] is n->regex (not ours to free) */
 	if (n->mtype == MT_REGEX) {
-		re = xcalloc(nkeys + 1, sizeof(void *));
+		re = nkeys <= MATCH_STACK ? re_st : xcalloc(nkeys, sizeof(void *));
 		for (size_t j = 0; j < nkeys; j++) {
 			const char *e;
+			re[j] = NULL;
 			/* the script's one constant key was compiled with it */
 			if (j == 0 && nkeys == 1 && n->regex != NULL && n->npos > 0 &&
 			    n->pos[n->npos - 1]->n == 1 &&
-			    strcmp(keys[0], n->pos[n->npos - 1]->v[0].s) == 0) {
+			    (keys == n->pos[n->npos - 1]->sv ||
+			    strcmp(keys[0], n->pos[n->npos - 1]->v[0].s) == 0)) {
 				re[0] = n->regex;
 				node_re = 1;
 				continue;
@@ -274,22 +307,31 @@ int sieve_match_values(struct sieve_run *run, const struct sieve_node *n,
 				    "expression '%s' for regex match: %s", keys[j], e);
 		}
 	}
+	size_t kl_st[MATCH_STACK], *kl = nkeys <= MATCH_STACK ? kl_st :
+	    xmalloc(nkeys * sizeof(size_t));
+	for (size_t j = 0; j < nkeys && nvalues > 0; j++)
+		kl[j] = strlen(keys[j]);
 	int found = 0;
-	for (size_t i = 0; i < nvalues && !found; i++)
+	for (size_t i = 0; i < nvalues && !found; i++) {
+		size_t vl = vlens != NULL ? vlens[i] : strlen(values[i]);
 		for (size_t j = 0; j < nkeys && !found; j++) {
 			if (re && re[j] == NULL)
 				continue;
-			if (match_one(run, n, values[i], keys[j], re ? re[j] : NULL))
+			if (match_one(run, n, values[i], vl, keys[j], kl[j], re ? re[j] : NULL))
 				found = 1;
 			if (run->steps > run->limits.max_cpu_steps)
 				goto out;
 		}
+	}
 out:
+	if (kl != kl_st)
+		free(kl);
 	if (re) {
 		for (size_t j = node_re; j < nkeys; j++)
 			if (re[j])
 				sv_regex_free(re[j]);
-		free(re);
+		if (re != re_st)
+			free(re);
 	}
 	return found;
 }
@@ -335,7 +377,27 @@ const char *sv_header_get(struct sieve_run *run, const char *name, size_t idx)
 /* values of the named headers; :index / :last select one occurrence */
 static int exec_block(struct sieve_run *run, struct sieve_node **cmds, size_t n);
 
+static int eval_test_full(struct sieve_run *run, const struct sieve_node *n, int *res)
+    __attribute__((noinline));
+
+/* the tests a rule set is mostly made of, as eval_test_full() runs them, in
+ * a function small enough to cost little to enter */
 static int eval_test(struct sieve_run *run, const struct sieve_node *n, int *res)
+{
+	int id = n->ext == NULL ? n->def->id : T_EXT;
+	if (id != T_HEADER && id != T_ADDRESS && id != T_ENVELOPE && id != T_EXISTS)
+		return eval_test_full(run, n, res);
+	if (++run->steps > run->limits.max_cpu_steps)
+		return budget(run, n->line) < 0 ? R_ERR : R_GO;
+	*res = id == T_HEADER ? sv_test_header(run, n) : id == T_ADDRESS ?
+	    sv_test_address(run, n) : id == T_ENVELOPE ? sv_test_envelope(run, n) :
+	    sv_test_exists(run, n);
+	if (run->steps > run->limits.max_cpu_steps)
+		return budget(run, n->line) < 0 ? R_ERR : R_GO;
+	return run->errored ? R_ERR : R_GO;
+}
+
+static int eval_test_full(struct sieve_run *run, const struct sieve_node *n, int *res)
 {
 	run->steps++;
 	if (budget(run, n->line) < 0)
@@ -647,7 +709,33 @@ static int cmd_vacation(struct sieve_run *run, const struct sieve_node *n)
 
 static int run_script(struct sieve_run *run, const struct sieve_script *s);
 
+static int exec_cmd_full(struct sieve_run *run, const struct sieve_node *n, int *chain)
+    __attribute__((noinline));
+
+/* if and elsif, as exec_cmd_full() runs them, in a function small enough
+ * to cost little to enter (a rule set is a row of them) */
 static int exec_cmd(struct sieve_run *run, const struct sieve_node *n, int *chain)
+{
+	int id = n->ext == NULL ? n->def->id : 0;
+	if (id != C_IF && id != C_ELSIF)
+		return exec_cmd_full(run, n, chain);
+	run->steps++;
+	if (budget(run, n->line) < 0)
+		return R_ERR;
+	if (id == C_ELSIF && *chain)
+		return R_GO;
+	if (n->ihave_dead) {
+		*chain = 0;	/* never compiled: cannot run */
+		return R_GO;
+	}
+	int t, r;
+	if ((r = eval_test(run, n->tests[0], &t)) != R_GO)
+		return r;
+	*chain = t;
+	return t ? exec_block(run, n->cmds, n->ncmds) : R_GO;
+}
+
+static int exec_cmd_full(struct sieve_run *run, const struct sieve_node *n, int *chain)
 {
 	run->steps++;
 	if (budget(run, n->line) < 0)

@@ -6,7 +6,50 @@
 struct sv_var { char *name; char *value; };
 struct sv_vars { struct sv_var *v; size_t n; };
 
-#define SV_ENVP_MAX 4
+/*
+ * The interpreter's index of a message (sieve_msg.cache), built as the
+ * tests ask and shared by every run on the message (the server, domain and
+ * user levels): the decoded values per header name with the address tests'
+ * parse of each, and the envelope paths as the envelope test reads them.
+ * Header entries hold for the message's own (unedited) header only; they
+ * are dropped when hdr or nhdr differ from what they were built from, or
+ * by sieve_msg_changed().
+ */
+struct sv_hval {
+	char *name;
+	size_t nlen;
+	char **vals;
+	size_t *lens;
+	size_t n;
+	/* the address tests' parse of each value, once asked for: its
+	 * addresses (normalized) and whether one was invalid */
+	struct sv_haddr { char **norm; size_t n; int invalid; } *addr;
+	/* what the address test compares for :all, :localpart, :domain
+	 * (slices of addr and vals), once asked for */
+	struct sv_hparts { const char **v; size_t *l; size_t n; int done; } parts[3];
+};
+#define SV_ENVP_MAX 8
+enum { SV_EK_SKIP, SV_EK_NULL, SV_EK_AUTHUSER, SV_EK_LOCAL, SV_EK_NORM };
+struct sv_envp {
+	char *in;	/* the envelope item's text */
+	int which;	/* 0 from, 1 to, 2 auth */
+	int kind;	/* SV_EK_*: how the envelope test reads it */
+	char *val;	/* what it compares ("" for the null path) */
+	/* SV_EK_NORM: its :all, :localpart, :domain parts (slices of val) */
+	const char *part[3];
+	size_t partlen[3];
+	int haspart[3];
+};
+struct sv_msgcache {
+	const struct sieve_header *hdr;	/* what the entries were built from */
+	size_t nhdr;
+	uint64_t hmask;		/* sv_hname_bit() of every field name */
+	struct sv_hval *hv;
+	size_t nhv;
+	struct sv_envp envp[SV_ENVP_MAX];
+	size_t nenvp;
+};
+
 struct sieve_run {
 	const struct sieve_script *script;	/* the script being executed now */
 	const struct sieve_msg *msg;
@@ -30,21 +73,7 @@ struct sieve_run {
 	const struct sieve_script **included; size_t nincluded;
 	unsigned include_depth;
 	struct sv_body_cache *body;	/* the body tests' parts (sieve_body.c) */
-	/* the decoded values per header name, read from the unedited header
-	 * (sieve_tests.c); dropped with the message */
-	struct sv_hval {
-		char *name;
-		char **vals;
-		size_t n;
-		/* the address tests' parse of each value, once asked for:
-		 * its addresses (normalized) and whether one was invalid */
-		struct sv_haddr { char **norm; size_t n; int invalid; } *addr;
-	} *hvals;
-	size_t nhvals;
-	/* envelope paths sv_test_envelope() parsed in this run, keyed by
-	 * their text (norm NULL: invalid); dropped with the message */
-	struct sv_envp { char *in, *norm; } envp[SV_ENVP_MAX];
-	size_t nenvp;
+	struct sv_msgcache *mc;	/* the message's index as this run found it valid */
 };
 
 void sv_runtime_error(struct sieve_run *run, unsigned line, const char *fmt, ...)
@@ -86,6 +115,9 @@ char **sieve_arg_list_ro(struct sieve_run *run, const struct sieve_node *n, unsi
     size_t *n_r);
 void sieve_arg_list_ro_free(const struct sieve_node *n, unsigned i, char **v, size_t nv);
 const struct sieve_header *sv_hdrs(struct sieve_run *run, size_t *n_r);
+/* sieve_match_values() on values with their lengths (vlens NULL: strlen) */
+int sv_match_n(struct sieve_run *run, const struct sieve_node *n, const char *const *values,
+    const size_t *vlens, size_t nvalues, char **keys, size_t nkeys);
 int sv_test_address(struct sieve_run *run, const struct sieve_node *n);
 int sv_test_envelope(struct sieve_run *run, const struct sieve_node *n);
 int sv_test_header(struct sieve_run *run, const struct sieve_node *n);

@@ -17,9 +17,10 @@
 #include "rules/sieve_ast.h"
 #include "common/xmalloc.h"
 
-static int fold(int comp, unsigned char c)
+/* i;ascii-casemap folds ASCII letters only (tolower() in the C locale) */
+static inline int fold(int comp, unsigned char c)
 {
-	return comp == CMP_CASEMAP ? tolower(c) : c;
+	return comp == CMP_CASEMAP && c >= 'A' && c <= 'Z' ? c | 0x20 : c;
 }
 
 /* i;ascii-numeric: the leading digits; none means +infinity */
@@ -56,21 +57,53 @@ int sv_cmp_order(int comp, const char *a, size_t al, const char *b, size_t bl)
 
 int sv_cmp_eq(int comp, const char *a, size_t al, const char *b, size_t bl)
 {
-	return sv_cmp_order(comp, a, al, b, bl) == 0;
+	if (comp == CMP_NUMERIC)
+		return num_cmp(a, al, b, bl) == 0;
+	if (al != bl)	/* the folds keep lengths */
+		return 0;
+	if (comp == CMP_OCTET)
+		return memcmp(a, b, al) == 0;
+	for (size_t i = 0; i < al; i++)
+		if (fold(comp, (unsigned char)a[i]) != fold(comp, (unsigned char)b[i]))
+			return 0;
+	return 1;
 }
 
+/*
+ * The candidates (where the first octet matches, in either case) are found
+ * with memchr(); the steps counted are what the plain scan counts: one for
+ * each position, and the length matched there.
+ */
 int sv_contains(int comp, const char *h, size_t hl, const char *nd, size_t nl, unsigned long *steps)
 {
 	if (nl == 0)
 		return 1;
-	for (size_t i = 0; i + nl <= hl; i++) {
-		size_t j = 0;
-		while (j < nl && fold(comp, (unsigned char)h[i + j]) == fold(comp, (unsigned char)nd[j]))
+	if (nl > hl)
+		return 0;
+	size_t last = hl - nl, i = 0;
+	int f0 = fold(comp, (unsigned char)nd[0]);
+	int alt = comp == CMP_CASEMAP && f0 >= 'a' && f0 <= 'z' ? f0 & ~0x20 : -1;
+	while (i <= last) {
+		const char *c = memchr(h + i, f0, last - i + 1);
+		if (alt >= 0) {
+			const char *u = memchr(h + i, alt, c != NULL ? (size_t)(c - h) - i :
+			    last - i + 1);
+			if (u != NULL)
+				c = u;
+		}
+		if (c == NULL) {
+			if (steps)
+				*steps += last - i + 1;
+			return 0;
+		}
+		size_t at = (size_t)(c - h), j = 1;
+		while (j < nl && fold(comp, (unsigned char)h[at + j]) == fold(comp, (unsigned char)nd[j]))
 			j++;
 		if (steps)
-			*steps += j + 1;
+			*steps += (at - i) + j + 1;
 		if (j == nl)
 			return 1;
+		i = at + 1;
 	}
 	return 0;
 }
@@ -159,6 +192,20 @@ int sv_glob(int comp, const char *pat, size_t pl, const char *s, size_t sl,
 	free(cs);
 	free(cl);
 	return ok;
+}
+
+uint64_t sv_hname_bit(const char *name, size_t len)
+{
+	uint32_t h = 2166136261u;	/* FNV-1a */
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)name[i];
+		if (c >= 0x80)
+			return ~(uint64_t)0;
+		if (c >= 'A' && c <= 'Z')
+			c |= 0x20;
+		h = (h ^ c) * 16777619u;
+	}
+	return (uint64_t)1 << ((h ^ (h >> 16)) & 63);
 }
 
 int sv_rel_parse(const char *s)

@@ -25,7 +25,10 @@ static int on_field(void *arg, const struct hdr_field *f)
 	struct sieve_msg *m = arg;
 	if (m->nhdr >= 10000)
 		return 0;
-	m->hdr = xreallocarray(m->hdr, m->nhdr + 1, sizeof(*m->hdr));
+	/* room for 16, then doubled (not a realloc per field); others may
+	 * still grow it by one after the parse */
+	if (m->nhdr == 0 || (m->nhdr >= 16 && (m->nhdr & (m->nhdr - 1)) == 0))
+		m->hdr = xreallocarray(m->hdr, m->nhdr ? 2 * m->nhdr : 16, sizeof(*m->hdr));
 	m->hdr[m->nhdr].name = xstrndup(f->name, f->name_len);
 	/* values keep their folds' whitespace; trailing WSP dropped */
 	size_t l = f->value_len;
@@ -134,6 +137,7 @@ void sieve_msg_free(struct sieve_msg **mp)
 	struct sieve_msg *m = *mp;
 	if (m == NULL)
 		return;
+	sieve_msg_changed(m);
 	for (size_t i = 0; i < m->nhdr; i++) {
 		free(m->hdr[i].name);
 		free(m->hdr[i].value);

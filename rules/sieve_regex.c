@@ -4,9 +4,16 @@
  * fails (a runtime error) instead of running away.
  *
  *   sv_regex_compile() / sv_regex_match() / sv_regex_free()
+ *
+ * A pattern is JIT-compiled when PCRE2 can (else interpreted); the JIT
+ * honours the match limit, and its stack (not the depth limit) bounds
+ * recursion: either way a runaway match is a -1. The match context and the
+ * match data are one per thread, not made per match.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include "rules/sieve_ast.h"
 #include "common/xmalloc.h"
@@ -24,8 +31,50 @@ void *sv_regex_compile(const char *pat, int icase, const char **error_r)
 	if (re == NULL) {
 		pcre2_get_error_message(ec, (PCRE2_UCHAR *)buf, sizeof(buf));
 		*error_r = buf;
+		return NULL;
 	}
+	(void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);	/* else interpreted */
 	return re;
+}
+
+/* one match context (the limits) and one match data per thread */
+struct tl_match {
+	pcre2_match_context *mc;
+	pcre2_match_data *md;
+};
+static pthread_key_t tl_key;
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
+
+static void tl_free(void *p)
+{
+	struct tl_match *t = p;
+	pcre2_match_context_free(t->mc);
+	pcre2_match_data_free(t->md);
+	free(t);
+}
+
+static void tl_init(void)
+{
+	if (pthread_key_create(&tl_key, tl_free) != 0)
+		abort();
+}
+
+static struct tl_match *tl_get(void)
+{
+	struct tl_match *t;
+	pthread_once(&tl_once, tl_init);
+	if ((t = pthread_getspecific(tl_key)) != NULL)
+		return t;
+	t = xcalloc(1, sizeof(*t));
+	t->mc = pcre2_match_context_create(NULL);
+	t->md = pcre2_match_data_create(SV_NCAPS, NULL);
+	if (t->mc == NULL || t->md == NULL)
+		abort();
+	pcre2_set_match_limit(t->mc, MAX_REGEX_MATCH_STEPS);
+	pcre2_set_depth_limit(t->mc, MAX_REGEX_DEPTH);
+	if (pthread_setspecific(tl_key, t) != 0)
+		abort();
+	return t;
 }
 
 void sv_regex_free(void *re)
@@ -35,14 +84,14 @@ void sv_regex_free(void *re)
 
 int sv_regex_match(void *re, const char *s, size_t len, char **caps)
 {
-	pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
-	pcre2_match_context *mc = pcre2_match_context_create(NULL);
-	pcre2_set_match_limit(mc, MAX_REGEX_MATCH_STEPS);
-	pcre2_set_depth_limit(mc, MAX_REGEX_DEPTH);
-	int rc = pcre2_match(re, (PCRE2_SPTR)s, len, 0, 0, md, mc);
+	struct tl_match *t = tl_get();
+	pcre2_match_data *md = t->md;
+	int rc = pcre2_match(re, (PCRE2_SPTR)s, len, 0, 0, md, t->mc);
 	int ret;
 	if (rc >= 0) {
 		ret = 1;
+		if (rc == 0)	/* more groups than the ovector: all of it is set */
+			rc = SV_NCAPS;
 		if (caps) {
 			PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
 			for (int k = 0; k < SV_NCAPS; k++) {
@@ -59,7 +108,5 @@ int sv_regex_match(void *re, const char *s, size_t len, char **caps)
 	} else {
 		ret = -1;
 	}
-	pcre2_match_context_free(mc);
-	pcre2_match_data_free(md);
 	return ret;
 }

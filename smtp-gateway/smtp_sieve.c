@@ -940,6 +940,7 @@ hand_over(struct smtp_sieve *sv, struct spooled *s, struct sieve_msg **smp)
 	if (s->skip > 0) {
 		if (!s->has_rp)
 			return;	/* the user level reads the spool as before */
+		sieve_msg_changed(sm);
 		sm->hdr = xreallocarray(sm->hdr, sm->nhdr + 1, sizeof(*sm->hdr));
 		memmove(sm->hdr + 1, sm->hdr, sm->nhdr * sizeof(*sm->hdr));
 		sm->hdr[0] = s->rp;

@@ -681,6 +681,7 @@ sieve_deliver_plan(const struct sieve_deliver_in *in, struct sieve_deliver_plan 
 		 * fields and body borrowed (msg_release) */
 		m = xmalloc(sizeof(*m));
 		*m = *in->pre->msg;
+		m->cache = NULL;	/* the door's index is its own */
 		m->env_from = m->env_to = m->env_orig_to = m->env_auth = NULL;
 		m->env_items = NULL;
 		m->nenv = 0;

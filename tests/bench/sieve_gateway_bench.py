@@ -19,7 +19,9 @@ directory and block group):
 
 run interleaved (none sieve, sieve none, ...) --repeats times, each after
 a sync(2); each run has an untimed warm-up and must deliver exactly N (files in new/). Prints the
-medians and the median of the pairs' sieve / none ratios; target >= 0.9.
+medians and the median of the pairs' sieve / none ratios; target >= 0.9; and
+the gateway's CPU per message, user + system and user alone (the scripts'
+cost with less of the machine's I/O weather in it).
 
 Where the scripts run: the server and domain levels (reject, quarantine,
 discard: the door's actions) at the final dot (smtp_sieve.c), the user
@@ -80,6 +82,21 @@ def script(level):
             act = 'addflag "\\\\Flagged"; fileinto "Folder%d"; stop;' % i
         out.append("if %s { %s }" % (t, act))
     return "\n".join(out) + "\n"
+
+
+def tree_user_sys(pid):
+    """(user, system) CPU seconds of pid and its descendants"""
+    tck = os.sysconf("SC_CLK_TCK")
+    u = k = 0
+    for p in [pid] + pt.descendants(pid):
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                v = f.read().rsplit(")", 1)[1].split()
+            u += int(v[11])
+            k += int(v[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return u / tck, k / tck
 
 
 def install_scripts(d, levels):
@@ -187,6 +204,8 @@ def main():
               " + ".join(l for l in ("server", "domain", "user") if l in levels)),
           flush=True)
     rates = {"none": [], "sieve": []}
+    cpu = {"none": [], "sieve": []}
+    user = {"none": [], "sieve": []}
     t0 = time.monotonic()
     for rep in range(args.repeats):
         # alternate the order, and start each run with the disk written back,
@@ -195,10 +214,16 @@ def main():
         for name, g in (pair if rep % 2 == 0 else pair[::-1]):
             os.sync()
             r.rcpt = rcpt[name]
+            us0 = tree_user_sys(g.proc.pid)
             res = r.run_direct("gateway Maildir, %s" % name, g.port, counter(name), g.cpu)
+            us1 = tree_user_sys(g.proc.pid)
             rates[name].append(res["rate"])
-            print("  run %d %-28s %8.2f s %8.0f msg/s  (gateway CPU %.2f s)" % (
-                rep + 1, res["name"], res["seconds"], res["rate"], res["cpu"]), flush=True)
+            cpu[name].append(res["cpu"])
+            user[name].append(us1[0] - us0[0])
+            print("  run %d %-28s %8.2f s %8.0f msg/s  (gateway CPU %.2f s: user %.2f, "
+                  "system %.2f, with the warm-up)" % (
+                      rep + 1, res["name"], res["seconds"], res["rate"], res["cpu"],
+                      us1[0] - us0[0], us1[1] - us0[1]), flush=True)
     for g in gws:
         bad = [l for l in g.log_text().splitlines() if "error" in l or "sieve:" in l]
         if bad:
@@ -207,6 +232,16 @@ def main():
     # the ratio within each back-to-back pair: the machine's slow phases
     # hit both runs of a pair alike
     ratio = statistics.median(b / a for a, b in zip(rates["none"], rates["sieve"]) if a)
+    extra = statistics.median(cpu["sieve"]) - statistics.median(cpu["none"])
+    print("  gateway CPU per message, medians: none %.0f us, with the scripts %.0f us "
+          "(extra %.0f us)" % (statistics.median(cpu["none"]) * 1e6 / args.messages,
+                               statistics.median(cpu["sieve"]) * 1e6 / args.messages,
+                               extra * 1e6 / args.messages))
+    # user CPU alone: what the scripts add, less the machine's I/O weather
+    n = args.messages + args.warmup
+    un, us = statistics.median(user["none"]), statistics.median(user["sieve"])
+    print("  gateway user CPU per message, medians: none %.0f us, with the scripts %.0f us "
+          "(extra %.0f us)" % (un * 1e6 / n, us * 1e6 / n, (us - un) * 1e6 / n))
     print("  median: none %.0f msg/s, with the scripts %.0f msg/s; median ratio "
           "of the pairs %.2fx (target >= 0.9x: %s); %.0f s" % (
               none, sv, ratio, "ok" if ratio >= 0.9 else "MISSED", time.monotonic() - t0))

@@ -2,11 +2,13 @@
  * conflicts), match types, comparators, address parts, extensions, and the
  * CPU budget. Each row: a script, a message, the envelope, and the action
  * list as a string ("store:A keep +implicit"), or "ERROR" for a runtime error. */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "rules/sieve.h"
+#include "rules/sieve_ast.h"
 #include "tests/unit/unit.h"
 
 #define MSG "Received: from a by b; Mon, 1 Feb 2021 03:04:05 -0800\r\n" \
@@ -291,12 +293,149 @@ static void test_sieve_eval_vacation_decision(void)
 	sieve_errors_clear(&err);
 }
 
+/*
+ * The index a message keeps for the runs on it (values per header name,
+ * parsed addresses, envelope paths) follows the message: a field added
+ * (nhdr), a value changed in place (sieve_msg_changed), an envelope item
+ * set again -- each run sees the message as it is, as the levels do.
+ */
+static const char *run_one(struct sieve_msg *m, const char *src)
+{
+	static char got[64];
+	struct sieve_errors err = { 0 };
+	struct sieve_script *s = NULL;
+	struct sieve_result *r = NULL;
+	snprintf(got, sizeof(got), "ERROR");
+	if (sieve_compile("t", src, strlen(src), NULL, &s, &err) == 0 &&
+	    sieve_run(s, m, NULL, &r, &err) == 0)
+		snprintf(got, sizeof(got), "%s", summary(r));
+	sieve_result_free(&r);
+	sieve_script_free(&s);
+	sieve_errors_clear(&err);
+	return got;
+}
+
+static void test_sieve_eval_msg_index(void)
+{
+	struct sieve_msg *m = sieve_msg_parse(MSG, strlen(MSG));
+	const char *xnew = "if header :is \"x-new\" \"yes\" { discard; }";
+	const char *from = "if address :domain \"from\" \"other.example\" { discard; }";
+	const char *env = "require \"envelope\";\n"
+	    "if envelope :domain \"from\" \"b.example\" { discard; }";
+	sieve_msg_set_env(m, "from", "a@a.example");
+	/* names found absent from the index's mask of names, in any case */
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if exists [\"FROM\", \"x-absent\"] { discard; }"),
+	    "+implicit");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if exists [\"FROM\", \"sUbJeCt\"] { discard; }"),
+	    "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "require \"relational\";\n"
+	    "if header :count \"eq\" \"x-absent\" \"0\" { discard; }"), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if address :all \"FROM\" \"alice@example.org\" "
+	    "{ discard; }"), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if address :localpart \"from\" \"alice\" "
+	    "{ discard; }"), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if header :contains [\"x-absent\", \"SUBJECT\"] "
+	    "\"world\" { discard; }"), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, xnew), "+implicit");
+	CU_ASSERT_STRING_EQUAL(run_one(m, from), "+implicit");
+	CU_ASSERT_STRING_EQUAL(run_one(m, env), "+implicit");
+	/* a field added: seen without a word from the caller */
+	m->hdr = realloc(m->hdr, (m->nhdr + 1) * sizeof(*m->hdr));
+	m->hdr[m->nhdr].name = strdup("X-New");
+	m->hdr[m->nhdr++].value = strdup("yes");
+	CU_ASSERT_STRING_EQUAL(run_one(m, xnew), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, from), "+implicit");
+	/* a value changed in place, said with sieve_msg_changed() */
+	for (size_t i = 0; i < m->nhdr; i++)
+		if (strcmp(m->hdr[i].name, "From") == 0) {
+			free(m->hdr[i].value);
+			m->hdr[i].value = strdup("Other <o@other.example>");
+		}
+	sieve_msg_changed(m);
+	CU_ASSERT_STRING_EQUAL(run_one(m, from), "discard");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if address :localpart \"from\" \"alice\" "
+	    "{ discard; }"), "+implicit");
+	CU_ASSERT_STRING_EQUAL(run_one(m, "if address :localpart \"from\" \"o\" "
+	    "{ discard; }"), "discard");
+	/* the envelope set again */
+	sieve_msg_set_env(m, "from", "<b@b.example>");
+	CU_ASSERT_STRING_EQUAL(run_one(m, env), "discard");
+	sieve_msg_set_env(m, "from", "a@a.example");
+	CU_ASSERT_STRING_EQUAL(run_one(m, env), "+implicit");
+	sieve_msg_free(&m);
+
+	/* 40 fields: the parse's array grows past its first 16 and 32 */
+	char text[2048];
+	size_t tl = 0;
+	for (int i = 0; i < 40; i++)
+		tl += (size_t)snprintf(text + tl, sizeof(text) - tl, "X-N: %d\r\n", i);
+	tl += (size_t)snprintf(text + tl, sizeof(text) - tl, "\r\nbody\r\n");
+	m = sieve_msg_parse(text, tl);
+	CU_ASSERT_EQUAL(m->nhdr, 40);
+	CU_ASSERT_STRING_EQUAL(run_one(m, "require \"relational\";\n"
+	    "if allof (header :count \"eq\" \"x-n\" \"40\", header :is \"x-n\" \"39\") "
+	    "{ discard; }"), "discard");
+	sieve_msg_free(&m);
+}
+
+/* the plain scan :contains was: every position, its matched length */
+static int contains_ref(int comp, const char *h, size_t hl, const char *nd, size_t nl,
+    unsigned long *steps)
+{
+	if (nl == 0)
+		return 1;
+	for (size_t i = 0; i + nl <= hl; i++) {
+		size_t j = 0;
+		while (j < nl && (comp == CMP_CASEMAP ? tolower((unsigned char)h[i + j]) ==
+		    tolower((unsigned char)nd[j]) : h[i + j] == nd[j]))
+			j++;
+		*steps += j + 1;
+		if (j == nl)
+			return 1;
+	}
+	return 0;
+}
+
+/* sv_contains() (memchr for the candidates) answers and counts as the plain
+ * scan, for both comparators, on random strings of a few letters */
+static void test_sieve_eval_contains_steps(void)
+{
+	const char alpha[] = "aAbB-\xc3";
+	unsigned seed = 12345;
+	for (int n = 0; n < 20000; n++) {
+		char h[48], nd[8];
+		seed = seed * 1103515245u + 12345u;
+		size_t hl = (seed >> 8) % 40, nl = (seed >> 20) % 6;
+		for (size_t i = 0; i < hl; i++) {
+			seed = seed * 1103515245u + 12345u;
+			h[i] = alpha[(seed >> 16) % 6];
+		}
+		for (size_t i = 0; i < nl; i++) {
+			seed = seed * 1103515245u + 12345u;
+			nd[i] = alpha[(seed >> 16) % 6];
+		}
+		for (int comp = CMP_CASEMAP; comp <= CMP_OCTET; comp++) {
+			unsigned long s1 = 0, s2 = 0;
+			int r1 = sv_contains(comp, h, hl, nd, nl, &s1);
+			int r2 = contains_ref(comp, h, hl, nd, nl, &s2);
+			if (r1 != r2 || s1 != s2) {
+				fprintf(stderr, "\n  contains %d/%d steps %lu/%lu (comp %d, %zu/%zu)\n",
+				    r1, r2, s1, s2, comp, hl, nl);
+				CU_FAIL("sv_contains differs from the plain scan");
+				return;
+			}
+		}
+	}
+}
+
 static CU_TestInfo tests[] = {
 	{ "evaluator table", test_sieve_eval_table },
 	{ "CPU budget", test_sieve_eval_cpu_budget },
 	{ "vacation decision", test_sieve_eval_vacation_decision },
 	{ "regex match limit", test_sieve_eval_regex_limit },
 	{ "vacation tracked per sender", test_sieve_eval_vacation_tracking },
+	{ "message index follows the message", test_sieve_eval_msg_index },
+	{ ":contains counts as the plain scan", test_sieve_eval_contains_steps },
 	CU_TEST_INFO_NULL,
 };
 
