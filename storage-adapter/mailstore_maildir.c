@@ -17,6 +17,9 @@
  *                     in file names; rewritten under the uidlist lock
  *   cur/BASE:2,FLAGS  flags D F P R S T then keyword letters, ASCII order;
  *                     BASE carries ,S=<size> and ,W=<size with CRLF>
+ *   portcullis.cache  ours: strings the doors computed per message (IMAP
+ *                     ENVELOPE, BODYSTRUCTURE), by base name (mailstore_cache.c;
+ *                     Dovecot ignores files it does not know)
  *
  *   mdname_* / md_uidlist_* / md_keywords_*
  *                     the pure parsers and writers: mailstore_maildir_fmt.c
@@ -31,7 +34,13 @@
  * message name that is not one path component; never reads a message into
  * memory (mailstore_msg_open gives a descriptor).
  *
- * Not thread-safe per object: one store, one thread at a time. Several
+ * A sync of a folder nothing changed in since the last one is served from
+ * the process's folder snapshot (snap_*: stamps of new/, cur/ and the two
+ * dovecot-* files, Dovecot's one-second rule for directories), without the
+ * lock, the uidlist parse or the directory reads.
+ *
+ * Not thread-safe per object: one store, one thread at a time (the
+ * process-wide snapshots and string cache have their own mutexes). Several
  * processes and Dovecot may share a store: the uidlist lock orders them.
  */
 #include <ctype.h>
@@ -39,6 +48,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -55,6 +65,7 @@
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/mailstore.h"
+#include "storage-adapter/mailstore_cache.h"
 #include "storage-adapter/mailstore_maildir.h"
 
 #define UIDLIST "dovecot-uidlist"
@@ -343,9 +354,10 @@ struct mailstore {
 
 struct ms_msg {
 	struct mailstore_msg pub;
-	char *fname;		/* current name, in cur/ or new/ */
+	char *fname;		/* current name, in cur/ or new/ (fname_free) */
 	time_t date;		/* the file's mtime, once read */
 	unsigned in_new:1, date_known:1;
+	unsigned fname_in_block:1;	/* fname points into box->names */
 };
 
 struct mailstore_box {
@@ -355,8 +367,14 @@ struct mailstore_box {
 	uint32_t uidvalidity, uidnext;
 	struct ms_msg *msgs;
 	size_t n, cap;
+	char *names;		/* the names of a list copied from a snapshot, in one block */
 	char *kw[26];
 	unsigned claim:1;	/* takes \Recent (SELECT), else only looks (STATUS) */
+	/* the folder snapshot (snap_*) this list was built from: 0 none */
+	uint64_t snap_gen;
+	/* new/ and cur/ as the last full sync saw them before reading them */
+	struct stat st_new, st_cur;
+	int st_new_ok, st_cur_ok;
 };
 
 struct mailstore_append {
@@ -1230,10 +1248,21 @@ rec_base_cmp(const void *a, const void *b)
 }
 
 static void
+fname_free(struct ms_msg *m)
+{
+	if (!m->fname_in_block)
+		free(m->fname);
+	m->fname = NULL;
+	m->fname_in_block = 0;
+}
+
+static void
 msgs_free(struct mailstore_box *box)
 {
 	for (size_t i = 0; i < box->n; i++)
-		free(box->msgs[i].fname);
+		fname_free(&box->msgs[i]);
+	free(box->names);
+	box->names = NULL;
 	free(box->msgs);
 	box->msgs = NULL;
 	box->n = box->cap = 0;
@@ -1444,6 +1473,7 @@ sync_locked(struct mailstore_box *box, struct md_uidlist *ul, int *dirty_r, cons
 	size_t recent_n = 0;
 	uint32_t *recent_uids = NULL, first_recent;
 
+	box->snap_gen = 0;	/* the list is rebuilt from the files */
 	kw_load(box);
 	uidlist_load(box, ul, dirty_r);
 	/* \Recent: UIDs from the header's first-recent mark on (none: the UIDs
@@ -1453,6 +1483,14 @@ sync_locked(struct mailstore_box *box, struct md_uidlist *ul, int *dirty_r, cons
 		hdr_set(ul, RECENT_KEY, first_recent);	/* kept, or it would move */
 		*dirty_r = 1;
 	}
+	/* new/ as it was before it was read: a snapshot keeps this stamp */
+	{
+		char *newd = xasprintf("%s/new", box->dir);
+
+		box->st_new_ok = stat(newd, &box->st_new) == 0;
+		free(newd);
+	}
+	box->st_cur_ok = 0;
 	if (move_new(box, &v, &n, &cap, error_r) < 0)
 		goto out;
 	/* names moved into cur/ are read again by the scan below: the two meet
@@ -1467,8 +1505,11 @@ sync_locked(struct mailstore_box *box, struct md_uidlist *ul, int *dirty_r, cons
 		if (scan_dir(curd, 0, &v, &n, &cap, error_r) < 0)
 			goto out;
 		if (stat(curd, &after) == 0 && after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
-		    after.st_mtim.tv_nsec == before.st_mtim.tv_nsec)
+		    after.st_mtim.tv_nsec == before.st_mtim.tv_nsec) {
+			box->st_cur = before;
+			box->st_cur_ok = 1;
 			break;
+		}
 		if (tries >= 2)
 			break;
 		/* renamed under us while reading: read again */
@@ -1688,13 +1729,363 @@ uidlist_path(const struct mailstore_box *box)
 	return xasprintf("%s/" UIDLIST, box->dir);
 }
 
+/* ------------------------------------------------------------------ */
+/* the folder snapshot: a sync without re-reading an unchanged folder   */
+
+/*
+ * What a full sync found, kept per process and shared by every session on
+ * the folder (as Dovecot keeps its index): the message list, the keywords,
+ * UIDVALIDITY, UIDNEXT and the first \Recent UID, with the stamps of what it
+ * was read from. A sync first stats new/, cur/, dovecot-uidlist and
+ * dovecot-keywords; when all four match, the session's list is copied from
+ * the snapshot: no lock, no uidlist parse, no directory read. The rules
+ * (Dovecot's maildir sync rules):
+ *  - new/ and cur/ are stamped before they are read (cur/ by the rename-race
+ *    loop of sync_locked). A directory changed within SNAP_DIRTY_SECS of
+ *    the read may change again within the same timestamp tick without its
+ *    mtime moving: such a sync is not kept, the next one reads again.
+ *  - dovecot-uidlist and dovecot-keywords match when inode, size and mtime
+ *    (ns) do and the mtime was old when they were read; a file written a
+ *    moment before (ours are, on every sync that writes) is kept as bytes
+ *    and compared byte for byte, so an equal inode number and size after a
+ *    rewrite in the same tick cannot pass.
+ *  - a session that takes \Recent (SELECT) while a UID is still \Recent
+ *    does the full sync: it must rewrite the uidlist header under the lock.
+ * Every writer (any session of this process, another process, the SMTP
+ * door, POP3, Dovecot) moves one of the four stamps: a rename or unlink in
+ * new/ or cur/, new UIDs or the \Recent mark in the uidlist, a keyword in
+ * its file. Bounded: SNAP_MAX folders, SNAP_MAX_MSGS messages in all
+ * (least recently used out first). One mutex; copies are made under it.
+ */
+#define SNAP_MAX	64
+#define SNAP_MAX_MSGS	400000
+#define SNAP_DIRTY_SECS	1
+
+struct snap_msg {
+	struct mailstore_msg pub;	/* .recent unused */
+	size_t name_off;
+	time_t date;
+	unsigned in_new:1, date_known:1;
+};
+
+struct snap {
+	struct snap *next;
+	char *dir;
+	uint64_t gen, used;
+	struct stat st_new, st_cur, st_ul, st_kw;
+	int kw_exists;
+	char *ul_bytes, *kw_bytes;	/* the bytes when the mtime was recent, else NULL */
+	size_t ul_len, kw_len;
+	uint32_t uidvalidity, uidnext, first_recent;
+	char *kw[26];
+	struct snap_msg *msgs;
+	size_t n;
+	char *names;
+	size_t names_len;
+};
+
+static pthread_mutex_t snap_mutex = PTHREAD_MUTEX_INITIALIZER;
+static struct snap *snaps;
+static size_t snap_count, snap_nmsgs;
+static uint64_t snap_gen_next = 1, snap_clock;
+
+static char *
+snap_memdup(const char *p, size_t n)
+{
+	char *r = xmalloc(n + 1);
+
+	memcpy(r, p, n);
+	r[n] = '\0';
+	return r;
+}
+
+static int
+stamp_eq(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	    a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+static int
+stamp_is_recent(const struct stat *st, time_t now)
+{
+	return st->st_mtim.tv_sec + SNAP_DIRTY_SECS >= now;
+}
+
+static void
+snap_free(struct snap *s)
+{
+	kw_clear(s->kw);
+	free(s->ul_bytes);
+	free(s->kw_bytes);
+	free(s->msgs);
+	free(s->names);
+	free(s->dir);
+	free(s);
+}
+
+/* mutex held: unlink and free DIR's snapshot */
+static void
+snap_drop_locked(const char *dir)
+{
+	for (struct snap **sp = &snaps; *sp != NULL; sp = &(*sp)->next) {
+		if (strcmp((*sp)->dir, dir) == 0) {
+			struct snap *s = *sp;
+
+			*sp = s->next;
+			snap_count--;
+			snap_nmsgs -= s->n;
+			snap_free(s);
+			return;
+		}
+	}
+}
+
+static void
+snap_drop(const char *dir)
+{
+	pthread_mutex_lock(&snap_mutex);
+	snap_drop_locked(dir);
+	pthread_mutex_unlock(&snap_mutex);
+}
+
+/* the file's stamp, and its bytes when it was written a moment ago */
+static int
+snap_file(const char *dir, const char *name, time_t now, struct stat *st, char **bytes_r,
+    size_t *len_r)
+{
+	char *path = xasprintf("%s/%s", dir, name);
+	int rc = 0;
+
+	*bytes_r = NULL;
+	*len_r = 0;
+	if (stat(path, st) < 0) {
+		rc = errno == ENOENT ? 1 : -1;
+	} else if (stamp_is_recent(st, now)) {
+		struct stat again;
+
+		if (read_capped(path, MAX_MAILSTORE_UIDLIST_BYTES, bytes_r, len_r) < 0 ||
+		    stat(path, &again) < 0 || !stamp_eq(st, &again)) {
+			free(*bytes_r);
+			*bytes_r = NULL;
+			rc = -1;
+		}
+	}
+	free(path);
+	return rc;
+}
+
+/*
+ * After a full sync that succeeded, uidlist lock held (no writer of the
+ * uidlist or keywords runs): keep what it found, if it may be trusted.
+ */
+static void
+snap_record(struct mailstore_box *box, uint32_t first_recent)
+{
+	time_t now = time(NULL);
+	struct snap *s;
+	size_t names_len = 0;
+	int r;
+
+	if (!box->st_new_ok || !box->st_cur_ok || box->n > SNAP_MAX_MSGS / 4 ||
+	    stamp_is_recent(&box->st_new, now) || stamp_is_recent(&box->st_cur, now)) {
+		snap_drop(box->dir);
+		box->snap_gen = 0;
+		return;
+	}
+	s = xcalloc(1, sizeof(*s));
+	s->dir = xstrdup(box->dir);
+	s->st_new = box->st_new;
+	s->st_cur = box->st_cur;
+	if (snap_file(box->dir, UIDLIST, now, &s->st_ul, &s->ul_bytes, &s->ul_len) != 0 ||
+	    (r = snap_file(box->dir, KEYWORDS, now, &s->st_kw, &s->kw_bytes, &s->kw_len)) < 0) {
+		snap_free(s);
+		snap_drop(box->dir);
+		box->snap_gen = 0;
+		return;
+	}
+	s->kw_exists = r == 0;
+	s->uidvalidity = box->uidvalidity;
+	s->uidnext = box->uidnext;
+	s->first_recent = first_recent;
+	for (int k = 0; k < 26; k++)
+		s->kw[k] = box->kw[k] ? xstrdup(box->kw[k]) : NULL;
+	for (size_t i = 0; i < box->n; i++)
+		names_len += strlen(box->msgs[i].fname) + 1;
+	s->names = xmalloc(names_len + 1);
+	s->names_len = names_len;
+	s->msgs = xcalloc(box->n + 1, sizeof(*s->msgs));
+	s->n = box->n;
+	names_len = 0;
+	for (size_t i = 0; i < box->n; i++) {
+		const struct ms_msg *m = &box->msgs[i];
+		size_t l = strlen(m->fname) + 1;
+
+		s->msgs[i].pub = m->pub;
+		s->msgs[i].pub.recent = 0;
+		s->msgs[i].name_off = names_len;
+		s->msgs[i].date = m->date;
+		s->msgs[i].in_new = m->in_new;
+		s->msgs[i].date_known = m->date_known;
+		memcpy(s->names + names_len, m->fname, l);
+		names_len += l;
+	}
+	pthread_mutex_lock(&snap_mutex);
+	snap_drop_locked(box->dir);
+	s->gen = snap_gen_next++;
+	s->used = ++snap_clock;
+	s->next = snaps;
+	snaps = s;
+	snap_count++;
+	snap_nmsgs += s->n;
+	while (snap_count > SNAP_MAX || snap_nmsgs > SNAP_MAX_MSGS) {
+		struct snap *old = NULL;
+
+		for (struct snap *t = snaps; t != NULL; t = t->next)
+			if (t != s && (old == NULL || t->used < old->used))
+				old = t;
+		if (old == NULL)
+			break;
+		snap_drop_locked(old->dir);
+	}
+	box->snap_gen = s->gen;
+	pthread_mutex_unlock(&snap_mutex);
+}
+
+/* a file of the snapshot still as it was: stamp, else bytes */
+static int
+snap_file_same(const char *dir, const char *name, const struct stat *was, int existed,
+    const char *bytes, size_t len)
+{
+	char *path = xasprintf("%s/%s", dir, name), *buf = NULL;
+	struct stat st;
+	size_t n = 0;
+	int same;
+
+	if (stat(path, &st) < 0) {
+		same = errno == ENOENT && !existed;
+	} else if (!existed) {
+		same = 0;
+	} else if (stamp_eq(&st, was) && bytes == NULL) {
+		same = 1;
+	} else {
+		/* rewritten (or written a moment before it was read): the bytes say */
+		same = bytes != NULL && (uint64_t)st.st_size == len &&
+		    read_capped(path, MAX_MAILSTORE_UIDLIST_BYTES, &buf, &n) == 0 && n == len &&
+		    memcmp(buf, bytes, len) == 0;
+	}
+	free(buf);
+	free(path);
+	return same;
+}
+
+/*
+ * The sync's fast way: 0 when the folder is as its snapshot says, the
+ * session's list then being the snapshot's; -1 to do the full sync.
+ */
+static int
+snap_try(struct mailstore_box *box)
+{
+	struct stat st_new, st_cur;
+	char *p;
+	struct snap *s;
+	uint64_t gen;
+	int ok;
+
+	p = xasprintf("%s/new", box->dir);
+	ok = stat(p, &st_new) == 0;
+	free(p);
+	p = xasprintf("%s/cur", box->dir);
+	ok = ok && stat(p, &st_cur) == 0;
+	free(p);
+	if (!ok)
+		return -1;
+	/* 1: the directories and the \Recent rule, under the mutex */
+	pthread_mutex_lock(&snap_mutex);
+	for (s = snaps; s != NULL && strcmp(s->dir, box->dir) != 0; s = s->next)
+		;
+	if (s == NULL || !stamp_eq(&s->st_new, &st_new) || !stamp_eq(&s->st_cur, &st_cur) ||
+	    (box->claim && s->first_recent < s->uidnext)) {
+		pthread_mutex_unlock(&snap_mutex);
+		return -1;
+	}
+	{
+		/* 2: the files; compared against copies, without the mutex */
+		struct stat st_ul = s->st_ul, st_kw = s->st_kw;
+		int kw_exists = s->kw_exists;
+		char *ul = s->ul_bytes ? snap_memdup(s->ul_bytes, s->ul_len) : NULL;
+		char *kw = s->kw_bytes ? snap_memdup(s->kw_bytes, s->kw_len) : NULL;
+		size_t ul_len = s->ul_len, kw_len = s->kw_len;
+
+		gen = s->gen;
+		pthread_mutex_unlock(&snap_mutex);
+		ok = snap_file_same(box->dir, UIDLIST, &st_ul, 1, ul, ul_len) &&
+		    snap_file_same(box->dir, KEYWORDS, &st_kw, kw_exists, kw, kw_len);
+		free(ul);
+		free(kw);
+		if (!ok)
+			return -1;
+	}
+	/* 3: the session's list from the snapshot, if it is still that one */
+	pthread_mutex_lock(&snap_mutex);
+	for (s = snaps; s != NULL && s->gen != gen; s = s->next)
+		;
+	if (s == NULL) {
+		pthread_mutex_unlock(&snap_mutex);
+		return -1;
+	}
+	s->used = ++snap_clock;
+	if (box->snap_gen != s->gen) {
+		struct ms_msg *nm = xcalloc(s->n + 1, sizeof(*nm));
+		char *names = xmalloc(s->names_len + 1);
+		size_t j = 0;
+
+		/* one copy of every name (not one allocation per message) */
+		memcpy(names, s->names, s->names_len);
+
+		for (size_t i = 0; i < s->n; i++) {
+			const struct snap_msg *sm = &s->msgs[i];
+			struct ms_msg *m = &nm[i];
+
+			m->pub = sm->pub;
+			/* \Recent: from the mark on, and what this box saw so stays */
+			while (j < box->n && box->msgs[j].pub.uid < sm->pub.uid)
+				j++;
+			m->pub.recent = sm->pub.uid >= s->first_recent ||
+			    (j < box->n && box->msgs[j].pub.uid == sm->pub.uid &&
+			    box->msgs[j].pub.recent);
+			m->fname = names + sm->name_off;
+			m->fname_in_block = 1;
+			m->date = sm->date;
+			m->in_new = sm->in_new;
+			m->date_known = sm->date_known;
+		}
+		msgs_free(box);
+		box->msgs = nm;
+		box->names = names;
+		box->n = s->n;
+		box->cap = s->n + 1;
+		kw_clear(box->kw);
+		for (int k = 0; k < 26; k++)
+			box->kw[k] = s->kw[k] ? xstrdup(s->kw[k]) : NULL;
+		box->uidvalidity = s->uidvalidity;
+		box->uidnext = s->uidnext;
+		box->snap_gen = s->gen;
+	}
+	pthread_mutex_unlock(&snap_mutex);
+	return 0;
+}
+
 int
 mailstore_box_sync(struct mailstore_box *box, const char **error_r)
 {
 	struct md_uidlist ul;
-	char *path = uidlist_path(box), *lock = NULL;
+	char *path, *lock = NULL;
 	int dirty = 0, rc;
 
+	if (snap_try(box) == 0)
+		return 0;
+	path = uidlist_path(box);
 	if (dotlock_take(path, &lock, error_r) < 0) {
 		free(path);
 		return -1;
@@ -1703,6 +2094,15 @@ mailstore_box_sync(struct mailstore_box *box, const char **error_r)
 	rc = sync_locked(box, &ul, &dirty, error_r);
 	if (rc == 0 && dirty)
 		rc = uidlist_save(box, &ul, error_r);
+	if (rc == 0) {
+		uint32_t first_recent = ul.next_uid;
+
+		(void)hdr_get(&ul, RECENT_KEY, &first_recent);
+		snap_record(box, first_recent);
+	} else {
+		snap_drop(box->dir);
+		box->snap_gen = 0;
+	}
 	dotlock_release(&lock);
 	md_uidlist_clear(&ul);
 	free(path);
@@ -1777,6 +2177,105 @@ mailstore_box_close(struct mailstore_box **boxp)
 	free(box);
 }
 
+/* ------------------------------------------------------------------ */
+/* the message string cache (mailstore_cache.c), by base name           */
+
+static int
+msg_base(const struct mailstore_box *box, uint32_t uid, size_t *baselen_r, const char **base_r)
+{
+	long i = mailstore_box_find(box, uid);
+	const char *colon;
+
+	if (i < 0)
+		return -1;
+	*base_r = box->msgs[i].fname;
+	colon = strchr(*base_r, ':');
+	*baselen_r = colon ? (size_t)(colon - *base_r) : strlen(*base_r);
+	return 0;
+}
+
+int
+mailstore_cache_get(struct mailstore_box *box, uint32_t uid, enum mailstore_cache_field field,
+    char **val_r, size_t *len_r)
+{
+	const char *base;
+	size_t bl;
+
+	if (msg_base(box, uid, &bl, &base) < 0)
+		return -1;
+	return mscache_get(box->dir, base, bl, (unsigned)field, val_r, len_r);
+}
+
+void
+mailstore_cache_put(struct mailstore_box *box, uint32_t uid, enum mailstore_cache_field field,
+    const char *val, size_t len)
+{
+	const char *base;
+	size_t bl;
+
+	if (msg_base(box, uid, &bl, &base) == 0)
+		mscache_put(box->dir, base, bl, (unsigned)field, val, len);
+}
+
+struct live_ctx {
+	const char **bases;	/* sorted, each ending at ':' or NUL */
+	size_t n;
+};
+
+static int
+base_end_cmp(const char *a, size_t al, const char *b)
+{
+	size_t bl = strcspn(b, ":");
+	int c = memcmp(a, b, al < bl ? al : bl);
+
+	return c != 0 ? c : al < bl ? -1 : al > bl;
+}
+
+static int
+live_sort_cmp(const void *x, const void *y)
+{
+	const char *a = *(const char *const *)x, *b = *(const char *const *)y;
+
+	return base_end_cmp(a, strcspn(a, ":"), b);
+}
+
+/* a base name of the folder's current list (bisection) */
+static int
+live_has(void *ctx, const char *base, size_t baselen)
+{
+	const struct live_ctx *lc = ctx;
+	size_t lo = 0, hi = lc->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = base_end_cmp(base, baselen, lc->bases[mid]);
+
+		if (c == 0)
+			return 1;
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return 0;
+}
+
+void
+mailstore_cache_flush(struct mailstore_box *box)
+{
+	struct live_ctx lc;
+
+	if (!mscache_is_dirty(box->dir))
+		return;
+	lc.n = box->n;
+	lc.bases = xcalloc(box->n + 1, sizeof(*lc.bases));
+	for (size_t i = 0; i < box->n; i++)
+		lc.bases[i] = box->msgs[i].fname;
+	qsort(lc.bases, lc.n, sizeof(*lc.bases), live_sort_cmp);
+	mscache_flush(box->dir, live_has, &lc);
+	free(lc.bases);
+}
+
 /*
  * The file of a message may have been renamed by another session (flags are
  * in the name): find it by its base name, new/ first (files only move from
@@ -1807,7 +2306,7 @@ refind(struct mailstore_box *box, struct ms_msg *m)
 			if (de->d_name[0] != '.' && strncmp(de->d_name, m->fname, mn.baselen) == 0 &&
 			    (de->d_name[mn.baselen] == ':' || de->d_name[mn.baselen] == '\0') &&
 			    strnlen(de->d_name, MAX_MAILSTORE_FNAME + 1) <= MAX_MAILSTORE_FNAME) {
-				free(m->fname);
+				fname_free(m);
 				m->fname = xstrdup(de->d_name);
 				m->in_new = s == 0;
 				closedir(d);
@@ -1973,7 +2472,7 @@ mailstore_msg_set_flags(struct mailstore_box *box, uint32_t uid, enum mailstore_
 		if (rename(from, to) == 0) {
 			free(from);
 			free(to);
-			free(m->fname);
+			fname_free(m);
 			m->fname = xstrdup(nn);
 			m->in_new = 0;
 			break;
@@ -2024,7 +2523,7 @@ mailstore_msg_expunge(struct mailstore_box *box, uint32_t uid, const char **erro
 			break;
 		}
 	}
-	free(box->msgs[i].fname);
+	fname_free(&box->msgs[i]);
 	memmove(&box->msgs[i], &box->msgs[i + 1], (box->n - (size_t)i - 1) * sizeof(*box->msgs));
 	box->n--;
 	/* the record goes too (Dovecot would drop it at its next rewrite) */
