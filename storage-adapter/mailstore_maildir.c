@@ -360,6 +360,8 @@ struct ms_msg {
 	unsigned fname_in_block:1;	/* fname points into box->names */
 };
 
+struct snap;
+
 struct mailstore_box {
 	struct mailstore *ms;
 	char *dir;		/* the folder's Maildir */
@@ -368,6 +370,7 @@ struct mailstore_box {
 	struct ms_msg *msgs;
 	size_t n, cap;
 	char *names;		/* the names of a list copied from a snapshot, in one block */
+	struct snap *shared;	/* msgs is this snapshot's own array (read-only; box_own) */
 	char *kw[26];
 	unsigned claim:1;	/* takes \Recent (SELECT), else only looks (STATUS) */
 	/* the folder snapshot (snap_*) this list was built from: 0 none */
@@ -1256,9 +1259,18 @@ fname_free(struct ms_msg *m)
 	m->fname_in_block = 0;
 }
 
+static void snap_unref(struct snap **s);
+
 static void
 msgs_free(struct mailstore_box *box)
 {
+	if (box->shared != NULL) {
+		/* the snapshot's array: not ours to free */
+		snap_unref(&box->shared);
+		box->msgs = NULL;
+		box->n = box->cap = 0;
+		return;
+	}
 	for (size_t i = 0; i < box->n; i++)
 		fname_free(&box->msgs[i]);
 	free(box->names);
@@ -1761,13 +1773,6 @@ uidlist_path(const struct mailstore_box *box)
 #define SNAP_MAX_MSGS	400000
 #define SNAP_DIRTY_SECS	1
 
-struct snap_msg {
-	struct mailstore_msg pub;	/* .recent unused */
-	size_t name_off;
-	time_t date;
-	unsigned in_new:1, date_known:1;
-};
-
 struct snap {
 	struct snap *next;
 	char *dir;
@@ -1778,26 +1783,17 @@ struct snap {
 	size_t ul_len, kw_len;
 	uint32_t uidvalidity, uidnext, first_recent;
 	char *kw[26];
-	struct snap_msg *msgs;
+	struct ms_msg *msgs;	/* .recent 0; fname into names */
 	size_t n;
 	char *names;
 	size_t names_len;
+	unsigned refs;		/* the list, the boxes sharing msgs */
 };
 
 static pthread_mutex_t snap_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct snap *snaps;
 static size_t snap_count, snap_nmsgs;
 static uint64_t snap_gen_next = 1, snap_clock;
-
-static char *
-snap_memdup(const char *p, size_t n)
-{
-	char *r = xmalloc(n + 1);
-
-	memcpy(r, p, n);
-	r[n] = '\0';
-	return r;
-}
 
 static int
 stamp_eq(const struct stat *a, const struct stat *b)
@@ -1815,6 +1811,8 @@ stamp_is_recent(const struct stat *st, time_t now)
 static void
 snap_free(struct snap *s)
 {
+	if (--s->refs > 0)
+		return;	/* unlinked; the last box sharing it frees it */
 	kw_clear(s->kw);
 	free(s->ul_bytes);
 	free(s->kw_bytes);
@@ -1824,7 +1822,38 @@ snap_free(struct snap *s)
 	free(s);
 }
 
-/* mutex held: unlink and free DIR's snapshot */
+static void
+snap_unref(struct snap **sp)
+{
+	pthread_mutex_lock(&snap_mutex);
+	snap_free(*sp);
+	pthread_mutex_unlock(&snap_mutex);
+	*sp = NULL;
+}
+
+/* a list of its own for BOX, before it changes one (copy on write) */
+static void
+box_own(struct mailstore_box *box)
+{
+	struct snap *s = box->shared;
+	struct ms_msg *nm;
+	char *names;
+
+	if (s == NULL)
+		return;
+	nm = xcalloc(box->n + 1, sizeof(*nm));
+	names = xmalloc(s->names_len + 1);
+	memcpy(names, s->names, s->names_len);
+	memcpy(nm, box->msgs, box->n * sizeof(*nm));
+	for (size_t i = 0; i < box->n; i++)
+		nm[i].fname = names + (box->msgs[i].fname - s->names);
+	snap_unref(&box->shared);
+	box->msgs = nm;
+	box->names = names;
+	box->cap = box->n + 1;
+}
+
+/* mutex held: unlink DIR's snapshot (freed when no box shares it) */
 static void
 snap_drop_locked(const char *dir)
 {
@@ -1921,15 +1950,14 @@ snap_record(struct mailstore_box *box, uint32_t first_recent)
 		const struct ms_msg *m = &box->msgs[i];
 		size_t l = strlen(m->fname) + 1;
 
-		s->msgs[i].pub = m->pub;
+		s->msgs[i] = *m;
 		s->msgs[i].pub.recent = 0;
-		s->msgs[i].name_off = names_len;
-		s->msgs[i].date = m->date;
-		s->msgs[i].in_new = m->in_new;
-		s->msgs[i].date_known = m->date_known;
+		s->msgs[i].fname = s->names + names_len;
+		s->msgs[i].fname_in_block = 1;
 		memcpy(s->names + names_len, m->fname, l);
 		names_len += l;
 	}
+	s->refs = 1;
 	pthread_mutex_lock(&snap_mutex);
 	snap_drop_locked(box->dir);
 	s->gen = snap_gen_next++;
@@ -1952,27 +1980,62 @@ snap_record(struct mailstore_box *box, uint32_t first_recent)
 	pthread_mutex_unlock(&snap_mutex);
 }
 
-/* a file of the snapshot still as it was: stamp, else bytes */
-static int
-snap_file_same(const char *dir, const char *name, const struct stat *was, int existed,
-    const char *bytes, size_t len)
+/* snapshot GEN (mutex held), or NULL when it is gone */
+static struct snap *
+snap_by_gen(uint64_t gen)
 {
-	char *path = xasprintf("%s/%s", dir, name), *buf = NULL;
-	struct stat st;
-	size_t n = 0;
-	int same;
+	struct snap *s;
 
-	if (stat(path, &st) < 0) {
-		same = errno == ENOENT && !existed;
-	} else if (!existed) {
-		same = 0;
-	} else if (stamp_eq(&st, was) && bytes == NULL) {
-		same = 1;
-	} else {
-		/* rewritten (or written a moment before it was read): the bytes say */
-		same = bytes != NULL && (uint64_t)st.st_size == len &&
-		    read_capped(path, MAX_MAILSTORE_UIDLIST_BYTES, &buf, &n) == 0 && n == len &&
-		    memcmp(buf, bytes, len) == 0;
+	for (s = snaps; s != NULL && s->gen != gen; s = s->next)
+		;
+	return s;
+}
+
+/*
+ * One of the snapshot's files (0 dovecot-uidlist, 1 dovecot-keywords) still
+ * as it was: by its stamp, else by its bytes. Bytes that match in a file
+ * that is no longer recent make the stamp trusted from then on (a later
+ * write cannot share its mtime).
+ */
+static int
+snap_file_same(const char *dir, uint64_t gen, int which)
+{
+	char *path = xasprintf("%s/%s", dir, which ? KEYWORDS : UIDLIST), *buf = NULL;
+	struct stat st;
+	struct snap *s;
+	size_t n = 0;
+	int have = stat(path, &st) == 0, gone = !have && errno == ENOENT, same = 0, need_read = 0;
+
+	pthread_mutex_lock(&snap_mutex);
+	if ((s = snap_by_gen(gen)) != NULL) {
+		int existed = which ? s->kw_exists : 1;
+		const char *bytes = which ? s->kw_bytes : s->ul_bytes;
+
+		if (!have)
+			same = gone && !existed;
+		else if (existed && bytes == NULL)
+			same = stamp_eq(&st, which ? &s->st_kw : &s->st_ul);
+		else if (existed)
+			need_read = (size_t)st.st_size == (which ? s->kw_len : s->ul_len);
+	}
+	pthread_mutex_unlock(&snap_mutex);
+	if (need_read && read_capped(path, MAX_MAILSTORE_UIDLIST_BYTES, &buf, &n) == 0) {
+		struct stat again;
+		int steady = stat(path, &again) == 0 && stamp_eq(&st, &again);
+
+		pthread_mutex_lock(&snap_mutex);
+		if ((s = snap_by_gen(gen)) != NULL) {
+			char **bytes = which ? &s->kw_bytes : &s->ul_bytes;
+			size_t len = which ? s->kw_len : s->ul_len;
+
+			same = *bytes != NULL && n == len && memcmp(buf, *bytes, len) == 0;
+			if (same && steady && !stamp_is_recent(&st, time(NULL))) {
+				*(which ? &s->st_kw : &s->st_ul) = st;
+				free(*bytes);
+				*bytes = NULL;
+			}
+		}
+		pthread_mutex_unlock(&snap_mutex);
 	}
 	free(buf);
 	free(path);
@@ -2009,62 +2072,57 @@ snap_try(struct mailstore_box *box)
 		pthread_mutex_unlock(&snap_mutex);
 		return -1;
 	}
-	{
-		/* 2: the files; compared against copies, without the mutex */
-		struct stat st_ul = s->st_ul, st_kw = s->st_kw;
-		int kw_exists = s->kw_exists;
-		char *ul = s->ul_bytes ? snap_memdup(s->ul_bytes, s->ul_len) : NULL;
-		char *kw = s->kw_bytes ? snap_memdup(s->kw_bytes, s->kw_len) : NULL;
-		size_t ul_len = s->ul_len, kw_len = s->kw_len;
-
-		gen = s->gen;
-		pthread_mutex_unlock(&snap_mutex);
-		ok = snap_file_same(box->dir, UIDLIST, &st_ul, 1, ul, ul_len) &&
-		    snap_file_same(box->dir, KEYWORDS, &st_kw, kw_exists, kw, kw_len);
-		free(ul);
-		free(kw);
-		if (!ok)
-			return -1;
-	}
+	/* 2: the files, the mutex taken only to look */
+	gen = s->gen;
+	pthread_mutex_unlock(&snap_mutex);
+	if (!snap_file_same(box->dir, gen, 0) || !snap_file_same(box->dir, gen, 1))
+		return -1;
 	/* 3: the session's list from the snapshot, if it is still that one */
 	pthread_mutex_lock(&snap_mutex);
-	for (s = snaps; s != NULL && s->gen != gen; s = s->next)
-		;
-	if (s == NULL) {
+	if ((s = snap_by_gen(gen)) == NULL) {
 		pthread_mutex_unlock(&snap_mutex);
 		return -1;
 	}
 	s->used = ++snap_clock;
 	if (box->snap_gen != s->gen) {
-		struct ms_msg *nm = xcalloc(s->n + 1, sizeof(*nm));
-		char *names = xmalloc(s->names_len + 1);
-		size_t j = 0;
+		int any_recent = s->n > 0 && s->msgs[s->n - 1].pub.uid >= s->first_recent;
 
-		/* one copy of every name (not one allocation per message) */
-		memcpy(names, s->names, s->names_len);
+		for (size_t j = 0; j < box->n && !any_recent; j++)
+			any_recent = box->msgs[j].pub.recent;
+		if (!any_recent) {
+			/* nothing \Recent for this box: share the snapshot's array,
+			 * copied only if the box changes it (box_own) */
+			msgs_free(box);
+			s->refs++;
+			box->shared = s;
+			box->msgs = s->msgs;
+			box->n = s->n;
+			box->cap = s->n;
+		} else {
+			struct ms_msg *nm = xcalloc(s->n + 1, sizeof(*nm));
+			char *names = xmalloc(s->names_len + 1);
+			size_t j = 0;
 
-		for (size_t i = 0; i < s->n; i++) {
-			const struct snap_msg *sm = &s->msgs[i];
-			struct ms_msg *m = &nm[i];
+			/* one copy of every name (not one allocation per message) */
+			memcpy(names, s->names, s->names_len);
+			for (size_t i = 0; i < s->n; i++) {
+				struct ms_msg *m = &nm[i];
 
-			m->pub = sm->pub;
-			/* \Recent: from the mark on, and what this box saw so stays */
-			while (j < box->n && box->msgs[j].pub.uid < sm->pub.uid)
-				j++;
-			m->pub.recent = sm->pub.uid >= s->first_recent ||
-			    (j < box->n && box->msgs[j].pub.uid == sm->pub.uid &&
-			    box->msgs[j].pub.recent);
-			m->fname = names + sm->name_off;
-			m->fname_in_block = 1;
-			m->date = sm->date;
-			m->in_new = sm->in_new;
-			m->date_known = sm->date_known;
+				*m = s->msgs[i];
+				/* \Recent: from the mark on, and what this box saw so stays */
+				while (j < box->n && box->msgs[j].pub.uid < m->pub.uid)
+					j++;
+				m->pub.recent = m->pub.uid >= s->first_recent ||
+				    (j < box->n && box->msgs[j].pub.uid == m->pub.uid &&
+				    box->msgs[j].pub.recent);
+				m->fname = names + (s->msgs[i].fname - s->names);
+			}
+			msgs_free(box);
+			box->msgs = nm;
+			box->names = names;
+			box->n = s->n;
+			box->cap = s->n + 1;
 		}
-		msgs_free(box);
-		box->msgs = nm;
-		box->names = names;
-		box->n = s->n;
-		box->cap = s->n + 1;
 		kw_clear(box->kw);
 		for (int k = 0; k < 26; k++)
 			box->kw[k] = s->kw[k] ? xstrdup(s->kw[k]) : NULL;
@@ -2346,6 +2404,7 @@ mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const cha
 			*error_r = err("cannot open message %u: %s", uid, strerror(e));
 			return -1;
 		}
+		box_own(box);
 		if (refind(box, &box->msgs[i]) < 0)
 			break;
 	}
@@ -2356,7 +2415,10 @@ mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const cha
 int
 mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r, const char **error_r)
 {
-	long i = mailstore_box_find(box, uid);
+	long i;
+
+	box_own(box);	/* the date is kept in the list */
+	i = mailstore_box_find(box, uid);
 
 	if (i < 0) {
 		*error_r = err("no such message");
@@ -2387,6 +2449,8 @@ int
 mailstore_msg_set_flags(struct mailstore_box *box, uint32_t uid, enum mailstore_flag_mode mode,
     unsigned flags, const char *const *keywords, size_t nkeywords, const char **error_r)
 {
+	box_own(box);
+
 	long i = mailstore_box_find(box, uid);
 	struct ms_msg *m;
 	uint32_t mask = 0;
@@ -2501,6 +2565,8 @@ mailstore_msg_set_flags(struct mailstore_box *box, uint32_t uid, enum mailstore_
 int
 mailstore_msg_expunge(struct mailstore_box *box, uint32_t uid, const char **error_r)
 {
+	box_own(box);
+
 	long i = mailstore_box_find(box, uid);
 	struct md_uidlist ul;
 	char *path, *lock = NULL;
@@ -2733,6 +2799,9 @@ int
 mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box *dst,
     uint32_t *uid_r, const char **error_r)
 {
+	box_own(src);
+	box_own(dst);
+
 	long i = mailstore_box_find(src, uid);
 	char *kw[MAX_MAILSTORE_KEYWORDS];
 	size_t nkw = 0;
