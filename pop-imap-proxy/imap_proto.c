@@ -3,7 +3,6 @@
  *
  *   imap_proto_new/free/start      one per connection; start queues the greeting
  *   imap_proto_input               client bytes in (imap_parser), stops at an action
- *   imap_proto_output_segment/_done  the output queue: bytes and file ranges
  *   imap_proto_exec/_done          the store work of a command, on a job thread
  *   imap_list_match                LIST patterns
  *
@@ -20,10 +19,12 @@
  * allowed (not during FETCH, STORE or SEARCH by sequence number, as Dovecot
  * does), EXPUNGE.
  *
- * FETCH's message side (ENVELOPE, BODYSTRUCTURE, sections) and SEARCH are
- * imap_mime/imap_search; a section that is the file's own bytes goes out as
- * a file range, one that needs converting (bare LF, NUL) as a generator
- * segment filled 64 KiB at a time when the door asks. FETCH runs in batches
+ * The output queue and FETCH's item writer are imap_fetch.c (the session's
+ * struct is in imap_proto_int.h). FETCH's message side (ENVELOPE,
+ * BODYSTRUCTURE, sections) and SEARCH are imap_mime/imap_search; a section
+ * that is the file's own bytes goes out as a file range, one that needs
+ * converting (bare LF, NUL) as a generator segment filled 64 KiB at a time
+ * when the door asks. FETCH runs in batches
  * (256 KiB of output or 32 messages with bodies). APPEND streams: the
  * parser hands the message out in pieces, gathered to 64 KiB and written by
  * an exec. Answers follow Dovecot 2.3's texts (tests/integration/
@@ -34,7 +35,7 @@
  * login. Never logs peer bytes; LOGIN's password goes into a PLAIN exchange
  * and is wiped.
  */
-#include "pop-imap-proxy/imap_proto.h"
+#include "pop-imap-proxy/imap_proto_int.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -54,11 +55,8 @@
 #include "storage-adapter/mailstore.h"
 
 #define IMAP_AUTH_LINE_MAX 12288
-#define SEG_BYTES_MAX (64u << 10)	/* one byte segment grows to this, then a new one */
 #define BATCH_BYTES (256u << 10)	/* an exec batch of FETCH stops past this output */
 #define BATCH_FILES 32			/* ... or this many file ranges */
-
-enum imap_state { ST_NEW, ST_NOAUTH, ST_AUTH, ST_SELECTED, ST_LOGOUT };
 
 #define IN_NOAUTH	(1u << ST_NOAUTH)
 #define IN_AUTH		(1u << ST_AUTH)
@@ -66,225 +64,7 @@ enum imap_state { ST_NEW, ST_NOAUTH, ST_AUTH, ST_SELECTED, ST_LOGOUT };
 #define IN_ANY		(IN_NOAUTH | IN_AUTH | IN_SELECTED)
 #define IN_LOGGED	(IN_AUTH | IN_SELECTED)
 
-/* a parsed message shared by the section segments of one FETCH response */
-struct mref {
-	struct imap_mime *m;
-	unsigned refs;
-};
-
-enum seg_kind { SEG_BYTES, SEG_FILE, SEG_GEN };
-
-struct seg {
-	enum seg_kind kind;
-	char *buf;		/* bytes; SEG_GEN: the piece being sent */
-	size_t len, off, cap;
-	int fd;			/* SEG_FILE */
-	off_t offset;
-	uint64_t flen;
-	int crlf;
-	struct mref *mr;	/* SEG_GEN: a converted section, made as it is sent */
-	struct imap_mime_section sec;
-	uint64_t pos;
-};
-
-struct segq {
-	struct seg *v;
-	size_t head, n, cap;
-	uint64_t bytes;
-	size_t files;
-};
-
-/* the client's view of one message */
-struct vmsg {
-	uint32_t uid;
-	unsigned flags;
-	uint32_t kw;
-	unsigned gone:1;	/* expunged, not yet announced */
-	unsigned recent:1;
-};
-
-struct imap_proto;
-typedef void exec_fn(struct imap_proto *);
-
-struct imap_proto {
-	struct imap_params prm;
-	char *store_root;
-	enum imap_state st;
-	enum imap_action act;
-	struct imap_parser *parser;
-	int tls;
-	char *tls_peer;
-	char tag[IMAP_TAG_MAX + 1];	/* of the command an action or exchange belongs to */
-	/* AUTHENTICATE */
-	struct imap_auth_req auth;
-	char *auth_final;
-	int in_sasl;
-	char *line;		/* IMAP_AUTH_LINE_MAX + 1, only during AUTHENTICATE */
-	size_t linelen;
-	int skipping;
-	char user[256];
-	unsigned auth_failures;
-	/* the store, the selected folder and the client's view of it */
-	struct mailstore *ms;
-	struct mailstore_box *box;
-	int readonly;
-	struct vmsg *view;
-	size_t nview, capview;
-	size_t told;		/* view entries the client knows of (EXISTS less EXPUNGEs) */
-	size_t recent_told;
-	uint32_t kwmask;	/* keyword slots the client was told of */
-	/* the command being executed */
-	const struct imap_cmd *cmd;
-	exec_fn *exec;
-	int more;		/* exec continues in another batch */
-	size_t cursor;		/* where a batch resumes */
-	int in_exec;
-	exec_fn *after;		/* on the loop once the exec is done */
-	/* APPEND */
-	int app_active, app_failed, app_sync;
-	struct mailstore_box *abox;
-	int abox_own;
-	struct mailstore_append *app;
-	unsigned app_flags;
-	char **app_kw;
-	size_t app_nkw;
-	time_t app_date;
-	char *chunk;
-	size_t chunklen, chunkcap;
-	int fetch_gone;
-	int idling;
-	unsigned bad_row;	/* BADs in a row, parser's and ours */
-	int logout_pending;
-	char *bye;		/* imap_proto_bye() during an exec */
-	/* output */
-	struct segq q, xq;
-	int close;
-};
-
-/* ---- output ---- */
-
-static struct segq *
-curq(struct imap_proto *p)
-{
-	return p->in_exec ? &p->xq : &p->q;
-}
-
-static struct seg *
-seg_push(struct segq *q)
-{
-	struct seg *s;
-
-	if (q->head > 0 && q->head == q->n) {
-		q->head = q->n = 0;
-	}
-	if (q->n == q->cap) {
-		if (q->head > 0) {
-			memmove(q->v, q->v + q->head, (q->n - q->head) * sizeof(*q->v));
-			q->n -= q->head;
-			q->head = 0;
-		} else {
-			q->cap = q->cap ? q->cap * 2 : 8;
-			q->v = xrealloc(q->v, q->cap * sizeof(*q->v));
-		}
-	}
-	s = &q->v[q->n++];
-	memset(s, 0, sizeof(*s));
-	s->fd = -1;
-	return s;
-}
-
-static void
-mref_unref(struct mref **rp)
-{
-	struct mref *r = *rp;
-
-	*rp = NULL;
-	if (r != NULL && --r->refs == 0) {
-		imap_mime_free(&r->m);
-		free(r);
-	}
-}
-
-static void
-seg_free(struct seg *s)
-{
-	free(s->buf);
-	s->buf = NULL;
-	if (s->fd >= 0)
-		close(s->fd);
-	s->fd = -1;
-	if (s->kind == SEG_GEN) {
-		imap_mime_section_deinit(&s->sec);
-		mref_unref(&s->mr);
-	}
-}
-
-static void
-segq_clear(struct segq *q)
-{
-	for (size_t i = q->head; i < q->n; i++)
-		seg_free(&q->v[i]);
-	free(q->v);
-	memset(q, 0, sizeof(*q));
-}
-
-static void
-out_add(struct imap_proto *p, const char *s, size_t n)
-{
-	struct segq *q = curq(p);
-	struct seg *g = q->n > q->head ? &q->v[q->n - 1] : NULL;
-
-	if (g == NULL || g->kind != SEG_BYTES || g->len + n > SEG_BYTES_MAX) {
-		g = seg_push(q);
-		g->kind = SEG_BYTES;
-		g->cap = n > 1024 ? n : 1024;
-		g->buf = xmalloc(g->cap);
-	}
-	if (g->len + n > g->cap) {
-		size_t cap = g->cap;
-
-		while (cap < g->len + n)
-			cap *= 2;
-		g->buf = xrealloc(g->buf, cap);
-		g->cap = cap;
-	}
-	memcpy(g->buf + g->len, s, n);
-	g->len += n;
-	q->bytes += n;
-}
-
-/* a file range: FD is the queue's from now on */
-static void
-out_file(struct imap_proto *p, int fd, off_t offset, uint64_t len, int crlf)
-{
-	struct segq *q = curq(p);
-	struct seg *g = seg_push(q);
-
-	g->kind = SEG_FILE;
-	g->fd = fd;
-	g->offset = offset;
-	g->flen = len;
-	g->crlf = crlf;
-	q->bytes += len;
-	q->files++;
-}
-
-/* a section made as it is sent (LF -> CRLF, NUL -> 0x80, HEADER.FIELDS): SEC is the queue's */
-static void
-out_gen(struct imap_proto *p, struct mref *mr, struct imap_mime_section *sec)
-{
-	struct segq *q = curq(p);
-	struct seg *g = seg_push(q);
-
-	g->kind = SEG_GEN;
-	g->mr = mr;
-	mr->refs++;
-	g->sec = *sec;
-	memset(sec, 0, sizeof(*sec));
-	g->flen = g->sec.size;
-	q->bytes += g->flen;
-	q->files++;
-}
+/* ---- output (the queue itself is imap_fetch.c) ---- */
 
 static void reply(struct imap_proto *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -305,167 +85,9 @@ reply(struct imap_proto *p, const char *fmt, ...)
 		n = (int)sizeof(buf) - 3;
 	buf[n++] = '\r';
 	buf[n++] = '\n';
-	out_add(p, buf, (size_t)n);
+	imap_out_add(p, buf, (size_t)n);
 }
 
-/* format into a growing string (long lines: FETCH, SEARCH, FLAGS) */
-struct str {
-	char *s;
-	size_t n, cap;
-};
-
-static void str_add(struct str *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-str_addn(struct str *b, const char *s, size_t n)
-{
-	if (b->n + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-
-		while (cap < b->n + n + 1)
-			cap *= 2;
-		b->s = xrealloc(b->s, cap);
-		b->cap = cap;
-	}
-	memcpy(b->s + b->n, s, n);
-	b->n += n;
-	b->s[b->n] = '\0';
-}
-
-static void
-str_add(struct str *b, const char *fmt, ...)
-{
-	char buf[512];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n < sizeof(buf)) {
-		str_addn(b, buf, (size_t)n);
-		return;
-	}
-	{
-		char *big = xmalloc((size_t)n + 1);
-
-		va_start(ap, fmt);
-		(void)vsnprintf(big, (size_t)n + 1, fmt, ap);
-		va_end(ap);
-		str_addn(b, big, (size_t)n);
-		free(big);
-	}
-}
-
-static void
-out_str(struct imap_proto *p, struct str *b)
-{
-	if (b->n > 0)
-		out_add(p, b->s, b->n);
-	free(b->s);
-	memset(b, 0, sizeof(*b));
-}
-
-#define GEN_PIECE (64u << 10)
-
-int
-imap_proto_output_segment(struct imap_proto *p, struct imap_segment *r)
-{
-	struct segq *q = &p->q;
-
-	while (q->head < q->n) {
-		struct seg *g = &q->v[q->head];
-
-		if (g->kind == SEG_GEN && g->off == g->len && g->pos < g->sec.size) {
-			/* the next piece of a converted section (reads the mapped file) */
-			if (g->buf == NULL)
-				g->buf = xmalloc(GEN_PIECE);
-			g->len = imap_mime_section_read(g->mr->m, &g->sec, g->pos, g->buf, GEN_PIECE);
-			g->off = 0;
-			g->pos += g->len;
-			if (g->len == 0) {
-				/* shorter than promised (cannot be): pad the literal */
-				memset(g->buf, ' ', GEN_PIECE);
-				g->len = g->sec.size - g->pos < GEN_PIECE ?
-				    (size_t)(g->sec.size - g->pos) : GEN_PIECE;
-				g->pos += g->len;
-			}
-		}
-		if ((g->kind != SEG_FILE && g->off == g->len &&
-		    (g->kind == SEG_BYTES || g->pos >= g->sec.size)) ||
-		    (g->kind == SEG_FILE && g->flen == 0)) {
-			if (g->kind != SEG_BYTES)
-				q->files--;
-			seg_free(g);
-			q->head++;
-			continue;
-		}
-		memset(r, 0, sizeof(*r));
-		if (g->kind != SEG_FILE) {
-			r->data = g->buf + g->off;
-			r->len = g->len - g->off;
-			r->fd = -1;
-		} else {
-			r->fd = g->fd;
-			r->offset = g->offset;
-			r->len = (size_t)g->flen;
-			r->crlf = g->crlf;
-		}
-		return 1;
-	}
-	q->head = q->n = 0;
-	return 0;
-}
-
-void
-imap_proto_output_done(struct imap_proto *p, size_t n)
-{
-	struct segq *q = &p->q;
-	struct imap_segment s;
-	struct seg *g;
-
-	if (!imap_proto_output_segment(p, &s))
-		return;
-	g = &q->v[q->head];
-	if (g->kind != SEG_FILE) {
-		if (n > g->len - g->off)
-			n = g->len - g->off;
-		g->off += n;
-		q->bytes -= n;
-		if (g->off == g->len && (g->kind == SEG_BYTES || g->pos >= g->sec.size)) {
-			if (g->kind != SEG_BYTES)
-				q->files--;
-			seg_free(g);
-			q->head++;
-		}
-	} else if (n >= g->flen) {
-		q->bytes -= g->flen;
-		q->files--;
-		seg_free(g);
-		q->head++;
-	}
-}
-
-uint64_t
-imap_proto_output_pending(const struct imap_proto *p)
-{
-	return p->q.bytes;
-}
-
-const char *
-imap_proto_output(const struct imap_proto *p, size_t *len_r)
-{
-	struct imap_segment s;
-
-	if (!imap_proto_output_segment((struct imap_proto *)p, &s) || s.fd >= 0) {
-		*len_r = 0;
-		return "";
-	}
-	*len_r = s.len;
-	return s.data;
-}
 
 int
 imap_proto_wants_close(const struct imap_proto *p)
@@ -522,16 +144,7 @@ imap_proto_exec_done(struct imap_proto *p)
 
 	if (p->act != IMAP_ACT_EXEC)
 		return;
-	for (size_t i = x->head; i < x->n; i++) {
-		struct seg *g = seg_push(&p->q);
-
-		*g = x->v[i];
-	}
-	p->q.bytes += x->bytes;
-	p->q.files += x->files;
-	x->head = x->n = 0;
-	x->bytes = 0;
-	x->files = 0;
+	imap_segq_join(&p->q, x);
 	if (!p->more) {
 		exec_fn *after = p->after;
 
@@ -597,8 +210,8 @@ imap_proto_free(struct imap_proto **pp)
 	free(p->tls_peer);
 	free(p->store_root);
 	free(p->bye);
-	segq_clear(&p->q);
-	segq_clear(&p->xq);
+	imap_segq_clear(&p->q);
+	imap_segq_clear(&p->xq);
 	free(p);
 	*pp = NULL;
 }
@@ -726,6 +339,12 @@ struct imap_auth_req *
 imap_proto_auth_req(struct imap_proto *p)
 {
 	return p->act == IMAP_ACT_AUTH ? &p->auth : NULL;
+}
+
+const char *
+imap_proto_tag(const struct imap_proto *p)
+{
+	return p->tag;
 }
 
 static void
@@ -946,8 +565,8 @@ view_recent(const struct imap_proto *p)
 }
 
 /* "\Answered ... \Recent kw1 kw2", Dovecot's order */
-static void
-flags_str(struct imap_proto *p, struct str *b, unsigned flags, uint32_t kw, int recent)
+void
+imap_flags_str(struct imap_proto *p, struct str *b, unsigned flags, uint32_t kw, int recent)
 {
 	static const char *const names[] = { "\\Answered", "\\Flagged", "\\Deleted", "\\Seen",
 		"\\Draft" };
@@ -955,14 +574,14 @@ flags_str(struct imap_proto *p, struct str *b, unsigned flags, uint32_t kw, int 
 
 	for (unsigned i = 0; i < 5; i++)
 		if (flags & (1u << i))
-			str_add(b, "%s%s", b->n > start ? " " : "", names[i]);
+			imap_str_add(b, "%s%s", b->n > start ? " " : "", names[i]);
 	if (recent)
-		str_add(b, "%s\\Recent", b->n > start ? " " : "");
+		imap_str_add(b, "%s\\Recent", b->n > start ? " " : "");
 	for (unsigned i = 0; i < MAX_MAILSTORE_KEYWORDS; i++) {
 		const char *k;
 
 		if ((kw & (1u << i)) && p->box && (k = mailstore_box_keyword(p->box, i)) != NULL)
-			str_add(b, "%s%s", b->n > start ? " " : "", k);
+			imap_str_add(b, "%s%s", b->n > start ? " " : "", k);
 	}
 }
 
@@ -1005,13 +624,13 @@ fetch_flags_line(struct imap_proto *p, size_t i, int with_uid)
 	struct str b = { 0 };
 	const struct vmsg *v = &p->view[i];
 
-	str_add(&b, "* %zu FETCH (", i + 1);
+	imap_str_add(&b, "* %zu FETCH (", i + 1);
 	if (with_uid)
-		str_add(&b, "UID %u ", (unsigned)v->uid);
-	str_add(&b, "FLAGS (");
-	flags_str(p, &b, v->flags, v->kw, v->recent);
-	str_add(&b, "))\r\n");
-	out_str(p, &b);
+		imap_str_add(&b, "UID %u ", (unsigned)v->uid);
+	imap_str_add(&b, "FLAGS (");
+	imap_flags_str(p, &b, v->flags, v->kw, v->recent);
+	imap_str_add(&b, "))\r\n");
+	imap_out_str(p, &b);
 }
 
 /*
@@ -1100,8 +719,8 @@ box_refresh(struct imap_proto *p)
 }
 
 /* the message behind view entry I, or NULL when it is gone from the store */
-static const struct mailstore_msg *
-view_msg(struct imap_proto *p, size_t i)
+const struct mailstore_msg *
+imap_view_msg(struct imap_proto *p, size_t i)
 {
 	long k;
 
@@ -1259,17 +878,17 @@ name_str(struct str *b, const char *name)
 			atom = 0;
 	}
 	if (atom) {
-		str_add(b, "%s", name);
+		imap_str_add(b, "%s", name);
 	} else if (quote) {
-		str_addn(b, "\"", 1);
+		imap_str_addn(b, "\"", 1);
 		for (const char *s = name; *s != '\0'; s++) {
 			if (*s == '"' || *s == '\\')
-				str_addn(b, "\\", 1);
-			str_addn(b, s, 1);
+				imap_str_addn(b, "\\", 1);
+			imap_str_addn(b, s, 1);
 		}
-		str_addn(b, "\"", 1);
+		imap_str_addn(b, "\"", 1);
 	} else {
-		str_add(b, "{%zu}\r\n%s", strlen(name), name);
+		imap_str_add(b, "{%zu}\r\n%s", strlen(name), name);
 	}
 }
 
@@ -1278,10 +897,10 @@ put_name(struct imap_proto *p, const char *prefix, const char *name)
 {
 	struct str b = { 0 };
 
-	str_add(&b, "%s", prefix);
+	imap_str_add(&b, "%s", prefix);
 	name_str(&b, name);
-	str_addn(&b, "\r\n", 2);
-	out_str(p, &b);
+	imap_str_addn(&b, "\r\n", 2);
+	imap_out_str(p, &b);
 }
 
 static int
@@ -1496,10 +1115,10 @@ x_list_ext(struct imap_proto *p)
 		    " \\HasNoChildren", su ? " " : "");
 		if (su != NULL)
 			snprintf(attrs + strlen(attrs), sizeof(attrs) - strlen(attrs), "%s", su);
-		str_add(&b, "* LIST (%s) \".\" ", attrs[0] == ' ' ? attrs + 1 : attrs);
+		imap_str_add(&b, "* LIST (%s) \".\" ", attrs[0] == ' ' ? attrs + 1 : attrs);
 		name_str(&b, nm);
-		str_addn(&b, "\r\n", 2);
-		out_str(p, &b);
+		imap_str_addn(&b, "\r\n", 2);
+		imap_out_str(p, &b);
 	}
 	for (size_t k = 0; k < npat; k++)
 		free(pats[k]);
@@ -1762,9 +1381,9 @@ x_status(struct imap_proto *p)
 	} else {
 		own = 1;
 	}
-	str_add(&b, "* STATUS ");
+	imap_str_add(&b, "* STATUS ");
 	name_str(&b, name);
-	str_add(&b, " (");
+	imap_str_add(&b, " (");
 	{
 		size_t count = mailstore_box_count(box), recent = 0, unseen = 0;
 		const char *sp = "";
@@ -1776,19 +1395,19 @@ x_status(struct imap_proto *p)
 			unseen += !(m->flags & MAILSTORE_SEEN);
 		}
 		if (want & 1)
-			str_add(&b, "%sMESSAGES %zu", sp, count), sp = " ";
+			imap_str_add(&b, "%sMESSAGES %zu", sp, count), sp = " ";
 		if (want & 2)
-			str_add(&b, "%sRECENT %zu", sp, recent), sp = " ";
+			imap_str_add(&b, "%sRECENT %zu", sp, recent), sp = " ";
 		if (want & 4)
-			str_add(&b, "%sUIDNEXT %u", sp, (unsigned)mailstore_box_uidnext(box)), sp = " ";
+			imap_str_add(&b, "%sUIDNEXT %u", sp, (unsigned)mailstore_box_uidnext(box)), sp = " ";
 		if (want & 8)
-			str_add(&b, "%sUIDVALIDITY %u", sp, (unsigned)mailstore_box_uidvalidity(box)),
+			imap_str_add(&b, "%sUIDVALIDITY %u", sp, (unsigned)mailstore_box_uidvalidity(box)),
 			    sp = " ";
 		if (want & 16)
-			str_add(&b, "%sUNSEEN %zu", sp, unseen);
+			imap_str_add(&b, "%sUNSEEN %zu", sp, unseen);
 	}
-	str_add(&b, ")\r\n");
-	out_str(p, &b);
+	imap_str_add(&b, ")\r\n");
+	imap_out_str(p, &b);
 	if (own)
 		mailstore_box_close(&box);
 	free(name);
@@ -2062,259 +1681,6 @@ parse_flags(struct imap_proto *p, const char *const *fl, size_t n, unsigned *fla
 	return 0;
 }
 
-/* ---- FETCH ---- */
-
-static void
-internaldate(time_t t, char *buf, size_t cap)
-{
-	static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
-		"Sep", "Oct", "Nov", "Dec" };
-	struct tm tm;
-	long off;
-
-	localtime_r(&t, &tm);
-	off = tm.tm_gmtoff / 60;
-	snprintf(buf, cap, "%02d-%s-%04d %02d:%02d:%02d %c%02ld%02ld", tm.tm_mday, mon[tm.tm_mon],
-	    tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, off < 0 ? '-' : '+',
-	    (off < 0 ? -off : off) / 60, (off < 0 ? -off : off) % 60);
-}
-
-struct fmsg {
-	int fd;			/* -1 until opened */
-	uint64_t size;		/* file size */
-	struct mref *mr;	/* the parsed message, once asked for */
-};
-
-static int
-fmsg_open(struct imap_proto *p, struct fmsg *f, uint32_t uid)
-{
-	const char *err;
-	struct stat st;
-
-	if (f->fd >= 0)
-		return 0;
-	if (mailstore_msg_open(p->box, uid, &f->fd, &err) < 0) {
-		f->fd = -1;
-		return -1;
-	}
-	f->size = fstat(f->fd, &st) == 0 ? (uint64_t)st.st_size : 0;
-	return 0;
-}
-
-static int
-fmsg_mime(struct imap_proto *p, struct fmsg *f, uint32_t uid)
-{
-	struct imap_mime *m;
-	const char *err;
-
-	if (f->mr != NULL)
-		return 0;
-	if (fmsg_open(p, f, uid) < 0 || imap_mime_open(f->fd, f->size, &m, &err) < 0)
-		return -1;
-	f->mr = xcalloc(1, sizeof(*f->mr));
-	f->mr->m = m;
-	f->mr->refs = 1;
-	return 0;
-}
-
-static void
-fmsg_close(struct fmsg *f)
-{
-	if (f->fd >= 0)
-		close(f->fd);
-	f->fd = -1;
-	mref_unref(&f->mr);
-}
-
-static int
-fetch_sets_seen(const struct imap_fetch_att *f)
-{
-	return f->kind == IMAP_FETCH_RFC822 || f->kind == IMAP_FETCH_RFC822_TEXT ||
-	    (f->kind == IMAP_FETCH_SECTION && !f->peek);
-}
-
-static void
-section_name(struct str *b, const struct imap_fetch_att *f)
-{
-	static const char *const text[] = { "", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT",
-		"TEXT", "MIME" };
-
-	str_add(b, "BODY[");
-	for (size_t i = 0; i < f->nparts; i++)
-		str_add(b, "%s%u", i ? "." : "", (unsigned)f->part[i]);
-	if (f->text != IMAP_SECTION_ALL)
-		str_add(b, "%s%s", f->nparts ? "." : "", text[f->text]);
-	if (f->text == IMAP_SECTION_HEADER_FIELDS || f->text == IMAP_SECTION_HEADER_FIELDS_NOT) {
-		str_add(b, " (");
-		/* the field names upper-cased, as Dovecot echoes them */
-		for (size_t i = 0; i < f->nfields; i++) {
-			str_add(b, "%s", i ? " " : "");
-			for (const char *s = f->fields[i]; *s != '\0'; s++) {
-				char u = (char)toupper((unsigned char)*s);
-
-				str_addn(b, &u, 1);
-			}
-		}
-		str_add(b, ")");
-	}
-	str_add(b, "]");
-	if (f->partial)
-		str_add(b, "<%u>", (unsigned)f->offset);
-}
-
-/* one message's FETCH response; 0, or -1 when it is gone from the store */
-static int
-fetch_one(struct imap_proto *p, size_t i)
-{
-	const struct imap_cmd *c = p->cmd;
-	const struct mailstore_msg *m = view_msg(p, i);
-	struct vmsg *v = &p->view[i];
-	struct str b = { 0 };
-	struct fmsg f = { .fd = -1, .size = 0, .mr = NULL };
-	int want_flags = 0, first = 1, seen_set = 0;
-	const char *err;
-
-	if (m == NULL)
-		return -1;
-	for (size_t k = 0; k < c->nfetch; k++) {
-		if (c->fetch[k].kind == IMAP_FETCH_FLAGS)
-			want_flags = 1;
-		if (!p->readonly && fetch_sets_seen(&c->fetch[k]) && !(m->flags & MAILSTORE_SEEN))
-			seen_set = 1;
-	}
-	if (seen_set) {
-		if (mailstore_msg_set_flags(p->box, v->uid, MAILSTORE_FLAGS_ADD, MAILSTORE_SEEN,
-		    NULL, 0, &err) == 0) {
-			m = view_msg(p, i);
-			if (m == NULL)
-				return -1;
-			v->flags = m->flags;
-			v->kw = m->keywords;
-		} else {
-			seen_set = 0;
-		}
-	}
-	str_add(&b, "* %zu FETCH (", i + 1);
-	/* as Dovecot: UID first for UID FETCH, then UID/FLAGS/INTERNALDATE/
-	 * RFC822.SIZE in the order asked, FLAGS when \Seen was set on the way,
-	 * then the rest (ENVELOPE, BODY..., sections) in the order asked */
-	if (c->uid) {
-		str_add(&b, "UID %u", (unsigned)v->uid);
-		first = 0;
-	}
-	for (int pass = 0; pass < 2; pass++)
-	for (size_t k = 0; k < c->nfetch; k++) {
-		const struct imap_fetch_att *a = &c->fetch[k];
-		const char *sp = first ? "" : " ";
-		/* Dovecot's "buffered" handlers come first */
-		int later = !(a->kind == IMAP_FETCH_UID || a->kind == IMAP_FETCH_FLAGS ||
-		    a->kind == IMAP_FETCH_INTERNALDATE || a->kind == IMAP_FETCH_RFC822_SIZE);
-
-		if (pass == 1 && k == 0 && seen_set && !want_flags) {
-			/* FLAGS for the \Seen just set: the last of the buffered ones */
-			str_add(&b, "%sFLAGS (", first ? "" : " ");
-			flags_str(p, &b, v->flags, v->kw, v->recent);
-			str_add(&b, ")");
-			first = 0;
-			sp = " ";
-		}
-		if (later != pass)
-			continue;
-		switch (a->kind) {
-		case IMAP_FETCH_UID:
-			if (c->uid)
-				continue;
-			str_add(&b, "%sUID %u", sp, (unsigned)v->uid);
-			break;
-		case IMAP_FETCH_FLAGS:
-			str_add(&b, "%sFLAGS (", sp);
-			flags_str(p, &b, v->flags, v->kw, v->recent);
-			str_add(&b, ")");
-			break;
-		case IMAP_FETCH_INTERNALDATE: {
-			time_t t = 0;
-			char d[64];
-
-			if (mailstore_msg_date(p->box, v->uid, &t, &err) < 0)
-				t = 0;
-			internaldate(t, d, sizeof(d));
-			str_add(&b, "%sINTERNALDATE \"%s\"", sp, d);
-			break;
-		}
-		case IMAP_FETCH_RFC822_SIZE:
-			str_add(&b, "%sRFC822.SIZE %llu", sp, (unsigned long long)m->vsize);
-			break;
-		case IMAP_FETCH_RFC822:
-		case IMAP_FETCH_RFC822_HEADER:
-		case IMAP_FETCH_RFC822_TEXT:
-		case IMAP_FETCH_SECTION: {
-			struct imap_mime_section sec;
-
-			if (fmsg_mime(p, &f, v->uid) < 0) {
-				free(b.s);
-				fmsg_close(&f);
-				return -1;
-			}
-			if (a->kind == IMAP_FETCH_SECTION) {
-				str_add(&b, "%s", sp);
-				section_name(&b, a);
-			} else {
-				str_add(&b, "%s%s", sp, a->kind == IMAP_FETCH_RFC822 ? "RFC822" :
-				    a->kind == IMAP_FETCH_RFC822_HEADER ? "RFC822.HEADER" : "RFC822.TEXT");
-			}
-			if (imap_mime_section(f.mr->m, a, &sec) < 0) {
-				str_add(&b, " NIL");
-				break;
-			}
-			str_add(&b, " {%llu}\r\n", (unsigned long long)sec.size);
-			out_str(p, &b);
-			if (sec.size == 0) {
-				imap_mime_section_deinit(&sec);
-			} else if (sec.built == NULL && !sec.crlf) {
-				/* the file's own bytes: the door sends them from the file */
-				int dfd = dup(f.fd);
-
-				if (dfd >= 0) {
-					out_file(p, dfd, (off_t)sec.offset, sec.size, 0);
-					imap_mime_section_deinit(&sec);
-				} else {
-					out_gen(p, f.mr, &sec);
-				}
-			} else {
-				out_gen(p, f.mr, &sec);
-			}
-			break;
-		}
-		case IMAP_FETCH_ENVELOPE:
-		case IMAP_FETCH_BODY:
-		case IMAP_FETCH_BODYSTRUCTURE: {
-			char *s;
-			size_t len;
-
-			if (fmsg_mime(p, &f, v->uid) < 0) {
-				free(b.s);
-				fmsg_close(&f);
-				return -1;
-			}
-			s = a->kind == IMAP_FETCH_ENVELOPE ? imap_mime_envelope(f.mr->m, &len) :
-			    imap_mime_bodystructure(f.mr->m, a->kind == IMAP_FETCH_BODYSTRUCTURE, &len);
-			str_add(&b, "%s%s ", sp, a->kind == IMAP_FETCH_ENVELOPE ? "ENVELOPE" :
-			    a->kind == IMAP_FETCH_BODY ? "BODY" : "BODYSTRUCTURE");
-			if (s != NULL)
-				str_addn(&b, s, len);
-			else
-				str_add(&b, "NIL");
-			free(s);
-			break;
-		}
-		}
-		first = 0;
-	}
-	str_add(&b, ")\r\n");
-	out_str(p, &b);
-	fmsg_close(&f);
-	return 0;
-}
 
 static void
 x_fetch(struct imap_proto *p)
@@ -2331,7 +1697,7 @@ x_fetch(struct imap_proto *p)
 	for (i = p->cursor; i < p->nview; i++) {
 		if (!sel[i])
 			continue;
-		if (fetch_one(p, i) < 0)
+		if (imap_fetch_one(p, i) < 0)
 			p->fetch_gone = 1;
 		if (p->xq.bytes - start > BATCH_BYTES || p->xq.files - files >= BATCH_FILES) {
 			i++;
@@ -2398,21 +1764,21 @@ x_store(struct imap_proto *p)
 
 		if (!sel[i])
 			continue;
-		if (view_msg(p, i) == NULL) {
+		if (imap_view_msg(p, i) == NULL) {
 			gone = 1;
 			continue;
 		}
 		if (mailstore_msg_set_flags(p->box, p->view[i].uid, mode[c->store_mode], flags,
 		    kw, nkw, &err) < 0) {
 			box_refresh(p);
-			if (view_msg(p, i) == NULL) {
+			if (imap_view_msg(p, i) == NULL) {
 				gone = 1;	/* expunged by another session meanwhile */
 				continue;
 			}
 			failed = 1;
 			break;
 		}
-		m = view_msg(p, i);
+		m = imap_view_msg(p, i);
 		if (m == NULL)
 			continue;
 		p->view[i].flags = m->flags;
@@ -2452,7 +1818,7 @@ expunge_deleted(struct imap_proto *p, const unsigned char *sel)
 
 		if (sel != NULL && !sel[i])
 			continue;
-		m = view_msg(p, i);
+		m = imap_view_msg(p, i);
 		if (m != NULL && (m->flags & MAILSTORE_DELETED) &&
 		    mailstore_msg_expunge(p->box, m->uid, &err) < 0)
 			continue;	/* gone already, or kept: the sync tells */
@@ -2512,9 +1878,9 @@ uidset_str(struct str *b, const uint32_t *u, size_t n)
 		while (j + 1 < n && u[j + 1] == u[j] + 1)
 			j++;
 		if (j > i)
-			str_add(b, "%s%u:%u", i ? "," : "", (unsigned)u[i], (unsigned)u[j]);
+			imap_str_add(b, "%s%u:%u", i ? "," : "", (unsigned)u[i], (unsigned)u[j]);
 		else
-			str_add(b, "%s%u", i ? "," : "", (unsigned)u[i]);
+			imap_str_add(b, "%s%u", i ? "," : "", (unsigned)u[i]);
 		i = j + 1;
 	}
 }
@@ -2582,13 +1948,13 @@ x_copy(struct imap_proto *p)
 
 		if (!sel[i])
 			continue;
-		if (view_msg(p, i) == NULL) {
+		if (imap_view_msg(p, i) == NULL) {
 			gone = 1;
 			continue;
 		}
 		if (mailstore_msg_copy(p->box, p->view[i].uid, dst, &nu, &err) < 0) {
 			box_refresh(p);
-			if (view_msg(p, i) == NULL) {
+			if (imap_view_msg(p, i) == NULL) {
 				gone = 1;
 				continue;
 			}
@@ -2601,14 +1967,14 @@ x_copy(struct imap_proto *p)
 	if (n > 0 && !failed) {
 		struct str b = { 0 };
 
-		str_add(&b, "%s[COPYUID %u ", move ? "* OK " : "",
+		imap_str_add(&b, "%s[COPYUID %u ", move ? "* OK " : "",
 		    (unsigned)mailstore_box_uidvalidity(dst));
 		uidset_str(&b, su, n);
-		str_add(&b, " ");
+		imap_str_add(&b, " ");
 		uidset_str(&b, du, n);
 		if (move) {
-			str_add(&b, "] Moved UIDs.\r\n");
-			out_str(p, &b);
+			imap_str_add(&b, "] Moved UIDs.\r\n");
+			imap_out_str(p, &b);
 			for (size_t k = 0; k < n; k++)
 				if (mailstore_msg_expunge(p->box, su[k], &err) < 0)
 					continue;	/* gone meanwhile: the sync tells */
@@ -2666,7 +2032,7 @@ s_open(void *ctx, struct imap_mime **m_r)
 {
 	struct sctx *s = ctx;
 
-	if (fmsg_mime(s->p, &s->f, s->uid) < 0)
+	if (imap_fmsg_mime(s->p, &s->f, s->uid) < 0)
 		return -1;
 	*m_r = s->f.mr->m;
 	return 0;
@@ -2693,7 +2059,7 @@ x_search(struct imap_proto *p)
 	}
 	hits = xcalloc(p->nview + 1, sizeof(*hits));
 	for (size_t i = 0; i < p->nview; i++) {
-		const struct mailstore_msg *m = view_msg(p, i);
+		const struct mailstore_msg *m = imap_view_msg(p, i);
 		struct imap_search_input in;
 		struct sctx s = { p, 0, { -1, 0, NULL } };
 		int match = 0;
@@ -2713,7 +2079,7 @@ x_search(struct imap_proto *p)
 		in.ctx = &s;
 		if (imap_search_match(c->search, &in, &match, &err) == 0 && match)
 			hits[nhits++] = c->uid ? m->uid : (uint32_t)(i + 1);
-		fmsg_close(&s.f);
+		imap_fmsg_close(&s.f);
 	}
 	if (ret == (IMAP_SEARCH_RETURN_ESEARCH | IMAP_SEARCH_RETURN_SAVE)) {
 		/* only SAVE: no ESEARCH line, as Dovecot (the result itself is not
@@ -2721,25 +2087,25 @@ x_search(struct imap_proto *p)
 	} else if (ret & IMAP_SEARCH_RETURN_ESEARCH) {
 		if ((ret & ~(IMAP_SEARCH_RETURN_ESEARCH | IMAP_SEARCH_RETURN_SAVE)) == 0)
 			ret |= IMAP_SEARCH_RETURN_ALL;
-		str_add(&b, "* ESEARCH (TAG \"%s\")%s", p->tag, c->uid ? " UID" : "");
+		imap_str_add(&b, "* ESEARCH (TAG \"%s\")%s", p->tag, c->uid ? " UID" : "");
 		if ((ret & IMAP_SEARCH_RETURN_MIN) && nhits > 0)
-			str_add(&b, " MIN %u", (unsigned)hits[0]);
+			imap_str_add(&b, " MIN %u", (unsigned)hits[0]);
 		if ((ret & IMAP_SEARCH_RETURN_MAX) && nhits > 0)
-			str_add(&b, " MAX %u", (unsigned)hits[nhits - 1]);
+			imap_str_add(&b, " MAX %u", (unsigned)hits[nhits - 1]);
 		if ((ret & IMAP_SEARCH_RETURN_ALL) && nhits > 0) {
-			str_add(&b, " ALL ");
+			imap_str_add(&b, " ALL ");
 			uidset_str(&b, hits, nhits);
 		}
 		if (ret & IMAP_SEARCH_RETURN_COUNT)
-			str_add(&b, " COUNT %zu", nhits);
+			imap_str_add(&b, " COUNT %zu", nhits);
 	} else {
-		str_add(&b, "* SEARCH");
+		imap_str_add(&b, "* SEARCH");
 		for (size_t i = 0; i < nhits; i++)
-			str_add(&b, " %u", (unsigned)hits[i]);
+			imap_str_add(&b, " %u", (unsigned)hits[i]);
 	}
 	if (b.n > 0)
-		str_add(&b, "\r\n");
-	out_str(p, &b);
+		imap_str_add(&b, "\r\n");
+	imap_out_str(p, &b);
 	free(hits);
 	view_sync(p, c->uid);
 	reply(p, "%s OK Search completed.", p->tag);
@@ -3114,7 +2480,7 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 		case IMAP_EV_REPLY:
 			if (p->app_active) {
 				/* the line went wrong after the message: drop it */
-				out_add(p, ev.reply, strlen(ev.reply));
+				imap_out_add(p, ev.reply, strlen(ev.reply));
 				want_exec(p, NULL, x_append_abort);
 				break;
 			}
@@ -3125,15 +2491,15 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 				break;
 			}
 			if (!parse_error_state(p, ev.reply))
-				out_add(p, ev.reply, strlen(ev.reply));
+				imap_out_add(p, ev.reply, strlen(ev.reply));
 			if (strstr(ev.reply, " BAD ") != NULL)
 				bad_counted(p);
 			break;
 		case IMAP_EV_CONTINUE:
-			out_add(p, ev.reply, strlen(ev.reply));
+			imap_out_add(p, ev.reply, strlen(ev.reply));
 			break;
 		case IMAP_EV_DISCONNECT:
-			out_add(p, ev.reply, strlen(ev.reply));
+			imap_out_add(p, ev.reply, strlen(ev.reply));
 			p->close = 1;
 			break;
 		case IMAP_EV_IDLE_DONE:
