@@ -200,6 +200,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_proxy.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_mime_dovecot.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_cache.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_session_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_dovecot_diff.py

@@ -1712,6 +1712,7 @@ x_fetch(struct imap_proto *p)
 		p->more = 1;
 		return;
 	}
+	mailstore_cache_flush(p->box);	/* what it computed, for the next process too */
 	/* by UID, expunges may be told now (RFC 3501 §7.4.1); not by sequence number */
 	view_sync(p, c->uid);
 	if (p->fetch_gone)
