@@ -371,6 +371,8 @@ struct mailstore_box {
 	size_t n, cap;
 	char *names;		/* the names of a list copied from a snapshot, in one block */
 	struct snap *shared;	/* msgs is this snapshot's own array (read-only; box_own) */
+	struct snap *retired;	/* the one box_own left: kept until the next sync, for
+				   the mailstore_box_msg pointers callers hold */
 	char *kw[26];
 	unsigned claim:1;	/* takes \Recent (SELECT), else only looks (STATUS) */
 	/* the folder snapshot (snap_*) this list was built from: 0 none */
@@ -1264,6 +1266,8 @@ static void snap_unref(struct snap **s);
 static void
 msgs_free(struct mailstore_box *box)
 {
+	if (box->retired != NULL)
+		snap_unref(&box->retired);
 	if (box->shared != NULL) {
 		/* the snapshot's array: not ours to free */
 		snap_unref(&box->shared);
@@ -1847,7 +1851,12 @@ box_own(struct mailstore_box *box)
 	memcpy(nm, box->msgs, box->n * sizeof(*nm));
 	for (size_t i = 0; i < box->n; i++)
 		nm[i].fname = names + (box->msgs[i].fname - s->names);
-	snap_unref(&box->shared);
+	/* pointers into the old array stay valid until the next sync, as the
+	 * list's always did */
+	if (box->retired != NULL)
+		snap_unref(&box->retired);
+	box->retired = s;
+	box->shared = NULL;
 	box->msgs = nm;
 	box->names = names;
 	box->cap = box->n + 1;

@@ -285,7 +285,8 @@ test_snapshot(void)
 		spit(p, "Subject: s\n\nx\n");
 		free(p);
 	}
-	CU_ASSERT_EQUAL_FATAL(mailstore_box_open_peek(ms, "INBOX", &a, &err), 0);
+	/* a SELECT takes \Recent: the sessions after it have none, and share */
+	CU_ASSERT_EQUAL_FATAL(mailstore_box_open(ms, "INBOX", &a, &err), 0);
 	CU_ASSERT_EQUAL(mailstore_box_count(a), 3);
 	mailstore_box_close(&a);
 	age_folder(md);
@@ -296,6 +297,26 @@ test_snapshot(void)
 	CU_ASSERT_EQUAL(mailstore_box_uidvalidity(b), mailstore_box_uidvalidity(a));
 	CU_ASSERT_EQUAL(mailstore_box_msg(b, 2)->uid, mailstore_box_msg(a, 2)->uid);
 	CU_ASSERT_EQUAL(mailstore_box_msg(b, 2)->size, 14);
+	/* b changes its shared list: a copy of its own; a pointer b handed out
+	 * before stays readable until b's next sync, even once the snapshot is
+	 * dropped (a's full sync of the changed folder drops it: cur/ is new) */
+	{
+		const struct mailstore_msg *held = mailstore_box_msg(b, 0);
+		uint32_t uid0 = held->uid;
+
+		CU_ASSERT_EQUAL(mailstore_msg_set_flags(b, uid0, MAILSTORE_FLAGS_ADD,
+		    MAILSTORE_ANSWERED, NULL, 0, &err), 0);
+		CU_ASSERT_EQUAL(mailstore_box_msg(b, 0)->flags, MAILSTORE_ANSWERED);
+		CU_ASSERT_EQUAL(mailstore_box_msg(a, 0)->flags, 0);	/* a: not synced yet */
+		CU_ASSERT_EQUAL(mailstore_box_sync(a, &err), 0);
+		CU_ASSERT_EQUAL(mailstore_box_msg(a, 0)->flags, MAILSTORE_ANSWERED);
+		CU_ASSERT_EQUAL(held->uid, uid0);	/* ASan: still allocated */
+		CU_ASSERT_EQUAL(mailstore_box_sync(b, &err), 0);
+		CU_ASSERT_EQUAL(mailstore_box_msg(b, 0)->flags, MAILSTORE_ANSWERED);
+	}
+	age_folder(md);
+	CU_ASSERT_EQUAL(mailstore_box_sync(a, &err), 0);	/* a new snapshot */
+	CU_ASSERT_EQUAL(mailstore_box_sync(b, &err), 0);	/* b shares it */
 	/* another writer flags a message (Dovecot, by rename) */
 	p = xasprintf("%s/cur/1700000001.M1P1.mda,S=14,W=17:2,", md);
 	q = xasprintf("%s/cur/1700000001.M1P1.mda,S=14,W=17:2,FS", md);
