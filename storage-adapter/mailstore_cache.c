@@ -9,6 +9,7 @@
  *   mscache_flush()        the file rewritten (tmp + rename) with the live
  *                          messages, when the copy gained entries
  *   mscache_reset()        everything in memory forgotten (tests)
+ *   mailstore_cache_get/_put/_flush   mailstore.h's calls on a Maildir box
  *
  * Thread-safe (one mutex; values are copied under it). Bounded:
  * MSCACHE_MAX_FOLDERS folders and MSCACHE_MAX_BYTES bytes in memory in all
@@ -608,6 +609,105 @@ mscache_is_dirty(const char *dir)
 			dirty = f->dirty;
 	pthread_mutex_unlock(&mc_mutex);
 	return dirty;
+}
+
+/* ------------------------------------------------------------------ */
+/* mailstore.h's cache calls: the backend's messages by base name       */
+
+static int
+msg_base(const struct mailstore_box *box, uint32_t uid, size_t *baselen_r, const char **base_r)
+{
+	long i = mailstore_box_find(box, uid);
+	const char *colon;
+
+	if (i < 0)
+		return -1;
+	*base_r = mailstore_maildir_fname(box, (size_t)i);
+	colon = strchr(*base_r, ':');
+	*baselen_r = colon ? (size_t)(colon - *base_r) : strlen(*base_r);
+	return 0;
+}
+
+int
+mailstore_cache_get(struct mailstore_box *box, uint32_t uid, enum mailstore_cache_field field,
+    char **val_r, size_t *len_r)
+{
+	const char *base;
+	size_t bl;
+
+	if (msg_base(box, uid, &bl, &base) < 0)
+		return -1;
+	return mscache_get(mailstore_box_dir(box), base, bl, (unsigned)field, val_r, len_r);
+}
+
+void
+mailstore_cache_put(struct mailstore_box *box, uint32_t uid, enum mailstore_cache_field field,
+    const char *val, size_t len)
+{
+	const char *base;
+	size_t bl;
+
+	if (msg_base(box, uid, &bl, &base) == 0)
+		mscache_put(mailstore_box_dir(box), base, bl, (unsigned)field, val, len);
+}
+
+struct live_ctx {
+	const char **bases;	/* sorted, each ending at ':' or NUL */
+	size_t n;
+};
+
+static int
+base_end_cmp(const char *a, size_t al, const char *b)
+{
+	size_t bl = strcspn(b, ":");
+	int c = memcmp(a, b, al < bl ? al : bl);
+
+	return c != 0 ? c : al < bl ? -1 : al > bl;
+}
+
+static int
+live_sort_cmp(const void *x, const void *y)
+{
+	const char *a = *(const char *const *)x, *b = *(const char *const *)y;
+
+	return base_end_cmp(a, strcspn(a, ":"), b);
+}
+
+/* a base name of the folder's current list (bisection) */
+static int
+live_has(void *ctx, const char *base, size_t baselen)
+{
+	const struct live_ctx *lc = ctx;
+	size_t lo = 0, hi = lc->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = base_end_cmp(base, baselen, lc->bases[mid]);
+
+		if (c == 0)
+			return 1;
+		if (c < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return 0;
+}
+
+void
+mailstore_cache_flush(struct mailstore_box *box)
+{
+	struct live_ctx lc;
+
+	if (!mscache_is_dirty(mailstore_box_dir(box)))
+		return;
+	lc.n = mailstore_box_count(box);
+	lc.bases = xcalloc(lc.n + 1, sizeof(*lc.bases));
+	for (size_t i = 0; i < lc.n; i++)
+		lc.bases[i] = mailstore_maildir_fname(box, i);
+	qsort(lc.bases, lc.n, sizeof(*lc.bases), live_sort_cmp);
+	mscache_flush(mailstore_box_dir(box), live_has, &lc);
+	free(lc.bases);
 }
 
 void

@@ -73,6 +73,9 @@ void mscache_flush(const char *dir, int (*is_live)(void *ctx, const char *base, 
     void *ctx);
 /* 1 when DIR's copy gained entries its file lacks (a cheap test before a flush) */
 int mscache_is_dirty(const char *dir);
+/* the backend's current file name of message I of BOX (mailstore_maildir.c) */
+struct mailstore_box;
+const char *mailstore_maildir_fname(const struct mailstore_box *box, size_t i);
 /* forget everything held in memory (tests) */
 void mscache_reset(void);
 

@@ -2244,103 +2244,11 @@ mailstore_box_close(struct mailstore_box **boxp)
 	free(box);
 }
 
-/* ------------------------------------------------------------------ */
-/* the message string cache (mailstore_cache.c), by base name           */
-
-static int
-msg_base(const struct mailstore_box *box, uint32_t uid, size_t *baselen_r, const char **base_r)
+/* the current file name of message I (for mailstore_cache.c) */
+const char *
+mailstore_maildir_fname(const struct mailstore_box *box, size_t i)
 {
-	long i = mailstore_box_find(box, uid);
-	const char *colon;
-
-	if (i < 0)
-		return -1;
-	*base_r = box->msgs[i].fname;
-	colon = strchr(*base_r, ':');
-	*baselen_r = colon ? (size_t)(colon - *base_r) : strlen(*base_r);
-	return 0;
-}
-
-int
-mailstore_cache_get(struct mailstore_box *box, uint32_t uid, enum mailstore_cache_field field,
-    char **val_r, size_t *len_r)
-{
-	const char *base;
-	size_t bl;
-
-	if (msg_base(box, uid, &bl, &base) < 0)
-		return -1;
-	return mscache_get(box->dir, base, bl, (unsigned)field, val_r, len_r);
-}
-
-void
-mailstore_cache_put(struct mailstore_box *box, uint32_t uid, enum mailstore_cache_field field,
-    const char *val, size_t len)
-{
-	const char *base;
-	size_t bl;
-
-	if (msg_base(box, uid, &bl, &base) == 0)
-		mscache_put(box->dir, base, bl, (unsigned)field, val, len);
-}
-
-struct live_ctx {
-	const char **bases;	/* sorted, each ending at ':' or NUL */
-	size_t n;
-};
-
-static int
-base_end_cmp(const char *a, size_t al, const char *b)
-{
-	size_t bl = strcspn(b, ":");
-	int c = memcmp(a, b, al < bl ? al : bl);
-
-	return c != 0 ? c : al < bl ? -1 : al > bl;
-}
-
-static int
-live_sort_cmp(const void *x, const void *y)
-{
-	const char *a = *(const char *const *)x, *b = *(const char *const *)y;
-
-	return base_end_cmp(a, strcspn(a, ":"), b);
-}
-
-/* a base name of the folder's current list (bisection) */
-static int
-live_has(void *ctx, const char *base, size_t baselen)
-{
-	const struct live_ctx *lc = ctx;
-	size_t lo = 0, hi = lc->n;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		int c = base_end_cmp(base, baselen, lc->bases[mid]);
-
-		if (c == 0)
-			return 1;
-		if (c < 0)
-			hi = mid;
-		else
-			lo = mid + 1;
-	}
-	return 0;
-}
-
-void
-mailstore_cache_flush(struct mailstore_box *box)
-{
-	struct live_ctx lc;
-
-	if (!mscache_is_dirty(box->dir))
-		return;
-	lc.n = box->n;
-	lc.bases = xcalloc(box->n + 1, sizeof(*lc.bases));
-	for (size_t i = 0; i < box->n; i++)
-		lc.bases[i] = box->msgs[i].fname;
-	qsort(lc.bases, lc.n, sizeof(*lc.bases), live_sort_cmp);
-	mscache_flush(box->dir, live_has, &lc);
-	free(lc.bases);
+	return i < box->n ? box->msgs[i].fname : NULL;
 }
 
 /*
