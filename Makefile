@@ -201,6 +201,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_proxy.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_mime_dovecot.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_cache.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mail_clients.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_session_dovecot.py
@@ -273,6 +274,11 @@ fuzz:
 	build/fuzz/fuzz-downstream -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-downstream \
 	    tests/fuzz/seeds-downstream
 	build/fuzz/fuzz-mailstore -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-mailstore
+	@mkdir -p build/fuzz/corpus-mailcache
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-mailcache tests/fuzz/fuzz_mailcache.c $(FUZZ_LIB_SRC) \
+	    $(LIBS_LIB) -pthread
+	build/fuzz/fuzz-mailcache -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build/fuzz/corpus-mailcache \
+	    tests/fuzz/seeds-mailcache
 	build/fuzz/fuzz-sasl -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-sasl
 	build/fuzz/fuzz-imap -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-imap tests/fuzz/seeds-imap
 	build/fuzz/fuzz-pop3 -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-pop3 tests/fuzz/seeds-pop3

@@ -547,14 +547,23 @@ imap_fetch_one(struct imap_proto *p, size_t i)
 		case IMAP_FETCH_BODYSTRUCTURE: {
 			char *s;
 			size_t len;
+			enum mailstore_cache_field cf = a->kind == IMAP_FETCH_ENVELOPE ?
+			    MAILSTORE_CACHE_ENVELOPE : a->kind == IMAP_FETCH_BODY ?
+			    MAILSTORE_CACHE_BODY : MAILSTORE_CACHE_BODYSTRUCTURE;
 
-			if (imap_fmsg_mime(p, &f, v->uid) < 0) {
-				free(b.s);
-				imap_fmsg_close(&f);
-				return -1;
+			/* computed once per message, then from the store's cache */
+			if (mailstore_cache_get(p->box, v->uid, cf, &s, &len) < 0) {
+				if (imap_fmsg_mime(p, &f, v->uid) < 0) {
+					free(b.s);
+					imap_fmsg_close(&f);
+					return -1;
+				}
+				s = a->kind == IMAP_FETCH_ENVELOPE ? imap_mime_envelope(f.mr->m, &len) :
+				    imap_mime_bodystructure(f.mr->m, a->kind == IMAP_FETCH_BODYSTRUCTURE,
+				    &len);
+				if (s != NULL)
+					mailstore_cache_put(p->box, v->uid, cf, s, len);
 			}
-			s = a->kind == IMAP_FETCH_ENVELOPE ? imap_mime_envelope(f.mr->m, &len) :
-			    imap_mime_bodystructure(f.mr->m, a->kind == IMAP_FETCH_BODYSTRUCTURE, &len);
 			imap_str_add(&b, "%s%s ", sp, a->kind == IMAP_FETCH_ENVELOPE ? "ENVELOPE" :
 			    a->kind == IMAP_FETCH_BODY ? "BODY" : "BODYSTRUCTURE");
 			if (s != NULL)

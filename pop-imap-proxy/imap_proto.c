@@ -797,6 +797,11 @@ x_select(struct imap_proto *p)
 	p->readonly = strcmp(c->name, "EXAMINE") == 0;
 	p->st = ST_SELECTED;
 	count = mailstore_box_count(p->box);
+	if (count > p->capview) {
+		/* one allocation for the view, not a doubling per power of two */
+		p->capview = count < MAX_MAILSTORE_MESSAGES ? count : MAX_MAILSTORE_MESSAGES;
+		p->view = xreallocarray(p->view, p->capview, sizeof(*p->view));
+	}
 	for (size_t i = 0; i < count && p->nview < MAX_MAILSTORE_MESSAGES; i++) {
 		const struct mailstore_msg *m = mailstore_box_msg(p->box, i);
 
@@ -1748,6 +1753,7 @@ x_fetch(struct imap_proto *p)
 		p->more = 1;
 		return;
 	}
+	mailstore_cache_flush(p->box);	/* what it computed, for the next process too */
 	/* by UID, expunges may be told now (RFC 3501 §7.4.1); not by sequence number */
 	view_sync(p, c->uid);
 	if (p->fetch_gone)

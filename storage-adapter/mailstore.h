@@ -29,6 +29,8 @@
 #define MAX_MAILSTORE_KEYWORDS		26	/* Maildir keyword letters a..z */
 #define MAX_MAILSTORE_KEYWORD_LEN	100	/* bytes of one keyword name */
 #define MAX_MAILSTORE_LOCK_WAIT		30	/* seconds to wait for a store lock */
+#define MAX_MAILSTORE_CACHE_VALUE	(64u << 10)	/* one cached string (longer: not kept) */
+#define MAX_MAILSTORE_CACHE_FILE	(256u << 20)	/* one folder's portcullis.cache */
 
 /* system flags (IMAP \Answered \Flagged \Deleted \Seen \Draft) */
 enum mailstore_flag {
@@ -159,6 +161,28 @@ int mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore
 /* remove the message (whatever its flags) */
 int mailstore_msg_expunge(struct mailstore_box *box, uint32_t uid, const char **error_r)
     __attribute__((warn_unused_result));
+
+/*
+ * Strings a door computes from a message file and would compute again,
+ * cached per folder: in memory per process (shared by the sessions) and in
+ * the folder's file "portcullis.cache" (storage-adapter/mailstore_cache.h),
+ * keyed by the Maildir base name, which a flag change keeps and no other
+ * file ever gets. get: 0 and a malloc'd NUL-terminated copy, -1 when not
+ * cached (or UID is not in the list). put: keep it (values longer than
+ * MAX_MAILSTORE_CACHE_VALUE are not). flush: write the folder's file when it
+ * gained entries, without the messages expunged since (file I/O: a job
+ * thread; call it at the end of a command that put).
+ */
+enum mailstore_cache_field {
+	MAILSTORE_CACHE_ENVELOPE,
+	MAILSTORE_CACHE_BODY,
+	MAILSTORE_CACHE_BODYSTRUCTURE,
+};
+int mailstore_cache_get(struct mailstore_box *box, uint32_t uid, enum mailstore_cache_field field,
+    char **val_r, size_t *len_r) __attribute__((warn_unused_result));
+void mailstore_cache_put(struct mailstore_box *box, uint32_t uid, enum mailstore_cache_field field,
+    const char *val, size_t len);
+void mailstore_cache_flush(struct mailstore_box *box);
 
 /*
  * Append (IMAP APPEND, and delivery): written to tmp/ piecewise, then fsync,

@@ -17,6 +17,9 @@
  *                     in file names; rewritten under the uidlist lock
  *   cur/BASE:2,FLAGS  flags D F P R S T then keyword letters, ASCII order;
  *                     BASE carries ,S=<size> and ,W=<size with CRLF>
+ *   portcullis.cache  ours: strings the doors computed per message (IMAP
+ *                     ENVELOPE, BODYSTRUCTURE), by base name (mailstore_cache.c;
+ *                     Dovecot ignores files it does not know)
  *
  *   mdname_* / md_uidlist_* / md_keywords_*
  *                     the pure parsers and writers: mailstore_maildir_fmt.c
@@ -31,7 +34,13 @@
  * message name that is not one path component; never reads a message into
  * memory (mailstore_msg_open gives a descriptor).
  *
- * Not thread-safe per object: one store, one thread at a time. Several
+ * A sync of a folder nothing changed in since the last one is served from
+ * the process's folder snapshot (snap_*: stamps of new/, cur/ and the two
+ * dovecot-* files, Dovecot's one-second rule for directories), without the
+ * lock, the uidlist parse or the directory reads.
+ *
+ * Not thread-safe per object: one store, one thread at a time (the
+ * process-wide snapshots and string cache have their own mutexes). Several
  * processes and Dovecot may share a store: the uidlist lock orders them.
  */
 #include <ctype.h>
@@ -39,6 +48,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -55,6 +65,7 @@
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "storage-adapter/mailstore.h"
+#include "storage-adapter/mailstore_cache.h"
 #include "storage-adapter/mailstore_maildir.h"
 
 #define UIDLIST "dovecot-uidlist"
@@ -343,10 +354,13 @@ struct mailstore {
 
 struct ms_msg {
 	struct mailstore_msg pub;
-	char *fname;		/* current name, in cur/ or new/ */
+	char *fname;		/* current name, in cur/ or new/ (fname_free) */
 	time_t date;		/* the file's mtime, once read */
 	unsigned in_new:1, date_known:1;
+	unsigned fname_in_block:1;	/* fname points into box->names */
 };
+
+struct snap;
 
 struct mailstore_box {
 	struct mailstore *ms;
@@ -355,8 +369,17 @@ struct mailstore_box {
 	uint32_t uidvalidity, uidnext;
 	struct ms_msg *msgs;
 	size_t n, cap;
+	char *names;		/* the names of a list copied from a snapshot, in one block */
+	struct snap *shared;	/* msgs is this snapshot's own array (read-only; box_own) */
+	struct snap *retired;	/* the one box_own left: kept until the next sync, for
+				   the mailstore_box_msg pointers callers hold */
 	char *kw[26];
 	unsigned claim:1;	/* takes \Recent (SELECT), else only looks (STATUS) */
+	/* the folder snapshot (snap_*) this list was built from: 0 none */
+	uint64_t snap_gen;
+	/* new/ and cur/ as the last full sync saw them before reading them */
+	struct stat st_new, st_cur;
+	int st_new_ok, st_cur_ok;
 };
 
 struct mailstore_append {
@@ -1230,10 +1253,32 @@ rec_base_cmp(const void *a, const void *b)
 }
 
 static void
+fname_free(struct ms_msg *m)
+{
+	if (!m->fname_in_block)
+		free(m->fname);
+	m->fname = NULL;
+	m->fname_in_block = 0;
+}
+
+static void snap_unref(struct snap **s);
+
+static void
 msgs_free(struct mailstore_box *box)
 {
+	if (box->retired != NULL)
+		snap_unref(&box->retired);
+	if (box->shared != NULL) {
+		/* the snapshot's array: not ours to free */
+		snap_unref(&box->shared);
+		box->msgs = NULL;
+		box->n = box->cap = 0;
+		return;
+	}
 	for (size_t i = 0; i < box->n; i++)
-		free(box->msgs[i].fname);
+		fname_free(&box->msgs[i]);
+	free(box->names);
+	box->names = NULL;
 	free(box->msgs);
 	box->msgs = NULL;
 	box->n = box->cap = 0;
@@ -1444,6 +1489,7 @@ sync_locked(struct mailstore_box *box, struct md_uidlist *ul, int *dirty_r, cons
 	size_t recent_n = 0;
 	uint32_t *recent_uids = NULL, first_recent;
 
+	box->snap_gen = 0;	/* the list is rebuilt from the files */
 	kw_load(box);
 	uidlist_load(box, ul, dirty_r);
 	/* \Recent: UIDs from the header's first-recent mark on (none: the UIDs
@@ -1453,6 +1499,14 @@ sync_locked(struct mailstore_box *box, struct md_uidlist *ul, int *dirty_r, cons
 		hdr_set(ul, RECENT_KEY, first_recent);	/* kept, or it would move */
 		*dirty_r = 1;
 	}
+	/* new/ as it was before it was read: a snapshot keeps this stamp */
+	{
+		char *newd = xasprintf("%s/new", box->dir);
+
+		box->st_new_ok = stat(newd, &box->st_new) == 0;
+		free(newd);
+	}
+	box->st_cur_ok = 0;
 	if (move_new(box, &v, &n, &cap, error_r) < 0)
 		goto out;
 	/* names moved into cur/ are read again by the scan below: the two meet
@@ -1467,8 +1521,11 @@ sync_locked(struct mailstore_box *box, struct md_uidlist *ul, int *dirty_r, cons
 		if (scan_dir(curd, 0, &v, &n, &cap, error_r) < 0)
 			goto out;
 		if (stat(curd, &after) == 0 && after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
-		    after.st_mtim.tv_nsec == before.st_mtim.tv_nsec)
+		    after.st_mtim.tv_nsec == before.st_mtim.tv_nsec) {
+			box->st_cur = before;
+			box->st_cur_ok = 1;
 			break;
+		}
 		if (tries >= 2)
 			break;
 		/* renamed under us while reading: read again */
@@ -1688,13 +1745,414 @@ uidlist_path(const struct mailstore_box *box)
 	return xasprintf("%s/" UIDLIST, box->dir);
 }
 
+/* ------------------------------------------------------------------ */
+/* the folder snapshot: a sync without re-reading an unchanged folder   */
+
+/*
+ * What a full sync found, kept per process and shared by every session on
+ * the folder (as Dovecot keeps its index): the message list, the keywords,
+ * UIDVALIDITY, UIDNEXT and the first \Recent UID, with the stamps of what it
+ * was read from. A sync first stats new/, cur/, dovecot-uidlist and
+ * dovecot-keywords; when all four match, the session's list is copied from
+ * the snapshot: no lock, no uidlist parse, no directory read. The rules
+ * (Dovecot's maildir sync rules):
+ *  - new/ and cur/ are stamped before they are read (cur/ by the rename-race
+ *    loop of sync_locked). A directory changed within SNAP_DIRTY_SECS of
+ *    the read may change again within the same timestamp tick without its
+ *    mtime moving: such a sync is not kept, the next one reads again.
+ *  - dovecot-uidlist and dovecot-keywords match when inode, size and mtime
+ *    (ns) do and the mtime was old when they were read; a file written a
+ *    moment before (ours are, on every sync that writes) is kept as bytes
+ *    and compared byte for byte, so an equal inode number and size after a
+ *    rewrite in the same tick cannot pass.
+ *  - a session that takes \Recent (SELECT) while a UID is still \Recent
+ *    does the full sync: it must rewrite the uidlist header under the lock.
+ * Every writer (any session of this process, another process, the SMTP
+ * door, POP3, Dovecot) moves one of the four stamps: a rename or unlink in
+ * new/ or cur/, new UIDs or the \Recent mark in the uidlist, a keyword in
+ * its file. Bounded: SNAP_MAX folders, SNAP_MAX_MSGS messages in all
+ * (least recently used out first). One mutex; copies are made under it.
+ */
+#define SNAP_MAX	64
+#define SNAP_MAX_MSGS	400000
+#define SNAP_DIRTY_SECS	1
+
+struct snap {
+	struct snap *next;
+	char *dir;
+	uint64_t gen, used;
+	struct stat st_new, st_cur, st_ul, st_kw;
+	int kw_exists;
+	char *ul_bytes, *kw_bytes;	/* the bytes when the mtime was recent, else NULL */
+	size_t ul_len, kw_len;
+	uint32_t uidvalidity, uidnext, first_recent;
+	char *kw[26];
+	struct ms_msg *msgs;	/* .recent 0; fname into names */
+	size_t n;
+	char *names;
+	size_t names_len;
+	unsigned refs;		/* the list, the boxes sharing msgs */
+};
+
+static pthread_mutex_t snap_mutex = PTHREAD_MUTEX_INITIALIZER;
+static struct snap *snaps;
+static size_t snap_count, snap_nmsgs;
+static uint64_t snap_gen_next = 1, snap_clock;
+
+static int
+stamp_eq(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	    a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+static int
+stamp_is_recent(const struct stat *st, time_t now)
+{
+	return st->st_mtim.tv_sec + SNAP_DIRTY_SECS >= now;
+}
+
+static void
+snap_free(struct snap *s)
+{
+	if (--s->refs > 0)
+		return;	/* unlinked; the last box sharing it frees it */
+	kw_clear(s->kw);
+	free(s->ul_bytes);
+	free(s->kw_bytes);
+	free(s->msgs);
+	free(s->names);
+	free(s->dir);
+	free(s);
+}
+
+static void
+snap_unref(struct snap **sp)
+{
+	pthread_mutex_lock(&snap_mutex);
+	snap_free(*sp);
+	pthread_mutex_unlock(&snap_mutex);
+	*sp = NULL;
+}
+
+/* a list of its own for BOX, before it changes one (copy on write) */
+static void
+box_own(struct mailstore_box *box)
+{
+	struct snap *s = box->shared;
+	struct ms_msg *nm;
+	char *names;
+
+	if (s == NULL)
+		return;
+	nm = xcalloc(box->n + 1, sizeof(*nm));
+	names = xmalloc(s->names_len + 1);
+	memcpy(names, s->names, s->names_len);
+	memcpy(nm, box->msgs, box->n * sizeof(*nm));
+	for (size_t i = 0; i < box->n; i++)
+		nm[i].fname = names + (box->msgs[i].fname - s->names);
+	/* pointers into the old array stay valid until the next sync, as the
+	 * list's always did */
+	if (box->retired != NULL)
+		snap_unref(&box->retired);
+	box->retired = s;
+	box->shared = NULL;
+	box->msgs = nm;
+	box->names = names;
+	box->cap = box->n + 1;
+}
+
+/* mutex held: unlink DIR's snapshot (freed when no box shares it) */
+static void
+snap_drop_locked(const char *dir)
+{
+	for (struct snap **sp = &snaps; *sp != NULL; sp = &(*sp)->next) {
+		if (strcmp((*sp)->dir, dir) == 0) {
+			struct snap *s = *sp;
+
+			*sp = s->next;
+			snap_count--;
+			snap_nmsgs -= s->n;
+			snap_free(s);
+			return;
+		}
+	}
+}
+
+static void
+snap_drop(const char *dir)
+{
+	pthread_mutex_lock(&snap_mutex);
+	snap_drop_locked(dir);
+	pthread_mutex_unlock(&snap_mutex);
+}
+
+/* the file's stamp, and its bytes when it was written a moment ago */
+static int
+snap_file(const char *dir, const char *name, time_t now, struct stat *st, char **bytes_r,
+    size_t *len_r)
+{
+	char *path = xasprintf("%s/%s", dir, name);
+	int rc = 0;
+
+	*bytes_r = NULL;
+	*len_r = 0;
+	if (stat(path, st) < 0) {
+		rc = errno == ENOENT ? 1 : -1;
+	} else if (stamp_is_recent(st, now)) {
+		struct stat again;
+
+		if (read_capped(path, MAX_MAILSTORE_UIDLIST_BYTES, bytes_r, len_r) < 0 ||
+		    stat(path, &again) < 0 || !stamp_eq(st, &again)) {
+			free(*bytes_r);
+			*bytes_r = NULL;
+			rc = -1;
+		}
+	}
+	free(path);
+	return rc;
+}
+
+/*
+ * After a full sync that succeeded, uidlist lock held (no writer of the
+ * uidlist or keywords runs): keep what it found, if it may be trusted.
+ */
+static void
+snap_record(struct mailstore_box *box, uint32_t first_recent)
+{
+	time_t now = time(NULL);
+	struct snap *s;
+	size_t names_len = 0;
+	int r;
+
+	if (!box->st_new_ok || !box->st_cur_ok || box->n > SNAP_MAX_MSGS / 4 ||
+	    stamp_is_recent(&box->st_new, now) || stamp_is_recent(&box->st_cur, now)) {
+		snap_drop(box->dir);
+		box->snap_gen = 0;
+		return;
+	}
+	s = xcalloc(1, sizeof(*s));
+	s->dir = xstrdup(box->dir);
+	s->st_new = box->st_new;
+	s->st_cur = box->st_cur;
+	if (snap_file(box->dir, UIDLIST, now, &s->st_ul, &s->ul_bytes, &s->ul_len) != 0 ||
+	    (r = snap_file(box->dir, KEYWORDS, now, &s->st_kw, &s->kw_bytes, &s->kw_len)) < 0) {
+		snap_free(s);
+		snap_drop(box->dir);
+		box->snap_gen = 0;
+		return;
+	}
+	s->kw_exists = r == 0;
+	s->uidvalidity = box->uidvalidity;
+	s->uidnext = box->uidnext;
+	s->first_recent = first_recent;
+	for (int k = 0; k < 26; k++)
+		s->kw[k] = box->kw[k] ? xstrdup(box->kw[k]) : NULL;
+	for (size_t i = 0; i < box->n; i++)
+		names_len += strlen(box->msgs[i].fname) + 1;
+	s->names = xmalloc(names_len + 1);
+	s->names_len = names_len;
+	s->msgs = xcalloc(box->n + 1, sizeof(*s->msgs));
+	s->n = box->n;
+	names_len = 0;
+	for (size_t i = 0; i < box->n; i++) {
+		const struct ms_msg *m = &box->msgs[i];
+		size_t l = strlen(m->fname) + 1;
+
+		s->msgs[i] = *m;
+		s->msgs[i].pub.recent = 0;
+		s->msgs[i].fname = s->names + names_len;
+		s->msgs[i].fname_in_block = 1;
+		memcpy(s->names + names_len, m->fname, l);
+		names_len += l;
+	}
+	s->refs = 1;
+	pthread_mutex_lock(&snap_mutex);
+	snap_drop_locked(box->dir);
+	s->gen = snap_gen_next++;
+	s->used = ++snap_clock;
+	s->next = snaps;
+	snaps = s;
+	snap_count++;
+	snap_nmsgs += s->n;
+	while (snap_count > SNAP_MAX || snap_nmsgs > SNAP_MAX_MSGS) {
+		struct snap *old = NULL;
+
+		for (struct snap *t = snaps; t != NULL; t = t->next)
+			if (t != s && (old == NULL || t->used < old->used))
+				old = t;
+		if (old == NULL)
+			break;
+		snap_drop_locked(old->dir);
+	}
+	box->snap_gen = s->gen;
+	pthread_mutex_unlock(&snap_mutex);
+}
+
+/* snapshot GEN (mutex held), or NULL when it is gone */
+static struct snap *
+snap_by_gen(uint64_t gen)
+{
+	struct snap *s;
+
+	for (s = snaps; s != NULL && s->gen != gen; s = s->next)
+		;
+	return s;
+}
+
+/*
+ * One of the snapshot's files (0 dovecot-uidlist, 1 dovecot-keywords) still
+ * as it was: by its stamp, else by its bytes. Bytes that match in a file
+ * that is no longer recent make the stamp trusted from then on (a later
+ * write cannot share its mtime).
+ */
+static int
+snap_file_same(const char *dir, uint64_t gen, int which)
+{
+	char *path = xasprintf("%s/%s", dir, which ? KEYWORDS : UIDLIST), *buf = NULL;
+	struct stat st;
+	struct snap *s;
+	size_t n = 0;
+	int have = stat(path, &st) == 0, gone = !have && errno == ENOENT, same = 0, need_read = 0;
+
+	pthread_mutex_lock(&snap_mutex);
+	if ((s = snap_by_gen(gen)) != NULL) {
+		int existed = which ? s->kw_exists : 1;
+		const char *bytes = which ? s->kw_bytes : s->ul_bytes;
+
+		if (!have)
+			same = gone && !existed;
+		else if (existed && bytes == NULL)
+			same = stamp_eq(&st, which ? &s->st_kw : &s->st_ul);
+		else if (existed)
+			need_read = (size_t)st.st_size == (which ? s->kw_len : s->ul_len);
+	}
+	pthread_mutex_unlock(&snap_mutex);
+	if (need_read && read_capped(path, MAX_MAILSTORE_UIDLIST_BYTES, &buf, &n) == 0) {
+		struct stat again;
+		int steady = stat(path, &again) == 0 && stamp_eq(&st, &again);
+
+		pthread_mutex_lock(&snap_mutex);
+		if ((s = snap_by_gen(gen)) != NULL) {
+			char **bytes = which ? &s->kw_bytes : &s->ul_bytes;
+			size_t len = which ? s->kw_len : s->ul_len;
+
+			same = *bytes != NULL && n == len && memcmp(buf, *bytes, len) == 0;
+			if (same && steady && !stamp_is_recent(&st, time(NULL))) {
+				*(which ? &s->st_kw : &s->st_ul) = st;
+				free(*bytes);
+				*bytes = NULL;
+			}
+		}
+		pthread_mutex_unlock(&snap_mutex);
+	}
+	free(buf);
+	free(path);
+	return same;
+}
+
+/*
+ * The sync's fast way: 0 when the folder is as its snapshot says, the
+ * session's list then being the snapshot's; -1 to do the full sync.
+ */
+static int
+snap_try(struct mailstore_box *box)
+{
+	struct stat st_new, st_cur;
+	char *p;
+	struct snap *s;
+	uint64_t gen;
+	int ok;
+
+	p = xasprintf("%s/new", box->dir);
+	ok = stat(p, &st_new) == 0;
+	free(p);
+	p = xasprintf("%s/cur", box->dir);
+	ok = ok && stat(p, &st_cur) == 0;
+	free(p);
+	if (!ok)
+		return -1;
+	/* 1: the directories and the \Recent rule, under the mutex */
+	pthread_mutex_lock(&snap_mutex);
+	for (s = snaps; s != NULL && strcmp(s->dir, box->dir) != 0; s = s->next)
+		;
+	if (s == NULL || !stamp_eq(&s->st_new, &st_new) || !stamp_eq(&s->st_cur, &st_cur) ||
+	    (box->claim && s->first_recent < s->uidnext)) {
+		pthread_mutex_unlock(&snap_mutex);
+		return -1;
+	}
+	/* 2: the files, the mutex taken only to look */
+	gen = s->gen;
+	pthread_mutex_unlock(&snap_mutex);
+	if (!snap_file_same(box->dir, gen, 0) || !snap_file_same(box->dir, gen, 1))
+		return -1;
+	/* 3: the session's list from the snapshot, if it is still that one */
+	pthread_mutex_lock(&snap_mutex);
+	if ((s = snap_by_gen(gen)) == NULL) {
+		pthread_mutex_unlock(&snap_mutex);
+		return -1;
+	}
+	s->used = ++snap_clock;
+	if (box->snap_gen != s->gen) {
+		int any_recent = s->n > 0 && s->msgs[s->n - 1].pub.uid >= s->first_recent;
+
+		for (size_t j = 0; j < box->n && !any_recent; j++)
+			any_recent = box->msgs[j].pub.recent;
+		if (!any_recent) {
+			/* nothing \Recent for this box: share the snapshot's array,
+			 * copied only if the box changes it (box_own) */
+			msgs_free(box);
+			s->refs++;
+			box->shared = s;
+			box->msgs = s->msgs;
+			box->n = s->n;
+			box->cap = s->n;
+		} else {
+			struct ms_msg *nm = xcalloc(s->n + 1, sizeof(*nm));
+			char *names = xmalloc(s->names_len + 1);
+			size_t j = 0;
+
+			/* one copy of every name (not one allocation per message) */
+			memcpy(names, s->names, s->names_len);
+			for (size_t i = 0; i < s->n; i++) {
+				struct ms_msg *m = &nm[i];
+
+				*m = s->msgs[i];
+				/* \Recent: from the mark on, and what this box saw so stays */
+				while (j < box->n && box->msgs[j].pub.uid < m->pub.uid)
+					j++;
+				m->pub.recent = m->pub.uid >= s->first_recent ||
+				    (j < box->n && box->msgs[j].pub.uid == m->pub.uid &&
+				    box->msgs[j].pub.recent);
+				m->fname = names + (s->msgs[i].fname - s->names);
+			}
+			msgs_free(box);
+			box->msgs = nm;
+			box->names = names;
+			box->n = s->n;
+			box->cap = s->n + 1;
+		}
+		kw_clear(box->kw);
+		for (int k = 0; k < 26; k++)
+			box->kw[k] = s->kw[k] ? xstrdup(s->kw[k]) : NULL;
+		box->uidvalidity = s->uidvalidity;
+		box->uidnext = s->uidnext;
+		box->snap_gen = s->gen;
+	}
+	pthread_mutex_unlock(&snap_mutex);
+	return 0;
+}
+
 int
 mailstore_box_sync(struct mailstore_box *box, const char **error_r)
 {
 	struct md_uidlist ul;
-	char *path = uidlist_path(box), *lock = NULL;
+	char *path, *lock = NULL;
 	int dirty = 0, rc;
 
+	if (snap_try(box) == 0)
+		return 0;
+	path = uidlist_path(box);
 	if (dotlock_take(path, &lock, error_r) < 0) {
 		free(path);
 		return -1;
@@ -1703,6 +2161,15 @@ mailstore_box_sync(struct mailstore_box *box, const char **error_r)
 	rc = sync_locked(box, &ul, &dirty, error_r);
 	if (rc == 0 && dirty)
 		rc = uidlist_save(box, &ul, error_r);
+	if (rc == 0) {
+		uint32_t first_recent = ul.next_uid;
+
+		(void)hdr_get(&ul, RECENT_KEY, &first_recent);
+		snap_record(box, first_recent);
+	} else {
+		snap_drop(box->dir);
+		box->snap_gen = 0;
+	}
 	dotlock_release(&lock);
 	md_uidlist_clear(&ul);
 	free(path);
@@ -1777,6 +2244,13 @@ mailstore_box_close(struct mailstore_box **boxp)
 	free(box);
 }
 
+/* the current file name of message I (for mailstore_cache.c) */
+const char *
+mailstore_maildir_fname(const struct mailstore_box *box, size_t i)
+{
+	return i < box->n ? box->msgs[i].fname : NULL;
+}
+
 /*
  * The file of a message may have been renamed by another session (flags are
  * in the name): find it by its base name, new/ first (files only move from
@@ -1807,7 +2281,7 @@ refind(struct mailstore_box *box, struct ms_msg *m)
 			if (de->d_name[0] != '.' && strncmp(de->d_name, m->fname, mn.baselen) == 0 &&
 			    (de->d_name[mn.baselen] == ':' || de->d_name[mn.baselen] == '\0') &&
 			    strnlen(de->d_name, MAX_MAILSTORE_FNAME + 1) <= MAX_MAILSTORE_FNAME) {
-				free(m->fname);
+				fname_free(m);
 				m->fname = xstrdup(de->d_name);
 				m->in_new = s == 0;
 				closedir(d);
@@ -1847,6 +2321,7 @@ mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const cha
 			*error_r = err("cannot open message %u: %s", uid, strerror(e));
 			return -1;
 		}
+		box_own(box);
 		if (refind(box, &box->msgs[i]) < 0)
 			break;
 	}
@@ -1857,7 +2332,10 @@ mailstore_msg_open(struct mailstore_box *box, uint32_t uid, int *fd_r, const cha
 int
 mailstore_msg_date(struct mailstore_box *box, uint32_t uid, time_t *date_r, const char **error_r)
 {
-	long i = mailstore_box_find(box, uid);
+	long i;
+
+	box_own(box);	/* the date is kept in the list */
+	i = mailstore_box_find(box, uid);
 
 	if (i < 0) {
 		*error_r = err("no such message");
@@ -1888,6 +2366,8 @@ int
 mailstore_msg_set_flags(struct mailstore_box *box, uint32_t uid, enum mailstore_flag_mode mode,
     unsigned flags, const char *const *keywords, size_t nkeywords, const char **error_r)
 {
+	box_own(box);
+
 	long i = mailstore_box_find(box, uid);
 	struct ms_msg *m;
 	uint32_t mask = 0;
@@ -1973,7 +2453,7 @@ mailstore_msg_set_flags(struct mailstore_box *box, uint32_t uid, enum mailstore_
 		if (rename(from, to) == 0) {
 			free(from);
 			free(to);
-			free(m->fname);
+			fname_free(m);
 			m->fname = xstrdup(nn);
 			m->in_new = 0;
 			break;
@@ -2002,6 +2482,8 @@ mailstore_msg_set_flags(struct mailstore_box *box, uint32_t uid, enum mailstore_
 int
 mailstore_msg_expunge(struct mailstore_box *box, uint32_t uid, const char **error_r)
 {
+	box_own(box);
+
 	long i = mailstore_box_find(box, uid);
 	struct md_uidlist ul;
 	char *path, *lock = NULL;
@@ -2024,7 +2506,7 @@ mailstore_msg_expunge(struct mailstore_box *box, uint32_t uid, const char **erro
 			break;
 		}
 	}
-	free(box->msgs[i].fname);
+	fname_free(&box->msgs[i]);
 	memmove(&box->msgs[i], &box->msgs[i + 1], (box->n - (size_t)i - 1) * sizeof(*box->msgs));
 	box->n--;
 	/* the record goes too (Dovecot would drop it at its next rewrite) */
@@ -2234,6 +2716,9 @@ int
 mailstore_msg_copy(struct mailstore_box *src, uint32_t uid, struct mailstore_box *dst,
     uint32_t *uid_r, const char **error_r)
 {
+	box_own(src);
+	box_own(dst);
+
 	long i = mailstore_box_find(src, uid);
 	char *kw[MAX_MAILSTORE_KEYWORDS];
 	size_t nkw = 0;

@@ -102,6 +102,7 @@ main(void)
 	test_sieve_eval_register();
 	test_sieve_rules_register();
 	test_mailstore_register();
+	test_mailstore_cache_register();
 	test_sieve_deliver_register();
 	test_relay_send_register();
 	test_smtp_sieve_register();

@@ -35,6 +35,7 @@ void test_sieve_parse_register(void);
 void test_sieve_eval_register(void);
 void test_sieve_rules_register(void);
 void test_mailstore_register(void);
+void test_mailstore_cache_register(void);
 void test_geoip_register(void);
 void test_imap_parser_register(void);
 void test_pop3_proto_register(void);
