@@ -15,14 +15,17 @@
  *   IMAP_ACT_STARTTLS   conn_starttls()
  *   IMAP_ACT_EXEC       imap_proto_exec() on the store job pool, then
  *                       imap_proto_exec_done() here; a command that goes in
- *                       batches (a large FETCH) runs again once the output
- *                       has drained below IMAP_OUT_LOW
+ *                       batches (a large FETCH) runs again once the
+ *                       session's queue is short (IMAP_OUT_LOW in memory,
+ *                       IMAP_FILE_AHEAD of message files)
  *
  * Output is the session's queue of segments: bytes are written as they
  * are; a file range goes out without the message in memory: on a plain
  * connection with no LF->CRLF work, evbuffer_add_file (sendfile), else a
  * copier that reads IMAP_COPY_CHUNK at a time while the socket's output is
  * below IMAP_OUT_HIGH. So a 20 MB FETCH costs the worker a few hundred KiB.
+ * A FETCH's next batch is made while the socket sends the last one (up to
+ * IMAP_FILE_AHEAD of message files queued ahead, open but not read).
  *
  * IDLE: one inotify instance per loop watches the selected folder's new/
  * and cur/ of every idling session (sessions on the same folder share the
@@ -86,6 +89,11 @@
 #define IMAP_DRAIN_MAX 60	/* seconds a draining worker waits for busy sessions */
 #define IMAP_OUT_HIGH (256 * 1024)	/* stop queueing output above this */
 #define IMAP_OUT_LOW (64 * 1024)	/* ... and go on below this */
+/* a FETCH's next batch is made while at most this much of message files
+ * (and IMAP_FILES_AHEAD files) waits in the session's queue, and
+ * IMAP_OUT_LOW in memory: the job reads ahead of the socket */
+#define IMAP_FILE_AHEAD (4 * 1024 * 1024)
+#define IMAP_FILES_AHEAD 32
 #define IMAP_COPY_CHUNK 65536	/* a file range copied (TLS, LF->CRLF) in these */
 #define IMAP_KEEPALIVE 120	/* seconds between "* OK Still here" in IDLE */
 #define IMAP_WATCH_DIRS 2	/* new/ and cur/ */
@@ -518,8 +526,17 @@ step(struct sess *s)
 			continue;
 		}
 		if (a == IMAP_ACT_EXEC && !s->execing) {
-			/* a batched command waits for the socket to take the last batch */
-			if (conn_output_pending(c) > IMAP_OUT_LOW || s->copying) {
+			/* a batched command waits for the session's queue to go into
+			 * the socket (which holds at most IMAP_OUT_HIGH of bytes and the
+			 * file range being sent), but not for the socket: the next batch
+			 * is made while the last one is sent, and a client that does
+			 * not read still holds the worker to about two batches */
+			uint64_t mem, fbytes;
+			size_t files;
+
+			imap_proto_output_queued(s->ip, &mem, &files, &fbytes);
+			if (mem > IMAP_OUT_LOW || files > IMAP_FILES_AHEAD ||
+			    fbytes > IMAP_FILE_AHEAD) {
 				conn_pause(c);
 				return;
 			}
