@@ -73,6 +73,9 @@ static const char *const usage_lines[] = {
 	"lists reseed|accept-empty",
 	"user add|passwd USER@DOMAIN [--password-stdin]",
 	"user del USER@DOMAIN",
+	"user set USER@DOMAIN KEY=VALUE...   (proxy=y host=ADDRESS [port=N] [tls=no|starttls|yes]\n"
+	"          [destuser=NAME]; KEY= removes the key)",
+	"user show USER@DOMAIN",
 	"user list",
 	"stats [--prometheus] [--per-node | --node NAME]",
 	"reload    (the running portcullisd re-reads its configuration; waits for the verdict)",
@@ -936,6 +939,15 @@ read_password(int from_stdin)
 	return xstrdup(a);
 }
 
+static const char *
+port_text(unsigned port)
+{
+	static char b[16];
+
+	snprintf(b, sizeof(b), "%u", port);
+	return b;
+}
+
 static int
 cmd_user(const struct conf *c, int argc, char **argv)
 {
@@ -988,6 +1000,42 @@ cmd_user(const struct conf *c, int argc, char **argv)
 		explicit_bzero(pw, strlen(pw));
 		free(pw);
 		printf("user %s: %s\n", argv[1], add ? "added" : "password changed");
+		return 0;
+	}
+	if (strcmp(argv[0], "set") == 0 && argc >= 3) {
+		if (userdb_set_fields(url, argv[1], argv + 2, (size_t)argc - 2, &err) < 0)
+			die("user %s: %s", argv[1], err);
+		printf("user %s: set\n", argv[1]);
+		return 0;
+	}
+	if (strcmp(argv[0], "show") == 0 && argc == 2) {
+		struct userdb *db = userdb_load(url, &err);
+		struct userdb_proxy px;
+		const char *f, *pw;
+		int r;
+
+		if (db == NULL)
+			die("%s", err);
+		f = userdb_proxy_fields(db, argv[1]);
+		if (f == NULL) {
+			userdb_free(&db);
+			fprintf(stderr, "portcullis: no user %s\n", argv[1]);
+			return 1;
+		}
+		pw = userdb_password(db, argv[1]);
+		r = userdb_proxy(db, argv[1], &px);
+		printf("user: %s\npassword: %s\n", argv[1], pw && pw[0] ? "set" : "none");
+		if (r > 0)
+			printf("served by: backend %s port %s tls %s%s%s\n", px.host,
+			    px.port ? port_text(px.port) : "default", px.tls == USERDB_TLS_YES ? "yes" :
+			    px.tls == USERDB_TLS_STARTTLS ? "starttls" : "no",
+			    px.destuser[0] ? " as " : "", px.destuser);
+		else if (r < 0)
+			printf("served by: nobody (the proxy fields are wrong: logins fail)\n");
+		else
+			printf("served by: the local store\n");
+		printf("fields: %s\n", f);
+		userdb_free(&db);
 		return 0;
 	}
 	if (strcmp(argv[0], "del") == 0 && argc == 2) {

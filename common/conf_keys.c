@@ -95,6 +95,16 @@ const struct conf_key conf_keys[] = {
 	{ "imap_login_timeout", "60", CT_TIME, NULL, 1, 3600 },	/* before login, per request */
 	{ "imap_idle_timeout", "30m", CT_TIME, NULL, 60, 86400 },	/* after login (RFC 3501: >= 30m) */
 
+	/* the proxy to users' backends (pop-imap-proxy/proxy.c; users file: proxy=y host=...) */
+	{ "mail_proxy_auth", "local", CT_ENUM, "local|backend", 0, 0 },	/* who checks the password */
+	{ "mail_proxy_default", "", CT_STR, NULL, 0, 0 },	/* HOST[:PORT]: users of mail_proxy_domains */
+	{ "mail_proxy_domains", "", CT_LIST, NULL, 0, 0 },	/* ... that have no line of their own */
+	{ "mail_proxy_forward_client", "yes", CT_BOOL, NULL, 0, 0 },	/* IMAP ID, POP3 XCLIENT */
+	{ "mail_proxy_tls_ca_file", "", CT_STR, NULL, 0, 0 },	/* "": the system's CAs */
+	{ "mail_proxy_timeout", "30", CT_TIME, NULL, 1, 3600 },	/* connect, TLS and login */
+	{ "mail_proxy_master_user", "", CT_STR, NULL, 0, 0 },	/* CRAM-MD5, EXTERNAL, APOP: user*MASTER */
+	{ "mail_proxy_master_password_file", "", CT_STR, NULL, 0, 0 },	/* its password, first line */
+
 	/* relay control */
 	{ "mydomains", "", CT_LIST, NULL, 0, 0 },
 	{ "postmaster_address", "", CT_STR, NULL, 0, 0 },	/* "": postmaster@ first mydomain */

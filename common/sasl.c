@@ -60,6 +60,7 @@ struct sasl_server {
 	unsigned char *held;	/* PLAIN/LOGIN: the response the check runs */
 	size_t heldlen;
 	char *out64;		/* the last challenge, base64 */
+	char *password;		/* PLAIN/LOGIN, once verified: for a proxy's backend login */
 };
 
 const char *
@@ -167,6 +168,8 @@ gcallback(Gsasl *ctx, Gsasl_session *gs, Gsasl_property prop)
 		/* the name hashed against is the one looked up before */
 		ok = s->cb->verify_password(s->cb->arg, &s->u, pw);
 		ok = ok && s->found && strcasecmp(id, s->login) == 0 && authz_ok(gs, s);
+		if (ok && s->password == NULL)
+			s->password = xstrdup(pw);
 		return ok ? GSASL_OK : GSASL_AUTHENTICATION_ERROR;
 	}
 	case GSASL_VALIDATE_EXTERNAL:
@@ -253,6 +256,10 @@ sasl_server_free(struct sasl_server **sp)
 		free(s->held);
 	}
 	explicit_bzero(&s->u, sizeof(s->u));
+	if (s->password != NULL) {
+		explicit_bzero(s->password, strlen(s->password));
+		free(s->password);
+	}
 	free(s->external_id);
 	free(s->out64);
 	free(s);
@@ -269,6 +276,31 @@ const char *
 sasl_server_login(const struct sasl_server *s)
 {
 	return s->login;
+}
+
+const char *
+sasl_server_password(const struct sasl_server *s)
+{
+	return s->password;
+}
+
+int
+sasl_server_plain_response(const struct sasl_server *s, const char **authcid_r,
+    const char **password_r)
+{
+	const unsigned char *a, *b;
+
+	if (s->mech != AUTH_MECH_PLAIN || s->held == NULL)
+		return -1;
+	a = memchr(s->held, '\0', s->heldlen);
+	if (a == NULL || a != s->held)	/* an authzid: not for a backend's verdict */
+		return -1;
+	b = memchr(a + 1, '\0', s->heldlen - 1);
+	if (b == NULL || b == a + 1 || memchr(b + 1, '\0', s->heldlen - (size_t)(b + 1 - s->held)))
+		return -1;
+	*authcid_r = (const char *)a + 1;
+	*password_r = (const char *)b + 1;	/* held[heldlen] is NUL */
+	return 0;
 }
 
 unsigned

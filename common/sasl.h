@@ -81,6 +81,14 @@ const char *sasl_server_user(const struct sasl_server *s);
 /* the login the client gave (for a log line; escape it), "" if none yet */
 const char *sasl_server_login(const struct sasl_server *s);
 unsigned sasl_server_mech(const struct sasl_server *s);
+/* after a PLAIN/LOGIN SASL_OK: the verified password (a proxy logs in to
+ * the user's backend with it); NULL for other mechanisms. Wiped at free. */
+const char *sasl_server_password(const struct sasl_server *s);
+/* a PLAIN exchange waiting for its check (SASL_CHECK): the login and the
+ * password the client sent, unverified (mail_proxy_auth = backend lets the
+ * backend decide); -1 for other mechanisms, an authzid, or none held */
+int sasl_server_plain_response(const struct sasl_server *s, const char **authcid_r,
+    const char **password_r);
 
 /* Admin side: SCRAM-SHA-256 keys for password, Dovecot's format
  * "{SCRAM-SHA-256}ITER,SALT,STOREDKEY,SERVERKEY" (base64; doveadm pw -s

@@ -60,7 +60,7 @@ imap_conf_new(const struct conf *c, const char **error_r)
 	}
 	s->mail_root = delivery + 8;
 	if (authmech_parse_key(c, "imap_auth_mechanisms", &s->params.auth_mechs, &e) < 0 ||
-	    penalty_conf_parse(c, &s->penalty, &e) < 0) {
+	    penalty_conf_parse(c, &s->penalty, &e) < 0 || proxy_conf_parse(c, &s->proxy, &e) < 0) {
 		snprintf(errbuf, sizeof(errbuf), "%s", e);
 		goto fail;
 	}
@@ -98,6 +98,7 @@ imap_conf_free(struct imap_conf **icp)
 			conf_list_free(ic->listen[k]);
 	if (ic->srv.tls != NULL)
 		SSL_CTX_free(ic->srv.tls);
+	proxy_conf_deinit(&ic->srv.proxy);
 	free(ic);
 	*icp = NULL;
 }

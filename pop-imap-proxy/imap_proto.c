@@ -342,6 +342,12 @@ imap_proto_auth_req(struct imap_proto *p)
 	return p->act == IMAP_ACT_AUTH ? &p->auth : NULL;
 }
 
+const char *
+imap_proto_tag(const struct imap_proto *p)
+{
+	return p->tag;
+}
+
 static void
 auth_next(struct imap_proto *p, enum sasl_rc rc, const char *out64)
 {

@@ -118,6 +118,8 @@ void imap_proto_exec(struct imap_proto *ip);
 void imap_proto_exec_done(struct imap_proto *ip);
 
 struct imap_auth_req *imap_proto_auth_req(struct imap_proto *ip);
+/* the tag of the command an action belongs to (the proxy answers a login) */
+const char *imap_proto_tag(const struct imap_proto *ip);
 #define IMAP_AUTH_TEMPFAIL (-1)
 /* a success is followed by IMAP_ACT_EXEC (open the store; first-login work:
  * the special-use folders), whose exec_done queues the tagged OK */

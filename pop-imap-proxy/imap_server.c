@@ -47,15 +47,18 @@
  * The proxy (issue 12) hooks in at the login: start_auth()'s outcome is the
  * one point where the user is known and nothing of the store has been
  * touched (imap_proto asks for the EXEC that opens the store only after
- * imap_proto_auth_done(1)). A proxied user is routed there instead: the
- * door keeps the conn (TLS done, penalties applied, the kill list checked),
- * connects to the backend off the loop, and splices the two bufferevents;
- * the session object is dropped.
+ * imap_proto_auth_done(1)). A proxied user is routed there instead
+ * (proxy_route; SCRAM after its last exchange, proxy_route_late; with
+ * mail_proxy_auth = backend before the check, proxy_backend_auth): the door
+ * keeps the conn (TLS done, penalties applied, the kill list checked),
+ * pop-imap-proxy/proxy connects to the backend on the loop (non-blocking)
+ * and splices the two; the session object rests until the conn is freed.
  *
  * The loop never blocks: store I/O and password hashing run on job threads;
  * a connection a job points at is held (conn_hold) and its session freed
  * only after the job. Never logs peer bytes.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -151,6 +154,10 @@ struct sess {
 	/* IDLE */
 	int wd[IMAP_WATCH_DIRS];
 	int watching;
+	/* a proxied user (proxy.c): the session object rests, bytes are spliced */
+	struct proxy *px;
+	int spliced;
+	int late;			/* handed over after the session logged in (SCRAM) */
 	int dirty;			/* a change came while an exec ran */
 	time_t keepalive_at;
 };
@@ -473,6 +480,201 @@ login_done(struct sess *s)
 	    conn_addr_text(s->conn, who), conn_is_tls(s->conn) ? " TLS" : "");
 }
 
+/* ---- the proxy: a user whose line says proxy=y host=... (issue 12) ---- */
+
+static void
+proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
+{
+	struct sess *s = arg;
+	char who[CIDR_TEXT_MAX];
+	static const char *const result[] = { "success", "refused", "unavailable" };
+
+	s->authing = 0;
+	log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: %s%s%s (%u ms)",
+	    conn_id(s->conn), s->user, conn_addr_text(s->conn, who), proxy_backend(s->px),
+	    res == PROXY_OK ? "logged in" : res == PROXY_REFUSED ? "refused" : "unavailable",
+	    why[0] ? ": " : "", why, proxy_login_ms(s->px));
+	stats_addf(1, "proxy_sessions_total{door=\"imap\",backend=\"%s\",result=\"%s\"}",
+	    proxy_backend(s->px), result[res]);
+	if (res == PROXY_OK) {
+		char *line = xasprintf("%s OK [CAPABILITY %s] Logged in\r\n",
+		    imap_proto_tag(s->ip), caps);
+
+		s->spliced = 1;
+		engine_session_free(&s->es);
+		conn_set_timeout(s->conn, s->srv->c->idle_timeout);
+		conn_write(s->conn, line, strlen(line));
+		free(line);
+		proxy_splice(s->px);
+		conn_resume(s->conn);
+		return;
+	}
+	proxy_free(&s->px);
+	if (s->late) {
+		/* the session counts itself logged in: this connection is done */
+		char *line = xasprintf("%s NO [UNAVAILABLE] Account is temporarily unavailable.\r\n",
+		    imap_proto_tag(s->ip));
+
+		conn_write(s->conn, line, strlen(line));
+		free(line);
+		conn_close(s->conn);
+		return;
+	}
+	s->user[0] = '\0';
+	imap_proto_auth_done(s->ip, res == PROXY_REFUSED ? 0 : IMAP_AUTH_TEMPFAIL);
+	step(s);
+}
+
+static const struct proxy_hooks proxy_hooks = { proxy_done };
+
+/* a login that went through: 1 when the user lives on a backend (the
+ * session is handed to it, or refused), 0 when it is served here */
+static int
+proxy_route(struct sess *s)
+{
+	struct imap_auth_req *req = imap_proto_auth_req(s->ip);
+	const char *user = req && req->sasl ? sasl_server_user(req->sasl) : NULL, *pw, *login;
+	char *mlogin = NULL;
+	struct userdb_proxy where;
+	int r;
+
+	if (user == NULL || user[0] == '\0' || s->srv->users.db == NULL ||
+	    (r = userdb_proxy(s->srv->users.db, user, &where)) == 0)
+		return 0;
+	snprintf(s->user, sizeof(s->user), "%s", user);
+	pw = sasl_server_password(req->sasl);
+	login = r > 0 && where.destuser[0] ? where.destuser : user;
+	/* SCRAM's server-final message reaches the client first: the session
+	 * finishes the exchange, then step() hands it over (proxy_route_late) */
+	if (r > 0 && pw == NULL && sasl_server_mech(req->sasl) == AUTH_MECH_SCRAM &&
+	    s->srv->c->proxy.master_user != NULL) {
+		s->user[0] = '\0';
+		return 0;
+	}
+	/* CRAM-MD5, EXTERNAL: through the backend's master user */
+	if (r > 0 && pw == NULL && sasl_server_mech(req->sasl) != AUTH_MECH_SCRAM)
+		mlogin = proxy_master_login(&s->srv->c->proxy, login, &pw);
+	if (r < 0 || pw == NULL) {
+		log_warn("imap: conn=%s proxy: user=<%s>: %s: login answered NO [UNAVAILABLE]",
+		    conn_id(s->conn), user, r < 0 ? "the user's proxy fields are wrong" :
+		    "no password to forward for this mechanism (PLAIN/LOGIN; CRAM-MD5 and "
+		    "EXTERNAL with mail_proxy_master_user)");
+		s->user[0] = '\0';
+		imap_proto_auth_done(s->ip, IMAP_AUTH_TEMPFAIL);
+		return 1;
+	}
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn,
+	    mlogin != NULL ? mlogin : login, pw, &proxy_hooks, s);
+	free(mlogin);
+	if (proxy_start_failed(s->px)) {
+		s->authing = 1;
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+		return 1;
+	}
+	s->authing = 1;		/* the drain and IDLE paths leave it alone */
+	conn_pause(s->conn);
+	return 1;
+}
+
+/* a login the session finished itself (SCRAM's last, empty response) of a
+ * proxied user: handed over through the master user before the store is
+ * touched; 1 when so */
+static int
+proxy_route_late(struct sess *s)
+{
+	const char *user = imap_proto_user(s->ip), *pw = NULL;
+	struct userdb_proxy where;
+	char *mlogin;
+	int r;
+
+	if (s->srv->users.db == NULL || (r = userdb_proxy(s->srv->users.db, user, &where)) == 0)
+		return 0;
+	snprintf(s->user, sizeof(s->user), "%s", user);
+	mlogin = r > 0 ? proxy_master_login(&s->srv->c->proxy,
+	    where.destuser[0] ? where.destuser : user, &pw) : NULL;
+	s->late = 1;
+	s->authing = 1;
+	if (mlogin == NULL) {
+		proxy_done(s, PROXY_UNAVAILABLE, "", r < 0 ? "the user's proxy fields are wrong" :
+		    "no mail_proxy_master_user");
+		return 1;
+	}
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn, mlogin, pw,
+	    &proxy_hooks, s);
+	free(mlogin);
+	conn_pause(s->conn);
+	if (proxy_start_failed(s->px))
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	return 1;
+}
+
+static void auth_checked(void *arg, int result);
+static const struct authcheck_hooks auth_hooks;
+
+/* the backend's verdict on a login Portcullis could not check: the penalty
+ * and counters as for any login (authcheck), then auth_checked() */
+static void
+backend_verdict(void *arg, enum proxy_result res, const char *caps, const char *why)
+{
+	struct sess *s = arg;
+	struct authcheck_req r = { .addr = conn_addr(s->conn), .conn_id = conn_id(s->conn) };
+	int ok;
+
+	if (res == PROXY_UNAVAILABLE) {
+		proxy_done(s, res, caps, why);
+		return;
+	}
+	if (res == PROXY_REFUSED) {
+		char who[CIDR_TEXT_MAX];
+
+		log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: refused by the "
+		    "backend (mail_proxy_auth = backend) (%u ms)", conn_id(s->conn), s->user,
+		    conn_addr_text(s->conn, who), proxy_backend(s->px), proxy_login_ms(s->px));
+		stats_addf(1, "proxy_sessions_total{door=\"imap\",backend=\"%s\",result=\"refused\"}",
+		    proxy_backend(s->px));
+		proxy_free(&s->px);
+		s->user[0] = '\0';
+	}
+	r.ok = res == PROXY_OK;
+	conn_hold(s->conn);	/* auth_checked() releases */
+	ok = authcheck_finish(s->srv->auth, &r, &auth_hooks, s);
+	if (ok != AUTHCHECK_PENDING)
+		auth_checked(s, ok == AUTHCHECK_BUSY ? IMAP_AUTH_TEMPFAIL : ok);
+}
+
+static const struct proxy_hooks backend_hooks = { backend_verdict };
+
+/* mail_proxy_auth = backend: a PLAIN login (LOGIN, AUTHENTICATE PLAIN) of a
+ * user of mail_proxy_domains with no line in the users file goes to the
+ * default backend, whose verdict decides: 1 when so */
+static int
+proxy_backend_auth(struct sess *s, struct imap_auth_req *req)
+{
+	const char *login, *pw;
+	char local[256], *at;
+	struct userdb_proxy where;
+
+	if (!req->check || req->sasl == NULL ||
+	    sasl_server_plain_response(req->sasl, &login, &pw) < 0 ||
+	    !proxy_default_route(&s->srv->c->proxy, login, &where))
+		return 0;
+	snprintf(local, sizeof(local), "%s", login);
+	at = strrchr(local, '@');
+	*at = '\0';
+	if (s->srv->users.db != NULL && userdb_resolve(s->srv->users.db, local, at + 1) != NULL)
+		return 0;	/* a user of ours: checked here */
+	snprintf(s->user, sizeof(s->user), "%s", login);
+	for (char *q = s->user; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn, login, pw,
+	    &backend_hooks, s);
+	s->authing = 1;
+	conn_pause(s->conn);
+	if (proxy_start_failed(s->px))
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	return 1;
+}
+
 static void
 auth_checked(void *arg, int result)
 {
@@ -481,6 +683,16 @@ auth_checked(void *arg, int result)
 	s->authing = 0;
 	if (conn_release(s->conn))
 		return;
+	if (result == 1 && s->px != NULL) {	/* the backend said yes (mail_proxy_auth = backend) */
+		s->authing = 1;
+		proxy_done(s, PROXY_OK, proxy_caps(s->px), "");
+		return;
+	}
+	if (result == 1 && proxy_route(s)) {
+		if (!s->authing)
+			step(s);
+		return;
+	}
 	imap_proto_auth_done(s->ip, result);
 	login_done(s);
 	step(s);
@@ -524,6 +736,8 @@ start_auth(struct sess *s)
 	};
 	int res;
 
+	if (proxy_backend_auth(s, req))
+		return;
 	s->authing = 1;
 	conn_hold(s->conn);
 	conn_pause(s->conn);
@@ -532,6 +746,8 @@ start_auth(struct sess *s)
 		return;
 	s->authing = 0;
 	if (conn_release(s->conn))	/* never: we are on its input */
+		return;
+	if (res == 1 && proxy_route(s))
 		return;
 	imap_proto_auth_done(s->ip, res == AUTHCHECK_BUSY ? IMAP_AUTH_TEMPFAIL : res);
 	login_done(s);
@@ -549,6 +765,10 @@ step(struct sess *s)
 {
 	struct conn *c = s->conn;
 
+	if (s->px != NULL || s->late)
+		return;		/* proxied: the splice runs it */
+	if (!s->logged && imap_proto_user(s->ip)[0] != '\0' && proxy_route_late(s))
+		return;
 	/* a login may end in input too (SCRAM's last, empty response) */
 	if (!s->logged && imap_proto_user(s->ip)[0] != '\0')
 		login_done(s);
@@ -715,6 +935,11 @@ on_input(struct conn *c)
 {
 	struct sess *s = conn_ctx(c);
 
+	if (s->px != NULL) {
+		if (s->spliced)
+			proxy_client_input(s->px);
+		return;
+	}
 	if (!s->greeted)
 		greet(s);	/* input on imaps: the handshake is done */
 	if (!s->peer_set && conn_is_tls(c)) {
@@ -752,6 +977,11 @@ on_writable(struct conn *c)
 {
 	struct sess *s = conn_ctx(c);
 
+	if (s->px != NULL) {
+		if (s->spliced)
+			proxy_client_writable(s->px);
+		return;
+	}
 	if (s->execing || s->authing)
 		pump(s);	/* earlier output may go while a job runs */
 	else
@@ -764,6 +994,7 @@ on_closing(struct conn *c)
 	struct sess *s = conn_ctx(c);
 
 	watch_stop(s);
+	proxy_free(&s->px);
 }
 
 static void
@@ -787,6 +1018,7 @@ on_free(struct conn *c)
 	struct server *srv = s->srv;
 
 	watch_stop(s);
+	proxy_free(&s->px);
 	if (s->prev != NULL)
 		s->prev->next = s->next;
 	else

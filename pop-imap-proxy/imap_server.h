@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include "common/cidr.h"
 #include "pop-imap-proxy/imap_proto.h"
+#include "pop-imap-proxy/proxy.h"
 #include "service/penalty.h"
 
 struct policy;
@@ -30,6 +31,7 @@ struct imap_server_conf {
 	unsigned idle_timeout;		/* seconds of silence after login (RFC 3501: >= 30 min) */
 	SSL_CTX *tls;			/* NULL: no STARTTLS, no imaps */
 	struct penalty_conf penalty;	/* failed logins: delays and the auth-ban */
+	struct proxy_conf proxy;	/* users with proxy=y: their backends (proxy.tls owned) */
 	/* the kill and accept lists (run time, set by the daemon) */
 	const struct policy *pol;
 	struct snapref *snaps;

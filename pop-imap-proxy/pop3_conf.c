@@ -96,7 +96,7 @@ pop3_conf_new(const struct conf *c, const char **error_r)
 	}
 	if (pop3_mechs(c, &s->params.auth_mechs, &apop_listed) < 0)
 		goto fail;
-	if (penalty_conf_parse(c, &s->penalty, &e) < 0) {
+	if (penalty_conf_parse(c, &s->penalty, &e) < 0 || proxy_conf_parse(c, &s->proxy, &e) < 0) {
 		snprintf(errbuf, sizeof(errbuf), "%s", e);
 		goto fail;
 	}
@@ -149,6 +149,7 @@ pop3_conf_free(struct pop3_conf **pcp)
 			conf_list_free(pc->listen[k]);
 	if (pc->srv.conn.tls != NULL)
 		SSL_CTX_free(pc->srv.conn.tls);
+	proxy_conf_deinit(&pc->srv.proxy);
 	free(pc);
 	*pcp = NULL;
 }

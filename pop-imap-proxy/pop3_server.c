@@ -20,8 +20,15 @@
  * address, as Dovecot's anvil does. A kill-listed client is refused at
  * connect with -ERR, through the same engine and lists as SMTP.
  *
+ * A proxied user (issue 12: proxy=y on the user's line, or a user of
+ * mail_proxy_domains with mail_proxy_auth = backend) is handed over at the
+ * login's outcome (proxy_route, proxy_backend_auth; SCRAM at start_open,
+ * proxy_route_late) to pop-imap-proxy/proxy, which logs in to the backend
+ * and splices the two connections; the core then rests.
+ *
  * Never blocks the loop; never logs peer bytes. Owner: the worker process.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -94,6 +101,10 @@ struct session {
 	uint64_t retr_bytes;
 	struct pop3_stream st;
 	char user[POP3_USER_MAX];	/* canonical, once logged in (or APOP's) */
+	/* a proxied user (proxy.c): the core rests, bytes are spliced */
+	struct proxy *px;
+	int spliced;
+	int late;		/* handed over after the core logged in (SCRAM) */
 };
 
 enum job_kind { JOB_OPEN, JOB_RETR, JOB_UPDATE };
@@ -212,13 +223,207 @@ s_writable(struct conn *c)
 {
 	struct session *s = conn_ctx(c);
 
+	if (s->spliced) {
+		proxy_client_writable(s->px);
+		return;
+	}
 	if (!s->room)
 		return;
 	s->room = 0;
 	session_go(s);
 }
 
+/* ---- the proxy: a user whose line says proxy=y host=... (issue 12) ---- */
+
+static void
+proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
+{
+	struct session *s = arg;
+	char who[CIDR_TEXT_MAX];
+	static const char *const result[] = { "success", "refused", "unavailable" };
+
+	(void)caps;
+	log_info("pop3: conn=%s proxy: user=<%s> client=[%s] backend=%s: %s%s%s (%u ms)",
+	    conn_id(s->c), s->user, conn_addr_text(s->c, who), proxy_backend(s->px),
+	    res == PROXY_OK ? "logged in" : res == PROXY_REFUSED ? "refused" : "unavailable",
+	    why[0] ? ": " : "", why, proxy_login_ms(s->px));
+	stats_addf(1, "proxy_sessions_total{door=\"pop3\",backend=\"%s\",result=\"%s\"}",
+	    proxy_backend(s->px), result[res]);
+	if (res == PROXY_OK) {
+		static const char ok[] = "+OK Logged in.\r\n";
+
+		s->spliced = 1;
+		s->busy = 0;
+		engine_session_free(&s->es);
+		conn_set_timeout(s->c, 0);	/* the door's pop3_timeout */
+		conn_write(s->c, ok, sizeof(ok) - 1);
+		proxy_splice(s->px);
+		conn_resume(s->c);
+		return;
+	}
+	proxy_free(&s->px);
+	if (s->late) {		/* the core is past its login: -ERR and the end */
+		pop3_proto_open_refused(s->pp, "[SYS/TEMP] Temporary failure.");
+		session_go(s);
+		return;
+	}
+	s->user[0] = '\0';
+	pop3_proto_auth_done(s->pp, res == PROXY_REFUSED ? 0 : POP3_AUTH_TEMPFAIL, NULL);
+	session_go(s);
+}
+
+static const struct proxy_hooks proxy_hooks;
+
+/* a login the core finished itself (SCRAM's last, empty response) of a
+ * proxied user: handed over through the master user before the mailbox is
+ * opened; 1 when so */
+static int
+proxy_route_late(struct session *s)
+{
+	const char *pw = NULL;
+	struct userdb_proxy where;
+	char *mlogin;
+	int r;
+
+	if (s->srv->users.db == NULL ||
+	    (r = userdb_proxy(s->srv->users.db, pop3_proto_user(s->pp), &where)) == 0)
+		return 0;
+	snprintf(s->user, sizeof(s->user), "%s", pop3_proto_user(s->pp));
+	mlogin = r > 0 ? proxy_master_login(&s->srv->c->proxy,
+	    where.destuser[0] ? where.destuser : s->user, &pw) : NULL;
+	s->late = 1;
+	if (mlogin == NULL) {
+		log_warn("pop3: conn=%s proxy: user=<%s>: %s: -ERR [SYS/TEMP]", conn_id(s->c),
+		    s->user, r < 0 ? "the user's proxy fields are wrong" : "no mail_proxy_master_user");
+		pop3_proto_open_refused(s->pp, "[SYS/TEMP] Temporary failure.");
+		return 1;
+	}
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c, mlogin, pw,
+	    &proxy_hooks, s);
+	free(mlogin);
+	s->busy = 1;
+	conn_pause(s->c);
+	if (proxy_start_failed(s->px))
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	return 1;
+}
+
+static const struct proxy_hooks proxy_hooks = { proxy_done };
+
+/* a login that went through: 1 when the user lives on a backend (the
+ * session is handed to it, or refused), 0 when it is served here */
+static int
+proxy_route(struct session *s)
+{
+	struct pop3_auth_req *a = pop3_proto_auth_req(s->pp);
+	const char *user = a && a->sasl ? sasl_server_user(a->sasl) : s->user, *pw, *login;
+	char *mlogin = NULL;
+	struct userdb_proxy where;
+	int r;
+
+	if (user == NULL || user[0] == '\0' || s->srv->users.db == NULL ||
+	    (r = userdb_proxy(s->srv->users.db, user, &where)) == 0)
+		return 0;
+	if (user != s->user)
+		snprintf(s->user, sizeof(s->user), "%s", user);
+	pw = a && a->sasl ? sasl_server_password(a->sasl) : NULL;
+	login = r > 0 && where.destuser[0] ? where.destuser : s->user;
+	/* SCRAM's server-final message reaches the client first: the core
+	 * finishes the exchange, then start_open() hands it over */
+	if (r > 0 && pw == NULL && a != NULL && a->sasl != NULL &&
+	    sasl_server_mech(a->sasl) == AUTH_MECH_SCRAM && s->srv->c->proxy.master_user != NULL)
+		return 0;
+	/* APOP, CRAM-MD5, EXTERNAL: through the backend's master user */
+	if (r > 0 && pw == NULL && (a == NULL || a->sasl == NULL ||
+	    sasl_server_mech(a->sasl) != AUTH_MECH_SCRAM))
+		mlogin = proxy_master_login(&s->srv->c->proxy, login, &pw);
+	if (r < 0 || pw == NULL) {
+		log_warn("pop3: conn=%s proxy: user=<%s>: %s: login answered -ERR [SYS/TEMP]",
+		    conn_id(s->c), s->user, r < 0 ? "the user's proxy fields are wrong" :
+		    "no password to forward for this mechanism (USER/PASS, PLAIN, LOGIN; APOP, "
+		    "CRAM-MD5 and EXTERNAL with mail_proxy_master_user)");
+		s->user[0] = '\0';
+		pop3_proto_auth_done(s->pp, POP3_AUTH_TEMPFAIL, NULL);
+		return 1;
+	}
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c,
+	    mlogin != NULL ? mlogin : login, pw, &proxy_hooks, s);
+	free(mlogin);
+	s->busy = 1;
+	conn_pause(s->c);
+	if (proxy_start_failed(s->px))
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	return 1;
+}
+
 /* ---- AUTH ---- */
+
+static void auth_checked(void *arg, int result);
+static const struct authcheck_hooks auth_hooks;
+
+/* the backend's verdict on a login Portcullis could not check: the penalty
+ * and counters as for any login (authcheck), then auth_checked() */
+static void
+backend_verdict(void *arg, enum proxy_result res, const char *caps, const char *why)
+{
+	struct session *s = arg;
+	struct authcheck_req r = { .addr = conn_addr(s->c), .conn_id = conn_id(s->c) };
+	int ok;
+
+	if (res == PROXY_UNAVAILABLE) {
+		proxy_done(s, res, caps, why);
+		return;
+	}
+	if (res == PROXY_REFUSED) {
+		char who[CIDR_TEXT_MAX];
+
+		log_info("pop3: conn=%s proxy: user=<%s> client=[%s] backend=%s: refused by the "
+		    "backend (mail_proxy_auth = backend) (%u ms)", conn_id(s->c), s->user,
+		    conn_addr_text(s->c, who), proxy_backend(s->px), proxy_login_ms(s->px));
+		stats_addf(1, "proxy_sessions_total{door=\"pop3\",backend=\"%s\",result=\"refused\"}",
+		    proxy_backend(s->px));
+		proxy_free(&s->px);
+		s->user[0] = '\0';
+	}
+	r.ok = res == PROXY_OK;
+	conn_hold(s->c);	/* auth_checked() releases */
+	ok = authcheck_finish(s->srv->auth, &r, &auth_hooks, s);
+	if (ok != AUTHCHECK_PENDING)
+		auth_checked(s, ok == AUTHCHECK_BUSY ? POP3_AUTH_TEMPFAIL : ok);
+}
+
+static const struct proxy_hooks backend_hooks = { backend_verdict };
+
+/* mail_proxy_auth = backend: a PLAIN login (USER/PASS, AUTH PLAIN) of a user
+ * of mail_proxy_domains with no line in the users file goes to the default
+ * backend, whose verdict decides: 1 when so */
+static int
+proxy_backend_auth(struct session *s, struct pop3_auth_req *a)
+{
+	const char *login, *pw;
+	char local[POP3_USER_MAX], *at;
+	struct userdb_proxy where;
+
+	if (a->sasl == NULL || !a->check ||
+	    sasl_server_plain_response(a->sasl, &login, &pw) < 0 ||
+	    !proxy_default_route(&s->srv->c->proxy, login, &where))
+		return 0;
+	snprintf(local, sizeof(local), "%s", login);
+	at = strrchr(local, '@');
+	*at = '\0';
+	if (s->srv->users.db != NULL && userdb_resolve(s->srv->users.db, local, at + 1) != NULL)
+		return 0;	/* a user of ours: checked here */
+	snprintf(s->user, sizeof(s->user), "%s", login);
+	for (char *q = s->user; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c, login, pw,
+	    &backend_hooks, s);
+	s->busy = 1;
+	conn_pause(s->c);
+	if (proxy_start_failed(s->px))
+		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	return 1;
+}
 
 static void
 auth_checked(void *arg, int result)
@@ -227,6 +432,15 @@ auth_checked(void *arg, int result)
 
 	if (conn_release(s->c))
 		return;
+	if (result == 1 && s->px != NULL) {	/* the backend said yes (mail_proxy_auth = backend) */
+		proxy_done(s, PROXY_OK, "", "");
+		return;
+	}
+	if (result == 1 && proxy_route(s)) {
+		if (!s->busy && s->px == NULL)
+			session_go(s);
+		return;
+	}
 	pop3_proto_auth_done(s->pp, result, s->user[0] ? s->user : NULL);
 	session_go(s);
 }
@@ -286,6 +500,8 @@ start_auth(struct session *s)
 	struct authcheck_req r = { .addr = conn_addr(s->c), .conn_id = conn_id(s->c) };
 	int res;
 
+	if (proxy_backend_auth(s, a))
+		return;
 	if (a->sasl == NULL) {
 		r.ok = apop_check(s, a);
 	} else {
@@ -298,6 +514,8 @@ start_auth(struct session *s)
 		session_wait(s);
 		return;
 	}
+	if (res == 1 && proxy_route(s))
+		return;
 	pop3_proto_auth_done(s->pp, res == AUTHCHECK_BUSY ? POP3_AUTH_TEMPFAIL : res,
 	    s->user[0] ? s->user : NULL);
 }
@@ -512,6 +730,8 @@ start_open(struct session *s)
 	const struct ipaddr *addr = conn_addr(s->c);
 	unsigned n = 0, max = s->srv->c->max_userip;
 
+	if (proxy_route_late(s))
+		return;
 	snprintf(s->user, sizeof(s->user), "%s", pop3_proto_user(s->pp));
 	if (addr != NULL) {
 		if (!userip_acquire(s->srv->userip, s->user, addr, max, &n)) {
@@ -677,6 +897,11 @@ s_input(struct conn *c)
 {
 	struct session *s = conn_ctx(c);
 
+	if (s->px != NULL) {
+		if (s->spliced)
+			proxy_client_input(s->px);
+		return;
+	}
 	conn_hold(c);
 	advance(s);
 	if (conn_release(c))
@@ -690,6 +915,7 @@ s_free(struct conn *c)
 
 	if (s == NULL)
 		return;
+	proxy_free(&s->px);
 	pop3_proto_free(&s->pp);	/* points into the box: first */
 	store_release(s);
 	engine_session_free(&s->es);

@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include "common/cidr.h"
 #include "pop-imap-proxy/pop3_proto.h"
+#include "pop-imap-proxy/proxy.h"
 #include "service/conn.h"
 #include "service/penalty.h"
 
@@ -20,6 +21,7 @@ struct pop3_server_conf {
 	const char *maildir_root;	/* delivery = maildir:DIR */
 	struct penalty_conf penalty;	/* failed logins: delays and the auth-ban */
 	unsigned max_userip;		/* mail_max_userip_connections; 0: no limit */
+	struct proxy_conf proxy;	/* users with proxy=y: their backends (proxy.tls owned) */
 	/* run time, from the worker: the engine (kill list at connect, may a
 	 * client be banned) and the ban hook (from the loop; must not block) */
 	const struct policy *pol;

@@ -12,6 +12,8 @@
  *                           APOP secret while pop3_apop = yes), atomically
  *   userdb_apop_secret()    the APOP secret (the password, decoded from apop=)
  *   userdb_delete()         remove a user, atomically
+ *   userdb_proxy()          where a proxied user lives (proxy=y host=...)
+ *   userdb_set_fields()     set/remove those fields (portcullis user set)
  *
  * Writes: exclusive flock on FILE.lock, temporary file, fsync, rename, fsync
  * of the directory. The file holds hashes: it is created 0600. Lines it
@@ -27,8 +29,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include "common/base64.h"
@@ -51,6 +55,9 @@ struct uentry {
 	char *cram;	/* CRAM-MD5 secret (64 hex) or NULL */
 	char *scram;	/* "{SCRAM-SHA-256}ITER,SALT,STOREDKEY,SERVERKEY" or NULL */
 	char *apop;	/* the APOP secret (the password, decoded) or NULL */
+	char *pfields;	/* the proxy fields as stored, NULL none */
+	int pstate;	/* 1 proxied (px), 0 local, -1 proxy=y with bad fields */
+	struct userdb_proxy px;
 };
 
 struct userdb {
@@ -127,6 +134,159 @@ extra_field(const char *f, const char *key)
 		f += strcspn(f, " ");
 	}
 	return NULL;
+}
+
+/* ---- proxy fields ---- */
+
+static const char *const proxy_keys[] = { "proxy", "host", "port", "tls", "destuser" };
+#define NPROXY_KEYS (sizeof(proxy_keys) / sizeof(proxy_keys[0]))
+
+/* the index of token tok's key (up to '=' or its end) in proxy_keys, or -1 */
+static int
+proxy_key(const char *tok, size_t len)
+{
+	size_t kl = strcspn(tok, "= ");
+
+	if (kl > len)
+		kl = len;
+	for (size_t i = 0; i < NPROXY_KEYS; i++)
+		if (strlen(proxy_keys[i]) == kl && strncmp(tok, proxy_keys[i], kl) == 0)
+			return (int)i;
+	return -1;
+}
+
+static int
+check_field(int k, const char *v, struct userdb_proxy *r, int *proxy_r, const char **error_r)
+{
+	switch (k) {
+	case 0:
+		if (strcmp(v, "") == 0 || strcasecmp(v, "y") == 0 || strcasecmp(v, "yes") == 0)
+			*proxy_r = 1;
+		else if (strcasecmp(v, "n") == 0 || strcasecmp(v, "no") == 0)
+			*proxy_r = 0;
+		else
+			goto bad;
+		return 0;
+	case 1: {
+		unsigned char a[16];
+
+		if (strlen(v) >= sizeof(r->host) || (inet_pton(AF_INET, v, a) != 1 &&
+		    inet_pton(AF_INET6, v, a) != 1)) {
+			snprintf(errbuf, sizeof(errbuf), "host=%.80s: expected a numeric IPv4 or IPv6 "
+			    "address", v);
+			*error_r = errbuf;
+			return -1;
+		}
+		snprintf(r->host, sizeof(r->host), "%s", v);
+		return 0;
+	}
+	case 2: {
+		char *end;
+		unsigned long p = strtoul(v, &end, 10);
+
+		if (v[0] < '0' || v[0] > '9' || *end != '\0' || p < 1 || p > 65535) {
+			snprintf(errbuf, sizeof(errbuf), "port=%.40s: expected a port number 1-65535", v);
+			*error_r = errbuf;
+			return -1;
+		}
+		r->port = (unsigned)p;
+		return 0;
+	}
+	case 3:
+		if (strcmp(v, "no") == 0)
+			r->tls = USERDB_TLS_NO;
+		else if (strcmp(v, "starttls") == 0)
+			r->tls = USERDB_TLS_STARTTLS;
+		else if (strcmp(v, "yes") == 0)
+			r->tls = USERDB_TLS_YES;
+		else
+			goto bad;
+		return 0;
+	case 4:
+		if (v[0] == '\0' || strlen(v) >= sizeof(r->destuser))
+			goto bad;
+		for (const char *p = v; *p; p++)
+			if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || *p == ':' ||
+			    *p == '"' || *p == '\\')
+				goto bad;
+		snprintf(r->destuser, sizeof(r->destuser), "%s", v);
+		return 0;
+	}
+bad:
+	snprintf(errbuf, sizeof(errbuf), "%s=%.80s: expected %s", proxy_keys[k], v,
+	    k == 0 ? "y or n" : k == 3 ? "no, starttls or yes" :
+	    "a login name (printable, no spaces, colons, quotes or backslashes)");
+	*error_r = errbuf;
+	return -1;
+}
+
+int
+userdb_proxy_parse(const char *f, struct userdb_proxy *r, const char **error_r)
+{
+	int proxy = 0, seen_host = 0;
+	char v[300];
+
+	memset(r, 0, sizeof(*r));
+	while (f != NULL && *f != '\0') {
+		size_t len;
+		int k;
+
+		f += strspn(f, " ");
+		len = strcspn(f, " ");
+		if (len == 0)
+			break;
+		k = proxy_key(f, len);
+		if (k >= 0) {
+			const char *eq = memchr(f, '=', len);
+			size_t vl = eq ? len - (size_t)(eq + 1 - f) : 0;
+
+			if (vl >= sizeof(v))
+				vl = sizeof(v) - 1;
+			memcpy(v, eq ? eq + 1 : "", vl);
+			v[vl] = '\0';
+			if (k != 0 && eq == NULL) {
+				snprintf(errbuf, sizeof(errbuf), "%s: expected %s=VALUE", proxy_keys[k],
+				    proxy_keys[k]);
+				*error_r = errbuf;
+				return -1;
+			}
+			if (check_field(k, v, r, &proxy, error_r) < 0)
+				return -1;
+			seen_host |= k == 1;
+		}
+		f += len;
+	}
+	if (proxy && !seen_host) {
+		*error_r = "proxy=y needs host=ADDRESS";
+		return -1;
+	}
+	return proxy;
+}
+
+/* the proxy tokens of the extra fields f, copied ("" none) */
+static char *
+proxy_tokens(const char *f)
+{
+	size_t cap = f ? strlen(f) + 1 : 1, o = 0;
+	char *out = xmalloc(cap);
+
+	while (f != NULL && *f != '\0') {
+		size_t len;
+
+		f += strspn(f, " ");
+		len = strcspn(f, " ");
+		if (len == 0)
+			break;
+		if (proxy_key(f, len) >= 0) {
+			if (o > 0)
+				out[o++] = ' ';
+			memcpy(out + o, f, len);
+			o += len;
+		}
+		f += len;
+	}
+	out[o] = '\0';
+	return out;
 }
 
 static void
@@ -259,11 +419,28 @@ load(const char *url, int keep, const char **error_r)
 			db->v[db->n].cram = cram;
 			db->v[db->n].scram = scram;
 			db->v[db->n].apop = apop;
+			db->v[db->n].pfields = NULL;
+			db->v[db->n].pstate = 0;
+			{
+				char *pf = proxy_tokens(f);
+				const char *perr;
+
+				if (pf[0] != '\0') {
+					db->v[db->n].pfields = pf;
+					db->v[db->n].pstate = userdb_proxy_parse(pf, &db->v[db->n].px, &perr);
+					if (db->v[db->n].pstate < 0)
+						log_warn("%s:%u: %s; the user's logins fail until it is "
+						    "fixed", path, lineno, perr);
+				} else {
+					free(pf);
+				}
+			}
 		}
 		if (!userdb_name_is_valid(line)) {
 			log_warn("%s:%u: \"%.64s\" is not a user@domain name; skipped", path, lineno, line);
 			free(db->v[db->n].cram);
 			free(db->v[db->n].scram);
+			free(db->v[db->n].pfields);
 			secret_free(db->v[db->n].apop);
 			db->nbad++;
 			continue;
@@ -306,6 +483,7 @@ userdb_free(struct userdb **dbp)
 		free(db->v[i].pass);
 		free(db->v[i].cram);
 		free(db->v[i].scram);
+		free(db->v[i].pfields);
 		secret_free(db->v[i].apop);
 	}
 	free(db->v);
@@ -376,6 +554,26 @@ userdb_apop_secret(const struct userdb *db, const char *user)
 	const struct uentry *e = find(db, user);
 
 	return e ? e->apop : NULL;
+}
+
+int
+userdb_proxy(const struct userdb *db, const char *user, struct userdb_proxy *r)
+{
+	const struct uentry *e = find(db, user);
+
+	if (e == NULL || e->pstate == 0)
+		return 0;
+	if (e->pstate > 0)
+		*r = e->px;
+	return e->pstate;
+}
+
+const char *
+userdb_proxy_fields(const struct userdb *db, const char *user)
+{
+	const struct uentry *e = find(db, user);
+
+	return e == NULL ? NULL : e->pfields ? e->pfields : "";
 }
 
 size_t
@@ -512,7 +710,34 @@ struct rewrite_ctx {
 	FILE *in;
 	const char *user, *newline;
 	int create, found;
+	/* or the new line made from the old one (NULL: none), freed here */
+	char *(*edit)(const char *old, void *arg);
+	void *edit_arg;
 };
+
+/* the extra fields of a line (after the 7th colon), or NULL */
+static const char *
+line_extra(const char *line)
+{
+	const char *f = line;
+
+	for (int k = 0; f != NULL && k < 7; k++) {
+		f = strchr(f, ':');
+		if (f != NULL)
+			f++;
+	}
+	return f;
+}
+
+static void
+put_edited(FILE *out, struct rewrite_ctx *r, const char *old)
+{
+	char *nl = r->edit(old, r->edit_arg);
+
+	fprintf(out, "%s\n", nl);
+	explicit_bzero(nl, strlen(nl));
+	free(nl);
+}
 
 static int
 rewrite_lines(FILE *out, void *ctx, const char **error_r)
@@ -526,6 +751,11 @@ rewrite_lines(FILE *out, void *ctx, const char **error_r)
 	while (r->in != NULL && fgets(line, sizeof(line), r->in) != NULL) {
 		if (strncasecmp(line, r->user, ul) == 0 && line[ul] == ':') {
 			r->found = 1;
+			if (r->edit != NULL) {
+				line[strcspn(line, "\r\n")] = '\0';
+				put_edited(out, r, line);
+				continue;
+			}
 			if (r->newline != NULL)
 				fprintf(out, "%s\n", r->newline);
 			continue;
@@ -539,13 +769,16 @@ rewrite_lines(FILE *out, void *ctx, const char **error_r)
 		*error_r = errbuf;
 		return -1;
 	}
-	if (!r->found && r->newline != NULL) {
+	if (!r->found && (r->newline != NULL || r->edit != NULL)) {
 		if (!r->create) {
 			snprintf(errbuf, sizeof(errbuf), "no user %s", r->user);
 			*error_r = errbuf;
 			return -1;
 		}
-		fprintf(out, "%s\n", r->newline);
+		if (r->edit != NULL)
+			put_edited(out, r, NULL);
+		else
+			fprintf(out, "%s\n", r->newline);
 	}
 	if (ftell(out) == 0)	/* the last user went: say so, never a zero-length file */
 		fputs(USERDB_HEADER, out);
@@ -554,11 +787,11 @@ rewrite_lines(FILE *out, void *ctx, const char **error_r)
 
 /* rewrite the file under the lock: replace/add user's line, or drop it */
 static int
-rewrite(const char *path, const char *user, const char *newline, int create, int *found_r,
-    const char **error_r)
+rewrite_edit(const char *path, const char *user, const char *newline, int create, int *found_r,
+    char *(*edit)(const char *old, void *arg), void *edit_arg, const char **error_r)
 {
 	char *lock = xasprintf("%s.lock", path);
-	struct rewrite_ctx r = { NULL, user, newline, create, 0 };
+	struct rewrite_ctx r = { NULL, user, newline, create, 0, edit, edit_arg };
 	const char *err;
 	int lfd, rc = -1;
 
@@ -599,6 +832,150 @@ done:
 	if (lfd >= 0)
 		close(lfd);
 	free(lock);
+	return rc;
+}
+
+static int
+rewrite(const char *path, const char *user, const char *newline, int create, int *found_r,
+    const char **error_r)
+{
+	return rewrite_edit(path, user, newline, create, found_r, NULL, NULL, error_r);
+}
+
+/* a new password line keeps the proxy fields of the old one */
+static char *
+keep_proxy(const char *old, void *arg)
+{
+	const char *nl = arg;
+	char *pf = proxy_tokens(old ? line_extra(old) : NULL), *out;
+
+	out = xasprintf("%s%s%s", nl, pf[0] ? " " : "", pf);
+	free(pf);
+	return out;
+}
+
+struct set_fields {
+	char *const *kv;
+	size_t n;
+};
+
+/* the old line with the proxy keys of kv set or removed (NULL: a new line) */
+static char *
+edit_fields(const char *old, void *arg)
+{
+	const struct set_fields *sf = arg;
+	const char *extra = old ? line_extra(old) : NULL;
+	size_t cap = (old ? strlen(old) : 0) + 16, o;
+	char *out;
+
+	for (size_t i = 0; i < sf->n; i++)
+		cap += strlen(sf->kv[i]) + 1;
+	out = xmalloc(cap + 16);
+	if (old == NULL) {
+		o = (size_t)sprintf(out, "%s:::::::", ((const char *)sf->kv[sf->n]));
+	} else if (extra == NULL) {
+		/* fewer than 8 fields: pad them */
+		int colons = 0;
+
+		for (const char *p = old; *p; p++)
+			colons += *p == ':';
+		o = (size_t)sprintf(out, "%s", old);
+		while (colons++ < 7)
+			out[o++] = ':';
+	} else {
+		o = (size_t)(extra - old);
+		memcpy(out, old, o);
+	}
+	/* the old extra fields but those kv names */
+	for (const char *f = extra; f != NULL && *f != '\0';) {
+		size_t len, i;
+		int k;
+
+		f += strspn(f, " ");
+		len = strcspn(f, " ");
+		if (len == 0)
+			break;
+		k = proxy_key(f, len);
+		for (i = 0; k >= 0 && i < sf->n; i++)
+			if (proxy_key(sf->kv[i], strlen(sf->kv[i])) == k)
+				break;
+		if (k < 0 || i == sf->n) {
+			if (out[o - 1] != ':')
+				out[o++] = ' ';
+			memcpy(out + o, f, len);
+			o += len;
+		}
+		f += len;
+	}
+	for (size_t i = 0; i < sf->n; i++) {
+		const char *eq = strchr(sf->kv[i], '=');
+
+		if (eq != NULL && eq[1] == '\0')
+			continue;	/* KEY=: removed */
+		if (out[o - 1] != ':')
+			out[o++] = ' ';
+		o += (size_t)sprintf(out + o, "%s", sf->kv[i]);
+	}
+	out[o] = '\0';
+	return out;
+}
+
+int
+userdb_set_fields(const char *url, const char *user, char *const *kv, size_t n,
+    const char **error_r)
+{
+	const char *path = url_path(url, error_r);
+	struct userdb *db;
+	struct userdb_proxy px;
+	struct set_fields sf;
+	char **v;
+	char *old, *line;
+	const char *cur;
+	int rc;
+
+	if (path == NULL)
+		return -1;
+	if (!userdb_name_is_valid(user)) {
+		snprintf(errbuf, sizeof(errbuf), "\"%.100s\" is not a user@domain name", user);
+		*error_r = errbuf;
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const char *eq = strchr(kv[i], '=');
+		int k = proxy_key(kv[i], strlen(kv[i]));
+		int dummy;
+
+		if (eq == NULL || k < 0) {
+			snprintf(errbuf, sizeof(errbuf), "%.80s: expected KEY=VALUE with KEY one of "
+			    "proxy, host, port, tls, destuser", kv[i]);
+			*error_r = errbuf;
+			return -1;
+		}
+		if (eq[1] != '\0' && check_field(k, eq + 1, &px, &dummy, error_r) < 0)
+			return -1;
+	}
+	/* the whole result must hold together (proxy=y needs host=) */
+	db = userdb_load(url, error_r);
+	if (db == NULL)
+		return -1;
+	cur = userdb_proxy_fields(db, user);
+	old = xasprintf("x:::::::%s", cur ? cur : "");
+	userdb_free(&db);
+	v = xcalloc(n + 1, sizeof(*v));
+	memcpy(v, kv, n * sizeof(*v));
+	v[n] = (char *)(uintptr_t)user;
+	sf.kv = v;
+	sf.n = n;
+	line = edit_fields(old, &sf);
+	free(old);
+	rc = userdb_proxy_parse(line_extra(line), &px, error_r);
+	free(line);
+	if (rc < 0) {
+		free(v);
+		return -1;
+	}
+	rc = rewrite_edit(path, user, NULL, 1, NULL, edit_fields, &sf, error_r);
+	free(v);
 	return rc;
 }
 
@@ -661,7 +1038,7 @@ userdb_set_password(const char *url, const char *user, const char *password, int
 	free(cd);
 	for (char *q = line; *q != ':'; q++)
 		*q = (char)tolower((unsigned char)*q);
-	rc = rewrite(path, user, line, create, NULL, error_r);
+	rc = rewrite_edit(path, user, NULL, create, NULL, keep_proxy, line, error_r);
 	explicit_bzero(line, strlen(line));
 	free(line);
 	return rc;

@@ -72,6 +72,38 @@ int userdb_delete(const char *url, const char *user, int *found_r, const char **
 int userdb_hash_verify(const char *hash, const char *password);
 /* 1 when password matches the stored hash */
 int userdb_verify(const struct userdb *db, const char *user, const char *password);
+/*
+ * Where a user lives (issue 12): extra fields on the user's line, as
+ * Dovecot's passdb has them: proxy=y host=ADDRESS [port=N]
+ * [tls=no|starttls|yes] [destuser=NAME]. host is a numeric IPv4/IPv6
+ * address (no name lookup on a door's loop); TLS to it is verified against
+ * that address (an IP subjectAltName). A user without proxy=y is served
+ * from the local store.
+ */
+enum userdb_proxy_tls { USERDB_TLS_NO, USERDB_TLS_STARTTLS, USERDB_TLS_YES };
+struct userdb_proxy {
+	char host[64];			/* numeric address */
+	unsigned port;			/* 0: the door's default (143, 110) */
+	enum userdb_proxy_tls tls;
+	char destuser[256];		/* "": the login the client gave */
+};
+/* 1: proxied (*r filled); 0: served locally (or unknown user); -1: the
+ * line says proxy=y but its fields are wrong (logged at load: refuse the
+ * login for now rather than serve the user from the wrong place) */
+int userdb_proxy(const struct userdb *db, const char *user, struct userdb_proxy *r);
+/* the proxy fields of the user's line as stored ("proxy=y host=..."), ""
+ * for none, NULL for an unknown user */
+const char *userdb_proxy_fields(const struct userdb *db, const char *user);
+/* parse the proxy keys among space-separated extra fields: 1 proxied, 0
+ * not, -1 with *error_r (which key and why) */
+int userdb_proxy_parse(const char *fields, struct userdb_proxy *r, const char **error_r);
+/* the admin side (portcullis user set): each "KEY=VALUE" of kv sets one
+ * proxy key, "KEY=" removes it; the result is checked as a whole before the
+ * file is touched. A missing user gets a line with no password (it can log
+ * in only through mail_proxy_auth = backend). Other fields are kept. */
+int userdb_set_fields(const char *url, const char *user, char *const *kv, size_t n,
+    const char **error_r) __attribute__((warn_unused_result));
+
 /* user@domain with a safe local part and domain */
 int userdb_name_is_valid(const char *user);
 

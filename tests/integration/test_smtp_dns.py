@@ -17,6 +17,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -28,12 +29,15 @@ from harness.ports import free_port  # noqa: E402
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
 
-def dns_answers(port, timeout=15):
-    """True once a DNS server on 127.0.0.1:port answers an A query."""
+def dns_answers(port, timeout=15, dns=None):
+    """True once a DNS server on 127.0.0.1:port answers an A query (False
+    at once when the process dns has exited)."""
     q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
          b"\x02mx\x04good\x04test\x00\x00\x01\x00\x01")
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if dns is not None and dns.poll() is not None:
+            return False
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.2)
             try:
@@ -48,23 +52,36 @@ def dns_answers(port, timeout=15):
 class Dns(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dns_port = free_port(kind=socket.SOCK_DGRAM)
+        cls.dns = None
+        # dnsmasq must answer before the daemon asks: evdns takes a server
+        # that refused its first query (port not bound yet, a loaded
+        # machine) for down and stops asking it for seconds. A port taken
+        # by someone else between free_port() and dnsmasq's bind: another one.
+        for attempt in range(3):
+            cls.dns_port = free_port(kind=socket.SOCK_DGRAM)
+            dlog = tempfile.NamedTemporaryFile("w+", prefix="dnsmasq-", suffix=".log")
+            cls.dns = subprocess.Popen(
+                [DNSMASQ, "--keep-in-foreground", "--port=%d" % cls.dns_port,
+                 "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+                 "--no-poll", "--pid-file=", "--user=root",
+                 "--host-record=mx.good.test,127.0.0.12",
+                 "--host-record=bad.evil.test,127.0.0.15",
+                 "--ptr-record=13.0.0.127.in-addr.arpa,liar.test"],
+                stdout=subprocess.DEVNULL, stderr=dlog)
+            if dns_answers(cls.dns_port, dns=cls.dns):
+                break
+            cls.dns.kill()
+            cls.dns.wait(5)
+            dlog.seek(0)
+            why = dlog.read()[-600:]
+            print("dnsmasq on port %d did not answer (exit %s): %s" %
+                  (cls.dns_port, cls.dns.returncode, why), file=sys.stderr)
+        else:
+            raise AssertionError("dnsmasq does not answer (3 ports tried)")
         cls.d = Daemon("dns", SMTP_GATEWAY, mydomains="example.com good.test",
                        relay_networks="192.0.2.1", relay_client_domains="yes",
                        client_hostname_lookups="yes", resolver="127.0.0.1:%d" % cls.dns_port)
         cls.dir, cls.conf, cls.port = cls.d.dir, cls.d.conf, cls.d.port
-        cls.dns = subprocess.Popen(
-            [DNSMASQ, "--keep-in-foreground", "--port=%d" % cls.dns_port,
-             "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-             "--no-poll", "--pid-file=", "--user=root",
-             "--host-record=mx.good.test,127.0.0.12",
-             "--host-record=bad.evil.test,127.0.0.15",
-             "--ptr-record=13.0.0.127.in-addr.arpa,liar.test"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(cls.dir, "dnsmasq.log"), "w"))
-        # dnsmasq must answer before the daemon asks: evdns takes a server
-        # that refused its first query (port not bound yet, a loaded
-        # machine) for down and stops asking it for seconds
-        assert dns_answers(cls.dns_port), "dnsmasq does not answer"
         for e in ("host:liar.test", "host:.evil.test"):
             cls.d.cli("kill", "add", e)
         cls.d.start()

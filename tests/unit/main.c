@@ -74,6 +74,7 @@ main(void)
 	test_service_register();
 	test_penalty_register();
 	test_apop_register();
+	test_userdb_proxy_register();
 	test_sieve_lex_register();
 	test_sieve_parse_register();
 	test_sieve_eval_register();

@@ -26,6 +26,7 @@ void test_policy_door_register(void);
 void test_service_register(void);
 void test_penalty_register(void);
 void test_apop_register(void);
+void test_userdb_proxy_register(void);
 void test_sieve_lex_register(void);
 void test_sieve_parse_register(void);
 void test_sieve_eval_register(void);
