@@ -21,6 +21,7 @@
 #include "pop-imap-proxy/imap_proto_int.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -439,6 +440,64 @@ bytes_plain(const unsigned char *d, size_t n)
 }
 
 /*
+ * The scan's answers, remembered by the worker process (its job threads
+ * share them): keyed by the file's identity (device, inode, size, mtime),
+ * which a Maildir message keeps for life, so a message fetched again (other
+ * clients, other sessions) is not read twice. Direct-mapped, 1,024 entries.
+ */
+#define PLAIN_CACHE 1024
+
+struct plain_ent {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtim;
+	int plain;		/* 0: empty slot */
+};
+
+static struct plain_ent plain_cache[PLAIN_CACHE];
+static pthread_mutex_t plain_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct plain_ent *
+plain_slot(const struct stat *st)
+{
+	uint64_t h = ((uint64_t)st->st_ino * 0x9e3779b97f4a7c15ull) ^ (uint64_t)st->st_dev;
+
+	return &plain_cache[(h >> 32) % PLAIN_CACHE];
+}
+
+static int
+plain_cached(const struct stat *st)
+{
+	const struct plain_ent *e;
+	int r = 0;
+
+	pthread_mutex_lock(&plain_lock);
+	e = plain_slot(st);
+	if (e->plain != 0 && e->dev == st->st_dev && e->ino == st->st_ino &&
+	    e->size == st->st_size && e->mtim.tv_sec == st->st_mtim.tv_sec &&
+	    e->mtim.tv_nsec == st->st_mtim.tv_nsec)
+		r = e->plain;
+	pthread_mutex_unlock(&plain_lock);
+	return r;
+}
+
+static void
+plain_remember(const struct stat *st, int plain)
+{
+	struct plain_ent *e;
+
+	pthread_mutex_lock(&plain_lock);
+	e = plain_slot(st);
+	e->dev = st->st_dev;
+	e->ino = st->st_ino;
+	e->size = st->st_size;
+	e->mtim = st->st_mtim;
+	e->plain = plain;
+	pthread_mutex_unlock(&plain_lock);
+}
+
+/*
  * Is F's file what BODY[] sends (no bare LF, no NUL)? Then the whole
  * message, or a partial of it, is a plain file range and needs no MIME
  * parse (imap_mime_open reads the structure of the whole message: most of
@@ -449,6 +508,7 @@ bytes_plain(const unsigned char *d, size_t n)
 static int
 fmsg_plain(struct imap_proto *p, struct fmsg *f, uint32_t uid, int *known)
 {
+	struct stat st;
 	void *map;
 
 	if (*known != 0)
@@ -462,12 +522,18 @@ fmsg_plain(struct imap_proto *p, struct fmsg *f, uint32_t uid, int *known)
 		*known = 1;
 		return 1;
 	}
+	if (fstat(f->fd, &st) < 0 || (uint64_t)st.st_size != f->size)
+		return 0;
+	if ((*known = plain_cached(&st)) != 0)
+		return *known > 0;
+	*known = -1;
 	map = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, f->fd, 0);
 	if (map == MAP_FAILED)
 		return 0;
 	if (bytes_plain(map, (size_t)f->size))
 		*known = 1;
 	munmap(map, (size_t)f->size);
+	plain_remember(&st, *known);
 	return *known > 0;
 }
 

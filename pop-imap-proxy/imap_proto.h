@@ -35,9 +35,9 @@
  *   as they are asked for (reading the mapped message file), so ask again
  *   only as the socket drains. Run a FETCH's next batch (action still
  *   IMAP_ACT_EXEC after exec_done) once imap_proto_output_queued() is
- *   below marks such as 64 KiB in memory and a few MiB or 32 message
+ *   below marks such as 64 KiB in memory and a few MiB or 8 message
  *   sections (open files) not yet handed over: a batch stops after 256 KiB
- *   in memory, 2 MiB of message files or 32 of them, so the next batch is
+ *   in memory, 4 MiB of message files or 32 of them, so the next batch is
  *   made while the socket still sends the last one.
  *   imap_proto_wants_close(): close once the output is sent.
  *

@@ -99,8 +99,8 @@
 /* a FETCH's next batch is made while at most this much of message files
  * (and IMAP_FILES_AHEAD files) waits in the session's queue, and
  * IMAP_OUT_LOW in memory: the job reads ahead of the socket */
-#define IMAP_FILE_AHEAD (4 * 1024 * 1024)
-#define IMAP_FILES_AHEAD 32
+#define IMAP_FILE_AHEAD (8 * 1024 * 1024)
+#define IMAP_FILES_AHEAD 8
 #define IMAP_COPY_CHUNK 65536	/* a file range copied (TLS, LF->CRLF) in these */
 #define IMAP_KEEPALIVE 120	/* seconds between "* OK Still here" in IDLE */
 #define IMAP_WATCH_DIRS 2	/* new/ and cur/ */

@@ -684,10 +684,11 @@ class T10BigMessage(unittest.TestCase):
         got, grew = self.sampled(lambda: self.fetch_all(c))
         self.assertTrue(got["crlf"][0].endswith(self.crlf_body), "%s: the message differs" % how)
         self.assertEqual(got["lf"][0], self.lf_as_crlf, "%s: the LF message differs" % how)
-        # 12 MB: under ASan the shadow of the mapped message pages that libc's
-        # interceptors check (TLS sends from a mapping) counts as anonymous
-        # memory too, ~1 MB; the release build grows < 1 MB either way
-        self.assertLess(grew, 12 * 1024 * 1024, "%s: the worker grew by %d bytes" % (how, grew))
+        # 16 MB (under the 22.7 MB message): under ASan the shadow of the mapped
+        # message pages that libc's interceptors check (TLS sends from a
+        # mapping) counts as anonymous memory too, 1-4 MB; the release build
+        # grows < 1 MB
+        self.assertLess(grew, 16 * 1024 * 1024, "%s: the worker grew by %d bytes" % (how, grew))
         print("\n  %s: 2 x %.1f MB in %.2f + %.2f s, worker's anonymous RSS peak +%d KiB" % (
             how, len(got["crlf"][0]) / 1e6, got["crlf"][1], got["lf"][1], grew // 1024),
             file=sys.stderr)
