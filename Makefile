@@ -79,7 +79,8 @@ $(BINDIR)/mailstore-tool: $(BUILD)/tests/integration/mailstore_tool.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
-$(BINDIR)/pop3-tool: $(BUILD)/tests/integration/pop3_tool.o $(BUILD)/pop-imap-proxy/pop3_proto.o $(LIB)
+$(BINDIR)/pop3-tool: $(BUILD)/tests/integration/pop3_tool.o $(BUILD)/pop-imap-proxy/pop3_proto.o \
+		$(BUILD)/tests/unit/fixture.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB)
 
@@ -89,7 +90,7 @@ $(BINDIR)/imap-mime-tool: $(BUILD)/tests/integration/imap_mime_tool.o $(BUILD)/p
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_LIB) $(LIBS_GMIME)
 
-$(BINDIR)/imap-session-tool: $(BUILD)/tests/integration/imap_session_tool.o \
+$(BINDIR)/imap-session-tool: $(BUILD)/tests/integration/imap_session_tool.o $(BUILD)/tests/unit/fixture.o \
 		$(BUILD)/pop-imap-proxy/imap_proto.o $(BUILD)/pop-imap-proxy/imap_fetch.o \
 		$(BUILD)/pop-imap-proxy/imap_parser.o \
 		$(BUILD)/pop-imap-proxy/imap_mime.o $(BUILD)/pop-imap-proxy/imap_bodystructure.o \
@@ -201,6 +202,7 @@ integration:
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_proxy.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_mime_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_pop3.py
+	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_mail_clients.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_session_dovecot.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_dovecot_diff.py
 	PORTCULLIS_BIN=$(abspath $(BINDIR)) python3 tests/integration/test_imap_stress.py
@@ -234,7 +236,7 @@ fuzz:
 	@mkdir -p build/fuzz/corpus-imap-proto
 	@mkdir -p build/fuzz/corpus-smtp build/fuzz/corpus-parsers build/fuzz/corpus-downstream build/fuzz/corpus-hdrparse build/fuzz/corpus-sasl
 	@mkdir -p build/fuzz/corpus-readers
-	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp tests/fuzz/fuzz_smtp.c smtp-gateway/smtp_proto.c smtp-gateway/smtp_conf.c service/penalty.c \
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp tests/fuzz/fuzz_smtp.c tests/unit/fixture.c smtp-gateway/smtp_proto.c smtp-gateway/smtp_conf.c service/penalty.c \
 	    $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-parsers tests/fuzz/fuzz_parsers.c $(FUZZ_LIB_SRC) \
 	    service/listener.c $(LIBS_EVENT) $(LIBS_LIB) -pthread
@@ -250,13 +252,15 @@ fuzz:
 	    $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-sasl tests/fuzz/fuzz_sasl.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap tests/fuzz/fuzz_imap.c pop-imap-proxy/imap_parser.c common/xmalloc.c
-	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-pop3 tests/fuzz/fuzz_pop3.c pop-imap-proxy/pop3_proto.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
-	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags gmime-3.0) -o build/fuzz/fuzz-imap-proto tests/fuzz/fuzz_imap_proto.c pop-imap-proxy/imap_proto.c pop-imap-proxy/imap_fetch.c pop-imap-proxy/imap_parser.c pop-imap-proxy/imap_mime.c pop-imap-proxy/imap_bodystructure.c pop-imap-proxy/imap_search.c $(FUZZ_LIB_SRC) $(LIBS_LIB) $(LIBS_GMIME) -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-pop3 tests/fuzz/fuzz_pop3.c tests/unit/fixture.c pop-imap-proxy/pop3_proto.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags gmime-3.0) -o build/fuzz/fuzz-imap-proto tests/fuzz/fuzz_imap_proto.c tests/unit/fixture.c pop-imap-proxy/imap_proto.c pop-imap-proxy/imap_fetch.c pop-imap-proxy/imap_parser.c pop-imap-proxy/imap_mime.c pop-imap-proxy/imap_bodystructure.c pop-imap-proxy/imap_search.c $(FUZZ_LIB_SRC) $(LIBS_LIB) $(LIBS_GMIME) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-readers tests/fuzz/fuzz_readers.c common/dotstuff.c \
 	    common/linereader.c common/xmalloc.c common/log.c -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-apop tests/fuzz/fuzz_apop.c $(FUZZ_LIB_SRC) $(LIBS_LIB) -pthread
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-userdb-proxy tests/fuzz/fuzz_userdb_proxy.c $(FUZZ_LIB_SRC) \
 	    $(LIBS_LIB) -pthread
+	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-proxy-reply tests/fuzz/fuzz_proxy_reply.c \
+	    pop-imap-proxy/proxy_reply.c common/base64.c common/xmalloc.c common/log.c -pthread
 	@mkdir -p build/fuzz/corpus-smtp-sieve
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-smtp-sieve tests/fuzz/fuzz_smtp_sieve.c smtp-gateway/smtp_sieve.c \
 	    smtp-gateway/downstream.c smtp-gateway/relay_send.c $(FUZZ_LIB_SRC) $(LIBS_EVENT) $(LIBS_LIB) -pthread
@@ -278,6 +282,8 @@ fuzz:
 	build/fuzz/fuzz-apop -max_total_time=$(FUZZ_SECONDS) -max_len=2048 build/fuzz/corpus-apop
 	@mkdir -p build/fuzz/corpus-userdb-proxy
 	build/fuzz/fuzz-userdb-proxy -max_total_time=$(FUZZ_SECONDS) -max_len=1024 build/fuzz/corpus-userdb-proxy
+	@mkdir -p build/fuzz/corpus-proxy-reply
+	build/fuzz/fuzz-proxy-reply -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-proxy-reply tests/fuzz/seeds-proxy-reply
 	build/fuzz/fuzz-smtp-sieve -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-smtp-sieve
 	@mkdir -p build/fuzz/corpus-imap-mime
 	clang $(FUZZ_CFLAGS) -o build/fuzz/fuzz-imap-mime tests/fuzz/fuzz_imap_mime.c pop-imap-proxy/imap_mime.c pop-imap-proxy/imap_bodystructure.c \

@@ -410,6 +410,36 @@ check_command_length(const char *v, const char **why_r)
 	return 0;
 }
 
+/* mail_proxy_default and the doors' own: "", ADDRESS[:PORT], [IPV6]:PORT or
+ * NAME[:PORT] (a name is resolved at each login, through resolver) */
+static int
+check_proxy_default(const char *v, const char **why_r)
+{
+	char name[256];
+	size_t nl = strcspn(v, ":");
+	const char *w;
+
+	if (v[0] == '\0' || conf_check_hostport(v, 1, why_r) == 0)
+		return 0;
+	if (v[0] == '[' || strspn(v, "0123456789.") >= nl)
+		return -1;	/* an address: conf_check_hostport said why */
+	*why_r = "expected ADDRESS[:PORT], [IPV6-ADDRESS]:PORT or NAME[:PORT]";
+	if (nl >= sizeof(name))
+		return -1;
+	memcpy(name, v, nl);
+	name[nl] = '\0';
+	if (check_hostname(name, &w) < 0 || strchr(name, '_') != NULL)
+		return -1;
+	if (v[nl] == ':') {
+		char *end;
+		long port = strtol(v + nl + 1, &end, 10);
+
+		if (v[nl + 1] == '\0' || *end != '\0' || port < 1 || port > 65535)
+			return -1;
+	}
+	return 0;
+}
+
 const struct conf_validator conf_validators[] = {
 	{ "state_dir", 0, check_absolute },
 	{ "pid_file", 0, check_absolute },
@@ -453,5 +483,8 @@ const struct conf_validator conf_validators[] = {
 	{ "imaps_listen", 0, check_listener_count },
 	{ "imaps_listen", 1, check_listen },
 	{ "imap_banner", 0, check_imap_banner },
+	{ "mail_proxy_default", 0, check_proxy_default },
+	{ "imap_mail_proxy_default", 0, check_proxy_default },
+	{ "pop3_mail_proxy_default", 0, check_proxy_default },
 	{ NULL, 0, NULL },
 };

@@ -99,6 +99,8 @@ const struct conf_key conf_keys[] = {
 	{ "mail_proxy_auth", "local", CT_ENUM, "local|backend", 0, 0 },	/* who checks the password */
 	{ "mail_proxy_default", "", CT_STR, NULL, 0, 0 },	/* HOST[:PORT]: users of mail_proxy_domains */
 	{ "mail_proxy_domains", "", CT_LIST, NULL, 0, 0 },	/* ... that have no line of their own */
+	{ "imap_mail_proxy_default", "$mail_proxy_default", CT_STR, NULL, 0, 0 },	/* the IMAP door's */
+	{ "pop3_mail_proxy_default", "$mail_proxy_default", CT_STR, NULL, 0, 0 },	/* the POP3 door's */
 	{ "mail_proxy_forward_client", "yes", CT_BOOL, NULL, 0, 0 },	/* IMAP ID, POP3 XCLIENT */
 	{ "mail_proxy_tls_ca_file", "", CT_STR, NULL, 0, 0 },	/* "": the system's CAs */
 	{ "mail_proxy_timeout", "30", CT_TIME, NULL, 1, 3600 },	/* connect, TLS and login */

@@ -51,6 +51,7 @@
 #include <string.h>
 #include <strings.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -109,17 +110,8 @@ struct worker {
 
 static const struct conf *conf;
 static const struct policy *pol;
-static int smtp_fds[MAX_LISTENERS];
-static enum smtp_listener_kind smtp_kinds[MAX_LISTENERS];
-static size_t nsmtp_fds;
-static int pop3_fds[MAX_LISTENERS];
-static enum pop3_listener_kind pop3_kinds[MAX_LISTENERS];
-static size_t npop3_fds;
 static int policy_fds[MAX_LISTENERS];
 static size_t npolicy_fds;
-static int imap_fds[MAX_LISTENERS];
-static enum imap_listener_kind imap_kinds[MAX_LISTENERS];
-static size_t nimap_fds;
 static int lifeline[2] = { -1, -1 };	/* the master holds [1]; each worker watches [0] */
 
 /* live reload */
@@ -445,17 +437,23 @@ struct worker_ctx {
  * and compile the door's own settings from the configuration, load keys;
  * reloading: also what the new worker would only find after saying ready),
  * then bind (dry: parse only, for -t and -n); run is the worker; free
- * drops compiled settings, unbind the listening sockets.
+ * drops compiled settings, unbind the listening sockets. Each is passed
+ * its service_def.
  */
+struct door;
+
 struct service_def {
 	const char *name;
 	enum service svc;
 	int respawn;	/* a reload starts a new worker (else it reloads in place) */
-	void *(*compile)(const struct conf *c, int reloading, char *err, size_t cap);
-	int (*bind)(const struct conf *c, void *set, int dry, char *err, size_t cap);
-	int (*run)(void *set, struct worker_ctx *wc);
-	void (*free)(void *set);
-	void (*unbind)(void);
+	void *(*compile)(const struct service_def *d, const struct conf *c, int reloading,
+	    char *err, size_t cap);
+	int (*bind)(const struct service_def *d, const struct conf *c, void *set, int dry,
+	    char *err, size_t cap);
+	int (*run)(const struct service_def *d, void *set, struct worker_ctx *wc);
+	void (*free)(const struct service_def *d, void *set);
+	void (*unbind)(const struct service_def *d);
+	struct door *door;	/* a listening door's (smtp, pop3, imap), else NULL */
 };
 
 static void *settings[SVC_COUNT];	/* each service's compiled settings */
@@ -506,11 +504,13 @@ worker_lists_start(struct worker_ctx *wc)
 /* milter */
 
 static void *
-milter_compile(const struct conf *c, int reloading, char *err, size_t cap)
+milter_compile(const struct service_def *d, const struct conf *c, int reloading, char *err,
+    size_t cap)
 {
 	const char *e;
 	struct milter_conf *mc = milter_conf_new(c, &e);
 
+	(void)d;
 	(void)reloading;
 	if (mc == NULL)
 		snprintf(err, cap, "%s", e);
@@ -518,15 +518,16 @@ milter_compile(const struct conf *c, int reloading, char *err, size_t cap)
 }
 
 static void
-milter_settings_free(void *set)
+milter_settings_free(const struct service_def *d, void *set)
 {
 	struct milter_conf *mc = set;
 
+	(void)d;
 	milter_conf_free(&mc);
 }
 
 static int
-milter_svc_run(void *set, struct worker_ctx *wc)
+milter_svc_run(const struct service_def *d, void *set, struct worker_ctx *wc)
 {
 	static struct milter_env env;
 	static struct sieve_limits sieve_lim;
@@ -534,6 +535,7 @@ milter_svc_run(void *set, struct worker_ctx *wc)
 	const char *err;
 	int rc;
 
+	(void)d;
 	env.pol = pol;
 	env.snaps = &wc->snaps;
 	env.rl = wc->rl;
@@ -584,14 +586,30 @@ milter_svc_run(void *set, struct worker_ctx *wc)
 	return rc;
 }
 
+typedef void door_ban_fn(void *arg, const struct ipaddr *addr, unsigned long seconds,
+    const char *why);
+
+/* the run-time hooks every door takes from its worker: the engine, the ban */
+static void
+door_hooks(struct worker_ctx *wc, const struct policy **p, struct snapref **snaps,
+    door_ban_fn **ban, void **ban_arg)
+{
+	*p = pol;
+	*snaps = &wc->snaps;
+	*ban = watcher_ban;
+	*ban_arg = wc->w;
+}
+
 /* policy */
 
 static void *
-policy_compile(const struct conf *c, int reloading, char *err, size_t cap)
+policy_compile(const struct service_def *d, const struct conf *c, int reloading, char *err,
+    size_t cap)
 {
 	const char *e;
 	struct policy_door_conf *pc = policy_door_conf_new(c, &e);
 
+	(void)d;
 	(void)reloading;
 	if (pc == NULL)
 		snprintf(err, cap, "%s", e);
@@ -599,19 +617,22 @@ policy_compile(const struct conf *c, int reloading, char *err, size_t cap)
 }
 
 static void
-policy_settings_free(void *set)
+policy_settings_free(const struct service_def *d, void *set)
 {
 	struct policy_door_conf *pc = set;
 
+	(void)d;
 	policy_door_conf_free(&pc);
 }
 
 static int
-policy_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
+policy_bind(const struct service_def *d, const struct conf *c, void *set, int dry, char *err,
+    size_t cap)
 {
 	const struct policy_door_conf *pc = set;
 	const char *e;
 
+	(void)d;
 	for (size_t j = 0; j < pc->nlisten; j++) {
 		int fd = -1;
 
@@ -625,8 +646,9 @@ policy_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
 }
 
 static void
-policy_unbind(void)
+policy_unbind(const struct service_def *d)
 {
+	(void)d;
 	for (size_t i = 0; i < npolicy_fds; i++)
 		if (policy_fds[i] >= 0)
 			close(policy_fds[i]);
@@ -634,18 +656,16 @@ policy_unbind(void)
 }
 
 static int
-policy_svc_run(void *set, struct worker_ctx *wc)
+policy_svc_run(const struct service_def *d, void *set, struct worker_ctx *wc)
 {
 	struct policy_door_conf *pc = set;
 	const char *err;
 	int rc = 0;
 
+	(void)d;
 	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
 		return 1;
-	pc->env.pol = pol;
-	pc->env.snaps = &wc->snaps;
-	pc->env.ban = watcher_ban;
-	pc->env.ban_arg = wc->w;
+	door_hooks(wc, &pc->env.pol, &pc->env.snaps, &pc->env.ban, &pc->env.ban_arg);
 	block_stop_signals(SIG_UNBLOCK);
 	log_info("policy ready on %s", conf_get(conf, "policy_listen"));
 	ready(wc->readyfd, "ok\n");
@@ -657,15 +677,52 @@ policy_svc_run(void *set, struct worker_ctx *wc)
 	return rc;
 }
 
-/* smtp */
+/*
+ * The listening doors (smtp, pop3, imap) are one set of functions driven by
+ * a struct door. A door's settings (struct smtp_conf, pop3_conf, imap_conf)
+ * hold the listen specs of each listener kind (listen[k], nlisten[k]); the
+ * master binds them all into the door's fds and kinds, which the worker
+ * serves.
+ */
+struct door {
+	const char *const *keys;	/* the listen key of each kind */
+	int nkinds;
+	const char *keys_text;		/* the keys, in "too many listeners (at most N in ...)" */
+	size_t listen_at, nlisten_at;	/* offsetof() listen[] and nlisten[] in the settings */
+	int also_kind;			/* the ready line names this kind's listeners too; -1 */
+	const char *also;		/* ", pop3s on " */
+	void *(*conf_new)(const struct conf *c, const char **error_r);
+	void (*conf_free)(void *set);
+	/* optional: what the worker does before it says ready */
+	void (*prepare)(void *set, struct worker_ctx *wc);
+	/* hand the worker's lists to the door and serve d->fds until stopped */
+	int (*serve)(void *set, struct worker_ctx *wc, const struct door *d, const char **error_r);
+	int fds[MAX_LISTENERS];		/* bound by the master */
+	int kinds[MAX_LISTENERS];	/* the door's enum X_listener_kind of each */
+	size_t nfds;
+};
+
+static char **const *
+door_listen(const struct door *d, const void *set)
+{
+	return (char **const *)(const void *)((const char *)set + d->listen_at);
+}
+
+static const size_t *
+door_nlisten(const struct door *d, const void *set)
+{
+	return (const size_t *)(const void *)((const char *)set + d->nlisten_at);
+}
 
 static void *
-smtp_compile(const struct conf *c, int reloading, char *err, size_t cap)
+door_compile(const struct service_def *sd, const struct conf *c, int reloading, char *err,
+    size_t cap)
 {
+	const struct door *d = sd->door;
 	const char *e, *users = conf_get(c, "users");
-	struct smtp_conf *sc = smtp_conf_new(c, &e);
+	void *set = d->conf_new(c, &e);
 
-	if (sc == NULL) {
+	if (set == NULL) {
 		snprintf(err, cap, "%s", e);
 		return NULL;
 	}
@@ -675,38 +732,38 @@ smtp_compile(const struct conf *c, int reloading, char *err, size_t cap)
 
 		if (db == NULL) {
 			snprintf(err, cap, "%s: users: %s", conf_where(c, "users"), e);
-			smtp_conf_free(&sc);
+			d->conf_free(set);
 			return NULL;
 		}
 		userdb_free(&db);
 	}
-	return sc;
+	return set;
 }
 
 static void
-smtp_settings_free(void *set)
+door_settings_free(const struct service_def *sd, void *set)
 {
-	struct smtp_conf *sc = set;
-
-	smtp_conf_free(&sc);
+	sd->door->conf_free(set);
 }
 
 static int
-smtp_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
+door_bind(const struct service_def *sd, const struct conf *c, void *set, int dry, char *err,
+    size_t cap)
 {
-	const struct smtp_conf *sc = set;
+	struct door *d = sd->door;
+	char **const *listen = door_listen(d, set);
+	const size_t *nlisten = door_nlisten(d, set);
 	const char *e;
 
-	for (int k = 0; k < SMTP_CONF_KINDS; k++) {
-		const char *key = smtp_conf_listen_keys[k];
+	for (int k = 0; k < d->nkinds; k++) {
+		const char *key = d->keys[k];
 
-		for (size_t j = 0; j < sc->nlisten[k]; j++) {
+		for (size_t j = 0; j < nlisten[k]; j++) {
 			int fd = -1;
 
-			if (nsmtp_fds >= MAX_LISTENERS) {
-				snprintf(err, cap, "%s: %s: too many listeners (at most %d in smtp_listen, "
-				    "submission_listen and smtps_listen together)", conf_where(c, key), key,
-				    MAX_LISTENERS);
+			if (d->nfds >= MAX_LISTENERS) {
+				snprintf(err, cap, "%s: %s: too many listeners (at most %d in %s together)",
+				    conf_where(c, key), key, MAX_LISTENERS, d->keys_text);
 				return -1;
 			}
 			if (dry) {
@@ -714,43 +771,84 @@ smtp_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
 				struct sockaddr_storage ss;
 				socklen_t sl;
 
-				if (listener_parse(sc->listen[k][j], key, &ss, &sl, &e) < 0) {
+				if (listener_parse(listen[k][j], key, &ss, &sl, &e) < 0) {
 					snprintf(err, cap, "%s: %s", conf_where(c, key), e);
 					return -1;
 				}
-			} else if (listener_bind(sc->listen[k][j], key, &fd, &e) < 0) {
+			} else if (listener_bind(listen[k][j], key, &fd, &e) < 0) {
 				snprintf(err, cap, "%s", e);
 				return -1;
 			}
-			smtp_kinds[nsmtp_fds] = (enum smtp_listener_kind)k;
-			smtp_fds[nsmtp_fds++] = fd;
+			d->kinds[d->nfds] = k;
+			d->fds[d->nfds++] = fd;
 		}
 	}
 	return 0;
 }
 
 static void
-smtp_unbind(void)
+door_unbind(const struct service_def *sd)
 {
-	for (size_t i = 0; i < nsmtp_fds; i++)
-		if (smtp_fds[i] >= 0)
-			close(smtp_fds[i]);
-	nsmtp_fds = 0;
+	struct door *d = sd->door;
+
+	for (size_t i = 0; i < d->nfds; i++)
+		if (d->fds[i] >= 0)
+			close(d->fds[i]);
+	d->nfds = 0;
 }
 
-static struct sieve_limits smtp_sieve_lim;
-
 static int
-smtp_svc_run(void *set, struct worker_ctx *wc)
+door_svc_run(const struct service_def *sd, void *set, struct worker_ctx *wc)
 {
-	struct smtp_conf *sc = set;
-	static struct sieve_limits sieve_lim;
-	struct smtp_deliver_sieve_conf dsc = { 0 };
+	const struct door *d = sd->door;
+	const size_t *nlisten = door_nlisten(d, set);
+	int also = d->also_kind >= 0 && nlisten[d->also_kind] > 0;
 	const char *err;
 	int rc = 0;
 
 	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
 		return 1;
+	if (d->prepare != NULL)
+		d->prepare(set, wc);
+	/* libevent takes SIGTERM/SIGINT through its signal events */
+	block_stop_signals(SIG_UNBLOCK);
+	log_info("%s ready on %s%s%s", sd->name, conf_get(conf, d->keys[0]), also ? d->also : "",
+	    also ? conf_get(conf, d->keys[d->also_kind]) : "");
+	ready(wc->readyfd, "ok\n");
+	if (d->serve(set, wc, d, &err) < 0) {
+		log_error("%s: %s", sd->name, err);
+		rc = -1;
+	}
+	block_stop_signals(SIG_BLOCK);
+	return rc;
+}
+
+/* smtp */
+
+static void *
+smtp_new(const struct conf *c, const char **error_r)
+{
+	return smtp_conf_new(c, error_r);
+}
+
+static void
+smtp_free(void *set)
+{
+	struct smtp_conf *sc = set;
+
+	smtp_conf_free(&sc);
+}
+
+static struct sieve_limits smtp_sieve_lim;
+
+static void
+smtp_prepare(void *set, struct worker_ctx *wc)
+{
+	struct smtp_conf *sc = set;
+	static struct sieve_limits sieve_lim;
+	static struct smtp_deliver_sieve_conf dsc;	/* must outlive the door */
+	const char *err;
+
 	/* Sieve scripts (storage-adapter/sievestore.c); the user level runs at
 	 * delivery into the store (smtp-gateway/smtp_deliver_sieve.c) */
 	if (sc->srv.maildir_root != NULL) {
@@ -773,11 +871,8 @@ smtp_svc_run(void *set, struct worker_ctx *wc)
 		dsc.rules = sieve_w != NULL ? &sieve_ref : NULL;
 		sc->srv.deliver_sieve = smtp_deliver_sieve_new(&dsc);
 	}
-	sc->srv.params.pol = pol;
-	sc->srv.params.snaps = &wc->snaps;
+	door_hooks(wc, &sc->srv.params.pol, &sc->srv.params.snaps, &sc->srv.ban, &sc->srv.ban_arg);
 	sc->srv.params.rl = wc->rl;
-	sc->srv.ban = watcher_ban;
-	sc->srv.ban_arg = wc->w;
 	/* Sieve server and domain scripts, as the milter (smtp-gateway/smtp_sieve.c) */
 	sievestore_limits_conf(conf, &smtp_sieve_lim);
 	if (sieve_w == NULL &&	/* one watcher per worker */
@@ -786,46 +881,35 @@ smtp_svc_run(void *set, struct worker_ctx *wc)
 		log_error("sieve: %s: the gateway runs without Sieve rules", err);
 	sc->srv.params.sieve = sieve_w != NULL ? &sieve_ref : NULL;
 	sc->srv.sieve_limits = &smtp_sieve_lim;
-	/* libevent takes SIGTERM/SIGINT through its signal events */
-	block_stop_signals(SIG_UNBLOCK);
-	log_info("smtp ready on %s", conf_get(conf, "smtp_listen"));
-	ready(wc->readyfd, "ok\n");
-	if (smtp_server_run(smtp_fds, smtp_kinds, nsmtp_fds, &sc->srv, &err) < 0) {
-		log_error("smtp: %s", err);
-		rc = -1;
-	}
+}
+
+static int
+smtp_serve(void *set, struct worker_ctx *wc, const struct door *d, const char **error_r)
+{
+	struct smtp_conf *sc = set;
+	int rc = smtp_server_run(d->fds, d->kinds, d->nfds, &sc->srv, error_r);
+
+	(void)wc;
 	smtp_deliver_sieve_free(&sc->srv.deliver_sieve);
-	block_stop_signals(SIG_BLOCK);
 	return rc;
 }
+
+static struct door smtp_door = {
+	smtp_conf_listen_keys, SMTP_CONF_KINDS, "smtp_listen, submission_listen and smtps_listen",
+	offsetof(struct smtp_conf, listen), offsetof(struct smtp_conf, nlisten), -1, NULL,
+	smtp_new, smtp_free, smtp_prepare, smtp_serve, { 0 }, { 0 }, 0
+};
 
 /* pop3 */
 
 static void *
-pop3_compile(const struct conf *c, int reloading, char *err, size_t cap)
+pop3_new(const struct conf *c, const char **error_r)
 {
-	const char *e, *users = conf_get(c, "users");
-	struct pop3_conf *pc = pop3_conf_new(c, &e);
-
-	if (pc == NULL) {
-		snprintf(err, cap, "%s", e);
-		return NULL;
-	}
-	if (reloading && users[0] != '\0') {	/* as smtp_compile: not after "ready" */
-		struct userdb *db = userdb_load(users, &e);
-
-		if (db == NULL) {
-			snprintf(err, cap, "%s: users: %s", conf_where(c, "users"), e);
-			pop3_conf_free(&pc);
-			return NULL;
-		}
-		userdb_free(&db);
-	}
-	return pc;
+	return pop3_conf_new(c, error_r);
 }
 
 static void
-pop3_settings_free(void *set)
+pop3_free(void *set)
 {
 	struct pop3_conf *pc = set;
 
@@ -833,104 +917,30 @@ pop3_settings_free(void *set)
 }
 
 static int
-pop3_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
-{
-	const struct pop3_conf *pc = set;
-	const char *e;
-
-	for (int k = 0; k < POP3_CONF_KINDS; k++) {
-		const char *key = pop3_conf_listen_keys[k];
-
-		for (size_t j = 0; j < pc->nlisten[k]; j++) {
-			int fd = -1;
-
-			if (npop3_fds >= MAX_LISTENERS) {
-				snprintf(err, cap, "%s: %s: too many listeners (at most %d in pop3_listen "
-				    "and pop3s_listen together)", conf_where(c, key), key, MAX_LISTENERS);
-				return -1;
-			}
-			if (dry) {
-				struct sockaddr_storage ss;
-				socklen_t sl;
-
-				if (listener_parse(pc->listen[k][j], key, &ss, &sl, &e) < 0) {
-					snprintf(err, cap, "%s: %s", conf_where(c, key), e);
-					return -1;
-				}
-			} else if (listener_bind(pc->listen[k][j], key, &fd, &e) < 0) {
-				snprintf(err, cap, "%s", e);
-				return -1;
-			}
-			pop3_kinds[npop3_fds] = (enum pop3_listener_kind)k;
-			pop3_fds[npop3_fds++] = fd;
-		}
-	}
-	return 0;
-}
-
-static void
-pop3_unbind(void)
-{
-	for (size_t i = 0; i < npop3_fds; i++)
-		if (pop3_fds[i] >= 0)
-			close(pop3_fds[i]);
-	npop3_fds = 0;
-}
-
-static int
-pop3_svc_run(void *set, struct worker_ctx *wc)
+pop3_serve(void *set, struct worker_ctx *wc, const struct door *d, const char **error_r)
 {
 	struct pop3_conf *pc = set;
-	const char *err;
-	int rc = 0;
 
-	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
-		return 1;
-	pc->srv.pol = pol;
-	pc->srv.snaps = &wc->snaps;
-	pc->srv.ban = watcher_ban;
-	pc->srv.ban_arg = wc->w;
-	block_stop_signals(SIG_UNBLOCK);
-	log_info("pop3 ready on %s%s%s", conf_get(conf, "pop3_listen"),
-	    pc->nlisten[POP3_LISTEN_POP3S] ? ", pop3s on " : "",
-	    pc->nlisten[POP3_LISTEN_POP3S] ? conf_get(conf, "pop3s_listen") : "");
-	ready(wc->readyfd, "ok\n");
-	if (pop3_server_run(pop3_fds, pop3_kinds, npop3_fds, &pc->srv, &err) < 0) {
-		log_error("pop3: %s", err);
-		rc = -1;
-	}
-	block_stop_signals(SIG_BLOCK);
-	return rc;
+	door_hooks(wc, &pc->srv.pol, &pc->srv.snaps, &pc->srv.ban, &pc->srv.ban_arg);
+	return pop3_server_run(d->fds, d->kinds, d->nfds, &pc->srv, error_r);
 }
+
+static struct door pop3_door = {
+	pop3_conf_listen_keys, POP3_CONF_KINDS, "pop3_listen and pop3s_listen",
+	offsetof(struct pop3_conf, listen), offsetof(struct pop3_conf, nlisten),
+	POP3_LISTEN_POP3S, ", pop3s on ", pop3_new, pop3_free, NULL, pop3_serve, { 0 }, { 0 }, 0
+};
 
 /* imap */
 
 static void *
-imap_compile(const struct conf *c, int reloading, char *err, size_t cap)
+imap_new(const struct conf *c, const char **error_r)
 {
-	const char *e, *users = conf_get(c, "users");
-	struct imap_conf *ic = imap_conf_new(c, &e);
-
-	if (ic == NULL) {
-		snprintf(err, cap, "%s", e);
-		return NULL;
-	}
-	/* the new worker reads it after saying ready: a bad one must not get that far */
-	if (reloading && users[0] != '\0') {
-		struct userdb *db = userdb_load(users, &e);
-
-		if (db == NULL) {
-			snprintf(err, cap, "%s: users: %s", conf_where(c, "users"), e);
-			imap_conf_free(&ic);
-			return NULL;
-		}
-		userdb_free(&db);
-	}
-	return ic;
+	return imap_conf_new(c, error_r);
 }
 
 static void
-imap_settings_free(void *set)
+imap_free(void *set)
 {
 	struct imap_conf *ic = set;
 
@@ -938,83 +948,31 @@ imap_settings_free(void *set)
 }
 
 static int
-imap_bind(const struct conf *c, void *set, int dry, char *err, size_t cap)
-{
-	const struct imap_conf *ic = set;
-	const char *e;
-
-	for (int k = 0; k < IMAP_CONF_KINDS; k++) {
-		const char *key = imap_conf_listen_keys[k];
-
-		for (size_t j = 0; j < ic->nlisten[k]; j++) {
-			int fd = -1;
-
-			if (nimap_fds >= MAX_LISTENERS) {
-				snprintf(err, cap, "%s: %s: too many listeners (at most %d in imap_listen "
-				    "and imaps_listen together)", conf_where(c, key), key, MAX_LISTENERS);
-				return -1;
-			}
-			if (dry) {
-				struct sockaddr_storage ss;
-				socklen_t sl;
-
-				if (listener_parse(ic->listen[k][j], key, &ss, &sl, &e) < 0) {
-					snprintf(err, cap, "%s: %s", conf_where(c, key), e);
-					return -1;
-				}
-			} else if (listener_bind(ic->listen[k][j], key, &fd, &e) < 0) {
-				snprintf(err, cap, "%s", e);
-				return -1;
-			}
-			imap_kinds[nimap_fds] = (enum imap_listener_kind)k;
-			imap_fds[nimap_fds++] = fd;
-		}
-	}
-	return 0;
-}
-
-static void
-imap_unbind(void)
-{
-	for (size_t i = 0; i < nimap_fds; i++)
-		if (imap_fds[i] >= 0)
-			close(imap_fds[i]);
-	nimap_fds = 0;
-}
-
-static int
-imap_svc_run(void *set, struct worker_ctx *wc)
+imap_serve(void *set, struct worker_ctx *wc, const struct door *d, const char **error_r)
 {
 	struct imap_conf *ic = set;
-	const char *err;
-	int rc = 0;
 
-	if (worker_lists(wc) != 0 || worker_lists_start(wc) != 0)
-		return 1;
-	ic->srv.pol = pol;
-	ic->srv.snaps = &wc->snaps;
-	ic->srv.ban = watcher_ban;
-	ic->srv.ban_arg = wc->w;
-	block_stop_signals(SIG_UNBLOCK);
-	log_info("imap ready on %s%s%s", conf_get(conf, "imap_listen"),
-	    ic->nlisten[IMAP_LISTEN_IMAPS] > 0 ? ", imaps on " : "",
-	    ic->nlisten[IMAP_LISTEN_IMAPS] > 0 ? conf_get(conf, "imaps_listen") : "");
-	ready(wc->readyfd, "ok\n");
-	if (imap_server_run(imap_fds, imap_kinds, nimap_fds, &ic->srv, &err) < 0) {
-		log_error("imap: %s", err);
-		rc = -1;
-	}
-	block_stop_signals(SIG_BLOCK);
-	return rc;
+	door_hooks(wc, &ic->srv.pol, &ic->srv.snaps, &ic->srv.ban, &ic->srv.ban_arg);
+	return imap_server_run(d->fds, d->kinds, d->nfds, &ic->srv, error_r);
 }
 
+static struct door imap_door = {
+	imap_conf_listen_keys, IMAP_CONF_KINDS, "imap_listen and imaps_listen",
+	offsetof(struct imap_conf, listen), offsetof(struct imap_conf, nlisten),
+	IMAP_LISTEN_IMAPS, ", imaps on ", imap_new, imap_free, NULL, imap_serve, { 0 }, { 0 }, 0
+};
+
 static const struct service_def services[] = {
-	{ "milter", SVC_MILTER, 0, milter_compile, NULL, milter_svc_run, milter_settings_free, NULL },
-	{ "smtp", SVC_SMTP, 1, smtp_compile, smtp_bind, smtp_svc_run, smtp_settings_free, smtp_unbind },
+	{ "milter", SVC_MILTER, 0, milter_compile, NULL, milter_svc_run, milter_settings_free, NULL,
+	  NULL },
+	{ "smtp", SVC_SMTP, 1, door_compile, door_bind, door_svc_run, door_settings_free, door_unbind,
+	  &smtp_door },
 	{ "policy", SVC_POLICY, 1, policy_compile, policy_bind, policy_svc_run, policy_settings_free,
-	  policy_unbind },
-	{ "pop3", SVC_POP3, 1, pop3_compile, pop3_bind, pop3_svc_run, pop3_settings_free, pop3_unbind },
-	{ "imap", SVC_IMAP, 1, imap_compile, imap_bind, imap_svc_run, imap_settings_free, imap_unbind },
+	  policy_unbind, NULL },
+	{ "pop3", SVC_POP3, 1, door_compile, door_bind, door_svc_run, door_settings_free, door_unbind,
+	  &pop3_door },
+	{ "imap", SVC_IMAP, 1, door_compile, door_bind, door_svc_run, door_settings_free, door_unbind,
+	  &imap_door },
 };
 #define NSERVICES (sizeof(services) / sizeof(services[0]))
 
@@ -1033,9 +991,9 @@ services_free(void)
 {
 	for (size_t i = 0; i < NSERVICES; i++) {
 		if (services[i].unbind != NULL)
-			services[i].unbind();
+			services[i].unbind(&services[i]);
 		if (settings[services[i].svc] != NULL)
-			services[i].free(settings[services[i].svc]);
+			services[i].free(&services[i], settings[services[i].svc]);
 		settings[services[i].svc] = NULL;
 	}
 }
@@ -1062,7 +1020,7 @@ worker_main(enum service svc, int readyfd)
 		if (wc.cache == NULL)
 			return worker_fail(&wc, "lists_cache: %s", err);
 	}
-	rc = d->run(settings[svc], &wc);
+	rc = d->run(d, settings[svc], &wc);
 	if (pol->geoip != NULL)
 		geoip_watch_stop(pol->geoip);
 	watcher_stop_and_free(&wc.w);
@@ -1550,7 +1508,7 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		if (!wk[i].def->respawn)
 			continue;
 		err[0] = '\0';
-		newset[wk[i].svc] = wk[i].def->compile(c, 1, err, sizeof(err));
+		newset[wk[i].svc] = wk[i].def->compile(wk[i].def, c, 1, err, sizeof(err));
 		if (newset[wk[i].svc] == NULL)
 			goto refuse;
 	}
@@ -1612,7 +1570,7 @@ reload(struct conf **cp, struct policy **pp, struct worker *wk, size_t nsvc)
 		log_set_level(lvl);
 	for (size_t s = 0; s < SVC_COUNT; s++)
 		if (newset[s] != NULL && oldset[s] != NULL)
-			service_find((enum service)s)->free(oldset[s]);
+			service_find((enum service)s)->free(service_find((enum service)s), oldset[s]);
 	conf_free(cp);
 	policy_free(pp);
 	*cp = c;
@@ -1631,7 +1589,7 @@ refuse:
 		free(extra[i]);
 	for (size_t s = 0; s < SVC_COUNT; s++)
 		if (newset[s] != NULL)
-			service_find((enum service)s)->free(newset[s]);
+			service_find((enum service)s)->free(service_find((enum service)s), newset[s]);
 	policy_free(&p);
 	conf_free(&c);
 }
@@ -1767,9 +1725,9 @@ dup:		;
 		const struct service_def *d = wk[i].def;
 		char why[1200] = "";
 
-		settings[d->svc] = d->compile(c, 0, why, sizeof(why));
+		settings[d->svc] = d->compile(d, c, 0, why, sizeof(why));
 		if (settings[d->svc] == NULL ||
-		    (d->bind != NULL && d->bind(c, settings[d->svc], check_only || print_only, why,
+		    (d->bind != NULL && d->bind(d, c, settings[d->svc], check_only || print_only, why,
 		    sizeof(why)) < 0)) {
 			fprintf(stderr, "portcullisd: %s\n", why);
 			goto fail;

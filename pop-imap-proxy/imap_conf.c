@@ -60,7 +60,7 @@ imap_conf_new(const struct conf *c, const char **error_r)
 	}
 	s->mail_root = delivery + 8;
 	if (authmech_parse_key(c, "imap_auth_mechanisms", &s->params.auth_mechs, &e) < 0 ||
-	    penalty_conf_parse(c, &s->penalty, &e) < 0 || proxy_conf_parse(c, &s->proxy, &e) < 0) {
+	    penalty_conf_parse(c, &s->penalty, &e) < 0 || proxy_conf_parse(c, PROXY_IMAP, &s->proxy, &e) < 0) {
 		snprintf(errbuf, sizeof(errbuf), "%s", e);
 		goto fail;
 	}

@@ -699,7 +699,9 @@ view_sync(struct imap_proto *p, int expunge_ok)
 
 		p->told = p->nview;
 		reply(p, "* %zu EXISTS", p->nview);
-		reply(p, "* %zu RECENT", r);
+		/* RECENT only when the count changed, as Dovecot */
+		if (r != p->recent_told)
+			reply(p, "* %zu RECENT", r);
 		p->recent_told = r;
 	} else if (expunge_ok && view_recent(p) != p->recent_told) {
 		/* an expunged message was \Recent: the count again, as Dovecot */
@@ -923,7 +925,8 @@ names_have_implied(char *const *v, size_t n, const char *name)
 	return 0;
 }
 
-/* LSUB: the subscriptions (Dovecot's file) matching the pattern */
+/* LSUB: the subscriptions (Dovecot's file) matching the pattern, with the
+ * special-use attribute (RFC 6154) of those that have one */
 static void
 x_lsub(struct imap_proto *p)
 {
@@ -960,8 +963,14 @@ x_lsub(struct imap_proto *p)
 
 				if (imap_list_match(pattern, name) && !names_have(told, nt, name) &&
 				    (self || !names_have(names, n, name))) {
-					put_name(p, self ? "* LSUB () \".\" " :
-					    "* LSUB (\\Noselect) \".\" ", name);
+					/* a subscribed special-use folder has its
+					 * attribute in LSUB too, as Dovecot gives it */
+					const char *su = self ? special_use(name) : NULL;
+					char pre[64];
+
+					snprintf(pre, sizeof(pre), "* LSUB (%s) \".\" ",
+					    !self ? "\\Noselect" : su != NULL ? su : "");
+					put_name(p, pre, name);
 					told[nt++] = xstrdup(name);
 					break;
 				}
@@ -1182,6 +1191,23 @@ folder_exists(struct imap_proto *p, const char *name)
 	return have;
 }
 
+/* a folder under NAME exists (NAME itself may not: a \Noselect parent) */
+static int
+folder_has_children(struct imap_proto *p, const char *name)
+{
+	char **names;
+	size_t n, nl = strlen(name);
+	const char *err;
+	int have = 0;
+
+	if (mailstore_folders(p->ms, &names, &n, &err) < 0)
+		return 0;
+	for (size_t i = 0; i < n && !have; i++)
+		have = strncmp(names[i], name, nl) == 0 && names[i][nl] == '.';
+	mailstore_names_free(&names, n);
+	return have;
+}
+
 static void
 done_sync(struct imap_proto *p)
 {
@@ -1281,7 +1307,9 @@ x_rename(struct imap_proto *p)
 		return;
 	}
 	fl = strlen(from);
-	if (!folder_exists(p, from)) {
+	/* a \Noselect parent (only its children exist) is renamed too: its
+	 * children move, as Dovecot does */
+	if (!folder_exists(p, from) && !folder_has_children(p, from)) {
 		reply(p, "%s NO [NONEXISTENT] Mailbox doesn't exist: %s.", p->tag, from);
 	} else if (folder_exists(p, to)) {
 		reply(p, "%s NO [ALREADYEXISTS] Mailbox already exists.", p->tag);
@@ -1295,7 +1323,11 @@ x_rename(struct imap_proto *p)
 			reply(p, "%s OK Rename completed.", p->tag);
 		}
 	} else {
-		int selected = p->box != NULL && strcmp(mailstore_box_name(p->box), from) == 0;
+		const char *sel = p->box != NULL ? mailstore_box_name(p->box) : "";
+		/* the selected folder, or one under it, moves */
+		int selected = strcmp(sel, from) == 0 ||
+		    (strncmp(sel, from, fl) == 0 && sel[fl] == '.');
+		char *newsel = selected ? xasprintf("%s%s", to, sel + fl) : NULL;
 
 		if (mailstore_folder_rename(p->ms, from, to, &err) < 0) {
 			reply(p, "%s NO [CANNOT] %.200s", p->tag, err);
@@ -1304,7 +1336,7 @@ x_rename(struct imap_proto *p)
 				/* it stays selected under its new name: same UIDs, same view */
 				struct mailstore_box *nb;
 
-				if (mailstore_box_open(p->ms, to, &nb, &err) == 0) {
+				if (mailstore_box_open(p->ms, newsel, &nb, &err) == 0) {
 					mailstore_box_close(&p->box);
 					p->box = nb;
 				} else {
@@ -1317,6 +1349,7 @@ x_rename(struct imap_proto *p)
 			reply(p, "%s OK Rename completed.", p->tag);
 		}
 		}
+		free(newsel);
 	}
 	free(from);
 	free(to);
@@ -1506,7 +1539,8 @@ c_id(struct imap_proto *p, const struct imap_cmd *c)
 static void
 c_enable(struct imap_proto *p, const struct imap_cmd *c)
 {
-	reply(p, "* ENABLED");
+	/* no extension here can be enabled (RFC 5161): Dovecot sends no
+	 * "* ENABLED" line then, and neither do we */
 	reply(p, "%s OK Enabled.", c->tag);
 }
 
@@ -1672,7 +1706,9 @@ parse_flags(struct imap_proto *p, const char *const *fl, size_t n, unsigned *fla
 				break;
 		if (k < 5) {
 			*flags_r |= 1u << k;
-		} else if (strcasecmp(fl[i], "\\Recent") != 0) {
+		} else {
+			/* \Recent too: the server sets it, never a client (RFC 3501
+			 * §2.3.2), and Dovecot answers BAD */
 			reply(p, "%s BAD Invalid system flag %.100s", p->tag, fl[i]);
 			free(kw);
 			return -1;
@@ -2386,6 +2422,35 @@ parse_error_state(struct imap_proto *p, const char *rep)
 }
 
 static void
+x_close_quiet(struct imap_proto *p)
+{
+	box_close(p);
+}
+
+/*
+ * SELECT or EXAMINE with arguments that are not a mailbox name: Dovecot
+ * closes the selected folder before its BAD (a SELECT deselects first,
+ * RFC 3501 §6.3.1), so the next FETCH is BAD No mailbox selected. 1 when
+ * REP is that BAD and a folder is selected: [CLOSED], the BAD, the close.
+ */
+static int
+select_bad_closes(struct imap_proto *p, const char *rep)
+{
+	const char *k = strstr(rep, " BAD Error in IMAP command ");
+
+	if (p->st != ST_SELECTED || k == NULL || k == rep || k - rep > IMAP_TAG_MAX)
+		return 0;
+	k += strlen(" BAD Error in IMAP command ");
+	if (strncmp(k, "SELECT: Invalid arguments", 25) != 0 &&
+	    strncmp(k, "EXAMINE: Invalid arguments", 26) != 0)
+		return 0;
+	reply(p, "* OK [CLOSED] Previous mailbox closed.");
+	imap_out_add(p, rep, strlen(rep));
+	want_exec(p, NULL, x_close_quiet);
+	return 1;
+}
+
+static void
 command(struct imap_proto *p, const struct imap_cmd *c)
 {
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
@@ -2495,7 +2560,7 @@ imap_proto_input(struct imap_proto *p, const char *buf, size_t len)
 				reply(p, "%s BAD Expected DONE.", p->tag);
 				break;
 			}
-			if (!parse_error_state(p, ev.reply))
+			if (!parse_error_state(p, ev.reply) && !select_bad_closes(p, ev.reply))
 				imap_out_add(p, ev.reply, strlen(ev.reply));
 			if (strstr(ev.reply, " BAD ") != NULL)
 				bad_counted(p);

@@ -7,6 +7,7 @@
  *   imap_server_run()   the loop on the listeners the master bound
  *                       (imap_listen; imaps_listen with implicit TLS, RFC
  *                       8314) until SIGTERM/SIGINT, or drained after SIGUSR2
+ *                       (the signals and the tick: service/door_loop)
  *
  * The session's actions:
  *   IMAP_ACT_AUTH       the password check off the loop and the failed-login
@@ -84,6 +85,7 @@
 #include "rules/snapshot.h"
 #include "service/authcheck.h"
 #include "service/conn.h"
+#include "service/door_loop.h"
 #include "service/jobs.h"
 #include "service/userip.h"
 #include "service/users.h"
@@ -500,13 +502,21 @@ proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 		char *line = xasprintf("%s OK [CAPABILITY %s] Logged in\r\n",
 		    imap_proto_tag(s->ip), caps);
 
+		struct conn *c = s->conn;
+
 		s->spliced = 1;
 		engine_session_free(&s->es);
-		conn_set_timeout(s->conn, s->srv->c->idle_timeout);
-		conn_write(s->conn, line, strlen(line));
+		conn_set_timeout(c, s->srv->c->idle_timeout);
+		/* held: the splice may end the connection (and free s) on the spot */
+		conn_hold(c);
+		conn_write(c, line, strlen(line));
 		free(line);
-		proxy_splice(s->px);
-		conn_resume(s->conn);
+		if (s->px != NULL && !conn_is_closing(c))
+			proxy_splice(s->px);
+		if (conn_release(c))
+			return;		/* ended meanwhile: s is gone */
+		if (s->px != NULL)
+			conn_resume(c);
 		return;
 	}
 	proxy_free(&s->px);
@@ -1046,38 +1056,19 @@ static const struct conn_ops imap_ops = {
 
 /* ---- the loop ---- */
 
+/* live reload (SIGUSR2, door_loop): the new worker takes the listeners; our
+ * sessions are told to reconnect */
 static void
-stop_cb(evutil_socket_t sig, short what, void *arg)
-{
-	struct server *srv = arg;
-
-	(void)what;
-	log_info("imap: signal %d, stopping", (int)sig);
-	event_base_loopexit(srv->base, NULL);
-}
-
-static void
-drained(void *arg)
-{
-	struct server *srv = arg;
-
-	event_base_loopexit(srv->base, NULL);
-}
-
-/* live reload: the new worker takes the listeners; our sessions are told to reconnect */
-static void
-drain_cb(evutil_socket_t sig, short what, void *arg)
+drain_cb(void *arg)
 {
 	struct server *srv = arg;
 	struct sess *next;
 
-	(void)sig;
-	(void)what;
 	if (conn_server_is_draining(srv->cs))
 		return;
 	log_info("imap: draining for a reload: %u session%s told to reconnect",
 	    conn_server_count(srv->cs), conn_server_count(srv->cs) == 1 ? "" : "s");
-	conn_server_drain(srv->cs, IMAP_DRAIN_MAX, drained, srv);
+	conn_server_drain(srv->cs, IMAP_DRAIN_MAX, door_loop_exit, srv->base);
 	for (struct sess *s = srv->sessions; s != NULL; s = next) {
 		next = s->next;
 		if (s->execing || s->authing || conn_is_closing(s->conn))
@@ -1086,18 +1077,13 @@ drain_cb(evutil_socket_t sig, short what, void *arg)
 	}
 }
 
-/* once a second: IDLE keepalives, users, the conn layer's expiries */
+/* once a second, after the conn layer's expiries and the users (door_loop): IDLE keepalives */
 static void
-tick_cb(evutil_socket_t fd, short what, void *arg)
+tick_cb(void *arg, time_t now)
 {
 	struct server *srv = arg;
-	time_t now = time(NULL);
 	struct sess *next;
 
-	(void)fd;
-	(void)what;
-	conn_server_tick(srv->cs, now);
-	users_tick(&srv->users, now);
 	for (struct sess *s = srv->sessions; s != NULL; s = next) {
 		next = s->next;
 		if (s->watching && now >= s->keepalive_at && !s->execing &&
@@ -1110,13 +1096,11 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 int
-imap_server_run(const int *fds, const enum imap_listener_kind *kinds, size_t nfds,
+imap_server_run(const int *fds, const int *kinds, size_t nfds,
     const struct imap_server_conf *c, const char **error_r)
 {
 	struct server *srv = xcalloc(1, sizeof(*srv));
-	struct event *sig_term, *sig_int, *sig_drain, *tick;
-	struct timeval one = { 1, 0 };
-	sigset_t usr2;
+	struct door_loop *loop;
 	int rc = 0;
 
 	srv->c = c;
@@ -1172,35 +1156,22 @@ imap_server_run(const int *fds, const enum imap_listener_kind *kinds, size_t nfd
 		    error_r) < 0)
 			rc = -1;
 	}
-	sig_term = evsignal_new(srv->base, SIGTERM, stop_cb, srv);
-	sig_int = evsignal_new(srv->base, SIGINT, stop_cb, srv);
-	sig_drain = evsignal_new(srv->base, SIGUSR2, drain_cb, srv);
-	tick = event_new(srv->base, -1, EV_PERSIST, tick_cb, srv);
-	evsignal_add(sig_term, NULL);
-	evsignal_add(sig_int, NULL);
-	evsignal_add(sig_drain, NULL);
-	/* the master spawns us with SIGUSR2 blocked: one sent early waits for us */
-	sigemptyset(&usr2);
-	sigaddset(&usr2, SIGUSR2);
-	pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
-	event_add(tick, &one);
+	loop = door_loop_new(srv->cs, "imap", IMAP_DRAIN_MAX, &srv->users, drain_cb, tick_cb, srv);
 	if (rc == 0)
-		event_base_dispatch(srv->base);
+		door_loop_run(loop);
 	srv->stopping = 1;
 	conn_server_stop(srv->cs);
 	jobs_free(&srv->jobs);		/* store work in flight finishes (and releases) first */
 	authcheck_free(&srv->auth);	/* checks in flight call back */
 	conn_server_free(&srv->cs);	/* the sessions left: on_free, inline */
-	event_free(sig_term);
-	event_free(sig_int);
-	event_free(sig_drain);
-	event_free(tick);
 	if (srv->ino_ev != NULL)
 		event_free(srv->ino_ev);
 	if (srv->ino >= 0)
 		close(srv->ino);
 	free(srv->watches);
 	userip_free(&srv->userip);
+	proxy_dns_free(&srv->c->proxy);	/* host= names' resolver: on this loop */
+	door_loop_free(&loop);
 	event_base_free(srv->base);
 	users_close(&srv->users);
 	free(srv);

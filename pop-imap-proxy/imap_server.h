@@ -40,9 +40,10 @@ struct imap_server_conf {
 	void *ban_arg;
 };
 
-/* serve the given listening sockets (kinds[i] for fds[i], bound with
- * listener_bind()) until SIGTERM/SIGINT, or drained after SIGUSR2 */
-int imap_server_run(const int *fds, const enum imap_listener_kind *kinds, size_t nfds,
+/* serve the given listening sockets (kinds[i], an enum imap_listener_kind,
+ * for fds[i], bound with listener_bind()) until SIGTERM/SIGINT, or drained
+ * after SIGUSR2 */
+int imap_server_run(const int *fds, const int *kinds, size_t nfds,
     const struct imap_server_conf *c, const char **error_r)
     __attribute__((warn_unused_result));
 

@@ -96,7 +96,7 @@ pop3_conf_new(const struct conf *c, const char **error_r)
 	}
 	if (pop3_mechs(c, &s->params.auth_mechs, &apop_listed) < 0)
 		goto fail;
-	if (penalty_conf_parse(c, &s->penalty, &e) < 0 || proxy_conf_parse(c, &s->proxy, &e) < 0) {
+	if (penalty_conf_parse(c, &s->penalty, &e) < 0 || proxy_conf_parse(c, PROXY_POP3, &s->proxy, &e) < 0) {
 		snprintf(errbuf, sizeof(errbuf), "%s", e);
 		goto fail;
 	}

@@ -4,6 +4,7 @@
  *
  *   pop3_server_run()   the loop on the listeners the master bound, until
  *                       SIGTERM/SIGINT, or until drained after SIGUSR2
+ *                       (the signals and the tick: service/door_loop)
  *
  * Actions: AUTH through service/authcheck (the password check pool and the
  * failed-login penalty with its ban hook, shared with every door; APOP is
@@ -53,6 +54,7 @@
 #include "rules/snapshot.h"
 #include "service/authcheck.h"
 #include "service/conn.h"
+#include "service/door_loop.h"
 #include "service/jobs.h"
 #include "service/userip.h"
 #include "service/users.h"
@@ -224,7 +226,8 @@ s_writable(struct conn *c)
 	struct session *s = conn_ctx(c);
 
 	if (s->spliced) {
-		proxy_client_writable(s->px);
+		if (s->px != NULL)
+			proxy_client_writable(s->px);
 		return;
 	}
 	if (!s->room)
@@ -252,13 +255,21 @@ proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 	if (res == PROXY_OK) {
 		static const char ok[] = "+OK Logged in.\r\n";
 
+		struct conn *c = s->c;
+
 		s->spliced = 1;
 		s->busy = 0;
 		engine_session_free(&s->es);
-		conn_set_timeout(s->c, 0);	/* the door's pop3_timeout */
-		conn_write(s->c, ok, sizeof(ok) - 1);
-		proxy_splice(s->px);
-		conn_resume(s->c);
+		conn_set_timeout(c, 0);	/* the door's pop3_timeout */
+		/* held: the splice may end the connection (and free s) on the spot */
+		conn_hold(c);
+		conn_write(c, ok, sizeof(ok) - 1);
+		if (s->px != NULL && !conn_is_closing(c))
+			proxy_splice(s->px);
+		if (conn_release(c))
+			return;		/* ended meanwhile: s is gone */
+		if (!conn_is_closing(c))
+			conn_resume(c);
 		return;
 	}
 	proxy_free(&s->px);
@@ -931,52 +942,12 @@ static const struct conn_ops pop3_ops = {
 
 /* ---- the loop ---- */
 
-static void
-stop_cb(evutil_socket_t sig, short what, void *arg)
-{
-	struct server *s = arg;
-
-	(void)what;
-	log_info("pop3: signal %d, stopping", (int)sig);
-	event_base_loopexit(s->base, NULL);
-}
-
-static void
-drained(void *arg)
-{
-	event_base_loopexit(((struct server *)arg)->base, NULL);
-}
-
-static void
-drain_cb(evutil_socket_t sig, short what, void *arg)
-{
-	struct server *s = arg;
-
-	(void)sig;
-	(void)what;
-	conn_server_drain(s->cs, s->c->conn.timeout, drained, s);
-}
-
-/* each second: the drain's deadline, the anvil, the users file */
-static void
-tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct server *s = arg;
-
-	(void)fd;
-	(void)what;
-	conn_server_tick(s->cs, time(NULL));
-	users_tick(&s->users, time(NULL));
-}
-
 int
-pop3_server_run(const int *fds, const enum pop3_listener_kind *kinds, size_t nfds,
+pop3_server_run(const int *fds, const int *kinds, size_t nfds,
     const struct pop3_server_conf *c, const char **error_r)
 {
 	struct server *s = xcalloc(1, sizeof(*s));
-	struct event *sig_term, *sig_int, *sig_drain, *tick;
-	struct timeval one = { 1, 0 };
-	sigset_t usr2;
+	struct door_loop *loop;
 	int rc = 0;
 
 	s->c = c;
@@ -1007,30 +978,19 @@ pop3_server_run(const int *fds, const enum pop3_listener_kind *kinds, size_t nfd
 		if (conn_server_listen(s->cs, fds[i], kinds[i] == POP3_LISTEN_POP3S ? "pop3s" : "pop3",
 		    (int)kinds[i], kinds[i] == POP3_LISTEN_POP3S, error_r) < 0)
 			rc = -1;
-	sig_term = evsignal_new(s->base, SIGTERM, stop_cb, s);
-	sig_int = evsignal_new(s->base, SIGINT, stop_cb, s);
-	sig_drain = evsignal_new(s->base, SIGUSR2, drain_cb, s);
-	tick = event_new(s->base, -1, EV_PERSIST, tick_cb, s);
-	evsignal_add(sig_term, NULL);
-	evsignal_add(sig_int, NULL);
-	evsignal_add(sig_drain, NULL);
-	/* the master spawns us with SIGUSR2 blocked: one sent early waits for us */
-	sigemptyset(&usr2);
-	sigaddset(&usr2, SIGUSR2);
-	pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
-	event_add(tick, &one);
+	/* SIGUSR2 (live reload): no new connection; each finishes, within the
+	 * timeout; each second the users file is reopened if it changed */
+	loop = door_loop_new(s->cs, "pop3", c->conn.timeout, &s->users, NULL, NULL, s);
 	if (rc == 0)
-		event_base_dispatch(s->base);
+		door_loop_run(loop);
 	s->stopping = 1;
 	conn_server_stop(s->cs);
 	jobs_free(&s->jobs);	/* jobs in flight finish and call back first */
 	authcheck_free(&s->auth);
 	conn_server_free(&s->cs);
 	userip_free(&s->userip);
-	event_free(sig_term);
-	event_free(sig_int);
-	event_free(sig_drain);
-	event_free(tick);
+	proxy_dns_free(&s->c->proxy);	/* host= names' resolver: on this loop */
+	door_loop_free(&loop);
 	event_base_free(s->base);
 	users_close(&s->users);
 	free(s);

@@ -30,9 +30,10 @@ struct pop3_server_conf {
 	void *ban_arg;
 };
 
-/* serve the given listening sockets (kinds[i] for fds[i]) until
- * SIGTERM/SIGINT, or until drained after SIGUSR2 (live reload) */
-int pop3_server_run(const int *fds, const enum pop3_listener_kind *kinds, size_t nfds,
+/* serve the given listening sockets (kinds[i], an enum pop3_listener_kind,
+ * for fds[i]) until SIGTERM/SIGINT, or until drained after SIGUSR2 (live
+ * reload) */
+int pop3_server_run(const int *fds, const int *kinds, size_t nfds,
     const struct pop3_server_conf *c, const char **error_r) __attribute__((warn_unused_result));
 
 #endif

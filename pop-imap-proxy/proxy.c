@@ -7,13 +7,10 @@
  *   proxy_splice()       bytes both ways, bounded, with backpressure
  *   proxy_free()         drop the backend connection
  *
- * The login is a small state machine on the backend's lines (at most
- * PROXY_LINE_MAX each, the whole of it bounded by mail_proxy_timeout):
- *   IMAP: greeting "* OK" -> [S STARTTLS, handshake] -> [I ID (...)] ->
- *         L AUTHENTICATE PLAIN (SASL-IR when offered) -> the tagged OK's
- *         [CAPABILITY ...], or C CAPABILITY when the OK carried none
- *   POP3: greeting "+OK" -> [STLS, handshake] -> [XCLIENT ADDR= PORT=] ->
- *         USER, PASS
+ * The login is pop-imap-proxy/proxy_reply's state machine on the backend's
+ * lines (greeting, STARTTLS, ID/XCLIENT, the login, CAPABILITY; at most
+ * PROXY_REPLY_LINE_MAX each, the whole of it bounded by mail_proxy_timeout):
+ * here only the I/O it asks for.
  * TLS to the backend (tls=yes from the first byte, tls=starttls after the
  * upgrade) verifies the chain against mail_proxy_tls_ca_file and the
  * backend's address against the certificate's IP subjectAltName; a failed
@@ -25,12 +22,21 @@
  * took it below PROXY_LOW); backend bytes go to the client's conn until its
  * output holds PROXY_HIGH (then the backend is not read until the door's
  * writable() says the client took it below the door's low mark). Each side
- * buffers at most about PROXY_HIGH + one read. Never logs peer bytes (the
- * backend's refusal is logged by its response code only).
+ * buffers at most about PROXY_HIGH + one read. A plaintext backend is read
+ * by us, PROXY_READ at a time (libevent 2.1's bufferevent reads 4 KiB a
+ * call: a loop turn per 4 KiB, the proxy's CPU doubled); when the client's
+ * side is plaintext too, the backend's bytes go socket -> pipe -> socket
+ * with splice(2), never through our memory, the pipe (PROXY_READ) taking
+ * the place of the buffer: reading stops while it holds what the client
+ * did not take, its own write event on the client's socket goes on. Either
+ * path only starts when the other holds nothing, so the order is kept.
+ * Never logs peer bytes (the backend's refusal is logged by its response
+ * code only).
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <stdarg.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -38,38 +44,34 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#include "common/base64.h"
 #include "common/conf.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/proxy.h"
+#include "pop-imap-proxy/proxy_reply.h"
+#include "storage-adapter/userdb.h"
 #include "service/conn.h"
 
-#define PROXY_LINE_MAX 8192		/* a backend line during the login */
-#define PROXY_CAPS_MAX 4096		/* the post-login CAPABILITY kept */
 #define PROXY_HIGH (256 * 1024)		/* stop feeding a side above this */
 #define PROXY_LOW (64 * 1024)		/* ... and go on below this */
+#define PROXY_READ (256 * 1024)		/* one read from a plaintext backend, at most */
 
 enum pstate {
 	P_CONNECT,	/* TCP (and implicit TLS) under way */
-	P_GREETING,
-	P_STARTTLS,	/* "S STARTTLS" / "STLS" sent */
-	P_TLS,		/* the upgrade's handshake */
-	P_ID,		/* IMAP ID / POP3 XCLIENT sent */
-	P_AUTH,		/* IMAP AUTHENTICATE sent / POP3 USER sent */
-	P_AUTH_CONT,	/* IMAP: waiting for "+" (no SASL-IR) */
-	P_PASS,		/* POP3 PASS sent */
-	P_CAPS,		/* IMAP CAPABILITY sent */
+	P_LOGIN,	/* lines to proxy_reply */
+	P_TLS,		/* the STARTTLS upgrade's handshake */
 	P_SPLICE,
 	P_DONE,		/* the login failed: done() was called */
 };
@@ -82,23 +84,42 @@ struct proxy {
 	struct conn *c;
 	struct bufferevent *bev;
 	enum pstate st;
-	char *user, *password;
-	char backend[80];		/* "HOST:PORT" */
-	int sasl_ir;			/* the greeting offered SASL-IR */
+	struct proxy_reply *pr;		/* the login's state machine */
+	char backend[300];		/* "HOST:PORT" */
 	int client_paused;		/* by us: the backend's output is full */
-	char caps[PROXY_CAPS_MAX];
+	int host_is_name;		/* host= is a DNS name: resolved, checked by name */
 	struct timespec t0;		/* proxy_new(): for proxy_login_ms() */
 	const struct proxy_hooks *h;
 	void *arg;
-	int busy;			/* a conn_write() of ours is on the stack */
-	int gone;			/* proxy_free() came during it: free after */
+	/* a plaintext backend once spliced: read by us, not by the bufferevent
+	 * (libevent 2.1 reads at most 4 KiB a call: a wakeup per 4 KiB) */
+	struct event *rd;
+	int rd_on;			/* rd is added */
+	/* both sides plaintext: backend -> pipe -> client with splice(2), no
+	 * copy through our memory; wr waits for the client's socket while the
+	 * pipe holds what it did not take yet (inpipe bytes) */
+	int pipe_ok;			/* splice allowed (both plaintext) */
+	int pfd[2];			/* the pipe, made at the first splice; -1 */
+	size_t inpipe;
+	struct event *wr;
+	int busy;			/* our functions on the stack (px_enter) */
+	int gone;			/* proxy_free() came meanwhile: the last px_leave frees */
+};
+
+struct proxy_dns {
+	char *resolver;			/* "system" or IP[:PORT] */
+	struct evdns_base *evdns;	/* made at the first host= name */
 };
 
 /* ---- settings ---- */
 
 int
-proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error_r)
+proxy_conf_parse(const struct conf *c, enum proxy_proto proto, struct proxy_conf *pc,
+    const char **error_r)
 {
+	/* the door's own, which is mail_proxy_default unless set */
+	const char *dkey = proto == PROXY_IMAP ? "imap_mail_proxy_default" :
+	    "pop3_mail_proxy_default";
 	static char err[600];
 	const char *ca = conf_get(c, "mail_proxy_tls_ca_file");
 
@@ -134,11 +155,13 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 		pc->master_password = xstrdup(line);
 		explicit_bzero(line, sizeof(line));
 	}
+	pc->dns = xcalloc(1, sizeof(*pc->dns));
+	pc->dns->resolver = xstrdup(conf_get(c, "resolver"));
 	pc->auth_backend = strcmp(conf_get(c, "mail_proxy_auth"), "backend") == 0;
 	pc->domains = conf_get_list(c, "mail_proxy_domains", &pc->ndomains);
 	{
-		const char *d = conf_get(c, "mail_proxy_default");
-		char host[80];
+		const char *d = conf_get(c, dkey);
+		char host[300];
 		const char *perr;
 		char *fields;
 		size_t hl;
@@ -157,10 +180,11 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 		}
 		fields = d[0] ? xasprintf("proxy=y host=%s%s%s", host, port ? " port=" : "",
 		    port ? port : "") : NULL;
-		if (fields != NULL && userdb_proxy_parse(fields, &pc->def, &perr) != 1) {
-			snprintf(err, sizeof(err), "%s: mail_proxy_default = %.100s: expected "
-			    "ADDRESS[:PORT] or [IPV6]:PORT (%s)", conf_where(c, "mail_proxy_default"),
-			    d, perr);
+		if (fields != NULL && (strpbrk(d, " \t") != NULL ||
+		    userdb_proxy_parse(fields, &pc->def, &perr) != 1)) {
+			snprintf(err, sizeof(err), "%s: %s = %.100s: expected ADDRESS[:PORT], "
+			    "[IPV6]:PORT or NAME[:PORT] (%s)", conf_where(c, dkey), dkey, d,
+			    strpbrk(d, " \t") != NULL ? "one value" : perr);
 			free(fields);
 			*error_r = err;
 			proxy_conf_deinit(pc);
@@ -168,8 +192,8 @@ proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error
 		}
 		free(fields);
 		if (pc->ndomains > 0 && d[0] == '\0') {
-			snprintf(err, sizeof(err), "%s: mail_proxy_domains needs mail_proxy_default",
-			    conf_where(c, "mail_proxy_domains"));
+			snprintf(err, sizeof(err), "%s: mail_proxy_domains needs mail_proxy_default "
+			    "(or %s)", conf_where(c, "mail_proxy_domains"), dkey);
 			*error_r = err;
 			proxy_conf_deinit(pc);
 			return -1;
@@ -206,6 +230,48 @@ proxy_conf_deinit(struct proxy_conf *pc)
 		conf_list_free(pc->domains);
 	pc->domains = NULL;
 	pc->ndomains = 0;
+	if (pc->dns != NULL) {
+		/* an evdns base left here (no proxy_dns_free) is left alone: its
+		 * loop may be gone */
+		free(pc->dns->resolver);
+		free(pc->dns);
+	}
+	pc->dns = NULL;
+}
+
+void
+proxy_dns_free(const struct proxy_conf *pc)
+{
+	if (pc->dns != NULL && pc->dns->evdns != NULL) {
+		evdns_base_free(pc->dns->evdns, 0);
+		pc->dns->evdns = NULL;
+	}
+}
+
+/* the resolver for host= names on base: NULL with *error_r */
+static struct evdns_base *
+dns_for(const struct proxy_conf *pc, struct event_base *base, const char **error_r)
+{
+	struct proxy_dns *d = pc->dns;
+
+	if (d == NULL) {
+		*error_r = "no resolver";
+		return NULL;
+	}
+	if (d->evdns != NULL)
+		return d->evdns;
+	/* no search domains: the name is taken as written */
+	d->evdns = evdns_base_new(base, 0);
+	if (d->evdns == NULL) {
+		*error_r = "cannot create the resolver";
+		return NULL;
+	}
+	if (strcmp(d->resolver, "system") == 0 ?
+	    evdns_base_resolv_conf_parse(d->evdns, DNS_OPTION_NAMESERVERS | DNS_OPTION_HOSTSFILE,
+	    "/etc/resolv.conf") != 0 : evdns_base_nameserver_ip_add(d->evdns, d->resolver) != 0)
+		log_warn("proxy: resolver = %s: no name server to ask (host= names will fail)",
+		    d->resolver);
+	return d->evdns;
 }
 
 int
@@ -238,7 +304,35 @@ static void event_cb(struct bufferevent *bev, short what, void *arg);
 static void read_cb(struct bufferevent *bev, void *arg);
 static void write_cb(struct bufferevent *bev, void *arg);
 
-/* the end of the login: done() once; px may be freed by it */
+static void px_destroy(struct proxy *px);
+
+/*
+ * Re-entrance. Whatever we call may come back into us before it returns:
+ * conn_write()/conn_close() may end the client's connection (the door's
+ * closing calls proxy_free()), and a TLS filter towards the backend reads
+ * on the spot when its input is drained or its reading enabled, so read_cb
+ * and event_cb run nested inside our own loops (the backend's close_notify
+ * then closes the client in the middle of them). Every entry point brackets
+ * itself with px_enter()/px_leave(); proxy_free() while any is on the stack
+ * only marks px gone, and each caller checks px->gone after such a call.
+ */
+static void
+px_enter(struct proxy *px)
+{
+	px->busy++;
+}
+
+/* 0, or -1 when px is gone (freed now if this was the outermost) */
+static int
+px_leave(struct proxy *px)
+{
+	if (--px->busy > 0 || !px->gone)
+		return px->gone ? -1 : 0;
+	px_destroy(px);
+	return -1;
+}
+
+/* the end of the login: done() once; px may be gone after it */
 static void
 finish(struct proxy *px, enum proxy_result res, const char *why)
 {
@@ -249,28 +343,7 @@ finish(struct proxy *px, enum proxy_result res, const char *why)
 		bufferevent_set_timeouts(px->bev, NULL, NULL);
 		bufferevent_disable(px->bev, EV_READ);	/* until proxy_splice() */
 	}
-	px->h->done(px->arg, res, res == PROXY_OK ? px->caps : "", why);
-}
-
-static void
-send_line(struct proxy *px, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-send_line(struct proxy *px, const char *fmt, ...)
-{
-	va_list ap;
-	char *s;
-
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		s = NULL;
-	va_end(ap);
-	if (s == NULL)
-		return;
-	bufferevent_write(px->bev, s, strlen(s));
-	bufferevent_write(px->bev, "\r\n", 2);
-	explicit_bzero(s, strlen(s));
-	free(s);
+	px->h->done(px->arg, res, res == PROXY_OK ? proxy_reply_caps(px->pr) : "", why);
 }
 
 static SSL *
@@ -280,8 +353,11 @@ new_ssl(struct proxy *px)
 
 	if (ssl == NULL)
 		return NULL;
-	/* the name checked is the address we connect to (an IP subjectAltName) */
-	if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), px->where.host) != 1) {
+	/* the name checked is the address we connect to (an IP subjectAltName),
+	 * or the host= name (a DNS subjectAltName, also sent as SNI) */
+	if (px->host_is_name ? SSL_set_tlsext_host_name(ssl, px->where.host) != 1 ||
+	    X509_VERIFY_PARAM_set1_host(SSL_get0_param(ssl), px->where.host, 0) != 1 :
+	    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), px->where.host) != 1) {
 		SSL_free(ssl);
 		return NULL;
 	}
@@ -315,61 +391,6 @@ sock_end(int fd, int peer, char *ip, size_t cap, unsigned *port_r)
 	return 0;
 }
 
-static void send_login(struct proxy *px);
-
-/* after the greeting (and TLS): the client's address, then the login */
-static void
-after_tls(struct proxy *px)
-{
-	char rip[INET6_ADDRSTRLEN], lip[INET6_ADDRSTRLEN];
-	unsigned rport, lport;
-	int fd = bufferevent_getfd(conn_bev(px->c));
-
-	if (px->pc->forward_client && fd >= 0 && sock_end(fd, 1, rip, sizeof(rip), &rport) == 0 &&
-	    sock_end(fd, 0, lip, sizeof(lip), &lport) == 0) {
-		px->st = P_ID;
-		if (px->proto == PROXY_IMAP)
-			send_line(px, "I ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
-			    "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\")", rip, rport, lip, lport);
-		else
-			send_line(px, "XCLIENT ADDR=%s PORT=%u", rip, rport);
-		return;
-	}
-	send_login(px);
-}
-
-/* the login with the client's credentials */
-static void
-send_login(struct proxy *px)
-{
-	px->st = P_AUTH;
-	if (px->proto == PROXY_POP3) {
-		send_line(px, "USER %s", px->user);
-		return;
-	}
-	{
-		size_t ul = strlen(px->user), pl = strlen(px->password), n = ul + pl + 2;
-		char *raw = xmalloc(n), *b64 = xmalloc(BASE64_ENCODED_LEN(n) + 1);
-
-		raw[0] = '\0';
-		memcpy(raw + 1, px->user, ul);
-		raw[1 + ul] = '\0';
-		memcpy(raw + 2 + ul, px->password, pl);
-		base64_encode(raw, n, b64);
-		if (px->sasl_ir) {
-			send_line(px, "L AUTHENTICATE PLAIN %s", b64);
-		} else {
-			send_line(px, "L AUTHENTICATE PLAIN");
-			px->st = P_AUTH_CONT;
-		}
-		explicit_bzero(raw, n);
-		/* kept for the "+" when there was no SASL-IR */
-		free(px->password);
-		px->password = b64;
-		free(raw);
-	}
-}
-
 /* 0 under way; -1: failed (done() was called: px may be gone) */
 static int
 start_tls_upgrade(struct proxy *px)
@@ -401,165 +422,32 @@ start_tls_upgrade(struct proxy *px)
 	return 0;
 }
 
-/* "[CAPABILITY a b c]" at p: copy the list into px->caps */
-static void
-take_caps_code(struct proxy *px, const char *p)
-{
-	const char *e;
-
-	if (strncasecmp(p, "[CAPABILITY ", 12) != 0)
-		return;
-	p += 12;
-	e = strchr(p, ']');
-	if (e == NULL)
-		return;
-	snprintf(px->caps, sizeof(px->caps), "%.*s", (int)(e - p), p);
-}
-
+/* do what proxy_reply asks: 0 go on with the lines, -1 stop (the login
+ * ended, the handshake starts, or px is gone) */
 static int
-has_word(const char *list, const char *w)
+apply(struct proxy *px, enum proxy_reply_act act)
 {
-	size_t wl = strlen(w);
+	const char *out = proxy_reply_out(px->pr);
 
-	for (const char *p = list; *p;) {
-		size_t l = strcspn(p, " ");
-
-		if (l == wl && strncasecmp(p, w, wl) == 0)
-			return 1;
-		p += l;
-		p += strspn(p, " ");
-	}
-	return 0;
-}
-
-/* one backend line of the IMAP login; -1 when px is gone or done */
-static int
-imap_line(struct proxy *px, const char *l)
-{
-	switch (px->st) {
-	case P_GREETING:
-		if (strncasecmp(l, "* OK", 4) != 0) {
-			finish(px, PROXY_UNAVAILABLE, "the backend's greeting is not * OK");
-			return -1;
-		}
-		take_caps_code(px, l + 5);
-		px->sasl_ir = has_word(px->caps, "SASL-IR");
-		if (px->where.tls == USERDB_TLS_STARTTLS) {
-			if (px->caps[0] != '\0' && !has_word(px->caps, "STARTTLS")) {
-				finish(px, PROXY_UNAVAILABLE, "the backend does not offer STARTTLS");
-				return -1;
-			}
-			px->st = P_STARTTLS;
-			send_line(px, "S STARTTLS");
-			return 0;
-		}
-		after_tls(px);
+	switch (act) {
+	case PR_NONE:
 		return 0;
-	case P_STARTTLS:
-		if (l[0] == '*')
-			return 0;
-		if (strncasecmp(l, "S OK", 4) != 0) {
-			finish(px, PROXY_UNAVAILABLE, "the backend refused STARTTLS");
-			return -1;
-		}
-		/* 1: what follows is TLS: stop reading lines */
-		return start_tls_upgrade(px) < 0 ? -1 : 1;
-	case P_ID:
-		if (strncmp(l, "I ", 2) == 0)
-			send_login(px);	/* whatever the backend made of the ID */
-		return 0;
-	case P_AUTH_CONT:
-		if (l[0] == '+') {
-			send_line(px, "%s", px->password);
-			px->st = P_AUTH;
-			return 0;
-		}
-		/* FALLTHROUGH */
-	case P_AUTH:
-		if (strncmp(l, "* CAPABILITY ", 13) == 0) {
-			snprintf(px->caps, sizeof(px->caps), "%s", l + 13);
-			return 0;
-		}
-		if (strncmp(l, "L ", 2) != 0)
-			return 0;
-		if (strncasecmp(l + 2, "OK", 2) != 0) {
-			finish(px, strncasecmp(l + 2, "NO", 2) == 0 &&
-			    strstr(l, "[UNAVAILABLE]") == NULL ? PROXY_REFUSED : PROXY_UNAVAILABLE,
-			    strncasecmp(l + 2, "NO", 2) == 0 ? "the backend answered NO" :
-			    "the backend answered BAD");
-			return -1;
-		}
-		px->caps[0] = '\0';
-		take_caps_code(px, l + 5);
-		if (px->caps[0] != '\0') {
-			finish(px, PROXY_OK, "");
-			return -1;
-		}
-		px->st = P_CAPS;
-		send_line(px, "C CAPABILITY");
-		return 0;
-	case P_CAPS:
-		if (strncmp(l, "* CAPABILITY ", 13) == 0) {
-			snprintf(px->caps, sizeof(px->caps), "%s", l + 13);
-			return 0;
-		}
-		if (strncmp(l, "C ", 2) == 0) {
-			finish(px, PROXY_OK, "");
-			return -1;
-		}
-		return 0;
-	default:
-		return 0;
-	}
-}
-
-/* one backend line of the POP3 login; -1 when px is gone or done */
-static int
-pop3_line(struct proxy *px, const char *l)
-{
-	int ok = strncmp(l, "+OK", 3) == 0;
-
-	switch (px->st) {
-	case P_GREETING:
-		if (!ok) {
-			finish(px, PROXY_UNAVAILABLE, "the backend's greeting is not +OK");
-			return -1;
-		}
-		if (px->where.tls == USERDB_TLS_STARTTLS) {
-			px->st = P_STARTTLS;
-			send_line(px, "STLS");
-			return 0;
-		}
-		after_tls(px);
-		return 0;
-	case P_STARTTLS:
-		if (!ok) {
-			finish(px, PROXY_UNAVAILABLE, "the backend refused STLS");
-			return -1;
-		}
-		return start_tls_upgrade(px) < 0 ? -1 : 1;
-	case P_ID:
-		/* XCLIENT's answer either way (a backend that does not trust us says -ERR) */
-		send_login(px);
-		return 0;
-	case P_AUTH:
-		if (!ok) {
-			finish(px, PROXY_REFUSED, "the backend refused USER");
-			return -1;
-		}
-		px->st = P_PASS;
-		send_line(px, "PASS %s", px->password);
-		return 0;
-	case P_PASS:
-		if (!ok) {
-			finish(px, strstr(l, "[SYS/") || strstr(l, "[IN-USE]") ? PROXY_UNAVAILABLE :
-			    PROXY_REFUSED, "the backend answered -ERR");
-			return -1;
-		}
+	case PR_SEND:
+		/* a TLS filter encrypts (and may read) on the spot */
+		bufferevent_write(px->bev, out, strlen(out));
+		return px->gone || px->st != P_LOGIN ? -1 : 0;
+	case PR_STARTTLS:
+		start_tls_upgrade(px);	/* on failure done() came */
+		return -1;
+	case PR_OK:
 		finish(px, PROXY_OK, "");
 		return -1;
+	case PR_REFUSED:
+		finish(px, PROXY_REFUSED, proxy_reply_why(px->pr));
+		return -1;
 	default:
-		return 0;
+		finish(px, PROXY_UNAVAILABLE, proxy_reply_why(px->pr));
+		return -1;
 	}
 }
 
@@ -568,23 +456,18 @@ login_read(struct proxy *px)
 {
 	struct evbuffer *in = bufferevent_get_input(px->bev);
 
-	while (px->st != P_SPLICE && px->st != P_DONE && px->st != P_CONNECT &&
-	    px->st != P_TLS) {
+	while (!px->gone && px->st == P_LOGIN) {
 		size_t n;
 		char *l = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
 		int r;
 
 		if (l == NULL) {
-			if (evbuffer_get_length(in) > PROXY_LINE_MAX)
+			if (evbuffer_get_length(in) > PROXY_REPLY_LINE_MAX)
 				finish(px, PROXY_UNAVAILABLE, "a backend line is too long");
 			return;
 		}
-		if (n > PROXY_LINE_MAX || memchr(l, '\0', n) != NULL) {
-			free(l);
-			finish(px, PROXY_UNAVAILABLE, "a backend line is too long or holds NUL");
-			return;
-		}
-		r = px->proto == PROXY_IMAP ? imap_line(px, l) : pop3_line(px, l);
+		r = apply(px, proxy_reply_line(px->pr, l, n));
+		explicit_bzero(l, n);
 		free(l);
 		if (r != 0)
 			return;
@@ -593,34 +476,197 @@ login_read(struct proxy *px)
 
 /* ---- the splice ---- */
 
-static void px_destroy(struct proxy *px);
-
-/*
- * conn_write() may end the client's connection on the spot (a TLS filter
- * that fails its write): the door's closing then calls proxy_free() while
- * we are still inside px. That free waits until we are out: 0, or -1 when
- * px is gone and the caller must not touch it again.
- */
+/* conn_write() inside px_enter(): 0, or -1 when px is gone */
 static int
 client_write(struct proxy *px, const void *p, size_t n)
 {
-	px->busy++;
 	conn_write(px->c, p, n);
-	px->busy--;
-	if (!px->gone)
-		return 0;
-	if (px->busy == 0)
-		px_destroy(px);
-	return -1;
+	return px->gone ? -1 : 0;
 }
 
-/* backend bytes to the client while its output has room */
+/* read the backend or not (backpressure); a TLS filter may read on the spot */
+static void
+backend_reading(struct proxy *px, int on)
+{
+	if (on && px->inpipe > 0)
+		return;		/* the pipe first: splice_wr_cb turns reading on */
+	if (px->rd == NULL) {
+		if (on)
+			bufferevent_enable(px->bev, EV_READ);
+		else
+			bufferevent_disable(px->bev, EV_READ);
+	} else if (on && !px->rd_on) {
+		event_add(px->rd, NULL);
+		px->rd_on = 1;
+	} else if (!on && px->rd_on) {
+		event_del(px->rd);
+		px->rd_on = 0;
+	}
+}
+
+static void event_cb_in(struct proxy *px, short what);
+static void to_client(struct proxy *px);
+
+/* the pipe's bytes to the client: 0 when it took them all (or the client
+ * is gone and closing: px may be gone then), 1 when it is behind */
+static int
+pipe_to_client(struct proxy *px)
+{
+	int cfd = (int)bufferevent_getfd(conn_bev(px->c));
+
+	while (px->inpipe > 0) {
+		ssize_t w = splice(px->pfd[0], NULL, cfd, NULL, px->inpipe,
+		    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+
+		if (w > 0) {
+			px->inpipe -= (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			event_add(px->wr, NULL);	/* on when the client took some */
+			return 1;
+		}
+		/* the client is gone: its conn notices; stop feeding it */
+		px->inpipe = 0;
+		backend_reading(px, 0);
+		if (!conn_is_closing(px->c))
+			conn_close(px->c);
+		return 0;
+	}
+	return 0;
+}
+
+/* the client's socket has room again for what waits in the pipe */
+static void
+splice_wr_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy *px = arg;
+
+	(void)fd;
+	(void)what;
+	if (px->gone || px->st != P_SPLICE)
+		return;
+	px_enter(px);
+	if (pipe_to_client(px) == 0 && !px->gone && px->st == P_SPLICE &&
+	    !conn_is_closing(px->c))
+		backend_reading(px, 1);
+	px_leave(px);
+}
+
+/*
+ * Backend bytes straight into the client's socket through the pipe, when
+ * nothing else is queued for the client (else the order would break):
+ * 1 done (px may be gone), 0 not possible now (take the buffered path).
+ */
+static int
+splice_read(struct proxy *px, int bfd)
+{
+	ssize_t r;
+
+	if (!px->pipe_ok || conn_is_closing(px->c))
+		return 0;
+	/* what is queued the usual way goes first; while the pipe holds bytes
+	 * nothing is (the buffered path never runs then) */
+	if (px->inpipe == 0 && (conn_output_pending(px->c) > 0 ||
+	    evbuffer_get_length(bufferevent_get_input(px->bev)) > 0))
+		return 0;
+	if (px->pfd[0] < 0) {
+		if (pipe2(px->pfd, O_NONBLOCK | O_CLOEXEC) < 0) {
+			px->pfd[0] = px->pfd[1] = -1;
+			px->pipe_ok = 0;
+			return 0;
+		}
+		(void)fcntl(px->pfd[1], F_SETPIPE_SZ, PROXY_READ);	/* best effort */
+		px->wr = event_new(px->base, bufferevent_getfd(conn_bev(px->c)), EV_WRITE,
+		    splice_wr_cb, px);
+	}
+	r = splice(bfd, NULL, px->pfd[1], NULL, PROXY_READ, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return 1;
+	px_enter(px);
+	if (r > 0) {
+		px->inpipe += (size_t)r;
+		if (pipe_to_client(px) == 1)
+			backend_reading(px, 0);		/* the client is behind */
+	} else {
+		backend_reading(px, 0);
+		event_cb_in(px, (short)(BEV_EVENT_READING | (r == 0 ? BEV_EVENT_EOF :
+		    BEV_EVENT_ERROR)));
+	}
+	px_leave(px);
+	return 1;
+}
+
+/* a plaintext backend is readable: one big read, then on to the client */
+static void
+own_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy *px = arg;
+	struct evbuffer *in = bufferevent_get_input(px->bev);
+	struct evbuffer_iovec v[2];
+	size_t have = evbuffer_get_length(in);
+	size_t want = have >= PROXY_HIGH ? 0 : PROXY_HIGH - have;
+	int nv;
+	ssize_t r;
+
+	(void)what;
+	if (px->gone || px->st != P_SPLICE || splice_read(px, (int)fd))
+		return;
+	if (want > PROXY_READ)
+		want = PROXY_READ;
+	if (want == 0) {
+		backend_reading(px, 0);
+		return;
+	}
+	/* the bufferevent keeps its input's end frozen but while it reads itself */
+	evbuffer_unfreeze(in, 0);
+	nv = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+	if (nv < 1) {
+		evbuffer_freeze(in, 0);
+		return;
+	}
+	if (v[0].iov_len > want) {
+		v[0].iov_len = want;
+		nv = 1;
+	} else if (nv == 2 && v[0].iov_len + v[1].iov_len > want) {
+		v[1].iov_len = want - v[0].iov_len;
+	}
+	r = readv(fd, (struct iovec *)v, nv);
+	if (r > 0) {
+		size_t left = (size_t)r;
+
+		for (int i = 0; i < nv; i++) {
+			size_t l = v[i].iov_len < left ? v[i].iov_len : left;
+
+			v[i].iov_len = l;
+			left -= l;
+		}
+		evbuffer_commit_space(in, v, nv);
+	}
+	evbuffer_freeze(in, 0);
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	px_enter(px);
+	if (r > 0) {
+		to_client(px);
+	} else {
+		backend_reading(px, 0);
+		event_cb_in(px, (short)(BEV_EVENT_READING | (r == 0 ? BEV_EVENT_EOF :
+		    BEV_EVENT_ERROR)));
+	}
+	px_leave(px);
+}
+
+/* backend bytes to the client while its output has room (inside px_enter) */
 static void
 to_client(struct proxy *px)
 {
 	struct evbuffer *in = bufferevent_get_input(px->bev);
 
-	while (evbuffer_get_length(in) > 0 && !conn_is_closing(px->c) &&
+	while (!px->gone && px->st == P_SPLICE && evbuffer_get_length(in) > 0 &&
+	    !conn_is_closing(px->c) &&
 	    conn_output_pending(px->c) < PROXY_HIGH) {
 		size_t room = PROXY_HIGH - conn_output_pending(px->c), n;
 		struct evbuffer_iovec v;
@@ -632,39 +678,48 @@ to_client(struct proxy *px)
 			break;
 		n = v.iov_len < room ? v.iov_len : room;
 		if (client_write(px, v.iov_base, n) != 0)
-			return;		/* the client's end came with it: px is gone */
-		evbuffer_drain(in, n);
+			return;		/* the client's end came with it */
+		evbuffer_drain(in, n);	/* a TLS filter may read (and close) on the spot */
+		if (px->gone || px->st != P_SPLICE)
+			return;
 		room -= n;
 		if (room > 0 && evbuffer_get_length(in) > 0 && !conn_is_closing(px->c)) {
 			/* a TLS filter encrypts it on the spot, and may fail there */
-			px->busy++;
 			evbuffer_remove_buffer(in, bufferevent_get_output(conn_bev(px->c)), room);
-			px->busy--;
-			if (px->gone) {
-				if (px->busy == 0)
-					px_destroy(px);
+			if (px->gone || px->st != P_SPLICE)
 				return;
-			}
 		}
 	}
-	if (evbuffer_get_length(in) > 0)
-		bufferevent_disable(px->bev, EV_READ);	/* the client is behind */
-	else
-		bufferevent_enable(px->bev, EV_READ);
+	if (px->gone || px->st != P_SPLICE)
+		return;
+	backend_reading(px, evbuffer_get_length(in) == 0);	/* or: the client is behind */
 }
 
 void
 proxy_splice(struct proxy *px)
 {
+	px_enter(px);
 	/* libevent moves 16 KiB per read/write call by default: a long FETCH
 	 * goes in fewer system calls with 64 KiB */
 	bufferevent_set_max_single_read(px->bev, PROXY_LOW);
 	bufferevent_set_max_single_write(px->bev, PROXY_LOW);
-	bufferevent_set_max_single_write(conn_bev(px->c), PROXY_LOW);
+	bufferevent_set_max_single_write(conn_bev(px->c), PROXY_HIGH);
 	bufferevent_setwatermark(px->bev, EV_WRITE, PROXY_LOW, 0);
-	bufferevent_enable(px->bev, EV_READ | EV_WRITE);
+	if (bufferevent_get_underlying(px->bev) == NULL &&
+	    bufferevent_openssl_get_ssl(px->bev) == NULL && bufferevent_getfd(px->bev) >= 0) {
+		/* plaintext: our own reads, PROXY_READ at a time */
+		px->rd = event_new(px->base, bufferevent_getfd(px->bev), EV_READ | EV_PERSIST,
+		    own_read_cb, px);
+		px->pipe_ok = !conn_is_tls(px->c) && bufferevent_getfd(conn_bev(px->c)) >= 0;
+		bufferevent_enable(px->bev, EV_WRITE);
+		backend_reading(px, 1);
+	} else {
+		bufferevent_enable(px->bev, EV_READ | EV_WRITE);
+	}
 	to_client(px);		/* anything the backend sent right after the login */
-	proxy_client_input(px);	/* and what the client pipelined after its login */
+	if (!px->gone)
+		proxy_client_input(px);	/* and what the client pipelined after its login */
+	px_leave(px);
 }
 
 void
@@ -672,21 +727,28 @@ proxy_client_input(struct proxy *px)
 {
 	struct evbuffer *out;
 
-	if (px->st != P_SPLICE)
+	if (px->gone || px->st != P_SPLICE)
 		return;
+	px_enter(px);
 	out = bufferevent_get_output(px->bev);
+	/* a TLS filter encrypts (and may read) on the spot */
 	evbuffer_add_buffer(out, conn_input(px->c));
-	if (evbuffer_get_length(out) >= PROXY_HIGH && !px->client_paused) {
+	if (!px->gone && px->st == P_SPLICE && evbuffer_get_length(out) >= PROXY_HIGH &&
+	    !px->client_paused) {
 		px->client_paused = 1;
 		conn_pause(px->c);
 	}
+	px_leave(px);
 }
 
 void
 proxy_client_writable(struct proxy *px)
 {
-	if (px->st == P_SPLICE)
-		to_client(px);
+	if (px->gone || px->st != P_SPLICE)
+		return;
+	px_enter(px);
+	to_client(px);
+	px_leave(px);
 }
 
 /* ---- backend events ---- */
@@ -697,10 +759,14 @@ read_cb(struct bufferevent *bev, void *arg)
 	struct proxy *px = arg;
 
 	(void)bev;
+	if (px->gone)
+		return;
+	px_enter(px);
 	if (px->st == P_SPLICE)
 		to_client(px);
 	else
 		login_read(px);
+	px_leave(px);
 }
 
 static void
@@ -710,9 +776,11 @@ write_cb(struct bufferevent *bev, void *arg)
 
 	(void)bev;
 	/* the backend took the client's bytes below the low mark */
-	if (px->st == P_SPLICE && px->client_paused) {
+	if (!px->gone && px->st == P_SPLICE && px->client_paused) {
 		px->client_paused = 0;
-		conn_resume(px->c);
+		px_enter(px);
+		conn_resume(px->c);	/* feeds the door: proxy_client_input() */
+		px_leave(px);
 	}
 }
 
@@ -741,9 +809,20 @@ static void
 event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct proxy *px = arg;
-	char why[300];
 
 	(void)bev;
+	if (px->gone)
+		return;
+	px_enter(px);
+	event_cb_in(px, what);
+	px_leave(px);
+}
+
+static void
+event_cb_in(struct proxy *px, short what)
+{
+	char why[300];
+
 	if (what & BEV_EVENT_CONNECTED) {
 		if (px->st == P_CONNECT) {
 			int one = 1, fd = (int)bufferevent_getfd(px->bev);
@@ -751,11 +830,12 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 			/* an interactive protocol: no Nagle wait on our small writes */
 			if (fd >= 0)
 				(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-			px->st = P_GREETING;
+			px->st = P_LOGIN;
 			login_read(px);
 		} else if (px->st == P_TLS) {
-			after_tls(px);
-			login_read(px);
+			px->st = P_LOGIN;
+			if (apply(px, proxy_reply_tls_done(px->pr)) == 0)
+				login_read(px);
 		}
 		return;
 	}
@@ -769,17 +849,20 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
 				break;
 			if (client_write(px, v.iov_base, v.iov_len) != 0)
-				return;	/* the client's end came with it: px is gone */
+				return;	/* the client's end came with it */
 			evbuffer_drain(in, v.iov_len);
+			if (px->gone || px->st != P_SPLICE)
+				return;	/* a nested event_cb did the rest */
 		}
 		px->st = P_DONE;
 		bufferevent_disable(px->bev, EV_READ | EV_WRITE);
+		backend_reading(px, 0);
 		log_info("%s: conn=%s proxy: backend=%s: the backend closed the session%s: closing "
 		    "the client's", px->proto == PROXY_IMAP ? "imap" : "pop3", conn_id(px->c),
 		    px->backend, (what & BEV_EVENT_EOF) ? "" :
 		    " (error)");
 		if (!conn_is_closing(px->c))
-			conn_close(px->c);	/* may free px (the door's closing) */
+			conn_close(px->c);	/* may end px (the door's closing): px_leave frees */
 		return;
 	}
 	if (px->st == P_DONE)
@@ -793,8 +876,13 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 		int err = EVUTIL_SOCKET_ERROR();
 		int in_tls = px->st == P_TLS ||
 		    (px->st == P_CONNECT && px->where.tls == USERDB_TLS_YES);
+		int derr = px->host_is_name && px->st == P_CONNECT ?
+		    bufferevent_socket_get_dns_error(px->bev) : 0;
 
-		if (!in_tls || !tls_why(px, why, sizeof(why), "TLS handshake failed"))
+		if (derr != 0)
+			snprintf(why, sizeof(why), "cannot resolve %.200s: %s", px->where.host,
+			    evutil_gai_strerror(derr));
+		else if (!in_tls || !tls_why(px, why, sizeof(why), "TLS handshake failed"))
 			snprintf(why, sizeof(why), "%s", err ? evutil_socket_error_to_string(err) :
 			    "connection error");
 	}
@@ -813,19 +901,30 @@ proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto
 	int sl = sizeof(ss);
 	unsigned port = where->port ? where->port : proto == PROXY_IMAP ?
 	    (where->tls == USERDB_TLS_YES ? 993 : 143) : (where->tls == USERDB_TLS_YES ? 995 : 110);
-	char spec[96];
+	char spec[300];
 	struct timeval t = { (time_t)pc->timeout, 0 };
+	struct evdns_base *dns = NULL;
 
 	px->base = base;
 	px->pc = pc;
 	px->proto = proto;
 	px->where = *where;
 	px->c = c;
-	px->user = xstrdup(user);
-	px->password = xstrdup(password);
+	px->pr = proxy_reply_new(proto == PROXY_IMAP, where->tls == USERDB_TLS_STARTTLS, user,
+	    password);
+	if (pc->forward_client) {
+		char rip[INET6_ADDRSTRLEN], lip[INET6_ADDRSTRLEN];
+		unsigned rport, lport;
+		int fd = (int)bufferevent_getfd(conn_bev(c));
+
+		if (fd >= 0 && sock_end(fd, 1, rip, sizeof(rip), &rport) == 0 &&
+		    sock_end(fd, 0, lip, sizeof(lip), &lport) == 0)
+			proxy_reply_set_client(px->pr, rip, rport, lip, lport);
+	}
 	px->h = h;
 	px->arg = arg;
 	px->st = P_CONNECT;
+	px->pfd[0] = px->pfd[1] = -1;
 	clock_gettime(CLOCK_MONOTONIC, &px->t0);
 	/* POP3 sends them as they are: no line breaks smuggled into the backend's session */
 	if (strpbrk(user, "\r\n") != NULL || strpbrk(password, "\r\n") != NULL) {
@@ -840,9 +939,14 @@ proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto
 	if (px->st == P_DONE)
 		return px;
 	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sl) < 0) {
-		px->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-		px->st = P_DONE;
-		return px;	/* the caller sees proxy_failed_at_start() */
+		const char *err;
+
+		px->host_is_name = userdb_is_hostname(where->host);
+		if (!px->host_is_name || (dns = dns_for(pc, base, &err)) == NULL) {
+			px->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+			px->st = P_DONE;
+			return px;	/* the caller sees proxy_start_failed() */
+		}
 	}
 	if (where->tls == USERDB_TLS_YES) {
 		SSL *ssl = new_ssl(px);
@@ -863,7 +967,10 @@ proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto
 	bufferevent_setwatermark(px->bev, EV_READ, 0, PROXY_HIGH);
 	bufferevent_set_timeouts(px->bev, &t, &t);
 	bufferevent_enable(px->bev, EV_READ | EV_WRITE);
-	if (bufferevent_socket_connect(px->bev, (struct sockaddr *)&ss, sl) < 0)
+	/* a name: looked up on the loop (bounded by the timeouts set above) */
+	if (dns != NULL ? bufferevent_socket_connect_hostname(px->bev, dns, AF_UNSPEC,
+	    where->host, (int)port) < 0 :
+	    bufferevent_socket_connect(px->bev, (struct sockaddr *)&ss, sl) < 0)
 		px->st = P_DONE;	/* refused at once: reported by proxy_start_failed() */
 	return px;
 }
@@ -877,7 +984,7 @@ proxy_start_failed(const struct proxy *px)
 const char *
 proxy_caps(const struct proxy *px)
 {
-	return px->caps;
+	return proxy_reply_caps(px->pr);
 }
 
 unsigned
@@ -903,10 +1010,16 @@ proxy_free(struct proxy **pxp)
 	if (px == NULL)
 		return;
 	*pxp = NULL;
-	if (px->busy > 0) {	/* client_write() is on the stack: it frees */
+	if (px->busy > 0) {	/* we are on the stack: the outermost px_leave frees */
 		px->gone = 1;
-		if (px->bev != NULL)
+		if (px->rd != NULL)
+			event_del(px->rd);
+		if (px->wr != NULL)
+			event_del(px->wr);
+		if (px->bev != NULL) {
+			bufferevent_setcb(px->bev, NULL, NULL, NULL, NULL);
 			bufferevent_disable(px->bev, EV_READ | EV_WRITE);
+		}
 		return;
 	}
 	px_destroy(px);
@@ -915,12 +1028,16 @@ proxy_free(struct proxy **pxp)
 static void
 px_destroy(struct proxy *px)
 {
+	if (px->rd != NULL)
+		event_free(px->rd);
+	if (px->wr != NULL)
+		event_free(px->wr);
+	if (px->pfd[0] >= 0) {
+		close(px->pfd[0]);
+		close(px->pfd[1]);
+	}
 	if (px->bev != NULL)
 		bufferevent_free(px->bev);
-	free(px->user);
-	if (px->password != NULL) {
-		explicit_bzero(px->password, strlen(px->password));
-		free(px->password);
-	}
+	proxy_reply_free(&px->pr);
 	free(px);
 }

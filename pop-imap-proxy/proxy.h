@@ -10,7 +10,7 @@
  *                       bounded by mail_proxy_timeout), read its greeting,
  *                       STARTTLS (tls=starttls) or implicit TLS (tls=yes),
  *                       verified against the CA file and the backend's
- *                       address, never falling back to plaintext; forward
+ *                       address or name, never falling back to plaintext; forward
  *                       the client's address (IMAP ID); log in with the
  *                       client's credentials; then hooks->done(ok)
  *   proxy_splice()      after the door answered the client: bytes both ways
@@ -30,6 +30,7 @@
 struct conf;
 struct conn;
 struct event_base;
+struct proxy_dns;
 typedef struct ssl_ctx_st SSL_CTX;
 
 enum proxy_proto { PROXY_IMAP, PROXY_POP3 };
@@ -46,15 +47,23 @@ struct proxy_conf {
 	/* mail_proxy_auth = backend: users of these domains with no line of
 	 * their own log in to the default backend, whose verdict decides */
 	int auth_backend;
-	struct userdb_proxy def;	/* mail_proxy_default; host "" none */
+	struct userdb_proxy def;	/* the door's mail_proxy_default; host "" none */
 	char **domains;			/* mail_proxy_domains (conf list) */
 	size_t ndomains;
+	/* host= names: resolved on the loop with the resolver setting (made at
+	 * the first name; owned; proxy_dns_free() before the loop goes) */
+	struct proxy_dns *dns;
 };
 
-/* 0, or -1 with *error_r (naming the key) */
-int proxy_conf_parse(const struct conf *c, struct proxy_conf *pc, const char **error_r)
-    __attribute__((warn_unused_result));
+/* for the door of proto (its own default: imap_/pop3_mail_proxy_default,
+ * which is mail_proxy_default unless set): 0, or -1 with *error_r (naming
+ * the key) */
+int proxy_conf_parse(const struct conf *c, enum proxy_proto proto, struct proxy_conf *pc,
+    const char **error_r) __attribute__((warn_unused_result));
 void proxy_conf_deinit(struct proxy_conf *pc);
+/* the resolver of host= names, while its event loop still exists (the
+ * door's end, before event_base_free) */
+void proxy_dns_free(const struct proxy_conf *pc);
 /* mail_proxy_auth = backend and user's domain is one of mail_proxy_domains:
  * 1 with the default backend in *r; else 0 */
 int proxy_default_route(const struct proxy_conf *pc, const char *user, struct userdb_proxy *r);

@@ -9,7 +9,8 @@
  *
  *   smtp_server_run()      the loop on the listeners the master bound
  *                          (service/listener), until SIGTERM/SIGINT, or
- *                          until drained after SIGUSR2
+ *                          until drained after SIGUSR2 (the signals and
+ *                          the tick: service/door_loop)
  *
  * SIGUSR2 (live reload: a new worker already serves the same listeners)
  * drains (conn_server_drain): accept nothing more, let every open session
@@ -69,6 +70,7 @@
 #include "smtp-gateway/smtp_deliver_sieve.h"
 #include "service/authcheck.h"
 #include "service/conn.h"
+#include "service/door_loop.h"
 #include "service/fcrdns.h"
 #include "service/users.h"
 #include "storage-adapter/maildir.h"
@@ -1232,61 +1234,12 @@ static const struct conn_ops sess_ops = {
 	.free = sess_free,
 };
 
-static void
-stop_cb(evutil_socket_t sig, short what, void *arg)
-{
-	struct server *s = arg;
-
-	(void)what;
-	log_info("smtp: signal %d, stopping", (int)sig);
-	event_base_loopexit(s->base, NULL);
-}
-
-/* no session left, or smtp_timeout passed since the drain began */
-static void
-drained(void *arg)
-{
-	struct server *s = arg;
-
-	event_base_loopexit(s->base, NULL);
-}
-
-/* live reload: the new worker takes the listeners; we finish what runs */
-static void
-drain_cb(evutil_socket_t sig, short what, void *arg)
-{
-	struct server *s = arg;
-
-	(void)sig;
-	(void)what;
-	conn_server_drain(s->cs, s->c->timeout, drained, s);
-}
-
-/*
- * Each second: the drain's deadline and the anvil's expiry (service/conn), and the users
- * reloaded when their file changed (service/users: a broken file keeps the
- * last good users; the alternative is a permanent 550 5.1.1 for every
- * local recipient).
- */
-static void
-users_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct server *s = arg;
-
-	(void)fd;
-	(void)what;
-	conn_server_tick(s->cs, time(NULL));
-	users_tick(&s->users, time(NULL));
-}
-
 int
-smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfds,
+smtp_server_run(const int *fds, const int *kinds, size_t nfds,
     const struct smtp_server_conf *c, const char **error_r)
 {
 	struct server *s = xcalloc(1, sizeof(*s));
-	struct event *sig_term, *sig_int, *sig_drain, *tick;
-	sigset_t usr2;
-	struct timeval one = { 1, 0 };
+	struct door_loop *loop;
 	int rc = 0;
 
 	s->c = c;
@@ -1354,20 +1307,14 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 		    kinds[i] == LISTEN_SMTPS, error_r) < 0)
 			rc = -1;
 	}
-	sig_term = evsignal_new(s->base, SIGTERM, stop_cb, s);
-	sig_int = evsignal_new(s->base, SIGINT, stop_cb, s);
-	sig_drain = evsignal_new(s->base, SIGUSR2, drain_cb, s);
-	tick = event_new(s->base, -1, EV_PERSIST, users_cb, s);
-	evsignal_add(sig_term, NULL);
-	evsignal_add(sig_int, NULL);
-	evsignal_add(sig_drain, NULL);
-	/* the master spawns us with SIGUSR2 blocked: one sent early waits for us */
-	sigemptyset(&usr2);
-	sigaddset(&usr2, SIGUSR2);
-	pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
-	event_add(tick, &one);
+	/* live reload: the new worker takes the listeners; we finish what runs.
+	 * Each second: the drain's deadline and the anvil's expiry, and the users
+	 * reloaded when their file changed (a broken file keeps the last good
+	 * users; the alternative is a permanent 550 5.1.1 for every local
+	 * recipient). */
+	loop = door_loop_new(s->cs, "smtp", c->timeout, &s->users, NULL, NULL, s);
 	if (rc == 0)
-		event_base_dispatch(s->base);
+		door_loop_run(loop);
 	conn_server_stop(s->cs);	/* no new input; what runs finishes */
 	s->stopping = 1;
 	fcrdns_resolver_free(&s->dns);	/* pending lookups call back first */
@@ -1375,10 +1322,7 @@ smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfd
 	authcheck_free(&s->auth);	/* checks in flight call back; penalty waits are dropped */
 	conn_server_free(&s->cs);	/* every session hears closing, then free */
 	downstream_set_free(&s->downs);	/* sessions saying QUIT are cut short */
-	event_free(sig_term);
-	event_free(sig_int);
-	event_free(sig_drain);
-	event_free(tick);
+	door_loop_free(&loop);
 	event_base_free(s->base);
 	users_close(&s->users);
 	free(s);

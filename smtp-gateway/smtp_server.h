@@ -37,9 +37,9 @@ struct smtp_server_conf {
 	struct smtp_deliver_sieve *deliver_sieve;
 };
 
-/* serve the given listening sockets (kinds[i] for fds[i], bound with
- * listener_bind()) until SIGTERM/SIGINT */
-int smtp_server_run(const int *fds, const enum smtp_listener_kind *kinds, size_t nfds,
+/* serve the given listening sockets (kinds[i], an enum smtp_listener_kind,
+ * for fds[i], bound with listener_bind()) until SIGTERM/SIGINT */
+int smtp_server_run(const int *fds, const int *kinds, size_t nfds,
     const struct smtp_server_conf *c, const char **error_r)
     __attribute__((warn_unused_result));
 

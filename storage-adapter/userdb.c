@@ -155,6 +155,39 @@ proxy_key(const char *tok, size_t len)
 	return -1;
 }
 
+/* a DNS name: letters, digits and hyphens in dot-separated labels of 1-63,
+ * no hyphen at a label's ends, at most 253 in all, not all digits and dots
+ * (that would be a mistyped address), an optional final dot */
+int
+userdb_is_hostname(const char *v)
+{
+	size_t n = strlen(v), label = 0;
+	int alpha = 0;
+
+	if (n == 0 || n > 253 || v[0] == '.')
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char ch = v[i];
+
+		if (ch == '.') {
+			if (label == 0 || v[i - 1] == '-')
+				return 0;
+			label = 0;
+			continue;
+		}
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		    (ch >= '0' && ch <= '9') || ch == '-'))
+			return 0;
+		if (ch == '-' && label == 0)
+			return 0;
+		if (!(ch >= '0' && ch <= '9') && ch != '-')
+			alpha = 1;
+		if (++label > 63)
+			return 0;
+	}
+	return alpha && v[n - 1] != '-';
+}
+
 static int
 check_field(int k, const char *v, struct userdb_proxy *r, int *proxy_r, const char **error_r)
 {
@@ -171,9 +204,9 @@ check_field(int k, const char *v, struct userdb_proxy *r, int *proxy_r, const ch
 		unsigned char a[16];
 
 		if (strlen(v) >= sizeof(r->host) || (inet_pton(AF_INET, v, a) != 1 &&
-		    inet_pton(AF_INET6, v, a) != 1)) {
+		    inet_pton(AF_INET6, v, a) != 1 && !userdb_is_hostname(v))) {
 			snprintf(errbuf, sizeof(errbuf), "host=%.80s: expected a numeric IPv4 or IPv6 "
-			    "address", v);
+			    "address or a DNS name", v);
 			*error_r = errbuf;
 			return -1;
 		}

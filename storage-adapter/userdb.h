@@ -76,17 +76,20 @@ int userdb_verify(const struct userdb *db, const char *user, const char *passwor
  * Where a user lives (issue 12): extra fields on the user's line, as
  * Dovecot's passdb has them: proxy=y host=ADDRESS [port=N]
  * [tls=no|starttls|yes] [destuser=NAME]. host is a numeric IPv4/IPv6
- * address (no name lookup on a door's loop); TLS to it is verified against
- * that address (an IP subjectAltName). A user without proxy=y is served
- * from the local store.
+ * address, or a DNS name the proxy resolves on its loop (the resolver
+ * setting); TLS to it is verified against that address (an IP
+ * subjectAltName) or that name. A user without proxy=y is served from the
+ * local store.
  */
 enum userdb_proxy_tls { USERDB_TLS_NO, USERDB_TLS_STARTTLS, USERDB_TLS_YES };
 struct userdb_proxy {
-	char host[64];			/* numeric address */
+	char host[256];			/* numeric address or a DNS name (resolver) */
 	unsigned port;			/* 0: the door's default (143, 110) */
 	enum userdb_proxy_tls tls;
 	char destuser[256];		/* "": the login the client gave */
 };
+/* 1 when v is a syntactically valid DNS name (host= may be one) */
+int userdb_is_hostname(const char *v);
 /* 1: proxied (*r filled); 0: served locally (or unknown user); -1: the
  * line says proxy=y but its fields are wrong (logged at load: refuse the
  * login for now rather than serve the user from the wrong place) */

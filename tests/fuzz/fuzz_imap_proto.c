@@ -16,8 +16,9 @@
 #include "common/sasl.h"
 #include "pop-imap-proxy/imap_proto.h"
 #include "storage-adapter/mailstore.h"
+#include "tests/unit/fixture.h"
 
-#define USER "alice@example.com"
+#define USER FIXTURE_USER
 
 static char root[64];
 static int ready;
@@ -25,57 +26,17 @@ static unsigned runs;	/* the store is made afresh every STORE_RUNS inputs: COPY 
 			   APPEND grow it, and a slower fuzzer finds less */
 #define STORE_RUNS 10
 
-static int
-t_lookup(void *arg, const char *login, struct sasl_user *r)
-{
-	(void)arg;
-	if (strcasecmp(login, "alice") != 0)
-		return 0;
-	snprintf(r->name, sizeof(r->name), "%s", USER);
-	snprintf(r->hash, sizeof(r->hash), "x");
-	return 1;
-}
-
-static int
-t_verify(void *arg, const struct sasl_user *u, const char *pw)
-{
-	(void)arg;
-	(void)u;
-	return strcmp(pw, "secret") == 0;
-}
-
-static int
-t_cram(void *arg, const struct sasl_user *u, const char *ch, const char *digest)
-{
-	(void)arg;
-	(void)u;
-	(void)ch;
-	(void)digest;
-	return 0;
-}
-
-static const struct sasl_callbacks cbs = { t_lookup, t_verify, t_cram, NULL };
-
 static void
 setup(void)
 {
 	struct mailstore *ms;
 	const char *msgs[] = { "Subject: a\n\n.x\nbody\n", "S: b\r\n\r\n1\r\n2\r\n", "x" };
-	const char *users[] = { USER }, *err;
+	const char *err;
 
 	snprintf(root, sizeof(root), "/tmp/fuzz-imap-XXXXXX");
-	if (mkdtemp(root) == NULL || sasl_init(&err) < 0)
-		abort();
-	for (int i = 0; i < 3; i++) {
-		struct mailstore_delivery *d;
-		char id[128];
-
-		if (mailstore_deliver_begin(root, USER, &d, &err) < 0 ||
-		    mailstore_deliver_write(d, msgs[i], strlen(msgs[i]), &err) < 0 ||
-		    mailstore_deliver_commit(&d, root, users, 1, id, &err) < 0)
-			abort();
-	}
-	if (mailstore_open(root, USER, &ms, &err) < 0 ||
+	if (mkdtemp(root) == NULL || sasl_init(&err) < 0 ||
+	    fixture_deliver(root, USER, msgs, 3, &err) < 0 ||
+	    mailstore_open(root, USER, &ms, &err) < 0 ||
 	    mailstore_folder_create(ms, "Sent", &err) < 0 ||
 	    mailstore_folder_create(ms, "A.b", &err) < 0)
 		abort();
@@ -98,10 +59,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data0, size_t size0)
 	unsigned bits;
 
 	if (ready && ++runs % STORE_RUNS == 0) {
-		char cmd[128];
-
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-		if (system(cmd) != 0)
+		if (fixture_rm_rf(root) != 0)
 			abort();
 		ready = 0;
 	}
@@ -126,7 +84,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data0, size_t size0)
 	prm.login = !!(bits & 2);
 	prm.auth_mechs = (bits >> 2) & 0x1f;
 	prm.auth_allow_plaintext = !!(bits & 0x80);
-	prm.sasl_cb = &cbs;
+	prm.sasl_cb = &fixture_alice;
 	prm.store_root = root;
 	if (bits & 0x100)
 		prm.banner = "ready";

@@ -16,62 +16,23 @@
 #include "common/sasl.h"
 #include "pop-imap-proxy/pop3_proto.h"
 #include "storage-adapter/mailstore.h"
+#include "tests/unit/fixture.h"
 
-#define USER "alice@example.com"
+#define USER FIXTURE_USER
 
 static struct mailstore *ms;
 static struct mailstore_box *box;
-
-static int
-t_lookup(void *arg, const char *login, struct sasl_user *r)
-{
-	(void)arg;
-	if (strcasecmp(login, "alice") != 0)
-		return 0;
-	snprintf(r->name, sizeof(r->name), "%s", USER);
-	snprintf(r->hash, sizeof(r->hash), "x");
-	return 1;
-}
-
-static int
-t_verify(void *arg, const struct sasl_user *u, const char *pw)
-{
-	(void)arg;
-	(void)u;
-	return strcmp(pw, "secret") == 0;
-}
-
-static int
-t_cram(void *arg, const struct sasl_user *u, const char *ch, const char *digest)
-{
-	(void)arg;
-	(void)u;
-	(void)ch;
-	(void)digest;
-	return 0;
-}
-
-static const struct sasl_callbacks cbs = { t_lookup, t_verify, t_cram, NULL };
 
 static void
 setup(void)
 {
 	char root[] = "/tmp/fuzz-pop3-XXXXXX";
 	const char *msgs[] = { "Subject: a\n\n.x\nbody\n", "S: b\r\n\r\n1\r\n2\r\n", "x" };
-	const char *users[] = { USER }, *err;
+	const char *err;
 
-	if (mkdtemp(root) == NULL || sasl_init(&err) < 0)
-		abort();
-	for (int i = 0; i < 3; i++) {
-		struct mailstore_delivery *d;
-		char id[128];
-
-		if (mailstore_deliver_begin(root, USER, &d, &err) < 0 ||
-		    mailstore_deliver_write(d, msgs[i], strlen(msgs[i]), &err) < 0 ||
-		    mailstore_deliver_commit(&d, root, users, 1, id, &err) < 0)
-			abort();
-	}
-	if (mailstore_open(root, USER, &ms, &err) < 0 ||
+	if (mkdtemp(root) == NULL || sasl_init(&err) < 0 ||
+	    fixture_deliver(root, USER, msgs, 3, &err) < 0 ||
+	    mailstore_open(root, USER, &ms, &err) < 0 ||
 	    mailstore_box_open(ms, "INBOX", &box, &err) < 0)
 		abort();
 }
@@ -95,7 +56,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	prm.auth_mechs = (bits >> 2) & 0x1f;
 	prm.apop = !!(bits & 0x80);
 	prm.auth_allow_plaintext = !!(bits & 0x100);
-	prm.sasl_cb = &cbs;
+	prm.sasl_cb = &fixture_alice;
 	prm.bad_max = (bits >> 9) & 7;
 	p = pop3_proto_new(&prm);
 	pop3_proto_start(p, (bits & 0x1000) ? NULL : "<1.2@mx>");

@@ -13,40 +13,11 @@
 #include "common/mailaddr.h"
 #include "smtp-gateway/smtp_conf.h"
 #include "smtp-gateway/smtp_proto.h"
+#include "tests/unit/fixture.h"
 
 static struct policy *pol;
 static struct snapref snaps;
 static struct smtp_params params;
-
-static int
-no_user(void *arg, const char *login, struct sasl_user *r)
-{
-	(void)arg;
-	(void)login;
-	(void)r;
-	return 0;
-}
-
-static int
-no_password(void *arg, const struct sasl_user *u, const char *password)
-{
-	(void)arg;
-	(void)u;
-	(void)password;
-	return 0;
-}
-
-static int
-no_cram(void *arg, const struct sasl_user *u, const char *challenge, const char *digest)
-{
-	(void)arg;
-	(void)u;
-	(void)challenge;
-	(void)digest;
-	return 0;
-}
-
-static const struct sasl_callbacks no_users = { no_user, no_password, no_cram, NULL };
 
 static int
 user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
@@ -81,7 +52,7 @@ setup(void)
 	params = sc->srv.params;
 	params.pol = pol;
 	params.snaps = &snaps;
-	params.sasl_cb = &no_users;
+	params.sasl_cb = &fixture_nobody;
 	params.tls_available = 1;
 	params.user_resolve = user_resolve;
 }

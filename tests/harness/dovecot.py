@@ -3,7 +3,8 @@ differential tests and the benches that compare Portcullis with Dovecot on
 the same Maildir store.
 
     dc = Dovecot(workdir, store="/path/store", protocols=("imap", "pop3"),
-                 users={"u@example.com": "{PLAIN}pw"}, tls=(cert, key))
+                 users={"u@example.com": "{PLAIN}pw"}, tls=(cert, key),
+                 env={"TZ": "UTC"})    # env: added to dovecot's environment
     dc.start()            # waits until every listener accepts
     dc.imap_port, dc.imaps_port, dc.pop3_port, dc.pop3s_port   (0: not enabled)
     dc.imap(user, pw)     # a logged-in imaplib.IMAP4
@@ -41,7 +42,7 @@ def installed(protocols=("imap",)):
 
 class Dovecot:
     def __init__(self, workdir, store=None, protocols=("imap",), users=None, tls=None,
-                 mechanisms="plain login", extra_conf="", name="dovecot"):
+                 mechanisms="plain login", extra_conf="", name="dovecot", env=None):
         self.base = os.path.join(workdir, name)
         self.store = store or os.path.join(self.base, "store")
         self.protocols = tuple(protocols)
@@ -49,6 +50,7 @@ class Dovecot:
         self.tls = tls                   # (cert_file, key_file) or None
         self.mechanisms = mechanisms
         self.extra_conf = extra_conf
+        self.env = dict(os.environ, **env) if env else None
         self.log = os.path.join(self.base, "dovecot.log")
         self.proc = None
         pw = pwd.getpwnam("nobody") if os.getuid() == 0 else pwd.getpwuid(os.getuid())
@@ -138,7 +140,7 @@ userdb {{
             f.write(self.config())
         with open(os.path.join(self.base, "dovecot.err"), "w") as err:
             self.proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdout=subprocess.DEVNULL,
-                                         stderr=err, stdin=subprocess.DEVNULL)
+                                         stderr=err, stdin=subprocess.DEVNULL, env=self.env)
         try:
             wait_until(lambda: self.proc.poll() is not None or
                        all(port_accepts("127.0.0.1", p) for p in self.ports()),

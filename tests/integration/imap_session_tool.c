@@ -18,6 +18,7 @@
 
 #include "common/sasl.h"
 #include "pop-imap-proxy/imap_proto.h"
+#include "tests/unit/fixture.h"
 
 static const char *user;
 
@@ -40,17 +41,7 @@ t_verify(void *arg, const struct sasl_user *u, const char *pw)
 	return 1;
 }
 
-static int
-t_cram(void *arg, const struct sasl_user *u, const char *ch, const char *digest)
-{
-	(void)arg;
-	(void)u;
-	(void)ch;
-	(void)digest;
-	return 0;
-}
-
-static const struct sasl_callbacks cbs = { t_lookup, t_verify, t_cram, NULL };
+static const struct sasl_callbacks cbs = { t_lookup, t_verify, fixture_no_cram, NULL };
 
 static void
 drain(struct imap_proto *p)

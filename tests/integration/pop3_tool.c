@@ -18,6 +18,7 @@
 #include "common/sasl.h"
 #include "pop-imap-proxy/pop3_proto.h"
 #include "storage-adapter/mailstore.h"
+#include "tests/unit/fixture.h"
 
 static int
 t_lookup(void *arg, const char *login, struct sasl_user *r)
@@ -40,17 +41,7 @@ t_verify(void *arg, const struct sasl_user *u, const char *pw)
 	return strcmp(pw, "secret-pw") == 0;
 }
 
-static int
-t_cram(void *arg, const struct sasl_user *u, const char *ch, const char *digest)
-{
-	(void)arg;
-	(void)u;
-	(void)ch;
-	(void)digest;
-	return 0;
-}
-
-static const struct sasl_callbacks cbs = { t_lookup, t_verify, t_cram, NULL };
+static const struct sasl_callbacks cbs = { t_lookup, t_verify, fixture_no_cram, NULL };
 
 static int
 write_all(int fd, const char *p, size_t n)

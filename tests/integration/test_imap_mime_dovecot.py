@@ -50,24 +50,20 @@ Run as root (CI): Dovecot refuses mail uid 0, so the store belongs to
 Run: PORTCULLIS_BIN=build/asan/bin python3 tests/integration/test_imap_mime_dovecot.py
 """
 import os
-import pwd
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from harness import runner  # noqa: E402
+from harness import dovecot, runner  # noqa: E402
 from harness.daemon import SANITIZER_RE, exe  # noqa: E402
-from harness.ports import free_port, port_accepts  # noqa: E402
-from harness.util import wait_until  # noqa: E402
+from harness.imapwire import RawImap  # noqa: E402
 
 TOOL = exe("imap-mime-tool")
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+DOVECOT = dovecot.DOVECOT
 USER = "mime@example.com"
 PASSWORD = "secret-pw"
 
@@ -652,64 +648,20 @@ SEARCHES = [
     ["SENTBEFORE 7-Dec-2026", "SENTSINCE 7-Dec-2026", "NOT SENTON 6-Dec-2026"]
 
 
-class Dovecot:
-    def __init__(self, base):
-        self.base = base
-        self.port = free_port()
-        self.store = os.path.join(base, "store")
-        self.proc = None
-        pw = pwd.getpwnam("nobody") if os.getuid() == 0 else pwd.getpwuid(os.getuid())
-        self.mail_user = pw.pw_name
-        self.uid, self.gid = pw.pw_uid, pw.pw_gid
+class Dovecot(dovecot.Dovecot):
+    """the harness' private Dovecot (tests/harness/dovecot.py) for USER, its
+    time zone UTC as the tool's; fill() puts a corpus in USER's INBOX"""
 
-    def config(self):
-        internal = ""
-        if os.getuid() != 0:
-            internal = "default_internal_user = %s\ndefault_login_user = %s\n" % (
-                self.mail_user, self.mail_user)
-        return """# private Dovecot for test_imap_mime_dovecot.py: loopback IMAP only
-protocols = imap
-listen = 127.0.0.1
-base_dir = {b}/run
-state_dir = {b}/state
-log_path = {b}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-mail_location = maildir:{b}/store/%d/%n/Maildir
-mail_uid = {uid}
-mail_gid = {gid}
-first_valid_uid = {uid}
-last_valid_uid = 0
-first_valid_gid = 0
-import_environment = TZ
-{internal}
-namespace inbox {{
-  inbox = yes
-}}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {b}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid}
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-""".format(b=self.base, uid=self.uid, gid=self.gid, port=self.port, internal=internal)
+    def __init__(self, workdir):
+        super().__init__(workdir, users={USER: "{PLAIN}" + PASSWORD}, mechanisms="plain",
+                         extra_conf="import_environment = TZ\n", env={"TZ": "UTC"})
+        self.port = self.imap_port
 
-    def maildir(self):
-        return os.path.join(self.store, "example.com", "mime", "Maildir")
+    def maildir(self, user=USER, folder="INBOX"):
+        return super().maildir(user, folder)
 
     def fill(self, corpus):
+        """before start(), which gives the store to the mail user"""
         md = self.maildir()
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(md, sub), exist_ok=True)
@@ -722,86 +674,6 @@ service imap-login {{
             with open(fn, "wb") as f:
                 f.write(data)
             os.utime(fn, (MTIME0 + i * 86400, MTIME0 + i * 86400))
-        for root, dirs, files in os.walk(self.store):
-            os.chown(root, self.uid, self.gid)
-            for f in files:
-                os.chown(os.path.join(root, f), self.uid, self.gid)
-
-    def start(self):
-        for d in ("run", "state", "store"):
-            os.makedirs(os.path.join(self.base, d), exist_ok=True)
-        os.chmod(self.base, 0o755)
-        with open(os.path.join(self.base, "passwd"), "w") as f:
-            f.write("%s:{PLAIN}%s\n" % (USER, PASSWORD))
-        conf = os.path.join(self.base, "dovecot.conf")
-        with open(conf, "w") as f:
-            f.write(self.config())
-        env = dict(os.environ, TZ="UTC")
-        with open(os.path.join(self.base, "dovecot.err"), "w") as err:
-            self.proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdout=subprocess.DEVNULL,
-                                         stderr=err, env=env)
-        wait_until(lambda: port_accepts("127.0.0.1", self.port), 20, what="dovecot listening")
-
-    def stop(self):
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
-class RawImap:
-    """An IMAP client that keeps the exact bytes of every answer."""
-
-    def __init__(self, port):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.buf = b""
-        self.n = 0
-        self.line()  # greeting
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            d = self.s.recv(65536)
-            if not d:
-                raise EOFError("connection closed")
-            self.buf += d
-        i = self.buf.index(b"\r\n") + 2
-        ln, self.buf = self.buf[:i], self.buf[i:]
-        return ln
-
-    def exact(self, n):
-        while len(self.buf) < n:
-            d = self.s.recv(65536)
-            if not d:
-                raise EOFError("connection closed")
-            self.buf += d
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def response(self):
-        """one whole response (untagged or tagged), literals inlined"""
-        out = b""
-        while True:
-            ln = self.line()
-            out += ln
-            m = re.search(rb"\{(\d+)\}\r\n$", ln)
-            if not m:
-                return out
-            out += self.exact(int(m.group(1)))
-
-    def cmd(self, text):
-        self.n += 1
-        tag = b"c%d" % self.n
-        self.s.sendall(tag + b" " + text + b"\r\n")
-        untagged = []
-        while True:
-            r = self.response()
-            if r.startswith(tag + b" "):
-                return untagged, r
-            untagged.append(r)
 
 
 def literalize(prog):

@@ -10,7 +10,7 @@ UIDVALIDITY and UIDs), then the store is copied: Dovecot runs the script on
 one copy over IMAP, build/.../imap-session-tool (the session without the
 door) on the other. Normalised before comparing: Dovecot's timing suffix
 "(0.001 + 0.000 secs)", CAPABILITY lists, the special-use attributes our
-LIST adds (this Dovecot has no special_use config) and Dovecot-only
+LIST and LSUB add (this Dovecot has no special_use config) and Dovecot-only
 untagged extras listed in IGNORE, the order of LIST/LSUB lines and \\Recent
 (Dovecot's index gives it to the next session that opens a folder, our
 Maildir to the one that moves new/ to cur/). Everything else must be
@@ -236,7 +236,7 @@ def normalise(b, ours):
         line = re.sub(rb" \(\d+\.\d+ \+ \d+\.\d+(?: \+ \d+\.\d+)? secs\)\.$", b".", line)
         line = re.sub(rb"\[CAPABILITY [^\]]*\] ?", b"", line)
         if ours:
-            line = re.sub(rb" \\(Sent|Drafts|Junk|Trash)\)", b")", line)
+            line = re.sub(rb" ?\\(Sent|Drafts|Junk|Trash)\)", b")", line)   # LIST and LSUB
         if any(r.match(line) for r in IGNORE):
             continue
         # \Recent: Dovecot keeps it in its index for the next session to open

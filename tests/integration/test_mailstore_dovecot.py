@@ -37,7 +37,6 @@ Run: PORTCULLIS_BIN=build/asan/bin python3 tests/integration/test_mailstore_dove
 import imaplib
 import json
 import os
-import pwd
 import re
 import shutil
 import smtplib
@@ -48,112 +47,28 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from harness import runner  # noqa: E402
+from harness import dovecot, runner  # noqa: E402
 from harness.daemon import SANITIZER_RE, Daemon, exe  # noqa: E402
-from harness.ports import free_port, port_accepts  # noqa: E402
-from harness.util import wait_until  # noqa: E402
 
 TOOL = exe("mailstore-tool")
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+DOVECOT = dovecot.DOVECOT
 PASSWORD = "secret-pw"
 USERS = ["u%d@example.com" % i for i in range(1, 10)]
 
 
-class Dovecot:
-    def __init__(self, base):
-        self.base = base
-        self.port = free_port()
-        self.store = os.path.join(base, "store")
-        self.log = os.path.join(base, "dovecot.log")
-        self.proc = None
-        if os.getuid() == 0:
-            pw = pwd.getpwnam("nobody")
-        else:
-            pw = pwd.getpwuid(os.getuid())
-        self.mail_user = pw.pw_name
-        self.uid, self.gid = pw.pw_uid, pw.pw_gid
+class Dovecot(dovecot.Dovecot):
+    """the harness' private Dovecot (tests/harness/dovecot.py) in `base` itself,
+    its store in base/store, for USERS with PASSWORD (PLAIN only); IMAP, or
+    POP3 (test_pop3_dovecot), on self.port"""
 
-    def config(self):
-        b = self.base
-        internal = ""
-        if os.getuid() != 0:
-            internal = "default_internal_user = %s\ndefault_login_user = %s\n" % (
-                self.mail_user, self.mail_user)
-        return """# private Dovecot for test_mailstore_dovecot.py: loopback IMAP only
-protocols = imap
-listen = 127.0.0.1
-base_dir = {b}/run
-state_dir = {b}/state
-log_path = {b}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-mail_location = maildir:{b}/store/%d/%n/Maildir
-mail_uid = {uid}
-mail_gid = {gid}
-first_valid_uid = {uid}
-last_valid_uid = 0
-first_valid_gid = 0
-{internal}
-namespace inbox {{
-  inbox = yes
-}}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {b}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid}
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-""".format(b=b, uid=self.uid, gid=self.gid, port=self.port, internal=internal)
+    def __init__(self, base, protocols=("imap",)):
+        super().__init__(os.path.dirname(base), name=os.path.basename(base),
+                         protocols=protocols, mechanisms="plain",
+                         users={u: "{PLAIN}" + PASSWORD for u in USERS})
+        self.port = self.imap_port or self.pop3_port
 
-    def start(self):
-        for d in ("run", "state", "store"):
-            os.makedirs(os.path.join(self.base, d), exist_ok=True)
-        os.chmod(self.base, 0o755)
-        os.chown(self.store, self.uid, self.gid)
-        with open(os.path.join(self.base, "passwd"), "w") as f:
-            for u in USERS:
-                f.write("%s:{PLAIN}%s\n" % (u, PASSWORD))
-        conf = os.path.join(self.base, "dovecot.conf")
-        with open(conf, "w") as f:
-            f.write(self.config())
-        with open(os.path.join(self.base, "dovecot.err"), "w") as err:
-            self.proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdout=subprocess.DEVNULL,
-                                         stderr=err)
-        wait_until(lambda: port_accepts("127.0.0.1", self.port), 20,
-                       what="dovecot listening")
-
-    def stop(self):
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-    def imap(self, user):
-        c = imaplib.IMAP4("127.0.0.1", self.port, timeout=15)
-        typ, _ = c.login(user, PASSWORD)
-        assert typ == "OK"
-        return c
-
-    def maildir(self, user, folder="INBOX"):
-        local, domain = user.split("@")
-        md = os.path.join(self.store, domain, local, "Maildir")
-        return md if folder == "INBOX" else os.path.join(md, "." + folder)
+    def imap(self, user, password=PASSWORD, tls=False):
+        return super().imap(user, password, tls)
 
 
 def imap_select(c, folder):

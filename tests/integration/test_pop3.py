@@ -191,6 +191,7 @@ class T1Basics(unittest.TestCase):
         add_user(d, "dave@example.com", "dave-password")
         add_user(d, "erin@example.com", "erin-password")
         add_user(d, "fred@example.com", "fred-password")
+        add_user(d, "gina@example.com", "gina-password")
         d.start()
 
     def test_banner_capa_and_plaintext_refused(self):
@@ -360,6 +361,27 @@ class T1Basics(unittest.TestCase):
         log = self.d.log_since(mark)
         self.assertNotIn("error:", "\n".join(l for l in log.splitlines() if "erin" in l))
         self.assertRegex(log, r"\]: pop3: conn=\S+ erin@example.com: message \d+: expunged meanwhile")
+
+    def test_retr_after_an_imap_flag_change(self):
+        """P1: an IMAP session flags messages this POP3 session is about to
+        retrieve (their files renamed for the new flags, new/ to cur/): RETR
+        finds them under their new names, and QUIT sets \\Seen on the renamed
+        file (before: -ERR [SYS/TEMP] Couldn't read the message.)"""
+        u, pw = "gina@example.com", "gina-password"
+        bodies = [msg(30), msg(31)]
+        for b in bodies:
+            deliver(self.d, u, b)
+        p = login(self.d, u, pw)
+        self.assertEqual(p.stat()[0], 2)
+        md = maildir(self.d, u)
+        for sub in ("new", "cur"):          # what an IMAP STORE +FLAGS (\\Flagged) does
+            for f in os.listdir(os.path.join(md, sub)):
+                base = f.split(":")[0]
+                os.rename(os.path.join(md, sub, f), os.path.join(md, "cur", base + ":2,F"))
+        for i, b in enumerate(bodies):
+            self.assertEqual(b"\r\n".join(p.retr(i + 1)[1]) + b"\r\n", b)
+        self.assertTrue(p.quit().startswith(b"+OK"))
+        self.assertEqual(sorted(f.split(":")[1] for f in files(self.d, u)), ["2,FS", "2,FS"])
 
     def test_sizes_of_a_bare_lf_file_without_w(self):
         """D1: a bare-LF file whose name and uidlist record have no W= (another

@@ -42,20 +42,10 @@ MSGS = [
 
 
 class Pop3Dovecot(tmd.Dovecot):
-    def config(self):
-        imap = super().config()
-        head, _, _ = imap.partition("service imap-login")
-        head = head.replace("protocols = imap", "protocols = pop3")
-        return head + """service pop3-login {{
-  inet_listener pop3 {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-""".format(port=self.port)
+    """test_mailstore_dovecot's private Dovecot, POP3 only"""
+
+    def __init__(self, base):
+        super().__init__(base, protocols=("pop3",))
 
 
 class Pop3VersusDovecot(unittest.TestCase):

@@ -34,7 +34,17 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
     T10BackendAuth  mail_proxy_auth = backend: unknown users of
                     mail_proxy_domains checked by mail_proxy_default (IMAP
                     and POP3), its NO a failed login with the penalty delay
-    T11Clients      mbsync (STARTTLS) and fetchmail (STLS) through the proxy
+    T11Clients      mbsync (STARTTLS), mutt (batch mode, imaps), fetchmail
+                    (STLS), poplib POP3_SSL and curl pop3s through the proxy
+    T13Names        host= as a DNS name, resolved on the loop through the
+                    resolver setting (a dnsmasq on loopback): IMAP and POP3
+                    logins, implicit TLS verified against the name (another
+                    name refused), an unknown name NO [UNAVAILABLE] fast
+    T12Robust       a scripted backend (slow login, a long stream, a close
+                    behind a full client): clients over TLS that vanish while
+                    the backend logs in or streams, a backend that closes
+                    while the client's output is full (all of it still
+                    delivered), the daemon sanitizer-clean and serving after
 
 Run: PORTCULLIS_BIN=$PWD/build/asan/bin python3 tests/integration/test_proxy.py
 """
@@ -48,7 +58,9 @@ import ssl
 import socket
 import subprocess
 import sys
+import struct
 import tempfile
+import threading
 import time
 import unittest
 
@@ -258,7 +270,8 @@ class T01Users(unittest.TestCase):
             d.cli("user", "set", USER, "destuser=", "port=")
             out = d.cli("user", "show", USER).stdout
             self.assertIn("fields: proxy=y host=127.0.0.1 tls=starttls\n", out)
-            for args, err in ((["host=backend.example"], "numeric IPv4 or IPv6"),
+            for args, err in ((["host=backend..example"], "numeric IPv4 or IPv6 address or a "
+                                                          "DNS name"),
                               (["port=70000"], "port number 1-65535"),
                               (["tls=maybe"], "no, starttls or yes"),
                               (["proxy=sure"], "y or n"),
@@ -282,10 +295,15 @@ class T01Users(unittest.TestCase):
 class T01Config(unittest.TestCase):
     """portcullisd -t refuses bad mail_proxy_* settings, naming the key"""
     CASES = [
-        ("a default that is no address", {"mail_proxy_default": "backend.example:143"},
-         r"mail_proxy_default = backend.example:143: expected ADDRESS\[:PORT\]"),
+        ("a default that is no address", {"mail_proxy_default": "backend..example:143"},
+         r'mail_proxy_default: "backend\.\.example:143": expected ADDRESS\[:PORT\]'),
+        ("a door's default that is no address", {"pop3_mail_proxy_default": "b.example x"},
+         r'pop3_mail_proxy_default: "b\.example x": expected ADDRESS\[:PORT\]'),
+        ("domains with one door's default only", {"mail_proxy_domains": "far.example",
+                                                  "pop3_mail_proxy_default": "192.0.2.1"},
+         r"mail_proxy_domains needs mail_proxy_default \(or imap_mail_proxy_default\)"),
         ("a default port out of range", {"mail_proxy_default": "192.0.2.1:0"},
-         r"mail_proxy_default.*1-65535"),
+         r"mail_proxy_default.*port is not a number from 1 to 65535"),
         ("domains without a default", {"mail_proxy_domains": "far.example"},
          r"mail_proxy_domains needs mail_proxy_default"),
         ("a master user without its password", {"mail_proxy_master_user": "m"},
@@ -308,6 +326,7 @@ class T01Config(unittest.TestCase):
             finally:
                 d.close()
         d = Daemon("conf-ok", base, mail_proxy_auth="backend", mail_proxy_default="[::1]:143",
+                   pop3_mail_proxy_default="pop.far.example:1110",
                    mail_proxy_domains="far.example")
         try:
             p = run_bin("portcullisd", "-c", d.conf, "-t")
@@ -689,8 +708,10 @@ class T10BackendAuth(unittest.TestCase):
         far = "carol@far.example"
         dc = backend("dc-backend", None, protocols=("imap", "pop3"),
                      users={far: "{PLAIN}Far pass 2"})
+        # one default for both doors, the POP3 door's port its own
         g = Gateway("backend", [], mail_proxy_auth="backend",
                     mail_proxy_default="127.0.0.1:%d" % dc.imap_port,
+                    pop3_mail_proxy_default="127.0.0.1:%d" % dc.pop3_port,
                     mail_proxy_domains="far.example", auth_failure_delay="1s",
                     auth_failure_delay_max="1s")
         try:
@@ -713,23 +734,19 @@ class T10BackendAuth(unittest.TestCase):
                 c.login("dave@elsewhere.example", "x")
             self.assertNotIn("dave@", open(dc.log).read())
             c.logout()
-            # POP3 the same way (mail_proxy_default names one port: a gateway of its own)
-            g2 = Gateway("backend-pop3", [], mail_proxy_auth="backend",
-                         mail_proxy_default="127.0.0.1:%d" % dc.pop3_port,
-                         mail_proxy_domains="far.example")
-            try:
-                p = poplib.POP3("127.0.0.1", g2.pop3_port, timeout=15)
-                p.user(far)
-                self.assertTrue(p.pass_("Far pass 2").startswith(b"+OK"))
-                self.assertEqual(p.stat()[0], 0)
-                p.quit()
-                p = poplib.POP3("127.0.0.1", g2.pop3_port, timeout=15)
-                p.user(far)
-                with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[AUTH\]"):
-                    p.pass_("wrong")
-                p.quit()
-            finally:
-                g2.stop()
+            # POP3 the same way, to the port of pop3_mail_proxy_default
+            p = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            p.user(far)
+            self.assertTrue(p.pass_("Far pass 2").startswith(b"+OK"))
+            self.assertEqual(p.stat()[0], 0)
+            p.quit()
+            self.assertRegex(g.d.log_text(), r"pop3: conn=\S+ proxy: user=<%s> .*backend=127\.0"
+                             r"\.0\.1:%d: logged in" % (re.escape(far), dc.pop3_port))
+            p = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            p.user(far)
+            with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[AUTH\]"):
+                p.pass_("wrong")
+            p.quit()
             # users of our own file are still checked here
             c = g.login(LOCAL)
             self.assertEqual(c.select("INBOX")[0], "OK")
@@ -740,7 +757,8 @@ class T10BackendAuth(unittest.TestCase):
 
 
 class T11Clients(unittest.TestCase):
-    """mbsync (IMAP, STARTTLS to Portcullis) and fetchmail (POP3, STLS) through the proxy"""
+    """mbsync (IMAP, STARTTLS to Portcullis), mutt (imaps), fetchmail (POP3, STLS),
+    poplib and curl (pop3s) through the proxy"""
 
     @classmethod
     def setUpClass(cls):
@@ -750,14 +768,69 @@ class T11Clients(unittest.TestCase):
                         b"body %d\r\n" % (i, i), "170000001%d.M%dP9.backend" % (i, i))
         cls.gi = Gateway("clients-imap", ["proxy=y", "host=127.0.0.1",
                                           "port=%d" % cls.dc.imap_port])
+        cls.pops_port = free_port()
         cls.gp = Gateway("clients-pop3", ["proxy=y", "host=127.0.0.1",
-                                          "port=%d" % cls.dc.pop3_port])
+                                          "port=%d" % cls.dc.pop3_port],
+                         pop3s_listen="127.0.0.1:%d" % cls.pops_port)
 
     @classmethod
     def tearDownClass(cls):
         cls.gi.stop()
         cls.gp.stop()
         cls.dc.close()
+
+    def assert_proxied(self, g, door):
+        self.assertRegex(g.d.log_text(), r"%s: conn=\S+ proxy: user=<%s> client=\[127\.0\.0\.1\] "
+                         r"backend=127\.0\.0\.1:\d+: logged in" % (door, re.escape(USER)))
+
+    @unittest.skipUnless(shutil.which("mutt") and shutil.which("script"),
+                         "mutt (or script) is not installed")
+    def test_mutt_reads_through_the_proxy(self):
+        # mutt in batch mode (under script(1) for a terminal), over imaps
+        d = self.gi.d
+        out, rc, certs = d.path("mutt.out"), d.path("muttrc"), d.path("mutt-certs")
+        with open(certs, "w") as f:
+            f.write(open(W.front[0]).read() + open(W.ca).read())
+        with open(rc, "w") as f:
+            f.write('set folder="imaps://%s@127.0.0.1:%d/" spoolfile="+INBOX"\n'
+                    'set imap_pass="%s" certificate_file="%s" ssl_verify_host=no\n'
+                    'set header_cache="" message_cachedir="" wait_key=no pipe_split=no\n'
+                    'set imap_authenticators="plain:login"\n'
+                    % (USER, self.gi.imaps_port, PASSWORD, certs))
+        keys = ("<tag-pattern>~A<enter><tag-prefix><pipe-message>grep Subject: > %s"
+                "<enter><quit>" % out)
+        cmd = "TERM=xterm %s -n -F %s -e 'push \"%s\"'" % (shutil.which("mutt"), rc, keys)
+        p = subprocess.run([shutil.which("script"), "-qec", cmd, "/dev/null"],
+                           capture_output=True, timeout=60, env=dict(os.environ, HOME=d.dir))
+        self.assertEqual(p.returncode, 0, p.stdout[-2000:])
+        with open(out) as f:
+            got = sorted(line.strip() for line in f)
+        self.assertEqual(got, ["Subject: client %d" % i for i in range(3)])
+        self.assert_proxied(self.gi, "imap")
+
+    def test_pop3s_poplib(self):
+        ctx = ssl.create_default_context(cafile=W.ca)
+        p = poplib.POP3_SSL("127.0.0.1", self.pops_port, context=ctx, timeout=15)
+        p.user(USER)
+        self.assertTrue(p.pass_(PASSWORD).startswith(b"+OK"))
+        self.assertEqual(p.stat()[0], 3)
+        got = b"\n".join(p.retr(2)[1])
+        self.assertRegex(got, rb"Subject: client \d")
+        self.assertTrue(p.quit().startswith(b"+OK"))
+        self.assert_proxied(self.gp, "pop3")
+
+    @unittest.skipUnless(shutil.which("curl"), "curl is not installed")
+    def test_pop3s_curl(self):
+        base = "pop3s://127.0.0.1:%d/" % self.pops_port
+        args = ["curl", "-sS", "--max-time", "30", "--cacert", W.ca, "--login-options",
+                "AUTH=PLAIN", "--user", "%s:%s" % (USER, PASSWORD)]
+        r = subprocess.run(args + [base], capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(r.stdout.split(b"\r\n")) - 1, 3, r.stdout)     # the LIST
+        r = subprocess.run(args + [base + "3"], capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, rb"Subject: client \d\r\n\r\nbody \d\r\n")
+        self.assert_proxied(self.gp, "pop3")
 
     @unittest.skipUnless(shutil.which("mbsync"), "isync (mbsync) is not installed")
     def test_mbsync_pull(self):
@@ -869,6 +942,346 @@ class T08Pop3(unittest.TestCase):
         p.quit()
         self.assertRegex(self.g.d.log_text(), r"pop3: conn=\S+ proxy: user=<dn@example.com> "
                          r"client=\[127\.0\.0\.1\] backend=127\.0\.0\.1:\d+: unavailable")
+
+
+class FakeBackend:
+    """A scripted IMAP or POP3 backend: accepts any login after login_delay
+    seconds; after it, a command line holding BIG gets big bytes back (then
+    the connection is closed when the line also holds CLOSE)."""
+
+    def __init__(self, proto="imap", login_delay=0.0, big=8 * 1024 * 1024, cert=None,
+                 bare=False):
+        self.proto, self.login_delay, self.big = proto, login_delay, big
+        self.bare = bare    # IMAP: "* OK" and "L OK", nothing after the status
+        self.tls = None
+        if cert:    # STARTTLS / STLS offered with this certificate
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*cert)
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.logins = 0
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        imap = self.proto == "imap"
+        try:
+            f = s.makefile("rb")
+            s.sendall((b"* OK\r\n" if self.bare else
+                       b"* OK [CAPABILITY IMAP4rev1 SASL-IR STARTTLS AUTH=PLAIN] fake\r\n")
+                      if imap else b"+OK fake\r\n")
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                words = line.split()
+                verb = words[1].upper() if imap and len(words) > 1 else \
+                    (words[0].upper() if words else b"")
+                if verb in (b"STARTTLS", b"STLS") and self.tls:
+                    s.sendall(b"S OK go\r\n" if imap else b"+OK go\r\n")
+                    s = self.tls.wrap_socket(s, server_side=True)
+                    f = s.makefile("rb")
+                elif imap and verb in (b"AUTHENTICATE", b"LOGIN") or not imap and verb == b"PASS":
+                    time.sleep(self.login_delay)
+                    self.logins += 1
+                    s.sendall((b"L OK\r\n" if self.bare else
+                               b"L OK [CAPABILITY IMAP4rev1 IDLE] in\r\n")
+                              if imap else b"+OK in\r\n")
+                elif imap and verb == b"CAPABILITY":
+                    s.sendall(b"* CAPABILITY IMAP4rev1 IDLE BARE\r\n" + words[0] + b" OK done\r\n")
+                elif b"BIG" in line:
+                    sent = 0
+                    while sent < self.big:
+                        s.sendall(stream_chunk(sent))
+                        sent += 64000
+                    if b"CLOSE" in line:
+                        if self.tls:
+                            s.settimeout(10)
+                            try:
+                                s = s.unwrap()  # close_notify: read in-band by the proxy
+                            except (OSError, ValueError):
+                                pass
+                        s.shutdown(socket.SHUT_WR)
+                        return
+                elif imap:
+                    s.sendall(b"* ID NIL\r\n" + words[0] + b" OK done\r\n")
+                else:
+                    s.sendall(b"+OK\r\n")
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def close(self):
+        self.closed = True
+        self.ls.close()
+
+
+BIG_SENT = (8 * 1024 * 1024 + 63999) // 64000 * 64000     # FakeBackend's stream, whole chunks
+
+
+def stream_chunk(at):
+    """64000 bytes of FakeBackend's stream from offset at: numbered lines"""
+    return b"".join(b"%078d\r\n" % (at // 80 + i) for i in range(800))
+
+
+def read_all(f):
+    out = bytearray()
+    while True:
+        b = f.read1(65536)
+        if not b:
+            return bytes(out)
+        out += b
+
+
+def rst(s):
+    """close with a reset: the next write on the other end fails at once"""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+class T12Robust(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.slow = FakeBackend("imap", login_delay=0.5)
+        cls.slow3 = FakeBackend("pop3", login_delay=0.5)
+        cls.fast = FakeBackend("imap")
+        cls.stls = FakeBackend("imap", cert=W.good)
+        cls.stls3 = FakeBackend("pop3", cert=W.good)
+        cls.bare = FakeBackend("imap", bare=True)
+        cls.pops_port = free_port()
+        users = {
+            "slow@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.slow.port],
+            "slow3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.slow3.port],
+            USER: ["proxy=y", "host=127.0.0.1", "port=%d" % cls.fast.port],
+            "st@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.stls.port,
+                               "tls=starttls"],
+            "st3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.stls3.port,
+                                "tls=starttls"],
+            "bare@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.bare.port],
+        }
+        cls.g = Gateway("robust", users=users, pop3s_listen="127.0.0.1:%d" % cls.pops_port)
+        cls.ctx = ssl.create_default_context(cafile=W.ca)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()    # asserts: no sanitizer report, a clean exit
+        for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3, cls.bare):
+            b.close()
+
+    def tls(self, port):
+        s = self.ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), 10),
+                                 server_hostname="127.0.0.1")
+        return s, s
+
+    def assert_serving(self):
+        self.assertTrue(self.g.d.alive())
+        self.assertEqual(self.g.d.sanitizer_lines(), [])
+        line = raw_login(self.g.imap_port, LOCAL)
+        self.assertTrue(line.startswith("a OK"), line)
+
+    def test_bare_status_lines(self):
+        # "* OK" and "L OK" with nothing after them: nothing read past the
+        # line (ASan), the CAPABILITY asked for and passed on
+        line = raw_login(self.g.imap_port, "bare@example.com")
+        self.assertTrue(line.startswith("a OK [CAPABILITY IMAP4rev1 IDLE BARE]"), line)
+        self.assert_serving()
+
+    def test_tls_client_gone_during_backend_login(self):
+        # the tagged OK after the backend's login fails on the spot (TLS):
+        # the door's end of the connection must not free the session under it
+        n = self.slow.logins
+        raw, s = self.tls(self.g.imaps_port)
+        s.recv(4096)
+        s.sendall(b'a LOGIN "slow@example.com" "%s"\r\n' % PASSWORD.encode())
+        time.sleep(0.2)         # the backend is still logging in
+        rst(raw)
+        wait_until(lambda: self.slow.logins > n, 5, what="the backend's login")
+        time.sleep(0.3)
+        self.assert_serving()
+
+    def test_pop3s_client_gone_during_backend_login(self):
+        n = self.slow3.logins
+        raw, s = self.tls(self.pops_port)
+        s.recv(4096)
+        s.sendall(b"USER slow3@example.com\r\n")
+        s.recv(4096)
+        s.sendall(b"PASS %s\r\n" % PASSWORD.encode())
+        time.sleep(0.2)
+        rst(raw)
+        wait_until(lambda: self.slow3.logins > n, 5, what="the backend's login")
+        time.sleep(0.3)
+        self.assert_serving()
+
+    def test_client_gone_while_backend_streams(self):
+        for over_tls in (False, True):
+            if over_tls:
+                raw, s = self.tls(self.g.imaps_port)
+            else:
+                raw = s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PASSWORD.encode()))
+            self.assertTrue(f.readline().startswith(b"a OK"))
+            s.sendall(b"b BIG\r\n")
+            got = 0
+            while got < 1024 * 1024:
+                got += len(f.read1(65536))
+            rst(raw)
+            time.sleep(0.3)
+            self.assert_serving()
+
+    def test_backend_closes_while_client_output_full(self):
+        for over_tls in (False, True):
+            if over_tls:
+                raw, s = self.tls(self.g.imaps_port)
+            else:
+                raw = s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+            s.settimeout(20)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PASSWORD.encode()))
+            self.assertTrue(f.readline().startswith(b"a OK"))
+            s.sendall(b"b BIG CLOSE\r\n")
+            time.sleep(1.5)     # we read nothing: the backend has closed behind a full client
+            got = read_all(f)
+            self.assertEqual(len(got), BIG_SENT)
+            self.assertTrue(got == b"".join(stream_chunk(i) for i in range(0, BIG_SENT, 64000)),
+                            "the stream arrived altered or out of order")
+            s.close()
+        self.assert_serving()
+
+    def test_slow_reader_gets_the_stream_then_the_reply(self):
+        # backpressure both ways on the way: the stream, whole and in order,
+        # then the next command's answer (plaintext: the splice(2) path)
+        for over_tls in (False, True):
+            if over_tls:
+                raw, s = self.tls(self.g.imaps_port)
+            else:
+                raw = s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+            s.settimeout(20)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PASSWORD.encode()))
+            self.assertTrue(f.readline().startswith(b"a OK"))
+            s.sendall(b"b BIG\r\nc NOOP\r\n")
+            time.sleep(1)
+            got = bytearray()
+            while len(got) < BIG_SENT:
+                got += f.read1(min(65536, BIG_SENT - len(got)))
+                if len(got) < 2 * 1024 * 1024:
+                    time.sleep(0.01)    # slowly at first
+            self.assertTrue(bytes(got) == b"".join(stream_chunk(i) for i in range(0, BIG_SENT,
+                                                                                  64000)))
+            self.assertEqual(f.readline(), b"* ID NIL\r\n")
+            self.assertEqual(f.readline(), b"c OK done\r\n")
+            s.close()
+
+    def test_starttls_backend_closes_after_a_stream(self):
+        # the backend's close_notify is read in-band by the TLS filter, which
+        # may read on the spot when we drain its input or enable its reading:
+        # the close then comes in the middle of our own loop
+        for _ in range(6):
+            for proto in ("imap", "pop3"):
+                if proto == "imap":
+                    s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+                    f = s.makefile("rb")
+                    f.readline()
+                    s.sendall(b'a LOGIN "st@example.com" "%s"\r\n' % PASSWORD.encode())
+                else:
+                    s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
+                    f = s.makefile("rb")
+                    f.readline()
+                    s.sendall(b"USER st3@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
+                    self.assertTrue(f.readline().startswith(b"+OK"))
+                s.settimeout(20)
+                self.assertTrue(f.readline()[:4] in (b"a OK", b"+OK "))
+                s.sendall(b"b BIG CLOSE\r\n")
+                self.assertEqual(len(read_all(f)), BIG_SENT, proto)
+                s.close()
+        self.assert_serving()
+
+
+DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+
+
+@unittest.skipUnless(os.access(DNSMASQ, os.X_OK), "dnsmasq is not installed")
+class T13Names(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_smtp_dns import dns_answers
+        cls.dc = backend("dc-names", W.wrong, protocols=("imap", "pop3"))
+        cls.dns_port = free_port(kind=socket.SOCK_DGRAM)
+        cls.dns = subprocess.Popen(
+            [DNSMASQ, "--keep-in-foreground", "--port=%d" % cls.dns_port,
+             "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+             "--no-poll", "--pid-file=", "--user=root",
+             "--host-record=mx.good.test,127.0.0.1",     # what dns_answers asks
+             "--host-record=backend.test,127.0.0.1",
+             "--host-record=backend.invalid,127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert dns_answers(cls.dns_port), "dnsmasq does not answer"
+        dc = cls.dc
+        users = {
+            "nm@example.com": ["proxy=y", "host=backend.test", "port=%d" % dc.imap_port,
+                               "destuser=" + USER],
+            "nt@example.com": ["proxy=y", "host=backend.invalid", "port=%d" % dc.imaps_port,
+                               "tls=yes", "destuser=" + USER],
+            "nw@example.com": ["proxy=y", "host=backend.test", "port=%d" % dc.imaps_port,
+                               "tls=yes", "destuser=" + USER],
+            "nx@example.com": ["proxy=y", "host=nx.test", "port=%d" % dc.imap_port],
+            "np@example.com": ["proxy=y", "host=backend.test", "port=%d" % dc.pop3_port,
+                               "destuser=" + USER],
+        }
+        cls.g = Gateway("names", users=users, resolver="127.0.0.1:%d" % cls.dns_port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+        cls.dns.terminate()
+        cls.dns.wait(5)
+        cls.dc.close()
+
+    def test_imap_and_pop3_by_name(self):
+        line = raw_login(self.g.imap_port, "nm@example.com")
+        self.assertTrue(line.startswith("a OK [CAPABILITY"), line)
+        p = poplib.POP3("127.0.0.1", self.g.pop3_port, timeout=15)
+        p.user("np@example.com")
+        self.assertTrue(p.pass_(PASSWORD).startswith(b"+OK"))
+        p.quit()
+        self.assertRegex(self.g.d.log_text(), r"proxy: user=<np@example\.com> client=\S+ "
+                         r"backend=backend\.test:%d: logged in" % self.dc.pop3_port)
+
+    def test_tls_checked_against_the_name(self):
+        line = raw_login(self.g.imap_port, "nt@example.com")
+        self.assertTrue(line.startswith("a OK [CAPABILITY"), line)
+        mark = self.g.d.log_mark()
+        line = raw_login(self.g.imap_port, "nw@example.com")
+        self.assertTrue(line.startswith("a NO [UNAVAILABLE]"), line)
+        wait_until(lambda: "user=<nw@example.com>" in self.g.d.log_since(mark), 5,
+                   what="the log line")
+        self.assertRegex(self.g.d.log_since(mark), r"certificate not accepted")
+
+    def test_unknown_name_unavailable(self):
+        t0 = time.monotonic()
+        line = raw_login(self.g.imap_port, "nx@example.com")
+        self.assertTrue(line.startswith("a NO [UNAVAILABLE]"), line)
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertRegex(self.g.d.log_text(), r"user=<nx@example\.com> client=\S+ "
+                         r"backend=nx\.test:%d: unavailable: cannot resolve nx\.test"
+                         % self.dc.imap_port)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 
 #include <CUnit/Basic.h>
 
+#include "common/conf.h"
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "tests/unit/unit.h"
@@ -39,6 +40,26 @@ unit_tmpdir(void)
 		exit(2);
 	}
 	return d;
+}
+
+struct conf *
+unit_conf(const char *text)
+{
+	struct conf *c = conf_new();
+	const char *err = NULL;
+
+	CU_ASSERT_EQUAL_FATAL(conf_load_string(c, "t.cf", text, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(conf_finish(c, &err), 0);
+	return c;
+}
+
+void
+unit_error_has(const char *name, const char *err, const char *want)
+{
+	if (err == NULL || strstr(err, want) == NULL) {
+		fprintf(stderr, "%s: got \"%s\"\n", name, err ? err : "(none)");
+		CU_FAIL("the error");
+	}
 }
 
 int
@@ -75,6 +96,7 @@ main(void)
 	test_penalty_register();
 	test_apop_register();
 	test_userdb_proxy_register();
+	test_proxy_reply_register();
 	test_sieve_lex_register();
 	test_sieve_parse_register();
 	test_sieve_eval_register();

@@ -54,19 +54,13 @@ test_imap_conf_table(void)
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-		struct conf *c = conf_new();
-		struct imap_conf *ic;
+		struct conf *c = unit_conf(t[i].text);
 		const char *err = NULL;
+		struct imap_conf *ic = imap_conf_new(c, &err);
 
-		CU_ASSERT_EQUAL_FATAL(conf_load_string(c, "t.cf", t[i].text, &err), 0);
-		CU_ASSERT_EQUAL_FATAL(conf_finish(c, &err), 0);
-		ic = imap_conf_new(c, &err);
 		if (t[i].err != NULL) {
 			CU_ASSERT_PTR_NULL(ic);
-			if (err == NULL || strstr(err, t[i].err) == NULL) {
-				fprintf(stderr, "%s: got \"%s\"\n", t[i].name, err ? err : "(none)");
-				CU_FAIL("the error");
-			}
+			unit_error_has(t[i].name, err, t[i].err);
 		} else {
 			if (ic == NULL)
 				fprintf(stderr, "%s: %s\n", t[i].name, err);

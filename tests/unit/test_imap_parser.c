@@ -18,6 +18,7 @@
 
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/imap_parser.h"
+#include "tests/unit/fixture.h"
 #include "tests/unit/unit.h"
 
 struct buf {
@@ -182,17 +183,7 @@ run(const char *in, size_t len, int mode, const struct imap_parser_limits *lim, 
 	if (idle & 2)
 		imap_parser_set_append_stream(p, 1);
 	while (off < len && !dead) {
-		size_t piece = len - off;
-
-		if (mode == 1)
-			piece = 1;
-		else if (mode >= 2) {
-			seed = seed * 1103515245u + 12345u;
-			piece = 1 + (seed >> 16) % 7;
-			if (piece > len - off)
-				piece = len - off;
-		}
-		size_t end = off + piece;
+		size_t end = off + fixture_piece(mode, &seed, len - off, 7);
 
 		while (off < end) {
 			struct imap_event ev;

@@ -16,56 +16,11 @@
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/imap_proto.h"
 #include "storage-adapter/mailstore.h"
+#include "tests/unit/fixture.h"
 #include "tests/unit/unit.h"
 
-#define USER "alice@example.com"
+#define USER FIXTURE_USER
 
-static int
-t_lookup(void *arg, const char *login, struct sasl_user *r)
-{
-	(void)arg;
-	if (strcasecmp(login, "alice") != 0 && strcasecmp(login, USER) != 0)
-		return 0;
-	snprintf(r->name, sizeof(r->name), "%s", USER);
-	snprintf(r->hash, sizeof(r->hash), "TEST:secret");
-	return 1;
-}
-
-static int
-t_verify(void *arg, const struct sasl_user *u, const char *pw)
-{
-	(void)arg;
-	return strcmp(u->hash, "TEST:secret") == 0 && strcmp(pw, "secret") == 0;
-}
-
-static int
-t_cram(void *arg, const struct sasl_user *u, const char *ch, const char *digest)
-{
-	(void)arg;
-	(void)u;
-	(void)ch;
-	(void)digest;
-	return 0;
-}
-
-static const struct sasl_callbacks cbs = { t_lookup, t_verify, t_cram, NULL };
-
-struct buf {
-	char *s;
-	size_t n, cap;
-};
-
-static void
-put(struct buf *b, const char *p, size_t n)
-{
-	if (b->n + n + 1 > b->cap) {
-		b->cap = (b->n + n + 1) * 2;
-		b->s = xrealloc(b->s, b->cap);
-	}
-	memcpy(b->s + b->n, p, n);
-	b->n += n;
-	b->s[b->n] = '\0';
-}
 
 struct env {
 	char *root;
@@ -78,19 +33,11 @@ static void
 store_make(struct env *e)
 {
 	const char *msgs[] = { "Subject: one\n\nbody\n", "Subject: two\n\nbody\n" }, *err;
-	const char *users[] = { USER };
 	struct mailstore *ms;
 
 	memset(e, 0, sizeof(*e));
 	e->root = unit_tmpdir();
-	for (int i = 0; i < 2; i++) {
-		struct mailstore_delivery *d;
-		char id[128];
-
-		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_begin(e->root, USER, &d, &err), 0);
-		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_write(d, msgs[i], strlen(msgs[i]), &err), 0);
-		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_commit(&d, e->root, users, 1, id, &err), 0);
-	}
+	CU_ASSERT_EQUAL_FATAL(fixture_deliver(e->root, USER, msgs, 2, &err), 0);
 	CU_ASSERT_EQUAL_FATAL(mailstore_open(e->root, USER, &ms, &err), 0);
 	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Sent", &err), 0);
 	CU_ASSERT_EQUAL(mailstore_folder_create(ms, "Archive", &err), 0);
@@ -101,26 +48,22 @@ store_make(struct env *e)
 static void
 store_free(struct env *e)
 {
-	char *cmd;
-
 	mailstore_box_close(&e->box);
 	mailstore_free(&e->ms);
-	cmd = xasprintf("rm -rf '%s'", e->root);
-	if (system(cmd) != 0)
+	if (fixture_rm_rf(e->root) != 0)
 		CU_FAIL("rm");
-	free(cmd);
 	free(e->root);
 }
 
 /* the door's writer: bytes as they are, file ranges read and LF->CRLF'd */
 static void
-drain(struct imap_proto *p, struct buf *out)
+drain(struct imap_proto *p, struct fixture_buf *out)
 {
 	struct imap_segment g;
 
 	while (imap_proto_output_segment(p, &g)) {
 		if (g.fd < 0) {
-			put(out, g.data, g.len);
+			fixture_put(out, g.data, g.len);
 		} else {
 			size_t sent = 0;
 			off_t off = g.offset;
@@ -134,11 +77,11 @@ drain(struct imap_proto *p, struct buf *out)
 					break;
 				}
 				if (g.crlf && c == '\n' && !prev_cr) {
-					put(out, "\r", 1);
+					fixture_put(out, "\r", 1);
 					if (++sent == g.len)
 						break;
 				}
-				put(out, &c, 1);
+				fixture_put(out, &c, 1);
 				sent++;
 				prev_cr = c == '\r';
 			}
@@ -190,9 +133,9 @@ struct icase {
 #define CAPS "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
 #define CAPS_IN CAPS " NAMESPACE UNSELECT CHILDREN SPECIAL-USE UIDPLUS MOVE ESEARCH"
 #define P_TLS { .myhostname = "mx.example.com", .tls_available = 1, .login = 1, \
-	.auth_mechs = AUTH_MECH_PLAIN | AUTH_MECH_CRAM, .sasl_cb = &cbs }
+	.auth_mechs = AUTH_MECH_PLAIN | AUTH_MECH_CRAM, .sasl_cb = &fixture_alice }
 #define P_OPEN { .myhostname = "mx.example.com", .login = 1, .auth_mechs = AUTH_MECH_PLAIN, \
-	.auth_allow_plaintext = 1, .sasl_cb = &cbs, .banner = "IMAP ready" }
+	.auth_allow_plaintext = 1, .sasl_cb = &fixture_alice, .banner = "IMAP ready" }
 /* created at login, as Dovecot's default config does */
 #define SPECIAL_LIST "* LIST (\\HasNoChildren \\Drafts) \".\" Drafts\r\n" \
 	"* LIST (\\HasNoChildren \\Junk) \".\" Junk\r\n" \
@@ -238,7 +181,7 @@ static const struct icase icases[] = {
 	  "* LIST (\\HasNoChildren) \".\" Archive.2024\r\nj OK List completed.\r\n"
 	  "j2 OK Lsub completed.\r\n"
 	  "* NAMESPACE ((\"\" \".\")) NIL NIL\r\nk OK Namespace completed.\r\n"
-	  "* ID NIL\r\nl OK ID completed.\r\n* ENABLED\r\nm OK Enabled.\r\n"
+	  "* ID NIL\r\nl OK ID completed.\r\nm OK Enabled.\r\n"
 	  "+ idling\r\nn OK Idle completed.\r\n+ idling\r\nn2 BAD Expected DONE.\r\n"
 	  "p BAD Command not permitted in this state.\r\nq BAD Error in IMAP command FOO: Unknown command.\r\n"
 	  "* BYE Logging out\r\nr OK Logout completed.\r\n" },
@@ -257,9 +200,10 @@ static const struct icase icases[] = {
 	  "d FETCH 1 BODY.PEEK[HEADER]\r\ne UID FETCH 2 (BODY[TEXT])\r\n"
 	  "f FETCH 1 BODY.PEEK[]<9.5>\r\nf2 FETCH 2 (RFC822.HEADER BODY.PEEK[]<20.10>)\r\n"
 	  "g STORE 1 +FLAGS (\\Deleted $Junk)\r\nh STORE 2 -FLAGS.SILENT (\\Seen)\r\n"
-	  "i FETCH 1:2 FLAGS\r\nj FETCH 3 FLAGS\r\nj2 STORE 1 FLAGS (\\Bogus)\r\nk EXPUNGE\r\n"
+	  "i FETCH 1:2 FLAGS\r\nj FETCH 3 FLAGS\r\nj2 STORE 1 FLAGS (\\Bogus)\r\n"
+	  "j3 STORE 1 +FLAGS (\\Recent)\r\nk EXPUNGE\r\n"
 	  "l UID FETCH 1:* UID\r\nl2 UID FETCH 7:* (FLAGS)\r\nm STORE 1 +FLAGS.SILENT \\Deleted\r\n"
-	  "n CLOSE\r\no SELECT INBOX\r\np LOGOUT\r\n", NULL,
+	  "n CLOSE\r\no SELECT INBOX\r\no2 SELECT\r\no3 CHECK\r\np LOGOUT\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
 	  "* FLAGS (" FLAGS ")\r\n* OK [PERMANENTFLAGS (" FLAGS " \\*)] Flags permitted.\r\n"
@@ -282,6 +226,7 @@ static const struct icase icases[] = {
 	  "i OK Fetch completed.\r\n"
 	  "j BAD Error in IMAP command FETCH: Invalid messageset.\r\n"
 	  "j2 BAD Invalid system flag \\Bogus\r\n"
+	  "j3 BAD Invalid system flag \\Recent\r\n"	/* the server's flag, as Dovecot */
 	  "* 1 EXPUNGE\r\n* 1 RECENT\r\nk OK Expunge completed.\r\n"
 	  "* 1 FETCH (UID 2)\r\nl OK Fetch completed.\r\n"
 	  "* 1 FETCH (UID 2 FLAGS (\\Recent))\r\nl2 OK Fetch completed.\r\n"
@@ -290,6 +235,9 @@ static const struct icase icases[] = {
 	  "* 0 EXISTS\r\n* 0 RECENT\r\n"
 	  "* OK [UIDVALIDITY {V:INBOX}] UIDs valid\r\n* OK [UIDNEXT 3] Predicted next UID\r\n"
 	  "o OK [READ-WRITE] Select completed.\r\n"
+	  /* a SELECT with bad arguments closes the folder first, as Dovecot's */
+	  "* OK [CLOSED] Previous mailbox closed.\r\n"
+	  "o2 BAD Error in IMAP command SELECT: Invalid arguments.\r\no3 BAD No mailbox selected.\r\n"
 	  "* BYE Logging out\r\np OK Logout completed.\r\n" },
 	{ "COPY, MOVE with COPYUID; TRYCREATE", P_OPEN,
 	  "a LOGIN alice secret\r\nb SELECT INBOX\r\nc COPY 1:2 Archive\r\n"
@@ -323,20 +271,22 @@ static const struct icase icases[] = {
 	  "n STATUS Nope (MESSAGES)\r\nn2 STATUS INBOX (BOGUS)\r\no DELETE Job.Projects\r\n"
 	  "p DELETE INBOX\r\nq DELETE Nope\r\nr RENAME INBOX Old\r\ns STATUS Old (MESSAGES)\r\n"
 	  "t STATUS INBOX (MESSAGES UIDNEXT)\r\nu UNSUBSCRIBE Drafts\r\nv LSUB \"\" *\r\n"
-	  "w RENAME Job Job.x\r\nx CREATE \"a b\"\r\ny LIST \"\" a*\r\nz LOGOUT\r\n", NULL,
+	  "w RENAME Job Job.x\r\nx CREATE \"a b\"\r\ny LIST \"\" a*\r\n"
+	  "y2 CREATE P.A.B\r\ny3 RENAME P.A P.G\r\ny4 LIST \"\" P*\r\ny5 RENAME P.A P.H\r\n"
+	  "z LOGOUT\r\n", NULL,
 	  "* OK [CAPABILITY " CAPS " AUTH=PLAIN] IMAP ready\r\n"
 	  "a OK [CAPABILITY " CAPS_IN "] Logged in\r\n"
 	  "b OK Create completed.\r\nc NO [ALREADYEXISTS] Mailbox already exists.\r\n"
 	  "d NO [ALREADYEXISTS] Mailbox already exists.\r\ne OK Create completed.\r\n"
 	  "f OK Subscribe completed.\r\ng NO Mailbox doesn't exist: Nope.\r\n"
-	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB (\\Drafts) \".\" Drafts\r\n* LSUB (\\Junk) \".\" Junk\r\n* LSUB (\\Trash) \".\" Trash\r\n"
 	  "* LSUB () \".\" Work.Projects\r\nh OK Lsub completed.\r\n"
-	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB (\\Drafts) \".\" Drafts\r\n* LSUB (\\Junk) \".\" Junk\r\n* LSUB (\\Trash) \".\" Trash\r\n"
 	  "* LSUB (\\Noselect) \".\" Work\r\ni OK Lsub completed.\r\n"
 	  "j OK Rename completed.\r\n"
 	  "* LIST (\\HasChildren) \".\" Job\r\n* LIST (\\HasNoChildren) \".\" Job.Projects\r\n"
 	  "k OK List completed.\r\n"
-	  "* LSUB () \".\" Drafts\r\n* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n"
+	  "* LSUB (\\Drafts) \".\" Drafts\r\n* LSUB (\\Junk) \".\" Junk\r\n* LSUB (\\Trash) \".\" Trash\r\n"
 	  "* LSUB () \".\" Work.Projects\r\nl OK Lsub completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 2 RECENT 2 UIDNEXT 3 UNSEEN 2)\r\nm OK Status completed.\r\n"
 	  "n NO Mailbox doesn't exist: Nope.\r\nn2 BAD Invalid status item\r\n"
@@ -345,10 +295,15 @@ static const struct icase icases[] = {
 	  "* STATUS Old (MESSAGES 2)\r\ns OK Status completed.\r\n"
 	  "* STATUS INBOX (MESSAGES 0 UIDNEXT 3)\r\nt OK Status completed.\r\n"
 	  "u OK Unsubscribe completed.\r\n"
-	  "* LSUB () \".\" Junk\r\n* LSUB () \".\" Trash\r\n* LSUB () \".\" Work.Projects\r\n"
+	  "* LSUB (\\Junk) \".\" Junk\r\n* LSUB (\\Trash) \".\" Trash\r\n* LSUB () \".\" Work.Projects\r\n"
 	  "v OK Lsub completed.\r\n"
 	  "w NO Can't rename mailbox under its own child.\r\nx OK Create completed.\r\n"
 	  "* LIST (\\HasNoChildren) \".\" \"a b\"\r\ny OK List completed.\r\n"
+	  /* a \Noselect parent is renamed with its children, as Dovecot does */
+	  "y2 OK Create completed.\r\ny3 OK Rename completed.\r\n"
+	  "* LIST (\\HasNoChildren) \".\" P.G.B\r\n* LIST (\\Noselect \\HasChildren) \".\" P.G\r\n"
+	  "* LIST (\\Noselect \\HasChildren) \".\" P\r\ny4 OK List completed.\r\n"
+	  "y5 NO [NONEXISTENT] Mailbox doesn't exist: P.A.\r\n"
 	  "* BYE Logging out\r\nz OK Logout completed.\r\n" },
 	{ "APPEND streamed: flags, date, TRYCREATE, LITERAL+, errors, APPENDUID", P_OPEN,
 	  "a LOGIN alice secret\r\nb APPEND Sent (\\Seen $Work) \" 5-Mar-2024 10:00:00 +0100\" {21}\r\n"
@@ -449,18 +404,18 @@ static const struct icase icases[] = {
 static char *
 expand(struct env *e, const char *want)
 {
-	struct buf b = { 0 };
+	struct fixture_buf b = { 0 };
 	const char *k, *s = want, *err;
 	struct mailstore *ms;
 
 	CU_ASSERT_EQUAL_FATAL(mailstore_open(e->root, USER, &ms, &err), 0);
-	put(&b, "", 0);
+	fixture_put(&b, "", 0);
 	while ((k = strstr(s, "{V:")) != NULL) {
 		const char *end = strchr(k, '}');
 		char name[100], v[16];
 		struct mailstore_box *box;
 
-		put(&b, s, (size_t)(k - s));
+		fixture_put(&b, s, (size_t)(k - s));
 		snprintf(name, sizeof(name), "%.*s", (int)(end - k - 3), k + 3);
 		if (mailstore_box_open(ms, name, &box, &err) == 0) {
 			snprintf(v, sizeof(v), "%u", (unsigned)mailstore_box_uidvalidity(box));
@@ -468,16 +423,16 @@ expand(struct env *e, const char *want)
 		} else {
 			snprintf(v, sizeof(v), "?");
 		}
-		put(&b, v, strlen(v));
+		fixture_put(&b, v, strlen(v));
 		s = end + 1;
 	}
-	put(&b, s, strlen(s));
+	fixture_put(&b, s, strlen(s));
 	mailstore_free(&ms);
 	return b.s;
 }
 
 static void
-dialogue(const struct icase *c, int mode, struct buf *out, struct env *e)
+dialogue(const struct icase *c, int mode, struct fixture_buf *out, struct env *e)
 {
 	struct imap_params prm = c->prm;
 	struct imap_proto *p;
@@ -504,15 +459,7 @@ dialogue(const struct icase *c, int mode, struct buf *out, struct env *e)
 		}
 		if (imap_proto_wants_close(p) || off >= len)
 			break;
-		piece = len - off;
-		if (mode == 1)
-			piece = 1;
-		else if (mode >= 2) {
-			seed = seed * 1103515245u + 12345u;
-			piece = 1 + (seed >> 16) % 9;
-			if (piece > len - off)
-				piece = len - off;
-		}
+		piece = fixture_piece(mode, &seed, len - off, 9);
 		off += imap_proto_input(p, in + off, piece);
 	}
 	drain(p, out);
@@ -523,10 +470,10 @@ dialogue(const struct icase *c, int mode, struct buf *out, struct env *e)
 static char *
 say(struct imap_proto *p, struct env *e, const char *in)
 {
-	struct buf out = { 0 };
+	struct fixture_buf out = { 0 };
 	size_t off = 0, len = strlen(in);
 
-	put(&out, "", 0);
+	fixture_put(&out, "", 0);
 	for (int guard = 0; guard < 100000; guard++) {
 		drain(p, &out);
 		if (imap_proto_action(p) != IMAP_ACT_NONE) {
@@ -544,13 +491,9 @@ say(struct imap_proto *p, struct env *e, const char *in)
 static void
 deliver(struct env *e, const char *msg)
 {
-	const char *users[] = { USER }, *err;
-	struct mailstore_delivery *d;
-	char id[128];
+	const char *err;
 
-	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_begin(e->root, USER, &d, &err), 0);
-	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_write(d, msg, strlen(msg), &err), 0);
-	CU_ASSERT_EQUAL_FATAL(mailstore_deliver_commit(&d, e->root, users, 1, id, &err), 0);
+	CU_ASSERT_EQUAL_FATAL(fixture_deliver(e->root, USER, &msg, 1, &err), 0);
 }
 
 #define SAYS(p, in, want) do { \
@@ -612,7 +555,7 @@ test_imap_two_sessions(void)
 	CU_ASSERT_PTR_NULL(imap_proto_watch_dir(a));
 	/* new mail is told after the command's own answers, as Dovecot */
 	SAYS(b, "7 UID FETCH 1:* FLAGS\r\n8 FETCH 2 (UID BODY.PEEK[TEXT])\r\n",
-	    "* 1 FETCH (UID 1 FLAGS ())\r\n* 2 EXISTS\r\n* 0 RECENT\r\n7 OK Fetch completed.\r\n"
+	    "* 1 FETCH (UID 1 FLAGS ())\r\n* 2 EXISTS\r\n7 OK Fetch completed.\r\n"
 	    "* 2 FETCH (UID 3 BODY[TEXT] {3}\r\nx\r\n)\r\n8 OK Fetch completed.\r\n");
 	imap_proto_bye(a, "Server shutting down.");
 	SAYS(a, "", "* BYE Server shutting down.\r\n");
@@ -693,7 +636,7 @@ test_imap_batches(void)
 	struct imap_params prm = P_OPEN;
 	struct imap_proto *p;
 	struct env e;
-	struct buf out = { 0 };
+	struct fixture_buf out = { 0 };
 	char *junk, *msg, *cmd;
 	size_t big = 1u << 20, off = 0, len, execs = 0, batches = 0;
 
@@ -710,7 +653,7 @@ test_imap_batches(void)
 	msg[big] = '\0';
 	cmd = xasprintf("2 APPEND Sent {%zu+}\r\n%s\r\n", big, msg);
 	len = strlen(cmd);
-	put(&out, "", 0);
+	fixture_put(&out, "", 0);
 	/* fed in 16 KiB reads, as a door would */
 	while (off < len) {
 		size_t n = len - off < 16384 ? len - off : 16384;
@@ -727,20 +670,20 @@ test_imap_batches(void)
 	free(out.s);
 	/* the message comes back byte for byte, LF as CRLF */
 	{
-		struct buf want = { 0 };
+		struct fixture_buf want = { 0 };
 		size_t bare = 0;
 		char *hdr;
 
 		for (size_t i = 0; i < big; i++)
 			bare += msg[i] == '\n';
 		hdr = xasprintf("* 1 FETCH (BODY[] {%zu}\r\n", big + bare);
-		put(&want, hdr, strlen(hdr));
+		fixture_put(&want, hdr, strlen(hdr));
 		for (size_t i = 0; i < big; i++) {
 			if (msg[i] == '\n')
-				put(&want, "\r", 1);
-			put(&want, msg + i, 1);
+				fixture_put(&want, "\r", 1);
+			fixture_put(&want, msg + i, 1);
 		}
-		put(&want, ")\r\n3 OK Fetch completed.\r\n", 26);
+		fixture_put(&want, ")\r\n3 OK Fetch completed.\r\n", 26);
 		junk = say(p, &e, "3 EXAMINE Sent\r\n");
 		free(junk);
 		junk = say(p, &e, "3 FETCH 1 BODY.PEEK[]\r\n");
@@ -757,7 +700,7 @@ test_imap_batches(void)
 	free(junk);
 	out.s = NULL;
 	out.n = out.cap = 0;
-	put(&out, "", 0);
+	fixture_put(&out, "", 0);
 	(void)imap_proto_input(p, "5 FETCH 1:* (UID BODY.PEEK[TEXT])\r\n", 36);
 	while (imap_proto_action(p) == IMAP_ACT_EXEC) {
 		batches++;
@@ -866,10 +809,10 @@ test_imap_dialogues(void)
 	for (const struct icase *c = icases; c->name != NULL; c++) {
 		for (int mode = 0; mode < 5; mode++) {
 			struct env e;
-			struct buf out = { 0 };
+			struct fixture_buf out = { 0 };
 			char *w1, *w2;
 
-			put(&out, "", 0);
+			fixture_put(&out, "", 0);
 			store_make(&e);
 			dialogue(c, mode, &out, &e);
 			w1 = xstrdup("");

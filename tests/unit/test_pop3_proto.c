@@ -21,45 +21,16 @@
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/pop3_proto.h"
 #include "storage-adapter/mailstore.h"
+#include "tests/unit/fixture.h"
 #include "tests/unit/unit.h"
 
 #define M1 "Subject: one\n\nbody\n.dot line\n"
 #define M2 "Subject: two\r\nX: y\r\n\r\nl1\r\nl2\r\nl3\r\n"
 #define M3 "Subject: three\n\nno newline at end"
-#define USER "alice@example.com"
+#define USER FIXTURE_USER
 #define STAMP "<1896.697170952@mx.example.com>"
 #define APOP_SECRET "tanstaaf"
 
-/* users: alice / secret (also as alice@example.com) */
-static int
-t_lookup(void *arg, const char *login, struct sasl_user *r)
-{
-	(void)arg;
-	if (strcasecmp(login, "alice") != 0 && strcasecmp(login, USER) != 0)
-		return 0;
-	snprintf(r->name, sizeof(r->name), "%s", USER);
-	snprintf(r->hash, sizeof(r->hash), "TEST:secret");
-	return 1;
-}
-
-static int
-t_verify(void *arg, const struct sasl_user *u, const char *pw)
-{
-	(void)arg;
-	return strcmp(u->hash, "TEST:secret") == 0 && strcmp(pw, "secret") == 0;
-}
-
-static int
-t_cram(void *arg, const struct sasl_user *u, const char *ch, const char *digest)
-{
-	(void)arg;
-	(void)u;
-	(void)ch;
-	(void)digest;
-	return 0;
-}
-
-static const struct sasl_callbacks cbs = { t_lookup, t_verify, t_cram, NULL };
 
 static void
 md5_hex(const char *s, char out[33])
@@ -70,23 +41,6 @@ md5_hex(const char *s, char out[33])
 	EVP_Digest(s, strlen(s), d, &n, EVP_md5(), NULL);
 	for (unsigned i = 0; i < 16; i++)
 		snprintf(out + 2 * i, 3, "%02x", d[i]);
-}
-
-struct buf {
-	char *s;
-	size_t n, cap;
-};
-
-static void
-put(struct buf *b, const char *p, size_t n)
-{
-	if (b->n + n + 1 > b->cap) {
-		b->cap = (b->n + n + 1) * 2;
-		b->s = xrealloc(b->s, b->cap);
-	}
-	memcpy(b->s + b->n, p, n);
-	b->n += n;
-	b->s[b->n] = '\0';
 }
 
 struct env {
@@ -101,36 +55,24 @@ static void
 store_make(struct env *e)
 {
 	const char *msgs[] = { M1, M2, M3 }, *err;
-	const char *users[] = { USER };
 
 	memset(e, 0, sizeof(*e));
 	e->root = unit_tmpdir();
-	for (int i = 0; i < 3; i++) {
-		struct mailstore_delivery *d;
-		char id[128];
-
-		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_begin(e->root, USER, &d, &err), 0);
-		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_write(d, msgs[i], strlen(msgs[i]), &err), 0);
-		CU_ASSERT_EQUAL_FATAL(mailstore_deliver_commit(&d, e->root, users, 1, id, &err), 0);
-	}
+	CU_ASSERT_EQUAL_FATAL(fixture_deliver(e->root, USER, msgs, 3, &err), 0);
 }
 
 static void
 store_free(struct env *e)
 {
-	char *cmd;
-
 	mailstore_box_close(&e->box);
 	mailstore_free(&e->ms);
-	cmd = xasprintf("rm -rf '%s'", e->root);
-	if (system(cmd) != 0)
+	if (fixture_rm_rf(e->root) != 0)
 		CU_FAIL("rm");
-	free(cmd);
 	free(e->root);
 }
 
 static void
-drain(struct pop3_proto *p, struct buf *out)
+drain(struct pop3_proto *p, struct fixture_buf *out)
 {
 	for (int guard = 0; guard < 100000; guard++) {
 		size_t n;
@@ -138,14 +80,14 @@ drain(struct pop3_proto *p, struct buf *out)
 
 		if (n == 0)
 			return;
-		put(out, o, n);
+		fixture_put(out, o, n);
 		pop3_proto_output_done(p, n);
 	}
 }
 
 /* the door's side of each action; returns 1 when STLS was done */
 static int
-act(struct pop3_proto *p, struct env *e, struct buf *out)
+act(struct pop3_proto *p, struct env *e, struct fixture_buf *out)
 {
 	const char *err;
 
@@ -206,7 +148,7 @@ act(struct pop3_proto *p, struct env *e, struct buf *out)
 
 			CU_ASSERT_EQUAL_FATAL(pop3_stream_read(&st, chunk, sizeof(chunk), &n, &done,
 			    &err), 0);
-			put(out, chunk, n);
+			fixture_put(out, chunk, n);
 		}
 		close(fd);
 		pop3_proto_retr_done(p);
@@ -246,7 +188,7 @@ struct pcase {
 };
 
 static void
-dialogue(const struct pcase *c, int mode, struct buf *out, struct env *e)
+dialogue(const struct pcase *c, int mode, struct fixture_buf *out, struct env *e)
 {
 	struct pop3_proto *p = pop3_proto_new(&c->prm);
 	const char *in = c->in;
@@ -255,7 +197,7 @@ dialogue(const struct pcase *c, int mode, struct buf *out, struct env *e)
 
 	e->in_use = c->in_use;
 	out->n = 0;
-	put(out, "", 0);
+	fixture_put(out, "", 0);
 	pop3_proto_start(p, STAMP);
 	for (int guard = 0; guard < 1000000; guard++) {
 		size_t piece, used;
@@ -272,15 +214,7 @@ dialogue(const struct pcase *c, int mode, struct buf *out, struct env *e)
 		}
 		if (pop3_proto_wants_close(p) || off >= len)
 			break;
-		piece = len - off;
-		if (mode == 1)
-			piece = 1;
-		else if (mode >= 2) {
-			seed = seed * 1103515245u + 12345u;
-			piece = 1 + (seed >> 16) % 9;
-			if (piece > len - off)
-				piece = len - off;
-		}
+		piece = fixture_piece(mode, &seed, len - off, 9);
 		used = pop3_proto_input(p, in + off, piece);
 		off += used;
 	}
@@ -297,13 +231,13 @@ dialogue(const struct pcase *c, int mode, struct buf *out, struct env *e)
 
 #define P_OPEN { .myhostname = "mx.example.com", .tls_available = 1, .user_pass = 1, \
 	.auth_mechs = AUTH_MECH_PLAIN | AUTH_MECH_LOGIN, .auth_allow_plaintext = 1, \
-	.sasl_cb = &cbs }
+	.sasl_cb = &fixture_alice }
 #define P_TLS { .myhostname = "mx.example.com", .tls_available = 1, .user_pass = 1, \
-	.auth_mechs = AUTH_MECH_PLAIN | AUTH_MECH_LOGIN | AUTH_MECH_CRAM, .sasl_cb = &cbs }
+	.auth_mechs = AUTH_MECH_PLAIN | AUTH_MECH_LOGIN | AUTH_MECH_CRAM, .sasl_cb = &fixture_alice }
 #define P_APOP { .myhostname = "mx.example.com", .apop = 1, .auth_allow_plaintext = 1, \
-	.sasl_cb = &cbs, .banner = "mx.example.com POP3 ready" }
+	.sasl_cb = &fixture_alice, .banner = "mx.example.com POP3 ready" }
 #define P_BAD { .myhostname = "mx.example.com", .user_pass = 1, .auth_allow_plaintext = 1, \
-	.sasl_cb = &cbs, .bad_max = 3 }
+	.sasl_cb = &fixture_alice, .bad_max = 3 }
 
 static const struct pcase pcases[] = {
 	{ "USER/PASS, every transaction command, DELE only at QUIT", P_OPEN, 0,
@@ -379,16 +313,16 @@ static const struct pcase pcases[] = {
 static char *
 subst(const char *s, const char *key, const char *val)
 {
-	struct buf b = { 0 };
+	struct fixture_buf b = { 0 };
 	const char *k;
 
-	put(&b, "", 0);
+	fixture_put(&b, "", 0);
 	while ((k = strstr(s, key)) != NULL) {
-		put(&b, s, (size_t)(k - s));
-		put(&b, val, strlen(val));
+		fixture_put(&b, s, (size_t)(k - s));
+		fixture_put(&b, val, strlen(val));
 		s = k + strlen(key);
 	}
-	put(&b, s, strlen(s));
+	fixture_put(&b, s, strlen(s));
 	return b.s;
 }
 
@@ -407,7 +341,7 @@ test_pop3_dialogues(void)
 	for (const struct pcase *c = pcases; c->name != NULL; c++) {
 		for (int mode = 0; mode < 5; mode++) {
 			struct env e;
-			struct buf out = { 0 };
+			struct fixture_buf out = { 0 };
 			struct pcase cc = *c;
 			char *in1 = subst(c->in, "{DIGEST}", digest), *in2 = subst(in1, "{LONG}",
 			    longuser), *want, v[9];
@@ -472,14 +406,14 @@ test_pop3_stream(void)
 		for (size_t cap = 16; cap <= 64; cap += 48) {
 			int fds[2], done = 0;
 			struct pop3_stream st;
-			struct buf out = { 0 };
+			struct fixture_buf out = { 0 };
 			const char *err;
 
 			CU_ASSERT_EQUAL_FATAL(pipe(fds), 0);
 			CU_ASSERT_EQUAL(write(fds[1], rows[r].in, strlen(rows[r].in)),
 			    (ssize_t)strlen(rows[r].in));
 			close(fds[1]);
-			put(&out, "", 0);
+			fixture_put(&out, "", 0);
 			pop3_stream_init(&st, fds[0], rows[r].top);
 			while (!done) {
 				char chunk[64];
@@ -487,7 +421,7 @@ test_pop3_stream(void)
 
 				CU_ASSERT_EQUAL_FATAL(pop3_stream_read(&st, chunk, cap, &n, &done, &err),
 				    0);
-				put(&out, chunk, n);
+				fixture_put(&out, chunk, n);
 			}
 			close(fds[0]);
 			CU_ASSERT_STRING_EQUAL(out.s, rows[r].want);
@@ -517,7 +451,7 @@ test_pop3_big_listing(void)
 	struct pop3_params prm = P_OPEN;
 	struct env e;
 	struct pop3_proto *p;
-	struct buf out = { 0 };
+	struct fixture_buf out = { 0 };
 	const char *in = "USER alice\r\nPASS secret\r\nUIDL\r\nSTAT\r\nQUIT\r\n", *err;
 	size_t off = 0, n = 3500, lines = 0;
 	char *dir, *last;
@@ -544,7 +478,7 @@ test_pop3_big_listing(void)
 		free(path);
 	}
 	free(dir);
-	put(&out, "", 0);
+	fixture_put(&out, "", 0);
 	p = pop3_proto_new(&prm);
 	pop3_proto_start(p, STAMP);
 	for (int guard = 0; guard < 1000000 && !pop3_proto_wants_close(p); guard++) {
@@ -555,7 +489,7 @@ test_pop3_big_listing(void)
 			/* a slow reader: 1000 bytes at a time */
 			if (len > 1000)
 				len = 1000;
-			put(&out, o, len);
+			fixture_put(&out, o, len);
 			pop3_proto_output_done(p, len);
 			continue;
 		}

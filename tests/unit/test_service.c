@@ -242,12 +242,10 @@ test_penalty_conf(void)
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-		struct conf *c = conf_new();
+		struct conf *c = unit_conf(t[i].text);
 		struct penalty_conf pc;
 		const char *err = NULL;
 
-		CU_ASSERT_EQUAL_FATAL(conf_load_string(c, "t.cf", t[i].text, &err), 0);
-		CU_ASSERT_EQUAL_FATAL(conf_finish(c, &err), 0);
 		CU_ASSERT_EQUAL(penalty_conf_parse(c, &pc, &err), t[i].rc);
 		if (t[i].rc == 0) {
 			CU_ASSERT_EQUAL(pc.delay_ms, t[i].delay);

@@ -14,6 +14,7 @@
 #include "common/xmalloc.h"
 #include "smtp-gateway/smtp_conf.h"
 #include "smtp-gateway/smtp_proto.h"
+#include "tests/unit/fixture.h"
 #include "tests/unit/unit.h"
 
 struct pcase {
@@ -25,36 +26,6 @@ struct pcase {
 	const char *want;	/* reply codes, space separated; "." ends at close */
 	const char *body;	/* expected delivered data, or NULL */
 };
-
-static int
-no_user(void *arg, const char *login, struct sasl_user *r)
-{
-	(void)arg;
-	(void)login;
-	(void)r;
-	return 0;
-}
-
-static int
-no_password(void *arg, const struct sasl_user *u, const char *password)
-{
-	(void)arg;
-	(void)u;
-	(void)password;
-	return 0;
-}
-
-static int
-no_cram(void *arg, const struct sasl_user *u, const char *challenge, const char *digest)
-{
-	(void)arg;
-	(void)u;
-	(void)challenge;
-	(void)digest;
-	return 0;
-}
-
-static const struct sasl_callbacks no_users = { no_user, no_password, no_cram, NULL };
 
 /* every login is a user, named in lower case (as the users file names it) */
 static int
@@ -69,7 +40,9 @@ lower_user(void *arg, const char *login, struct sasl_user *r)
 	return 1;
 }
 
-static const struct sasl_callbacks lower_users = { lower_user, no_password, no_cram, NULL };
+static const struct sasl_callbacks lower_users = {
+	lower_user, fixture_no_password, fixture_no_cram, NULL
+};
 
 static int
 user_resolve(void *arg, const char *local, const char *domain, char *canon_r)
@@ -291,7 +264,7 @@ run(const struct pcase *t)
 	p.pol = pol;
 	p.snaps = &snaps;
 	p.user_resolve = user_resolve;
-	p.sasl_cb = &no_users;
+	p.sasl_cb = &fixture_nobody;
 	if (cidr_addr_parse(t->client, &a) < 0)
 		abort();
 	sp = smtp_proto_new(&p);

@@ -14,16 +14,8 @@
 #include "common/base64.h"
 #include "common/sasl.h"
 #include "storage-adapter/userdb.h"
+#include "tests/unit/fixture.h"
 #include "tests/unit/unit.h"
-
-static int
-no_user(void *arg, const char *login, struct sasl_user *r)
-{
-	(void)arg;
-	(void)login;
-	(void)r;
-	return 0;
-}
 
 /* mail_proxy_auth = backend reads the PLAIN response a check would hash:
  * login and password as sent; nothing for an authzid or another mechanism */
@@ -43,7 +35,7 @@ test_plain_response(void)
 		{ RAW("\0c@f.example\0pw\0more"), -1, NULL, NULL },
 #undef RAW
 	};
-	struct sasl_callbacks cb = { no_user, NULL, NULL, NULL };
+	struct sasl_callbacks cb = { fixture_no_user, NULL, NULL, NULL };
 	struct sasl_params sp = { &cb, "mx.example", NULL };
 	const char *err, *out, *login, *pw;
 	int rc;
@@ -96,7 +88,19 @@ test_proxy_parse(void)
 		{ "proxy=n host=10.0.0.1", 0, "10.0.0.1", 0, USERDB_TLS_NO, "", NULL },
 		{ "host=10.0.0.1 port=110", 0, "10.0.0.1", 110, USERDB_TLS_NO, "", NULL },
 		{ "proxy=y", -1, NULL, 0, 0, NULL, "needs host" },
-		{ "proxy=y host=mail.example.com", -1, NULL, 0, 0, NULL, "numeric" },
+		{ "proxy=y host=mail.example.com", 1, "mail.example.com", 0, USERDB_TLS_NO, "", NULL },
+		{ "proxy=y host=imap-1.Example.COM. tls=yes", 1, "imap-1.Example.COM.", 0,
+		    USERDB_TLS_YES, "", NULL },
+		{ "proxy=y host=backend", 1, "backend", 0, USERDB_TLS_NO, "", NULL },
+		{ "proxy=y host=mail..example.com", -1, NULL, 0, 0, NULL, "DNS name" },
+		{ "proxy=y host=-mail.example.com", -1, NULL, 0, 0, NULL, "DNS name" },
+		{ "proxy=y host=mail-.example.com", -1, NULL, 0, 0, NULL, "DNS name" },
+		{ "proxy=y host=.example.com", -1, NULL, 0, 0, NULL, "DNS name" },
+		{ "proxy=y host=mail_1.example.com", -1, NULL, 0, 0, NULL, "DNS name" },
+		{ "proxy=y host=192.0.2.300", -1, NULL, 0, 0, NULL, "numeric IPv4 or IPv6" },
+		{ "proxy=y host=1234", -1, NULL, 0, 0, NULL, "numeric IPv4 or IPv6" },
+		{ "proxy=y host=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.com", -1,
+		    NULL, 0, 0, NULL, "DNS name" },
 		{ "proxy=y host=10.0.0.1 port=0", -1, NULL, 0, 0, NULL, "1-65535" },
 		{ "proxy=y host=10.0.0.1 port=65536", -1, NULL, 0, 0, NULL, "1-65535" },
 		{ "proxy=y host=10.0.0.1 port=1x", -1, NULL, 0, 0, NULL, "1-65535" },

@@ -2,6 +2,8 @@
 #define PC_UNIT_H
 #include <CUnit/CUnit.h>
 
+struct conf;
+
 void test_conf_register(void);
 void test_cidr_register(void);
 void test_mailaddr_register(void);
@@ -27,6 +29,7 @@ void test_service_register(void);
 void test_penalty_register(void);
 void test_apop_register(void);
 void test_userdb_proxy_register(void);
+void test_proxy_reply_register(void);
 void test_sieve_lex_register(void);
 void test_sieve_parse_register(void);
 void test_sieve_eval_register(void);
@@ -51,5 +54,10 @@ void test_imap_search_register(void);
 void unit_suite(const char *name, CU_TestInfo *tests);
 /* a fresh empty directory under /tmp; caller frees the string */
 char *unit_tmpdir(void);
+/* a finished configuration from text, read as file "t.cf" (its errors say
+ * "t.cf:LINE"); a text that does not load fails the test at once */
+struct conf *unit_conf(const char *text);
+/* the test fails (said with name) unless err holds want */
+void unit_error_has(const char *name, const char *err, const char *want);
 
 #endif
