@@ -442,12 +442,15 @@ bytes_plain(const unsigned char *d, size_t n)
 /*
  * The scan's answers, remembered by the worker process (its job threads
  * share them): keyed by the file's identity (device, inode, size, mtime),
- * which a Maildir message keeps for life, so a message fetched again (other
+ * which a Maildir message keeps for life, and its UIDVALIDITY and UID (an
+ * inode freed by an expunge and taken by a new file of the same size within
+ * one clock tick is another UID), so a message fetched again (other
  * clients, other sessions) is not read twice. Direct-mapped, 1,024 entries.
  */
 #define PLAIN_CACHE 1024
 
 struct plain_ent {
+	uint32_t uidvalidity, uid;
 	dev_t dev;
 	ino_t ino;
 	off_t size;
@@ -467,14 +470,15 @@ plain_slot(const struct stat *st)
 }
 
 static int
-plain_cached(const struct stat *st)
+plain_cached(const struct stat *st, uint32_t uidvalidity, uint32_t uid)
 {
 	const struct plain_ent *e;
 	int r = 0;
 
 	pthread_mutex_lock(&plain_lock);
 	e = plain_slot(st);
-	if (e->plain != 0 && e->dev == st->st_dev && e->ino == st->st_ino &&
+	if (e->plain != 0 && e->uidvalidity == uidvalidity && e->uid == uid &&
+	    e->dev == st->st_dev && e->ino == st->st_ino &&
 	    e->size == st->st_size && e->mtim.tv_sec == st->st_mtim.tv_sec &&
 	    e->mtim.tv_nsec == st->st_mtim.tv_nsec)
 		r = e->plain;
@@ -483,12 +487,14 @@ plain_cached(const struct stat *st)
 }
 
 static void
-plain_remember(const struct stat *st, int plain)
+plain_remember(const struct stat *st, uint32_t uidvalidity, uint32_t uid, int plain)
 {
 	struct plain_ent *e;
 
 	pthread_mutex_lock(&plain_lock);
 	e = plain_slot(st);
+	e->uidvalidity = uidvalidity;
+	e->uid = uid;
 	e->dev = st->st_dev;
 	e->ino = st->st_ino;
 	e->size = st->st_size;
@@ -524,7 +530,7 @@ fmsg_plain(struct imap_proto *p, struct fmsg *f, uint32_t uid, int *known)
 	}
 	if (fstat(f->fd, &st) < 0 || (uint64_t)st.st_size != f->size)
 		return 0;
-	if ((*known = plain_cached(&st)) != 0)
+	if ((*known = plain_cached(&st, mailstore_box_uidvalidity(p->box), uid)) != 0)
 		return *known > 0;
 	*known = -1;
 	map = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, f->fd, 0);
@@ -533,7 +539,7 @@ fmsg_plain(struct imap_proto *p, struct fmsg *f, uint32_t uid, int *known)
 	if (bytes_plain(map, (size_t)f->size))
 		*known = 1;
 	munmap(map, (size_t)f->size);
-	plain_remember(&st, *known);
+	plain_remember(&st, mailstore_box_uidvalidity(p->box), uid, *known);
 	return *known > 0;
 }
 
