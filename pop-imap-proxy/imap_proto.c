@@ -24,10 +24,10 @@
  * BODYSTRUCTURE, sections) and SEARCH are imap_mime/imap_search; a section
  * that is the file's own bytes goes out as a file range, one that needs
  * converting (bare LF, NUL) as a generator segment filled 64 KiB at a time
- * when the door asks. FETCH runs in batches
- * (256 KiB of output or 32 messages with bodies). APPEND streams: the
- * parser hands the message out in pieces, gathered to 64 KiB and written by
- * an exec. Answers follow Dovecot 2.3's texts (tests/integration/
+ * when the door asks. FETCH runs in batches (256 KiB of output in memory,
+ * 4 MiB of message files or 32 of them). APPEND streams: the parser hands
+ * the message out in pieces, gathered to 64 KiB and written by an exec.
+ * Answers follow Dovecot 2.3's texts (tests/integration/
  * test_imap_session_dovecot.py compares them byte for byte).
  *
  * The AUTHENTICATE exchange reads raw lines itself (they are base64, not
@@ -55,7 +55,9 @@
 #include "storage-adapter/mailstore.h"
 
 #define IMAP_AUTH_LINE_MAX 12288
-#define BATCH_BYTES (256u << 10)	/* an exec batch of FETCH stops past this output */
+#define BATCH_BYTES (256u << 10)	/* an exec batch of FETCH stops past this output in memory */
+#define BATCH_FILE_BYTES (4u << 20)	/* ... or this much of message files (the
+					   first batch: BATCH_BYTES, for the first byte soon) */
 #define BATCH_FILES 32			/* ... or this many file ranges */
 
 #define IN_NOAUTH	(1u << ST_NOAUTH)
@@ -1727,8 +1729,9 @@ static void
 x_fetch(struct imap_proto *p)
 {
 	const struct imap_cmd *c = p->cmd;
-	uint64_t start = p->xq.bytes;
+	uint64_t start = p->xq.bytes, fstart = p->xq.fbytes;
 	size_t files = p->xq.files;
+	int first = p->cursor == 0;
 	unsigned char *sel;
 	size_t i;
 
@@ -1740,7 +1743,9 @@ x_fetch(struct imap_proto *p)
 			continue;
 		if (imap_fetch_one(p, i) < 0)
 			p->fetch_gone = 1;
-		if (p->xq.bytes - start > BATCH_BYTES || p->xq.files - files >= BATCH_FILES) {
+		if (p->xq.bytes - start - (p->xq.fbytes - fstart) > BATCH_BYTES ||
+		    p->xq.fbytes - fstart > (first ? BATCH_BYTES : BATCH_FILE_BYTES) ||
+		    p->xq.files - files >= BATCH_FILES) {
 			i++;
 			break;
 		}

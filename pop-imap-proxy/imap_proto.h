@@ -34,8 +34,11 @@
  *   converted body (bare LF -> CRLF) comes as byte segments of 64 KiB made
  *   as they are asked for (reading the mapped message file), so ask again
  *   only as the socket drains. Run a FETCH's next batch (action still
- *   IMAP_ACT_EXEC after exec_done) once imap_proto_output_pending() is
- *   below a mark such as 1 MiB: each batch holds up to 32 open messages.
+ *   IMAP_ACT_EXEC after exec_done) once imap_proto_output_queued() is
+ *   below marks such as 64 KiB in memory and a few MiB or 8 message
+ *   sections (open files) not yet handed over: a batch stops after 256 KiB
+ *   in memory, 4 MiB of message files or 32 of them, so the next batch is
+ *   made while the socket still sends the last one.
  *   imap_proto_wants_close(): close once the output is sent.
  *
  * IDLE: while imap_proto_watch_dir() is not NULL the door watches that
@@ -102,6 +105,10 @@ int imap_proto_output_segment(struct imap_proto *ip, struct imap_segment *seg_r)
 void imap_proto_output_done(struct imap_proto *ip, size_t n);
 /* octets queued (bytes and file ranges), for back-pressure */
 uint64_t imap_proto_output_pending(const struct imap_proto *ip);
+/* of those: octets held in memory, and the message sections still queued
+ * (file ranges and converted sections: an open file each) and their octets */
+void imap_proto_output_queued(const struct imap_proto *ip, uint64_t *mem_r, size_t *files_r,
+    uint64_t *file_bytes_r);
 /* the leading byte segment (len 0 when the first is a file range): for tests */
 const char *imap_proto_output(const struct imap_proto *ip, size_t *len_r);
 

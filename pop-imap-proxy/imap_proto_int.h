@@ -41,6 +41,8 @@ struct segq {
 	size_t head, n, cap;
 	uint64_t bytes;
 	size_t files;
+	uint64_t fbytes;	/* of bytes, those of file and generator segments
+				   (message files: they cost no memory until sent) */
 };
 
 /* the client's view of one message */

@@ -16,14 +16,19 @@
  *   IMAP_ACT_STARTTLS   conn_starttls()
  *   IMAP_ACT_EXEC       imap_proto_exec() on the store job pool, then
  *                       imap_proto_exec_done() here; a command that goes in
- *                       batches (a large FETCH) runs again once the output
- *                       has drained below IMAP_OUT_LOW
+ *                       batches (a large FETCH) runs again once the
+ *                       session's queue is short (IMAP_OUT_LOW in memory,
+ *                       IMAP_FILE_AHEAD of message files)
  *
  * Output is the session's queue of segments: bytes are written as they
  * are; a file range goes out without the message in memory: on a plain
- * connection with no LF->CRLF work, evbuffer_add_file (sendfile), else a
- * copier that reads IMAP_COPY_CHUNK at a time while the socket's output is
- * below IMAP_OUT_HIGH. So a 20 MB FETCH costs the worker a few hundred KiB.
+ * connection, evbuffer_add_file (sendfile); under TLS, a mapping of the
+ * range (evbuffer_add_reference: SSL_write reads the page cache); else
+ * (LF->CRLF work, a mapping refused) a copier that reads IMAP_COPY_CHUNK at
+ * a time while the socket's output is below IMAP_OUT_HIGH. So a 20 MB FETCH
+ * costs the worker a few hundred KiB of its own memory.
+ * A FETCH's next batch is made while the socket sends the last one (up to
+ * IMAP_FILE_AHEAD of message files queued ahead, open but not read).
  *
  * IDLE: one inotify instance per loop watches the selected folder's new/
  * and cur/ of every idling session (sessions on the same folder share the
@@ -63,6 +68,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -91,6 +98,11 @@
 #define IMAP_DRAIN_MAX 60	/* seconds a draining worker waits for busy sessions */
 #define IMAP_OUT_HIGH (256 * 1024)	/* stop queueing output above this */
 #define IMAP_OUT_LOW (64 * 1024)	/* ... and go on below this */
+/* a FETCH's next batch is made while at most this much of message files
+ * (and IMAP_FILES_AHEAD files) waits in the session's queue, and
+ * IMAP_OUT_LOW in memory: the job reads ahead of the socket */
+#define IMAP_FILE_AHEAD (8 * 1024 * 1024)
+#define IMAP_FILES_AHEAD 8
 #define IMAP_COPY_CHUNK 65536	/* a file range copied (TLS, LF->CRLF) in these */
 #define IMAP_KEEPALIVE 120	/* seconds between "* OK Still here" in IDLE */
 #define IMAP_WATCH_DIRS 2	/* new/ and cur/ */
@@ -192,6 +204,44 @@ copy_some(struct sess *s, const struct imap_segment *g)
 	return 0;
 }
 
+static void
+unmap_range(const void *data, size_t len, void *map)
+{
+	munmap(map, len + (size_t)((const char *)data - (const char *)map));
+}
+
+/*
+ * TLS: a file range goes to the TLS bufferevent as a mapping of the file
+ * (evbuffer_add_reference): SSL_write reads the page cache, no copy through
+ * the copier's buffers. Only a range the file still holds (a mapping past
+ * the end faults); 0, or -1 for the copier.
+ */
+static int
+add_mapped(struct conn *c, const struct imap_segment *g)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	struct stat st;
+	off_t start;
+	size_t lead;
+	void *map;
+
+	if (pg <= 0 || fstat(g->fd, &st) < 0 || g->offset < 0 ||
+	    (uint64_t)st.st_size < (uint64_t)g->offset + g->len)
+		return -1;
+	start = g->offset - g->offset % pg;
+	lead = (size_t)(g->offset - start);
+	map = mmap(NULL, lead + g->len, PROT_READ, MAP_PRIVATE, g->fd, start);
+	if (map == MAP_FAILED)
+		return -1;
+	(void)madvise(map, lead + g->len, MADV_SEQUENTIAL);
+	if (evbuffer_add_reference(bufferevent_get_output(conn_bev(c)), (char *)map + lead, g->len,
+	    unmap_range, map) < 0) {
+		munmap(map, lead + g->len);
+		return -1;
+	}
+	return 0;
+}
+
 /* the session's output to the connection, as far as the socket takes it */
 static void
 pump(struct sess *s)
@@ -208,6 +258,10 @@ pump(struct sess *s)
 		}
 		if (!s->copying)	/* message octets going out from the store */
 			stats_add("message_bytes_total{door=\"imap\",route=\"fetch\"}", g.len);
+		if (!s->copying && !g.crlf && conn_is_tls(c) && g.len > 0 && add_mapped(c, &g) == 0) {
+			imap_proto_output_done(s->ip, g.len);
+			continue;
+		}
 		if (!s->copying && !g.crlf && !conn_is_tls(c) && g.len > 0) {
 			int fd = dup(g.fd);
 
@@ -787,8 +841,17 @@ step(struct sess *s)
 			continue;
 		}
 		if (a == IMAP_ACT_EXEC && !s->execing) {
-			/* a batched command waits for the socket to take the last batch */
-			if (conn_output_pending(c) > IMAP_OUT_LOW || s->copying) {
+			/* a batched command waits for the session's queue to go into
+			 * the socket (which holds at most IMAP_OUT_HIGH of bytes and the
+			 * file range being sent), but not for the socket: the next batch
+			 * is made while the last one is sent, and a client that does
+			 * not read still holds the worker to about two batches */
+			uint64_t mem, fbytes;
+			size_t files;
+
+			imap_proto_output_queued(s->ip, &mem, &files, &fbytes);
+			if (mem > IMAP_OUT_LOW || files > IMAP_FILES_AHEAD ||
+			    fbytes > IMAP_FILE_AHEAD) {
 				conn_pause(c);
 				return;
 			}

@@ -61,6 +61,12 @@ Python's imaplib, curl and mutt. Asserted, as the client saw it:
     T21StoreAllAtOnce  8 sessions each STORE 1:* +/-FLAGS at once: every STORE
                     and FETCH OK (a renamed file is found again), flags as the
                     last STOREs left them
+    T22BodyBytes    BODY[] and its partials byte-exact whether the file is sent
+                    as it is or converted (a bare LF or NUL at the scan's block
+                    edges, first or last octet)
+    T23SlowReader   FETCH 1:* BODY.PEEK[] of 40 MB to a client that stops
+                    reading: the worker's memory and open files stay bounded,
+                    then every byte arrives (plaintext and TLS)
     T13Reload       portcullis reload: a new imap_banner for new connections;
                     the sessions open before it (one in IDLE) get * BYE
                     [UNAVAILABLE] and are closed
@@ -678,7 +684,11 @@ class T10BigMessage(unittest.TestCase):
         got, grew = self.sampled(lambda: self.fetch_all(c))
         self.assertTrue(got["crlf"][0].endswith(self.crlf_body), "%s: the message differs" % how)
         self.assertEqual(got["lf"][0], self.lf_as_crlf, "%s: the LF message differs" % how)
-        self.assertLess(grew, 8 * 1024 * 1024, "%s: the worker grew by %d bytes" % (how, grew))
+        # 16 MB (under the 22.7 MB message): under ASan the shadow of the mapped
+        # message pages that libc's interceptors check (TLS sends from a
+        # mapping) counts as anonymous memory too, 1-4 MB; the release build
+        # grows < 1 MB
+        self.assertLess(grew, 16 * 1024 * 1024, "%s: the worker grew by %d bytes" % (how, grew))
         print("\n  %s: 2 x %.1f MB in %.2f + %.2f s, worker's anonymous RSS peak +%d KiB" % (
             how, len(got["crlf"][0]) / 1e6, got["crlf"][1], got["lf"][1], grew // 1024),
             file=sys.stderr)
@@ -1219,6 +1229,192 @@ class T21StoreAllAtOnce(unittest.TestCase):
             c.logout()
         finally:
             g.stop()
+
+
+class T22BodyBytes(unittest.TestCase):
+    """BODY[] is the file's own bytes only when the file has no bare LF and
+    no NUL (then it goes out as a file range, partials cut from it); one
+    bare LF or NUL anywhere (at a 16-octet or 4 KiB edge of the scan, first
+    or last octet) and BODY[] is converted: LF -> CRLF, NUL -> 0x80"""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("bodybytes")
+        cls.g.send(subject="first")         # makes the Maildir
+        md = os.path.join(cls.g.d.dir, "mail", "example.com", "demo", "Maildir")
+        head = b"X-Pad: " + b"p" * 60 + b"\r\nSubject: bytes %d\r\n\r\n"
+        line = b"the quick brown fox jumps over the lazy dog 0123456789\r\n"
+        cls.files = []
+
+        def put(i, data):
+            name = "%d.M%dP1Q1.bodybytes" % (int(time.time()), i)
+            with open(os.path.join(md, "tmp", name), "wb") as f:
+                f.write(data)
+            os.rename(os.path.join(md, "tmp", name), os.path.join(md, "new", name))
+            cls.files.append(data)
+
+        def msg(i):
+            m = bytearray(head % i + line * 200)        # ~11 KB, CRLF only
+            return m
+        cases = [
+            ("plain", None),
+            ("bare LF at 4097", (4097, b"\n")), ("bare LF at 4096", (4096, b"\n")),
+            ("bare LF at 16", (16, b"\n")), ("bare LF at 31", (31, b"\n")),
+            ("bare LF last", (-1, b"\n")), ("NUL at 4096", (4096, b"\0")),
+            ("NUL at 17", (17, b"\0")), ("NUL last", (-1, b"\0")),
+        ]
+        cls.names = []
+        for i, (what, change) in enumerate(cases):
+            m = msg(i)
+            if change is not None:
+                at, c = change
+                at = len(m) - 1 if at < 0 else at
+                if c == b"\n":      # a bare LF: the CR before it goes (not a CRLF any more)
+                    while m[at - 1:at] == b"\r" or m[at:at + 1] == b"\n":
+                        at += 1
+                    m[at:at + 1] = b"\n"
+                else:
+                    m[at:at + 1] = c
+            put(i, bytes(m))
+            cls.names.append(what)
+        # a CR at the end of a 16-octet block, its LF opening the next: plain
+        m = bytearray(msg(len(cases)))
+        k = m.index(b"\r\n", 4000)
+        pad = (15 - k % 16) % 16
+        m[k - 1:k - 1] = b"x" * pad
+        assert m[k + pad:k + pad + 2] == b"\r\n" and (k + pad) % 16 == 15
+        put(len(cases), bytes(m))
+        cls.names.append("CRLF across a 16-octet edge")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    @staticmethod
+    def converted(b):
+        out = bytearray()
+        for i, c in enumerate(b):
+            if c == 10 and (i == 0 or b[i - 1] != 13):
+                out += b"\r"
+            out.append(0x80 if c == 0 else c)
+        return bytes(out)
+
+    def test_whole_and_partial(self):
+        c = self.g.imap()
+        self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+        c.select("INBOX")
+        seqs = {}
+        typ, got = c.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        for d in got:
+            if isinstance(d, tuple):
+                m = re.search(rb"Subject: bytes (\d+)", d[1])
+                if m:
+                    seqs[int(m.group(1))] = d[0].split()[0].decode()
+        self.assertEqual(len(seqs), len(self.files))
+        for k, (data, what) in enumerate(zip(self.files, self.names)):
+            seq = seqs[k]
+            want = self.converted(data)
+            typ, got = c.fetch(seq, "(RFC822.SIZE BODY.PEEK[])")
+            self.assertEqual(typ, "OK", what)
+            self.assertEqual(got[0][1], want, what)
+            self.assertIn(b"RFC822.SIZE %d " % len(want), got[0][0], what)
+            if b"\n" in data.replace(b"\r\n", b""):
+                continue        # partials of a bare-LF file: the diff test's (Dovecot's cut)
+            for off, n in ((0, 10), (4090, 20), (len(want) - 5, 100), (len(want), 10),
+                           (len(want) + 7, 10), (0, len(want) + 5)):
+                typ, got = c.fetch(seq, "(BODY.PEEK[]<%d.%d>)" % (off, n))
+                self.assertEqual(typ, "OK", what)
+                part = got[0][1] if isinstance(got[0], tuple) else b""
+                self.assertEqual(part, want[off:off + n], "%s <%d.%d>" % (what, off, n))
+        c.logout()
+
+
+class T23SlowReader(unittest.TestCase):
+    """FETCH 1:* BODY.PEEK[] of 40 x 1 MB from a client that stops reading:
+    the worker's own memory (RssAnon) and open files stay bounded while it
+    waits (the socket holds what it takes; the session queues a few batches
+    of file ranges); then every byte arrives, plaintext and TLS"""
+    N = 40
+    SIZE = 1024 * 1024
+
+    @classmethod
+    def setUpClass(cls):
+        cls.g = Gateway("slowreader", env={"ASAN_OPTIONS": "detect_leaks=1:quarantine_size_mb=4"})
+        cls.g.send(subject="first")
+        md = os.path.join(cls.g.d.dir, "mail", "example.com", "demo", "Maildir")
+        line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_=+.,%06d\r\n"
+        cls.total = 0
+        for i in range(cls.N):
+            body = b"".join(line % k for k in range(cls.SIZE // len(line % 0)))
+            data = b"From: <s@outside.test>\r\nSubject: slow %d\r\n\r\n" % i + body
+            if i % 8 == 7:
+                data = data.replace(b"\r\n", b"\n")     # bare LF: converted as it goes
+            name = "%d.M%dP1Q1.slow" % (int(time.time()), i)
+            with open(os.path.join(md, "tmp", name), "wb") as f:
+                f.write(data)
+            os.rename(os.path.join(md, "tmp", name), os.path.join(md, "new", name))
+            cls.total += len(T22BodyBytes.converted(data)) if i % 8 == 7 else len(data)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.g.stop()
+
+    def worker_pid(self):
+        return int(re.findall(r"portcullisd/imap\[(\d+)\]", self.g.d.log_text())[-1])
+
+    def run_slow(self, c, how):
+        pid = self.worker_pid()
+        c.select("INBOX", readonly=True)
+        base = T10BigMessage.rss_anon(pid)
+        fds0 = len(os.listdir("/proc/%d/fd" % pid))
+        sock = c.socket()
+        sock.sendall(b"S1 FETCH 1:* (BODY.PEEK[])\r\n")
+        peak, fds = base, fds0
+        t_end = time.monotonic() + 3        # the client reads nothing for 3 s
+        while time.monotonic() < t_end:
+            peak = max(peak, T10BigMessage.rss_anon(pid))
+            fds = max(fds, len(os.listdir("/proc/%d/fd" % pid)))
+            time.sleep(0.01)
+        self.assertLess(peak - base, 8 * 1024 * 1024, "%s: the worker grew by %d" % (how, peak - base))
+        self.assertLess(fds - fds0, 20, "%s: %d files open for one session" % (how, fds - fds0))
+        # now read it all
+        got, n, sizes = 0, 0, []
+        f = c.file
+        while True:
+            ln = f.readline()
+            self.assertTrue(ln, "%s: connection closed" % how)
+            if ln.startswith(b"S1 "):
+                self.assertTrue(ln.startswith(b"S1 OK"), ln)
+                break
+            m = re.search(rb"\{(\d+)\}\r\n$", ln)
+            if m:
+                size = int(m.group(1))
+                left = size
+                while left:
+                    chunk = f.read(min(left, 1 << 20))
+                    self.assertTrue(chunk)
+                    left -= len(chunk)
+                got += size
+                n += 1
+                sizes.append(size)
+        # and the one the SMTP gateway delivered first, a few hundred octets
+        sizes.sort()
+        self.assertEqual((n, sum(sizes[1:])), (self.N + 1, self.total), how)
+        self.assertLess(sizes[0], 1000, how)
+        print("\n  %s: %d messages, worker's anonymous RSS peak +%d KiB, %d more files open"
+              " while the client did not read" % (how, n, (peak - base) // 1024, fds - fds0),
+              file=sys.stderr)
+
+    def test_plain(self):
+        c = self.g.imap()
+        self.assertEqual(c.login_cram_md5(USER, PASSWORD)[0], "OK")
+        self.run_slow(c, "plaintext")
+        c.logout()
+
+    def test_tls(self):
+        c = self.g.login()
+        self.run_slow(c, "STARTTLS")
+        c.logout()
 
 
 class T13Reload(unittest.TestCase):
