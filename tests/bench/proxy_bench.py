@@ -18,7 +18,8 @@ the same password the same way:
 Measured:
 
     logins/s      LOGIN ... LOGOUT on fresh connections, --procs client
-                  processes for --seconds: direct, through the proxy
+                  processes for --seconds: direct, through the proxy, and a
+                  local Portcullis user
     latency       connect -> tagged OK of LOGIN, p50/p99 (one client),
                   direct and proxied in turn (alternated in rounds, so that
                   the host's load falls on both alike); added = proxied -
