@@ -33,7 +33,9 @@
  * side is plaintext too, the backend's bytes go socket -> pipe -> socket
  * with splice(2), never through our memory, the pipe (PROXY_READ) taking
  * the place of the buffer: reading stops while it holds what the client
- * did not take, its own write event on the client's socket goes on. Either
+ * did not take, its own write event on the client's socket goes on; while
+ * the backend fills the pipe and the client takes it all, one wakeup goes
+ * on up to PROXY_TURN (a loop turn per 1 MiB, not per pipe-full). Either
  * path only starts when the other holds nothing, so the order is kept.
  * Never logs peer bytes (the backend's refusal is logged by its response
  * code only).
@@ -72,6 +74,7 @@
 #define PROXY_HIGH (256 * 1024)		/* stop feeding a side above this */
 #define PROXY_LOW (64 * 1024)		/* ... and go on below this */
 #define PROXY_READ (256 * 1024)		/* one read from a plaintext backend, at most */
+#define PROXY_TURN (1024 * 1024)	/* spliced in one wakeup, at most (the others' turn) */
 
 enum pstate {
 	P_CONNECT,	/* TCP (and implicit TLS) under way */
@@ -106,6 +109,7 @@ struct proxy {
 	int pipe_ok;			/* splice allowed (both plaintext) */
 	int pfd[2];			/* the pipe, made at the first splice; -1 */
 	size_t inpipe;
+	ssize_t pipe_cap;		/* what the pipe holds at most */
 	struct event *wr;
 	int busy;			/* our functions on the stack (px_enter) */
 	int gone;			/* proxy_free() came meanwhile: the last px_leave frees */
@@ -446,10 +450,26 @@ apply(struct proxy *px, enum proxy_reply_act act)
 	switch (act) {
 	case PR_NONE:
 		return 0;
-	case PR_SEND:
-		/* a TLS filter encrypts (and may read) on the spot */
-		bufferevent_write(px->bev, out, strlen(out));
+	case PR_SEND: {
+		size_t len = strlen(out);
+		ssize_t w = 0;
+
+		/* a plaintext backend with nothing queued: to the socket now, not
+		 * after a loop turn waiting for it to be writable (as conn_write
+		 * does it for the client); what it did not take, and anything for
+		 * TLS, through the bufferevent (a TLS filter encrypts, and may
+		 * read, on the spot) */
+		if (bufferevent_get_underlying(px->bev) == NULL &&
+		    bufferevent_openssl_get_ssl(px->bev) == NULL &&
+		    evbuffer_get_length(bufferevent_get_output(px->bev)) == 0) {
+			w = send((int)bufferevent_getfd(px->bev), out, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (w < 0)
+				w = 0;		/* EAGAIN, or an error the bufferevent will meet */
+		}
+		if ((size_t)w < len)
+			bufferevent_write(px->bev, out + w, len - (size_t)w);
 		return px->gone || px->st != P_LOGIN ? -1 : 0;
+	}
 	case PR_STARTTLS:
 		start_tls_upgrade(px);	/* on failure done() came */
 		return -1;
@@ -578,6 +598,7 @@ static int
 splice_read(struct proxy *px, int bfd)
 {
 	ssize_t r;
+	size_t moved = 0;
 
 	if (!px->pipe_ok || conn_is_closing(px->c))
 		return 0;
@@ -592,23 +613,39 @@ splice_read(struct proxy *px, int bfd)
 			px->pipe_ok = 0;
 			return 0;
 		}
-		(void)fcntl(px->pfd[1], F_SETPIPE_SZ, PROXY_READ);	/* best effort */
+		/* best effort: else the pipe's default (64 KiB) */
+		(void)fcntl(px->pfd[1], F_SETPIPE_SZ, PROXY_READ);
+		px->pipe_cap = fcntl(px->pfd[1], F_GETPIPE_SZ);
+		if (px->pipe_cap <= 0)
+			px->pipe_cap = PROXY_READ;	/* unknown: one splice a wakeup */
 		px->wr = event_new(px->base, bufferevent_getfd(conn_bev(px->c)), EV_WRITE,
 		    splice_wr_cb, px);
 	}
-	r = splice(bfd, NULL, px->pfd[1], NULL, PROXY_READ, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-		return 1;
+	/* up to PROXY_TURN a wakeup: one pipe-full after another while the
+	 * backend has more (a full pipe's worth read) and the client takes it
+	 * all; a short read means the socket is drained (the next splice would
+	 * only say EAGAIN) */
 	px_enter(px);
-	if (r > 0) {
+	do {
+		r = splice(bfd, NULL, px->pfd[1], NULL, PROXY_READ, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (r <= 0) {
+			backend_reading(px, 0);
+			event_cb_in(px, (short)(BEV_EVENT_READING | (r == 0 ? BEV_EVENT_EOF :
+			    BEV_EVENT_ERROR)));
+			break;
+		}
 		px->inpipe += (size_t)r;
-		if (pipe_to_client(px) == 1)
+		moved += (size_t)r;
+		if (pipe_to_client(px) == 1) {
 			backend_reading(px, 0);		/* the client is behind */
-	} else {
-		backend_reading(px, 0);
-		event_cb_in(px, (short)(BEV_EVENT_READING | (r == 0 ? BEV_EVENT_EOF :
-		    BEV_EVENT_ERROR)));
-	}
+			break;
+		}
+	} while (!px->gone && px->st == P_SPLICE && !conn_is_closing(px->c) &&
+	    r > 0 && r >= px->pipe_cap && moved < PROXY_TURN);
 	px_leave(px);
 	return 1;
 }

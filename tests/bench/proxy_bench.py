@@ -2,20 +2,42 @@
 """The IMAP proxy (issue 12) against straight to the same Dovecot, in the same
 run (part of `make bench`, not of CI).
 
-One private Dovecot on loopback (its own store, {PLAIN} passdb, plaintext
-IMAP) holds bench@example.com with a --big-mb MB message; Portcullis' IMAP
-door has the same user with proxy=y host=127.0.0.1 port=DOVECOT, and a local
-user for comparison. Measured:
+One private Dovecot on loopback (its own store, plaintext IMAP) and
+Portcullis' IMAP door in front of it. The users, each with the same password
+hash on both sides (the Dovecot passdb holds {CRYPT} and the very hash of
+Portcullis' users file), so that "through the proxy" and "direct" check
+the same password the same way:
+
+    bench@example.com   proxy=y, yescrypt (Portcullis' default cost)
+    cheap@example.com   proxy=y, MD5-crypt ($1$, tens of microseconds)
+    bench@bk.example    no line in Portcullis' users file: mail_proxy_auth =
+                        backend with mail_proxy_domains = bk.example, the
+                        backend's verdict decides (Portcullis checks nothing)
+    local@example.com   a local Portcullis user (yescrypt), for comparison
+
+Measured:
 
     logins/s      LOGIN ... LOGOUT on fresh connections, --procs client
                   processes for --seconds: direct, through the proxy, and a
-                  local Portcullis user (the yescrypt check the proxy also pays)
-    latency       connect -> tagged OK of LOGIN, p50/p99 (one client); the
-                  proxy's added latency = proxied - direct
+                  local Portcullis user
+    latency       connect -> tagged OK of LOGIN, p50/p99 (one client),
+                  direct and proxied in turn (alternated in rounds, so that
+                  the host's load falls on both alike); added = proxied -
+                  direct for
+                    backend  mail_proxy_auth = backend: the proxy's hop alone
+                    md5      local check, MD5-crypt on both sides: the hop plus
+                             a check too cheap to matter
+                    yescrypt local check, yescrypt on both sides: the hop plus
+                             Portcullis' own check, whose time is measured in
+                             the same run (a refused LOGIN of this user less
+                             one of the MD5-crypt user, both refused by
+                             Portcullis; and crypt(3) of the same hash in this
+                             process): added - check = the hop
     fetch MB/s    BODY.PEEK[] of the big message, direct and proxied in turn
                   (--repeats each, on one logged-in connection each): the
-                  median of each, and the CPU the proxy's worker spent per MB
-                  (schedstat, ns) against Dovecot's own per MB
+                  median and spread of each and of the per-pair ratio, and
+                  the CPU the proxy's worker spent per MB (schedstat, ns)
+                  against Dovecot's own per MB
     memory        --conns idle connections logged in and SELECTed through the
                   proxy: the growth of the imap worker's PSS per connection
 
@@ -25,6 +47,8 @@ password check), <= 32 KiB per idle proxied connection.
     PORTCULLIS_BIN=bin python3 tests/bench/proxy_bench.py [--seconds 3] [--procs 2]
 """
 import argparse
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
 import shutil
@@ -41,6 +65,47 @@ from harness.ports import free_port, port_accepts  # noqa: E402
 from harness.util import wait_until  # noqa: E402
 
 USER, LOCAL, PASSWORD = "bench@example.com", "local@example.com", "Bench pass 1"
+CHEAP, BACKEND = "cheap@example.com", "bench@bk.example"
+
+_libcrypt = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+_libcrypt.crypt.restype = ctypes.c_char_p
+_libcrypt.crypt.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
+
+
+def crypt(password, setting):
+    return _libcrypt.crypt(password.encode(), setting.encode()).decode()
+
+
+def crypt_ms(h, n):
+    """p50 of crypt(3) of the password against hash h: the check's own time"""
+    v = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        crypt(PASSWORD, h)
+        v.append(time.perf_counter() - t0)
+    v.sort()
+    return v[len(v) // 2] * 1000
+
+
+def users_file_hash(path, user):
+    with open(path) as f:
+        for line in f:
+            if line.split(":", 1)[0] == user:
+                h = line.split(":")[1]
+                return h[7:] if h.startswith("{CRYPT}") else h
+    raise RuntimeError("no %s in %s" % (user, path))
+
+
+def set_users_file_hash(path, user, h):
+    with open(path) as f:
+        lines = f.readlines()
+    with open(path, "w") as f:
+        for line in lines:
+            fl = line.split(":")
+            if fl[0] == user:
+                fl[1] = "{CRYPT}" + h
+                line = ":".join(fl)
+            f.write(line)
 
 
 def login_once(port, user, password=PASSWORD, want=b"a OK"):
@@ -56,7 +121,7 @@ def login_once(port, user, password=PASSWORD, want=b"a OK"):
             break
     dt = time.perf_counter() - t0
     if not line.startswith(want):
-        raise RuntimeError("login failed: %r" % line)
+        raise RuntimeError("login of %s failed: %r" % (user, line))
     s.sendall(b"z LOGOUT\r\n")
     f.read()
     s.close()
@@ -78,9 +143,18 @@ def logins_per_s(port, user, procs, seconds):
     return sum(counts) / seconds
 
 
-def latency(port, user, n):
-    v = sorted(login_once(port, user) for _ in range(n))
+def pct(v):
+    v = sorted(v)
     return v[len(v) // 2] * 1000, v[min(len(v) - 1, int(len(v) * 0.99))] * 1000
+
+
+def latency_pair(dport, pport, user, n, rounds=5):
+    """direct and proxied login latencies, alternated in rounds: (p50, p99) each"""
+    d, p = [], []
+    for _ in range(rounds):
+        d += [login_once(dport, user) for _ in range(n // rounds)]
+        p += [login_once(pport, user) for _ in range(n // rounds)]
+    return pct(d), pct(p)
 
 
 class Fetcher:
@@ -153,7 +227,7 @@ def memory_per_conn(port, pids, conns):
         s = socket.create_connection(("127.0.0.1", port), 10)
         f = s.makefile("rb")
         f.readline()
-        s.sendall(b'a LOGIN "%s" "%s"\r\nb SELECT INBOX\r\n' % (USER.encode(),
+        s.sendall(b'a LOGIN "%s" "%s"\r\nb SELECT INBOX\r\n' % (CHEAP.encode(),
                                                                PASSWORD.encode()))
         while not f.readline().startswith(b"b "):
             pass
@@ -173,24 +247,13 @@ def main():
     ap.add_argument("--big-mb", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--conns", type=int, default=200)
+    ap.add_argument("--fetch-only", action="store_true", help="skip the logins and memory")
     a = ap.parse_args()
     if not dovecot.installed(("imap",)):
         print("proxy_bench: dovecot-imapd is not installed; skipped")
         return 0
     work = tempfile.mkdtemp(prefix="pc-proxybench-")
     os.chmod(work, 0o755)
-    dc = dovecot.Dovecot(work, protocols=("imap",), users={USER: "{PLAIN}" + PASSWORD},
-                         extra_conf="login_trusted_networks = 127.0.0.0/8\n"
-                                    "mail_max_userip_connections = 10000\n"
-                                    "service imap-login {\n  process_min_avail = 2\n}\n")
-    md = dc.maildir(USER)
-    for d in ("new", "cur", "tmp"):
-        os.makedirs(os.path.join(md, d), exist_ok=True)
-    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.:-+*/\r\n"
-    msg = b"Subject: big\r\n\r\n" + line * (a.big_mb * 1024 * 1024 // len(line))
-    with open(os.path.join(md, "cur", "1.M1P1.bench,S=%d:2,S" % len(msg)), "wb") as f:
-        f.write(msg)
-    dc.start()
     port = free_port()
     d = Daemon("proxybench", {
         "services": "imap", "myhostname": "bench.example.com", "mydomains": "example.com",
@@ -198,53 +261,106 @@ def main():
         "imap_listen": "127.0.0.1:%d" % port, "auth_allow_plaintext": "yes",
         "auth_failure_delay": "0", "auth_failure_ban": "0", "mail_max_userip_connections": "0",
         "imap_max_per_client": "100000", "imap_max_connections": "100000",
+        "mail_proxy_auth": "backend", "mail_proxy_domains": "bk.example",
+        "mail_proxy_default": "127.0.0.1:1",  # the Dovecot's, once it has a port
     })
+    dc = None
     try:
-        for u in (USER, LOCAL):
+        for u in (USER, CHEAP, LOCAL):
             d.cli("user", "add", u, "--password-stdin", input=PASSWORD + "\n")
-        d.cli("user", "set", USER, "proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port)
+        users = d.path("state", "users")
+        yes = users_file_hash(users, USER)
+        md5 = crypt(PASSWORD, "$1$%s$" % os.urandom(6).hex())
+        set_users_file_hash(users, CHEAP, md5)
+        dc = dovecot.Dovecot(work, protocols=("imap",),
+                             users={USER: "{CRYPT}" + yes, CHEAP: "{CRYPT}" + md5,
+                                    BACKEND: "{CRYPT}" + md5},
+                             extra_conf="login_trusted_networks = 127.0.0.0/8\n"
+                                        "mail_max_userip_connections = 10000\n"
+                                        "service imap-login {\n  process_min_avail = 2\n}\n")
+        md = dc.maildir(USER)
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(md, sub), exist_ok=True)
+        line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.:-+*/\r\n"
+        msg = b"Subject: big\r\n\r\n" + line * (a.big_mb * 1024 * 1024 // len(line))
+        with open(os.path.join(md, "cur", "1.M1P1.bench,S=%d:2,S" % len(msg)), "wb") as f:
+            f.write(msg)
+        dc.start()
+        d.write_config(mail_proxy_default="127.0.0.1:%d" % dc.imap_port)
+        for u in (USER, CHEAP):
+            d.cli("user", "set", u, "proxy=y", "host=127.0.0.1", "port=%d" % dc.imap_port)
         d.start(ready=None)
         wait_until(lambda: port_accepts("127.0.0.1", port), 10, what="the imap door")
-        login_once(port, USER)
-        rows = []
-        for name, p, u in (("direct", dc.imap_port, USER), ("proxy", port, USER),
-                           ("local", port, LOCAL)):
-            lps = logins_per_s(p, u, a.procs, a.seconds)
-            p50, p99 = latency(p, u, a.latency_samples)
-            rows.append((name, lps, p50, p99))
-            print("%-7s logins/s %7.0f   login latency p50 %6.2f ms  p99 %6.2f ms" %
-                  (name, lps, p50, p99))
-        v = sorted(login_once(port, LOCAL, "wrong", b"a NO") for _ in range(a.latency_samples))
-        c50 = v[len(v) // 2] * 1000
-        d50 = rows[1][2] - rows[0][2]
-        d99 = rows[1][3] - rows[0][3]
-        print("added by the proxy: p50 %.2f ms, p99 %.2f ms; of it Portcullis' password check "
-              "(a refused LOGIN) p50 %.2f ms; the proxy itself p50 %.2f ms" %
-              (d50, d99, c50, d50 - c50))
+        for u in (USER, CHEAP, BACKEND):
+            login_once(port, u)
+        print("load average %s" % " ".join("%.1f" % x for x in os.getloadavg()))
+        if not a.fetch_only:
+            for name, p, u in (("direct", dc.imap_port, USER), ("proxy", port, USER),
+                               ("local", port, LOCAL)):
+                print("%-7s logins/s %7.0f (yescrypt, %d clients)" %
+                      (name, logins_per_s(p, u, a.procs, a.seconds), a.procs))
+            # Portcullis' own yescrypt check, two ways: crypt(3) of the same
+            # hash here, and in the door itself: a refused LOGIN of the
+            # yescrypt user less one of the MD5-crypt user (refused by
+            # Portcullis, the backend never asked), alternated
+            check = crypt_ms(yes, 40)
+            ry, rm = [], []
+            for _ in range(5):
+                ry += [login_once(port, USER, "wrong", b"a NO")
+                       for _ in range(a.latency_samples // 10)]
+                rm += [login_once(port, CHEAP, "wrong", b"a NO")
+                       for _ in range(a.latency_samples // 10)]
+            door = pct(ry)[0] - pct(rm)[0]
+            for name, u, own in (("backend", BACKEND, None), ("md5", CHEAP, None),
+                                 ("yescrypt", USER, door)):
+                (d50, d99), (p50, p99) = latency_pair(dc.imap_port, port, u, a.latency_samples)
+                print("%-8s login latency p50/p99: direct %6.2f / %6.2f ms, proxied %6.2f / %6.2f "
+                      "ms; added p50 %5.2f ms%s" % (
+                          name, d50, d99, p50, p99, p50 - d50,
+                          "" if own is None else "; Portcullis' own check p50 %.2f ms in the "
+                          "door (%.2f ms crypt(3) alone): the hop %.2f ms" % (
+                              own, check, p50 - d50 - own)))
         direct, proxied = Fetcher(dc.imap_port), Fetcher(port)
         fds, fps, pcpu, dcpu = [], [], 0, 0
-        mb = len(msg) / 1e6
+        msg_len = len(msg)
+        del msg
+        mb = msg_len / 1e6
+        ccpu = pccpu = 0
         for _ in range(a.repeats):
-            c0 = cpu_ns(dc.pids())
-            fds.append(direct.mbps(len(msg)))
+            c0, k0 = cpu_ns(dc.pids()), time.process_time_ns()
+            fds.append(direct.mbps(msg_len))
             dcpu += cpu_ns(dc.pids()) - c0
-            c0 = cpu_ns(d.workers())
-            fps.append(proxied.mbps(len(msg)))
+            ccpu += time.process_time_ns() - k0
+            c0, k0 = cpu_ns(d.workers()), time.process_time_ns()
+            fps.append(proxied.mbps(msg_len))
             pcpu += cpu_ns(d.workers()) - c0
+            pccpu += time.process_time_ns() - k0
         direct.close()
         proxied.close()
         fd, fp = statistics.median(fds), statistics.median(fps)
-        print("fetch %d MB, median of %d in turn: direct %.0f MB/s, proxy %.0f MB/s (%.2fx); "
-              "CPU per MB: the proxy %.2f ms, Dovecot %.2f ms" % (
-                  a.big_mb, a.repeats, fd, fp, fp / fd, pcpu / 1e6 / (mb * a.repeats),
-                  dcpu / 1e6 / (mb * a.repeats)))
-        kib = memory_per_conn(port, d.workers(), a.conns)
-        print("memory per idle proxied connection (imap worker PSS): %.1f KiB over %d" %
-              (kib, a.conns))
+        ratios = sorted(p / q for p, q in zip(fps, fds))
+        print("fetch %d MB, median of %d in turn: direct %.0f MB/s (%.0f-%.0f), proxy %.0f MB/s "
+              "(%.0f-%.0f); ratio %.2fx, per pair %.2f-%.2fx, median %.2fx; "
+              "CPU per MB: the proxy %.2f ms, Dovecot %.2f ms; load %.1f" % (
+                  a.big_mb, a.repeats, fd, min(fds), max(fds), fp, min(fps), max(fps), fp / fd,
+                  ratios[0], ratios[-1], statistics.median(ratios),
+                  pcpu / 1e6 / (mb * a.repeats), dcpu / 1e6 / (mb * a.repeats),
+                  os.getloadavg()[0]))
+        # with every core busy the three processes share the CPU: the ratio
+        # it allows is (Dovecot + client) / (Dovecot + client + proxy)
+        print("CPU per MB of this client: direct %.2f ms, proxied %.2f ms; where the fetch is "
+              "CPU-bound the proxy's share allows %.2fx" % (
+                  ccpu / 1e6 / (mb * a.repeats), pccpu / 1e6 / (mb * a.repeats),
+                  (dcpu + ccpu) / (dcpu + ccpu + pcpu)))
+        if not a.fetch_only:
+            kib = memory_per_conn(port, d.workers(), a.conns)
+            print("memory per idle proxied connection (imap worker PSS): %.1f KiB over %d" %
+                  (kib, a.conns))
     finally:
         d.stop()
         d.close()
-        dc.close()
+        if dc is not None:
+            dc.close()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
