@@ -229,16 +229,32 @@ hdrparse_feed(struct hdrparse *hp, const char *buf, size_t len, int *stop_r)
 				continue;
 			hp->st = HP_VALUE;
 			/* FALLTHROUGH */
-		case HP_VALUE:
-			if (c == '\n') {
-				/* the line end is not part of the value: an unfold keeps the WSP only */
-				if (hp->val_len > 0 && hp->buf[hp->name_len + hp->val_len] == '\r')
-					hp->val_len--;
-				hp->st = HP_LINE_START;
+		case HP_VALUE: {
+			/* the rest of the line at once: what put_value() would
+			 * store byte by byte, up to the line end (memchr) */
+			const char *nl = c == '\n' ? buf + i :
+			    memchr(buf + i, '\n', len - i);
+			size_t end = nl != NULL ? (size_t)(nl - buf) : len;
+			size_t at = hp->name_len + 1 + hp->val_len;
+			size_t n = end - i, room = at < HDR_FIELD_MAX ? HDR_FIELD_MAX - at : 0;
+
+			if (n > room) {
+				n = room;
+				hp->truncated = 1;
+			}
+			memcpy(hp->buf + at, buf + i, n);
+			hp->val_len += n;
+			if (nl == NULL) {
+				i = len - 1;	/* the line goes on in the next piece */
 				continue;
 			}
-			put_value(hp, (char)c);
+			i = end;
+			/* the line end is not part of the value: an unfold keeps the WSP only */
+			if (hp->val_len > 0 && hp->buf[hp->name_len + hp->val_len] == '\r')
+				hp->val_len--;
+			hp->st = HP_LINE_START;
 			continue;
+		}
 		case HP_DONE:
 			break;
 		}

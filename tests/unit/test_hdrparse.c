@@ -135,6 +135,40 @@ test_huge_field_is_cut_not_grown(void)
 	free(m);
 }
 
+/* a long unfolded value is copied a line at a time: fed whole or in pieces
+ * of 1,000 bytes it is cut at the same byte, and a CR at the cut is kept
+ * the way the byte-by-byte parse kept it */
+static void
+test_long_line_cut_same_in_pieces(void)
+{
+	size_t n = HDR_FIELD_MAX + 5000;
+	char *m = xmalloc(n + 64);
+	struct got g[2];
+	size_t k = (size_t)sprintf(m, "X-Long: ");
+
+	memset(m + k, 'v', n - k);
+	k = n;
+	k += (size_t)sprintf(m + k, "\r\nTo: b\r\n\r\n");
+	for (int piecewise = 0; piecewise < 2; piecewise++) {
+		struct hdrparse *hp = hdrparse_new(collect, &g[piecewise]);
+		int stop;
+		size_t step = piecewise ? 1000 : k;
+
+		memset(&g[piecewise], 0, sizeof(g[piecewise]));
+		hdrparse_reset(hp);
+		for (size_t o = 0; o < k && !hdrparse_done(hp); o += step)
+			CU_ASSERT(hdrparse_feed(hp, m + o, k - o < step ? k - o : step, &stop) >= 0);
+		CU_ASSERT(hdrparse_done(hp));
+		CU_ASSERT_EQUAL(hdrparse_body_offset(hp), (unsigned long long)k);
+		CU_ASSERT_EQUAL(g[piecewise].ntrunc, 1);
+		hdrparse_free(&hp);
+	}
+	CU_ASSERT_STRING_EQUAL(g[0].text, g[1].text);
+	/* name, NUL, value: the value is what is left of HDR_FIELD_MAX */
+	CU_ASSERT(strstr(g[0].text, "X-Long=<65529>|To=b|") != NULL);
+	free(m);
+}
+
 static void
 test_callback_stops_the_parse(void)
 {
@@ -156,6 +190,7 @@ test_callback_stops_the_parse(void)
 static CU_TestInfo tests[] = {
 	{ "fields, folds, body offsets: whole and byte by byte", test_rows },
 	{ "an over-long field is cut and flagged, memory stays bounded", test_huge_field_is_cut_not_grown },
+	{ "a long line is cut at the same byte whole or in pieces", test_long_line_cut_same_in_pieces },
 	{ "a callback can stop the parse", test_callback_stops_the_parse },
 	{ NULL, NULL },
 };
