@@ -126,7 +126,10 @@ void sieve_msg_set_item(struct sieve_msg *m, const char *name, const char *value
 			setp(&m->env_items[2 * i + 1], value);
 			return;
 		}
-	m->env_items = xreallocarray(m->env_items, 2 * (m->nenv + 1), sizeof(char *));
+	/* room for 8 items, then doubled (a door sets ~7 per message) */
+	if (m->nenv == 0 || (m->nenv >= 8 && (m->nenv & (m->nenv - 1)) == 0))
+		m->env_items = xreallocarray(m->env_items, 2 * (m->nenv ? 2 * m->nenv : 8),
+		    sizeof(char *));
 	m->env_items[2 * m->nenv] = xstrdup(name);
 	m->env_items[2 * m->nenv + 1] = xstrdup(value);
 	m->nenv++;
