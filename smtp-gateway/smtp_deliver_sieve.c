@@ -40,6 +40,7 @@ struct uscript {
 
 struct cached {
 	char *path;
+	char *user;		/* the name last looked up for it, as given (NULL: none) */
 	dev_t dev;
 	ino_t ino;
 	off_t size;
@@ -118,6 +119,7 @@ smtp_deliver_sieve_free(struct smtp_deliver_sieve **svp)
 	*svp = NULL;
 	for (size_t i = 0; i < sv->n; i++) {
 		free(sv->c[i].path);
+		free(sv->c[i].user);
 		us_unref(&sv->c[i].us);
 	}
 	free(sv->c);
@@ -252,9 +254,25 @@ user_script(struct smtp_deliver_sieve *sv, const char *user, struct uscript **u_
 	*u_r = NULL;
 	if (sv->sieve_dir == NULL)
 		return;
+	now = mono_ns();
+	/* looked at less than a second ago under this very name: its path
+	 * (a check of the name, a lower-cased copy, a format) is not made again */
+	pthread_mutex_lock(&sv->mu);
+	for (i = 0; i < sv->n; i++)
+		if (sv->c[i].user != NULL && strcmp(sv->c[i].user, user) == 0)
+			break;
+	if (i < sv->n && now - sv->c[i].checked_ns < SMTP_SIEVE_RECHECK_NS) {
+		u = sv->c[i].us;
+		if (u != NULL)
+			atomic_fetch_add(&u->refs, 1);
+		sv->c[i].used = ++sv->tick;
+		pthread_mutex_unlock(&sv->mu);
+		*u_r = u;
+		return;
+	}
+	pthread_mutex_unlock(&sv->mu);
 	if (sievestore_path(sv->sieve_dir, SIEVE_LEVEL_USER, user, &path, &e) < 0)
 		return;	/* a name no script can have */
-	now = mono_ns();
 	pthread_mutex_lock(&sv->mu);
 	i = cache_find(sv, path);
 	if (i < sv->n && now - sv->c[i].checked_ns < SMTP_SIEVE_RECHECK_NS) {
@@ -280,9 +298,11 @@ user_script(struct smtp_deliver_sieve *sv, const char *user, struct uscript **u_
 		pthread_mutex_lock(&sv->mu);	/* remembered as absent */
 		i = cache_slot(sv, path);
 		free(sv->c[i].path);
+		free(sv->c[i].user);
 		us_unref(&sv->c[i].us);
 		memset(&sv->c[i], 0, sizeof(sv->c[i]));
 		sv->c[i].path = path;
+		sv->c[i].user = xstrdup(user);
 		sv->c[i].checked_ns = now;
 		sv->c[i].used = ++sv->tick;
 		pthread_mutex_unlock(&sv->mu);
@@ -318,8 +338,10 @@ user_script(struct smtp_deliver_sieve *sv, const char *user, struct uscript **u_
 	pthread_mutex_lock(&sv->mu);
 	i = cache_slot(sv, path);
 	free(sv->c[i].path);
+	free(sv->c[i].user);
 	us_unref(&sv->c[i].us);
 	sv->c[i].path = path;
+	sv->c[i].user = xstrdup(user);
 	sv->c[i].dev = st.st_dev;
 	sv->c[i].ino = st.st_ino;
 	sv->c[i].size = st.st_size;

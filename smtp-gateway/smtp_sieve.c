@@ -493,7 +493,10 @@ split_fields(struct spooled *s)
 		if ((s->hbuf[i] == ' ' || s->hbuf[i] == '\t') && s->nraw > 0) {
 			s->raw[s->nraw - 1].len = end - (size_t)s->raw[s->nraw - 1].off;
 		} else {
-			s->raw = xreallocarray(s->raw, s->nraw + 1, sizeof(*s->raw));
+			/* room for 16, then doubled (not a realloc per field) */
+			if (s->nraw == 0 || (s->nraw >= 16 && (s->nraw & (s->nraw - 1)) == 0))
+				s->raw = xreallocarray(s->raw, s->nraw ? 2 * s->nraw : 16,
+				    sizeof(*s->raw));
 			s->raw[s->nraw].off = (off_t)i;
 			s->raw[s->nraw].len = end - i;
 			s->nraw++;
