@@ -34,11 +34,16 @@ Targets (issue 11): at least Dovecot's throughput on each; IDLE p99 <= 100 ms;
 
     python3 tests/bench/mailread_bench.py [--messages 10000] [--seconds 3]
         [--procs 4] [--conns 200] [--idle-samples 50] [--only portcullis|dovecot]
-        [--steps memory,select,fetch,body,retr,logins,idle]
+        [--steps memory,select,fetch,body,retr,logins,idle] [--interleave N]
 
 --steps runs only the measures named (default: all of them), e.g.
 `--steps body --messages 10` for the full-message fetch alone (a quick run
 on a shared machine).
+
+--interleave N (with --steps body and no --only): instead of the table, N
+rounds of one BODY[] fetch from each server, both running, alternated so that
+a change of load hits both; prints each server's median MB/s and the median
+of the per-round ratios (the fairer figure on a shared machine).
 
 Environment: PORTCULLIS_BIN (default <repo>/bin). Needs dovecot-imapd and
 dovecot-pop3d. Everything it starts is stopped at exit.
@@ -262,6 +267,42 @@ def fetch_whole(port, user, expect_bytes):
     return expect_bytes / t / 1e6
 
 
+def interleaved(pc, pc_port, dc, expect_bytes, rounds):
+    """rounds of one BODY[] fetch from each server (which goes first
+    alternates): medians and the median per-round ratio"""
+    dc.start()
+    md = os.path.join(dc.store, "example.com", "big", "Maildir")
+
+    def give_back():
+        """Portcullis (root here) rewrites the uidlist 0600: hand the
+        store back to Dovecot's user before its turn, outside the timing"""
+        if os.getuid() == 0:
+            for d, dirs, files in os.walk(md):
+                for n in dirs + files:
+                    os.lchown(os.path.join(d, n), dc.uid, dc.gid)
+    # warm both, Dovecot first, as in the table's run (it builds its index)
+    fetch_whole(dc.imap_port, "big@example.com", expect_bytes)
+    fetch_whole(pc_port, "big@example.com", expect_bytes)
+    give_back()
+    ours, theirs = [], []
+    for i in range(rounds):
+        pair = [("p", pc_port), ("d", dc.imap_port)]
+        if i % 2:
+            pair.reverse()
+        for who, port in pair:
+            if who == "d":
+                give_back()
+            (ours if who == "p" else theirs).append(fetch_whole(port, "big@example.com",
+                                                                expect_bytes))
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    print("BODY[] fetch, %d interleaved rounds, load %.2f: Portcullis median %.0f MB/s "
+          "(%.0f-%.0f), Dovecot %.0f (%.0f-%.0f); ratio median %.2f (%.2f-%.2f)" % (
+              rounds, os.getloadavg()[0], statistics.median(ours), min(ours), max(ours),
+              statistics.median(theirs), min(theirs), max(theirs),
+              statistics.median(ratios), min(ratios), max(ratios)))
+    return 0
+
+
 def pop3_retr(port, user, expect):
     p = poplib.POP3(HOST, port, timeout=120)
     p.user(user)
@@ -372,6 +413,8 @@ def main():
     ap.add_argument("--idle-samples", type=int, default=50)
     ap.add_argument("--only", choices=("portcullis", "dovecot"))
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--interleave", type=int, default=0,
+                    help="with --steps body: N alternated fetches from each server")
     ap.add_argument("--steps", default=",".join(STEPS),
                     help="comma-separated measures to run (default: all): " + ",".join(STEPS))
     args = ap.parse_args()
@@ -456,6 +499,10 @@ def main():
     try:
         # the SMTP door delivers for the IDLE step of both servers
         pc.start()
+        if args.interleave:
+            if steps != {"body"} or args.only:
+                ap.error("--interleave: with --steps body and both servers")
+            return interleaved(pc, ports["imap"], dc, big_bytes, args.interleave)
         for name, srv in servers:
             if name == "dovecot":
                 srv.start()
