@@ -51,7 +51,6 @@ SIEVE_BENCH_OBJ  := $(BUILD)/tests/bench/sieve_bench.o
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all asan test unit integration bench run deps clean demo-conf fuzz install
-.PHONY: asan-pop3-tool asan-imap-mime-tool
 .PHONY: sieve-conformance sieve-differential
 all: $(BINDIR)/portcullisd $(BINDIR)/portcullis
 
@@ -118,23 +117,16 @@ $(BINDIR)/null-milter: $(NULLMILTER_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS_MILTER) $(LIBS_LIB)
 
+# One sub-make for every sanitizer binary: separate sub-makes each rebuilt
+# the library and raced under make -j. The tools: pop3-tool (the POP3 core
+# on a loopback port, test_pop3_dovecot.py), imap-mime-tool (imap_mime /
+# imap_search on a message file, test_imap_mime_dovecot.py), imap-session-tool
+# (the IMAP session over stdin/stdout, test_imap_session_dovecot.py).
 asan:
 	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" \
 	    build/asan/bin/portcullisd build/asan/bin/portcullis build/asan/bin/unit-tests \
-	    build/asan/bin/mailstore-tool
-	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/sieve-conformance
-# the POP3 core on a loopback port, for tests/integration/test_pop3_dovecot.py
-asan: asan-pop3-tool
-asan-pop3-tool:
-	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/pop3-tool
-# imap_mime/imap_search on a message file, for tests/integration/test_imap_mime_dovecot.py
-asan: asan-imap-mime-tool
-asan-imap-mime-tool:
-	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/imap-mime-tool
-# the IMAP session over stdin/stdout, for tests/integration/test_imap_session_dovecot.py
-asan: asan-imap-session-tool
-asan-imap-session-tool:
-	$(MAKE) BUILD=build/asan BINDIR=build/asan/bin OPT="-O1 -g" SAN="$(ASAN_FLAGS)" build/asan/bin/imap-session-tool
+	    build/asan/bin/mailstore-tool build/asan/bin/sieve-conformance \
+	    build/asan/bin/pop3-tool build/asan/bin/imap-mime-tool build/asan/bin/imap-session-tool
 
 deps:
 	@sh scripts/deps.sh
