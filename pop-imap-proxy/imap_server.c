@@ -84,6 +84,7 @@
 #include "common/stats.h"
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/imap_server.h"
+#include "pop-imap-proxy/proxy_door.h"
 #include "rules/engine.h"
 #include "rules/snapshot.h"
 #include "service/authcheck.h"
@@ -524,8 +525,6 @@ static void
 proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 {
 	struct sess *s = arg;
-	char who[CIDR_TEXT_MAX];
-	static const char *const result[] = { "success", "refused", "unavailable" };
 	unsigned n;
 
 	s->authing = 0;
@@ -534,24 +533,14 @@ proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 		    "user+IP exceeded (mail_max_userip_connections=%u)\r\n", imap_proto_tag(s->ip),
 		    s->srv->c->max_userip);
 
-		log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: refused: %u "
-		    "sessions from that address (mail_max_userip_connections) (%u ms)",
-		    conn_id(s->conn), s->user, conn_addr_text(s->conn, who), proxy_backend(s->px), n,
-		    proxy_login_ms(s->px));
-		stats_addf(1, "proxy_sessions_total{door=\"imap\",backend=\"%s\",result=\"refused\"}",
-		    proxy_backend(s->px));
+		proxy_door_over_userip("imap", s->conn, s->user, s->px, n);
 		proxy_free(&s->px);
 		conn_write(s->conn, line, strlen(line));
 		free(line);
 		conn_close(s->conn);	/* may free s */
 		return;
 	}
-	log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: %s%s%s (%u ms)",
-	    conn_id(s->conn), s->user, conn_addr_text(s->conn, who), proxy_backend(s->px),
-	    res == PROXY_OK ? "logged in" : res == PROXY_REFUSED ? "refused" : "unavailable",
-	    why[0] ? ": " : "", why, proxy_login_ms(s->px));
-	stats_addf(1, "proxy_sessions_total{door=\"imap\",backend=\"%s\",result=\"%s\"}",
-	    proxy_backend(s->px), result[res]);
+	proxy_door_outcome("imap", s->conn, s->user, s->px, res, why);
 	if (res == PROXY_OK) {
 		char *line = xasprintf("%s OK [CAPABILITY %s] Logged in\r\n",
 		    imap_proto_tag(s->ip), caps);
@@ -598,27 +587,23 @@ proxy_route(struct sess *s)
 {
 	struct imap_auth_req *req = imap_proto_auth_req(s->ip);
 	const char *user = req && req->sasl ? sasl_server_user(req->sasl) : NULL, *pw, *login;
-	char *mlogin = NULL;
+	char *mlogin;
 	struct userdb_proxy where;
-	int r;
+	int r, go;
 
 	if (user == NULL || user[0] == '\0' || s->srv->users.db == NULL ||
 	    (r = userdb_proxy(s->srv->users.db, user, &where)) == 0)
 		return 0;
 	snprintf(s->user, sizeof(s->user), "%s", user);
-	pw = sasl_server_password(req->sasl);
-	login = r > 0 && where.destuser[0] ? where.destuser : user;
 	/* SCRAM's server-final message reaches the client first: the session
-	 * finishes the exchange, then step() hands it over (proxy_route_late) */
-	if (r > 0 && pw == NULL && sasl_server_mech(req->sasl) == AUTH_MECH_SCRAM &&
-	    s->srv->c->proxy.master_user != NULL) {
+	 * finishes the exchange, then step() hands it over (proxy_route_late);
+	 * CRAM-MD5, EXTERNAL: through the backend's master user */
+	go = proxy_door_login(&s->srv->c->proxy, r, &where, user, req->sasl, &login, &pw, &mlogin);
+	if (go == 0) {
 		s->user[0] = '\0';
 		return 0;
 	}
-	/* CRAM-MD5, EXTERNAL: through the backend's master user */
-	if (r > 0 && pw == NULL && sasl_server_mech(req->sasl) != AUTH_MECH_SCRAM)
-		mlogin = proxy_master_login(&s->srv->c->proxy, login, &pw);
-	if (r < 0 || pw == NULL) {
+	if (go < 0) {
 		log_warn("imap: conn=%s proxy: user=<%s>: %s: login answered NO [UNAVAILABLE]",
 		    conn_id(s->conn), user, r < 0 ? "the user's proxy fields are wrong" :
 		    "no password to forward for this mechanism (PLAIN/LOGIN; CRAM-MD5 and "
@@ -627,8 +612,8 @@ proxy_route(struct sess *s)
 		imap_proto_auth_done(s->ip, IMAP_AUTH_TEMPFAIL);
 		return 1;
 	}
-	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn,
-	    mlogin != NULL ? mlogin : login, pw, &proxy_hooks, s);
+	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn, login, pw,
+	    &proxy_hooks, s);
 	free(mlogin);
 	if (proxy_start_failed(s->px)) {
 		s->authing = 1;
@@ -646,29 +631,26 @@ proxy_route(struct sess *s)
 static int
 proxy_route_late(struct sess *s)
 {
-	const char *user = imap_proto_user(s->ip), *pw = NULL;
+	const char *user = imap_proto_user(s->ip), *pw, *login;
 	struct userdb_proxy where;
 	char *mlogin;
-	int r;
+	int r, go;
 
 	if (s->srv->users.db == NULL || (r = userdb_proxy(s->srv->users.db, user, &where)) == 0)
 		return 0;
 	snprintf(s->user, sizeof(s->user), "%s", user);
-	mlogin = r > 0 ? proxy_master_login(&s->srv->c->proxy,
-	    where.destuser[0] ? where.destuser : user, &pw) : NULL;
+	/* no exchange to take a password from: the master user's */
+	go = proxy_door_login(&s->srv->c->proxy, r, &where, user, NULL, &login, &pw, &mlogin);
 	s->late = 1;
 	s->authing = 1;
-	if (mlogin == NULL) {
+	if (go < 0) {
 		proxy_done(s, PROXY_UNAVAILABLE, "", r < 0 ? "the user's proxy fields are wrong" :
 		    "no mail_proxy_master_user");
 		return 1;
 	}
-	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn, mlogin, pw,
-	    &proxy_hooks, s);
+	proxy_door_start(&s->px, s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn,
+	    login, pw, &proxy_hooks, s);
 	free(mlogin);
-	conn_pause(s->conn);
-	if (proxy_start_failed(s->px))
-		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
 	return 1;
 }
 
@@ -681,27 +663,14 @@ static void
 backend_verdict(void *arg, enum proxy_result res, const char *caps, const char *why)
 {
 	struct sess *s = arg;
-	struct authcheck_req r = { .addr = conn_addr(s->conn), .conn_id = conn_id(s->conn) };
 	int ok;
 
 	if (res == PROXY_UNAVAILABLE) {
 		proxy_done(s, res, caps, why);
 		return;
 	}
-	if (res == PROXY_REFUSED) {
-		char who[CIDR_TEXT_MAX];
-
-		log_info("imap: conn=%s proxy: user=<%s> client=[%s] backend=%s: refused by the "
-		    "backend (mail_proxy_auth = backend) (%u ms)", conn_id(s->conn), s->user,
-		    conn_addr_text(s->conn, who), proxy_backend(s->px), proxy_login_ms(s->px));
-		stats_addf(1, "proxy_sessions_total{door=\"imap\",backend=\"%s\",result=\"refused\"}",
-		    proxy_backend(s->px));
-		proxy_free(&s->px);
-		s->user[0] = '\0';
-	}
-	r.ok = res == PROXY_OK;
-	conn_hold(s->conn);	/* auth_checked() releases */
-	ok = authcheck_finish(s->srv->auth, &r, &auth_hooks, s);
+	/* conn held: auth_checked() releases */
+	ok = proxy_door_verdict("imap", s->conn, s->user, &s->px, s->srv->auth, res, &auth_hooks, s);
 	if (ok != AUTHCHECK_PENDING)
 		auth_checked(s, ok == AUTHCHECK_BUSY ? IMAP_AUTH_TEMPFAIL : ok);
 }
@@ -715,27 +684,15 @@ static int
 proxy_backend_auth(struct sess *s, struct imap_auth_req *req)
 {
 	const char *login, *pw;
-	char local[256], *at;
 	struct userdb_proxy where;
 
 	if (!req->check || req->sasl == NULL ||
-	    sasl_server_plain_response(req->sasl, &login, &pw) < 0 ||
-	    !proxy_default_route(&s->srv->c->proxy, login, &where))
+	    !proxy_door_backend_route(&s->srv->c->proxy, s->srv->users.db, req->sasl, &login, &pw,
+	    &where, s->user, sizeof(s->user)))
 		return 0;
-	snprintf(local, sizeof(local), "%s", login);
-	at = strrchr(local, '@');
-	*at = '\0';
-	if (s->srv->users.db != NULL && userdb_resolve(s->srv->users.db, local, at + 1) != NULL)
-		return 0;	/* a user of ours: checked here */
-	snprintf(s->user, sizeof(s->user), "%s", login);
-	for (char *q = s->user; *q; q++)
-		*q = (char)tolower((unsigned char)*q);
-	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn, login, pw,
-	    &backend_hooks, s);
 	s->authing = 1;
-	conn_pause(s->conn);
-	if (proxy_start_failed(s->px))
-		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	proxy_door_start(&s->px, s->srv->base, &s->srv->c->proxy, PROXY_IMAP, &where, s->conn,
+	    login, pw, &backend_hooks, s);
 	return 1;
 }
 

@@ -50,6 +50,7 @@
 #include "common/stats.h"
 #include "common/xmalloc.h"
 #include "pop-imap-proxy/pop3_server.h"
+#include "pop-imap-proxy/proxy_door.h"
 #include "rules/engine.h"
 #include "rules/snapshot.h"
 #include "service/authcheck.h"
@@ -259,8 +260,6 @@ static void
 proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 {
 	struct session *s = arg;
-	char who[CIDR_TEXT_MAX];
-	static const char *const result[] = { "success", "refused", "unavailable" };
 	unsigned n;
 
 	(void)caps;
@@ -268,12 +267,7 @@ proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 		char *line = xasprintf("-ERR [IN-USE] Maximum number of connections from user+IP "
 		    "exceeded (mail_max_userip_connections=%u)\r\n", s->srv->c->max_userip);
 
-		log_info("pop3: conn=%s proxy: user=<%s> client=[%s] backend=%s: refused: %u "
-		    "sessions from that address (mail_max_userip_connections) (%u ms)",
-		    conn_id(s->c), s->user, conn_addr_text(s->c, who), proxy_backend(s->px), n,
-		    proxy_login_ms(s->px));
-		stats_addf(1, "proxy_sessions_total{door=\"pop3\",backend=\"%s\",result=\"refused\"}",
-		    proxy_backend(s->px));
+		proxy_door_over_userip("pop3", s->c, s->user, s->px, n);
 		proxy_free(&s->px);
 		s->busy = 0;
 		conn_write(s->c, line, strlen(line));
@@ -281,12 +275,7 @@ proxy_done(void *arg, enum proxy_result res, const char *caps, const char *why)
 		conn_close(s->c);	/* may free s */
 		return;
 	}
-	log_info("pop3: conn=%s proxy: user=<%s> client=[%s] backend=%s: %s%s%s (%u ms)",
-	    conn_id(s->c), s->user, conn_addr_text(s->c, who), proxy_backend(s->px),
-	    res == PROXY_OK ? "logged in" : res == PROXY_REFUSED ? "refused" : "unavailable",
-	    why[0] ? ": " : "", why, proxy_login_ms(s->px));
-	stats_addf(1, "proxy_sessions_total{door=\"pop3\",backend=\"%s\",result=\"%s\"}",
-	    proxy_backend(s->px), result[res]);
+	proxy_door_outcome("pop3", s->c, s->user, s->px, res, why);
 	if (res == PROXY_OK) {
 		static const char ok[] = "+OK Logged in.\r\n";
 
@@ -326,7 +315,7 @@ static const struct proxy_hooks proxy_hooks;
 static int
 proxy_route_late(struct session *s)
 {
-	const char *pw = NULL;
+	const char *pw, *login;
 	struct userdb_proxy where;
 	char *mlogin;
 	int r;
@@ -335,22 +324,19 @@ proxy_route_late(struct session *s)
 	    (r = userdb_proxy(s->srv->users.db, pop3_proto_user(s->pp), &where)) == 0)
 		return 0;
 	snprintf(s->user, sizeof(s->user), "%s", pop3_proto_user(s->pp));
-	mlogin = r > 0 ? proxy_master_login(&s->srv->c->proxy,
-	    where.destuser[0] ? where.destuser : s->user, &pw) : NULL;
 	s->late = 1;
-	if (mlogin == NULL) {
+	/* no exchange to take a password from: the master user's */
+	if (proxy_door_login(&s->srv->c->proxy, r, &where, s->user, NULL, &login, &pw,
+	    &mlogin) < 0) {
 		log_warn("pop3: conn=%s proxy: user=<%s>: %s: -ERR [SYS/TEMP]", conn_id(s->c),
 		    s->user, r < 0 ? "the user's proxy fields are wrong" : "no mail_proxy_master_user");
 		pop3_proto_open_refused(s->pp, "[SYS/TEMP] Temporary failure.");
 		return 1;
 	}
-	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c, mlogin, pw,
-	    &proxy_hooks, s);
-	free(mlogin);
 	s->busy = 1;
-	conn_pause(s->c);
-	if (proxy_start_failed(s->px))
-		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	proxy_door_start(&s->px, s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c,
+	    login, pw, &proxy_hooks, s);
+	free(mlogin);
 	return 1;
 }
 
@@ -363,27 +349,23 @@ proxy_route(struct session *s)
 {
 	struct pop3_auth_req *a = pop3_proto_auth_req(s->pp);
 	const char *user = a && a->sasl ? sasl_server_user(a->sasl) : s->user, *pw, *login;
-	char *mlogin = NULL;
+	char *mlogin;
 	struct userdb_proxy where;
-	int r;
+	int r, go;
 
 	if (user == NULL || user[0] == '\0' || s->srv->users.db == NULL ||
 	    (r = userdb_proxy(s->srv->users.db, user, &where)) == 0)
 		return 0;
 	if (user != s->user)
 		snprintf(s->user, sizeof(s->user), "%s", user);
-	pw = a && a->sasl ? sasl_server_password(a->sasl) : NULL;
-	login = r > 0 && where.destuser[0] ? where.destuser : s->user;
 	/* SCRAM's server-final message reaches the client first: the core
-	 * finishes the exchange, then start_open() hands it over */
-	if (r > 0 && pw == NULL && a != NULL && a->sasl != NULL &&
-	    sasl_server_mech(a->sasl) == AUTH_MECH_SCRAM && s->srv->c->proxy.master_user != NULL)
+	 * finishes the exchange, then start_open() hands it over; APOP,
+	 * CRAM-MD5, EXTERNAL: through the backend's master user */
+	go = proxy_door_login(&s->srv->c->proxy, r, &where, s->user, a ? a->sasl : NULL, &login,
+	    &pw, &mlogin);
+	if (go == 0)
 		return 0;
-	/* APOP, CRAM-MD5, EXTERNAL: through the backend's master user */
-	if (r > 0 && pw == NULL && (a == NULL || a->sasl == NULL ||
-	    sasl_server_mech(a->sasl) != AUTH_MECH_SCRAM))
-		mlogin = proxy_master_login(&s->srv->c->proxy, login, &pw);
-	if (r < 0 || pw == NULL) {
+	if (go < 0) {
 		log_warn("pop3: conn=%s proxy: user=<%s>: %s: login answered -ERR [SYS/TEMP]",
 		    conn_id(s->c), s->user, r < 0 ? "the user's proxy fields are wrong" :
 		    "no password to forward for this mechanism (USER/PASS, PLAIN, LOGIN; APOP, "
@@ -392,13 +374,10 @@ proxy_route(struct session *s)
 		pop3_proto_auth_done(s->pp, POP3_AUTH_TEMPFAIL, NULL);
 		return 1;
 	}
-	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c,
-	    mlogin != NULL ? mlogin : login, pw, &proxy_hooks, s);
-	free(mlogin);
 	s->busy = 1;
-	conn_pause(s->c);
-	if (proxy_start_failed(s->px))
-		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	proxy_door_start(&s->px, s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c,
+	    login, pw, &proxy_hooks, s);
+	free(mlogin);
 	return 1;
 }
 
@@ -413,27 +392,14 @@ static void
 backend_verdict(void *arg, enum proxy_result res, const char *caps, const char *why)
 {
 	struct session *s = arg;
-	struct authcheck_req r = { .addr = conn_addr(s->c), .conn_id = conn_id(s->c) };
 	int ok;
 
 	if (res == PROXY_UNAVAILABLE) {
 		proxy_done(s, res, caps, why);
 		return;
 	}
-	if (res == PROXY_REFUSED) {
-		char who[CIDR_TEXT_MAX];
-
-		log_info("pop3: conn=%s proxy: user=<%s> client=[%s] backend=%s: refused by the "
-		    "backend (mail_proxy_auth = backend) (%u ms)", conn_id(s->c), s->user,
-		    conn_addr_text(s->c, who), proxy_backend(s->px), proxy_login_ms(s->px));
-		stats_addf(1, "proxy_sessions_total{door=\"pop3\",backend=\"%s\",result=\"refused\"}",
-		    proxy_backend(s->px));
-		proxy_free(&s->px);
-		s->user[0] = '\0';
-	}
-	r.ok = res == PROXY_OK;
-	conn_hold(s->c);	/* auth_checked() releases */
-	ok = authcheck_finish(s->srv->auth, &r, &auth_hooks, s);
+	/* conn held: auth_checked() releases */
+	ok = proxy_door_verdict("pop3", s->c, s->user, &s->px, s->srv->auth, res, &auth_hooks, s);
 	if (ok != AUTHCHECK_PENDING)
 		auth_checked(s, ok == AUTHCHECK_BUSY ? POP3_AUTH_TEMPFAIL : ok);
 }
@@ -447,27 +413,15 @@ static int
 proxy_backend_auth(struct session *s, struct pop3_auth_req *a)
 {
 	const char *login, *pw;
-	char local[POP3_USER_MAX], *at;
 	struct userdb_proxy where;
 
 	if (a->sasl == NULL || !a->check ||
-	    sasl_server_plain_response(a->sasl, &login, &pw) < 0 ||
-	    !proxy_default_route(&s->srv->c->proxy, login, &where))
+	    !proxy_door_backend_route(&s->srv->c->proxy, s->srv->users.db, a->sasl, &login, &pw,
+	    &where, s->user, sizeof(s->user)))
 		return 0;
-	snprintf(local, sizeof(local), "%s", login);
-	at = strrchr(local, '@');
-	*at = '\0';
-	if (s->srv->users.db != NULL && userdb_resolve(s->srv->users.db, local, at + 1) != NULL)
-		return 0;	/* a user of ours: checked here */
-	snprintf(s->user, sizeof(s->user), "%s", login);
-	for (char *q = s->user; *q; q++)
-		*q = (char)tolower((unsigned char)*q);
-	s->px = proxy_new(s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c, login, pw,
-	    &backend_hooks, s);
 	s->busy = 1;
-	conn_pause(s->c);
-	if (proxy_start_failed(s->px))
-		proxy_done(s, PROXY_UNAVAILABLE, "", "cannot connect");
+	proxy_door_start(&s->px, s->srv->base, &s->srv->c->proxy, PROXY_POP3, &where, s->c,
+	    login, pw, &backend_hooks, s);
 	return 1;
 }
 

@@ -22,7 +22,8 @@
  *
  * A backend that closes or fails mid-session closes the client's conn
  * (after what the backend sent). Owner: the loop's thread; never blocks,
- * never logs peer bytes.
+ * never logs peer bytes. The login glue both doors share around it (routing,
+ * the master login, the log lines and counters): proxy_door.h.
  */
 #include <stddef.h>
 #include "storage-adapter/userdb.h"
