@@ -73,6 +73,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import daemon as hdaemon  # noqa: E402
 from harness import dovecot as hdovecot  # noqa: E402
 from harness.ports import free_port  # noqa: E402
+from harness.util import pss_kib  # noqa: E402
 
 PASSWORD = "bench-pw-1"
 HOST = "127.0.0.1"
@@ -360,19 +361,6 @@ def idle_latencies(port, smtp_port, samples):
         exists += 1
     c.logout()
     return out
-
-
-def pss_kib(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open("/proc/%d/smaps_rollup" % pid) as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
 
 
 def memory_per_connection(port, pids_fn, conns):

@@ -62,7 +62,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from harness import dovecot  # noqa: E402
 from harness.daemon import Daemon  # noqa: E402
 from harness.ports import free_port, port_accepts  # noqa: E402
-from harness.util import wait_until  # noqa: E402
+from harness.util import pss_kib, wait_until  # noqa: E402
 
 USER, LOCAL, PASSWORD = "bench@example.com", "local@example.com", "Bench pass 1"
 CHEAP, BACKEND = "cheap@example.com", "bench@bk.example"
@@ -202,19 +202,6 @@ def cpu_ns(pids):
             for t in os.listdir("/proc/%d/task" % pid):
                 with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
                     total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total
-
-
-def pss_kib(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open("/proc/%d/smaps_rollup" % pid) as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
         except OSError:
             pass
     return total
