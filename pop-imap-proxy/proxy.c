@@ -471,6 +471,13 @@ apply(struct proxy *px, enum proxy_reply_act act)
 		return px->gone || px->st != P_LOGIN ? -1 : 0;
 	}
 	case PR_STARTTLS:
+		/* nothing may stand behind the answer: plaintext there was sent
+		 * (or injected on the path) before TLS, and is neither the
+		 * handshake's nor the backend's word (the injection of CVE-2011-0411) */
+		if (evbuffer_get_length(bufferevent_get_input(px->bev)) > 0) {
+			finish(px, PROXY_UNAVAILABLE, "the backend sent more behind its STARTTLS answer");
+			return -1;
+		}
 		start_tls_upgrade(px);	/* on failure done() came */
 		return -1;
 	case PR_OK:

@@ -47,7 +47,9 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
                     behind a full client): clients over TLS that vanish while
                     the backend logs in or streams, a backend that closes
                     while the client's output is full (all of it still
-                    delivered), the daemon sanitizer-clean and serving after
+                    delivered), the daemon sanitizer-clean and serving after;
+                    plaintext behind a backend's STARTTLS answer refused (NO
+                    [UNAVAILABLE] / -ERR [SYS/TEMP], the log says why)
 
 Run: PORTCULLIS_BIN=$PWD/build/asan/bin python3 tests/integration/test_proxy.py
 """
@@ -953,9 +955,10 @@ class FakeBackend:
     the connection is closed when the line also holds CLOSE)."""
 
     def __init__(self, proto="imap", login_delay=0.0, big=8 * 1024 * 1024, cert=None,
-                 bare=False):
+                 bare=False, inject=b""):
         self.proto, self.login_delay, self.big = proto, login_delay, big
         self.bare = bare    # IMAP: "* OK" and "L OK", nothing after the status
+        self.inject = inject    # sent in plaintext right behind the STARTTLS answer
         self.tls = None
         if cert:    # STARTTLS / STLS offered with this certificate
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -992,7 +995,7 @@ class FakeBackend:
                 verb = words[1].upper() if imap and len(words) > 1 else \
                     (words[0].upper() if words else b"")
                 if verb in (b"STARTTLS", b"STLS") and self.tls:
-                    s.sendall(b"S OK go\r\n" if imap else b"+OK go\r\n")
+                    s.sendall((b"S OK go\r\n" if imap else b"+OK go\r\n") + self.inject)
                     s = self.tls.wrap_socket(s, server_side=True)
                     f = s.makefile("rb")
                 elif imap and verb in (b"AUTHENTICATE", b"LOGIN") or not imap and verb == b"PASS":
@@ -1064,6 +1067,8 @@ class T12Robust(unittest.TestCase):
         cls.stls3 = FakeBackend("pop3", cert=W.good)
         cls.bare = FakeBackend("imap", bare=True)
         cls.fast3 = FakeBackend("pop3")
+        cls.inj = FakeBackend("imap", cert=W.good, inject=b"* OK [CAPABILITY IMAP4rev1 X] in\r\n")
+        cls.inj3 = FakeBackend("pop3", cert=W.good, inject=b"+OK in\r\n")
         cls.pops_port = free_port()
         users = {
             "slow@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.slow.port],
@@ -1074,6 +1079,10 @@ class T12Robust(unittest.TestCase):
             "st3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.stls3.port,
                                 "tls=starttls"],
             "bare@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.bare.port],
+            "inj@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.inj.port,
+                                "tls=starttls"],
+            "inj3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.inj3.port,
+                                 "tls=starttls"],
         }
         cls.g = Gateway("robust", users=users, pop3s_listen="127.0.0.1:%d" % cls.pops_port)
         cls.ctx = ssl.create_default_context(cafile=W.ca)
@@ -1081,7 +1090,8 @@ class T12Robust(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.g.stop()    # asserts: no sanitizer report, a clean exit
-        for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3, cls.bare, cls.fast3):
+        for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3, cls.bare, cls.fast3,
+                  cls.inj, cls.inj3):
             b.close()
 
     def tls(self, port):
@@ -1100,6 +1110,26 @@ class T12Robust(unittest.TestCase):
         # line (ASan), the CAPABILITY asked for and passed on
         line = raw_login(self.g.imap_port, "bare@example.com")
         self.assertTrue(line.startswith("a OK [CAPABILITY IMAP4rev1 IDLE BARE]"), line)
+        self.assert_serving()
+
+    def test_bytes_behind_the_starttls_answer_refused(self):
+        # plaintext behind the backend's STARTTLS answer (injected by anyone
+        # on the path) is never taken as the start of TLS or as the
+        # backend's words: the login stops there, and the log says why
+        line = raw_login(self.g.imap_port, "inj@example.com")
+        self.assertTrue(line.startswith("a NO [UNAVAILABLE]"), line)
+        s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"USER inj3@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
+        self.assertTrue(f.readline().startswith(b"+OK"))
+        self.assertTrue(f.readline().startswith(b"-ERR [SYS/TEMP]"))
+        s.close()
+        self.assertEqual((self.inj.logins, self.inj3.logins), (0, 0))
+        log = self.g.d.log_text()
+        for u in ("inj", "inj3"):
+            self.assertRegex(log, r"user=<%s@example\.com> .*unavailable: the backend sent more "
+                             r"behind its STARTTLS answer" % u)
         self.assert_serving()
 
     def test_tls_client_gone_during_backend_login(self):
