@@ -49,7 +49,9 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
                     while the client's output is full (all of it still
                     delivered), the daemon sanitizer-clean and serving after;
                     plaintext behind a backend's STARTTLS answer refused (NO
-                    [UNAVAILABLE] / -ERR [SYS/TEMP], the log says why)
+                    [UNAVAILABLE] / -ERR [SYS/TEMP], the log says why); no
+                    CR LF of a client's PLAIN password smuggled into the
+                    backend's session (mail_proxy_auth = backend)
 
 Run: PORTCULLIS_BIN=$PWD/build/asan/bin python3 tests/integration/test_proxy.py
 """
@@ -1084,7 +1086,10 @@ class T12Robust(unittest.TestCase):
             "inj3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.inj3.port,
                                  "tls=starttls"],
         }
-        cls.g = Gateway("robust", users=users, pop3s_listen="127.0.0.1:%d" % cls.pops_port)
+        cls.g = Gateway("robust", users=users, pop3s_listen="127.0.0.1:%d" % cls.pops_port,
+                        mail_proxy_auth="backend", mail_proxy_domains="fake.example",
+                        imap_mail_proxy_default="127.0.0.1:%d" % cls.fast.port,
+                        pop3_mail_proxy_default="127.0.0.1:%d" % cls.fast3.port)
         cls.ctx = ssl.create_default_context(cafile=W.ca)
 
     @classmethod
@@ -1130,6 +1135,44 @@ class T12Robust(unittest.TestCase):
         for u in ("inj", "inj3"):
             self.assertRegex(log, r"user=<%s@example\.com> .*unavailable: the backend sent more "
                              r"behind its STARTTLS answer" % u)
+        self.assert_serving()
+
+    def test_no_line_breaks_smuggled_into_the_backend(self):
+        # mail_proxy_auth = backend forwards the client's PLAIN credentials
+        # to a backend Portcullis did not check them against: a password
+        # holding CR LF would be a second command in the backend's POP3
+        # session (USER/PASS go as they are); refused before it connects
+        import base64
+        evil = base64.b64encode(b"\0x@fake.example\0pw\r\nDELE 1")
+        good = base64.b64encode(b"\0x@fake.example\0pw")
+        n3, n = self.fast3.logins, self.fast.logins
+        s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"AUTH PLAIN " + evil + b"\r\n")
+        self.assertTrue(f.readline().startswith(b"-ERR"))
+        s.close()
+        s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"a AUTHENTICATE PLAIN " + evil + b"\r\n")
+        self.assertTrue(f.readline().startswith(b"a NO"))
+        s.close()
+        self.assertEqual((self.fast3.logins, self.fast.logins), (n3, n))
+        # the same login without them goes through, on both doors
+        s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"AUTH PLAIN " + good + b"\r\n")
+        self.assertTrue(f.readline().startswith(b"+OK"))
+        s.close()
+        s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"a AUTHENTICATE PLAIN " + good + b"\r\n")
+        self.assertTrue(f.readline().startswith(b"a OK"))
+        s.close()
+        self.assertEqual((self.fast3.logins, self.fast.logins), (n3 + 1, n + 1))
         self.assert_serving()
 
     def test_tls_client_gone_during_backend_login(self):
