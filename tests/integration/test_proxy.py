@@ -27,10 +27,17 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
     T08Pop3         poplib through Portcullis to Dovecot's POP3: USER/PASS,
                     RETR, the client's address via XCLIENT in Dovecot's log,
                     STLS and implicit TLS to the backend, -ERR [SYS/TEMP]
-    T09Master       CRAM-MD5 and SCRAM-SHA-256 (IMAP and POP3; the server's
-                    signature checked by the client) through the backend master
-                    user (USER*MASTER);
-                    without one, NO [UNAVAILABLE]
+    T09Master       every mechanism with no password to forward goes through
+                    the backend master user (USER*MASTER; Dovecot's log shows
+                    "Master user logging in as" USER, auth_verbose): IMAP
+                    CRAM-MD5 and SCRAM-SHA-256 (imaplib; gsasl --imap, the
+                    server's signature checked by the client), POP3 APOP
+                    (poplib, STAT/RETR of the backend's message), POP3
+                    CRAM-MD5 (gsasl) and SCRAM-SHA-256, EXTERNAL with a client
+                    certificate on imaps and pop3s; a wrong digest / password,
+                    another user's certificate or none refused here, one the
+                    CA never signed failing the handshake: the backend never
+                    asked; without a master user, NO [UNAVAILABLE]
     T10BackendAuth  mail_proxy_auth = backend: unknown users of
                     mail_proxy_domains checked by mail_proxy_default (IMAP
                     and POP3), its NO a failed login with the penalty delay
@@ -126,7 +133,7 @@ class Work:
 MASTER, MASTER_PW = "proxymaster", "Master pass 9"
 
 
-def backend(name, tls, protocols=("imap",), users=None):
+def backend(name, tls, protocols=("imap",), users=None, extra=""):
     masters = os.path.join(W.dir, name + "-masters")
     with open(masters, "w") as f:
         f.write("%s:{PLAIN}%s\n" % (MASTER, MASTER_PW))
@@ -138,7 +145,7 @@ def backend(name, tls, protocols=("imap",), users=None):
                                     "imap_idle_notify_interval = 1 secs\n"
                                     "auth_master_user_separator = *\n"
                                     "passdb {\n  driver = passwd-file\n  master = yes\n"
-                                    "  args = %s\n}\n" % masters)
+                                    "  args = %s\n}\n" % masters + extra)
     return dc.start()
 
 
@@ -166,6 +173,42 @@ class SrcIMAP4(imaplib.IMAP4):
         return socket.create_connection((self.host, self.port), timeout,
                                         source_address=(self.source, 0))
 
+
+GSASL = shutil.which("gsasl")
+
+
+def gsasl_pop3(port, mech, password, user=USER):
+    """POP3 AUTH (RFC 5034) in plaintext with gsasl's raw client doing the
+    mechanism (gsasl 2.2 has no POP3 framing; test_mail_clients.py relays it
+    the same way): -> (the final server line, socket, its reader, gsasl's
+    output)"""
+    g = subprocess.Popen([GSASL, "--client", "-m", mech, "-a", user, "-p", password,
+                          "--service", "pop", "--hostname", "front.example.com", "--no-cb",
+                          "--quiet"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    s = socket.create_connection(("127.0.0.1", port), 20)
+    f = s.makefile("rb")
+    try:
+        assert f.readline().startswith(b"+OK")
+        assert g.stdout.readline().strip() == mech.encode()
+        first = g.stdout.readline().strip()
+        s.sendall(b"AUTH " + mech.encode() + (b" " + first if first else b"") + b"\r\n")
+        line = f.readline()
+        for _ in range(6):
+            if not line.startswith(b"+ ") and line.rstrip(b"\r\n") != b"+":
+                break
+            g.stdin.write(line[2:].strip() + b"\n")
+            g.stdin.flush()
+            s.sendall(g.stdout.readline().strip() + b"\r\n")
+            line = f.readline()
+    finally:
+        try:
+            g.stdin.close()
+        except OSError:
+            pass
+        out = g.stdout.read() + g.stderr.read()
+        g.wait(20)
+    return line, s, f, out
 
 class Gateway:
     """portcullisd with the IMAP door; USER proxied with fields, LOCAL local."""
@@ -693,6 +736,204 @@ class T09Master(unittest.TestCase):
             s.close()
             wait_until(lambda: re.search(r"pop3-login: (Info: )?Login: user=<%s>" % re.escape(USER),
                                          open(dc.log).read()), 10, what="the master login")
+        finally:
+            g.stop()
+            dc.close()
+
+    # the master user's logins in Dovecot's log (auth_verbose: "Master user
+    # logging in as USER"), and the logins its login processes saw
+    VERBOSE = "auth_verbose = yes\n"
+
+    def master_gateway(self, name, port, fields=(), **conf):
+        pwfile = os.path.join(W.dir, name + "-master-password")
+        with open(pwfile, "w") as f:
+            f.write(MASTER_PW + "\n")
+        return Gateway(name, ["proxy=y", "host=127.0.0.1", "port=%d" % port] + list(fields),
+                       mail_proxy_master_user=MASTER, mail_proxy_master_password_file=pwfile,
+                       **conf)
+
+    def assert_master_logins(self, dc, door, n):
+        """Dovecot's log: n logins of USER by the master user, on door"""
+        def count():
+            log = open(dc.log).read()
+            return (len(re.findall(r"auth: .*Master user logging in as %s$" % re.escape(USER),
+                                   log, re.M)),
+                    len(re.findall(r"%s-login: (Info: )?Login: user=<%s>" %
+                                   (door, re.escape(USER)), log)))
+        wait_until(lambda: count() == (n, n), 10, what="%d master login(s) in Dovecot's log" % n)
+        time.sleep(0.3)
+        self.assertEqual(count(), (n, n), open(dc.log).read())
+
+    def test_pop3_apop_through_the_master_user(self):
+        dc = backend("dc-apop", None, protocols=("imap", "pop3"), extra=self.VERBOSE)
+        put_message(dc, b"From: far@example.org\r\nSubject: apop\r\n\r\n"
+                    b"only the backend has this\r\n", "1700000004.M1P1.backend")
+        g = self.master_gateway("apop", dc.pop3_port, pop3_apop="yes")
+        try:
+            p = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            self.assertRegex(p.getwelcome(), rb"^\+OK .* <[^>]+@[^>]+>$")
+            self.assertTrue(p.apop(USER, PASSWORD).startswith(b"+OK"))
+            self.assertEqual(p.stat()[0], 1)
+            self.assertIn(b"only the backend has this", p.retr(1)[1])
+            self.assertTrue(p.quit().startswith(b"+OK"))
+            self.assert_master_logins(dc, "pop3", 1)
+            self.assertRegex(g.d.log_text(), r"pop3: conn=\S+ proxy: user=<%s> client=\[127\."
+                             r"0\.0\.1\] backend=127\.0\.0\.1:%d: logged in" % (
+                                 re.escape(USER), dc.pop3_port))
+            # a wrong digest never reaches the backend
+            p = poplib.POP3("127.0.0.1", g.pop3_port, timeout=15)
+            with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[AUTH\]"):
+                p.apop(USER, "wrong")
+            p.quit()
+            self.assert_master_logins(dc, "pop3", 1)
+            self.assertNotIn("auth failed", open(dc.log).read())
+        finally:
+            g.stop()
+            dc.close()
+
+    def test_pop3_cram_md5_through_the_master_user(self):
+        if not GSASL:
+            self.skipTest("gsasl is not installed")
+        dc = backend("dc-pcram", None, protocols=("imap", "pop3"), extra=self.VERBOSE)
+        put_message(dc, b"From: far@example.org\r\nSubject: cram\r\n\r\nbackend\r\n",
+                    "1700000005.M1P1.backend")
+        g = self.master_gateway("pcram", dc.pop3_port)
+        try:
+            line, s, f, out = gsasl_pop3(g.pop3_port, "CRAM-MD5", PASSWORD)
+            self.assertTrue(line.startswith(b"+OK"), (line, out))
+            s.sendall(b"STAT\r\n")
+            self.assertRegex(f.readline(), rb"^\+OK 1 \d+\r\n$")
+            s.sendall(b"QUIT\r\n")
+            self.assertTrue(f.readline().startswith(b"+OK"))
+            s.close()
+            self.assert_master_logins(dc, "pop3", 1)
+            # a wrong password: -ERR [AUTH] from here, nothing at the backend
+            line, s, f, out = gsasl_pop3(g.pop3_port, "CRAM-MD5", "wrong-" + PASSWORD)
+            self.assertTrue(line.startswith(b"-ERR [AUTH]"), (line, out))
+            s.close()
+            self.assert_master_logins(dc, "pop3", 1)
+        finally:
+            g.stop()
+            dc.close()
+
+    def external_lab(self, name, proto):
+        """a backend with a message, and a gateway with EXTERNAL on imaps
+        and pop3s (tls_client_ca_file = the test CA) proxying USER to the
+        backend's proto port; certificates: USER's, another user's, and one
+        naming USER the CA never signed"""
+        dc = backend("dc-" + name, None, protocols=("imap", "pop3"), extra=self.VERBOSE)
+        put_message(dc, b"From: far@example.org\r\nSubject: ext\r\n\r\nbackend\r\n",
+                    "1700000006.M1P1.backend")
+        certs = {"user": W.cert(name + "-user", "email:" + USER),
+                 "other": W.cert(name + "-other", "email:carol@example.com")}
+        forged = tuple(os.path.join(W.dir, name + "-forged" + x) for x in (".crt", ".key"))
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                "/CN=" + USER, "-keyout", forged[1], "-out", forged[0])
+        certs["forged"] = forged
+        pop3s_port = free_port()
+        g = self.master_gateway(name, dc.imap_port if proto == "imap" else dc.pop3_port,
+                                tls_client_ca_file=W.ca, tls_verify_client="optional",
+                                pop3s_listen="127.0.0.1:%d" % pop3s_port,
+                                auth_mechanisms="PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256 EXTERNAL")
+        g.pop3s_port = pop3s_port
+
+        def ctx(who):
+            c = ssl.create_default_context(cafile=W.ca)
+            if who:
+                c.load_cert_chain(*certs[who])
+            return c
+        return dc, g, ctx
+
+    def test_imap_external_through_the_master_user(self):
+        """AUTHENTICATE EXTERNAL on imaps with USER's client certificate: the
+        backend's mailbox through the master user; another user's
+        certificate, or none: refused here; one naming USER the CA never
+        signed fails the handshake; the backend never asked"""
+        dc, g, ctx = self.external_lab("iext", "imap")
+
+        def imaps(who):
+            return imaplib.IMAP4_SSL("127.0.0.1", g.imaps_port, ssl_context=ctx(who), timeout=15)
+        try:
+            c = imaps("user")
+            self.assertIn(b"AUTH=EXTERNAL", c.welcome)
+            typ, data = c.authenticate("EXTERNAL", lambda _: b"")
+            self.assertEqual(typ, "OK", data)
+            self.assertEqual(c.select("INBOX"), ("OK", [b"1"]))
+            typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            self.assertIn(b"Subject: ext", data[0][1])
+            c.logout()
+            self.assert_master_logins(dc, "imap", 1)
+            c = imaps("other")      # a user Portcullis does not know
+            with self.assertRaisesRegex(imaplib.IMAP4.error, r"AUTHENTICATIONFAILED"):
+                c.authenticate("EXTERNAL", lambda _: b"")
+            c.logout()
+            c = imaps(None)
+            self.assertNotIn(b"AUTH=EXTERNAL", c.welcome)
+            with self.assertRaises(imaplib.IMAP4.error):
+                c.authenticate("EXTERNAL", lambda _: b"")
+            c.logout()
+            with self.assertRaises(OSError):    # the handshake fails: unknown CA
+                imaps("forged")
+            self.assert_master_logins(dc, "imap", 1)
+            self.assertNotIn("auth failed", open(dc.log).read())
+        finally:
+            g.stop()
+            dc.close()
+
+    def test_pop3_external_through_the_master_user(self):
+        """the same on pop3s: AUTH EXTERNAL (RFC 5034, the empty initial
+        response "=") proxied through the master user; the others -ERR here"""
+        dc, g, ctx = self.external_lab("pext", "pop3")
+
+        def pop3s(who):
+            return poplib.POP3_SSL("127.0.0.1", g.pop3s_port, context=ctx(who), timeout=15)
+        try:
+            p = pop3s("user")
+            self.assertIn("EXTERNAL", p.capa().get("SASL", []))
+            self.assertTrue(p._shortcmd("AUTH EXTERNAL =").startswith(b"+OK"))
+            self.assertEqual(p.stat()[0], 1)
+            self.assertIn(b"Subject: ext", b"\n".join(p.retr(1)[1]))
+            self.assertTrue(p.quit().startswith(b"+OK"))
+            self.assert_master_logins(dc, "pop3", 1)
+            p = pop3s("other")
+            with self.assertRaisesRegex(poplib.error_proto, r"-ERR \[AUTH\]"):
+                p._shortcmd("AUTH EXTERNAL =")
+            p.quit()
+            p = pop3s(None)
+            self.assertNotIn("EXTERNAL", p.capa().get("SASL", []))
+            with self.assertRaises(poplib.error_proto):
+                p._shortcmd("AUTH EXTERNAL =")
+            p.quit()
+            with self.assertRaises(OSError):
+                pop3s("forged")
+            self.assert_master_logins(dc, "pop3", 1)
+            self.assertNotIn("auth failed", open(dc.log).read())
+        finally:
+            g.stop()
+            dc.close()
+
+    def test_gsasl_imap_scram_through_the_master_user(self):
+        """GNU SASL's own SCRAM-SHA-256 client (gsasl --imap, which checks the
+        server's signature) logs in through the proxy: the master login"""
+        if not GSASL:
+            self.skipTest("gsasl is not installed")
+        dc = backend("dc-gscram", None, extra=self.VERBOSE)
+        g = self.master_gateway("gscram", dc.imap_port)
+        try:
+            for pw, ok in ((PASSWORD, True), ("wrong-" + PASSWORD, False)):
+                p = subprocess.run([GSASL, "--imap", "--connect", "127.0.0.1:%d" % g.imap_port,
+                                    "-m", "SCRAM-SHA-256", "-a", USER, "-p", pw,
+                                    "--hostname", "front.example.com", "--no-starttls",
+                                    "--verbose"], stdin=subprocess.DEVNULL,
+                                   capture_output=True, timeout=60)
+                out = p.stdout + p.stderr
+                if ok:
+                    self.assertEqual(p.returncode, 0, out)
+                    self.assertRegex(out, rb"\. OK ")
+                else:
+                    self.assertNotEqual(p.returncode, 0, out)
+                    self.assertIn(b"AUTHENTICATIONFAILED", out)
+                self.assert_master_logins(dc, "imap", 1)
         finally:
             g.stop()
             dc.close()
