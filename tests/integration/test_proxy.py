@@ -58,7 +58,9 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
                     plaintext behind a backend's STARTTLS answer refused (NO
                     [UNAVAILABLE] / -ERR [SYS/TEMP], the log says why); no
                     CR LF of a client's PLAIN password smuggled into the
-                    backend's session (mail_proxy_auth = backend)
+                    backend's session (mail_proxy_auth = backend); a backend
+                    refusing a login we accepted: NO [AUTHENTICATIONFAILED]
+                    / -ERR [AUTH], "refused" in the log
 
 Run: PORTCULLIS_BIN=$PWD/build/asan/bin python3 tests/integration/test_proxy.py
 """
@@ -1198,10 +1200,11 @@ class FakeBackend:
     the connection is closed when the line also holds CLOSE)."""
 
     def __init__(self, proto="imap", login_delay=0.0, big=8 * 1024 * 1024, cert=None,
-                 bare=False, inject=b""):
+                 bare=False, inject=b"", refuse=False):
         self.proto, self.login_delay, self.big = proto, login_delay, big
         self.bare = bare    # IMAP: "* OK" and "L OK", nothing after the status
         self.inject = inject    # sent in plaintext right behind the STARTTLS answer
+        self.refuse = refuse    # every login refused, as for a password out of step
         self.tls = None
         if cert:    # STARTTLS / STLS offered with this certificate
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1243,6 +1246,10 @@ class FakeBackend:
                     f = s.makefile("rb")
                 elif imap and verb in (b"AUTHENTICATE", b"LOGIN") or not imap and verb == b"PASS":
                     time.sleep(self.login_delay)
+                    if self.refuse:
+                        s.sendall(b"L NO [AUTHENTICATIONFAILED] no\r\n" if imap else
+                                  b"-ERR [AUTH] no\r\n")
+                        continue
                     self.logins += 1
                     s.sendall((b"L OK\r\n" if self.bare else
                                b"L OK [CAPABILITY IMAP4rev1 IDLE] in\r\n")
@@ -1312,6 +1319,8 @@ class T12Robust(unittest.TestCase):
         cls.fast3 = FakeBackend("pop3")
         cls.inj = FakeBackend("imap", cert=W.good, inject=b"* OK [CAPABILITY IMAP4rev1 X] in\r\n")
         cls.inj3 = FakeBackend("pop3", cert=W.good, inject=b"+OK in\r\n")
+        cls.ref = FakeBackend("imap", refuse=True)
+        cls.ref3 = FakeBackend("pop3", refuse=True)
         cls.pops_port = free_port()
         users = {
             "slow@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.slow.port],
@@ -1326,6 +1335,8 @@ class T12Robust(unittest.TestCase):
                                 "tls=starttls"],
             "inj3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.inj3.port,
                                  "tls=starttls"],
+            "ref@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.ref.port],
+            "ref3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.ref3.port],
         }
         cls.g = Gateway("robust", users=users, pop3s_listen="127.0.0.1:%d" % cls.pops_port,
                         mail_proxy_auth="backend", mail_proxy_domains="fake.example",
@@ -1337,7 +1348,7 @@ class T12Robust(unittest.TestCase):
     def tearDownClass(cls):
         cls.g.stop()    # asserts: no sanitizer report, a clean exit
         for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3, cls.bare, cls.fast3,
-                  cls.inj, cls.inj3):
+                  cls.inj, cls.inj3, cls.ref, cls.ref3):
             b.close()
 
     def tls(self, port):
@@ -1376,6 +1387,24 @@ class T12Robust(unittest.TestCase):
         for u in ("inj", "inj3"):
             self.assertRegex(log, r"user=<%s@example\.com> .*unavailable: the backend sent more "
                              r"behind its STARTTLS answer" % u)
+        self.assert_serving()
+
+    def test_backend_refuses_what_we_accepted(self):
+        # mail_proxy_auth = local, the backend's password out of step with
+        # ours: the client is refused as for a wrong password (not told to
+        # come back later), and the log names the backend's verdict
+        line = raw_login(self.g.imap_port, "ref@example.com")
+        self.assertTrue(line.startswith("a NO [AUTHENTICATIONFAILED]"), line)
+        s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"USER ref3@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
+        self.assertTrue(f.readline().startswith(b"+OK"))
+        self.assertTrue(f.readline().startswith(b"-ERR [AUTH]"))
+        s.close()
+        log = self.g.d.log_text()
+        for u in ("ref", "ref3"):
+            self.assertRegex(log, r"proxy: user=<%s@example\.com> .*: refused" % u)
         self.assert_serving()
 
     def test_no_line_breaks_smuggled_into_the_backend(self):
