@@ -60,7 +60,7 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
                     CR LF of a client's PLAIN password smuggled into the
                     backend's session (mail_proxy_auth = backend); a backend
                     refusing a login we accepted: NO [AUTHENTICATIONFAILED]
-                    / -ERR [AUTH], "refused" in the log
+                    / -ERR [AUTH], "refused" in the log; a backend on ::1
 
 Run: PORTCULLIS_BIN=$PWD/build/asan/bin python3 tests/integration/test_proxy.py
 """
@@ -1194,13 +1194,25 @@ class T08Pop3(unittest.TestCase):
                          r"client=\[127\.0\.0\.1\] backend=127\.0\.0\.1:\d+: unavailable")
 
 
+def _v6():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+V6 = _v6()
+
+
 class FakeBackend:
     """A scripted IMAP or POP3 backend: accepts any login after login_delay
     seconds; after it, a command line holding BIG gets big bytes back (then
     the connection is closed when the line also holds CLOSE)."""
 
     def __init__(self, proto="imap", login_delay=0.0, big=8 * 1024 * 1024, cert=None,
-                 bare=False, inject=b"", refuse=False):
+                 bare=False, inject=b"", refuse=False, host="127.0.0.1"):
         self.proto, self.login_delay, self.big = proto, login_delay, big
         self.bare = bare    # IMAP: "* OK" and "L OK", nothing after the status
         self.inject = inject    # sent in plaintext right behind the STARTTLS answer
@@ -1209,9 +1221,9 @@ class FakeBackend:
         if cert:    # STARTTLS / STLS offered with this certificate
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.tls.load_cert_chain(*cert)
-        self.ls = socket.socket()
+        self.ls = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind(("127.0.0.1", 0))
+        self.ls.bind((host, 0))
         self.ls.listen(16)
         self.port = self.ls.getsockname()[1]
         self.logins = 0
@@ -1321,6 +1333,9 @@ class T12Robust(unittest.TestCase):
         cls.inj3 = FakeBackend("pop3", cert=W.good, inject=b"+OK in\r\n")
         cls.ref = FakeBackend("imap", refuse=True)
         cls.ref3 = FakeBackend("pop3", refuse=True)
+        cls.v6 = cls.v63 = None
+        if V6:
+            cls.v6, cls.v63 = FakeBackend("imap", host="::1"), FakeBackend("pop3", host="::1")
         cls.pops_port = free_port()
         users = {
             "slow@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.slow.port],
@@ -1338,6 +1353,9 @@ class T12Robust(unittest.TestCase):
             "ref@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.ref.port],
             "ref3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % cls.ref3.port],
         }
+        if V6:
+            users["v6@example.com"] = ["proxy=y", "host=::1", "port=%d" % cls.v6.port]
+            users["v63@example.com"] = ["proxy=y", "host=::1", "port=%d" % cls.v63.port]
         cls.g = Gateway("robust", users=users, pop3s_listen="127.0.0.1:%d" % cls.pops_port,
                         mail_proxy_auth="backend", mail_proxy_domains="fake.example",
                         imap_mail_proxy_default="127.0.0.1:%d" % cls.fast.port,
@@ -1348,8 +1366,9 @@ class T12Robust(unittest.TestCase):
     def tearDownClass(cls):
         cls.g.stop()    # asserts: no sanitizer report, a clean exit
         for b in (cls.slow, cls.slow3, cls.fast, cls.stls, cls.stls3, cls.bare, cls.fast3,
-                  cls.inj, cls.inj3, cls.ref, cls.ref3):
-            b.close()
+                  cls.inj, cls.inj3, cls.ref, cls.ref3, cls.v6, cls.v63):
+            if b is not None:
+                b.close()
 
     def tls(self, port):
         s = self.ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), 10),
@@ -1388,6 +1407,25 @@ class T12Robust(unittest.TestCase):
             self.assertRegex(log, r"user=<%s@example\.com> .*unavailable: the backend sent more "
                              r"behind its STARTTLS answer" % u)
         self.assert_serving()
+
+    @unittest.skipUnless(V6, "no IPv6 loopback here")
+    def test_ipv6_backend(self):
+        # host=::1: connected over IPv6, named [::1]:PORT in the log line
+        line = raw_login(self.g.imap_port, "v6@example.com")
+        self.assertTrue(line.startswith("a OK [CAPABILITY IMAP4rev1 IDLE]"), line)
+        s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"USER v63@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
+        self.assertTrue(f.readline().startswith(b"+OK"))
+        self.assertTrue(f.readline().startswith(b"+OK"))
+        s.close()
+        self.assertEqual((self.v6.logins, self.v63.logins), (1, 1))
+        log = self.g.d.log_text()
+        self.assertRegex(log, r"user=<v6@example\.com> client=\[127\.0\.0\.1\] "
+                         r"backend=\[::1\]:%d: logged in" % self.v6.port)
+        self.assertRegex(log, r"user=<v63@example\.com> .*backend=\[::1\]:%d: logged in" %
+                         self.v63.port)
 
     def test_backend_refuses_what_we_accepted(self):
         # mail_proxy_auth = local, the backend's password out of step with
