@@ -50,6 +50,9 @@ loopback (its own store, login_trusted_networks = 127.0.0.0/8).
     T14UserIP       proxied sessions count in mail_max_userip_connections:
                     past it NO [UNAVAILABLE] / -ERR [IN-USE] with Dovecot's
                     words, a slot again once a session ends
+    T15Forward      mail_proxy_forward_client: the ID / XCLIENT lines a
+                    backend gets (client's address and port, the door's),
+                    none of them with no
     T12Robust       a scripted backend (slow login, a long stream, a close
                     behind a full client): clients over TLS that vanish while
                     the backend logs in or streams, a backend that closes
@@ -1227,6 +1230,7 @@ class FakeBackend:
         self.ls.listen(16)
         self.port = self.ls.getsockname()[1]
         self.logins = 0
+        self.lines = []     # every line the proxy sent, all connections
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -1249,6 +1253,7 @@ class FakeBackend:
                 line = f.readline()
                 if not line:
                     return
+                self.lines.append(line)
                 words = line.split()
                 verb = words[1].upper() if imap and len(words) > 1 else \
                     (words[0].upper() if words else b"")
@@ -1759,6 +1764,45 @@ class T14UserIP(unittest.TestCase):
         finally:
             g.stop()
             dc.close()
+
+
+class T15Forward(unittest.TestCase):
+    def test_client_address_forwarded_or_not(self):
+        # mail_proxy_forward_client: ID (IMAP) / XCLIENT (POP3) with the
+        # client's address and port before the login when yes (the
+        # default), nothing of it when no
+        for fwd in ("yes", "no"):
+            b, b3 = FakeBackend("imap"), FakeBackend("pop3")
+            g = Gateway("fwd-" + fwd, users={
+                "f@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % b.port],
+                "f3@example.com": ["proxy=y", "host=127.0.0.1", "port=%d" % b3.port]},
+                mail_proxy_forward_client=fwd)
+            try:
+                line = raw_login(g.imap_port, "f@example.com", source=OUTSIDE)
+                self.assertTrue(line.startswith("a OK"), line)
+                s = socket.create_connection(("127.0.0.1", g.pop3_port), 10,
+                                             source_address=(OUTSIDE, 0))
+                f = s.makefile("rb")
+                f.readline()
+                s.sendall(b"USER f3@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
+                self.assertTrue(f.readline().startswith(b"+OK"))
+                self.assertTrue(f.readline().startswith(b"+OK"))
+                s.close()
+                sent = b"".join(b.lines), b"".join(b3.lines)
+                if fwd == "yes":
+                    self.assertRegex(sent[0], rb'^I ID \("x-originating-ip" "127\.0\.0\.4" '
+                                              rb'"x-originating-port" "\d+" '
+                                              rb'"x-connected-ip" "127\.0\.0\.1" '
+                                              rb'"x-connected-port" "%d"\)\r\n' % g.imap_port)
+                    self.assertRegex(sent[1], rb"^XCLIENT ADDR=127\.0\.0\.4 PORT=\d+\r\n")
+                else:
+                    self.assertNotIn(b"ID (", sent[0])
+                    self.assertNotIn(b"XCLIENT", sent[1])
+                self.assertEqual((b.logins, b3.logins), (1, 1))
+            finally:
+                g.stop()
+                b.close()
+                b3.close()
 
 
 if __name__ == "__main__":
