@@ -45,7 +45,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from harness import runner  # noqa: E402
+from harness import gsasl, runner  # noqa: E402
 from harness.daemon import Daemon  # noqa: E402
 from harness.ports import free_port, port_accepts  # noqa: E402
 from harness.util import wait_until  # noqa: E402
@@ -274,34 +274,10 @@ class Pop3Tls:
 
 
 def gsasl_pop3(mech, password):
-    """AUTH over STLS with gsasl's raw mode doing the mechanism: gsasl writes
-    the mechanism's name, then its initial response (empty for a server-first
-    mechanism: AUTH without one), then one line per challenge it reads; each
-    server "+ <b64>" goes to its stdin, each line it writes goes to the
-    server. Returns (the final server line, session, gsasl's output)."""
-    g = subprocess.Popen([GSASL, "--client", "-m", mech, "-a", USER, "-p", password,
-                          "--service", "pop", "--hostname", MYHOSTNAME, "--no-cb",
-                          "--quiet"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    """AUTH over STLS with gsasl doing the mechanism (harness.gsasl):
+    (the final server line, session, gsasl's output)"""
     p = Pop3Tls()
-    try:
-        assert g.stdout.readline().strip() == mech.encode()
-        first = g.stdout.readline().strip()
-        line = p.cmd(b"AUTH " + mech.encode() + (b" " + first if first else b""))
-        for _ in range(6):
-            if not line.startswith(b"+ ") and line.rstrip(b"\r\n") != b"+":
-                break
-            g.stdin.write(line[2:].strip() + b"\n")
-            g.stdin.flush()
-            line = p.cmd(g.stdout.readline().strip())
-    finally:
-        try:
-            g.stdin.close()
-        except OSError:
-            pass
-        out = g.stdout.read() + g.stderr.read()
-        g.wait(20)
+    line, out = gsasl.pop3_auth(p.cmd, mech, USER, password, MYHOSTNAME)
     return line, p, out
 
 

@@ -84,7 +84,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from harness import dovecot, runner  # noqa: E402
+from harness import dovecot, gsasl, runner  # noqa: E402
 from harness.daemon import Daemon, run_bin  # noqa: E402
 from harness.ports import free_port  # noqa: E402
 from harness.util import wait_until  # noqa: E402
@@ -183,37 +183,18 @@ GSASL = shutil.which("gsasl")
 
 
 def gsasl_pop3(port, mech, password, user=USER):
-    """POP3 AUTH (RFC 5034) in plaintext with gsasl's raw client doing the
-    mechanism (gsasl 2.2 has no POP3 framing; test_mail_clients.py relays it
-    the same way): -> (the final server line, socket, its reader, gsasl's
-    output)"""
-    g = subprocess.Popen([GSASL, "--client", "-m", mech, "-a", user, "-p", password,
-                          "--service", "pop", "--hostname", "front.example.com", "--no-cb",
-                          "--quiet"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    """POP3 AUTH in plaintext with gsasl doing the mechanism (harness.gsasl):
+    -> (the final server line, socket, its reader, gsasl's output)"""
     s = socket.create_connection(("127.0.0.1", port), 20)
     f = s.makefile("rb")
-    try:
-        assert f.readline().startswith(b"+OK")
-        assert g.stdout.readline().strip() == mech.encode()
-        first = g.stdout.readline().strip()
-        s.sendall(b"AUTH " + mech.encode() + (b" " + first if first else b"") + b"\r\n")
-        line = f.readline()
-        for _ in range(6):
-            if not line.startswith(b"+ ") and line.rstrip(b"\r\n") != b"+":
-                break
-            g.stdin.write(line[2:].strip() + b"\n")
-            g.stdin.flush()
-            s.sendall(g.stdout.readline().strip() + b"\r\n")
-            line = f.readline()
-    finally:
-        try:
-            g.stdin.close()
-        except OSError:
-            pass
-        out = g.stdout.read() + g.stderr.read()
-        g.wait(20)
+    assert f.readline().startswith(b"+OK")
+
+    def cmd(line):
+        s.sendall(line + b"\r\n")
+        return f.readline()
+    line, out = gsasl.pop3_auth(cmd, mech, user, password, "front.example.com")
     return line, s, f, out
+
 
 class Gateway:
     """portcullisd with the IMAP door; USER proxied with fields, LOCAL local."""
@@ -285,6 +266,27 @@ def raw_login(port, user, source="127.0.0.1"):
     s.sendall(b"z LOGOUT\r\n")
     s.close()
     return line.decode(errors="replace")
+
+
+def raw_lines(port, *lines, source="127.0.0.1"):
+    """the first reply line to each of lines, sent one after the other
+    behind the greeting (a continuation or tagged line for IMAP)"""
+    s = socket.create_connection(("127.0.0.1", port), 10, source_address=(source, 0))
+    f = s.makefile("rb")
+    f.readline()
+    got = []
+    for line in lines:
+        s.sendall(line + b"\r\n")
+        got.append(f.readline())
+    s.close()
+    return got
+
+
+def pop3_login(port, user, source="127.0.0.1"):
+    """USER and PASS: the PASS reply (USER's must be +OK)"""
+    u, p = raw_lines(port, b"USER " + user.encode(), b"PASS " + PASSWORD.encode(), source=source)
+    assert u.startswith(b"+OK"), u
+    return p
 
 
 def caps_of(line):
@@ -1399,13 +1401,8 @@ class T12Robust(unittest.TestCase):
         # backend's words: the login stops there, and the log says why
         line = raw_login(self.g.imap_port, "inj@example.com")
         self.assertTrue(line.startswith("a NO [UNAVAILABLE]"), line)
-        s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(b"USER inj3@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
-        self.assertTrue(f.readline().startswith(b"+OK"))
-        self.assertTrue(f.readline().startswith(b"-ERR [SYS/TEMP]"))
-        s.close()
+        line = pop3_login(self.g.pop3_port, "inj3@example.com")
+        self.assertTrue(line.startswith(b"-ERR [SYS/TEMP]"), line)
         self.assertEqual((self.inj.logins, self.inj3.logins), (0, 0))
         log = self.g.d.log_text()
         for u in ("inj", "inj3"):
@@ -1418,13 +1415,8 @@ class T12Robust(unittest.TestCase):
         # host=::1: connected over IPv6, named [::1]:PORT in the log line
         line = raw_login(self.g.imap_port, "v6@example.com")
         self.assertTrue(line.startswith("a OK [CAPABILITY IMAP4rev1 IDLE]"), line)
-        s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(b"USER v63@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
-        self.assertTrue(f.readline().startswith(b"+OK"))
-        self.assertTrue(f.readline().startswith(b"+OK"))
-        s.close()
+        line = pop3_login(self.g.pop3_port, "v63@example.com")
+        self.assertTrue(line.startswith(b"+OK"), line)
         self.assertEqual((self.v6.logins, self.v63.logins), (1, 1))
         log = self.g.d.log_text()
         self.assertRegex(log, r"user=<v6@example\.com> client=\[127\.0\.0\.1\] "
@@ -1438,13 +1430,8 @@ class T12Robust(unittest.TestCase):
         # come back later), and the log names the backend's verdict
         line = raw_login(self.g.imap_port, "ref@example.com")
         self.assertTrue(line.startswith("a NO [AUTHENTICATIONFAILED]"), line)
-        s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(b"USER ref3@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
-        self.assertTrue(f.readline().startswith(b"+OK"))
-        self.assertTrue(f.readline().startswith(b"-ERR [AUTH]"))
-        s.close()
+        line = pop3_login(self.g.pop3_port, "ref3@example.com")
+        self.assertTrue(line.startswith(b"-ERR [AUTH]"), line)
         log = self.g.d.log_text()
         for u in ("ref", "ref3"):
             self.assertRegex(log, r"proxy: user=<%s@example\.com> .*: refused" % u)
@@ -1459,32 +1446,14 @@ class T12Robust(unittest.TestCase):
         evil = base64.b64encode(b"\0x@fake.example\0pw\r\nDELE 1")
         good = base64.b64encode(b"\0x@fake.example\0pw")
         n3, n = self.fast3.logins, self.fast.logins
-        s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(b"AUTH PLAIN " + evil + b"\r\n")
-        self.assertTrue(f.readline().startswith(b"-ERR"))
-        s.close()
-        s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(b"a AUTHENTICATE PLAIN " + evil + b"\r\n")
-        self.assertTrue(f.readline().startswith(b"a NO"))
-        s.close()
+        self.assertTrue(raw_lines(self.g.pop3_port, b"AUTH PLAIN " + evil)[0].startswith(b"-ERR"))
+        self.assertTrue(raw_lines(self.g.imap_port,
+                                  b"a AUTHENTICATE PLAIN " + evil)[0].startswith(b"a NO"))
         self.assertEqual((self.fast3.logins, self.fast.logins), (n3, n))
         # the same login without them goes through, on both doors
-        s = socket.create_connection(("127.0.0.1", self.g.pop3_port), 10)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(b"AUTH PLAIN " + good + b"\r\n")
-        self.assertTrue(f.readline().startswith(b"+OK"))
-        s.close()
-        s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(b"a AUTHENTICATE PLAIN " + good + b"\r\n")
-        self.assertTrue(f.readline().startswith(b"a OK"))
-        s.close()
+        self.assertTrue(raw_lines(self.g.pop3_port, b"AUTH PLAIN " + good)[0].startswith(b"+OK"))
+        self.assertTrue(raw_lines(self.g.imap_port,
+                                  b"a AUTHENTICATE PLAIN " + good)[0].startswith(b"a OK"))
         self.assertEqual((self.fast3.logins, self.fast.logins), (n3 + 1, n + 1))
         self.assert_serving()
 
@@ -1780,14 +1749,8 @@ class T15Forward(unittest.TestCase):
             try:
                 line = raw_login(g.imap_port, "f@example.com", source=OUTSIDE)
                 self.assertTrue(line.startswith("a OK"), line)
-                s = socket.create_connection(("127.0.0.1", g.pop3_port), 10,
-                                             source_address=(OUTSIDE, 0))
-                f = s.makefile("rb")
-                f.readline()
-                s.sendall(b"USER f3@example.com\r\nPASS %s\r\n" % PASSWORD.encode())
-                self.assertTrue(f.readline().startswith(b"+OK"))
-                self.assertTrue(f.readline().startswith(b"+OK"))
-                s.close()
+                line = pop3_login(g.pop3_port, "f3@example.com", source=OUTSIDE)
+                self.assertTrue(line.startswith(b"+OK"), line)
                 sent = b"".join(b.lines), b"".join(b3.lines)
                 if fwd == "yes":
                     self.assertRegex(sent[0], rb'^I ID \("x-originating-ip" "127\.0\.0\.4" '
