@@ -104,6 +104,7 @@ const struct conf_key conf_keys[] = {
 	{ "mail_proxy_forward_client", "yes", CT_BOOL, NULL, 0, 0 },	/* IMAP ID, POP3 XCLIENT */
 	{ "mail_proxy_tls_ca_file", "", CT_STR, NULL, 0, 0 },	/* "": the system's CAs */
 	{ "mail_proxy_timeout", "30", CT_TIME, NULL, 1, 3600 },	/* connect, TLS and login */
+	{ "mail_proxy_max_reconnects", "3", CT_INT, NULL, 0, 100 },	/* a refused connect again, 1 s on */
 	{ "mail_proxy_master_user", "", CT_STR, NULL, 0, 0 },	/* CRAM-MD5, EXTERNAL, APOP: user*MASTER */
 	{ "mail_proxy_master_password_file", "", CT_STR, NULL, 0, 0 },	/* its password, first line */
 

@@ -75,6 +75,7 @@
 #define PROXY_LOW (64 * 1024)		/* ... and go on below this */
 #define PROXY_READ (256 * 1024)		/* one read from a plaintext backend, at most */
 #define PROXY_TURN (1024 * 1024)	/* spliced in one wakeup, at most (the others' turn) */
+#define PROXY_RETRY_MS 1000		/* a refused connect tried again after this */
 
 enum pstate {
 	P_CONNECT,	/* TCP (and implicit TLS) under way */
@@ -94,6 +95,7 @@ struct proxy {
 	enum pstate st;
 	struct proxy_reply *pr;		/* the login's state machine */
 	char backend[300];		/* "HOST:PORT" */
+	unsigned port;
 	int client_paused;		/* by us: the backend's output is full */
 	int host_is_name;		/* host= is a DNS name: resolved, checked by name */
 	struct timespec t0;		/* proxy_new(): for proxy_login_ms() */
@@ -111,6 +113,13 @@ struct proxy {
 	size_t inpipe;
 	ssize_t pipe_cap;		/* what the pipe holds at most */
 	struct event *wr;
+	/* a connect the backend refused is tried again after PROXY_RETRY_MS,
+	 * mail_proxy_max_reconnects times within mail_proxy_timeout, as
+	 * Dovecot's login_proxy_max_reconnects: a backend restarting is not
+	 * an error for the user; retry holds the timer, the refused bev stays
+	 * (disabled) until then */
+	unsigned reconnects;
+	struct event *retry;
 	int busy;			/* our functions on the stack (px_enter) */
 	int gone;			/* proxy_free() came meanwhile: the last px_leave frees */
 };
@@ -134,6 +143,7 @@ proxy_conf_parse(const struct conf *c, enum proxy_proto proto, struct proxy_conf
 
 	memset(pc, 0, sizeof(*pc));
 	pc->timeout = (unsigned)conf_get_int(c, "mail_proxy_timeout");
+	pc->max_reconnects = (unsigned)conf_get_int(c, "mail_proxy_max_reconnects");
 	pc->forward_client = conf_get_bool(c, "mail_proxy_forward_client");
 	pc->tls = SSL_CTX_new(TLS_client_method());
 	if (pc->tls == NULL) {
@@ -323,6 +333,7 @@ static void read_cb(struct bufferevent *bev, void *arg);
 static void write_cb(struct bufferevent *bev, void *arg);
 
 static void px_destroy(struct proxy *px);
+static int try_again(struct proxy *px, int err);
 
 /*
  * Re-entrance. Whatever we call may come back into us before it returns:
@@ -940,6 +951,8 @@ event_cb_in(struct proxy *px, short what)
 		int derr = px->host_is_name && px->st == P_CONNECT ?
 		    bufferevent_socket_get_dns_error(px->bev) : 0;
 
+		if (px->st == P_CONNECT && derr == 0 && try_again(px, err))
+			return;
 		if (derr != 0)
 			snprintf(why, sizeof(why), "cannot resolve %.200s: %s", px->where.host,
 			    evutil_gai_strerror(derr));
@@ -947,10 +960,118 @@ event_cb_in(struct proxy *px, short what)
 			snprintf(why, sizeof(why), "%s", err ? evutil_socket_error_to_string(err) :
 			    "connection error");
 	}
+	if (px->reconnects > 0) {
+		size_t n = strlen(why);
+
+		snprintf(why + n, sizeof(why) - n, " (after %u reconnect%s)", px->reconnects,
+		    px->reconnects == 1 ? "" : "s");
+	}
 	finish(px, PROXY_UNAVAILABLE, why);
 }
 
 /* ---- the object ---- */
+
+/*
+ * A new bufferevent towards px->where, connecting: 0 under way (the result
+ * comes to event_cb), -1 failed at once (px->st P_DONE, px->bev a bare
+ * one: the caller reports it). The bufferevent's timeouts are what is left
+ * of mail_proxy_timeout.
+ */
+static int
+px_connect(struct proxy *px)
+{
+	const struct userdb_proxy *where = &px->where;
+	struct sockaddr_storage ss;
+	int sl = sizeof(ss);
+	char spec[300];
+	struct evdns_base *dns = NULL;
+	long left = (long)px->pc->timeout * 1000 - (long)proxy_login_ms(px);
+	struct timeval t;
+
+	if (left < 100)
+		left = 100;
+	t.tv_sec = left / 1000;
+	t.tv_usec = (left % 1000) * 1000;
+	snprintf(spec, sizeof(spec), strchr(where->host, ':') ? "[%s]:%u" : "%s:%u", where->host,
+	    px->port);
+	memset(&ss, 0, sizeof(ss));
+	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sl) < 0) {
+		const char *err;
+
+		px->host_is_name = userdb_is_hostname(where->host);
+		if (!px->host_is_name || (dns = dns_for(px->pc, px->base, &err)) == NULL) {
+			px->bev = bufferevent_socket_new(px->base, -1, BEV_OPT_CLOSE_ON_FREE);
+			px->st = P_DONE;
+			return -1;
+		}
+	}
+	if (where->tls == USERDB_TLS_YES) {
+		SSL *ssl = new_ssl(px);
+
+		px->bev = ssl ? bufferevent_openssl_socket_new(px->base, -1, ssl,
+		    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE) : NULL;
+		if (px->bev == NULL && ssl != NULL)
+			SSL_free(ssl);
+	} else {
+		px->bev = bufferevent_socket_new(px->base, -1, BEV_OPT_CLOSE_ON_FREE);
+	}
+	if (px->bev == NULL) {
+		px->bev = bufferevent_socket_new(px->base, -1, BEV_OPT_CLOSE_ON_FREE);
+		px->st = P_DONE;
+		return -1;
+	}
+	bufferevent_setcb(px->bev, read_cb, write_cb, event_cb, px);
+	bufferevent_setwatermark(px->bev, EV_READ, 0, PROXY_HIGH);
+	bufferevent_set_timeouts(px->bev, &t, &t);
+	bufferevent_enable(px->bev, EV_READ | EV_WRITE);
+	/* a name: looked up on the loop (bounded by the timeouts set above) */
+	if (dns != NULL ? bufferevent_socket_connect_hostname(px->bev, dns, AF_UNSPEC,
+	    where->host, (int)px->port) < 0 :
+	    bufferevent_socket_connect(px->bev, (struct sockaddr *)&ss, sl) < 0) {
+		px->st = P_DONE;	/* refused at once: reported by the caller */
+		return -1;
+	}
+	return 0;
+}
+
+/* the timer of a refused connect: the next try */
+static void
+retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy *px = arg;
+
+	(void)fd;
+	(void)what;
+	if (px->gone || px->st != P_CONNECT)
+		return;
+	px_enter(px);
+	bufferevent_free(px->bev);
+	px->bev = NULL;
+	if (px_connect(px) < 0)
+		finish(px, PROXY_UNAVAILABLE, "cannot connect");
+	px_leave(px);
+}
+
+/* a connect the backend refused (no answer, TLS, a name that does not
+ * resolve: not this): tried again in PROXY_RETRY_MS when the budget
+ * allows, 1 when so (the refused bev disabled until then) */
+static int
+try_again(struct proxy *px, int err)
+{
+	struct timeval t = { PROXY_RETRY_MS / 1000, (PROXY_RETRY_MS % 1000) * 1000 };
+
+	if ((err != ECONNREFUSED && err != EHOSTUNREACH && err != ENETUNREACH) ||
+	    px->reconnects >= px->pc->max_reconnects ||
+	    (long)proxy_login_ms(px) + PROXY_RETRY_MS >= (long)px->pc->timeout * 1000)
+		return 0;
+	if (px->retry == NULL && (px->retry = evtimer_new(px->base, retry_cb, px)) == NULL)
+		return 0;
+	bufferevent_disable(px->bev, EV_READ | EV_WRITE);
+	bufferevent_set_timeouts(px->bev, NULL, NULL);
+	evtimer_add(px->retry, &t);
+	px->reconnects++;
+	return 1;
+}
 
 struct proxy *
 proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto proto,
@@ -958,18 +1079,13 @@ proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto
     const struct proxy_hooks *h, void *arg)
 {
 	struct proxy *px = xcalloc(1, sizeof(*px));
-	struct sockaddr_storage ss;
-	int sl = sizeof(ss);
-	unsigned port = where->port ? where->port : proto == PROXY_IMAP ?
-	    (where->tls == USERDB_TLS_YES ? 993 : 143) : (where->tls == USERDB_TLS_YES ? 995 : 110);
-	char spec[300];
-	struct timeval t = { (time_t)pc->timeout, 0 };
-	struct evdns_base *dns = NULL;
 
 	px->base = base;
 	px->pc = pc;
 	px->proto = proto;
 	px->where = *where;
+	px->port = where->port ? where->port : proto == PROXY_IMAP ?
+	    (where->tls == USERDB_TLS_YES ? 993 : 143) : (where->tls == USERDB_TLS_YES ? 995 : 110);
 	px->c = c;
 	px->pr = proxy_reply_new(proto == PROXY_IMAP, where->tls == USERDB_TLS_STARTTLS, user,
 	    password);
@@ -987,52 +1103,15 @@ proxy_new(struct event_base *base, const struct proxy_conf *pc, enum proxy_proto
 	px->st = P_CONNECT;
 	px->pfd[0] = px->pfd[1] = -1;
 	clock_gettime(CLOCK_MONOTONIC, &px->t0);
+	snprintf(px->backend, sizeof(px->backend), strchr(where->host, ':') ? "[%s]:%u" : "%s:%u",
+	    where->host, px->port);
 	/* POP3 sends them as they are: no line breaks smuggled into the backend's session */
 	if (strpbrk(user, "\r\n") != NULL || strpbrk(password, "\r\n") != NULL) {
 		px->bev = NULL;
 		px->st = P_DONE;
-	}
-	snprintf(px->backend, sizeof(px->backend), strchr(where->host, ':') ? "[%s]:%u" : "%s:%u",
-	    where->host, port);
-	snprintf(spec, sizeof(spec), strchr(where->host, ':') ? "[%s]:%u" : "%s:%u", where->host,
-	    port);
-	memset(&ss, 0, sizeof(ss));
-	if (px->st == P_DONE)
-		return px;
-	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sl) < 0) {
-		const char *err;
-
-		px->host_is_name = userdb_is_hostname(where->host);
-		if (!px->host_is_name || (dns = dns_for(pc, base, &err)) == NULL) {
-			px->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-			px->st = P_DONE;
-			return px;	/* the caller sees proxy_start_failed() */
-		}
-	}
-	if (where->tls == USERDB_TLS_YES) {
-		SSL *ssl = new_ssl(px);
-
-		px->bev = ssl ? bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-		    BEV_OPT_CLOSE_ON_FREE) : NULL;
-		if (px->bev == NULL && ssl != NULL)
-			SSL_free(ssl);
-	} else {
-		px->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-	}
-	if (px->bev == NULL) {
-		px->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-		px->st = P_DONE;
 		return px;
 	}
-	bufferevent_setcb(px->bev, read_cb, write_cb, event_cb, px);
-	bufferevent_setwatermark(px->bev, EV_READ, 0, PROXY_HIGH);
-	bufferevent_set_timeouts(px->bev, &t, &t);
-	bufferevent_enable(px->bev, EV_READ | EV_WRITE);
-	/* a name: looked up on the loop (bounded by the timeouts set above) */
-	if (dns != NULL ? bufferevent_socket_connect_hostname(px->bev, dns, AF_UNSPEC,
-	    where->host, (int)port) < 0 :
-	    bufferevent_socket_connect(px->bev, (struct sockaddr *)&ss, sl) < 0)
-		px->st = P_DONE;	/* refused at once: reported by proxy_start_failed() */
+	(void)px_connect(px);	/* a failure at once: proxy_start_failed() */
 	return px;
 }
 
@@ -1077,6 +1156,8 @@ proxy_free(struct proxy **pxp)
 			event_del(px->rd);
 		if (px->wr != NULL)
 			event_del(px->wr);
+		if (px->retry != NULL)
+			event_del(px->retry);
 		if (px->bev != NULL) {
 			bufferevent_setcb(px->bev, NULL, NULL, NULL, NULL);
 			bufferevent_disable(px->bev, EV_READ | EV_WRITE);
@@ -1093,6 +1174,8 @@ px_destroy(struct proxy *px)
 		event_free(px->rd);
 	if (px->wr != NULL)
 		event_free(px->wr);
+	if (px->retry != NULL)
+		event_free(px->retry);
 	if (px->pfd[0] >= 0) {
 		close(px->pfd[0]);
 		close(px->pfd[1]);

@@ -39,6 +39,7 @@ enum proxy_proto { PROXY_IMAP, PROXY_POP3 };
 struct proxy_conf {
 	SSL_CTX *tls;		/* the client context for tls=starttls|yes (owned) */
 	unsigned timeout;	/* seconds: connect, TLS and login */
+	unsigned max_reconnects;	/* a refused connect tried again (1 s apart) */
 	int forward_client;	/* IMAP ID x-originating-ip..., POP3 XCLIENT */
 	/* a backend master user for logins with no password to forward
 	 * (CRAM-MD5, EXTERNAL, APOP): "USER*MASTER" with its password, Dovecot's
