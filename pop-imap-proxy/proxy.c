@@ -5,8 +5,9 @@
  *                        mail_proxy_forward_client, the door's default
  *   proxy_dns_free()     the resolver of host= names, before the loop goes
  *   proxy_new()          connect (a host= name looked up on the loop
- *                        through the resolver setting), greeting, TLS,
- *                        client address, login
+ *                        through the resolver setting; a refused connect
+ *                        tried again, mail_proxy_max_reconnects), greeting,
+ *                        TLS, client address, login
  *   proxy_splice()       bytes both ways, bounded, with backpressure
  *   proxy_free()         drop the backend connection (deferred while one
  *                        of our functions is on the stack: px_enter)
