@@ -161,17 +161,17 @@ mkdirs(const char *dir)
 		fatal("cannot create state_dir %s: %s", dir, strerror(errno));
 }
 
+/* whole or not at all: `portcullis reload`, systemd's PIDFile= and scripts
+ * reading it right after the start never see it empty or half written */
 static void
 write_pidfile(const char *path)
 {
-	FILE *fp = fopen(path, "w");
+	char line[32];
+	int n = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
+	const char *err;
 
-	if (fp == NULL) {
-		log_warn("cannot write pid_file %s: %s", path, strerror(errno));
-		return;
-	}
-	fprintf(fp, "%ld\n", (long)getpid());
-	fclose(fp);
+	if (fsutil_replace(path, line, (size_t)n, 0644, &err) < 0)
+		log_warn("cannot write pid_file: %s", err);
 }
 
 /* every connection is a descriptor: take all the kernel allows us */

@@ -11,6 +11,8 @@ pkgs="$pkgs isync mutt"
 pkgs="$pkgs libgmime-3.0-dev"
 # fetchmail: a real POP3 client against the POP3 door (tests/integration/test_pop3.py)
 pkgs="$pkgs fetchmail"
+# strace: holds the pid file's write to show it is never seen empty (tests/integration/test_cli.py PidFile)
+pkgs="$pkgs strace"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -10,6 +10,8 @@ Last line: "N passed, N failed".
 """
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +20,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import runner  # noqa: E402
-from harness.daemon import BIN, REPO, SANITIZER_RE, Daemon, run_bin  # noqa: E402
+from harness.daemon import (BIN, REPO, SANITIZER_RE, SMTP_GATEWAY, Daemon,  # noqa: E402
+                            env_for_binaries, exe, run_bin)
 from harness.util import HarnessError  # noqa: E402
 
 
@@ -428,6 +431,54 @@ class DaemonLists(Base):
         # the escaped bytes in the log are printable
         for line in self.logtext().splitlines():
             self.assertTrue(all(32 <= ord(ch) < 127 for ch in line), repr(line))
+
+
+STRACE = shutil.which("strace")
+
+
+class PidFile(unittest.TestCase):
+    @unittest.skipUnless(STRACE, "strace is not installed")
+    def test_pid_file_never_seen_empty(self):
+        """The pid file appears whole: `portcullis reload` (and systemd's
+        PIDFile=) right after a start must never read it empty. strace holds
+        every write to the pid file's path for 2 s: written in place, the
+        file stood there empty all that time."""
+        d = Daemon("pidfile", SMTP_GATEWAY)
+        pidfile = d.path("state", "portcullisd.pid")
+        os.makedirs(d.path("state"), exist_ok=True)
+        with open(d.log_path, "ab") as log:
+            p = subprocess.Popen([STRACE, "-f", "-qq", "-o", "/dev/null", "-P", pidfile,
+                                  "-e", "trace=write", "-e", "inject=write:delay_enter=2s",
+                                  exe(), "-c", d.conf, "-f"], stdout=log, stderr=log,
+                                 stdin=subprocess.DEVNULL, env=env_for_binaries())
+        try:
+            deadline = time.monotonic() + 20
+            while not os.path.exists(pidfile) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            with open(pidfile) as f:
+                text = f.read()
+            self.assertRegex(text, r"^\d+\n$", "the pid file was read as %r" % text)
+            r = run_bin("portcullis", "-c", d.conf, "reload", timeout=30)
+            self.assertNotIn("cannot read a pid", r.stderr)
+        finally:
+            # the daemon (strace's child) first; strace ends with it
+            deadline = time.monotonic() + 10
+            pid = None
+            while pid is None and time.monotonic() < deadline and p.poll() is None:
+                try:
+                    with open(pidfile) as f:
+                        pid = int(f.read().strip() or 0) or None
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.05)
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+            d.close()
 
 
 if __name__ == "__main__":
