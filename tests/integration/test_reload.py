@@ -49,7 +49,7 @@ from harness.client import make_message, new_marker          # noqa: E402
 from harness.daemon import BIN                                # noqa: E402
 from harness.ports import free_port, port_accepts             # noqa: E402
 from harness.postfix import Lab                               # noqa: E402
-from harness.util import wait_until                           # noqa: E402
+from harness.util import tail, wait_until                     # noqa: E402
 
 OUTSIDE = "127.0.0.5"       # not in relay_networks: mydomains decides
 
@@ -81,8 +81,17 @@ class Daemon(hdaemon.Daemon):
         os.rename(self.conf + ".new", self.conf)
 
     def start(self):
-        pid_file = os.path.join(self.keys["state_dir"], "portcullisd.pid")  # written when ready
-        return super().start(ready=lambda: os.path.exists(pid_file), timeout=20)
+        # written once every worker is ready; fopen("w") makes it empty first,
+        # and `portcullis reload` (T2, T4) reads the pid from it at once
+        pid_file = os.path.join(self.keys["state_dir"], "portcullisd.pid")
+
+        def pid_written():
+            try:
+                with open(pid_file) as f:
+                    return re.fullmatch(r"\d+\n", f.read()) is not None
+            except OSError:
+                return False
+        return super().start(ready=pid_written, timeout=20)
 
     def status(self):
         try:
@@ -128,11 +137,27 @@ class Daemon(hdaemon.Daemon):
         return marker in self.store_subjects()
 
     def cleanup(self, case):
+        # called from the test's finally: an exception in flight is the test
+        # failing; print the daemon's log and keep its directory, so that a
+        # failure seen once in CI can be read afterwards
+        failing = sys.exc_info()[0] is not None
         rc = self.stop()
         bad = self.sanitizer_lines()
-        self.close()
+        if failing:
+            print("\n--- %s failed; kept %s; its log ends:\n%s\n---" % (
+                case.id(), self.dir, self.log_tail(80)), flush=True)
+        self.close(keep=failing)
         case.assertEqual(bad, [], "sanitizer report in the daemon log")
         case.assertEqual(rc, 0, "portcullisd did not exit 0 on SIGTERM")
+
+
+def show_lab_if_failing(case, lab):
+    """From a test's finally: when it is failing (an exception in flight),
+    print the ends of the daemon's log and of Postfix's maillog before the
+    lab goes."""
+    if sys.exc_info()[0] is not None:
+        print("\n--- %s failed; the daemon's log ends:\n%s\n--- the maillog ends:\n%s\n---" % (
+            case.id(), tail(lab.daemon_log, 60), tail(lab.maillog, 30)), flush=True)
 
 
 def smtp(port, source=OUTSIDE, timeout=30):
@@ -474,6 +499,7 @@ class T5Milter(unittest.TestCase):
                 self.assertEqual(bad, [])
                 self.assertGreater(len(seen), 5)
             finally:
+                show_lab_if_failing(self, lab)
                 lab.stop_daemon()
                 self.assertEqual(lab.sanitizer_reports(), [])
 
@@ -501,6 +527,7 @@ class T5Milter(unittest.TestCase):
                 c = lab.send(OUTSIDE, "sender@outside.test", "alice@example.com")
                 self.assertEqual(c.step("RCPT").code, 250, c.transcript())
             finally:
+                show_lab_if_failing(self, lab)
                 lab.stop_daemon()
                 self.assertEqual(lab.sanitizer_reports(), [])
 
@@ -571,6 +598,7 @@ class T7PolicyDoor(unittest.TestCase):
                            "drained and exited" in read(lab.daemon_log), 15,
                            what="the old policy worker to exit")
             finally:
+                show_lab_if_failing(self, lab)
                 lab.stop_daemon()
                 self.assertEqual(lab.sanitizer_reports(), [])
 
