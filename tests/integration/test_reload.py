@@ -24,6 +24,9 @@
                  the new settings); the draining one that exits is not
   T6Load         50 sessions sending continuously while SIGHUP arrives every
                  second for 10 s: every message 250 and in the store
+  T9EarlySignals a SIGHUP and a SIGUSR1 that arrive while the master starts
+                 (listener bound, held opening log_file, a FIFO): it starts,
+                 then reloads, instead of dying of them
 
 Each test runs its own portcullisd on free loopback ports; at its end the
 log must hold no sanitizer report.
@@ -629,6 +632,50 @@ class T8Supervise(unittest.TestCase):
             self.assertTrue(d.store_holds("t8-old"))
         finally:
             d.cleanup(self)
+
+
+class T9EarlySignals(unittest.TestCase):
+    def test_sighup_and_usr1_while_starting_are_kept_for_later(self):
+        """`systemctl reload` (or logrotate's SIGUSR1) just after a start used
+        to kill the master: both signals' default action is to terminate,
+        and they were blocked only once the workers were about to fork.
+        Made deterministic: log_file is a FIFO, so the master waits in its
+        open() (after binding the listener, before the workers) until we
+        read it; both signals arrive then."""
+        d = Daemon()
+        fifo = os.path.join(d.dir, "log.fifo")
+        os.mkfifo(fifo)
+        d.keys["log_file"] = fifo
+        d.write()
+        copy = os.path.join(d.dir, "log_file.txt")
+
+        def drain():                # the FIFO's reader, until the last writer goes
+            with open(fifo, "rb") as src, open(copy, "ab") as dst:
+                for line in src:
+                    dst.write(line)
+                    dst.flush()
+        reader = threading.Thread(target=drain, daemon=True)
+        hdaemon.Daemon.start(d, ready=None)
+        try:
+            wait_until(lambda: port_accepts("127.0.0.1", d.port) or not d.alive(), 20,
+                       what="the listener")
+            time.sleep(0.2)         # well inside the open() of the FIFO
+            os.kill(d.proc.pid, signal.SIGHUP)
+            os.kill(d.proc.pid, signal.SIGUSR1)
+            time.sleep(0.2)
+            self.assertTrue(d.alive(), "portcullisd died of a signal while starting (exit %s)"
+                            % d.proc.poll())
+            reader.start()
+            d.gen = 1
+            wait_until(lambda: (d.status() or (0,))[0] >= 1, 30, what="the reload asked at start")
+            self.assertEqual(d.status()[:2], (1, "ok"))
+            wait_until(lambda: "reload 1 done" in read(copy), 10, what="the reload in log_file")
+            self.assertEqual(rcpt_code(d.port, "alice@example.com"), 250)
+        finally:
+            if not reader.is_alive() and d.alive():
+                reader.start()      # the master may still wait for a reader
+            d.cleanup(self)
+            reader.join(10)
 
 
 def run_load(d, sessions, seconds, reconnect_every=5):
