@@ -672,7 +672,7 @@ class T9EarlySignals(unittest.TestCase):
             wait_until(lambda: "reload 1 done" in read(copy), 10, what="the reload in log_file")
             self.assertEqual(rcpt_code(d.port, "alice@example.com"), 250)
         finally:
-            if not reader.is_alive() and d.alive():
+            if reader.ident is None and d.alive():
                 reader.start()      # the master may still wait for a reader
             d.cleanup(self)
             reader.join(10)
