@@ -1651,6 +1651,17 @@ main(int argc, char **argv)
 	/* a peer that resets while we write is an EPIPE to handle, not a
 	 * signal that kills the worker and every session on it */
 	signal(SIGPIPE, SIG_IGN);
+	/* a reload (SIGHUP) or logrotate's SIGUSR1 that comes while we start
+	 * waits for the supervise loop's sigwait(): their default action would
+	 * kill us, listeners bound and all (a -t child unblocks them) */
+	{
+		sigset_t early;
+
+		sigemptyset(&early);
+		sigaddset(&early, SIGHUP);
+		sigaddset(&early, SIGUSR1);
+		pthread_sigmask(SIG_BLOCK, &early, NULL);
+	}
 	c = conf_new();
 	if (conf_load_file(c, conffile, &err) < 0) {
 		fprintf(stderr, "portcullisd: %s\n", err);

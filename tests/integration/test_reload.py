@@ -24,6 +24,9 @@
                  the new settings); the draining one that exits is not
   T6Load         50 sessions sending continuously while SIGHUP arrives every
                  second for 10 s: every message 250 and in the store
+  T9EarlySignals a SIGHUP and a SIGUSR1 that arrive while the master starts
+                 (listener bound, held opening log_file, a FIFO): it starts,
+                 then reloads, instead of dying of them
 
 Each test runs its own portcullisd on free loopback ports; at its end the
 log must hold no sanitizer report.
@@ -49,7 +52,7 @@ from harness.client import make_message, new_marker          # noqa: E402
 from harness.daemon import BIN                                # noqa: E402
 from harness.ports import free_port, port_accepts             # noqa: E402
 from harness.postfix import Lab                               # noqa: E402
-from harness.util import wait_until                           # noqa: E402
+from harness.util import tail, wait_until                     # noqa: E402
 
 OUTSIDE = "127.0.0.5"       # not in relay_networks: mydomains decides
 
@@ -81,8 +84,17 @@ class Daemon(hdaemon.Daemon):
         os.rename(self.conf + ".new", self.conf)
 
     def start(self):
-        pid_file = os.path.join(self.keys["state_dir"], "portcullisd.pid")  # written when ready
-        return super().start(ready=lambda: os.path.exists(pid_file), timeout=20)
+        # written once every worker is ready; fopen("w") makes it empty first,
+        # and `portcullis reload` (T2, T4) reads the pid from it at once
+        pid_file = os.path.join(self.keys["state_dir"], "portcullisd.pid")
+
+        def pid_written():
+            try:
+                with open(pid_file) as f:
+                    return re.fullmatch(r"\d+\n", f.read()) is not None
+            except OSError:
+                return False
+        return super().start(ready=pid_written, timeout=20)
 
     def status(self):
         try:
@@ -128,11 +140,27 @@ class Daemon(hdaemon.Daemon):
         return marker in self.store_subjects()
 
     def cleanup(self, case):
+        # called from the test's finally: an exception in flight is the test
+        # failing; print the daemon's log and keep its directory, so that a
+        # failure seen once in CI can be read afterwards
+        failing = sys.exc_info()[0] is not None
         rc = self.stop()
         bad = self.sanitizer_lines()
-        self.close()
+        if failing:
+            print("\n--- %s failed; kept %s; its log ends:\n%s\n---" % (
+                case.id(), self.dir, self.log_tail(80)), flush=True)
+        self.close(keep=failing)
         case.assertEqual(bad, [], "sanitizer report in the daemon log")
         case.assertEqual(rc, 0, "portcullisd did not exit 0 on SIGTERM")
+
+
+def show_lab_if_failing(case, lab):
+    """From a test's finally: when it is failing (an exception in flight),
+    print the ends of the daemon's log and of Postfix's maillog before the
+    lab goes."""
+    if sys.exc_info()[0] is not None:
+        print("\n--- %s failed; the daemon's log ends:\n%s\n--- the maillog ends:\n%s\n---" % (
+            case.id(), tail(lab.daemon_log, 60), tail(lab.maillog, 30)), flush=True)
 
 
 def smtp(port, source=OUTSIDE, timeout=30):
@@ -474,6 +502,7 @@ class T5Milter(unittest.TestCase):
                 self.assertEqual(bad, [])
                 self.assertGreater(len(seen), 5)
             finally:
+                show_lab_if_failing(self, lab)
                 lab.stop_daemon()
                 self.assertEqual(lab.sanitizer_reports(), [])
 
@@ -501,6 +530,7 @@ class T5Milter(unittest.TestCase):
                 c = lab.send(OUTSIDE, "sender@outside.test", "alice@example.com")
                 self.assertEqual(c.step("RCPT").code, 250, c.transcript())
             finally:
+                show_lab_if_failing(self, lab)
                 lab.stop_daemon()
                 self.assertEqual(lab.sanitizer_reports(), [])
 
@@ -571,6 +601,7 @@ class T7PolicyDoor(unittest.TestCase):
                            "drained and exited" in read(lab.daemon_log), 15,
                            what="the old policy worker to exit")
             finally:
+                show_lab_if_failing(self, lab)
                 lab.stop_daemon()
                 self.assertEqual(lab.sanitizer_reports(), [])
 
@@ -601,6 +632,50 @@ class T8Supervise(unittest.TestCase):
             self.assertTrue(d.store_holds("t8-old"))
         finally:
             d.cleanup(self)
+
+
+class T9EarlySignals(unittest.TestCase):
+    def test_sighup_and_usr1_while_starting_are_kept_for_later(self):
+        """`systemctl reload` (or logrotate's SIGUSR1) just after a start used
+        to kill the master: both signals' default action is to terminate,
+        and they were blocked only once the workers were about to fork.
+        Made deterministic: log_file is a FIFO, so the master waits in its
+        open() (after binding the listener, before the workers) until we
+        read it; both signals arrive then."""
+        d = Daemon()
+        fifo = os.path.join(d.dir, "log.fifo")
+        os.mkfifo(fifo)
+        d.keys["log_file"] = fifo
+        d.write()
+        copy = os.path.join(d.dir, "log_file.txt")
+
+        def drain():                # the FIFO's reader, until the last writer goes
+            with open(fifo, "rb") as src, open(copy, "ab") as dst:
+                for line in src:
+                    dst.write(line)
+                    dst.flush()
+        reader = threading.Thread(target=drain, daemon=True)
+        hdaemon.Daemon.start(d, ready=None)
+        try:
+            wait_until(lambda: port_accepts("127.0.0.1", d.port) or not d.alive(), 20,
+                       what="the listener")
+            time.sleep(0.2)         # well inside the open() of the FIFO
+            os.kill(d.proc.pid, signal.SIGHUP)
+            os.kill(d.proc.pid, signal.SIGUSR1)
+            time.sleep(0.2)
+            self.assertTrue(d.alive(), "portcullisd died of a signal while starting (exit %s)"
+                            % d.proc.poll())
+            reader.start()
+            d.gen = 1
+            wait_until(lambda: (d.status() or (0,))[0] >= 1, 30, what="the reload asked at start")
+            self.assertEqual(d.status()[:2], (1, "ok"))
+            wait_until(lambda: "reload 1 done" in read(copy), 10, what="the reload in log_file")
+            self.assertEqual(rcpt_code(d.port, "alice@example.com"), 250)
+        finally:
+            if reader.ident is None and d.alive():
+                reader.start()      # the master may still wait for a reader
+            d.cleanup(self)
+            reader.join(10)
 
 
 def run_load(d, sessions, seconds, reconnect_every=5):
