@@ -330,6 +330,7 @@ rs_cmd(struct liststore *s, const char **error_r)
 {
 	struct rstore *r = s->priv;
 	redisReply *rep;
+	struct timespec t0, t1;
 
 	if (r->cmd != NULL && r->cmd->err == 0 && cmd_is_alive(r->cmd))
 		return r->cmd;
@@ -340,10 +341,16 @@ rs_cmd(struct liststore *s, const char **error_r)
 	r->cmd = rs_connect(s, error_r);
 	if (r->cmd == NULL)
 		return NULL;
+	/* to the microsecond, against the middle of our round trip */
+	clock_gettime(CLOCK_REALTIME, &t0);
 	rep = redisCommand(r->cmd, "TIME");
+	clock_gettime(CLOCK_REALTIME, &t1);
 	if (rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
-	    rep->element[0]->type == REDIS_REPLY_STRING)
-		r->offset = atoll(rep->element[0]->str) - (long long)time(NULL);
+	    rep->element[0]->type == REDIS_REPLY_STRING &&
+	    rep->element[1]->type == REDIS_REPLY_STRING)
+		r->offset = redis_schema_clock_offset(atoll(rep->element[0]->str),
+		    atoll(rep->element[1]->str), (long long)t0.tv_sec, t0.tv_nsec,
+		    (long long)t1.tv_sec, t1.tv_nsec);
 	if (rep)
 		freeReplyObject(rep);
 	return r->cmd;

@@ -105,3 +105,14 @@ bad:
 	listentry_clear(e);
 	return -1;
 }
+
+long long
+redis_schema_clock_offset(long long their_s, long long their_us, long long t0_s, long t0_ns,
+    long long t1_s, long t1_ns)
+{
+	long long theirs = their_s * 1000000LL + their_us;
+	long long ours = (t0_s + t1_s) * 500000LL + ((long long)t0_ns + (long long)t1_ns) / 2000;
+	long long d = theirs - ours;
+
+	return (d >= 0 ? d + 500000 : d - 500000) / 1000000;
+}

@@ -23,4 +23,15 @@ int redis_schema_decode(const char *entry, const char *const *fv, const size_t *
     size_t nfv, long long expiretime, long long offset, struct list_entry *e,
     const char **error_r) __attribute__((warn_unused_result));
 
+/*
+ * Redis clock minus ours, in whole seconds (rounded), from Redis's TIME
+ * (their_s, their_us) and our CLOCK_REALTIME just before and after asking
+ * (t0_*, t1_*: seconds, nanoseconds). Against the middle of the round trip
+ * and to the microsecond: whole-second readings taken on either side of a
+ * second's turn (time(2) is the kernel's coarse clock, a tick behind)
+ * said 1 s where the clocks agree.
+ */
+long long redis_schema_clock_offset(long long their_s, long long their_us, long long t0_s,
+    long t0_ns, long long t1_s, long t1_ns);
+
 #endif

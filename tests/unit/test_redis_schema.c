@@ -1,4 +1,5 @@
 /* redis_schema: key names and hash fields <-> entries; snapshot diffing. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,10 +143,48 @@ test_snapshot_diffing(void)
 	entry_vec_clear(&upd);
 }
 
+/* Redis clock minus ours, rounded to the second, from TIME and our clock
+ * around the question */
+static void
+test_clock_offset(void)
+{
+	static const struct {
+		const char *what;
+		long long ts, tus, s0;
+		long ns0;
+		long long s1;
+		long ns1;
+		long long want;
+	} t[] = {
+		/* the case whole seconds got wrong: TIME just past a second's turn,
+		 * our clock (read before and after) just before it: 1 s then */
+		{ "same clock across a second's turn", 1001, 200, 1000, 999000000L, 1001, 1000000L, 0 },
+		{ "same clock, mid-second", 1000, 500000, 1000, 499000000L, 1000, 501000000L, 0 },
+		{ "Redis 1 s ahead", 1001, 500000, 1000, 499000000L, 1000, 501000000L, 1 },
+		{ "Redis 0.4 s ahead rounds to 0", 1000, 900000, 1000, 499000000L, 1000, 501000000L, 0 },
+		{ "Redis 0.6 s ahead rounds to 1", 1001, 100000, 1000, 499000000L, 1000, 501000000L, 1 },
+		{ "Redis 0.6 s behind rounds to -1", 999, 900000, 1000, 499000000L, 1000, 501000000L, -1 },
+		{ "Redis 0.4 s behind rounds to 0", 1000, 100000, 1000, 499000000L, 1000, 501000000L, 0 },
+		{ "Redis an hour behind", 0, 0, 3600, 0, 3600, 0, -3600 },
+		{ "a slow round trip: its middle", 1000, 500000, 999, 0, 1002, 0, 0 },
+	};
+
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		long long got = redis_schema_clock_offset(t[i].ts, t[i].tus, t[i].s0, t[i].ns0, t[i].s1,
+		    t[i].ns1);
+
+		if (got != t[i].want)
+			fprintf(stderr, "clock offset: %s: got %lld, want %lld\n", t[i].what, got,
+			    t[i].want);
+		CU_ASSERT_EQUAL(got, t[i].want);
+	}
+}
+
 static CU_TestInfo tests[] = {
 	{ "key names", test_schema_keys },
 	{ "hash fields (table, incl. garbage)", test_schema_decode },
 	{ "applying changed keys to a list copy", test_snapshot_diffing },
+	{ "clock offset from TIME, rounded to the second", test_clock_offset },
 	CU_TEST_INFO_NULL,
 };
 
