@@ -1448,6 +1448,20 @@ class T12Robust(unittest.TestCase):
                                  server_hostname="127.0.0.1")
         return s, s
 
+    def logged_in(self, over_tls, timeout):
+        """USER logged in through the proxy, imaps or plaintext: (raw
+        socket, the one to talk on, its reader)"""
+        if over_tls:
+            raw, s = self.tls(self.g.imaps_port)
+        else:
+            raw = s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
+        s.settimeout(timeout)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PASSWORD.encode()))
+        self.assertTrue(f.readline().startswith(b"a OK"))
+        return raw, s, f
+
     def assert_serving(self):
         self.assertTrue(self.g.d.alive())
         self.assertEqual(self.g.d.sanitizer_lines(), [])
@@ -1551,14 +1565,7 @@ class T12Robust(unittest.TestCase):
 
     def test_client_gone_while_backend_streams(self):
         for over_tls in (False, True):
-            if over_tls:
-                raw, s = self.tls(self.g.imaps_port)
-            else:
-                raw = s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
-            f = s.makefile("rb")
-            f.readline()
-            s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PASSWORD.encode()))
-            self.assertTrue(f.readline().startswith(b"a OK"))
+            raw, s, f = self.logged_in(over_tls, 10)
             s.sendall(b"b BIG\r\n")
             got = 0
             while got < 1024 * 1024:
@@ -1569,15 +1576,7 @@ class T12Robust(unittest.TestCase):
 
     def test_backend_closes_while_client_output_full(self):
         for over_tls in (False, True):
-            if over_tls:
-                raw, s = self.tls(self.g.imaps_port)
-            else:
-                raw = s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
-            s.settimeout(20)
-            f = s.makefile("rb")
-            f.readline()
-            s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PASSWORD.encode()))
-            self.assertTrue(f.readline().startswith(b"a OK"))
+            raw, s, f = self.logged_in(over_tls, 20)
             s.sendall(b"b BIG CLOSE\r\n")
             time.sleep(1.5)     # we read nothing: the backend has closed behind a full client
             got = read_all(f)
@@ -1591,15 +1590,7 @@ class T12Robust(unittest.TestCase):
         # backpressure both ways on the way: the stream, whole and in order,
         # then the next command's answer (plaintext: the splice(2) path)
         for over_tls in (False, True):
-            if over_tls:
-                raw, s = self.tls(self.g.imaps_port)
-            else:
-                raw = s = socket.create_connection(("127.0.0.1", self.g.imap_port), 10)
-            s.settimeout(20)
-            f = s.makefile("rb")
-            f.readline()
-            s.sendall(b'a LOGIN "%s" "%s"\r\n' % (USER.encode(), PASSWORD.encode()))
-            self.assertTrue(f.readline().startswith(b"a OK"))
+            raw, s, f = self.logged_in(over_tls, 20)
             s.sendall(b"b BIG\r\nc NOOP\r\n")
             time.sleep(1)
             got = bytearray()
