@@ -110,9 +110,16 @@ long long
 redis_schema_clock_offset(long long their_s, long long their_us, long long t0_s, long t0_ns,
     long long t1_s, long t1_ns)
 {
-	long long theirs = their_s * 1000000LL + their_us;
-	long long ours = (t0_s + t1_s) * 500000LL + ((long long)t0_ns + (long long)t1_ns) / 2000;
-	long long d = theirs - ours;
+	long long theirs, ours, d;
+
+	/* a reply no clock gives (garbage from the peer): no offset, and no
+	 * overflow on the way */
+	if (their_s < 0 || their_s > REDIS_CLOCK_MAX_S || their_us < 0 || their_us >= 1000000 ||
+	    t0_s < 0 || t0_s > REDIS_CLOCK_MAX_S || t1_s < 0 || t1_s > REDIS_CLOCK_MAX_S)
+		return 0;
+	theirs = their_s * 1000000LL + their_us;
+	ours = (t0_s + t1_s) * 500000LL + ((long long)t0_ns + (long long)t1_ns) / 2000;
+	d = theirs - ours;
 
 	return (d >= 0 ? d + 500000 : d - 500000) / 1000000;
 }

@@ -31,6 +31,7 @@ int redis_schema_decode(const char *entry, const char *const *fv, const size_t *
  * second's turn (time(2) is the kernel's coarse clock, a tick behind)
  * said 1 s where the clocks agree.
  */
+#define REDIS_CLOCK_MAX_S 100000000000LL	/* year ~5138: past it, garbage: offset 0 */
 long long redis_schema_clock_offset(long long their_s, long long their_us, long long t0_s,
     long t0_ns, long long t1_s, long t1_ns);
 

@@ -167,6 +167,10 @@ test_clock_offset(void)
 		{ "Redis 0.4 s behind rounds to 0", 1000, 100000, 1000, 499000000L, 1000, 501000000L, 0 },
 		{ "Redis an hour behind", 0, 0, 3600, 0, 3600, 0, -3600 },
 		{ "a slow round trip: its middle", 1000, 500000, 999, 0, 1002, 0, 0 },
+		/* garbage from the peer: no offset, no overflow (UBSan) */
+		{ "TIME seconds past any clock", 9223372036854775807LL, 0, 1000, 0, 1000, 0, 0 },
+		{ "TIME seconds negative", -5, 0, 1000, 0, 1000, 0, 0 },
+		{ "TIME microseconds out of range", 1000, 5000000, 1000, 0, 1000, 0, 0 },
 	};
 
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
